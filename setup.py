@@ -1,0 +1,26 @@
+from setuptools import setup
+
+setup(
+    name="deposito",
+    version="0.1.0",
+    description="A replicated file depot built on Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["deposito", "deposito.protocols", "twisted.plugins"],
+    package_data={"twisted": ["plugins/deposito_plugins.py"]},
+    install_requires=[
+        "twisted>=24.3.0",
+        "attrs>=23.1.0",
+        "zope.interface>=6.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+        ],
+    },
+    entry_points={"console_scripts": ["deposito = deposito.cli:main"]},
+)
