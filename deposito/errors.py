@@ -1,0 +1,70 @@
+"""One exception class per ERR code of the text protocol.
+
+The proxy raises them to answer a request; the clients raise them when the
+proxy answers with ``ERR <code> <message>``.
+"""
+
+from __future__ import annotations
+
+
+class DepositoError(Exception):
+    """An ``ERR`` reply: ``code`` is the protocol's word, ``message`` is for a person."""
+
+    code = "internal"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" if self.message else self.code
+
+    def reply(self) -> str:
+        """The reply line, without its line ending."""
+        return f"ERR {self.code} {self.message}".rstrip()
+
+
+class BadCommand(DepositoError):
+    code = "badcommand"
+
+
+class BadArgs(DepositoError):
+    code = "badargs"
+
+
+class NotFound(DepositoError):
+    code = "notfound"
+
+
+class Unavailable(DepositoError):
+    code = "unavailable"
+
+
+class NoSpace(DepositoError):
+    code = "nospace"
+
+
+class TooLarge(DepositoError):
+    code = "toolarge"
+
+
+class Denied(DepositoError):
+    code = "denied"
+
+
+class Internal(DepositoError):
+    code = "internal"
+
+
+ERRORS: dict[str, type[DepositoError]] = {
+    cls.code: cls
+    for cls in (BadCommand, BadArgs, NotFound, Unavailable, NoSpace, TooLarge, Denied, Internal)
+}
+
+
+def from_reply(line: str) -> DepositoError:
+    """The exception for an ``ERR <code> <message>`` line (unknown codes map to Internal)."""
+    parts = line.split(" ", 2)
+    code = parts[1] if len(parts) > 1 else "internal"
+    message = parts[2] if len(parts) > 2 else ""
+    return ERRORS.get(code, Internal)(message)

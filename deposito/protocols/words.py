@@ -1,0 +1,101 @@
+"""Words of a request or reply line: splitting, quoting and ``key=value`` fields.
+
+A word containing spaces, quotes, backslashes or nothing at all is written in
+double quotes with ``\\"`` and ``\\\\`` escapes, so any name survives a line.
+"""
+
+from __future__ import annotations
+
+import re
+
+from deposito.errors import BadArgs
+
+_NEEDS_QUOTES = re.compile(r'[\s"\\=]')
+_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+MAX_NAME_BYTES = 1024
+
+
+def quote(word: str) -> str:
+    """Write ``word`` so that :func:`split` gives it back whole."""
+    if word and not _NEEDS_QUOTES.search(word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def split(line: str) -> list[str]:
+    """Split a request line into words, honouring double quotes.
+
+    Raises BadArgs on an unterminated quote or a bad escape.
+    """
+    words: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        if line[i] == " " or line[i] == "\t":
+            i += 1
+            continue
+        if line[i] == '"':
+            i += 1
+            out = []
+            while True:
+                if i >= n:
+                    raise BadArgs("unterminated quote")
+                c = line[i]
+                if c == "\\":
+                    if i + 1 >= n or line[i + 1] not in '"\\':
+                        raise BadArgs('bad escape: only \\" and \\\\ are allowed')
+                    out.append(line[i + 1])
+                    i += 2
+                elif c == '"':
+                    i += 1
+                    break
+                else:
+                    out.append(c)
+                    i += 1
+            if i < n and line[i] not in " \t":
+                raise BadArgs("a quoted word must be followed by a space")
+            words.append("".join(out))
+        else:
+            j = i
+            while j < n and line[j] not in " \t":
+                if line[j] == '"':
+                    raise BadArgs("a quote may only start a word")
+                j += 1
+            words.append(line[i:j])
+            i = j
+    return words
+
+
+def check_name(name: str) -> str:
+    """A valid file name, or BadArgs: 1 to 1024 bytes of UTF-8, no control characters."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size == 0:
+        raise BadArgs("empty name")
+    if size > MAX_NAME_BYTES:
+        raise BadArgs(f"name longer than {MAX_NAME_BYTES} bytes")
+    if any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 for c in name):
+        raise BadArgs("control character in name")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        raise BadArgs("name is not valid UTF-8")
+    return name
+
+
+def parse_count(word: str, what: str, low: int = 0, high: int | None = None) -> int:
+    """A decimal whole number within bounds, or BadArgs naming ``what``."""
+    if not word.isascii() or not word.isdigit() or len(word) > 20:
+        raise BadArgs(f"{what} must be a whole number, not {word!r}")
+    value = int(word)
+    if value < low or (high is not None and value > high):
+        bounds = f"{low} to {high}" if high is not None else f"at least {low}"
+        raise BadArgs(f"{what} must be {bounds}")
+    return value
+
+
+def fields(line: str) -> dict[str, str]:
+    """The ``key=value`` fields of a reply line, values unquoted."""
+    out = {}
+    for key, value in _FIELD.findall(line):
+        if value.startswith('"'):
+            value = split(value)[0]
+        out[key] = value
+    return out
