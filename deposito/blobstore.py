@@ -1,0 +1,225 @@
+"""Blobs on one device: written aside, verified, fsynced and renamed into place.
+
+A blob is named by an id the proxy chose (32 hex digits), never by a user's
+file name. Beside each blob a small JSON record keeps the user's name,
+version, size, sha256 and wanted replica count, so a lost catalog can be made
+again from the servers. Everything here blocks on the disk: callers run it on
+the device's own thread, never on the reactor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from typing import Iterator
+
+import attrs
+
+from deposito.errors import BadArgs, NoSpace, NotFound
+
+BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_blob_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_blob_id(blob_id: str) -> str:
+    if not BLOB_ID.match(blob_id):
+        raise BadArgs("bad blob id")
+    return blob_id
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@attrs.frozen
+class BlobMeta:
+    """What a blob is, kept beside it on the server's disk."""
+
+    blob: str
+    name: str
+    version: int
+    size: int
+    sha256: str
+    replicas: int
+
+    def to_json(self) -> bytes:
+        return json.dumps(attrs.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> BlobMeta:
+        d = json.loads(raw)
+        return cls(
+            blob=d["blob"], name=d["name"], version=int(d["version"]),
+            size=int(d["size"]), sha256=d["sha256"], replicas=int(d["replicas"]),
+        )
+
+
+class IncomingBlob:
+    """One blob being written: a temp file in incoming/ until :meth:`commit`.
+
+    Methods block; the store's writer thread calls them in order.
+    """
+
+    def __init__(self, store: BlobStore, meta: BlobMeta) -> None:
+        self.store = store
+        self.meta = meta
+        self.received = 0
+        self._hash = hashlib.sha256()
+        self.path = os.path.join(store.incoming, f"{meta.blob}.{uuid.uuid4().hex[:8]}.tmp")
+        self._fd = -1
+        self._closed = False
+
+    def _file(self) -> int:
+        if self._fd < 0:
+            if self._closed:
+                raise ValueError("blob already finished")
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        return self._fd
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > self.meta.size:
+            raise BadArgs("more bytes than announced")
+        self._hash.update(data)
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._file(), view)
+            except OSError as e:
+                if e.errno == 28:  # ENOSPC
+                    raise NoSpace("disk full") from e
+                raise
+            view = view[n:]
+
+    def commit(self, sha256: str) -> BlobMeta:
+        """Check size and checksum, make the blob durable and visible."""
+        if self.received != self.meta.size:
+            raise BadArgs(f"got {self.received} bytes, expected {self.meta.size}")
+        got = self._hash.hexdigest()
+        if got != sha256 or got != self.meta.sha256 and self.meta.sha256:
+            raise BadArgs(f"checksum mismatch: got {got}")
+        meta = attrs.evolve(self.meta, sha256=got)
+        fd = self._file()
+        os.fsync(fd)
+        os.close(fd)
+        self._fd = -1
+        self._closed = True
+        self.store.install(self.path, meta)
+        return meta
+
+    def abort(self) -> None:
+        self._closed = True
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class BlobStore:
+    """The blobs of one storage server, under one directory."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.blobs = os.path.join(self.root, "blobs")
+        self.incoming = os.path.join(self.root, "incoming")
+        os.makedirs(self.blobs, exist_ok=True)
+        # What an interrupted write left is never a blob: start clean.
+        shutil.rmtree(self.incoming, ignore_errors=True)
+        os.makedirs(self.incoming)
+        self.used = 0
+        self.count = 0
+        for meta in self.inventory():
+            self.used += meta.size
+            self.count += 1
+
+    def _dir(self, blob_id: str) -> str:
+        return os.path.join(self.blobs, blob_id[:2])
+
+    def path(self, blob_id: str) -> str:
+        check_blob_id(blob_id)
+        return os.path.join(self._dir(blob_id), blob_id)
+
+    def begin(self, meta: BlobMeta) -> IncomingBlob:
+        check_blob_id(meta.blob)
+        return IncomingBlob(self, meta)
+
+    def install(self, temp_path: str, meta: BlobMeta) -> None:
+        """Rename a verified, fsynced temp file into place with its metadata."""
+        d = self._dir(meta.blob)
+        os.makedirs(d, exist_ok=True)
+        final = os.path.join(d, meta.blob)
+        existed = os.path.exists(final)
+        meta_tmp = temp_path + ".meta"
+        with open(meta_tmp, "wb") as f:
+            f.write(meta.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(meta_tmp, final + ".meta")
+        os.replace(temp_path, final)
+        fsync_dir(d)
+        fsync_dir(self.blobs)
+        if not existed:
+            self.used += meta.size
+            self.count += 1
+
+    def meta(self, blob_id: str) -> BlobMeta:
+        try:
+            with open(self.path(blob_id) + ".meta", "rb") as f:
+                return BlobMeta.from_json(f.read())
+        except FileNotFoundError:
+            raise NotFound("no such blob") from None
+
+    def open(self, blob_id: str):
+        """A binary file object for reading the blob, and its size."""
+        try:
+            f = open(self.path(blob_id), "rb")
+        except FileNotFoundError:
+            raise NotFound("no such blob") from None
+        return f, os.fstat(f.fileno()).st_size
+
+    def delete(self, blob_id: str) -> bool:
+        """Remove a blob and its metadata; False when it was not there."""
+        path = self.path(blob_id)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            size = None
+        for p in (path, path + ".meta"):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        if size is None:
+            return False
+        fsync_dir(self._dir(blob_id))
+        self.used -= size
+        self.count -= 1
+        return True
+
+    def inventory(self) -> Iterator[BlobMeta]:
+        """Every blob's metadata (blobs without readable metadata are skipped)."""
+        for sub in sorted(os.listdir(self.blobs)):
+            d = os.path.join(self.blobs, sub)
+            if not os.path.isdir(d):
+                continue
+            for entry in sorted(os.listdir(d)):
+                if entry.endswith(".meta") or not BLOB_ID.match(entry):
+                    continue
+                try:
+                    yield self.meta(entry)
+                except (NotFound, ValueError, KeyError):
+                    continue

@@ -1,0 +1,238 @@
+"""The proxy's catalog: which names exist, their versions, and where the copies are.
+
+SQLite in WAL mode with full sync: a committed version survives a crash of
+the proxy or the machine. Every method is one short transaction and blocks;
+the proxy calls them on its catalog thread (see :class:`CatalogThread`).
+
+Invariants kept here:
+- a version becomes visible in one transaction (:meth:`commit`), only after
+  its copies exist;
+- versions of a name only grow, across DELETE too (``names.last_version``);
+- a blob written but not committed is an *intent*; abandoned intents and
+  replaced or deleted copies become *garbage*, which the proxy deletes from
+  the servers, so nothing is orphaned for good.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, Callable, Iterable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT PRIMARY KEY,
+    last_version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    blob TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    replicas INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS copies (
+    blob TEXT NOT NULL,
+    server TEXT NOT NULL,
+    PRIMARY KEY (blob, server)
+);
+CREATE TABLE IF NOT EXISTS intents (
+    blob TEXT NOT NULL,
+    server TEXT NOT NULL,
+    PRIMARY KEY (blob, server)
+);
+CREATE TABLE IF NOT EXISTS garbage (
+    blob TEXT NOT NULL,
+    server TEXT NOT NULL,
+    PRIMARY KEY (blob, server)
+);
+CREATE TABLE IF NOT EXISTS servers (
+    id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    capacity INTEGER NOT NULL,
+    used INTEGER NOT NULL,
+    blobs INTEGER NOT NULL
+);
+"""
+
+
+@attrs.frozen
+class FileRecord:
+    """The newest committed version of a name."""
+
+    name: str
+    version: int
+    blob: str
+    size: int
+    sha256: str
+    replicas: int
+    servers: tuple[str, ...]
+
+
+class Catalog:
+    """Blocking access to the catalog database (one connection, one thread)."""
+
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, "catalog.sqlite")
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(self.db)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return result
+
+    # -- writes
+
+    def recover(self) -> int:
+        """After a restart: uploads that never committed are garbage now."""
+        def tx(db: sqlite3.Connection) -> int:
+            n = db.execute("INSERT OR IGNORE INTO garbage SELECT blob, server FROM intents").rowcount
+            db.execute("DELETE FROM intents")
+            return n
+        return self._tx(tx)
+
+    def begin_upload(self, name: str, blob: str, servers: Iterable[str]) -> int:
+        """Allocate the next version of ``name`` and record where its blob is being written."""
+        def tx(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT last_version FROM names WHERE name = ?", (name,)).fetchone()
+            version = (row[0] if row else 0) + 1
+            db.execute("INSERT OR REPLACE INTO names (name, last_version) VALUES (?, ?)", (name, version))
+            db.executemany("INSERT OR IGNORE INTO intents (blob, server) VALUES (?, ?)",
+                           [(blob, s) for s in servers])
+            return version
+        return self._tx(tx)
+
+    def add_intent(self, blob: str, server: str) -> None:
+        self._tx(lambda db: db.execute("INSERT OR IGNORE INTO intents VALUES (?, ?)", (blob, server)))
+
+    def abandon(self, blob: str) -> None:
+        """An upload failed: every server it touched has garbage to delete."""
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR IGNORE INTO garbage SELECT blob, server FROM intents WHERE blob = ?", (blob,))
+            db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
+        self._tx(tx)
+
+    def commit(self, name: str, version: int, blob: str, size: int, sha256: str,
+               replicas: int, servers: Iterable[str], now: float) -> bool:
+        """Make a version visible with its copies, in one transaction.
+
+        Returns False when a newer version was committed meanwhile: this
+        one is then garbage at once and readers never see it.
+        """
+        servers = list(servers)
+
+        def tx(db: sqlite3.Connection) -> bool:
+            # servers written to but not holding a verified copy are garbage
+            db.execute(
+                "INSERT OR IGNORE INTO garbage SELECT blob, server FROM intents WHERE blob = ? AND server NOT IN (%s)"
+                % ",".join("?" * len(servers)), (blob, *servers))
+            db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
+            row = db.execute("SELECT version, blob FROM files WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] > version:
+                db.executemany("INSERT OR IGNORE INTO garbage VALUES (?, ?)", [(blob, s) for s in servers])
+                return False
+            if row is not None:
+                self._drop_blob(db, row[1])
+            db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (name, version, blob, size, sha256, replicas, now))
+            db.executemany("INSERT OR IGNORE INTO copies VALUES (?, ?)", [(blob, s) for s in servers])
+            return True
+        return self._tx(tx)
+
+    @staticmethod
+    def _drop_blob(db: sqlite3.Connection, blob: str) -> None:
+        db.execute("INSERT OR IGNORE INTO garbage SELECT blob, server FROM copies WHERE blob = ?", (blob,))
+        db.execute("DELETE FROM copies WHERE blob = ?", (blob,))
+
+    def delete(self, name: str) -> FileRecord | None:
+        def tx(db: sqlite3.Connection) -> FileRecord | None:
+            record = self._lookup(db, name)
+            if record is not None:
+                db.execute("DELETE FROM files WHERE name = ?", (name,))
+                self._drop_blob(db, record.blob)
+            return record
+        return self._tx(tx)
+
+    def garbage(self, limit: int = 100) -> list[tuple[str, str]]:
+        return self.db.execute("SELECT blob, server FROM garbage LIMIT ?", (limit,)).fetchall()
+
+    def forget_garbage(self, blob: str, server: str) -> None:
+        self._tx(lambda db: db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server)))
+
+    def save_server(self, id: str, zone: str, host: str, port: int, capacity: int, used: int, blobs: int) -> None:
+        self._tx(lambda db: db.execute("INSERT OR REPLACE INTO servers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                       (id, zone, host, port, capacity, used, blobs)))
+
+    # -- reads
+
+    def servers(self) -> list[tuple]:
+        return self.db.execute("SELECT id, zone, host, port, capacity, used, blobs FROM servers ORDER BY id").fetchall()
+
+    def lookup(self, name: str) -> FileRecord | None:
+        return self._lookup(self.db, name)
+
+    @staticmethod
+    def _lookup(db: sqlite3.Connection, name: str) -> FileRecord | None:
+        row = db.execute(
+            "SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
+            " (SELECT group_concat(server, ' ') FROM (SELECT server FROM copies c WHERE c.blob = f.blob ORDER BY server))"
+            " FROM files f WHERE f.name = ?", (name,)).fetchone()
+        return _record(row) if row else None
+
+    def list(self, prefix: str = "") -> list[FileRecord]:
+        rows = self.db.execute(
+            "SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
+            " (SELECT group_concat(server, ' ') FROM (SELECT server FROM copies c WHERE c.blob = f.blob ORDER BY server))"
+            " FROM files f WHERE substr(f.name, 1, ?) = ? ORDER BY f.name",
+            (len(prefix), prefix)).fetchall()
+        return [_record(r) for r in rows]
+
+    def totals(self) -> tuple[int, int]:
+        files, size = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM files").fetchone()
+        return files, size
+
+
+def _record(row: tuple) -> FileRecord:
+    servers = tuple(row[6].split(" ")) if row[6] else ()
+    return FileRecord(row[0], row[1], row[2], row[3], row[4], row[5], servers)
+
+
+class CatalogThread:
+    """Runs Catalog methods on one thread of their own, in order, as Deferreds."""
+
+    def __init__(self, reactor: Any, catalog: Catalog) -> None:
+        self.reactor = reactor
+        self.catalog = catalog
+        self.pool = ThreadPool(1, 1, "deposito-catalog")
+
+    def start(self) -> None:
+        self.pool.start()
+
+    def stop(self) -> None:
+        self.pool.stop()
+        self.catalog.close()
+
+    def __call__(self, method: Callable[..., Any], *args: Any) -> Deferred:
+        """``db(Catalog.lookup, name)``: the method's result, as a Deferred."""
+        return deferToThreadPool(self.reactor, self.pool, method, self.catalog, *args)

@@ -1,0 +1,367 @@
+"""The ``deposito`` command: the text protocol for a person at a shell.
+
+Exit status: 0 on success, 1 on an ERR from the proxy, a lost or refused
+connection, or a local file problem (one line on stderr), 2 on a usage error.
+Progress bars go to stderr, and only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import IO, Any, Callable, Iterator, Optional, Sequence
+
+from contextlib import contextmanager
+
+import attrs
+
+from deposito import __version__
+from deposito.blocking import BlockingClient, parse_address
+from deposito.client import CHUNK_SIZE, AsideFile, ConnectionLost, Progress
+from deposito.errors import DepositoError
+
+PROG = "deposito"
+DEFAULT_PROXY = "127.0.0.1:7000"
+
+
+class _Failed(Exception):
+    """A failure already worded for the user: exit 1 with this message."""
+
+
+def _proxy_address(text: str) -> str:
+    try:
+        parse_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
+    return text
+
+
+def _replica_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 16:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 16, got {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) > 16:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 16, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``deposito`` command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Store, fetch and inspect files in a Deposito cluster through its proxy.",
+        epilog="Exit status: 0 on success; 1 on an error from the proxy, a lost or refused "
+               "connection, or a local file problem; 2 on a usage error.",
+    )
+    parser.add_argument(
+        "--proxy", metavar="HOST:PORT", type=_proxy_address,
+        default=os.environ.get("DEPOSITO_PROXY") or DEFAULT_PROXY,
+        help="the proxy's client port (default: $DEPOSITO_PROXY, else %s)" % DEFAULT_PROXY)
+    parser.add_argument(
+        "--token", metavar="T", default=os.environ.get("DEPOSITO_TOKEN") or None,
+        help="access token, sent with AUTH when connecting (default: $DEPOSITO_TOKEN)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    put = commands.add_parser(
+        "put", help="store a file",
+        description="Store a file. It is acknowledged only once every replica is durable. "
+                    "Storing an existing name makes a new version of it.")
+    put.add_argument("path", metavar="PATH", help="the file to store; - reads standard input (needs --name)")
+    put.add_argument("--name", help="the name to store it under (default: the last component of PATH)")
+    put.add_argument("--replicas", metavar="N", type=_replica_count,
+                     help="how many copies to keep, 1 to 16 (default: the proxy's)")
+
+    get = commands.add_parser(
+        "get", help="fetch a file",
+        description="Fetch the newest version of a file. It is written beside its destination "
+                    "and renamed into place once complete and verified, so a failed get leaves "
+                    "no partial file.")
+    get.add_argument("name", metavar="NAME", help="the name of the file")
+    get.add_argument("-o", "--output", metavar="PATH",
+                     help="where to write it: a file (replaced if it exists), a folder (the "
+                          "file goes in it under NAME's last segment), or - for standard output "
+                          "(default: ./<last segment of NAME>)")
+    get.add_argument("--force", action="store_true",
+                     help="replace an existing file when writing under NAME's last segment")
+
+    stat = commands.add_parser("stat", help="show a file's version, size, checksum and copies",
+                               description="Show the newest version of a file and where its copies are.")
+    stat.add_argument("name", metavar="NAME", help="the name of the file")
+    stat.add_argument("--json", action="store_true", help="print one JSON object")
+
+    ls = commands.add_parser("ls", help="list files",
+                             description="List files in name order: size, wanted copies, "
+                                         "healthy copies, name.")
+    ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="",
+                    help="list only names starting with PREFIX")
+    ls.add_argument("--json", action="store_true", help="print one JSON array")
+
+    rm = commands.add_parser("rm", help="delete a file", description="Delete a file and all its copies.")
+    rm.add_argument("name", metavar="NAME", help="the name of the file")
+
+    replicas = commands.add_parser(
+        "replicas", help="change how many copies a file keeps",
+        description="Set how many copies of a file the cluster keeps. Copies are added or "
+                    "removed in the background unless --wait.")
+    replicas.add_argument("name", metavar="NAME", help="the name of the file")
+    replicas.add_argument("count", metavar="COUNT", type=_count, help="the number of copies wanted")
+    replicas.add_argument("--wait", action="store_true",
+                          help="return only once the file has COUNT healthy copies (exit 1 if "
+                               "the cluster cannot get there)")
+
+    servers = commands.add_parser("servers", help="list the storage servers",
+                                  description="List the storage servers: id, address, state "
+                                              "(up, down, dead), space used, capacity, blobs, zone.")
+    servers.add_argument("--json", action="store_true", help="print one JSON array")
+
+    status = commands.add_parser("status", help="show the cluster's counts",
+                                 description="Show files, bytes, servers up and down, files "
+                                             "under and over their wanted copies, and repairs "
+                                             "queued and running.")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+# ---------------------------------------------------------------- output
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _table(rows: list[list[str]], right: int) -> None:
+    """Print rows in columns; the first ``right`` columns aligned right."""
+    if not rows:
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [c.rjust(w) if i < right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells + [row[-1]]))
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Optional[Progress]]:
+    """A progress callback drawing a bar on stderr when it is a terminal; None otherwise.
+
+    The bar appears with the first bytes, when the total is known.
+    """
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bars: list[Any] = []
+
+    def update(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                             desc=label, file=sys.stderr, leave=False, dynamic_ncols=True))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _put(client: BlockingClient, args: argparse.Namespace) -> None:
+    if args.path == "-":
+        with tempfile.TemporaryFile() as spool:
+            shutil.copyfileobj(sys.stdin.buffer, spool, CHUNK_SIZE)
+            spool.seek(0)
+            with _progress(args.name) as progress:
+                stored = client.put(args.name, spool, replicas=args.replicas, progress=progress)
+    else:
+        name = args.name or os.path.basename(os.path.normpath(args.path))
+        try:
+            source = open(args.path, "rb")
+        except OSError as e:
+            raise _Failed(f"cannot read {args.path}: {e.strerror}") from None
+        with source:
+            if not os.path.isfile(args.path):
+                raise _Failed(f"cannot read {args.path}: not a regular file")
+            with _progress(name) as progress:
+                stored = client.put(name, source, replicas=args.replicas, progress=progress)
+    print(f"stored {stored.name} version={stored.version} size={stored.size} "
+          f"sha256={stored.sha256} replicas={stored.replicas}")
+
+
+def _last_segment(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def _get_target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, bool]:
+    """Where get writes, and whether it may replace an existing file there."""
+    default = _last_segment(args.name)
+    usable = default not in ("", ".", "..")
+    if args.output is None or os.path.isdir(args.output):
+        if not usable:
+            parser.error(f"cannot make a file name from {args.name!r}; give -o PATH")
+        path = default if args.output is None else os.path.join(args.output, default)
+        return path, args.force
+    return args.output, True
+
+
+def _get(client: BlockingClient, args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.output == "-":
+        out = sys.stdout.buffer
+        sys.stdout.flush()
+        client.get(args.name, out)
+        out.flush()
+        return
+    path, overwrite = _get_target(args, parser)
+    if not overwrite and os.path.lexists(path):
+        raise _Failed(f"{path} exists; use --force to replace it, or -o PATH")
+    try:
+        aside = AsideFile(path, overwrite=overwrite)
+    except OSError as e:
+        raise _Failed(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with _progress(_last_segment(args.name)) as progress:
+            client.get(args.name, aside, progress=progress)
+    except BaseException:
+        aside.discard()
+        raise
+    try:
+        aside.commit()
+    except FileExistsError:
+        raise _Failed(f"{path} exists; use --force to replace it, or -o PATH") from None
+    except OSError as e:
+        raise _Failed(f"cannot write {path}: {e.strerror}") from None
+
+
+def _stat(client: BlockingClient, args: argparse.Namespace) -> None:
+    st = client.stat(args.name)
+    if args.json:
+        _print_json(attrs.asdict(st, value_serializer=lambda _i, _a, v: list(v) if isinstance(v, tuple) else v))
+        return
+    print(f"name:     {st.name}")
+    print(f"size:     {st.size} ({_human_bytes(st.size)})")
+    print(f"sha256:   {st.sha256}")
+    print(f"version:  {st.version}")
+    print(f"replicas: {st.replicas} wanted, {st.have} healthy")
+    print(f"servers:  {', '.join(st.servers) if st.servers else '-'}")
+
+
+def _ls(client: BlockingClient, args: argparse.Namespace) -> None:
+    entries = client.list(args.prefix)
+    if args.json:
+        _print_json([attrs.asdict(e) for e in entries])
+        return
+    _table([[str(e.size), str(e.wanted), str(e.have), e.name] for e in entries], right=3)
+
+
+def _rm(client: BlockingClient, args: argparse.Namespace) -> None:
+    client.delete(args.name)
+
+
+def _replicas(client: BlockingClient, args: argparse.Namespace) -> None:
+    count = client.replicas(args.name, args.count, wait=args.wait)
+    print(f"{count.name}: replicas={count.replicas} have={count.have}")
+
+
+def _servers(client: BlockingClient, args: argparse.Namespace) -> None:
+    servers = client.servers()
+    if args.json:
+        _print_json([attrs.asdict(s) for s in servers])
+        return
+    _table([[s.id, s.address, s.state, _human_bytes(s.used), _human_bytes(s.capacity), str(s.blobs), s.zone]
+            for s in servers], right=0)
+
+
+def _status(client: BlockingClient, args: argparse.Namespace) -> None:
+    status = client.status()
+    if args.json:
+        _print_json(attrs.asdict(status))
+        return
+    for key, value in attrs.asdict(status).items():
+        print(f"{key + ':':16}{value}")
+
+
+COMMANDS: dict[str, Callable[..., None]] = {
+    "put": _put, "stat": _stat, "ls": _ls, "rm": _rm,
+    "replicas": _replicas, "servers": _servers, "status": _status,
+}
+
+
+def _reason(error: OSError) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if error.errno is not None:
+        return os.strerror(error.errno).lower() if error.strerror is None else error.strerror.lower()
+    return str(error) or type(error).__name__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``deposito`` command with ``argv`` (default: sys.argv[1:]); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "put" and args.path == "-" and not args.name:
+            parser.error("put - needs --name NAME")
+        if args.command == "get" and args.output != "-":
+            _get_target(args, parser)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+
+    def fail(message: str) -> int:
+        print(f"{PROG}: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        try:
+            client = BlockingClient(args.proxy, token=args.token)
+        except DepositoError as e:
+            return fail(f"proxy at {args.proxy} refused the connection: {e}")
+        except OSError as e:
+            return fail(f"cannot reach proxy at {args.proxy}: {_reason(e)}")
+        with client:
+            if args.command == "get":
+                _get(client, args, parser)
+            else:
+                COMMANDS[args.command](client, args)
+        return 0
+    except _Failed as e:
+        return fail(str(e))
+    except ConnectionLost as e:
+        return fail(f"{e.message} (proxy at {args.proxy})")
+    except DepositoError as e:
+        return fail(str(e))
+    except BrokenPipeError:
+        # The reader of our output went away: stop quietly, as cat does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        return fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

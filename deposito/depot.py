@@ -1,0 +1,208 @@
+"""The proxy's work: what PUT, GET, DELETE and the listings do.
+
+The Depot knows nothing of sockets on the client side: the text protocol
+calls it, and it answers with records or DepositoError. It owns the catalog
+(through its thread), the roster of storage servers, and the collector that
+deletes garbage copies from the servers.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.logger import Logger
+
+from deposito.blobstore import new_blob_id
+from deposito.catalog import Catalog, CatalogThread, FileRecord
+from deposito.errors import NotFound, Unavailable
+from deposito.placement import place
+from deposito.protocols.blob import BlobClient
+from deposito.roster import Member, Roster
+from deposito.transfer import Upload, copy_blob, stream_blob
+
+
+class Depot:
+    log = Logger()
+
+    def __init__(self, reactor: Any, db: CatalogThread, roster: Roster, default_replicas: int = 2,
+                 connect_timeout: float = 5.0, stall_timeout: float = 30.0,
+                 collect_every: float = 2.0) -> None:
+        self.reactor = reactor
+        self.db = db
+        self.roster = roster
+        self.default_replicas = default_replicas
+        self.connect_timeout = connect_timeout
+        self.stall_timeout = stall_timeout
+        self._collector = task.LoopingCall(self._collect)
+        self._collector.clock = reactor
+        self.collect_every = collect_every
+        self._collecting: defer.Deferred | None = None
+
+    def start(self) -> defer.Deferred:
+        d = self.db(Catalog.recover)
+        d.addCallback(lambda n: n and self.log.info("{n} unfinished uploads from before are garbage now", n=n))
+        d.addCallback(lambda _: self.db(Catalog.servers))
+        d.addCallback(lambda rows: self.roster.restore(Member(*row) for row in rows))
+        d.addCallback(lambda _: self._collector.start(self.collect_every, now=False))
+        return d
+
+    def stop(self) -> defer.Deferred | None:
+        if self._collector.running:
+            self._collector.stop()
+        return self._collecting
+
+    def member_changed(self, m: Member) -> None:
+        """The roster's hook: remember servers across restarts; collect from a returning one."""
+        self.db(Catalog.save_server, m.id, m.zone, m.host, m.port, m.capacity, m.used, m.blobs)
+        if m.up:
+            self.kick()
+
+    async def connect(self, member: Member) -> BlobClient:
+        endpoint = HostnameEndpoint(self.reactor, member.host, member.port, timeout=self.connect_timeout)
+        client = await connectProtocol(endpoint, BlobClient())
+        client.transport.setTcpNoDelay(True)
+        return client
+
+    # -- PUT
+
+    async def begin_put(self, name: str, size: int, replicas: int | None) -> Upload:
+        """Reserve room on ``replicas`` servers and open a stream to each."""
+        replicas = replicas or self.default_replicas
+        targets = place(self.roster.members.values(), replicas, size)
+        blob = new_blob_id()
+        for m in targets:
+            m.reserved += size
+        try:
+            version = await self.db(Catalog.begin_upload, name, blob, [m.id for m in targets])
+            upload = Upload(self.reactor, name, version, blob, size, replicas, self.stall_timeout)
+            clients = await defer.DeferredList(
+                [defer.ensureDeferred(self.connect(m)) for m in targets], consumeErrors=True)
+            for m, (ok, client) in zip(targets, clients):
+                if ok:
+                    upload.add_lane(m, client, client.write_blob(blob, size, version, replicas, name))
+                else:
+                    self.log.warn("cannot reach storage server {id}: {why}", id=m.id,
+                                  why=client.getErrorMessage())
+            if not upload.lanes:
+                await self.db(Catalog.abandon, blob)
+                raise Unavailable("no storage server could be reached")
+        except BaseException:
+            for m in targets:
+                m.reserved -= size
+            raise
+        upload.targets = targets  # type: ignore[attr-defined]
+        return upload
+
+    async def finish_put(self, upload: Upload) -> FileRecord:
+        """Every byte is in: make sure there are ``replicas`` verified copies, then commit."""
+        upload.detach()
+        try:
+            good = await upload.finish()
+            tried = list(upload.targets)  # type: ignore[attr-defined]
+            while len(good) < upload.replicas:
+                target = place(self.roster.members.values(), 1, upload.size, taken=tried)[0]
+                tried.append(target)
+                target.reserved += upload.size
+                try:
+                    await self.db(Catalog.add_intent, upload.blob, target.id)
+                    self.log.info("making the missing copy of {name} on {id}", name=upload.name, id=target.id)
+                    await copy_blob(self.connect, good, target, upload.blob, upload.size, upload.sha256,
+                                    upload.name, upload.version, upload.replicas)
+                    good.append(target)
+                except Exception as e:
+                    self.log.warn("copy of {name} to {id} failed: {why}", name=upload.name, id=target.id, why=str(e))
+                finally:
+                    target.reserved -= upload.size
+        except BaseException:
+            await self.db(Catalog.abandon, upload.blob)
+            self.kick()
+            raise
+        finally:
+            for m in upload.targets:  # type: ignore[attr-defined]
+                m.reserved -= upload.size
+        ids = [m.id for m in good]
+        await self.db(Catalog.commit, upload.name, upload.version, upload.blob, upload.size,
+                      upload.sha256, upload.replicas, ids, self.reactor.seconds())
+        self.kick()
+        self.log.info("stored {name} version {version} ({size} bytes) on {servers}",
+                      name=upload.name, version=upload.version, size=upload.size, servers=",".join(ids))
+        return FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
+                          upload.replicas, tuple(ids))
+
+    def abort_put(self, upload: Upload) -> None:
+        """The client went away mid-upload: nothing of it is kept."""
+        upload.abort()
+        for m in upload.targets:  # type: ignore[attr-defined]
+            m.reserved -= upload.size
+        d = self.db(Catalog.abandon, upload.blob)
+        d.addCallback(lambda _: self.kick())
+        d.addErrback(lambda f: self.log.failure("abandoning {blob}", f, blob=upload.blob))
+
+    # -- reads
+
+    async def lookup(self, name: str) -> FileRecord:
+        record = await self.db(Catalog.lookup, name)
+        if record is None:
+            raise NotFound(f"no file named {name}")
+        return record
+
+    def healthy(self, record: FileRecord) -> list[Member]:
+        """The up servers holding a copy, in a random order to spread reads."""
+        members = [self.roster.get(s) for s in record.servers]
+        live = [m for m in members if m is not None and m.up]
+        random.shuffle(live)
+        return live
+
+    async def read(self, record: FileRecord, consumer: Any, started: Any) -> None:
+        sources = self.healthy(record)
+        if not sources:
+            raise Unavailable(f"no copy of {record.name} is on a live server")
+        await stream_blob(self.connect, sources, record.blob, record.size, consumer, started)
+
+    async def list(self, prefix: str) -> list[FileRecord]:
+        return await self.db(Catalog.list, prefix)
+
+    async def delete(self, name: str) -> FileRecord:
+        record = await self.db(Catalog.delete, name)
+        if record is None:
+            raise NotFound(f"no file named {name}")
+        self.kick()
+        self.log.info("deleted {name} version {version}", name=name, version=record.version)
+        return record
+
+    def servers(self) -> list[Member]:
+        return sorted(self.roster.members.values(), key=lambda m: m.id)
+
+    # -- garbage
+
+    def kick(self) -> None:
+        """Collect garbage soon, rather than at the next tick."""
+        if self._collecting is None and self._collector.running:
+            self.reactor.callLater(0, self._collect)
+
+    def _collect(self) -> defer.Deferred | None:
+        if self._collecting is not None:
+            return None
+        self._collecting = defer.ensureDeferred(self._collect_once())
+        self._collecting.addErrback(lambda f: self.log.failure("collecting garbage", f))
+        self._collecting.addBoth(lambda _: setattr(self, "_collecting", None))
+        return None
+
+    async def _collect_once(self) -> None:
+        for blob, server in await self.db(Catalog.garbage, 200):
+            member = self.roster.get(server)
+            if member is None or not member.up:
+                continue
+            try:
+                client = await self.connect(member)
+                try:
+                    await client.delete_blob(blob)
+                finally:
+                    client.transport.loseConnection()
+            except Exception as e:
+                self.log.warn("cannot delete {blob} from {id} yet: {why}", blob=blob, id=server, why=str(e))
+                continue
+            await self.db(Catalog.forget_garbage, blob, server)

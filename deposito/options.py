@@ -1,0 +1,52 @@
+"""Validation shared by the tap modules' options."""
+
+from __future__ import annotations
+
+import re
+
+from twisted.python import usage
+
+_SIZE = re.compile(r"^(\d+)\s*([kmgt]i?b?|b)?$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(option: str, value: str) -> int:
+    """``1048576``, ``512M``, ``10GiB``... as a whole number of bytes."""
+    m = _SIZE.match(value.strip())
+    if not m:
+        raise usage.UsageError(f"{option} must be a byte count such as 1048576, 512M or 10G, not {value!r}")
+    return int(m.group(1)) * _UNITS[(m.group(2) or "")[:1].lower()]
+
+
+def parse_int(option: str, value: str, low: int, high: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise usage.UsageError(f"{option} must be a whole number, not {value!r}") from None
+    if not low <= n <= high:
+        raise usage.UsageError(f"{option} must be from {low} to {high}, not {n}")
+    return n
+
+
+def check_endpoint(option: str, value: str, parse) -> None:
+    """Refuse an endpoint string the endpoint parser cannot read."""
+    try:
+        parse(value)
+    except Exception as e:  # the parsers raise a range of types
+        raise usage.UsageError(f"{option}: bad endpoint {value!r}: {e}") from None
+
+
+class FirstLineOptions(usage.Options):
+    """Options whose errors name the offending option on the first line of stderr.
+
+    twistd prints its whole usage text before an error; a person (and a
+    script) wants the error first.
+    """
+
+    command = "deposito"
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"{self.command}: error: {e}\n(see twistd {self.command} --help)") from None

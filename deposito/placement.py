@@ -1,0 +1,35 @@
+"""Where copies go: distinct servers, distinct zones first, then most free space."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from deposito.errors import NoSpace, Unavailable
+from deposito.roster import Member
+
+
+def place(candidates: Iterable[Member], count: int, size: int,
+          taken: Sequence[Member] = ()) -> list[Member]:
+    """Choose ``count`` up servers for a blob of ``size`` bytes.
+
+    ``taken`` are servers that already hold (or are writing) a copy: they are
+    never chosen again, and their zones count as used. Raises Unavailable when
+    too few servers are up, NoSpace when too few of them have room.
+    """
+    taken_ids = {m.id for m in taken}
+    live = [m for m in candidates if m.up and m.id not in taken_ids]
+    if len(live) < count:
+        raise Unavailable(f"{count} more servers needed, {len(live)} up")
+    roomy = sorted((m for m in live if m.free() >= size), key=lambda m: (-m.free(), m.id))
+    if len(roomy) < count:
+        raise NoSpace(f"only {len(roomy)} servers have {size} bytes free, {count} needed")
+    zones = {m.zone for m in taken}
+    chosen: list[Member] = []
+    for m in roomy:  # first pass: one per new zone
+        if len(chosen) < count and m.zone not in zones:
+            chosen.append(m)
+            zones.add(m.zone)
+    for m in roomy:  # then the roomiest of the rest
+        if len(chosen) < count and m not in chosen:
+            chosen.append(m)
+    return chosen

@@ -1,0 +1,407 @@
+"""The blob protocol: a storage server's own port, spoken by the proxy.
+
+Requests (one line each, words as in the text protocol):
+
+    WRITE <blob> <size> <version> <replicas> <name>
+        then exactly <size> raw bytes, then ``END <sha256>``;
+        reply ``OK stored <blob> sha256=<hex>`` once the blob is durable.
+    READ <blob> <offset>
+        reply ``OK <remaining> size=<size>``, then <remaining> raw bytes.
+    DELETE <blob>
+        reply ``OK deleted`` or ``OK absent``.
+
+Errors are ``ERR <code> <message>``, as on the client port.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from deposito.blobstore import BlobMeta, check_blob_id
+from deposito.errors import BadArgs, BadCommand, DepositoError, Internal, from_reply
+from deposito.protocols.lines import LineProtocol, handler_for
+from deposito.protocols.words import check_name, parse_count, quote, split
+
+FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big
+WINDOW_BYTES = 4 << 20  # pause the sender when this much waits for the disk
+READ_CHUNK = 256 << 10
+
+
+class ConnectionLost(DepositoError):
+    code = "unavailable"
+
+
+class BlobServerProtocol(LineProtocol, TimeoutMixin):
+    """Serves WRITE, READ and DELETE for one device."""
+
+    log = Logger()
+    idle_timeout = 120
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+        self._incoming = None
+        self._remaining = 0
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._in_flight = 0
+        self._write_error: Failure | None = None
+        self._paused_for_disk = False
+        self._sender: _BlobSender | None = None
+
+    def connectionMade(self) -> None:
+        self.setTimeout(self.idle_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def timeoutConnection(self) -> None:
+        self.log.info("blob connection idle, closing")
+        self.transport.abortConnection()
+
+    def badLine(self, why: str) -> None:
+        self.reply(BadArgs(why).reply())
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.badLine("line too long")
+
+    def fail(self, err: DepositoError, close: bool = False) -> None:
+        self.reply(err.reply())
+        if close:
+            self.transport.loseConnection()
+
+    def textReceived(self, text: str) -> None:
+        words: list[str] = []
+        try:
+            words = split(text)
+            if not words:
+                return
+            handler_for(self, words)(*words[1:])
+        except DepositoError as e:
+            # bytes may follow a refused WRITE: the stream cannot be trusted
+            writing = bool(words) and words[0].upper() == "WRITE"
+            self.fail(e, close=writing or self._incoming is not None)
+
+    # -- WRITE
+
+    def do_WRITE(self, blob: str, size: str, version: str, replicas: str, name: str) -> None:
+        meta = BlobMeta(
+            blob=check_blob_id(blob), name=check_name(name),
+            version=parse_count(version, "version", 1),
+            size=parse_count(size, "size"), sha256="",
+            replicas=parse_count(replicas, "replicas", 1, 16),
+        )
+        self.device.reserve(meta.size)
+        self._incoming = self.device.begin(meta)
+        self._remaining = meta.size
+        self._write_error = None
+        self.setRawMode()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        take = data[: self._remaining]
+        rest = data[len(take):]
+        self._remaining -= len(take)
+        if self._write_error is None:
+            self._pending.append(take)
+            self._pending_size += len(take)
+            if self._pending_size >= FLUSH_BYTES or self._remaining == 0:
+                self._flush()
+        if self._remaining == 0:
+            self.setLineMode(rest)
+
+    def _flush(self) -> None:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        if not data:
+            return
+        self._in_flight += len(data)
+        d = self.device.write(self._incoming, data)
+        d.addCallbacks(self._written, self._write_failed, callbackArgs=(len(data),), errbackArgs=(len(data),))
+        if self._in_flight > WINDOW_BYTES and not self._paused_for_disk:
+            self._paused_for_disk = True
+            self.transport.pauseProducing()
+
+    def _written(self, _: object, size: int) -> None:
+        self._in_flight -= size
+        if self._paused_for_disk and self._in_flight <= WINDOW_BYTES // 2:
+            self._paused_for_disk = False
+            self.transport.resumeProducing()
+
+    def _write_failed(self, failure: Failure, size: int) -> None:
+        self._written(None, size)
+        if self._write_error is None:
+            self._write_error = failure
+
+    def do_END(self, sha256: str) -> None:
+        incoming, self._incoming = self._incoming, None
+        if incoming is None:
+            raise BadCommand("END without WRITE")
+        if self._write_error is not None:
+            d = self.device.abort(incoming)
+            d.addCallback(lambda _: self._write_error)
+        else:
+            d = self.device.commit(incoming, sha256)
+        d.addBoth(self._committed, incoming)
+        self.pauseProducing()
+
+    def _committed(self, result: Any, incoming: Any) -> None:
+        self.device.release(incoming.meta.size)
+        if isinstance(result, Failure):
+            err = result.value if isinstance(result.value, DepositoError) else None
+            if err is None:
+                self.log.failure("writing blob {blob}", result, blob=incoming.meta.blob)
+                err = Internal("write failed")
+            self.device.abort(incoming)
+            self.fail(err)
+        else:
+            self.log.debug("stored blob {blob}", blob=result.blob)
+            self.reply(f"OK stored {result.blob} sha256={result.sha256}")
+        if self.transport.connected:
+            self.resumeProducing()
+
+    # -- READ
+
+    def do_READ(self, blob: str, offset: str) -> None:
+        start = parse_count(offset, "offset")
+        d = self.device.open(check_blob_id(blob))
+        self.pauseProducing()
+        d.addCallbacks(self._opened, self._open_failed, callbackArgs=(start,))
+
+    def _opened(self, opened: Any, offset: int) -> None:
+        f, size = opened
+        if offset > size:
+            self.device.close(f)
+            self.fail(BadArgs("offset past the end"))
+            self.resumeProducing()
+            return
+        self.reply(f"OK {size - offset} size={size}")
+        self._sender = _BlobSender(self.device, f, offset, size, self.transport, self._sent,
+                                   self.resetTimeout)
+        self._sender.start()
+
+    def _open_failed(self, failure: Failure) -> None:
+        err = failure.value if isinstance(failure.value, DepositoError) else Internal("cannot open blob")
+        self.fail(err)
+        self.resumeProducing()
+
+    def _sent(self) -> None:
+        self._sender = None
+        if self.transport.connected:
+            self.resumeProducing()
+
+    # -- DELETE
+
+    def do_DELETE(self, blob: str) -> None:
+        d = self.device.delete(check_blob_id(blob))
+        self.pauseProducing()
+
+        def done(existed: bool) -> None:
+            self.reply("OK deleted" if existed else "OK absent")
+            self.resumeProducing()
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("deleting blob {blob}", failure, blob=blob)
+            self.fail(Internal("delete failed"))
+            self.resumeProducing()
+
+        d.addCallbacks(done, failed)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.setTimeout(None)
+        if self._incoming is not None:
+            incoming, self._incoming = self._incoming, None
+            self.device.release(incoming.meta.size)
+            self.device.abort(incoming)
+        if self._sender is not None:
+            self._sender.stopProducing()
+
+
+@implementer(IPushProducer)
+class _BlobSender:
+    """Reads a blob on the reader threads and writes it out, paused by the peer."""
+
+    def __init__(self, device: Any, f: Any, offset: int, size: int, transport: Any,
+                 done: Callable[[], None], progress: Callable[[], None]) -> None:
+        self.device, self.f, self.offset, self.size = device, f, offset, size
+        self.transport, self.done, self.progress = transport, done, progress
+        self.paused = False
+        self.reading = False
+        self.stopped = False
+
+    def start(self) -> None:
+        self.transport.registerProducer(self, True)
+        self._next()
+
+    def _next(self) -> None:
+        if self.stopped or self.paused or self.reading:
+            return
+        if self.offset >= self.size:
+            self._finish()
+            return
+        self.reading = True
+        d = self.device.read(self.f, self.offset, min(READ_CHUNK, self.size - self.offset))
+        d.addCallbacks(self._got, self._failed)
+
+    def _got(self, data: bytes) -> None:
+        self.reading = False
+        if self.stopped:
+            return
+        if not data:  # the file shrank under us: the stream cannot be completed
+            self._failed(None)
+            return
+        self.offset += len(data)
+        self.progress()
+        self.transport.write(data)
+        self._next()
+
+    def _failed(self, failure: Failure | None) -> None:
+        self.reading = False
+        self.stopProducing()
+        self.transport.abortConnection()
+
+    def _finish(self) -> None:
+        self.stopped = True
+        self.transport.unregisterProducer()
+        self.device.close(self.f)
+        self.done()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._next()
+
+    def stopProducing(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.device.close(self.f)
+
+
+class BlobServerFactory(Factory):
+    def __init__(self, device: Any) -> None:
+        self.device = device
+
+    def buildProtocol(self, addr: Any) -> BlobServerProtocol:
+        p = BlobServerProtocol(self.device)
+        p.factory = self
+        return p
+
+
+class BlobClient(LineProtocol):
+    """The proxy's end of a blob connection: one request at a time.
+
+    ``write_blob``/``send``/``end`` upload a blob; ``read_blob`` streams one
+    into a sink; ``delete_blob`` removes one. Each returns a Deferred that fails
+    with a DepositoError on an ERR reply or ConnectionLost.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: defer.Deferred | None = None
+        self._sink: Any = None
+        self._remaining = 0
+        self._body: defer.Deferred | None = None
+        self.lost = False
+
+    def _expect(self) -> defer.Deferred:
+        if self.lost:
+            return defer.fail(ConnectionLost("storage server connection lost"))
+        self._waiting = defer.Deferred()
+        return self._waiting
+
+    def badLine(self, why: str) -> None:
+        self.transport.abortConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.transport.abortConnection()
+
+    def textReceived(self, text: str) -> None:
+        d, self._waiting = self._waiting, None
+        if d is None:
+            self.transport.abortConnection()
+            return
+        if text.startswith("OK"):
+            if self._sink is not None:
+                self._start_body(text, d)
+            else:
+                d.callback(text)
+        else:
+            self._sink = None
+            d.errback(from_reply(text))
+
+    def write_blob(self, blob: str, size: int, version: int, replicas: int, name: str) -> defer.Deferred:
+        d = self._expect()
+        self.reply(f"WRITE {blob} {size} {version} {replicas} {quote(name)}")
+        return d
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def end(self, sha256: str) -> None:
+        self.reply(f"END {sha256}")
+
+    def delete_blob(self, blob: str) -> defer.Deferred:
+        d = self._expect()
+        self.reply(f"DELETE {blob}")
+        return d
+
+    def read_blob(self, blob: str, offset: int, sink: Any) -> defer.Deferred:
+        """Fires with the byte count to come once the server accepts; then
+        :attr:`body` fires when the last byte has gone to ``sink.write``."""
+        d = self._expect()
+        self._sink = sink
+        self.reply(f"READ {blob} {offset}")
+        return d
+
+    def _start_body(self, text: str, d: defer.Deferred) -> None:
+        words = text.split()
+        try:
+            self._remaining = int(words[1])
+        except (IndexError, ValueError):
+            self.transport.abortConnection()
+            d.errback(ConnectionLost("bad reply from storage server"))
+            return
+        self._body = defer.Deferred()
+        d.callback(self._remaining)
+        if self._remaining == 0:
+            self._end_body()
+        else:
+            self.setRawMode()
+
+    @property
+    def body(self) -> defer.Deferred:
+        assert self._body is not None
+        return self._body
+
+    def rawDataReceived(self, data: bytes) -> None:
+        take = data[: self._remaining] if len(data) > self._remaining else data
+        self._remaining -= len(take)
+        self._sink.write(take)
+        if self._remaining == 0:
+            self._end_body()
+            if len(take) < len(data):
+                self.setLineMode(data[len(take):])
+
+    def _end_body(self) -> None:
+        body, self._body, self._sink = self._body, None, None
+        self.setLineMode()
+        if body is not None:
+            body.callback(None)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.lost = True
+        err = ConnectionLost("storage server connection lost")
+        for d in (self._waiting, self._body):
+            if d is not None and not d.called:
+                d.errback(err)
+        self._waiting = self._body = None

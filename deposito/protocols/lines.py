@@ -1,0 +1,59 @@
+"""The line framing every Deposito connection shares.
+
+Lines end with LF; a trailing CR is dropped, so telnet's CRLF works too.
+Replies are sent with CRLF. A line over the limit is refused, not buffered.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from twisted.protocols.basic import LineReceiver
+
+from deposito.errors import BadArgs, BadCommand
+
+MAX_LINE = 8192
+
+
+class LineProtocol(LineReceiver):
+    """LineReceiver that splits on LF, strips CR and decodes UTF-8."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self.badLine("request is not valid UTF-8")
+            return
+        self.textReceived(text)
+
+    def textReceived(self, text: str) -> None:
+        raise NotImplementedError
+
+    def badLine(self, why: str) -> None:
+        raise NotImplementedError
+
+    def reply(self, text: str) -> None:
+        self.transport.write(text.encode("utf-8") + b"\r\n")
+
+
+def handler_for(obj: Any, words: list[str]) -> Callable[..., Any]:
+    """The ``do_<COMMAND>`` method of ``obj`` for a request, its arguments checked.
+
+    Raises BadCommand for an unknown command and BadArgs for a wrong count.
+    """
+    command = words[0].upper()
+    handler = getattr(obj, "do_" + command, None) if command.isalpha() else None
+    if handler is None:
+        raise BadCommand(f"unknown command {words[0][:40]!r} (try HELP)")
+    try:
+        inspect.signature(handler).bind(*words[1:])
+    except TypeError:
+        usage = getattr(obj, "USAGE", {}).get(command, command)
+        raise BadArgs(f"usage: {usage}") from None
+    return handler

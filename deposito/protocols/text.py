@@ -1,0 +1,231 @@
+"""The client-facing text protocol of the proxy (CONTRACT.md section 2).
+
+This module frames and parses: one request line, one reply line (or ``OK <n>``
+and n lines), raw mode for file bytes. The work is the Depot's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+import deposito
+from deposito.errors import BadArgs, DepositoError, Internal
+from deposito.protocols.lines import LineProtocol, handler_for
+from deposito.protocols.words import check_name, parse_count, quote, split
+
+MAX_REPLICAS = 16
+
+USAGE = {
+    "HELP": "HELP",
+    "PUT": "PUT <name> <size> [<replicas>]",
+    "GET": "GET <name>",
+    "STAT": "STAT <name>",
+    "LIST": "LIST [<prefix>]",
+    "DELETE": "DELETE <name>",
+    "SERVERS": "SERVERS",
+    "AUTH": "AUTH <token>",
+    "QUIT": "QUIT",
+}
+
+HELP = [
+    "PUT <name> <size> [<replicas>]  store a file: after 'OK send', send <size> raw bytes",
+    "GET <name>                      'OK <size> sha256=.. version=..' then <size> raw bytes",
+    "STAT <name>                     size, checksum, version, wanted and healthy copies",
+    "LIST [<prefix>]                 'OK <n>' then '<size> <wanted> <have> <name>' lines",
+    "DELETE <name>                   remove a file",
+    "SERVERS                         the storage servers and their state",
+    "AUTH <token>                    authenticate (when the proxy asks for tokens)",
+    "HELP                            this list",
+    "QUIT                            close the connection",
+]
+
+
+class DepotProtocol(LineProtocol, TimeoutMixin):
+    """One client connection."""
+
+    log = Logger()
+    USAGE = USAGE
+
+    def __init__(self, depot: Any, idle_timeout: float, stall_timeout: float) -> None:
+        self.depot = depot
+        self.idle_timeout = idle_timeout
+        self.stall_timeout = stall_timeout
+        self._upload: Any = None
+        self._remaining = 0
+        self._broken = False
+
+    # -- framing
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True) if hasattr(self.transport, "setTcpNoDelay") else None
+        self.setTimeout(self.idle_timeout)
+        self.reply(f"OK deposito {deposito.__version__} ready")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def timeoutConnection(self) -> None:
+        if self._upload is not None:
+            self.reply("ERR badargs upload stalled, closing")
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.reply("ERR badargs line too long")
+        self.transport.loseConnection()
+
+    def badLine(self, why: str) -> None:
+        self.reply(BadArgs(why).reply())
+
+    def textReceived(self, text: str) -> None:
+        try:
+            words = split(text)
+            if not words:
+                return
+            result = handler_for(self, words)(*words[1:])
+        except DepositoError as e:
+            self.reply(e.reply())
+            return
+        if inspect.iscoroutine(result):
+            self.pauseProducing()
+            d = defer.ensureDeferred(result)
+            d.addErrback(self._failed)
+            d.addBoth(self._resume)
+
+    def _failed(self, failure: Failure) -> None:
+        if isinstance(failure.value, DepositoError):
+            err = failure.value
+        else:
+            self.log.failure("request failed", failure)
+            err = Internal("the proxy hit an error; see its log")
+        if self.transport.connected:
+            self.reply(err.reply())
+
+    def _resume(self, _: object) -> None:
+        if self._broken:
+            self.transport.loseConnection()
+        elif self.transport.connected:
+            self.setTimeout(self.idle_timeout)
+            self.resumeProducing()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.setTimeout(None)
+        if self._upload is not None:
+            upload, self._upload = self._upload, None
+            self.log.info("client left during the upload of {name}", name=upload.name)
+            self.depot.abort_put(upload)
+
+    # -- commands
+
+    def do_HELP(self) -> None:
+        self.reply(f"OK {len(HELP)}")
+        for line in HELP:
+            self.reply(line)
+
+    def do_QUIT(self) -> None:
+        self.reply("OK bye")
+        self.transport.loseConnection()
+
+    def do_AUTH(self, token: str) -> None:
+        self.reply("OK")
+
+    async def do_PUT(self, name: str, size: str, replicas: str | None = None) -> None:
+        check_name(name)
+        nbytes = parse_count(size, "size")
+        count = parse_count(replicas, "replicas", 1, MAX_REPLICAS) if replicas is not None else None
+        upload = await self.depot.begin_put(name, nbytes, count)
+        if not self.transport.connected:
+            self.depot.abort_put(upload)
+            return
+        self.reply(f"OK send {nbytes}")
+        self._upload, self._remaining = upload, nbytes
+        self._done = defer.Deferred()
+        if nbytes:
+            upload.attach(self.transport)
+            self.setTimeout(self.stall_timeout)
+            self.setRawMode()
+            self.paused = False  # let raw bytes flow; lines wait until the reply
+            self.transport.resumeProducing()
+            if self._buffer:
+                self.dataReceived(b"")
+        else:
+            self._done.callback(None)
+        await self._done
+        self._upload = None
+        record = await self.depot.finish_put(upload)
+        self.reply(f"OK stored name={quote(record.name)} version={record.version} size={record.size}"
+                   f" sha256={record.sha256} replicas={len(record.servers)}")
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._upload is None:
+            return
+        take = data if len(data) <= self._remaining else data[: self._remaining]
+        self._remaining -= len(take)
+        self._upload.write(take)
+        if self._remaining == 0:
+            self._upload.detach()
+            self.pauseProducing()
+            self.setLineMode(data[len(take):])
+            self._done.callback(None)
+
+    async def do_GET(self, name: str) -> None:
+        record = await self.depot.lookup(check_name(name))
+        self.setTimeout(None)
+        header = (f"OK {record.size} sha256={record.sha256} version={record.version}")
+        sent = []
+
+        def started() -> None:
+            sent.append(True)
+            self.reply(header)
+
+        try:
+            await self.depot.read(record, self.transport, started)
+        except DepositoError:
+            if sent:  # the byte count cannot be kept: the connection must go
+                self.log.warn("GET {name} broke mid-stream", name=name)
+                self._broken = True
+                return
+            raise
+
+    async def do_STAT(self, name: str) -> None:
+        record = await self.depot.lookup(check_name(name))
+        healthy = sorted(m.id for m in self.depot.healthy(record))
+        self.reply(f"OK name={quote(record.name)} size={record.size} sha256={record.sha256}"
+                   f" version={record.version} replicas={record.replicas} have={len(healthy)}"
+                   f" servers={','.join(healthy) or '-'}")
+
+    async def do_LIST(self, prefix: str = "") -> None:
+        records = await self.depot.list(prefix)
+        lines = [f"{r.size} {r.replicas} {len(self.depot.healthy(r))} {quote(r.name)}" for r in records]
+        self.reply(f"OK {len(lines)}")
+        self.transport.writeSequence([line.encode("utf-8") + b"\r\n" for line in lines])
+
+    async def do_DELETE(self, name: str) -> None:
+        record = await self.depot.delete(check_name(name))
+        self.reply(f"OK deleted name={quote(record.name)}")
+
+    def do_SERVERS(self) -> None:
+        members = self.depot.servers()
+        self.reply(f"OK {len(members)}")
+        for m in members:
+            self.reply(f"{m.id} {m.host}:{m.port} {m.state} used={m.used} capacity={m.capacity}"
+                       f" blobs={m.blobs} zone={m.zone}")
+
+
+class DepotFactory(Factory):
+    def __init__(self, depot: Any, idle_timeout: float = 300.0, stall_timeout: float = 60.0) -> None:
+        self.depot = depot
+        self.idle_timeout = idle_timeout
+        self.stall_timeout = stall_timeout
+
+    def buildProtocol(self, addr: Any) -> DepotProtocol:
+        p = DepotProtocol(self.depot, self.idle_timeout, self.stall_timeout)
+        p.factory = self
+        return p

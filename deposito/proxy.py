@@ -1,0 +1,49 @@
+"""The proxy service: the catalog, the roster, and the client and cluster ports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.logger import Logger
+
+from deposito.catalog import Catalog, CatalogThread
+from deposito.depot import Depot
+from deposito.protocols.cluster import HEARTBEAT, MemberFactory
+from deposito.protocols.text import DepotFactory
+from deposito.roster import Roster
+
+
+class ProxyService(service.MultiService):
+    log = Logger()
+
+    def __init__(self, reactor: Any, data: str, client_endpoint: Any, cluster_endpoint: Any,
+                 replicas: int, heartbeat: float = HEARTBEAT) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.data = data
+        self.db = CatalogThread(reactor, Catalog(data))
+        self.roster = Roster(reactor)
+        self.depot = Depot(reactor, self.db, self.roster, default_replicas=replicas)
+        self.roster.on_change = self.depot.member_changed
+        StreamServerEndpointService(client_endpoint, DepotFactory(self.depot)).setServiceParent(self)
+        StreamServerEndpointService(cluster_endpoint, MemberFactory(self.roster, heartbeat)).setServiceParent(self)
+
+    def startService(self) -> None:
+        self.db.start()
+        self.depot.start().addErrback(lambda f: self.log.failure("starting the depot", f))
+        self.log.info("proxy catalog in {data}", data=self.data)
+        super().startService()
+
+    async def _stop(self) -> None:
+        await super().stopService()
+        collecting = self.depot.stop()
+        if collecting is not None:
+            await collecting
+        self.db.stop()
+
+    def stopService(self) -> Any:
+        from twisted.internet.defer import ensureDeferred
+
+        return ensureDeferred(self._stop())

@@ -1,0 +1,48 @@
+"""``twistd deposito-proxy``: options and service wiring for the proxy."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from deposito.options import FirstLineOptions, check_endpoint, parse_int
+
+
+class Options(FirstLineOptions):
+    command = "deposito-proxy"
+    synopsis = "[--port EP] [--cluster-port EP] [--data DIR] [--replicas N]"
+    longdesc = ("The Deposito proxy: clients store and fetch files on --port (a text protocol "
+                "you can speak with telnet); storage servers join on --cluster-port.")
+    optParameters = [
+        ["port", None, "tcp:7000", "client endpoint for the text protocol"],
+        ["cluster-port", None, "tcp:7001", "endpoint where storage servers join"],
+        ["data", None, "./deposito-proxy", "directory for the catalog"],
+        ["replicas", None, "2", "replica count for a PUT that names none (1-16)"],
+    ]
+
+    def postOptions(self) -> None:
+        from twisted.internet import reactor
+
+        for option in ("port", "cluster-port"):
+            check_endpoint(f"--{option}", self[option],
+                           lambda v: endpoints.serverFromString(reactor, v))
+        self["replicas"] = parse_int("--replicas", self["replicas"], 1, 16)
+        if not self["data"]:
+            raise usage.UsageError("--data must name a directory")
+        self["data"] = os.path.abspath(self["data"])
+
+
+def makeService(options: Options):
+    from twisted.internet import reactor
+
+    from deposito.proxy import ProxyService
+
+    return ProxyService(
+        reactor,
+        options["data"],
+        endpoints.serverFromString(reactor, options["port"]),
+        endpoints.serverFromString(reactor, options["cluster-port"]),
+        options["replicas"],
+    )

@@ -1,0 +1,91 @@
+"""The storage servers the proxy knows, and which of them are up."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import attrs
+from twisted.logger import Logger
+
+from deposito.errors import Denied
+
+
+@attrs.define
+class Member:
+    """One storage server as the proxy sees it."""
+
+    id: str
+    zone: str
+    host: str
+    port: int
+    capacity: int = 0
+    used: int = 0
+    blobs: int = 0
+    state: str = "down"
+    last_seen: float = 0.0
+    reserved: int = 0
+    connection: Any = attrs.field(default=None, repr=False, eq=False)
+
+    @property
+    def up(self) -> bool:
+        return self.state == "up"
+
+    def free(self) -> int:
+        return max(0, self.capacity - self.used - self.reserved)
+
+
+class Roster:
+    """Joins, heartbeats and losses of storage servers."""
+
+    log = Logger()
+
+    def __init__(self, clock: Any, on_change: Callable[[Member], None] = lambda m: None) -> None:
+        self.clock = clock
+        self.members: dict[str, Member] = {}
+        self.on_change = on_change
+
+    def restore(self, members: Iterable[Member]) -> None:
+        """Servers known before a restart: listed as down until they join again."""
+        for m in members:
+            m.state = "down"
+            m.connection = None
+            self.members[m.id] = m
+
+    def join(self, member_id: str, zone: str, host: str, port: int,
+             capacity: int, used: int, blobs: int, connection: Any) -> Member:
+        m = self.members.get(member_id)
+        if m is not None and m.connection is not None and m.connection is not connection:
+            raise Denied(f"a server named {member_id} is already joined")
+        if m is None:
+            m = self.members[member_id] = Member(member_id, zone, host, port)
+        m.zone, m.host, m.port = zone, host, port
+        m.capacity, m.used, m.blobs = capacity, used, blobs
+        m.state, m.connection, m.last_seen = "up", connection, self.clock.seconds()
+        self.log.info("storage server {id} joined from {host}:{port} (zone {zone})",
+                      id=member_id, host=host, port=port, zone=zone)
+        self.on_change(m)
+        return m
+
+    def heartbeat(self, member_id: str, capacity: int, used: int, blobs: int) -> None:
+        m = self.members[member_id]
+        m.capacity, m.used, m.blobs = capacity, used, blobs
+        m.last_seen = self.clock.seconds()
+
+    def lost(self, member_id: str, connection: Any) -> None:
+        m = self.members.get(member_id)
+        if m is None or m.connection is not connection:
+            return
+        m.connection = None
+        m.state = "down"
+        self.log.warn("storage server {id} is down", id=member_id)
+        self.on_change(m)
+
+    def up(self) -> list[Member]:
+        return [m for m in self.members.values() if m.up]
+
+    def get(self, member_id: str) -> Member | None:
+        return self.members.get(member_id)
+
+    def is_up(self, member_id: str) -> bool:
+        m = self.members.get(member_id)
+        return m is not None and m.up

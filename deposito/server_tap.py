@@ -1,0 +1,56 @@
+"""``twistd deposito-server``: options and service wiring for a storage server."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from deposito.options import FirstLineOptions, check_endpoint, parse_bytes
+from deposito.protocols.cluster import SERVER_ID
+
+
+class Options(FirstLineOptions):
+    command = "deposito-server"
+    synopsis = "[--proxy EP] [--port EP] [--data DIR] [--name ID] [--zone Z] [--capacity BYTES]"
+    longdesc = ("A Deposito storage server: one device. It joins the proxy at --proxy, serves "
+                "blobs on --port and keeps them under --data.")
+    optParameters = [
+        ["proxy", None, "tcp:127.0.0.1:7001", "client endpoint of the proxy's cluster port"],
+        ["port", None, "tcp:0", "endpoint for blob traffic (tcp:0: any free port, advertised)"],
+        ["data", None, "./deposito-server", "directory for the blobs (one server = one device)"],
+        ["name", None, None, "stable server id (default: made once and kept in --data)"],
+        ["zone", None, None, "failure domain (default: the host name)"],
+        ["capacity", None, None, "the most bytes to hold, e.g. 10G (default: the disk's free space)"],
+    ]
+
+    def postOptions(self) -> None:
+        from twisted.internet import reactor
+
+        check_endpoint("--proxy", self["proxy"], lambda v: endpoints.clientFromString(reactor, v))
+        check_endpoint("--port", self["port"], lambda v: endpoints.serverFromString(reactor, v))
+        for option in ("name", "zone"):
+            if self[option] is not None and not SERVER_ID.match(self[option]):
+                raise usage.UsageError(f"--{option} must be 1 to 64 of A-Z a-z 0-9 . _ : -")
+        if self["capacity"] is not None:
+            self["capacity"] = parse_bytes("--capacity", self["capacity"])
+        if not self["data"]:
+            raise usage.UsageError("--data must name a directory")
+        self["data"] = os.path.abspath(self["data"])
+
+
+def makeService(options: Options):
+    from twisted.internet import reactor
+
+    from deposito.storage import StorageService
+
+    return StorageService(
+        reactor,
+        options["data"],
+        endpoints.serverFromString(reactor, options["port"]),
+        endpoints.clientFromString(reactor, options["proxy"]),
+        options["name"],
+        options["zone"],
+        options["capacity"],
+    )

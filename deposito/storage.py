@@ -1,0 +1,127 @@
+"""The storage server: one device's blobs, served on its own port, joined to a proxy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from deposito.blobstore import BlobStore
+from deposito.device import Device
+from deposito.protocols.blob import BlobServerFactory
+from deposito.protocols.cluster import JoinProtocol, check_label
+
+
+def node_id(data: str, name: str | None) -> str:
+    """The server's stable id: given, or made once and kept in ``data``."""
+    path = os.path.join(data, "node-id")
+    if name:
+        return check_label(name, "--name")
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        made = "s-" + uuid.uuid4().hex[:10]
+        os.makedirs(data, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.write(made + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        return made
+
+
+class StorageNode:
+    """What the cluster protocol reports about this server."""
+
+    def __init__(self, device: Device, id: str, zone: str, host: str | None,
+                 capacity: int | None) -> None:
+        self.device = device
+        self.id = id
+        self.zone = zone
+        self.host = host
+        self.port = 0
+        self.configured_capacity = capacity
+        self.refresh_capacity()
+
+    def refresh_capacity(self) -> None:
+        """Capacity is the configured bound, never more than the disk can still take."""
+        disk = self.device.store.used + shutil.disk_usage(self.device.store.root).free
+        limit = disk if self.configured_capacity is None else min(self.configured_capacity, disk)
+        self.device.capacity = limit
+
+    def usage(self) -> tuple[int, int, int]:
+        self.refresh_capacity()
+        return self.device.capacity, self.device.used, self.device.count
+
+
+class _JoinFactory(Factory):
+    def __init__(self, node: StorageNode, clock: Any) -> None:
+        self.node, self.clock = node, clock
+
+    def buildProtocol(self, addr: Any) -> JoinProtocol:
+        p = JoinProtocol(self.node, self.clock)
+        p.factory = self
+        return p
+
+
+class StorageService(service.MultiService):
+    """Listens for blob traffic, then joins the proxy and keeps rejoining."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, data: str, listen: Any, proxy: Any, name: str | None,
+                 zone: str | None, capacity: int | None) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.data = data
+        self.listen_endpoint = listen
+        self.proxy_endpoint = proxy
+        self.name = name
+        self.zone = zone or check_label(socket.gethostname()[:64], "host name as zone")
+        self.capacity = capacity
+        self.port: Any = None
+        self.node: StorageNode | None = None
+
+    def startService(self) -> None:
+        store = BlobStore(self.data)
+        device = Device(self.reactor, store, 0)
+        device.start()
+        self.node = StorageNode(device, node_id(self.data, self.name), self.zone, None, self.capacity)
+        self.log.info("storage server {id} holds {n} blobs ({used} bytes) in {data}",
+                      id=self.node.id, n=store.count, used=store.used, data=store.root)
+        super().startService()
+        d = self.listen_endpoint.listen(BlobServerFactory(device))
+        d.addCallback(self._listening)
+        d.addErrback(self._listen_failed)
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        address = port.getHost()
+        self.node.port = address.port
+        if getattr(address, "host", "") not in ("0.0.0.0", "::", ""):
+            self.node.host = address.host
+        self.log.info("serving blobs on {host}:{port}", host=address.host, port=address.port)
+        joiner = ClientService(self.proxy_endpoint, _JoinFactory(self.node, self.reactor),
+                               retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=2.0, factor=1.5),
+                               clock=self.reactor)
+        joiner.setServiceParent(self)
+
+    def _listen_failed(self, failure: Any) -> None:
+        self.log.failure("cannot listen for blob traffic", failure)
+        self.reactor.stop()
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+        if self.port is not None:
+            self.port.stopListening()
+        if self.node is not None:
+            self.node.device.stop()
+        return d

@@ -1,0 +1,249 @@
+"""Streams between the proxy and storage servers.
+
+- :class:`Upload`: one client's bytes fanned out to N servers in parallel.
+  Each server connection registers a lane as its producer; a lane paused by
+  its slow server pauses the client, so nothing is buffered beyond the
+  transports' own windows. A lane that fails is dropped and the rest go on.
+- :class:`Download`: one copy streamed to a consumer; if that copy fails
+  mid-stream, the next continues at the same offset.
+- :func:`copy_blob`: a blob relayed from one server to another, the reader
+  paused by the writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Awaitable, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from deposito.errors import DepositoError, Unavailable
+from deposito.protocols.blob import BlobClient
+from deposito.roster import Member
+
+Connect = Callable[[Member], Awaitable[BlobClient]]
+
+
+@implementer(IPushProducer)
+class Lane:
+    """One target server of an upload."""
+
+    def __init__(self, upload: Upload, member: Member, client: BlobClient, result: defer.Deferred) -> None:
+        self.upload = upload
+        self.member = member
+        self.client = client
+        self.result = result
+        self.alive = True
+        self._stall = None
+        client.transport.registerProducer(self, True)
+        result.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> Failure:
+        self.upload._lost(self, failure)
+        return failure
+
+    def pauseProducing(self) -> None:
+        self.upload._pause(self)
+        if self._stall is None:
+            self._stall = self.upload.clock.callLater(self.upload.stall_timeout, self._stalled)
+
+    def resumeProducing(self) -> None:
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+        self.upload._resume(self)
+
+    def stopProducing(self) -> None:
+        self.alive = False
+
+    def _stalled(self) -> None:
+        self._stall = None
+        Upload.log.warn("storage server {id} stopped reading an upload", id=self.member.id)
+        self.client.transport.abortConnection()
+
+    def close(self) -> None:
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+        if self.client.transport.connected:
+            self.client.transport.unregisterProducer()
+            self.client.transport.loseConnection()
+
+
+class Upload:
+    """A file's bytes on their way to its first copies."""
+
+    log = Logger()
+
+    def __init__(self, clock: Any, name: str, version: int, blob: str, size: int, replicas: int,
+                 stall_timeout: float = 30.0) -> None:
+        self.clock = clock
+        self.name = name
+        self.version = version
+        self.blob = blob
+        self.size = size
+        self.replicas = replicas
+        self.stall_timeout = stall_timeout
+        self.lanes: list[Lane] = []
+        self.received = 0
+        self._hash = hashlib.sha256()
+        self._paused: set[Lane] = set()
+        self._source: Any = None
+
+    def add_lane(self, member: Member, client: BlobClient, result: defer.Deferred) -> None:
+        self.lanes.append(Lane(self, member, client, result))
+
+    def live(self) -> list[Lane]:
+        return [lane for lane in self.lanes if lane.alive]
+
+    def attach(self, source: Any) -> None:
+        """The producer (the client's transport) to pause when a lane is slow."""
+        self._source = source
+
+    def detach(self) -> None:
+        if self._source is not None and self._paused:
+            self._source.resumeProducing()
+        self._source = None
+        self._paused.clear()
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        self._hash.update(data)
+        for lane in self.lanes:
+            if lane.alive:
+                lane.client.send(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def _pause(self, lane: Lane) -> None:
+        if not self._paused and self._source is not None:
+            self._source.pauseProducing()
+        self._paused.add(lane)
+
+    def _resume(self, lane: Lane) -> None:
+        if lane in self._paused:
+            self._paused.discard(lane)
+            if not self._paused and self._source is not None:
+                self._source.resumeProducing()
+
+    def _lost(self, lane: Lane, failure: Failure) -> None:
+        if lane.alive:
+            self.log.warn("upload to {id} failed: {why}", id=lane.member.id, why=failure.getErrorMessage())
+        lane.alive = False
+        self._resume(lane)
+
+    async def finish(self) -> list[Member]:
+        """All bytes are in: the servers that hold a durable, verified copy."""
+        sha = self.sha256
+        for lane in self.live():
+            lane.client.end(sha)
+        results = await defer.DeferredList([lane.result for lane in self.lanes], consumeErrors=True)
+        for lane in self.lanes:
+            lane.close()
+        return [lane.member for lane, (ok, _) in zip(self.lanes, results) if ok]
+
+    def abort(self) -> None:
+        self.detach()
+        for lane in self.lanes:
+            lane.alive = False
+            lane.result.addErrback(lambda _: None)
+            if lane.client.transport.connected:
+                lane.client.transport.abortConnection()
+            lane.close()
+
+
+class _Counter:
+    """A sink that counts what it passes on."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.count = 0
+
+    def write(self, data: bytes) -> None:
+        self.count += len(data)
+        self.consumer.write(data)
+
+
+async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: int,
+                      consumer: Any, started: Callable[[], None] = lambda: None) -> None:
+    """Write ``size`` bytes of ``blob`` to ``consumer`` from the first copy
+    that serves them, moving to the next copy at the same offset on failure.
+
+    ``started`` is called once, before the first byte. Raises Unavailable if
+    no copy could be read (then, if ``started`` ran, the stream is short).
+    """
+    sink = _Counter(consumer)
+    begun = False
+    last: Exception | None = None
+    for member in sources:
+        if begun and sink.count >= size:
+            break
+        client = None
+        try:
+            client = await connect(member)
+            await client.read_blob(blob, sink.count, sink)
+            if not begun:
+                begun = True
+                started()
+            consumer.registerProducer(client.transport, True)
+            try:
+                await client.body
+            finally:
+                consumer.unregisterProducer()
+            if sink.count == size:
+                return
+        except DepositoError as e:
+            last = e
+            Upload.log.warn("reading {blob} from {id} failed at {offset}: {why}",
+                            blob=blob, id=member.id, offset=sink.count, why=str(e))
+        except Exception as e:  # connection refused, timeouts
+            last = e
+            Upload.log.warn("reading {blob} from {id} failed at {offset}: {why}",
+                            blob=blob, id=member.id, offset=sink.count, why=str(e))
+        finally:
+            if client is not None and client.transport.connected:
+                client.transport.loseConnection()
+    if begun and sink.count == size:
+        return
+    raise Unavailable(f"no copy is reachable ({last})" if last else "no copy is reachable")
+
+
+class _Relay:
+    """Passes bytes from a reader to a blob upload on another server."""
+
+    def __init__(self, writer: BlobClient) -> None:
+        self.writer = writer
+
+    def write(self, data: bytes) -> None:
+        self.writer.send(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.writer.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        if self.writer.transport.connected:
+            self.writer.transport.unregisterProducer()
+
+
+async def copy_blob(connect: Connect, sources: list[Member], target: Member, blob: str,
+                    size: int, sha256: str, name: str, version: int, replicas: int) -> None:
+    """Make one more copy of a blob on ``target``, read from any of ``sources``."""
+    writer = await connect(target)
+    try:
+        stored = writer.write_blob(blob, size, version, replicas, name)
+        try:
+            await stream_blob(connect, sources, blob, size, _Relay(writer))
+        except BaseException:
+            stored.addErrback(lambda _: None)
+            raise
+        writer.end(sha256)
+        await stored
+    finally:
+        if writer.transport.connected:
+            writer.transport.loseConnection()
