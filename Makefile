@@ -1,0 +1,32 @@
+# Two commands for a newcomer: `make run` (a local cluster) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: run test install bench smoke clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# A regular (not editable) install: twistd finds twisted/plugins/ only then.
+install: $(PY)
+	$(PIP) install -q ".[test]"
+	cd / && $(abspath $(PY)) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+
+run: install
+	$(PY) examples/local_cluster.py --var var
+
+test: install
+	$(PY) -m pytest -q
+
+smoke: install
+	$(PYTHON) ../shared/contract_smoke.py
+
+bench: install
+	$(PIP) install -q -r bench/requirements.txt
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info var

@@ -1,0 +1,19 @@
+# A Deposito storage server as a .tac file:
+#   DEPOSITO_NAME=s1 DEPOSITO_DATA=./s1 twistd -ny examples/server.tac --pidfile s1.pid
+import os
+
+from twisted.application import service
+from twisted.internet import endpoints, reactor
+
+from deposito.storage import StorageService
+
+application = service.Application("deposito-server")
+StorageService(
+    reactor,
+    os.path.abspath(os.environ.get("DEPOSITO_DATA", "./deposito-server")),
+    endpoints.serverFromString(reactor, os.environ.get("DEPOSITO_PORT", "tcp:0:interface=127.0.0.1")),
+    endpoints.clientFromString(reactor, os.environ.get("DEPOSITO_PROXY", "tcp:127.0.0.1:7001")),
+    os.environ.get("DEPOSITO_NAME"),
+    os.environ.get("DEPOSITO_ZONE"),
+    None,
+).setServiceParent(application)

@@ -1,0 +1,248 @@
+"""A real cluster for end-to-end tests: twistd processes on loopback.
+
+Each process runs from the installed package (``twistd`` beside the test's
+Python), with its own --pidfile and --logfile under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class WireError(Exception):
+    pass
+
+
+class Wire:
+    """The text protocol over a plain socket, as a telnet user speaks it."""
+
+    def __init__(self, port: int, timeout: float = 30) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout)
+        self.buf = b""
+        self.greeting = self.line()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Wire:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def line(self) -> str:
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise WireError("connection closed")
+            self.buf += data
+        ln, self.buf = self.buf.split(b"\n", 1)
+        return ln.rstrip(b"\r").decode()
+
+    def exact(self, n: int) -> bytes:
+        out = [self.buf[:n]]
+        got = len(out[0])
+        self.buf = self.buf[n:]
+        while got < n:
+            data = self.sock.recv(min(1 << 20, n - got))
+            if not data:
+                raise WireError(f"short read {got}/{n}")
+            out.append(data)
+            got += len(data)
+        return b"".join(out)
+
+    def send(self, raw: bytes) -> None:
+        self.sock.sendall(raw)
+
+    def cmd(self, text: str) -> str:
+        self.sock.sendall(text.encode() + b"\n")
+        return self.line()
+
+    def multi(self, text: str) -> list[str]:
+        first = self.cmd(text)
+        m = re.match(r"OK (\d+)$", first)
+        if not m:
+            raise WireError(f"{text!r} -> {first!r}")
+        return [self.line() for _ in range(int(m.group(1)))]
+
+    def put(self, name: str, data: bytes, replicas: int | None = None, chunk: int = 1 << 20) -> str:
+        r = self.cmd(f"PUT {quote(name)} {len(data)}" + (f" {replicas}" if replicas else ""))
+        if not r.startswith("OK send"):
+            return r
+        for i in range(0, len(data), chunk):
+            self.sock.sendall(data[i:i + chunk])
+        return self.line()
+
+    def get(self, name: str) -> tuple[str, bytes | None]:
+        r = self.cmd(f"GET {quote(name)}")
+        m = re.match(r"OK (\d+) ", r)
+        if not m:
+            return r, None
+        return r, self.exact(int(m.group(1)))
+
+    def stat(self, name: str) -> dict[str, str]:
+        r = self.cmd(f"STAT {quote(name)}")
+        if not r.startswith("OK"):
+            raise WireError(r)
+        return fields(r)
+
+
+def quote(name: str) -> str:
+    if not name or re.search(r'[\s"\\=]', name):
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return name
+
+
+def fields(reply: str) -> dict[str, str]:
+    return {k: v for k, v in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', reply)}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def poll(fn, timeout: float = 20, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    value = fn()
+    while not value and time.monotonic() < deadline:
+        time.sleep(every)
+        value = fn()
+    return value
+
+
+class Cluster:
+    """A proxy and storage servers ``s0``, ``s1``... each a twistd process."""
+
+    def __init__(self, root: Path, proxy_args: tuple[str, ...] = (), server_args: tuple[str, ...] = ()) -> None:
+        self.root = root
+        self.port = free_port()
+        self.cport = free_port()
+        self.proxy_args = list(proxy_args)
+        self.server_args = list(server_args)
+        self.proxy: subprocess.Popen | None = None
+        self.servers: dict[str, subprocess.Popen] = {}
+
+    def twistd(self, name: str, args: list[str]) -> subprocess.Popen:
+        pidfile = self.root / f"{name}.pid"
+        if pidfile.exists():  # left by a kill -9
+            pidfile.unlink()
+        return subprocess.Popen(
+            [TWISTD, "-n", "--pidfile", str(pidfile), "--logfile", str(self.root / f"{name}.log")] + args,
+            cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def start_proxy(self, *extra: str) -> None:
+        self.proxy = self.twistd("proxy", [
+            "deposito-proxy", "--port", f"tcp:{self.port}:interface=127.0.0.1",
+            "--cluster-port", f"tcp:{self.cport}:interface=127.0.0.1",
+            "--data", str(self.root / "proxy")] + self.proxy_args + list(extra))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                return
+            except OSError:
+                if self.proxy.poll() is not None:
+                    break
+                time.sleep(0.05)
+        raise RuntimeError("proxy did not start:\n" + self.log("proxy")[-3000:])
+
+    def server_dir(self, sid: str) -> Path:
+        return self.root / sid
+
+    def start_server(self, sid: str, *extra: str) -> None:
+        d = self.server_dir(sid)
+        d.mkdir(exist_ok=True)
+        self.servers[sid] = self.twistd(sid, [
+            "deposito-server", "--proxy", f"tcp:127.0.0.1:{self.cport}",
+            "--port", "tcp:0:interface=127.0.0.1", "--data", str(d), "--name", sid,
+            "--zone", f"z{sid}"] + self.server_args + list(extra))
+
+    def start(self, nservers: int = 3) -> Cluster:
+        try:
+            self.start_proxy()
+            for i in range(nservers):
+                self.start_server(f"s{i}")
+            self.wait_up(nservers)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wire(self) -> Wire:
+        return Wire(self.port)
+
+    def states(self) -> dict[str, str]:
+        with self.wire() as w:
+            return {ln.split()[0]: ln.split()[2] for ln in w.multi("SERVERS")}
+
+    def up(self) -> list[str]:
+        return sorted(s for s, state in self.states().items() if state == "up")
+
+    def wait_up(self, n: int, timeout: float = 30) -> None:
+        def enough() -> bool:
+            try:
+                return len(self.up()) >= n
+            except (OSError, WireError):
+                return False
+        if not poll(enough, timeout):
+            raise RuntimeError(f"{n} servers did not join:\n" + self.log("proxy")[-3000:])
+
+    def kill(self, sid: str, sig: int = signal.SIGKILL) -> None:
+        p = self.servers.pop(sid)
+        p.send_signal(sig)
+        p.wait(15)
+
+    def kill_proxy(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proxy is not None
+        self.proxy.send_signal(sig)
+        self.proxy.wait(15)
+
+    def blob_files(self, sid: str) -> list[Path]:
+        """The blob data files on a server's disk (not their metadata)."""
+        return [p for p in (self.server_dir(sid) / "blobs").rglob("*")
+                if p.is_file() and re.fullmatch(r"[0-9a-f]{32}", p.name)]
+
+    def holders(self, data: bytes) -> list[str]:
+        """The servers whose disk holds a blob with exactly these bytes."""
+        digest = sha(data)
+        out = []
+        for sid in sorted(p.name for p in self.root.iterdir() if p.is_dir() and re.fullmatch(r"s\d+", p.name)):
+            if any(sha(f.read_bytes()) == digest for f in self.blob_files(sid) if f.stat().st_size == len(data)):
+                out.append(sid)
+        return out
+
+    def log(self, name: str) -> str:
+        p = self.root / f"{name}.log"
+        return p.read_text(errors="replace") if p.exists() else "(no log)"
+
+    def stop(self) -> None:
+        procs = [p for p in list(self.servers.values()) + [self.proxy] if p is not None]
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.servers.clear()

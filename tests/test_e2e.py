@@ -1,0 +1,264 @@
+"""End to end: real twistd processes, real sockets, real files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.cluster import TWISTD, Cluster, Wire, WireError, fields, poll, sha
+
+pytestmark = pytest.mark.slow
+
+
+def test_round_trip_empty_small_and_multi_mib(shared_cluster):
+    with shared_cluster.wire() as w:
+        for name, data, replicas in [("empty", b"", 2), ("small.txt", b"hello deposito\n", 3),
+                                     ("big/one.bin", os.urandom(5 << 20 | 123), 3)]:
+            r = w.put(name, data, replicas)
+            assert r.startswith("OK stored"), r
+            f = fields(r)
+            assert f["sha256"] == sha(data) and int(f["size"]) == len(data) and f["replicas"] == str(replicas)
+            head, got = w.get(name)
+            assert got == data, head
+            assert fields(head)["sha256"] == sha(data)
+            if data:
+                holders = shared_cluster.holders(data)
+                assert len(holders) == replicas  # one copy each on distinct disks
+            st = w.stat(name)
+            assert st["have"] == str(replicas) and len(st["servers"].split(",")) == replicas
+
+
+def test_put_refused_before_any_byte_when_too_few_servers(shared_cluster):
+    with shared_cluster.wire() as w:
+        assert w.cmd("PUT x 10 4").startswith("ERR unavailable")
+        assert w.cmd("PUT x 10 17").startswith("ERR badargs")
+        assert w.cmd("PUT x 10 0").startswith("ERR badargs")
+        # the connection is still usable and no version was made
+        assert w.cmd("GET x").startswith("ERR notfound")
+
+
+def test_pipelined_requests_after_the_bytes(shared_cluster):
+    with shared_cluster.wire() as w:
+        assert w.cmd("PUT piped 3 2").startswith("OK send")
+        w.send(b"abcSTAT piped\nGET piped\n")
+        assert w.line().startswith("OK stored")
+        assert fields(w.line())["size"] == "3"
+        head = w.line()
+        assert head.startswith("OK 3 ") and w.exact(3) == b"abc"
+
+
+def test_overwrite_makes_a_new_version_and_drops_old_copies(shared_cluster):
+    old, new = os.urandom(300_000), os.urandom(200_000)
+    with shared_cluster.wire() as w:
+        v1 = int(fields(w.put("over", old, 3))["version"])
+        assert len(shared_cluster.holders(old)) == 3
+        v2 = int(fields(w.put("over", new, 2))["version"])
+        assert v2 > v1
+        assert w.get("over")[1] == new
+        assert poll(lambda: shared_cluster.holders(old) == [], 10), "old copies were not removed"
+        assert len(shared_cluster.holders(new)) == 2
+        # versions keep growing across DELETE
+        assert w.cmd("DELETE over").startswith("OK deleted")
+        assert poll(lambda: shared_cluster.holders(new) == [], 10)
+        v3 = int(fields(w.put("over", b"again", 1))["version"])
+        assert v3 > v2
+
+
+def test_list_in_name_order_with_prefix(shared_cluster):
+    with shared_cluster.wire() as w:
+        for name in ("lst/b", "lst/a", "lst/c d"):
+            assert w.put(name, name.encode(), 2).startswith("OK stored")
+        lines = w.multi("LIST lst/")
+        assert [ln.split(None, 3)[3] for ln in lines] == ["lst/a", "lst/b", '"lst/c d"']
+        assert all(ln.split()[1:3] == ["2", "2"] for ln in lines)
+
+
+def test_hostile_input_gets_err_and_the_proxy_keeps_serving(shared_cluster):
+    with shared_cluster.wire() as w:
+        assert w.cmd("FROB").startswith("ERR badcommand")
+        assert w.cmd("GET").startswith("ERR badargs")
+        assert w.cmd('GET "unterminated').startswith("ERR badargs")
+        assert w.cmd("PUT a -1").startswith("ERR badargs")
+        assert w.cmd("PUT a 99999999999999999999999").startswith("ERR badargs")
+        assert w.cmd("GET a\x01b").startswith("ERR badargs")
+        assert w.cmd("GET " + "x" * 1025).startswith("ERR badargs")
+        w.send(b"GET \xff\xfe\n")
+        assert w.line().startswith("ERR badargs")
+        assert w.cmd("help").startswith("OK")
+    with shared_cluster.wire() as w:
+        w.send(b"A" * 9000)
+        assert w.line() == "ERR badargs line too long"
+        with pytest.raises((WireError, OSError)):
+            w.line()
+    with shared_cluster.wire() as w:
+        assert w.put("still-serving", b"yes", 2).startswith("OK stored")
+
+
+def test_empty_line_is_ignored(shared_cluster):
+    with shared_cluster.wire() as w:
+        w.send(b"\n\r\nQUIT\r\n")
+        assert w.line() == "OK bye"
+
+
+def test_get_survives_kill_9_of_a_server_holding_a_copy(cluster):
+    data = os.urandom(3 << 20)
+    with cluster.wire() as w:
+        assert w.put("k", data, 2).startswith("OK stored")
+    holders = cluster.holders(data)
+    assert len(holders) == 2
+    cluster.kill(holders[0])
+    for _ in range(4):  # whichever copy it picks, the bytes are right
+        with cluster.wire() as w:
+            assert w.get("k")[1] == data
+    cluster.kill(holders[1])
+    with cluster.wire() as w:
+        assert w.cmd("GET k").startswith("ERR unavailable")
+
+
+def test_get_fails_over_mid_stream(cluster):
+    """A copy that dies while its bytes flow: the next copy continues at the same offset."""
+    data = os.urandom(64 << 20)
+    with cluster.wire() as w:
+        assert w.put("mid", data, 3).startswith("OK stored")
+        w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        head = w.cmd("GET mid")
+        assert head.startswith(f"OK {len(data)} ")
+        first = w.exact(1 << 20)
+        serving = poll(lambda: serving_servers(cluster), 5)
+        assert len(serving) == 1
+        cluster.kill(serving[0])
+        rest = w.exact(len(data) - len(first))
+        assert sha(first + rest) == sha(data)
+    assert f"from {serving[0]} failed at" in cluster.log("proxy")
+
+
+def serving_servers(cluster):
+    """Servers with an established connection on their blob port (from /proc/net/tcp)."""
+    with cluster.wire() as w:
+        ports = {int(ln.split()[1].rsplit(":", 1)[1]): ln.split()[0] for ln in w.multi("SERVERS")}
+    busy = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            for row in open(table).read().splitlines()[1:]:
+                cols = row.split()
+                if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) in ports:
+                    busy.add(ports[int(cols[1].rsplit(":", 1)[1], 16)])
+    return sorted(busy)
+
+
+def test_catalog_survives_kill_9_of_the_proxy(cluster):
+    data = os.urandom(1 << 20)
+    with cluster.wire() as w:
+        version = fields(w.put("durable", data, 3))["version"]
+    cluster.kill_proxy()
+    cluster.start_proxy()
+    cluster.wait_up(3)
+    with cluster.wire() as w:
+        head, got = w.get("durable")
+        assert got == data and fields(head)["version"] == version
+        assert w.stat("durable")["have"] == "3"
+
+
+def incoming(cluster, sid):
+    d = cluster.server_dir(sid) / "incoming"
+    return list(d.iterdir()) if d.exists() else []
+
+
+def test_broken_upload_leaves_no_version_and_no_blob(cluster):
+    size = 8 << 20
+    w = cluster.wire()
+    assert w.cmd(f"PUT broken {size} 3").startswith("OK send")
+    w.send(os.urandom(size // 2))
+    assert poll(lambda: all(incoming(cluster, s) for s in cluster.servers), 10)
+    w.close()
+    with cluster.wire() as w2:
+        assert w2.cmd("GET broken").startswith("ERR notfound")
+    assert poll(lambda: not any(incoming(cluster, s) for s in cluster.servers), 10)
+    assert all(cluster.blob_files(s) == [] for s in cluster.servers)
+
+
+def test_target_killed_during_put_still_gives_n_copies(cluster):
+    cluster.start_server("s3")
+    cluster.wait_up(4)
+    data = os.urandom(16 << 20)
+    with cluster.wire() as w:
+        assert w.cmd(f"PUT survivor {len(data)} 3").startswith("OK send")
+        w.send(data[: len(data) // 2])
+        assert poll(lambda: sum(bool(incoming(cluster, s)) for s in cluster.servers) == 3, 10)
+        victim = next(s for s in cluster.servers if incoming(cluster, s))
+        cluster.kill(victim)
+        w.send(data[len(data) // 2:])
+        r = w.line()
+        assert r.startswith("OK stored") and fields(r)["replicas"] == "3", r
+        holders = cluster.holders(data)
+        assert len(holders) == 3 and victim not in holders
+        assert w.get("survivor")[1] == data
+
+
+def test_put_with_every_target_dead_is_unavailable_and_keeps_nothing(cluster):
+    data = os.urandom(4 << 20)
+    with cluster.wire() as w:
+        assert w.cmd(f"PUT doomed {len(data)} 3").startswith("OK send")
+        w.send(data[:1 << 20])
+        assert poll(lambda: all(incoming(cluster, s) for s in cluster.servers), 10)
+        for sid in list(cluster.servers):
+            cluster.kill(sid)
+        w.send(data[1 << 20:])
+        assert w.line().startswith("ERR unavailable")
+        assert w.cmd("GET doomed").startswith("ERR notfound")  # connection still usable
+
+
+def test_servers_show_up_and_down(cluster):
+    assert cluster.states() == {"s0": "up", "s1": "up", "s2": "up"}
+    cluster.kill("s1")
+    assert poll(lambda: cluster.states()["s1"] == "down", 10)
+    with cluster.wire() as w:
+        line = next(ln for ln in w.multi("SERVERS") if ln.startswith("s0 "))
+    f = fields(line)
+    assert f["zone"] == "zs0" and int(f["capacity"]) > 0 and line.split()[1].startswith("127.0.0.1:")
+
+
+def test_server_started_before_its_proxy_joins_later(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        c.start_server("s0")
+        time.sleep(1.0)
+        c.start_proxy()
+        c.wait_up(1, timeout=20)
+    finally:
+        c.stop()
+
+
+def test_sigterm_stops_cleanly_and_removes_the_pidfile(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        c.start_proxy()
+        c.start_server("s0")
+        c.wait_up(1)
+        c.kill("s0", signal.SIGTERM)
+        c.kill_proxy(signal.SIGTERM)
+        # twistd ends by re-raising the signal once the services have stopped
+        assert c.proxy.returncode in (0, -signal.SIGTERM)
+        assert "Server Shut Down" in c.log("proxy") and "Server Shut Down" in c.log("s0")
+        assert not (tmp_path / "proxy.pid").exists() and not (tmp_path / "s0.pid").exists()
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("plugin,args,option", [
+    ("deposito-proxy", ["--replicas", "0"], "--replicas"),
+    ("deposito-proxy", ["--port", "nonsense:1"], "--port"),
+    ("deposito-proxy", ["--dead-after", "5"], "--dead-after"),
+    ("deposito-server", ["--capacity", "lots"], "--capacity"),
+    ("deposito-server", ["--name", "a b"], "--name"),
+])
+def test_bad_option_exits_nonzero_naming_it(tmp_path, plugin, args, option):
+    r = subprocess.run([TWISTD, "-n", "--pidfile", str(tmp_path / "x.pid"), plugin] + args,
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode != 0
+    assert option in r.stderr.splitlines()[0]
