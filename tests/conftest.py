@@ -23,3 +23,20 @@ def shared_cluster(tmp_path_factory):
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(autouse=True)
+def reactor_left_clean():
+    """Fail a test that leaves timers or open sockets on the global reactor."""
+    from twisted.internet import reactor
+
+    calls = set(reactor.getDelayedCalls())
+    selectables = set(reactor.getReaders()) | set(reactor.getWriters())
+    yield
+    left = [c for c in reactor.getDelayedCalls() if c not in calls and c.active()]
+    opened = [s for s in set(reactor.getReaders()) | set(reactor.getWriters())
+              if s not in selectables and type(s).__name__ not in ("_UnixWaker", "_SocketWaker", "_SIGCHLDWaker")]
+    for c in left:
+        c.cancel()
+    assert not left, f"the test left timers behind: {left}"
+    assert not opened, f"the test left sockets open: {opened}"

@@ -1,0 +1,153 @@
+"""The storage server's blob port: framing on StringTransport, and real bytes in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest_twisted
+from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet.testing import StringTransport
+
+from deposito.blobstore import BlobStore, new_blob_id
+from deposito.device import Device
+from deposito.errors import NotFound
+from deposito.protocols.blob import BlobClient, BlobServerFactory
+
+
+class Sink:
+    def __init__(self):
+        self.chunks = []
+        self.producer = None
+
+    def write(self, data):
+        self.chunks.append(data)
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+
+def server_on_string_transport(device):
+    proto = BlobServerFactory(device).buildProtocol(None)
+    proto.callLater = task.Clock().callLater
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    return proto, tr
+
+
+def test_refused_write_closes_the_connection(tmp_path):
+    device = Device(reactor, BlobStore(str(tmp_path)), capacity=10)
+    proto, tr = server_on_string_transport(device)
+    proto.dataReceived(f"WRITE {new_blob_id()} 100 1 2 name\n".encode())
+    assert tr.value().startswith(b"ERR nospace") and tr.disconnecting
+    proto, tr = server_on_string_transport(device)
+    proto.dataReceived(b"WRITE ../../x 1 1 2 name\n")
+    assert tr.value().startswith(b"ERR badargs") and tr.disconnecting
+    proto, tr = server_on_string_transport(device)
+    proto.dataReceived(b"NOPE\nREAD\n")
+    assert tr.value().split(b"\r\n")[:2] == [b"ERR badcommand unknown command 'NOPE' (try HELP)",
+                                            b"ERR badargs usage: READ"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_read_delete_real_bytes(tmp_path):
+    device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 30)
+    device.start()
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(device))
+    clients = []
+
+    @defer.inlineCallbacks
+    def client():
+        c = yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient())
+        clients.append(c)
+        return c
+
+    try:
+        data = os.urandom(3 << 20 | 77)
+        blob = new_blob_id()
+        c = yield client()
+        d = c.write_blob(blob, len(data), 1, 2, "my file")
+        for i in range(0, len(data), 100_000):
+            c.send(data[i:i + 100_000])
+        c.end(hashlib.sha256(data).hexdigest())
+        reply = yield d
+        assert reply.startswith(f"OK stored {blob}")
+        assert device.used == len(data)
+
+        sink = Sink()
+        remaining = yield c.read_blob(blob, 1000, sink)
+        assert remaining == len(data) - 1000
+        yield c.body
+        assert b"".join(sink.chunks) == data[1000:]
+
+        # a wrong checksum is refused and leaves nothing
+        other = new_blob_id()
+        d = c.write_blob(other, 3, 1, 2, "x")
+        c.send(b"abc")
+        c.end("0" * 64)
+        try:
+            yield d
+            raise AssertionError("a wrong checksum was accepted")
+        except Exception as e:
+            assert "checksum" in str(e)
+        assert device.reserved == 0
+
+        assert (yield c.delete_blob(blob)) == "OK deleted"
+        assert (yield c.delete_blob(blob)) == "OK absent"
+        try:
+            yield c.read_blob(blob, 0, Sink())
+            raise AssertionError("read a deleted blob")
+        except NotFound:
+            pass
+        assert device.used == 0 and os.listdir(device.store.incoming) == []
+    finally:
+        for c in clients:
+            c.transport.loseConnection()
+        yield port.stopListening()
+        yield settle()
+        device.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_cut_off_midway_leaves_no_temp_file(tmp_path):
+    device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 30)
+    device.start()
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(device))
+    try:
+        c = yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient())
+        d = c.write_blob(new_blob_id(), 4 << 20, 1, 2, "x")
+        d.addErrback(lambda f: None)
+        c.send(os.urandom(2 << 20))
+        for _ in range(100):
+            if os.listdir(device.store.incoming):
+                break
+            yield deferLater(0.02)
+        c.transport.loseConnection()
+        for _ in range(100):
+            if not os.listdir(device.store.incoming) and device.reserved == 0:
+                break
+            yield deferLater(0.02)
+        assert os.listdir(device.store.incoming) == [] and device.reserved == 0 and device.used == 0
+    finally:
+        yield port.stopListening()
+        yield settle()
+        device.stop()
+
+
+def deferLater(seconds):
+    from twisted.internet.task import deferLater as later
+    return later(reactor, seconds, lambda: None)
+
+
+@defer.inlineCallbacks
+def settle():
+    """Let closing connections finish closing (both ends are in this process)."""
+    for _ in range(50):
+        if not any(type(s).__name__ in ("Server", "Client") for s in reactor.getReaders() + reactor.getWriters()):
+            return
+        yield deferLater(0.01)

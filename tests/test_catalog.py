@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import pytest
+
+from deposito.catalog import Catalog
+
+
+@pytest.fixture
+def cat(tmp_path):
+    c = Catalog(str(tmp_path))
+    yield c
+    c.close()
+
+
+def test_nothing_is_visible_before_commit(cat):
+    v = cat.begin_upload("f", "b1", ["s1", "s2"])
+    assert cat.lookup("f") is None and cat.list() == []
+    assert cat.commit("f", v, "b1", 3, "abc", 2, ["s1", "s2"], 0.0)
+    r = cat.lookup("f")
+    assert (r.version, r.blob, r.servers) == (1, "b1", ("s1", "s2"))
+
+
+def test_versions_grow_across_delete(cat):
+    v1 = cat.begin_upload("f", "b1", ["s1"])
+    cat.commit("f", v1, "b1", 1, "x", 1, ["s1"], 0.0)
+    assert cat.delete("f").blob == "b1"
+    assert cat.lookup("f") is None
+    v2 = cat.begin_upload("f", "b2", ["s1"])
+    assert v2 == v1 + 1
+
+
+def test_replaced_and_deleted_copies_become_garbage(cat):
+    v = cat.begin_upload("f", "b1", ["s1", "s2"])
+    cat.commit("f", v, "b1", 1, "x", 2, ["s1", "s2"], 0.0)
+    v = cat.begin_upload("f", "b2", ["s3"])
+    cat.commit("f", v, "b2", 1, "y", 1, ["s3"], 0.0)
+    assert sorted(cat.garbage()) == [("b1", "s1"), ("b1", "s2")]
+    cat.forget_garbage("b1", "s1")
+    cat.delete("f")
+    assert sorted(cat.garbage()) == [("b1", "s2"), ("b2", "s3")]
+
+
+def test_a_stale_commit_is_garbage_at_once(cat):
+    v1 = cat.begin_upload("f", "b1", ["s1"])
+    v2 = cat.begin_upload("f", "b2", ["s2"])
+    assert cat.commit("f", v2, "b2", 1, "x", 1, ["s2"], 0.0)
+    assert not cat.commit("f", v1, "b1", 1, "y", 1, ["s1"], 0.0)
+    assert cat.lookup("f").blob == "b2"
+    assert cat.garbage() == [("b1", "s1")]
+
+
+def test_unfinished_uploads_are_garbage_after_a_restart(tmp_path):
+    c = Catalog(str(tmp_path))
+    c.begin_upload("f", "b1", ["s1", "s2"])
+    c.close()
+    c = Catalog(str(tmp_path))
+    assert c.recover() == 2
+    assert sorted(c.garbage()) == [("b1", "s1"), ("b1", "s2")]
+    assert c.lookup("f") is None
+    c.close()
+
+
+def test_abandon_and_partial_commit(cat):
+    v = cat.begin_upload("f", "b1", ["s1", "s2"])
+    cat.add_intent("b1", "s3")
+    cat.commit("f", v, "b1", 1, "x", 2, ["s1", "s3"], 0.0)
+    assert cat.garbage() == [("b1", "s2")]  # the failed target's partial copy
+    v = cat.begin_upload("g", "b2", ["s1"])
+    cat.abandon("b2")
+    assert ("b2", "s1") in cat.garbage()
+
+
+def test_list_prefix_is_literal(cat):
+    for name in ("a%", "a_b", "ab", "b"):
+        v = cat.begin_upload(name, "blob" + name, ["s1"])
+        cat.commit(name, v, "blob" + name, 1, "x", 1, ["s1"], 0.0)
+    assert [r.name for r in cat.list("a%")] == ["a%"]
+    assert [r.name for r in cat.list("a")] == ["a%", "a_b", "ab"]
+    assert cat.totals() == (4, 4)

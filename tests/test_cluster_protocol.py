@@ -1,0 +1,92 @@
+"""Joins and heartbeats, on StringTransport with a Clock."""
+
+from __future__ import annotations
+
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from deposito.protocols.cluster import JoinProtocol, MemberFactory
+from deposito.roster import Roster
+
+
+class Node:
+    id, zone, host, port = "s1", "z1", None, 4242
+
+    def __init__(self):
+        self.used = 10
+
+    def usage(self):
+        return 1000, self.used, 1
+
+
+def member_conn(roster):
+    proto = MemberFactory(roster, heartbeat=1.0).buildProtocol(None)
+    tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+    proto.callLater = roster.clock.callLater
+    proto.makeConnection(tr)
+    return proto, tr
+
+
+def test_join_then_heartbeats_then_loss():
+    clock = task.Clock()
+    roster = Roster(clock)
+    proto, tr = member_conn(roster)
+    proto.dataReceived(b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1\n")
+    assert tr.value() == b"OK welcome heartbeat=1.0\r\n"
+    m = roster.get("s1")
+    assert (m.host, m.port, m.zone, m.state, m.free()) == ("127.0.0.9", 4242, "z1", "up", 990)
+    proto.dataReceived(b"HB capacity=1000 used=500 blobs=2\n")
+    assert m.used == 500
+    proto.connectionLost(None)
+    assert m.state == "down" and roster.up() == []
+
+
+def test_silent_server_is_cut_off_and_marked_down():
+    clock = task.Clock()
+    roster = Roster(clock)
+    proto, tr = member_conn(roster)
+    proto.dataReceived(b"JOIN s1 zone=z1 port=1 capacity=1 used=0 blobs=0\n")
+    clock.advance(4.9)
+    assert not tr.disconnecting
+    clock.advance(0.2)
+    assert tr.disconnecting
+    proto.connectionLost(None)
+    assert roster.get("s1").state == "down"
+
+
+def test_second_server_with_the_same_name_is_refused_and_not_listed():
+    roster = Roster(task.Clock())
+    first, _ = member_conn(roster)
+    first.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n")
+    second, tr = member_conn(roster)
+    second.dataReceived(b"JOIN s1 zone=z port=2 capacity=1 used=0 blobs=0\n")
+    assert tr.value().startswith(b"ERR denied") and tr.disconnecting
+    second.connectionLost(None)
+    assert roster.get("s1").state == "up" and roster.get("s1").port == 1
+
+
+def test_bad_joins_are_refused():
+    roster = Roster(task.Clock())
+    for line in (b"HB used=1\n", b"JOIN bad/id zone=z port=1 capacity=1 used=0 blobs=0\n",
+                 b"JOIN s1 zone=z port=70000 capacity=1 used=0 blobs=0\n", b"JOIN s1 zone=z port=1\n"):
+        proto, tr = member_conn(roster)
+        proto.dataReceived(line)
+        assert tr.value().startswith(b"ERR badargs") and tr.disconnecting, line
+    assert roster.members == {}
+
+
+def test_server_side_joins_and_beats_on_its_clock():
+    clock = task.Clock()
+    node = Node()
+    proto = JoinProtocol(node, clock)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    assert tr.value() == b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1\r\n"
+    tr.clear()
+    proto.dataReceived(b"OK welcome heartbeat=2.0\r\n")
+    node.used = 20
+    clock.advance(2.0)
+    assert tr.value() == b"HB capacity=1000 used=20 blobs=1\r\n"
+    proto.connectionLost(None)
+    assert clock.getDelayedCalls() == []

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from deposito import proxy_tap, server_tap
+
+
+def parse(options_class, args):
+    o = options_class()
+    o.parseOptions(args)
+    return o
+
+
+def test_proxy_defaults():
+    o = parse(proxy_tap.Options, [])
+    assert (o["port"], o["cluster-port"], o["replicas"]) == ("tcp:7000", "tcp:7001", 2)
+    assert o["data"] == os.path.abspath("deposito-proxy")
+
+
+def test_server_defaults_and_capacity_units():
+    o = parse(server_tap.Options, ["--capacity", "10G", "--name", "disk-1", "--zone", "rack.2"])
+    assert o["capacity"] == 10 << 30 and o["proxy"] == "tcp:127.0.0.1:7001" and o["port"] == "tcp:0"
+    assert parse(server_tap.Options, ["--capacity", "1048576"])["capacity"] == 1 << 20
+
+
+@pytest.mark.parametrize("cls,args,option", [
+    (proxy_tap.Options, ["--replicas", "17"], "--replicas"),
+    (proxy_tap.Options, ["--replicas", "two"], "--replicas"),
+    (proxy_tap.Options, ["--cluster-port", "bogus:1"], "--cluster-port"),
+    (proxy_tap.Options, ["--tokens", "x"], "--tokens"),
+    (server_tap.Options, ["--proxy", "nope:nope"], "--proxy"),
+    (server_tap.Options, ["--capacity", "-1"], "--capacity"),
+    (server_tap.Options, ["--zone", "has space"], "--zone"),
+])
+def test_bad_options_name_themselves_first(cls, args, option):
+    with pytest.raises(SystemExit) as e:
+        parse(cls, args)
+    assert option in str(e.value).splitlines()[0]

@@ -1,0 +1,193 @@
+"""The client-facing protocol on a StringTransport, with a stand-in depot."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, task
+from twisted.internet.testing import StringTransport
+
+from deposito.catalog import FileRecord
+from deposito.errors import NotFound, Unavailable
+from deposito.protocols.text import DepotFactory
+from deposito.roster import Member
+
+
+class FakeUpload:
+    def __init__(self, name, size):
+        self.name, self.size, self.data = name, size, b""
+        self.source = None
+        self.aborted = False
+
+    def attach(self, source):
+        self.source = source
+
+    def detach(self):
+        self.source = None
+
+    def write(self, data):
+        self.data += data
+
+
+class FakeDepot:
+    """Records calls; answers like a depot with one server s1."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.uploads: list[FakeUpload] = []
+        self.aborted: list[FakeUpload] = []
+        self.finish = None
+        self.member = Member("s1", "z", "h", 1, state="up")
+
+    async def begin_put(self, name, size, replicas):
+        if replicas and replicas > 1:
+            raise Unavailable("1 server up")
+        upload = FakeUpload(name, size)
+        self.uploads.append(upload)
+        return upload
+
+    async def finish_put(self, upload):
+        if self.finish is not None:
+            await self.finish
+        self.files[upload.name] = upload.data
+        return self._record(upload.name)
+
+    def abort_put(self, upload):
+        self.aborted.append(upload)
+
+    def _record(self, name):
+        import hashlib
+        data = self.files[name]
+        return FileRecord(name, 1, "b" * 32, len(data), hashlib.sha256(data).hexdigest(), 1, ("s1",))
+
+    async def lookup(self, name):
+        if name not in self.files:
+            raise NotFound(f"no file named {name}")
+        return self._record(name)
+
+    def healthy(self, record):
+        return [self.member]
+
+    async def read(self, record, consumer, started):
+        started()
+        consumer.write(self.files[record.name])
+
+    async def list(self, prefix):
+        return [self._record(n) for n in sorted(self.files) if n.startswith(prefix)]
+
+    async def delete(self, name):
+        record = await self.lookup(name)
+        del self.files[name]
+        return record
+
+    def servers(self):
+        return [self.member]
+
+
+def connect(depot=None, clock=None):
+    depot = depot or FakeDepot()
+    proto = DepotFactory(depot, idle_timeout=300, stall_timeout=60).buildProtocol(None)
+    proto.callLater = (clock or task.Clock()).callLater
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    return proto, tr, depot
+
+
+def lines(tr):
+    out = tr.value().decode().split("\r\n")
+    tr.clear()
+    return out[:-1]
+
+
+def test_greeting_and_help_are_crlf_lines():
+    proto, tr, _ = connect()
+    assert tr.value() == b"OK deposito 0.1.0 ready\r\n"
+    tr.clear()
+    proto.dataReceived(b"help\n")
+    out = lines(tr)
+    assert out[0] == f"OK {len(out) - 1}" and any(ln.startswith("PUT") for ln in out[1:])
+
+
+def test_put_then_pipelined_get_in_one_packet():
+    proto, tr, depot = connect()
+    tr.clear()
+    proto.dataReceived(b"PUT \"a b\" 5\r\nhelloGET \"a b\"\n")
+    send, stored, got = tr.value().split(b"\r\n", 2)
+    assert send == b"OK send 5"
+    assert stored.startswith(b'OK stored name="a b" version=1 size=5 sha256=')
+    assert got.startswith(b"OK 5 sha256=") and got.endswith(b"version=1\r\nhello")
+    assert depot.files == {"a b": b"hello"}
+
+
+def test_lines_wait_while_a_put_commits():
+    proto, tr, depot = connect()
+    depot.finish = defer.Deferred()
+    tr.clear()
+    proto.dataReceived(b"PUT f 2\nhiSTAT f\n")
+    assert lines(tr) == ["OK send 2"]  # STAT waits for the PUT's answer
+    depot.finish.callback(None)
+    out = lines(tr)
+    assert out[0].startswith("OK stored") and out[1].startswith("OK name=f size=2 ")
+
+
+def test_upload_source_is_the_transport_for_backpressure():
+    proto, tr, depot = connect()
+    proto.dataReceived(b"PUT f 10\nabc")
+    assert depot.uploads[0].source is tr
+    proto.dataReceived(b"defghij")
+    assert depot.uploads[0].source is None  # detached once every byte is in
+
+
+def test_errors_keep_the_connection_usable():
+    proto, tr, _ = connect()
+    tr.clear()
+    proto.dataReceived(b"FROB\nGET\nGET nope\nPUT x 1 2\nPUT x -5\nQUIT\n")
+    out = lines(tr)
+    assert [o.split()[1] for o in out[:5]] == ["badcommand", "badargs", "notfound", "unavailable", "badargs"]
+    assert out[5] == "OK bye" and tr.disconnecting
+
+
+def test_line_too_long_is_refused_and_closes():
+    proto, tr, _ = connect()
+    tr.clear()
+    proto.dataReceived(b"x" * 9000)
+    assert lines(tr) == ["ERR badargs line too long"] and tr.disconnecting
+
+
+def test_8k_line_is_accepted():
+    proto, tr, _ = connect()
+    tr.clear()
+    proto.dataReceived(b"GET " + b"x" * 8180 + b"\n")
+    assert lines(tr)[0].startswith("ERR badargs name longer")
+    assert not tr.disconnecting
+
+
+def test_client_leaving_mid_upload_aborts_it():
+    proto, tr, depot = connect()
+    proto.dataReceived(b"PUT f 10\nabc")
+    proto.connectionLost(None)
+    assert depot.aborted == depot.uploads and depot.files == {}
+
+
+def test_idle_and_stalled_connections_time_out():
+    clock = task.Clock()
+    proto, tr, depot = connect(clock=clock)
+    clock.advance(299)
+    assert not tr.disconnecting
+    clock.advance(2)
+    assert tr.disconnecting
+    proto, tr, depot = connect(clock=clock)
+    proto.dataReceived(b"PUT f 10\nabc")
+    tr.clear()
+    clock.advance(61)
+    assert lines(tr) == ["ERR badargs upload stalled, closing"] and tr.disconnecting
+
+
+def test_list_stat_servers_delete():
+    proto, tr, depot = connect()
+    depot.files = {"b": b"22", "a x": b"1"}
+    tr.clear()
+    proto.dataReceived(b"LIST\nSTAT b\nSERVERS\nDELETE b\nLIST\n")
+    out = lines(tr)
+    assert out[:3] == ["OK 2", '1 1 1 "a x"', "2 1 1 b"]
+    assert out[3].startswith("OK name=b size=2 ") and out[3].endswith("replicas=1 have=1 servers=s1")
+    assert out[4:6] == ["OK 1", "s1 h:1 up used=0 capacity=0 blobs=0 zone=z"]
+    assert out[6:] == ["OK deleted name=b", "OK 1", '1 1 1 "a x"']
