@@ -64,7 +64,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     # -- framing
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True) if hasattr(self.transport, "setTcpNoDelay") else None
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
         self.setTimeout(self.idle_timeout)
         self.reply(f"OK deposito {deposito.__version__} ready")
 
