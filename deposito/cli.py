@@ -24,6 +24,7 @@ from deposito import __version__
 from deposito.blocking import BlockingClient, parse_address
 from deposito.client import CHUNK_SIZE, AsideFile, ConnectionLost, Progress
 from deposito.errors import DepositoError
+from deposito.protocols.words import quote
 
 PROG = "deposito"
 DEFAULT_PROXY = "127.0.0.1:7000"
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "under and over their wanted copies, and repairs "
                                              "queued and running.")
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(subparsers=commands.choices)
     return parser
 
 
@@ -168,12 +170,17 @@ def _progress(label: str) -> Iterator[Optional[Progress]]:
         return
     from tqdm import tqdm
 
+    try:
+        sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):
+        sized = False
+    width: dict[str, Any] = {"dynamic_ncols": True} if sized else {"ncols": 80}
     bars: list[Any] = []
 
     def update(done: int, total: int) -> None:
         if not bars:
             bars.append(tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                             desc=label, file=sys.stderr, leave=False, dynamic_ncols=True))
+                             desc=label, file=sys.stderr, leave=False, **width))
         bars[0].update(done - bars[0].n)
 
     try:
@@ -204,7 +211,7 @@ def _put(client: BlockingClient, args: argparse.Namespace) -> None:
                 raise _Failed(f"cannot read {args.path}: not a regular file")
             with _progress(name) as progress:
                 stored = client.put(name, source, replicas=args.replicas, progress=progress)
-    print(f"stored {stored.name} version={stored.version} size={stored.size} "
+    print(f"stored {quote(stored.name)} version={stored.version} size={stored.size} "
           f"sha256={stored.sha256} replicas={stored.replicas}")
 
 
@@ -228,7 +235,8 @@ def _get(client: BlockingClient, args: argparse.Namespace, parser: argparse.Argu
     if args.output == "-":
         out = sys.stdout.buffer
         sys.stdout.flush()
-        client.get(args.name, out)
+        with _progress(_last_segment(args.name)) as progress:
+            client.get(args.name, out, progress=progress)
         out.flush()
         return
     path, overwrite = _get_target(args, parser)
@@ -321,10 +329,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        own = args.subparsers[args.command]
         if args.command == "put" and args.path == "-" and not args.name:
-            parser.error("put - needs --name NAME")
+            own.error("put - needs --name NAME")
         if args.command == "get" and args.output != "-":
-            _get_target(args, parser)
+            _get_target(args, own)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
 
