@@ -8,15 +8,13 @@ Progress bars go to stderr, and only when stderr is a terminal.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import shutil
 import sys
 import tempfile
-from typing import IO, Any, Callable, Iterator, Optional, Sequence
-
 from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import attrs
 
@@ -278,7 +276,9 @@ def _ls(client: BlockingClient, args: argparse.Namespace) -> None:
     if args.json:
         _print_json([attrs.asdict(e) for e in entries])
         return
-    _table([[str(e.size), str(e.wanted), str(e.have), e.name] for e in entries], right=3)
+    if entries:
+        _table([["SIZE", "WANTED", "HAVE", "NAME"]]
+               + [[str(e.size), str(e.wanted), str(e.have), e.name] for e in entries], right=3)
 
 
 def _rm(client: BlockingClient, args: argparse.Namespace) -> None:
@@ -295,8 +295,10 @@ def _servers(client: BlockingClient, args: argparse.Namespace) -> None:
     if args.json:
         _print_json([attrs.asdict(s) for s in servers])
         return
-    _table([[s.id, s.address, s.state, _human_bytes(s.used), _human_bytes(s.capacity), str(s.blobs), s.zone]
-            for s in servers], right=0)
+    if servers:
+        _table([["ID", "ADDRESS", "STATE", "USED", "CAPACITY", "BLOBS", "ZONE"]]
+               + [[s.id, s.address, s.state, _human_bytes(s.used), _human_bytes(s.capacity), str(s.blobs), s.zone]
+                  for s in servers], right=0)
 
 
 def _status(client: BlockingClient, args: argparse.Namespace) -> None:

@@ -444,7 +444,8 @@ class _Request:
         raise NotImplementedError
 
     def rawDataReceived(self, data: bytes) -> None:
-        raise ProtocolError("raw bytes outside a transfer")
+        assert self.protocol is not None
+        self.protocol.abandon()
 
     def connectionLost(self, error: ConnectionLost) -> None:
         """The connection is gone; undo local effects before the failure is delivered."""
@@ -698,9 +699,9 @@ class _Quit(_Request):
 class DepositoClientProtocol(LineReceiver):
     """Frames the text protocol for one client connection.
 
-    Requests are sent one at a time, each after the reply to the one before;
-    :attr:`greeted` fires with the proxy's greeting line, :attr:`closed` (a
-    list of waiters via :meth:`whenClosed`) when the connection is gone.
+    Requests are sent one at a time, each after the reply to the one before,
+    and are answered in order. :attr:`greeted` fires with the proxy's greeting
+    line; :meth:`whenClosed` gives a Deferred for the end of the connection.
     """
 
     delimiter = b"\n"
@@ -964,6 +965,6 @@ def connect(reactor: Any, endpoint: Union[str, IStreamClientEndpoint] = "tcp:127
         try:
             yield client.auth(token)
         except BaseException:
-            client.close()
+            yield client.close()
             raise
     return client

@@ -62,9 +62,7 @@ class Depot:
 
     async def connect(self, member: Member) -> BlobClient:
         endpoint = HostnameEndpoint(self.reactor, member.host, member.port, timeout=self.connect_timeout)
-        client = await connectProtocol(endpoint, BlobClient())
-        client.transport.setTcpNoDelay(True)
-        return client
+        return await connectProtocol(endpoint, BlobClient())
 
     # -- PUT
 

@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from deposito.blobstore import BlobMeta, check_blob_id
 from deposito.errors import BadArgs, BadCommand, DepositoError, Internal, from_reply
-from deposito.protocols.lines import LineProtocol, handler_for
+from deposito.protocols.lines import LineProtocol, handler_for, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
 
 FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big
@@ -57,6 +57,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self._sender: _BlobSender | None = None
 
     def connectionMade(self) -> None:
+        tune_for_streams(self.transport)
         self.setTimeout(self.idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -312,6 +313,9 @@ class BlobClient(LineProtocol):
         self._remaining = 0
         self._body: defer.Deferred | None = None
         self.lost = False
+
+    def connectionMade(self) -> None:
+        tune_for_streams(self.transport)
 
     def _expect(self) -> defer.Deferred:
         if self.lost:

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 import deposito
 from deposito.errors import BadArgs, DepositoError, Internal
-from deposito.protocols.lines import LineProtocol, handler_for
+from deposito.protocols.lines import LineProtocol, handler_for, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
 
 MAX_REPLICAS = 16
@@ -64,8 +64,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     # -- framing
 
     def connectionMade(self) -> None:
-        if hasattr(self.transport, "setTcpNoDelay"):
-            self.transport.setTcpNoDelay(True)
+        tune_for_streams(self.transport)
         self.setTimeout(self.idle_timeout)
         self.reply(f"OK deposito {deposito.__version__} ready")
 
