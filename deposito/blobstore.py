@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import uuid
+import zlib
 from typing import Iterator
 
 import attrs
@@ -22,6 +23,11 @@ import attrs
 from deposito.errors import BadArgs, NoSpace, NotFound
 
 BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+BLOCK = 1 << 20  # each block of a blob has its own CRC-32, checked before it is sent
+
+
+class Corrupt(Exception):
+    """A blob's bytes do not match the checksums kept beside it."""
 
 
 def new_blob_id() -> str:
@@ -52,6 +58,7 @@ class BlobMeta:
     size: int
     sha256: str
     replicas: int
+    blocks: tuple[int, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), sort_keys=True).encode()
@@ -62,6 +69,7 @@ class BlobMeta:
         return cls(
             blob=d["blob"], name=d["name"], version=int(d["version"]),
             size=int(d["size"]), sha256=d["sha256"], replicas=int(d["replicas"]),
+            blocks=tuple(int(b) for b in d.get("blocks", ())),
         )
 
 
@@ -79,6 +87,9 @@ class IncomingBlob:
         self.path = os.path.join(store.incoming, f"{meta.blob}.{uuid.uuid4().hex[:8]}.tmp")
         self._fd = -1
         self._closed = False
+        self._blocks: list[int] = []
+        self._crc = 0
+        self._in_block = 0
 
     def _file(self) -> int:
         if self._fd < 0:
@@ -92,6 +103,15 @@ class IncomingBlob:
         if self.received > self.meta.size:
             raise BadArgs("more bytes than announced")
         self._hash.update(data)
+        view = memoryview(data)
+        while view:  # block checksums, on BLOCK boundaries whatever the pieces
+            part = view[: BLOCK - self._in_block]
+            self._crc = zlib.crc32(part, self._crc)
+            self._in_block += len(part)
+            if self._in_block == BLOCK:
+                self._blocks.append(self._crc)
+                self._crc, self._in_block = 0, 0
+            view = view[len(part):]
         view = memoryview(data)
         while view:
             try:
@@ -109,7 +129,8 @@ class IncomingBlob:
         got = self._hash.hexdigest()
         if got != sha256 or got != self.meta.sha256 and self.meta.sha256:
             raise BadArgs(f"checksum mismatch: got {got}")
-        meta = attrs.evolve(self.meta, sha256=got)
+        blocks = self._blocks + ([self._crc] if self._in_block else [])
+        meta = attrs.evolve(self.meta, sha256=got, blocks=tuple(blocks))
         fd = self._file()
         os.fsync(fd)
         os.close(fd)
@@ -184,20 +205,67 @@ class BlobStore:
             raise NotFound("no such blob") from None
 
     def open(self, blob_id: str):
-        """A binary file object for reading the blob, and its size."""
+        """A binary file object for reading the blob, and its size on disk."""
         try:
             f = open(self.path(blob_id), "rb")
         except FileNotFoundError:
             raise NotFound("no such blob") from None
         return f, os.fstat(f.fileno()).st_size
 
+    def _size(self, blob_id: str) -> int | None:
+        """The size a present blob counts for (its recorded size), or None when absent."""
+        if not os.path.exists(self.path(blob_id)):
+            return None
+        try:
+            return self.meta(blob_id).size
+        except (NotFound, ValueError, KeyError):
+            return os.stat(self.path(blob_id)).st_size
+
+    def read_block(self, f, meta: BlobMeta, index: int) -> bytes:
+        """Block ``index`` of an open blob, checked against its CRC-32, or Corrupt."""
+        data = os.pread(f.fileno(), BLOCK, index * BLOCK)
+        expected = min(BLOCK, meta.size - index * BLOCK)
+        if len(data) != expected:
+            raise Corrupt(f"block {index} is {len(data)} bytes, expected {expected}")
+        if index >= len(meta.blocks) or zlib.crc32(data) != meta.blocks[index]:
+            raise Corrupt(f"block {index} fails its checksum")
+        return data
+
+    def check(self, blob_id: str) -> BlobMeta:
+        """Re-read a whole blob against its block checksums and sha256; Corrupt or NotFound."""
+        meta = self.meta(blob_id)
+        f, size = self.open(blob_id)
+        with f:
+            if size != meta.size:
+                raise Corrupt(f"{size} bytes on disk, expected {meta.size}")
+            digest = hashlib.sha256()
+            for index in range((size + BLOCK - 1) // BLOCK):
+                digest.update(self.read_block(f, meta, index))
+        if digest.hexdigest() != meta.sha256:
+            raise Corrupt("sha256 mismatch")
+        return meta
+
+    def quarantine(self, blob_id: str) -> None:
+        """Move a corrupt blob aside: no longer served, kept for a person to look at."""
+        qdir = os.path.join(self.root, "quarantine")
+        os.makedirs(qdir, exist_ok=True)
+        path = self.path(blob_id)
+        size = self._size(blob_id)
+        if size is None:
+            return
+        for suffix in ("", ".meta"):
+            try:
+                os.replace(path + suffix, os.path.join(qdir, blob_id + suffix))
+            except FileNotFoundError:
+                pass
+        fsync_dir(self._dir(blob_id))
+        self.used -= size
+        self.count -= 1
+
     def delete(self, blob_id: str) -> bool:
         """Remove a blob and its metadata; False when it was not there."""
         path = self.path(blob_id)
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            size = None
+        size = self._size(blob_id)
         for p in (path, path + ".meta"):
             try:
                 os.unlink(p)

@@ -7,12 +7,13 @@ returns a Deferred and never blocks the reactor.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
+
+from twisted.logger import Logger
 
 from deposito.blobstore import BlobMeta, BlobStore, IncomingBlob
 from deposito.errors import NoSpace
@@ -21,6 +22,8 @@ from deposito.errors import NoSpace
 class Device:
     """Asynchronous access to one BlobStore."""
 
+    log = Logger()
+
     def __init__(self, reactor: Any, store: BlobStore, capacity: int) -> None:
         self.reactor = reactor
         self.store = store
@@ -28,6 +31,7 @@ class Device:
         self.reserved = 0
         self._writer = ThreadPool(1, 1, "deposito-writer")
         self._readers = ThreadPool(1, 2, "deposito-reader")
+        self.corrupt_listeners: list[Callable[[str, str], None]] = []
 
     def start(self) -> None:
         self._writer.start()
@@ -80,10 +84,23 @@ class Device:
         return self._write(self.store.delete, blob_id)
 
     def open(self, blob_id: str) -> Deferred:
-        return self._read(self.store.open, blob_id)
+        """(file, metadata) of a blob, for :meth:`read_block`."""
+        return self._read(_open_with_meta, self.store, blob_id)
 
-    def read(self, f: Any, offset: int, size: int) -> Deferred:
-        return self._read(_pread, f, offset, size)
+    def read_block(self, f: Any, meta: BlobMeta, index: int) -> Deferred:
+        """A checked block; fails with blobstore.Corrupt on rot."""
+        return self._read(self.store.read_block, f, meta, index)
+
+    def check(self, blob_id: str) -> Deferred:
+        return self._read(self.store.check, blob_id)
+
+    def corrupt(self, blob_id: str, why: str) -> Deferred:
+        """A copy was found bad: move it aside and tell whoever listens (the proxy)."""
+        self.log.error("blob {blob} is corrupt ({why}): quarantined", blob=blob_id, why=why)
+        d = self._write(self.store.quarantine, blob_id)
+        d.addCallback(lambda _: [listener(blob_id, why) for listener in self.corrupt_listeners])
+        d.addErrback(lambda f: self.log.failure("quarantining {blob}", f, blob=blob_id))
+        return d
 
     def close(self, f: Any) -> Deferred:
         return self._read(f.close)
@@ -92,5 +109,7 @@ class Device:
         return self._read(lambda: list(self.store.inventory()))
 
 
-def _pread(f: Any, offset: int, size: int) -> bytes:
-    return os.pread(f.fileno(), size, offset)
+def _open_with_meta(store: BlobStore, blob_id: str) -> tuple[Any, BlobMeta]:
+    meta = store.meta(blob_id)
+    f, _ = store.open(blob_id)
+    return f, meta

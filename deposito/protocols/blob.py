@@ -25,14 +25,13 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from deposito.blobstore import BlobMeta, check_blob_id
+from deposito.blobstore import BLOCK, BlobMeta, Corrupt, check_blob_id
 from deposito.errors import BadArgs, BadCommand, DepositoError, Internal, from_reply
 from deposito.protocols.lines import LineProtocol, handler_for, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
 
 FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big
 WINDOW_BYTES = 4 << 20  # pause the sender when this much waits for the disk
-READ_CHUNK = 256 << 10
 
 
 class ConnectionLost(DepositoError):
@@ -179,14 +178,14 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         d.addCallbacks(self._opened, self._open_failed, callbackArgs=(start,))
 
     def _opened(self, opened: Any, offset: int) -> None:
-        f, size = opened
-        if offset > size:
+        f, meta = opened
+        if offset > meta.size:
             self.device.close(f)
             self.fail(BadArgs("offset past the end"))
             self.resumeProducing()
             return
-        self.reply(f"OK {size - offset} size={size}")
-        self._sender = _BlobSender(self.device, f, offset, size, self.transport, self._sent,
+        self.reply(f"OK {meta.size - offset} size={meta.size}")
+        self._sender = _BlobSender(self.device, f, meta, offset, self.transport, self._sent,
                                    self.resetTimeout)
         self._sender.start()
 
@@ -229,11 +228,16 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 
 @implementer(IPushProducer)
 class _BlobSender:
-    """Reads a blob on the reader threads and writes it out, paused by the peer."""
+    """Sends a blob block by block, each checked against its checksum first.
 
-    def __init__(self, device: Any, f: Any, offset: int, size: int, transport: Any,
+    Blocks are read on the reader threads; the peer's transport pauses us.
+    A block that fails its check is never sent: the copy is reported corrupt
+    and the connection is cut, so the reader moves to another copy.
+    """
+
+    def __init__(self, device: Any, f: Any, meta: BlobMeta, offset: int, transport: Any,
                  done: Callable[[], None], progress: Callable[[], None]) -> None:
-        self.device, self.f, self.offset, self.size = device, f, offset, size
+        self.device, self.f, self.meta, self.offset = device, f, meta, offset
         self.transport, self.done, self.progress = transport, done, progress
         self.paused = False
         self.reading = False
@@ -246,27 +250,30 @@ class _BlobSender:
     def _next(self) -> None:
         if self.stopped or self.paused or self.reading:
             return
-        if self.offset >= self.size:
+        if self.offset >= self.meta.size:
             self._finish()
             return
         self.reading = True
-        d = self.device.read(self.f, self.offset, min(READ_CHUNK, self.size - self.offset))
+        d = self.device.read_block(self.f, self.meta, self.offset // BLOCK)
         d.addCallbacks(self._got, self._failed)
 
-    def _got(self, data: bytes) -> None:
+    def _got(self, block: bytes) -> None:
         self.reading = False
         if self.stopped:
             return
-        if not data:  # the file shrank under us: the stream cannot be completed
-            self._failed(None)
-            return
+        skip = self.offset % BLOCK
+        data = block[skip:] if skip else block
         self.offset += len(data)
         self.progress()
         self.transport.write(data)
         self._next()
 
-    def _failed(self, failure: Failure | None) -> None:
+    def _failed(self, failure: Failure) -> None:
         self.reading = False
+        if failure.check(Corrupt):
+            self.device.corrupt(self.meta.blob, failure.getErrorMessage())
+        else:
+            BlobServerProtocol.log.failure("reading blob {blob}", failure, blob=self.meta.blob)
         self.stopProducing()
         self.transport.abortConnection()
 
