@@ -1,0 +1,419 @@
+"""The ``deposito`` command: in-process against a fake proxy for every
+option and exit path, then as a subprocess against a real cluster (the
+``cluster`` fixtures of conftest.py) for real bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deposito.cli import main
+from tests.test_client import FakeProxy, payload, sha
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Any:
+    proxy = FakeProxy()
+    monkeypatch.setenv("DEPOSITO_PROXY", proxy.address)
+    monkeypatch.delenv("DEPOSITO_TOKEN", raising=False)
+    yield proxy
+    proxy.stop()
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def only_files(folder: Path) -> list[str]:
+    """Every entry of folder, hidden ones too (a leftover temp file shows)."""
+    return sorted(os.listdir(folder))
+
+
+# ---------------------------------------------------------------- usage
+
+
+def test_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("put", "get", "stat", "ls", "rm", "replicas", "servers", "status", "--proxy", "--token"):
+        assert command in out
+    for command in ("put", "get", "stat", "ls", "rm", "replicas", "servers", "status"):
+        assert main([command, "--help"]) == 0
+        assert capsys.readouterr().out.startswith(f"usage: deposito {command}")
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["frob"], ["put"], ["put", "-"], ["get"], ["get", "dir/"], ["get", ".."],
+    ["--proxy", "nohost", "ls"], ["--proxy", "h:99999", "ls"], ["put", "x", "--replicas", "0"],
+    ["put", "x", "--replicas", "17"], ["replicas", "a", "many"], ["stat", "a", "--yaml"],
+])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage: deposito" in err and "error:" in err
+
+
+def test_refused_connection_exits_1_with_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    monkeypatch.delenv("DEPOSITO_PROXY", raising=False)
+    assert main(["--proxy", f"127.0.0.1:{port}", "ls"]) == 1
+    assert capsys.readouterr().err == f"deposito: cannot reach proxy at 127.0.0.1:{port}: connection refused\n"
+    monkeypatch.setenv("DEPOSITO_PROXY", f"127.0.0.1:{port}")
+    assert main(["status"]) == 1
+    assert f"127.0.0.1:{port}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- put and get
+
+
+def test_put_then_get_into_the_current_folder(fake: FakeProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    data = payload(300_000)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "report.bin").write_bytes(data)
+    assert main(["put", str(tmp_path / "src" / "report.bin"), "--replicas", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"stored report.bin version=1 size={len(data)} sha256={sha(data)} replicas=3\n"
+    assert err == ""  # not a terminal: no progress bar
+    assert main(["put", str(tmp_path / "src" / "report.bin"), "--name", "dir/sub/r.bin"]) == 0
+    capsys.readouterr()
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["get", "dir/sub/r.bin"]) == 0
+    assert (work / "r.bin").read_bytes() == data
+    assert capsys.readouterr() == ("", "")
+
+    (work / "r.bin").write_bytes(b"mine")
+    assert main(["get", "dir/sub/r.bin"]) == 1
+    assert "r.bin exists; use --force" in capsys.readouterr().err
+    assert (work / "r.bin").read_bytes() == b"mine"
+    assert main(["get", "dir/sub/r.bin", "--force"]) == 0
+    assert (work / "r.bin").read_bytes() == data
+
+    (work / "out").mkdir()
+    assert main(["get", "report.bin", "-o", "out"]) == 0  # a folder: the file goes in it
+    assert (work / "out" / "report.bin").read_bytes() == data
+    (work / "named").write_bytes(b"old")
+    assert main(["get", "report.bin", "-o", "named"]) == 0  # an explicit file is replaced
+    assert (work / "named").read_bytes() == data
+    assert only_files(work) == ["named", "out", "r.bin"]
+
+
+def test_get_to_stdout(fake: FakeProxy, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    fake.files["a b"] = (b"\x00binary\xffbytes\n", 1, 2)
+    assert main(["get", "a b", "-o", "-"]) == 0
+    assert capsysbinary.readouterr() == (b"\x00binary\xffbytes\n", b"")
+
+
+def test_put_from_stdin(fake: FakeProxy, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    data = payload(200_000)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert main(["put", "-", "--name", "from stdin"]) == 0
+    assert fake.files["from stdin"][0] == data
+    assert capsys.readouterr().out.startswith('stored "from stdin" version=1')
+
+
+def test_failed_get_leaves_no_file(fake: FakeProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake.files["big"] = (payload(500_000), 1, 2)
+    fake.cut_get_after = 200_000
+    assert main(["get", "big"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("deposito: connection to the proxy lost") and err.count("\n") == 1
+    assert only_files(tmp_path) == []
+
+    assert main(["get", "missing"]) == 1
+    assert capsys.readouterr().err == "deposito: notfound missing\n".replace("notfound ", "notfound: ")
+    assert only_files(tmp_path) == []
+
+
+def test_put_of_a_missing_file_exits_1(fake: FakeProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["put", str(tmp_path / "nope")]) == 1
+    assert capsys.readouterr().err == f"deposito: cannot read {tmp_path / 'nope'}: No such file or directory\n"
+    assert main(["put", str(tmp_path)]) == 1
+    assert fake.requests == []
+
+
+def test_err_from_the_proxy_exits_1(fake: FakeProxy, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    assert main(["put", str(src), "--replicas", "4"]) == 1
+    assert capsys.readouterr().err == "deposito: unavailable: only 3 servers up\n"
+    assert main(["rm", "nothing"]) == 1
+    assert main(["replicas", "nothing", "2"]) == 1
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal(fake: FakeProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(payload(1_000_000))
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["put", str(src)]) == 0
+    assert main(["get", "f.bin", "-o", str(tmp_path / "back")]) == 0
+    assert "f.bin" in terminal.getvalue() and "B/s" in terminal.getvalue()
+    piped = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", piped)
+    assert main(["put", str(src)]) == 0
+    assert main(["get", "f.bin", "-o", str(tmp_path / "back")]) == 0
+    assert piped.getvalue() == ""
+
+
+# ---------------------------------------------------------------- the other commands
+
+
+def test_stat_ls_rm_replicas_servers_status(fake: FakeProxy, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.files.update({"d/a": (b"aaa", 2, 2), "d/b c": (b"bb", 1, 3), "e": (b"", 1, 1)})
+    assert main(["stat", "d/a", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "name": "d/a", "size": 3, "sha256": sha(b"aaa"), "version": 2, "replicas": 2, "have": 2,
+        "servers": ["s0", "s1"]}
+    assert main(["stat", "d/a"]) == 0
+    out = capsys.readouterr().out
+    assert "version:  2" in out and "servers:  s0, s1" in out
+
+    assert main(["ls", "d/", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"size": 3, "wanted": 2, "have": 2, "name": "d/a"}, {"size": 2, "wanted": 3, "have": 3, "name": "d/b c"}]
+    assert main(["ls"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "SIZE  WANTED  HAVE  NAME", "   3       2     2  d/a", "   2       3     3  d/b c", "   0       1     1  e"]
+    assert main(["ls", "nothing/"]) == 0
+    assert capsys.readouterr().out == ""
+
+    assert main(["replicas", "d/a", "3", "--wait"]) == 0
+    assert capsys.readouterr().out == "d/a: replicas=3 have=3\n"
+    assert fake.requests[-2:] == ["REPLICAS d/a 3 WAIT", "QUIT"]
+
+    assert main(["rm", "d/b c"]) == 0
+    assert "d/b c" not in fake.files
+
+    assert main(["servers", "--json"]) == 0
+    servers = json.loads(capsys.readouterr().out)
+    assert [(s["id"], s["state"], s["zone"]) for s in servers] == [("s0", "up", "a"), ("s1", "down", "rack 2")]
+    assert main(["servers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "ADDRESS", "STATE", "USED", "CAPACITY", "BLOBS", "ZONE"]
+    assert lines[2].split()[:3] == ["s1", "127.0.0.1:4002", "down"] and lines[2].endswith("rack 2")
+
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["files"] == 2
+    assert main(["status"]) == 0
+    assert "servers_up:     1" in capsys.readouterr().out
+
+
+def test_token_from_the_environment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    proxy = FakeProxy(tokens={"sesame"})
+    try:
+        monkeypatch.setenv("DEPOSITO_PROXY", proxy.address)
+        monkeypatch.delenv("DEPOSITO_TOKEN", raising=False)
+        assert main(["ls"]) == 1
+        assert "denied" in capsys.readouterr().err
+        monkeypatch.setenv("DEPOSITO_TOKEN", "sesame")
+        assert main(["ls"]) == 0
+        assert main(["--token", "wrong", "ls"]) == 1
+        assert proxy.requests.count("AUTH sesame") == 1 and "AUTH wrong" in proxy.requests
+    finally:
+        proxy.stop()
+
+
+# ---------------------------------------------------------------- the command on a real cluster
+
+
+@pytest.fixture
+def live(request: pytest.FixtureRequest) -> Any:
+    """A real cluster of conftest.py (proxy + 3 storage servers as twistd processes)."""
+    for name in ("shared_cluster", "cluster"):
+        try:
+            return request.getfixturevalue(name)
+        except pytest.FixtureLookupError:
+            continue
+    pytest.skip("needs the `cluster` fixture of tests/conftest.py")
+
+
+def deposito(*args: str, cwd: Path, port: int | None = None, input: bytes | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run the installed ``deposito`` script on this checkout's code, output piped."""
+    script = Path(sys.executable).with_name("deposito")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "deposito.cli"]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DEPOSITO_")}
+    environ["PYTHONPATH"] = str(CHECKOUT)
+    environ.update(env or {})
+    if port is not None:
+        command += ["--proxy", f"127.0.0.1:{port}"]
+    return subprocess.run(command + list(args), cwd=cwd, input=input, capture_output=True, env=environ,
+                          timeout=60)
+
+
+class Cutter:
+    """A relay to a proxy that cuts both sides after ``limit`` bytes came back."""
+
+    def __init__(self, upstream: int, limit: int) -> None:
+        self.upstream, self.limit = upstream, limit
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        client, _ = self.listener.accept()
+        proxy = socket.create_connection(("127.0.0.1", self.upstream))
+
+        def forward() -> None:
+            try:
+                while data := client.recv(65536):
+                    proxy.sendall(data)
+            except OSError:
+                pass
+
+        threading.Thread(target=forward, daemon=True).start()
+        sent = 0
+        try:
+            while sent < self.limit and (data := proxy.recv(65536)):
+                client.sendall(data[: self.limit - sent])
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (client, proxy):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(10)
+
+
+@pytest.mark.slow
+def test_cli_round_trip_of_a_multi_mib_file(live: Any, tmp_path: Path) -> None:
+    data = os.urandom(6 * 1024 * 1024 + 321)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "video.bin").write_bytes(data)
+    r = deposito("put", "video.bin", "--name", "cli/media/video.bin", "--replicas", "3", cwd=src, port=live.port)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split()[:2] == ["stored", "cli/media/video.bin"]
+    assert f"sha256={sha(data)}".encode() in r.stdout and r.stderr == b""
+
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    r = deposito("get", "cli/media/video.bin", cwd=dst, port=live.port)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"")  # piped: no progress output
+    assert sha((dst / "video.bin").read_bytes()) == sha(data)
+
+    r = deposito("get", "cli/media/video.bin", "-o", "-", cwd=dst, port=live.port)
+    assert r.returncode == 0 and sha(r.stdout) == sha(data) and r.stderr == b""
+
+    r = deposito("get", "cli/media/video.bin", cwd=dst, port=live.port)  # would overwrite
+    assert r.returncode == 1 and b"exists" in r.stderr
+    assert deposito("get", "cli/media/video.bin", "--force", cwd=dst, port=live.port).returncode == 0
+    assert only_files(dst) == ["video.bin"]
+
+    r = deposito("stat", "cli/media/video.bin", "--json", cwd=dst, port=live.port)
+    st = json.loads(r.stdout)
+    assert (st["size"], st["sha256"], st["have"], len(st["servers"])) == (len(data), sha(data), 3, 3)
+    r = deposito("ls", "cli/", "--json", cwd=dst, port=live.port)
+    assert [e["name"] for e in json.loads(r.stdout)] == ["cli/media/video.bin"]
+    r = deposito("servers", "--json", cwd=dst, port=live.port)
+    assert sorted(s["state"] for s in json.loads(r.stdout)) == ["up", "up", "up"]
+    assert deposito("rm", "cli/media/video.bin", cwd=dst, port=live.port).returncode == 0
+    r = deposito("stat", "cli/media/video.bin", cwd=dst, port=live.port)
+    assert r.returncode == 1 and r.stderr.startswith(b"deposito: notfound")
+
+
+@pytest.mark.slow
+def test_cli_put_from_stdin_and_environment(live: Any, tmp_path: Path) -> None:
+    data = os.urandom(1024 * 1024 + 7)
+    env = {"DEPOSITO_PROXY": f"127.0.0.1:{live.port}"}
+    r = deposito("put", "-", "--name", "cli/piped data", cwd=tmp_path, input=data, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == b""
+    r = deposito("get", "cli/piped data", "-o", "-", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and r.stdout == data
+
+
+@pytest.mark.slow
+def test_cli_exit_codes_and_no_partial_file(live: Any, tmp_path: Path) -> None:
+    r = deposito("get", "cli/absent", cwd=tmp_path, port=live.port)
+    assert r.returncode == 1 and r.stderr.startswith(b"deposito: notfound") and r.stderr.count(b"\n") == 1
+    assert deposito("put", "-", cwd=tmp_path, port=live.port).returncode == 2
+    assert deposito("frobnicate", cwd=tmp_path, port=live.port).returncode == 2
+    port = free_port()
+    r = deposito("ls", cwd=tmp_path, port=port)
+    assert r.returncode == 1
+    assert r.stderr == f"deposito: cannot reach proxy at 127.0.0.1:{port}: connection refused\n".encode()
+
+    data = os.urandom(4 * 1024 * 1024)
+    (tmp_path / "big.bin").write_bytes(data)
+    assert deposito("put", "big.bin", "--name", "cli/cut.bin", cwd=tmp_path, port=live.port).returncode == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    cutter = Cutter(live.port, limit=1024 * 1024)  # the transfer breaks after 1 MiB
+    try:
+        r = deposito("get", "cli/cut.bin", cwd=out, port=cutter.port)
+    finally:
+        cutter.close()
+    assert r.returncode == 1 and b"lost" in r.stderr
+    assert only_files(out) == []  # neither cut.bin nor a temporary file
+    r = deposito("get", "cli/cut.bin", cwd=out, port=live.port)
+    assert r.returncode == 0 and sha((out / "cut.bin").read_bytes()) == sha(data)
+
+
+@pytest.mark.slow
+def test_cli_progress_bar_on_a_terminal_only(live: Any, tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    (tmp_path / "f.bin").write_bytes(os.urandom(8 * 1024 * 1024))
+    script = Path(sys.executable).with_name("deposito")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "deposito.cli"]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DEPOSITO_")}
+    environ["PYTHONPATH"] = str(CHECKOUT)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen(command + ["--proxy", f"127.0.0.1:{live.port}", "put", "f.bin", "--name", "cli/tty.bin"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=slave, env=environ)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the terminal's last writer is gone
+            break
+        if not data:
+            break
+        shown += data
+    os.close(master)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.startswith(b"stored cli/tty.bin")
+    assert b"tty.bin" in shown and b"8.00M" in shown  # the bar, on the terminal only
+    assert b"8.00M" not in out
+
