@@ -278,6 +278,24 @@ class BlobStore:
         self.count -= 1
         return True
 
+    def sweep(self) -> int:
+        """Drop metadata whose blob is gone; recount what the disk holds."""
+        removed = 0
+        used = count = 0
+        for sub in os.listdir(self.blobs):
+            d = os.path.join(self.blobs, sub)
+            if not os.path.isdir(d):
+                continue
+            for entry in os.listdir(d):
+                if entry.endswith(".meta") and not os.path.exists(os.path.join(d, entry[:-5])):
+                    os.unlink(os.path.join(d, entry))
+                    removed += 1
+        for meta in self.inventory():
+            used += meta.size
+            count += 1
+        self.used, self.count = used, count
+        return removed
+
     def inventory(self) -> Iterator[BlobMeta]:
         """Every blob's metadata (blobs without readable metadata are skipped)."""
         for sub in sorted(os.listdir(self.blobs)):

@@ -41,8 +41,10 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE TABLE IF NOT EXISTS copies (
     blob TEXT NOT NULL,
     server TEXT NOT NULL,
+    since REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (blob, server)
 );
+CREATE INDEX IF NOT EXISTS copies_by_server ON copies (server);
 CREATE TABLE IF NOT EXISTS intents (
     blob TEXT NOT NULL,
     server TEXT NOT NULL,
@@ -156,7 +158,7 @@ class Catalog:
                 self._drop_blob(db, row[1])
             db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (name, version, blob, size, sha256, replicas, now))
-            db.executemany("INSERT OR IGNORE INTO copies VALUES (?, ?)", [(blob, s) for s in servers])
+            db.executemany("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", [(blob, s, now) for s in servers])
             return True
         return self._tx(tx)
 
@@ -173,6 +175,71 @@ class Catalog:
                 self._drop_blob(db, record.blob)
             return record
         return self._tx(tx)
+
+    def set_replicas(self, name: str, count: int) -> FileRecord | None:
+        def tx(db: sqlite3.Connection) -> FileRecord | None:
+            db.execute("UPDATE files SET replicas = ? WHERE name = ?", (count, name))
+            return self._lookup(db, name)
+        return self._tx(tx)
+
+    def add_copy(self, name: str, blob: str, server: str, now: float) -> bool:
+        """A new copy of ``name``'s blob is durable on ``server``: it counts, if the
+        blob is still the current one (else it is garbage)."""
+        def tx(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM intents WHERE blob = ? AND server = ?", (blob, server))
+            row = db.execute("SELECT 1 FROM files WHERE name = ? AND blob = ?", (name, blob)).fetchone()
+            if row is None:
+                db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
+                return False
+            db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", (blob, server, now))
+            db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
+            return True
+        return self._tx(tx)
+
+    def drop_copy(self, blob: str, server: str) -> None:
+        """A copy no longer counts and is to be deleted from its server."""
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
+            db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
+        self._tx(tx)
+
+    def abandon_copy(self, blob: str, server: str) -> None:
+        """A repair copy failed: what it wrote is garbage."""
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM intents WHERE blob = ? AND server = ?", (blob, server))
+            db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
+        self._tx(tx)
+
+    def reconcile_inventory(self, server: str, present: Iterable[str], before: float) -> tuple[int, int, int]:
+        """Compare what a server holds with what the catalog says it holds.
+
+        Copies the catalog lists (made before ``before``) that the server lacks
+        stop counting; blobs it holds that are a file's current blob count
+        (again); anything else it holds is garbage, unless still being written.
+        Returns (missing, counted, garbage).
+        """
+        present = set(present)
+
+        def tx(db: sqlite3.Connection) -> tuple[int, int, int]:
+            listed = {b: since for b, since in db.execute(
+                "SELECT blob, since FROM copies WHERE server = ?", (server,))}
+            missing = [b for b, since in listed.items() if b not in present and since < before]
+            db.executemany("DELETE FROM copies WHERE blob = ? AND server = ?", [(b, server) for b in missing])
+            counted = garbage = 0
+            for blob in present - listed.keys():
+                if db.execute("SELECT 1 FROM files WHERE blob = ?", (blob,)).fetchone():
+                    db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", (blob, server, before))
+                    db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
+                    counted += 1
+                elif not db.execute("SELECT 1 FROM intents WHERE blob = ? AND server = ?",
+                                    (blob, server)).fetchone():
+                    db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
+                    garbage += 1
+            return len(missing), counted, garbage
+        return self._tx(tx)
+
+    def garbage_count(self) -> list[tuple[str, int]]:
+        return self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall()
 
     def garbage(self, limit: int = 100) -> list[tuple[str, str]]:
         return self.db.execute("SELECT blob, server FROM garbage LIMIT ?", (limit,)).fetchall()

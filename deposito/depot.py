@@ -12,7 +12,8 @@ import random
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from deposito.blobstore import new_blob_id
@@ -22,6 +23,11 @@ from deposito.placement import place
 from deposito.protocols.blob import BlobClient
 from deposito.roster import Member, Roster
 from deposito.transfer import Upload, copy_blob, stream_blob
+
+
+class _BlobClients(Factory):
+    noisy = False  # one connection per transfer: no log line for each
+    protocol = BlobClient
 
 
 class Depot:
@@ -40,29 +46,40 @@ class Depot:
         self._collector.clock = reactor
         self.collect_every = collect_every
         self._collecting: defer.Deferred | None = None
+        from deposito.reconciler import Reconciler
+
+        self.reconciler = Reconciler(reactor, self)
 
     def start(self) -> defer.Deferred:
         d = self.db(Catalog.recover)
         d.addCallback(lambda n: n and self.log.info("{n} unfinished uploads from before are garbage now", n=n))
         d.addCallback(lambda _: self.db(Catalog.servers))
         d.addCallback(lambda rows: self.roster.restore(Member(*row) for row in rows))
-        d.addCallback(lambda _: self._collector.start(self.collect_every, now=False))
+        d.addCallback(self._started)
         return d
 
-    def stop(self) -> defer.Deferred | None:
+    def _started(self, _: object) -> None:
+        self._collector.start(self.collect_every, now=False)
+        self.reconciler.start()
+
+    async def stop(self) -> None:
         if self._collector.running:
             self._collector.stop()
-        return self._collecting
+        await self.reconciler.stop()
+        if self._collecting is not None:
+            await self._collecting
 
     def member_changed(self, m: Member) -> None:
-        """The roster's hook: remember servers across restarts; collect from a returning one."""
+        """The roster's hook: remember servers across restarts; collect from a
+        returning one; re-plan copies."""
         self.db(Catalog.save_server, m.id, m.zone, m.host, m.port, m.capacity, m.used, m.blobs)
         if m.up:
             self.kick()
+        self.reconciler.kick()
 
     async def connect(self, member: Member) -> BlobClient:
         endpoint = HostnameEndpoint(self.reactor, member.host, member.port, timeout=self.connect_timeout)
-        return await connectProtocol(endpoint, BlobClient())
+        return await endpoint.connect(_BlobClients())
 
     # -- PUT
 
@@ -173,6 +190,67 @@ class Depot:
 
     def servers(self) -> list[Member]:
         return sorted(self.roster.members.values(), key=lambda m: m.id)
+
+    # -- convergence
+
+    async def replicas(self, name: str, count: int, wait: bool) -> tuple[FileRecord, int]:
+        """Set the wanted count; with ``wait``, answer once the healthy count equals it."""
+        up = len(self.roster.up())
+        if count > up:
+            raise Unavailable(f"{count} copies wanted, {up} servers up")
+        record = await self.db(Catalog.set_replicas, name, count)
+        if record is None:
+            raise NotFound(f"no file named {name}")
+        self.log.info("{name} now wants {count} copies", name=name, count=count)
+        if wait:
+            have = await self.reconciler.wait(name, count)
+            return record, have
+        self.reconciler.kick()
+        return record, len(self.healthy(record))
+
+    async def status(self) -> dict[str, int]:
+        from deposito.reconciler import assess
+
+        records = await self.db(Catalog.list, "")
+        garbage = await self.db(Catalog.garbage_count)
+        under = over = 0
+        for r in records:
+            have = assess(r, self.roster).have
+            under += have < r.replicas
+            over += have > r.replicas
+        deletable = sum(n for sid, n in garbage if self.roster.is_up(sid))
+        up = len(self.roster.up())
+        return {
+            "files": len(records),
+            "bytes": sum(r.size for r in records),
+            "servers_up": up,
+            "servers_down": len(self.roster.members) - up,
+            "under": under,
+            "over": over,
+            "repairs_queued": self.reconciler.queued + max(0, deletable - (self._collecting is not None)),
+            "repairs_running": len(self.reconciler.running) + (self._collecting is not None),
+        }
+
+    def inventory(self, member: Member, entries: list, since: float) -> None:
+        """A server listed its blobs: missing copies stop counting, unknown ones go."""
+        d = self.db(Catalog.reconcile_inventory, member.id, [e[0] for e in entries], since - 5.0)
+
+        def reconciled(result: tuple[int, int, int]) -> None:
+            missing, counted, garbage = result
+            if missing or counted or garbage:
+                self.log.info("inventory of {id}: {missing} copies missing, {counted} counted again,"
+                              " {garbage} to delete", id=member.id, missing=missing, counted=counted,
+                              garbage=garbage)
+            self.reconciler.kick()
+            self.kick()
+
+        d.addCallback(reconciled)
+        d.addErrback(lambda f: self.log.failure("reconciling the inventory of {id}", f, id=member.id))
+
+    def corrupt(self, member: Member, blob: str, why: str) -> None:
+        d = self.db(Catalog.drop_copy, blob, member.id)
+        d.addCallback(lambda _: self.reconciler.kick())
+        d.addErrback(lambda f: self.log.failure("dropping a corrupt copy", f))
 
     # -- garbage
 

@@ -105,6 +105,10 @@ class Device:
     def close(self, f: Any) -> Deferred:
         return self._read(f.close)
 
+    def sweep(self) -> Deferred:
+        """Remove metadata left without its blob (a blob deleted behind our back)."""
+        return self._write(self.store.sweep)
+
     def inventory(self) -> Deferred:
         return self._read(lambda: list(self.store.inventory()))
 

@@ -28,6 +28,16 @@ def parse_int(option: str, value: str, low: int, high: int) -> int:
     return n
 
 
+def parse_seconds(option: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise usage.UsageError(f"{option} must be a number of seconds, not {value!r}") from None
+    if not 0.1 <= seconds <= 10 * 365 * 86400:
+        raise usage.UsageError(f"{option} must be from 0.1 seconds to ten years, not {value}")
+    return seconds
+
+
 def check_endpoint(option: str, value: str, parse) -> None:
     """Refuse an endpoint string the endpoint parser cannot read."""
     try:

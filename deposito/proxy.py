@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import service
+from twisted.internet import task
 from twisted.application.internet import StreamServerEndpointService
 from twisted.logger import Logger
 
@@ -19,14 +20,18 @@ class ProxyService(service.MultiService):
     log = Logger()
 
     def __init__(self, reactor: Any, data: str, client_endpoint: Any, cluster_endpoint: Any,
-                 replicas: int, heartbeat: float = HEARTBEAT) -> None:
+                 replicas: int, dead_after: float = 300.0, heartbeat: float = HEARTBEAT) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
         self.db = CatalogThread(reactor, Catalog(data))
-        self.roster = Roster(reactor)
+        self.roster = Roster(reactor, dead_after=dead_after)
         self.depot = Depot(reactor, self.db, self.roster, default_replicas=replicas)
         self.roster.on_change = self.depot.member_changed
+        self.roster.on_inventory = self.depot.inventory
+        self.roster.on_corrupt = self.depot.corrupt
+        self._deaths = task.LoopingCall(self.roster.check)
+        self._deaths.clock = reactor
         StreamServerEndpointService(client_endpoint, DepotFactory(self.depot)).setServiceParent(self)
         StreamServerEndpointService(cluster_endpoint, MemberFactory(self.roster, heartbeat)).setServiceParent(self)
 
@@ -34,13 +39,14 @@ class ProxyService(service.MultiService):
         self.db.start()
         self.depot.start().addErrback(lambda f: self.log.failure("starting the depot", f))
         self.log.info("proxy catalog in {data}", data=self.data)
+        self._deaths.start(min(1.0, self.roster.dead_after / 4), now=False)
         super().startService()
 
     async def _stop(self) -> None:
         await super().stopService()
-        collecting = self.depot.stop()
-        if collecting is not None:
-            await collecting
+        if self._deaths.running:
+            self._deaths.stop()
+        await self.depot.stop()
         self.db.stop()
 
     def stopService(self) -> Any:

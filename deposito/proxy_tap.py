@@ -7,12 +7,12 @@ import os
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from deposito.options import FirstLineOptions, check_endpoint, parse_int
+from deposito.options import FirstLineOptions, check_endpoint, parse_int, parse_seconds
 
 
 class Options(FirstLineOptions):
     command = "deposito-proxy"
-    synopsis = "[--port EP] [--cluster-port EP] [--data DIR] [--replicas N]"
+    synopsis = "[--port EP] [--cluster-port EP] [--data DIR] [--replicas N] [--dead-after SECONDS]"
     longdesc = ("The Deposito proxy: clients store and fetch files on --port (a text protocol "
                 "you can speak with telnet); storage servers join on --cluster-port.")
     optParameters = [
@@ -20,6 +20,7 @@ class Options(FirstLineOptions):
         ["cluster-port", None, "tcp:7001", "endpoint where storage servers join"],
         ["data", None, "./deposito-proxy", "directory for the catalog"],
         ["replicas", None, "2", "replica count for a PUT that names none (1-16)"],
+        ["dead-after", None, "300", "seconds of silence after which a server is dead and its copies are made again"],
     ]
 
     def postOptions(self) -> None:
@@ -29,6 +30,7 @@ class Options(FirstLineOptions):
             check_endpoint(f"--{option}", self[option],
                            lambda v: endpoints.serverFromString(reactor, v))
         self["replicas"] = parse_int("--replicas", self["replicas"], 1, 16)
+        self["dead-after"] = parse_seconds("--dead-after", self["dead-after"])
         if not self["data"]:
             raise usage.UsageError("--data must name a directory")
         self["data"] = os.path.abspath(self["data"])
@@ -45,4 +47,5 @@ def makeService(options: Options):
         endpoints.serverFromString(reactor, options["port"]),
         endpoints.serverFromString(reactor, options["cluster-port"]),
         options["replicas"],
+        dead_after=options["dead-after"],
     )

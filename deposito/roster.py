@@ -39,17 +39,40 @@ class Roster:
 
     log = Logger()
 
-    def __init__(self, clock: Any, on_change: Callable[[Member], None] = lambda m: None) -> None:
+    def __init__(self, clock: Any, on_change: Callable[[Member], None] = lambda m: None,
+                 dead_after: float = 300.0) -> None:
         self.clock = clock
         self.members: dict[str, Member] = {}
         self.on_change = on_change
+        self.dead_after = dead_after
+        self.on_inventory: Callable[[Member, list, float], None] = lambda m, entries, since: None
+        self.on_corrupt: Callable[[Member, str, str], None] = lambda m, blob, why: None
 
     def restore(self, members: Iterable[Member]) -> None:
-        """Servers known before a restart: listed as down until they join again."""
+        """Servers known before a restart: down until they join again (their
+        silence counts from now, so a restart alone kills no server)."""
         for m in members:
             m.state = "down"
             m.connection = None
+            m.last_seen = self.clock.seconds()
             self.members[m.id] = m
+
+    def check(self) -> None:
+        """Servers silent past ``dead_after`` are dead: their copies are made again elsewhere."""
+        now = self.clock.seconds()
+        for m in self.members.values():
+            if m.state == "down" and now - m.last_seen >= self.dead_after:
+                m.state = "dead"
+                self.log.warn("storage server {id} is dead (silent {seconds:.0f}s): its copies will be made again",
+                              id=m.id, seconds=now - m.last_seen)
+                self.on_change(m)
+
+    def inventory(self, member_id: str, entries: list, since: float) -> None:
+        self.on_inventory(self.members[member_id], entries, since)
+
+    def corrupt(self, member_id: str, blob: str, why: str) -> None:
+        self.log.warn("storage server {id} found blob {blob} corrupt: {why}", id=member_id, blob=blob, why=why)
+        self.on_corrupt(self.members[member_id], blob, why)
 
     def join(self, member_id: str, zone: str, host: str, port: int,
              capacity: int, used: int, blobs: int, connection: Any) -> Member:
@@ -77,6 +100,7 @@ class Roster:
             return
         m.connection = None
         m.state = "down"
+        m.last_seen = self.clock.seconds()
         self.log.warn("storage server {id} is down", id=member_id)
         self.on_change(m)
 

@@ -7,13 +7,14 @@ import os
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from deposito.options import FirstLineOptions, check_endpoint, parse_bytes
+from deposito.options import FirstLineOptions, check_endpoint, parse_bytes, parse_seconds
 from deposito.protocols.cluster import SERVER_ID
 
 
 class Options(FirstLineOptions):
     command = "deposito-server"
-    synopsis = "[--proxy EP] [--port EP] [--data DIR] [--name ID] [--zone Z] [--capacity BYTES]"
+    synopsis = ("[--proxy EP] [--port EP] [--data DIR] [--name ID] [--zone Z] [--capacity BYTES]"
+                " [--scrub-every SECONDS]")
     longdesc = ("A Deposito storage server: one device. It joins the proxy at --proxy, serves "
                 "blobs on --port and keeps them under --data.")
     optParameters = [
@@ -23,6 +24,7 @@ class Options(FirstLineOptions):
         ["name", None, None, "stable server id (default: made once and kept in --data)"],
         ["zone", None, None, "failure domain (default: the host name)"],
         ["capacity", None, None, "the most bytes to hold, e.g. 10G (default: the disk's free space)"],
+        ["scrub-every", None, "86400", "seconds between re-reads of every blob against its checksums"],
     ]
 
     def postOptions(self) -> None:
@@ -35,6 +37,7 @@ class Options(FirstLineOptions):
                 raise usage.UsageError(f"--{option} must be 1 to 64 of A-Z a-z 0-9 . _ : -")
         if self["capacity"] is not None:
             self["capacity"] = parse_bytes("--capacity", self["capacity"])
+        self["scrub-every"] = parse_seconds("--scrub-every", self["scrub-every"])
         if not self["data"]:
             raise usage.UsageError("--data must name a directory")
         self["data"] = os.path.abspath(self["data"])
@@ -53,4 +56,5 @@ def makeService(options: Options):
         options["name"],
         options["zone"],
         options["capacity"],
+        scrub_every=options["scrub-every"],
     )

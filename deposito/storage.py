@@ -13,8 +13,11 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from deposito.blobstore import BlobStore
+from twisted.internet import defer, task
+
+from deposito.blobstore import BlobStore, Corrupt
 from deposito.device import Device
+from deposito.errors import NotFound
 from deposito.protocols.blob import BlobServerFactory
 from deposito.protocols.cluster import JoinProtocol, check_label
 
@@ -39,7 +42,9 @@ def node_id(data: str, name: str | None) -> str:
 
 
 class StorageNode:
-    """What the cluster protocol reports about this server."""
+    """What this server tells the proxy: usage, inventory, corrupt copies, scrubs."""
+
+    log = Logger()
 
     def __init__(self, device: Device, id: str, zone: str, host: str | None,
                  capacity: int | None) -> None:
@@ -49,7 +54,54 @@ class StorageNode:
         self.host = host
         self.port = 0
         self.configured_capacity = capacity
+        self.connection: JoinProtocol | None = None
+        self.scrubbing: defer.Deferred | None = None
         self.refresh_capacity()
+        device.corrupt_listeners.append(self._report_corrupt)
+
+    def joined(self, connection: JoinProtocol) -> None:
+        self.connection = connection
+        self.send_inventory()
+
+    def left(self, connection: JoinProtocol) -> None:
+        if self.connection is connection:
+            self.connection = None
+
+    def send_inventory(self) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+        connection.send_listing()
+        d = self.device.inventory()
+        d.addCallback(lambda entries: None if connection.lost else connection.send_inventory(entries))
+        d.addErrback(lambda f: self.log.failure("listing blobs", f))
+
+    def _report_corrupt(self, blob: str, why: str) -> None:
+        if self.connection is not None:
+            self.connection.send_bad(blob, why)
+
+    def scrub(self) -> defer.Deferred:
+        """Re-read every blob against its checksums; report, then list again."""
+        if self.scrubbing is None:
+            self.scrubbing = defer.ensureDeferred(self._scrub())
+            self.scrubbing.addErrback(lambda f: self.log.failure("scrubbing", f))
+            self.scrubbing.addBoth(lambda _: setattr(self, "scrubbing", None))
+        return self.scrubbing
+
+    async def _scrub(self) -> None:
+        checked = bad = 0
+        for meta in await self.device.inventory():
+            try:
+                await self.device.check(meta.blob)
+                checked += 1
+            except Corrupt as e:
+                bad += 1
+                await self.device.corrupt(meta.blob, str(e))
+            except NotFound:
+                pass  # deleted meanwhile
+        await self.device.sweep()
+        self.log.info("scrub done: {checked} blobs good, {bad} corrupt", checked=checked, bad=bad)
+        self.send_inventory()
 
     def refresh_capacity(self) -> None:
         """Capacity is the configured bound, never more than the disk can still take."""
@@ -78,7 +130,7 @@ class StorageService(service.MultiService):
     log = Logger()
 
     def __init__(self, reactor: Any, data: str, listen: Any, proxy: Any, name: str | None,
-                 zone: str | None, capacity: int | None) -> None:
+                 zone: str | None, capacity: int | None, scrub_every: float = 86400.0) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
@@ -87,6 +139,8 @@ class StorageService(service.MultiService):
         self.name = name
         self.zone = zone or check_label(socket.gethostname()[:64], "host name as zone")
         self.capacity = capacity
+        self.scrub_every = scrub_every
+        self._scrubber: task.LoopingCall | None = None
         self.port: Any = None
         self.node: StorageNode | None = None
 
@@ -113,6 +167,9 @@ class StorageService(service.MultiService):
                                retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=2.0, factor=1.5),
                                clock=self.reactor)
         joiner.setServiceParent(self)
+        self._scrubber = task.LoopingCall(self.node.scrub)
+        self._scrubber.clock = self.reactor
+        self._scrubber.start(self.scrub_every, now=False)
 
     def _listen_failed(self, failure: Any) -> None:
         self.log.failure("cannot listen for blob traffic", failure)
@@ -120,6 +177,8 @@ class StorageService(service.MultiService):
 
     def stopService(self) -> Any:
         d = super().stopService()
+        if self._scrubber is not None and self._scrubber.running:
+            self._scrubber.stop()
         if self.port is not None:
             self.port.stopListening()
         if self.node is not None:

@@ -15,9 +15,16 @@ class Node:
 
     def __init__(self):
         self.used = 10
+        self.connections = []
 
     def usage(self):
         return 1000, self.used, 1
+
+    def joined(self, connection):
+        self.connections.append(connection)
+
+    def left(self, connection):
+        self.connections.remove(connection)
 
 
 def member_conn(roster):
@@ -85,8 +92,28 @@ def test_server_side_joins_and_beats_on_its_clock():
     assert tr.value() == b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1\r\n"
     tr.clear()
     proto.dataReceived(b"OK welcome heartbeat=2.0\r\n")
+    assert node.connections == [proto]
     node.used = 20
     clock.advance(2.0)
     assert tr.value() == b"HB capacity=1000 used=20 blobs=1\r\n"
     proto.connectionLost(None)
-    assert clock.getDelayedCalls() == []
+    assert clock.getDelayedCalls() == [] and node.connections == []
+
+
+def test_inventory_and_bad_reports_reach_the_roster():
+    clock = task.Clock()
+    roster = Roster(clock)
+    seen = []
+    roster.on_inventory = lambda m, entries, since: seen.append((m.id, entries, since))
+    roster.on_corrupt = lambda m, blob, why: seen.append((m.id, blob, why))
+    proto, tr = member_conn(roster)
+    proto.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n")
+    clock.advance(3)
+    blob = "a" * 32
+    proto.dataReceived(b"LISTING\nINVENTORY 1\n" + f'{blob} 2 10 {"f" * 64} 3 "my file"\n'.encode())
+    proto.dataReceived(b"INVENTORY 0\n")
+    proto.dataReceived(f"BAD {blob} block 0 fails its checksum\n".encode())
+    assert seen == [("s1", [(blob, 2, 10, "f" * 64, 3, "my file")], 3.0), ("s1", [], 0.0),
+                    ("s1", blob, "block 0 fails its checksum")]
+    proto.dataReceived(b"INVENTORY 1\nnot a blob line\n")
+    assert tr.value().endswith(b"\r\n") and b"ERR badargs" in tr.value() and tr.disconnecting

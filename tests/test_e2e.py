@@ -253,7 +253,9 @@ def test_sigterm_stops_cleanly_and_removes_the_pidfile(tmp_path):
 @pytest.mark.parametrize("plugin,args,option", [
     ("deposito-proxy", ["--replicas", "0"], "--replicas"),
     ("deposito-proxy", ["--port", "nonsense:1"], "--port"),
-    ("deposito-proxy", ["--dead-after", "5"], "--dead-after"),
+    ("deposito-proxy", ["--dead-after", "soon"], "--dead-after"),
+    ("deposito-proxy", ["--tokens", "t.txt"], "--tokens"),
+    ("deposito-server", ["--scrub-every", "0"], "--scrub-every"),
     ("deposito-server", ["--capacity", "lots"], "--capacity"),
     ("deposito-server", ["--name", "a b"], "--name"),
 ])

@@ -3,9 +3,13 @@
     server: JOIN <id> zone=<zone> port=<port> [host=<host>] capacity=<n> used=<n> blobs=<n>
     proxy:  OK welcome heartbeat=<seconds>      (or ERR <code> <message>, then close)
     server: HB used=<n> capacity=<n> blobs=<n>  (every <seconds>; no reply)
+    server: LISTING                             (about to list its blobs)
+    server: INVENTORY <n>                       then n lines:
+            <blob> <version> <size> <sha256> <replicas> <name>
+    server: BAD <blob> <why>                    (a copy failed its checks)
 
-A server whose lines stop is closed after a few missed heartbeats; the
-proxy marks it down.
+A server lists its blobs after joining and after each scrub. A server whose
+lines stop is closed after a few missed heartbeats; the proxy marks it down.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ HEARTBEAT = 1.0
 MISSED_HEARTBEATS = 5
 
 
+def check_blob(value: str) -> str:
+    from deposito.blobstore import check_blob_id
+
+    return check_blob_id(value)
+
+
 def check_label(value: str, what: str) -> str:
     if not SERVER_ID.match(value):
         raise BadArgs(f"{what} must be 1 to 64 of A-Z a-z 0-9 . _ : -")
@@ -45,6 +55,12 @@ class NodeReport(TypingProtocol):
     def usage(self) -> tuple[int, int, int]:
         """(capacity, used, blobs)"""
 
+    def joined(self, connection: JoinProtocol) -> None:
+        """The proxy accepted us: time to send the inventory."""
+
+    def left(self, connection: JoinProtocol) -> None:
+        """The connection to the proxy is gone."""
+
 
 class JoinProtocol(LineProtocol):
     """The storage server's end: join, then heartbeat until the line drops."""
@@ -56,6 +72,7 @@ class JoinProtocol(LineProtocol):
         self.clock = clock
         self._beat: task.LoopingCall | None = None
         self.joined = False
+        self.lost = False
 
     def connectionMade(self) -> None:
         capacity, used, blobs = self.node.usage()
@@ -80,6 +97,19 @@ class JoinProtocol(LineProtocol):
         self._beat = task.LoopingCall(self._heartbeat)
         self._beat.clock = self.clock
         self._beat.start(max(0.05, every), now=False)
+        self.node.joined(self)
+
+    def send_inventory(self, entries: list[Any]) -> None:
+        """Entries are BlobMeta; LISTING must have been sent before they were listed."""
+        lines = [f"INVENTORY {len(entries)}"] + [
+            f"{m.blob} {m.version} {m.size} {m.sha256} {m.replicas} {quote(m.name)}" for m in entries]
+        self.transport.writeSequence([line.encode("utf-8") + b"\r\n" for line in lines])
+
+    def send_listing(self) -> None:
+        self.reply("LISTING")
+
+    def send_bad(self, blob: str, why: str) -> None:
+        self.reply(f"BAD {blob} {why}")
 
     def _heartbeat(self) -> None:
         capacity, used, blobs = self.node.usage()
@@ -92,9 +122,11 @@ class JoinProtocol(LineProtocol):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:
+        self.lost = True
         if self._beat is not None and self._beat.running:
             self._beat.stop()
         if self.joined:
+            self.node.left(self)
             self.log.warn("lost the proxy; joining again")
 
 
@@ -103,10 +135,15 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     log = Logger()
 
+    MAX_INVENTORY = 50_000_000
+
     def __init__(self, roster: Any, heartbeat: float) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
         self.member_id: str | None = None
+        self._listing_since: float | None = None
+        self._inventory: list[tuple[str, int, int, str, int, str]] | None = None
+        self._expected = 0
 
     def connectionMade(self) -> None:
         self.setTimeout(self.heartbeat * MISSED_HEARTBEATS)
@@ -132,18 +169,46 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             if not words:
                 return
             command = words[0].upper()
-            if self.member_id is None:
+            if self._inventory is not None:
+                self._inventory_line(words)
+            elif self.member_id is None:
                 if command != "JOIN" or len(words) < 2:
                     raise BadArgs("JOIN first")
                 self._join(words[1], fields(text))
             elif command == "HB":
                 f = fields(text)
                 self.roster.heartbeat(self.member_id, *self._usage(f))
+            elif command == "LISTING":
+                self._listing_since = self.roster.clock.seconds()
+            elif command == "INVENTORY" and len(words) == 2:
+                self._expected = parse_count(words[1], "inventory size", 0, self.MAX_INVENTORY)
+                self._inventory = []
+                self._inventory_done()
+            elif command == "BAD" and len(words) >= 2:
+                self.roster.corrupt(self.member_id, check_blob(words[1]), " ".join(words[2:])[:200])
+            else:
+                raise BadArgs(f"unexpected {command[:20]!r}")
         except DepositoError as e:
             self.log.warn("refused a storage server from {peer}: {error}",
                           peer=str(self.transport.getPeer()), error=str(e))
             self.reply(e.reply())
             self.transport.loseConnection()
+
+    def _inventory_line(self, words: list[str]) -> None:
+        if len(words) != 6:
+            raise BadArgs("inventory line: <blob> <version> <size> <sha256> <replicas> <name>")
+        blob, version, size, sha256, replicas, name = words
+        assert self._inventory is not None
+        self._inventory.append((check_blob(blob), parse_count(version, "version"), parse_count(size, "size"),
+                                sha256, parse_count(replicas, "replicas"), name))
+        self._inventory_done()
+
+    def _inventory_done(self) -> None:
+        if self._inventory is not None and len(self._inventory) == self._expected:
+            entries, self._inventory = self._inventory, None
+            since = self._listing_since if self._listing_since is not None else 0.0
+            self._listing_since = None
+            self.roster.inventory(self.member_id, entries, since)
 
     @staticmethod
     def _usage(f: dict[str, str]) -> tuple[int, int, int]:

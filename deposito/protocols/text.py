@@ -30,6 +30,8 @@ USAGE = {
     "LIST": "LIST [<prefix>]",
     "DELETE": "DELETE <name>",
     "SERVERS": "SERVERS",
+    "REPLICAS": "REPLICAS <name> <count> [WAIT]",
+    "STATUS": "STATUS",
     "AUTH": "AUTH <token>",
     "QUIT": "QUIT",
 }
@@ -40,7 +42,9 @@ HELP = [
     "STAT <name>                     size, checksum, version, wanted and healthy copies",
     "LIST [<prefix>]                 'OK <n>' then '<size> <wanted> <have> <name>' lines",
     "DELETE <name>                   remove a file",
+    "REPLICAS <name> <count> [WAIT]  change the wanted copies; WAIT answers once they exist",
     "SERVERS                         the storage servers and their state",
+    "STATUS                          files, servers, and the repair work still to do",
     "AUTH <token>                    authenticate (when the proxy asks for tokens)",
     "HELP                            this list",
     "QUIT                            close the connection",
@@ -60,6 +64,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self._upload: Any = None
         self._remaining = 0
         self._broken = False
+        self._waiting: defer.Deferred | None = None
 
     # -- framing
 
@@ -117,6 +122,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.setTimeout(None)
+        if self._waiting is not None:  # only the wait ends; the wanted count stays
+            self._waiting.cancel()
         if self._upload is not None:
             upload, self._upload = self._upload, None
             self.log.info("client left during the upload of {name}", name=upload.name)
@@ -210,6 +217,24 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     async def do_DELETE(self, name: str) -> None:
         record = await self.depot.delete(check_name(name))
         self.reply(f"OK deleted name={quote(record.name)}")
+
+    async def do_REPLICAS(self, name: str, count: str, wait: str | None = None) -> None:
+        check_name(name)
+        n = parse_count(count, "count", 1, MAX_REPLICAS)
+        if wait is not None and wait.upper() != "WAIT":
+            raise BadArgs(f"usage: {USAGE['REPLICAS']}")
+        if wait is not None:
+            self.setTimeout(None)
+        self._waiting = defer.ensureDeferred(self.depot.replicas(name, n, wait is not None))
+        try:
+            record, have = await self._waiting
+        finally:
+            self._waiting = None
+        self.reply(f"OK name={quote(record.name)} replicas={n} have={have}")
+
+    async def do_STATUS(self) -> None:
+        counts = await self.depot.status()
+        self.reply("OK " + " ".join(f"{k}={v}" for k, v in counts.items()))
 
     def do_SERVERS(self) -> None:
         members = self.depot.servers()

@@ -1,0 +1,256 @@
+"""One reconciler: each file's wanted copies against its healthy copies.
+
+Whatever made them differ (REPLICAS, a dead server, a corrupt or lost copy,
+a server back with copies nobody counts) the same two moves fix it: copy a
+blob from a healthy copy to a server chosen by placement, or drop a copy.
+:func:`plan` decides on plain data; :class:`Reconciler` carries it out,
+most endangered files first, a few copies at a time. All its state is in the
+catalog, so after a restart it simply plans again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable
+
+import attrs
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from deposito.catalog import Catalog, FileRecord
+from deposito.errors import DepositoError, NoSpace, NotFound, Unavailable
+from deposito.placement import place
+from deposito.roster import Member, Roster
+from deposito.transfer import copy_blob
+
+
+@attrs.frozen
+class Assessment:
+    """Where a file's copies stand."""
+
+    record: FileRecord
+    healthy: tuple[Member, ...]  # on up servers: these count
+    waiting: tuple[Member, ...]  # on down servers: not counted, not replaced yet
+    gone: tuple[str, ...]  # on dead or unknown servers: replaced
+
+    @property
+    def have(self) -> int:
+        return len(self.healthy)
+
+    @property
+    def deficit(self) -> int:
+        return max(0, self.record.replicas - len(self.healthy) - len(self.waiting))
+
+    @property
+    def excess(self) -> int:
+        return max(0, len(self.healthy) - self.record.replicas)
+
+
+def assess(record: FileRecord, roster: Roster) -> Assessment:
+    healthy, waiting, gone = [], [], []
+    for sid in record.servers:
+        m = roster.get(sid)
+        if m is not None and m.up:
+            healthy.append(m)
+        elif m is not None and m.state == "down":
+            waiting.append(m)
+        else:
+            gone.append(sid)
+    return Assessment(record, tuple(healthy), tuple(waiting), tuple(gone))
+
+
+@attrs.frozen
+class CopyTask:
+    record: FileRecord
+    count: int  # copies to add
+    sources: tuple[Member, ...]
+    holders: tuple[str, ...]  # every server with a copy row: never a target
+
+
+@attrs.frozen
+class DropTask:
+    record: FileRecord
+    server: str
+
+
+def choose_drops(healthy: Iterable[Member], n: int) -> list[Member]:
+    """Which ``n`` copies to drop: keep the zone spread, then drop from the fullest."""
+    remaining = list(healthy)
+    out = []
+    for _ in range(min(n, len(remaining))):
+        zones = Counter(m.zone for m in remaining)
+        victim = max(remaining, key=lambda m: (zones[m.zone] > 1, -m.free(), m.id))
+        remaining.remove(victim)
+        out.append(victim)
+    return out
+
+
+def plan(records: Iterable[FileRecord], roster: Roster) -> tuple[list[CopyTask], list[DropTask]]:
+    """The moves that bring every file to its wanted count; copies most endangered first."""
+    copies: list[CopyTask] = []
+    drops: list[DropTask] = []
+    for record in records:
+        a = assess(record, roster)
+        if a.deficit and a.healthy:
+            copies.append(CopyTask(record, a.deficit, a.healthy, record.servers))
+        for m in choose_drops(a.healthy, a.excess):
+            drops.append(DropTask(record, m.id))
+        if a.gone and a.have >= record.replicas:  # replaced already: forget them
+            drops.extend(DropTask(record, sid) for sid in a.gone)
+    copies.sort(key=lambda t: (len(t.sources), -t.count, t.record.name))
+    return copies, drops
+
+
+class Reconciler:
+    log = Logger()
+
+    def __init__(self, reactor: Any, depot: Any, concurrency: int = 2, every: float = 5.0) -> None:
+        self.reactor = reactor
+        self.depot = depot
+        self.db = depot.db
+        self.roster: Roster = depot.roster
+        self.concurrency = concurrency
+        self.running: dict[str, defer.Deferred] = {}
+        self.queued = 0
+        self.done = 0
+        self.failures: dict[str, DepositoError] = {}
+        self.waiters: dict[str, list[tuple[int, defer.Deferred]]] = {}
+        self._loop = task.LoopingCall(self.kick)
+        self._loop.clock = reactor
+        self.every = every
+        self._cycle: defer.Deferred | None = None
+        self._again = False
+
+    def start(self) -> None:
+        self._loop.start(self.every, now=True).addErrback(lambda f: self.log.failure("reconciler loop", f))
+
+    def stop(self) -> defer.Deferred:
+        if self._loop.running:
+            self._loop.stop()
+        for waiters in self.waiters.values():
+            for _, d in waiters:
+                d.cancel()
+        pending = list(self.running.values()) + ([self._cycle] if self._cycle else [])
+        return defer.DeferredList(pending, consumeErrors=True)
+
+    def kick(self) -> None:
+        """Plan again now (or right after the planning under way)."""
+        if self._cycle is not None:
+            self._again = True
+            return
+        self._cycle = defer.ensureDeferred(self._plan_once())
+        self._cycle.addErrback(lambda f: self.log.failure("reconciling", f))
+        self._cycle.addBoth(self._planned)
+
+    def _planned(self, _: object) -> None:
+        self._cycle = None
+        if self._again and self._loop.running:
+            self._again = False
+            self.reactor.callLater(0, self.kick)
+
+    async def _plan_once(self) -> None:
+        records = await self.db(Catalog.list, "")
+        copies, drops = plan(records, self.roster)
+        for drop in drops:
+            self.log.info("dropping the copy of {name} on {id}", name=drop.record.name, id=drop.server)
+            await self.db(Catalog.drop_copy, drop.record.blob, drop.server)
+        if drops:
+            self.depot.kick()
+        waiting = [t for t in copies if t.record.name not in self.running]
+        while waiting and len(self.running) < self.concurrency and self._loop.running:
+            t = waiting.pop(0)
+            d = defer.ensureDeferred(self._copy(t))
+            self.running[t.record.name] = d
+            d.addErrback(lambda f: self.log.failure("repair", f))
+            d.addBoth(self._repaired, t.record.name)
+        self.queued = sum(t.count for t in waiting)
+        await self.check_waiters(records if not drops else None)
+
+    def _repaired(self, _: object, name: str) -> None:
+        self.running.pop(name, None)
+        if self._loop.running:
+            self.kick()
+
+    async def _copy(self, t: CopyTask) -> None:
+        taken = [self.roster.get(s) or Member(s, "", "", 0) for s in t.holders]
+        size = t.record.size
+        for _ in range(t.count):
+            try:
+                target = place(self.roster.members.values(), 1, size, taken=taken)[0]
+            except (Unavailable, NoSpace) as e:
+                self.log.warn("cannot add a copy of {name}: {why}", name=t.record.name, why=str(e))
+                self.failures[t.record.name] = e
+                return
+            taken.append(target)
+            target.reserved += size
+            try:
+                await self.db(Catalog.add_intent, t.record.blob, target.id)
+                self.log.info("copying {name} to {id}", name=t.record.name, id=target.id)
+                await copy_blob(self.depot.connect, list(t.sources), target, t.record.blob, size,
+                                t.record.sha256, t.record.name, t.record.version, t.record.replicas)
+                counted = await self.db(Catalog.add_copy, t.record.name, t.record.blob, target.id,
+                                        self.reactor.seconds())
+                self.done += 1
+                self.failures.pop(t.record.name, None)
+                if not counted:
+                    self.depot.kick()
+                    return
+            except Exception as e:
+                self.log.warn("copy of {name} to {id} failed: {why}", name=t.record.name, id=target.id, why=str(e))
+                await self.db(Catalog.abandon_copy, t.record.blob, target.id)
+                self.depot.kick()
+            finally:
+                target.reserved -= size
+            await self.check_waiters(None)
+
+    # -- REPLICAS ... WAIT
+
+    def wait(self, name: str, count: int) -> defer.Deferred:
+        """Fires with the healthy count once it equals ``count``; fails with
+        Unavailable when the cluster can no longer get there. Cancelling
+        (the client left) stops only the wait."""
+        def cancel(d: defer.Deferred) -> None:
+            entries = self.waiters.get(name, [])
+            self.waiters[name] = [(c, w) for c, w in entries if w is not d]
+
+        d: defer.Deferred = defer.Deferred(cancel)
+        self.waiters.setdefault(name, []).append((count, d))
+        self.failures.pop(name, None)
+        self.kick()
+        return d
+
+    async def check_waiters(self, records: list[FileRecord] | None) -> None:
+        if not any(self.waiters.values()):
+            return
+        by_name = {r.name: r for r in records} if records is not None else None
+        for name in list(self.waiters):
+            entries = self.waiters.get(name)
+            if not entries:
+                self.waiters.pop(name, None)
+                continue
+            record = by_name.get(name) if by_name is not None else await self.db(Catalog.lookup, name)
+            for count, d in list(entries):
+                outcome = self._outcome(record, count, name)
+                if outcome is None:
+                    continue
+                entries.remove((count, d))
+                if isinstance(outcome, DepositoError):
+                    d.errback(outcome)
+                else:
+                    d.callback(outcome)
+
+    def _outcome(self, record: FileRecord | None, count: int, name: str) -> int | DepositoError | None:
+        if record is None:
+            return NotFound(f"no file named {name}")
+        if record.replicas != count:
+            return Unavailable(f"the wanted count of {name} changed to {record.replicas}")
+        a = assess(record, self.roster)
+        if a.have == count:
+            return a.have
+        if len(self.roster.up()) < count:
+            return Unavailable(f"{count} copies wanted, {len(self.roster.up())} servers up")
+        if not a.healthy and not a.waiting:
+            return Unavailable(f"no healthy copy of {name} is left to copy from")
+        if name in self.failures:
+            return self.failures[name]
+        return None

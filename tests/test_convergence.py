@@ -1,0 +1,163 @@
+"""Replica counts converge: REPLICAS, dead servers, scrub, corrupt copies (real processes)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.cluster import Cluster, fields, poll
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def fast_cluster(tmp_path):
+    """Servers die after 2 s of silence and scrub every 2 s."""
+    c = Cluster(tmp_path, proxy_args=("--dead-after", "2"), server_args=("--scrub-every", "2"))
+    c.start(3)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def have(cluster, name):
+    with cluster.wire() as w:
+        return int(w.stat(name)["have"])
+
+
+def status(cluster):
+    with cluster.wire() as w:
+        r = w.cmd("STATUS")
+    assert r.startswith("OK ")
+    return {k: int(v) for k, v in fields(r).items()}
+
+
+def test_replicas_up_and_down_with_wait_counts_copies_on_disk(shared_cluster):
+    data = os.urandom(2 << 20)
+    with shared_cluster.wire() as w:
+        assert w.put("conv/r", data, 1).startswith("OK stored")
+        assert len(shared_cluster.holders(data)) == 1
+        r = w.cmd("REPLICAS conv/r 3 WAIT")
+        assert r == "OK name=conv/r replicas=3 have=3", r
+        assert len(shared_cluster.holders(data)) == 3
+        r = w.cmd("replicas conv/r 2 wait")
+        assert r == "OK name=conv/r replicas=2 have=2", r
+        assert poll(lambda: len(shared_cluster.holders(data)) == 2, 10)
+        st = w.stat("conv/r")
+        assert (st["replicas"], st["have"]) == ("2", "2")
+        assert w.get("conv/r")[1] == data
+
+
+def test_replicas_without_wait_answers_at_once_then_converges(shared_cluster):
+    data = os.urandom(1 << 20)
+    with shared_cluster.wire() as w:
+        w.put("conv/nowait", data, 1)
+        r = w.cmd("REPLICAS conv/nowait 3")
+        assert r.startswith("OK name=conv/nowait replicas=3 have=")
+    assert poll(lambda: have(shared_cluster, "conv/nowait") == 3, 15)
+    assert poll(lambda: status(shared_cluster)["under"] == 0, 10)
+
+
+def test_replicas_refused_above_live_servers_changes_nothing(shared_cluster):
+    with shared_cluster.wire() as w:
+        w.put("conv/few", b"x", 2)
+        assert w.cmd("REPLICAS conv/few 4").startswith("ERR unavailable")
+        assert w.cmd("REPLICAS conv/few 4 WAIT").startswith("ERR unavailable")
+        assert w.stat("conv/few")["replicas"] == "2"
+        assert w.cmd("REPLICAS conv/missing 1").startswith("ERR notfound")
+        assert w.cmd("REPLICAS conv/few 0").startswith("ERR badargs")
+        assert w.cmd("REPLICAS conv/few 2 SOON").startswith("ERR badargs")
+
+
+def test_wait_that_cannot_finish_is_unavailable_and_the_count_stays(fast_cluster):
+    data = os.urandom(100_000)
+    with fast_cluster.wire() as w:
+        w.put("conv/stuck", data, 1)
+        holder = fast_cluster.holders(data)[0]
+        fast_cluster.kill(holder)  # the only copy is gone: nothing to copy from
+        assert poll(lambda: fast_cluster.states()[holder] == "dead", 10)
+        r = w.cmd("REPLICAS conv/stuck 2 WAIT")
+        assert r.startswith("ERR unavailable"), r
+        assert w.stat("conv/stuck")["replicas"] == "2"
+
+
+def test_dead_server_copies_are_made_again_and_extras_go_when_it_returns(fast_cluster):
+    files = {f"conv/dead{i}": os.urandom(300_000 + i) for i in range(4)}
+    with fast_cluster.wire() as w:
+        for name, data in files.items():
+            assert w.put(name, data, 2).startswith("OK stored")
+    fast_cluster.start_server("s3")
+    fast_cluster.wait_up(4)
+    victim = fast_cluster.holders(files["conv/dead0"])[0]
+    killed = time.monotonic()
+    fast_cluster.kill(victim)
+    assert poll(lambda: fast_cluster.states()[victim] in ("down", "dead"), 10)
+    assert poll(lambda: all(have(fast_cluster, n) == 2 for n in files), 30), fast_cluster.log("proxy")[-3000:]
+    took = time.monotonic() - killed
+    assert took < 2 + 20
+    assert fast_cluster.states()[victim] == "dead"
+    for name, data in files.items():
+        live = [s for s in fast_cluster.holders(data) if s != victim]
+        assert len(live) == 2, name
+    # it comes back: its copies count again, then the extras are deleted
+    fast_cluster.start_server(victim)
+    fast_cluster.wait_up(4)
+    assert poll(lambda: all(len(fast_cluster.holders(d)) == 2 for d in files.values()), 30)
+    assert all(have(fast_cluster, n) == 2 for n in files)
+    assert poll(lambda: status(fast_cluster)["over"] == 0 and status(fast_cluster)["repairs_running"] == 0, 10)
+
+
+def test_flipped_bytes_are_never_served_and_the_copy_is_replaced(fast_cluster):
+    data = os.urandom(3 << 20 | 5)
+    with fast_cluster.wire() as w:
+        assert w.put("conv/rot", data, 3).startswith("OK stored")
+    for sid in ("s0", "s1"):  # two of three copies rot, in different blocks
+        [blob] = fast_cluster.blob_files(sid)
+        with open(blob, "r+b") as f:
+            f.seek(1 << 20 if sid == "s0" else 5)
+            f.write(b"\x00rotten\x00")
+    for _ in range(6):
+        with fast_cluster.wire() as w:
+            head, got = w.get("conv/rot")
+            assert got == data, head
+    assert poll(lambda: len(fast_cluster.holders(data)) == 3 and have(fast_cluster, "conv/rot") == 3, 30)
+    quarantined = [p for sid in ("s0", "s1") for p in (fast_cluster.server_dir(sid) / "quarantine").glob("*")]
+    assert quarantined
+
+
+def test_a_deleted_blob_file_is_made_again_after_a_scrub(fast_cluster):
+    data = os.urandom(500_000)
+    with fast_cluster.wire() as w:
+        assert w.put("conv/lost", data, 2).startswith("OK stored")
+    victim = fast_cluster.holders(data)[0]
+    [blob] = fast_cluster.blob_files(victim)
+    blob.unlink()
+    assert len(fast_cluster.holders(data)) == 1
+    assert poll(lambda: len(fast_cluster.holders(data)) == 2, 20)  # found by a scrub, copied again
+    assert have(fast_cluster, "conv/lost") == 2
+    assert "1 copies missing" in fast_cluster.log("proxy")
+
+
+def test_proxy_restart_mid_reconciliation_finishes_the_work(cluster):
+    files = {f"conv/restart{i}": os.urandom(8 << 20) for i in range(4)}
+    with cluster.wire() as w:
+        for name, data in files.items():
+            assert w.put(name, data, 1).startswith("OK stored")
+        for name in files:
+            assert w.cmd(f"REPLICAS {name} 3").startswith("OK")
+    cluster.kill_proxy()
+    cluster.start_proxy()
+    cluster.wait_up(3)
+    assert poll(lambda: all(have(cluster, n) == 3 for n in files), 30)
+    assert all(len(cluster.holders(d)) == 3 for d in files.values())
+    assert poll(lambda: status(cluster)["repairs_queued"] == 0, 10)
+
+
+def test_status_tells_the_work_still_to_do(shared_cluster):
+    st = status(shared_cluster)
+    assert set(st) >= {"files", "bytes", "servers_up", "servers_down", "under", "over",
+                       "repairs_queued", "repairs_running"}
+    assert st["servers_up"] == 3 and st["servers_down"] == 0
