@@ -22,7 +22,8 @@ from deposito.errors import NotFound, Unavailable
 from deposito.placement import place
 from deposito.protocols.blob import BlobClient
 from deposito.roster import Member, Roster
-from deposito.transfer import Upload, copy_blob, stream_blob
+from deposito.reconciler import Reconciler, assess
+from deposito.transfer import CopyFailed, Upload, copy_blob, stream_blob
 
 
 class _BlobClients(Factory):
@@ -46,8 +47,6 @@ class Depot:
         self._collector.clock = reactor
         self.collect_every = collect_every
         self._collecting: defer.Deferred | None = None
-        from deposito.reconciler import Reconciler
-
         self.reconciler = Reconciler(reactor, self)
 
     def start(self) -> defer.Deferred:
@@ -114,23 +113,16 @@ class Depot:
     async def finish_put(self, upload: Upload) -> FileRecord:
         """Every byte is in: make sure there are ``replicas`` verified copies, then commit."""
         upload.detach()
+        record = FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
+                            upload.replicas, ())
         try:
             good = await upload.finish()
             tried = list(upload.targets)  # type: ignore[attr-defined]
             while len(good) < upload.replicas:
-                target = place(self.roster.members.values(), 1, upload.size, taken=tried)[0]
-                tried.append(target)
-                target.reserved += upload.size
                 try:
-                    await self.db(Catalog.add_intent, upload.blob, target.id)
-                    self.log.info("making the missing copy of {name} on {id}", name=upload.name, id=target.id)
-                    await copy_blob(self.connect, good, target, upload.blob, upload.size, upload.sha256,
-                                    upload.name, upload.version, upload.replicas)
-                    good.append(target)
-                except Exception as e:
-                    self.log.warn("copy of {name} to {id} failed: {why}", name=upload.name, id=target.id, why=str(e))
-                finally:
-                    target.reserved -= upload.size
+                    good.append(await self.copy_to_new_server(record, good, tried))
+                except CopyFailed:
+                    pass  # its partial copy is garbage at commit; try the next server
         except BaseException:
             await self.db(Catalog.abandon, upload.blob)
             self.kick()
@@ -146,6 +138,27 @@ class Depot:
                       name=upload.name, version=upload.version, size=upload.size, servers=",".join(ids))
         return FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
                           upload.replicas, tuple(ids))
+
+    async def copy_to_new_server(self, record: FileRecord, sources: list[Member],
+                                 taken: list[Member]) -> Member:
+        """One more copy of ``record``'s blob, on a server placement picks outside
+        ``taken`` (the pick is added to it). The write is an intent until the
+        caller counts it. Raises Unavailable/NoSpace when no server fits, and
+        CopyFailed when the copy itself fails."""
+        target = place(self.roster.members.values(), 1, record.size, taken=taken)[0]
+        taken.append(target)
+        target.reserved += record.size
+        try:
+            await self.db(Catalog.add_intent, record.blob, target.id)
+            self.log.info("copying {name} to {id}", name=record.name, id=target.id)
+            await copy_blob(self.connect, list(sources), target, record.blob, record.size, record.sha256,
+                            record.name, record.version, record.replicas)
+        except Exception as e:
+            self.log.warn("copy of {name} to {id} failed: {why}", name=record.name, id=target.id, why=str(e))
+            raise CopyFailed(target, str(e)) from e
+        finally:
+            target.reserved -= record.size
+        return target
 
     def abort_put(self, upload: Upload) -> None:
         """The client went away mid-upload: nothing of it is kept."""
@@ -209,8 +222,6 @@ class Depot:
         return record, len(self.healthy(record))
 
     async def status(self) -> dict[str, int]:
-        from deposito.reconciler import assess
-
         records = await self.db(Catalog.list, "")
         garbage = await self.db(Catalog.garbage_count)
         under = over = 0

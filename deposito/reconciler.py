@@ -19,9 +19,8 @@ from twisted.logger import Logger
 
 from deposito.catalog import Catalog, FileRecord
 from deposito.errors import DepositoError, NoSpace, NotFound, Unavailable
-from deposito.placement import place
 from deposito.roster import Member, Roster
-from deposito.transfer import copy_blob
+from deposito.transfer import CopyFailed
 
 
 @attrs.frozen
@@ -173,35 +172,25 @@ class Reconciler:
 
     async def _copy(self, t: CopyTask) -> None:
         taken = [self.roster.get(s) or Member(s, "", "", 0) for s in t.holders]
-        size = t.record.size
         for _ in range(t.count):
             try:
-                target = place(self.roster.members.values(), 1, size, taken=taken)[0]
+                target = await self.depot.copy_to_new_server(t.record, list(t.sources), taken)
+            except CopyFailed as e:
+                await self.db(Catalog.abandon_copy, t.record.blob, e.target.id)
+                self.depot.kick()
+                continue
             except (Unavailable, NoSpace) as e:
                 self.log.warn("cannot add a copy of {name}: {why}", name=t.record.name, why=str(e))
                 self.failures[t.record.name] = e
                 return
-            taken.append(target)
-            target.reserved += size
-            try:
-                await self.db(Catalog.add_intent, t.record.blob, target.id)
-                self.log.info("copying {name} to {id}", name=t.record.name, id=target.id)
-                await copy_blob(self.depot.connect, list(t.sources), target, t.record.blob, size,
-                                t.record.sha256, t.record.name, t.record.version, t.record.replicas)
-                counted = await self.db(Catalog.add_copy, t.record.name, t.record.blob, target.id,
-                                        self.reactor.seconds())
-                self.done += 1
-                self.failures.pop(t.record.name, None)
-                if not counted:
-                    self.depot.kick()
-                    return
-            except Exception as e:
-                self.log.warn("copy of {name} to {id} failed: {why}", name=t.record.name, id=target.id, why=str(e))
-                await self.db(Catalog.abandon_copy, t.record.blob, target.id)
-                self.depot.kick()
-            finally:
-                target.reserved -= size
+            counted = await self.db(Catalog.add_copy, t.record.name, t.record.blob, target.id,
+                                    self.reactor.seconds())
+            self.done += 1
+            self.failures.pop(t.record.name, None)
             await self.check_waiters(None)
+            if not counted:  # the file changed meanwhile: the copy is garbage
+                self.depot.kick()
+                return
 
     # -- REPLICAS ... WAIT
 

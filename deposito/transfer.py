@@ -231,6 +231,14 @@ class _Relay:
             self.writer.transport.unregisterProducer()
 
 
+class CopyFailed(Unavailable):
+    """A copy to ``target`` did not complete."""
+
+    def __init__(self, target: Member, why: str) -> None:
+        super().__init__(f"copy to {target.id} failed: {why}")
+        self.target = target
+
+
 async def copy_blob(connect: Connect, sources: list[Member], target: Member, blob: str,
                     size: int, sha256: str, name: str, version: int, replicas: int) -> None:
     """Make one more copy of a blob on ``target``, read from any of ``sources``."""
