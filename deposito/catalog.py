@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from typing import Any, Callable, Iterable
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 SCHEMA = """
@@ -95,6 +96,18 @@ class Catalog:
         self.db.close()
 
     def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn`` atomically: its own transaction, or a savepoint inside a
+        batch (see :meth:`batch`), so one failing call undoes only itself."""
+        if self.db.in_transaction:
+            self.db.execute("SAVEPOINT call")
+            try:
+                result = fn(self.db)
+            except BaseException:
+                self.db.execute("ROLLBACK TO call")
+                self.db.execute("RELEASE call")
+                raise
+            self.db.execute("RELEASE call")
+            return result
         self.db.execute("BEGIN IMMEDIATE")
         try:
             result = fn(self.db)
@@ -103,6 +116,30 @@ class Catalog:
             raise
         self.db.execute("COMMIT")
         return result
+
+    def batch(self, calls: list[tuple[Callable[..., Any], tuple]]) -> list[tuple[bool, Any]]:
+        """Run many calls in one transaction: one commit (one fsync) for all.
+
+        Returns (ok, result or exception) per call, once the commit is durable.
+        If the commit itself fails, every call fails with its error.
+        """
+        results: list[tuple[bool, Any]] = []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for method, args in calls:
+                self.db.execute("SAVEPOINT batched")
+                try:
+                    results.append((True, method(self, *args)))
+                except Exception as e:
+                    self.db.execute("ROLLBACK TO batched")
+                    results.append((False, e))
+                self.db.execute("RELEASE batched")
+            self.db.execute("COMMIT")
+        except BaseException as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            return [(False, e) for _ in calls]
+        return results
 
     # -- writes
 
@@ -286,12 +323,20 @@ def _record(row: tuple) -> FileRecord:
 
 
 class CatalogThread:
-    """Runs Catalog methods on one thread of their own, in order, as Deferreds."""
+    """Runs Catalog methods on one thread of their own, in order, as Deferreds.
+
+    Calls that arrive while a batch is being committed wait and go together in
+    the next one (group commit): many PUTs share one fsync, and no Deferred
+    fires before its transaction is durable.
+    """
 
     def __init__(self, reactor: Any, catalog: Catalog) -> None:
         self.reactor = reactor
         self.catalog = catalog
         self.pool = ThreadPool(1, 1, "deposito-catalog")
+        self._lock = threading.Lock()
+        self._queue: list[tuple[Callable[..., Any], tuple, Deferred]] = []
+        self._draining = False
 
     def start(self) -> None:
         self.pool.start()
@@ -302,4 +347,29 @@ class CatalogThread:
 
     def __call__(self, method: Callable[..., Any], *args: Any) -> Deferred:
         """``db(Catalog.lookup, name)``: the method's result, as a Deferred."""
-        return deferToThreadPool(self.reactor, self.pool, method, self.catalog, *args)
+        d: Deferred = Deferred()
+        with self._lock:
+            self._queue.append((method, args, d))
+            if self._draining:
+                return d
+            self._draining = True
+        self.pool.callInThread(self._drain)
+        return d
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._draining = False
+                    return
+            results = self.catalog.batch([(method, args) for method, args, _ in batch])
+            self.reactor.callFromThread(_fire, [d for _, _, d in batch], results)
+
+
+def _fire(deferreds: list[Deferred], results: list[tuple[bool, Any]]) -> None:
+    for d, (ok, value) in zip(deferreds, results):
+        if ok:
+            d.callback(value)
+        else:
+            d.errback(Failure(value))

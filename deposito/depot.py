@@ -12,7 +12,8 @@ import random
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -24,6 +25,15 @@ from deposito.protocols.blob import BlobClient
 from deposito.roster import Member, Roster
 from deposito.reconciler import Reconciler, assess
 from deposito.transfer import CopyFailed, Upload, copy_blob, stream_blob
+
+
+def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
+    """An endpoint to a storage server; IP literals skip the resolver thread."""
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
 
 class _BlobClients(Factory):
@@ -77,8 +87,8 @@ class Depot:
         self.reconciler.kick()
 
     async def connect(self, member: Member) -> BlobClient:
-        endpoint = HostnameEndpoint(self.reactor, member.host, member.port, timeout=self.connect_timeout)
-        return await endpoint.connect(_BlobClients())
+        return await client_endpoint(self.reactor, member.host, member.port,
+                                     self.connect_timeout).connect(_BlobClients())
 
     # -- PUT
 

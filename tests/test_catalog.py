@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer
 
-from deposito.catalog import Catalog
+from deposito.catalog import Catalog, CatalogThread
 
 
 @pytest.fixture
@@ -77,3 +79,30 @@ def test_list_prefix_is_literal(cat):
     assert [r.name for r in cat.list("a%")] == ["a%"]
     assert [r.name for r in cat.list("a")] == ["a%", "a_b", "ab"]
     assert cat.totals() == (4, 4)
+
+
+def test_batch_commits_together_and_isolates_a_failing_call(cat):
+    def boom(c):
+        c._tx(lambda db: db.execute("INSERT INTO names VALUES ('half', 1)"))
+        raise ValueError("no")
+
+    results = cat.batch([(Catalog.begin_upload, ("a", "b1", ["s1"])), (boom, ()),
+                         (Catalog.begin_upload, ("a", "b2", ["s1"]))])
+    assert [ok for ok, _ in results] == [True, False, True]
+    assert [r for ok, r in results if ok] == [1, 2]
+    assert cat.db.execute("SELECT count(*) FROM names WHERE name = 'half'").fetchone() == (0,)
+
+
+@pytest_twisted.inlineCallbacks
+def test_catalog_thread_answers_in_order_after_commit(tmp_path):
+    from twisted.internet import reactor
+
+    db = CatalogThread(reactor, Catalog(str(tmp_path)))
+    db.start()
+    try:
+        versions = yield defer.gatherResults([db(Catalog.begin_upload, "f", f"b{i}", ["s"]) for i in range(20)])
+        assert versions == list(range(1, 21))
+        ok = yield db(Catalog.commit, "f", 20, "b19", 1, "x", 1, ["s"], 0.0)
+        assert ok and (yield db(Catalog.lookup, "f")).blob == "b19"
+    finally:
+        db.stop()

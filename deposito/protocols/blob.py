@@ -164,7 +164,6 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             self.device.abort(incoming)
             self.fail(err)
         else:
-            self.log.debug("stored blob {blob}", blob=result.blob)
             self.reply(f"OK stored {result.blob} sha256={result.sha256}")
         if self.transport.connected:
             self.resumeProducing()
