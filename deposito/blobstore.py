@@ -181,7 +181,9 @@ class BlobStore:
     def install(self, temp_path: str, meta: BlobMeta) -> None:
         """Rename a verified, fsynced temp file into place with its metadata."""
         d = self._dir(meta.blob)
-        os.makedirs(d, exist_ok=True)
+        made = not os.path.isdir(d)
+        if made:
+            os.makedirs(d, exist_ok=True)
         final = os.path.join(d, meta.blob)
         existed = os.path.exists(final)
         meta_tmp = temp_path + ".meta"
@@ -192,7 +194,8 @@ class BlobStore:
         os.replace(meta_tmp, final + ".meta")
         os.replace(temp_path, final)
         fsync_dir(d)
-        fsync_dir(self.blobs)
+        if made:  # the new subdirectory's own entry must be durable too
+            fsync_dir(self.blobs)
         if not existed:
             self.used += meta.size
             self.count += 1
