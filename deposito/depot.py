@@ -23,7 +23,7 @@ from deposito.errors import NotFound, Unavailable
 from deposito.placement import place
 from deposito.protocols.blob import BlobClient
 from deposito.roster import Member, Roster
-from deposito.reconciler import Reconciler, assess
+from deposito.reconciler import Reconciler, assess, plan
 from deposito.transfer import CopyFailed, Upload, copy_blob, stream_blob
 
 
@@ -232,6 +232,7 @@ class Depot:
         return record, len(self.healthy(record))
 
     async def status(self) -> dict[str, int]:
+        """Counts that tell the truth about the work left, planned afresh."""
         records = await self.db(Catalog.list, "")
         garbage = await self.db(Catalog.garbage_count)
         under = over = 0
@@ -239,6 +240,9 @@ class Depot:
             have = assess(r, self.roster).have
             under += have < r.replicas
             over += have > r.replicas
+        copies, drops = plan(records, self.roster)
+        running = self.reconciler.running
+        collecting = self._collecting is not None
         deletable = sum(n for sid, n in garbage if self.roster.is_up(sid))
         up = len(self.roster.up())
         return {
@@ -248,8 +252,9 @@ class Depot:
             "servers_down": len(self.roster.members) - up,
             "under": under,
             "over": over,
-            "repairs_queued": self.reconciler.queued + max(0, deletable - (self._collecting is not None)),
-            "repairs_running": len(self.reconciler.running) + (self._collecting is not None),
+            "repairs_queued": sum(t.count for t in copies if t.record.name not in running) + len(drops)
+            + max(0, deletable - collecting),
+            "repairs_running": len(running) + collecting,
         }
 
     def inventory(self, member: Member, entries: list, since: float) -> None:
