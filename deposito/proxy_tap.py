@@ -39,6 +39,10 @@ class Options(FirstLineOptions):
 def makeService(options: Options):
     from twisted.internet import reactor
 
+    from deposito import allocator
+
+    allocator.tune_for_streams()
+
     from deposito.proxy import ProxyService
 
     return ProxyService(

@@ -46,6 +46,10 @@ class Options(FirstLineOptions):
 def makeService(options: Options):
     from twisted.internet import reactor
 
+    from deposito import allocator
+
+    allocator.tune_for_streams()
+
     from deposito.storage import StorageService
 
     return StorageService(

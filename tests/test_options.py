@@ -38,3 +38,12 @@ def test_bad_options_name_themselves_first(cls, args, option):
     with pytest.raises(SystemExit) as e:
         parse(cls, args)
     assert option in str(e.value).splitlines()[0]
+
+
+def test_allocator_tuning_applies_on_glibc():
+    import platform
+
+    from deposito import allocator
+
+    applied = allocator.tune_for_streams()
+    assert applied or platform.libc_ver()[0] != "glibc"
