@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 import zlib
 from typing import Iterator
@@ -163,6 +164,7 @@ class BlobStore:
         os.makedirs(self.incoming)
         self.used = 0
         self.count = 0
+        self._tally_lock = threading.Lock()  # commits run on several threads
         for meta in self.inventory():
             self.used += meta.size
             self.count += 1
@@ -197,8 +199,7 @@ class BlobStore:
         if made:  # the new subdirectory's own entry must be durable too
             fsync_dir(self.blobs)
         if not existed:
-            self.used += meta.size
-            self.count += 1
+            self._tally(meta.size, 1)
 
     def meta(self, blob_id: str) -> BlobMeta:
         try:
@@ -262,8 +263,7 @@ class BlobStore:
             except FileNotFoundError:
                 pass
         fsync_dir(self._dir(blob_id))
-        self.used -= size
-        self.count -= 1
+        self._tally(-size, -1)
 
     def delete(self, blob_id: str) -> bool:
         """Remove a blob and its metadata; False when it was not there."""
@@ -277,8 +277,7 @@ class BlobStore:
         if size is None:
             return False
         fsync_dir(self._dir(blob_id))
-        self.used -= size
-        self.count -= 1
+        self._tally(-size, -1)
         return True
 
     def sweep(self) -> int:
@@ -296,8 +295,14 @@ class BlobStore:
         for meta in self.inventory():
             used += meta.size
             count += 1
-        self.used, self.count = used, count
+        with self._tally_lock:
+            self.used, self.count = used, count
         return removed
+
+    def _tally(self, size: int, count: int) -> None:
+        with self._tally_lock:
+            self.used += size
+            self.count += count
 
     def inventory(self) -> Iterator[BlobMeta]:
         """Every blob's metadata (blobs without readable metadata are skipped)."""

@@ -52,6 +52,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self._pending_size = 0
         self._in_flight = 0
         self._write_error: Failure | None = None
+        self._last_write: defer.Deferred = defer.succeed(None)
         self._paused_for_disk = False
         self._sender: _BlobSender | None = None
 
@@ -104,6 +105,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self._incoming = self.device.begin(meta)
         self._remaining = meta.size
         self._write_error = None
+        self._last_write = defer.succeed(None)
         self.setRawMode()
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -127,6 +129,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self._in_flight += len(data)
         d = self.device.write(self._incoming, data)
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(len(data),), errbackArgs=(len(data),))
+        self._last_write = d
         if self._in_flight > WINDOW_BYTES and not self._paused_for_disk:
             self._paused_for_disk = True
             self.transport.pauseProducing()
@@ -146,11 +149,14 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         incoming, self._incoming = self._incoming, None
         if incoming is None:
             raise BadCommand("END without WRITE")
-        if self._write_error is not None:
-            d = self.device.abort(incoming)
-            d.addCallback(lambda _: self._write_error)
-        else:
-            d = self.device.commit(incoming, sha256)
+        d = self._last_write  # writes are in order: the last one done means all are
+
+        def written(_: object) -> Any:
+            if self._write_error is not None:
+                return self._write_error
+            return self.device.commit(incoming, sha256)
+
+        d.addCallback(written)
         d.addBoth(self._committed, incoming)
         self.pauseProducing()
 
