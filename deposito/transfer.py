@@ -26,6 +26,13 @@ from deposito.protocols.blob import BlobClient
 from deposito.roster import Member
 
 Connect = Callable[[Member], Awaitable[BlobClient]]
+Release = Callable[[BlobClient], None]
+
+
+def close(client: BlobClient) -> None:
+    """The default release: no pool, just hang up."""
+    if client.transport.connected:
+        client.transport.loseConnection()
 
 
 @implementer(IPushProducer)
@@ -71,7 +78,7 @@ class Lane:
         self._stall = None
         if self.client.transport.connected:
             self.client.transport.unregisterProducer()
-            self.client.transport.loseConnection()
+        self.upload.release(self.client)
 
 
 class Upload:
@@ -80,8 +87,9 @@ class Upload:
     log = Logger()
 
     def __init__(self, clock: Any, name: str, version: int, blob: str, size: int, replicas: int,
-                 stall_timeout: float = 30.0) -> None:
+                 stall_timeout: float = 30.0, release: Release = close) -> None:
         self.clock = clock
+        self.release = release
         self.name = name
         self.version = version
         self.blob = blob
@@ -171,7 +179,8 @@ class _Counter:
 
 
 async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: int,
-                      consumer: Any, started: Callable[[], None] = lambda: None) -> None:
+                      consumer: Any, started: Callable[[], None] = lambda: None,
+                      release: Release = close) -> None:
     """Write ``size`` bytes of ``blob`` to ``consumer`` from the first copy
     that serves them, moving to the next copy at the same offset on failure.
 
@@ -207,8 +216,8 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: 
             Upload.log.warn("reading {blob} from {id} failed at {offset}: {why}",
                             blob=blob, id=member.id, offset=sink.count, why=str(e))
         finally:
-            if client is not None and client.transport.connected:
-                client.transport.loseConnection()
+            if client is not None:
+                release(client)
     if begun and sink.count == size:
         return
     raise Unavailable(f"no copy is reachable ({last})" if last else "no copy is reachable")
@@ -240,18 +249,18 @@ class CopyFailed(Unavailable):
 
 
 async def copy_blob(connect: Connect, sources: list[Member], target: Member, blob: str,
-                    size: int, sha256: str, name: str, version: int, replicas: int) -> None:
+                    size: int, sha256: str, name: str, version: int, replicas: int,
+                    release: Release = close) -> None:
     """Make one more copy of a blob on ``target``, read from any of ``sources``."""
     writer = await connect(target)
     try:
         stored = writer.write_blob(blob, size, version, replicas, name)
         try:
-            await stream_blob(connect, sources, blob, size, _Relay(writer))
+            await stream_blob(connect, sources, blob, size, _Relay(writer), release=release)
         except BaseException:
             stored.addErrback(lambda _: None)
             raise
         writer.end(sha256)
         await stored
     finally:
-        if writer.transport.connected:
-            writer.transport.loseConnection()
+        release(writer)

@@ -325,9 +325,18 @@ class BlobClient(LineProtocol):
         self._remaining = 0
         self._body: defer.Deferred | None = None
         self.lost = False
+        self.refused = False
 
     def connectionMade(self) -> None:
         tune_for_streams(self.transport)
+
+    @property
+    def reusable(self) -> bool:
+        """Connected, between requests, with nothing half-read: fit for the next request."""
+        t = self.transport
+        return (not self.lost and not self.refused and t is not None and t.connected and not t.disconnecting
+                and self._waiting is None and self._body is None and self._sink is None
+                and bool(self.line_mode) and not self._buffer and getattr(t, "producer", None) is None)
 
     def _expect(self) -> defer.Deferred:
         if self.lost:
@@ -353,6 +362,7 @@ class BlobClient(LineProtocol):
                 d.callback(text)
         else:
             self._sink = None
+            self.refused = True  # after a refused WRITE the server closes: never reuse
             d.errback(from_reply(text))
 
     def write_blob(self, blob: str, size: int, version: int, replicas: int, name: str) -> defer.Deferred:

@@ -1,0 +1,91 @@
+"""Connections from the proxy to storage servers, kept open between transfers.
+
+A connection that finished its request cleanly (reply read, body consumed,
+no producer left on it) goes back to the pool and serves the next transfer to
+the same server; anything else is closed. Idle connections are closed well
+before the servers' own idle timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory
+
+from deposito.protocols.blob import BlobClient
+from deposito.roster import Member
+
+
+def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
+    """An endpoint to a storage server; IP literals skip the resolver thread."""
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    return HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+
+class _BlobClients(Factory):
+    noisy = False  # connections come and go with transfers: no log line for each
+    protocol = BlobClient
+
+
+class BlobPool:
+    def __init__(self, reactor: Any, connect_timeout: float = 5.0, per_server: int = 16,
+                 idle_seconds: float = 10.0) -> None:
+        self.reactor = reactor
+        self.connect_timeout = connect_timeout
+        self.per_server = per_server
+        self.idle_seconds = idle_seconds
+        self._idle: dict[tuple[str, int], list[tuple[BlobClient, float]]] = {}
+        self._sweeper = task.LoopingCall(self.sweep)
+        self._sweeper.clock = reactor
+
+    def start(self) -> None:
+        self._sweeper.start(self.idle_seconds, now=False)
+
+    def stop(self) -> None:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        self.sweep(everything=True)
+
+    async def connect(self, member: Member) -> BlobClient:
+        """An idle connection to ``member``, or a new one."""
+        key = (member.host, member.port)
+        idle = self._idle.get(key)
+        while idle:
+            client, _ = idle.pop()
+            if client.reusable:
+                return client
+            client.transport.loseConnection()
+        endpoint = client_endpoint(self.reactor, member.host, member.port, self.connect_timeout)
+        client = await endpoint.connect(_BlobClients())
+        client.pool_key = key
+        return client
+
+    def release(self, client: BlobClient) -> None:
+        """A transfer is done with ``client``: keep it if it is clean, else close it."""
+        idle = self._idle.setdefault(getattr(client, "pool_key", None), [])
+        if client.reusable and len(idle) < self.per_server and self._sweeper.running:
+            client.transport.resumeProducing()  # a consumer may have paused it last
+            idle.append((client, self.reactor.seconds()))
+        elif client.transport.connected:
+            client.transport.loseConnection()
+
+    def sweep(self, everything: bool = False) -> None:
+        """Close connections idle too long (all of them when ``everything``)."""
+        now = self.reactor.seconds()
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for client, since in idle:
+                if not everything and client.reusable and now - since < self.idle_seconds:
+                    keep.append((client, since))
+                elif client.transport.connected:
+                    client.transport.loseConnection()
+            self._idle[key] = keep
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
