@@ -16,7 +16,7 @@ install: $(PY)
 	cd / && $(abspath $(PY)) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
 run: install
-	$(PY) examples/local_cluster.py --var var
+	$(PY) examples/local_cluster.py --var var --http 7080
 
 test: install
 	$(PY) -m pytest -q

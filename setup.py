@@ -14,6 +14,7 @@ setup(
         "attrs>=23.1.0",
         "zope.interface>=6.0",
         "tqdm>=4.66",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": [

@@ -266,7 +266,7 @@ class Depot:
             if missing or counted or garbage:
                 self.log.info("inventory of {id}: {missing} copies missing, {counted} counted again,"
                               " {garbage} to delete", id=member.id, missing=missing, counted=counted,
-                              garbage=garbage)
+                              garbage=garbage, event="inventory")
             self.reconciler.kick()
             self.kick()
 

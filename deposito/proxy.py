@@ -1,4 +1,4 @@
-"""The proxy service: the catalog, the roster, and the client and cluster ports."""
+"""The proxy service: the catalog, the roster, and the client, cluster and HTTP ports."""
 
 from __future__ import annotations
 
@@ -7,20 +7,23 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import task
 from twisted.application.internet import StreamServerEndpointService
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 
 from deposito.catalog import Catalog, CatalogThread
 from deposito.depot import Depot
+from deposito.events import EventLog, MeteredDepot, Metrics
 from deposito.protocols.cluster import HEARTBEAT, MemberFactory
 from deposito.protocols.text import DepotFactory
 from deposito.roster import Roster
+from deposito.web import status_site
 
 
 class ProxyService(service.MultiService):
     log = Logger()
 
     def __init__(self, reactor: Any, data: str, client_endpoint: Any, cluster_endpoint: Any,
-                 replicas: int, dead_after: float = 300.0, heartbeat: float = HEARTBEAT) -> None:
+                 replicas: int, dead_after: float = 300.0, heartbeat: float = HEARTBEAT,
+                 http_endpoint: Any = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
@@ -32,10 +35,18 @@ class ProxyService(service.MultiService):
         self.roster.on_corrupt = self.depot.corrupt
         self._deaths = task.LoopingCall(self.roster.check)
         self._deaths.clock = reactor
-        StreamServerEndpointService(client_endpoint, DepotFactory(self.depot)).setServiceParent(self)
+        self.events = EventLog()
+        self.metrics = Metrics()
+        self.events.listeners.append(self.metrics.event)
+        front = MeteredDepot(self.depot, self.metrics, reactor)
+        StreamServerEndpointService(client_endpoint, DepotFactory(front)).setServiceParent(self)
         StreamServerEndpointService(cluster_endpoint, MemberFactory(self.roster, heartbeat)).setServiceParent(self)
+        if http_endpoint is not None:
+            site = status_site(self.depot, self.events, self.metrics, reactor)
+            StreamServerEndpointService(http_endpoint, site).setServiceParent(self)
 
     def startService(self) -> None:
+        globalLogPublisher.addObserver(self.events)
         self.db.start()
         self.depot.start().addErrback(lambda f: self.log.failure("starting the depot", f))
         self.log.info("proxy catalog in {data}", data=self.data)
@@ -48,6 +59,7 @@ class ProxyService(service.MultiService):
             self._deaths.stop()
         await self.depot.stop()
         self.db.stop()
+        globalLogPublisher.removeObserver(self.events)
 
     def stopService(self) -> Any:
         from twisted.internet.defer import ensureDeferred

@@ -12,7 +12,8 @@ from deposito.options import FirstLineOptions, check_endpoint, parse_int, parse_
 
 class Options(FirstLineOptions):
     command = "deposito-proxy"
-    synopsis = "[--port EP] [--cluster-port EP] [--data DIR] [--replicas N] [--dead-after SECONDS]"
+    synopsis = ("[--port EP] [--cluster-port EP] [--data DIR] [--replicas N] [--dead-after SECONDS]"
+                " [--http EP]")
     longdesc = ("The Deposito proxy: clients store and fetch files on --port (a text protocol "
                 "you can speak with telnet); storage servers join on --cluster-port.")
     optParameters = [
@@ -21,12 +22,15 @@ class Options(FirstLineOptions):
         ["data", None, "./deposito-proxy", "directory for the catalog"],
         ["replicas", None, "2", "replica count for a PUT that names none (1-16)"],
         ["dead-after", None, "300", "seconds of silence after which a server is dead and its copies are made again"],
+        ["http", None, None, "endpoint for the status page, /metrics, the JSON API and downloads (off unless given)"],
     ]
 
     def postOptions(self) -> None:
         from twisted.internet import reactor
 
-        for option in ("port", "cluster-port"):
+        for option in ("port", "cluster-port", "http"):
+            if self[option] is None:
+                continue
             check_endpoint(f"--{option}", self[option],
                            lambda v: endpoints.serverFromString(reactor, v))
         self["replicas"] = parse_int("--replicas", self["replicas"], 1, 16)
@@ -52,4 +56,5 @@ def makeService(options: Options):
         endpoints.serverFromString(reactor, options["cluster-port"]),
         options["replicas"],
         dead_after=options["dead-after"],
+        http_endpoint=endpoints.serverFromString(reactor, options["http"]) if options["http"] else None,
     )

@@ -151,7 +151,7 @@ class Reconciler:
         records = await self.db(Catalog.list, "")
         copies, drops = plan(records, self.roster)
         for drop in drops:
-            self.log.info("dropping the copy of {name} on {id}", name=drop.record.name, id=drop.server)
+            self.log.info("dropping the copy of {name} on {id}", name=drop.record.name, id=drop.server, event="drop")
             await self.db(Catalog.drop_copy, drop.record.blob, drop.server)
         if drops:
             self.depot.kick()
@@ -180,12 +180,13 @@ class Reconciler:
                 self.depot.kick()
                 continue
             except (Unavailable, NoSpace) as e:
-                self.log.warn("cannot add a copy of {name}: {why}", name=t.record.name, why=str(e))
+                self.log.warn("cannot add a copy of {name}: {why}", name=t.record.name, why=str(e), event="repair_failed")
                 self.failures[t.record.name] = e
                 return
             counted = await self.db(Catalog.add_copy, t.record.name, t.record.blob, target.id,
                                     self.reactor.seconds())
             self.done += 1
+            self.log.info("made a copy of {name} on {id}", name=t.record.name, id=target.id, event="repaired")
             self.failures.pop(t.record.name, None)
             await self.check_waiters(None)
             if not counted:  # the file changed meanwhile: the copy is garbage

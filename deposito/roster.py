@@ -64,14 +64,14 @@ class Roster:
             if m.state == "down" and now - m.last_seen >= self.dead_after:
                 m.state = "dead"
                 self.log.warn("storage server {id} is dead (silent {seconds:.0f}s): its copies will be made again",
-                              id=m.id, seconds=now - m.last_seen)
+                              id=m.id, seconds=now - m.last_seen, event="dead")
                 self.on_change(m)
 
     def inventory(self, member_id: str, entries: list, since: float) -> None:
         self.on_inventory(self.members[member_id], entries, since)
 
     def corrupt(self, member_id: str, blob: str, why: str) -> None:
-        self.log.warn("storage server {id} found blob {blob} corrupt: {why}", id=member_id, blob=blob, why=why)
+        self.log.warn("storage server {id} found blob {blob} corrupt: {why}", id=member_id, blob=blob, why=why, event="corrupt")
         self.on_corrupt(self.members[member_id], blob, why)
 
     def join(self, member_id: str, zone: str, host: str, port: int,
@@ -85,7 +85,7 @@ class Roster:
         m.capacity, m.used, m.blobs = capacity, used, blobs
         m.state, m.connection, m.last_seen = "up", connection, self.clock.seconds()
         self.log.info("storage server {id} joined from {host}:{port} (zone {zone})",
-                      id=member_id, host=host, port=port, zone=zone)
+                      id=member_id, host=host, port=port, zone=zone, event="join")
         self.on_change(m)
         return m
 
@@ -101,7 +101,7 @@ class Roster:
         m.connection = None
         m.state = "down"
         m.last_seen = self.clock.seconds()
-        self.log.warn("storage server {id} is down", id=member_id)
+        self.log.warn("storage server {id} is down", id=member_id, event="down")
         self.on_change(m)
 
     def up(self) -> list[Member]:

@@ -3,13 +3,12 @@
 Each is a real ``twistd`` process on loopback with its data under ``--var``
 (default ./var). Ctrl-C stops them all.
 
-    python examples/local_cluster.py [--var DIR] [--port 7000] [--servers 3]
+    python examples/local_cluster.py [--var DIR] [--port 7000] [--servers 3] [--http 7080]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import subprocess
@@ -32,6 +31,8 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=7000, help="client port of the proxy")
     parser.add_argument("--cluster-port", type=int, default=7001, help="port where servers join")
     parser.add_argument("--servers", type=int, default=3, help="how many storage servers")
+    parser.add_argument("--http", type=int, default=None,
+                        help="port of the status page, metrics, JSON API and downloads (off unless given)")
     args = parser.parse_args()
 
     var = Path(args.var).resolve()
@@ -40,7 +41,8 @@ def main() -> int:
         stale.unlink()
     procs = [twistd(var, "proxy", [
         "deposito-proxy", "--port", f"tcp:{args.port}:interface=127.0.0.1",
-        "--cluster-port", f"tcp:{args.cluster_port}:interface=127.0.0.1", "--data", str(var / "proxy")])]
+        "--cluster-port", f"tcp:{args.cluster_port}:interface=127.0.0.1", "--data", str(var / "proxy")]
+        + (["--http", f"tcp:{args.http}:interface=127.0.0.1"] if args.http else []))]
     for i in range(1, args.servers + 1):
         d = var / f"server{i}"
         d.mkdir(exist_ok=True)
@@ -77,6 +79,8 @@ def main() -> int:
     print(f"Deposito is running: a proxy on 127.0.0.1:{args.port} and {args.servers} storage servers.")
     print(f"  data and logs:  {var}")
     print(f"  connect:        telnet 127.0.0.1 {args.port}   (or: nc 127.0.0.1 {args.port})")
+    if args.http:
+        print(f"  status page:    http://127.0.0.1:{args.http}/   (metrics: http://127.0.0.1:{args.http}/metrics)")
     print(f"  command line:   {Path(sys.executable).with_name('deposito')} put FILE --replicas 3")
     print("Ctrl-C stops the cluster.", flush=True)
     try:

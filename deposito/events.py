@@ -1,0 +1,307 @@
+"""What happens in the proxy, told to a person and to Prometheus.
+
+The proxy's code reports what happens through twisted.logger, as usual; a log
+event that matters to whoever runs the cluster carries an ``event`` key
+(``join``, ``down``, ``dead``, ``corrupt``, ``inventory``, ``repaired``,
+``drop``, ``repair_failed``, ``refused``). From that one stream:
+
+- :class:`EventLog` keeps the last few such events for the status page;
+- :class:`Metrics` counts them, and the requests that :class:`MeteredDepot`
+  passes to the Depot, in a Prometheus registry of its own;
+- :func:`json_log` gives twistd's ``--logger`` the whole log as JSON lines.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter as Tally, deque
+from typing import Any, Iterable
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from twisted.logger import FileLogObserver, ILogObserver, eventAsJSON, formatEvent
+from zope.interface import implementer
+
+from deposito.errors import DepositoError
+
+EVENT_KINDS = ("join", "down", "dead", "corrupt", "inventory", "repaired", "drop", "repair_failed", "refused")
+REPAIR_KINDS = {"repaired": "copy", "drop": "drop"}
+RATE_WINDOW = 60
+
+
+@attrs.frozen
+class Event:
+    """One thing that happened: when (seconds since the epoch, the last time
+    if it happened ``repeats`` times in a row), what kind, in words."""
+
+    time: float
+    kind: str
+    message: str
+    fields: dict = attrs.field(factory=dict, eq=False)
+    repeats: int = 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.fields, "time": self.time, "kind": self.kind, "message": self.message,
+                "repeats": self.repeats}
+
+
+def cluster_event(event: dict) -> Event | None:
+    """The :class:`Event` a log event tells, or None if it is not one of ours."""
+    kind = event.get("event")
+    if not isinstance(kind, str) or not str(event.get("log_namespace", "")).startswith("deposito"):
+        return None
+    fields = {k: v for k, v in event.items()
+              if not k.startswith("log_") and k != "event" and isinstance(v, (str, int, float, bool))}
+    return Event(event.get("log_time", time.time()), kind, formatEvent(event), fields)
+
+
+class RepairRate:
+    """Repairs per minute over the last minute, in per-second buckets (bounded)."""
+
+    def __init__(self, window: int = RATE_WINDOW) -> None:
+        self.window = window
+        self._buckets: deque[list[int]] = deque(maxlen=window + 1)
+
+    def add(self, when: float) -> None:
+        second = int(when)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += 1
+        else:
+            self._buckets.append([second, 1])
+
+    def per_minute(self, now: float) -> float:
+        recent = sum(n for second, n in self._buckets if now - second <= self.window)
+        return recent * 60.0 / self.window
+
+
+@implementer(ILogObserver)
+class EventLog:
+    """The last ``size`` cluster events (a log observer). The same event
+    again right after itself is counted, not kept twice, so a retry loop
+    cannot push everything else out."""
+
+    def __init__(self, size: int = 100) -> None:
+        self._events: deque[Event] = deque(maxlen=size)
+        self.counts: Tally[str] = Tally()  # every event since the start, by kind
+        self.rate = RepairRate()
+        self.listeners: list[Any] = []
+
+    def __call__(self, event: dict) -> None:
+        e = cluster_event(event)
+        if e is None:
+            return
+        last = self._events[-1] if self._events else None
+        if last is not None and (last.kind, last.message) == (e.kind, e.message):
+            self._events[-1] = attrs.evolve(e, repeats=last.repeats + 1)
+        else:
+            self._events.append(e)
+        self.counts[e.kind] += 1
+        if e.kind in REPAIR_KINDS:
+            self.rate.add(e.time)
+        for listener in self.listeners:
+            listener(e)
+
+    def recent(self, n: int | None = None) -> list[Event]:
+        """The newest first."""
+        out = list(reversed(self._events))
+        return out if n is None else out[:n]
+
+
+LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+SERVER_STATES = ("up", "down", "dead")
+
+
+class Metrics:
+    """The proxy's Prometheus series (``deposito_*``), in a registry of its own.
+
+    Counters move as things happen; the gauges are set from the cluster's
+    state by :meth:`refresh` just before each scrape.
+    """
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("deposito_requests", "Client requests by command, way in and outcome"
+                                " (a GET counts once its file is found)",
+                                ["command", "via", "outcome"], registry=r)
+        self.latency = Histogram("deposito_request_duration_seconds",
+                                 "Time from request to answer (for PUT and GET, to the last byte)",
+                                 ["command", "via"], buckets=LATENCY_BUCKETS, registry=r)
+        self.received = Counter("deposito_received_bytes", "File bytes received from clients (PUT)",
+                                ["via"], registry=r)
+        self.sent = Counter("deposito_sent_bytes", "File bytes sent to clients (GET, HTTP downloads)",
+                            ["via"], registry=r)
+        self.events = Counter("deposito_events", "Cluster events by kind (see the status page)",
+                              ["kind"], registry=r)
+        self.repairs_done = Counter("deposito_repairs_done", "Copies made or dropped by the reconciler",
+                                    ["action"], registry=r)
+        self.bad_copies = Counter("deposito_bad_copies", "Copies found corrupt (by a scrub or a read)"
+                                  " or missing (by a server's inventory)", ["reason"], registry=r)
+        for kind in EVENT_KINDS:
+            self.events.labels(kind)
+        for action in REPAIR_KINDS.values():
+            self.repairs_done.labels(action)
+        for reason in ("corrupt", "missing"):
+            self.bad_copies.labels(reason)
+        for via in ("text",):
+            self.received.labels(via)
+        for via in ("text", "http"):
+            self.sent.labels(via)
+
+        def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+            return Gauge(name, doc, list(labels), registry=r)
+
+        self.files = gauge("deposito_files", "Files (names with a committed version)")
+        self.bytes = gauge("deposito_stored_bytes", "Bytes of the newest versions, counted once per file")
+        self.under = gauge("deposito_files_under_replicated", "Files with fewer healthy copies than wanted")
+        self.over = gauge("deposito_files_over_replicated", "Files with more healthy copies than wanted")
+        self.copies_wanted = gauge("deposito_copies_wanted", "Copies wanted, summed over all files")
+        self.copies_healthy = gauge("deposito_copies_healthy", "Healthy copies (on up servers), summed over all files")
+        self.repairs_queued = gauge("deposito_repairs_queued", "Copy or delete tasks waiting")
+        self.repairs_running = gauge("deposito_repairs_running", "Copy or delete tasks in progress")
+        self.servers = gauge("deposito_servers", "Storage servers by state", ["state"])
+        self.server_state = gauge("deposito_server_state", "1 for the state the server is in, else 0",
+                                  ["server", "zone", "state"])
+        self.server_used = gauge("deposito_server_used_bytes", "Bytes a storage server holds", ["server"])
+        self.server_capacity = gauge("deposito_server_capacity_bytes", "The most bytes a server may hold",
+                                     ["server"])
+        self.server_blobs = gauge("deposito_server_blobs", "Blobs a storage server holds", ["server"])
+
+    def event(self, e: Event) -> None:
+        """An :class:`EventLog` listener."""
+        self.events.labels(e.kind).inc()
+        if e.kind in REPAIR_KINDS:
+            self.repairs_done.labels(REPAIR_KINDS[e.kind]).inc()
+        elif e.kind == "corrupt":
+            self.bad_copies.labels("corrupt").inc()
+        elif e.kind == "inventory" and isinstance(e.fields.get("missing"), int):
+            self.bad_copies.labels("missing").inc(e.fields["missing"])
+
+    def request(self, command: str, via: str, seconds: float, outcome: str = "ok") -> None:
+        self.requests.labels(command, via, outcome).inc()
+        self.latency.labels(command, via).observe(seconds)
+
+    def refresh(self, status: dict[str, Any], servers: list[Any]) -> None:
+        """Set the gauges from :func:`deposito.web.gather`'s facts."""
+        self.files.set(status["files"])
+        self.bytes.set(status["bytes"])
+        self.under.set(status["under"])
+        self.over.set(status["over"])
+        self.copies_wanted.set(status["copies_wanted"])
+        self.copies_healthy.set(status["copies_healthy"])
+        self.repairs_queued.set(status["repairs_queued"])
+        self.repairs_running.set(status["repairs_running"])
+        for gauge in (self.server_state, self.server_used, self.server_capacity, self.server_blobs):
+            gauge.clear()
+        for state in SERVER_STATES:
+            self.servers.labels(state).set(sum(m.state == state for m in servers))
+        for m in servers:
+            for state in SERVER_STATES:
+                self.server_state.labels(m.id, m.zone, state).set(int(m.state == state))
+            self.server_used.labels(m.id).set(m.used)
+            self.server_capacity.labels(m.id).set(m.capacity)
+            self.server_blobs.labels(m.id).set(m.blobs)
+
+
+def outcome(error: BaseException | str | None) -> str:
+    """A request's outcome as a label: ``ok``, an ERR code, or what went wrong."""
+    if error is None:
+        return "ok"
+    if isinstance(error, str):
+        return error
+    return error.code if isinstance(error, DepositoError) else "error"
+
+
+class _CountingConsumer:
+    """Passes a read on to ``consumer``, counting its bytes."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.count = 0
+
+    def write(self, data: bytes) -> None:
+        self.count += len(data)
+        self.consumer.write(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.consumer.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.consumer.unregisterProducer()
+
+
+class MeteredDepot:
+    """The Depot as the text protocol sees it, with PUT, GET and REPLICAS
+    counted and timed. Everything else goes straight through."""
+
+    def __init__(self, depot: Any, metrics: Metrics, clock: Any, via: str = "text") -> None:
+        self._depot = depot
+        self._metrics = metrics
+        self._clock = clock
+        self._via = via
+        self._puts: dict[int, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._depot, name)
+
+    def _done(self, command: str, began: float, error: BaseException | str | None = None) -> None:
+        self._metrics.request(command, self._via, self._clock.seconds() - began, outcome(error))
+
+    async def begin_put(self, name: str, size: int, replicas: int | None) -> Any:
+        began = self._clock.seconds()
+        try:
+            upload = await self._depot.begin_put(name, size, replicas)
+        except BaseException as e:
+            self._done("PUT", began, e)
+            raise
+        self._puts[id(upload)] = began
+        return upload
+
+    async def finish_put(self, upload: Any) -> Any:
+        began = self._puts.pop(id(upload), self._clock.seconds())
+        self._metrics.received.labels(self._via).inc(upload.received)
+        try:
+            record = await self._depot.finish_put(upload)
+        except BaseException as e:
+            self._done("PUT", began, e)
+            raise
+        self._done("PUT", began)
+        return record
+
+    def abort_put(self, upload: Any) -> None:
+        began = self._puts.pop(id(upload), self._clock.seconds())
+        self._metrics.received.labels(self._via).inc(upload.received)
+        self._done("PUT", began, "aborted")
+        self._depot.abort_put(upload)
+
+    async def read(self, record: Any, consumer: Any, started: Any) -> None:
+        began = self._clock.seconds()
+        counted = _CountingConsumer(consumer)
+        try:
+            await self._depot.read(record, counted, started)
+        except BaseException as e:
+            self._done("GET", began, e)
+            raise
+        finally:
+            self._metrics.sent.labels(self._via).inc(counted.count)
+        self._done("GET", began)
+
+    async def replicas(self, name: str, count: int, wait: bool) -> Any:
+        began = self._clock.seconds()
+        try:
+            result = await self._depot.replicas(name, count, wait)
+        except BaseException as e:
+            self._done("REPLICAS", began, e)
+            raise
+        self._done("REPLICAS", began)
+        return result
+
+
+def json_log() -> FileLogObserver:
+    """For ``twistd --logger deposito.events.json_log``: every log event as one
+    line of JSON, appended to the file named by ``$DEPOSITO_JSON_LOG``, or
+    written to standard output when it is not set."""
+    path = os.environ.get("DEPOSITO_JSON_LOG")
+    out = open(path, "a", encoding="utf-8", buffering=1) if path else sys.stdout
+    return FileLogObserver(out, lambda event: eventAsJSON(event) + "\n")

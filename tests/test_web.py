@@ -1,0 +1,473 @@
+"""The proxy's HTTP side: status page, /metrics, JSON API, downloads, JSON logs.
+
+Fast tests on the pieces (range parsing, the event log, the page's HTML),
+then a live cluster with ``--http`` read by HTTP, by prometheus_client's
+parser, and by a real headless Chromium, whose screenshot is kept under
+``build/test-artifacts/`` (or ``$DEPOSITO_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import endpoints
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
+
+from deposito import proxy_tap
+from deposito.events import EventLog, Metrics, json_log
+from deposito.proxy import ProxyService
+from deposito.roster import Member
+from deposito.web import parse_range, render_page
+from tests.cluster import TWISTD, Cluster, free_port, poll, sha
+
+ARTIFACTS = Path(os.environ.get("DEPOSITO_ARTIFACTS") or Path(__file__).resolve().parent.parent / "build"
+                 / "test-artifacts")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+
+
+# -- the pieces
+
+
+@pytest.mark.parametrize("header,size,expected", [
+    (None, 10, None),
+    ("bytes=0-0", 10, (0, 0)),
+    ("bytes=2-5", 10, (2, 5)),
+    ("bytes=4-", 10, (4, 9)),
+    ("bytes=-3", 10, (7, 9)),
+    ("bytes=-30", 10, (0, 9)),
+    ("bytes=5-100", 10, (5, 9)),
+    ("bytes=10-", 10, False),
+    ("bytes=-0", 10, False),
+    ("bytes=5-2", 10, None),  # invalid: ignored
+    ("bytes=0-1,4-5", 10, None),  # several ranges: the whole file
+    ("items=0-1", 10, None),
+    ("bytes=0-", 0, None),  # an empty file is sent whole
+])
+def test_parse_range(header, size, expected):
+    assert parse_range(header, size) == expected
+
+
+def test_event_log_keeps_the_last_tagged_events_newest_first():
+    events = EventLog(size=3)
+    log = Logger(namespace="deposito.roster.Roster", observer=events)
+    log.info("not a cluster event {x}", x=1)
+    for i in range(5):
+        log.info("storage server {id} joined", id=f"s{i}", event="join")
+    Logger(namespace="other.library", observer=events).info("x", event="join")
+    log.info("storage server {id} joined", id="s4", event="join")  # the same again: counted, not kept twice
+    recent = events.recent()
+    assert [e.message for e in recent] == ["storage server s4 joined", "storage server s3 joined",
+                                           "storage server s2 joined"]
+    assert recent[0].kind == "join" and recent[0].fields == {"id": "s4"} and recent[0].time > 1e9
+    assert events.counts["join"] == 6
+    assert recent[0].repeats == 2 and recent[1].repeats == 1
+    assert recent[0].as_json()["id"] == "s4"
+
+
+def test_events_move_the_counters():
+    events, metrics = EventLog(), Metrics()
+    events.listeners.append(metrics.event)
+    log = Logger(namespace="deposito.reconciler.Reconciler", observer=events)
+    log.warn("storage server {id} found blob {blob} corrupt: {why}", id="s0", blob="b", why="crc", event="corrupt")
+    log.info("inventory of {id}: {missing} copies missing", id="s1", missing=2, event="inventory")
+    log.info("made a copy of {name} on {id}", name="f", id="s2", event="repaired")
+    log.info("dropping the copy of {name} on {id}", name="f", id="s0", event="drop")
+    value = metrics.registry.get_sample_value
+    assert value("deposito_bad_copies_total", {"reason": "corrupt"}) == 1
+    assert value("deposito_bad_copies_total", {"reason": "missing"}) == 2
+    assert value("deposito_repairs_done_total", {"action": "copy"}) == 1
+    assert value("deposito_repairs_done_total", {"action": "drop"}) == 1
+    assert value("deposito_events_total", {"kind": "inventory"}) == 1
+    assert events.rate.per_minute(events.recent()[0].time) == 2.0
+
+
+STATUS = {"files": 3, "bytes": 5 << 20, "servers_up": 1, "servers_down": 1, "under": 2, "over": 0,
+          "repairs_queued": 1, "repairs_running": 1, "copies_wanted": 6, "copies_healthy": 3,
+          "repairs_done": 4, "repairs_per_minute": 2.0}
+
+
+class Text(HTMLParser):
+    """What a person reads on a page: its text, without tags, styles or scripts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        self._skip += tag in ("style", "script", "title")
+
+    def handle_endtag(self, tag):
+        self._skip -= tag in ("style", "script", "title")
+
+    def handle_data(self, data):
+        if not self._skip and data.strip():
+            self.parts.append(" ".join(data.split()))
+
+    @classmethod
+    def of(cls, page: str) -> str:
+        p = cls()
+        p.feed(page)
+        return " | ".join(p.parts)
+
+
+def test_page_shows_states_and_escapes_what_users_named():
+    servers = [Member("s0", "rack-a", "10.0.0.1", 4000, capacity=100 << 20, used=25 << 20, blobs=7, state="up"),
+               Member("s1", "rack-b", "10.0.0.2", 4000, capacity=100 << 20, used=95 << 20, state="dead")]
+    events = EventLog()
+    log = Logger(namespace="deposito.reconciler.Reconciler", observer=events)
+    log.info("made a copy of {name} on {id}", name="<script>alert(1)</script>", id="s0", event="repaired")
+    for _ in range(3):
+        log.warn("cannot add a copy of {name}: {why}", name="f", why="no room", event="repair_failed")
+    page = render_page(STATUS, servers, events.recent(), 1.8e9).decode()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert '<meta http-equiv="refresh"' in page and 'name="viewport"' in page
+    text = Text.of(page)
+    assert "1 server not up; 2 files below the wanted copies." in text
+    assert "s0 | 10.0.0.1:4000 | up | rack-a | 25.0 MiB of 100.0 MiB (25%) | 7" in text
+    assert "s1 | 10.0.0.2:4000 | dead | rack-b | 95.0 MiB of 100.0 MiB (95%)" in text
+    assert "copy made" in text and "repair failed | cannot add a copy of f: no room | \u00d73" in text
+    assert 'style="width:25.0%"' in page and 'class="full" style="width:95.0%"' in page
+
+
+def test_http_is_off_unless_given_and_checked_like_the_other_ports(tmp_path):
+    o = proxy_tap.Options()
+    o.parseOptions([])
+    assert o["http"] is None
+    o = proxy_tap.Options()
+    o.parseOptions(["--http", "tcp:7080:interface=127.0.0.1"])
+    assert o["http"] == "tcp:7080:interface=127.0.0.1"
+    with pytest.raises(SystemExit) as e:
+        proxy_tap.Options().parseOptions(["--http", "nonsense:1"])
+    assert "--http" in str(e.value).splitlines()[0]
+
+    reactor = MemoryReactorClock()
+
+    def ports(http):
+        svc = ProxyService(reactor, str(tmp_path / f"p{http}"), endpoints.TCP4ServerEndpoint(reactor, 0),
+                           endpoints.TCP4ServerEndpoint(reactor, 0), 2,
+                           http_endpoint=endpoints.TCP4ServerEndpoint(reactor, 0) if http else None)
+        svc.db.catalog.close()
+        return len(list(svc))
+
+    assert (ports(False), ports(True)) == (2, 3)
+
+
+def test_json_log_writes_one_event_per_line(tmp_path, monkeypatch):
+    path = tmp_path / "proxy.json"
+    monkeypatch.setenv("DEPOSITO_JSON_LOG", str(path))
+    observer = json_log()
+    Logger(namespace="deposito.roster.Roster", observer=observer).info(
+        "storage server {id} joined", id="s0", event="join")
+    line = json.loads(path.read_text().splitlines()[0])
+    assert (line["id"], line["event"], line["log_format"]) == ("s0", "join", "storage server {id} joined")
+
+
+# -- a live cluster
+
+
+def fetch(port: int, path: str, method: str = "GET", headers: dict | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def get_json(port: int, path: str):
+    status, headers, body = fetch(port, path)
+    assert status == 200 and headers["content-type"].startswith("application/json"), (status, body[:300])
+    return json.loads(body)
+
+
+def L(**labels: str) -> frozenset:
+    """A sample's labels, as :func:`metrics` keys them."""
+    return frozenset(labels.items())
+
+
+def metrics(port: int) -> dict:
+    """``{(name, frozenset(labels)): value}`` from /metrics, by prometheus_client's parser."""
+    status, headers, body = fetch(port, "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[s.name, frozenset(s.labels.items())] = s.value
+    return out
+
+
+FILES = {
+    "web/small.txt": b"hello deposito\n",
+    "web/empty": b"",
+    "web/dir/big file.bin": os.urandom(3 << 20 | 5),
+    "web/ünïcode & \"quotes\"?#.txt": b"odd name\n",
+}
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    """Three servers of 64 MiB each, a proxy with --http, a few files."""
+    port = free_port()
+    c = Cluster(tmp_path_factory.mktemp("web"), proxy_args=("--http", f"tcp:{port}:interface=127.0.0.1"),
+                server_args=("--capacity", "64M"))
+    c.http = port
+    c.start(3)
+    try:
+        with c.wire() as w:
+            for name, data in FILES.items():
+                assert w.put(name, data, 2).startswith("OK stored"), name
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.mark.slow
+def test_api_gives_the_same_facts_as_the_text_protocol(web):
+    with web.wire() as w:
+        status_line = dict(kv.split("=") for kv in w.cmd("STATUS").split()[1:])
+        servers_lines = w.multi("SERVERS")
+        st = w.stat("web/small.txt")
+    status = get_json(web.http, "/api/status")
+    for key, value in status_line.items():
+        assert status[key] == int(value), key
+    assert status["files"] == len(FILES) and status["copies_wanted"] == status["copies_healthy"] == 2 * len(FILES)
+    assert {e["id"] for e in status["events"] if e["kind"] == "join"} == {"s0", "s1", "s2"}
+    assert all(e["time"] > 1e9 and e["message"] for e in status["events"])
+
+    servers = get_json(web.http, "/api/servers")["servers"]
+    assert [s["id"] for s in servers] == ["s0", "s1", "s2"]
+    for s, line in zip(servers, servers_lines):
+        sid, address, state, *_ = line.split()
+        assert (s["id"], s["address"], s["state"]) == (sid, address, state)
+        assert s["capacity"] == 64 << 20 and s["zone"] == f"z{sid}"
+
+    files = get_json(web.http, "/api/files?prefix=" + quote("web/dir/"))["files"]
+    assert [f["name"] for f in files] == ["web/dir/big file.bin"]
+    assert files[0]["sha256"] == sha(FILES["web/dir/big file.bin"]) and files[0]["have"] == 2
+    assert files[0]["download"] == "/files/web%2Fdir%2Fbig%20file.bin"
+    every = get_json(web.http, "/api/files")["files"]
+    assert sorted(f["name"] for f in every) == sorted(FILES)
+    small = next(f for f in every if f["name"] == "web/small.txt")
+    assert (small["size"], small["version"], small["wanted"], ",".join(small["servers"])) == (
+        int(st["size"]), int(st["version"]), int(st["replicas"]), st["servers"])
+
+
+@pytest.mark.slow
+def test_metrics_parse_and_count_what_happens(web):
+    before = metrics(web.http)
+    assert all(name.startswith("deposito_") for name, _ in before)
+    for sid in ("s0", "s1", "s2"):
+        assert before["deposito_server_state", L(server=sid, zone=f"z{sid}", state="up")] == 1
+        assert before["deposito_server_state", L(server=sid, zone=f"z{sid}", state="dead")] == 0
+        assert before["deposito_server_capacity_bytes", L(server=sid)] == 64 << 20
+    assert before["deposito_servers", L(state="up")] == 3
+    assert before["deposito_copies_wanted", L()] == before["deposito_copies_healthy", L()]
+    assert before["deposito_events_total", L(kind="join")] >= 3
+
+    data = os.urandom(100_000)
+    with web.wire() as w:
+        assert w.put("web/metered", data, 3).startswith("OK stored")
+        assert w.get("web/metered")[1] == data
+        assert w.cmd("REPLICAS web/metered 2 WAIT").startswith("OK")
+    after = metrics(web.http)
+
+    def delta(name, **labels):
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("deposito_requests_total", command="PUT", via="text", outcome="ok") == 1
+    assert delta("deposito_requests_total", command="GET", via="text", outcome="ok") == 1
+    assert delta("deposito_requests_total", command="REPLICAS", via="text", outcome="ok") == 1
+    assert delta("deposito_request_duration_seconds_count", command="PUT", via="text") == 1
+    assert delta("deposito_received_bytes_total", via="text") == len(data)
+    assert delta("deposito_sent_bytes_total", via="text") == len(data)
+    assert delta("deposito_files") == 1
+    assert poll(lambda: metrics(web.http)["deposito_repairs_done_total", L(action="drop")]
+                > before["deposito_repairs_done_total", L(action="drop")], 10)
+
+
+@pytest.mark.slow
+def test_downloads_whole_and_in_ranges(web):
+    big = FILES["web/dir/big file.bin"]
+    etag = f'"{sha(big)}"'
+    for path in ("/files/web%2Fdir%2Fbig%20file.bin", "/files/web/dir/big%20file.bin"):
+        status, h, body = fetch(web.http, path)
+        assert status == 200 and body == big
+        assert (h["content-length"], h["etag"], h["accept-ranges"]) == (str(len(big)), etag, "bytes")
+    name = "web/ünïcode & \"quotes\"?#.txt"
+    status, h, body = fetch(web.http, "/files/" + quote(name, safe=""))
+    assert (status, body) == (200, FILES[name])
+    status, h, body = fetch(web.http, "/files/web/empty")
+    assert (status, h["content-length"], body) == (200, "0", b"")
+
+    path = "/files/" + quote("web/dir/big file.bin", safe="")
+    size = len(big)
+    block = 1 << 20
+    for header, (start, end) in [
+        ("bytes=0-0", (0, 0)),
+        (f"bytes={block - 3}-{block + 2}", (block - 3, block + 2)),  # across a block boundary
+        (f"bytes={2 * block + 7}-", (2 * block + 7, size - 1)),
+        ("bytes=-100", (size - 100, size - 1)),
+        (f"bytes=5-{size + 50}", (5, size - 1)),
+    ]:
+        status, h, body = fetch(web.http, path, headers={"Range": header})
+        assert status == 206, header
+        assert h["content-range"] == f"bytes {start}-{end}/{size}" and h["content-length"] == str(end - start + 1)
+        assert body == big[start:end + 1], header
+    status, h, _ = fetch(web.http, path, headers={"Range": f"bytes={size}-"})
+    assert (status, h["content-range"]) == (416, f"bytes */{size}")
+    status, _, body = fetch(web.http, path, headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
+    assert status == 200 and body == big
+    status, _, body = fetch(web.http, path, headers={"If-None-Match": etag})
+    assert (status, body) == (304, b"")
+    status, h, body = fetch(web.http, path, method="HEAD")
+    assert (status, h["content-length"], body) == (200, str(size), b"")
+
+    status, _, body = fetch(web.http, "/files/web/nothing-here")
+    assert status == 404 and b"no file named web/nothing-here" in body
+    assert fetch(web.http, "/files/")[0] == 400
+    assert fetch(web.http, "/nowhere")[0] == 404
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_mid_download_stops_the_read(web):
+    huge = os.urandom(24 << 20)  # more than the socket buffers hold
+    with web.wire() as w:
+        assert w.put("web/huge", huge, 2).startswith("OK stored")
+    aborted = ("deposito_requests_total", L(command="GET", via="http", outcome="aborted"))
+    before = metrics(web.http).get(aborted, 0)
+    for ranged in (b"", b"Range: bytes=10-\r\n"):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            s.settimeout(10)
+            s.connect(("127.0.0.1", web.http))
+            s.sendall(b"GET /files/web/huge HTTP/1.1\r\nHost: x\r\n" + ranged + b"\r\n")
+            s.recv(65536)
+    assert poll(lambda: metrics(web.http).get(aborted, 0) - before == 2, 10)
+    status, _, body = fetch(web.http, "/files/web/huge")
+    assert status == 200 and body == huge
+    assert "Unhandled" not in web.log("proxy") and "Traceback" not in web.log("proxy")
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.skip("no chromium on this machine: .ci/run installs Debian's chromium with apt-get,"
+                    " which could not be done here")
+    return found
+
+
+def browse(args: list[str]) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        return subprocess.run([chromium()] + CHROMIUM_FLAGS + [f"--user-data-dir={profile}"] + args,
+                              capture_output=True, timeout=60)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.mark.slow
+def test_status_page_in_a_real_browser(web):
+    url = f"http://127.0.0.1:{web.http}/"
+    dom = browse(["--dump-dom", url])
+    assert dom.returncode == 0, dom.stderr.decode()[-2000:]
+    page = dom.stdout.decode()
+    text = Text.of(page)
+    assert "Every file has its wanted copies." in text, text
+    for sid in ("s0", "s1", "s2"):
+        assert f"| {sid} | 127.0.0.1:" in text and f"| up | z{sid} |" in text.split(f"| {sid} |", 1)[1][:200]
+    status = get_json(web.http, "/api/status")
+    assert f"{status['files']} | files" in text and "3 / 3 | servers up" in text
+    assert "0 | under-replicated" in text
+    assert text.count("joined") >= 3
+    assert '<meta http-equiv="refresh"' in page
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name, size in (("status-page.png", "1200,900"), ("status-page-phone.png", "390,844")):
+        shot = ARTIFACTS / name
+        shot.unlink(missing_ok=True)
+        r = browse([f"--screenshot={shot}", f"--window-size={size}", url])
+        assert r.returncode == 0 and shot.exists(), r.stderr.decode()[-2000:]
+        assert png_size(shot) == tuple(int(n) for n in size.split(","))
+        assert shot.stat().st_size > 10_000  # not a blank page
+    print(f"screenshots in {ARTIFACTS}")
+
+
+@pytest.mark.slow
+def test_downloads_fail_over_from_rotten_copies_and_the_page_tells(web):
+    data = os.urandom(3 << 20 | 11)
+    with web.wire() as w:
+        assert w.put("web/rot", data, 3).startswith("OK stored")
+    digest = sha(data)
+    rotten = 0
+    for sid, offset in (("s0", 1 << 20), ("s1", 5)):  # two of three copies rot, in different blocks
+        for blob in web.blob_files(sid):
+            if blob.stat().st_size == len(data) and sha(blob.read_bytes()) == digest:
+                with open(blob, "r+b") as f:
+                    f.seek(offset)
+                    f.write(b"\x00rotten\x00")
+                rotten += 1
+    assert rotten == 2
+    path = "/files/web%2Frot"
+    for _ in range(4):
+        status, _, body = fetch(web.http, path)
+        assert status == 200 and body == data
+        status, _, body = fetch(web.http, path, headers={"Range": f"bytes={(1 << 20) - 9}-{(2 << 20) + 9}"})
+        assert status == 206 and body == data[(1 << 20) - 9:(2 << 20) + 10]
+    assert poll(lambda: any(e["kind"] == "corrupt" for e in get_json(web.http, "/api/status")["events"]), 10)
+    assert metrics(web.http)["deposito_bad_copies_total", L(reason="corrupt")] >= 1
+
+
+@pytest.mark.slow
+def test_json_logs_from_twistd(tmp_path):
+    """The README's recipe: ``twistd --logger deposito.events.json_log``."""
+    out = tmp_path / "proxy.json"
+    cport = free_port()
+    env = dict(os.environ, DEPOSITO_JSON_LOG=str(out))
+    proxy = subprocess.Popen([TWISTD, "--logger", "deposito.events.json_log", "-n", "--pidfile",
+                              str(tmp_path / "proxy.pid"), "deposito-proxy", "--port", "tcp:0:interface=127.0.0.1",
+                              "--cluster-port", f"tcp:{cport}:interface=127.0.0.1", "--data", str(tmp_path / "p")],
+                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    (tmp_path / "s0").mkdir()
+    server = subprocess.Popen([TWISTD, "-n", "--pidfile", str(tmp_path / "s0.pid"), "--logfile",
+                               str(tmp_path / "s0.log"), "deposito-server", "--proxy", f"tcp:127.0.0.1:{cport}",
+                               "--port", "tcp:0:interface=127.0.0.1", "--data", str(tmp_path / "s0"),
+                               "--name", "s0", "--zone", "z0"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def joined():
+        if not out.exists():
+            return None
+        lines = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()]
+        return [e for e in lines if e.get("event") == "join"]
+
+    try:
+        found = poll(joined, 20)
+        assert found, out.read_text() if out.exists() else "no JSON log"
+        assert found[0]["id"] == "s0" and found[0]["zone"] == "z0" and found[0]["log_level"]["name"] == "info"
+    finally:
+        for p in (server, proxy):
+            p.send_signal(signal.SIGTERM)
+        for p in (server, proxy):
+            p.wait(15)
