@@ -84,7 +84,7 @@ class Depot:
         self.db(Catalog.save_server, m.id, m.zone, m.host, m.port, m.capacity, m.used, m.blobs)
         if m.up:
             self.kick()
-        self.reconciler.kick()
+        self.reconciler.roster_changed()
 
     async def connect(self, member: Member) -> BlobClient:
         return await client_endpoint(self.reactor, member.host, member.port,

@@ -119,6 +119,8 @@ class Reconciler:
         self.every = every
         self._cycle: defer.Deferred | None = None
         self._again = False
+        self._retry_at: dict[str, float] = {}
+        self.retry_after = 10.0
 
     def start(self) -> None:
         self._loop.start(self.every, now=True).addErrback(lambda f: self.log.failure("reconciler loop", f))
@@ -151,27 +153,41 @@ class Reconciler:
         records = await self.db(Catalog.list, "")
         copies, drops = plan(records, self.roster)
         for drop in drops:
-            self.log.info("dropping the copy of {name} on {id}", name=drop.record.name, id=drop.server, event="drop")
+            self.log.info("dropping the copy of {name} on {id}", name=drop.record.name, id=drop.server,
+                          event="drop")
             await self.db(Catalog.drop_copy, drop.record.blob, drop.server)
         if drops:
             self.depot.kick()
-        waiting = [t for t in copies if t.record.name not in self.running]
+        now = self.reactor.seconds()
+        waiting = [t for t in copies if t.record.name not in self.running
+                   and self._retry_at.get(t.record.name, 0.0) <= now]
         while waiting and len(self.running) < self.concurrency and self._loop.running:
             t = waiting.pop(0)
             d = defer.ensureDeferred(self._copy(t))
             self.running[t.record.name] = d
-            d.addErrback(lambda f: self.log.failure("repair", f))
+            d.addErrback(lambda f: self.log.failure("repair", f))  # then counts as none made
             d.addBoth(self._repaired, t.record.name)
         self.queued = sum(t.count for t in waiting)
         await self.check_waiters(records if not drops else None)
 
-    def _repaired(self, _: object, name: str) -> None:
+    def _repaired(self, made: object, name: str) -> None:
         self.running.pop(name, None)
+        if made:
+            self._retry_at.pop(name, None)
+        else:  # nothing came of it: try that file again later, not at once
+            self._retry_at[name] = self.reactor.seconds() + self.retry_after
         if self._loop.running:
             self.kick()
 
-    async def _copy(self, t: CopyTask) -> None:
+    def roster_changed(self) -> None:
+        """A server came, went or died: what failed before may work now."""
+        self._retry_at.clear()
+        self.kick()
+
+    async def _copy(self, t: CopyTask) -> int:
+        """Add the task's copies; returns how many were made."""
         taken = [self.roster.get(s) or Member(s, "", "", 0) for s in t.holders]
+        made = 0
         for _ in range(t.count):
             try:
                 target = await self.depot.copy_to_new_server(t.record, list(t.sources), taken)
@@ -180,9 +196,12 @@ class Reconciler:
                 self.depot.kick()
                 continue
             except (Unavailable, NoSpace) as e:
-                self.log.warn("cannot add a copy of {name}: {why}", name=t.record.name, why=str(e), event="repair_failed")
+                self.log.warn("cannot add a copy of {name}: {why}", name=t.record.name, why=str(e),
+                              event="repair_failed")
                 self.failures[t.record.name] = e
-                return
+                await self.check_waiters(None)
+                return made
+            made += 1
             counted = await self.db(Catalog.add_copy, t.record.name, t.record.blob, target.id,
                                     self.reactor.seconds())
             self.done += 1
@@ -191,7 +210,8 @@ class Reconciler:
             await self.check_waiters(None)
             if not counted:  # the file changed meanwhile: the copy is garbage
                 self.depot.kick()
-                return
+                return made
+        return made
 
     # -- REPLICAS ... WAIT
 

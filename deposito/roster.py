@@ -71,7 +71,8 @@ class Roster:
         self.on_inventory(self.members[member_id], entries, since)
 
     def corrupt(self, member_id: str, blob: str, why: str) -> None:
-        self.log.warn("storage server {id} found blob {blob} corrupt: {why}", id=member_id, blob=blob, why=why, event="corrupt")
+        self.log.warn("storage server {id} found blob {blob} corrupt: {why}", id=member_id, blob=blob, why=why,
+                      event="corrupt")
         self.on_corrupt(self.members[member_id], blob, why)
 
     def join(self, member_id: str, zone: str, host: str, port: int,

@@ -84,6 +84,17 @@ def test_wait_that_cannot_finish_is_unavailable_and_the_count_stays(fast_cluster
         assert w.stat("conv/stuck")["replicas"] == "2"
 
 
+def test_no_busy_retrying_when_no_server_can_take_a_copy(fast_cluster):
+    with fast_cluster.wire() as w:
+        assert w.put("conv/greedy", b"g", 3).startswith("OK stored")
+    fast_cluster.kill("s2")
+    assert poll(lambda: "cannot add a copy of conv/greedy" in fast_cluster.log("proxy"), 15)
+    before = fast_cluster.log("proxy").count("cannot add a copy of conv/greedy")
+    time.sleep(3)
+    assert fast_cluster.log("proxy").count("cannot add a copy of conv/greedy") - before <= 2
+    assert have(fast_cluster, "conv/greedy") == 2
+
+
 def test_dead_server_copies_are_made_again_and_extras_go_when_it_returns(fast_cluster):
     files = {f"conv/dead{i}": os.urandom(300_000 + i) for i in range(4)}
     with fast_cluster.wire() as w:

@@ -190,7 +190,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
                 raise BadArgs(f"unexpected {command[:20]!r}")
         except DepositoError as e:
             self.log.warn("refused a storage server from {peer}: {error}",
-                          peer=str(self.transport.getPeer()), error=str(e))
+                          peer=str(self.transport.getPeer()), error=str(e), event="refused")
             self.reply(e.reply())
             self.transport.loseConnection()
 
