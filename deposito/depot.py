@@ -12,33 +12,17 @@ import random
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from deposito.blobstore import new_blob_id
 from deposito.catalog import Catalog, CatalogThread, FileRecord
 from deposito.errors import NotFound, Unavailable
 from deposito.placement import place
+from deposito.pool import BlobPool
 from deposito.protocols.blob import BlobClient
 from deposito.roster import Member, Roster
 from deposito.reconciler import Reconciler, assess, plan
 from deposito.transfer import CopyFailed, Upload, copy_blob, stream_blob
-
-
-def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
-    """An endpoint to a storage server; IP literals skip the resolver thread."""
-    if isIPAddress(host):
-        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    if isIPv6Address(host):
-        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-    return HostnameEndpoint(reactor, host, port, timeout=timeout)
-
-
-class _BlobClients(Factory):
-    noisy = False  # one connection per transfer: no log line for each
-    protocol = BlobClient
 
 
 class Depot:
@@ -52,6 +36,7 @@ class Depot:
         self.roster = roster
         self.default_replicas = default_replicas
         self.connect_timeout = connect_timeout
+        self.pool = BlobPool(reactor, connect_timeout)
         self.stall_timeout = stall_timeout
         self._collector = task.LoopingCall(self._collect)
         self._collector.clock = reactor
@@ -68,6 +53,7 @@ class Depot:
         return d
 
     def _started(self, _: object) -> None:
+        self.pool.start()
         self._collector.start(self.collect_every, now=False)
         self.reconciler.start()
 
@@ -77,6 +63,7 @@ class Depot:
         await self.reconciler.stop()
         if self._collecting is not None:
             await self._collecting
+        self.pool.stop()
 
     def member_changed(self, m: Member) -> None:
         """The roster's hook: remember servers across restarts; collect from a
@@ -87,8 +74,8 @@ class Depot:
         self.reconciler.roster_changed()
 
     async def connect(self, member: Member) -> BlobClient:
-        return await client_endpoint(self.reactor, member.host, member.port,
-                                     self.connect_timeout).connect(_BlobClients())
+        """A connection to a storage server; hand it back with ``self.pool.release``."""
+        return await self.pool.connect(member)
 
     # -- PUT
 
@@ -101,7 +88,8 @@ class Depot:
             m.reserved += size
         try:
             version = await self.db(Catalog.begin_upload, name, blob, [m.id for m in targets])
-            upload = Upload(self.reactor, name, version, blob, size, replicas, self.stall_timeout)
+            upload = Upload(self.reactor, name, version, blob, size, replicas, self.stall_timeout,
+                            release=self.pool.release)
             clients = await defer.DeferredList(
                 [defer.ensureDeferred(self.connect(m)) for m in targets], consumeErrors=True)
             for m, (ok, client) in zip(targets, clients):
@@ -162,7 +150,7 @@ class Depot:
             await self.db(Catalog.add_intent, record.blob, target.id)
             self.log.info("copying {name} to {id}", name=record.name, id=target.id)
             await copy_blob(self.connect, list(sources), target, record.blob, record.size, record.sha256,
-                            record.name, record.version, record.replicas)
+                            record.name, record.version, record.replicas, release=self.pool.release)
         except Exception as e:
             self.log.warn("copy of {name} to {id} failed: {why}", name=record.name, id=target.id, why=str(e))
             raise CopyFailed(target, str(e)) from e
@@ -198,7 +186,8 @@ class Depot:
         sources = self.healthy(record)
         if not sources:
             raise Unavailable(f"no copy of {record.name} is on a live server")
-        await stream_blob(self.connect, sources, record.blob, record.size, consumer, started)
+        await stream_blob(self.connect, sources, record.blob, record.size, consumer, started,
+                          release=self.pool.release)
 
     async def list(self, prefix: str) -> list[FileRecord]:
         return await self.db(Catalog.list, prefix)
@@ -303,7 +292,7 @@ class Depot:
                 try:
                     await client.delete_blob(blob)
                 finally:
-                    client.transport.loseConnection()
+                    self.pool.release(client)
             except Exception as e:
                 self.log.warn("cannot delete {blob} from {id} yet: {why}", blob=blob, id=server, why=str(e))
                 continue

@@ -138,7 +138,7 @@ def test_get_fails_over_mid_stream(cluster):
 
 
 def serving_servers(cluster):
-    """Servers with an established connection on their blob port (from /proc/net/tcp)."""
+    """Servers sending on their blob port (from /proc/net/tcp)."""
     with cluster.wire() as w:
         ports = {int(ln.split()[1].rsplit(":", 1)[1]): ln.split()[0] for ln in w.multi("SERVERS")}
     busy = set()
@@ -146,7 +146,9 @@ def serving_servers(cluster):
         if os.path.exists(table):
             for row in open(table).read().splitlines()[1:]:
                 cols = row.split()
-                if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) in ports:
+                # established, and with bytes waiting to go: idle pooled connections have none
+                if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) in ports \
+                        and int(cols[4].split(":")[0], 16) > 0:
                     busy.add(ports[int(cols[1].rsplit(":", 1)[1], 16)])
     return sorted(busy)
 
