@@ -230,6 +230,10 @@ class _CountingConsumer:
     def unregisterProducer(self) -> None:
         self.consumer.unregisterProducer()
 
+    @property
+    def disconnected(self) -> bool:
+        return bool(getattr(self.consumer, "disconnected", False))
+
 
 class MeteredDepot:
     """The Depot as the text protocol sees it, with PUT, GET and REPLICAS

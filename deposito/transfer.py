@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from deposito.errors import DepositoError, Unavailable
-from deposito.protocols.blob import BlobClient
+from deposito.protocols.blob import BlobClient, ConnectionLost
 from deposito.roster import Member
 
 Connect = Callable[[Member], Awaitable[BlobClient]]
@@ -193,6 +193,8 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: 
     for member in sources:
         if begun and sink.count >= size:
             break
+        if getattr(consumer, "disconnected", False):  # the reader left: no copy can help
+            raise ConnectionLost("the reader went away")
         client = None
         try:
             client = await connect(member)
