@@ -269,6 +269,8 @@ class Catalog:
             db.executemany("DELETE FROM copies WHERE blob = ? AND server = ?", [(b, server) for b in missing])
             counted = garbage = 0
             for blob in present - listed.keys():
+                if db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone():
+                    continue  # on its way out: counting it again would race its deletion
                 if db.execute("SELECT 1 FROM files WHERE blob = ?", (blob,)).fetchone():
                     db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", (blob, server, before))
                     db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
@@ -283,8 +285,20 @@ class Catalog:
     def garbage_count(self) -> list[tuple[str, int]]:
         return self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall()
 
-    def garbage(self, limit: int = 100) -> list[tuple[str, str]]:
-        return self.db.execute("SELECT blob, server FROM garbage LIMIT ?", (limit,)).fetchall()
+    def garbage(self, servers: Iterable[str], limit: int = 100) -> list[tuple[str, str]]:
+        """Copies to delete from the given (reachable) servers."""
+        servers = list(servers)
+        if not servers:
+            return []
+        return self.db.execute(
+            "SELECT blob, server FROM garbage WHERE server IN (%s) LIMIT ?" % ",".join("?" * len(servers)),
+            (*servers, limit)).fetchall()
+
+    def busy(self, blob: str) -> list[str]:
+        """Servers where ``blob`` is being written or waits to be deleted: no place for a new copy."""
+        return [row[0] for row in self.db.execute(
+            "SELECT server FROM intents WHERE blob = ? UNION SELECT server FROM garbage WHERE blob = ?",
+            (blob, blob))]
 
     def forget_garbage(self, blob: str, server: str) -> None:
         self._tx(lambda db: db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server)))
@@ -329,7 +343,7 @@ class Catalog:
 # deleted again ("absent"); a server's address comes again when it joins.
 for _method in (Catalog.begin_upload, Catalog.add_intent, Catalog.forget_garbage, Catalog.save_server,
                 Catalog.lookup, Catalog.list, Catalog.garbage, Catalog.garbage_count, Catalog.servers,
-                Catalog.totals):
+                Catalog.totals, Catalog.busy):
     _method.durable = False  # type: ignore[attr-defined]
 
 

@@ -71,6 +71,8 @@ class Depot:
         self.db(Catalog.save_server, m.id, m.zone, m.host, m.port, m.capacity, m.used, m.blobs)
         if m.up:
             self.kick()
+        else:
+            self.pool.abort(m)
         self.reconciler.roster_changed()
 
     async def connect(self, member: Member) -> BlobClient:
@@ -283,7 +285,8 @@ class Depot:
         return None
 
     async def _collect_once(self) -> None:
-        for blob, server in await self.db(Catalog.garbage, 200):
+        up = [m.id for m in self.roster.up()]
+        for blob, server in await self.db(Catalog.garbage, up, 200):
             member = self.roster.get(server)
             if member is None or not member.up:
                 continue

@@ -8,6 +8,7 @@ before the servers' own idle timeout.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from twisted.internet import task
@@ -41,6 +42,7 @@ class BlobPool:
         self.per_server = per_server
         self.idle_seconds = idle_seconds
         self._idle: dict[tuple[str, int], list[tuple[BlobClient, float]]] = {}
+        self._open: dict[tuple[str, int], weakref.WeakSet[BlobClient]] = {}
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = reactor
 
@@ -64,7 +66,17 @@ class BlobPool:
         endpoint = client_endpoint(self.reactor, member.host, member.port, self.connect_timeout)
         client = await endpoint.connect(_BlobClients())
         client.pool_key = key
+        self._open.setdefault(key, weakref.WeakSet()).add(client)
         return client
+
+    def abort(self, member: Member) -> None:
+        """The server is down: cut every connection to it, busy or idle, so no
+        transfer waits on a server that stopped answering."""
+        key = (member.host, member.port)
+        self._idle.pop(key, None)
+        for client in list(self._open.pop(key, ())):
+            if client.transport is not None and client.transport.connected:
+                client.transport.abortConnection()
 
     def release(self, client: BlobClient) -> None:
         """A transfer is done with ``client``: keep it if it is clean, else close it."""

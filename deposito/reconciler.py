@@ -186,14 +186,17 @@ class Reconciler:
 
     async def _copy(self, t: CopyTask) -> int:
         """Add the task's copies; returns how many were made."""
-        taken = [self.roster.get(s) or Member(s, "", "", 0) for s in t.holders]
+        busy = await self.db(Catalog.busy, t.record.blob)
+        taken = [self.roster.get(s) or Member(s, "", "", 0) for s in {*t.holders, *busy}]
         made = 0
+        failed: DepositoError | None = None
         for _ in range(t.count):
             try:
                 target = await self.depot.copy_to_new_server(t.record, list(t.sources), taken)
             except CopyFailed as e:
                 await self.db(Catalog.abandon_copy, t.record.blob, e.target.id)
                 self.depot.kick()
+                failed = e
                 continue
             except (Unavailable, NoSpace) as e:
                 self.log.warn("cannot add a copy of {name}: {why}", name=t.record.name, why=str(e),
@@ -211,6 +214,9 @@ class Reconciler:
             if not counted:  # the file changed meanwhile: the copy is garbage
                 self.depot.kick()
                 return made
+        if not made and failed is not None:  # every attempt failed: a waiting REPLICAS hears it
+            self.failures[t.record.name] = failed
+            await self.check_waiters(None)
         return made
 
     # -- REPLICAS ... WAIT
@@ -239,9 +245,10 @@ class Reconciler:
                 self.waiters.pop(name, None)
                 continue
             record = by_name.get(name) if by_name is not None else await self.db(Catalog.lookup, name)
+            entries = self.waiters.get(name, [])  # a client may have left meanwhile
             for count, d in list(entries):
                 outcome = self._outcome(record, count, name)
-                if outcome is None:
+                if outcome is None or d.called:
                     continue
                 entries.remove((count, d))
                 if isinstance(outcome, DepositoError):

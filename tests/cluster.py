@@ -120,6 +120,16 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _digest(path: Path, size: int) -> str | None:
+    """The sha256 of a blob file of that size; None if it is another size or gone meanwhile."""
+    try:
+        if path.stat().st_size != size:
+            return None
+        return sha(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
 def poll(fn, timeout: float = 20, every: float = 0.1):
     deadline = time.monotonic() + timeout
     value = fn()
@@ -226,7 +236,7 @@ class Cluster:
         digest = sha(data)
         out = []
         for sid in sorted(p.name for p in self.root.iterdir() if p.is_dir() and re.fullmatch(r"s\d+", p.name)):
-            if any(sha(f.read_bytes()) == digest for f in self.blob_files(sid) if f.stat().st_size == len(data)):
+            if any(_digest(f, len(data)) == digest for f in self.blob_files(sid)):
                 out.append(sid)
         return out
 

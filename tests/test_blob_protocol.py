@@ -151,3 +151,14 @@ def settle():
         if not any(type(s).__name__ in ("Server", "Client") for s in reactor.getReaders() + reactor.getWriters()):
             return
         yield deferLater(0.01)
+
+
+def test_a_second_write_before_end_is_refused_and_frees_the_first(tmp_path):
+    device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 20)
+    proto, tr = server_on_string_transport(device)
+    proto.dataReceived(f"WRITE {new_blob_id()} 1 1 1 x\nz".encode())
+    assert device.reserved == 1
+    proto.dataReceived(f"WRITE {new_blob_id()} 1 1 1 y\n".encode())
+    assert tr.value().startswith(b"ERR badcommand") and tr.disconnecting
+    proto.connectionLost(None)
+    assert device.reserved == 0

@@ -36,10 +36,10 @@ def test_replaced_and_deleted_copies_become_garbage(cat):
     cat.commit("f", v, "b1", 1, "x", 2, ["s1", "s2"], 0.0)
     v = cat.begin_upload("f", "b2", ["s3"])
     cat.commit("f", v, "b2", 1, "y", 1, ["s3"], 0.0)
-    assert sorted(cat.garbage()) == [("b1", "s1"), ("b1", "s2")]
+    assert sorted(cat.garbage(["s1", "s2", "s3"])) == [("b1", "s1"), ("b1", "s2")]
     cat.forget_garbage("b1", "s1")
     cat.delete("f")
-    assert sorted(cat.garbage()) == [("b1", "s2"), ("b2", "s3")]
+    assert sorted(cat.garbage(["s1", "s2", "s3"])) == [("b1", "s2"), ("b2", "s3")]
 
 
 def test_a_stale_commit_is_garbage_at_once(cat):
@@ -48,7 +48,7 @@ def test_a_stale_commit_is_garbage_at_once(cat):
     assert cat.commit("f", v2, "b2", 1, "x", 1, ["s2"], 0.0)
     assert not cat.commit("f", v1, "b1", 1, "y", 1, ["s1"], 0.0)
     assert cat.lookup("f").blob == "b2"
-    assert cat.garbage() == [("b1", "s1")]
+    assert cat.garbage(["s1", "s2", "s3"]) == [("b1", "s1")]
 
 
 def test_unfinished_uploads_are_garbage_after_a_restart(tmp_path):
@@ -57,7 +57,7 @@ def test_unfinished_uploads_are_garbage_after_a_restart(tmp_path):
     c.close()
     c = Catalog(str(tmp_path))
     assert c.recover() == 2
-    assert sorted(c.garbage()) == [("b1", "s1"), ("b1", "s2")]
+    assert sorted(c.garbage(["s1", "s2", "s3"])) == [("b1", "s1"), ("b1", "s2")]
     assert c.lookup("f") is None
     c.close()
 
@@ -66,10 +66,10 @@ def test_abandon_and_partial_commit(cat):
     v = cat.begin_upload("f", "b1", ["s1", "s2"])
     cat.add_intent("b1", "s3")
     cat.commit("f", v, "b1", 1, "x", 2, ["s1", "s3"], 0.0)
-    assert cat.garbage() == [("b1", "s2")]  # the failed target's partial copy
+    assert cat.garbage(["s1", "s2", "s3"]) == [("b1", "s2")]  # the failed target's partial copy
     v = cat.begin_upload("g", "b2", ["s1"])
     cat.abandon("b2")
-    assert ("b2", "s1") in cat.garbage()
+    assert ("b2", "s1") in cat.garbage(["s1", "s2", "s3"])
 
 
 def test_list_prefix_is_literal(cat):
@@ -106,3 +106,22 @@ def test_catalog_thread_answers_in_order_after_commit(tmp_path):
         assert ok and (yield db(Catalog.lookup, "f")).blob == "b19"
     finally:
         db.stop()
+
+
+def test_garbage_on_unreachable_servers_never_blocks_the_rest(cat):
+    for i in range(300):  # a dead server's pile of garbage
+        v = cat.begin_upload(f"d{i}", f"dead{i}", ["dead"])
+        cat.abandon(f"dead{i}")
+    v = cat.begin_upload("live", "b-live", ["s1"])
+    cat.abandon("b-live")
+    assert cat.garbage(["s1"], 200) == [("b-live", "s1")]
+    assert cat.garbage([], 200) == []
+
+
+def test_busy_servers_and_inventory_do_not_recount_garbage(cat):
+    v = cat.begin_upload("f", "b1", ["s1", "s2"])
+    cat.commit("f", v, "b1", 1, "x", 2, ["s1"], 0.0)  # s2's partial copy is garbage now
+    assert sorted(cat.busy("b1")) == ["s2"]
+    # s2 lists the blob before its deletion lands: it must not count again
+    assert cat.reconcile_inventory("s2", ["b1"], before=10.0) == (0, 0, 0)
+    assert cat.lookup("f").servers == ("s1",)

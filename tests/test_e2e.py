@@ -266,3 +266,21 @@ def test_bad_option_exits_nonzero_naming_it(tmp_path, plugin, args, option):
                        capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert r.returncode != 0
     assert option in r.stderr.splitlines()[0]
+
+
+def test_get_survives_a_frozen_server(cluster):
+    """A server that stops answering (SIGSTOP) without closing its sockets."""
+    data = os.urandom(2 << 20)
+    with cluster.wire() as w:
+        assert w.put("frozen", data, 2).startswith("OK stored")
+    frozen = cluster.holders(data)[0]
+    cluster.servers[frozen].send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        for _ in range(4):
+            with cluster.wire() as w:
+                assert w.get("frozen")[1] == data
+        assert time.monotonic() - started < 30
+        assert cluster.states()[frozen] == "down"
+    finally:
+        cluster.servers[frozen].send_signal(signal.SIGCONT)

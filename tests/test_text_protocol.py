@@ -191,3 +191,13 @@ def test_list_stat_servers_delete():
     assert out[3].startswith("OK name=b size=2 ") and out[3].endswith("replicas=1 have=1 servers=s1")
     assert out[4:6] == ["OK 1", "s1 h:1 up used=0 capacity=0 blobs=0 zone=z"]
     assert out[6:] == ["OK deleted name=b", "OK 1", '1 1 1 "a x"']
+
+
+def test_8k_line_with_crlf_is_accepted_too():
+    proto, tr, _ = connect()
+    tr.clear()
+    line = b"GET " + b"x" * (8192 - 4)
+    proto.dataReceived(line + b"\r\n")
+    assert lines(tr)[0].startswith("ERR badargs name longer") and not tr.disconnecting
+    proto.dataReceived(line + b"x\r\n")
+    assert lines(tr) == ["ERR badargs line too long"] and tr.disconnecting

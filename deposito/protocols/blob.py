@@ -86,6 +86,8 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             words = split(text)
             if not words:
                 return
+            if self._incoming is not None and words[0].upper() != "END":
+                raise BadCommand("END expected after the bytes of a WRITE")
             handler_for(self, words)(*words[1:])
         except DepositoError as e:
             # bytes may follow a refused WRITE: the stream cannot be trusted
@@ -95,6 +97,8 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     # -- WRITE
 
     def do_WRITE(self, blob: str, size: str, version: str, replicas: str, name: str) -> None:
+        if self._incoming is not None:
+            raise BadCommand("WRITE before the last one ended")
         meta = BlobMeta(
             blob=check_blob_id(blob), name=check_name(name),
             version=parse_count(version, "version", 1),
@@ -138,7 +142,8 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self._in_flight -= size
         if self._paused_for_disk and self._in_flight <= WINDOW_BYTES // 2:
             self._paused_for_disk = False
-            self.transport.resumeProducing()
+            if not self.paused:  # still paused for a commit: that resumes it
+                self.transport.resumeProducing()
 
     def _write_failed(self, failure: Failure, size: int) -> None:
         self._written(None, size)
@@ -275,6 +280,8 @@ class _BlobSender:
 
     def _failed(self, failure: Failure) -> None:
         self.reading = False
+        if self.stopped:  # the file was closed under the read: not the blob's fault
+            return
         if failure.check(Corrupt):
             self.device.corrupt(self.meta.blob, failure.getErrorMessage())
         else:
@@ -311,13 +318,15 @@ class BlobServerFactory(Factory):
         return p
 
 
-class BlobClient(LineProtocol):
+class BlobClient(LineProtocol, TimeoutMixin):
     """The proxy's end of a blob connection: one request at a time.
 
     ``write_blob``/``send``/``end`` upload a blob; ``read_blob`` streams one
     into a sink; ``delete_blob`` removes one. Each returns a Deferred that fails
     with a DepositoError on an ERR reply or ConnectionLost.
     """
+
+    request_timeout = 60.0  # no reply, or no byte of a body, for this long: the server is hung
 
     def __init__(self) -> None:
         self._waiting: defer.Deferred | None = None
@@ -338,11 +347,20 @@ class BlobClient(LineProtocol):
                 and self._waiting is None and self._body is None and self._sink is None
                 and bool(self.line_mode) and not self._buffer and getattr(t, "producer", None) is None)
 
-    def _expect(self) -> defer.Deferred:
+    def _expect(self, deadline: bool = True) -> defer.Deferred:
         if self.lost:
             return defer.fail(ConnectionLost("storage server connection lost"))
         self._waiting = defer.Deferred()
+        if deadline:
+            self.setTimeout(self.request_timeout)
         return self._waiting
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def timeoutConnection(self) -> None:
+        self.transport.abortConnection()
 
     def badLine(self, why: str) -> None:
         self.transport.abortConnection()
@@ -352,6 +370,8 @@ class BlobClient(LineProtocol):
 
     def textReceived(self, text: str) -> None:
         d, self._waiting = self._waiting, None
+        if self._sink is None or not text.startswith("OK"):
+            self.setTimeout(None)  # answered; a READ's body keeps the deadline per byte
         if d is None:
             self.transport.abortConnection()
             return
@@ -366,7 +386,7 @@ class BlobClient(LineProtocol):
             d.errback(from_reply(text))
 
     def write_blob(self, blob: str, size: int, version: int, replicas: int, name: str) -> defer.Deferred:
-        d = self._expect()
+        d = self._expect(deadline=False)  # the upload's own stall watch covers the bytes; END arms it
         self.reply(f"WRITE {blob} {size} {version} {replicas} {quote(name)}")
         return d
 
@@ -375,6 +395,7 @@ class BlobClient(LineProtocol):
 
     def end(self, sha256: str) -> None:
         self.reply(f"END {sha256}")
+        self.setTimeout(self.request_timeout)
 
     def delete_blob(self, blob: str) -> defer.Deferred:
         d = self._expect()
@@ -419,6 +440,7 @@ class BlobClient(LineProtocol):
                 self.setLineMode(data[len(take):])
 
     def _end_body(self) -> None:
+        self.setTimeout(None)
         body, self._body, self._sink = self._body, None, None
         self.setLineMode()
         if body is not None:
@@ -426,6 +448,7 @@ class BlobClient(LineProtocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.lost = True
+        self.setTimeout(None)
         err = ConnectionLost("storage server connection lost")
         for d in (self._waiting, self._body):
             if d is not None and not d.called:

@@ -25,9 +25,10 @@ from twisted.python.failure import Failure
 
 from deposito.errors import BadArgs, DepositoError, from_reply
 from deposito.protocols.lines import LineProtocol
-from deposito.protocols.words import fields, parse_count, quote, split
+from deposito.protocols.words import check_name, fields, parse_count, quote, split
 
 SERVER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 HEARTBEAT = 1.0
 MISSED_HEARTBEATS = 5
 
@@ -135,7 +136,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     log = Logger()
 
-    MAX_INVENTORY = 50_000_000
+    MAX_INVENTORY = 2_000_000
 
     def __init__(self, roster: Any, heartbeat: float) -> None:
         self.roster = roster
@@ -199,8 +200,10 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             raise BadArgs("inventory line: <blob> <version> <size> <sha256> <replicas> <name>")
         blob, version, size, sha256, replicas, name = words
         assert self._inventory is not None
+        if not SHA256.match(sha256):
+            raise BadArgs("inventory line: bad sha256")
         self._inventory.append((check_blob(blob), parse_count(version, "version"), parse_count(size, "size"),
-                                sha256, parse_count(replicas, "replicas"), name))
+                                sha256, parse_count(replicas, "replicas", 0, 16), check_name(name)))
         self._inventory_done()
 
     def _inventory_done(self) -> None:

@@ -34,7 +34,7 @@ class LineProtocol(LineReceiver):
     """LineReceiver that splits on LF, strips CR and decodes UTF-8."""
 
     delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
+    MAX_LENGTH = MAX_LINE + 1  # the line and the CR that may end it
 
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):

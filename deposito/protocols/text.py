@@ -80,7 +80,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     def timeoutConnection(self) -> None:
         if self._upload is not None:
             self.reply("ERR badargs upload stalled, closing")
-        self.transport.loseConnection()
+        self.transport.abortConnection()  # a peer that stopped reading would keep loseConnection waiting
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.reply("ERR badargs line too long")
@@ -105,6 +105,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             d.addBoth(self._resume)
 
     def _failed(self, failure: Failure) -> None:
+        if failure.check(defer.CancelledError):  # the client left during REPLICAS ... WAIT
+            return
         if isinstance(failure.value, DepositoError):
             err = failure.value
         else:
@@ -115,7 +117,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
     def _resume(self, _: object) -> None:
         if self._broken:
-            self.transport.loseConnection()
+            self.transport.abortConnection()
         elif self.transport.connected:
             self.setTimeout(self.idle_timeout)
             self.resumeProducing()
@@ -166,6 +168,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             self._done.callback(None)
         await self._done
         self._upload = None
+        self.setTimeout(None)  # the copies may take a while to be made durable: not a stall
         record = await self.depot.finish_put(upload)
         self.reply(f"OK stored name={quote(record.name)} version={record.version} size={record.size}"
                    f" sha256={record.sha256} replicas={len(record.servers)}")
