@@ -23,6 +23,7 @@ from deposito.blocking import BlockingClient, parse_address
 from deposito.client import CHUNK_SIZE, AsideFile, ConnectionLost, Progress
 from deposito.errors import DepositoError
 from deposito.protocols.words import quote
+from deposito.sizes import human_bytes
 
 PROG = "deposito"
 DEFAULT_PROXY = "127.0.0.1:7000"
@@ -136,15 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _table(rows: list[list[str]], right: int) -> None:
@@ -264,7 +256,7 @@ def _stat(client: BlockingClient, args: argparse.Namespace) -> None:
         _print_json(attrs.asdict(st, value_serializer=lambda _i, _a, v: list(v) if isinstance(v, tuple) else v))
         return
     print(f"name:     {st.name}")
-    print(f"size:     {st.size} ({_human_bytes(st.size)})")
+    print(f"size:     {st.size} ({human_bytes(st.size)})")
     print(f"sha256:   {st.sha256}")
     print(f"version:  {st.version}")
     print(f"replicas: {st.replicas} wanted, {st.have} healthy")
@@ -297,7 +289,7 @@ def _servers(client: BlockingClient, args: argparse.Namespace) -> None:
         return
     if servers:
         _table([["ID", "ADDRESS", "STATE", "USED", "CAPACITY", "BLOBS", "ZONE"]]
-               + [[s.id, s.address, s.state, _human_bytes(s.used), _human_bytes(s.capacity), str(s.blobs), s.zone]
+               + [[s.id, s.address, s.state, human_bytes(s.used), human_bytes(s.capacity), str(s.blobs), s.zone]
                   for s in servers], right=0)
 
 

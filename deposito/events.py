@@ -25,6 +25,7 @@ from twisted.logger import FileLogObserver, ILogObserver, eventAsJSON, formatEve
 from zope.interface import implementer
 
 from deposito.errors import DepositoError
+from deposito.transfer import CountingConsumer
 
 EVENT_KINDS = ("join", "down", "dead", "corrupt", "inventory", "repaired", "drop", "repair_failed", "refused")
 REPAIR_KINDS = {"repaired": "copy", "drop": "drop"}
@@ -213,28 +214,6 @@ def outcome(error: BaseException | str | None) -> str:
     return error.code if isinstance(error, DepositoError) else "error"
 
 
-class _CountingConsumer:
-    """Passes a read on to ``consumer``, counting its bytes."""
-
-    def __init__(self, consumer: Any) -> None:
-        self.consumer = consumer
-        self.count = 0
-
-    def write(self, data: bytes) -> None:
-        self.count += len(data)
-        self.consumer.write(data)
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.consumer.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self.consumer.unregisterProducer()
-
-    @property
-    def disconnected(self) -> bool:
-        return bool(getattr(self.consumer, "disconnected", False))
-
-
 class MeteredDepot:
     """The Depot as the text protocol sees it, with PUT, GET and REPLICAS
     counted and timed. Everything else goes straight through."""
@@ -281,7 +260,7 @@ class MeteredDepot:
 
     async def read(self, record: Any, consumer: Any, started: Any) -> None:
         began = self._clock.seconds()
-        counted = _CountingConsumer(consumer)
+        counted = CountingConsumer(consumer)
         try:
             await self._depot.read(record, counted, started)
         except BaseException as e:

@@ -166,8 +166,8 @@ class Upload:
             lane.close()
 
 
-class _Counter:
-    """A sink that counts what it passes on."""
+class CountingConsumer:
+    """Passes bytes (and a producer) on to ``consumer``, counting the bytes."""
 
     def __init__(self, consumer: Any) -> None:
         self.consumer = consumer
@@ -176,6 +176,16 @@ class _Counter:
     def write(self, data: bytes) -> None:
         self.count += len(data)
         self.consumer.write(data)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.consumer.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.consumer.unregisterProducer()
+
+    @property
+    def disconnected(self) -> bool:
+        return bool(getattr(self.consumer, "disconnected", False))
 
 
 async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: int,
@@ -187,7 +197,7 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: 
     ``started`` is called once, before the first byte. Raises Unavailable if
     no copy could be read (then, if ``started`` ran, the stream is short).
     """
-    sink = _Counter(consumer)
+    sink = CountingConsumer(consumer)
     begun = False
     last: Exception | None = None
     for member in sources:

@@ -31,6 +31,7 @@ from deposito.errors import BadArgs, DepositoError, NotFound, Unavailable
 from deposito.events import EventLog, Event, Metrics, outcome
 from deposito.protocols.words import check_name
 from deposito.reconciler import assess
+from deposito.sizes import human_bytes
 from deposito.transfer import stream_blob
 
 log = Logger()
@@ -67,15 +68,6 @@ def file_json(depot: Any, r: Any) -> dict[str, Any]:
 
 
 # -- the status page
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 KIND_WORDS = {"join": "joined", "down": "down", "dead": "dead", "corrupt": "corrupt copy",
