@@ -23,7 +23,7 @@ class ProxyService(service.MultiService):
 
     def __init__(self, reactor: Any, data: str, client_endpoint: Any, cluster_endpoint: Any,
                  replicas: int, dead_after: float = 300.0, heartbeat: float = HEARTBEAT,
-                 http_endpoint: Any = None) -> None:
+                 http_endpoint: Any = None, tokens: Any = None, max_size: int | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
@@ -39,10 +39,11 @@ class ProxyService(service.MultiService):
         self.metrics = Metrics()
         self.events.listeners.append(self.metrics.event)
         front = MeteredDepot(self.depot, self.metrics, reactor)
-        StreamServerEndpointService(client_endpoint, DepotFactory(front)).setServiceParent(self)
+        StreamServerEndpointService(client_endpoint, DepotFactory(front, tokens=tokens, max_size=max_size)
+                                    ).setServiceParent(self)
         StreamServerEndpointService(cluster_endpoint, MemberFactory(self.roster, heartbeat)).setServiceParent(self)
         if http_endpoint is not None:
-            site = status_site(self.depot, self.events, self.metrics, reactor)
+            site = status_site(self.depot, self.events, self.metrics, reactor, tokens)
             StreamServerEndpointService(http_endpoint, site).setServiceParent(self)
 
     def startService(self) -> None:

@@ -7,7 +7,8 @@ import os
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from deposito.options import FirstLineOptions, check_endpoint, parse_int, parse_seconds
+from deposito.options import FirstLineOptions, check_endpoint, parse_bytes, parse_int, parse_seconds
+from deposito.tokens import Tokens
 
 
 class Options(FirstLineOptions):
@@ -23,6 +24,8 @@ class Options(FirstLineOptions):
         ["replicas", None, "2", "replica count for a PUT that names none (1-16)"],
         ["dead-after", None, "300", "seconds of silence after which a server is dead and its copies are made again"],
         ["http", None, None, "endpoint for the status page, /metrics, the JSON API and downloads (off unless given)"],
+        ["tokens", None, None, "file of client tokens, one per line: clients must AUTH first"],
+        ["max-size", None, None, "the largest file accepted, e.g. 10G (ERR toolarge above it)"],
     ]
 
     def postOptions(self) -> None:
@@ -35,6 +38,13 @@ class Options(FirstLineOptions):
                            lambda v: endpoints.serverFromString(reactor, v))
         self["replicas"] = parse_int("--replicas", self["replicas"], 1, 16)
         self["dead-after"] = parse_seconds("--dead-after", self["dead-after"])
+        if self["tokens"] is not None:
+            try:
+                self["tokens"] = Tokens.from_file(self["tokens"])
+            except (OSError, ValueError, UnicodeDecodeError) as e:
+                raise usage.UsageError(f"--tokens: {e}") from None
+        if self["max-size"] is not None:
+            self["max-size"] = parse_bytes("--max-size", self["max-size"])
         if not self["data"]:
             raise usage.UsageError("--data must name a directory")
         self["data"] = os.path.abspath(self["data"])
@@ -57,4 +67,6 @@ def makeService(options: Options):
         options["replicas"],
         dead_after=options["dead-after"],
         http_endpoint=endpoints.serverFromString(reactor, options["http"]) if options["http"] else None,
+        tokens=options["tokens"],
+        max_size=options["max-size"],
     )

@@ -517,7 +517,7 @@ class Downloads(Resource):
         request.finish()
 
 
-def status_site(depot: Any, events: EventLog, metrics: Metrics, clock: Any) -> Site:
+def status_site(depot: Any, events: EventLog, metrics: Metrics, clock: Any, tokens: Any = None) -> Site:
     """The whole HTTP side, as a twisted.web Site."""
     root = Resource()
     root.putChild(b"", StatusPage(depot, events, metrics, clock))
@@ -525,11 +525,31 @@ def status_site(depot: Any, events: EventLog, metrics: Metrics, clock: Any) -> S
     api = Resource()
     api.putChild(b"status", StatusAPI(depot, events, metrics, clock))
     api.putChild(b"servers", ServersAPI(depot, events, metrics, clock))
-    api.putChild(b"files", FilesAPI(depot, events, metrics, clock))
+    api.putChild(b"files", _Guarded(FilesAPI(depot, events, metrics, clock), tokens))
     root.putChild(b"api", api)
-    root.putChild(b"files", Downloads(depot, metrics, clock))
+    root.putChild(b"files", _Guarded(Downloads(depot, metrics, clock), tokens))
     site = _QuietSite(root)
     return site
+
+
+class _Guarded(Resource):
+    """With --tokens, file names and bytes need ``Authorization: Bearer <token>``."""
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource, tokens: Any) -> None:
+        super().__init__()
+        self.inner, self.tokens = inner, tokens
+
+    def render(self, request: Any) -> Any:
+        if self.tokens is not None:
+            given = (request.getHeader("authorization") or "").partition("Bearer ")[2].strip()
+            if not given or not self.tokens.check(given):
+                request.setResponseCode(401)
+                request.setHeader(b"www-authenticate", b'Bearer realm="deposito"')
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                return b"a token is needed: Authorization: Bearer <token>\n"
+        return self.inner.render(request)
 
 
 class _QuietSite(Site):

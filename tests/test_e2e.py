@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -256,7 +257,9 @@ def test_sigterm_stops_cleanly_and_removes_the_pidfile(tmp_path):
     ("deposito-proxy", ["--replicas", "0"], "--replicas"),
     ("deposito-proxy", ["--port", "nonsense:1"], "--port"),
     ("deposito-proxy", ["--dead-after", "soon"], "--dead-after"),
-    ("deposito-proxy", ["--tokens", "t.txt"], "--tokens"),
+    ("deposito-proxy", ["--tokens", "no-such-file"], "--tokens"),
+    ("deposito-proxy", ["--max-size", "big"], "--max-size"),
+    ("deposito-proxy", ["--secret", "s.txt"], "--secret"),
     ("deposito-server", ["--scrub-every", "0"], "--scrub-every"),
     ("deposito-server", ["--capacity", "lots"], "--capacity"),
     ("deposito-server", ["--name", "a b"], "--name"),
@@ -284,3 +287,41 @@ def test_get_survives_a_frozen_server(cluster):
         assert cluster.states()[frozen] == "down"
     finally:
         cluster.servers[frozen].send_signal(signal.SIGCONT)
+
+
+def test_tokens_and_max_size_on_a_real_proxy(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    from deposito.blocking import BlockingClient
+    from deposito.errors import Denied, TooLarge
+    from tests.cluster import free_port
+
+    (tmp_path / "tokens").write_text("# clients\nalpha\n\nbeta\n")
+    http = free_port()
+    c = Cluster(tmp_path, proxy_args=("--tokens", str(tmp_path / "tokens"), "--max-size", "1M",
+                                      "--http", f"tcp:{http}:interface=127.0.0.1"))
+    try:
+        c.start_proxy()
+        c.start_server("s0")
+        with c.wire() as w:
+            assert w.cmd("SERVERS") == "ERR denied AUTH <token> first"
+            assert w.cmd("AUTH gamma") == "ERR denied wrong token"
+            assert w.cmd("AUTH beta") == "OK"
+            assert poll(lambda: w.multi("SERVERS") and w.multi("SERVERS")[0].split()[2] == "up", 20)
+            assert w.cmd(f"PUT big {(1 << 20) + 1} 1").startswith("ERR toolarge")
+        with BlockingClient(("127.0.0.1", c.port), token="alpha") as client:
+            client.put("ok", io.BytesIO(b"hello"), replicas=1)
+            with pytest.raises(TooLarge):
+                client.put("big", io.BytesIO(b"x" * ((1 << 20) + 1)), replicas=1)
+        with pytest.raises(Denied):
+            with BlockingClient(("127.0.0.1", c.port), token="nope") as client:
+                client.stat("ok")
+        url = f"http://127.0.0.1:{http}/files/ok"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url, timeout=10)
+        assert e.value.code == 401
+        req = urllib.request.Request(url, headers={"Authorization": "Bearer alpha"})
+        assert urllib.request.urlopen(req, timeout=10).read() == b"hello"
+    finally:
+        c.stop()

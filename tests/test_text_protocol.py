@@ -201,3 +201,33 @@ def test_8k_line_with_crlf_is_accepted_too():
     assert lines(tr)[0].startswith("ERR badargs name longer") and not tr.disconnecting
     proto.dataReceived(line + b"x\r\n")
     assert lines(tr) == ["ERR badargs line too long"] and tr.disconnecting
+
+
+def test_tokens_gate_every_command_but_help_auth_quit():
+    from deposito.tokens import Tokens
+
+    depot = FakeDepot()
+    depot.files = {"f": b"x"}
+    proto = DepotFactory(depot, tokens=Tokens(["s3cret", "other"])).buildProtocol(None)
+    proto.callLater = task.Clock().callLater
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    tr.clear()
+    proto.dataReceived(b"STAT f\nHELP\nAUTH wrong\nPUT g 1\nAUTH s3cret\nSTAT f\n")
+    out = lines(tr)
+    assert out[0] == "ERR denied AUTH <token> first"
+    assert out[1].startswith("OK ")
+    rest = out[2 + int(out[1].split()[1]):]
+    assert rest[0] == "ERR denied wrong token" and rest[1] == "ERR denied AUTH <token> first"
+    assert rest[2] == "OK" and rest[3].startswith("OK name=f ")
+
+
+def test_max_size_refuses_before_any_byte():
+    proto = DepotFactory(FakeDepot(), max_size=10).buildProtocol(None)
+    proto.callLater = task.Clock().callLater
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    tr.clear()
+    proto.dataReceived(b"PUT big 11\nPUT ok 10\n")
+    out = lines(tr)
+    assert out[0].startswith("ERR toolarge") and out[1] == "OK send 10"

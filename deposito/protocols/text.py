@@ -16,7 +16,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 import deposito
-from deposito.errors import BadArgs, DepositoError, Internal
+from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge
 from deposito.protocols.lines import LineProtocol, handler_for, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
 
@@ -57,8 +57,14 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     log = Logger()
     USAGE = USAGE
 
-    def __init__(self, depot: Any, idle_timeout: float, stall_timeout: float) -> None:
+    OPEN_COMMANDS = {"HELP", "AUTH", "QUIT"}  # what a client may do before AUTH
+
+    def __init__(self, depot: Any, idle_timeout: float, stall_timeout: float,
+                 tokens: Any = None, max_size: int | None = None) -> None:
         self.depot = depot
+        self.tokens = tokens
+        self.authenticated = tokens is None
+        self.max_size = max_size
         self.idle_timeout = idle_timeout
         self.stall_timeout = stall_timeout
         self._upload: Any = None
@@ -94,6 +100,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             words = split(text)
             if not words:
                 return
+            if not self.authenticated and words[0].upper() not in self.OPEN_COMMANDS:
+                raise Denied("AUTH <token> first")
             result = handler_for(self, words)(*words[1:])
         except DepositoError as e:
             self.reply(e.reply())
@@ -143,11 +151,18 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self.transport.loseConnection()
 
     def do_AUTH(self, token: str) -> None:
+        if self.tokens is not None and not self.tokens.check(token):
+            self.log.warn("a client from {peer} gave a wrong token", peer=str(self.transport.getPeer()),
+                          event="denied")
+            raise Denied("wrong token")
+        self.authenticated = True
         self.reply("OK")
 
     async def do_PUT(self, name: str, size: str, replicas: str | None = None) -> None:
         check_name(name)
         nbytes = parse_count(size, "size")
+        if self.max_size is not None and nbytes > self.max_size:
+            raise TooLarge(f"the largest file this proxy takes is {self.max_size} bytes")
         count = parse_count(replicas, "replicas", 1, MAX_REPLICAS) if replicas is not None else None
         upload = await self.depot.begin_put(name, nbytes, count)
         if not self.transport.connected:
@@ -248,12 +263,15 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
 
 class DepotFactory(Factory):
-    def __init__(self, depot: Any, idle_timeout: float = 300.0, stall_timeout: float = 60.0) -> None:
+    def __init__(self, depot: Any, idle_timeout: float = 300.0, stall_timeout: float = 60.0,
+                 tokens: Any = None, max_size: int | None = None) -> None:
         self.depot = depot
         self.idle_timeout = idle_timeout
         self.stall_timeout = stall_timeout
+        self.tokens = tokens
+        self.max_size = max_size
 
     def buildProtocol(self, addr: Any) -> DepotProtocol:
-        p = DepotProtocol(self.depot, self.idle_timeout, self.stall_timeout)
+        p = DepotProtocol(self.depot, self.idle_timeout, self.stall_timeout, self.tokens, self.max_size)
         p.factory = self
         return p
