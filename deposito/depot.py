@@ -30,13 +30,13 @@ class Depot:
 
     def __init__(self, reactor: Any, db: CatalogThread, roster: Roster, default_replicas: int = 2,
                  connect_timeout: float = 5.0, stall_timeout: float = 30.0,
-                 collect_every: float = 2.0) -> None:
+                 collect_every: float = 2.0, secret: bytes | None = None) -> None:
         self.reactor = reactor
         self.db = db
         self.roster = roster
         self.default_replicas = default_replicas
         self.connect_timeout = connect_timeout
-        self.pool = BlobPool(reactor, connect_timeout)
+        self.pool = BlobPool(reactor, connect_timeout, secret=secret)
         self.stall_timeout = stall_timeout
         self._collector = task.LoopingCall(self._collect)
         self._collector.clock = reactor

@@ -38,6 +38,15 @@ def parse_seconds(option: str, value: str) -> float:
     return seconds
 
 
+def read_secret(option: str, path: str) -> bytes:
+    from deposito.secret import load_secret
+
+    try:
+        return load_secret(path)
+    except (OSError, ValueError) as e:
+        raise usage.UsageError(f"{option}: {e}") from None
+
+
 def check_endpoint(option: str, value: str, parse) -> None:
     """Refuse an endpoint string the endpoint parser cannot read."""
     try:

@@ -31,13 +31,19 @@ def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
 
 class _BlobClients(Factory):
     noisy = False  # connections come and go with transfers: no log line for each
-    protocol = BlobClient
+
+    def __init__(self, secret: bytes | None) -> None:
+        self.secret = secret
+
+    def buildProtocol(self, addr: Any) -> BlobClient:
+        return BlobClient(self.secret)
 
 
 class BlobPool:
     def __init__(self, reactor: Any, connect_timeout: float = 5.0, per_server: int = 16,
-                 idle_seconds: float = 10.0) -> None:
+                 idle_seconds: float = 10.0, secret: bytes | None = None) -> None:
         self.reactor = reactor
+        self.secret = secret
         self.connect_timeout = connect_timeout
         self.per_server = per_server
         self.idle_seconds = idle_seconds
@@ -64,10 +70,10 @@ class BlobPool:
                 return client
             client.transport.loseConnection()
         endpoint = client_endpoint(self.reactor, member.host, member.port, self.connect_timeout)
-        client = await endpoint.connect(_BlobClients())
+        client = await endpoint.connect(_BlobClients(self.secret))
         client.pool_key = key
         self._open.setdefault(key, weakref.WeakSet()).add(client)
-        return client
+        return await client.ready
 
     def abort(self, member: Member) -> None:
         """The server is down: cut every connection to it, busy or idle, so no

@@ -23,13 +23,15 @@ class ProxyService(service.MultiService):
 
     def __init__(self, reactor: Any, data: str, client_endpoint: Any, cluster_endpoint: Any,
                  replicas: int, dead_after: float = 300.0, heartbeat: float = HEARTBEAT,
-                 http_endpoint: Any = None, tokens: Any = None, max_size: int | None = None) -> None:
+                 http_endpoint: Any = None, tokens: Any = None, max_size: int | None = None,
+                 secret: bytes | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
         self.db = CatalogThread(reactor, Catalog(data))
         self.roster = Roster(reactor, dead_after=dead_after)
-        self.depot = Depot(reactor, self.db, self.roster, default_replicas=replicas)
+        self.secret = secret
+        self.depot = Depot(reactor, self.db, self.roster, default_replicas=replicas, secret=secret)
         self.roster.on_change = self.depot.member_changed
         self.roster.on_inventory = self.depot.inventory
         self.roster.on_corrupt = self.depot.corrupt
@@ -41,7 +43,7 @@ class ProxyService(service.MultiService):
         front = MeteredDepot(self.depot, self.metrics, reactor)
         StreamServerEndpointService(client_endpoint, DepotFactory(front, tokens=tokens, max_size=max_size)
                                     ).setServiceParent(self)
-        StreamServerEndpointService(cluster_endpoint, MemberFactory(self.roster, heartbeat)).setServiceParent(self)
+        StreamServerEndpointService(cluster_endpoint, MemberFactory(self.roster, heartbeat, secret)).setServiceParent(self)
         if http_endpoint is not None:
             site = status_site(self.depot, self.events, self.metrics, reactor, tokens)
             StreamServerEndpointService(http_endpoint, site).setServiceParent(self)
@@ -51,6 +53,8 @@ class ProxyService(service.MultiService):
         self.db.start()
         self.depot.start().addErrback(lambda f: self.log.failure("starting the depot", f))
         self.log.info("proxy catalog in {data}", data=self.data)
+        if self.secret is None:
+            self.log.warn("no --secret: any process that reaches the cluster port can join as a storage server")
         self._deaths.start(min(1.0, self.roster.dead_after / 4), now=False)
         super().startService()
 

@@ -7,14 +7,14 @@ import os
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from deposito.options import FirstLineOptions, check_endpoint, parse_bytes, parse_int, parse_seconds
+from deposito.options import FirstLineOptions, check_endpoint, parse_bytes, parse_int, parse_seconds, read_secret
 from deposito.tokens import Tokens
 
 
 class Options(FirstLineOptions):
     command = "deposito-proxy"
     synopsis = ("[--port EP] [--cluster-port EP] [--data DIR] [--replicas N] [--dead-after SECONDS]"
-                " [--http EP]")
+                " [--secret FILE] [--tokens FILE] [--max-size BYTES] [--http EP]")
     longdesc = ("The Deposito proxy: clients store and fetch files on --port (a text protocol "
                 "you can speak with telnet); storage servers join on --cluster-port.")
     optParameters = [
@@ -26,6 +26,7 @@ class Options(FirstLineOptions):
         ["http", None, None, "endpoint for the status page, /metrics, the JSON API and downloads (off unless given)"],
         ["tokens", None, None, "file of client tokens, one per line: clients must AUTH first"],
         ["max-size", None, None, "the largest file accepted, e.g. 10G (ERR toolarge above it)"],
+        ["secret", None, None, "file holding the cluster secret: only servers that prove they hold it may join"],
     ]
 
     def postOptions(self) -> None:
@@ -43,6 +44,8 @@ class Options(FirstLineOptions):
                 self["tokens"] = Tokens.from_file(self["tokens"])
             except (OSError, ValueError, UnicodeDecodeError) as e:
                 raise usage.UsageError(f"--tokens: {e}") from None
+        if self["secret"] is not None:
+            self["secret"] = read_secret("--secret", self["secret"])
         if self["max-size"] is not None:
             self["max-size"] = parse_bytes("--max-size", self["max-size"])
         if not self["data"]:
@@ -69,4 +72,5 @@ def makeService(options: Options):
         http_endpoint=endpoints.serverFromString(reactor, options["http"]) if options["http"] else None,
         tokens=options["tokens"],
         max_size=options["max-size"],
+        secret=options["secret"],
     )

@@ -7,14 +7,14 @@ import os
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from deposito.options import FirstLineOptions, check_endpoint, parse_bytes, parse_seconds
+from deposito.options import FirstLineOptions, check_endpoint, parse_bytes, parse_seconds, read_secret
 from deposito.protocols.cluster import SERVER_ID
 
 
 class Options(FirstLineOptions):
     command = "deposito-server"
     synopsis = ("[--proxy EP] [--port EP] [--data DIR] [--name ID] [--zone Z] [--capacity BYTES]"
-                " [--scrub-every SECONDS]")
+                " [--scrub-every SECONDS] [--secret FILE]")
     longdesc = ("A Deposito storage server: one device. It joins the proxy at --proxy, serves "
                 "blobs on --port and keeps them under --data.")
     optParameters = [
@@ -25,6 +25,7 @@ class Options(FirstLineOptions):
         ["zone", None, None, "failure domain (default: the host name)"],
         ["capacity", None, None, "the most bytes to hold, e.g. 10G (default: the disk's free space)"],
         ["scrub-every", None, "86400", "seconds between re-reads of every blob against its checksums"],
+        ["secret", None, None, "file holding the cluster secret (the proxy's --secret)"],
     ]
 
     def postOptions(self) -> None:
@@ -38,6 +39,8 @@ class Options(FirstLineOptions):
         if self["capacity"] is not None:
             self["capacity"] = parse_bytes("--capacity", self["capacity"])
         self["scrub-every"] = parse_seconds("--scrub-every", self["scrub-every"])
+        if self["secret"] is not None:
+            self["secret"] = read_secret("--secret", self["secret"])
         if not self["data"]:
             raise usage.UsageError("--data must name a directory")
         self["data"] = os.path.abspath(self["data"])
@@ -61,4 +64,5 @@ def makeService(options: Options):
         options["zone"],
         options["capacity"],
         scrub_every=options["scrub-every"],
+        secret=options["secret"],
     )

@@ -115,11 +115,11 @@ class StorageNode:
 
 
 class _JoinFactory(Factory):
-    def __init__(self, node: StorageNode, clock: Any) -> None:
-        self.node, self.clock = node, clock
+    def __init__(self, node: StorageNode, clock: Any, secret: bytes | None) -> None:
+        self.node, self.clock, self.secret = node, clock, secret
 
     def buildProtocol(self, addr: Any) -> JoinProtocol:
-        p = JoinProtocol(self.node, self.clock)
+        p = JoinProtocol(self.node, self.clock, self.secret)
         p.factory = self
         return p
 
@@ -130,7 +130,8 @@ class StorageService(service.MultiService):
     log = Logger()
 
     def __init__(self, reactor: Any, data: str, listen: Any, proxy: Any, name: str | None,
-                 zone: str | None, capacity: int | None, scrub_every: float = 86400.0) -> None:
+                 zone: str | None, capacity: int | None, scrub_every: float = 86400.0,
+                 secret: bytes | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
@@ -140,6 +141,7 @@ class StorageService(service.MultiService):
         self.zone = zone or check_label(socket.gethostname()[:64], "host name as zone")
         self.capacity = capacity
         self.scrub_every = scrub_every
+        self.secret = secret
         self._scrubber: task.LoopingCall | None = None
         self.port: Any = None
         self.node: StorageNode | None = None
@@ -152,7 +154,7 @@ class StorageService(service.MultiService):
         self.log.info("storage server {id} holds {n} blobs ({used} bytes) in {data}",
                       id=self.node.id, n=store.count, used=store.used, data=store.root)
         super().startService()
-        d = self.listen_endpoint.listen(BlobServerFactory(device))
+        d = self.listen_endpoint.listen(BlobServerFactory(device, self.secret))
         d.addCallback(self._listening)
         d.addErrback(self._listen_failed)
 
@@ -163,7 +165,7 @@ class StorageService(service.MultiService):
         if getattr(address, "host", "") not in ("0.0.0.0", "::", ""):
             self.node.host = address.host
         self.log.info("serving blobs on {host}:{port}", host=address.host, port=address.port)
-        joiner = ClientService(self.proxy_endpoint, _JoinFactory(self.node, self.reactor),
+        joiner = ClientService(self.proxy_endpoint, _JoinFactory(self.node, self.reactor, self.secret),
                                retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=2.0, factor=1.5),
                                clock=self.reactor)
         joiner.setServiceParent(self)

@@ -117,3 +117,49 @@ def test_inventory_and_bad_reports_reach_the_roster():
                     ("s1", blob, "block 0 fails its checksum")]
     proto.dataReceived(b"INVENTORY 1\nnot a blob line\n")
     assert tr.value().endswith(b"\r\n") and b"ERR badargs" in tr.value() and tr.disconnecting
+
+
+WIRE: list[bytes] = []
+
+
+def pump(a, ta, b, tb, rounds=5):
+    """Carry bytes both ways between two protocols on StringTransports."""
+    for _ in range(rounds):
+        out_a, out_b = ta.value(), tb.value()
+        WIRE.extend((out_a, out_b))
+        ta.clear()
+        tb.clear()
+        if out_a and not tb.disconnecting:
+            b.dataReceived(out_a)
+        if out_b and not ta.disconnecting:
+            a.dataReceived(out_b)
+
+
+def secret_pair(server_secret, proxy_secret):
+    clock = task.Clock()
+    roster = Roster(clock)
+    member, tm = member_conn(roster)
+    member.secret = proxy_secret
+    node = Node()
+    joiner = JoinProtocol(node, clock, server_secret)
+    tj = StringTransport()
+    tm.clear()
+    joiner.makeConnection(tj)
+    pump(joiner, tj, member, tm)
+    return roster, node, tj, tm
+
+
+def test_matching_secrets_join_and_the_secret_never_crosses():
+    WIRE.clear()
+    roster, node, tj, tm = secret_pair(b"shh-123", b"shh-123")
+    assert roster.get("s1").state == "up" and node.connections
+    assert b"CHALLENGE" in b"".join(WIRE) and b"shh-123" not in b"".join(WIRE)
+
+
+def test_wrong_or_missing_secret_is_refused_both_ways():
+    roster, node, tj, tm = secret_pair(b"wrong", b"shh-123")
+    assert roster.members == {} and not node.connections  # the server refuses the proxy's bad proof
+    roster, node, tj, tm = secret_pair(None, b"shh-123")
+    assert roster.members == {} and not node.connections
+    roster, node, tj, tm = secret_pair(b"shh-123", None)  # a proxy that asks for no proof
+    assert not node.connections and tj.disconnecting

@@ -325,3 +325,35 @@ def test_tokens_and_max_size_on_a_real_proxy(tmp_path):
         assert urllib.request.urlopen(req, timeout=10).read() == b"hello"
     finally:
         c.stop()
+
+
+def test_cluster_secret_on_join_and_blob_ports(tmp_path):
+    (tmp_path / "secret").write_text("  correct horse battery staple \n")
+    (tmp_path / "other").write_text("something else")
+    c = Cluster(tmp_path, proxy_args=("--secret", str(tmp_path / "secret")),
+                server_args=())
+    try:
+        c.start_proxy()
+        c.start_server("s0", "--secret", str(tmp_path / "secret"))
+        c.start_server("s1", "--secret", str(tmp_path / "secret"))
+        c.start_server("s2", "--secret", str(tmp_path / "other"))
+        c.start_server("s3")
+        c.wait_up(2)
+        time.sleep(1.5)
+        assert sorted(c.states()) == ["s0", "s1"]  # refused servers are not listed
+        data = os.urandom(300_000)
+        with c.wire() as w:
+            assert w.put("secret-file", data, 2).startswith("OK stored")
+            assert w.get("secret-file")[1] == data
+        assert "refused a storage server" in c.log("proxy")
+        assert b"correct horse" not in (tmp_path / "proxy.log").read_bytes()
+        # the blob port wants the proof too
+        port = int(next(ln for ln in Wire(c.port).multi("SERVERS") if ln.startswith("s0")).split()[1].split(":")[1])
+        s = socket.create_connection(("127.0.0.1", port), 5)
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"HELLO ")
+        s.sendall(b"DELETE " + b"0" * 32 + b"\n")
+        assert f.readline().startswith(b"ERR denied")
+        s.close()
+    finally:
+        c.stop()

@@ -11,6 +11,10 @@ Requests (one line each, words as in the text protocol):
         reply ``OK deleted`` or ``OK absent``.
 
 Errors are ``ERR <code> <message>``, as on the client port.
+
+With a cluster secret, the server opens with ``HELLO <ns>``; the proxy answers
+``AUTH <np> <hmac>`` and the server ``OK <hmac>``: both have proved they hold
+the secret before any request (see deposito.secret).
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from deposito.blobstore import BLOCK, BlobMeta, Corrupt, check_blob_id
-from deposito.errors import BadArgs, BadCommand, DepositoError, Internal, from_reply
+from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal, from_reply
 from deposito.protocols.lines import LineProtocol, handler_for, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
+from deposito.secret import nonce, proof, verify
 
 FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big
 WINDOW_BYTES = 4 << 20  # pause the sender when this much waits for the disk
@@ -44,8 +49,11 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     log = Logger()
     idle_timeout = 120
 
-    def __init__(self, device: Any) -> None:
+    def __init__(self, device: Any, secret: bytes | None = None) -> None:
         self.device = device
+        self.secret = secret
+        self.authenticated = secret is None
+        self._nonce = ""
         self._incoming = None
         self._remaining = 0
         self._pending: list[bytes] = []
@@ -59,6 +67,19 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     def connectionMade(self) -> None:
         tune_for_streams(self.transport)
         self.setTimeout(self.idle_timeout)
+        if self.secret is not None:
+            self._nonce = nonce()
+            self.reply(f"HELLO {self._nonce}")
+
+    def _authenticate(self, words: list[str]) -> None:
+        if words[0].upper() != "AUTH" or len(words) != 3:
+            raise Denied("AUTH <nonce> <proof> first: this server holds a cluster secret")
+        theirs, given = words[1], words[2]
+        if not verify(self.secret, given, "proxy-blob", self._nonce, theirs):
+            self.log.warn("refused a blob connection from {peer}: wrong proof", peer=str(self.transport.getPeer()))
+            raise Denied("wrong proof of the cluster secret")
+        self.authenticated = True
+        self.reply("OK " + proof(self.secret, "server-blob", theirs, self._nonce))
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
@@ -85,6 +106,12 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         try:
             words = split(text)
             if not words:
+                return
+            if not self.authenticated:
+                try:
+                    self._authenticate(words)
+                except DepositoError as e:
+                    self.fail(e, close=True)
                 return
             if self._incoming is not None and words[0].upper() != "END":
                 raise BadCommand("END expected after the bytes of a WRITE")
@@ -309,11 +336,12 @@ class _BlobSender:
 
 
 class BlobServerFactory(Factory):
-    def __init__(self, device: Any) -> None:
+    def __init__(self, device: Any, secret: bytes | None = None) -> None:
         self.device = device
+        self.secret = secret
 
     def buildProtocol(self, addr: Any) -> BlobServerProtocol:
-        p = BlobServerProtocol(self.device)
+        p = BlobServerProtocol(self.device, self.secret)
         p.factory = self
         return p
 
@@ -328,7 +356,10 @@ class BlobClient(LineProtocol, TimeoutMixin):
 
     request_timeout = 60.0  # no reply, or no byte of a body, for this long: the server is hung
 
-    def __init__(self) -> None:
+    def __init__(self, secret: bytes | None = None) -> None:
+        self.secret = secret
+        self.ready: defer.Deferred = defer.Deferred()  # fires with self once usable
+        self._handshake: tuple[str, str] | None = None
         self._waiting: defer.Deferred | None = None
         self._sink: Any = None
         self._remaining = 0
@@ -338,6 +369,33 @@ class BlobClient(LineProtocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         tune_for_streams(self.transport)
+        if self.secret is None:
+            self.ready.callback(self)
+        else:
+            self._handshake = ("hello", "")
+            self.setTimeout(self.request_timeout)
+
+    def _shake(self, text: str) -> None:
+        """The secret handshake: HELLO <ns> -> AUTH <np> <proof> -> OK <proof>."""
+        assert self._handshake is not None and self.secret is not None
+        step, mine = self._handshake
+        words = text.split()
+        if step == "hello" and len(words) == 2 and words[0] == "HELLO":
+            mine = nonce()
+            self._handshake = ("proof", mine + " " + words[1])
+            self.reply(f"AUTH {mine} {proof(self.secret, 'proxy-blob', words[1], mine)}")
+            return
+        if step == "proof" and len(words) == 2 and words[0] == "OK":
+            np, ns = mine.split()
+            if verify(self.secret, words[1], "server-blob", np, ns):
+                self._handshake = None
+                self.setTimeout(None)
+                self.ready.callback(self)
+                return
+        self._handshake = None
+        self.transport.abortConnection()
+        if not self.ready.called:
+            self.ready.errback(Denied("the storage server did not prove it holds the cluster secret"))
 
     @property
     def reusable(self) -> bool:
@@ -369,6 +427,12 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self.transport.abortConnection()
 
     def textReceived(self, text: str) -> None:
+        if self._handshake is not None:
+            self._shake(text)
+            return
+        if text.startswith("HELLO ") and self._waiting is None and self.secret is None:
+            self.transport.abortConnection()  # the server wants a secret this proxy lacks
+            return
         d, self._waiting = self._waiting, None
         if self._sink is None or not text.startswith("OK"):
             self.setTimeout(None)  # answered; a READ's body keeps the deadline per byte
@@ -450,6 +514,8 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self.lost = True
         self.setTimeout(None)
         err = ConnectionLost("storage server connection lost")
+        if not self.ready.called:
+            self.ready.errback(err)
         for d in (self._waiting, self._body):
             if d is not None and not d.called:
                 d.errback(err)

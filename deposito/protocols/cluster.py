@@ -1,6 +1,8 @@
 """The cluster protocol: storage servers join the proxy and keep in touch.
 
-    server: JOIN <id> zone=<zone> port=<port> [host=<host>] capacity=<n> used=<n> blobs=<n>
+    server: JOIN <id> zone=<zone> port=<port> [host=<host>] capacity=<n> used=<n> blobs=<n> [nonce=<ns>]
+    proxy:  CHALLENGE nonce=<np> proof=<hmac>   (only with a cluster secret; the server
+    server: PROOF <hmac>                         checks the proxy's proof, then gives its own)
     proxy:  OK welcome heartbeat=<seconds>      (or ERR <code> <message>, then close)
     server: HB used=<n> capacity=<n> blobs=<n>  (every <seconds>; no reply)
     server: LISTING                             (about to list its blobs)
@@ -23,9 +25,10 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from deposito.errors import BadArgs, DepositoError, from_reply
+from deposito.errors import BadArgs, Denied, DepositoError, from_reply
 from deposito.protocols.lines import LineProtocol
 from deposito.protocols.words import check_name, fields, parse_count, quote, split
+from deposito.secret import nonce, proof, verify
 
 SERVER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -68,9 +71,12 @@ class JoinProtocol(LineProtocol):
 
     log = Logger()
 
-    def __init__(self, node: NodeReport, clock: Any) -> None:
+    def __init__(self, node: NodeReport, clock: Any, secret: bytes | None = None) -> None:
         self.node = node
         self.clock = clock
+        self.secret = secret
+        self._nonce = nonce() if secret else ""
+        self._proxy_proved = False
         self._beat: task.LoopingCall | None = None
         self.joined = False
         self.lost = False
@@ -78,11 +84,29 @@ class JoinProtocol(LineProtocol):
     def connectionMade(self) -> None:
         capacity, used, blobs = self.node.usage()
         host = f" host={self.node.host}" if self.node.host else ""
+        challenge = f" nonce={self._nonce}" if self.secret else ""
         self.reply(f"JOIN {quote(self.node.id)} zone={quote(self.node.zone)} port={self.node.port}{host}"
-                   f" capacity={capacity} used={used} blobs={blobs}")
+                   f" capacity={capacity} used={used} blobs={blobs}{challenge}")
+
+    def _refuse_proxy(self, why: str) -> None:
+        self.log.error("not joining the proxy: {why}", why=why)
+        self.transport.loseConnection()
 
     def textReceived(self, text: str) -> None:
         if self.joined:
+            return
+        if text.startswith("CHALLENGE"):
+            f = fields(text)
+            if self.secret is None:
+                self._refuse_proxy("it asks for a cluster secret and this server has none (--secret)")
+            elif not verify(self.secret, f.get("proof", ""), "proxy", self._nonce, f.get("nonce", ""), self.node.id):
+                self._refuse_proxy("it could not prove it holds the cluster secret")
+            else:
+                self._proxy_proved = True
+                self.reply("PROOF " + proof(self.secret, "server", f.get("nonce", ""), self._nonce, self.node.id))
+            return
+        if text.startswith("OK") and self.secret is not None and not self._proxy_proved:
+            self._refuse_proxy("it does not hold the cluster secret (it asked for no proof)")
             return
         if not text.startswith("OK"):
             err = from_reply(text)
@@ -138,9 +162,11 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     MAX_INVENTORY = 2_000_000
 
-    def __init__(self, roster: Any, heartbeat: float) -> None:
+    def __init__(self, roster: Any, heartbeat: float, secret: bytes | None = None) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
+        self.secret = secret
+        self._challenge: tuple[str, dict[str, str], str] | None = None
         self.member_id: str | None = None
         self._listing_since: float | None = None
         self._inventory: list[tuple[str, int, int, str, int, str]] | None = None
@@ -172,10 +198,21 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             command = words[0].upper()
             if self._inventory is not None:
                 self._inventory_line(words)
+            elif self._challenge is not None:
+                if command != "PROOF" or len(words) != 2:
+                    raise Denied("PROOF expected")
+                member_id, f, mine = self._challenge
+                self._challenge = None
+                if not verify(self.secret, words[1], "server", mine, f.get("nonce", ""), member_id):
+                    raise Denied("wrong proof of the cluster secret")
+                self._join(member_id, f)
             elif self.member_id is None:
                 if command != "JOIN" or len(words) < 2:
                     raise BadArgs("JOIN first")
-                self._join(words[1], fields(text))
+                if self.secret is None:
+                    self._join(words[1], fields(text))
+                else:
+                    self._challenge_server(words[1], fields(text))
             elif command == "HB":
                 f = fields(text)
                 self.roster.heartbeat(self.member_id, *self._usage(f))
@@ -219,6 +256,15 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
                 parse_count(f.get("used", ""), "used"),
                 parse_count(f.get("blobs", ""), "blobs"))
 
+    def _challenge_server(self, member_id: str, f: dict[str, str]) -> None:
+        check_label(member_id, "server id")
+        theirs = f.get("nonce", "")
+        if not re.fullmatch(r"[0-9a-f]{32}", theirs):
+            raise Denied("this cluster needs its secret: start the server with --secret")
+        mine = nonce()
+        self._challenge = (member_id, f, mine)
+        self.reply(f"CHALLENGE nonce={mine} proof={proof(self.secret, 'proxy', theirs, mine, member_id)}")
+
     def _join(self, member_id: str, f: dict[str, str]) -> None:
         check_label(member_id, "server id")
         zone = check_label(f.get("zone", ""), "zone")
@@ -238,11 +284,12 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
 
 class MemberFactory(Factory):
-    def __init__(self, roster: Any, heartbeat: float = HEARTBEAT) -> None:
+    def __init__(self, roster: Any, heartbeat: float = HEARTBEAT, secret: bytes | None = None) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
+        self.secret = secret
 
     def buildProtocol(self, addr: Any) -> MemberProtocol:
-        p = MemberProtocol(self.roster, self.heartbeat)
+        p = MemberProtocol(self.roster, self.heartbeat, self.secret)
         p.factory = self
         return p
