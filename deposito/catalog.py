@@ -282,6 +282,36 @@ class Catalog:
             return len(missing), counted, garbage
         return self._tx(tx)
 
+    def is_empty(self) -> bool:
+        """No name was ever stored: a new catalog, or a lost one."""
+        return self.db.execute("SELECT 1 FROM names LIMIT 1").fetchone() is None
+
+    def adopt(self, server: str, entries: Iterable[tuple[str, int, int, str, int, str]], now: float) -> int:
+        """Rebuilding: take a server's blobs (blob, version, size, sha256, replicas,
+        name) into the catalog; the highest version of each name wins, older
+        ones are garbage. Returns how many copies were taken."""
+        def tx(db: sqlite3.Connection) -> int:
+            taken = 0
+            for blob, version, size, sha256, replicas, name in entries:
+                db.execute("INSERT INTO names VALUES (?, ?) ON CONFLICT(name) DO UPDATE"
+                           " SET last_version = max(last_version, excluded.last_version)", (name, version))
+                row = db.execute("SELECT version, blob FROM files WHERE name = ?", (name,)).fetchone()
+                if row is not None and (row[0], row[1]) == (version, blob):
+                    pass
+                elif row is not None and row[0] >= version:
+                    db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
+                    continue
+                else:
+                    if row is not None:
+                        self._drop_blob(db, row[1])
+                    db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (name, version, blob, size, sha256, max(1, replicas), now))
+                db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", (blob, server, now))
+                db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
+                taken += 1
+            return taken
+        return self._tx(tx)
+
     def garbage_count(self) -> list[tuple[str, int]]:
         return self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall()
 
@@ -343,7 +373,7 @@ class Catalog:
 # deleted again ("absent"); a server's address comes again when it joins.
 for _method in (Catalog.begin_upload, Catalog.add_intent, Catalog.forget_garbage, Catalog.save_server,
                 Catalog.lookup, Catalog.list, Catalog.garbage, Catalog.garbage_count, Catalog.servers,
-                Catalog.totals, Catalog.busy):
+                Catalog.totals, Catalog.busy, Catalog.is_empty):
     _method.durable = False  # type: ignore[attr-defined]
 
 

@@ -30,13 +30,23 @@ class Depot:
 
     def __init__(self, reactor: Any, db: CatalogThread, roster: Roster, default_replicas: int = 2,
                  connect_timeout: float = 5.0, stall_timeout: float = 30.0,
-                 collect_every: float = 2.0, secret: bytes | None = None) -> None:
+                 collect_every: float = 2.0, secret: bytes | None = None, rebuild: bool = False,
+                 rebuild_grace: float = 5.0) -> None:
         self.reactor = reactor
         self.db = db
         self.roster = roster
         self.default_replicas = default_replicas
         self.connect_timeout = connect_timeout
         self.pool = BlobPool(reactor, connect_timeout, secret=secret)
+        # Rebuilding: servers' blobs are taken into the catalog instead of being
+        # judged against it. Asked for (--rebuild), clients wait meanwhile (ERR
+        # unavailable rebuilding); on an empty catalog it happens by itself, so
+        # a lost catalog never turns every blob into garbage.
+        self.rebuilding = rebuild
+        self.closed_for_rebuild = rebuild
+        self.rebuild_grace = rebuild_grace
+        self._reported: set[str] = set()
+        self._started_at = reactor.seconds()
         self.stall_timeout = stall_timeout
         self._collector = task.LoopingCall(self._collect)
         self._collector.clock = reactor
@@ -45,12 +55,36 @@ class Depot:
         self.reconciler = Reconciler(reactor, self)
 
     def start(self) -> defer.Deferred:
-        d = self.db(Catalog.recover)
+        self._started_at = self.reactor.seconds()
+        d = self.db(Catalog.is_empty)
+        d.addCallback(self._maybe_rebuild)
+        d.addCallback(lambda _: self.db(Catalog.recover))
         d.addCallback(lambda n: n and self.log.info("{n} unfinished uploads from before are garbage now", n=n))
         d.addCallback(lambda _: self.db(Catalog.servers))
         d.addCallback(lambda rows: self.roster.restore(Member(*row) for row in rows))
         d.addCallback(self._started)
         return d
+
+    def _maybe_rebuild(self, empty: bool) -> None:
+        if empty and not self.rebuilding:
+            self.log.info("the catalog is empty: taking in whatever blobs the servers hold (rebuilding)")
+            self.rebuilding = True
+        elif self.rebuilding:
+            self.log.info("rebuilding the catalog from the servers' blob metadata")
+        if self.rebuilding:
+            self.reactor.callLater(self.rebuild_grace, self._rebuild_check)
+
+    def _rebuild_check(self) -> None:
+        """Rebuilt once the grace period is over and every server that joined has reported."""
+        if not self.rebuilding:
+            return
+        waiting = [m.id for m in self.roster.up() if m.id not in self._reported]
+        if waiting or self.reactor.seconds() - self._started_at < self.rebuild_grace:
+            self.reactor.callLater(0.5, self._rebuild_check)
+            return
+        self.rebuilding = self.closed_for_rebuild = False
+        self.log.info("catalog rebuilt from {n} servers", n=len(self._reported), event="rebuilt")
+        self.reconciler.kick()
 
     def _started(self, _: object) -> None:
         self.pool.start()
@@ -249,7 +283,14 @@ class Depot:
         }
 
     def inventory(self, member: Member, entries: list, since: float) -> None:
-        """A server listed its blobs: missing copies stop counting, unknown ones go."""
+        """A server listed its blobs: missing copies stop counting, unknown ones go
+        (while rebuilding, they are taken into the catalog instead)."""
+        if self.rebuilding:
+            d = self.db(Catalog.adopt, member.id, entries, self.reactor.seconds())
+            d.addCallback(lambda n: self.log.info("rebuilding: took {n} copies from {id}", n=n, id=member.id))
+            d.addCallback(lambda _: self._reported.add(member.id))
+            d.addErrback(lambda f: self.log.failure("taking the blobs of {id}", f, id=member.id))
+            return
         d = self.db(Catalog.reconcile_inventory, member.id, [e[0] for e in entries], since - 5.0)
 
         def reconciled(result: tuple[int, int, int]) -> None:

@@ -14,9 +14,12 @@ from deposito.tokens import Tokens
 class Options(FirstLineOptions):
     command = "deposito-proxy"
     synopsis = ("[--port EP] [--cluster-port EP] [--data DIR] [--replicas N] [--dead-after SECONDS]"
-                " [--secret FILE] [--tokens FILE] [--max-size BYTES] [--http EP]")
+                " [--secret FILE] [--tokens FILE] [--max-size BYTES] [--rebuild] [--http EP]")
     longdesc = ("The Deposito proxy: clients store and fetch files on --port (a text protocol "
                 "you can speak with telnet); storage servers join on --cluster-port.")
+    optFlags = [
+        ["rebuild", None, "make the catalog again from the servers' blob metadata (newest version of each name)"],
+    ]
     optParameters = [
         ["port", None, "tcp:7000", "client endpoint for the text protocol"],
         ["cluster-port", None, "tcp:7001", "endpoint where storage servers join"],
@@ -73,4 +76,5 @@ def makeService(options: Options):
         tokens=options["tokens"],
         max_size=options["max-size"],
         secret=options["secret"],
+        rebuild=bool(options["rebuild"]),
     )

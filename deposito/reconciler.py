@@ -150,6 +150,8 @@ class Reconciler:
             self.reactor.callLater(0, self.kick)
 
     async def _plan_once(self) -> None:
+        if getattr(self.depot, "rebuilding", False):
+            return  # half the servers' copies may be unknown yet: no moves on a partial picture
         records = await self.db(Catalog.list, "")
         copies, drops = plan(records, self.roster)
         for drop in drops:

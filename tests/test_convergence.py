@@ -172,3 +172,56 @@ def test_status_tells_the_work_still_to_do(shared_cluster):
     assert set(st) >= {"files", "bytes", "servers_up", "servers_down", "under", "over",
                        "repairs_queued", "repairs_running"}
     assert st["servers_up"] == 3 and st["servers_down"] == 0
+
+
+def test_a_lost_catalog_is_rebuilt_from_the_servers(cluster):
+    import shutil
+
+    files = {f"rb/{i}": os.urandom(100_000 + i) for i in range(5)}
+    with cluster.wire() as w:
+        for name, data in files.items():
+            assert w.put(name, data, 2).startswith("OK stored")
+        v2 = fields(w.put("rb/0", files["rb/0"][::-1], 3))["version"]  # a newer version wins
+        files["rb/0"] = files["rb/0"][::-1]
+        assert w.cmd("DELETE rb/4").startswith("OK")
+    assert poll(lambda: cluster.holders(files["rb/4"]) == [], 10)
+    del files["rb/4"]
+    cluster.kill_proxy()
+    shutil.rmtree(cluster.root / "proxy")  # the catalog is gone
+    cluster.start_proxy("--rebuild")
+    with cluster.wire() as w:
+        assert w.cmd("GET rb/1").startswith("ERR unavailable rebuilding")
+        assert w.cmd("SERVERS").startswith("OK")
+
+    def rebuilt():
+        with cluster.wire() as w:
+            return not w.cmd("STAT rb/1").startswith("ERR unavailable")
+    assert poll(rebuilt, 30)
+    with cluster.wire() as w:
+        assert sorted(ln.split(None, 3)[3] for ln in w.multi("LIST rb/")) == sorted(files)
+        for name, data in files.items():
+            head, got = w.get(name)
+            assert got == data, name
+        assert fields(w.cmd("STAT rb/0"))["version"] == v2
+        assert int(fields(w.put("rb/0", b"after", 1))["version"]) > int(v2)  # versions keep growing
+
+
+def test_an_empty_catalog_takes_in_the_servers_blobs_by_itself(cluster):
+    import shutil
+
+    data = os.urandom(200_000)
+    with cluster.wire() as w:
+        assert w.put("auto/x", data, 2).startswith("OK stored")
+    cluster.kill_proxy()
+    shutil.rmtree(cluster.root / "proxy")
+    cluster.start_proxy()  # no --rebuild: still, no blob becomes garbage
+
+    def back():
+        with cluster.wire() as w:
+            r = w.cmd("STAT auto/x")
+            return r.startswith("OK") and fields(r)["have"] == "2"
+    assert poll(back, 30)
+    time.sleep(3)
+    assert len(cluster.holders(data)) == 2
+    with cluster.wire() as w:
+        assert w.get("auto/x")[1] == data

@@ -31,7 +31,7 @@ def test_server_defaults_and_capacity_units():
     (proxy_tap.Options, ["--cluster-port", "bogus:1"], "--cluster-port"),
     (proxy_tap.Options, ["--tokens", "/no/such/file"], "--tokens"),
     (proxy_tap.Options, ["--max-size", "huge"], "--max-size"),
-    (proxy_tap.Options, ["--rebuild"], "--rebuild"),
+    (proxy_tap.Options, ["--rebuild=yes"], "--rebuild"),
     (server_tap.Options, ["--proxy", "nope:nope"], "--proxy"),
     (server_tap.Options, ["--capacity", "-1"], "--capacity"),
     (server_tap.Options, ["--zone", "has space"], "--zone"),

@@ -16,7 +16,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 import deposito
-from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge
+from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
 from deposito.protocols.lines import LineProtocol, handler_for, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
 
@@ -58,6 +58,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     USAGE = USAGE
 
     OPEN_COMMANDS = {"HELP", "AUTH", "QUIT"}  # what a client may do before AUTH
+    WHILE_REBUILDING = OPEN_COMMANDS | {"SERVERS", "STATUS"}
 
     def __init__(self, depot: Any, idle_timeout: float, stall_timeout: float,
                  tokens: Any = None, max_size: int | None = None) -> None:
@@ -102,6 +103,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
                 return
             if not self.authenticated and words[0].upper() not in self.OPEN_COMMANDS:
                 raise Denied("AUTH <token> first")
+            if getattr(self.depot, "closed_for_rebuild", False) and words[0].upper() not in self.WHILE_REBUILDING:
+                raise Unavailable("rebuilding the catalog from the servers; try again shortly")
             result = handler_for(self, words)(*words[1:])
         except DepositoError as e:
             self.reply(e.reply())
