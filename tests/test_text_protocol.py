@@ -231,3 +231,20 @@ def test_max_size_refuses_before_any_byte():
     proto.dataReceived(b"PUT big 11\nPUT ok 10\n")
     out = lines(tr)
     assert out[0].startswith("ERR toolarge") and out[1] == "OK send 10"
+
+
+def test_connections_beyond_the_limit_are_told_to_come_back():
+    factory = DepotFactory(FakeDepot())
+    factory.max_connections = 2
+    conns = []
+    for _ in range(3):
+        proto = factory.buildProtocol(None)
+        proto.callLater = task.Clock().callLater
+        tr = StringTransport()
+        proto.makeConnection(tr)
+        conns.append((proto, tr))
+    assert conns[0][1].value().startswith(b"OK deposito")
+    assert conns[2][1].value().startswith(b"ERR unavailable too many connections") and conns[2][1].disconnecting
+    for proto, _ in conns:
+        proto.connectionLost(None)
+    assert factory.open == 0

@@ -77,10 +77,20 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         tune_for_streams(self.transport)
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.open += 1
+            if factory.open > factory.max_connections:
+                self.reply(f"ERR unavailable too many connections ({factory.max_connections}); try again later")
+                self._broken = True
+                self.transport.loseConnection()
+                return
         self.setTimeout(self.idle_timeout)
         self.reply(f"OK deposito {deposito.__version__} ready")
 
     def dataReceived(self, data: bytes) -> None:
+        if self._broken:  # refused or broken: nothing more is read
+            return
         self.resetTimeout()
         super().dataReceived(data)
 
@@ -135,6 +145,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.setTimeout(None)
+        if getattr(self, "factory", None) is not None:
+            self.factory.open -= 1
         if self._waiting is not None:  # only the wait ends; the wanted count stays
             self._waiting.cancel()
         if self._upload is not None:
@@ -273,6 +285,9 @@ class DepotFactory(Factory):
         self.stall_timeout = stall_timeout
         self.tokens = tokens
         self.max_size = max_size
+        self.open = 0
+
+    max_connections = 1024  # beyond this a client is told to come back later
 
     def buildProtocol(self, addr: Any) -> DepotProtocol:
         p = DepotProtocol(self.depot, self.idle_timeout, self.stall_timeout, self.tokens, self.max_size)
