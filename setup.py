@@ -10,7 +10,7 @@ setup(
     packages=["deposito", "deposito.protocols", "twisted.plugins"],
     package_data={"twisted": ["plugins/deposito_plugins.py"]},
     install_requires=[
-        "twisted>=24.3.0",
+        "twisted[tls]>=24.3.0",  # ssl: and tls: endpoints for every port
         "attrs>=23.1.0",
         "zope.interface>=6.0",
         "tqdm>=4.66",

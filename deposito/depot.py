@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from deposito.blobstore import new_blob_id
 from deposito.catalog import Catalog, CatalogThread, FileRecord
-from deposito.errors import NotFound, Unavailable
+from deposito.errors import NoSpace, NotFound, Unavailable
 from deposito.placement import place
 from deposito.pool import BlobPool
 from deposito.protocols.blob import BlobClient
@@ -52,6 +52,9 @@ class Depot:
         self._collector.clock = reactor
         self.collect_every = collect_every
         self._collecting: defer.Deferred | None = None
+        # (blob, server) -> when its delete landed: an inventory listed before
+        # that moment may still name the blob, and must not count it again
+        self.recently_deleted: dict[tuple[str, str], float] = {}
         self.reconciler = Reconciler(reactor, self)
 
     def start(self) -> defer.Deferred:
@@ -151,6 +154,10 @@ class Depot:
                             upload.replicas, ())
         try:
             good = await upload.finish()
+            if not good:  # no copy to make the others from: say why the servers refused
+                if any(isinstance(e, NoSpace) for e in upload.failures):
+                    raise NoSpace("the storage servers are full")
+                raise Unavailable("no storage server kept a copy")
             tried = list(upload.targets)  # type: ignore[attr-defined]
             while len(good) < upload.replicas:
                 try:
@@ -167,6 +174,8 @@ class Depot:
         ids = [m.id for m in good]
         await self.db(Catalog.commit, upload.name, upload.version, upload.blob, upload.size,
                       upload.sha256, upload.replicas, ids, self.reactor.seconds())
+        for m in good:  # count the bytes now; the next heartbeat brings the server's own figure
+            m.used += upload.size
         self.kick()
         self.log.info("stored {name} version {version} ({size} bytes) on {servers}",
                       name=upload.name, version=upload.version, size=upload.size, servers=",".join(ids))
@@ -187,6 +196,7 @@ class Depot:
             self.log.info("copying {name} to {id}", name=record.name, id=target.id)
             await copy_blob(self.connect, list(sources), target, record.blob, record.size, record.sha256,
                             record.name, record.version, record.replicas, release=self.pool.release)
+            target.used += record.size  # until its next heartbeat says so itself
         except Exception as e:
             self.log.warn("copy of {name} to {id} failed: {why}", name=record.name, id=target.id, why=str(e))
             raise CopyFailed(target, str(e)) from e
@@ -291,7 +301,11 @@ class Depot:
             d.addCallback(lambda _: self._reported.add(member.id))
             d.addErrback(lambda f: self.log.failure("taking the blobs of {id}", f, id=member.id))
             return
-        d = self.db(Catalog.reconcile_inventory, member.id, [e[0] for e in entries], since - 5.0)
+        cutoff = since - 5.0
+        now = self.reactor.seconds()
+        self.recently_deleted = {k: t for k, t in self.recently_deleted.items() if now - t < 600}
+        present = [e[0] for e in entries if self.recently_deleted.get((e[0], member.id), -1.0) < cutoff]
+        d = self.db(Catalog.reconcile_inventory, member.id, present, cutoff)
 
         def reconciled(result: tuple[int, int, int]) -> None:
             missing, counted, garbage = result
@@ -340,4 +354,5 @@ class Depot:
             except Exception as e:
                 self.log.warn("cannot delete {blob} from {id} yet: {why}", blob=blob, id=server, why=str(e))
                 continue
+            self.recently_deleted[(blob, server)] = self.reactor.seconds()
             await self.db(Catalog.forget_garbage, blob, server)

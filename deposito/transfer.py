@@ -98,6 +98,7 @@ class Upload:
         self.stall_timeout = stall_timeout
         self.lanes: list[Lane] = []
         self.received = 0
+        self.failures: list[BaseException] = []  # why lanes failed, once finished
         self._hash = hashlib.sha256()
         self._paused: set[Lane] = set()
         self._source: Any = None
@@ -154,6 +155,7 @@ class Upload:
         results = await defer.DeferredList([lane.result for lane in self.lanes], consumeErrors=True)
         for lane in self.lanes:
             lane.close()
+        self.failures = [r.value for ok, r in results if not ok]
         return [lane.member for lane, (ok, _) in zip(self.lanes, results) if ok]
 
     def abort(self) -> None:
