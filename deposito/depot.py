@@ -46,6 +46,7 @@ class Depot:
         self.closed_for_rebuild = rebuild
         self.rebuild_grace = rebuild_grace
         self._reported: set[str] = set()
+        self._adopted = 0
         self._started_at = reactor.seconds()
         self.stall_timeout = stall_timeout
         self._collector = task.LoopingCall(self._collect)
@@ -77,6 +78,11 @@ class Depot:
         if self.rebuilding:
             self.reactor.callLater(self.rebuild_grace, self._rebuild_check)
 
+    def _took(self, n: int, member: Member) -> None:
+        self._adopted += n
+        if n:
+            self.log.info("rebuilding: took {n} copies from {id}", n=n, id=member.id)
+
     def _rebuild_check(self) -> None:
         """Rebuilt once the grace period is over and every server that joined has reported."""
         if not self.rebuilding:
@@ -86,7 +92,11 @@ class Depot:
             self.reactor.callLater(0.5, self._rebuild_check)
             return
         self.rebuilding = self.closed_for_rebuild = False
-        self.log.info("catalog rebuilt from {n} servers", n=len(self._reported), event="rebuilt")
+        if self._adopted:
+            self.log.info("catalog rebuilt: {copies} copies from {n} servers", copies=self._adopted,
+                          n=len(self._reported), event="rebuilt")
+        else:
+            self.log.info("no server holds blobs: the catalog starts empty")
         self.reconciler.kick()
 
     def _started(self, _: object) -> None:
@@ -297,7 +307,7 @@ class Depot:
         (while rebuilding, they are taken into the catalog instead)."""
         if self.rebuilding:
             d = self.db(Catalog.adopt, member.id, entries, self.reactor.seconds())
-            d.addCallback(lambda n: self.log.info("rebuilding: took {n} copies from {id}", n=n, id=member.id))
+            d.addCallback(self._took, member)
             d.addCallback(lambda _: self._reported.add(member.id))
             d.addErrback(lambda f: self.log.failure("taking the blobs of {id}", f, id=member.id))
             return
