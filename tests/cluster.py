@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -256,3 +255,30 @@ class Cluster:
                 p.kill()
                 p.wait(5)
         self.servers.clear()
+
+
+def incoming(cluster: Cluster, sid: str) -> list[Path]:
+    """The temp files of writes under way on a server's disk."""
+    d = cluster.server_dir(sid) / "incoming"
+    try:
+        return [p for p in d.iterdir() if p.is_file()]
+    except FileNotFoundError:
+        return []
+
+
+def serving_servers(cluster: Cluster) -> list[str]:
+    """Servers with bytes queued on an established blob-port connection (from /proc/net/tcp).
+
+    A reader that does not read makes the proxy pause, so the serving server's
+    send queue fills; idle pooled connections have nothing queued."""
+    with cluster.wire() as w:
+        ports = {int(ln.split()[1].rsplit(":", 1)[1]): ln.split()[0] for ln in w.multi("SERVERS")}
+    busy = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            for row in open(table).read().splitlines()[1:]:
+                cols = row.split()
+                port = int(cols[1].rsplit(":", 1)[1], 16)
+                if cols[3] == "01" and port in ports and int(cols[4].split(":")[0], 16) > 0:
+                    busy.add(ports[port])
+    return sorted(busy)

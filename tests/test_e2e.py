@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.cluster import TWISTD, Cluster, Wire, WireError, fields, poll, sha
+from tests.cluster import TWISTD, Cluster, Wire, WireError, fields, incoming, poll, serving_servers, sha
 
 pytestmark = pytest.mark.slow
 
@@ -138,22 +138,6 @@ def test_get_fails_over_mid_stream(cluster):
     assert f"from {serving[0]} failed at" in cluster.log("proxy")
 
 
-def serving_servers(cluster):
-    """Servers sending on their blob port (from /proc/net/tcp)."""
-    with cluster.wire() as w:
-        ports = {int(ln.split()[1].rsplit(":", 1)[1]): ln.split()[0] for ln in w.multi("SERVERS")}
-    busy = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        if os.path.exists(table):
-            for row in open(table).read().splitlines()[1:]:
-                cols = row.split()
-                # established, and with bytes waiting to go: idle pooled connections have none
-                if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) in ports \
-                        and int(cols[4].split(":")[0], 16) > 0:
-                    busy.add(ports[int(cols[1].rsplit(":", 1)[1], 16)])
-    return sorted(busy)
-
-
 def test_catalog_survives_kill_9_of_the_proxy(cluster):
     data = os.urandom(1 << 20)
     with cluster.wire() as w:
@@ -165,11 +149,6 @@ def test_catalog_survives_kill_9_of_the_proxy(cluster):
         head, got = w.get("durable")
         assert got == data and fields(head)["version"] == version
         assert w.stat("durable")["have"] == "3"
-
-
-def incoming(cluster, sid):
-    d = cluster.server_dir(sid) / "incoming"
-    return list(d.iterdir()) if d.exists() else []
 
 
 def test_broken_upload_leaves_no_version_and_no_blob(cluster):

@@ -15,24 +15,15 @@ import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, Wire, fields, poll, sha
+from tests.cluster import Cluster, Wire, fields, incoming, poll, serving_servers, sha
 
 pytestmark = pytest.mark.slow
 
 
 # -- helpers
-
-
-def incoming(cluster: Cluster, sid: str) -> list[Path]:
-    d = cluster.server_dir(sid) / "incoming"
-    try:
-        return [p for p in d.iterdir() if p.is_file()]
-    except FileNotFoundError:
-        return []
 
 
 def incoming_bytes(cluster: Cluster, sid: str) -> int:
@@ -62,24 +53,6 @@ def leftovers(cluster: Cluster) -> dict[str, list[str]]:
 def have(cluster: Cluster, name: str) -> int:
     with cluster.wire() as w:
         return int(w.stat(name)["have"])
-
-
-def serving_servers(cluster: Cluster) -> list[str]:
-    """Servers with bytes queued on an established blob-port connection (from /proc/net/tcp).
-
-    A reader that does not read makes the proxy pause, so the server's
-    send queue fills: that server is the one serving it."""
-    with cluster.wire() as w:
-        ports = {int(ln.split()[1].rsplit(":", 1)[1]): ln.split()[0] for ln in w.multi("SERVERS")}
-    busy = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        if os.path.exists(table):
-            for row in open(table).read().splitlines()[1:]:
-                cols = row.split()
-                port = int(cols[1].rsplit(":", 1)[1], 16)
-                if cols[3] == "01" and port in ports and int(cols[4].split(":")[0], 16) > 0:
-                    busy.add(ports[port])
-    return sorted(busy)
 
 
 def no_tracebacks(log: str) -> list[str]:
