@@ -89,13 +89,6 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self.log.info("blob connection idle, closing")
         self.transport.abortConnection()
 
-    def badLine(self, why: str) -> None:
-        self.reply(BadArgs(why).reply())
-        self.transport.loseConnection()
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self.badLine("line too long")
-
     def fail(self, err: DepositoError, close: bool = False) -> None:
         self.reply(err.reply())
         if close:

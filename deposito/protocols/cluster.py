@@ -183,13 +183,6 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self.log.warn("storage server {id} missed its heartbeats", id=self.member_id)
         self.transport.abortConnection()
 
-    def badLine(self, why: str) -> None:
-        self.reply(BadArgs(why).reply())
-        self.transport.loseConnection()
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self.badLine("line too long")
-
     def textReceived(self, text: str) -> None:
         try:
             words = split(text)

@@ -50,7 +50,12 @@ class LineProtocol(LineReceiver):
         raise NotImplementedError
 
     def badLine(self, why: str) -> None:
-        raise NotImplementedError
+        """A line that cannot be read: refuse it and close (the stream cannot be trusted)."""
+        self.reply(BadArgs(why).reply())
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.badLine("line too long")
 
     def reply(self, text: str) -> None:
         self.transport.write(text.encode("utf-8") + b"\r\n")
