@@ -15,6 +15,7 @@ setup(
         "zope.interface>=6.0",
         "tqdm>=4.66",
         "prometheus_client>=0.20",
+        "crc32c>=2.3",  # block checksums: CRC-32C in hardware, about 8x zlib's CRC-32
     ],
     extras_require={
         "test": [

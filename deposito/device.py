@@ -77,9 +77,9 @@ class Device:
     def write(self, incoming: IncomingBlob, data: bytes) -> Deferred:
         return self._write(incoming.write, data)
 
-    def commit(self, incoming: IncomingBlob, sha256: str) -> Deferred:
+    def commit(self, incoming: IncomingBlob, sha256: str, blocks: str) -> Deferred:
         """Make a blob durable; call only once its last write has completed."""
-        return deferToThreadPool(self.reactor, self._committers, incoming.commit, sha256)
+        return deferToThreadPool(self.reactor, self._committers, incoming.commit, sha256, blocks)
 
     def abort(self, incoming: IncomingBlob) -> Deferred:
         return self._write(incoming.abort)

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from deposito.blobstore import BlockSums
 from deposito.errors import DepositoError, Unavailable
 from deposito.protocols.blob import BlobClient, ConnectionLost
 from deposito.roster import Member
@@ -100,6 +101,7 @@ class Upload:
         self.received = 0
         self.failures: list[BaseException] = []  # why lanes failed, once finished
         self._hash = hashlib.sha256()
+        self._sums = BlockSums()
         self._paused: set[Lane] = set()
         self._source: Any = None
 
@@ -122,6 +124,7 @@ class Upload:
     def write(self, data: bytes) -> None:
         self.received += len(data)
         self._hash.update(data)
+        self._sums.update(data)
         for lane in self.lanes:
             if lane.alive:
                 lane.client.send(data)
@@ -149,9 +152,9 @@ class Upload:
 
     async def finish(self) -> list[Member]:
         """All bytes are in: the servers that hold a durable, verified copy."""
-        sha = self.sha256
+        sha, blocks = self.sha256, self._sums.digest()
         for lane in self.live():
-            lane.client.end(sha)
+            lane.client.end(sha, blocks)
         results = await defer.DeferredList([lane.result for lane in self.lanes], consumeErrors=True)
         for lane in self.lanes:
             lane.close()
@@ -242,8 +245,10 @@ class _Relay:
 
     def __init__(self, writer: BlobClient) -> None:
         self.writer = writer
+        self.sums = BlockSums()
 
     def write(self, data: bytes) -> None:
+        self.sums.update(data)
         self.writer.send(data)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -269,12 +274,13 @@ async def copy_blob(connect: Connect, sources: list[Member], target: Member, blo
     writer = await connect(target)
     try:
         stored = writer.write_blob(blob, size, version, replicas, name)
+        relay = _Relay(writer)
         try:
-            await stream_blob(connect, sources, blob, size, _Relay(writer), release=release)
+            await stream_blob(connect, sources, blob, size, relay, release=release)
         except BaseException:
             stored.addErrback(lambda _: None)
             raise
-        writer.end(sha256)
+        writer.end(sha256, relay.sums.digest())
         await stored
     finally:
         release(writer)

@@ -5,12 +5,19 @@ import os
 
 import pytest
 
-from deposito.blobstore import BlobMeta, BlobStore, new_blob_id
+from deposito.blobstore import BLOCK, BlobMeta, BlobStore, BlockSums, Corrupt, new_blob_id
 from deposito.errors import BadArgs, NotFound
 
 
 def meta(blob, size, name="n", version=1):
     return BlobMeta(blob=blob, name=name, version=version, size=size, sha256="", replicas=2)
+
+
+def sums(data):
+    """What the proxy sends at END: the sha256 and the block checksum digest."""
+    b = BlockSums()
+    b.update(data)
+    return hashlib.sha256(data).hexdigest(), b.digest()
 
 
 def files_under(root):
@@ -24,7 +31,7 @@ def test_commit_makes_blob_and_metadata_visible_and_counted(tmp_path):
     incoming.write(data[:40_000])
     incoming.write(data[40_000:])
     assert files_under(store.blobs) == []  # nothing visible until commit
-    got = incoming.commit(hashlib.sha256(data).hexdigest())
+    got = incoming.commit(*sums(data))
     assert got.sha256 == hashlib.sha256(data).hexdigest()
     f, size = store.open(blob)
     with f:
@@ -42,13 +49,13 @@ def test_wrong_checksum_or_size_leaves_nothing(tmp_path):
     blob = new_blob_id()
     incoming = store.begin(meta(blob, 3))
     incoming.write(b"abc")
-    with pytest.raises(BadArgs):
-        incoming.commit("0" * 64)
+    with pytest.raises(BadArgs, match="checksum"):
+        incoming.commit(sums(b"abc")[0], sums(b"abd")[1])
     incoming.abort()
     short = store.begin(meta(new_blob_id(), 10))
     short.write(b"abc")
     with pytest.raises(BadArgs):
-        short.commit(hashlib.sha256(b"abc").hexdigest())
+        short.commit(*sums(b"abc"))
     short.abort()
     with pytest.raises(BadArgs):
         store.begin(meta(new_blob_id(), 2)).write(b"abc")
@@ -69,7 +76,7 @@ def test_delete_and_missing(tmp_path):
     blob = new_blob_id()
     inc = store.begin(meta(blob, 1))
     inc.write(b"x")
-    inc.commit(hashlib.sha256(b"x").hexdigest())
+    inc.commit(*sums(b"x"))
     assert store.delete(blob) is True
     assert store.delete(blob) is False
     assert (store.used, store.count) == (0, 0)
@@ -82,3 +89,67 @@ def test_blob_ids_are_checked(tmp_path, bad):
     store = BlobStore(str(tmp_path))
     with pytest.raises(BadArgs):
         store.path(bad)
+
+
+def test_block_sums_do_not_depend_on_how_the_stream_is_cut():
+    data = os.urandom(2 * BLOCK + 12345)
+    whole = BlockSums()
+    whole.update(data)
+    assert len(whole.blocks) == 3
+    import random
+    rng = random.Random(7)
+    for _ in range(5):
+        cut, i = BlockSums(), 0
+        while i < len(data):
+            n = rng.choice([1, 100, 4096, BLOCK - 1, BLOCK, BLOCK + 1, 3 << 20])
+            cut.update(data[i:i + n])
+            i += n
+        assert cut.blocks == whole.blocks and cut.digest() == whole.digest()
+    flipped = bytearray(data)
+    flipped[BLOCK + 5] ^= 1
+    other = BlockSums()
+    other.update(bytes(flipped))
+    assert other.digest() != whole.digest()
+    assert [a == b for a, b in zip(other.blocks, whole.blocks)] == [True, False, True]
+    assert BlockSums().digest() == BlockSums().digest()  # an empty file has a digest too
+
+
+def test_a_large_blob_written_in_many_pieces_reads_back_and_checks(tmp_path):
+    """Past the write-behind size the bytes are pushed to disk as they come:
+    what lands must still be exactly what was sent, each block checked."""
+    store = BlobStore(str(tmp_path))
+    blob, data = new_blob_id(), os.urandom(20 * BLOCK + 999)
+    incoming = store.begin(meta(blob, len(data)))
+    for i in range(0, len(data), 3 << 20):
+        incoming.write(data[i:i + (3 << 20)])
+    incoming.commit(*sums(data))
+    assert store.check(blob).size == len(data)
+    f, size = store.open(blob)
+    with f:
+        assert size == len(data) and hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
+
+
+def test_a_blob_from_before_crc32c_is_still_read_and_checked(tmp_path):
+    """Blobs written with zlib's CRC-32 (metadata without "checksum") stay readable."""
+    import json
+    import zlib
+
+    store = BlobStore(str(tmp_path))
+    blob, data = new_blob_id(), os.urandom(BLOCK + 10)
+    incoming = store.begin(meta(blob, len(data)))
+    incoming.write(data)
+    incoming.commit(*sums(data))
+    path = store.path(blob) + ".meta"
+    with open(path) as f:
+        old = json.load(f)
+    assert old["checksum"] == "crc32c"
+    del old["checksum"]
+    old["blocks"] = [zlib.crc32(data[:BLOCK]), zlib.crc32(data[BLOCK:])]
+    with open(path, "w") as f:
+        json.dump(old, f)
+    assert store.check(blob).checksum == "crc32"
+    with open(store.path(blob), "r+b") as f:
+        f.seek(BLOCK + 3)
+        f.write(bytes([data[BLOCK + 3] ^ 1]))
+    with pytest.raises(Corrupt, match="block 1"):
+        store.check(blob)

@@ -7,6 +7,7 @@ import hashlib
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
+from deposito.blobstore import BlockSums
 from deposito.protocols.blob import BlobClient
 from deposito.roster import Member
 from deposito.transfer import Upload
@@ -81,7 +82,9 @@ def test_finish_reports_the_servers_that_confirmed():
     up.write(b"abcdef")
     d = defer.ensureDeferred(up.finish())
     for c in clients:
-        assert c.transport.value().endswith(b"END " + up.sha256.encode() + b"\r\n")
+        sums = BlockSums()
+        sums.update(b"abcdef")
+        assert c.transport.value().endswith(f"END {up.sha256} {sums.digest()}\r\n".encode())
     clients[0].dataReceived(b"OK stored x\r\n")
     clients[1].dataReceived(b"ERR nospace disk full\r\n")
     clients[2].connectionLost(None)

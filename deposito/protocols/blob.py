@@ -3,8 +3,10 @@
 Requests (one line each, words as in the text protocol):
 
     WRITE <blob> <size> <version> <replicas> <name>
-        then exactly <size> raw bytes, then ``END <sha256>``;
-        reply ``OK stored <blob> sha256=<hex>`` once the blob is durable.
+        then exactly <size> raw bytes, then ``END <sha256> <blocks>``, where
+        <blocks> is the digest of the checksum (CRC-32C) of each 1 MiB block sent
+        (blobstore.BlockSums); reply ``OK stored <blob> sha256=<hex>`` once
+        the blob is durable and its block checksums match <blocks>.
     READ <blob> <offset>
         reply ``OK <remaining> size=<size>``, then <remaining> raw bytes.
     DELETE <blob>
@@ -170,7 +172,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         if self._write_error is None:
             self._write_error = failure
 
-    def do_END(self, sha256: str) -> None:
+    def do_END(self, sha256: str, blocks: str) -> None:
         incoming, self._incoming = self._incoming, None
         if incoming is None:
             raise BadCommand("END without WRITE")
@@ -179,7 +181,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         def written(_: object) -> Any:
             if self._write_error is not None:
                 return self._write_error
-            return self.device.commit(incoming, sha256)
+            return self.device.commit(incoming, sha256, blocks)
 
         d.addCallback(written)
         d.addBoth(self._committed, incoming)
@@ -450,8 +452,9 @@ class BlobClient(LineProtocol, TimeoutMixin):
     def send(self, data: bytes) -> None:
         self.transport.write(data)
 
-    def end(self, sha256: str) -> None:
-        self.reply(f"END {sha256}")
+    def end(self, sha256: str, blocks: str) -> None:
+        """The last bytes are sent: the file's sha256 and the digest of its block checksums."""
+        self.reply(f"END {sha256} {blocks}")
         self.setTimeout(self.request_timeout)
 
     def delete_blob(self, blob: str) -> defer.Deferred:
