@@ -22,8 +22,8 @@ from typing import Iterator
 import attrs
 import crc32c
 
-from deposito import writeback
-from deposito.errors import BadArgs, NoSpace, NotFound
+from deposito import diskio
+from deposito.errors import BadArgs, NotFound
 
 BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
 BLOCK = 1 << 20  # each block of a blob has its own checksum, checked before it is sent
@@ -31,7 +31,6 @@ BLOCK = 1 << 20  # each block of a blob has its own checksum, checked before it 
 # CRC-32C (in hardware on x86 and ARM); blobs from before it have CRC-32.
 CHECKSUMS = {"crc32c": crc32c.crc32c, "crc32": zlib.crc32}
 NEW_CHECKSUM = "crc32c"
-WRITE_BEHIND = 8 << 20  # start writing a blob out to disk in pieces this big
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -132,46 +131,29 @@ class IncomingBlob:
     Methods block; the store's writer thread calls them in order.
     """
 
-    def __init__(self, store: BlobStore, meta: BlobMeta) -> None:
+    def __init__(self, store: BlobStore, meta: BlobMeta, cache: bool = False) -> None:
         self.store = store
         self.meta = meta
+        self.cache = cache
         self.received = 0
         self.sums = BlockSums()
         self.path = os.path.join(store.incoming, f"{meta.blob}.{uuid.uuid4().hex[:8]}.tmp")
-        self._fd = -1
+        self._file: diskio.Appender | None = None
         self._closed = False
-        self._behind = 0  # bytes handed to the disk's writeback so far
 
-    def _file(self) -> int:
-        if self._fd < 0:
+    def _appender(self) -> diskio.Appender:
+        if self._file is None:
             if self._closed:
                 raise ValueError("blob already finished")
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        return self._fd
+            self._file = diskio.Appender(self.path, self.meta.size, direct=not self.cache)
+        return self._file
 
     def write(self, data: bytes) -> None:
         self.received += len(data)
         if self.received > self.meta.size:
             raise BadArgs("more bytes than announced")
         self.sums.update(data)
-        view = memoryview(data)
-        fd = self._file()
-        while view:
-            try:
-                n = os.write(fd, view)
-            except OSError as e:
-                if e.errno == 28:  # ENOSPC
-                    raise NoSpace("disk full") from e
-                raise
-            view = view[n:]
-        # Write behind: start each finished piece on its way to the disk, and
-        # wait for the one before it. Dirty pages stay few, and the fsync at
-        # commit has little left to do.
-        while self.received - self._behind >= WRITE_BEHIND:
-            writeback.start(fd, self._behind, WRITE_BEHIND)
-            if self._behind:
-                writeback.wait(fd, self._behind - WRITE_BEHIND, WRITE_BEHIND)
-            self._behind += WRITE_BEHIND
+        self._appender().write(data)
 
     def commit(self, sha256: str, blocks: str) -> BlobMeta:
         """Check size and block checksums, make the blob durable and visible.
@@ -187,19 +169,21 @@ class IncomingBlob:
         if got != blocks:
             raise BadArgs(f"checksum mismatch: got {got}")
         meta = attrs.evolve(self.meta, sha256=sha256, blocks=self.sums.blocks)
-        fd = self._file()
-        os.fsync(fd)
-        os.close(fd)
-        self._fd = -1
-        self._closed = True
+        f = self._appender()
+        f.finish()
+        os.fsync(f.fd)
+        self._close()
         self.store.install(self.path, meta)
         return meta
 
-    def abort(self) -> None:
+    def _close(self) -> None:
         self._closed = True
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def abort(self) -> None:
+        self._close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -231,9 +215,10 @@ class BlobStore:
         check_blob_id(blob_id)
         return os.path.join(self._dir(blob_id), blob_id)
 
-    def begin(self, meta: BlobMeta) -> IncomingBlob:
+    def begin(self, meta: BlobMeta, cache: bool = False) -> IncomingBlob:
+        """A blob to write; ``cache``: keep it in the page cache even if big."""
         check_blob_id(meta.blob)
-        return IncomingBlob(self, meta)
+        return IncomingBlob(self, meta, cache)
 
     def install(self, temp_path: str, meta: BlobMeta) -> None:
         """Rename a verified, fsynced temp file into place with its metadata."""
@@ -280,10 +265,17 @@ class BlobStore:
         except (NotFound, ValueError, KeyError):
             return os.stat(self.path(blob_id)).st_size
 
-    def read_block(self, f, meta: BlobMeta, index: int) -> bytes:
-        """Block ``index`` of an open blob, checked against its CRC-32, or Corrupt."""
-        data = os.pread(f.fileno(), BLOCK, index * BLOCK)
+    def reader(self, blob_id: str) -> diskio.Reader:
+        """An open blob, for :meth:`read_block`."""
+        try:
+            return diskio.Reader(self.path(blob_id))
+        except FileNotFoundError:
+            raise NotFound("no such blob") from None
+
+    def read_block(self, f: diskio.Reader, meta: BlobMeta, index: int) -> bytes:
+        """Block ``index`` of an open blob, checked against its checksum, or Corrupt."""
         expected = min(BLOCK, meta.size - index * BLOCK)
+        data = f.pread(BLOCK, index * BLOCK)
         if len(data) != expected:
             raise Corrupt(f"block {index} is {len(data)} bytes, expected {expected}")
         checksum = CHECKSUMS.get(meta.checksum)
@@ -296,8 +288,8 @@ class BlobStore:
     def check(self, blob_id: str) -> BlobMeta:
         """Re-read a whole blob against its block checksums and sha256; Corrupt or NotFound."""
         meta = self.meta(blob_id)
-        f, size = self.open(blob_id)
-        with f:
+        with self.reader(blob_id) as f:
+            size = f.size
             if size != meta.size:
                 raise Corrupt(f"{size} bytes on disk, expected {meta.size}")
             digest = hashlib.sha256()

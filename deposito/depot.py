@@ -8,7 +8,6 @@ deletes garbage copies from the servers.
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from twisted.internet import defer, task
@@ -17,7 +16,7 @@ from twisted.logger import Logger
 from deposito.blobstore import new_blob_id
 from deposito.catalog import Catalog, CatalogThread, FileRecord
 from deposito.errors import NoSpace, NotFound, Unavailable
-from deposito.placement import place
+from deposito.placement import place, read_order
 from deposito.pool import BlobPool
 from deposito.protocols.blob import BlobClient
 from deposito.roster import Member, Roster
@@ -141,9 +140,11 @@ class Depot:
                             release=self.pool.release)
             clients = await defer.DeferredList(
                 [defer.ensureDeferred(self.connect(m)) for m in targets], consumeErrors=True)
+            first = read_order(blob, targets)[0]  # the copy reads go to first: keep it in cache
             for m, (ok, client) in zip(targets, clients):
                 if ok:
-                    upload.add_lane(m, client, client.write_blob(blob, size, version, replicas, name))
+                    upload.add_lane(m, client, client.write_blob(blob, size, version, replicas, name,
+                                                                 cache=m is first))
                 else:
                     self.log.warn("cannot reach storage server {id}: {why}", id=m.id,
                                   why=client.getErrorMessage())
@@ -205,7 +206,8 @@ class Depot:
             await self.db(Catalog.add_intent, record.blob, target.id)
             self.log.info("copying {name} to {id}", name=record.name, id=target.id)
             await copy_blob(self.connect, list(sources), target, record.blob, record.size, record.sha256,
-                            record.name, record.version, record.replicas, release=self.pool.release)
+                            record.name, record.version, record.replicas, release=self.pool.release,
+                            cache=read_order(record.blob, [*sources, target])[0] is target)
             target.used += record.size  # until its next heartbeat says so itself
         except Exception as e:
             self.log.warn("copy of {name} to {id} failed: {why}", name=record.name, id=target.id, why=str(e))
@@ -232,11 +234,9 @@ class Depot:
         return record
 
     def healthy(self, record: FileRecord) -> list[Member]:
-        """The up servers holding a copy, in a random order to spread reads."""
+        """The up servers holding a copy, in the order to read them (see read_order)."""
         members = [self.roster.get(s) for s in record.servers]
-        live = [m for m in members if m is not None and m.up]
-        random.shuffle(live)
-        return live
+        return read_order(record.blob, [m for m in members if m is not None and m.up])
 
     async def read(self, record: FileRecord, consumer: Any, started: Any) -> None:
         sources = self.healthy(record)

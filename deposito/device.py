@@ -70,9 +70,9 @@ class Device:
     def release(self, size: int) -> None:
         self.reserved -= size
 
-    def begin(self, meta: BlobMeta) -> IncomingBlob:
+    def begin(self, meta: BlobMeta, cache: bool = False) -> IncomingBlob:
         """A new incoming blob; its file is made on the writer thread."""
-        return self.store.begin(meta)
+        return self.store.begin(meta, cache)
 
     def write(self, incoming: IncomingBlob, data: bytes) -> Deferred:
         return self._write(incoming.write, data)
@@ -119,5 +119,4 @@ class Device:
 
 def _open_with_meta(store: BlobStore, blob_id: str) -> tuple[Any, BlobMeta]:
     meta = store.meta(blob_id)
-    f, _ = store.open(blob_id)
-    return f, meta
+    return store.reader(blob_id), meta

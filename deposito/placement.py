@@ -1,11 +1,15 @@
-"""Where copies go: distinct servers, distinct zones first, then most free space."""
+"""Where copies go: distinct servers, distinct zones first, then most free space;
+and in which order a file's copies are read."""
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import hashlib
+from typing import Iterable, Sequence, TypeVar
 
 from deposito.errors import NoSpace, Unavailable
 from deposito.roster import Member
+
+M = TypeVar("M", bound=Member)
 
 
 def place(candidates: Iterable[Member], count: int, size: int,
@@ -33,3 +37,14 @@ def place(candidates: Iterable[Member], count: int, size: int,
         if len(chosen) < count and m not in chosen:
             chosen.append(m)
     return chosen
+
+
+def read_order(blob: str, holders: Iterable[M]) -> list[M]:
+    """The order in which to try a blob's copies (rendezvous hashing).
+
+    Every reader of a blob tries the same copy first, so that copy is the one
+    worth keeping in its server's page cache (the others are written around
+    the cache); from blob to blob the first copy differs, so reads spread
+    over the servers.
+    """
+    return sorted(holders, key=lambda m: hashlib.blake2b(f"{blob}/{m.id}".encode(), digest_size=8).digest())

@@ -269,11 +269,12 @@ class CopyFailed(Unavailable):
 
 async def copy_blob(connect: Connect, sources: list[Member], target: Member, blob: str,
                     size: int, sha256: str, name: str, version: int, replicas: int,
-                    release: Release = close) -> None:
-    """Make one more copy of a blob on ``target``, read from any of ``sources``."""
+                    release: Release = close, cache: bool = False) -> None:
+    """Make one more copy of a blob on ``target``, read from any of ``sources``
+    (``cache``: the target should keep it in its page cache, see BlobClient.write_blob)."""
     writer = await connect(target)
     try:
-        stored = writer.write_blob(blob, size, version, replicas, name)
+        stored = writer.write_blob(blob, size, version, replicas, name, cache=cache)
         relay = _Relay(writer)
         try:
             await stream_blob(connect, sources, blob, size, relay, release=release)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest_twisted
@@ -47,6 +46,10 @@ def test_refused_write_closes_the_connection(tmp_path):
     proto, tr = server_on_string_transport(device)
     proto.dataReceived(b"WRITE ../../x 1 1 2 name\n")
     assert tr.value().startswith(b"ERR badargs") and tr.disconnecting
+    proto, tr = server_on_string_transport(device)
+    proto.dataReceived(f"WRITE {new_blob_id()} 1 1 2 name keep\n".encode())
+    assert tr.value().startswith(b"ERR badargs the word after the name can only be 'cache'") and tr.disconnecting
+    assert device.reserved == 0
     proto, tr = server_on_string_transport(device)
     proto.dataReceived(b"NOPE\nREAD\n")
     assert tr.value().split(b"\r\n")[:2] == [b"ERR badcommand unknown command 'NOPE' (try HELP)",

@@ -2,8 +2,9 @@
 
 Requests (one line each, words as in the text protocol):
 
-    WRITE <blob> <size> <version> <replicas> <name>
-        then exactly <size> raw bytes, then ``END <sha256> <blocks>``, where
+    WRITE <blob> <size> <version> <replicas> <name> [cache]
+        (``cache``: keep the blob in the page cache, as the copy reads go to
+        first; other big blobs are written around it), then exactly <size> raw bytes, then ``END <sha256> <blocks>``, where
         <blocks> is the digest of the checksum (CRC-32C) of each 1 MiB block sent
         (blobstore.BlockSums); reply ``OK stored <blob> sha256=<hex>`` once
         the blob is durable and its block checksums match <blocks>.
@@ -118,9 +119,11 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 
     # -- WRITE
 
-    def do_WRITE(self, blob: str, size: str, version: str, replicas: str, name: str) -> None:
+    def do_WRITE(self, blob: str, size: str, version: str, replicas: str, name: str, cache: str = "") -> None:
         if self._incoming is not None:
             raise BadCommand("WRITE before the last one ended")
+        if cache not in ("", "cache"):
+            raise BadArgs("the word after the name can only be 'cache'")
         meta = BlobMeta(
             blob=check_blob_id(blob), name=check_name(name),
             version=parse_count(version, "version", 1),
@@ -128,7 +131,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             replicas=parse_count(replicas, "replicas", 1, 16),
         )
         self.device.reserve(meta.size)
-        self._incoming = self.device.begin(meta)
+        self._incoming = self.device.begin(meta, cache=bool(cache))
         self._remaining = meta.size
         self._write_error = None
         self._last_write = defer.succeed(None)
@@ -444,9 +447,12 @@ class BlobClient(LineProtocol, TimeoutMixin):
             self.refused = True  # after a refused WRITE the server closes: never reuse
             d.errback(from_reply(text))
 
-    def write_blob(self, blob: str, size: int, version: int, replicas: int, name: str) -> defer.Deferred:
+    def write_blob(self, blob: str, size: int, version: int, replicas: int, name: str,
+                   cache: bool = False) -> defer.Deferred:
+        """Start an upload; ``cache`` asks the server to keep the blob in its
+        page cache (the copy reads go to first)."""
         d = self._expect(deadline=False)  # the upload's own stall watch covers the bytes; END arms it
-        self.reply(f"WRITE {blob} {size} {version} {replicas} {quote(name)}")
+        self.reply(f"WRITE {blob} {size} {version} {replicas} {quote(name)}" + (" cache" if cache else ""))
         return d
 
     def send(self, data: bytes) -> None:

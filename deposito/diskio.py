@@ -1,0 +1,256 @@
+"""How a blob's bytes meet the disk.
+
+Big blobs (``DIRECT_MIN`` and up) bypass the page cache with O_DIRECT where
+the filesystem allows it: bytes go from a reused, aligned buffer straight to
+the device, and no page of cache is allocated, dirtied, written back and
+freed for them. Reading a block of such a blob takes it from the page cache
+when it happens to be there (RWF_NOWAIT) and reads around the cache if not.
+
+Everything else goes through the page cache with write-behind: each finished
+8 MiB is started on its way to the disk as the next arrives (Linux's
+sync_file_range), so dirty pages stay few and the fsync at commit has little
+left to do.
+
+None of this replaces fsync: a blob is durable only once it is fsynced.
+Every call here blocks: callers run on a device thread, never the reactor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import mmap
+import os
+import threading
+
+from deposito.errors import NoSpace
+
+ALIGN = 4096  # offsets, lengths and buffers of O_DIRECT I/O are multiples of this
+PIECE = 1 << 20  # size of the aligned buffers, and of each direct write
+DIRECT_MIN = 8 << 20  # blobs from this size on bypass the page cache
+WRITE_BEHIND = 8 << 20
+
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+
+def _load_sync_file_range():
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Begin writing out ``length`` bytes at ``offset``; does not wait."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SFR_WRITE)
+
+
+def wait_writeback(fd: int, offset: int, length: int) -> None:
+    """Wait until ``length`` bytes at ``offset`` have been written out."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
+
+
+# -- aligned buffers: mmap'd (so page-aligned) and reused, never given back to the system
+
+_free: list[mmap.mmap] = []
+_free_lock = threading.Lock()
+_KEEP = 16  # spare buffers kept for reuse
+
+
+def take_buffer() -> mmap.mmap:
+    with _free_lock:
+        if _free:
+            return _free.pop()
+    return mmap.mmap(-1, PIECE)
+
+
+def give_back(buf: mmap.mmap) -> None:
+    with _free_lock:
+        if len(_free) < _KEEP:
+            _free.append(buf)
+            return
+    buf.close()
+
+
+def open_direct(path: str, flags: int) -> int | None:
+    """A second descriptor of ``path`` that bypasses the page cache, or None
+    where the system or filesystem has no O_DIRECT."""
+    if not _O_DIRECT:
+        return None
+    try:
+        return os.open(path, flags | _O_DIRECT)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return None
+        raise
+
+
+def write_all(fd: int, data, offset: int | None = None) -> None:
+    """Write every byte of ``data`` (at ``offset``, or the file position); NoSpace when the disk is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise NoSpace("disk full") from e
+            raise
+        if n == 0:
+            raise NoSpace("disk full")
+        view = view[n:]
+        if offset is not None:
+            offset += n
+
+
+class Appender:
+    """Appends a stream to a new file: a big one (unless ``direct`` is False)
+    in whole aligned pieces around the page cache when the filesystem allows,
+    anything else through the page cache with write-behind."""
+
+    def __init__(self, path: str, size: int, direct: bool = True) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.written = 0  # bytes in the file
+        self._behind = 0  # bytes handed to writeback
+        self._direct: int | None = None
+        self._buf: mmap.mmap | None = None
+        self._staged = 0
+        if direct and size >= DIRECT_MIN:
+            self._direct = open_direct(path, os.O_WRONLY)
+            if self._direct is not None:
+                self._buf = take_buffer()
+
+    @property
+    def direct(self) -> bool:
+        return self._direct is not None
+
+    def write(self, data: bytes) -> None:
+        if self._direct is None:
+            write_all(self.fd, data, self.written)
+            self.written += len(data)
+            while self.written - self._behind >= WRITE_BEHIND:
+                start_writeback(self.fd, self._behind, WRITE_BEHIND)
+                if self._behind:
+                    wait_writeback(self.fd, self._behind - WRITE_BEHIND, WRITE_BEHIND)
+                self._behind += WRITE_BEHIND
+            return
+        assert self._buf is not None
+        view = memoryview(data)
+        while view:
+            n = min(len(view), PIECE - self._staged)
+            self._buf[self._staged:self._staged + n] = view[:n]
+            self._staged += n
+            view = view[n:]
+            if self._staged == PIECE:
+                self._write_staged(PIECE)
+            if self._direct is None and view:  # direct writes were refused: the rest as plain writes
+                self.write(bytes(view))
+                return
+
+    def _write_staged(self, length: int) -> None:
+        assert self._buf is not None and self._direct is not None
+        piece = memoryview(self._buf)[:length]
+        try:
+            write_all(self._direct, piece, self.written)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            # The filesystem opened O_DIRECT but will not take these writes:
+            # write the staged bytes through the page cache, and all that follows.
+            write_all(self.fd, piece, self.written)
+            self._stop_direct()
+        self.written += length
+        rest = self._staged - length
+        if rest and self._buf is not None:
+            self._buf[:rest] = self._buf[length:self._staged]
+        self._staged = rest
+
+    def finish(self) -> None:
+        """Write what is still staged; the file then holds every byte (not yet fsynced)."""
+        if self._direct is not None and self._staged:
+            aligned = self._staged // ALIGN * ALIGN
+            if aligned:
+                self._write_staged(aligned)
+        if self._staged:
+            assert self._buf is not None
+            write_all(self.fd, memoryview(self._buf)[:self._staged], self.written)
+            self.written += self._staged
+            self._staged = 0
+
+    def close(self) -> None:
+        self._staged = 0
+        self._stop_direct()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _stop_direct(self) -> None:
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
+        if self._buf is not None and not self._staged:
+            give_back(self._buf)
+            self._buf = None
+
+
+class Reader:
+    """Reads pieces of a file: big files around the page cache, unless the
+    piece is already in it."""
+
+    _buffers = threading.local()  # one aligned buffer per reading thread
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+        self._direct = open_direct(path, os.O_RDONLY) if self.size >= DIRECT_MIN else None
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+        if self._direct is None or length > PIECE:
+            return os.pread(self.fd, length, offset)
+        buf = getattr(self._buffers, "buf", None)
+        if buf is None:
+            buf = self._buffers.buf = mmap.mmap(-1, PIECE)
+        view = memoryview(buf)
+        if _RWF_NOWAIT:
+            try:
+                n = os.preadv(self.fd, [view[:length]], offset, _RWF_NOWAIT)
+                if n == length:
+                    return bytes(view[:n])
+            except OSError as e:  # EAGAIN: not cached; EOPNOTSUPP: cannot tell
+                if e.errno not in (errno.EAGAIN, errno.EOPNOTSUPP):
+                    raise
+        if offset % ALIGN:
+            return os.pread(self.fd, length, offset)
+        want = -(-length // ALIGN) * ALIGN
+        try:
+            n = os.preadv(self._direct, [view[:want]], offset)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            os.close(self._direct)
+            self._direct = None
+            return os.pread(self.fd, length, offset)
+        return bytes(view[:min(n, length)])
+
+    def close(self) -> None:
+        for fd in (self.fd, self._direct):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self.fd, self._direct = -1, None
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,127 @@
+"""Blob bytes and the disk: direct writes of big blobs, the page cache for the rest."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+
+import pytest
+
+from deposito import diskio
+from deposito.blobstore import BLOCK, BlobMeta, BlobStore, new_blob_id
+from deposito.placement import read_order
+from deposito.roster import Member
+from tests.test_blobstore import sums
+
+
+def direct_possible(path) -> bool:
+    probe = os.path.join(path, "probe")
+    open(probe, "wb").close()
+    fd = diskio.open_direct(probe, os.O_RDONLY)
+    os.unlink(probe)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+def in_page_cache(path: str, offset: int, length: int) -> bool:
+    """Whether a range reads from the page cache without going to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.preadv(fd, [bytearray(length)], offset, os.RWF_NOWAIT) == length
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def write_blob(store, data, cache=False, pieces=(1 << 20) + 333):
+    blob = new_blob_id()
+    incoming = store.begin(BlobMeta(blob=blob, name="n", version=1, size=len(data), sha256="", replicas=2), cache)
+    for i in range(0, len(data), pieces):
+        incoming.write(data[i:i + pieces])
+    incoming.commit(*sums(data))
+    return blob
+
+
+@pytest.mark.parametrize("size", [diskio.DIRECT_MIN, diskio.DIRECT_MIN + 1, 3 * diskio.DIRECT_MIN + 4095])
+@pytest.mark.parametrize("cache", [False, True])
+def test_big_blobs_read_back_exactly_direct_or_cached(tmp_path, size, cache):
+    store = BlobStore(str(tmp_path))
+    data = os.urandom(size)
+    blob = write_blob(store, data, cache)
+    meta = store.check(blob)
+    with store.reader(blob) as f:
+        got = b"".join(store.read_block(f, meta, i) for i in range((size + BLOCK - 1) // BLOCK))
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert os.path.getsize(store.path(blob)) == size
+
+
+def test_a_big_blob_is_written_around_the_cache_unless_asked_to_stay(tmp_path):
+    if not direct_possible(str(tmp_path)) or not getattr(os, "RWF_NOWAIT", 0):
+        pytest.skip("this filesystem has no O_DIRECT or RWF_NOWAIT")
+    store = BlobStore(str(tmp_path))
+    around = write_blob(store, os.urandom(16 << 20))
+    kept = write_blob(store, os.urandom(16 << 20), cache=True)
+    assert not in_page_cache(store.path(around), 0, 1 << 20)
+    assert in_page_cache(store.path(kept), 0, 1 << 20)
+    # a small blob always goes through the cache
+    small = write_blob(store, os.urandom(100_000))
+    assert in_page_cache(store.path(small), 0, 100_000)
+
+
+def test_direct_writes_refused_midway_fall_back_to_the_page_cache(tmp_path, monkeypatch):
+    if not direct_possible(str(tmp_path)):
+        pytest.skip("this filesystem has no O_DIRECT")
+    real = os.pwrite
+    refused = []
+
+    def pwrite(fd, data, offset):
+        appender = current[0]
+        if appender is not None and fd == appender._direct and offset >= 2 * diskio.PIECE:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "no direct writes here")
+        return real(fd, data, offset)
+
+    current = [None]
+    real_init = diskio.Appender.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        current[0] = self
+
+    monkeypatch.setattr(diskio.os, "pwrite", pwrite)
+    monkeypatch.setattr(diskio.Appender, "__init__", init)
+    store = BlobStore(str(tmp_path))
+    data = os.urandom(diskio.DIRECT_MIN + 12345)
+    blob = write_blob(store, data, pieces=700_000)
+    assert refused, "the direct path was not taken"
+    with open(store.path(blob), "rb") as f:
+        assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
+    assert store.check(blob).size == len(data)
+
+
+def test_aligned_buffers_are_reused():
+    a = diskio.take_buffer()
+    diskio.give_back(a)
+    assert diskio.take_buffer() is a
+
+
+def members(*ids):
+    return [Member(id=i, zone="z", host="127.0.0.1", port=1) for i in ids]
+
+
+def test_read_order_is_the_same_for_every_reader_and_spreads_blobs_over_servers():
+    servers = members("a", "b", "c")
+    firsts = {}
+    for _ in range(300):
+        blob = new_blob_id()
+        order = [m.id for m in read_order(blob, servers)]
+        assert sorted(order) == ["a", "b", "c"]
+        assert [m.id for m in read_order(blob, list(reversed(servers)))] == order
+        # a server that is down drops out, the others keep their order
+        assert [m.id for m in read_order(blob, [m for m in servers if m.id != order[0]])] == order[1:]
+        firsts[order[0]] = firsts.get(order[0], 0) + 1
+    assert set(firsts) == {"a", "b", "c"} and min(firsts.values()) > 60
