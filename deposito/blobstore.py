@@ -1,19 +1,22 @@
 """Blobs on one device: written aside, verified, fsynced and renamed into place.
 
 A blob is named by an id the proxy chose (32 hex digits), never by a user's
-file name. Beside each blob a small JSON record keeps the user's name,
-version, size, sha256 and wanted replica count, so a lost catalog can be made
-again from the servers. Everything here blocks on the disk: callers run it on
+file name. With each blob a small JSON record keeps the user's name,
+version, size, sha256, wanted replica count and block checksums, so a lost
+catalog can be made again from the servers: in the blob file's extended
+attribute ``user.deposito`` when it fits, else in ``<blob>.meta`` beside it. Everything here blocks on the disk: callers run it on
 the device's own thread, never on the reactor.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import struct
 import threading
 import uuid
 import zlib
@@ -95,7 +98,7 @@ class BlockSums:
 
 def blocks_digest(blocks: tuple[int, ...]) -> str:
     """One short hex string that stands for a list of block checksums."""
-    return hashlib.sha256(b"".join(c.to_bytes(4, "big") for c in blocks)).hexdigest()[:32]
+    return hashlib.sha256(struct.pack(f">{len(blocks)}I", *blocks)).hexdigest()[:32]
 
 
 @attrs.frozen
@@ -123,6 +126,27 @@ class BlobMeta:
             blocks=tuple(int(b) for b in d.get("blocks", ())),
             checksum=d.get("checksum", "crc32"),
         )
+
+
+# Metadata small enough lives in an extended attribute of the blob file: one
+# file and one fsync per blob instead of two. Larger metadata (the block list
+# of a big blob), or a filesystem without user attributes, gets a .meta file.
+META_ATTR = "user.deposito"
+META_ATTR_MAX = 2048
+_NO_ATTR = {errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def _set_meta_attr(fd: int, meta: BlobMeta) -> bool:
+    raw = meta.to_json()
+    if len(raw) > META_ATTR_MAX:
+        return False
+    try:
+        os.setxattr(fd, META_ATTR, raw)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG, errno.ENOSPC, errno.EPERM):
+            return False
+        raise
+    return True
 
 
 class IncomingBlob:
@@ -171,9 +195,12 @@ class IncomingBlob:
         meta = attrs.evolve(self.meta, sha256=sha256, blocks=self.sums.blocks)
         f = self._appender()
         f.finish()
-        os.fsync(f.fd)
+        beside = not _set_meta_attr(f.fd, meta)  # in the blob's own inode when it fits
+        if beside:
+            self.store.write_meta(self.path, meta)
+        os.fsync(f.fd)  # the bytes, and the metadata with them
         self._close()
-        self.store.install(self.path, meta)
+        self.store.install(self.path, meta, beside)
         return meta
 
     def _close(self) -> None:
@@ -184,10 +211,11 @@ class IncomingBlob:
 
     def abort(self) -> None:
         self._close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        for path in (self.path, self.path + ".meta"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 class BlobStore:
@@ -220,20 +248,27 @@ class BlobStore:
         check_blob_id(meta.blob)
         return IncomingBlob(self, meta, cache)
 
-    def install(self, temp_path: str, meta: BlobMeta) -> None:
-        """Rename a verified, fsynced temp file into place with its metadata."""
+    @staticmethod
+    def write_meta(temp_path: str, meta: BlobMeta) -> None:
+        """A blob's metadata in a file of its own beside the temp file, fsynced."""
+        with open(temp_path + ".meta", "wb") as f:
+            f.write(meta.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+
+    def install(self, temp_path: str, meta: BlobMeta, beside: bool) -> None:
+        """Rename a verified, fsynced temp file into place, with its metadata
+        file when it has one (``beside``; else the metadata is in the file)."""
         d = self._dir(meta.blob)
         made = not os.path.isdir(d)
         if made:
             os.makedirs(d, exist_ok=True)
         final = os.path.join(d, meta.blob)
         existed = os.path.exists(final)
-        meta_tmp = temp_path + ".meta"
-        with open(meta_tmp, "wb") as f:
-            f.write(meta.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(meta_tmp, final + ".meta")
+        if beside:
+            os.replace(temp_path + ".meta", final + ".meta")
+        elif os.path.exists(final + ".meta"):  # left by an older copy of the same blob
+            os.unlink(final + ".meta")
         os.replace(temp_path, final)
         fsync_dir(d)
         if made:  # the new subdirectory's own entry must be durable too
@@ -242,8 +277,17 @@ class BlobStore:
             self._tally(meta.size, 1)
 
     def meta(self, blob_id: str) -> BlobMeta:
+        """A blob's metadata: from its extended attribute, or the file beside it."""
+        path = self.path(blob_id)
         try:
-            with open(self.path(blob_id) + ".meta", "rb") as f:
+            return BlobMeta.from_json(os.getxattr(path, META_ATTR))
+        except FileNotFoundError:
+            raise NotFound("no such blob") from None
+        except OSError as e:
+            if e.errno not in _NO_ATTR:
+                raise
+        try:
+            with open(path + ".meta", "rb") as f:
                 return BlobMeta.from_json(f.read())
         except FileNotFoundError:
             raise NotFound("no such blob") from None

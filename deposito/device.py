@@ -77,9 +77,10 @@ class Device:
     def write(self, incoming: IncomingBlob, data: bytes) -> Deferred:
         return self._write(incoming.write, data)
 
-    def commit(self, incoming: IncomingBlob, sha256: str, blocks: str) -> Deferred:
-        """Make a blob durable; call only once its last write has completed."""
-        return deferToThreadPool(self.reactor, self._committers, incoming.commit, sha256, blocks)
+    def commit(self, incoming: IncomingBlob, sha256: str, blocks: str, last: bytes = b"") -> Deferred:
+        """Write ``last`` (if any), then make the blob durable; call only once
+        every earlier write has completed."""
+        return deferToThreadPool(self.reactor, self._committers, _commit, incoming, sha256, blocks, last)
 
     def abort(self, incoming: IncomingBlob) -> Deferred:
         return self._write(incoming.abort)
@@ -115,6 +116,12 @@ class Device:
 
     def inventory(self) -> Deferred:
         return self._read(lambda: list(self.store.inventory()))
+
+
+def _commit(incoming: IncomingBlob, sha256: str, blocks: str, last: bytes) -> BlobMeta:
+    if last:
+        incoming.write(last)
+    return incoming.commit(sha256, blocks)
 
 
 def _open_with_meta(store: BlobStore, blob_id: str) -> tuple[Any, BlobMeta]:

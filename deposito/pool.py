@@ -40,7 +40,7 @@ class _BlobClients(Factory):
 
 
 class BlobPool:
-    def __init__(self, reactor: Any, connect_timeout: float = 5.0, per_server: int = 16,
+    def __init__(self, reactor: Any, connect_timeout: float = 5.0, per_server: int = 64,
                  idle_seconds: float = 10.0, secret: bytes | None = None) -> None:
         self.reactor = reactor
         self.secret = secret

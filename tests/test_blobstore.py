@@ -139,13 +139,13 @@ def test_a_blob_from_before_crc32c_is_still_read_and_checked(tmp_path):
     incoming = store.begin(meta(blob, len(data)))
     incoming.write(data)
     incoming.commit(*sums(data))
-    path = store.path(blob) + ".meta"
-    with open(path) as f:
-        old = json.load(f)
+    old = json.loads(store.meta(blob).to_json())
     assert old["checksum"] == "crc32c"
+    # as blobs were kept before: metadata in a .meta file beside, CRC-32 blocks
+    os.removexattr(store.path(blob), "user.deposito")
     del old["checksum"]
     old["blocks"] = [zlib.crc32(data[:BLOCK]), zlib.crc32(data[BLOCK:])]
-    with open(path, "w") as f:
+    with open(store.path(blob) + ".meta", "w") as f:
         json.dump(old, f)
     assert store.check(blob).checksum == "crc32"
     with open(store.path(blob), "r+b") as f:
@@ -153,3 +153,30 @@ def test_a_blob_from_before_crc32c_is_still_read_and_checked(tmp_path):
         f.write(bytes([data[BLOCK + 3] ^ 1]))
     with pytest.raises(Corrupt, match="block 1"):
         store.check(blob)
+
+
+def test_metadata_lives_in_the_blob_file_or_beside_it_when_large(tmp_path):
+    """Small metadata is an extended attribute of the blob (one file, one
+    fsync); a big blob's block list goes to a .meta file. Both read back, and
+    delete and quarantine take both along."""
+    store = BlobStore(str(tmp_path))
+    small, small_data = new_blob_id(), os.urandom(5000)
+    inc = store.begin(meta(small, len(small_data)))
+    inc.write(small_data)
+    inc.commit(*sums(small_data))
+    assert os.getxattr(store.path(small), "user.deposito") == store.meta(small).to_json()
+    assert not os.path.exists(store.path(small) + ".meta")
+
+    big, big_data = new_blob_id(), os.urandom(300 * BLOCK)  # 300 block checksums: too many for the attribute
+    inc = store.begin(meta(big, len(big_data)))
+    for i in range(0, len(big_data), 8 * BLOCK):
+        inc.write(big_data[i:i + 8 * BLOCK])
+    inc.commit(*sums(big_data))
+    assert os.path.exists(store.path(big) + ".meta")
+    assert len(store.meta(big).blocks) == 300
+    assert {m.blob for m in BlobStore(str(tmp_path)).inventory()} == {small, big}
+
+    store.quarantine(small)
+    assert os.getxattr(os.path.join(str(tmp_path), "quarantine", small), "user.deposito")
+    assert store.delete(big) and not os.path.exists(store.path(big) + ".meta")
+    assert (store.used, store.count) == (0, 0)

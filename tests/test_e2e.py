@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from deposito.placement import read_order
+from deposito.roster import Member
 from tests.cluster import TWISTD, Cluster, Wire, WireError, fields, incoming, poll, serving_servers, sha
 
 pytestmark = pytest.mark.slow
@@ -255,7 +257,9 @@ def test_get_survives_a_frozen_server(cluster):
     data = os.urandom(2 << 20)
     with cluster.wire() as w:
         assert w.put("frozen", data, 2).startswith("OK stored")
-    frozen = cluster.holders(data)[0]
+    holders = cluster.holders(data)
+    [blob] = {f.name for f in cluster.blob_files(holders[0])}
+    frozen = read_order(blob, [Member(id=h, zone="", host="", port=0) for h in holders])[0].id  # read first
     cluster.servers[frozen].send_signal(signal.SIGSTOP)
     try:
         started = time.monotonic()

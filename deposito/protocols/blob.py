@@ -64,6 +64,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self._in_flight = 0
         self._write_error: Failure | None = None
         self._last_write: defer.Deferred = defer.succeed(None)
+        self._flushed = False  # some of this WRITE's bytes went to the writer thread
         self._paused_for_disk = False
         self._sender: _BlobSender | None = None
 
@@ -135,6 +136,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self._remaining = meta.size
         self._write_error = None
         self._last_write = defer.succeed(None)
+        self._flushed = False
         self.setRawMode()
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -144,7 +146,9 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         if self._write_error is None:
             self._pending.append(take)
             self._pending_size += len(take)
-            if self._pending_size >= FLUSH_BYTES or self._remaining == 0:
+            # A blob that arrives whole before anything was written waits for
+            # END, to be written and committed in one go (see do_END).
+            if self._pending_size >= FLUSH_BYTES or self._remaining == 0 and self._flushed:
                 self._flush()
         if self._remaining == 0:
             self.setLineMode(rest)
@@ -155,6 +159,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self._pending_size = 0
         if not data:
             return
+        self._flushed = True
         self._in_flight += len(data)
         d = self.device.write(self._incoming, data)
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(len(data),), errbackArgs=(len(data),))
@@ -179,14 +184,20 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         incoming, self._incoming = self._incoming, None
         if incoming is None:
             raise BadCommand("END without WRITE")
-        d = self._last_write  # writes are in order: the last one done means all are
+        if self._pending:  # a small blob, all here: one trip to a disk thread
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            d = self.device.commit(incoming, sha256, blocks, last=data)
+        else:
+            d = self._last_write  # writes are in order: the last one done means all are
 
-        def written(_: object) -> Any:
-            if self._write_error is not None:
-                return self._write_error
-            return self.device.commit(incoming, sha256, blocks)
+            def written(_: object) -> Any:
+                if self._write_error is not None:
+                    return self._write_error
+                return self.device.commit(incoming, sha256, blocks)
 
-        d.addCallback(written)
+            d.addCallback(written)
         d.addBoth(self._committed, incoming)
         self.pauseProducing()
 

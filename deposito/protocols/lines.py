@@ -6,6 +6,7 @@ Replies are sent with CRLF. A line over the limit is refused, not buffered.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -71,8 +72,13 @@ def handler_for(obj: Any, words: list[str]) -> Callable[..., Any]:
     if handler is None:
         raise BadCommand(f"unknown command {words[0][:40]!r} (try HELP)")
     try:
-        inspect.signature(handler).bind(*words[1:])
+        _signature(handler.__func__).bind(None, *words[1:])
     except TypeError:
         usage = getattr(obj, "USAGE", {}).get(command, command)
         raise BadArgs(f"usage: {usage}") from None
     return handler
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(function: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(function)
