@@ -164,6 +164,7 @@ class IncomingBlob:
         self.path = os.path.join(store.incoming, f"{meta.blob}.{uuid.uuid4().hex[:8]}.tmp")
         self._file: diskio.Appender | None = None
         self._closed = False
+        self._beside = False  # its metadata is in a .meta file, not the attribute
 
     def _appender(self) -> diskio.Appender:
         if self._file is None:
@@ -185,6 +186,16 @@ class IncomingBlob:
         ``blocks`` is the digest of the block checksums of what was sent
         (:class:`BlockSums`); ``sha256``, the whole file's, is kept with it.
         """
+        meta = self.prepare(sha256, blocks)
+        self.sync()
+        for d in self.install():
+            fsync_dir(d)
+        return meta
+
+    # The steps of commit, for committing several blobs together (commit_together).
+
+    def prepare(self, sha256: str, blocks: str) -> BlobMeta:
+        """Check the blob and write all of it and its metadata (not yet durable)."""
         if self.received != self.meta.size:
             raise BadArgs(f"got {self.received} bytes, expected {self.meta.size}")
         if not SHA256.match(sha256):
@@ -195,13 +206,29 @@ class IncomingBlob:
         meta = attrs.evolve(self.meta, sha256=sha256, blocks=self.sums.blocks)
         f = self._appender()
         f.finish()
-        beside = not _set_meta_attr(f.fd, meta)  # in the blob's own inode when it fits
-        if beside:
-            self.store.write_meta(self.path, meta)
-        os.fsync(f.fd)  # the bytes, and the metadata with them
-        self._close()
-        self.store.install(self.path, meta, beside)
+        self._beside = not _set_meta_attr(f.fd, meta)  # in the blob's own inode when it fits
+        if self._beside:
+            with open(self.path + ".meta", "wb") as out:
+                out.write(meta.to_json())
+        self.meta = meta
         return meta
+
+    def sync(self) -> None:
+        """Make the prepared blob (and its metadata file) durable."""
+        assert self._file is not None
+        os.fsync(self._file.fd)
+        if self._beside:
+            fd = os.open(self.path + ".meta", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def install(self) -> list[str]:
+        """Rename the durable blob into place; the directories to fsync so the
+        renames are durable too."""
+        self._close()
+        return self.store.install(self.path, self.meta, self._beside)
 
     def _close(self) -> None:
         self._closed = True
@@ -229,6 +256,8 @@ class BlobStore:
         # What an interrupted write left is never a blob: start clean.
         shutil.rmtree(self.incoming, ignore_errors=True)
         os.makedirs(self.incoming)
+        # Group commits sync the whole filesystem, which covers the blobs only if it holds all of them.
+        self.one_filesystem = len({os.stat(p).st_dev for p in (self.root, self.blobs, self.incoming)}) == 1
         self.used = 0
         self.count = 0
         self._tally_lock = threading.Lock()  # commits run on several threads
@@ -248,17 +277,10 @@ class BlobStore:
         check_blob_id(meta.blob)
         return IncomingBlob(self, meta, cache)
 
-    @staticmethod
-    def write_meta(temp_path: str, meta: BlobMeta) -> None:
-        """A blob's metadata in a file of its own beside the temp file, fsynced."""
-        with open(temp_path + ".meta", "wb") as f:
-            f.write(meta.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-
-    def install(self, temp_path: str, meta: BlobMeta, beside: bool) -> None:
+    def install(self, temp_path: str, meta: BlobMeta, beside: bool) -> list[str]:
         """Rename a verified, fsynced temp file into place, with its metadata
-        file when it has one (``beside``; else the metadata is in the file)."""
+        file when it has one (``beside``; else the metadata is in the file).
+        Returns the directories to fsync for the renames to be durable."""
         d = self._dir(meta.blob)
         made = not os.path.isdir(d)
         if made:
@@ -270,11 +292,42 @@ class BlobStore:
         elif os.path.exists(final + ".meta"):  # left by an older copy of the same blob
             os.unlink(final + ".meta")
         os.replace(temp_path, final)
-        fsync_dir(d)
-        if made:  # the new subdirectory's own entry must be durable too
-            fsync_dir(self.blobs)
         if not existed:
             self._tally(meta.size, 1)
+        return [d, self.blobs] if made else [d]  # a new subdirectory's own entry too
+
+    def commit_together(self, batch: list[tuple[IncomingBlob, str, str]]) -> list[tuple[bool, object]]:
+        """Commit several blobs (incoming, sha256, blocks) with shared flushes:
+        one sync of the filesystem makes all their bytes durable, one more all
+        their renames, where a blob alone takes an fsync of its file and one of
+        its directory. Returns (True, meta) or (False, error) for each."""
+        results: list[tuple[bool, object]] = [(False, None)] * len(batch)
+        ready: list[int] = []
+        for i, (incoming, sha256, blocks) in enumerate(batch):
+            try:
+                results[i] = (True, incoming.prepare(sha256, blocks))
+                ready.append(i)
+            except Exception as e:
+                results[i] = (False, e)
+
+        def each(step) -> None:
+            for i in list(ready):
+                try:
+                    step(batch[i][0])
+                except Exception as e:
+                    results[i] = (False, e)
+                    ready.remove(i)
+
+        if len(ready) > 1 and self.one_filesystem and diskio.sync_filesystem(self.root):
+            dirs: set[str] = set()
+            each(lambda incoming: dirs.update(incoming.install()))
+            if not diskio.sync_filesystem(self.root):
+                for d in sorted(dirs):
+                    fsync_dir(d)
+            return results
+        each(IncomingBlob.sync)
+        each(lambda incoming: [fsync_dir(d) for d in incoming.install()])
+        return results
 
     def meta(self, blob_id: str) -> BlobMeta:
         """A blob's metadata: from its extended attribute, or the file beside it."""

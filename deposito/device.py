@@ -1,18 +1,21 @@
 """A storage server's device: the blob store behind its own threads.
 
-Writes go through one ordered thread (one writer per device). Commits (fsync,
-rename, fsync of the directory) run on a few threads of their own, so the
-fsyncs of blobs finishing together overlap instead of queueing one behind
-another; reads have their own pool too, so a long fsync never holds back a
-read. Every method returns a Deferred and never blocks the reactor.
+Writes go through one ordered thread (one writer per device). Commits (flush,
+rename, flush of the directory) have a thread of their own, and the blobs
+that finish while one batch commits are committed together in the next,
+sharing its flushes (group commit); reads have their own pool too, so a long
+flush never holds back a read. Every method returns a Deferred and never
+blocks the reactor.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from twisted.logger import Logger
@@ -33,15 +36,18 @@ class Device:
         self.reserved = 0
         self._writer = ThreadPool(1, 1, "deposito-writer")
         self._readers = ThreadPool(1, 2, "deposito-reader")
-        self._committers = ThreadPool(1, 4, "deposito-committer")
+        self._committer = ThreadPool(1, 1, "deposito-committer")
+        self._commit_lock = threading.Lock()
+        self._commits: list[tuple[IncomingBlob, str, str, bytes, Deferred]] = []
+        self._committing = False
         self.corrupt_listeners: list[Callable[[str, str], None]] = []
 
     def start(self) -> None:
-        for pool in (self._writer, self._readers, self._committers):
+        for pool in (self._writer, self._readers, self._committer):
             pool.start()
 
     def stop(self) -> None:
-        for pool in (self._writer, self._readers, self._committers):
+        for pool in (self._writer, self._readers, self._committer):
             pool.stop()
 
     @property
@@ -78,9 +84,41 @@ class Device:
         return self._write(incoming.write, data)
 
     def commit(self, incoming: IncomingBlob, sha256: str, blocks: str, last: bytes = b"") -> Deferred:
-        """Write ``last`` (if any), then make the blob durable; call only once
-        every earlier write has completed."""
-        return deferToThreadPool(self.reactor, self._committers, _commit, incoming, sha256, blocks, last)
+        """Write ``last`` (if any), then make the blob durable and visible;
+        call only once every earlier write has completed. Fires with its
+        BlobMeta."""
+        d: Deferred = Deferred()
+        with self._commit_lock:
+            self._commits.append((incoming, sha256, blocks, last, d))
+            if self._committing:
+                return d
+            self._committing = True
+        self._committer.callInThread(self._drain_commits)
+        return d
+
+    def _drain_commits(self) -> None:
+        while True:
+            with self._commit_lock:
+                batch, self._commits = self._commits, []
+                if not batch:
+                    self._committing = False
+                    return
+            results: list[tuple[bool, object]] = [(False, None)] * len(batch)
+            todo: list[int] = []
+            for i, (incoming, _, _, last, _) in enumerate(batch):
+                try:
+                    if last:
+                        incoming.write(last)
+                    todo.append(i)
+                except Exception as e:
+                    results[i] = (False, e)
+            try:
+                done = self.store.commit_together([batch[i][:3] for i in todo])
+            except Exception as e:
+                done = [(False, e)] * len(todo)
+            for i, result in zip(todo, done):
+                results[i] = result
+            self.reactor.callFromThread(_fire, [d for *_, d in batch], results)
 
     def abort(self, incoming: IncomingBlob) -> Deferred:
         return self._write(incoming.abort)
@@ -118,10 +156,12 @@ class Device:
         return self._read(lambda: list(self.store.inventory()))
 
 
-def _commit(incoming: IncomingBlob, sha256: str, blocks: str, last: bytes) -> BlobMeta:
-    if last:
-        incoming.write(last)
-    return incoming.commit(sha256, blocks)
+def _fire(deferreds: list[Deferred], results: list[tuple[bool, object]]) -> None:
+    for d, (ok, value) in zip(deferreds, results):
+        if ok:
+            d.callback(value)
+        else:
+            d.errback(Failure(value))
 
 
 def _open_with_meta(store: BlobStore, blob_id: str) -> tuple[Any, BlobMeta]:

@@ -61,6 +61,32 @@ def wait_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
 
 
+def _load_syncfs():
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).syncfs
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_syncfs = _load_syncfs()
+
+
+def sync_filesystem(path: str) -> bool:
+    """Make everything written to the filesystem holding ``path`` durable
+    (Linux's syncfs); False where that call is missing or failed, so the
+    caller fsyncs file by file instead."""
+    if _syncfs is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _syncfs(fd) == 0
+    finally:
+        os.close(fd)
+
+
 # -- aligned buffers: mmap'd (so page-aligned) and reused, never given back to the system
 
 _free: list[mmap.mmap] = []

@@ -180,3 +180,36 @@ def test_metadata_lives_in_the_blob_file_or_beside_it_when_large(tmp_path):
     assert os.getxattr(os.path.join(str(tmp_path), "quarantine", small), "user.deposito")
     assert store.delete(big) and not os.path.exists(store.path(big) + ".meta")
     assert (store.used, store.count) == (0, 0)
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_blobs_committed_together_each_get_their_own_outcome(tmp_path, monkeypatch, together):
+    """A batch shares its flushes (syncfs), or falls back to one fsync per
+    file: either way good blobs land whole, a bad one fails alone and leaves
+    nothing."""
+    from deposito import diskio
+
+    calls = []
+    real = diskio.sync_filesystem
+    monkeypatch.setattr(diskio, "sync_filesystem", lambda path: calls.append(path) or (together and real(path)))
+    store = BlobStore(str(tmp_path))
+    datas = [os.urandom(n) for n in (10, 5000, 3 * BLOCK + 1, 0)]
+    batch = []
+    for data in datas:
+        inc = store.begin(meta(new_blob_id(), len(data)))
+        inc.write(data)
+        batch.append((inc, *sums(data)))
+    bad = store.begin(meta(new_blob_id(), 3))
+    bad.write(b"abc")
+    batch.insert(2, (bad, *sums(b"abd")))
+    results = store.commit_together(batch)
+    assert [ok for ok, _ in results] == [True, True, False, True, True]
+    assert isinstance(results[2][1], BadArgs)
+    bad.abort()
+    for (inc, _, _), data in zip([b for b in batch if b[0] is not bad], datas):
+        f, size = store.open(inc.meta.blob)
+        with f:
+            assert f.read() == data
+        assert store.check(inc.meta.blob).size == len(data)
+    assert store.count == 4 and os.listdir(store.incoming) == []
+    assert len(calls) == (2 if together else 1)  # bytes, then renames; or refused once
