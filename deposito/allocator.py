@@ -15,9 +15,10 @@ import ctypes.util
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 
 
-def tune_for_streams(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
+def tune_for_streams(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20, arenas: int = 1) -> bool:
     """Apply the thresholds; False where the C library is not glibc."""
     name = ctypes.util.find_library("c")
     if not name:
@@ -29,4 +30,5 @@ def tune_for_streams(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 <
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    return (bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+            and bool(mallopt(M_ARENA_MAX, arenas)))

@@ -276,15 +276,19 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 class _BlobSender:
     """Sends a blob block by block, each checked against its checksum first.
 
-    Blocks are read on the reader threads; the peer's transport pauses us.
-    A block that fails its check is never sent: the copy is reported corrupt
-    and the connection is cut, so the reader moves to another copy.
+    Blocks are read on the reader threads, one block ahead of the one being
+    sent, so the disk and the network work at the same time; the peer's
+    transport pauses the sending (the read ahead waits). A block that fails
+    its check is never sent: the copy is reported corrupt and the connection
+    is cut, so the reader moves to another copy.
     """
 
     def __init__(self, device: Any, f: Any, meta: BlobMeta, offset: int, transport: Any,
                  done: Callable[[], None], progress: Callable[[], None]) -> None:
         self.device, self.f, self.meta, self.offset = device, f, meta, offset
         self.transport, self.done, self.progress = transport, done, progress
+        self._read_at = offset  # where the next block read starts
+        self._ready: bytes | None = None  # read and checked, not yet sent
         self.paused = False
         self.reading = False
         self.stopped = False
@@ -294,29 +298,39 @@ class _BlobSender:
         self._next()
 
     def _next(self) -> None:
-        if self.stopped or self.paused or self.reading:
+        """Read the next block, unless one is being read or waits to be sent."""
+        if self.stopped or self.reading or self._ready is not None:
             return
-        if self.offset >= self.meta.size:
+        if self._read_at >= self.meta.size:
             self._finish()
             return
         self.reading = True
-        d = self.device.read_block(self.f, self.meta, self.offset // BLOCK)
+        d = self.device.read_block(self.f, self.meta, self._read_at // BLOCK)
         d.addCallbacks(self._got, self._failed)
 
     def _got(self, block: bytes) -> None:
         self.reading = False
         if self.stopped:
+            self.device.close(self.f)  # closed only now: it was being read
             return
-        skip = self.offset % BLOCK
-        data = block[skip:] if skip else block
+        skip = self._read_at % BLOCK
+        self._ready = block[skip:] if skip else block
+        self._read_at += len(self._ready)
+        self._send()
+
+    def _send(self) -> None:
+        if self.paused or self._ready is None:
+            return
+        data, self._ready = self._ready, None
         self.offset += len(data)
         self.progress()
-        self.transport.write(data)
+        self.transport.write(data)  # may pause us: the next block is read all the same
         self._next()
 
     def _failed(self, failure: Failure) -> None:
         self.reading = False
-        if self.stopped:  # the file was closed under the read: not the blob's fault
+        if self.stopped:  # the reader went away meanwhile: not the blob's fault
+            self.device.close(self.f)
             return
         if failure.check(Corrupt):
             self.device.corrupt(self.meta.blob, failure.getErrorMessage())
@@ -336,12 +350,14 @@ class _BlobSender:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self._next()
+        self._send()
 
     def stopProducing(self) -> None:
         if not self.stopped:
             self.stopped = True
-            self.device.close(self.f)
+            self._ready = None
+            if not self.reading:  # else closed when the read in progress returns
+                self.device.close(self.f)
 
 
 class BlobServerFactory(Factory):

@@ -15,7 +15,7 @@ from twisted.protocols.basic import LineReceiver
 from deposito.errors import BadArgs, BadCommand
 
 MAX_LINE = 8192
-STREAM_BUFFER = 1 << 20
+STREAM_BUFFER = 256 << 10
 
 
 def tune_for_streams(transport: Any) -> None:
