@@ -25,6 +25,9 @@ from deposito.blobstore import BlockSums
 from deposito.errors import DepositoError, Unavailable
 from deposito.protocols.blob import BlobClient, ConnectionLost
 from deposito.roster import Member
+from deposito.splice import can_splice
+
+SPLICE_MIN = 1 << 20  # reads from this size on are spliced where they can be
 
 Connect = Callable[[Member], Awaitable[BlobClient]]
 Release = Callable[[BlobClient], None]
@@ -182,6 +185,19 @@ class CountingConsumer:
         self.count += len(data)
         self.consumer.write(data)
 
+    def spliced(self, n: int) -> None:
+        """``n`` bytes reached the transport underneath without passing here."""
+        self.count += n
+        if isinstance(self.consumer, CountingConsumer):
+            self.consumer.spliced(n)
+
+    def transport(self) -> Any:
+        """The transport under any counting layers."""
+        inner = self.consumer
+        while isinstance(inner, CountingConsumer):
+            inner = inner.consumer
+        return inner
+
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.consumer.registerProducer(producer, streaming)
 
@@ -213,15 +229,23 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: 
         client = None
         try:
             client = await connect(member)
-            await client.read_blob(blob, sink.count, sink)
+            target = sink.transport()
+            relay = size - sink.count >= SPLICE_MIN and can_splice(client.transport, target)
+            if relay:
+                await client.read_blob(blob, sink.count, sink, relay_to=target)
+            else:
+                await client.read_blob(blob, sink.count, sink)
             if not begun:
                 begun = True
                 started()
-            consumer.registerProducer(client.transport, True)
-            try:
+            if relay:  # the client moves the bytes itself (deposito.splice)
                 await client.body
-            finally:
-                consumer.unregisterProducer()
+            else:
+                consumer.registerProducer(client.transport, True)
+                try:
+                    await client.body
+                finally:
+                    consumer.unregisterProducer()
             if sink.count == size:
                 return
         except DepositoError as e:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -37,6 +37,7 @@ from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal
 from deposito.protocols.lines import LineProtocol, handler_for, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
 from deposito.secret import nonce, proof, verify
+from deposito.splice import Relay, SourceLost
 
 FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big
 WINDOW_BYTES = 4 << 20  # pause the sender when this much waits for the disk
@@ -360,6 +361,24 @@ class _BlobSender:
                 self.device.close(self.f)
 
 
+@implementer(IPullProducer)
+class _Drained:
+    """Waits for a transport to have sent everything written to it (Twisted
+    asks a pull producer for more each time its buffer runs empty)."""
+
+    def __init__(self, client: BlobClient, target: Any) -> None:
+        self.client, self.target = client, target
+
+    def resumeProducing(self) -> None:
+        if self.target in self.target.reactor.getWriters():
+            return  # still sending: asked again once it is done
+        self.target.unregisterProducer()
+        self.client._start_relay(self.target)
+
+    def stopProducing(self) -> None:  # the reader went away
+        self.client.transport.abortConnection()
+
+
 class BlobServerFactory(Factory):
     def __init__(self, device: Any, secret: bytes | None = None) -> None:
         self.device = device
@@ -389,6 +408,8 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self._sink: Any = None
         self._remaining = 0
         self._body: defer.Deferred | None = None
+        self._relay_to: Any = None  # a socket transport to splice a READ's body into
+        self._relay: Any = None
         self.lost = False
         self.refused = False
 
@@ -427,7 +448,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
         """Connected, between requests, with nothing half-read: fit for the next request."""
         t = self.transport
         return (not self.lost and not self.refused and t is not None and t.connected and not t.disconnecting
-                and self._waiting is None and self._body is None and self._sink is None
+                and self._waiting is None and self._body is None and self._sink is None and self._relay is None
                 and bool(self.line_mode) and not self._buffer and getattr(t, "producer", None) is None)
 
     def _expect(self, deadline: bool = True) -> defer.Deferred:
@@ -441,6 +462,8 @@ class BlobClient(LineProtocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         super().dataReceived(data)
+        if self._relay_to is not None and self._body is not None and self._remaining:
+            self._begin_relay()  # what came with the reply went to the sink; the rest by splice
 
     def timeoutConnection(self) -> None:
         self.transport.abortConnection()
@@ -495,13 +518,41 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self.reply(f"DELETE {blob}")
         return d
 
-    def read_blob(self, blob: str, offset: int, sink: Any) -> defer.Deferred:
+    def read_blob(self, blob: str, offset: int, sink: Any, relay_to: Any = None) -> defer.Deferred:
         """Fires with the byte count to come once the server accepts; then
-        :attr:`body` fires when the last byte has gone to ``sink.write``."""
+        :attr:`body` fires when the last byte has gone to ``sink.write``.
+
+        With ``relay_to`` (a plain TCP transport, see deposito.splice), the
+        bytes after those that came with the reply go straight from this
+        socket to that one, and ``sink.spliced(n)`` counts them."""
         d = self._expect()
         self._sink = sink
+        self._relay_to = relay_to
         self.reply(f"READ {blob} {offset}")
         return d
+
+    def _begin_relay(self) -> None:
+        target, self._relay_to = self._relay_to, None
+        self.transport.stopReading()  # nothing more into the target's buffer: wait till it is sent
+        self.setTimeout(None)  # the relay keeps its own deadline
+        target.registerProducer(_Drained(self, target), False)
+
+    def _start_relay(self, target: Any) -> None:
+        if self._body is None or self.lost:
+            return
+        self._relay = Relay(self.transport.reactor, self.transport, target, self._remaining, self.request_timeout)
+        self._relay.start().addCallbacks(self._relayed, self._relay_failed)
+
+    def _relayed(self, moved: int) -> None:
+        self._relay = None
+        self._sink.spliced(moved)
+        self._remaining = 0
+        self._end_body()
+
+    def _relay_failed(self, failure: Failure) -> None:
+        relay, self._relay = self._relay, None
+        self._sink.spliced(relay.moved)  # the source was cut: its connectionLost fails the body
+        self._remaining -= relay.moved
 
     def _start_body(self, text: str, d: defer.Deferred) -> None:
         words = text.split()
@@ -534,6 +585,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
 
     def _end_body(self) -> None:
         self.setTimeout(None)
+        self._relay_to = None
         body, self._body, self._sink = self._body, None, None
         self.setLineMode()
         if body is not None:
@@ -542,6 +594,8 @@ class BlobClient(LineProtocol, TimeoutMixin):
     def connectionLost(self, reason: Failure = None) -> None:
         self.lost = True
         self.setTimeout(None)
+        if self._relay is not None:  # count what it moved before the body fails
+            self._relay.fail(SourceLost("storage server connection lost"))
         err = ConnectionLost("storage server connection lost")
         if not self.ready.called:
             self.ready.errback(err)

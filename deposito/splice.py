@@ -1,0 +1,247 @@
+"""Relaying a blob's bytes from a storage server to a client inside the kernel.
+
+A GET through the proxy crosses two sockets. Copying each byte up into the
+proxy and down again is most of the proxy's work on a large GET; Linux's
+splice() moves the pages from one socket to a pipe and on to the other
+socket without that copy. The proxy still counts every byte, pauses on a
+slow client (the pipe fills, the server's socket is left unread), and gives
+up on a server that goes quiet.
+
+Only for plain TCP on both sides (a TLS client needs its bytes encrypted in
+the proxy) and where os.splice exists; everything else takes the ordinary
+path.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import Any
+
+from twisted.internet import defer, tcp
+from twisted.internet.interfaces import IPushProducer, IReadDescriptor, IWriteDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from deposito.errors import DepositoError
+
+PIPE_SIZE = 1 << 20
+_SPLICE = getattr(os, "splice", None)
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", None)
+
+
+class SourceLost(DepositoError):
+    """The storage server stopped sending mid-relay."""
+
+    code = "unavailable"
+
+
+class ReaderLost(DepositoError):
+    """The client went away mid-relay."""
+
+    code = "unavailable"
+
+
+def can_splice(source: Any, target: Any) -> bool:
+    """Whether bytes can go from transport ``source`` to ``target`` by splice."""
+    return (_SPLICE is not None and all(
+        type(t) in (tcp.Client, tcp.Server) and not getattr(t, "TLS", False) and t.connected
+        and not t.disconnecting for t in (source, target)))
+
+
+@implementer(IReadDescriptor)
+class _Readable:
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def fileno(self) -> int:
+        return self.relay.source.fileno()  # -1 once that socket is closed
+
+    def doRead(self) -> None:
+        self.relay.pump()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.relay.fail(SourceLost("storage server connection lost"))
+
+    def logPrefix(self) -> str:
+        return "splice-source"
+
+
+@implementer(IWriteDescriptor)
+class _Writable:
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    def fileno(self) -> int:
+        return self.relay.target.fileno()
+
+    def doWrite(self) -> None:
+        self.relay.reactor.removeWriter(self)
+        self.relay.writing = False
+        self.relay.pump()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.relay.fail(ReaderLost("the reader went away"))
+
+    def logPrefix(self) -> str:
+        return "splice-target"
+
+
+@implementer(IPushProducer)
+class Relay:
+    """Moves ``count`` bytes from socket transport ``source`` to ``target``.
+
+    Both transports stop reading for the time of the relay, and those that
+    were reading read again after (each must have nothing left to write); :attr:`done` fires with the byte count once every
+    byte is in the target's socket, or fails with SourceLost or ReaderLost;
+    :attr:`moved` counts the bytes the target has, whatever happens. The
+    relay is the target's producer meanwhile, so a target that goes away
+    stops it; whoever owns the source calls :meth:`fail` if it goes away.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, source: Any, target: Any, count: int, idle_timeout: float) -> None:
+        self.reactor, self.source, self.target = reactor, source, target
+        self.count = count
+        self.idle_timeout = idle_timeout
+        self.moved = 0  # bytes written to the target
+        self.taken = 0  # bytes taken from the source (the difference waits in the pipe)
+        self.done: defer.Deferred = defer.Deferred()
+        self.reading = False
+        self.writing = False
+        self._readable = _Readable(self)
+        self._writable = _Writable(self)
+        self._pipe: tuple[int, int] | None = None
+        self._idle: Any = None
+        self._was_reading: list[Any] = []
+
+    def start(self) -> defer.Deferred:
+        writers = self.reactor.getWriters()
+        if self.source in writers or self.target in writers:
+            raise RuntimeError("a relay needs both sockets to have sent all that was written to them")
+        readers = self.reactor.getReaders()
+        self._was_reading = [t for t in (self.source, self.target) if t in readers]  # read again after
+        self.source.stopReading()
+        self.target.stopReading()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pipe = (r, w)
+        if _F_SETPIPE_SZ is not None:
+            try:
+                fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # the system's limit: the default size works too
+        self._idle = self.reactor.callLater(self.idle_timeout, self._timed_out)
+        self.target.registerProducer(self, True)
+        self.pump()
+        return self.done
+
+    # IPushProducer, as the target's producer: its buffer stays empty, so
+    # only its loss matters.
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        self.fail(ReaderLost("the reader went away"))
+
+    def pump(self) -> None:
+        """Move what can be moved now; then wait for the target to take more
+        when bytes wait in the pipe, else for the source to send more."""
+        if self.done.called or self._pipe is None:
+            return
+        r, w = self._pipe
+        progressed = False
+        while self.moved < self.count:
+            moved = False
+            if self.taken < self.count and self.taken - self.moved < PIPE_SIZE:
+                try:
+                    n = _SPLICE(self.source.fileno(), w, min(PIPE_SIZE - (self.taken - self.moved),
+                                                             self.count - self.taken), flags=_FLAGS)
+                except BlockingIOError:
+                    n = -1
+                except OSError as e:
+                    return self.fail(SourceLost(f"reading from the storage server: {e.strerror}"))
+                if n == 0:
+                    return self.fail(SourceLost("the storage server closed the connection mid-blob"))
+                if n > 0:
+                    self.taken += n
+                    moved = True
+            if self.taken > self.moved:
+                try:
+                    n = _SPLICE(r, self.target.fileno(), self.taken - self.moved, flags=_FLAGS)
+                except BlockingIOError:
+                    n = -1
+                except OSError as e:
+                    return self.fail(ReaderLost(f"the reader went away ({e.strerror})"))
+                if n > 0:
+                    self.moved += n
+                    moved = True
+            if not moved:
+                break
+            progressed = True
+        if self.moved == self.count:
+            return self._finish()
+        if progressed and self._idle is not None and self._idle.active():
+            self._idle.reset(self.idle_timeout)
+        # Bytes in the pipe: the target is full, wait until it takes more. An
+        # empty pipe: the source had nothing, wait until it sends more.
+        want_write = self.taken > self.moved
+        if want_write and not self.writing:
+            self.reactor.addWriter(self._writable)
+            self.writing = True
+        if want_write == self.reading:
+            if self.reading:
+                self.reactor.removeReader(self._readable)
+            else:
+                self.reactor.addReader(self._readable)
+            self.reading = not self.reading
+
+    def _timed_out(self) -> None:
+        self._idle = None
+        self.fail(SourceLost(f"no byte from the storage server for {self.idle_timeout:.0f} s"))
+
+    def _stop(self) -> None:
+        if self.reading:
+            self.reactor.removeReader(self._readable)
+            self.reading = False
+        if self.writing:
+            self.reactor.removeWriter(self._writable)
+            self.writing = False
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+        if getattr(self.target, "producer", None) is self:
+            self.target.unregisterProducer()
+
+    def _read_again(self, transport: Any) -> None:
+        if transport in self._was_reading and transport.connected and not transport.disconnecting:
+            transport.startReading()
+
+    def _finish(self) -> None:
+        self._stop()
+        self._read_again(self.source)
+        self._read_again(self.target)
+        self.done.callback(self.moved)
+
+    def fail(self, err: DepositoError) -> None:
+        """Give up. The source connection is cut (its blob is half read); so
+        is the target when the reader went away, else it reads again."""
+        if self.done.called:
+            return
+        self._stop()
+        if self.source.connected:
+            self.source.abortConnection()
+        if isinstance(err, ReaderLost):
+            if self.target.connected:
+                self.target.abortConnection()
+        else:
+            self._read_again(self.target)
+        self.done.errback(err)
