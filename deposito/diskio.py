@@ -241,7 +241,11 @@ class Reader:
         self._direct = open_direct(path, os.O_RDONLY) if self.size >= DIRECT_MIN else None
 
     def pread(self, length: int, offset: int) -> bytes:
-        """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+        """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file).
+
+        A big file whose first piece read is found in the page cache is read
+        through the cache from then on (it was written through it); one
+        that is not is read around the cache."""
         if self._direct is None or length > PIECE:
             return os.pread(self.fd, length, offset)
         buf = getattr(self._buffers, "buf", None)
@@ -251,7 +255,9 @@ class Reader:
         if _RWF_NOWAIT:
             try:
                 n = os.preadv(self.fd, [view[:length]], offset, _RWF_NOWAIT)
-                if n == length:
+                if n == length:  # cached: read the rest the plain way, one copy fewer
+                    os.close(self._direct)
+                    self._direct = None
                     return bytes(view[:n])
             except OSError as e:  # EAGAIN: not cached; EOPNOTSUPP: cannot tell
                 if e.errno not in (errno.EAGAIN, errno.EOPNOTSUPP):

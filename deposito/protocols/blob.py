@@ -40,7 +40,7 @@ from deposito.secret import nonce, proof, verify
 from deposito.splice import Relay, SourceLost
 
 FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big
-WINDOW_BYTES = 4 << 20  # pause the sender when this much waits for the disk
+WINDOW_BYTES = 2 << 20  # pause the sender when this much waits for the disk
 
 
 class ConnectionLost(DepositoError):

@@ -15,15 +15,18 @@ from twisted.protocols.basic import LineReceiver
 from deposito.errors import BadArgs, BadCommand
 
 MAX_LINE = 8192
-STREAM_BUFFER = 256 << 10
+STREAM_READ = 256 << 10  # bytes asked of the socket per read
+STREAM_SEND = 1 << 20  # bytes handed to the socket per send
 
 
 def tune_for_streams(transport: Any) -> None:
-    """Read and send in 1 MiB pieces (Twisted's default is 64 KiB): fewer
-    calls per byte on the hot path. Writes beyond this still pause producers."""
+    """Read 256 KiB and send up to 1 MiB per call (Twisted's default is
+    64 KiB for both): fewer calls per byte on the hot path, and reads small
+    enough that a process's buffers stay a few MiB. A producer is paused
+    once more than STREAM_READ waits to be sent."""
     if hasattr(transport, "bufferSize"):
-        transport.bufferSize = STREAM_BUFFER
-        transport.SEND_LIMIT = STREAM_BUFFER
+        transport.bufferSize = STREAM_READ
+        transport.SEND_LIMIT = STREAM_SEND
     if hasattr(transport, "setTcpNoDelay"):
         try:
             transport.setTcpNoDelay(True)
