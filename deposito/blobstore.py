@@ -113,6 +113,7 @@ class BlobMeta:
     replicas: int
     blocks: tuple[int, ...] = ()
     checksum: str = NEW_CHECKSUM  # which function made ``blocks``
+    cached: bool = False  # this copy was written through the page cache, to be read from it
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), sort_keys=True).encode()
@@ -125,6 +126,7 @@ class BlobMeta:
             size=int(d["size"]), sha256=d["sha256"], replicas=int(d["replicas"]),
             blocks=tuple(int(b) for b in d.get("blocks", ())),
             checksum=d.get("checksum", "crc32"),
+            cached=bool(d.get("cached", False)),
         )
 
 
@@ -203,8 +205,8 @@ class IncomingBlob:
         got = self.sums.digest()
         if got != blocks:
             raise BadArgs(f"checksum mismatch: got {got}")
-        meta = attrs.evolve(self.meta, sha256=sha256, blocks=self.sums.blocks)
         f = self._appender()
+        meta = attrs.evolve(self.meta, sha256=sha256, blocks=self.sums.blocks, cached=not f.direct)
         f.finish()
         self._beside = not _set_meta_attr(f.fd, meta)  # in the blob's own inode when it fits
         if self._beside:
@@ -362,10 +364,11 @@ class BlobStore:
         except (NotFound, ValueError, KeyError):
             return os.stat(self.path(blob_id)).st_size
 
-    def reader(self, blob_id: str) -> diskio.Reader:
-        """An open blob, for :meth:`read_block`."""
+    def reader(self, blob_id: str, meta: BlobMeta | None = None) -> diskio.Reader:
+        """An open blob, for :meth:`read_block` (``meta`` tells whether it is
+        one to read through the page cache)."""
         try:
-            return diskio.Reader(self.path(blob_id))
+            return diskio.Reader(self.path(blob_id), cached=meta is not None and meta.cached)
         except FileNotFoundError:
             raise NotFound("no such blob") from None
 
@@ -385,7 +388,7 @@ class BlobStore:
     def check(self, blob_id: str) -> BlobMeta:
         """Re-read a whole blob against its block checksums and sha256; Corrupt or NotFound."""
         meta = self.meta(blob_id)
-        with self.reader(blob_id) as f:
+        with self.reader(blob_id, meta) as f:
             size = f.size
             if size != meta.size:
                 raise Corrupt(f"{size} bytes on disk, expected {meta.size}")

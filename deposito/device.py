@@ -166,4 +166,4 @@ def _fire(deferreds: list[Deferred], results: list[tuple[bool, object]]) -> None
 
 def _open_with_meta(store: BlobStore, blob_id: str) -> tuple[Any, BlobMeta]:
     meta = store.meta(blob_id)
-    return store.reader(blob_id), meta
+    return store.reader(blob_id, meta), meta

@@ -3,8 +3,9 @@
 Big blobs (``DIRECT_MIN`` and up) bypass the page cache with O_DIRECT where
 the filesystem allows it: bytes go from a reused, aligned buffer straight to
 the device, and no page of cache is allocated, dirtied, written back and
-freed for them. Reading a block of such a blob takes it from the page cache
-when it happens to be there (RWF_NOWAIT) and reads around the cache if not.
+freed for them; they are read around the cache too. A big blob written
+through the cache on purpose (the copy reads go to first) is read through
+it.
 
 Everything else goes through the page cache with write-behind: each finished
 8 MiB is started on its way to the disk as the next arrives (Linux's
@@ -32,7 +33,6 @@ DIRECT_MIN = 8 << 20  # blobs from this size on bypass the page cache
 WRITE_BEHIND = 8 << 20
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
-_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
 def _load_sync_file_range():
@@ -230,50 +230,41 @@ class Appender:
 
 
 class Reader:
-    """Reads pieces of a file: big files around the page cache, unless the
-    piece is already in it."""
+    """Reads pieces of a file: a big one around the page cache unless
+    ``cached`` (it was written through the cache to stay there)."""
 
     _buffers = threading.local()  # one aligned buffer per reading thread
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, cached: bool = False) -> None:
         self.fd = os.open(path, os.O_RDONLY)
         self.size = os.fstat(self.fd).st_size
-        self._direct = open_direct(path, os.O_RDONLY) if self.size >= DIRECT_MIN else None
+        direct = not cached and self.size >= DIRECT_MIN
+        self._direct = open_direct(path, os.O_RDONLY) if direct else None
 
     def pread(self, length: int, offset: int) -> bytes:
-        """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file).
-
-        A big file whose first piece read is found in the page cache is read
-        through the cache from then on (it was written through it); one
-        that is not is read around the cache."""
-        if self._direct is None or length > PIECE:
+        """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+        if self._direct is None or length > PIECE or offset % ALIGN:
             return os.pread(self.fd, length, offset)
         buf = getattr(self._buffers, "buf", None)
         if buf is None:
             buf = self._buffers.buf = mmap.mmap(-1, PIECE)
         view = memoryview(buf)
-        if _RWF_NOWAIT:
-            try:
-                n = os.preadv(self.fd, [view[:length]], offset, _RWF_NOWAIT)
-                if n == length:  # cached: read the rest the plain way, one copy fewer
-                    os.close(self._direct)
-                    self._direct = None
-                    return bytes(view[:n])
-            except OSError as e:  # EAGAIN: not cached; EOPNOTSUPP: cannot tell
-                if e.errno not in (errno.EAGAIN, errno.EOPNOTSUPP):
-                    raise
-        if offset % ALIGN:
-            return os.pread(self.fd, length, offset)
         want = -(-length // ALIGN) * ALIGN
         try:
             n = os.preadv(self._direct, [view[:want]], offset)
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
-            os.close(self._direct)
+            os.close(self._direct)  # the filesystem will not: read through the cache
             self._direct = None
             return os.pread(self.fd, length, offset)
         return bytes(view[:min(n, length)])
+
+    @property
+    def through_cache(self) -> bool:
+        """Whether reads go through the page cache (a small file, or a big
+        one found in it): then the kernel can send from there too."""
+        return self._direct is None
 
     def close(self) -> None:
         for fd in (self.fd, self._direct):

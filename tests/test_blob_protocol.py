@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.testing import StringTransport
@@ -13,6 +15,7 @@ from deposito.device import Device
 from deposito.errors import NotFound
 from deposito.protocols.blob import BlobClient, BlobServerFactory
 from tests.test_blobstore import sums
+from tests.test_diskio import direct_possible
 
 
 class Sink:
@@ -166,3 +169,54 @@ def test_a_second_write_before_end_is_refused_and_frees_the_first(tmp_path):
     assert tr.value().startswith(b"ERR badcommand") and tr.disconnecting
     proto.connectionLost(None)
     assert device.reserved == 0
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest_twisted.inlineCallbacks
+def test_a_slow_reader_gets_every_byte_sent_from_the_cache_or_around_it(tmp_path, monkeypatch, cache):
+    """A blob read through the page cache is sent by the kernel (sendfile),
+    waiting on a full socket; one written around the cache is sent from the
+    process. Either way, a reader that keeps pausing gets exactly the blob."""
+    import socket as socketlib
+
+    from deposito.protocols import blob as blobmodule
+
+    calls = []
+    real = blobmodule._SENDFILE
+    monkeypatch.setattr(blobmodule, "_SENDFILE", lambda *a: calls.append(a[3]) or real(*a))
+    device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 30)
+    device.start()
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(device))
+    c = yield endpoints.connectProtocol(
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient())
+    try:
+        data = os.urandom((16 << 20) + 4097)
+        blob = new_blob_id()
+        d = c.write_blob(blob, len(data), 1, 1, "slow", cache=cache)
+        for i in range(0, len(data), 1 << 20):
+            c.send(data[i:i + (1 << 20)])
+        c.end(*sums(data))
+        yield d
+        c.transport.getHandle().setsockopt(socketlib.SOL_SOCKET, socketlib.SO_RCVBUF, 32 << 10)
+
+        class Slow(Sink):
+            def write(self, chunk):
+                super().write(chunk)
+                c.transport.pauseProducing()
+                reactor.callLater(0.002, c.transport.resumeProducing)
+
+        sink = Slow()
+        offset = 5000
+        assert (yield c.read_blob(blob, offset, sink)) == len(data) - offset
+        yield c.body
+        assert hashlib.sha256(b"".join(sink.chunks)).digest() == hashlib.sha256(data[offset:]).digest()
+        if cache and direct_possible(str(tmp_path)):
+            # the kernel sent from the cache, and waited on the full socket in between
+            assert len(calls) > (len(data) - offset) // (1 << 20) + 1
+        if not cache and direct_possible(str(tmp_path)):
+            assert calls == []  # not cached: never pulled into the cache to send
+    finally:
+        c.transport.loseConnection()
+        yield port.stopListening()
+        yield settle()
+        device.stop()

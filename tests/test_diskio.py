@@ -27,7 +27,8 @@ def direct_possible(path) -> bool:
 
 
 def in_page_cache(path: str, offset: int, length: int) -> bool:
-    """Whether a range reads from the page cache without going to the disk."""
+    """Whether a range reads from the page cache without going to the disk
+    (asking starts a read-ahead: ask once per range)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         return os.preadv(fd, [bytearray(length)], offset, os.RWF_NOWAIT) == length
@@ -67,6 +68,16 @@ def test_a_big_blob_is_written_around_the_cache_unless_asked_to_stay(tmp_path):
     kept = write_blob(store, os.urandom(16 << 20), cache=True)
     assert not in_page_cache(store.path(around), 0, 1 << 20)
     assert in_page_cache(store.path(kept), 0, 1 << 20)
+    assert store.meta(kept).cached and not store.meta(around).cached
+    # reading a blob written around the cache does not pull it into the cache
+    meta = store.meta(around)
+    with store.reader(around, meta) as f:
+        assert not f.through_cache
+        for i in range(16):
+            store.read_block(f, meta, i)
+    assert not in_page_cache(store.path(around), 8 << 20, 1 << 20)
+    with store.reader(kept, store.meta(kept)) as f:
+        assert f.through_cache
     # a small blob always goes through the cache
     small = write_blob(store, os.urandom(100_000))
     assert in_page_cache(store.path(small), 0, 100_000)

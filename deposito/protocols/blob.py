@@ -22,10 +22,12 @@ the secret before any request (see deposito.secret).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPullProducer, IPushProducer
+from twisted.internet import tcp
+from twisted.internet.interfaces import IPullProducer, IPushProducer, IWriteDescriptor
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -39,6 +41,7 @@ from deposito.protocols.words import check_name, parse_count, quote, split
 from deposito.secret import nonce, proof, verify
 from deposito.splice import Relay, SourceLost
 
+_SENDFILE = getattr(os, "sendfile", None)
 FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big
 WINDOW_BYTES = 2 << 20  # pause the sender when this much waits for the disk
 
@@ -290,6 +293,8 @@ class _BlobSender:
         self.transport, self.done, self.progress = transport, done, progress
         self._read_at = offset  # where the next block read starts
         self._ready: bytes | None = None  # read and checked, not yet sent
+        self._sending: tuple[int, int] | None = None  # (file offset, length) the kernel is sending
+        self._writable = _SocketWritable(self)
         self.paused = False
         self.reading = False
         self.stopped = False
@@ -303,7 +308,8 @@ class _BlobSender:
         if self.stopped or self.reading or self._ready is not None:
             return
         if self._read_at >= self.meta.size:
-            self._finish()
+            if self._sending is None:
+                self._finish()
             return
         self.reading = True
         d = self.device.read_block(self.f, self.meta, self._read_at // BLOCK)
@@ -320,12 +326,47 @@ class _BlobSender:
         self._send()
 
     def _send(self) -> None:
-        if self.paused or self._ready is None:
+        if self.paused or self._ready is None or self._sending is not None:
             return
         data, self._ready = self._ready, None
         self.offset += len(data)
         self.progress()
-        self.transport.write(data)  # may pause us: the next block is read all the same
+        if self._kernel_can_send():
+            # The block was read and checked from the page cache: the kernel
+            # sends those same pages, with no copy through this process.
+            self._sending = (self._read_at - len(data), len(data))
+            self._send_file()
+        else:
+            self.transport.write(data)  # may pause us: the next block is read all the same
+        self._next()
+
+    def _kernel_can_send(self) -> bool:
+        t = self.transport
+        return (_SENDFILE is not None and getattr(self.f, "through_cache", False) and type(t) is tcp.Server
+                and not getattr(t, "TLS", False) and t.connected and not t.disconnecting
+                and t not in t.reactor.getWriters())  # nothing of Twisted's waits to go first
+
+    def _send_file(self) -> None:
+        """Go on sending the block in :attr:`_sending`; wait when the socket is full."""
+        assert self._sending is not None
+        start, length = self._sending
+        while length:
+            try:
+                n = _SENDFILE(self.transport.fileno(), self.f.fd, start, length)
+            except BlockingIOError:
+                self._sending = (start, length)
+                self.transport.reactor.addWriter(self._writable)
+                return
+            except OSError:
+                n = 0
+            if n == 0:  # the peer is gone, or the file shrank under us
+                self._sending = None
+                self.stopProducing()
+                self.transport.abortConnection()
+                return
+            start, length = start + n, length - n
+        self._sending = None
+        self._send()
         self._next()
 
     def _failed(self, failure: Failure) -> None:
@@ -357,8 +398,33 @@ class _BlobSender:
         if not self.stopped:
             self.stopped = True
             self._ready = None
+            if self._sending is not None:
+                self._sending = None
+                self.transport.reactor.removeWriter(self._writable)
             if not self.reading:  # else closed when the read in progress returns
                 self.device.close(self.f)
+
+
+@implementer(IWriteDescriptor)
+class _SocketWritable:
+    """Wakes a blob sender when its socket can take more of a block the kernel sends."""
+
+    def __init__(self, sender: _BlobSender) -> None:
+        self.sender = sender
+
+    def fileno(self) -> int:
+        return self.sender.transport.fileno()  # -1 once closed
+
+    def doWrite(self) -> None:
+        self.sender.transport.reactor.removeWriter(self)
+        if self.sender._sending is not None and not self.sender.stopped:
+            self.sender._send_file()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.sender.stopProducing()
+
+    def logPrefix(self) -> str:
+        return "blob-sender"
 
 
 @implementer(IPullProducer)
