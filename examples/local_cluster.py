@@ -62,6 +62,7 @@ def main() -> int:
                 p.kill()
 
     signal.signal(signal.SIGTERM, lambda *a: (stop(), sys.exit(0)))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, also when started with SIGINT ignored
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
