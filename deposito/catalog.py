@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from typing import Any, Callable, Iterable
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
+
+from deposito.batching import Batches
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS names (
@@ -391,45 +390,16 @@ class CatalogThread:
     """
 
     def __init__(self, reactor: Any, catalog: Catalog) -> None:
-        self.reactor = reactor
         self.catalog = catalog
-        self.pool = ThreadPool(1, 1, "deposito-catalog")
-        self._lock = threading.Lock()
-        self._queue: list[tuple[Callable[..., Any], tuple, Deferred]] = []
-        self._draining = False
+        self._batches: Batches[tuple[Callable[..., Any], tuple]] = Batches(reactor, catalog.batch, "deposito-catalog")
 
     def start(self) -> None:
-        self.pool.start()
+        self._batches.start()
 
     def stop(self) -> None:
-        self.pool.stop()
+        self._batches.stop()
         self.catalog.close()
 
     def __call__(self, method: Callable[..., Any], *args: Any) -> Deferred:
         """``db(Catalog.lookup, name)``: the method's result, as a Deferred."""
-        d: Deferred = Deferred()
-        with self._lock:
-            self._queue.append((method, args, d))
-            if self._draining:
-                return d
-            self._draining = True
-        self.pool.callInThread(self._drain)
-        return d
-
-    def _drain(self) -> None:
-        while True:
-            with self._lock:
-                batch, self._queue = self._queue, []
-                if not batch:
-                    self._draining = False
-                    return
-            results = self.catalog.batch([(method, args) for method, args, _ in batch])
-            self.reactor.callFromThread(_fire, [d for _, _, d in batch], results)
-
-
-def _fire(deferreds: list[Deferred], results: list[tuple[bool, Any]]) -> None:
-    for d, (ok, value) in zip(deferreds, results):
-        if ok:
-            d.callback(value)
-        else:
-            d.errback(Failure(value))
+        return self._batches.submit((method, args))

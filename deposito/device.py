@@ -10,16 +10,15 @@ blocks the reactor.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from twisted.logger import Logger
 
+from deposito.batching import Batches
 from deposito.blobstore import BlobMeta, BlobStore, IncomingBlob
 from deposito.errors import NoSpace
 
@@ -36,18 +35,16 @@ class Device:
         self.reserved = 0
         self._writer = ThreadPool(1, 1, "deposito-writer")
         self._readers = ThreadPool(1, 2, "deposito-reader")
-        self._committer = ThreadPool(1, 1, "deposito-committer")
-        self._commit_lock = threading.Lock()
-        self._commits: list[tuple[IncomingBlob, str, str, bytes, Deferred]] = []
-        self._committing = False
+        self._commits: Batches[tuple[IncomingBlob, str, str, bytes]] = Batches(
+            reactor, self._commit_batch, "deposito-committer")
         self.corrupt_listeners: list[Callable[[str, str], None]] = []
 
     def start(self) -> None:
-        for pool in (self._writer, self._readers, self._committer):
+        for pool in (self._writer, self._readers, self._commits):
             pool.start()
 
     def stop(self) -> None:
-        for pool in (self._writer, self._readers, self._committer):
+        for pool in (self._writer, self._readers, self._commits):
             pool.stop()
 
     @property
@@ -87,38 +84,22 @@ class Device:
         """Write ``last`` (if any), then make the blob durable and visible;
         call only once every earlier write has completed. Fires with its
         BlobMeta."""
-        d: Deferred = Deferred()
-        with self._commit_lock:
-            self._commits.append((incoming, sha256, blocks, last, d))
-            if self._committing:
-                return d
-            self._committing = True
-        self._committer.callInThread(self._drain_commits)
-        return d
+        return self._commits.submit((incoming, sha256, blocks, last))
 
-    def _drain_commits(self) -> None:
-        while True:
-            with self._commit_lock:
-                batch, self._commits = self._commits, []
-                if not batch:
-                    self._committing = False
-                    return
-            results: list[tuple[bool, object]] = [(False, None)] * len(batch)
-            todo: list[int] = []
-            for i, (incoming, _, _, last, _) in enumerate(batch):
-                try:
-                    if last:
-                        incoming.write(last)
-                    todo.append(i)
-                except Exception as e:
-                    results[i] = (False, e)
+    def _commit_batch(self, batch: list[tuple[IncomingBlob, str, str, bytes]]) -> list[tuple[bool, object]]:
+        """On the committer thread: the last pieces written, then one group commit."""
+        results: list[tuple[bool, object]] = [(False, None)] * len(batch)
+        todo: list[int] = []
+        for i, (incoming, _, _, last) in enumerate(batch):
             try:
-                done = self.store.commit_together([batch[i][:3] for i in todo])
+                if last:
+                    incoming.write(last)
+                todo.append(i)
             except Exception as e:
-                done = [(False, e)] * len(todo)
-            for i, result in zip(todo, done):
-                results[i] = result
-            self.reactor.callFromThread(_fire, [d for *_, d in batch], results)
+                results[i] = (False, e)
+        for i, result in zip(todo, self.store.commit_together([batch[i][:3] for i in todo])):
+            results[i] = result
+        return results
 
     def abort(self, incoming: IncomingBlob) -> Deferred:
         return self._write(incoming.abort)
@@ -154,14 +135,6 @@ class Device:
 
     def inventory(self) -> Deferred:
         return self._read(lambda: list(self.store.inventory()))
-
-
-def _fire(deferreds: list[Deferred], results: list[tuple[bool, object]]) -> None:
-    for d, (ok, value) in zip(deferreds, results):
-        if ok:
-            d.callback(value)
-        else:
-            d.errback(Failure(value))
 
 
 def _open_with_meta(store: BlobStore, blob_id: str) -> tuple[Any, BlobMeta]:

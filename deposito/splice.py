@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IPushProducer, IReadDescriptor, IWriteDescriptor
@@ -50,42 +50,30 @@ def can_splice(source: Any, target: Any) -> bool:
         and not t.disconnecting for t in (source, target)))
 
 
-@implementer(IReadDescriptor)
-class _Readable:
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
+@implementer(IReadDescriptor, IWriteDescriptor)
+class SocketWaiter:
+    """Stands in for a socket transport in the reactor while something other
+    than Twisted reads or writes its socket: ``ready()`` when the socket can
+    be read or written (whichever the waiter was added for), ``lost()`` when
+    the reactor gives up on it. The caller removes the waiter when done."""
+
+    def __init__(self, transport: Any, ready: Callable[[], None], lost: Callable[[], None]) -> None:
+        self.transport, self.ready, self.lost = transport, ready, lost
 
     def fileno(self) -> int:
-        return self.relay.source.fileno()  # -1 once that socket is closed
+        return self.transport.fileno()  # -1 once that socket is closed
 
     def doRead(self) -> None:
-        self.relay.pump()
-
-    def connectionLost(self, reason: Any) -> None:
-        self.relay.fail(SourceLost("storage server connection lost"))
-
-    def logPrefix(self) -> str:
-        return "splice-source"
-
-
-@implementer(IWriteDescriptor)
-class _Writable:
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-
-    def fileno(self) -> int:
-        return self.relay.target.fileno()
+        self.ready()
 
     def doWrite(self) -> None:
-        self.relay.reactor.removeWriter(self)
-        self.relay.writing = False
-        self.relay.pump()
+        self.ready()
 
     def connectionLost(self, reason: Any) -> None:
-        self.relay.fail(ReaderLost("the reader went away"))
+        self.lost()
 
     def logPrefix(self) -> str:
-        return "splice-target"
+        return "socket-waiter"
 
 
 @implementer(IPushProducer)
@@ -111,8 +99,8 @@ class Relay:
         self.done: defer.Deferred = defer.Deferred()
         self.reading = False
         self.writing = False
-        self._readable = _Readable(self)
-        self._writable = _Writable(self)
+        self._readable = SocketWaiter(source, self.pump, lambda: self.fail(SourceLost("storage server connection lost")))
+        self._writable = SocketWaiter(target, self._can_write, lambda: self.fail(ReaderLost("the reader went away")))
         self._pipe: tuple[int, int] | None = None
         self._idle: Any = None
         self._was_reading: list[Any] = []
@@ -199,6 +187,11 @@ class Relay:
             else:
                 self.reactor.addReader(self._readable)
             self.reading = not self.reading
+
+    def _can_write(self) -> None:
+        self.reactor.removeWriter(self._writable)
+        self.writing = False
+        self.pump()
 
     def _timed_out(self) -> None:
         self._idle = None

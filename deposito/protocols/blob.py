@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from twisted.internet import defer
 from twisted.internet import tcp
-from twisted.internet.interfaces import IPullProducer, IPushProducer, IWriteDescriptor
+from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -39,7 +39,7 @@ from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal
 from deposito.protocols.lines import LineProtocol, handler_for, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
 from deposito.secret import nonce, proof, verify
-from deposito.splice import Relay, SourceLost
+from deposito.splice import Relay, SocketWaiter, SourceLost
 
 _SENDFILE = getattr(os, "sendfile", None)
 FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big
@@ -294,7 +294,7 @@ class _BlobSender:
         self._read_at = offset  # where the next block read starts
         self._ready: bytes | None = None  # read and checked, not yet sent
         self._sending: tuple[int, int] | None = None  # (file offset, length) the kernel is sending
-        self._writable = _SocketWritable(self)
+        self._writable = SocketWaiter(transport, self._can_write, self.stopProducing)
         self.paused = False
         self.reading = False
         self.stopped = False
@@ -345,6 +345,11 @@ class _BlobSender:
         return (_SENDFILE is not None and getattr(self.f, "through_cache", False) and type(t) is tcp.Server
                 and not getattr(t, "TLS", False) and t.connected and not t.disconnecting
                 and t not in t.reactor.getWriters())  # nothing of Twisted's waits to go first
+
+    def _can_write(self) -> None:
+        self.transport.reactor.removeWriter(self._writable)
+        if self._sending is not None and not self.stopped:
+            self._send_file()
 
     def _send_file(self) -> None:
         """Go on sending the block in :attr:`_sending`; wait when the socket is full."""
@@ -403,28 +408,6 @@ class _BlobSender:
                 self.transport.reactor.removeWriter(self._writable)
             if not self.reading:  # else closed when the read in progress returns
                 self.device.close(self.f)
-
-
-@implementer(IWriteDescriptor)
-class _SocketWritable:
-    """Wakes a blob sender when its socket can take more of a block the kernel sends."""
-
-    def __init__(self, sender: _BlobSender) -> None:
-        self.sender = sender
-
-    def fileno(self) -> int:
-        return self.sender.transport.fileno()  # -1 once closed
-
-    def doWrite(self) -> None:
-        self.sender.transport.reactor.removeWriter(self)
-        if self.sender._sending is not None and not self.sender.stopped:
-            self.sender._send_file()
-
-    def connectionLost(self, reason: Any) -> None:
-        self.sender.stopProducing()
-
-    def logPrefix(self) -> str:
-        return "blob-sender"
 
 
 @implementer(IPullProducer)
