@@ -41,6 +41,18 @@ class Corrupt(Exception):
     """A blob's bytes do not match the checksums kept beside it."""
 
 
+def _check_block(meta: BlobMeta, index: int, data: bytes | memoryview) -> None:
+    """Corrupt unless ``data`` is all of block ``index`` and matches its checksum."""
+    expected = min(BLOCK, meta.size - index * BLOCK)
+    if len(data) != expected:
+        raise Corrupt(f"block {index} is {len(data)} bytes, expected {expected}")
+    checksum = CHECKSUMS.get(meta.checksum)
+    if checksum is None:
+        raise Corrupt(f"unknown block checksum {meta.checksum!r}")
+    if index >= len(meta.blocks) or checksum(data) != meta.blocks[index]:
+        raise Corrupt(f"block {index} fails its checksum")
+
+
 def new_blob_id() -> str:
     return uuid.uuid4().hex
 
@@ -374,16 +386,23 @@ class BlobStore:
 
     def read_block(self, f: diskio.Reader, meta: BlobMeta, index: int) -> bytes:
         """Block ``index`` of an open blob, checked against its checksum, or Corrupt."""
-        expected = min(BLOCK, meta.size - index * BLOCK)
         data = f.pread(BLOCK, index * BLOCK)
-        if len(data) != expected:
-            raise Corrupt(f"block {index} is {len(data)} bytes, expected {expected}")
-        checksum = CHECKSUMS.get(meta.checksum)
-        if checksum is None:
-            raise Corrupt(f"unknown block checksum {meta.checksum!r}")
-        if index >= len(meta.blocks) or checksum(data) != meta.blocks[index]:
-            raise Corrupt(f"block {index} fails its checksum")
+        _check_block(meta, index, data)
         return data
+
+    def read_resident_block(self, f: diskio.Reader, meta: BlobMeta, index: int,
+                            buffer: memoryview) -> memoryview | None:
+        """Block ``index`` read into ``buffer`` and checked, if all of it is in
+        the page cache (so the caller never waits on the disk); else None.
+        Corrupt on rot."""
+        length = min(BLOCK, meta.size - index * BLOCK)
+        if length <= 0:
+            return None
+        view = buffer[:length]
+        if f.pread_resident(view, index * BLOCK) != length:
+            return None  # not all in memory, or the file is short: read it the slow way
+        _check_block(meta, index, view)
+        return view
 
     def check(self, blob_id: str) -> BlobMeta:
         """Re-read a whole blob against its block checksums and sha256; Corrupt or NotFound."""

@@ -4,8 +4,8 @@ Writes go through one ordered thread (one writer per device). Commits (flush,
 rename, flush of the directory) have a thread of their own, and the blobs
 that finish while one batch commits are committed together in the next,
 sharing its flushes (group commit); reads have their own pool too, so a long
-flush never holds back a read. Every method returns a Deferred and never
-blocks the reactor.
+flush never holds back a read. No method blocks the reactor: each returns a
+Deferred, except a read that is served only from the page cache.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.logger import Logger
 
 from deposito.batching import Batches
-from deposito.blobstore import BlobMeta, BlobStore, IncomingBlob
+from deposito.blobstore import BLOCK, BlobMeta, BlobStore, IncomingBlob
 from deposito.errors import NoSpace
 
 
@@ -38,6 +38,7 @@ class Device:
         self._commits: Batches[tuple[IncomingBlob, str, str, bytes]] = Batches(
             reactor, self._commit_batch, "deposito-committer")
         self.corrupt_listeners: list[Callable[[str, str], None]] = []
+        self._now = memoryview(bytearray(BLOCK))  # blocks read on the reactor thread go here
 
     def start(self) -> None:
         for pool in (self._writer, self._readers, self._commits):
@@ -114,6 +115,13 @@ class Device:
     def read_block(self, f: Any, meta: BlobMeta, index: int) -> Deferred:
         """A checked block; fails with blobstore.Corrupt on rot."""
         return self._read(self.store.read_block, f, meta, index)
+
+    def read_block_now(self, f: Any, meta: BlobMeta, index: int) -> memoryview | None:
+        """A checked block read on the reactor thread, when it is all in the
+        page cache (a read that cannot wait on the disk); else None, and
+        :meth:`read_block` reads it. Raises blobstore.Corrupt on rot. The view
+        is good until the next call."""
+        return self.store.read_resident_block(f, meta, index, self._now)
 
     def check(self, blob_id: str) -> Deferred:
         return self._read(self.store.check, blob_id)

@@ -30,6 +30,7 @@ from deposito.errors import NoSpace
 ALIGN = 4096  # offsets, lengths and buffers of O_DIRECT I/O are multiples of this
 PIECE = 1 << 20  # size of the aligned buffers, and of each direct write
 DIRECT_MIN = 8 << 20  # blobs from this size on bypass the page cache
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux: a read that fails rather than wait for the disk
 WRITE_BEHIND = 8 << 20
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -259,6 +260,22 @@ class Reader:
             self._direct = None
             return os.pread(self.fd, length, offset)
         return bytes(view[:min(n, length)])
+
+    def pread_resident(self, view: memoryview, offset: int) -> int | None:
+        """Read into ``view`` only from the page cache, never waiting on the
+        disk: the count read, or None when some of it is not in memory (or
+        the system cannot tell). For files read through the cache only."""
+        if self._direct is not None or _NOWAIT is None:
+            return None
+        try:
+            n = os.preadv(self.fd, [view], offset, _NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return None
+            raise
+        return n if n == len(view) or offset + n >= self.size else None
 
     @property
     def through_cache(self) -> bool:

@@ -185,6 +185,9 @@ def test_a_slow_reader_gets_every_byte_sent_from_the_cache_or_around_it(tmp_path
     real = blobmodule._SENDFILE
     monkeypatch.setattr(blobmodule, "_SENDFILE", lambda *a: calls.append(a[3]) or real(*a))
     device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 30)
+    on_thread = []
+    real_read = device.read_block
+    monkeypatch.setattr(device, "read_block", lambda f, meta, i: on_thread.append(i) or real_read(f, meta, i))
     device.start()
     port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(device))
     c = yield endpoints.connectProtocol(
@@ -213,8 +216,11 @@ def test_a_slow_reader_gets_every_byte_sent_from_the_cache_or_around_it(tmp_path
         if cache and direct_possible(str(tmp_path)):
             # the kernel sent from the cache, and waited on the full socket in between
             assert len(calls) > (len(data) - offset) // (1 << 20) + 1
+            if getattr(os, "RWF_NOWAIT", 0):
+                assert on_thread == []  # all in memory: read and checked without a thread
         if not cache and direct_possible(str(tmp_path)):
             assert calls == []  # not cached: never pulled into the cache to send
+            assert on_thread == list(range(17))  # each block read from the disk on a thread
     finally:
         c.transport.loseConnection()
         yield port.stopListening()

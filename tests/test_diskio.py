@@ -9,7 +9,7 @@ import os
 import pytest
 
 from deposito import diskio
-from deposito.blobstore import BLOCK, BlobMeta, BlobStore, new_blob_id
+from deposito.blobstore import BLOCK, BlobMeta, BlobStore, Corrupt, new_blob_id
 from deposito.placement import read_order
 from deposito.roster import Member
 from tests.test_blobstore import sums
@@ -136,3 +136,40 @@ def test_read_order_is_the_same_for_every_reader_and_spreads_blobs_over_servers(
         assert [m.id for m in read_order(blob, [m for m in servers if m.id != order[0]])] == order[1:]
         firsts[order[0]] = firsts.get(order[0], 0) + 1
     assert set(firsts) == {"a", "b", "c"} and min(firsts.values()) > 60
+
+
+def test_blocks_in_memory_are_read_and_checked_without_a_thread_others_are_left(tmp_path):
+    if not getattr(os, "RWF_NOWAIT", 0):
+        pytest.skip("this system has no RWF_NOWAIT")
+    store = BlobStore(str(tmp_path))
+    data = os.urandom(3 * BLOCK + 1000)
+    blob = write_blob(store, data, cache=True)
+    meta = store.meta(blob)
+    buffer = memoryview(bytearray(BLOCK))
+    with store.reader(blob, meta) as f:
+        got = [bytes(store.read_resident_block(f, meta, i, buffer)) for i in range(4)]
+        assert b"".join(got) == data
+        assert store.read_resident_block(f, meta, 4, buffer) is None  # past the end
+        # dropped from the page cache: left for a reader thread, nothing read
+        os.posix_fadvise(f.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if not in_page_cache(store.path(blob), 2 * BLOCK, BLOCK):
+            buffer[:4] = b"\0\0\0\0"
+            assert store.read_resident_block(f, meta, 1, buffer) is None
+            assert bytes(buffer[:4]) == b"\0\0\0\0"
+    # a flipped byte in memory is caught by the same check as on a thread
+    with open(store.path(blob), "r+b") as out:
+        out.seek(BLOCK + 7)
+        out.write(bytes([data[BLOCK + 7] ^ 0xFF]))
+        out.seek(0)
+        out.read()  # all in memory again
+    with store.reader(blob, meta) as f:
+        assert store.read_resident_block(f, meta, 0, buffer) is not None
+        with pytest.raises(Corrupt, match="block 1"):
+            store.read_resident_block(f, meta, 1, buffer)
+    # a file cut short is not read here: the thread's read reports it
+    os.truncate(store.path(blob), 2 * BLOCK + 10)
+    with store.reader(blob, meta) as f:
+        assert store.read_resident_block(f, meta, 2, buffer) is None
+        assert store.read_resident_block(f, meta, 3, buffer) is None
+        with pytest.raises(Corrupt, match="block 2 is"):
+            store.read_block(f, meta, 2)

@@ -280,37 +280,82 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 class _BlobSender:
     """Sends a blob block by block, each checked against its checksum first.
 
-    Blocks are read on the reader threads, one block ahead of the one being
-    sent, so the disk and the network work at the same time; the peer's
-    transport pauses the sending (the read ahead waits). A block that fails
-    its check is never sent: the copy is reported corrupt and the connection
-    is cut, so the reader moves to another copy.
+    A block all in the page cache is read and checked on the reactor thread
+    (a read that never waits on the disk); any other is read on a reader
+    thread, one block ahead of the one being sent, so the disk and the
+    network work at the same time. A checked block of a cached copy goes out
+    with sendfile, from the same pages and with no copy through this process.
+    The peer's transport pauses the sending (the read ahead waits). A block
+    that fails its check is never sent: the copy is reported corrupt and the
+    connection is cut, so the reader moves to another copy.
     """
+
+    burst = 8  # blocks moved in one go before other connections get a turn
 
     def __init__(self, device: Any, f: Any, meta: BlobMeta, offset: int, transport: Any,
                  done: Callable[[], None], progress: Callable[[], None]) -> None:
         self.device, self.f, self.meta, self.offset = device, f, meta, offset
         self.transport, self.done, self.progress = transport, done, progress
         self._read_at = offset  # where the next block read starts
-        self._ready: bytes | None = None  # read and checked, not yet sent
+        # Read and checked, not yet sent: the bytes, or (offset, length) in the
+        # file when the kernel is to send them.
+        self._ready: bytes | tuple[int, int] | None = None
         self._sending: tuple[int, int] | None = None  # (file offset, length) the kernel is sending
         self._writable = SocketWaiter(transport, self._can_write, self.stopProducing)
+        self._again: Any = None  # the call that goes on after a burst
         self.paused = False
         self.reading = False
         self.stopped = False
 
     def start(self) -> None:
         self.transport.registerProducer(self, True)
-        self._next()
+        self._pump()
 
-    def _next(self) -> None:
-        """Read the next block, unless one is being read or waits to be sent."""
-        if self.stopped or self.reading or self._ready is not None:
-            return
-        if self._read_at >= self.meta.size:
-            if self._sending is None:
-                self._finish()
-            return
+    def _pump(self) -> None:
+        """Send what is ready and read what comes next, as far as can be done
+        without waiting; a burst at most, then the reactor's other work."""
+        self._again = None
+        for _ in range(self.burst):
+            if self.stopped:
+                return
+            moved = False
+            if self._ready is not None and self._sending is None and not self.paused:
+                self._send()
+                moved = True
+            if self.stopped or self._ready is not None or self.reading:
+                if not moved:
+                    return
+                continue
+            if self._read_at >= self.meta.size:
+                if self._sending is None:
+                    self._finish()
+                return
+            try:
+                if not self._read_now():
+                    self._read_on_thread()
+                    return
+            except Corrupt as e:
+                self._corrupt(str(e))
+                return
+        self._again = self.transport.reactor.callLater(0, self._pump)
+
+    def _read_now(self) -> bool:
+        """Read and check the next block here, if it is all in memory."""
+        if not getattr(self.f, "through_cache", False):
+            return False
+        index, skip = divmod(self._read_at, BLOCK)
+        view = self.device.read_block_now(self.f, self.meta, index)
+        if view is None:
+            return False
+        length = len(view) - skip
+        if self._kernel_can_send():  # and it still can when the block's turn comes: only we write
+            self._ready = (self._read_at, length)
+        else:
+            self._ready = bytes(view[skip:])
+        self._read_at += length
+        return True
+
+    def _read_on_thread(self) -> None:
         self.reading = True
         d = self.device.read_block(self.f, self.meta, self._read_at // BLOCK)
         d.addCallbacks(self._got, self._failed)
@@ -323,22 +368,25 @@ class _BlobSender:
         skip = self._read_at % BLOCK
         self._ready = block[skip:] if skip else block
         self._read_at += len(self._ready)
-        self._send()
+        self._pump()
 
     def _send(self) -> None:
-        if self.paused or self._ready is None or self._sending is not None:
-            return
-        data, self._ready = self._ready, None
-        self.offset += len(data)
-        self.progress()
-        if self._kernel_can_send():
+        ready, self._ready = self._ready, None
+        assert ready is not None
+        if isinstance(ready, tuple):
+            self._sending = ready
+        elif self._kernel_can_send():
             # The block was read and checked from the page cache: the kernel
             # sends those same pages, with no copy through this process.
-            self._sending = (self._read_at - len(data), len(data))
-            self._send_file()
+            self._sending = (self._read_at - len(ready), len(ready))
         else:
-            self.transport.write(data)  # may pause us: the next block is read all the same
-        self._next()
+            self.offset += len(ready)
+            self.progress()
+            self.transport.write(ready)  # may pause us: the next block is read all the same
+            return
+        self.offset += self._sending[1]
+        self.progress()
+        self._send_file()
 
     def _kernel_can_send(self) -> bool:
         t = self.transport
@@ -350,6 +398,8 @@ class _BlobSender:
         self.transport.reactor.removeWriter(self._writable)
         if self._sending is not None and not self.stopped:
             self._send_file()
+            if self._sending is None:
+                self._pump()
 
     def _send_file(self) -> None:
         """Go on sending the block in :attr:`_sending`; wait when the socket is full."""
@@ -371,8 +421,6 @@ class _BlobSender:
                 return
             start, length = start + n, length - n
         self._sending = None
-        self._send()
-        self._next()
 
     def _failed(self, failure: Failure) -> None:
         self.reading = False
@@ -380,9 +428,14 @@ class _BlobSender:
             self.device.close(self.f)
             return
         if failure.check(Corrupt):
-            self.device.corrupt(self.meta.blob, failure.getErrorMessage())
-        else:
-            BlobServerProtocol.log.failure("reading blob {blob}", failure, blob=self.meta.blob)
+            self._corrupt(failure.getErrorMessage())
+            return
+        BlobServerProtocol.log.failure("reading blob {blob}", failure, blob=self.meta.blob)
+        self.stopProducing()
+        self.transport.abortConnection()
+
+    def _corrupt(self, why: str) -> None:
+        self.device.corrupt(self.meta.blob, why)
         self.stopProducing()
         self.transport.abortConnection()
 
@@ -397,12 +450,16 @@ class _BlobSender:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self._send()
+        if not self.stopped and self._again is None:
+            self._pump()
 
     def stopProducing(self) -> None:
         if not self.stopped:
             self.stopped = True
             self._ready = None
+            if self._again is not None:
+                self._again.cancel()
+                self._again = None
             if self._sending is not None:
                 self._sending = None
                 self.transport.reactor.removeWriter(self._writable)
