@@ -78,8 +78,9 @@ class Device:
         """A new incoming blob; its file is made on the writer thread."""
         return self.store.begin(meta, cache)
 
-    def write(self, incoming: IncomingBlob, data: bytes) -> Deferred:
-        return self._write(incoming.write, data)
+    def write(self, incoming: IncomingBlob, pieces: list[bytes]) -> Deferred:
+        """Append ``pieces`` to the blob, in order (each is copied once, to the disk's buffer)."""
+        return self._write(_write_pieces, incoming, pieces)
 
     def commit(self, incoming: IncomingBlob, sha256: str, blocks: str, last: bytes = b"") -> Deferred:
         """Write ``last`` (if any), then make the blob durable and visible;
@@ -143,6 +144,11 @@ class Device:
 
     def inventory(self) -> Deferred:
         return self._read(lambda: list(self.store.inventory()))
+
+
+def _write_pieces(incoming: IncomingBlob, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        incoming.write(piece)
 
 
 def _open_with_meta(store: BlobStore, blob_id: str) -> tuple[Any, BlobMeta]:

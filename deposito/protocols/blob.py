@@ -158,15 +158,15 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             self.setLineMode(rest)
 
     def _flush(self) -> None:
-        data = b"".join(self._pending)
-        self._pending.clear()
+        pieces, size = self._pending, self._pending_size
+        self._pending = []
         self._pending_size = 0
-        if not data:
+        if not size:
             return
         self._flushed = True
-        self._in_flight += len(data)
-        d = self.device.write(self._incoming, data)
-        d.addCallbacks(self._written, self._write_failed, callbackArgs=(len(data),), errbackArgs=(len(data),))
+        self._in_flight += size
+        d = self.device.write(self._incoming, pieces)
+        d.addCallbacks(self._written, self._write_failed, callbackArgs=(size,), errbackArgs=(size,))
         self._last_write = d
         if self._in_flight > WINDOW_BYTES and not self._paused_for_disk:
             self._paused_for_disk = True
