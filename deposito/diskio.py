@@ -24,6 +24,7 @@ import errno
 import mmap
 import os
 import threading
+from typing import Any
 
 from deposito.errors import NoSpace
 
@@ -36,17 +37,19 @@ WRITE_BEHIND = 8 << 20
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-def _load_sync_file_range():
+def libc_function(name: str, argtypes: list, restype: Any) -> Any:
+    """A function of the C library through ctypes (errno kept), or None where it has none."""
     try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
+        fn = getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), name)
     except (OSError, AttributeError, TypeError):
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-    fn.restype = ctypes.c_int
+    fn.argtypes = argtypes
+    fn.restype = restype
     return fn
 
 
-_sync_file_range = _load_sync_file_range()
+_sync_file_range = libc_function(
+    "sync_file_range", [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint], ctypes.c_int)
 _SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
 
 
@@ -62,17 +65,7 @@ def wait_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
 
 
-def _load_syncfs():
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).syncfs
-    except (OSError, AttributeError, TypeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_syncfs = _load_syncfs()
+_syncfs = libc_function("syncfs", [ctypes.c_int], ctypes.c_int)
 
 
 def sync_filesystem(path: str) -> bool:

@@ -14,6 +14,7 @@ path.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from twisted.internet.interfaces import IPushProducer, IReadDescriptor, IWriteDe
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from deposito.diskio import libc_function
 from deposito.errors import DepositoError
 
 PIPE_SIZE = 1 << 20
@@ -238,3 +240,276 @@ class Relay:
         else:
             self._read_again(self.target)
         self.done.errback(err)
+
+
+_TEE = libc_function("tee", [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint], ctypes.c_ssize_t)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", None)
+_ABSORBED = bytearray()  # where FanOut copies each piece up for hashing (the reactor thread's, shared)
+
+
+class TargetGone(DepositoError):
+    """A fan-out target stopped taking bytes."""
+
+    code = "unavailable"
+
+
+def can_fan_out(source: Any, targets: list) -> bool:
+    """Whether bytes can go from ``source`` to every one of ``targets`` by splice and tee."""
+    return _TEE is not None and _F_GETPIPE_SZ is not None and bool(targets) and all(
+        can_splice(source, t) for t in targets)
+
+
+class FanOut:
+    """Moves ``count`` bytes from socket transport ``source`` to every socket
+    transport in ``targets`` inside the kernel, and one copy up to ``absorb``.
+
+    Each piece is spliced from the source into an intake pipe, tee'd into one
+    pipe per target (page references, not copies), read up once for
+    ``absorb`` (the hashes), and spliced on to each target. The next piece is
+    read only when every target has taken the last one, so a slow target
+    pauses the source, as with Twisted's producers. A target that takes
+    nothing for ``stall_timeout`` seconds, or whose socket fails, is left
+    (``dropped(i)``) and the rest go on; so is one for which ``live(i)``
+    turns false. Every transport stops reading for the time of the fan-out;
+    those that were reading read again after.
+
+    :attr:`done` fires with ``count`` once every byte is in the targets'
+    sockets, or fails with ReaderLost when the source goes away (its
+    connection is then cut).
+    """
+
+    burst = 4  # pieces moved in one go before other connections get a turn
+
+    def __init__(self, reactor: Any, source: Any, targets: list, count: int,
+                 absorb: Callable[[memoryview], None], progress: Callable[[], None],
+                 live: Callable[[int], bool], dropped: Callable[[int, DepositoError], None],
+                 stall_timeout: float) -> None:
+        self.reactor, self.source, self.targets, self.count = reactor, source, targets, count
+        self.absorb, self.progress, self.live, self.dropped = absorb, progress, live, dropped
+        self.stall_timeout = stall_timeout
+        self.taken = 0  # bytes read from the source
+        self.pending = [0] * len(targets)  # bytes of the last piece each target has still to take
+        self.gone = [False] * len(targets)
+        self.done: defer.Deferred = defer.Deferred()
+        self._readable = SocketWaiter(source, self.pump, lambda: self.fail(ReaderLost("the client went away")))
+        self._writable = [SocketWaiter(t, self._can_write, lambda i=i: self._drop(i, TargetGone("connection lost")))
+                          for i, t in enumerate(targets)]
+        self._writing: set[int] = set()
+        self.reading = False
+        self._intake: tuple[int, int] | None = None
+        self._pipes: list[tuple[int, int] | None] = []
+        self._piece = 0  # the most a piece can be: what the smallest pipe holds
+        self._stall: Any = None
+        self._again: Any = None
+        self._sent = False  # the targets have sent what Twisted held for them
+        self._was_reading: list[Any] = []
+
+    def start(self) -> defer.Deferred:
+        """Begin, once each target has sent what Twisted still holds for it."""
+        everyone = [self.source, *self.targets]
+        readers = self.reactor.getReaders()
+        self._was_reading = [t for t in everyone if t in readers]
+        for t in everyone:
+            t.stopReading()
+        self._intake = _pipe()
+        self._pipes = [_pipe() for _ in self.targets]
+        # A tee moves whole pipe buffers: every target's pipe must hold all
+        # that the intake holds, so the intake is made the smallest.
+        self._piece = min(fcntl.fcntl(w, _F_GETPIPE_SZ) for _, w in [self._intake, *self._pipes])  # type: ignore[misc]
+        if fcntl.fcntl(self._intake[1], _F_GETPIPE_SZ) > self._piece:
+            fcntl.fcntl(self._intake[1], _F_SETPIPE_SZ, self._piece)
+        if len(_ABSORBED) < self._piece:
+            _ABSORBED.extend(bytes(self._piece - len(_ABSORBED)))
+        self._stall = self.reactor.callLater(self.stall_timeout, self._stalled)
+        self._when_sent()
+        return self.done
+
+    def _still_sending(self) -> list[int]:
+        writers = self.reactor.getWriters()
+        return [i for i, t in enumerate(self.targets) if not self.gone[i] and t in writers]
+
+    def _when_sent(self) -> None:
+        """Pump once no target has bytes of Twisted's left to send (they go
+        out on the reactor's next turns); until then the source waits."""
+        self._again = None
+        if self.done.called:
+            return
+        if self._still_sending():
+            self._again = self.reactor.callLater(0, self._when_sent)
+        else:
+            self._sent = True
+            self.pump()
+
+    def pump(self) -> None:
+        """Move what can be moved now, then wait: for the targets that have
+        not taken the last piece, else for the source to send more."""
+        self._again = None
+        if self.done.called or not self._sent:
+            return
+        for _ in range(self.burst):
+            if not self._drain():
+                break
+            if self.taken == self.count:
+                return self._finish()
+            if not self._take():
+                break
+        else:
+            self._again = self.reactor.callLater(0, self.pump)
+            return
+        if self.done.called:
+            return
+        want_read = self.taken < self.count and not any(self.pending)
+        if want_read != self.reading:
+            if want_read:
+                self.reactor.addReader(self._readable)
+            else:
+                self.reactor.removeReader(self._readable)
+            self.reading = want_read
+
+    def _drain(self) -> bool:
+        """Splice each target's share on; whether all of them took all of it."""
+        for i, target in enumerate(self.targets):
+            if self.done.called:
+                return False
+            if self.gone[i] or not self.pending[i]:
+                continue
+            if not self.live(i):
+                self._drop(i, None)
+                continue
+            pipe = self._pipes[i]
+            assert pipe is not None
+            try:
+                n = _SPLICE(pipe[0], target.fileno(), self.pending[i], flags=_FLAGS)
+            except BlockingIOError:
+                n = 0
+            except OSError as e:
+                self._drop(i, TargetGone(e.strerror or "send failed"))
+                continue
+            if n:
+                self.pending[i] -= n
+                self._stall.reset(self.stall_timeout)
+            if self.pending[i] and i not in self._writing:
+                self.reactor.addWriter(self._writable[i])
+                self._writing.add(i)
+        return not any(self.pending)
+
+    def _take(self) -> bool:
+        """Read the next piece from the source and hand it to every target;
+        False when the source has nothing now (or went away)."""
+        assert self._intake is not None
+        r, w = self._intake
+        try:
+            n = _SPLICE(self.source.fileno(), w, min(self._piece, self.count - self.taken), flags=_FLAGS)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            self.fail(ReaderLost(f"the client went away ({e.strerror})"))
+            return False
+        if n == 0:
+            self.fail(ReaderLost("the client closed the connection mid-upload"))
+            return False
+        for i, pipe in enumerate(self._pipes):
+            if self.done.called:
+                return False
+            if self.gone[i]:
+                continue
+            if not self.live(i):
+                self._drop(i, None)
+                continue
+            assert pipe is not None
+            copied = _TEE(r, pipe[1], n, _FLAGS)
+            if copied != n:  # cannot happen with the pipes sized as they are; never send a short piece
+                self._drop(i, TargetGone(f"tee gave {copied} of {n} bytes"))
+                continue
+            self.pending[i] = n
+        if self.done.called:
+            return False
+        with memoryview(_ABSORBED) as whole, whole[:n] as view:
+            got = 0
+            while got < n:
+                got += os.readv(r, [view[got:]])
+            self.taken += n
+            self.absorb(view)
+        self._stall.reset(self.stall_timeout)
+        self.progress()
+        return not self.done.called
+
+    def _can_write(self) -> None:
+        for i in list(self._writing):
+            self.reactor.removeWriter(self._writable[i])
+        self._writing.clear()
+        self.pump()
+
+    def _drop(self, i: int, why: DepositoError | None) -> None:
+        """Leave target ``i``: it failed (``why``), or is no longer wanted."""
+        if self.gone[i]:
+            return
+        self.gone[i] = True
+        self.pending[i] = 0
+        if i in self._writing:
+            self.reactor.removeWriter(self._writable[i])
+            self._writing.discard(i)
+        pipe, self._pipes[i] = self._pipes[i], None
+        if pipe is not None:
+            for fd in pipe:
+                os.close(fd)
+        if why is not None:
+            self.dropped(i, why)
+        if not self.done.called and self._again is None and self._sent:
+            self._again = self.reactor.callLater(0, self.pump)  # what waited on it may go on
+
+    def _stalled(self) -> None:
+        self._stall = None
+        stuck = [i for i, n in enumerate(self.pending) if n] if self._sent else self._still_sending()
+        for i in stuck:
+            self._drop(i, TargetGone(f"took no byte for {self.stall_timeout:.0f} s"))
+        if not self.done.called:
+            # the source is slow: the client's own timeout deals with that
+            self._stall = self.reactor.callLater(self.stall_timeout, self._stalled)
+
+    def _stop(self) -> None:
+        if self.reading:
+            self.reactor.removeReader(self._readable)
+            self.reading = False
+        for i in self._writing:
+            self.reactor.removeWriter(self._writable[i])
+        self._writing.clear()
+        for call in (self._stall, self._again):
+            if call is not None and call.active():
+                call.cancel()
+        self._stall = self._again = None
+        for pipe in [self._intake, *self._pipes]:
+            if pipe is not None:
+                for fd in pipe:
+                    os.close(fd)
+        self._intake, self._pipes = None, [None] * len(self.targets)
+
+    def _read_again(self) -> None:
+        for t in self._was_reading:
+            if t.connected and not t.disconnecting:
+                t.startReading()
+
+    def _finish(self) -> None:
+        self._stop()
+        self._read_again()
+        self.done.callback(self.taken)
+
+    def fail(self, err: DepositoError) -> None:
+        """Give up: the source's connection is cut (its upload is half read)."""
+        if self.done.called:
+            return
+        self._stop()
+        self._read_again()
+        if self.source.connected:
+            self.source.abortConnection()
+        self.done.errback(err)
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    if _F_SETPIPE_SZ is not None:
+        try:
+            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # the system's limit: a smaller pipe works too
+    return r, w

@@ -25,7 +25,7 @@ from deposito.blobstore import BlockSums
 from deposito.errors import DepositoError, Unavailable
 from deposito.protocols.blob import BlobClient, ConnectionLost
 from deposito.roster import Member
-from deposito.splice import can_splice
+from deposito.splice import FanOut, ReaderLost, can_fan_out, can_splice
 
 SPLICE_MIN = 1 << 20  # reads from this size on are spliced where they can be
 
@@ -107,6 +107,7 @@ class Upload:
         self._sums = BlockSums()
         self._paused: set[Lane] = set()
         self._source: Any = None
+        self._fan: FanOut | None = None
 
     def add_lane(self, member: Member, client: BlobClient, result: defer.Deferred) -> None:
         self.lanes.append(Lane(self, member, client, result))
@@ -125,12 +126,44 @@ class Upload:
         self._paused.clear()
 
     def write(self, data: bytes) -> None:
-        self.received += len(data)
-        self._hash.update(data)
-        self._sums.update(data)
+        self._absorb(data)
         for lane in self.lanes:
             if lane.alive:
                 lane.client.send(data)
+
+    def _absorb(self, data: bytes | memoryview) -> None:
+        self.received += len(data)
+        self._hash.update(data)
+        self._sums.update(data)
+
+    def splice_from(self, source: Any, count: int, progress: Callable[[], None]) -> defer.Deferred | None:
+        """Take the next ``count`` bytes from transport ``source`` to every
+        live lane in the kernel (deposito.splice.FanOut); None when that
+        cannot be done (TLS, a small rest), and the caller goes on with
+        :meth:`write`. The Deferred fires once all of them are with the
+        lanes, or fails when the source went away."""
+        lanes = self.live()
+        transports = [lane.client.transport for lane in lanes]
+        if count < SPLICE_MIN or self._fan is not None or not can_fan_out(source, transports):
+            return None
+        # The fan-out reads the source itself: a lane that pauses or resumes
+        # must no longer pause or resume it.
+        self._source = None
+        self._paused.clear()
+
+        def dropped(i: int, why: DepositoError) -> None:
+            self.log.warn("storage server {id} stopped taking an upload: {why}", id=lanes[i].member.id,
+                          why=why.message)
+            lanes[i].client.transport.abortConnection()
+
+        self._fan = FanOut(self.clock, source, transports, count, self._absorb, progress,
+                           lambda i: lanes[i].alive, dropped, self.stall_timeout)
+
+        def over(result: Any) -> Any:
+            self._fan = None
+            return result
+
+        return self._fan.start().addBoth(over)
 
     @property
     def sha256(self) -> str:
@@ -165,6 +198,8 @@ class Upload:
         return [lane.member for lane, (ok, _) in zip(self.lanes, results) if ok]
 
     def abort(self) -> None:
+        if self._fan is not None:
+            self._fan.fail(ReaderLost("the upload was given up"))
         self.detach()
         for lane in self.lanes:
             lane.alive = False

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, protocol, reactor, task
 
-from deposito.splice import ReaderLost, Relay, SourceLost, can_splice
+from deposito import splice
+from deposito.splice import FanOut, ReaderLost, Relay, SourceLost, TargetGone, can_fan_out, can_splice
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="no splice() here")
 
@@ -167,3 +169,145 @@ def test_a_silent_source_times_out():
         target.loseConnection()
         for p in ports:
             yield p.stopListening()
+
+
+# -- FanOut: one source to several targets (the proxy's side of a PUT)
+
+
+@defer.inlineCallbacks
+def fanned(send: int, collectors: list[Collector]):
+    """(source transport, target transports, ports) for one fan-out."""
+    src_factory = protocol.Factory.forProtocol(Source)
+    src_factory.send = send
+    ports = [(yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(src_factory))]
+    targets = []
+    for collector in collectors:
+        capture = Capture()
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(capture)
+        ports.append(port)
+        yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), collector)
+        targets.append((yield capture.accepted).transport)
+    source = yield endpoints.connectProtocol(
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", ports[0].getHost().port), protocol.Protocol())
+    return source.transport, targets, ports
+
+
+@defer.inlineCallbacks
+def until(condition, timeout: float = 20):
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("timed out")
+
+
+@defer.inlineCallbacks
+def hang_up(source, targets, ports, collectors):
+    for t in (source, *targets, *(c.transport for c in collectors)):
+        t.abortConnection()
+    for p in ports:
+        yield p.stopListening()
+    yield until(lambda: all(not c.transport.connected for c in collectors))
+
+
+def fan_out(source, targets, count, absorbed, dropped, live=lambda i: True, stall=10.0, progress=lambda: None):
+    return FanOut(reactor, source, targets, count, lambda view: absorbed.append(bytes(view)), progress,
+                  live, lambda i, why: dropped.append((i, why)), stall)
+
+
+needs_tee = pytest.mark.skipif(splice._TEE is None, reason="no tee() here")
+
+
+@needs_tee
+@pytest_twisted.inlineCallbacks
+def test_fan_out_gives_every_target_and_the_hash_every_byte_in_order():
+    collectors = [Collector(), Collector(pause_at=1 << 20), Collector(pause_at=5 << 20)]
+    source, targets, ports = yield fanned(len(DATA), collectors)
+    try:
+        assert can_fan_out(source, targets)
+        for t in targets:  # bytes written the ordinary way just before go first
+            t.write(b"head:")
+        absorbed, dropped, progress = [], [], []
+        fan = fan_out(source, targets, len(DATA), absorbed, dropped, progress=lambda: progress.append(1))
+        yield ask(source)
+        assert (yield fan.start()) == len(DATA)
+        assert b"".join(absorbed) == DATA and progress and not dropped
+        yield until(lambda: all(c.size == len(DATA) + 5 for c in collectors))
+        for c in collectors:
+            assert hashlib.sha256(b"".join(c.got)).digest() == hashlib.sha256(b"head:" + DATA).digest()
+        assert all(t.connected for t in [source, *targets])
+        assert all(t in reactor.getReaders() for t in targets)  # they read again, as before
+        assert source not in reactor.getReaders()  # it did not (stopped by ask())
+    finally:
+        yield hang_up(source, targets, ports, collectors)
+
+
+@needs_tee
+@pytest_twisted.inlineCallbacks
+def test_fan_out_leaves_a_target_that_stops_reading_or_leaves_and_the_rest_go_on():
+    frozen = Collector()
+    leaving = Collector(leave_after=3 << 20)
+    fine = Collector()
+    source, targets, ports = yield fanned(len(DATA), [frozen, leaving, fine])
+    try:
+        frozen.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+
+        def freeze(data, orig=frozen.dataReceived):
+            orig(data)
+            if frozen.size >= 2 << 20:
+                frozen.transport.stopReading()  # never reads again: its socket fills
+
+        frozen.dataReceived = freeze
+        for t in targets:
+            t.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+        absorbed, dropped = [], []
+        fan = fan_out(source, targets, len(DATA), absorbed, dropped, stall=1.0)
+        yield ask(source)
+        assert (yield fan.start()) == len(DATA)
+        assert sorted(i for i, _ in dropped) == [0, 1]
+        assert all(isinstance(why, TargetGone) for _, why in dropped)
+        assert b"".join(absorbed) == DATA
+        yield until(lambda: fine.size == len(DATA))
+        assert hashlib.sha256(b"".join(fine.got)).digest() == hashlib.sha256(DATA).digest()
+    finally:
+        yield hang_up(source, targets, ports, [frozen, leaving, fine])
+
+
+@needs_tee
+@pytest_twisted.inlineCallbacks
+def test_fan_out_stops_sending_to_a_target_no_longer_live():
+    collectors = [Collector(), Collector()]
+    source, targets, ports = yield fanned(len(DATA), collectors)
+    try:
+        absorbed, dropped = [], []
+        fan = fan_out(source, targets, len(DATA), absorbed, dropped, live=lambda i: i == 0 or len(absorbed) < 2)
+        yield ask(source)
+        assert (yield fan.start()) == len(DATA)
+        assert dropped == []  # not live is not a failure to report
+        yield until(lambda: collectors[0].size == len(DATA))
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        assert 0 < collectors[1].size < len(DATA)
+        assert DATA.startswith(b"".join(collectors[1].got))
+    finally:
+        yield hang_up(source, targets, ports, collectors)
+
+
+@needs_tee
+@pytest_twisted.inlineCallbacks
+def test_fan_out_fails_when_the_source_leaves_midway():
+    half = 3 << 20
+    collectors = [Collector(), Collector()]
+    source, targets, ports = yield fanned(half, collectors)
+    try:
+        absorbed, dropped = [], []
+        fan = fan_out(source, targets, len(DATA), absorbed, dropped)
+        yield ask(source)
+        with pytest.raises(ReaderLost):
+            yield fan.start()
+        assert b"".join(absorbed) == DATA[:half]
+        yield until(lambda: not source.connected)  # cut: its upload is half read
+        assert all(t.connected for t in targets)  # whoever owns them decides
+        assert all(t in reactor.getReaders() for t in targets)
+    finally:
+        yield hang_up(source, targets, ports, collectors)

@@ -26,6 +26,9 @@ class FakeUpload:
     def write(self, data):
         self.data += data
 
+    def splice_from(self, source, count, progress):
+        return None  # a StringTransport cannot be spliced: bytes keep coming to write()
+
 
 class FakeDepot:
     """Records calls; answers like a depot with one server s1."""

@@ -210,10 +210,24 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self._remaining -= len(take)
         self._upload.write(take)
         if self._remaining == 0:
-            self._upload.detach()
-            self.pauseProducing()
-            self.setLineMode(data[len(take):])
-            self._done.callback(None)
+            self._received_all(data[len(take):])
+        elif not self._buffer:
+            # The rest can go from socket to sockets inside the kernel, once
+            # the servers' connections have sent what was written to them.
+            d = self._upload.splice_from(self.transport, self._remaining, self.resetTimeout)
+            if d is not None:
+                d.addCallbacks(self._spliced, lambda _: None)  # failed: the connection is cut
+
+    def _spliced(self, count: int) -> None:
+        self._remaining -= count
+        if self._upload is not None:
+            self._received_all(b"")
+
+    def _received_all(self, rest: bytes) -> None:
+        self._upload.detach()
+        self.pauseProducing()
+        self.setLineMode(rest)
+        self._done.callback(None)
 
     async def do_GET(self, name: str) -> None:
         record = await self.depot.lookup(check_name(name))
