@@ -187,12 +187,20 @@ class IncomingBlob:
             self._file = diskio.Appender(self.path, self.meta.size, direct=not self.cache)
         return self._file
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        self._count(data)
+        self._appender().write(data)
+
+    def write_piece(self, piece: memoryview) -> None:
+        """:meth:`write` from a page-aligned buffer (see diskio.Appender.write_piece)."""
+        self._count(piece)
+        self._appender().write_piece(piece)
+
+    def _count(self, data: bytes | memoryview) -> None:
         self.received += len(data)
         if self.received > self.meta.size:
             raise BadArgs("more bytes than announced")
         self.sums.update(data)
-        self._appender().write(data)
 
     def commit(self, sha256: str, blocks: str) -> BlobMeta:
         """Check size and block checksums, make the blob durable and visible.

@@ -82,6 +82,11 @@ class Device:
         """Append ``pieces`` to the blob, in order (each is copied once, to the disk's buffer)."""
         return self._write(_write_pieces, incoming, pieces)
 
+    def write_piece(self, incoming: IncomingBlob, buffer: Any, length: int) -> Deferred:
+        """Append the first ``length`` bytes of ``buffer`` (a diskio.take_buffer
+        buffer, left alone until this fires) to the blob."""
+        return self._write(_write_piece, incoming, buffer, length)
+
     def commit(self, incoming: IncomingBlob, sha256: str, blocks: str, last: bytes = b"") -> Deferred:
         """Write ``last`` (if any), then make the blob durable and visible;
         call only once every earlier write has completed. Fires with its
@@ -149,6 +154,11 @@ class Device:
 def _write_pieces(incoming: IncomingBlob, pieces: list[bytes]) -> None:
     for piece in pieces:
         incoming.write(piece)
+
+
+def _write_piece(incoming: IncomingBlob, buffer: Any, length: int) -> None:
+    with memoryview(buffer) as whole, whole[:length] as piece:
+        incoming.write_piece(piece)
 
 
 def _open_with_meta(store: BlobStore, blob_id: str) -> tuple[Any, BlobMeta]:

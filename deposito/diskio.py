@@ -154,7 +154,7 @@ class Appender:
     def direct(self) -> bool:
         return self._direct is not None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._direct is None:
             write_all(self.fd, data, self.written)
             self.written += len(data)
@@ -176,6 +176,22 @@ class Appender:
             if self._direct is None and view:  # direct writes were refused: the rest as plain writes
                 self.write(bytes(view))
                 return
+
+    def write_piece(self, piece: memoryview) -> None:
+        """Like :meth:`write`, for bytes in a page-aligned buffer (one of
+        :func:`take_buffer`'s): a whole number of aligned blocks arriving
+        when nothing is staged goes to the disk straight from it."""
+        if self._direct is None or self._staged or len(piece) % ALIGN:
+            self.write(piece)
+            return
+        try:
+            write_all(self._direct, piece, self.written)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            write_all(self.fd, piece, self.written)  # the filesystem will not: through the cache
+            self._stop_direct()
+        self.written += len(piece)
 
     def _write_staged(self, length: int) -> None:
         assert self._buf is not None and self._direct is not None

@@ -226,3 +226,122 @@ def test_a_slow_reader_gets_every_byte_sent_from_the_cache_or_around_it(tmp_path
         yield port.stopListening()
         yield settle()
         device.stop()
+
+
+@defer.inlineCallbacks
+def blob_server(tmp_path):
+    device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 31)
+    device.start()
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(device))
+    c = yield endpoints.connectProtocol(
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient())
+    return device, port, c
+
+
+@defer.inlineCallbacks
+def shut(device, port, c):
+    if c.transport.connected:
+        c.transport.loseConnection()
+    yield port.stopListening()
+    yield settle()
+    device.stop()
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest_twisted.inlineCallbacks
+def test_a_big_write_is_read_from_the_socket_straight_into_disk_buffers(tmp_path, monkeypatch, cache):
+    from deposito import diskio
+
+    pieces = []
+    device, port, c = yield blob_server(tmp_path)
+    real = device.write_piece
+    monkeypatch.setattr(device, "write_piece", lambda i, b, n: pieces.append(n) or real(i, b, n))
+    spare = len(diskio._free)
+    try:
+        data = os.urandom((21 << 20) + 4321)
+        blob = new_blob_id()
+        d = c.write_blob(blob, len(data), 1, 2, "big", cache=cache)
+        i = 0
+        for step in [100, 70_000, 1 << 20, 3 << 20, 5_000] * 100:
+            c.send(data[i:i + step])
+            i += step
+            if i >= len(data):
+                break
+        c.end(*sums(data))
+        assert (yield d).startswith(f"OK stored {blob}")
+        assert pieces and sum(pieces) > 16 << 20  # most of it came this way, 1 MiB at a time
+        assert max(pieces) <= diskio.PIECE
+        sink = Sink()
+        yield c.read_blob(blob, 0, sink)
+        yield c.body
+        assert hashlib.sha256(b"".join(sink.chunks)).digest() == hashlib.sha256(data).digest()
+        assert device.store.meta(blob).cached == (cache or not direct_possible(str(tmp_path)))
+        assert device.reserved == 0 and os.listdir(device.store.incoming) == []
+        assert len(diskio._free) <= max(spare + 3, diskio._KEEP)  # the buffers went back
+        # the connection reads lines again: another request works
+        assert (yield c.delete_blob(blob)) == "OK deleted"
+    finally:
+        yield shut(device, port, c)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_big_write_cut_off_while_read_into_disk_buffers_leaves_nothing(tmp_path):
+    device, port, c = yield blob_server(tmp_path)
+    try:
+        d = c.write_blob(new_blob_id(), 32 << 20, 1, 2, "x")
+        d.addErrback(lambda f: None)
+        for _ in range(12):
+            c.send(os.urandom(1 << 20))
+        for _ in range(200):
+            if device.store.used == 0 and os.listdir(device.store.incoming):
+                break
+            yield deferLater(0.02)
+        yield deferLater(0.2)
+        c.transport.abortConnection()
+        for _ in range(200):
+            if not os.listdir(device.store.incoming) and device.reserved == 0:
+                break
+            yield deferLater(0.02)
+        assert os.listdir(device.store.incoming) == [] and device.reserved == 0 and device.used == 0
+    finally:
+        yield shut(device, port, c)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_disk_error_midway_through_a_big_write_is_the_reply_to_end(tmp_path, monkeypatch):
+    from deposito.blobstore import IncomingBlob
+    from deposito.errors import NoSpace
+
+    real = IncomingBlob.write_piece
+    calls = []
+
+    def write_piece(self, piece):
+        calls.append(len(piece))
+        if len(calls) == 3:
+            raise NoSpace("disk full")
+        return real(self, piece)
+
+    monkeypatch.setattr(IncomingBlob, "write_piece", write_piece)
+    device, port, c = yield blob_server(tmp_path)
+    try:
+        data = os.urandom(12 << 20)
+        d = c.write_blob(new_blob_id(), len(data), 1, 2, "full")
+        for i in range(0, len(data), 1 << 20):
+            c.send(data[i:i + (1 << 20)])
+        c.end(*sums(data))
+        with pytest.raises(Exception, match="disk full"):
+            yield d
+        assert len(calls) >= 3
+        for _ in range(100):  # the temp file goes once the writer thread gets to it
+            if not os.listdir(device.store.incoming):
+                break
+            yield deferLater(0.02)
+        assert device.reserved == 0 and os.listdir(device.store.incoming) == []
+        small = os.urandom(1000)
+        blob = new_blob_id()
+        d = c.write_blob(blob, len(small), 1, 2, "after")  # the connection goes on
+        c.send(small)
+        c.end(*sums(small))
+        assert (yield d).startswith(f"OK stored {blob}")
+    finally:
+        yield shut(device, port, c)

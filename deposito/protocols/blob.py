@@ -34,6 +34,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from deposito import diskio
 from deposito.blobstore import BLOCK, BlobMeta, Corrupt, check_blob_id
 from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal, from_reply
 from deposito.protocols.lines import LineProtocol, handler_for, tune_for_streams
@@ -44,6 +45,7 @@ from deposito.splice import Relay, SocketWaiter, SourceLost
 _SENDFILE = getattr(os, "sendfile", None)
 FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big
 WINDOW_BYTES = 2 << 20  # pause the sender when this much waits for the disk
+RECEIVE_MIN = 4 << 20  # a WRITE with this much still to come is read straight into disk buffers
 
 
 class ConnectionLost(DepositoError):
@@ -71,6 +73,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self._flushed = False  # some of this WRITE's bytes went to the writer thread
         self._paused_for_disk = False
         self._sender: _BlobSender | None = None
+        self._receiver: _Receiver | None = None
 
     def connectionMade(self) -> None:
         tune_for_streams(self.transport)
@@ -156,6 +159,19 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
                 self._flush()
         if self._remaining == 0:
             self.setLineMode(rest)
+        elif self._remaining >= RECEIVE_MIN and not self._buffer and _Receiver.can_take(self.transport):
+            # The rest goes from the socket straight into the disk's buffers.
+            self._flush()
+            self._receiver = _Receiver(self, self._remaining)
+            self._receiver.start()
+
+    def _received(self) -> None:
+        """The receiver has read the last byte: END comes next."""
+        self._receiver = None
+        self._remaining = 0
+        self.setLineMode(b"")
+        if self.transport.connected and not self.paused:
+            self.transport.startReading()
 
     def _flush(self) -> None:
         pieces, size = self._pending, self._pending_size
@@ -202,8 +218,8 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
                 return self.device.commit(incoming, sha256, blocks)
 
             d.addCallback(written)
+        self.pauseProducing()  # first: a failed write answers at once, and that resumes
         d.addBoth(self._committed, incoming)
-        self.pauseProducing()
 
     def _committed(self, result: Any, incoming: Any) -> None:
         self.device.release(incoming.meta.size)
@@ -268,12 +284,145 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.setTimeout(None)
+        if self._receiver is not None:
+            self._receiver.stop()
+            self._receiver = None
         if self._incoming is not None:
             incoming, self._incoming = self._incoming, None
             self.device.release(incoming.meta.size)
             self.device.abort(incoming)
         if self._sender is not None:
             self._sender.stopProducing()
+
+
+class _Receiver:
+    """Reads the rest of a WRITE's bytes from the socket straight into the
+    disk's aligned buffers (recv_into), each handed whole to the writer
+    thread, instead of through Twisted's reads and a copy into the buffer.
+
+    A few buffers per blob: while one fills, the others are being written.
+    With none free, the socket is left unread (the sender is paused by TCP).
+    After a failed write the rest is read and dropped, and END reports the
+    error, as on the ordinary path. The transport stops reading meanwhile
+    and reads again (the END line) once the last byte is in.
+    """
+
+    depth = 3  # buffers per blob
+    burst = 4 << 20  # bytes read in one go before other connections get a turn
+
+    def __init__(self, protocol: BlobServerProtocol, count: int) -> None:
+        self.protocol = protocol
+        self.transport = protocol.transport
+        self.remaining = count
+        self._buffer: Any = None  # the one being filled
+        self._filled = 0
+        self._free: list[Any] = []
+        self._out = 0  # buffers with the writer thread
+        self._readable = SocketWaiter(self.transport, self.pump, self._lost)
+        self.reading = False
+        self.stopped = False
+
+    @staticmethod
+    def can_take(transport: Any) -> bool:
+        return (type(transport) is tcp.Server and not getattr(transport, "TLS", False)
+                and transport.connected and not transport.disconnecting)
+
+    def start(self) -> None:
+        self.transport.stopReading()
+        self.pump()
+
+    def pump(self) -> None:
+        if self.stopped:
+            return
+        sock = self.transport.getHandle()
+        taken = 0
+        while self.remaining and taken < self.burst:
+            if self._buffer is None:
+                if not self._free and self._out >= self.depth:
+                    break  # every buffer is being written: wait for one
+                self._buffer = self._free.pop() if self._free else diskio.take_buffer()
+                self._filled = 0
+            want = min(diskio.PIECE - self._filled, self.remaining)
+            try:
+                with memoryview(self._buffer) as whole, whole[self._filled:self._filled + want] as view:
+                    n = sock.recv_into(view)
+            except BlockingIOError:
+                break
+            except OSError:
+                n = 0
+            if n == 0:  # the proxy went away mid-blob
+                self._lost()
+                return
+            self._filled += n
+            self.remaining -= n
+            taken += n
+            if self._filled == diskio.PIECE or not self.remaining:
+                self._hand_over()
+        if taken:
+            self.protocol.resetTimeout()
+        if not self.remaining:
+            self._stop_reading()
+            self._finish()
+            return
+        # A buffer to fill: wait for bytes (the reactor calls again, after
+        # its other work when a burst was cut short). None: wait for a write.
+        if self._buffer is not None or self._free or self._out < self.depth:
+            if not self.reading:
+                self.transport.reactor.addReader(self._readable)
+                self.reading = True
+        else:
+            self._stop_reading()
+
+    def _hand_over(self) -> None:
+        buffer, length, self._buffer = self._buffer, self._filled, None
+        p = self.protocol
+        if p._write_error is not None or p._incoming is None:
+            self._free.append(buffer)  # dropped: END reports the error
+            return
+        self._out += 1
+        p._flushed = True
+        d = p.device.write_piece(p._incoming, buffer, length)
+        d.addErrback(p._write_failed, 0)
+        d.addBoth(self._written, buffer)
+        p._last_write = d
+
+    def _written(self, result: Any, buffer: Any) -> Any:
+        self._out -= 1
+        if self.stopped:
+            diskio.give_back(buffer)
+        else:
+            self._free.append(buffer)
+            if self.remaining and not self.reading:
+                self.pump()
+        return result
+
+    def _finish(self) -> None:
+        self.stopped = True
+        for buffer in self._free:
+            diskio.give_back(buffer)
+        self._free.clear()
+        self.protocol._received()
+
+    def _lost(self) -> None:
+        if not self.stopped:
+            self.stop()
+            self.transport.abortConnection()
+
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.transport.reactor.removeReader(self._readable)
+            self.reading = False
+
+    def stop(self) -> None:
+        """The connection is gone: give the buffers back (those with the writer, once written)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self._stop_reading()
+        for buffer in self._free + ([self._buffer] if self._buffer is not None else []):
+            diskio.give_back(buffer)
+        self._free.clear()
+        self._buffer = None
 
 
 @implementer(IPushProducer)
