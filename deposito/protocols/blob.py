@@ -314,8 +314,10 @@ class _Receiver:
         self.protocol = protocol
         self.transport = protocol.transport
         self.remaining = count
+        self._at = protocol._incoming.meta.size - count  # where in the blob the next buffer starts
         self._buffer: Any = None  # the one being filled
         self._filled = 0
+        self._limit = 0  # how much it takes: up to the next whole PIECE of the blob
         self._free: list[Any] = []
         self._out = 0  # buffers with the writer thread
         self._readable = SocketWaiter(self.transport, self.pump, self._lost)
@@ -342,7 +344,11 @@ class _Receiver:
                     break  # every buffer is being written: wait for one
                 self._buffer = self._free.pop() if self._free else diskio.take_buffer()
                 self._filled = 0
-            want = min(diskio.PIECE - self._filled, self.remaining)
+                # Buffers end where the blob's PIECEs do, so after the first
+                # (which tops up what the ordinary path left staged) each goes
+                # to the disk straight from where it was read.
+                self._limit = diskio.PIECE - self._at % diskio.PIECE
+            want = min(self._limit - self._filled, self.remaining)
             try:
                 with memoryview(self._buffer) as whole, whole[self._filled:self._filled + want] as view:
                     n = sock.recv_into(view)
@@ -356,7 +362,7 @@ class _Receiver:
             self._filled += n
             self.remaining -= n
             taken += n
-            if self._filled == diskio.PIECE or not self.remaining:
+            if self._filled == self._limit or not self.remaining:
                 self._hand_over()
         if taken:
             self.protocol.resetTimeout()
@@ -375,6 +381,7 @@ class _Receiver:
 
     def _hand_over(self) -> None:
         buffer, length, self._buffer = self._buffer, self._filled, None
+        self._at += length
         p = self.protocol
         if p._write_error is not None or p._incoming is None:
             self._free.append(buffer)  # dropped: END reports the error
