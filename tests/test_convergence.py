@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from deposito.placement import read_order
+from deposito.roster import Member
 from tests.cluster import Cluster, fields, poll
 
 pytestmark = pytest.mark.slow
@@ -125,17 +127,20 @@ def test_flipped_bytes_are_never_served_and_the_copy_is_replaced(fast_cluster):
     data = os.urandom(3 << 20 | 5)
     with fast_cluster.wire() as w:
         assert w.put("conv/rot", data, 3).startswith("OK stored")
-    for sid in ("s0", "s1"):  # two of three copies rot, in different blocks
-        [blob] = fast_cluster.blob_files(sid)
-        with open(blob, "r+b") as f:
-            f.seek(1 << 20 if sid == "s0" else 5)
+    copies = {sid: fast_cluster.blob_files(sid)[0] for sid in ("s0", "s1", "s2")}
+    # the two copies reads try first rot, in different blocks (a scrub would find them anyway)
+    order = read_order(copies["s0"].name, [Member(sid, "z", "h", 1) for sid in copies])
+    rotten = [m.id for m in order[:2]]
+    for sid, offset in zip(rotten, (1 << 20, 5)):
+        with open(copies[sid], "r+b") as f:
+            f.seek(offset)
             f.write(b"\x00rotten\x00")
     for _ in range(6):
         with fast_cluster.wire() as w:
             head, got = w.get("conv/rot")
             assert got == data, head
     assert poll(lambda: len(fast_cluster.holders(data)) == 3 and have(fast_cluster, "conv/rot") == 3, 30)
-    quarantined = [p for sid in ("s0", "s1") for p in (fast_cluster.server_dir(sid) / "quarantine").glob("*")]
+    quarantined = [p for sid in rotten for p in (fast_cluster.server_dir(sid) / "quarantine").glob("*")]
     assert quarantined
 
 

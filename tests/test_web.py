@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from deposito import proxy_tap
 from deposito.events import EventLog, Metrics, json_log
+from deposito.placement import read_order
 from deposito.proxy import ProxyService
 from deposito.roster import Member
 from deposito.web import parse_range, render_page
@@ -420,15 +421,16 @@ def test_downloads_fail_over_from_rotten_copies_and_the_page_tells(web):
     with web.wire() as w:
         assert w.put("web/rot", data, 3).startswith("OK stored")
     digest = sha(data)
-    rotten = 0
-    for sid, offset in (("s0", 1 << 20), ("s1", 5)):  # two of three copies rot, in different blocks
-        for blob in web.blob_files(sid):
-            if blob.stat().st_size == len(data) and sha(blob.read_bytes()) == digest:
-                with open(blob, "r+b") as f:
-                    f.seek(offset)
-                    f.write(b"\x00rotten\x00")
-                rotten += 1
-    assert rotten == 2
+    copies = {sid: blob for sid in ("s0", "s1", "s2") for blob in web.blob_files(sid)
+              if blob.stat().st_size == len(data) and sha(blob.read_bytes()) == digest}
+    assert len(copies) == 3
+    # the two copies reads try first rot, in different blocks: reads must go on to the third
+    blob_id = next(iter(copies.values())).name
+    first, second, _ = read_order(blob_id, [Member(sid, "z", "h", 1) for sid in copies])
+    for m, offset in ((first, 1 << 20), (second, 5)):
+        with open(copies[m.id], "r+b") as f:
+            f.seek(offset)
+            f.write(b"\x00rotten\x00")
     path = "/files/web%2Frot"
     for _ in range(4):
         status, _, body = fetch(web.http, path)
