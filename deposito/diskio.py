@@ -100,7 +100,10 @@ def give_back(buf: mmap.mmap) -> None:
         if len(_free) < _KEEP:
             _free.append(buf)
             return
-    buf.close()
+    try:
+        buf.close()
+    except BufferError:  # still seen through a view (a failed write's traceback): freed with it
+        pass
 
 
 def open_direct(path: str, flags: int) -> int | None:

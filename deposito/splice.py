@@ -279,6 +279,7 @@ class FanOut:
     """
 
     burst = 4  # pieces moved in one go before other connections get a turn
+    poll = 0.002  # how often to look whether the targets have sent Twisted's bytes
 
     def __init__(self, reactor: Any, source: Any, targets: list, count: int,
                  absorb: Callable[[memoryview], None], progress: Callable[[], None],
@@ -305,14 +306,27 @@ class FanOut:
         self._was_reading: list[Any] = []
 
     def start(self) -> defer.Deferred:
-        """Begin, once each target has sent what Twisted still holds for it."""
+        """Begin, once each target has sent what Twisted still holds for it.
+
+        The source must have nothing left to send (its socket is then the
+        fan-out's alone); OSError when the pipes cannot be made, with nothing
+        changed."""
+        if self.source in self.reactor.getWriters():
+            raise RuntimeError("a fan-out needs its source to have sent all that was written to it")
+        pipes: list[tuple[int, int]] = []
+        try:
+            for _ in range(len(self.targets) + 1):
+                pipes.append(_pipe())
+        except OSError:
+            for fd in (fd for pipe in pipes for fd in pipe):
+                os.close(fd)
+            raise
+        self._intake, self._pipes = pipes[0], list(pipes[1:])
         everyone = [self.source, *self.targets]
         readers = self.reactor.getReaders()
         self._was_reading = [t for t in everyone if t in readers]
         for t in everyone:
             t.stopReading()
-        self._intake = _pipe()
-        self._pipes = [_pipe() for _ in self.targets]
         # A tee moves whole pipe buffers: every target's pipe must hold all
         # that the intake holds, so the intake is made the smallest.
         self._piece = min(fcntl.fcntl(w, _F_GETPIPE_SZ) for _, w in [self._intake, *self._pipes])  # type: ignore[misc]
@@ -335,7 +349,7 @@ class FanOut:
         if self.done.called:
             return
         if self._still_sending():
-            self._again = self.reactor.callLater(0, self._when_sent)
+            self._again = self.reactor.callLater(self.poll, self._when_sent)
         else:
             self._sent = True
             self.pump()

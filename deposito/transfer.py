@@ -144,26 +144,35 @@ class Upload:
         lanes, or fails when the source went away."""
         lanes = self.live()
         transports = [lane.client.transport for lane in lanes]
-        if count < SPLICE_MIN or self._fan is not None or not can_fan_out(source, transports):
+        if (count < SPLICE_MIN or self._fan is not None or not can_fan_out(source, transports)
+                or source in self.clock.getWriters()):
             return None
-        # The fan-out reads the source itself: a lane that pauses or resumes
-        # must no longer pause or resume it.
-        self._source = None
-        self._paused.clear()
 
         def dropped(i: int, why: DepositoError) -> None:
             self.log.warn("storage server {id} stopped taking an upload: {why}", id=lanes[i].member.id,
                           why=why.message)
             lanes[i].client.transport.abortConnection()
 
-        self._fan = FanOut(self.clock, source, transports, count, self._absorb, progress,
-                           lambda i: lanes[i].alive, dropped, self.stall_timeout)
+        fan = FanOut(self.clock, source, transports, count, self._absorb, progress,
+                     lambda i: lanes[i].alive, dropped, self.stall_timeout)
+        # The fan-out reads the source itself: a lane that pauses or resumes
+        # must no longer pause or resume it.
+        source_was, paused_was = self._source, set(self._paused)
+        self._source = None
+        self._paused.clear()
+        try:
+            d = fan.start()
+        except OSError as e:  # no pipes to be had (too many open files): the ordinary path
+            self.log.warn("cannot splice an upload: {why}", why=e.strerror)
+            self._source, self._paused = source_was, paused_was
+            return None
+        self._fan = fan
 
         def over(result: Any) -> Any:
             self._fan = None
             return result
 
-        return self._fan.start().addBoth(over)
+        return d.addBoth(over)
 
     @property
     def sha256(self) -> str:

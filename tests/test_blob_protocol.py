@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 
 import pytest
@@ -337,6 +338,10 @@ def test_a_disk_error_midway_through_a_big_write_is_the_reply_to_end(tmp_path, m
         return real(self, piece)
 
     monkeypatch.setattr(IncomingBlob, "write_piece", write_piece)
+    from deposito import diskio
+
+    while len(diskio._free) < diskio._KEEP:  # a full pool: the failed buffer is not kept, but closed
+        diskio._free.append(mmap.mmap(-1, diskio.PIECE))
     device, port, c = yield blob_server(tmp_path)
     try:
         data = os.urandom(12 << 20)
@@ -358,5 +363,39 @@ def test_a_disk_error_midway_through_a_big_write_is_the_reply_to_end(tmp_path, m
         c.send(small)
         c.end(*sums(small))
         assert (yield d).startswith(f"OK stored {blob}")
+    finally:
+        yield shut(device, port, c)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_read_error_cuts_the_read_at_once(tmp_path, monkeypatch):
+    import errno
+
+    from deposito.errors import DepositoError
+
+    device, port, c = yield blob_server(tmp_path)
+    try:
+        data = os.urandom(3 << 20)
+        blob = new_blob_id()
+        d = c.write_blob(blob, len(data), 1, 2, "eio")
+        c.send(data)
+        c.end(*sums(data))
+        yield d
+
+        def broken(f, meta, index):
+            if index == 1:
+                raise OSError(errno.EIO, "Input/output error")
+            return real(f, meta, index)
+
+        real = device.read_block_now
+        monkeypatch.setattr(device, "read_block_now", broken)
+        sink = Sink()
+        started = reactor.seconds()
+        with pytest.raises(DepositoError):  # before or after the reply: the connection is cut
+            yield c.read_blob(blob, 0, sink)
+            yield c.body
+        assert reactor.seconds() - started < 5  # at once, not left to a timeout
+        assert sum(len(x) for x in sink.chunks) < len(data)
+        assert device.store.meta(blob)  # not taken for rot: the copy stays
     finally:
         yield shut(device, port, c)

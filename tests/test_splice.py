@@ -311,3 +311,19 @@ def test_fan_out_fails_when_the_source_leaves_midway():
         assert all(t in reactor.getReaders() for t in targets)
     finally:
         yield hang_up(source, targets, ports, collectors)
+
+
+@needs_tee
+@pytest_twisted.inlineCallbacks
+def test_fan_out_will_not_start_while_the_source_has_bytes_to_send():
+    collectors = [Collector()]
+    source, targets, ports = yield fanned(len(DATA), collectors)
+    try:
+        fan = fan_out(source, targets, len(DATA), [], [])
+        source.write(b"a reply not yet sent")
+        with pytest.raises(RuntimeError):
+            fan.start()
+        assert source in reactor.getWriters()  # untouched: Twisted sends it as ever
+        assert not fan.done.called
+    finally:
+        yield hang_up(source, targets, ports, collectors)

@@ -389,19 +389,22 @@ class _Receiver:
         self._out += 1
         p._flushed = True
         d = p.device.write_piece(p._incoming, buffer, length)
-        d.addErrback(p._write_failed, 0)
         d.addBoth(self._written, buffer)
         p._last_write = d
 
-    def _written(self, result: Any, buffer: Any) -> Any:
+    def _written(self, result: Any, buffer: Any) -> None:
         self._out -= 1
-        if self.stopped:
+        if isinstance(result, Failure):
+            # Its traceback may still see the buffer: not used again; and no
+            # traceback kept for END to report.
+            result.cleanFailure()
+            self.protocol._write_failed(result, 0)
+        elif self.stopped:
             diskio.give_back(buffer)
         else:
             self._free.append(buffer)
-            if self.remaining and not self.reading:
-                self.pump()
-        return result
+        if not self.stopped and self.remaining and not self.reading:
+            self.pump()
 
     def _finish(self) -> None:
         self.stopped = True
@@ -492,6 +495,11 @@ class _BlobSender:
                     return
             except Corrupt as e:
                 self._corrupt(str(e))
+                return
+            except OSError:
+                BlobServerProtocol.log.failure("reading blob {blob}", blob=self.meta.blob)
+                self.stopProducing()
+                self.transport.abortConnection()
                 return
         self._again = self.transport.reactor.callLater(0, self._pump)
 
