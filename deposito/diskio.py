@@ -85,7 +85,7 @@ def sync_filesystem(path: str) -> bool:
 
 _free: list[mmap.mmap] = []
 _free_lock = threading.Lock()
-_KEEP = 16  # spare buffers kept for reuse
+_KEEP = 4  # spare buffers kept for reuse: one big blob's worth (its receive buffers and staging)
 
 
 def take_buffer() -> mmap.mmap:
