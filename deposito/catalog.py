@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from deposito.batching import Batches
 
@@ -375,6 +376,13 @@ for _method in (Catalog.begin_upload, Catalog.add_intent, Catalog.forget_garbage
                 Catalog.totals, Catalog.busy, Catalog.is_empty):
     _method.durable = False  # type: ignore[attr-defined]
 
+# What these do leaves every name's record as it was (files and copies are
+# untouched), so the records the catalog thread keeps in memory stay true.
+for _method in (Catalog.begin_upload, Catalog.add_intent, Catalog.abandon, Catalog.forget_garbage,
+                Catalog.save_server, Catalog.lookup, Catalog.list, Catalog.garbage, Catalog.garbage_count,
+                Catalog.servers, Catalog.totals, Catalog.busy, Catalog.is_empty):
+    _method.keeps_records = True  # type: ignore[attr-defined]
+
 
 def _record(row: tuple) -> FileRecord:
     servers = tuple(row[6].split(" ")) if row[6] else ()
@@ -387,11 +395,22 @@ class CatalogThread:
     Calls that arrive while a batch is being committed wait and go together in
     the next one (group commit): many PUTs share one fsync, and no Deferred
     fires before its transaction is durable.
+
+    The records of recently looked-up names are kept in memory, so a lookup
+    mostly answers at once. Any call that may change a record empties them,
+    and a lookup's answer is kept only if no such call was made after it was
+    asked (calls run in the order they are made): what is kept always matches
+    the catalog as every call made so far leaves it, so an answer from memory
+    is the one the thread would give.
     """
+
+    kept = 4096  # records of this many names at most
 
     def __init__(self, reactor: Any, catalog: Catalog) -> None:
         self.catalog = catalog
         self._batches: Batches[tuple[Callable[..., Any], tuple]] = Batches(reactor, catalog.batch, "deposito-catalog")
+        self._records: OrderedDict[str, FileRecord] = OrderedDict()
+        self._changes = 0  # calls made so far that may change records
 
     def start(self) -> None:
         self._batches.start()
@@ -402,4 +421,26 @@ class CatalogThread:
 
     def __call__(self, method: Callable[..., Any], *args: Any) -> Deferred:
         """``db(Catalog.lookup, name)``: the method's result, as a Deferred."""
+        if method is Catalog.lookup:
+            return self._lookup(*args)
+        if getattr(method, "keeps_records", False):
+            return self._batches.submit((method, args))
+        self._records.clear()
+        self._changes += 1
         return self._batches.submit((method, args))
+
+    def _lookup(self, name: str) -> Deferred:
+        record = self._records.get(name)
+        if record is not None:
+            self._records.move_to_end(name)
+            return succeed(record)
+        d = self._batches.submit((Catalog.lookup, (name,)))
+        d.addCallback(self._keep, name, self._changes)
+        return d
+
+    def _keep(self, record: FileRecord | None, name: str, changes: int) -> FileRecord | None:
+        if record is not None and changes == self._changes:  # nothing may have changed it since
+            self._records[name] = record
+            if len(self._records) > self.kept:
+                self._records.popitem(last=False)
+        return record

@@ -108,6 +108,80 @@ def test_catalog_thread_answers_in_order_after_commit(tmp_path):
         db.stop()
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_looked_up_record_is_answered_from_memory_until_it_may_change(tmp_path):
+    from twisted.internet import reactor
+
+    db = CatalogThread(reactor, Catalog(str(tmp_path)))
+    db.start()
+    try:
+        v = yield db(Catalog.begin_upload, "f", "b1", ["s1"])
+        yield db(Catalog.commit, "f", v, "b1", 1, "x", 1, ["s1"], 0.0)
+        first = yield db(Catalog.lookup, "f")
+        again = db(Catalog.lookup, "f")
+        assert again.called, "a kept record answers without the catalog thread"
+        assert (yield again) == first
+        # a call that leaves records as they are keeps them
+        yield db(Catalog.begin_upload, "g", "b2", ["s1"])
+        assert db(Catalog.lookup, "f").called
+        # one that may change them does not, and the next answer is the new truth
+        yield db(Catalog.add_copy, "f", "b1", "s2", 0.0)
+        fresh = db(Catalog.lookup, "f")
+        assert not fresh.called
+        assert (yield fresh).servers == ("s1", "s2")
+    finally:
+        db.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_kept_records_always_match_the_catalog(tmp_path):
+    """Changes and lookups of a few names, many in flight at once: every answer
+    equals the one the catalog thread gives right after it."""
+    import random
+
+    from twisted.internet import reactor
+
+    db = CatalogThread(reactor, Catalog(str(tmp_path)))
+    db.start()
+    rng = random.Random(5)
+    names, servers = ["a", "b", "c"], ["s1", "s2", "s3"]
+    blobs: dict[str, str] = {}
+    try:
+        hits = 0
+        for round_ in range(100):
+            pairs, pending = [], []
+            for step in range(rng.randint(1, 8)):
+                name = rng.choice(names)
+                op = rng.choice(["lookup"] * 12 + ["put", "replicas", "add", "drop", "delete", "inventory"])
+                if op == "lookup":
+                    d = db(Catalog.lookup, name)
+                    hits += d.called
+                    pairs.append((d, db._batches.submit((Catalog.lookup, (name,)))))  # past what is kept
+                elif op == "put":
+                    blob = blobs[name] = f"{name}{round_}.{step}"
+                    v = yield db(Catalog.begin_upload, name, blob, servers[:1])
+                    pending.append(db(Catalog.commit, name, v, blob, 1, "x", 1, servers[:1], 0.0))
+                elif op == "replicas":
+                    pending.append(db(Catalog.set_replicas, name, rng.randint(1, 3)))
+                elif op == "add" and name in blobs:
+                    pending.append(db(Catalog.add_copy, name, blobs[name], rng.choice(servers), 0.0))
+                elif op == "drop" and name in blobs:
+                    pending.append(db(Catalog.drop_copy, blobs[name], rng.choice(servers)))
+                elif op == "delete":
+                    pending.append(db(Catalog.delete, name))
+                elif op == "inventory":
+                    pending.append(db(Catalog.reconcile_inventory, rng.choice(servers),
+                                      rng.sample(list(blobs.values()), min(2, len(blobs))), 1.0))
+                if rng.random() < 0.5:  # let what is in flight land before the next step
+                    yield defer.gatherResults([d for pair in pairs for d in pair] + pending)
+            for kept, truth in pairs:
+                assert (yield kept) == (yield truth)
+            yield defer.gatherResults(pending)
+        assert hits > 0
+    finally:
+        db.stop()
+
+
 def test_garbage_on_unreachable_servers_never_blocks_the_rest(cat):
     for i in range(300):  # a dead server's pile of garbage
         v = cat.begin_upload(f"d{i}", f"dead{i}", ["dead"])
