@@ -384,11 +384,11 @@ class BlobStore:
         except (NotFound, ValueError, KeyError):
             return os.stat(self.path(blob_id)).st_size
 
-    def reader(self, blob_id: str, meta: BlobMeta | None = None) -> diskio.Reader:
+    def reader(self, blob_id: str, meta: BlobMeta | None = None, fd: int | None = None) -> diskio.Reader:
         """An open blob, for :meth:`read_block` (``meta`` tells whether it is
-        one to read through the page cache)."""
+        one to read through the page cache; ``fd``, the blob opened already)."""
         try:
-            return diskio.Reader(self.path(blob_id), cached=meta is not None and meta.cached)
+            return diskio.Reader(self.path(blob_id), cached=meta is not None and meta.cached, fd=fd)
         except FileNotFoundError:
             raise NotFound("no such blob") from None
 

@@ -10,14 +10,16 @@ Deferred, except a read that is served only from the page cache.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from twisted.logger import Logger
 
+from deposito import diskio
 from deposito.batching import Batches
 from deposito.blobstore import BLOCK, BlobMeta, BlobStore, IncomingBlob
 from deposito.errors import NoSpace
@@ -27,6 +29,9 @@ class Device:
     """Asynchronous access to one BlobStore."""
 
     log = Logger()
+    # The metadata of this many small blobs (under diskio.DIRECT_MIN) is kept
+    # in memory, so a blob whose path is in memory opens on the reactor thread.
+    kept = 8192
 
     def __init__(self, reactor: Any, store: BlobStore, capacity: int) -> None:
         self.reactor = reactor
@@ -39,6 +44,8 @@ class Device:
             reactor, self._commit_batch, "deposito-committer")
         self.corrupt_listeners: list[Callable[[str, str], None]] = []
         self._now = memoryview(bytearray(BLOCK))  # blocks read on the reactor thread go here
+        self._metas: OrderedDict[str, BlobMeta] = OrderedDict()
+        self._removals = 0  # deletions and quarantines asked for so far
 
     def start(self) -> None:
         for pool in (self._writer, self._readers, self._commits):
@@ -91,7 +98,23 @@ class Device:
         """Write ``last`` (if any), then make the blob durable and visible;
         call only once every earlier write has completed. Fires with its
         BlobMeta."""
-        return self._commits.submit((incoming, sha256, blocks, last))
+        d = self._commits.submit((incoming, sha256, blocks, last))
+        d.addCallback(self._remember, self._removals)
+        return d
+
+    def _remember(self, meta: BlobMeta, removals: int) -> BlobMeta:
+        """Keep a small blob's metadata, unless a deletion was asked for since
+        it was read (it may be that blob's)."""
+        if meta.size < diskio.DIRECT_MIN and removals == self._removals:
+            self._metas[meta.blob] = meta
+            self._metas.move_to_end(meta.blob)
+            if len(self._metas) > self.kept:
+                self._metas.popitem(last=False)
+        return meta
+
+    def _forget(self, blob_id: str) -> None:
+        self._metas.pop(blob_id, None)
+        self._removals += 1
 
     def _commit_batch(self, batch: list[tuple[IncomingBlob, str, str, bytes]]) -> list[tuple[bool, object]]:
         """On the committer thread: the last pieces written, then one group commit."""
@@ -112,11 +135,26 @@ class Device:
         return self._write(incoming.abort)
 
     def delete(self, blob_id: str) -> Deferred:
+        self._forget(blob_id)
         return self._write(self.store.delete, blob_id)
 
     def open(self, blob_id: str) -> Deferred:
-        """(file, metadata) of a blob, for :meth:`read_block`."""
-        return self._read(_open_with_meta, self.store, blob_id)
+        """(file, metadata) of a blob, for :meth:`read_block`: at once when
+        its metadata is kept and opening it cannot wait on the disk, else from
+        a reader thread."""
+        meta = self._metas.get(blob_id)
+        if meta is not None:
+            fd = diskio.open_resident(self.store.path(blob_id))
+            if fd is not None:
+                self._metas.move_to_end(blob_id)
+                return succeed((self.store.reader(blob_id, meta, fd), meta))
+        d = self._read(_open_with_meta, self.store, blob_id)
+        d.addCallback(self._opened, self._removals)
+        return d
+
+    def _opened(self, opened: tuple[Any, BlobMeta], removals: int) -> tuple[Any, BlobMeta]:
+        self._remember(opened[1], removals)
+        return opened
 
     def read_block(self, f: Any, meta: BlobMeta, index: int) -> Deferred:
         """A checked block; fails with blobstore.Corrupt on rot."""
@@ -135,12 +173,16 @@ class Device:
     def corrupt(self, blob_id: str, why: str) -> Deferred:
         """A copy was found bad: move it aside and tell whoever listens (the proxy)."""
         self.log.error("blob {blob} is corrupt ({why}): quarantined", blob=blob_id, why=why)
+        self._forget(blob_id)
         d = self._write(self.store.quarantine, blob_id)
         d.addCallback(lambda _: [listener(blob_id, why) for listener in self.corrupt_listeners])
         d.addErrback(lambda f: self.log.failure("quarantining {blob}", f, blob=blob_id))
         return d
 
     def close(self, f: Any) -> Deferred:
+        if f.can_close_now():
+            f.close()
+            return succeed(None)
         return self._read(f.close)
 
     def sweep(self) -> Deferred:

@@ -106,6 +106,33 @@ def give_back(buf: mmap.mmap) -> None:
         pass
 
 
+class _OpenHow(ctypes.Structure):  # Linux's struct open_how, for openat2
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_syscall = libc_function("syscall", None, ctypes.c_long)
+_OPENAT2 = 437  # the same number on every Linux architecture
+_RESOLVE_CACHED = 0x20  # fail with EAGAIN rather than read anything from the disk
+_AT_FDCWD = -100
+_resolve_cached = [os.uname().sysname == "Linux" and _syscall is not None]
+
+
+def open_resident(path: str) -> int | None:
+    """A read-only descriptor of ``path``, if opening it needs nothing that is
+    not already in memory (Linux 5.12's RESOLVE_CACHED): it cannot wait on the
+    disk, so the reactor thread may call it. None when it would, or cannot."""
+    if not _resolve_cached[0]:
+        return None
+    how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
+    fd = _syscall(ctypes.c_long(_OPENAT2), ctypes.c_int(_AT_FDCWD), os.fsencode(path),
+                  ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd >= 0:
+        return fd
+    if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL, errno.E2BIG, errno.EPERM):
+        _resolve_cached[0] = False  # an older kernel, or a sandbox that refuses it: stop asking
+    return None
+
+
 def open_direct(path: str, flags: int) -> int | None:
     """A second descriptor of ``path`` that bypasses the page cache, or None
     where the system or filesystem has no O_DIRECT."""
@@ -248,10 +275,11 @@ class Reader:
 
     _buffers = threading.local()  # one aligned buffer per reading thread
 
-    def __init__(self, path: str, cached: bool = False) -> None:
-        self.fd = os.open(path, os.O_RDONLY)
+    def __init__(self, path: str, cached: bool = False, fd: int | None = None) -> None:
+        """``fd``: the file, opened already; it is then read through the cache."""
+        self.fd = os.open(path, os.O_RDONLY) if fd is None else fd
         self.size = os.fstat(self.fd).st_size
-        direct = not cached and self.size >= DIRECT_MIN
+        direct = fd is None and not cached and self.size >= DIRECT_MIN
         self._direct = open_direct(path, os.O_RDONLY) if direct else None
 
     def pread(self, length: int, offset: int) -> bytes:
@@ -294,6 +322,11 @@ class Reader:
         """Whether reads go through the page cache (a small file, or a big
         one found in it): then the kernel can send from there too."""
         return self._direct is None
+
+    def can_close_now(self) -> bool:
+        """Whether closing cannot wait on the disk: the file still has a name
+        (the last close of a deleted file frees its blocks, which can wait)."""
+        return self.fd >= 0 and os.fstat(self.fd).st_nlink > 0
 
     def close(self) -> None:
         for fd in (self.fd, self._direct):

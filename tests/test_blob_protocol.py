@@ -373,3 +373,56 @@ def test_a_read_error_cuts_the_read_at_once(tmp_path, monkeypatch):
         assert device.store.meta(blob)  # not taken for rot: the copy stays
     finally:
         yield shut(device, port, c)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_small_blob_opens_at_once_and_never_once_it_is_gone(tmp_path):
+    from deposito import diskio
+    from deposito.blobstore import BlobMeta
+
+    store = BlobStore(str(tmp_path))
+    device = Device(reactor, store, capacity=1 << 30)
+    device.start()
+
+    @defer.inlineCallbacks
+    def put(data):
+        blob = new_blob_id()
+        meta = BlobMeta(blob=blob, name="n", version=1, size=len(data), sha256="", replicas=2)
+        incoming = yield device._write(lambda: device.begin(meta, cache=True))
+        yield device.write(incoming, [data])
+        yield device.commit(incoming, *sums(data))
+        return blob
+
+    try:
+        probe = tmp_path / "probe"
+        probe.write_bytes(b"")
+        fd = diskio.open_resident(str(probe))
+        if fd is None:
+            pytest.skip("this system cannot open a file only from memory (Linux 5.12+)")
+        os.close(fd)
+        data = os.urandom(5000)
+        blobs = []
+        for _ in range(3):
+            blobs.append((yield put(data)))
+        for blob in blobs:
+            d = device.open(blob)
+            assert d.called, "a blob just written opens without a thread"
+            f, meta = yield d
+            assert bytes(device.read_block_now(f, meta, 0)) == data
+            yield device.close(f)
+        # gone in each way a blob goes: what was kept of it is not used
+        yield device.delete(blobs[0])
+        yield device.corrupt(blobs[1], "a test")
+        os.unlink(store.path(blobs[2]))  # behind the server's back
+        for blob in blobs:
+            with pytest.raises(NotFound):
+                yield device.open(blob)
+        # a big blob is opened on a thread, as before
+        big = yield put(os.urandom(diskio.DIRECT_MIN))
+        d = device.open(big)
+        assert not d.called
+        f, meta = yield d
+        assert meta.size == diskio.DIRECT_MIN
+        yield device.close(f)
+    finally:
+        device.stop()

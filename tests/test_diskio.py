@@ -173,3 +173,39 @@ def test_blocks_in_memory_are_read_and_checked_without_a_thread_others_are_left(
         assert store.read_resident_block(f, meta, 3, buffer) is None
         with pytest.raises(Corrupt, match="block 2 is"):
             store.read_block(f, meta, 2)
+
+
+def test_a_file_whose_path_is_in_memory_opens_without_waiting_others_are_left(tmp_path):
+    path = tmp_path / "a" / "b"
+    path.parent.mkdir()
+    path.write_bytes(b"resident")
+    fd = diskio.open_resident(str(path))
+    if fd is None:
+        pytest.skip("this system cannot open a file only from memory (Linux 5.12+)")
+    try:
+        assert os.pread(fd, 100, 0) == b"resident"
+    finally:
+        os.close(fd)
+    assert diskio.open_resident(str(tmp_path / "a" / "missing")) is None
+    # dropping the kernel's cached paths (as root) leaves it to the slow way
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2")
+    except OSError:
+        return
+    assert diskio.open_resident(str(path)) is None
+    assert path.read_bytes() == b"resident"  # the path is in memory again
+    fd = diskio.open_resident(str(path))
+    assert fd is not None
+    os.close(fd)
+
+
+def test_a_reader_of_a_deleted_file_is_not_closed_on_the_spot(tmp_path):
+    store = BlobStore(str(tmp_path))
+    blob = write_blob(store, os.urandom(5000), cache=True)
+    f = store.reader(blob, store.meta(blob))
+    assert f.can_close_now()
+    os.unlink(store.path(blob))  # the last close frees its blocks: a thread does that
+    assert not f.can_close_now()
+    f.close()
+    assert not f.can_close_now()
