@@ -129,6 +129,7 @@ class Metrics:
         self.latency = Histogram("deposito_request_duration_seconds",
                                  "Time from request to answer (for PUT and GET, to the last byte)",
                                  ["command", "via"], buckets=LATENCY_BUCKETS, registry=r)
+        self._requests: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # the labelled pair, by labels
         self.received = Counter("deposito_received_bytes", "File bytes received from clients (PUT)",
                                 ["via"], registry=r)
         self.sent = Counter("deposito_sent_bytes", "File bytes sent to clients (GET, HTTP downloads)",
@@ -180,8 +181,12 @@ class Metrics:
             self.bad_copies.labels("missing").inc(e.fields["missing"])
 
     def request(self, command: str, via: str, seconds: float, outcome: str = "ok") -> None:
-        self.requests.labels(command, via, outcome).inc()
-        self.latency.labels(command, via).observe(seconds)
+        key = (command, via, outcome)  # few of them: commands, ways in, ERR codes
+        counted = self._requests.get(key)
+        if counted is None:
+            counted = self._requests[key] = (self.requests.labels(*key), self.latency.labels(command, via))
+        counted[0].inc()
+        counted[1].observe(seconds)
 
     def refresh(self, status: dict[str, Any], servers: list[Any]) -> None:
         """Set the gauges from :func:`deposito.web.gather`'s facts."""
@@ -224,6 +229,7 @@ class MeteredDepot:
         self._clock = clock
         self._via = via
         self._puts: dict[int, float] = {}
+        self._received, self._sent = metrics.received.labels(via), metrics.sent.labels(via)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._depot, name)
@@ -243,7 +249,7 @@ class MeteredDepot:
 
     async def finish_put(self, upload: Any) -> Any:
         began = self._puts.pop(id(upload), self._clock.seconds())
-        self._metrics.received.labels(self._via).inc(upload.received)
+        self._received.inc(upload.received)
         try:
             record = await self._depot.finish_put(upload)
         except BaseException as e:
@@ -254,7 +260,7 @@ class MeteredDepot:
 
     def abort_put(self, upload: Any) -> None:
         began = self._puts.pop(id(upload), self._clock.seconds())
-        self._metrics.received.labels(self._via).inc(upload.received)
+        self._received.inc(upload.received)
         self._done("PUT", began, "aborted")
         self._depot.abort_put(upload)
 
@@ -267,7 +273,7 @@ class MeteredDepot:
             self._done("GET", began, e)
             raise
         finally:
-            self._metrics.sent.labels(self._via).inc(counted.count)
+            self._sent.inc(counted.count)
         self._done("GET", began)
 
     async def replicas(self, name: str, count: int, wait: bool) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
@@ -251,3 +253,51 @@ def test_connections_beyond_the_limit_are_told_to_come_back():
     for proto, _ in conns:
         proto.connectionLost(None)
     assert factory.open == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_send_now_hands_a_reply_to_the_kernel_without_a_turn_of_the_reactor():
+    import socket
+
+    from twisted.internet import endpoints, reactor
+    from twisted.internet.protocol import Protocol
+
+    from deposito.protocols.lines import send_now
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    try:
+        proto = yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", listener.getsockname()[1]), Protocol())
+        peer, _ = listener.accept()
+        peer.settimeout(5)
+        proto.transport.write(b"OK one\r\n")
+        proto.transport.write(b"OK two\r\n")
+        send_now(proto.transport)  # the reactor does not run until this test yields
+        got = b""
+        while len(got) < 16:
+            got += peer.recv(100)
+        assert got == b"OK one\r\nOK two\r\n"
+        # a closing transport is left to the reactor, which sends and then closes
+        proto.transport.write(b"bye\r\n")
+        proto.transport.loseConnection()
+        send_now(proto.transport)
+        peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            peer.recv(100)
+        peer.setblocking(True)
+        got = b""
+        while True:
+            yield task.deferLater(reactor, 0.01, lambda: None)
+            peer.setblocking(False)
+            try:
+                chunk = peer.recv(100)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            got += chunk
+        assert got == b"bye\r\n"
+        peer.close()
+    finally:
+        listener.close()

@@ -56,3 +56,27 @@ def test_err_lines_map_to_exception_classes():
     assert isinstance(e, NotFound) and e.message == "no file named x"
     assert isinstance(from_reply("ERR weird thing"), Internal)
     assert NotFound("gone").reply() == "ERR notfound gone"
+
+
+def test_a_command_takes_as_many_words_as_its_handler():
+    from deposito.errors import BadArgs, BadCommand
+    from deposito.protocols.lines import handler_for
+
+    class Handlers:
+        USAGE = {"TWO": "TWO <a> [<b>]"}
+
+        def do_TWO(self, a, b=None):
+            return a, b
+
+        def do_ANY(self, *words):
+            return words
+
+    h = Handlers()
+    assert handler_for(h, ["two", "x"])("x") == ("x", None)
+    assert handler_for(h, ["TWO", "x", "y"])("x", "y") == ("x", "y")
+    for words in (["TWO"], ["TWO", "x", "y", "z"]):
+        with pytest.raises(BadArgs, match=r"usage: TWO <a> \[<b>\]"):
+            handler_for(h, words)
+    assert handler_for(h, ["ANY"] + ["w"] * 9)
+    with pytest.raises(BadCommand):
+        handler_for(h, ["_TWO", "x"])

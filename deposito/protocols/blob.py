@@ -37,7 +37,7 @@ from zope.interface import implementer
 from deposito import diskio
 from deposito.blobstore import BLOCK, BlobMeta, Corrupt, check_blob_id
 from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal, from_reply
-from deposito.protocols.lines import LineProtocol, handler_for, tune_for_streams
+from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
 from deposito.secret import nonce, proof, verify
 from deposito.splice import Relay, SocketWaiter, SourceLost
@@ -95,6 +95,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         super().dataReceived(data)
+        send_now(self.transport)  # what these requests answered at once
 
     def timeoutConnection(self) -> None:
         self.log.info("blob connection idle, closing")
@@ -731,9 +732,12 @@ class BlobClient(LineProtocol, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
+        sink = self._sink
         super().dataReceived(data)
         if self._relay_to is not None and self._body is not None and self._remaining:
             self._begin_relay()  # what came with the reply went to the sink; the rest by splice
+        elif callable(getattr(sink, "transport", None)):  # a reader's (transfer.CountingConsumer)
+            send_now(sink.transport())  # the bytes that came, on to the reader
 
     def timeoutConnection(self) -> None:
         self.transport.abortConnection()
@@ -781,6 +785,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
     def end(self, sha256: str, blocks: str) -> None:
         """The last bytes are sent: the file's sha256 and the digest of its block checksums."""
         self.reply(f"END {sha256} {blocks}")
+        send_now(self.transport)
         self.setTimeout(self.request_timeout)
 
     def delete_blob(self, blob: str) -> defer.Deferred:
@@ -799,6 +804,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self._sink = sink
         self._relay_to = relay_to
         self.reply(f"READ {blob} {offset}")
+        send_now(self.transport)
         return d
 
     def _begin_relay(self) -> None:

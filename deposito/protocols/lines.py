@@ -10,6 +10,7 @@ import functools
 import inspect
 from typing import Any, Callable
 
+from twisted.internet import tcp
 from twisted.protocols.basic import LineReceiver
 
 from deposito.errors import BadArgs, BadCommand
@@ -17,6 +18,7 @@ from deposito.errors import BadArgs, BadCommand
 MAX_LINE = 8192
 STREAM_READ = 256 << 10  # bytes asked of the socket per read
 STREAM_SEND = 1 << 20  # bytes handed to the socket per send
+_PLAIN_TCP = (tcp.Server, tcp.Client)
 
 
 def tune_for_streams(transport: Any) -> None:
@@ -65,6 +67,21 @@ class LineProtocol(LineReceiver):
         self.transport.write(text.encode("utf-8") + b"\r\n")
 
 
+def send_now(transport: Any) -> None:
+    """Hand what ``transport`` holds to the kernel now rather than on the
+    reactor's next turn, which saves that turn and two changes to its poll
+    set per reply. Call it once a piece of work is done, so that all it wrote
+    goes in one send. Only a plain TCP transport that is open and not
+    closing; anything it could not send is left to the reactor as before, and
+    so is an error (the transport stays registered for writing, and the
+    reactor meets the error again and closes the connection)."""
+    if (type(transport) in _PLAIN_TCP and transport.connected and not transport.disconnecting
+            and not getattr(transport, "TLS", True)
+            and not getattr(transport, "_writeDisconnecting", True)
+            and (transport.dataBuffer or getattr(transport, "_tempDataBuffer", True))):
+        transport.doWrite()
+
+
 def handler_for(obj: Any, words: list[str]) -> Callable[..., Any]:
     """The ``do_<COMMAND>`` method of ``obj`` for a request, its arguments checked.
 
@@ -74,14 +91,21 @@ def handler_for(obj: Any, words: list[str]) -> Callable[..., Any]:
     handler = getattr(obj, "do_" + command, None) if command.isalpha() else None
     if handler is None:
         raise BadCommand(f"unknown command {words[0][:40]!r} (try HELP)")
-    try:
-        _signature(handler.__func__).bind(None, *words[1:])
-    except TypeError:
+    low, high = _arity(handler.__func__)
+    if not low <= len(words) - 1 <= high:
         usage = getattr(obj, "USAGE", {}).get(command, command)
-        raise BadArgs(f"usage: {usage}") from None
+        raise BadArgs(f"usage: {usage}")
     return handler
 
 
 @functools.lru_cache(maxsize=None)
-def _signature(function: Callable[..., Any]) -> inspect.Signature:
-    return inspect.signature(function)
+def _arity(function: Callable[..., Any]) -> tuple[int | float, int | float]:
+    """How few and how many words a ``do_`` method takes after its command."""
+    low, high = 0, 0
+    for p in list(inspect.signature(function).parameters.values())[1:]:  # after self
+        if p.kind is p.VAR_POSITIONAL:
+            high = float("inf")
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            high += 1
+            low += p.default is p.empty
+    return low, high

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 import deposito
 from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
-from deposito.protocols.lines import LineProtocol, handler_for, tune_for_streams
+from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
 
 MAX_REPLICAS = 16
@@ -93,6 +93,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             return
         self.resetTimeout()
         super().dataReceived(data)
+        send_now(self.transport)  # what these requests answered at once
 
     def timeoutConnection(self) -> None:
         if self._upload is not None:

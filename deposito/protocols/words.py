@@ -12,6 +12,8 @@ from deposito.errors import BadArgs
 
 _NEEDS_QUOTES = re.compile(r'[\s"\\=]')
 _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 MAX_NAME_BYTES = 1024
 
@@ -73,9 +75,9 @@ def check_name(name: str) -> str:
         raise BadArgs("empty name")
     if size > MAX_NAME_BYTES:
         raise BadArgs(f"name longer than {MAX_NAME_BYTES} bytes")
-    if any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 for c in name):
+    if _CONTROL.search(name):
         raise BadArgs("control character in name")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+    if _SURROGATE.search(name):
         raise BadArgs("name is not valid UTF-8")
     return name
 
