@@ -10,6 +10,7 @@ Deferred, except a read that is served only from the page cache.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -45,7 +46,6 @@ class Device:
         self.corrupt_listeners: list[Callable[[str, str], None]] = []
         self._now = memoryview(bytearray(BLOCK))  # blocks read on the reactor thread go here
         self._metas: OrderedDict[str, BlobMeta] = OrderedDict()
-        self._removals = 0  # deletions and quarantines asked for so far
 
     def start(self) -> None:
         for pool in (self._writer, self._readers, self._commits):
@@ -99,13 +99,15 @@ class Device:
         call only once every earlier write has completed. Fires with its
         BlobMeta."""
         d = self._commits.submit((incoming, sha256, blocks, last))
-        d.addCallback(self._remember, self._removals)
+        d.addCallback(self._remember)
         return d
 
-    def _remember(self, meta: BlobMeta, removals: int) -> BlobMeta:
-        """Keep a small blob's metadata, unless a deletion was asked for since
-        it was read (it may be that blob's)."""
-        if meta.size < diskio.DIRECT_MIN and removals == self._removals:
+    def _remember(self, meta: BlobMeta) -> BlobMeta:
+        """Keep a small blob's metadata. It is used only once the blob's own
+        path has opened, and a file there is only ever that blob (ids are
+        never reused for other bytes): kept for a blob deleted meanwhile, it
+        is never used, and the LRU drops it."""
+        if meta.size < diskio.DIRECT_MIN:
             self._metas[meta.blob] = meta
             self._metas.move_to_end(meta.blob)
             if len(self._metas) > self.kept:
@@ -114,7 +116,6 @@ class Device:
 
     def _forget(self, blob_id: str) -> None:
         self._metas.pop(blob_id, None)
-        self._removals += 1
 
     def _commit_batch(self, batch: list[tuple[IncomingBlob, str, str, bytes]]) -> list[tuple[bool, object]]:
         """On the committer thread: the last pieces written, then one group commit."""
@@ -146,14 +147,19 @@ class Device:
         if meta is not None:
             fd = diskio.open_resident(self.store.path(blob_id))
             if fd is not None:
-                self._metas.move_to_end(blob_id)
-                return succeed((self.store.reader(blob_id, meta, fd), meta))
+                try:
+                    reader = self.store.reader(blob_id, meta, fd)
+                except OSError:
+                    os.close(fd)  # and the thread tries, and answers for it
+                else:
+                    self._metas.move_to_end(blob_id)
+                    return succeed((reader, meta))
         d = self._read(_open_with_meta, self.store, blob_id)
-        d.addCallback(self._opened, self._removals)
+        d.addCallback(self._opened)
         return d
 
-    def _opened(self, opened: tuple[Any, BlobMeta], removals: int) -> tuple[Any, BlobMeta]:
-        self._remember(opened[1], removals)
+    def _opened(self, opened: tuple[Any, BlobMeta]) -> tuple[Any, BlobMeta]:
+        self._remember(opened[1])
         return opened
 
     def read_block(self, f: Any, meta: BlobMeta, index: int) -> Deferred:
@@ -180,7 +186,13 @@ class Device:
         return d
 
     def close(self, f: Any) -> Deferred:
-        if f.can_close_now():
+        """Close a reader: at once when that cannot wait on the disk (a small
+        file that still has a name), else on a reader thread."""
+        try:
+            now = f.size < diskio.DIRECT_MIN and f.can_close_now()
+        except OSError:
+            now = False
+        if now:
             f.close()
             return succeed(None)
         return self._read(f.close)

@@ -111,10 +111,10 @@ class _OpenHow(ctypes.Structure):  # Linux's struct open_how, for openat2
 
 
 _syscall = libc_function("syscall", None, ctypes.c_long)
-_OPENAT2 = 437  # the same number on every Linux architecture
+_OPENAT2 = 437  # the same number on every Linux architecture but alpha
 _RESOLVE_CACHED = 0x20  # fail with EAGAIN rather than read anything from the disk
 _AT_FDCWD = -100
-_resolve_cached = [os.uname().sysname == "Linux" and _syscall is not None]
+_resolve_cached = [os.uname().sysname == "Linux" and os.uname().machine != "alpha" and _syscall is not None]
 
 
 def open_resident(path: str) -> int | None:

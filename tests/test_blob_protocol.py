@@ -426,3 +426,40 @@ def test_a_small_blob_opens_at_once_and_never_once_it_is_gone(tmp_path):
         yield device.close(f)
     finally:
         device.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_open_from_memory_that_fails_goes_to_the_thread_and_leaks_nothing(tmp_path, monkeypatch):
+    from deposito import diskio
+    from deposito.blobstore import BlobMeta
+
+    store = BlobStore(str(tmp_path))
+    device = Device(reactor, store, capacity=1 << 30)
+    device.start()
+    try:
+        data = os.urandom(3000)
+        blob = new_blob_id()
+        meta = BlobMeta(blob=blob, name="n", version=1, size=len(data), sha256="", replicas=2)
+        incoming = device.begin(meta, cache=True)
+        yield device.commit(incoming, *sums(data), last=data)
+        fd = diskio.open_resident(store.path(blob))
+        if fd is None:
+            pytest.skip("this system cannot open a file only from memory (Linux 5.12+)")
+        os.close(fd)
+        real_fstat, failed = os.fstat, []
+
+        def fstat_once(fd):  # the first look at the file fails, as a stale handle would
+            if not failed:
+                failed.append(fd)
+                raise OSError(116, "Stale file handle")
+            return real_fstat(fd)
+
+        monkeypatch.setattr(diskio.os, "fstat", fstat_once)
+        fds = len(os.listdir("/proc/self/fd"))
+        f, got = yield device.open(blob)
+        assert failed and got.size == len(data)
+        assert bytes(device.read_block_now(f, got, 0)) == data
+        yield device.close(f)
+        assert len(os.listdir("/proc/self/fd")) == fds
+    finally:
+        device.stop()
