@@ -463,3 +463,40 @@ def test_an_open_from_memory_that_fails_goes_to_the_thread_and_leaks_nothing(tmp
         assert len(os.listdir("/proc/self/fd")) == fds
     finally:
         device.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_one_block_blob_in_memory_goes_out_with_its_reply_at_once_unless_rotten(tmp_path):
+    from deposito.blobstore import BlobMeta
+
+    store = BlobStore(str(tmp_path))
+    device = Device(reactor, store, capacity=1 << 30)
+    device.start()
+    try:
+        data = os.urandom(3000)
+        blob = new_blob_id()
+        incoming = device.begin(BlobMeta(blob=blob, name="n", version=1, size=len(data), sha256="",
+                                         replicas=2), cache=True)
+        yield device.commit(incoming, *sums(data), last=data)
+        opened = device.open(blob)
+        if not opened.called:
+            pytest.skip("this system cannot open a file only from memory (Linux 5.12+)")
+        yield device.close((yield opened)[0])
+        proto, tr = server_on_string_transport(device)
+        proto.dataReceived(f"READ {blob} 0\nREAD {blob} 1000\n".encode())
+        # both answered before the reactor ran again: no thread, no later turn
+        assert tr.value() == (b"OK 3000 size=3000\r\n" + data + b"OK 2000 size=3000\r\n" + data[1000:])
+        # a flipped byte: nothing of the block is sent, and the copy is set aside
+        with open(store.path(blob), "r+b") as f:
+            f.seek(10)
+            f.write(bytes([data[10] ^ 1]))
+        proto, tr = server_on_string_transport(device)
+        proto.dataReceived(f"READ {blob} 0\n".encode())
+        for _ in range(100):
+            if not os.path.exists(store.path(blob)):
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        assert data[:100] not in tr.value() and tr.disconnecting
+        assert not os.path.exists(store.path(blob))  # quarantined
+    finally:
+        device.stop()

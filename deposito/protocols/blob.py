@@ -251,10 +251,28 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             self.fail(BadArgs("offset past the end"))
             self.resumeProducing()
             return
+        if meta.size <= BLOCK and offset < meta.size and self._send_whole(f, meta, offset):
+            return
         self.reply(f"OK {meta.size - offset} size={meta.size}")
         self._sender = _BlobSender(self.device, f, meta, offset, self.transport, self._sent,
                                    self.resetTimeout)
         self._sender.start()
+
+    def _send_whole(self, f: Any, meta: BlobMeta, offset: int) -> bool:
+        """A blob of one block that is all in memory: read, checked and sent
+        with its reply at once. False, with nothing sent, for anything else
+        (the sender then reads it, and deals with rot or a failing read)."""
+        try:
+            view = self.device.read_block_now(f, meta, 0)
+        except (Corrupt, OSError):
+            return False
+        if view is None:
+            return False
+        self.reply(f"OK {meta.size - offset} size={meta.size}")
+        self.transport.write(bytes(view[offset:]))
+        self.device.close(f)
+        self._sent()
+        return True
 
     def _open_failed(self, failure: Failure) -> None:
         err = failure.value if isinstance(failure.value, DepositoError) else Internal("cannot open blob")
