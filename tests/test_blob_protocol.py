@@ -375,23 +375,37 @@ def test_a_read_error_cuts_the_read_at_once(tmp_path, monkeypatch):
         yield shut(device, port, c)
 
 
+@pytest.fixture
+def device(tmp_path):
+    """A started Device on a BlobStore in tmp_path, stopped after the test."""
+    dev = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 30)
+    dev.start()
+    yield dev
+    dev.stop()
+
+
+@defer.inlineCallbacks
+def commit_blob(device, data):
+    """A blob of ``data`` written and committed through ``device`` (cached); its id."""
+    from deposito.blobstore import BlobMeta
+
+    blob = new_blob_id()
+    meta = BlobMeta(blob=blob, name="n", version=1, size=len(data), sha256="", replicas=2)
+    incoming = device.begin(meta, cache=True)
+    yield device.commit(incoming, *sums(data), last=data)
+    return blob
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_small_blob_opens_at_once_and_never_once_it_is_gone(tmp_path):
     from deposito import diskio
-    from deposito.blobstore import BlobMeta
 
     store = BlobStore(str(tmp_path))
     device = Device(reactor, store, capacity=1 << 30)
     device.start()
 
-    @defer.inlineCallbacks
     def put(data):
-        blob = new_blob_id()
-        meta = BlobMeta(blob=blob, name="n", version=1, size=len(data), sha256="", replicas=2)
-        incoming = yield device._write(lambda: device.begin(meta, cache=True))
-        yield device.write(incoming, [data])
-        yield device.commit(incoming, *sums(data))
-        return blob
+        return commit_blob(device, data)
 
     try:
         probe = tmp_path / "probe"
@@ -429,74 +443,55 @@ def test_a_small_blob_opens_at_once_and_never_once_it_is_gone(tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
-def test_an_open_from_memory_that_fails_goes_to_the_thread_and_leaks_nothing(tmp_path, monkeypatch):
+def test_an_open_from_memory_that_fails_goes_to_the_thread_and_leaks_nothing(device, monkeypatch):
     from deposito import diskio
-    from deposito.blobstore import BlobMeta
 
-    store = BlobStore(str(tmp_path))
-    device = Device(reactor, store, capacity=1 << 30)
-    device.start()
-    try:
-        data = os.urandom(3000)
-        blob = new_blob_id()
-        meta = BlobMeta(blob=blob, name="n", version=1, size=len(data), sha256="", replicas=2)
-        incoming = device.begin(meta, cache=True)
-        yield device.commit(incoming, *sums(data), last=data)
-        fd = diskio.open_resident(store.path(blob))
-        if fd is None:
-            pytest.skip("this system cannot open a file only from memory (Linux 5.12+)")
-        os.close(fd)
-        real_fstat, failed = os.fstat, []
+    store = device.store
+    data = os.urandom(3000)
+    blob = yield commit_blob(device, data)
+    fd = diskio.open_resident(store.path(blob))
+    if fd is None:
+        pytest.skip("this system cannot open a file only from memory (Linux 5.12+)")
+    os.close(fd)
+    real_fstat, failed = os.fstat, []
 
-        def fstat_once(fd):  # the first look at the file fails, as a stale handle would
-            if not failed:
-                failed.append(fd)
-                raise OSError(116, "Stale file handle")
-            return real_fstat(fd)
+    def fstat_once(fd):  # the first look at the file fails, as a stale handle would
+        if not failed:
+            failed.append(fd)
+            raise OSError(116, "Stale file handle")
+        return real_fstat(fd)
 
-        monkeypatch.setattr(diskio.os, "fstat", fstat_once)
-        fds = len(os.listdir("/proc/self/fd"))
-        f, got = yield device.open(blob)
-        assert failed and got.size == len(data)
-        assert bytes(device.read_block_now(f, got, 0)) == data
-        yield device.close(f)
-        assert len(os.listdir("/proc/self/fd")) == fds
-    finally:
-        device.stop()
+    monkeypatch.setattr(diskio.os, "fstat", fstat_once)
+    fds = len(os.listdir("/proc/self/fd"))
+    f, got = yield device.open(blob)
+    assert failed and got.size == len(data)
+    assert bytes(device.read_block_now(f, got, 0)) == data
+    yield device.close(f)
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_one_block_blob_in_memory_goes_out_with_its_reply_at_once_unless_rotten(tmp_path):
-    from deposito.blobstore import BlobMeta
-
-    store = BlobStore(str(tmp_path))
-    device = Device(reactor, store, capacity=1 << 30)
-    device.start()
-    try:
-        data = os.urandom(3000)
-        blob = new_blob_id()
-        incoming = device.begin(BlobMeta(blob=blob, name="n", version=1, size=len(data), sha256="",
-                                         replicas=2), cache=True)
-        yield device.commit(incoming, *sums(data), last=data)
-        opened = device.open(blob)
-        if not opened.called:
-            pytest.skip("this system cannot open a file only from memory (Linux 5.12+)")
-        yield device.close((yield opened)[0])
-        proto, tr = server_on_string_transport(device)
-        proto.dataReceived(f"READ {blob} 0\nREAD {blob} 1000\n".encode())
-        # both answered before the reactor ran again: no thread, no later turn
-        assert tr.value() == (b"OK 3000 size=3000\r\n" + data + b"OK 2000 size=3000\r\n" + data[1000:])
-        # a flipped byte: nothing of the block is sent, and the copy is set aside
-        with open(store.path(blob), "r+b") as f:
-            f.seek(10)
-            f.write(bytes([data[10] ^ 1]))
-        proto, tr = server_on_string_transport(device)
-        proto.dataReceived(f"READ {blob} 0\n".encode())
-        for _ in range(100):
-            if not os.path.exists(store.path(blob)):
-                break
-            yield task.deferLater(reactor, 0.02, lambda: None)
-        assert data[:100] not in tr.value() and tr.disconnecting
-        assert not os.path.exists(store.path(blob))  # quarantined
-    finally:
-        device.stop()
+def test_a_one_block_blob_in_memory_goes_out_with_its_reply_at_once_unless_rotten(device):
+    store = device.store
+    data = os.urandom(3000)
+    blob = yield commit_blob(device, data)
+    opened = device.open(blob)
+    if not opened.called:
+        pytest.skip("this system cannot open a file only from memory (Linux 5.12+)")
+    yield device.close((yield opened)[0])
+    proto, tr = server_on_string_transport(device)
+    proto.dataReceived(f"READ {blob} 0\nREAD {blob} 1000\n".encode())
+    # both answered before the reactor ran again: no thread, no later turn
+    assert tr.value() == (b"OK 3000 size=3000\r\n" + data + b"OK 2000 size=3000\r\n" + data[1000:])
+    # a flipped byte: nothing of the block is sent, and the copy is set aside
+    with open(store.path(blob), "r+b") as f:
+        f.seek(10)
+        f.write(bytes([data[10] ^ 1]))
+    proto, tr = server_on_string_transport(device)
+    proto.dataReceived(f"READ {blob} 0\n".encode())
+    for _ in range(100):
+        if not os.path.exists(store.path(blob)):
+            break
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    assert data[:100] not in tr.value() and tr.disconnecting
+    assert not os.path.exists(store.path(blob))  # quarantined
