@@ -50,8 +50,11 @@ class Roster:
 
     def restore(self, members: Iterable[Member]) -> None:
         """Servers known before a restart: down until they join again (their
-        silence counts from now, so a restart alone kills no server)."""
+        silence counts from now, so a restart alone kills no server). One
+        that joined while the catalog was being read stays as it is."""
         for m in members:
+            if m.id in self.members:
+                continue
             m.state = "down"
             m.connection = None
             m.last_seen = self.clock.seconds()

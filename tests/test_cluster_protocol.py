@@ -49,6 +49,26 @@ def test_join_then_heartbeats_then_loss():
     assert m.state == "down" and roster.up() == []
 
 
+def test_a_server_that_joins_while_the_proxy_starts_stays_up():
+    """The proxy restores the servers its catalog knows after it opened its
+    cluster port: one that joined meanwhile is not turned back to down."""
+    from deposito.roster import Member
+
+    clock = task.Clock()
+    roster = Roster(clock, dead_after=10)
+    proto, tr = member_conn(roster)
+    proto.dataReceived(b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1\n")
+    roster.restore([Member("s1", "z1", "127.0.0.9", 4242, 1000, 10, 1), Member("s2", "z2", "127.0.0.8", 1, 1, 0, 0)])
+    assert roster.get("s1").state == "up" and roster.get("s2").state == "down"
+    proto.dataReceived(b"HB capacity=1000 used=20 blobs=1\n")
+    clock.advance(11)
+    proto.dataReceived(b"HB capacity=1000 used=20 blobs=1\n")
+    roster.check()
+    assert [m.id for m in roster.up()] == ["s1"] and roster.get("s2").state == "dead"
+    proto.connectionLost(None)
+    assert roster.get("s1").state == "down"
+
+
 def test_silent_server_is_cut_off_and_marked_down():
     clock = task.Clock()
     roster = Roster(clock)
