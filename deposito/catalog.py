@@ -429,10 +429,17 @@ class CatalogThread:
         self._changes += 1
         return self._batches.submit((method, args))
 
-    def _lookup(self, name: str) -> Deferred:
+    def kept_record(self, name: str) -> FileRecord | None:
+        """The record of ``name`` if it is kept in memory (what a lookup would
+        answer now), else None."""
         record = self._records.get(name)
         if record is not None:
             self._records.move_to_end(name)
+        return record
+
+    def _lookup(self, name: str) -> Deferred:
+        record = self.kept_record(name)
+        if record is not None:
             return succeed(record)
         d = self._batches.submit((Catalog.lookup, (name,)))
         d.addCallback(self._keep, name, self._changes)

@@ -21,7 +21,7 @@ from deposito.pool import BlobPool
 from deposito.protocols.blob import BlobClient
 from deposito.roster import Member, Roster
 from deposito.reconciler import Reconciler, assess, plan
-from deposito.transfer import CopyFailed, Upload, copy_blob, stream_blob
+from deposito.transfer import SMALL_READ, CopyFailed, Upload, copy_blob, read_small, stream_blob
 
 
 class Depot:
@@ -237,6 +237,32 @@ class Depot:
         """The up servers holding a copy, in the order to read them (see read_order)."""
         members = [self.roster.get(s) for s in record.servers]
         return read_order(record.blob, [m for m in members if m is not None and m.up])
+
+    def recent(self, name: str) -> FileRecord | None:
+        """The record of ``name`` if the catalog has it at hand, without a
+        trip to its thread (what :meth:`lookup` would answer), else None."""
+        return self.db.kept_record(name)
+
+    def read_small(self, record: FileRecord) -> defer.Deferred | None:
+        """A small file (at most SMALL_READ bytes) read whole from its first
+        copy over a connection already open, as a list of pieces; None when
+        that cannot start at once (no copy up, or no idle connection to it),
+        and then :meth:`read` is the way. On failure nothing has been sent,
+        so :meth:`read` can still try every copy."""
+        if record.size > SMALL_READ:
+            return None
+        sources = self.healthy(record)
+        client = self.pool.idle(sources[0]) if sources else None
+        if client is None:
+            return None
+        member = sources[0]
+
+        def failed(failure: Any) -> Any:
+            self.log.warn("reading {blob} from {id} failed: {why}", blob=record.blob, id=member.id,
+                          why=str(failure.value))
+            return failure
+
+        return read_small(client, record.blob, record.size, release=self.pool.release).addErrback(failed)
 
     async def read(self, record: FileRecord, consumer: Any, started: Any) -> None:
         sources = self.healthy(record)

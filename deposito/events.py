@@ -276,6 +276,20 @@ class MeteredDepot:
             self._sent.inc(counted.count)
         self._done("GET", began)
 
+    def read_small(self, record: Any) -> Any:
+        """Counted when it succeeds; on failure the read that follows counts."""
+        began = self._clock.seconds()
+        d = self._depot.read_small(record)
+        if d is None:
+            return None
+
+        def counted(parts: Any) -> Any:
+            self._sent.inc(record.size)
+            self._done("GET", began)
+            return parts
+
+        return d.addCallback(counted)
+
     async def replicas(self, name: str, count: int, wait: bool) -> Any:
         began = self._clock.seconds()
         try:

@@ -60,15 +60,22 @@ class BlobPool:
             self._sweeper.stop()
         self.sweep(everything=True)
 
-    async def connect(self, member: Member) -> BlobClient:
-        """An idle connection to ``member``, or a new one."""
-        key = (member.host, member.port)
-        idle = self._idle.get(key)
+    def idle(self, member: Member) -> BlobClient | None:
+        """An idle connection to ``member``, if one is open."""
+        idle = self._idle.get((member.host, member.port))
         while idle:
             client, _ = idle.pop()
             if client.reusable:
                 return client
             client.transport.loseConnection()
+        return None
+
+    async def connect(self, member: Member) -> BlobClient:
+        """An idle connection to ``member``, or a new one."""
+        client = self.idle(member)
+        if client is not None:
+            return client
+        key = (member.host, member.port)
         endpoint = client_endpoint(self.reactor, member.host, member.port, self.connect_timeout)
         client = await endpoint.connect(_BlobClients(self.secret))
         client.pool_key = key

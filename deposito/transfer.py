@@ -4,8 +4,10 @@
   Each server connection registers a lane as its producer; a lane paused by
   its slow server pauses the client, so nothing is buffered beyond the
   transports' own windows. A lane that fails is dropped and the rest go on.
-- :class:`Download`: one copy streamed to a consumer; if that copy fails
+- :func:`stream_blob`: one copy streamed to a consumer; if that copy fails
   mid-stream, the next continues at the same offset.
+- :func:`read_small`: a small blob read whole from one copy, so that a
+  failure leaves nothing sent and another copy can start afresh.
 - :func:`copy_blob`: a blob relayed from one server to another, the reader
   paused by the writer.
 """
@@ -28,6 +30,7 @@ from deposito.roster import Member
 from deposito.splice import FanOut, ReaderLost, can_fan_out, can_splice
 
 SPLICE_MIN = 1 << 20  # reads from this size on are spliced where they can be
+SMALL_READ = 64 << 10  # files up to this size may be read whole before any byte is sent (read_small)
 
 Connect = Callable[[Member], Awaitable[BlobClient]]
 Release = Callable[[BlobClient], None]
@@ -306,6 +309,48 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: 
     if begun and sink.count == size:
         return
     raise Unavailable(f"no copy is reachable ({last})" if last else "no copy is reachable")
+
+
+class _Collect:
+    """A sink that keeps the pieces it is given (see :func:`read_small`)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.count = 0
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.count += len(data)
+
+
+def read_small(client: BlobClient, blob: str, size: int, release: Release = close) -> defer.Deferred:
+    """The ``size`` bytes of a small blob (at most SMALL_READ), read whole
+    over ``client`` and then released, as a list of pieces: most often the
+    one piece a single read of the socket brought.
+
+    On failure nothing has reached the reader yet, so the caller can still
+    answer an error or read another copy from the start."""
+    if size > SMALL_READ:
+        raise ValueError(f"{size} bytes is more than a small read")
+    sink = _Collect()
+
+    def accepted(count: int) -> defer.Deferred:
+        if count != size:  # the server has another blob under this id: read nothing more of it
+            raise Unavailable(f"the server offers {count} bytes of {blob}, not {size}")
+        return client.body
+
+    def done(_: object) -> list[bytes]:
+        release(client)
+        return sink.parts
+
+    def failed(failure: Failure) -> Failure:
+        release(client)  # closed, unless it is clean for the next request
+        return failure
+
+    d = client.read_blob(blob, 0, sink)
+    d.addCallback(accepted)
+    d.addCallbacks(done, failed)
+    return d
 
 
 class _Relay:

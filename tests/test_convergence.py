@@ -144,6 +144,25 @@ def test_flipped_bytes_are_never_served_and_the_copy_is_replaced(fast_cluster):
     assert quarantined
 
 
+def test_a_small_file_read_whole_skips_rotten_copies_without_the_client_noticing(cluster):
+    data = os.urandom(4096)
+    with cluster.wire() as w:
+        assert w.put("conv/small-rot", data, 3).startswith("OK stored")
+        assert w.get("conv/small-rot")[1] == data  # now its record is at hand, a connection to its first copy open
+        copies = {sid: cluster.blob_files(sid)[0] for sid in ("s0", "s1", "s2")}
+        order = read_order(copies["s0"].name, [Member(sid, "z", "h", 1) for sid in copies])
+        for m in order[:2]:
+            with open(copies[m.id], "r+b") as f:
+                f.seek(100)
+                f.write(b"\x00rotten\x00")
+        for _ in range(3):
+            head, got = w.get("conv/small-rot")
+            assert got == data, head
+    log = cluster.log("proxy")
+    assert f"from {order[0].id} failed: " in log  # the whole read of the first copy failed with nothing sent
+    assert f"from {order[1].id} failed at 0: " in log  # then the streamed read went on past the second
+
+
 def test_a_deleted_blob_file_is_made_again_after_a_scrub(fast_cluster):
     data = os.urandom(500_000)
     with fast_cluster.wire() as w:

@@ -71,6 +71,9 @@ class FakeDepot:
     def healthy(self, record):
         return [self.member]
 
+    def recent(self, name):
+        return None  # every GET takes the streamed way (lookup, read)
+
     async def read(self, record, consumer, started):
         started()
         consumer.write(self.files[record.name])
@@ -301,3 +304,65 @@ def test_send_now_hands_a_reply_to_the_kernel_without_a_turn_of_the_reactor():
         peer.close()
     finally:
         listener.close()
+
+
+class SmallReadDepot(FakeDepot):
+    """Has every record at hand and reads small files whole: each read_small
+    waits on a Deferred the test fires, or fails to let the streamed read try."""
+
+    def __init__(self):
+        super().__init__()
+        self.pending: list[defer.Deferred] = []
+        self.streamed = 0
+
+    def recent(self, name):
+        return self._record(name) if name in self.files else None
+
+    def read_small(self, record):
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    async def read(self, record, consumer, started):
+        self.streamed += 1
+        await super().read(record, consumer, started)
+
+
+def test_a_small_get_answers_with_the_pieces_it_read_and_lines_wait_meanwhile():
+    depot = SmallReadDepot()
+    depot.files["f"] = b"hello world"
+    proto, tr, _ = connect(depot)
+    tr.clear()
+    proto.dataReceived(b"GET f\nSTAT f\n")
+    assert tr.value() == b""  # STAT waits for the GET's answer
+    depot.pending.pop().callback([b"hello ", b"world"])
+    got, stat = tr.value().split(b"\r\n", 1)[1].split(b"world", 1)
+    assert tr.value().startswith(b"OK 11 sha256=") and got == b"hello " and stat.startswith(b"OK name=f size=11")
+    assert depot.streamed == 0
+
+
+def test_a_small_get_that_fails_is_read_again_streamed():
+    depot = SmallReadDepot()
+    depot.files["f"] = b"hello"
+    proto, tr, _ = connect(depot)
+    tr.clear()
+    proto.dataReceived(b"GET f\n")
+    depot.pending.pop().errback(Unavailable("that copy is rotten"))
+    assert tr.value().startswith(b"OK 5 sha256=") and tr.value().endswith(b"\r\nhello")
+    assert depot.streamed == 1
+
+
+def test_lines_sent_during_a_small_get_wait_in_the_buffer_no_more_than_a_line():
+    depot = SmallReadDepot()
+    depot.files["f"] = b"hello"
+    proto, tr, _ = connect(depot)
+    tr.clear()
+    proto.dataReceived(b"GET f\n")
+    assert tr.producerState == "producing"  # the socket is still read while the GET is under way
+    proto.dataReceived(b"STAT f\n" * 100)
+    assert tr.producerState == "producing"
+    proto.dataReceived(b"STAT f\n" * 2000)  # more than a line's worth: stop reading the socket
+    assert tr.producerState == "paused"
+    depot.pending.pop().callback([b"hello"])
+    assert tr.producerState == "producing"
+    assert tr.value().count(b"OK name=f") == 2100

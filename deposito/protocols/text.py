@@ -93,6 +93,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             return
         self.resetTimeout()
         super().dataReceived(data)
+        if self.paused and len(self._buffer) > self.MAX_LENGTH:
+            self.transport.pauseProducing()  # a request is under way: no more than a line waits
         send_now(self.transport)  # what these requests answered at once
 
     def timeoutConnection(self) -> None:
@@ -122,9 +124,12 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             return
         if inspect.iscoroutine(result):
             self.pauseProducing()
-            d = defer.ensureDeferred(result)
-            d.addErrback(self._failed)
-            d.addBoth(self._resume)
+            self._answer(defer.ensureDeferred(result))
+
+    def _answer(self, d: defer.Deferred) -> None:
+        """The request is answered when ``d`` fires; lines wait till then."""
+        d.addErrback(self._failed)
+        d.addBoth(self._resume)
 
     def _failed(self, failure: Failure) -> None:
         if failure.check(defer.CancelledError):  # the client left during REPLICAS ... WAIT
@@ -230,10 +235,31 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self.setLineMode(rest)
         self._done.callback(None)
 
-    async def do_GET(self, name: str) -> None:
-        record = await self.depot.lookup(check_name(name))
+    def do_GET(self, name: str) -> Any:
+        record = self.depot.recent(check_name(name))
+        small = self.depot.read_small(record) if record is not None else None
+        if small is None:
+            return self._get(name)
         self.setTimeout(None)
-        header = (f"OK {record.size} sha256={record.sha256} version={record.version}")
+        self.paused = True  # lines wait, the socket is still read: see dataReceived
+        self._answer(small.addCallbacks(self._send_small, self._read_anyway, callbackArgs=(record,),
+                                        errbackArgs=(record,)))
+        return None
+
+    async def _get(self, name: str) -> None:
+        await self._read(await self.depot.lookup(name))
+
+    def _send_small(self, parts: list[bytes], record: Any) -> None:
+        self.reply(_header(record))
+        self.transport.writeSequence(parts)
+
+    def _read_anyway(self, failure: Failure, record: Any) -> defer.Deferred:
+        """The small read failed with nothing sent: every copy is tried, streamed."""
+        return defer.ensureDeferred(self._read(record))
+
+    async def _read(self, record: Any) -> None:
+        self.setTimeout(None)
+        header = _header(record)
         sent = []
 
         def started() -> None:
@@ -244,7 +270,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             await self.depot.read(record, self.transport, started)
         except DepositoError:
             if sent:  # the byte count cannot be kept: the connection must go
-                self.log.warn("GET {name} broke mid-stream", name=name)
+                self.log.warn("GET {name} broke mid-stream", name=record.name)
                 self._broken = True
                 return
             raise
@@ -308,3 +334,8 @@ class DepotFactory(Factory):
         p = DepotProtocol(self.depot, self.idle_timeout, self.stall_timeout, self.tokens, self.max_size)
         p.factory = self
         return p
+
+
+def _header(record: Any) -> str:
+    """The reply line that comes before a file's bytes."""
+    return f"OK {record.size} sha256={record.sha256} version={record.version}"
