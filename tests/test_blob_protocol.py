@@ -495,3 +495,23 @@ def test_a_one_block_blob_in_memory_goes_out_with_its_reply_at_once_unless_rotte
         yield task.deferLater(reactor, 0.02, lambda: None)
     assert data[:100] not in tr.value() and tr.disconnecting
     assert not os.path.exists(store.path(blob))  # quarantined
+
+
+@pytest_twisted.inlineCallbacks
+def test_lines_sent_during_a_read_wait_and_no_more_than_a_line_is_buffered(device):
+    data = os.urandom(3000)
+    blob = yield commit_blob(device, data)
+    device._metas.clear()  # so the open goes to a reader thread, and the READ is under way a while
+    proto, tr = server_on_string_transport(device)
+    proto.dataReceived(f"READ {blob} 0\n".encode())
+    assert tr.value() == b"" and tr.producerState == "producing"  # the socket is still read
+    proto.dataReceived(f"READ {blob} 2999\n".encode() * 10)
+    assert tr.producerState == "producing"
+    proto.dataReceived(f"READ {blob} 2999\n".encode() * 1000)  # more than a line's worth: stop reading
+    assert tr.producerState == "paused"
+    for _ in range(200):
+        if tr.value().count(b"OK 1 size=3000") == 1010:
+            break
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    assert tr.value().startswith(b"OK 3000 size=3000\r\n" + data)
+    assert tr.value().count(b"OK 1 size=3000\r\n" + data[-1:]) == 1010 and tr.producerState == "producing"

@@ -95,6 +95,8 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         super().dataReceived(data)
+        if self.paused and len(self._buffer) > self.MAX_LENGTH:
+            self.transport.pauseProducing()  # a READ is under way: no more than a line waits
         send_now(self.transport)  # what these requests answered at once
 
     def timeoutConnection(self) -> None:
@@ -241,7 +243,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     def do_READ(self, blob: str, offset: str) -> None:
         start = parse_count(offset, "offset")
         d = self.device.open(check_blob_id(blob))
-        self.pauseProducing()
+        self.paused = True  # lines wait; the socket is still read till a sender takes over (_opened)
         d.addCallbacks(self._opened, self._open_failed, callbackArgs=(start,))
 
     def _opened(self, opened: Any, offset: int) -> None:
@@ -254,6 +256,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         if meta.size <= BLOCK and offset < meta.size and self._send_whole(f, meta, offset):
             return
         self.reply(f"OK {meta.size - offset} size={meta.size}")
+        self.pauseProducing()  # the socket unread now: the sender may wait on it for writing
         self._sender = _BlobSender(self.device, f, meta, offset, self.transport, self._sent,
                                    self.resetTimeout)
         self._sender.start()
