@@ -183,11 +183,12 @@ class Depot:
             for m in upload.targets:  # type: ignore[attr-defined]
                 m.reserved -= upload.size
         ids = [m.id for m in good]
-        await self.db(Catalog.commit, upload.name, upload.version, upload.blob, upload.size,
-                      upload.sha256, upload.replicas, ids, self.reactor.seconds())
+        newest = await self.db(Catalog.commit, upload.name, upload.version, upload.blob, upload.size,
+                               upload.sha256, upload.replicas, ids, self.reactor.seconds())
         for m in good:  # count the bytes now; the next heartbeat brings the server's own figure
             m.used += upload.size
-        self.kick()
+        if not newest or upload.version > 1 or len(tried) > len(good):
+            self.kick()  # a version replaced, or copies not kept: garbage to delete now
         self.log.info("stored {name} version {version} ({size} bytes) on {servers}",
                       name=upload.name, version=upload.version, size=upload.size, servers=",".join(ids))
         return FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
