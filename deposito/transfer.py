@@ -336,6 +336,7 @@ def read_small(client: BlobClient, blob: str, size: int, release: Release = clos
 
     def accepted(count: int) -> defer.Deferred:
         if count != size:  # the server has another blob under this id: read nothing more of it
+            client.body.addErrback(lambda _: None)  # fails when the connection is closed for this
             raise Unavailable(f"the server offers {count} bytes of {blob}, not {size}")
         return client.body
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import pytest_twisted
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.testing import StringTransport
 
 from deposito.catalog import FileRecord
@@ -352,17 +354,60 @@ def test_a_small_get_that_fails_is_read_again_streamed():
     assert depot.streamed == 1
 
 
-def test_lines_sent_during_a_small_get_wait_in_the_buffer_no_more_than_a_line():
+def test_lines_sent_during_a_small_get_wait_and_the_socket_is_not_read_meanwhile():
     depot = SmallReadDepot()
     depot.files["f"] = b"hello"
     proto, tr, _ = connect(depot)
     tr.clear()
     proto.dataReceived(b"GET f\n")
-    assert tr.producerState == "producing"  # the socket is still read while the GET is under way
-    proto.dataReceived(b"STAT f\n" * 100)
-    assert tr.producerState == "producing"
-    proto.dataReceived(b"STAT f\n" * 2000)  # more than a line's worth: stop reading the socket
     assert tr.producerState == "paused"
+    proto.dataReceived(b"STAT f\n" * 3)
     depot.pending.pop().callback([b"hello"])
     assert tr.producerState == "producing"
-    assert tr.value().count(b"OK name=f") == 2100
+    assert tr.value().startswith(b"OK 5 sha256=") and tr.value().count(b"OK name=f") == 3
+
+
+class SlowDepot(FakeDepot):
+    """Answers a GET after a tenth of a second, by the small read or streamed."""
+
+    def __init__(self, small):
+        super().__init__()
+        self.small = small
+
+    def recent(self, name):
+        return self._record(name) if self.small and name in self.files else None
+
+    def read_small(self, record):
+        return task.deferLater(reactor, 0.1, lambda: [self.files[record.name]])
+
+    async def read(self, record, consumer, started):
+        await task.deferLater(reactor, 0.1, lambda: None)
+        await super().read(record, consumer, started)
+
+
+def _ask_and_half_close(port, request):
+    """Send ``request``, shut the sending side (as ``nc -N`` does), read all answers."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    got = b""
+    while b"\r\n" not in got:
+        got += s.recv(100)
+    s.sendall(request)
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while chunk := s.recv(65536):
+        got += chunk
+    s.close()
+    return got
+
+
+@pytest.mark.parametrize("small", [True, False])
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_half_closes_after_its_gets_gets_every_answer(small):
+    depot = SlowDepot(small)
+    depot.files["f"] = b"hello"
+    port = reactor.listenTCP(0, DepotFactory(depot), interface="127.0.0.1")
+    try:
+        got = yield threads.deferToThread(_ask_and_half_close, port.getHost().port, b"GET f\nGET f\n")
+    finally:
+        yield port.stopListening()
+    assert got.count(b"\r\nhello") == 2, got

@@ -1,4 +1,4 @@
-"""The upload fan-out: parallel lanes, backpressure, dropped lanes."""
+"""Streams between the proxy and servers: the upload fan-out (lanes, backpressure, dropped lanes), small reads."""
 
 from __future__ import annotations
 
@@ -90,3 +90,55 @@ def test_finish_reports_the_servers_that_confirmed():
     clients[2].connectionLost(None)
     good = yield d
     assert [m.id for m in good] == ["s0"]
+
+
+def _read_small_on(reply: bytes, size: int):
+    """read_small over a BlobClient on a StringTransport that gets ``reply``:
+    (the outcomes, the connection's reusable state when released)."""
+    from deposito.transfer import read_small
+
+    client = BlobClient()
+    client.makeConnection(StringTransport())
+    released: list[bool] = []
+
+    def release(c):
+        released.append(c.reusable)
+        if not c.reusable:
+            c.transport.loseConnection()
+
+    outcome: list = []
+    read_small(client, "b" * 32, size, release=release).addBoth(outcome.append)
+    client.dataReceived(reply)
+    return client, outcome, released
+
+
+def test_a_small_read_gives_the_pieces_and_a_clean_connection_back():
+    client, outcome, released = _read_small_on(b"OK 5 size=5\r\nhel", 5)
+    assert outcome == [] and released == []  # not all of it yet
+    client.dataReceived(b"lo")
+    assert outcome == [[b"hel", b"lo"]] and released == [True]
+
+
+def test_a_small_read_refused_or_miscounted_closes_the_connection_and_logs_no_stray_error():
+    import gc
+
+    from twisted.logger import globalLogPublisher
+    from twisted.python.failure import Failure
+
+    from deposito.errors import Unavailable
+
+    seen: list = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        for reply in (b"ERR notfound no such blob\r\n", b"OK 7 size=7\r\nabc"):
+            client, outcome, released = _read_small_on(reply, 5)
+            assert isinstance(outcome[0], Failure) and released == [False] and client.transport.disconnecting
+            if reply.startswith(b"OK"):
+                assert outcome[0].check(Unavailable)
+            client.connectionLost(Failure(ConnectionError("closed")))
+            outcome.clear()
+            del client
+            gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert not [e for e in seen if e.get("isError") or "Unhandled" in str(e.get("log_format", ""))]

@@ -93,8 +93,6 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             return
         self.resetTimeout()
         super().dataReceived(data)
-        if self.paused and len(self._buffer) > self.MAX_LENGTH:
-            self.transport.pauseProducing()  # a request is under way: no more than a line waits
         send_now(self.transport)  # what these requests answered at once
 
     def timeoutConnection(self) -> None:
@@ -241,7 +239,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         if small is None:
             return self._get(name)
         self.setTimeout(None)
-        self.paused = True  # lines wait, the socket is still read: see dataReceived
+        self.pauseProducing()  # unread meanwhile: a client that half-closes still gets its answers
         self._answer(small.addCallbacks(self._send_small, self._read_anyway, callbackArgs=(record,),
                                         errbackArgs=(record,)))
         return None
