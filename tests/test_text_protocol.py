@@ -330,41 +330,32 @@ class SmallReadDepot(FakeDepot):
         await super().read(record, consumer, started)
 
 
-def test_a_small_get_answers_with_the_pieces_it_read_and_lines_wait_meanwhile():
+def small_get(data, request):
+    """A connection to a SmallReadDepot holding file f (``data``) that got ``request``."""
     depot = SmallReadDepot()
-    depot.files["f"] = b"hello world"
+    depot.files["f"] = data
     proto, tr, _ = connect(depot)
     tr.clear()
-    proto.dataReceived(b"GET f\nSTAT f\n")
+    proto.dataReceived(request)
+    return tr, depot
+
+
+def test_a_small_get_answers_with_the_pieces_it_read_and_lines_wait_meanwhile():
+    tr, depot = small_get(b"hello world", b"GET f\nSTAT f\n")
     assert tr.value() == b""  # STAT waits for the GET's answer
+    assert tr.producerState == "paused"  # and the socket is not read meanwhile
     depot.pending.pop().callback([b"hello ", b"world"])
+    assert tr.producerState == "producing"
     got, stat = tr.value().split(b"\r\n", 1)[1].split(b"world", 1)
     assert tr.value().startswith(b"OK 11 sha256=") and got == b"hello " and stat.startswith(b"OK name=f size=11")
     assert depot.streamed == 0
 
 
 def test_a_small_get_that_fails_is_read_again_streamed():
-    depot = SmallReadDepot()
-    depot.files["f"] = b"hello"
-    proto, tr, _ = connect(depot)
-    tr.clear()
-    proto.dataReceived(b"GET f\n")
+    tr, depot = small_get(b"hello", b"GET f\n")
     depot.pending.pop().errback(Unavailable("that copy is rotten"))
     assert tr.value().startswith(b"OK 5 sha256=") and tr.value().endswith(b"\r\nhello")
     assert depot.streamed == 1
-
-
-def test_lines_sent_during_a_small_get_wait_and_the_socket_is_not_read_meanwhile():
-    depot = SmallReadDepot()
-    depot.files["f"] = b"hello"
-    proto, tr, _ = connect(depot)
-    tr.clear()
-    proto.dataReceived(b"GET f\n")
-    assert tr.producerState == "paused"
-    proto.dataReceived(b"STAT f\n" * 3)
-    depot.pending.pop().callback([b"hello"])
-    assert tr.producerState == "producing"
-    assert tr.value().startswith(b"OK 5 sha256=") and tr.value().count(b"OK name=f") == 3
 
 
 class SlowDepot(FakeDepot):
