@@ -19,12 +19,31 @@ from pathlib import Path
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for port 0 and outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port free now, below the range the kernel picks from: a process
+    listening on port 0 or connecting out (a server started before its
+    proxy, say) can never be given it meanwhile."""
+    import random
+
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class WireError(Exception):
