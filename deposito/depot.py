@@ -270,7 +270,7 @@ class Depot:
         if not sources:
             raise Unavailable(f"no copy of {record.name} is on a live server")
         await stream_blob(self.connect, sources, record.blob, record.size, consumer, started,
-                          release=self.pool.release)
+                          release=self.pool.release, local=self.pool.connect_local)
 
     async def list(self, prefix: str) -> list[FileRecord]:
         return await self.db(Catalog.list, prefix)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import error, task
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 
 from deposito.protocols.blob import BlobClient
 from deposito.roster import Member
+from deposito.splice import same_user
 
 
 def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
@@ -40,6 +42,8 @@ class _BlobClients(Factory):
 
 
 class BlobPool:
+    log = Logger()
+
     def __init__(self, reactor: Any, connect_timeout: float = 5.0, per_server: int = 64,
                  idle_seconds: float = 10.0, secret: bytes | None = None) -> None:
         self.reactor = reactor
@@ -62,7 +66,10 @@ class BlobPool:
 
     def idle(self, member: Member) -> BlobClient | None:
         """An idle connection to ``member``, if one is open."""
-        idle = self._idle.get((member.host, member.port))
+        return self._take_idle((member.host, member.port))
+
+    def _take_idle(self, key: tuple[str, Any]) -> BlobClient | None:
+        idle = self._idle.get(key)
         while idle:
             client, _ = idle.pop()
             if client.reusable:
@@ -82,14 +89,51 @@ class BlobPool:
         self._open.setdefault(key, weakref.WeakSet()).add(client)
         return await client.ready
 
+    async def connect_local(self, member: Member) -> BlobClient | None:
+        """An idle or new connection to the local port of ``member`` (see
+        deposito.protocols.handoff), or None when that server is not on this
+        host (it is not tried again until it joins again) or not run by this
+        user (or root)."""
+        if member.local is None:
+            return None
+        key = ("local", member.id, member.local)
+        client = self._take_idle(key)
+        if client is not None:
+            return client
+        endpoint = UNIXClientEndpoint(self.reactor, "\0" + member.local[1:], timeout=self.connect_timeout)
+        try:
+            client = await endpoint.connect(_BlobClients(self.secret))
+        except error.ConnectionRefusedError as e:  # no such port on this host
+            self.log.info("storage server {id} is not on this host ({why}): its bytes go through the proxy",
+                          id=member.id, why=str(e))
+            member.local = None
+            return None
+        client.pool_key = key
+        self._open.setdefault(key, weakref.WeakSet()).add(client)  # cut with the rest if it goes down
+        if not same_user(client.transport):
+            self.log.warn("the local port of storage server {id} is held by another user: not used", id=member.id)
+        else:
+            await client.ready
+            if await client.key() == member.local_key:
+                if len(self._open[key]) == 1:
+                    self.log.info("storage server {id} is on this host: it writes GETs into readers' sockets"
+                                  " itself", id=member.id)
+                return client
+            self.log.warn("the local port of storage server {id} answers with another key: not used",
+                          id=member.id)
+        client.transport.loseConnection()
+        member.local = None
+        return None
+
     def abort(self, member: Member) -> None:
         """The server is down: cut every connection to it, busy or idle, so no
         transfer waits on a server that stopped answering."""
-        key = (member.host, member.port)
-        self._idle.pop(key, None)
-        for client in list(self._open.pop(key, ())):
-            if client.transport is not None and client.transport.connected:
-                client.transport.abortConnection()
+        keys = [k for k in self._open if k == (member.host, member.port) or k[:2] == ("local", member.id)]
+        for key in keys:
+            self._idle.pop(key, None)
+            for client in list(self._open.pop(key, ())):
+                if client.transport is not None and client.transport.connected:
+                    client.transport.abortConnection()
 
     def release(self, client: BlobClient) -> None:
         """A transfer is done with ``client``: keep it if it is clean, else close it."""

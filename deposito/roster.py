@@ -24,6 +24,8 @@ class Member:
     state: str = "down"
     last_seen: float = 0.0
     reserved: int = 0
+    local: str | None = None  # its local port, "@name" (deposito.protocols.handoff), while it may be on this host
+    local_key: str | None = attrs.field(default=None, repr=False)
     connection: Any = attrs.field(default=None, repr=False, eq=False)
 
     @property
@@ -79,7 +81,8 @@ class Roster:
         self.on_corrupt(self.members[member_id], blob, why)
 
     def join(self, member_id: str, zone: str, host: str, port: int,
-             capacity: int, used: int, blobs: int, connection: Any) -> Member:
+             capacity: int, used: int, blobs: int, connection: Any,
+             local: tuple[str, str] | None = None) -> Member:
         m = self.members.get(member_id)
         if m is not None and m.connection is not None and m.connection is not connection:
             raise Denied(f"a server named {member_id} is already joined")
@@ -87,6 +90,7 @@ class Roster:
             m = self.members[member_id] = Member(member_id, zone, host, port)
         m.zone, m.host, m.port = zone, host, port
         m.capacity, m.used, m.blobs = capacity, used, blobs
+        m.local, m.local_key = local if local is not None else (None, None)
         m.state, m.connection, m.last_seen = "up", connection, self.clock.seconds()
         self.log.info("storage server {id} joined from {host}:{port} (zone {zone})",
                       id=member_id, host=host, port=port, zone=zone, event="join")

@@ -14,7 +14,7 @@ from deposito.protocols.cluster import SERVER_ID
 class Options(FirstLineOptions):
     command = "deposito-server"
     synopsis = ("[--proxy EP] [--port EP] [--data DIR] [--name ID] [--zone Z] [--capacity BYTES]"
-                " [--scrub-every SECONDS] [--secret FILE]")
+                " [--scrub-every SECONDS] [--secret FILE] [--no-handoff]")
     longdesc = ("A Deposito storage server: one device. It joins the proxy at --proxy, serves "
                 "blobs on --port and keeps them under --data.")
     optParameters = [
@@ -26,6 +26,9 @@ class Options(FirstLineOptions):
         ["capacity", None, None, "the most bytes to hold, e.g. 10G (default: the disk's free space)"],
         ["scrub-every", None, "86400", "seconds between re-reads of every blob against its checksums"],
         ["secret", None, None, "file holding the cluster secret (the proxy's --secret)"],
+    ]
+    optFlags = [
+        ["no-handoff", None, "send every byte read through the proxy, even when it runs on this host"],
     ]
 
     def postOptions(self) -> None:
@@ -65,4 +68,5 @@ def makeService(options: Options):
         options["capacity"],
         scrub_every=options["scrub-every"],
         secret=options["secret"],
+        handoff=not options["no-handoff"],
     )

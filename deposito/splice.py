@@ -17,15 +17,20 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import select
+import socket
+import struct
+import termios
 from typing import Any, Callable
 
-from twisted.internet import defer, tcp
-from twisted.internet.interfaces import IPushProducer, IReadDescriptor, IWriteDescriptor
+from twisted.internet import defer, task, tcp
+from twisted.internet.interfaces import IPullProducer, IPushProducer, IReadDescriptor, IWriteDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from deposito.diskio import libc_function
 from deposito.errors import DepositoError
+from deposito.protocols.lines import send_now
 
 PIPE_SIZE = 1 << 20
 _SPLICE = getattr(os, "splice", None)
@@ -517,6 +522,187 @@ class FanOut:
         if self.source.connected:
             self.source.abortConnection()
         self.done.errback(err)
+
+
+# -- handing the reader's socket to the server (deposito.protocols.handoff)
+
+_BYTES_ACKED = 120  # offset of tcpi_bytes_acked in Linux's struct tcp_info (4.2 on)
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ for a socket
+
+
+def written(sock: socket.socket) -> int | None:
+    """How many bytes were ever written into TCP socket ``sock``: those the
+    peer acknowledged, plus those still queued. Exact while no one writes to
+    it (acknowledgements may arrive meanwhile); None where the system cannot
+    tell."""
+    if _SIOCOUTQ is None or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        for _ in range(16):
+            acked = _acked(sock)
+            queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0" * 4))[0]
+            if acked is None:
+                return None
+            if _acked(sock) == acked:  # no acknowledgement in between: the sum is exact
+                return acked + queued
+    except OSError:
+        pass
+    return None
+
+
+def _acked(sock: socket.socket) -> int | None:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    if len(info) < _BYTES_ACKED + 8:
+        return None
+    return struct.unpack_from("Q", info, _BYTES_ACKED)[0]
+
+
+def reader_gone(sock: socket.socket) -> bool:
+    """Whether the peer of ``sock`` has gone (reset, or closed both ways)."""
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLHUP | select.POLLERR)
+    try:
+        return any(events & (select.POLLHUP | select.POLLERR) for _, events in p.poll(0))
+    except OSError:
+        return True
+
+
+def same_user(transport: Any) -> bool:
+    """Whether the peer of Unix socket ``transport`` runs as this process's user, or as root."""
+    try:
+        _, uid, _ = struct.unpack("3i", transport.getHandle().getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except (OSError, AttributeError):
+        return False
+    return uid in (0, os.geteuid())
+
+
+def can_hand_off(target: Any) -> bool:
+    """Whether the reader's transport ``target`` can be handed to a storage server on this host."""
+    return (type(target) is tcp.Server and not getattr(target, "TLS", False) and target.connected
+            and not target.disconnecting and written(target.getHandle()) is not None)
+
+
+@implementer(IPullProducer)
+class _WhenSent:
+    def __init__(self, target: Any, d: defer.Deferred) -> None:
+        self.target, self.d = target, d
+
+    def resumeProducing(self) -> None:
+        if self.target in self.target.reactor.getWriters():
+            return  # still sending: asked again once it is done
+        self.target.unregisterProducer()
+        self.d.callback(None)
+
+    def stopProducing(self) -> None:
+        if not self.d.called:
+            self.d.errback(ReaderLost("the reader went away"))
+
+    def give_up(self, timeout: float) -> None:
+        if not self.d.called:
+            self.target.unregisterProducer()
+            self.d.errback(ReaderLost(f"the reader took nothing for {timeout:.0f} s"))
+
+
+def sent(target: Any, timeout: float) -> defer.Deferred:
+    """Fires once socket transport ``target`` has handed the kernel all that
+    was written to it; fails with ReaderLost if that takes ``timeout`` seconds."""
+    send_now(target)
+    if target not in target.reactor.getWriters():
+        return defer.succeed(None)
+    d: defer.Deferred = defer.Deferred()
+    waiter = _WhenSent(target, d)
+    target.registerProducer(waiter, False)
+    if not d.called:
+        deadline = target.reactor.callLater(timeout, waiter.give_up, timeout)
+
+        def settled(result: Any) -> Any:
+            if deadline.active():
+                deadline.cancel()
+            return result
+
+        d.addBoth(settled)
+    return d
+
+
+class HandOff:
+    """The storage server behind ``client``, on this host, writes the blob
+    it opened (``client.open_blob``) straight into the reader's socket
+    (transport ``target``), after what was written to that first.
+
+    :meth:`run` returns once the server is done with the socket. It raises
+    ReaderLost when the reader went away or took nothing for
+    ``idle_timeout`` seconds (the reader's connection must then go), and the
+    server's reason when the copy failed (the next copy may go on).
+    :attr:`moved` counts the bytes that went into the socket, by the
+    socket's own counters, whatever happens.
+    """
+
+    def __init__(self, client: Any, target: Any, idle_timeout: float) -> None:
+        self.client, self.target, self.idle_timeout = client, target, idle_timeout
+        self.moved = 0
+        self._stalled = False
+
+    async def run(self) -> None:
+        target = self.target
+        await sent(target, self.idle_timeout)
+        if not target.connected or target.disconnecting:
+            raise ReaderLost("the reader went away")
+        sock = target.getHandle()
+        start = written(sock)
+        if start is None:
+            raise ReaderLost("the reader's socket cannot be counted")
+        fd = os.dup(sock.fileno())  # the server's: this one may close meanwhile
+        reading = target in target.reactor.getReaders()
+        target.stopReading()  # nothing of the reader's is read or written here meanwhile
+        seen = [start]
+        watch = task.LoopingCall(self._watch, sock, seen)
+        watch.clock = target.reactor
+        watch.start(self.idle_timeout, now=False)
+        failed: DepositoError | None = None
+        try:
+            await self.client.send_to(fd)
+        except DepositoError as e:
+            failed = e
+        finally:
+            if watch.running:
+                watch.stop()
+            os.close(fd)
+            now = written(sock) if target.connected else None
+            if now is not None:
+                self.moved = now - start
+            if reading and target.connected and not target.disconnecting:
+                target.startReading()
+        lost = None
+        if self._stalled:
+            lost = ReaderLost(f"nothing went to the reader for {self.idle_timeout:.0f} s")
+        elif failed is not None and self.client.cut_here:
+            # This end cut the server off (it was taken for down): it may yet
+            # write into the socket if it comes to, so no other copy may go on.
+            lost = ReaderLost(f"the storage server stopped answering mid-blob ({failed})")
+        elif now is None or (failed is not None and reader_gone(sock)):
+            lost = ReaderLost("the reader went away")
+        if lost is not None:
+            try:
+                # Closing this end would not close the socket while the server
+                # holds it: shut it down for both, so the reader hears at once
+                # and the server can write no more.
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            raise lost
+        if failed is not None:
+            raise failed
+
+    def _watch(self, sock: socket.socket, seen: list[int]) -> None:
+        now = written(sock)
+        if now is None or now == seen[0]:
+            # The server may still be writing into the socket when this end
+            # cuts it off: the stream cannot go on from another copy.
+            self._stalled = True
+            self.client.transport.abortConnection()
+        else:
+            seen[0] = now
 
 
 def _pipe() -> tuple[int, int]:

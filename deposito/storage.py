@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import uuid
@@ -20,6 +21,7 @@ from deposito.device import Device
 from deposito.errors import NotFound
 from deposito.protocols.blob import BlobServerFactory
 from deposito.protocols.cluster import JoinProtocol, check_label
+from deposito.protocols.handoff import LocalBlobServerFactory
 
 
 def node_id(data: str, name: str | None) -> str:
@@ -53,6 +55,7 @@ class StorageNode:
         self.zone = zone
         self.host = host
         self.port = 0
+        self.local: tuple[str, str] | None = None  # the local port's "@name" and key, once listening
         self.configured_capacity = capacity
         self.connection: JoinProtocol | None = None
         self.scrubbing: defer.Deferred | None = None
@@ -131,7 +134,7 @@ class StorageService(service.MultiService):
 
     def __init__(self, reactor: Any, data: str, listen: Any, proxy: Any, name: str | None,
                  zone: str | None, capacity: int | None, scrub_every: float = 86400.0,
-                 secret: bytes | None = None) -> None:
+                 secret: bytes | None = None, handoff: bool = True) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
@@ -142,8 +145,10 @@ class StorageService(service.MultiService):
         self.capacity = capacity
         self.scrub_every = scrub_every
         self.secret = secret
+        self.handoff = handoff
         self._scrubber: task.LoopingCall | None = None
         self.port: Any = None
+        self.local_port: Any = None
         self.node: StorageNode | None = None
 
     def startService(self) -> None:
@@ -154,6 +159,8 @@ class StorageService(service.MultiService):
         self.log.info("storage server {id} holds {n} blobs ({used} bytes) in {data}",
                       id=self.node.id, n=store.count, used=store.used, data=store.root)
         super().startService()
+        if self.handoff:
+            self._listen_locally(device)
         d = self.listen_endpoint.listen(BlobServerFactory(device, self.secret))
         d.addCallback(self._listening)
         d.addErrback(self._listen_failed)
@@ -173,6 +180,18 @@ class StorageService(service.MultiService):
         self._scrubber.clock = self.reactor
         self._scrubber.start(self.scrub_every, now=False)
 
+    def _listen_locally(self, device: Device) -> None:
+        """The local port, where a proxy on this host passes a GET's socket
+        for this server to write into (deposito.protocols.handoff): an
+        abstract Unix socket, so nothing is left behind on disk."""
+        name, key = f"@deposito-server/{self.node.id}/{secrets.token_hex(8)}", secrets.token_hex(16)
+        try:
+            self.local_port = self.reactor.listenUNIX("\0" + name[1:], LocalBlobServerFactory(device, self.secret, key))
+        except Exception as e:  # no abstract Unix sockets here: GETs go through the proxy
+            self.log.info("no local port ({why}): every byte read goes through the proxy", why=str(e))
+            return
+        self.node.local = (name, key)
+
     def _listen_failed(self, failure: Any) -> None:
         self.log.failure("cannot listen for blob traffic", failure)
         self.reactor.stop()
@@ -181,8 +200,9 @@ class StorageService(service.MultiService):
         d = super().stopService()
         if self._scrubber is not None and self._scrubber.running:
             self._scrubber.stop()
-        if self.port is not None:
-            self.port.stopListening()
+        for port in (self.port, self.local_port):
+            if port is not None:
+                port.stopListening()
         if self.node is not None:
             self.node.device.stop()
         return d

@@ -27,13 +27,14 @@ from deposito.blobstore import BlockSums
 from deposito.errors import DepositoError, Unavailable
 from deposito.protocols.blob import BlobClient, ConnectionLost
 from deposito.roster import Member
-from deposito.splice import FanOut, ReaderLost, can_fan_out, can_splice
+from deposito.splice import FanOut, HandOff, ReaderLost, SourceLost, can_fan_out, can_hand_off, can_splice
 
 SPLICE_MIN = 1 << 20  # reads from this size on are spliced where they can be
 SMALL_READ = 64 << 10  # files up to this size may be read whole before any byte is sent (read_small)
 
 Connect = Callable[[Member], Awaitable[BlobClient]]
 Release = Callable[[BlobClient], None]
+LocalConnect = Callable[[Member], Awaitable["BlobClient | None"]]  # None: that server is not on this host
 
 
 def close(client: BlobClient) -> None:
@@ -258,12 +259,15 @@ class CountingConsumer:
 
 async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: int,
                       consumer: Any, started: Callable[[], None] = lambda: None,
-                      release: Release = close) -> None:
+                      release: Release = close, local: LocalConnect | None = None) -> None:
     """Write ``size`` bytes of ``blob`` to ``consumer`` from the first copy
     that serves them, moving to the next copy at the same offset on failure.
 
     ``started`` is called once, before the first byte. Raises Unavailable if
-    no copy could be read (then, if ``started`` ran, the stream is short).
+    no copy could be read (then, if ``started`` ran, the stream is short),
+    and ReaderLost when the reader went away. With ``local``, a copy on a
+    server on this host writes into the reader's socket itself (see
+    deposito.protocols.handoff).
     """
     sink = CountingConsumer(consumer)
     begun = False
@@ -275,8 +279,29 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: 
             raise ConnectionLost("the reader went away")
         client = None
         try:
-            client = await connect(member)
             target = sink.transport()
+            if local is not None and size - sink.count >= SPLICE_MIN and can_hand_off(target):
+                try:
+                    client = await local(member)
+                except Exception as e:
+                    if not member.up:  # taken for down meanwhile: on to the next copy
+                        raise
+                    Upload.log.info("the local port of {id} failed ({why}): relaying", id=member.id, why=str(e))
+            if client is not None:
+                if await client.open_blob(blob, sink.count) != size - sink.count:
+                    raise SourceLost("this copy has another size")
+                if not begun:
+                    begun = True
+                    started()
+                hand_off = HandOff(client, target, client.request_timeout)
+                try:
+                    await hand_off.run()
+                finally:
+                    sink.spliced(hand_off.moved)
+                if sink.count == size:
+                    return
+                raise SourceLost(f"the storage server sent {hand_off.moved} bytes and stopped")
+            client = await connect(member)
             relay = size - sink.count >= SPLICE_MIN and can_splice(client.transport, target)
             if relay:
                 await client.read_blob(blob, sink.count, sink, relay_to=target)
@@ -295,6 +320,8 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: 
                     consumer.unregisterProducer()
             if sink.count == size:
                 return
+        except ReaderLost:
+            raise
         except DepositoError as e:
             last = e
             Upload.log.warn("reading {blob} from {id} failed at {offset}: {why}",

@@ -286,18 +286,45 @@ def incoming(cluster: Cluster, sid: str) -> list[Path]:
 
 
 def serving_servers(cluster: Cluster) -> list[str]:
-    """Servers with bytes queued on an established blob-port connection (from /proc/net/tcp).
+    """Servers with a blob's bytes queued in a socket (from /proc/net/tcp).
 
-    A reader that does not read makes the proxy pause, so the serving server's
-    send queue fills; idle pooled connections have nothing queued."""
+    A reader that does not read makes the bytes back up: in the serving
+    server's blob-port connection when the proxy relays them, or in the
+    reader's own socket, held by the serving server, when the proxy handed it
+    that socket (deposito.protocols.handoff). Idle connections have nothing
+    queued."""
     with cluster.wire() as w:
         ports = {int(ln.split()[1].rsplit(":", 1)[1]): ln.split()[0] for ln in w.multi("SERVERS")}
     busy = set()
+    queued_to_readers = set()  # socket inodes
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         if os.path.exists(table):
             for row in open(table).read().splitlines()[1:]:
                 cols = row.split()
                 port = int(cols[1].rsplit(":", 1)[1], 16)
-                if cols[3] == "01" and port in ports and int(cols[4].split(":")[0], 16) > 0:
+                if cols[3] != "01" or int(cols[4].split(":")[0], 16) == 0:
+                    continue
+                if port in ports:
                     busy.add(ports[port])
+                elif port == cluster.port:
+                    queued_to_readers.add(cols[9])
+    for sid, proc in cluster.servers.items():
+        if proc.poll() is None and queued_to_readers & socket_inodes(proc.pid):
+            busy.add(sid)
     return sorted(busy)
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds."""
+    out = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                out.add(link[8:-1])
+    except OSError:
+        pass
+    return out

@@ -11,7 +11,7 @@ from deposito.roster import Roster
 
 
 class Node:
-    id, zone, host, port = "s1", "z1", None, 4242
+    id, zone, host, port, local = "s1", "z1", None, 4242, None
 
     def __init__(self):
         self.used = 10
@@ -118,6 +118,28 @@ def test_server_side_joins_and_beats_on_its_clock():
     assert tr.value() == b"HB capacity=1000 used=20 blobs=1\r\n"
     proto.connectionLost(None)
     assert clock.getDelayedCalls() == [] and node.connections == []
+
+
+def test_a_server_names_its_local_port_and_key_and_a_rejoin_without_them_forgets_both():
+    node = Node()
+    node.local = ("@deposito-server/s1/ab12", "0f" * 16)
+    proto = JoinProtocol(node, task.Clock())
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    line = tr.value()
+    assert line.endswith(b" local=@deposito-server/s1/ab12 key=" + b"0f" * 16 + b"\r\n")
+
+    roster = Roster(task.Clock())
+    member, _ = member_conn(roster)
+    member.dataReceived(line)
+    m = roster.get("s1")
+    assert (m.local, m.local_key) == ("@deposito-server/s1/ab12", "0f" * 16)
+    member.connectionLost(None)
+    for bad in (b" local=/tmp/x key=" + b"0f" * 16, b" local=@x key=short", b""):
+        member, _ = member_conn(roster)
+        member.dataReceived(b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1" + bad + b"\n")
+        assert m.state == "up" and (m.local, m.local_key) == (None, None), bad
+        member.connectionLost(None)
 
 
 def test_inventory_and_bad_reports_reach_the_roster():

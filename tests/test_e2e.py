@@ -6,6 +6,7 @@ import io
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -13,7 +14,8 @@ import pytest
 
 from deposito.placement import read_order
 from deposito.roster import Member
-from tests.cluster import TWISTD, Cluster, Wire, WireError, fields, incoming, poll, serving_servers, sha
+from tests.cluster import (TWISTD, Cluster, Wire, WireError, fields, incoming, poll, serving_servers, sha,
+                           socket_inodes)
 
 pytestmark = pytest.mark.slow
 
@@ -272,6 +274,66 @@ def test_get_survives_a_frozen_server(cluster):
         cluster.servers[frozen].send_signal(signal.SIGCONT)
 
 
+def test_a_server_frozen_mid_blob_ends_that_read_short_and_never_with_wrong_bytes(cluster):
+    """A server on the proxy's host writes a GET's bytes into the reader's
+    socket itself (deposito.protocols.handoff). Frozen mid-blob, it may yet
+    write when it comes to, so no other copy can take over: once it is taken
+    for down, the reader's connection ends, every byte it got right; the
+    next GET is whole."""
+    data = os.urandom(64 << 20)
+    with cluster.wire() as w:
+        assert w.put("icy", data, 2).startswith("OK stored")
+    w = cluster.wire()
+    try:
+        w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        assert w.cmd("GET icy").startswith(f"OK {len(data)} ")
+        got = bytearray(w.exact(1 << 20))
+        serving = poll(lambda: serving_servers(cluster), 5)
+        assert len(serving) == 1
+        cluster.servers[serving[0]].send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        got += w.buf
+        while chunk := w.sock.recv(1 << 20):
+            got += chunk
+        assert time.monotonic() - started < 20
+        assert len(got) < len(data) and got == data[:len(got)]
+        assert "stopped answering mid-blob" in cluster.log("proxy")
+        with cluster.wire() as again:
+            assert again.get("icy")[1] == data
+    finally:
+        w.close()
+        for proc in cluster.servers.values():
+            proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.parametrize("handoff", [True, False], ids=["handed-off", "relayed"])
+def test_readers_that_leave_mid_get_leave_every_process_serving(tmp_path, handoff):
+    """The reader's socket written by the server itself, or relayed by the proxy:
+    readers that leave mid-blob (closing, or resetting) cost no one else a byte."""
+    cluster = Cluster(tmp_path, server_args=() if handoff else ("--no-handoff",)).start(2)
+    try:
+        data = os.urandom(48 << 20)
+        with cluster.wire() as w:
+            assert w.put("left", data, 2).startswith("OK stored")
+        for reset in (False, True, False):
+            w = cluster.wire()
+            w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            assert w.cmd("GET left").startswith(f"OK {len(data)} ")
+            assert w.exact(1 << 20) == data[:1 << 20]
+            assert poll(lambda: serving_servers(cluster), 5)
+            if reset:
+                w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.close()
+        with cluster.wire() as w:
+            assert w.get("left")[1] == data
+            assert w.cmd("STAT left").startswith("OK name=left")
+        assert poll(lambda: serving_servers(cluster) == [] or None, 10)  # nobody left sending
+        for name in ("proxy", "s0", "s1"):
+            assert [ln for ln in cluster.log(name).splitlines() if "Traceback" in ln or "Unhandled" in ln] == []
+    finally:
+        cluster.stop()
+
+
 def test_tokens_and_max_size_on_a_real_proxy(tmp_path):
     import urllib.error
     import urllib.request
@@ -338,5 +400,26 @@ def test_cluster_secret_on_join_and_blob_ports(tmp_path):
         s.sendall(b"DELETE " + b"0" * 32 + b"\n")
         assert f.readline().startswith(b"ERR denied")
         s.close()
+        # and so does the local port, where GETs are handed off
+        big = os.urandom(3 << 20)
+        with c.wire() as w:
+            assert w.put("secret-big", big, 2).startswith("OK stored")
+            assert w.get("secret-big")[1] == big
+        assert "is on this host" in c.log("proxy")
+        held = socket_inodes(c.servers["s0"].pid)
+        [name] = {row.split()[-1] for row in open("/proc/net/unix")
+                  if "@deposito-server/s0/" in row and row.split()[6] in held}
+        u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        u.settimeout(5)
+        u.connect("\0" + name[1:])
+        assert u.recv(100).startswith(b"HELLO ")
+        socket.send_fds(u, [b"OPEN " + b"0" * 32 + b" 0\n"], [u.fileno()])  # a socket before the proof
+        said = b""
+        while chunk := u.recv(100):
+            said += chunk
+        assert said in (b"", b"ERR denied AUTH <nonce> <proof> first: this server holds a cluster secret\r\n")
+        u.close()
+        with c.wire() as w:
+            assert w.get("secret-big")[1] == big
     finally:
         c.stop()

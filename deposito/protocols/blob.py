@@ -13,7 +13,9 @@ Requests (one line each, words as in the text protocol):
     DELETE <blob>
         reply ``OK deleted`` or ``OK absent``.
 
-Errors are ``ERR <code> <message>``, as on the client port.
+Errors are ``ERR <code> <message>``, as on the client port. The server's
+local port (deposito.protocols.handoff) speaks the same, plus KEY, OPEN and
+SEND.
 
 With a cluster secret, the server opens with ``HELLO <ns>``; the proxy answers
 ``AUTH <np> <hmac>`` and the server ``OK <hmac>``: both have proved they hold
@@ -25,8 +27,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from twisted.internet import defer
-from twisted.internet import tcp
+from twisted.internet import defer, error, tcp
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -72,7 +73,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self._last_write: defer.Deferred = defer.succeed(None)
         self._flushed = False  # some of this WRITE's bytes went to the writer thread
         self._paused_for_disk = False
-        self._sender: _BlobSender | None = None
+        self._sender: BlobSender | None = None
         self._receiver: _Receiver | None = None
 
     def connectionMade(self) -> None:
@@ -241,23 +242,32 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     # -- READ
 
     def do_READ(self, blob: str, offset: str) -> None:
+        self.open_blob(blob, offset, self._opened)
+
+    def open_blob(self, blob: str, offset: str, then: Callable[[Any, BlobMeta, int], None]) -> None:
+        """Open ``blob`` for a request, with the lines after it waiting (the
+        socket is still read till a sender takes over); then ``then(f, meta,
+        offset)``. A missing blob or an offset past its end is answered here."""
         start = parse_count(offset, "offset")
         d = self.device.open(check_blob_id(blob))
-        self.paused = True  # lines wait; the socket is still read till a sender takes over (_opened)
-        d.addCallbacks(self._opened, self._open_failed, callbackArgs=(start,))
+        self.paused = True
+        d.addCallbacks(self._check_offset, self._open_failed, callbackArgs=(start, then))
 
-    def _opened(self, opened: Any, offset: int) -> None:
+    def _check_offset(self, opened: Any, offset: int, then: Callable[[Any, BlobMeta, int], None]) -> None:
         f, meta = opened
         if offset > meta.size:
             self.device.close(f)
             self.fail(BadArgs("offset past the end"))
             self.resumeProducing()
             return
+        then(f, meta, offset)
+
+    def _opened(self, f: Any, meta: BlobMeta, offset: int) -> None:
         if meta.size <= BLOCK and offset < meta.size and self._send_whole(f, meta, offset):
             return
         self.reply(f"OK {meta.size - offset} size={meta.size}")
         self.pauseProducing()  # the socket unread now: the sender may wait on it for writing
-        self._sender = _BlobSender(self.device, f, meta, offset, self.transport, self._sent,
+        self._sender = BlobSender(self.device, f, meta, offset, self.transport, self._sent,
                                    self.resetTimeout)
         self._sender.start()
 
@@ -458,7 +468,7 @@ class _Receiver:
 
 
 @implementer(IPushProducer)
-class _BlobSender:
+class BlobSender:
     """Sends a blob block by block, each checked against its checksum first.
 
     A block all in the page cache is read and checked on the reactor thread
@@ -482,7 +492,7 @@ class _BlobSender:
         # file when the kernel is to send them.
         self._ready: bytes | tuple[int, int] | None = None
         self._sending: tuple[int, int] | None = None  # (file offset, length) the kernel is sending
-        self._writable = SocketWaiter(transport, self._can_write, self.stopProducing)
+        self._writable = SocketWaiter(transport, self._can_write, self._lost)
         self._again: Any = None  # the call that goes on after a burst
         self.paused = False
         self.reading = False
@@ -576,7 +586,11 @@ class _BlobSender:
 
     def _kernel_can_send(self) -> bool:
         t = self.transport
-        return (_SENDFILE is not None and getattr(self.f, "through_cache", False) and type(t) is tcp.Server
+        if _SENDFILE is None or not getattr(self.f, "through_cache", False):
+            return False
+        if getattr(t, "passed", False):  # a reader's socket the proxy passed over (deposito.protocols.handoff)
+            return bool(t.idle)
+        return (type(t) is tcp.Server
                 and not getattr(t, "TLS", False) and t.connected and not t.disconnecting
                 and t not in t.reactor.getWriters())  # nothing of Twisted's waits to go first
 
@@ -607,6 +621,11 @@ class _BlobSender:
                 return
             start, length = start + n, length - n
         self._sending = None
+
+    def _lost(self) -> None:
+        """The socket was lost while a block waited to go into it."""
+        self.stopProducing()
+        self.transport.abortConnection()
 
     def _failed(self, failure: Failure) -> None:
         self.reading = False
@@ -703,6 +722,8 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self._relay_to: Any = None  # a socket transport to splice a READ's body into
         self._relay: Any = None
         self.lost = False
+        self.cut_here = False  # lost by this end's abortConnection, not by the server
+        self.holding = False  # a blob is open for SEND on the server (the local port)
         self.refused = False
 
     def connectionMade(self) -> None:
@@ -741,6 +762,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
         t = self.transport
         return (not self.lost and not self.refused and t is not None and t.connected and not t.disconnecting
                 and self._waiting is None and self._body is None and self._sink is None and self._relay is None
+                and not self.holding
                 and bool(self.line_mode) and not self._buffer and getattr(t, "producer", None) is None)
 
     def _expect(self, deadline: bool = True) -> defer.Deferred:
@@ -828,6 +850,39 @@ class BlobClient(LineProtocol, TimeoutMixin):
         send_now(self.transport)
         return d
 
+    # The local port only (deposito.protocols.handoff)
+
+    def key(self) -> defer.Deferred:
+        """Fires with the key the server gave in its JOIN."""
+        d = self._expect()
+        self.reply("KEY")
+        return d.addCallback(lambda text: text.split()[1] if len(text.split()) == 2 else "")
+
+    def open_blob(self, blob: str, offset: int) -> defer.Deferred:
+        """Fires with the byte count from ``offset`` once the server has the blob open for :meth:`send_to`."""
+        d = self._expect()
+        self.reply(f"OPEN {blob} {offset}")
+
+        def opened(text: str) -> int:
+            self.holding = True  # till SEND: not fit for another request meanwhile
+            return parse_count(text.split()[1], "byte count")
+
+        return d.addCallback(opened)
+
+    def send_to(self, fd: int) -> defer.Deferred:
+        """Pass socket ``fd`` to the server, which writes the opened blob into
+        it; fires once the server is done with it, or fails with the reason it
+        stopped early (then too it is done with it)."""
+        self.transport.sendFileDescriptor(fd)
+        d = self._expect(deadline=False)  # the hand-off watches the socket's progress itself
+        self.reply("SEND")
+
+        def done(result: Any) -> Any:
+            self.holding = False
+            return result
+
+        return d.addBoth(done)
+
     def _begin_relay(self) -> None:
         target, self._relay_to = self._relay_to, None
         self.transport.stopReading()  # nothing more into the target's buffer: wait till it is sent
@@ -890,6 +945,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.lost = True
+        self.cut_here = reason is not None and reason.check(error.ConnectionAborted) is not None
         self.setTimeout(None)
         if self._relay is not None:  # count what it moved before the body fails
             self._relay.fail(SourceLost("storage server connection lost"))

@@ -1,6 +1,7 @@
 """The cluster protocol: storage servers join the proxy and keep in touch.
 
     server: JOIN <id> zone=<zone> port=<port> [host=<host>] capacity=<n> used=<n> blobs=<n> [nonce=<ns>]
+                 [local=@<name> key=<key>]  (its local port, deposito.protocols.handoff)
     proxy:  CHALLENGE nonce=<np> proof=<hmac>   (only with a cluster secret; the server
     server: PROOF <hmac>                         checks the proxy's proof, then gives its own)
     proxy:  OK welcome heartbeat=<seconds>      (or ERR <code> <message>, then close)
@@ -32,6 +33,8 @@ from deposito.secret import nonce, proof, verify
 
 SERVER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+LOCAL_NAME = re.compile(r"^@[A-Za-z0-9._:/-]{1,100}$")
+LOCAL_KEY = re.compile(r"^[0-9a-f]{32}$")
 HEARTBEAT = 1.0
 MISSED_HEARTBEATS = 5
 
@@ -55,6 +58,7 @@ class NodeReport(TypingProtocol):
     zone: str
     host: str | None
     port: int
+    local: tuple[str, str] | None  # its local port's name and key, if it has one
 
     def usage(self) -> tuple[int, int, int]:
         """(capacity, used, blobs)"""
@@ -85,8 +89,9 @@ class JoinProtocol(LineProtocol):
         capacity, used, blobs = self.node.usage()
         host = f" host={self.node.host}" if self.node.host else ""
         challenge = f" nonce={self._nonce}" if self.secret else ""
+        local = f" local={self.node.local[0]} key={self.node.local[1]}" if self.node.local else ""
         self.reply(f"JOIN {quote(self.node.id)} zone={quote(self.node.zone)} port={self.node.port}{host}"
-                   f" capacity={capacity} used={used} blobs={blobs}{challenge}")
+                   f" capacity={capacity} used={used} blobs={blobs}{challenge}{local}")
 
     def _refuse_proxy(self, why: str) -> None:
         self.log.error("not joining the proxy: {why}", why=why)
@@ -266,7 +271,10 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         if host in ("0.0.0.0", "::", ""):
             host = self.transport.getPeer().host
         capacity, used, blobs = self._usage(f)
-        self.roster.join(member_id, zone, host, port, capacity, used, blobs, self)
+        local = None
+        if LOCAL_NAME.match(f.get("local", "")) and LOCAL_KEY.match(f.get("key", "")):
+            local = (f["local"], f["key"])
+        self.roster.join(member_id, zone, host, port, capacity, used, blobs, self, local)
         self.member_id = member_id
         self.reply(f"OK welcome heartbeat={self.heartbeat}")
 

@@ -266,9 +266,9 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
         try:
             await self.depot.read(record, self.transport, started)
-        except DepositoError:
+        except DepositoError as e:
             if sent:  # the byte count cannot be kept: the connection must go
-                self.log.warn("GET {name} broke mid-stream", name=record.name)
+                self.log.warn("GET {name} broke mid-stream: {why}", name=record.name, why=str(e))
                 self._broken = True
                 return
             raise

@@ -1,0 +1,261 @@
+"""The storage server's local port: a blob written straight into a socket the proxy passes over.
+
+In-process, on real sockets: the blob port and the local port of one device,
+a reader's TCP connection accepted as the proxy accepts one, and the proxy's
+side of the hand-off (deposito.splice.HandOff) counting what reached it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, endpoints, reactor, task, threads
+from twisted.internet.protocol import Factory, Protocol
+
+from deposito.blobstore import BlobStore, new_blob_id
+from deposito.device import Device
+from deposito.diskio import DIRECT_MIN
+from deposito.errors import BadArgs, BadCommand, DepositoError
+from deposito.protocols.blob import BlobClient, BlobServerFactory
+from deposito.protocols.handoff import LocalBlobServerFactory
+from deposito.splice import HandOff, ReaderLost, can_hand_off
+from tests.test_blobstore import sums
+
+
+class Accepted(Protocol):
+    """The proxy's end of a reader's connection."""
+
+    def connectionMade(self) -> None:
+        self.factory.accepted.callback(self)
+
+
+class Reader(Protocol):
+    def __init__(self) -> None:
+        self.got = bytearray()
+        self.waiting: tuple[int, defer.Deferred] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got += data
+        if self.waiting is not None and len(self.got) >= self.waiting[0]:
+            d, self.waiting = self.waiting[1], None
+            d.callback(bytes(self.got))
+
+    def until(self, n: int) -> defer.Deferred:
+        if len(self.got) >= n:
+            return defer.succeed(bytes(self.got))
+        self.waiting = (n, defer.Deferred())
+        return self.waiting[1]
+
+
+class Setup:
+    """A device holding one blob, its blob port and local port, and a reader connected."""
+
+    def __init__(self, tmp_path) -> None:
+        self.tmp_path = tmp_path
+        self.device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 30)
+        self.device.start()
+        self.key = secrets.token_hex(16)
+        self.name = f"\0deposito-test/{secrets.token_hex(8)}"
+        self.ports: list = []
+        self.clients: list = []
+
+    @defer.inlineCallbacks
+    def start(self, data: bytes, cache: bool = False):
+        self.ports.append((yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            BlobServerFactory(self.device))))
+        self.ports.append(reactor.listenUNIX(self.name, LocalBlobServerFactory(self.device, None, self.key)))
+        writer = yield self.blob_client()
+        self.blob = new_blob_id()
+        d = writer.write_blob(self.blob, len(data), 1, 2, "file", cache=cache)
+        writer.send(data)
+        writer.end(*sums(data))
+        yield d
+        front = Factory.forProtocol(Accepted)
+        front.accepted = defer.Deferred()
+        self.ports.append((yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(front)))
+        self.reader = yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.ports[-1].getHost().port), Reader())
+        self.clients.append(self.reader)
+        self.target = (yield front.accepted).transport
+
+    @defer.inlineCallbacks
+    def blob_client(self):
+        c = yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.ports[0].getHost().port), BlobClient())
+        self.clients.append(c)
+        return c
+
+    @defer.inlineCallbacks
+    def local_client(self):
+        c = yield endpoints.connectProtocol(endpoints.UNIXClientEndpoint(reactor, self.name), BlobClient())
+        self.clients.append(c)
+        return c
+
+    def blob_path(self) -> str:
+        return glob.glob(os.path.join(str(self.tmp_path), "**", self.blob), recursive=True)[0]
+
+    @defer.inlineCallbacks
+    def stop(self):
+        for c in self.clients:
+            if isinstance(c, task.LoopingCall):
+                c.stop()
+            elif c.transport is not None and c.transport.connected:
+                c.transport.abortConnection()
+        for p in self.ports:
+            yield p.stopListening()
+        yield self.device.stop()
+
+
+@pytest.fixture
+def setup(tmp_path):
+    s = Setup(tmp_path)
+    yield s
+    pytest_twisted.blockon(s.stop())
+
+
+@pytest.mark.parametrize("by", ["sendfile", "send"])
+@pytest_twisted.inlineCallbacks
+def test_the_server_writes_the_blob_into_the_passed_socket_after_what_was_there(setup, by, monkeypatch):
+    """Checked blocks of a copy kept in the page cache go by sendfile; those
+    of a big copy read around the cache, by sends from the server's buffers.
+    A reader that takes a little now and then makes the server wait on it
+    over and over, for the last block too."""
+    data = os.urandom(DIRECT_MIN)  # the last block a whole one, which the socket cannot take at once
+    yield setup.start(data, cache=by == "sendfile")
+    setup.target.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+    setup.reader.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    reading = [False]
+
+    def trickle():  # read for 5 ms out of every 20
+        reading[0] = not reading[0]
+        (setup.reader.transport.resumeProducing if reading[0] else setup.reader.transport.pauseProducing)()
+        trickling.interval = 0.005 if reading[0] else 0.015
+
+    trickling = task.LoopingCall(trickle)
+    trickling.start(0.015)
+    setup.clients.append(trickling)  # stopped with the rest
+    c = yield setup.local_client()
+    assert (yield c.key()) == setup.key
+    assert can_hand_off(setup.target)
+    assert (yield c.open_blob(setup.blob, 1000)) == len(data) - 1000
+    assert not c.reusable  # the blob is open for SEND: no other request on this connection meanwhile
+    setup.target.write(b"OK header\n")
+    hand_off = HandOff(c, setup.target, 10)
+    yield defer.ensureDeferred(hand_off.run())
+    assert hand_off.moved == len(data) - 1000
+    setup.target.write(b"next reply\n")  # the socket is the proxy's again
+    trickling.stop()
+    setup.clients.remove(trickling)
+    setup.reader.transport.resumeProducing()
+    got = yield setup.reader.until(10 + len(data) - 1000 + 11)
+    assert got == b"OK header\n" + data[1000:] + b"next reply\n"
+    assert c.reusable
+    assert (yield c.open_blob(setup.blob, len(data))) == 0  # the same connection serves the next one
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_block_that_fails_its_check_stops_the_copy_with_every_byte_before_it_counted(setup):
+    data = os.urandom(6 << 20)
+    yield setup.start(data)
+    with open(setup.blob_path(), "r+b") as f:  # rot in block 3
+        f.seek((3 << 20) + 5)
+        f.write(b"rot")
+    corrupt = defer.Deferred()
+    setup.device.corrupt_listeners.append(lambda blob, why: corrupt.callback(blob))
+    c = yield setup.local_client()
+    yield c.open_blob(setup.blob, 0)
+    hand_off = HandOff(c, setup.target, 10)
+    with pytest.raises(DepositoError) as e:
+        yield defer.ensureDeferred(hand_off.run())
+    assert not isinstance(e.value, ReaderLost)  # the reader is fine: the next copy may go on
+    assert 0 < hand_off.moved <= 3 << 20
+    got = yield setup.reader.until(hand_off.moved)
+    assert got == data[:hand_off.moved]  # nothing of the bad block, nothing past the count
+    assert (yield corrupt) == setup.blob  # reported to the proxy, and quarantined
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_reader_that_takes_nothing_ends_the_hand_off_as_lost(setup):
+    data = os.urandom(32 << 20)
+    yield setup.start(data)
+    setup.reader.transport.pauseProducing()  # the reader stops reading: its socket fills
+    c = yield setup.local_client()
+    yield c.open_blob(setup.blob, 0)
+    hand_off = HandOff(c, setup.target, 0.5)
+    with pytest.raises(ReaderLost):
+        yield defer.ensureDeferred(hand_off.run())
+    assert 0 < hand_off.moved < len(data)
+    assert not c.transport.connected  # cut: the server stops writing to the reader
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_reader_that_resets_while_the_server_waits_on_it_ends_the_hand_off_at_once(setup):
+    data = os.urandom(16 << 20)
+    yield setup.start(data, cache=True)  # sent by sendfile, which waits on the socket by itself
+    setup.reader.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+    setup.reader.transport.pauseProducing()
+    c = yield setup.local_client()
+    yield c.open_blob(setup.blob, 0)
+    hand_off = HandOff(c, setup.target, 4)
+    running = defer.ensureDeferred(hand_off.run())
+    yield task.deferLater(reactor, 0.3, lambda: None)  # the server waits for room in the socket
+    assert not running.called
+    reader = setup.reader.transport.getHandle()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    setup.reader.transport.abortConnection()
+    began = reactor.seconds()
+    with pytest.raises(ReaderLost):
+        yield running
+    assert reactor.seconds() - began < 3  # told by the server, not found by the watch
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+@pytest_twisted.inlineCallbacks
+def test_the_local_port_takes_no_connection_from_another_user(setup):
+    yield setup.start(os.urandom(100))
+    probe = ("import os, socket\nos.setuid(65534)\ns = socket.socket(socket.AF_UNIX)\n"
+             f"s.connect({setup.name!r})\ns.settimeout(5)\n"
+             "try:\n    s.sendall(b'KEY\\n')\n    print(s.recv(100))\nexcept ConnectionResetError:\n    print('reset')")
+    done = yield threads.deferToThread(subprocess.run, [sys.executable, "-c", probe], capture_output=True,
+                                       timeout=30)
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert done.stdout.strip() in (b"b''", b"reset")  # closed, unanswered
+    c = yield setup.local_client()
+    assert (yield c.key()) == setup.key
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_local_port_refuses_what_does_not_come_in_order_and_keeps_serving(setup):
+    yield setup.start(os.urandom(100))
+    c = yield setup.local_client()
+    with pytest.raises(BadCommand):
+        yield c.send_to(setup.target.fileno())  # SEND before OPEN
+    c = yield setup.local_client()
+    yield c.open_blob(setup.blob, 0)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(BadArgs, match="not a non-blocking stream socket"):
+            yield c.send_to(w)  # a pipe is no reader's socket
+    finally:
+        os.close(r)
+        os.close(w)
+    c = yield setup.local_client()
+    yield c.open_blob(setup.blob, 0)
+    c.reply("SEND")  # and no socket with it
+    with pytest.raises(BadArgs, match="comes with the socket"):
+        yield c._expect()
+    with pytest.raises(BadArgs, match="offset past the end"):
+        yield (yield setup.local_client()).open_blob(setup.blob, 101)
+    tcp = yield setup.blob_client()  # the blob port has none of these
+    with pytest.raises(BadCommand):
+        yield tcp.key()
+    c = yield setup.local_client()
+    assert (yield c.key()) == setup.key
