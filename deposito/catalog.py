@@ -15,6 +15,7 @@ Invariants kept here:
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from collections import OrderedDict
@@ -385,8 +386,14 @@ for _method in (Catalog.begin_upload, Catalog.add_intent, Catalog.abandon, Catal
 
 
 def _record(row: tuple) -> FileRecord:
-    servers = tuple(row[6].split(" ")) if row[6] else ()
-    return FileRecord(row[0], row[1], row[2], row[3], row[4], row[5], servers)
+    return FileRecord(row[0], row[1], row[2], row[3], row[4], row[5], _servers(row[6] or ""))
+
+
+@functools.lru_cache(maxsize=4096)
+def _servers(ids: str) -> tuple[str, ...]:
+    """The servers of a copy list, one tuple shared by every record with the
+    same list (the records kept in memory are mostly these)."""
+    return tuple(ids.split(" ")) if ids else ()
 
 
 class CatalogThread:
@@ -404,7 +411,7 @@ class CatalogThread:
     is the one the thread would give.
     """
 
-    kept = 4096  # records of this many names at most
+    kept = 16384  # records of this many names at most (about 500 bytes each)
 
     def __init__(self, reactor: Any, catalog: Catalog) -> None:
         self.catalog = catalog

@@ -134,6 +134,31 @@ def test_a_looked_up_record_is_answered_from_memory_until_it_may_change(tmp_path
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_working_set_of_thousands_of_names_is_answered_from_memory(tmp_path):
+    """Names read over and over in turn, more of them than a few thousand:
+    from the second round on, every lookup answers without the catalog thread
+    (a cache a little smaller than the set would miss every one)."""
+    from twisted.internet import reactor
+
+    names = [f"small/w{i % 16}/{i}" for i in range(10_000)]
+    catalog = Catalog(str(tmp_path))
+    catalog.batch([call for i, name in enumerate(names) for call in (
+        (Catalog.begin_upload, (name, f"b{i}", ["s1", "s2"])),
+        (Catalog.commit, (name, 1, f"b{i}", 4096, "x", 2, ["s1", "s2"], 0.0)))])
+    db = CatalogThread(reactor, catalog)
+    db.start()
+    try:
+        first = yield defer.gatherResults([db(Catalog.lookup, name) for name in names])
+        assert [r.name for r in first] == names
+        again = [db(Catalog.lookup, name) for name in names]
+        assert all(d.called for d in again)
+        assert (yield defer.gatherResults(again)) == first
+        assert len({r.servers for r in first}) == 1 and len({id(r.servers) for r in first}) == 1
+    finally:
+        db.stop()
+
+
+@pytest_twisted.inlineCallbacks
 def test_kept_records_always_match_the_catalog(tmp_path):
     """Changes and lookups of a few names, many in flight at once: every answer
     equals the one the catalog thread gives right after it."""
