@@ -409,6 +409,10 @@ class CatalogThread:
     asked (calls run in the order they are made): what is kept always matches
     the catalog as every call made so far leaves it, so an answer from memory
     is the one the thread would give.
+
+    Clients' lookups (:meth:`read`) go to a second connection on a thread of
+    their own, so a GET does not wait behind the PUTs committing meanwhile;
+    their answers are kept only when no change was under way.
     """
 
     kept = 16384  # records of this many names at most (about 500 bytes each)
@@ -416,14 +420,22 @@ class CatalogThread:
     def __init__(self, reactor: Any, catalog: Catalog) -> None:
         self.catalog = catalog
         self._batches: Batches[tuple[Callable[..., Any], tuple]] = Batches(reactor, catalog.batch, "deposito-catalog")
+        # Clients' lookups (see read) on a second connection and thread of their own.
+        self._reader = sqlite3.connect(catalog.path, check_same_thread=False, isolation_level=None)
+        self._reader.execute("PRAGMA query_only=1")
+        self._reads: Batches[str] = Batches(reactor, self._read_batch, "deposito-catalog-reads")
         self._records: OrderedDict[str, FileRecord] = OrderedDict()
         self._changes = 0  # calls made so far that may change records
+        self._unfinished = 0  # of those, the ones not answered yet
 
     def start(self) -> None:
         self._batches.start()
+        self._reads.start()
 
     def stop(self) -> None:
+        self._reads.stop()
         self._batches.stop()
+        self._reader.close()
         self.catalog.close()
 
     def __call__(self, method: Callable[..., Any], *args: Any) -> Deferred:
@@ -434,7 +446,34 @@ class CatalogThread:
             return self._batches.submit((method, args))
         self._records.clear()
         self._changes += 1
-        return self._batches.submit((method, args))
+        self._unfinished += 1
+        return self._batches.submit((method, args)).addBoth(self._finished)
+
+    def _finished(self, result: Any) -> Any:
+        self._unfinished -= 1
+        return result
+
+    def read(self, name: str) -> Deferred:
+        """The record of ``name`` (or None) for a client's request: from
+        memory, or else from the second connection, which never waits behind
+        writes and their flush to disk. Every change answered before the call
+        shows in it; one still under way may or may not (the two overlap)."""
+        record = self.kept_record(name)
+        if record is not None:
+            return succeed(record)
+        d = self._reads.submit(name)
+        if not self._unfinished:  # all made so far is committed: so the answer may be kept
+            d.addCallback(self._keep, name, self._changes)
+        return d
+
+    def _read_batch(self, names: list[str]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
+        for name in names:
+            try:
+                results.append((True, Catalog._lookup(self._reader, name)))
+            except Exception as e:
+                results.append((False, e))
+        return results
 
     def kept_record(self, name: str) -> FileRecord | None:
         """The record of ``name`` if it is kept in memory (what a lookup would

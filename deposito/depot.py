@@ -229,7 +229,7 @@ class Depot:
     # -- reads
 
     async def lookup(self, name: str) -> FileRecord:
-        record = await self.db(Catalog.lookup, name)
+        record = await self.db.read(name)
         if record is None:
             raise NotFound(f"no file named {name}")
         return record

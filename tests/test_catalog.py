@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 
 from deposito.catalog import Catalog, CatalogThread
 
@@ -159,6 +160,46 @@ def test_a_working_set_of_thousands_of_names_is_answered_from_memory(tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_clients_lookup_does_not_wait_behind_writes(tmp_path):
+    """While the catalog thread is held in a write (a slow flush, say), a
+    client's lookup is answered, with what is committed; once the write is
+    answered, lookups show it."""
+    import threading
+
+    from twisted.internet import reactor
+
+    db = CatalogThread(reactor, Catalog(str(tmp_path)))
+    db.start()
+    held, release = threading.Event(), threading.Event()
+
+    def slow(catalog: Catalog) -> None:
+        held.set()
+        release.wait(10)
+
+    try:
+        v = yield db(Catalog.begin_upload, "f", "b1", ["s1"])
+        yield db(Catalog.commit, "f", v, "b1", 1, "x", 1, ["s1"], 0.0)
+        stuck = db._batches.submit((slow, ()))
+        yield deferLater(reactor, 0, lambda: None)
+        assert held.wait(5)
+        changed = db(Catalog.set_replicas, "f", 2)  # waits behind the slow call
+        answer = db.read("f")
+        for _ in range(200):
+            if answer.called:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        assert answer.called and not changed.called
+        assert (yield answer).replicas == 1
+        release.set()
+        yield stuck
+        yield changed
+        assert (yield db.read("f")).replicas == 2
+    finally:
+        release.set()
+        db.stop()
+
+
+@pytest_twisted.inlineCallbacks
 def test_kept_records_always_match_the_catalog(tmp_path):
     """Changes and lookups of a few names, many in flight at once: every answer
     equals the one the catalog thread gives right after it."""
@@ -174,11 +215,14 @@ def test_kept_records_always_match_the_catalog(tmp_path):
     try:
         hits = 0
         for round_ in range(100):
-            pairs, pending = [], []
+            pairs, pending, reads = [], [], []
             for step in range(rng.randint(1, 8)):
                 name = rng.choice(names)
-                op = rng.choice(["lookup"] * 12 + ["put", "replicas", "add", "drop", "delete", "inventory"])
-                if op == "lookup":
+                op = rng.choice(["lookup"] * 8 + ["read"] * 4 + ["put", "replicas", "add", "drop", "delete",
+                                                                 "inventory"])
+                if op == "read":  # a client's: may overlap the changes in flight, but fills memory too
+                    reads.append(db.read(name))
+                elif op == "lookup":
                     d = db(Catalog.lookup, name)
                     hits += d.called
                     pairs.append((d, db._batches.submit((Catalog.lookup, (name,)))))  # past what is kept
@@ -201,7 +245,9 @@ def test_kept_records_always_match_the_catalog(tmp_path):
                     yield defer.gatherResults([d for pair in pairs for d in pair] + pending)
             for kept, truth in pairs:
                 assert (yield kept) == (yield truth)
-            yield defer.gatherResults(pending)
+            yield defer.gatherResults(pending + reads)
+            for name in names:  # all landed: a client's read is the truth, from memory or not
+                assert (yield db.read(name)) == (yield db._batches.submit((Catalog.lookup, (name,))))
         assert hits > 0
     finally:
         db.stop()
