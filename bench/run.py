@@ -5,7 +5,7 @@ with the raw limits of this machine and with SeaweedFS.
 Run by hand (``make bench``), never as a timed test:
 
     .venv/bin/pip install -r bench/requirements.txt
-    .venv/bin/python bench/run.py            # full: 1 MiB, 64 MiB, 1 GiB; 5 runs each
+    .venv/bin/python bench/run.py            # full: 1 MiB, 64 MiB, 1 GiB; 9 runs each
     .venv/bin/python bench/run.py --quick    # 1 MiB, 8 MiB, 64 MiB; 1 run each
 
 It starts every cluster itself on 127.0.0.1 (ports picked free), data under a
@@ -1213,7 +1213,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 MiB, 8 MiB, 64 MiB; 1 run; short small-file phases")
     ap.add_argument("--sizes", help="comma-separated file sizes (e.g. 1MiB,64MiB,1GiB)")
     ap.add_argument("--replicas", default="1,2,3")
-    ap.add_argument("--runs", type=int, help="runs per cell (median taken); default 5, quick 1")
+    ap.add_argument("--runs", type=int, help="runs per cell (median taken); default 9, quick 1")
     ap.add_argument("--levels", default="1,16,64", help="small-file concurrency levels")
     ap.add_argument("--small-duration", type=float, help="seconds per small-file phase (default 10, quick 3)")
     ap.add_argument("--only", default="raw,seaweedfs,deposito", help="which of raw,seaweedfs,deposito to run")
@@ -1239,7 +1239,7 @@ def main(argv=None) -> int:
     sizes = [parse_size(s) for s in a.sizes.split(",")] if a.sizes else (
         [MiB, 8 * MiB, 64 * MiB] if a.quick else [MiB, 64 * MiB, GiB])
     replicas = [int(r) for r in a.replicas.split(",")]
-    runs = a.runs or (1 if a.quick else 5)  # single GETs of 1 GiB here swing by 30% and more
+    runs = a.runs or (1 if a.quick else 9)  # single GETs of 1 GiB here range over 2x and more
     levels = [int(x) for x in a.levels.split(",")]
     duration = a.small_duration or (3.0 if a.quick else 10.0)
     only = set(a.only.split(","))
