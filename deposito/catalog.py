@@ -10,7 +10,11 @@ Invariants kept here:
 - versions of a name only grow, across DELETE too (``names.last_version``);
 - a blob written but not committed is an *intent*; abandoned intents and
   replaced or deleted copies become *garbage*, which the proxy deletes from
-  the servers, so nothing is orphaned for good.
+  the servers, so nothing is orphaned for good;
+- cost follows work: the files that may need copies made or dropped are
+  queued in ``work`` by the changes that cause it (see :mod:`deposito.reconciler`),
+  and the counts that STATUS shows are kept in ``totals`` with every change,
+  so nothing periodic reads every file.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from typing import Any, Callable, Iterable
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
 
 from deposito.batching import Batches
+from deposito.interfaces import IWorkCatalog
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS names (
@@ -47,6 +53,7 @@ CREATE TABLE IF NOT EXISTS copies (
     PRIMARY KEY (blob, server)
 );
 CREATE INDEX IF NOT EXISTS copies_by_server ON copies (server);
+CREATE INDEX IF NOT EXISTS copies_by_server_blob ON copies (server, blob);
 CREATE TABLE IF NOT EXISTS intents (
     blob TEXT NOT NULL,
     server TEXT NOT NULL,
@@ -66,7 +73,31 @@ CREATE TABLE IF NOT EXISTS servers (
     used INTEGER NOT NULL,
     blobs INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS totals (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS work (
+    name TEXT PRIMARY KEY,
+    due REAL NOT NULL,
+    rank INTEGER NOT NULL DEFAULT 0,
+    gen INTEGER NOT NULL DEFAULT 0,
+    wanted INTEGER,
+    have INTEGER,
+    moves INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS work_in_order ON work (rank, due);
+CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 """
+
+# The schema's version (PRAGMA user_version). 0: a catalog from before the
+# work queue and the totals; opening it adds them (see Catalog._migrate).
+SCHEMA_VERSION = 1
+
+# A queued file waits for this long at most, when only a server coming back
+# (or dying) can change what can be done for it: such a change wakes it.
+WAITING = 1e18
+TOTALS = ("files", "bytes", "wanted")
 
 
 @attrs.frozen
@@ -93,6 +124,22 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=FULL")
         self._durable = True
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older catalog to this schema: its totals are counted and
+        every file is queued once, so whatever work it had left is found."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+
+        def tx(db: sqlite3.Connection) -> None:
+            files, size, wanted = db.execute(
+                "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(replicas), 0) FROM files").fetchone()
+            db.executemany("INSERT OR REPLACE INTO totals VALUES (?, ?)",
+                           [("files", files), ("bytes", size), ("wanted", wanted)])
+            db.execute("INSERT OR IGNORE INTO work (name, due) SELECT name, 0 FROM files")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._tx(tx)
 
     def close(self) -> None:
         self.db.close()
@@ -193,12 +240,15 @@ class Catalog:
                 "INSERT OR IGNORE INTO garbage SELECT blob, server FROM intents WHERE blob = ? AND server NOT IN (%s)"
                 % ",".join("?" * len(servers)), (blob, *servers))
             db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
-            row = db.execute("SELECT version, blob FROM files WHERE name = ?", (name,)).fetchone()
+            row = db.execute("SELECT version, blob, size, replicas FROM files WHERE name = ?", (name,)).fetchone()
             if row is not None and row[0] > version:
                 db.executemany("INSERT OR IGNORE INTO garbage VALUES (?, ?)", [(blob, s) for s in servers])
                 return False
             if row is not None:
                 self._drop_blob(db, row[1])
+                _count(db, 0, size - row[2], replicas - row[3])
+            else:
+                _count(db, 1, size, replicas)
             db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (name, version, blob, size, sha256, replicas, now))
             db.executemany("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", [(blob, s, now) for s in servers])
@@ -215,13 +265,20 @@ class Catalog:
             record = self._lookup(db, name)
             if record is not None:
                 db.execute("DELETE FROM files WHERE name = ?", (name,))
+                db.execute("DELETE FROM work WHERE name = ?", (name,))
                 self._drop_blob(db, record.blob)
+                _count(db, -1, -record.size, -record.replicas)
             return record
         return self._tx(tx)
 
     def set_replicas(self, name: str, count: int) -> FileRecord | None:
         def tx(db: sqlite3.Connection) -> FileRecord | None:
+            row = db.execute("SELECT replicas FROM files WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return None
             db.execute("UPDATE files SET replicas = ? WHERE name = ?", (count, name))
+            _count(db, 0, 0, count - row[0])
+            _enqueue(db, [name])
             return self._lookup(db, name)
         return self._tx(tx)
 
@@ -236,14 +293,26 @@ class Catalog:
                 return False
             db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", (blob, server, now))
             db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
+            _enqueue(db, [name])
             return True
         return self._tx(tx)
 
     def drop_copy(self, blob: str, server: str) -> None:
-        """A copy no longer counts and is to be deleted from its server."""
+        """A copy no longer counts (found corrupt) and is to be deleted from
+        its server; its file is queued, to be copied again."""
         def tx(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
             db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
+            _enqueue(db, [row[0] for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))])
+        self._tx(tx)
+
+    def drop_copies(self, drops: Iterable[tuple[str, str]]) -> None:
+        """The reconciler's drops, (blob, server) each: copies over the wanted
+        count, or on dead servers once replaced. No longer counted, to be deleted."""
+        def tx(db: sqlite3.Connection) -> None:
+            for blob, server in drops:
+                db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
+                db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
         self._tx(tx)
 
     def abandon_copy(self, blob: str, server: str) -> None:
@@ -268,6 +337,7 @@ class Catalog:
                 "SELECT blob, since FROM copies WHERE server = ?", (server,))}
             missing = [b for b, since in listed.items() if b not in present and since < before]
             db.executemany("DELETE FROM copies WHERE blob = ? AND server = ?", [(b, server) for b in missing])
+            changed = list(missing)
             counted = garbage = 0
             for blob in present - listed.keys():
                 if db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone():
@@ -275,11 +345,14 @@ class Catalog:
                 if db.execute("SELECT 1 FROM files WHERE blob = ?", (blob,)).fetchone():
                     db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", (blob, server, before))
                     db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
+                    changed.append(blob)
                     counted += 1
                 elif not db.execute("SELECT 1 FROM intents WHERE blob = ? AND server = ?",
                                     (blob, server)).fetchone():
                     db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
                     garbage += 1
+            _enqueue(db, [row[0] for blob in changed
+                          for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))])
             return len(missing), counted, garbage
         return self._tx(tx)
 
@@ -304,9 +377,13 @@ class Catalog:
                     continue
                 else:
                     if row is not None:
+                        old = db.execute("SELECT size, replicas FROM files WHERE name = ?", (name,)).fetchone()
                         self._drop_blob(db, row[1])
+                        _count(db, -1, -old[0], -old[1])
                     db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                                (name, version, blob, size, sha256, max(1, replicas), now))
+                    _count(db, 1, size, max(1, replicas))
+                    _enqueue(db, [name])
                 db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", (blob, server, now))
                 db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
                 taken += 1
@@ -362,9 +439,122 @@ class Catalog:
             (len(prefix), prefix)).fetchall()
         return [_record(r) for r in rows]
 
-    def totals(self) -> tuple[int, int]:
-        files, size = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM files").fetchone()
-        return files, size
+    # -- the reconciler's queue (see deposito.reconciler)
+
+    def enqueue(self, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:
+        """Queue files to be looked at again, from ``due`` on (or sooner, if
+        queued so already); ``only_new``: leave files already queued as they are."""
+        self._tx(lambda db: _enqueue(db, names, due, only_new))
+
+    def enqueue_server(self, server: str, after: str, limit: int) -> str | None:
+        """Queue the files with a copy on ``server`` (it came or went): the
+        next ``limit`` of its copies by blob id after ``after``. Returns the
+        last blob id queued, to go on from, or None when there are no more."""
+        def tx(db: sqlite3.Connection) -> str | None:
+            blobs = [row[0] for row in db.execute(
+                "SELECT blob FROM copies WHERE server = ? AND blob > ? ORDER BY blob LIMIT ?",
+                (server, after, limit))]
+            names = [row[0] for blob in blobs for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))]
+            _enqueue(db, names)
+            return blobs[-1] if len(blobs) == limit else None
+        return self._tx(tx)
+
+    def wake(self, now: float) -> int:
+        """A server came back: every queued file waiting for later is due now."""
+        return self._tx(lambda db: db.execute("UPDATE work SET due = ?, gen = gen + 1 WHERE due > ?",
+                                              (now, now)).rowcount)
+
+    def due_work(self, now: float, limit: int) -> list[tuple[str, int, int]]:
+        """The next queued files due by ``now`` (name, generation, rank): files
+        not yet looked at first (rank 0), then those with the fewest healthy copies."""
+        return self.db.execute("SELECT name, gen, rank FROM work WHERE due <= ? ORDER BY rank, due LIMIT ?",
+                               (now, limit)).fetchall()
+
+    def next_due(self) -> float | None:
+        return self.db.execute("SELECT min(due) FROM work").fetchone()[0]
+
+    def records(self, names: Iterable[str]) -> list[FileRecord | None]:
+        return [self._lookup(self.db, name) for name in names]
+
+    def records_after(self, after: str, limit: int) -> list[FileRecord]:
+        """The next ``limit`` files in name order after ``after`` (the background sweep's page)."""
+        rows = self.db.execute(
+            "SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
+            " (SELECT group_concat(server, ' ') FROM (SELECT server FROM copies c WHERE c.blob = f.blob ORDER BY server))"
+            " FROM files f WHERE f.name > ? ORDER BY f.name LIMIT ?", (after, limit)).fetchall()
+        return [_record(r) for r in rows]
+
+    def settle(self, outcomes: Iterable[Outcome]) -> None:
+        """Record what the reconciler found for each file it looked at: done
+        (out of the queue) or when to look again. A file queued again
+        meanwhile (its generation moved on) stays as that left it."""
+        def tx(db: sqlite3.Connection) -> None:
+            for o in outcomes:
+                if o.due is None:
+                    db.execute("DELETE FROM work WHERE name = ? AND gen = ?", (o.name, o.gen))
+                else:
+                    db.execute("UPDATE work SET due = ?, rank = ?, wanted = ?, have = ?, moves = ?"
+                               " WHERE name = ? AND gen = ?",
+                               (o.due, o.rank, o.wanted, o.have, o.moves, o.name, o.gen))
+        self._tx(tx)
+
+    def counts(self) -> Counts:
+        """The totals kept with every change, and the queue's own counts:
+        the cost follows the work queued, not the number of files."""
+        totals = dict(self.db.execute("SELECT key, value FROM totals"))
+        under, over, moves, fresh, surplus, queued = self.db.execute(
+            "SELECT coalesce(sum(have < wanted), 0), coalesce(sum(have > wanted), 0),"
+            " coalesce(sum(moves), 0), coalesce(sum(have IS NULL), 0), coalesce(sum(have - wanted), 0),"
+            " count(*) FROM work").fetchone()
+        return Counts(files=totals.get("files", 0), bytes=totals.get("bytes", 0),
+                      wanted=totals.get("wanted", 0), under=under, over=over, moves=moves, fresh=fresh,
+                      healthy=totals.get("wanted", 0) + surplus, queued=queued,
+                      garbage=self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall())
+
+
+@attrs.frozen
+class Outcome:
+    """What the reconciler found for one queued file: ``due`` None when
+    there is nothing left to do for it, else when to look again."""
+
+    name: str
+    gen: int
+    due: float | None
+    rank: int = 0
+    wanted: int | None = None
+    have: int | None = None
+    moves: int = 0
+
+
+@attrs.frozen
+class Counts:
+    """The cluster's counts as the catalog keeps them (see :meth:`Catalog.counts`)."""
+
+    files: int
+    bytes: int
+    wanted: int  # copies wanted, over all files
+    healthy: int  # copies healthy, as last looked at (files not queued have what they want)
+    under: int  # queued files found below their wanted count
+    over: int
+    moves: int  # copies to make or drop, as planned for the queued files
+    fresh: int  # queued files not looked at yet
+    queued: int  # queued files
+    garbage: list[tuple[str, int]]  # copies to delete, by server
+
+
+def _count(db: sqlite3.Connection, files: int, size: int, wanted: int) -> None:
+    for key, delta in zip(TOTALS, (files, size, wanted)):
+        if delta:
+            db.execute("UPDATE totals SET value = value + ? WHERE key = ?", (delta, key))
+
+
+def _enqueue(db: sqlite3.Connection, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:
+    if only_new:
+        db.executemany("INSERT OR IGNORE INTO work (name, due) VALUES (?, ?)", [(name, due) for name in names])
+        return
+    db.executemany("INSERT INTO work (name, due) VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+                   " SET due = min(due, excluded.due), rank = 0, gen = gen + 1",
+                   [(name, due) for name in names])
 
 
 # What these record may be lost in a machine crash without harm, so a batch of
@@ -372,16 +562,22 @@ class Catalog:
 # an unrecorded intent leaves an orphan that the servers' inventory finds; a
 # version number not kept was never visible; a garbage entry not forgotten is
 # deleted again ("absent"); a server's address comes again when it joins.
+# The reconciler's queue is a guide, not a record: a lost change to it is
+# found again by the events that follow and by the reconciler's sweep.
 for _method in (Catalog.begin_upload, Catalog.add_intent, Catalog.forget_garbage, Catalog.save_server,
                 Catalog.lookup, Catalog.list, Catalog.garbage, Catalog.garbage_count, Catalog.servers,
-                Catalog.totals, Catalog.busy, Catalog.is_empty):
+                Catalog.busy, Catalog.is_empty, Catalog.enqueue, Catalog.enqueue_server, Catalog.wake,
+                Catalog.due_work, Catalog.next_due, Catalog.records, Catalog.records_after, Catalog.settle,
+                Catalog.counts):
     _method.durable = False  # type: ignore[attr-defined]
 
 # What these do leaves every name's record as it was (files and copies are
 # untouched), so the records the catalog thread keeps in memory stay true.
 for _method in (Catalog.begin_upload, Catalog.add_intent, Catalog.abandon, Catalog.forget_garbage,
                 Catalog.save_server, Catalog.lookup, Catalog.list, Catalog.garbage, Catalog.garbage_count,
-                Catalog.servers, Catalog.totals, Catalog.busy, Catalog.is_empty):
+                Catalog.servers, Catalog.busy, Catalog.is_empty, Catalog.enqueue, Catalog.enqueue_server,
+                Catalog.wake, Catalog.due_work, Catalog.next_due, Catalog.records, Catalog.records_after,
+                Catalog.settle, Catalog.counts):
     _method.keeps_records = True  # type: ignore[attr-defined]
 
 
@@ -396,6 +592,7 @@ def _servers(ids: str) -> tuple[str, ...]:
     return tuple(ids.split(" ")) if ids else ()
 
 
+@implementer(IWorkCatalog)
 class CatalogThread:
     """Runs Catalog methods on one thread of their own, in order, as Deferreds.
 
@@ -497,3 +694,44 @@ class CatalogThread:
             if len(self._records) > self.kept:
                 self._records.popitem(last=False)
         return record
+
+    # -- the reconciler's view of the catalog (IWorkCatalog)
+
+    def due_work(self, now: float, limit: int) -> Deferred:
+        return self(Catalog.due_work, now, limit)
+
+    def next_due(self) -> Deferred:
+        return self(Catalog.next_due)
+
+    def records(self, names: list[str]) -> Deferred:
+        return self(Catalog.records, names)
+
+    def records_after(self, after: str, limit: int) -> Deferred:
+        return self(Catalog.records_after, after, limit)
+
+    def settle(self, outcomes: list[Outcome]) -> Deferred:
+        return self(Catalog.settle, outcomes)
+
+    def enqueue(self, names: list[str], due: float = 0.0, only_new: bool = False) -> Deferred:
+        return self(Catalog.enqueue, names, due, only_new)
+
+    def enqueue_server(self, server: str, after: str, limit: int) -> Deferred:
+        return self(Catalog.enqueue_server, server, after, limit)
+
+    def wake(self, now: float) -> Deferred:
+        return self(Catalog.wake, now)
+
+    def lookup(self, name: str) -> Deferred:
+        return self(Catalog.lookup, name)
+
+    def busy(self, blob: str) -> Deferred:
+        return self(Catalog.busy, blob)
+
+    def add_copy(self, name: str, blob: str, server: str, now: float) -> Deferred:
+        return self(Catalog.add_copy, name, blob, server, now)
+
+    def abandon_copy(self, blob: str, server: str) -> Deferred:
+        return self(Catalog.abandon_copy, blob, server)
+
+    def drop_copies(self, drops: list[tuple[str, str]]) -> Deferred:
+        return self(Catalog.drop_copies, drops)

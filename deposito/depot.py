@@ -20,7 +20,7 @@ from deposito.placement import place, read_order
 from deposito.pool import BlobPool
 from deposito.protocols.blob import BlobClient
 from deposito.roster import Member, Roster
-from deposito.reconciler import Reconciler, assess, plan
+from deposito.reconciler import Reconciler
 from deposito.transfer import SMALL_READ, CopyFailed, Upload, copy_blob, read_small, stream_blob
 
 
@@ -47,6 +47,7 @@ class Depot:
         self._reported: set[str] = set()
         self._adopted = 0
         self._started_at = reactor.seconds()
+        self._absent: Any = None
         self.stall_timeout = stall_timeout
         self._collector = task.LoopingCall(self._collect)
         self._collector.clock = reactor
@@ -55,7 +56,8 @@ class Depot:
         # (blob, server) -> when its delete landed: an inventory listed before
         # that moment may still name the blob, and must not count it again
         self.recently_deleted: dict[tuple[str, str], float] = {}
-        self.reconciler = Reconciler(reactor, self)
+        self.reconciler = Reconciler(reactor, db, roster, self, collect=self.kick,
+                                     paused=lambda: self.rebuilding)
 
     def start(self) -> defer.Deferred:
         self._started_at = self.reactor.seconds()
@@ -102,10 +104,22 @@ class Depot:
         self.pool.start()
         self._collector.start(self.collect_every, now=False)
         self.reconciler.start()
+        self._absent = self.reactor.callLater(self.absent_after, self._still_absent)
+
+    absent_after = 10.0  # after a restart, servers not back by then count as down in STATUS
+
+    def _still_absent(self) -> None:
+        """Servers known before the restart that have not joined again: their
+        files are queued, so the counts show them short of copies."""
+        for m in list(self.roster.members.values()):
+            if m.state == "down":
+                self.reconciler.server_changed(m)
 
     async def stop(self) -> None:
         if self._collector.running:
             self._collector.stop()
+        if self._absent is not None and self._absent.active():
+            self._absent.cancel()
         await self.reconciler.stop()
         if self._collecting is not None:
             await self._collecting
@@ -119,7 +133,7 @@ class Depot:
             self.kick()
         else:
             self.pool.abort(m)
-        self.reconciler.roster_changed()
+        self.reconciler.server_changed(m)
 
     async def connect(self, member: Member) -> BlobClient:
         """A connection to a storage server; hand it back with ``self.pool.release``."""
@@ -187,6 +201,9 @@ class Depot:
                                upload.sha256, upload.replicas, ids, self.reactor.seconds())
         for m in good:  # count the bytes now; the next heartbeat brings the server's own figure
             m.used += upload.size
+        if newest and not all(m.up for m in good):  # one went down meanwhile: the file is short
+            await self.db(Catalog.enqueue, [upload.name])
+            self.reconciler.kick()
         if not newest or upload.version > 1 or len(tried) > len(good):
             self.kick()  # a version replaced, or copies not kept: garbage to delete now
         self.log.info("stored {name} version {version} ({size} bytes) on {servers}",
@@ -303,31 +320,29 @@ class Depot:
         self.reconciler.kick()
         return record, len(self.healthy(record))
 
-    async def status(self) -> dict[str, int]:
-        """Counts that tell the truth about the work left, planned afresh."""
-        records = await self.db(Catalog.list, "")
-        garbage = await self.db(Catalog.garbage_count)
-        under = over = 0
-        for r in records:
-            have = assess(r, self.roster).have
-            under += have < r.replicas
-            over += have > r.replicas
-        copies, drops = plan(records, self.roster)
-        running = self.reconciler.running
+    async def status(self, copies: bool = False) -> dict[str, int]:
+        """Counts that tell the truth about the work left: kept with every
+        change, and counted over the queued work alone (so they cost the
+        same at any number of files). ``copies``: with the copies wanted and
+        healthy, summed over all files."""
+        c = await self.db(Catalog.counts)
+        running = len(self.reconciler.running)
         collecting = self._collecting is not None
-        deletable = sum(n for sid, n in garbage if self.roster.is_up(sid))
+        deletable = sum(n for sid, n in c.garbage if self.roster.is_up(sid))
         up = len(self.roster.up())
-        return {
-            "files": len(records),
-            "bytes": sum(r.size for r in records),
+        status = {
+            "files": c.files,
+            "bytes": c.bytes,
             "servers_up": up,
             "servers_down": len(self.roster.members) - up,
-            "under": under,
-            "over": over,
-            "repairs_queued": sum(t.count for t in copies if t.record.name not in running) + len(drops)
-            + max(0, deletable - collecting),
-            "repairs_running": len(running) + collecting,
+            "under": c.under,
+            "over": c.over,
+            "repairs_queued": max(0, c.moves - running) + c.fresh + max(0, deletable - collecting),
+            "repairs_running": running + collecting,
         }
+        if copies:
+            status.update(copies_wanted=c.wanted, copies_healthy=c.healthy)
+        return status
 
     def inventory(self, member: Member, entries: list, since: float) -> None:
         """A server listed its blobs: missing copies stop counting, unknown ones go

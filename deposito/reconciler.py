@@ -4,21 +4,29 @@ Whatever made them differ (REPLICAS, a dead server, a corrupt or lost copy,
 a server back with copies nobody counts) the same two moves fix it: copy a
 blob from a healthy copy to a server chosen by placement, or drop a copy.
 :func:`plan` decides on plain data; :class:`Reconciler` carries it out,
-most endangered files first, a few copies at a time. All its state is in the
-catalog, so after a restart it simply plans again.
+most endangered files first, a few copies at a time.
+
+Its cost follows the work, not the number of files: it looks only at the
+files queued in the catalog by the changes that may leave them short or
+over (REPLICAS, a copy made or found bad, a server's inventory, a server
+that comes or goes), a page at a time. A slow sweep through every file, a
+page every few seconds, queues whatever an event missed. The queue is in
+the catalog, so after a restart the reconciler simply goes on.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from typing import Callable, Iterable
 
 import attrs
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from deposito.catalog import Catalog, FileRecord
+from deposito.catalog import WAITING, FileRecord, Outcome
 from deposito.errors import DepositoError, NoSpace, NotFound, Unavailable
+from deposito.interfaces import ICopier, IWorkCatalog
 from deposito.roster import Member, Roster
 from deposito.transfer import CopyFailed
 
@@ -84,6 +92,19 @@ def choose_drops(healthy: Iterable[Member], n: int) -> list[Member]:
     return out
 
 
+def drops_for(a: Assessment) -> list[str]:
+    """The copies to drop: extras beyond the wanted count, and copies on dead
+    servers once the file has its count without them."""
+    out = [m.id for m in choose_drops(a.healthy, a.excess)]
+    if a.gone and a.have >= a.record.replicas:
+        out.extend(a.gone)
+    return out
+
+
+def endangered_first(t: CopyTask) -> tuple:
+    return (len(t.sources), -t.count, t.record.name)
+
+
 def plan(records: Iterable[FileRecord], roster: Roster) -> tuple[list[CopyTask], list[DropTask]]:
     """The moves that bring every file to its wanted count; copies most endangered first."""
     copies: list[CopyTask] = []
@@ -92,133 +113,255 @@ def plan(records: Iterable[FileRecord], roster: Roster) -> tuple[list[CopyTask],
         a = assess(record, roster)
         if a.deficit and a.healthy:
             copies.append(CopyTask(record, a.deficit, a.healthy, record.servers))
-        for m in choose_drops(a.healthy, a.excess):
-            drops.append(DropTask(record, m.id))
-        if a.gone and a.have >= record.replicas:  # replaced already: forget them
-            drops.extend(DropTask(record, sid) for sid in a.gone)
-    copies.sort(key=lambda t: (len(t.sources), -t.count, t.record.name))
+        drops.extend(DropTask(record, sid) for sid in drops_for(a))
+    copies.sort(key=endangered_first)
     return copies, drops
 
 
+
+
+PAGE = 500  # queued files looked at in one step
+SERVER_PAGE = 5000  # copies of a server that came or went, queued in one step
+SWEEP_PAGE = 1000  # files the sweep reads in one step
+SWEEP_EVERY = 10.0  # seconds between the sweep's steps: a million files in under three hours
+LEASE = 300.0  # a file with copies planned is not looked at again before this, unless it changes
+RETRY = 10.0  # a file whose copies all failed is looked at again after this
+WAITING_RANK = 1000  # files that wait on a server come last among the due (0: not looked at yet)
+
+
+def _settled(a: Assessment) -> bool:
+    """Nothing to do for the file, now or when a server comes back."""
+    return not (a.deficit or a.excess or a.waiting or a.gone or a.have < a.record.replicas)
+
+
 class Reconciler:
+    """Works through the catalog's queue of files that may need copies made
+    or dropped; WAIT on REPLICAS is answered from here."""
+
     log = Logger()
 
-    def __init__(self, reactor: Any, depot: Any, concurrency: int = 2, every: float = 5.0) -> None:
-        self.reactor = reactor
-        self.depot = depot
-        self.db = depot.db
-        self.roster: Roster = depot.roster
+    def __init__(self, clock: IReactorTime, catalog: IWorkCatalog, roster: Roster, copier: ICopier,
+                 collect: Callable[[], None] = lambda: None, paused: Callable[[], bool] = lambda: False,
+                 concurrency: int = 4, sweep_every: float = SWEEP_EVERY) -> None:
+        self.clock = clock
+        self.catalog = catalog
+        self.roster = roster
+        self.copier = copier
+        self.collect = collect  # copies dropped: delete them from the servers soon
+        self.paused = paused  # while true, no moves (the catalog is being rebuilt)
         self.concurrency = concurrency
         self.running: dict[str, defer.Deferred] = {}
-        self.queued = 0
+        self.planned: list[CopyTask] = []  # waiting for a free slot, most endangered first
+        self._planned: set[str] = set()
         self.done = 0
         self.failures: dict[str, DepositoError] = {}
         self.waiters: dict[str, list[tuple[int, defer.Deferred]]] = {}
-        self._loop = task.LoopingCall(self.kick)
-        self._loop.clock = reactor
-        self.every = every
-        self._cycle: defer.Deferred | None = None
+        self._started = False
+        self._step: defer.Deferred | None = None
+        self._stepping = False
         self._again = False
-        self._retry_at: dict[str, float] = {}
-        self.retry_after = 10.0
+        self._timer: IDelayedCall | None = None
+        self._servers: dict[str, defer.Deferred] = {}  # servers whose copies are being queued
+        self._requeue: set[str] = set()
+        self._sweep = task.LoopingCall(self.sweep)
+        self._sweep.clock = clock
+        self.sweep_every = sweep_every
+        self._cursor = ""
 
     def start(self) -> None:
-        self._loop.start(self.every, now=True).addErrback(lambda f: self.log.failure("reconciler loop", f))
+        self._started = True
+        self._sweep.start(self.sweep_every, now=False).addErrback(lambda f: self.log.failure("sweeping", f))
+        self.kick()
 
     def stop(self) -> defer.Deferred:
-        if self._loop.running:
-            self._loop.stop()
+        self._started = False
+        if self._sweep.running:
+            self._sweep.stop()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         for waiters in self.waiters.values():
             for _, d in waiters:
                 d.cancel()
-        pending = list(self.running.values()) + ([self._cycle] if self._cycle else [])
+        pending = [*self.running.values(), *self._servers.values(), *([self._step] if self._step else [])]
         return defer.DeferredList(pending, consumeErrors=True)
 
+    # -- the queue
+
     def kick(self) -> None:
-        """Plan again now (or right after the planning under way)."""
-        if self._cycle is not None:
+        """Look at the queue now (or right after the step under way)."""
+        if not self._started:
+            return
+        if self._stepping:
             self._again = True
             return
-        self._cycle = defer.ensureDeferred(self._plan_once())
-        self._cycle.addErrback(lambda f: self.log.failure("reconciling", f))
-        self._cycle.addBoth(self._planned)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._stepping = True
+        d = defer.ensureDeferred(self._step_once())
+        d.addErrback(self._step_failed)
+        d.addCallback(self._stepped)
+        if self._stepping:
+            self._step = d
 
-    def _planned(self, _: object) -> None:
-        self._cycle = None
-        if self._again and self._loop.running:
+    def _step_failed(self, failure: object) -> float:
+        self.log.failure("reconciling", failure)
+        return self.clock.seconds() + RETRY
+
+    def _stepped(self, wake_at: float | None) -> None:
+        self._step, self._stepping = None, False
+        if not self._started:
+            return
+        if self._again:
             self._again = False
-            self.reactor.callLater(0, self.kick)
+            wake_at = self.clock.seconds()
+        if wake_at is not None:
+            self._timer = self.clock.callLater(max(0.0, wake_at - self.clock.seconds()), self.kick)
 
-    async def _plan_once(self) -> None:
-        if getattr(self.depot, "rebuilding", False):
-            return  # half the servers' copies may be unknown yet: no moves on a partial picture
-        records = await self.db(Catalog.list, "")
-        copies, drops = plan(records, self.roster)
-        for drop in drops:
-            self.log.info("dropping the copy of {name} on {id}", name=drop.record.name, id=drop.server,
-                          event="drop")
-            await self.db(Catalog.drop_copy, drop.record.blob, drop.server)
+    async def _step_once(self) -> float | None:
+        """Look at a page of the files due; returns when to look again (None:
+        when something changes)."""
+        if self.paused():
+            return self.clock.seconds() + 1.0  # half the copies may be unknown yet: no moves
+        self._start_copies()
+        if len(self.planned) >= 2 * PAGE:
+            return None  # each copy that ends kicks
+        now = self.clock.seconds()
+        due = await self.catalog.due_work(now, PAGE)
+        if due:
+            await self._look_at(due, await self.catalog.records([name for name, _, _ in due]), now)
+        await self.check_waiters()
+        if len(due) == PAGE:
+            return now
+        after = await self.catalog.next_due()
+        return after if after is not None and after < WAITING else None
+
+    async def _look_at(self, due: list[tuple[str, int, int]], records: list[FileRecord | None],
+                       now: float) -> None:
+        """Drop what is over now; copies wait in the queue until every file
+        queued before them has been looked at once, so that they start most
+        endangered first across the whole queue, not just this page."""
+        outcomes, drops, copies = [], [], []
+        ranking = any(rank == 0 for _, _, rank in due)  # fresh files in the queue: rank them all first
+        for (name, gen, rank), record in zip(due, records):
+            if record is None:
+                outcomes.append(Outcome(name, gen, None))
+                continue
+            a = assess(record, self.roster)
+            if name in self.running or name in self._planned:  # no drops while a copy is under way
+                outcomes.append(Outcome(name, gen, now + LEASE, 1 + len(a.healthy), record.replicas, a.have,
+                                        a.deficit))
+                continue
+            drops.extend((record, sid) for sid in drops_for(a))
+            have = a.have - a.excess
+            if a.deficit and a.healthy:
+                if not ranking:
+                    copies.append(CopyTask(record, a.deficit, a.healthy, record.servers))
+                outcomes.append(Outcome(name, gen, now if ranking else now + LEASE, 1 + len(a.healthy),
+                                        record.replicas, have, a.deficit))
+            elif a.deficit or a.waiting:  # only a server coming back, or dying, changes this
+                outcomes.append(Outcome(name, gen, WAITING, WAITING_RANK, record.replicas, have, 0))
+            else:
+                outcomes.append(Outcome(name, gen, None))
         if drops:
-            self.depot.kick()
-        now = self.reactor.seconds()
-        waiting = [t for t in copies if t.record.name not in self.running
-                   and self._retry_at.get(t.record.name, 0.0) <= now]
-        while waiting and len(self.running) < self.concurrency and self._loop.running:
-            t = waiting.pop(0)
+            for record, sid in drops:
+                self.log.info("dropping the copy of {name} on {id}", name=record.name, id=sid, event="drop")
+            await self.catalog.drop_copies([(record.blob, sid) for record, sid in drops])
+            self.collect()
+        await self.catalog.settle(outcomes)
+        self.planned = sorted(self.planned + copies, key=endangered_first)
+        self._planned.update(t.record.name for t in copies)
+        self._start_copies()
+
+    def _start_copies(self) -> None:
+        while self.planned and len(self.running) < self.concurrency and self._started:
+            t = self.planned.pop(0)
+            self._planned.discard(t.record.name)
             d = defer.ensureDeferred(self._copy(t))
             self.running[t.record.name] = d
             d.addErrback(lambda f: self.log.failure("repair", f))  # then counts as none made
             d.addBoth(self._repaired, t.record.name)
-        self.queued = sum(t.count for t in waiting)
-        await self.check_waiters(records if not drops else None)
 
     def _repaired(self, made: object, name: str) -> None:
         self.running.pop(name, None)
-        if made:
-            self._retry_at.pop(name, None)
-        else:  # nothing came of it: try that file again later, not at once
-            self._retry_at[name] = self.reactor.seconds() + self.retry_after
-        if self._loop.running:
+        if not made:  # nothing came of it: look at that file again later, not at once
+            d = self.catalog.enqueue([name], self.clock.seconds() + RETRY)
+            d.addErrback(lambda f: self.log.failure("queueing {name}", f, name=name))
+        self.kick()
+
+    def server_changed(self, member: Member) -> None:
+        """A server came, went or died. Gone: each file with a copy on it is
+        queued. Back: every file waiting for a server is due now."""
+        if member.up:
+            d = self.catalog.wake(self.clock.seconds())
+            d.addCallback(lambda _: self.kick())
+            d.addErrback(lambda f: self.log.failure("waking the queue", f))
+        elif member.id in self._servers:
+            self._requeue.add(member.id)
+        else:
+            d = self._servers[member.id] = defer.ensureDeferred(self._queue_copies_of(member.id))
+            d.addErrback(lambda f: self.log.failure("queueing the files of {id}", f, id=member.id))
+            d.addBoth(self._server_queued, member)
+
+    async def _queue_copies_of(self, server: str) -> None:
+        after: str | None = ""
+        while after is not None:
+            after = await self.catalog.enqueue_server(server, after, SERVER_PAGE)
             self.kick()
 
-    def roster_changed(self) -> None:
-        """A server came, went or died: what failed before may work now."""
-        self._retry_at.clear()
-        self.kick()
+    def _server_queued(self, _: object, member: Member) -> None:
+        del self._servers[member.id]
+        if member.id in self._requeue:
+            self._requeue.discard(member.id)
+            self.server_changed(member)
+
+    def sweep(self) -> defer.Deferred:
+        """One page of the slow sweep through every file: queue any file
+        that is not as it should be and that no event queued."""
+        return defer.ensureDeferred(self._sweep_once()).addErrback(lambda f: self.log.failure("sweeping", f))
+
+    async def _sweep_once(self) -> None:
+        if self.paused():
+            return
+        records = await self.catalog.records_after(self._cursor, SWEEP_PAGE)
+        self._cursor = records[-1].name if len(records) == SWEEP_PAGE else ""
+        missed = [r.name for r in records if not _settled(assess(r, self.roster))]
+        if missed:
+            await self.catalog.enqueue(missed, 0.0, True)
+            self.kick()
 
     async def _copy(self, t: CopyTask) -> int:
         """Add the task's copies; returns how many were made."""
-        busy = await self.db(Catalog.busy, t.record.blob)
+        busy = await self.catalog.busy(t.record.blob)
         taken = [self.roster.get(s) or Member(s, "", "", 0) for s in {*t.holders, *busy}]
         made = 0
         failed: DepositoError | None = None
         for _ in range(t.count):
             try:
-                target = await self.depot.copy_to_new_server(t.record, list(t.sources), taken)
+                target = await self.copier.copy_to_new_server(t.record, list(t.sources), taken)
             except CopyFailed as e:
-                await self.db(Catalog.abandon_copy, t.record.blob, e.target.id)
-                self.depot.kick()
+                await self.catalog.abandon_copy(t.record.blob, e.target.id)
+                self.collect()
                 failed = e
                 continue
             except (Unavailable, NoSpace) as e:
                 self.log.warn("cannot add a copy of {name}: {why}", name=t.record.name, why=str(e),
                               event="repair_failed")
                 self.failures[t.record.name] = e
-                await self.check_waiters(None)
+                await self.check_waiters()
                 return made
             made += 1
-            counted = await self.db(Catalog.add_copy, t.record.name, t.record.blob, target.id,
-                                    self.reactor.seconds())
+            counted = await self.catalog.add_copy(t.record.name, t.record.blob, target.id, self.clock.seconds())
             self.done += 1
             self.log.info("made a copy of {name} on {id}", name=t.record.name, id=target.id, event="repaired")
             self.failures.pop(t.record.name, None)
-            await self.check_waiters(None)
+            await self.check_waiters()
             if not counted:  # the file changed meanwhile: the copy is garbage
-                self.depot.kick()
+                self.collect()
                 return made
         if not made and failed is not None:  # every attempt failed: a waiting REPLICAS hears it
             self.failures[t.record.name] = failed
-            await self.check_waiters(None)
+            await self.check_waiters()
         return made
 
     # -- REPLICAS ... WAIT
@@ -237,16 +380,13 @@ class Reconciler:
         self.kick()
         return d
 
-    async def check_waiters(self, records: list[FileRecord] | None) -> None:
-        if not any(self.waiters.values()):
-            return
-        by_name = {r.name: r for r in records} if records is not None else None
+    async def check_waiters(self) -> None:
+        """Answer the waits that can be answered (one lookup per file waited on)."""
         for name in list(self.waiters):
-            entries = self.waiters.get(name)
-            if not entries:
+            if not self.waiters.get(name):
                 self.waiters.pop(name, None)
                 continue
-            record = by_name.get(name) if by_name is not None else await self.db(Catalog.lookup, name)
+            record = await self.catalog.lookup(name)
             entries = self.waiters.get(name, [])  # a client may have left meanwhile
             for count, d in list(entries):
                 outcome = self._outcome(record, count, name)

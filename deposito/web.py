@@ -46,10 +46,7 @@ METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 async def gather(depot: Any, events: EventLog, clock: Any) -> dict[str, Any]:
     """STATUS's counts, and what only a page or a scrape needs beside them."""
-    status = dict(await depot.status())
-    records = await depot.list("")
-    status["copies_wanted"] = sum(r.replicas for r in records)
-    status["copies_healthy"] = sum(assess(r, depot.roster).have for r in records)
+    status = dict(await depot.status(copies=True))
     status["repairs_done"] = events.counts["repaired"] + events.counts["drop"]
     status["repairs_per_minute"] = round(events.rate.per_minute(clock.seconds()), 1)
     return status

@@ -79,7 +79,8 @@ def test_list_prefix_is_literal(cat):
         cat.commit(name, v, "blob" + name, 1, "x", 1, ["s1"], 0.0)
     assert [r.name for r in cat.list("a%")] == ["a%"]
     assert [r.name for r in cat.list("a")] == ["a%", "a_b", "ab"]
-    assert cat.totals() == (4, 4)
+    counts = cat.counts()
+    assert (counts.files, counts.bytes) == (4, 4)
 
 
 def test_batch_commits_together_and_isolates_a_failing_call(cat):

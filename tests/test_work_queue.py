@@ -1,0 +1,277 @@
+"""The reconciler's cost follows the work: it reads only the files queued.
+
+A real SQLite catalog behind the reconciler's narrow view (IWorkCatalog),
+answered at once, and a copier that records what it is asked to copy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from twisted.internet import defer, task
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from deposito.catalog import Catalog
+from deposito.interfaces import ICopier, IWorkCatalog
+from deposito.reconciler import PAGE, SWEEP_PAGE, Reconciler
+from deposito.roster import Member, Roster
+
+
+@implementer(IWorkCatalog)
+class NowCatalog:
+    """The catalog's methods, answered at once; counts the files it reads."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.read: list[str] = []  # names whose records were read, in order
+        self.swept = 0
+
+    def _now(self, method, *args):
+        return defer.succeed(method(*args))
+
+    def due_work(self, now, limit):
+        return self._now(self.catalog.due_work, now, limit)
+
+    def next_due(self):
+        return self._now(self.catalog.next_due)
+
+    def records(self, names):
+        self.read.extend(names)
+        return self._now(self.catalog.records, names)
+
+    def records_after(self, after, limit):
+        records = self.catalog.records_after(after, limit)
+        self.swept += len(records)
+        return defer.succeed(records)
+
+    def settle(self, outcomes):
+        return self._now(self.catalog.settle, outcomes)
+
+    def enqueue(self, names, due=0.0, only_new=False):
+        return self._now(self.catalog.enqueue, names, due, only_new)
+
+    def enqueue_server(self, server, after, limit):
+        return self._now(self.catalog.enqueue_server, server, after, limit)
+
+    def wake(self, now):
+        return self._now(self.catalog.wake, now)
+
+    def lookup(self, name):
+        return self._now(self.catalog.lookup, name)
+
+    def busy(self, blob):
+        return self._now(self.catalog.busy, blob)
+
+    def add_copy(self, name, blob, server, now):
+        return self._now(self.catalog.add_copy, name, blob, server, now)
+
+    def abandon_copy(self, blob, server):
+        return self._now(self.catalog.abandon_copy, blob, server)
+
+    def drop_copies(self, drops):
+        return self._now(self.catalog.drop_copies, drops)
+
+
+@implementer(ICopier)
+class Copier:
+    """Copies by naming the first up server not taken; remembers the files."""
+
+    def __init__(self, roster: Roster) -> None:
+        self.roster = roster
+        self.copied: list[str] = []
+
+    def copy_to_new_server(self, record, sources, taken):
+        ids = {m.id for m in taken}
+        target = next(m for m in sorted(self.roster.members.values(), key=lambda m: m.id)
+                      if m.up and m.id not in ids)
+        taken.append(target)
+        self.copied.append(record.name)
+        return defer.succeed(target)
+
+
+def store(cat: Catalog, name: str, servers: list[str], replicas: int | None = None) -> None:
+    blob = f"{name:0>32}"[-32:]
+    version = cat.begin_upload(name, blob, servers)
+    assert cat.commit(name, version, blob, 10, "x", replicas or len(servers), servers, 0.0)
+
+
+def run(clock: task.Clock) -> None:
+    """Let the reconciler's steps that follow at once run."""
+    for _ in range(100):
+        clock.advance(0)
+
+
+def make(tmp_path, files: int, servers=("a", "b", "c", "d")):
+    cat = Catalog(str(tmp_path))
+    cat.db.execute("PRAGMA synchronous=OFF")  # a test's catalog need not survive a power cut
+    clock = task.Clock()
+    roster = Roster(clock)
+    for i, sid in enumerate(servers):
+        roster.members[sid] = Member(sid, f"z{i}", "h", 1, capacity=10**9, state="up")
+    for i in range(files):
+        store(cat, f"f{i:06d}", [servers[i % 2], servers[2 + i % 2]])
+    view = NowCatalog(cat)
+    copier = Copier(roster)
+    rec = Reconciler(clock, view, roster, copier, sweep_every=3600.0)
+    return cat, clock, roster, view, copier, rec
+
+
+def copies_on(cat: Catalog, name: str) -> list[str]:
+    return sorted(cat.lookup(name).servers)
+
+
+def test_the_fakes_are_what_the_reconciler_needs(tmp_path):
+    cat, clock, roster, view, copier, rec = make(tmp_path, 0)
+    assert verifyObject(IWorkCatalog, view) and verifyObject(ICopier, copier)
+    cat.close()
+
+
+@pytest.mark.parametrize("files", [100, 3000])
+def test_the_reconciler_reads_only_the_files_queued(tmp_path, files):
+    cat, clock, roster, view, copier, rec = make(tmp_path, files)
+    rec.start()
+    assert view.read == [] and cat.counts().queued == 0  # a healthy catalog: nothing to read
+    short = ["f000007", "f000042", "f000099"]
+    for name in short:
+        cat.set_replicas(name, 3)
+    rec.kick()
+    run(clock)
+    # the same reads at any catalog size: each queued file, to rank it, to copy it, to see it done
+    assert sorted(set(view.read)) == short and len(view.read) == 3 * len(short)
+    assert sorted(copier.copied) == short
+    assert all(len(copies_on(cat, n)) == 3 for n in short)
+    assert cat.counts().queued == 0
+    rec.stop()
+    cat.close()
+
+
+def test_a_server_that_goes_queues_exactly_its_files_and_they_are_copied_again(tmp_path):
+    cat, clock, roster, view, copier, rec = make(tmp_path, 1200)
+    rec.start()
+    a = roster.members["a"]
+    on_a = {f"f{i:06d}" for i in range(1200) if i % 2 == 0}
+    a.state = "down"
+    rec.server_changed(a)
+    run(clock)
+    counts = cat.counts()
+    assert counts.queued == len(on_a) and counts.under == len(on_a)  # short, but waiting: nothing copied
+    assert copier.copied == []
+    a.state = "dead"
+    rec.server_changed(a)
+    run(clock)
+    assert sorted(copier.copied) == sorted(on_a)
+    # the dead server's copies are forgotten once replaced, and go as garbage
+    assert all(len(copies_on(cat, n)) == 2 and "a" not in copies_on(cat, n) for n in on_a)
+    assert cat.counts().queued == 0
+    rec.stop()
+    cat.close()
+
+
+def test_a_server_back_before_it_died_wakes_its_files_and_nothing_is_copied(tmp_path):
+    cat, clock, roster, view, copier, rec = make(tmp_path, 300)
+    rec.start()
+    b = roster.members["b"]
+    b.state = "down"
+    rec.server_changed(b)
+    run(clock)
+    assert cat.counts().under == 150
+    b.state = "up"
+    rec.server_changed(b)
+    run(clock)
+    assert cat.counts().queued == 0 and copier.copied == []
+    rec.stop()
+    cat.close()
+
+
+def test_the_sweep_finds_a_file_no_event_queued_in_bounded_pages(tmp_path):
+    files = 2 * SWEEP_PAGE + 10
+    cat, clock, roster, view, copier, rec = make(tmp_path, files)
+    rec.start()
+    # a change that bypassed every event: the wanted count raised behind the catalog's back
+    cat.db.execute("UPDATE files SET replicas = 3 WHERE name = 'f001500'")
+    steps = 0
+    while not copier.copied:
+        steps += 1
+        clock.advance(rec.sweep_every)
+        assert view.swept <= steps * SWEEP_PAGE  # a page a step, never the whole catalog
+        assert steps <= 3
+    assert copier.copied == ["f001500"] and len(copies_on(cat, "f001500")) == 3
+    rec.stop()
+    cat.close()
+
+
+def test_most_endangered_first_and_a_page_at_a_time(tmp_path):
+    cat, clock, roster, view, copier, rec = make(tmp_path, PAGE + 50)
+    rec.concurrency = 1
+    for i in range(PAGE + 50):
+        cat.set_replicas(f"f{i:06d}", 3)
+    store(cat, "lonely", ["a"], replicas=3)  # one copy left: it goes first
+    cat.enqueue(["lonely"])
+    rec.start()
+    run(clock)
+    assert copier.copied[0] == "lonely"
+    # each file is read to rank it (once more if its page held fresh ones), to copy it, and to
+    # see it done: a few reads per file queued, never the whole queue per copy
+    assert len(view.read) <= 4 * (PAGE + 51)
+    assert len(copier.copied) == PAGE + 50 + 2  # lonely wants two more
+    rec.stop()
+    cat.close()
+
+
+def test_an_old_catalog_gets_its_totals_and_its_files_queued(tmp_path):
+    cat = Catalog(str(tmp_path))
+    store(cat, "x", ["a"])
+    store(cat, "y", ["a", "b"])
+    cat.db.executescript("DROP TABLE work; DROP TABLE totals; PRAGMA user_version = 0;")
+    cat.close()
+    cat = Catalog(str(tmp_path))
+    counts = cat.counts()
+    assert (counts.files, counts.bytes, counts.wanted, counts.queued) == (2, 20, 3, 2)
+    cat.close()
+
+
+# -- the totals kept with each change equal a recount, whatever the changes
+
+names = st.sampled_from(["a", "b", "c", "d/e", "f g"])
+steps = st.lists(st.one_of(
+    st.tuples(st.just("put"), names, st.integers(1, 1000), st.integers(1, 4)),
+    st.tuples(st.just("delete"), names),
+    st.tuples(st.just("replicas"), names, st.integers(1, 4)),
+    st.tuples(st.just("stale"), names),  # a commit that lost to a newer version
+    st.tuples(st.just("adopt"), names, st.integers(1, 50), st.integers(1, 1000), st.integers(0, 4)),
+), max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps)
+def test_totals_match_a_recount(tmp_path_factory, plan):
+    cat = Catalog(str(tmp_path_factory.mktemp("cat")))
+    cat.db.execute("PRAGMA synchronous=OFF")
+    blob = 0
+    for step in plan:
+        blob += 1
+        b = f"{blob:032x}"
+        if step[0] == "put":
+            _, name, size, replicas = step
+            v = cat.begin_upload(name, b, ["s1"])
+            cat.commit(name, v, b, size, "x", replicas, ["s1"], 0.0)
+        elif step[0] == "delete":
+            cat.delete(step[1])
+        elif step[0] == "replicas":
+            cat.set_replicas(step[1], step[2])
+        elif step[0] == "stale":
+            v = cat.begin_upload(step[1], b, ["s1"])
+            newer = f"{blob:031x}f"
+            cat.commit(step[1], cat.begin_upload(step[1], newer, ["s2"]), newer, 5, "y", 1, ["s2"], 0.0)
+            assert not cat.commit(step[1], v, b, 7, "x", 2, ["s1"], 0.0)
+        else:
+            _, name, version, size, replicas = step
+            cat.adopt("s3", [(b, version, size, "z", replicas, name)], 0.0)
+    counts = cat.counts()
+    recount = sqlite3.connect(cat.path).execute(
+        "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(replicas), 0) FROM files").fetchone()
+    assert (counts.files, counts.bytes, counts.wanted) == recount
+    cat.close()
