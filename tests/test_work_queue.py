@@ -98,6 +98,20 @@ def store(cat: Catalog, name: str, servers: list[str], replicas: int | None = No
     assert cat.commit(name, version, blob, 10, "x", replicas or len(servers), servers, 0.0)
 
 
+def fill(cat: Catalog, files: int, servers) -> None:
+    """Files f000000... with two copies each, on a and c or b and d, in one transaction."""
+    names = [f"f{i:06d}" for i in range(files)]
+    blob = {n: f"{n:0>32}"[-32:] for n in names}
+    with cat.db:
+        cat.db.execute("BEGIN")
+        cat.db.executemany("INSERT INTO names VALUES (?, 1)", [(n,) for n in names])
+        cat.db.executemany("INSERT INTO files VALUES (?, 1, ?, 10, 'x', 2, 0)", [(n, blob[n]) for n in names])
+        cat.db.executemany("INSERT INTO copies VALUES (?, ?, 0)", [
+            (blob[n], servers[i % 2 + k]) for i, n in enumerate(names) for k in (0, 2)])
+        cat.db.executemany("UPDATE totals SET value = value + ? WHERE key = ?",
+                           [(files, "files"), (10 * files, "bytes"), (2 * files, "wanted")])
+
+
 def run(clock: task.Clock) -> None:
     """Let the reconciler's steps that follow at once run."""
     for _ in range(100):
@@ -111,8 +125,7 @@ def make(tmp_path, files: int, servers=("a", "b", "c", "d")):
     roster = Roster(clock)
     for i, sid in enumerate(servers):
         roster.members[sid] = Member(sid, f"z{i}", "h", 1, capacity=10**9, state="up")
-    for i in range(files):
-        store(cat, f"f{i:06d}", [servers[i % 2], servers[2 + i % 2]])
+    fill(cat, files, servers)
     view = NowCatalog(cat)
     copier = Copier(roster)
     rec = Reconciler(clock, view, roster, copier, sweep_every=3600.0)
@@ -275,3 +288,45 @@ def test_totals_match_a_recount(tmp_path_factory, plan):
         "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(replicas), 0) FROM files").fetchone()
     assert (counts.files, counts.bytes, counts.wanted) == recount
     cat.close()
+
+
+# -- what the periodic jobs ask of the catalog costs the same at any size
+
+
+def vm_steps(cat: Catalog, call) -> int:
+    """SQLite's virtual-machine steps (in hundreds) that ``call`` takes."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    cat.db.set_progress_handler(count, 100)
+    try:
+        call()
+    finally:
+        cat.db.set_progress_handler(None, 100)
+    return steps[0]
+
+
+def periodic_costs(tmp_path, files: int) -> dict[str, int]:
+    cat, clock, roster, view, copier, rec = make(tmp_path, files)
+    cat.set_replicas("f000003", 3)  # one file queued, and some garbage
+    cat.drop_copy(f"{'f000005':0>32}"[-32:], "a")
+    costs = {
+        "counts (STATUS, /metrics, /api/status)": vm_steps(cat, cat.counts),
+        "due work": vm_steps(cat, lambda: cat.due_work(1.0, 500)),
+        "next due": vm_steps(cat, cat.next_due),
+        "garbage to collect": vm_steps(cat, lambda: cat.garbage(["a", "b", "c", "d"], 200)),
+        "a sweep page": vm_steps(cat, lambda: cat.records_after("f000100", 50)),
+        "a record": vm_steps(cat, lambda: cat.lookup("f000077")),
+    }
+    cat.close()
+    return costs
+
+
+def test_the_periodic_jobs_cost_the_same_at_any_number_of_files(tmp_path):
+    small = periodic_costs(tmp_path / "small", 200)
+    large = periodic_costs(tmp_path / "large", 20_000)
+    for job, cost in small.items():
+        assert large[job] <= cost + 2, (job, cost, large[job])  # not 100 times as much: the same
