@@ -7,7 +7,9 @@ the proxy calls them on its catalog thread (see :class:`CatalogThread`).
 Invariants kept here:
 - a version becomes visible in one transaction (:meth:`commit`), only after
   its copies exist;
-- versions of a name only grow, across DELETE too (``names.last_version``);
+- versions of a name only grow, across DELETE too (``names.last_version``,
+  the highest given out); a commit older than the newest version committed
+  or deleted (``names.settled``) is superseded at once;
 - a blob written but not committed is an *intent*; abandoned intents and
   replaced or deleted copies become *garbage*, which the proxy deletes from
   the servers, so nothing is orphaned for good;
@@ -35,7 +37,8 @@ from deposito.interfaces import IWorkCatalog
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS names (
     name TEXT PRIMARY KEY,
-    last_version INTEGER NOT NULL
+    last_version INTEGER NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS files (
     name TEXT PRIMARY KEY,
@@ -91,7 +94,7 @@ CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 """
 
 # The schema's version (PRAGMA user_version). 0: a catalog from before the
-# work queue and the totals; opening it adds them (see Catalog._migrate).
+# work queue, the totals and names.settled; opening it adds them (see Catalog._migrate).
 SCHEMA_VERSION = 1
 
 # A queued file waits for this long at most, when only a server coming back
@@ -133,6 +136,10 @@ class Catalog:
             return
 
         def tx(db: sqlite3.Connection) -> None:
+            if "settled" not in [row[1] for row in db.execute("PRAGMA table_info(names)")]:
+                # no upload outlives a restart: whatever version was given out is settled
+                db.execute("ALTER TABLE names ADD COLUMN settled INTEGER NOT NULL DEFAULT 0")
+                db.execute("UPDATE names SET settled = last_version")
             files, size, wanted = db.execute(
                 "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(replicas), 0) FROM files").fetchone()
             db.executemany("INSERT OR REPLACE INTO totals VALUES (?, ?)",
@@ -209,7 +216,8 @@ class Catalog:
         def tx(db: sqlite3.Connection) -> int:
             row = db.execute("SELECT last_version FROM names WHERE name = ?", (name,)).fetchone()
             version = (row[0] if row else 0) + 1
-            db.execute("INSERT OR REPLACE INTO names (name, last_version) VALUES (?, ?)", (name, version))
+            db.execute("INSERT INTO names (name, last_version) VALUES (?, ?)"
+                       " ON CONFLICT (name) DO UPDATE SET last_version = excluded.last_version", (name, version))
             db.executemany("INSERT OR IGNORE INTO intents (blob, server) VALUES (?, ?)",
                            [(blob, s) for s in servers])
             return version
@@ -229,8 +237,8 @@ class Catalog:
                replicas: int, servers: Iterable[str], now: float) -> bool:
         """Make a version visible with its copies, in one transaction.
 
-        Returns False when a newer version was committed meanwhile: this
-        one is then garbage at once and readers never see it.
+        Returns False when a newer version was committed or deleted
+        meanwhile: this one is then garbage at once and readers never see it.
         """
         servers = list(servers)
 
@@ -240,10 +248,12 @@ class Catalog:
                 "INSERT OR IGNORE INTO garbage SELECT blob, server FROM intents WHERE blob = ? AND server NOT IN (%s)"
                 % ",".join("?" * len(servers)), (blob, *servers))
             db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
-            row = db.execute("SELECT version, blob, size, replicas FROM files WHERE name = ?", (name,)).fetchone()
-            if row is not None and row[0] > version:
+            settled = db.execute("SELECT settled FROM names WHERE name = ?", (name,)).fetchone()
+            if settled is not None and settled[0] > version:
                 db.executemany("INSERT OR IGNORE INTO garbage VALUES (?, ?)", [(blob, s) for s in servers])
                 return False
+            db.execute("UPDATE names SET settled = ? WHERE name = ?", (version, name))
+            row = db.execute("SELECT version, blob, size, replicas FROM files WHERE name = ?", (name,)).fetchone()
             if row is not None:
                 self._drop_blob(db, row[1])
                 _count(db, 0, size - row[2], replicas - row[3])
@@ -265,6 +275,7 @@ class Catalog:
             record = self._lookup(db, name)
             if record is not None:
                 db.execute("DELETE FROM files WHERE name = ?", (name,))
+                db.execute("UPDATE names SET settled = max(settled, ?) WHERE name = ?", (record.version, name))
                 db.execute("DELETE FROM work WHERE name = ?", (name,))
                 self._drop_blob(db, record.blob)
                 _count(db, -1, -record.size, -record.replicas)
@@ -367,8 +378,9 @@ class Catalog:
         def tx(db: sqlite3.Connection) -> int:
             taken = 0
             for blob, version, size, sha256, replicas, name in entries:
-                db.execute("INSERT INTO names VALUES (?, ?) ON CONFLICT(name) DO UPDATE"
-                           " SET last_version = max(last_version, excluded.last_version)", (name, version))
+                db.execute("INSERT INTO names (name, last_version, settled) VALUES (?, ?, ?) ON CONFLICT(name)"
+                           " DO UPDATE SET last_version = max(last_version, excluded.last_version),"
+                           " settled = max(settled, excluded.settled)", (name, version, version))
                 row = db.execute("SELECT version, blob FROM files WHERE name = ?", (name,)).fetchone()
                 if row is not None and (row[0], row[1]) == (version, blob):
                     pass

@@ -85,7 +85,7 @@ def test_list_prefix_is_literal(cat):
 
 def test_batch_commits_together_and_isolates_a_failing_call(cat):
     def boom(c):
-        c._tx(lambda db: db.execute("INSERT INTO names VALUES ('half', 1)"))
+        c._tx(lambda db: db.execute("INSERT INTO names (name, last_version) VALUES ('half', 1)"))
         raise ValueError("no")
 
     results = cat.batch([(Catalog.begin_upload, ("a", "b1", ["s1"])), (boom, ()),
@@ -271,3 +271,26 @@ def test_busy_servers_and_inventory_do_not_recount_garbage(cat):
     # s2 lists the blob before its deletion lands: it must not count again
     assert cat.reconcile_inventory("s2", ["b1"], before=10.0) == (0, 0, 0)
     assert cat.lookup("f").servers == ("s1",)
+
+
+def test_an_upload_older_than_a_deleted_version_is_superseded(cat):
+    """A's upload (version 1) is still arriving while B stores version 2 and
+    deletes it: when A's finishes, it must not bring the name back at version 1."""
+    v1 = cat.begin_upload("x", "b1", ["s1"])
+    v2 = cat.begin_upload("x", "b2", ["s2"])
+    assert cat.commit("x", v2, "b2", 100, "y", 1, ["s2"], 0.0)
+    assert cat.delete("x").version == v2
+    assert not cat.commit("x", v1, "b1", 8, "z", 1, ["s1"], 0.0)
+    assert cat.lookup("x") is None
+    assert ("b1", "s1") in cat.garbage(["s1"])
+    assert cat.begin_upload("x", "b3", ["s1"]) == v2 + 1
+    counts = cat.counts()
+    assert (counts.files, counts.bytes) == (0, 0)
+
+
+def test_an_upload_that_failed_does_not_supersede_an_older_one(cat):
+    v1 = cat.begin_upload("x", "b1", ["s1"])
+    cat.begin_upload("x", "b2", ["s2"])
+    cat.abandon("b2")
+    assert cat.commit("x", v1, "b1", 8, "z", 1, ["s1"], 0.0)
+    assert cat.lookup("x").version == v1

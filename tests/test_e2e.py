@@ -74,6 +74,21 @@ def test_overwrite_makes_a_new_version_and_drops_old_copies(shared_cluster):
         assert v3 > v2
 
 
+def test_a_slow_upload_finishing_after_a_newer_version_and_its_delete_brings_nothing_back(shared_cluster):
+    first = os.urandom(8 << 20)
+    with shared_cluster.wire() as a, shared_cluster.wire() as b:
+        assert a.cmd(f"PUT e2e/race {len(first)} 1") == f"OK send {len(first)}"
+        a.send(first[: 1 << 20])  # version 1 is given out, its bytes still coming
+        assert fields(b.put("e2e/race", b"n" * 100, 1))["version"] == "2"
+        assert b.cmd("DELETE e2e/race") == "OK deleted name=e2e/race"
+        a.send(first[1 << 20:])
+        assert fields(a.line())["version"] == "1"  # stored, and superseded at once by the delete
+        assert a.cmd("GET e2e/race").startswith("ERR notfound")
+        assert fields(a.put("e2e/race", b"again", 1))["version"] == "3"
+        assert a.get("e2e/race")[1] == b"again"
+    assert poll(lambda: shared_cluster.holders(first) == [], 10)  # version 1's copy goes as garbage
+
+
 def test_list_in_name_order_with_prefix(shared_cluster):
     with shared_cluster.wire() as w:
         for name in ("lst/b", "lst/a", "lst/c d"):
