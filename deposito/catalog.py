@@ -420,8 +420,9 @@ class Catalog:
             "SELECT server FROM intents WHERE blob = ? UNION SELECT server FROM garbage WHERE blob = ?",
             (blob, blob))]
 
-    def forget_garbage(self, blob: str, server: str) -> None:
-        self._tx(lambda db: db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server)))
+    def forget_garbage(self, deleted: Iterable[tuple[str, str]]) -> None:
+        """These (blob, server) copies are deleted from their servers."""
+        self._tx(lambda db: db.executemany("DELETE FROM garbage WHERE blob = ? AND server = ?", deleted))
 
     def save_server(self, id: str, zone: str, host: str, port: int, capacity: int, used: int, blobs: int) -> None:
         self._tx(lambda db: db.execute("INSERT OR REPLACE INTO servers VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -24,13 +24,17 @@ from deposito.reconciler import Reconciler
 from deposito.transfer import SMALL_READ, CopyFailed, Upload, copy_blob, read_small, stream_blob
 
 
+COLLECT_PAGE = 500  # garbage copies read from the catalog at once
+DELETES_AT_ONCE = 4  # per server
+
+
 class Depot:
     log = Logger()
 
     def __init__(self, reactor: Any, db: CatalogThread, roster: Roster, default_replicas: int = 2,
                  connect_timeout: float = 5.0, stall_timeout: float = 30.0,
                  collect_every: float = 2.0, secret: bytes | None = None, rebuild: bool = False,
-                 rebuild_grace: float = 5.0) -> None:
+                 rebuild_grace: float = 5.0, collect_rate: float = 1000.0) -> None:
         self.reactor = reactor
         self.db = db
         self.roster = roster
@@ -52,6 +56,7 @@ class Depot:
         self._collector = task.LoopingCall(self._collect)
         self._collector.clock = reactor
         self.collect_every = collect_every
+        self.collect_rate = collect_rate  # garbage copies deleted a second, at most
         self._collecting: defer.Deferred | None = None
         # (blob, server) -> when its delete landed: an inventory listed before
         # that moment may still name the blob, and must not count it again
@@ -392,19 +397,52 @@ class Depot:
         return None
 
     async def _collect_once(self) -> None:
-        up = [m.id for m in self.roster.up()]
-        for blob, server in await self.db(Catalog.garbage, up, 200):
-            member = self.roster.get(server)
-            if member is None or not member.up:
-                continue
+        """Delete the garbage on the servers that are up, a page at a time,
+        several deletes at once per server, with no pause while pages are
+        full, and at most ``collect_rate`` deletes a second."""
+        while self._collector.running:
+            began = self.reactor.seconds()
+            page = await self.db(Catalog.garbage, [m.id for m in self.roster.up()], COLLECT_PAGE)
+            by_server: dict[str, list[str]] = {}
+            for blob, server in page:
+                by_server.setdefault(server, []).append(blob)
+            done = await defer.gatherResults([defer.ensureDeferred(self._delete_from(server, blobs))
+                                              for server, blobs in by_server.items()])
+            gone = [pair for pairs in done for pair in pairs]
+            now = self.reactor.seconds()
+            for pair in gone:
+                self.recently_deleted[pair] = now
+            if gone:
+                await self.db(Catalog.forget_garbage, gone)
+            if len(page) < COLLECT_PAGE or len(gone) < len(page):
+                return  # all done, or some could not go yet: the next tick tries again
+            pause = len(gone) / self.collect_rate - (self.reactor.seconds() - began)
+            if pause > 0:
+                await task.deferLater(self.reactor, pause)
+
+    async def _delete_from(self, server: str, blobs: list[str]) -> list[tuple[str, str]]:
+        """Delete ``blobs`` from one server over a few connections at once;
+        returns the (blob, server) pairs deleted."""
+        member = self.roster.get(server)
+        if member is None or not member.up:
+            return []
+        todo = iter(blobs)
+        gone: list[tuple[str, str]] = []
+
+        async def worker() -> None:
+            client = await self.connect(member)
             try:
-                client = await self.connect(member)
-                try:
+                for blob in todo:
                     await client.delete_blob(blob)
-                finally:
-                    self.pool.release(client)
-            except Exception as e:
-                self.log.warn("cannot delete {blob} from {id} yet: {why}", blob=blob, id=server, why=str(e))
-                continue
-            self.recently_deleted[(blob, server)] = self.reactor.seconds()
-            await self.db(Catalog.forget_garbage, blob, server)
+                    gone.append((blob, server))
+            finally:
+                self.pool.release(client)
+
+        results = await defer.DeferredList([defer.ensureDeferred(worker()) for _ in range(DELETES_AT_ONCE)],
+                                           consumeErrors=True)
+        for ok, failure in results:
+            if not ok:
+                self.log.warn("cannot delete garbage from {id} yet: {why}", id=server,
+                              why=failure.getErrorMessage())
+                break
+        return gone

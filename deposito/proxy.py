@@ -24,7 +24,7 @@ class ProxyService(service.MultiService):
     def __init__(self, reactor: Any, data: str, client_endpoint: Any, cluster_endpoint: Any,
                  replicas: int, dead_after: float = 300.0, heartbeat: float = HEARTBEAT,
                  http_endpoint: Any = None, tokens: Any = None, max_size: int | None = None,
-                 secret: bytes | None = None, rebuild: bool = False) -> None:
+                 secret: bytes | None = None, rebuild: bool = False, collect_rate: float = 1000.0) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
@@ -32,7 +32,7 @@ class ProxyService(service.MultiService):
         self.roster = Roster(reactor, dead_after=dead_after)
         self.secret = secret
         self.depot = Depot(reactor, self.db, self.roster, default_replicas=replicas, secret=secret,
-                           rebuild=rebuild)
+                           rebuild=rebuild, collect_rate=collect_rate)
         self.roster.on_change = self.depot.member_changed
         self.roster.on_inventory = self.depot.inventory
         self.roster.on_corrupt = self.depot.corrupt

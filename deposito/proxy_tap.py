@@ -14,7 +14,8 @@ from deposito.tokens import Tokens
 class Options(FirstLineOptions):
     command = "deposito-proxy"
     synopsis = ("[--port EP] [--cluster-port EP] [--data DIR] [--replicas N] [--dead-after SECONDS]"
-                " [--secret FILE] [--tokens FILE] [--max-size BYTES] [--rebuild] [--http EP]")
+                " [--secret FILE] [--tokens FILE] [--max-size BYTES] [--rebuild] [--http EP]"
+                " [--collect-rate N]")
     longdesc = ("The Deposito proxy: clients store and fetch files on --port (a text protocol "
                 "you can speak with telnet); storage servers join on --cluster-port.")
     optFlags = [
@@ -30,6 +31,8 @@ class Options(FirstLineOptions):
         ["tokens", None, None, "file of client tokens, one per line: clients must AUTH first"],
         ["max-size", None, None, "the largest file accepted, e.g. 10G (ERR toolarge above it)"],
         ["secret", None, None, "file holding the cluster secret: only servers that prove they hold it may join"],
+        ["collect-rate", None, "1000", "garbage copies (replaced, deleted or unfinished) deleted from the servers"
+         " a second, at most"],
     ]
 
     def postOptions(self) -> None:
@@ -42,6 +45,7 @@ class Options(FirstLineOptions):
                            lambda v: endpoints.serverFromString(reactor, v))
         self["replicas"] = parse_int("--replicas", self["replicas"], 1, 16)
         self["dead-after"] = parse_seconds("--dead-after", self["dead-after"])
+        self["collect-rate"] = parse_int("--collect-rate", self["collect-rate"], 1, 1_000_000)
         if self["tokens"] is not None:
             try:
                 self["tokens"] = Tokens.from_file(self["tokens"])
@@ -77,4 +81,5 @@ def makeService(options: Options):
         max_size=options["max-size"],
         secret=options["secret"],
         rebuild=bool(options["rebuild"]),
+        collect_rate=options["collect-rate"],
     )

@@ -38,7 +38,7 @@ def test_replaced_and_deleted_copies_become_garbage(cat):
     v = cat.begin_upload("f", "b2", ["s3"])
     cat.commit("f", v, "b2", 1, "y", 1, ["s3"], 0.0)
     assert sorted(cat.garbage(["s1", "s2", "s3"])) == [("b1", "s1"), ("b1", "s2")]
-    cat.forget_garbage("b1", "s1")
+    cat.forget_garbage([("b1", "s1")])
     cat.delete("f")
     assert sorted(cat.garbage(["s1", "s2", "s3"])) == [("b1", "s2"), ("b2", "s3")]
 

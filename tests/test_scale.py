@@ -68,3 +68,16 @@ def test_a_dead_server_has_exactly_its_files_copied_again(four):
             assert after[n] == before[n], n
     copied = re.findall(r"made a copy of (\S+) on ", four.log("proxy"))
     assert sorted(copied) == sorted(on_s0)  # each of its files once, and nothing else
+
+
+def test_overwrites_leave_on_disk_only_the_live_copies(shared_cluster):
+    names = [f"scale/over{i:02d}" for i in range(40)]
+    with shared_cluster.wire() as w:
+        for round in range(10):
+            put_many(w, names, b"%02d" % round * 512, 2)
+    live = 2 * len(names)
+
+    def on_disk() -> int:
+        return sum(len(shared_cluster.blob_files(sid)) for sid in ("s0", "s1", "s2"))
+
+    assert poll(lambda: on_disk() == live, 20), on_disk()
