@@ -135,9 +135,11 @@ def _close(db: sqlite3.Connection, cursor: sqlite3.Cursor | None) -> None:
 
 class Listing:
     """An open listing: :attr:`count` records, handed out by :meth:`next` in
-    name order. The batch after the one handed out is read meanwhile, so a
-    reader that keeps up rarely waits, and one that stops holds at most one
-    batch more. Call :meth:`close` when done, or when the reader leaves;
+    name order. A batch is read when it is asked for, not ahead: a reader
+    that stops holds nothing more, and the thread reading never competes
+    for the interpreter with the reactor writing the batch before (the
+    two would slow each other down). Call :meth:`close` when done, or when
+    the reader leaves;
     the snapshot is let go then, or after ``max_age`` seconds, when
     ``on_expiry`` is called (its reader must give up: the count cannot be
     kept).
@@ -168,13 +170,12 @@ class Listing:
             return defer.fail(self._error)
         if self._ready is not None:
             batch, self._ready = self._ready, None
-            self._read_ahead()
             return defer.succeed(batch)
         if self.fetched >= self.count or self.closed:
             return defer.succeed([])
-        self._waiter = defer.Deferred()
-        self._read_ahead()
-        return self._waiter
+        waiter = self._waiter = defer.Deferred()
+        self._read()
+        return waiter
 
     def close(self) -> None:
         """Let go of the snapshot (at once, or when the read under way ends)."""
@@ -209,7 +210,7 @@ class Listing:
 
         return self.next().addCallback(more).addErrback(failed)
 
-    def _read_ahead(self) -> None:
+    def _read(self) -> None:
         if self._busy or self.closed or self._ready is not None or self.fetched >= self.count:
             return
         self._busy = True
@@ -227,7 +228,6 @@ class Listing:
             return
         if self._waiter is not None:
             waiter, self._waiter = self._waiter, None
-            self._read_ahead()
             waiter.callback(batch)
         else:
             self._ready = batch
