@@ -25,6 +25,7 @@ from urllib.request import pathname2url
 import attrs
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from deposito.catalog import FileRecord, _record
@@ -98,24 +99,24 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
-def _open(path: str, names: NameRange, batch: int) -> tuple[sqlite3.Connection, sqlite3.Cursor, int, list[FileRecord]]:
+def _open(path: str, names: NameRange,
+          batch: int) -> tuple[sqlite3.Connection, sqlite3.Cursor | None, int, list[FileRecord]]:
     """In a thread: the snapshot, its count, and its first batch."""
     db = _connect(path)
+    cursor = None
     try:
         where, values = names.where()
         db.execute("BEGIN")
         count = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM files WHERE {where} LIMIT ?)",
                            (*values, names.sql_limit)).fetchone()[0]
-        where, values = names.where("f.name")
         if not count:
             _close(db, None)
             return db, None, 0, []
-        cursor = db.execute(f"{_COLUMNS} WHERE {where} ORDER BY f.name LIMIT ?",
-                            (*values, count))
-        first = [_record(row) for row in cursor.fetchmany(min(batch, count))]
-        return db, cursor, count, first
+        where, values = names.where("f.name")
+        cursor = db.execute(f"{_COLUMNS} WHERE {where} ORDER BY f.name LIMIT ?", (*values, count))
+        return db, cursor, count, _fetch(cursor, min(batch, count))
     except BaseException:
-        _close(db, None)
+        _close(db, cursor)
         raise
 
 
@@ -126,11 +127,13 @@ def _fetch(cursor: sqlite3.Cursor, n: int) -> list[FileRecord]:
 def _close(db: sqlite3.Connection, cursor: sqlite3.Cursor | None) -> None:
     """End the read transaction (the snapshot is let go) and the connection.
     A statement left unfinished would keep both alive past ``close``."""
-    if cursor is not None:
-        cursor.close()
-    if db.in_transaction:
-        db.execute("ROLLBACK")
-    db.close()
+    try:
+        if cursor is not None:
+            cursor.close()
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    finally:
+        db.close()
 
 
 class Listing:
@@ -139,10 +142,9 @@ class Listing:
     that stops holds nothing more, and the thread reading never competes
     for the interpreter with the reactor writing the batch before (the
     two would slow each other down). Call :meth:`close` when done, or when
-    the reader leaves;
-    the snapshot is let go then, or after ``max_age`` seconds, when
-    ``on_expiry`` is called (its reader must give up: the count cannot be
-    kept).
+    the reader leaves: the snapshot is let go then, or after ``max_age``
+    seconds, when ``on_expiry`` is called (its reader must give up: the
+    count cannot be kept).
     """
 
     log = Logger()
@@ -234,7 +236,7 @@ class Listing:
 
     def _failed(self, why: Any) -> None:
         self._busy = False
-        error = why.value if hasattr(why, "value") else why
+        error = why.value if isinstance(why, Failure) else why
         if self.closed:
             self._release()
             return

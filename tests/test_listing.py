@@ -428,3 +428,32 @@ def test_over_tcp_a_client_that_does_not_read_gets_a_bounded_listing(catalog):
     finally:
         client.close()
         yield port.stopListening()
+
+
+# -- a real proxy and servers
+
+
+@pytest.mark.slow
+def test_list_pages_on_a_real_cluster(shared_cluster):
+    from tests.cluster import quote
+
+    names = ["e2e/a", "e2e/a b", 'e2e/"q"', "e2e/a/b", "e2e/ab", "e2e/a\xff", "e2e/\u65e5\u672c", "e2e/z"]
+    with shared_cluster.wire() as w:
+        for name in names:
+            assert w.put(name, name.encode("utf-8"), 1).startswith("OK stored"), name
+        every = [split(line)[3] for line in w.multi("LIST e2e/")]
+        assert every == sorted(names)
+        assert [split(line) for line in w.multi("LIST e2e/a")][:2] == [
+            ["5", "1", "1", "e2e/a"], ["7", "1", "1", "e2e/a b"]]
+        for limit in (1, 3):
+            paged, after = [], ""
+            while page := [split(line)[3] for line in w.multi(f"LIST e2e/ {quote(after)} {limit}")]:
+                assert len(page) <= limit
+                paged += page
+                after = page[-1]
+            assert paged == every
+        assert w.multi(f"LIST e2e/ {quote(every[-1])}") == []
+        assert w.multi("LIST e2e/nothing") == []
+        assert w.cmd('LIST e2e/ "" 0').startswith("ERR badargs")
+        assert w.cmd("LIST e2e/ x -2").startswith("ERR badargs")
+        assert w.stat("e2e/z")["size"] == "5"  # the connection still serves
