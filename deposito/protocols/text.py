@@ -17,7 +17,6 @@ from twisted.python.failure import Failure
 
 import deposito
 from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
-from deposito.listing import NameRange
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.listreply import ListBroken, ListReply
 from deposito.protocols.words import check_name, parse_count, quote, split
@@ -283,8 +282,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
                    f" servers={','.join(healthy) or '-'}")
 
     async def do_LIST(self, prefix: str = "", after: str = "", limit: str | None = None) -> None:
-        names = NameRange(prefix, after, parse_count(limit, "limit", 1) if limit is not None else None)
-        listing = await self.depot.listing(names.prefix, names.after, names.limit)
+        count = parse_count(limit, "limit", 1) if limit is not None else None
+        listing = await self.depot.listing(prefix, after, count)
         if not self.transport.connected:
             listing.close()
             return
