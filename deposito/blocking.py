@@ -25,11 +25,12 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, Iterator, Optional, Union
 
 from deposito.client import (
     CHUNK_SIZE,
     MAX_REPLY_LINE,
+    PAGE_SIZE,
     AsideFile,
     ChecksumMismatch,
     ConnectionLost,
@@ -302,9 +303,29 @@ class BlockingClient:
         """The newest version of ``name``; NotFound when absent."""
         return self._one(name_line("STAT", name), parse_stat)
 
-    def list(self, prefix: str = "") -> list[Entry]:
-        """Every name starting with ``prefix``, in name order."""
-        return self._multi(list_line(prefix), parse_entry)
+    def list_page(self, prefix: str = "", after: str = "", limit: int = PAGE_SIZE) -> list[Entry]:
+        """One page of names: at most ``limit`` of those starting with
+        ``prefix`` that sort after ``after``, in name order. The next page
+        starts after the last name of this one; a page shorter than
+        ``limit`` is the last."""
+        return self._multi(list_line(prefix, after, limit), parse_entry)
+
+    def list(self, prefix: str = "", page: int = PAGE_SIZE) -> Iterator[Entry]:
+        """Every name starting with ``prefix``, in name order: an iterator
+        that asks for the next ``page`` names when the last ones are used
+        up, so memory holds one page whatever the number of names. Each page
+        is read whole before its names are given, so the client may be used
+        for other requests between them. ``list(client.list())`` makes a list.
+        """
+        if page < 1:
+            raise BadArgs("page must be at least 1")
+        after = ""
+        while True:
+            entries = self.list_page(prefix, after, page)
+            yield from entries
+            if len(entries) < page:
+                return
+            after = entries[-1].name
 
     def replicas(self, name: str, count: int, wait: bool = False) -> ReplicaCount:
         """Set the wanted copy count of ``name``; with ``wait``, return once the copies are there.

@@ -20,13 +20,14 @@ import attrs
 
 from deposito import __version__
 from deposito.blocking import BlockingClient, parse_address
-from deposito.client import CHUNK_SIZE, AsideFile, ConnectionLost, Progress
+from deposito.client import CHUNK_SIZE, PAGE_SIZE, AsideFile, ConnectionLost, Entry, Progress
 from deposito.errors import DepositoError
 from deposito.protocols.words import quote
 from deposito.sizes import human_bytes
 
 PROG = "deposito"
 DEFAULT_PROXY = "127.0.0.1:7000"
+LS_PAGE = PAGE_SIZE  # names asked per LIST by ls
 
 
 class _Failed(Exception):
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = commands.add_parser("ls", help="list files",
                              description="List files in name order: size, wanted copies, "
-                                         "healthy copies, name.")
+                                         "healthy copies, name. Names are asked for a page "
+                                         "at a time and printed as they come.")
     ls.add_argument("prefix", metavar="PREFIX", nargs="?", default="",
                     help="list only names starting with PREFIX")
     ls.add_argument("--json", action="store_true", help="print one JSON array")
@@ -139,14 +141,17 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def _table(rows: list[list[str]], right: int) -> None:
-    """Print rows in columns; the first ``right`` columns aligned right."""
+def _table(rows: list[list[str]], right: int, at_least: Sequence[int] = ()) -> list[int]:
+    """Print rows in columns; the first ``right`` columns aligned right.
+    Columns are at least ``at_least`` wide; returns the widths used."""
     if not rows:
-        return
+        return list(at_least)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    widths = [max([w, *at_least[i:i + 1]]) for i, w in enumerate(widths)]
     for row in rows:
         cells = [c.rjust(w) if i < right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
         print("  ".join(cells + [row[-1]]))
+    return widths
 
 
 @contextmanager
@@ -264,13 +269,43 @@ def _stat(client: BlockingClient, args: argparse.Namespace) -> None:
 
 
 def _ls(client: BlockingClient, args: argparse.Namespace) -> None:
-    entries = client.list(args.prefix)
+    """One page of names at a time, printed as it comes: the table's columns
+    are as wide as the widest cell so far (they widen from page to page, never
+    narrow), and --json is one array written element by element."""
+    pages = _pages(client, args.prefix)
     if args.json:
-        _print_json([attrs.asdict(e) for e in entries])
+        first = True
+        for page in pages:
+            for e in page:
+                sys.stdout.write(("[\n" if first else ",\n") + _indented(attrs.asdict(e)))
+                first = False
+            sys.stdout.flush()
+        print("[]" if first else "\n]")
         return
-    if entries:
-        _table([["SIZE", "WANTED", "HAVE", "NAME"]]
-               + [[str(e.size), str(e.wanted), str(e.have), e.name] for e in entries], right=3)
+    widths: list[int] = []
+    for page in pages:
+        rows = [[str(e.size), str(e.wanted), str(e.have), e.name] for e in page]
+        if not widths:
+            rows.insert(0, ["SIZE", "WANTED", "HAVE", "NAME"])
+        widths = _table(rows, right=3, at_least=widths)
+        sys.stdout.flush()
+
+
+def _pages(client: BlockingClient, prefix: str) -> Iterator[list[Entry]]:
+    """The names starting with ``prefix``, a LIST page at a time."""
+    after = ""
+    while True:
+        page = client.list_page(prefix, after, LS_PAGE)
+        if page:
+            yield page
+        if len(page) < LS_PAGE:
+            return
+        after = page[-1].name
+
+
+def _indented(value: Any) -> str:
+    """``value`` as json.dumps(..., indent=2) writes it as an element of a list."""
+    return "\n".join("  " + line for line in json.dumps(value, indent=2, ensure_ascii=False).splitlines())
 
 
 def _rm(client: BlockingClient, args: argparse.Namespace) -> None:

@@ -50,6 +50,8 @@ from deposito.protocols.words import check_name, fields, quote, split
 CHUNK_SIZE = 64 * 1024
 #: The longest reply line the clients accept.
 MAX_REPLY_LINE = 64 * 1024
+#: Names asked per LIST page when a client pages through a listing.
+PAGE_SIZE = 1000
 
 #: ``progress(done, total)``: called as file bytes move, ``done`` growing to ``total``.
 Progress = Callable[[int, int], None]
@@ -308,8 +310,21 @@ def name_line(command: str, name: str) -> str:
     return f"{command} {quote(check_name(name))}"
 
 
-def list_line(prefix: str = "") -> str:
-    return f"LIST {quote(prefix)}" if prefix else "LIST"
+def list_line(prefix: str = "", after: str = "", limit: Optional[int] = None) -> str:
+    """The LIST request line: names starting with ``prefix`` that sort after
+    ``after``, at most ``limit`` (None: all). BadArgs for words the proxy
+    would refuse or a line could not carry."""
+    for word in (prefix, after):
+        if word:
+            check_name(word)
+    if limit is None and not after:
+        return f"LIST {quote(prefix)}" if prefix else "LIST"
+    line = f"LIST {quote(prefix)} {quote(after)}"
+    if limit is None:
+        return line
+    if limit < 1:
+        raise BadArgs("limit must be at least 1")
+    return f"{line} {limit}"
 
 
 def replicas_line(name: str, count: int, wait: bool = False) -> str:
@@ -892,9 +907,39 @@ class DepositoClient:
             return defer.fail()
         return self._one(line, parse_stat)
 
+    def list_page(self, prefix: str = "", after: str = "",
+                  limit: int = PAGE_SIZE) -> defer.Deferred[list[Entry]]:
+        """One page of names: at most ``limit`` of those starting with
+        ``prefix`` that sort after ``after``, in name order, as :class:`Entry`
+        values. The next page starts after the last name of this one; a page
+        shorter than ``limit`` is the last. This is the call whose memory is
+        bounded, whatever the number of names."""
+        try:
+            line = list_line(prefix, after, limit)
+        except DepositoError:
+            return defer.fail()
+        return self.protocol.request(_MultiLine(line, parse_entry))
+
     def list(self, prefix: str = "") -> defer.Deferred[list[Entry]]:
-        """Every name starting with ``prefix``, in name order, as :class:`Entry` values."""
-        return self.protocol.request(_MultiLine(list_line(prefix), parse_entry))
+        """Every name starting with ``prefix``, in name order, as :class:`Entry` values.
+
+        Asks for pages of PAGE_SIZE names one after the other (see
+        :meth:`list_page`) and fires with all of them in one list, so it holds
+        every name in memory: for a listing of any size, call
+        :meth:`list_page` and keep only a page at a time. Requests made while
+        it pages are answered between its pages.
+        """
+        return defer.ensureDeferred(self._every_page(prefix))
+
+    async def _every_page(self, prefix: str) -> list[Entry]:
+        entries: list[Entry] = []
+        after = ""
+        while True:
+            page = await self.list_page(prefix, after, PAGE_SIZE)
+            entries += page
+            if len(page) < PAGE_SIZE:
+                return entries
+            after = page[-1].name
 
     def replicas(self, name: str, count: int, wait: bool = False) -> defer.Deferred[ReplicaCount]:
         """Set the wanted copy count of ``name``.

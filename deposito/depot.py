@@ -297,6 +297,14 @@ class Depot:
     async def list(self, prefix: str) -> list[FileRecord]:
         return await self.db(Catalog.list, prefix)
 
+    async def listing(self, prefix: str, after: str, limit: int | None) -> "Listing":
+        """The names starting with ``prefix`` that sort after ``after`` (at most
+        ``limit``), read in batches from one snapshot of the catalog, off the
+        reactor: a :class:`deposito.listing.Listing`, to be closed when done."""
+        from deposito.listing import NameRange, open_listing
+
+        return await open_listing(self.reactor, self.db.catalog.path, NameRange(prefix, after, limit))
+
     async def delete(self, name: str) -> FileRecord:
         record = await self.db(Catalog.delete, name)
         if record is None:

@@ -2,7 +2,8 @@
 
 - ``/``: the status page, rendered on the server, refreshing itself;
 - ``/metrics``: the Prometheus series of :class:`deposito.events.Metrics`;
-- ``/api/status``, ``/api/servers``, ``/api/files?prefix=P``: the same facts as JSON;
+- ``/api/status``, ``/api/servers``, ``/api/files?prefix=P&after=A&limit=L``: the
+  same facts as JSON (files a page at a time);
 - ``/files/<name>``: the newest version of a file, streamed from its copies
   with failover like GET, with Content-Length, ETag (the sha256) and Range.
 
@@ -29,7 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 import deposito
 from deposito.errors import BadArgs, DepositoError, NotFound, Unavailable
 from deposito.events import EventLog, Event, Metrics, outcome
-from deposito.protocols.words import check_name
+from deposito.protocols.words import check_name, parse_count
 from deposito.reconciler import assess
 from deposito.sizes import human_bytes
 from deposito.transfer import stream_blob
@@ -39,6 +40,8 @@ log = Logger()
 REFRESH_SECONDS = 5
 EVENTS_SHOWN = 30
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+FILES_PAGE = 1000  # files per /api/files page unless ?limit= says
+MAX_FILES_PAGE = 10000  # the most a page holds, whatever ?limit= says
 
 
 # -- the facts, gathered once per request
@@ -288,14 +291,31 @@ class ServersAPI(_Page):
 
 
 class FilesAPI(_Page):
+    """``/api/files?prefix=P&after=A&limit=L``: a page of LIST as JSON. Its
+    ``next`` is the ``after`` of the next page, null after the last one."""
+
     async def respond(self, request: Any) -> None:
         try:
-            prefix = request.args.get(b"prefix", [b""])[0].decode("utf-8")
-        except UnicodeDecodeError:
-            _send_json(request, {"error": "badargs", "message": "prefix is not UTF-8"}, 400)
+            prefix, after = _text_arg(request, b"prefix"), _text_arg(request, b"after")
+            limit = _text_arg(request, b"limit")
+            count = min(parse_count(limit, "limit", 1), MAX_FILES_PAGE) if limit else FILES_PAGE
+        except BadArgs as e:
+            _send_json(request, {"error": "badargs", "message": e.message}, 400)
             return
-        records = await self.depot.list(prefix)
-        _send_json(request, {"prefix": prefix, "files": [file_json(self.depot, r) for r in records]})
+        listing = await self.depot.listing(prefix, after, count + 1)  # one more: is there a next page?
+        records = await listing.collect()
+        more = len(records) > count
+        records = records[:count]
+        _send_json(request, {"prefix": prefix, "after": after, "limit": count,
+                             "files": [file_json(self.depot, r) for r in records],
+                             "next": records[-1].name if more else None})
+
+
+def _text_arg(request: Any, key: bytes) -> str:
+    try:
+        return request.args.get(key, [b""])[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadArgs(f"{key.decode()} is not UTF-8") from None
 
 
 # -- downloads

@@ -226,6 +226,39 @@ def test_stat_ls_rm_replicas_servers_status(fake: FakeProxy, capsys: pytest.Capt
     assert "servers_up:     1" in capsys.readouterr().out
 
 
+def test_ls_pages_through_and_prints_each_page_as_it_comes(fake: FakeProxy, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import deposito.cli
+
+    monkeypatch.setattr(deposito.cli, "LS_PAGE", 3)
+    sizes = [1, 22, 3, 4444, 5, 6, 77777, 8]
+    fake.files.update({f"p/{i}": (b"x" * size, 1, 2) for i, size in enumerate(sizes)})
+    fake.files["q"] = (b"", 1, 1)
+    assert main(["ls", "p/"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "SIZE  WANTED  HAVE  NAME",
+        "   1       2     2  p/0",
+        "  22       2     2  p/1",
+        "   3       2     2  p/2",
+        "4444       2     2  p/3",  # the second page: as wide as the first, or wider
+        "   5       2     2  p/4",
+        "   6       2     2  p/5",
+        "77777       2     2  p/6",
+        "    8       2     2  p/7",
+    ]
+    assert [r for r in fake.requests if r.startswith("LIST")] == [
+        'LIST p/ "" 3', "LIST p/ p/2 3", "LIST p/ p/5 3"]
+    assert main(["ls", "p/", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out) == [{"size": size, "wanted": 2, "have": 2, "name": f"p/{i}"} for i, size in enumerate(sizes)]
+    assert out == json.dumps(json.loads(out), indent=2) + "\n"  # as one json.dumps would print it
+    fake.files = {f"r/{i}": (b"", 1, 1) for i in range(6)}  # full pages, then an empty one
+    assert main(["ls", "--json"]) == 0
+    assert [e["name"] for e in json.loads(capsys.readouterr().out)] == [f"r/{i}" for i in range(6)]
+    assert main(["ls", "nothing", "--json"]) == 0
+    assert capsys.readouterr().out == "[]\n"
+
+
 def test_token_from_the_environment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     proxy = FakeProxy(tokens={"sesame"})
     try:

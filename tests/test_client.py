@@ -24,6 +24,7 @@ from deposito import errors
 from deposito.blocking import BlockingClient, parse_address
 from deposito.client import (
     CHUNK_SIZE,
+    PAGE_SIZE,
     AsideFile,
     ChecksumMismatch,
     ConnectionLost,
@@ -38,6 +39,7 @@ from deposito.client import (
     Status,
     Stored,
     connect,
+    list_line,
     parse_entry,
     parse_get_header,
     parse_replicas,
@@ -168,7 +170,9 @@ class FakeProxy:
                       f"replicas={wanted} have={wanted} servers={','.join(f's{i}' for i in range(wanted))} new=1")
             elif cmd == "LIST":
                 prefix = args[0] if args else ""
-                names = sorted(n for n in self.files if n.startswith(prefix))
+                after = args[1] if len(args) > 1 else ""
+                limit = int(args[2]) if len(args) > 2 else None
+                names = sorted(n for n in self.files if n.startswith(prefix) and n > after)[:limit]
                 reply(f"OK {len(names)}")
                 for n in names:
                     data, _, wanted = self.files[n]
@@ -575,11 +579,11 @@ def test_lost_connection_fails_current_queued_and_later_requests() -> None:
 def test_list_servers_help_replicas() -> None:
     w = Wire()
     d = w.client.list("dir/")
-    assert w.sent() == b"LIST dir/\n"
+    assert w.sent() == b'LIST dir/ "" 1000\n'
     w.feed(b'OK 2\r\n5 2 2 dir/a\r\n7 3 1 "dir/b c"\r\n')
     assert result(d) == [Entry(5, 2, 2, "dir/a"), Entry(7, 3, 1, "dir/b c")]
     d = w.client.list()
-    assert w.sent() == b"LIST\n"
+    assert w.sent() == b'LIST "" "" 1000\n'
     w.feed(b"OK 0\r\n")
     assert result(d) == []
     d = w.client.servers()
@@ -594,6 +598,46 @@ def test_list_servers_help_replicas() -> None:
     w.sent()
     w.feed(b"OK 2\r\nHELP\r\nQUIT\r\n")
     assert result(d) == ["HELP", "QUIT"]
+
+
+def test_list_line_pages_and_refuses_what_a_line_cannot_carry() -> None:
+    assert list_line() == "LIST" and list_line("a b") == 'LIST "a b"'
+    assert list_line("", "x", 5) == 'LIST "" x 5' and list_line("p/", 'a"b') == 'LIST p/ "a\\"b"'
+    for bad in (lambda: list_line("a\nb"), lambda: list_line("", "", 0), lambda: list_line("", "\r")):
+        with pytest.raises(errors.BadArgs):
+            bad()
+
+
+def test_twisted_list_pages_through_and_list_page_asks_one_page() -> None:
+    w = Wire()
+    d = w.client.list_page("p/", "p/b", 2)
+    assert w.sent() == b"LIST p/ p/b 2\n"
+    w.feed(b"OK 1\r\n1 1 1 p/c\r\n")
+    assert result(d) == [Entry(1, 1, 1, "p/c")]
+    d = w.client.list("p/")
+    for page in range(3):  # two full pages, then a short one
+        names = [f"p/{page}-{i:04d}" for i in range(PAGE_SIZE if page < 2 else 3)]
+        after = f"p/{page - 1}-{PAGE_SIZE - 1:04d}" if page else '""'
+        assert w.sent() == f"LIST p/ {after} {PAGE_SIZE}\n".encode()
+        w.feed(f"OK {len(names)}\r\n".encode() + b"".join(f"1 1 1 {n}\r\n".encode() for n in names))
+    entries = result(d)
+    assert len(entries) == 2 * PAGE_SIZE + 3 and entries[-1].name == "p/2-0002"
+    assert w.sent() == b""
+
+
+def test_blocking_list_is_an_iterator_of_pages(fake: FakeProxy) -> None:
+    fake.files.update({f"it/{i:03d}": (b"x", 1, 1) for i in range(7)})
+    fake.files["other"] = (b"y", 1, 1)
+    with BlockingClient(fake.address) as c:
+        entries = c.list("it/", page=3)
+        assert next(entries).name == "it/000"
+        assert [r for r in fake.requests if r.startswith("LIST")] == ['LIST it/ "" 3']
+        assert c.stat("other").size == 1  # the client serves other requests between pages
+        assert [e.name for e in entries] == [f"it/{i:03d}" for i in range(1, 7)]
+        assert [r for r in fake.requests if r.startswith("LIST")] == [
+            'LIST it/ "" 3', "LIST it/ it/002 3", "LIST it/ it/005 3"]
+        assert [e.name for e in c.list_page("it/", "it/004", 10)] == ["it/005", "it/006"]
+        assert [e.name for e in c.list()] == sorted(fake.files)
 
 
 def test_garbage_reply_closes_the_connection() -> None:
@@ -660,7 +704,7 @@ def test_blocking_round_trip_larger_than_a_chunk(fake: FakeProxy, tmp_path: Any)
         c.get("dir/a b", tmp_path / "copy")
         assert (tmp_path / "copy").read_bytes() == data
         assert c.stat("dir/a b").servers == ("s0", "s1")
-        assert c.list("dir/") == [Entry(len(data), 2, 2, "dir/a b")]
+        assert list(c.list("dir/")) == [Entry(len(data), 2, 2, "dir/a b")]
         assert c.replicas("dir/a b", 3) == ReplicaCount("dir/a b", 3, 1)
         assert [s.zone for s in c.servers()] == ["a", "rack 2"]
         assert c.status().files == 1
@@ -774,6 +818,7 @@ def test_blocking_client_on_the_cluster(live: Any, tmp_path: Any) -> None:
         st = c.stat(name)
         assert (st.size, st.sha256, st.version, len(st.servers)) == (len(data), sha(data), stored.version, 2)
         assert name in [e.name for e in c.list("py/")]
+        assert c.list_page("py/", "", 1) == [next(c.list("py/"))]
         assert len([s for s in c.servers() if s.state == "up"]) >= 3
         with pytest.raises(errors.NotFound):
             c.get("py/no such file", io.BytesIO())

@@ -80,8 +80,9 @@ class FakeDepot:
         started()
         consumer.write(self.files[record.name])
 
-    async def list(self, prefix):
-        return [self._record(n) for n in sorted(self.files) if n.startswith(prefix)]
+    async def listing(self, prefix, after, limit):
+        names = [n for n in sorted(self.files) if n.startswith(prefix) and n > after][:limit]
+        return FakeListing([self._record(n) for n in names])
 
     async def delete(self, name):
         record = await self.lookup(name)
@@ -90,6 +91,22 @@ class FakeDepot:
 
     def servers(self):
         return [self.member]
+
+
+class FakeListing:
+    """A listing in one batch (the real one is tested in test_listing.py)."""
+
+    def __init__(self, records):
+        self.count = len(records)
+        self.records = records
+        self.closed = False
+
+    def next(self):
+        batch, self.records = self.records, []
+        return defer.succeed(batch)
+
+    def close(self):
+        self.closed = True
 
 
 def connect(depot=None, clock=None):

@@ -266,9 +266,63 @@ def test_api_gives_the_same_facts_as_the_text_protocol(web):
     assert files[0]["download"] == "/files/web%2Fdir%2Fbig%20file.bin"
     every = get_json(web.http, "/api/files")["files"]
     assert sorted(f["name"] for f in every) == sorted(FILES)
+    paged, after = [], ""
+    while after is not None:
+        body = get_json(web.http, f"/api/files?limit=1&after={quote(after)}")
+        assert len(body["files"]) <= 1
+        paged += body["files"]
+        after = body["next"]
+    assert paged == every
     small = next(f for f in every if f["name"] == "web/small.txt")
     assert (small["size"], small["version"], small["wanted"], ",".join(small["servers"])) == (
         int(st["size"]), int(st["version"]), int(st["replicas"]), st["servers"])
+
+
+def test_files_api_pages_with_after_limit_and_next(tmp_path):
+    from twisted.internet import task
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from deposito.catalog import Catalog
+    from deposito.roster import Roster
+    from deposito.web import FilesAPI
+    from tests.test_listing import CatalogDepot, fill
+
+    catalog = Catalog(str(tmp_path / "proxy"))
+    try:
+        names = [f"d/{i:02d}" for i in range(25)] + ["d e", "e"]
+        fill(catalog, names, servers=("s1", "s2"))
+        depot = CatalogDepot(catalog.path, task.Clock())
+        depot.roster = Roster(task.Clock())
+        depot.roster.members = depot.members
+        api = FilesAPI(depot, EventLog(), None, task.Clock())
+
+        def page(**args):
+            request = DummyRequest([b""])
+            request._disconnected = False
+            request.args = {k.encode(): [v.encode()] for k, v in args.items()}
+            api.render_GET(request)
+            assert request.finished, "the page did not finish at once"
+            return request.responseCode or 200, json.loads(b"".join(request.written))
+
+        code, body = page(prefix="d/", limit="10")
+        assert code == 200 and [f["name"] for f in body["files"]] == names[:10] and body["next"] == "d/09"
+        assert body["files"][0] == {"name": "d/00", "size": 4, "version": 1, "sha256": "ab" * 32, "wanted": 2,
+                                    "have": 1, "servers": ["s1"], "download": "/files/d%2F00"}
+        seen, after = [], ""
+        while after is not None:
+            code, body = page(prefix="d", after=after, limit="7")
+            seen += [f["name"] for f in body["files"]]
+            after = body["next"]
+        assert seen == ["d e"] + names[:25]  # " " sorts before "/"
+        code, body = page(after="d/23")
+        assert [f["name"] for f in body["files"]] == ["d/24", "e"] and body["next"] is None and body["limit"] == 1000
+        assert page(limit="100000")[1]["limit"] == 10000
+        for bad in ("0", "-1", "x"):
+            code, body = page(limit=bad)
+            assert code == 400 and body["error"] == "badargs"
+        assert all(listing.closed for listing in depot.listings)
+    finally:
+        catalog.close()
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 import deposito
 from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
+from deposito.protocols.listreply import ListBroken, ListReply
 from deposito.protocols.words import check_name, parse_count, quote, split
 
 MAX_REPLICAS = 16
@@ -27,7 +28,7 @@ USAGE = {
     "PUT": "PUT <name> <size> [<replicas>]",
     "GET": "GET <name>",
     "STAT": "STAT <name>",
-    "LIST": "LIST [<prefix>]",
+    "LIST": "LIST [<prefix> [<after> [<limit>]]]",
     "DELETE": "DELETE <name>",
     "SERVERS": "SERVERS",
     "REPLICAS": "REPLICAS <name> <count> [WAIT]",
@@ -40,7 +41,7 @@ HELP = [
     "PUT <name> <size> [<replicas>]  store a file: after 'OK send', send <size> raw bytes",
     "GET <name>                      'OK <size> sha256=.. version=..' then <size> raw bytes",
     "STAT <name>                     size, checksum, version, wanted and healthy copies",
-    "LIST [<prefix>]                 'OK <n>' then '<size> <wanted> <have> <name>' lines",
+    "LIST [<prefix> [<after> [<limit>]]]  'OK <n>' then n '<size> <wanted> <have> <name>' lines in name order",
     "DELETE <name>                   remove a file",
     "REPLICAS <name> <count> [WAIT]  change the wanted copies; WAIT answers once they exist",
     "SERVERS                         the storage servers and their state",
@@ -280,11 +281,18 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
                    f" version={record.version} replicas={record.replicas} have={len(healthy)}"
                    f" servers={','.join(healthy) or '-'}")
 
-    async def do_LIST(self, prefix: str = "") -> None:
-        records = await self.depot.list(prefix)
-        lines = [f"{r.size} {r.replicas} {len(self.depot.healthy(r))} {quote(r.name)}" for r in records]
-        self.reply(f"OK {len(lines)}")
-        self.transport.writeSequence([line.encode("utf-8") + b"\r\n" for line in lines])
+    async def do_LIST(self, prefix: str = "", after: str = "", limit: str | None = None) -> None:
+        count = parse_count(limit, "limit", 1) if limit is not None else None
+        listing = await self.depot.listing(prefix, after, count)
+        if not self.transport.connected:
+            listing.close()
+            return
+        self.reply(f"OK {listing.count}")
+        self.setTimeout(None)  # a slow reader is the listing's to time out (see deposito.listing)
+        try:
+            await ListReply(self.transport, listing, lambda r: len(self.depot.healthy(r))).start()
+        except ListBroken:  # after OK <n>, fewer lines would be misread: the connection must go
+            self._broken = True
 
     async def do_DELETE(self, name: str) -> None:
         record = await self.depot.delete(check_name(name))

@@ -1,0 +1,302 @@
+"""LIST's names, read from one snapshot of the catalog in batches.
+
+A LIST announces its count (``OK <n>``) before its lines, so the count and
+the lines must come from the same state of the catalog, however long the
+client takes to read them. A :class:`Listing` holds a read transaction on a
+connection of its own (SQLite in WAL mode lets writers go on meanwhile) and
+reads the names from the files table's primary key index, a batch at a time,
+on a thread pool this module owns: the reactor never waits on the disk, and
+a listing of millions of names holds a batch or two in memory.
+
+A snapshot held open keeps the write-ahead log from being folded back into
+the database, so a listing ends after ``max_age`` seconds whatever its
+reader does (a client that stopped reading is cut off): a client wanting
+more than a listing can give in that time pages through with ``after``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import threading
+from typing import Any, Callable
+from urllib.request import pathname2url
+
+import attrs
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from deposito.catalog import FileRecord, _record
+from deposito.errors import Unavailable
+
+BATCH = 1000  # names read from the catalog per trip to a thread
+MAX_AGE = 300.0  # seconds a listing may hold its snapshot
+THREADS = 4  # listings' reads at the same time, whatever the number of listings
+
+_COLUMNS = (
+    "SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
+    " (SELECT group_concat(server, ' ') FROM"
+    " (SELECT server FROM copies c WHERE c.blob = f.blob ORDER BY server))"
+    " FROM files f"
+)
+
+Run = Callable[..., defer.Deferred]  # run(fn, *args): fn's result, computed off the reactor
+
+
+class ListingExpired(Unavailable):
+    """The listing held its snapshot for as long as it may."""
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string that starts with ``prefix``, or
+    None when there is none (an empty prefix, or one of U+10FFFF only).
+
+    Code point order is the byte order of UTF-8, which is how the catalog
+    sorts names, so ``prefix <= name < prefix_end(prefix)`` is a range of its
+    index that holds exactly the names starting with ``prefix``.
+    """
+    chars = prefix.rstrip("\U0010ffff")
+    if not chars:
+        return None
+    last = ord(chars[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:  # surrogates are no characters: skip them
+        last = 0xE000
+    return chars[:-1] + chr(last)
+
+
+@attrs.frozen
+class NameRange:
+    """The names a listing covers: starting with ``prefix``, sorting after
+    ``after``, at most ``limit`` of them (None: all)."""
+
+    prefix: str = ""
+    after: str = ""
+    limit: int | None = None
+
+    def where(self, column: str = "name") -> tuple[str, tuple[Any, ...]]:
+        """The SQL condition on ``column`` and its values: one range of its
+        index, with one lower bound (SQLite seeks to one, and would scan
+        from the other)."""
+        low = f"{column} > ?" if self.after >= self.prefix else f"{column} >= ?"
+        values: tuple[Any, ...] = (max(self.after, self.prefix),)
+        end = prefix_end(self.prefix)
+        if end is None:
+            return low, values
+        return f"{low} AND {column} < ?", (*values, end)
+
+    @property
+    def sql_limit(self) -> int:
+        return -1 if self.limit is None else min(self.limit, 2**62)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """A read-only connection to the catalog at ``path``; never makes a new one."""
+    db = sqlite3.connect(f"file:{pathname2url(path)}?mode=rw", uri=True, timeout=10.0,
+                         check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA query_only=1")
+    return db
+
+
+def _open(path: str, names: NameRange,
+          batch: int) -> tuple[sqlite3.Connection, sqlite3.Cursor | None, int, list[FileRecord]]:
+    """In a thread: the snapshot, its count, and its first batch."""
+    db = _connect(path)
+    cursor = None
+    try:
+        where, values = names.where()
+        db.execute("BEGIN")
+        count = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM files WHERE {where} LIMIT ?)",
+                           (*values, names.sql_limit)).fetchone()[0]
+        if not count:
+            _close(db, None)
+            return db, None, 0, []
+        where, values = names.where("f.name")
+        cursor = db.execute(f"{_COLUMNS} WHERE {where} ORDER BY f.name LIMIT ?", (*values, count))
+        return db, cursor, count, _fetch(cursor, min(batch, count))
+    except BaseException:
+        _close(db, cursor)
+        raise
+
+
+def _fetch(cursor: sqlite3.Cursor, n: int) -> list[FileRecord]:
+    return [_record(row) for row in cursor.fetchmany(n)]
+
+
+def _close(db: sqlite3.Connection, cursor: sqlite3.Cursor | None) -> None:
+    """End the read transaction (the snapshot is let go) and the connection.
+    A statement left unfinished would keep both alive past ``close``."""
+    try:
+        if cursor is not None:
+            cursor.close()
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    finally:
+        db.close()
+
+
+class Listing:
+    """An open listing: :attr:`count` records, handed out by :meth:`next` in
+    name order. A batch is read when it is asked for, not ahead: a reader
+    that stops holds nothing more, and the thread reading never competes
+    for the interpreter with the reactor writing the batch before (the
+    two would slow each other down). Call :meth:`close` when done, or when
+    the reader leaves: the snapshot is let go then, or after ``max_age``
+    seconds, when ``on_expiry`` is called (its reader must give up: the
+    count cannot be kept).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, run: Run, db: sqlite3.Connection, cursor: sqlite3.Cursor | None,
+                 count: int, first: list[FileRecord], batch: int = BATCH, max_age: float = MAX_AGE) -> None:
+        self.count = count
+        self.fetched = len(first)  # records read from the catalog so far
+        self.batch = batch
+        self.on_expiry: Callable[[], None] = lambda: None
+        self._run = run
+        self._db = db
+        self._cursor = cursor
+        self._ready: list[FileRecord] | None = first or None
+        self._waiter: defer.Deferred | None = None
+        self._busy = False  # a read runs in a thread
+        self._error: BaseException | None = None
+        self._released = count == 0  # an empty listing's connection is closed already
+        self.closed = count == 0
+        self._timer = None if self.closed else reactor.callLater(max_age, self._expire)
+
+    def next(self) -> defer.Deferred:
+        """The next batch of records, ``[]`` after the last one."""
+        if self._error is not None:
+            return defer.fail(self._error)
+        if self._ready is not None:
+            batch, self._ready = self._ready, None
+            return defer.succeed(batch)
+        if self.fetched >= self.count or self.closed:
+            return defer.succeed([])
+        waiter = self._waiter = defer.Deferred()
+        self._read()
+        return waiter
+
+    def close(self) -> None:
+        """Let go of the snapshot (at once, or when the read under way ends)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._ready = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.callback([])
+        if self._busy:
+            self._db.interrupt()  # the read stops early; _release follows it
+        else:
+            self._release()
+
+    def collect(self) -> defer.Deferred:
+        """Every record left, in one list, then close: for a bounded listing."""
+        out: list[FileRecord] = []
+
+        def more(batch: list[FileRecord]) -> Any:
+            if not batch:
+                self.close()
+                return out
+            out.extend(batch)
+            return self.next().addCallback(more)
+
+        def failed(failure: Any) -> Any:
+            self.close()
+            return failure
+
+        return self.next().addCallback(more).addErrback(failed)
+
+    def _read(self) -> None:
+        if self._busy or self.closed or self._ready is not None or self.fetched >= self.count:
+            return
+        self._busy = True
+        self._run(_fetch, self._cursor, min(self.batch, self.count - self.fetched)).addCallbacks(
+            self._fetched, self._failed)
+
+    def _fetched(self, batch: list[FileRecord]) -> None:
+        self._busy = False
+        if self.closed:
+            self._release()
+            return
+        self.fetched += len(batch)
+        if not batch:  # one snapshot cannot hold fewer names than it counted
+            self._failed(RuntimeError(f"the catalog gave {self.fetched} names of {self.count}"))
+            return
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.callback(batch)
+        else:
+            self._ready = batch
+
+    def _failed(self, why: Any) -> None:
+        self._busy = False
+        error = why.value if isinstance(why, Failure) else why
+        if self.closed:
+            self._release()
+            return
+        self.log.warn("listing stopped after {n} of {count} names: {why}", n=self.fetched, count=self.count,
+                      why=str(error))
+        self._error = error
+        waiter, self._waiter = self._waiter, None
+        self.close()
+        if waiter is not None:
+            waiter.errback(error)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self.log.warn("a listing was still open after its time, at {n} of {count} names: ended",
+                      n=self.fetched, count=self.count)
+        self._error = ListingExpired("the listing took too long; page through with <after>")
+        waiter, self._waiter = self._waiter, None
+        self.close()
+        if waiter is not None:
+            waiter.errback(self._error)
+        self.on_expiry()
+
+    def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._run(_close, self._db, self._cursor).addErrback(lambda f: self.log.failure("closing a listing", f))
+
+
+def open_listing(reactor: Any, path: str, names: NameRange, batch: int = BATCH,
+                 max_age: float = MAX_AGE, run: Run | None = None) -> defer.Deferred:
+    """A :class:`Listing` of ``names`` in the SQLite catalog at ``path``,
+    its count taken and its first batch read. ``run`` puts work on a thread
+    (by default this module's pool)."""
+    if run is None:
+        run = functools.partial(threads.deferToThreadPool, reactor, _pool(reactor))
+    d = run(_open, path, names, batch)
+    d.addCallback(lambda opened: Listing(reactor, run, *opened, batch=batch, max_age=max_age))
+    return d
+
+
+_pools: dict[int, ThreadPool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(reactor: Any) -> ThreadPool:
+    """The listings' threads: a few, shared by every listing, made at the
+    first listing and stopped with the reactor."""
+    with _pools_lock:
+        pool = _pools.get(id(reactor))
+        if pool is None:
+            pool = ThreadPool(0, THREADS, "deposito-listing")
+            # daemon threads: a listing's read never keeps the process from exiting
+            pool.threadFactory = functools.partial(threading.Thread, daemon=True)
+            pool.start()
+            _pools[id(reactor)] = pool
+
+            def stop() -> None:
+                _pools.pop(id(reactor), None)
+                pool.stop()
+
+            reactor.addSystemEventTrigger("during", "shutdown", stop)
+        return pool
