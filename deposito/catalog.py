@@ -34,20 +34,22 @@ from zope.interface import implementer
 from deposito.batching import Batches
 from deposito.interfaces import IWorkCatalog
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS names (
-    name TEXT PRIMARY KEY,
-    last_version INTEGER NOT NULL,
-    settled INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS files (
+FILES = """CREATE TABLE IF NOT EXISTS files (
     name TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
     blob TEXT NOT NULL UNIQUE,
     size INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     replicas INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    servers TEXT NOT NULL DEFAULT ''
+) WITHOUT ROWID"""
+
+SCHEMA = FILES + """;
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT PRIMARY KEY,
+    last_version INTEGER NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS copies (
     blob TEXT NOT NULL,
@@ -94,12 +96,20 @@ CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 """
 
 # The schema's version (PRAGMA user_version). 0: a catalog from before the
-# work queue, the totals and names.settled; opening it adds them (see Catalog._migrate).
+# work queue, the totals, names.settled and files.servers; opening it adds
+# them (see Catalog._migrate). ``files`` is kept in name order (WITHOUT
+# ROWID) with its copies' servers beside each file (the ``copies`` rows, as
+# a space-separated sorted list, kept with every change of them), so that a
+# lookup is one row and a listing reads the table in order.
 SCHEMA_VERSION = 1
 
 # A queued file waits for this long at most, when only a server coming back
 # (or dying) can change what can be done for it: such a change wakes it.
 WAITING = 1e18
+# The servers holding copies of a blob, as ``files.servers`` keeps them.
+SERVERS_OF = ("coalesce((SELECT group_concat(server, ' ') FROM"
+              " (SELECT server FROM copies c WHERE c.blob = {blob} ORDER BY server)), '')")
+RECORD = "SELECT name, version, blob, size, sha256, replicas, servers FROM files"
 TOTALS = ("files", "bytes", "wanted")
 
 
@@ -136,6 +146,12 @@ class Catalog:
             return
 
         def tx(db: sqlite3.Connection) -> None:
+            if "servers" not in [row[1] for row in db.execute("PRAGMA table_info(files)")]:
+                db.execute("ALTER TABLE files RENAME TO files_before")
+                db.execute(FILES)
+                db.execute("INSERT INTO files SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
+                           f" f.created, {SERVERS_OF.format(blob='f.blob')} FROM files_before f")
+                db.execute("DROP TABLE files_before")
             if "settled" not in [row[1] for row in db.execute("PRAGMA table_info(names)")]:
                 # no upload outlives a restart: whatever version was given out is settled
                 db.execute("ALTER TABLE names ADD COLUMN settled INTEGER NOT NULL DEFAULT 0")
@@ -259,8 +275,8 @@ class Catalog:
                 _count(db, 0, size - row[2], replicas - row[3])
             else:
                 _count(db, 1, size, replicas)
-            db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (name, version, blob, size, sha256, replicas, now))
+            db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (name, version, blob, size, sha256, replicas, now, " ".join(sorted(set(servers)))))
             db.executemany("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", [(blob, s, now) for s in servers])
             return True
         return self._tx(tx)
@@ -303,6 +319,7 @@ class Catalog:
                 db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
                 return False
             db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", (blob, server, now))
+            _servers_changed(db, [blob])
             db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
             _enqueue(db, [name])
             return True
@@ -313,6 +330,7 @@ class Catalog:
         its server; its file is queued, to be copied again."""
         def tx(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
+            _servers_changed(db, [blob])
             db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
             _enqueue(db, [row[0] for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))])
         self._tx(tx)
@@ -324,6 +342,7 @@ class Catalog:
             for blob, server in drops:
                 db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
                 db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
+            _servers_changed(db, {blob for blob, _ in drops})
         self._tx(tx)
 
     def abandon_copy(self, blob: str, server: str) -> None:
@@ -362,6 +381,7 @@ class Catalog:
                                     (blob, server)).fetchone():
                     db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
                     garbage += 1
+            _servers_changed(db, changed)
             _enqueue(db, [row[0] for blob in changed
                           for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))])
             return len(missing), counted, garbage
@@ -392,11 +412,12 @@ class Catalog:
                         old = db.execute("SELECT size, replicas FROM files WHERE name = ?", (name,)).fetchone()
                         self._drop_blob(db, row[1])
                         _count(db, -1, -old[0], -old[1])
-                    db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, '')",
                                (name, version, blob, size, sha256, max(1, replicas), now))
                     _count(db, 1, size, max(1, replicas))
                     _enqueue(db, [name])
                 db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", (blob, server, now))
+                _servers_changed(db, [blob])
                 db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
                 taken += 1
             return taken
@@ -438,17 +459,12 @@ class Catalog:
 
     @staticmethod
     def _lookup(db: sqlite3.Connection, name: str) -> FileRecord | None:
-        row = db.execute(
-            "SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
-            " (SELECT group_concat(server, ' ') FROM (SELECT server FROM copies c WHERE c.blob = f.blob ORDER BY server))"
-            " FROM files f WHERE f.name = ?", (name,)).fetchone()
+        row = db.execute(RECORD + " WHERE name = ?", (name,)).fetchone()
         return _record(row) if row else None
 
     def list(self, prefix: str = "") -> list[FileRecord]:
         rows = self.db.execute(
-            "SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
-            " (SELECT group_concat(server, ' ') FROM (SELECT server FROM copies c WHERE c.blob = f.blob ORDER BY server))"
-            " FROM files f WHERE substr(f.name, 1, ?) = ? ORDER BY f.name",
+            RECORD + " WHERE substr(name, 1, ?) = ? ORDER BY name",
             (len(prefix), prefix)).fetchall()
         return [_record(r) for r in rows]
 
@@ -491,10 +507,7 @@ class Catalog:
 
     def records_after(self, after: str, limit: int) -> list[FileRecord]:
         """The next ``limit`` files in name order after ``after`` (the background sweep's page)."""
-        rows = self.db.execute(
-            "SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
-            " (SELECT group_concat(server, ' ') FROM (SELECT server FROM copies c WHERE c.blob = f.blob ORDER BY server))"
-            " FROM files f WHERE f.name > ? ORDER BY f.name LIMIT ?", (after, limit)).fetchall()
+        rows = self.db.execute(RECORD + " WHERE name > ? ORDER BY name LIMIT ?", (after, limit)).fetchall()
         return [_record(r) for r in rows]
 
     def settle(self, outcomes: Iterable[Outcome]) -> None:
@@ -559,6 +572,12 @@ def _count(db: sqlite3.Connection, files: int, size: int, wanted: int) -> None:
     for key, delta in zip(TOTALS, (files, size, wanted)):
         if delta:
             db.execute("UPDATE totals SET value = value + ? WHERE key = ?", (delta, key))
+
+
+def _servers_changed(db: sqlite3.Connection, blobs: Iterable[str]) -> None:
+    """Copies of these blobs were added or removed: their files' server lists follow."""
+    db.executemany(f"UPDATE files SET servers = {SERVERS_OF.format(blob='?1')} WHERE blob = ?1",
+                   [(blob,) for blob in blobs])
 
 
 def _enqueue(db: sqlite3.Connection, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:

@@ -28,19 +28,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from deposito.catalog import FileRecord, _record
+from deposito.catalog import RECORD, FileRecord, _record
 from deposito.errors import Unavailable
 
 BATCH = 1000  # names read from the catalog per trip to a thread
 MAX_AGE = 300.0  # seconds a listing may hold its snapshot
 THREADS = 4  # listings' reads at the same time, whatever the number of listings
 
-_COLUMNS = (
-    "SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
-    " (SELECT group_concat(server, ' ') FROM"
-    " (SELECT server FROM copies c WHERE c.blob = f.blob ORDER BY server))"
-    " FROM files f"
-)
+_COLUMNS = RECORD + " f"
 
 Run = Callable[..., defer.Deferred]  # run(fn, *args): fn's result, computed off the reactor
 

@@ -105,7 +105,8 @@ def fill(cat: Catalog, files: int, servers) -> None:
     with cat.db:
         cat.db.execute("BEGIN")
         cat.db.executemany("INSERT INTO names (name, last_version, settled) VALUES (?, 1, 1)", [(n,) for n in names])
-        cat.db.executemany("INSERT INTO files VALUES (?, 1, ?, 10, 'x', 2, 0)", [(n, blob[n]) for n in names])
+        cat.db.executemany("INSERT INTO files VALUES (?, 1, ?, 10, 'x', 2, 0, ?)", [
+            (n, blob[n], f"{servers[i % 2]} {servers[2 + i % 2]}") for i, n in enumerate(names)])
         cat.db.executemany("INSERT INTO copies VALUES (?, ?, 0)", [
             (blob[n], servers[i % 2 + k]) for i, n in enumerate(names) for k in (0, 2)])
         cat.db.executemany("UPDATE totals SET value = value + ? WHERE key = ?",
@@ -234,15 +235,35 @@ def test_most_endangered_first_and_a_page_at_a_time(tmp_path):
     cat.close()
 
 
-def test_an_old_catalog_gets_its_totals_and_its_files_queued(tmp_path):
+OLD_SCHEMA = """
+CREATE TABLE names (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL);
+CREATE TABLE files (name TEXT PRIMARY KEY, version INTEGER NOT NULL, blob TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL, sha256 TEXT NOT NULL, replicas INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE copies (blob TEXT NOT NULL, server TEXT NOT NULL, since REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (blob, server));
+CREATE INDEX copies_by_server ON copies (server);
+CREATE TABLE intents (blob TEXT NOT NULL, server TEXT NOT NULL, PRIMARY KEY (blob, server));
+CREATE TABLE garbage (blob TEXT NOT NULL, server TEXT NOT NULL, PRIMARY KEY (blob, server));
+CREATE TABLE servers (id TEXT PRIMARY KEY, zone TEXT NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL,
+    capacity INTEGER NOT NULL, used INTEGER NOT NULL, blobs INTEGER NOT NULL);
+INSERT INTO names VALUES ('x', 1), ('y', 3), ('gone', 2);
+INSERT INTO files VALUES ('x', 1, 'bx', 10, 'h', 1, 0), ('y', 3, 'by', 20, 'h', 2, 0);
+INSERT INTO copies VALUES ('bx', 'a', 0), ('by', 'b', 0), ('by', 'a', 0);
+"""
+
+
+def test_a_catalog_from_before_opens_with_its_files_their_copies_and_its_counts(tmp_path):
+    db = sqlite3.connect(tmp_path / "catalog.sqlite")
+    db.executescript(OLD_SCHEMA)
+    db.close()
     cat = Catalog(str(tmp_path))
-    store(cat, "x", ["a"])
-    store(cat, "y", ["a", "b"])
-    cat.db.executescript("DROP TABLE work; DROP TABLE totals; PRAGMA user_version = 0;")
-    cat.close()
-    cat = Catalog(str(tmp_path))
+    assert cat.lookup("y").servers == ("a", "b") and cat.lookup("x").servers == ("a",)
     counts = cat.counts()
-    assert (counts.files, counts.bytes, counts.wanted, counts.queued) == (2, 20, 3, 2)
+    assert (counts.files, counts.bytes, counts.wanted, counts.queued) == (2, 30, 3, 2)
+    assert cat.begin_upload("gone", "bg", ["a"]) == 3  # versions go on from where they were
+    cat.close()
+    cat = Catalog(str(tmp_path))  # and opens again as it is
+    assert cat.lookup("y").version == 3 and cat.counts().files == 2
     cat.close()
 
 
