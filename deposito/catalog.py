@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS copies (
     since REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (blob, server)
 );
-CREATE INDEX IF NOT EXISTS copies_by_server ON copies (server);
+CREATE INDEX IF NOT EXISTS copies_by_server_blob ON copies (server, blob);
+DROP INDEX IF EXISTS copies_by_server;
 CREATE TABLE IF NOT EXISTS intents (
     blob TEXT NOT NULL,
     server TEXT NOT NULL,
@@ -253,34 +254,60 @@ class Catalog:
             db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
         self._tx(tx)
 
-    def reconcile_inventory(self, server: str, present: Iterable[str], before: float) -> tuple[int, int, int]:
-        """Compare what a server holds with what the catalog says it holds.
+    def reconcile_inventory(self, server: str, present: Iterable[str], lo: str | None, hi: str | None,
+                            before: float) -> tuple[int, int, int, list[str]]:
+        """Compare what a server holds with what the catalog says it holds, over
+        one range of blob ids: above ``lo`` (None: from the first) up to and
+        including ``hi`` (None: to the last). ``present`` is what the server
+        listed in that range (ids outside it are left alone).
 
-        Copies the catalog lists (made before ``before``) that the server lacks
-        stop counting; blobs it holds that are a file's current blob count
-        (again); anything else it holds is garbage, unless still being written.
-        Returns (missing, counted, garbage).
+        Copies the catalog lists in the range (made before ``before``) that the
+        server lacks stop counting; blobs it holds that are a file's current
+        blob count (again); anything else it holds is garbage, unless still
+        being written. The catalog's copies are read through the index in
+        pages, so a range of any size costs memory for a page and the listed
+        blobs. Returns (missing, counted, garbage, names of the files whose
+        copies changed).
         """
-        present = set(present)
+        present = {b for b in present if (lo is None or b > lo) and (hi is None or b <= hi)}
+        page = 1000
 
-        def tx(db: sqlite3.Connection) -> tuple[int, int, int]:
-            listed = {b: since for b, since in db.execute(
-                "SELECT blob, since FROM copies WHERE server = ?", (server,))}
-            missing = [b for b, since in listed.items() if b not in present and since < before]
-            db.executemany("DELETE FROM copies WHERE blob = ? AND server = ?", [(b, server) for b in missing])
-            counted = garbage = 0
-            for blob in present - listed.keys():
+        def tx(db: sqlite3.Connection) -> tuple[int, int, int, list[str]]:
+            names: list[str] = []
+            missing = counted = garbage = 0
+            held: set[str] = set()  # listed by both
+            after = lo
+            while True:
+                rows = db.execute(
+                    "SELECT blob, since FROM copies WHERE server = ?"
+                    + (" AND blob > ?" if after is not None else "") + (" AND blob <= ?" if hi is not None else "")
+                    + " ORDER BY blob LIMIT ?",
+                    [v for v in (server, after, hi) if v is not None] + [page]).fetchall()
+                for blob, since in rows:
+                    if blob in present:
+                        held.add(blob)
+                    elif since < before:
+                        db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
+                        missing += 1
+                        row = db.execute("SELECT name FROM files WHERE blob = ?", (blob,)).fetchone()
+                        if row is not None:
+                            names.append(row[0])
+                if len(rows) < page:
+                    break
+                after = rows[-1][0]
+            for blob in sorted(present - held):
                 if db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone():
                     continue  # on its way out: counting it again would race its deletion
-                if db.execute("SELECT 1 FROM files WHERE blob = ?", (blob,)).fetchone():
+                row = db.execute("SELECT name FROM files WHERE blob = ?", (blob,)).fetchone()
+                if row is not None:
                     db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", (blob, server, before))
-                    db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
                     counted += 1
+                    names.append(row[0])
                 elif not db.execute("SELECT 1 FROM intents WHERE blob = ? AND server = ?",
                                     (blob, server)).fetchone():
                     db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
                     garbage += 1
-            return len(missing), counted, garbage
+            return missing, counted, garbage, names
         return self._tx(tx)
 
     def is_empty(self) -> bool:

@@ -240,7 +240,7 @@ def test_kept_records_always_match_the_catalog(tmp_path):
                     pending.append(db(Catalog.delete, name))
                 elif op == "inventory":
                     pending.append(db(Catalog.reconcile_inventory, rng.choice(servers),
-                                      rng.sample(list(blobs.values()), min(2, len(blobs))), 1.0))
+                                      rng.sample(list(blobs.values()), min(2, len(blobs))), None, None, 1.0))
                 if rng.random() < 0.5:  # let what is in flight land before the next step
                     yield defer.gatherResults([d for pair in pairs for d in pair] + pending)
             for kept, truth in pairs:
@@ -268,5 +268,5 @@ def test_busy_servers_and_inventory_do_not_recount_garbage(cat):
     cat.commit("f", v, "b1", 1, "x", 2, ["s1"], 0.0)  # s2's partial copy is garbage now
     assert sorted(cat.busy("b1")) == ["s2"]
     # s2 lists the blob before its deletion lands: it must not count again
-    assert cat.reconcile_inventory("s2", ["b1"], before=10.0) == (0, 0, 0)
+    assert cat.reconcile_inventory("s2", ["b1"], None, None, before=10.0) == (0, 0, 0, [])
     assert cat.lookup("f").servers == ("s1",)

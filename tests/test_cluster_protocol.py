@@ -146,7 +146,7 @@ def test_inventory_and_bad_reports_reach_the_roster():
     clock = task.Clock()
     roster = Roster(clock)
     seen = []
-    roster.on_inventory = lambda m, entries, since: seen.append((m.id, entries, since))
+    roster.on_inventory = lambda m, entries, since, more: seen.append((m.id, entries, since))
     roster.on_corrupt = lambda m, blob, why: seen.append((m.id, blob, why))
     proto, tr = member_conn(roster)
     proto.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n")
