@@ -164,6 +164,22 @@ def _set_meta_attr(fd: int, meta: BlobMeta) -> bool:
     return True
 
 
+def _meta_at(path: str) -> BlobMeta:
+    """The metadata of the blob at ``path``: from its extended attribute, or the file beside it."""
+    try:
+        return BlobMeta.from_json(os.getxattr(path, META_ATTR))
+    except FileNotFoundError:
+        raise NotFound("no such blob") from None
+    except OSError as e:
+        if e.errno not in _NO_ATTR:
+            raise
+    try:
+        with open(path + ".meta", "rb") as f:
+            return BlobMeta.from_json(f.read())
+    except FileNotFoundError:
+        raise NotFound("no such blob") from None
+
+
 class IncomingBlob:
     """One blob being written: a temp file in incoming/ until :meth:`commit`.
 
@@ -350,19 +366,7 @@ class BlobStore:
 
     def meta(self, blob_id: str) -> BlobMeta:
         """A blob's metadata: from its extended attribute, or the file beside it."""
-        path = self.path(blob_id)
-        try:
-            return BlobMeta.from_json(os.getxattr(path, META_ATTR))
-        except FileNotFoundError:
-            raise NotFound("no such blob") from None
-        except OSError as e:
-            if e.errno not in _NO_ATTR:
-                raise
-        try:
-            with open(path + ".meta", "rb") as f:
-                return BlobMeta.from_json(f.read())
-        except FileNotFoundError:
-            raise NotFound("no such blob") from None
+        return _meta_at(self.path(blob_id))
 
     def open(self, blob_id: str):
         """A binary file object for reading the blob, and its size on disk."""
@@ -508,7 +512,7 @@ class BlobStore:
                 if entry <= after or not BLOB_ID.match(entry):
                     continue
                 try:
-                    meta = self.meta(entry)
+                    meta = _meta_at(os.path.join(d, entry))
                 except (NotFound, ValueError, KeyError):
                     continue
                 if meta.blob == entry:
