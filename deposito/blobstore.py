@@ -29,6 +29,7 @@ from deposito import diskio
 from deposito.errors import BadArgs, NotFound
 
 BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+SUBDIR = re.compile(r"^[0-9a-f]{2}$")
 BLOCK = 1 << 20  # each block of a blob has its own checksum, checked before it is sent
 # Block checksum functions by name, kept in each blob's metadata. New blobs use
 # CRC-32C (in hardware on x86 and ARM); blobs from before it have CRC-32.
@@ -163,6 +164,22 @@ def _set_meta_attr(fd: int, meta: BlobMeta) -> bool:
     return True
 
 
+def _meta_at(path: str) -> BlobMeta:
+    """The metadata of the blob at ``path``: from its extended attribute, or the file beside it."""
+    try:
+        return BlobMeta.from_json(os.getxattr(path, META_ATTR))
+    except FileNotFoundError:
+        raise NotFound("no such blob") from None
+    except OSError as e:
+        if e.errno not in _NO_ATTR:
+            raise
+    try:
+        with open(path + ".meta", "rb") as f:
+            return BlobMeta.from_json(f.read())
+    except FileNotFoundError:
+        raise NotFound("no such blob") from None
+
+
 class IncomingBlob:
     """One blob being written: a temp file in incoming/ until :meth:`commit`.
 
@@ -280,12 +297,8 @@ class BlobStore:
         os.makedirs(self.incoming)
         # Group commits sync the whole filesystem, which covers the blobs only if it holds all of them.
         self.one_filesystem = len({os.stat(p).st_dev for p in (self.root, self.blobs, self.incoming)}) == 1
-        self.used = 0
-        self.count = 0
         self._tally_lock = threading.Lock()  # commits run on several threads
-        for meta in self.inventory():
-            self.used += meta.size
-            self.count += 1
+        self.used, self.count = self._recount()
 
     def _dir(self, blob_id: str) -> str:
         return os.path.join(self.blobs, blob_id[:2])
@@ -353,19 +366,7 @@ class BlobStore:
 
     def meta(self, blob_id: str) -> BlobMeta:
         """A blob's metadata: from its extended attribute, or the file beside it."""
-        path = self.path(blob_id)
-        try:
-            return BlobMeta.from_json(os.getxattr(path, META_ATTR))
-        except FileNotFoundError:
-            raise NotFound("no such blob") from None
-        except OSError as e:
-            if e.errno not in _NO_ATTR:
-                raise
-        try:
-            with open(path + ".meta", "rb") as f:
-                return BlobMeta.from_json(f.read())
-        except FileNotFoundError:
-            raise NotFound("no such blob") from None
+        return _meta_at(self.path(blob_id))
 
     def open(self, blob_id: str):
         """A binary file object for reading the blob, and its size on disk."""
@@ -460,37 +461,59 @@ class BlobStore:
     def sweep(self) -> int:
         """Drop metadata whose blob is gone; recount what the disk holds."""
         removed = 0
-        used = count = 0
-        for sub in os.listdir(self.blobs):
-            d = os.path.join(self.blobs, sub)
-            if not os.path.isdir(d):
-                continue
-            for entry in os.listdir(d):
-                if entry.endswith(".meta") and not os.path.exists(os.path.join(d, entry[:-5])):
-                    os.unlink(os.path.join(d, entry))
-                    removed += 1
-        for meta in self.inventory():
-            used += meta.size
-            count += 1
+        for d in self._subdirs():
+            names = set(os.listdir(d))
+            for entry in names:
+                if entry.endswith(".meta") and entry[:-5] not in names:
+                    try:
+                        os.unlink(os.path.join(d, entry))
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        used, count = self._recount()
         with self._tally_lock:
             self.used, self.count = used, count
         return removed
+
+    def _recount(self) -> tuple[int, int]:
+        """(bytes, blobs) the disk holds, from the directories alone: the size
+        of each blob file, never its metadata (an intact blob's file holds
+        exactly its recorded size)."""
+        used = count = 0
+        for d in self._subdirs():
+            with os.scandir(d) as entries:
+                for entry in entries:
+                    if BLOB_ID.match(entry.name):
+                        try:
+                            used += entry.stat(follow_symlinks=False).st_size
+                        except FileNotFoundError:  # deleted meanwhile
+                            continue
+                        count += 1
+        return used, count
+
+    def _subdirs(self) -> list[str]:
+        """The blob directories, in id order (a blob's directory is its id's first two digits)."""
+        return [os.path.join(self.blobs, sub) for sub in sorted(os.listdir(self.blobs))
+                if SUBDIR.match(sub) and os.path.isdir(os.path.join(self.blobs, sub))]
 
     def _tally(self, size: int, count: int) -> None:
         with self._tally_lock:
             self.used += size
             self.count += count
 
-    def inventory(self) -> Iterator[BlobMeta]:
-        """Every blob's metadata (blobs without readable metadata are skipped)."""
-        for sub in sorted(os.listdir(self.blobs)):
-            d = os.path.join(self.blobs, sub)
-            if not os.path.isdir(d):
+    def inventory(self, after: str = "") -> Iterator[BlobMeta]:
+        """Every blob's metadata in id order, from the first id above ``after``
+        (blobs without readable metadata, or whose metadata names another
+        blob, are skipped). Lazy: one directory's names are held at a time."""
+        for d in self._subdirs():
+            if os.path.basename(d) < after[:2]:
                 continue
             for entry in sorted(os.listdir(d)):
-                if entry.endswith(".meta") or not BLOB_ID.match(entry):
+                if entry <= after or not BLOB_ID.match(entry):
                     continue
                 try:
-                    yield self.meta(entry)
+                    meta = _meta_at(os.path.join(d, entry))
                 except (NotFound, ValueError, KeyError):
                     continue
+                if meta.blob == entry:
+                    yield meta

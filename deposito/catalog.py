@@ -57,8 +57,8 @@ CREATE TABLE IF NOT EXISTS copies (
     since REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (blob, server)
 );
-CREATE INDEX IF NOT EXISTS copies_by_server ON copies (server);
 CREATE INDEX IF NOT EXISTS copies_by_server_blob ON copies (server, blob);
+DROP INDEX IF EXISTS copies_by_server;
 CREATE TABLE IF NOT EXISTS intents (
     blob TEXT NOT NULL,
     server TEXT NOT NULL,
@@ -352,39 +352,65 @@ class Catalog:
             db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
         self._tx(tx)
 
-    def reconcile_inventory(self, server: str, present: Iterable[str], before: float) -> tuple[int, int, int]:
-        """Compare what a server holds with what the catalog says it holds.
+    def reconcile_inventory(self, server: str, present: Iterable[str], lo: str | None, hi: str | None,
+                            before: float) -> tuple[int, int, int, list[str]]:
+        """Compare what a server holds with what the catalog says it holds, over
+        one range of blob ids: above ``lo`` (None: from the first) up to and
+        including ``hi`` (None: to the last). ``present`` is what the server
+        listed in that range (ids outside it are left alone).
 
-        Copies the catalog lists (made before ``before``) that the server lacks
-        stop counting; blobs it holds that are a file's current blob count
-        (again); anything else it holds is garbage, unless still being written.
-        Returns (missing, counted, garbage).
+        Copies the catalog lists in the range (made before ``before``) that the
+        server lacks stop counting; blobs it holds that are a file's current
+        blob count (again); anything else it holds is garbage, unless still
+        being written. The catalog's copies are read through the index in
+        pages, so a range of any size costs memory for a page and the listed
+        blobs. Returns (missing, counted, garbage, names of the files whose
+        copies changed).
         """
-        present = set(present)
+        present = {b for b in present if (lo is None or b > lo) and (hi is None or b <= hi)}
+        page = 1000
 
-        def tx(db: sqlite3.Connection) -> tuple[int, int, int]:
-            listed = {b: since for b, since in db.execute(
-                "SELECT blob, since FROM copies WHERE server = ?", (server,))}
-            missing = [b for b, since in listed.items() if b not in present and since < before]
-            db.executemany("DELETE FROM copies WHERE blob = ? AND server = ?", [(b, server) for b in missing])
-            changed = list(missing)
-            counted = garbage = 0
-            for blob in present - listed.keys():
+        def tx(db: sqlite3.Connection) -> tuple[int, int, int, list[str]]:
+            names: list[str] = []
+            changed: list[str] = []  # blobs whose copies on this server were added or removed
+            missing = counted = garbage = 0
+            held: set[str] = set()  # listed by both
+            after = lo
+            while True:
+                rows = db.execute(
+                    "SELECT blob, since FROM copies WHERE server = ?"
+                    + (" AND blob > ?" if after is not None else "") + (" AND blob <= ?" if hi is not None else "")
+                    + " ORDER BY blob LIMIT ?",
+                    [v for v in (server, after, hi) if v is not None] + [page]).fetchall()
+                for blob, since in rows:
+                    if blob in present:
+                        held.add(blob)
+                    elif since < before:
+                        db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
+                        changed.append(blob)
+                        missing += 1
+                        row = db.execute("SELECT name FROM files WHERE blob = ?", (blob,)).fetchone()
+                        if row is not None:
+                            names.append(row[0])
+                if len(rows) < page:
+                    break
+                after = rows[-1][0]
+            for blob in sorted(present - held):
                 if db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone():
                     continue  # on its way out: counting it again would race its deletion
-                if db.execute("SELECT 1 FROM files WHERE blob = ?", (blob,)).fetchone():
+                row = db.execute("SELECT name FROM files WHERE blob = ?", (blob,)).fetchone()
+                if row is not None:
                     db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, ?)", (blob, server, before))
-                    db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
                     changed.append(blob)
                     counted += 1
+                    names.append(row[0])
                 elif not db.execute("SELECT 1 FROM intents WHERE blob = ? AND server = ?",
                                     (blob, server)).fetchone():
                     db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
                     garbage += 1
             _servers_changed(db, changed)
-            _enqueue(db, [row[0] for blob in changed
-                          for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))])
-            return len(missing), counted, garbage
+            _enqueue(db, names)
+            return missing, counted, garbage, names
         return self._tx(tx)
 
     def is_empty(self) -> bool:
@@ -595,12 +621,13 @@ def _enqueue(db: sqlite3.Connection, names: Iterable[str], due: float = 0.0, onl
 # version number not kept was never visible; a garbage entry not forgotten is
 # deleted again ("absent"); a server's address comes again when it joins.
 # The reconciler's queue is a guide, not a record: a lost change to it is
-# found again by the events that follow and by the reconciler's sweep.
+# found again by the events that follow and by the reconciler's sweep. An
+# inventory's result lost likewise is found again by the server's next one.
 for _method in (Catalog.begin_upload, Catalog.add_intent, Catalog.forget_garbage, Catalog.save_server,
                 Catalog.lookup, Catalog.list, Catalog.garbage, Catalog.garbage_count, Catalog.servers,
                 Catalog.busy, Catalog.is_empty, Catalog.enqueue, Catalog.enqueue_server, Catalog.wake,
                 Catalog.due_work, Catalog.next_due, Catalog.records, Catalog.records_after, Catalog.settle,
-                Catalog.counts):
+                Catalog.counts, Catalog.reconcile_inventory):
     _method.durable = False  # type: ignore[attr-defined]
 
 # What these do leaves every name's record as it was (files and copies are

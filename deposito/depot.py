@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
@@ -61,6 +62,7 @@ class Depot:
         # (blob, server) -> when its delete landed: an inventory listed before
         # that moment may still name the blob, and must not count it again
         self.recently_deleted: dict[tuple[str, str], float] = {}
+        self._listings: dict[str, _Listing] = {}  # server -> its listing under way
         self.reconciler = Reconciler(reactor, db, roster, self, collect=self.kick,
                                      paused=lambda: self.rebuilding)
 
@@ -357,32 +359,50 @@ class Depot:
             status.update(copies_wanted=c.wanted, copies_healthy=c.healthy)
         return status
 
-    def inventory(self, member: Member, entries: list, since: float) -> None:
-        """A server listed its blobs: missing copies stop counting, unknown ones go
-        (while rebuilding, they are taken into the catalog instead)."""
+    def inventory(self, member: Member, entries: list, since: float, more: bool = False) -> defer.Deferred:
+        """One chunk of a server's listing (``more``: chunks follow), in blob id
+        order: missing copies in its range stop counting, unknown blobs go
+        (while rebuilding, they are taken into the catalog instead). Fires
+        once the chunk is taken in; one summary per whole listing is logged."""
+        listing = self._listings.get(member.id)
+        if listing is None or listing.connection is not member.connection or listing.since != since:
+            listing = self._listings[member.id] = _Listing(member.connection, since)
+            now = self.reactor.seconds()
+            self.recently_deleted = {k: t for k, t in self.recently_deleted.items() if now - t < 600}
+        lo = listing.after
+        hi = (entries[-1][0] if entries else lo) if more else None
+        listing.after = hi
+        if not more:
+            del self._listings[member.id]
         if self.rebuilding:
             d = self.db(Catalog.adopt, member.id, entries, self.reactor.seconds())
             d.addCallback(self._took, member)
-            d.addCallback(lambda _: self._reported.add(member.id))
+            if not more:
+                d.addCallback(lambda _: self._reported.add(member.id))
             d.addErrback(lambda f: self.log.failure("taking the blobs of {id}", f, id=member.id))
-            return
+            return d
+        if more and hi == lo:
+            return defer.succeed(None)  # an empty chunk in the middle covers no range
         cutoff = since - 5.0
-        now = self.reactor.seconds()
-        self.recently_deleted = {k: t for k, t in self.recently_deleted.items() if now - t < 600}
         present = [e[0] for e in entries if self.recently_deleted.get((e[0], member.id), -1.0) < cutoff]
-        d = self.db(Catalog.reconcile_inventory, member.id, present, cutoff)
+        d = self.db(Catalog.reconcile_inventory, member.id, present, lo, hi, cutoff)
 
-        def reconciled(result: tuple[int, int, int]) -> None:
-            missing, counted, garbage = result
-            if missing or counted or garbage:
+        def reconciled(result: tuple[int, int, int, list[str]]) -> None:
+            listing.missing += result[0]
+            listing.counted += result[1]
+            listing.garbage += result[2]
+            if more:
+                return
+            if listing.missing or listing.counted or listing.garbage:
                 self.log.info("inventory of {id}: {missing} copies missing, {counted} counted again,"
-                              " {garbage} to delete", id=member.id, missing=missing, counted=counted,
-                              garbage=garbage, event="inventory")
+                              " {garbage} to delete", id=member.id, missing=listing.missing,
+                              counted=listing.counted, garbage=listing.garbage, event="inventory")
             self.reconciler.kick()
             self.kick()
 
         d.addCallback(reconciled)
         d.addErrback(lambda f: self.log.failure("reconciling the inventory of {id}", f, id=member.id))
+        return d
 
     def corrupt(self, member: Member, blob: str, why: str) -> None:
         d = self.db(Catalog.drop_copy, blob, member.id)
@@ -454,3 +474,15 @@ class Depot:
                               why=failure.getErrorMessage())
                 break
         return gone
+
+
+@attrs.define
+class _Listing:
+    """A server's listing under way: where its next chunk starts, and its counts so far."""
+
+    connection: Any
+    since: float
+    after: str | None = None  # the last blob id of the chunks so far
+    missing: int = 0
+    counted: int = 0
+    garbage: int = 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -201,8 +201,35 @@ class Device:
         """Remove metadata left without its blob (a blob deleted behind our back)."""
         return self._write(self.store.sweep)
 
-    def inventory(self) -> Deferred:
-        return self._read(lambda: list(self.store.inventory()))
+    def inventory(self, chunk: int = 1000) -> InventoryCursor:
+        """Every blob's metadata in id order, ``chunk`` at a time."""
+        return InventoryCursor(self, chunk)
+
+
+class InventoryCursor:
+    """A device's blobs in id order, read a chunk at a time on its reader
+    thread: however many blobs the disk holds, one chunk (and one directory's
+    names) is in memory. Ask for the next chunk only once the last one came."""
+
+    def __init__(self, device: Device, chunk: int) -> None:
+        self._device = device
+        self._chunk = chunk
+        self._blobs: Iterator[BlobMeta] = device.store.inventory()
+        self._ahead: BlobMeta | None = None  # the first blob of the next chunk, read already
+
+    def next(self) -> Deferred:
+        """Fires with (blobs, more): the next chunk, and whether any blob follows it."""
+        return self._device._read(self._take)
+
+    def _take(self) -> tuple[list[BlobMeta], bool]:
+        taken = [] if self._ahead is None else [self._ahead]
+        self._ahead = None
+        for meta in self._blobs:
+            if len(taken) == self._chunk:
+                self._ahead = meta
+                return taken, True
+            taken.append(meta)
+        return taken, False
 
 
 def _write_pieces(incoming: IncomingBlob, pieces: list[bytes]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from deposito.errors import Denied
@@ -47,7 +48,10 @@ class Roster:
         self.members: dict[str, Member] = {}
         self.on_change = on_change
         self.dead_after = dead_after
-        self.on_inventory: Callable[[Member, list, float], None] = lambda m, entries, since: None
+        # (member, entries, since, more): one chunk of a server's listing;
+        # returns a Deferred that fires once the chunk is taken in (or None)
+        self.on_inventory: Callable[[Member, list, float, bool], Deferred | None] = \
+            lambda m, entries, since, more: None
         self.on_corrupt: Callable[[Member, str, str], None] = lambda m, blob, why: None
 
     def restore(self, members: Iterable[Member]) -> None:
@@ -72,8 +76,10 @@ class Roster:
                               id=m.id, seconds=now - m.last_seen, event="dead")
                 self.on_change(m)
 
-    def inventory(self, member_id: str, entries: list, since: float) -> None:
-        self.on_inventory(self.members[member_id], entries, since)
+    def inventory(self, member_id: str, entries: list, since: float, more: bool = False) -> Deferred | None:
+        """One chunk of a server's listing (``more``: chunks follow), listed
+        after ``since``; what it returns fires once the chunk is taken in."""
+        return self.on_inventory(self.members[member_id], entries, since, more)
 
     def corrupt(self, member_id: str, blob: str, why: str) -> None:
         self.log.warn("storage server {id} found blob {blob} corrupt: {why}", id=member_id, blob=blob, why=why,

@@ -43,6 +43,9 @@ def node_id(data: str, name: str | None) -> str:
         return made
 
 
+INVENTORY_CHUNK = 1000  # blobs per chunk of a listing or a scrub
+
+
 class StorageNode:
     """What this server tells the proxy: usage, inventory, corrupt copies, scrubs."""
 
@@ -59,6 +62,8 @@ class StorageNode:
         self.configured_capacity = capacity
         self.connection: JoinProtocol | None = None
         self.scrubbing: defer.Deferred | None = None
+        self.listing: defer.Deferred | None = None
+        self._list_again = False
         self.refresh_capacity()
         device.corrupt_listeners.append(self._report_corrupt)
 
@@ -71,13 +76,41 @@ class StorageNode:
             self.connection = None
 
     def send_inventory(self) -> None:
-        connection = self.connection
-        if connection is None:
+        """List every blob to the proxy; asked while a listing is under way,
+        list again once it is done (one listing at a time)."""
+        if self.connection is None:
             return
+        if self.listing is not None:
+            self._list_again = True
+            return
+        self.listing = defer.ensureDeferred(self._list(self.connection))
+        self.listing.addErrback(lambda f: self.log.failure("listing blobs", f))
+        self.listing.addBoth(self._listed)
+
+    def _listed(self, _: object) -> None:
+        self.listing = None
+        if self._list_again:
+            self._list_again = False
+            self.send_inventory()
+
+    async def _list(self, connection: JoinProtocol) -> None:
+        """Chunks read from the disk while the one before goes out, each sent
+        once the connection has taken the last."""
         connection.send_listing()
-        d = self.device.inventory()
-        d.addCallback(lambda entries: None if connection.lost else connection.send_inventory(entries))
-        d.addErrback(lambda f: self.log.failure("listing blobs", f))
+        cursor = self.device.inventory(INVENTORY_CHUNK)
+        reading = cursor.next()
+        more = True
+        while more:
+            entries, more = await reading
+            if connection.lost:
+                return
+            if more:
+                reading = cursor.next()
+            await connection.send_inventory(entries, more)
+            if connection.lost:
+                if more:
+                    await reading  # the reader thread is done with the cursor
+                return
 
     def _report_corrupt(self, blob: str, why: str) -> None:
         if self.connection is not None:
@@ -93,15 +126,19 @@ class StorageNode:
 
     async def _scrub(self) -> None:
         checked = bad = 0
-        for meta in await self.device.inventory():
-            try:
-                await self.device.check(meta.blob)
-                checked += 1
-            except Corrupt as e:
-                bad += 1
-                await self.device.corrupt(meta.blob, str(e))
-            except NotFound:
-                pass  # deleted meanwhile
+        cursor = self.device.inventory(INVENTORY_CHUNK)
+        more = True
+        while more:
+            entries, more = await cursor.next()
+            for meta in entries:
+                try:
+                    await self.device.check(meta.blob)
+                    checked += 1
+                except Corrupt as e:
+                    bad += 1
+                    await self.device.corrupt(meta.blob, str(e))
+                except NotFound:
+                    pass  # deleted meanwhile
         await self.device.sweep()
         self.log.info("scrub done: {checked} blobs good, {bad} corrupt", checked=checked, bad=bad)
         self.send_inventory()

@@ -4,6 +4,7 @@ import hashlib
 import os
 
 import pytest
+import pytest_twisted
 
 from deposito.blobstore import BLOCK, BlobMeta, BlobStore, BlockSums, Corrupt, new_blob_id
 from deposito.errors import BadArgs, NotFound
@@ -213,3 +214,65 @@ def test_blobs_committed_together_each_get_their_own_outcome(tmp_path, monkeypat
         assert store.check(inc.meta.blob).size == len(data)
     assert store.count == 4 and os.listdir(store.incoming) == []
     assert len(calls) == (2 if together else 1)  # bytes, then renames; or refused once
+
+
+def put_blob(store, data, blob=None):
+    blob = blob or new_blob_id()
+    inc = store.begin(meta(blob, len(data)))
+    inc.write(data)
+    inc.commit(*sums(data))
+    return blob
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_chunked_inventory_yields_every_blob_once_in_id_order(tmp_path):
+    """Chunk by chunk, from the device's reader thread: each blob exactly
+    once, ids increasing across chunks, and blobs without readable metadata
+    left out."""
+    from twisted.internet import reactor
+
+    from deposito.device import Device
+
+    store = BlobStore(str(tmp_path))
+    blobs = sorted(put_blob(store, os.urandom(i % 7)) for i in range(301))
+    stray = os.path.join(store.blobs, "ab", "ab" + "0" * 30)  # a blob file with no metadata at all
+    os.makedirs(os.path.dirname(stray), exist_ok=True)
+    open(stray, "wb").close()
+    os.makedirs(os.path.join(store.blobs, "zz"))  # not a blob directory
+    device = Device(reactor, store, 1 << 30)
+    device.start()
+    try:
+        for size in (1, 7, 301, 1000):
+            cursor, seen, chunks = device.inventory(size), [], []
+            more = True
+            while more:
+                entries, more = yield cursor.next()
+                chunks.append(len(entries))
+                seen += [m.blob for m in entries]
+            assert seen == blobs, size
+            assert all(n == size for n in chunks[:-1]) and chunks[-1] <= size and (chunks[-1] or len(chunks) == 1)
+    finally:
+        device.stop()
+    assert [m.blob for m in store.inventory(after=blobs[150])] == blobs[151:]
+
+
+def test_start_counts_blobs_from_the_directories_and_clears_incoming(tmp_path, monkeypatch):
+    store = BlobStore(str(tmp_path))
+    sizes = [0, 1, 5000, 3 * BLOCK + 1]
+    blobs = [put_blob(store, os.urandom(n)) for n in sizes]
+    big = put_blob(store, os.urandom(300 * BLOCK))  # metadata beside it, in a .meta file
+    half_written = os.path.join(store.incoming, new_blob_id() + ".1234.tmp")
+    with open(half_written, "wb") as f:
+        f.write(b"x" * 100)
+
+    def never(self, blob_id):
+        raise AssertionError("a blob's metadata was read just to count it")
+
+    monkeypatch.setattr(BlobStore, "meta", never)
+    again = BlobStore(str(tmp_path))
+    assert (again.used, again.count) == (sum(sizes) + 300 * BLOCK, 5)
+    assert os.listdir(again.incoming) == []
+    os.unlink(again.path(blobs[2]))  # deleted behind the store's back: its .meta-less entry is gone
+    os.unlink(again.path(big))  # and this one leaves a .meta file behind
+    assert again.sweep() == 1 and not os.path.exists(again.path(big) + ".meta")
+    assert (again.used, again.count) == (sum(sizes) - 5000, 3)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 
@@ -241,7 +242,7 @@ def test_kept_records_always_match_the_catalog(tmp_path):
                     pending.append(db(Catalog.delete, name))
                 elif op == "inventory":
                     pending.append(db(Catalog.reconcile_inventory, rng.choice(servers),
-                                      rng.sample(list(blobs.values()), min(2, len(blobs))), 1.0))
+                                      rng.sample(list(blobs.values()), min(2, len(blobs))), None, None, 1.0))
                 if rng.random() < 0.5:  # let what is in flight land before the next step
                     yield defer.gatherResults([d for pair in pairs for d in pair] + pending)
             for kept, truth in pairs:
@@ -269,7 +270,7 @@ def test_busy_servers_and_inventory_do_not_recount_garbage(cat):
     cat.commit("f", v, "b1", 1, "x", 2, ["s1"], 0.0)  # s2's partial copy is garbage now
     assert sorted(cat.busy("b1")) == ["s2"]
     # s2 lists the blob before its deletion lands: it must not count again
-    assert cat.reconcile_inventory("s2", ["b1"], before=10.0) == (0, 0, 0)
+    assert cat.reconcile_inventory("s2", ["b1"], None, None, before=10.0) == (0, 0, 0, [])
     assert cat.lookup("f").servers == ("s1",)
 
 
@@ -294,3 +295,110 @@ def test_an_upload_that_failed_does_not_supersede_an_older_one(cat):
     cat.abandon("b2")
     assert cat.commit("x", v1, "b1", 8, "z", 1, ["s1"], 0.0)
     assert cat.lookup("x").version == v1
+
+
+def reconcile_whole(db, server, present, before):
+    """The whole-set reconciliation, written plainly: what the catalog's
+    range-by-range reconciliation must add up to."""
+    present = set(present)
+    listed = dict(db.execute("SELECT blob, since FROM copies WHERE server = ?", (server,)))
+    missing = [b for b, since in listed.items() if b not in present and since < before]
+    names = [db.execute("SELECT name FROM files WHERE blob = ?", (b,)).fetchone() for b in missing]
+    for b in missing:
+        db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (b, server))
+    counted = garbage = 0
+    for blob in present - listed.keys():
+        if db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone():
+            continue
+        file = db.execute("SELECT name FROM files WHERE blob = ?", (blob,)).fetchone()
+        if file:
+            db.execute("INSERT INTO copies VALUES (?, ?, ?)", (blob, server, before))
+            counted += 1
+            names.append(file)
+        elif not db.execute("SELECT 1 FROM intents WHERE blob = ? AND server = ?", (blob, server)).fetchone():
+            db.execute("INSERT INTO garbage VALUES (?, ?)", (blob, server))
+            garbage += 1
+    return len(missing), counted, garbage, sorted(n[0] for n in names if n)
+
+
+def catalog_state(db):
+    return [sorted(db.execute(f"SELECT * FROM {table}")) for table in ("copies", "garbage", "intents")] + [
+        sorted(db.execute("SELECT name, version, blob, size, sha256, replicas, created FROM files"))]
+
+
+def servers_follow_copies(db) -> bool:
+    """Each file's server list is its copies' servers."""
+    return all(servers == " ".join(sorted(s for (s,) in db.execute(
+        "SELECT server FROM copies WHERE blob = ?", (blob,)))) for blob, servers in db.execute(
+        "SELECT blob, servers FROM files"))
+
+
+@st.composite
+def catalogs_and_inventories(draw):
+    blob = st.integers(0, 24).map(lambda n: f"{n:02x}" + "0" * 30)
+    server = st.sampled_from(["s1", "s2"])
+    files = draw(st.dictionaries(blob, st.text("abc", min_size=1, max_size=3), max_size=30))
+    copies = draw(st.dictionaries(st.tuples(blob, server), st.sampled_from([0.0, 5.0, 20.0]), max_size=40))
+    garbage = draw(st.sets(st.tuples(blob, server), max_size=10))
+    intents = draw(st.sets(st.tuples(blob, server), max_size=10))
+    present = sorted(draw(st.sets(blob, max_size=40)))
+    cuts = sorted(draw(st.lists(st.integers(0, len(present)), max_size=6)))  # chunk boundaries, empty chunks too
+    return files, copies, garbage, intents, present, cuts
+
+
+def fill(directory, files, copies, garbage, intents):
+    cat = Catalog(directory)
+    cat.db.execute("INSERT INTO names (name, last_version) VALUES ('a', 1)")
+    cat.db.executemany("INSERT OR IGNORE INTO files VALUES (?, 1, ?, 1, 'x', 1, 0, ?)",
+                       [(name, b, " ".join(sorted(s for (c, s) in copies if c == b))) for b, name in files.items()])
+    cat.db.executemany("INSERT INTO copies VALUES (?, ?, ?)", [(b, s, t) for (b, s), t in copies.items()])
+    cat.db.executemany("INSERT INTO garbage VALUES (?, ?)", sorted(garbage))
+    cat.db.executemany("INSERT INTO intents VALUES (?, ?)", sorted(intents))
+    return cat
+
+
+@settings(max_examples=150, deadline=None)
+@given(catalogs_and_inventories())
+def test_reconciling_range_by_range_equals_reconciling_the_whole_set(case):
+    """A listing split into chunks in blob id order, each reconciled over its
+    own range, leaves the catalog as one whole-set reconciliation would, with
+    the same counts and the same names."""
+    import tempfile
+
+    files, copies, garbage, intents, present, cuts = case
+    with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:
+        whole, ranged = fill(d1, files, copies, garbage, intents), fill(d2, files, copies, garbage, intents)
+        try:
+            expected = reconcile_whole(whole.db, "s1", present, 10.0)
+            totals, names, lo = [0, 0, 0], [], None
+            bounds = [0] + cuts + [len(present)]
+            for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+                last = i == len(bounds) - 2
+                entries = present[a:b]
+                hi = None if last else (entries[-1] if entries else lo)
+                if not last and hi == lo:
+                    continue  # an empty chunk in the middle covers no range (as the depot does)
+                *counts, changed = ranged.reconcile_inventory("s1", entries, lo, hi, 10.0)
+                totals = [t + c for t, c in zip(totals, counts)]
+                names += changed
+                lo = hi
+            assert (*totals, sorted(names)) == expected
+            assert catalog_state(ranged.db) == catalog_state(whole.db)
+            assert servers_follow_copies(ranged.db)
+        finally:
+            whole.close()
+            ranged.close()
+
+
+def test_a_range_touches_only_the_copies_inside_it(cat):
+    for n, blob in enumerate(["b1", "b2", "b3", "b4"]):
+        v = cat.begin_upload(f"f{n}", blob, ["s1"])
+        cat.commit(f"f{n}", v, blob, 1, "x", 1, ["s1"], 0.0)
+    # the server lacks b2 and b4; a range up to b3 finds only b2 missing
+    assert cat.reconcile_inventory("s1", ["b1", "b3", "zz"], None, "b3", 10.0) == (1, 0, 0, ["f1"])
+    assert [r.servers for r in cat.list()] == [("s1",), (), ("s1",), ("s1",)]
+    assert cat.reconcile_inventory("s1", [], "b3", None, 10.0) == (1, 0, 0, ["f3"])
+    plan = " ".join(str(row) for row in cat.db.execute(
+        "EXPLAIN QUERY PLAN SELECT blob, since FROM copies WHERE server = ? AND blob > ? AND blob <= ?"
+        " ORDER BY blob LIMIT 1000", ("s1", "b1", "b3")))
+    assert "copies_by_server_blob" in plan and "TEMP B-TREE" not in plan

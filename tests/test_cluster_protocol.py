@@ -146,7 +146,7 @@ def test_inventory_and_bad_reports_reach_the_roster():
     clock = task.Clock()
     roster = Roster(clock)
     seen = []
-    roster.on_inventory = lambda m, entries, since: seen.append((m.id, entries, since))
+    roster.on_inventory = lambda m, entries, since, more: seen.append((m.id, entries, since))
     roster.on_corrupt = lambda m, blob, why: seen.append((m.id, blob, why))
     proto, tr = member_conn(roster)
     proto.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n")
@@ -205,3 +205,134 @@ def test_wrong_or_missing_secret_is_refused_both_ways():
     assert roster.members == {} and not node.connections
     roster, node, tj, tm = secret_pair(b"shh-123", None)  # a proxy that asks for no proof
     assert not node.connections and tj.disconnecting
+
+
+def inventory_line(blob, name="f"):
+    return f'{blob} 1 10 {"f" * 64} 2 "{name}"\n'.encode()
+
+
+def chunk(blobs, more):
+    return f"INVENTORY {len(blobs)}{' more' if more else ''}\n".encode() + b"".join(inventory_line(b) for b in blobs)
+
+
+def ids(*numbers):
+    return [f"{n:032x}" for n in numbers]
+
+
+def joined_member(clock):
+    roster = Roster(clock)
+    proto, tr = member_conn(roster)
+    proto.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n")
+    tr.clear()
+    return roster, proto, tr
+
+
+def test_an_inventory_comes_in_chunks_taken_in_one_at_a_time():
+    """Each chunk reaches the roster with whether more follow; the proxy reads
+    nothing more from the server until the chunk is taken in, and misses no
+    heartbeat of it meanwhile."""
+    from twisted.internet.defer import Deferred
+
+    clock = task.Clock()
+    roster, proto, tr = joined_member(clock)
+    seen, taking = [], []
+
+    def on_inventory(m, entries, since, more):
+        seen.append(([e[0] for e in entries], since, more))
+        taking.append(Deferred())
+        return taking[-1]
+
+    roster.on_inventory = on_inventory
+    clock.advance(2)
+    proto.dataReceived(b"LISTING\n" + chunk(ids(1, 5), True) + b"HB capacity=1 used=0 blobs=3\n"
+                       + chunk(ids(9), True) + chunk([], False))
+    assert seen == [(ids(1, 5), 2.0, True)] and tr.producerState == "paused"
+    clock.advance(30)  # the proxy is not reading: the server is not silent
+    assert not tr.disconnecting
+    taking[0].callback(None)
+    assert seen[1:] == [(ids(9), 2.0, True)] and tr.producerState == "paused"
+    taking[1].callback(None)
+    assert seen[2:] == [([], 2.0, False)]
+    taking[2].callback(None)
+    assert tr.producerState == "producing" and not tr.disconnecting
+    assert roster.get("s1").last_seen == 32.0  # the heartbeat between the chunks was read
+    clock.advance(MISSED + 0.1)  # reading again: silence counts again
+    assert tr.disconnecting
+    proto.connectionLost(None)
+
+
+MISSED = 5.0
+
+
+def test_a_listing_with_one_empty_chunk_and_a_chunk_taken_in_at_once():
+    clock = task.Clock()
+    roster, proto, tr = joined_member(clock)
+    seen = []
+    roster.on_inventory = lambda m, entries, since, more: seen.append((entries, more))  # returns None
+    proto.dataReceived(b"LISTING\n" + chunk([], False) + b"LISTING\n" + chunk(ids(3), False))
+    assert seen == [([], False), ([(ids(3)[0], 1, 10, "f" * 64, 2, "f")], False)]
+    assert tr.producerState == "producing" and tr.value() == b""
+    proto.connectionLost(None)
+
+
+def test_a_new_listing_starts_its_ids_again():
+    clock = task.Clock()
+    roster, proto, tr = joined_member(clock)
+    seen = []
+    roster.on_inventory = lambda m, entries, since, more: seen.append(len(entries))
+    proto.dataReceived(b"LISTING\n" + chunk(ids(7, 8), True) + chunk(ids(9), False)
+                       + b"LISTING\n" + chunk(ids(1), False))
+    assert seen == [2, 1, 1] and not tr.disconnecting
+    proto.connectionLost(None)
+
+
+def test_inventories_out_of_order_or_with_bad_counts_are_refused():
+    bad = [
+        chunk(ids(2, 1), False),  # within a chunk
+        chunk(ids(2, 2), False),  # the same blob twice
+        chunk(ids(1, 4), True) + chunk(ids(3), False),  # across chunks
+        chunk(ids(1, 4), True) + chunk(ids(4), False),
+        b"INVENTORY 10001\n",
+        b"INVENTORY -1\n",
+        b"INVENTORY 1 less\n" + inventory_line(ids(1)[0]),
+        b"INVENTORY 1 more more\n",
+        chunk(ids(1), True) + b"LISTING\n",  # a listing inside another
+    ]
+    for wire in bad:
+        clock = task.Clock()
+        roster, proto, tr = joined_member(clock)
+        seen = []
+        roster.on_inventory = lambda m, entries, since, more: seen.append(entries)
+        proto.dataReceived(b"LISTING\n" + wire)
+        assert tr.value().startswith(b"ERR badargs") and tr.disconnecting, wire
+        assert len(seen) <= 1, wire
+        proto.connectionLost(None)
+
+
+def test_the_server_sends_the_next_chunk_only_once_the_connection_took_the_last():
+    clock = task.Clock()
+    node = Node()
+    proto = JoinProtocol(node, clock)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    proto.dataReceived(b"OK welcome heartbeat=1.0\r\n")
+    tr.clear()
+
+    class Meta:
+        def __init__(self, blob):
+            self.blob, self.version, self.size, self.sha256, self.replicas, self.name = blob, 1, 2, "e" * 64, 1, "a b"
+
+    assert tr.producer is proto.sending
+    proto.sending.pauseProducing()  # what the transport does when its buffer is full
+    d = proto.send_inventory([Meta(ids(1)[0]), Meta(ids(2)[0])], True)
+    assert tr.value() == (f"INVENTORY 2 more\r\n{ids(1)[0]} 1 2 {'e' * 64} 1 \"a b\"\r\n"
+                          f"{ids(2)[0]} 1 2 {'e' * 64} 1 \"a b\"\r\n").encode()
+    assert not d.called
+    proto.sending.resumeProducing()
+    assert d.called
+    assert proto.send_inventory([], False).called
+    assert tr.value().endswith(b"INVENTORY 0\r\n")
+    proto.sending.pauseProducing()
+    waiting = proto.send_inventory([], False)
+    proto.connectionLost(None)
+    assert waiting.called  # a lost connection holds no listing back

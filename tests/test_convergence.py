@@ -249,3 +249,55 @@ def test_an_empty_catalog_takes_in_the_servers_blobs_by_itself(cluster):
     assert len(cluster.holders(data)) == 2
     with cluster.wire() as w:
         assert w.get("auto/x")[1] == data
+
+
+def test_a_server_with_thousands_of_blobs_rejoins_and_its_copies_are_judged_right(cluster):
+    """Its listing comes in several chunks: a blob deleted by hand while it
+    was stopped is found missing and copied again, a blob the catalog never
+    heard of is deleted, and every other copy still counts."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deposito.blobstore import BlobMeta, BlobStore, BlockSums
+    from tests.cluster import sha
+
+    files = {f"inv/{i:05d}": f"file {i}".encode() for i in range(2400)}
+    names = sorted(files)
+
+    def put_some(part):
+        with cluster.wire() as w:
+            return [w.put(name, files[name], 2) for name in part]
+
+    with ThreadPoolExecutor(6) as pool:
+        replies = [r for rs in pool.map(put_some, [names[i::6] for i in range(6)]) for r in rs]
+    put_done = time.monotonic()
+    assert all(r.startswith("OK stored") for r in replies)
+    blob_files = sorted(cluster.blob_files("s0"), key=lambda p: p.name)
+    assert len(blob_files) > 1000  # more than one chunk
+
+    cluster.kill("s0", signal.SIGTERM)
+    victim = blob_files[len(blob_files) // 2]  # in a middle chunk
+    lost = victim.read_bytes()
+    [lost_name] = [n for n, d in files.items() if d == lost]
+    victim.unlink()
+    store = BlobStore(str(cluster.server_dir("s0")))  # a blob the catalog never heard of, in the store's format
+    neighbour = blob_files[len(blob_files) // 3].name
+    stranger = neighbour[:-1] + ("1" if neighbour[-1] == "0" else "0")
+    data, sums = b"nobody put me here", BlockSums()
+    sums.update(data)
+    incoming = store.begin(BlobMeta(stranger, "inv/stranger", 1, len(data), "", 1))
+    incoming.write(data)
+    incoming.commit(sha(data), sums.digest())
+    assert os.path.exists(store.path(stranger))
+    time.sleep(max(0.0, put_done + 6 - time.monotonic()))  # copies this recent are not judged missing yet
+
+    cluster.start_server("s0")
+    cluster.wait_up(3)
+    assert poll(lambda: not os.path.exists(store.path(stranger)), 30)
+    assert poll(lambda: len(cluster.holders(lost)) == 2, 30, every=0.5)
+    assert "inventory of s0: 1 copies missing, 0 counted again, 1 to delete" in cluster.log("proxy")
+    with cluster.wire() as w:
+        listed = w.multi("LIST inv/")
+    assert len(listed) == len(files) and all(line.split()[1:3] == ["2", "2"] for line in listed)
+    with cluster.wire() as w:
+        assert w.get(lost_name)[1] == lost

@@ -7,12 +7,24 @@
     proxy:  OK welcome heartbeat=<seconds>      (or ERR <code> <message>, then close)
     server: HB used=<n> capacity=<n> blobs=<n>  (every <seconds>; no reply)
     server: LISTING                             (about to list its blobs)
-    server: INVENTORY <n>                       then n lines:
+    server: INVENTORY <n> more                  a chunk, then n lines (more chunks follow):
             <blob> <version> <size> <sha256> <replicas> <name>
+    server: INVENTORY <n>                       the last chunk (n may be 0), then n lines
     server: BAD <blob> <why>                    (a copy failed its checks)
 
-A server lists its blobs after joining and after each scrub. A server whose
-lines stop is closed after a few missed heartbeats; the proxy marks it down.
+A server lists its blobs after joining and after each scrub, one listing at
+a time. A listing is one or more chunks of at most MAX_CHUNK lines, in
+strictly increasing blob id order within and across its chunks, so each
+chunk stands for a range of ids: after the previous chunk's last id, up to
+its own last one (the last chunk: to the end). Heartbeats and BAD lines may
+come between chunks. The proxy takes a chunk in before it reads on, and the
+server sends the next chunk only once its connection has taken the last, so
+neither side ever holds more than a chunk of a listing, whatever the number
+of blobs.
+
+A server whose lines stop is closed after a few missed heartbeats; the proxy
+marks it down. The proxy does not count the time it spends taking a chunk in
+(not reading meanwhile) against the server.
 """
 
 from __future__ import annotations
@@ -21,10 +33,13 @@ import re
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet import task
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from deposito.errors import BadArgs, Denied, DepositoError, from_reply
 from deposito.protocols.lines import LineProtocol
@@ -37,6 +52,7 @@ LOCAL_NAME = re.compile(r"^@[A-Za-z0-9._:/-]{1,100}$")
 LOCAL_KEY = re.compile(r"^[0-9a-f]{32}$")
 HEARTBEAT = 1.0
 MISSED_HEARTBEATS = 5
+MAX_CHUNK = 10_000  # inventory lines in one chunk, at most (servers send about 1000)
 
 
 def check_blob(value: str) -> str:
@@ -70,6 +86,36 @@ class NodeReport(TypingProtocol):
         """The connection to the proxy is gone."""
 
 
+@implementer(IPushProducer)
+class SendBuffer:
+    """Says when a transport has sent what it was given: registered as its
+    producer, it is paused while the transport's buffer is full."""
+
+    def __init__(self) -> None:
+        self.full = False
+        self._waiting: list[Deferred] = []
+
+    def pauseProducing(self) -> None:
+        self.full = True
+
+    def resumeProducing(self) -> None:
+        self.full = False
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()  # the connection is gone: nobody waits on it
+
+    def drained(self) -> Deferred:
+        """Fires once the buffer is no longer full (at once if it is not)."""
+        if not self.full:
+            return succeed(None)
+        d = Deferred()
+        self._waiting.append(d)
+        return d
+
+
 class JoinProtocol(LineProtocol):
     """The storage server's end: join, then heartbeat until the line drops."""
 
@@ -84,8 +130,10 @@ class JoinProtocol(LineProtocol):
         self._beat: task.LoopingCall | None = None
         self.joined = False
         self.lost = False
+        self.sending = SendBuffer()
 
     def connectionMade(self) -> None:
+        self.transport.registerProducer(self.sending, True)
         capacity, used, blobs = self.node.usage()
         host = f" host={self.node.host}" if self.node.host else ""
         challenge = f" nonce={self._nonce}" if self.secret else ""
@@ -129,11 +177,14 @@ class JoinProtocol(LineProtocol):
         self._beat.start(max(0.05, every), now=False)
         self.node.joined(self)
 
-    def send_inventory(self, entries: list[Any]) -> None:
-        """Entries are BlobMeta; LISTING must have been sent before they were listed."""
-        lines = [f"INVENTORY {len(entries)}"] + [
+    def send_inventory(self, entries: list[Any], more: bool = False) -> Deferred:
+        """One chunk of a listing: BlobMeta in increasing id order, after those
+        of the chunks before (LISTING must have been sent before the first was
+        read). Fires once the connection has taken it: then send the next."""
+        lines = [f"INVENTORY {len(entries)}" + (" more" if more else "")] + [
             f"{m.blob} {m.version} {m.size} {m.sha256} {m.replicas} {quote(m.name)}" for m in entries]
         self.transport.writeSequence([line.encode("utf-8") + b"\r\n" for line in lines])
+        return self.sending.drained()
 
     def send_listing(self) -> None:
         self.reply("LISTING")
@@ -153,6 +204,7 @@ class JoinProtocol(LineProtocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.lost = True
+        self.sending.stopProducing()
         if self._beat is not None and self._beat.running:
             self._beat.stop()
         if self.joined:
@@ -165,8 +217,6 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     log = Logger()
 
-    MAX_INVENTORY = 2_000_000
-
     def __init__(self, roster: Any, heartbeat: float, secret: bytes | None = None) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
@@ -174,8 +224,11 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self._challenge: tuple[str, dict[str, str], str] | None = None
         self.member_id: str | None = None
         self._listing_since: float | None = None
-        self._inventory: list[tuple[str, int, int, str, int, str]] | None = None
+        self._after: str | None = None  # in a listing: the last blob id of its chunks so far ("" for none)
+        self._chunk: list[tuple[str, int, int, str, int, str]] | None = None
         self._expected = 0
+        self._more = False
+        self._lost = False
 
     def connectionMade(self) -> None:
         self.setTimeout(self.heartbeat * MISSED_HEARTBEATS)
@@ -194,7 +247,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             if not words:
                 return
             command = words[0].upper()
-            if self._inventory is not None:
+            if self._chunk is not None:
                 self._inventory_line(words)
             elif self._challenge is not None:
                 if command != "PROOF" or len(words) != 2:
@@ -214,12 +267,18 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             elif command == "HB":
                 f = fields(text)
                 self.roster.heartbeat(self.member_id, *self._usage(f))
-            elif command == "LISTING":
+            elif command == "LISTING" and len(words) == 1:
+                if self._after is not None:
+                    raise BadArgs("LISTING before the last chunk of the listing under way")
                 self._listing_since = self.roster.clock.seconds()
-            elif command == "INVENTORY" and len(words) == 2:
-                self._expected = parse_count(words[1], "inventory size", 0, self.MAX_INVENTORY)
-                self._inventory = []
-                self._inventory_done()
+                self._after = ""
+            elif command == "INVENTORY" and (len(words) == 2 or len(words) == 3 and words[2].lower() == "more"):
+                self._expected = parse_count(words[1], "inventory chunk size", 0, MAX_CHUNK)
+                self._more = len(words) == 3
+                self._chunk = []
+                if self._after is None:  # a listing without LISTING: it judges nothing as made after it
+                    self._after = ""
+                self._chunk_done()
             elif command == "BAD" and len(words) >= 2:
                 self.roster.corrupt(self.member_id, check_blob(words[1]), " ".join(words[2:])[:200])
             else:
@@ -234,19 +293,39 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         if len(words) != 6:
             raise BadArgs("inventory line: <blob> <version> <size> <sha256> <replicas> <name>")
         blob, version, size, sha256, replicas, name = words
-        assert self._inventory is not None
+        assert self._chunk is not None and self._after is not None
         if not SHA256.match(sha256):
             raise BadArgs("inventory line: bad sha256")
-        self._inventory.append((check_blob(blob), parse_count(version, "version"), parse_count(size, "size"),
-                                sha256, parse_count(replicas, "replicas", 0, 16), check_name(name)))
-        self._inventory_done()
+        if check_blob(blob) <= (self._chunk[-1][0] if self._chunk else self._after):
+            raise BadArgs("inventory line: blob ids out of order")
+        self._chunk.append((blob, parse_count(version, "version"), parse_count(size, "size"),
+                            sha256, parse_count(replicas, "replicas", 0, 16), check_name(name)))
+        self._chunk_done()
 
-    def _inventory_done(self) -> None:
-        if self._inventory is not None and len(self._inventory) == self._expected:
-            entries, self._inventory = self._inventory, None
-            since = self._listing_since if self._listing_since is not None else 0.0
-            self._listing_since = None
-            self.roster.inventory(self.member_id, entries, since)
+    def _chunk_done(self) -> None:
+        """A whole chunk: hand it to the roster, and read no further until it is taken in."""
+        if self._chunk is None or len(self._chunk) != self._expected:
+            return
+        entries, self._chunk = self._chunk, None
+        since = self._listing_since if self._listing_since is not None else 0.0
+        more = self._more
+        if more:
+            self._after = entries[-1][0] if entries else self._after
+        else:
+            self._after = self._listing_since = None
+        taking = self.roster.inventory(self.member_id, entries, since, more)
+        if isinstance(taking, Deferred):
+            taking.addErrback(lambda f: self.log.failure("taking in an inventory chunk of {id}", f,
+                                                         id=self.member_id))
+            if not taking.called:
+                self.pauseProducing()
+                self.setTimeout(None)  # the proxy is the one not reading: no heartbeat is missed
+                taking.addBoth(self._taken)
+
+    def _taken(self, _: object) -> None:
+        if not self._lost:
+            self.setTimeout(self.heartbeat * MISSED_HEARTBEATS)
+            self.resumeProducing()
 
     @staticmethod
     def _usage(f: dict[str, str]) -> tuple[int, int, int]:
@@ -279,6 +358,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self.reply(f"OK welcome heartbeat={self.heartbeat}")
 
     def connectionLost(self, reason: Failure = None) -> None:
+        self._lost = True
         self.setTimeout(None)
         if self.member_id is not None:
             self.roster.lost(self.member_id, self)
