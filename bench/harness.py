@@ -75,20 +75,24 @@ class Processes:
         self.procs[name] = p
         return p
 
-    def stop(self, names=None, grace: float = 15) -> None:
+    def stop(self, names=None, grace: float = 15) -> list[str]:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; the names of those that had to be killed."""
         names = list(self.procs) if names is None else names
-        procs = [self.procs.pop(n) for n in names if n in self.procs]
-        for p in procs:
+        procs = [(n, self.procs.pop(n)) for n in names if n in self.procs]
+        for _, p in procs:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     p.send_signal(signal.SIGTERM)
         deadline = time.time() + grace
-        for p in procs:
+        killed = []
+        for n, p in procs:
             try:
                 p.wait(max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+                killed.append(n)
+        return killed
 
 
 def reset_peak(pid: int) -> None:
@@ -380,11 +384,11 @@ class DepositoCluster:
         short = name.removeprefix(self.prefix)
         return self.procs.start(name, self.argv[name], self.root, self.root / f"{short}.out", env=self.env)
 
-    def stop_one(self, name: str, grace: float = 60) -> float:
-        """SIGTERM one process and wait for it; seconds it took to exit."""
+    def stop_one(self, name: str, grace: float = 60) -> tuple[float, bool]:
+        """SIGTERM one process and wait for it: (seconds it took to exit, whether it had to be killed)."""
         t = time.perf_counter()
-        self.procs.stop([name], grace)
-        return time.perf_counter() - t
+        killed = self.procs.stop([name], grace)
+        return time.perf_counter() - t, bool(killed)
 
     def kill(self, name: str) -> None:
         """SIGKILL one process, as a crash would."""
