@@ -146,6 +146,39 @@ class PeakWatch:
         return {name: peak_rss(pid) for name, pid in self.pids.items()}
 
 
+class LogFollower:
+    """What a process writes to its log from now on, across twistd's rotations
+    (at 1 MB the log is renamed to ``<log>.1`` and a new one begun)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f = open(path, "rb")
+        self.f.seek(0, os.SEEK_END)
+        self.ino = os.fstat(self.f.fileno()).st_ino
+        self.carry = b""
+
+    def lines(self) -> list[str]:
+        """The whole lines written since the last call."""
+        data = self.f.read()
+        try:
+            rotated = os.stat(self.path).st_ino != self.ino
+        except FileNotFoundError:
+            rotated = False
+        if rotated:
+            data += self.f.read()
+            self.f.close()
+            self.f = open(self.path, "rb")
+            self.ino = os.fstat(self.f.fileno()).st_ino
+            data += self.f.read()
+        data = self.carry + data
+        cut = data.rfind(b"\n")
+        self.carry = data[cut + 1:]
+        return data[:cut].decode("utf-8", "replace").splitlines() if cut >= 0 else []
+
+    def close(self) -> None:
+        self.f.close()
+
+
 # ---------------------------------------------------------------- data files
 
 def make_file(path: Path, size: int) -> str:

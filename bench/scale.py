@@ -40,9 +40,9 @@ import time
 import uuid
 from pathlib import Path
 
-from harness import (CHECKOUT, HERE, KiB, MiB, DepositoClient, DepositoCluster, Processes, ProtoError,
-                     cpu_seconds, disk_of, fmt, http_get, loadavg, machine, peak_rss, reply_fields, reset_peak,
-                     rss)
+from harness import (CHECKOUT, HERE, KiB, MiB, DepositoClient, DepositoCluster, LogFollower, Processes,
+                     ProtoError, cpu_seconds, disk_of, fmt, http_get, loadavg, machine, peak_rss, reply_fields,
+                     reset_peak, rss)
 
 NAME = "scale/{:010d}"  # the fill's names, in name order as they are put
 KILL_NAME = "kill{}/{:08d}"
@@ -346,31 +346,30 @@ def restart_server(cluster: DepositoCluster, sid: str, timeout: float = 1800) ->
     blobs = next((int(reply_fields(" ".join(w)).get("blobs", -1)) for w in cluster.servers() if w[0] == sid), None)
     stop_s, killed = cluster.stop_one(name)
     stray = plant_stray(cluster.root / sid)
-    proxy_log = cluster.logfile(cluster.proxy)
-    offset = proxy_log.stat().st_size
+    proxy_log = LogFollower(cluster.logfile(cluster.proxy))
     line = re.compile(rf"inventory of {re.escape(sid)}\b")
     t0 = time.perf_counter()
     proc = cluster.start(name)
     out: dict = {"server": sid, "blobs": blobs, "stop_s": stop_s, "stop_needed_sigkill": killed, "stray": stray,
                  "join_s": None, "inventory_s": None}
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{sid} exited with {proc.returncode}: {cluster.tail(name)}")
-        if out["join_s"] is None and sid in cluster.up_servers():
-            out["join_s"] = time.perf_counter() - t0
-        with open(proxy_log, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode("utf-8", "replace")
-        found = line.search(text)
-        if found:
-            out["inventory_s"] = time.perf_counter() - t0
-            out["inventory_line"] = text[found.start():text.find("\n", found.start())][:300]
-            if out["join_s"] is None:
-                out["join_s"] = out["inventory_s"]
-            break
-        if stray is None and out["join_s"] is not None:
-            break  # nothing planted: no line to wait for
-        time.sleep(0.1)
+    try:
+        while time.perf_counter() - t0 < timeout:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{sid} exited with {proc.returncode}: {cluster.tail(name)}")
+            if out["join_s"] is None and sid in cluster.up_servers():
+                out["join_s"] = time.perf_counter() - t0
+            found = next((ln for ln in proxy_log.lines() if line.search(ln)), None)
+            if found:
+                out["inventory_s"] = time.perf_counter() - t0
+                out["inventory_line"] = found[line.search(found).start():][:300]
+                if out["join_s"] is None:
+                    out["join_s"] = out["inventory_s"]
+                break
+            if stray is None and out["join_s"] is not None:
+                break  # nothing planted: no line to wait for
+            time.sleep(0.1)
+    finally:
+        proxy_log.close()
     out["peak_rss"] = peak_rss(proc.pid)
     out["rss"] = rss(proc.pid)
     return out
@@ -449,6 +448,7 @@ def measure_step(cluster: DepositoCluster, a, count: int, nservers: int) -> dict
     time.sleep(a.settle)
     pids = cluster.pids()
     log(f"  idle CPU over {a.idle:.0f} s")
+    out["loadavg_idle"] = loadavg()  # the machine's other work shows here
     out["idle_cpu"] = idle_cpu(pids, a.idle)
     out["rss"] = {n: rss(p) for n, p in pids.items()}
     out["peak_rss"] = {n: peak_rss(p) for n, p in pids.items()}
@@ -557,8 +557,9 @@ def render(res: dict, out_md: Path, out_png: Path) -> None:
              f" up to {res.get('repeat')} times). One row per step: the catalog held that many files.\n")
     L.append("## At rest\n")
     L.append("| files | PUT/s (window / its last fifth) | idle proxy CPU | STATUS ms | STAT ms | /metrics ms"
-             " | /api/status ms | LIST page ms | whole LIST s | names/s | LIST peak RSS growth MiB | proxy RSS MiB |")
-    L.append("|" + "---|" * 12)
+             " | /api/status ms | LIST page ms | whole LIST s | names/s | LIST peak RSS growth MiB | proxy RSS MiB"
+             " | load average |")
+    L.append("|" + "---|" * 13)
     for r in steps:
         f = r.get("fill") or {}
         wl = r.get("whole_list") or {}
@@ -566,10 +567,12 @@ def render(res: dict, out_md: Path, out_png: Path) -> None:
                  f" | {_s((r.get('idle_cpu') or {}).get('proxy'))}% | {_ms(_med(r, 'status'))} | {_ms(_med(r, 'stat'))}"
                  f" | {_ms(_med(r, '/metrics'))} | {_ms(_med(r, '/api/status'))} | {_ms(_med(r, 'list_page'))}"
                  f" | {_s(wl.get('seconds'))} | {_s(wl.get('rate'), 0)} | {_mib(wl.get('growth'))}"
-                 f" | {_mib((r.get('rss') or {}).get('proxy'))} |")
+                 f" | {_mib((r.get('rss') or {}).get('proxy'))} | {r.get('loadavg_idle', '?')} |")
     pages = {((r.get("latency") or {}).get("list_page") or {}).get("reply") for r in steps} - {None}
     if pages:
         L.append(f"\nLIST page `n/a`: the proxy answered `LIST \"\" <after> 1000` with {'; '.join(sorted(pages))}.")
+    L.append("\nLoad average: the machine's, as the idle CPU was measured (1, 5 and 15 minutes); other work on"
+             " the machine slows the fill and the latencies.")
     L.append("\n## Restarts and a dead server\n")
     L.append("| files | proxy restart to serving s | servers back s | server restart: joined s | inventory reconciled s"
              " | its blobs | its peak RSS MiB | killed server's files | declared dead s | all queued after dead s"
