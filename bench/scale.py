@@ -316,7 +316,7 @@ def plant_stray(data: Path) -> str | None:
     catalog, so the proxy logs ``inventory of <id>`` once it has reconciled it
     (it logs nothing for an inventory that matches), and collects the stray
     as garbage. Returns the stray's id, or None when no blob was found."""
-    for blobs in data.rglob("blobs"):
+    for blobs in [data / "blobs"] if (data / "blobs").is_dir() else data.rglob("blobs"):
         for sub in sorted(p for p in blobs.iterdir() if p.is_dir()):
             for entry in sorted(sub.iterdir()):
                 if not re.fullmatch(r"[0-9a-f]{32}", entry.name):
@@ -377,7 +377,7 @@ def restart_server(cluster: DepositoCluster, sid: str, timeout: float = 1800) ->
 
 def kill_server(cluster: DepositoCluster, filler: Filler, step: int, nfiles: int, poll: float,
                 timeout: float) -> dict:
-    """A fourth server joins, takes its share of ``nfiles`` files with 2 copies
+    """A fourth server joins, takes a share of ``nfiles`` files with 2 copies
     (so that each of its files has a copy elsewhere), and is killed (SIGKILL):
     the time until it is declared dead, until all its files are queued for a
     copy, and until all are copied again."""
@@ -506,7 +506,7 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
     if not steps:
         return []
     r = steps[-1]
-    base = next((s for s in steps if s["files"] == 10_000), steps[0])
+    base = next((s for s in steps[:-1] if s["files"] == 10_000), steps[0])  # else the first step
     lat = lambda k: _med(r, k)  # noqa: E731
     wl = r.get("whole_list") or {}
     cpu = (r.get("idle_cpu") or {}).get("proxy")
@@ -587,7 +587,7 @@ def render(res: dict, out_md: Path, out_png: Path) -> None:
                  f" | {_s(k.get('copied_after_dead_s')) if k else '-'} | {_s(k.get('copy_files_per_s'), 0) if k else '-'}"
                  f" | {_s(k.get('copy_mib_per_s')) if k else '-'} |")
     L.append(f"\nDeath is counted from the SIGKILL; `--dead-after {res.get('dead_after')}`. The killed server joined"
-             " after the fill and took its share of a set of files with 2 copies, so each of its files has a copy"
+             " after the fill and took a share of a set of files with 2 copies, so each of its files has a copy"
              " elsewhere. \"All queued\": the first STATUS after it is declared dead with `repairs_queued +"
              " repairs_running >= under`; \"all copied\": `under=0 repairs_queued=0 repairs_running=0`"
              f" (SERVERS and STATUS polled every {res.get('poll')} s, or every 10 times the last STATUS's latency if"
