@@ -767,6 +767,7 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # also when started with SIGINT ignored (in the background)
     try:
         log(f"data under {root}")
         cluster = DepositoCluster(procs, root, nservers, proxy_args=["--dead-after", f"{a.dead_after:g}"], http=True)
