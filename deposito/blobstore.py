@@ -501,6 +501,17 @@ class BlobStore:
             self.used += size
             self.count += count
 
+    def blob_ids(self, after: str = "") -> Iterator[str]:
+        """Every blob's id in order, from the first above ``after``, read from
+        the directories alone (no blob or metadata is opened). Lazy: one
+        directory's names are held at a time."""
+        for d in self._subdirs():
+            if os.path.basename(d) < after[:2]:
+                continue
+            for entry in sorted(os.listdir(d)):
+                if entry > after and BLOB_ID.match(entry):
+                    yield entry
+
     def inventory(self, after: str = "") -> Iterator[BlobMeta]:
         """Every blob's metadata in id order, from the first id above ``after``
         (blobs without readable metadata, or whose metadata names another

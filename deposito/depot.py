@@ -85,6 +85,8 @@ class Depot:
             self.log.info("rebuilding the catalog from the servers' blob metadata")
         if self.rebuilding:
             self.reactor.callLater(self.rebuild_grace, self._rebuild_check)
+            for m in self.roster.up():  # joined already, and listing ids alone: to join again, listing in full
+                m.connection.transport.loseConnection()
 
     def _took(self, n: int, member: Member) -> None:
         self._adopted += n

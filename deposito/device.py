@@ -201,9 +201,9 @@ class Device:
         """Remove metadata left without its blob (a blob deleted behind our back)."""
         return self._write(self.store.sweep)
 
-    def inventory(self, chunk: int = 1000) -> InventoryCursor:
-        """Every blob's metadata in id order, ``chunk`` at a time."""
-        return InventoryCursor(self, chunk)
+    def inventory(self, chunk: int = 1000, ids_only: bool = False) -> InventoryCursor:
+        """Every blob's metadata (or with ``ids_only``, its id) in id order, ``chunk`` at a time."""
+        return InventoryCursor(self, chunk, self.store.blob_ids() if ids_only else self.store.inventory())
 
 
 class InventoryCursor:
@@ -211,17 +211,17 @@ class InventoryCursor:
     thread: however many blobs the disk holds, one chunk (and one directory's
     names) is in memory. Ask for the next chunk only once the last one came."""
 
-    def __init__(self, device: Device, chunk: int) -> None:
+    def __init__(self, device: Device, chunk: int, blobs: Iterator[Any]) -> None:
         self._device = device
         self._chunk = chunk
-        self._blobs: Iterator[BlobMeta] = device.store.inventory()
-        self._ahead: BlobMeta | None = None  # the first blob of the next chunk, read already
+        self._blobs = blobs  # BlobMeta, or blob ids
+        self._ahead: Any = None  # the first blob of the next chunk, read already
 
     def next(self) -> Deferred:
         """Fires with (blobs, more): the next chunk, and whether any blob follows it."""
         return self._device._read(self._take)
 
-    def _take(self) -> tuple[list[BlobMeta], bool]:
+    def _take(self) -> tuple[list[Any], bool]:
         taken = [] if self._ahead is None else [self._ahead]
         self._ahead = None
         for meta in self._blobs:

@@ -44,7 +44,8 @@ class ProxyService(service.MultiService):
         front = MeteredDepot(self.depot, self.metrics, reactor)
         StreamServerEndpointService(client_endpoint, DepotFactory(front, tokens=tokens, max_size=max_size)
                                     ).setServiceParent(self)
-        StreamServerEndpointService(cluster_endpoint, MemberFactory(self.roster, heartbeat, secret)).setServiceParent(self)
+        members = MemberFactory(self.roster, heartbeat, secret, full_listing=lambda: self.depot.rebuilding)
+        StreamServerEndpointService(cluster_endpoint, members).setServiceParent(self)
         if http_endpoint is not None:
             site = status_site(self.depot, self.events, self.metrics, reactor, tokens)
             StreamServerEndpointService(http_endpoint, site).setServiceParent(self)

@@ -97,7 +97,7 @@ class StorageNode:
         """Chunks read from the disk while the one before goes out, each sent
         once the connection has taken the last."""
         connection.send_listing()
-        cursor = self.device.inventory(INVENTORY_CHUNK)
+        cursor = self.device.inventory(INVENTORY_CHUNK, ids_only=not connection.full_listing)
         reading = cursor.next()
         more = True
         while more:

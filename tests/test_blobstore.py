@@ -276,3 +276,16 @@ def test_start_counts_blobs_from_the_directories_and_clears_incoming(tmp_path, m
     os.unlink(again.path(big))  # and this one leaves a .meta file behind
     assert again.sweep() == 1 and not os.path.exists(again.path(big) + ".meta")
     assert (again.used, again.count) == (sum(sizes) - 5000, 3)
+
+
+def test_blob_ids_come_in_order_from_the_directories_alone(tmp_path, monkeypatch):
+    from deposito import blobstore as bs
+
+    store = bs.BlobStore(str(tmp_path))
+    made = sorted(f"{n:02x}" + "ab" * 15 for n in (3, 200, 7, 7 * 16))
+    for blob in made:
+        os.makedirs(store._dir(blob), exist_ok=True)
+        open(store.path(blob), "wb").close()
+    monkeypatch.setattr(bs, "_meta_at", lambda *a: pytest.fail("a listing of ids read metadata"))
+    assert list(store.blob_ids()) == made
+    assert list(store.blob_ids(after=made[1])) == made[2:]

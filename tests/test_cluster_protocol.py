@@ -40,7 +40,7 @@ def test_join_then_heartbeats_then_loss():
     roster = Roster(clock)
     proto, tr = member_conn(roster)
     proto.dataReceived(b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1\n")
-    assert tr.value() == b"OK welcome heartbeat=1.0\r\n"
+    assert tr.value() == b"OK welcome heartbeat=1.0 listing=full\r\n"
     m = roster.get("s1")
     assert (m.host, m.port, m.zone, m.state, m.free()) == ("127.0.0.9", 4242, "z1", "up", 990)
     proto.dataReceived(b"HB capacity=1000 used=500 blobs=2\n")
@@ -336,3 +336,34 @@ def test_the_server_sends_the_next_chunk_only_once_the_connection_took_the_last(
     waiting = proto.send_inventory([], False)
     proto.connectionLost(None)
     assert waiting.called  # a lost connection holds no listing back
+
+
+def test_a_listing_of_ids_alone_unless_the_proxy_asks_for_the_metadata():
+    """A proxy that is not rebuilding asks for blob ids only; the server then
+    lists ids, and the proxy refuses a line of the other form."""
+    clock = task.Clock()
+    roster = Roster(clock)
+    asked = [False]
+    proto = MemberFactory(roster, heartbeat=1.0, full_listing=lambda: asked[0]).buildProtocol(None)
+    tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+    proto.makeConnection(tr)
+    proto.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n")
+    assert tr.value() == b"OK welcome heartbeat=1.0 listing=ids\r\n"
+    seen = []
+    roster.on_inventory = lambda m, entries, since, more: seen.append(entries)
+    proto.dataReceived(b"LISTING\nINVENTORY 2\n" + b"".join(b.encode() + b"\n" for b in ids(1, 2)))
+    assert seen == [[(ids(1)[0],), (ids(2)[0],)]] and not tr.disconnecting
+    proto.dataReceived(b"LISTING\n" + chunk(ids(3), False))  # the metadata, not asked for
+    assert tr.value().endswith(b"ERR badargs inventory line: <blob>\r\n") and tr.disconnecting
+    proto.connectionLost(None)
+
+    node = Node()
+    server = JoinProtocol(node, clock)
+    ts = StringTransport()
+    server.makeConnection(ts)
+    server.dataReceived(b"OK welcome heartbeat=1.0 listing=ids\r\n")
+    assert not server.full_listing
+    ts.clear()
+    server.send_inventory(ids(4, 5), False)
+    assert ts.value() == f"INVENTORY 2\r\n{ids(4)[0]}\r\n{ids(5)[0]}\r\n".encode()
+    server.connectionLost(None)

@@ -4,11 +4,12 @@
                  [local=@<name> key=<key>]  (its local port, deposito.protocols.handoff)
     proxy:  CHALLENGE nonce=<np> proof=<hmac>   (only with a cluster secret; the server
     server: PROOF <hmac>                         checks the proxy's proof, then gives its own)
-    proxy:  OK welcome heartbeat=<seconds>      (or ERR <code> <message>, then close)
+    proxy:  OK welcome heartbeat=<seconds> listing=<ids|full>   (or ERR <code> <message>, then close)
     server: HB used=<n> capacity=<n> blobs=<n>  (every <seconds>; no reply)
     server: LISTING                             (about to list its blobs)
     server: INVENTORY <n> more                  a chunk, then n lines (more chunks follow):
-            <blob> <version> <size> <sha256> <replicas> <name>
+            <blob>                                                 (listing=ids)
+            <blob> <version> <size> <sha256> <replicas> <name>     (listing=full)
     server: INVENTORY <n>                       the last chunk (n may be 0), then n lines
     server: BAD <blob> <why>                    (a copy failed its checks)
 
@@ -22,6 +23,10 @@ server sends the next chunk only once its connection has taken the last, so
 neither side ever holds more than a chunk of a listing, whatever the number
 of blobs.
 
+A listing names only the blob ids, unless the proxy asks for each blob's
+metadata too (``listing=full``): it does while it rebuilds its catalog from
+them. Ids alone are read from the directories, without opening a blob.
+
 A server whose lines stop is closed after a few missed heartbeats; the proxy
 marks it down. The proxy does not count the time it spends taking a chunk in
 (not reading meanwhile) against the server.
@@ -30,7 +35,7 @@ marks it down. The proxy does not count the time it spends taking a chunk in
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol as TypingProtocol
+from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
@@ -130,6 +135,7 @@ class JoinProtocol(LineProtocol):
         self._beat: task.LoopingCall | None = None
         self.joined = False
         self.lost = False
+        self.full_listing = True  # the proxy asks for each blob's metadata in listings (its welcome says)
         self.sending = SendBuffer()
 
     def connectionMade(self) -> None:
@@ -171,6 +177,7 @@ class JoinProtocol(LineProtocol):
             every = float(fields(text).get("heartbeat", HEARTBEAT))
         except ValueError:
             every = HEARTBEAT
+        self.full_listing = fields(text).get("listing", "full") != "ids"
         self.log.info("joined the proxy as {id} (zone {zone})", id=self.node.id, zone=self.node.zone)
         self._beat = task.LoopingCall(self._heartbeat)
         self._beat.clock = self.clock
@@ -178,11 +185,13 @@ class JoinProtocol(LineProtocol):
         self.node.joined(self)
 
     def send_inventory(self, entries: list[Any], more: bool = False) -> Deferred:
-        """One chunk of a listing: BlobMeta in increasing id order, after those
-        of the chunks before (LISTING must have been sent before the first was
-        read). Fires once the connection has taken it: then send the next."""
+        """One chunk of a listing: blob ids (or BlobMeta, when the proxy asked
+        for ``full_listing``) in increasing id order, after those of the chunks
+        before (LISTING must have been sent before the first was read). Fires
+        once the connection has taken it: then send the next."""
         lines = [f"INVENTORY {len(entries)}" + (" more" if more else "")] + [
-            f"{m.blob} {m.version} {m.size} {m.sha256} {m.replicas} {quote(m.name)}" for m in entries]
+            m if isinstance(m, str) else f"{m.blob} {m.version} {m.size} {m.sha256} {m.replicas} {quote(m.name)}"
+            for m in entries]
         self.transport.writeSequence([line.encode("utf-8") + b"\r\n" for line in lines])
         return self.sending.drained()
 
@@ -217,10 +226,13 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     log = Logger()
 
-    def __init__(self, roster: Any, heartbeat: float, secret: bytes | None = None) -> None:
+    def __init__(self, roster: Any, heartbeat: float, secret: bytes | None = None,
+                 full_listing: Callable[[], bool] = lambda: True) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
         self.secret = secret
+        self.full_listing = full_listing  # whether to ask for each blob's metadata in listings
+        self._full = True  # what was asked of this server
         self._challenge: tuple[str, dict[str, str], str] | None = None
         self.member_id: str | None = None
         self._listing_since: float | None = None
@@ -290,16 +302,23 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             self.transport.loseConnection()
 
     def _inventory_line(self, words: list[str]) -> None:
-        if len(words) != 6:
-            raise BadArgs("inventory line: <blob> <version> <size> <sha256> <replicas> <name>")
-        blob, version, size, sha256, replicas, name = words
         assert self._chunk is not None and self._after is not None
-        if not SHA256.match(sha256):
+        if not self._full:
+            if len(words) != 1:
+                raise BadArgs("inventory line: <blob>")
+        elif len(words) != 6:
+            raise BadArgs("inventory line: <blob> <version> <size> <sha256> <replicas> <name>")
+        elif not SHA256.match(words[3]):
             raise BadArgs("inventory line: bad sha256")
+        blob = words[0]
         if check_blob(blob) <= (self._chunk[-1][0] if self._chunk else self._after):
             raise BadArgs("inventory line: blob ids out of order")
-        self._chunk.append((blob, parse_count(version, "version"), parse_count(size, "size"),
-                            sha256, parse_count(replicas, "replicas", 0, 16), check_name(name)))
+        if self._full:
+            _, version, size, sha256, replicas, name = words
+            self._chunk.append((blob, parse_count(version, "version"), parse_count(size, "size"),
+                                sha256, parse_count(replicas, "replicas", 0, 16), check_name(name)))
+        else:
+            self._chunk.append((blob,))
         self._chunk_done()
 
     def _chunk_done(self) -> None:
@@ -355,7 +374,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             local = (f["local"], f["key"])
         self.roster.join(member_id, zone, host, port, capacity, used, blobs, self, local)
         self.member_id = member_id
-        self.reply(f"OK welcome heartbeat={self.heartbeat}")
+        self._full = self.full_listing()
+        self.reply(f"OK welcome heartbeat={self.heartbeat} listing={'full' if self._full else 'ids'}")
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._lost = True
@@ -365,12 +385,14 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
 
 class MemberFactory(Factory):
-    def __init__(self, roster: Any, heartbeat: float = HEARTBEAT, secret: bytes | None = None) -> None:
+    def __init__(self, roster: Any, heartbeat: float = HEARTBEAT, secret: bytes | None = None,
+                 full_listing: Callable[[], bool] = lambda: True) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
         self.secret = secret
+        self.full_listing = full_listing
 
     def buildProtocol(self, addr: Any) -> MemberProtocol:
-        p = MemberProtocol(self.roster, self.heartbeat, self.secret)
+        p = MemberProtocol(self.roster, self.heartbeat, self.secret, self.full_listing)
         p.factory = self
         return p
