@@ -58,9 +58,10 @@ def fill_catalog(directory: Path, blobs: list[tuple[str, str, int, str]]) -> Non
     Catalog(str(directory)).close()  # the schema
     db = sqlite3.connect(directory / "catalog.sqlite", isolation_level=None)
     db.execute("BEGIN")
-    db.executemany("INSERT INTO names VALUES (?, 1)", ((name,) for _, name, _, _ in blobs))
-    db.executemany("INSERT INTO files VALUES (?, 1, ?, ?, ?, 1, 0)",
-                   ((name, blob, size, digest) for blob, name, size, digest in blobs))
+    db.executemany("INSERT INTO names (name, last_version, settled) VALUES (?, 1, 1)",
+                   ((name,) for _, name, _, _ in blobs))
+    db.executemany("INSERT INTO files VALUES (?, 1, ?, ?, ?, 1, 0, ?)",
+                   ((name, blob, size, digest, SERVER) for blob, name, size, digest in blobs))
     db.executemany("INSERT INTO copies VALUES (?, ?, 0)", ((blob, SERVER) for blob, _, _, _ in blobs))
     db.execute("COMMIT")
     db.close()
@@ -71,8 +72,9 @@ def list_one_absent_copy(directory: Path) -> None:
     says it is missing, once the last chunk is reconciled."""
     absent = "f" * 32
     db = sqlite3.connect(directory / "catalog.sqlite", isolation_level=None)
-    db.execute("INSERT OR IGNORE INTO names VALUES ('bench/absent', 1)")
-    db.execute("INSERT OR IGNORE INTO files VALUES ('bench/absent', 1, ?, 1, ?, 1, 0)", (absent, "0" * 64))
+    db.execute("INSERT OR IGNORE INTO names (name, last_version, settled) VALUES ('bench/absent', 1, 1)")
+    db.execute("INSERT OR IGNORE INTO files VALUES ('bench/absent', 1, ?, 1, ?, 1, 0, ?)",
+               (absent, "0" * 64, SERVER))
     db.execute("INSERT OR IGNORE INTO copies VALUES (?, ?, 0)", (absent, SERVER))
     db.close()
 
