@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test install bench smoke clean
+.PHONY: run test install bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,6 @@ run: install
 
 test: install
 	$(PY) -m pytest -q
-
-smoke: install
-	$(PYTHON) ../shared/contract_smoke.py
 
 bench: install
 	$(PIP) install -q -r bench/requirements.txt

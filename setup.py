@@ -1,8 +1,17 @@
+import re
+from pathlib import Path
+
 from setuptools import setup
+
+# The version is kept in deposito/__init__.py alone; read, not imported, so
+# that setup.py runs before the dependencies are installed.
+VERSION = re.search(r'^__version__ = "([^"]+)"$',
+                    Path(__file__).with_name("deposito").joinpath("__init__.py").read_text(encoding="utf-8"),
+                    re.M).group(1)
 
 setup(
     name="deposito",
-    version="0.1.0",
+    version=VERSION,
     description="A replicated file depot built on Twisted",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -3,7 +3,8 @@
 The proxy's code reports what happens through twisted.logger, as usual; a log
 event that matters to whoever runs the cluster carries an ``event`` key
 (``join``, ``down``, ``dead``, ``corrupt``, ``inventory``, ``repaired``,
-``drop``, ``repair_failed``, ``refused``). From that one stream:
+``drop``, ``repair_failed``, ``refused``, ``rebuilt``, ``denied``). From that
+one stream:
 
 - :class:`EventLog` keeps the last few such events for the status page;
 - :class:`Metrics` counts them, and the requests that :class:`MeteredDepot`
@@ -27,7 +28,8 @@ from zope.interface import implementer
 from deposito.errors import DepositoError
 from deposito.transfer import CountingConsumer
 
-EVENT_KINDS = ("join", "down", "dead", "corrupt", "inventory", "repaired", "drop", "repair_failed", "refused")
+EVENT_KINDS = ("join", "down", "dead", "corrupt", "inventory", "repaired", "drop", "repair_failed", "refused",
+               "rebuilt", "denied")
 REPAIR_KINDS = {"repaired": "copy", "drop": "drop"}
 RATE_WINDOW = 60
 
