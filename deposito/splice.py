@@ -112,9 +112,10 @@ class Relay:
         self._was_reading: list[Any] = []
 
     def start(self) -> defer.Deferred:
-        if twisted_internals.write_pending(self.reactor, self.source) or twisted_internals.write_pending(self.reactor, self.target):
+        if any(twisted_internals.write_pending(self.reactor, t) for t in (self.source, self.target)):
             raise RuntimeError("a relay needs both sockets to have sent all that was written to them")
-        self._was_reading = [t for t in (self.source, self.target) if twisted_internals.is_reading(self.reactor, t)]  # read again after
+        self._was_reading = [t for t in (self.source, self.target)  # read again after
+                             if twisted_internals.is_reading(self.reactor, t)]
         self.source.stopReading()
         self.target.stopReading()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -340,7 +341,8 @@ class FanOut:
         return self.done
 
     def _still_sending(self) -> list[int]:
-        return [i for i, t in enumerate(self.targets) if not self.gone[i] and twisted_internals.write_pending(self.reactor, t)]
+        return [i for i, t in enumerate(self.targets)
+                if not self.gone[i] and twisted_internals.write_pending(self.reactor, t)]
 
     def _when_sent(self) -> None:
         """Pump once no target has bytes of Twisted's left to send (they go
