@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from deposito.protocols.blob import BlobClient
 from deposito.roster import Member
 from deposito.splice import same_user
+from deposito.twisted_internals import IStreamReactor
 
 
 def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
@@ -34,11 +35,12 @@ def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
 class _BlobClients(Factory):
     noisy = False  # connections come and go with transfers: no log line for each
 
-    def __init__(self, secret: bytes | None) -> None:
+    def __init__(self, reactor: IStreamReactor, secret: bytes | None) -> None:
+        self.reactor = reactor
         self.secret = secret
 
     def buildProtocol(self, addr: Any) -> BlobClient:
-        return BlobClient(self.secret)
+        return BlobClient(self.reactor, self.secret)
 
 
 class BlobPool:
@@ -84,7 +86,7 @@ class BlobPool:
             return client
         key = (member.host, member.port)
         endpoint = client_endpoint(self.reactor, member.host, member.port, self.connect_timeout)
-        client = await endpoint.connect(_BlobClients(self.secret))
+        client = await endpoint.connect(_BlobClients(self.reactor, self.secret))
         client.pool_key = key
         self._open.setdefault(key, weakref.WeakSet()).add(client)
         return await client.ready
@@ -102,7 +104,7 @@ class BlobPool:
             return client
         endpoint = UNIXClientEndpoint(self.reactor, "\0" + member.local[1:], timeout=self.connect_timeout)
         try:
-            client = await endpoint.connect(_BlobClients(self.secret))
+            client = await endpoint.connect(_BlobClients(self.reactor, self.secret))
         except error.ConnectionRefusedError as e:  # no such port on this host
             self.log.info("storage server {id} is not on this host ({why}): its bytes go through the proxy",
                           id=member.id, why=str(e))

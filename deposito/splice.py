@@ -23,11 +23,12 @@ import struct
 import termios
 from typing import Any, Callable
 
-from twisted.internet import defer, task, tcp
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IPullProducer, IPushProducer, IReadDescriptor, IWriteDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from deposito import twisted_internals
 from deposito.diskio import libc_function
 from deposito.errors import DepositoError
 from deposito.protocols.lines import send_now
@@ -52,9 +53,7 @@ class ReaderLost(DepositoError):
 
 def can_splice(source: Any, target: Any) -> bool:
     """Whether bytes can go from transport ``source`` to ``target`` by splice."""
-    return (_SPLICE is not None and all(
-        type(t) in (tcp.Client, tcp.Server) and not getattr(t, "TLS", False) and t.connected
-        and not t.disconnecting for t in (source, target)))
+    return _SPLICE is not None and all(twisted_internals.is_plain_tcp(t) for t in (source, target))
 
 
 @implementer(IReadDescriptor, IWriteDescriptor)
@@ -113,11 +112,10 @@ class Relay:
         self._was_reading: list[Any] = []
 
     def start(self) -> defer.Deferred:
-        writers = self.reactor.getWriters()
-        if self.source in writers or self.target in writers:
+        if any(twisted_internals.write_pending(self.reactor, t) for t in (self.source, self.target)):
             raise RuntimeError("a relay needs both sockets to have sent all that was written to them")
-        readers = self.reactor.getReaders()
-        self._was_reading = [t for t in (self.source, self.target) if t in readers]  # read again after
+        self._was_reading = [t for t in (self.source, self.target)  # read again after
+                             if twisted_internals.is_reading(self.reactor, t)]
         self.source.stopReading()
         self.target.stopReading()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -316,7 +314,7 @@ class FanOut:
         The source must have nothing left to send (its socket is then the
         fan-out's alone); OSError when the pipes cannot be made, with nothing
         changed."""
-        if self.source in self.reactor.getWriters():
+        if twisted_internals.write_pending(self.reactor, self.source):
             raise RuntimeError("a fan-out needs its source to have sent all that was written to it")
         pipes: list[tuple[int, int]] = []
         try:
@@ -328,8 +326,7 @@ class FanOut:
             raise
         self._intake, self._pipes = pipes[0], list(pipes[1:])
         everyone = [self.source, *self.targets]
-        readers = self.reactor.getReaders()
-        self._was_reading = [t for t in everyone if t in readers]
+        self._was_reading = [t for t in everyone if twisted_internals.is_reading(self.reactor, t)]
         for t in everyone:
             t.stopReading()
         # A tee moves whole pipe buffers: every target's pipe must hold all
@@ -344,8 +341,8 @@ class FanOut:
         return self.done
 
     def _still_sending(self) -> list[int]:
-        writers = self.reactor.getWriters()
-        return [i for i, t in enumerate(self.targets) if not self.gone[i] and t in writers]
+        return [i for i, t in enumerate(self.targets)
+                if not self.gone[i] and twisted_internals.write_pending(self.reactor, t)]
 
     def _when_sent(self) -> None:
         """Pump once no target has bytes of Twisted's left to send (they go
@@ -579,17 +576,16 @@ def same_user(transport: Any) -> bool:
 
 def can_hand_off(target: Any) -> bool:
     """Whether the reader's transport ``target`` can be handed to a storage server on this host."""
-    return (type(target) is tcp.Server and not getattr(target, "TLS", False) and target.connected
-            and not target.disconnecting and written(target.getHandle()) is not None)
+    return twisted_internals.is_plain_tcp_server(target) and written(target.getHandle()) is not None
 
 
 @implementer(IPullProducer)
 class _WhenSent:
-    def __init__(self, target: Any, d: defer.Deferred) -> None:
-        self.target, self.d = target, d
+    def __init__(self, reactor: twisted_internals.IStreamReactor, target: Any, d: defer.Deferred) -> None:
+        self.reactor, self.target, self.d = reactor, target, d
 
     def resumeProducing(self) -> None:
-        if self.target in self.target.reactor.getWriters():
+        if twisted_internals.write_pending(self.reactor, self.target):
             return  # still sending: asked again once it is done
         self.target.unregisterProducer()
         self.d.callback(None)
@@ -604,17 +600,17 @@ class _WhenSent:
             self.d.errback(ReaderLost(f"the reader took nothing for {timeout:.0f} s"))
 
 
-def sent(target: Any, timeout: float) -> defer.Deferred:
+def sent(reactor: twisted_internals.IStreamReactor, target: Any, timeout: float) -> defer.Deferred:
     """Fires once socket transport ``target`` has handed the kernel all that
     was written to it; fails with ReaderLost if that takes ``timeout`` seconds."""
     send_now(target)
-    if target not in target.reactor.getWriters():
+    if not twisted_internals.write_pending(reactor, target):
         return defer.succeed(None)
     d: defer.Deferred = defer.Deferred()
-    waiter = _WhenSent(target, d)
+    waiter = _WhenSent(reactor, target, d)
     target.registerProducer(waiter, False)
     if not d.called:
-        deadline = target.reactor.callLater(timeout, waiter.give_up, timeout)
+        deadline = reactor.callLater(timeout, waiter.give_up, timeout)
 
         def settled(result: Any) -> Any:
             if deadline.active():
@@ -645,7 +641,7 @@ class HandOff:
 
     async def run(self) -> None:
         target = self.target
-        await sent(target, self.idle_timeout)
+        await sent(self.client.reactor, target, self.idle_timeout)
         if not target.connected or target.disconnecting:
             raise ReaderLost("the reader went away")
         sock = target.getHandle()
@@ -653,11 +649,11 @@ class HandOff:
         if start is None:
             raise ReaderLost("the reader's socket cannot be counted")
         fd = os.dup(sock.fileno())  # the server's: this one may close meanwhile
-        reading = target in target.reactor.getReaders()
+        reading = twisted_internals.is_reading(self.client.reactor, target)
         target.stopReading()  # nothing of the reader's is read or written here meanwhile
         seen = [start]
         watch = task.LoopingCall(self._watch, sock, seen)
-        watch.clock = target.reactor
+        watch.clock = self.client.reactor
         watch.start(self.idle_timeout, now=False)
         failed: DepositoError | None = None
         try:

@@ -198,7 +198,7 @@ class StorageService(service.MultiService):
         super().startService()
         if self.handoff:
             self._listen_locally(device)
-        d = self.listen_endpoint.listen(BlobServerFactory(device, self.secret))
+        d = self.listen_endpoint.listen(BlobServerFactory(self.reactor, device, self.secret))
         d.addCallback(self._listening)
         d.addErrback(self._listen_failed)
 
@@ -223,7 +223,8 @@ class StorageService(service.MultiService):
         abstract Unix socket, so nothing is left behind on disk."""
         name, key = f"@deposito-server/{self.node.id}/{secrets.token_hex(8)}", secrets.token_hex(16)
         try:
-            self.local_port = self.reactor.listenUNIX("\0" + name[1:], LocalBlobServerFactory(device, self.secret, key))
+            self.local_port = self.reactor.listenUNIX(
+                "\0" + name[1:], LocalBlobServerFactory(self.reactor, device, self.secret, key))
         except Exception as e:  # no abstract Unix sockets here: GETs go through the proxy
             self.log.info("no local port ({why}): every byte read goes through the proxy", why=str(e))
             return

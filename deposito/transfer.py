@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from deposito import twisted_internals
 from deposito.blobstore import BlockSums
 from deposito.errors import DepositoError, Unavailable
 from deposito.protocols.blob import BlobClient, ConnectionLost
@@ -149,7 +150,7 @@ class Upload:
         lanes = self.live()
         transports = [lane.client.transport for lane in lanes]
         if (count < SPLICE_MIN or self._fan is not None or not can_fan_out(source, transports)
-                or source in self.clock.getWriters()):
+                or twisted_internals.write_pending(self.clock, source)):
             return None
 
         def dropped(i: int, why: DepositoError) -> None:

@@ -28,6 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 import deposito
+from deposito import twisted_internals
 from deposito.errors import BadArgs, DepositoError, NotFound, Unavailable
 from deposito.events import EventLog, Event, Metrics, outcome
 from deposito.protocols.words import check_name, parse_count
@@ -234,7 +235,7 @@ def _async(request: Any, work: Callable[[], Awaitable[None]]) -> Any:
 
 
 def _send(request: Any, code: int, content_type: bytes, body: bytes) -> None:
-    if request._disconnected or request.finished:
+    if twisted_internals.request_gone(request) or request.finished:
         return
     request.setResponseCode(code)
     request.setHeader(b"content-type", content_type)

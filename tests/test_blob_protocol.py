@@ -35,7 +35,7 @@ class Sink:
 
 
 def server_on_string_transport(device):
-    proto = BlobServerFactory(device).buildProtocol(None)
+    proto = BlobServerFactory(task.Clock(), device).buildProtocol(None)
     proto.callLater = task.Clock().callLater
     tr = StringTransport()
     proto.makeConnection(tr)
@@ -64,13 +64,13 @@ def test_refused_write_closes_the_connection(tmp_path):
 def test_write_read_delete_real_bytes(tmp_path):
     device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 30)
     device.start()
-    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(device))
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(reactor, device))
     clients = []
 
     @defer.inlineCallbacks
     def client():
         c = yield endpoints.connectProtocol(
-            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient())
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient(reactor))
         clients.append(c)
         return c
 
@@ -163,9 +163,9 @@ def test_a_slow_reader_gets_every_byte_sent_from_the_cache_or_around_it(tmp_path
     real_read = device.read_block
     monkeypatch.setattr(device, "read_block", lambda f, meta, i: on_thread.append(i) or real_read(f, meta, i))
     device.start()
-    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(device))
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(reactor, device))
     c = yield endpoints.connectProtocol(
-        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient())
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient(reactor))
     try:
         data = os.urandom((16 << 20) + 4097)
         blob = new_blob_id()
@@ -208,9 +208,9 @@ def test_a_slow_reader_gets_every_byte_sent_from_the_cache_or_around_it(tmp_path
 def blob_server(tmp_path):
     device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 31)
     device.start()
-    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(device))
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(reactor, device))
     c = yield endpoints.connectProtocol(
-        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient())
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient(reactor))
     return device, port, c
 
 

@@ -70,8 +70,8 @@ class Setup:
     @defer.inlineCallbacks
     def start(self, data: bytes, cache: bool = False):
         self.ports.append((yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            BlobServerFactory(self.device))))
-        self.ports.append(reactor.listenUNIX(self.name, LocalBlobServerFactory(self.device, None, self.key)))
+            BlobServerFactory(reactor, self.device))))
+        self.ports.append(reactor.listenUNIX(self.name, LocalBlobServerFactory(reactor, self.device, None, self.key)))
         writer = yield self.blob_client()
         self.blob = new_blob_id()
         d = writer.write_blob(self.blob, len(data), 1, 2, "file", cache=cache)
@@ -89,13 +89,13 @@ class Setup:
     @defer.inlineCallbacks
     def blob_client(self):
         c = yield endpoints.connectProtocol(
-            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.ports[0].getHost().port), BlobClient())
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.ports[0].getHost().port), BlobClient(reactor))
         self.clients.append(c)
         return c
 
     @defer.inlineCallbacks
     def local_client(self):
-        c = yield endpoints.connectProtocol(endpoints.UNIXClientEndpoint(reactor, self.name), BlobClient())
+        c = yield endpoints.connectProtocol(endpoints.UNIXClientEndpoint(reactor, self.name), BlobClient(reactor))
         self.clients.append(c)
         return c
 

@@ -17,7 +17,7 @@ from tests.test_blob_protocol import settle
 def test_clean_connections_are_reused_and_others_closed(tmp_path):
     device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 20)
     device.start()
-    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(device))
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(reactor, device))
     pool = BlobPool(reactor, idle_seconds=5)
     pool.start()
     member = Member("s", "z", "127.0.0.1", port.getHost().port)

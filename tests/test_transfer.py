@@ -34,7 +34,7 @@ def lanes(n, clock=None):
     up.attach(src)
     clients = []
     for i in range(n):
-        client = BlobClient()
+        client = BlobClient(clock)
         client.makeConnection(StringTransport())
         up.add_lane(Member(f"s{i}", "z", "h", 1), client, client.write_blob("b" * 32, 6, 1, n, "f"))
         clients.append(client)
@@ -97,7 +97,7 @@ def _read_small_on(reply: bytes, size: int):
     (the outcomes, the connection's reusable state when released)."""
     from deposito.transfer import read_small
 
-    client = BlobClient()
+    client = BlobClient(task.Clock())
     client.makeConnection(StringTransport())
     released: list[bool] = []
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from twisted.internet import defer, error, tcp
+from twisted.internet import defer, error
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -35,13 +35,14 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from deposito import diskio
+from deposito import diskio, twisted_internals
 from deposito.blobstore import BLOCK, BlobMeta, Corrupt, check_blob_id
 from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal, from_reply
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
 from deposito.secret import nonce, proof, verify
 from deposito.splice import Relay, SocketWaiter, SourceLost
+from deposito.twisted_internals import IStreamReactor
 
 _SENDFILE = getattr(os, "sendfile", None)
 FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big
@@ -59,7 +60,8 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     log = Logger()
     idle_timeout = 120
 
-    def __init__(self, device: Any, secret: bytes | None = None) -> None:
+    def __init__(self, reactor: IStreamReactor, device: Any, secret: bytes | None = None) -> None:
+        self.reactor = reactor
         self.device = device
         self.secret = secret
         self.authenticated = secret is None
@@ -96,7 +98,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         super().dataReceived(data)
-        if self.paused and len(self._buffer) > self.MAX_LENGTH:
+        if self.paused and twisted_internals.unparsed_size(self) > self.MAX_LENGTH:
             self.transport.pauseProducing()  # a READ is under way: no more than a line waits
         send_now(self.transport)  # what these requests answered at once
 
@@ -163,7 +165,8 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
                 self._flush()
         if self._remaining == 0:
             self.setLineMode(rest)
-        elif self._remaining >= RECEIVE_MIN and not self._buffer and _Receiver.can_take(self.transport):
+        elif (self._remaining >= RECEIVE_MIN and not twisted_internals.holds_unparsed(self)
+              and _Receiver.can_take(self.transport)):
             # The rest goes from the socket straight into the disk's buffers.
             self._flush()
             self._receiver = _Receiver(self, self._remaining)
@@ -267,7 +270,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             return
         self.reply(f"OK {meta.size - offset} size={meta.size}")
         self.pauseProducing()  # the socket unread now: the sender may wait on it for writing
-        self._sender = BlobSender(self.device, f, meta, offset, self.transport, self._sent,
+        self._sender = BlobSender(self.reactor, self.device, f, meta, offset, self.transport, self._sent,
                                    self.resetTimeout)
         self._sender.start()
 
@@ -344,6 +347,7 @@ class _Receiver:
 
     def __init__(self, protocol: BlobServerProtocol, count: int) -> None:
         self.protocol = protocol
+        self.reactor = protocol.reactor
         self.transport = protocol.transport
         self.remaining = count
         self._at = protocol._incoming.meta.size - count  # where in the blob the next buffer starts
@@ -358,8 +362,7 @@ class _Receiver:
 
     @staticmethod
     def can_take(transport: Any) -> bool:
-        return (type(transport) is tcp.Server and not getattr(transport, "TLS", False)
-                and transport.connected and not transport.disconnecting)
+        return twisted_internals.is_plain_tcp_server(transport)
 
     def start(self) -> None:
         self.transport.stopReading()
@@ -406,7 +409,7 @@ class _Receiver:
         # its other work when a burst was cut short). None: wait for a write.
         if self._buffer is not None or self._free or self._out < self.depth:
             if not self.reading:
-                self.transport.reactor.addReader(self._readable)
+                self.reactor.addReader(self._readable)
                 self.reading = True
         else:
             self._stop_reading()
@@ -452,7 +455,7 @@ class _Receiver:
 
     def _stop_reading(self) -> None:
         if self.reading:
-            self.transport.reactor.removeReader(self._readable)
+            self.reactor.removeReader(self._readable)
             self.reading = False
 
     def stop(self) -> None:
@@ -483,8 +486,9 @@ class BlobSender:
 
     burst = 8  # blocks moved in one go before other connections get a turn
 
-    def __init__(self, device: Any, f: Any, meta: BlobMeta, offset: int, transport: Any,
+    def __init__(self, reactor: IStreamReactor, device: Any, f: Any, meta: BlobMeta, offset: int, transport: Any,
                  done: Callable[[], None], progress: Callable[[], None]) -> None:
+        self.reactor = reactor
         self.device, self.f, self.meta, self.offset = device, f, meta, offset
         self.transport, self.done, self.progress = transport, done, progress
         self._read_at = offset  # where the next block read starts
@@ -533,7 +537,7 @@ class BlobSender:
                 self.stopProducing()
                 self.transport.abortConnection()
                 return
-        self._again = self.transport.reactor.callLater(0, self._pump)
+        self._again = self.reactor.callLater(0, self._pump)
 
     def _read_now(self) -> bool:
         """Read and check the next block here, if it is all in memory."""
@@ -590,12 +594,11 @@ class BlobSender:
             return False
         if getattr(t, "passed", False):  # a reader's socket the proxy passed over (deposito.protocols.handoff)
             return bool(t.idle)
-        return (type(t) is tcp.Server
-                and not getattr(t, "TLS", False) and t.connected and not t.disconnecting
-                and t not in t.reactor.getWriters())  # nothing of Twisted's waits to go first
+        return (twisted_internals.is_plain_tcp_server(t)
+                and not twisted_internals.write_pending(self.reactor, t))  # nothing of Twisted's waits to go first
 
     def _can_write(self) -> None:
-        self.transport.reactor.removeWriter(self._writable)
+        self.reactor.removeWriter(self._writable)
         if self._sending is not None and not self.stopped:
             self._send_file()
             if self._sending is None:
@@ -610,7 +613,7 @@ class BlobSender:
                 n = _SENDFILE(self.transport.fileno(), self.f.fd, start, length)
             except BlockingIOError:
                 self._sending = (start, length)
-                self.transport.reactor.addWriter(self._writable)
+                self.reactor.addWriter(self._writable)
                 return
             except OSError:
                 n = 0
@@ -667,7 +670,7 @@ class BlobSender:
                 self._again = None
             if self._sending is not None:
                 self._sending = None
-                self.transport.reactor.removeWriter(self._writable)
+                self.reactor.removeWriter(self._writable)
             if not self.reading:  # else closed when the read in progress returns
                 self.device.close(self.f)
 
@@ -681,7 +684,7 @@ class _Drained:
         self.client, self.target = client, target
 
     def resumeProducing(self) -> None:
-        if self.target in self.target.reactor.getWriters():
+        if twisted_internals.write_pending(self.client.reactor, self.target):
             return  # still sending: asked again once it is done
         self.target.unregisterProducer()
         self.client._start_relay(self.target)
@@ -691,12 +694,13 @@ class _Drained:
 
 
 class BlobServerFactory(Factory):
-    def __init__(self, device: Any, secret: bytes | None = None) -> None:
+    def __init__(self, reactor: IStreamReactor, device: Any, secret: bytes | None = None) -> None:
+        self.reactor = reactor
         self.device = device
         self.secret = secret
 
     def buildProtocol(self, addr: Any) -> BlobServerProtocol:
-        p = BlobServerProtocol(self.device, self.secret)
+        p = BlobServerProtocol(self.reactor, self.device, self.secret)
         p.factory = self
         return p
 
@@ -711,7 +715,8 @@ class BlobClient(LineProtocol, TimeoutMixin):
 
     request_timeout = 60.0  # no reply, or no byte of a body, for this long: the server is hung
 
-    def __init__(self, secret: bytes | None = None) -> None:
+    def __init__(self, reactor: IStreamReactor, secret: bytes | None = None) -> None:
+        self.reactor = reactor
         self.secret = secret
         self.ready: defer.Deferred = defer.Deferred()  # fires with self once usable
         self._handshake: tuple[str, str] | None = None
@@ -763,7 +768,8 @@ class BlobClient(LineProtocol, TimeoutMixin):
         return (not self.lost and not self.refused and t is not None and t.connected and not t.disconnecting
                 and self._waiting is None and self._body is None and self._sink is None and self._relay is None
                 and not self.holding
-                and bool(self.line_mode) and not self._buffer and getattr(t, "producer", None) is None)
+                and bool(self.line_mode) and not twisted_internals.holds_unparsed(self)
+                and not twisted_internals.has_producer(t))
 
     def _expect(self, deadline: bool = True) -> defer.Deferred:
         if self.lost:
@@ -892,7 +898,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
     def _start_relay(self, target: Any) -> None:
         if self._body is None or self.lost:
             return
-        self._relay = Relay(self.transport.reactor, self.transport, target, self._remaining, self.request_timeout)
+        self._relay = Relay(self.reactor, self.transport, target, self._remaining, self.request_timeout)
         self._relay.start().addCallbacks(self._relayed, self._relay_failed)
 
     def _relayed(self, moved: int) -> None:

@@ -48,6 +48,7 @@ from zope.interface import implementer
 from deposito.errors import BadArgs, BadCommand, Unavailable
 from deposito.protocols.blob import BlobSender, BlobServerProtocol
 from deposito.splice import SocketWaiter, same_user
+from deposito.twisted_internals import IStreamReactor
 
 
 class PassedSocket:
@@ -161,8 +162,8 @@ def _writable_stream(fd: int) -> bool:
 class LocalBlobServerProtocol(BlobServerProtocol):
     """The blob protocol on the local port, with KEY, OPEN and SEND."""
 
-    def __init__(self, device: Any, secret: bytes | None, key: str) -> None:
-        super().__init__(device, secret)
+    def __init__(self, reactor: IStreamReactor, device: Any, secret: bytes | None, key: str) -> None:
+        super().__init__(reactor, device, secret)
         self.key = key
         self._fds: list[int] = []
         self._open: tuple[Any, Any, int] | None = None
@@ -211,8 +212,8 @@ class LocalBlobServerProtocol(BlobServerProtocol):
             raise BadArgs("what came with SEND is not a non-blocking stream socket")
         (f, meta, offset), self._open = self._open, None
         self.paused = True
-        self._passed = PassedSocket(self.transport.reactor, fd, self._sent_to_socket)
-        self._sender = BlobSender(self.device, f, meta, offset, self._passed, self._passed.loseConnection,
+        self._passed = PassedSocket(self.reactor, fd, self._sent_to_socket)
+        self._sender = BlobSender(self.reactor, self.device, f, meta, offset, self._passed, self._passed.loseConnection,
                                   self.resetTimeout)
         self._sender.start()
 
@@ -243,10 +244,10 @@ class LocalBlobServerProtocol(BlobServerProtocol):
 
 
 class LocalBlobServerFactory(Factory):
-    def __init__(self, device: Any, secret: bytes | None, key: str) -> None:
-        self.device, self.secret, self.key = device, secret, key
+    def __init__(self, reactor: IStreamReactor, device: Any, secret: bytes | None, key: str) -> None:
+        self.reactor, self.device, self.secret, self.key = reactor, device, secret, key
 
     def buildProtocol(self, addr: Any) -> LocalBlobServerProtocol:
-        p = LocalBlobServerProtocol(self.device, self.secret, self.key)
+        p = LocalBlobServerProtocol(self.reactor, self.device, self.secret, self.key)
         p.factory = self
         return p

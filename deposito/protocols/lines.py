@@ -10,15 +10,14 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from twisted.internet import tcp
 from twisted.protocols.basic import LineReceiver
 
+from deposito import twisted_internals
 from deposito.errors import BadArgs, BadCommand
 
 MAX_LINE = 8192
 STREAM_READ = 256 << 10  # bytes asked of the socket per read
 STREAM_SEND = 1 << 20  # bytes handed to the socket per send
-_PLAIN_TCP = (tcp.Server, tcp.Client)
 
 
 def tune_for_streams(transport: Any) -> None:
@@ -26,9 +25,8 @@ def tune_for_streams(transport: Any) -> None:
     64 KiB for both): fewer calls per byte on the hot path, and reads small
     enough that a process's buffers stay a few MiB. A producer is paused
     once more than STREAM_READ waits to be sent."""
-    if hasattr(transport, "bufferSize"):
-        transport.bufferSize = STREAM_READ
-        transport.SEND_LIMIT = STREAM_SEND
+    twisted_internals.set_read_size(transport, STREAM_READ)
+    twisted_internals.set_send_limit(transport, STREAM_SEND)
     if hasattr(transport, "setTcpNoDelay"):
         try:
             transport.setTcpNoDelay(True)
@@ -75,11 +73,7 @@ def send_now(transport: Any) -> None:
     closing; anything it could not send is left to the reactor as before, and
     so is an error (the transport stays registered for writing, and the
     reactor meets the error again and closes the connection)."""
-    if (type(transport) in _PLAIN_TCP and transport.connected and not transport.disconnecting
-            and not getattr(transport, "TLS", True)
-            and not getattr(transport, "_writeDisconnecting", True)
-            and (transport.dataBuffer or getattr(transport, "_tempDataBuffer", True))):
-        transport.doWrite()
+    twisted_internals.flush_now(transport)
 
 
 def handler_for(obj: Any, words: list[str]) -> Callable[..., Any]:

@@ -16,6 +16,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 import deposito
+from deposito import twisted_internals
 from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.listreply import ListBroken, ListReply
@@ -197,7 +198,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             self.setRawMode()
             self.paused = False  # let raw bytes flow; lines wait until the reply
             self.transport.resumeProducing()
-            if self._buffer:
+            if twisted_internals.holds_unparsed(self):
                 self.dataReceived(b"")
         else:
             self._done.callback(None)
@@ -216,7 +217,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self._upload.write(take)
         if self._remaining == 0:
             self._received_all(data[len(take):])
-        elif not self._buffer:
+        elif not twisted_internals.holds_unparsed(self):
             # The rest can go from socket to sockets inside the kernel, once
             # the servers' connections have sent what was written to them.
             d = self._upload.splice_from(self.transport, self._remaining, self.resetTimeout)

@@ -1,0 +1,165 @@
+"""Every use Deposito makes of Twisted beyond its documented interfaces.
+
+The fast paths (bytes sent without a turn of the reactor, relayed by
+splice, received with recv_into, sent with sendfile, handed to another
+process) and a few checks on a connection's state depend on how Twisted
+builds its transports, its LineReceiver and its HTTP requests. Each such
+fact is used here and nowhere else, in a function whose docstring names the
+fact and what happens if a later Twisted no longer holds to it: the fast
+path is skipped, or the behaviour falls back safely. tests/test_twisted_internals.py
+checks each fact against the installed Twisted, so that an upgrade that
+breaks one fails a test instead of silently slowing or breaking a path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IReactorFDSet, IReactorTime
+
+_PLAIN_TCP = (tcp.Server, tcp.Client)
+
+
+class IStreamReactor(IReactorTime, IReactorFDSet):
+    """A reactor as the fast paths use it: a clock that also watches sockets.
+    Every reactor Twisted ships is both."""
+
+
+# -- socket transports (twisted.internet.tcp, twisted.internet.abstract)
+
+
+def is_plain_tcp(transport: Any) -> bool:
+    """Whether ``transport`` is an open TCP connection of Twisted's own, made
+    or accepted, carrying its bytes as they are (no TLS): its socket
+    (``getHandle()``) may then be read and written by Deposito directly.
+
+    Relies on tcp.Server and tcp.Client being the classes of plain TCP
+    connections, on their ``TLS`` attribute turning true once TLS starts,
+    and on ``connected``/``disconnecting``. The type is compared exactly: a
+    wrapper or subclass may buffer or transform bytes. If Twisted renames
+    the classes or drops ``TLS``, this is False and the ordinary path is
+    taken."""
+    return (type(transport) in _PLAIN_TCP and not getattr(transport, "TLS", True)
+            and bool(transport.connected) and not transport.disconnecting)
+
+
+def is_plain_tcp_server(transport: Any) -> bool:
+    """:func:`is_plain_tcp` for a connection this process accepted (tcp.Server) only."""
+    return type(transport) is tcp.Server and is_plain_tcp(transport)
+
+
+def set_read_size(transport: Any, size: int) -> None:
+    """Have ``transport`` ask its socket for up to ``size`` bytes per read.
+
+    Relies on a socket transport (abstract.FileDescriptor) reading at most
+    its ``bufferSize`` per recv (tcp.Connection.doRead), and pausing a
+    streaming producer once more than ``bufferSize`` waits to be sent. A
+    transport without ``bufferSize`` is left alone; if Twisted stops reading
+    the attribute, its own default applies (more calls per byte, nothing
+    else)."""
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = size
+
+
+def set_send_limit(transport: Any, size: int) -> None:
+    """Have ``transport`` hand its socket up to ``size`` bytes per send.
+
+    Relies on abstract.FileDescriptor.doWrite sending at most ``SEND_LIMIT``
+    bytes per call. Only a transport that has ``bufferSize`` (a socket
+    transport) is changed; if Twisted stops reading ``SEND_LIMIT``, its own
+    default applies (more calls per byte, nothing else)."""
+    if hasattr(transport, "bufferSize"):
+        transport.SEND_LIMIT = size
+
+
+def holds_unsent(transport: Any) -> bool:
+    """Whether ``transport`` holds written bytes it has not yet given to the kernel.
+
+    Relies on abstract.FileDescriptor keeping them in ``dataBuffer`` (being
+    sent) and ``_tempDataBuffer`` (written since). Without
+    ``_tempDataBuffer`` the answer is True: :func:`flush_now` then tries a
+    send that finds nothing to do."""
+    return bool(transport.dataBuffer or getattr(transport, "_tempDataBuffer", True))
+
+
+def flush_now(transport: Any) -> None:
+    """Hand what plain TCP ``transport`` holds to the kernel now rather than
+    on the reactor's next turn.
+
+    Relies on abstract.FileDescriptor.doWrite sending what is buffered (up
+    to ``SEND_LIMIT``), leaving the rest to the reactor, which it stays
+    registered with for writing (an error too is met there again), and on
+    ``_writeDisconnecting`` being true while a half-close is under way (a
+    send would then shut the socket's writing side, so none is made). If
+    either attribute is gone, nothing is done here and the reactor sends
+    the bytes on its next turn, as for any other transport."""
+    if (is_plain_tcp(transport) and not getattr(transport, "_writeDisconnecting", True)
+            and holds_unsent(transport)):
+        transport.doWrite()
+
+
+def write_pending(reactor: IReactorFDSet, transport: Any) -> bool:
+    """Whether socket transport ``transport`` still has bytes of Twisted's to
+    send, so that nothing else may write into its socket yet.
+
+    Relies on abstract.FileDescriptor adding itself to its reactor's
+    writers (startWriting) while it has anything to send, and, once its
+    buffer is empty, removing itself before it asks a registered pull
+    producer for more (which is how a waiter learns the bytes are gone). If
+    Twisted kept it registered, the fast paths that wait for this would
+    wait or be skipped; if it left the writers while bytes wait, those bytes
+    could be overtaken, which the tests catch."""
+    return transport in reactor.getWriters()
+
+
+def is_reading(reactor: IReactorFDSet, transport: Any) -> bool:
+    """Whether socket transport ``transport`` is reading its socket (not paused).
+
+    Relies on abstract.FileDescriptor.startReading adding the transport
+    itself to its reactor's readers and stopReading removing it. If that
+    no longer held, a transport paused by a fast path would be left
+    unread after it, which the tests catch."""
+    return transport in reactor.getReaders()
+
+
+def has_producer(transport: Any) -> bool:
+    """Whether a producer is registered with ``transport``.
+
+    Relies on abstract.FileDescriptor keeping it in ``producer`` (None when
+    there is none). A transport without the attribute is taken to have none."""
+    return getattr(transport, "producer", None) is not None
+
+
+# -- LineReceiver (twisted.protocols.basic)
+
+
+def holds_unparsed(protocol: Any) -> bool:
+    """Whether LineReceiver ``protocol`` holds received bytes it has not
+    handed on yet (the rest of a line, or lines held back while paused).
+
+    Relies on LineReceiver keeping them in ``_buffer``. Without it the
+    answer is True, the safe side: a fast path that needs nothing held
+    back is skipped, and a connection is not reused."""
+    buffer = getattr(protocol, "_buffer", None)
+    return buffer is None or len(buffer) > 0
+
+
+def unparsed_size(protocol: Any) -> int:
+    """How many received bytes LineReceiver ``protocol`` holds (see
+    :func:`holds_unparsed`). Without ``_buffer``, 0: a check that pauses
+    the transport when too much is held back never pauses it."""
+    return len(getattr(protocol, "_buffer", b""))
+
+
+# -- twisted.web
+
+
+def request_gone(request: Any) -> bool:
+    """Whether the connection of twisted.web ``request`` has been lost.
+
+    Relies on http.Request setting ``_disconnected`` in connectionLost.
+    Without it the answer is False, and the reply goes to the request as to
+    a live one (today's Twisted drops the bytes and raises from finish); the
+    test of this fact fails first."""
+    return bool(getattr(request, "_disconnected", False))

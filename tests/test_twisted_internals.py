@@ -1,0 +1,384 @@
+"""What deposito.twisted_internals relies on, checked against the installed Twisted.
+
+Each test exercises a real object (a tcp.Server or tcp.Client over
+loopback, a LineReceiver, a twisted.web Request) and asserts the fact one
+function depends on, so that a Twisted upgrade that breaks it fails here
+rather than silently slowing or breaking a fast path.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, endpoints, protocol, reactor, tcp
+from twisted.internet.interfaces import IPullProducer, IPushProducer, IReactorFDSet, IReactorTime
+from twisted.protocols.basic import LineReceiver
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
+
+from deposito import twisted_internals as ti
+
+
+class _Held(protocol.Protocol):
+    """Hands its connection to the test and keeps what arrives."""
+
+    def __init__(self) -> None:
+        self.made: defer.Deferred = defer.Deferred()
+        self.chunks: list[bytes] = []
+        self.lost: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost.callback(None)
+
+
+def _turn(seconds: float = 0.01) -> defer.Deferred:
+    d: defer.Deferred = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+@defer.inlineCallbacks
+def _until(check, timeout: float = 5.0):
+    waited = 0.0
+    while not check():
+        if waited > timeout:
+            raise AssertionError("timed out")
+        yield _turn()
+        waited += 0.01
+
+
+@defer.inlineCallbacks
+def accepted():
+    """A Twisted server-side connection over loopback and the plain socket at its other end."""
+    held = _Held()
+    factory = protocol.Factory.forProtocol(lambda: held)
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    yield held.made
+    yield port.stopListening()
+    return held, peer
+
+
+@defer.inlineCallbacks
+def made():
+    """A Twisted client-side connection over loopback and the plain socket at its other end."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    try:
+        held = yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", listener.getsockname()[1]), _Held())
+        peer, _ = listener.accept()
+    finally:
+        listener.close()
+    peer.settimeout(5)
+    return held, peer
+
+
+@defer.inlineCallbacks
+def close(held: _Held, peer: socket.socket):
+    peer.close()
+    held.transport.abortConnection()
+    yield held.lost
+
+
+def _recv_exactly(peer: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        more = peer.recv(n - len(got))
+        assert more, "the connection closed"
+        got += more
+    return got
+
+
+def _peek(peer: socket.socket) -> bytes | None:
+    """What waits to be read on ``peer`` (b"" at its end), None when nothing does; nothing is taken."""
+    timeout = peer.gettimeout()
+    peer.setblocking(False)
+    try:
+        return peer.recv(100, socket.MSG_PEEK)
+    except BlockingIOError:
+        return None
+    finally:
+        peer.settimeout(timeout)
+
+
+def _nothing_more(peer: socket.socket) -> bool:
+    return _peek(peer) is None
+
+
+def test_the_reactor_keeps_time_and_watches_sockets():
+    assert IReactorTime.providedBy(reactor) and IReactorFDSet.providedBy(reactor)
+    assert ti.IStreamReactor.isOrExtends(IReactorTime) and ti.IStreamReactor.isOrExtends(IReactorFDSet)
+
+
+@pytest_twisted.inlineCallbacks
+def test_plain_tcp_server_and_client_are_told_apart():
+    server, speer = yield accepted()
+    client, cpeer = yield made()
+    try:
+        assert type(server.transport) is tcp.Server and server.transport.TLS is False
+        assert type(client.transport) is tcp.Client and client.transport.TLS is False
+        assert ti.is_plain_tcp(server.transport) and ti.is_plain_tcp_server(server.transport)
+        assert ti.is_plain_tcp(client.transport) and not ti.is_plain_tcp_server(client.transport)
+        client.transport.loseConnection()
+        assert client.transport.disconnecting and not ti.is_plain_tcp(client.transport)
+    finally:
+        yield close(server, speer)
+        yield close(client, cpeer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_transport_that_started_tls_is_not_plain():
+    ssl = pytest.importorskip("twisted.internet.ssl")
+    pytest.importorskip("OpenSSL")
+    client, peer = yield made()
+    try:
+        client.transport.startTLS(ssl.CertificateOptions())
+        assert client.transport.TLS is True
+        assert not ti.is_plain_tcp(client.transport)
+    finally:
+        yield close(client, peer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_read_size_bounds_each_read():
+    server, peer = yield accepted()
+    try:
+        ti.set_read_size(server.transport, 7)
+        assert server.transport.bufferSize == 7
+        peer.sendall(bytes(100))
+        yield _until(lambda: sum(map(len, server.chunks)) == 100)
+        assert server.chunks[0] == bytes(7)
+        assert max(map(len, server.chunks)) == 7
+    finally:
+        yield close(server, peer)
+
+
+@implementer(IPushProducer)
+class _Streaming:
+    def __init__(self) -> None:
+        self.paused = 0
+
+    def pauseProducing(self) -> None:
+        self.paused += 1
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@pytest_twisted.inlineCallbacks
+def test_read_size_is_also_the_point_a_producer_is_paused():
+    client, peer = yield made()
+    try:
+        ti.set_read_size(client.transport, 10)
+        producer = _Streaming()
+        client.transport.registerProducer(producer, True)
+        client.transport.write(bytes(8))
+        assert producer.paused == 0
+        client.transport.write(bytes(8))
+        assert producer.paused == 1
+        client.transport.unregisterProducer()
+    finally:
+        yield close(client, peer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_send_limit_bounds_each_send():
+    client, peer = yield made()
+    try:
+        ti.set_send_limit(client.transport, 5)
+        assert client.transport.SEND_LIMIT == 5
+        client.transport.write(b"0123456789" * 10)
+        ti.flush_now(client.transport)  # one send, no turn of the reactor
+        assert _recv_exactly(peer, 5) == b"01234"
+        assert _nothing_more(peer)
+        assert ti.holds_unsent(client.transport)
+    finally:
+        yield close(client, peer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_flush_now_sends_what_is_written_at_once():
+    client, peer = yield made()
+    try:
+        t = client.transport
+        assert t._tempDataBuffer == [] and t.dataBuffer == b"" and t._writeDisconnecting is False
+        assert not ti.holds_unsent(t)
+        t.write(b"OK one\r\n")
+        t.write(b"OK two\r\n")
+        assert t._tempDataBuffer and ti.holds_unsent(t)
+        ti.flush_now(t)  # the reactor does not run until this test yields
+        assert _recv_exactly(peer, 16) == b"OK one\r\nOK two\r\n"
+        assert not ti.holds_unsent(t)
+    finally:
+        yield close(client, peer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_flush_now_leaves_a_half_close_to_the_reactor():
+    client, peer = yield made()
+    try:
+        t = client.transport
+        t.write(b"last")
+        t.loseWriteConnection()
+        assert t._writeDisconnecting is True
+        ti.flush_now(t)
+        assert _nothing_more(peer)
+        yield _until(lambda: _peek(peer) == b"last")  # the reactor sends it on its next turns
+        assert _recv_exactly(peer, 4) == b"last"
+        yield _until(lambda: _peek(peer) == b"")  # and then shuts the writing side
+    finally:
+        yield close(client, peer)
+
+
+@implementer(IPullProducer)
+class _Waiter:
+    def __init__(self, transport) -> None:
+        self.transport = transport
+        self.seen: list[bool] = []
+
+    def resumeProducing(self) -> None:
+        pending = ti.write_pending(reactor, self.transport)
+        self.seen.append(pending)
+        if not pending:
+            self.transport.unregisterProducer()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_pending_until_the_buffer_is_sent_then_a_pull_producer_is_asked():
+    client, peer = yield made()
+    try:
+        t = client.transport
+        assert not ti.write_pending(reactor, t)
+        t.write(b"0123456789")
+        assert ti.write_pending(reactor, t)
+        waiter = _Waiter(t)
+        t.registerProducer(waiter, False)
+        assert waiter.seen == [True]
+        yield _until(lambda: len(waiter.seen) == 2)
+        assert waiter.seen == [True, False]
+        assert _recv_exactly(peer, 10) == b"0123456789"
+        assert not ti.holds_unsent(t) and not ti.write_pending(reactor, t)
+    finally:
+        yield close(client, peer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_is_reading_follows_stop_and_start_reading():
+    server, peer = yield accepted()
+    try:
+        t = server.transport
+        assert ti.is_reading(reactor, t)
+        t.stopReading()
+        assert not ti.is_reading(reactor, t)
+        t.startReading()
+        assert ti.is_reading(reactor, t)
+    finally:
+        yield close(server, peer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_has_producer_follows_register_and_unregister():
+    client, peer = yield made()
+    try:
+        t = client.transport
+        assert t.producer is None and not ti.has_producer(t)
+        t.registerProducer(_Streaming(), True)
+        assert ti.has_producer(t)
+        t.unregisterProducer()
+        assert t.producer is None and not ti.has_producer(t)
+    finally:
+        yield close(client, peer)
+
+
+class _Lines(LineReceiver):
+    delimiter = b"\n"
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.raw: list[bytes] = []
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+        if line == b"RAW":
+            self.setRawMode()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.raw.append(data)
+
+
+def test_line_receiver_holds_the_rest_of_a_line():
+    p = _Lines()
+    assert not ti.holds_unparsed(p) and ti.unparsed_size(p) == 0
+    p.dataReceived(b"abc")
+    assert p._buffer == b"abc"
+    assert ti.holds_unparsed(p) and ti.unparsed_size(p) == 3
+    p.dataReceived(b"\n")
+    assert p.lines == [b"abc"]
+    assert not ti.holds_unparsed(p) and ti.unparsed_size(p) == 0
+
+
+def test_line_receiver_holds_lines_back_while_paused():
+    p = _Lines()
+    p.paused = True
+    p.dataReceived(b"one\ntwo\n")
+    assert p.lines == []
+    assert ti.holds_unparsed(p) and ti.unparsed_size(p) == 8
+    p.paused = False
+    p.dataReceived(b"")  # what the text protocol does to go on with them
+    assert p.lines == [b"one", b"two"]
+    assert not ti.holds_unparsed(p)
+
+
+def test_line_receiver_holds_nothing_once_raw():
+    p = _Lines()
+    p.dataReceived(b"RAW\nbody bytes")
+    assert p.raw == [b"body bytes"]
+    assert not ti.holds_unparsed(p)
+
+
+class _Hold(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.request: defer.Deferred = defer.Deferred()
+
+    def render_GET(self, request):
+        self.request.callback(request)
+        return NOT_DONE_YET
+
+
+@pytest_twisted.inlineCallbacks
+def test_request_gone_once_its_connection_is_lost():
+    resource = _Hold()
+    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    try:
+        peer.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        request = yield resource.request
+        assert request._disconnected is False and not ti.request_gone(request)
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: None)
+        peer.close()
+        yield finished
+        assert request._disconnected is True and ti.request_gone(request)
+        request.write(b"dropped")  # Twisted drops bytes for a lost connection
+    finally:
+        peer.close()
+        yield port.stopListening()
