@@ -684,6 +684,7 @@ class _Drained:
         if self.target in self.target.reactor.getWriters():
             return  # still sending: asked again once it is done
         self.target.unregisterProducer()
+        self.client._draining = None
         self.client._start_relay(self.target)
 
     def stopProducing(self) -> None:  # the reader went away
@@ -721,6 +722,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self._body: defer.Deferred | None = None
         self._relay_to: Any = None  # a socket transport to splice a READ's body into
         self._relay: Any = None
+        self._draining: _Drained | None = None  # waits for the relay's target to send what it holds
         self.lost = False
         self.cut_here = False  # lost by this end's abortConnection, not by the server
         self.holding = False  # a blob is open for SEND on the server (the local port)
@@ -887,7 +889,8 @@ class BlobClient(LineProtocol, TimeoutMixin):
         target, self._relay_to = self._relay_to, None
         self.transport.stopReading()  # nothing more into the target's buffer: wait till it is sent
         self.setTimeout(None)  # the relay keeps its own deadline
-        target.registerProducer(_Drained(self, target), False)
+        self._draining = _Drained(self, target)
+        target.registerProducer(self._draining, False)
 
     def _start_relay(self, target: Any) -> None:
         if self._body is None or self.lost:
@@ -949,6 +952,10 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self.setTimeout(None)
         if self._relay is not None:  # count what it moved before the body fails
             self._relay.fail(SourceLost("storage server connection lost"))
+        if self._draining is not None:  # the reader's transport is free for the next copy
+            drained, self._draining = self._draining, None
+            if getattr(drained.target, "producer", None) is drained:
+                drained.target.unregisterProducer()
         err = ConnectionLost("storage server connection lost")
         if not self.ready.called:
             self.ready.errback(err)
