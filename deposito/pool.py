@@ -46,6 +46,8 @@ class _BlobClients(Factory):
 class BlobPool:
     log = Logger()
 
+    let_go_grace = 2.0  # a down server's time to show it let go of a reader's socket (it died)
+
     def __init__(self, reactor: Any, connect_timeout: float = 5.0, per_server: int = 64,
                  idle_seconds: float = 10.0, secret: bytes | None = None) -> None:
         self.reactor = reactor
@@ -129,13 +131,15 @@ class BlobPool:
 
     def abort(self, member: Member) -> None:
         """The server is down: cut every connection to it, busy or idle, so no
-        transfer waits on a server that stopped answering."""
+        transfer waits on a server that stopped answering. One over which it
+        holds a reader's socket is cut after ``let_go_grace`` seconds unless
+        the server closes it first (see BlobClient.cut)."""
         keys = [k for k in self._open if k == (member.host, member.port) or k[:2] == ("local", member.id)]
         for key in keys:
             self._idle.pop(key, None)
             for client in list(self._open.pop(key, ())):
                 if client.transport is not None and client.transport.connected:
-                    client.transport.abortConnection()
+                    client.cut(self.reactor, self.let_go_grace)
 
     def release(self, client: BlobClient) -> None:
         """A transfer is done with ``client``: keep it if it is clean, else close it."""

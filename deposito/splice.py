@@ -672,9 +672,11 @@ class HandOff:
         lost = None
         if self._stalled:
             lost = ReaderLost(f"nothing went to the reader for {self.idle_timeout:.0f} s")
-        elif failed is not None and self.client.cut_here:
-            # This end cut the server off (it was taken for down): it may yet
-            # write into the socket if it comes to, so no other copy may go on.
+        elif failed is not None and self.client.lending:
+            # This end cut the server off (it was taken for down) before it
+            # let go of the socket: alive, it may yet write into it, so no
+            # other copy may go on. One that answered, or closed the
+            # connection from its end (a dead one has), writes no more.
             lost = ReaderLost(f"the storage server stopped answering mid-blob ({failed})")
         elif now is None or (failed is not None and reader_gone(sock)):
             lost = ReaderLost("the reader went away")

@@ -217,6 +217,83 @@ def test_a_reader_that_resets_while_the_server_waits_on_it_ends_the_hand_off_at_
     assert reactor.seconds() - began < 3  # told by the server, not found by the watch
 
 
+def server_ends(setup) -> list:
+    """The local port's protocols, as they are made."""
+    factory = setup.ports[1].factory
+    made: list = []
+    build = factory.buildProtocol
+
+    def recording(addr):
+        p = build(addr)
+        made.append(p)
+        return p
+
+    factory.buildProtocol = recording
+    return made
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_taken_for_down_that_then_closes_its_end_lets_the_next_copy_go_on_from_the_count(setup):
+    """Cut while it holds the reader's socket, a server first has a grace
+    to close the connection from its end, as a dead one's kernel does at
+    once: then it has let go of the socket, and what reached it is exact."""
+    data = os.urandom(32 << 20)
+    yield setup.start(data)
+    made = server_ends(setup)
+    setup.reader.transport.pauseProducing()  # the server waits on a full socket
+    c = yield setup.local_client()
+    yield c.open_blob(setup.blob, 0)
+    hand_off = HandOff(c, setup.target, 10)
+    running = defer.ensureDeferred(hand_off.run())
+    yield task.deferLater(reactor, 0.3, lambda: None)
+    assert not running.called and c.lending
+    c.cut(reactor, 5)  # taken for down: not cut yet
+    assert c.transport.connected
+    [server] = made
+    server.transport.loseConnection()  # it lets go: closes the socket, then the connection
+    with pytest.raises(DepositoError) as e:
+        yield running
+    assert not isinstance(e.value, ReaderLost)  # the next copy goes on
+    assert not c.lending and 0 < hand_off.moved < len(data)
+    setup.target.write(b"and on")  # the socket is the proxy's again
+    setup.reader.transport.resumeProducing()
+    got = yield setup.reader.until(hand_off.moved + 6)
+    assert got == data[:hand_off.moved] + b"and on"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_taken_for_down_that_stays_silent_ends_the_reader_after_the_grace(setup):
+    data = os.urandom(32 << 20)
+    yield setup.start(data)
+    setup.reader.transport.pauseProducing()
+    c = yield setup.local_client()
+    yield c.open_blob(setup.blob, 0)
+    hand_off = HandOff(c, setup.target, 10)
+    running = defer.ensureDeferred(hand_off.run())
+    yield task.deferLater(reactor, 0.3, lambda: None)
+    began = reactor.seconds()
+    c.cut(reactor, 0.5)
+    with pytest.raises(ReaderLost, match="stopped answering mid-blob"):
+        yield running
+    assert 0.4 < reactor.seconds() - began < 3
+    assert 0 < hand_off.moved < len(data)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_taken_for_down_before_the_socket_went_over_never_gets_it(setup):
+    data = os.urandom(2 << 20)
+    yield setup.start(data)
+    c = yield setup.local_client()
+    yield c.open_blob(setup.blob, 0)
+    c.cut(reactor, 5)  # holding no socket yet: cut at once
+    hand_off = HandOff(c, setup.target, 10)
+    with pytest.raises(DepositoError) as e:
+        yield defer.ensureDeferred(hand_off.run())
+    assert not isinstance(e.value, ReaderLost) and hand_off.moved == 0
+    setup.target.write(b"still mine")
+    assert (yield setup.reader.until(10)) == b"still mine"
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
 @pytest_twisted.inlineCallbacks
 def test_the_local_port_takes_no_connection_from_another_user(setup):

@@ -327,3 +327,40 @@ def test_fan_out_will_not_start_while_the_source_has_bytes_to_send():
         assert not fan.done.called
     finally:
         yield hang_up(source, targets, ports, collectors)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_copy_lost_while_the_reader_waits_on_earlier_bytes_leaves_the_reader_to_the_next_copy(tmp_path):
+    """The relay waits for the reader's transport to send what Twisted holds
+    for it; a copy lost meanwhile lets go of that transport, so the next copy
+    relays into it from the same offset."""
+    from deposito.protocols.blob import ConnectionLost
+    from deposito.transfer import CountingConsumer
+    from tests.test_handoff import Setup
+
+    setup = Setup(tmp_path)
+    try:
+        data = os.urandom(4 << 20)
+        yield setup.start(data)
+        target = setup.target
+        setup.reader.transport.pauseProducing()
+        target.write(b"h" * (4 << 20))  # more than the sockets hold: Twisted keeps the rest
+        sink = CountingConsumer(target)
+        first = yield setup.blob_client()
+        assert (yield first.read_blob(setup.blob, 0, sink, relay_to=target)) == len(data)
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        assert target.producer is not None  # the relay waits for the reader
+        first.transport.abortConnection()
+        with pytest.raises(ConnectionLost):
+            yield first.body
+        assert target.producer is None
+        second = yield setup.blob_client()
+        offset = sink.count
+        assert (yield second.read_blob(setup.blob, offset, sink, relay_to=target)) == len(data) - offset
+        setup.reader.transport.resumeProducing()
+        yield second.body
+        assert sink.count == len(data)
+        got = yield setup.reader.until((4 << 20) + len(data))
+        assert got == b"h" * (4 << 20) + data
+    finally:
+        yield setup.stop()

@@ -28,7 +28,7 @@ import os
 from typing import Any, Callable
 
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IPullProducer, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPullProducer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -687,6 +687,7 @@ class _Drained:
         if twisted_internals.write_pending(self.client.reactor, self.target):
             return  # still sending: asked again once it is done
         self.target.unregisterProducer()
+        self.client._draining = None
         self.client._start_relay(self.target)
 
     def stopProducing(self) -> None:  # the reader went away
@@ -726,9 +727,15 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self._body: defer.Deferred | None = None
         self._relay_to: Any = None  # a socket transport to splice a READ's body into
         self._relay: Any = None
+        self._draining: _Drained | None = None  # waits for the relay's target to send what it holds
         self.lost = False
-        self.cut_here = False  # lost by this end's abortConnection, not by the server
         self.holding = False  # a blob is open for SEND on the server (the local port)
+        # The server holds a reader's socket that came with SEND and has not
+        # shown that it let go of it: no reply yet, and the connection not
+        # closed from its end (see deposito.protocols.handoff).
+        self.lending = False
+        self._cutting = False  # this end is cutting the connection (see cut)
+        self._cut_later: IDelayedCall | None = None
         self.refused = False
 
     def connectionMade(self) -> None:
@@ -767,7 +774,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
         t = self.transport
         return (not self.lost and not self.refused and t is not None and t.connected and not t.disconnecting
                 and self._waiting is None and self._body is None and self._sink is None and self._relay is None
-                and not self.holding
+                and not self.holding and not self._cutting
                 and bool(self.line_mode) and not twisted_internals.holds_unparsed(self)
                 and not twisted_internals.has_producer(t))
 
@@ -878,22 +885,56 @@ class BlobClient(LineProtocol, TimeoutMixin):
     def send_to(self, fd: int) -> defer.Deferred:
         """Pass socket ``fd`` to the server, which writes the opened blob into
         it; fires once the server is done with it, or fails with the reason it
-        stopped early (then too it is done with it)."""
+        stopped early. :attr:`lending` tells, after a failure, whether the
+        server may still hold the socket (this end cut the connection first)."""
+        if self.lost or self._cutting:  # the socket never goes over
+            self.holding = False
+            return defer.fail(ConnectionLost("storage server connection lost"))
         self.transport.sendFileDescriptor(fd)
         d = self._expect(deadline=False)  # the hand-off watches the socket's progress itself
+        self.lending = True
         self.reply("SEND")
 
         def done(result: Any) -> Any:
             self.holding = False
+            if not self.lost:  # the server answered: it has let go of the socket
+                self.lending = False
+                if self._cut_later is not None:  # its server is down: cut now
+                    self._cut_now()
             return result
 
         return d.addBoth(done)
+
+    def cut(self, clock: IReactorTime, grace: float) -> None:
+        """Cut this connection: its server was taken for down.
+
+        While the server holds a reader's socket (:attr:`lending`), it first
+        has ``grace`` seconds to close the connection from its end, as the
+        kernel does at once for a process that died: then it can write no
+        more into that socket, and another copy may go on from what reached
+        it. A server silent past that may yet write: the hand-off ends the
+        reader's connection (deposito.splice.HandOff)."""
+        if self.lost or self._cutting:
+            return
+        if self.lending:
+            if self._cut_later is None:
+                self._cut_later = clock.callLater(grace, self._cut_now)
+            return
+        self._cut_now()
+
+    def _cut_now(self) -> None:
+        if self._cut_later is not None and self._cut_later.active():
+            self._cut_later.cancel()
+        self._cut_later = None
+        self._cutting = True
+        self.transport.abortConnection()
 
     def _begin_relay(self) -> None:
         target, self._relay_to = self._relay_to, None
         self.transport.stopReading()  # nothing more into the target's buffer: wait till it is sent
         self.setTimeout(None)  # the relay keeps its own deadline
-        target.registerProducer(_Drained(self, target), False)
+        self._draining = _Drained(self, target)
+        target.registerProducer(self._draining, False)
 
     def _start_relay(self, target: Any) -> None:
         if self._body is None or self.lost:
@@ -951,10 +992,21 @@ class BlobClient(LineProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.lost = True
-        self.cut_here = reason is not None and reason.check(error.ConnectionAborted) is not None
+        if reason is None or reason.check(error.ConnectionAborted) is None:
+            # Closed from the server's end: a live server closes a reader's
+            # socket right after, writing nothing between; a dead one's
+            # sockets all close once none of its threads is in a system call.
+            self.lending = False
+        if self._cut_later is not None and self._cut_later.active():
+            self._cut_later.cancel()
+        self._cut_later = None
         self.setTimeout(None)
         if self._relay is not None:  # count what it moved before the body fails
             self._relay.fail(SourceLost("storage server connection lost"))
+        if self._draining is not None:  # the reader's transport is free for the next copy
+            drained, self._draining = self._draining, None
+            if getattr(drained.target, "producer", None) is drained:
+                drained.target.unregisterProducer()
         err = ConnectionLost("storage server connection lost")
         if not self.ready.called:
             self.ready.errback(err)
