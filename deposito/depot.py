@@ -287,6 +287,8 @@ class Depot:
         def failed(failure: Any) -> Any:
             self.log.warn("reading {blob} from {id} failed: {why}", blob=record.blob, id=member.id,
                           why=str(failure.value))
+            if failure.check(NotFound):
+                self.copy_missing(member, record.blob)
             return failure
 
         return read_small(client, record.blob, record.size, release=self.pool.release).addErrback(failed)
@@ -296,7 +298,16 @@ class Depot:
         if not sources:
             raise Unavailable(f"no copy of {record.name} is on a live server")
         await stream_blob(self.connect, sources, record.blob, record.size, consumer, started,
-                          release=self.pool.release, local=self.pool.connect_local)
+                          release=self.pool.release, local=self.pool.connect_local, missing=self.copy_missing)
+
+    def copy_missing(self, member: Member, blob: str) -> None:
+        """A read found that ``member`` lacks a copy of ``blob`` the catalog
+        counts: it no longer counts, and its file is queued to be copied again."""
+        self.log.warn("storage server {id} lacks its copy of {blob}: made again elsewhere", id=member.id,
+                      blob=blob, event="missing")
+        d = self.db(Catalog.drop_copy, blob, member.id)
+        d.addCallback(lambda _: self.reconciler.kick())
+        d.addErrback(lambda f: self.log.failure("dropping a missing copy", f))
 
     async def list(self, prefix: str) -> list[FileRecord]:
         return await self.db(Catalog.list, prefix)

@@ -28,8 +28,8 @@ from zope.interface import implementer
 from deposito.errors import DepositoError
 from deposito.transfer import CountingConsumer
 
-EVENT_KINDS = ("join", "down", "dead", "corrupt", "inventory", "repaired", "drop", "repair_failed", "refused",
-               "rebuilt", "denied")
+EVENT_KINDS = ("join", "down", "dead", "corrupt", "missing", "inventory", "repaired", "drop", "repair_failed",
+               "refused", "rebuilt", "denied")
 REPAIR_KINDS = {"repaired": "copy", "drop": "drop"}
 RATE_WINDOW = 60
 
@@ -179,6 +179,8 @@ class Metrics:
             self.repairs_done.labels(REPAIR_KINDS[e.kind]).inc()
         elif e.kind == "corrupt":
             self.bad_copies.labels("corrupt").inc()
+        elif e.kind == "missing":
+            self.bad_copies.labels("missing").inc()
         elif e.kind == "inventory" and isinstance(e.fields.get("missing"), int):
             self.bad_copies.labels("missing").inc(e.fields["missing"])
 

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from deposito import twisted_internals
 from deposito.blobstore import BlockSums
-from deposito.errors import DepositoError, Unavailable
+from deposito.errors import DepositoError, NotFound, Unavailable
 from deposito.protocols.blob import BlobClient, ConnectionLost
 from deposito.roster import Member
 from deposito.splice import FanOut, HandOff, ReaderLost, SourceLost, can_fan_out, can_hand_off, can_splice
@@ -260,7 +260,8 @@ class CountingConsumer:
 
 async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: int,
                       consumer: Any, started: Callable[[], None] = lambda: None,
-                      release: Release = close, local: LocalConnect | None = None) -> None:
+                      release: Release = close, local: LocalConnect | None = None,
+                      missing: Callable[[Member, str], None] = lambda member, blob: None) -> None:
     """Write ``size`` bytes of ``blob`` to ``consumer`` from the first copy
     that serves them, moving to the next copy at the same offset on failure.
 
@@ -268,7 +269,8 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: 
     no copy could be read (then, if ``started`` ran, the stream is short),
     and ReaderLost when the reader went away. With ``local``, a copy on a
     server on this host writes into the reader's socket itself (see
-    deposito.protocols.handoff).
+    deposito.protocols.handoff). ``missing(member, blob)`` hears of a copy
+    its server says it does not hold.
     """
     sink = CountingConsumer(consumer)
     begun = False
@@ -327,6 +329,8 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: 
             last = e
             Upload.log.warn("reading {blob} from {id} failed at {offset}: {why}",
                             blob=blob, id=member.id, offset=sink.count, why=str(e))
+            if isinstance(e, NotFound):  # the server lacks the copy the catalog counts
+                missing(member, blob)
         except Exception as e:  # connection refused, timeouts
             last = e
             Upload.log.warn("reading {blob} from {id} failed at {offset}: {why}",

@@ -72,10 +72,12 @@ def file_json(depot: Any, r: Any) -> dict[str, Any]:
 
 
 KIND_WORDS = {"join": "joined", "down": "down", "dead": "dead", "corrupt": "corrupt copy",
-              "inventory": "inventory", "repaired": "copy made", "drop": "copy dropped",
-              "repair_failed": "repair failed", "refused": "refused"}
+              "missing": "missing copy", "inventory": "inventory", "repaired": "copy made",
+              "drop": "copy dropped", "repair_failed": "repair failed", "refused": "refused",
+              "rebuilt": "catalog rebuilt", "denied": "wrong token"}
 KIND_TONE = {"join": "good", "repaired": "info", "drop": "info", "inventory": "warn", "down": "warn",
-             "dead": "bad", "corrupt": "bad", "repair_failed": "bad", "refused": "bad"}
+             "dead": "bad", "corrupt": "bad", "missing": "bad", "repair_failed": "bad", "refused": "bad",
+             "rebuilt": "info", "denied": "warn"}
 STATE_TONE = {"up": "good", "down": "warn", "dead": "bad"}
 
 STYLE = """
@@ -408,7 +410,7 @@ async def read_range(depot: Any, record: Any, start: int, length: int, consumer:
             raise ConnectionDone("the HTTP client left")
         return _Window(await depot.connect(member), start, length)
 
-    await stream_blob(connect, sources, record.blob, length, consumer)
+    await stream_blob(connect, sources, record.blob, length, consumer, missing=depot.copy_missing)
 
 
 class _Response:

@@ -303,3 +303,21 @@ def test_a_server_with_thousands_of_blobs_rejoins_and_its_copies_are_judged_righ
     assert len(listed) == len(files) and all(line.split()[1:3] == ["2", "2"] for line in listed)
     with cluster.wire() as w:
         assert w.get(lost_name)[1] == lost
+
+
+def test_a_copy_a_read_finds_missing_is_made_again_without_waiting_for_a_scrub(cluster):
+    """The serving copy's blob file is gone behind the proxy's back (no scrub
+    or inventory comes for a day): the GET goes on from the other copy, and
+    the missing one is made again at once."""
+    data = os.urandom(300_000)
+    with cluster.wire() as w:
+        assert w.put("conv/lost-on-read", data, 2).startswith("OK stored")
+        holders = cluster.holders(data)
+        [blob] = {p.name for sid in holders for p in cluster.blob_files(sid)}
+        first = read_order(blob, [Member(sid, "z", "h", 1) for sid in holders])[0].id
+        [path] = [p for p in cluster.blob_files(first) if p.name == blob]
+        path.unlink()
+        head, got = w.get("conv/lost-on-read")
+        assert got == data, head
+        assert poll(lambda: len(cluster.holders(data)) == 2 and have(cluster, "conv/lost-on-read") == 2, 20)
+    assert "lacks its copy of" in cluster.log("proxy")
