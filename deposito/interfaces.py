@@ -173,26 +173,26 @@ class ICatalog(IWorkCatalog):
 
 class IDepot(Interface):
     """What the gateways (the text protocol, HTTP, S3) call on the proxy's
-    depot. Failures are :class:`deposito.errors.DepositoError`; the
-    coroutine methods are awaited."""
+    depot. Failures are :class:`deposito.errors.DepositoError`. What a
+    method says is "awaitable" is a coroutine or a Deferred, to be awaited."""
 
     closed_for_rebuild = Attribute(
         "True while the catalog is being rebuilt from the servers on request:"
         " only SERVERS and STATUS are answered meanwhile")
 
     def begin_put(name: str, size: int, replicas: object) -> object:
-        """Coroutine: an Upload with a stream open to each placed server
+        """Awaitable: an Upload with a stream open to each placed server
         (``replicas`` None: the default count)."""
 
     def finish_put(upload: object) -> object:
-        """Coroutine: every byte is in; the committed FileRecord once enough
+        """Awaitable: every byte is in; the committed FileRecord once enough
         copies are durable and verified."""
 
     def abort_put(upload: object) -> None:
         """The client went away mid-upload: nothing of it is kept."""
 
     def lookup(name: str) -> object:
-        """Coroutine: the FileRecord of ``name``, or NotFound."""
+        """Awaitable: the FileRecord of ``name``, or NotFound."""
 
     def recent(name: str) -> object:
         """The FileRecord of ``name`` if at hand at once, else None."""
@@ -201,7 +201,7 @@ class IDepot(Interface):
         """The up servers (Members) holding a copy, in the order to read them."""
 
     def read(record: object, consumer: object, started: object) -> object:
-        """Coroutine: stream the file's bytes to ``consumer``, failing over
+        """Awaitable: stream the file's bytes to ``consumer``, failing over
         from copy to copy; ``started()`` is called before the first byte."""
 
     def read_small(record: object) -> object:
@@ -209,23 +209,23 @@ class IDepot(Interface):
         or None when :meth:`read` is the way."""
 
     def connect(member: object) -> object:
-        """Coroutine: a connection to a storage server (for reads of a byte range)."""
+        """Awaitable: a connection to a storage server (for reads of a byte range)."""
 
     def listing(prefix: str, after: str, limit: object) -> object:
-        """Coroutine: a :class:`deposito.listing.Listing`, to be closed when done."""
+        """Awaitable: a :class:`deposito.listing.Listing`, to be closed when done."""
 
     def delete(name: str) -> object:
-        """Coroutine: the record deleted, or NotFound."""
+        """Awaitable: the record deleted, or NotFound."""
 
     def replicas(name: str, count: int, wait: bool) -> object:
-        """Coroutine: ``(record, healthy copies)`` once the wanted count is
+        """Awaitable: ``(record, healthy copies)`` once the wanted count is
         set (with ``wait``: once the healthy count equals it)."""
 
     def servers() -> list:
         """The storage servers known (Members), by id."""
 
     def status(copies: bool = False) -> object:
-        """Coroutine: STATUS's counts, a dict (``copies``: with the copies
+        """Awaitable: STATUS's counts, a dict (``copies``: with the copies
         wanted and healthy)."""
 
 
