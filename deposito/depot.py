@@ -19,7 +19,7 @@ from zope.interface import implementer
 from deposito.blobstore import new_blob_id
 from deposito.catalog import FileRecord
 from deposito.errors import NoSpace, NotFound, Unavailable
-from deposito.interfaces import ICatalog, IDepot
+from deposito.interfaces import ICatalog, ICopier, IDepot
 from deposito.placement import place, read_order
 from deposito.pool import BlobPool
 from deposito.protocols.blob import BlobClient
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from deposito.listing import Listing
 
 
-@implementer(IDepot)
+@implementer(IDepot, ICopier)
 class Depot:
     log = Logger()
 

@@ -13,18 +13,19 @@ from deposito.catalog import Catalog, CatalogThread
 from deposito.depot import Depot
 from deposito.device import Device
 from deposito.events import MeteredDepot, Metrics
-from deposito.interfaces import ICatalog, IDepot, IDevice, IWorkCatalog
+from deposito.interfaces import ICatalog, ICopier, IDepot, IDevice, IWorkCatalog
 from deposito.roster import Roster
 from tests.test_text_protocol import FakeDepot
 
 
 def test_the_depot_and_its_catalog(tmp_path):
+    """The depot is also the reconciler's copier."""
     reactor = MemoryReactorClock()
     db = CatalogThread(reactor, Catalog(str(tmp_path)))
     try:
         assert verifyObject(ICatalog, db) and verifyObject(IWorkCatalog, db)
         depot = Depot(reactor, db, Roster(reactor))
-        assert verifyObject(IDepot, depot)
+        assert verifyObject(IDepot, depot) and verifyObject(ICopier, depot)
     finally:
         db.stop()
 
