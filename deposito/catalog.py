@@ -25,14 +25,15 @@ import functools
 import os
 import sqlite3
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from zope.interface import implementer
 
 from deposito.batching import Batches
-from deposito.interfaces import IWorkCatalog
+from deposito.interfaces import ICatalog
 
 FILES = """CREATE TABLE IF NOT EXISTS files (
     name TEXT PRIMARY KEY,
@@ -124,6 +125,34 @@ class FileRecord:
     sha256: str
     replicas: int
     servers: tuple[str, ...]
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def effects(*, durable: bool, keeps_records: bool) -> Callable[[Method], Method]:
+    """Declares what a :class:`Catalog` method's call does, on the method
+    itself; :class:`CatalogThread` calls nothing that does not declare it.
+
+    ``durable=False``: what it records may be lost in a machine crash without
+    harm, so a batch of nothing else commits without an fsync (a later durable
+    commit covers it): an unrecorded intent leaves an orphan that the
+    servers' inventory finds; a version number not kept was never visible; a
+    garbage entry not forgotten is deleted again ("absent"); a server's
+    address comes again when it joins. The reconciler's queue is a guide, not
+    a record: a lost change to it is found again by the events that follow
+    and by the reconciler's sweep. An inventory's result lost likewise is
+    found again by the server's next one.
+
+    ``keeps_records=True``: it leaves every name's record as it was (files
+    and copies are untouched), so the records the catalog thread keeps in
+    memory stay true.
+    """
+    def declare(method: Method) -> Method:
+        method.durable = durable  # type: ignore[attr-defined]
+        method.keeps_records = keeps_records  # type: ignore[attr-defined]
+        return method
+    return declare
 
 
 class Catalog:
@@ -219,6 +248,7 @@ class Catalog:
 
     # -- writes
 
+    @effects(durable=True, keeps_records=False)
     def recover(self) -> int:
         """After a restart: uploads that never committed are garbage now."""
         def tx(db: sqlite3.Connection) -> int:
@@ -227,6 +257,7 @@ class Catalog:
             return n
         return self._tx(tx)
 
+    @effects(durable=False, keeps_records=True)
     def begin_upload(self, name: str, blob: str, servers: Iterable[str]) -> int:
         """Allocate the next version of ``name`` and record where its blob is being written."""
         def tx(db: sqlite3.Connection) -> int:
@@ -239,9 +270,11 @@ class Catalog:
             return version
         return self._tx(tx)
 
+    @effects(durable=False, keeps_records=True)
     def add_intent(self, blob: str, server: str) -> None:
         self._tx(lambda db: db.execute("INSERT OR IGNORE INTO intents VALUES (?, ?)", (blob, server)))
 
+    @effects(durable=True, keeps_records=True)
     def abandon(self, blob: str) -> None:
         """An upload failed: every server it touched has garbage to delete."""
         def tx(db: sqlite3.Connection) -> None:
@@ -249,6 +282,7 @@ class Catalog:
             db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
         self._tx(tx)
 
+    @effects(durable=True, keeps_records=False)
     def commit(self, name: str, version: int, blob: str, size: int, sha256: str,
                replicas: int, servers: Iterable[str], now: float) -> bool:
         """Make a version visible with its copies, in one transaction.
@@ -286,6 +320,7 @@ class Catalog:
         db.execute("INSERT OR IGNORE INTO garbage SELECT blob, server FROM copies WHERE blob = ?", (blob,))
         db.execute("DELETE FROM copies WHERE blob = ?", (blob,))
 
+    @effects(durable=True, keeps_records=False)
     def delete(self, name: str) -> FileRecord | None:
         def tx(db: sqlite3.Connection) -> FileRecord | None:
             record = self._lookup(db, name)
@@ -298,6 +333,7 @@ class Catalog:
             return record
         return self._tx(tx)
 
+    @effects(durable=True, keeps_records=False)
     def set_replicas(self, name: str, count: int) -> FileRecord | None:
         def tx(db: sqlite3.Connection) -> FileRecord | None:
             row = db.execute("SELECT replicas FROM files WHERE name = ?", (name,)).fetchone()
@@ -309,6 +345,7 @@ class Catalog:
             return self._lookup(db, name)
         return self._tx(tx)
 
+    @effects(durable=True, keeps_records=False)
     def add_copy(self, name: str, blob: str, server: str, now: float) -> bool:
         """A new copy of ``name``'s blob is durable on ``server``: it counts, if the
         blob is still the current one (else it is garbage)."""
@@ -325,6 +362,7 @@ class Catalog:
             return True
         return self._tx(tx)
 
+    @effects(durable=True, keeps_records=False)
     def drop_copy(self, blob: str, server: str) -> None:
         """A copy no longer counts (found corrupt) and is to be deleted from
         its server; its file is queued, to be copied again."""
@@ -335,6 +373,7 @@ class Catalog:
             _enqueue(db, [row[0] for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))])
         self._tx(tx)
 
+    @effects(durable=True, keeps_records=False)
     def drop_copies(self, drops: Iterable[tuple[str, str]]) -> None:
         """The reconciler's drops, (blob, server) each: copies over the wanted
         count, or on dead servers once replaced. No longer counted, to be deleted."""
@@ -345,6 +384,7 @@ class Catalog:
             _servers_changed(db, {blob for blob, _ in drops})
         self._tx(tx)
 
+    @effects(durable=True, keeps_records=False)
     def abandon_copy(self, blob: str, server: str) -> None:
         """A repair copy failed: what it wrote is garbage."""
         def tx(db: sqlite3.Connection) -> None:
@@ -352,6 +392,7 @@ class Catalog:
             db.execute("INSERT OR IGNORE INTO garbage VALUES (?, ?)", (blob, server))
         self._tx(tx)
 
+    @effects(durable=False, keeps_records=False)
     def reconcile_inventory(self, server: str, present: Iterable[str], lo: str | None, hi: str | None,
                             before: float) -> tuple[int, int, int, list[str]]:
         """Compare what a server holds with what the catalog says it holds, over
@@ -413,10 +454,12 @@ class Catalog:
             return missing, counted, garbage, names
         return self._tx(tx)
 
+    @effects(durable=False, keeps_records=True)
     def is_empty(self) -> bool:
         """No name was ever stored: a new catalog, or a lost one."""
         return self.db.execute("SELECT 1 FROM names LIMIT 1").fetchone() is None
 
+    @effects(durable=True, keeps_records=False)
     def adopt(self, server: str, entries: Iterable[tuple[str, int, int, str, int, str]], now: float) -> int:
         """Rebuilding: take a server's blobs (blob, version, size, sha256, replicas,
         name) into the catalog; the highest version of each name wins, older
@@ -449,9 +492,11 @@ class Catalog:
             return taken
         return self._tx(tx)
 
+    @effects(durable=False, keeps_records=True)
     def garbage_count(self) -> list[tuple[str, int]]:
         return self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall()
 
+    @effects(durable=False, keeps_records=True)
     def garbage(self, servers: Iterable[str], limit: int = 100) -> list[tuple[str, str]]:
         """Copies to delete from the given (reachable) servers."""
         servers = list(servers)
@@ -461,25 +506,30 @@ class Catalog:
             "SELECT blob, server FROM garbage WHERE server IN (%s) LIMIT ?" % ",".join("?" * len(servers)),
             (*servers, limit)).fetchall()
 
+    @effects(durable=False, keeps_records=True)
     def busy(self, blob: str) -> list[str]:
         """Servers where ``blob`` is being written or waits to be deleted: no place for a new copy."""
         return [row[0] for row in self.db.execute(
             "SELECT server FROM intents WHERE blob = ? UNION SELECT server FROM garbage WHERE blob = ?",
             (blob, blob))]
 
+    @effects(durable=False, keeps_records=True)
     def forget_garbage(self, deleted: Iterable[tuple[str, str]]) -> None:
         """These (blob, server) copies are deleted from their servers."""
         self._tx(lambda db: db.executemany("DELETE FROM garbage WHERE blob = ? AND server = ?", deleted))
 
+    @effects(durable=False, keeps_records=True)
     def save_server(self, id: str, zone: str, host: str, port: int, capacity: int, used: int, blobs: int) -> None:
         self._tx(lambda db: db.execute("INSERT OR REPLACE INTO servers VALUES (?, ?, ?, ?, ?, ?, ?)",
                                        (id, zone, host, port, capacity, used, blobs)))
 
     # -- reads
 
+    @effects(durable=False, keeps_records=True)
     def servers(self) -> list[tuple]:
         return self.db.execute("SELECT id, zone, host, port, capacity, used, blobs FROM servers ORDER BY id").fetchall()
 
+    @effects(durable=False, keeps_records=True)
     def lookup(self, name: str) -> FileRecord | None:
         return self._lookup(self.db, name)
 
@@ -488,6 +538,7 @@ class Catalog:
         row = db.execute(RECORD + " WHERE name = ?", (name,)).fetchone()
         return _record(row) if row else None
 
+    @effects(durable=False, keeps_records=True)
     def list(self, prefix: str = "") -> list[FileRecord]:
         rows = self.db.execute(
             RECORD + " WHERE substr(name, 1, ?) = ? ORDER BY name",
@@ -496,11 +547,13 @@ class Catalog:
 
     # -- the reconciler's queue (see deposito.reconciler)
 
+    @effects(durable=False, keeps_records=True)
     def enqueue(self, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:
         """Queue files to be looked at again, from ``due`` on (or sooner, if
         queued so already); ``only_new``: leave files already queued as they are."""
         self._tx(lambda db: _enqueue(db, names, due, only_new))
 
+    @effects(durable=False, keeps_records=True)
     def enqueue_server(self, server: str, after: str, limit: int) -> str | None:
         """Queue the files with a copy on ``server`` (it came or went): the
         next ``limit`` of its copies by blob id after ``after``. Returns the
@@ -514,28 +567,34 @@ class Catalog:
             return blobs[-1] if len(blobs) == limit else None
         return self._tx(tx)
 
+    @effects(durable=False, keeps_records=True)
     def wake(self, now: float) -> int:
         """A server came back: every queued file waiting for later is due now."""
         return self._tx(lambda db: db.execute("UPDATE work SET due = ?, gen = gen + 1 WHERE due > ?",
                                               (now, now)).rowcount)
 
+    @effects(durable=False, keeps_records=True)
     def due_work(self, now: float, limit: int) -> list[tuple[str, int, int]]:
         """The next queued files due by ``now`` (name, generation, rank): files
         not yet looked at first (rank 0), then those with the fewest healthy copies."""
         return self.db.execute("SELECT name, gen, rank FROM work WHERE due <= ? ORDER BY rank, due LIMIT ?",
                                (now, limit)).fetchall()
 
+    @effects(durable=False, keeps_records=True)
     def next_due(self) -> float | None:
         return self.db.execute("SELECT min(due) FROM work").fetchone()[0]
 
+    @effects(durable=False, keeps_records=True)
     def records(self, names: Iterable[str]) -> list[FileRecord | None]:
         return [self._lookup(self.db, name) for name in names]
 
+    @effects(durable=False, keeps_records=True)
     def records_after(self, after: str, limit: int) -> list[FileRecord]:
         """The next ``limit`` files in name order after ``after`` (the background sweep's page)."""
         rows = self.db.execute(RECORD + " WHERE name > ? ORDER BY name LIMIT ?", (after, limit)).fetchall()
         return [_record(r) for r in rows]
 
+    @effects(durable=False, keeps_records=True)
     def settle(self, outcomes: Iterable[Outcome]) -> None:
         """Record what the reconciler found for each file it looked at: done
         (out of the queue) or when to look again. A file queued again
@@ -550,6 +609,7 @@ class Catalog:
                                (o.due, o.rank, o.wanted, o.have, o.moves, o.name, o.gen))
         self._tx(tx)
 
+    @effects(durable=False, keeps_records=True)
     def counts(self) -> Counts:
         """The totals kept with every change, and the queue's own counts:
         the cost follows the work queued, not the number of files."""
@@ -615,31 +675,6 @@ def _enqueue(db: sqlite3.Connection, names: Iterable[str], due: float = 0.0, onl
                    [(name, due) for name in names])
 
 
-# What these record may be lost in a machine crash without harm, so a batch of
-# nothing else commits without an fsync (a later durable commit covers them):
-# an unrecorded intent leaves an orphan that the servers' inventory finds; a
-# version number not kept was never visible; a garbage entry not forgotten is
-# deleted again ("absent"); a server's address comes again when it joins.
-# The reconciler's queue is a guide, not a record: a lost change to it is
-# found again by the events that follow and by the reconciler's sweep. An
-# inventory's result lost likewise is found again by the server's next one.
-for _method in (Catalog.begin_upload, Catalog.add_intent, Catalog.forget_garbage, Catalog.save_server,
-                Catalog.lookup, Catalog.list, Catalog.garbage, Catalog.garbage_count, Catalog.servers,
-                Catalog.busy, Catalog.is_empty, Catalog.enqueue, Catalog.enqueue_server, Catalog.wake,
-                Catalog.due_work, Catalog.next_due, Catalog.records, Catalog.records_after, Catalog.settle,
-                Catalog.counts, Catalog.reconcile_inventory):
-    _method.durable = False  # type: ignore[attr-defined]
-
-# What these do leaves every name's record as it was (files and copies are
-# untouched), so the records the catalog thread keeps in memory stay true.
-for _method in (Catalog.begin_upload, Catalog.add_intent, Catalog.abandon, Catalog.forget_garbage,
-                Catalog.save_server, Catalog.lookup, Catalog.list, Catalog.garbage, Catalog.garbage_count,
-                Catalog.servers, Catalog.busy, Catalog.is_empty, Catalog.enqueue, Catalog.enqueue_server,
-                Catalog.wake, Catalog.due_work, Catalog.next_due, Catalog.records, Catalog.records_after,
-                Catalog.settle, Catalog.counts):
-    _method.keeps_records = True  # type: ignore[attr-defined]
-
-
 def _record(row: tuple) -> FileRecord:
     return FileRecord(row[0], row[1], row[2], row[3], row[4], row[5], _servers(row[6] or ""))
 
@@ -651,9 +686,10 @@ def _servers(ids: str) -> tuple[str, ...]:
     return tuple(ids.split(" ")) if ids else ()
 
 
-@implementer(IWorkCatalog)
+@implementer(ICatalog)
 class CatalogThread:
-    """Runs Catalog methods on one thread of their own, in order, as Deferreds.
+    """The SQLite catalog as :class:`ICatalog`: runs Catalog methods on one
+    thread of their own, in order, as Deferreds.
 
     Calls that arrive while a batch is being committed wait and go together in
     the next one (group commit): many PUTs share one fsync, and no Deferred
@@ -673,7 +709,8 @@ class CatalogThread:
 
     kept = 16384  # records of this many names at most (about 500 bytes each)
 
-    def __init__(self, reactor: Any, catalog: Catalog) -> None:
+    def __init__(self, reactor: IReactorFromThreads, catalog: Catalog) -> None:
+        self.reactor = reactor
         self.catalog = catalog
         self._batches: Batches[tuple[Callable[..., Any], tuple]] = Batches(reactor, catalog.batch, "deposito-catalog")
         # Clients' lookups (see read) on a second connection and thread of their own.
@@ -694,11 +731,12 @@ class CatalogThread:
         self._reader.close()
         self.catalog.close()
 
-    def __call__(self, method: Callable[..., Any], *args: Any) -> Deferred:
-        """``db(Catalog.lookup, name)``: the method's result, as a Deferred."""
+    def _call(self, method: Callable[..., Any], *args: Any) -> Deferred:
+        """``self._call(Catalog.lookup, name)``: the method's result, as a
+        Deferred. The method declares what it does with :func:`effects`."""
         if method is Catalog.lookup:
             return self._lookup(*args)
-        if getattr(method, "keeps_records", False):
+        if method.keeps_records:  # type: ignore[attr-defined]
             return self._batches.submit((method, args))
         self._records.clear()
         self._changes += 1
@@ -757,40 +795,101 @@ class CatalogThread:
     # -- the reconciler's view of the catalog (IWorkCatalog)
 
     def due_work(self, now: float, limit: int) -> Deferred:
-        return self(Catalog.due_work, now, limit)
+        return self._call(Catalog.due_work, now, limit)
 
     def next_due(self) -> Deferred:
-        return self(Catalog.next_due)
+        return self._call(Catalog.next_due)
 
     def records(self, names: list[str]) -> Deferred:
-        return self(Catalog.records, names)
+        return self._call(Catalog.records, names)
 
     def records_after(self, after: str, limit: int) -> Deferred:
-        return self(Catalog.records_after, after, limit)
+        return self._call(Catalog.records_after, after, limit)
 
     def settle(self, outcomes: list[Outcome]) -> Deferred:
-        return self(Catalog.settle, outcomes)
+        return self._call(Catalog.settle, outcomes)
 
     def enqueue(self, names: list[str], due: float = 0.0, only_new: bool = False) -> Deferred:
-        return self(Catalog.enqueue, names, due, only_new)
+        return self._call(Catalog.enqueue, names, due, only_new)
 
     def enqueue_server(self, server: str, after: str, limit: int) -> Deferred:
-        return self(Catalog.enqueue_server, server, after, limit)
+        return self._call(Catalog.enqueue_server, server, after, limit)
 
     def wake(self, now: float) -> Deferred:
-        return self(Catalog.wake, now)
+        return self._call(Catalog.wake, now)
 
     def lookup(self, name: str) -> Deferred:
-        return self(Catalog.lookup, name)
+        return self._call(Catalog.lookup, name)
 
     def busy(self, blob: str) -> Deferred:
-        return self(Catalog.busy, blob)
+        return self._call(Catalog.busy, blob)
 
     def add_copy(self, name: str, blob: str, server: str, now: float) -> Deferred:
-        return self(Catalog.add_copy, name, blob, server, now)
+        return self._call(Catalog.add_copy, name, blob, server, now)
 
     def abandon_copy(self, blob: str, server: str) -> Deferred:
-        return self(Catalog.abandon_copy, blob, server)
+        return self._call(Catalog.abandon_copy, blob, server)
 
     def drop_copies(self, drops: list[tuple[str, str]]) -> Deferred:
-        return self(Catalog.drop_copies, drops)
+        return self._call(Catalog.drop_copies, drops)
+
+    # -- the rest of what the proxy needs (ICatalog)
+
+    def is_empty(self) -> Deferred:
+        return self._call(Catalog.is_empty)
+
+    def recover(self) -> Deferred:
+        return self._call(Catalog.recover)
+
+    def adopt(self, server: str, entries: list[tuple[str, int, int, str, int, str]], now: float) -> Deferred:
+        return self._call(Catalog.adopt, server, entries, now)
+
+    def servers(self) -> Deferred:
+        return self._call(Catalog.servers)
+
+    def save_server(self, id: str, zone: str, host: str, port: int, capacity: int, used: int,
+                    blobs: int) -> Deferred:
+        return self._call(Catalog.save_server, id, zone, host, port, capacity, used, blobs)
+
+    def begin_upload(self, name: str, blob: str, servers: list[str]) -> Deferred:
+        return self._call(Catalog.begin_upload, name, blob, servers)
+
+    def add_intent(self, blob: str, server: str) -> Deferred:
+        return self._call(Catalog.add_intent, blob, server)
+
+    def abandon(self, blob: str) -> Deferred:
+        return self._call(Catalog.abandon, blob)
+
+    def commit(self, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
+               servers: list[str], now: float) -> Deferred:
+        return self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now)
+
+    def listing(self, prefix: str, after: str, limit: int | None) -> Deferred:
+        from deposito.listing import NameRange, open_listing
+
+        return open_listing(self.reactor, self.catalog.path, NameRange(prefix, after, limit))
+
+    def delete(self, name: str) -> Deferred:
+        return self._call(Catalog.delete, name)
+
+    def set_replicas(self, name: str, count: int) -> Deferred:
+        return self._call(Catalog.set_replicas, name, count)
+
+    def drop_copy(self, blob: str, server: str) -> Deferred:
+        return self._call(Catalog.drop_copy, blob, server)
+
+    def reconcile_inventory(self, server: str, present: list[str], lo: str | None, hi: str | None,
+                            before: float) -> Deferred:
+        return self._call(Catalog.reconcile_inventory, server, present, lo, hi, before)
+
+    def counts(self) -> Deferred:
+        return self._call(Catalog.counts)
+
+    def garbage(self, servers: list[str], limit: int = 100) -> Deferred:
+        return self._call(Catalog.garbage, servers, limit)
+
+    def forget_garbage(self, deleted: list[tuple[str, str]]) -> Deferred:
+        return self._call(Catalog.forget_garbage, deleted)
+
+    def garbage_count(self) -> Deferred:
+        return self._call(Catalog.garbage_count)

@@ -1,22 +1,25 @@
 """The proxy's work: what PUT, GET, DELETE and the listings do.
 
-The Depot knows nothing of sockets on the client side: the text protocol
-calls it, and it answers with records or DepositoError. It owns the catalog
-(through its thread), the roster of storage servers, and the collector that
+The Depot knows nothing of sockets on the client side: the gateways call it
+(as IDepot), and it answers with records or DepositoError. It owns the catalog
+(an ICatalog), the roster of storage servers, and the collector that
 deletes garbage copies from the servers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from deposito.blobstore import new_blob_id
-from deposito.catalog import Catalog, CatalogThread, FileRecord
+from deposito.catalog import FileRecord
 from deposito.errors import NoSpace, NotFound, Unavailable
+from deposito.interfaces import ICatalog, ICopier, IDepot
 from deposito.placement import place, read_order
 from deposito.pool import BlobPool
 from deposito.protocols.blob import BlobClient
@@ -28,11 +31,15 @@ from deposito.transfer import SMALL_READ, CopyFailed, Upload, copy_blob, read_sm
 COLLECT_PAGE = 500  # garbage copies read from the catalog at once
 DELETES_AT_ONCE = 4  # per server
 
+if TYPE_CHECKING:
+    from deposito.listing import Listing
 
+
+@implementer(IDepot, ICopier)
 class Depot:
     log = Logger()
 
-    def __init__(self, reactor: Any, db: CatalogThread, roster: Roster, default_replicas: int = 2,
+    def __init__(self, reactor: IReactorTime, db: ICatalog, roster: Roster, default_replicas: int = 2,
                  connect_timeout: float = 5.0, stall_timeout: float = 30.0,
                  collect_every: float = 2.0, secret: bytes | None = None, rebuild: bool = False,
                  rebuild_grace: float = 5.0, collect_rate: float = 1000.0) -> None:
@@ -68,11 +75,11 @@ class Depot:
 
     def start(self) -> defer.Deferred:
         self._started_at = self.reactor.seconds()
-        d = self.db(Catalog.is_empty)
+        d = self.db.is_empty()
         d.addCallback(self._maybe_rebuild)
-        d.addCallback(lambda _: self.db(Catalog.recover))
+        d.addCallback(lambda _: self.db.recover())
         d.addCallback(lambda n: n and self.log.info("{n} unfinished uploads from before are garbage now", n=n))
-        d.addCallback(lambda _: self.db(Catalog.servers))
+        d.addCallback(lambda _: self.db.servers())
         d.addCallback(lambda rows: self.roster.restore(Member(*row) for row in rows))
         d.addCallback(self._started)
         return d
@@ -137,7 +144,7 @@ class Depot:
     def member_changed(self, m: Member) -> None:
         """The roster's hook: remember servers across restarts; collect from a
         returning one; re-plan copies."""
-        self.db(Catalog.save_server, m.id, m.zone, m.host, m.port, m.capacity, m.used, m.blobs)
+        self.db.save_server(m.id, m.zone, m.host, m.port, m.capacity, m.used, m.blobs)
         if m.up:
             self.kick()
         else:
@@ -158,7 +165,7 @@ class Depot:
         for m in targets:
             m.reserved += size
         try:
-            version = await self.db(Catalog.begin_upload, name, blob, [m.id for m in targets])
+            version = await self.db.begin_upload(name, blob, [m.id for m in targets])
             upload = Upload(self.reactor, name, version, blob, size, replicas, self.stall_timeout,
                             release=self.pool.release)
             clients = await defer.DeferredList(
@@ -172,7 +179,7 @@ class Depot:
                     self.log.warn("cannot reach storage server {id}: {why}", id=m.id,
                                   why=client.getErrorMessage())
             if not upload.lanes:
-                await self.db(Catalog.abandon, blob)
+                await self.db.abandon(blob)
                 raise Unavailable("no storage server could be reached")
         except BaseException:
             for m in targets:
@@ -199,19 +206,19 @@ class Depot:
                 except CopyFailed:
                     pass  # its partial copy is garbage at commit; try the next server
         except BaseException:
-            await self.db(Catalog.abandon, upload.blob)
+            await self.db.abandon(upload.blob)
             self.kick()
             raise
         finally:
             for m in upload.targets:  # type: ignore[attr-defined]
                 m.reserved -= upload.size
         ids = [m.id for m in good]
-        newest = await self.db(Catalog.commit, upload.name, upload.version, upload.blob, upload.size,
-                               upload.sha256, upload.replicas, ids, self.reactor.seconds())
+        newest = await self.db.commit(upload.name, upload.version, upload.blob, upload.size,
+                                      upload.sha256, upload.replicas, ids, self.reactor.seconds())
         for m in good:  # count the bytes now; the next heartbeat brings the server's own figure
             m.used += upload.size
         if newest and not all(m.up for m in good):  # one went down meanwhile: the file is short
-            await self.db(Catalog.enqueue, [upload.name])
+            await self.db.enqueue([upload.name])
             self.reconciler.kick()
         if not newest or upload.version > 1 or len(tried) > len(good):
             self.kick()  # a version replaced, or copies not kept: garbage to delete now
@@ -230,7 +237,7 @@ class Depot:
         taken.append(target)
         target.reserved += record.size
         try:
-            await self.db(Catalog.add_intent, record.blob, target.id)
+            await self.db.add_intent(record.blob, target.id)
             self.log.info("copying {name} to {id}", name=record.name, id=target.id)
             await copy_blob(self.connect, list(sources), target, record.blob, record.size, record.sha256,
                             record.name, record.version, record.replicas, release=self.pool.release,
@@ -248,7 +255,7 @@ class Depot:
         upload.abort()
         for m in upload.targets:  # type: ignore[attr-defined]
             m.reserved -= upload.size
-        d = self.db(Catalog.abandon, upload.blob)
+        d = self.db.abandon(upload.blob)
         d.addCallback(lambda _: self.kick())
         d.addErrback(lambda f: self.log.failure("abandoning {blob}", f, blob=upload.blob))
 
@@ -293,7 +300,7 @@ class Depot:
 
         return read_small(client, record.blob, record.size, release=self.pool.release).addErrback(failed)
 
-    async def read(self, record: FileRecord, consumer: Any, started: Any) -> None:
+    async def read(self, record: FileRecord, consumer: IConsumer, started: Callable[[], None]) -> None:
         sources = self.healthy(record)
         if not sources:
             raise Unavailable(f"no copy of {record.name} is on a live server")
@@ -309,19 +316,14 @@ class Depot:
         d.addCallback(lambda _: self.reconciler.kick())
         d.addErrback(lambda f: self.log.failure("dropping a missing copy", f))
 
-    async def list(self, prefix: str) -> list[FileRecord]:
-        return await self.db(Catalog.list, prefix)
-
-    async def listing(self, prefix: str, after: str, limit: int | None) -> "Listing":
+    async def listing(self, prefix: str, after: str, limit: int | None) -> Listing:
         """The names starting with ``prefix`` that sort after ``after`` (at most
         ``limit``), read in batches from one snapshot of the catalog, off the
         reactor: a :class:`deposito.listing.Listing`, to be closed when done."""
-        from deposito.listing import NameRange, open_listing
-
-        return await open_listing(self.reactor, self.db.catalog.path, NameRange(prefix, after, limit))
+        return await self.db.listing(prefix, after, limit)
 
     async def delete(self, name: str) -> FileRecord:
-        record = await self.db(Catalog.delete, name)
+        record = await self.db.delete(name)
         if record is None:
             raise NotFound(f"no file named {name}")
         self.kick()
@@ -338,7 +340,7 @@ class Depot:
         up = len(self.roster.up())
         if count > up:
             raise Unavailable(f"{count} copies wanted, {up} servers up")
-        record = await self.db(Catalog.set_replicas, name, count)
+        record = await self.db.set_replicas(name, count)
         if record is None:
             raise NotFound(f"no file named {name}")
         self.log.info("{name} now wants {count} copies", name=name, count=count)
@@ -353,7 +355,7 @@ class Depot:
         change, and counted over the queued work alone (so they cost the
         same at any number of files). ``copies``: with the copies wanted and
         healthy, summed over all files."""
-        c = await self.db(Catalog.counts)
+        c = await self.db.counts()
         running = len(self.reconciler.running)
         collecting = self._collecting is not None
         deletable = sum(n for sid, n in c.garbage if self.roster.is_up(sid))
@@ -388,7 +390,7 @@ class Depot:
         if not more:
             del self._listings[member.id]
         if self.rebuilding:
-            d = self.db(Catalog.adopt, member.id, entries, self.reactor.seconds())
+            d = self.db.adopt(member.id, entries, self.reactor.seconds())
             d.addCallback(self._took, member)
             if not more:
                 d.addCallback(lambda _: self._reported.add(member.id))
@@ -398,7 +400,7 @@ class Depot:
             return defer.succeed(None)  # an empty chunk in the middle covers no range
         cutoff = since - 5.0
         present = [e[0] for e in entries if self.recently_deleted.get((e[0], member.id), -1.0) < cutoff]
-        d = self.db(Catalog.reconcile_inventory, member.id, present, lo, hi, cutoff)
+        d = self.db.reconcile_inventory(member.id, present, lo, hi, cutoff)
 
         def reconciled(result: tuple[int, int, int, list[str]]) -> None:
             listing.missing += result[0]
@@ -418,7 +420,7 @@ class Depot:
         return d
 
     def corrupt(self, member: Member, blob: str, why: str) -> None:
-        d = self.db(Catalog.drop_copy, blob, member.id)
+        d = self.db.drop_copy(blob, member.id)
         d.addCallback(lambda _: self.reconciler.kick())
         d.addErrback(lambda f: self.log.failure("dropping a corrupt copy", f))
 
@@ -443,7 +445,7 @@ class Depot:
         full, and at most ``collect_rate`` deletes a second."""
         while self._collector.running:
             began = self.reactor.seconds()
-            page = await self.db(Catalog.garbage, [m.id for m in self.roster.up()], COLLECT_PAGE)
+            page = await self.db.garbage([m.id for m in self.roster.up()], COLLECT_PAGE)
             by_server: dict[str, list[str]] = {}
             for blob, server in page:
                 by_server.setdefault(server, []).append(blob)
@@ -454,7 +456,7 @@ class Depot:
             for pair in gone:
                 self.recently_deleted[pair] = now
             if gone:
-                await self.db(Catalog.forget_garbage, gone)
+                await self.db.forget_garbage(gone)
             if len(page) < COLLECT_PAGE or len(gone) < len(page):
                 return  # all done, or some could not go yet: the next tick tries again
             pause = len(gone) / self.collect_rate - (self.reactor.seconds() - began)

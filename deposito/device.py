@@ -11,21 +11,25 @@ Deferred, except a read that is served only from the page cache.
 from __future__ import annotations
 
 import os
+import shutil
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
-
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from deposito import diskio
 from deposito.batching import Batches
 from deposito.blobstore import BLOCK, BlobMeta, BlobStore, IncomingBlob
 from deposito.errors import NoSpace
+from deposito.interfaces import IDevice
 
 
+@implementer(IDevice)
 class Device:
     """Asynchronous access to one BlobStore."""
 
@@ -34,7 +38,7 @@ class Device:
     # in memory, so a blob whose path is in memory opens on the reactor thread.
     kept = 8192
 
-    def __init__(self, reactor: Any, store: BlobStore, capacity: int) -> None:
+    def __init__(self, reactor: IReactorFromThreads, store: BlobStore, capacity: int) -> None:
         self.reactor = reactor
         self.store = store
         self.capacity = capacity
@@ -65,6 +69,10 @@ class Device:
 
     def free(self) -> int:
         return max(0, self.capacity - self.store.used - self.reserved)
+
+    def room(self) -> int:
+        """What it holds plus what its disk could still take, in bytes."""
+        return self.store.used + shutil.disk_usage(self.store.root).free
 
     def _write(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self.reactor, self._writer, fn, *args)

@@ -18,20 +18,30 @@ import os
 import sys
 import time
 from collections import Counter as Tally, deque
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import FileLogObserver, ILogObserver, eventAsJSON, formatEvent
 from zope.interface import implementer
 
 from deposito.errors import DepositoError
+from deposito.interfaces import IDepot
 from deposito.transfer import CountingConsumer
 
 EVENT_KINDS = ("join", "down", "dead", "corrupt", "missing", "inventory", "repaired", "drop", "repair_failed",
                "refused", "rebuilt", "denied")
 REPAIR_KINDS = {"repaired": "copy", "drop": "drop"}
 RATE_WINDOW = 60
+
+if TYPE_CHECKING:
+    from deposito.catalog import FileRecord
+    from deposito.listing import Listing
+    from deposito.protocols.blob import BlobClient
+    from deposito.roster import Member
+    from deposito.transfer import Upload
 
 
 @attrs.frozen
@@ -223,11 +233,12 @@ def outcome(error: BaseException | str | None) -> str:
     return error.code if isinstance(error, DepositoError) else "error"
 
 
+@implementer(IDepot)
 class MeteredDepot:
-    """The Depot as the text protocol sees it, with PUT, GET and REPLICAS
-    counted and timed. Everything else goes straight through."""
+    """A depot as a gateway sees it, with PUT, GET and REPLICAS counted and
+    timed. Everything else goes straight through."""
 
-    def __init__(self, depot: Any, metrics: Metrics, clock: Any, via: str = "text") -> None:
+    def __init__(self, depot: IDepot, metrics: Metrics, clock: IReactorTime, via: str = "text") -> None:
         self._depot = depot
         self._metrics = metrics
         self._clock = clock
@@ -235,13 +246,14 @@ class MeteredDepot:
         self._puts: dict[int, float] = {}
         self._received, self._sent = metrics.received.labels(via), metrics.sent.labels(via)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._depot, name)
+    @property
+    def closed_for_rebuild(self) -> bool:
+        return self._depot.closed_for_rebuild
 
     def _done(self, command: str, began: float, error: BaseException | str | None = None) -> None:
         self._metrics.request(command, self._via, self._clock.seconds() - began, outcome(error))
 
-    async def begin_put(self, name: str, size: int, replicas: int | None) -> Any:
+    async def begin_put(self, name: str, size: int, replicas: int | None) -> Upload:
         began = self._clock.seconds()
         try:
             upload = await self._depot.begin_put(name, size, replicas)
@@ -251,7 +263,7 @@ class MeteredDepot:
         self._puts[id(upload)] = began
         return upload
 
-    async def finish_put(self, upload: Any) -> Any:
+    async def finish_put(self, upload: Upload) -> FileRecord:
         began = self._puts.pop(id(upload), self._clock.seconds())
         self._received.inc(upload.received)
         try:
@@ -262,13 +274,13 @@ class MeteredDepot:
         self._done("PUT", began)
         return record
 
-    def abort_put(self, upload: Any) -> None:
+    def abort_put(self, upload: Upload) -> None:
         began = self._puts.pop(id(upload), self._clock.seconds())
         self._received.inc(upload.received)
         self._done("PUT", began, "aborted")
         self._depot.abort_put(upload)
 
-    async def read(self, record: Any, consumer: Any, started: Any) -> None:
+    async def read(self, record: FileRecord, consumer: IConsumer, started: Callable[[], None]) -> None:
         began = self._clock.seconds()
         counted = CountingConsumer(consumer)
         try:
@@ -280,7 +292,7 @@ class MeteredDepot:
             self._sent.inc(counted.count)
         self._done("GET", began)
 
-    def read_small(self, record: Any) -> Any:
+    def read_small(self, record: FileRecord) -> Deferred | None:
         """Counted when it succeeds; on failure the read that follows counts."""
         began = self._clock.seconds()
         d = self._depot.read_small(record)
@@ -294,7 +306,7 @@ class MeteredDepot:
 
         return d.addCallback(counted)
 
-    async def replicas(self, name: str, count: int, wait: bool) -> Any:
+    async def replicas(self, name: str, count: int, wait: bool) -> tuple[FileRecord, int]:
         began = self._clock.seconds()
         try:
             result = await self._depot.replicas(name, count, wait)
@@ -303,6 +315,32 @@ class MeteredDepot:
             raise
         self._done("REPLICAS", began)
         return result
+
+    # -- straight through (the depot's own awaitables, not wrapped)
+
+    def lookup(self, name: str) -> Awaitable[FileRecord]:
+        return self._depot.lookup(name)
+
+    def recent(self, name: str) -> FileRecord | None:
+        return self._depot.recent(name)
+
+    def healthy(self, record: FileRecord) -> list[Member]:
+        return self._depot.healthy(record)
+
+    def connect(self, member: Member) -> Awaitable[BlobClient]:
+        return self._depot.connect(member)
+
+    def listing(self, prefix: str, after: str, limit: int | None) -> Awaitable[Listing]:
+        return self._depot.listing(prefix, after, limit)
+
+    def delete(self, name: str) -> Awaitable[FileRecord]:
+        return self._depot.delete(name)
+
+    def servers(self) -> list[Member]:
+        return self._depot.servers()
+
+    def status(self, copies: bool = False) -> Awaitable[dict[str, int]]:
+        return self._depot.status(copies)
 
 
 def json_log() -> FileLogObserver:

@@ -1,4 +1,10 @@
-"""The seams between the proxy's parts: what each needs of the others.
+"""The seams between Deposito's parts: what each needs of the others.
+
+- :class:`ICatalog`: what the proxy needs of a catalog backend (SQLite
+  today, PostgreSQL next); :class:`IWorkCatalog` is the reconciler's part of it;
+- :class:`IDepot`: what the gateways (text protocol, HTTP, S3) call;
+- :class:`IDevice`: a storage server's device, as its protocols see it;
+- :class:`ICopier`: how the reconciler makes a copy.
 
 Tests replace these with fakes, which declare the interface and are checked
 against it with ``zope.interface.verify.verifyObject``.
@@ -6,7 +12,8 @@ against it with ``zope.interface.verify.verifyObject``.
 
 from __future__ import annotations
 
-from zope.interface import Interface
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
 
 
 class IWorkCatalog(Interface):
@@ -62,3 +69,234 @@ class ICopier(Interface):
     def copy_to_new_server(record: object, sources: list, taken: list) -> object:
         """A coroutine or Deferred firing with the Member that now holds a
         new copy; raises CopyFailed, Unavailable or NoSpace."""
+
+
+class ICatalog(IWorkCatalog):
+    """Everything the proxy needs of a catalog backend: the reconciler's
+    view, and the writes, reads and counts behind PUT, GET, DELETE, LIST,
+    REPLICAS, STATUS, the collector, inventories and rebuilding. Every
+    method but :meth:`kept_record`, :meth:`start` and :meth:`stop` returns
+    a Deferred; the work runs off the reactor thread, and a Deferred of a
+    change fires once the change is durable (unless the method says
+    otherwise: see :func:`deposito.catalog.effects`)."""
+
+    def start() -> None:
+        """Start the threads (or connections) the calls run on."""
+
+    def stop() -> None:
+        """Stop them and close the catalog."""
+
+    # -- start-up and rebuilding
+
+    def is_empty() -> Deferred:
+        """True when no name was ever stored: a new catalog, or a lost one."""
+
+    def recover() -> Deferred:
+        """After a restart: uploads that never committed are garbage now;
+        fires with how many copies that makes garbage."""
+
+    def adopt(server: str, entries: list, now: float) -> Deferred:
+        """Rebuilding: take a server's blobs ``(blob, version, size, sha256,
+        replicas, name)`` in; the highest version of each name wins. Fires
+        with how many copies were taken."""
+
+    # -- the storage servers
+
+    def servers() -> Deferred:
+        """The servers known, as ``(id, zone, host, port, capacity, used, blobs)`` rows."""
+
+    def save_server(id: str, zone: str, host: str, port: int, capacity: int, used: int,
+                    blobs: int) -> Deferred:
+        """Remember a server across restarts."""
+
+    # -- PUT
+
+    def begin_upload(name: str, blob: str, servers: list) -> Deferred:
+        """The next version of ``name``; the blob's writes on ``servers`` are intents."""
+
+    def add_intent(blob: str, server: str) -> Deferred:
+        """One more server is being written with ``blob``."""
+
+    def abandon(blob: str) -> Deferred:
+        """An upload failed: what it wrote anywhere is garbage."""
+
+    def commit(name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
+               servers: list, now: float) -> Deferred:
+        """Make a version visible with its copies, in one transaction; fires
+        False when a newer version was committed or deleted meanwhile (this
+        one is garbage then, never seen by readers)."""
+
+    # -- reads
+
+    def read(name: str) -> Deferred:
+        """The FileRecord of ``name`` (or None) for a client's request: never
+        waits behind writes being flushed."""
+
+    def kept_record(name: str) -> object:
+        """The FileRecord of ``name`` if it is at hand at once (what
+        :meth:`lookup` would answer), else None. Not a Deferred."""
+
+    def listing(prefix: str, after: str, limit: object) -> Deferred:
+        """A :class:`deposito.listing.Listing` of the names starting with
+        ``prefix`` after ``after`` (at most ``limit``, None: all), read in
+        batches from one snapshot; to be closed when done."""
+
+    # -- changes
+
+    def delete(name: str) -> Deferred:
+        """Remove ``name``; fires with the record it had, or None."""
+
+    def set_replicas(name: str, count: int) -> Deferred:
+        """Change the wanted count and queue the file; fires with the record, or None."""
+
+    def drop_copy(blob: str, server: str) -> Deferred:
+        """A copy found corrupt stops counting and is garbage; its file is queued."""
+
+    def reconcile_inventory(server: str, present: list, lo: object, hi: object, before: float) -> Deferred:
+        """Compare a range of a server's listing with the catalog; fires with
+        ``(missing, counted, garbage, names changed)``."""
+
+    # -- STATUS and garbage
+
+    def counts() -> Deferred:
+        """The :class:`deposito.catalog.Counts` kept with every change."""
+
+    def garbage(servers: list, limit: int) -> Deferred:
+        """Up to ``limit`` ``(blob, server)`` copies to delete from ``servers``."""
+
+    def forget_garbage(deleted: list) -> Deferred:
+        """These ``(blob, server)`` copies are deleted from their servers."""
+
+    def garbage_count() -> Deferred:
+        """Copies to delete, by server: ``(server, count)`` pairs."""
+
+
+class IDepot(Interface):
+    """What the gateways (the text protocol, HTTP, S3) call on the proxy's
+    depot. Failures are :class:`deposito.errors.DepositoError`. What a
+    method says is "awaitable" is a coroutine or a Deferred, to be awaited."""
+
+    closed_for_rebuild = Attribute(
+        "True while the catalog is being rebuilt from the servers on request:"
+        " only SERVERS and STATUS are answered meanwhile")
+
+    def begin_put(name: str, size: int, replicas: object) -> object:
+        """Awaitable: an Upload with a stream open to each placed server
+        (``replicas`` None: the default count)."""
+
+    def finish_put(upload: object) -> object:
+        """Awaitable: every byte is in; the committed FileRecord once enough
+        copies are durable and verified."""
+
+    def abort_put(upload: object) -> None:
+        """The client went away mid-upload: nothing of it is kept."""
+
+    def lookup(name: str) -> object:
+        """Awaitable: the FileRecord of ``name``, or NotFound."""
+
+    def recent(name: str) -> object:
+        """The FileRecord of ``name`` if at hand at once, else None."""
+
+    def healthy(record: object) -> list:
+        """The up servers (Members) holding a copy, in the order to read them."""
+
+    def read(record: object, consumer: object, started: object) -> object:
+        """Awaitable: stream the file's bytes to ``consumer``, failing over
+        from copy to copy; ``started()`` is called before the first byte."""
+
+    def read_small(record: object) -> object:
+        """A Deferred of a small file's bytes (a list of pieces) read at once,
+        or None when :meth:`read` is the way."""
+
+    def connect(member: object) -> object:
+        """Awaitable: a connection to a storage server (for reads of a byte range)."""
+
+    def listing(prefix: str, after: str, limit: object) -> object:
+        """Awaitable: a :class:`deposito.listing.Listing`, to be closed when done."""
+
+    def delete(name: str) -> object:
+        """Awaitable: the record deleted, or NotFound."""
+
+    def replicas(name: str, count: int, wait: bool) -> object:
+        """Awaitable: ``(record, healthy copies)`` once the wanted count is
+        set (with ``wait``: once the healthy count equals it)."""
+
+    def servers() -> list:
+        """The storage servers known (Members), by id."""
+
+    def status(copies: bool = False) -> object:
+        """Awaitable: STATUS's counts, a dict (``copies``: with the copies
+        wanted and healthy)."""
+
+
+class IDevice(Interface):
+    """A storage server's device: its blob store behind threads of its own.
+    What the blob protocol and the storage node call on it; none of it
+    blocks the reactor."""
+
+    capacity = Attribute("The most bytes this device may hold (set by the storage node)")
+    reserved = Attribute("Bytes claimed by blobs being written")
+    used = Attribute("Bytes the blobs on it take")
+    count = Attribute("How many blobs it holds")
+    corrupt_listeners = Attribute("Called with (blob id, why) for each copy found corrupt")
+
+    def start() -> None:
+        """Start its threads."""
+
+    def stop() -> None:
+        """Stop them."""
+
+    def free() -> int:
+        """Bytes that may still be claimed."""
+
+    def room() -> int:
+        """What it holds plus what its disk could still take, in bytes."""
+
+    def reserve(size: int) -> None:
+        """Claim room for a blob about to be written, or NoSpace."""
+
+    def release(size: int) -> None:
+        """Give back what :meth:`reserve` claimed."""
+
+    def begin(meta: object, cache: bool = False) -> object:
+        """A new IncomingBlob."""
+
+    def write(incoming: object, pieces: list) -> Deferred:
+        """Append ``pieces`` to the blob, in order."""
+
+    def write_piece(incoming: object, buffer: object, length: int) -> Deferred:
+        """Append the first ``length`` bytes of ``buffer`` to the blob."""
+
+    def commit(incoming: object, sha256: str, blocks: str, last: bytes = b"") -> Deferred:
+        """Make the blob durable and visible; fires with its BlobMeta."""
+
+    def abort(incoming: object) -> Deferred:
+        """Throw an unfinished blob away."""
+
+    def delete(blob_id: str) -> Deferred:
+        """Delete a blob."""
+
+    def open(blob_id: str) -> Deferred:
+        """``(file, metadata)`` of a blob, for :meth:`read_block`."""
+
+    def read_block(f: object, meta: object, index: int) -> Deferred:
+        """A checked block; fails with Corrupt on rot."""
+
+    def read_block_now(f: object, meta: object, index: int) -> object:
+        """A checked block when it can be read without waiting on the disk, else None."""
+
+    def close(f: object) -> Deferred:
+        """Close what :meth:`open` opened."""
+
+    def check(blob_id: str) -> Deferred:
+        """Read a whole blob against its checksums; fails with Corrupt."""
+
+    def corrupt(blob_id: str, why: str) -> Deferred:
+        """A copy was found bad: quarantine it and tell the listeners."""
+
+    def sweep() -> Deferred:
+        """Remove metadata left without its blob."""
+
+    def inventory(chunk: int = 1000, ids_only: bool = False) -> object:
+        """A cursor over the blobs (their metadata, or ids alone) in id order,
+        whose ``next()`` fires with ``(chunk, more)``."""

@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from deposito.errors import Denied
@@ -42,7 +43,7 @@ class Roster:
 
     log = Logger()
 
-    def __init__(self, clock: Any, on_change: Callable[[Member], None] = lambda m: None,
+    def __init__(self, clock: IReactorTime, on_change: Callable[[Member], None] = lambda m: None,
                  dead_after: float = 300.0) -> None:
         self.clock = clock
         self.members: dict[str, Member] = {}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import uuid
 from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -19,6 +19,7 @@ from twisted.internet import defer, task
 from deposito.blobstore import BlobStore, Corrupt
 from deposito.device import Device
 from deposito.errors import NotFound
+from deposito.interfaces import IDevice
 from deposito.protocols.blob import BlobServerFactory
 from deposito.protocols.cluster import JoinProtocol, check_label
 from deposito.protocols.handoff import LocalBlobServerFactory
@@ -51,7 +52,7 @@ class StorageNode:
 
     log = Logger()
 
-    def __init__(self, device: Device, id: str, zone: str, host: str | None,
+    def __init__(self, device: IDevice, id: str, zone: str, host: str | None,
                  capacity: int | None) -> None:
         self.device = device
         self.id = id
@@ -145,7 +146,7 @@ class StorageNode:
 
     def refresh_capacity(self) -> None:
         """Capacity is the configured bound, never more than the disk can still take."""
-        disk = self.device.store.used + shutil.disk_usage(self.device.store.root).free
+        disk = self.device.room()
         limit = disk if self.configured_capacity is None else min(self.configured_capacity, disk)
         self.device.capacity = limit
 
@@ -155,7 +156,7 @@ class StorageNode:
 
 
 class _JoinFactory(Factory):
-    def __init__(self, node: StorageNode, clock: Any, secret: bytes | None) -> None:
+    def __init__(self, node: StorageNode, clock: IReactorTime, secret: bytes | None) -> None:
         self.node, self.clock, self.secret = node, clock, secret
 
     def buildProtocol(self, addr: Any) -> JoinProtocol:
@@ -217,7 +218,7 @@ class StorageService(service.MultiService):
         self._scrubber.clock = self.reactor
         self._scrubber.start(self.scrub_every, now=False)
 
-    def _listen_locally(self, device: Device) -> None:
+    def _listen_locally(self, device: IDevice) -> None:
         """The local port, where a proxy on this host passes a GET's socket
         for this server to write into (deposito.protocols.handoff): an
         abstract Unix socket, so nothing is left behind on disk."""

@@ -23,6 +23,7 @@ from urllib.parse import quote as urlquote
 from prometheus_client import generate_latest
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -31,8 +32,8 @@ import deposito
 from deposito import twisted_internals
 from deposito.errors import BadArgs, DepositoError, NotFound, Unavailable
 from deposito.events import EventLog, Event, Metrics, outcome
+from deposito.interfaces import IDepot
 from deposito.protocols.words import check_name, parse_count
-from deposito.reconciler import assess
 from deposito.sizes import human_bytes
 from deposito.transfer import stream_blob
 
@@ -48,7 +49,7 @@ MAX_FILES_PAGE = 10000  # the most a page holds, whatever ?limit= says
 # -- the facts, gathered once per request
 
 
-async def gather(depot: Any, events: EventLog, clock: Any) -> dict[str, Any]:
+async def gather(depot: IDepot, events: EventLog, clock: IReactorTime) -> dict[str, Any]:
     """STATUS's counts, and what only a page or a scrape needs beside them."""
     status = dict(await depot.status(copies=True))
     status["repairs_done"] = events.counts["repaired"] + events.counts["drop"]
@@ -61,8 +62,8 @@ def server_json(m: Any) -> dict[str, Any]:
             "used": m.used, "capacity": m.capacity, "blobs": m.blobs}
 
 
-def file_json(depot: Any, r: Any) -> dict[str, Any]:
-    healthy = sorted(m.id for m in assess(r, depot.roster).healthy)
+def file_json(depot: IDepot, r: Any) -> dict[str, Any]:
+    healthy = sorted(m.id for m in depot.healthy(r))
     return {"name": r.name, "size": r.size, "version": r.version, "sha256": r.sha256,
             "wanted": r.replicas, "have": len(healthy), "servers": healthy,
             "download": "/files/" + urlquote(r.name, safe="")}
@@ -255,7 +256,7 @@ def _send_json(request: Any, value: Any, code: int = 200) -> None:
 class _Page(Resource):
     isLeaf = True
 
-    def __init__(self, depot: Any, events: EventLog, metrics: Metrics, clock: Any) -> None:
+    def __init__(self, depot: IDepot, events: EventLog, metrics: Metrics, clock: IReactorTime) -> None:
         super().__init__()
         self.depot, self.events, self.metrics, self.clock = depot, events, metrics, clock
 
@@ -398,7 +399,7 @@ class _Window:
         return full
 
 
-async def read_range(depot: Any, record: Any, start: int, length: int, consumer: Any,
+async def read_range(depot: IDepot, record: Any, start: int, length: int, consumer: Any,
                      gone: Callable[[], bool] = lambda: False) -> None:
     """Like :meth:`Depot.read`, for ``length`` bytes from ``start`` on."""
     sources = depot.healthy(record)
@@ -458,7 +459,7 @@ class Downloads(Resource):
 
     isLeaf = True
 
-    def __init__(self, depot: Any, metrics: Metrics, clock: Any) -> None:
+    def __init__(self, depot: IDepot, metrics: Metrics, clock: IReactorTime) -> None:
         super().__init__()
         self.depot, self.metrics, self.clock = depot, metrics, clock
 
@@ -537,7 +538,8 @@ class Downloads(Resource):
         request.finish()
 
 
-def status_site(depot: Any, events: EventLog, metrics: Metrics, clock: Any, tokens: Any = None) -> Site:
+def status_site(depot: IDepot, events: EventLog, metrics: Metrics, clock: IReactorTime,
+                tokens: Any = None) -> Site:
     """The whole HTTP side, as a twisted.web Site."""
     root = Resource()
     root.putChild(b"", StatusPage(depot, events, metrics, clock))

@@ -6,7 +6,10 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 
+from zope.interface.verify import verifyObject
+
 from deposito.catalog import Catalog, CatalogThread
+from deposito.interfaces import ICatalog, IWorkCatalog
 
 
 @pytest.fixture
@@ -96,6 +99,29 @@ def test_batch_commits_together_and_isolates_a_failing_call(cat):
     assert cat.db.execute("SELECT count(*) FROM names WHERE name = 'half'").fetchone() == (0,)
 
 
+def test_the_catalog_thread_is_what_the_proxy_needs(tmp_path):
+    from twisted.internet import reactor
+
+    db = CatalogThread(reactor, Catalog(str(tmp_path)))
+    try:
+        assert verifyObject(ICatalog, db) and verifyObject(IWorkCatalog, db)
+    finally:
+        db.stop()
+
+
+def test_every_catalog_call_declares_its_durability_and_what_it_changes():
+    """The catalog thread commits without an fsync, and keeps the records
+    it holds in memory, only by what each method declares (``effects``)."""
+    calls = [name for name in vars(Catalog) if not name.startswith("_") and name not in ("close", "batch")
+             and callable(getattr(Catalog, name))]
+    assert "commit" in calls and "lookup" in calls
+    for name in calls:
+        method = getattr(Catalog, name)
+        assert isinstance(method.durable, bool) and isinstance(method.keeps_records, bool), name
+    assert Catalog.commit.durable and not Catalog.commit.keeps_records
+    assert not Catalog.lookup.durable and Catalog.lookup.keeps_records
+
+
 @pytest_twisted.inlineCallbacks
 def test_catalog_thread_answers_in_order_after_commit(tmp_path):
     from twisted.internet import reactor
@@ -103,10 +129,10 @@ def test_catalog_thread_answers_in_order_after_commit(tmp_path):
     db = CatalogThread(reactor, Catalog(str(tmp_path)))
     db.start()
     try:
-        versions = yield defer.gatherResults([db(Catalog.begin_upload, "f", f"b{i}", ["s"]) for i in range(20)])
+        versions = yield defer.gatherResults([db.begin_upload("f", f"b{i}", ["s"]) for i in range(20)])
         assert versions == list(range(1, 21))
-        ok = yield db(Catalog.commit, "f", 20, "b19", 1, "x", 1, ["s"], 0.0)
-        assert ok and (yield db(Catalog.lookup, "f")).blob == "b19"
+        ok = yield db.commit("f", 20, "b19", 1, "x", 1, ["s"], 0.0)
+        assert ok and (yield db.lookup("f")).blob == "b19"
     finally:
         db.stop()
 
@@ -118,18 +144,18 @@ def test_a_looked_up_record_is_answered_from_memory_until_it_may_change(tmp_path
     db = CatalogThread(reactor, Catalog(str(tmp_path)))
     db.start()
     try:
-        v = yield db(Catalog.begin_upload, "f", "b1", ["s1"])
-        yield db(Catalog.commit, "f", v, "b1", 1, "x", 1, ["s1"], 0.0)
-        first = yield db(Catalog.lookup, "f")
-        again = db(Catalog.lookup, "f")
+        v = yield db.begin_upload("f", "b1", ["s1"])
+        yield db.commit("f", v, "b1", 1, "x", 1, ["s1"], 0.0)
+        first = yield db.lookup("f")
+        again = db.lookup("f")
         assert again.called, "a kept record answers without the catalog thread"
         assert (yield again) == first
         # a call that leaves records as they are keeps them
-        yield db(Catalog.begin_upload, "g", "b2", ["s1"])
-        assert db(Catalog.lookup, "f").called
+        yield db.begin_upload("g", "b2", ["s1"])
+        assert db.lookup("f").called
         # one that may change them does not, and the next answer is the new truth
-        yield db(Catalog.add_copy, "f", "b1", "s2", 0.0)
-        fresh = db(Catalog.lookup, "f")
+        yield db.add_copy("f", "b1", "s2", 0.0)
+        fresh = db.lookup("f")
         assert not fresh.called
         assert (yield fresh).servers == ("s1", "s2")
     finally:
@@ -151,9 +177,9 @@ def test_a_working_set_of_thousands_of_names_is_answered_from_memory(tmp_path):
     db = CatalogThread(reactor, catalog)
     db.start()
     try:
-        first = yield defer.gatherResults([db(Catalog.lookup, name) for name in names])
+        first = yield defer.gatherResults([db.lookup(name) for name in names])
         assert [r.name for r in first] == names
-        again = [db(Catalog.lookup, name) for name in names]
+        again = [db.lookup(name) for name in names]
         assert all(d.called for d in again)
         assert (yield defer.gatherResults(again)) == first
         assert len({r.servers for r in first}) == 1 and len({id(r.servers) for r in first}) == 1
@@ -179,12 +205,12 @@ def test_a_clients_lookup_does_not_wait_behind_writes(tmp_path):
         release.wait(10)
 
     try:
-        v = yield db(Catalog.begin_upload, "f", "b1", ["s1"])
-        yield db(Catalog.commit, "f", v, "b1", 1, "x", 1, ["s1"], 0.0)
+        v = yield db.begin_upload("f", "b1", ["s1"])
+        yield db.commit("f", v, "b1", 1, "x", 1, ["s1"], 0.0)
         stuck = db._batches.submit((slow, ()))
         yield deferLater(reactor, 0, lambda: None)
         assert held.wait(5)
-        changed = db(Catalog.set_replicas, "f", 2)  # waits behind the slow call
+        changed = db.set_replicas("f", 2)  # waits behind the slow call
         answer = db.read("f")
         for _ in range(200):
             if answer.called:
@@ -225,23 +251,23 @@ def test_kept_records_always_match_the_catalog(tmp_path):
                 if op == "read":  # a client's: may overlap the changes in flight, but fills memory too
                     reads.append(db.read(name))
                 elif op == "lookup":
-                    d = db(Catalog.lookup, name)
+                    d = db.lookup(name)
                     hits += d.called
                     pairs.append((d, db._batches.submit((Catalog.lookup, (name,)))))  # past what is kept
                 elif op == "put":
                     blob = blobs[name] = f"{name}{round_}.{step}"
-                    v = yield db(Catalog.begin_upload, name, blob, servers[:1])
-                    pending.append(db(Catalog.commit, name, v, blob, 1, "x", 1, servers[:1], 0.0))
+                    v = yield db.begin_upload(name, blob, servers[:1])
+                    pending.append(db.commit(name, v, blob, 1, "x", 1, servers[:1], 0.0))
                 elif op == "replicas":
-                    pending.append(db(Catalog.set_replicas, name, rng.randint(1, 3)))
+                    pending.append(db.set_replicas(name, rng.randint(1, 3)))
                 elif op == "add" and name in blobs:
-                    pending.append(db(Catalog.add_copy, name, blobs[name], rng.choice(servers), 0.0))
+                    pending.append(db.add_copy(name, blobs[name], rng.choice(servers), 0.0))
                 elif op == "drop" and name in blobs:
-                    pending.append(db(Catalog.drop_copy, blobs[name], rng.choice(servers)))
+                    pending.append(db.drop_copy(blobs[name], rng.choice(servers)))
                 elif op == "delete":
-                    pending.append(db(Catalog.delete, name))
+                    pending.append(db.delete(name))
                 elif op == "inventory":
-                    pending.append(db(Catalog.reconcile_inventory, rng.choice(servers),
+                    pending.append(db.reconcile_inventory(rng.choice(servers),
                                       rng.sample(list(blobs.values()), min(2, len(blobs))), None, None, 1.0))
                 if rng.random() < 0.5:  # let what is in flight land before the next step
                     yield defer.gatherResults([d for pair in pairs for d in pair] + pending)

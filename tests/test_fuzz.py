@@ -162,17 +162,6 @@ def test_a_live_proxy_survives_hundreds_of_hostile_requests(tmp_path):
 # -- the protocol alone, on a StringTransport
 
 
-class FullFakeDepot(FakeDepot):
-    """FakeDepot with the commands it leaves out."""
-
-    async def replicas(self, name, count, wait):
-        record = await self.lookup(name)
-        return record, 1
-
-    async def status(self):
-        return {"files": len(self.files), "bytes": sum(map(len, self.files.values()))}
-
-
 SNIPPETS = [
     b"HELP\n", b"PUT a 5\n", b"PUT a 5 1\n", b"PUT a 5 2\n", b"hello", b"GET a\n", b"GET nope\n", b"STAT a\n",
     b"LIST\n", b"LIST a\n", b"SERVERS\n", b"STATUS\n", b"DELETE a\n", b"REPLICAS a 2\n", b"REPLICAS a 1 WAIT\n",
@@ -214,7 +203,7 @@ def replies(raw: bytes) -> tuple[list[bytes], list[bytes]]:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(chunks, st.booleans(), st.lists(st.integers(1, 50), min_size=1, max_size=5))
 def test_text_protocol_never_raises_and_answers_only_ok_or_err(pieces, with_tokens, cuts):
-    depot = FullFakeDepot()
+    depot = FakeDepot()
     clock = task.Clock()
     proto = DepotFactory(depot, idle_timeout=300, stall_timeout=60,
                          tokens=Tokens(["t0k"]) if with_tokens else None).buildProtocol(None)

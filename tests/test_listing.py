@@ -14,12 +14,15 @@ import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
 
 from deposito.catalog import Catalog
+from deposito.interfaces import IDepot
 from deposito.listing import NameRange, _connect, open_listing, prefix_end
 from deposito.protocols.text import DepotFactory
 from deposito.protocols.words import split
 from deposito.roster import Member
+from tests.test_text_protocol import FakeDepot
 
 
 def fill(catalog: Catalog, names: list[str], servers: tuple[str, ...] = ("s1",)) -> None:
@@ -40,10 +43,11 @@ def run_now(fn, *args):
     return defer.maybeDeferred(fn, *args)
 
 
-class CatalogDepot:
+class CatalogDepot(FakeDepot):
     """The depot's listing on a real catalog; s1 and s2 hold copies, s2 is down."""
 
     def __init__(self, path: str, clock: task.Clock, run=run_now, batch: int = 1000) -> None:
+        super().__init__()
         self.path, self.clock, self.run, self.batch = path, clock, run, batch
         self.members = {"s1": Member("s1", "z", "h", 1, state="up"), "s2": Member("s2", "z", "h", 2)}
         self.listings: list = []
@@ -56,6 +60,10 @@ class CatalogDepot:
 
     def healthy(self, record):
         return [self.members[s] for s in record.servers if self.members[s].up]
+
+
+def test_the_catalog_depot_is_a_depot(tmp_path):
+    assert verifyObject(IDepot, CatalogDepot(str(tmp_path / "catalog.sqlite"), task.Clock()))
 
 
 @pytest.fixture

@@ -8,9 +8,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from deposito.catalog import FileRecord
 from deposito.errors import NotFound, Unavailable
+from deposito.interfaces import IDepot
 from deposito.protocols.text import DepotFactory
 from deposito.roster import Member
 
@@ -34,8 +37,11 @@ class FakeUpload:
         return None  # a StringTransport cannot be spliced: bytes keep coming to write()
 
 
+@implementer(IDepot)
 class FakeDepot:
     """Records calls; answers like a depot with one server s1."""
+
+    closed_for_rebuild = False
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
@@ -76,9 +82,15 @@ class FakeDepot:
     def recent(self, name):
         return None  # every GET takes the streamed way (lookup, read)
 
+    def read_small(self, record):
+        return None  # the streamed read is the way
+
     async def read(self, record, consumer, started):
         started()
         consumer.write(self.files[record.name])
+
+    async def connect(self, member):
+        raise Unavailable("no storage server behind this depot")
 
     async def listing(self, prefix, after, limit):
         names = [n for n in sorted(self.files) if n.startswith(prefix) and n > after][:limit]
@@ -88,6 +100,13 @@ class FakeDepot:
         record = await self.lookup(name)
         del self.files[name]
         return record
+
+    async def replicas(self, name, count, wait):
+        record = await self.lookup(name)
+        return record, 1
+
+    async def status(self, copies=False):
+        return {"files": len(self.files), "bytes": sum(map(len, self.files.values()))}
 
     def servers(self):
         return [self.member]
@@ -122,6 +141,11 @@ def lines(tr):
     out = tr.value().decode().split("\r\n")
     tr.clear()
     return out[:-1]
+
+
+def test_the_fake_depots_are_depots():
+    for depot in (FakeDepot(), SmallReadDepot(), SlowDepot(small=True)):
+        assert verifyObject(IDepot, depot)
 
 
 def test_greeting_and_help_are_crlf_lines():

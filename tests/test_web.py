@@ -283,7 +283,6 @@ def test_files_api_pages_with_after_limit_and_next(tmp_path):
     from twisted.web.test.requesthelper import DummyRequest
 
     from deposito.catalog import Catalog
-    from deposito.roster import Roster
     from deposito.web import FilesAPI
     from tests.test_listing import CatalogDepot, fill
 
@@ -292,8 +291,6 @@ def test_files_api_pages_with_after_limit_and_next(tmp_path):
         names = [f"d/{i:02d}" for i in range(25)] + ["d e", "e"]
         fill(catalog, names, servers=("s1", "s2"))
         depot = CatalogDepot(catalog.path, task.Clock())
-        depot.roster = Roster(task.Clock())
-        depot.roster.members = depot.members
         api = FilesAPI(depot, EventLog(), None, task.Clock())
 
         def page(**args):

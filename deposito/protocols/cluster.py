@@ -35,11 +35,11 @@ marks it down. The proxy does not count the time it spends taking a chunk in
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -50,6 +50,9 @@ from deposito.errors import BadArgs, Denied, DepositoError, from_reply
 from deposito.protocols.lines import LineProtocol
 from deposito.protocols.words import check_name, fields, parse_count, quote, split
 from deposito.secret import nonce, proof, verify
+
+if TYPE_CHECKING:
+    from deposito.roster import Roster
 
 SERVER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -126,7 +129,7 @@ class JoinProtocol(LineProtocol):
 
     log = Logger()
 
-    def __init__(self, node: NodeReport, clock: Any, secret: bytes | None = None) -> None:
+    def __init__(self, node: NodeReport, clock: IReactorTime, secret: bytes | None = None) -> None:
         self.node = node
         self.clock = clock
         self.secret = secret
@@ -226,7 +229,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     log = Logger()
 
-    def __init__(self, roster: Any, heartbeat: float, secret: bytes | None = None,
+    def __init__(self, roster: Roster, heartbeat: float, secret: bytes | None = None,
                  full_listing: Callable[[], bool] = lambda: True) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
@@ -385,7 +388,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
 
 class MemberFactory(Factory):
-    def __init__(self, roster: Any, heartbeat: float = HEARTBEAT, secret: bytes | None = None,
+    def __init__(self, roster: Roster, heartbeat: float = HEARTBEAT, secret: bytes | None = None,
                  full_listing: Callable[[], bool] = lambda: True) -> None:
         self.roster = roster
         self.heartbeat = heartbeat

@@ -1,7 +1,7 @@
 """The client-facing text protocol of the proxy (CONTRACT.md section 2).
 
 This module frames and parses: one request line, one reply line (or ``OK <n>``
-and n lines), raw mode for file bytes. The work is the Depot's.
+and n lines), raw mode for file bytes. The work is the depot's (an IDepot).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 import deposito
 from deposito import twisted_internals
 from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
+from deposito.interfaces import IDepot
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.listreply import ListBroken, ListReply
 from deposito.protocols.words import check_name, parse_count, quote, split
@@ -62,7 +63,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     OPEN_COMMANDS = {"HELP", "AUTH", "QUIT"}  # what a client may do before AUTH
     WHILE_REBUILDING = OPEN_COMMANDS | {"SERVERS", "STATUS"}
 
-    def __init__(self, depot: Any, idle_timeout: float, stall_timeout: float,
+    def __init__(self, depot: IDepot, idle_timeout: float, stall_timeout: float,
                  tokens: Any = None, max_size: int | None = None) -> None:
         self.depot = depot
         self.tokens = tokens
@@ -116,7 +117,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
                 return
             if not self.authenticated and words[0].upper() not in self.OPEN_COMMANDS:
                 raise Denied("AUTH <token> first")
-            if getattr(self.depot, "closed_for_rebuild", False) and words[0].upper() not in self.WHILE_REBUILDING:
+            if self.depot.closed_for_rebuild and words[0].upper() not in self.WHILE_REBUILDING:
                 raise Unavailable("rebuilding the catalog from the servers; try again shortly")
             result = handler_for(self, words)(*words[1:])
         except DepositoError as e:
@@ -326,7 +327,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
 
 class DepotFactory(Factory):
-    def __init__(self, depot: Any, idle_timeout: float = 300.0, stall_timeout: float = 60.0,
+    def __init__(self, depot: IDepot, idle_timeout: float = 300.0, stall_timeout: float = 60.0,
                  tokens: Any = None, max_size: int | None = None) -> None:
         self.depot = depot
         self.idle_timeout = idle_timeout
