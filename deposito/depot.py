@@ -312,7 +312,7 @@ class Depot:
         counts: it no longer counts, and its file is queued to be copied again."""
         self.log.warn("storage server {id} lacks its copy of {blob}: made again elsewhere", id=member.id,
                       blob=blob, event="missing")
-        d = self.db(Catalog.drop_copy, blob, member.id)
+        d = self.db.drop_copy(blob, member.id)
         d.addCallback(lambda _: self.reconciler.kick())
         d.addErrback(lambda f: self.log.failure("dropping a missing copy", f))
 

@@ -330,6 +330,9 @@ class MeteredDepot:
     def connect(self, member: Member) -> Awaitable[BlobClient]:
         return self._depot.connect(member)
 
+    def copy_missing(self, member: Member, blob: str) -> None:
+        self._depot.copy_missing(member, blob)
+
     def listing(self, prefix: str, after: str, limit: int | None) -> Awaitable[Listing]:
         return self._depot.listing(prefix, after, limit)
 

@@ -211,6 +211,10 @@ class IDepot(Interface):
     def connect(member: object) -> object:
         """Awaitable: a connection to a storage server (for reads of a byte range)."""
 
+    def copy_missing(member: object, blob: str) -> None:
+        """A read found ``member`` lacking a copy of ``blob`` the catalog
+        counts: it stops counting, and is made again elsewhere."""
+
     def listing(prefix: str, after: str, limit: object) -> object:
         """Awaitable: a :class:`deposito.listing.Listing`, to be closed when done."""
 

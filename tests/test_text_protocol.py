@@ -92,6 +92,9 @@ class FakeDepot:
     async def connect(self, member):
         raise Unavailable("no storage server behind this depot")
 
+    def copy_missing(self, member, blob):
+        self.missing = [*getattr(self, "missing", []), (member.id, blob)]
+
     async def listing(self, prefix, after, limit):
         names = [n for n in sorted(self.files) if n.startswith(prefix) and n > after][:limit]
         return FakeListing([self._record(n) for n in names])
