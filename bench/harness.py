@@ -3,7 +3,7 @@ protocol client on plain sockets, a Deposito cluster of real twistd
 processes on 127.0.0.1, and a description of the machine.
 
 Nothing here imports the project: the benchmarks speak to it over the wire
-(CONTRACT.md section 2) and run the installed twistd plugins.
+(docs/protocol.md) and run the installed twistd plugins.
 """
 from __future__ import annotations
 
@@ -215,7 +215,7 @@ class ProtoError(Exception):
 
 
 class DepositoClient:
-    """The text protocol over a plain socket, as CONTRACT.md section 2 writes it."""
+    """The text protocol over a plain socket, as docs/protocol.md writes it."""
 
     def __init__(self, port: int, timeout: float = 120) -> None:
         self.sock = socket.create_connection((HOST, port), timeout)

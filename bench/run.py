@@ -10,7 +10,7 @@ Run by hand (``make bench``), never as a timed test:
 
 It starts every cluster itself on 127.0.0.1 (ports picked free), data under a
 temporary directory, and stops every process it started, also on Ctrl-C.
-The Deposito client here is stdlib sockets speaking CONTRACT.md section 2 as
+The Deposito client here is stdlib sockets speaking the text protocol (docs/protocol.md) as
 written; SeaweedFS is driven through its HTTP API (/dir/assign, then POST to
 the volume server, GET it back). Files stream from generated files on disk
 and into a discarding sink, in 1 MiB chunks: the client never holds a file.
@@ -764,7 +764,7 @@ def render(res: dict, out_md: Path, out_png: Path) -> None:
                  f"{rr.get('reply', 'not run')}" + (f"; then `STAT`: `{rr['stat']}`" if rr.get("stat") else "") + "\n")
 
     L.append("## How it was measured\n")
-    L.append("- Deposito: stdlib-socket client of the text protocol (CONTRACT.md section 2): "
+    L.append("- Deposito: stdlib-socket client of the text protocol (docs/protocol.md): "
              "`PUT <name> <size> <replicas>`, `OK send`, raw bytes, `OK stored ...`; `GET <name>`, then the bytes. "
              "A PUT is timed from the request line to `OK stored` (every copy durable), a GET from the request "
              "line to the last byte; a fresh connection per big-file operation, opened before the clock starts.")

@@ -1,4 +1,4 @@
-"""The proxy's HTTP side (CONTRACT.md section 5), off unless ``--http`` is given.
+"""The proxy's HTTP side (README, "Status page and metrics"), off unless ``--http`` is given.
 
 - ``/``: the status page, rendered on the server, refreshing itself;
 - ``/metrics``: the Prometheus series of :class:`deposito.events.Metrics`;

@@ -1,4 +1,4 @@
-"""The client-facing text protocol of the proxy (CONTRACT.md section 2).
+"""The client-facing text protocol of the proxy (docs/protocol.md).
 
 This module frames and parses: one request line, one reply line (or ``OK <n>``
 and n lines), raw mode for file bytes. The work is the depot's (an IDepot).
