@@ -528,3 +528,16 @@ def fmt(x, digits: int = 0) -> str:
 
 def mib(n) -> str:
     return "n/a" if n is None else f"{n / MiB:.1f}"
+
+
+def pyplot():
+    """matplotlib's pyplot drawing to files (Agg), or None (logged) when
+    matplotlib is not installed: then the report has no chart."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("no matplotlib: no chart (pip install -r bench/requirements.txt)")
+        return None
+    return plt

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from harness import (CHECKOUT, CHUNK, GiB, HERE, HOST, KiB, MiB, VENV_BIN, DepositoClient, DepositoCluster,
                      PeakWatch, Processes, ProtoError, disk_of, fmt, free_port, human, loadavg, machine,
-                     make_file, mib, peak_rss, reply_field, stream_file, wait_port)
+                     make_file, mib, peak_rss, pyplot, reply_field, stream_file, wait_port)
 
 
 def log(msg: str) -> None:
@@ -790,14 +790,10 @@ def render(res: dict, out_md: Path, out_png: Path) -> None:
 
 
 def chart(res: dict, out_png: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.ticker
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib missing: no chart (pip install -r bench/requirements.txt)")
+    plt = pyplot()
+    if plt is None:
         return
+    import matplotlib.ticker
     sizes, reps = res["sizes"], res["replicas"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 6.4))
     colors = {"Deposito": "tab:blue", "SeaweedFS": "tab:green", "raw": "tab:gray"}

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from harness import (CHECKOUT, HERE, KiB, MiB, DepositoClient, DepositoCluster, LogFollower, Processes,
                      ProtoError, cpu_seconds, disk_of, fmt, http_get, loadavg, machine, peak_rss, reply_fields,
-                     reset_peak, rss)
+                     pyplot, reset_peak, rss)
 
 NAME = "scale/{:010d}"  # the fill's names, in name order as they are put
 KILL_NAME = "kill{}/{:08d}"
@@ -616,12 +616,8 @@ def render(res: dict, out_md: Path, out_png: Path) -> None:
 
 
 def chart(res: dict, out_png: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("no matplotlib: no chart (pip install -r bench/requirements.txt)")
+    plt = pyplot()
+    if plt is None:
         return
     steps = res.get("steps") or []
     if not steps:
