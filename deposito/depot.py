@@ -137,8 +137,8 @@ class Depot:
         if self._absent is not None and self._absent.active():
             self._absent.cancel()
         await self.reconciler.stop()
-        if self._collecting is not None:
-            await self._collecting
+        if self._collecting is not None:  # a page of deletes under way: a few seconds at most
+            await self._collecting.addTimeout(5.0, self.reactor).addErrback(lambda f: f.trap(defer.TimeoutError))
         self.pool.stop()
 
     def member_changed(self, m: Member) -> None:

@@ -23,6 +23,7 @@ import attrs
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from deposito.catalog import WAITING, FileRecord, Outcome
 from deposito.errors import DepositoError, NoSpace, NotFound, Unavailable
@@ -173,7 +174,10 @@ class Reconciler:
         self._sweep.start(self.sweep_every, now=False).addErrback(lambda f: self.log.failure("sweeping", f))
         self.kick()
 
-    def stop(self) -> defer.Deferred:
+    def stop(self, grace: float = 5.0) -> defer.Deferred:
+        """Stop; fires once the work under way ends, or after ``grace``
+        seconds, when what is left is cancelled (a copy cut short is an
+        intent, and so garbage at the next start)."""
         self._started = False
         if self._sweep.running:
             self._sweep.stop()
@@ -183,7 +187,8 @@ class Reconciler:
             for _, d in waiters:
                 d.cancel()
         pending = [*self.running.values(), *self._servers.values(), *([self._step] if self._step else [])]
-        return defer.DeferredList(pending, consumeErrors=True)
+        done = defer.DeferredList(pending, consumeErrors=True)
+        return done.addTimeout(grace, self.clock).addErrback(lambda f: f.trap(defer.TimeoutError))
 
     # -- the queue
 
@@ -279,8 +284,12 @@ class Reconciler:
             self._planned.discard(t.record.name)
             d = defer.ensureDeferred(self._copy(t))
             self.running[t.record.name] = d
-            d.addErrback(lambda f: self.log.failure("repair", f))  # then counts as none made
+            d.addErrback(self._copy_failed)  # then counts as none made
             d.addBoth(self._repaired, t.record.name)
+
+    def _copy_failed(self, failure: Failure) -> None:
+        if not failure.check(defer.CancelledError):  # cancelled: the proxy is stopping
+            self.log.failure("repair", failure)
 
     def _repaired(self, made: object, name: str) -> None:
         self.running.pop(name, None)

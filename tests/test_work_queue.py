@@ -351,3 +351,26 @@ def test_the_periodic_jobs_cost_the_same_at_any_number_of_files(tmp_path):
     large = periodic_costs(tmp_path / "large", 20_000)
     for job, cost in small.items():
         assert large[job] <= cost + 2, (job, cost, large[job])  # not 100 times as much: the same
+
+
+def test_stopping_waits_for_a_copy_under_way_a_few_seconds_at_most(tmp_path):
+    """A copy whose servers stopped answering does not hold the proxy's
+    shutdown: after the grace it is cancelled."""
+    cat, clock, roster, view, copier, rec = make(tmp_path, 10)
+    hanging: list[defer.Deferred] = []
+
+    def never(record, sources, taken):
+        hanging.append(defer.Deferred())
+        return hanging[-1]
+
+    copier.copy_to_new_server = never
+    cat.set_replicas("f000001", 3)
+    rec.start()
+    run(clock)
+    assert len(hanging) == 1 and rec.running
+    stopped = rec.stop(grace=5.0)
+    clock.advance(4.9)
+    assert not stopped.called
+    clock.advance(0.2)
+    assert stopped.called and hanging[0].called  # cancelled
+    cat.close()
