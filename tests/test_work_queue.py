@@ -119,6 +119,13 @@ def run(clock: task.Clock) -> None:
         clock.advance(0)
 
 
+def turn(rec: Reconciler, clock: task.Clock, member: Member, state: str) -> None:
+    """``member`` goes ``state``, and the reconciler hears of it and does what follows at once."""
+    member.state = state
+    rec.server_changed(member)
+    run(clock)
+
+
 def make(tmp_path, files: int, servers=("a", "b", "c", "d")):
     cat = Catalog(str(tmp_path))
     cat.db.execute("PRAGMA synchronous=OFF")  # a test's catalog need not survive a power cut
@@ -167,15 +174,11 @@ def test_a_server_that_goes_queues_exactly_its_files_and_they_are_copied_again(t
     rec.start()
     a = roster.members["a"]
     on_a = {f"f{i:06d}" for i in range(1200) if i % 2 == 0}
-    a.state = "down"
-    rec.server_changed(a)
-    run(clock)
+    turn(rec, clock, a, "down")
     counts = cat.counts()
     assert counts.queued == len(on_a) and counts.under == len(on_a)  # short, but waiting: nothing copied
     assert copier.copied == []
-    a.state = "dead"
-    rec.server_changed(a)
-    run(clock)
+    turn(rec, clock, a, "dead")
     assert sorted(copier.copied) == sorted(on_a)
     # the dead server's copies are forgotten once replaced, and go as garbage
     assert all(len(copies_on(cat, n)) == 2 and "a" not in copies_on(cat, n) for n in on_a)
@@ -188,13 +191,9 @@ def test_a_server_back_before_it_died_wakes_its_files_and_nothing_is_copied(tmp_
     cat, clock, roster, view, copier, rec = make(tmp_path, 300)
     rec.start()
     b = roster.members["b"]
-    b.state = "down"
-    rec.server_changed(b)
-    run(clock)
+    turn(rec, clock, b, "down")
     assert cat.counts().under == 150
-    b.state = "up"
-    rec.server_changed(b)
-    run(clock)
+    turn(rec, clock, b, "up")
     assert cat.counts().queued == 0 and copier.copied == []
     rec.stop()
     cat.close()
