@@ -31,6 +31,8 @@ setup(
             "pytest>=8.0",
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
+            "mypy>=1.10",
+            "mypy-zope>=1.0.5",
         ],
     },
     entry_points={"console_scripts": ["deposito = deposito.cli:main"]},

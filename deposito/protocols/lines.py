@@ -10,6 +10,7 @@ import functools
 import inspect
 from typing import Any, Callable
 
+from twisted.internet.interfaces import ITCPTransport
 from twisted.protocols.basic import LineReceiver
 
 from deposito import twisted_internals
@@ -39,6 +40,7 @@ class LineProtocol(LineReceiver):
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE + 1  # the line and the CR that may end it
+    transport: ITCPTransport  # set by makeConnection before any line arrives
 
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
