@@ -12,8 +12,23 @@ against it with ``zope.interface.verify.verifyObject``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Optional
+
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from deposito.catalog import Counts, FileRecord, Outcome
+    from deposito.listing import Listing
+    from deposito.protocols.blob import BlobClient
+    from deposito.roster import Member
+    from deposito.transfer import Upload
+
+    # A server as the catalog remembers it: (id, zone, host, port, capacity, used, blobs).
+    ServerRow = tuple[str, str, str, int, int, int, int]
+    # A blob a server holds, for a rebuild: (blob, version, size, sha256, replicas, name).
+    Entry = tuple[str, int, int, str, int, str]
 
 
 class IWorkCatalog(Interface):
@@ -21,54 +36,54 @@ class IWorkCatalog(Interface):
     at, their records, and the moves it makes. Every method returns a
     Deferred; the work runs off the reactor thread."""
 
-    def due_work(now: float, limit: int) -> object:
+    def due_work(now: float, limit: int) -> Deferred[list[tuple[str, int, int]]]:
         """The next queued ``(name, generation, rank)`` due by ``now``, most urgent first."""
 
-    def next_due() -> object:
+    def next_due() -> Deferred[Optional[float]]:
         """When the next queued file falls due (None: the queue is empty)."""
 
-    def records(names: list) -> object:
+    def records(names: list[str]) -> Deferred[list[Optional[FileRecord]]]:
         """The current FileRecord of each name (None for a name gone)."""
 
-    def records_after(after: str, limit: int) -> object:
+    def records_after(after: str, limit: int) -> Deferred[list[FileRecord]]:
         """The next ``limit`` FileRecords in name order after ``after``."""
 
-    def settle(outcomes: list) -> object:
+    def settle(outcomes: list[Outcome]) -> Deferred[None]:
         """Record a :class:`deposito.catalog.Outcome` for each file looked at."""
 
-    def enqueue(names: list, due: float, only_new: bool) -> object:
+    def enqueue(names: list[str], due: float = 0.0, only_new: bool = False) -> Deferred[None]:
         """Queue files to be looked at from ``due`` on (``only_new``: leave
         those already queued as they are)."""
 
-    def enqueue_server(server: str, after: str, limit: int) -> object:
+    def enqueue_server(server: str, after: str, limit: int) -> Deferred[Optional[str]]:
         """Queue a page of the files with a copy on ``server``; fires with
         the blob id to go on from, or None at the end."""
 
-    def wake(now: float) -> object:
-        """Make every queued file waiting for later due now."""
+    def wake(now: float) -> Deferred[int]:
+        """Make every queued file waiting for later due now; fires with how many."""
 
-    def lookup(name: str) -> object:
+    def lookup(name: str) -> Deferred[Optional[FileRecord]]:
         """The FileRecord of ``name``, or None."""
 
-    def busy(blob: str) -> object:
+    def busy(blob: str) -> Deferred[list[str]]:
         """Servers where ``blob`` is being written or deleted."""
 
-    def add_copy(name: str, blob: str, server: str, now: float) -> object:
+    def add_copy(name: str, blob: str, server: str, now: float) -> Deferred[bool]:
         """Count a new copy; fires False when the blob is no longer current."""
 
-    def abandon_copy(blob: str, server: str) -> object:
+    def abandon_copy(blob: str, server: str) -> Deferred[None]:
         """A copy that failed is garbage."""
 
-    def drop_copies(drops: list) -> object:
+    def drop_copies(drops: list[tuple[str, str]]) -> Deferred[None]:
         """Stop counting these ``(blob, server)`` copies and delete them."""
 
 
 class ICopier(Interface):
     """Makes one more copy of a file's blob (the proxy's data path)."""
 
-    def copy_to_new_server(record: object, sources: list, taken: list) -> object:
-        """A coroutine or Deferred firing with the Member that now holds a
-        new copy; raises CopyFailed, Unavailable or NoSpace."""
+    def copy_to_new_server(record: FileRecord, sources: list[Member], taken: list[Member]) -> Awaitable[Member]:
+        """Awaitable: the Member that now holds a new copy (added to
+        ``taken``); raises CopyFailed, Unavailable or NoSpace."""
 
 
 class ICatalog(IWorkCatalog):
@@ -88,86 +103,86 @@ class ICatalog(IWorkCatalog):
 
     # -- start-up and rebuilding
 
-    def is_empty() -> Deferred:
+    def is_empty() -> Deferred[bool]:
         """True when no name was ever stored: a new catalog, or a lost one."""
 
-    def recover() -> Deferred:
+    def recover() -> Deferred[int]:
         """After a restart: uploads that never committed are garbage now;
         fires with how many copies that makes garbage."""
 
-    def adopt(server: str, entries: list, now: float) -> Deferred:
-        """Rebuilding: take a server's blobs ``(blob, version, size, sha256,
-        replicas, name)`` in; the highest version of each name wins. Fires
-        with how many copies were taken."""
+    def adopt(server: str, entries: list[Entry], now: float) -> Deferred[int]:
+        """Rebuilding: take a server's blobs in; the highest version of each
+        name wins. Fires with how many copies were taken."""
 
     # -- the storage servers
 
-    def servers() -> Deferred:
-        """The servers known, as ``(id, zone, host, port, capacity, used, blobs)`` rows."""
+    def servers() -> Deferred[list[ServerRow]]:
+        """The servers known."""
 
     def save_server(id: str, zone: str, host: str, port: int, capacity: int, used: int,
-                    blobs: int) -> Deferred:
+                    blobs: int) -> Deferred[None]:
         """Remember a server across restarts."""
 
     # -- PUT
 
-    def begin_upload(name: str, blob: str, servers: list) -> Deferred:
+    def begin_upload(name: str, blob: str, servers: list[str]) -> Deferred[int]:
         """The next version of ``name``; the blob's writes on ``servers`` are intents."""
 
-    def add_intent(blob: str, server: str) -> Deferred:
+    def add_intent(blob: str, server: str) -> Deferred[None]:
         """One more server is being written with ``blob``."""
 
-    def abandon(blob: str) -> Deferred:
+    def abandon(blob: str) -> Deferred[None]:
         """An upload failed: what it wrote anywhere is garbage."""
 
     def commit(name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-               servers: list, now: float) -> Deferred:
+               servers: list[str], now: float) -> Deferred[bool]:
         """Make a version visible with its copies, in one transaction; fires
         False when a newer version was committed or deleted meanwhile (this
         one is garbage then, never seen by readers)."""
 
     # -- reads
 
-    def read(name: str) -> Deferred:
+    def read(name: str) -> Deferred[Optional[FileRecord]]:
         """The FileRecord of ``name`` (or None) for a client's request: never
         waits behind writes being flushed."""
 
-    def kept_record(name: str) -> object:
+    def kept_record(name: str) -> Optional[FileRecord]:
         """The FileRecord of ``name`` if it is at hand at once (what
         :meth:`lookup` would answer), else None. Not a Deferred."""
 
-    def listing(prefix: str, after: str, limit: object) -> Deferred:
+    def listing(prefix: str, after: str, limit: Optional[int]) -> Deferred[Listing]:
         """A :class:`deposito.listing.Listing` of the names starting with
         ``prefix`` after ``after`` (at most ``limit``, None: all), read in
         batches from one snapshot; to be closed when done."""
 
     # -- changes
 
-    def delete(name: str) -> Deferred:
+    def delete(name: str) -> Deferred[Optional[FileRecord]]:
         """Remove ``name``; fires with the record it had, or None."""
 
-    def set_replicas(name: str, count: int) -> Deferred:
+    def set_replicas(name: str, count: int) -> Deferred[Optional[FileRecord]]:
         """Change the wanted count and queue the file; fires with the record, or None."""
 
-    def drop_copy(blob: str, server: str) -> Deferred:
+    def drop_copy(blob: str, server: str) -> Deferred[None]:
         """A copy found corrupt stops counting and is garbage; its file is queued."""
 
-    def reconcile_inventory(server: str, present: list, lo: object, hi: object, before: float) -> Deferred:
+    def reconcile_inventory(server: str, present: list[str], lo: Optional[str], hi: Optional[str],
+                            before: float) -> Deferred[tuple[int, int, int, list[str]]]:
         """Compare a range of a server's listing with the catalog; fires with
         ``(missing, counted, garbage, names changed)``."""
 
     # -- STATUS and garbage
 
-    def counts() -> Deferred:
+    def counts() -> Deferred[Counts]:
         """The :class:`deposito.catalog.Counts` kept with every change."""
 
-    def garbage(servers: list, limit: int) -> Deferred:
+    def garbage(servers: list[str], limit: int) -> Deferred[list[tuple[str, str]]]:
         """Up to ``limit`` ``(blob, server)`` copies to delete from ``servers``."""
 
-    def forget_garbage(deleted: list) -> Deferred:
+    def forget_garbage(deleted: list[tuple[str, str]]) -> Deferred[None]:
         """These ``(blob, server)`` copies are deleted from their servers."""
 
-    def garbage_count() -> Deferred:
+    def garbage_count() -> Deferred[list[tuple[str, int]]]:
         """Copies to delete, by server: ``(server, count)`` pairs."""
 
 
@@ -180,57 +195,56 @@ class IDepot(Interface):
         "True while the catalog is being rebuilt from the servers on request:"
         " only SERVERS and STATUS are answered meanwhile")
 
-    def begin_put(name: str, size: int, replicas: object) -> object:
+    def begin_put(name: str, size: int, replicas: Optional[int]) -> Awaitable[Upload]:
         """Awaitable: an Upload with a stream open to each placed server
         (``replicas`` None: the default count)."""
 
-    def finish_put(upload: object) -> object:
+    def finish_put(upload: Upload) -> Awaitable[FileRecord]:
         """Awaitable: every byte is in; the committed FileRecord once enough
         copies are durable and verified."""
 
-    def abort_put(upload: object) -> None:
+    def abort_put(upload: Upload) -> None:
         """The client went away mid-upload: nothing of it is kept."""
 
-    def lookup(name: str) -> object:
+    def lookup(name: str) -> Awaitable[FileRecord]:
         """Awaitable: the FileRecord of ``name``, or NotFound."""
 
-    def recent(name: str) -> object:
+    def recent(name: str) -> Optional[FileRecord]:
         """The FileRecord of ``name`` if at hand at once, else None."""
 
-    def healthy(record: object) -> list:
-        """The up servers (Members) holding a copy, in the order to read them."""
+    def healthy(record: FileRecord) -> list[Member]:
+        """The up servers holding a copy, in the order to read them."""
 
-    def read(record: object, consumer: object, started: object) -> object:
+    def read(record: FileRecord, consumer: IConsumer, started: Callable[[], None]) -> Awaitable[None]:
         """Awaitable: stream the file's bytes to ``consumer``, failing over
         from copy to copy; ``started()`` is called before the first byte."""
 
-    def read_small(record: object) -> object:
+    def connect(member: Member) -> Awaitable[BlobClient]:
+        """Awaitable: a connection to a storage server (for reads of a byte range)."""
+
+    def read_small(record: FileRecord) -> Optional[Deferred[list[bytes]]]:
         """A Deferred of a small file's bytes (a list of pieces) read at once,
         or None when :meth:`read` is the way."""
 
-    def connect(member: object) -> object:
-        """Awaitable: a connection to a storage server (for reads of a byte range)."""
-
-    def copy_missing(member: object, blob: str) -> None:
+    def copy_missing(member: Member, blob: str) -> None:
         """A read found ``member`` lacking a copy of ``blob`` the catalog
         counts: it stops counting, and is made again elsewhere."""
 
-    def listing(prefix: str, after: str, limit: object) -> object:
+    def listing(prefix: str, after: str, limit: Optional[int]) -> Awaitable[Listing]:
         """Awaitable: a :class:`deposito.listing.Listing`, to be closed when done."""
 
-    def delete(name: str) -> object:
+    def delete(name: str) -> Awaitable[FileRecord]:
         """Awaitable: the record deleted, or NotFound."""
 
-    def replicas(name: str, count: int, wait: bool) -> object:
+    def replicas(name: str, count: int, wait: bool) -> Awaitable[tuple[FileRecord, int]]:
         """Awaitable: ``(record, healthy copies)`` once the wanted count is
         set (with ``wait``: once the healthy count equals it)."""
 
-    def servers() -> list:
-        """The storage servers known (Members), by id."""
+    def servers() -> list[Member]:
+        """The storage servers known, by id."""
 
-    def status(copies: bool = False) -> object:
-        """Awaitable: STATUS's counts, a dict (``copies``: with the copies
-        wanted and healthy)."""
+    def status(copies: bool = False) -> Awaitable[dict[str, int]]:
+        """Awaitable: STATUS's counts (``copies``: with the copies wanted and healthy)."""
 
 
 class IDevice(Interface):
