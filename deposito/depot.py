@@ -32,7 +32,7 @@ COLLECT_PAGE = 500  # garbage copies read from the catalog at once
 DELETES_AT_ONCE = 4  # per server
 
 if TYPE_CHECKING:
-    from deposito.listing import Listing
+    from deposito.catalog.listing import Listing
 
 
 @implementer(IDepot, ICopier)

@@ -20,7 +20,7 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from deposito.catalog import Counts, FileRecord, Outcome
-    from deposito.listing import Listing
+    from deposito.catalog.listing import Listing
     from deposito.protocols.blob import BlobClient
     from deposito.roster import Member
     from deposito.transfer import Upload
