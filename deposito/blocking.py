@@ -27,11 +27,13 @@ import os
 import socket
 from typing import IO, Any, Iterator, Optional, Union
 
-from deposito.client import (
+from deposito.errors import BadArgs, from_reply
+from deposito.localfile import AsideFile, Source, open_source
+from deposito.protocols.words import check_name, quote
+from deposito.wire import (
     CHUNK_SIZE,
     MAX_REPLY_LINE,
     PAGE_SIZE,
-    AsideFile,
     ChecksumMismatch,
     ConnectionLost,
     Download,
@@ -40,7 +42,6 @@ from deposito.client import (
     ProtocolError,
     ReplicaCount,
     Server,
-    Source,
     Stat,
     Status,
     Stored,
@@ -49,7 +50,6 @@ from deposito.client import (
     encode,
     list_line,
     name_line,
-    open_source,
     parse_count,
     parse_deleted,
     parse_entry,
@@ -62,8 +62,6 @@ from deposito.client import (
     put_line,
     replicas_line,
 )
-from deposito.errors import BadArgs, from_reply
-from deposito.protocols.words import check_name, quote
 
 DEFAULT_ADDRESS = "127.0.0.1:7000"
 
