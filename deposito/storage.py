@@ -16,7 +16,9 @@ from twisted.logger import Logger
 
 from twisted.internet import defer, task
 
-from deposito.blobstore import BlobStore, Corrupt
+from deposito.blobmeta import Corrupt
+
+from deposito.blobstore import BlobStore
 from deposito.device import Device
 from deposito.errors import NotFound
 from deposito.interfaces import IDevice

@@ -36,7 +36,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from deposito import diskio, twisted_internals
-from deposito.blobstore import BLOCK, BlobMeta, Corrupt, check_blob_id
+from deposito.blobmeta import BLOCK, BlobMeta, Corrupt
+from deposito.blobstore import check_blob_id
 from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal, from_reply
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
