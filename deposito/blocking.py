@@ -22,13 +22,14 @@ closed; failing to connect raises the socket's ``OSError`` (for example
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import socket
-from typing import IO, Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 from deposito.errors import BadArgs, from_reply
-from deposito.localfile import AsideFile, Source, open_source
+from deposito.localfile import AsideFile, Sink, Source, open_source
 from deposito.protocols.words import check_name, quote
 from deposito.wire import (
     CHUNK_SIZE,
@@ -253,8 +254,7 @@ class BlockingClient:
             self.close()
             raise
 
-    def get(self, name: str, sink: Union[IO[bytes], str, "os.PathLike[str]"],
-            progress: Optional[Progress] = None) -> Download:
+    def get(self, name: str, sink: Sink, progress: Optional[Progress] = None) -> Download:
         """Write the newest version of ``name`` into ``sink``; returns :class:`~deposito.client.Download`.
 
         ``sink`` is a binary file object (written to, left open) or a path:
@@ -346,7 +346,7 @@ class BlockingClient:
         """Delete ``name``; returns the name. NotFound when absent."""
         return self._one(name_line("DELETE", name), parse_deleted)
 
-    def servers(self) -> list[Server]:
+    def servers(self) -> builtins.list[Server]:
         """Every storage server the proxy knows."""
         return self._multi("SERVERS", parse_server)
 
@@ -354,7 +354,7 @@ class BlockingClient:
         """Cluster-wide counts."""
         return self._one("STATUS", parse_status)
 
-    def help(self) -> list[str]:
+    def help(self) -> builtins.list[str]:
         """The proxy's one-line summaries of its commands."""
         return self._multi("HELP", lambda line: line)
 

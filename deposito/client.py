@@ -28,17 +28,18 @@ where users import them. Importing this module does not install a reactor.
 
 from __future__ import annotations
 
+import builtins
 import os
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Generator, Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from deposito.errors import BadArgs, DepositoError
-from deposito.localfile import AsideFile, Source, open_source
+from deposito.localfile import AsideFile, Sink, Source, open_source
 from deposito.protocols.text_client import DepositoClientProtocol, Get, MultiLine, OneLine, Put, Quit
 from deposito.protocols.words import check_name, quote
 from deposito.wire import (
@@ -116,7 +117,8 @@ class DepositoClient:
             return defer.fail()
         return self.protocol.request(Put(line, file, length, close, progress))
 
-    def get(self, name: str, sink: Any, progress: Optional[Progress] = None) -> defer.Deferred[Download]:
+    def get(self, name: str, sink: Union[IConsumer, Sink],
+            progress: Optional[Progress] = None) -> defer.Deferred[Download]:
         """Write the newest version of ``name`` into ``sink``; fires with :class:`Download`.
 
         ``sink`` is a binary file object (written to, left open), an
@@ -183,7 +185,7 @@ class DepositoClient:
         """
         return defer.ensureDeferred(self._every_page(prefix))
 
-    async def _every_page(self, prefix: str) -> list[Entry]:
+    async def _every_page(self, prefix: str) -> builtins.list[Entry]:
         entries: list[Entry] = []
         after = ""
         while True:
@@ -213,7 +215,7 @@ class DepositoClient:
             return defer.fail()
         return self._one(line, parse_deleted)
 
-    def servers(self) -> defer.Deferred[list[Server]]:
+    def servers(self) -> defer.Deferred[builtins.list[Server]]:
         """Every storage server the proxy knows, as :class:`Server` values."""
         return self.protocol.request(MultiLine("SERVERS", parse_server))
 
@@ -221,7 +223,7 @@ class DepositoClient:
         """Cluster-wide counts: :class:`Status`."""
         return self._one("STATUS", parse_status)
 
-    def help(self) -> defer.Deferred[list[str]]:
+    def help(self) -> defer.Deferred[builtins.list[str]]:
         """The proxy's one-line summaries of its commands."""
         return self.protocol.request(MultiLine("HELP", lambda line: line))
 
@@ -245,17 +247,17 @@ class DepositoClient:
 
 @defer.inlineCallbacks
 def connect(reactor: Any, endpoint: Union[str, IStreamClientEndpoint] = "tcp:127.0.0.1:7000",
-            token: Optional[str] = None) -> Any:
+            token: Optional[str] = None) -> Generator[defer.Deferred[Any], Any, DepositoClient]:
     """Connect to the proxy at ``endpoint`` (an endpoint string or object).
 
     Fires with a :class:`DepositoClient` once the proxy greeted it (and, with
     ``token``, accepted it). Fails with Twisted's ConnectError family when the
     proxy cannot be reached, ConnectionLost if it hangs up first, or the ERR
-    class of a refusal.
+    class of a refusal. ``reactor`` is whatever reactor the endpoint string
+    needs (TCP, UNIX, TLS): no one interface names them all.
     """
-    if isinstance(endpoint, str):
-        endpoint = clientFromString(reactor, endpoint)
-    protocol = yield endpoint.connect(Factory.forProtocol(DepositoClientProtocol))
+    point: IStreamClientEndpoint = clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
+    protocol: DepositoClientProtocol = yield point.connect(Factory.forProtocol(DepositoClientProtocol))
     yield protocol.greeted
     client = DepositoClient(protocol)
     if token is not None:

@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, Optional, Protocol, Union
 
 #: What a PUT reads: a path, or a binary file object.
 Source = Union[str, "os.PathLike[str]", IO[bytes]]
+
+
+class Writable(Protocol):
+    """Where a GET's bytes may be written: a binary file object, an
+    :class:`AsideFile`, anything with ``write``."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+#: Where a GET writes: a path (through an :class:`AsideFile`), or a Writable.
+Sink = Union[str, "os.PathLike[str]", Writable]
 
 
 def open_source(source: Source, size: Optional[int] = None) -> tuple[IO[bytes], int, bool]:

@@ -10,8 +10,9 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, ISystemHandle, ITCPTransport
 from twisted.protocols.basic import LineReceiver
+from zope.interface import Attribute
 
 from deposito import twisted_internals
 from deposito.errors import BadArgs, BadCommand
@@ -35,12 +36,22 @@ def tune_for_streams(transport: Any) -> None:
             pass
 
 
+class IStreamTransport(ITCPTransport, ISystemHandle, IConsumer, IPushProducer):
+    """A connection's transport as Twisted's own are (TCP, UNIX, TLS), though
+    they do not all declare it: it takes a producer (a file's bytes sent)
+    and is one (paused while a reader's consumer is full), has a socket, and
+    says whether it is open."""
+
+    connected = Attribute("True while the connection is open")
+    disconnecting = Attribute("True once it is being closed")
+
+
 class LineProtocol(LineReceiver):
     """LineReceiver that splits on LF, strips CR and decodes UTF-8."""
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE + 1  # the line and the CR that may end it
-    transport: ITCPTransport  # set by makeConnection before any line arrives
+    transport: IStreamTransport  # set by makeConnection before any line arrives
 
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
@@ -97,7 +108,8 @@ def handler_for(obj: Any, words: list[str]) -> Callable[..., Any]:
 @functools.lru_cache(maxsize=None)
 def _arity(function: Callable[..., Any]) -> tuple[int | float, int | float]:
     """How few and how many words a ``do_`` method takes after its command."""
-    low, high = 0, 0
+    low: int = 0
+    high: int | float = 0
     for p in list(inspect.signature(function).parameters.values())[1:]:  # after self
         if p.kind is p.VAR_POSITIONAL:
             high = float("inf")

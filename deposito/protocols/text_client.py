@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable, Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IPullProducer
@@ -21,6 +21,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from deposito.errors import DepositoError, from_reply
+from deposito.localfile import Writable
+from deposito.protocols.lines import IStreamTransport
 from deposito.wire import (
     CHUNK_SIZE,
     MAX_REPLY_LINE,
@@ -111,7 +113,7 @@ class MultiLine(Request):
 class FileProducer:
     """Reads ``size`` bytes of a file in fixed chunks, one chunk each time the consumer asks."""
 
-    def __init__(self, file: IO[bytes], size: int, consumer: Any,
+    def __init__(self, file: IO[bytes], size: int, consumer: IConsumer,
                  chunk: Callable[[bytes], None], finished: Callable[[Optional[Failure]], None]) -> None:
         self.file = file
         self.remaining = size
@@ -230,11 +232,11 @@ class Put(Request):
 class Get(Request):
     """GET: the line, ``OK <size> ...``, then exactly size raw bytes into the sink."""
 
-    def __init__(self, name: str, sink: Any, progress: Optional[Progress]) -> None:
+    def __init__(self, name: str, sink: Union[IConsumer, Writable], progress: Optional[Progress]) -> None:
         super().__init__(name_line("GET", name))
         self.name = name
         self.sink = sink
-        self.consumer = IConsumer.providedBy(sink)
+        self.consumer: Optional[IConsumer] = IConsumer(sink, None)  # paused when full
         self.progress = progress
         self.hash = hashlib.sha256()
         self.size = 0
@@ -253,8 +255,8 @@ class Get(Request):
         if self.size == 0:
             self._complete()
             return
-        if self.consumer:
-            self.sink.registerProducer(self.protocol.transport, True)
+        if self.consumer is not None:
+            self.consumer.registerProducer(self.protocol.transport, True)
         self.protocol.setRawMode()
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -271,15 +273,15 @@ class Get(Request):
         if self.progress is not None:
             self.progress(self.size - self.remaining, self.size)
         if self.remaining == 0:
-            if self.consumer:
-                self.sink.unregisterProducer()
+            if self.consumer is not None:
+                self.consumer.unregisterProducer()
                 self.protocol.transport.resumeProducing()
             self._complete()
             self.protocol.setLineMode(rest)
 
     def connectionLost(self, error: ConnectionLost) -> None:
-        if self.consumer and self.size:
-            self.sink.unregisterProducer()
+        if self.consumer is not None and self.size:
+            self.consumer.unregisterProducer()
 
     def _complete(self) -> None:
         if self.error is not None:
@@ -319,6 +321,7 @@ class DepositoClientProtocol(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = MAX_REPLY_LINE
     log = Logger()
+    transport: IStreamTransport  # set by makeConnection before any request starts
 
     def __init__(self) -> None:
         self.greeted: defer.Deferred[str] = defer.Deferred()
