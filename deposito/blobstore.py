@@ -19,7 +19,7 @@ import re
 import shutil
 import threading
 import uuid
-from typing import Iterator
+from typing import Callable, Iterator
 
 import attrs
 
@@ -191,6 +191,12 @@ class IncomingBlob:
                 pass
 
 
+def _install_and_sync(incoming: IncomingBlob) -> None:
+    """Rename a synced blob into place, then make its directories' entries durable."""
+    for d in incoming.install():
+        fsync_dir(d)
+
+
 class BlobStore:
     """The blobs of one storage server, under one directory."""
 
@@ -252,7 +258,7 @@ class BlobStore:
             except Exception as e:
                 results[i] = (False, e)
 
-        def each(step) -> None:
+        def each(step: Callable[[IncomingBlob], object]) -> None:
             for i in list(ready):
                 try:
                     step(batch[i][0])
@@ -268,7 +274,7 @@ class BlobStore:
                     fsync_dir(d)
             return results
         each(IncomingBlob.sync)
-        each(lambda incoming: [fsync_dir(d) for d in incoming.install()])
+        each(_install_and_sync)
         return results
 
     def meta(self, blob_id: str) -> BlobMeta:

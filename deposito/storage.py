@@ -6,18 +6,19 @@ import os
 import secrets
 import socket
 import uuid
-from typing import Any
+from typing import Any, Protocol, Union, cast
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted.internet import defer, task
 
 from deposito.blobmeta import Corrupt
-
 from deposito.blobstore import BlobStore
 from deposito.device import Device
 from deposito.errors import NotFound
@@ -47,6 +48,13 @@ def node_id(data: str, name: str | None) -> str:
 
 
 INVENTORY_CHUNK = 1000  # blobs per chunk of a listing or a scrub
+
+
+class Cursor(Protocol):
+    """What :meth:`IDevice.inventory` gives (the interface says ``object``)."""
+
+    def next(self) -> defer.Deferred[tuple[list[Any], bool]]:
+        """Fires with (chunk, more): the next chunk of blobs, and whether any follows."""
 
 
 class StorageNode:
@@ -100,7 +108,7 @@ class StorageNode:
         """Chunks read from the disk while the one before goes out, each sent
         once the connection has taken the last."""
         connection.send_listing()
-        cursor = self.device.inventory(INVENTORY_CHUNK, ids_only=not connection.full_listing)
+        cursor = cast(Cursor, self.device.inventory(INVENTORY_CHUNK, ids_only=not connection.full_listing))
         reading = cursor.next()
         more = True
         while more:
@@ -129,7 +137,7 @@ class StorageNode:
 
     async def _scrub(self) -> None:
         checked = bad = 0
-        cursor = self.device.inventory(INVENTORY_CHUNK)
+        cursor = cast(Cursor, self.device.inventory(INVENTORY_CHUNK))
         more = True
         while more:
             entries, more = await cursor.next()
@@ -205,9 +213,11 @@ class StorageService(service.MultiService):
         d.addCallback(self._listening)
         d.addErrback(self._listen_failed)
 
-    def _listening(self, port: Any) -> None:
+    def _listening(self, port: IListeningPort) -> None:
+        assert self.node is not None  # made in startService
         self.port = port
-        address = port.getHost()
+        # a TCP port: the proxy is told host:port
+        address = cast(Union[IPv4Address, IPv6Address], port.getHost())
         self.node.port = address.port
         if getattr(address, "host", "") not in ("0.0.0.0", "::", ""):
             self.node.host = address.host
@@ -224,6 +234,7 @@ class StorageService(service.MultiService):
         """The local port, where a proxy on this host passes a GET's socket
         for this server to write into (deposito.protocols.handoff): an
         abstract Unix socket, so nothing is left behind on disk."""
+        assert self.node is not None  # made in startService
         name, key = f"@deposito-server/{self.node.id}/{secrets.token_hex(8)}", secrets.token_hex(16)
         try:
             self.local_port = self.reactor.listenUNIX(
@@ -233,7 +244,7 @@ class StorageService(service.MultiService):
             return
         self.node.local = (name, key)
 
-    def _listen_failed(self, failure: Any) -> None:
+    def _listen_failed(self, failure: Failure) -> None:
         self.log.failure("cannot listen for blob traffic", failure)
         self.reactor.stop()
 

@@ -7,7 +7,6 @@ import pytest
 import pytest_twisted
 
 from deposito.blobmeta import BLOCK, BlobMeta, BlockSums, Corrupt
-
 from deposito.blobstore import BlobStore, new_blob_id
 from deposito.errors import BadArgs, NotFound
 

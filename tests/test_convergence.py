@@ -259,7 +259,6 @@ def test_a_server_with_thousands_of_blobs_rejoins_and_its_copies_are_judged_righ
     from concurrent.futures import ThreadPoolExecutor
 
     from deposito.blobmeta import BlobMeta, BlockSums
-
     from deposito.blobstore import BlobStore
     from tests.cluster import sha
 
