@@ -26,7 +26,7 @@ import builtins
 import hashlib
 import os
 import socket
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, TypeVar, Union
 
 from deposito.errors import BadArgs, from_reply
 from deposito.localfile import AsideFile, Sink, Source, open_source
@@ -65,6 +65,8 @@ from deposito.wire import (
 )
 
 DEFAULT_ADDRESS = "127.0.0.1:7000"
+
+T = TypeVar("T")
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -160,7 +162,7 @@ class BlockingClient:
             self.close()
             raise
 
-    def _one(self, line: str, parse: Any) -> Any:
+    def _one(self, line: str, parse: Callable[[str], T]) -> T:
         reply = self._request(line)
         try:
             return parse(reply)
@@ -168,7 +170,7 @@ class BlockingClient:
             self.close()
             raise
 
-    def _multi(self, line: str, parse: Any) -> list[Any]:
+    def _multi(self, line: str, parse: Callable[[str], T]) -> list[T]:
         count = self._one(line, parse_count)
         lines = [self._reply() for _ in range(count)]
         try:
@@ -246,7 +248,7 @@ class BlockingClient:
             raise from_reply(line)
         raise ConnectionLost(f"connection to the proxy lost: {why}")
 
-    def _one_reply(self, parse: Any) -> Any:
+    def _one_reply(self, parse: Callable[[str], T]) -> T:
         reply = self._reply()
         try:
             return parse(reply)

@@ -11,7 +11,13 @@ from typing import Any, Protocol, Union, cast
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -169,7 +175,7 @@ class _JoinFactory(Factory):
     def __init__(self, node: StorageNode, clock: IReactorTime, secret: bytes | None) -> None:
         self.node, self.clock, self.secret = node, clock, secret
 
-    def buildProtocol(self, addr: Any) -> JoinProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> JoinProtocol:
         p = JoinProtocol(self.node, self.clock, self.secret)
         p.factory = self
         return p
@@ -180,7 +186,8 @@ class StorageService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, data: str, listen: Any, proxy: Any, name: str | None,
+    def __init__(self, reactor: Any, data: str, listen: IStreamServerEndpoint, proxy: IStreamClientEndpoint,
+                 name: str | None,
                  zone: str | None, capacity: int | None, scrub_every: float = 86400.0,
                  secret: bytes | None = None, handoff: bool = True) -> None:
         super().__init__()
@@ -195,8 +202,8 @@ class StorageService(service.MultiService):
         self.secret = secret
         self.handoff = handoff
         self._scrubber: task.LoopingCall | None = None
-        self.port: Any = None
-        self.local_port: Any = None
+        self.port: IListeningPort | None = None
+        self.local_port: IListeningPort | None = None
         self.node: StorageNode | None = None
 
     def startService(self) -> None:
@@ -248,7 +255,7 @@ class StorageService(service.MultiService):
         self.log.failure("cannot listen for blob traffic", failure)
         self.reactor.stop()
 
-    def stopService(self) -> Any:
+    def stopService(self) -> defer.Deferred[None] | None:
         d = super().stopService()
         if self._scrubber is not None and self._scrubber.running:
             self._scrubber.stop()

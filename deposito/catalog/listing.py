@@ -210,7 +210,7 @@ class Listing:
             out.extend(batch)
             return self.next().addCallback(more)
 
-        def failed(failure: Any) -> Any:
+        def failed(failure: Failure) -> Failure:
             self.close()
             return failure
 
@@ -238,7 +238,7 @@ class Listing:
         else:
             self._ready = batch
 
-    def _failed(self, why: Any) -> None:
+    def _failed(self, why: Failure | BaseException) -> None:
         self._busy = False
         error = why.value if isinstance(why, Failure) else why
         if self.closed:
