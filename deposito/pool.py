@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from deposito.protocols.blob import BlobClient
 from deposito.roster import Member
-from deposito.splice import same_user
+from deposito.splice.sockets import same_user
 from deposito.twisted_internals import IStreamReactor
 
 

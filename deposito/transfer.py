@@ -28,7 +28,10 @@ from deposito.blobstore import BlockSums
 from deposito.errors import DepositoError, NotFound, Unavailable
 from deposito.protocols.blob import BlobClient, ConnectionLost
 from deposito.roster import Member
-from deposito.splice import FanOut, HandOff, ReaderLost, SourceLost, can_fan_out, can_hand_off, can_splice
+from deposito.splice.fanout import FanOut, can_fan_out
+from deposito.splice.handoff import HandOff, can_hand_off
+from deposito.splice.relay import can_splice
+from deposito.splice.sockets import ReaderLost, SourceLost
 
 SPLICE_MIN = 1 << 20  # reads from this size on are spliced where they can be
 SMALL_READ = 64 << 10  # files up to this size may be read whole before any byte is sent (read_small)
@@ -143,7 +146,7 @@ class Upload:
 
     def splice_from(self, source: Any, count: int, progress: Callable[[], None]) -> defer.Deferred | None:
         """Take the next ``count`` bytes from transport ``source`` to every
-        live lane in the kernel (deposito.splice.FanOut); None when that
+        live lane in the kernel (deposito.splice.fanout.FanOut); None when that
         cannot be done (TLS, a small rest), and the caller goes on with
         :meth:`write`. The Deferred fires once all of them are with the
         lanes, or fails when the source went away."""
@@ -313,7 +316,7 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: 
             if not begun:
                 begun = True
                 started()
-            if relay:  # the client moves the bytes itself (deposito.splice)
+            if relay:  # the client moves the bytes itself (deposito.splice.relay)
                 await client.body
             else:
                 consumer.registerProducer(client.transport, True)

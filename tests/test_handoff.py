@@ -2,7 +2,7 @@
 
 In-process, on real sockets: the blob port and the local port of one device,
 a reader's TCP connection accepted as the proxy accepts one, and the proxy's
-side of the hand-off (deposito.splice.HandOff) counting what reached it.
+side of the hand-off (deposito.splice.handoff.HandOff) counting what reached it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from deposito.diskio import DIRECT_MIN
 from deposito.errors import BadArgs, BadCommand, DepositoError
 from deposito.protocols.blob import BlobClient, BlobServerFactory
 from deposito.protocols.handoff import LocalBlobServerFactory
-from deposito.splice import HandOff, ReaderLost, can_hand_off
+from deposito.splice.handoff import HandOff, can_hand_off
+from deposito.splice.sockets import ReaderLost
 from tests.test_blobstore import sums
 
 

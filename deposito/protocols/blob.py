@@ -41,7 +41,8 @@ from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.words import check_name, parse_count, quote, split
 from deposito.secret import nonce, proof, verify
-from deposito.splice import Relay, SocketWaiter, SourceLost
+from deposito.splice.relay import Relay
+from deposito.splice.sockets import SocketWaiter, SourceLost
 from deposito.twisted_internals import IStreamReactor
 
 _SENDFILE = getattr(os, "sendfile", None)
@@ -853,7 +854,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
         """Fires with the byte count to come once the server accepts; then
         :attr:`body` fires when the last byte has gone to ``sink.write``.
 
-        With ``relay_to`` (a plain TCP transport, see deposito.splice), the
+        With ``relay_to`` (a plain TCP transport, see deposito.splice.relay), the
         bytes after those that came with the reply go straight from this
         socket to that one, and ``sink.spliced(n)`` counts them."""
         d = self._expect()
@@ -913,7 +914,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
         kernel does at once for a process that died: then it can write no
         more into that socket, and another copy may go on from what reached
         it. A server silent past that may yet write: the hand-off ends the
-        reader's connection (deposito.splice.HandOff)."""
+        reader's connection (deposito.splice.handoff.HandOff)."""
         if self.lost or self._cutting:
             return
         if self.lending:

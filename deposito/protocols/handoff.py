@@ -6,7 +6,7 @@ server holding the copy runs on the proxy's own host, the proxy passes the
 client's socket itself to that server (SCM_RIGHTS over a Unix socket); the
 server writes the checked blocks into it, and the proxy drops out of the data
 path until the blob has gone out. The proxy still counts every byte (from the
-socket's own counters, see deposito.splice.written) and still moves on to the
+socket's own counters, see deposito.splice.sockets.written) and still moves on to the
 next copy at the same offset when one fails.
 
 The server listens on an abstract Unix socket (Linux; no file to leave behind)
@@ -47,7 +47,7 @@ from zope.interface import implementer
 
 from deposito.errors import BadArgs, BadCommand, Unavailable
 from deposito.protocols.blob import BlobSender, BlobServerProtocol
-from deposito.splice import SocketWaiter, same_user
+from deposito.splice.sockets import SocketWaiter, same_user
 from deposito.twisted_internals import IStreamReactor
 
 
