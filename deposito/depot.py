@@ -22,7 +22,7 @@ from deposito.errors import NoSpace, NotFound, Unavailable
 from deposito.interfaces import ICatalog, ICopier, IDepot
 from deposito.placement import place, read_order
 from deposito.pool import BlobPool
-from deposito.protocols.blob import BlobClient
+from deposito.protocols.blobclient import BlobClient
 from deposito.roster import Member, Roster
 from deposito.reconciler import Reconciler
 from deposito.transfer import SMALL_READ, CopyFailed, Upload, copy_blob, read_small, stream_blob

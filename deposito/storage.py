@@ -20,7 +20,7 @@ from deposito.blobstore import BlobStore, Corrupt
 from deposito.device import Device
 from deposito.errors import NotFound
 from deposito.interfaces import IDevice
-from deposito.protocols.blob import BlobServerFactory
+from deposito.protocols.blobserver import BlobServerFactory
 from deposito.protocols.cluster import JoinProtocol, check_label
 from deposito.protocols.handoff import LocalBlobServerFactory
 

@@ -26,7 +26,8 @@ from zope.interface import implementer
 from deposito import twisted_internals
 from deposito.blobstore import BlockSums
 from deposito.errors import DepositoError, NotFound, Unavailable
-from deposito.protocols.blob import BlobClient, ConnectionLost
+from deposito.protocols.blobclient import BlobClient
+from deposito.protocols.blobwire import ConnectionLost
 from deposito.roster import Member
 from deposito.splice.fanout import FanOut, can_fan_out
 from deposito.splice.handoff import HandOff, can_hand_off

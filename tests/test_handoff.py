@@ -24,7 +24,8 @@ from deposito.blobstore import BlobStore, new_blob_id
 from deposito.device import Device
 from deposito.diskio import DIRECT_MIN
 from deposito.errors import BadArgs, BadCommand, DepositoError
-from deposito.protocols.blob import BlobClient, BlobServerFactory
+from deposito.protocols.blobclient import BlobClient
+from deposito.protocols.blobserver import BlobServerFactory
 from deposito.protocols.handoff import LocalBlobServerFactory
 from deposito.splice.handoff import HandOff, can_hand_off
 from deposito.splice.sockets import ReaderLost

@@ -336,7 +336,7 @@ def test_a_copy_lost_while_the_reader_waits_on_earlier_bytes_leaves_the_reader_t
     """The relay waits for the reader's transport to send what Twisted holds
     for it; a copy lost meanwhile lets go of that transport, so the next copy
     relays into it from the same offset."""
-    from deposito.protocols.blob import ConnectionLost
+    from deposito.protocols.blobwire import ConnectionLost
     from deposito.transfer import CountingConsumer
     from tests.test_handoff import Setup
 
