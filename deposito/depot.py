@@ -304,7 +304,7 @@ class Depot:
         sources = self.healthy(record)
         if not sources:
             raise Unavailable(f"no copy of {record.name} is on a live server")
-        await stream_blob(self.connect, sources, record.blob, record.size, consumer, started,
+        await stream_blob(self.connect, sources, record.blob, 0, record.size, consumer, started,
                           release=self.pool.release, local=self.pool.connect_local, missing=self.copy_missing)
 
     def copy_missing(self, member: Member, blob: str) -> None:
