@@ -70,12 +70,12 @@ class Setup:
         self.clients: list = []
 
     @defer.inlineCallbacks
-    def start(self, data: bytes, cache: bool = False):
+    def start(self, data: bytes, cache: bool = False, blob: str | None = None):
         self.ports.append((yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             BlobServerFactory(reactor, self.device))))
         self.ports.append(reactor.listenUNIX(self.name, LocalBlobServerFactory(reactor, self.device, None, self.key)))
         writer = yield self.blob_client()
-        self.blob = new_blob_id()
+        self.blob = blob or new_blob_id()
         d = writer.write_blob(self.blob, len(data), 1, 2, "file", cache=cache)
         writer.send(data)
         writer.end(*sums(data))
