@@ -19,7 +19,7 @@ import hashlib
 from typing import Any, Awaitable, Callable, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -233,7 +233,7 @@ class Upload:
 class CountingConsumer:
     """Passes bytes (and a producer) on to ``consumer``, counting the bytes."""
 
-    def __init__(self, consumer: Any) -> None:
+    def __init__(self, consumer: IConsumer) -> None:
         self.consumer = consumer
         self.count = 0
 
@@ -247,14 +247,14 @@ class CountingConsumer:
         if isinstance(self.consumer, CountingConsumer):
             self.consumer.spliced(n)
 
-    def transport(self) -> Any:
+    def transport(self) -> IConsumer:
         """The transport under any counting layers."""
         inner = self.consumer
         while isinstance(inner, CountingConsumer):
             inner = inner.consumer
         return inner
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self.consumer.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
@@ -452,7 +452,7 @@ class _Relay:
         self.sums.update(data)
         self.writer.send(data)
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self.writer.transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:

@@ -139,8 +139,10 @@ class BlobClient(LineProtocol, TimeoutMixin):
         super().dataReceived(data)
         if self._relay_to is not None and self._body is not None and self._remaining:
             self._begin_relay()  # what came with the reply went to the sink; the rest by splice
-        elif callable(getattr(sink, "transport", None)):  # a reader's (transfer.CountingConsumer)
-            send_now(sink.transport())  # the bytes that came, on to the reader
+        else:
+            reader = getattr(sink, "transport", None)  # a reader's (transfer.CountingConsumer)
+            if callable(reader):
+                send_now(reader())  # the bytes that came, on to the reader
 
     def timeoutConnection(self) -> None:
         self.transport.abortConnection()
@@ -343,7 +345,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
         if body is not None:
             body.callback(None)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
         if reason is None or reason.check(error.ConnectionAborted) is None:
             # Closed from the server's end: a live server closes a reader's

@@ -232,7 +232,7 @@ class BlobServerFactory(Factory):
         self.device = device
         self.secret = secret
 
-    def buildProtocol(self, addr: IAddress) -> BlobServerProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> BlobServerProtocol:
         p = BlobServerProtocol(self.reactor, self.device, self.secret)
         p.factory = self
         return p

@@ -254,7 +254,7 @@ class LocalBlobServerFactory(Factory):
     def __init__(self, reactor: IStreamReactor, device: IDevice, secret: bytes | None, key: str) -> None:
         self.reactor, self.device, self.secret, self.key = reactor, device, secret, key
 
-    def buildProtocol(self, addr: IAddress) -> LocalBlobServerProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> LocalBlobServerProtocol:
         p = LocalBlobServerProtocol(self.reactor, self.device, self.secret, self.key)
         p.factory = self
         return p

@@ -78,8 +78,7 @@ class FanOut:
         self.gone = [False] * len(targets)
         self.done: defer.Deferred[int] = defer.Deferred()
         self._readable = SocketWaiter(source, self.pump, lambda: self.fail(ReaderLost("the client went away")))
-        self._writable = [SocketWaiter(t, self._can_write, lambda i=i: self._drop(i, TargetGone("connection lost")))
-                          for i, t in enumerate(targets)]
+        self._writable = [SocketWaiter(t, self._can_write, self._dropper(i)) for i, t in enumerate(targets)]
         self._writing: set[int] = set()
         self.reading = False
         self._intake: tuple[int, int] | None = None
@@ -89,6 +88,13 @@ class FanOut:
         self._again: IDelayedCall | None = None
         self._sent = False  # the targets have sent what Twisted held for them
         self._was_reading: list[IStreamTransport] = []
+
+    def _dropper(self, i: int) -> Callable[[], None]:
+        return lambda: self._drop(i, TargetGone("connection lost"))
+
+    def _stall_reset(self) -> None:
+        if self._stall is not None:
+            self._stall.reset(self.stall_timeout)
 
     def start(self) -> defer.Deferred[int]:
         """Begin, once each target has sent what Twisted still holds for it.
@@ -113,7 +119,7 @@ class FanOut:
             t.stopReading()
         # A tee moves whole pipe buffers: every target's pipe must hold all
         # that the intake holds, so the intake is made the smallest.
-        self._piece = min(_pipe_size(w) for _, w in [self._intake, *self._pipes])
+        self._piece = min(_pipe_size(w) for _, w in pipes)
         if _pipe_size(self._intake[1]) > self._piece:
             set_pipe_size(self._intake[1], self._piece)
         if len(_ABSORBED) < self._piece:
@@ -185,7 +191,7 @@ class FanOut:
                 continue
             if n:
                 self.pending[i] -= n
-                self._stall.reset(self.stall_timeout)
+                self._stall_reset()
             if self.pending[i] and i not in self._writing:
                 self.reactor.addWriter(self._writable[i])
                 self._writing.add(i)
@@ -228,7 +234,7 @@ class FanOut:
                 got += os.readv(r, [view[got:]])
             self.taken += n
             self.absorb(view)
-        self._stall.reset(self.stall_timeout)
+        self._stall_reset()
         self.progress()
         return not self.done.called
 
