@@ -86,7 +86,7 @@ class BlockSums:
         self._crc = 0
         self._in_block = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         if self._in_block + len(data) < BLOCK:  # the common case: within one block
             self._crc = self._sum(data, self._crc)
             self._in_block += len(data)

@@ -22,7 +22,7 @@ from deposito.errors import NoSpace, NotFound, Unavailable
 from deposito.interfaces import ICatalog, ICopier, IDepot
 from deposito.placement import place, read_order
 from deposito.pool import BlobPool
-from deposito.protocols.blob import BlobClient
+from deposito.protocols.blobclient import BlobClient
 from deposito.roster import Member, Roster
 from deposito.reconciler import Reconciler
 from deposito.transfer import SMALL_READ, CopyFailed, Upload, copy_blob, read_small, stream_blob
@@ -304,7 +304,7 @@ class Depot:
         sources = self.healthy(record)
         if not sources:
             raise Unavailable(f"no copy of {record.name} is on a live server")
-        await stream_blob(self.connect, sources, record.blob, record.size, consumer, started,
+        await stream_blob(self.connect, sources, record.blob, 0, record.size, consumer, started,
                           release=self.pool.release, local=self.pool.connect_local, missing=self.copy_missing)
 
     def copy_missing(self, member: Member, blob: str) -> None:

@@ -39,7 +39,7 @@ RATE_WINDOW = 60
 if TYPE_CHECKING:
     from deposito.catalog import FileRecord
     from deposito.listing import Listing
-    from deposito.protocols.blob import BlobClient
+    from deposito.protocols.blobclient import BlobClient
     from deposito.roster import Member
     from deposito.transfer import Upload
 

@@ -17,9 +17,9 @@ from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from deposito.protocols.blob import BlobClient
+from deposito.protocols.blobclient import BlobClient
 from deposito.roster import Member
-from deposito.splice import same_user
+from deposito.splice.sockets import same_user
 from deposito.twisted_internals import IStreamReactor
 
 

@@ -16,11 +16,11 @@ from twisted.logger import Logger
 
 from twisted.internet import defer, task
 
-from deposito.blobstore import BlobStore, Corrupt
+from deposito.blobstore import BlobMeta, BlobStore, Corrupt
 from deposito.device import Device
 from deposito.errors import NotFound
 from deposito.interfaces import IDevice
-from deposito.protocols.blob import BlobServerFactory
+from deposito.protocols.blobserver import BlobServerFactory
 from deposito.protocols.cluster import JoinProtocol, check_label
 from deposito.protocols.handoff import LocalBlobServerFactory
 
@@ -132,6 +132,7 @@ class StorageNode:
         while more:
             entries, more = await cursor.next()
             for meta in entries:
+                assert isinstance(meta, BlobMeta)  # metadata was asked for, not ids alone
                 try:
                     await self.device.check(meta.blob)
                     checked += 1

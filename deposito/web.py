@@ -351,54 +351,6 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
     return start, end
 
 
-class _Window:
-    """A blob connection seen through a window: reads begin ``start`` bytes in
-    and the body is complete after ``length`` bytes (the rest of the blob is
-    not waited for). Lets :func:`stream_blob` serve a byte range, failover
-    included."""
-
-    def __init__(self, client: Any, start: int, length: int) -> None:
-        self.client = client
-        self.start = start
-        self.length = length
-        self._left = 0
-        self._sink: Any = None
-        self._full: defer.Deferred | None = None
-
-    @property
-    def transport(self) -> Any:
-        return self.client.transport
-
-    def read_blob(self, blob: str, offset: int, sink: Any) -> defer.Deferred:
-        self._sink, self._left, self._full = sink, self.length - offset, defer.Deferred()
-        return self.client.read_blob(blob, self.start + offset, self)
-
-    def write(self, data: bytes) -> None:
-        if self._left <= 0:
-            return
-        take = data[: self._left]
-        self._left -= len(take)
-        self._sink.write(take)
-        if self._left == 0 and self._full is not None and not self._full.called:
-            self._full.callback(None)
-
-    @property
-    def body(self) -> defer.Deferred:
-        full = self._full
-        assert full is not None
-
-        def ended(result: Any) -> None:
-            if not full.called:
-                full.callback(None)
-
-        def broke(failure: Any) -> None:
-            if not full.called:  # after the window is full, a broken rest is no loss
-                full.errback(failure)
-
-        self.client.body.addCallbacks(ended, broke)
-        return full
-
-
 async def read_range(depot: IDepot, record: Any, start: int, length: int, consumer: Any,
                      gone: Callable[[], bool] = lambda: False) -> None:
     """Like :meth:`Depot.read`, for ``length`` bytes from ``start`` on."""
@@ -406,12 +358,12 @@ async def read_range(depot: IDepot, record: Any, start: int, length: int, consum
     if not sources:
         raise Unavailable(f"no copy of {record.name} is on a live server")
 
-    async def connect(member: Any) -> _Window:
+    async def connect(member: Any) -> Any:
         if gone():
             raise ConnectionDone("the HTTP client left")
-        return _Window(await depot.connect(member), start, length)
+        return await depot.connect(member)
 
-    await stream_blob(connect, sources, record.blob, length, consumer, missing=depot.copy_missing)
+    await stream_blob(connect, sources, record.blob, start, length, consumer, missing=depot.copy_missing)
 
 
 class _Response:

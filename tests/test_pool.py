@@ -8,7 +8,7 @@ from twisted.internet import endpoints, reactor
 from deposito.blobstore import BlobStore, new_blob_id
 from deposito.device import Device
 from deposito.pool import BlobPool
-from deposito.protocols.blob import BlobServerFactory
+from deposito.protocols.blobserver import BlobServerFactory
 from deposito.roster import Member
 from tests.test_blob_protocol import settle
 
