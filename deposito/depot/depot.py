@@ -31,12 +31,14 @@ from deposito.roster import Member, Roster
 from deposito.transfer import Upload
 
 if TYPE_CHECKING:
-    from deposito.interfaces import Entry
     from deposito.listing import Listing
 
 
 @implementer(IDepot)
 class Depot:
+    """The proxy's depot as the gateways call it; each call is answered by
+    the part that does that work."""
+
     log = Logger()
 
     absent_after = 10.0  # after a restart, servers not back by then count as down in STATUS
@@ -114,11 +116,8 @@ class Depot:
             self.pool.abort(m)
         self.reconciler.server_changed(m)
 
-    def inventory(self, member: Member, entries: list[Entry], since: float,
-                  more: bool = False) -> defer.Deferred[None]:
-        return self.inventories.inventory(member, entries, since, more)
-
     def corrupt(self, member: Member, blob: str, why: str) -> None:
+        """A server found its copy of ``blob`` corrupt: it stops counting, and is made again."""
         d = self.db.drop_copy(blob, member.id)
         d.addCallback(lambda _: self.reconciler.kick())
         d.addErrback(lambda f: self.log.failure("dropping a corrupt copy", f))
