@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from deposito.catalog import Counts, FileRecord, Outcome
     from deposito.diskio import Reader
     from deposito.listing import Listing
-    from deposito.protocols.blobclient import BlobClient
     from deposito.roster import Member
     from deposito.transfer import Upload
 
@@ -218,12 +217,12 @@ class IDepot(Interface):
     def healthy(record: FileRecord) -> list[Member]:
         """The up servers holding a copy, in the order to read them."""
 
-    def read(record: FileRecord, consumer: IConsumer, started: Callable[[], None]) -> Awaitable[None]:
-        """Awaitable: stream the file's bytes to ``consumer``, failing over
-        from copy to copy; ``started()`` is called before the first byte."""
-
-    def connect(member: Member) -> Awaitable[BlobClient]:
-        """Awaitable: a connection to a storage server (for reads of a byte range)."""
+    def read(record: FileRecord, consumer: IConsumer, offset: int = 0, length: Optional[int] = None,
+             started: Callable[[], None] = lambda: None) -> Awaitable[None]:
+        """Awaitable: stream bytes ``[offset, offset + length)`` of the file
+        (``length`` None: to the end) to ``consumer``, failing over from copy
+        to copy; ``started()`` is called before the first byte. The one read
+        path of every gateway, whole files and byte ranges alike."""
 
     def read_small(record: FileRecord) -> Optional[Deferred[list[bytes]]]:
         """A Deferred of a small file's bytes (a list of pieces) read at once,

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Awaitable, Callable, cast
+from typing import Any, Awaitable, Callable, Iterable, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
@@ -102,9 +102,10 @@ class Upload:
     log = Logger()
 
     def __init__(self, clock: Any, name: str, version: int, blob: str, size: int, replicas: int,
-                 stall_timeout: float = 30.0, release: Release = close) -> None:
+                 stall_timeout: float = 30.0, release: Release = close, targets: Iterable[Member] = ()) -> None:
         self.clock = clock
         self.release = release
+        self.targets = list(targets)  # the servers placed for it, holding room reserved for it
         self.name = name
         self.version = version
         self.blob = blob
