@@ -340,12 +340,12 @@ def http_get(port: int, path: str, timeout: float = 120) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- Deposito cluster
 
-def find_twistd() -> tuple[Path, dict | None] | None:
-    """The project's twistd and the environment under which it lists the plugins."""
-    twistd = VENV_BIN / "twistd"
+def find_twistd(checkout: Path = CHECKOUT) -> tuple[Path, dict | None] | None:
+    """A checkout's twistd (in its .venv) and the environment under which it lists the plugins."""
+    twistd = checkout / ".venv" / "bin" / "twistd"
     if not twistd.exists():
         return None
-    for env in (None, dict(os.environ, PYTHONPATH=str(CHECKOUT))):
+    for env in (None, dict(os.environ, PYTHONPATH=str(checkout))):
         out = subprocess.run([twistd, "--help"], capture_output=True, text=True, cwd="/", env=env).stdout
         if "deposito-proxy" in out and "deposito-server" in out:
             return twistd, env
@@ -362,11 +362,11 @@ class DepositoCluster:
     """
 
     def __init__(self, procs: Processes, root: Path, nservers: int = 3, proxy_args: list | None = None,
-                 http: bool = False, prefix: str = "dep-") -> None:
-        found = find_twistd()
+                 http: bool = False, prefix: str = "dep-", checkout: Path = CHECKOUT) -> None:
+        found = find_twistd(checkout)
         if not found:
             raise RuntimeError("the deposito twistd plugins are not installed "
-                               f"({VENV_BIN / 'twistd'} --help lists no deposito-proxy)")
+                               f"({checkout / '.venv/bin/twistd'} --help lists no deposito-proxy)")
         self.twistd, self.env = found
         self.procs = procs
         self.root = root

@@ -27,7 +27,7 @@ from deposito.batching import Batches
 from deposito.blobmeta import BLOCK, BlobMeta
 from deposito.blobstore import BlobStore, IncomingBlob
 from deposito.errors import NoSpace
-from deposito.interfaces import IDevice
+from deposito.interfaces import IDevice, IInventoryCursor
 
 
 @implementer(IDevice)
@@ -215,6 +215,7 @@ class Device:
         return InventoryCursor(self, chunk, self.store.blob_ids() if ids_only else self.store.inventory())
 
 
+@implementer(IInventoryCursor)
 class InventoryCursor:
     """A device's blobs in id order, read a chunk at a time on its reader
     thread: however many blobs the disk holds, one chunk (and one directory's

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections import Counter as Tally, deque
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, cast
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -39,7 +39,6 @@ RATE_WINDOW = 60
 if TYPE_CHECKING:
     from deposito.catalog import FileRecord
     from deposito.catalog.listing import Listing
-    from deposito.protocols.blob import BlobClient
     from deposito.roster import Member
     from deposito.transfer import Upload
 
@@ -236,7 +235,8 @@ def outcome(error: BaseException | str | None) -> str:
 @implementer(IDepot)
 class MeteredDepot:
     """A depot as a gateway sees it, with PUT, GET and REPLICAS counted and
-    timed. Everything else goes straight through."""
+    timed under the gateway's name (``via``: text, http). Everything else
+    goes straight through."""
 
     def __init__(self, depot: IDepot, metrics: Metrics, clock: IReactorTime, via: str = "text") -> None:
         self._depot = depot
@@ -280,17 +280,22 @@ class MeteredDepot:
         self._done("PUT", began, "aborted")
         self._depot.abort_put(upload)
 
-    async def read(self, record: FileRecord, consumer: IConsumer, started: Callable[[], None]) -> None:
+    async def read(self, record: FileRecord, consumer: IConsumer, offset: int = 0, length: int | None = None,
+                   started: Callable[[], None] = lambda: None) -> None:
+        """A GET (or an HTTP download, whole or a range): its bytes counted,
+        and "aborted" when the reader went away before the end."""
         began = self._clock.seconds()
         counted = CountingConsumer(consumer)
+        error: BaseException | None = None
         try:
-            await self._depot.read(record, counted, started)
+            # a CountingConsumer is an IConsumer (and stream_blob counts spliced bytes through it)
+            await self._depot.read(record, cast(IConsumer, counted), offset, length, started=started)
         except BaseException as e:
-            self._done("GET", began, e)
+            error = e
             raise
         finally:
             self._sent.inc(counted.count)
-        self._done("GET", began)
+            self._done("GET", began, "aborted" if counted.disconnected else error)
 
     def read_small(self, record: FileRecord) -> Deferred | None:
         """Counted when it succeeds; on failure the read that follows counts."""
@@ -326,9 +331,6 @@ class MeteredDepot:
 
     def healthy(self, record: FileRecord) -> list[Member]:
         return self._depot.healthy(record)
-
-    def connect(self, member: Member) -> Awaitable[BlobClient]:
-        return self._depot.connect(member)
 
     def copy_missing(self, member: Member, blob: str) -> None:
         self._depot.copy_missing(member, blob)

@@ -12,16 +12,19 @@ against it with ``zope.interface.verify.verifyObject``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Optional
+import mmap
+from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from deposito.blobmeta import BlobMeta
+    from deposito.blobstore import IncomingBlob
     from deposito.catalog import Counts, FileRecord, Outcome
     from deposito.catalog.listing import Listing
-    from deposito.protocols.blob import BlobClient
+    from deposito.diskio import Reader
     from deposito.roster import Member
     from deposito.transfer import Upload
 
@@ -215,12 +218,12 @@ class IDepot(Interface):
     def healthy(record: FileRecord) -> list[Member]:
         """The up servers holding a copy, in the order to read them."""
 
-    def read(record: FileRecord, consumer: IConsumer, started: Callable[[], None]) -> Awaitable[None]:
-        """Awaitable: stream the file's bytes to ``consumer``, failing over
-        from copy to copy; ``started()`` is called before the first byte."""
-
-    def connect(member: Member) -> Awaitable[BlobClient]:
-        """Awaitable: a connection to a storage server (for reads of a byte range)."""
+    def read(record: FileRecord, consumer: IConsumer, offset: int = 0, length: Optional[int] = None,
+             started: Callable[[], None] = lambda: None) -> Awaitable[None]:
+        """Awaitable: stream bytes ``[offset, offset + length)`` of the file
+        (``length`` None: to the end) to ``consumer``, failing over from copy
+        to copy; ``started()`` is called before the first byte. The one read
+        path of every gateway, whole files and byte ranges alike."""
 
     def read_small(record: FileRecord) -> Optional[Deferred[list[bytes]]]:
         """A Deferred of a small file's bytes (a list of pieces) read at once,
@@ -249,8 +252,8 @@ class IDepot(Interface):
 
 class IDevice(Interface):
     """A storage server's device: its blob store behind threads of its own.
-    What the blob protocol and the storage node call on it; none of it
-    blocks the reactor."""
+    What the blob protocol, its receiver and sender, and the storage node
+    call on it; none of it blocks the reactor."""
 
     capacity = Attribute("The most bytes this device may hold (set by the storage node)")
     reserved = Attribute("Bytes claimed by blobs being written")
@@ -276,45 +279,55 @@ class IDevice(Interface):
     def release(size: int) -> None:
         """Give back what :meth:`reserve` claimed."""
 
-    def begin(meta: object, cache: bool = False) -> object:
-        """A new IncomingBlob."""
+    def begin(meta: BlobMeta, cache: bool = False) -> IncomingBlob:
+        """A new IncomingBlob (``cache``: keep it in the page cache)."""
 
-    def write(incoming: object, pieces: list) -> Deferred:
-        """Append ``pieces`` to the blob, in order."""
+    def write(incoming: IncomingBlob, pieces: list[bytes]) -> Deferred[None]:
+        """Append ``pieces`` to the blob, in order after earlier writes."""
 
-    def write_piece(incoming: object, buffer: object, length: int) -> Deferred:
-        """Append the first ``length`` bytes of ``buffer`` to the blob."""
+    def write_piece(incoming: IncomingBlob, buffer: mmap.mmap, length: int) -> Deferred[None]:
+        """Append the first ``length`` bytes of ``buffer`` (a
+        diskio.take_buffer buffer, left alone until this fires) to the blob."""
 
-    def commit(incoming: object, sha256: str, blocks: str, last: bytes = b"") -> Deferred:
-        """Make the blob durable and visible; fires with its BlobMeta."""
+    def commit(incoming: IncomingBlob, sha256: str, blocks: str, last: bytes = b"") -> Deferred[BlobMeta]:
+        """Write ``last``, then make the blob durable and visible (call once
+        every earlier write has completed); fires with its BlobMeta."""
 
-    def abort(incoming: object) -> Deferred:
+    def abort(incoming: IncomingBlob) -> Deferred[None]:
         """Throw an unfinished blob away."""
 
-    def delete(blob_id: str) -> Deferred:
-        """Delete a blob."""
+    def delete(blob_id: str) -> Deferred[bool]:
+        """Delete a blob; fires with whether it existed."""
 
-    def open(blob_id: str) -> Deferred:
-        """``(file, metadata)`` of a blob, for :meth:`read_block`."""
+    def open(blob_id: str) -> Deferred[tuple[Reader, BlobMeta]]:
+        """``(file, metadata)`` of a blob, for :meth:`read_block`; fails with NotFound."""
 
-    def read_block(f: object, meta: object, index: int) -> Deferred:
+    def read_block(f: Reader, meta: BlobMeta, index: int) -> Deferred[bytes]:
         """A checked block; fails with Corrupt on rot."""
 
-    def read_block_now(f: object, meta: object, index: int) -> object:
-        """A checked block when it can be read without waiting on the disk, else None."""
+    def read_block_now(f: Reader, meta: BlobMeta, index: int) -> memoryview | None:
+        """A checked block when it can be read without waiting on the disk,
+        else None; raises Corrupt on rot. The view is good until the next call."""
 
-    def close(f: object) -> Deferred:
+    def close(f: Reader) -> Deferred[None]:
         """Close what :meth:`open` opened."""
 
-    def check(blob_id: str) -> Deferred:
+    def check(blob_id: str) -> Deferred[BlobMeta]:
         """Read a whole blob against its checksums; fails with Corrupt."""
 
-    def corrupt(blob_id: str, why: str) -> Deferred:
+    def corrupt(blob_id: str, why: str) -> Deferred[object]:
         """A copy was found bad: quarantine it and tell the listeners."""
 
-    def sweep() -> Deferred:
-        """Remove metadata left without its blob."""
+    def sweep() -> Deferred[int]:
+        """Remove metadata left without its blob; fires with how many."""
 
-    def inventory(chunk: int = 1000, ids_only: bool = False) -> object:
-        """A cursor over the blobs (their metadata, or ids alone) in id order,
-        whose ``next()`` fires with ``(chunk, more)``."""
+    def inventory(chunk: int = 1000, ids_only: bool = False) -> IInventoryCursor:
+        """A cursor over the blobs (their metadata, or ids alone) in id order."""
+
+
+class IInventoryCursor(Interface):
+    """A device's blobs in id order, a chunk at a time (see :meth:`IDevice.inventory`)."""
+
+    def next() -> Deferred[tuple[list[BlobMeta] | list[str], bool]]:
+        """Fires with ``(chunk, more)``: the next chunk, and whether any blob
+        follows it. Ask only once the last one came."""

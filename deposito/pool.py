@@ -18,9 +18,9 @@ from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from deposito.protocols.blob import BlobClient
+from deposito.protocols.blobclient import BlobClient
 from deposito.roster import Member
-from deposito.splice import same_user
+from deposito.splice.sockets import same_user
 from deposito.twisted_internals import IStreamReactor
 
 # Connections are pooled by where they go: a server's (host, port), or

@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import task
+from twisted.internet.defer import ensureDeferred
 from twisted.application.internet import StreamServerEndpointService
 from twisted.logger import Logger, globalLogPublisher
 
@@ -33,9 +34,6 @@ class ProxyService(service.MultiService):
         self.secret = secret
         self.depot = Depot(reactor, self.db, self.roster, default_replicas=replicas, secret=secret,
                            rebuild=rebuild, collect_rate=collect_rate)
-        self.roster.on_change = self.depot.member_changed
-        self.roster.on_inventory = self.depot.inventory
-        self.roster.on_corrupt = self.depot.corrupt
         self._deaths = task.LoopingCall(self.roster.check)
         self._deaths.clock = reactor
         self.events = EventLog()
@@ -47,13 +45,14 @@ class ProxyService(service.MultiService):
         members = MemberFactory(self.roster, heartbeat, secret, full_listing=lambda: self.depot.rebuilding)
         StreamServerEndpointService(cluster_endpoint, members).setServiceParent(self)
         if http_endpoint is not None:
-            site = status_site(self.depot, self.events, self.metrics, reactor, tokens)
+            downloads = MeteredDepot(self.depot, self.metrics, reactor, via="http")
+            site = status_site(downloads, self.events, self.metrics, reactor, tokens)
             StreamServerEndpointService(http_endpoint, site).setServiceParent(self)
 
     def startService(self) -> None:
         globalLogPublisher.addObserver(self.events)
         self.db.start()
-        self.depot.start().addErrback(lambda f: self.log.failure("starting the depot", f))
+        ensureDeferred(self.depot.start()).addErrback(lambda f: self.log.failure("starting the depot", f))
         self.log.info("proxy catalog in {data}", data=self.data)
         if self.secret is None:
             self.log.warn("no --secret: any process that reaches the cluster port can join as a storage server")
@@ -69,6 +68,4 @@ class ProxyService(service.MultiService):
         globalLogPublisher.removeObserver(self.events)
 
     def stopService(self) -> Any:
-        from twisted.internet.defer import ensureDeferred
-
         return ensureDeferred(self._stop())

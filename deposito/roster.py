@@ -37,6 +37,19 @@ class Member:
     def free(self) -> int:
         return max(0, self.capacity - self.used - self.reserved)
 
+    def reserve(self, size: int) -> None:
+        """Claim room for a copy about to be written here, so placement sees it taken."""
+        self.reserved += size
+
+    def unreserve(self, size: int) -> None:
+        """Give back what :meth:`reserve` claimed, the copy written or not."""
+        self.reserved -= size
+
+    def stored(self, size: int) -> None:
+        """A copy of ``size`` bytes is durable here: count it until the next
+        heartbeat brings the server's own figure."""
+        self.used += size
+
 
 class Roster:
     """Joins, heartbeats and losses of storage servers."""

@@ -6,7 +6,7 @@ import os
 import secrets
 import socket
 import uuid
-from typing import Any, Protocol, Union, cast
+from typing import Any, Union, cast
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
@@ -24,12 +24,12 @@ from twisted.python.failure import Failure
 
 from twisted.internet import defer, task
 
-from deposito.blobmeta import Corrupt
+from deposito.blobmeta import BlobMeta, Corrupt
 from deposito.blobstore import BlobStore
 from deposito.device import Device
 from deposito.errors import NotFound
 from deposito.interfaces import IDevice
-from deposito.protocols.blob import BlobServerFactory
+from deposito.protocols.blobserver import BlobServerFactory
 from deposito.protocols.cluster import JoinProtocol, check_label
 from deposito.protocols.handoff import LocalBlobServerFactory
 
@@ -54,13 +54,6 @@ def node_id(data: str, name: str | None) -> str:
 
 
 INVENTORY_CHUNK = 1000  # blobs per chunk of a listing or a scrub
-
-
-class Cursor(Protocol):
-    """What :meth:`IDevice.inventory` gives (the interface says ``object``)."""
-
-    def next(self) -> defer.Deferred[tuple[list[Any], bool]]:
-        """Fires with (chunk, more): the next chunk of blobs, and whether any follows."""
 
 
 class StorageNode:
@@ -114,7 +107,7 @@ class StorageNode:
         """Chunks read from the disk while the one before goes out, each sent
         once the connection has taken the last."""
         connection.send_listing()
-        cursor = cast(Cursor, self.device.inventory(INVENTORY_CHUNK, ids_only=not connection.full_listing))
+        cursor = self.device.inventory(INVENTORY_CHUNK, ids_only=not connection.full_listing)
         reading = cursor.next()
         more = True
         while more:
@@ -143,11 +136,12 @@ class StorageNode:
 
     async def _scrub(self) -> None:
         checked = bad = 0
-        cursor = cast(Cursor, self.device.inventory(INVENTORY_CHUNK))
+        cursor = self.device.inventory(INVENTORY_CHUNK)
         more = True
         while more:
             entries, more = await cursor.next()
             for meta in entries:
+                assert isinstance(meta, BlobMeta)  # metadata was asked for, not ids alone
                 try:
                     await self.device.check(meta.blob)
                     checked += 1

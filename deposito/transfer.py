@@ -4,8 +4,9 @@
   Each server connection registers a lane as its producer; a lane paused by
   its slow server pauses the client, so nothing is buffered beyond the
   transports' own windows. A lane that fails is dropped and the rest go on.
-- :func:`stream_blob`: one copy streamed to a consumer; if that copy fails
-  mid-stream, the next continues at the same offset.
+- :func:`stream_blob`: a byte range of a blob streamed to a consumer from
+  one copy; if that copy fails mid-stream, the next continues at the same
+  offset, on whichever path (plain, relay, hand-off) each copy takes.
 - :func:`read_small`: a small blob read whole from one copy, so that a
   failure leaves nothing sent and another copy can start afresh.
 - :func:`copy_blob`: a blob relayed from one server to another, the reader
@@ -15,10 +16,10 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -26,9 +27,14 @@ from zope.interface import implementer
 from deposito import twisted_internals
 from deposito.blobmeta import BlockSums
 from deposito.errors import DepositoError, NotFound, Unavailable
-from deposito.protocols.blob import BlobClient, ConnectionLost
+from deposito.protocols.blobclient import BlobClient
+from deposito.protocols.blobwire import ConnectionLost
 from deposito.roster import Member
-from deposito.splice import FanOut, HandOff, ReaderLost, SourceLost, can_fan_out, can_hand_off, can_splice
+from deposito.splice.fanout import FanOut, can_fan_out
+from deposito.splice.handoff import HandOff, can_hand_off
+from deposito.splice.relay import can_splice
+from deposito.splice.sockets import ReaderLost, SourceLost
+from deposito.twisted_internals import IStreamTransport
 
 SPLICE_MIN = 1 << 20  # reads from this size on are spliced where they can be
 SMALL_READ = 64 << 10  # files up to this size may be read whole before any byte is sent (read_small)
@@ -96,9 +102,10 @@ class Upload:
     log = Logger()
 
     def __init__(self, clock: Any, name: str, version: int, blob: str, size: int, replicas: int,
-                 stall_timeout: float = 30.0, release: Release = close) -> None:
+                 stall_timeout: float = 30.0, release: Release = close, targets: Iterable[Member] = ()) -> None:
         self.clock = clock
         self.release = release
+        self.targets = list(targets)  # the servers placed for it, holding room reserved for it
         self.name = name
         self.version = version
         self.blob = blob
@@ -143,7 +150,7 @@ class Upload:
 
     def splice_from(self, source: Any, count: int, progress: Callable[[], None]) -> defer.Deferred | None:
         """Take the next ``count`` bytes from transport ``source`` to every
-        live lane in the kernel (deposito.splice.FanOut); None when that
+        live lane in the kernel (deposito.splice.fanout.FanOut); None when that
         cannot be done (TLS, a small rest), and the caller goes on with
         :meth:`write`. The Deferred fires once all of them are with the
         lanes, or fails when the source went away."""
@@ -223,10 +230,11 @@ class Upload:
             lane.close()
 
 
+@implementer(IConsumer)
 class CountingConsumer:
     """Passes bytes (and a producer) on to ``consumer``, counting the bytes."""
 
-    def __init__(self, consumer: Any) -> None:
+    def __init__(self, consumer: IConsumer) -> None:
         self.consumer = consumer
         self.count = 0
 
@@ -240,14 +248,14 @@ class CountingConsumer:
         if isinstance(self.consumer, CountingConsumer):
             self.consumer.spliced(n)
 
-    def transport(self) -> Any:
+    def transport(self) -> IConsumer:
         """The transport under any counting layers."""
         inner = self.consumer
         while isinstance(inner, CountingConsumer):
             inner = inner.consumer
         return inner
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self.consumer.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
@@ -258,89 +266,136 @@ class CountingConsumer:
         return bool(getattr(self.consumer, "disconnected", False))
 
 
-async def stream_blob(connect: Connect, sources: list[Member], blob: str, size: int,
-                      consumer: Any, started: Callable[[], None] = lambda: None,
+class _Reading:
+    """Where a read of a byte range stands, across the copies it is served from."""
+
+    def __init__(self, blob: str, offset: int, length: int, consumer: IConsumer,
+                 started: Callable[[], None]) -> None:
+        self.blob, self.offset, self.length = blob, offset, length
+        self.consumer = consumer
+        self.sink = CountingConsumer(consumer)
+        self.begun = False  # started() was called: bytes may have gone to the consumer
+        self._started = started
+
+    @property
+    def at(self) -> int:
+        """Where in the blob the next byte comes from."""
+        return self.offset + self.sink.count
+
+    @property
+    def left(self) -> int:
+        return self.length - self.sink.count
+
+    def begin(self) -> None:
+        if not self.begun:
+            self.begun = True
+            self._started()
+
+
+Path = Callable[[BlobClient, _Reading], Awaitable[None]]
+
+
+async def stream_blob(connect: Connect, sources: list[Member], blob: str, offset: int, length: int,
+                      consumer: IConsumer, started: Callable[[], None] = lambda: None,
                       release: Release = close, local: LocalConnect | None = None,
                       missing: Callable[[Member, str], None] = lambda member, blob: None) -> None:
-    """Write ``size`` bytes of ``blob`` to ``consumer`` from the first copy
-    that serves them, moving to the next copy at the same offset on failure.
+    """Write bytes [offset, offset + length) of ``blob`` to ``consumer`` from
+    the first copy that serves them, moving to the next copy at the same
+    byte when one fails, whatever path the bytes took (:func:`_choose`).
 
     ``started`` is called once, before the first byte. Raises Unavailable if
     no copy could be read (then, if ``started`` ran, the stream is short),
-    and ReaderLost when the reader went away. With ``local``, a copy on a
-    server on this host writes into the reader's socket itself (see
+    and ReaderLost when the reader went away, or when a copy on this host
+    that held the reader's socket stopped answering and might still write
+    into it (see deposito.splice.handoff). With ``local``, a copy on a server
+    on this host writes into the reader's socket itself (see
     deposito.protocols.handoff). ``missing(member, blob)`` hears of a copy
     its server says it does not hold.
     """
-    sink = CountingConsumer(consumer)
-    begun = False
+    read = _Reading(blob, offset, length, consumer, started)
     last: Exception | None = None
     for member in sources:
-        if begun and sink.count >= size:
+        if read.begun and read.left <= 0:
             break
         if getattr(consumer, "disconnected", False):  # the reader left: no copy can help
             raise ConnectionLost("the reader went away")
         client = None
         try:
-            target = sink.transport()
-            if local is not None and size - sink.count >= SPLICE_MIN and can_hand_off(target):
-                try:
-                    client = await local(member)
-                except Exception as e:
-                    if not member.up:  # taken for down meanwhile: on to the next copy
-                        raise
-                    Upload.log.info("the local port of {id} failed ({why}): relaying", id=member.id, why=str(e))
-            if client is not None:
-                if await client.open_blob(blob, sink.count) != size - sink.count:
-                    raise SourceLost("this copy has another size")
-                if not begun:
-                    begun = True
-                    started()
-                hand_off = HandOff(client, target, client.request_timeout)
-                try:
-                    await hand_off.run()
-                finally:
-                    sink.spliced(hand_off.moved)
-                if sink.count == size:
-                    return
-                raise SourceLost(f"the storage server sent {hand_off.moved} bytes and stopped")
-            client = await connect(member)
-            relay = size - sink.count >= SPLICE_MIN and can_splice(client.transport, target)
-            if relay:
-                await client.read_blob(blob, sink.count, sink, relay_to=target)
-            else:
-                await client.read_blob(blob, sink.count, sink)
-            if not begun:
-                begun = True
-                started()
-            if relay:  # the client moves the bytes itself (deposito.splice)
-                await client.body
-            else:
-                consumer.registerProducer(client.transport, True)
-                try:
-                    await client.body
-                finally:
-                    consumer.unregisterProducer()
-            if sink.count == size:
+            client, path = await _choose(connect, local, member, read)
+            await path(client, read)
+            if read.left == 0:
                 return
         except ReaderLost:
             raise
-        except DepositoError as e:
+        except Exception as e:  # the copy's failure (DepositoError), connection refused, timeouts
             last = e
             Upload.log.warn("reading {blob} from {id} failed at {offset}: {why}",
-                            blob=blob, id=member.id, offset=sink.count, why=str(e))
+                            blob=blob, id=member.id, offset=read.sink.count, why=str(e))
             if isinstance(e, NotFound):  # the server lacks the copy the catalog counts
                 missing(member, blob)
-        except Exception as e:  # connection refused, timeouts
-            last = e
-            Upload.log.warn("reading {blob} from {id} failed at {offset}: {why}",
-                            blob=blob, id=member.id, offset=sink.count, why=str(e))
         finally:
             if client is not None:
                 release(client)
-    if begun and sink.count == size:
+    if read.begun and read.left == 0:
         return
     raise Unavailable(f"no copy is reachable ({last})" if last else "no copy is reachable")
+
+
+async def _choose(connect: Connect, local: LocalConnect | None, member: Member,
+                  read: _Reading) -> tuple[BlobClient, Path]:
+    """A connection to ``member`` and the path for the rest of the read:
+    hand-off when its server is on this host and the reader's socket can be
+    passed to it, relay when both sockets are plain TCP, else plain. Only a
+    read of SPLICE_MIN or more takes the kernel's paths."""
+    target = read.sink.transport()
+    big = read.left >= SPLICE_MIN
+    if local is not None and big and can_hand_off(target):
+        try:
+            client = await local(member)
+        except Exception as e:
+            if not member.up:  # taken for down meanwhile: on to the next copy
+                raise
+            Upload.log.info("the local port of {id} failed ({why}): relaying", id=member.id, why=str(e))
+        else:
+            if client is not None:
+                return client, _hand_off
+    client = await connect(member)
+    if big and can_splice(client.transport, target):
+        return client, _relay
+    return client, _plain
+
+
+async def _hand_off(client: BlobClient, read: _Reading) -> None:
+    """The server writes the rest into the reader's socket (deposito.splice.handoff)."""
+    if await client.open_blob(read.blob, read.at, read.left) != read.left:
+        raise SourceLost("this copy has another size")
+    read.begin()
+    hand_off = HandOff(client, cast(IStreamTransport, read.sink.transport()), client.request_timeout)
+    try:
+        await hand_off.run()
+    finally:
+        read.sink.spliced(hand_off.moved)
+    if read.left != 0:
+        raise SourceLost(f"the storage server sent {hand_off.moved} bytes and stopped")
+
+
+async def _relay(client: BlobClient, read: _Reading) -> None:
+    """The client splices the rest from its socket into the reader's (deposito.splice.relay)."""
+    target = cast(IStreamTransport, read.sink.transport())
+    await client.read_blob(read.blob, read.at, read.sink, relay_to=target, length=read.left)
+    read.begin()
+    await client.body
+
+
+async def _plain(client: BlobClient, read: _Reading) -> None:
+    """The bytes come up through the proxy, the server's socket paused by the reader."""
+    await client.read_blob(read.blob, read.at, read.sink, length=read.left)
+    read.begin()
+    read.consumer.registerProducer(client.transport, True)
+    try:
+        await client.body
+    finally:
+        read.consumer.unregisterProducer()
 
 
 class _Collect:
@@ -386,6 +441,7 @@ def read_small(client: BlobClient, blob: str, size: int, release: Release = clos
     return d
 
 
+@implementer(IConsumer)
 class _Relay:
     """Passes bytes from a reader to a blob upload on another server."""
 
@@ -397,7 +453,7 @@ class _Relay:
         self.sums.update(data)
         self.writer.send(data)
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self.writer.transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
@@ -423,7 +479,7 @@ async def copy_blob(connect: Connect, sources: list[Member], target: Member, blo
         stored = writer.write_blob(blob, size, version, replicas, name, cache=cache)
         relay = _Relay(writer)
         try:
-            await stream_blob(connect, sources, blob, size, relay, release=release)
+            await stream_blob(connect, sources, blob, 0, size, relay, release=release)
         except BaseException:
             stored.addErrback(lambda _: None)
             raise

@@ -13,10 +13,12 @@ breaks one fails a test instead of silently slowing or breaking a path.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IReactorFDSet, IReactorTime
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorFDSet, IReactorTime, ITCPTransport
+from zope.interface import Attribute
 
 _PLAIN_TCP = (tcp.Server, tcp.Client)
 
@@ -24,6 +26,30 @@ _PLAIN_TCP = (tcp.Server, tcp.Client)
 class IStreamReactor(IReactorTime, IReactorFDSet):
     """A reactor as the fast paths use it: a clock that also watches sockets.
     Every reactor Twisted ships is both."""
+
+
+class IStreamTransport(ITCPTransport, IConsumer, IPushProducer):
+    """A socket transport as the fast paths use it: what Twisted's own
+    (abstract.FileDescriptor, tcp.Connection, unix.Connection) offer beyond
+    ITCPTransport. Twisted declares no interface for these members; the
+    test of :func:`is_plain_tcp`'s facts checks tcp.Server and tcp.Client
+    have them."""
+
+    connected = Attribute("True from the connection's start until it is lost")
+    disconnecting = Attribute("True once the connection is being closed")
+    producer = Attribute("The producer registered with it, or None")
+
+    def fileno() -> int:
+        """The socket's descriptor (-1 once it is closed)."""
+
+    def getHandle() -> socket.socket:
+        """The socket itself."""
+
+    def startReading() -> None:
+        """Watch the socket for bytes to read again."""
+
+    def stopReading() -> None:
+        """Stop reading the socket."""
 
 
 # -- socket transports (twisted.internet.tcp, twisted.internet.abstract)

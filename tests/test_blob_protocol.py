@@ -14,7 +14,8 @@ from twisted.internet.testing import StringTransport
 from deposito.blobstore import BlobStore, new_blob_id
 from deposito.device import Device
 from deposito.errors import NotFound
-from deposito.protocols.blob import BlobClient, BlobServerFactory
+from deposito.protocols.blobclient import BlobClient
+from deposito.protocols.blobserver import BlobServerFactory
 from tests.test_blobstore import sums
 from tests.test_diskio import direct_possible
 
@@ -153,11 +154,11 @@ def test_a_slow_reader_gets_every_byte_sent_from_the_cache_or_around_it(tmp_path
     process. Either way, a reader that keeps pausing gets exactly the blob."""
     import socket as socketlib
 
-    from deposito.protocols import blob as blobmodule
+    from deposito import sender as sendermodule
 
     calls = []
-    real = blobmodule._SENDFILE
-    monkeypatch.setattr(blobmodule, "_SENDFILE", lambda *a: calls.append(a[3]) or real(*a))
+    real = sendermodule._SENDFILE
+    monkeypatch.setattr(sendermodule, "_SENDFILE", lambda *a: calls.append(a[3]) or real(*a))
     device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 30)
     on_thread = []
     real_read = device.read_block

@@ -2,7 +2,7 @@
 
 In-process, on real sockets: the blob port and the local port of one device,
 a reader's TCP connection accepted as the proxy accepts one, and the proxy's
-side of the hand-off (deposito.splice.HandOff) counting what reached it.
+side of the hand-off (deposito.splice.handoff.HandOff) counting what reached it.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from deposito.blobstore import BlobStore, new_blob_id
 from deposito.device import Device
 from deposito.diskio import DIRECT_MIN
 from deposito.errors import BadArgs, BadCommand, DepositoError
-from deposito.protocols.blob import BlobClient, BlobServerFactory
+from deposito.protocols.blobclient import BlobClient
+from deposito.protocols.blobserver import BlobServerFactory
 from deposito.protocols.handoff import LocalBlobServerFactory
-from deposito.splice import HandOff, ReaderLost, can_hand_off
+from deposito.splice.handoff import HandOff, can_hand_off
+from deposito.splice.sockets import ReaderLost
 from tests.test_blobstore import sums
 
 
@@ -68,12 +70,12 @@ class Setup:
         self.clients: list = []
 
     @defer.inlineCallbacks
-    def start(self, data: bytes, cache: bool = False):
+    def start(self, data: bytes, cache: bool = False, blob: str | None = None):
         self.ports.append((yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             BlobServerFactory(reactor, self.device))))
         self.ports.append(reactor.listenUNIX(self.name, LocalBlobServerFactory(reactor, self.device, None, self.key)))
         writer = yield self.blob_client()
-        self.blob = new_blob_id()
+        self.blob = blob or new_blob_id()
         d = writer.write_blob(self.blob, len(data), 1, 2, "file", cache=cache)
         writer.send(data)
         writer.end(*sums(data))

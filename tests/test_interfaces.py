@@ -11,6 +11,7 @@ from zope.interface.verify import verifyClass, verifyObject
 from deposito.blobstore import BlobStore
 from deposito.catalog import Catalog, CatalogThread
 from deposito.depot import Depot
+from deposito.depot.writes import Writer
 from deposito.device import Device
 from deposito.events import MeteredDepot, Metrics
 from deposito.interfaces import ICatalog, ICopier, IDepot, IDevice, IWorkCatalog
@@ -19,13 +20,19 @@ from tests.test_text_protocol import FakeDepot
 
 
 def test_the_depot_and_its_catalog(tmp_path):
-    """The depot is also the reconciler's copier."""
+    """The depot's writer is also the reconciler's copier."""
     reactor = MemoryReactorClock()
     db = CatalogThread(reactor, Catalog(str(tmp_path)))
     try:
         assert verifyObject(ICatalog, db) and verifyObject(IWorkCatalog, db)
-        depot = Depot(reactor, db, Roster(reactor))
-        assert verifyObject(IDepot, depot) and verifyObject(ICopier, depot)
+        roster = Roster(reactor)
+        depot = Depot(reactor, db, roster)
+        assert verifyObject(IDepot, depot)
+        assert verifyClass(ICopier, Writer) and verifyObject(ICopier, depot.writer)
+        assert depot.reconciler.copier is depot.writer
+        assert roster.on_change == depot.member_changed and roster.on_corrupt == depot.corrupt
+        assert roster.on_inventory == depot.inventories.inventory
+        assert "connect" not in IDepot  # byte ranges go through read, like whole files
     finally:
         db.stop()
 
@@ -66,15 +73,17 @@ def test_the_metered_depot_counts_puts_and_gets_and_passes_the_rest_through():
         def write(self, data):
             got.append(data)
 
-    _result(metered.read(record, Sink(), lambda: None))
+    _result(metered.read(record, Sink(), started=lambda: None))
     assert got == [b"hello"]
+    _result(metered.read(record, Sink(), 1, 3))
+    assert got == [b"hello", b"ell"]
     assert _result(metered.status()) == {"files": 1, "bytes": 5}
     assert _result(metered.delete("f")) == record and depot.files == {}
     value = metrics.registry.get_sample_value
     assert value("deposito_requests_total", {"command": "PUT", "via": "text", "outcome": "ok"}) == 1
-    assert value("deposito_requests_total", {"command": "GET", "via": "text", "outcome": "ok"}) == 1
+    assert value("deposito_requests_total", {"command": "GET", "via": "text", "outcome": "ok"}) == 2
     assert value("deposito_received_bytes_total", {"via": "text"}) == 5
-    assert value("deposito_sent_bytes_total", {"via": "text"}) == 5
+    assert value("deposito_sent_bytes_total", {"via": "text"}) == 8
     assert value("deposito_request_duration_seconds_sum", {"command": "PUT", "via": "text"}) == 2
 
 
@@ -86,3 +95,21 @@ def _result(awaitable):
     if isinstance(results[0], Failure):
         results[0].raiseException()
     return results[0]
+
+
+def test_the_metered_depot_counts_http_downloads_and_readers_that_left():
+    depot, metrics, clock = FakeDepot(), Metrics(), task.Clock()
+    depot.files["f"] = b"hello"
+    metered = MeteredDepot(depot, metrics, clock, via="http")
+    record = _result(metered.lookup("f"))
+
+    class Gone:
+        disconnected = True
+
+        def write(self, data):
+            pass
+
+    _result(metered.read(record, Gone(), 2))
+    value = metrics.registry.get_sample_value
+    assert value("deposito_requests_total", {"command": "GET", "via": "http", "outcome": "aborted"}) == 1
+    assert value("deposito_sent_bytes_total", {"via": "http"}) == 3

@@ -9,7 +9,8 @@ from twisted.internet.protocol import Factory
 from deposito.blobstore import BlobStore, new_blob_id
 from deposito.device import Device
 from deposito.pool import BlobPool
-from deposito.protocols.blob import BlobClient, BlobServerFactory
+from deposito.protocols.blobclient import BlobClient
+from deposito.protocols.blobserver import BlobServerFactory
 from deposito.roster import Member
 from tests.test_blob_protocol import settle
 

@@ -10,8 +10,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, protocol, reactor, task
 
-from deposito import splice
-from deposito.splice import FanOut, ReaderLost, Relay, SourceLost, TargetGone, can_fan_out, can_splice
+from deposito.splice import fanout
+from deposito.splice.fanout import FanOut, TargetGone, can_fan_out
+from deposito.splice.relay import Relay, can_splice
+from deposito.splice.sockets import ReaderLost, SourceLost
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="no splice() here")
 
@@ -216,7 +218,7 @@ def fan_out(source, targets, count, absorbed, dropped, live=lambda i: True, stal
                   live, lambda i, why: dropped.append((i, why)), stall)
 
 
-needs_tee = pytest.mark.skipif(splice._TEE is None, reason="no tee() here")
+needs_tee = pytest.mark.skipif(fanout._TEE is None, reason="no tee() here")
 
 
 @needs_tee
@@ -334,7 +336,7 @@ def test_a_copy_lost_while_the_reader_waits_on_earlier_bytes_leaves_the_reader_t
     """The relay waits for the reader's transport to send what Twisted holds
     for it; a copy lost meanwhile lets go of that transport, so the next copy
     relays into it from the same offset."""
-    from deposito.protocols.blob import ConnectionLost
+    from deposito.protocols.blobwire import ConnectionLost
     from deposito.transfer import CountingConsumer
     from tests.test_handoff import Setup
 

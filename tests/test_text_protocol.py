@@ -85,12 +85,10 @@ class FakeDepot:
     def read_small(self, record):
         return None  # the streamed read is the way
 
-    async def read(self, record, consumer, started):
+    async def read(self, record, consumer, offset=0, length=None, started=lambda: None):
         started()
-        consumer.write(self.files[record.name])
-
-    async def connect(self, member):
-        raise Unavailable("no storage server behind this depot")
+        data = self.files[record.name]
+        consumer.write(data[offset:] if length is None else data[offset:offset + length])
 
     def copy_missing(self, member, blob):
         self.missing = [*getattr(self, "missing", []), (member.id, blob)]
@@ -369,9 +367,9 @@ class SmallReadDepot(FakeDepot):
         self.pending.append(d)
         return d
 
-    async def read(self, record, consumer, started):
+    async def read(self, record, consumer, offset=0, length=None, started=lambda: None):
         self.streamed += 1
-        await super().read(record, consumer, started)
+        await super().read(record, consumer, offset, length, started=started)
 
 
 def small_get(data, request):
@@ -415,9 +413,9 @@ class SlowDepot(FakeDepot):
     def read_small(self, record):
         return task.deferLater(reactor, 0.1, lambda: [self.files[record.name]])
 
-    async def read(self, record, consumer, started):
+    async def read(self, record, consumer, offset=0, length=None, started=lambda: None):
         await task.deferLater(reactor, 0.1, lambda: None)
-        await super().read(record, consumer, started)
+        await super().read(record, consumer, offset, length, started=started)
 
 
 def _ask_and_half_close(port, request):

@@ -8,7 +8,7 @@ from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
 from deposito.blobmeta import BlockSums
-from deposito.protocols.blob import BlobClient
+from deposito.protocols.blobclient import BlobClient
 from deposito.roster import Member
 from deposito.transfer import Upload
 

@@ -121,6 +121,22 @@ def test_the_reactor_keeps_time_and_watches_sockets():
 
 
 @pytest_twisted.inlineCallbacks
+def test_socket_transports_have_what_a_stream_transport_names():
+    from twisted.internet import unix
+    from zope.interface.verify import verifyClass
+
+    for cls in (tcp.Server, tcp.Client, unix.Server, unix.Client):
+        assert verifyClass(ti.IStreamTransport, cls, tentative=True)
+    server, speer = yield accepted()
+    try:
+        t = server.transport
+        assert t.connected and not t.disconnecting and t.producer is None
+        assert t.getHandle().fileno() == t.fileno()
+    finally:
+        yield close(server, speer)
+
+
+@pytest_twisted.inlineCallbacks
 def test_plain_tcp_server_and_client_are_told_apart():
     server, speer = yield accepted()
     client, cpeer = yield made()

@@ -32,7 +32,8 @@ from deposito.events import EventLog, Metrics, json_log
 from deposito.placement import read_order
 from deposito.proxy import ProxyService
 from deposito.roster import Member
-from deposito.web import parse_range, render_page
+from deposito.statuspage import render_page
+from deposito.web import parse_range
 from tests.cluster import TWISTD, Cluster, free_port, poll, sha
 
 ARTIFACTS = Path(os.environ.get("DEPOSITO_ARTIFACTS") or Path(__file__).resolve().parent.parent / "build"

@@ -6,7 +6,7 @@ server holding the copy runs on the proxy's own host, the proxy passes the
 client's socket itself to that server (SCM_RIGHTS over a Unix socket); the
 server writes the checked blocks into it, and the proxy drops out of the data
 path until the blob has gone out. The proxy still counts every byte (from the
-socket's own counters, see deposito.splice.written) and still moves on to the
+socket's own counters, see deposito.splice.sockets.written) and still moves on to the
 next copy at the same offset when one fails.
 
 The server listens on an abstract Unix socket (Linux; no file to leave behind)
@@ -18,12 +18,14 @@ protocol's own:
 
     KEY
         reply ``OK <key>``.
-    OPEN <blob> <offset>
-        reply ``OK <remaining> size=<size>``; the blob stays open for SEND.
+    OPEN <blob> <offset> [<length>]
+        reply ``OK <count> size=<size>``: <count> bytes from <offset>, to the
+        end or <length> of them, as for READ (a range not within the blob is
+        an ERR); the blob stays open for SEND.
     SEND
-        with one non-blocking stream socket passed alongside: the opened blob
-        from <offset>, each block checked before it is written into that
-        socket; reply ``OK sent`` once all of it is in the socket, or
+        with one non-blocking stream socket passed alongside: those bytes of
+        the opened blob, each block they touch checked (whole) before any of
+        it is written into that socket; reply ``OK sent`` once all of it is in the socket, or
         ``ERR <code> <message>`` once nothing more will be written (a copy
         that failed its check, a read error, a socket that took no more).
 
@@ -38,16 +40,21 @@ import fcntl
 import os
 import socket
 import stat
-from typing import Any, Callable
+from typing import Callable
 
-from twisted.internet.interfaces import IFileDescriptorReceiver
+from twisted.internet.interfaces import IAddress, IFileDescriptorReceiver, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from deposito.blobmeta import BlobMeta
+from deposito.diskio import Reader
 from deposito.errors import BadArgs, BadCommand, Unavailable
-from deposito.protocols.blob import BlobSender, BlobServerProtocol
-from deposito.splice import SocketWaiter, same_user
+from deposito.interfaces import IDevice
+from deposito.protocols.blobserver import BlobServerProtocol
+from deposito.protocols.blobwire import body_reply
+from deposito.sender import BlobSender
+from deposito.splice.sockets import SocketWaiter, same_user
 from deposito.twisted_internals import IStreamReactor
 
 
@@ -60,10 +67,10 @@ class PassedSocket:
 
     passed = True  # BlobSender: sendfile while nothing of ours waits (see idle)
 
-    def __init__(self, reactor: Any, fd: int, finished: Callable[[str | None], None]) -> None:
+    def __init__(self, reactor: IStreamReactor, fd: int, finished: Callable[[str | None], None]) -> None:
         self.reactor, self.fd, self.finished = reactor, fd, finished
         self._socket = socket.socket(fileno=fd)  # owns fd from now on
-        self.producer: Any = None
+        self.producer: IPushProducer | None = None
         self.connected = True
         self.disconnecting = False
         self._pending = b""
@@ -81,7 +88,7 @@ class PassedSocket:
         return (self.connected and not self.disconnecting and not self._pending
                 and bool(fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_NONBLOCK))
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         self.producer = producer
 
     def unregisterProducer(self) -> None:
@@ -162,11 +169,11 @@ def _writable_stream(fd: int) -> bool:
 class LocalBlobServerProtocol(BlobServerProtocol):
     """The blob protocol on the local port, with KEY, OPEN and SEND."""
 
-    def __init__(self, reactor: IStreamReactor, device: Any, secret: bytes | None, key: str) -> None:
+    def __init__(self, reactor: IStreamReactor, device: IDevice, secret: bytes | None, key: str) -> None:
         super().__init__(reactor, device, secret)
         self.key = key
         self._fds: list[int] = []
-        self._open: tuple[Any, Any, int] | None = None
+        self._open: tuple[Reader, BlobMeta, int, int] | None = None  # (file, metadata, offset, end)
         self._passed: PassedSocket | None = None
 
     def connectionMade(self) -> None:
@@ -186,17 +193,17 @@ class LocalBlobServerProtocol(BlobServerProtocol):
     def do_KEY(self) -> None:
         self.reply(f"OK {self.key}")
 
-    def do_OPEN(self, blob: str, offset: str) -> None:
+    def do_OPEN(self, blob: str, offset: str, length: str = "") -> None:
         if self._open is not None or self._passed is not None:
             raise BadCommand("one OPEN at a time")
-        self.open_blob(blob, offset, self._opened_for_send)
+        self.open_blob(blob, offset, length, self._opened_for_send)
 
-    def _opened_for_send(self, f: Any, meta: Any, offset: int) -> None:
+    def _opened_for_send(self, f: Reader, meta: BlobMeta, offset: int, end: int) -> None:
         if not self.transport.connected:
             self.device.close(f)
             return
-        self._open = (f, meta, offset)
-        self.reply(f"OK {meta.size - offset} size={meta.size}")
+        self._open = (f, meta, offset, end)
+        self.reply(body_reply(end - offset, meta.size))
         self.resumeProducing()
 
     def do_SEND(self) -> None:
@@ -210,11 +217,11 @@ class LocalBlobServerProtocol(BlobServerProtocol):
         if not _writable_stream(fd):
             os.close(fd)
             raise BadArgs("what came with SEND is not a non-blocking stream socket")
-        (f, meta, offset), self._open = self._open, None
+        (f, meta, offset, end), self._open = self._open, None
         self.paused = True
         self._passed = PassedSocket(self.reactor, fd, self._sent_to_socket)
-        self._sender = BlobSender(self.reactor, self.device, f, meta, offset, self._passed, self._passed.loseConnection,
-                                  self.resetTimeout)
+        self._sender = BlobSender(self.reactor, self.device, f, meta, offset, end, self._passed,
+                                  self._passed.loseConnection, self.resetTimeout)
         self._sender.start()
 
     def _sent_to_socket(self, why: str | None) -> None:
@@ -230,7 +237,7 @@ class LocalBlobServerProtocol(BlobServerProtocol):
             self.fail(Unavailable(why))
         self.resumeProducing()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)  # stops a sender
         if self._passed is not None:
             self._passed.close()
@@ -244,10 +251,10 @@ class LocalBlobServerProtocol(BlobServerProtocol):
 
 
 class LocalBlobServerFactory(Factory):
-    def __init__(self, reactor: IStreamReactor, device: Any, secret: bytes | None, key: str) -> None:
+    def __init__(self, reactor: IStreamReactor, device: IDevice, secret: bytes | None, key: str) -> None:
         self.reactor, self.device, self.secret, self.key = reactor, device, secret, key
 
-    def buildProtocol(self, addr: Any) -> LocalBlobServerProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> LocalBlobServerProtocol:
         p = LocalBlobServerProtocol(self.reactor, self.device, self.secret, self.key)
         p.factory = self
         return p

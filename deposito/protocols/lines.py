@@ -10,12 +10,11 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IConsumer, IPushProducer, ISystemHandle, ITCPTransport
 from twisted.protocols.basic import LineReceiver
-from zope.interface import Attribute
 
 from deposito import twisted_internals
 from deposito.errors import BadArgs, BadCommand
+from deposito.twisted_internals import IStreamTransport
 
 MAX_LINE = 8192
 STREAM_READ = 256 << 10  # bytes asked of the socket per read
@@ -34,16 +33,6 @@ def tune_for_streams(transport: Any) -> None:
             transport.setTcpNoDelay(True)
         except OSError:  # not TCP
             pass
-
-
-class IStreamTransport(ITCPTransport, ISystemHandle, IConsumer, IPushProducer):
-    """A connection's transport as Twisted's own are (TCP, UNIX, TLS), though
-    they do not all declare it: it takes a producer (a file's bytes sent)
-    and is one (paused while a reader's consumer is full), has a socket, and
-    says whether it is open."""
-
-    connected = Attribute("True while the connection is open")
-    disconnecting = Attribute("True once it is being closed")
 
 
 class LineProtocol(LineReceiver):

@@ -268,7 +268,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             self.reply(header)
 
         try:
-            await self.depot.read(record, self.transport, started)
+            await self.depot.read(record, self.transport, started=started)
         except DepositoError as e:
             if sent:  # the byte count cannot be kept: the connection must go
                 self.log.warn("GET {name} broke mid-stream: {why}", name=record.name, why=str(e))

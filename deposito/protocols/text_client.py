@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from deposito.errors import DepositoError, from_reply
 from deposito.localfile import Writable
-from deposito.protocols.lines import IStreamTransport
+from deposito.twisted_internals import IStreamTransport
 from deposito.wire import (
     CHUNK_SIZE,
     MAX_REPLY_LINE,

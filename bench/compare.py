@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Two versions of Deposito side by side, in one run: did a change slow a cell?
+
+    git worktree add /tmp/deposito-old <commit> && make -C /tmp/deposito-old install
+    .venv/bin/python bench/compare.py --old /tmp/deposito-old          # 9 runs per cell
+    .venv/bin/python bench/compare.py --old /tmp/deposito-old --quick  # 3 runs, 3 s phases
+
+Each checkout runs its own cluster (a proxy and 3 servers, from its own
+.venv) and the two take turns cell by cell and run by run, the first one
+rotating, with the same cells as bench/run.py: PUT and GET of 1 MiB, 64 MiB
+and 1 GiB with 1-3 copies, and 4 KiB files at concurrency 1, 16 and 64.
+A cell is flagged when the new figure is more than 5% below the old.
+
+Writes bench/COMPARE.md and the raw figures (bench/work/compare-<time>.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import CHECKOUT, HERE, KiB, DepositoCluster, Processes, human, loadavg, machine, make_file
+from run import DepositoSystem, log, parse_size, small_files, throughput
+
+SLOWER = 0.95  # a new figure below this share of the old is flagged
+
+
+def commit_of(checkout: Path) -> str:
+    out = subprocess.run(["git", "log", "-1", "--format=%h %s"], capture_output=True, text=True, cwd=checkout)
+    return out.stdout.strip() or str(checkout)
+
+
+def side(procs: Processes, root: Path, checkout: Path, key: str) -> DepositoSystem:
+    system = DepositoSystem(DepositoCluster(procs, root / key, prefix=f"{key}-", checkout=checkout))
+    system.key = system.label = key
+    return system
+
+
+def rows(res: dict) -> list[tuple[str, float, float]]:
+    """(cell, old figure, new figure) for every cell both measured."""
+    out = []
+    old, new = res["old"], res["new"]
+    for cell, o in old["throughput"]["cells"].items():
+        n = new["throughput"]["cells"][cell]
+        size, copies = cell.split(":")
+        for op in ("put", "get"):
+            if f"{op}_mibps" in o and f"{op}_mibps" in n:
+                out.append((f"{op.upper()} {human(int(size))}, {copies} copies (MiB/s)",
+                            o[f"{op}_mibps"], n[f"{op}_mibps"]))
+    for level, o in old["small"].items():
+        if level == "peak_rss":
+            continue
+        n = new["small"][level]
+        for op in ("put", "get"):
+            if op in o and op in n:
+                out.append((f"{op.upper()} 4 KiB, c={level} (ops/s)", o[op]["ops_per_s"], n[op]["ops_per_s"]))
+    return out
+
+
+def describe(m: dict) -> str:
+    return (f"{m.get('cpu', '?')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB;"
+            f" Python {m.get('python')}, Twisted {m.get('twisted', '?')}")
+
+
+def render(res: dict, path: Path) -> None:
+    table = rows(res)
+    slower = [r for r in table if r[2] < SLOWER * r[1]]
+    lines = [
+        "# Deposito, old and new side by side",
+        "",
+        f"Measured {res['started']} by `{res['command']}` ({res['runs']} run(s) per cell, median;"
+        f" {res['small_duration']:.0f} s per small-file phase; {res['elapsed_s']:.0f} s in all).",
+        "",
+        f"- old: {res['old']['commit']}",
+        f"- new: {res['new']['commit']}",
+        f"- machine: {describe(res['machine'])}; load average at start {res['loadavg_start']}, at end {res['loadavg_end']}",
+        "- Both clusters ran at once and took turns run by run, so a drift in the machine's load falls on both.",
+        "",
+        "| cell | old | new | new/old |",
+        "|---|---|---|---|",
+    ]
+    for name, o, n in table:
+        flag = " **slower**" if n < SLOWER * o else ""
+        lines.append(f"| {name} | {o:,.0f} | {n:,.0f} | {n / o:.2f}x{flag} |")
+    lines += ["", f"Cells more than {100 - SLOWER * 100:.0f}% below the old figure: {len(slower)}"
+              + (" (" + "; ".join(r[0] for r in slower) + ")" if slower else "") + ".", ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--old", required=True, type=Path, help="the other checkout, with its .venv installed")
+    ap.add_argument("--quick", action="store_true", help="3 runs per cell, 3 s small-file phases")
+    ap.add_argument("--sizes", default="1MiB,64MiB,1GiB")
+    ap.add_argument("--replicas", default="1,2,3")
+    ap.add_argument("--runs", type=int, help="runs per cell (median taken); default 9, quick 3")
+    ap.add_argument("--levels", default="1,16,64")
+    ap.add_argument("--small-duration", type=float, help="seconds per small-file phase (default 10, quick 3)")
+    ap.add_argument("--workdir", default=tempfile.gettempdir())
+    ap.add_argument("--out", default=str(HERE / "COMPARE.md"))
+    a = ap.parse_args(argv)
+    sizes = [parse_size(s) for s in a.sizes.split(",")]
+    replicas = [int(r) for r in a.replicas.split(",")]
+    runs = a.runs or (3 if a.quick else 9)
+    levels = [int(x) for x in a.levels.split(",")]
+    duration = a.small_duration or (3.0 if a.quick else 10.0)
+    started = time.time()
+    res: dict = {"started": time.strftime("%Y-%m-%d %H:%M"), "runs": runs, "small_duration": duration,
+                 "machine": machine(), "loadavg_start": loadavg(),
+                 "command": " ".join(["bench/compare.py"] + (argv if argv is not None else sys.argv[1:])),
+                 "old": {"commit": commit_of(a.old)}, "new": {"commit": commit_of(CHECKOUT)}}
+    root = Path(tempfile.mkdtemp(prefix="deposito-compare-", dir=a.workdir))
+    procs = Processes()
+    try:
+        files = {}
+        for size in sizes:
+            p = root / f"src-{size}.bin"
+            files[size] = (p, make_file(p, size))
+        log("starting both clusters")
+        systems = [side(procs, root, a.old.resolve(), "old"), side(procs, root, CHECKOUT, "new")]
+        for key, out in throughput(systems, files, replicas, runs, True).items():
+            res[key]["throughput"] = out
+        for key, out in small_files(systems, levels, 4 * KiB, 2, duration, 100_000).items():
+            res[key]["small"] = out
+        res["loadavg_end"] = loadavg()
+    finally:
+        procs.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    res["elapsed_s"] = time.time() - started
+    (HERE / "work").mkdir(exist_ok=True)
+    jpath = HERE / "work" / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    jpath.write_text(json.dumps(res, indent=1))
+    render(res, Path(a.out))
+    log(f"wrote {a.out} and {jpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

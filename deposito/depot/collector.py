@@ -1,0 +1,131 @@
+"""Garbage collection: copies the catalog no longer counts, deleted from their servers."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from deposito.interfaces import ICatalog
+from deposito.pool import BlobPool
+from deposito.roster import Roster
+
+COLLECT_PAGE = 500  # garbage copies read from the catalog at once
+DELETES_AT_ONCE = 4  # per server
+REMEMBER_DELETES = 600.0  # seconds a delete is remembered for the inventories that may still list it
+
+
+class Collector:
+    """Deletes garbage copies from the servers that are up, in bounded pages
+    at a bounded rate, every ``every`` seconds or sooner when kicked. Remembers
+    when each delete landed, for the inventories listed before it."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, db: ICatalog, roster: Roster, pool: BlobPool,
+                 every: float = 2.0, rate: float = 1000.0) -> None:
+        self.clock = clock
+        self.db = db
+        self.roster = roster
+        self.pool = pool
+        self.every = every
+        self.rate = rate  # garbage copies deleted a second, at most
+        self._loop = task.LoopingCall(self._collect)
+        self._loop.clock = clock
+        self._collecting: defer.Deferred[None] | None = None
+        # (blob, server) -> when its delete landed: an inventory listed before
+        # that moment may still name the blob, and must not count it again
+        self._deleted: dict[tuple[str, str], float] = {}
+
+    @property
+    def busy(self) -> bool:
+        """A page of deletes is under way."""
+        return self._collecting is not None
+
+    def start(self) -> None:
+        self._loop.start(self.every, now=False)
+
+    async def stop(self) -> None:
+        """Stop; a page of deletes under way gets a few seconds at most."""
+        if self._loop.running:
+            self._loop.stop()
+        if self._collecting is not None:
+            await self._collecting.addTimeout(5.0, self.clock).addErrback(lambda f: f.trap(defer.TimeoutError))
+
+    def kick(self) -> None:
+        """Collect garbage soon, rather than at the next tick."""
+        if self._collecting is None and self._loop.running:
+            self.clock.callLater(0, self._collect)
+
+    def deleted_at(self, blob: str, server: str) -> float | None:
+        """When the copy of ``blob`` on ``server`` was deleted, if lately."""
+        return self._deleted.get((blob, server))
+
+    def forget_old_deletes(self) -> None:
+        now = self.clock.seconds()
+        self._deleted = {k: t for k, t in self._deleted.items() if now - t < REMEMBER_DELETES}
+
+    def _collect(self) -> None:
+        if self._collecting is not None:
+            return
+        self._collecting = defer.ensureDeferred(self._collect_once())
+        self._collecting.addErrback(lambda f: self.log.failure("collecting garbage", f))
+        self._collecting.addBoth(self._collected)
+
+    def _collected(self, _: object) -> None:
+        self._collecting = None
+
+    async def _collect_once(self) -> None:
+        """Delete the garbage on the servers that are up, a page at a time,
+        several deletes at once per server, with no pause while pages are
+        full, and at most ``rate`` deletes a second."""
+        while self._loop.running:
+            began = self.clock.seconds()
+            page = await self.db.garbage([m.id for m in self.roster.up()], COLLECT_PAGE)
+            by_server: dict[str, list[str]] = {}
+            for blob, server in page:
+                by_server.setdefault(server, []).append(blob)
+            done = await defer.gatherResults([defer.ensureDeferred(self._delete_from(server, blobs))
+                                              for server, blobs in by_server.items()])
+            gone = [pair for pairs in done for pair in pairs]
+            now = self.clock.seconds()
+            for pair in gone:
+                self._deleted[pair] = now
+            if gone:
+                await self.db.forget_garbage(gone)
+            if len(page) < COLLECT_PAGE or len(gone) < len(page):
+                return  # all done, or some could not go yet: the next tick tries again
+            pause = len(gone) / self.rate - (self.clock.seconds() - began)
+            if pause > 0:
+                await task.deferLater(self.clock, pause)
+
+    async def _delete_from(self, server: str, blobs: list[str]) -> list[tuple[str, str]]:
+        """Delete ``blobs`` from one server over a few connections at once;
+        returns the (blob, server) pairs deleted."""
+        member = self.roster.get(server)
+        if member is None or not member.up:
+            return []
+        todo = iter(blobs)
+        gone: list[tuple[str, str]] = []
+
+        async def worker() -> None:
+            client = await self.pool.connect(member)
+            try:
+                for blob in todo:
+                    await client.delete_blob(blob)
+                    gone.append((blob, server))
+            finally:
+                self.pool.release(client)
+
+        results = await defer.DeferredList([defer.ensureDeferred(worker()) for _ in range(DELETES_AT_ONCE)],
+                                           consumeErrors=True)
+        for ok, result in results:
+            if not ok:
+                failure = cast(Failure, result)  # DeferredList's type leaves out the failures
+                self.log.warn("cannot delete garbage from {id} yet: {why}", id=server,
+                              why=failure.getErrorMessage())
+                break
+        return gone

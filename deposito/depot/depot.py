@@ -1,0 +1,210 @@
+"""The proxy's depot: what the gateways call, composed of its parts.
+
+The Depot knows nothing of sockets on the client side: the gateways call it
+(as IDepot), and it answers with records or DepositoError. It wires the
+parts (writes, reads, the collector, the rebuilder, inventories) to the
+catalog (an ICatalog), the roster of storage servers, the connection pool
+and the reconciler, and answers the few calls that are the whole cluster's:
+DELETE, REPLICAS, SERVERS, STATUS.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from deposito.catalog import FileRecord
+from deposito.depot.collector import Collector
+from deposito.depot.inventories import Inventories
+from deposito.depot.reads import Reader
+from deposito.depot.rebuilder import Rebuilder
+from deposito.depot.writes import Writer
+from deposito.errors import NotFound, Unavailable
+from deposito.interfaces import ICatalog, IDepot
+from deposito.pool import BlobPool
+from deposito.reconciler import Reconciler
+from deposito.roster import Member, Roster
+from deposito.transfer import Upload
+
+if TYPE_CHECKING:
+    from deposito.catalog.listing import Listing
+
+
+@implementer(IDepot)
+class Depot:
+    """The proxy's depot as the gateways call it; each call is answered by
+    the part that does that work."""
+
+    log = Logger()
+
+    absent_after = 10.0  # after a restart, servers not back by then count as down in STATUS
+
+    def __init__(self, reactor: IReactorTime, db: ICatalog, roster: Roster, default_replicas: int = 2,
+                 connect_timeout: float = 5.0, stall_timeout: float = 30.0,
+                 collect_every: float = 2.0, secret: bytes | None = None, rebuild: bool = False,
+                 rebuild_grace: float = 5.0, collect_rate: float = 1000.0) -> None:
+        self.reactor = reactor
+        self.db = db
+        self.roster = roster
+        self.pool = BlobPool(reactor, connect_timeout, secret=secret)
+        self.collector = Collector(reactor, db, roster, self.pool, every=collect_every, rate=collect_rate)
+        self.rebuilder = Rebuilder(reactor, db, roster, done=self._repair, asked=rebuild, grace=rebuild_grace)
+        self.writer = Writer(reactor, db, roster, self.pool, collect=self.collector.kick, repair=self._repair,
+                             default_replicas=default_replicas, stall_timeout=stall_timeout)
+        self.reader = Reader(db, roster, self.pool, repair=self._repair)
+        self.inventories = Inventories(reactor, db, self.collector, self.rebuilder, repair=self._repair)
+        self.reconciler = Reconciler(reactor, db, roster, self.writer, collect=self.collector.kick,
+                                     paused=lambda: self.rebuilder.rebuilding)
+        self._absent: IDelayedCall | None = None
+        roster.on_change = self.member_changed
+        roster.on_inventory = self.inventories.inventory
+        roster.on_corrupt = self.corrupt
+
+    def _repair(self) -> None:
+        self.reconciler.kick()
+
+    @property
+    def closed_for_rebuild(self) -> bool:
+        return self.rebuilder.closed_for_rebuild
+
+    @property
+    def rebuilding(self) -> bool:
+        """Servers are to list their blobs in full, for the rebuilder."""
+        return self.rebuilder.rebuilding
+
+    # -- starting and stopping
+
+    async def start(self) -> None:
+        await self.rebuilder.start()
+        n = await self.db.recover()
+        if n:
+            self.log.info("{n} unfinished uploads from before are garbage now", n=n)
+        rows = await self.db.servers()
+        self.roster.restore(Member(*row) for row in rows)
+        self.pool.start()
+        self.collector.start()
+        self.reconciler.start()
+        self._absent = self.reactor.callLater(self.absent_after, self._still_absent)
+
+    def _still_absent(self) -> None:
+        """Servers known before the restart that have not joined again: their
+        files are queued, so the counts show them short of copies."""
+        for m in list(self.roster.members.values()):
+            if m.state == "down":
+                self.reconciler.server_changed(m)
+
+    async def stop(self) -> None:
+        collector = defer.ensureDeferred(self.collector.stop())  # no new page from now on
+        if self._absent is not None and self._absent.active():
+            self._absent.cancel()
+        await self.reconciler.stop()
+        await collector
+        self.pool.stop()
+
+    # -- the roster's hooks
+
+    def member_changed(self, m: Member) -> None:
+        """Remember servers across restarts; collect from a returning one; re-plan copies."""
+        self.db.save_server(m.id, m.zone, m.host, m.port, m.capacity, m.used, m.blobs)
+        if m.up:
+            self.collector.kick()
+        else:
+            self.pool.abort(m)
+        self.reconciler.server_changed(m)
+
+    def corrupt(self, member: Member, blob: str, why: str) -> None:
+        """A server found its copy of ``blob`` corrupt: it stops counting, and is made again."""
+        d = self.db.drop_copy(blob, member.id)
+        d.addCallback(lambda _: self.reconciler.kick())
+        d.addErrback(lambda f: self.log.failure("dropping a corrupt copy", f))
+
+    # -- IDepot: writes
+
+    async def begin_put(self, name: str, size: int, replicas: int | None) -> Upload:
+        return await self.writer.begin_put(name, size, replicas)
+
+    async def finish_put(self, upload: Upload) -> FileRecord:
+        return await self.writer.finish_put(upload)
+
+    def abort_put(self, upload: Upload) -> None:
+        self.writer.abort_put(upload)
+
+    # -- IDepot: reads
+
+    async def lookup(self, name: str) -> FileRecord:
+        return await self.reader.lookup(name)
+
+    def recent(self, name: str) -> FileRecord | None:
+        return self.reader.recent(name)
+
+    def healthy(self, record: FileRecord) -> list[Member]:
+        return self.reader.healthy(record)
+
+    def read_small(self, record: FileRecord) -> defer.Deferred[list[bytes]] | None:
+        return self.reader.read_small(record)
+
+    async def read(self, record: FileRecord, consumer: IConsumer, offset: int = 0, length: int | None = None,
+                   started: Callable[[], None] = lambda: None) -> None:
+        await self.reader.read(record, consumer, offset, length, started=started)
+
+    def copy_missing(self, member: Member, blob: str) -> None:
+        self.reader.copy_missing(member, blob)
+
+    async def listing(self, prefix: str, after: str, limit: int | None) -> Listing:
+        return await self.reader.listing(prefix, after, limit)
+
+    # -- IDepot: the whole cluster's
+
+    async def delete(self, name: str) -> FileRecord:
+        record = await self.db.delete(name)
+        if record is None:
+            raise NotFound(f"no file named {name}")
+        self.collector.kick()
+        self.log.info("deleted {name} version {version}", name=name, version=record.version)
+        return record
+
+    def servers(self) -> list[Member]:
+        return sorted(self.roster.members.values(), key=lambda m: m.id)
+
+    async def replicas(self, name: str, count: int, wait: bool) -> tuple[FileRecord, int]:
+        """Set the wanted count; with ``wait``, answer once the healthy count equals it."""
+        up = len(self.roster.up())
+        if count > up:
+            raise Unavailable(f"{count} copies wanted, {up} servers up")
+        record = await self.db.set_replicas(name, count)
+        if record is None:
+            raise NotFound(f"no file named {name}")
+        self.log.info("{name} now wants {count} copies", name=name, count=count)
+        if wait:
+            have = await self.reconciler.wait(name, count)
+            return record, have
+        self.reconciler.kick()
+        return record, len(self.healthy(record))
+
+    async def status(self, copies: bool = False) -> dict[str, int]:
+        """Counts that tell the truth about the work left: kept with every
+        change, and counted over the queued work alone (so they cost the
+        same at any number of files). ``copies``: with the copies wanted and
+        healthy, summed over all files."""
+        c = await self.db.counts()
+        running = len(self.reconciler.running)
+        collecting = int(self.collector.busy)
+        deletable = sum(n for sid, n in c.garbage if self.roster.is_up(sid))
+        up = len(self.roster.up())
+        status = {
+            "files": c.files,
+            "bytes": c.bytes,
+            "servers_up": up,
+            "servers_down": len(self.roster.members) - up,
+            "under": c.under,
+            "over": c.over,
+            "repairs_queued": max(0, c.moves - running) + c.fresh + max(0, deletable - collecting),
+            "repairs_running": running + collecting,
+        }
+        if copies:
+            status.update(copies_wanted=c.wanted, copies_healthy=c.healthy)
+        return status

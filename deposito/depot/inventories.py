@@ -1,0 +1,93 @@
+"""Inventories: each storage server's listing of its blobs, checked against the catalog."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Optional
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from deposito.depot.collector import Collector
+from deposito.depot.rebuilder import Rebuilder
+from deposito.interfaces import ICatalog
+from deposito.roster import Member
+
+if TYPE_CHECKING:
+    from deposito.interfaces import Entry
+
+LISTED_BEFORE = 5.0  # seconds: a delete this close before a listing may not show in it
+
+
+class Inventories:
+    """Takes in servers' listings, a chunk at a time, in blob id order: copies
+    missing in a chunk's range stop counting, blobs the catalog does not know
+    are garbage (while rebuilding, the rebuilder takes them in instead)."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, db: ICatalog, collector: Collector, rebuilder: Rebuilder,
+                 repair: Callable[[], None]) -> None:
+        self.clock = clock
+        self.db = db
+        self.collector = collector
+        self.rebuilder = rebuilder
+        self.repair = repair  # copies stopped counting: the reconciler has work
+        self._listings: dict[str, _Listing] = {}  # server -> its listing under way
+
+    def inventory(self, member: Member, entries: list[Entry], since: float,
+                  more: bool = False) -> defer.Deferred[None]:
+        """One chunk of a server's listing (``more``: chunks follow), listed
+        after ``since``. Fires once the chunk is taken in; one summary per
+        whole listing is logged."""
+        listing = self._listings.get(member.id)
+        if listing is None or listing.connection is not member.connection or listing.since != since:
+            listing = self._listings[member.id] = _Listing(member.connection, since)
+            self.collector.forget_old_deletes()
+        lo = listing.after
+        hi = (entries[-1][0] if entries else lo) if more else None
+        listing.after = hi
+        if not more:
+            del self._listings[member.id]
+        if self.rebuilder.rebuilding:
+            return self.rebuilder.take(member, entries, more)
+        if more and hi == lo:
+            return defer.succeed(None)  # an empty chunk in the middle covers no range
+        cutoff = since - LISTED_BEFORE
+        present = [e[0] for e in entries if self._trusted(e[0], member.id, cutoff)]
+        d = self.db.reconcile_inventory(member.id, present, lo, hi, cutoff)
+
+        def reconciled(result: tuple[int, int, int, list[str]]) -> None:
+            listing.missing += result[0]
+            listing.counted += result[1]
+            listing.garbage += result[2]
+            if more:
+                return
+            if listing.missing or listing.counted or listing.garbage:
+                self.log.info("inventory of {id}: {missing} copies missing, {counted} counted again,"
+                              " {garbage} to delete", id=member.id, missing=listing.missing,
+                              counted=listing.counted, garbage=listing.garbage, event="inventory")
+            self.repair()
+            self.collector.kick()
+
+        done = d.addCallback(reconciled)
+        done.addErrback(lambda f: self.log.failure("reconciling the inventory of {id}", f, id=member.id))
+        return done
+
+    def _trusted(self, blob: str, server: str, cutoff: float) -> bool:
+        """False when the copy was deleted so late that the listing may name it still."""
+        when = self.collector.deleted_at(blob, server)
+        return (-1.0 if when is None else when) < cutoff
+
+
+@attrs.define
+class _Listing:
+    """A server's listing under way: where its next chunk starts, and its counts so far."""
+
+    connection: object
+    since: float
+    after: Optional[str] = None  # the last blob id of the chunks so far
+    missing: int = 0
+    counted: int = 0
+    garbage: int = 0

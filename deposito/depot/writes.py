@@ -1,0 +1,143 @@
+"""Writes: PUT (placement, the parallel upload, the commit point) and one more copy of a file."""
+
+from __future__ import annotations
+
+from typing import Callable, cast
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from deposito.blobstore import new_blob_id
+from deposito.catalog import FileRecord
+from deposito.errors import NoSpace, Unavailable
+from deposito.interfaces import ICatalog, ICopier
+from deposito.placement import place, read_order
+from deposito.pool import BlobPool
+from deposito.roster import Member, Roster
+from deposito.transfer import CopyFailed, Upload, copy_blob
+
+
+@implementer(ICopier)
+class Writer:
+    """Stores new versions: room is reserved on the placed servers while the
+    bytes flow, and a version is committed only once ``replicas`` copies are
+    durable and verified. Also the reconciler's copier."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, db: ICatalog, roster: Roster, pool: BlobPool,
+                 collect: Callable[[], None], repair: Callable[[], None],
+                 default_replicas: int = 2, stall_timeout: float = 30.0) -> None:
+        self.clock = clock
+        self.db = db
+        self.roster = roster
+        self.pool = pool
+        self.collect = collect  # copies became garbage: delete them soon
+        self.repair = repair  # a file is short of copies: the reconciler has work
+        self.default_replicas = default_replicas
+        self.stall_timeout = stall_timeout
+
+    async def begin_put(self, name: str, size: int, replicas: int | None) -> Upload:
+        """Reserve room on ``replicas`` servers and open a stream to each."""
+        replicas = replicas or self.default_replicas
+        targets = place(self.roster.members.values(), replicas, size)
+        blob = new_blob_id()
+        for m in targets:
+            m.reserve(size)
+        try:
+            version = await self.db.begin_upload(name, blob, [m.id for m in targets])
+            upload = Upload(self.clock, name, version, blob, size, replicas, self.stall_timeout,
+                            release=self.pool.release, targets=targets)
+            clients = await defer.DeferredList(
+                [defer.ensureDeferred(self.pool.connect(m)) for m in targets], consumeErrors=True)
+            first = read_order(blob, targets)[0]  # the copy reads go to first: keep it in cache
+            for m, (ok, client) in zip(targets, clients):
+                if ok:
+                    upload.add_lane(m, client, client.write_blob(blob, size, version, replicas, name,
+                                                                 cache=m is first))
+                else:
+                    failure = cast(Failure, client)  # DeferredList's type leaves out the failures
+                    self.log.warn("cannot reach storage server {id}: {why}", id=m.id,
+                                  why=failure.getErrorMessage())
+            if not upload.lanes:
+                await self.db.abandon(blob)
+                raise Unavailable("no storage server could be reached")
+        except BaseException:
+            for m in targets:
+                m.unreserve(size)
+            raise
+        return upload
+
+    async def finish_put(self, upload: Upload) -> FileRecord:
+        """Every byte is in: make sure there are ``replicas`` verified copies, then commit."""
+        upload.detach()
+        record = FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
+                            upload.replicas, ())
+        try:
+            good = await upload.finish()
+            if not good:  # no copy to make the others from: say why the servers refused
+                if any(isinstance(e, NoSpace) for e in upload.failures):
+                    raise NoSpace("the storage servers are full")
+                raise Unavailable("no storage server kept a copy")
+            tried = list(upload.targets)
+            while len(good) < upload.replicas:
+                try:
+                    good.append(await self.copy_to_new_server(record, good, tried))
+                except CopyFailed:
+                    pass  # its partial copy is garbage at commit; try the next server
+        except BaseException:
+            await self.db.abandon(upload.blob)
+            self.collect()
+            raise
+        finally:
+            for m in upload.targets:
+                m.unreserve(upload.size)
+        ids = [m.id for m in good]
+        newest = await self.db.commit(upload.name, upload.version, upload.blob, upload.size,
+                                      upload.sha256, upload.replicas, ids, self.clock.seconds())
+        for m in good:
+            m.stored(upload.size)
+        if newest and not all(m.up for m in good):  # one went down meanwhile: the file is short
+            await self.db.enqueue([upload.name])
+            self.repair()
+        if not newest or upload.version > 1 or len(tried) > len(good):
+            self.collect()  # a version replaced, or copies not kept: garbage to delete now
+        self.log.info("stored {name} version {version} ({size} bytes) on {servers}",
+                      name=upload.name, version=upload.version, size=upload.size, servers=",".join(ids))
+        return FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
+                          upload.replicas, tuple(ids))
+
+    def abort_put(self, upload: Upload) -> None:
+        """The client went away mid-upload: nothing of it is kept."""
+        upload.abort()
+        for m in upload.targets:
+            m.unreserve(upload.size)
+        d = self.db.abandon(upload.blob)
+        d.addCallback(lambda _: self.collect())
+        d.addErrback(lambda f: self.log.failure("abandoning {blob}", f, blob=upload.blob))
+
+    async def copy_to_new_server(self, record: FileRecord, sources: list[Member],
+                                 taken: list[Member]) -> Member:
+        """One more copy of ``record``'s blob, on a server placement picks outside
+        ``taken`` (the pick is added to it). The write is an intent until the
+        caller counts it. Raises Unavailable/NoSpace when no server fits, and
+        CopyFailed when the copy itself fails."""
+        target = place(self.roster.members.values(), 1, record.size, taken=taken)[0]
+        taken.append(target)
+        target.reserve(record.size)
+        try:
+            await self.db.add_intent(record.blob, target.id)
+            self.log.info("copying {name} to {id}", name=record.name, id=target.id)
+            await copy_blob(self.pool.connect, list(sources), target, record.blob, record.size, record.sha256,
+                            record.name, record.version, record.replicas, release=self.pool.release,
+                            cache=read_order(record.blob, [*sources, target])[0] is target)
+            target.stored(record.size)
+        except Exception as e:
+            self.log.warn("copy of {name} to {id} failed: {why}", name=record.name, id=target.id, why=str(e))
+            raise CopyFailed(target, str(e)) from e
+        finally:
+            target.unreserve(record.size)
+        return target

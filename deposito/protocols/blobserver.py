@@ -1,0 +1,239 @@
+"""The storage server's end of the blob protocol (see deposito.protocols.blobwire).
+
+The protocol frames and parses; a WRITE's bytes go to a
+:class:`deposito.receiver.Receiver` and a READ's come from a
+:class:`deposito.sender.BlobSender`, both handed the transport and the device.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from deposito import twisted_internals
+from deposito.blobmeta import BlobMeta
+from deposito.blobstore import check_blob_id
+from deposito.diskio import Reader
+from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal
+from deposito.interfaces import IDevice
+from deposito.protocols.blobwire import PROXY_PROOF, SERVER_PROOF, body_reply, parse_range, range_end
+from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
+from deposito.protocols.words import check_name, parse_count, split
+from deposito.receiver import Receiver
+from deposito.secret import nonce, proof, verify
+from deposito.sender import BlobSender, read_whole
+from deposito.twisted_internals import IStreamReactor, IStreamTransport
+
+Opened = Callable[[Reader, BlobMeta, int, int], None]  # (file, metadata, offset, end)
+
+
+class BlobServerProtocol(LineProtocol, TimeoutMixin):
+    """Serves WRITE, READ and DELETE for one device."""
+
+    log = Logger()
+    idle_timeout = 120
+    transport: IStreamTransport
+
+    def __init__(self, reactor: IStreamReactor, device: IDevice, secret: bytes | None = None) -> None:
+        self.reactor = reactor
+        self.device = device
+        self.secret = secret
+        self.authenticated = secret is None
+        self._nonce = ""
+        self._receiver: Receiver | None = None  # the WRITE under way, till its END
+        self._sender: BlobSender | None = None
+
+    def connectionMade(self) -> None:
+        tune_for_streams(self.transport)
+        self.setTimeout(self.idle_timeout)
+        if self.secret is not None:
+            self._nonce = nonce()
+            self.reply(f"HELLO {self._nonce}")
+
+    def _authenticate(self, words: list[str]) -> None:
+        assert self.secret is not None
+        if words[0].upper() != "AUTH" or len(words) != 3:
+            raise Denied("AUTH <nonce> <proof> first: this server holds a cluster secret")
+        theirs, given = words[1], words[2]
+        if not verify(self.secret, given, PROXY_PROOF, self._nonce, theirs):
+            self.log.warn("refused a blob connection from {peer}: wrong proof", peer=str(self.transport.getPeer()))
+            raise Denied("wrong proof of the cluster secret")
+        self.authenticated = True
+        self.reply("OK " + proof(self.secret, SERVER_PROOF, theirs, self._nonce))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+        if self.paused and twisted_internals.unparsed_size(self) > self.MAX_LENGTH:
+            self.transport.pauseProducing()  # a READ is under way: no more than a line waits
+        send_now(self.transport)  # what these requests answered at once
+
+    def timeoutConnection(self) -> None:
+        self.log.info("blob connection idle, closing")
+        self.transport.abortConnection()
+
+    def fail(self, err: DepositoError, close: bool = False) -> None:
+        self.reply(err.reply())
+        if close:
+            self.transport.loseConnection()
+
+    def textReceived(self, text: str) -> None:
+        words: list[str] = []
+        try:
+            words = split(text)
+            if not words:
+                return
+            if not self.authenticated:
+                try:
+                    self._authenticate(words)
+                except DepositoError as e:
+                    self.fail(e, close=True)
+                return
+            if self._receiver is not None and words[0].upper() != "END":
+                raise BadCommand("END expected after the bytes of a WRITE")
+            handler_for(self, words)(*words[1:])
+        except DepositoError as e:
+            # bytes may follow a refused WRITE: the stream cannot be trusted
+            writing = bool(words) and words[0].upper() == "WRITE"
+            self.fail(e, close=writing or self._receiver is not None)
+
+    # -- WRITE
+
+    def do_WRITE(self, blob: str, size: str, version: str, replicas: str, name: str, cache: str = "") -> None:
+        if self._receiver is not None:
+            raise BadCommand("WRITE before the last one ended")
+        if cache not in ("", "cache"):
+            raise BadArgs("the word after the name can only be 'cache'")
+        meta = BlobMeta(
+            blob=check_blob_id(blob), name=check_name(name),
+            version=parse_count(version, "version", 1),
+            size=parse_count(size, "size"), sha256="",
+            replicas=parse_count(replicas, "replicas", 1, 16),
+        )
+        self._receiver = Receiver(self.reactor, self.device, meta, bool(cache), self.transport, self.resetTimeout)
+        self.setRawMode()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        receiver = self._receiver
+        assert receiver is not None
+        rest = receiver.take(data)
+        if receiver.remaining == 0:
+            self.setLineMode(rest)
+        elif not twisted_internals.holds_unparsed(self):
+            receiver.read_socket(self._received)  # the rest straight from the socket, where it can
+
+    def _received(self) -> None:
+        """The receiver has read the last byte from the socket: END comes next."""
+        self.setLineMode(b"")
+        if self.transport.connected and not self.paused:
+            self.transport.startReading()
+
+    def do_END(self, sha256: str, blocks: str) -> None:
+        receiver, self._receiver = self._receiver, None
+        if receiver is None:
+            raise BadCommand("END without WRITE")
+        d = receiver.finish(sha256, blocks)
+        self.pauseProducing()  # first: a failed write answers at once, and that resumes
+        d.addCallbacks(self._committed, self._not_committed)
+
+    def _committed(self, meta: BlobMeta) -> None:
+        self.reply(f"OK stored {meta.blob} sha256={meta.sha256}")
+        if self.transport.connected:
+            self.resumeProducing()
+
+    def _not_committed(self, failure: Failure) -> None:
+        err = failure.value
+        self.fail(err if isinstance(err, DepositoError) else Internal("write failed"))
+        if self.transport.connected:
+            self.resumeProducing()
+
+    # -- READ
+
+    def do_READ(self, blob: str, offset: str, length: str = "") -> None:
+        self.open_blob(blob, offset, length, self._opened)
+
+    def open_blob(self, blob: str, offset: str, length: str, then: Opened) -> None:
+        """Open ``blob`` for a request, with the lines after it waiting (the
+        socket is still read till a sender takes over); then ``then(f, meta,
+        offset, end)``. A missing blob or a range not within it is answered
+        here."""
+        start, count = parse_range(offset, length)
+        d = self.device.open(check_blob_id(blob))
+        self.paused = True
+        d.addCallbacks(self._check_range, self._open_failed, callbackArgs=(start, count, then))
+
+    def _check_range(self, opened: tuple[Reader, BlobMeta], offset: int, length: int | None, then: Opened) -> None:
+        f, meta = opened
+        try:
+            end = range_end(offset, length, meta.size)
+        except BadArgs as e:
+            self.device.close(f)
+            self.fail(e)
+            self.resumeProducing()
+            return
+        then(f, meta, offset, end)
+
+    def _opened(self, f: Reader, meta: BlobMeta, offset: int, end: int) -> None:
+        whole = read_whole(self.device, f, meta, offset, end)
+        self.reply(body_reply(end - offset, meta.size))
+        if whole is not None:  # all in memory: sent with its reply at once
+            self.transport.write(whole)
+            self.device.close(f)
+            self._sent()
+            return
+        self.pauseProducing()  # the socket unread now: the sender may wait on it for writing
+        self._sender = BlobSender(self.reactor, self.device, f, meta, offset, end, self.transport, self._sent,
+                                  self.resetTimeout)
+        self._sender.start()
+
+    def _open_failed(self, failure: Failure) -> None:
+        err = failure.value if isinstance(failure.value, DepositoError) else Internal("cannot open blob")
+        self.fail(err)
+        self.resumeProducing()
+
+    def _sent(self) -> None:
+        self._sender = None
+        if self.transport.connected:
+            self.resumeProducing()
+
+    # -- DELETE
+
+    def do_DELETE(self, blob: str) -> None:
+        d = self.device.delete(check_blob_id(blob))
+        self.pauseProducing()
+
+        def done(existed: bool) -> None:
+            self.reply("OK deleted" if existed else "OK absent")
+            self.resumeProducing()
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("deleting blob {blob}", failure, blob=blob)
+            self.fail(Internal("delete failed"))
+            self.resumeProducing()
+
+        d.addCallbacks(done, failed)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.setTimeout(None)
+        if self._receiver is not None:
+            receiver, self._receiver = self._receiver, None
+            receiver.stop()
+        if self._sender is not None:
+            self._sender.stopProducing()
+
+
+class BlobServerFactory(Factory):
+    def __init__(self, reactor: IStreamReactor, device: IDevice, secret: bytes | None = None) -> None:
+        self.reactor = reactor
+        self.device = device
+        self.secret = secret
+
+    def buildProtocol(self, addr: IAddress | None) -> BlobServerProtocol:
+        p = BlobServerProtocol(self.reactor, self.device, self.secret)
+        p.factory = self
+        return p
