@@ -16,7 +16,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["deposito", "deposito.depot", "deposito.protocols", "deposito.splice", "twisted.plugins"],
+    packages=["deposito", "deposito.catalog", "deposito.depot", "deposito.protocols", "deposito.splice",
+              "twisted.plugins"],
     package_data={"twisted": ["plugins/deposito_plugins.py"]},
     install_requires=[
         "twisted[tls]>=24.3.0",  # ssl: and tls: endpoints for every port

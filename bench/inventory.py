@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deposito.blobstore import META_ATTR, BlobMeta, BlobStore, BlockSums  # noqa: E402
+from deposito.blobmeta import BlobMeta, BlockSums  # noqa: E402
+from deposito.blobstore import META_ATTR, BlobStore  # noqa: E402
 from deposito.catalog import Catalog  # noqa: E402
 from tests.cluster import Cluster, sha  # noqa: E402
 

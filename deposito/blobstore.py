@@ -4,54 +4,32 @@ A blob is named by an id the proxy chose (32 hex digits), never by a user's
 file name. With each blob a small JSON record keeps the user's name,
 version, size, sha256, wanted replica count and block checksums, so a lost
 catalog can be made again from the servers: in the blob file's extended
-attribute ``user.deposito`` when it fits, else in ``<blob>.meta`` beside it. Everything here blocks on the disk: callers run it on
-the device's own thread, never on the reactor.
+attribute ``user.deposito`` when it fits, else in ``<blob>.meta`` beside it
+(the record and the checksums are :mod:`deposito.blobmeta`'s). Everything
+here blocks on the disk: callers run it on the device's own thread, never
+on the reactor.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import shutil
-import struct
 import threading
 import uuid
-import zlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import attrs
-import crc32c
 
 from deposito import diskio
+from deposito.blobmeta import BLOCK, BlobMeta, BlockSums, Corrupt, check_block
 from deposito.errors import BadArgs, NotFound
 
 BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
 SUBDIR = re.compile(r"^[0-9a-f]{2}$")
-BLOCK = 1 << 20  # each block of a blob has its own checksum, checked before it is sent
-# Block checksum functions by name, kept in each blob's metadata. New blobs use
-# CRC-32C (in hardware on x86 and ARM); blobs from before it have CRC-32.
-CHECKSUMS = {"crc32c": crc32c.crc32c, "crc32": zlib.crc32}
-NEW_CHECKSUM = "crc32c"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class Corrupt(Exception):
-    """A blob's bytes do not match the checksums kept beside it."""
-
-
-def _check_block(meta: BlobMeta, index: int, data: bytes | memoryview) -> None:
-    """Corrupt unless ``data`` is all of block ``index`` and matches its checksum."""
-    expected = min(BLOCK, meta.size - index * BLOCK)
-    if len(data) != expected:
-        raise Corrupt(f"block {index} is {len(data)} bytes, expected {expected}")
-    checksum = CHECKSUMS.get(meta.checksum)
-    if checksum is None:
-        raise Corrupt(f"unknown block checksum {meta.checksum!r}")
-    if index >= len(meta.blocks) or checksum(data) != meta.blocks[index]:
-        raise Corrupt(f"block {index} fails its checksum")
 
 
 def new_blob_id() -> str:
@@ -70,77 +48,6 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class BlockSums:
-    """The checksum (CRC-32C) of each BLOCK of a stream, whatever pieces it
-    arrives in.
-
-    The proxy keeps one over the bytes it sends and a server one over the
-    bytes it writes: equal digests mean the copy holds what was sent.
-    """
-
-    def __init__(self) -> None:
-        self._sum = CHECKSUMS[NEW_CHECKSUM]
-        self._done: list[int] = []
-        self._crc = 0
-        self._in_block = 0
-
-    def update(self, data: bytes | memoryview) -> None:
-        if self._in_block + len(data) < BLOCK:  # the common case: within one block
-            self._crc = self._sum(data, self._crc)
-            self._in_block += len(data)
-            return
-        view = memoryview(data)
-        while view:
-            part = view[: BLOCK - self._in_block]
-            self._crc = self._sum(part, self._crc)
-            self._in_block += len(part)
-            if self._in_block == BLOCK:
-                self._done.append(self._crc)
-                self._crc, self._in_block = 0, 0
-            view = view[len(part):]
-
-    @property
-    def blocks(self) -> tuple[int, ...]:
-        return tuple(self._done + ([self._crc] if self._in_block else []))
-
-    def digest(self) -> str:
-        return blocks_digest(self.blocks)
-
-
-def blocks_digest(blocks: tuple[int, ...]) -> str:
-    """One short hex string that stands for a list of block checksums."""
-    return hashlib.sha256(struct.pack(f">{len(blocks)}I", *blocks)).hexdigest()[:32]
-
-
-@attrs.frozen
-class BlobMeta:
-    """What a blob is, kept beside it on the server's disk."""
-
-    blob: str
-    name: str
-    version: int
-    size: int
-    sha256: str
-    replicas: int
-    blocks: tuple[int, ...] = ()
-    checksum: str = NEW_CHECKSUM  # which function made ``blocks``
-    cached: bool = False  # this copy was written through the page cache, to be read from it
-
-    def to_json(self) -> bytes:
-        return json.dumps(attrs.asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> BlobMeta:
-        d = json.loads(raw)
-        return cls(
-            blob=d["blob"], name=d["name"], version=int(d["version"]),
-            size=int(d["size"]), sha256=d["sha256"], replicas=int(d["replicas"]),
-            blocks=tuple(int(b) for b in d.get("blocks", ())),
-            checksum=d.get("checksum", "crc32"),
-            cached=bool(d.get("cached", False)),
-        )
 
 
 # Metadata small enough lives in an extended attribute of the blob file: one
@@ -284,6 +191,12 @@ class IncomingBlob:
                 pass
 
 
+def _install_and_sync(incoming: IncomingBlob) -> None:
+    """Rename a synced blob into place, then make its directories' entries durable."""
+    for d in incoming.install():
+        fsync_dir(d)
+
+
 class BlobStore:
     """The blobs of one storage server, under one directory."""
 
@@ -345,7 +258,7 @@ class BlobStore:
             except Exception as e:
                 results[i] = (False, e)
 
-        def each(step) -> None:
+        def each(step: Callable[[IncomingBlob], object]) -> None:
             for i in list(ready):
                 try:
                     step(batch[i][0])
@@ -361,7 +274,7 @@ class BlobStore:
                     fsync_dir(d)
             return results
         each(IncomingBlob.sync)
-        each(lambda incoming: [fsync_dir(d) for d in incoming.install()])
+        each(_install_and_sync)
         return results
 
     def meta(self, blob_id: str) -> BlobMeta:
@@ -396,7 +309,7 @@ class BlobStore:
     def read_block(self, f: diskio.Reader, meta: BlobMeta, index: int) -> bytes:
         """Block ``index`` of an open blob, checked against its checksum, or Corrupt."""
         data = f.pread(BLOCK, index * BLOCK)
-        _check_block(meta, index, data)
+        check_block(meta, index, data)
         return data
 
     def read_resident_block(self, f: diskio.Reader, meta: BlobMeta, index: int,
@@ -410,7 +323,7 @@ class BlobStore:
         view = buffer[:length]
         if f.pread_resident(view, index * BLOCK) != length:
             return None  # not all in memory, or the file is short: read it the slow way
-        _check_block(meta, index, view)
+        check_block(meta, index, view)
         return view
 
     def check(self, blob_id: str) -> BlobMeta:

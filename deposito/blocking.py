@@ -22,16 +22,19 @@ closed; failing to connect raises the socket's ``OSError`` (for example
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import socket
-from typing import IO, Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, TypeVar, Union
 
-from deposito.client import (
+from deposito.errors import BadArgs, from_reply
+from deposito.localfile import AsideFile, Sink, Source, open_source
+from deposito.protocols.words import check_name, quote
+from deposito.wire import (
     CHUNK_SIZE,
     MAX_REPLY_LINE,
     PAGE_SIZE,
-    AsideFile,
     ChecksumMismatch,
     ConnectionLost,
     Download,
@@ -40,7 +43,6 @@ from deposito.client import (
     ProtocolError,
     ReplicaCount,
     Server,
-    Source,
     Stat,
     Status,
     Stored,
@@ -49,7 +51,6 @@ from deposito.client import (
     encode,
     list_line,
     name_line,
-    open_source,
     parse_count,
     parse_deleted,
     parse_entry,
@@ -62,10 +63,10 @@ from deposito.client import (
     put_line,
     replicas_line,
 )
-from deposito.errors import BadArgs, from_reply
-from deposito.protocols.words import check_name, quote
 
 DEFAULT_ADDRESS = "127.0.0.1:7000"
+
+T = TypeVar("T")
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -161,7 +162,7 @@ class BlockingClient:
             self.close()
             raise
 
-    def _one(self, line: str, parse: Any) -> Any:
+    def _one(self, line: str, parse: Callable[[str], T]) -> T:
         reply = self._request(line)
         try:
             return parse(reply)
@@ -169,7 +170,7 @@ class BlockingClient:
             self.close()
             raise
 
-    def _multi(self, line: str, parse: Any) -> list[Any]:
+    def _multi(self, line: str, parse: Callable[[str], T]) -> list[T]:
         count = self._one(line, parse_count)
         lines = [self._reply() for _ in range(count)]
         try:
@@ -247,7 +248,7 @@ class BlockingClient:
             raise from_reply(line)
         raise ConnectionLost(f"connection to the proxy lost: {why}")
 
-    def _one_reply(self, parse: Any) -> Any:
+    def _one_reply(self, parse: Callable[[str], T]) -> T:
         reply = self._reply()
         try:
             return parse(reply)
@@ -255,8 +256,7 @@ class BlockingClient:
             self.close()
             raise
 
-    def get(self, name: str, sink: Union[IO[bytes], str, "os.PathLike[str]"],
-            progress: Optional[Progress] = None) -> Download:
+    def get(self, name: str, sink: Sink, progress: Optional[Progress] = None) -> Download:
         """Write the newest version of ``name`` into ``sink``; returns :class:`~deposito.client.Download`.
 
         ``sink`` is a binary file object (written to, left open) or a path:
@@ -348,7 +348,7 @@ class BlockingClient:
         """Delete ``name``; returns the name. NotFound when absent."""
         return self._one(name_line("DELETE", name), parse_deleted)
 
-    def servers(self) -> list[Server]:
+    def servers(self) -> builtins.list[Server]:
         """Every storage server the proxy knows."""
         return self._multi("SERVERS", parse_server)
 
@@ -356,7 +356,7 @@ class BlockingClient:
         """Cluster-wide counts."""
         return self._one("STATUS", parse_status)
 
-    def help(self) -> list[str]:
+    def help(self) -> builtins.list[str]:
         """The proxy's one-line summaries of its commands."""
         return self._multi("HELP", lambda line: line)
 

@@ -20,10 +20,11 @@ import attrs
 
 from deposito import __version__
 from deposito.blocking import BlockingClient, parse_address
-from deposito.client import CHUNK_SIZE, PAGE_SIZE, AsideFile, ConnectionLost, Entry, Progress
 from deposito.errors import DepositoError
+from deposito.localfile import AsideFile
 from deposito.protocols.words import quote
 from deposito.sizes import human_bytes
+from deposito.wire import CHUNK_SIZE, PAGE_SIZE, ConnectionLost, Entry, Progress
 
 PROG = "deposito"
 DEFAULT_PROXY = "127.0.0.1:7000"

@@ -24,7 +24,8 @@ from zope.interface import implementer
 
 from deposito import diskio
 from deposito.batching import Batches
-from deposito.blobstore import BLOCK, BlobMeta, BlobStore, IncomingBlob
+from deposito.blobmeta import BLOCK, BlobMeta
+from deposito.blobstore import BlobStore, IncomingBlob
 from deposito.errors import NoSpace
 from deposito.interfaces import IDevice, IInventoryCursor
 

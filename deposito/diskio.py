@@ -37,8 +37,9 @@ WRITE_BEHIND = 8 << 20
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-def libc_function(name: str, argtypes: list, restype: Any) -> Any:
-    """A function of the C library through ctypes (errno kept), or None where it has none."""
+def libc_function(name: str, argtypes: list[Any] | None, restype: Any) -> Any:
+    """A function of the C library through ctypes (errno kept), or None where it has none.
+    ``argtypes`` None: the arguments are not checked (a variadic function)."""
     try:
         fn = getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), name)
     except (OSError, AttributeError, TypeError):

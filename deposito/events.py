@@ -38,7 +38,7 @@ RATE_WINDOW = 60
 
 if TYPE_CHECKING:
     from deposito.catalog import FileRecord
-    from deposito.listing import Listing
+    from deposito.catalog.listing import Listing
     from deposito.roster import Member
     from deposito.transfer import Upload
 

@@ -20,10 +20,11 @@ from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from deposito.blobstore import BlobMeta, IncomingBlob
+    from deposito.blobmeta import BlobMeta
+    from deposito.blobstore import IncomingBlob
     from deposito.catalog import Counts, FileRecord, Outcome
+    from deposito.catalog.listing import Listing
     from deposito.diskio import Reader
-    from deposito.listing import Listing
     from deposito.roster import Member
     from deposito.transfer import Upload
 

@@ -9,11 +9,12 @@ before the servers' own idle timeout.
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Union, cast
 
 from twisted.internet import error, task
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
@@ -22,9 +23,13 @@ from deposito.roster import Member
 from deposito.splice.sockets import same_user
 from deposito.twisted_internals import IStreamReactor
 
+# Connections are pooled by where they go: a server's (host, port), or
+# ("local", server id, path) for its local port (see connect_local).
+PoolKey = Union[tuple[str, int], tuple[str, str, str]]
 
-def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
-    """An endpoint to a storage server; IP literals skip the resolver thread."""
+def client_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """An endpoint to a storage server; IP literals skip the resolver thread.
+    ``reactor``: one that does TCP and name resolution."""
     if isIPAddress(host):
         return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
     if isIPv6Address(host):
@@ -39,7 +44,7 @@ class _BlobClients(Factory):
         self.reactor = reactor
         self.secret = secret
 
-    def buildProtocol(self, addr: Any) -> BlobClient:
+    def buildProtocol(self, addr: IAddress | None) -> BlobClient:
         return BlobClient(self.reactor, self.secret)
 
 
@@ -55,8 +60,9 @@ class BlobPool:
         self.connect_timeout = connect_timeout
         self.per_server = per_server
         self.idle_seconds = idle_seconds
-        self._idle: dict[tuple[str, int], list[tuple[BlobClient, float]]] = {}
-        self._open: dict[tuple[str, int], weakref.WeakSet[BlobClient]] = {}
+        self._idle: dict[PoolKey, list[tuple[BlobClient, float]]] = {}
+        self._open: dict[PoolKey, weakref.WeakSet[BlobClient]] = {}
+        self._keys: weakref.WeakKeyDictionary[BlobClient, PoolKey] = weakref.WeakKeyDictionary()
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = reactor
 
@@ -72,7 +78,7 @@ class BlobPool:
         """An idle connection to ``member``, if one is open."""
         return self._take_idle((member.host, member.port))
 
-    def _take_idle(self, key: tuple[str, Any]) -> BlobClient | None:
+    def _take_idle(self, key: PoolKey) -> BlobClient | None:
         idle = self._idle.get(key)
         while idle:
             client, _ = idle.pop()
@@ -86,10 +92,10 @@ class BlobPool:
         client = self.idle(member)
         if client is not None:
             return client
-        key = (member.host, member.port)
+        key: PoolKey = (member.host, member.port)
         endpoint = client_endpoint(self.reactor, member.host, member.port, self.connect_timeout)
-        client = await endpoint.connect(_BlobClients(self.reactor, self.secret))
-        client.pool_key = key
+        client = cast(BlobClient, await endpoint.connect(_BlobClients(self.reactor, self.secret)))
+        self._keys[client] = key
         self._open.setdefault(key, weakref.WeakSet()).add(client)
         return await client.ready
 
@@ -100,19 +106,19 @@ class BlobPool:
         user (or root)."""
         if member.local is None:
             return None
-        key = ("local", member.id, member.local)
+        key: PoolKey = ("local", member.id, member.local)
         client = self._take_idle(key)
         if client is not None:
             return client
         endpoint = UNIXClientEndpoint(self.reactor, "\0" + member.local[1:], timeout=self.connect_timeout)
         try:
-            client = await endpoint.connect(_BlobClients(self.reactor, self.secret))
+            client = cast(BlobClient, await endpoint.connect(_BlobClients(self.reactor, self.secret)))
         except error.ConnectionRefusedError as e:  # no such port on this host
             self.log.info("storage server {id} is not on this host ({why}): its bytes go through the proxy",
                           id=member.id, why=str(e))
             member.local = None
             return None
-        client.pool_key = key
+        self._keys[client] = key
         self._open.setdefault(key, weakref.WeakSet()).add(client)  # cut with the rest if it goes down
         if not same_user(client.transport):
             self.log.warn("the local port of storage server {id} is held by another user: not used", id=member.id)
@@ -142,9 +148,11 @@ class BlobPool:
                     client.cut(self.reactor, self.let_go_grace)
 
     def release(self, client: BlobClient) -> None:
-        """A transfer is done with ``client``: keep it if it is clean, else close it."""
-        idle = self._idle.setdefault(getattr(client, "pool_key", None), [])
-        if client.reusable and len(idle) < self.per_server and self._sweeper.running:
+        """A transfer is done with ``client``: keep it if it is clean, else close
+        it (one this pool did not open is closed: nothing would take it again)."""
+        key = self._keys.get(client)
+        idle = self._idle.setdefault(key, []) if key is not None else None
+        if idle is not None and client.reusable and len(idle) < self.per_server and self._sweeper.running:
             client.transport.resumeProducing()  # a consumer may have paused it last
             idle.append((client, self.reactor.seconds()))
         elif client.transport.connected:

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from deposito import diskio, twisted_internals
-from deposito.blobstore import BlobMeta
+from deposito.blobmeta import BlobMeta
 from deposito.errors import DepositoError, Internal
 from deposito.interfaces import IDevice
 from deposito.splice.sockets import SocketWaiter

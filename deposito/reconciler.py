@@ -209,7 +209,7 @@ class Reconciler:
         if self._stepping:
             self._step = d
 
-    def _step_failed(self, failure: object) -> float:
+    def _step_failed(self, failure: Failure) -> float:
         self.log.failure("reconciling", failure)
         return self.clock.seconds() + RETRY
 
@@ -246,7 +246,9 @@ class Reconciler:
         """Drop what is over now; copies wait in the queue until every file
         queued before them has been looked at once, so that they start most
         endangered first across the whole queue, not just this page."""
-        outcomes, drops, copies = [], [], []
+        outcomes: list[Outcome] = []
+        drops: list[tuple[FileRecord, str]] = []
+        copies: list[CopyTask] = []
         ranking = any(rank == 0 for _, _, rank in due)  # fresh files in the queue: rank them all first
         for (name, gen, rank), record in zip(due, records):
             if record is None:

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from deposito import twisted_internals
-from deposito.blobstore import BLOCK, BlobMeta, Corrupt
+from deposito.blobmeta import BLOCK, BlobMeta, Corrupt
 from deposito.diskio import Reader
 from deposito.interfaces import IDevice
 from deposito.splice.sockets import SocketWaiter

@@ -6,17 +6,26 @@ import os
 import secrets
 import socket
 import uuid
-from typing import Any
+from typing import Any, Union, cast
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IReactorTime,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted.internet import defer, task
 
-from deposito.blobstore import BlobMeta, BlobStore, Corrupt
+from deposito.blobmeta import BlobMeta, Corrupt
+from deposito.blobstore import BlobStore
 from deposito.device import Device
 from deposito.errors import NotFound
 from deposito.interfaces import IDevice
@@ -160,7 +169,7 @@ class _JoinFactory(Factory):
     def __init__(self, node: StorageNode, clock: IReactorTime, secret: bytes | None) -> None:
         self.node, self.clock, self.secret = node, clock, secret
 
-    def buildProtocol(self, addr: Any) -> JoinProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> JoinProtocol:
         p = JoinProtocol(self.node, self.clock, self.secret)
         p.factory = self
         return p
@@ -171,7 +180,8 @@ class StorageService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, data: str, listen: Any, proxy: Any, name: str | None,
+    def __init__(self, reactor: Any, data: str, listen: IStreamServerEndpoint, proxy: IStreamClientEndpoint,
+                 name: str | None,
                  zone: str | None, capacity: int | None, scrub_every: float = 86400.0,
                  secret: bytes | None = None, handoff: bool = True) -> None:
         super().__init__()
@@ -186,8 +196,8 @@ class StorageService(service.MultiService):
         self.secret = secret
         self.handoff = handoff
         self._scrubber: task.LoopingCall | None = None
-        self.port: Any = None
-        self.local_port: Any = None
+        self.port: IListeningPort | None = None
+        self.local_port: IListeningPort | None = None
         self.node: StorageNode | None = None
 
     def startService(self) -> None:
@@ -204,9 +214,11 @@ class StorageService(service.MultiService):
         d.addCallback(self._listening)
         d.addErrback(self._listen_failed)
 
-    def _listening(self, port: Any) -> None:
+    def _listening(self, port: IListeningPort) -> None:
+        assert self.node is not None  # made in startService
         self.port = port
-        address = port.getHost()
+        # a TCP port: the proxy is told host:port
+        address = cast(Union[IPv4Address, IPv6Address], port.getHost())
         self.node.port = address.port
         if getattr(address, "host", "") not in ("0.0.0.0", "::", ""):
             self.node.host = address.host
@@ -223,6 +235,7 @@ class StorageService(service.MultiService):
         """The local port, where a proxy on this host passes a GET's socket
         for this server to write into (deposito.protocols.handoff): an
         abstract Unix socket, so nothing is left behind on disk."""
+        assert self.node is not None  # made in startService
         name, key = f"@deposito-server/{self.node.id}/{secrets.token_hex(8)}", secrets.token_hex(16)
         try:
             self.local_port = self.reactor.listenUNIX(
@@ -232,11 +245,11 @@ class StorageService(service.MultiService):
             return
         self.node.local = (name, key)
 
-    def _listen_failed(self, failure: Any) -> None:
+    def _listen_failed(self, failure: Failure) -> None:
         self.log.failure("cannot listen for blob traffic", failure)
         self.reactor.stop()
 
-    def stopService(self) -> Any:
+    def stopService(self) -> defer.Deferred[None] | None:
         d = super().stopService()
         if self._scrubber is not None and self._scrubber.running:
             self._scrubber.stop()

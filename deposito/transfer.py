@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from deposito import twisted_internals
-from deposito.blobstore import BlockSums
+from deposito.blobmeta import BlockSums
 from deposito.errors import DepositoError, NotFound, Unavailable
 from deposito.protocols.blobclient import BlobClient
 from deposito.protocols.blobwire import ConnectionLost

@@ -388,7 +388,7 @@ def device(tmp_path):
 @defer.inlineCallbacks
 def commit_blob(device, data):
     """A blob of ``data`` written and committed through ``device`` (cached); its id."""
-    from deposito.blobstore import BlobMeta
+    from deposito.blobmeta import BlobMeta
 
     blob = new_blob_id()
     meta = BlobMeta(blob=blob, name="n", version=1, size=len(data), sha256="", replicas=2)

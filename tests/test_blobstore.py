@@ -6,7 +6,8 @@ import os
 import pytest
 import pytest_twisted
 
-from deposito.blobstore import BLOCK, BlobMeta, BlobStore, BlockSums, Corrupt, new_blob_id
+from deposito.blobmeta import BLOCK, BlobMeta, BlockSums, Corrupt
+from deposito.blobstore import BlobStore, new_blob_id
 from deposito.errors import BadArgs, NotFound
 
 

@@ -25,7 +25,6 @@ from deposito.blocking import BlockingClient, parse_address
 from deposito.client import (
     CHUNK_SIZE,
     PAGE_SIZE,
-    AsideFile,
     ChecksumMismatch,
     ConnectionLost,
     DepositoClient,
@@ -39,6 +38,9 @@ from deposito.client import (
     Status,
     Stored,
     connect,
+)
+from deposito.localfile import AsideFile
+from deposito.wire import (
     list_line,
     parse_entry,
     parse_get_header,

@@ -258,7 +258,8 @@ def test_a_server_with_thousands_of_blobs_rejoins_and_its_copies_are_judged_righ
     import signal
     from concurrent.futures import ThreadPoolExecutor
 
-    from deposito.blobstore import BlobMeta, BlobStore, BlockSums
+    from deposito.blobmeta import BlobMeta, BlockSums
+    from deposito.blobstore import BlobStore
     from tests.cluster import sha
 
     files = {f"inv/{i:05d}": f"file {i}".encode() for i in range(2400)}

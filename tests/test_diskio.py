@@ -9,7 +9,8 @@ import os
 import pytest
 
 from deposito import diskio
-from deposito.blobstore import BLOCK, BlobMeta, BlobStore, Corrupt, new_blob_id
+from deposito.blobmeta import BLOCK, BlobMeta, Corrupt
+from deposito.blobstore import BlobStore, new_blob_id
 from deposito.placement import read_order
 from deposito.roster import Member
 from tests.test_blobstore import sums

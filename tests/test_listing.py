@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 
 from deposito.catalog import Catalog
 from deposito.interfaces import IDepot
-from deposito.listing import NameRange, _connect, open_listing, prefix_end
+from deposito.catalog.listing import NameRange, _connect, open_listing, prefix_end
 from deposito.protocols.text import DepotFactory
 from deposito.protocols.words import split
 from deposito.roster import Member

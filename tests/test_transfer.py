@@ -7,7 +7,7 @@ import hashlib
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
-from deposito.blobstore import BlockSums
+from deposito.blobmeta import BlockSums
 from deposito.protocols.blobclient import BlobClient
 from deposito.roster import Member
 from deposito.transfer import Upload

@@ -31,7 +31,7 @@ from deposito.roster import Member, Roster
 from deposito.transfer import Upload
 
 if TYPE_CHECKING:
-    from deposito.listing import Listing
+    from deposito.catalog.listing import Listing
 
 
 @implementer(IDepot)

@@ -18,7 +18,7 @@ from deposito.roster import Member, Roster
 from deposito.transfer import SMALL_READ, read_small, stream_blob
 
 if TYPE_CHECKING:
-    from deposito.listing import Listing
+    from deposito.catalog.listing import Listing
 
 
 class Reader:

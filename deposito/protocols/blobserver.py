@@ -16,7 +16,8 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from deposito import twisted_internals
-from deposito.blobstore import BlobMeta, check_blob_id
+from deposito.blobmeta import BlobMeta
+from deposito.blobstore import check_blob_id
 from deposito.diskio import Reader
 from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal
 from deposito.interfaces import IDevice

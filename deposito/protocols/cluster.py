@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
 from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -101,7 +101,7 @@ class SendBuffer:
 
     def __init__(self) -> None:
         self.full = False
-        self._waiting: list[Deferred] = []
+        self._waiting: list[Deferred[None]] = []
 
     def pauseProducing(self) -> None:
         self.full = True
@@ -115,11 +115,11 @@ class SendBuffer:
     def stopProducing(self) -> None:
         self.resumeProducing()  # the connection is gone: nobody waits on it
 
-    def drained(self) -> Deferred:
+    def drained(self) -> Deferred[None]:
         """Fires once the buffer is no longer full (at once if it is not)."""
         if not self.full:
             return succeed(None)
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         self._waiting.append(d)
         return d
 
@@ -214,7 +214,7 @@ class JoinProtocol(LineProtocol):
     def lineLengthExceeded(self, line: bytes) -> None:
         self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         self.sending.stopProducing()
         if self._beat is not None and self._beat.running:
@@ -240,7 +240,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self.member_id: str | None = None
         self._listing_since: float | None = None
         self._after: str | None = None  # in a listing: the last blob id of its chunks so far ("" for none)
-        self._chunk: list[tuple[str, int, int, str, int, str]] | None = None
+        # a chunk of a listing: (blob,) each, or with ``full`` listings (blob, version, size, sha256, replicas, name)
+        self._chunk: list[tuple[str] | tuple[str, int, int, str, int, str]] | None = None
         self._expected = 0
         self._more = False
         self._lost = False
@@ -269,6 +270,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
                     raise Denied("PROOF expected")
                 member_id, f, mine = self._challenge
                 self._challenge = None
+                assert self.secret is not None  # a challenge is made only with a secret
                 if not verify(self.secret, words[1], "server", mine, f.get("nonce", ""), member_id):
                     raise Denied("wrong proof of the cluster secret")
                 self._join(member_id, f)
@@ -335,6 +337,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             self._after = entries[-1][0] if entries else self._after
         else:
             self._after = self._listing_since = None
+        assert self.member_id is not None  # listings come after the join
         taking = self.roster.inventory(self.member_id, entries, since, more)
         if isinstance(taking, Deferred):
             taking.addErrback(lambda f: self.log.failure("taking in an inventory chunk of {id}", f,
@@ -361,6 +364,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         if not re.fullmatch(r"[0-9a-f]{32}", theirs):
             raise Denied("this cluster needs its secret: start the server with --secret")
         mine = nonce()
+        assert self.secret is not None  # a challenge is made only with a secret
         self._challenge = (member_id, f, mine)
         self.reply(f"CHALLENGE nonce={mine} proof={proof(self.secret, 'proxy', theirs, mine, member_id)}")
 
@@ -380,7 +384,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self._full = self.full_listing()
         self.reply(f"OK welcome heartbeat={self.heartbeat} listing={'full' if self._full else 'ids'}")
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self.setTimeout(None)
         if self.member_id is not None:

@@ -47,7 +47,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from deposito.blobstore import BlobMeta
+from deposito.blobmeta import BlobMeta
 from deposito.diskio import Reader
 from deposito.errors import BadArgs, BadCommand, Unavailable
 from deposito.interfaces import IDevice

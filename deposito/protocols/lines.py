@@ -10,11 +10,11 @@ import functools
 import inspect
 from typing import Any, Callable
 
-from twisted.internet.interfaces import ITCPTransport
 from twisted.protocols.basic import LineReceiver
 
 from deposito import twisted_internals
 from deposito.errors import BadArgs, BadCommand
+from deposito.twisted_internals import IStreamTransport
 
 MAX_LINE = 8192
 STREAM_READ = 256 << 10  # bytes asked of the socket per read
@@ -40,7 +40,7 @@ class LineProtocol(LineReceiver):
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE + 1  # the line and the CR that may end it
-    transport: ITCPTransport  # set by makeConnection before any line arrives
+    transport: IStreamTransport  # set by makeConnection before any line arrives
 
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
@@ -97,7 +97,8 @@ def handler_for(obj: Any, words: list[str]) -> Callable[..., Any]:
 @functools.lru_cache(maxsize=None)
 def _arity(function: Callable[..., Any]) -> tuple[int | float, int | float]:
     """How few and how many words a ``do_`` method takes after its command."""
-    low, high = 0, 0
+    low: int = 0
+    high: int | float = 0
     for p in list(inspect.signature(function).parameters.values())[1:]:  # after self
         if p.kind is p.VAR_POSITIONAL:
             high = float("inf")

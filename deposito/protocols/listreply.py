@@ -9,20 +9,26 @@ listing only while the transport is not full, so a client that reads slowly
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable, Union
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from deposito.protocols.words import quote
+
+if TYPE_CHECKING:
+    from deposito.catalog import FileRecord
+    from deposito.catalog.listing import Listing
+
 
 class ListBroken(Exception):
     """The listing failed after ``OK <n>`` was sent: the count cannot be kept."""
 
 
-def entry_lines(records: list[Any], have: Callable[[Any], int]) -> bytes:
+def entry_lines(records: list[FileRecord], have: Callable[[FileRecord], int]) -> bytes:
     """The LIST lines of ``records``, CRLF-ended, in one piece. ``have`` is
     asked once per distinct list of servers (it depends on nothing else)."""
     counts: dict[tuple[str, ...], int] = {}
@@ -44,18 +50,18 @@ class ListReply:
 
     log = Logger()
 
-    def __init__(self, transport: Any, listing: Any, have: Callable[[Any], int]) -> None:
+    def __init__(self, transport: IConsumer, listing: Listing, have: Callable[[FileRecord], int]) -> None:
         self.transport = transport
         self.listing = listing
         self.have = have
         self.sent = 0
-        self.done: defer.Deferred = defer.Deferred()
+        self.done: defer.Deferred[None] = defer.Deferred()
         self._paused = False
         self._waiting = False  # a batch is asked of the listing
         self._pumping = False
         self._over = False
 
-    def start(self) -> defer.Deferred:
+    def start(self) -> defer.Deferred[None]:
         if self.listing.count == 0:
             self._finish()
             return self.done
@@ -94,7 +100,7 @@ class ListReply:
         finally:
             self._pumping = False
 
-    def _got(self, records: list[Any]) -> None:
+    def _got(self, records: list[FileRecord]) -> None:
         self._waiting = False
         if self._over:
             return
@@ -108,7 +114,7 @@ class ListReply:
         else:
             self._pump()
 
-    def _broke(self, why: Any) -> None:
+    def _broke(self, why: Union[Failure, BaseException]) -> None:
         self._waiting = False
         if self._over:
             return

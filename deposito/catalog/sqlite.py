@@ -1,8 +1,10 @@
-"""The proxy's catalog: which names exist, their versions, and where the copies are.
+"""The SQLite catalog's operations: which names exist, their versions, and
+where the copies are.
 
 SQLite in WAL mode with full sync: a committed version survives a crash of
 the proxy or the machine. Every method is one short transaction and blocks;
-the proxy calls them on its catalog thread (see :class:`CatalogThread`).
+the proxy calls them on its catalog thread (see
+:class:`deposito.catalog.thread.CatalogThread`).
 
 Invariants kept here:
 - a version becomes visible in one transaction (:meth:`commit`), only after
@@ -21,138 +23,16 @@ Invariants kept here:
 
 from __future__ import annotations
 
-import functools
+import builtins
 import os
 import sqlite3
-from collections import OrderedDict
 from typing import Any, Callable, Iterable, TypeVar
 
-import attrs
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
-from zope.interface import implementer
+from deposito.catalog import schema
+from deposito.catalog.records import Counts, FileRecord, Outcome, effects, is_durable
+from deposito.catalog.schema import RECORD, SERVERS_OF, TOTALS, to_record
 
-from deposito.batching import Batches
-from deposito.interfaces import ICatalog
-
-FILES = """CREATE TABLE IF NOT EXISTS files (
-    name TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    blob TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    replicas INTEGER NOT NULL,
-    created REAL NOT NULL,
-    servers TEXT NOT NULL DEFAULT ''
-) WITHOUT ROWID"""
-
-SCHEMA = FILES + """;
-CREATE TABLE IF NOT EXISTS names (
-    name TEXT PRIMARY KEY,
-    last_version INTEGER NOT NULL,
-    settled INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS copies (
-    blob TEXT NOT NULL,
-    server TEXT NOT NULL,
-    since REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (blob, server)
-);
-CREATE INDEX IF NOT EXISTS copies_by_server_blob ON copies (server, blob);
-DROP INDEX IF EXISTS copies_by_server;
-CREATE TABLE IF NOT EXISTS intents (
-    blob TEXT NOT NULL,
-    server TEXT NOT NULL,
-    PRIMARY KEY (blob, server)
-);
-CREATE TABLE IF NOT EXISTS garbage (
-    blob TEXT NOT NULL,
-    server TEXT NOT NULL,
-    PRIMARY KEY (blob, server)
-);
-CREATE TABLE IF NOT EXISTS servers (
-    id TEXT PRIMARY KEY,
-    zone TEXT NOT NULL,
-    host TEXT NOT NULL,
-    port INTEGER NOT NULL,
-    capacity INTEGER NOT NULL,
-    used INTEGER NOT NULL,
-    blobs INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS totals (
-    key TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS work (
-    name TEXT PRIMARY KEY,
-    due REAL NOT NULL,
-    rank INTEGER NOT NULL DEFAULT 0,
-    gen INTEGER NOT NULL DEFAULT 0,
-    wanted INTEGER,
-    have INTEGER,
-    moves INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS work_in_order ON work (rank, due);
-CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
-"""
-
-# The schema's version (PRAGMA user_version). 0: a catalog from before the
-# work queue, the totals, names.settled and files.servers; opening it adds
-# them (see Catalog._migrate). ``files`` is kept in name order (WITHOUT
-# ROWID) with its copies' servers beside each file (the ``copies`` rows, as
-# a space-separated sorted list, kept with every change of them), so that a
-# lookup is one row and a listing reads the table in order.
-SCHEMA_VERSION = 1
-
-# A queued file waits for this long at most, when only a server coming back
-# (or dying) can change what can be done for it: such a change wakes it.
-WAITING = 1e18
-# The servers holding copies of a blob, as ``files.servers`` keeps them.
-SERVERS_OF = ("coalesce((SELECT group_concat(server, ' ') FROM"
-              " (SELECT server FROM copies c WHERE c.blob = {blob} ORDER BY server)), '')")
-RECORD = "SELECT name, version, blob, size, sha256, replicas, servers FROM files"
-TOTALS = ("files", "bytes", "wanted")
-
-
-@attrs.frozen
-class FileRecord:
-    """The newest committed version of a name."""
-
-    name: str
-    version: int
-    blob: str
-    size: int
-    sha256: str
-    replicas: int
-    servers: tuple[str, ...]
-
-
-Method = TypeVar("Method", bound=Callable[..., Any])
-
-
-def effects(*, durable: bool, keeps_records: bool) -> Callable[[Method], Method]:
-    """Declares what a :class:`Catalog` method's call does, on the method
-    itself; :class:`CatalogThread` calls nothing that does not declare it.
-
-    ``durable=False``: what it records may be lost in a machine crash without
-    harm, so a batch of nothing else commits without an fsync (a later durable
-    commit covers it): an unrecorded intent leaves an orphan that the
-    servers' inventory finds; a version number not kept was never visible; a
-    garbage entry not forgotten is deleted again ("absent"); a server's
-    address comes again when it joins. The reconciler's queue is a guide, not
-    a record: a lost change to it is found again by the events that follow
-    and by the reconciler's sweep. An inventory's result lost likewise is
-    found again by the server's next one.
-
-    ``keeps_records=True``: it leaves every name's record as it was (files
-    and copies are untouched), so the records the catalog thread keeps in
-    memory stay true.
-    """
-    def declare(method: Method) -> Method:
-        method.durable = durable  # type: ignore[attr-defined]
-        method.keeps_records = keeps_records  # type: ignore[attr-defined]
-        return method
-    return declare
+T = TypeVar("T")
 
 
 class Catalog:
@@ -165,38 +45,14 @@ class Catalog:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self._durable = True
-        self.db.executescript(SCHEMA)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        """Bring an older catalog to this schema: its totals are counted and
-        every file is queued once, so whatever work it had left is found."""
-        if self.db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-            return
-
-        def tx(db: sqlite3.Connection) -> None:
-            if "servers" not in [row[1] for row in db.execute("PRAGMA table_info(files)")]:
-                db.execute("ALTER TABLE files RENAME TO files_before")
-                db.execute(FILES)
-                db.execute("INSERT INTO files SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
-                           f" f.created, {SERVERS_OF.format(blob='f.blob')} FROM files_before f")
-                db.execute("DROP TABLE files_before")
-            if "settled" not in [row[1] for row in db.execute("PRAGMA table_info(names)")]:
-                # no upload outlives a restart: whatever version was given out is settled
-                db.execute("ALTER TABLE names ADD COLUMN settled INTEGER NOT NULL DEFAULT 0")
-                db.execute("UPDATE names SET settled = last_version")
-            files, size, wanted = db.execute(
-                "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(replicas), 0) FROM files").fetchone()
-            db.executemany("INSERT OR REPLACE INTO totals VALUES (?, ?)",
-                           [("files", files), ("bytes", size), ("wanted", wanted)])
-            db.execute("INSERT OR IGNORE INTO work (name, due) SELECT name, 0 FROM files")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        self._tx(tx)
+        self.db.executescript(schema.SCHEMA)
+        if schema.outdated(self.db):
+            self._tx(schema.migrate)
 
     def close(self) -> None:
         self.db.close()
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` atomically: its own transaction, or a savepoint inside a
         batch (see :meth:`batch`), so one failing call undoes only itself."""
         if self.db.in_transaction:
@@ -225,7 +81,7 @@ class Catalog:
         If the commit itself fails, every call fails with its error.
         """
         results: list[tuple[bool, Any]] = []
-        durable = any(getattr(method, "durable", True) for method, _ in calls)
+        durable = any(is_durable(method) for method, _ in calls)
         if durable != self._durable:
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._durable = durable
@@ -536,14 +392,14 @@ class Catalog:
     @staticmethod
     def _lookup(db: sqlite3.Connection, name: str) -> FileRecord | None:
         row = db.execute(RECORD + " WHERE name = ?", (name,)).fetchone()
-        return _record(row) if row else None
+        return to_record(row) if row else None
 
     @effects(durable=False, keeps_records=True)
     def list(self, prefix: str = "") -> list[FileRecord]:
         rows = self.db.execute(
             RECORD + " WHERE substr(name, 1, ?) = ? ORDER BY name",
             (len(prefix), prefix)).fetchall()
-        return [_record(r) for r in rows]
+        return [to_record(r) for r in rows]
 
     # -- the reconciler's queue (see deposito.reconciler)
 
@@ -574,7 +430,7 @@ class Catalog:
                                               (now, now)).rowcount)
 
     @effects(durable=False, keeps_records=True)
-    def due_work(self, now: float, limit: int) -> list[tuple[str, int, int]]:
+    def due_work(self, now: float, limit: int) -> builtins.list[tuple[str, int, int]]:
         """The next queued files due by ``now`` (name, generation, rank): files
         not yet looked at first (rank 0), then those with the fewest healthy copies."""
         return self.db.execute("SELECT name, gen, rank FROM work WHERE due <= ? ORDER BY rank, due LIMIT ?",
@@ -585,14 +441,14 @@ class Catalog:
         return self.db.execute("SELECT min(due) FROM work").fetchone()[0]
 
     @effects(durable=False, keeps_records=True)
-    def records(self, names: Iterable[str]) -> list[FileRecord | None]:
+    def records(self, names: Iterable[str]) -> builtins.list[FileRecord | None]:
         return [self._lookup(self.db, name) for name in names]
 
     @effects(durable=False, keeps_records=True)
-    def records_after(self, after: str, limit: int) -> list[FileRecord]:
+    def records_after(self, after: str, limit: int) -> builtins.list[FileRecord]:
         """The next ``limit`` files in name order after ``after`` (the background sweep's page)."""
         rows = self.db.execute(RECORD + " WHERE name > ? ORDER BY name LIMIT ?", (after, limit)).fetchall()
-        return [_record(r) for r in rows]
+        return [to_record(r) for r in rows]
 
     @effects(durable=False, keeps_records=True)
     def settle(self, outcomes: Iterable[Outcome]) -> None:
@@ -624,36 +480,6 @@ class Catalog:
                       garbage=self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall())
 
 
-@attrs.frozen
-class Outcome:
-    """What the reconciler found for one queued file: ``due`` None when
-    there is nothing left to do for it, else when to look again."""
-
-    name: str
-    gen: int
-    due: float | None
-    rank: int = 0
-    wanted: int | None = None
-    have: int | None = None
-    moves: int = 0
-
-
-@attrs.frozen
-class Counts:
-    """The cluster's counts as the catalog keeps them (see :meth:`Catalog.counts`)."""
-
-    files: int
-    bytes: int
-    wanted: int  # copies wanted, over all files
-    healthy: int  # copies healthy, as last looked at (files not queued have what they want)
-    under: int  # queued files found below their wanted count
-    over: int
-    moves: int  # copies to make or drop, as planned for the queued files
-    fresh: int  # queued files not looked at yet
-    queued: int  # queued files
-    garbage: list[tuple[str, int]]  # copies to delete, by server
-
-
 def _count(db: sqlite3.Connection, files: int, size: int, wanted: int) -> None:
     for key, delta in zip(TOTALS, (files, size, wanted)):
         if delta:
@@ -673,223 +499,3 @@ def _enqueue(db: sqlite3.Connection, names: Iterable[str], due: float = 0.0, onl
     db.executemany("INSERT INTO work (name, due) VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
                    " SET due = min(due, excluded.due), rank = 0, gen = gen + 1",
                    [(name, due) for name in names])
-
-
-def _record(row: tuple) -> FileRecord:
-    return FileRecord(row[0], row[1], row[2], row[3], row[4], row[5], _servers(row[6] or ""))
-
-
-@functools.lru_cache(maxsize=4096)
-def _servers(ids: str) -> tuple[str, ...]:
-    """The servers of a copy list, one tuple shared by every record with the
-    same list (the records kept in memory are mostly these)."""
-    return tuple(ids.split(" ")) if ids else ()
-
-
-@implementer(ICatalog)
-class CatalogThread:
-    """The SQLite catalog as :class:`ICatalog`: runs Catalog methods on one
-    thread of their own, in order, as Deferreds.
-
-    Calls that arrive while a batch is being committed wait and go together in
-    the next one (group commit): many PUTs share one fsync, and no Deferred
-    fires before its transaction is durable.
-
-    The records of recently looked-up names are kept in memory, so a lookup
-    mostly answers at once. Any call that may change a record empties them,
-    and a lookup's answer is kept only if no such call was made after it was
-    asked (calls run in the order they are made): what is kept always matches
-    the catalog as every call made so far leaves it, so an answer from memory
-    is the one the thread would give.
-
-    Clients' lookups (:meth:`read`) go to a second connection on a thread of
-    their own, so a GET does not wait behind the PUTs committing meanwhile;
-    their answers are kept only when no change was under way.
-    """
-
-    kept = 16384  # records of this many names at most (about 500 bytes each)
-
-    def __init__(self, reactor: IReactorFromThreads, catalog: Catalog) -> None:
-        self.reactor = reactor
-        self.catalog = catalog
-        self._batches: Batches[tuple[Callable[..., Any], tuple]] = Batches(reactor, catalog.batch, "deposito-catalog")
-        # Clients' lookups (see read) on a second connection and thread of their own.
-        self._reader = sqlite3.connect(catalog.path, check_same_thread=False, isolation_level=None)
-        self._reader.execute("PRAGMA query_only=1")
-        self._reads: Batches[str] = Batches(reactor, self._read_batch, "deposito-catalog-reads")
-        self._records: OrderedDict[str, FileRecord] = OrderedDict()
-        self._changes = 0  # calls made so far that may change records
-        self._unfinished = 0  # of those, the ones not answered yet
-
-    def start(self) -> None:
-        self._batches.start()
-        self._reads.start()
-
-    def stop(self) -> None:
-        self._reads.stop()
-        self._batches.stop()
-        self._reader.close()
-        self.catalog.close()
-
-    def _call(self, method: Callable[..., Any], *args: Any) -> Deferred:
-        """``self._call(Catalog.lookup, name)``: the method's result, as a
-        Deferred. The method declares what it does with :func:`effects`."""
-        if method is Catalog.lookup:
-            return self._lookup(*args)
-        if method.keeps_records:  # type: ignore[attr-defined]
-            return self._batches.submit((method, args))
-        self._records.clear()
-        self._changes += 1
-        self._unfinished += 1
-        return self._batches.submit((method, args)).addBoth(self._finished)
-
-    def _finished(self, result: Any) -> Any:
-        self._unfinished -= 1
-        return result
-
-    def read(self, name: str) -> Deferred:
-        """The record of ``name`` (or None) for a client's request: from
-        memory, or else from the second connection, which never waits behind
-        writes and their flush to disk. Every change answered before the call
-        shows in it; one still under way may or may not (the two overlap)."""
-        record = self.kept_record(name)
-        if record is not None:
-            return succeed(record)
-        d = self._reads.submit(name)
-        if not self._unfinished:  # all made so far is committed: so the answer may be kept
-            d.addCallback(self._keep, name, self._changes)
-        return d
-
-    def _read_batch(self, names: list[str]) -> list[tuple[bool, Any]]:
-        results: list[tuple[bool, Any]] = []
-        for name in names:
-            try:
-                results.append((True, Catalog._lookup(self._reader, name)))
-            except Exception as e:
-                results.append((False, e))
-        return results
-
-    def kept_record(self, name: str) -> FileRecord | None:
-        """The record of ``name`` if it is kept in memory (what a lookup would
-        answer now), else None."""
-        record = self._records.get(name)
-        if record is not None:
-            self._records.move_to_end(name)
-        return record
-
-    def _lookup(self, name: str) -> Deferred:
-        record = self.kept_record(name)
-        if record is not None:
-            return succeed(record)
-        d = self._batches.submit((Catalog.lookup, (name,)))
-        d.addCallback(self._keep, name, self._changes)
-        return d
-
-    def _keep(self, record: FileRecord | None, name: str, changes: int) -> FileRecord | None:
-        if record is not None and changes == self._changes:  # nothing may have changed it since
-            self._records[name] = record
-            if len(self._records) > self.kept:
-                self._records.popitem(last=False)
-        return record
-
-    # -- the reconciler's view of the catalog (IWorkCatalog)
-
-    def due_work(self, now: float, limit: int) -> Deferred:
-        return self._call(Catalog.due_work, now, limit)
-
-    def next_due(self) -> Deferred:
-        return self._call(Catalog.next_due)
-
-    def records(self, names: list[str]) -> Deferred:
-        return self._call(Catalog.records, names)
-
-    def records_after(self, after: str, limit: int) -> Deferred:
-        return self._call(Catalog.records_after, after, limit)
-
-    def settle(self, outcomes: list[Outcome]) -> Deferred:
-        return self._call(Catalog.settle, outcomes)
-
-    def enqueue(self, names: list[str], due: float = 0.0, only_new: bool = False) -> Deferred:
-        return self._call(Catalog.enqueue, names, due, only_new)
-
-    def enqueue_server(self, server: str, after: str, limit: int) -> Deferred:
-        return self._call(Catalog.enqueue_server, server, after, limit)
-
-    def wake(self, now: float) -> Deferred:
-        return self._call(Catalog.wake, now)
-
-    def lookup(self, name: str) -> Deferred:
-        return self._call(Catalog.lookup, name)
-
-    def busy(self, blob: str) -> Deferred:
-        return self._call(Catalog.busy, blob)
-
-    def add_copy(self, name: str, blob: str, server: str, now: float) -> Deferred:
-        return self._call(Catalog.add_copy, name, blob, server, now)
-
-    def abandon_copy(self, blob: str, server: str) -> Deferred:
-        return self._call(Catalog.abandon_copy, blob, server)
-
-    def drop_copies(self, drops: list[tuple[str, str]]) -> Deferred:
-        return self._call(Catalog.drop_copies, drops)
-
-    # -- the rest of what the proxy needs (ICatalog)
-
-    def is_empty(self) -> Deferred:
-        return self._call(Catalog.is_empty)
-
-    def recover(self) -> Deferred:
-        return self._call(Catalog.recover)
-
-    def adopt(self, server: str, entries: list[tuple[str, int, int, str, int, str]], now: float) -> Deferred:
-        return self._call(Catalog.adopt, server, entries, now)
-
-    def servers(self) -> Deferred:
-        return self._call(Catalog.servers)
-
-    def save_server(self, id: str, zone: str, host: str, port: int, capacity: int, used: int,
-                    blobs: int) -> Deferred:
-        return self._call(Catalog.save_server, id, zone, host, port, capacity, used, blobs)
-
-    def begin_upload(self, name: str, blob: str, servers: list[str]) -> Deferred:
-        return self._call(Catalog.begin_upload, name, blob, servers)
-
-    def add_intent(self, blob: str, server: str) -> Deferred:
-        return self._call(Catalog.add_intent, blob, server)
-
-    def abandon(self, blob: str) -> Deferred:
-        return self._call(Catalog.abandon, blob)
-
-    def commit(self, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-               servers: list[str], now: float) -> Deferred:
-        return self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now)
-
-    def listing(self, prefix: str, after: str, limit: int | None) -> Deferred:
-        from deposito.listing import NameRange, open_listing
-
-        return open_listing(self.reactor, self.catalog.path, NameRange(prefix, after, limit))
-
-    def delete(self, name: str) -> Deferred:
-        return self._call(Catalog.delete, name)
-
-    def set_replicas(self, name: str, count: int) -> Deferred:
-        return self._call(Catalog.set_replicas, name, count)
-
-    def drop_copy(self, blob: str, server: str) -> Deferred:
-        return self._call(Catalog.drop_copy, blob, server)
-
-    def reconcile_inventory(self, server: str, present: list[str], lo: str | None, hi: str | None,
-                            before: float) -> Deferred:
-        return self._call(Catalog.reconcile_inventory, server, present, lo, hi, before)
-
-    def counts(self) -> Deferred:
-        return self._call(Catalog.counts)
-
-    def garbage(self, servers: list[str], limit: int = 100) -> Deferred:
-        return self._call(Catalog.garbage, servers, limit)
-
-    def forget_garbage(self, deleted: list[tuple[str, str]]) -> Deferred:
-        return self._call(Catalog.forget_garbage, deleted)
-
-    def garbage_count(self) -> Deferred:
-        return self._call(Catalog.garbage_count)

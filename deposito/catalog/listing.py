@@ -19,16 +19,18 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 from urllib.request import pathname2url
 
 import attrs
 from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from deposito.catalog import RECORD, FileRecord, _record
+from deposito.catalog.records import FileRecord
+from deposito.catalog.schema import RECORD, to_record
 from deposito.errors import Unavailable
 
 BATCH = 1000  # names read from the catalog per trip to a thread
@@ -37,7 +39,14 @@ THREADS = 4  # listings' reads at the same time, whatever the number of listings
 
 _COLUMNS = RECORD + " f"
 
-Run = Callable[..., defer.Deferred]  # run(fn, *args): fn's result, computed off the reactor
+Run = Callable[..., defer.Deferred[Any]]  # run(fn, *args): fn's result, computed off the reactor
+Opened = tuple[sqlite3.Connection, Optional[sqlite3.Cursor], int, list[FileRecord]]
+
+
+class IListingReactor(IReactorTime, IReactorCore, IReactorFromThreads):
+    """A reactor as listings use it: a clock for their age, a shutdown
+    that stops their threads, and the threads' results handed back. Every
+    reactor Twisted ships is all three."""
 
 
 class ListingExpired(Unavailable):
@@ -95,7 +104,7 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 def _open(path: str, names: NameRange,
-          batch: int) -> tuple[sqlite3.Connection, sqlite3.Cursor | None, int, list[FileRecord]]:
+          batch: int) -> Opened:
     """In a thread: the snapshot, its count, and its first batch."""
     db = _connect(path)
     cursor = None
@@ -116,7 +125,7 @@ def _open(path: str, names: NameRange,
 
 
 def _fetch(cursor: sqlite3.Cursor, n: int) -> list[FileRecord]:
-    return [_record(row) for row in cursor.fetchmany(n)]
+    return [to_record(row) for row in cursor.fetchmany(n)]
 
 
 def _close(db: sqlite3.Connection, cursor: sqlite3.Cursor | None) -> None:
@@ -144,7 +153,7 @@ class Listing:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, run: Run, db: sqlite3.Connection, cursor: sqlite3.Cursor | None,
+    def __init__(self, reactor: IReactorTime, run: Run, db: sqlite3.Connection, cursor: sqlite3.Cursor | None,
                  count: int, first: list[FileRecord], batch: int = BATCH, max_age: float = MAX_AGE) -> None:
         self.count = count
         self.fetched = len(first)  # records read from the catalog so far
@@ -154,14 +163,14 @@ class Listing:
         self._db = db
         self._cursor = cursor
         self._ready: list[FileRecord] | None = first or None
-        self._waiter: defer.Deferred | None = None
+        self._waiter: defer.Deferred[list[FileRecord]] | None = None
         self._busy = False  # a read runs in a thread
         self._error: BaseException | None = None
         self._released = count == 0  # an empty listing's connection is closed already
         self.closed = count == 0
         self._timer = None if self.closed else reactor.callLater(max_age, self._expire)
 
-    def next(self) -> defer.Deferred:
+    def next(self) -> defer.Deferred[list[FileRecord]]:
         """The next batch of records, ``[]`` after the last one."""
         if self._error is not None:
             return defer.fail(self._error)
@@ -190,7 +199,7 @@ class Listing:
         else:
             self._release()
 
-    def collect(self) -> defer.Deferred:
+    def collect(self) -> defer.Deferred[list[FileRecord]]:
         """Every record left, in one list, then close: for a bounded listing."""
         out: list[FileRecord] = []
 
@@ -201,7 +210,7 @@ class Listing:
             out.extend(batch)
             return self.next().addCallback(more)
 
-        def failed(failure: Any) -> Any:
+        def failed(failure: Failure) -> Failure:
             self.close()
             return failure
 
@@ -229,7 +238,7 @@ class Listing:
         else:
             self._ready = batch
 
-    def _failed(self, why: Any) -> None:
+    def _failed(self, why: Failure | BaseException) -> None:
         self._busy = False
         error = why.value if isinstance(why, Failure) else why
         if self.closed:
@@ -261,23 +270,25 @@ class Listing:
         self._run(_close, self._db, self._cursor).addErrback(lambda f: self.log.failure("closing a listing", f))
 
 
-def open_listing(reactor: Any, path: str, names: NameRange, batch: int = BATCH,
-                 max_age: float = MAX_AGE, run: Run | None = None) -> defer.Deferred:
+def open_listing(reactor: IListingReactor, path: str, names: NameRange, batch: int = BATCH,
+                 max_age: float = MAX_AGE, run: Run | None = None) -> defer.Deferred[Listing]:
     """A :class:`Listing` of ``names`` in the SQLite catalog at ``path``,
     its count taken and its first batch read. ``run`` puts work on a thread
     (by default this module's pool)."""
-    if run is None:
-        run = functools.partial(threads.deferToThreadPool, reactor, _pool(reactor))
-    d = run(_open, path, names, batch)
-    d.addCallback(lambda opened: Listing(reactor, run, *opened, batch=batch, max_age=max_age))
-    return d
+    reads: Run = run or functools.partial(threads.deferToThreadPool, reactor, _pool(reactor))
+
+    def opened(result: Opened) -> Listing:
+        db, cursor, count, first = result
+        return Listing(reactor, reads, db, cursor, count, first, batch=batch, max_age=max_age)
+
+    return reads(_open, path, names, batch).addCallback(opened)
 
 
 _pools: dict[int, ThreadPool] = {}
 _pools_lock = threading.Lock()
 
 
-def _pool(reactor: Any) -> ThreadPool:
+def _pool(reactor: IReactorCore) -> ThreadPool:
     """The listings' threads: a few, shared by every listing, made at the
     first listing and stopped with the reactor."""
     with _pools_lock:
@@ -285,7 +296,7 @@ def _pool(reactor: Any) -> ThreadPool:
         if pool is None:
             pool = ThreadPool(0, THREADS, "deposito-listing")
             # daemon threads: a listing's read never keeps the process from exiting
-            pool.threadFactory = functools.partial(threading.Thread, daemon=True)
+            pool.threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
             pool.start()
             _pools[id(reactor)] = pool
 

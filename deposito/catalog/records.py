@@ -1,0 +1,96 @@
+"""What the catalog hands out and takes in, whatever its backend: a file's
+record, the reconciler's outcome for a queued file, the counts STATUS shows,
+and the declaration of what each catalog call does (:func:`effects`)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import attrs
+
+# A queued file waits for this long at most, when only a server coming back
+# (or dying) can change what can be done for it: such a change wakes it.
+WAITING = 1e18
+
+
+@attrs.frozen
+class FileRecord:
+    """The newest committed version of a name."""
+
+    name: str
+    version: int
+    blob: str
+    size: int
+    sha256: str
+    replicas: int
+    servers: tuple[str, ...]
+
+
+@attrs.frozen
+class Outcome:
+    """What the reconciler found for one queued file: ``due`` None when
+    there is nothing left to do for it, else when to look again."""
+
+    name: str
+    gen: int
+    due: float | None
+    rank: int = 0
+    wanted: int | None = None
+    have: int | None = None
+    moves: int = 0
+
+
+@attrs.frozen
+class Counts:
+    """The cluster's counts as the catalog keeps them (see :meth:`deposito.catalog.Catalog.counts`)."""
+
+    files: int
+    bytes: int
+    wanted: int  # copies wanted, over all files
+    healthy: int  # copies healthy, as last looked at (files not queued have what they want)
+    under: int  # queued files found below their wanted count
+    over: int
+    moves: int  # copies to make or drop, as planned for the queued files
+    fresh: int  # queued files not looked at yet
+    queued: int  # queued files
+    garbage: list[tuple[str, int]]  # copies to delete, by server
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def effects(*, durable: bool, keeps_records: bool) -> Callable[[Method], Method]:
+    """Declares what a catalog method's call does, on the method itself;
+    :class:`deposito.catalog.CatalogThread` calls nothing that does not
+    declare it.
+
+    ``durable=False``: what it records may be lost in a machine crash without
+    harm, so a batch of nothing else commits without an fsync (a later durable
+    commit covers it): an unrecorded intent leaves an orphan that the
+    servers' inventory finds; a version number not kept was never visible; a
+    garbage entry not forgotten is deleted again ("absent"); a server's
+    address comes again when it joins. The reconciler's queue is a guide, not
+    a record: a lost change to it is found again by the events that follow
+    and by the reconciler's sweep. An inventory's result lost likewise is
+    found again by the server's next one.
+
+    ``keeps_records=True``: it leaves every name's record as it was (files
+    and copies are untouched), so the records the catalog thread keeps in
+    memory stay true.
+    """
+    def declare(method: Method) -> Method:
+        method.durable = durable  # type: ignore[attr-defined]
+        method.keeps_records = keeps_records  # type: ignore[attr-defined]
+        return method
+    return declare
+
+
+def is_durable(method: Callable[..., Any]) -> bool:
+    """Whether a call of ``method`` must be durable before it is answered
+    (a method that declares nothing is taken to be)."""
+    return bool(getattr(method, "durable", True))
+
+
+def keeps_records(method: Callable[..., Any]) -> bool:
+    """Whether ``method`` leaves every name's record as it was (see :func:`effects`)."""
+    return bool(getattr(method, "keeps_records"))

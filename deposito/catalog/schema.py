@@ -1,0 +1,126 @@
+"""The SQLite catalog's tables, how an older catalog is brought to them, and
+how a row of ``files`` becomes a :class:`FileRecord`: what the catalog's
+operations (:mod:`deposito.catalog.sqlite`) and its listings
+(:mod:`deposito.catalog.listing`) share."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from typing import Any
+
+from deposito.catalog.records import FileRecord
+
+FILES = """CREATE TABLE IF NOT EXISTS files (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    blob TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    replicas INTEGER NOT NULL,
+    created REAL NOT NULL,
+    servers TEXT NOT NULL DEFAULT ''
+) WITHOUT ROWID"""
+
+SCHEMA = FILES + """;
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT PRIMARY KEY,
+    last_version INTEGER NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS copies (
+    blob TEXT NOT NULL,
+    server TEXT NOT NULL,
+    since REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (blob, server)
+);
+CREATE INDEX IF NOT EXISTS copies_by_server_blob ON copies (server, blob);
+DROP INDEX IF EXISTS copies_by_server;
+CREATE TABLE IF NOT EXISTS intents (
+    blob TEXT NOT NULL,
+    server TEXT NOT NULL,
+    PRIMARY KEY (blob, server)
+);
+CREATE TABLE IF NOT EXISTS garbage (
+    blob TEXT NOT NULL,
+    server TEXT NOT NULL,
+    PRIMARY KEY (blob, server)
+);
+CREATE TABLE IF NOT EXISTS servers (
+    id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    capacity INTEGER NOT NULL,
+    used INTEGER NOT NULL,
+    blobs INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS totals (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS work (
+    name TEXT PRIMARY KEY,
+    due REAL NOT NULL,
+    rank INTEGER NOT NULL DEFAULT 0,
+    gen INTEGER NOT NULL DEFAULT 0,
+    wanted INTEGER,
+    have INTEGER,
+    moves INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS work_in_order ON work (rank, due);
+CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
+"""
+
+# The schema's version (PRAGMA user_version). 0: a catalog from before the
+# work queue, the totals, names.settled and files.servers; opening it adds
+# them (see migrate). ``files`` is kept in name order (WITHOUT ROWID) with
+# its copies' servers beside each file (the ``copies`` rows, as a
+# space-separated sorted list, kept with every change of them), so that a
+# lookup is one row and a listing reads the table in order.
+SCHEMA_VERSION = 1
+
+# The servers holding copies of a blob, as ``files.servers`` keeps them.
+SERVERS_OF = ("coalesce((SELECT group_concat(server, ' ') FROM"
+              " (SELECT server FROM copies c WHERE c.blob = {blob} ORDER BY server)), '')")
+RECORD = "SELECT name, version, blob, size, sha256, replicas, servers FROM files"
+TOTALS = ("files", "bytes", "wanted")
+
+
+def outdated(db: sqlite3.Connection) -> bool:
+    """Whether the catalog behind ``db`` predates this schema (see :func:`migrate`)."""
+    return bool(db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION)
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """In one transaction: bring an older catalog to this schema. Its totals
+    are counted and every file is queued once, so whatever work it had left
+    is found."""
+    if "servers" not in [row[1] for row in db.execute("PRAGMA table_info(files)")]:
+        db.execute("ALTER TABLE files RENAME TO files_before")
+        db.execute(FILES)
+        db.execute("INSERT INTO files SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
+                   f" f.created, {SERVERS_OF.format(blob='f.blob')} FROM files_before f")
+        db.execute("DROP TABLE files_before")
+    if "settled" not in [row[1] for row in db.execute("PRAGMA table_info(names)")]:
+        # no upload outlives a restart: whatever version was given out is settled
+        db.execute("ALTER TABLE names ADD COLUMN settled INTEGER NOT NULL DEFAULT 0")
+        db.execute("UPDATE names SET settled = last_version")
+    files, size, wanted = db.execute(
+        "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(replicas), 0) FROM files").fetchone()
+    db.executemany("INSERT OR REPLACE INTO totals VALUES (?, ?)",
+                   [("files", files), ("bytes", size), ("wanted", wanted)])
+    db.execute("INSERT OR IGNORE INTO work (name, due) SELECT name, 0 FROM files")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def to_record(row: tuple[Any, ...]) -> FileRecord:
+    """The record of a row selected with :data:`RECORD`."""
+    return FileRecord(row[0], row[1], row[2], row[3], row[4], row[5], _servers(row[6] or ""))
+
+
+@functools.lru_cache(maxsize=4096)
+def _servers(ids: str) -> tuple[str, ...]:
+    """The servers of a copy list, one tuple shared by every record with the
+    same list (the records kept in memory are mostly these)."""
+    return tuple(ids.split(" ")) if ids else ()

@@ -1,0 +1,228 @@
+"""The SQLite catalog as :class:`ICatalog`: its calls on a thread of their
+own, committed in groups, with the records of recently looked-up names kept
+in memory and clients' lookups on a second connection."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from deposito.batching import Batches
+from deposito.catalog.listing import IListingReactor, Listing, NameRange, open_listing
+from deposito.catalog.records import Counts, FileRecord, Outcome, keeps_records
+from deposito.catalog.sqlite import Catalog
+from deposito.interfaces import ICatalog
+
+if TYPE_CHECKING:
+    from deposito.interfaces import Entry, ServerRow
+
+T = TypeVar("T")
+
+
+@implementer(ICatalog)
+class CatalogThread:
+    """The SQLite catalog as :class:`ICatalog`: runs Catalog methods on one
+    thread of their own, in order, as Deferreds.
+
+    Calls that arrive while a batch is being committed wait and go together in
+    the next one (group commit): many PUTs share one fsync, and no Deferred
+    fires before its transaction is durable.
+
+    The records of recently looked-up names are kept in memory, so a lookup
+    mostly answers at once. Any call that may change a record empties them,
+    and a lookup's answer is kept only if no such call was made after it was
+    asked (calls run in the order they are made): what is kept always matches
+    the catalog as every call made so far leaves it, so an answer from memory
+    is the one the thread would give.
+
+    Clients' lookups (:meth:`read`) go to a second connection on a thread of
+    their own, so a GET does not wait behind the PUTs committing meanwhile;
+    their answers are kept only when no change was under way.
+    """
+
+    kept = 16384  # records of this many names at most (about 500 bytes each)
+
+    def __init__(self, reactor: IListingReactor, catalog: Catalog) -> None:
+        self.reactor = reactor
+        self.catalog = catalog
+        self._batches: Batches[tuple[Callable[..., Any], tuple]] = Batches(reactor, catalog.batch, "deposito-catalog")
+        # Clients' lookups (see read) on a second connection and thread of their own.
+        self._reader = sqlite3.connect(catalog.path, check_same_thread=False, isolation_level=None)
+        self._reader.execute("PRAGMA query_only=1")
+        self._reads: Batches[str] = Batches(reactor, self._read_batch, "deposito-catalog-reads")
+        self._records: OrderedDict[str, FileRecord] = OrderedDict()
+        self._changes = 0  # calls made so far that may change records
+        self._unfinished = 0  # of those, the ones not answered yet
+
+    def start(self) -> None:
+        self._batches.start()
+        self._reads.start()
+
+    def stop(self) -> None:
+        self._reads.stop()
+        self._batches.stop()
+        self._reader.close()
+        self.catalog.close()
+
+    def _call(self, method: Callable[..., T], *args: Any) -> Deferred[T]:
+        """``self._call(Catalog.due_work, now, limit)``: the method's result, as a
+        Deferred. The method declares what it does with
+        :func:`deposito.catalog.records.effects`."""
+        if keeps_records(method):
+            return self._batches.submit((method, args))
+        self._records.clear()
+        self._changes += 1
+        self._unfinished += 1
+        return self._batches.submit((method, args)).addBoth(self._finished)
+
+    def _finished(self, result: Any) -> Any:
+        self._unfinished -= 1
+        return result
+
+    def read(self, name: str) -> Deferred[Optional[FileRecord]]:
+        """The record of ``name`` (or None) for a client's request: from
+        memory, or else from the second connection, which never waits behind
+        writes and their flush to disk. Every change answered before the call
+        shows in it; one still under way may or may not (the two overlap)."""
+        record = self.kept_record(name)
+        if record is not None:
+            return succeed(record)
+        d = self._reads.submit(name)
+        if not self._unfinished:  # all made so far is committed: so the answer may be kept
+            d.addCallback(self._keep, name, self._changes)
+        return d
+
+    def _read_batch(self, names: list[str]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
+        for name in names:
+            try:
+                results.append((True, Catalog._lookup(self._reader, name)))
+            except Exception as e:
+                results.append((False, e))
+        return results
+
+    def kept_record(self, name: str) -> FileRecord | None:
+        """The record of ``name`` if it is kept in memory (what a lookup would
+        answer now), else None."""
+        record = self._records.get(name)
+        if record is not None:
+            self._records.move_to_end(name)
+        return record
+
+    def lookup(self, name: str) -> Deferred[Optional[FileRecord]]:
+        """The record of ``name`` (or None), from memory or else in turn
+        after every call made before it."""
+        record = self.kept_record(name)
+        if record is not None:
+            return succeed(record)
+        d = self._batches.submit((Catalog.lookup, (name,)))
+        d.addCallback(self._keep, name, self._changes)
+        return d
+
+    def _keep(self, record: FileRecord | None, name: str, changes: int) -> FileRecord | None:
+        if record is not None and changes == self._changes:  # nothing may have changed it since
+            self._records[name] = record
+            if len(self._records) > self.kept:
+                self._records.popitem(last=False)
+        return record
+
+    # -- the reconciler's view of the catalog (IWorkCatalog)
+
+    def due_work(self, now: float, limit: int) -> Deferred[list[tuple[str, int, int]]]:
+        return self._call(Catalog.due_work, now, limit)
+
+    def next_due(self) -> Deferred[Optional[float]]:
+        return self._call(Catalog.next_due)
+
+    def records(self, names: list[str]) -> Deferred[list[Optional[FileRecord]]]:
+        return self._call(Catalog.records, names)
+
+    def records_after(self, after: str, limit: int) -> Deferred[list[FileRecord]]:
+        return self._call(Catalog.records_after, after, limit)
+
+    def settle(self, outcomes: list[Outcome]) -> Deferred[None]:
+        return self._call(Catalog.settle, outcomes)
+
+    def enqueue(self, names: list[str], due: float = 0.0, only_new: bool = False) -> Deferred[None]:
+        return self._call(Catalog.enqueue, names, due, only_new)
+
+    def enqueue_server(self, server: str, after: str, limit: int) -> Deferred[Optional[str]]:
+        return self._call(Catalog.enqueue_server, server, after, limit)
+
+    def wake(self, now: float) -> Deferred[int]:
+        return self._call(Catalog.wake, now)
+
+    def busy(self, blob: str) -> Deferred[list[str]]:
+        return self._call(Catalog.busy, blob)
+
+    def add_copy(self, name: str, blob: str, server: str, now: float) -> Deferred[bool]:
+        return self._call(Catalog.add_copy, name, blob, server, now)
+
+    def abandon_copy(self, blob: str, server: str) -> Deferred[None]:
+        return self._call(Catalog.abandon_copy, blob, server)
+
+    def drop_copies(self, drops: list[tuple[str, str]]) -> Deferred[None]:
+        return self._call(Catalog.drop_copies, drops)
+
+    # -- the rest of what the proxy needs (ICatalog)
+
+    def is_empty(self) -> Deferred[bool]:
+        return self._call(Catalog.is_empty)
+
+    def recover(self) -> Deferred[int]:
+        return self._call(Catalog.recover)
+
+    def adopt(self, server: str, entries: list[Entry], now: float) -> Deferred[int]:
+        return self._call(Catalog.adopt, server, entries, now)
+
+    def servers(self) -> Deferred[list[ServerRow]]:
+        return self._call(Catalog.servers)
+
+    def save_server(self, id: str, zone: str, host: str, port: int, capacity: int, used: int,
+                    blobs: int) -> Deferred[None]:
+        return self._call(Catalog.save_server, id, zone, host, port, capacity, used, blobs)
+
+    def begin_upload(self, name: str, blob: str, servers: list[str]) -> Deferred[int]:
+        return self._call(Catalog.begin_upload, name, blob, servers)
+
+    def add_intent(self, blob: str, server: str) -> Deferred[None]:
+        return self._call(Catalog.add_intent, blob, server)
+
+    def abandon(self, blob: str) -> Deferred[None]:
+        return self._call(Catalog.abandon, blob)
+
+    def commit(self, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
+               servers: list[str], now: float) -> Deferred[bool]:
+        return self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now)
+
+    def listing(self, prefix: str, after: str, limit: int | None) -> Deferred[Listing]:
+        return open_listing(self.reactor, self.catalog.path, NameRange(prefix, after, limit))
+
+    def delete(self, name: str) -> Deferred[Optional[FileRecord]]:
+        return self._call(Catalog.delete, name)
+
+    def set_replicas(self, name: str, count: int) -> Deferred[Optional[FileRecord]]:
+        return self._call(Catalog.set_replicas, name, count)
+
+    def drop_copy(self, blob: str, server: str) -> Deferred[None]:
+        return self._call(Catalog.drop_copy, blob, server)
+
+    def reconcile_inventory(self, server: str, present: list[str], lo: str | None, hi: str | None,
+                            before: float) -> Deferred[tuple[int, int, int, list[str]]]:
+        return self._call(Catalog.reconcile_inventory, server, present, lo, hi, before)
+
+    def counts(self) -> Deferred[Counts]:
+        return self._call(Catalog.counts)
+
+    def garbage(self, servers: list[str], limit: int = 100) -> Deferred[list[tuple[str, str]]]:
+        return self._call(Catalog.garbage, servers, limit)
+
+    def forget_garbage(self, deleted: list[tuple[str, str]]) -> Deferred[None]:
+        return self._call(Catalog.forget_garbage, deleted)
+
+    def garbage_count(self) -> Deferred[list[tuple[str, int]]]:
+        return self._call(Catalog.garbage_count)
