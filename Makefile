@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test install bench clean
+.PHONY: run test check install bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ install: $(PY)
 run: install
 	$(PY) examples/local_cluster.py --var var --http 7080
 
-test: install
+# The types first (mypy with the zope plugin, see mypy.ini), then every test.
+test: check
 	$(PY) -m pytest -q
+
+check: install
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PIP) install -q -r bench/requirements.txt

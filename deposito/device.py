@@ -172,13 +172,13 @@ class Device:
         return opened
 
     def read_block(self, f: Any, meta: BlobMeta, index: int) -> Deferred:
-        """A checked block; fails with blobstore.Corrupt on rot."""
+        """A checked block; fails with blobmeta.Corrupt on rot."""
         return self._read(self.store.read_block, f, meta, index)
 
     def read_block_now(self, f: Any, meta: BlobMeta, index: int) -> memoryview | None:
         """A checked block read on the reactor thread, when it is all in the
         page cache (a read that cannot wait on the disk); else None, and
-        :meth:`read_block` reads it. Raises blobstore.Corrupt on rot. The view
+        :meth:`read_block` reads it. Raises blobmeta.Corrupt on rot. The view
         is good until the next call."""
         return self.store.read_resident_block(f, meta, index, self._now)
 

@@ -154,7 +154,7 @@ class ICatalog(IWorkCatalog):
         :meth:`lookup` would answer), else None. Not a Deferred."""
 
     def listing(prefix: str, after: str, limit: Optional[int]) -> Deferred[Listing]:
-        """A :class:`deposito.listing.Listing` of the names starting with
+        """A :class:`deposito.catalog.listing.Listing` of the names starting with
         ``prefix`` after ``after`` (at most ``limit``, None: all), read in
         batches from one snapshot; to be closed when done."""
 
@@ -234,7 +234,7 @@ class IDepot(Interface):
         counts: it stops counting, and is made again elsewhere."""
 
     def listing(prefix: str, after: str, limit: Optional[int]) -> Awaitable[Listing]:
-        """Awaitable: a :class:`deposito.listing.Listing`, to be closed when done."""
+        """Awaitable: a :class:`deposito.catalog.listing.Listing`, to be closed when done."""
 
     def delete(name: str) -> Awaitable[FileRecord]:
         """Awaitable: the record deleted, or NotFound."""

@@ -51,7 +51,7 @@ class Reader:
     async def listing(self, prefix: str, after: str, limit: int | None) -> Listing:
         """The names starting with ``prefix`` that sort after ``after`` (at most
         ``limit``), read in batches from one snapshot of the catalog, off the
-        reactor: a :class:`deposito.listing.Listing`, to be closed when done."""
+        reactor: a :class:`deposito.catalog.listing.Listing`, to be closed when done."""
         return await self.db.listing(prefix, after, limit)
 
     def read_small(self, record: FileRecord) -> Optional[defer.Deferred[list[bytes]]]:

@@ -7,7 +7,7 @@ Requests (one line each, words as in the text protocol):
         first; other big blobs are written around it), then exactly <size>
         raw bytes, then ``END <sha256> <blocks>``, where <blocks> is the
         digest of the checksum (CRC-32C) of each 1 MiB block sent
-        (blobstore.BlockSums); reply ``OK stored <blob> sha256=<hex>`` once
+        (blobmeta.BlockSums); reply ``OK stored <blob> sha256=<hex>`` once
         the blob is durable and its block checksums match <blocks>.
     READ <blob> <offset> [<length>]
         reply ``OK <count> size=<size>``, then <count> raw bytes: those from

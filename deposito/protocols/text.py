@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 import deposito
 from deposito import twisted_internals
+from deposito.catalog import FileRecord
 from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
 from deposito.interfaces import IDepot
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
@@ -150,7 +151,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             self.setTimeout(self.idle_timeout)
             self.resumeProducing()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
         if getattr(self, "factory", None) is not None:
             self.factory.open -= 1
@@ -192,7 +193,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             return
         self.reply(f"OK send {nbytes}")
         self._upload, self._remaining = upload, nbytes
-        self._done = defer.Deferred()
+        self._done: defer.Deferred[None] = defer.Deferred()
         if nbytes:
             upload.attach(self.transport)
             self.setTimeout(self.stall_timeout)
@@ -290,7 +291,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             listing.close()
             return
         self.reply(f"OK {listing.count}")
-        self.setTimeout(None)  # a slow reader is the listing's to time out (see deposito.listing)
+        self.setTimeout(None)  # a slow reader is the listing's to time out (see deposito.catalog.listing)
         try:
             await ListReply(self.transport, listing, lambda r: len(self.depot.healthy(r))).start()
         except ListBroken:  # after OK <n>, fewer lines would be misread: the connection must go
@@ -307,7 +308,10 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             raise BadArgs(f"usage: {USAGE['REPLICAS']}")
         if wait is not None:
             self.setTimeout(None)
-        self._waiting = defer.ensureDeferred(self.depot.replicas(name, n, wait is not None))
+        async def replicas() -> tuple[FileRecord, int]:  # a Deferred, so that connectionLost can cancel it
+            return await self.depot.replicas(name, n, wait is not None)
+
+        self._waiting = defer.ensureDeferred(replicas())
         try:
             record, have = await self._waiting
         finally:
@@ -344,6 +348,6 @@ class DepotFactory(Factory):
         return p
 
 
-def _header(record: Any) -> str:
+def _header(record: FileRecord) -> str:
     """The reply line that comes before a file's bytes."""
     return f"OK {record.size} sha256={record.sha256} version={record.version}"
