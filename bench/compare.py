@@ -8,7 +8,8 @@
 Each checkout runs its own cluster (a proxy and 3 servers, from its own
 .venv) and the two take turns cell by cell and run by run, the first one
 rotating, with the same cells as bench/run.py: PUT and GET of 1 MiB, 64 MiB
-and 1 GiB with 1-3 copies, and 4 KiB files at concurrency 1, 16 and 64.
+and 1 GiB with 1-3 copies, and 4 KiB files at concurrency 1, 16 and 64
+(each small-file phase 3 times, the order rotating; the median kept).
 A cell is flagged when the new figure is more than 5% below the old.
 
 Writes bench/COMPARE.md and the raw figures (bench/work/compare-<time>.json).
@@ -25,7 +26,9 @@ import time
 from pathlib import Path
 
 from harness import CHECKOUT, HERE, KiB, DepositoCluster, Processes, human, loadavg, machine, make_file
-from run import DepositoSystem, log, parse_size, small_files, throughput
+import statistics
+
+from run import DepositoSystem, log, parse_size, small_level, throughput
 
 SLOWER = 0.95  # a new figure below this share of the old is flagged
 
@@ -41,6 +44,25 @@ def side(procs: Processes, root: Path, checkout: Path, key: str) -> DepositoSyst
     return system
 
 
+def small_rounds(systems: list[DepositoSystem], levels: list[int], duration: float,
+                 rounds: int) -> dict[str, dict]:
+    """Each small-file phase ``rounds`` times for each system, the order
+    rotating round by round (a phase lasts seconds: the load of the machine
+    drifts between two), and the median of each."""
+    data = b"x" * (4 * KiB)
+    seen: dict[str, dict[str, dict[str, list[float]]]] = {
+        s.key: {str(level): {"put": [], "get": []} for level in levels} for s in systems}
+    for level in levels:
+        for i in range(rounds):
+            for system in systems[i % len(systems):] + systems[:i % len(systems)]:
+                got = small_level(system, level, data, 2, duration, 100_000)
+                for op in ("put", "get"):
+                    if op in got:
+                        seen[system.key][str(level)][op].append(got[op]["ops_per_s"])
+    return {key: {level: {op: {"ops_per_s": statistics.median(v), "runs": v} for op, v in ops.items() if v}
+                  for level, ops in by_level.items()} for key, by_level in seen.items()}
+
+
 def rows(res: dict) -> list[tuple[str, float, float]]:
     """(cell, old figure, new figure) for every cell both measured."""
     out = []
@@ -53,8 +75,6 @@ def rows(res: dict) -> list[tuple[str, float, float]]:
                 out.append((f"{op.upper()} {human(int(size))}, {copies} copies (MiB/s)",
                             o[f"{op}_mibps"], n[f"{op}_mibps"]))
     for level, o in old["small"].items():
-        if level == "peak_rss":
-            continue
         n = new["small"][level]
         for op in ("put", "get"):
             if op in o and op in n:
@@ -74,12 +94,14 @@ def render(res: dict, path: Path) -> None:
         "# Deposito, old and new side by side",
         "",
         f"Measured {res['started']} by `{res['command']}` ({res['runs']} run(s) per cell, median;"
-        f" {res['small_duration']:.0f} s per small-file phase; {res['elapsed_s']:.0f} s in all).",
+        f" {res['small_duration']:.0f} s per small-file phase, {res['small_rounds']} of each, median;"
+        f" {res['elapsed_s']:.0f} s in all).",
         "",
         f"- old: {res['old']['commit']}",
         f"- new: {res['new']['commit']}",
         f"- machine: {describe(res['machine'])}; load average at start {res['loadavg_start']}, at end {res['loadavg_end']}",
-        "- Both clusters ran at once and took turns run by run, so a drift in the machine's load falls on both.",
+        "- Both clusters ran at once and took turns run by run (small files: phase by phase), the first one"
+        " rotating, so a drift in the machine's load falls on both.",
         "",
         "| cell | old | new | new/old |",
         "|---|---|---|---|",
@@ -102,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, help="runs per cell (median taken); default 9, quick 3")
     ap.add_argument("--levels", default="1,16,64")
     ap.add_argument("--small-duration", type=float, help="seconds per small-file phase (default 10, quick 3)")
+    ap.add_argument("--small-rounds", type=int, help="each small-file phase this many times (default 3, quick 1)")
     ap.add_argument("--workdir", default=tempfile.gettempdir())
     ap.add_argument("--out", default=str(HERE / "COMPARE.md"))
     a = ap.parse_args(argv)
@@ -110,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = a.runs or (3 if a.quick else 9)
     levels = [int(x) for x in a.levels.split(",")]
     duration = a.small_duration or (3.0 if a.quick else 10.0)
+    rounds = a.small_rounds or (1 if a.quick else 3)
     started = time.time()
-    res: dict = {"started": time.strftime("%Y-%m-%d %H:%M"), "runs": runs, "small_duration": duration,
+    res: dict = {"started": time.strftime("%Y-%m-%d %H:%M"), "runs": runs, "small_duration": duration, "small_rounds": rounds,
                  "machine": machine(), "loadavg_start": loadavg(),
                  "command": " ".join(["bench/compare.py"] + (argv if argv is not None else sys.argv[1:])),
                  "old": {"commit": commit_of(a.old)}, "new": {"commit": commit_of(CHECKOUT)}}
@@ -126,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         systems = [side(procs, root, a.old.resolve(), "old"), side(procs, root, CHECKOUT, "new")]
         for key, out in throughput(systems, files, replicas, runs, True).items():
             res[key]["throughput"] = out
-        for key, out in small_files(systems, levels, 4 * KiB, 2, duration, 100_000).items():
+        for key, out in small_rounds(systems, levels, duration, rounds).items():
             res[key]["small"] = out
         res["loadavg_end"] = loadavg()
     finally:

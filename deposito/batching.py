@@ -6,6 +6,7 @@ import threading
 from typing import Any, Callable, Generic, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -19,7 +20,7 @@ class Batches(Generic[T]):
     together in the next (so, say, many commits share one flush). Each
     item's Deferred fires on the reactor with its own outcome."""
 
-    def __init__(self, reactor: Any, run: Callable[[list[T]], Results], name: str) -> None:
+    def __init__(self, reactor: IReactorFromThreads, run: Callable[[list[T]], Results], name: str) -> None:
         self.reactor = reactor
         self.run = run
         self.pool = ThreadPool(1, 1, name)

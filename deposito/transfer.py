@@ -19,7 +19,7 @@ import hashlib
 from typing import Any, Awaitable, Callable, Iterable, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -60,7 +60,7 @@ class Lane:
         self.client = client
         self.result = result
         self.alive = True
-        self._stall = None
+        self._stall: IDelayedCall | None = None
         client.transport.registerProducer(self, True)
         result.addErrback(self._failed)
 
@@ -101,7 +101,7 @@ class Upload:
 
     log = Logger()
 
-    def __init__(self, clock: Any, name: str, version: int, blob: str, size: int, replicas: int,
+    def __init__(self, clock: twisted_internals.IStreamReactor, name: str, version: int, blob: str, size: int, replicas: int,
                  stall_timeout: float = 30.0, release: Release = close, targets: Iterable[Member] = ()) -> None:
         self.clock = clock
         self.release = release

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -29,6 +29,7 @@ from deposito.pool import BlobPool
 from deposito.reconciler import Reconciler
 from deposito.roster import Member, Roster
 from deposito.transfer import Upload
+from deposito.twisted_internals import IStreamReactor
 
 if TYPE_CHECKING:
     from deposito.catalog.listing import Listing
@@ -43,7 +44,7 @@ class Depot:
 
     absent_after = 10.0  # after a restart, servers not back by then count as down in STATUS
 
-    def __init__(self, reactor: IReactorTime, db: ICatalog, roster: Roster, default_replicas: int = 2,
+    def __init__(self, reactor: IStreamReactor, db: ICatalog, roster: Roster, default_replicas: int = 2,
                  connect_timeout: float = 5.0, stall_timeout: float = 30.0,
                  collect_every: float = 2.0, secret: bytes | None = None, rebuild: bool = False,
                  rebuild_grace: float = 5.0, collect_rate: float = 1000.0) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -18,6 +17,7 @@ from deposito.placement import place, read_order
 from deposito.pool import BlobPool
 from deposito.roster import Member, Roster
 from deposito.transfer import CopyFailed, Upload, copy_blob
+from deposito.twisted_internals import IStreamReactor
 
 
 @implementer(ICopier)
@@ -28,7 +28,7 @@ class Writer:
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, db: ICatalog, roster: Roster, pool: BlobPool,
+    def __init__(self, clock: IStreamReactor, db: ICatalog, roster: Roster, pool: BlobPool,
                  collect: Callable[[], None], repair: Callable[[], None],
                  default_replicas: int = 2, stall_timeout: float = 30.0) -> None:
         self.clock = clock
