@@ -10,7 +10,9 @@ Each checkout runs its own cluster (a proxy and 3 servers, from its own
 rotating, with the same cells as bench/run.py: PUT and GET of 1 MiB, 64 MiB
 and 1 GiB with 1-3 copies, and 4 KiB files at concurrency 1, 16 and 64
 (each small-file phase 3 times, the order rotating; the median kept).
-A cell is flagged when the new figure is more than 5% below the old.
+A cell is flagged when the new figure is more than 5% below the old. Then
+the CPU time the proxy and the servers spend per small PUT and GET, which a
+busy machine does not blur as much as it blurs rates.
 
 Writes bench/COMPARE.md and the raw figures (bench/work/compare-<time>.json).
 """
@@ -18,16 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import CHECKOUT, HERE, KiB, DepositoCluster, Processes, human, loadavg, machine, make_file
-import statistics
-
+from harness import CHECKOUT, HERE, KiB, DepositoClient, DepositoCluster, Processes, human, loadavg, machine, make_file
 from run import DepositoSystem, log, parse_size, small_level, throughput
 
 SLOWER = 0.95  # a new figure below this share of the old is flagged
@@ -61,6 +63,39 @@ def small_rounds(systems: list[DepositoSystem], levels: list[int], duration: flo
                         seen[system.key][str(level)][op].append(got[op]["ops_per_s"])
     return {key: {level: {op: {"ops_per_s": statistics.median(v), "runs": v} for op, v in ops.items() if v}
                   for level, ops in by_level.items()} for key, by_level in seen.items()}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_op(systems: list[DepositoSystem], count: int, rounds: int) -> dict[str, dict]:
+    """CPU time the proxy and the servers spend per 4 KiB PUT (2 copies) and
+    GET, one client doing ``count`` of each, ``rounds`` times with the order
+    rotating; the median. Steadier than a rate on a shared machine: it does
+    not count the time a process waits for the cores."""
+    data = b"x" * (4 * KiB)
+    seen: dict[str, dict[str, list[float]]] = {s.key: {} for s in systems}
+    for i in range(rounds):
+        for system in systems[i % len(systems):] + systems[:i % len(systems)]:
+            pids = system.pids()
+            proxy = [pid for name, pid in pids.items() if name.endswith("proxy")]
+            servers = [pid for name, pid in pids.items() if not name.endswith("proxy")]
+            with DepositoClient(system.c.port, 60) as client:
+                marks = [(sum(map(cpu_seconds, proxy)), sum(map(cpu_seconds, servers)))]
+                for n in range(count):
+                    client.put_bytes(f"cpu/{i}/{n}", data, 2)
+                marks.append((sum(map(cpu_seconds, proxy)), sum(map(cpu_seconds, servers))))
+                for n in range(count):
+                    client.get_sink(f"cpu/{i}/{n}")
+                marks.append((sum(map(cpu_seconds, proxy)), sum(map(cpu_seconds, servers))))
+            for op, (a, b) in (("PUT", (marks[0], marks[1])), ("GET", (marks[1], marks[2]))):
+                for j, part in enumerate(("proxy", "servers")):
+                    seen[system.key].setdefault(f"{op} 4 KiB: {part}", []).append((b[j] - a[j]) / count * 1e6)
+    return {key: {cell: {"us": statistics.median(v), "runs": v} for cell, v in cells.items()}
+            for key, cells in seen.items()}
 
 
 def rows(res: dict) -> list[tuple[str, float, float]]:
@@ -111,6 +146,17 @@ def render(res: dict, path: Path) -> None:
         lines.append(f"| {name} | {o:,.0f} | {n:,.0f} | {n / o:.2f}x{flag} |")
     lines += ["", f"Cells more than {100 - SLOWER * 100:.0f}% below the old figure: {len(slower)}"
               + (" (" + "; ".join(r[0] for r in slower) + ")" if slower else "") + ".", ""]
+    cpu = res["old"].get("cpu")
+    if cpu:
+        lines += ["## CPU per operation (microseconds, median; lower is better)", "",
+                  f"One client, {res['cpu_count']} PUTs (2 copies) then as many GETs of 4 KiB, {res['cpu_rounds']}"
+                  " rounds; the CPU time the processes used, read from /proc.", "",
+                  "| cell | old | new | new/old |", "|---|---|---|---|"]
+        for cell, o in cpu.items():
+            n = res["new"]["cpu"][cell]
+            flag = " **more**" if n["us"] * SLOWER > o["us"] else ""
+            lines.append(f"| {cell} | {o['us']:,.0f} | {n['us']:,.0f} | {n['us'] / o['us']:.2f}x{flag} |")
+        lines.append("")
     path.write_text("\n".join(lines))
 
 
@@ -152,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             res[key]["throughput"] = out
         for key, out in small_rounds(systems, levels, duration, rounds).items():
             res[key]["small"] = out
+        res["cpu_count"], res["cpu_rounds"] = (500, 2) if a.quick else (3000, 4)
+        for key, out in cpu_per_op(systems, res["cpu_count"], res["cpu_rounds"]).items():
+            res[key]["cpu"] = out
         res["loadavg_end"] = loadavg()
     finally:
         procs.stop()
