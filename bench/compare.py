@@ -98,10 +98,28 @@ def cpu_per_op(systems: list[DepositoSystem], count: int, rounds: int) -> dict[s
             for key, cells in seen.items()}
 
 
+def cpu_per_mib(systems: list[DepositoSystem], path: Path, size: int, sha: str, rounds: int) -> dict[str, dict]:
+    """CPU time the proxy and the servers spend per MiB of a large GET (2
+    copies, put once), ``rounds`` GETs each with the order rotating; the median."""
+    seen: dict[str, list[float]] = {s.key: [] for s in systems}
+    for system in systems:
+        system.put("cpu/large", path, size, 2, sha)
+    for i in range(rounds):
+        for system in systems[i % len(systems):] + systems[:i % len(systems)]:
+            pids = list(system.pids().values())
+            before = sum(map(cpu_seconds, pids))
+            system.get("cpu/large", size)
+            seen[system.key].append((sum(map(cpu_seconds, pids)) - before) / (size / (1 << 20)) * 1e6)
+    return {key: {f"GET {human(size)}, per MiB: proxy and servers": {"us": statistics.median(v), "runs": v}}
+            for key, v in seen.items()}
+
+
 def rows(res: dict) -> list[tuple[str, float, float]]:
     """(cell, old figure, new figure) for every cell both measured."""
-    out = []
+    out: list[tuple[str, float, float]] = []
     old, new = res["old"], res["new"]
+    if "throughput" not in old:
+        return out
     for cell, o in old["throughput"]["cells"].items():
         n = new["throughput"]["cells"][cell]
         size, copies = cell.split(":")
@@ -150,7 +168,8 @@ def render(res: dict, path: Path) -> None:
     if cpu:
         lines += ["## CPU per operation (microseconds, median; lower is better)", "",
                   f"One client, {res['cpu_count']} PUTs (2 copies) then as many GETs of 4 KiB, {res['cpu_rounds']}"
-                  " rounds; the CPU time the processes used, read from /proc.", "",
+                  f" rounds; then {2 * res['cpu_rounds']} GETs of the largest file; the CPU time the processes"
+                  " used, read from /proc.", "",
                   "| cell | old | new | new/old |", "|---|---|---|---|"]
         for cell, o in cpu.items():
             n = res["new"]["cpu"][cell]
@@ -171,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", default="1,16,64")
     ap.add_argument("--small-duration", type=float, help="seconds per small-file phase (default 10, quick 3)")
     ap.add_argument("--small-rounds", type=int, help="each small-file phase this many times (default 3, quick 1)")
+    ap.add_argument("--cpu-only", action="store_true", help="only the CPU time per operation, no rates")
     ap.add_argument("--workdir", default=tempfile.gettempdir())
     ap.add_argument("--out", default=str(HERE / "COMPARE.md"))
     a = ap.parse_args(argv)
@@ -194,13 +214,17 @@ def main(argv: list[str] | None = None) -> int:
             files[size] = (p, make_file(p, size))
         log("starting both clusters")
         systems = [side(procs, root, a.old.resolve(), "old"), side(procs, root, CHECKOUT, "new")]
-        for key, out in throughput(systems, files, replicas, runs, True).items():
-            res[key]["throughput"] = out
-        for key, out in small_rounds(systems, levels, duration, rounds).items():
-            res[key]["small"] = out
+        if not a.cpu_only:
+            for key, out in throughput(systems, files, replicas, runs, True).items():
+                res[key]["throughput"] = out
+            for key, out in small_rounds(systems, levels, duration, rounds).items():
+                res[key]["small"] = out
         res["cpu_count"], res["cpu_rounds"] = (500, 2) if a.quick else (3000, 4)
         for key, out in cpu_per_op(systems, res["cpu_count"], res["cpu_rounds"]).items():
             res[key]["cpu"] = out
+        path, sha = files[max(sizes)]
+        for key, out in cpu_per_mib(systems, path, max(sizes), sha, 2 * res["cpu_rounds"]).items():
+            res[key]["cpu"].update(out)
         res["loadavg_end"] = loadavg()
     finally:
         procs.stop()
