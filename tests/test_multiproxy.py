@@ -2,10 +2,10 @@
 
 Each proxy here keeps its own SQLite catalog: what is checked is the join
 side, that every server joins, beats and lists to each proxy on its own.
-Proxies meant to serve the same files share one catalog (``--catalog
-postgresql://...``); with catalogs of their own, each would take the other's
-blobs for garbage as soon as a server lists them to it, so these tests read
-each file back through the proxy that stored it, before any listing.
+Proxies meant to serve the same files share one catalog; with catalogs of
+their own, each takes the other's blobs for garbage as soon as a server
+lists them to it, so these tests read each file back through the proxy that
+stored it, before any listing could judge it.
 """
 
 from __future__ import annotations
