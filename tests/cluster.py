@@ -212,7 +212,8 @@ class Cluster:
     def start_server(self, sid: str, *extra: str) -> None:
         d = self.server_dir(sid)
         d.mkdir(exist_ok=True)
-        joins = [arg for proxy in self.joined for arg in ("--proxy", f"tcp:127.0.0.1:{proxy.cport}")]
+        joins = [] if "--proxy" in extra else [  # the proxies named in extra, instead
+            arg for proxy in self.joined for arg in ("--proxy", f"tcp:127.0.0.1:{proxy.cport}")]
         self.servers[sid] = self.twistd(sid, ["deposito-server"] + joins + [
             "--port", "tcp:0:interface=127.0.0.1", "--data", str(d), "--name", sid,
             "--zone", f"z{sid}"] + self.server_args + list(extra))
