@@ -10,15 +10,16 @@ from twisted.python import usage
 from deposito.options import FirstLineOptions, check_endpoint, parse_bytes, parse_seconds, read_secret
 from deposito.protocols.cluster import SERVER_ID
 
+DEFAULT_PROXY = "tcp:127.0.0.1:7001"
+
 
 class Options(FirstLineOptions):
     command = "deposito-server"
-    synopsis = ("[--proxy EP] [--port EP] [--data DIR] [--name ID] [--zone Z] [--capacity BYTES]"
+    synopsis = ("[--proxy EP]... [--port EP] [--data DIR] [--name ID] [--zone Z] [--capacity BYTES]"
                 " [--scrub-every SECONDS] [--secret FILE] [--no-handoff]")
-    longdesc = ("A Deposito storage server: one device. It joins the proxy at --proxy, serves "
-                "blobs on --port and keeps them under --data.")
+    longdesc = ("A Deposito storage server: one device. It joins the proxy at each --proxy (the "
+                "option may be given several times), serves blobs on --port and keeps them under --data.")
     optParameters = [
-        ["proxy", None, "tcp:127.0.0.1:7001", "client endpoint of the proxy's cluster port"],
         ["port", None, "tcp:0", "endpoint for blob traffic (tcp:0: any free port, advertised)"],
         ["data", None, "./deposito-server", "directory for the blobs (one server = one device)"],
         ["name", None, None, "stable server id (default: made once and kept in --data)"],
@@ -31,10 +32,24 @@ class Options(FirstLineOptions):
         ["no-handoff", None, "send every byte read through the proxy, even when it runs on this host"],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["proxy"] = []
+
+    def opt_proxy(self, endpoint: str) -> None:
+        """client endpoint of a proxy's cluster port, once per proxy [default: tcp:127.0.0.1:7001]"""
+        from twisted.internet import reactor
+
+        check_endpoint("--proxy", endpoint, lambda v: endpoints.clientFromString(reactor, v))
+        if endpoint in self["proxy"]:
+            raise usage.UsageError(f"--proxy {endpoint} is named twice")
+        self["proxy"].append(endpoint)
+
     def postOptions(self) -> None:
         from twisted.internet import reactor
 
-        check_endpoint("--proxy", self["proxy"], lambda v: endpoints.clientFromString(reactor, v))
+        if not self["proxy"]:
+            self["proxy"] = [DEFAULT_PROXY]
         check_endpoint("--port", self["port"], lambda v: endpoints.serverFromString(reactor, v))
         for option in ("name", "zone"):
             if self[option] is not None and not SERVER_ID.match(self[option]):
@@ -62,7 +77,7 @@ def makeService(options: Options):
         reactor,
         options["data"],
         endpoints.serverFromString(reactor, options["port"]),
-        endpoints.clientFromString(reactor, options["proxy"]),
+        [endpoints.clientFromString(reactor, proxy) for proxy in options["proxy"]],
         options["name"],
         options["zone"],
         options["capacity"],

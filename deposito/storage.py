@@ -6,7 +6,7 @@ import os
 import secrets
 import socket
 import uuid
-from typing import Any, Union, cast
+from typing import Any, Sequence, Union, cast
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
@@ -57,7 +57,9 @@ INVENTORY_CHUNK = 1000  # blobs per chunk of a listing or a scrub
 
 
 class StorageNode:
-    """What this server tells the proxy: usage, inventory, corrupt copies, scrubs."""
+    """What this server tells each proxy it joined: usage, inventory, corrupt
+    copies, scrubs. Every join connection is served on its own (its own
+    listing, paced by its own proxy), so a slow or gone proxy holds up no other."""
 
     log = Logger()
 
@@ -70,38 +72,44 @@ class StorageNode:
         self.port = 0
         self.local: tuple[str, str] | None = None  # the local port's "@name" and key, once listening
         self.configured_capacity = capacity
-        self.connection: JoinProtocol | None = None
+        self.connections: list[JoinProtocol] = []  # those a proxy welcomed, in the order they joined
         self.scrubbing: defer.Deferred | None = None
-        self.listing: defer.Deferred | None = None
-        self._list_again = False
+        self._listing: set[JoinProtocol] = set()  # connections with a listing under way
+        self._list_again: set[JoinProtocol] = set()
         self.refresh_capacity()
         device.corrupt_listeners.append(self._report_corrupt)
 
     def joined(self, connection: JoinProtocol) -> None:
-        self.connection = connection
-        self.send_inventory()
+        self.connections.append(connection)
+        self._send_inventory(connection)
 
     def left(self, connection: JoinProtocol) -> None:
-        if self.connection is connection:
-            self.connection = None
+        if connection in self.connections:
+            self.connections.remove(connection)
+        self._list_again.discard(connection)
 
     def send_inventory(self) -> None:
-        """List every blob to the proxy; asked while a listing is under way,
-        list again once it is done (one listing at a time)."""
-        if self.connection is None:
-            return
-        if self.listing is not None:
-            self._list_again = True
-            return
-        self.listing = defer.ensureDeferred(self._list(self.connection))
-        self.listing.addErrback(lambda f: self.log.failure("listing blobs", f))
-        self.listing.addBoth(self._listed)
+        """List every blob to every proxy joined."""
+        for connection in list(self.connections):
+            self._send_inventory(connection)
 
-    def _listed(self, _: object) -> None:
-        self.listing = None
-        if self._list_again:
-            self._list_again = False
-            self.send_inventory()
+    def _send_inventory(self, connection: JoinProtocol) -> None:
+        """List every blob to one proxy; asked while a listing to it is under
+        way, list again once that one is done (one listing at a time each)."""
+        if connection in self._listing:
+            self._list_again.add(connection)
+            return
+        self._listing.add(connection)
+        listing = defer.ensureDeferred(self._list(connection))
+        listing.addErrback(lambda f: self.log.failure("listing blobs", f))
+        listing.addBoth(self._listed, connection)
+
+    def _listed(self, _: object, connection: JoinProtocol) -> None:
+        self._listing.discard(connection)
+        if connection in self._list_again:
+            self._list_again.discard(connection)
+            if connection in self.connections:
+                self._send_inventory(connection)
 
     async def _list(self, connection: JoinProtocol) -> None:
         """Chunks read from the disk while the one before goes out, each sent
@@ -123,11 +131,11 @@ class StorageNode:
                 return
 
     def _report_corrupt(self, blob: str, why: str) -> None:
-        if self.connection is not None:
-            self.connection.send_bad(blob, why)
+        for connection in self.connections:
+            connection.send_bad(blob, why)
 
     def scrub(self) -> defer.Deferred:
-        """Re-read every blob against its checksums; report, then list again."""
+        """Re-read every blob against its checksums; report to every proxy, then list again to each."""
         if self.scrubbing is None:
             self.scrubbing = defer.ensureDeferred(self._scrub())
             self.scrubbing.addErrback(lambda f: self.log.failure("scrubbing", f))
@@ -176,19 +184,21 @@ class _JoinFactory(Factory):
 
 
 class StorageService(service.MultiService):
-    """Listens for blob traffic, then joins the proxy and keeps rejoining."""
+    """Listens for blob traffic, then joins every proxy and keeps rejoining
+    each: one reconnecting client per proxy, so each proxy sees this server
+    up or down by its own connection alone."""
 
     log = Logger()
 
-    def __init__(self, reactor: Any, data: str, listen: IStreamServerEndpoint, proxy: IStreamClientEndpoint,
-                 name: str | None,
+    def __init__(self, reactor: Any, data: str, listen: IStreamServerEndpoint,
+                 proxies: IStreamClientEndpoint | Sequence[IStreamClientEndpoint], name: str | None,
                  zone: str | None, capacity: int | None, scrub_every: float = 86400.0,
                  secret: bytes | None = None, handoff: bool = True) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
         self.listen_endpoint = listen
-        self.proxy_endpoint = proxy
+        self.proxy_endpoints = list(proxies) if isinstance(proxies, Sequence) else [proxies]
         self.name = name
         self.zone = zone or check_label(socket.gethostname()[:64], "host name as zone")
         self.capacity = capacity
@@ -223,10 +233,11 @@ class StorageService(service.MultiService):
         if getattr(address, "host", "") not in ("0.0.0.0", "::", ""):
             self.node.host = address.host
         self.log.info("serving blobs on {host}:{port}", host=address.host, port=address.port)
-        joiner = ClientService(self.proxy_endpoint, _JoinFactory(self.node, self.reactor, self.secret),
-                               retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=2.0, factor=1.5),
-                               clock=self.reactor)
-        joiner.setServiceParent(self)
+        for proxy in self.proxy_endpoints:
+            joiner = ClientService(proxy, _JoinFactory(self.node, self.reactor, self.secret),
+                                   retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=2.0, factor=1.5),
+                                   clock=self.reactor)
+            joiner.setServiceParent(self)
         self._scrubber = task.LoopingCall(self.node.scrub)
         self._scrubber.clock = self.reactor
         self._scrubber.start(self.scrub_every, now=False)

@@ -12,7 +12,8 @@ StorageService(
     reactor,
     os.path.abspath(os.environ.get("DEPOSITO_DATA", "./deposito-server")),
     endpoints.serverFromString(reactor, os.environ.get("DEPOSITO_PORT", "tcp:0:interface=127.0.0.1")),
-    endpoints.clientFromString(reactor, os.environ.get("DEPOSITO_PROXY", "tcp:127.0.0.1:7001")),
+    [endpoints.clientFromString(reactor, proxy)  # one or more, space apart: it joins each
+     for proxy in os.environ.get("DEPOSITO_PROXY", "tcp:127.0.0.1:7001").split()],
     os.environ.get("DEPOSITO_NAME"),
     os.environ.get("DEPOSITO_ZONE"),
     None,

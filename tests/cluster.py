@@ -158,16 +158,29 @@ def poll(fn, timeout: float = 20, every: float = 0.1):
 
 
 class Cluster:
-    """A proxy and storage servers ``s0``, ``s1``... each a twistd process."""
+    """A proxy and storage servers ``s0``, ``s1``... each a twistd process.
 
-    def __init__(self, root: Path, proxy_args: tuple[str, ...] = (), server_args: tuple[str, ...] = ()) -> None:
+    :meth:`add_proxy` gives another proxy, with its own ports and catalog,
+    that the servers join too: the two share the servers and this folder."""
+
+    def __init__(self, root: Path, proxy_args: tuple[str, ...] = (), server_args: tuple[str, ...] = (),
+                 name: str = "proxy") -> None:
         self.root = root
+        self.name = name  # the proxy's pidfile, log and --data are named after it
         self.port = free_port()
         self.cport = free_port()
         self.proxy_args = list(proxy_args)
         self.server_args = list(server_args)
         self.proxy: subprocess.Popen | None = None
         self.servers: dict[str, subprocess.Popen] = {}
+        self.joined: list[Cluster] = [self]  # the proxies a server started from here joins
+
+    def add_proxy(self, name: str, *proxy_args: str) -> Cluster:
+        """Another proxy (not started) that servers started afterwards join too."""
+        other = Cluster(self.root, proxy_args or tuple(self.proxy_args), tuple(self.server_args), name)
+        other.servers, other.joined = self.servers, self.joined
+        self.joined.append(other)
+        return other
 
     def twistd(self, name: str, args: list[str]) -> subprocess.Popen:
         pidfile = self.root / f"{name}.pid"
@@ -178,10 +191,10 @@ class Cluster:
             cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
     def start_proxy(self, *extra: str) -> None:
-        self.proxy = self.twistd("proxy", [
+        self.proxy = self.twistd(self.name, [
             "deposito-proxy", "--port", f"tcp:{self.port}:interface=127.0.0.1",
             "--cluster-port", f"tcp:{self.cport}:interface=127.0.0.1",
-            "--data", str(self.root / "proxy")] + self.proxy_args + list(extra))
+            "--data", str(self.root / self.name)] + self.proxy_args + list(extra))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -191,7 +204,7 @@ class Cluster:
                 if self.proxy.poll() is not None:
                     break
                 time.sleep(0.05)
-        raise RuntimeError("proxy did not start:\n" + self.log("proxy")[-3000:])
+        raise RuntimeError(f"{self.name} did not start:\n" + self.log(self.name)[-3000:])
 
     def server_dir(self, sid: str) -> Path:
         return self.root / sid
@@ -199,8 +212,9 @@ class Cluster:
     def start_server(self, sid: str, *extra: str) -> None:
         d = self.server_dir(sid)
         d.mkdir(exist_ok=True)
-        self.servers[sid] = self.twistd(sid, [
-            "deposito-server", "--proxy", f"tcp:127.0.0.1:{self.cport}",
+        joins = [] if "--proxy" in extra else [  # the proxies named in extra, instead
+            arg for proxy in self.joined for arg in ("--proxy", f"tcp:127.0.0.1:{proxy.cport}")]
+        self.servers[sid] = self.twistd(sid, ["deposito-server"] + joins + [
             "--port", "tcp:0:interface=127.0.0.1", "--data", str(d), "--name", sid,
             "--zone", f"z{sid}"] + self.server_args + list(extra))
 
@@ -232,7 +246,7 @@ class Cluster:
             except (OSError, WireError):
                 return False
         if not poll(enough, timeout):
-            raise RuntimeError(f"{n} servers did not join:\n" + self.log("proxy")[-3000:])
+            raise RuntimeError(f"{n} servers did not join {self.name}:\n" + self.log(self.name)[-3000:])
 
     def kill(self, sid: str, sig: int = signal.SIGKILL) -> None:
         p = self.servers.pop(sid)

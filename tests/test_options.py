@@ -21,8 +21,14 @@ def test_proxy_defaults():
 
 def test_server_defaults_and_capacity_units():
     o = parse(server_tap.Options, ["--capacity", "10G", "--name", "disk-1", "--zone", "rack.2"])
-    assert o["capacity"] == 10 << 30 and o["proxy"] == "tcp:127.0.0.1:7001" and o["port"] == "tcp:0"
+    assert o["capacity"] == 10 << 30 and o["proxy"] == ["tcp:127.0.0.1:7001"] and o["port"] == "tcp:0"
     assert parse(server_tap.Options, ["--capacity", "1048576"])["capacity"] == 1 << 20
+
+
+def test_a_server_joins_every_proxy_named():
+    o = parse(server_tap.Options, ["--proxy", "tcp:10.0.0.1:7001", "--proxy", "unix:/run/deposito-b.sock"])
+    assert o["proxy"] == ["tcp:10.0.0.1:7001", "unix:/run/deposito-b.sock"]
+    assert parse(server_tap.Options, ["--proxy=tcp:10.0.0.2:7001"])["proxy"] == ["tcp:10.0.0.2:7001"]
 
 
 @pytest.mark.parametrize("cls,args,option", [
@@ -33,6 +39,8 @@ def test_server_defaults_and_capacity_units():
     (proxy_tap.Options, ["--max-size", "huge"], "--max-size"),
     (proxy_tap.Options, ["--rebuild=yes"], "--rebuild"),
     (server_tap.Options, ["--proxy", "nope:nope"], "--proxy"),
+    (server_tap.Options, ["--proxy", "tcp:127.0.0.1:7001", "--proxy", "nope:nope"], "--proxy"),
+    (server_tap.Options, ["--proxy", "tcp:10.0.0.1:7001", "--proxy", "tcp:10.0.0.1:7001"], "--proxy"),
     (server_tap.Options, ["--capacity", "-1"], "--capacity"),
     (server_tap.Options, ["--zone", "has space"], "--zone"),
 ])

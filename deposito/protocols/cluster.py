@@ -1,5 +1,9 @@
 """The cluster protocol: storage servers join the proxy and keep in touch.
 
+A server may join several proxies (one connection to each, deposito.storage):
+each connection is the whole of this exchange on its own, and each proxy
+knows of the others nothing at all.
+
     server: JOIN <id> zone=<zone> port=<port> [host=<host>] capacity=<n> used=<n> blobs=<n> [nonce=<ns>]
                  [local=@<name> key=<key>]  (its local port, deposito.protocols.handoff)
     proxy:  CHALLENGE nonce=<np> proof=<hmac>   (only with a cluster secret; the server
@@ -151,7 +155,7 @@ class JoinProtocol(LineProtocol):
                    f" capacity={capacity} used={used} blobs={blobs}{challenge}{local}")
 
     def _refuse_proxy(self, why: str) -> None:
-        self.log.error("not joining the proxy: {why}", why=why)
+        self.log.error("not joining the proxy at {proxy}: {why}", proxy=self._proxy(), why=why)
         self.transport.loseConnection()
 
     def textReceived(self, text: str) -> None:
@@ -172,7 +176,7 @@ class JoinProtocol(LineProtocol):
             return
         if not text.startswith("OK"):
             err = from_reply(text)
-            self.log.error("the proxy refused this server: {error}", error=str(err))
+            self.log.error("the proxy at {proxy} refused this server: {error}", proxy=self._proxy(), error=str(err))
             self.transport.loseConnection()
             return
         self.joined = True
@@ -181,11 +185,18 @@ class JoinProtocol(LineProtocol):
         except ValueError:
             every = HEARTBEAT
         self.full_listing = fields(text).get("listing", "full") != "ids"
-        self.log.info("joined the proxy as {id} (zone {zone})", id=self.node.id, zone=self.node.zone)
+        self.log.info("joined the proxy at {proxy} as {id} (zone {zone})", proxy=self._proxy(), id=self.node.id,
+                      zone=self.node.zone)
         self._beat = task.LoopingCall(self._heartbeat)
         self._beat.clock = self.clock
         self._beat.start(max(0.05, every), now=False)
         self.node.joined(self)
+
+    def _proxy(self) -> str:
+        """The proxy's address, for the log: a server may join several."""
+        peer = self.transport.getPeer()
+        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+        return f"{host}:{port}" if host is not None else str(peer)
 
     def send_inventory(self, entries: list[Any], more: bool = False) -> Deferred:
         """One chunk of a listing: blob ids (or BlobMeta, when the proxy asked
@@ -221,7 +232,7 @@ class JoinProtocol(LineProtocol):
             self._beat.stop()
         if self.joined:
             self.node.left(self)
-            self.log.warn("lost the proxy; joining again")
+            self.log.warn("lost the proxy at {proxy}; joining again", proxy=self._proxy())
 
 
 class MemberProtocol(LineProtocol, TimeoutMixin):

@@ -1,0 +1,121 @@
+"""A storage node joined to two proxies: each join connection on its own."""
+
+from __future__ import annotations
+
+from twisted.internet import task
+from twisted.internet.defer import succeed
+from twisted.internet.testing import StringTransport
+
+from deposito.protocols.cluster import JoinProtocol
+from deposito.storage import StorageNode
+
+
+def blob(i: int) -> str:
+    return f"{i:032x}"
+
+
+class Cursor:
+    """Blob ids two at a time, as the device's reader thread would hand them."""
+
+    def __init__(self, blobs: list[str]) -> None:
+        self.blobs = blobs
+
+    def next(self):
+        taken, self.blobs = self.blobs[:2], self.blobs[2:]
+        return succeed((taken, bool(self.blobs)))
+
+
+class Device:
+    capacity = used = 0
+
+    def __init__(self, blobs: list[str]) -> None:
+        self.blobs = blobs
+        self.count = len(blobs)
+        self.corrupt_listeners: list = []
+
+    def room(self) -> int:
+        return 1 << 30
+
+    def inventory(self, chunk: int, ids_only: bool = False) -> Cursor:
+        assert ids_only
+        return Cursor(list(self.blobs))
+
+
+def joined(node: StorageNode, clock: task.Clock) -> tuple[JoinProtocol, StringTransport]:
+    proto = JoinProtocol(node, clock)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    proto.dataReceived(b"OK welcome heartbeat=1.0 listing=ids\r\n")
+    return proto, tr
+
+
+def lines(tr: StringTransport) -> list[str]:
+    out = tr.value().decode().splitlines()
+    tr.clear()
+    return out
+
+
+def listing(*blobs: int) -> list[str]:
+    ids = [blob(i) for i in blobs]
+    out = ["LISTING"]
+    for n in range(0, len(ids), 2):
+        chunk = ids[n:n + 2]
+        out += [f"INVENTORY {len(chunk)}" + (" more" if n + 2 < len(ids) else "")] + chunk
+    return out
+
+
+def node_with(*blobs: int) -> StorageNode:
+    return StorageNode(Device([blob(i) for i in blobs]), "s1", "z1", None, None)
+
+
+def test_each_proxy_gets_the_whole_inventory_and_a_slow_one_holds_up_no_other():
+    clock = task.Clock()
+    node = node_with(1, 2, 3, 4, 5)
+    a, ta = joined(node, clock)
+    assert lines(ta)[1:] == listing(1, 2, 3, 4, 5)
+    a.sending.pauseProducing()  # proxy A's buffer is full: its next listing stops after a chunk
+    node.send_inventory()
+    assert lines(ta) == listing(1, 2, 3, 4, 5)[:4]
+    b, tb = joined(node, clock)
+    assert node.connections == [a, b]
+    assert lines(tb)[1:] == listing(1, 2, 3, 4, 5)  # B is listed to the end meanwhile
+    a.sending.resumeProducing()
+    assert lines(ta) == listing(1, 2, 3, 4, 5)[4:]
+    for p in (a, b):
+        p.connectionLost(None)
+    assert node.connections == [] and clock.getDelayedCalls() == []
+
+
+def test_a_listing_asked_for_while_one_is_under_way_follows_it_on_that_connection_only():
+    clock = task.Clock()
+    node = node_with(1, 2, 3)
+    a, ta = joined(node, clock)
+    b, tb = joined(node, clock)
+    lines(ta), lines(tb)
+    a.sending.pauseProducing()
+    node.send_inventory()  # after a scrub, say
+    node.send_inventory()
+    assert lines(tb) == listing(1, 2, 3) * 2
+    assert lines(ta) == listing(1, 2, 3)[:4]
+    a.sending.resumeProducing()
+    assert lines(ta) == listing(1, 2, 3)[4:] + listing(1, 2, 3)
+    for p in (a, b):
+        p.connectionLost(None)
+
+
+def test_heartbeats_and_corrupt_copies_go_to_every_proxy_joined_and_a_lost_one_stops_only_its_own():
+    clock = task.Clock()
+    node = node_with()
+    a, ta = joined(node, clock)
+    b, tb = joined(node, clock)
+    lines(ta), lines(tb)
+    node.device.corrupt_listeners[0](blob(7), "sha256 mismatch")
+    assert lines(ta) == lines(tb) == [f"BAD {blob(7)} sha256 mismatch"]
+    a.connectionLost(None)
+    assert node.connections == [b]
+    clock.advance(1.0)
+    assert ta.value() == b"" and lines(tb)[0].startswith("HB ")
+    node.device.corrupt_listeners[0](blob(8), "unreadable")
+    assert ta.value() == b"" and lines(tb) == [f"BAD {blob(8)} unreadable"]
+    b.connectionLost(None)
+    assert clock.getDelayedCalls() == []
