@@ -38,6 +38,22 @@ class ConnectionLost(DepositoError, ConnectionError):
     code = "connectionlost"
 
 
+class OutcomeUnknown(ConnectionLost):
+    """The connection was lost after a PUT, DELETE or REPLICAS was sent and
+    before its answer came: the proxy may or may not have done it.
+
+    The clients never send such a request again by themselves (a second PUT
+    would make a second version); look (STAT) and decide.
+    """
+
+    code = "outcomeunknown"
+
+    @classmethod
+    def after(cls, lost: ConnectionLost, command: str) -> OutcomeUnknown:
+        """The loss of a ``command`` already sent, worded so."""
+        return cls(f"{lost.message}, after the {command} was sent: whether it took effect is unknown")
+
+
 class ProtocolError(DepositoError):
     """The proxy sent something the client cannot read; the connection is closed."""
 
