@@ -41,7 +41,7 @@ from typing import IO, Any, Callable, Iterator, Optional, TypeVar
 from deposito.errors import BadArgs, Denied, DepositoError, from_reply
 from deposito.localfile import AsideFile, Sink, Source, Writable, open_source
 from deposito.proxies import Addresses, ProxiesUnreachable, others, parse_address, parse_addresses, reason, show
-from deposito.protocols.words import check_name, quote
+from deposito.protocols.words import check_name
 from deposito.wire import (
     CHUNK_SIZE,
     MAX_REPLY_LINE,
@@ -58,6 +58,7 @@ from deposito.wire import (
     Stat,
     Status,
     Stored,
+    auth_line,
     check_reply,
     decode,
     encode,
@@ -148,7 +149,7 @@ class BlockingClient:
                 raise ProtocolError(f"unexpected greeting {greeting[:200]!r}")
             self.greeting = greeting
             if self.token is not None:
-                self._one(self._auth_line(self.token), check_reply)
+                self._one(auth_line(self.token), check_reply)
         except BaseException:
             self._drop()
             raise
@@ -494,16 +495,10 @@ class BlockingClient:
         """The proxy's one-line summaries of its commands."""
         return self._call("HELP", lambda: self._multi("HELP", lambda line: line), _anytime)
 
-    @staticmethod
-    def _auth_line(token: str) -> str:
-        if not token or any(c in token for c in "\r\n"):
-            raise BadArgs("a token is one non-empty line")
-        return f"AUTH {quote(token)}"
-
     def auth(self, token: str) -> None:
         """Present ``token``; Denied when the proxy does not accept it.
         It is presented again on each connection the client makes later."""
-        line = self._auth_line(token)
+        line = auth_line(token)
         self._call("AUTH", lambda: self._one(line, check_reply), _anytime)
         self.token = token
 

@@ -317,6 +317,13 @@ def replicas_line(name: str, count: int, wait: bool = False) -> str:
     return f"REPLICAS {quote(check_name(name))} {count}" + (" WAIT" if wait else "")
 
 
+def auth_line(token: str) -> str:
+    """The AUTH request line; BadArgs unless the token is one non-empty line."""
+    if not token or any(c in token for c in "\r\n"):
+        raise BadArgs("a token is one non-empty line")
+    return f"AUTH {quote(token)}"
+
+
 def encode(line: str) -> bytes:
     """A request line on the wire."""
     return line.encode("utf-8") + b"\n"
