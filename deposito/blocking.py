@@ -35,6 +35,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import os
+import select
 import socket
 from typing import IO, Any, Callable, Iterator, Optional, TypeVar
 
@@ -174,9 +175,8 @@ class BlockingClient:
         """Whether the proxy closed the idle connection (stopped or killed
         since the last request): a request not sent yet can go elsewhere."""
         try:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
 

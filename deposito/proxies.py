@@ -31,6 +31,8 @@ def parse_address(address: str) -> tuple[str, int]:
         raise ValueError(f"expected HOST:PORT, got {address!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    elif ":" in host or any(c.isspace() for c in host):  # "a:1;b:2", "a:1 b:2": a list mistyped
+        raise ValueError(f"expected HOST:PORT (IPv6 in brackets), got {address!r}")
     return host, int(port)
 
 
