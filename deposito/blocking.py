@@ -35,17 +35,15 @@ from __future__ import annotations
 import builtins
 import hashlib
 import os
-import select
-import socket
 from typing import IO, Any, Callable, Iterator, Optional, TypeVar
 
-from deposito.errors import BadArgs, Denied, DepositoError, from_reply
+from deposito.errors import BadArgs, Denied, DepositoError
 from deposito.localfile import AsideFile, Sink, Source, Writable, open_source
-from deposito.proxies import Addresses, ProxiesUnreachable, others, parse_address, parse_addresses, reason, show
+from deposito.protocols.text_socket import TextSocket
 from deposito.protocols.words import check_name
+from deposito.proxies import Addresses, ProxiesUnreachable, others, parse_address, parse_addresses, reason, show
 from deposito.wire import (
     CHUNK_SIZE,
-    MAX_REPLY_LINE,
     PAGE_SIZE,
     ChecksumMismatch,
     ConnectionLost,
@@ -61,11 +59,8 @@ from deposito.wire import (
     Stored,
     auth_line,
     check_reply,
-    decode,
-    encode,
     list_line,
     name_line,
-    parse_count,
     parse_deleted,
     parse_entry,
     parse_get_header,
@@ -124,10 +119,8 @@ class BlockingClient:
         self.connect_timeout = connect_timeout
         self.greeting = ""
         self._at = 0
-        self._buffer = bytearray()
-        self._sock: Optional[socket.socket] = None
+        self._conn: Optional[TextSocket] = None
         self._closed = False
-        self._sent = False  # whether the request under way has gone out
         self._first_answering(list(range(len(self.addresses))), [])
 
     @property
@@ -138,22 +131,17 @@ class BlockingClient:
     # -- the proxies
 
     def _open(self, at: int) -> None:
-        """Connect to the proxy at place ``at``, read its greeting, present the token."""
+        """Connect to the proxy at place ``at`` and present the token."""
         self._at = at
-        self._buffer = bytearray()
-        self._sock = socket.create_connection(self.addresses[at], self.connect_timeout)
+        conn = TextSocket(self.addresses[at], self.timeout, self.connect_timeout)
         try:
-            self._sock.settimeout(self.timeout)
-            greeting = self._line()
-            if not greeting.startswith("OK"):
-                check_reply(greeting)
-                raise ProtocolError(f"unexpected greeting {greeting[:200]!r}")
-            self.greeting = greeting
             if self.token is not None:
-                self._one(auth_line(self.token), check_reply)
+                conn.one(auth_line(self.token), check_reply)
         except BaseException:
-            self._drop()
+            conn.close()
             raise
+        self._conn = conn
+        self.greeting = conn.greeting
 
     def _first_answering(self, order: builtins.list[int], failures: builtins.list[tuple[str, str]]) -> None:
         """Connect to the first proxy in ``order`` that answers. A refused
@@ -171,33 +159,24 @@ class BlockingClient:
                 failures.append((show(self.addresses[at]), reason(e)))
         raise ProxiesUnreachable(failures)
 
-    def _gone(self, sock: socket.socket) -> bool:
-        """Whether the proxy closed the idle connection (stopped or killed
-        since the last request): a request not sent yet can go elsewhere."""
-        try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-        except OSError:
-            return True
-
-    def _ready(self, tried: set[int], failures: builtins.list[tuple[str, str]]) -> None:
+    def _ready(self, tried: set[int], failures: builtins.list[tuple[str, str]]) -> TextSocket:
         """A live connection for the next request: the one in use, or one to
         the next proxy that answers and was not tried for this request."""
-        if self._closed:
+        conn = self._conn
+        if self._closed or (len(self.addresses) == 1 and (conn is None or conn.closed)):
             raise ConnectionLost("the client is closed")
-        if len(self.addresses) == 1:
-            if self._sock is None:
-                raise ConnectionLost("the client is closed")
-            return
-        if self._sock is not None:
-            if not self._gone(self._sock):
-                return
+        if conn is not None and not conn.closed:
+            if len(self.addresses) == 1 or not conn.gone():
+                return conn
             tried.add(self._at)
             failures.append((show(self.address), "closed by the proxy"))
-            self._drop()
+            conn.close()
         self._first_answering([at for at in others(self._at, len(self.addresses)) if at not in tried], failures)
+        assert self._conn is not None
+        return self._conn
 
-    def _call(self, command: str, attempt: Callable[[], T], retry: Optional[Callable[[], bool]] = None) -> T:
+    def _call(self, command: str, attempt: Callable[[TextSocket], T],
+              retry: Optional[Callable[[], bool]] = None) -> T:
         """Run one request as the failover rules say. ``retry`` is given for
         reads: called once a read was cut off after it was sent, it says
         whether it may be made again on another proxy (and gets ready for
@@ -205,88 +184,17 @@ class BlockingClient:
         tried: set[int] = set()
         failures: builtins.list[tuple[str, str]] = []
         while True:
-            self._ready(tried, failures)
-            self._sent = False
+            conn = self._ready(tried, failures)
+            conn.sent = False
             try:
-                return attempt()
+                return attempt(conn)
             except ConnectionLost as e:
-                if self._sent and retry is None:
+                if conn.sent and retry is None:
                     raise OutcomeUnknown.after(e, command) from None
-                if len(self.addresses) == 1 or (self._sent and retry is not None and not retry()):
+                if len(self.addresses) == 1 or (conn.sent and retry is not None and not retry()):
                     raise
                 tried.add(self._at)
                 failures.append((show(self.address), e.message))
-
-    # -- the socket
-
-    def _socket(self) -> socket.socket:
-        if self._sock is None:
-            raise ConnectionLost("the client is closed")
-        return self._sock
-
-    def _lost(self, why: str) -> ConnectionLost:
-        self._drop()
-        return ConnectionLost(f"connection to the proxy lost: {why}")
-
-    def _recv(self, limit: int) -> bytes:
-        try:
-            data = self._socket().recv(limit)
-        except socket.timeout:
-            raise self._lost(f"no answer within {self.timeout} seconds") from None
-        except OSError as e:
-            raise self._lost(e.strerror or str(e)) from None
-        if not data:
-            raise self._lost("closed by the proxy")
-        return data
-
-    def _send(self, data: bytes) -> None:
-        try:
-            self._socket().sendall(data)
-        except socket.timeout:
-            raise self._lost(f"could not send within {self.timeout} seconds") from None
-        except OSError as e:
-            raise self._lost(e.strerror or str(e)) from None
-
-    def _line(self) -> str:
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0:
-                raw = bytes(self._buffer[:end])
-                del self._buffer[: end + 1]
-                return decode(raw)
-            if len(self._buffer) > MAX_REPLY_LINE:
-                self._drop()
-                raise ProtocolError(f"reply line over {MAX_REPLY_LINE} bytes")
-            self._buffer += self._recv(CHUNK_SIZE)
-
-    def _request(self, line: str) -> str:
-        self._send(encode(line))
-        self._sent = True
-        return self._reply()
-
-    def _reply(self) -> str:
-        try:
-            return self._line()
-        except ProtocolError:
-            self._drop()
-            raise
-
-    def _one(self, line: str, parse: Callable[[str], T]) -> T:
-        reply = self._request(line)
-        try:
-            return parse(reply)
-        except ProtocolError:
-            self._drop()
-            raise
-
-    def _multi(self, line: str, parse: Callable[[str], T]) -> list[T]:
-        count = self._one(line, parse_count)
-        lines = [self._reply() for _ in range(count)]
-        try:
-            return [parse(ln) for ln in lines]
-        except ProtocolError:
-            self._drop()
-            raise
 
     # -- commands
 
@@ -303,19 +211,20 @@ class BlockingClient:
         file, length, close = open_source(source, size)
         try:
             line = put_line(name, length, replicas)
-            return self._call("PUT", lambda: self._put(line, file, length, progress))
+            return self._call("PUT", lambda conn: self._put(conn, line, file, length, progress))
         finally:
             if close:
                 file.close()
 
-    def _put(self, line: str, file: IO[bytes], length: int, progress: Optional[Progress]) -> Stored:
-        reply = self._request(line)
+    def _put(self, conn: TextSocket, line: str, file: IO[bytes], length: int,
+             progress: Optional[Progress]) -> Stored:
+        reply = conn.request(line)
         try:
             words = check_reply(reply).split()
             if words[:2] != ["OK", "send"] or words[2:] != [str(length)]:
                 raise ProtocolError(f"expected 'OK send {length}', got {reply[:200]!r}")
         except ProtocolError:
-            self._drop()
+            conn.close()
             raise
         digest = hashlib.sha256()
         sent = 0
@@ -325,50 +234,17 @@ class BlockingClient:
                 if not data:
                     raise ValueError(f"the file ended {length - sent} bytes early")
             except BaseException:
-                self._drop()  # the proxy waits for bytes that will not come
+                conn.close()  # the proxy waits for bytes that will not come
                 raise
             digest.update(data)
-            self._send_upload(data)
+            conn.send_upload(data)
             sent += len(data)
             if progress is not None:
                 progress(sent, length)
-        stored = self._one_reply(parse_stored)
+        stored = conn.parsed(conn.reply(), parse_stored)
         if stored.sha256 != digest.hexdigest():
             raise ChecksumMismatch(f"{stored.name} stored with sha256 {stored.sha256}, sent {digest.hexdigest()}")
         return stored
-
-    def _send_upload(self, data: bytes) -> None:
-        """Send file bytes; if the proxy hung up, raise the ERR it said first, if any."""
-        sock = self._socket()
-        try:
-            sock.sendall(data)
-            return
-        except socket.timeout:
-            raise self._lost(f"could not send within {self.timeout} seconds") from None
-        except OSError as e:
-            why = e.strerror or str(e)
-        try:
-            sock.settimeout(1.0)
-            while b"\n" not in self._buffer and len(self._buffer) < MAX_REPLY_LINE:
-                more = sock.recv(CHUNK_SIZE)
-                if not more:
-                    break
-                self._buffer += more
-        except OSError:
-            pass
-        line = decode(bytes(self._buffer.split(b"\n", 1)[0]))
-        self._drop()
-        if line.startswith("ERR "):
-            raise from_reply(line)
-        raise ConnectionLost(f"connection to the proxy lost: {why}")
-
-    def _one_reply(self, parse: Callable[[str], T]) -> T:
-        reply = self._reply()
-        try:
-            return parse(reply)
-        except ProtocolError:
-            self._drop()
-            raise
 
     def get(self, name: str, sink: Sink, progress: Optional[Progress] = None) -> Download:
         """Write the newest version of ``name`` into ``sink``; returns :class:`~deposito.client.Download`.
@@ -394,20 +270,17 @@ class BlockingClient:
                 return True
             return counted.written == 0
 
-        return self._call("GET", lambda: self._get(line, name, counted, progress), again)
+        return self._call("GET", lambda conn: self._get(conn, line, name, counted, progress), again)
 
-    def _get(self, line: str, name: str, sink: Writable, progress: Optional[Progress]) -> Download:
-        header = self._one(line, parse_get_header)
+    def _get(self, conn: TextSocket, line: str, name: str, sink: Writable,
+             progress: Optional[Progress]) -> Download:
+        header = conn.one(line, parse_get_header)
         size, found = header
         digest = hashlib.sha256()
         remaining = size
         failure: Optional[BaseException] = None
         while remaining:
-            if self._buffer:
-                data = bytes(self._buffer[:remaining])
-                del self._buffer[: len(data)]
-            else:
-                data = self._recv(min(CHUNK_SIZE, remaining))
+            data = conn.recv(min(CHUNK_SIZE, remaining))
             remaining -= len(data)
             digest.update(data)
             if failure is None:
@@ -431,7 +304,7 @@ class BlockingClient:
     def stat(self, name: str) -> Stat:
         """The newest version of ``name``; NotFound when absent."""
         line = name_line("STAT", name)
-        return self._call("STAT", lambda: self._one(line, parse_stat), _anytime)
+        return self._call("STAT", lambda conn: conn.one(line, parse_stat), _anytime)
 
     def list_page(self, prefix: str = "", after: str = "", limit: int = PAGE_SIZE) -> list[Entry]:
         """One page of names: at most ``limit`` of those starting with
@@ -439,7 +312,7 @@ class BlockingClient:
         starts after the last name of this one; a page shorter than
         ``limit`` is the last."""
         line = list_line(prefix, after, limit)
-        return self._call("LIST", lambda: self._multi(line, parse_entry), _anytime)
+        return self._call("LIST", lambda conn: conn.multi(line, parse_entry), _anytime)
 
     def list(self, prefix: str = "", page: int = PAGE_SIZE) -> Iterator[Entry]:
         """Every name starting with ``prefix``, in name order: an iterator
@@ -465,50 +338,46 @@ class BlockingClient:
         and waits without a timeout.
         """
         line = replicas_line(name, count, wait)
-        return self._call("REPLICAS", lambda: self._replicas(line, wait))
+        return self._call("REPLICAS", lambda conn: self._replicas(conn, line, wait))
 
-    def _replicas(self, line: str, wait: bool) -> ReplicaCount:
+    @staticmethod
+    def _replicas(conn: TextSocket, line: str, wait: bool) -> ReplicaCount:
         if not wait:
-            return self._one(line, parse_replicas)
-        sock = self._socket()
-        sock.settimeout(None)
-        try:
-            return self._one(line, parse_replicas)
-        finally:
-            if self._sock is not None:
-                self._sock.settimeout(self.timeout)
+            return conn.one(line, parse_replicas)
+        with conn.no_timeout():
+            return conn.one(line, parse_replicas)
 
     def delete(self, name: str) -> str:
         """Delete ``name``; returns the name. NotFound when absent."""
         line = name_line("DELETE", name)
-        return self._call("DELETE", lambda: self._one(line, parse_deleted))
+        return self._call("DELETE", lambda conn: conn.one(line, parse_deleted))
 
     def servers(self) -> builtins.list[Server]:
         """Every storage server the proxy knows."""
-        return self._call("SERVERS", lambda: self._multi("SERVERS", parse_server), _anytime)
+        return self._call("SERVERS", lambda conn: conn.multi("SERVERS", parse_server), _anytime)
 
     def status(self) -> Status:
         """Cluster-wide counts."""
-        return self._call("STATUS", lambda: self._one("STATUS", parse_status), _anytime)
+        return self._call("STATUS", lambda conn: conn.one("STATUS", parse_status), _anytime)
 
     def help(self) -> builtins.list[str]:
         """The proxy's one-line summaries of its commands."""
-        return self._call("HELP", lambda: self._multi("HELP", lambda line: line), _anytime)
+        return self._call("HELP", lambda conn: conn.multi("HELP", lambda line: line), _anytime)
 
     def auth(self, token: str) -> None:
         """Present ``token``; Denied when the proxy does not accept it.
         It is presented again on each connection the client makes later."""
         line = auth_line(token)
-        self._call("AUTH", lambda: self._one(line, check_reply), _anytime)
+        self._call("AUTH", lambda conn: conn.one(line, check_reply), _anytime)
         self.token = token
 
     def quit(self) -> None:
         """Say QUIT and close; a connection already gone is not an error."""
         self._closed = True
-        if self._sock is None:
+        if self._conn is None or self._conn.closed:
             return
         try:
-            self._request("QUIT")
+            self._conn.request("QUIT")
         except ConnectionLost:
             pass
         finally:
@@ -517,18 +386,12 @@ class BlockingClient:
     def close(self) -> None:
         """Close the connection at once; later calls raise ConnectionLost."""
         self._closed = True
-        self._drop()
-
-    def _drop(self) -> None:
-        """Close the connection in use; with several proxies, the next
-        request goes to another one."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+        if self._conn is not None:
+            self._conn.close()
 
     @property
     def closed(self) -> bool:
-        return self._sock is None
+        return self._conn is None or self._conn.closed
 
     def __enter__(self) -> BlockingClient:
         return self
