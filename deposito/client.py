@@ -39,7 +39,7 @@ import builtins
 import os
 from typing import Any, Callable, Optional, Sequence, Union, cast
 
-from attrs import define, field
+from attrs import define
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString
 from twisted.internet.interfaces import IConsumer, IStreamClientEndpoint
@@ -97,7 +97,7 @@ class FrontDoors:
     names: list[str]
     endpoints: list[IStreamClientEndpoint]
     token: Optional[str] = None
-    at: int = field(default=0)
+    at: int = 0
 
     async def open(self, order: Sequence[int], failures: list[tuple[str, str]]) -> DepositoClientProtocol:
         """A greeted (and authenticated) connection to the first proxy in
@@ -135,10 +135,8 @@ def _endpoint(reactor: Any, endpoint: Endpoint) -> tuple[str, IStreamClientEndpo
         return repr(endpoint), endpoint
     try:
         host, port = parse_address(endpoint)
-    except ValueError:
+    except ValueError:  # tcp:HOST:PORT and the like
         return endpoint, clientFromString(reactor, endpoint)
-    if ":" in endpoint.rpartition(":")[0].strip("[]") and not endpoint.startswith("["):
-        return endpoint, clientFromString(reactor, endpoint)  # tcp:HOST:PORT and the like
     return endpoint, HostnameEndpoint(reactor, host, port)
 
 

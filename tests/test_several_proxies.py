@@ -177,6 +177,30 @@ def test_twisted_client_moves_on_from_a_refusing_proxy_and_a_lost_one(two: tuple
 
 
 @pytest_twisted.inlineCallbacks
+def test_twisted_get_is_made_again_only_where_no_byte_is_duplicated(two: tuple[FakeProxy, FakeProxy],
+                                                                   tmp_path: Path) -> Any:
+    from twisted.internet import reactor
+
+    a, b = two
+    data = payload(300000)
+    for proxy in (a, b):
+        proxy.files["f"] = (data, 1, 1)
+    a.cut_get_after = 100000
+    client = yield connect(reactor, [a.address, b.address], token="sesame")
+    sink = io.BytesIO()
+    with pytest.raises(ConnectionLost):
+        yield client.get("f", sink)
+    assert len(sink.getvalue()) == 100000 and "GET f" not in b.requests
+    yield client.close()
+
+    client = yield connect(reactor, [a.address, b.address], token="sesame")
+    got = yield client.get("f", str(tmp_path / "f"))  # into a path: made again on b
+    assert got.sha256 == sha(data) and (tmp_path / "f").read_bytes() == data
+    assert os.listdir(tmp_path) == ["f"] and b.requests.count("GET f") == 1
+    yield client.quit()
+
+
+@pytest_twisted.inlineCallbacks
 def test_twisted_client_with_every_proxy_down() -> Any:
     from twisted.internet import reactor
 
