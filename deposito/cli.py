@@ -3,6 +3,10 @@
 Exit status: 0 on success, 1 on an ERR from the proxy, a lost or refused
 connection, or a local file problem (one line on stderr), 2 on a usage error.
 Progress bars go to stderr, and only when stderr is a terminal.
+
+With several proxies (``--proxy a:7000,b:7000``) the command fails over as
+:mod:`deposito.blocking` says: reads go on at the next proxy, a write cut off
+after it was sent is reported as of unknown outcome, never made twice.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import attrs
 
 from deposito import __version__
-from deposito.blocking import BlockingClient, parse_address
+from deposito.blocking import BlockingClient
 from deposito.errors import DepositoError
 from deposito.localfile import AsideFile
+from deposito.proxies import ProxiesUnreachable, parse_addresses, reason, show
 from deposito.protocols.words import quote
 from deposito.sizes import human_bytes
 from deposito.wire import CHUNK_SIZE, PAGE_SIZE, ConnectionLost, Entry, Progress
@@ -35,12 +40,11 @@ class _Failed(Exception):
     """A failure already worded for the user: exit 1 with this message."""
 
 
-def _proxy_address(text: str) -> str:
+def _proxy_addresses(text: str) -> list[tuple[str, int]]:
     try:
-        parse_address(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
-    return text
+        return parse_addresses(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} (HOST:PORT, or several separated by commas)") from None
 
 
 def _replica_count(text: str) -> int:
@@ -64,9 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                "connection, or a local file problem; 2 on a usage error.",
     )
     parser.add_argument(
-        "--proxy", metavar="HOST:PORT", type=_proxy_address,
+        "--proxy", metavar="HOST:PORT[,...]", type=_proxy_addresses,
         default=os.environ.get("DEPOSITO_PROXY") or DEFAULT_PROXY,
-        help="the proxy's client port (default: $DEPOSITO_PROXY, else %s)" % DEFAULT_PROXY)
+        help="the proxy's client port, or several proxies' separated by commas: the first "
+             "that answers is used, the next ones if it fails (default: $DEPOSITO_PROXY, "
+             "else %s)" % DEFAULT_PROXY)
     parser.add_argument(
         "--token", metavar="T", default=os.environ.get("DEPOSITO_TOKEN") or None,
         help="access token, sent with AUTH when connecting (default: $DEPOSITO_TOKEN)")
@@ -344,16 +350,6 @@ COMMANDS: dict[str, Callable[..., None]] = {
 }
 
 
-def _reason(error: OSError) -> str:
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    if error.errno is not None:
-        return os.strerror(error.errno).lower() if error.strerror is None else error.strerror.lower()
-    return str(error) or type(error).__name__
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``deposito`` command with ``argv`` (default: sys.argv[1:]); returns the exit status."""
     parser = build_parser()
@@ -371,13 +367,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: {message}", file=sys.stderr)
         return 1
 
+    proxies: list[tuple[str, int]] = args.proxy
     try:
         try:
-            client = BlockingClient(args.proxy, token=args.token)
+            client = BlockingClient(proxies, token=args.token)
+        except ProxiesUnreachable as e:
+            return fail(str(e))
         except DepositoError as e:
-            return fail(f"proxy at {args.proxy} refused the connection: {e}")
+            return fail(f"proxy at {','.join(map(show, proxies))} refused the connection: {e}")
         except OSError as e:
-            return fail(f"cannot reach proxy at {args.proxy}: {_reason(e)}")
+            return fail(f"cannot reach proxy at {show(proxies[0])}: {reason(e)}")
         with client:
             if args.command == "get":
                 _get(client, args, parser)
@@ -387,7 +386,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _Failed as e:
         return fail(str(e))
     except ConnectionLost as e:
-        return fail(f"{e.message} (proxy at {args.proxy})")
+        return fail(f"{e.message} (proxy at {show(client.address)})")
+    except ProxiesUnreachable as e:
+        return fail(str(e))
     except DepositoError as e:
         return fail(str(e))
     except BrokenPipeError:

@@ -73,6 +73,12 @@ class AsideFile:
     def write(self, data: bytes) -> int:
         return self.file.write(data)
 
+    def restart(self) -> None:
+        """Drop what was written so far and start again from the first byte:
+        a download cut off can be made again into the same file."""
+        self.file.seek(0)
+        self.file.truncate()
+
     def commit(self) -> None:
         """Make the written bytes durable and put them at ``path``."""
         try:

@@ -38,6 +38,22 @@ class ConnectionLost(DepositoError, ConnectionError):
     code = "connectionlost"
 
 
+class OutcomeUnknown(ConnectionLost):
+    """The connection was lost after a PUT, DELETE or REPLICAS was sent and
+    before its answer came: the proxy may or may not have done it.
+
+    The clients never send such a request again by themselves (a second PUT
+    would make a second version); look (STAT) and decide.
+    """
+
+    code = "outcomeunknown"
+
+    @classmethod
+    def after(cls, lost: ConnectionLost, command: str) -> OutcomeUnknown:
+        """The loss of a ``command`` already sent, worded so."""
+        return cls(f"{lost.message}, after the {command} was sent: whether it took effect is unknown")
+
+
 class ProtocolError(DepositoError):
     """The proxy sent something the client cannot read; the connection is closed."""
 
@@ -299,6 +315,13 @@ def replicas_line(name: str, count: int, wait: bool = False) -> str:
     if count < 0:
         raise BadArgs("count must not be negative")
     return f"REPLICAS {quote(check_name(name))} {count}" + (" WAIT" if wait else "")
+
+
+def auth_line(token: str) -> str:
+    """The AUTH request line; BadArgs unless the token is one non-empty line."""
+    if not token or any(c in token for c in "\r\n"):
+        raise BadArgs("a token is one non-empty line")
+    return f"AUTH {quote(token)}"
 
 
 def encode(line: str) -> bytes:

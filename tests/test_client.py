@@ -77,7 +77,8 @@ class FakeProxy:
 
     ``cut_get_after``: a GET sends only that many payload bytes, then closes.
     ``tokens``: when set, AUTH with one of them is needed first.
-    ``requests`` records every request line received.
+    ``requests`` records every request line received; :meth:`kill` drops
+    every connection and stops listening, as a killed proxy would.
     """
 
     def __init__(self, tokens: Optional[set[str]] = None) -> None:
@@ -86,10 +87,12 @@ class FakeProxy:
         self.tokens = tokens
         self.cut_get_after: Optional[int] = None
         self.requests: list[str] = []
+        self.connections: list[socket.socket] = []
         fake = self
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
+                fake.connections.append(self.connection)
                 fake._serve(self.rfile, self.wfile)
 
         class Server(socketserver.ThreadingTCPServer):
@@ -106,6 +109,14 @@ class FakeProxy:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+    def kill(self) -> None:
+        self.stop()
+        for conn in self.connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _serve(self, rfile: Any, wfile: Any) -> None:
         def reply(line: str) -> None:

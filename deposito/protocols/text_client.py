@@ -364,6 +364,12 @@ class DepositoClientProtocol(LineReceiver):
         if self.transport is not None:
             self.transport.loseConnection()
 
+    @property
+    def usable(self) -> bool:
+        """Whether a request made now would be sent: the connection is
+        neither lost nor closing."""
+        return self._lost is None and not self._closing
+
     def whenClosed(self) -> defer.Deferred[None]:
         """A Deferred that fires once the connection is closed."""
         if self._lost is not None:

@@ -1,0 +1,179 @@
+"""The blocking client's side of the text protocol: one connection's framing
+on a plain socket (request lines out; reply lines and raw bytes in).
+
+:class:`deposito.blocking.BlockingClient` makes the requests and decides,
+from :attr:`TextSocket.sent`, what may be made again on another proxy; this
+module only moves bytes and words every failure the same way: the connection
+is closed, and ConnectionLost (or ProtocolError for a reply it cannot read)
+is raised.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, TypeVar
+
+from deposito.errors import from_reply
+from deposito.wire import CHUNK_SIZE, MAX_REPLY_LINE, ConnectionLost, ProtocolError, check_reply, decode, encode, parse_count
+
+T = TypeVar("T")
+
+
+class TextSocket:
+    """A greeted connection to one proxy."""
+
+    def __init__(self, address: tuple[str, int], timeout: Optional[float],
+                 connect_timeout: Optional[float]) -> None:
+        """Connect and read the greeting: the socket's OSError if the proxy
+        cannot be reached, the ERR class of an ERR greeting, ProtocolError
+        for anything else."""
+        self.timeout = timeout
+        self.buffer = bytearray()
+        self.sent = False  # whether the last request line went out
+        self._sock: Optional[socket.socket] = socket.create_connection(address, connect_timeout)
+        try:
+            self._sock.settimeout(timeout)
+            greeting = self.line()
+            if not greeting.startswith("OK"):
+                check_reply(greeting)
+                raise ProtocolError(f"unexpected greeting {greeting[:200]!r}")
+            self.greeting = greeting
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def gone(self) -> bool:
+        """Whether the proxy closed the idle connection (stopped or killed
+        since the last request), found without waiting."""
+        sock = self._socket()
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    @contextmanager
+    def no_timeout(self) -> Iterator[None]:
+        """Wait for the reply as long as it takes (REPLICAS ... WAIT)."""
+        self._socket().settimeout(None)
+        try:
+            yield
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(self.timeout)
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            raise ConnectionLost("the client is closed")
+        return self._sock
+
+    def _lost(self, why: str) -> ConnectionLost:
+        self.close()
+        return ConnectionLost(f"connection to the proxy lost: {why}")
+
+    def recv(self, limit: int) -> bytes:
+        """Bytes already read past the last line first, else from the socket."""
+        if self.buffer:
+            data = bytes(self.buffer[:limit])
+            del self.buffer[: len(data)]
+            return data
+        return self._recv(limit)
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._socket().sendall(data)
+        except socket.timeout:
+            raise self._lost(f"could not send within {self.timeout} seconds") from None
+        except OSError as e:
+            raise self._lost(e.strerror or str(e)) from None
+
+    def line(self) -> str:
+        while True:
+            end = self.buffer.find(b"\n")
+            if end >= 0:
+                raw = bytes(self.buffer[:end])
+                del self.buffer[: end + 1]
+                return decode(raw)
+            if len(self.buffer) > MAX_REPLY_LINE:
+                self.close()
+                raise ProtocolError(f"reply line over {MAX_REPLY_LINE} bytes")
+            self.buffer += self._recv(CHUNK_SIZE)
+
+    def _recv(self, limit: int) -> bytes:
+        try:
+            data = self._socket().recv(limit)
+        except socket.timeout:
+            raise self._lost(f"no answer within {self.timeout} seconds") from None
+        except OSError as e:
+            raise self._lost(e.strerror or str(e)) from None
+        if not data:
+            raise self._lost("closed by the proxy")
+        return data
+
+    def request(self, line: str) -> str:
+        """Send a request line; its first reply line."""
+        self.send(encode(line))
+        self.sent = True
+        return self.reply()
+
+    def reply(self) -> str:
+        try:
+            return self.line()
+        except ProtocolError:
+            self.close()
+            raise
+
+    def parsed(self, reply: str, parse: Callable[[str], T]) -> T:
+        try:
+            return parse(reply)
+        except ProtocolError:
+            self.close()
+            raise
+
+    def one(self, line: str, parse: Callable[[str], T]) -> T:
+        return self.parsed(self.request(line), parse)
+
+    def multi(self, line: str, parse: Callable[[str], T]) -> list[T]:
+        count = self.one(line, parse_count)
+        lines = [self.reply() for _ in range(count)]
+        try:
+            return [parse(ln) for ln in lines]
+        except ProtocolError:
+            self.close()
+            raise
+
+    def send_upload(self, data: bytes) -> None:
+        """Send file bytes; if the proxy hung up, raise the ERR it said first, if any."""
+        sock = self._socket()
+        try:
+            sock.sendall(data)
+            return
+        except socket.timeout:
+            raise self._lost(f"could not send within {self.timeout} seconds") from None
+        except OSError as e:
+            why = e.strerror or str(e)
+        try:
+            sock.settimeout(1.0)
+            while b"\n" not in self.buffer and len(self.buffer) < MAX_REPLY_LINE:
+                more = sock.recv(CHUNK_SIZE)
+                if not more:
+                    break
+                self.buffer += more
+        except OSError:
+            pass
+        line = decode(bytes(self.buffer.split(b"\n", 1)[0]))
+        self.close()
+        if line.startswith("ERR "):
+            raise from_reply(line)
+        raise ConnectionLost(f"connection to the proxy lost: {why}")
