@@ -141,7 +141,9 @@ class Depot:
 
     def member_changed(self, m: Member) -> None:
         """Remember servers across restarts; collect from a returning one; re-plan copies."""
-        self.db.save_server(m.id, m.zone, m.host, m.port, m.capacity, m.used, m.blobs)
+        saved = self.db.save_server(m.id, m.zone, m.host, m.port, m.capacity, m.used, m.blobs)
+        saved.addErrback(lambda f: self.log.warn("server {id} not remembered: {why}", id=m.id,
+                                                 why=f.getErrorMessage()))
         if m.up:
             self.collector.kick()
         else:
