@@ -56,9 +56,11 @@ def check_url(url: str) -> str:
     if not url.startswith(("postgresql://", "postgres://")):
         raise ValueError(f"not a postgresql:// URL: {url!r}")
     try:
-        conninfo.conninfo_to_dict(url)
+        params = conninfo.conninfo_to_dict(url)
     except psycopg.Error as e:
         raise ValueError(f"bad URL {url!r}: {e}") from None
+    if not all(port.isdigit() for port in str(params.get("port") or "5432").split(",")):
+        raise ValueError(f"bad port in {url!r}")
     return url
 
 
