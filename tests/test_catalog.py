@@ -558,6 +558,7 @@ def test_the_database_down_is_unavailable_at_once_and_back_by_itself(postgres):
                 started = time.monotonic()
                 [(ok, error)] = cat.batch([(Catalog.lookup, ("f",))])
                 assert not ok and isinstance(error, Unavailable) and time.monotonic() - started < 5
+                assert "\n" not in error.reply() and "127.0.0.1" not in error.reply()  # the detail is logged
                 [(ok, error)] = cat.lookups(["f"])
                 assert not ok and isinstance(error, Unavailable)
         finally:

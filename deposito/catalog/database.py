@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, Union
 
+from twisted.logger import Logger
+
 from deposito.catalog.dialect import Dialect
 from deposito.catalog.records import is_durable
 from deposito.errors import Unavailable
@@ -26,6 +28,21 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 RETRIES = 5  # a batch that lost a conflict runs again, this many times at most
+
+log = Logger()
+
+
+def out_of_reach(error: BaseException) -> Unavailable:
+    """What a client is told when the database cannot be reached; the
+    database's own words (which name its host, over several lines) go to
+    the proxy's log instead."""
+    log.warn("the catalog database is out of reach: {why}", why=describe(error))
+    return Unavailable("the catalog database is out of reach; try again shortly")
+
+
+def describe(error: BaseException) -> str:
+    """``error`` on one line."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 class Connection(Protocol):
@@ -124,7 +141,7 @@ class Database:
             if not self.backend.unreachable(e):
                 raise
             self._lost()
-            raise Unavailable(f"the catalog database is out of reach: {str(e).strip() or type(e).__name__}") from e
+            raise out_of_reach(e) from e
 
     def _lost(self) -> None:
         db, self._db = self._db, None

@@ -26,6 +26,7 @@ import psycopg
 from psycopg import conninfo, pq
 
 from deposito.catalog import schema
+from deposito.catalog.database import log, out_of_reach
 from deposito.catalog.dialect import POSTGRESQL, pyformat
 from deposito.catalog.records import FileRecord
 from deposito.errors import Unavailable
@@ -99,18 +100,24 @@ class PostgresBackend:
         for key, value in SETTINGS.items():
             settings.setdefault(key, value)
         self.conninfo = conninfo.make_conninfo("", **settings)
-        self._retry_at = 0.0
-        self._why = ""
+        self._retry_at = 0.0  # while a connection failed this recently, calls fail without trying
+        self._down = False
 
     def _connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         if time.monotonic() < self._retry_at:
-            raise Unavailable(self._why)
+            raise Unavailable("the catalog database is out of reach; try again shortly")
         try:
-            return psycopg.connect(self.conninfo, **kwargs)
+            conn = psycopg.connect(self.conninfo, **kwargs)
         except psycopg.Error as e:
             self._retry_at = time.monotonic() + PAUSE
-            self._why = f"the catalog database is out of reach: {str(e).strip() or type(e).__name__}"
-            raise Unavailable(self._why) from None
+            if self._down:  # told once an outage
+                raise Unavailable("the catalog database is out of reach; try again shortly") from None
+            self._down = True
+            raise out_of_reach(e) from None
+        if self._down:
+            self._down = False
+            log.info("the catalog database is reachable again")
+        return conn
 
     def connect(self, reads_only: bool = False) -> PostgresConnection:
         return PostgresConnection(self._connect(autocommit=True))
@@ -174,7 +181,7 @@ class PostgresBackend:
         except Exception as e:
             snapshot.close()
             if self.unreachable(e):
-                raise Unavailable(f"the catalog database is out of reach: {e}") from e
+                raise out_of_reach(e) from e
             raise
 
 
@@ -212,7 +219,7 @@ class PostgresSnapshot:
         try:
             return [schema.to_record(row) for row in self.cursor.fetchmany(n)]
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            raise Unavailable(f"the catalog database is out of reach: {e}") from e
+            raise out_of_reach(e) from e
 
     def close(self) -> None:
         """End the transaction (the snapshot is let go) and the connection."""

@@ -102,6 +102,8 @@ class CatalogThread:
     def kept_record(self, name: str) -> FileRecord | None:
         """The record of ``name`` if it is kept in memory (what a lookup would
         answer now), else None."""
+        if not self._keeps:
+            return None  # shared: any proxy may have changed it
         record = self._records.get(name)
         if record is not None:
             self._records.move_to_end(name)
