@@ -479,6 +479,30 @@ def test_a_commit_waits_for_another_proxys_commit_of_the_same_name(shared):
     assert outcome == [False] and b.lookup("f").blob == "b3"
 
 
+def test_a_delete_waits_for_another_proxys_commit_of_the_same_name(shared):
+    """B's DELETE, arriving while A commits version 2, deletes version 2:
+    its blob is garbage and the totals come to nothing."""
+    import threading
+
+    a, b = shared
+    v1 = a.begin_upload("f", "b1", ["s1"])
+    a.commit("f", v1, "b1", 10, "x", 1, ["s1"], 0.0)
+    v2 = a.begin_upload("f", "b2", ["s2"])
+    a.db.execute("BEGIN")
+    assert a.commit("f", v2, "b2", 20, "y", 1, ["s2"], 0.0)
+    deleted = []
+    waiter = threading.Thread(target=lambda: deleted.append(b.delete("f")))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive(), "B deleted without waiting for A's lock"
+    a.db.execute("COMMIT")
+    waiter.join(10)
+    assert deleted[0].blob == "b2"
+    counts = b.counts()
+    assert (counts.files, counts.bytes, counts.wanted) == (0, 0, 0)
+    assert sorted(b.garbage(["s1", "s2"])) == [("b1", "s1"), ("b2", "s2")]
+
+
 def test_a_batch_that_loses_a_deadlock_runs_again_whole(shared):
     """A and B each lock one name, then want the other's: PostgreSQL ends
     one transaction; its batch runs again and every call in it is answered."""

@@ -21,7 +21,7 @@ class Dialect:
     greatest: str  # the larger of two values (not the aggregate)
     least: str
     begin: str  # a write transaction, its locks taken up front where the database wants that
-    for_update: str  # appended to a SELECT of a row the transaction goes on to change
+    for_update: str  # appended to a SELECT of a row a decision rests on: another proxy's change waits
     int: str  # column types: counts and sizes (PostgreSQL's INTEGER is 32 bits)
     real: str  # times (PostgreSQL's REAL is 32 bits: a second's resolution lost)
     key: str  # a text column that is sorted: by code point, as Python sorts

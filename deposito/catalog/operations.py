@@ -131,6 +131,7 @@ class Catalog(Database):
     @effects(durable=True, keeps_records=False)
     def delete(self, name: str) -> FileRecord | None:
         def tx(db: Connection) -> FileRecord | None:
+            db.execute("SELECT 1 FROM names WHERE name = ?" + self.dialect.for_update, (name,))  # as commit does
             record = self._lookup(db, name)
             if record is not None:
                 db.execute("DELETE FROM files WHERE name = ?", (name,))
@@ -145,7 +146,8 @@ class Catalog(Database):
     @effects(durable=True, keeps_records=False)
     def set_replicas(self, name: str, count: int) -> FileRecord | None:
         def tx(db: Connection) -> FileRecord | None:
-            row = db.execute("SELECT replicas FROM files WHERE name = ?", (name,)).fetchone()
+            row = db.execute("SELECT replicas FROM files WHERE name = ?" + self.dialect.for_update,
+                             (name,)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE files SET replicas = ? WHERE name = ?", (count, name))
@@ -160,7 +162,8 @@ class Catalog(Database):
         blob is still the current one (else it is garbage)."""
         def tx(db: Connection) -> bool:
             db.execute("DELETE FROM intents WHERE blob = ? AND server = ?", (blob, server))
-            row = db.execute("SELECT 1 FROM files WHERE name = ? AND blob = ?", (name, blob)).fetchone()
+            row = db.execute("SELECT 1 FROM files WHERE name = ? AND blob = ?" + self.dialect.for_update,
+                             (name, blob)).fetchone()
             if row is None:
                 db.execute(INSERT_GARBAGE, (blob, server))
                 return False
