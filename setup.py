@@ -26,6 +26,7 @@ setup(
         "tqdm>=4.66",
         "prometheus_client>=0.20",
         "crc32c>=2.3",  # block checksums: CRC-32C in hardware, about 8x zlib's CRC-32
+        "psycopg[binary]>=3.1",  # the catalog in PostgreSQL (--catalog postgresql://...)
     ],
     extras_require={
         "test": [

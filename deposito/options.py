@@ -47,6 +47,18 @@ def read_secret(option: str, path: str) -> bytes:
         raise usage.UsageError(f"{option}: {e}") from None
 
 
+def parse_catalog(option: str, value: str) -> str:
+    """``sqlite:`` or a PostgreSQL URL (``postgresql://USER@HOST:PORT/DB``, any libpq URL)."""
+    if value in ("sqlite:", "sqlite"):
+        return "sqlite:"
+    from deposito.catalog.postgres import check_url
+
+    try:
+        return check_url(value)
+    except ValueError as e:
+        raise usage.UsageError(f"{option} must be sqlite: or a postgresql:// URL: {e}") from None
+
+
 def check_endpoint(option: str, value: str, parse) -> None:
     """Refuse an endpoint string the endpoint parser cannot read."""
     try:

@@ -10,7 +10,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.application.internet import StreamServerEndpointService
 from twisted.logger import Logger, globalLogPublisher
 
-from deposito.catalog import Catalog, CatalogThread
+from deposito.catalog import Catalog, CatalogThread, backend_for
 from deposito.depot import Depot
 from deposito.events import EventLog, MeteredDepot, Metrics
 from deposito.protocols.cluster import HEARTBEAT, MemberFactory
@@ -25,11 +25,13 @@ class ProxyService(service.MultiService):
     def __init__(self, reactor: Any, data: str, client_endpoint: Any, cluster_endpoint: Any,
                  replicas: int, dead_after: float = 300.0, heartbeat: float = HEARTBEAT,
                  http_endpoint: Any = None, tokens: Any = None, max_size: int | None = None,
-                 secret: bytes | None = None, rebuild: bool = False, collect_rate: float = 1000.0) -> None:
+                 secret: bytes | None = None, rebuild: bool = False, collect_rate: float = 1000.0,
+                 catalog: str = "sqlite:") -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
-        self.db = CatalogThread(reactor, Catalog(data))
+        self.catalog_url = catalog
+        self.db = CatalogThread(reactor, Catalog(backend_for(catalog, data)))
         self.roster = Roster(reactor, dead_after=dead_after)
         self.secret = secret
         self.depot = Depot(reactor, self.db, self.roster, default_replicas=replicas, secret=secret,
@@ -53,7 +55,10 @@ class ProxyService(service.MultiService):
         globalLogPublisher.addObserver(self.events)
         self.db.start()
         ensureDeferred(self.depot.start()).addErrback(lambda f: self.log.failure("starting the depot", f))
-        self.log.info("proxy catalog in {data}", data=self.data)
+        if self.db.catalog.backend.shared:
+            self.log.info("proxy catalog in PostgreSQL at {url}", url=_without_password(self.catalog_url))
+        else:
+            self.log.info("proxy catalog in {data}", data=self.data)
         if self.secret is None:
             self.log.warn("no --secret: any process that reaches the cluster port can join as a storage server")
         self._deaths.start(min(1.0, self.roster.dead_after / 4), now=False)
@@ -69,3 +74,14 @@ class ProxyService(service.MultiService):
 
     def stopService(self) -> Any:
         return ensureDeferred(self._stop())
+
+
+def _without_password(url: str) -> str:
+    """A URL to log: its password, if any, left out."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))

@@ -7,7 +7,8 @@ import os
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from deposito.options import FirstLineOptions, check_endpoint, parse_bytes, parse_int, parse_seconds, read_secret
+from deposito.options import (FirstLineOptions, check_endpoint, parse_bytes, parse_catalog, parse_int, parse_seconds,
+                              read_secret)
 from deposito.tokens import Tokens
 
 
@@ -15,7 +16,7 @@ class Options(FirstLineOptions):
     command = "deposito-proxy"
     synopsis = ("[--port EP] [--cluster-port EP] [--data DIR] [--replicas N] [--dead-after SECONDS]"
                 " [--secret FILE] [--tokens FILE] [--max-size BYTES] [--rebuild] [--http EP]"
-                " [--collect-rate N]")
+                " [--collect-rate N] [--catalog URL]")
     longdesc = ("The Deposito proxy: clients store and fetch files on --port (a text protocol "
                 "you can speak with telnet); storage servers join on --cluster-port.")
     optFlags = [
@@ -24,7 +25,9 @@ class Options(FirstLineOptions):
     optParameters = [
         ["port", None, "tcp:7000", "client endpoint for the text protocol"],
         ["cluster-port", None, "tcp:7001", "endpoint where storage servers join"],
-        ["data", None, "./deposito-proxy", "directory for the catalog"],
+        ["data", None, "./deposito-proxy", "directory for the catalog (when it is in SQLite)"],
+        ["catalog", None, "sqlite:", "where the catalog lives: sqlite: (in --data) or a postgresql:// URL,"
+         " which several proxies may share"],
         ["replicas", None, "2", "replica count for a PUT that names none (1-16)"],
         ["dead-after", None, "300", "seconds of silence after which a server is dead and its copies are made again"],
         ["http", None, None, "endpoint for the status page, /metrics, the JSON API and downloads (off unless given)"],
@@ -58,6 +61,7 @@ class Options(FirstLineOptions):
         if not self["data"]:
             raise usage.UsageError("--data must name a directory")
         self["data"] = os.path.abspath(self["data"])
+        self["catalog"] = parse_catalog("--catalog", self["catalog"])
 
 
 def makeService(options: Options):
@@ -82,4 +86,5 @@ def makeService(options: Options):
         secret=options["secret"],
         rebuild=bool(options["rebuild"]),
         collect_rate=options["collect-rate"],
+        catalog=options["catalog"],
     )

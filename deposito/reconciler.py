@@ -210,7 +210,10 @@ class Reconciler:
             self._step = d
 
     def _step_failed(self, failure: Failure) -> float:
-        self.log.failure("reconciling", failure)
+        if failure.check(Unavailable):  # the catalog's database is down: said in a line, tried again after RETRY
+            self.log.warn("reconciling: {why}", why=failure.getErrorMessage())
+        else:
+            self.log.failure("reconciling", failure)
         return self.clock.seconds() + RETRY
 
     def _stepped(self, wake_at: float | None) -> None:

@@ -41,7 +41,7 @@ class PrivatePostgres:
     """One PostgreSQL server with its data in ``folder``; :meth:`start` makes
     it (the first time) and starts it; :meth:`stop` stops it."""
 
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path, port: int, settings: dict[str, str] | None = None) -> None:
         bindir = find_bindir()
         if bindir is None:
             raise RuntimeError(f"PostgreSQL's server programs (initdb, pg_ctl) are not installed: {PACKAGE}")
@@ -49,6 +49,7 @@ class PrivatePostgres:
         self.folder = Path(folder).resolve()
         self.data = self.folder / "data"
         self.port = port
+        self.settings = dict(settings or {})  # server settings (-c name=value), e.g. fsync=off for tests
         self.run_as = None
         if os.geteuid() == 0:  # PostgreSQL will not run as root
             try:
@@ -73,7 +74,8 @@ class PrivatePostgres:
             os.chown(self.folder, self.run_as.pw_uid, self.run_as.pw_gid)
         if not (self.data / "PG_VERSION").exists():
             self._run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync")
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1" + "".join(
+            f" -c {name}={value}" for name, value in self.settings.items())
         done = self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "postgres.log"),
                          "-w", "-t", "60", "start", check=False)
         if done.returncode != 0:

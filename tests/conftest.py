@@ -2,7 +2,31 @@ from __future__ import annotations
 
 import pytest
 
+from tests.catalogs import BACKENDS, Catalogs, Postgres
 from tests.cluster import Cluster
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One private PostgreSQL server for the whole session (each test takes
+    a fresh database on it); the tests that need it are skipped, saying so,
+    where PostgreSQL's server programs are not installed."""
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def catalogs(request, tmp_path):
+    """Fresh catalogs on each database in turn (see tests.catalogs.Catalogs)."""
+    postgres = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    made = Catalogs(request.param, tmp_path, postgres)
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""LIST read from one snapshot of a real SQLite catalog, in batches, and
-written with backpressure: the listing alone, then through the text protocol
-on a StringTransport, then over real TCP with real threads."""
+"""LIST read from one snapshot of a real catalog (SQLite, then PostgreSQL),
+in batches, and written with backpressure: the listing alone, then through
+the text protocol on a StringTransport, then over real TCP with real threads."""
 
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ from tests.test_text_protocol import FakeDepot
 def fill(catalog: Catalog, names: list[str], servers: tuple[str, ...] = ("s1",)) -> None:
     """Commit ``names`` straight into the catalog's tables, in one transaction."""
     db = catalog.db
+    blobs = {name: hashlib.md5(name.encode("utf-8")).hexdigest() for name in names}
     db.execute("BEGIN")
-    for name in names:
-        blob = hashlib.md5(name.encode("utf-8")).hexdigest()
-        db.execute("INSERT OR REPLACE INTO names (name, last_version) VALUES (?, 1)", (name,))
-        db.execute("INSERT INTO files VALUES (?, 1, ?, ?, ?, 2, 0, ?)",
-                   (name, blob, len(name), "ab" * 32, " ".join(sorted(servers))))
-        db.executemany("INSERT INTO copies VALUES (?, ?, 0)", [(blob, s) for s in servers])
+    db.executemany("INSERT INTO names (name, last_version) VALUES (?, 1)"
+                   " ON CONFLICT (name) DO UPDATE SET last_version = 1", [(name,) for name in names])
+    db.executemany("INSERT INTO files VALUES (?, 1, ?, ?, ?, 2, 0, ?)",
+                   [(name, blobs[name], len(name), "ab" * 32, " ".join(sorted(servers))) for name in names])
+    db.executemany("INSERT INTO copies VALUES (?, ?, 0)", [(blobs[name], s) for name in names for s in servers])
     db.execute("COMMIT")
 
 
@@ -67,10 +67,15 @@ def test_the_catalog_depot_is_a_depot(tmp_path):
 
 
 @pytest.fixture
-def catalog(tmp_path):
-    c = Catalog(str(tmp_path / "proxy"))
-    yield c
-    c.close()
+def catalog(catalogs):
+    """A new catalog, on each database in turn."""
+    return catalogs.new()
+
+
+def where(catalog: Catalog):
+    """Where a listing of ``catalog`` is opened: a SQLite catalog's path, or PostgreSQL's snapshot opener."""
+    backend = catalog.backend
+    return backend.open_snapshot if backend.shared else backend.path
 
 
 def connect(depot):
@@ -121,8 +126,8 @@ def test_prefix_end_bounds_exactly_the_names_with_the_prefix():
             assert inside == name.startswith(prefix), (prefix, name)
 
 
-def test_the_queries_read_one_range_of_the_index_and_never_sort(catalog):
-    db = catalog.db
+def test_the_queries_read_one_range_of_the_index_and_never_sort(tmp_path):
+    db = Catalog(str(tmp_path)).db
     for names in (NameRange(), NameRange("a/", "a/b"), NameRange("a/", ""), NameRange("", "m", 5),
                   NameRange("\U0010ffff")):
         where, values = names.where("f.name")
@@ -150,7 +155,7 @@ def _result(d):
 
 def test_a_listing_hands_out_its_count_in_batches_then_nothing(catalog):
     fill(catalog, NAMES)
-    listing = listed(catalog.path, NameRange("a", "", None), batch=4)
+    listing = listed(where(catalog), NameRange("a", "", None), batch=4)
     expected = sorted(n for n in NAMES if n.startswith("a"))
     assert listing.count == len(expected)
     got, sizes = [], []
@@ -158,14 +163,14 @@ def test_a_listing_hands_out_its_count_in_batches_then_nothing(catalog):
         sizes.append(len(batch))
         got += [r.name for r in batch]
     assert got == expected and max(sizes) == 4 and listing.closed is False
-    assert [r.servers for r in _result(listed(catalog.path, NameRange("b")).next())] == [("s1",)]
+    assert [r.servers for r in _result(listed(where(catalog), NameRange("b")).next())] == [("s1",)]
     listing.close()
     assert listing.closed
 
 
 def test_a_listing_reads_one_snapshot_while_the_catalog_changes(catalog):
     fill(catalog, [f"n{i:03d}" for i in range(10)])
-    listing = listed(catalog.path, NameRange(), batch=2)
+    listing = listed(where(catalog), NameRange(), batch=2)
     assert [r.name for r in _result(listing.next())] == ["n000", "n001"]
     catalog.db.execute("DELETE FROM files WHERE name > 'n004'")
     fill(catalog, ["n0000", "zzz"])
@@ -176,9 +181,14 @@ def test_a_listing_reads_one_snapshot_while_the_catalog_changes(catalog):
     listing.close()
 
 
-def released(path: str) -> bool:
-    """Whether no reader holds a snapshot: a full checkpoint can then complete."""
-    db = sqlite3.connect(path, timeout=0)
+def released(catalog: Catalog) -> bool:
+    """Whether no reader holds a snapshot: a full checkpoint can then
+    complete (SQLite); no other session is in a transaction (PostgreSQL)."""
+    if catalog.backend.shared:
+        return not catalog.db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state <> 'idle'").fetchone()[0]
+    db = sqlite3.connect(catalog.backend.path, timeout=0)
     try:
         busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return busy == 0
@@ -188,27 +198,31 @@ def released(path: str) -> bool:
 
 def test_closing_a_listing_lets_go_of_its_snapshot(catalog):
     fill(catalog, [f"n{i}" for i in range(20)])
-    listing = listed(catalog.path, NameRange(), batch=5)
+    listing = listed(where(catalog), NameRange(), batch=5)
     fill(catalog, ["later"])  # a change made after the snapshot: the WAL must keep it apart
-    assert not released(catalog.path)
+    assert not released(catalog)
     listing.close()
-    assert released(catalog.path)
-    with pytest.raises(sqlite3.ProgrammingError):
-        listing._db.execute("SELECT 1")
+    assert released(catalog)
+    snapshot = listing._snapshot
+    if catalog.backend.shared:
+        assert snapshot.conn.closed
+    else:
+        with pytest.raises(sqlite3.ProgrammingError):
+            snapshot.db.execute("SELECT 1")
 
 
 def test_a_listing_open_too_long_ends_and_says_so(catalog):
     fill(catalog, [f"n{i}" for i in range(20)])
     clock = task.Clock()
-    listing = listed(catalog.path, NameRange(), batch=5, clock=clock)
+    listing = listed(where(catalog), NameRange(), batch=5, clock=clock)
     told = []
     listing.on_expiry = lambda: told.append(True)
     _result(listing.next())
     fill(catalog, ["later"])
     clock.advance(299)
-    assert not told and not released(catalog.path)
+    assert not told and not released(catalog)
     clock.advance(2)
-    assert told == [True] and listing.closed and released(catalog.path)
+    assert told == [True] and listing.closed and released(catalog)
     with pytest.raises(Exception, match="too long"):
         _result(listing.next())
     assert not clock.getDelayedCalls()
@@ -217,9 +231,9 @@ def test_a_listing_open_too_long_ends_and_says_so(catalog):
 def test_an_empty_listing_holds_nothing(catalog):
     fill(catalog, ["a"])
     clock = task.Clock()
-    listing = listed(catalog.path, NameRange("b"), clock=clock)
+    listing = listed(where(catalog), NameRange("b"), clock=clock)
     assert listing.count == 0 and _result(listing.next()) == [] and not clock.getDelayedCalls()
-    assert released(catalog.path)
+    assert released(catalog)
 
 
 def test_a_listing_never_makes_a_catalog(tmp_path):
@@ -233,7 +247,7 @@ def test_a_listing_never_makes_a_catalog(tmp_path):
 
 def test_list_pages_and_edge_cases(catalog):
     fill(catalog, NAMES)
-    depot = CatalogDepot(catalog.path, task.Clock(), batch=2)
+    depot = CatalogDepot(where(catalog), task.Clock(), batch=2)
     proto, tr = connect(depot)
     everything = sorted(NAMES, key=lambda n: n.encode("utf-8"))
     assert everything == sorted(NAMES)  # code point order is UTF-8 byte order
@@ -260,7 +274,7 @@ def test_list_pages_and_edge_cases(catalog):
             pages += page
             after = page[-1]
         assert pages == everything, limit
-    assert all(listing.closed for listing in depot.listings) and released(catalog.path)
+    assert all(listing.closed for listing in depot.listings) and released(catalog)
 
 
 def _quoted(word: str) -> str:
@@ -269,14 +283,14 @@ def _quoted(word: str) -> str:
 
 def test_list_lines_count_only_healthy_copies_and_quote_names(catalog):
     fill(catalog, ["x y", "x/z"], servers=("s1", "s2"))
-    proto, tr = connect(CatalogDepot(catalog.path, task.Clock()))
+    proto, tr = connect(CatalogDepot(where(catalog), task.Clock()))
     proto.dataReceived(b"LIST x\n")
     assert replies(tr) == ["OK 2", '3 2 1 "x y"', "3 2 1 x/z"]
 
 
 def test_bad_limits_are_refused_and_the_connection_still_serves(catalog):
     fill(catalog, ["a", "b"])
-    proto, tr = connect(CatalogDepot(catalog.path, task.Clock()))
+    proto, tr = connect(CatalogDepot(where(catalog), task.Clock()))
     proto.dataReceived(b'LIST "" "" 0\nLIST "" "" -1\nLIST "" "" x\nLIST "" "" 1.5\nLIST a b c d\nLIST "" "" 1\n')
     out = replies(tr)
     assert [line.split()[:2] for line in out[:5]] == [["ERR", "badargs"]] * 5
@@ -287,7 +301,7 @@ def test_bad_limits_are_refused_and_the_connection_still_serves(catalog):
 
 def test_lines_after_a_list_are_answered_after_it_in_order(catalog):
     fill(catalog, [f"n{i:02d}" for i in range(10)])
-    depot = CatalogDepot(catalog.path, task.Clock(), batch=3)
+    depot = CatalogDepot(where(catalog), task.Clock(), batch=3)
     proto, tr = connect(depot)
     held = []
     depot.run = lambda fn, *args: held.append((fn, args, defer.Deferred())) or held[-1][2]
@@ -324,7 +338,7 @@ class SlowReader(StringTransport):
 
 def test_a_client_that_does_not_read_holds_the_listing_back(catalog):
     fill(catalog, [f"name-{i:06d}" for i in range(20_000)])
-    depot = CatalogDepot(catalog.path, task.Clock(), batch=500)
+    depot = CatalogDepot(where(catalog), task.Clock(), batch=500)
     proto = DepotFactory(depot).buildProtocol(None)
     proto.callLater = task.Clock().callLater
     tr = SlowReader(room=64 << 10)
@@ -347,27 +361,27 @@ def test_a_client_that_does_not_read_holds_the_listing_back(catalog):
     lines = received.decode().split("\r\n")
     assert lines[0] == "OK 20000" and names_of(lines[1:20_001]) == [f"name-{i:06d}" for i in range(20_000)]
     assert lines[20_001:] == ["OK 1", "11 2 1 name-019998", ""]  # the next request waited for the LIST
-    assert listing.closed and released(catalog.path)
+    assert listing.closed and released(catalog)
 
 
 def test_a_client_leaving_mid_list_closes_the_listing(catalog):
     fill(catalog, [f"n{i:04d}" for i in range(5000)])
-    depot = CatalogDepot(catalog.path, task.Clock(), batch=100)
+    depot = CatalogDepot(where(catalog), task.Clock(), batch=100)
     proto = DepotFactory(depot).buildProtocol(None)
     proto.callLater = task.Clock().callLater
     tr = SlowReader(room=1000)
     proto.makeConnection(tr)
     proto.dataReceived(b"LIST\n")
     listing = depot.listings[0]
-    assert not listing.closed and not released(catalog.path)
+    assert not listing.closed and not released(catalog)
     tr.producer.stopProducing()  # what TCP does when the connection is lost
     proto.connectionLost(None)
-    assert listing.closed and released(catalog.path)
+    assert listing.closed and released(catalog)
 
 
 def test_a_listing_that_breaks_mid_way_cuts_the_connection(catalog):
     fill(catalog, [f"n{i:04d}" for i in range(50)])
-    depot = CatalogDepot(catalog.path, task.Clock(), batch=10)
+    depot = CatalogDepot(where(catalog), task.Clock(), batch=10)
     calls = []
 
     def failing(fn, *args):
@@ -381,13 +395,13 @@ def test_a_listing_that_breaks_mid_way_cuts_the_connection(catalog):
     proto.dataReceived(b"LIST\nSTATUS\n")
     out = tr.value().split(b"\r\n")
     assert out[0] == b"OK 50" and len(out) - 2 < 50 and tr.disconnecting
-    assert depot.listings[0].closed and released(catalog.path)
+    assert depot.listings[0].closed and released(catalog)
 
 
 def test_a_client_that_stops_reading_is_cut_off_after_the_listing_time(catalog):
     fill(catalog, [f"n{i:04d}" for i in range(5000)])
     clock = task.Clock()
-    depot = CatalogDepot(catalog.path, clock, batch=100)
+    depot = CatalogDepot(where(catalog), clock, batch=100)
     proto = DepotFactory(depot).buildProtocol(None)
     proto.callLater = clock.callLater
     tr = SlowReader(room=1000)
@@ -395,7 +409,7 @@ def test_a_client_that_stops_reading_is_cut_off_after_the_listing_time(catalog):
     proto.dataReceived(b"LIST\n")
     clock.advance(301)
     assert tr.disconnecting or tr.producer is None
-    assert depot.listings[0].closed and released(catalog.path)
+    assert depot.listings[0].closed and released(catalog)
 
 
 # -- real threads, real TCP
@@ -407,7 +421,7 @@ def test_over_tcp_a_client_that_does_not_read_gets_a_bounded_listing(catalog):
 
     names = [f"{'long-name-' * 90}{i:06d}" for i in range(20_000)]  # 18 MB of lines: more than TCP buffers
     fill(catalog, names)
-    depot = CatalogDepot(catalog.path, reactor, run=None)  # the module's own threads, as in the proxy
+    depot = CatalogDepot(where(catalog), reactor, run=None)  # the module's own threads, as in the proxy
     port = reactor.listenTCP(0, DepotFactory(depot), interface="127.0.0.1")
     client = socket.socket()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
@@ -433,7 +447,7 @@ def test_over_tcp_a_client_that_does_not_read_gets_a_bounded_listing(catalog):
         assert lines[0].startswith("OK deposito") and lines[1] == "OK 20000"
         assert names_of(lines[2:20_002]) == names and lines[20_002] == "OK bye"
         yield task.deferLater(reactor, 0.2, lambda: None)  # the connection's close runs on a thread
-        assert listing.closed and released(catalog.path)
+        assert listing.closed and released(catalog)
     finally:
         client.close()
         yield port.stopListening()

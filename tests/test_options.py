@@ -17,6 +17,13 @@ def test_proxy_defaults():
     o = parse(proxy_tap.Options, [])
     assert (o["port"], o["cluster-port"], o["replicas"]) == ("tcp:7000", "tcp:7001", 2)
     assert o["data"] == os.path.abspath("deposito-proxy")
+    assert o["catalog"] == "sqlite:"
+
+
+def test_proxy_catalog_urls():
+    url = "postgresql://deposito@db.example:5433/depot?sslmode=require&connect_timeout=5"
+    assert parse(proxy_tap.Options, ["--catalog", url])["catalog"] == url
+    assert parse(proxy_tap.Options, ["--catalog", "sqlite"])["catalog"] == "sqlite:"
 
 
 def test_server_defaults_and_capacity_units():
@@ -38,6 +45,8 @@ def test_a_server_joins_every_proxy_named():
     (proxy_tap.Options, ["--tokens", "/no/such/file"], "--tokens"),
     (proxy_tap.Options, ["--max-size", "huge"], "--max-size"),
     (proxy_tap.Options, ["--rebuild=yes"], "--rebuild"),
+    (proxy_tap.Options, ["--catalog", "mysql://root@localhost/depot"], "--catalog"),
+    (proxy_tap.Options, ["--catalog", "postgresql://h:notaport/db"], "--catalog"),
     (server_tap.Options, ["--proxy", "nope:nope"], "--proxy"),
     (server_tap.Options, ["--proxy", "tcp:127.0.0.1:7001", "--proxy", "nope:nope"], "--proxy"),
     (server_tap.Options, ["--proxy", "tcp:10.0.0.1:7001", "--proxy", "tcp:10.0.0.1:7001"], "--proxy"),

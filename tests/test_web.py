@@ -291,7 +291,7 @@ def test_files_api_pages_with_after_limit_and_next(tmp_path):
     try:
         names = [f"d/{i:02d}" for i in range(25)] + ["d e", "e"]
         fill(catalog, names, servers=("s1", "s2"))
-        depot = CatalogDepot(catalog.path, task.Clock())
+        depot = CatalogDepot(catalog.backend.path, task.Clock())
         api = FilesAPI(depot, EventLog(), None, task.Clock())
 
         def page(**args):

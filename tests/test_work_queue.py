@@ -1,7 +1,7 @@
 """The reconciler's cost follows the work: it reads only the files queued.
 
-A real SQLite catalog behind the reconciler's narrow view (IWorkCatalog),
-answered at once, and a copier that records what it is asked to copy.
+A real catalog (SQLite, then PostgreSQL) behind the reconciler's narrow
+view (IWorkCatalog), answered at once, and a copier that records what it is asked to copy.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from deposito.catalog import Catalog
 from deposito.interfaces import ICopier, IWorkCatalog
 from deposito.reconciler import PAGE, SWEEP_PAGE, Reconciler
 from deposito.roster import Member, Roster
+from tests.catalogs import Catalogs
 
 
 @implementer(IWorkCatalog)
@@ -102,15 +103,15 @@ def fill(cat: Catalog, files: int, servers) -> None:
     """Files f000000... with two copies each, on a and c or b and d, in one transaction."""
     names = [f"f{i:06d}" for i in range(files)]
     blob = {n: f"{n:0>32}"[-32:] for n in names}
-    with cat.db:
-        cat.db.execute("BEGIN")
-        cat.db.executemany("INSERT INTO names (name, last_version, settled) VALUES (?, 1, 1)", [(n,) for n in names])
-        cat.db.executemany("INSERT INTO files VALUES (?, 1, ?, 10, 'x', 2, 0, ?)", [
-            (n, blob[n], f"{servers[i % 2]} {servers[2 + i % 2]}") for i, n in enumerate(names)])
-        cat.db.executemany("INSERT INTO copies VALUES (?, ?, 0)", [
-            (blob[n], servers[i % 2 + k]) for i, n in enumerate(names) for k in (0, 2)])
-        cat.db.executemany("UPDATE totals SET value = value + ? WHERE key = ?",
-                           [(files, "files"), (10 * files, "bytes"), (2 * files, "wanted")])
+    cat.db.execute("BEGIN")
+    cat.db.executemany("INSERT INTO names (name, last_version, settled) VALUES (?, 1, 1)", [(n,) for n in names])
+    cat.db.executemany("INSERT INTO files VALUES (?, 1, ?, 10, 'x', 2, 0, ?)", [
+        (n, blob[n], f"{servers[i % 2]} {servers[2 + i % 2]}") for i, n in enumerate(names)])
+    cat.db.executemany("INSERT INTO copies VALUES (?, ?, 0)", [
+        (blob[n], servers[i % 2 + k]) for i, n in enumerate(names) for k in (0, 2)])
+    cat.db.executemany("UPDATE totals SET value = value + ? WHERE key = ?",
+                       [(files, "files"), (10 * files, "bytes"), (2 * files, "wanted")])
+    cat.db.execute("COMMIT")
 
 
 def run(clock: task.Clock) -> None:
@@ -126,9 +127,8 @@ def turn(rec: Reconciler, clock: task.Clock, member: Member, state: str) -> None
     run(clock)
 
 
-def make(tmp_path, files: int, servers=("a", "b", "c", "d")):
-    cat = Catalog(str(tmp_path))
-    cat.db.execute("PRAGMA synchronous=OFF")  # a test's catalog need not survive a power cut
+def make(catalogs: Catalogs, files: int, servers=("a", "b", "c", "d")):
+    cat = catalogs.fast(catalogs.new())  # a test's catalog need not survive a power cut
     clock = task.Clock()
     roster = Roster(clock)
     for i, sid in enumerate(servers):
@@ -144,15 +144,15 @@ def copies_on(cat: Catalog, name: str) -> list[str]:
     return sorted(cat.lookup(name).servers)
 
 
-def test_the_fakes_are_what_the_reconciler_needs(tmp_path):
-    cat, clock, roster, view, copier, rec = make(tmp_path, 0)
+def test_the_fakes_are_what_the_reconciler_needs(catalogs):
+    cat, clock, roster, view, copier, rec = make(catalogs, 0)
     assert verifyObject(IWorkCatalog, view) and verifyObject(ICopier, copier)
     cat.close()
 
 
 @pytest.mark.parametrize("files", [100, 3000])
-def test_the_reconciler_reads_only_the_files_queued(tmp_path, files):
-    cat, clock, roster, view, copier, rec = make(tmp_path, files)
+def test_the_reconciler_reads_only_the_files_queued(catalogs, files):
+    cat, clock, roster, view, copier, rec = make(catalogs, files)
     rec.start()
     assert view.read == [] and cat.counts().queued == 0  # a healthy catalog: nothing to read
     short = ["f000007", "f000042", "f000099"]
@@ -169,8 +169,8 @@ def test_the_reconciler_reads_only_the_files_queued(tmp_path, files):
     cat.close()
 
 
-def test_a_server_that_goes_queues_exactly_its_files_and_they_are_copied_again(tmp_path):
-    cat, clock, roster, view, copier, rec = make(tmp_path, 1200)
+def test_a_server_that_goes_queues_exactly_its_files_and_they_are_copied_again(catalogs):
+    cat, clock, roster, view, copier, rec = make(catalogs, 1200)
     rec.start()
     a = roster.members["a"]
     on_a = {f"f{i:06d}" for i in range(1200) if i % 2 == 0}
@@ -187,8 +187,8 @@ def test_a_server_that_goes_queues_exactly_its_files_and_they_are_copied_again(t
     cat.close()
 
 
-def test_a_server_back_before_it_died_wakes_its_files_and_nothing_is_copied(tmp_path):
-    cat, clock, roster, view, copier, rec = make(tmp_path, 300)
+def test_a_server_back_before_it_died_wakes_its_files_and_nothing_is_copied(catalogs):
+    cat, clock, roster, view, copier, rec = make(catalogs, 300)
     rec.start()
     b = roster.members["b"]
     turn(rec, clock, b, "down")
@@ -199,9 +199,9 @@ def test_a_server_back_before_it_died_wakes_its_files_and_nothing_is_copied(tmp_
     cat.close()
 
 
-def test_the_sweep_finds_a_file_no_event_queued_in_bounded_pages(tmp_path):
+def test_the_sweep_finds_a_file_no_event_queued_in_bounded_pages(catalogs):
     files = 2 * SWEEP_PAGE + 10
-    cat, clock, roster, view, copier, rec = make(tmp_path, files)
+    cat, clock, roster, view, copier, rec = make(catalogs, files)
     rec.start()
     # a change that bypassed every event: the wanted count raised behind the catalog's back
     cat.db.execute("UPDATE files SET replicas = 3 WHERE name = 'f001500'")
@@ -216,8 +216,8 @@ def test_the_sweep_finds_a_file_no_event_queued_in_bounded_pages(tmp_path):
     cat.close()
 
 
-def test_most_endangered_first_and_a_page_at_a_time(tmp_path):
-    cat, clock, roster, view, copier, rec = make(tmp_path, PAGE + 50)
+def test_most_endangered_first_and_a_page_at_a_time(catalogs):
+    cat, clock, roster, view, copier, rec = make(catalogs, PAGE + 50)
     rec.concurrency = 1
     for i in range(PAGE + 50):
         cat.set_replicas(f"f{i:06d}", 3)
@@ -278,11 +278,10 @@ steps = st.lists(st.one_of(
 ), max_size=30)
 
 
-@settings(max_examples=60, deadline=None)
-@given(steps)
-def test_totals_match_a_recount(tmp_path_factory, plan):
-    cat = Catalog(str(tmp_path_factory.mktemp("cat")))
-    cat.db.execute("PRAGMA synchronous=OFF")
+def totals_match_a_recount(cat: Catalog, plan) -> None:
+    for table in ("names", "files", "copies", "garbage", "intents", "work"):
+        cat.db.execute(f"DELETE FROM {table}")
+    cat.db.execute("UPDATE totals SET value = 0")
     blob = 0
     for step in plan:
         blob += 1
@@ -304,10 +303,15 @@ def test_totals_match_a_recount(tmp_path_factory, plan):
             _, name, version, size, replicas = step
             cat.adopt("s3", [(b, version, size, "z", replicas, name)], 0.0)
     counts = cat.counts()
-    recount = sqlite3.connect(cat.path).execute(
+    recount = cat.db.execute(
         "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(replicas), 0) FROM files").fetchone()
-    assert (counts.files, counts.bytes, counts.wanted) == recount
-    cat.close()
+    assert (counts.files, counts.bytes, counts.wanted) == tuple(recount)
+
+
+def test_totals_match_a_recount(catalogs):
+    cat = catalogs.fast(catalogs.new())
+    settings(max_examples=60 if catalogs.kind == "sqlite" else 30, deadline=None)(
+        given(steps)(lambda plan: totals_match_a_recount(cat, plan)))()
 
 
 # -- what the periodic jobs ask of the catalog costs the same at any size
@@ -330,7 +334,8 @@ def vm_steps(cat: Catalog, call) -> int:
 
 
 def periodic_costs(tmp_path, files: int) -> dict[str, int]:
-    cat, clock, roster, view, copier, rec = make(tmp_path, files)
+    """On SQLite, whose virtual machine counts its steps."""
+    cat, clock, roster, view, copier, rec = make(Catalogs("sqlite", tmp_path, None), files)
     cat.set_replicas("f000003", 3)  # one file queued, and some garbage
     cat.drop_copy(f"{'f000005':0>32}"[-32:], "a")
     costs = {
@@ -352,10 +357,10 @@ def test_the_periodic_jobs_cost_the_same_at_any_number_of_files(tmp_path):
         assert large[job] <= cost + 2, (job, cost, large[job])  # not 100 times as much: the same
 
 
-def test_stopping_waits_for_a_copy_under_way_a_few_seconds_at_most(tmp_path):
+def test_stopping_waits_for_a_copy_under_way_a_few_seconds_at_most(catalogs):
     """A copy whose servers stopped answering does not hold the proxy's
     shutdown: after the grace it is cancelled."""
-    cat, clock, roster, view, copier, rec = make(tmp_path, 10)
+    cat, clock, roster, view, copier, rec = make(catalogs, 10)
     hanging: list[defer.Deferred] = []
 
     def never(record, sources, taken):

@@ -3,15 +3,17 @@
 A LIST announces its count (``OK <n>``) before its lines, so the count and
 the lines must come from the same state of the catalog, however long the
 client takes to read them. A :class:`Listing` holds a read transaction on a
-connection of its own (SQLite in WAL mode lets writers go on meanwhile) and
+connection of its own (a :class:`Snapshot`: SQLite in WAL mode lets writers
+go on meanwhile; PostgreSQL's is in :mod:`deposito.catalog.postgres`) and
 reads the names from the files table's primary key index, a batch at a time,
-on a thread pool this module owns: the reactor never waits on the disk, and
-a listing of millions of names holds a batch or two in memory.
+on a thread pool this module owns: the reactor never waits on the database,
+and a listing of millions of names holds a batch or two in memory.
 
 A snapshot held open keeps the write-ahead log from being folded back into
-the database, so a listing ends after ``max_age`` seconds whatever its
-reader does (a client that stopped reading is cut off): a client wanting
-more than a listing can give in that time pages through with ``after``.
+the database (SQLite), or old row versions from being vacuumed (PostgreSQL),
+so a listing ends after ``max_age`` seconds whatever its reader does (a
+client that stopped reading is cut off): a client wanting more than a
+listing can give in that time pages through with ``after``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Protocol, Union
 from urllib.request import pathname2url
 
 import attrs
@@ -40,7 +42,23 @@ THREADS = 4  # listings' reads at the same time, whatever the number of listings
 _COLUMNS = RECORD + " f"
 
 Run = Callable[..., defer.Deferred[Any]]  # run(fn, *args): fn's result, computed off the reactor
-Opened = tuple[sqlite3.Connection, Optional[sqlite3.Cursor], int, list[FileRecord]]
+
+
+class Snapshot(Protocol):
+    """One read transaction and the query reading a listing's names from it."""
+
+    def fetch(self, n: int) -> list[FileRecord]:
+        """The next ``n`` records (fewer at the end); blocks."""
+
+    def close(self) -> None:
+        """End the transaction and its connection; blocks."""
+
+    def interrupt(self) -> None:
+        """Make a :meth:`fetch` under way in another thread stop early."""
+
+
+Opened = tuple[Snapshot, int, list[FileRecord]]  # the snapshot, its count, its first batch
+Opener = Callable[["NameRange", int], Opened]  # (names, batch): run in a thread
 
 
 class IListingReactor(IReactorTime, IReactorCore, IReactorFromThreads):
@@ -103,41 +121,50 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
-def _open(path: str, names: NameRange,
-          batch: int) -> Opened:
-    """In a thread: the snapshot, its count, and its first batch."""
-    db = _connect(path)
-    cursor = None
-    try:
-        where, values = names.where()
-        db.execute("BEGIN")
-        count = db.execute(f"SELECT count(*) FROM (SELECT 1 FROM files WHERE {where} LIMIT ?)",
-                           (*values, names.sql_limit)).fetchone()[0]
-        if not count:
-            _close(db, None)
-            return db, None, 0, []
-        where, values = names.where("f.name")
-        cursor = db.execute(f"{_COLUMNS} WHERE {where} ORDER BY f.name LIMIT ?", (*values, count))
-        return db, cursor, count, _fetch(cursor, min(batch, count))
-    except BaseException:
-        _close(db, cursor)
-        raise
+class SQLiteSnapshot:
+    """A listing's read transaction on a SQLite catalog."""
 
+    def __init__(self, db: sqlite3.Connection, cursor: sqlite3.Cursor | None) -> None:
+        self.db = db
+        self.cursor = cursor
 
-def _fetch(cursor: sqlite3.Cursor, n: int) -> list[FileRecord]:
-    return [to_record(row) for row in cursor.fetchmany(n)]
+    @classmethod
+    def open(cls, path: str, names: NameRange, batch: int) -> Opened:
+        """In a thread: the snapshot, its count, and its first batch."""
+        snapshot = cls(_connect(path), None)
+        try:
+            where, values = names.where()
+            snapshot.db.execute("BEGIN")
+            count = snapshot.db.execute(f"SELECT count(*) FROM (SELECT 1 FROM files WHERE {where} LIMIT ?)",
+                                        (*values, names.sql_limit)).fetchone()[0]
+            if not count:
+                snapshot.close()
+                return snapshot, 0, []
+            where, values = names.where("f.name")
+            snapshot.cursor = snapshot.db.execute(f"{_COLUMNS} WHERE {where} ORDER BY f.name LIMIT ?",
+                                                  (*values, count))
+            return snapshot, count, snapshot.fetch(min(batch, count))
+        except BaseException:
+            snapshot.close()
+            raise
 
+    def fetch(self, n: int) -> list[FileRecord]:
+        assert self.cursor is not None
+        return [to_record(row) for row in self.cursor.fetchmany(n)]
 
-def _close(db: sqlite3.Connection, cursor: sqlite3.Cursor | None) -> None:
-    """End the read transaction (the snapshot is let go) and the connection.
-    A statement left unfinished would keep both alive past ``close``."""
-    try:
-        if cursor is not None:
-            cursor.close()
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-    finally:
-        db.close()
+    def close(self) -> None:
+        """End the read transaction (the snapshot is let go) and the connection.
+        A statement left unfinished would keep both alive past ``close``."""
+        try:
+            if self.cursor is not None:
+                self.cursor.close()
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        finally:
+            self.db.close()
+
+    def interrupt(self) -> None:
+        self.db.interrupt()
 
 
 class Listing:
@@ -153,15 +180,14 @@ class Listing:
 
     log = Logger()
 
-    def __init__(self, reactor: IReactorTime, run: Run, db: sqlite3.Connection, cursor: sqlite3.Cursor | None,
+    def __init__(self, reactor: IReactorTime, run: Run, snapshot: Snapshot,
                  count: int, first: list[FileRecord], batch: int = BATCH, max_age: float = MAX_AGE) -> None:
         self.count = count
         self.fetched = len(first)  # records read from the catalog so far
         self.batch = batch
         self.on_expiry: Callable[[], None] = lambda: None
         self._run = run
-        self._db = db
-        self._cursor = cursor
+        self._snapshot = snapshot
         self._ready: list[FileRecord] | None = first or None
         self._waiter: defer.Deferred[list[FileRecord]] | None = None
         self._busy = False  # a read runs in a thread
@@ -195,7 +221,7 @@ class Listing:
             waiter, self._waiter = self._waiter, None
             waiter.callback([])
         if self._busy:
-            self._db.interrupt()  # the read stops early; _release follows it
+            self._snapshot.interrupt()  # the read stops early; _release follows it
         else:
             self._release()
 
@@ -220,7 +246,7 @@ class Listing:
         if self._busy or self.closed or self._ready is not None or self.fetched >= self.count:
             return
         self._busy = True
-        self._run(_fetch, self._cursor, min(self.batch, self.count - self.fetched)).addCallbacks(
+        self._run(self._snapshot.fetch, min(self.batch, self.count - self.fetched)).addCallbacks(
             self._fetched, self._failed)
 
     def _fetched(self, batch: list[FileRecord]) -> None:
@@ -267,21 +293,23 @@ class Listing:
         if self._released:
             return
         self._released = True
-        self._run(_close, self._db, self._cursor).addErrback(lambda f: self.log.failure("closing a listing", f))
+        self._run(self._snapshot.close).addErrback(lambda f: self.log.failure("closing a listing", f))
 
 
-def open_listing(reactor: IListingReactor, path: str, names: NameRange, batch: int = BATCH,
+def open_listing(reactor: IListingReactor, where: Union[str, Opener], names: NameRange, batch: int = BATCH,
                  max_age: float = MAX_AGE, run: Run | None = None) -> defer.Deferred[Listing]:
-    """A :class:`Listing` of ``names`` in the SQLite catalog at ``path``,
-    its count taken and its first batch read. ``run`` puts work on a thread
-    (by default this module's pool)."""
+    """A :class:`Listing` of ``names`` in the catalog ``where`` (the path of
+    a SQLite catalog, or an opener of snapshots), its count taken and its
+    first batch read. ``run`` puts work on a thread (by default this
+    module's pool)."""
     reads: Run = run or functools.partial(threads.deferToThreadPool, reactor, _pool(reactor))
+    opener: Opener = functools.partial(SQLiteSnapshot.open, where) if isinstance(where, str) else where
 
     def opened(result: Opened) -> Listing:
-        db, cursor, count, first = result
-        return Listing(reactor, reads, db, cursor, count, first, batch=batch, max_age=max_age)
+        snapshot, count, first = result
+        return Listing(reactor, reads, snapshot, count, first, batch=batch, max_age=max_age)
 
-    return reads(_open, path, names, batch).addCallback(opened)
+    return reads(opener, names, batch).addCallback(opened)
 
 
 _pools: dict[int, ThreadPool] = {}

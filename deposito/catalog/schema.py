@@ -1,7 +1,8 @@
-"""The SQLite catalog's tables, how an older catalog is brought to them, and
-how a row of ``files`` becomes a :class:`FileRecord`: what the catalog's
-operations (:mod:`deposito.catalog.sqlite`) and its listings
-(:mod:`deposito.catalog.listing`) share."""
+"""The catalog's tables (written once, for both databases: see
+:class:`deposito.catalog.dialect.Dialect`), how an older SQLite catalog is
+brought to them, and how a row of ``files`` becomes a :class:`FileRecord`:
+what the catalog's operations (:mod:`deposito.catalog.operations`) and its
+listings (:mod:`deposito.catalog.listing`) share."""
 
 from __future__ import annotations
 
@@ -9,70 +10,71 @@ import functools
 import sqlite3
 from typing import Any
 
+from deposito.catalog.dialect import SQLITE
 from deposito.catalog.records import FileRecord
 
 FILES = """CREATE TABLE IF NOT EXISTS files (
-    name TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    blob TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
+    name {key} PRIMARY KEY,
+    version {int} NOT NULL,
+    blob {key} NOT NULL UNIQUE,
+    size {int} NOT NULL,
     sha256 TEXT NOT NULL,
-    replicas INTEGER NOT NULL,
-    created REAL NOT NULL,
+    replicas {int} NOT NULL,
+    created {real} NOT NULL,
     servers TEXT NOT NULL DEFAULT ''
-) WITHOUT ROWID"""
+){without_rowid}"""
 
 SCHEMA = FILES + """;
 CREATE TABLE IF NOT EXISTS names (
-    name TEXT PRIMARY KEY,
-    last_version INTEGER NOT NULL,
-    settled INTEGER NOT NULL DEFAULT 0
+    name {key} PRIMARY KEY,
+    last_version {int} NOT NULL,
+    settled {int} NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS copies (
-    blob TEXT NOT NULL,
-    server TEXT NOT NULL,
-    since REAL NOT NULL DEFAULT 0,
+    blob {key} NOT NULL,
+    server {key} NOT NULL,
+    since {real} NOT NULL DEFAULT 0,
     PRIMARY KEY (blob, server)
 );
 CREATE INDEX IF NOT EXISTS copies_by_server_blob ON copies (server, blob);
 DROP INDEX IF EXISTS copies_by_server;
 CREATE TABLE IF NOT EXISTS intents (
-    blob TEXT NOT NULL,
-    server TEXT NOT NULL,
+    blob {key} NOT NULL,
+    server {key} NOT NULL,
     PRIMARY KEY (blob, server)
 );
 CREATE TABLE IF NOT EXISTS garbage (
-    blob TEXT NOT NULL,
-    server TEXT NOT NULL,
+    blob {key} NOT NULL,
+    server {key} NOT NULL,
     PRIMARY KEY (blob, server)
 );
 CREATE TABLE IF NOT EXISTS servers (
-    id TEXT PRIMARY KEY,
+    id {key} PRIMARY KEY,
     zone TEXT NOT NULL,
     host TEXT NOT NULL,
-    port INTEGER NOT NULL,
-    capacity INTEGER NOT NULL,
-    used INTEGER NOT NULL,
-    blobs INTEGER NOT NULL
+    port {int} NOT NULL,
+    capacity {int} NOT NULL,
+    used {int} NOT NULL,
+    blobs {int} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS totals (
-    key TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
+    key {key} PRIMARY KEY,
+    value {int} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS work (
-    name TEXT PRIMARY KEY,
-    due REAL NOT NULL,
-    rank INTEGER NOT NULL DEFAULT 0,
-    gen INTEGER NOT NULL DEFAULT 0,
-    wanted INTEGER,
-    have INTEGER,
-    moves INTEGER NOT NULL DEFAULT 0
+    name {key} PRIMARY KEY,
+    due {real} NOT NULL,
+    rank {int} NOT NULL DEFAULT 0,
+    gen {int} NOT NULL DEFAULT 0,
+    wanted {int},
+    have {int},
+    moves {int} NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS work_in_order ON work (rank, due);
 CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 """
 
-# The schema's version (PRAGMA user_version). 0: a catalog from before the
+# The schema's version (SQLite: PRAGMA user_version; PostgreSQL: the one row of catalog_schema). 0: a catalog from before the
 # work queue, the totals, names.settled and files.servers; opening it adds
 # them (see migrate). ``files`` is kept in name order (WITHOUT ROWID) with
 # its copies' servers beside each file (the ``copies`` rows, as a
@@ -80,27 +82,24 @@ CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 # lookup is one row and a listing reads the table in order.
 SCHEMA_VERSION = 1
 
-# The servers holding copies of a blob, as ``files.servers`` keeps them.
-SERVERS_OF = ("coalesce((SELECT group_concat(server, ' ') FROM"
-              " (SELECT server FROM copies c WHERE c.blob = {blob} ORDER BY server)), '')")
 RECORD = "SELECT name, version, blob, size, sha256, replicas, servers FROM files"
 TOTALS = ("files", "bytes", "wanted")
 
 
 def outdated(db: sqlite3.Connection) -> bool:
-    """Whether the catalog behind ``db`` predates this schema (see :func:`migrate`)."""
+    """Whether the SQLite catalog behind ``db`` predates this schema (see :func:`migrate`)."""
     return bool(db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION)
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """In one transaction: bring an older catalog to this schema. Its totals
+    """In one transaction: bring an older SQLite catalog to this schema. Its totals
     are counted and every file is queued once, so whatever work it had left
     is found."""
     if "servers" not in [row[1] for row in db.execute("PRAGMA table_info(files)")]:
         db.execute("ALTER TABLE files RENAME TO files_before")
-        db.execute(FILES)
+        db.execute(SQLITE.ddl(FILES))
         db.execute("INSERT INTO files SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
-                   f" f.created, {SERVERS_OF.format(blob='f.blob')} FROM files_before f")
+                   f" f.created, {SQLITE.servers_of('f.blob')} FROM files_before f")
         db.execute("DROP TABLE files_before")
     if "settled" not in [row[1] for row in db.execute("PRAGMA table_info(names)")]:
         # no upload outlives a restart: whatever version was given out is settled

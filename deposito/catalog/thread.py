@@ -1,10 +1,10 @@
-"""The SQLite catalog as :class:`ICatalog`: its calls on a thread of their
-own, committed in groups, with the records of recently looked-up names kept
-in memory and clients' lookups on a second connection."""
+"""The catalog as :class:`ICatalog`: its calls on a thread of their own,
+committed in groups, clients' lookups on a second connection, and (on a
+catalog no other proxy shares) the records of recently looked-up names kept
+in memory."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
@@ -12,9 +12,9 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from deposito.batching import Batches
-from deposito.catalog.listing import IListingReactor, Listing, NameRange, open_listing
+from deposito.catalog.listing import IListingReactor, Listing, NameRange
+from deposito.catalog.operations import Catalog
 from deposito.catalog.records import Counts, FileRecord, Outcome, keeps_records
-from deposito.catalog.sqlite import Catalog
 from deposito.interfaces import ICatalog
 
 if TYPE_CHECKING:
@@ -25,8 +25,8 @@ T = TypeVar("T")
 
 @implementer(ICatalog)
 class CatalogThread:
-    """The SQLite catalog as :class:`ICatalog`: runs Catalog methods on one
-    thread of their own, in order, as Deferreds.
+    """The catalog as :class:`ICatalog`: runs Catalog methods on one thread
+    of their own, in order, as Deferreds.
 
     Calls that arrive while a batch is being committed wait and go together in
     the next one (group commit): many PUTs share one fsync, and no Deferred
@@ -42,6 +42,9 @@ class CatalogThread:
     Clients' lookups (:meth:`read`) go to a second connection on a thread of
     their own, so a GET does not wait behind the PUTs committing meanwhile;
     their answers are kept only when no change was under way.
+
+    A catalog other proxies share (``backend.shared``) keeps nothing: any of
+    them may change any record, so every lookup asks the database.
     """
 
     kept = 16384  # records of this many names at most (about 500 bytes each)
@@ -50,10 +53,10 @@ class CatalogThread:
         self.reactor = reactor
         self.catalog = catalog
         self._batches: Batches[tuple[Callable[..., Any], tuple]] = Batches(reactor, catalog.batch, "deposito-catalog")
+        self._keeps = not catalog.backend.shared
         # Clients' lookups (see read) on a second connection and thread of their own.
-        self._reader = sqlite3.connect(catalog.path, check_same_thread=False, isolation_level=None)
-        self._reader.execute("PRAGMA query_only=1")
-        self._reads: Batches[str] = Batches(reactor, self._read_batch, "deposito-catalog-reads")
+        self._reader = catalog.reader()
+        self._reads: Batches[str] = Batches(reactor, self._reader.lookups, "deposito-catalog-reads")
         self._records: OrderedDict[str, FileRecord] = OrderedDict()
         self._changes = 0  # calls made so far that may change records
         self._unfinished = 0  # of those, the ones not answered yet
@@ -96,18 +99,11 @@ class CatalogThread:
             d.addCallback(self._keep, name, self._changes)
         return d
 
-    def _read_batch(self, names: list[str]) -> list[tuple[bool, Any]]:
-        results: list[tuple[bool, Any]] = []
-        for name in names:
-            try:
-                results.append((True, Catalog._lookup(self._reader, name)))
-            except Exception as e:
-                results.append((False, e))
-        return results
-
     def kept_record(self, name: str) -> FileRecord | None:
         """The record of ``name`` if it is kept in memory (what a lookup would
         answer now), else None."""
+        if not self._keeps:
+            return None  # shared: any proxy may have changed it
         record = self._records.get(name)
         if record is not None:
             self._records.move_to_end(name)
@@ -124,7 +120,7 @@ class CatalogThread:
         return d
 
     def _keep(self, record: FileRecord | None, name: str, changes: int) -> FileRecord | None:
-        if record is not None and changes == self._changes:  # nothing may have changed it since
+        if record is not None and changes == self._changes and self._keeps:  # nothing may have changed it since
             self._records[name] = record
             if len(self._records) > self.kept:
                 self._records.popitem(last=False)
@@ -200,7 +196,7 @@ class CatalogThread:
         return self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now)
 
     def listing(self, prefix: str, after: str, limit: int | None) -> Deferred[Listing]:
-        return open_listing(self.reactor, self.catalog.path, NameRange(prefix, after, limit))
+        return self.catalog.backend.listing(self.reactor, NameRange(prefix, after, limit))
 
     def delete(self, name: str) -> Deferred[Optional[FileRecord]]:
         return self._call(Catalog.delete, name)

@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from deposito.errors import Unavailable
 from deposito.interfaces import ICatalog
 from deposito.pool import BlobPool
 from deposito.roster import Roster
@@ -72,8 +73,14 @@ class Collector:
         if self._collecting is not None:
             return
         self._collecting = defer.ensureDeferred(self._collect_once())
-        self._collecting.addErrback(lambda f: self.log.failure("collecting garbage", f))
+        self._collecting.addErrback(self._failed)
         self._collecting.addBoth(self._collected)
+
+    def _failed(self, failure: Failure) -> None:
+        if failure.check(Unavailable):  # the catalog's database is down: said in a line, tried again shortly
+            self.log.warn("collecting garbage: {why}", why=failure.getErrorMessage())
+        else:
+            self.log.failure("collecting garbage", failure)
 
     def _collected(self, _: object) -> None:
         self._collecting = None

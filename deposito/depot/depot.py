@@ -10,9 +10,9 @@ DELETE, REPLICAS, SERVERS, STATUS.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -34,6 +34,8 @@ from deposito.twisted_internals import IStreamReactor
 if TYPE_CHECKING:
     from deposito.catalog.listing import Listing
 
+T = TypeVar("T")
+
 
 @implementer(IDepot)
 class Depot:
@@ -43,6 +45,7 @@ class Depot:
     log = Logger()
 
     absent_after = 10.0  # after a restart, servers not back by then count as down in STATUS
+    retry_every = 2.0  # seconds between tries of a catalog unavailable at the start
 
     def __init__(self, reactor: IStreamReactor, db: ICatalog, roster: Roster, default_replicas: int = 2,
                  connect_timeout: float = 5.0, stall_timeout: float = 30.0,
@@ -61,6 +64,8 @@ class Depot:
         self.reconciler = Reconciler(reactor, db, roster, self.writer, collect=self.collector.kick,
                                      paused=lambda: self.rebuilder.rebuilding)
         self._absent: IDelayedCall | None = None
+        self._stopping = False
+        self._retry: defer.Deferred[None] | None = None
         roster.on_change = self.member_changed
         roster.on_inventory = self.inventories.inventory
         roster.on_corrupt = self.corrupt
@@ -80,16 +85,39 @@ class Depot:
     # -- starting and stopping
 
     async def start(self) -> None:
-        await self.rebuilder.start()
-        n = await self.db.recover()
+        """Read what the catalog knows, then start the background work. A
+        catalog out of reach (a database down) is asked again until it
+        answers; clients get ``ERR unavailable`` from it meanwhile."""
+        empty = await self._patiently(self.db.is_empty)
+        if self._stopping:
+            return
+        await self.rebuilder.start(bool(empty))
+        n = await self._patiently(self.db.recover)
         if n:
             self.log.info("{n} unfinished uploads from before are garbage now", n=n)
-        rows = await self.db.servers()
-        self.roster.restore(Member(*row) for row in rows)
+        rows = await self._patiently(self.db.servers)
+        if self._stopping:
+            return
+        self.roster.restore(Member(*row) for row in rows or [])
         self.pool.start()
         self.collector.start()
         self.reconciler.start()
         self._absent = self.reactor.callLater(self.absent_after, self._still_absent)
+
+    async def _patiently(self, call: Callable[[], defer.Deferred[T]]) -> T | None:
+        """``call()``'s answer, asked again every ``retry_every`` seconds while
+        the catalog is unavailable; None if the proxy stops first."""
+        while not self._stopping:
+            try:
+                return await call()
+            except Unavailable as e:
+                self.log.warn("the catalog is unavailable ({why}); trying again", why=e.message)
+            self._retry = task.deferLater(self.reactor, self.retry_every, lambda: None)
+            try:
+                await self._retry
+            except defer.CancelledError:
+                break
+        return None
 
     def _still_absent(self) -> None:
         """Servers known before the restart that have not joined again: their
@@ -99,6 +127,9 @@ class Depot:
                 self.reconciler.server_changed(m)
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._retry is not None:
+            self._retry.cancel()
         collector = defer.ensureDeferred(self.collector.stop())  # no new page from now on
         if self._absent is not None and self._absent.active():
             self._absent.cancel()
@@ -110,7 +141,9 @@ class Depot:
 
     def member_changed(self, m: Member) -> None:
         """Remember servers across restarts; collect from a returning one; re-plan copies."""
-        self.db.save_server(m.id, m.zone, m.host, m.port, m.capacity, m.used, m.blobs)
+        saved = self.db.save_server(m.id, m.zone, m.host, m.port, m.capacity, m.used, m.blobs)
+        saved.addErrback(lambda f: self.log.warn("server {id} not remembered: {why}", id=m.id,
+                                                 why=f.getErrorMessage()))
         if m.up:
             self.collector.kick()
         else:

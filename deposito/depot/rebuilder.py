@@ -38,10 +38,9 @@ class Rebuilder:
         self._adopted = 0
         self._started_at = clock.seconds()
 
-    async def start(self) -> None:
-        """The proxy starts: rebuild if asked to, or if the catalog is empty."""
+    async def start(self, empty: bool) -> None:
+        """The proxy starts: rebuild if asked to, or if the catalog is ``empty``."""
         self._started_at = self.clock.seconds()
-        empty = await self.db.is_empty()
         if empty and not self.rebuilding:
             self.log.info("the catalog is empty: taking in whatever blobs the servers hold (rebuilding)")
             self.rebuilding = True

@@ -1,0 +1,219 @@
+"""How the catalog's operations reach their database: a connection, made
+again when it is lost, and the transactions run on it (one call alone, or
+a batch of calls with one commit), whatever the database.
+
+A lost connection, or a database too slow to answer, fails the call with
+:class:`deposito.errors.Unavailable` at once, and the next call connects
+again: clients get ``ERR unavailable`` while the database is out of reach,
+and the proxy serves again by itself once it is back. A batch that loses a
+conflict with another proxy's transaction (a deadlock, a serialization
+failure) runs again whole.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, Union
+
+from twisted.logger import Logger
+
+from deposito.catalog.dialect import Dialect
+from deposito.catalog.records import is_durable
+from deposito.errors import Unavailable
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from deposito.catalog.listing import IListingReactor, Listing, NameRange
+
+T = TypeVar("T")
+
+RETRIES = 5  # a batch that lost a conflict runs again, this many times at most
+
+log = Logger()
+
+
+def out_of_reach(error: BaseException) -> Unavailable:
+    """What a client is told when the database cannot be reached; the
+    database's own words (which name its host, over several lines) go to
+    the proxy's log instead."""
+    log.warn("the catalog database is out of reach: {why}", why=describe(error))
+    return Unavailable("the catalog database is out of reach; try again shortly")
+
+
+def describe(error: BaseException) -> str:
+    """``error`` on one line."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class Connection(Protocol):
+    """A database connection as the operations use it: sqlite3's, or one
+    that takes the same ``?`` placeholders (:class:`deposito.catalog.postgres.PostgresConnection`)."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, params: Any, /) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """A database the catalog lives in. ``db`` is always a connection its
+    own :meth:`connect` made."""
+
+    dialect: Dialect
+    shared: bool  # other proxies may change the catalog: nothing read may be kept
+
+    def connect(self, reads_only: bool = False) -> Connection:
+        """A new connection; :class:`Unavailable` when the database is out of reach."""
+
+    def prepare(self, db: Any) -> None:
+        """Make the schema, or bring an older one to this one."""
+
+    def begin(self, db: Any, durable: bool) -> None:
+        """Begin a batch's transaction; ``durable``: its commit must reach the disk first."""
+
+    def unreachable(self, error: BaseException) -> bool:
+        """Whether ``error`` means the connection is lost or the database
+        too slow: the connection is dropped and the call is Unavailable."""
+
+    def retryable(self, error: BaseException) -> bool:
+        """Whether ``error`` is a conflict (deadlock, serialization) that the
+        same transaction, run again, may well not meet."""
+
+    def listing(self, reactor: IListingReactor, names: NameRange) -> Deferred[Listing]:
+        """A listing of ``names`` from one snapshot (see :mod:`deposito.catalog.listing`)."""
+
+
+class _Conflict(Exception):
+    """A batch lost a conflict and is to run again whole."""
+
+
+class Database:
+    """One connection to the catalog's database (one thread uses it), made
+    again when lost, and the transactions run on it.
+
+    ``where`` is a :class:`Backend`, or the directory of a SQLite catalog.
+    ``reads_only``: for lookups alone (the catalog thread's second connection).
+    """
+
+    def __init__(self, where: Union[str, Backend], reads_only: bool = False) -> None:
+        from deposito.catalog.sqlite import SQLiteBackend
+
+        self.backend: Backend = SQLiteBackend(where) if isinstance(where, str) else where
+        self.dialect = self.backend.dialect
+        self.reads_only = reads_only
+        self._db: Connection | None = None
+        try:
+            self.db  # noqa: B018 (connect now: a SQLite catalog is made or opened at once)
+        except Unavailable:
+            pass  # the database is out of reach for now: the first call tries again
+
+    @property
+    def db(self) -> Any:
+        """The connection, made again if it was lost."""
+        if self._db is None:
+            db = self.backend.connect(self.reads_only)
+            try:
+                if not self.reads_only:
+                    self._guarded(lambda: self.backend.prepare(db))
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _guarded(self, fn: Callable[[], T]) -> T:
+        """``fn()``, with a lost connection (or a database too slow) dropped
+        and told as :class:`Unavailable`."""
+        try:
+            return fn()
+        except Unavailable:
+            raise
+        except Exception as e:
+            if not self.backend.unreachable(e):
+                raise
+            self._lost()
+            raise out_of_reach(e) from e
+
+    def _lost(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except Exception:
+                pass
+
+    def _tx(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn`` atomically: its own transaction, or a savepoint inside a
+        batch (see :meth:`batch`), so one failing call undoes only itself."""
+        db = self.db
+        if db.in_transaction:
+            db.execute("SAVEPOINT call")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK TO call")
+                db.execute("RELEASE call")
+                raise
+            db.execute("RELEASE call")
+            return result
+        db.execute(self.dialect.begin)
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    def batch(self, calls: list[tuple[Callable[..., Any], tuple]]) -> list[tuple[bool, Any]]:
+        """Run many calls in one transaction: one commit (one fsync) for all.
+
+        Returns (ok, result or exception) per call, once the commit is durable.
+        A call that fails is undone alone (a savepoint); if the commit itself
+        fails, every call fails with its error. A batch that loses a conflict
+        with another proxy's runs again whole (the database undid all of it).
+        """
+        durable = any(is_durable(method) for method, _ in calls)
+        error: BaseException | None = None
+        for _ in range(RETRIES):
+            try:
+                return self._guarded(lambda: self._batch(calls, durable))
+            except _Conflict as e:
+                error = e.__cause__
+            except BaseException as e:
+                error = e
+                break
+        return [(False, error) for _ in calls]
+
+    def _batch(self, calls: list[tuple[Callable[..., Any], tuple]], durable: bool) -> list[tuple[bool, Any]]:
+        db = self.db
+        results: list[tuple[bool, Any]] = []
+        self.backend.begin(db, durable)
+        try:
+            for method, args in calls:
+                db.execute("SAVEPOINT batched")
+                try:
+                    results.append((True, method(self, *args)))
+                except Exception as e:
+                    if self.backend.unreachable(e) or self.backend.retryable(e):
+                        raise
+                    db.execute("ROLLBACK TO batched")
+                    results.append((False, e))
+                db.execute("RELEASE batched")
+            db.execute("COMMIT")
+        except BaseException as e:
+            if not self.backend.unreachable(e) and db.in_transaction:
+                db.execute("ROLLBACK")
+            if self.backend.retryable(e):
+                raise _Conflict() from e
+            raise
+        return results

@@ -1,0 +1,72 @@
+"""Where SQLite's SQL and PostgreSQL's differ, in one place.
+
+The catalog's operations (:mod:`deposito.catalog.operations`) are written
+once, with ``?`` placeholders and ``ON CONFLICT`` upserts, which both
+databases speak; what they do not share is named here and filled in per
+database: scalar greatest/least, how a file's server list is built, column
+types, the lock a commit takes on its name's row, how a transaction begins
+and how durable a batch is.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import attrs
+
+
+@attrs.frozen
+class Dialect:
+    name: str
+    greatest: str  # the larger of two values (not the aggregate)
+    least: str
+    begin: str  # a write transaction, its locks taken up front where the database wants that
+    for_update: str  # appended to a SELECT of a row a decision rests on: another proxy's change waits
+    int: str  # column types: counts and sizes (PostgreSQL's INTEGER is 32 bits)
+    real: str  # times (PostgreSQL's REAL is 32 bits: a second's resolution lost)
+    key: str  # a text column that is sorted: by code point, as Python sorts
+    without_rowid: str
+    servers_of_blob: str  # a blob's servers, space-separated, sorted; ``{blob}`` the blob's column
+
+    def ddl(self, text: str) -> str:
+        """A table definition written with ``{int}``, ``{real}``, ``{key}`` and ``{without_rowid}``."""
+        return text.format(int=self.int, real=self.real, key=self.key, without_rowid=self.without_rowid)
+
+    def servers_of(self, blob: str) -> str:
+        return self.servers_of_blob.format(blob=blob)
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    greatest="max",
+    least="min",
+    begin="BEGIN IMMEDIATE",  # writers queue for the lock at once, never fail half-way on an upgrade
+    for_update="",  # BEGIN IMMEDIATE holds the database's one write lock already
+    int="INTEGER",
+    real="REAL",
+    key="TEXT",
+    without_rowid=" WITHOUT ROWID",
+    servers_of_blob=("coalesce((SELECT group_concat(server, ' ') FROM"
+                     " (SELECT server FROM copies c WHERE c.blob = {blob} ORDER BY server)), '')"),
+)
+
+POSTGRESQL = Dialect(
+    name="postgresql",
+    greatest="greatest",
+    least="least",
+    begin="BEGIN",  # READ COMMITTED; rows a decision rests on are locked with FOR UPDATE
+    for_update=" FOR UPDATE",
+    int="BIGINT",
+    real="DOUBLE PRECISION",
+    key='TEXT COLLATE "C"',
+    without_rowid="",
+    servers_of_blob=("coalesce((SELECT string_agg(server, ' ' ORDER BY server) FROM copies c"
+                     " WHERE c.blob = {blob}), '')"),
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def pyformat(sql: str) -> str:
+    """``sql`` written with ``?`` placeholders, as psycopg takes it (``%s``,
+    and a literal ``%`` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")

@@ -1,0 +1,465 @@
+"""The catalog's operations, written once for every database: which names
+exist, their versions, and where the copies are.
+
+Every method is one short transaction and blocks; the proxy calls them on
+its catalog thread (see :class:`deposito.catalog.thread.CatalogThread`).
+They reach the database through :class:`deposito.catalog.database.Database`
+(SQLite or PostgreSQL: :mod:`deposito.catalog.sqlite`,
+:mod:`deposito.catalog.postgres`); where its SQL differs, the operations
+ask its :class:`~deposito.catalog.dialect.Dialect`. A committed version
+survives a crash of the proxy or the machine on both.
+
+Invariants kept here:
+- a version becomes visible in one transaction (:meth:`commit`), only after
+  its copies exist;
+- versions of a name only grow, across DELETE too (``names.last_version``,
+  the highest given out, allocated in one statement); a commit older than
+  the newest version committed or deleted (``names.settled``, read with the
+  name's row locked) is superseded at once;
+- a blob written but not committed is an *intent*; abandoned intents and
+  replaced or deleted copies become *garbage*, which the proxy deletes from
+  the servers, so nothing is orphaned for good;
+- cost follows work: the files that may need copies made or dropped are
+  queued in ``work`` by the changes that cause it (see :mod:`deposito.reconciler`),
+  and the counts that STATUS shows are kept in ``totals`` with every change,
+  so nothing periodic reads every file.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, Iterable
+
+from deposito.catalog.database import Connection, Database
+from deposito.catalog.records import Counts, FileRecord, Outcome, effects
+from deposito.catalog.schema import RECORD, TOTALS, to_record
+
+
+class Catalog(Database):
+    """The catalog's operations (see :class:`Database` for how they run)."""
+
+    def reader(self) -> Catalog:
+        """Another Catalog on the same database, for clients' lookups (:meth:`lookups`)."""
+        return Catalog(self.backend, reads_only=True)
+
+    def lookups(self, names: Iterable[str]) -> builtins.list[tuple[bool, Any]]:
+        """The records of ``names`` (ok, record or None) each, as :meth:`batch` answers."""
+        names = builtins.list(names)
+        try:
+            return self._guarded(lambda: [(True, self._lookup(self.db, name)) for name in names])
+        except Exception as e:
+            return [(False, e) for _ in names]
+
+    # -- writes
+
+    @effects(durable=True, keeps_records=False)
+    def recover(self) -> int:
+        """After a restart: uploads that never committed are garbage now."""
+        def tx(db: Connection) -> int:
+            n = db.execute("INSERT INTO garbage SELECT blob, server FROM intents WHERE true"
+                           " ON CONFLICT DO NOTHING").rowcount
+            db.execute("DELETE FROM intents")
+            return n
+        return self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def begin_upload(self, name: str, blob: str, servers: Iterable[str]) -> int:
+        """Allocate the next version of ``name`` (in one statement: two proxies
+        never get the same) and record where its blob is being written."""
+        def tx(db: Connection) -> int:
+            version = db.execute("INSERT INTO names (name, last_version) VALUES (?, 1) ON CONFLICT (name)"
+                                 " DO UPDATE SET last_version = names.last_version + 1 RETURNING last_version",
+                                 (name,)).fetchone()[0]
+            db.executemany("INSERT INTO intents (blob, server) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                           [(blob, s) for s in servers])
+            return int(version)
+        return self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def add_intent(self, blob: str, server: str) -> None:
+        self._tx(lambda db: db.execute("INSERT INTO intents VALUES (?, ?) ON CONFLICT DO NOTHING", (blob, server)))
+
+    @effects(durable=True, keeps_records=True)
+    def abandon(self, blob: str) -> None:
+        """An upload failed: every server it touched has garbage to delete."""
+        def tx(db: Connection) -> None:
+            db.execute("INSERT INTO garbage SELECT blob, server FROM intents WHERE blob = ? ON CONFLICT DO NOTHING",
+                       (blob,))
+            db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
+        self._tx(tx)
+
+    @effects(durable=True, keeps_records=False)
+    def commit(self, name: str, version: int, blob: str, size: int, sha256: str,
+               replicas: int, servers: Iterable[str], now: float) -> bool:
+        """Make a version visible with its copies, in one transaction.
+
+        Returns False when a newer version was committed or deleted
+        meanwhile: this one is then garbage at once and readers never see it.
+        The name's row is locked first, so two proxies committing versions of
+        one name decide newest-wins one after the other.
+        """
+        servers = list(servers)
+
+        def tx(db: Connection) -> bool:
+            settled = db.execute("SELECT settled FROM names WHERE name = ?" + self.dialect.for_update,
+                                 (name,)).fetchone()
+            # servers written to but not holding a verified copy are garbage
+            db.execute("INSERT INTO garbage SELECT blob, server FROM intents WHERE blob = ?"
+                       + (" AND server NOT IN (%s)" % ",".join("?" * len(servers)) if servers else "")
+                       + " ON CONFLICT DO NOTHING", (blob, *servers))
+            db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
+            if settled is not None and settled[0] > version:
+                db.executemany(INSERT_GARBAGE, [(blob, s) for s in servers])
+                return False
+            db.execute("UPDATE names SET settled = ? WHERE name = ?", (version, name))
+            row = db.execute("SELECT version, blob, size, replicas FROM files WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                self._drop_blob(db, row[1])
+                _count(db, 0, size - row[2], replicas - row[3])
+            else:
+                _count(db, 1, size, replicas)
+            db.execute(UPSERT_FILE, (name, version, blob, size, sha256, replicas, now, " ".join(sorted(set(servers)))))
+            db.executemany(INSERT_COPY, [(blob, s, now) for s in servers])
+            return True
+        return self._tx(tx)
+
+    @staticmethod
+    def _drop_blob(db: Connection, blob: str) -> None:
+        db.execute("INSERT INTO garbage SELECT blob, server FROM copies WHERE blob = ? ON CONFLICT DO NOTHING", (blob,))
+        db.execute("DELETE FROM copies WHERE blob = ?", (blob,))
+
+    @effects(durable=True, keeps_records=False)
+    def delete(self, name: str) -> FileRecord | None:
+        def tx(db: Connection) -> FileRecord | None:
+            db.execute("SELECT 1 FROM names WHERE name = ?" + self.dialect.for_update, (name,))  # as commit does
+            record = self._lookup(db, name)
+            if record is not None:
+                db.execute("DELETE FROM files WHERE name = ?", (name,))
+                db.execute(f"UPDATE names SET settled = {self.dialect.greatest}(settled, ?) WHERE name = ?",
+                           (record.version, name))
+                db.execute("DELETE FROM work WHERE name = ?", (name,))
+                self._drop_blob(db, record.blob)
+                _count(db, -1, -record.size, -record.replicas)
+            return record
+        return self._tx(tx)
+
+    @effects(durable=True, keeps_records=False)
+    def set_replicas(self, name: str, count: int) -> FileRecord | None:
+        def tx(db: Connection) -> FileRecord | None:
+            row = db.execute("SELECT replicas FROM files WHERE name = ?" + self.dialect.for_update,
+                             (name,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE files SET replicas = ? WHERE name = ?", (count, name))
+            _count(db, 0, 0, count - row[0])
+            self._enqueue(db, [name])
+            return self._lookup(db, name)
+        return self._tx(tx)
+
+    @effects(durable=True, keeps_records=False)
+    def add_copy(self, name: str, blob: str, server: str, now: float) -> bool:
+        """A new copy of ``name``'s blob is durable on ``server``: it counts, if the
+        blob is still the current one (else it is garbage)."""
+        def tx(db: Connection) -> bool:
+            db.execute("DELETE FROM intents WHERE blob = ? AND server = ?", (blob, server))
+            row = db.execute("SELECT 1 FROM files WHERE name = ? AND blob = ?" + self.dialect.for_update,
+                             (name, blob)).fetchone()
+            if row is None:
+                db.execute(INSERT_GARBAGE, (blob, server))
+                return False
+            db.execute(INSERT_COPY, (blob, server, now))
+            self._servers_changed(db, [blob])
+            db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
+            self._enqueue(db, [name])
+            return True
+        return self._tx(tx)
+
+    @effects(durable=True, keeps_records=False)
+    def drop_copy(self, blob: str, server: str) -> None:
+        """A copy no longer counts (found corrupt) and is to be deleted from
+        its server; its file is queued, to be copied again."""
+        def tx(db: Connection) -> None:
+            db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
+            self._servers_changed(db, [blob])
+            db.execute(INSERT_GARBAGE, (blob, server))
+            self._enqueue(db, [row[0] for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))])
+        self._tx(tx)
+
+    @effects(durable=True, keeps_records=False)
+    def drop_copies(self, drops: Iterable[tuple[str, str]]) -> None:
+        """The reconciler's drops, (blob, server) each: copies over the wanted
+        count, or on dead servers once replaced. No longer counted, to be deleted."""
+        def tx(db: Connection) -> None:
+            for blob, server in drops:
+                db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
+                db.execute(INSERT_GARBAGE, (blob, server))
+            self._servers_changed(db, {blob for blob, _ in drops})
+        self._tx(tx)
+
+    @effects(durable=True, keeps_records=False)
+    def abandon_copy(self, blob: str, server: str) -> None:
+        """A repair copy failed: what it wrote is garbage."""
+        def tx(db: Connection) -> None:
+            db.execute("DELETE FROM intents WHERE blob = ? AND server = ?", (blob, server))
+            db.execute(INSERT_GARBAGE, (blob, server))
+        self._tx(tx)
+
+    @effects(durable=False, keeps_records=False)
+    def reconcile_inventory(self, server: str, present: Iterable[str], lo: str | None, hi: str | None,
+                            before: float) -> tuple[int, int, int, list[str]]:
+        """Compare what a server holds with what the catalog says it holds, over
+        one range of blob ids: above ``lo`` (None: from the first) up to and
+        including ``hi`` (None: to the last). ``present`` is what the server
+        listed in that range (ids outside it are left alone).
+
+        Copies the catalog lists in the range (made before ``before``) that the
+        server lacks stop counting; blobs it holds that are a file's current
+        blob count (again); anything else it holds is garbage, unless still
+        being written. The catalog's copies are read through the index in
+        pages, so a range of any size costs memory for a page and the listed
+        blobs. Returns (missing, counted, garbage, names of the files whose
+        copies changed).
+        """
+        present = {b for b in present if (lo is None or b > lo) and (hi is None or b <= hi)}
+        page = 1000
+
+        def tx(db: Connection) -> tuple[int, int, int, list[str]]:
+            names: list[str] = []
+            changed: list[str] = []  # blobs whose copies on this server were added or removed
+            missing = counted = garbage = 0
+            held: set[str] = set()  # listed by both
+            after = lo
+            while True:
+                rows = db.execute(
+                    "SELECT blob, since FROM copies WHERE server = ?"
+                    + (" AND blob > ?" if after is not None else "") + (" AND blob <= ?" if hi is not None else "")
+                    + " ORDER BY blob LIMIT ?",
+                    [v for v in (server, after, hi) if v is not None] + [page]).fetchall()
+                for blob, since in rows:
+                    if blob in present:
+                        held.add(blob)
+                    elif since < before:
+                        db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
+                        changed.append(blob)
+                        missing += 1
+                        row = db.execute("SELECT name FROM files WHERE blob = ?", (blob,)).fetchone()
+                        if row is not None:
+                            names.append(row[0])
+                if len(rows) < page:
+                    break
+                after = rows[-1][0]
+            for blob in sorted(present - held):
+                if db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone():
+                    continue  # on its way out: counting it again would race its deletion
+                row = db.execute("SELECT name FROM files WHERE blob = ?", (blob,)).fetchone()
+                if row is not None:
+                    db.execute(INSERT_COPY, (blob, server, before))
+                    changed.append(blob)
+                    counted += 1
+                    names.append(row[0])
+                elif not db.execute("SELECT 1 FROM intents WHERE blob = ? AND server = ?",
+                                    (blob, server)).fetchone():
+                    db.execute(INSERT_GARBAGE, (blob, server))
+                    garbage += 1
+            self._servers_changed(db, changed)
+            self._enqueue(db, names)
+            return missing, counted, garbage, names
+        return self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def is_empty(self) -> bool:
+        """No name was ever stored: a new catalog, or a lost one."""
+        return self.db.execute("SELECT 1 FROM names LIMIT 1").fetchone() is None
+
+    @effects(durable=True, keeps_records=False)
+    def adopt(self, server: str, entries: Iterable[tuple[str, int, int, str, int, str]], now: float) -> int:
+        """Rebuilding: take a server's blobs (blob, version, size, sha256, replicas,
+        name) into the catalog; the highest version of each name wins, older
+        ones are garbage. Returns how many copies were taken."""
+        def tx(db: Connection) -> int:
+            taken = 0
+            for blob, version, size, sha256, replicas, name in entries:
+                greatest = self.dialect.greatest
+                db.execute("INSERT INTO names (name, last_version, settled) VALUES (?, ?, ?) ON CONFLICT (name)"
+                           f" DO UPDATE SET last_version = {greatest}(names.last_version, excluded.last_version),"
+                           f" settled = {greatest}(names.settled, excluded.settled)", (name, version, version))
+                row = db.execute("SELECT version, blob FROM files WHERE name = ?", (name,)).fetchone()
+                if row is not None and (row[0], row[1]) == (version, blob):
+                    pass
+                elif row is not None and row[0] >= version:
+                    db.execute(INSERT_GARBAGE, (blob, server))
+                    continue
+                else:
+                    if row is not None:
+                        old = db.execute("SELECT size, replicas FROM files WHERE name = ?", (name,)).fetchone()
+                        self._drop_blob(db, row[1])
+                        _count(db, -1, -old[0], -old[1])
+                    db.execute(UPSERT_FILE, (name, version, blob, size, sha256, max(1, replicas), now, ""))
+                    _count(db, 1, size, max(1, replicas))
+                    self._enqueue(db, [name])
+                db.execute(INSERT_COPY, (blob, server, now))
+                self._servers_changed(db, [blob])
+                db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
+                taken += 1
+            return taken
+        return self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def garbage_count(self) -> list[tuple[str, int]]:
+        return self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall()
+
+    @effects(durable=False, keeps_records=True)
+    def garbage(self, servers: Iterable[str], limit: int = 100) -> list[tuple[str, str]]:
+        """Copies to delete from the given (reachable) servers."""
+        servers = list(servers)
+        if not servers:
+            return []
+        return self.db.execute(
+            "SELECT blob, server FROM garbage WHERE server IN (%s) LIMIT ?" % ",".join("?" * len(servers)),
+            (*servers, limit)).fetchall()
+
+    @effects(durable=False, keeps_records=True)
+    def busy(self, blob: str) -> list[str]:
+        """Servers where ``blob`` is being written or waits to be deleted: no place for a new copy."""
+        return [row[0] for row in self.db.execute(
+            "SELECT server FROM intents WHERE blob = ? UNION SELECT server FROM garbage WHERE blob = ?",
+            (blob, blob))]
+
+    @effects(durable=False, keeps_records=True)
+    def forget_garbage(self, deleted: Iterable[tuple[str, str]]) -> None:
+        """These (blob, server) copies are deleted from their servers."""
+        self._tx(lambda db: db.executemany("DELETE FROM garbage WHERE blob = ? AND server = ?", deleted))
+
+    @effects(durable=False, keeps_records=True)
+    def save_server(self, id: str, zone: str, host: str, port: int, capacity: int, used: int, blobs: int) -> None:
+        self._tx(lambda db: db.execute(
+            "INSERT INTO servers VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET zone = excluded.zone,"
+            " host = excluded.host, port = excluded.port, capacity = excluded.capacity, used = excluded.used,"
+            " blobs = excluded.blobs", (id, zone, host, port, capacity, used, blobs)))
+
+    # -- reads
+
+    @effects(durable=False, keeps_records=True)
+    def servers(self) -> list[tuple]:
+        return self.db.execute("SELECT id, zone, host, port, capacity, used, blobs FROM servers ORDER BY id").fetchall()
+
+    @effects(durable=False, keeps_records=True)
+    def lookup(self, name: str) -> FileRecord | None:
+        return self._lookup(self.db, name)
+
+    @staticmethod
+    def _lookup(db: Connection, name: str) -> FileRecord | None:
+        row = db.execute(RECORD + " WHERE name = ?", (name,)).fetchone()
+        return to_record(row) if row else None
+
+    @effects(durable=False, keeps_records=True)
+    def list(self, prefix: str = "") -> list[FileRecord]:
+        rows = self.db.execute(
+            RECORD + " WHERE substr(name, 1, ?) = ? ORDER BY name",
+            (len(prefix), prefix)).fetchall()
+        return [to_record(r) for r in rows]
+
+    # -- the reconciler's queue (see deposito.reconciler)
+
+    @effects(durable=False, keeps_records=True)
+    def enqueue(self, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:
+        """Queue files to be looked at again, from ``due`` on (or sooner, if
+        queued so already); ``only_new``: leave files already queued as they are."""
+        self._tx(lambda db: self._enqueue(db, names, due, only_new))
+
+    @effects(durable=False, keeps_records=True)
+    def enqueue_server(self, server: str, after: str, limit: int) -> str | None:
+        """Queue the files with a copy on ``server`` (it came or went): the
+        next ``limit`` of its copies by blob id after ``after``. Returns the
+        last blob id queued, to go on from, or None when there are no more."""
+        def tx(db: Connection) -> str | None:
+            blobs = [row[0] for row in db.execute(
+                "SELECT blob FROM copies WHERE server = ? AND blob > ? ORDER BY blob LIMIT ?",
+                (server, after, limit))]
+            names = [row[0] for blob in blobs for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))]
+            self._enqueue(db, names)
+            return blobs[-1] if len(blobs) == limit else None
+        return self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def wake(self, now: float) -> int:
+        """A server came back: every queued file waiting for later is due now."""
+        return self._tx(lambda db: db.execute("UPDATE work SET due = ?, gen = gen + 1 WHERE due > ?",
+                                              (now, now)).rowcount)
+
+    @effects(durable=False, keeps_records=True)
+    def due_work(self, now: float, limit: int) -> builtins.list[tuple[str, int, int]]:
+        """The next queued files due by ``now`` (name, generation, rank): files
+        not yet looked at first (rank 0), then those with the fewest healthy copies."""
+        return self.db.execute("SELECT name, gen, rank FROM work WHERE due <= ? ORDER BY rank, due LIMIT ?",
+                               (now, limit)).fetchall()
+
+    @effects(durable=False, keeps_records=True)
+    def next_due(self) -> float | None:
+        return self.db.execute("SELECT min(due) FROM work").fetchone()[0]
+
+    @effects(durable=False, keeps_records=True)
+    def records(self, names: Iterable[str]) -> builtins.list[FileRecord | None]:
+        return [self._lookup(self.db, name) for name in names]
+
+    @effects(durable=False, keeps_records=True)
+    def records_after(self, after: str, limit: int) -> builtins.list[FileRecord]:
+        """The next ``limit`` files in name order after ``after`` (the background sweep's page)."""
+        rows = self.db.execute(RECORD + " WHERE name > ? ORDER BY name LIMIT ?", (after, limit)).fetchall()
+        return [to_record(r) for r in rows]
+
+    @effects(durable=False, keeps_records=True)
+    def settle(self, outcomes: Iterable[Outcome]) -> None:
+        """Record what the reconciler found for each file it looked at: done
+        (out of the queue) or when to look again. A file queued again
+        meanwhile (its generation moved on) stays as that left it."""
+        def tx(db: Connection) -> None:
+            for o in outcomes:
+                if o.due is None:
+                    db.execute("DELETE FROM work WHERE name = ? AND gen = ?", (o.name, o.gen))
+                else:
+                    db.execute("UPDATE work SET due = ?, rank = ?, wanted = ?, have = ?, moves = ?"
+                               " WHERE name = ? AND gen = ?",
+                               (o.due, o.rank, o.wanted, o.have, o.moves, o.name, o.gen))
+        self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def counts(self) -> Counts:
+        """The totals kept with every change, and the queue's own counts:
+        the cost follows the work queued, not the number of files."""
+        totals = dict(self.db.execute("SELECT key, value FROM totals"))
+        under, over, moves, fresh, surplus, queued = self.db.execute(
+            "SELECT count(CASE WHEN have < wanted THEN 1 END), count(CASE WHEN have > wanted THEN 1 END),"
+            " CAST(coalesce(sum(moves), 0) AS BIGINT), count(CASE WHEN have IS NULL THEN 1 END),"
+            " CAST(coalesce(sum(have - wanted), 0) AS BIGINT), count(*) FROM work").fetchone()
+        return Counts(files=totals.get("files", 0), bytes=totals.get("bytes", 0),
+                      wanted=totals.get("wanted", 0), under=under, over=over, moves=moves, fresh=fresh,
+                      healthy=totals.get("wanted", 0) + surplus, queued=queued,
+                      garbage=self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall())
+
+    def _servers_changed(self, db: Connection, blobs: Iterable[str]) -> None:
+        """Copies of these blobs were added or removed: their files' server lists follow."""
+        db.executemany(f"UPDATE files SET servers = {self.dialect.servers_of('?')} WHERE blob = ?",
+                       [(blob, blob) for blob in blobs])
+
+    def _enqueue(self, db: Connection, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:
+        if only_new:
+            db.executemany("INSERT INTO work (name, due) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                           [(name, due) for name in names])
+            return
+        db.executemany("INSERT INTO work (name, due) VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+                       f" SET due = {self.dialect.least}(work.due, excluded.due), rank = 0, gen = work.gen + 1",
+                       [(name, due) for name in names])
+
+
+INSERT_GARBAGE = "INSERT INTO garbage VALUES (?, ?) ON CONFLICT DO NOTHING"
+INSERT_COPY = "INSERT INTO copies VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+UPSERT_FILE = ("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+               " version = excluded.version, blob = excluded.blob, size = excluded.size, sha256 = excluded.sha256,"
+               " replicas = excluded.replicas, created = excluded.created, servers = excluded.servers")
+
+
+def _count(db: Connection, files: int, size: int, wanted: int) -> None:
+    for key, delta in zip(TOTALS, (files, size, wanted)):
+        if delta:
+            db.execute("UPDATE totals SET value = value + ? WHERE key = ?", (delta, key))

@@ -1,0 +1,237 @@
+"""The catalog in PostgreSQL, which several proxies may share.
+
+What sharing asks, and where it is done:
+- versions are allocated in one statement and a commit locks its name's row
+  (:mod:`deposito.catalog.operations`, through the dialect);
+- a batch that loses a deadlock or a serialization conflict runs again whole
+  (:meth:`PostgresBackend.retryable`, :meth:`deposito.catalog.Catalog.batch`);
+- nothing read is kept in memory (``shared``): another proxy may change any
+  record, and reading your writes through any proxy matters more;
+- a LIST reads one REPEATABLE READ snapshot through a server-side cursor.
+
+The database down or slow is an outage, not a crash: connections are made
+with a connect timeout, statements run under a statement timeout, and a lost
+connection makes the call :class:`deposito.errors.Unavailable` at once; the
+next call connects again (after a short pause, so that a database that is
+down costs each call nothing).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import TYPE_CHECKING, Any, Iterable
+
+import psycopg
+from psycopg import conninfo, pq
+
+from deposito.catalog import schema
+from deposito.catalog.database import log, out_of_reach
+from deposito.catalog.dialect import POSTGRESQL, pyformat
+from deposito.catalog.records import FileRecord
+from deposito.errors import Unavailable
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from deposito.catalog.listing import IListingReactor, Listing, NameRange, Opened
+
+CONNECT_TIMEOUT = 3  # seconds to reach the database (libpq's least is 2)
+STATEMENT_TIMEOUT = 15_000  # milliseconds a statement may run, waiting for locks included
+PAUSE = 1.0  # seconds after a failed connection before the next is tried (calls meanwhile fail at once)
+SCHEMA_LOCK = 0x6465706f  # the advisory lock (one transaction's) held while the schema is made
+
+# Settings for every connection; those the URL names itself are kept.
+SETTINGS = {
+    "connect_timeout": str(CONNECT_TIMEOUT),
+    "options": f"-c statement_timeout={STATEMENT_TIMEOUT}",
+    "application_name": "deposito-proxy",
+    # a database host that vanished is noticed in seconds, not at TCP's retransmission timeout
+    "keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2", "keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is a PostgreSQL URL libpq can read; else ValueError, saying why."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"not a postgresql:// URL: {url!r}")
+    try:
+        params = conninfo.conninfo_to_dict(url)
+    except psycopg.Error as e:
+        raise ValueError(f"bad URL {url!r}: {e}") from None
+    if not all(port.isdigit() for port in str(params.get("port") or "5432").split(",")):
+        raise ValueError(f"bad port in {url!r}")
+    return url
+
+
+class PostgresConnection:
+    """A psycopg connection in autocommit mode (transactions are begun by
+    hand, as with SQLite) that takes the operations' ``?`` placeholders."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.info.transaction_status != pq.TransactionStatus.IDLE
+
+    def execute(self, sql: str, params: Any = (), /) -> psycopg.Cursor[Any]:
+        return self.conn.execute(pyformat(sql), params) if params else self.conn.execute(sql)
+
+    def executemany(self, sql: str, params: Iterable[Any], /) -> psycopg.Cursor[Any]:
+        cursor = self.conn.cursor()
+        cursor.executemany(pyformat(sql), list(params))
+        return cursor
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresBackend:
+    """The catalog in the PostgreSQL database at ``url`` (any libpq URL)."""
+
+    dialect = POSTGRESQL
+    shared = True
+
+    def __init__(self, url: str) -> None:
+        self.url = check_url(url)
+        settings = conninfo.conninfo_to_dict(url)
+        for key, value in SETTINGS.items():
+            settings.setdefault(key, value)
+        self.conninfo = conninfo.make_conninfo("", **settings)
+        self._retry_at = 0.0  # while a connection failed this recently, calls fail without trying
+        self._down = False
+
+    def _connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
+        if time.monotonic() < self._retry_at:
+            raise Unavailable("the catalog database is out of reach; try again shortly")
+        try:
+            conn = psycopg.connect(self.conninfo, **kwargs)
+        except psycopg.Error as e:
+            self._retry_at = time.monotonic() + PAUSE
+            if self._down:  # told once an outage
+                raise Unavailable("the catalog database is out of reach; try again shortly") from None
+            self._down = True
+            raise out_of_reach(e) from None
+        if self._down:
+            self._down = False
+            log.info("the catalog database is reachable again")
+        return conn
+
+    def connect(self, reads_only: bool = False) -> PostgresConnection:
+        return PostgresConnection(self._connect(autocommit=True))
+
+    def prepare(self, db: PostgresConnection) -> None:
+        """Make the tables the first time, one proxy at a time."""
+        if self._version(db) == schema.SCHEMA_VERSION:
+            return
+        db.execute("BEGIN")
+        try:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+            db.execute("CREATE TABLE IF NOT EXISTS catalog_schema (version INTEGER NOT NULL)")
+            version = self._version(db)
+            if version is None:
+                for statement in POSTGRESQL.ddl(schema.SCHEMA).split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.executemany("INSERT INTO totals VALUES (?, 0) ON CONFLICT DO NOTHING",
+                               [(key,) for key in schema.TOTALS])
+                db.execute("INSERT INTO catalog_schema VALUES (?)", (schema.SCHEMA_VERSION,))
+            elif version != schema.SCHEMA_VERSION:
+                raise RuntimeError(f"the catalog's schema is version {version}; this proxy knows"
+                                   f" {schema.SCHEMA_VERSION} (is it newer?)")
+            db.execute("COMMIT")
+        except BaseException:
+            if not db.conn.closed:
+                db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _version(db: PostgresConnection) -> int | None:
+        if db.execute("SELECT to_regclass('catalog_schema')").fetchone() == (None,):
+            return None
+        row = db.execute("SELECT version FROM catalog_schema").fetchone()
+        return None if row is None else int(row[0])
+
+    def begin(self, db: PostgresConnection, durable: bool) -> None:
+        """A batch of nothing durable commits without waiting for the disk
+        (see :func:`deposito.catalog.records.effects`)."""
+        db.execute("BEGIN")
+        if not durable:
+            db.execute("SET LOCAL synchronous_commit = off")
+
+    def retryable(self, error: BaseException) -> bool:
+        # class 40: serialization failure (40001), deadlock (40P01)...
+        return isinstance(error, psycopg.Error) and (error.sqlstate or "").startswith("40")
+
+    def unreachable(self, error: BaseException) -> bool:
+        return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)) and not self.retryable(error)
+
+    def listing(self, reactor: IListingReactor, names: NameRange) -> Deferred[Listing]:
+        from deposito.catalog.listing import open_listing
+
+        return open_listing(reactor, self.open_snapshot, names)
+
+    def open_snapshot(self, names: NameRange, batch: int) -> Opened:
+        """In a thread: a listing's snapshot, its count, and its first batch."""
+        snapshot = PostgresSnapshot(self._connect(autocommit=False))
+        try:
+            return snapshot.open(names, batch)
+        except Exception as e:
+            snapshot.close()
+            if self.unreachable(e):
+                raise out_of_reach(e) from e
+            raise
+
+
+_cursors = itertools.count()
+
+
+class PostgresSnapshot:
+    """A listing's REPEATABLE READ READ ONLY transaction, its names read
+    through a server-side cursor: the database holds the query's place,
+    and each :meth:`fetch` brings one batch over."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.cursor: psycopg.ServerCursor[Any] | None = None
+
+    def open(self, names: NameRange, batch: int) -> Opened:
+        self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        self.conn.read_only = True
+        where, values = names.where()
+        limit = None if names.limit is None else names.sql_limit
+        row = self.conn.execute(pyformat(f"SELECT count(*) FROM (SELECT 1 FROM files WHERE {where} LIMIT ?) t"),
+                                (*values, limit)).fetchone()
+        count = row[0] if row else 0
+        if not count:
+            self.close()
+            return self, 0, []
+        self.cursor = self.conn.cursor(name=f"listing{next(_cursors)}")
+        where, values = names.where("f.name")
+        self.cursor.execute(pyformat(f"{schema.RECORD} f WHERE {where} ORDER BY f.name LIMIT ?"),
+                            (*values, count))
+        return self, count, self.fetch(min(batch, count))
+
+    def fetch(self, n: int) -> list[FileRecord]:
+        assert self.cursor is not None
+        try:
+            return [schema.to_record(row) for row in self.cursor.fetchmany(n)]
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            raise out_of_reach(e) from e
+
+    def close(self) -> None:
+        """End the transaction (the snapshot is let go) and the connection."""
+        try:
+            if self.cursor is not None and not self.conn.closed:
+                self.cursor.close()
+            if not self.conn.closed:
+                self.conn.rollback()
+        except psycopg.Error:
+            pass  # the connection is going anyway
+        finally:
+            self.conn.close()
+
+    def interrupt(self) -> None:
+        self.conn.cancel()

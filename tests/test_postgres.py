@@ -1,0 +1,116 @@
+"""End to end on a catalog in PostgreSQL: real twistd processes, a real
+PostgreSQL server (the session's), real files on the servers' disks."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.cluster import Cluster, Wire, WireError, fields, poll, sha
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def pg_cluster(tmp_path, postgres):
+    """A proxy with its catalog in a fresh PostgreSQL database, and three servers."""
+    url = postgres.database()
+    c = Cluster(tmp_path, proxy_args=("--catalog", url))
+    c.url = url
+    try:
+        yield c.start(3)
+    finally:
+        c.stop()
+        postgres.drop(url)
+
+
+def test_every_command_on_a_catalog_in_postgresql(pg_cluster):
+    data = os.urandom(300_000)
+    with pg_cluster.wire() as w:
+        r = w.put("docs/a.bin", data, 3)
+        assert r.startswith("OK stored") and fields(r)["version"] == "1", r
+        assert sorted(pg_cluster.holders(data)) == ["s0", "s1", "s2"]
+        head, got = w.get("docs/a.bin")
+        assert got == data and fields(head)["sha256"] == sha(data)
+        assert w.put("docs/b.txt", b"hello", 2).startswith("OK stored")
+        assert fields(w.put("docs/b.txt", b"again", 1))["version"] == "2"
+        assert [line.split()[-1] for line in w.multi("LIST docs/")] == ["docs/a.bin", "docs/b.txt"]
+        r = w.cmd("REPLICAS docs/a.bin 1 WAIT")
+        assert r.startswith("OK") and fields(r)["have"] == "1", r
+        assert poll(lambda: len(pg_cluster.holders(data)) == 1, 20), pg_cluster.holders(data)
+        assert w.cmd("DELETE docs/a.bin").startswith("OK deleted")
+        assert w.get("docs/a.bin")[0].startswith("ERR notfound")
+        assert poll(lambda: not pg_cluster.holders(data), 20)
+        assert fields(w.cmd("STATUS"))["files"] == "1"
+
+
+def test_a_restarted_proxy_keeps_its_files(pg_cluster):
+    data = b"kept in postgresql\n" * 1000
+    with pg_cluster.wire() as w:
+        assert w.put("kept", data, 2).startswith("OK stored")
+    pg_cluster.kill_proxy()
+    pg_cluster.start_proxy()
+    pg_cluster.wait_up(3)
+    with pg_cluster.wire() as w:
+        assert w.get("kept")[1] == data
+        assert fields(w.put("kept", b"newer", 2))["version"] == "2"
+
+
+def answer(port: int, command: str) -> tuple[str, float]:
+    """One command on a new connection: its reply line and how long it took."""
+    started = time.monotonic()
+    try:
+        with Wire(port, timeout=10) as w:
+            return w.cmd(command), time.monotonic() - started
+    except (OSError, WireError) as e:
+        return f"no answer: {e}", time.monotonic() - started
+
+
+def test_postgresql_down_is_unavailable_and_the_proxy_serves_again_by_itself(pg_cluster, postgres):
+    """PostgreSQL killed under traffic: commands answer ERR unavailable within
+    seconds and the proxy stays up; once PostgreSQL is back, the same proxy
+    serves again. A proxy started while it is down starts, answers ERR
+    unavailable, and serves once it is up."""
+    data = b"before the outage\n" * 100
+    with pg_cluster.wire() as w:
+        assert w.put("before", data, 2).startswith("OK stored")
+    busy = Wire(pg_cluster.port)  # a client connected through the outage
+    postgres.server.kill()
+    try:
+        for command in ("GET before", "STAT before", "LIST", "PUT during 5", "DELETE before", "REPLICAS before 3"):
+            reply, took = answer(pg_cluster.port, command)
+            assert reply.startswith("ERR unavailable") and took < 5, (command, reply, took)
+        assert busy.cmd("STAT before").startswith("ERR unavailable")
+        assert pg_cluster.proxy.poll() is None
+        # a proxy started meanwhile starts, and answers
+        pg_cluster.kill_proxy()
+        pg_cluster.start_proxy()
+        reply, took = answer(pg_cluster.port, "GET before")
+        assert reply.startswith("ERR unavailable") and took < 5, reply
+    finally:
+        postgres.start()
+    pg_cluster.wait_up(3)
+
+    def serves() -> bool:
+        reply, _ = answer(pg_cluster.port, "STAT before")
+        return reply.startswith("OK")
+    assert poll(serves, 20), pg_cluster.log("proxy")[-3000:]
+    with pg_cluster.wire() as w:
+        assert w.get("before")[1] == data
+        assert w.put("after", b"after the outage", 2).startswith("OK stored")
+        assert w.get("after")[1] == b"after the outage"
+    busy.close()
+    assert pg_cluster.proxy.poll() is None
+
+
+def test_a_bad_catalog_url_is_refused_naming_the_option(tmp_path):
+    import subprocess
+
+    from tests.cluster import TWISTD
+
+    done = subprocess.run([TWISTD, "-n", "--pidfile", str(tmp_path / "p.pid"), "deposito-proxy",
+                           "--catalog", "mysql://nobody@localhost/x"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert done.returncode != 0 and "--catalog" in (done.stderr or done.stdout).splitlines()[0]
