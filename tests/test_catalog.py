@@ -597,3 +597,25 @@ def test_the_database_down_is_unavailable_at_once_and_back_by_itself(postgres):
     finally:
         cat.close()
         postgres.drop(url)
+
+
+def test_one_proxy_at_a_time_writes_to_a_postgresql_catalog(postgres):
+    """The proxy's catalog holds an advisory lock on its writing connection:
+    a second proxy on the same catalog is told it is unavailable (and writes
+    nothing), and takes over once the first one stops."""
+    from deposito.catalog.postgres import PostgresBackend
+    from deposito.errors import Unavailable
+
+    url = postgres.database()
+    first = Catalog(PostgresBackend(url, one_proxy=True))
+    second = Catalog(PostgresBackend(url, one_proxy=True))
+    try:
+        first.commit("f", first.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
+        with pytest.raises(Unavailable, match="another proxy is using this catalog"):
+            second.begin_upload("f", "b2", ["s1"])
+        first.close()
+        assert second.begin_upload("f", "b2", ["s1"]) == 2
+    finally:
+        first.close()
+        second.close()
+        postgres.drop(url)
