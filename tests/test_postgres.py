@@ -4,6 +4,7 @@ PostgreSQL server (the session's), real files on the servers' disks."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -114,3 +115,34 @@ def test_a_bad_catalog_url_is_refused_naming_the_option(tmp_path):
                            "--catalog", "mysql://nobody@localhost/x"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=60)
     assert done.returncode != 0 and "--catalog" in (done.stderr or done.stdout).splitlines()[0]
+
+
+def test_a_second_proxy_on_the_catalog_is_a_standby_that_takes_over(pg_cluster):
+    """One proxy at a time writes to a PostgreSQL catalog: a second one on the
+    same catalog (the servers joined to both) refuses writes, saying another
+    proxy is using it, and takes over once the first is killed."""
+    data = b"written through the first proxy\n" * 100
+    standby = pg_cluster.add_proxy("standby")
+    standby.start_proxy()
+    for sid in list(pg_cluster.servers):  # the servers join the standby too
+        pg_cluster.kill(sid, signal.SIGTERM)
+        pg_cluster.start_server(sid)
+    pg_cluster.wait_up(3)
+    standby.wait_up(3)
+    try:
+        with pg_cluster.wire() as w:
+            assert w.put("first", data, 2).startswith("OK stored")
+        reply, _ = answer(standby.port, "PUT second 5")
+        assert reply.startswith("ERR unavailable") and "another proxy" in reply, reply
+        pg_cluster.kill_proxy()
+
+        def takes_over() -> bool:
+            reply, _ = answer(standby.port, "STAT first")
+            return reply.startswith("OK")
+        assert poll(takes_over, 20), standby.log("standby")[-3000:]
+        with standby.wire() as w:
+            assert w.get("first")[1] == data
+            assert poll(lambda: w.put("second", b"taken over", 2).startswith("OK stored"), 20)
+            assert w.get("second")[1] == b"taken over"
+    finally:
+        standby.kill_proxy()
