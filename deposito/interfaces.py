@@ -122,6 +122,9 @@ class ICatalog(IWorkCatalog):
     def servers() -> Deferred[list[ServerRow]]:
         """The servers known."""
 
+    def identity() -> Deferred[str]:
+        """The catalog's id (made with it): what servers check when they join."""
+
     def save_server(id: str, zone: str, host: str, port: int, capacity: int, used: int,
                     blobs: int) -> Deferred[None]:
         """Remember a server across restarts."""

@@ -342,7 +342,7 @@ def reconcile_whole(db, server, present, before):
             counted += 1
             names.append(file)
         elif not db.execute("SELECT 1 FROM intents WHERE blob = ? AND server = ?", (blob, server)).fetchone():
-            db.execute("INSERT INTO garbage VALUES (?, ?)", (blob, server))
+            db.execute("INSERT INTO garbage (blob, server) VALUES (?, ?)", (blob, server))
             garbage += 1
     return len(missing), counted, garbage, sorted(n[0] for n in names if n)
 
@@ -379,8 +379,8 @@ def fill(cat, files, copies, garbage, intents):
     cat.db.executemany("INSERT INTO files VALUES (?, 1, ?, 1, 'x', 1, 0, ?) ON CONFLICT DO NOTHING",
                        [(name, b, " ".join(sorted(s for (c, s) in copies if c == b))) for b, name in files.items()])
     cat.db.executemany("INSERT INTO copies VALUES (?, ?, ?)", [(b, s, t) for (b, s), t in copies.items()])
-    cat.db.executemany("INSERT INTO garbage VALUES (?, ?)", sorted(garbage))
-    cat.db.executemany("INSERT INTO intents VALUES (?, ?)", sorted(intents))
+    cat.db.executemany("INSERT INTO garbage (blob, server) VALUES (?, ?)", sorted(garbage))
+    cat.db.executemany("INSERT INTO intents (blob, server) VALUES (?, ?)", sorted(intents))
     return cat
 
 

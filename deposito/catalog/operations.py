@@ -56,7 +56,7 @@ class Catalog(Database):
     def recover(self) -> int:
         """After a restart: uploads that never committed are garbage now."""
         def tx(db: Connection) -> int:
-            n = db.execute("INSERT INTO garbage SELECT blob, server FROM intents WHERE true"
+            n = db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM intents WHERE true"
                            " ON CONFLICT DO NOTHING").rowcount
             db.execute("DELETE FROM intents")
             return n
@@ -77,13 +77,13 @@ class Catalog(Database):
 
     @effects(durable=False, keeps_records=True)
     def add_intent(self, blob: str, server: str) -> None:
-        self._tx(lambda db: db.execute("INSERT INTO intents VALUES (?, ?) ON CONFLICT DO NOTHING", (blob, server)))
+        self._tx(lambda db: db.execute("INSERT INTO intents (blob, server) VALUES (?, ?) ON CONFLICT DO NOTHING", (blob, server)))
 
     @effects(durable=True, keeps_records=True)
     def abandon(self, blob: str) -> None:
         """An upload failed: every server it touched has garbage to delete."""
         def tx(db: Connection) -> None:
-            db.execute("INSERT INTO garbage SELECT blob, server FROM intents WHERE blob = ? ON CONFLICT DO NOTHING",
+            db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM intents WHERE blob = ? ON CONFLICT DO NOTHING",
                        (blob,))
             db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
         self._tx(tx)
@@ -104,7 +104,7 @@ class Catalog(Database):
             settled = db.execute("SELECT settled FROM names WHERE name = ?" + self.dialect.for_update,
                                  (name,)).fetchone()
             # servers written to but not holding a verified copy are garbage
-            db.execute("INSERT INTO garbage SELECT blob, server FROM intents WHERE blob = ?"
+            db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM intents WHERE blob = ?"
                        + (" AND server NOT IN (%s)" % ",".join("?" * len(servers)) if servers else "")
                        + " ON CONFLICT DO NOTHING", (blob, *servers))
             db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
@@ -125,7 +125,7 @@ class Catalog(Database):
 
     @staticmethod
     def _drop_blob(db: Connection, blob: str) -> None:
-        db.execute("INSERT INTO garbage SELECT blob, server FROM copies WHERE blob = ? ON CONFLICT DO NOTHING", (blob,))
+        db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM copies WHERE blob = ? ON CONFLICT DO NOTHING", (blob,))
         db.execute("DELETE FROM copies WHERE blob = ?", (blob,))
 
     @effects(durable=True, keeps_records=False)
@@ -340,6 +340,12 @@ class Catalog(Database):
     # -- reads
 
     @effects(durable=False, keeps_records=True)
+    def identity(self) -> str:
+        """The catalog's id, made with it: servers check it when they join, so
+        that no server serves two catalogs at once."""
+        return str(self.db.execute("SELECT value FROM catalog_info WHERE key = 'id'").fetchone()[0])
+
+    @effects(durable=False, keeps_records=True)
     def servers(self) -> list[tuple]:
         return self.db.execute("SELECT id, zone, host, port, capacity, used, blobs FROM servers ORDER BY id").fetchall()
 
@@ -452,7 +458,7 @@ class Catalog(Database):
                        [(name, due) for name in names])
 
 
-INSERT_GARBAGE = "INSERT INTO garbage VALUES (?, ?) ON CONFLICT DO NOTHING"
+INSERT_GARBAGE = "INSERT INTO garbage (blob, server) VALUES (?, ?) ON CONFLICT DO NOTHING"
 INSERT_COPY = "INSERT INTO copies VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 UPSERT_FILE = ("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
                " version = excluded.version, blob = excluded.blob, size = excluded.size, sha256 = excluded.sha256,"

@@ -153,21 +153,31 @@ class PostgresBackend:
             db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
             db.execute("CREATE TABLE IF NOT EXISTS catalog_schema (version INTEGER NOT NULL)")
             version = self._version(db)
-            if version is None:
-                for statement in POSTGRESQL.ddl(schema.SCHEMA).split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.executemany("INSERT INTO totals VALUES (?, 0) ON CONFLICT DO NOTHING",
-                               [(key,) for key in schema.TOTALS])
-                db.execute("INSERT INTO catalog_schema VALUES (?)", (schema.SCHEMA_VERSION,))
-            elif version != schema.SCHEMA_VERSION:
+            if version is not None and version > schema.SCHEMA_VERSION:
                 raise RuntimeError(f"the catalog's schema is version {version}; this proxy knows"
                                    f" {schema.SCHEMA_VERSION} (is it newer?)")
+            if version != schema.SCHEMA_VERSION:
+                for statement in POSTGRESQL.ddl(schema.SCHEMA).split(";"):  # what is missing
+                    if statement.strip():
+                        db.execute(statement)
+                if version is None:
+                    db.executemany("INSERT INTO totals VALUES (?, 0) ON CONFLICT DO NOTHING",
+                                   [(key,) for key in schema.TOTALS])
+                else:
+                    schema.add_owners(db, lambda table, column: self._has_column(db, table, column))
+                schema.finish(db, POSTGRESQL.ddl)
+                db.execute("DELETE FROM catalog_schema")
+                db.execute("INSERT INTO catalog_schema VALUES (?)", (schema.SCHEMA_VERSION,))
             db.execute("COMMIT")
         except BaseException:
             if not db.conn.closed:
                 db.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _has_column(db: PostgresConnection, table: str, column: str) -> bool:
+        return db.execute("SELECT 1 FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+                          (table, column)).fetchone() is not None
 
     @staticmethod
     def _version(db: PostgresConnection) -> int | None:

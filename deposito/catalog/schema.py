@@ -7,6 +7,7 @@ listings (:mod:`deposito.catalog.listing`) share."""
 from __future__ import annotations
 
 import functools
+import uuid
 import sqlite3
 from typing import Any
 
@@ -23,6 +24,45 @@ FILES = """CREATE TABLE IF NOT EXISTS files (
     created {real} NOT NULL,
     servers TEXT NOT NULL DEFAULT ''
 ){without_rowid}"""
+
+# Version 2: what several proxies on one catalog share. Each proxy has a row
+# in ``proxies`` that it renews every few seconds (its lease), and a row in
+# ``sightings`` per server it sees up; the intents it writes, the queued
+# files and the garbage it is working on carry its id (``owner``), so that
+# each piece of work is one proxy's at a time and a proxy silent past its
+# lease hands them over (see Catalog.beat). ``deleted`` remembers for a few
+# minutes which copies were deleted, for inventories listed before that.
+# ``catalog_info`` holds the catalog's id, which servers check when they join.
+PROXIES = """CREATE TABLE IF NOT EXISTS proxies (
+    id {key} PRIMARY KEY,
+    seen {real} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sightings (
+    proxy {key} NOT NULL,
+    server {key} NOT NULL,
+    seen {real} NOT NULL,
+    PRIMARY KEY (proxy, server)
+);
+CREATE TABLE IF NOT EXISTS deleted (
+    blob {key} NOT NULL,
+    server {key} NOT NULL,
+    at {real} NOT NULL,
+    PRIMARY KEY (blob, server)
+);
+CREATE INDEX IF NOT EXISTS deleted_by_time ON deleted (at);
+CREATE TABLE IF NOT EXISTS catalog_info (
+    key {key} PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+# The columns version 2 added to version 1's tables, and their indexes
+# (made once the columns are there: see add_owners).
+OWNERS = ("intents", "garbage", "work")
+OWNER_INDEXES = """CREATE INDEX IF NOT EXISTS intents_by_owner ON intents (owner);
+CREATE INDEX IF NOT EXISTS work_by_owner ON work (owner);
+CREATE INDEX IF NOT EXISTS garbage_by_owner ON garbage (owner);
+"""
 
 SCHEMA = FILES + """;
 CREATE TABLE IF NOT EXISTS names (
@@ -41,11 +81,13 @@ DROP INDEX IF EXISTS copies_by_server;
 CREATE TABLE IF NOT EXISTS intents (
     blob {key} NOT NULL,
     server {key} NOT NULL,
+    owner {key},
     PRIMARY KEY (blob, server)
 );
 CREATE TABLE IF NOT EXISTS garbage (
     blob {key} NOT NULL,
     server {key} NOT NULL,
+    owner {key},
     PRIMARY KEY (blob, server)
 );
 CREATE TABLE IF NOT EXISTS servers (
@@ -68,11 +110,12 @@ CREATE TABLE IF NOT EXISTS work (
     gen {int} NOT NULL DEFAULT 0,
     wanted {int},
     have {int},
-    moves {int} NOT NULL DEFAULT 0
+    moves {int} NOT NULL DEFAULT 0,
+    owner {key}
 );
 CREATE INDEX IF NOT EXISTS work_in_order ON work (rank, due);
 CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
-"""
+""" + PROXIES
 
 # The schema's version (SQLite: PRAGMA user_version; PostgreSQL: the one row of catalog_schema). 0: a catalog from before the
 # work queue, the totals, names.settled and files.servers; opening it adds
@@ -80,7 +123,7 @@ CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 # its copies' servers beside each file (the ``copies`` rows, as a
 # space-separated sorted list, kept with every change of them), so that a
 # lookup is one row and a listing reads the table in order.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 RECORD = "SELECT name, version, blob, size, sha256, replicas, servers FROM files"
 TOTALS = ("files", "bytes", "wanted")
@@ -92,9 +135,19 @@ def outdated(db: sqlite3.Connection) -> bool:
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """In one transaction: bring an older SQLite catalog to this schema. Its totals
-    are counted and every file is queued once, so whatever work it had left
-    is found."""
+    """In one transaction: bring an older SQLite catalog to this schema."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version < 1:
+        _migrate_to_1(db)
+    if version < 2:
+        add_owners(db, lambda table, column: column in [row[1] for row in db.execute(f"PRAGMA table_info({table})")])
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _migrate_to_1(db: sqlite3.Connection) -> None:
+    """Version 0 to 1: the work queue, the totals, names.settled and
+    files.servers. Its totals are counted and every file is queued once,
+    so whatever work it had left is found."""
     if "servers" not in [row[1] for row in db.execute("PRAGMA table_info(files)")]:
         db.execute("ALTER TABLE files RENAME TO files_before")
         db.execute(SQLITE.ddl(FILES))
@@ -110,7 +163,25 @@ def migrate(db: sqlite3.Connection) -> None:
     db.executemany("INSERT OR REPLACE INTO totals VALUES (?, ?)",
                    [("files", files), ("bytes", size), ("wanted", wanted)])
     db.execute("INSERT OR IGNORE INTO work (name, due) SELECT name, 0 FROM files")
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def add_owners(db: Any, has_column: Any) -> None:
+    """Version 1 to 2: the ``owner`` column of the tables whose rows a proxy
+    claims (``has_column(table, column)`` says whether it is there already)."""
+    for table in OWNERS:
+        if not has_column(table, "owner"):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN owner TEXT")
+
+
+def finish(db: Any, ddl: Any) -> None:
+    """After the tables are made or migrated: the indexes of the owner
+    columns, and the catalog's id, given once (``ddl`` reads the dialect's
+    types into a table definition)."""
+    for statement in ddl(OWNER_INDEXES).split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("INSERT INTO catalog_info (key, value) VALUES ('id', ?) ON CONFLICT DO NOTHING",
+               (uuid.uuid4().hex,))
 
 
 def to_record(row: tuple[Any, ...]) -> FileRecord:

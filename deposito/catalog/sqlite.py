@@ -43,14 +43,15 @@ class SQLiteBackend:
 
     def prepare(self, db: sqlite3.Connection) -> None:
         db.executescript(SQLITE.ddl(schema.SCHEMA))
-        if schema.outdated(db):
-            db.execute("BEGIN IMMEDIATE")
-            try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if schema.outdated(db):
                 schema.migrate(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+            schema.finish(db, SQLITE.ddl)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def begin(self, db: sqlite3.Connection, durable: bool) -> None:
         """A batch of nothing durable commits without an fsync (a later

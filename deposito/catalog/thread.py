@@ -178,6 +178,9 @@ class CatalogThread:
     def servers(self) -> Deferred[list[ServerRow]]:
         return self._call(Catalog.servers)
 
+    def identity(self) -> Deferred[str]:
+        return self._call(Catalog.identity)
+
     def save_server(self, id: str, zone: str, host: str, port: int, capacity: int, used: int,
                     blobs: int) -> Deferred[None]:
         return self._call(Catalog.save_server, id, zone, host, port, capacity, used, blobs)
