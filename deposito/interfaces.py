@@ -40,10 +40,14 @@ class IWorkCatalog(Interface):
     Deferred; the work runs off the reactor thread."""
 
     def due_work(now: float, limit: int) -> Deferred[list[tuple[str, int, int]]]:
-        """The next queued ``(name, generation, rank)`` due by ``now``, most urgent first."""
+        """Claim the next queued ``(name, generation, rank)`` due by ``now``,
+        most urgent first, that no other proxy has claimed."""
 
     def next_due() -> Deferred[Optional[float]]:
-        """When the next queued file falls due (None: the queue is empty)."""
+        """When the next unclaimed queued file falls due (None: none is queued)."""
+
+    def release(names: list[str]) -> Deferred[None]:
+        """Let go of claimed files whose copies are made."""
 
     def records(names: list[str]) -> Deferred[list[Optional[FileRecord]]]:
         """The current FileRecord of each name (None for a name gone)."""
@@ -51,8 +55,9 @@ class IWorkCatalog(Interface):
     def records_after(after: str, limit: int) -> Deferred[list[FileRecord]]:
         """The next ``limit`` FileRecords in name order after ``after``."""
 
-    def settle(outcomes: list[Outcome]) -> Deferred[None]:
-        """Record a :class:`deposito.catalog.Outcome` for each file looked at."""
+    def settle(outcomes: list[Outcome], held: list[str] = []) -> Deferred[None]:
+        """Record a :class:`deposito.catalog.Outcome` for each file looked at,
+        and let go of each but those ``held`` (copies are to be made)."""
 
     def enqueue(names: list[str], due: float = 0.0, only_new: bool = False) -> Deferred[None]:
         """Queue files to be looked at from ``due`` on (``only_new``: leave
@@ -109,9 +114,20 @@ class ICatalog(IWorkCatalog):
     def is_empty() -> Deferred[bool]:
         """True when no name was ever stored: a new catalog, or a lost one."""
 
-    def recover() -> Deferred[int]:
-        """After a restart: uploads that never committed are garbage now;
-        fires with how many copies that makes garbage."""
+    def recover(now: float) -> Deferred[int]:
+        """This proxy starts and takes its place among the proxies; what a
+        proxy before it left unfinished on a catalog no other shares is
+        garbage now. Fires with how many copies that makes garbage."""
+
+    def beat(up: list[str], now: float, lease: float, hand_over: bool
+             ) -> Deferred[tuple[list[tuple[str, float]], int, int]]:
+        """Renew this proxy's lease, say which servers it sees ``up``, and
+        (``hand_over``) retire proxies silent past ``lease``. Fires with the
+        servers the other proxies saw lately (id, seconds since), how many
+        proxies were retired and how many copies that made garbage."""
+
+    def leave() -> Deferred[int]:
+        """This proxy stops: its unfinished work passes to the others."""
 
     def adopt(server: str, entries: list[Entry], now: float) -> Deferred[int]:
         """Rebuilding: take a server's blobs in; the highest version of each
@@ -183,10 +199,13 @@ class ICatalog(IWorkCatalog):
         """The :class:`deposito.catalog.Counts` kept with every change."""
 
     def garbage(servers: list[str], limit: int) -> Deferred[list[tuple[str, str]]]:
-        """Up to ``limit`` ``(blob, server)`` copies to delete from ``servers``."""
+        """Claim up to ``limit`` ``(blob, server)`` copies to delete from ``servers``."""
 
-    def forget_garbage(deleted: list[tuple[str, str]]) -> Deferred[None]:
-        """These ``(blob, server)`` copies are deleted from their servers."""
+    def forget_garbage(deleted: list[tuple[str, str]], now: float) -> Deferred[None]:
+        """These ``(blob, server)`` copies were deleted from their servers at ``now``."""
+
+    def release_garbage(pairs: list[tuple[str, str]]) -> Deferred[None]:
+        """These claimed copies could not be deleted yet."""
 
     def garbage_count() -> Deferred[list[tuple[str, int]]]:
         """Copies to delete, by server: ``(server, count)`` pairs."""

@@ -26,7 +26,7 @@ class ProxyService(service.MultiService):
                  replicas: int, dead_after: float = 300.0, heartbeat: float = HEARTBEAT,
                  http_endpoint: Any = None, tokens: Any = None, max_size: int | None = None,
                  secret: bytes | None = None, rebuild: bool = False, collect_rate: float = 1000.0,
-                 catalog: str = "sqlite:") -> None:
+                 catalog: str = "sqlite:", lease: float = 30.0) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
@@ -35,7 +35,7 @@ class ProxyService(service.MultiService):
         self.roster = Roster(reactor, dead_after=dead_after)
         self.secret = secret
         self.depot = Depot(reactor, self.db, self.roster, default_replicas=replicas, secret=secret,
-                           rebuild=rebuild, collect_rate=collect_rate)
+                           rebuild=rebuild, collect_rate=collect_rate, lease=lease)
         self._deaths = task.LoopingCall(self.roster.check)
         self._deaths.clock = reactor
         self.events = EventLog()

@@ -30,6 +30,8 @@ class Options(FirstLineOptions):
          " which several proxies may share"],
         ["replicas", None, "2", "replica count for a PUT that names none (1-16)"],
         ["dead-after", None, "300", "seconds of silence after which a server is dead and its copies are made again"],
+        ["lease", None, "30", "seconds a proxy may be silent before the others sharing its catalog take over"
+                              " its unfinished uploads and work"],
         ["http", None, None, "endpoint for the status page, /metrics, the JSON API and downloads (off unless given)"],
         ["tokens", None, None, "file of client tokens, one per line: clients must AUTH first"],
         ["max-size", None, None, "the largest file accepted, e.g. 10G (ERR toolarge above it)"],
@@ -48,6 +50,9 @@ class Options(FirstLineOptions):
                            lambda v: endpoints.serverFromString(reactor, v))
         self["replicas"] = parse_int("--replicas", self["replicas"], 1, 16)
         self["dead-after"] = parse_seconds("--dead-after", self["dead-after"])
+        self["lease"] = parse_seconds("--lease", self["lease"])
+        if self["lease"] < 1:
+            raise usage.UsageError(f"--lease must be 1 second or more, not {self['lease']}")
         self["collect-rate"] = parse_int("--collect-rate", self["collect-rate"], 1, 1_000_000)
         if self["tokens"] is not None:
             try:
@@ -87,4 +92,5 @@ def makeService(options: Options):
         rebuild=bool(options["rebuild"]),
         collect_rate=options["collect-rate"],
         catalog=options["catalog"],
+        lease=options["lease"],
     )

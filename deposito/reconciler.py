@@ -127,6 +127,7 @@ SWEEP_PAGE = 1000  # files the sweep reads in one step
 SWEEP_EVERY = 10.0  # seconds between the sweep's steps: a million files in under three hours
 LEASE = 300.0  # a file with copies planned is not looked at again before this, unless it changes
 RETRY = 10.0  # a file whose copies all failed is looked at again after this
+WAITERS_EVERY = 1.0  # seconds between looks at the files a REPLICAS ... WAIT waits on
 WAITING_RANK = 1000  # files that wait on a server come last among the due (0: not looked at yet)
 
 
@@ -242,6 +243,8 @@ class Reconciler:
         if len(due) == PAGE:
             return now
         after = await self.catalog.next_due()
+        if self.waiters:  # another proxy may be making the copies waited for: look again soon
+            after = min(after if after is not None else WAITING, now + WAITERS_EVERY)
         return after if after is not None and after < WAITING else None
 
     async def _look_at(self, due: list[tuple[str, int, int]], records: list[FileRecord | None],
@@ -252,6 +255,7 @@ class Reconciler:
         outcomes: list[Outcome] = []
         drops: list[tuple[FileRecord, str]] = []
         copies: list[CopyTask] = []
+        held: list[str] = []  # files this proxy is copying: still its own after settling
         ranking = any(rank == 0 for _, _, rank in due)  # fresh files in the queue: rank them all first
         for (name, gen, rank), record in zip(due, records):
             if record is None:
@@ -259,6 +263,7 @@ class Reconciler:
                 continue
             a = assess(record, self.roster)
             if name in self.running or name in self._planned:  # no drops while a copy is under way
+                held.append(name)
                 outcomes.append(Outcome(name, gen, now + LEASE, 1 + len(a.healthy), record.replicas, a.have,
                                         a.deficit))
                 continue
@@ -278,7 +283,7 @@ class Reconciler:
                 self.log.info("dropping the copy of {name} on {id}", name=record.name, id=sid, event="drop")
             await self.catalog.drop_copies([(record.blob, sid) for record, sid in drops])
             self.collect()
-        await self.catalog.settle(outcomes)
+        await self.catalog.settle(outcomes, held + [t.record.name for t in copies])
         self.planned = sorted(self.planned + copies, key=endangered_first)
         self._planned.update(t.record.name for t in copies)
         self._start_copies()
@@ -301,6 +306,9 @@ class Reconciler:
         if not made:  # nothing came of it: look at that file again later, not at once
             d = self.catalog.enqueue([name], self.clock.seconds() + RETRY)
             d.addErrback(lambda f: self.log.failure("queueing {name}", f, name=name))
+        released = self.catalog.release([name])  # any proxy may look at it again
+        released.addErrback(lambda f: self.log.warn("letting go of {name}: {why}", name=name,
+                                                    why=f.getErrorMessage()))
         self.kick()
 
     def server_changed(self, member: Member) -> None:

@@ -90,6 +90,21 @@ class Roster:
                               id=m.id, seconds=now - m.last_seen, event="dead")
                 self.on_change(m)
 
+    def seen_elsewhere(self, sightings: Iterable[tuple[str, float]]) -> None:
+        """Other proxies saw these servers (id, seconds ago): a server this
+        proxy cannot reach is not dead while another proxy sees it. One
+        declared dead here that another proxy sees again waits instead."""
+        now = self.clock.seconds()
+        for member_id, age in sightings:
+            m = self.members.get(member_id)
+            if m is None or m.up:
+                continue
+            m.last_seen = max(m.last_seen, now - age)
+            if m.state == "dead" and now - m.last_seen < self.dead_after:
+                m.state = "down"
+                self.log.warn("storage server {id} is up for another proxy: its copies wait", id=m.id, event="down")
+                self.on_change(m)
+
     def inventory(self, member_id: str, entries: list, since: float, more: bool = False) -> Deferred | None:
         """One chunk of a server's listing (``more``: chunks follow), listed
         after ``since``; what it returns fires once the chunk is taken in."""

@@ -8,7 +8,7 @@ from twisted.internet.task import deferLater
 
 from zope.interface.verify import verifyObject
 
-from deposito.catalog import Catalog, CatalogThread
+from deposito.catalog import Catalog, CatalogThread, Outcome
 from deposito.interfaces import ICatalog, IWorkCatalog
 
 
@@ -58,10 +58,15 @@ def test_a_stale_commit_is_garbage_at_once(cat):
 def test_unfinished_uploads_are_garbage_after_a_restart(catalogs):
     where = catalogs.where()
     c = catalogs.open(where)
+    c.recover(0.0)
     c.begin_upload("f", "b1", ["s1", "s2"])
     c.close()
     c = catalogs.open(where)
-    assert c.recover() == 2
+    if c.backend.shared:  # another proxy may be writing it: it is handed over once its lease runs out
+        assert c.recover(100.0) == 0 and c.garbage(["s1", "s2", "s3"]) == []
+        assert c.beat([], 100.0 + 30, 30.0, True) == ([], 1, 2)
+    else:
+        assert c.recover(100.0) == 2
     assert sorted(c.garbage(["s1", "s2", "s3"])) == [("b1", "s1"), ("b1", "s2")]
     assert c.lookup("f") is None
     c.close()
@@ -154,6 +159,7 @@ def test_a_looked_up_record_is_answered_from_memory_until_it_may_change(tmp_path
         yield db.begin_upload("g", "b2", ["s1"])
         assert db.lookup("f").called
         # one that may change them does not, and the next answer is the new truth
+        yield db.add_intent("b1", "s2")  # a copy is being made
         yield db.add_copy("f", "b1", "s2", 0.0)
         fresh = db.lookup("f")
         assert not fresh.called
@@ -261,7 +267,9 @@ def test_kept_records_always_match_the_catalog(catalogs):
                 elif op == "replicas":
                     pending.append(db.set_replicas(name, rng.randint(1, 3)))
                 elif op == "add" and name in blobs:
-                    pending.append(db.add_copy(name, blobs[name], rng.choice(servers), 0.0))
+                    server = rng.choice(servers)
+                    pending.append(db.add_intent(blobs[name], server))
+                    pending.append(db.add_copy(name, blobs[name], server, 0.0))
                 elif op == "drop" and name in blobs:
                     pending.append(db.drop_copy(blobs[name], rng.choice(servers)))
                 elif op == "delete":
@@ -465,7 +473,7 @@ def test_a_commit_waits_for_another_proxys_commit_of_the_same_name(shared):
 
     a, b = shared
     a.begin_upload("f", "b1", ["s1"])
-    v2 = a.begin_upload("f", "b2", ["s1"])
+    v2 = b.begin_upload("f", "b2", ["s1"])
     v3 = a.begin_upload("f", "b3", ["s1"])
     a.db.execute("BEGIN")
     assert a.commit("f", v3, "b3", 1, "x", 1, ["s1"], 0.0)  # inside A's open transaction: a savepoint
@@ -599,23 +607,88 @@ def test_the_database_down_is_unavailable_at_once_and_back_by_itself(postgres):
         postgres.drop(url)
 
 
-def test_one_proxy_at_a_time_writes_to_a_postgresql_catalog(postgres):
-    """The proxy's catalog holds an advisory lock on its writing connection:
-    a second proxy on the same catalog is told it is unavailable (and writes
-    nothing), and takes over once the first one stops."""
-    from deposito.catalog.postgres import PostgresBackend
+def queue(cat: Catalog, names: list[str]) -> None:
+    for name in names:
+        cat.commit(name, cat.begin_upload(name, "b" + name, ["s1"]), "b" + name, 1, "x", 2, ["s1"], 0.0)
+    cat.enqueue(names)
+
+
+def test_proxies_claim_different_queued_files_until_they_let_them_go(shared):
+    a, b = shared
+    queue(a, [f"f{i}" for i in range(10)])
+    mine = [name for name, _, _ in a.due_work(1.0, 6)]
+    theirs = [name for name, _, _ in b.due_work(1.0, 100)]
+    assert len(mine) == 6 and len(theirs) == 4 and not set(mine) & set(theirs)
+    assert {name for name, _, _ in b.due_work(1.0, 100)} == set(theirs)  # its own again, never A's
+    # A settles all but one it is copying: the rest are free for B, the one held is not
+    a.settle([Outcome(name, 1, 0.0) for name in mine], held=[mine[0]])
+    again = {name for name, _, _ in b.due_work(1.0, 100)}
+    assert set(mine[1:]) <= again and mine[0] not in again
+    a.release([mine[0]])
+    assert mine[0] in {name for name, _, _ in b.due_work(1.0, 100)}
+
+
+def test_proxies_claim_different_garbage(shared):
+    a, b = shared
+    for name in ("f", "g"):
+        a.commit(name, a.begin_upload(name, "b" + name, ["s1", "s2"]), "b" + name, 1, "x", 2, ["s1", "s2"], 0.0)
+        a.delete(name)
+    first = a.garbage(["s1", "s2"], 3)
+    rest = b.garbage(["s1", "s2"], 10)
+    assert len(first) == 3 and len(rest) == 1 and not set(first) & set(rest)
+    a.release_garbage(first[1:])
+    a.forget_garbage(first[:1], 50.0)
+    assert sorted(b.garbage(["s1", "s2"], 10)) == sorted(first[1:] + rest)
+
+
+def test_a_silent_proxy_is_retired_and_its_upload_cannot_commit(shared):
+    """A proxy whose lease ran out: its unfinished upload is garbage that a
+    live proxy deletes, its claims are free, and its commit is refused,
+    so nothing acknowledged rests on copies being deleted."""
     from deposito.errors import Unavailable
 
-    url = postgres.database()
-    first = Catalog(PostgresBackend(url, one_proxy=True))
-    second = Catalog(PostgresBackend(url, one_proxy=True))
-    try:
-        first.commit("f", first.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
-        with pytest.raises(Unavailable, match="another proxy is using this catalog"):
-            second.begin_upload("f", "b2", ["s1"])
-        first.close()
-        assert second.begin_upload("f", "b2", ["s1"]) == 2
-    finally:
-        first.close()
-        second.close()
-        postgres.drop(url)
+    a, b = shared
+    a.recover(100.0)
+    b.recover(100.0)
+    queue(a, ["q"])
+    assert a.due_work(100.0, 10)
+    v = a.begin_upload("f", "b1", ["s1", "s2"])
+    assert b.beat(["s1"], 120.0, 30.0, True)[1:] == (0, 0)  # not silent long enough yet
+    assert b.beat(["s1"], 131.0, 30.0, True)[1:] == (1, 2)
+    assert sorted(b.garbage(["s1", "s2"], 10)) == [("b1", "s1"), ("b1", "s2")]
+    assert [name for name, _, _ in b.due_work(131.0, 10)] == ["q"]  # its claim passed over
+    with pytest.raises(Unavailable, match="lease"):
+        a.commit("f", v, "b1", 1, "x", 2, ["s1", "s2"], 131.0)
+    assert a.lookup("f") is None and b.lookup("f") is None
+    # it comes back: a new beat, a new upload, which commits
+    a.beat(["s1"], 132.0, 30.0, True)
+    v = a.begin_upload("f", "b2", ["s1"])
+    assert a.commit("f", v, "b2", 1, "x", 1, ["s1"], 132.0) and b.lookup("f").blob == "b2"
+
+
+def test_a_proxy_that_stops_hands_over_at_once_and_sightings_are_shared(shared):
+    a, b = shared
+    a.recover(0.0)
+    b.recover(0.0)
+    a.begin_upload("f", "b1", ["s1"])
+    seen, _, _ = b.beat(["s2"], 1.0, 30.0, True)
+    assert seen == []
+    seen, _, _ = a.beat(["s1", "s3"], 3.0, 30.0, True)
+    assert sorted(seen) == [("s2", 2.0)]  # B saw s2 two seconds ago
+    assert sorted(b.beat([], 4.0, 30.0, True)[0]) == [("s1", 1.0), ("s3", 1.0)]
+    assert a.leave() == 1
+    assert b.garbage(["s1"], 10) == [("b1", "s1")]
+    assert b.beat([], 5.0, 30.0, True)[0] == []  # its sightings went with it
+
+
+def test_a_delete_by_one_proxy_is_not_undone_by_an_inventory_another_listed_before(shared):
+    a, b = shared
+    a.commit("f", a.begin_upload("f", "b1", ["s1", "s2"]), "b1", 1, "x", 1, ["s1", "s2"], 0.0)
+    a.drop_copies([("b1", "s2")])  # over its count: dropped, to be deleted
+    assert a.garbage(["s2"], 10) == [("b1", "s2")]
+    a.forget_garbage([("b1", "s2")], 100.0)  # deleted at 100
+    # s2 listed its blobs at 99, before the delete: b1 is in the listing, but is not counted again
+    assert b.reconcile_inventory("s2", ["b1"], None, None, 99.0)[1] == 0
+    assert b.lookup("f").servers == ("s1",)
+    # a listing after the delete that still names it (a blob written again) counts
+    assert b.reconcile_inventory("s2", ["b1"], None, None, 101.0)[1] == 1

@@ -48,8 +48,11 @@ class NowCatalog:
         self.swept += len(records)
         return defer.succeed(records)
 
-    def settle(self, outcomes):
-        return self._now(self.catalog.settle, outcomes)
+    def settle(self, outcomes, held=()):
+        return self._now(self.catalog.settle, outcomes, held)
+
+    def release(self, names):
+        return self._now(self.catalog.release, names)
 
     def enqueue(self, names, due=0.0, only_new=False):
         return self._now(self.catalog.enqueue, names, due, only_new)
@@ -78,10 +81,12 @@ class NowCatalog:
 
 @implementer(ICopier)
 class Copier:
-    """Copies by naming the first up server not taken; remembers the files."""
+    """Copies by naming the first up server not taken, its intent recorded
+    as the proxy's writer records it; remembers the files."""
 
-    def __init__(self, roster: Roster) -> None:
+    def __init__(self, roster: Roster, catalog: Catalog) -> None:
         self.roster = roster
+        self.catalog = catalog
         self.copied: list[str] = []
 
     def copy_to_new_server(self, record, sources, taken):
@@ -89,6 +94,7 @@ class Copier:
         target = next(m for m in sorted(self.roster.members.values(), key=lambda m: m.id)
                       if m.up and m.id not in ids)
         taken.append(target)
+        self.catalog.add_intent(record.blob, target.id)
         self.copied.append(record.name)
         return defer.succeed(target)
 
@@ -135,7 +141,7 @@ def make(catalogs: Catalogs, files: int, servers=("a", "b", "c", "d")):
         roster.members[sid] = Member(sid, f"z{i}", "h", 1, capacity=10**9, state="up")
     fill(cat, files, servers)
     view = NowCatalog(cat)
-    copier = Copier(roster)
+    copier = Copier(roster, cat)
     rec = Reconciler(clock, view, roster, copier, sweep_every=3600.0)
     return cat, clock, roster, view, copier, rec
 

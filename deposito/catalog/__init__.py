@@ -29,7 +29,7 @@ def backend_for(url: str, data: str) -> Backend:
         return SQLiteBackend(data)
     from deposito.catalog.postgres import PostgresBackend
 
-    return PostgresBackend(url, one_proxy=True)
+    return PostgresBackend(url)
 
 
 __all__ = ["WAITING", "Backend", "Catalog", "CatalogThread", "Counts", "FileRecord", "Outcome", "backend_for",

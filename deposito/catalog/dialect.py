@@ -22,6 +22,7 @@ class Dialect:
     least: str
     begin: str  # a write transaction, its locks taken up front where the database wants that
     for_update: str  # appended to a SELECT of a row a decision rests on: another proxy's change waits
+    skip_locked: str  # appended to a SELECT of rows to claim: rows another proxy is claiming are skipped
     int: str  # column types: counts and sizes (PostgreSQL's INTEGER is 32 bits)
     real: str  # times (PostgreSQL's REAL is 32 bits: a second's resolution lost)
     key: str  # a text column that is sorted: by code point, as Python sorts
@@ -42,6 +43,7 @@ SQLITE = Dialect(
     least="min",
     begin="BEGIN IMMEDIATE",  # writers queue for the lock at once, never fail half-way on an upgrade
     for_update="",  # BEGIN IMMEDIATE holds the database's one write lock already
+    skip_locked="",
     int="INTEGER",
     real="REAL",
     key="TEXT",
@@ -56,6 +58,7 @@ POSTGRESQL = Dialect(
     least="least",
     begin="BEGIN",  # READ COMMITTED; rows a decision rests on are locked with FOR UPDATE
     for_update=" FOR UPDATE",
+    skip_locked=" FOR UPDATE SKIP LOCKED",
     int="BIGINT",
     real="DOUBLE PRECISION",
     key='TEXT COLLATE "C"',

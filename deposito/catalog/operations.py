@@ -28,19 +28,34 @@ Invariants kept here:
 from __future__ import annotations
 
 import builtins
-from typing import Any, Iterable
+import os
+import socket
+import uuid
+from typing import Any, Iterable, Union
 
-from deposito.catalog.database import Connection, Database
+from deposito.catalog.database import Backend, Connection, Database
 from deposito.catalog.records import Counts, FileRecord, Outcome, effects
 from deposito.catalog.schema import RECORD, TOTALS, to_record
+from deposito.errors import Unavailable
+
+
+def proxy_id() -> str:
+    """A name for this proxy process among those sharing a catalog."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class Catalog(Database):
-    """The catalog's operations (see :class:`Database` for how they run)."""
+    """The catalog's operations (see :class:`Database` for how they run),
+    as the proxy ``proxy`` makes them: the uploads it writes, the queued
+    files and the garbage it works on are its own (see :meth:`beat`)."""
+
+    def __init__(self, where: Union[str, Backend], reads_only: bool = False, proxy: str | None = None) -> None:
+        self.proxy = proxy or proxy_id()
+        super().__init__(where, reads_only)
 
     def reader(self) -> Catalog:
         """Another Catalog on the same database, for clients' lookups (:meth:`lookups`)."""
-        return Catalog(self.backend, reads_only=True)
+        return Catalog(self.backend, reads_only=True, proxy=self.proxy)
 
     def lookups(self, names: Iterable[str]) -> builtins.list[tuple[bool, Any]]:
         """The records of ``names`` (ok, record or None) each, as :meth:`batch` answers."""
@@ -52,15 +67,81 @@ class Catalog(Database):
 
     # -- writes
 
+    # -- the proxies sharing the catalog
+
     @effects(durable=True, keeps_records=False)
-    def recover(self) -> int:
-        """After a restart: uploads that never committed are garbage now."""
+    def recover(self, now: float) -> int:
+        """This proxy starts: it takes its place among the proxies. On a
+        catalog no other proxy shares, whatever a proxy before it left
+        unfinished is garbage at once (on a shared one, :meth:`beat` hands
+        over a proxy's work once its lease has run out). Returns how many
+        copies that made garbage."""
         def tx(db: Connection) -> int:
-            n = db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM intents WHERE true"
-                           " ON CONFLICT DO NOTHING").rowcount
-            db.execute("DELETE FROM intents")
-            return n
+            db.execute("INSERT INTO proxies (id, seen) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET seen = excluded.seen",
+                       (self.proxy, now))
+            if self.backend.shared:  # only uploads from before proxies had ids
+                return self._retire(db, "owner IS NULL", (), claims=False)
+            db.execute("DELETE FROM sightings WHERE proxy <> ?", (self.proxy,))
+            db.execute("DELETE FROM proxies WHERE id <> ?", (self.proxy,))
+            return self._retire(db, "owner IS NULL OR owner <> ?", (self.proxy,))
         return self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def beat(self, up: Iterable[str], now: float, lease: float, hand_over: bool
+             ) -> tuple[list[tuple[str, float]], int, int]:
+        """This proxy is alive (its lease renewed) and sees the servers ``up``.
+        With ``hand_over``, proxies silent for ``lease`` seconds are retired
+        (see :meth:`_retire`). Returns the servers the other proxies saw
+        lately (id, seconds since), how many proxies were retired, and how
+        many copies that made garbage."""
+        def tx(db: Connection) -> tuple[list[tuple[str, float]], int, int]:
+            db.execute("INSERT INTO proxies (id, seen) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET seen = excluded.seen",
+                       (self.proxy, now))
+            db.execute("DELETE FROM sightings WHERE proxy = ?", (self.proxy,))
+            db.executemany("INSERT INTO sightings (proxy, server, seen) VALUES (?, ?, ?)",
+                           [(self.proxy, server, now) for server in set(up)])
+            garbage = retired = 0
+            if hand_over:
+                for (proxy,) in db.execute("SELECT id FROM proxies WHERE seen < ? AND id <> ?",
+                                           (now - lease, self.proxy)).fetchall():
+                    garbage += self._retire_proxy(db, proxy)
+                    retired += 1
+            db.execute("DELETE FROM deleted WHERE at < ?", (now - REMEMBER_DELETES,))
+            seen = db.execute("SELECT server, max(seen) FROM sightings WHERE proxy <> ? GROUP BY server",
+                              (self.proxy,)).fetchall()
+            return [(server, max(0.0, now - when)) for server, when in seen], retired, garbage
+        return self._tx(tx)
+
+    @effects(durable=True, keeps_records=False)
+    def leave(self) -> int:
+        """This proxy stops: what it was working on passes to the others now."""
+        return self._tx(lambda db: self._retire_proxy(db, self.proxy))
+
+    def _retire_proxy(self, db: Connection, proxy: str) -> int:
+        db.execute("DELETE FROM sightings WHERE proxy = ?", (proxy,))
+        db.execute("DELETE FROM proxies WHERE id = ?", (proxy,))
+        return self._retire(db, "owner = ?", (proxy,))
+
+    def _retire(self, db: Connection, owned: str, args: tuple[str, ...], claims: bool = True) -> int:
+        """The work of the proxies whose rows match ``owned`` is over: their
+        unfinished uploads are garbage, and (``claims``) the queued files
+        and garbage they had claimed are free for others. Returns how many
+        copies became garbage."""
+        n = db.execute(f"INSERT INTO garbage (blob, server) SELECT blob, server FROM intents WHERE {owned}"
+                       " ON CONFLICT DO NOTHING", args).rowcount
+        db.execute(f"DELETE FROM intents WHERE {owned}", args)
+        if claims:
+            db.execute(f"UPDATE work SET owner = NULL WHERE owner IS NOT NULL AND ({owned})", args)
+            db.execute(f"UPDATE garbage SET owner = NULL WHERE owner IS NOT NULL AND ({owned})", args)
+        return max(0, n)
+
+    def _own_intents(self, db: Connection, blob: str) -> None:
+        """Raise Unavailable unless this proxy's intents for ``blob`` are
+        still there: a proxy that lost its lease had its uploads made
+        garbage (and maybe deleted), so they must not count."""
+        if db.execute("SELECT 1 FROM intents WHERE blob = ? AND owner = ? LIMIT 1",
+                      (blob, self.proxy)).fetchone() is None:
+            raise Unavailable("this proxy lost its lease on the catalog meanwhile: the upload was abandoned")
 
     @effects(durable=False, keeps_records=True)
     def begin_upload(self, name: str, blob: str, servers: Iterable[str]) -> int:
@@ -70,14 +151,15 @@ class Catalog(Database):
             version = db.execute("INSERT INTO names (name, last_version) VALUES (?, 1) ON CONFLICT (name)"
                                  " DO UPDATE SET last_version = names.last_version + 1 RETURNING last_version",
                                  (name,)).fetchone()[0]
-            db.executemany("INSERT INTO intents (blob, server) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                           [(blob, s) for s in servers])
+            db.executemany("INSERT INTO intents (blob, server, owner) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                           [(blob, s, self.proxy) for s in servers])
             return int(version)
         return self._tx(tx)
 
     @effects(durable=False, keeps_records=True)
     def add_intent(self, blob: str, server: str) -> None:
-        self._tx(lambda db: db.execute("INSERT INTO intents (blob, server) VALUES (?, ?) ON CONFLICT DO NOTHING", (blob, server)))
+        self._tx(lambda db: db.execute("INSERT INTO intents (blob, server, owner) VALUES (?, ?, ?)"
+                                       " ON CONFLICT DO NOTHING", (blob, server, self.proxy)))
 
     @effects(durable=True, keeps_records=True)
     def abandon(self, blob: str) -> None:
@@ -96,13 +178,15 @@ class Catalog(Database):
         Returns False when a newer version was committed or deleted
         meanwhile: this one is then garbage at once and readers never see it.
         The name's row is locked first, so two proxies committing versions of
-        one name decide newest-wins one after the other.
+        one name decide newest-wins one after the other. Unavailable when
+        this proxy's lease ran out meanwhile (see :meth:`_own_intents`).
         """
         servers = list(servers)
 
         def tx(db: Connection) -> bool:
             settled = db.execute("SELECT settled FROM names WHERE name = ?" + self.dialect.for_update,
                                  (name,)).fetchone()
+            self._own_intents(db, blob)
             # servers written to but not holding a verified copy are garbage
             db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM intents WHERE blob = ?"
                        + (" AND server NOT IN (%s)" % ",".join("?" * len(servers)) if servers else "")
@@ -161,7 +245,9 @@ class Catalog(Database):
         """A new copy of ``name``'s blob is durable on ``server``: it counts, if the
         blob is still the current one (else it is garbage)."""
         def tx(db: Connection) -> bool:
-            db.execute("DELETE FROM intents WHERE blob = ? AND server = ?", (blob, server))
+            if not db.execute("DELETE FROM intents WHERE blob = ? AND server = ? AND owner = ?",
+                              (blob, server, self.proxy)).rowcount:
+                return False  # this proxy lost its lease meanwhile: the copy is garbage already
             row = db.execute("SELECT 1 FROM files WHERE name = ? AND blob = ?" + self.dialect.for_update,
                              (name, blob)).fetchone()
             if row is None:
@@ -215,7 +301,9 @@ class Catalog(Database):
         Copies the catalog lists in the range (made before ``before``) that the
         server lacks stop counting; blobs it holds that are a file's current
         blob count (again); anything else it holds is garbage, unless still
-        being written. The catalog's copies are read through the index in
+        being written. A blob deleted from the server at ``before`` or later
+        (by any proxy: see :meth:`forget_garbage`) may still be listed, and
+        is left alone. The catalog's copies are read through the index in
         pages, so a range of any size costs memory for a page and the listed
         blobs. Returns (missing, counted, garbage, names of the files whose
         copies changed).
@@ -251,6 +339,9 @@ class Catalog(Database):
             for blob in sorted(present - held):
                 if db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone():
                     continue  # on its way out: counting it again would race its deletion
+                if db.execute("SELECT 1 FROM deleted WHERE blob = ? AND server = ? AND at >= ?",
+                              (blob, server, before)).fetchone():
+                    continue  # deleted after the listing began: gone, though listed
                 row = db.execute("SELECT name FROM files WHERE blob = ?", (blob,)).fetchone()
                 if row is not None:
                     db.execute(INSERT_COPY, (blob, server, before))
@@ -310,13 +401,27 @@ class Catalog(Database):
 
     @effects(durable=False, keeps_records=True)
     def garbage(self, servers: Iterable[str], limit: int = 100) -> list[tuple[str, str]]:
-        """Copies to delete from the given (reachable) servers."""
+        """Claim copies to delete from the given (reachable) servers that no
+        other proxy has claimed; each is this proxy's until
+        :meth:`forget_garbage` (deleted) or :meth:`release_garbage`."""
         servers = list(servers)
         if not servers:
             return []
-        return self.db.execute(
-            "SELECT blob, server FROM garbage WHERE server IN (%s) LIMIT ?" % ",".join("?" * len(servers)),
-            (*servers, limit)).fetchall()
+
+        def tx(db: Connection) -> list[tuple[str, str]]:
+            rows = db.execute(
+                "SELECT blob, server FROM garbage WHERE (owner IS NULL OR owner = ?) AND server IN (%s) LIMIT ?%s"
+                % (",".join("?" * len(servers)), self.dialect.skip_locked), (self.proxy, *servers, limit)).fetchall()
+            db.executemany("UPDATE garbage SET owner = ? WHERE blob = ? AND server = ?",
+                           [(self.proxy, blob, server) for blob, server in rows])
+            return [(blob, server) for blob, server in rows]
+        return self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def release_garbage(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """These claimed copies could not be deleted yet: any proxy may try them again."""
+        self._tx(lambda db: db.executemany("UPDATE garbage SET owner = NULL WHERE blob = ? AND server = ?"
+                                           " AND owner = ?", [(b, s, self.proxy) for b, s in pairs]))
 
     @effects(durable=False, keeps_records=True)
     def busy(self, blob: str) -> list[str]:
@@ -326,9 +431,16 @@ class Catalog(Database):
             (blob, blob))]
 
     @effects(durable=False, keeps_records=True)
-    def forget_garbage(self, deleted: Iterable[tuple[str, str]]) -> None:
-        """These (blob, server) copies are deleted from their servers."""
-        self._tx(lambda db: db.executemany("DELETE FROM garbage WHERE blob = ? AND server = ?", deleted))
+    def forget_garbage(self, deleted: Iterable[tuple[str, str]], now: float = 0.0) -> None:
+        """These (blob, server) copies were deleted from their servers at
+        ``now``: remembered a while (see :meth:`reconcile_inventory`)."""
+        deleted = list(deleted)
+
+        def tx(db: Connection) -> None:
+            db.executemany("DELETE FROM garbage WHERE blob = ? AND server = ?", deleted)
+            db.executemany("INSERT INTO deleted (blob, server, at) VALUES (?, ?, ?) ON CONFLICT (blob, server)"
+                           " DO UPDATE SET at = excluded.at", [(blob, server, now) for blob, server in deleted])
+        self._tx(tx)
 
     @effects(durable=False, keeps_records=True)
     def save_server(self, id: str, zone: str, host: str, port: int, capacity: int, used: int, blobs: int) -> None:
@@ -395,14 +507,30 @@ class Catalog(Database):
 
     @effects(durable=False, keeps_records=True)
     def due_work(self, now: float, limit: int) -> builtins.list[tuple[str, int, int]]:
-        """The next queued files due by ``now`` (name, generation, rank): files
-        not yet looked at first (rank 0), then those with the fewest healthy copies."""
-        return self.db.execute("SELECT name, gen, rank FROM work WHERE due <= ? ORDER BY rank, due LIMIT ?",
-                               (now, limit)).fetchall()
+        """Claim the next queued files due by ``now`` that no other proxy has
+        claimed (name, generation, rank): files not yet looked at first
+        (rank 0), then those with the fewest healthy copies. Each stays this
+        proxy's until :meth:`settle` or :meth:`release` lets it go; rows
+        another proxy is claiming at the same moment are skipped, not waited for."""
+        def tx(db: Connection) -> builtins.list[tuple[str, int, int]]:
+            rows = db.execute(
+                "UPDATE work SET owner = ? WHERE name IN (SELECT name FROM work WHERE (owner IS NULL OR owner = ?)"
+                f" AND due <= ? ORDER BY rank, due LIMIT ?{self.dialect.skip_locked}) RETURNING name, gen, rank, due",
+                (self.proxy, self.proxy, now, limit)).fetchall()
+            return [(name, gen, rank) for name, gen, rank, _ in sorted(rows, key=lambda r: (r[2], r[3], r[0]))]
+        return self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def release(self, names: Iterable[str]) -> None:
+        """This proxy is done with these files (their copies are made): any proxy may look at them again."""
+        self._tx(lambda db: db.executemany("UPDATE work SET owner = NULL WHERE name = ? AND owner = ?",
+                                           [(name, self.proxy) for name in names]))
 
     @effects(durable=False, keeps_records=True)
     def next_due(self) -> float | None:
-        return self.db.execute("SELECT min(due) FROM work").fetchone()[0]
+        """When the next file no other proxy has claimed is due."""
+        return self.db.execute("SELECT min(due) FROM work WHERE owner IS NULL OR owner = ?",
+                               (self.proxy,)).fetchone()[0]
 
     @effects(durable=False, keeps_records=True)
     def records(self, names: Iterable[str]) -> builtins.list[FileRecord | None]:
@@ -415,10 +543,14 @@ class Catalog(Database):
         return [to_record(r) for r in rows]
 
     @effects(durable=False, keeps_records=True)
-    def settle(self, outcomes: Iterable[Outcome]) -> None:
+    def settle(self, outcomes: Iterable[Outcome], held: Iterable[str] = ()) -> None:
         """Record what the reconciler found for each file it looked at: done
         (out of the queue) or when to look again. A file queued again
-        meanwhile (its generation moved on) stays as that left it."""
+        meanwhile (its generation moved on) stays as that left it. Each is
+        let go (see :meth:`due_work`) but those ``held``, whose copies this
+        proxy is about to make."""
+        held = set(held)
+
         def tx(db: Connection) -> None:
             for o in outcomes:
                 if o.due is None:
@@ -427,6 +559,8 @@ class Catalog(Database):
                     db.execute("UPDATE work SET due = ?, rank = ?, wanted = ?, have = ?, moves = ?"
                                " WHERE name = ? AND gen = ?",
                                (o.due, o.rank, o.wanted, o.have, o.moves, o.name, o.gen))
+            db.executemany("UPDATE work SET owner = NULL WHERE name = ? AND owner = ?",
+                           [(o.name, self.proxy) for o in outcomes if o.name not in held])
         self._tx(tx)
 
     @effects(durable=False, keeps_records=True)
@@ -458,6 +592,7 @@ class Catalog(Database):
                        [(name, due) for name in names])
 
 
+REMEMBER_DELETES = 600.0  # seconds a delete is remembered for the inventories that may still list it
 INSERT_GARBAGE = "INSERT INTO garbage (blob, server) VALUES (?, ?) ON CONFLICT DO NOTHING"
 INSERT_COPY = "INSERT INTO copies VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 UPSERT_FILE = ("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"

@@ -40,7 +40,6 @@ CONNECT_TIMEOUT = 3  # seconds to reach the database (libpq's least is 2)
 STATEMENT_TIMEOUT = 15_000  # milliseconds a statement may run, waiting for locks included
 PAUSE = 1.0  # seconds after a failed connection before the next is tried (calls meanwhile fail at once)
 SCHEMA_LOCK = 0x6465706f  # the advisory lock (one transaction's) held while the schema is made
-PROXY_LOCK = 0x64657070  # the advisory lock (a session's) a proxy's writing connection holds (see PostgresBackend)
 
 # Settings for every connection; those the URL names itself are kept.
 SETTINGS = {
@@ -90,22 +89,13 @@ class PostgresConnection:
 
 
 class PostgresBackend:
-    """The catalog in the PostgreSQL database at ``url`` (any libpq URL).
-
-    ``one_proxy``: the writing connection holds an advisory lock, so that one
-    proxy at a time writes to the catalog. Until uploads left unfinished and
-    the repair queue are divided among proxies, a second proxy writing to it
-    could take a live proxy's upload in progress for an abandoned one and
-    delete its copies. A proxy that cannot take the lock answers
-    ``ERR unavailable`` and tries again with each call: a standby, which
-    takes over once the first proxy stops or loses its connection.
-    """
+    """The catalog in the PostgreSQL database at ``url`` (any libpq URL),
+    which any number of proxies may share."""
 
     dialect = POSTGRESQL
     shared = True
 
-    def __init__(self, url: str, one_proxy: bool = False) -> None:
-        self.one_proxy = one_proxy
+    def __init__(self, url: str) -> None:
         self.url = check_url(url)
         settings = conninfo.conninfo_to_dict(url)
         for key, value in SETTINGS.items():
@@ -131,18 +121,7 @@ class PostgresBackend:
         return conn
 
     def connect(self, reads_only: bool = False) -> PostgresConnection:
-        db = PostgresConnection(self._connect(autocommit=True))
-        if self.one_proxy and not reads_only:
-            try:
-                row = db.execute("SELECT pg_try_advisory_lock(?)", (PROXY_LOCK,)).fetchone()
-            except psycopg.Error as e:
-                db.close()
-                raise out_of_reach(e) from None
-            if not (row and row[0]):
-                db.close()
-                raise Unavailable("another proxy is using this catalog (one proxy at a time, for now);"
-                                  " this one takes over when it stops")
-        return db
+        return PostgresConnection(self._connect(autocommit=True))
 
     def prepare(self, db: PostgresConnection) -> None:
         """Make the tables the first time, one proxy at a time."""

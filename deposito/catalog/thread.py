@@ -134,14 +134,17 @@ class CatalogThread:
     def next_due(self) -> Deferred[Optional[float]]:
         return self._call(Catalog.next_due)
 
+    def release(self, names: list[str]) -> Deferred[None]:
+        return self._call(Catalog.release, names)
+
     def records(self, names: list[str]) -> Deferred[list[Optional[FileRecord]]]:
         return self._call(Catalog.records, names)
 
     def records_after(self, after: str, limit: int) -> Deferred[list[FileRecord]]:
         return self._call(Catalog.records_after, after, limit)
 
-    def settle(self, outcomes: list[Outcome]) -> Deferred[None]:
-        return self._call(Catalog.settle, outcomes)
+    def settle(self, outcomes: list[Outcome], held: list[str] = []) -> Deferred[None]:
+        return self._call(Catalog.settle, outcomes, held)
 
     def enqueue(self, names: list[str], due: float = 0.0, only_new: bool = False) -> Deferred[None]:
         return self._call(Catalog.enqueue, names, due, only_new)
@@ -169,8 +172,15 @@ class CatalogThread:
     def is_empty(self) -> Deferred[bool]:
         return self._call(Catalog.is_empty)
 
-    def recover(self) -> Deferred[int]:
-        return self._call(Catalog.recover)
+    def recover(self, now: float) -> Deferred[int]:
+        return self._call(Catalog.recover, now)
+
+    def beat(self, up: list[str], now: float, lease: float, hand_over: bool
+             ) -> Deferred[tuple[list[tuple[str, float]], int, int]]:
+        return self._call(Catalog.beat, up, now, lease, hand_over)
+
+    def leave(self) -> Deferred[int]:
+        return self._call(Catalog.leave)
 
     def adopt(self, server: str, entries: list[Entry], now: float) -> Deferred[int]:
         return self._call(Catalog.adopt, server, entries, now)
@@ -220,8 +230,11 @@ class CatalogThread:
     def garbage(self, servers: list[str], limit: int = 100) -> Deferred[list[tuple[str, str]]]:
         return self._call(Catalog.garbage, servers, limit)
 
-    def forget_garbage(self, deleted: list[tuple[str, str]]) -> Deferred[None]:
-        return self._call(Catalog.forget_garbage, deleted)
+    def forget_garbage(self, deleted: list[tuple[str, str]], now: float) -> Deferred[None]:
+        return self._call(Catalog.forget_garbage, deleted, now)
+
+    def release_garbage(self, pairs: list[tuple[str, str]]) -> Deferred[None]:
+        return self._call(Catalog.release_garbage, pairs)
 
     def garbage_count(self) -> Deferred[list[tuple[str, int]]]:
         return self._call(Catalog.garbage_count)

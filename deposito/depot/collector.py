@@ -16,13 +16,14 @@ from deposito.roster import Roster
 
 COLLECT_PAGE = 500  # garbage copies read from the catalog at once
 DELETES_AT_ONCE = 4  # per server
-REMEMBER_DELETES = 600.0  # seconds a delete is remembered for the inventories that may still list it
 
 
 class Collector:
     """Deletes garbage copies from the servers that are up, in bounded pages
-    at a bounded rate, every ``every`` seconds or sooner when kicked. Remembers
-    when each delete landed, for the inventories listed before it."""
+    at a bounded rate, every ``every`` seconds or sooner when kicked. Each
+    page is claimed in the catalog, so proxies sharing it delete different
+    copies; the catalog remembers when each delete landed, for the
+    inventories listed before it."""
 
     log = Logger()
 
@@ -37,9 +38,6 @@ class Collector:
         self._loop = task.LoopingCall(self._collect)
         self._loop.clock = clock
         self._collecting: defer.Deferred[None] | None = None
-        # (blob, server) -> when its delete landed: an inventory listed before
-        # that moment may still name the blob, and must not count it again
-        self._deleted: dict[tuple[str, str], float] = {}
 
     @property
     def busy(self) -> bool:
@@ -60,14 +58,6 @@ class Collector:
         """Collect garbage soon, rather than at the next tick."""
         if self._collecting is None and self._loop.running:
             self.clock.callLater(0, self._collect)
-
-    def deleted_at(self, blob: str, server: str) -> float | None:
-        """When the copy of ``blob`` on ``server`` was deleted, if lately."""
-        return self._deleted.get((blob, server))
-
-    def forget_old_deletes(self) -> None:
-        now = self.clock.seconds()
-        self._deleted = {k: t for k, t in self._deleted.items() if now - t < REMEMBER_DELETES}
 
     def _collect(self) -> None:
         if self._collecting is not None:
@@ -98,11 +88,11 @@ class Collector:
             done = await defer.gatherResults([defer.ensureDeferred(self._delete_from(server, blobs))
                                               for server, blobs in by_server.items()])
             gone = [pair for pairs in done for pair in pairs]
-            now = self.clock.seconds()
-            for pair in gone:
-                self._deleted[pair] = now
             if gone:
-                await self.db.forget_garbage(gone)
+                await self.db.forget_garbage(gone, self.clock.seconds())
+            if len(gone) < len(page):  # the rest are for the next tick, or another proxy
+                left = set(page) - set(gone)
+                await self.db.release_garbage([pair for pair in page if pair in left])
             if len(page) < COLLECT_PAGE or len(gone) < len(page):
                 return  # all done, or some could not go yet: the next tick tries again
             pause = len(gone) / self.rate - (self.clock.seconds() - began)

@@ -20,6 +20,7 @@ from zope.interface import implementer
 from deposito.catalog import FileRecord
 from deposito.depot.collector import Collector
 from deposito.depot.inventories import Inventories
+from deposito.depot.liveness import Liveness
 from deposito.depot.reads import Reader
 from deposito.depot.rebuilder import Rebuilder
 from deposito.depot.writes import Writer
@@ -50,7 +51,7 @@ class Depot:
     def __init__(self, reactor: IStreamReactor, db: ICatalog, roster: Roster, default_replicas: int = 2,
                  connect_timeout: float = 5.0, stall_timeout: float = 30.0,
                  collect_every: float = 2.0, secret: bytes | None = None, rebuild: bool = False,
-                 rebuild_grace: float = 5.0, collect_rate: float = 1000.0) -> None:
+                 rebuild_grace: float = 5.0, collect_rate: float = 1000.0, lease: float = 30.0) -> None:
         self.reactor = reactor
         self.db = db
         self.roster = roster
@@ -63,6 +64,7 @@ class Depot:
         self.inventories = Inventories(reactor, db, self.collector, self.rebuilder, repair=self._repair)
         self.reconciler = Reconciler(reactor, db, roster, self.writer, collect=self.collector.kick,
                                      paused=lambda: self.rebuilder.rebuilding)
+        self.liveness = Liveness(reactor, db, roster, lease, handed_over=self._handed_over)
         self._absent: IDelayedCall | None = None
         self._stopping = False
         self._retry: defer.Deferred[None] | None = None
@@ -72,6 +74,11 @@ class Depot:
 
     def _repair(self) -> None:
         self.reconciler.kick()
+
+    def _handed_over(self) -> None:
+        """Another proxy's unfinished uploads and claimed work are free now."""
+        self.reconciler.kick()
+        self.collector.kick()
 
     @property
     def closed_for_rebuild(self) -> bool:
@@ -92,14 +99,15 @@ class Depot:
         if self._stopping:
             return
         await self.rebuilder.start(bool(empty))
-        n = await self._patiently(self.db.recover)
+        n = await self._patiently(lambda: self.db.recover(self.reactor.seconds()))
         if n:
-            self.log.info("{n} unfinished uploads from before are garbage now", n=n)
+            self.log.info("{n} copies of unfinished uploads from before are garbage now", n=n)
         rows = await self._patiently(self.db.servers)
         if self._stopping:
             return
         self.roster.restore(Member(*row) for row in rows or [])
         self.pool.start()
+        self.liveness.start()
         self.collector.start()
         self.reconciler.start()
         self._absent = self.reactor.callLater(self.absent_after, self._still_absent)
@@ -135,6 +143,11 @@ class Depot:
             self._absent.cancel()
         await self.reconciler.stop()
         await collector
+        self.liveness.stop()
+        try:
+            await self.db.leave()  # what this proxy was working on passes to the others now
+        except Exception as e:
+            self.log.warn("the other proxies take over this one's work once its lease runs out ({why})", why=str(e))
         self.pool.stop()
 
     # -- the roster's hooks

@@ -44,7 +44,6 @@ class Inventories:
         listing = self._listings.get(member.id)
         if listing is None or listing.connection is not member.connection or listing.since != since:
             listing = self._listings[member.id] = _Listing(member.connection, since)
-            self.collector.forget_old_deletes()
         lo = listing.after
         hi = (entries[-1][0] if entries else lo) if more else None
         listing.after = hi
@@ -54,9 +53,7 @@ class Inventories:
             return self.rebuilder.take(member, entries, more)
         if more and hi == lo:
             return defer.succeed(None)  # an empty chunk in the middle covers no range
-        cutoff = since - LISTED_BEFORE
-        present = [e[0] for e in entries if self._trusted(e[0], member.id, cutoff)]
-        d = self.db.reconcile_inventory(member.id, present, lo, hi, cutoff)
+        d = self.db.reconcile_inventory(member.id, [e[0] for e in entries], lo, hi, since - LISTED_BEFORE)
 
         def reconciled(result: tuple[int, int, int, list[str]]) -> None:
             listing.missing += result[0]
@@ -74,11 +71,6 @@ class Inventories:
         done = d.addCallback(reconciled)
         done.addErrback(lambda f: self.log.failure("reconciling the inventory of {id}", f, id=member.id))
         return done
-
-    def _trusted(self, blob: str, server: str, cutoff: float) -> bool:
-        """False when the copy was deleted so late that the listing may name it still."""
-        when = self.collector.deleted_at(blob, server)
-        return (-1.0 if when is None else when) < cutoff
 
 
 @attrs.define

@@ -1,0 +1,73 @@
+"""This proxy among the others that share its catalog: its lease renewed,
+the servers it sees up told to the others, and theirs heard.
+
+A proxy silent past the lease is retired by a live one (its unfinished
+uploads become garbage, its claimed work is free for the others: see
+:meth:`deposito.catalog.Catalog.beat`). A server this proxy cannot reach
+is not dead while another proxy sees it: its copies wait, neither replaced
+nor dropped, so one proxy's partial view never costs a copy.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from deposito.errors import Unavailable
+from deposito.interfaces import ICatalog
+from deposito.roster import Member, Roster
+
+BEAT_EVERY = 2.0  # seconds between beats (less with a short lease: four beats to a lease)
+
+
+class Liveness:
+    """Renews this proxy's lease in the catalog every few seconds, and
+    folds the other proxies' sightings of servers into the roster."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, db: ICatalog, roster: Roster, lease: float,
+                 handed_over: Callable[[], None]) -> None:
+        self.clock = clock
+        self.db = db
+        self.roster = roster
+        self.lease = lease
+        self.handed_over = handed_over  # a silent proxy's work passed to the live ones: look at it
+        self.every = min(BEAT_EVERY, lease / 4)
+        self._loop = task.LoopingCall(self.beat)
+        self._loop.clock = clock
+        self._last_ok: float | None = None
+
+    def start(self) -> None:
+        self._loop.start(self.every, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def beat(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._beat()).addErrback(lambda f: self.log.failure("renewing the lease", f))
+
+    async def _beat(self) -> None:
+        now = self.clock.seconds()
+        # Retire others only if this proxy's own last beat is recent: right
+        # after an outage of the database every proxy looks silent.
+        hand_over = self._last_ok is not None and now - self._last_ok <= self.lease / 2
+        try:
+            seen, retired, garbage = await self.db.beat([m.id for m in self.roster.up()], now, self.lease,
+                                                        hand_over)
+        except Unavailable:
+            return  # said by the catalog; the next beat tries again
+        self._last_ok = now
+        unknown = {sid for sid, _ in seen if self.roster.get(sid) is None}
+        if unknown:  # joined another proxy only: known from the catalog, down here
+            self.roster.restore(Member(*row) for row in await self.db.servers() if row[0] in unknown)
+        self.roster.seen_elsewhere(seen)
+        if retired:
+            self.log.warn("{n} proxies silent for {lease:.0f}s were retired: {garbage} copies of their unfinished"
+                          " uploads are garbage, their work passes to the live proxies", n=retired,
+                          lease=self.lease, garbage=garbage, event="retired")
+            self.handed_over()
