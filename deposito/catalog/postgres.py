@@ -7,6 +7,9 @@ What sharing asks, and where it is done:
   (:meth:`PostgresBackend.retryable`, :meth:`deposito.catalog.Catalog.batch`);
 - nothing read is kept in memory (``shared``): another proxy may change any
   record, and reading your writes through any proxy matters more;
+- each proxy's unfinished uploads, queued files and garbage it works on are
+  its own, claimed with ``FOR UPDATE SKIP LOCKED``, and handed over when its
+  lease runs out (``Catalog.beat``, through the dialect);
 - a LIST reads one REPEATABLE READ snapshot through a server-side cursor.
 
 The database down or slow is an outage, not a crash: connections are made

@@ -1,0 +1,90 @@
+"""This proxy among the others on its catalog: the lease renewed, other
+proxies' sightings of servers folded into the roster, a silent proxy's
+work handed over (deposito.depot.liveness, with the catalog's answers given
+by the test)."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, task
+
+from deposito.depot.liveness import Liveness
+from deposito.errors import Unavailable
+from deposito.roster import Member, Roster
+
+
+class Beats:
+    """The catalog's beat and servers, answered as the test says."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, float]] = []  # what the other proxies saw
+        self.retired = 0
+        self.calls: list[tuple[list[str], float, bool]] = []
+        self.down = False
+        self.rows = [("s9", "z9", "h", 9, 100, 0, 0)]
+
+    def beat(self, up, now, lease, hand_over):
+        self.calls.append((sorted(up), now, hand_over))
+        if self.down:
+            return defer.fail(Unavailable("the catalog database is out of reach"))
+        retired, self.retired = self.retired, 0
+        return defer.succeed((list(self.seen), retired, 2 * retired))
+
+    def servers(self):
+        return defer.succeed(self.rows)
+
+
+def setup(lease: float = 8.0, dead_after: float = 10.0):
+    clock = task.Clock()
+    roster = Roster(clock, dead_after=dead_after)
+    roster.members["s1"] = Member("s1", "z1", "h", 1, state="up")
+    roster.members["s2"] = Member("s2", "z2", "h", 2, state="down")
+    db = Beats()
+    handed: list[int] = []
+    live = Liveness(clock, db, roster, lease, handed_over=lambda: handed.append(1))
+    return clock, roster, db, live, handed
+
+
+def test_a_server_another_proxy_sees_is_not_declared_dead_here():
+    clock, roster, db, live, _ = setup()
+    live.start()
+    db.seen = [("s2", 0.5)]
+    for _ in range(30):  # 30 s: three times dead_after, silent to this proxy all along
+        clock.advance(1.0)
+        roster.check()
+    assert roster.members["s2"].state == "down"
+    assert db.calls[-1][0] == ["s1"]  # it tells the others what it sees itself
+    db.seen = []  # no proxy sees it any more: dead once dead_after has passed
+    clock.advance(9.0)
+    roster.check()
+    assert roster.members["s2"].state == "down"
+    clock.advance(2.0)
+    roster.check()
+    assert roster.members["s2"].state == "dead"
+    db.seen = [("s2", 0.0)]  # back for another proxy: its copies wait again
+    clock.advance(2.0)
+    assert roster.members["s2"].state == "down"
+    live.stop()
+
+
+def test_a_server_known_only_to_another_proxy_is_taken_in_as_down():
+    clock, roster, db, live, _ = setup()
+    db.seen = [("s9", 1.0)]
+    live.start()
+    assert roster.members["s9"].state == "down" and roster.members["s9"].zone == "z9"
+    live.stop()
+
+
+def test_silent_proxies_are_retired_only_after_a_recent_beat_of_its_own():
+    clock, roster, db, live, handed = setup(lease=8.0)
+    live.start()  # the first beat: not yet
+    clock.advance(live.every)
+    assert [hand for _, _, hand in db.calls] == [False, True]
+    db.down = True  # the database is out of reach for a while
+    clock.advance(30.0)
+    db.down = False
+    clock.advance(live.every)
+    assert db.calls[-1][2] is False  # right after an outage every proxy looks silent: none retired
+    db.retired = 1
+    clock.advance(live.every)
+    assert db.calls[-1][2] is True and handed == [1]
+    live.stop()
