@@ -651,7 +651,9 @@ def test_a_silent_proxy_is_retired_and_its_upload_cannot_commit(shared):
     a.recover(100.0)
     b.recover(100.0)
     queue(a, ["q"])
-    assert a.due_work(100.0, 10)
+    [(_, gen, _)] = a.due_work(100.0, 10)
+    a.settle([Outcome("q", gen, 400.0)], held=["q"])  # its copies being made: put off, and held
+    assert b.due_work(131.0, 10) == []
     v = a.begin_upload("f", "b1", ["s1", "s2"])
     assert b.beat(["s1"], 120.0, 30.0, True)[1:] == (0, 0)  # not silent long enough yet
     assert b.beat(["s1"], 131.0, 30.0, True)[1:] == (1, 2)

@@ -131,7 +131,8 @@ class Catalog(Database):
                        " ON CONFLICT DO NOTHING", args).rowcount
         db.execute(f"DELETE FROM intents WHERE {owned}", args)
         if claims:
-            db.execute(f"UPDATE work SET owner = NULL WHERE owner IS NOT NULL AND ({owned})", args)
+            # due now: a file held while its copies were being made was put off (the reconciler's LEASE)
+            db.execute(f"UPDATE work SET owner = NULL, due = 0 WHERE owner IS NOT NULL AND ({owned})", args)
             db.execute(f"UPDATE garbage SET owner = NULL WHERE owner IS NOT NULL AND ({owned})", args)
         return max(0, n)
 
