@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test check install bench clean
+.PHONY: run run-proxies test check install bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(PY)
 
 run: install
 	$(PY) examples/local_cluster.py --var var --http 7080
+
+# Two proxies on one private PostgreSQL catalog, three servers joined to both.
+run-proxies: install
+	$(PY) examples/several_proxies.py --var var/proxies --http 7080
 
 # The types first (mypy with the zope plugin, see mypy.ini), then every test.
 test: check
