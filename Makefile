@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run run-proxies test check install bench clean
+.PHONY: run run-proxies test check install bench bench-proxies clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ check: install
 bench: install
 	$(PIP) install -q -r bench/requirements.txt
 	$(PY) bench/run.py
+
+# One proxy on PostgreSQL against one on SQLite, two proxies against one (bench/PROXIES.md).
+bench-proxies: install
+	$(PY) bench/proxies.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info var
