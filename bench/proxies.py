@@ -3,7 +3,7 @@
 SQLite: small-file rates and big-file throughput, all in one run.
 
     .venv/bin/python bench/proxies.py            # about 6 minutes
-    .venv/bin/python bench/proxies.py --quick    # 64 MiB, 2 s phases, 1 round: about a minute
+    .venv/bin/python bench/proxies.py --quick    # 64 MiB, 2 s phases, 1 round: under a minute
 
 Three clusters run side by side, each a real twistd process per proxy and
 per storage server on 127.0.0.1 (bench/harness.py), with 3 servers of their
@@ -59,15 +59,20 @@ TWO_TARGET = 1.0  # two proxies against one, on PostgreSQL
 
 class Cluster(DepositoSystem):
     """run.py's Deposito, whose small-file clients go to each of the
-    cluster's proxies in turn, and put names under ``round``'s prefix, so
-    that each round stores new files rather than new versions of the last
-    round's (whose old copies would be garbage collected meanwhile)."""
+    cluster's proxies in turn, the first to the first proxy, and put names
+    under the round's prefix, so that each round stores new files rather
+    than new versions of the last round's (whose old copies would be
+    garbage collected meanwhile)."""
 
     def __init__(self, cluster: DepositoCluster, key: str) -> None:
         super().__init__(cluster)
         self.key = self.label = key
-        self.next_port = itertools.cycle(cluster.ports)
-        self.round = "warm-up"
+        self.begin("warm-up")
+
+    def begin(self, round_name: str) -> None:
+        """The next clients are a new round's."""
+        self.round = round_name
+        self.next_port = itertools.cycle(self.c.ports)
 
     def small_session(self) -> DepositoSmall:
         return RoundSession(next(self.next_port), f"{self.round}/")
@@ -106,20 +111,20 @@ def small_rounds(systems: list[Cluster], levels: list[int], size: int, replicas:
         small_level(s, 1, data, replicas, 1.0, 1_000_000)
     seen: dict[str, dict[str, dict[str, list[float]]]] = {
         s.key: {str(level): {"put": [], "get": []} for level in levels} for s in systems}
-    errors: dict[str, list[str]] = {s.key: [] for s in systems}
+    errors: dict[str, dict[str, list[str]]] = {s.key: {str(level): [] for level in levels} for s in systems}
     for level in levels:
         for i in range(rounds):
             for s in systems[i % len(systems):] + systems[:i % len(systems)]:
-                s.round = f"round{i}"
+                s.begin(f"round{i}")
                 got = small_level(s, level, data, replicas, duration, 1_000_000)
                 if got.get("error"):
-                    errors[s.key].append(f"c={level}: {got['error']}")
+                    errors[s.key][str(level)].append(got["error"])
                 for op in ("put", "get"):
                     if op in got:
                         seen[s.key][str(level)][op].append(got[op]["ops_per_s"])
     return {key: {"levels": {level: {op: spread(v) for op, v in ops.items()} for level, ops in by_level.items()},
                   "errors": errors[key]}
-            for key, by_level in seen.items()}
+            for key, by_level in seen.items()}  # errors: by level, the failures of each round that had any
 
 
 def big_files(systems: list[Cluster], path: Path, size: int, sha: str, replicas: int,
@@ -147,14 +152,15 @@ def met(value: float | None, target: float) -> str:
     return "n/a" if value is None else ("yes" if value >= target else "**no**")
 
 
-def target(what: str, mine: dict, theirs: dict, wanted: float) -> str:
+def target(what: str, mine: dict, theirs: dict, wanted: float, failed: bool = False) -> str:
     """A row of the targets' table: ``mine`` against ``theirs`` (medians and
-    the runs' extremes), met when the ratio of the medians is ``wanted`` or more."""
+    the runs' extremes), met when the ratio of the medians is ``wanted`` or
+    more; not judged when clients failed in either."""
     r = ratio(mine.get("median"), theirs.get("median"))
     measured = f"{fmt(r, 2)}x"
     if r is not None and len(mine["runs"]) + len(theirs["runs"]) > 2:
         measured += f" ({fmt(ratio(mine['low'], theirs['high']), 2)}-{fmt(ratio(mine['high'], theirs['low']), 2)}x)"
-    return f"| {what} | {measured} | {met(r, wanted)} |"
+    return f"| {what} | {measured} | {'n/a: clients failed, see below' if failed else met(r, wanted)} |"
 
 
 def figure(s: dict, digits: int = 0) -> str:
@@ -176,6 +182,12 @@ def render(res: dict, out_md: Path) -> None:
 
     def median(s: dict) -> float | None:
         return s.get("median")
+
+    def failed(key: str, level: str) -> bool:
+        return bool(((small.get(key) or {}).get("errors") or {}).get(level))
+
+    def cell(key: str, level: str, op: str) -> str:
+        return figure(rate(key, level, op)) + (" (clients failed)" if failed(key, level) else "")
 
     L: list[str] = ["# Several proxies and the catalog in PostgreSQL\n"]
     L.append(f"Measured {res['started']} by `{res['command']}` ({res['elapsed_s']:.0f} s in all): "
@@ -205,7 +217,8 @@ def render(res: dict, out_md: Path) -> None:
     for level in levels:
         for op in ("put", "get"):
             L.append(target(f"PostgreSQL >= {SMALL_TARGET}x SQLite, {small_name} {op.upper()} at {level} client(s)",
-                            rate("postgresql", level, op), rate("sqlite", level, op), SMALL_TARGET))
+                            rate("postgresql", level, op), rate("sqlite", level, op), SMALL_TARGET,
+                            failed("postgresql", level) or failed("sqlite", level)))
     for op in ("put", "get"):
         L.append(target(f"PostgreSQL >= {BIG_TARGET}x SQLite, {big_name} {op.upper()}",
                         (big.get("postgresql") or {}).get(op) or {}, (big.get("sqlite") or {}).get(op) or {},
@@ -213,7 +226,8 @@ def render(res: dict, out_md: Path) -> None:
     for level in levels:
         for op in ("put", "get"):
             L.append(target(f"two proxies >= one (PostgreSQL), {small_name} {op.upper()} at {level} client(s)",
-                            rate("two", level, op), rate("postgresql", level, op), TWO_TARGET))
+                            rate("two", level, op), rate("postgresql", level, op), TWO_TARGET,
+                            failed("two", level) or failed("postgresql", level)))
     L.append("")
 
     L.append(f"## Small files ({human(res['small_size'])}, {res['replicas']} copies; ops/s)\n")
@@ -225,8 +239,8 @@ def render(res: dict, out_md: Path) -> None:
     for level in levels:
         for op in ("put", "get"):
             sq, pg, two = rate("sqlite", level, op), rate("postgresql", level, op), rate("two", level, op)
-            L.append(f"| {level} | {op.upper()} | {figure(sq)} | {figure(pg)} | "
-                     f"{fmt(ratio(median(pg), median(sq)), 2)}x | {figure(two)} | "
+            L.append(f"| {level} | {op.upper()} | {cell('sqlite', level, op)} | {cell('postgresql', level, op)} | "
+                     f"{fmt(ratio(median(pg), median(sq)), 2)}x | {cell('two', level, op)} | "
                      f"{fmt(ratio(median(two), median(pg)), 2)}x |")
     L.append("")
 
@@ -240,7 +254,8 @@ def render(res: dict, out_md: Path) -> None:
 
     problems = []
     for key, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL"), ("two", "two proxies")):
-        problems += [f"- {label}, small files {e}" for e in (small.get(key) or {}).get("errors") or []]
+        for level, failures in ((small.get(key) or {}).get("errors") or {}).items():
+            problems += [f"- {label}, small files at {level} client(s): {e}" for e in failures]
         b = big.get(key) or {}
         if b.get("error"):
             problems.append(f"- {label}, big file: {b['error']}")
