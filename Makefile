@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test check install bench clean
+.PHONY: run run-proxies test check install bench bench-proxies clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(PY)
 run: install
 	$(PY) examples/local_cluster.py --var var --http 7080
 
+# Two proxies on one private PostgreSQL catalog, three servers joined to both.
+run-proxies: install
+	$(PY) examples/several_proxies.py --var var/proxies --http 7080
+
 # The types first (mypy with the zope plugin, see mypy.ini), then every test.
 test: check
 	$(PY) -m pytest -q
@@ -28,6 +32,10 @@ check: install
 bench: install
 	$(PIP) install -q -r bench/requirements.txt
 	$(PY) bench/run.py
+
+# One proxy on PostgreSQL against one on SQLite, two proxies against one (bench/PROXIES.md).
+bench-proxies: install
+	$(PY) bench/proxies.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info var

@@ -359,10 +359,15 @@ class DepositoCluster:
     Processes are named ``<prefix>proxy`` and ``<prefix><server id>``; each
     keeps its command line, so it can be stopped and started again on the
     same data.
+
+    With ``proxies`` > 1, the proxies ``<prefix>proxy``, ``<prefix>proxy2``,
+    ... take ``proxy_args`` alike (a ``--catalog`` they share) and every
+    server joins each; ``port`` and ``cport`` are the first one's, ``ports``
+    and ``cports`` all of them.
     """
 
     def __init__(self, procs: Processes, root: Path, nservers: int = 3, proxy_args: list | None = None,
-                 http: bool = False, prefix: str = "dep-", checkout: Path = CHECKOUT) -> None:
+                 http: bool = False, prefix: str = "dep-", checkout: Path = CHECKOUT, proxies: int = 1) -> None:
         found = find_twistd(checkout)
         if not found:
             raise RuntimeError("the deposito twistd plugins are not installed "
@@ -374,6 +379,7 @@ class DepositoCluster:
         root.mkdir(parents=True, exist_ok=True)
         self.port, self.cport = free_port(), free_port()
         self.http_port = free_port() if http else None
+        self.ports, self.cports = [self.port], [self.cport]
         self.names: list[str] = []
         self.commands: list[str] = []
         self.argv: dict[str, list] = {}
@@ -382,7 +388,15 @@ class DepositoCluster:
         if http:
             args += ["--http", f"tcp:{self.http_port}:interface={HOST}"]
         self._start(prefix + "proxy", args + list(proxy_args or []))
-        wait_port(self.port, self.procs.procs[prefix + "proxy"])
+        for n in range(2, proxies + 1):
+            port, cport = free_port(), free_port()
+            self.ports.append(port)
+            self.cports.append(cport)
+            self._start(f"{prefix}proxy{n}", ["deposito-proxy", "--port", f"tcp:{port}:interface={HOST}",
+                                               "--cluster-port", f"tcp:{cport}:interface={HOST}",
+                                               "--data", root / f"proxy{n}"] + list(proxy_args or []))
+        for port, name in zip(self.ports, self.proxy_names):
+            wait_port(port, self.procs.procs[name])
         for i in range(nservers):
             self.add_server(f"s{i}", f"z{i}", wait=False)
         self.wait_up(nservers)
@@ -391,12 +405,17 @@ class DepositoCluster:
     def proxy(self) -> str:
         return self.prefix + "proxy"
 
+    @property
+    def proxy_names(self) -> list[str]:
+        return [self.proxy] + [f"{self.proxy}{n}" for n in range(2, len(self.ports) + 1)]
+
     def add_server(self, sid: str, zone: str, wait: bool = True) -> str:
         """Start a storage server ``sid`` in its own zone; its process name."""
         d = self.root / sid
         d.mkdir(exist_ok=True)
         name = self.prefix + sid
-        self._start(name, ["deposito-server", "--proxy", f"tcp:{HOST}:{self.cport}",
+        joins = [arg for cport in self.cports for arg in ("--proxy", f"tcp:{HOST}:{cport}")]
+        self._start(name, ["deposito-server", *joins,
                            "--port", f"tcp:0:interface={HOST}", "--data", d, "--name", sid, "--zone", zone])
         if wait:
             self.wait_up(len(self.up_servers()) + 1)
@@ -435,9 +454,9 @@ class DepositoCluster:
     def logfile(self, name: str) -> Path:
         return self.root / f"{name.removeprefix(self.prefix)}.log"
 
-    def servers(self, timeout: float = 30) -> list[list[str]]:
-        """SERVERS, one list of words per server."""
-        with DepositoClient(self.port, timeout) as c:
+    def servers(self, timeout: float = 30, port: int | None = None) -> list[list[str]]:
+        """SERVERS (of the first proxy, unless ``port``), one list of words per server."""
+        with DepositoClient(port or self.port, timeout) as c:
             return [ln.split() for ln in c.multi("SERVERS")]
 
     def up_servers(self) -> list[str]:
@@ -446,6 +465,7 @@ class DepositoCluster:
         return []
 
     def wait_up(self, n: int, timeout: float = 30) -> None:
+        """Wait until every proxy has ``n`` servers up."""
         deadline = time.time() + timeout
         last = ""
         while time.time() < deadline:
@@ -454,10 +474,10 @@ class DepositoCluster:
                 if p is not None and p.poll() is not None:
                     raise RuntimeError(f"{name} exited with {p.returncode}: {self.tail(name)}")
             try:
-                up = [w for w in self.servers(5) if len(w) > 2 and w[2] == "up"]
-                if len(up) >= n:
+                ups = [len([w for w in self.servers(5, port) if len(w) > 2 and w[2] == "up"]) for port in self.ports]
+                if min(ups) >= n:
                     return
-                last = f"{len(up)} up"
+                last = " and ".join(f"{up} up" for up in ups)
             except (OSError, ProtoError) as e:
                 last = str(e)
             time.sleep(0.3)
