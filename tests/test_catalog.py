@@ -599,22 +599,26 @@ def test_the_database_down_is_unavailable_at_once_and_back_by_itself(postgres):
         postgres.drop(url)
 
 
-def test_one_proxy_at_a_time_writes_to_a_postgresql_catalog(postgres):
-    """The proxy's catalog holds an advisory lock on its writing connection:
-    a second proxy on the same catalog is told it is unavailable (and writes
-    nothing), and takes over once the first one stops."""
+def test_a_second_catalog_on_one_postgresql_database_writes_at_once(postgres):
+    """Several proxies may share a PostgreSQL catalog: a second one on the
+    same database writes at once, versions of a name stay distinct across
+    the two, the newest commit wins, and each reads what the other wrote."""
     from deposito.catalog.postgres import PostgresBackend
-    from deposito.errors import Unavailable
 
     url = postgres.database()
-    first = Catalog(PostgresBackend(url, one_proxy=True))
-    second = Catalog(PostgresBackend(url, one_proxy=True))
+    first = Catalog(PostgresBackend(url))
+    second = Catalog(PostgresBackend(url))
     try:
-        first.commit("f", first.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
-        with pytest.raises(Unavailable, match="another proxy is using this catalog"):
-            second.begin_upload("f", "b2", ["s1"])
-        first.close()
-        assert second.begin_upload("f", "b2", ["s1"]) == 2
+        older = first.begin_upload("f", "b1", ["s1"])
+        newer = second.begin_upload("f", "b2", ["s2"])
+        assert (older, newer) == (1, 2)
+        assert second.commit("f", newer, "b2", 1, "y", 1, ["s2"], 0.0)
+        assert not first.commit("f", older, "b1", 1, "x", 1, ["s1"], 0.0)  # a newer one is there
+        for cat in (first, second):
+            record = cat.lookup("f")
+            assert record is not None and (record.version, record.blob) == (2, "b2")
+        assert first.delete("f") is not None
+        assert second.lookup("f") is None
     finally:
         first.close()
         second.close()
