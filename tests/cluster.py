@@ -14,7 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Iterable
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
@@ -186,9 +188,10 @@ class Cluster:
         pidfile = self.root / f"{name}.pid"
         if pidfile.exists():  # left by a kill -9
             pidfile.unlink()
-        return subprocess.Popen(
-            [TWISTD, "-n", "--pidfile", str(pidfile), "--logfile", str(self.root / f"{name}.log")] + args,
-            cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        with open(self.root / f"{name}.out", "ab") as out:  # what twistd says before its log opens (a bad option)
+            return subprocess.Popen(
+                [TWISTD, "-n", "--pidfile", str(pidfile), "--logfile", str(self.root / f"{name}.log")] + args,
+                cwd=self.root, stdout=out, stderr=subprocess.STDOUT)
 
     def start_proxy(self, *extra: str) -> None:
         self.proxy = self.twistd(self.name, [
@@ -204,7 +207,8 @@ class Cluster:
                 if self.proxy.poll() is not None:
                     break
                 time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not start:\n" + self.log(self.name)[-3000:])
+        said = (self.root / f"{self.name}.out").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{self.name} did not start:\n{said}" + self.log(self.name)[-3000:])
 
     def server_dir(self, sid: str) -> Path:
         return self.root / sid
@@ -263,14 +267,30 @@ class Cluster:
         return [p for p in (self.server_dir(sid) / "blobs").rglob("*")
                 if p.is_file() and re.fullmatch(r"[0-9a-f]{32}", p.name)]
 
+    def server_folders(self) -> list[str]:
+        """The ids of every server that has had a folder here, running or not."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and re.fullmatch(r"s\d+", p.name))
+
     def holders(self, data: bytes) -> list[str]:
         """The servers whose disk holds a blob with exactly these bytes."""
         digest = sha(data)
         out = []
-        for sid in sorted(p.name for p in self.root.iterdir() if p.is_dir() and re.fullmatch(r"s\d+", p.name)):
+        for sid in self.server_folders():
             if any(_digest(f, len(data)) == digest for f in self.blob_files(sid)):
                 out.append(sid)
         return out
+
+    def copies(self, servers: Iterable[str] | None = None) -> Counter[str]:
+        """How many blob files with each content (by sha256) the disks of
+        ``servers`` hold (default: every server folder here), in one pass."""
+        counted: Counter[str] = Counter()
+        for sid in self.server_folders() if servers is None else servers:
+            for f in self.blob_files(sid):
+                try:
+                    counted[sha(f.read_bytes())] += 1
+                except FileNotFoundError:  # deleted meanwhile
+                    pass
+        return counted
 
     def log(self, name: str) -> str:
         p = self.root / f"{name}.log"
@@ -288,6 +308,16 @@ class Cluster:
                 p.kill()
                 p.wait(5)
         self.servers.clear()
+
+
+def answer(port: int, command: str, timeout: float = 10) -> tuple[str, float]:
+    """One command on a new connection: its reply line and how long it took."""
+    started = time.monotonic()
+    try:
+        with Wire(port, timeout=timeout) as w:
+            return w.cmd(command), time.monotonic() - started
+    except (OSError, WireError) as e:
+        return f"no answer: {e}", time.monotonic() - started
 
 
 def incoming(cluster: Cluster, sid: str) -> list[Path]:

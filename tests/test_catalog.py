@@ -694,3 +694,29 @@ def test_a_delete_by_one_proxy_is_not_undone_by_an_inventory_another_listed_befo
     assert b.lookup("f").servers == ("s1",)
     # a listing after the delete that still names it (a blob written again) counts
     assert b.reconcile_inventory("s2", ["b1"], None, None, 101.0)[1] == 1
+
+
+def test_a_second_catalog_on_one_postgresql_database_writes_at_once(postgres):
+    """Several proxies may share a PostgreSQL catalog: a second one on the
+    same database writes at once, versions of a name stay distinct across
+    the two, the newest commit wins, and each reads what the other wrote."""
+    from deposito.catalog.postgres import PostgresBackend
+
+    url = postgres.database()
+    first = Catalog(PostgresBackend(url))
+    second = Catalog(PostgresBackend(url))
+    try:
+        older = first.begin_upload("f", "b1", ["s1"])
+        newer = second.begin_upload("f", "b2", ["s2"])
+        assert (older, newer) == (1, 2)
+        assert second.commit("f", newer, "b2", 1, "y", 1, ["s2"], 0.0)
+        assert not first.commit("f", older, "b1", 1, "x", 1, ["s1"], 0.0)  # a newer one is there
+        for cat in (first, second):
+            record = cat.lookup("f")
+            assert record is not None and (record.version, record.blob) == (2, "b2")
+        assert first.delete("f") is not None
+        assert second.lookup("f") is None
+    finally:
+        first.close()
+        second.close()
+        postgres.drop(url)
