@@ -20,7 +20,7 @@ from deposito.errors import Unavailable
 from deposito.interfaces import ICatalog
 from deposito.roster import Member, Roster
 
-BEAT_EVERY = 2.0  # seconds between beats (less with a short lease: four beats to a lease)
+BEAT_EVERY = 2.0  # seconds between beats, at most
 
 
 class Liveness:
@@ -36,7 +36,8 @@ class Liveness:
         self.roster = roster
         self.lease = lease
         self.handed_over = handed_over  # a silent proxy's work passed to the live ones: look at it
-        self.every = min(BEAT_EVERY, lease / 4)
+        # four beats to a lease, and to a server's time to die: sightings stay fresh enough
+        self.every = min(BEAT_EVERY, lease / 4, roster.dead_after / 4)
         self._loop = task.LoopingCall(self.beat)
         self._loop.clock = clock
         self._last_ok: float | None = None
