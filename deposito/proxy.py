@@ -44,7 +44,8 @@ class ProxyService(service.MultiService):
         front = MeteredDepot(self.depot, self.metrics, reactor)
         StreamServerEndpointService(client_endpoint, DepotFactory(front, tokens=tokens, max_size=max_size)
                                     ).setServiceParent(self)
-        members = MemberFactory(self.roster, heartbeat, secret, full_listing=lambda: self.depot.rebuilding)
+        members = MemberFactory(self.roster, heartbeat, secret, full_listing=lambda: self.depot.rebuilding,
+                                catalog_id=lambda: self.depot.catalog_id)
         StreamServerEndpointService(cluster_endpoint, members).setServiceParent(self)
         if http_endpoint is not None:
             downloads = MeteredDepot(self.depot, self.metrics, reactor, via="http")

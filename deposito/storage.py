@@ -32,6 +32,7 @@ from deposito.interfaces import IDevice
 from deposito.protocols.blobserver import BlobServerFactory
 from deposito.protocols.cluster import JoinProtocol, check_label
 from deposito.protocols.handoff import LocalBlobServerFactory
+from deposito.servedcatalog import ServedCatalog, Verdict, judge
 
 
 def node_id(data: str, name: str | None) -> str:
@@ -59,13 +60,15 @@ INVENTORY_CHUNK = 1000  # blobs per chunk of a listing or a scrub
 class StorageNode:
     """What this server tells each proxy it joined: usage, inventory, corrupt
     copies, scrubs. Every join connection is served on its own (its own
-    listing, paced by its own proxy), so a slow or gone proxy holds up no other."""
+    listing, paced by its own proxy), so a slow or gone proxy holds up no
+    other. Only proxies of one catalog are served (deposito.servedcatalog)."""
 
     log = Logger()
 
     def __init__(self, device: IDevice, id: str, zone: str, host: str | None,
-                 capacity: int | None) -> None:
+                 capacity: int | None, served: ServedCatalog) -> None:
         self.device = device
+        self.served = served
         self.id = id
         self.zone = zone
         self.host = host
@@ -78,6 +81,33 @@ class StorageNode:
         self._list_again: set[JoinProtocol] = set()
         self.refresh_capacity()
         device.corrupt_listeners.append(self._report_corrupt)
+
+    def welcome(self, connection: JoinProtocol) -> str | None:
+        """Serve the proxy that welcomed us if its catalog is the one served
+        (recording it first when this server serves none yet, or when the
+        proxy rebuilds a lost catalog and no proxy of ours is joined); else
+        say why not."""
+        recorded, offered = self.served.id, connection.catalog
+        joined = recorded is not None and any(c.catalog == recorded for c in self.connections)
+        verdict = judge(recorded, offered, connection.full_listing, joined)
+        if verdict is Verdict.REFUSE:
+            return (f"it serves catalog {offered} and this server serves catalog {recorded}"
+                    f" ({self.served.path}); a server serves one catalog, or each would delete"
+                    f" the other's files as garbage")
+        if verdict is Verdict.RECORD:
+            assert offered is not None  # a proxy that names no catalog is served, never recorded
+            try:
+                self.served.record(offered)
+            except OSError as e:
+                return f"cannot record its catalog {offered} in {self.served.path}: {e}"
+            if recorded is None:
+                self.log.info("serving catalog {catalog}, as the proxy at {proxy} does", catalog=offered,
+                              proxy=connection.proxy_address())
+            else:
+                self.log.warn("serving catalog {catalog} instead of {old}: the proxy at {proxy} rebuilds it"
+                              " and no proxy of {old} is joined", catalog=offered, old=recorded,
+                              proxy=connection.proxy_address())
+        return None
 
     def joined(self, connection: JoinProtocol) -> None:
         self.connections.append(connection)
@@ -214,7 +244,8 @@ class StorageService(service.MultiService):
         store = BlobStore(self.data)
         device = Device(self.reactor, store, 0)
         device.start()
-        self.node = StorageNode(device, node_id(self.data, self.name), self.zone, None, self.capacity)
+        self.node = StorageNode(device, node_id(self.data, self.name), self.zone, None, self.capacity,
+                                ServedCatalog(self.data))
         self.log.info("storage server {id} holds {n} blobs ({used} bytes) in {data}",
                       id=self.node.id, n=store.count, used=store.used, data=store.root)
         super().startService()

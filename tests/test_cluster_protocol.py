@@ -20,6 +20,9 @@ class Node:
     def usage(self):
         return 1000, self.used, 1
 
+    def welcome(self, connection):
+        return None
+
     def joined(self, connection):
         self.connections.append(connection)
 
@@ -27,8 +30,11 @@ class Node:
         self.connections.remove(connection)
 
 
-def member_conn(roster):
-    proto = MemberFactory(roster, heartbeat=1.0).buildProtocol(None)
+CATALOG = "c0ffee"
+
+
+def member_conn(roster, catalog_id=lambda: CATALOG):
+    proto = MemberFactory(roster, heartbeat=1.0, catalog_id=catalog_id).buildProtocol(None)
     tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
     proto.callLater = roster.clock.callLater
     proto.makeConnection(tr)
@@ -40,7 +46,9 @@ def test_join_then_heartbeats_then_loss():
     roster = Roster(clock)
     proto, tr = member_conn(roster)
     proto.dataReceived(b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1\n")
-    assert tr.value() == b"OK welcome heartbeat=1.0 listing=full\r\n"
+    assert tr.value() == b"OK welcome heartbeat=1.0 listing=full catalog=c0ffee\r\n"
+    assert roster.get("s1") is None  # joined once it speaks after the welcome
+    proto.dataReceived(b"HB capacity=1000 used=10 blobs=1\n")
     m = roster.get("s1")
     assert (m.host, m.port, m.zone, m.state, m.free()) == ("127.0.0.9", 4242, "z1", "up", 990)
     proto.dataReceived(b"HB capacity=1000 used=500 blobs=2\n")
@@ -57,7 +65,7 @@ def test_a_server_that_joins_while_the_proxy_starts_stays_up():
     clock = task.Clock()
     roster = Roster(clock, dead_after=10)
     proto, tr = member_conn(roster)
-    proto.dataReceived(b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1\n")
+    proto.dataReceived(b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1\nHB capacity=1000 used=10 blobs=1\n")
     roster.restore([Member("s1", "z1", "127.0.0.9", 4242, 1000, 10, 1), Member("s2", "z2", "127.0.0.8", 1, 1, 0, 0)])
     assert roster.get("s1").state == "up" and roster.get("s2").state == "down"
     proto.dataReceived(b"HB capacity=1000 used=20 blobs=1\n")
@@ -73,7 +81,7 @@ def test_silent_server_is_cut_off_and_marked_down():
     clock = task.Clock()
     roster = Roster(clock)
     proto, tr = member_conn(roster)
-    proto.dataReceived(b"JOIN s1 zone=z1 port=1 capacity=1 used=0 blobs=0\n")
+    proto.dataReceived(b"JOIN s1 zone=z1 port=1 capacity=1 used=0 blobs=0\nHB capacity=1 used=0 blobs=0\n")
     clock.advance(4.9)
     assert not tr.disconnecting
     clock.advance(0.2)
@@ -85,7 +93,7 @@ def test_silent_server_is_cut_off_and_marked_down():
 def test_second_server_with_the_same_name_is_refused_and_not_listed():
     roster = Roster(task.Clock())
     first, _ = member_conn(roster)
-    first.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n")
+    first.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\nHB capacity=1 used=0 blobs=0\n")
     second, tr = member_conn(roster)
     second.dataReceived(b"JOIN s1 zone=z port=2 capacity=1 used=0 blobs=0\n")
     assert tr.value().startswith(b"ERR denied") and tr.disconnecting
@@ -131,13 +139,14 @@ def test_a_server_names_its_local_port_and_key_and_a_rejoin_without_them_forgets
 
     roster = Roster(task.Clock())
     member, _ = member_conn(roster)
-    member.dataReceived(line)
+    member.dataReceived(line + b"HB capacity=1000 used=10 blobs=1\n")
     m = roster.get("s1")
     assert (m.local, m.local_key) == ("@deposito-server/s1/ab12", "0f" * 16)
     member.connectionLost(None)
     for bad in (b" local=/tmp/x key=" + b"0f" * 16, b" local=@x key=short", b""):
         member, _ = member_conn(roster)
-        member.dataReceived(b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1" + bad + b"\n")
+        member.dataReceived(b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1" + bad
+                            + b"\nHB capacity=1000 used=10 blobs=1\n")
         assert m.state == "up" and (m.local, m.local_key) == (None, None), bad
         member.connectionLost(None)
 
@@ -187,6 +196,8 @@ def secret_pair(server_secret, proxy_secret):
     tj = StringTransport()
     tm.clear()
     joiner.makeConnection(tj)
+    pump(joiner, tj, member, tm)
+    clock.advance(1.0)  # the server's first heartbeat
     pump(joiner, tj, member, tm)
     return roster, node, tj, tm
 
@@ -344,11 +355,12 @@ def test_a_listing_of_ids_alone_unless_the_proxy_asks_for_the_metadata():
     clock = task.Clock()
     roster = Roster(clock)
     asked = [False]
-    proto = MemberFactory(roster, heartbeat=1.0, full_listing=lambda: asked[0]).buildProtocol(None)
+    proto = MemberFactory(roster, heartbeat=1.0, full_listing=lambda: asked[0],
+                          catalog_id=lambda: CATALOG).buildProtocol(None)
     tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
     proto.makeConnection(tr)
     proto.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n")
-    assert tr.value() == b"OK welcome heartbeat=1.0 listing=ids\r\n"
+    assert tr.value() == b"OK welcome heartbeat=1.0 listing=ids catalog=c0ffee\r\n"
     seen = []
     roster.on_inventory = lambda m, entries, since, more: seen.append(entries)
     proto.dataReceived(b"LISTING\nINVENTORY 2\n" + b"".join(b.encode() + b"\n" for b in ids(1, 2)))
@@ -367,3 +379,29 @@ def test_a_listing_of_ids_alone_unless_the_proxy_asks_for_the_metadata():
     server.send_inventory(ids(4, 5), False)
     assert ts.value() == f"INVENTORY 2\r\n{ids(4)[0]}\r\n{ids(5)[0]}\r\n".encode()
     server.connectionLost(None)
+
+
+def test_a_proxy_that_has_not_read_its_catalog_id_asks_servers_to_come_back():
+    roster = Roster(task.Clock())
+    proto, tr = member_conn(roster, catalog_id=lambda: None)
+    proto.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n")
+    assert tr.value().startswith(b"ERR unavailable") and tr.disconnecting
+    proto.connectionLost(None)
+    assert roster.members == {}
+
+
+def test_a_server_that_closes_when_welcomed_was_never_up():
+    """A server serving another catalog closes at the welcome: no copy may
+    be placed on it, so it never was in the roster."""
+    roster = Roster(task.Clock())
+    changes = []
+    roster.on_change = changes.append
+    proto, tr = member_conn(roster)
+    proto.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n")
+    assert tr.value().startswith(b"OK welcome")
+    proto.connectionLost(None)
+    assert roster.members == {} and changes == []
+    again, tr = member_conn(roster)  # the same name joins again, and this time speaks
+    again.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\nLISTING\n")
+    assert roster.get("s1").state == "up" and [m.id for m in changes] == ["s1"]
+    again.connectionLost(None)

@@ -7,6 +7,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.testing import StringTransport
 
 from deposito.protocols.cluster import JoinProtocol
+from deposito.servedcatalog import ServedCatalog
 from deposito.storage import StorageNode
 
 
@@ -45,7 +46,7 @@ def joined(node: StorageNode, clock: task.Clock) -> tuple[JoinProtocol, StringTr
     proto = JoinProtocol(node, clock)
     tr = StringTransport()
     proto.makeConnection(tr)
-    proto.dataReceived(b"OK welcome heartbeat=1.0 listing=ids\r\n")
+    proto.dataReceived(b"OK welcome heartbeat=1.0 listing=ids catalog=c1\r\n")
     return proto, tr
 
 
@@ -64,13 +65,13 @@ def listing(*blobs: int) -> list[str]:
     return out
 
 
-def node_with(*blobs: int) -> StorageNode:
-    return StorageNode(Device([blob(i) for i in blobs]), "s1", "z1", None, None)
+def node_with(data, *blobs: int) -> StorageNode:
+    return StorageNode(Device([blob(i) for i in blobs]), "s1", "z1", None, None, ServedCatalog(str(data)))
 
 
-def test_each_proxy_gets_the_whole_inventory_and_a_slow_one_holds_up_no_other():
+def test_each_proxy_gets_the_whole_inventory_and_a_slow_one_holds_up_no_other(tmp_path):
     clock = task.Clock()
-    node = node_with(1, 2, 3, 4, 5)
+    node = node_with(tmp_path, 1, 2, 3, 4, 5)
     a, ta = joined(node, clock)
     assert lines(ta)[1:] == listing(1, 2, 3, 4, 5)
     a.sending.pauseProducing()  # proxy A's buffer is full: its next listing stops after a chunk
@@ -86,9 +87,9 @@ def test_each_proxy_gets_the_whole_inventory_and_a_slow_one_holds_up_no_other():
     assert node.connections == [] and clock.getDelayedCalls() == []
 
 
-def test_a_listing_asked_for_while_one_is_under_way_follows_it_on_that_connection_only():
+def test_a_listing_asked_for_while_one_is_under_way_follows_it_on_that_connection_only(tmp_path):
     clock = task.Clock()
-    node = node_with(1, 2, 3)
+    node = node_with(tmp_path, 1, 2, 3)
     a, ta = joined(node, clock)
     b, tb = joined(node, clock)
     lines(ta), lines(tb)
@@ -103,9 +104,9 @@ def test_a_listing_asked_for_while_one_is_under_way_follows_it_on_that_connectio
         p.connectionLost(None)
 
 
-def test_heartbeats_and_corrupt_copies_go_to_every_proxy_joined_and_a_lost_one_stops_only_its_own():
+def test_heartbeats_and_corrupt_copies_go_to_every_proxy_joined_and_a_lost_one_stops_only_its_own(tmp_path):
     clock = task.Clock()
-    node = node_with()
+    node = node_with(tmp_path)
     a, ta = joined(node, clock)
     b, tb = joined(node, clock)
     lines(ta), lines(tb)

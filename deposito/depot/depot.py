@@ -66,6 +66,7 @@ class Depot:
                                      paused=lambda: self.rebuilder.rebuilding)
         self.liveness = Liveness(reactor, db, roster, lease, handed_over=self._handed_over)
         self._absent: IDelayedCall | None = None
+        self.catalog_id: str | None = None  # read at the start: until then, servers cannot join
         self._stopping = False
         self._retry: defer.Deferred[None] | None = None
         roster.on_change = self.member_changed
@@ -94,11 +95,15 @@ class Depot:
     async def start(self) -> None:
         """Read what the catalog knows, then start the background work. A
         catalog out of reach (a database down) is asked again until it
-        answers; clients get ``ERR unavailable`` from it meanwhile."""
+        answers; clients get ``ERR unavailable`` from it meanwhile. Servers
+        join once the catalog's id is known and whether it is to be rebuilt,
+        the two things a server decides on to serve this proxy."""
         empty = await self._patiently(self.db.is_empty)
+        catalog_id = await self._patiently(self.db.identity)
         if self._stopping:
             return
         await self.rebuilder.start(bool(empty))
+        self.catalog_id = catalog_id
         n = await self._patiently(lambda: self.db.recover(self.reactor.seconds()))
         if n:
             self.log.info("{n} copies of unfinished uploads from before are garbage now", n=n)

@@ -8,7 +8,7 @@ knows of the others nothing at all.
                  [local=@<name> key=<key>]  (its local port, deposito.protocols.handoff)
     proxy:  CHALLENGE nonce=<np> proof=<hmac>   (only with a cluster secret; the server
     server: PROOF <hmac>                         checks the proxy's proof, then gives its own)
-    proxy:  OK welcome heartbeat=<seconds> listing=<ids|full>   (or ERR <code> <message>, then close)
+    proxy:  OK welcome heartbeat=<seconds> listing=<ids|full> catalog=<id>   (or ERR <code> <message>, then close)
     server: HB used=<n> capacity=<n> blobs=<n>  (every <seconds>; no reply)
     server: LISTING                             (about to list its blobs)
     server: INVENTORY <n> more                  a chunk, then n lines (more chunks follow):
@@ -31,6 +31,14 @@ A listing names only the blob ids, unless the proxy asks for each blob's
 metadata too (``listing=full``): it does while it rebuilds its catalog from
 them. Ids alone are read from the directories, without opening a blob.
 
+The welcome names the proxy's catalog (proxies sharing a catalog name the
+same id). A server serves one catalog: it records the first that welcomes
+it, and closes the connection to a proxy of another at once, without a
+word (deposito.servedcatalog). So the proxy counts a server joined, and
+places copies on it, only once it speaks after the welcome (it lists its
+blobs at once). A proxy that has not read its catalog's id yet (its
+database down) answers ``ERR unavailable``; servers try again.
+
 A server whose lines stop is closed after a few missed heartbeats; the proxy
 marks it down. The proxy does not count the time it spends taking a chunk in
 (not reading meanwhile) against the server.
@@ -50,7 +58,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from deposito.errors import BadArgs, Denied, DepositoError, from_reply
+from deposito.errors import BadArgs, Denied, DepositoError, Unavailable, from_reply
 from deposito.protocols.lines import LineProtocol
 from deposito.protocols.words import check_name, fields, parse_count, quote, split
 from deposito.secret import nonce, proof, verify
@@ -59,6 +67,7 @@ if TYPE_CHECKING:
     from deposito.roster import Roster
 
 SERVER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+CATALOG_ID = SERVER_ID
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 LOCAL_NAME = re.compile(r"^@[A-Za-z0-9._:/-]{1,100}$")
 LOCAL_KEY = re.compile(r"^[0-9a-f]{32}$")
@@ -91,8 +100,12 @@ class NodeReport(TypingProtocol):
     def usage(self) -> tuple[int, int, int]:
         """(capacity, used, blobs)"""
 
+    def welcome(self, connection: JoinProtocol) -> str | None:
+        """The proxy welcomed us (``connection.catalog`` names its catalog):
+        None to serve it, else why this server will not."""
+
     def joined(self, connection: JoinProtocol) -> None:
-        """The proxy accepted us: time to send the inventory."""
+        """The proxy accepted us, and we serve it: time to send the inventory."""
 
     def left(self, connection: JoinProtocol) -> None:
         """The connection to the proxy is gone."""
@@ -143,6 +156,7 @@ class JoinProtocol(LineProtocol):
         self.joined = False
         self.lost = False
         self.full_listing = True  # the proxy asks for each blob's metadata in listings (its welcome says)
+        self.catalog: str | None = None  # the proxy's catalog, as its welcome names it (None: it names none)
         self.sending = SendBuffer()
 
     def connectionMade(self) -> None:
@@ -155,7 +169,7 @@ class JoinProtocol(LineProtocol):
                    f" capacity={capacity} used={used} blobs={blobs}{challenge}{local}")
 
     def _refuse_proxy(self, why: str) -> None:
-        self.log.error("not joining the proxy at {proxy}: {why}", proxy=self._proxy(), why=why)
+        self.log.error("not joining the proxy at {proxy}: {why}", proxy=self.proxy_address(), why=why)
         self.transport.loseConnection()
 
     def textReceived(self, text: str) -> None:
@@ -176,23 +190,33 @@ class JoinProtocol(LineProtocol):
             return
         if not text.startswith("OK"):
             err = from_reply(text)
-            self.log.error("the proxy at {proxy} refused this server: {error}", proxy=self._proxy(), error=str(err))
+            self.log.error("the proxy at {proxy} refused this server: {error}", proxy=self.proxy_address(),
+                           error=str(err))
             self.transport.loseConnection()
+            return
+        welcome = fields(text)
+        self.catalog = welcome.get("catalog")
+        if self.catalog is not None and not CATALOG_ID.match(self.catalog):
+            self._refuse_proxy("its welcome names no valid catalog id")
+            return
+        self.full_listing = welcome.get("listing", "full") != "ids"
+        refusal = self.node.welcome(self)
+        if refusal is not None:
+            self._refuse_proxy(refusal)
             return
         self.joined = True
         try:
-            every = float(fields(text).get("heartbeat", HEARTBEAT))
+            every = float(welcome.get("heartbeat", HEARTBEAT))
         except ValueError:
             every = HEARTBEAT
-        self.full_listing = fields(text).get("listing", "full") != "ids"
-        self.log.info("joined the proxy at {proxy} as {id} (zone {zone})", proxy=self._proxy(), id=self.node.id,
-                      zone=self.node.zone)
+        self.log.info("joined the proxy at {proxy} as {id} (zone {zone})", proxy=self.proxy_address(),
+                      id=self.node.id, zone=self.node.zone)
         self._beat = task.LoopingCall(self._heartbeat)
         self._beat.clock = self.clock
         self._beat.start(max(0.05, every), now=False)
         self.node.joined(self)
 
-    def _proxy(self) -> str:
+    def proxy_address(self) -> str:
         """The proxy's address, for the log: a server may join several."""
         peer = self.transport.getPeer()
         host, port = getattr(peer, "host", None), getattr(peer, "port", None)
@@ -232,7 +256,7 @@ class JoinProtocol(LineProtocol):
             self._beat.stop()
         if self.joined:
             self.node.left(self)
-            self.log.warn("lost the proxy at {proxy}; joining again", proxy=self._proxy())
+            self.log.warn("lost the proxy at {proxy}; joining again", proxy=self.proxy_address())
 
 
 class MemberProtocol(LineProtocol, TimeoutMixin):
@@ -241,12 +265,15 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
     log = Logger()
 
     def __init__(self, roster: Roster, heartbeat: float, secret: bytes | None = None,
-                 full_listing: Callable[[], bool] = lambda: True) -> None:
+                 full_listing: Callable[[], bool] = lambda: True, *,
+                 catalog_id: Callable[[], str | None]) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
         self.secret = secret
         self.full_listing = full_listing  # whether to ask for each blob's metadata in listings
+        self.catalog_id = catalog_id  # the catalog's id; None until it is read
         self._full = True  # what was asked of this server
+        self._welcomed: tuple[Any, ...] | None = None  # roster.join's arguments, until the server speaks again
         self._challenge: tuple[str, dict[str, str], str] | None = None
         self.member_id: str | None = None
         self._listing_since: float | None = None
@@ -274,6 +301,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             if not words:
                 return
             command = words[0].upper()
+            if self._welcomed is not None:
+                self._enter()
             if self._chunk is not None:
                 self._inventory_line(words)
             elif self._challenge is not None:
@@ -390,27 +419,48 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         local = None
         if LOCAL_NAME.match(f.get("local", "")) and LOCAL_KEY.match(f.get("key", "")):
             local = (f["local"], f["key"])
-        self.roster.join(member_id, zone, host, port, capacity, used, blobs, self, local)
-        self.member_id = member_id
+        catalog = self.catalog_id()
+        if catalog is None:
+            raise Unavailable("the catalog is not read yet; try again shortly")
+        held = self.roster.get(member_id)
+        if held is not None and held.connection is not None:
+            raise Denied(f"a server named {member_id} is already joined")
+        self._welcomed = (member_id, zone, host, port, capacity, used, blobs, self, local)
         self._full = self.full_listing()
-        self.reply(f"OK welcome heartbeat={self.heartbeat} listing={'full' if self._full else 'ids'}")
+        self.reply(f"OK welcome heartbeat={self.heartbeat} listing={'full' if self._full else 'ids'}"
+                   f" catalog={catalog}")
+
+    def _enter(self) -> None:
+        """The server speaks after our welcome: it serves this proxy's catalog,
+        so it is up from now on. (One serving another catalog closes the
+        connection instead: no copy is ever placed on it.)"""
+        assert self._welcomed is not None
+        welcomed, self._welcomed = self._welcomed, None
+        self.roster.join(*welcomed)
+        self.member_id = welcomed[0]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self.setTimeout(None)
         if self.member_id is not None:
             self.roster.lost(self.member_id, self)
+        elif self._welcomed is not None:
+            self.log.warn("storage server {id} left when welcomed: it may serve another catalog (see its log)",
+                          id=self._welcomed[0])
 
 
 class MemberFactory(Factory):
     def __init__(self, roster: Roster, heartbeat: float = HEARTBEAT, secret: bytes | None = None,
-                 full_listing: Callable[[], bool] = lambda: True) -> None:
+                 full_listing: Callable[[], bool] = lambda: True, *,
+                 catalog_id: Callable[[], str | None]) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
         self.secret = secret
         self.full_listing = full_listing
+        self.catalog_id = catalog_id  # None until the proxy has read it: joins wait meanwhile
 
     def buildProtocol(self, addr: Any) -> MemberProtocol:
-        p = MemberProtocol(self.roster, self.heartbeat, self.secret, self.full_listing)
+        p = MemberProtocol(self.roster, self.heartbeat, self.secret, self.full_listing,
+                           catalog_id=self.catalog_id)
         p.factory = self
         return p
