@@ -18,10 +18,10 @@ REFRESH_SECONDS = 5
 KIND_WORDS = {"join": "joined", "down": "down", "dead": "dead", "corrupt": "corrupt copy",
               "missing": "missing copy", "inventory": "inventory", "repaired": "copy made",
               "drop": "copy dropped", "repair_failed": "repair failed", "refused": "refused",
-              "rebuilt": "catalog rebuilt", "denied": "wrong token"}
+              "rebuilt": "catalog rebuilt", "retired": "proxy retired", "denied": "wrong token"}
 KIND_TONE = {"join": "good", "repaired": "info", "drop": "info", "inventory": "warn", "down": "warn",
              "dead": "bad", "corrupt": "bad", "missing": "bad", "repair_failed": "bad", "refused": "bad",
-             "rebuilt": "info", "denied": "warn"}
+             "rebuilt": "info", "retired": "warn", "denied": "warn"}
 STATE_TONE = {"up": "good", "down": "warn", "dead": "bad"}
 
 STYLE = """
