@@ -720,3 +720,38 @@ def test_a_second_catalog_on_one_postgresql_database_writes_at_once(postgres):
         first.close()
         second.close()
         postgres.drop(url)
+
+
+def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
+    """A SQLite catalog of schema version 1 (tests/data/catalog-v1.sql, as the
+    proxy before several proxies left it) is brought to this schema in place:
+    its files, versions and counts as they were, its unfinished upload
+    garbage once the proxy starts, and new uploads commit."""
+    import sqlite3
+    from pathlib import Path
+
+    folder = tmp_path / "proxy"
+    folder.mkdir()
+    old = sqlite3.connect(folder / "catalog.sqlite")
+    old.executescript((Path(__file__).parent / "data" / "catalog-v1.sql").read_text())
+    old.close()
+    cat = Catalog(str(folder))
+    try:
+        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        kept, docs = cat.lookup("kept.bin"), cat.lookup("docs/b.txt")
+        assert (kept.version, kept.replicas, kept.servers) == (1, 3, ("s1", "s2"))
+        assert (docs.version, docs.blob, docs.servers) == (2, "c" * 32, ("s2",))
+        counts = cat.counts()
+        assert (counts.files, counts.bytes, counts.wanted) == (2, 1006, 4)
+        assert cat.recover(10.0) == 2
+        assert sorted(cat.garbage(["s1", "s2", "s3"], 10)) == [("b" * 32, "s1"), ("d" * 32, "s1"), ("d" * 32, "s3")]
+        assert cat.begin_upload("unfinished", "e" * 32, ["s3"]) == 2  # versions go on from those given out
+        assert cat.commit("unfinished", 2, "e" * 32, 1, "x", 1, ["s3"], 11.0)
+        assert [name for name, _, _ in cat.due_work(11.0, 10)] == ["kept.bin"]  # its raised count still queued
+    finally:
+        cat.close()
+    again = Catalog(str(folder))  # and opens again as it is
+    try:
+        assert again.lookup("unfinished").version == 2 and again.lookup("kept.bin").replicas == 3
+    finally:
+        again.close()
