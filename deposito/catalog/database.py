@@ -106,6 +106,7 @@ class Database:
         self.dialect = self.backend.dialect
         self.reads_only = reads_only
         self._db: Connection | None = None
+        self._calling = False  # a batch's call is running (see _batch)
         try:
             self.db  # noqa: B018 (connect now: a SQLite catalog is made or opened at once)
         except Unavailable:
@@ -155,6 +156,8 @@ class Database:
         """Run ``fn`` atomically: its own transaction, or a savepoint inside a
         batch (see :meth:`batch`), so one failing call undoes only itself."""
         db = self.db
+        if self._calling:  # a batch's call: the batch undoes it alone if it fails
+            return fn(db)
         if db.in_transaction:
             db.execute("SAVEPOINT call")
             try:
@@ -197,18 +200,26 @@ class Database:
     def _batch(self, calls: list[tuple[Callable[..., Any], tuple]], durable: bool) -> list[tuple[bool, Any]]:
         db = self.db
         results: list[tuple[bool, Any]] = []
+        alone = len(calls) == 1  # its failure undoes the whole transaction: no savepoint needed
         self.backend.begin(db, durable)
         try:
             for method, args in calls:
-                db.execute("SAVEPOINT batched")
+                if not alone:
+                    db.execute("SAVEPOINT batched")
+                self._calling = True
                 try:
                     results.append((True, method(self, *args)))
                 except Exception as e:
                     if self.backend.unreachable(e) or self.backend.retryable(e):
                         raise
-                    db.execute("ROLLBACK TO batched")
+                    db.execute("ROLLBACK" if alone else "ROLLBACK TO batched")
+                    if alone:
+                        return [(False, e)]
                     results.append((False, e))
-                db.execute("RELEASE batched")
+                finally:
+                    self._calling = False
+                if not alone:
+                    db.execute("RELEASE batched")
             db.execute("COMMIT")
         except BaseException as e:
             if not self.backend.unreachable(e) and db.in_transaction:

@@ -136,14 +136,6 @@ class Catalog(Database):
             db.execute(f"UPDATE garbage SET owner = NULL WHERE owner IS NOT NULL AND ({owned})", args)
         return max(0, n)
 
-    def _own_intents(self, db: Connection, blob: str) -> None:
-        """Raise Unavailable unless this proxy's intents for ``blob`` are
-        still there: a proxy that lost its lease had its uploads made
-        garbage (and maybe deleted), so they must not count."""
-        if db.execute("SELECT 1 FROM intents WHERE blob = ? AND owner = ? LIMIT 1",
-                      (blob, self.proxy)).fetchone() is None:
-            raise Unavailable("this proxy lost its lease on the catalog meanwhile: the upload was abandoned")
-
     @effects(durable=False, keeps_records=True)
     def begin_upload(self, name: str, blob: str, servers: Iterable[str]) -> int:
         """Allocate the next version of ``name`` (in one statement: two proxies
@@ -180,23 +172,25 @@ class Catalog(Database):
         meanwhile: this one is then garbage at once and readers never see it.
         The name's row is locked first, so two proxies committing versions of
         one name decide newest-wins one after the other. Unavailable when
-        this proxy's lease ran out meanwhile (see :meth:`_own_intents`).
+        this proxy's lease ran out meanwhile: its uploads were made garbage
+        (and may be deleted already), so they must not count.
         """
         servers = list(servers)
 
         def tx(db: Connection) -> bool:
-            settled = db.execute("SELECT settled FROM names WHERE name = ?" + self.dialect.for_update,
-                                 (name,)).fetchone()
-            self._own_intents(db, blob)
+            # the name's row locked, and settled at this version unless a newer one was settled first
+            settled = db.execute(f"UPDATE names SET settled = {self.dialect.greatest}(settled, ?) WHERE name = ?"
+                                 " RETURNING settled", (version, name)).fetchone()
+            intents = db.execute("DELETE FROM intents WHERE blob = ? RETURNING server, owner", (blob,)).fetchall()
+            if not any(owner == self.proxy for _, owner in intents):
+                raise Unavailable("this proxy lost its lease on the catalog meanwhile: the upload was abandoned")
             # servers written to but not holding a verified copy are garbage
-            db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM intents WHERE blob = ?"
-                       + (" AND server NOT IN (%s)" % ",".join("?" * len(servers)) if servers else "")
-                       + " ON CONFLICT DO NOTHING", (blob, *servers))
-            db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
+            left = {server for server, _ in intents} - set(servers)
+            if left:
+                db.executemany(INSERT_GARBAGE, [(blob, server) for server in sorted(left)])
             if settled is not None and settled[0] > version:
                 db.executemany(INSERT_GARBAGE, [(blob, s) for s in servers])
                 return False
-            db.execute("UPDATE names SET settled = ? WHERE name = ?", (version, name))
             row = db.execute("SELECT version, blob, size, replicas FROM files WHERE name = ?", (name,)).fetchone()
             if row is not None:
                 self._drop_blob(db, row[1])
@@ -204,7 +198,9 @@ class Catalog(Database):
             else:
                 _count(db, 1, size, replicas)
             db.execute(UPSERT_FILE, (name, version, blob, size, sha256, replicas, now, " ".join(sorted(set(servers)))))
-            db.executemany(INSERT_COPY, [(blob, s, now) for s in servers])
+            if servers:  # in one statement
+                db.execute("INSERT INTO copies VALUES " + ",".join(["(?, ?, ?)"] * len(servers))
+                           + " ON CONFLICT DO NOTHING", [v for s in servers for v in (blob, s, now)])
             return True
         return self._tx(tx)
 
@@ -602,6 +598,9 @@ UPSERT_FILE = ("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (n
 
 
 def _count(db: Connection, files: int, size: int, wanted: int) -> None:
-    for key, delta in zip(TOTALS, (files, size, wanted)):
-        if delta:
-            db.execute("UPDATE totals SET value = value + ? WHERE key = ?", (delta, key))
+    """Add to the totals STATUS shows, in one statement."""
+    deltas = [(key, delta) for key, delta in zip(TOTALS, (files, size, wanted)) if delta]
+    if deltas:
+        db.execute("UPDATE totals SET value = value + CASE key"
+                   + " WHEN ? THEN ?" * len(deltas) + " END WHERE key IN (%s)" % ",".join("?" * len(deltas)),
+                   (*[v for pair in deltas for v in pair], *[key for key, _ in deltas]))

@@ -171,9 +171,7 @@ class PostgresBackend:
     def begin(self, db: PostgresConnection, durable: bool) -> None:
         """A batch of nothing durable commits without waiting for the disk
         (see :func:`deposito.catalog.records.effects`)."""
-        db.execute("BEGIN")
-        if not durable:
-            db.execute("SET LOCAL synchronous_commit = off")
+        db.execute("BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit = off")  # one round trip
 
     def retryable(self, error: BaseException) -> bool:
         # class 40: serialization failure (40001), deadlock (40P01)...
