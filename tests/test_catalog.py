@@ -755,3 +755,13 @@ def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
         assert again.lookup("unfinished").version == 2 and again.lookup("kept.bin").replicas == 3
     finally:
         again.close()
+
+
+def test_clients_lookups_answer_each_name_in_order_from_one_statement_a_page(cat):
+    cat.commit("a", cat.begin_upload("a", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
+    cat.commit("b", cat.begin_upload("b", "b2", ["s2"]), "b2", 2, "y", 1, ["s2"], 0.0)
+    answers = cat.lookups(["b", "missing", "a", "b"])
+    assert [(ok, r and (r.name, r.blob)) for ok, r in answers] == [
+        (True, ("b", "b2")), (True, None), (True, ("a", "b1")), (True, ("b", "b2"))]
+    many = [f"n{i}" for i in range(1200)] + ["a"]  # more than a page
+    assert [r for _, r in cat.lookups(many)][-1].blob == "b1"

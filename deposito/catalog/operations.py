@@ -58,10 +58,17 @@ class Catalog(Database):
         return Catalog(self.backend, reads_only=True, proxy=self.proxy)
 
     def lookups(self, names: Iterable[str]) -> builtins.list[tuple[bool, Any]]:
-        """The records of ``names`` (ok, record or None) each, as :meth:`batch` answers."""
+        """The records of ``names`` (ok, record or None) each, as :meth:`batch`
+        answers: read a page of names at a time, one statement for each."""
         names = builtins.list(names)
         try:
-            return self._guarded(lambda: [(True, self._lookup(self.db, name)) for name in names])
+            found: dict[str, FileRecord] = {}
+            for start in range(0, len(names), LOOKUP_PAGE):
+                page = sorted(set(names[start:start + LOOKUP_PAGE]))
+                rows = self._guarded(lambda: self.db.execute(
+                    RECORD + " WHERE name IN (%s)" % ",".join("?" * len(page)), page).fetchall())
+                found.update((row[0], to_record(row)) for row in rows)
+            return [(True, found.get(name)) for name in names]
         except Exception as e:
             return [(False, e) for _ in names]
 
@@ -589,6 +596,7 @@ class Catalog(Database):
                        [(name, due) for name in names])
 
 
+LOOKUP_PAGE = 500  # names read in one statement by clients' lookups
 REMEMBER_DELETES = 600.0  # seconds a delete is remembered for the inventories that may still list it
 INSERT_GARBAGE = "INSERT INTO garbage (blob, server) VALUES (?, ?) ON CONFLICT DO NOTHING"
 INSERT_COPY = "INSERT INTO copies VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
