@@ -1,0 +1,435 @@
+"""The XML S3 speaks, both ways: the documents the gateway answers with, and
+the three request bodies it reads (DeleteObjects, CompleteMultipartUpload,
+CreateBucket).
+
+Writing. Every document is UTF-8 with S3's declaration; results carry S3's
+namespace, error documents none, as S3 writes them. All text is escaped the
+way S3 escapes it (``&amp; &lt; &gt; &quot; &apos;``, and a carriage return
+as ``&#13;`` so that parsers do not turn it into a line feed). Characters that
+XML 1.0 cannot carry at all (C0 controls other than tab, LF and CR; lone
+surrogates; U+FFFE and U+FFFF) are written as U+FFFD, so a document is always
+well-formed: Amazon S3 writes them as character references that XML 1.0
+parsers refuse, which breaks a client's whole listing for one odd key. Depot
+names have no control characters (CONTRACT.md 1), so this touches almost
+nothing; a client that must see such keys exactly asks for
+``EncodingType=url``, as boto3, the aws CLI and rclone do by default, and then
+keys are percent-encoded (UTF-8, only ``/`` and RFC 3986's unreserved
+characters left as they are) and lose nothing.
+
+Reading. Bodies are parsed with defusedxml (no DTD, no entities, no external
+references) and any fault, whatever its cause, is ``S3Error("MalformedXML")``.
+The gateway bounds a body before it is parsed, reading at most the limits
+below; the parsers refuse anything longer too.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Optional, Sequence, Union
+from urllib.parse import quote
+from xml.etree.ElementTree import Element, ParseError
+
+import attrs
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring
+
+from deposito.s3.errors import S3Error
+
+NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+# Body limits the gateway reads up to. A DeleteObjects names at most 1000 keys
+# of at most 1024 bytes, each byte at most 6 bytes once escaped, plus ~100 of
+# markup: under 7 MiB. A CompleteMultipartUpload lists at most 10000 parts of
+# ~400 bytes with their checksums: under 4 MiB.
+DELETE_BODY_LIMIT = 8 * 1024 * 1024
+COMPLETE_BODY_LIMIT = 8 * 1024 * 1024
+CREATE_BUCKET_BODY_LIMIT = 64 * 1024
+
+MAX_DELETE_KEYS = 1000
+MAX_PART_NUMBER = 10000
+
+Instant = Union[datetime, float]
+"""A moment: an aware datetime (a naive one is taken as UTC) or POSIX seconds."""
+
+
+@attrs.frozen
+class Owner:
+    id: str
+    display_name: str
+
+
+@attrs.frozen
+class BucketEntry:
+    name: str
+    created: Instant
+
+
+@attrs.frozen
+class ObjectEntry:
+    """One object in a listing; ``etag`` with or without its double quotes."""
+
+    key: str
+    last_modified: Instant
+    etag: str
+    size: int
+    storage_class: str = "STANDARD"
+    owner: Optional[Owner] = None
+
+
+@attrs.frozen
+class PartEntry:
+    part_number: int
+    last_modified: Instant
+    etag: str
+    size: int
+
+
+@attrs.frozen
+class UploadEntry:
+    key: str
+    upload_id: str
+    initiated: Instant
+    storage_class: str = "STANDARD"
+    owner: Optional[Owner] = None
+
+
+@attrs.frozen
+class Deleted:
+    key: str
+    version_id: Optional[str] = None
+
+
+@attrs.frozen
+class DeleteFailure:
+    """A key DeleteObjects could not delete, with the S3 code that says why."""
+
+    key: str
+    code: str
+    message: str
+    version_id: Optional[str] = None
+
+
+@attrs.frozen
+class ObjectToDelete:
+    key: str
+    version_id: Optional[str] = None
+
+
+# Writing.
+
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;",
+                          "\r": "&#13;"})
+
+
+def escape(text: str) -> str:
+    """``text`` as XML character data, always well-formed (see the module's docstring)."""
+    return _NOT_XML.sub("\ufffd", text).translate(_ESCAPES)
+
+
+def url_encode(key: str) -> str:
+    """A key as S3 writes it under ``EncodingType=url``: percent-encoded UTF-8."""
+    return quote(key.encode("utf-8", "replace"), safe="/")
+
+
+def timestamp(when: Instant) -> str:
+    """ISO 8601 in UTC with milliseconds and ``Z``, as S3 writes every date."""
+    if isinstance(when, datetime):
+        moment = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    else:
+        moment = datetime.fromtimestamp(when, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def quoted(etag: str) -> str:
+    """An ETag in double quotes, as S3 sends it in headers and documents."""
+    return etag if len(etag) >= 2 and etag.startswith('"') and etag.endswith('"') else f'"{etag}"'
+
+
+def element(name: str, value: Union[str, int, bool, None]) -> str:
+    """``<name>value</name>``, or nothing for None."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        text = str(value)
+    else:
+        text = escape(value)
+    return f"<{name}>{text}</{name}>"
+
+
+def xml_document(root: str, parts: Iterable[str], namespace: bool = True) -> bytes:
+    """The whole document: declaration, root (in S3's namespace if asked) and its parts."""
+    attributes = f' xmlns="{NAMESPACE}"' if namespace else ""
+    body = "".join(parts)
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}{attributes}>{body}</{root}>'.encode("utf-8")
+
+
+def error_document(error: S3Error, request_id: str, host_id: Optional[str] = None) -> bytes:
+    """The body S3 sends with an error: ``<Error>``, no namespace, the extras after the message."""
+    parts = [element("Code", error.code), element("Message", error.message)]
+    parts += [element(name, value) for name, value in error.extra.items()]
+    parts += [element("Resource", error.resource), element("RequestId", request_id),
+              element("HostId", host_id)]
+    return xml_document("Error", parts, namespace=False)
+
+
+def _owner(name: str, owner: Optional[Owner]) -> str:
+    if owner is None:
+        return ""
+    return f"<{name}>{element('ID', owner.id)}{element('DisplayName', owner.display_name)}</{name}>"
+
+
+def _as_is(key: str) -> str:
+    return key
+
+
+def _encoder(encoding_type: Optional[str]) -> Callable[[str], str]:
+    """How keys, prefixes, delimiters and markers are written for ``encoding_type``."""
+    if encoding_type not in (None, "url"):
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request",
+                      ArgumentName="encoding-type", ArgumentValue=encoding_type)
+    return url_encode if encoding_type == "url" else _as_is
+
+
+def _maybe(encode: Callable[[str], str], value: Optional[str]) -> Optional[str]:
+    return None if value is None else encode(value)
+
+
+def _contents(entry: ObjectEntry, encode: Callable[[str], str]) -> str:
+    return ("<Contents>" + element("Key", encode(entry.key))
+            + element("LastModified", timestamp(entry.last_modified))
+            + element("ETag", quoted(entry.etag)) + element("Size", entry.size)
+            + _owner("Owner", entry.owner) + element("StorageClass", entry.storage_class) + "</Contents>")
+
+
+def _common_prefixes(prefixes: Sequence[str], encode: Callable[[str], str]) -> list[str]:
+    return [f"<CommonPrefixes>{element('Prefix', encode(prefix))}</CommonPrefixes>" for prefix in prefixes]
+
+
+def list_buckets_result(owner: Owner, buckets: Sequence[BucketEntry]) -> bytes:
+    """ListBuckets' answer."""
+    entries = "".join(f"<Bucket>{element('Name', bucket.name)}"
+                      f"{element('CreationDate', timestamp(bucket.created))}</Bucket>" for bucket in buckets)
+    return xml_document("ListAllMyBucketsResult", [_owner("Owner", owner), f"<Buckets>{entries}</Buckets>"])
+
+
+def list_objects_v2_result(
+    bucket: str, contents: Sequence[ObjectEntry], common_prefixes: Sequence[str] = (), *,
+    prefix: str = "", delimiter: Optional[str] = None, max_keys: int = 1000, is_truncated: bool = False,
+    continuation_token: Optional[str] = None, next_continuation_token: Optional[str] = None,
+    start_after: Optional[str] = None, encoding_type: Optional[str] = None,
+) -> bytes:
+    """ListObjectsV2's answer: one page of keys, then the prefixes a delimiter rolled up.
+
+    Continuation tokens are written as given: the gateway makes them opaque
+    and plain (base64url, say), so they need no encoding.
+    """
+    encode = _encoder(encoding_type)
+    parts = [element("Name", bucket), element("Prefix", encode(prefix)),
+             element("Delimiter", _maybe(encode, delimiter)), element("MaxKeys", max_keys),
+             element("KeyCount", len(contents) + len(common_prefixes)),
+             element("IsTruncated", is_truncated), element("EncodingType", encoding_type),
+             element("ContinuationToken", continuation_token),
+             element("NextContinuationToken", next_continuation_token),
+             element("StartAfter", _maybe(encode, start_after))]
+    parts += [_contents(entry, encode) for entry in contents]
+    parts += _common_prefixes(common_prefixes, encode)
+    return xml_document("ListBucketResult", parts)
+
+
+def list_objects_result(
+    bucket: str, contents: Sequence[ObjectEntry], common_prefixes: Sequence[str] = (), *,
+    prefix: str = "", delimiter: Optional[str] = None, max_keys: int = 1000, is_truncated: bool = False,
+    marker: str = "", next_marker: Optional[str] = None, encoding_type: Optional[str] = None,
+) -> bytes:
+    """ListObjects' (v1) answer. S3 gives ``NextMarker`` only when a delimiter is
+    set and the page is truncated; the gateway may give it always, clients
+    then use it rather than the last key."""
+    encode = _encoder(encoding_type)
+    parts = [element("Name", bucket), element("Prefix", encode(prefix)), element("Marker", encode(marker)),
+             element("NextMarker", _maybe(encode, next_marker)), element("MaxKeys", max_keys),
+             element("Delimiter", _maybe(encode, delimiter)), element("IsTruncated", is_truncated),
+             element("EncodingType", encoding_type)]
+    parts += [_contents(entry, encode) for entry in contents]
+    parts += _common_prefixes(common_prefixes, encode)
+    return xml_document("ListBucketResult", parts)
+
+
+def copy_object_result(etag: str, last_modified: Instant) -> bytes:
+    """CopyObject's answer."""
+    return xml_document("CopyObjectResult", [element("LastModified", timestamp(last_modified)),
+                                             element("ETag", quoted(etag))])
+
+
+def copy_part_result(etag: str, last_modified: Instant) -> bytes:
+    """UploadPartCopy's answer."""
+    return xml_document("CopyPartResult", [element("LastModified", timestamp(last_modified)),
+                                           element("ETag", quoted(etag))])
+
+
+def initiate_multipart_upload_result(bucket: str, key: str, upload_id: str) -> bytes:
+    """CreateMultipartUpload's answer."""
+    return xml_document("InitiateMultipartUploadResult", [element("Bucket", bucket), element("Key", key),
+                                                          element("UploadId", upload_id)])
+
+
+def complete_multipart_upload_result(location: str, bucket: str, key: str, etag: str) -> bytes:
+    """CompleteMultipartUpload's answer; ``location`` is the object's URL."""
+    return xml_document("CompleteMultipartUploadResult", [
+        element("Location", location), element("Bucket", bucket), element("Key", key),
+        element("ETag", quoted(etag))])
+
+
+def list_parts_result(
+    bucket: str, key: str, upload_id: str, parts: Sequence[PartEntry], *,
+    part_number_marker: int = 0, next_part_number_marker: Optional[int] = None, max_parts: int = 1000,
+    is_truncated: bool = False, owner: Optional[Owner] = None, storage_class: str = "STANDARD",
+) -> bytes:
+    """ListParts' answer: the parts of an upload in progress, by part number."""
+    body = [element("Bucket", bucket), element("Key", key), element("UploadId", upload_id),
+            _owner("Initiator", owner), _owner("Owner", owner), element("StorageClass", storage_class),
+            element("PartNumberMarker", part_number_marker),
+            element("NextPartNumberMarker", next_part_number_marker), element("MaxParts", max_parts),
+            element("IsTruncated", is_truncated)]
+    body += ["<Part>" + element("PartNumber", part.part_number)
+             + element("LastModified", timestamp(part.last_modified))
+             + element("ETag", quoted(part.etag)) + element("Size", part.size) + "</Part>" for part in parts]
+    return xml_document("ListPartsResult", body)
+
+
+def list_multipart_uploads_result(
+    bucket: str, uploads: Sequence[UploadEntry], common_prefixes: Sequence[str] = (), *,
+    prefix: str = "", delimiter: Optional[str] = None, key_marker: str = "", upload_id_marker: str = "",
+    next_key_marker: Optional[str] = None, next_upload_id_marker: Optional[str] = None,
+    max_uploads: int = 1000, is_truncated: bool = False, encoding_type: Optional[str] = None,
+) -> bytes:
+    """ListMultipartUploads' answer: uploads in progress, by key then by start."""
+    encode = _encoder(encoding_type)
+    body = [element("Bucket", bucket), element("KeyMarker", encode(key_marker)),
+            element("UploadIdMarker", upload_id_marker),
+            element("NextKeyMarker", _maybe(encode, next_key_marker)),
+            element("NextUploadIdMarker", next_upload_id_marker),
+            element("Delimiter", _maybe(encode, delimiter)), element("Prefix", encode(prefix)),
+            element("MaxUploads", max_uploads), element("IsTruncated", is_truncated),
+            element("EncodingType", encoding_type)]
+    body += ["<Upload>" + element("Key", encode(upload.key)) + element("UploadId", upload.upload_id)
+             + _owner("Initiator", upload.owner) + _owner("Owner", upload.owner)
+             + element("StorageClass", upload.storage_class)
+             + element("Initiated", timestamp(upload.initiated)) + "</Upload>" for upload in uploads]
+    body += _common_prefixes(common_prefixes, encode)
+    return xml_document("ListMultipartUploadsResult", body)
+
+
+def delete_result(deleted: Sequence[Deleted], failures: Sequence[DeleteFailure], quiet: bool = False) -> bytes:
+    """DeleteObjects' answer. In quiet mode S3 reports only the keys it failed to delete."""
+    body = [] if quiet else [
+        "<Deleted>" + element("Key", entry.key) + element("VersionId", entry.version_id) + "</Deleted>"
+        for entry in deleted]
+    body += ["<Error>" + element("Key", failure.key) + element("VersionId", failure.version_id)
+             + element("Code", failure.code) + element("Message", failure.message) + "</Error>"
+             for failure in failures]
+    return xml_document("DeleteResult", body)
+
+
+def location_constraint(location: Optional[str]) -> bytes:
+    """GetBucketLocation's answer; empty for the default region, as S3 answers for us-east-1."""
+    return xml_document("LocationConstraint", [escape(location or "")])
+
+
+# Reading.
+
+def _parse(body: bytes, root: str, limit: int) -> Element:
+    """The document's root element, if it is well-formed, plain and named ``root``."""
+    if len(body) > limit:
+        raise S3Error("MalformedXML")
+    try:
+        document = fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except (ParseError, DefusedXmlException, ValueError, LookupError):
+        raise S3Error("MalformedXML") from None
+    if _name(document) != root:
+        raise S3Error("MalformedXML")
+    return document
+
+
+def _name(node: Element) -> str:
+    """A tag without its namespace: clients send S3's namespace, or none."""
+    return node.tag.rpartition("}")[2] if isinstance(node.tag, str) else ""
+
+
+def _children(node: Element, name: str) -> list[Element]:
+    return [child for child in node if _name(child) == name]
+
+
+def _only(node: Element, name: str) -> Optional[Element]:
+    """The one child called ``name``, or None; twice is malformed."""
+    found = _children(node, name)
+    if len(found) > 1:
+        raise S3Error("MalformedXML")
+    return found[0] if found else None
+
+
+def _text(node: Element, name: str) -> Optional[str]:
+    child = _only(node, name)
+    return None if child is None else (child.text or "")
+
+
+def parse_delete(body: bytes) -> tuple[list[ObjectToDelete], bool]:
+    """DeleteObjects' request: the keys (1 to 1000, each with its VersionId if
+    given), in the order sent, and whether the client asked for quiet mode."""
+    document = _parse(body, "Delete", DELETE_BODY_LIMIT)
+    quiet_text = _text(document, "Quiet")
+    quiet = (quiet_text or "false").strip().lower()
+    if quiet not in ("true", "false"):
+        raise S3Error("MalformedXML")
+    objects = _children(document, "Object")
+    if not 1 <= len(objects) <= MAX_DELETE_KEYS:
+        raise S3Error("MalformedXML")
+    keys = []
+    for entry in objects:
+        key = _text(entry, "Key")
+        if not key:
+            raise S3Error("MalformedXML")
+        keys.append(ObjectToDelete(key, _text(entry, "VersionId")))
+    return keys, quiet == "true"
+
+
+_PART_NUMBER = re.compile(r"[0-9]{1,6}")
+
+
+def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
+    """CompleteMultipartUpload's request: (part number, ETag without quotes), in order.
+
+    Part numbers must be 1 to 10000 (else InvalidArgument, S3's answer to a
+    part number out of range) and strictly ascending (else InvalidPartOrder).
+    Checksums given with a part are not read here.
+    """
+    document = _parse(body, "CompleteMultipartUpload", COMPLETE_BODY_LIMIT)
+    parts: list[tuple[int, str]] = []
+    for entry in _children(document, "Part"):
+        number_text = (_text(entry, "PartNumber") or "").strip()
+        etag = _text(entry, "ETag")
+        if not _PART_NUMBER.fullmatch(number_text) or etag is None:
+            raise S3Error("MalformedXML")
+        number = int(number_text)
+        if not 1 <= number <= MAX_PART_NUMBER:
+            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
+                          ArgumentName="partNumber", ArgumentValue=number_text)
+        if parts and number <= parts[-1][0]:
+            raise S3Error("InvalidPartOrder")
+        etag = etag.strip()
+        parts.append((number, etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag))
+    if not parts:
+        raise S3Error("MalformedXML")
+    return parts
+
+
+def parse_create_bucket(body: bytes) -> Optional[str]:
+    """CreateBucket's request: the LocationConstraint asked, or None (an empty body is allowed)."""
+    if not body.strip():
+        return None
+    document = _parse(body, "CreateBucketConfiguration", CREATE_BUCKET_BODY_LIMIT)
+    location = _text(document, "LocationConstraint")
+    return location.strip() or None if location is not None else None
