@@ -137,9 +137,11 @@ def timestamp(when: Instant) -> str:
     """ISO 8601 in UTC with milliseconds and ``Z``, as S3 writes every date."""
     if isinstance(when, datetime):
         moment = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
-    else:
-        moment = datetime.fromtimestamp(when, timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        milliseconds = moment.microsecond // 1000
+    else:  # rounded, so that 1715938201.234 is not written .233
+        seconds, milliseconds = divmod(round(when * 1000), 1000)
+        moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{milliseconds:03d}Z"
 
 
 def quoted(etag: str) -> str:
