@@ -16,8 +16,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["deposito", "deposito.catalog", "deposito.depot", "deposito.protocols", "deposito.splice",
-              "deposito.s3",
+    packages=["deposito", "deposito.catalog", "deposito.depot", "deposito.protocols", "deposito.s3", "deposito.splice",
               "twisted.plugins"],
     package_data={"twisted": ["plugins/deposito_plugins.py"]},
     install_requires=[
@@ -29,6 +28,7 @@ setup(
         "crc32c>=2.3",  # block checksums: CRC-32C in hardware, about 8x zlib's CRC-32
         "psycopg[binary]>=3.1",  # the catalog in PostgreSQL (--catalog postgresql://...)
         "defusedxml>=0.7",  # S3 request bodies: XML without entity or DTD tricks
+        "awscrt>=0.23.4",  # S3's CRC-64/NVME checksums (botocore's own lower bound for it)
     ],
     extras_require={
         "test": [
@@ -37,7 +37,7 @@ setup(
             "hypothesis>=6.100",
             "mypy>=1.10",
             "mypy-zope>=1.0.5",
-            "boto3>=1.34",  # botocore parses and serializes S3 XML in the tests
+            "boto3>=1.34",  # botocore: the reference signer, and S3 XML's parser and serializer, in the tests
         ],
     },
     entry_points={"console_scripts": ["deposito = deposito.cli:main"]},

@@ -57,7 +57,8 @@ def serialize(operation: str, params: dict[str, Any]) -> bytes:
 # Errors.
 
 def test_every_code_has_a_client_or_server_status_and_a_message() -> None:
-    assert len(ERRORS) == 31
+    assert {"NoSuchKey", "NoSuchBucket", "BucketNotEmpty", "SignatureDoesNotMatch", "InvalidAccessKeyId",
+            "AuthorizationHeaderMalformed", "XAmzContentSHA256Mismatch"} <= set(ERRORS)
     for code, kind in ERRORS.items():
         assert 400 <= kind.status <= 599, code
         assert kind.message, code

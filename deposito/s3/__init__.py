@@ -1,6 +1,10 @@
-"""The S3-compatible API (CONTRACT.md section 6): the gateway that lets boto3,
-the aws CLI, rclone and other S3 tools store and read depot files unchanged.
-Each concern is a module of its own: S3's error codes (``errors``), the XML S3
-speaks both ways (``xmlwire``), request signatures (``sigv4``); the resources
-call the same Depot methods as the text protocol, so there is one data path.
+"""The S3-compatible API: Amazon's S3 REST protocol over the same depot.
+
+The object KEY in bucket B is the depot file ``B/KEY``, so S3 tools (boto3,
+the aws CLI, rclone) see the same files as the text protocol, the CLI and
+HTTP. Each concern is a module of its own: S3's error codes (``errors``),
+the XML S3 speaks both ways (``xmlwire``), request signatures (``sigv4``,
+with its keys in ``keys``, ``aws-chunked`` bodies in ``chunked`` and their
+checksums in ``checksums``). The resources, still to come, call the same
+Depot methods as every other interface, so there is one data path.
 """

@@ -23,6 +23,8 @@ class ErrorKind:
 
 ERRORS: dict[str, ErrorKind] = {
     "AccessDenied": ErrorKind(403, "Access Denied"),
+    "AuthorizationHeaderMalformed": ErrorKind(400, "The authorization header is malformed."),
+    "AuthorizationQueryParametersError": ErrorKind(400, "Error parsing the X-Amz-Credential parameter."),
     "BadDigest": ErrorKind(400, "The Content-MD5 you specified did not match what we received."),
     "BucketAlreadyExists": ErrorKind(
         409, "The requested bucket name is not available. The bucket namespace is shared by all users "
