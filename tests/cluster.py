@@ -329,6 +329,17 @@ def incoming(cluster: Cluster, sid: str) -> list[Path]:
         return []
 
 
+def incoming_bytes(cluster: Cluster, sid: str) -> int:
+    """How many bytes the writes under way on a server have on its disk."""
+    total = 0
+    for p in incoming(cluster, sid):
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            pass  # finished meanwhile
+    return total
+
+
 def serving_servers(cluster: Cluster) -> list[str]:
     """Servers with a blob's bytes queued in a socket (from /proc/net/tcp).
 

@@ -18,22 +18,12 @@ import uuid
 
 import pytest
 
-from tests.cluster import Cluster, Wire, fields, incoming, poll, serving_servers, sha
+from tests.cluster import Cluster, Wire, fields, incoming, incoming_bytes, poll, serving_servers, sha
 
 pytestmark = pytest.mark.slow
 
 
 # -- helpers
-
-
-def incoming_bytes(cluster: Cluster, sid: str) -> int:
-    total = 0
-    for p in incoming(cluster, sid):
-        try:
-            total += p.stat().st_size
-        except FileNotFoundError:
-            pass
-    return total
 
 
 def all_sids(cluster: Cluster) -> list[str]:

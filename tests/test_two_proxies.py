@@ -26,7 +26,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.cluster import Cluster, Wire, WireError, answer, fields, incoming, poll, sha
+from tests.cluster import Cluster, Wire, WireError, answer, fields, incoming, incoming_bytes, poll, sha
 
 pytestmark = pytest.mark.slow
 
@@ -101,16 +101,6 @@ def each(contents: dict[str, bytes], n: int) -> dict[str, int]:
 def leftovers(cluster: Cluster) -> list[str]:
     """Writes under way on any server's disk (incoming files)."""
     return [f"{sid}/{p.name}" for sid in cluster.server_folders() for p in incoming(cluster, sid)]
-
-
-def incoming_bytes(cluster: Cluster, sid: str) -> int:
-    total = 0
-    for p in incoming(cluster, sid):
-        try:
-            total += p.stat().st_size
-        except FileNotFoundError:
-            pass
-    return total
 
 
 def stays(condition, seconds: float, every: float = 0.2) -> bool:
