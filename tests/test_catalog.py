@@ -473,7 +473,7 @@ def test_a_commit_waits_for_another_proxys_commit_of_the_same_name(shared):
 
     a, b = shared
     a.begin_upload("f", "b1", ["s1"])
-    v2 = b.begin_upload("f", "b2", ["s1"])
+    v2 = b.begin_upload("f", "b2", ["s2"])
     v3 = a.begin_upload("f", "b3", ["s1"])
     a.db.execute("BEGIN")
     assert a.commit("f", v3, "b3", 1, "x", 1, ["s1"], 0.0)  # inside A's open transaction: a savepoint
@@ -765,3 +765,43 @@ def test_clients_lookups_answer_each_name_in_order_from_one_statement_a_page(cat
         (True, ("b", "b2")), (True, None), (True, ("a", "b1")), (True, ("b", "b2"))]
     many = [f"n{i}" for i in range(1200)] + ["a"]  # more than a page
     assert [r for _, r in cat.lookups(many)][-1].blob == "b1"
+
+
+def test_a_retirement_waiting_on_a_commit_of_the_same_upload_makes_no_garbage_of_it(shared):
+    """A commits while B retires it: B's retirement waits for the intents A's
+    commit is taking, and then finds none, so the committed copy is not
+    garbage as well (it would be deleted while counted)."""
+    import threading
+
+    a, b = shared
+    a.recover(0.0)
+    b.recover(0.0)
+    version = a.begin_upload("f", "b1", ["s1"])
+    a.db.execute("BEGIN")
+    assert a.commit("f", version, "b1", 1, "x", 1, ["s1"], 0.0)  # in A's open transaction
+    retired = []
+    waiter = threading.Thread(target=lambda: retired.append(b.beat([], 100.0, 30.0, True)))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive(), "B retired A's upload without waiting for A's commit"
+    a.db.execute("COMMIT")
+    waiter.join(10)
+    assert retired and retired[0][1:] == (1, 0)  # A retired, no copy made garbage
+    assert b.garbage(["s1"], 10) == [] and b.lookup("f").servers == ("s1",)
+
+
+def test_a_retired_proxy_goes_on_under_a_new_id_and_its_uploads_cannot_commit(shared):
+    from deposito.errors import Unavailable
+
+    a, b = shared
+    a.recover(0.0)
+    b.recover(0.0)
+    old = a.proxy
+    version = a.begin_upload("f", "b1", ["s1", "s2"])
+    assert b.beat([], 100.0, 30.0, True)[1:] == (1, 2)
+    a.beat([], 101.0, 30.0, True)  # it hears it was retired
+    assert a.proxy != old
+    a.add_intent("b1", "s3")  # a lane retried elsewhere, under the new id
+    with pytest.raises(Unavailable):
+        a.commit("f", version, "b1", 1, "x", 2, ["s1", "s3"], 101.0)
+    assert a.lookup("f") is None

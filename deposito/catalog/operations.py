@@ -33,7 +33,7 @@ import socket
 import uuid
 from typing import Any, Iterable, Union
 
-from deposito.catalog.database import Backend, Connection, Database
+from deposito.catalog.database import Backend, Connection, Database, log
 from deposito.catalog.records import Counts, FileRecord, Outcome, effects
 from deposito.catalog.schema import RECORD, TOTALS, to_record
 from deposito.errors import Unavailable
@@ -102,8 +102,13 @@ class Catalog(Database):
         lately (id, seconds since), how many proxies were retired, and how
         many copies that made garbage."""
         def tx(db: Connection) -> tuple[list[tuple[str, float]], int, int]:
-            db.execute("INSERT INTO proxies (id, seen) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET seen = excluded.seen",
-                       (self.proxy, now))
+            if not db.execute("UPDATE proxies SET seen = ? WHERE id = ?", (now, self.proxy)).rowcount:
+                # Retired by another proxy (silent past the lease): what it had under way is
+                # garbage, and its uploads under way cannot commit. It goes on under a new id.
+                log.warn("this proxy was silent past its lease and another took over its work;"
+                         " it goes on as a new proxy", event="retired")
+                self.proxy = proxy_id()
+                db.execute("INSERT INTO proxies (id, seen) VALUES (?, ?)", (self.proxy, now))
             db.execute("DELETE FROM sightings WHERE proxy = ?", (self.proxy,))
             db.executemany("INSERT INTO sightings (proxy, server, seen) VALUES (?, ?, ?)",
                            [(self.proxy, server, now) for server in set(up)])
@@ -111,8 +116,11 @@ class Catalog(Database):
             if hand_over:
                 for (proxy,) in db.execute("SELECT id FROM proxies WHERE seen < ? AND id <> ?",
                                            (now - lease, self.proxy)).fetchall():
-                    garbage += self._retire_proxy(db, proxy)
-                    retired += 1
+                    # still silent once its row is locked: a beat that came meanwhile keeps it
+                    if db.execute("DELETE FROM proxies WHERE id = ? AND seen < ? RETURNING id",
+                                  (proxy, now - lease)).fetchone():
+                        garbage += self._retire_proxy(db, proxy)
+                        retired += 1
             db.execute("DELETE FROM deleted WHERE at < ?", (now - REMEMBER_DELETES,))
             seen = db.execute("SELECT server, max(seen) FROM sightings WHERE proxy <> ? GROUP BY server",
                               (self.proxy,)).fetchall()
@@ -125,6 +133,7 @@ class Catalog(Database):
         return self._tx(lambda db: self._retire_proxy(db, self.proxy))
 
     def _retire_proxy(self, db: Connection, proxy: str) -> int:
+        """A proxy's row, its sightings and its work: gone (see :meth:`_retire`)."""
         db.execute("DELETE FROM sightings WHERE proxy = ?", (proxy,))
         db.execute("DELETE FROM proxies WHERE id = ?", (proxy,))
         return self._retire(db, "owner = ?", (proxy,))
@@ -133,15 +142,19 @@ class Catalog(Database):
         """The work of the proxies whose rows match ``owned`` is over: their
         unfinished uploads are garbage, and (``claims``) the queued files
         and garbage they had claimed are free for others. Returns how many
-        copies became garbage."""
-        n = db.execute(f"INSERT INTO garbage (blob, server) SELECT blob, server FROM intents WHERE {owned}"
-                       " ON CONFLICT DO NOTHING", args).rowcount
-        db.execute(f"DELETE FROM intents WHERE {owned}", args)
+        copies became garbage.
+
+        The intents are taken with one DELETE ... RETURNING, as a commit
+        takes its own: of a retirement and a commit of the same upload, the
+        one that comes second finds nothing, so a committed copy is never
+        garbage too."""
+        taken = db.execute(f"DELETE FROM intents WHERE {owned} RETURNING blob, server", args).fetchall()
+        db.executemany(INSERT_GARBAGE, [(blob, server) for blob, server in taken])
         if claims:
             # due now: a file held while its copies were being made was put off (the reconciler's LEASE)
             db.execute(f"UPDATE work SET owner = NULL, due = 0 WHERE owner IS NOT NULL AND ({owned})", args)
             db.execute(f"UPDATE garbage SET owner = NULL WHERE owner IS NOT NULL AND ({owned})", args)
-        return max(0, n)
+        return len(taken)
 
     @effects(durable=False, keeps_records=True)
     def begin_upload(self, name: str, blob: str, servers: Iterable[str]) -> int:
@@ -189,7 +202,7 @@ class Catalog(Database):
             settled = db.execute(f"UPDATE names SET settled = {self.dialect.greatest}(settled, ?) WHERE name = ?"
                                  " RETURNING settled", (version, name)).fetchone()
             intents = db.execute("DELETE FROM intents WHERE blob = ? RETURNING server, owner", (blob,)).fetchall()
-            if not any(owner == self.proxy for _, owner in intents):
+            if not set(servers) <= {server for server, owner in intents if owner == self.proxy}:
                 raise Unavailable("this proxy lost its lease on the catalog meanwhile: the upload was abandoned")
             # servers written to but not holding a verified copy are garbage
             left = {server for server, _ in intents} - set(servers)
@@ -257,9 +270,10 @@ class Catalog(Database):
             if row is None:
                 db.execute(INSERT_GARBAGE, (blob, server))
                 return False
+            if db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone():
+                return False  # a copy there is being deleted: this one may go with it, so it does not count
             db.execute(INSERT_COPY, (blob, server, now))
             self._servers_changed(db, [blob])
-            db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
             self._enqueue(db, [name])
             return True
         return self._tx(tx)
@@ -291,7 +305,8 @@ class Catalog(Database):
         """A repair copy failed: what it wrote is garbage."""
         def tx(db: Connection) -> None:
             db.execute("DELETE FROM intents WHERE blob = ? AND server = ?", (blob, server))
-            db.execute(INSERT_GARBAGE, (blob, server))
+            if not db.execute("SELECT 1 FROM copies WHERE blob = ? AND server = ?", (blob, server)).fetchone():
+                db.execute(INSERT_GARBAGE, (blob, server))  # unless an inventory counted it meanwhile
         self._tx(tx)
 
     @effects(durable=False, keeps_records=False)
@@ -346,14 +361,19 @@ class Catalog(Database):
                 if db.execute("SELECT 1 FROM deleted WHERE blob = ? AND server = ? AND at >= ?",
                               (blob, server, before)).fetchone():
                     continue  # deleted after the listing began: gone, though listed
-                row = db.execute("SELECT name FROM files WHERE blob = ?", (blob,)).fetchone()
+                # The intent first, then the file: an upload another proxy commits meanwhile is
+                # seen as one or the other, never as neither. The file's row stays locked, so
+                # a version replacing it waits, and then finds this copy to make garbage.
+                written = db.execute("SELECT 1 FROM intents WHERE blob = ? AND server = ?",
+                                     (blob, server)).fetchone()
+                row = db.execute("SELECT name FROM files WHERE blob = ?" + self.dialect.for_update,
+                                 (blob,)).fetchone()
                 if row is not None:
                     db.execute(INSERT_COPY, (blob, server, before))
                     changed.append(blob)
                     counted += 1
                     names.append(row[0])
-                elif not db.execute("SELECT 1 FROM intents WHERE blob = ? AND server = ?",
-                                    (blob, server)).fetchone():
+                elif not written:
                     db.execute(INSERT_GARBAGE, (blob, server))
                     garbage += 1
             self._servers_changed(db, changed)

@@ -96,8 +96,14 @@ class Writer:
             for m in upload.targets:
                 m.unreserve(upload.size)
         ids = [m.id for m in good]
-        newest = await self.db.commit(upload.name, upload.version, upload.blob, upload.size,
-                                      upload.sha256, upload.replicas, ids, self.clock.seconds())
+        try:
+            newest = await self.db.commit(upload.name, upload.version, upload.blob, upload.size,
+                                          upload.sha256, upload.replicas, ids, self.clock.seconds())
+        except Exception:
+            # Not committed (or, with the database lost at that moment, maybe committed: then
+            # no intent is left, and this changes nothing): what was written is garbage.
+            self.db.abandon(upload.blob).addErrback(lambda f: None)
+            raise
         for m in good:
             m.stored(upload.size)
         if newest and not all(m.up for m in good):  # one went down meanwhile: the file is short
