@@ -669,6 +669,8 @@ def test_a_silent_proxy_is_retired_and_its_upload_cannot_commit(shared):
 
 
 def test_a_proxy_that_stops_hands_over_at_once_and_sightings_are_shared(shared):
+    from deposito.errors import Unavailable
+
     a, b = shared
     a.recover(0.0)
     b.recover(0.0)
@@ -680,6 +682,8 @@ def test_a_proxy_that_stops_hands_over_at_once_and_sightings_are_shared(shared):
     assert sorted(b.beat([], 4.0, 30.0, True)[0]) == [("s1", 1.0), ("s3", 1.0)]
     assert a.leave() == 1
     assert b.garbage(["s1"], 10) == [("b1", "s1")]
+    with pytest.raises(Unavailable, match="stopping"):  # an upload it began now would be nobody's to hand over
+        a.begin_upload("g", "b2", ["s1"])
     assert b.beat([], 5.0, 30.0, True)[0] == []  # its sightings went with it
 
 

@@ -51,6 +51,7 @@ class Catalog(Database):
 
     def __init__(self, where: Union[str, Backend], reads_only: bool = False, proxy: str | None = None) -> None:
         self.proxy = proxy or proxy_id()
+        self.left = False  # the proxy stopped (see leave): it starts no more uploads
         super().__init__(where, reads_only)
 
     def reader(self) -> Catalog:
@@ -91,7 +92,9 @@ class Catalog(Database):
             db.execute("DELETE FROM sightings WHERE proxy <> ?", (self.proxy,))
             db.execute("DELETE FROM proxies WHERE id <> ?", (self.proxy,))
             return self._retire(db, "owner IS NULL OR owner <> ?", (self.proxy,))
-        return self._tx(tx)
+        n = self._tx(tx)
+        self.left = False
+        return n
 
     @effects(durable=False, keeps_records=True)
     def beat(self, up: Iterable[str], now: float, lease: float, hand_over: bool
@@ -129,8 +132,15 @@ class Catalog(Database):
 
     @effects(durable=True, keeps_records=False)
     def leave(self) -> int:
-        """This proxy stops: what it was working on passes to the others now."""
-        return self._tx(lambda db: self._retire_proxy(db, self.proxy))
+        """This proxy stops: what it was working on passes to the others now,
+        and it starts no upload from now on (nobody would hand its intents over)."""
+        n = self._tx(lambda db: self._retire_proxy(db, self.proxy))
+        self.left = True
+        return n
+
+    def _not_left(self) -> None:
+        if self.left:
+            raise Unavailable("this proxy is stopping; try another")
 
     def _retire_proxy(self, db: Connection, proxy: str) -> int:
         """A proxy's row, its sightings and its work: gone (see :meth:`_retire`)."""
@@ -160,6 +170,8 @@ class Catalog(Database):
     def begin_upload(self, name: str, blob: str, servers: Iterable[str]) -> int:
         """Allocate the next version of ``name`` (in one statement: two proxies
         never get the same) and record where its blob is being written."""
+        self._not_left()
+
         def tx(db: Connection) -> int:
             version = db.execute("INSERT INTO names (name, last_version) VALUES (?, 1) ON CONFLICT (name)"
                                  " DO UPDATE SET last_version = names.last_version + 1 RETURNING last_version",
@@ -171,6 +183,7 @@ class Catalog(Database):
 
     @effects(durable=False, keeps_records=True)
     def add_intent(self, blob: str, server: str) -> None:
+        self._not_left()
         self._tx(lambda db: db.execute("INSERT INTO intents (blob, server, owner) VALUES (?, ?, ?)"
                                        " ON CONFLICT DO NOTHING", (blob, server, self.proxy)))
 
