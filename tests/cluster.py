@@ -329,6 +329,15 @@ def incoming(cluster: Cluster, sid: str) -> list[Path]:
         return []
 
 
+def shut(*sockets: socket.socket) -> None:
+    """End both directions of each socket (a relay's two sides), whatever state it is in."""
+    for s in sockets:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def incoming_bytes(cluster: Cluster, sid: str) -> int:
     """How many bytes the writes under way on a server have on its disk."""
     total = 0

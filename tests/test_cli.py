@@ -19,6 +19,7 @@ import pytest
 
 from deposito.cli import main
 from tests.test_client import FakeProxy, payload, sha
+from tests.cluster import shut
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -331,12 +332,9 @@ class Cutter:
                 sent += len(data)
         except OSError:
             pass
-        for s in (client, proxy):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
+        shut(client, proxy)
+        client.close()
+        proxy.close()
 
     def close(self) -> None:
         self.listener.close()

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.cluster import Cluster, Wire, WireError, answer, fields, incoming, incoming_bytes, poll, sha
+from tests.cluster import Cluster, Wire, WireError, answer, fields, incoming, incoming_bytes, poll, sha, shut
 
 pytestmark = pytest.mark.slow
 
@@ -466,11 +466,7 @@ class Relay:
                 dst.sendall(data)
         except OSError:
             pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shut(src, dst)
 
     def cut(self) -> None:
         """Break every connection through it, and refuse new ones."""
