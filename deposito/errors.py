@@ -56,6 +56,12 @@ class Internal(DepositoError):
     code = "internal"
 
 
+class NotEmpty(DepositoError):
+    """A bucket that still holds files (the S3 gateway's BucketNotEmpty; no text command meets it)."""
+
+    code = "notempty"
+
+
 ERRORS: dict[str, type[DepositoError]] = {
     cls.code: cls
     for cls in (BadCommand, BadArgs, NotFound, Unavailable, NoSpace, TooLarge, Denied, Internal)

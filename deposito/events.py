@@ -347,6 +347,18 @@ class MeteredDepot:
     def status(self, copies: bool = False) -> Awaitable[dict[str, int]]:
         return self._depot.status(copies)
 
+    def create_bucket(self, name: str) -> Awaitable[bool]:
+        return self._depot.create_bucket(name)
+
+    def delete_bucket(self, name: str) -> Awaitable[None]:
+        return self._depot.delete_bucket(name)
+
+    def bucket(self, name: str) -> Awaitable[float | None]:
+        return self._depot.bucket(name)
+
+    def buckets(self) -> Awaitable[list[tuple[str, float]]]:
+        return self._depot.buckets()
+
 
 def json_log() -> FileLogObserver:
     """For ``twistd --logger deposito.events.json_log``: every log event as one

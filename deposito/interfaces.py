@@ -157,10 +157,24 @@ class ICatalog(IWorkCatalog):
         """An upload failed: what it wrote anywhere is garbage."""
 
     def commit(name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-               servers: list[str], now: float) -> Deferred[bool]:
-        """Make a version visible with its copies, in one transaction; fires
-        False when a newer version was committed or deleted meanwhile (this
-        one is garbage then, never seen by readers)."""
+               servers: list[str], now: float, meta: str = "") -> Deferred[bool]:
+        """Make a version visible with its copies (and a gateway's ``meta``),
+        in one transaction; fires False when a newer version was committed or
+        deleted meanwhile (this one is garbage then, never seen by readers)."""
+
+    # -- buckets (the S3 gateway's): bucket B holds the files named B/...
+
+    def create_bucket(name: str, now: float) -> Deferred[bool]:
+        """Make a bucket; fires False when it exists already."""
+
+    def delete_bucket(name: str) -> Deferred[None]:
+        """Remove a bucket: NotFound when there is none, NotEmpty while it holds files."""
+
+    def bucket(name: str) -> Deferred[Optional[float]]:
+        """When a bucket was created, or None when there is none."""
+
+    def buckets() -> Deferred[list[tuple[str, float]]]:
+        """Every bucket, ``(name, created)`` in name order."""
 
     # -- reads
 
@@ -270,6 +284,19 @@ class IDepot(Interface):
 
     def status(copies: bool = False) -> Awaitable[dict[str, int]]:
         """Awaitable: STATUS's counts (``copies``: with the copies wanted and healthy)."""
+
+    def create_bucket(name: str) -> Awaitable[bool]:
+        """Awaitable: True when the bucket is made now, False when it existed."""
+
+    def delete_bucket(name: str) -> Awaitable[None]:
+        """Awaitable: the bucket removed; NotFound when there is none, NotEmpty
+        while a file ``name/...`` exists."""
+
+    def bucket(name: str) -> Awaitable[Optional[float]]:
+        """Awaitable: when the bucket was created, or None when there is none."""
+
+    def buckets() -> Awaitable[list[tuple[str, float]]]:
+        """Awaitable: every bucket, ``(name, created)`` in name order."""
 
 
 class IDevice(Interface):

@@ -111,6 +111,7 @@ class Upload:
         self.blob = blob
         self.size = size
         self.replicas = replicas
+        self.meta = ""  # a gateway's, committed with the version (see FileRecord.meta)
         self.stall_timeout = stall_timeout
         self.lanes: list[Lane] = []
         self.received = 0

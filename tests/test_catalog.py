@@ -9,6 +9,7 @@ from twisted.internet.task import deferLater
 from zope.interface.verify import verifyObject
 
 from deposito.catalog import Catalog, CatalogThread, Outcome
+from deposito.errors import NotEmpty, NotFound
 from deposito.interfaces import ICatalog, IWorkCatalog
 
 
@@ -384,7 +385,7 @@ def fill(cat, files, copies, garbage, intents):
     for table in ("names", "files", "copies", "garbage", "intents", "work"):
         cat.db.execute(f"DELETE FROM {table}")
     cat.db.execute("INSERT INTO names (name, last_version) VALUES ('a', 1)")
-    cat.db.executemany("INSERT INTO files VALUES (?, 1, ?, 1, 'x', 1, 0, ?) ON CONFLICT DO NOTHING",
+    cat.db.executemany("INSERT INTO files VALUES (?, 1, ?, 1, 'x', 1, 0, ?, '') ON CONFLICT DO NOTHING",
                        [(name, b, " ".join(sorted(s for (c, s) in copies if c == b))) for b, name in files.items()])
     cat.db.executemany("INSERT INTO copies VALUES (?, ?, ?)", [(b, s, t) for (b, s), t in copies.items()])
     cat.db.executemany("INSERT INTO garbage (blob, server) VALUES (?, ?)", sorted(garbage))
@@ -741,8 +742,9 @@ def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
     old.close()
     cat = Catalog(str(folder))
     try:
-        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == 3
         kept, docs = cat.lookup("kept.bin"), cat.lookup("docs/b.txt")
+        assert kept.meta == "" and cat.buckets() == []
         assert (kept.version, kept.replicas, kept.servers) == (1, 3, ("s1", "s2"))
         assert (docs.version, docs.blob, docs.servers) == (2, "c" * 32, ("s2",))
         counts = cat.counts()
@@ -750,13 +752,14 @@ def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
         assert cat.recover(10.0) == 2
         assert sorted(cat.garbage(["s1", "s2", "s3"], 10)) == [("b" * 32, "s1"), ("d" * 32, "s1"), ("d" * 32, "s3")]
         assert cat.begin_upload("unfinished", "e" * 32, ["s3"]) == 2  # versions go on from those given out
-        assert cat.commit("unfinished", 2, "e" * 32, 1, "x", 1, ["s3"], 11.0)
+        assert cat.commit("unfinished", 2, "e" * 32, 1, "x", 1, ["s3"], 11.0, '{"etag": "e"}')
         assert [name for name, _, _ in cat.due_work(11.0, 10)] == ["kept.bin"]  # its raised count still queued
     finally:
         cat.close()
     again = Catalog(str(folder))  # and opens again as it is
     try:
         assert again.lookup("unfinished").version == 2 and again.lookup("kept.bin").replicas == 3
+        assert again.lookup("unfinished").meta == '{"etag": "e"}'
     finally:
         again.close()
 
@@ -809,3 +812,56 @@ def test_a_retired_proxy_goes_on_under_a_new_id_and_its_uploads_cannot_commit(sh
     with pytest.raises(Unavailable):
         a.commit("f", version, "b1", 1, "x", 2, ["s1", "s3"], 101.0)
     assert a.lookup("f") is None
+
+
+def test_a_version_keeps_its_time_and_meta_and_the_next_version_its_own(cat):
+    cat.commit("b/k", cat.begin_upload("b/k", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 5.0, '{"type": "text/plain"}')
+    first = cat.lookup("b/k")
+    assert (first.created, first.meta) == (5.0, '{"type": "text/plain"}')
+    cat.commit("b/k", cat.begin_upload("b/k", "b2", ["s1"]), "b2", 1, "y", 1, ["s1"], 6.0)
+    second = cat.lookup("b/k")
+    assert (second.version, second.created, second.meta) == (2, 6.0, "")
+    assert [(r.name, r.meta) for r in cat.list("b/")] == [("b/k", "")]
+
+
+def test_buckets_are_made_once_listed_in_order_and_deleted_only_when_empty(cat):
+    assert cat.create_bucket("photos", 1.0) and cat.create_bucket("docs", 2.0)
+    assert not cat.create_bucket("photos", 3.0)  # made already: its time stays
+    assert cat.buckets() == [("docs", 2.0), ("photos", 1.0)]
+    assert cat.bucket("photos") == 1.0 and cat.bucket("nope") is None
+    cat.commit("photos/a.jpg", cat.begin_upload("photos/a.jpg", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
+    cat.commit("photos.old", cat.begin_upload("photos.old", "b2", ["s1"]), "b2", 1, "x", 1, ["s1"], 0.0)
+    cat.commit("photos0", cat.begin_upload("photos0", "b3", ["s1"]), "b3", 1, "x", 1, ["s1"], 0.0)
+    with pytest.raises(NotEmpty):
+        cat.delete_bucket("photos")
+    assert cat.bucket("photos") == 1.0
+    cat.delete("photos/a.jpg")
+    cat.delete_bucket("photos")  # names beside the bucket's ("photos.old", "photos0") are not in it
+    assert cat.bucket("photos") is None and [name for name, _ in cat.buckets()] == ["docs"]
+    with pytest.raises(NotFound):
+        cat.delete_bucket("photos")
+
+
+def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_3_in_place(postgres):
+    """Version 3 added files.meta and buckets: a catalog of version 2 (made
+    here by taking them away again) gets them when a proxy opens it, its
+    files as they were."""
+    from deposito.catalog.postgres import PostgresBackend
+
+    url = postgres.database()
+    old = Catalog(PostgresBackend(url))
+    try:
+        old.commit("f", old.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
+        old.db.execute("ALTER TABLE files DROP COLUMN meta")
+        old.db.execute("DROP TABLE buckets")
+        old.db.execute("UPDATE catalog_schema SET version = 2")
+    finally:
+        old.close()
+    cat = Catalog(PostgresBackend(url))
+    try:
+        assert cat.db.execute("SELECT version FROM catalog_schema").fetchone()[0] == 3
+        assert (cat.lookup("f").blob, cat.lookup("f").meta) == ("b1", "")
+        assert cat.create_bucket("b", 1.0) and cat.buckets() == [("b", 1.0)]
+    finally:
+        cat.close()
+        postgres.drop(url)

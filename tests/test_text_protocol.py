@@ -112,6 +112,14 @@ class FakeDepot:
     def servers(self):
         return [self.member]
 
+    async def create_bucket(self, name):
+        raise NotImplementedError  # the text protocol has no buckets
+
+    delete_bucket = bucket = create_bucket
+
+    async def buckets(self):
+        raise NotImplementedError
+
 
 class FakeListing:
     """A listing in one batch (the real one is tested in test_listing.py)."""

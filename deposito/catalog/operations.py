@@ -36,7 +36,7 @@ from typing import Any, Iterable, Union
 from deposito.catalog.database import Backend, Connection, Database, log
 from deposito.catalog.records import Counts, FileRecord, Outcome, effects
 from deposito.catalog.schema import RECORD, TOTALS, to_record
-from deposito.errors import Unavailable
+from deposito.errors import NotEmpty, NotFound, Unavailable
 
 
 def proxy_id() -> str:
@@ -198,8 +198,9 @@ class Catalog(Database):
 
     @effects(durable=True, keeps_records=False)
     def commit(self, name: str, version: int, blob: str, size: int, sha256: str,
-               replicas: int, servers: Iterable[str], now: float) -> bool:
-        """Make a version visible with its copies, in one transaction.
+               replicas: int, servers: Iterable[str], now: float, meta: str = "") -> bool:
+        """Make a version visible with its copies (and ``meta``, see
+        FileRecord), in one transaction.
 
         Returns False when a newer version was committed or deleted
         meanwhile: this one is then garbage at once and readers never see it.
@@ -230,7 +231,8 @@ class Catalog(Database):
                 _count(db, 0, size - row[2], replicas - row[3])
             else:
                 _count(db, 1, size, replicas)
-            db.execute(UPSERT_FILE, (name, version, blob, size, sha256, replicas, now, " ".join(sorted(set(servers)))))
+            db.execute(UPSERT_FILE, (name, version, blob, size, sha256, replicas, now, " ".join(sorted(set(servers))),
+                                     meta))
             if servers:  # in one statement
                 db.execute("INSERT INTO copies VALUES " + ",".join(["(?, ?, ?)"] * len(servers))
                            + " ON CONFLICT DO NOTHING", [v for s in servers for v in (blob, s, now)])
@@ -241,6 +243,40 @@ class Catalog(Database):
     def _drop_blob(db: Connection, blob: str) -> None:
         db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM copies WHERE blob = ? ON CONFLICT DO NOTHING", (blob,))
         db.execute("DELETE FROM copies WHERE blob = ?", (blob,))
+
+    # -- buckets (the S3 gateway's): bucket B holds the files named B/...
+
+    @effects(durable=True, keeps_records=True)
+    def create_bucket(self, name: str, now: float) -> bool:
+        """Make bucket ``name``; False when it exists already."""
+        return self._tx(lambda db: db.execute("INSERT INTO buckets (name, created) VALUES (?, ?)"
+                                              " ON CONFLICT DO NOTHING RETURNING name", (name, now)
+                                              ).fetchone() is not None)
+
+    @effects(durable=True, keeps_records=True)
+    def delete_bucket(self, name: str) -> None:
+        """Remove bucket ``name``: NotFound when there is none, NotEmpty while
+        a file ``name/...`` exists."""
+        def tx(db: Connection) -> None:
+            if db.execute("SELECT 1 FROM buckets WHERE name = ?" + self.dialect.for_update, (name,)).fetchone() is None:
+                raise NotFound(f"no bucket named {name}")
+            if db.execute("SELECT 1 FROM files WHERE name >= ? AND name < ? LIMIT 1",
+                          (name + "/", name + "0")).fetchone() is not None:  # "0" follows "/"
+                raise NotEmpty(f"bucket {name} holds files")
+            db.execute("DELETE FROM buckets WHERE name = ?", (name,))
+        self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def bucket(self, name: str) -> float | None:
+        """When bucket ``name`` was created, or None when there is none."""
+        row = self.db.execute("SELECT created FROM buckets WHERE name = ?", (name,)).fetchone()
+        return float(row[0]) if row else None
+
+    @effects(durable=False, keeps_records=True)
+    def buckets(self) -> builtins.list[tuple[str, float]]:
+        """Every bucket, ``(name, created)`` in name order."""
+        return [(name, float(created)) for name, created
+                in self.db.execute("SELECT name, created FROM buckets ORDER BY name").fetchall()]
 
     @effects(durable=True, keeps_records=False)
     def delete(self, name: str) -> FileRecord | None:
@@ -422,7 +458,7 @@ class Catalog(Database):
                         old = db.execute("SELECT size, replicas FROM files WHERE name = ?", (name,)).fetchone()
                         self._drop_blob(db, row[1])
                         _count(db, -1, -old[0], -old[1])
-                    db.execute(UPSERT_FILE, (name, version, blob, size, sha256, max(1, replicas), now, ""))
+                    db.execute(UPSERT_FILE, (name, version, blob, size, sha256, max(1, replicas), now, "", ""))
                     _count(db, 1, size, max(1, replicas))
                     self._enqueue(db, [name])
                 db.execute(INSERT_COPY, (blob, server, now))
@@ -633,9 +669,10 @@ LOOKUP_PAGE = 500  # names read in one statement by clients' lookups
 REMEMBER_DELETES = 600.0  # seconds a delete is remembered for the inventories that may still list it
 INSERT_GARBAGE = "INSERT INTO garbage (blob, server) VALUES (?, ?) ON CONFLICT DO NOTHING"
 INSERT_COPY = "INSERT INTO copies VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
-UPSERT_FILE = ("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+UPSERT_FILE = ("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
                " version = excluded.version, blob = excluded.blob, size = excluded.size, sha256 = excluded.sha256,"
-               " replicas = excluded.replicas, created = excluded.created, servers = excluded.servers")
+               " replicas = excluded.replicas, created = excluded.created, servers = excluded.servers,"
+               " meta = excluded.meta")
 
 
 def _count(db: Connection, files: int, size: int, wanted: int) -> None:

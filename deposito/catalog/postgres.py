@@ -146,7 +146,7 @@ class PostgresBackend:
                     db.executemany("INSERT INTO totals VALUES (?, 0) ON CONFLICT DO NOTHING",
                                    [(key,) for key in schema.TOTALS])
                 else:
-                    schema.add_owners(db, lambda table, column: self._has_column(db, table, column))
+                    schema.add_columns(db, lambda table, column: self._has_column(db, table, column))
                 schema.finish(db, POSTGRESQL.ddl)
                 db.execute("DELETE FROM catalog_schema")
                 db.execute("INSERT INTO catalog_schema VALUES (?)", (schema.SCHEMA_VERSION,))

@@ -24,6 +24,8 @@ class FileRecord:
     sha256: str
     replicas: int
     servers: tuple[str, ...]
+    created: float = 0.0  # when this version was committed (seconds since the epoch)
+    meta: str = ""  # what a gateway keeps with the version (S3: its ETag, type, user metadata)
 
 
 @attrs.frozen

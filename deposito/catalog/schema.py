@@ -22,7 +22,8 @@ FILES = """CREATE TABLE IF NOT EXISTS files (
     sha256 TEXT NOT NULL,
     replicas {int} NOT NULL,
     created {real} NOT NULL,
-    servers TEXT NOT NULL DEFAULT ''
+    servers TEXT NOT NULL DEFAULT '',
+    meta TEXT NOT NULL DEFAULT ''
 ){without_rowid}"""
 
 # Version 2: what several proxies on one catalog share. Each proxy has a row
@@ -54,11 +55,19 @@ CREATE TABLE IF NOT EXISTS catalog_info (
     key {key} PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS buckets (
+    name {key} PRIMARY KEY,
+    created {real} NOT NULL
+);
 """
 
-# The columns version 2 added to version 1's tables, and their indexes
-# (made once the columns are there: see add_owners).
-OWNERS = ("intents", "garbage", "work")
+# Version 3: what the S3 gateway keeps. ``files.meta`` holds a version's
+# ETag, Content-Type and user metadata; ``buckets`` the buckets created.
+
+# The columns versions 2 and 3 added to older tables, and the indexes of
+# version 2's (made once the columns are there: see add_columns).
+ADDED_COLUMNS = (("intents", "owner", "TEXT"), ("garbage", "owner", "TEXT"), ("work", "owner", "TEXT"),
+                 ("files", "meta", "TEXT NOT NULL DEFAULT ''"))
 OWNER_INDEXES = """CREATE INDEX IF NOT EXISTS intents_by_owner ON intents (owner);
 CREATE INDEX IF NOT EXISTS work_by_owner ON work (owner);
 CREATE INDEX IF NOT EXISTS garbage_by_owner ON garbage (owner);
@@ -123,9 +132,9 @@ CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 # its copies' servers beside each file (the ``copies`` rows, as a
 # space-separated sorted list, kept with every change of them), so that a
 # lookup is one row and a listing reads the table in order.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-RECORD = "SELECT name, version, blob, size, sha256, replicas, servers FROM files"
+RECORD = "SELECT name, version, blob, size, sha256, replicas, servers, created, meta FROM files"
 TOTALS = ("files", "bytes", "wanted")
 
 
@@ -139,8 +148,8 @@ def migrate(db: sqlite3.Connection) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version < 1:
         _migrate_to_1(db)
-    if version < 2:
-        add_owners(db, lambda table, column: column in [row[1] for row in db.execute(f"PRAGMA table_info({table})")])
+    if version < 3:
+        add_columns(db, lambda table, column: column in [row[1] for row in db.execute(f"PRAGMA table_info({table})")])
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -151,7 +160,8 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
     if "servers" not in [row[1] for row in db.execute("PRAGMA table_info(files)")]:
         db.execute("ALTER TABLE files RENAME TO files_before")
         db.execute(SQLITE.ddl(FILES))
-        db.execute("INSERT INTO files SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
+        db.execute("INSERT INTO files (name, version, blob, size, sha256, replicas, created, servers)"
+                   " SELECT f.name, f.version, f.blob, f.size, f.sha256, f.replicas,"
                    f" f.created, {SQLITE.servers_of('f.blob')} FROM files_before f")
         db.execute("DROP TABLE files_before")
     if "settled" not in [row[1] for row in db.execute("PRAGMA table_info(names)")]:
@@ -165,12 +175,12 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
     db.execute("INSERT OR IGNORE INTO work (name, due) SELECT name, 0 FROM files")
 
 
-def add_owners(db: Any, has_column: Any) -> None:
-    """Version 1 to 2: the ``owner`` column of the tables whose rows a proxy
-    claims (``has_column(table, column)`` says whether it is there already)."""
-    for table in OWNERS:
-        if not has_column(table, "owner"):
-            db.execute(f"ALTER TABLE {table} ADD COLUMN owner TEXT")
+def add_columns(db: Any, has_column: Any) -> None:
+    """Versions 1 and 2 to 3: the columns added since (``has_column(table,
+    column)`` says whether one is there already)."""
+    for table, column, kind in ADDED_COLUMNS:
+        if not has_column(table, column):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def finish(db: Any, ddl: Any) -> None:
@@ -186,7 +196,7 @@ def finish(db: Any, ddl: Any) -> None:
 
 def to_record(row: tuple[Any, ...]) -> FileRecord:
     """The record of a row selected with :data:`RECORD`."""
-    return FileRecord(row[0], row[1], row[2], row[3], row[4], row[5], _servers(row[6] or ""))
+    return FileRecord(row[0], row[1], row[2], row[3], row[4], row[5], _servers(row[6] or ""), row[7], row[8])
 
 
 @functools.lru_cache(maxsize=4096)

@@ -205,8 +205,20 @@ class CatalogThread:
         return self._call(Catalog.abandon, blob)
 
     def commit(self, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-               servers: list[str], now: float) -> Deferred[bool]:
-        return self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now)
+               servers: list[str], now: float, meta: str = "") -> Deferred[bool]:
+        return self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now, meta)
+
+    def create_bucket(self, name: str, now: float) -> Deferred[bool]:
+        return self._call(Catalog.create_bucket, name, now)
+
+    def delete_bucket(self, name: str) -> Deferred[None]:
+        return self._call(Catalog.delete_bucket, name)
+
+    def bucket(self, name: str) -> Deferred[Optional[float]]:
+        return self._call(Catalog.bucket, name)
+
+    def buckets(self) -> Deferred[list[tuple[str, float]]]:
+        return self._call(Catalog.buckets)
 
     def listing(self, prefix: str, after: str, limit: int | None) -> Deferred[Listing]:
         return self.catalog.backend.listing(self.reactor, NameRange(prefix, after, limit))

@@ -260,3 +260,21 @@ class Depot:
         if copies:
             status.update(copies_wanted=c.wanted, copies_healthy=c.healthy)
         return status
+
+    # -- IDepot: buckets (the S3 gateway's)
+
+    async def create_bucket(self, name: str) -> bool:
+        made = await self.db.create_bucket(name, self.reactor.seconds())
+        if made:
+            self.log.info("bucket {name} created", name=name)
+        return made
+
+    async def delete_bucket(self, name: str) -> None:
+        await self.db.delete_bucket(name)
+        self.log.info("bucket {name} deleted", name=name)
+
+    async def bucket(self, name: str) -> float | None:
+        return await self.db.bucket(name)
+
+    async def buckets(self) -> list[tuple[str, float]]:
+        return await self.db.buckets()

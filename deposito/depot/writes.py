@@ -97,8 +97,9 @@ class Writer:
                 m.unreserve(upload.size)
         ids = [m.id for m in good]
         try:
+            now = self.clock.seconds()
             newest = await self.db.commit(upload.name, upload.version, upload.blob, upload.size,
-                                          upload.sha256, upload.replicas, ids, self.clock.seconds())
+                                          upload.sha256, upload.replicas, ids, now, upload.meta)
         except Exception:
             # Not committed (or, with the database lost at that moment, maybe committed: then
             # no intent is left, and this changes nothing): what was written is garbage.
@@ -114,7 +115,7 @@ class Writer:
         self.log.info("stored {name} version {version} ({size} bytes) on {servers}",
                       name=upload.name, version=upload.version, size=upload.size, servers=",".join(ids))
         return FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
-                          upload.replicas, tuple(ids))
+                          upload.replicas, tuple(ids), now, upload.meta)
 
     def abort_put(self, upload: Upload) -> None:
         """The client went away mid-upload: nothing of it is kept."""
