@@ -22,9 +22,10 @@ run: install
 run-proxies: install
 	$(PY) examples/several_proxies.py --var var/proxies --http 7080
 
-# The types first (mypy with the zope plugin, see mypy.ini), then every test.
+# The types first (mypy with the zope plugin, see mypy.ini), then every test,
+# on one worker per core (the end-to-end tests mostly wait on their processes).
 test: check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 check: install
 	$(VENV)/bin/mypy

@@ -34,6 +34,7 @@ setup(
         "test": [
             "pytest>=8.0",
             "pytest-twisted>=1.14",
+            "pytest-xdist>=3.5",  # make test runs the tests on as many workers as cores
             "hypothesis>=6.100",
             "mypy>=1.10",
             "mypy-zope>=1.0.5",
