@@ -12,7 +12,7 @@ failure) runs again whole.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol, TypeVar, Union
 
 from twisted.logger import Logger
 
@@ -74,6 +74,13 @@ class Backend(Protocol):
 
     def begin(self, db: Any, durable: bool) -> None:
         """Begin a batch's transaction; ``durable``: its commit must reach the disk first."""
+
+    def pipeline(self, db: Any) -> ContextManager[Any]:
+        """Around a batch: statements whose results are not read yet may go
+        to the database together (one round trip for many)."""
+
+    def flush(self, db: Any) -> None:
+        """Inside :meth:`pipeline`: run what was sent, raising its error if any."""
 
     def unreachable(self, error: BaseException) -> bool:
         """Whether ``error`` means the connection is lost or the database
@@ -199,8 +206,13 @@ class Database:
 
     def _batch(self, calls: list[tuple[Callable[..., Any], tuple]], durable: bool) -> list[tuple[bool, Any]]:
         db = self.db
-        results: list[tuple[bool, Any]] = []
         alone = len(calls) == 1  # its failure undoes the whole transaction: no savepoint needed
+        with self.backend.pipeline(db):
+            return self._pipelined_batch(db, calls, durable, alone)
+
+    def _pipelined_batch(self, db: Any, calls: list[tuple[Callable[..., Any], tuple]], durable: bool,
+                         alone: bool) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
         self.backend.begin(db, durable)
         try:
             for method, args in calls:
@@ -209,6 +221,8 @@ class Database:
                 self._calling = True
                 try:
                     results.append((True, method(self, *args)))
+                    if not alone:
+                        self.backend.flush(db)  # an error of this call's statements is this call's
                 except Exception as e:
                     if self.backend.unreachable(e) or self.backend.retryable(e):
                         raise
@@ -220,7 +234,11 @@ class Database:
                     self._calling = False
                 if not alone:
                     db.execute("RELEASE batched")
+            # COMMIT goes only once every statement is seen done: a proxy that dies
+            # meanwhile (its statements waiting on a lock) commits nothing
+            self.backend.flush(db)
             db.execute("COMMIT")
+            self.backend.flush(db)
         except BaseException as e:
             if not self.backend.unreachable(e) and db.in_transaction:
                 db.execute("ROLLBACK")

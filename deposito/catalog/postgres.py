@@ -21,9 +21,10 @@ down costs each call nothing).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import psycopg
 from psycopg import conninfo, pq
@@ -74,6 +75,16 @@ class PostgresConnection:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
+        self.pipeline: psycopg.Pipeline | None = None  # while in pipeline mode
+
+    @contextlib.contextmanager
+    def pipelined(self) -> Iterator[None]:
+        with self.conn.pipeline() as pipeline:
+            self.pipeline = pipeline
+            try:
+                yield
+            finally:
+                self.pipeline = None
 
     @property
     def in_transaction(self) -> bool:
@@ -168,10 +179,22 @@ class PostgresBackend:
         row = db.execute("SELECT version FROM catalog_schema").fetchone()
         return None if row is None else int(row[0])
 
+    def pipeline(self, db: PostgresConnection) -> contextlib.AbstractContextManager[Any]:
+        """Statements go out without waiting for each other's answers until
+        one's result is read (psycopg's pipeline mode): a commit's statements
+        take four round trips instead of ten."""
+        return db.pipelined()
+
+    def flush(self, db: PostgresConnection) -> None:
+        if db.pipeline is not None:
+            db.pipeline.sync()
+
     def begin(self, db: PostgresConnection, durable: bool) -> None:
         """A batch of nothing durable commits without waiting for the disk
         (see :func:`deposito.catalog.records.effects`)."""
-        db.execute("BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit = off")  # one round trip
+        db.execute("BEGIN")
+        if not durable:  # sent with it, in the pipeline (see pipeline)
+            db.execute("SET LOCAL synchronous_commit = off")
 
     def retryable(self, error: BaseException) -> bool:
         # class 40: serialization failure (40001), deadlock (40P01)...

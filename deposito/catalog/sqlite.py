@@ -7,6 +7,7 @@ or the machine. One proxy owns it, so its records may be kept in memory
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from typing import TYPE_CHECKING
@@ -52,6 +53,12 @@ class SQLiteBackend:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def pipeline(self, db: sqlite3.Connection) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # in the process: nothing to save
+
+    def flush(self, db: sqlite3.Connection) -> None:
+        pass
 
     def begin(self, db: sqlite3.Connection, durable: bool) -> None:
         """A batch of nothing durable commits without an fsync (a later
