@@ -16,6 +16,7 @@ from deposito.events import EventLog, MeteredDepot, Metrics
 from deposito.protocols.cluster import HEARTBEAT, MemberFactory
 from deposito.protocols.text import DepotFactory
 from deposito.roster import Roster
+from deposito.s3.gateway import s3_site
 from deposito.web import status_site
 
 
@@ -26,7 +27,8 @@ class ProxyService(service.MultiService):
                  replicas: int, dead_after: float = 300.0, heartbeat: float = HEARTBEAT,
                  http_endpoint: Any = None, tokens: Any = None, max_size: int | None = None,
                  secret: bytes | None = None, rebuild: bool = False, collect_rate: float = 1000.0,
-                 catalog: str = "sqlite:", lease: float = 30.0) -> None:
+                 catalog: str = "sqlite:", lease: float = 30.0, s3_endpoint: Any = None,
+                 s3_keys: Any = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
@@ -51,6 +53,10 @@ class ProxyService(service.MultiService):
             downloads = MeteredDepot(self.depot, self.metrics, reactor, via="http")
             site = status_site(downloads, self.events, self.metrics, reactor, tokens)
             StreamServerEndpointService(http_endpoint, site).setServiceParent(self)
+        if s3_endpoint is not None:
+            objects = MeteredDepot(self.depot, self.metrics, reactor, via="s3")
+            StreamServerEndpointService(s3_endpoint, s3_site(objects, s3_keys, reactor, max_size)
+                                        ).setServiceParent(self)
 
     def startService(self) -> None:
         globalLogPublisher.addObserver(self.events)

@@ -16,6 +16,7 @@ class Options(FirstLineOptions):
     command = "deposito-proxy"
     synopsis = ("[--port EP] [--cluster-port EP] [--data DIR] [--replicas N] [--dead-after SECONDS]"
                 " [--secret FILE] [--tokens FILE] [--max-size BYTES] [--rebuild] [--http EP]"
+                " [--s3 EP --s3-keys FILE]"
                 " [--collect-rate N] [--catalog URL]")
     longdesc = ("The Deposito proxy: clients store and fetch files on --port (a text protocol "
                 "you can speak with telnet); storage servers join on --cluster-port.")
@@ -33,6 +34,8 @@ class Options(FirstLineOptions):
         ["lease", None, "30", "seconds a proxy may be silent before the others sharing its catalog take over"
                               " its unfinished uploads and work"],
         ["http", None, None, "endpoint for the status page, /metrics, the JSON API and downloads (off unless given)"],
+        ["s3", None, None, "endpoint for the S3 API (off unless given; needs --s3-keys)"],
+        ["s3-keys", None, None, "file of S3 key pairs, one '<access-key-id> <secret-access-key>' per line"],
         ["tokens", None, None, "file of client tokens, one per line: clients must AUTH first"],
         ["max-size", None, None, "the largest file accepted, e.g. 10G (ERR toolarge above it)"],
         ["secret", None, None, "file holding the cluster secret: only servers that prove they hold it may join"],
@@ -43,7 +46,7 @@ class Options(FirstLineOptions):
     def postOptions(self) -> None:
         from twisted.internet import reactor
 
-        for option in ("port", "cluster-port", "http"):
+        for option in ("port", "cluster-port", "http", "s3"):
             if self[option] is None:
                 continue
             check_endpoint(f"--{option}", self[option],
@@ -61,6 +64,15 @@ class Options(FirstLineOptions):
                 raise usage.UsageError(f"--tokens: {e}") from None
         if self["secret"] is not None:
             self["secret"] = read_secret("--secret", self["secret"])
+        if self["s3"] is not None and self["s3-keys"] is None:
+            raise usage.UsageError("--s3 needs --s3-keys FILE: the key pairs S3 requests are signed with")
+        if self["s3-keys"] is not None:
+            from deposito.s3.keys import S3Keys
+
+            try:
+                self["s3-keys"] = S3Keys.from_file(self["s3-keys"])
+            except (OSError, ValueError, UnicodeDecodeError) as e:
+                raise usage.UsageError(f"--s3-keys: {e}") from None
         if self["max-size"] is not None:
             self["max-size"] = parse_bytes("--max-size", self["max-size"])
         if not self["data"]:
@@ -86,6 +98,8 @@ def makeService(options: Options):
         options["replicas"],
         dead_after=options["dead-after"],
         http_endpoint=endpoints.serverFromString(reactor, options["http"]) if options["http"] else None,
+        s3_endpoint=endpoints.serverFromString(reactor, options["s3"]) if options["s3"] else None,
+        s3_keys=options["s3-keys"],
         tokens=options["tokens"],
         max_size=options["max-size"],
         secret=options["secret"],

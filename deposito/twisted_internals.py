@@ -189,3 +189,20 @@ def request_gone(request: Any) -> bool:
     a live one (today's Twisted drops the bytes and raises from finish); the
     test of this fact fails first."""
     return bool(getattr(request, "_disconnected", False))
+
+
+def request_line(request: Any) -> tuple[bytes, bytes] | None:
+    """The method and the raw path (with its query) of twisted.web
+    ``request`` while its body is still arriving, before
+    ``requestReceived`` gives them to it: what the S3 gateway needs to start
+    a streaming upload when the headers are in.
+
+    Relies on http.HTTPChannel keeping the request line in ``_command`` and
+    ``_path`` until the whole body has arrived. Without them, None: the
+    gateway then answers 501 to a request with a body, and the test of this
+    fact fails first."""
+    channel = getattr(request, "channel", None)
+    command, path = getattr(channel, "_command", None), getattr(channel, "_path", None)
+    if not isinstance(command, bytes) or not isinstance(path, bytes):
+        return None
+    return command, path

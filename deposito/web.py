@@ -194,7 +194,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
 
 
 @implementer(IConsumer)
-class _Response:
+class ResponseConsumer:
     """The HTTP request as a consumer of a file's bytes; once the client has
     left, producers handed to it are stopped at once, and the read sees it
     ``disconnected`` (no other copy is tried for it; the GET counts as aborted)."""
@@ -293,7 +293,7 @@ class Downloads(Resource):
         if not body or length == 0:
             request.finish()
             return
-        response = _Response(request)
+        response = ResponseConsumer(request)
         error: DepositoError | None = None
         try:
             await self.depot.read(record, response, start, length)

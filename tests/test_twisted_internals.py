@@ -398,3 +398,23 @@ def test_request_gone_once_its_connection_is_lost():
     finally:
         peer.close()
         yield port.stopListening()
+
+
+def test_the_request_line_is_at_hand_while_the_body_arrives():
+    """twisted.web calls gotLength once the headers are in, with the request
+    line still on the channel (its method and raw path with the query)."""
+    from twisted.test.proto_helpers import StringTransport
+    from twisted.web.http import HTTPChannel, Request
+
+    seen = []
+
+    class Early(Request):
+        def gotLength(self, length):
+            seen.append(ti.request_line(self))
+            super().gotLength(length)
+
+    channel = HTTPChannel()
+    channel.requestFactory = Early
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"PUT /b/k%20x?partNumber=2 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab")
+    assert seen == [(b"PUT", b"/b/k%20x?partNumber=2")]

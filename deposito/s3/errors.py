@@ -52,6 +52,7 @@ ERRORS: dict[str, ErrorKind] = {
     "MalformedXML": ErrorKind(
         400, "The XML you provided was not well-formed or did not validate against our published schema"),
     "MethodNotAllowed": ErrorKind(405, "The specified method is not allowed against this resource."),
+    "MetadataTooLarge": ErrorKind(400, "Your metadata headers exceed the maximum allowed metadata size."),
     "MissingContentLength": ErrorKind(411, "You must provide the Content-Length HTTP header."),
     "NoSuchBucket": ErrorKind(404, "The specified bucket does not exist"),
     "NoSuchKey": ErrorKind(404, "The specified key does not exist."),

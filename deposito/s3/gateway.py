@@ -1,0 +1,682 @@
+"""The S3 API (README, "S3"), off unless the proxy is given ``--s3``.
+
+Path-style addressing: ``/`` lists the buckets, ``/B`` is bucket B, and
+``/B/KEY`` is the depot file ``B/KEY`` (see :mod:`deposito.s3.objects`).
+Every request is checked with Signature Version 4 (:mod:`deposito.s3.sigv4`)
+before anything is read or stored, and answered with S3's XML (:mod:`deposito.s3.xmlwire`).
+
+The bytes take the depot's one data path both ways: a PutObject streams its
+body (:class:`deposito.s3.request.S3Request`) through its checks into an
+upload (``begin_put``, ``finish_put``: a 200 means every copy is durable and
+verified); a GetObject is ``depot.read``, which fails over from copy to
+copy. A body whose signature, checksum or Content-MD5 does not hold stores
+nothing: the upload is aborted before its commit.
+
+Multipart uploads are not served yet: they answer 501 NotImplemented.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import hashlib
+import secrets
+from typing import Any, Awaitable, Callable, Optional
+from urllib.parse import parse_qsl, unquote
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from deposito.catalog import FileRecord
+from deposito.errors import DepositoError, NoSpace, NotEmpty, NotFound, TooLarge, Unavailable
+from deposito.interfaces import IDepot
+from deposito.s3 import sigv4, xmlwire
+from deposito.s3.checksums import Checksummer
+from deposito.s3.chunked import ChunkedDecoder
+from deposito.s3.errors import S3Error
+from deposito.s3.keys import S3Keys
+from deposito.s3.objects import DEFAULT_TYPE, ObjectMeta, check_bucket, file_name, replicas_of, user_metadata
+from deposito.s3.request import S3Request
+from deposito.transfer import Upload
+from deposito.web import ResponseConsumer, parse_range
+
+log = Logger()
+
+OWNER = xmlwire.Owner("deposito", "deposito")
+MAX_KEYS = 1000
+XML_BODY_LIMIT = 1 << 20  # DeleteObjects, CreateBucket
+IDLE_TIMEOUT = 60  # seconds a connection may send nothing (mid-body included)
+MAX_CHAR = "\U0010ffff"  # after every name that starts with a prefix P: P + MAX_CHAR
+# Sub-resources of a bucket or an object that are not served (S3 has many).
+NOT_SERVED = {"acl", "policy", "versioning", "versions", "tagging", "cors", "lifecycle", "website", "logging",
+              "notification", "replication", "encryption", "object-lock", "retention", "legal-hold",
+              "accelerate", "requestPayment", "inventory", "analytics", "metrics", "ownershipControls",
+              "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes"}
+MULTIPART = {"uploads", "uploadId", "partNumber"}
+
+
+@attrs.frozen
+class Call:
+    """One request, checked: what the operations need of it."""
+
+    request: Any  # the S3Request
+    verified: sigv4.Verified
+    bucket: str
+    key: str
+    params: dict[str, str]
+    headers: dict[str, list[str]]
+
+    def header(self, name: str) -> Optional[str]:
+        values = self.headers.get(name)
+        return ",".join(values) if values else None
+
+    @property
+    def resource(self) -> str:
+        return "/" + self.bucket + ("/" + self.key if self.key else "")
+
+
+class Gateway:
+    """Checks each request and runs its operation; called by each S3Request
+    once its headers are in."""
+
+    def __init__(self, depot: IDepot, keys: S3Keys, clock: IReactorTime, max_size: Optional[int] = None) -> None:
+        self.depot = depot
+        self.keys = keys
+        self.clock = clock
+        self.max_size = max_size
+
+    def __call__(self, request: S3Request, method: bytes, raw: bytes) -> None:
+        defer.ensureDeferred(self.handle(request, method.decode("latin-1"), raw.decode("latin-1"))).addErrback(
+            lambda f: log.failure("S3 {method} {raw}", f, method=method, raw=raw))
+
+    async def handle(self, request: S3Request, method: str, raw: str) -> None:
+        request_id = secrets.token_hex(8).upper()
+        request.setHeader(b"x-amz-request-id", request_id.encode())
+        request.setHeader(b"server", b"Deposito")
+        request.setHeader(b"date", _http_date(self.clock.seconds()).encode())
+        raw_path, _, raw_query = raw.partition("?")
+        try:
+            if not raw_path.startswith("/"):
+                raise S3Error("InvalidRequest", "The request line names no path")
+            headers: dict[str, list[str]] = {}
+            for name, values in request.requestHeaders.getAllRawHeaders():
+                headers[name.decode("latin-1").lower()] = [v.decode("latin-1") for v in values]
+            verified = sigv4.verify(method, raw_path, raw_query, headers, self.keys, self.clock.seconds())
+            bucket, key = _split(raw_path)
+            params = dict(parse_qsl(raw_query, keep_blank_values=True))
+            operation = self.route(method, bucket, key, params, headers)
+            await operation(Call(request, verified, bucket, key, params, headers))
+        except S3Error as e:
+            await self.fail(request, method, e, raw_path, request_id)
+        except DepositoError as e:
+            await self.fail(request, method, _s3_error(e), raw_path, request_id)
+
+    def route(self, method: str, bucket: str, key: str, params: dict[str, str],
+              headers: dict[str, list[str]]) -> Callable[[Call], Awaitable[None]]:
+        if NOT_SERVED & params.keys() or (MULTIPART & params.keys()):
+            raise S3Error("NotImplemented", "This sub-resource is not served"
+                          + (" (multipart uploads come later)" if MULTIPART & params.keys() else ""))
+        if not bucket:
+            if method == "GET":
+                return self.list_buckets
+            raise S3Error("MethodNotAllowed")
+        check_bucket(bucket)
+        if not key:
+            table: dict[str, Callable[[Call], Awaitable[None]]] = {
+                "GET": self.get_bucket, "HEAD": self.head_bucket, "PUT": self.create_bucket,
+                "DELETE": self.delete_bucket}
+            if method == "POST" and "delete" in params:
+                return self.delete_objects
+        else:
+            table = {"GET": self.get_object, "HEAD": self.get_object, "DELETE": self.delete_object,
+                     "PUT": self.copy_object if "x-amz-copy-source" in headers else self.put_object}
+        if method not in table:
+            raise S3Error("MethodNotAllowed")
+        return table[method]
+
+    # -- answers
+
+    async def ready(self, call_or_request: Any) -> bool:
+        """Wait for the whole request (the body thrown away if nobody took
+        it); False when the client has gone."""
+        request = call_or_request.request if isinstance(call_or_request, Call) else call_or_request
+        request.body.discard()
+        try:
+            await request.received
+        except Exception:
+            return False
+        return not request.finished
+
+    async def send(self, call: Call, status: int, body: bytes = b"", content_type: bytes = b"application/xml",
+                   headers: Optional[dict[bytes, bytes]] = None) -> None:
+        if not await self.ready(call):
+            return
+        request = call.request
+        request.setResponseCode(status)
+        for name, value in (headers or {}).items():
+            request.setHeader(name, value)
+        if body:
+            request.setHeader(b"content-type", content_type)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        if body and request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+
+    async def fail(self, request: S3Request, method: str, error: S3Error, resource: str, request_id: str) -> None:
+        if not await self.ready(request):
+            return
+        if error.resource is None:
+            error.resource = unquote(resource)
+        body = b"" if method == "HEAD" else xmlwire.error_document(error, request_id)
+        request.setResponseCode(error.status)
+        request.setHeader(b"content-type", b"application/xml")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        if body:
+            request.write(body)
+        request.finish()
+
+    # -- buckets
+
+    async def list_buckets(self, call: Call) -> None:
+        buckets = [xmlwire.BucketEntry(name, created) for name, created in await self.depot.buckets()]
+        await self.send(call, 200, xmlwire.list_buckets_result(OWNER, buckets))
+
+    async def head_bucket(self, call: Call) -> None:
+        await self.existing_bucket(call.bucket)
+        await self.send(call, 200, headers={b"x-amz-bucket-region": b"us-east-1"})
+
+    async def create_bucket(self, call: Call) -> None:
+        xmlwire.parse_create_bucket(await call.request.body.read(XML_BODY_LIMIT))
+        if not await self.depot.create_bucket(call.bucket):
+            raise S3Error("BucketAlreadyOwnedByYou", BucketName=call.bucket)
+        await self.send(call, 200, headers={b"location": b"/" + call.bucket.encode()})
+
+    async def delete_bucket(self, call: Call) -> None:
+        try:
+            await self.depot.delete_bucket(call.bucket)
+        except NotFound:
+            raise S3Error("NoSuchBucket", BucketName=call.bucket) from None
+        except NotEmpty:
+            raise S3Error("BucketNotEmpty", BucketName=call.bucket) from None
+        await self.send(call, 204)
+
+    async def get_bucket(self, call: Call) -> None:
+        if "location" in call.params:
+            await self.existing_bucket(call.bucket)
+            await self.send(call, 200, xmlwire.location_constraint(None))
+        elif call.params.get("list-type") == "2":
+            await self.list_objects_v2(call)
+        else:
+            await self.list_objects(call)
+
+    async def existing_bucket(self, bucket: str) -> None:
+        if await self.depot.bucket(bucket) is None:
+            raise S3Error("NoSuchBucket", BucketName=bucket)
+
+    # -- listings
+
+    async def list_objects_v2(self, call: Call) -> None:
+        p = call.params
+        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _max_keys(p)
+        token, start_after = p.get("continuation-token"), p.get("start-after", "")
+        after = _read_token(token) if token is not None else start_after
+        await self.existing_bucket(call.bucket)
+        page = await self.page(call.bucket, prefix, delimiter, after, max_keys)
+        body = xmlwire.list_objects_v2_result(
+            call.bucket, page.contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
+            is_truncated=page.truncated, continuation_token=token,
+            next_continuation_token=_token(page.resume) if page.truncated else None,
+            start_after=start_after or None, encoding_type=p.get("encoding-type"))
+        await self.send(call, 200, body)
+
+    async def list_objects(self, call: Call) -> None:
+        p = call.params
+        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _max_keys(p)
+        marker = p.get("marker", "")
+        await self.existing_bucket(call.bucket)
+        page = await self.page(call.bucket, prefix, delimiter, marker, max_keys)
+        body = xmlwire.list_objects_result(
+            call.bucket, page.contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
+            is_truncated=page.truncated, marker=marker,
+            next_marker=page.last if page.truncated and delimiter else None, encoding_type=p.get("encoding-type"))
+        await self.send(call, 200, body)
+
+    async def page(self, bucket: str, prefix: str, delimiter: Optional[str], after: str, max_keys: int) -> Page:
+        """A page of keys after ``after``: objects, and the common prefixes
+        they roll up to. Names under a common prefix are skipped by listing
+        again after it, so a page costs its keys, not the keys it hides."""
+        base = bucket + "/"
+        page = Page()
+        while True:
+            want = max_keys - page.count + 1  # one more: is there a next page?
+            listing = await self.depot.listing(base + prefix, base + after, min(want, 100) if delimiter else want)
+            records = await listing.collect()
+            skipped = False
+            for record in records:
+                key = record.name[len(base):]
+                common = _common_prefix(key, prefix, delimiter)
+                if page.count == max_keys:
+                    page.truncated = True
+                    return page
+                if common is not None:
+                    if common > after:
+                        page.prefixes.append(common)
+                        page.last = common
+                    after, page.resume, skipped = common + MAX_CHAR, common + MAX_CHAR, True
+                    break
+                page.contents.append(_entry(key, record))
+                after = page.last = page.resume = key
+            if not skipped and len(records) < (min(want, 100) if delimiter else want):
+                return page  # the listing ran out
+
+    # -- objects
+
+    async def get_object(self, call: Call) -> None:
+        record = await self.lookup(call.bucket, call.key)
+        meta = ObjectMeta.of(record)
+        request = call.request
+        etag = xmlwire.quoted(meta.etag)
+        modified = int(record.created)
+        headers = {b"etag": etag.encode(), b"last-modified": _http_date(modified).encode(),
+                   b"accept-ranges": b"bytes"}
+        condition = _check_conditions(call, etag, modified)
+        if condition == 304:
+            await self.send(call, 304, headers=headers)
+            return
+        span = parse_range(call.header("range"), record.size)
+        if span is False:
+            raise S3Error("InvalidRange", ActualObjectSize=str(record.size), RangeRequested=call.header("range") or "")
+        start, end = span if isinstance(span, tuple) else (0, record.size - 1)
+        length = end - start + 1
+        if not await self.ready(call):
+            return
+        for header, text in headers.items():
+            request.setHeader(header, text)
+        content_type = call.params.get("response-content-type", meta.content_type)
+        request.setHeader(b"content-type", content_type.encode("latin-1", "replace"))
+        for key, value in meta.user.items():
+            request.setHeader(b"x-amz-meta-" + key.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+        if span:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, end, record.size))
+        request.setHeader(b"content-length", b"%d" % length)
+        if request.method == b"HEAD" or length == 0:
+            request.finish()
+            return
+        response = ResponseConsumer(request)
+        try:
+            await self.depot.read(record, response, start, length)
+        except DepositoError as e:
+            if response.gone:
+                return
+            if not request.startedWriting:
+                log.warn("S3 GET of {name} failed: {why}", name=record.name, why=e)
+                request.setResponseCode(503)
+                request.responseHeaders.removeHeader(b"content-range")
+                body = xmlwire.error_document(_s3_error(e), "")
+                request.setHeader(b"content-type", b"application/xml")
+                request.setHeader(b"content-length", b"%d" % len(body))
+                request.write(body)
+                request.finish()
+            else:  # the length cannot be kept: the client must see the cut
+                log.warn("S3 GET of {name} broke mid-stream: {why}", name=record.name, why=e)
+                request.channel.transport.abortConnection()
+            return
+        if not response.gone:
+            request.finish()
+
+    async def lookup(self, bucket: str, key: str) -> FileRecord:
+        name = file_name(bucket, key)
+        try:
+            return await self.depot.lookup(name)
+        except NotFound:
+            await self.existing_bucket(bucket)
+            raise S3Error("NoSuchKey", Key=key) from None
+
+    async def put_object(self, call: Call) -> None:
+        name = file_name(call.bucket, call.key)
+        user = user_metadata([(n, ",".join(v)) for n, v in call.headers.items()])
+        replicas = replicas_of(user)
+        size = self.body_size(call)
+        await self.existing_bucket(call.bucket)
+        checks = BodyChecks(call)
+        upload = await self.depot.begin_put(name, size, replicas)
+        try:
+            record = await self.receive(call, upload, checks, ObjectMeta("", call.header("content-type") or DEFAULT_TYPE, user))
+        except BaseException:
+            self.depot.abort_put(upload)
+            raise
+        await self.send(call, 200, headers={b"etag": xmlwire.quoted(ObjectMeta.of(record).etag).encode()})
+
+    def body_size(self, call: Call) -> int:
+        """The object's size: the decoded length of an aws-chunked body, else Content-Length."""
+        if call.verified.payload in sigv4.STREAMING_MODES:
+            size = call.verified.decoded_length
+        else:
+            text = call.header("content-length")
+            size = int(text) if text is not None and text.strip().isdigit() else None
+        if size is None:
+            raise S3Error("MissingContentLength")
+        if self.max_size is not None and size > self.max_size:
+            raise S3Error("EntityTooLarge", f"Objects may be {self.max_size} bytes at most")
+        return size
+
+    async def receive(self, call: Call, upload: Upload, checks: BodyChecks, meta: ObjectMeta) -> FileRecord:
+        """The body into ``upload`` through ``checks``; the version once committed."""
+        request = call.request
+        upload.attach(request.channel.transport)  # paused while a server is slow
+
+        def take(body: bytes) -> None:
+            data = checks.feed(body)
+            if upload.received + len(data) > upload.size:
+                raise S3Error("InvalidRequest", "The body is longer than its stated length")
+            if data:
+                upload.write(data)
+
+        request.body.take(take)
+        try:
+            await request.body.done
+        except Exception:
+            raise S3Error("IncompleteBody") from None  # the client went away
+        if request.body.error is not None:
+            raise request.body.error
+        if upload.received != upload.size:
+            raise S3Error("IncompleteBody")
+        upload.meta = attrs.evolve(meta, etag=checks.finish()).to_text()
+        return await self.depot.finish_put(upload)
+
+    async def delete_object(self, call: Call) -> None:
+        name = file_name(call.bucket, call.key)
+        await self.existing_bucket(call.bucket)
+        try:
+            await self.depot.delete(name)
+        except NotFound:
+            pass  # S3 answers the same for a key that was not there
+        await self.send(call, 204)
+
+    async def delete_objects(self, call: Call) -> None:
+        body = await call.request.body.read(XML_BODY_LIMIT)
+        BodyChecks(call).check_whole(body)
+        objects, quiet = xmlwire.parse_delete(body)
+        await self.existing_bucket(call.bucket)
+        deleted, failures = [], []
+        for entry in objects:
+            try:
+                await self.depot.delete(file_name(call.bucket, entry.key))
+            except NotFound:
+                pass
+            except S3Error as e:
+                failures.append(xmlwire.DeleteFailure(entry.key, e.code, e.message))
+                continue
+            except DepositoError as e:
+                error = _s3_error(e)
+                failures.append(xmlwire.DeleteFailure(entry.key, error.code, error.message))
+                continue
+            deleted.append(xmlwire.Deleted(entry.key))
+        await self.send(call, 200, xmlwire.delete_result(deleted, failures, quiet))
+
+    async def copy_object(self, call: Call) -> None:
+        source_bucket, source_key = _copy_source(call.header("x-amz-copy-source") or "")
+        source = await self.lookup(source_bucket, source_key)
+        name = file_name(call.bucket, call.key)
+        await self.existing_bucket(call.bucket)
+        kept = ObjectMeta.of(source)
+        _check_copy_conditions(call, xmlwire.quoted(kept.etag), int(source.created))
+        directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
+        if directive == "REPLACE":
+            user = user_metadata([(n, ",".join(v)) for n, v in call.headers.items()])
+            meta = ObjectMeta("", call.header("content-type") or DEFAULT_TYPE, user)
+        elif directive == "COPY":
+            if (source_bucket, source_key) == (call.bucket, call.key):
+                raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an "
+                              "object to itself without changing the object's metadata.")
+            meta = ObjectMeta("", kept.content_type, kept.user)
+        else:
+            raise S3Error("InvalidArgument", "Unknown metadata directive.")
+        await call.request.body.read(0)  # a copy has no body of its own
+        upload = await self.depot.begin_put(name, source.size, replicas_of(meta.user))
+        try:
+            copier = _Copier(upload)
+            await self.depot.read(source, copier)
+            upload.meta = attrs.evolve(meta, etag=copier.md5.hexdigest()).to_text()
+            record = await self.depot.finish_put(upload)
+        except BaseException:
+            self.depot.abort_put(upload)
+            raise
+        await self.send(call, 200, xmlwire.copy_object_result(ObjectMeta.of(record).etag, record.created))
+
+
+@attrs.define
+class Page:
+    contents: list[xmlwire.ObjectEntry] = attrs.field(factory=list)
+    prefixes: list[str] = attrs.field(factory=list)
+    truncated: bool = False
+    last: str = ""  # the last key or common prefix given
+    resume: str = ""  # where the next page starts (after)
+
+    @property
+    def count(self) -> int:
+        return len(self.contents) + len(self.prefixes)
+
+
+class BodyChecks:
+    """Everything a PutObject's body must prove, checked as it streams: its
+    SigV4 payload statement (a signed SHA-256, or aws-chunked signatures and
+    trailing checksum), Content-MD5, an ``x-amz-checksum-*`` header; and its
+    MD5, the object's ETag."""
+
+    def __init__(self, call: Call) -> None:
+        verified = call.verified
+        self.decoder = ChunkedDecoder(verified) if verified.payload in sigv4.STREAMING_MODES else None
+        self.payload = sigv4.PayloadCheck(verified.content_sha256) if verified.payload == sigv4.SIGNED \
+            and verified.content_sha256 else None
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.content_md5 = _content_md5(call.header("content-md5"))
+        self.checksums: list[tuple[Checksummer, str]] = []
+        for name, values in call.headers.items():
+            checksummer = Checksummer.for_header(name)
+            if checksummer is not None and name != verified.trailer:
+                self.checksums.append((checksummer, ",".join(values).strip()))
+            elif name.startswith("x-amz-checksum-") and name != "x-amz-checksum-algorithm" \
+                    and name != "x-amz-checksum-type":
+                raise S3Error("InvalidRequest", f"The checksum {name} is not supported")
+
+    def feed(self, data: bytes) -> bytes:
+        """The object's bytes these body bytes carry."""
+        if self.payload is not None:
+            self.payload.feed(data)
+        if self.decoder is not None:
+            data = self.decoder.feed(data)
+        self.md5.update(data)
+        for checksummer, _ in self.checksums:
+            checksummer.update(data)
+        return data
+
+    def finish(self) -> str:
+        """The ETag (hex MD5) once every check holds; S3Error else."""
+        if self.payload is not None:
+            self.payload.finish()
+        if self.decoder is not None:
+            self.decoder.finish()
+        digest = self.md5.digest()
+        if self.content_md5 is not None and digest != self.content_md5:
+            raise S3Error("BadDigest")
+        for checksummer, expected in self.checksums:
+            if checksummer.digest_b64() != expected:
+                raise S3Error("BadDigest", f"The {checksummer.algorithm.upper()} you specified did not match"
+                              " the calculated checksum.")
+        return digest.hex()
+
+    def check_whole(self, body: bytes) -> None:
+        """For a small body read whole (DeleteObjects)."""
+        self.feed(body)
+        self.finish()
+
+
+@implementer(IConsumer)
+class _Copier:
+    """A consumer of one file's bytes that stores them as a new upload (CopyObject)."""
+
+    def __init__(self, upload: Upload) -> None:
+        self.upload = upload
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.disconnected = False
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.upload.attach(producer)
+
+    def unregisterProducer(self) -> None:
+        self.upload.detach()
+
+    def write(self, data: bytes) -> None:
+        piece = bytes(data)
+        self.md5.update(piece)
+        self.upload.write(piece)
+
+
+def s3_site(depot: IDepot, keys: S3Keys, clock: IReactorTime, max_size: Optional[int] = None) -> Site:
+    """The S3 API as a twisted.web Site. ``depot``: a MeteredDepot counting via s3."""
+    site = _S3Site(Resource(), timeout=IDLE_TIMEOUT)
+    site.requestFactory = S3Request
+    site.gateway = Gateway(depot, keys, clock, max_size)
+    return site
+
+
+class _S3Site(Site):
+    """No access log (the proxy's log is for what happens to the cluster)."""
+
+    noisy = False
+    gateway: Gateway
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+# -- helpers
+
+
+def _split(raw_path: str) -> tuple[str, str]:
+    """(bucket, key) of a path-style request path, percent-decoded as UTF-8."""
+    path = raw_path[1:]
+    bucket, _, key = path.partition("/")
+    try:
+        return unquote(bucket, errors="strict"), unquote(key, errors="strict")
+    except UnicodeDecodeError:
+        raise S3Error("InvalidArgument", "The path is not UTF-8") from None
+
+
+def _s3_error(e: DepositoError) -> S3Error:
+    if isinstance(e, TooLarge):
+        return S3Error("EntityTooLarge", e.message or None)
+    if isinstance(e, (Unavailable, NoSpace)):
+        return S3Error("ServiceUnavailable", str(e))
+    if isinstance(e, NotFound):
+        return S3Error("NoSuchKey")
+    return S3Error("InternalError", str(e))
+
+
+def _max_keys(params: dict[str, str]) -> int:
+    text = params.get("max-keys", str(MAX_KEYS))
+    if not text.isascii() or not text.isdigit():
+        raise S3Error("InvalidArgument", "max-keys must be a whole number", ArgumentName="max-keys",
+                      ArgumentValue=text)
+    return min(int(text), MAX_KEYS)
+
+
+def _common_prefix(key: str, prefix: str, delimiter: Optional[str]) -> Optional[str]:
+    if not delimiter:
+        return None
+    at = key.find(delimiter, len(prefix))
+    return None if at < 0 else key[:at + len(delimiter)]
+
+
+def _entry(key: str, record: FileRecord) -> xmlwire.ObjectEntry:
+    return xmlwire.ObjectEntry(key, record.created, ObjectMeta.of(record).etag, record.size, owner=OWNER)
+
+
+def _token(after: str) -> str:
+    return base64.urlsafe_b64encode(after.encode("utf-8")).decode("ascii")
+
+
+def _read_token(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
+    except (ValueError, UnicodeError):
+        raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
+                      ArgumentName="continuation-token") from None
+
+
+def _content_md5(text: Optional[str]) -> Optional[bytes]:
+    if text is None:
+        return None
+    try:
+        digest = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise S3Error("InvalidDigest") from None
+    if len(digest) != 16:
+        raise S3Error("InvalidDigest")
+    return digest
+
+
+def _http_date(when: float) -> str:
+    return email.utils.formatdate(when, usegmt=True)
+
+
+def _parse_date(text: Optional[str]) -> Optional[float]:
+    if not text:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _etag_in(header: str, etag: str) -> bool:
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or etag in tags or etag.strip('"') in tags
+
+
+def _check_conditions(call: Call, etag: str, modified: int) -> Optional[int]:
+    """GET and HEAD's conditions, in S3's order: 412 raised, 304 returned, else None."""
+    if_match, if_none = call.header("if-match"), call.header("if-none-match")
+    unmodified_since, modified_since = _parse_date(call.header("if-unmodified-since")), _parse_date(
+        call.header("if-modified-since"))
+    if if_match is not None and not _etag_in(if_match, etag):
+        raise S3Error("PreconditionFailed", Condition="If-Match")
+    if if_match is None and unmodified_since is not None and modified > unmodified_since:
+        raise S3Error("PreconditionFailed", Condition="If-Unmodified-Since")
+    if if_none is not None and _etag_in(if_none, etag):
+        return 304
+    if if_none is None and modified_since is not None and modified <= modified_since:
+        return 304
+    return None
+
+
+def _check_copy_conditions(call: Call, etag: str, modified: int) -> None:
+    if_match = call.header("x-amz-copy-source-if-match")
+    if_none = call.header("x-amz-copy-source-if-none-match")
+    unmodified_since = _parse_date(call.header("x-amz-copy-source-if-unmodified-since"))
+    modified_since = _parse_date(call.header("x-amz-copy-source-if-modified-since"))
+    if (if_match is not None and not _etag_in(if_match, etag)) \
+            or (if_none is not None and _etag_in(if_none, etag)) \
+            or (unmodified_since is not None and modified > unmodified_since) \
+            or (modified_since is not None and modified <= modified_since):
+        raise S3Error("PreconditionFailed")
+
+
+def _copy_source(header: str) -> tuple[str, str]:
+    """(bucket, key) of x-amz-copy-source: ``[/]bucket/key[?versionId=...]``, percent-encoded."""
+    source, _, query = header.partition("?")
+    if query and query not in ("versionId=null",):
+        raise S3Error("NotImplemented", "Object versions are not kept: copy the current one")
+    bucket, _, key = unquote(source.lstrip("/")).partition("/")
+    if not bucket or not key:
+        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+                      ArgumentName="x-amz-copy-source", ArgumentValue=header)
+    return check_bucket(bucket), key

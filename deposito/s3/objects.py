@@ -1,0 +1,96 @@
+"""What S3 keeps with an object's version, in the catalog's ``meta`` text
+(see FileRecord.meta), and the names S3 gives to depot files.
+
+The object KEY of bucket B is the depot file ``B/KEY``. Its ETag (the hex
+MD5 of its bytes), Content-Type and user metadata (``x-amz-meta-*``) are
+one compact JSON object committed with the version. A file stored through
+another interface has none: its ETag is then made from its SHA-256 with a
+``-1`` suffix, the form S3 tools know not to compare with an MD5.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Optional
+
+import attrs
+
+from deposito.catalog import FileRecord
+from deposito.errors import BadArgs
+from deposito.protocols.words import check_name
+from deposito.s3.errors import S3Error
+
+DEFAULT_TYPE = "binary/octet-stream"
+MAX_USER_META = 2048  # bytes of user metadata, names and values, as S3 allows
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_IP = re.compile(r"\d+\.\d+\.\d+\.\d+\Z")
+
+
+@attrs.frozen
+class ObjectMeta:
+    etag: str  # without quotes
+    content_type: str = DEFAULT_TYPE
+    user: dict[str, str] = attrs.field(factory=dict)
+
+    def to_text(self) -> str:
+        return json.dumps({"etag": self.etag, "type": self.content_type, "user": self.user},
+                          sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def of(cls, record: FileRecord) -> ObjectMeta:
+        """The S3 view of a record (one stored elsewhere: an ETag from its SHA-256)."""
+        if record.meta:
+            try:
+                kept = json.loads(record.meta)
+                return cls(str(kept["etag"]), str(kept.get("type") or DEFAULT_TYPE),
+                           {str(k): str(v) for k, v in dict(kept.get("user") or {}).items()})
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass  # not ours: as for a file stored elsewhere
+        return cls(record.sha256[:32] + "-1")
+
+
+def check_bucket(name: str) -> str:
+    """A bucket name by S3's rules, or InvalidBucketName."""
+    if not _BUCKET.match(name) or ".." in name or ".-" in name or "-." in name or _IP.match(name):
+        raise S3Error("InvalidBucketName", resource=name, BucketName=name)
+    return name
+
+
+def file_name(bucket: str, key: str) -> str:
+    """The depot file of ``key`` in ``bucket``: KeyTooLongError or
+    InvalidArgument for a key the depot cannot name."""
+    if not key:
+        raise S3Error("InvalidArgument", "An object key must not be empty")
+    try:
+        return check_name(f"{bucket}/{key}")
+    except BadArgs as e:
+        if "longer" in e.message:
+            raise S3Error("KeyTooLongError") from None
+        raise S3Error("InvalidArgument", f"The key cannot be stored: {e.message}") from None
+
+
+def user_metadata(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """The ``x-amz-meta-*`` headers (names lower-case, without the prefix);
+    MetadataTooLarge past S3's 2 KiB."""
+    user: dict[str, str] = {}
+    for name, value in headers:
+        if name.startswith("x-amz-meta-") and len(name) > len("x-amz-meta-"):
+            key = name[len("x-amz-meta-"):]
+            user[key] = value if key not in user else user[key] + "," + value
+    if sum(len(k.encode()) + len(v.encode()) for k, v in user.items()) > MAX_USER_META:
+        raise S3Error("MetadataTooLarge")
+    return user
+
+
+def replicas_of(user: dict[str, str], most: int = 16) -> Optional[int]:
+    """The copy count asked with ``x-amz-meta-replicas``, or None; InvalidArgument when not 1..most."""
+    text = user.get("replicas")
+    if text is None:
+        return None
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= most:
+        raise S3Error("InvalidArgument", f"x-amz-meta-replicas must be a whole number from 1 to {most}",
+                      ArgumentName="x-amz-meta-replicas", ArgumentValue=text)
+    return int(text)

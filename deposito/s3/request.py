@@ -1,0 +1,162 @@
+"""An S3 request on twisted.web whose body streams.
+
+twisted.web hands a resource its request once the whole body has arrived,
+spooled to a temporary file: an upload of 5 GiB would be written to the
+proxy's disk before a byte reached a storage server. :class:`S3Request`
+instead starts its gateway as soon as the headers are in (``gotLength``)
+and passes the body on as it comes (:class:`Body`), pausing the connection
+while nobody takes it. The answer is written only once the whole request
+has been read (``process``), as HTTP/1.1 on a kept-alive connection needs.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import deque
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.server import Request
+
+from deposito import twisted_internals
+from deposito.s3.errors import S3Error
+
+HOLD = 256 * 1024  # body bytes held for a reader not there yet before the connection is paused
+DISCARD_LIMIT = 1 << 20  # body bytes read and thrown away after an error before the connection is cut
+
+
+class Body:
+    """A request's body as it arrives. Until a reader takes it (:meth:`take`),
+    up to HOLD bytes are held and the connection is paused beyond that.
+    A reader that fails (its ``sink`` raises) gets the rest thrown away."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.received = 0
+        self.done: defer.Deferred[None] = defer.Deferred()  # the whole body is in (or fails: lost)
+        self.error: Optional[BaseException] = None  # what the sink raised, if it did
+        self._held: deque[bytes] = deque()
+        self._held_size = 0
+        self._paused = False
+        self._sink: Optional[Callable[[bytes], None]] = None
+        self._discarding = False
+        self._discarded = 0
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._discarding:
+            self._discarded += len(data)
+            if self._discarded > DISCARD_LIMIT:
+                self.transport.abortConnection()  # not worth reading: the answer is an error anyway
+            return
+        if self._sink is None:
+            self._held.append(data)
+            self._held_size += len(data)
+            if self._held_size > HOLD and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        self._give(data)
+
+    def take(self, sink: Callable[[bytes], None]) -> None:
+        """From now on every byte goes to ``sink``, those held first."""
+        self._sink = sink
+        while self._held and not self._discarding:
+            self._give(self._held.popleft())
+        self._held.clear()
+        self._held_size = 0
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def discard(self) -> None:
+        """Nobody wants the rest: read it and throw it away (a little of it)."""
+        self._discarding = True
+        self._held.clear()
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body, for small ones (XML): MalformedXML-like
+        EntityTooLarge when it is bigger than ``limit``."""
+        pieces: list[bytes] = []
+        size = 0
+
+        def keep(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if size > limit:
+                raise S3Error("EntityTooLarge", f"The body is larger than {limit} bytes")
+            pieces.append(data)
+
+        self.take(keep)
+        await self.done
+        if self.error is not None:
+            raise self.error
+        return b"".join(pieces)
+
+    def _give(self, data: bytes) -> None:
+        assert self._sink is not None
+        try:
+            self._sink(data)
+        except Exception as e:
+            self.error = e
+            self.discard()
+
+    def end(self) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+    def lost(self, reason: Failure) -> None:
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+class S3Headers(Headers):
+    """Response headers whose ``x-amz-*`` names go out in lower case, as S3
+    sends them: S3 clients take user metadata's names from them as written
+    (twisted.web would write ``X-Amz-Meta-Camera``)."""
+
+    def getAllRawHeaders(self) -> Iterator[tuple[bytes, Sequence[bytes]]]:
+        for name, values in super().getAllRawHeaders():
+            yield (name.lower() if name.lower().startswith(b"x-amz-") else name), values
+
+
+class S3Request(Request):
+    """A request whose gateway starts when its headers are in. The site's
+    ``gateway`` is called with the request, its method and raw path; it
+    takes the body from :attr:`body`, and answers after :attr:`received`
+    has fired."""
+
+    body: Body
+    received: defer.Deferred[None]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.responseHeaders = S3Headers()
+
+    def gotLength(self, length: Optional[int]) -> None:
+        self.content = io.BytesIO()  # stays empty: the body goes to self.body
+        self.body = Body(self.channel.transport)
+        self.received = defer.Deferred()
+        self.notifyFinish().addErrback(self._lost)
+        line = twisted_internals.request_line(self)
+        method, path = line if line is not None else (b"", b"")
+        getattr(self.channel, "site").gateway(self, method, path)  # the S3 site (deposito.s3.gateway.s3_site)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.body.feed(data)
+
+    def process(self) -> None:
+        """The whole request is in: its gateway may answer now."""
+        self.body.end()
+        if not self.received.called:
+            self.received.callback(None)
+
+    def _lost(self, reason: Failure) -> None:
+        self.body.lost(reason)
+        if not self.received.called:
+            self.received.errback(reason)
