@@ -29,7 +29,8 @@ class S3:
     def client(self, secret: str = SECRET, access: str = ACCESS, **config):
         return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=access, aws_secret_access_key=secret,
                             region_name="us-east-1",
-                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, **config))
+                            config=Config(**{"s3": {"addressing_style": "path"}, "retries": {"max_attempts": 1},
+                                             "signature_version": "s3v4", **config}))
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,261 @@ def test_a_bucket_is_made_listed_and_its_objects_round_trip(s3):
     with Wire(s3.cluster.port) as w:  # the same file through the text protocol
         reply, body = w.get("photos/2024/cat.jpg")
         assert reply.startswith("OK") and body == data
+
+
+def test_listings_page_through_every_key_once_with_common_prefixes(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="tree")
+    keys = [f"a/{i:02d}" for i in range(12)] + ["b/x/1", "b/y", "c", "c/d", "dé jà/vu"]
+    for key in keys:
+        c.put_object(Bucket="tree", Key=key, Body=key.encode())
+    paged = [o["Key"] for page in c.get_paginator("list_objects_v2").paginate(
+        Bucket="tree", PaginationConfig={"PageSize": 5}) for o in page.get("Contents", [])]
+    assert paged == sorted(keys)
+    v1 = [o["Key"] for page in c.get_paginator("list_objects").paginate(
+        Bucket="tree", PaginationConfig={"PageSize": 4}) for o in page.get("Contents", [])]
+    assert v1 == sorted(keys)
+    top = c.list_objects_v2(Bucket="tree", Delimiter="/")
+    assert [p["Prefix"] for p in top["CommonPrefixes"]] == ["a/", "b/", "c/", "dé jà/"]
+    assert [o["Key"] for o in top["Contents"]] == ["c"]
+    under_b = c.list_objects_v2(Bucket="tree", Prefix="b/", Delimiter="/")
+    assert [p["Prefix"] for p in under_b["CommonPrefixes"]] == ["b/x/"]
+    assert [o["Key"] for o in under_b["Contents"]] == ["b/y"]
+    # a page of common prefixes goes on after the last one, never repeating it
+    first = c.list_objects_v2(Bucket="tree", Delimiter="/", MaxKeys=2)
+    assert first["IsTruncated"] and [p["Prefix"] for p in first["CommonPrefixes"]] == ["a/", "b/"]
+    rest = c.list_objects_v2(Bucket="tree", Delimiter="/", ContinuationToken=first["NextContinuationToken"])
+    assert [p["Prefix"] for p in rest.get("CommonPrefixes", [])] == ["c/", "dé jà/"]
+    assert [o["Key"] for o in rest["Contents"]] == ["c"]
+    after = c.list_objects_v2(Bucket="tree", StartAfter="b/y")
+    assert [o["Key"] for o in after["Contents"]] == ["c", "c/d", "dé jà/vu"]
+    v1_top = c.list_objects(Bucket="tree", Delimiter="/", MaxKeys=1)
+    assert v1_top["IsTruncated"] and v1_top["NextMarker"] == "a/"
+    assert c.list_objects_v2(Bucket="tree", Prefix="zzz")["KeyCount"] == 0
+
+
+def test_ranges_and_conditions(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="ranges")
+    data = os.urandom(100_000)
+    etag = c.put_object(Bucket="ranges", Key="f", Body=data)["ETag"]
+    part = c.get_object(Bucket="ranges", Key="f", Range="bytes=1000-1999")
+    assert part["Body"].read() == data[1000:2000] and part["ContentRange"] == f"bytes 1000-1999/{len(data)}"
+    assert c.get_object(Bucket="ranges", Key="f", Range="bytes=-10")["Body"].read() == data[-10:]
+    assert c.get_object(Bucket="ranges", Key="f", Range="bytes=99990-")["Body"].read() == data[99990:]
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="ranges", Key="f", Range="bytes=200000-")
+    assert code(e.value) == "InvalidRange"
+    assert c.get_object(Bucket="ranges", Key="f", IfMatch=etag)["Body"].read() == data
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="ranges", Key="f", IfMatch='"0123"')
+    assert code(e.value) == "PreconditionFailed"
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="ranges", Key="f", IfNoneMatch=etag)
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    import datetime
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="ranges", Key="f", IfModifiedSince=later)
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    head = c.head_object(Bucket="ranges", Key="f")
+    assert head["ContentLength"] == len(data) and head["ETag"] == etag
+
+
+def test_missing_things_and_bucket_rules(s3):
+    c = s3.client()
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="nobucket", Key="x")
+    assert code(e.value) == "NoSuchBucket"
+    c.create_bucket(Bucket="rules")
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="rules", Key="nothing")
+    assert code(e.value) == "NoSuchKey"
+    with pytest.raises(ClientError) as e:
+        c.head_object(Bucket="rules", Key="nothing")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    with pytest.raises(ClientError) as e:
+        c.create_bucket(Bucket="rules")
+    assert code(e.value) == "BucketAlreadyOwnedByYou"
+    with pytest.raises(ClientError) as e:
+        c.create_bucket(Bucket="Bad_Name")
+    assert code(e.value) == "InvalidBucketName"
+    c.put_object(Bucket="rules", Key="k", Body=b"x")
+    with pytest.raises(ClientError) as e:
+        c.delete_bucket(Bucket="rules")
+    assert code(e.value) == "BucketNotEmpty"
+    c.delete_object(Bucket="rules", Key="k")
+    c.delete_object(Bucket="rules", Key="k")  # gone already: the same answer
+    c.delete_bucket(Bucket="rules")
+    with pytest.raises(ClientError) as e:
+        c.head_bucket(Bucket="rules")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    with pytest.raises(ClientError) as e:
+        c.create_multipart_upload(Bucket="photos", Key="big")
+    assert code(e.value) == "NotImplemented"
+
+
+def test_delete_objects_and_copies(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="copies")
+    for key in ("one", "two", "three"):
+        c.put_object(Bucket="copies", Key=key, Body=key.encode(), ContentType="text/plain", Metadata={"k": key})
+    out = c.delete_objects(Bucket="copies", Delete={"Objects": [{"Key": "one"}, {"Key": "two"}, {"Key": "none"}]})
+    assert sorted(d["Key"] for d in out["Deleted"]) == ["none", "one", "two"]
+    assert [o["Key"] for o in c.list_objects_v2(Bucket="copies")["Contents"]] == ["three"]
+    c.copy_object(Bucket="copies", Key="three-copy", CopySource={"Bucket": "copies", "Key": "three"})
+    copy = c.get_object(Bucket="copies", Key="three-copy")
+    assert copy["Body"].read() == b"three" and copy["Metadata"] == {"k": "three"}
+    assert copy["ContentType"] == "text/plain" and copy["ETag"] == '"%s"' % hashlib.md5(b"three").hexdigest()
+    c.copy_object(Bucket="copies", Key="three", CopySource="copies/three", MetadataDirective="REPLACE",
+                  Metadata={"k": "new"}, ContentType="text/x-new")
+    again = c.head_object(Bucket="copies", Key="three")
+    assert again["Metadata"] == {"k": "new"} and again["ContentType"] == "text/x-new"
+    with pytest.raises(ClientError) as e:
+        c.copy_object(Bucket="copies", Key="x", CopySource="copies/absent")
+    assert code(e.value) == "NoSuchKey"
+
+
+def test_replicas_metadata_sets_the_copies_counted_on_disk(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="safe")
+    data = os.urandom(50_000)
+    c.put_object(Bucket="safe", Key="three", Body=data, Metadata={"replicas": "3"})
+    assert len(s3.cluster.holders(data)) == 3
+    data1 = os.urandom(50_000)
+    c.put_object(Bucket="safe", Key="one", Body=data1, Metadata={"replicas": "1"})
+    assert len(s3.cluster.holders(data1)) == 1
+    with pytest.raises(ClientError) as e:
+        c.put_object(Bucket="safe", Key="bad", Body=b"x", Metadata={"replicas": "99"})
+    assert code(e.value) == "InvalidArgument"
+
+
+def test_a_file_stored_through_the_text_protocol_is_an_object(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="shared")
+    data = os.urandom(10_000)
+    with Wire(s3.cluster.port) as w:
+        assert w.put("shared/from-text.bin", data).startswith("OK stored")
+    got = c.get_object(Bucket="shared", Key="from-text.bin")
+    assert got["Body"].read() == data and got["ETag"].endswith('-1"')  # not an MD5: tools do not compare it
+
+
+def test_signatures_are_checked_and_presigned_urls_work(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="signed")
+    c.put_object(Bucket="signed", Key="doc", Body=b"secret words")
+    for client, expected in ((s3.client(secret="wrong" + SECRET[5:]), "SignatureDoesNotMatch"),
+                             (s3.client(access="AKIAUNKNOWN000000000"), "InvalidAccessKeyId")):
+        with pytest.raises(ClientError) as e:
+            client.get_object(Bucket="signed", Key="doc")
+        assert code(e.value) == expected
+        with pytest.raises(ClientError) as e:
+            client.put_object(Bucket="signed", Key="doc", Body=b"overwritten")
+        assert code(e.value) == expected
+    assert c.get_object(Bucket="signed", Key="doc")["Body"].read() == b"secret words"
+    url = c.generate_presigned_url("get_object", Params={"Bucket": "signed", "Key": "doc"}, ExpiresIn=60)
+    assert urllib.request.urlopen(url, timeout=10).read() == b"secret words"
+    tampered = url.replace("Signature=", "Signature=0")[:len(url)]
+    expired = c.generate_presigned_url("get_object", Params={"Bucket": "signed", "Key": "doc"}, ExpiresIn=1)
+    time.sleep(2)
+    version2 = s3.client(signature_version="s3").generate_presigned_url(
+        "get_object", Params={"Bucket": "signed", "Key": "doc"}, ExpiresIn=60)
+    for bad in (tampered, expired, f"{s3.url}/signed/doc", version2):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad, timeout=10)
+        assert e.value.code == 403 and b"<Error>" in e.value.read()
+
+
+def test_a_body_that_fails_its_digest_stores_nothing(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="digest")
+    c.put_object(Bucket="digest", Key="k", Body=b"first")
+    import base64
+    wrong = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    with pytest.raises(ClientError) as e:
+        c.put_object(Bucket="digest", Key="k", Body=b"second", ContentMD5=wrong)
+    assert code(e.value) == "BadDigest"
+    with pytest.raises(ClientError) as e:
+        c.put_object(Bucket="digest", Key="k", Body=b"second", ChecksumCRC32="AAAAAA==")
+    assert code(e.value) in ("BadDigest", "InvalidRequest")
+    assert c.get_object(Bucket="digest", Key="k")["Body"].read() == b"first"
+    with Wire(s3.cluster.port) as w:
+        assert w.stat("digest/k")["version"] == "1"
+
+
+def _raw(port: int, request: bytes, read: bool = True) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        if not read:
+            return b""
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+
+
+def test_hostile_requests_get_errors_and_the_gateway_keeps_serving(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="hostile")
+    # unsigned, malformed, oversized: errors, never a crash
+    head = b"GET /hostile HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    assert _raw(s3.port, head + b"\r\n")[9:12] == b"403"
+    assert _raw(s3.port, head + b"Authorization: AWS4-HMAC-SHA256 nonsense\r\n\r\n")[9:12] in (b"400", b"403")
+    huge = _raw(s3.port, b"GET /hostile HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert huge == b"" or b" 4" in huge[:20]
+    _raw(s3.port, b"PUT /hostile/torn HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100000\r\n\r\nonly a few bytes", read=False)
+    _raw(s3.port, os.urandom(5000), read=False)
+    # a signed upload cut short stores nothing
+    sock = socket.create_connection(("127.0.0.1", s3.port), timeout=10)
+    request = _signed_put(s3, "/hostile/cut", 1 << 20)
+    sock.sendall(request + os.urandom(300_000))
+    sock.close()
+    with pytest.raises(ClientError) as e:
+        c.delete_objects(Bucket="hostile", Delete={"Objects": []})
+    assert code(e.value) in ("MalformedXML", "InvalidRequest")
+    c.put_object(Bucket="hostile", Key="after", Body=b"still serving")
+    assert c.get_object(Bucket="hostile", Key="after")["Body"].read() == b"still serving"
+    assert poll(lambda: [o["Key"] for o in c.list_objects_v2(Bucket="hostile")["Contents"]] == ["after"], 5)
+    assert s3.cluster.proxy.poll() is None
+
+
+def _signed_put(s3, path: str, size: int) -> bytes:
+    """The head of a PUT of ``size`` unsigned-payload bytes, signed with botocore's signer."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest("PUT", s3.url + path, headers={"Content-Length": str(size),
+                                                          "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+    S3SigV4Auth(Credentials(ACCESS, SECRET), "s3", "us-east-1").add_auth(request)
+    head = f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
+    return (head + "\r\n").encode()
+
+
+@pytest.mark.slow
+def test_a_big_object_streams_through_in_bounded_memory(s3, tmp_path):
+    c = s3.client()
+    c.create_bucket(Bucket="big")
+    size = 64 << 20
+    source = tmp_path / "big.bin"
+    with open(source, "wb") as f:
+        for _ in range(size >> 20):
+            f.write(os.urandom(1 << 20))
+    before = _rss(s3.cluster.proxy.pid)
+    with open(source, "rb") as f:
+        c.put_object(Bucket="big", Key="b", Body=f)
+    got = c.get_object(Bucket="big", Key="b")["Body"]
+    digest = hashlib.sha256()
+    while chunk := got.read(1 << 20):
+        digest.update(chunk)
+    assert digest.hexdigest() == hashlib.sha256(source.read_bytes()).hexdigest()
+    grown = _rss(s3.cluster.proxy.pid) - before
+    assert grown < size // 2, f"the proxy grew by {grown} bytes for a {size}-byte object"
+
+
+def _rss(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")

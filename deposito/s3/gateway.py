@@ -107,6 +107,9 @@ class Gateway:
             headers: dict[str, list[str]] = {}
             for name, values in request.requestHeaders.getAllRawHeaders():
                 headers[name.decode("latin-1").lower()] = [v.decode("latin-1") for v in values]
+            if "AWSAccessKeyId=" in raw_query or (headers.get("authorization") or [""])[0].startswith("AWS "):
+                raise S3Error("AccessDenied", "Signature Version 2 is not accepted: sign with AWS Signature"
+                              " Version 4 (boto3: Config(signature_version='s3v4'))")
             verified = sigv4.verify(method, raw_path, raw_query, headers, self.keys, self.clock.seconds())
             bucket, key = _split(raw_path)
             params = dict(parse_qsl(raw_query, keep_blank_values=True))
