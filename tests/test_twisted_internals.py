@@ -403,7 +403,7 @@ def test_request_gone_once_its_connection_is_lost():
 def test_the_request_line_is_at_hand_while_the_body_arrives():
     """twisted.web calls gotLength once the headers are in, with the request
     line still on the channel (its method and raw path with the query)."""
-    from twisted.test.proto_helpers import StringTransport
+    from twisted.internet.testing import StringTransport
     from twisted.web.http import HTTPChannel, Request
 
     seen = []
