@@ -41,7 +41,7 @@ from deposito.s3.checksums import Checksummer
 from deposito.s3.chunked import ChunkedDecoder
 from deposito.s3.errors import S3Error
 from deposito.s3.keys import S3Keys
-from deposito.s3.objects import DEFAULT_TYPE, ObjectMeta, check_bucket, file_name, replicas_of, user_metadata
+from deposito.s3.objects import KEPT_HEADERS, ObjectMeta, check_bucket, file_name, replicas_of
 from deposito.s3.request import S3Request
 from deposito.transfer import Upload
 from deposito.web import ResponseConsumer, parse_range
@@ -231,8 +231,10 @@ class Gateway:
         after = _read_token(token) if token is not None else start_after
         await self.existing_bucket(call.bucket)
         page = await self.page(call.bucket, prefix, delimiter, after, max_keys)
+        contents = page.contents if p.get("fetch-owner") == "true" else [
+            attrs.evolve(entry, owner=None) for entry in page.contents]
         body = xmlwire.list_objects_v2_result(
-            call.bucket, page.contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
+            call.bucket, contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
             is_truncated=page.truncated, continuation_token=token,
             next_continuation_token=_token(page.resume) if page.truncated else None,
             start_after=start_after or None, encoding_type=p.get("encoding-type"))
@@ -256,7 +258,7 @@ class Gateway:
         again after it, so a page costs its keys, not the keys it hides."""
         base = bucket + "/"
         page = Page()
-        while True:
+        while max_keys:
             want = max_keys - page.count + 1  # one more: is there a next page?
             listing = await self.depot.listing(base + prefix, base + after, min(want, 100) if delimiter else want)
             records = await listing.collect()
@@ -277,6 +279,7 @@ class Gateway:
                 after = page.last = page.resume = key
             if not skipped and len(records) < (min(want, 100) if delimiter else want):
                 return page  # the listing ran out
+        return page
 
     # -- objects
 
@@ -293,6 +296,8 @@ class Gateway:
             await self.send(call, 304, headers=headers)
             return
         span = parse_range(call.header("range"), record.size)
+        if span is None and record.size == 0 and call.header("range"):
+            span = False  # no byte of an empty object can be asked for
         if span is False:
             raise S3Error("InvalidRange", ActualObjectSize=str(record.size), RangeRequested=call.header("range") or "")
         start, end = span if isinstance(span, tuple) else (0, record.size - 1)
@@ -301,8 +306,12 @@ class Gateway:
             return
         for header, text in headers.items():
             request.setHeader(header, text)
-        content_type = call.params.get("response-content-type", meta.content_type)
-        request.setHeader(b"content-type", content_type.encode("latin-1", "replace"))
+        sent: dict[str, Optional[str]] = {"content-type": meta.content_type, **meta.headers}
+        for name in ("content-type",) + KEPT_HEADERS:  # a presigned URL's response-* overrides
+            sent[name] = call.params.get("response-" + name, sent.get(name))
+        for name, value in sent.items():
+            if value is not None:
+                request.setHeader(name.encode(), value.encode("latin-1", "replace"))
         for key, value in meta.user.items():
             request.setHeader(b"x-amz-meta-" + key.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
         if span:
@@ -344,14 +353,14 @@ class Gateway:
 
     async def put_object(self, call: Call) -> None:
         name = file_name(call.bucket, call.key)
-        user = user_metadata([(n, ",".join(v)) for n, v in call.headers.items()])
-        replicas = replicas_of(user)
+        meta = ObjectMeta.given(call.headers)
+        replicas = replicas_of(meta.user)
         size = self.body_size(call)
         await self.existing_bucket(call.bucket)
         checks = BodyChecks(call)
         upload = await self.depot.begin_put(name, size, replicas)
         try:
-            record = await self.receive(call, upload, checks, ObjectMeta("", call.header("content-type") or DEFAULT_TYPE, user))
+            record = await self.receive(call, upload, checks, meta)
         except BaseException:
             self.depot.abort_put(upload)
             raise
@@ -433,13 +442,12 @@ class Gateway:
         _check_copy_conditions(call, xmlwire.quoted(kept.etag), int(source.created))
         directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
         if directive == "REPLACE":
-            user = user_metadata([(n, ",".join(v)) for n, v in call.headers.items()])
-            meta = ObjectMeta("", call.header("content-type") or DEFAULT_TYPE, user)
+            meta = ObjectMeta.given(call.headers)
         elif directive == "COPY":
             if (source_bucket, source_key) == (call.bucket, call.key):
                 raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an "
                               "object to itself without changing the object's metadata.")
-            meta = ObjectMeta("", kept.content_type, kept.user)
+            meta = attrs.evolve(kept, etag="")
         else:
             raise S3Error("InvalidArgument", "Unknown metadata directive.")
         await call.request.body.read(0)  # a copy has no body of its own

@@ -22,6 +22,8 @@ from deposito.protocols.words import check_name
 from deposito.s3.errors import S3Error
 
 DEFAULT_TYPE = "binary/octet-stream"
+# Headers of a PutObject kept with the object and sent back with it, as S3 does.
+KEPT_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
 MAX_USER_META = 2048  # bytes of user metadata, names and values, as S3 allows
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
@@ -33,10 +35,20 @@ class ObjectMeta:
     etag: str  # without quotes
     content_type: str = DEFAULT_TYPE
     user: dict[str, str] = attrs.field(factory=dict)
+    headers: dict[str, str] = attrs.field(factory=dict)  # those of KEPT_HEADERS given
 
     def to_text(self) -> str:
-        return json.dumps({"etag": self.etag, "type": self.content_type, "user": self.user},
-                          sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        kept: dict[str, object] = {"etag": self.etag, "type": self.content_type, "user": self.user}
+        if self.headers:
+            kept["headers"] = self.headers
+        return json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def given(cls, headers: dict[str, list[str]]) -> ObjectMeta:
+        """What a PutObject (or a copy replacing metadata) asks to keep; its ETag comes later."""
+        user = user_metadata([(name, ",".join(values)) for name, values in headers.items()])
+        kept = {name: ",".join(headers[name]) for name in KEPT_HEADERS if name in headers}
+        return cls("", ",".join(headers.get("content-type", [])) or DEFAULT_TYPE, user, kept)
 
     @classmethod
     def of(cls, record: FileRecord) -> ObjectMeta:
@@ -45,7 +57,8 @@ class ObjectMeta:
             try:
                 kept = json.loads(record.meta)
                 return cls(str(kept["etag"]), str(kept.get("type") or DEFAULT_TYPE),
-                           {str(k): str(v) for k, v in dict(kept.get("user") or {}).items()})
+                           {str(k): str(v) for k, v in dict(kept.get("user") or {}).items()},
+                           {str(k): str(v) for k, v in dict(kept.get("headers") or {}).items()})
             except (ValueError, KeyError, TypeError, AttributeError):
                 pass  # not ours: as for a file stored elsewhere
         return cls(record.sha256[:32] + "-1")

@@ -249,9 +249,10 @@ def list_objects_result(
 ) -> bytes:
     """ListObjects' (v1) answer. S3 gives ``NextMarker`` only when a delimiter is
     set and the page is truncated; the gateway may give it always, clients
-    then use it rather than the last key."""
+    then use it rather than the last key. Its Prefix is written as given,
+    encoded or not (S3 does so, and botocore decodes it only in version 2)."""
     encode = _encoder(encoding_type)
-    parts = [element("Name", bucket), element("Prefix", encode(prefix)), element("Marker", encode(marker)),
+    parts = [element("Name", bucket), element("Prefix", prefix), element("Marker", encode(marker)),
              element("NextMarker", _maybe(encode, next_marker)), element("MaxKeys", max_keys),
              element("Delimiter", _maybe(encode, delimiter)), element("IsTruncated", is_truncated),
              element("EncodingType", encoding_type)]
