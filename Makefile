@@ -16,7 +16,7 @@ install: $(PY)
 	cd / && $(abspath $(PY)) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
 run: install
-	$(PY) examples/local_cluster.py --var var --http 7080
+	$(PY) examples/local_cluster.py --var var --http 7080 --s3 7090
 
 # Two proxies on one private PostgreSQL catalog, three servers joined to both.
 run-proxies: install

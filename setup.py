@@ -39,6 +39,7 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0.5",
             "boto3>=1.34",  # botocore: the reference signer, and S3 XML's parser and serializer, in the tests
+            "awscli>=1.32",  # the aws CLI (v1), a real S3 client in the tests (tests/test_s3_tools.py)
         ],
     },
     entry_points={"console_scripts": ["deposito = deposito.cli:main"]},

@@ -15,6 +15,7 @@ from typing import Callable
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 DEPOSITO = str(Path(sys.executable).with_name("deposito"))
+AWS = str(Path(sys.executable).with_name("aws"))  # the aws CLI of the test extras
 
 
 class LocalProcesses:
