@@ -333,3 +333,39 @@ def _rss(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_a_get_goes_on_from_another_copy_when_its_server_is_killed_mid_stream(s3):
+    """Every promise of the text protocol holds through S3: a copy that dies
+    while its bytes flow, the next continues at the same offset."""
+    from tests.cluster import serving_servers, sha
+
+    c = s3.client()
+    c.create_bucket(Bucket="failover")
+    data = os.urandom(48 << 20)
+    c.put_object(Bucket="failover", Key="big", Body=data, Metadata={"replicas": "3"})
+    url = c.generate_presigned_url("get_object", Params={"Bucket": "failover", "Key": "big"}, ExpiresIn=60)
+    host, _, path = url.partition("//")[2].partition("/")
+    sock = socket.create_connection(("127.0.0.1", s3.port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.sendall(f"GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += sock.recv(65536)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(data)}".encode() in head
+    while len(body) < 1 << 20:
+        body += sock.recv(65536)
+    serving = poll(lambda: serving_servers(s3.cluster), 5)
+    assert serving and len(serving) == 1
+    s3.cluster.kill(serving[0])
+    try:
+        while chunk := sock.recv(1 << 20):
+            body += chunk
+        sock.close()
+        assert len(body) == len(data) and sha(body) == sha(data)
+        assert f"from {serving[0]} failed at" in s3.cluster.log("proxy")
+    finally:
+        s3.cluster.start_server(serving[0])
+        s3.cluster.wait_up(3)
