@@ -357,15 +357,18 @@ def test_a_get_goes_on_from_another_copy_when_its_server_is_killed_mid_stream(s3
     assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(data)}".encode() in head
     while len(body) < 1 << 20:
         body += sock.recv(65536)
+    # the server sending (and any other busy at that moment: one copy left is enough)
     serving = poll(lambda: serving_servers(s3.cluster), 5)
-    assert serving and len(serving) == 1
-    s3.cluster.kill(serving[0])
+    assert serving and len(serving) < 3
+    for sid in serving:
+        s3.cluster.kill(sid)
     try:
         while chunk := sock.recv(1 << 20):
             body += chunk
         sock.close()
         assert len(body) == len(data) and sha(body) == sha(data)
-        assert f"from {serving[0]} failed at" in s3.cluster.log("proxy")
+        assert any(f"from {sid} failed at" in s3.cluster.log("proxy") for sid in serving)
     finally:
-        s3.cluster.start_server(serving[0])
+        for sid in serving:
+            s3.cluster.start_server(sid)
         s3.cluster.wait_up(3)
