@@ -372,3 +372,65 @@ def test_a_get_goes_on_from_another_copy_when_its_server_is_killed_mid_stream(s3
         for sid in serving:
             s3.cluster.start_server(sid)
         s3.cluster.wait_up(3)
+
+
+@pytest.mark.slow
+def test_a_proxy_killed_mid_put_object_leaves_nothing_visible_or_on_disk(s3):
+    """kill -9 of the proxy while a PutObject's body streams: after a
+    restart the object is not there, and no partial file is left on any
+    server's disk."""
+    from tests.cluster import incoming, incoming_bytes
+
+    c = s3.client()
+    c.create_bucket(Bucket="torn")
+    size = 32 << 20
+    sock = socket.create_connection(("127.0.0.1", s3.port), timeout=10)
+    sock.sendall(_signed_put(s3, "/torn/object", size) + os.urandom(8 << 20))
+    assert poll(lambda: any(incoming_bytes(s3.cluster, sid) > 0 for sid in s3.cluster.servers), 10)
+    s3.cluster.kill_proxy()
+    sock.close()
+    s3.cluster.start_proxy()
+    s3.cluster.wait_up(3)
+    assert poll(lambda: _open(s3.port), 10)
+    with pytest.raises(ClientError) as e:
+        s3.client().head_object(Bucket="torn", Key="object")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    assert poll(lambda: not any(incoming(s3.cluster, sid) for sid in s3.cluster.servers), 20)
+
+
+@pytest.mark.slow
+def test_two_proxies_on_one_postgresql_catalog_serve_one_s3_namespace(tmp_path, postgres):
+    """Several proxies, each with its S3 port, on one PostgreSQL catalog: a
+    bucket made through one is there through the other, and an object put
+    through one reads back through the other."""
+    from tests.test_two_proxies import stop_two
+
+    url = postgres.database()
+    keys = tmp_path / "s3-keys"
+    keys.write_text(f"{ACCESS} {SECRET}\n")
+    a = Cluster(tmp_path, proxy_args=("--catalog", url, "--s3-keys", str(keys)))
+    b = a.add_proxy("proxy-b")
+    ports = free_port(), free_port()
+    try:
+        a.start_proxy("--s3", f"tcp:{ports[0]}:interface=127.0.0.1")
+        b.start_proxy("--s3", f"tcp:{ports[1]}:interface=127.0.0.1")
+        for i in range(3):
+            a.start_server(f"s{i}")
+        a.wait_up(3)
+        b.wait_up(3)
+        one, two = S3(a, ports[0]).client(), S3(b, ports[1]).client()
+        assert poll(lambda: _open(ports[0]) and _open(ports[1]), 10)
+        one.create_bucket(Bucket="shared")
+        assert [x["Name"] for x in two.list_buckets()["Buckets"]] == ["shared"]
+        data = os.urandom(200_000)
+        etag = one.put_object(Bucket="shared", Key="k", Body=data, Metadata={"replicas": "3"})["ETag"]
+        got = two.get_object(Bucket="shared", Key="k")
+        assert got["Body"].read() == data and got["ETag"] == etag
+        two.put_object(Bucket="shared", Key="k", Body=b"newer")
+        assert one.get_object(Bucket="shared", Key="k")["Body"].read() == b"newer"
+        with pytest.raises(ClientError) as e:
+            two.delete_bucket(Bucket="shared")
+        assert code(e.value) == "BucketNotEmpty"
+    finally:
+        stop_two(a, b)
+        postgres.drop(url)
