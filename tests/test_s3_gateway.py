@@ -434,3 +434,47 @@ def test_two_proxies_on_one_postgresql_catalog_serve_one_s3_namespace(tmp_path, 
     finally:
         stop_two(a, b)
         postgres.drop(url)
+
+
+METHODS = ["GET", "PUT", "POST", "DELETE", "HEAD", "OPTIONS", "PATCH", "get", "G\x00T", ""]
+PATHS = ["/", "/fuzz", "/fuzz/k", "/fuzz/%ff%fe", "/fuzz/%00", "/fuzz/" + "k" * 2000, "/Fuzz/k", "//", "/fuzz?uploads",
+         "/fuzz/k?uploadId=1&partNumber=1", "/fuzz?delete", "/fuzz?list-type=2&max-keys=-1", "/fuzz?acl",
+         "/fuzz/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=x", "/%", "*", "/fuzz/../../etc/passwd"]
+HEADERS = [b"Authorization: AWS4-HMAC-SHA256 Credential=AKIADEPOSITOTEST0001/20260101/us-east-1/s3/aws4_request,"
+           b" SignedHeaders=host, Signature=" + b"0" * 64,
+           b"Authorization: AWS AKIADEPOSITOTEST0001:abc", b"Authorization: \xff\xfe",
+           b"x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD", b"x-amz-content-sha256: nonsense",
+           b"x-amz-decoded-content-length: 99999999999999999999", b"x-amz-date: yesterday",
+           b"Content-MD5: !!!", b"x-amz-checksum-crc32: zz", b"Range: bytes=9-1",
+           b"Expect: 100-continue", b"x-amz-meta-replicas: 1000", b"x-amz-copy-source: /nowhere"]
+
+
+def hostile_request(rng) -> bytes:
+    """A request, wrong in some way, whose body is all sent (one that promises
+    more bytes than it sends waits for them, up to the gateway's idle timeout)."""
+    head = f"{rng.choice(METHODS)} {rng.choice(PATHS)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode("latin-1")
+    head += b"".join(h + b"\r\n" for h in rng.sample(HEADERS, rng.randrange(4)))
+    body = os.urandom(rng.choice([0, 1, 100, 5000]))
+    length = rng.choice([len(body), len(body), 0])  # 0: the body is a second, hostile request
+    return head + b"Content-Length: %d\r\n\r\n" % length + body
+
+
+def test_random_hostile_requests_get_http_answers_and_the_gateway_keeps_serving(s3):
+    import random
+
+    rng = random.Random(18)
+    c = s3.client()
+    c.create_bucket(Bucket="fuzz")
+    for _ in range(200):
+        try:
+            reply = _raw(s3.port, hostile_request(rng))
+        except (socket.timeout, ConnectionResetError):
+            raise AssertionError("the gateway neither answered nor closed in 10 s") from None
+        assert reply == b"" or reply.startswith(b"HTTP/1.1 "), reply[:80]
+        if reply:
+            assert int(reply[9:12]) in range(100, 600)
+    assert s3.cluster.proxy.poll() is None
+    c.put_object(Bucket="fuzz", Key="after", Body=b"serving")
+    assert c.get_object(Bucket="fuzz", Key="after")["Body"].read() == b"serving"
+    assert [o["Key"] for o in c.list_objects_v2(Bucket="fuzz")["Contents"]] == ["after"]
+    assert "Unhandled" not in s3.cluster.log("proxy") and "Traceback" not in s3.cluster.log("proxy")

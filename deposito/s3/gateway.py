@@ -150,11 +150,7 @@ class Gateway:
         it); False when the client has gone."""
         request = call_or_request.request if isinstance(call_or_request, Call) else call_or_request
         request.body.discard()
-        try:
-            await request.received
-        except Exception:
-            return False
-        return not request.finished
+        return bool(await request.received) and not request.finished
 
     async def send(self, call: Call, status: int, body: bytes = b"", content_type: bytes = b"application/xml",
                    headers: Optional[dict[bytes, bytes]] = None) -> None:
@@ -392,10 +388,8 @@ class Gateway:
                 upload.write(data)
 
         request.body.take(take)
-        try:
-            await request.body.done
-        except Exception:
-            raise S3Error("IncompleteBody") from None  # the client went away
+        if not await request.body.done:
+            raise S3Error("IncompleteBody")  # the client went away
         if request.body.error is not None:
             raise request.body.error
         if upload.received != upload.size:

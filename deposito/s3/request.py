@@ -35,7 +35,9 @@ class Body:
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self.received = 0
-        self.done: defer.Deferred[None] = defer.Deferred()  # the whole body is in (or fails: lost)
+        # True once the whole body is in, False if the connection is lost first
+        # (never a failure: nobody may be waiting for it)
+        self.done: defer.Deferred[bool] = defer.Deferred()
         self.error: Optional[BaseException] = None  # what the sink raised, if it did
         self._held: deque[bytes] = deque()
         self._held_size = 0
@@ -93,7 +95,8 @@ class Body:
             pieces.append(data)
 
         self.take(keep)
-        await self.done
+        if not await self.done:
+            raise S3Error("IncompleteBody")
         if self.error is not None:
             raise self.error
         return b"".join(pieces)
@@ -108,11 +111,11 @@ class Body:
 
     def end(self) -> None:
         if not self.done.called:
-            self.done.callback(None)
+            self.done.callback(True)
 
-    def lost(self, reason: Failure) -> None:
+    def lost(self) -> None:
         if not self.done.called:
-            self.done.errback(reason)
+            self.done.callback(False)
 
 
 class S3Headers(Headers):
@@ -128,11 +131,11 @@ class S3Headers(Headers):
 class S3Request(Request):
     """A request whose gateway starts when its headers are in. The site's
     ``gateway`` is called with the request, its method and raw path; it
-    takes the body from :attr:`body`, and answers after :attr:`received`
-    has fired."""
+    takes the body from :attr:`body`, and answers once :attr:`received`
+    has fired True (False: the client has gone)."""
 
     body: Body
-    received: defer.Deferred[None]
+    received: defer.Deferred[bool]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -154,9 +157,9 @@ class S3Request(Request):
         """The whole request is in: its gateway may answer now."""
         self.body.end()
         if not self.received.called:
-            self.received.callback(None)
+            self.received.callback(True)
 
     def _lost(self, reason: Failure) -> None:
-        self.body.lost(reason)
+        self.body.lost()
         if not self.received.called:
-            self.received.errback(reason)
+            self.received.callback(False)
