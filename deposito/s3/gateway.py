@@ -191,7 +191,9 @@ class Gateway:
         await self.send(call, 200, headers={b"x-amz-bucket-region": b"us-east-1"})
 
     async def create_bucket(self, call: Call) -> None:
-        xmlwire.parse_create_bucket(await call.request.body.read(XML_BODY_LIMIT))
+        body = await call.request.body.read(XML_BODY_LIMIT)
+        BodyChecks(call).check_whole(body)
+        xmlwire.parse_create_bucket(body)
         if not await self.depot.create_bucket(call.bucket):
             raise S3Error("BucketAlreadyOwnedByYou", BucketName=call.bucket)
         await self.send(call, 200, headers={b"location": b"/" + call.bucket.encode()})
