@@ -525,8 +525,8 @@ def test_a_batch_that_loses_a_deadlock_runs_again_whole(shared):
     runs = []
 
     def replicas_then(first: str, second: str):
-        def touch(catalog, name, count):
-            catalog.db.execute("UPDATE files SET replicas = ? WHERE name = ?", (count, name))
+        def touch(catalog, name, count):  # its result read: the row is locked once this returns
+            catalog.db.execute("UPDATE files SET replicas = ? WHERE name = ? RETURNING name", (count, name)).fetchone()
 
         def call(catalog, count):
             runs.append(first)

@@ -205,44 +205,61 @@ class Database:
         return [(False, error) for _ in calls]
 
     def _batch(self, calls: list[tuple[Callable[..., Any], tuple]], durable: bool) -> list[tuple[bool, Any]]:
+        if len(calls) == 1:
+            return self._alone(*calls[0], durable)
         db = self.db
-        alone = len(calls) == 1  # its failure undoes the whole transaction: no savepoint needed
-        with self.backend.pipeline(db):
-            return self._pipelined_batch(db, calls, durable, alone)
-
-    def _pipelined_batch(self, db: Any, calls: list[tuple[Callable[..., Any], tuple]], durable: bool,
-                         alone: bool) -> list[tuple[bool, Any]]:
         results: list[tuple[bool, Any]] = []
         self.backend.begin(db, durable)
         try:
             for method, args in calls:
-                if not alone:
-                    db.execute("SAVEPOINT batched")
+                db.execute("SAVEPOINT batched")
                 self._calling = True
                 try:
                     results.append((True, method(self, *args)))
-                    if not alone:
-                        self.backend.flush(db)  # an error of this call's statements is this call's
                 except Exception as e:
                     if self.backend.unreachable(e) or self.backend.retryable(e):
                         raise
-                    db.execute("ROLLBACK" if alone else "ROLLBACK TO batched")
-                    if alone:
-                        return [(False, e)]
+                    db.execute("ROLLBACK TO batched")
                     results.append((False, e))
                 finally:
                     self._calling = False
-                if not alone:
-                    db.execute("RELEASE batched")
-            # COMMIT goes only once every statement is seen done: a proxy that dies
-            # meanwhile (its statements waiting on a lock) commits nothing
-            self.backend.flush(db)
+                db.execute("RELEASE batched")
             db.execute("COMMIT")
-            self.backend.flush(db)
         except BaseException as e:
-            if not self.backend.unreachable(e) and db.in_transaction:
-                db.execute("ROLLBACK")
-            if self.backend.retryable(e):
-                raise _Conflict() from e
+            self._undo(db, e)
             raise
         return results
+
+    def _alone(self, method: Callable[..., Any], args: tuple, durable: bool) -> list[tuple[bool, Any]]:
+        """A batch of one call: its failure undoes the whole transaction (no
+        savepoint needed), and its statements may share round trips (see
+        Backend.pipeline). What goes wrong is undone once out of the pipeline,
+        where a ROLLBACK runs whatever came before."""
+        db = self.db
+        try:
+            with self.backend.pipeline(db):
+                self.backend.begin(db, durable)
+                self._calling = True
+                try:
+                    result = method(self, *args)
+                finally:
+                    self._calling = False
+                # COMMIT goes only once every statement is seen done: a proxy that dies
+                # meanwhile (its statements waiting on a lock) commits nothing
+                self.backend.flush(db)
+                db.execute("COMMIT")
+                self.backend.flush(db)
+        except Exception as e:
+            self._undo(db, e)
+            if self.backend.unreachable(e) or self.backend.retryable(e):
+                raise
+            return [(False, e)]
+        return [(True, result)]
+
+    def _undo(self, db: Any, error: BaseException) -> None:
+        """After ``error``: the transaction rolled back (unless the connection
+        is lost), and a lost conflict told as one, to be run again."""
+        if not self.backend.unreachable(error) and db.in_transaction:
+            db.execute("ROLLBACK")
+        if self.backend.retryable(error):
+            raise _Conflict() from error
