@@ -119,6 +119,9 @@ class Gateway:
             await self.fail(request, method, e, raw_path, request_id)
         except DepositoError as e:
             await self.fail(request, method, _s3_error(e), raw_path, request_id)
+        except Exception:  # a bug: logged, and the client still gets an answer
+            log.failure("S3 {method} {path}", method=method, path=raw_path)
+            await self.fail(request, method, S3Error("InternalError"), raw_path, request_id)
 
     def route(self, method: str, bucket: str, key: str, params: dict[str, str],
               headers: dict[str, list[str]]) -> Callable[[Call], Awaitable[None]]:
@@ -169,6 +172,9 @@ class Gateway:
 
     async def fail(self, request: S3Request, method: str, error: S3Error, resource: str, request_id: str) -> None:
         if not await self.ready(request):
+            return
+        if request.startedWriting:  # too late for an error document: the client must see a cut
+            request.channel.transport.abortConnection()
             return
         if error.resource is None:
             error.resource = unquote(resource)
