@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from tests.cluster import Cluster, Wire, free_port, poll
 
 ACCESS, SECRET = "AKIADEPOSITOTEST0001", "s3cr3t/forTheTests+0123456789abcdefghijkl"
+EMPTY = hashlib.sha256(b"").hexdigest()
 
 
 class S3:
@@ -295,16 +296,66 @@ def test_hostile_requests_get_errors_and_the_gateway_keeps_serving(s3):
 
 def _signed_put(s3, path: str, size: int) -> bytes:
     """The head of a PUT of ``size`` unsigned-payload bytes, signed with botocore's signer."""
+    return _signed(s3, "PUT", path, {"Content-Length": str(size), "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+
+
+def _signed(s3, method: str, path: str, headers: dict[str, str]) -> bytes:
+    """The head of a request signed with botocore's signer, with ``headers`` (and Host) as given."""
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    request = AWSRequest("PUT", s3.url + path, headers={"Content-Length": str(size),
-                                                          "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+    request = AWSRequest(method, s3.url + path, headers=headers)
     S3SigV4Auth(Credentials(ACCESS, SECRET), "s3", "us-east-1").add_auth(request)
-    head = f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
     return (head + "\r\n").encode()
+
+
+def _answer(reply: bytes) -> tuple[int, bytes]:
+    """The status and body of a raw HTTP answer."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), reply[:80]
+    return int(head[9:12]), body
+
+
+def test_numbers_longer_than_any_size_are_answered(s3):
+    """A position or a count of thousands of digits gets an answer at once
+    (Python's int() refuses them: a request must not be left unanswered)."""
+    c = s3.client(read_timeout=10)
+    c.create_bucket(Bucket="numbers")
+    c.put_object(Bucket="numbers", Key="k", Body=b"0123456789")
+    huge = "9" * 5000
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="numbers", Key="k", Range=f"bytes={huge}-")
+    assert code(e.value) == "InvalidRange"
+    assert c.get_object(Bucket="numbers", Key="k", Range=f"bytes=2-{huge}")["Body"].read() == b"23456789"
+    status, answer = _answer(_raw(s3.port, _signed(s3, "GET", f"/numbers?list-type=2&max-keys={huge}",
+                                                   {"Connection": "close", "x-amz-content-sha256": EMPTY})))
+    assert status == 200 and b"<Key>k</Key>" in answer and b"<MaxKeys>1000</MaxKeys>" in answer
+
+
+def test_keys_holding_the_highest_character_list_once_and_promptly(s3):
+    """After a common prefix P a listing goes on past every name under P,
+    even P followed by U+10FFFF (the highest character a name may hold) up
+    to the longest name there is room for."""
+    c = s3.client(read_timeout=10)
+    c.create_bucket(Bucket="edges")
+    top = "\U0010ffff"
+    longest = "edge/" + top * 253  # "edges/edge/" and 1012 bytes: a name of 1023 bytes
+    keys = ["edge/" + top, "edge/" + top + "x", longest, "edge/a", "edgy", "f"]
+    for key in keys:
+        c.put_object(Bucket="edges", Key=key, Body=b"e")
+    listed = c.list_objects_v2(Bucket="edges", Delimiter="/")
+    assert [p["Prefix"] for p in listed["CommonPrefixes"]] == ["edge/"]
+    assert [o["Key"] for o in listed["Contents"]] == ["edgy", "f"]
+    for operation in ("list_objects_v2", "list_objects"):
+        pages = c.get_paginator(operation).paginate(Bucket="edges", Delimiter="/", PaginationConfig={"PageSize": 1})
+        seen = [name for page in pages for name in [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+                + [o["Key"] for o in page.get("Contents", [])]]
+        assert seen == ["edge/", "edgy", "f"], operation
+    under = c.list_objects_v2(Bucket="edges", Prefix="edge/")
+    assert [o["Key"] for o in under["Contents"]] == sorted(keys[:4])
 
 
 @pytest.mark.slow
