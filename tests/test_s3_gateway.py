@@ -300,16 +300,29 @@ def _signed_put(s3, path: str, size: int) -> bytes:
 
 
 def _signed(s3, method: str, path: str, headers: dict[str, str]) -> bytes:
-    """The head of a request signed with botocore's signer, with ``headers`` (and Host) as given."""
+    """The head of a request signed with botocore's signer, with ``headers``
+    (and Host) as given, its body stated by their x-amz-content-sha256."""
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
+    class AsStated(S3SigV4Auth):
+        """Over plain HTTP botocore would state the SHA-256 of the body it holds (none here)."""
+
+        def payload(self, request):
+            return headers["x-amz-content-sha256"]
+
     request = AWSRequest(method, s3.url + path, headers=headers)
-    S3SigV4Auth(Credentials(ACCESS, SECRET), "s3", "us-east-1").add_auth(request)
+    AsStated(Credentials(ACCESS, SECRET), "s3", "us-east-1").add_auth(request)
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
     return (head + "\r\n").encode()
+
+
+def _signed_body(s3, method: str, path: str, body: bytes) -> bytes:
+    """A whole request with a signed body (its SHA-256 in x-amz-content-sha256), answered then closed."""
+    return _signed(s3, method, path, {"Content-Length": str(len(body)), "Connection": "close",
+                                      "x-amz-content-sha256": hashlib.sha256(body).hexdigest()}) + body
 
 
 def _answer(reply: bytes) -> tuple[int, bytes]:
@@ -317,6 +330,27 @@ def _answer(reply: bytes) -> tuple[int, bytes]:
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 "), reply[:80]
     return int(head[9:12]), body
+
+
+def test_bad_xml_is_malformed_and_changes_nothing(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="xml")
+    c.put_object(Bucket="xml", Key="kept", Body=b"kept")
+    bodies = [b"<Delete><Object><Key>kept</Key></Object>",  # never closed
+              b"not XML at all \x00\xff",
+              b'<!DOCTYPE d [<!ENTITY e "kept">]><Delete><Object><Key>&e;</Key></Object></Delete>',
+              b"<Other><Object><Key>kept</Key></Object></Other>"]
+    for body in bodies:
+        status, answer = _answer(_raw(s3.port, _signed_body(s3, "POST", "/xml?delete", body)))
+        assert status == 400 and b"<Code>MalformedXML</Code>" in answer, answer
+    status, answer = _answer(_raw(s3.port, _signed_body(
+        s3, "PUT", "/xml-new", b"<CreateBucketConfiguration><LocationConstraint>")))
+    assert status == 400 and b"<Code>MalformedXML</Code>" in answer
+    too_big = b"<Delete>" + b"<Object><Key>kept</Key></Object>" * 40_000 + b"</Delete>"  # 1.3 MB
+    status, answer = _answer(_raw(s3.port, _signed_body(s3, "POST", "/xml?delete", too_big)))
+    assert status == 400 and b"<Code>EntityTooLarge</Code>" in answer
+    assert c.get_object(Bucket="xml", Key="kept")["Body"].read() == b"kept"
+    assert "xml-new" not in [b["Name"] for b in c.list_buckets()["Buckets"]]
 
 
 def test_numbers_longer_than_any_size_are_answered(s3):
@@ -356,6 +390,44 @@ def test_keys_holding_the_highest_character_list_once_and_promptly(s3):
         assert seen == ["edge/", "edgy", "f"], operation
     under = c.list_objects_v2(Bucket="edges", Prefix="edge/")
     assert [o["Key"] for o in under["Contents"]] == sorted(keys[:4])
+
+
+def _aws_chunked(data: bytes) -> bytes:
+    """``data`` framed by botocore as boto3 sends it over HTTPS: aws-chunked, a CRC32 trailer."""
+    import io
+
+    from botocore.httpchecksum import AwsChunkedWrapper, CrtCrc32Checksum
+
+    return AwsChunkedWrapper(io.BytesIO(data), checksum_cls=CrtCrc32Checksum,
+                             checksum_name="x-amz-checksum-crc32", chunk_size=64 << 10).read()
+
+
+def _chunked_put(s3, path: str, framed: bytes, size: int) -> bytes:
+    return _signed(s3, "PUT", path, {
+        "Content-Length": str(len(framed)), "Content-Encoding": "aws-chunked", "Connection": "close",
+        "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "x-amz-trailer": "x-amz-checksum-crc32",
+        "x-amz-decoded-content-length": str(size)}) + framed
+
+
+def test_an_aws_chunked_body_is_stored_decoded_and_a_corrupt_one_not_at_all(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="chunked")
+    data = os.urandom(300_000)
+    framed = _aws_chunked(data)
+    status, answer = _answer(_raw(s3.port, _chunked_put(s3, "/chunked/k", framed, len(data))))
+    assert status == 200, answer
+    got = c.get_object(Bucket="chunked", Key="k")
+    assert got["Body"].read() == data and got["ETag"] == '"%s"' % hashlib.md5(data).hexdigest()
+    with Wire(s3.cluster.port) as w:  # the bytes stored are the object's, not its framing
+        reply, body = w.get("chunked/k")
+        assert body == data and f"sha256={hashlib.sha256(data).hexdigest()}" in reply
+    middle = len(framed) // 2
+    corrupt = framed[:middle] + bytes([framed[middle] ^ 1]) + framed[middle + 1:]  # a data byte: the CRC32 tells
+    status, answer = _answer(_raw(s3.port, _chunked_put(s3, "/chunked/k", corrupt, len(data))))
+    assert status == 400 and b"<Code>BadDigest</Code>" in answer, answer
+    assert c.get_object(Bucket="chunked", Key="k")["Body"].read() == data
+    with Wire(s3.cluster.port) as w:
+        assert w.stat("chunked/k")["version"] == "1"
 
 
 @pytest.mark.slow
