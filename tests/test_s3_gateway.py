@@ -251,6 +251,13 @@ def test_signatures_are_checked_and_presigned_urls_work(s3):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(bad, timeout=10)
         assert e.value.code == 403 and b"<Error>" in e.value.read()
+    signed = _signed(s3, "GET", "/signed/doc", {"Connection": "close", "x-amz-content-sha256": EMPTY})
+    at = signed.index(b"Signature=") + len(b"Signature=")
+    flipped = signed[:at] + (b"1" if signed[at:at + 1] == b"0" else b"0") + signed[at + 1:]
+    for bad in (flipped, signed.replace(b"GET /signed/doc ", b"GET /signed/other ")):
+        status, answer = _answer(_raw(s3.port, bad))
+        assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in answer
+    assert _answer(_raw(s3.port, signed)) == (200, b"secret words")
 
 
 def test_a_body_that_fails_its_digest_stores_nothing(s3):
@@ -265,6 +272,10 @@ def test_a_body_that_fails_its_digest_stores_nothing(s3):
     with pytest.raises(ClientError) as e:
         c.put_object(Bucket="digest", Key="k", Body=b"second", ChecksumCRC32="AAAAAA==")
     assert code(e.value) in ("BadDigest", "InvalidRequest")
+    not_signed = _signed(s3, "PUT", "/digest/k", {"Content-Length": "6", "Connection": "close",
+                                                  "x-amz-content-sha256": hashlib.sha256(b"second").hexdigest()})
+    status, answer = _answer(_raw(s3.port, not_signed + b"SECOND"))
+    assert status == 400 and b"<Code>XAmzContentSHA256Mismatch</Code>" in answer
     assert c.get_object(Bucket="digest", Key="k")["Body"].read() == b"first"
     with Wire(s3.cluster.port) as w:
         assert w.stat("digest/k")["version"] == "1"
