@@ -166,7 +166,8 @@ def _text_arg(request: Any, key: bytes) -> str:
 
 # -- downloads
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+MAX_POSITION_DIGITS = 19  # 2**63 has 19: a longer number is past the end of any file
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
@@ -182,15 +183,21 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
     if not first and not last:
         return None
     if not first:  # the last N bytes
-        n = int(last)
+        n = _position(last)
         return (max(0, size - n), size - 1) if n else False
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
+    start = _position(first)
+    end = min(_position(last), size - 1) if last else size - 1
     if start >= size:
         return False
     if end < start:
         return None
     return start, end
+
+
+def _position(digits: str) -> int:
+    """A byte position in a Range header, never handed to int() whole when
+    it is longer than any size (int() refuses thousands of digits)."""
+    return int(digits) if len(digits) <= MAX_POSITION_DIGITS else 1 << 64
 
 
 @implementer(IConsumer)

@@ -59,6 +59,23 @@ def test_bad_options_name_themselves_first(cls, args, option):
     assert option in str(e.value).splitlines()[0]
 
 
+def test_s3_needs_its_keys(tmp_path):
+    keys = tmp_path / "s3-keys"
+    keys.write_text("# a key\nAKIAEXAMPLE000000001 secretsecretsecret\n")
+    o = parse(proxy_tap.Options, ["--s3", "tcp:0", "--s3-keys", str(keys)])
+    assert o["s3"] == "tcp:0" and o["s3-keys"].secret("AKIAEXAMPLE000000001") == "secretsecretsecret"
+    assert parse(proxy_tap.Options, [])["s3"] is None
+    torn = tmp_path / "torn"
+    torn.write_text("AKIAEXAMPLE000000001\n")
+    for args, option in ((["--s3", "tcp:0"], "--s3-keys"),
+                         (["--s3", "bogus:1", "--s3-keys", str(keys)], "--s3"),
+                         (["--s3", "tcp:0", "--s3-keys", str(tmp_path / "none")], "--s3-keys"),
+                         (["--s3", "tcp:0", "--s3-keys", str(torn)], "--s3-keys")):
+        with pytest.raises(SystemExit) as e:
+            parse(proxy_tap.Options, args)
+        assert option in str(e.value).splitlines()[0], args
+
+
 def test_allocator_tuning_applies_on_glibc():
     import platform
 

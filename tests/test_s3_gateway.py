@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from tests.cluster import Cluster, Wire, free_port, poll
 
 ACCESS, SECRET = "AKIADEPOSITOTEST0001", "s3cr3t/forTheTests+0123456789abcdefghijkl"
+EMPTY = hashlib.sha256(b"").hexdigest()
 
 
 class S3:
@@ -132,8 +133,15 @@ def test_ranges_and_conditions(s3):
     with pytest.raises(ClientError) as e:
         c.get_object(Bucket="ranges", Key="f", IfModifiedSince=later)
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    earlier = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="ranges", Key="f", IfUnmodifiedSince=earlier)
+    assert code(e.value) == "PreconditionFailed"
+    assert c.get_object(Bucket="ranges", Key="f", IfUnmodifiedSince=later)["Body"].read() == data
+    assert c.get_object(Bucket="ranges", Key="f", IfModifiedSince=earlier)["Body"].read() == data
     head = c.head_object(Bucket="ranges", Key="f")
     assert head["ContentLength"] == len(data) and head["ETag"] == etag
+    assert head["ResponseMetadata"]["HTTPHeaders"]["x-amz-request-id"]
 
 
 def test_missing_things_and_bucket_rules(s3):
@@ -142,9 +150,14 @@ def test_missing_things_and_bucket_rules(s3):
         c.get_object(Bucket="nobucket", Key="x")
     assert code(e.value) == "NoSuchBucket"
     c.create_bucket(Bucket="rules")
+    assert c.head_bucket(Bucket="rules")["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert c.get_bucket_location(Bucket="rules").get("LocationConstraint") is None  # us-east-1
+    with pytest.raises(ClientError) as e:
+        c.get_bucket_location(Bucket="nobucket")
+    assert code(e.value) == "NoSuchBucket"
     with pytest.raises(ClientError) as e:
         c.get_object(Bucket="rules", Key="nothing")
-    assert code(e.value) == "NoSuchKey"
+    assert code(e.value) == "NoSuchKey" and e.value.response["ResponseMetadata"]["RequestId"]
     with pytest.raises(ClientError) as e:
         c.head_object(Bucket="rules", Key="nothing")
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
@@ -238,6 +251,13 @@ def test_signatures_are_checked_and_presigned_urls_work(s3):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(bad, timeout=10)
         assert e.value.code == 403 and b"<Error>" in e.value.read()
+    signed = _signed(s3, "GET", "/signed/doc", {"Connection": "close", "x-amz-content-sha256": EMPTY})
+    at = signed.index(b"Signature=") + len(b"Signature=")
+    flipped = signed[:at] + (b"1" if signed[at:at + 1] == b"0" else b"0") + signed[at + 1:]
+    for bad in (flipped, signed.replace(b"GET /signed/doc ", b"GET /signed/other ")):
+        status, answer = _answer(_raw(s3.port, bad))
+        assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in answer
+    assert _answer(_raw(s3.port, signed)) == (200, b"secret words")
 
 
 def test_a_body_that_fails_its_digest_stores_nothing(s3):
@@ -252,6 +272,10 @@ def test_a_body_that_fails_its_digest_stores_nothing(s3):
     with pytest.raises(ClientError) as e:
         c.put_object(Bucket="digest", Key="k", Body=b"second", ChecksumCRC32="AAAAAA==")
     assert code(e.value) in ("BadDigest", "InvalidRequest")
+    not_signed = _signed(s3, "PUT", "/digest/k", {"Content-Length": "6", "Connection": "close",
+                                                  "x-amz-content-sha256": hashlib.sha256(b"second").hexdigest()})
+    status, answer = _answer(_raw(s3.port, not_signed + b"SECOND"))
+    assert status == 400 and b"<Code>XAmzContentSHA256Mismatch</Code>" in answer
     assert c.get_object(Bucket="digest", Key="k")["Body"].read() == b"first"
     with Wire(s3.cluster.port) as w:
         assert w.stat("digest/k")["version"] == "1"
@@ -295,16 +319,178 @@ def test_hostile_requests_get_errors_and_the_gateway_keeps_serving(s3):
 
 def _signed_put(s3, path: str, size: int) -> bytes:
     """The head of a PUT of ``size`` unsigned-payload bytes, signed with botocore's signer."""
+    return _signed(s3, "PUT", path, {"Content-Length": str(size), "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+
+
+def _signed(s3, method: str, path: str, headers: dict[str, str]) -> bytes:
+    """The head of a request signed with botocore's signer, with ``headers``
+    (and Host) as given, its body stated by their x-amz-content-sha256."""
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    request = AWSRequest("PUT", s3.url + path, headers={"Content-Length": str(size),
-                                                          "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
-    S3SigV4Auth(Credentials(ACCESS, SECRET), "s3", "us-east-1").add_auth(request)
-    head = f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
+    class AsStated(S3SigV4Auth):
+        """Over plain HTTP botocore would state the SHA-256 of the body it holds (none here)."""
+
+        def payload(self, request):
+            return headers["x-amz-content-sha256"]
+
+    request = AWSRequest(method, s3.url + path, headers=headers)
+    AsStated(Credentials(ACCESS, SECRET), "s3", "us-east-1").add_auth(request)
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
     return (head + "\r\n").encode()
+
+
+def _signed_body(s3, method: str, path: str, body: bytes) -> bytes:
+    """A whole request with a signed body (its SHA-256 in x-amz-content-sha256), answered then closed."""
+    return _signed(s3, method, path, {"Content-Length": str(len(body)), "Connection": "close",
+                                      "x-amz-content-sha256": hashlib.sha256(body).hexdigest()}) + body
+
+
+def _answer(reply: bytes) -> tuple[int, bytes]:
+    """The status and body of a raw HTTP answer."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), reply[:80]
+    return int(head[9:12]), body
+
+
+def test_bad_xml_is_malformed_and_changes_nothing(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="xml")
+    c.put_object(Bucket="xml", Key="kept", Body=b"kept")
+    bodies = [b"<Delete><Object><Key>kept</Key></Object>",  # never closed
+              b"not XML at all \x00\xff",
+              b'<!DOCTYPE d [<!ENTITY e "kept">]><Delete><Object><Key>&e;</Key></Object></Delete>',
+              b"<Other><Object><Key>kept</Key></Object></Other>"]
+    for body in bodies:
+        status, answer = _answer(_raw(s3.port, _signed_body(s3, "POST", "/xml?delete", body)))
+        assert status == 400 and b"<Code>MalformedXML</Code>" in answer, answer
+    status, answer = _answer(_raw(s3.port, _signed_body(
+        s3, "PUT", "/xml-new", b"<CreateBucketConfiguration><LocationConstraint>")))
+    assert status == 400 and b"<Code>MalformedXML</Code>" in answer
+    too_big = b"<Delete>" + b"<Object><Key>kept</Key></Object>" * 40_000 + b"</Delete>"  # 1.3 MB
+    status, answer = _answer(_raw(s3.port, _signed_body(s3, "POST", "/xml?delete", too_big)))
+    assert status == 400 and b"<Code>EntityTooLarge</Code>" in answer
+    assert c.get_object(Bucket="xml", Key="kept")["Body"].read() == b"kept"
+    assert "xml-new" not in [b["Name"] for b in c.list_buckets()["Buckets"]]
+
+
+def test_numbers_longer_than_any_size_are_answered(s3):
+    """A position or a count of thousands of digits gets an answer at once
+    (Python's int() refuses them: a request must not be left unanswered)."""
+    c = s3.client(read_timeout=10)
+    c.create_bucket(Bucket="numbers")
+    c.put_object(Bucket="numbers", Key="k", Body=b"0123456789")
+    huge = "9" * 5000
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="numbers", Key="k", Range=f"bytes={huge}-")
+    assert code(e.value) == "InvalidRange"
+    assert c.get_object(Bucket="numbers", Key="k", Range=f"bytes=2-{huge}")["Body"].read() == b"23456789"
+    status, answer = _answer(_raw(s3.port, _signed(s3, "GET", f"/numbers?list-type=2&max-keys={huge}",
+                                                   {"Connection": "close", "x-amz-content-sha256": EMPTY})))
+    assert status == 200 and b"<Key>k</Key>" in answer and b"<MaxKeys>1000</MaxKeys>" in answer
+
+
+def test_keys_holding_the_highest_character_list_once_and_promptly(s3):
+    """After a common prefix P a listing goes on past every name under P,
+    even P followed by U+10FFFF (the highest character a name may hold) up
+    to the longest name there is room for."""
+    c = s3.client(read_timeout=10)
+    c.create_bucket(Bucket="edges")
+    top = "\U0010ffff"
+    longest = "edge/" + top * 253  # "edges/edge/" and 1012 bytes: a name of 1023 bytes
+    keys = ["edge/" + top, "edge/" + top + "x", longest, "edge/a", "edgy", "f"]
+    for key in keys:
+        c.put_object(Bucket="edges", Key=key, Body=b"e")
+    listed = c.list_objects_v2(Bucket="edges", Delimiter="/")
+    assert [p["Prefix"] for p in listed["CommonPrefixes"]] == ["edge/"]
+    assert [o["Key"] for o in listed["Contents"]] == ["edgy", "f"]
+    for operation in ("list_objects_v2", "list_objects"):
+        pages = c.get_paginator(operation).paginate(Bucket="edges", Delimiter="/", PaginationConfig={"PageSize": 1})
+        seen = [name for page in pages for name in [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+                + [o["Key"] for o in page.get("Contents", [])]]
+        assert seen == ["edge/", "edgy", "f"], operation
+    under = c.list_objects_v2(Bucket="edges", Prefix="edge/")
+    assert [o["Key"] for o in under["Contents"]] == sorted(keys[:4])
+
+
+def _aws_chunked(data: bytes) -> bytes:
+    """``data`` framed by botocore as boto3 sends it over HTTPS: aws-chunked, a CRC32 trailer."""
+    import io
+
+    from botocore.httpchecksum import AwsChunkedWrapper, CrtCrc32Checksum
+
+    return AwsChunkedWrapper(io.BytesIO(data), checksum_cls=CrtCrc32Checksum,
+                             checksum_name="x-amz-checksum-crc32", chunk_size=64 << 10).read()
+
+
+def _chunked_put(s3, path: str, framed: bytes, size: int) -> bytes:
+    return _signed(s3, "PUT", path, {
+        "Content-Length": str(len(framed)), "Content-Encoding": "aws-chunked", "Connection": "close",
+        "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "x-amz-trailer": "x-amz-checksum-crc32",
+        "x-amz-decoded-content-length": str(size)}) + framed
+
+
+def test_an_aws_chunked_body_is_stored_decoded_and_a_corrupt_one_not_at_all(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="chunked")
+    data = os.urandom(300_000)
+    framed = _aws_chunked(data)
+    status, answer = _answer(_raw(s3.port, _chunked_put(s3, "/chunked/k", framed, len(data))))
+    assert status == 200, answer
+    got = c.get_object(Bucket="chunked", Key="k")
+    assert got["Body"].read() == data and got["ETag"] == '"%s"' % hashlib.md5(data).hexdigest()
+    with Wire(s3.cluster.port) as w:  # the bytes stored are the object's, not its framing
+        reply, body = w.get("chunked/k")
+        assert body == data and f"sha256={hashlib.sha256(data).hexdigest()}" in reply
+    middle = len(framed) // 2
+    corrupt = framed[:middle] + bytes([framed[middle] ^ 1]) + framed[middle + 1:]  # a data byte: the CRC32 tells
+    status, answer = _answer(_raw(s3.port, _chunked_put(s3, "/chunked/k", corrupt, len(data))))
+    assert status == 400 and b"<Code>BadDigest</Code>" in answer, answer
+    assert c.get_object(Bucket="chunked", Key="k")["Body"].read() == data
+    with Wire(s3.cluster.port) as w:
+        assert w.stat("chunked/k")["version"] == "1"
+
+
+@pytest.mark.slow
+def test_boto3_over_https_sends_aws_chunked_bodies_with_trailers_and_they_are_stored(tmp_path):
+    """Over HTTPS, current boto3 sends a PutObject's body aws-chunked with a
+    CRC32 trailer and no body signature (over plain HTTP it signs the body
+    instead, as every other test here sees): the object is its bytes, not
+    their framing."""
+    pytest.importorskip("OpenSSL")
+    pytest.importorskip("service_identity")
+    from tests.test_tls import PKI
+
+    pki = PKI(tmp_path / "pki")
+    keys = tmp_path / "s3-keys"
+    keys.write_text(f"{ACCESS} {SECRET}\n")
+    port = free_port()
+    tls = f"ssl:{port}:interface=127.0.0.1:privateKey={pki.key}:certKey={pki.cert}"
+    cluster = Cluster(tmp_path, proxy_args=("--replicas", "1", "--s3", tls, "--s3-keys", str(keys)))
+    cluster.start(1)
+    try:
+        assert poll(lambda: _open(port), 10)
+        c = boto3.client("s3", endpoint_url=f"https://127.0.0.1:{port}", verify=str(pki.ca),
+                         aws_access_key_id=ACCESS, aws_secret_access_key=SECRET, region_name="us-east-1",
+                         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+        sent: list[dict[str, str]] = []
+        c.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(
+            {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}))
+        c.create_bucket(Bucket="tls")
+        data = os.urandom(600_000)
+        etag = c.put_object(Bucket="tls", Key="k", Body=data)["ETag"]
+        assert sent[-1]["content-encoding"] == "aws-chunked"
+        assert sent[-1]["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+        assert sent[-1]["x-amz-trailer"].startswith("x-amz-checksum-")
+        assert etag == '"%s"' % hashlib.md5(data).hexdigest()
+        assert c.get_object(Bucket="tls", Key="k")["Body"].read() == data
+        with Wire(cluster.port) as w:
+            reply, body = w.get("tls/k")
+            assert body == data and reply.startswith(f"OK {len(data)} ")
+    finally:
+        cluster.stop()
 
 
 @pytest.mark.slow

@@ -60,6 +60,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
     ("bytes=0-1,4-5", 10, None),  # several ranges: the whole file
     ("items=0-1", 10, None),
     ("bytes=0-", 0, None),  # an empty file is sent whole
+    ("bytes=" + "9" * 5000 + "-", 10, False),  # positions past any size, however long
+    ("bytes=2-" + "9" * 5000, 10, (2, 9)),
+    ("bytes=-" + "9" * 5000, 10, (0, 9)),
+    ("bytes=\u0663-", 10, None),  # digits are ASCII digits
 ])
 def test_parse_range(header, size, expected):
     assert parse_range(header, size) == expected

@@ -36,6 +36,7 @@ from zope.interface import implementer
 from deposito.catalog import FileRecord
 from deposito.errors import DepositoError, NoSpace, NotEmpty, NotFound, TooLarge, Unavailable
 from deposito.interfaces import IDepot
+from deposito.protocols.words import MAX_NAME_BYTES
 from deposito.s3 import sigv4, xmlwire
 from deposito.s3.checksums import Checksummer
 from deposito.s3.chunked import ChunkedDecoder
@@ -52,7 +53,7 @@ OWNER = xmlwire.Owner("deposito", "deposito")
 MAX_KEYS = 1000
 XML_BODY_LIMIT = 1 << 20  # DeleteObjects, CreateBucket
 IDLE_TIMEOUT = 60  # seconds a connection may send nothing (mid-body included)
-MAX_CHAR = "\U0010ffff"  # after every name that starts with a prefix P: P + MAX_CHAR
+MAX_CHAR = "\U0010ffff"  # the highest character a name may hold
 # Sub-resources of a bucket or an object that are not served (S3 has many).
 NOT_SERVED = {"acl", "policy", "versioning", "versions", "tagging", "cors", "lifecycle", "website", "logging",
               "notification", "replication", "encryption", "object-lock", "retention", "legal-hold",
@@ -174,7 +175,8 @@ class Gateway:
         if not await self.ready(request):
             return
         if request.startedWriting:  # too late for an error document: the client must see a cut
-            request.channel.transport.abortConnection()
+            channel: Any = request.channel
+            channel.transport.abortConnection()
             return
         if error.resource is None:
             error.resource = unquote(resource)
@@ -277,7 +279,8 @@ class Gateway:
                     if common > after:
                         page.prefixes.append(common)
                         page.last = common
-                    after, page.resume, skipped = common + MAX_CHAR, common + MAX_CHAR, True
+                    after = page.resume = _past(common)
+                    skipped = True
                     break
                 page.contents.append(_entry(key, record))
                 after = page.last = page.resume = key
@@ -598,8 +601,16 @@ def _max_keys(params: dict[str, str]) -> int:
     text = params.get("max-keys", str(MAX_KEYS))
     if not text.isascii() or not text.isdigit():
         raise S3Error("InvalidArgument", "max-keys must be a whole number", ArgumentName="max-keys",
-                      ArgumentValue=text)
-    return min(int(text), MAX_KEYS)
+                      ArgumentValue=text[:100])
+    return MAX_KEYS if len(text) > 9 else min(int(text), MAX_KEYS)  # int() refuses thousands of digits
+
+
+def _past(prefix: str) -> str:
+    """A string above every name that starts with ``prefix`` and below every
+    other name above ``prefix``: ``prefix`` followed by the highest character
+    more times than a name has room for. A listing goes on after it without
+    reading the keys a common prefix rolls up."""
+    return prefix + MAX_CHAR * (MAX_NAME_BYTES // len(MAX_CHAR.encode("utf-8")) + 1)
 
 
 def _common_prefix(key: str, prefix: str, delimiter: Optional[str]) -> Optional[str]:
