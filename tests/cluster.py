@@ -30,20 +30,33 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_given: set[int] = set()  # ports free_port handed out in this process
+
+
 def free_port() -> int:
     """A port free now, below the range the kernel picks from: a process
     listening on port 0 or connecting out (a server started before its
-    proxy, say) can never be given it meanwhile."""
+    proxy, say) can never be given it meanwhile. Never the same port twice
+    in one process (a test takes several before it starts anything), and
+    each pytest-xdist worker picks from its own part of the range."""
     import random
 
     low = _ephemeral_low()
+    start = max(1024, low - 12000)
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    share = (low - start) // workers
+    start += (int(worker) % workers if worker.isdigit() else 0) * share
     for _ in range(200):
-        port = random.randrange(max(1024, low - 12000), low)
+        port = random.randrange(start, start + share)
+        if port in _given:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        _given.add(port)
         return port
     raise RuntimeError("no free port below the ephemeral range")
 
