@@ -61,7 +61,7 @@ def fill_catalog(directory: Path, blobs: list[tuple[str, str, int, str]]) -> Non
     db.execute("BEGIN")
     db.executemany("INSERT INTO names (name, last_version, settled) VALUES (?, 1, 1)",
                    ((name,) for _, name, _, _ in blobs))
-    db.executemany("INSERT INTO files VALUES (?, 1, ?, ?, ?, 1, 0, ?, '')",
+    db.executemany("INSERT INTO files (name, version, blob, size, sha256, replicas, created, servers) VALUES (?, 1, ?, ?, ?, 1, 0, ?)",
                    ((name, blob, size, digest, SERVER) for blob, name, size, digest in blobs))
     db.executemany("INSERT INTO copies VALUES (?, ?, 0)", ((blob, SERVER) for blob, _, _, _ in blobs))
     db.execute("COMMIT")

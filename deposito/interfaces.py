@@ -162,6 +162,38 @@ class ICatalog(IWorkCatalog):
         in one transaction; fires False when a newer version was committed or
         deleted meanwhile (this one is garbage then, never seen by readers)."""
 
+    # -- multipart uploads (the S3 gateway's): parts are hidden files (see deposito.hidden)
+
+    def create_upload(upload: str, name: str, replicas: int, meta: str, now: float) -> Deferred[None]:
+        """An upload of ``name`` begins; it lasts until completed, aborted or expired."""
+
+    def upload(upload: str) -> Deferred[Optional[tuple[str, int, str, float]]]:
+        """An upload under way: (name, replicas, meta, created), or None."""
+
+    def uploads(prefix: str, after_name: str, after_id: str, limit: int) -> Deferred[list[tuple[str, str, float]]]:
+        """Uploads under way of names starting with ``prefix``, after (name, id): (id, name, created) each."""
+
+    def parts(upload: str, after: int, limit: int) -> Deferred[list[tuple[int, FileRecord]]]:
+        """An upload's stored parts numbered above ``after``: (number, record) each, in order."""
+
+    def commit_part(upload: str, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
+                    servers: list[str], now: float, meta: str = "") -> Deferred[None]:
+        """A part stored, as commit does a file; NotFound when the upload is over."""
+
+    def complete(upload: str, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
+                 servers: list[str], now: float, meta: str, chosen: list[str], digest: str) -> Deferred[bool]:
+        """The chosen parts become ``name``'s version, with the manifest ``blob``, atomically
+        (False: superseded); NotFound without the upload, BadArgs for a part not stored."""
+
+    def abort_upload(upload: str) -> Deferred[bool]:
+        """An upload given up, its parts garbage; False when it was not under way."""
+
+    def expire_uploads(before: float, limit: int) -> Deferred[list[str]]:
+        """Abort uploads silent since ``before`` (at most ``limit``); their ids."""
+
+    def parts_at(upload: str, offset: int, limit: int) -> Deferred[list[tuple[int, FileRecord]]]:
+        """A completed upload's parts from the one holding byte ``offset``: (start, record) each."""
+
     # -- buckets (the S3 gateway's): bucket B holds the files named B/...
 
     def create_bucket(name: str, now: float) -> Deferred[bool]:

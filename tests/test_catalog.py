@@ -385,7 +385,7 @@ def fill(cat, files, copies, garbage, intents):
     for table in ("names", "files", "copies", "garbage", "intents", "work"):
         cat.db.execute(f"DELETE FROM {table}")
     cat.db.execute("INSERT INTO names (name, last_version) VALUES ('a', 1)")
-    cat.db.executemany("INSERT INTO files VALUES (?, 1, ?, 1, 'x', 1, 0, ?, '') ON CONFLICT DO NOTHING",
+    cat.db.executemany("INSERT INTO files (name, version, blob, size, sha256, replicas, created, servers) VALUES (?, 1, ?, 1, 'x', 1, 0, ?) ON CONFLICT DO NOTHING",
                        [(name, b, " ".join(sorted(s for (c, s) in copies if c == b))) for b, name in files.items()])
     cat.db.executemany("INSERT INTO copies VALUES (?, ?, ?)", [(b, s, t) for (b, s), t in copies.items()])
     cat.db.executemany("INSERT INTO garbage (blob, server) VALUES (?, ?)", sorted(garbage))
@@ -742,7 +742,7 @@ def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
     old.close()
     cat = Catalog(str(folder))
     try:
-        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == 4
         kept, docs = cat.lookup("kept.bin"), cat.lookup("docs/b.txt")
         assert kept.meta == "" and cat.buckets() == []
         assert (kept.version, kept.replicas, kept.servers) == (1, 3, ("s1", "s2"))
@@ -842,25 +842,28 @@ def test_buckets_are_made_once_listed_in_order_and_deleted_only_when_empty(cat):
         cat.delete_bucket("photos")
 
 
-def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_3_in_place(postgres):
-    """Version 3 added files.meta and buckets: a catalog of version 2 (made
-    here by taking them away again) gets them when a proxy opens it, its
-    files as they were."""
+def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_4_in_place(postgres):
+    """Version 3 added files.meta and buckets, version 4 files.parts,
+    files.start and uploads: a catalog of version 2 (made here by taking
+    them away again) gets them when a proxy opens it, its files as they were."""
     from deposito.catalog.postgres import PostgresBackend
 
     url = postgres.database()
     old = Catalog(PostgresBackend(url))
     try:
         old.commit("f", old.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
-        old.db.execute("ALTER TABLE files DROP COLUMN meta")
+        for column in ("meta", "parts", "start"):
+            old.db.execute(f"ALTER TABLE files DROP COLUMN {column}")
         old.db.execute("DROP TABLE buckets")
+        old.db.execute("DROP TABLE uploads")
         old.db.execute("UPDATE catalog_schema SET version = 2")
     finally:
         old.close()
     cat = Catalog(PostgresBackend(url))
     try:
-        assert cat.db.execute("SELECT version FROM catalog_schema").fetchone()[0] == 3
-        assert (cat.lookup("f").blob, cat.lookup("f").meta) == ("b1", "")
+        assert cat.db.execute("SELECT version FROM catalog_schema").fetchone()[0] == 4
+        assert (cat.lookup("f").blob, cat.lookup("f").meta, cat.lookup("f").parts) == ("b1", "", "")
+        assert cat.db.execute("SELECT count(*) FROM uploads").fetchone()[0] == 0
         assert cat.create_bucket("b", 1.0) and cat.buckets() == [("b", 1.0)]
     finally:
         cat.close()

@@ -32,7 +32,7 @@ def fill(catalog: Catalog, names: list[str], servers: tuple[str, ...] = ("s1",))
     db.execute("BEGIN")
     db.executemany("INSERT INTO names (name, last_version) VALUES (?, 1)"
                    " ON CONFLICT (name) DO UPDATE SET last_version = 1", [(name,) for name in names])
-    db.executemany("INSERT INTO files VALUES (?, 1, ?, ?, ?, 2, 0, ?, '')",
+    db.executemany("INSERT INTO files (name, version, blob, size, sha256, replicas, created, servers) VALUES (?, 1, ?, ?, ?, 2, 0, ?)",
                    [(name, blobs[name], len(name), "ab" * 32, " ".join(sorted(servers))) for name in names])
     db.executemany("INSERT INTO copies VALUES (?, ?, 0)", [(blobs[name], s) for name in names for s in servers])
     db.execute("COMMIT")

@@ -111,7 +111,7 @@ def fill(cat: Catalog, files: int, servers) -> None:
     blob = {n: f"{n:0>32}"[-32:] for n in names}
     cat.db.execute("BEGIN")
     cat.db.executemany("INSERT INTO names (name, last_version, settled) VALUES (?, 1, 1)", [(n,) for n in names])
-    cat.db.executemany("INSERT INTO files VALUES (?, 1, ?, 10, 'x', 2, 0, ?, '')", [
+    cat.db.executemany("INSERT INTO files (name, version, blob, size, sha256, replicas, created, servers) VALUES (?, 1, ?, 10, 'x', 2, 0, ?)", [
         (n, blob[n], f"{servers[i % 2]} {servers[2 + i % 2]}") for i, n in enumerate(names)])
     cat.db.executemany("INSERT INTO copies VALUES (?, ?, 0)", [
         (blob[n], servers[i % 2 + k]) for i, n in enumerate(names) for k in (0, 2)])

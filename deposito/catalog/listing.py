@@ -33,6 +33,7 @@ from twisted.python.threadpool import ThreadPool
 
 from deposito.catalog.records import FileRecord
 from deposito.catalog.schema import RECORD, to_record
+from deposito.hidden import HIDDEN, VISIBLE
 from deposito.errors import Unavailable
 
 BATCH = 1000  # names read from the catalog per trip to a thread
@@ -101,8 +102,9 @@ class NameRange:
         """The SQL condition on ``column`` and its values: one range of its
         index, with one lower bound (SQLite seeks to one, and would scan
         from the other)."""
-        low = f"{column} > ?" if self.after >= self.prefix else f"{column} >= ?"
-        values: tuple[Any, ...] = (max(self.after, self.prefix),)
+        floor = max(self.prefix, "" if self.prefix.startswith(HIDDEN) else VISIBLE)  # hidden names: never listed
+        low = f"{column} > ?" if self.after >= floor else f"{column} >= ?"
+        values: tuple[Any, ...] = (max(self.after, floor),)
         end = prefix_end(self.prefix)
         if end is None:
             return low, values

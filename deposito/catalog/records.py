@@ -26,6 +26,8 @@ class FileRecord:
     servers: tuple[str, ...]
     created: float = 0.0  # when this version was committed (seconds since the epoch)
     meta: str = ""  # what a gateway keeps with the version (S3: its ETag, type, user metadata)
+    parts: str = ""  # a version made of parts (S3 multipart): its upload's id (see deposito.hidden)
+
 
 
 @attrs.frozen

@@ -23,7 +23,9 @@ FILES = """CREATE TABLE IF NOT EXISTS files (
     replicas {int} NOT NULL,
     created {real} NOT NULL,
     servers TEXT NOT NULL DEFAULT '',
-    meta TEXT NOT NULL DEFAULT ''
+    meta TEXT NOT NULL DEFAULT '',
+    parts TEXT NOT NULL DEFAULT '',
+    start {int}
 ){without_rowid}"""
 
 # Version 2: what several proxies on one catalog share. Each proxy has a row
@@ -63,14 +65,34 @@ CREATE TABLE IF NOT EXISTS buckets (
 
 # Version 3: what the S3 gateway keeps. ``files.meta`` holds a version's
 # ETag, Content-Type and user metadata; ``buckets`` the buckets created.
+#
+# Version 4: versions made of parts (see deposito.hidden). ``files.parts``
+# is the upload id of such a version (its parts are the hidden files named
+# after it), ``files.start`` a completed part's offset in its object.
+# ``uploads`` holds the multipart uploads under way: the object's name, copy
+# count and metadata, and when a part last came (``touched``: an upload
+# silent for long is abandoned, see Catalog.expire_uploads).
+UPLOADS = """CREATE TABLE IF NOT EXISTS uploads (
+    id {key} PRIMARY KEY,
+    name {key} NOT NULL,
+    replicas {int} NOT NULL,
+    meta TEXT NOT NULL,
+    created {real} NOT NULL,
+    touched {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS uploads_by_name ON uploads (name, id);
+CREATE INDEX IF NOT EXISTS uploads_by_touched ON uploads (touched);
+"""
 
-# The columns versions 2 and 3 added to older tables, and the indexes of
-# version 2's (made once the columns are there: see add_columns).
+# The columns versions 2 to 4 added to older tables, and the indexes on
+# them (made once the columns are there: see add_columns).
 ADDED_COLUMNS = (("intents", "owner", "TEXT"), ("garbage", "owner", "TEXT"), ("work", "owner", "TEXT"),
-                 ("files", "meta", "TEXT NOT NULL DEFAULT ''"))
+                 ("files", "meta", "TEXT NOT NULL DEFAULT ''"), ("files", "parts", "TEXT NOT NULL DEFAULT ''"),
+                 ("files", "start", "BIGINT"))
 OWNER_INDEXES = """CREATE INDEX IF NOT EXISTS intents_by_owner ON intents (owner);
 CREATE INDEX IF NOT EXISTS work_by_owner ON work (owner);
 CREATE INDEX IF NOT EXISTS garbage_by_owner ON garbage (owner);
+CREATE INDEX IF NOT EXISTS files_by_parts ON files (parts) WHERE parts <> '';
 """
 
 SCHEMA = FILES + """;
@@ -124,7 +146,7 @@ CREATE TABLE IF NOT EXISTS work (
 );
 CREATE INDEX IF NOT EXISTS work_in_order ON work (rank, due);
 CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
-""" + PROXIES
+""" + PROXIES + UPLOADS
 
 # The schema's version (SQLite: PRAGMA user_version; PostgreSQL: the one row of catalog_schema). 0: a catalog from before the
 # work queue, the totals, names.settled and files.servers; opening it adds
@@ -132,9 +154,9 @@ CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 # its copies' servers beside each file (the ``copies`` rows, as a
 # space-separated sorted list, kept with every change of them), so that a
 # lookup is one row and a listing reads the table in order.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
-RECORD = "SELECT name, version, blob, size, sha256, replicas, servers, created, meta FROM files"
+RECORD = "SELECT name, version, blob, size, sha256, replicas, servers, created, meta, parts FROM files"
 TOTALS = ("files", "bytes", "wanted")
 
 
@@ -148,7 +170,7 @@ def migrate(db: sqlite3.Connection) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version < 1:
         _migrate_to_1(db)
-    if version < 3:
+    if version < 4:
         add_columns(db, lambda table, column: column in [row[1] for row in db.execute(f"PRAGMA table_info({table})")])
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -176,7 +198,7 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
 
 
 def add_columns(db: Any, has_column: Any) -> None:
-    """Versions 1 and 2 to 3: the columns added since (``has_column(table,
+    """Versions 1 to 3 to 4: the columns added since (``has_column(table,
     column)`` says whether one is there already)."""
     for table, column, kind in ADDED_COLUMNS:
         if not has_column(table, column):
@@ -196,7 +218,8 @@ def finish(db: Any, ddl: Any) -> None:
 
 def to_record(row: tuple[Any, ...]) -> FileRecord:
     """The record of a row selected with :data:`RECORD`."""
-    return FileRecord(row[0], row[1], row[2], row[3], row[4], row[5], _servers(row[6] or ""), row[7], row[8])
+    return FileRecord(row[0], row[1], row[2], row[3], row[4], row[5], _servers(row[6] or ""), row[7], row[8],
+                      row[9])
 
 
 @functools.lru_cache(maxsize=4096)

@@ -208,6 +208,37 @@ class CatalogThread:
                servers: list[str], now: float, meta: str = "") -> Deferred[bool]:
         return self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now, meta)
 
+    def create_upload(self, upload: str, name: str, replicas: int, meta: str, now: float) -> Deferred[None]:
+        return self._call(Catalog.create_upload, upload, name, replicas, meta, now)
+
+    def upload(self, upload: str) -> Deferred[Optional[tuple[str, int, str, float]]]:
+        return self._call(Catalog.upload, upload)
+
+    def uploads(self, prefix: str, after_name: str, after_id: str, limit: int
+                ) -> Deferred[list[tuple[str, str, float]]]:
+        return self._call(Catalog.uploads, prefix, after_name, after_id, limit)
+
+    def parts(self, upload: str, after: int, limit: int) -> Deferred[list[tuple[int, FileRecord]]]:
+        return self._call(Catalog.parts, upload, after, limit)
+
+    def commit_part(self, upload: str, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
+                    servers: list[str], now: float, meta: str = "") -> Deferred[None]:
+        return self._call(Catalog.commit_part, upload, name, version, blob, size, sha256, replicas, servers, now, meta)
+
+    def complete(self, upload: str, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
+                 servers: list[str], now: float, meta: str, chosen: list[str], digest: str) -> Deferred[bool]:
+        return self._call(Catalog.complete, upload, name, version, blob, size, sha256, replicas, servers, now, meta,
+                          chosen, digest)
+
+    def abort_upload(self, upload: str) -> Deferred[bool]:
+        return self._call(Catalog.abort_upload, upload)
+
+    def expire_uploads(self, before: float, limit: int) -> Deferred[list[str]]:
+        return self._call(Catalog.expire_uploads, before, limit)
+
+    def parts_at(self, upload: str, offset: int, limit: int) -> Deferred[list[tuple[int, FileRecord]]]:
+        return self._call(Catalog.parts_at, upload, offset, limit)
+
     def create_bucket(self, name: str, now: float) -> Deferred[bool]:
         return self._call(Catalog.create_bucket, name, now)
 

@@ -23,7 +23,7 @@ from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal
 from deposito.interfaces import IDevice
 from deposito.protocols.blobwire import PROXY_PROOF, SERVER_PROOF, body_reply, parse_range, range_end
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
-from deposito.protocols.words import check_name, parse_count, split
+from deposito.protocols.words import check_stored_name, parse_count, split
 from deposito.receiver import Receiver
 from deposito.secret import nonce, proof, verify
 from deposito.sender import BlobSender, read_whole
@@ -110,7 +110,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         if cache not in ("", "cache"):
             raise BadArgs("the word after the name can only be 'cache'")
         meta = BlobMeta(
-            blob=check_blob_id(blob), name=check_name(name),
+            blob=check_blob_id(blob), name=check_stored_name(name),
             version=parse_count(version, "version", 1),
             size=parse_count(size, "size"), sha256="",
             replicas=parse_count(replicas, "replicas", 1, 16),

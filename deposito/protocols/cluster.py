@@ -60,7 +60,7 @@ from zope.interface import implementer
 
 from deposito.errors import BadArgs, Denied, DepositoError, Unavailable, from_reply
 from deposito.protocols.lines import LineProtocol
-from deposito.protocols.words import check_name, fields, parse_count, quote, split
+from deposito.protocols.words import check_stored_name, fields, parse_count, quote, split
 from deposito.secret import nonce, proof, verify
 
 if TYPE_CHECKING:
@@ -361,7 +361,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         if self._full:
             _, version, size, sha256, replicas, name = words
             self._chunk.append((blob, parse_count(version, "version"), parse_count(size, "size"),
-                                sha256, parse_count(replicas, "replicas", 0, 16), check_name(name)))
+                                sha256, parse_count(replicas, "replicas", 0, 16), check_stored_name(name)))
         else:
             self._chunk.append((blob,))
         self._chunk_done()

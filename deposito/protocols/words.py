@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from deposito.errors import BadArgs
+from deposito.hidden import hidden_name
 
 _NEEDS_QUOTES = re.compile(r'[\s"\\=]')
 _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -82,6 +83,12 @@ def check_name(name: str) -> str:
     if _SURROGATE.search(name):
         raise BadArgs("name is not valid UTF-8")
     return name
+
+
+def check_stored_name(name: str) -> str:
+    """A name a blob may be stored under: a file's name, or one of the
+    hidden names of a version's parts (see deposito.hidden); else BadArgs."""
+    return name if hidden_name(name) is not None else check_name(name)
 
 
 def parse_count(word: str, what: str, low: int = 0, high: int | None = None) -> int:
