@@ -250,6 +250,12 @@ class MeteredDepot:
     def closed_for_rebuild(self) -> bool:
         return self._depot.closed_for_rebuild
 
+    @property
+    def uploads(self) -> Any:
+        """The multipart uploads (an IMultipart), straight through: their
+        parts are counted as PUTs when finished through this depot."""
+        return self._depot.uploads
+
     def _done(self, command: str, began: float, error: BaseException | str | None = None) -> None:
         self._metrics.request(command, self._via, self._clock.seconds() - began, outcome(error))
 

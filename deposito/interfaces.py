@@ -257,6 +257,32 @@ class ICatalog(IWorkCatalog):
         """Copies to delete, by server: ``(server, count)`` pairs."""
 
 
+class IMultipart(Interface):
+    """Multipart uploads (S3's): parts stored as they come, the object made
+    of them at once at Complete (see deposito.depot.uploads)."""
+
+    def create(name: str, replicas: Optional[int], meta: str) -> Awaitable[str]:
+        """Awaitable: a new upload's id."""
+
+    def upload(upload: str) -> Awaitable[tuple[str, int, str, float]]:
+        """Awaitable: (name, replicas, meta, created) of an upload under way; NotFound else."""
+
+    def begin_part(upload: str, number: int, size: int) -> Awaitable[Upload]:
+        """Awaitable: an Upload for part ``number``, finished or aborted as any (IDepot.finish_put)."""
+
+    def parts(upload: str, after: int, limit: int) -> Deferred[list[tuple[int, FileRecord]]]:
+        """The parts stored, numbered above ``after``: (number, record) each."""
+
+    def uploads(prefix: str, after_name: str, after_id: str, limit: int) -> Deferred[list[tuple[str, str, float]]]:
+        """Uploads under way of names starting with ``prefix``: (id, name, created) each."""
+
+    def abort(upload: str) -> Awaitable[None]:
+        """Awaitable: the upload given up, its parts deleted; NotFound when not under way."""
+
+    def complete(upload: str, chosen: list[FileRecord], meta: str) -> Awaitable[FileRecord]:
+        """Awaitable: the object made of ``chosen`` (part records, in order), committed."""
+
+
 class IDepot(Interface):
     """What the gateways (the text protocol, HTTP, S3) call on the proxy's
     depot. Failures are :class:`deposito.errors.DepositoError`. What a
@@ -265,6 +291,7 @@ class IDepot(Interface):
     closed_for_rebuild = Attribute(
         "True while the catalog is being rebuilt from the servers on request:"
         " only SERVERS and STATUS are answered meanwhile")
+    uploads = Attribute("The multipart uploads (an IMultipart), for the S3 gateway")
 
     def begin_put(name: str, size: int, replicas: Optional[int]) -> Awaitable[Upload]:
         """Awaitable: an Upload with a stream open to each placed server

@@ -28,7 +28,7 @@ class ProxyService(service.MultiService):
                  http_endpoint: Any = None, tokens: Any = None, max_size: int | None = None,
                  secret: bytes | None = None, rebuild: bool = False, collect_rate: float = 1000.0,
                  catalog: str = "sqlite:", lease: float = 30.0, s3_endpoint: Any = None,
-                 s3_keys: Any = None) -> None:
+                 s3_keys: Any = None, upload_expiry: float = 7 * 86400.0) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
@@ -37,7 +37,7 @@ class ProxyService(service.MultiService):
         self.roster = Roster(reactor, dead_after=dead_after)
         self.secret = secret
         self.depot = Depot(reactor, self.db, self.roster, default_replicas=replicas, secret=secret,
-                           rebuild=rebuild, collect_rate=collect_rate, lease=lease)
+                           rebuild=rebuild, collect_rate=collect_rate, lease=lease, upload_expiry=upload_expiry)
         self._deaths = task.LoopingCall(self.roster.check)
         self._deaths.clock = reactor
         self.events = EventLog()

@@ -39,6 +39,8 @@ class Options(FirstLineOptions):
         ["tokens", None, None, "file of client tokens, one per line: clients must AUTH first"],
         ["max-size", None, None, "the largest file accepted, e.g. 10G (ERR toolarge above it)"],
         ["secret", None, None, "file holding the cluster secret: only servers that prove they hold it may join"],
+        ["upload-expiry", None, "604800", "seconds after its last part an unfinished S3 multipart upload is aborted"
+         " (7 days)"],
         ["collect-rate", None, "1000", "garbage copies (replaced, deleted or unfinished) deleted from the servers"
          " a second, at most"],
     ]
@@ -56,6 +58,7 @@ class Options(FirstLineOptions):
         self["lease"] = parse_seconds("--lease", self["lease"])
         if self["lease"] < 1:
             raise usage.UsageError(f"--lease must be 1 second or more, not {self['lease']}")
+        self["upload-expiry"] = parse_seconds("--upload-expiry", self["upload-expiry"])
         self["collect-rate"] = parse_int("--collect-rate", self["collect-rate"], 1, 1_000_000)
         if self["tokens"] is not None:
             try:
@@ -107,4 +110,5 @@ def makeService(options: Options):
         collect_rate=options["collect-rate"],
         catalog=options["catalog"],
         lease=options["lease"],
+        upload_expiry=options["upload-expiry"],
     )

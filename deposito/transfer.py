@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Awaitable, Callable, Iterable, cast
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IPushProducer
 from twisted.logger import Logger
@@ -96,6 +97,17 @@ class Lane:
         self.upload.release(self.client)
 
 
+@attrs.frozen
+class Completion:
+    """What a multipart upload's manifest completes: the parts chosen (their
+    hidden names, in order), and the object they make."""
+
+    upload: str
+    chosen: tuple[str, ...]
+    size: int
+    sha256: str
+
+
 class Upload:
     """A file's bytes on their way to its first copies."""
 
@@ -112,6 +124,8 @@ class Upload:
         self.size = size
         self.replicas = replicas
         self.meta = ""  # a gateway's, committed with the version (see FileRecord.meta)
+        self.part_of = ""  # a multipart upload's id, when this is one of its parts (see deposito.hidden)
+        self.completes: Completion | None = None  # when this is the manifest that completes a multipart upload
         self.stall_timeout = stall_timeout
         self.lanes: list[Lane] = []
         self.received = 0

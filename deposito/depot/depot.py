@@ -22,6 +22,7 @@ from deposito.depot.collector import Collector
 from deposito.depot.inventories import Inventories
 from deposito.depot.liveness import Liveness
 from deposito.depot.reads import Reader
+from deposito.depot.uploads import Uploads
 from deposito.depot.rebuilder import Rebuilder
 from deposito.depot.writes import Writer
 from deposito.errors import NotFound, Unavailable
@@ -51,7 +52,8 @@ class Depot:
     def __init__(self, reactor: IStreamReactor, db: ICatalog, roster: Roster, default_replicas: int = 2,
                  connect_timeout: float = 5.0, stall_timeout: float = 30.0,
                  collect_every: float = 2.0, secret: bytes | None = None, rebuild: bool = False,
-                 rebuild_grace: float = 5.0, collect_rate: float = 1000.0, lease: float = 30.0) -> None:
+                 rebuild_grace: float = 5.0, collect_rate: float = 1000.0, lease: float = 30.0,
+                 upload_expiry: float = 7 * 86400.0) -> None:
         self.reactor = reactor
         self.db = db
         self.roster = roster
@@ -61,6 +63,8 @@ class Depot:
         self.writer = Writer(reactor, db, roster, self.pool, collect=self.collector.kick, repair=self._repair,
                              default_replicas=default_replicas, stall_timeout=stall_timeout)
         self.reader = Reader(db, roster, self.pool, repair=self._repair)
+        self.uploads = Uploads(reactor, db, self.writer, self.reader, collect=self.collector.kick,
+                               expiry=upload_expiry)
         self.inventories = Inventories(reactor, db, self.collector, self.rebuilder, repair=self._repair)
         self.reconciler = Reconciler(reactor, db, roster, self.writer, collect=self.collector.kick,
                                      paused=lambda: self.rebuilder.rebuilding)
@@ -115,6 +119,7 @@ class Depot:
         self.liveness.start()
         self.collector.start()
         self.reconciler.start()
+        self.uploads.start()
         self._absent = self.reactor.callLater(self.absent_after, self._still_absent)
 
     async def _patiently(self, call: Callable[[], defer.Deferred[T]]) -> T | None:
@@ -146,6 +151,7 @@ class Depot:
         collector = defer.ensureDeferred(self.collector.stop())  # no new page from now on
         if self._absent is not None and self._absent.active():
             self._absent.cancel()
+        self.uploads.stop()
         await self.reconciler.stop()
         await collector
         self.liveness.stop()

@@ -20,6 +20,8 @@ from deposito.transfer import SMALL_READ, read_small, stream_blob
 if TYPE_CHECKING:
     from deposito.catalog.listing import Listing
 
+PARTS_PAGE = 256  # parts of a multipart version looked up at a time while it is read
+
 
 class Reader:
     """What GET, STAT, LIST and the HTTP downloads read: one way for every gateway."""
@@ -60,7 +62,7 @@ class Reader:
         that cannot start at once (no copy up, or no idle connection to it),
         and then :meth:`read` is the way. On failure nothing has been sent,
         so :meth:`read` can still try every copy."""
-        if record.size > SMALL_READ:
+        if record.size > SMALL_READ or record.parts:
             return None
         sources = self.healthy(record)
         client = self.pool.idle(sources[0]) if sources else None
@@ -87,11 +89,37 @@ class Reader:
             length = record.size - offset
         if offset < 0 or length < 0 or offset + length > record.size:
             raise BadArgs(f"bytes {offset}+{length} are outside {record.name} ({record.size} bytes)")
+        if record.parts:
+            await self._read_parts(record, consumer, offset, length, started)
+            return
         sources = self.healthy(record)
         if not sources:
             raise Unavailable(f"no copy of {record.name} is on a live server")
         await stream_blob(self.pool.connect, sources, record.blob, offset, length, consumer, started,
                           release=self.pool.release, local=self.pool.connect_local, missing=self.copy_missing)
+
+    async def _read_parts(self, record: FileRecord, consumer: IConsumer, offset: int, length: int,
+                          started: Callable[[], None]) -> None:
+        """A version made of parts: each part's span read as a file is, in
+        order, a page of parts at a time (failover within each part)."""
+        begun: list[bool] = []
+
+        def once() -> None:
+            if not begun:
+                begun.append(True)
+                started()
+
+        at, end = offset, offset + length
+        while at < end:
+            page = await self.db.parts_at(record.parts, at, PARTS_PAGE)
+            if not page or page[0][0] > at:
+                raise Unavailable(f"{record.name} was replaced while it was read")
+            for start, part in page:
+                if at >= end:
+                    break
+                count = min(end, start + part.size) - at
+                await self.read(part, consumer, at - start, count, once)
+                at += count
 
     def copy_missing(self, member: Member, blob: str) -> None:
         """A read found that ``member`` lacks a copy of ``blob`` the catalog

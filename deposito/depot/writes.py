@@ -12,6 +12,7 @@ from zope.interface import implementer
 from deposito.blobstore import new_blob_id
 from deposito.catalog import FileRecord
 from deposito.errors import NoSpace, Unavailable
+from deposito.hidden import pointer_blob
 from deposito.interfaces import ICatalog, ICopier
 from deposito.placement import place, read_order
 from deposito.pool import BlobPool
@@ -40,8 +41,10 @@ class Writer:
         self.default_replicas = default_replicas
         self.stall_timeout = stall_timeout
 
-    async def begin_put(self, name: str, size: int, replicas: int | None) -> Upload:
-        """Reserve room on ``replicas`` servers and open a stream to each."""
+    async def begin_put(self, name: str, size: int, replicas: int | None, stored_as: str | None = None) -> Upload:
+        """Reserve room on ``replicas`` servers and open a stream to each
+        (the blob stored under the name ``stored_as``, when not ``name``: a
+        multipart upload's manifest is a version of its object's name)."""
         replicas = replicas or self.default_replicas
         targets = place(self.roster.members.values(), replicas, size)
         blob = new_blob_id()
@@ -56,7 +59,7 @@ class Writer:
             first = read_order(blob, targets)[0]  # the copy reads go to first: keep it in cache
             for m, (ok, client) in zip(targets, clients):
                 if ok:
-                    upload.add_lane(m, client, client.write_blob(blob, size, version, replicas, name,
+                    upload.add_lane(m, client, client.write_blob(blob, size, version, replicas, stored_as or name,
                                                                  cache=m is first))
                 else:
                     failure = cast(Failure, client)  # DeferredList's type leaves out the failures
@@ -98,8 +101,7 @@ class Writer:
         ids = [m.id for m in good]
         try:
             now = self.clock.seconds()
-            newest = await self.db.commit(upload.name, upload.version, upload.blob, upload.size,
-                                          upload.sha256, upload.replicas, ids, now, upload.meta)
+            newest, record = await self._commit(upload, ids, now)
         except Exception:
             # Not committed (or, with the database lost at that moment, maybe committed: then
             # no intent is left, and this changes nothing): what was written is garbage.
@@ -110,12 +112,29 @@ class Writer:
         if newest and not all(m.up for m in good):  # one went down meanwhile: the file is short
             await self.db.enqueue([upload.name])
             self.repair()
-        if not newest or upload.version > 1 or len(tried) > len(good):
+        if not newest or upload.version > 1 or len(tried) > len(good) or upload.part_of or upload.completes:
             self.collect()  # a version replaced, or copies not kept: garbage to delete now
         self.log.info("stored {name} version {version} ({size} bytes) on {servers}",
                       name=upload.name, version=upload.version, size=upload.size, servers=",".join(ids))
-        return FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
-                          upload.replicas, tuple(ids), now, upload.meta)
+        return record
+
+    async def _commit(self, upload: Upload, ids: list[str], now: float) -> tuple[bool, FileRecord]:
+        """The commit point of a file, of a part of a multipart upload, or of
+        the manifest that completes one: whether it is the newest version, and its record."""
+        u = upload
+        done = u.completes
+        if done is not None:
+            newest = await self.db.complete(done.upload, u.name, u.version, u.blob, u.size, u.sha256, u.replicas,
+                                            ids, now, u.meta, list(done.chosen), done.sha256)
+            return newest, FileRecord(u.name, u.version, pointer_blob(done.upload), done.size, done.sha256,
+                                      u.replicas, (), now, u.meta, done.upload)
+        if u.part_of:
+            await self.db.commit_part(u.part_of, u.name, u.version, u.blob, u.size, u.sha256, u.replicas, ids, now,
+                                      u.meta)
+            newest = True
+        else:
+            newest = await self.db.commit(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, ids, now, u.meta)
+        return newest, FileRecord(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, tuple(ids), now, u.meta)
 
     def abort_put(self, upload: Upload) -> None:
         """The client went away mid-upload: nothing of it is kept."""

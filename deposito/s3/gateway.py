@@ -12,7 +12,8 @@ verified); a GetObject is ``depot.read``, which fails over from copy to
 copy. A body whose signature, checksum or Content-MD5 does not hold stores
 nothing: the upload is aborted before its commit.
 
-Multipart uploads are not served yet: they answer 501 NotImplemented.
+Multipart uploads (:mod:`deposito.s3.multipart`) store each part as it
+comes, the same way, and make the object of them at Complete.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from deposito.s3.checksums import Checksummer
 from deposito.s3.chunked import ChunkedDecoder
 from deposito.s3.errors import S3Error
 from deposito.s3.keys import S3Keys
+from deposito.s3.multipart import Multipart
 from deposito.s3.objects import KEPT_HEADERS, ObjectMeta, check_bucket, file_name, replicas_of
 from deposito.s3.request import S3Request
 from deposito.transfer import Upload
@@ -91,6 +93,7 @@ class Gateway:
         self.keys = keys
         self.clock = clock
         self.max_size = max_size
+        self.multipart = Multipart(self)
 
     def __call__(self, request: S3Request, method: bytes, raw: bytes) -> None:
         defer.ensureDeferred(self.handle(request, method.decode("latin-1"), raw.decode("latin-1"))).addErrback(
@@ -126,9 +129,8 @@ class Gateway:
 
     def route(self, method: str, bucket: str, key: str, params: dict[str, str],
               headers: dict[str, list[str]]) -> Callable[[Call], Awaitable[None]]:
-        if NOT_SERVED & params.keys() or (MULTIPART & params.keys()):
-            raise S3Error("NotImplemented", "This sub-resource is not served"
-                          + (" (multipart uploads come later)" if MULTIPART & params.keys() else ""))
+        if NOT_SERVED & params.keys():
+            raise S3Error("NotImplemented", "This sub-resource is not served")
         if not bucket:
             if method == "GET":
                 return self.list_buckets
@@ -140,6 +142,15 @@ class Gateway:
                 "DELETE": self.delete_bucket}
             if method == "POST" and "delete" in params:
                 return self.delete_objects
+            if method == "GET" and "uploads" in params:
+                return self.multipart.list_uploads
+        elif "uploads" in params:
+            table = {"POST": self.multipart.create}
+        elif MULTIPART & params.keys():
+            if "uploadId" not in params:
+                raise S3Error("InvalidRequest", "A multipart request names its upload (uploadId)")
+            table = {"POST": self.multipart.complete, "PUT": self.multipart.upload_part,
+                     "GET": self.multipart.list_parts, "DELETE": self.multipart.abort}
         else:
             table = {"GET": self.get_object, "HEAD": self.get_object, "DELETE": self.delete_object,
                      "PUT": self.copy_object if "x-amz-copy-source" in headers else self.put_object}
@@ -364,7 +375,7 @@ class Gateway:
         replicas = replicas_of(meta.user)
         size = self.body_size(call)
         await self.existing_bucket(call.bucket)
-        checks = BodyChecks(call)
+        checks = self.body_checks(call)
         upload = await self.depot.begin_put(name, size, replicas)
         try:
             record = await self.receive(call, upload, checks, meta)
@@ -372,6 +383,9 @@ class Gateway:
             self.depot.abort_put(upload)
             raise
         await self.send(call, 200, headers={b"etag": xmlwire.quoted(ObjectMeta.of(record).etag).encode()})
+
+    def body_checks(self, call: Call) -> BodyChecks:
+        return BodyChecks(call)
 
     def body_size(self, call: Call) -> int:
         """The object's size: the decoded length of an aws-chunked body, else Content-Length."""
@@ -458,14 +472,19 @@ class Gateway:
         await call.request.body.read(0)  # a copy has no body of its own
         upload = await self.depot.begin_put(name, source.size, replicas_of(meta.user))
         try:
-            copier = _Copier(upload)
-            await self.depot.read(source, copier)
-            upload.meta = attrs.evolve(meta, etag=copier.md5.hexdigest()).to_text()
+            md5 = await self.copy_into(source, upload, 0, source.size)
+            upload.meta = attrs.evolve(meta, etag=md5).to_text()
             record = await self.depot.finish_put(upload)
         except BaseException:
             self.depot.abort_put(upload)
             raise
         await self.send(call, 200, xmlwire.copy_object_result(ObjectMeta.of(record).etag, record.created))
+
+    async def copy_into(self, source: FileRecord, upload: Upload, start: int, length: int) -> str:
+        """Bytes of ``source`` into ``upload`` through the read path: their hex MD5."""
+        copier = _Copier(upload)
+        await self.depot.read(source, copier, start, length)
+        return copier.md5.hexdigest()
 
 
 @attrs.define
@@ -528,6 +547,13 @@ class BodyChecks:
                 raise S3Error("BadDigest", f"The {checksummer.algorithm.upper()} you specified did not match"
                               " the calculated checksum.")
         return digest.hex()
+
+    def checksums_given(self) -> dict[str, str]:
+        """The ``x-amz-checksum-*`` values given and verified (after finish), to be echoed back."""
+        given = {"x-amz-checksum-" + checksummer.algorithm: value for checksummer, value in self.checksums}
+        if self.decoder is not None:
+            given.update(self.decoder.checksums)
+        return given
 
     def check_whole(self, body: bytes) -> None:
         """For a small body read whole (DeleteObjects)."""

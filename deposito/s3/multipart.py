@@ -1,0 +1,237 @@
+"""S3's multipart uploads, on the depot's (IDepot.uploads, see
+:mod:`deposito.depot.uploads`): CreateMultipartUpload, UploadPart,
+UploadPartCopy, CompleteMultipartUpload, AbortMultipartUpload, ListParts
+and ListMultipartUploads.
+
+A part's body takes the same path and checks as a PutObject's (its 200 means
+every copy of it is durable and verified); its ETag is its MD5. Complete
+checks the parts named against those stored (InvalidPart, EntityTooSmall)
+and makes the object of them without copying a byte; its ETag is the MD5 of
+the parts' MD5s with ``-N``, as S3's. A Complete sent again after its
+answer was lost answers the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Optional
+
+import attrs
+
+from deposito.catalog import FileRecord
+from deposito.errors import BadArgs, NotFound
+from deposito.s3 import xmlwire
+from deposito.s3.errors import S3Error
+from deposito.s3.objects import ObjectMeta, check_bucket, file_name, replicas_of
+
+if TYPE_CHECKING:
+    from deposito.interfaces import IMultipart
+    from deposito.s3.gateway import Call, Gateway
+
+MIN_PART = 5 << 20  # every part but the last is at least this big, as S3 asks
+MAX_PARTS_LISTED = 1000
+PAGE = 1000  # stored parts read at a time while a Complete is checked
+
+
+class Multipart:
+    """The multipart operations of a Gateway (which routes them here)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @property
+    def uploads(self) -> IMultipart:
+        return self.gateway.depot.uploads
+
+    async def create(self, call: Call) -> None:
+        name = file_name(call.bucket, call.key)
+        meta = ObjectMeta.given(call.headers)
+        replicas = replicas_of(meta.user)
+        await self.gateway.existing_bucket(call.bucket)
+        upload = await self.uploads.create(name, replicas, meta.to_text())
+        await self.gateway.send(call, 200, xmlwire.initiate_multipart_upload_result(call.bucket, call.key, upload))
+
+    async def upload_of(self, call: Call) -> str:
+        """The upload a request names (uploadId), checked to be one of its key's under way."""
+        upload = call.params.get("uploadId", "")
+        try:
+            name, _, _, _ = await self.uploads.upload(upload)
+        except NotFound:
+            name = None
+        if name != file_name(call.bucket, call.key):
+            await self.gateway.existing_bucket(call.bucket)
+            raise S3Error("NoSuchUpload", UploadId=upload)
+        return upload
+
+    async def upload_part(self, call: Call) -> None:
+        number = _part_number(call.params.get("partNumber", ""))
+        upload = await self.upload_of(call)
+        if "x-amz-copy-source" in call.headers:
+            await self.copy_part(call, upload, number)
+            return
+        size = self.gateway.body_size(call)
+        checks = self.gateway.body_checks(call)
+        part = await self.uploads.begin_part(upload, number, size)
+        try:
+            record = await self.gateway.receive(call, part, checks, ObjectMeta(""))
+        except BaseException:
+            self.gateway.depot.abort_put(part)
+            raise
+        headers = {name.encode(): value.encode() for name, value in checks.checksums_given().items()}
+        headers[b"etag"] = xmlwire.quoted(ObjectMeta.of(record).etag).encode()
+        await self.gateway.send(call, 200, headers=headers)
+
+    async def copy_part(self, call: Call, upload: str, number: int) -> None:
+        from deposito.s3.gateway import _check_copy_conditions, _copy_source
+
+        source_bucket, source_key = _copy_source(call.header("x-amz-copy-source") or "")
+        source = await self.gateway.lookup(source_bucket, source_key)
+        _check_copy_conditions(call, xmlwire.quoted(ObjectMeta.of(source).etag), int(source.created))
+        start, length = _copy_range(call.header("x-amz-copy-source-range"), source.size)
+        await call.request.body.read(0)
+        part = await self.uploads.begin_part(upload, number, length)
+        try:
+            md5 = await self.gateway.copy_into(source, part, start, length)
+            part.meta = ObjectMeta(md5).to_text()
+            record = await self.gateway.depot.finish_put(part)
+        except BaseException:
+            self.gateway.depot.abort_put(part)
+            raise
+        await self.gateway.send(call, 200, xmlwire.copy_part_result(ObjectMeta.of(record).etag, record.created))
+
+    async def complete(self, call: Call) -> None:
+        body = await call.request.body.read(xmlwire.COMPLETE_BODY_LIMIT)
+        self.gateway.body_checks(call).check_whole(body)
+        asked = xmlwire.parse_complete_multipart(body)
+        name = file_name(call.bucket, call.key)
+        upload = call.params.get("uploadId", "")
+        try:
+            _, _, kept, _ = await self.uploads.upload(upload)
+        except NotFound:
+            await self.answer_again(call, name, upload)
+            return
+        chosen = await self.chosen(upload, asked)
+        etag = hashlib.md5(b"".join(bytes.fromhex(ObjectMeta.of(part).etag) for part in chosen),
+                           usedforsecurity=False).hexdigest() + f"-{len(chosen)}"
+        meta = attrs.evolve(ObjectMeta.of(FileRecord("", 0, "", 0, "", 0, (), meta=kept)), etag=etag)
+        try:
+            record = await self.uploads.complete(upload, chosen, meta.to_text())
+        except NotFound:
+            await self.answer_again(call, name, upload)
+            return
+        except BadArgs:  # a part was replaced meanwhile
+            raise S3Error("InvalidPart") from None
+        await self.gateway.send(call, 200, xmlwire.complete_multipart_upload_result(
+            f"/{call.bucket}/{call.key}", call.bucket, call.key, ObjectMeta.of(record).etag))
+
+    async def chosen(self, upload: str, asked: list[tuple[int, str]]) -> list[FileRecord]:
+        """The stored parts a Complete names, in order: InvalidPart when one
+        is not stored or its ETag differs, EntityTooSmall when one but the
+        last is under 5 MiB. The stored parts are read a page at a time."""
+        chosen: list[FileRecord] = []
+        page: list[tuple[int, FileRecord]] = []
+        for number, etag in asked:
+            while page and page[0][0] < number:
+                page.pop(0)
+            if not page:
+                page = await self.uploads.parts(upload, number - 1, PAGE)
+            if not page or page[0][0] != number or ObjectMeta.of(page[0][1]).etag != etag:
+                raise S3Error("InvalidPart", UploadId=upload, PartNumber=str(number), ETag=etag)
+            chosen.append(page[0][1])
+        for part in chosen[:-1]:
+            if part.size < MIN_PART:
+                raise S3Error("EntityTooSmall", ProposedSize=str(part.size), MinSizeAllowed=str(MIN_PART))
+        return chosen
+
+    async def answer_again(self, call: Call, name: str, upload: str) -> None:
+        """A Complete of an upload no longer under way: answered as before
+        when the object is the one it made (the first answer was lost), else NoSuchUpload."""
+        try:
+            record: Optional[FileRecord] = await self.gateway.depot.lookup(name)
+        except NotFound:
+            record = None
+        if record is None or record.parts != upload:
+            await self.gateway.existing_bucket(call.bucket)
+            raise S3Error("NoSuchUpload", UploadId=upload)
+        await self.gateway.send(call, 200, xmlwire.complete_multipart_upload_result(
+            f"/{call.bucket}/{call.key}", call.bucket, call.key, ObjectMeta.of(record).etag))
+
+    async def abort(self, call: Call) -> None:
+        upload = await self.upload_of(call)
+        try:
+            await self.uploads.abort(upload)
+        except NotFound:
+            raise S3Error("NoSuchUpload", UploadId=upload) from None
+        await self.gateway.send(call, 204)
+
+    async def list_parts(self, call: Call) -> None:
+        upload = await self.upload_of(call)
+        marker = _count_param(call.params, "part-number-marker", 0)
+        limit = min(_count_param(call.params, "max-parts", MAX_PARTS_LISTED), MAX_PARTS_LISTED)
+        parts = await self.uploads.parts(upload, marker, limit + 1)
+        truncated = len(parts) > limit
+        parts = parts[:limit]
+        entries = [xmlwire.PartEntry(number, record.created, ObjectMeta.of(record).etag, record.size)
+                   for number, record in parts]
+        from deposito.s3.gateway import OWNER
+
+        await self.gateway.send(call, 200, xmlwire.list_parts_result(
+            call.bucket, call.key, upload, entries, part_number_marker=marker,
+            next_part_number_marker=parts[-1][0] if parts else None, max_parts=limit, is_truncated=truncated,
+            owner=OWNER))
+
+    async def list_uploads(self, call: Call) -> None:
+        p = call.params
+        if p.get("delimiter"):
+            raise S3Error("NotImplemented", "Listing uploads with a delimiter is not served")
+        await self.gateway.existing_bucket(call.bucket)
+        prefix, key_marker, id_marker = p.get("prefix", ""), p.get("key-marker", ""), p.get("upload-id-marker", "")
+        limit = min(_count_param(p, "max-uploads", MAX_PARTS_LISTED), MAX_PARTS_LISTED)
+        base = check_bucket(call.bucket) + "/"
+        after_id = id_marker if key_marker else ""
+        found = await self.uploads.uploads(base + prefix, base + key_marker if key_marker else "", after_id,
+                                           limit + 1)
+        truncated = len(found) > limit
+        found = found[:limit]
+        from deposito.s3.gateway import OWNER
+
+        entries = [xmlwire.UploadEntry(name[len(base):], upload, created, owner=OWNER)
+                   for upload, name, created in found]
+        await self.gateway.send(call, 200, xmlwire.list_multipart_uploads_result(
+            call.bucket, entries, prefix=prefix, key_marker=key_marker, upload_id_marker=id_marker,
+            next_key_marker=entries[-1].key if truncated else None,
+            next_upload_id_marker=entries[-1].upload_id if truncated else None, max_uploads=limit,
+            is_truncated=truncated, encoding_type=p.get("encoding-type")))
+
+
+def _part_number(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= xmlwire.MAX_PART_NUMBER:
+        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
+                      ArgumentName="partNumber", ArgumentValue=text[:20])
+    return int(text)
+
+
+def _count_param(params: dict[str, str], name: str, default: int) -> int:
+    text = params.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise S3Error("InvalidArgument", f"{name} must be a whole number", ArgumentName=name,
+                      ArgumentValue=text[:20])
+    return int(text)
+
+
+def _copy_range(header: Optional[str], size: int) -> tuple[int, int]:
+    """(start, length) of x-amz-copy-source-range (``bytes=first-last``, both
+    given and inside the source), or the whole source."""
+    if header is None:
+        return 0, size
+    unit, _, span = header.strip().partition("=")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not first.isdigit() or not last.isdigit() or int(first) > int(last) \
+            or int(last) >= size:
+        raise S3Error("InvalidRange" if unit == "bytes" and first.isdigit() and last.isdigit() else "InvalidArgument",
+                      "The x-amz-copy-source-range value must be of the form bytes=first-last"
+                      " where first and last are the zero-based offsets of the first and last bytes to copy",
+                      ArgumentName="x-amz-copy-source-range", ArgumentValue=header[:100])
+    return int(first), int(last) - int(first) + 1

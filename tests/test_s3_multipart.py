@@ -1,0 +1,155 @@
+"""S3 multipart uploads against a real cluster (twistd processes), driven by
+boto3: parts stored as they come, the object made of them at Complete
+without copying, read back whole, by range and through the text protocol;
+abort and expiry leave nothing on the servers' disks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
+
+from tests.cluster import Cluster, Wire, free_port, poll
+from tests.test_s3_gateway import ACCESS, SECRET, S3, _open, code
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s3mp")
+    keys = root / "s3-keys"
+    keys.write_text(f"{ACCESS} {SECRET}\n")
+    port = free_port()
+    cluster = Cluster(root, proxy_args=("--s3", f"tcp:{port}:interface=127.0.0.1", "--s3-keys", str(keys),
+                                        "--upload-expiry", "2"))
+    cluster.start(3)
+    try:
+        assert poll(lambda: _open(port), 10), "the S3 port did not open"
+        s3 = S3(cluster, port)
+        s3.client().create_bucket(Bucket="multi")
+        yield s3
+    finally:
+        cluster.stop()
+
+
+def blobs_on_disk(cluster: Cluster) -> set[tuple[str, str]]:
+    """Every blob file on every storage server's disk: (server, blob id) each."""
+    return {(sid, path.name) for sid in cluster.server_folders() for path in cluster.blob_files(sid)}
+
+
+def md5_etag(parts: list[bytes]) -> str:
+    return '"%s-%d"' % (hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest(), len(parts))
+
+
+def test_upload_file_and_download_file_of_a_multi_part_file_with_boto3s_default_checksums(s3, tmp_path):
+    c = s3.client()
+    data = os.urandom(13 * MiB + 12345)
+    source, back = tmp_path / "big.bin", tmp_path / "back.bin"
+    source.write_bytes(data)
+    config = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, max_concurrency=4)
+    c.upload_file(str(source), "multi", "dir/big.bin", Config=config)
+    head = c.head_object(Bucket="multi", Key="dir/big.bin")
+    parts = [data[i:i + 5 * MiB] for i in range(0, len(data), 5 * MiB)]
+    assert head["ETag"] == md5_etag(parts) and head["ContentLength"] == len(data)
+    c.download_file("multi", "dir/big.bin", str(back), Config=config)  # ranged GETs, in parallel
+    assert back.read_bytes() == data
+    got = c.get_object(Bucket="multi", Key="dir/big.bin", Range=f"bytes={5 * MiB - 10}-{10 * MiB + 9}")
+    assert got["Body"].read() == data[5 * MiB - 10:10 * MiB + 10]  # across both part boundaries
+    with Wire(s3.cluster.port) as w:  # the same object through the text protocol, whole-file SHA-256 and all
+        reply, body = w.get("multi/dir/big.bin")
+        assert f"sha256={hashlib.sha256(data).hexdigest()}" in reply and body == data
+        stat = w.stat("multi/dir/big.bin")
+        assert (stat["have"], stat["size"], stat["sha256"]) == ("2", str(len(data)), hashlib.sha256(data).hexdigest())
+    listed = c.list_objects_v2(Bucket="multi", Prefix="dir/")["Contents"]
+    assert [(o["Key"], o["Size"], o["ETag"]) for o in listed] == [("dir/big.bin", len(data), head["ETag"])]
+    held = blobs_on_disk(s3.cluster)
+    assert len(held) == 2 * 4  # three parts and the manifest, two copies each
+    c.delete_object(Bucket="multi", Key="dir/big.bin")
+    assert poll(lambda: not blobs_on_disk(s3.cluster) & held, 20), "the deleted object's blobs are still on disk"
+
+
+def test_parts_listed_chosen_replaced_and_checked_at_complete(s3):
+    c = s3.client()
+    upload = c.create_multipart_upload(Bucket="multi", Key="made.bin", ContentType="text/plain",
+                                       Metadata={"owner": "me"})["UploadId"]
+    one, two, three = os.urandom(5 * MiB), os.urandom(5 * MiB), b"tail"
+    e1 = c.upload_part(Bucket="multi", Key="made.bin", UploadId=upload, PartNumber=1, Body=one)["ETag"]
+    c.upload_part(Bucket="multi", Key="made.bin", UploadId=upload, PartNumber=2, Body=b"first try")
+    e2 = c.upload_part(Bucket="multi", Key="made.bin", UploadId=upload, PartNumber=2, Body=two)["ETag"]
+    e3 = c.upload_part(Bucket="multi", Key="made.bin", UploadId=upload, PartNumber=3, Body=three)["ETag"]
+    small = c.upload_part(Bucket="multi", Key="made.bin", UploadId=upload, PartNumber=4, Body=b"small")["ETag"]
+    assert e1 == '"%s"' % hashlib.md5(one).hexdigest()
+    listed = c.list_parts(Bucket="multi", Key="made.bin", UploadId=upload)["Parts"]
+    assert [(p["PartNumber"], p["ETag"], p["Size"]) for p in listed] == [
+        (1, e1, len(one)), (2, e2, len(two)), (3, e3, 4), (4, small, 5)]
+    page = c.list_parts(Bucket="multi", Key="made.bin", UploadId=upload, MaxParts=2, PartNumberMarker=1)
+    assert [p["PartNumber"] for p in page["Parts"]] == [2, 3] and page["IsTruncated"]
+    uploads = c.list_multipart_uploads(Bucket="multi")["Uploads"]
+    assert [(u["Key"], u["UploadId"]) for u in uploads] == [("made.bin", upload)]
+    with pytest.raises(ClientError) as e:  # the ETag of part 2 before it was replaced
+        c.complete_multipart_upload(Bucket="multi", Key="made.bin", UploadId=upload, MultipartUpload={"Parts": [
+            {"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": '"%s"' % hashlib.md5(b"first try").hexdigest()}]})
+    assert code(e.value) == "InvalidPart"
+    with pytest.raises(ClientError) as e:  # a part under 5 MiB that is not the last
+        c.complete_multipart_upload(Bucket="multi", Key="made.bin", UploadId=upload, MultipartUpload={"Parts": [
+            {"PartNumber": 3, "ETag": e3}, {"PartNumber": 4, "ETag": small}]})
+    assert code(e.value) == "EntityTooSmall"
+    with pytest.raises(ClientError) as e:
+        c.head_object(Bucket="multi", Key="made.bin")
+    assert e.value.response["Error"]["Code"] == "404"  # nothing visible before a Complete that holds
+    chosen = {"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}, {"PartNumber": 3, "ETag": e3}]}
+    done = c.complete_multipart_upload(Bucket="multi", Key="made.bin", UploadId=upload, MultipartUpload=chosen)
+    assert done["ETag"] == md5_etag([one, two, three])
+    again = c.complete_multipart_upload(Bucket="multi", Key="made.bin", UploadId=upload, MultipartUpload=chosen)
+    assert again["ETag"] == done["ETag"]  # a Complete sent again (its answer lost) answers the same
+    got = c.get_object(Bucket="multi", Key="made.bin")
+    assert got["Body"].read() == one + two + three
+    assert got["ContentType"] == "text/plain" and got["Metadata"] == {"owner": "me"}
+    assert c.list_multipart_uploads(Bucket="multi").get("Uploads", []) == []
+    with pytest.raises(ClientError) as e:
+        c.list_parts(Bucket="multi", Key="made.bin", UploadId=upload)
+    assert code(e.value) == "NoSuchUpload"
+    c.delete_object(Bucket="multi", Key="made.bin")
+
+
+def test_upload_part_copy_takes_ranges_of_an_object(s3):
+    c = s3.client()
+    source = os.urandom(6 * MiB)
+    c.put_object(Bucket="multi", Key="source.bin", Body=source)
+    upload = c.create_multipart_upload(Bucket="multi", Key="copied.bin")["UploadId"]
+    first = c.upload_part_copy(Bucket="multi", Key="copied.bin", UploadId=upload, PartNumber=1,
+                               CopySource={"Bucket": "multi", "Key": "source.bin"})["CopyPartResult"]["ETag"]
+    second = c.upload_part_copy(Bucket="multi", Key="copied.bin", UploadId=upload, PartNumber=2,
+                                CopySource={"Bucket": "multi", "Key": "source.bin"},
+                                CopySourceRange="bytes=100-199")["CopyPartResult"]["ETag"]
+    with pytest.raises(ClientError) as e:
+        c.upload_part_copy(Bucket="multi", Key="copied.bin", UploadId=upload, PartNumber=3,
+                           CopySource={"Bucket": "multi", "Key": "source.bin"}, CopySourceRange=f"bytes=0-{6 * MiB}")
+    assert code(e.value) == "InvalidRange"
+    c.complete_multipart_upload(Bucket="multi", Key="copied.bin", UploadId=upload, MultipartUpload={"Parts": [
+        {"PartNumber": 1, "ETag": first}, {"PartNumber": 2, "ETag": second}]})
+    assert c.get_object(Bucket="multi", Key="copied.bin")["Body"].read() == source + source[100:200]
+    c.delete_objects(Bucket="multi", Delete={"Objects": [{"Key": "copied.bin"}, {"Key": "source.bin"}]})
+
+
+def test_abort_and_expiry_leave_nothing_on_the_servers(s3):
+    c = s3.client()
+    before = blobs_on_disk(s3.cluster)
+    aborted = c.create_multipart_upload(Bucket="multi", Key="aborted.bin")["UploadId"]
+    c.upload_part(Bucket="multi", Key="aborted.bin", UploadId=aborted, PartNumber=1, Body=os.urandom(MiB))
+    abandoned = c.create_multipart_upload(Bucket="multi", Key="abandoned.bin")["UploadId"]
+    c.upload_part(Bucket="multi", Key="abandoned.bin", UploadId=abandoned, PartNumber=1, Body=os.urandom(MiB))
+    assert len(blobs_on_disk(s3.cluster) - before) == 4  # two parts, two copies each
+    c.abort_multipart_upload(Bucket="multi", Key="aborted.bin", UploadId=aborted)
+    with pytest.raises(ClientError) as e:
+        c.abort_multipart_upload(Bucket="multi", Key="aborted.bin", UploadId=aborted)
+    assert code(e.value) == "NoSuchUpload"
+    # the proxy was started with --upload-expiry 2: the one left alone is aborted within its next check
+    assert poll(lambda: blobs_on_disk(s3.cluster) <= before, 30), blobs_on_disk(s3.cluster) - before
+    with pytest.raises(ClientError) as e:
+        c.upload_part(Bucket="multi", Key="abandoned.bin", UploadId=abandoned, PartNumber=2, Body=b"late")
+    assert code(e.value) == "NoSuchUpload"
