@@ -191,6 +191,16 @@ class ICatalog(IWorkCatalog):
     def expire_uploads(before: float, limit: int) -> Deferred[list[str]]:
         """Abort uploads silent since ``before`` (at most ``limit``); their ids."""
 
+    def next_upload(after: str) -> Deferred[Optional[tuple[str, Optional[FileRecord]]]]:
+        """Rebuilding: the first upload with hidden files after ``after``, and its manifest's record."""
+
+    def adopt_manifest(upload: str, version: int, name: str, meta: str, sha256: str,
+                       parts: list[tuple[str, int, str]], now: float) -> Deferred[str]:
+        """Rebuilding: the object a manifest describes, made again: "made", "kept", "older" or "lost"."""
+
+    def drop_unfinished(upload: str) -> Deferred[bool]:
+        """Rebuilding: the parts of an upload no longer known are garbage."""
+
     def parts_at(upload: str, offset: int, limit: int) -> Deferred[list[tuple[int, FileRecord]]]:
         """A completed upload's parts from the one holding byte ``offset``: (start, record) each."""
 

@@ -167,6 +167,9 @@ def test_missing_things_and_bucket_rules(s3):
     with pytest.raises(ClientError) as e:
         c.create_bucket(Bucket="Bad_Name")
     assert code(e.value) == "InvalidBucketName"
+    with pytest.raises(ClientError) as e:
+        c.list_parts(Bucket="rules", Key="big", UploadId="0" * 32)
+    assert code(e.value) == "NoSuchUpload"
     c.put_object(Bucket="rules", Key="k", Body=b"x")
     with pytest.raises(ClientError) as e:
         c.delete_bucket(Bucket="rules")
@@ -178,8 +181,8 @@ def test_missing_things_and_bucket_rules(s3):
         c.head_bucket(Bucket="rules")
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
     with pytest.raises(ClientError) as e:
-        c.create_multipart_upload(Bucket="photos", Key="big")
-    assert code(e.value) == "NotImplemented"
+        c.create_multipart_upload(Bucket="rules", Key="big")
+    assert code(e.value) == "NoSuchBucket"
 
 
 def test_delete_objects_and_copies(s3):

@@ -400,6 +400,70 @@ class Catalog(Database):
             return expired
         return self._tx(tx)
 
+    # -- rebuilding multipart versions (see deposito.depot.rebuilder): the servers' blobs
+    # were taken in as files, the parts and manifests under their hidden names
+
+    @effects(durable=False, keeps_records=True)
+    def next_upload(self, after: str) -> tuple[str, FileRecord | None] | None:
+        """The first upload with a hidden file named after ``after``: its id and its manifest's record, if any."""
+        row = self.db.execute("SELECT name FROM files WHERE name > ? AND name < ? ORDER BY name LIMIT 1",
+                              (after, VISIBLE)).fetchone()
+        found = hidden_name(row[0]) if row else None
+        if found is None:
+            return None
+        return found[0], self._lookup(self.db, manifest_name(found[0]))
+
+    @effects(durable=True, keeps_records=False)
+    def adopt_manifest(self, upload: str, version: int, name: str, meta: str, sha256: str,
+                       parts: builtins.list[tuple[str, int, str]], now: float) -> str:
+        """Rebuilding: the object a completed upload's manifest describes
+        (``version`` of ``name``, made of ``parts``: hidden names, sizes and
+        SHA-256s in order) is made again from its parts, unless a newer
+        version of ``name`` is known. Returns "made", "kept" (it is there
+        already), "older" or "lost" (a part is on no server): in the last two
+        the upload's blobs are garbage."""
+        def tx(db: Connection) -> str:
+            greatest = self.dialect.greatest
+            db.execute("INSERT INTO names (name, last_version, settled) VALUES (?, ?, ?) ON CONFLICT (name)"
+                       f" DO UPDATE SET last_version = {greatest}(names.last_version, excluded.last_version),"
+                       f" settled = {greatest}(names.settled, excluded.settled)", (name, version, version))
+            current = db.execute("SELECT version, parts FROM files WHERE name = ?", (name,)).fetchone()
+            if current is not None and (current[0], current[1]) == (version, upload):
+                return "kept"
+            everything = (manifest_name(upload), manifest_name(upload) + "0")
+            if current is not None and current[0] >= version:
+                self._drop_hidden(db, *everything)
+                return "older"
+            low, high = parts_range(upload)
+            stored = dict(db.execute("SELECT name, size FROM files WHERE name > ? AND name < ?", (low, high)).fetchall())
+            kept = db.execute("SELECT replicas FROM files WHERE name = ?", (manifest_name(upload),)).fetchone()
+            if kept is None or any(stored.get(part) != size for part, size, _ in parts):
+                self._drop_hidden(db, *everything)
+                return "lost"
+            starts, total = [], 0
+            for part, size, _ in parts:
+                starts.append((total, part))
+                total += size
+            db.executemany("UPDATE files SET start = ? WHERE name = ?", starts)
+            self._drop_hidden(db, low, high, "AND start IS NULL")
+            self._replace(db, name, (name, version, pointer_blob(upload), total, sha256, kept[0], now, "", meta,
+                                     upload))
+            self._parts_changed(db, upload)
+            return "made"
+        return self._tx(tx)
+
+    @effects(durable=True, keeps_records=False)
+    def drop_unfinished(self, upload: str) -> bool:
+        """Rebuilding: the parts of an upload with no manifest and no row in
+        ``uploads`` (it was under way when the catalog was lost) are garbage.
+        False when the upload is still known."""
+        def tx(db: Connection) -> bool:
+            if db.execute("SELECT 1 FROM uploads WHERE id = ?", (upload,)).fetchone() or db.execute(
+                    "SELECT 1 FROM files WHERE parts = ?", (upload,)).fetchone():
+                return False
+            return self._drop_hidden(db, manifest_name(upload), manifest_name(upload) + "0") > 0
+        return self._tx(tx)
+
     @effects(durable=False, keeps_records=True)
     def parts_at(self, upload: str, offset: int, limit: int) -> builtins.list[tuple[int, FileRecord]]:
         """The parts of a completed upload from the one holding byte

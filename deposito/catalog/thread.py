@@ -236,6 +236,16 @@ class CatalogThread:
     def expire_uploads(self, before: float, limit: int) -> Deferred[list[str]]:
         return self._call(Catalog.expire_uploads, before, limit)
 
+    def next_upload(self, after: str) -> Deferred[Optional[tuple[str, Optional[FileRecord]]]]:
+        return self._call(Catalog.next_upload, after)
+
+    def adopt_manifest(self, upload: str, version: int, name: str, meta: str, sha256: str,
+                       parts: list[tuple[str, int, str]], now: float) -> Deferred[str]:
+        return self._call(Catalog.adopt_manifest, upload, version, name, meta, sha256, parts, now)
+
+    def drop_unfinished(self, upload: str) -> Deferred[bool]:
+        return self._call(Catalog.drop_unfinished, upload)
+
     def parts_at(self, upload: str, offset: int, limit: int) -> Deferred[list[tuple[int, FileRecord]]]:
         return self._call(Catalog.parts_at, upload, offset, limit)
 

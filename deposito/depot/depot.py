@@ -59,10 +59,11 @@ class Depot:
         self.roster = roster
         self.pool = BlobPool(reactor, connect_timeout, secret=secret)
         self.collector = Collector(reactor, db, roster, self.pool, every=collect_every, rate=collect_rate)
-        self.rebuilder = Rebuilder(reactor, db, roster, done=self._repair, asked=rebuild, grace=rebuild_grace)
         self.writer = Writer(reactor, db, roster, self.pool, collect=self.collector.kick, repair=self._repair,
                              default_replicas=default_replicas, stall_timeout=stall_timeout)
         self.reader = Reader(db, roster, self.pool, repair=self._repair)
+        self.rebuilder = Rebuilder(reactor, db, roster, done=self._repair, asked=rebuild, grace=rebuild_grace,
+                                   read=self.reader.read)
         self.uploads = Uploads(reactor, db, self.writer, self.reader, collect=self.collector.kick,
                                expiry=upload_expiry)
         self.inventories = Inventories(reactor, db, self.collector, self.rebuilder, repair=self._repair)

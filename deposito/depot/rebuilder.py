@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from deposito import manifest
+from deposito.catalog import FileRecord
+from deposito.errors import DepositoError
+from deposito.hidden import manifest_name
 
 from deposito.interfaces import ICatalog
 from deposito.roster import Member, Roster
 
 if TYPE_CHECKING:
     from deposito.interfaces import Entry
+
+Read = Callable[[FileRecord, IConsumer], Awaitable[None]]
 
 
 class Rebuilder:
@@ -26,17 +35,19 @@ class Rebuilder:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, db: ICatalog, roster: Roster, done: Callable[[], None],
-                 asked: bool = False, grace: float = 5.0) -> None:
+                 asked: bool = False, grace: float = 5.0, read: Read | None = None) -> None:
         self.clock = clock
         self.db = db
         self.roster = roster
         self.done = done  # the catalog is whole again: its files are worth looking at
+        self.read = read  # the depot's read path (for the manifests of multipart objects)
         self.rebuilding = asked
         self.closed_for_rebuild = asked
         self.grace = grace
         self._reported: set[str] = set()
         self._adopted = 0
         self._started_at = clock.seconds()
+        self._finishing = False
 
     async def start(self, empty: bool) -> None:
         """The proxy starts: rebuild if asked to, or if the catalog is ``empty``."""
@@ -66,13 +77,20 @@ class Rebuilder:
             self._reported.add(member.id)
 
     def _check(self) -> None:
-        """Rebuilt once the grace period is over and every server that joined has reported."""
-        if not self.rebuilding:
+        """Rebuilt once the grace period is over and every server that joined
+        has reported, and the multipart objects are made again."""
+        if not self.rebuilding or self._finishing:
             return
         waiting = [m.id for m in self.roster.up() if m.id not in self._reported]
         if waiting or self.clock.seconds() - self._started_at < self.grace:
             self.clock.callLater(0.5, self._check)
             return
+        self._finishing = True
+        defer.ensureDeferred(self._multipart()).addBoth(self._finished)
+
+    def _finished(self, result: object) -> None:
+        if isinstance(result, Failure):
+            self.log.failure("rebuilding multipart objects", result)
         self.rebuilding = self.closed_for_rebuild = False
         if self._adopted:
             self.log.info("catalog rebuilt: {copies} copies from {n} servers", copies=self._adopted,
@@ -80,3 +98,59 @@ class Rebuilder:
         else:
             self.log.info("no server holds blobs: the catalog starts empty")
         self.done()
+
+    async def _multipart(self) -> None:
+        """Every server has listed its blobs: the parts and manifests of
+        multipart uploads are in as hidden files. Each manifest is read
+        (failover included) and makes its object again from its parts; the
+        parts of uploads that were under way, with no manifest, are garbage.
+        One upload at a time, so memory holds one manifest."""
+        after = ""
+        while True:
+            found = await self.db.next_upload(after)
+            if found is None:
+                return
+            upload, record = found
+            after = manifest_name(upload) + "0"  # past every hidden name of this upload
+            if record is None:
+                if await self.db.drop_unfinished(upload):
+                    self.log.info("rebuilding: the parts of unfinished upload {upload} are garbage", upload=upload)
+                continue
+            try:
+                text = await self._read_manifest(record)
+                made = manifest.read(text)
+            except (DepositoError, manifest.BadManifest) as e:
+                self.log.error("rebuilding: the manifest of upload {upload} cannot be read ({why});"
+                               " its parts are kept for the next rebuild", upload=upload, why=str(e), event="lost")
+                continue
+            outcome = await self.db.adopt_manifest(upload, record.version, made.name, made.meta, made.sha256,
+                                                   made.parts, self.clock.seconds())
+            if outcome == "lost":
+                self.log.error("rebuilding: {name} (made of parts) has a part on no server: it is lost",
+                               name=made.name, event="lost")
+            elif outcome == "made":
+                self._adopted += 1
+
+    async def _read_manifest(self, record: FileRecord) -> bytes:
+        if self.read is None or record.size > manifest.MAX_BYTES:
+            raise DepositoError(f"a manifest of {record.size} bytes is not read")
+        sink = _Bytes()
+        await self.read(record, sink)
+        return b"".join(sink.pieces)
+
+
+@implementer(IConsumer)
+class _Bytes:
+    """A consumer keeping what it is given (a manifest: bounded by its caller)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.pieces.append(bytes(data))

@@ -117,7 +117,7 @@ class Uploads:
         for part in chosen:
             await self.reader.read(part, _Hashing(digest))
         size = sum(part.size for part in chosen)
-        text = manifest.write(name, meta, [(part.name, part.size, part.sha256) for part in chosen])
+        text = manifest.write(name, meta, digest.hexdigest(), [(part.name, part.size, part.sha256) for part in chosen])
         writing = await self.writer.begin_put(name, len(text), replicas, stored_as=manifest_name(upload))
         try:
             writing.write(text)
