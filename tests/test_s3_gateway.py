@@ -594,8 +594,9 @@ def test_a_proxy_killed_mid_put_object_leaves_nothing_visible_or_on_disk(s3):
 @pytest.mark.slow
 def test_two_proxies_on_one_postgresql_catalog_serve_one_s3_namespace(tmp_path, postgres):
     """Several proxies, each with its S3 port, on one PostgreSQL catalog: a
-    bucket made through one is there through the other, and an object put
-    through one reads back through the other."""
+    bucket made through one is there through the other, an object put
+    through one reads back through the other, and a multipart upload may
+    go through both."""
     from tests.test_two_proxies import stop_two
 
     url = postgres.database()
@@ -621,6 +622,15 @@ def test_two_proxies_on_one_postgresql_catalog_serve_one_s3_namespace(tmp_path, 
         assert got["Body"].read() == data and got["ETag"] == etag
         two.put_object(Bucket="shared", Key="k", Body=b"newer")
         assert one.get_object(Bucket="shared", Key="k")["Body"].read() == b"newer"
+        # a multipart upload begun through one proxy, its parts sent through both, completed through the other
+        first, last = os.urandom(5 << 20), os.urandom(1000)
+        upload = one.create_multipart_upload(Bucket="shared", Key="parts")["UploadId"]
+        e1 = one.upload_part(Bucket="shared", Key="parts", UploadId=upload, PartNumber=1, Body=first)["ETag"]
+        e2 = two.upload_part(Bucket="shared", Key="parts", UploadId=upload, PartNumber=2, Body=last)["ETag"]
+        assert [p["PartNumber"] for p in one.list_parts(Bucket="shared", Key="parts", UploadId=upload)["Parts"]] == [1, 2]
+        two.complete_multipart_upload(Bucket="shared", Key="parts", UploadId=upload, MultipartUpload={
+            "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+        assert one.get_object(Bucket="shared", Key="parts")["Body"].read() == first + last
         with pytest.raises(ClientError) as e:
             two.delete_bucket(Bucket="shared")
         assert code(e.value) == "BucketNotEmpty"

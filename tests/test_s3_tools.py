@@ -2,10 +2,9 @@
 from the test extras) and rclone (the distribution's package, which .ci/run
 installs; its tests are skipped where it is missing).
 
-Every file here is at most a few MiB, below the sizes where the tools
-switch to multipart uploads (8 MiB for the aws CLI, 200 MiB for rclone):
-multipart uploads come with the next stage of the S3 API, and their tests
-with it.
+Most files here are a few MiB, below the sizes where the tools switch to
+multipart uploads (8 MiB for the aws CLI, 200 MiB for rclone); the
+multipart tests cross them (rclone's with a lower --s3-upload-cutoff).
 """
 
 from __future__ import annotations
@@ -223,6 +222,22 @@ def test_aws_cp_metadata_replicas_3_makes_three_copies_on_the_disks(s3, tmp_path
     assert head["Metadata"] == {"replicas": "3"}
 
 
+def test_aws_cp_of_a_file_past_8_mib_goes_multipart_and_comes_back_whole(s3, tmp_path):
+    s3.bucket("tools-multipart")
+    data = os.urandom(21 << 20 | 777)  # three parts of 8 MiB (the last shorter)
+    (tmp_path / "big.bin").write_bytes(data)
+    s3.aws_ok("s3", "cp", str(tmp_path / "big.bin"), "s3://tools-multipart/big.bin", "--metadata", "replicas=3")
+    head = s3.aws_json("s3api", "head-object", "--bucket", "tools-multipart", "--key", "big.bin")
+    assert head["ETag"].endswith('-3"') and head["ContentLength"] == len(data) and head["Metadata"] == {"replicas": "3"}
+    s3.aws_ok("s3", "cp", "s3://tools-multipart/big.bin", str(tmp_path / "down.bin"))
+    assert (tmp_path / "down.bin").read_bytes() == data
+    with s3.cluster.wire() as w:  # the same file through the text protocol, with its whole-file SHA-256
+        st = w.stat("tools-multipart/big.bin")
+        assert (st["sha256"], st["replicas"], st["have"]) == (hashlib.sha256(data).hexdigest(), "3", "3")
+    uploads = s3.aws_json("s3api", "list-multipart-uploads", "--bucket", "tools-multipart")
+    assert not uploads.get("Uploads")
+
+
 def test_aws_sync_a_tree_up_and_back(s3, tmp_path):
     src, back = tmp_path / "src", tmp_path / "back"
     files = make_tree(src, 36, seed=1)
@@ -363,6 +378,25 @@ def test_rclone_copy_up_check_by_md5_and_copy_down(s3, tmp_path):
         assert got[rel] == data, rel
         # the modification time rclone kept with the object (X-Amz-Meta-Mtime) comes back
         assert abs((back / rel).stat().st_mtime - (src / rel).stat().st_mtime) < 1, rel
+
+
+@needs_rclone
+def test_rclone_multipart_copy_and_check_by_size(s3, tmp_path):
+    """rclone past its upload cutoff sends multipart uploads; it checks a
+    multipart object by size (its ETag is no MD5 of the bytes) and by the
+    MD5 it keeps in the object's metadata."""
+    src, back = tmp_path / "src", tmp_path / "back"
+    src.mkdir()
+    data = os.urandom(17 << 20)
+    (src / "big.bin").write_bytes(data)
+    s3.rclone_ok("mkdir", "depo:tools-rclone-mp")
+    s3.rclone_ok("copy", "--s3-upload-cutoff", "5M", "--s3-chunk-size", "5M", str(src), "depo:tools-rclone-mp")
+    with s3.cluster.wire() as w:
+        assert w.get("tools-rclone-mp/big.bin")[1] == data
+    status, report = rclone_check(s3, src, "depo:tools-rclone-mp")
+    assert status == 0 and "0 differences found" in report, report
+    s3.rclone_ok("copy", "depo:tools-rclone-mp", str(back))
+    assert (back / "big.bin").read_bytes() == data
 
 
 @needs_rclone

@@ -74,6 +74,9 @@ class Multipart:
         part = await self.uploads.begin_part(upload, number, size)
         try:
             record = await self.gateway.receive(call, part, checks, ObjectMeta(""))
+        except NotFound:  # completed or aborted while the part's bytes came: the part is garbage
+            self.gateway.depot.abort_put(part)
+            raise S3Error("NoSuchUpload", UploadId=upload) from None
         except BaseException:
             self.gateway.depot.abort_put(part)
             raise
@@ -94,6 +97,9 @@ class Multipart:
             md5 = await self.gateway.copy_into(source, part, start, length)
             part.meta = ObjectMeta(md5).to_text()
             record = await self.gateway.depot.finish_put(part)
+        except NotFound:
+            self.gateway.depot.abort_put(part)
+            raise S3Error("NoSuchUpload", UploadId=upload) from None
         except BaseException:
             self.gateway.depot.abort_put(part)
             raise
