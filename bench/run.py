@@ -142,7 +142,8 @@ class SeaweedCluster:
         self.names: list[str] = []
         self.commands: list[str] = []
         limit_mb = max(256, (max_size // MiB) * 2)
-        self.mport, mgrpc = free_port(), free_port()
+        self.mport, self.mgrpc = free_port(), free_port()
+        mgrpc = self.mgrpc
         (root / "m").mkdir(exist_ok=True)
         self._start("sw-master", ["master", f"-ip={HOST}", f"-ip.bind={HOST}", f"-port={self.mport}",
                                   f"-port.grpc={mgrpc}", f"-mdir={root / 'm'}", "-telemetry=false",
