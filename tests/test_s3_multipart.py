@@ -310,3 +310,39 @@ def test_a_lost_catalog_is_rebuilt_with_its_multipart_objects(tmp_path):
         assert not cluster.holders(b"under way")
     finally:
         cluster.stop()
+
+
+@pytest.mark.slow
+def test_replicas_wait_and_scrub_reach_every_part_of_a_multipart_object(tmp_path):
+    """REPLICAS ... WAIT on a multipart object answers once each of its
+    parts has its copies, counted on the disks; a part's copy that rots on
+    a disk is found by the scrub and made again."""
+    keys = tmp_path / "s3-keys"
+    keys.write_text(f"{ACCESS} {SECRET}\n")
+    port = free_port()
+    cluster = Cluster(tmp_path, proxy_args=("--s3", f"tcp:{port}:interface=127.0.0.1", "--s3-keys", str(keys)),
+                      server_args=("--scrub-every", "2"))
+    cluster.start(3)
+    try:
+        assert poll(lambda: _open(port), 10)
+        c = S3(cluster, port).client()
+        c.create_bucket(Bucket="multi")
+        parts = [os.urandom(5 * MiB), os.urandom(2 * MiB)]
+        upload, done = upload_parts(c, "grow.bin", parts, Metadata={"replicas": "1"})
+        c.complete_multipart_upload(Bucket="multi", Key="grow.bin", UploadId=upload, MultipartUpload={"Parts": done})
+        assert [len(cluster.holders(part)) for part in parts] == [1, 1]
+        with cluster.wire() as w:
+            reply = w.cmd("REPLICAS multi/grow.bin 3 WAIT")
+            assert reply.startswith("OK") and "have=3" in reply, reply
+            assert w.stat("multi/grow.bin")["have"] == "3"
+        assert [len(cluster.holders(part)) for part in parts] == [3, 3]
+        rotten = cluster.holders(parts[1])[0]
+        [path] = [p for p in cluster.blob_files(rotten) if p.stat().st_size == len(parts[1])]
+        with open(path, "r+b") as f:
+            f.seek(1000)
+            f.write(b"\x00rotten\x00")
+        assert len(cluster.holders(parts[1])) == 2
+        assert poll(lambda: len(cluster.holders(parts[1])) == 3, 30)  # found by a scrub, copied again
+        assert c.get_object(Bucket="multi", Key="grow.bin")["Body"].read() == b"".join(parts)
+    finally:
+        cluster.stop()
