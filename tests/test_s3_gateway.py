@@ -532,25 +532,36 @@ def _rss(pid: int) -> int:
 def test_a_get_goes_on_from_another_copy_when_its_server_is_killed_mid_stream(s3):
     """Every promise of the text protocol holds through S3: a copy that dies
     while its bytes flow, the next continues at the same offset."""
-    from tests.cluster import serving_servers, sha
+    from tests.cluster import sha
 
     c = s3.client()
     c.create_bucket(Bucket="failover")
     data = os.urandom(48 << 20)
     c.put_object(Bucket="failover", Key="big", Body=data, Metadata={"replicas": "3"})
     url = c.generate_presigned_url("get_object", Params={"Bucket": "failover", "Key": "big"}, ExpiresIn=60)
+    head, body, serving = get_killing_the_senders(s3, url, "", 1 << 20)
+    assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(data)}".encode() in head
+    assert len(body) == len(data) and sha(body) == sha(data)
+    assert any(f"from {sid} failed at" in s3.cluster.log("proxy") for sid in serving)
+
+
+def get_killing_the_senders(s3, url: str, headers: str, first: int) -> tuple[bytes, bytes, list[str]]:
+    """GET a presigned ``url`` on a socket with a small receive buffer; once
+    ``first`` bytes of the body are in, kill the servers sending it (and any
+    other busy at that moment: one copy left is enough), read the rest, and
+    start them again. (head, body, the servers killed)."""
+    from tests.cluster import serving_servers
+
     host, _, path = url.partition("//")[2].partition("/")
     sock = socket.create_connection(("127.0.0.1", s3.port), timeout=30)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
-    sock.sendall(f"GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    sock.sendall(f"GET /{path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n".encode())
     got = b""
     while b"\r\n\r\n" not in got:
         got += sock.recv(65536)
     head, _, body = got.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(data)}".encode() in head
-    while len(body) < 1 << 20:
+    while len(body) < first:
         body += sock.recv(65536)
-    # the server sending (and any other busy at that moment: one copy left is enough)
     serving = poll(lambda: serving_servers(s3.cluster), 5)
     assert serving and len(serving) < 3
     for sid in serving:
@@ -559,12 +570,11 @@ def test_a_get_goes_on_from_another_copy_when_its_server_is_killed_mid_stream(s3
         while chunk := sock.recv(1 << 20):
             body += chunk
         sock.close()
-        assert len(body) == len(data) and sha(body) == sha(data)
-        assert any(f"from {sid} failed at" in s3.cluster.log("proxy") for sid in serving)
     finally:
         for sid in serving:
             s3.cluster.start_server(sid)
         s3.cluster.wait_up(3)
+    return head, body, serving
 
 
 @pytest.mark.slow

@@ -5,28 +5,28 @@ abort and expiry leave nothing on the servers' disks."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import socket
 
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from tests.cluster import Cluster, Wire, free_port, poll
-from tests.test_s3_gateway import ACCESS, SECRET, S3, _open, code
+from tests.test_s3_gateway import ACCESS, SECRET, S3, _open, code, get_killing_the_senders
 
 MiB = 1 << 20
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    root = tmp_path_factory.mktemp("s3mp")
+@contextlib.contextmanager
+def s3_cluster(root, proxy_args=(), server_args=()):
+    """A cluster of three servers whose proxy serves S3, with the bucket "multi"."""
     keys = root / "s3-keys"
     keys.write_text(f"{ACCESS} {SECRET}\n")
     port = free_port()
     cluster = Cluster(root, proxy_args=("--s3", f"tcp:{port}:interface=127.0.0.1", "--s3-keys", str(keys),
-                                        "--upload-expiry", "2"))
+                                        *proxy_args), server_args=server_args)
     cluster.start(3)
     try:
         assert poll(lambda: _open(port), 10), "the S3 port did not open"
@@ -35,6 +35,12 @@ def s3(tmp_path_factory):
         yield s3
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with s3_cluster(tmp_path_factory.mktemp("s3mp"), proxy_args=("--upload-expiry", "2")) as s3:
+        yield s3
 
 
 def blobs_on_disk(cluster: Cluster) -> set[tuple[str, str]]:
@@ -167,7 +173,7 @@ def upload_parts(c, key: str, parts: list[bytes], **create) -> tuple[str, list[d
 def test_a_ranged_get_of_a_multipart_object_goes_on_when_its_server_is_killed(s3):
     """Failover holds inside every part: the copy that dies mid-range is
     taken over at the same byte, and the later parts come from live copies."""
-    from tests.cluster import serving_servers, sha
+    from tests.cluster import sha
 
     c = s3.client()
     parts = [os.urandom(6 * MiB) for _ in range(6)]
@@ -176,31 +182,9 @@ def test_a_ranged_get_of_a_multipart_object_goes_on_when_its_server_is_killed(s3
     c.complete_multipart_upload(Bucket="multi", Key="three.bin", UploadId=upload, MultipartUpload={"Parts": done})
     first, last = 3 * MiB, len(data) - 3 * MiB - 1  # from inside the first part to inside the last
     url = c.generate_presigned_url("get_object", Params={"Bucket": "multi", "Key": "three.bin"}, ExpiresIn=60)
-    host, _, path = url.partition("//")[2].partition("/")
-    sock = socket.create_connection(("127.0.0.1", s3.port), timeout=30)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
-    sock.sendall(f"GET /{path} HTTP/1.1\r\nHost: {host}\r\nRange: bytes={first}-{last}\r\n"
-                 "Connection: close\r\n\r\n".encode())
-    got = b""
-    while b"\r\n\r\n" not in got:
-        got += sock.recv(65536)
-    head, _, body = got.partition(b"\r\n\r\n")
+    head, body, _ = get_killing_the_senders(s3, url, f"Range: bytes={first}-{last}\r\n", 4 * MiB)  # in part 2
     assert head.startswith(b"HTTP/1.1 206")
-    while len(body) < 4 * MiB:  # into the second part
-        body += sock.recv(65536)
-    serving = poll(lambda: serving_servers(s3.cluster), 5)
-    assert serving and len(serving) < 3
-    for sid in serving:
-        s3.cluster.kill(sid)
-    try:
-        while chunk := sock.recv(1 << 20):
-            body += chunk
-        sock.close()
-        assert len(body) == last - first + 1 and sha(body) == sha(data[first:last + 1])
-    finally:
-        for sid in serving:
-            s3.cluster.start_server(sid)
-        s3.cluster.wait_up(3)
+    assert len(body) == last - first + 1 and sha(body) == sha(data[first:last + 1])
     c.delete_object(Bucket="multi", Key="three.bin")
 
 
@@ -271,21 +255,14 @@ def test_a_lost_catalog_is_rebuilt_with_its_multipart_objects(tmp_path):
     and the parts of an upload that was under way, or not chosen, are garbage."""
     import shutil
 
-    keys = tmp_path / "s3-keys"
-    keys.write_text(f"{ACCESS} {SECRET}\n")
-    port = free_port()
-    cluster = Cluster(tmp_path, proxy_args=("--s3", f"tcp:{port}:interface=127.0.0.1", "--s3-keys", str(keys)))
-    cluster.start(3)
-    try:
-        assert poll(lambda: _open(port), 10)
-        c = S3(cluster, port).client()
-        c.create_bucket(Bucket="multi")
+    with s3_cluster(tmp_path) as s3:
+        cluster, port, c = s3.cluster, s3.port, s3.client()
         parts = [os.urandom(5 * MiB), os.urandom(3 * MiB)]
         upload, done = upload_parts(c, "whole.bin", parts, ContentType="video/mp4")
         c.upload_part(Bucket="multi", Key="whole.bin", UploadId=upload, PartNumber=3, Body=b"not chosen")
         c.complete_multipart_upload(Bucket="multi", Key="whole.bin", UploadId=upload, MultipartUpload={"Parts": done})
         etag = c.head_object(Bucket="multi", Key="whole.bin")["ETag"]
-        open_upload, _ = upload_parts(c, "open.bin", [b"under way"])
+        upload_parts(c, "open.bin", [b"under way"])  # never completed
         assert poll(lambda: not cluster.holders(b"not chosen"), 20)  # the unchosen part is deleted at Complete
         held = blobs_on_disk(cluster)
         assert len(held) == 2 * 4  # two parts and a manifest, and the open upload's part: two copies each
@@ -308,8 +285,6 @@ def test_a_lost_catalog_is_rebuilt_with_its_multipart_objects(tmp_path):
         assert (head["ETag"], head["ContentType"]) == (etag, "video/mp4")
         assert poll(lambda: len(blobs_on_disk(cluster)) == 2 * 3, 20)  # the open upload's part is garbage
         assert not cluster.holders(b"under way")
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.slow
@@ -317,16 +292,8 @@ def test_replicas_wait_and_scrub_reach_every_part_of_a_multipart_object(tmp_path
     """REPLICAS ... WAIT on a multipart object answers once each of its
     parts has its copies, counted on the disks; a part's copy that rots on
     a disk is found by the scrub and made again."""
-    keys = tmp_path / "s3-keys"
-    keys.write_text(f"{ACCESS} {SECRET}\n")
-    port = free_port()
-    cluster = Cluster(tmp_path, proxy_args=("--s3", f"tcp:{port}:interface=127.0.0.1", "--s3-keys", str(keys)),
-                      server_args=("--scrub-every", "2"))
-    cluster.start(3)
-    try:
-        assert poll(lambda: _open(port), 10)
-        c = S3(cluster, port).client()
-        c.create_bucket(Bucket="multi")
+    with s3_cluster(tmp_path, server_args=("--scrub-every", "2")) as s3:
+        cluster, c = s3.cluster, s3.client()
         parts = [os.urandom(5 * MiB), os.urandom(2 * MiB)]
         upload, done = upload_parts(c, "grow.bin", parts, Metadata={"replicas": "1"})
         c.complete_multipart_upload(Bucket="multi", Key="grow.bin", UploadId=upload, MultipartUpload={"Parts": done})
@@ -344,5 +311,3 @@ def test_replicas_wait_and_scrub_reach_every_part_of_a_multipart_object(tmp_path
         assert len(cluster.holders(parts[1])) == 2
         assert poll(lambda: len(cluster.holders(parts[1])) == 3, 30)  # found by a scrub, copied again
         assert c.get_object(Bucket="multi", Key="grow.bin")["Body"].read() == b"".join(parts)
-    finally:
-        cluster.stop()

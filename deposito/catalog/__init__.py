@@ -5,7 +5,8 @@ in SQLite (embedded, the default) or PostgreSQL (which proxies may share).
 - :mod:`~deposito.catalog.records`: what every backend hands out and takes in;
 - :mod:`~deposito.catalog.schema`: the tables, and an older SQLite catalog's migration;
 - :mod:`~deposito.catalog.dialect`: where the two databases' SQL differs;
-- :mod:`~deposito.catalog.operations`: the operations, written once, blocking;
+- :mod:`~deposito.catalog.operations`: the operations, written once, blocking (with
+  :mod:`~deposito.catalog.changes`, :mod:`~deposito.catalog.queue`, :mod:`~deposito.catalog.multipart`);
 - :mod:`~deposito.catalog.sqlite`, :mod:`~deposito.catalog.postgres`: the two databases;
 - :mod:`~deposito.catalog.thread`: the operations as ICatalog, on a thread of their own;
 - :mod:`~deposito.catalog.listing`: LIST's names, read from one snapshot.

@@ -23,6 +23,10 @@ Invariants kept here:
   queued in ``work`` by the changes that cause it (see :mod:`deposito.reconciler`),
   and the counts that STATUS shows are kept in ``totals`` with every change,
   so nothing periodic reads every file.
+
+The steps these transactions share are in :mod:`deposito.catalog.changes`;
+the reconciler's queue is :mod:`deposito.catalog.queue`, multipart uploads
+:mod:`deposito.catalog.multipart`.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ import socket
 import uuid
 from typing import Any, Iterable, Union
 
-from deposito.catalog.database import Backend, Connection, Database, log
-from deposito.catalog.records import Counts, FileRecord, Outcome, effects
-from deposito.catalog.schema import RECORD, TOTALS, to_record
-from deposito.errors import BadArgs, NotEmpty, NotFound, Unavailable
-from deposito.catalog.listing import prefix_end
-from deposito.hidden import HIDDEN, VISIBLE, hidden_name, manifest_name, part_name, parts_range, pointer_blob
+from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, weight
+from deposito.catalog.database import Backend, Connection, log
+from deposito.catalog.multipart import Multipart
+from deposito.catalog.queue import WorkQueue
+from deposito.catalog.records import FileRecord, effects
+from deposito.catalog.schema import RECORD, to_record
+from deposito.errors import NotEmpty, NotFound, Unavailable
+from deposito.hidden import HIDDEN, VISIBLE, manifest_name
 
 
 def proxy_id() -> str:
@@ -46,7 +52,7 @@ def proxy_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class Catalog(Database):
+class Catalog(Multipart, WorkQueue):
     """The catalog's operations (see :class:`Database` for how they run),
     as the proxy ``proxy`` makes them: the uploads it writes, the queued
     files and the garbage it works on are its own (see :meth:`beat`)."""
@@ -222,258 +228,6 @@ class Catalog(Database):
             return True
         return self._tx(tx)
 
-    def _settle_at(self, db: Connection, name: str, version: int, blob: str, servers: list[str]) -> bool:
-        """A commit's first steps: lock ``name``'s row and settle it at
-        ``version`` unless a newer one was settled first, and take the
-        upload's intents (Unavailable if this proxy lost its lease). False
-        (the copies made garbage) when the version is superseded."""
-        settled = db.execute(f"UPDATE names SET settled = {self.dialect.greatest}(settled, ?) WHERE name = ?"
-                             " RETURNING settled", (version, name)).fetchone()
-        intents = db.execute("DELETE FROM intents WHERE blob = ? RETURNING server, owner", (blob,)).fetchall()
-        if not set(servers) <= {server for server, owner in intents if owner == self.proxy}:
-            raise Unavailable("this proxy lost its lease on the catalog meanwhile: the upload was abandoned")
-        # servers written to but not holding a verified copy are garbage
-        left = {server for server, _ in intents} - set(servers)
-        if left:
-            db.executemany(INSERT_GARBAGE, [(blob, server) for server in sorted(left)])
-        if settled is not None and settled[0] > version:
-            db.executemany(INSERT_GARBAGE, [(blob, s) for s in servers])
-            return False
-        return True
-
-    def _replace(self, db: Connection, name: str, row: tuple[Any, ...]) -> None:
-        """Make ``row`` (the values of UPSERT_FILE) ``name``'s version: the one it replaces is garbage."""
-        old = db.execute("SELECT blob, size, replicas, parts FROM files WHERE name = ?", (name,)).fetchone()
-        files, size, wanted = _weight(name, row[3], row[5], row[9])
-        if old is not None:
-            self._drop_version(db, old[0], old[3])
-            was = _weight(name, old[1], old[2], old[3])
-            files, size, wanted = files - was[0], size - was[1], wanted - was[2]
-        _count(db, files, size, wanted)
-        db.execute(UPSERT_FILE, row)
-
-    @staticmethod
-    def _add_copies(db: Connection, blob: str, servers: list[str], now: float) -> None:
-        if servers:  # in one statement
-            db.execute("INSERT INTO copies VALUES " + ",".join(["(?, ?, ?)"] * len(servers))
-                       + " ON CONFLICT DO NOTHING", [v for s in servers for v in (blob, s, now)])
-
-    def _drop_version(self, db: Connection, blob: str, parts: str) -> None:
-        """A version's copies are garbage: its blob's, or every hidden file of its parts'."""
-        if parts:
-            self._drop_hidden(db, manifest_name(parts), manifest_name(parts) + "0")
-        else:
-            self._drop_blob(db, blob)
-
-    @staticmethod
-    def _drop_blob(db: Connection, blob: str) -> None:
-        db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM copies WHERE blob = ? ON CONFLICT DO NOTHING", (blob,))
-        db.execute("DELETE FROM copies WHERE blob = ?", (blob,))
-
-    def _drop_hidden(self, db: Connection, low: str, high: str, where: str = "") -> int:
-        """The hidden files named from ``low`` up to (not including) ``high``
-        (and matching ``where``) are gone, their copies garbage. Returns how many."""
-        rows = db.execute(f"DELETE FROM files WHERE name >= ? AND name < ? {where} RETURNING name, blob, replicas",
-                          (low, high)).fetchall()
-        for name, blob, _ in rows:
-            self._drop_blob(db, blob)
-        db.executemany("DELETE FROM work WHERE name = ?", [(row[0],) for row in rows])
-        db.executemany("DELETE FROM names WHERE name = ?", [(row[0],) for row in rows])
-        _count(db, 0, 0, -sum(row[2] for row in rows))
-        return len(rows)
-
-    # -- multipart uploads (the S3 gateway's): each part is a hidden file (see
-    # deposito.hidden), and completing an upload makes the object's version a
-    # row pointing to them, in one transaction, without copying a byte.
-
-    @effects(durable=True, keeps_records=True)
-    def create_upload(self, upload: str, name: str, replicas: int, meta: str, now: float) -> None:
-        """An upload of ``name`` begins: parts may come, from any proxy, until it is completed or aborted."""
-        self._tx(lambda db: db.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?)",
-                                       (upload, name, replicas, meta, now, now)))
-
-    @effects(durable=False, keeps_records=True)
-    def upload(self, upload: str) -> tuple[str, int, str, float] | None:
-        """An upload under way: (name, replicas, meta, created), or None."""
-        row = self.db.execute("SELECT name, replicas, meta, created FROM uploads WHERE id = ?", (upload,)).fetchone()
-        return (row[0], row[1], row[2], float(row[3])) if row else None
-
-    @effects(durable=False, keeps_records=True)
-    def uploads(self, prefix: str, after_name: str, after_id: str, limit: int
-                ) -> builtins.list[tuple[str, str, float]]:
-        """The uploads under way of names starting with ``prefix``, in (name,
-        id) order after (``after_name``, ``after_id``): (id, name, created) each."""
-        end = prefix_end(prefix)
-        return [(row[0], row[1], float(row[2])) for row in self.db.execute(
-            "SELECT id, name, created FROM uploads WHERE name >= ?" + (" AND name < ?" if end else "")
-            + " AND (name > ? OR (name = ? AND id > ?)) ORDER BY name, id LIMIT ?",
-            (prefix, *([end] if end else []), after_name, after_name, after_id, limit)).fetchall()]
-
-    @effects(durable=False, keeps_records=True)
-    def parts(self, upload: str, after: int, limit: int) -> builtins.list[tuple[int, FileRecord]]:
-        """The parts stored for an upload, numbered above ``after``: (number, record) each, in order."""
-        low, high = part_name(upload, after + 1, ""), parts_range(upload)[1]
-        rows = self.db.execute(RECORD + " WHERE name >= ? AND name < ? ORDER BY name LIMIT ?",
-                               (low, high, limit)).fetchall()
-        return [(hidden_name(row[0])[1], to_record(row)) for row in rows]  # type: ignore[index]
-
-    @effects(durable=True, keeps_records=False)
-    def commit_part(self, upload: str, name: str, version: int, blob: str, size: int, sha256: str,
-                    replicas: int, servers: Iterable[str], now: float, meta: str = "") -> None:
-        """A part of ``upload`` is stored (as :meth:`commit` does a file, under
-        its hidden ``name``); an earlier part of the same number is garbage.
-        NotFound when the upload was completed or aborted meanwhile."""
-        servers = list(servers)
-
-        def tx(db: Connection) -> None:
-            # the upload's row locked: its parts commit one by one, and a Complete waits for them
-            if db.execute("UPDATE uploads SET touched = ? WHERE id = ? RETURNING id", (now, upload)).fetchone() is None:
-                raise NotFound(f"no upload {upload} under way")
-            self._settle_at(db, name, version, blob, servers)  # a part's name is its own: never superseded
-            number = hidden_name(name)[1]  # type: ignore[index]
-            self._drop_hidden(db, part_name(upload, number, ""), part_name(upload, number + 1, ""))
-            self._replace(db, name, (name, version, blob, size, sha256, replicas, now, " ".join(sorted(set(servers))),
-                                     meta, ""))
-            self._add_copies(db, blob, servers, now)
-        self._tx(tx)
-
-    @effects(durable=True, keeps_records=False)
-    def complete(self, upload: str, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-                 servers: Iterable[str], now: float, meta: str, chosen: Iterable[str], digest: str) -> bool:
-        """Complete ``upload``: in one transaction, the parts ``chosen`` (by
-        name, in order) become ``name``'s version ``version`` (whole-object
-        SHA-256 ``digest``), the manifest just written (``blob``, ``size``,
-        ``sha256`` on ``servers``) is kept with them, and the upload's other
-        parts are garbage. As :meth:`commit`: False, and all of it garbage,
-        when a newer version was committed or deleted meanwhile. NotFound
-        when the upload is no longer under way; BadArgs when a chosen part
-        is not (or no longer) stored."""
-        servers, chosen = list(servers), list(chosen)
-
-        def tx(db: Connection) -> bool:
-            if db.execute("DELETE FROM uploads WHERE id = ? RETURNING id", (upload,)).fetchone() is None:
-                raise NotFound(f"no upload {upload} under way")
-            if not self._settle_at(db, name, version, blob, servers):
-                self._drop_hidden(db, manifest_name(upload), manifest_name(upload) + "0")
-                return False
-            low, high = parts_range(upload)
-            sizes = dict(db.execute("SELECT name, size FROM files WHERE name > ? AND name < ?", (low, high)).fetchall())
-            starts, total = [], 0
-            for part in chosen:
-                if part not in sizes:
-                    raise BadArgs(f"part {hidden_name(part)} of upload {upload} is not stored")
-                starts.append((total, part))
-                total += sizes[part]
-            db.executemany("UPDATE files SET start = ? WHERE name = ?", starts)
-            self._drop_hidden(db, low, high, "AND start IS NULL")
-            self._replace(db, manifest_name(upload), (manifest_name(upload), version, blob, size, sha256, replicas,
-                                                      now, " ".join(sorted(set(servers))), "", ""))
-            self._add_copies(db, blob, servers, now)
-            self._replace(db, name, (name, version, pointer_blob(upload), total, digest, replicas, now, "", meta,
-                                     upload))
-            self._parts_changed(db, upload)
-            return True
-        return self._tx(tx)
-
-    @effects(durable=True, keeps_records=False)
-    def abort_upload(self, upload: str) -> bool:
-        """An upload is given up: its parts are garbage. False when it was not under way."""
-        def tx(db: Connection) -> bool:
-            if db.execute("DELETE FROM uploads WHERE id = ? RETURNING id", (upload,)).fetchone() is None:
-                return False
-            self._drop_hidden(db, manifest_name(upload), manifest_name(upload) + "0")
-            return True
-        return self._tx(tx)
-
-    @effects(durable=True, keeps_records=False)
-    def expire_uploads(self, before: float, limit: int) -> builtins.list[str]:
-        """Abort up to ``limit`` uploads no part came for since ``before`` (through
-        the index on ``touched``: one probe when there are none). Returns their ids."""
-        def tx(db: Connection) -> builtins.list[str]:
-            expired = []
-            for upload, in db.execute("SELECT id FROM uploads WHERE touched < ? ORDER BY touched LIMIT ?",
-                                      (before, limit)).fetchall():
-                if db.execute("DELETE FROM uploads WHERE id = ? AND touched < ? RETURNING id",
-                              (upload, before)).fetchone():
-                    self._drop_hidden(db, manifest_name(upload), manifest_name(upload) + "0")
-                    expired.append(upload)
-            return expired
-        return self._tx(tx)
-
-    # -- rebuilding multipart versions (see deposito.depot.rebuilder): the servers' blobs
-    # were taken in as files, the parts and manifests under their hidden names
-
-    @effects(durable=False, keeps_records=True)
-    def next_upload(self, after: str) -> tuple[str, FileRecord | None] | None:
-        """The first upload with a hidden file named after ``after``: its id and its manifest's record, if any."""
-        row = self.db.execute("SELECT name FROM files WHERE name > ? AND name < ? ORDER BY name LIMIT 1",
-                              (after, VISIBLE)).fetchone()
-        found = hidden_name(row[0]) if row else None
-        if found is None:
-            return None
-        return found[0], self._lookup(self.db, manifest_name(found[0]))
-
-    @effects(durable=True, keeps_records=False)
-    def adopt_manifest(self, upload: str, version: int, name: str, meta: str, sha256: str,
-                       parts: builtins.list[tuple[str, int, str]], now: float) -> str:
-        """Rebuilding: the object a completed upload's manifest describes
-        (``version`` of ``name``, made of ``parts``: hidden names, sizes and
-        SHA-256s in order) is made again from its parts, unless a newer
-        version of ``name`` is known. Returns "made", "kept" (it is there
-        already), "older" or "lost" (a part is on no server): in the last two
-        the upload's blobs are garbage."""
-        def tx(db: Connection) -> str:
-            greatest = self.dialect.greatest
-            db.execute("INSERT INTO names (name, last_version, settled) VALUES (?, ?, ?) ON CONFLICT (name)"
-                       f" DO UPDATE SET last_version = {greatest}(names.last_version, excluded.last_version),"
-                       f" settled = {greatest}(names.settled, excluded.settled)", (name, version, version))
-            current = db.execute("SELECT version, parts FROM files WHERE name = ?", (name,)).fetchone()
-            if current is not None and (current[0], current[1]) == (version, upload):
-                return "kept"
-            everything = (manifest_name(upload), manifest_name(upload) + "0")
-            if current is not None and current[0] >= version:
-                self._drop_hidden(db, *everything)
-                return "older"
-            low, high = parts_range(upload)
-            stored = dict(db.execute("SELECT name, size FROM files WHERE name > ? AND name < ?", (low, high)).fetchall())
-            kept = db.execute("SELECT replicas FROM files WHERE name = ?", (manifest_name(upload),)).fetchone()
-            if kept is None or any(stored.get(part) != size for part, size, _ in parts):
-                self._drop_hidden(db, *everything)
-                return "lost"
-            starts, total = [], 0
-            for part, size, _ in parts:
-                starts.append((total, part))
-                total += size
-            db.executemany("UPDATE files SET start = ? WHERE name = ?", starts)
-            self._drop_hidden(db, low, high, "AND start IS NULL")
-            self._replace(db, name, (name, version, pointer_blob(upload), total, sha256, kept[0], now, "", meta,
-                                     upload))
-            self._parts_changed(db, upload)
-            return "made"
-        return self._tx(tx)
-
-    @effects(durable=True, keeps_records=False)
-    def drop_unfinished(self, upload: str) -> bool:
-        """Rebuilding: the parts of an upload with no manifest and no row in
-        ``uploads`` (it was under way when the catalog was lost) are garbage.
-        False when the upload is still known."""
-        def tx(db: Connection) -> bool:
-            if db.execute("SELECT 1 FROM uploads WHERE id = ?", (upload,)).fetchone() or db.execute(
-                    "SELECT 1 FROM files WHERE parts = ?", (upload,)).fetchone():
-                return False
-            return self._drop_hidden(db, manifest_name(upload), manifest_name(upload) + "0") > 0
-        return self._tx(tx)
-
-    @effects(durable=False, keeps_records=True)
-    def parts_at(self, upload: str, offset: int, limit: int) -> builtins.list[tuple[int, FileRecord]]:
-        """The parts of a completed upload from the one holding byte
-        ``offset`` of its object on, at most ``limit``: (start, record) each, in order."""
-        low, high = parts_range(upload)
-        rows = self.db.execute(RECORD.replace(" FROM files", ", start FROM files")
-                               + " WHERE name > ? AND name < ? AND start IS NOT NULL AND start + size > ?"
-                               " ORDER BY name LIMIT ?", (low, high, offset, limit)).fetchall()
-        return [(int(row[-1]), to_record(row)) for row in rows]
-
     # -- buckets (the S3 gateway's): bucket B holds the files named B/...
 
     @effects(durable=True, keeps_records=True)
@@ -522,7 +276,7 @@ class Catalog(Database):
                            (record.version, name))
                 db.execute("DELETE FROM work WHERE name = ?", (name,))
                 self._drop_version(db, record.blob, record.parts)
-                _count(db, *(-n for n in _weight(name, record.size, record.replicas, record.parts)))
+                add_totals(db, *(-n for n in weight(name, record.size, record.replicas, record.parts)))
             return record
         return self._tx(tx)
 
@@ -539,10 +293,10 @@ class Catalog(Database):
                 changed = db.execute("SELECT name, replicas FROM files WHERE name >= ? AND name < ?",
                                      (low, high)).fetchall()
                 db.execute("UPDATE files SET replicas = ? WHERE name >= ? AND name < ?", (count, low, high))
-                _count(db, 0, 0, sum(count - replicas for _, replicas in changed))
+                add_totals(db, 0, 0, sum(count - replicas for _, replicas in changed))
                 self._enqueue(db, [hidden for hidden, _ in changed])
             else:
-                _count(db, 0, 0, count - row[0])
+                add_totals(db, 0, 0, count - row[0])
                 self._enqueue(db, [name])
             return self._lookup(db, name)
         return self._tx(tx)
@@ -684,10 +438,7 @@ class Catalog(Database):
         def tx(db: Connection) -> int:
             taken = 0
             for blob, version, size, sha256, replicas, name in entries:
-                greatest = self.dialect.greatest
-                db.execute("INSERT INTO names (name, last_version, settled) VALUES (?, ?, ?) ON CONFLICT (name)"
-                           f" DO UPDATE SET last_version = {greatest}(names.last_version, excluded.last_version),"
-                           f" settled = {greatest}(names.settled, excluded.settled)", (name, version, version))
+                self._seen_version(db, name, version)
                 row = db.execute("SELECT version, blob FROM files WHERE name = ?", (name,)).fetchone()
                 if row is not None and (row[0], row[1]) == (version, blob):
                     pass
@@ -774,11 +525,6 @@ class Catalog(Database):
     def lookup(self, name: str) -> FileRecord | None:
         return self._lookup(self.db, name)
 
-    @staticmethod
-    def _lookup(db: Connection, name: str) -> FileRecord | None:
-        row = db.execute(RECORD + " WHERE name = ?", (name,)).fetchone()
-        return to_record(row) if row else None
-
     @effects(durable=False, keeps_records=True)
     def list(self, prefix: str = "") -> list[FileRecord]:
         rows = self.db.execute(
@@ -786,163 +532,5 @@ class Catalog(Database):
             (len(prefix), prefix, "" if prefix.startswith(HIDDEN) else VISIBLE)).fetchall()
         return [to_record(r) for r in rows]
 
-    # -- the reconciler's queue (see deposito.reconciler)
-
-    @effects(durable=False, keeps_records=True)
-    def enqueue(self, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:
-        """Queue files to be looked at again, from ``due`` on (or sooner, if
-        queued so already); ``only_new``: leave files already queued as they are."""
-        self._tx(lambda db: self._enqueue(db, names, due, only_new))
-
-    @effects(durable=False, keeps_records=True)
-    def enqueue_server(self, server: str, after: str, limit: int) -> str | None:
-        """Queue the files with a copy on ``server`` (it came or went): the
-        next ``limit`` of its copies by blob id after ``after``. Returns the
-        last blob id queued, to go on from, or None when there are no more."""
-        def tx(db: Connection) -> str | None:
-            blobs = [row[0] for row in db.execute(
-                "SELECT blob FROM copies WHERE server = ? AND blob > ? ORDER BY blob LIMIT ?",
-                (server, after, limit))]
-            names = [row[0] for blob in blobs for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))]
-            self._enqueue(db, names)
-            return blobs[-1] if len(blobs) == limit else None
-        return self._tx(tx)
-
-    @effects(durable=False, keeps_records=True)
-    def wake(self, now: float) -> int:
-        """A server came back: every queued file waiting for later is due now."""
-        return self._tx(lambda db: db.execute("UPDATE work SET due = ?, gen = gen + 1 WHERE due > ?",
-                                              (now, now)).rowcount)
-
-    @effects(durable=False, keeps_records=True)
-    def due_work(self, now: float, limit: int) -> builtins.list[tuple[str, int, int]]:
-        """Claim the next queued files due by ``now`` that no other proxy has
-        claimed (name, generation, rank): files not yet looked at first
-        (rank 0), then those with the fewest healthy copies. Each stays this
-        proxy's until :meth:`settle` or :meth:`release` lets it go; rows
-        another proxy is claiming at the same moment are skipped, not waited for."""
-        def tx(db: Connection) -> builtins.list[tuple[str, int, int]]:
-            rows = db.execute(
-                "UPDATE work SET owner = ? WHERE name IN (SELECT name FROM work WHERE (owner IS NULL OR owner = ?)"
-                f" AND due <= ? ORDER BY rank, due LIMIT ?{self.dialect.skip_locked}) RETURNING name, gen, rank, due",
-                (self.proxy, self.proxy, now, limit)).fetchall()
-            return [(name, gen, rank) for name, gen, rank, _ in sorted(rows, key=lambda r: (r[2], r[3], r[0]))]
-        return self._tx(tx)
-
-    @effects(durable=False, keeps_records=True)
-    def release(self, names: Iterable[str]) -> None:
-        """This proxy is done with these files (their copies are made): any proxy may look at them again."""
-        self._tx(lambda db: db.executemany("UPDATE work SET owner = NULL WHERE name = ? AND owner = ?",
-                                           [(name, self.proxy) for name in names]))
-
-    @effects(durable=False, keeps_records=True)
-    def next_due(self) -> float | None:
-        """When the next file no other proxy has claimed is due."""
-        return self.db.execute("SELECT min(due) FROM work WHERE owner IS NULL OR owner = ?",
-                               (self.proxy,)).fetchone()[0]
-
-    @effects(durable=False, keeps_records=True)
-    def records(self, names: Iterable[str]) -> builtins.list[FileRecord | None]:
-        """The records of ``names``; None for a version made of parts too, whose
-        hidden files are each queued and planned as files (it has no copies of its own)."""
-        return [None if record is None or record.parts else record
-                for record in (self._lookup(self.db, name) for name in names)]
-
-    @effects(durable=False, keeps_records=True)
-    def records_after(self, after: str, limit: int) -> builtins.list[FileRecord]:
-        """The next ``limit`` files in name order after ``after`` (the background sweep's page)."""
-        rows = self.db.execute(RECORD + " WHERE name > ? AND parts = '' ORDER BY name LIMIT ?", (after, limit)).fetchall()
-        return [to_record(r) for r in rows]
-
-    @effects(durable=False, keeps_records=True)
-    def settle(self, outcomes: Iterable[Outcome], held: Iterable[str] = ()) -> None:
-        """Record what the reconciler found for each file it looked at: done
-        (out of the queue) or when to look again. A file queued again
-        meanwhile (its generation moved on) stays as that left it. Each is
-        let go (see :meth:`due_work`) but those ``held``, whose copies this
-        proxy is about to make."""
-        held = set(held)
-
-        def tx(db: Connection) -> None:
-            for o in outcomes:
-                if o.due is None:
-                    db.execute("DELETE FROM work WHERE name = ? AND gen = ?", (o.name, o.gen))
-                else:
-                    db.execute("UPDATE work SET due = ?, rank = ?, wanted = ?, have = ?, moves = ?"
-                               " WHERE name = ? AND gen = ?",
-                               (o.due, o.rank, o.wanted, o.have, o.moves, o.name, o.gen))
-            db.executemany("UPDATE work SET owner = NULL WHERE name = ? AND owner = ?",
-                           [(o.name, self.proxy) for o in outcomes if o.name not in held])
-        self._tx(tx)
-
-    @effects(durable=False, keeps_records=True)
-    def counts(self) -> Counts:
-        """The totals kept with every change, and the queue's own counts:
-        the cost follows the work queued, not the number of files."""
-        totals = dict(self.db.execute("SELECT key, value FROM totals"))
-        under, over, moves, fresh, surplus, queued = self.db.execute(
-            "SELECT count(CASE WHEN have < wanted THEN 1 END), count(CASE WHEN have > wanted THEN 1 END),"
-            " CAST(coalesce(sum(moves), 0) AS BIGINT), count(CASE WHEN have IS NULL THEN 1 END),"
-            " CAST(coalesce(sum(have - wanted), 0) AS BIGINT), count(*) FROM work").fetchone()
-        return Counts(files=totals.get("files", 0), bytes=totals.get("bytes", 0),
-                      wanted=totals.get("wanted", 0), under=under, over=over, moves=moves, fresh=fresh,
-                      healthy=totals.get("wanted", 0) + surplus, queued=queued,
-                      garbage=self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall())
-
-    def _servers_changed(self, db: Connection, blobs: Iterable[str]) -> None:
-        """Copies of these blobs were added or removed: their files' server lists follow."""
-        blobs = builtins.list(blobs)
-        db.executemany(f"UPDATE files SET servers = {self.dialect.servers_of('?')} WHERE blob = ?",
-                       [(blob, blob) for blob in blobs])
-        if blobs:  # parts among them: their objects' server lists follow too
-            hidden = [hidden_name(row[0]) for row in db.execute(
-                "SELECT name FROM files WHERE name < ? AND blob IN (%s)" % ",".join("?" * len(blobs)), (VISIBLE, *blobs))]
-            for upload in sorted({h[0] for h in hidden if h is not None and h[1]}):
-                self._parts_changed(db, upload)
-
-    def _parts_changed(self, db: Connection, upload: str) -> None:
-        """A version made of parts lists the servers of its part with the
-        fewest copies: what LIST, STAT and WAIT show of it."""
-        low, high = parts_range(upload)
-        db.execute("UPDATE files SET servers = coalesce((SELECT servers FROM files WHERE name > ? AND name < ?"
-                   " AND start IS NOT NULL ORDER BY CASE WHEN servers = '' THEN 0"
-                   " ELSE 1 + length(servers) - length(replace(servers, ' ', '')) END, name LIMIT 1), '')"
-                   " WHERE parts = ?", (low, high, upload))
-
-    def _enqueue(self, db: Connection, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:
-        if only_new:
-            db.executemany("INSERT INTO work (name, due) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                           [(name, due) for name in names])
-            return
-        db.executemany("INSERT INTO work (name, due) VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
-                       f" SET due = {self.dialect.least}(work.due, excluded.due), rank = 0, gen = work.gen + 1",
-                       [(name, due) for name in names])
-
-
 LOOKUP_PAGE = 500  # names read in one statement by clients' lookups
 REMEMBER_DELETES = 600.0  # seconds a delete is remembered for the inventories that may still list it
-INSERT_GARBAGE = "INSERT INTO garbage (blob, server) VALUES (?, ?) ON CONFLICT DO NOTHING"
-INSERT_COPY = "INSERT INTO copies VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
-UPSERT_FILE = ("INSERT INTO files (name, version, blob, size, sha256, replicas, created, servers, meta, parts)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-               " version = excluded.version, blob = excluded.blob, size = excluded.size, sha256 = excluded.sha256,"
-               " replicas = excluded.replicas, created = excluded.created, servers = excluded.servers,"
-               " meta = excluded.meta, parts = excluded.parts, start = NULL")
-
-
-def _weight(name: str, size: int, replicas: int, parts: str) -> tuple[int, int, int]:
-    """What a row adds to the totals (files, bytes, copies wanted): a file
-    counts whole; a version made of parts counts as a file, its hidden files
-    count the copies."""
-    if name < VISIBLE:
-        return 0, 0, replicas
-    return 1, size, 0 if parts else replicas
-
-
-def _count(db: Connection, files: int, size: int, wanted: int) -> None:
-    """Add to the totals STATUS shows, in one statement."""
-    deltas = [(key, delta) for key, delta in zip(TOTALS, (files, size, wanted)) if delta]
-    if deltas:
-        db.execute("UPDATE totals SET value = value + CASE key"
-                   + " WHEN ? THEN ?" * len(deltas) + " END WHERE key IN (%s)" % ",".join("?" * len(deltas)),
-                   (*[v for pair in deltas for v in pair], *[key for key, _ in deltas]))

@@ -1,0 +1,150 @@
+"""What the catalog's writes share (see :mod:`deposito.catalog.operations`):
+committing a version, dropping one and its copies, keeping the totals and a
+file's server list, and queueing files for the reconciler."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, Iterable
+
+from deposito.catalog.database import Connection, Database
+from deposito.catalog.records import FileRecord
+from deposito.catalog.schema import RECORD, TOTALS, to_record
+from deposito.errors import Unavailable
+from deposito.hidden import VISIBLE, hidden_name, manifest_name, parts_range
+
+
+class Changes(Database):
+    """The steps of the catalog's transactions, each taking the open
+    connection ``db``; the operations compose them."""
+
+    proxy: str  # this proxy's id among those sharing the catalog
+
+    def _settle_at(self, db: Connection, name: str, version: int, blob: str, servers: list[str]) -> bool:
+        """A commit's first steps: lock ``name``'s row and settle it at
+        ``version`` unless a newer one was settled first, and take the
+        upload's intents (Unavailable if this proxy lost its lease). False
+        (the copies made garbage) when the version is superseded."""
+        settled = db.execute(f"UPDATE names SET settled = {self.dialect.greatest}(settled, ?) WHERE name = ?"
+                             " RETURNING settled", (version, name)).fetchone()
+        intents = db.execute("DELETE FROM intents WHERE blob = ? RETURNING server, owner", (blob,)).fetchall()
+        if not set(servers) <= {server for server, owner in intents if owner == self.proxy}:
+            raise Unavailable("this proxy lost its lease on the catalog meanwhile: the upload was abandoned")
+        # servers written to but not holding a verified copy are garbage
+        left = {server for server, _ in intents} - set(servers)
+        if left:
+            db.executemany(INSERT_GARBAGE, [(blob, server) for server in sorted(left)])
+        if settled is not None and settled[0] > version:
+            db.executemany(INSERT_GARBAGE, [(blob, s) for s in servers])
+            return False
+        return True
+
+    def _replace(self, db: Connection, name: str, row: tuple[Any, ...]) -> None:
+        """Make ``row`` (the values of UPSERT_FILE) ``name``'s version: the one it replaces is garbage."""
+        old = db.execute("SELECT blob, size, replicas, parts FROM files WHERE name = ?", (name,)).fetchone()
+        files, size, wanted = weight(name, row[3], row[5], row[9])
+        if old is not None:
+            self._drop_version(db, old[0], old[3])
+            was = weight(name, old[1], old[2], old[3])
+            files, size, wanted = files - was[0], size - was[1], wanted - was[2]
+        add_totals(db, files, size, wanted)
+        db.execute(UPSERT_FILE, row)
+
+    @staticmethod
+    def _add_copies(db: Connection, blob: str, servers: list[str], now: float) -> None:
+        if servers:  # in one statement
+            db.execute("INSERT INTO copies VALUES " + ",".join(["(?, ?, ?)"] * len(servers))
+                       + " ON CONFLICT DO NOTHING", [v for s in servers for v in (blob, s, now)])
+
+    def _drop_version(self, db: Connection, blob: str, parts: str) -> None:
+        """A version's copies are garbage: its blob's, or every hidden file of its parts'."""
+        if parts:
+            self._drop_hidden(db, manifest_name(parts), manifest_name(parts) + "0")
+        else:
+            self._drop_blob(db, blob)
+
+    @staticmethod
+    def _drop_blob(db: Connection, blob: str) -> None:
+        db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM copies WHERE blob = ? ON CONFLICT DO NOTHING", (blob,))
+        db.execute("DELETE FROM copies WHERE blob = ?", (blob,))
+
+    def _drop_hidden(self, db: Connection, low: str, high: str, where: str = "") -> int:
+        """The hidden files named from ``low`` up to (not including) ``high``
+        (and matching ``where``) are gone, their copies garbage. Returns how many."""
+        rows = db.execute(f"DELETE FROM files WHERE name >= ? AND name < ? {where} RETURNING name, blob, replicas",
+                          (low, high)).fetchall()
+        for name, blob, _ in rows:
+            self._drop_blob(db, blob)
+        db.executemany("DELETE FROM work WHERE name = ?", [(row[0],) for row in rows])
+        db.executemany("DELETE FROM names WHERE name = ?", [(row[0],) for row in rows])
+        add_totals(db, 0, 0, -sum(row[2] for row in rows))
+        return len(rows)
+
+    def _servers_changed(self, db: Connection, blobs: Iterable[str]) -> None:
+        """Copies of these blobs were added or removed: their files' server lists follow."""
+        blobs = builtins.list(blobs)
+        db.executemany(f"UPDATE files SET servers = {self.dialect.servers_of('?')} WHERE blob = ?",
+                       [(blob, blob) for blob in blobs])
+        if blobs:  # parts among them: their objects' server lists follow too
+            hidden = [hidden_name(row[0]) for row in db.execute(
+                "SELECT name FROM files WHERE name < ? AND blob IN (%s)" % ",".join("?" * len(blobs)), (VISIBLE, *blobs))]
+            for upload in sorted({h[0] for h in hidden if h is not None and h[1]}):
+                self._parts_changed(db, upload)
+
+    def _parts_changed(self, db: Connection, upload: str) -> None:
+        """A version made of parts lists the servers of its part with the
+        fewest copies: what LIST, STAT and WAIT show of it."""
+        low, high = parts_range(upload)
+        db.execute("UPDATE files SET servers = coalesce((SELECT servers FROM files WHERE name > ? AND name < ?"
+                   " AND start IS NOT NULL ORDER BY CASE WHEN servers = '' THEN 0"
+                   " ELSE 1 + length(servers) - length(replace(servers, ' ', '')) END, name LIMIT 1), '')"
+                   " WHERE parts = ?", (low, high, upload))
+
+    def _enqueue(self, db: Connection, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:
+        if only_new:
+            db.executemany("INSERT INTO work (name, due) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                           [(name, due) for name in names])
+            return
+        db.executemany("INSERT INTO work (name, due) VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+                       f" SET due = {self.dialect.least}(work.due, excluded.due), rank = 0, gen = work.gen + 1",
+                       [(name, due) for name in names])
+
+
+    def _seen_version(self, db: Connection, name: str, version: int) -> None:
+        """Rebuilding: ``version`` of ``name`` is on the servers, so versions given out from now on are above it."""
+        greatest = self.dialect.greatest
+        db.execute("INSERT INTO names (name, last_version, settled) VALUES (?, ?, ?) ON CONFLICT (name)"
+                   f" DO UPDATE SET last_version = {greatest}(names.last_version, excluded.last_version),"
+                   f" settled = {greatest}(names.settled, excluded.settled)", (name, version, version))
+
+    @staticmethod
+    def _lookup(db: Connection, name: str) -> FileRecord | None:
+        row = db.execute(RECORD + " WHERE name = ?", (name,)).fetchone()
+        return to_record(row) if row else None
+
+
+INSERT_GARBAGE = "INSERT INTO garbage (blob, server) VALUES (?, ?) ON CONFLICT DO NOTHING"
+INSERT_COPY = "INSERT INTO copies VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+UPSERT_FILE = ("INSERT INTO files (name, version, blob, size, sha256, replicas, created, servers, meta, parts)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+               " version = excluded.version, blob = excluded.blob, size = excluded.size, sha256 = excluded.sha256,"
+               " replicas = excluded.replicas, created = excluded.created, servers = excluded.servers,"
+               " meta = excluded.meta, parts = excluded.parts, start = NULL")
+
+
+def weight(name: str, size: int, replicas: int, parts: str) -> tuple[int, int, int]:
+    """What a row adds to the totals (files, bytes, copies wanted): a file
+    counts whole; a version made of parts counts as a file, its hidden files
+    count the copies."""
+    if name < VISIBLE:
+        return 0, 0, replicas
+    return 1, size, 0 if parts else replicas
+
+
+def add_totals(db: Connection, files: int, size: int, wanted: int) -> None:
+    """Add to the totals STATUS shows, in one statement."""
+    deltas = [(key, delta) for key, delta in zip(TOTALS, (files, size, wanted)) if delta]
+    if deltas:
+        db.execute("UPDATE totals SET value = value + CASE key"
+                   + " WHEN ? THEN ?" * len(deltas) + " END WHERE key IN (%s)" % ",".join("?" * len(deltas)),
+                   (*[v for pair in deltas for v in pair], *[key for key, _ in deltas]))

@@ -1,0 +1,118 @@
+"""The reconciler's queue in the catalog (see :mod:`deposito.reconciler`):
+the files that may need copies made or dropped, queued by the changes that
+cause it, claimed by one proxy at a time, and the counts STATUS shows."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Iterable
+
+from deposito.catalog.changes import Changes
+from deposito.catalog.database import Connection
+from deposito.catalog.records import Counts, FileRecord, Outcome, effects
+from deposito.catalog.schema import RECORD, to_record
+
+
+class WorkQueue(Changes):
+    """The ``work`` table: what the reconciler is to look at, and when."""
+
+    @effects(durable=False, keeps_records=True)
+    def enqueue(self, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:
+        """Queue files to be looked at again, from ``due`` on (or sooner, if
+        queued so already); ``only_new``: leave files already queued as they are."""
+        self._tx(lambda db: self._enqueue(db, names, due, only_new))
+
+    @effects(durable=False, keeps_records=True)
+    def enqueue_server(self, server: str, after: str, limit: int) -> str | None:
+        """Queue the files with a copy on ``server`` (it came or went): the
+        next ``limit`` of its copies by blob id after ``after``. Returns the
+        last blob id queued, to go on from, or None when there are no more."""
+        def tx(db: Connection) -> str | None:
+            blobs = [row[0] for row in db.execute(
+                "SELECT blob FROM copies WHERE server = ? AND blob > ? ORDER BY blob LIMIT ?",
+                (server, after, limit))]
+            names = [row[0] for blob in blobs for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))]
+            self._enqueue(db, names)
+            return blobs[-1] if len(blobs) == limit else None
+        return self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def wake(self, now: float) -> int:
+        """A server came back: every queued file waiting for later is due now."""
+        return self._tx(lambda db: db.execute("UPDATE work SET due = ?, gen = gen + 1 WHERE due > ?",
+                                              (now, now)).rowcount)
+
+    @effects(durable=False, keeps_records=True)
+    def due_work(self, now: float, limit: int) -> builtins.list[tuple[str, int, int]]:
+        """Claim the next queued files due by ``now`` that no other proxy has
+        claimed (name, generation, rank): files not yet looked at first
+        (rank 0), then those with the fewest healthy copies. Each stays this
+        proxy's until :meth:`settle` or :meth:`release` lets it go; rows
+        another proxy is claiming at the same moment are skipped, not waited for."""
+        def tx(db: Connection) -> builtins.list[tuple[str, int, int]]:
+            rows = db.execute(
+                "UPDATE work SET owner = ? WHERE name IN (SELECT name FROM work WHERE (owner IS NULL OR owner = ?)"
+                f" AND due <= ? ORDER BY rank, due LIMIT ?{self.dialect.skip_locked}) RETURNING name, gen, rank, due",
+                (self.proxy, self.proxy, now, limit)).fetchall()
+            return [(name, gen, rank) for name, gen, rank, _ in sorted(rows, key=lambda r: (r[2], r[3], r[0]))]
+        return self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def release(self, names: Iterable[str]) -> None:
+        """This proxy is done with these files (their copies are made): any proxy may look at them again."""
+        self._tx(lambda db: db.executemany("UPDATE work SET owner = NULL WHERE name = ? AND owner = ?",
+                                           [(name, self.proxy) for name in names]))
+
+    @effects(durable=False, keeps_records=True)
+    def next_due(self) -> float | None:
+        """When the next file no other proxy has claimed is due."""
+        return self.db.execute("SELECT min(due) FROM work WHERE owner IS NULL OR owner = ?",
+                               (self.proxy,)).fetchone()[0]
+
+    @effects(durable=False, keeps_records=True)
+    def records(self, names: Iterable[str]) -> builtins.list[FileRecord | None]:
+        """The records of ``names``; None for a version made of parts too, whose
+        hidden files are each queued and planned as files (it has no copies of its own)."""
+        return [None if record is None or record.parts else record
+                for record in (self._lookup(self.db, name) for name in names)]
+
+    @effects(durable=False, keeps_records=True)
+    def records_after(self, after: str, limit: int) -> builtins.list[FileRecord]:
+        """The next ``limit`` files in name order after ``after`` (the background sweep's page)."""
+        rows = self.db.execute(RECORD + " WHERE name > ? AND parts = '' ORDER BY name LIMIT ?", (after, limit)).fetchall()
+        return [to_record(r) for r in rows]
+
+    @effects(durable=False, keeps_records=True)
+    def settle(self, outcomes: Iterable[Outcome], held: Iterable[str] = ()) -> None:
+        """Record what the reconciler found for each file it looked at: done
+        (out of the queue) or when to look again. A file queued again
+        meanwhile (its generation moved on) stays as that left it. Each is
+        let go (see :meth:`due_work`) but those ``held``, whose copies this
+        proxy is about to make."""
+        held = set(held)
+
+        def tx(db: Connection) -> None:
+            for o in outcomes:
+                if o.due is None:
+                    db.execute("DELETE FROM work WHERE name = ? AND gen = ?", (o.name, o.gen))
+                else:
+                    db.execute("UPDATE work SET due = ?, rank = ?, wanted = ?, have = ?, moves = ?"
+                               " WHERE name = ? AND gen = ?",
+                               (o.due, o.rank, o.wanted, o.have, o.moves, o.name, o.gen))
+            db.executemany("UPDATE work SET owner = NULL WHERE name = ? AND owner = ?",
+                           [(o.name, self.proxy) for o in outcomes if o.name not in held])
+        self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def counts(self) -> Counts:
+        """The totals kept with every change, and the queue's own counts:
+        the cost follows the work queued, not the number of files."""
+        totals = dict(self.db.execute("SELECT key, value FROM totals"))
+        under, over, moves, fresh, surplus, queued = self.db.execute(
+            "SELECT count(CASE WHEN have < wanted THEN 1 END), count(CASE WHEN have > wanted THEN 1 END),"
+            " CAST(coalesce(sum(moves), 0) AS BIGINT), count(CASE WHEN have IS NULL THEN 1 END),"
+            " CAST(coalesce(sum(have - wanted), 0) AS BIGINT), count(*) FROM work").fetchone()
+        return Counts(files=totals.get("files", 0), bytes=totals.get("bytes", 0),
+                      wanted=totals.get("wanted", 0), under=under, over=over, moves=moves, fresh=fresh,
+                      healthy=totals.get("wanted", 0) + surplus, queued=queued,
+                      garbage=self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall())
