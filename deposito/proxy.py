@@ -28,7 +28,7 @@ class ProxyService(service.MultiService):
                  http_endpoint: Any = None, tokens: Any = None, max_size: int | None = None,
                  secret: bytes | None = None, rebuild: bool = False, collect_rate: float = 1000.0,
                  catalog: str = "sqlite:", lease: float = 30.0, s3_endpoint: Any = None,
-                 s3_keys: Any = None, upload_expiry: float = 7 * 86400.0) -> None:
+                 s3_keys: Any = None, upload_expiry: float = 7 * 86400.0, s3_domain: str | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.data = data
@@ -55,7 +55,7 @@ class ProxyService(service.MultiService):
             StreamServerEndpointService(http_endpoint, site).setServiceParent(self)
         if s3_endpoint is not None:
             objects = MeteredDepot(self.depot, self.metrics, reactor, via="s3")
-            StreamServerEndpointService(s3_endpoint, s3_site(objects, s3_keys, reactor, max_size)
+            StreamServerEndpointService(s3_endpoint, s3_site(objects, s3_keys, reactor, max_size, s3_domain)
                                         ).setServiceParent(self)
 
     def startService(self) -> None:

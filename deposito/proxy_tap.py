@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from twisted.internet import endpoints
 from twisted.python import usage
@@ -36,6 +37,8 @@ class Options(FirstLineOptions):
         ["http", None, None, "endpoint for the status page, /metrics, the JSON API and downloads (off unless given)"],
         ["s3", None, None, "endpoint for the S3 API (off unless given; needs --s3-keys)"],
         ["s3-keys", None, None, "file of S3 key pairs, one '<access-key-id> <secret-access-key>' per line"],
+        ["s3-domain", None, None, "the S3 API's domain name D: a request to host B.D is to bucket B"
+         " (virtual-host style; path style always works)"],
         ["tokens", None, None, "file of client tokens, one per line: clients must AUTH first"],
         ["max-size", None, None, "the largest file accepted, e.g. 10G (ERR toolarge above it)"],
         ["secret", None, None, "file holding the cluster secret: only servers that prove they hold it may join"],
@@ -76,6 +79,9 @@ class Options(FirstLineOptions):
                 self["s3-keys"] = S3Keys.from_file(self["s3-keys"])
             except (OSError, ValueError, UnicodeDecodeError) as e:
                 raise usage.UsageError(f"--s3-keys: {e}") from None
+        if self["s3-domain"] is not None and not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?",
+                                                                self["s3-domain"].lower()):
+            raise usage.UsageError(f"--s3-domain must be a domain name, not {self['s3-domain']!r}")
         if self["max-size"] is not None:
             self["max-size"] = parse_bytes("--max-size", self["max-size"])
         if not self["data"]:
@@ -103,6 +109,7 @@ def makeService(options: Options):
         http_endpoint=endpoints.serverFromString(reactor, options["http"]) if options["http"] else None,
         s3_endpoint=endpoints.serverFromString(reactor, options["s3"]) if options["s3"] else None,
         s3_keys=options["s3-keys"],
+        s3_domain=options["s3-domain"],
         tokens=options["tokens"],
         max_size=options["max-size"],
         secret=options["secret"],

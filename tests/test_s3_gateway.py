@@ -40,7 +40,8 @@ def s3(tmp_path_factory):
     keys = root / "s3-keys"
     keys.write_text(f"# the test's key\n{ACCESS} {SECRET}\n")
     port = free_port()
-    cluster = Cluster(root, proxy_args=("--s3", f"tcp:{port}:interface=127.0.0.1", "--s3-keys", str(keys)))
+    cluster = Cluster(root, proxy_args=("--s3", f"tcp:{port}:interface=127.0.0.1", "--s3-keys", str(keys),
+                                        "--s3-domain", "s3.test"))
     cluster.start(3)
     try:
         assert poll(lambda: _open(port), 10), "the S3 port did not open"
@@ -343,6 +344,40 @@ def _signed(s3, method: str, path: str, headers: dict[str, str]) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
     return (head + "\r\n").encode()
+
+
+def _virtual_host(s3, method: str, host: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    """A request signed by botocore for ``http://<host>:<port><path>`` (virtual-host
+    style), sent to the S3 port: its status and body."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method, f"http://{host}:{s3.port}{path}", data=body,
+                         headers={"Content-Length": str(len(body)), "Connection": "close"})
+    S3SigV4Auth(Credentials(ACCESS, SECRET), "s3", "us-east-1").add_auth(request)
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{s3.port}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
+    return _answer(_raw(s3.port, (head + "\r\n").encode() + body))
+
+
+def test_virtual_host_style_names_the_bucket_in_the_host(s3):
+    """With --s3-domain s3.test, a request to host B.s3.test is to bucket B,
+    the path being the key; path style goes on working beside it."""
+    c = s3.client()
+    c.create_bucket(Bucket="vhost")
+    status, _ = _virtual_host(s3, "PUT", "vhost.s3.test", "/dir/a%20b.txt", b"by host")
+    assert status == 200
+    assert c.get_object(Bucket="vhost", Key="dir/a b.txt")["Body"].read() == b"by host"
+    assert _virtual_host(s3, "GET", "vhost.s3.test", "/dir/a%20b.txt") == (200, b"by host")
+    status, listing = _virtual_host(s3, "GET", "vhost.s3.test", "/?list-type=2&prefix=dir%2F")
+    assert status == 200 and b"<Key>dir/a b.txt</Key>" in listing
+    status, error = _virtual_host(s3, "GET", "nosuch.s3.test", "/x")
+    assert status == 404 and b"<Code>NoSuchBucket</Code>" in error
+    status, error = _virtual_host(s3, "GET", "bad_name.s3.test", "/x")
+    assert status == 400 and b"<Code>InvalidBucketName</Code>" in error
+    status, buckets = _virtual_host(s3, "GET", "s3.test", "/")  # the domain itself: path style
+    assert status == 200 and b"<Name>vhost</Name>" in buckets
 
 
 def _signed_body(s3, method: str, path: str, body: bytes) -> bytes:

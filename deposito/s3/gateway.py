@@ -2,6 +2,8 @@
 
 Path-style addressing: ``/`` lists the buckets, ``/B`` is bucket B, and
 ``/B/KEY`` is the depot file ``B/KEY`` (see :mod:`deposito.s3.objects`).
+With a domain (``--s3-domain D``), virtual-host style too: a Host header
+``B.D`` names bucket B, and the path is then the key.
 Every request is checked with Signature Version 4 (:mod:`deposito.s3.sigv4`)
 before anything is read or stored, and answered with S3's XML (:mod:`deposito.s3.xmlwire`).
 
@@ -88,8 +90,10 @@ class Gateway:
     """Checks each request and runs its operation; called by each S3Request
     once its headers are in."""
 
-    def __init__(self, depot: IDepot, keys: S3Keys, clock: IReactorTime, max_size: Optional[int] = None) -> None:
+    def __init__(self, depot: IDepot, keys: S3Keys, clock: IReactorTime, max_size: Optional[int] = None,
+                 domain: Optional[str] = None) -> None:
         self.depot = depot
+        self.domain = domain.lower().strip(".") if domain else None
         self.keys = keys
         self.clock = clock
         self.max_size = max_size
@@ -115,7 +119,7 @@ class Gateway:
                 raise S3Error("AccessDenied", "Signature Version 2 is not accepted: sign with AWS Signature"
                               " Version 4 (boto3: Config(signature_version='s3v4'))")
             verified = sigv4.verify(method, raw_path, raw_query, headers, self.keys, self.clock.seconds())
-            bucket, key = _split(raw_path)
+            bucket, key = _split(self.bucket_path(raw_path, headers))
             params = dict(parse_qsl(raw_query, keep_blank_values=True))
             operation = self.route(method, bucket, key, params, headers)
             await operation(Call(request, verified, bucket, key, params, headers))
@@ -126,6 +130,17 @@ class Gateway:
         except Exception:  # a bug: logged, and the client still gets an answer
             log.failure("S3 {method} {path}", method=method, path=raw_path)
             await self.fail(request, method, S3Error("InternalError"), raw_path, request_id)
+
+    def bucket_path(self, raw_path: str, headers: dict[str, list[str]]) -> str:
+        """The path-style path of a request: as sent, or, when its Host is
+        ``B.<domain>`` (virtual-host style), ``/B`` followed by it."""
+        host = (headers.get("host") or [""])[0].strip().lower()
+        if self.domain is None or host.startswith("["):
+            return raw_path
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if not name.endswith("." + self.domain):
+            return raw_path
+        return "/" + check_bucket(name[:-len(self.domain) - 1]) + raw_path
 
     def route(self, method: str, bucket: str, key: str, params: dict[str, str],
               headers: dict[str, list[str]]) -> Callable[[Call], Awaitable[None]]:
@@ -582,11 +597,12 @@ class _Copier:
         self.upload.write(piece)
 
 
-def s3_site(depot: IDepot, keys: S3Keys, clock: IReactorTime, max_size: Optional[int] = None) -> Site:
+def s3_site(depot: IDepot, keys: S3Keys, clock: IReactorTime, max_size: Optional[int] = None,
+            domain: Optional[str] = None) -> Site:
     """The S3 API as a twisted.web Site. ``depot``: a MeteredDepot counting via s3."""
     site = _S3Site(Resource(), timeout=IDLE_TIMEOUT)
     site.requestFactory = S3Request
-    site.gateway = Gateway(depot, keys, clock, max_size)
+    site.gateway = Gateway(depot, keys, clock, max_size, domain)
     return site
 
 
