@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -169,7 +170,7 @@ def big_get(port: int, key: str, size: int) -> float:
     return size / MiB / (time.perf_counter() - t)
 
 
-def measure(system, files: dict[int, Path], sizes: list[int], huge: Path | None) -> dict:
+def measure(system, files: dict[int, Path], sizes: list[int], huge: Path | None, rounds: int) -> dict:
     port = system.port
     client(port).create_bucket(Bucket=BUCKET)
     out: dict = {"cells": {}, "rss": {}}
@@ -177,13 +178,16 @@ def measure(system, files: dict[int, Path], sizes: list[int], huge: Path | None)
     def cell(name: str, run):
         watch = PeakWatch(system.pids())
         value = run()
-        out["cells"][name] = value
-        out["rss"][name] = watch.read()
+        out["cells"].setdefault(name, []).append(value)
+        peaks = watch.read()
+        kept = out["rss"].setdefault(name, {})
+        out["rss"][name] = {p: max(kept.get(p) or 0, peaks.get(p) or 0) for p in peaks}
         log(f"{system.label}: {name}: {value:.1f}")
 
     written = [0] * CLIENTS
-    cell("PUT 4 KiB ops/s", lambda: small_ops(port, "put", SMALL_SECONDS, written))
-    cell("GET 4 KiB ops/s", lambda: small_ops(port, "get", SMALL_SECONDS, written))
+    for _ in range(rounds):  # the small cells vary most from run to run: the median of several
+        cell("PUT 4 KiB ops/s", lambda: small_ops(port, "put", SMALL_SECONDS, written))
+        cell("GET 4 KiB ops/s", lambda: small_ops(port, "get", SMALL_SECONDS, written))
     for size in sizes:
         cell(f"PUT {human(size)} MiB/s", lambda: big_put(port, f"big-{size}", files[size], size, False))
         cell(f"GET {human(size)} MiB/s", lambda: big_get(port, f"big-{size}", size))
@@ -196,22 +200,29 @@ def measure(system, files: dict[int, Path], sizes: list[int], huge: Path | None)
     return out
 
 
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.median(values):.1f} [{min(values):.0f}-{max(values):.0f}]"
+
+
 def report(results: dict, sizes: list[int], huge: int | None) -> str:
     dep, sw = results.get("Deposito"), results.get("SeaweedFS")
     names = list(dep["cells"])
     lines = ["# S3: boto3 against Deposito and SeaweedFS", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M')} on this machine ({os.cpu_count()} cores) by"
              " `.venv/bin/python bench/s3.py`. Two copies of every object on three servers each;"
-             " 16 clients for the 4 KiB cells, one otherwise. Deposito fsyncs every copy before"
-             " answering; SeaweedFS does not.", "",
+             " 16 clients for the 4 KiB cells (the median of the rounds, their range in brackets),"
+             " one client otherwise. Deposito fsyncs every copy before answering; SeaweedFS does not.", "",
              "| cell | Deposito | SeaweedFS | ratio | at least SeaweedFS |", "|---|---|---|---|---|"]
     for name in names:
-        d = dep["cells"][name]
-        s = sw["cells"].get(name) if sw else None
+        d = statistics.median(dep["cells"][name])
+        s = statistics.median(sw["cells"][name]) if sw and name in sw["cells"] else None
         if s:
-            lines.append(f"| {name} | {d:.1f} | {s:.1f} | {d / s:.2f}x | {'met' if d >= s else 'missed'} |")
+            lines.append(f"| {name} | {spread(dep['cells'][name])} | {spread(sw['cells'][name])} | {d / s:.2f}x"
+                         f" | {'met' if d >= s else 'missed'} |")
         else:
-            lines.append(f"| {name} | {d:.1f} | n/a | n/a | n/a |")
+            lines.append(f"| {name} | {spread(dep['cells'][name])} | n/a | n/a | n/a |")
     lines += ["", "Peak RSS (MiB) of each process, per cell:", ""]
     for label, res in results.items():
         procs = sorted({p for cell in res["rss"].values() for p in cell})
@@ -232,6 +243,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="64 MiB as the largest size, and no 5 GiB cell")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "s3")
     ap.add_argument("--out", type=Path, default=HERE / "S3.md")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the 4 KiB cells (default 3)")
     args = ap.parse_args()
     sizes = [64 * MiB] if args.quick else [64 * MiB, GiB]
     huge_size = None if args.quick else 5 * GiB
@@ -253,7 +265,7 @@ def main() -> None:
         try:
             shutil.rmtree(root, ignore_errors=True)
             system = make(procs, root)
-            results[label] = measure(system, files, sizes, huge if label == "Deposito" else None)
+            results[label] = measure(system, files, sizes, huge if label == "Deposito" else None, args.rounds)
         finally:
             procs.stop()
     text = report(results, sizes, huge_size)

@@ -171,6 +171,27 @@ def test_a_looked_up_record_is_answered_from_memory_until_it_may_change(tmp_path
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_bucket_seen_is_answered_from_memory_until_it_is_deleted(tmp_path):
+    from twisted.internet import reactor
+
+    db = CatalogThread(reactor, Catalog(str(tmp_path)))
+    db.start()
+    try:
+        assert (yield db.bucket("b")) is None and not db.bucket("b").called  # none is not remembered
+        assert (yield db.create_bucket("b", 5.0))
+        assert (yield db.bucket("b")) == 5.0
+        kept = db.bucket("b")
+        assert kept.called and (yield kept) == 5.0
+        asked = db.bucket("b")  # answered from memory at once
+        yield db.delete_bucket("b")
+        assert (yield asked) == 5.0
+        after = db.bucket("b")
+        assert not after.called and (yield after) is None
+    finally:
+        db.stop()
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_working_set_of_thousands_of_names_is_answered_from_memory(tmp_path):
     """Names read over and over in turn, more of them than a few thousand:
     from the second round on, every lookup answers without the catalog thread

@@ -58,6 +58,7 @@ class CatalogThread:
         self._reader = catalog.reader()
         self._reads: Batches[str] = Batches(reactor, self._reader.lookups, "deposito-catalog-reads")
         self._records: OrderedDict[str, FileRecord] = OrderedDict()
+        self._buckets: dict[str, float] = {}  # buckets seen (see bucket)
         self._changes = 0  # calls made so far that may change records
         self._unfinished = 0  # of those, the ones not answered yet
 
@@ -253,10 +254,27 @@ class CatalogThread:
         return self._call(Catalog.create_bucket, name, now)
 
     def delete_bucket(self, name: str) -> Deferred[None]:
-        return self._call(Catalog.delete_bucket, name)
+        def forget(result: object) -> object:  # after it, when every lookup made before it has answered
+            self._buckets.pop(name, None)
+            return result
+        self._buckets.pop(name, None)
+        return self._call(Catalog.delete_bucket, name).addBoth(forget)
 
     def bucket(self, name: str) -> Deferred[Optional[float]]:
-        return self._call(Catalog.bucket, name)
+        """When bucket ``name`` was made (None: there is none). A bucket seen
+        is remembered, as records are, until it is deleted (through this
+        thread: on a catalog no other proxy shares, no one else can)."""
+        if name in self._buckets:
+            return succeed(self._buckets[name])
+        d = self._call(Catalog.bucket, name)
+        if self._keeps:
+            d.addCallback(self._keep_bucket, name)
+        return d
+
+    def _keep_bucket(self, created: Optional[float], name: str) -> Optional[float]:
+        if created is not None and len(self._buckets) < self.kept:
+            self._buckets[name] = created
+        return created
 
     def buckets(self) -> Deferred[list[tuple[str, float]]]:
         return self._call(Catalog.buckets)
