@@ -14,6 +14,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from tests.cluster import Cluster, Wire, free_port, poll
+from tests.test_web import fetch
 from tests.test_s3_gateway import ACCESS, SECRET, S3, _open, code, get_killing_the_senders
 
 MiB = 1 << 20
@@ -39,7 +40,10 @@ def s3_cluster(root, proxy_args=(), server_args=()):
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    with s3_cluster(tmp_path_factory.mktemp("s3mp"), proxy_args=("--upload-expiry", "2")) as s3:
+    http = free_port()
+    with s3_cluster(tmp_path_factory.mktemp("s3mp"), proxy_args=(
+            "--upload-expiry", "2", "--http", f"tcp:{http}:interface=127.0.0.1")) as s3:
+        s3.http = http
         yield s3
 
 
@@ -71,6 +75,10 @@ def test_upload_file_and_download_file_of_a_multi_part_file_with_boto3s_default_
         assert f"sha256={hashlib.sha256(data).hexdigest()}" in reply and body == data
         stat = w.stat("multi/dir/big.bin")
         assert (stat["have"], stat["size"], stat["sha256"]) == ("2", str(len(data)), hashlib.sha256(data).hexdigest())
+    status, _, body = fetch(s3.http, "/files/multi%2Fdir%2Fbig.bin")  # and through HTTP, whole and in a range
+    assert status == 200 and body == data
+    status, headers, body = fetch(s3.http, "/files/multi%2Fdir%2Fbig.bin", headers={"Range": "bytes=5242870-5242899"})
+    assert status == 206 and body == data[5242870:5242900]
     listed = c.list_objects_v2(Bucket="multi", Prefix="dir/")["Contents"]
     assert [(o["Key"], o["Size"], o["ETag"]) for o in listed] == [("dir/big.bin", len(data), head["ETag"])]
     held = blobs_on_disk(s3.cluster)
