@@ -124,6 +124,13 @@ def test_parts_listed_chosen_replaced_and_checked_at_complete(s3):
     got = c.get_object(Bucket="multi", Key="made.bin")
     assert got["Body"].read() == one + two + three
     assert got["ContentType"] == "text/plain" and got["Metadata"] == {"owner": "me"}
+    second = c.get_object(Bucket="multi", Key="made.bin", PartNumber=2)  # one part, by its number
+    assert (second["PartsCount"], second["ContentLength"], second["ETag"]) == (3, len(two), done["ETag"])
+    assert second["Body"].read() == two
+    assert c.head_object(Bucket="multi", Key="made.bin", PartNumber=3)["ContentLength"] == 4
+    with pytest.raises(ClientError) as e:
+        c.get_object(Bucket="multi", Key="made.bin", PartNumber=4)
+    assert code(e.value) == "InvalidPart"
     assert c.list_multipart_uploads(Bucket="multi").get("Uploads", []) == []
     with pytest.raises(ClientError) as e:
         c.list_parts(Bucket="multi", Key="made.bin", UploadId=upload)

@@ -300,11 +300,18 @@ def complete_body(*numbers: str) -> bytes:
     return f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
 
 
-@pytest.mark.parametrize("numbers", [("2", "1"), ("1", "1"), ("1", "3", "2")])
+@pytest.mark.parametrize("numbers", [("2", "1"), ("1", "3", "2"), ("1", "2", "2", "1")])
 def test_complete_parts_out_of_order(numbers: tuple[str, ...]) -> None:
     with pytest.raises(S3Error) as caught:
         xmlwire.parse_complete_multipart(complete_body(*numbers))
     assert caught.value.code == "InvalidPartOrder"
+
+
+def test_a_part_named_twice_in_a_row_keeps_its_later_entry() -> None:
+    body = (b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>first</ETag></Part>"
+            b"<Part><PartNumber>1</PartNumber><ETag>second</ETag></Part>"
+            b"<Part><PartNumber>2</PartNumber><ETag>e</ETag></Part></CompleteMultipartUpload>")
+    assert xmlwire.parse_complete_multipart(body) == [(1, "second"), (2, "e")]
 
 
 @pytest.mark.parametrize("number", ["0", "10001", "999999"])

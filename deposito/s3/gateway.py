@@ -161,6 +161,8 @@ class Gateway:
                 return self.multipart.list_uploads
         elif "uploads" in params:
             table = {"POST": self.multipart.create}
+        elif method in ("GET", "HEAD") and "uploadId" not in params:
+            table = {method: self.get_object}  # partNumber alone: a part of the object
         elif MULTIPART & params.keys():
             if "uploadId" not in params:
                 raise S3Error("InvalidRequest", "A multipart request names its upload (uploadId)")
@@ -329,6 +331,10 @@ class Gateway:
             await self.send(call, 304, headers=headers)
             return
         span = parse_range(call.header("range"), record.size)
+        if "partNumber" in call.params:  # one part of a multipart object (a whole other object is part 1)
+            span, count = await self.multipart.part_span(call, record)
+            if count is not None:
+                headers[b"x-amz-mp-parts-count"] = b"%d" % count
         if span is None and record.size == 0 and call.header("range"):
             span = False  # no byte of an empty object can be asked for
         if span is False:

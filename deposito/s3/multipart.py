@@ -149,6 +149,29 @@ class Multipart:
                 raise S3Error("EntityTooSmall", ProposedSize=str(part.size), MinSizeAllowed=str(MIN_PART))
         return chosen
 
+    async def part_span(self, call: Call, record: FileRecord) -> tuple[tuple[int, int], Optional[int]]:
+        """GetObject's ``partNumber``: the part's bytes (first, last) in the
+        object, and the object's part count (None for an object not made of
+        parts, whose one part is the whole). The parts are read a page at a time."""
+        if call.header("range"):
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
+        number = _part_number(call.params["partNumber"])
+        if not record.parts:
+            if number != 1:
+                raise S3Error("InvalidPart", PartNumber=str(number))
+            return (0, record.size - 1), None
+        at, after = 0, 0
+        while True:
+            page = await self.uploads.parts(record.parts, after, PAGE)
+            for n, part in page:
+                if n == number:
+                    count = ObjectMeta.of(record).etag.rpartition("-")[2]
+                    return (at, at + part.size - 1), int(count) if count.isdigit() else None
+                at += part.size
+            if len(page) < PAGE:
+                raise S3Error("InvalidPart", PartNumber=str(number))
+            after = page[-1][0]
+
     async def answer_again(self, call: Call, name: str, upload: str) -> None:
         """A Complete of an upload no longer under way: answered as before
         when the object is the one it made (the first answer was lost), else NoSuchUpload."""

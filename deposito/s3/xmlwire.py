@@ -406,7 +406,8 @@ def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
     """CompleteMultipartUpload's request: (part number, ETag without quotes), in order.
 
     Part numbers must be 1 to 10000 (else InvalidArgument, S3's answer to a
-    part number out of range) and strictly ascending (else InvalidPartOrder).
+    part number out of range) and ascending (else InvalidPartOrder); of a
+    number given twice in a row, the later entry is kept.
     Checksums given with a part are not read here.
     """
     document = _parse(body, "CompleteMultipartUpload", COMPLETE_BODY_LIMIT)
@@ -420,9 +421,11 @@ def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
         if not 1 <= number <= MAX_PART_NUMBER:
             raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
                           ArgumentName="partNumber", ArgumentValue=number_text)
-        if parts and number <= parts[-1][0]:
+        if parts and number < parts[-1][0]:
             raise S3Error("InvalidPartOrder")
         etag = etag.strip()
+        if parts and number == parts[-1][0]:
+            parts.pop()  # a part named twice (sent twice): the later entry stands, as S3 takes it
         parts.append((number, etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag))
     if not parts:
         raise S3Error("MalformedXML")
