@@ -33,7 +33,7 @@ from twisted.python.threadpool import ThreadPool
 
 from deposito.catalog.records import FileRecord
 from deposito.catalog.schema import RECORD, to_record
-from deposito.hidden import HIDDEN, VISIBLE
+from deposito.hidden import VISIBLE
 from deposito.errors import Unavailable
 
 BATCH = 1000  # names read from the catalog per trip to a thread
@@ -102,7 +102,7 @@ class NameRange:
         """The SQL condition on ``column`` and its values: one range of its
         index, with one lower bound (SQLite seeks to one, and would scan
         from the other)."""
-        floor = max(self.prefix, "" if self.prefix.startswith(HIDDEN) else VISIBLE)  # hidden names: never listed
+        floor = max(self.prefix, VISIBLE)  # hidden names (deposito.hidden) are never listed
         low = f"{column} > ?" if self.after >= floor else f"{column} >= ?"
         values: tuple[Any, ...] = (max(self.after, floor),)
         end = prefix_end(self.prefix)

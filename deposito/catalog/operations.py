@@ -44,7 +44,7 @@ from deposito.catalog.queue import WorkQueue
 from deposito.catalog.records import FileRecord, effects
 from deposito.catalog.schema import RECORD, to_record
 from deposito.errors import NotEmpty, NotFound, Unavailable
-from deposito.hidden import HIDDEN, VISIBLE, manifest_name
+from deposito.hidden import VISIBLE, manifest_name
 
 
 def proxy_id() -> str:
@@ -529,7 +529,7 @@ class Catalog(Multipart, WorkQueue):
     def list(self, prefix: str = "") -> list[FileRecord]:
         rows = self.db.execute(
             RECORD + " WHERE substr(name, 1, ?) = ? AND name >= ? ORDER BY name",
-            (len(prefix), prefix, "" if prefix.startswith(HIDDEN) else VISIBLE)).fetchall()
+            (len(prefix), prefix, VISIBLE)).fetchall()
         return [to_record(r) for r in rows]
 
 LOOKUP_PAGE = 500  # names read in one statement by clients' lookups
