@@ -1,5 +1,7 @@
 """The S3 benchmark (issue: an S3 API), by hand: boto3 against Deposito's S3
-gateway and against SeaweedFS's, in the same run, on this machine.
+gateway and against SeaweedFS's, both running side by side, each cell
+measured on one and then the other (the first alternating), so that a change
+in the machine's load falls on both alike.
 
 Cells: PutObject and GetObject of 4 KiB objects (ops/s, 16 clients, each
 its own boto3 client on its own thread), of 64 MiB and of 1 GiB (MiB/s, one
@@ -24,6 +26,7 @@ import os
 import shutil
 import statistics
 import threading
+from typing import Any
 import time
 from pathlib import Path
 
@@ -170,33 +173,47 @@ def big_get(port: int, key: str, size: int) -> float:
     return size / MiB / (time.perf_counter() - t)
 
 
-def measure(system, files: dict[int, Path], sizes: list[int], huge: Path | None, rounds: int) -> dict:
-    port = system.port
-    client(port).create_bucket(Bucket=BUCKET)
-    out: dict = {"cells": {}, "rss": {}}
-
-    def cell(name: str, run):
-        watch = PeakWatch(system.pids())
-        value = run()
-        out["cells"].setdefault(name, []).append(value)
-        peaks = watch.read()
-        kept = out["rss"].setdefault(name, {})
-        out["rss"][name] = {p: max(kept.get(p) or 0, peaks.get(p) or 0) for p in peaks}
-        log(f"{system.label}: {name}: {value:.1f}")
-
-    written = [0] * CLIENTS
+def plan(files: dict[int, Path], sizes: list[int], huge: Path | None, rounds: int) -> list[tuple[str, Any, bool]]:
+    """The cells in order: (name, run(port, written), whether SeaweedFS runs it too)."""
+    cells: list[tuple[str, Any, bool]] = []
     for _ in range(rounds):  # the small cells vary most from run to run: the median of several
-        cell("PUT 4 KiB ops/s", lambda: small_ops(port, "put", SMALL_SECONDS, written))
-        cell("GET 4 KiB ops/s", lambda: small_ops(port, "get", SMALL_SECONDS, written))
+        cells.append(("PUT 4 KiB ops/s", lambda port, written: small_ops(port, "put", SMALL_SECONDS, written), True))
+        cells.append(("GET 4 KiB ops/s", lambda port, written: small_ops(port, "get", SMALL_SECONDS, written), True))
     for size in sizes:
-        cell(f"PUT {human(size)} MiB/s", lambda: big_put(port, f"big-{size}", files[size], size, False))
-        cell(f"GET {human(size)} MiB/s", lambda: big_get(port, f"big-{size}", size))
+        cells.append((f"PUT {human(size)} MiB/s",
+                      lambda port, _, size=size: big_put(port, f"big-{size}", files[size], size, False), True))
+        cells.append((f"GET {human(size)} MiB/s", lambda port, _, size=size: big_get(port, f"big-{size}", size), True))
     top = max(sizes)
-    cell(f"multipart PUT {human(top)} MiB/s", lambda: big_put(port, f"parts-{top}", files[top], top, True))
-    cell(f"GET of the multipart {human(top)} MiB/s", lambda: big_get(port, f"parts-{top}", top))
+    cells.append((f"multipart PUT {human(top)} MiB/s",
+                  lambda port, _: big_put(port, f"parts-{top}", files[top], top, True), True))
+    cells.append((f"GET of the multipart {human(top)} MiB/s", lambda port, _: big_get(port, f"parts-{top}", top), True))
     if huge is not None:
         size = huge.stat().st_size
-        cell(f"multipart PUT {human(size)} MiB/s", lambda: big_put(port, "huge", huge, size, True))
+        cells.append((f"multipart PUT {human(size)} MiB/s", lambda port, _: big_put(port, "huge", huge, size, True),
+                      False))  # the proxy's memory is what this cell is for
+    return cells
+
+
+def measure(systems: list, cells: list[tuple[str, Any, bool]]) -> dict:
+    """Each cell on every system in turn, the first one alternating, so
+    that a change in the machine's load falls on both alike."""
+    out: dict = {system.label: {"cells": {}, "rss": {}} for system in systems}
+    written = {system.label: [0] * CLIENTS for system in systems}
+    for system in systems:
+        client(system.port).create_bucket(Bucket=BUCKET)
+    for i, (name, run, both) in enumerate(cells):
+        order = systems if i % 2 == 0 else systems[::-1]
+        for system in order:
+            if not both and system.label != "Deposito":
+                continue
+            res = out[system.label]
+            watch = PeakWatch(system.pids())
+            value = run(system.port, written[system.label])
+            res["cells"].setdefault(name, []).append(value)
+            peaks = watch.read()
+            kept = res["rss"].setdefault(name, {})
+            res["rss"][name] = {p: max(kept.get(p) or 0, peaks.get(p) or 0) for p in peaks}
+            log(f"{system.label}: {name}: {value:.1f}")
     return out
 
 
@@ -211,7 +228,8 @@ def report(results: dict, sizes: list[int], huge: int | None) -> str:
     names = list(dep["cells"])
     lines = ["# S3: boto3 against Deposito and SeaweedFS", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M')} on this machine ({os.cpu_count()} cores) by"
-             " `.venv/bin/python bench/s3.py`. Two copies of every object on three servers each;"
+             " `.venv/bin/python bench/s3.py`. Both systems run side by side, each cell measured on one"
+             " and then the other, the first alternating. Two copies of every object on three servers each;"
              " 16 clients for the 4 KiB cells (the median of the rounds, their range in brackets),"
              " one client otherwise. Deposito fsyncs every copy before answering; SeaweedFS does not.", "",
              "| cell | Deposito | SeaweedFS | ratio | at least SeaweedFS |", "|---|---|---|---|---|"]
@@ -257,17 +275,17 @@ def main() -> None:
         huge = args.work / "source-huge"
         if not huge.exists() or huge.stat().st_size != huge_size:
             make_file(huge, huge_size)
-    systems = [("Deposito", DepositoS3)] + ([("SeaweedFS", SeaweedS3)] if find_weed() else [])
-    results = {}
-    for label, make in systems:
-        procs = Processes()
-        root = args.work / label.lower()
-        try:
+    makers = [DepositoS3] + ([SeaweedS3] if find_weed() else [])
+    procs = Processes()
+    try:
+        systems = []
+        for make in makers:  # both run side by side; each cell is measured on one at a time
+            root = args.work / make.label.lower()
             shutil.rmtree(root, ignore_errors=True)
-            system = make(procs, root)
-            results[label] = measure(system, files, sizes, huge if label == "Deposito" else None, args.rounds)
-        finally:
-            procs.stop()
+            systems.append(make(procs, root))
+        results = measure(systems, plan(files, sizes, huge, args.rounds))
+    finally:
+        procs.stop()
     text = report(results, sizes, huge_size)
     args.out.write_text(text)
     print(text)
