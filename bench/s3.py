@@ -262,6 +262,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=HERE / "work" / "s3")
     ap.add_argument("--out", type=Path, default=HERE / "S3.md")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the 4 KiB cells (default 3)")
+    ap.add_argument("--keep", action="store_true", help="keep the systems' data at the end")
     args = ap.parse_args()
     sizes = [64 * MiB] if args.quick else [64 * MiB, GiB]
     huge_size = None if args.quick else 5 * GiB
@@ -286,6 +287,9 @@ def main() -> None:
         results = measure(systems, plan(files, sizes, huge, args.rounds))
     finally:
         procs.stop()
+        if not args.keep:  # the systems' data: some 20 GiB after a full run
+            for make in makers:
+                shutil.rmtree(args.work / make.label.lower(), ignore_errors=True)
     text = report(results, sizes, huge_size)
     args.out.write_text(text)
     print(text)
