@@ -362,14 +362,16 @@ def incoming_bytes(cluster: Cluster, sid: str) -> int:
     return total
 
 
-def serving_servers(cluster: Cluster) -> list[str]:
+def serving_servers(cluster: Cluster, reader_ports: Iterable[int] = ()) -> list[str]:
     """Servers with a blob's bytes queued in a socket (from /proc/net/tcp).
 
     A reader that does not read makes the bytes back up: in the serving
     server's blob-port connection when the proxy relays them, or in the
     reader's own socket, held by the serving server, when the proxy handed it
-    that socket (deposito.protocols.handoff). Idle connections have nothing
-    queued."""
+    that socket (deposito.protocols.handoff). Readers are those of the text
+    port, and of ``reader_ports`` (S3's, HTTP's). Idle connections have
+    nothing queued."""
+    readers = {cluster.port, *reader_ports}
     with cluster.wire() as w:
         ports = {int(ln.split()[1].rsplit(":", 1)[1]): ln.split()[0] for ln in w.multi("SERVERS")}
     busy = set()
@@ -383,7 +385,7 @@ def serving_servers(cluster: Cluster) -> list[str]:
                     continue
                 if port in ports:
                     busy.add(ports[port])
-                elif port == cluster.port:
+                elif port in readers:
                     queued_to_readers.add(cols[9])
     for sid, proc in cluster.servers.items():
         if proc.poll() is None and queued_to_readers & socket_inodes(proc.pid):

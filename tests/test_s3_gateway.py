@@ -597,7 +597,7 @@ def get_killing_the_senders(s3, url: str, headers: str, first: int) -> tuple[byt
     head, _, body = got.partition(b"\r\n\r\n")
     while len(body) < first:
         body += sock.recv(65536)
-    serving = poll(lambda: serving_servers(s3.cluster), 5)
+    serving = poll(lambda: serving_servers(s3.cluster, [s3.port]), 5)
     assert serving and len(serving) < 3
     for sid in serving:
         s3.cluster.kill(sid)
