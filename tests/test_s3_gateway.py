@@ -186,6 +186,24 @@ def test_missing_things_and_bucket_rules(s3):
     assert code(e.value) == "NoSuchBucket"
 
 
+def test_server_side_encryption_is_refused_and_stores_nothing(s3):
+    """Objects are stored as sent: a request asking for encryption (SSE-S3,
+    SSE-KMS, or a customer's key) is refused rather than served in the clear."""
+    c = s3.client()
+    c.create_bucket(Bucket="sealed")
+    asks = [{"ServerSideEncryption": "AES256"}, {"ServerSideEncryption": "aws:kms"},
+            {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": "k" * 32}]
+    for ask in asks:
+        with pytest.raises(ClientError) as e:
+            c.put_object(Bucket="sealed", Key="secret", Body=b"in the clear", **ask)
+        assert code(e.value) == "NotImplemented", ask
+        with pytest.raises(ClientError) as e:
+            c.create_multipart_upload(Bucket="sealed", Key="secret", **ask)
+        assert code(e.value) == "NotImplemented", ask
+    assert c.list_objects_v2(Bucket="sealed")["KeyCount"] == 0
+    assert c.list_multipart_uploads(Bucket="sealed").get("Uploads", []) == []
+
+
 def test_delete_objects_and_copies(s3):
     c = s3.client()
     c.create_bucket(Bucket="copies")

@@ -64,6 +64,7 @@ NOT_SERVED = {"acl", "policy", "versioning", "versions", "tagging", "cors", "lif
               "accelerate", "requestPayment", "inventory", "analytics", "metrics", "ownershipControls",
               "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes"}
 MULTIPART = {"uploads", "uploadId", "partNumber"}
+ENCRYPTION = "x-amz-server-side-encryption"  # SSE-S3, SSE-KMS and SSE-C (customer keys) headers all start so
 
 
 @attrs.frozen
@@ -146,6 +147,8 @@ class Gateway:
               headers: dict[str, list[str]]) -> Callable[[Call], Awaitable[None]]:
         if NOT_SERVED & params.keys():
             raise S3Error("NotImplemented", "This sub-resource is not served")
+        if any(name.startswith(ENCRYPTION) for name in headers):  # stored as sent: never claim otherwise
+            raise S3Error("NotImplemented", "Server-side encryption is not served: objects are stored as sent")
         if not bucket:
             if method == "GET":
                 return self.list_buckets
