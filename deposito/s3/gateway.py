@@ -46,14 +46,13 @@ from deposito.s3.chunked import ChunkedDecoder
 from deposito.s3.errors import S3Error
 from deposito.s3.keys import S3Keys
 from deposito.s3.multipart import Multipart
-from deposito.s3.objects import KEPT_HEADERS, ObjectMeta, check_bucket, file_name, replicas_of
+from deposito.s3.objects import KEPT_HEADERS, OWNER, ObjectMeta, check_bucket, file_name, replicas_of
 from deposito.s3.request import S3Request
 from deposito.transfer import Upload
 from deposito.web import ResponseConsumer, parse_range
 
 log = Logger()
 
-OWNER = xmlwire.Owner("deposito", "deposito")
 MAX_KEYS = 1000
 XML_BODY_LIMIT = 1 << 20  # DeleteObjects, CreateBucket
 IDLE_TIMEOUT = 60  # seconds a connection may send nothing (mid-body included)
@@ -476,18 +475,23 @@ class Gateway:
             deleted.append(xmlwire.Deleted(entry.key))
         await self.send(call, 200, xmlwire.delete_result(deleted, failures, quiet))
 
-    async def copy_object(self, call: Call) -> None:
+    async def copy_source(self, call: Call) -> FileRecord:
+        """The object x-amz-copy-source names, its x-amz-copy-source-if-* conditions checked."""
         source_bucket, source_key = _copy_source(call.header("x-amz-copy-source") or "")
         source = await self.lookup(source_bucket, source_key)
+        _check_copy_conditions(call, xmlwire.quoted(ObjectMeta.of(source).etag), int(source.created))
+        return source
+
+    async def copy_object(self, call: Call) -> None:
+        source = await self.copy_source(call)
         name = file_name(call.bucket, call.key)
         await self.existing_bucket(call.bucket)
         kept = ObjectMeta.of(source)
-        _check_copy_conditions(call, xmlwire.quoted(kept.etag), int(source.created))
         directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
         if directive == "REPLACE":
             meta = ObjectMeta.given(call.headers)
         elif directive == "COPY":
-            if (source_bucket, source_key) == (call.bucket, call.key):
+            if source.name == name:
                 raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an "
                               "object to itself without changing the object's metadata.")
             meta = attrs.evolve(kept, etag="")

@@ -22,7 +22,7 @@ from deposito.catalog import FileRecord
 from deposito.errors import BadArgs, NotFound
 from deposito.s3 import xmlwire
 from deposito.s3.errors import S3Error
-from deposito.s3.objects import ObjectMeta, check_bucket, file_name, replicas_of
+from deposito.s3.objects import OWNER, ObjectMeta, check_bucket, file_name, replicas_of
 
 if TYPE_CHECKING:
     from deposito.interfaces import IMultipart
@@ -85,11 +85,7 @@ class Multipart:
         await self.gateway.send(call, 200, headers=headers)
 
     async def copy_part(self, call: Call, upload: str, number: int) -> None:
-        from deposito.s3.gateway import _check_copy_conditions, _copy_source
-
-        source_bucket, source_key = _copy_source(call.header("x-amz-copy-source") or "")
-        source = await self.gateway.lookup(source_bucket, source_key)
-        _check_copy_conditions(call, xmlwire.quoted(ObjectMeta.of(source).etag), int(source.created))
+        source = await self.gateway.copy_source(call)
         start, length = _copy_range(call.header("x-amz-copy-source-range"), source.size)
         await call.request.body.read(0)
         part = await self.uploads.begin_part(upload, number, length)
@@ -202,8 +198,6 @@ class Multipart:
         parts = parts[:limit]
         entries = [xmlwire.PartEntry(number, record.created, ObjectMeta.of(record).etag, record.size)
                    for number, record in parts]
-        from deposito.s3.gateway import OWNER
-
         await self.gateway.send(call, 200, xmlwire.list_parts_result(
             call.bucket, call.key, upload, entries, part_number_marker=marker,
             next_part_number_marker=parts[-1][0] if parts else None, max_parts=limit, is_truncated=truncated,
@@ -222,8 +216,6 @@ class Multipart:
                                            limit + 1)
         truncated = len(found) > limit
         found = found[:limit]
-        from deposito.s3.gateway import OWNER
-
         entries = [xmlwire.UploadEntry(name[len(base):], upload, created, owner=OWNER)
                    for upload, name, created in found]
         await self.gateway.send(call, 200, xmlwire.list_multipart_uploads_result(

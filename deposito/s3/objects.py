@@ -19,9 +19,11 @@ import attrs
 from deposito.catalog import FileRecord
 from deposito.errors import BadArgs
 from deposito.protocols.words import check_name
+from deposito.s3 import xmlwire
 from deposito.s3.errors import S3Error
 
 DEFAULT_TYPE = "binary/octet-stream"
+OWNER = xmlwire.Owner("deposito", "deposito")  # every object's and bucket's, for listings (ACLs are not served)
 # Headers of a PutObject kept with the object and sent back with it, as S3 does.
 KEPT_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
 MAX_USER_META = 2048  # bytes of user metadata, names and values, as S3 allows
