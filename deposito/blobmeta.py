@@ -91,6 +91,7 @@ class BlobMeta:
     blocks: tuple[int, ...] = ()
     checksum: str = NEW_CHECKSUM  # which function made ``blocks``
     cached: bool = False  # this copy was written through the page cache, to be read from it
+    meta: str = ""  # what a gateway keeps with the version (see FileRecord.meta), for a rebuild
 
     def to_json(self) -> bytes:
         return json.dumps(attrs.asdict(self), sort_keys=True).encode()
@@ -104,4 +105,5 @@ class BlobMeta:
             blocks=tuple(int(b) for b in d.get("blocks", ())),
             checksum=d.get("checksum", "crc32"),
             cached=bool(d.get("cached", False)),
+            meta=str(d.get("meta", "")),
         )

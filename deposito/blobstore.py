@@ -71,7 +71,7 @@ def _set_meta_attr(fd: int, meta: BlobMeta) -> bool:
     return True
 
 
-def _meta_at(path: str) -> BlobMeta:
+def meta_at(path: str) -> BlobMeta:
     """The metadata of the blob at ``path``: from its extended attribute, or the file beside it."""
     try:
         return BlobMeta.from_json(os.getxattr(path, META_ATTR))
@@ -279,7 +279,7 @@ class BlobStore:
 
     def meta(self, blob_id: str) -> BlobMeta:
         """A blob's metadata: from its extended attribute, or the file beside it."""
-        return _meta_at(self.path(blob_id))
+        return meta_at(self.path(blob_id))
 
     def open(self, blob_id: str):
         """A binary file object for reading the blob, and its size on disk."""
@@ -436,7 +436,7 @@ class BlobStore:
                 if entry <= after or not BLOB_ID.match(entry):
                     continue
                 try:
-                    meta = _meta_at(os.path.join(d, entry))
+                    meta = meta_at(os.path.join(d, entry))
                 except (NotFound, ValueError, KeyError):
                     continue
                 if meta.blob == entry:

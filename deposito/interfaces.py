@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     # A server as the catalog remembers it: (id, zone, host, port, capacity, used, blobs).
     ServerRow = tuple[str, str, str, int, int, int, int]
     # A blob a server holds, for a rebuild: (blob, version, size, sha256, replicas, name).
-    Entry = tuple[str, int, int, str, int, str]
+    Entry = tuple[str, int, int, str, int, str, str]
 
 
 class IWorkCatalog(Interface):

@@ -226,7 +226,7 @@ class Upload:
         """All bytes are in: the servers that hold a durable, verified copy."""
         sha, blocks = self.sha256, self._sums.digest()
         for lane in self.live():
-            lane.client.end(sha, blocks)
+            lane.client.end(sha, blocks, self.meta)
         results = await defer.DeferredList([lane.result for lane in self.lanes], consumeErrors=True)
         for lane in self.lanes:
             lane.close()
@@ -486,9 +486,10 @@ class CopyFailed(Unavailable):
 
 async def copy_blob(connect: Connect, sources: list[Member], target: Member, blob: str,
                     size: int, sha256: str, name: str, version: int, replicas: int,
-                    release: Release = close, cache: bool = False) -> None:
+                    release: Release = close, cache: bool = False, meta: str = "") -> None:
     """Make one more copy of a blob on ``target``, read from any of ``sources``
-    (``cache``: the target should keep it in its page cache, see BlobClient.write_blob)."""
+    (``cache``: the target should keep it in its page cache, see
+    BlobClient.write_blob; ``meta``: the version's gateway metadata)."""
     writer = await connect(target)
     try:
         stored = writer.write_blob(blob, size, version, replicas, name, cache=cache)
@@ -498,7 +499,7 @@ async def copy_blob(connect: Connect, sources: list[Member], target: Member, blo
         except BaseException:
             stored.addErrback(lambda _: None)
             raise
-        writer.end(sha256, relay.sums.digest())
+        writer.end(sha256, relay.sums.digest(), meta)
         await stored
     finally:
         release(writer)

@@ -87,6 +87,14 @@ def test_write_read_delete_real_bytes(tmp_path):
         assert reply.startswith(f"OK stored {blob}")
         assert device.used == len(data)
 
+        # the version's gateway metadata given with END is kept with the blob, for a rebuild
+        kept = new_blob_id()
+        d = c.write_blob(kept, 5, 1, 2, "b/k")
+        c.send(b"hello")
+        c.end(*sums(b"hello"), meta='{"etag": "e", "user": {"who": "\u00e9 me"}}')
+        assert (yield d).startswith(f"OK stored {kept}")
+        assert device.store.meta(kept).meta == '{"etag": "e", "user": {"who": "\u00e9 me"}}'
+
         sink = Sink()
         remaining = yield c.read_blob(blob, 1000, sink)
         assert remaining == len(data) - 1000
@@ -107,6 +115,7 @@ def test_write_read_delete_real_bytes(tmp_path):
 
         assert (yield c.delete_blob(blob)) == "OK deleted"
         assert (yield c.delete_blob(blob)) == "OK absent"
+        assert (yield c.delete_blob(kept)) == "OK deleted"
         try:
             yield c.read_blob(blob, 0, Sink())
             raise AssertionError("read a deleted blob")

@@ -287,6 +287,6 @@ def test_blob_ids_come_in_order_from_the_directories_alone(tmp_path, monkeypatch
     for blob in made:
         os.makedirs(store._dir(blob), exist_ok=True)
         open(store.path(blob), "wb").close()
-    monkeypatch.setattr(bs, "_meta_at", lambda *a: pytest.fail("a listing of ids read metadata"))
+    monkeypatch.setattr(bs, "meta_at", lambda *a: pytest.fail("a listing of ids read metadata"))
     assert list(store.blob_ids()) == made
     assert list(store.blob_ids(after=made[1])) == made[2:]

@@ -8,6 +8,7 @@ from twisted.internet.testing import StringTransport
 
 from deposito.protocols.cluster import JoinProtocol, MemberFactory
 from deposito.roster import Roster
+from deposito.protocols.words import meta_word
 
 
 class Node:
@@ -164,10 +165,26 @@ def test_inventory_and_bad_reports_reach_the_roster():
     proto.dataReceived(b"LISTING\nINVENTORY 1\n" + f'{blob} 2 10 {"f" * 64} 3 "my file"\n'.encode())
     proto.dataReceived(b"INVENTORY 0\n")
     proto.dataReceived(f"BAD {blob} block 0 fails its checksum\n".encode())
-    assert seen == [("s1", [(blob, 2, 10, "f" * 64, 3, "my file")], 3.0), ("s1", [], 0.0),
+    assert seen == [("s1", [(blob, 2, 10, "f" * 64, 3, "my file", "")], 3.0), ("s1", [], 0.0),
                     ("s1", blob, "block 0 fails its checksum")]
     proto.dataReceived(b"INVENTORY 1\nnot a blob line\n")
     assert tr.value().endswith(b"\r\n") and b"ERR badargs" in tr.value() and tr.disconnecting
+
+
+def test_a_full_inventory_line_carries_the_versions_metadata_and_nothing_else_after_the_name():
+    clock = task.Clock()
+    roster = Roster(clock)
+    seen = []
+    roster.on_inventory = lambda m, entries, since, more: seen.append(entries)
+    proto, tr = member_conn(roster)
+    proto.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n")
+    blob = "a" * 32
+    meta = '{"etag":"e","user":{"who":"\u00e9"}}'
+    line = f'{blob} 2 10 {"f" * 64} 3 "my file" {meta_word(meta)}\n'
+    proto.dataReceived(b"LISTING\nINVENTORY 1\n" + line.encode())
+    assert seen == [[(blob, 2, 10, "f" * 64, 3, "my file", meta)]]
+    proto.dataReceived(b"INVENTORY 1\n" + f'{"b" * 32} 2 10 {"f" * 64} 3 name other\n'.encode())
+    assert b"ERR badargs" in tr.value() and tr.disconnecting
 
 
 WIRE: list[bytes] = []
@@ -281,7 +298,7 @@ def test_a_listing_with_one_empty_chunk_and_a_chunk_taken_in_at_once():
     seen = []
     roster.on_inventory = lambda m, entries, since, more: seen.append((entries, more))  # returns None
     proto.dataReceived(b"LISTING\n" + chunk([], False) + b"LISTING\n" + chunk(ids(3), False))
-    assert seen == [([], False), ([(ids(3)[0], 1, 10, "f" * 64, 2, "f")], False)]
+    assert seen == [([], False), ([(ids(3)[0], 1, 10, "f" * 64, 2, "f", "")], False)]
     assert tr.producerState == "producing" and tr.value() == b""
     proto.connectionLost(None)
 
@@ -332,6 +349,7 @@ def test_the_server_sends_the_next_chunk_only_once_the_connection_took_the_last(
     class Meta:
         def __init__(self, blob):
             self.blob, self.version, self.size, self.sha256, self.replicas, self.name = blob, 1, 2, "e" * 64, 1, "a b"
+            self.meta = ""
 
     assert tr.producer is proto.sending
     proto.sending.pauseProducing()  # what the transport does when its buffer is full

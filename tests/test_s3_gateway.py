@@ -186,6 +186,23 @@ def test_missing_things_and_bucket_rules(s3):
     assert code(e.value) == "NoSuchBucket"
 
 
+def test_metadata_past_its_bounds_is_refused_and_stores_nothing(s3):
+    """User metadata over S3's 2 KiB, or metadata and kept headers together
+    over the 3 KiB that ride on each copy's blob, are MetadataTooLarge."""
+    c = s3.client()
+    c.create_bucket(Bucket="bounds")
+    with pytest.raises(ClientError) as e:
+        c.put_object(Bucket="bounds", Key="k", Body=b"x", Metadata={"big": "v" * 2100})
+    assert code(e.value) == "MetadataTooLarge"
+    with pytest.raises(ClientError) as e:
+        c.put_object(Bucket="bounds", Key="k", Body=b"x", Metadata={"note": "v" * 1500},
+                     ContentDisposition="attachment; filename=" + "f" * 2000)
+    assert code(e.value) == "MetadataTooLarge"
+    assert c.list_objects_v2(Bucket="bounds")["KeyCount"] == 0
+    c.put_object(Bucket="bounds", Key="k", Body=b"x", Metadata={"note": "v" * 1500})  # within both
+    assert c.head_object(Bucket="bounds", Key="k")["Metadata"] == {"note": "v" * 1500}
+
+
 def test_server_side_encryption_is_refused_and_stores_nothing(s3):
     """Objects are stored as sent: a request asking for encryption (SSE-S3,
     SSE-KMS, or a customer's key) is refused rather than served in the clear."""

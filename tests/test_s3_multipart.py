@@ -268,7 +268,9 @@ def test_a_proxy_killed_between_upload_part_and_complete(s3):
 def test_a_lost_catalog_is_rebuilt_with_its_multipart_objects(tmp_path):
     """The catalog is deleted: the rebuild makes each completed multipart
     object again from its manifest and parts (GET byte-exact, same ETag),
-    and the parts of an upload that was under way, or not chosen, are garbage."""
+    the parts of an upload that was under way, or not chosen, are garbage,
+    and an object of one PutObject keeps its ETag, type and metadata, kept
+    on each of its copies (the reconciler's too)."""
     import shutil
 
     with s3_cluster(tmp_path) as s3:
@@ -279,9 +281,17 @@ def test_a_lost_catalog_is_rebuilt_with_its_multipart_objects(tmp_path):
         c.complete_multipart_upload(Bucket="multi", Key="whole.bin", UploadId=upload, MultipartUpload={"Parts": done})
         etag = c.head_object(Bucket="multi", Key="whole.bin")["ETag"]
         upload_parts(c, "open.bin", [b"under way"])  # never completed
+        plain = os.urandom(100_000)
+        put = c.put_object(Bucket="multi", Key="plain.txt", Body=plain, ContentType="text/plain",
+                           Metadata={"replicas": "1", "owner": "me"})
+        with cluster.wire() as w:  # its other copies are made by the reconciler, metadata and all
+            assert w.cmd("REPLICAS multi/plain.txt 2 WAIT").startswith("OK")
+        from deposito.blobstore import meta_at
+        copies = [p for sid in cluster.server_folders() for p in cluster.blob_files(sid) if p.read_bytes() == plain]
+        assert len(copies) == 2 and all('"owner":"me"' in meta_at(str(p)).meta for p in copies)
         assert poll(lambda: not cluster.holders(b"not chosen"), 20)  # the unchosen part is deleted at Complete
         held = blobs_on_disk(cluster)
-        assert len(held) == 2 * 4  # two parts and a manifest, and the open upload's part: two copies each
+        assert len(held) == 2 * 5  # two parts, a manifest, the open upload's part, the plain object: two copies each
         cluster.kill_proxy()
         shutil.rmtree(cluster.root / "proxy")  # the catalog is gone
         cluster.start_proxy("--rebuild")
@@ -299,7 +309,10 @@ def test_a_lost_catalog_is_rebuilt_with_its_multipart_objects(tmp_path):
         c.create_bucket(Bucket="multi")  # buckets live in the catalog only: made again, its objects are there
         head = c.head_object(Bucket="multi", Key="whole.bin")
         assert (head["ETag"], head["ContentType"]) == (etag, "video/mp4")
-        assert poll(lambda: len(blobs_on_disk(cluster)) == 2 * 3, 20)  # the open upload's part is garbage
+        assert poll(lambda: len(blobs_on_disk(cluster)) == 2 * 4, 20)  # the open upload's part is garbage
+        again = c.get_object(Bucket="multi", Key="plain.txt")  # a single PUT's metadata came back from its blobs
+        assert again["Body"].read() == plain and again["ETag"] == put["ETag"]
+        assert (again["ContentType"], again["Metadata"]) == ("text/plain", {"replicas": "1", "owner": "me"})
         assert not cluster.holders(b"under way")
 
 

@@ -307,7 +307,7 @@ def totals_match_a_recount(cat: Catalog, plan) -> None:
             assert not cat.commit(step[1], v, b, 7, "x", 2, ["s1"], 0.0)
         else:
             _, name, version, size, replicas = step
-            cat.adopt("s3", [(b, version, size, "z", replicas, name)], 0.0)
+            cat.adopt("s3", [(b, version, size, "z", replicas, name, "")], 0.0)
     counts = cat.counts()
     recount = cat.db.execute(
         "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(replicas), 0) FROM files").fetchone()

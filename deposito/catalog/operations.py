@@ -431,13 +431,14 @@ class Catalog(Multipart, WorkQueue):
         return self.db.execute("SELECT 1 FROM names LIMIT 1").fetchone() is None
 
     @effects(durable=True, keeps_records=False)
-    def adopt(self, server: str, entries: Iterable[tuple[str, int, int, str, int, str]], now: float) -> int:
+    def adopt(self, server: str, entries: Iterable[tuple[str, int, int, str, int, str, str]], now: float) -> int:
         """Rebuilding: take a server's blobs (blob, version, size, sha256, replicas,
-        name) into the catalog; the highest version of each name wins, older
-        ones are garbage. Returns how many copies were taken."""
+        name, meta) into the catalog, each version with the gateway metadata
+        kept on its blob; the highest version of each name wins, older ones
+        are garbage. Returns how many copies were taken."""
         def tx(db: Connection) -> int:
             taken = 0
-            for blob, version, size, sha256, replicas, name in entries:
+            for blob, version, size, sha256, replicas, name, meta in entries:
                 self._seen_version(db, name, version)
                 row = db.execute("SELECT version, blob FROM files WHERE name = ?", (name,)).fetchone()
                 if row is not None and (row[0], row[1]) == (version, blob):
@@ -446,7 +447,7 @@ class Catalog(Multipart, WorkQueue):
                     db.execute(INSERT_GARBAGE, (blob, server))
                     continue
                 else:
-                    self._replace(db, name, (name, version, blob, size, sha256, max(1, replicas), now, "", "", ""))
+                    self._replace(db, name, (name, version, blob, size, sha256, max(1, replicas), now, "", meta, ""))
                     self._enqueue(db, [name])
                 db.execute(INSERT_COPY, (blob, server, now))
                 self._servers_changed(db, [blob])
@@ -531,6 +532,7 @@ class Catalog(Multipart, WorkQueue):
             RECORD + " WHERE substr(name, 1, ?) = ? AND name >= ? ORDER BY name",
             (len(prefix), prefix, VISIBLE)).fetchall()
         return [to_record(r) for r in rows]
+
 
 LOOKUP_PAGE = 500  # names read in one statement by clients' lookups
 REMEMBER_DELETES = 600.0  # seconds a delete is remembered for the inventories that may still list it

@@ -159,7 +159,7 @@ class Writer:
             self.log.info("copying {name} to {id}", name=record.name, id=target.id)
             await copy_blob(self.pool.connect, list(sources), target, record.blob, record.size, record.sha256,
                             record.name, record.version, record.replicas, release=self.pool.release,
-                            cache=read_order(record.blob, [*sources, target])[0] is target)
+                            cache=read_order(record.blob, [*sources, target])[0] is target, meta=record.meta)
             target.stored(record.size)
         except Exception as e:
             self.log.warn("copy of {name} to {id} failed: {why}", name=record.name, id=target.id, why=str(e))

@@ -14,7 +14,7 @@ from deposito import twisted_internals
 from deposito.errors import Denied, from_reply
 from deposito.protocols.blobwire import PROXY_PROOF, SERVER_PROOF, ConnectionLost, body_count, range_request
 from deposito.protocols.lines import LineProtocol, send_now, tune_for_streams
-from deposito.protocols.words import parse_count, quote
+from deposito.protocols.words import meta_word, parse_count, quote
 from deposito.secret import nonce, proof, verify
 from deposito.splice.relay import Relay
 from deposito.splice.sockets import SourceLost
@@ -187,9 +187,10 @@ class BlobClient(LineProtocol, TimeoutMixin):
     def send(self, data: bytes) -> None:
         self.transport.write(data)
 
-    def end(self, sha256: str, blocks: str) -> None:
-        """The last bytes are sent: the file's sha256 and the digest of its block checksums."""
-        self.reply(f"END {sha256} {blocks}")
+    def end(self, sha256: str, blocks: str, meta: str = "") -> None:
+        """The last bytes are sent: the file's sha256, the digest of its block
+        checksums, and the version's gateway metadata to keep with the blob."""
+        self.reply(f"END {sha256} {blocks} {meta_word(meta)}".rstrip())
         send_now(self.transport)
         self.setTimeout(self.request_timeout)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import attrs
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -23,7 +24,7 @@ from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal
 from deposito.interfaces import IDevice
 from deposito.protocols.blobwire import PROXY_PROOF, SERVER_PROOF, body_reply, parse_range, range_end
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
-from deposito.protocols.words import check_stored_name, parse_count, split
+from deposito.protocols.words import check_stored_name, parse_count, parse_meta_word, split
 from deposito.receiver import Receiver
 from deposito.secret import nonce, proof, verify
 from deposito.sender import BlobSender, read_whole
@@ -133,10 +134,12 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         if self.transport.connected and not self.paused:
             self.transport.startReading()
 
-    def do_END(self, sha256: str, blocks: str) -> None:
+    def do_END(self, sha256: str, blocks: str, meta: str = "") -> None:
         receiver, self._receiver = self._receiver, None
         if receiver is None:
             raise BadCommand("END without WRITE")
+        if meta:  # kept with the blob, so that a rebuilt catalog has it again
+            receiver.incoming.meta = attrs.evolve(receiver.incoming.meta, meta=parse_meta_word(meta))
         d = receiver.finish(sha256, blocks)
         self.pauseProducing()  # first: a failed write answers at once, and that resumes
         d.addCallbacks(self._committed, self._not_committed)

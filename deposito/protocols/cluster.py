@@ -60,7 +60,8 @@ from zope.interface import implementer
 
 from deposito.errors import BadArgs, Denied, DepositoError, Unavailable, from_reply
 from deposito.protocols.lines import LineProtocol
-from deposito.protocols.words import check_stored_name, fields, parse_count, quote, split
+from deposito.protocols.words import (check_stored_name, fields, meta_word, parse_count, parse_meta_word, quote,
+                                      split)
 from deposito.secret import nonce, proof, verify
 
 if TYPE_CHECKING:
@@ -228,7 +229,8 @@ class JoinProtocol(LineProtocol):
         before (LISTING must have been sent before the first was read). Fires
         once the connection has taken it: then send the next."""
         lines = [f"INVENTORY {len(entries)}" + (" more" if more else "")] + [
-            m if isinstance(m, str) else f"{m.blob} {m.version} {m.size} {m.sha256} {m.replicas} {quote(m.name)}"
+            m if isinstance(m, str) else
+            f"{m.blob} {m.version} {m.size} {m.sha256} {m.replicas} {quote(m.name)} {meta_word(m.meta)}".rstrip()
             for m in entries]
         self.transport.writeSequence([line.encode("utf-8") + b"\r\n" for line in lines])
         return self.sending.drained()
@@ -279,7 +281,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self._listing_since: float | None = None
         self._after: str | None = None  # in a listing: the last blob id of its chunks so far ("" for none)
         # a chunk of a listing: (blob,) each, or with ``full`` listings (blob, version, size, sha256, replicas, name)
-        self._chunk: list[tuple[str] | tuple[str, int, int, str, int, str]] | None = None
+        self._chunk: list[tuple[str] | tuple[str, int, int, str, int, str, str]] | None = None
         self._expected = 0
         self._more = False
         self._lost = False
@@ -351,17 +353,18 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         if not self._full:
             if len(words) != 1:
                 raise BadArgs("inventory line: <blob>")
-        elif len(words) != 6:
-            raise BadArgs("inventory line: <blob> <version> <size> <sha256> <replicas> <name>")
+        elif len(words) not in (6, 7):
+            raise BadArgs("inventory line: <blob> <version> <size> <sha256> <replicas> <name> [meta=<base64>]")
         elif not SHA256.match(words[3]):
             raise BadArgs("inventory line: bad sha256")
         blob = words[0]
         if check_blob(blob) <= (self._chunk[-1][0] if self._chunk else self._after):
             raise BadArgs("inventory line: blob ids out of order")
         if self._full:
-            _, version, size, sha256, replicas, name = words
+            _, version, size, sha256, replicas, name = words[:6]
             self._chunk.append((blob, parse_count(version, "version"), parse_count(size, "size"),
-                                sha256, parse_count(replicas, "replicas", 0, 16), check_stored_name(name)))
+                                sha256, parse_count(replicas, "replicas", 0, 16), check_stored_name(name),
+                                parse_meta_word(words[6]) if len(words) == 7 else ""))
         else:
             self._chunk.append((blob,))
         self._chunk_done()

@@ -6,6 +6,7 @@ double quotes with ``\\"`` and ``\\\\`` escapes, so any name survives a line.
 
 from __future__ import annotations
 
+import base64
 import re
 
 from deposito.errors import BadArgs
@@ -89,6 +90,28 @@ def check_stored_name(name: str) -> str:
     """A name a blob may be stored under: a file's name, or one of the
     hidden names of a version's parts (see deposito.hidden); else BadArgs."""
     return name if hidden_name(name) is not None else check_name(name)
+
+
+MAX_META_BYTES = 3072  # a version's gateway metadata, as it rides on the blob wire (see meta_word)
+
+
+def meta_word(meta: str) -> str:
+    """A version's gateway metadata as one word of a line (``meta=`` and
+    URL-safe base64): empty when there is none."""
+    if not meta:
+        return ""
+    return "meta=" + base64.urlsafe_b64encode(meta.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def parse_meta_word(word: str) -> str:
+    """The metadata a :func:`meta_word` carries; BadArgs for anything else or more than MAX_META_BYTES."""
+    if not word.startswith("meta=") or len(word) > 5 + (MAX_META_BYTES * 4 + 2) // 3:
+        raise BadArgs("expected meta=<base64> of at most %d bytes" % MAX_META_BYTES)
+    text = word[5:]
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise BadArgs("meta= is not base64 of UTF-8") from None
 
 
 def parse_count(word: str, what: str, low: int = 0, high: int | None = None) -> int:

@@ -18,7 +18,7 @@ import attrs
 
 from deposito.catalog import FileRecord
 from deposito.errors import BadArgs
-from deposito.protocols.words import check_name
+from deposito.protocols.words import MAX_META_BYTES, check_name
 from deposito.s3 import xmlwire
 from deposito.s3.errors import S3Error
 
@@ -50,7 +50,11 @@ class ObjectMeta:
         """What a PutObject (or a copy replacing metadata) asks to keep; its ETag comes later."""
         user = user_metadata([(name, ",".join(values)) for name, values in headers.items()])
         kept = {name: ",".join(headers[name]) for name in KEPT_HEADERS if name in headers}
-        return cls("", ",".join(headers.get("content-type", [])) or DEFAULT_TYPE, user, kept)
+        meta = cls("", ",".join(headers.get("content-type", [])) or DEFAULT_TYPE, user, kept)
+        if len(attrs.evolve(meta, etag="0" * 40).to_text().encode("utf-8")) > MAX_META_BYTES:
+            raise S3Error("MetadataTooLarge", "The metadata and headers kept with an object must fit in"
+                          f" {MAX_META_BYTES} bytes")  # it rides on each copy's blob (see BlobMeta.meta)
+        return meta
 
     @classmethod
     def of(cls, record: FileRecord) -> ObjectMeta:
