@@ -415,6 +415,16 @@ def fill(cat, files, copies, garbage, intents):
     return cat
 
 
+def test_a_rebuilt_version_wants_the_most_copies_any_of_its_copies_says(cat):
+    """The first copy of a file was written wanting 1 copy, the reconciler's
+    after a REPLICAS 2: taken in either order, the file wants 2."""
+    assert cat.adopt("s1", [("b1", 1, 10, "x", 1, "f", "")], 0.0) == 1
+    assert cat.adopt("s2", [("b1", 1, 10, "x", 2, "f", "")], 0.0) == 1
+    assert cat.lookup("f").replicas == 2 and cat.counts().wanted == 2
+    assert cat.adopt("s3", [("b1", 1, 10, "x", 1, "f", "")], 0.0) == 1
+    assert cat.lookup("f").replicas == 2 and cat.lookup("f").servers == ("s1", "s2", "s3")
+
+
 def test_reconciling_range_by_range_equals_reconciling_the_whole_set(catalogs):
     """A listing split into chunks in blob id order, each reconciled over its
     own range, leaves the catalog as one whole-set reconciliation would, with

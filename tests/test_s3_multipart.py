@@ -139,6 +139,42 @@ def test_parts_listed_chosen_replaced_and_checked_at_complete(s3):
     c.delete_object(Bucket="multi", Key="made.bin")
 
 
+def test_two_completes_of_one_upload_at_once_make_one_object(s3):
+    """Two clients complete the same upload at the same moment (a retry
+    racing the first try): both get the object's ETag, the object is whole,
+    and one manifest is kept."""
+    import threading
+
+    c = s3.client()
+    parts = [os.urandom(5 * MiB), os.urandom(1000)]
+    upload, done = upload_parts(c, "raced.bin", parts)
+    answers: list = []
+
+    def complete() -> None:
+        try:
+            answers.append(s3.client().complete_multipart_upload(
+                Bucket="multi", Key="raced.bin", UploadId=upload, MultipartUpload={"Parts": done})["ETag"])
+        except ClientError as e:
+            answers.append(code(e))
+
+    racers = [threading.Thread(target=complete) for _ in range(2)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(60)
+    assert answers == [md5_etag(parts)] * 2
+    assert c.get_object(Bucket="multi", Key="raced.bin")["Body"].read() == b"".join(parts)
+    with Wire(s3.cluster.port) as w:
+        assert w.stat("multi/raced.bin")["have"] == "2"
+    def manifests() -> int:  # copies on disk of this object's manifests
+        return sum(1 for sid in s3.cluster.server_folders() for path in s3.cluster.blob_files(sid)
+                   if path.open("rb").read(200).startswith(b"deposito-manifest 1\n")
+                   and b'"multi/raced.bin"' in path.open("rb").read(200))
+
+    assert poll(lambda: manifests() == 2, 20)  # one manifest kept, two copies; a losing one's are garbage
+    c.delete_object(Bucket="multi", Key="raced.bin")
+
+
 def test_upload_part_copy_takes_ranges_of_an_object(s3):
     c = s3.client()
     source = os.urandom(6 * MiB)

@@ -435,14 +435,19 @@ class Catalog(Multipart, WorkQueue):
         """Rebuilding: take a server's blobs (blob, version, size, sha256, replicas,
         name, meta) into the catalog, each version with the gateway metadata
         kept on its blob; the highest version of each name wins, older ones
-        are garbage. Returns how many copies were taken."""
+        are garbage, and a version wants the most copies any of its copies
+        says (one made after a REPLICAS knows the new count). Returns how
+        many copies were taken."""
         def tx(db: Connection) -> int:
             taken = 0
             for blob, version, size, sha256, replicas, name, meta in entries:
                 self._seen_version(db, name, version)
-                row = db.execute("SELECT version, blob FROM files WHERE name = ?", (name,)).fetchone()
+                row = db.execute("SELECT version, blob, replicas FROM files WHERE name = ?", (name,)).fetchone()
                 if row is not None and (row[0], row[1]) == (version, blob):
-                    pass
+                    if replicas > row[2]:  # copies made after a REPLICAS know the higher count: the most wins
+                        db.execute("UPDATE files SET replicas = ? WHERE name = ?", (replicas, name))
+                        add_totals(db, 0, 0, replicas - row[2])
+                        self._enqueue(db, [name])
                 elif row is not None and row[0] >= version:
                     db.execute(INSERT_GARBAGE, (blob, server))
                     continue
