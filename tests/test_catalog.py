@@ -900,3 +900,33 @@ def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_4_in_place(postgr
     finally:
         cat.close()
         postgres.drop(url)
+
+
+def alone(catalog: Catalog, method, *args):
+    """``method`` called as the proxy calls it: a batch of one (on PostgreSQL,
+    its statements pipelined), its result or its error raised."""
+    [(ok, result)] = catalog.batch([(method, args)])
+    if not ok:
+        raise result
+    return result
+
+
+def test_calls_made_alone_see_how_many_rows_their_statements_changed(cat):
+    """A copy whose intent is gone does not count, a waking counts the files
+    it made due, and a proxy that finds its own row gone goes on under a new
+    id, when each is a batch of its own, as the proxy makes them."""
+    v = alone(cat, Catalog.begin_upload, "f", "b1", ["s1"])
+    assert alone(cat, Catalog.commit, "f", v, "b1", 1, "x", 2, ["s1"], 0.0)
+    alone(cat, Catalog.add_intent, "b1", "s2")
+    alone(cat, Catalog.abandon_copy, "b1", "s2")  # the intent taken back: garbage...
+    alone(cat, Catalog.forget_garbage, [("b1", "s2")], 0.5)  # ...deleted already
+    assert alone(cat, Catalog.add_copy, "f", "b1", "s2", 1.0) is False
+    assert cat.lookup("f").servers == ("s1",)
+    alone(cat, Catalog.enqueue, ["f", "g"], 50.0)
+    assert alone(cat, Catalog.wake, 10.0) == 2
+    alone(cat, Catalog.recover, 0.0)
+    old = cat.proxy
+    cat.db.execute("DELETE FROM proxies")  # retired by another proxy meanwhile
+    alone(cat, Catalog.beat, [], 1.0, 30.0, True)
+    assert cat.proxy != old
+    assert cat.db.execute("SELECT id FROM proxies").fetchall() == [(cat.proxy,)]

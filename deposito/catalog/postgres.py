@@ -71,16 +71,23 @@ def check_url(url: str) -> str:
 
 class PostgresConnection:
     """A psycopg connection in autocommit mode (transactions are begun by
-    hand, as with SQLite) that takes the operations' ``?`` placeholders."""
+    hand, as with SQLite) that takes the operations' ``?`` placeholders.
+
+    In pipeline mode (see :meth:`PostgresBackend.pipeline`) it counts the
+    statements sent and those known done, so that a flush costs a round trip
+    only when a statement's result is still on its way."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         self.pipeline: psycopg.Pipeline | None = None  # while in pipeline mode
+        self.sent = 0  # statements sent so far...
+        self.done = 0  # ...and of those, the first this many are known done
 
     @contextlib.contextmanager
     def pipelined(self) -> Iterator[None]:
         with self.conn.pipeline() as pipeline:
             self.pipeline = pipeline
+            self.done = self.sent  # whatever came before ran outside the pipeline
             try:
                 yield
             finally:
@@ -90,16 +97,63 @@ class PostgresConnection:
     def in_transaction(self) -> bool:
         return self.conn.info.transaction_status != pq.TransactionStatus.IDLE
 
-    def execute(self, sql: str, params: Any = (), /) -> psycopg.Cursor[Any]:
-        return self.conn.execute(pyformat(sql), params) if params else self.conn.execute(sql)
+    def execute(self, sql: str, params: Any = (), /) -> PostgresCursor:
+        return self._sent(self.conn.execute(pyformat(sql), params) if params else self.conn.execute(sql))
 
-    def executemany(self, sql: str, params: Iterable[Any], /) -> psycopg.Cursor[Any]:
+    def executemany(self, sql: str, params: Iterable[Any], /) -> PostgresCursor:
         cursor = self.conn.cursor()
         cursor.executemany(pyformat(sql), list(params))
-        return cursor
+        return self._sent(cursor)
+
+    def _sent(self, cursor: psycopg.Cursor[Any]) -> PostgresCursor:
+        self.sent += 1
+        return PostgresCursor(self, cursor, self.sent)
+
+    def flush(self) -> None:
+        """Wait until every statement sent is done (raising its error, if any):
+        at once if a result read since the last one sent says so already."""
+        if self.pipeline is not None and self.done < self.sent:
+            self.pipeline.sync()
+        self.done = self.sent
 
     def close(self) -> None:
         self.conn.close()
+
+
+class PostgresCursor:
+    """One statement's results. In pipeline mode they come back when read,
+    and with them those of every statement sent before (the server runs
+    them in order); its row count, only after a flush, which is done here."""
+
+    def __init__(self, conn: PostgresConnection, cursor: psycopg.Cursor[Any], number: int) -> None:
+        self.conn = conn
+        self.cursor = cursor
+        self.number = number  # the how-manieth statement sent on conn
+
+    def _read(self) -> None:
+        self.conn.done = max(self.conn.done, self.number)
+
+    def fetchone(self) -> Any:
+        row = self.cursor.fetchone()
+        self._read()
+        return row
+
+    def fetchall(self) -> list[Any]:
+        rows = self.cursor.fetchall()
+        self._read()
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        row = self.fetchone()
+        while row is not None:
+            yield row
+            row = self.cursor.fetchone()
+
+    @property
+    def rowcount(self) -> int:
+        if self.cursor.rowcount < 0 and self.conn.pipeline is not None:  # not answered yet
+            self.conn.flush()
+        return self.cursor.rowcount
 
 
 class PostgresBackend:
@@ -186,8 +240,7 @@ class PostgresBackend:
         return db.pipelined()
 
     def flush(self, db: PostgresConnection) -> None:
-        if db.pipeline is not None:
-            db.pipeline.sync()
+        db.flush()
 
     def begin(self, db: PostgresConnection, durable: bool) -> None:
         """A batch of nothing durable commits without waiting for the disk
