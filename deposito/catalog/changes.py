@@ -14,34 +14,46 @@ from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE, hidden_name, manifest_name, parts_range
 
 
+CURRENT = "SELECT blob, size, replicas, parts FROM files WHERE name = ?"  # a name's version, as _replace needs it
+UNREAD = object()  # (see _replace)
+
+
 class Changes(Database):
     """The steps of the catalog's transactions, each taking the open
     connection ``db``; the operations compose them."""
 
     proxy: str  # this proxy's id among those sharing the catalog
 
-    def _settle_at(self, db: Connection, name: str, version: int, blob: str, servers: list[str]) -> bool:
+    def _settle_at(self, db: Connection, name: str, version: int, blob: str, servers: list[str]
+                   ) -> tuple[bool, Any]:
         """A commit's first steps: lock ``name``'s row and settle it at
         ``version`` unless a newer one was settled first, and take the
-        upload's intents (Unavailable if this proxy lost its lease). False
-        (the copies made garbage) when the version is superseded."""
+        upload's intents (Unavailable if this proxy lost its lease). Returns
+        whether ``version`` is the newest (if not, its copies are made
+        garbage), and the version it replaces, read in the same round trip
+        (see :meth:`_replace`)."""
         settled = db.execute(f"UPDATE names SET settled = {self.dialect.greatest}(settled, ?) WHERE name = ?"
-                             " RETURNING settled", (version, name)).fetchone()
-        intents = db.execute("DELETE FROM intents WHERE blob = ? RETURNING server, owner", (blob,)).fetchall()
-        if not set(servers) <= {server for server, owner in intents if owner == self.proxy}:
+                             " RETURNING settled", (version, name))
+        intents = db.execute("DELETE FROM intents WHERE blob = ? RETURNING server, owner", (blob,))
+        current = db.execute(CURRENT, (name,))  # after the lock: the newest committed
+        # the three are sent before any answer is read: one round trip on a distant database
+        newest, taken, replaced = settled.fetchone(), intents.fetchall(), current.fetchone()
+        if not set(servers) <= {server for server, owner in taken if owner == self.proxy}:
             raise Unavailable("this proxy lost its lease on the catalog meanwhile: the upload was abandoned")
         # servers written to but not holding a verified copy are garbage
-        left = {server for server, _ in intents} - set(servers)
+        left = {server for server, _ in taken} - set(servers)
         if left:
             db.executemany(INSERT_GARBAGE, [(blob, server) for server in sorted(left)])
-        if settled is not None and settled[0] > version:
+        if newest is not None and newest[0] > version:
             db.executemany(INSERT_GARBAGE, [(blob, s) for s in servers])
-            return False
-        return True
+            return False, replaced
+        return True, replaced
 
-    def _replace(self, db: Connection, name: str, row: tuple[Any, ...]) -> None:
-        """Make ``row`` (the values of UPSERT_FILE) ``name``'s version: the one it replaces is garbage."""
-        old = db.execute("SELECT blob, size, replicas, parts FROM files WHERE name = ?", (name,)).fetchone()
+    def _replace(self, db: Connection, name: str, row: tuple[Any, ...], replaced: Any = UNREAD) -> None:
+        """Make ``row`` (the values of UPSERT_FILE) ``name``'s version: the one
+        it replaces (``replaced``: as :data:`CURRENT` reads it, unless read
+        here) is garbage."""
+        old = db.execute(CURRENT, (name,)).fetchone() if replaced is UNREAD else replaced
         files, size, wanted = weight(name, row[3], row[5], row[9])
         if old is not None:
             self._drop_version(db, old[0], old[3])

@@ -88,7 +88,7 @@ class Multipart(Changes):
         def tx(db: Connection) -> bool:
             if db.execute("DELETE FROM uploads WHERE id = ? RETURNING id", (upload,)).fetchone() is None:
                 raise NotFound(f"no upload {upload} under way")
-            if not self._settle_at(db, name, version, blob, servers):
+            if not self._settle_at(db, name, version, blob, servers)[0]:
                 self._drop_hidden(db, manifest_name(upload), manifest_name(upload) + "0")
                 return False
             low, high = parts_range(upload)

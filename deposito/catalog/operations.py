@@ -181,11 +181,12 @@ class Catalog(Multipart, WorkQueue):
         self._not_left()
 
         def tx(db: Connection) -> int:
+            # the intents first: reading the version brings their answer too (one round trip)
+            db.executemany("INSERT INTO intents (blob, server, owner) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                           [(blob, s, self.proxy) for s in servers])
             version = db.execute("INSERT INTO names (name, last_version) VALUES (?, 1) ON CONFLICT (name)"
                                  " DO UPDATE SET last_version = names.last_version + 1 RETURNING last_version",
                                  (name,)).fetchone()[0]
-            db.executemany("INSERT INTO intents (blob, server, owner) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                           [(blob, s, self.proxy) for s in servers])
             return int(version)
         return self._tx(tx)
 
@@ -220,10 +221,11 @@ class Catalog(Multipart, WorkQueue):
         servers = list(servers)
 
         def tx(db: Connection) -> bool:
-            if not self._settle_at(db, name, version, blob, servers):
+            newest, replaced = self._settle_at(db, name, version, blob, servers)
+            if not newest:
                 return False
             self._replace(db, name, (name, version, blob, size, sha256, replicas, now, " ".join(sorted(set(servers))),
-                                     meta, ""))
+                                     meta, ""), replaced)
             self._add_copies(db, blob, servers, now)
             return True
         return self._tx(tx)
