@@ -335,6 +335,9 @@ class MeteredDepot:
     def recent(self, name: str) -> FileRecord | None:
         return self._depot.recent(name)
 
+    def guess(self, name: str) -> FileRecord | None:
+        return self._depot.guess(name)
+
     def healthy(self, record: FileRecord) -> list[Member]:
         return self._depot.healthy(record)
 

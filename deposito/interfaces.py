@@ -228,6 +228,11 @@ class ICatalog(IWorkCatalog):
         """The FileRecord of ``name`` if it is at hand at once (what
         :meth:`lookup` would answer), else None. Not a Deferred."""
 
+    def guess(name: str) -> Optional[FileRecord]:
+        """The FileRecord ``name`` had when it was last looked up here, if
+        at hand; on a catalog other proxies share it may be outdated. Not a
+        Deferred."""
+
     def listing(prefix: str, after: str, limit: Optional[int]) -> Deferred[Listing]:
         """A :class:`deposito.catalog.listing.Listing` of the names starting with
         ``prefix`` after ``after`` (at most ``limit``, None: all), read in
@@ -319,6 +324,11 @@ class IDepot(Interface):
 
     def recent(name: str) -> Optional[FileRecord]:
         """The FileRecord of ``name`` if at hand at once, else None."""
+
+    def guess(name: str) -> Optional[FileRecord]:
+        """What the FileRecord of ``name`` was when last looked up, if at
+        hand; on a catalog other proxies share, only :meth:`lookup` says
+        whether it still stands."""
 
     def healthy(record: FileRecord) -> list[Member]:
         """The up servers holding a copy, in the order to read them."""

@@ -82,6 +82,9 @@ class FakeDepot:
     def recent(self, name):
         return None  # every GET takes the streamed way (lookup, read)
 
+    def guess(self, name):
+        return None
+
     def read_small(self, record):
         return None  # the streamed read is the way
 
@@ -370,6 +373,9 @@ class SmallReadDepot(FakeDepot):
     def recent(self, name):
         return self._record(name) if name in self.files else None
 
+    def guess(self, name):
+        return None
+
     def read_small(self, record):
         d = defer.Deferred()
         self.pending.append(d)
@@ -417,6 +423,9 @@ class SlowDepot(FakeDepot):
 
     def recent(self, name):
         return self._record(name) if self.small and name in self.files else None
+
+    def guess(self, name):
+        return None
 
     def read_small(self, record):
         return task.deferLater(reactor, 0.1, lambda: [self.files[record.name]])

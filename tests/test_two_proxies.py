@@ -149,7 +149,8 @@ class TestBothProxiesUp:
     def test_a_write_through_one_proxy_is_seen_through_the_other_at_once(self, pair):
         """PUT through one, GET and STAT through the other right after; a
         new version and a DELETE through the other are seen by the first at
-        once, though it has just read the file (no proxy keeps what it read)."""
+        once, though it has just read the file (what a proxy keeps of what
+        it read is only a guess, which the catalog confirms)."""
         a, b = pair
         data = os.urandom(300_000)
         with a.wire() as wa, b.wire() as wb:
@@ -177,6 +178,23 @@ class TestBothProxiesUp:
         assert names(a, "seen/") == names(b, "seen/") == []
         # and neither version stays on any disk
         assert poll(lambda: only(a.copies(), [data, newer]) == {}, 20), only(a.copies(), [data, newer])
+
+    def test_a_small_file_read_through_one_proxy_and_changed_through_the_other_is_read_new(self, pair):
+        """A small file is read whole from the copy a proxy remembers while
+        the catalog is asked: a version written through the other proxy in
+        between is the one read, every time, and a deleted file is gone."""
+        a, b = pair
+        with a.wire() as wa, b.wire() as wb:
+            for i in range(20):
+                writer, reader = (wb, wa) if i % 2 else (wa, wb)
+                data = os.urandom(4096)  # the same size each time: only the bytes tell the versions apart
+                r = writer.put("seen/small", data, 2)
+                assert r.startswith("OK stored") and fields(r)["version"] == str(i + 1), r
+                head, got = reader.get("seen/small")
+                assert got == data and fields(head)["version"] == str(i + 1), (i, head)
+                assert writer.get("seen/small")[1] == data
+            assert wb.cmd("DELETE seen/small").startswith("OK deleted")
+            assert wa.get("seen/small")[0].startswith("ERR notfound")
 
     def test_concurrent_puts_of_one_name_through_both_proxies(self, pair):
         """Rounds of PUTs of one name, four at once, two through each proxy:

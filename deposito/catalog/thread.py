@@ -43,8 +43,9 @@ class CatalogThread:
     their own, so a GET does not wait behind the PUTs committing meanwhile;
     their answers are kept only when no change was under way.
 
-    A catalog other proxies share (``backend.shared``) keeps nothing: any of
-    them may change any record, so every lookup asks the database.
+    On a catalog other proxies share (``backend.shared``) any of them may
+    change any record, so every lookup asks the database; the records kept
+    are only guesses (:meth:`guess`), which a lookup confirms or not.
     """
 
     kept = 16384  # records of this many names at most (about 500 bytes each)
@@ -105,6 +106,12 @@ class CatalogThread:
         answer now), else None."""
         if not self._keeps:
             return None  # shared: any proxy may have changed it
+        return self.guess(name)
+
+    def guess(self, name: str) -> FileRecord | None:
+        """The record ``name`` had when last looked up here, if it is kept: on
+        a shared catalog another proxy may have changed it since, and only a
+        lookup says whether it still stands."""
         record = self._records.get(name)
         if record is not None:
             self._records.move_to_end(name)
@@ -121,7 +128,7 @@ class CatalogThread:
         return d
 
     def _keep(self, record: FileRecord | None, name: str, changes: int) -> FileRecord | None:
-        if record is not None and changes == self._changes and self._keeps:  # nothing may have changed it since
+        if record is not None and changes == self._changes:  # nothing of ours may have changed it since
             self._records[name] = record
             if len(self._records) > self.kept:
                 self._records.popitem(last=False)

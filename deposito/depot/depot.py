@@ -200,6 +200,9 @@ class Depot:
     def recent(self, name: str) -> FileRecord | None:
         return self.reader.recent(name)
 
+    def guess(self, name: str) -> FileRecord | None:
+        return self.reader.guess(name)
+
     def healthy(self, record: FileRecord) -> list[Member]:
         return self.reader.healthy(record)
 

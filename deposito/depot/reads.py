@@ -45,6 +45,11 @@ class Reader:
         trip to its thread (what :meth:`lookup` would answer), else None."""
         return self.db.kept_record(name)
 
+    def guess(self, name: str) -> FileRecord | None:
+        """What :meth:`lookup` answered last for ``name``, if at hand: on a
+        shared catalog, another proxy may have changed it since."""
+        return self.db.guess(name)
+
     def healthy(self, record: FileRecord) -> list[Member]:
         """The up servers holding a copy, in the order to read them (see read_order)."""
         members = [self.roster.get(s) for s in record.servers]

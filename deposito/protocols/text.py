@@ -239,7 +239,10 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
     def do_GET(self, name: str) -> Any:
         record = self.depot.recent(check_name(name))
-        small = self.depot.read_small(record) if record is not None else None
+        if record is None:  # a small file may be read from the copy guessed while the catalog is asked
+            guess = self.depot.guess(name)
+            return self._get(name, guess, self.depot.read_small(guess) if guess is not None else None)
+        small = self.depot.read_small(record)
         if small is None:
             return self._get(name)
         self.setTimeout(None)
@@ -248,8 +251,29 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
                                         errbackArgs=(record,)))
         return None
 
-    async def _get(self, name: str) -> None:
-        await self._read(await self.depot.lookup(name))
+    async def _get(self, name: str, guess: FileRecord | None = None,
+                   small: defer.Deferred[list[bytes]] | None = None) -> None:
+        """GET from the catalog's answer; ``small``: the bytes of the version
+        ``guess`` names, being read meanwhile, sent only if that version is
+        the one the catalog answers."""
+        try:
+            record = await self.depot.lookup(name)
+        except BaseException:
+            if small is not None:
+                small.addErrback(lambda _: None)  # not wanted: nor is its failure
+            raise
+        if small is not None and guess is not None and (guess.version, guess.blob) == (record.version, record.blob):
+            try:
+                parts = await small
+            except Exception:
+                pass  # nothing was sent: every copy is tried below
+            else:
+                self.setTimeout(None)
+                self._send_small(parts, record)
+                return
+        elif small is not None:
+            small.addErrback(lambda _: None)  # an older version's bytes: not wanted
+        await self._read(record)
 
     def _send_small(self, parts: list[bytes], record: Any) -> None:
         self.reply(_header(record))
