@@ -99,9 +99,16 @@ def test_batch_commits_together_and_isolates_a_failing_call(cat):
         c._tx(lambda db: db.execute("INSERT INTO names (name, last_version) VALUES ('half', 1)"))
         raise ValueError("no")
 
-    results = cat.batch([(Catalog.begin_upload, ("a", "b1", ["s1"])), (boom, ()),
-                         (Catalog.begin_upload, ("a", "b2", ["s1"]))])
-    assert [ok for ok, _ in results] == [True, False, True]
+    def refused(c):  # the database refuses a statement: its error comes back after the call
+        c._tx(lambda db: db.execute("INSERT INTO names (name, last_version) VALUES ('a', 7)"))
+
+    def refused_read(c):  # ...or as its answer is read
+        return c._tx(lambda db: db.execute("INSERT INTO names (name, last_version) VALUES ('a', 7)"
+                                           " RETURNING name").fetchone())
+
+    results = cat.batch([(Catalog.begin_upload, ("a", "b1", ["s1"])), (boom, ()), (refused, ()),
+                         (refused_read, ()), (Catalog.begin_upload, ("a", "b2", ["s1"]))])
+    assert [ok for ok, _ in results] == [True, False, False, False, True]
     assert [r for ok, r in results if ok] == [1, 2]
     assert cat.db.execute("SELECT count(*) FROM names WHERE name = 'half'").fetchone() == (0,)
 

@@ -189,7 +189,9 @@ class Database:
 
         Returns (ok, result or exception) per call, once the commit is durable.
         A call that fails is undone alone (a savepoint); if the commit itself
-        fails, every call fails with its error. A batch that loses a conflict
+        fails, every call fails with its error. The calls' statements share
+        round trips (see Backend.pipeline), each call's seen done before the
+        next begins, so that its errors are its own. A batch that loses a conflict
         with another proxy's runs again whole (the database undid all of it).
         """
         durable = any(is_durable(method) for method, _ in calls)
@@ -209,26 +211,42 @@ class Database:
             return self._alone(*calls[0], durable)
         db = self.db
         results: list[tuple[bool, Any]] = []
-        self.backend.begin(db, durable)
         try:
-            for method, args in calls:
-                db.execute("SAVEPOINT batched")
-                self._calling = True
-                try:
-                    results.append((True, method(self, *args)))
-                except Exception as e:
-                    if self.backend.unreachable(e) or self.backend.retryable(e):
-                        raise
-                    db.execute("ROLLBACK TO batched")
-                    results.append((False, e))
-                finally:
-                    self._calling = False
-                db.execute("RELEASE batched")
-            db.execute("COMMIT")
+            with self.backend.pipeline(db):
+                self.backend.begin(db, durable)
+                for method, args in calls:
+                    db.execute("SAVEPOINT batched")
+                    self._calling = True
+                    try:
+                        result = method(self, *args)
+                        self.backend.flush(db)  # its statements done, its errors its own
+                        results.append((True, result))
+                    except Exception as e:
+                        if self.backend.unreachable(e) or self.backend.retryable(e):
+                            raise
+                        self._settle(db)
+                        db.execute("ROLLBACK TO batched")
+                        results.append((False, e))
+                    finally:
+                        self._calling = False
+                    db.execute("RELEASE batched")  # sent with the next call's first statements
+                self.backend.flush(db)
+                db.execute("COMMIT")
+                self.backend.flush(db)
         except BaseException as e:
             self._undo(db, e)
             raise
         return results
+
+    def _settle(self, db: Any) -> None:
+        """After a call of a batch failed: what it sent is done, so that it
+        can be undone. Its statements' own errors were its failure; a lost
+        connection or a conflict fails the batch."""
+        try:
+            self.backend.flush(db)
+        except Exception as e:
+            if self.backend.unreachable(e) or self.backend.retryable(e):
+                raise
 
     def _alone(self, method: Callable[..., Any], args: tuple, durable: bool) -> list[tuple[bool, Any]]:
         """A batch of one call: its failure undoes the whole transaction (no

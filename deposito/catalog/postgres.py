@@ -113,6 +113,7 @@ class PostgresConnection:
         """Wait until every statement sent is done (raising its error, if any):
         at once if a result read since the last one sent says so already."""
         if self.pipeline is not None and self.done < self.sent:
+            self.done = self.sent  # answered (or failed) by the sync, whatever it raises
             self.pipeline.sync()
         self.done = self.sent
 
@@ -235,8 +236,8 @@ class PostgresBackend:
 
     def pipeline(self, db: PostgresConnection) -> contextlib.AbstractContextManager[Any]:
         """Statements go out without waiting for each other's answers until
-        one's result is read (psycopg's pipeline mode): a commit's statements
-        take four round trips instead of ten."""
+        one's result is read (psycopg's pipeline mode): a PUT's commit takes
+        three round trips (its reads, its writes, COMMIT) instead of ten."""
         return db.pipelined()
 
     def flush(self, db: PostgresConnection) -> None:
