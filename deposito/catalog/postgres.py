@@ -5,8 +5,9 @@ What sharing asks, and where it is done:
   (:mod:`deposito.catalog.operations`, through the dialect);
 - a batch that loses a deadlock or a serialization conflict runs again whole
   (:meth:`PostgresBackend.retryable`, :meth:`deposito.catalog.Catalog.batch`);
-- nothing read is kept in memory (``shared``): another proxy may change any
-  record, and reading your writes through any proxy matters more;
+- every lookup asks the database (``shared``): another proxy may change any
+  record, and reading your writes through any proxy matters more (what was
+  read is kept only as a guess, see CatalogThread.guess);
 - each proxy's unfinished uploads, queued files and garbage it works on are
   its own, claimed with ``FOR UPDATE SKIP LOCKED``, and handed over when its
   lease runs out (``Catalog.beat``, through the dialect);
