@@ -937,3 +937,15 @@ def test_calls_made_alone_see_how_many_rows_their_statements_changed(cat):
     alone(cat, Catalog.beat, [], 1.0, 30.0, True)
     assert cat.proxy != old
     assert cat.db.execute("SELECT id FROM proxies").fetchall() == [(cat.proxy,)]
+
+
+def test_a_rebuild_makes_again_the_buckets_s3_stored_versions_name(cat):
+    """A version with gateway metadata was stored through S3: adopting it
+    makes its bucket again; a file the text protocol stored makes none."""
+    meta = '{"etag": "0123456789abcdef0123456789abcdef", "type": "text/plain"}'
+    cat.adopt("s1", [("b1", 1, 3, "x", 1, "photos/cat.jpg", meta), ("b2", 1, 3, "y", 1, "notes/a.txt", "")], 5.0)
+    assert cat.bucket("photos") == 5.0
+    assert cat.bucket("notes") is None
+    assert cat.create_bucket("docs", 1.0)
+    cat.adopt("s1", [("b3", 1, 3, "z", 1, "docs/old.txt", meta)], 9.0)
+    assert cat.bucket("docs") == 1.0  # one there already is kept as it is

@@ -122,6 +122,14 @@ class Changes(Database):
                        [(name, due) for name in names])
 
 
+    @staticmethod
+    def _seen_bucket(db: Connection, name: str, meta: str, now: float) -> None:
+        """Rebuilding: a version S3 stored (it has gateway metadata) names its
+        bucket, which is made again if the catalog lost it."""
+        if meta and name >= VISIBLE and "/" in name:
+            db.execute("INSERT INTO buckets (name, created) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                       (name.split("/", 1)[0], now))
+
     def _seen_version(self, db: Connection, name: str, version: int) -> None:
         """Rebuilding: ``version`` of ``name`` is on the servers, so versions given out from now on are above it."""
         greatest = self.dialect.greatest

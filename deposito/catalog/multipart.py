@@ -180,6 +180,7 @@ class Multipart(Changes):
             self._drop_hidden(db, low, high, "AND start IS NULL")
             self._replace(db, name, (name, version, pointer_blob(upload), total, sha256, kept[0], now, "", meta,
                                      upload))
+            self._seen_bucket(db, name, meta, now)
             self._parts_changed(db, upload)
             return "made"
         return self._tx(tx)

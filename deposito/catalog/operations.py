@@ -436,7 +436,7 @@ class Catalog(Multipart, WorkQueue):
     def adopt(self, server: str, entries: Iterable[tuple[str, int, int, str, int, str, str]], now: float) -> int:
         """Rebuilding: take a server's blobs (blob, version, size, sha256, replicas,
         name, meta) into the catalog, each version with the gateway metadata
-        kept on its blob; the highest version of each name wins, older ones
+        kept on its blob (and the bucket S3 stored it in made again); the highest version of each name wins, older ones
         are garbage, and a version wants the most copies any of its copies
         says (one made after a REPLICAS knows the new count). Returns how
         many copies were taken."""
@@ -455,6 +455,7 @@ class Catalog(Multipart, WorkQueue):
                     continue
                 else:
                     self._replace(db, name, (name, version, blob, size, sha256, max(1, replicas), now, "", meta, ""))
+                    self._seen_bucket(db, name, meta, now)
                     self._enqueue(db, [name])
                 db.execute(INSERT_COPY, (blob, server, now))
                 self._servers_changed(db, [blob])
