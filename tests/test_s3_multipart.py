@@ -377,3 +377,75 @@ def test_replicas_wait_and_scrub_reach_every_part_of_a_multipart_object(tmp_path
         assert len(cluster.holders(parts[1])) == 2
         assert poll(lambda: len(cluster.holders(parts[1])) == 3, 30)  # found by a scrub, copied again
         assert c.get_object(Bucket="multi", Key="grow.bin")["Body"].read() == b"".join(parts)
+
+
+@pytest.mark.slow
+def test_a_complete_longer_than_the_clients_read_timeout_keeps_it_waiting(tmp_path):
+    """A Complete reads its parts once. Here the server a part is read from
+    first is frozen, so that read waits until the server is taken for down
+    and goes on from the other copy: longer than the client's 2 s read
+    timeout. As S3 does, the 200 begins and spaces follow until the
+    answer, so the client, which does not retry, gets its object."""
+    import signal
+    import time
+
+    from deposito.placement import read_order
+    from deposito.roster import Member
+
+    with s3_cluster(tmp_path) as s3:
+        cluster, c = s3.cluster, s3.client()
+        parts = [os.urandom(5 * MiB), os.urandom(MiB)]
+        upload, done = upload_parts(c, "slow.bin", parts)
+        holders = cluster.holders(parts[0])
+        [blob] = {p.name for p in cluster.blob_files(holders[0]) if p.read_bytes() == parts[0]}
+        frozen = read_order(blob, [Member(id=h, zone="", host="", port=0) for h in holders])[0].id
+        impatient = s3.client(read_timeout=2)
+        cluster.servers[frozen].send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            result = impatient.complete_multipart_upload(Bucket="multi", Key="slow.bin", UploadId=upload,
+                                                         MultipartUpload={"Parts": done})
+            took = time.monotonic() - started
+        finally:
+            cluster.servers[frozen].send_signal(signal.SIGCONT)
+        assert took > 3, took  # it did outlast the client's read timeout
+        assert result["ETag"] == md5_etag(parts)
+        assert c.get_object(Bucket="multi", Key="slow.bin")["Body"].read() == b"".join(parts)
+
+
+@pytest.mark.slow
+def test_a_complete_that_fails_after_its_200_began_says_so_and_keeps_the_upload(tmp_path):
+    """Both copies of a part are frozen: the Complete, its 200 begun, fails
+    once both servers are taken for down. The client reads the Error in
+    that 200 as the error it is, nothing was made, and the upload can be
+    completed once the servers are back."""
+    import signal
+
+    with s3_cluster(tmp_path) as s3:
+        cluster, c = s3.cluster, s3.client()
+        parts = [os.urandom(5 * MiB), os.urandom(MiB)]
+        upload, done = upload_parts(c, "stuck.bin", parts)
+        holders = cluster.holders(parts[0])
+        assert len(holders) == 2
+        for sid in holders:
+            cluster.servers[sid].send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(ClientError) as failed:
+                s3.client(read_timeout=2).complete_multipart_upload(
+                    Bucket="multi", Key="stuck.bin", UploadId=upload, MultipartUpload={"Parts": done})
+        finally:
+            for sid in holders:
+                cluster.servers[sid].send_signal(signal.SIGCONT)
+        assert code(failed.value) == "ServiceUnavailable", failed.value.response
+        assert code_of(lambda: c.head_object(Bucket="multi", Key="stuck.bin")) == "404"
+        cluster.wait_up(3)
+        c.complete_multipart_upload(Bucket="multi", Key="stuck.bin", UploadId=upload, MultipartUpload={"Parts": done})
+        assert c.get_object(Bucket="multi", Key="stuck.bin")["Body"].read() == b"".join(parts)
+
+
+def code_of(call) -> str:
+    try:
+        call()
+    except ClientError as e:
+        return code(e)
+    return "none"

@@ -12,6 +12,8 @@ from typing import Optional
 
 import attrs
 
+from deposito.errors import DepositoError, NoSpace, NotFound, TooLarge, Unavailable
+
 
 @attrs.frozen
 class ErrorKind:
@@ -91,3 +93,13 @@ class S3Error(Exception):
         self.extra = extra
         super().__init__(f"{code}: {self.message}")
 
+
+def s3_error(e: DepositoError) -> S3Error:
+    """What S3 answers for a depot's error."""
+    if isinstance(e, TooLarge):
+        return S3Error("EntityTooLarge", e.message or None)
+    if isinstance(e, (Unavailable, NoSpace)):
+        return S3Error("ServiceUnavailable", str(e))
+    if isinstance(e, NotFound):
+        return S3Error("NoSuchKey")
+    return S3Error("InternalError", str(e))

@@ -37,13 +37,13 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from deposito.catalog import FileRecord
-from deposito.errors import DepositoError, NoSpace, NotEmpty, NotFound, TooLarge, Unavailable
+from deposito.errors import DepositoError, NotEmpty, NotFound
 from deposito.interfaces import IDepot
 from deposito.protocols.words import MAX_NAME_BYTES
 from deposito.s3 import sigv4, xmlwire
 from deposito.s3.checksums import Checksummer
 from deposito.s3.chunked import ChunkedDecoder
-from deposito.s3.errors import S3Error
+from deposito.s3.errors import S3Error, s3_error
 from deposito.s3.keys import S3Keys
 from deposito.s3.multipart import Multipart
 from deposito.s3.objects import KEPT_HEADERS, OWNER, ObjectMeta, check_bucket, file_name, replicas_of
@@ -84,6 +84,11 @@ class Call:
     @property
     def resource(self) -> str:
         return "/" + self.bucket + ("/" + self.key if self.key else "")
+
+    @property
+    def request_id(self) -> str:
+        """The id its answer carries (x-amz-request-id)."""
+        return (self.request.responseHeaders.getRawHeaders(b"x-amz-request-id") or [b""])[0].decode("latin-1")
 
 
 class Gateway:
@@ -126,7 +131,7 @@ class Gateway:
         except S3Error as e:
             await self.fail(request, method, e, raw_path, request_id)
         except DepositoError as e:
-            await self.fail(request, method, _s3_error(e), raw_path, request_id)
+            await self.fail(request, method, s3_error(e), raw_path, request_id)
         except Exception:  # a bug: logged, and the client still gets an answer
             log.failure("S3 {method} {path}", method=method, path=raw_path)
             await self.fail(request, method, S3Error("InternalError"), raw_path, request_id)
@@ -372,7 +377,7 @@ class Gateway:
                 log.warn("S3 GET of {name} failed: {why}", name=record.name, why=e)
                 request.setResponseCode(503)
                 request.responseHeaders.removeHeader(b"content-range")
-                body = xmlwire.error_document(_s3_error(e), "")
+                body = xmlwire.error_document(s3_error(e), "")
                 request.setHeader(b"content-type", b"application/xml")
                 request.setHeader(b"content-length", b"%d" % len(body))
                 request.write(body)
@@ -469,7 +474,7 @@ class Gateway:
                 failures.append(xmlwire.DeleteFailure(entry.key, e.code, e.message))
                 continue
             except DepositoError as e:
-                error = _s3_error(e)
+                error = s3_error(e)
                 failures.append(xmlwire.DeleteFailure(entry.key, error.code, error.message))
                 continue
             deleted.append(xmlwire.Deleted(entry.key))
@@ -640,16 +645,6 @@ def _split(raw_path: str) -> tuple[str, str]:
         return unquote(bucket, errors="strict"), unquote(key, errors="strict")
     except UnicodeDecodeError:
         raise S3Error("InvalidArgument", "The path is not UTF-8") from None
-
-
-def _s3_error(e: DepositoError) -> S3Error:
-    if isinstance(e, TooLarge):
-        return S3Error("EntityTooLarge", e.message or None)
-    if isinstance(e, (Unavailable, NoSpace)):
-        return S3Error("ServiceUnavailable", str(e))
-    if isinstance(e, NotFound):
-        return S3Error("NoSuchKey")
-    return S3Error("InternalError", str(e))
 
 
 def _max_keys(params: dict[str, str]) -> int:

@@ -9,6 +9,12 @@ checks the parts named against those stored (InvalidPart, EntityTooSmall)
 and makes the object of them without copying a byte; its ETag is the MD5 of
 the parts' MD5s with ``-N``, as S3's. A Complete sent again after its
 answer was lost answers the same.
+
+A Complete reads its parts once (for the object's SHA-256), which takes a
+while for a big object: as S3 does, once it has run KEEP_ALIVE_AFTER
+seconds its 200 begins, a space follows every KEEP_ALIVE_EVERY seconds so
+that no client's read timeout fires, and the result, or an Error document
+in that 200 (which S3 clients read as the error it is), ends it.
 """
 
 from __future__ import annotations
@@ -17,20 +23,27 @@ import hashlib
 from typing import TYPE_CHECKING, Optional
 
 import attrs
+from twisted.internet.task import LoopingCall
 
 from deposito.catalog import FileRecord
-from deposito.errors import BadArgs, NotFound
+from deposito.errors import BadArgs, DepositoError, NotFound
+from deposito.twisted_internals import request_gone
 from deposito.s3 import xmlwire
-from deposito.s3.errors import S3Error
+from deposito.s3.errors import S3Error, s3_error
 from deposito.s3.objects import OWNER, ObjectMeta, check_bucket, file_name, replicas_of
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
     from deposito.interfaces import IMultipart
     from deposito.s3.gateway import Call, Gateway
+    from deposito.s3.request import S3Request
 
 MIN_PART = 5 << 20  # every part but the last is at least this big, as S3 asks
 MAX_PARTS_LISTED = 1000
 PAGE = 1000  # stored parts read at a time while a Complete is checked
+KEEP_ALIVE_AFTER = 1.0  # seconds a Complete runs before its 200 begins (see KeepAlive)
+KEEP_ALIVE_EVERY = 1.0  # then a space this often until its answer
 
 
 class Multipart:
@@ -116,15 +129,27 @@ class Multipart:
         etag = hashlib.md5(b"".join(bytes.fromhex(ObjectMeta.of(part).etag) for part in chosen),
                            usedforsecurity=False).hexdigest() + f"-{len(chosen)}"
         meta = attrs.evolve(ObjectMeta.of(FileRecord("", 0, "", 0, "", 0, (), meta=kept)), etag=etag)
+        keep = KeepAlive(self.gateway.clock, call.request)
         try:
-            record = await self.uploads.complete(upload, chosen, meta.to_text())
-        except NotFound:
-            await self.answer_again(call, name, upload)
+            try:
+                record = await self.uploads.complete(upload, chosen, meta.to_text())
+            except NotFound:
+                record = await self.made_by(call, name, upload)
+            except BadArgs:  # a part was replaced meanwhile
+                raise S3Error("InvalidPart") from None
+        except (S3Error, DepositoError) as e:
+            if not keep.stop():
+                raise  # answered as any error
+            error = e if isinstance(e, S3Error) else s3_error(e)
+            error.resource = call.resource
+            keep.end(xmlwire.error_document(error, call.request_id))
             return
-        except BadArgs:  # a part was replaced meanwhile
-            raise S3Error("InvalidPart") from None
-        await self.gateway.send(call, 200, xmlwire.complete_multipart_upload_result(
-            f"/{call.bucket}/{call.key}", call.bucket, call.key, ObjectMeta.of(record).etag))
+        result = xmlwire.complete_multipart_upload_result(
+            f"/{call.bucket}/{call.key}", call.bucket, call.key, ObjectMeta.of(record).etag)
+        if keep.stop():
+            keep.end(result)
+        else:
+            await self.gateway.send(call, 200, result)
 
     async def chosen(self, upload: str, asked: list[tuple[int, str]]) -> list[FileRecord]:
         """The stored parts a Complete names, in order: InvalidPart when one
@@ -171,6 +196,12 @@ class Multipart:
     async def answer_again(self, call: Call, name: str, upload: str) -> None:
         """A Complete of an upload no longer under way: answered as before
         when the object is the one it made (the first answer was lost), else NoSuchUpload."""
+        record = await self.made_by(call, name, upload)
+        await self.gateway.send(call, 200, xmlwire.complete_multipart_upload_result(
+            f"/{call.bucket}/{call.key}", call.bucket, call.key, ObjectMeta.of(record).etag))
+
+    async def made_by(self, call: Call, name: str, upload: str) -> FileRecord:
+        """The object ``upload`` made, if it is ``name``'s version now; else NoSuchUpload."""
         try:
             record: Optional[FileRecord] = await self.gateway.depot.lookup(name)
         except NotFound:
@@ -178,8 +209,7 @@ class Multipart:
         if record is None or record.parts != upload:
             await self.gateway.existing_bucket(call.bucket)
             raise S3Error("NoSuchUpload", UploadId=upload)
-        await self.gateway.send(call, 200, xmlwire.complete_multipart_upload_result(
-            f"/{call.bucket}/{call.key}", call.bucket, call.key, ObjectMeta.of(record).etag))
+        return record
 
     async def abort(self, call: Call) -> None:
         upload = await self.upload_of(call)
@@ -223,6 +253,48 @@ class Multipart:
             next_key_marker=entries[-1].key if truncated else None,
             next_upload_id_marker=entries[-1].upload_id if truncated else None, max_uploads=limit,
             is_truncated=truncated, encoding_type=p.get("encoding-type")))
+
+
+class KeepAlive:
+    """A long Complete's answer begun early, as S3 does: once it has run
+    KEEP_ALIVE_AFTER seconds, its 200 and the XML declaration are sent, then
+    a space every KEEP_ALIVE_EVERY seconds, and :meth:`end` sends the rest
+    (the result, or an Error document)."""
+
+    def __init__(self, clock: IReactorTime, request: S3Request) -> None:
+        self.request = request
+        self.started = False
+        self._spaces = LoopingCall(self._space)
+        self._spaces.clock = clock
+        self._begin = clock.callLater(KEEP_ALIVE_AFTER, self._start)
+
+    def _start(self) -> None:
+        if request_gone(self.request):
+            return
+        self.started = True
+        self.request.setResponseCode(200)
+        self.request.setHeader(b"content-type", b"application/xml")
+        self.request.write(xmlwire.DECLARATION)
+        self._spaces.start(KEEP_ALIVE_EVERY, now=False)
+
+    def _space(self) -> None:
+        if not request_gone(self.request):
+            self.request.write(b" ")
+
+    def stop(self) -> bool:
+        """No more spaces; whether the answer has begun (then :meth:`end` ends it)."""
+        if self._begin.active():
+            self._begin.cancel()
+        if self._spaces.running:
+            self._spaces.stop()
+        return self.started
+
+    def end(self, document: bytes) -> None:
+        """The rest of the answer begun: ``document`` without its declaration, sent already."""
+        if request_gone(self.request):
+            return
+        self.request.write(document.removeprefix(xmlwire.DECLARATION))
+        self.request.finish()
 
 
 def _part_number(text: str) -> int:

@@ -162,11 +162,14 @@ def element(name: str, value: Union[str, int, bool, None]) -> str:
     return f"<{name}>{text}</{name}>"
 
 
+DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'  # how every document begins
+
+
 def xml_document(root: str, parts: Iterable[str], namespace: bool = True) -> bytes:
     """The whole document: declaration, root (in S3's namespace if asked) and its parts."""
     attributes = f' xmlns="{NAMESPACE}"' if namespace else ""
     body = "".join(parts)
-    return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}{attributes}>{body}</{root}>'.encode("utf-8")
+    return DECLARATION + f"<{root}{attributes}>{body}</{root}>".encode("utf-8")
 
 
 def error_document(error: S3Error, request_id: str, host_id: Optional[str] = None) -> bytes:
