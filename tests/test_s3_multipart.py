@@ -139,6 +139,37 @@ def test_parts_listed_chosen_replaced_and_checked_at_complete(s3):
     c.delete_object(Bucket="multi", Key="made.bin")
 
 
+def test_uploads_listed_with_a_delimiter_roll_up_into_common_prefixes(s3):
+    """ListMultipartUploads with a delimiter: the keys that share what comes
+    up to it after the prefix are one CommonPrefix, each counting toward
+    max-uploads, and pages go on from a CommonPrefix as from a key."""
+    c = s3.client()
+    c.create_bucket(Bucket="rollup")
+    keys = ["a/1", "a/2", "b", "c/d/e", "c/x"]
+    ids = {key: c.create_multipart_upload(Bucket="rollup", Key=key)["UploadId"] for key in keys}
+    try:
+        def listed(**args):
+            page = c.list_multipart_uploads(Bucket="rollup", Delimiter="/", **args)
+            return ([u["Key"] for u in page.get("Uploads", [])],
+                    [p["Prefix"] for p in page.get("CommonPrefixes", [])], page["IsTruncated"], page)
+
+        assert listed()[:3] == (["b"], ["a/", "c/"], False)
+        assert listed(Prefix="c/")[:3] == (["c/x"], ["c/d/"], False)
+        seen, marker, upload_marker = [], "", ""
+        for _ in range(5):  # one at a time
+            uploads, prefixes, more, page = listed(MaxUploads=1, KeyMarker=marker, UploadIdMarker=upload_marker)
+            seen += uploads + prefixes
+            if not more:
+                break
+            marker, upload_marker = page["NextKeyMarker"], page.get("NextUploadIdMarker", "")
+        assert seen == ["a/", "b", "c/"]
+        flat = c.list_multipart_uploads(Bucket="rollup")["Uploads"]  # no delimiter: every upload
+        assert [(u["Key"], u["UploadId"]) for u in flat] == [(key, ids[key]) for key in keys]
+    finally:
+        for key, upload in ids.items():
+            c.abort_multipart_upload(Bucket="rollup", Key=key, UploadId=upload)
+
+
 def test_two_completes_of_one_upload_at_once_make_one_object(s3):
     """Two clients complete the same upload at the same moment (a retry
     racing the first try): both get the object's ETag, the object is whole,

@@ -26,6 +26,7 @@ import attrs
 from twisted.internet.task import LoopingCall
 
 from deposito.catalog import FileRecord
+from deposito.catalog.listing import prefix_end
 from deposito.errors import BadArgs, DepositoError, NotFound
 from deposito.twisted_internals import request_gone
 from deposito.s3 import xmlwire
@@ -234,24 +235,46 @@ class Multipart:
             owner=OWNER))
 
     async def list_uploads(self, call: Call) -> None:
+        """The uploads under way in a bucket, by key then by id; with a
+        delimiter, the keys sharing what comes up to it after the prefix are
+        rolled up into one CommonPrefix (each counts toward max-uploads, as
+        S3 counts them), and the catalog is asked again past it."""
         p = call.params
-        if p.get("delimiter"):
-            raise S3Error("NotImplemented", "Listing uploads with a delimiter is not served")
         await self.gateway.existing_bucket(call.bucket)
         prefix, key_marker, id_marker = p.get("prefix", ""), p.get("key-marker", ""), p.get("upload-id-marker", "")
+        delimiter = p.get("delimiter") or None
         limit = min(_count_param(p, "max-uploads", MAX_PARTS_LISTED), MAX_PARTS_LISTED)
         base = check_bucket(call.bucket) + "/"
-        after_id = id_marker if key_marker else ""
-        found = await self.uploads.uploads(base + prefix, base + key_marker if key_marker else "", after_id,
-                                           limit + 1)
-        truncated = len(found) > limit
-        found = found[:limit]
-        entries = [xmlwire.UploadEntry(name[len(base):], upload, created, owner=OWNER)
-                   for upload, name, created in found]
+        after: tuple[str | None, str] = (base + key_marker if key_marker else "", id_marker if key_marker else "")
+        if delimiter and key_marker.endswith(delimiter):  # a CommonPrefix given back: past every key under it
+            after = (prefix_end(base + key_marker), "")
+        entries: list[xmlwire.UploadEntry] = []
+        prefixes: list[str] = []
+        last: tuple[str, Optional[str]] = ("", None)  # the key (or CommonPrefix) listed last, and its upload
+        truncated = False
+        while after[0] is not None and not truncated:
+            want = limit + 1 - len(entries) - len(prefixes)
+            found = await self.uploads.uploads(base + prefix, after[0], after[1], want)
+            for upload, name, created in found:
+                if len(entries) + len(prefixes) == limit:
+                    truncated = True
+                    break
+                key = name[len(base):]
+                cut = key.find(delimiter, len(prefix)) if delimiter else -1
+                if cut < 0:
+                    entries.append(xmlwire.UploadEntry(key, upload, created, owner=OWNER))
+                    after, last = (name, upload), (key, upload)
+                    continue
+                prefixes.append(key[:cut + len(delimiter or "")])
+                after, last = (prefix_end(base + prefixes[-1]), ""), (prefixes[-1], None)
+                break  # asked again, past every key under it
+            else:
+                if len(found) < want:
+                    break
         await self.gateway.send(call, 200, xmlwire.list_multipart_uploads_result(
-            call.bucket, entries, prefix=prefix, key_marker=key_marker, upload_id_marker=id_marker,
-            next_key_marker=entries[-1].key if truncated else None,
-            next_upload_id_marker=entries[-1].upload_id if truncated else None, max_uploads=limit,
+            call.bucket, entries, prefixes, prefix=prefix, delimiter=delimiter, key_marker=key_marker,
+            upload_id_marker=id_marker, next_key_marker=last[0] if truncated else None,
+            next_upload_id_marker=last[1] if truncated else None, max_uploads=limit,
             is_truncated=truncated, encoding_type=p.get("encoding-type")))
 
 
