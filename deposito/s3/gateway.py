@@ -15,14 +15,13 @@ copy. A body whose signature, checksum or Content-MD5 does not hold stores
 nothing: the upload is aborted before its commit.
 
 Multipart uploads (:mod:`deposito.s3.multipart`) store each part as it
-comes, the same way, and make the object of them at Complete.
+comes, the same way, and make the object of them at Complete. Listings are
+in :mod:`deposito.s3.listings`, a body's checks in :mod:`deposito.s3.bodies`,
+the conditional headers in :mod:`deposito.s3.conditions`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import email.utils
 import hashlib
 import secrets
 from typing import Any, Awaitable, Callable, Optional
@@ -39,12 +38,12 @@ from zope.interface import implementer
 from deposito.catalog import FileRecord
 from deposito.errors import DepositoError, NotEmpty, NotFound
 from deposito.interfaces import IDepot
-from deposito.protocols.words import MAX_NAME_BYTES
 from deposito.s3 import sigv4, xmlwire
-from deposito.s3.checksums import Checksummer
-from deposito.s3.chunked import ChunkedDecoder
+from deposito.s3.bodies import BodyChecks
+from deposito.s3.conditions import check_conditions, check_copy_conditions, http_date
 from deposito.s3.errors import S3Error, s3_error
 from deposito.s3.keys import S3Keys
+from deposito.s3.listings import Listings
 from deposito.s3.multipart import Multipart
 from deposito.s3.objects import KEPT_HEADERS, OWNER, ObjectMeta, check_bucket, file_name, replicas_of
 from deposito.s3.request import S3Request
@@ -53,10 +52,8 @@ from deposito.web import ResponseConsumer, parse_range
 
 log = Logger()
 
-MAX_KEYS = 1000
 XML_BODY_LIMIT = 1 << 20  # DeleteObjects, CreateBucket
 IDLE_TIMEOUT = 60  # seconds a connection may send nothing (mid-body included)
-MAX_CHAR = "\U0010ffff"  # the highest character a name may hold
 # Sub-resources of a bucket or an object that are not served (S3 has many).
 NOT_SERVED = {"acl", "policy", "versioning", "versions", "tagging", "cors", "lifecycle", "website", "logging",
               "notification", "replication", "encryption", "object-lock", "retention", "legal-hold",
@@ -103,6 +100,7 @@ class Gateway:
         self.clock = clock
         self.max_size = max_size
         self.multipart = Multipart(self)
+        self.listings = Listings(self)
 
     def __call__(self, request: S3Request, method: bytes, raw: bytes) -> None:
         defer.ensureDeferred(self.handle(request, method.decode("latin-1"), raw.decode("latin-1"))).addErrback(
@@ -112,7 +110,7 @@ class Gateway:
         request_id = secrets.token_hex(8).upper()
         request.setHeader(b"x-amz-request-id", request_id.encode())
         request.setHeader(b"server", b"Deposito")
-        request.setHeader(b"date", _http_date(self.clock.seconds()).encode())
+        request.setHeader(b"date", http_date(self.clock.seconds()).encode())
         raw_path, _, raw_query = raw.partition("?")
         try:
             if not raw_path.startswith("/"):
@@ -255,73 +253,13 @@ class Gateway:
             await self.existing_bucket(call.bucket)
             await self.send(call, 200, xmlwire.location_constraint(None))
         elif call.params.get("list-type") == "2":
-            await self.list_objects_v2(call)
+            await self.listings.list_objects_v2(call)
         else:
-            await self.list_objects(call)
+            await self.listings.list_objects(call)
 
     async def existing_bucket(self, bucket: str) -> None:
         if await self.depot.bucket(bucket) is None:
             raise S3Error("NoSuchBucket", BucketName=bucket)
-
-    # -- listings
-
-    async def list_objects_v2(self, call: Call) -> None:
-        p = call.params
-        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _max_keys(p)
-        token, start_after = p.get("continuation-token"), p.get("start-after", "")
-        after = _read_token(token) if token is not None else start_after
-        await self.existing_bucket(call.bucket)
-        page = await self.page(call.bucket, prefix, delimiter, after, max_keys)
-        contents = page.contents if p.get("fetch-owner") == "true" else [
-            attrs.evolve(entry, owner=None) for entry in page.contents]
-        body = xmlwire.list_objects_v2_result(
-            call.bucket, contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
-            is_truncated=page.truncated, continuation_token=token,
-            next_continuation_token=_token(page.resume) if page.truncated else None,
-            start_after=start_after or None, encoding_type=p.get("encoding-type"))
-        await self.send(call, 200, body)
-
-    async def list_objects(self, call: Call) -> None:
-        p = call.params
-        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _max_keys(p)
-        marker = p.get("marker", "")
-        await self.existing_bucket(call.bucket)
-        page = await self.page(call.bucket, prefix, delimiter, marker, max_keys)
-        body = xmlwire.list_objects_result(
-            call.bucket, page.contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
-            is_truncated=page.truncated, marker=marker,
-            next_marker=page.last if page.truncated and delimiter else None, encoding_type=p.get("encoding-type"))
-        await self.send(call, 200, body)
-
-    async def page(self, bucket: str, prefix: str, delimiter: Optional[str], after: str, max_keys: int) -> Page:
-        """A page of keys after ``after``: objects, and the common prefixes
-        they roll up to. Names under a common prefix are skipped by listing
-        again after it, so a page costs its keys, not the keys it hides."""
-        base = bucket + "/"
-        page = Page()
-        while max_keys:
-            want = max_keys - page.count + 1  # one more: is there a next page?
-            listing = await self.depot.listing(base + prefix, base + after, min(want, 100) if delimiter else want)
-            records = await listing.collect()
-            skipped = False
-            for record in records:
-                key = record.name[len(base):]
-                common = _common_prefix(key, prefix, delimiter)
-                if page.count == max_keys:
-                    page.truncated = True
-                    return page
-                if common is not None:
-                    if common > after:
-                        page.prefixes.append(common)
-                        page.last = common
-                    after = page.resume = _past(common)
-                    skipped = True
-                    break
-                page.contents.append(_entry(key, record))
-                after = page.last = page.resume = key
-            if not skipped and len(records) < (min(want, 100) if delimiter else want):
-                return page  # the listing ran out
-        return page
 
     # -- objects
 
@@ -331,9 +269,9 @@ class Gateway:
         request = call.request
         etag = xmlwire.quoted(meta.etag)
         modified = int(record.created)
-        headers = {b"etag": etag.encode(), b"last-modified": _http_date(modified).encode(),
+        headers = {b"etag": etag.encode(), b"last-modified": http_date(modified).encode(),
                    b"accept-ranges": b"bytes"}
-        condition = _check_conditions(call, etag, modified)
+        condition = check_conditions(call, etag, modified)
         if condition == 304:
             await self.send(call, 304, headers=headers)
             return
@@ -484,7 +422,7 @@ class Gateway:
         """The object x-amz-copy-source names, its x-amz-copy-source-if-* conditions checked."""
         source_bucket, source_key = _copy_source(call.header("x-amz-copy-source") or "")
         source = await self.lookup(source_bucket, source_key)
-        _check_copy_conditions(call, xmlwire.quoted(ObjectMeta.of(source).etag), int(source.created))
+        check_copy_conditions(call, xmlwire.quoted(ObjectMeta.of(source).etag), int(source.created))
         return source
 
     async def copy_object(self, call: Call) -> None:
@@ -518,80 +456,6 @@ class Gateway:
         copier = _Copier(upload)
         await self.depot.read(source, copier, start, length)
         return copier.md5.hexdigest()
-
-
-@attrs.define
-class Page:
-    contents: list[xmlwire.ObjectEntry] = attrs.field(factory=list)
-    prefixes: list[str] = attrs.field(factory=list)
-    truncated: bool = False
-    last: str = ""  # the last key or common prefix given
-    resume: str = ""  # where the next page starts (after)
-
-    @property
-    def count(self) -> int:
-        return len(self.contents) + len(self.prefixes)
-
-
-class BodyChecks:
-    """Everything a PutObject's body must prove, checked as it streams: its
-    SigV4 payload statement (a signed SHA-256, or aws-chunked signatures and
-    trailing checksum), Content-MD5, an ``x-amz-checksum-*`` header; and its
-    MD5, the object's ETag."""
-
-    def __init__(self, call: Call) -> None:
-        verified = call.verified
-        self.decoder = ChunkedDecoder(verified) if verified.payload in sigv4.STREAMING_MODES else None
-        self.payload = sigv4.PayloadCheck(verified.content_sha256) if verified.payload == sigv4.SIGNED \
-            and verified.content_sha256 else None
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.content_md5 = _content_md5(call.header("content-md5"))
-        self.checksums: list[tuple[Checksummer, str]] = []
-        for name, values in call.headers.items():
-            checksummer = Checksummer.for_header(name)
-            if checksummer is not None and name != verified.trailer:
-                self.checksums.append((checksummer, ",".join(values).strip()))
-            elif name.startswith("x-amz-checksum-") and name != "x-amz-checksum-algorithm" \
-                    and name != "x-amz-checksum-type":
-                raise S3Error("InvalidRequest", f"The checksum {name} is not supported")
-
-    def feed(self, data: bytes) -> bytes:
-        """The object's bytes these body bytes carry."""
-        if self.payload is not None:
-            self.payload.feed(data)
-        if self.decoder is not None:
-            data = self.decoder.feed(data)
-        self.md5.update(data)
-        for checksummer, _ in self.checksums:
-            checksummer.update(data)
-        return data
-
-    def finish(self) -> str:
-        """The ETag (hex MD5) once every check holds; S3Error else."""
-        if self.payload is not None:
-            self.payload.finish()
-        if self.decoder is not None:
-            self.decoder.finish()
-        digest = self.md5.digest()
-        if self.content_md5 is not None and digest != self.content_md5:
-            raise S3Error("BadDigest")
-        for checksummer, expected in self.checksums:
-            if checksummer.digest_b64() != expected:
-                raise S3Error("BadDigest", f"The {checksummer.algorithm.upper()} you specified did not match"
-                              " the calculated checksum.")
-        return digest.hex()
-
-    def checksums_given(self) -> dict[str, str]:
-        """The ``x-amz-checksum-*`` values given and verified (after finish), to be echoed back."""
-        given = {"x-amz-checksum-" + checksummer.algorithm: value for checksummer, value in self.checksums}
-        if self.decoder is not None:
-            given.update(self.decoder.checksums)
-        return given
-
-    def check_whole(self, body: bytes) -> None:
-        """For a small body read whole (DeleteObjects)."""
-        self.feed(body)
-        self.finish()
 
 
 @implementer(IConsumer)
@@ -645,103 +509,6 @@ def _split(raw_path: str) -> tuple[str, str]:
         return unquote(bucket, errors="strict"), unquote(key, errors="strict")
     except UnicodeDecodeError:
         raise S3Error("InvalidArgument", "The path is not UTF-8") from None
-
-
-def _max_keys(params: dict[str, str]) -> int:
-    text = params.get("max-keys", str(MAX_KEYS))
-    if not text.isascii() or not text.isdigit():
-        raise S3Error("InvalidArgument", "max-keys must be a whole number", ArgumentName="max-keys",
-                      ArgumentValue=text[:100])
-    return MAX_KEYS if len(text) > 9 else min(int(text), MAX_KEYS)  # int() refuses thousands of digits
-
-
-def _past(prefix: str) -> str:
-    """A string above every name that starts with ``prefix`` and below every
-    other name above ``prefix``: ``prefix`` followed by the highest character
-    more times than a name has room for. A listing goes on after it without
-    reading the keys a common prefix rolls up."""
-    return prefix + MAX_CHAR * (MAX_NAME_BYTES // len(MAX_CHAR.encode("utf-8")) + 1)
-
-
-def _common_prefix(key: str, prefix: str, delimiter: Optional[str]) -> Optional[str]:
-    if not delimiter:
-        return None
-    at = key.find(delimiter, len(prefix))
-    return None if at < 0 else key[:at + len(delimiter)]
-
-
-def _entry(key: str, record: FileRecord) -> xmlwire.ObjectEntry:
-    return xmlwire.ObjectEntry(key, record.created, ObjectMeta.of(record).etag, record.size, owner=OWNER)
-
-
-def _token(after: str) -> str:
-    return base64.urlsafe_b64encode(after.encode("utf-8")).decode("ascii")
-
-
-def _read_token(token: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
-    except (ValueError, UnicodeError):
-        raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
-                      ArgumentName="continuation-token") from None
-
-
-def _content_md5(text: Optional[str]) -> Optional[bytes]:
-    if text is None:
-        return None
-    try:
-        digest = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise S3Error("InvalidDigest") from None
-    if len(digest) != 16:
-        raise S3Error("InvalidDigest")
-    return digest
-
-
-def _http_date(when: float) -> str:
-    return email.utils.formatdate(when, usegmt=True)
-
-
-def _parse_date(text: Optional[str]) -> Optional[float]:
-    if not text:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def _etag_in(header: str, etag: str) -> bool:
-    tags = [t.strip() for t in header.split(",")]
-    return "*" in tags or etag in tags or etag.strip('"') in tags
-
-
-def _check_conditions(call: Call, etag: str, modified: int) -> Optional[int]:
-    """GET and HEAD's conditions, in S3's order: 412 raised, 304 returned, else None."""
-    if_match, if_none = call.header("if-match"), call.header("if-none-match")
-    unmodified_since, modified_since = _parse_date(call.header("if-unmodified-since")), _parse_date(
-        call.header("if-modified-since"))
-    if if_match is not None and not _etag_in(if_match, etag):
-        raise S3Error("PreconditionFailed", Condition="If-Match")
-    if if_match is None and unmodified_since is not None and modified > unmodified_since:
-        raise S3Error("PreconditionFailed", Condition="If-Unmodified-Since")
-    if if_none is not None and _etag_in(if_none, etag):
-        return 304
-    if if_none is None and modified_since is not None and modified <= modified_since:
-        return 304
-    return None
-
-
-def _check_copy_conditions(call: Call, etag: str, modified: int) -> None:
-    if_match = call.header("x-amz-copy-source-if-match")
-    if_none = call.header("x-amz-copy-source-if-none-match")
-    unmodified_since = _parse_date(call.header("x-amz-copy-source-if-unmodified-since"))
-    modified_since = _parse_date(call.header("x-amz-copy-source-if-modified-since"))
-    if (if_match is not None and not _etag_in(if_match, etag)) \
-            or (if_none is not None and _etag_in(if_none, etag)) \
-            or (unmodified_since is not None and modified > unmodified_since) \
-            or (modified_since is not None and modified <= modified_since):
-        raise S3Error("PreconditionFailed")
 
 
 def _copy_source(header: str) -> tuple[str, str]:

@@ -1,0 +1,139 @@
+"""S3's listings of a bucket's keys: ListObjectsV2 and ListObjects (v1),
+pages of objects and the CommonPrefixes a delimiter rolls them up to, read
+from the catalog's listing (one snapshot per request)."""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING, Optional
+
+import attrs
+
+from deposito.catalog import FileRecord
+from deposito.protocols.words import MAX_NAME_BYTES
+from deposito.s3 import xmlwire
+from deposito.s3.errors import S3Error
+from deposito.s3.objects import OWNER, ObjectMeta
+
+if TYPE_CHECKING:
+    from deposito.s3.gateway import Call, Gateway
+
+MAX_KEYS = 1000
+MAX_CHAR = "\U0010ffff"  # the highest character a name may hold
+
+
+class Listings:
+    """The listing operations of a Gateway (which routes them here)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def list_objects_v2(self, call: Call) -> None:
+        p = call.params
+        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _max_keys(p)
+        token, start_after = p.get("continuation-token"), p.get("start-after", "")
+        after = _read_token(token) if token is not None else start_after
+        await self.gateway.existing_bucket(call.bucket)
+        page = await self.page(call.bucket, prefix, delimiter, after, max_keys)
+        contents = page.contents if p.get("fetch-owner") == "true" else [
+            attrs.evolve(entry, owner=None) for entry in page.contents]
+        body = xmlwire.list_objects_v2_result(
+            call.bucket, contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
+            is_truncated=page.truncated, continuation_token=token,
+            next_continuation_token=_token(page.resume) if page.truncated else None,
+            start_after=start_after or None, encoding_type=p.get("encoding-type"))
+        await self.gateway.send(call, 200, body)
+
+    async def list_objects(self, call: Call) -> None:
+        p = call.params
+        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _max_keys(p)
+        marker = p.get("marker", "")
+        await self.gateway.existing_bucket(call.bucket)
+        page = await self.page(call.bucket, prefix, delimiter, marker, max_keys)
+        body = xmlwire.list_objects_result(
+            call.bucket, page.contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
+            is_truncated=page.truncated, marker=marker,
+            next_marker=page.last if page.truncated and delimiter else None, encoding_type=p.get("encoding-type"))
+        await self.gateway.send(call, 200, body)
+
+    async def page(self, bucket: str, prefix: str, delimiter: Optional[str], after: str, max_keys: int) -> Page:
+        """A page of keys after ``after``: objects, and the common prefixes
+        they roll up to. Names under a common prefix are skipped by listing
+        again after it, so a page costs its keys, not the keys it hides."""
+        base = bucket + "/"
+        page = Page()
+        while max_keys:
+            want = max_keys - page.count + 1  # one more: is there a next page?
+            listing = await self.gateway.depot.listing(base + prefix, base + after, min(want, 100) if delimiter else want)
+            records = await listing.collect()
+            skipped = False
+            for record in records:
+                key = record.name[len(base):]
+                common = _common_prefix(key, prefix, delimiter)
+                if page.count == max_keys:
+                    page.truncated = True
+                    return page
+                if common is not None:
+                    if common > after:
+                        page.prefixes.append(common)
+                        page.last = common
+                    after = page.resume = _past(common)
+                    skipped = True
+                    break
+                page.contents.append(_entry(key, record))
+                after = page.last = page.resume = key
+            if not skipped and len(records) < (min(want, 100) if delimiter else want):
+                return page  # the listing ran out
+        return page
+
+
+@attrs.define
+class Page:
+    contents: list[xmlwire.ObjectEntry] = attrs.field(factory=list)
+    prefixes: list[str] = attrs.field(factory=list)
+    truncated: bool = False
+    last: str = ""  # the last key or common prefix given
+    resume: str = ""  # where the next page starts (after)
+
+    @property
+    def count(self) -> int:
+        return len(self.contents) + len(self.prefixes)
+
+
+def _max_keys(params: dict[str, str]) -> int:
+    text = params.get("max-keys", str(MAX_KEYS))
+    if not text.isascii() or not text.isdigit():
+        raise S3Error("InvalidArgument", "max-keys must be a whole number", ArgumentName="max-keys",
+                      ArgumentValue=text[:100])
+    return MAX_KEYS if len(text) > 9 else min(int(text), MAX_KEYS)  # int() refuses thousands of digits
+
+
+def _past(prefix: str) -> str:
+    """A string above every name that starts with ``prefix`` and below every
+    other name above ``prefix``: ``prefix`` followed by the highest character
+    more times than a name has room for. A listing goes on after it without
+    reading the keys a common prefix rolls up."""
+    return prefix + MAX_CHAR * (MAX_NAME_BYTES // len(MAX_CHAR.encode("utf-8")) + 1)
+
+
+def _common_prefix(key: str, prefix: str, delimiter: Optional[str]) -> Optional[str]:
+    if not delimiter:
+        return None
+    at = key.find(delimiter, len(prefix))
+    return None if at < 0 else key[:at + len(delimiter)]
+
+
+def _entry(key: str, record: FileRecord) -> xmlwire.ObjectEntry:
+    return xmlwire.ObjectEntry(key, record.created, ObjectMeta.of(record).etag, record.size, owner=OWNER)
+
+
+def _token(after: str) -> str:
+    return base64.urlsafe_b64encode(after.encode("utf-8")).decode("ascii")
+
+
+def _read_token(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
+    except (ValueError, UnicodeError):
+        raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
+                      ArgumentName="continuation-token") from None
