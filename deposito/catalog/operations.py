@@ -37,13 +37,14 @@ import socket
 import uuid
 from typing import Any, Iterable, Union
 
+from deposito.catalog.buckets import Buckets
 from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, weight
 from deposito.catalog.database import Backend, Connection, log
 from deposito.catalog.multipart import Multipart
 from deposito.catalog.queue import WorkQueue
 from deposito.catalog.records import FileRecord, effects
 from deposito.catalog.schema import RECORD, to_record
-from deposito.errors import NotEmpty, NotFound, Unavailable
+from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE, manifest_name
 
 
@@ -52,7 +53,7 @@ def proxy_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class Catalog(Multipart, WorkQueue):
+class Catalog(Multipart, WorkQueue, Buckets):
     """The catalog's operations (see :class:`Database` for how they run),
     as the proxy ``proxy`` makes them: the uploads it writes, the queued
     files and the garbage it works on are its own (see :meth:`beat`)."""
@@ -229,43 +230,6 @@ class Catalog(Multipart, WorkQueue):
             self._add_copies(db, blob, servers, now)
             return True
         return self._tx(tx)
-
-    # -- buckets (the S3 gateway's): bucket B holds the files named B/...
-
-    @effects(durable=True, keeps_records=True)
-    def create_bucket(self, name: str, now: float) -> bool:
-        """Make bucket ``name``; False when it exists already."""
-        return self._tx(lambda db: db.execute("INSERT INTO buckets (name, created) VALUES (?, ?)"
-                                              " ON CONFLICT DO NOTHING RETURNING name", (name, now)
-                                              ).fetchone() is not None)
-
-    @effects(durable=True, keeps_records=False)
-    def delete_bucket(self, name: str) -> None:
-        """Remove bucket ``name``: NotFound when there is none, NotEmpty while
-        a file ``name/...`` exists; its multipart uploads under way are aborted."""
-        def tx(db: Connection) -> None:
-            if db.execute("SELECT 1 FROM buckets WHERE name = ?" + self.dialect.for_update, (name,)).fetchone() is None:
-                raise NotFound(f"no bucket named {name}")
-            if db.execute("SELECT 1 FROM files WHERE name >= ? AND name < ? LIMIT 1",
-                          (name + "/", name + "0")).fetchone() is not None:  # "0" follows "/"
-                raise NotEmpty(f"bucket {name} holds files")
-            db.execute("DELETE FROM buckets WHERE name = ?", (name,))
-            for upload, in db.execute("DELETE FROM uploads WHERE name >= ? AND name < ? RETURNING id",
-                                      (name + "/", name + "0")).fetchall():
-                self._drop_hidden(db, manifest_name(upload), manifest_name(upload) + "0")  # its uploads under way
-        self._tx(tx)
-
-    @effects(durable=False, keeps_records=True)
-    def bucket(self, name: str) -> float | None:
-        """When bucket ``name`` was created, or None when there is none."""
-        row = self.db.execute("SELECT created FROM buckets WHERE name = ?", (name,)).fetchone()
-        return float(row[0]) if row else None
-
-    @effects(durable=False, keeps_records=True)
-    def buckets(self) -> builtins.list[tuple[str, float]]:
-        """Every bucket, ``(name, created)`` in name order."""
-        return [(name, float(created)) for name, created
-                in self.db.execute("SELECT name, created FROM buckets ORDER BY name").fetchall()]
 
     @effects(durable=True, keeps_records=False)
     def delete(self, name: str) -> FileRecord | None:
