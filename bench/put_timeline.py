@@ -1,10 +1,10 @@
 """Where a small PUT's time goes: one proxy on SQLite and three servers,
-one client putting 4 KiB files with 2 copies; every process is traced with
+one client putting files (4 KiB, 2 copies unless told); every process is traced with
 ``strace -f -ttt`` during some PUTs, and the system calls of the PUT of
 median duration are printed in time order, with a summary of what it waited
 on in series.
 
-Run by hand: ``.venv/bin/python bench/put_timeline.py [--puts 40] [--size 4096]``.
+Run by hand: ``.venv/bin/python bench/put_timeline.py [--puts 40] [--size 4096] [--replicas 2]``.
 strace slows every system call (times here are about 3x those of an
 untraced PUT): read it for the order of things and their counts, and the
 untraced p50 printed first for the real time.
@@ -47,6 +47,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--puts", type=int, default=40, help="traced PUTs (default 40)")
     ap.add_argument("--size", type=int, default=4096, help="bytes per file (default 4096)")
+    ap.add_argument("--replicas", type=int, default=2, help="copies of each file (default 2)")
     a = ap.parse_args()
     if shutil.which("strace") is None:
         print("strace is not installed (Debian: apt-get install strace)")
@@ -60,9 +61,9 @@ def main() -> int:
         times = []
         for i in range(500):
             t = time.perf_counter()
-            client.put(f"warm/{i}", data, 2)
+            client.put(f"warm/{i}", data, a.replicas)
             times.append(time.perf_counter() - t)
-        print(f"untraced: PUT of {a.size} bytes, 2 copies, p50 {statistics.median(times[100:]) * 1e3:.2f} ms"
+        print(f"untraced: PUT of {a.size} bytes, {a.replicas} copies, p50 {statistics.median(times[100:]) * 1e3:.2f} ms"
               f" over {len(times) - 100} PUTs")
         files = {name: root / f"trace.{name}" for name in cluster.pids()}
         tracers = [subprocess.Popen(["strace", "-f", "-ttt", "-T", "-e", f"trace={SKIP}", "-o", str(files[name]),
@@ -72,7 +73,7 @@ def main() -> int:
         spans = []
         for i in range(a.puts):
             t = time.time()
-            client.put(f"traced/{i}", data, 2)
+            client.put(f"traced/{i}", data, a.replicas)
             spans.append((t, time.time()))
             time.sleep(0.02)
         time.sleep(0.5)
