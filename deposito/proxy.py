@@ -16,7 +16,6 @@ from deposito.events import EventLog, MeteredDepot, Metrics
 from deposito.protocols.cluster import HEARTBEAT, MemberFactory
 from deposito.protocols.text import DepotFactory
 from deposito.roster import Roster
-from deposito.s3.gateway import s3_site
 from deposito.web import status_site
 
 
@@ -54,6 +53,8 @@ class ProxyService(service.MultiService):
             site = status_site(downloads, self.events, self.metrics, reactor, tokens)
             StreamServerEndpointService(http_endpoint, site).setServiceParent(self)
         if s3_endpoint is not None:
+            from deposito.s3.gateway import s3_site  # only when asked for: it weighs about 10 MiB
+
             objects = MeteredDepot(self.depot, self.metrics, reactor, via="s3")
             StreamServerEndpointService(s3_endpoint, s3_site(objects, s3_keys, reactor, max_size, s3_domain)
                                         ).setServiceParent(self)
