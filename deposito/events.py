@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from deposito.errors import DepositoError
 from deposito.interfaces import IDepot
+from deposito.splice.sockets import ReaderLost
 from deposito.transfer import CountingConsumer
 
 EVENT_KINDS = ("join", "down", "dead", "corrupt", "missing", "inventory", "repaired", "drop", "repair_failed",
@@ -301,7 +302,8 @@ class MeteredDepot:
             raise
         finally:
             self._sent.inc(counted.count)
-            self._done("GET", began, "aborted" if counted.disconnected else error)
+            left = counted.disconnected or isinstance(error, ReaderLost)  # the reader went away
+            self._done("GET", began, "aborted" if left else error)
 
     def read_small(self, record: FileRecord) -> Deferred | None:
         """Counted when it succeeds; on failure the read that follows counts."""

@@ -206,3 +206,35 @@ def request_line(request: Any) -> tuple[bytes, bytes] | None:
     if not isinstance(command, bytes) or not isinstance(path, bytes):
         return None
     return command, path
+
+
+def take_http_socket(request: Any) -> Any:
+    """The plain TCP transport under twisted.web ``request`` (see
+    :func:`is_plain_tcp`), its HTTPChannel no longer registered as its
+    producer, so that a response body can be written into it directly: by
+    the kernel's paths (deposito.splice), or with a producer registered on
+    it; or None, with nothing changed, when that cannot be. Give it back
+    with :func:`give_back_http_socket` before the request is finished.
+
+    Relies on http.HTTPChannel registering itself as its transport's
+    streaming producer (in connectionMade) and using that only to pause the
+    request's producer while the transport's buffer is full, which a body
+    written to the transport, with its own producer there, does not need;
+    and on a response with a Content-Length being sent as it is, not
+    chunked (so one without, or to a HEAD, is never taken). If the channel
+    is not the producer, None: the body goes through the request, as on TLS."""
+    channel = getattr(request, "channel", None)
+    transport: Any = getattr(channel, "transport", None)
+    if (channel is None or not is_plain_tcp(transport) or getattr(transport, "producer", None) is not channel
+            or not request.responseHeaders.hasHeader(b"content-length") or request.method == b"HEAD"):
+        return None
+    transport.unregisterProducer()
+    return transport
+
+
+def give_back_http_socket(request: Any, transport: Any) -> None:
+    """Undoes :func:`take_http_socket`: the channel is the transport's
+    producer again (if the connection is still open and no producer was
+    left registered)."""
+    if transport.connected and not transport.disconnecting and transport.producer is None:
+        transport.registerProducer(request.channel, True)

@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 import deposito
 from deposito import twisted_internals
+from deposito.catalog import FileRecord
 from deposito.errors import BadArgs, DepositoError, NotFound
 from deposito.events import EventLog, Metrics
 from deposito.interfaces import IDepot
@@ -202,9 +203,10 @@ def _position(digits: str) -> int:
 
 @implementer(IConsumer)
 class ResponseConsumer:
-    """The HTTP request as a consumer of a file's bytes; once the client has
-    left, producers handed to it are stopped at once, and the read sees it
-    ``disconnected`` (no other copy is tried for it; the GET counts as aborted)."""
+    """The HTTP request as a consumer of a file's bytes (where the
+    connection's transport cannot take them itself: see :func:`send_body`);
+    once the client has left, producers handed to it are stopped at once,
+    and the read sees it ``disconnected`` (no other copy is tried for it)."""
 
     def __init__(self, request: Any) -> None:
         self.request = request
@@ -234,6 +236,43 @@ class ResponseConsumer:
             self._producing = False
             if not self.gone:  # else the request has let go of its channel
                 self.request.unregisterProducer()
+
+
+async def send_body(depot: IDepot, request: Any, record: FileRecord, start: int, length: int,
+                    what: str) -> DepositoError | None:
+    """Sends bytes ``[start, start + length)`` of ``record`` as the body of
+    the response to ``request`` (its headers set, Content-Length among
+    them) and finishes it. On plain TCP the body is written to the
+    connection's own transport, lent by the request's channel for the read
+    (twisted_internals.take_http_socket), so that a copy's bytes are relayed
+    or handed off into the client's socket as a text GET's are
+    (deposito.transfer); otherwise (TLS) they go through the request.
+
+    Returns the error when the read failed before its first byte: nothing
+    was sent, and the caller answers it. A read that breaks after that
+    aborts the connection, since a short body would be taken for the whole
+    file (``what`` names the request in the log); a client that left is
+    left alone."""
+    socket = twisted_internals.take_http_socket(request)
+    consumer = socket if socket is not None else ResponseConsumer(request)
+    error: DepositoError | None = None
+    try:
+        await depot.read(record, consumer, start, length, started=lambda: request.write(b""))
+    except DepositoError as e:
+        error = e
+    finally:
+        if socket is not None:
+            twisted_internals.give_back_http_socket(request, socket)
+    if twisted_internals.request_gone(request):
+        return None
+    if error is None:
+        request.finish()
+    elif not request.startedWriting:
+        return error
+    else:  # the byte count cannot be kept: the client must see a cut
+        log.warn("{what} broke mid-stream: {why}", what=what, why=str(error))
+        request.channel.transport.abortConnection()
+    return None
 
 
 def _etag_matches(header: bytes | None, etag: str) -> bool:
@@ -300,24 +339,11 @@ class Downloads(Resource):
         if not body or length == 0:
             request.finish()
             return
-        response = ResponseConsumer(request)
-        error: DepositoError | None = None
-        try:
-            await self.depot.read(record, response, start, length)
-        except DepositoError as e:
-            error = e
-        if response.gone:
-            return
+        error = await send_body(self.depot, request, record, start, length, f"HTTP download of {name}")
         if error is not None:
-            if not request.startedWriting:
-                for header in (b"content-range", b"content-disposition"):
-                    request.responseHeaders.removeHeader(header)
-                _send(request, 503, b"text/plain; charset=utf-8", f"{error}\n".encode("utf-8"))
-            else:  # the byte count cannot be kept: the client must see a cut
-                log.warn("HTTP download of {name} broke mid-stream", name=name)
-                request.channel.transport.abortConnection()
-            return
-        request.finish()
+            for header in (b"content-range", b"content-disposition"):
+                request.responseHeaders.removeHeader(header)
+            _send(request, 503, b"text/plain; charset=utf-8", f"{error}\n".encode("utf-8"))
 
 
 def status_site(depot: IDepot, events: EventLog, metrics: Metrics, clock: IReactorTime,

@@ -1,9 +1,9 @@
 """A GET whose serving copy is lost (kill -9) at a random moment goes on from
 the other copy at the same offset: every byte right, the connection never cut.
 
-On each read path: relayed by the proxy (``--no-handoff``), handed off (the
-server on the proxy's host writes into the reader's socket itself, see
-deposito.protocols.handoff), and through the proxy's memory (HTTP).
+On each read path: relayed by the proxy (``--no-handoff``) and handed off
+(the server on the proxy's host writes into the reader's socket itself, see
+deposito.protocols.handoff), through the text protocol and HTTP alike.
 """
 
 from __future__ import annotations
@@ -116,26 +116,34 @@ def test_a_get_whose_serving_holder_is_killed_at_random_moments_is_whole(tmp_pat
         cluster.stop()
 
 
-def test_an_http_get_through_the_proxy_goes_on_from_the_other_copy(tmp_path):
-    """HTTP reads go through the proxy's memory (the plain path)."""
+@pytest.mark.parametrize("handoff", [True, False], ids=["handed-off", "relayed"])
+def test_an_http_get_goes_on_from_the_other_copy(tmp_path, handoff):
+    """An HTTP download, whole or from an offset, takes the same paths as a
+    text GET; its serving holder killed before the request or mid-body."""
     port = free_port()
-    cluster = Cluster(tmp_path, proxy_args=("--http", f"tcp:{port}:interface=127.0.0.1")).start(SERVERS)
+    cluster = Cluster(tmp_path, proxy_args=("--http", f"tcp:{port}:interface=127.0.0.1"),
+                      server_args=() if handoff else ("--no-handoff",)).start(SERVERS)
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))
     try:
         files = put_files(cluster, rng)
-        for r in range(4):
+        for r in range(6):
             name = pick(cluster, files, rng)
             f = files[name]
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             conn.connect()
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
             start = rng.randrange(0, len(f.data) // 2) if r % 2 else 0
+            if r % 3 == 0:
+                cluster.kill(f.serving)
             conn.request("GET", f"/files/{name}", headers={"Range": f"bytes={start}-"} if start else {})
             response = conn.getresponse()
             assert response.status == (206 if start else 200)
             first = response.read(rng.randrange(1, len(f.data) - start))
-            cluster.kill(f.serving)
+            if r % 3:
+                cluster.kill(f.serving)
             rest = response.read()
+            conn.request("GET", "/api/status")  # the connection serves on
+            assert conn.getresponse().status == 200
             conn.close()
             assert sha(first + rest) == sha(f.data[start:]), (r, start, len(first))
             restart(cluster, f.serving)

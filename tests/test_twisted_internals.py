@@ -12,7 +12,7 @@ import socket
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, endpoints, protocol, reactor, tcp
+from twisted.internet import defer, endpoints, protocol, reactor, task, tcp, threads
 from twisted.internet.interfaces import IPullProducer, IPushProducer, IReactorFDSet, IReactorTime
 from twisted.protocols.basic import LineReceiver
 from twisted.web.resource import Resource
@@ -418,3 +418,66 @@ def test_the_request_line_is_at_hand_while_the_body_arrives():
     channel.makeConnection(StringTransport())
     channel.dataReceived(b"PUT /b/k%20x?partNumber=2 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab")
     assert seen == [(b"PUT", b"/b/k%20x?partNumber=2")]
+
+
+class _Lent(Resource):
+    """Writes each response body straight into the transport its channel lends."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple] = []
+
+    def render_GET(self, request):
+        if request.path == b"/unsized":
+            self.seen.append((ti.take_http_socket(request),))
+            return b"plain"
+        request.setHeader(b"content-length", b"%d" % len(request.path))
+        transport = ti.take_http_socket(request)
+        assert transport is not None
+        self.seen.append((type(transport), ti.has_producer(transport)))
+        request.write(b"")  # the status line and headers
+        transport.write(request.path)
+        ti.give_back_http_socket(request, transport)
+        self.seen.append((transport.producer is request.channel,))
+        self.transport = transport
+        request.finish()
+        return NOT_DONE_YET
+
+
+def _http_get(peer: socket.socket, path: bytes, length: int) -> bytes:
+    peer.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = b""
+    while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < length:
+        chunk = peer.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    return reply
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_http_channel_lends_its_transport_for_a_body_and_serves_on():
+    """While a request is handled, its HTTPChannel is the producer of its
+    plain TCP transport; taken off, the transport takes the body itself;
+    given back, the same connection serves the next request."""
+    resource = _Lent()
+    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    try:
+        for path in (b"/first", b"/and-the-second"):
+            reply = yield threads.deferToThread(_http_get, peer, path, len(path))
+            head, body = reply.split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower()
+            assert body == path
+        assert resource.seen == [(tcp.Server, False), (True,)] * 2
+        reply = yield threads.deferToThread(_http_get, peer, b"/unsized", 5)
+        assert resource.seen[-1] == (None,)  # no Content-Length: the body must go through the request
+        assert reply.endswith(b"plain")
+    finally:
+        peer.close()
+        for _ in range(500):  # the server's end closes too (its channel's timer with it)
+            if not resource.transport.connected:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield port.stopListening()

@@ -48,7 +48,7 @@ from deposito.s3.multipart import Multipart
 from deposito.s3.objects import KEPT_HEADERS, OWNER, ObjectMeta, check_bucket, file_name, replicas_of
 from deposito.s3.request import S3Request
 from deposito.transfer import Upload
-from deposito.web import ResponseConsumer, parse_range
+from deposito.web import parse_range, send_body
 
 log = Logger()
 
@@ -305,26 +305,15 @@ class Gateway:
         if request.method == b"HEAD" or length == 0:
             request.finish()
             return
-        response = ResponseConsumer(request)
-        try:
-            await self.depot.read(record, response, start, length)
-        except DepositoError as e:
-            if response.gone:
-                return
-            if not request.startedWriting:
-                log.warn("S3 GET of {name} failed: {why}", name=record.name, why=e)
-                request.setResponseCode(503)
-                request.responseHeaders.removeHeader(b"content-range")
-                body = xmlwire.error_document(s3_error(e), "")
-                request.setHeader(b"content-type", b"application/xml")
-                request.setHeader(b"content-length", b"%d" % len(body))
-                request.write(body)
-                request.finish()
-            else:  # the length cannot be kept: the client must see the cut
-                log.warn("S3 GET of {name} broke mid-stream: {why}", name=record.name, why=e)
-                request.channel.transport.abortConnection()
-            return
-        if not response.gone:
+        error = await send_body(self.depot, request, record, start, length, f"S3 GET of {record.name}")
+        if error is not None:
+            log.warn("S3 GET of {name} failed: {why}", name=record.name, why=error)
+            request.setResponseCode(503)
+            request.responseHeaders.removeHeader(b"content-range")
+            body = xmlwire.error_document(s3_error(error), "")
+            request.setHeader(b"content-type", b"application/xml")
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
             request.finish()
 
     async def lookup(self, bucket: str, key: str) -> FileRecord:
