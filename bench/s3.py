@@ -10,7 +10,9 @@ client), a multipart upload of 1 GiB (boto3's upload_file, 8 MiB parts,
 and the proxy's peak RSS during a multipart upload of 5 GiB. Both keep 2
 copies of every object (Deposito's default; SeaweedFS's placement 001 on
 three volume servers). Deposito makes every copy durable (fsync) before it
-answers; SeaweedFS's volume servers do not fsync a write.
+answers; so does SeaweedFS, its buckets configured with
+`fs.configure -locationPrefix=/buckets/ -fsync` (`--no-seaweed-fsync`: its
+default, no fsync of a write).
 
     .venv/bin/python bench/s3.py            # writes bench/S3.md
     .venv/bin/python bench/s3.py --quick    # 64 MiB instead of 1 GiB, no 5 GiB cell
@@ -23,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
+import subprocess
 import threading
 from typing import Any
 import time
@@ -75,7 +79,7 @@ class DepositoS3:
 class SeaweedS3:
     label = "SeaweedFS"
 
-    def __init__(self, procs: Processes, root: Path) -> None:
+    def __init__(self, procs: Processes, root: Path, fsync: bool) -> None:
         self.cluster = SeaweedCluster(procs, root, 8 * GiB)
         config = root / "s3.json"
         config.write_text(json.dumps({"identities": [{"name": "bench", "credentials": [
@@ -90,6 +94,14 @@ class SeaweedS3:
         self.cluster._start("sw-s3", ["s3", f"-ip.bind={HOST}", f"-port={self.port}", f"-port.grpc={free_port()}",
                                       f"-filer={HOST}:{filer}.{filer_grpc}", f"-config={config}"])
         wait_s3(self.port)
+        if fsync:  # every write to a bucket durable before the answer, as Deposito's
+            shell = subprocess.run(
+                [self.cluster.weed, "shell", f"-master={HOST}:{self.cluster.mport}.{self.cluster.mgrpc}",
+                 f"-filer={HOST}:{filer}.{filer_grpc}"],
+                input="fs.configure -locationPrefix=/buckets/ -fsync -apply\n", capture_output=True, text=True,
+                timeout=60)
+            if not re.search(r'"fsync":\s*true', shell.stdout):
+                raise RuntimeError(f"SeaweedFS: fs.configure did not take: {shell.stdout} {shell.stderr}")
 
     def pids(self) -> dict[str, int]:
         return self.cluster.pids()
@@ -223,7 +235,7 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} [{min(values):.0f}-{max(values):.0f}]"
 
 
-def report(results: dict, sizes: list[int], huge: int | None) -> str:
+def report(results: dict, sizes: list[int], huge: int | None, seaweed_fsync: bool) -> str:
     dep, sw = results.get("Deposito"), results.get("SeaweedFS")
     names = list(dep["cells"])
     lines = ["# S3: boto3 against Deposito and SeaweedFS", "",
@@ -231,7 +243,9 @@ def report(results: dict, sizes: list[int], huge: int | None) -> str:
              " `.venv/bin/python bench/s3.py`. Both systems run side by side, each cell measured on one"
              " and then the other, the first alternating. Two copies of every object on three servers each;"
              " 16 clients for the 4 KiB cells (the median of the rounds, their range in brackets),"
-             " one client otherwise. Deposito fsyncs every copy before answering; SeaweedFS does not.", "",
+             " one client otherwise. Deposito fsyncs every copy before answering; SeaweedFS "
+             + ("too (its buckets configured with `fs.configure -fsync`)." if seaweed_fsync
+                else "does not (`--no-seaweed-fsync`)."), "",
              "| cell | Deposito | SeaweedFS | ratio | at least SeaweedFS |", "|---|---|---|---|---|"]
     for name in names:
         d = statistics.median(dep["cells"][name])
@@ -263,6 +277,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "S3.md")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the 4 KiB cells (default 3)")
     ap.add_argument("--keep", action="store_true", help="keep the systems' data at the end")
+    ap.add_argument("--no-seaweed-fsync", action="store_true", help="SeaweedFS's buckets without fsync (its default)")
     args = ap.parse_args()
     sizes = [64 * MiB] if args.quick else [64 * MiB, GiB]
     huge_size = None if args.quick else 5 * GiB
@@ -283,14 +298,14 @@ def main() -> None:
         for make in makers:  # both run side by side; each cell is measured on one at a time
             root = args.work / make.label.lower()
             shutil.rmtree(root, ignore_errors=True)
-            systems.append(make(procs, root))
+            systems.append(make(procs, root) if make is DepositoS3 else make(procs, root, not args.no_seaweed_fsync))
         results = measure(systems, plan(files, sizes, huge, args.rounds))
     finally:
         procs.stop()
         if not args.keep:  # the systems' data: some 20 GiB after a full run
             for make in makers:
                 shutil.rmtree(args.work / make.label.lower(), ignore_errors=True)
-    text = report(results, sizes, huge_size)
+    text = report(results, sizes, huge_size, not args.no_seaweed_fsync)
     args.out.write_text(text)
     print(text)
 
