@@ -38,6 +38,10 @@ from deposito.splice.sockets import ReaderLost, SourceLost
 from deposito.twisted_internals import IStreamTransport
 
 SPLICE_MIN = 1 << 20  # reads from this size on are spliced where they can be
+# and from this size on handed off where they can be: below it the hand-off's
+# setup costs more than the relay saves (one 1 MiB GET: 1.48 ms handed off,
+# 1.20 ms relayed; 2 MiB: 1.65 against 1.96 ms)
+HANDOFF_MIN = 2 << 20
 SMALL_READ = 64 << 10  # files up to this size may be read whole before any byte is sent (read_small)
 
 Connect = Callable[[Member], Awaitable[BlobClient]]
@@ -361,10 +365,11 @@ async def _choose(connect: Connect, local: LocalConnect | None, member: Member,
     """A connection to ``member`` and the path for the rest of the read:
     hand-off when its server is on this host and the reader's socket can be
     passed to it, relay when both sockets are plain TCP, else plain. Only a
-    read of SPLICE_MIN or more takes the kernel's paths."""
+    read of SPLICE_MIN or more takes the kernel's paths, and of HANDOFF_MIN
+    or more the hand-off."""
     target = read.sink.transport()
     big = read.left >= SPLICE_MIN
-    if local is not None and big and can_hand_off(target):
+    if local is not None and read.left >= HANDOFF_MIN and can_hand_off(target):
         try:
             client = await local(member)
         except Exception as e:
