@@ -122,12 +122,13 @@ def test_a_range_that_ends_mid_block_is_still_checked_against_the_whole_block(se
 @pytest_twisted.inlineCallbacks
 def test_a_range_from_two_copies_goes_on_from_the_second_at_the_same_byte(setups, path, monkeypatch):
     """The copy read first has rot in a block inside the range: it stops
-    there, and the other copy serves the rest, from mid-block to mid-block."""
+    there, and the other copy serves the rest (over 2 MiB: enough to be
+    handed off), from mid-block to mid-block."""
     a, b = setups
     yield a.start(DATA)
     yield b.start(DATA, blob=a.blob)
-    with open(a.blob_path(), "r+b") as f:  # rot in block 2
-        f.seek(2 * BLOCK + 5)
+    with open(a.blob_path(), "r+b") as f:  # rot in block 1
+        f.seek(BLOCK + 5)
         f.write(b"rot")
     taken: list[str] = []
     for name in ("_plain", "_relay", "_hand_off"):
