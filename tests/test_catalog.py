@@ -11,6 +11,7 @@ from zope.interface.verify import verifyObject
 from deposito.catalog import Catalog, CatalogThread, Outcome
 from deposito.catalog.database import Database
 from deposito.errors import NotEmpty, NotFound
+from deposito.hidden import part_name
 from deposito.interfaces import ICatalog, IWorkCatalog
 
 
@@ -132,7 +133,9 @@ def test_every_catalog_call_declares_its_durability_and_what_it_changes():
     for name in calls:
         method = getattr(Catalog, name)
         assert isinstance(method.durable, bool) and isinstance(method.keeps_records, bool), name
-    assert Catalog.commit.durable and not Catalog.commit.keeps_records
+        assert isinstance(method.one_record, bool) and not (method.one_record and method.keeps_records), name
+    assert Catalog.commit.durable and not Catalog.commit.keeps_records and Catalog.commit.one_record
+    assert not Catalog.add_copy.one_record  # a part's copy changes its object's record too
     assert not Catalog.lookup.durable and Catalog.lookup.keeps_records
 
 
@@ -173,6 +176,57 @@ def test_a_looked_up_record_is_answered_from_memory_until_it_may_change(tmp_path
         fresh = db.lookup("f")
         assert not fresh.called
         assert (yield fresh).servers == ("s1", "s2")
+    finally:
+        db.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_committed_record_is_answered_from_memory_and_a_change_forgets_only_its_name(tmp_path):
+    from twisted.internet import reactor
+
+    db = CatalogThread(reactor, Catalog(str(tmp_path)))
+    db.start()
+
+    def truth(name):
+        return db._batches.submit((Catalog.lookup, (name,)))
+
+    try:
+        for name, blob in (("f", "b1"), ("g", "b2")):
+            v = yield db.begin_upload(name, blob, ["s2", "s1"])
+            yield db.commit(name, v, blob, 3, "x", 2, ["s2", "s1"], 12.5, "m")
+        f, g = db.lookup("f"), db.lookup("g")
+        assert f.called and g.called, "what a commit made is answered without the catalog thread"
+        f = yield f
+        g = yield g
+        assert f == (yield truth("f")) and g == (yield truth("g"))
+        assert f.servers == ("s1", "s2") and f.created == 12.5 and f.meta == "m"
+        # a newer version of g, its replica count, its delete: f is kept all along
+        v = yield db.begin_upload("g", "b3", ["s1"])
+        yield db.commit("g", v, "b3", 1, "y", 1, ["s1"], 13.0)
+        assert db.lookup("f").called and db.lookup("g").called
+        g = yield db.lookup("g")
+        assert g == (yield truth("g")) and g.blob == "b3"
+        yield db.set_replicas("g", 3)
+        assert db.lookup("f").called and not db.lookup("g").called
+        assert (yield db.lookup("g")).replicas == 3
+        yield db.delete("g")
+        assert db.lookup("f").called and (yield db.lookup("g")) is None
+        # a commit that lost to a newer version keeps nothing of itself
+        old = yield db.begin_upload("f", "b4", ["s1"])
+        new = yield db.begin_upload("f", "b5", ["s1"])
+        assert (yield db.commit("f", new, "b5", 1, "z", 1, ["s1"], 14.0))
+        assert not (yield db.commit("f", old, "b4", 1, "z", 1, ["s1"], 15.0))
+        assert (yield db.lookup("f")).blob == "b5" == (yield truth("f")).blob
+        # a change that may touch any record forgets them all
+        yield db.add_intent("b5", "s2")
+        yield db.add_copy("f", "b5", "s2", 16.0)
+        assert not db.lookup("f").called
+        # hidden names (parts of multipart uploads) are never kept
+        hidden = part_name("up1", 1, "t")
+        v = yield db.begin_upload(hidden, "b6", ["s1"])
+        yield db.commit(hidden, v, "b6", 1, "w", 1, ["s1"], 17.0)
+        assert not db.lookup(hidden).called and (yield db.lookup(hidden)).blob == "b6"
+        assert not db.lookup(hidden).called
     finally:
         db.stop()
 

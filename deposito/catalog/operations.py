@@ -48,6 +48,18 @@ from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE, manifest_name
 
 
+def servers_text(servers: Iterable[str]) -> str:
+    """A version's servers as its row keeps them."""
+    return " ".join(sorted(set(servers)))
+
+
+def committed(name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
+              servers: Iterable[str], now: float, meta: str = "") -> FileRecord:
+    """The record :meth:`Catalog.commit`, given the same, leaves when it
+    returns True: what a lookup answers next."""
+    return to_record((name, version, blob, size, sha256, replicas, servers_text(servers), now, meta, ""))
+
+
 def proxy_id() -> str:
     """A name for this proxy process among those sharing a catalog."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -206,7 +218,7 @@ class Catalog(Multipart, WorkQueue, Buckets):
             db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
         self._tx(tx)
 
-    @effects(durable=True, keeps_records=False)
+    @effects(durable=True, keeps_records=False, one_record=True)
     def commit(self, name: str, version: int, blob: str, size: int, sha256: str,
                replicas: int, servers: Iterable[str], now: float, meta: str = "") -> bool:
         """Make a version visible with its copies (and ``meta``, see
@@ -225,13 +237,13 @@ class Catalog(Multipart, WorkQueue, Buckets):
             newest, replaced = self._settle_at(db, name, version, blob, servers)
             if not newest:
                 return False
-            self._replace(db, name, (name, version, blob, size, sha256, replicas, now, " ".join(sorted(set(servers))),
+            self._replace(db, name, (name, version, blob, size, sha256, replicas, now, servers_text(servers),
                                      meta, ""), replaced)
             self._add_copies(db, blob, servers, now)
             return True
         return self._tx(tx)
 
-    @effects(durable=True, keeps_records=False)
+    @effects(durable=True, keeps_records=False, one_record=True)
     def delete(self, name: str) -> FileRecord | None:
         def tx(db: Connection) -> FileRecord | None:
             db.execute("SELECT 1 FROM names WHERE name = ?" + self.dialect.for_update, (name,))  # as commit does
@@ -246,7 +258,7 @@ class Catalog(Multipart, WorkQueue, Buckets):
             return record
         return self._tx(tx)
 
-    @effects(durable=True, keeps_records=False)
+    @effects(durable=True, keeps_records=False, one_record=True)
     def set_replicas(self, name: str, count: int) -> FileRecord | None:
         def tx(db: Connection) -> FileRecord | None:
             row = db.execute("SELECT replicas, parts FROM files WHERE name = ?" + self.dialect.for_update,

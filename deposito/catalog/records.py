@@ -63,7 +63,7 @@ class Counts:
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
-def effects(*, durable: bool, keeps_records: bool) -> Callable[[Method], Method]:
+def effects(*, durable: bool, keeps_records: bool, one_record: bool = False) -> Callable[[Method], Method]:
     """Declares what a catalog method's call does, on the method itself;
     :class:`deposito.catalog.CatalogThread` calls nothing that does not
     declare it.
@@ -81,10 +81,15 @@ def effects(*, durable: bool, keeps_records: bool) -> Callable[[Method], Method]
     ``keeps_records=True``: it leaves every name's record as it was (files
     and copies are untouched), so the records the catalog thread keeps in
     memory stay true.
+
+    ``one_record=True``: it may change the record of the name given as its
+    first argument, and of hidden names (which are never kept), but no other:
+    only that name's kept record is forgotten.
     """
     def declare(method: Method) -> Method:
         method.durable = durable  # type: ignore[attr-defined]
         method.keeps_records = keeps_records  # type: ignore[attr-defined]
+        method.one_record = one_record  # type: ignore[attr-defined]
         return method
     return declare
 
@@ -98,3 +103,8 @@ def is_durable(method: Callable[..., Any]) -> bool:
 def keeps_records(method: Callable[..., Any]) -> bool:
     """Whether ``method`` leaves every name's record as it was (see :func:`effects`)."""
     return bool(getattr(method, "keeps_records"))
+
+
+def one_record(method: Callable[..., Any]) -> bool:
+    """Whether ``method`` changes only the record its first argument names (see :func:`effects`)."""
+    return bool(getattr(method, "one_record"))

@@ -13,8 +13,9 @@ from zope.interface import implementer
 
 from deposito.batching import Batches
 from deposito.catalog.listing import IListingReactor, Listing, NameRange
-from deposito.catalog.operations import Catalog
-from deposito.catalog.records import Counts, FileRecord, Outcome, keeps_records
+from deposito.catalog.operations import Catalog, committed
+from deposito.catalog.records import Counts, FileRecord, Outcome, keeps_records, one_record
+from deposito.hidden import VISIBLE
 from deposito.interfaces import ICatalog
 
 if TYPE_CHECKING:
@@ -32,12 +33,15 @@ class CatalogThread:
     the next one (group commit): many PUTs share one fsync, and no Deferred
     fires before its transaction is durable.
 
-    The records of recently looked-up names are kept in memory, so a lookup
-    mostly answers at once. Any call that may change a record empties them,
-    and a lookup's answer is kept only if no such call was made after it was
-    asked (calls run in the order they are made): what is kept always matches
-    the catalog as every call made so far leaves it, so an answer from memory
-    is the one the thread would give.
+    The records of recently looked-up or committed names are kept in
+    memory, so a lookup mostly answers at once (a file is often read right
+    after it is written). Any call that may change a record forgets it: the
+    one name's, for a call that changes only that (:func:`one_record`), else
+    all. A lookup's answer (or a commit's record) is kept only if no such
+    call was made after it was asked (calls run in the order they are made):
+    what is kept always matches the catalog as every call made so far leaves
+    it, so an answer from memory is the one the thread would give. Hidden
+    names (parts of multipart uploads) are never kept.
 
     Clients' lookups (:meth:`read`) go to a second connection on a thread of
     their own, so a GET does not wait behind the PUTs committing meanwhile;
@@ -79,7 +83,10 @@ class CatalogThread:
         :func:`deposito.catalog.records.effects`."""
         if keeps_records(method):
             return self._batches.submit((method, args))
-        self._records.clear()
+        if one_record(method):
+            self._records.pop(args[0], None)
+        else:
+            self._records.clear()
         self._changes += 1
         self._unfinished += 1
         return self._batches.submit((method, args)).addBoth(self._finished)
@@ -128,7 +135,8 @@ class CatalogThread:
         return d
 
     def _keep(self, record: FileRecord | None, name: str, changes: int) -> FileRecord | None:
-        if record is not None and changes == self._changes:  # nothing of ours may have changed it since
+        # kept if nothing of ours may have changed it since
+        if record is not None and changes == self._changes and name >= VISIBLE:
             self._records[name] = record
             if len(self._records) > self.kept:
                 self._records.popitem(last=False)
@@ -214,7 +222,15 @@ class CatalogThread:
 
     def commit(self, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
                servers: list[str], now: float, meta: str = "") -> Deferred[bool]:
-        return self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now, meta)
+        d = self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now, meta)
+        changes = self._changes
+        return d.addCallback(self._committed, committed(name, version, blob, size, sha256, replicas, servers, now,
+                                                        meta), changes)
+
+    def _committed(self, newest: bool, record: FileRecord, changes: int) -> bool:
+        if newest:
+            self._keep(record, record.name, changes)
+        return newest
 
     def create_upload(self, upload: str, name: str, replicas: int, meta: str, now: float) -> Deferred[None]:
         return self._call(Catalog.create_upload, upload, name, replicas, meta, now)
