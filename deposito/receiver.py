@@ -32,9 +32,10 @@ class Receiver:
 
     Room for the blob is claimed on the device here (NoSpace otherwise), and
     given back once it is committed or thrown away. Bytes Twisted read come
-    through :meth:`take` and go to the writer thread FLUSH_BYTES at a time;
-    the rest of a big blob on plain TCP may be read from the socket straight
-    into the disk's buffers (:meth:`read_socket`). While more than
+    through :meth:`take` and go to the writer thread FLUSH_BYTES at a time,
+    the last ones with the commit (one trip to the disk for both); the rest
+    of a big blob on plain TCP may be read from the socket straight into
+    the disk's buffers (:meth:`read_socket`). While more than
     WINDOW_BYTES wait for the disk, ``transport`` is paused. After a failed
     write the rest is read and dropped, and :meth:`finish` reports the error.
     """
@@ -53,7 +54,6 @@ class Receiver:
         self._in_flight = 0
         self._write_error: Failure | None = None
         self._last_write: defer.Deferred[None] = defer.succeed(None)
-        self._flushed = False  # some of the bytes went to the writer thread
         self._paused_for_disk = False
         self._ending = False  # END came: the protocol pauses and resumes the transport from now on
         self._direct: _DirectRead | None = None
@@ -65,9 +65,9 @@ class Receiver:
         if self._write_error is None:
             self._pending.append(take)
             self._pending_size += len(take)
-            # A blob that arrives whole before anything was written waits for
-            # END, to be written and committed in one go (see finish).
-            if self._pending_size >= FLUSH_BYTES or self.remaining == 0 and self._flushed:
+            # The last bytes wait for END, to be written and committed in one
+            # trip to the disk (see finish): a blob that arrives whole, all of it.
+            if self._pending_size >= FLUSH_BYTES and self.remaining:
                 self._flush()
         return data[len(take):]
 
@@ -90,7 +90,6 @@ class Receiver:
         self._pending_size = 0
         if not size:
             return
-        self._flushed = True
         self._in_flight += size
         d = self.device.write(self.incoming, pieces)
         d.addCallbacks(self._written, self._write_failed, callbackArgs=(size,), errbackArgs=(size,))
@@ -104,7 +103,6 @@ class Receiver:
         dropped (a write failed, or the blob is done with)."""
         if self._write_error is not None or self._ending:
             return None
-        self._flushed = True
         d = self.device.write_piece(self.incoming, buffer, length)
         self._last_write = d
         return d
@@ -125,19 +123,17 @@ class Receiver:
         """END: commit once every write is done. Fires with the blob's
         metadata, or fails with a DepositoError (the blob is thrown away)."""
         self._ending = True
-        if self._pending:  # a small blob, all here: one trip to a disk thread
-            data = b"".join(self._pending)
-            self._pending.clear()
-            self._pending_size = 0
-            d = self.device.commit(self.incoming, sha256, blocks, last=data)
-        else:
-            def written(_: None) -> defer.Deferred[BlobMeta]:
-                if self._write_error is not None:
-                    return defer.fail(self._write_error)
-                return self.device.commit(self.incoming, sha256, blocks)
+        last = b"".join(self._pending)  # written on the way to the commit, in the same trip
+        self._pending.clear()
+        self._pending_size = 0
 
-            # writes are in order: the last one done means all are
-            d = self._last_write.addCallback(written)
+        def written(_: None) -> defer.Deferred[BlobMeta]:
+            if self._write_error is not None:
+                return defer.fail(self._write_error)
+            return self.device.commit(self.incoming, sha256, blocks, last=last)
+
+        # writes are in order: the last one done means all are
+        d = self._last_write.addCallback(written)
         return d.addCallbacks(self._committed, self._not_committed)
 
     def _committed(self, meta: BlobMeta) -> BlobMeta:

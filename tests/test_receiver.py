@@ -1,0 +1,92 @@
+"""A WRITE's bytes on their way to the disk: in order, in few trips, and the
+last ones with the commit."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactor, StringTransport
+
+from deposito.blobmeta import BlobMeta
+from deposito.errors import DepositoError
+from deposito.receiver import FLUSH_BYTES, Receiver
+
+
+class Disk:
+    """A device that keeps the bytes it is handed and the trips they took;
+    each write is done only when the test says so."""
+
+    def __init__(self) -> None:
+        self.trips: list[tuple[str, int]] = []
+        self.data = bytearray()
+        self.writes: list[defer.Deferred[None]] = []
+        self.reserved = 0
+
+    def reserve(self, size: int) -> None:
+        self.reserved += size
+
+    def release(self, size: int) -> None:
+        self.reserved -= size
+
+    def begin(self, meta: BlobMeta, cache: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(meta=meta)
+
+    def write(self, incoming: SimpleNamespace, pieces: list[bytes]) -> defer.Deferred[None]:
+        self.trips.append(("write", sum(len(p) for p in pieces)))
+        self.data += b"".join(pieces)
+        d: defer.Deferred[None] = defer.Deferred()
+        self.writes.append(d)
+        return d
+
+    def commit(self, incoming: SimpleNamespace, sha256: str, blocks: str, last: bytes = b"") -> defer.Deferred[BlobMeta]:
+        self.trips.append(("commit", len(last)))
+        self.data += last
+        return defer.succeed(incoming.meta)
+
+    def abort(self, incoming: SimpleNamespace) -> defer.Deferred[None]:
+        self.trips.append(("abort", 0))
+        return defer.succeed(None)
+
+
+def receive(data: bytes, chunk: int = 65536) -> tuple[Disk, Receiver]:
+    disk = Disk()
+    meta = BlobMeta("b" * 32, "f", 1, len(data), "", 1)
+    receiver = Receiver(MemoryReactor(), disk, meta, False, StringTransport(), lambda: None)  # type: ignore[arg-type]
+    for at in range(0, len(data), chunk):
+        assert receiver.take(data[at:at + chunk]) == b""
+    return disk, receiver
+
+
+def test_a_blob_that_arrives_whole_is_written_and_committed_in_one_trip():
+    data = os.urandom(FLUSH_BYTES)  # 1 MiB: the benchmark's files
+    disk, receiver = receive(data)
+    assert disk.trips == []
+    done = receiver.finish("", "")
+    assert disk.trips == [("commit", FLUSH_BYTES)] and bytes(disk.data) == data
+    assert done.called and disk.reserved == 0
+
+
+def test_the_last_bytes_of_a_bigger_blob_go_with_the_commit_once_every_write_is_done():
+    data = os.urandom(2 * FLUSH_BYTES + 12345)
+    disk, receiver = receive(data)
+    assert disk.trips == [("write", FLUSH_BYTES), ("write", FLUSH_BYTES)]  # the rest waits for END
+    done = receiver.finish("", "")
+    assert not done.called and len(disk.trips) == 2, "no commit before the writes are done"
+    for d in disk.writes:
+        d.callback(None)
+    assert disk.trips[2:] == [("commit", 12345)] and bytes(disk.data) == data
+    assert done.called and disk.reserved == 0
+
+
+def test_a_failed_write_commits_nothing_and_throws_the_blob_away():
+    data = os.urandom(FLUSH_BYTES + 10)
+    disk, receiver = receive(data)
+    failures: list = []
+    done = receiver.finish("", "")
+    done.addErrback(failures.append)
+    disk.writes[0].errback(OSError(28, "No space left on device"))
+    assert [kind for kind, _ in disk.trips] == ["write", "abort"]
+    assert len(failures) == 1 and isinstance(failures[0].value, DepositoError)
+    assert disk.reserved == 0
