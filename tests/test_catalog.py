@@ -232,6 +232,60 @@ def test_a_committed_record_is_answered_from_memory_and_a_change_forgets_only_it
 
 
 @pytest_twisted.inlineCallbacks
+def test_kept_records_follow_an_object_made_of_parts_replaced_and_deleted(catalogs):
+    """An object made of parts, then a plain version over it, then that one
+    with parts again: each change answers from memory exactly what the
+    catalog holds, and the hidden files of the parts are never kept."""
+    from twisted.internet import reactor
+
+    db = CatalogThread(reactor, catalogs.new())
+    db.start()
+
+    def truth(name):
+        return db._batches.submit((Catalog.lookup, (name,)))
+
+    @defer.inlineCallbacks
+    def multipart(upload, name):
+        yield db.create_upload(upload, name, 2, "", 0.0)
+        parts = []
+        for number in (1, 2):
+            part = part_name(upload, number, f"{number:032x}")
+            v = yield db.begin_upload(part, f"p{upload[:4]}{number}", ["s1", "s2"])
+            yield db.commit_part(upload, part, v, f"p{upload[:4]}{number}", 5, "s" * 64, 2, ["s1", "s2"], 1.0)
+            parts.append(part)
+        v = yield db.begin_upload(name, "m" + upload[:8], ["s1", "s2"])
+        ok = yield db.complete(upload, name, v, "m" + upload[:8], 10, "d" * 64, 2, ["s1", "s2"], 2.0, "", parts,
+                               "f" * 64)
+        assert ok
+        return parts
+
+    @defer.inlineCallbacks
+    def same(name):
+        kept = yield db.lookup(name)
+        real = yield truth(name)
+        assert kept == real
+        return real
+
+    try:
+        parts = yield multipart("a" * 32, "o")
+        keeps = catalogs.kind == "sqlite"  # a shared catalog answers every lookup from the database
+        assert (yield same("o")).parts == "a" * 32 and db.lookup("o").called == keeps
+        assert not any(db.lookup(p).called for p in parts)
+        v = yield db.begin_upload("o", "plain", ["s1"])
+        assert (yield db.commit("o", v, "plain", 3, "x", 1, ["s1"], 3.0))
+        assert db.lookup("o").called == keeps and (yield same("o")).blob == "plain"
+        assert (yield truth(parts[0])) is None  # the parts went with the version they made
+        yield multipart("b" * 32, "o")
+        yield same("o")
+        assert (yield db.set_replicas("o", 3)).replicas == 3
+        assert (yield same("o")).replicas == 3
+        assert (yield db.delete("o")) is not None
+        assert (yield same("o")) is None
+    finally:
+        db.stop()
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_bucket_seen_is_answered_from_memory_until_it_is_deleted(tmp_path):
     from twisted.internet import reactor
 

@@ -90,3 +90,23 @@ def test_a_failed_write_commits_nothing_and_throws_the_blob_away():
     assert [kind for kind, _ in disk.trips] == ["write", "abort"]
     assert len(failures) == 1 and isinstance(failures[0].value, DepositoError)
     assert disk.reserved == 0
+
+
+def test_bytes_after_a_failed_write_are_dropped_and_nothing_is_committed():
+    data = os.urandom(FLUSH_BYTES + 10)
+    disk = Disk()
+    receiver = Receiver(MemoryReactor(), disk, BlobMeta("b" * 32, "f", 1, len(data), "", 1), False,  # type: ignore[arg-type]
+                        StringTransport(), lambda: None)
+    receiver.take(data[:FLUSH_BYTES])
+    disk.writes[0].errback(OSError(5, "Input/output error"))
+    receiver.take(data[FLUSH_BYTES:])  # read on, so the connection stays usable, and dropped
+    failures: list = []
+    receiver.finish("", "").addErrback(failures.append)
+    assert [kind for kind, _ in disk.trips] == ["write", "abort"] and len(failures) == 1
+    assert disk.reserved == 0
+
+
+def test_a_connection_lost_before_end_throws_the_pending_bytes_away():
+    disk, receiver = receive(os.urandom(FLUSH_BYTES // 2))
+    receiver.stop()
+    assert disk.trips == [("abort", 0)] and disk.reserved == 0

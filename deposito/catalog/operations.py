@@ -57,7 +57,7 @@ def committed(name: str, version: int, blob: str, size: int, sha256: str, replic
               servers: Iterable[str], now: float, meta: str = "") -> FileRecord:
     """The record :meth:`Catalog.commit`, given the same, leaves when it
     returns True: what a lookup answers next."""
-    return to_record((name, version, blob, size, sha256, replicas, servers_text(servers), now, meta, ""))
+    return to_record((name, version, blob, size, sha256, replicas, servers_text(servers), float(now), meta, ""))
 
 
 def proxy_id() -> str:
