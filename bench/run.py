@@ -602,6 +602,45 @@ def ratio(a, b) -> str:
     return f"{a / b:.2f}x"
 
 
+def cell_by_cell(res: dict, cell) -> list[str]:
+    """Every cell against SeaweedFS, each met or not, and the spread of its
+    runs (the slowest and the fastest run, in MiB/s)."""
+    dep, sw, raw = res.get("deposito") or {}, res.get("seaweedfs") or {}, res.get("raw") or {}
+
+    def spread(size: int, seconds: list[float] | None) -> str:
+        return f"{fmt(mibps(size, max(seconds)))}-{fmt(mibps(size, min(seconds)))}" if seconds else "n/a"
+
+    def verdict(a, b) -> str:
+        return "n/a" if a is None or not b else ("yes" if a >= b else "**no**")
+
+    L = ["## Every cell against SeaweedFS\n",
+         f"Deposito at or above SeaweedFS in each cell (medians of {res['runs']} runs), with the slowest and the "
+         "fastest run of each side in brackets: when the two ranges overlap, another run may give the other "
+         "verdict.\n",
+         "| cell | Deposito | SeaweedFS | ratio | met? |", "|---|---|---|---|---|"]
+    for size in res["sizes"]:
+        for r in res["replicas"]:
+            d, s = cell(dep, size, r), cell(sw, size, r)
+            for op in ("put", "get"):
+                a, b = d.get(f"{op}_mibps"), s.get(f"{op}_mibps")
+                L.append(f"| {op.upper()} {human(size)}, {r} {'copy' if r == 1 else 'copies'} (MiB/s) | {fmt(a)} [{spread(size, d.get(f'{op}_s'))}]"
+                         f" | {fmt(b)} [{spread(size, s.get(f'{op}_s'))}] | {ratio(a, b)} | {verdict(a, b)} |")
+    for level in res["levels"]:
+        for op in ("put", "get"):
+            a = ((dep.get("small") or {}).get(str(level)) or {}).get(op, {}).get("ops_per_s")
+            b = ((sw.get("small") or {}).get(str(level)) or {}).get(op, {}).get("ops_per_s")
+            L.append(f"| {op.upper()} 4 KiB, {level} client{'' if level == 1 else 's'} (ops/s; one phase) | {fmt(a)} | {fmt(b)} | {ratio(a, b)}"
+                     f" | {verdict(a, b)} |")
+    top = max(res["sizes"])
+    L.append(f"| PUT {human(top)} >= 0.7x the raw write of N files, at every copy count | "
+             + ", ".join(f"{r}: {ratio(cell(dep, top, r).get('put_mibps'), cell(raw, top, r).get('put_mibps'))}"
+                         for r in res["replicas"])
+             + " | | | " + verdict(min((cell(dep, top, r).get("put_mibps") or 0) / (cell(raw, top, r).get("put_mibps") or 1)
+                                      for r in res["replicas"]), 0.7) + " |")
+    L.append("")
+    return L
+
+
 def render(res: dict, out_md: Path, out_png: Path) -> None:
     sizes = res["sizes"]
     reps = res["replicas"]
@@ -699,6 +738,7 @@ def render(res: dict, out_md: Path, out_png: Path) -> None:
                      f"{fmt(d.get('get_mibps'))} | {fmt(s.get('get_mibps'))} | {fmt(sock)} | "
                      f"{ratio(d.get('get_mibps'), s.get('get_mibps'))} | {ratio(d.get('get_mibps'), sock)} |")
     L.append("")
+    L += cell_by_cell(res, cell)
     errs = []
     for name, sys_res in (("Deposito", dep), ("SeaweedFS", sw)):
         if sys_res.get("error"):
