@@ -43,21 +43,9 @@ from deposito.catalog.database import Backend, Connection, log
 from deposito.catalog.multipart import Multipart
 from deposito.catalog.queue import WorkQueue
 from deposito.catalog.records import FileRecord, effects
-from deposito.catalog.schema import RECORD, to_record
+from deposito.catalog.schema import RECORD, servers_text, to_record
 from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE, manifest_name
-
-
-def servers_text(servers: Iterable[str]) -> str:
-    """A version's servers as its row keeps them."""
-    return " ".join(sorted(set(servers)))
-
-
-def committed(name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-              servers: Iterable[str], now: float, meta: str = "") -> FileRecord:
-    """The record :meth:`Catalog.commit`, given the same, leaves when it
-    returns True: what a lookup answers next."""
-    return to_record((name, version, blob, size, sha256, replicas, servers_text(servers), float(now), meta, ""))
 
 
 def proxy_id() -> str:

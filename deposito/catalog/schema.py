@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import uuid
 import sqlite3
-from typing import Any
+from typing import Any, Iterable
 
 from deposito.catalog.dialect import SQLITE
 from deposito.catalog.records import FileRecord
@@ -220,6 +220,18 @@ def to_record(row: tuple[Any, ...]) -> FileRecord:
     """The record of a row selected with :data:`RECORD`."""
     return FileRecord(row[0], row[1], row[2], row[3], row[4], row[5], _servers(row[6] or ""), row[7], row[8],
                       row[9])
+
+
+def servers_text(servers: Iterable[str]) -> str:
+    """A version's servers as its row keeps them."""
+    return " ".join(sorted(set(servers)))
+
+
+def committed(name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
+              servers: Iterable[str], now: float, meta: str = "") -> FileRecord:
+    """The record :meth:`deposito.catalog.Catalog.commit`, given the same,
+    leaves when it returns True: what a lookup answers next."""
+    return to_record((name, version, blob, size, sha256, replicas, servers_text(servers), float(now), meta, ""))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -13,8 +13,9 @@ from zope.interface import implementer
 
 from deposito.batching import Batches
 from deposito.catalog.listing import IListingReactor, Listing, NameRange
-from deposito.catalog.operations import Catalog, committed
+from deposito.catalog.operations import Catalog
 from deposito.catalog.records import Counts, FileRecord, Outcome, keeps_records, one_record
+from deposito.catalog.schema import committed
 from deposito.hidden import VISIBLE
 from deposito.interfaces import ICatalog
 
