@@ -93,9 +93,10 @@ class Options(FirstLineOptions):
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    from deposito import allocator
+    from deposito import allocator, diagnostics
 
     allocator.tune_for_streams()
+    diagnostics.stacks_on_signal(options["data"])
 
     from deposito.proxy import ProxyService
 

@@ -273,7 +273,16 @@ class Cluster:
     def kill_proxy(self, sig: int = signal.SIGKILL) -> None:
         assert self.proxy is not None
         self.proxy.send_signal(sig)
-        self.proxy.wait(15)
+        try:
+            self.proxy.wait(15)
+        except subprocess.TimeoutExpired:  # stuck: where, in every thread (deposito.diagnostics), then gone
+            self.proxy.send_signal(signal.SIGUSR2)
+            time.sleep(1.0)
+            self.proxy.kill()
+            self.proxy.wait(15)
+            stacks = self.root / self.name / "stacks.txt"
+            raise AssertionError(f"the proxy did not stop within 15 s on signal {sig}; its threads:\n"
+                                 + (stacks.read_text()[-6000:] if stacks.exists() else "(no stacks written)"))
 
     def blob_files(self, sid: str) -> list[Path]:
         """The blob data files on a server's disk (not their metadata)."""

@@ -439,3 +439,22 @@ def test_cluster_secret_on_join_and_blob_ports(tmp_path):
             assert w.get("secret-big")[1] == big
     finally:
         c.stop()
+
+
+def test_sigusr2_writes_every_threads_stack_and_the_processes_go_on_serving(shared_cluster):
+    """An operator's look inside a stuck process: `kill -USR2` appends the
+    stack of every thread to stacks.txt in its data folder."""
+    c = shared_cluster
+    assert c.proxy is not None and "s0" in c.servers
+    for process, folder in ((c.proxy, c.root / c.name), (c.servers["s0"], c.server_dir("s0"))):
+        process.send_signal(signal.SIGUSR2)
+        stacks = folder / "stacks.txt"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "mainLoop" not in (stacks.read_text() if stacks.exists() else ""):
+            time.sleep(0.05)
+        text = stacks.read_text()
+        assert "Current thread 0x" in text and "mainLoop" in text, text[-2000:]  # the reactor's own stack
+        assert process.poll() is None
+    with c.wire() as w:
+        assert w.put("after/usr2", b"still here", 2).startswith("OK stored")
+        assert w.get("after/usr2")[1] == b"still here"
