@@ -159,8 +159,12 @@ def test_a_small_file_read_whole_skips_rotten_copies_without_the_client_noticing
             head, got = w.get("conv/small-rot")
             assert got == data, head
     log = cluster.log("proxy")
-    assert f"from {order[0].id} failed: " in log  # the whole read of the first copy failed with nothing sent
-    assert f"from {order[1].id} failed at 0: " in log  # then the streamed read went on past the second
+    failures = [line.split("#warn] ")[-1] for line in log.splitlines() if "failed" in line or "lacks" in line]
+    # The first copy's read failed with nothing sent: read whole, or streamed when no connection to its
+    # server was idle at that moment (either way the client saw nothing); the streamed read went on past
+    # the second. tests/test_text_protocol.py holds the whole read's fallback to one path.
+    assert f"from {order[0].id} failed" in log, failures
+    assert f"from {order[1].id} failed at 0: " in log, failures
 
 
 def test_a_deleted_blob_file_is_made_again_after_a_scrub(fast_cluster):
