@@ -186,6 +186,29 @@ def test_missing_things_and_bucket_rules(s3):
     assert code(e.value) == "NoSuchBucket"
 
 
+def test_metadata_beyond_ascii_is_signed_stored_and_sent_back_mail_safe(s3):
+    import email.header
+
+    c = s3.client()
+    c.create_bucket(Bucket="unicode")
+    values = {"place": "café", "city": "東京", "plain": "ascii"}
+
+    def raw_headers(params, **_):  # boto3's Metadata takes only ASCII; other clients send UTF-8 as it is
+        params["headers"].update({f"x-amz-meta-{k}": v for k, v in values.items()})
+
+    c.meta.events.register("before-call.s3.PutObject", raw_headers)
+    c.put_object(Bucket="unicode", Key="k", Body=b"x")  # signed over the UTF-8 it is sent in
+    c.meta.events.unregister("before-call.s3.PutObject", raw_headers)
+    for got in (c.get_object(Bucket="unicode", Key="k")["Metadata"], c.head_object(Bucket="unicode", Key="k")["Metadata"]):
+        assert got["plain"] == "ascii"
+        assert got["place"] != "café" and got["place"].startswith("=?UTF-8?B?")  # S3's RFC 2047 words
+        assert {k: str(email.header.make_header(email.header.decode_header(v))) for k, v in got.items()} == values
+    # what S3 sent back, given again as it came, is stored as the same text: a copy keeps it
+    sent = c.head_object(Bucket="unicode", Key="k")["Metadata"]
+    c.copy_object(Bucket="unicode", Key="k2", CopySource="unicode/k", Metadata=sent, MetadataDirective="REPLACE")
+    assert c.head_object(Bucket="unicode", Key="k2")["Metadata"] == sent
+
+
 def test_metadata_past_its_bounds_is_refused_and_stores_nothing(s3):
     """User metadata over S3's 2 KiB, or metadata and kept headers together
     over the 3 KiB that ride on each copy's blob, are MetadataTooLarge."""

@@ -620,3 +620,16 @@ def test_signed_trailer_in_any_pieces(data, pieces):
     whole, _ = decode(verified, body)
     split, _ = decode(verified, body, pieces)
     assert whole == split == data
+
+
+@pytest.mark.parametrize("wire", ["utf-8", "latin-1"])
+def test_a_header_beyond_ascii_verifies_as_sent_in_utf_8_or_latin_1(wire):
+    from deposito.s3.objects import header_text
+
+    method, path, query, headers = signed("PUT", headers={"x-amz-meta-place": "café"})
+    received = {name: header_text(value.encode(wire)) for name, value in headers.items()}
+    assert received["x-amz-meta-place"] == "café"
+    assert isinstance(verify(method, path, query, received, KEYS, NOW), Verified)  # raises when it does not hold
+    if wire == "utf-8":  # read as Latin-1, the same bytes are another text, whose signature is another
+        misread = {name: value.encode(wire).decode("latin-1") for name, value in headers.items()}
+        refused("SignatureDoesNotMatch", method, path, query, misread)

@@ -45,7 +45,8 @@ from deposito.s3.errors import S3Error, s3_error
 from deposito.s3.keys import S3Keys
 from deposito.s3.listings import Listings
 from deposito.s3.multipart import Multipart
-from deposito.s3.objects import KEPT_HEADERS, OWNER, ObjectMeta, check_bucket, file_name, replicas_of
+from deposito.s3.objects import (KEPT_HEADERS, OWNER, ObjectMeta, check_bucket, file_name, header_text, mail_safe,
+                                 replicas_of)
 from deposito.s3.request import S3Request
 from deposito.transfer import Upload
 from deposito.web import parse_range, send_body
@@ -117,7 +118,7 @@ class Gateway:
                 raise S3Error("InvalidRequest", "The request line names no path")
             headers: dict[str, list[str]] = {}
             for name, values in request.requestHeaders.getAllRawHeaders():
-                headers[name.decode("latin-1").lower()] = [v.decode("latin-1") for v in values]
+                headers[name.decode("latin-1").lower()] = [header_text(v) for v in values]
             if "AWSAccessKeyId=" in raw_query or (headers.get("authorization") or [""])[0].startswith("AWS "):
                 raise S3Error("AccessDenied", "Signature Version 2 is not accepted: sign with AWS Signature"
                               " Version 4 (boto3: Config(signature_version='s3v4'))")
@@ -297,7 +298,7 @@ class Gateway:
             if value is not None:
                 request.setHeader(name.encode(), value.encode("latin-1", "replace"))
         for key, value in meta.user.items():
-            request.setHeader(b"x-amz-meta-" + key.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+            request.setHeader(b"x-amz-meta-" + key.encode("latin-1", "replace"), mail_safe(value))
         if span:
             request.setResponseCode(206)
             request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, end, record.size))

@@ -10,6 +10,9 @@ another interface has none: its ETag is then made from its SHA-256 with a
 
 from __future__ import annotations
 
+import base64
+import email.errors
+import email.header
 import json
 import re
 from typing import Optional
@@ -90,13 +93,41 @@ def file_name(bucket: str, key: str) -> str:
         raise S3Error("InvalidArgument", f"The key cannot be stored: {e.message}") from None
 
 
+def header_text(raw: bytes) -> str:
+    """A request header's value as its sender signed it: UTF-8, as the AWS
+    SDKs send it, else Latin-1 (Python's http.client sends a str so)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def mail_safe(value: str) -> bytes:
+    """A metadata value as S3 sends it back: as it is when US-ASCII, else as
+    one RFC 2047 encoded word (``=?UTF-8?B?...?=``), so nothing is lost."""
+    if value.isascii():
+        return value.encode("ascii")
+    return b"=?UTF-8?B?" + base64.b64encode(value.encode("utf-8")) + b"?="
+
+
+def _unfold(value: str) -> str:
+    """A metadata value given in RFC 2047 encoded words, decoded, as S3 stores it."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (email.errors.HeaderParseError, LookupError, ValueError):
+        return value  # not encoded words after all: kept as given
+
+
 def user_metadata(headers: list[tuple[str, str]]) -> dict[str, str]:
-    """The ``x-amz-meta-*`` headers (names lower-case, without the prefix);
-    MetadataTooLarge past S3's 2 KiB."""
+    """The ``x-amz-meta-*`` headers (names lower-case, without the prefix,
+    values decoded from RFC 2047 when so given); MetadataTooLarge past S3's 2 KiB."""
     user: dict[str, str] = {}
-    for name, value in headers:
+    for name, raw in headers:
         if name.startswith("x-amz-meta-") and len(name) > len("x-amz-meta-"):
             key = name[len("x-amz-meta-"):]
+            value = _unfold(raw)
             user[key] = value if key not in user else user[key] + "," + value
     if sum(len(k.encode()) + len(v.encode()) for k, v in user.items()) > MAX_USER_META:
         raise S3Error("MetadataTooLarge")
