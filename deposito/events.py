@@ -367,8 +367,8 @@ class MeteredDepot:
     def bucket(self, name: str) -> Awaitable[float | None]:
         return self._depot.bucket(name)
 
-    def buckets(self) -> Awaitable[list[tuple[str, float]]]:
-        return self._depot.buckets()
+    def buckets(self, prefix: str, after: str, limit: int) -> Awaitable[list[tuple[str, float]]]:
+        return self._depot.buckets(prefix, after, limit)
 
 
 def json_log() -> FileLogObserver:

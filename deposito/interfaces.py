@@ -215,8 +215,9 @@ class ICatalog(IWorkCatalog):
     def bucket(name: str) -> Deferred[Optional[float]]:
         """When a bucket was created, or None when there is none."""
 
-    def buckets() -> Deferred[list[tuple[str, float]]]:
-        """Every bucket, ``(name, created)`` in name order."""
+    def buckets(prefix: str, after: str, limit: int) -> Deferred[list[tuple[str, float]]]:
+        """The buckets whose names start with ``prefix`` and sort after
+        ``after``, ``(name, created)`` in name order, at most ``limit``."""
 
     # -- reads
 
@@ -374,8 +375,9 @@ class IDepot(Interface):
     def bucket(name: str) -> Awaitable[Optional[float]]:
         """Awaitable: when the bucket was created, or None when there is none."""
 
-    def buckets() -> Awaitable[list[tuple[str, float]]]:
-        """Awaitable: every bucket, ``(name, created)`` in name order."""
+    def buckets(prefix: str, after: str, limit: int) -> Awaitable[list[tuple[str, float]]]:
+        """Awaitable: the buckets whose names start with ``prefix`` and sort
+        after ``after``, ``(name, created)`` in name order, at most ``limit``."""
 
 
 class IDevice(Interface):

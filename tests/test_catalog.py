@@ -891,7 +891,7 @@ def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
     try:
         assert cat.db.execute("PRAGMA user_version").fetchone()[0] == 4
         kept, docs = cat.lookup("kept.bin"), cat.lookup("docs/b.txt")
-        assert kept.meta == "" and cat.buckets() == []
+        assert kept.meta == "" and cat.buckets("", "", 100) == []
         assert (kept.version, kept.replicas, kept.servers) == (1, 3, ("s1", "s2"))
         assert (docs.version, docs.blob, docs.servers) == (2, "c" * 32, ("s2",))
         counts = cat.counts()
@@ -974,7 +974,7 @@ def test_a_version_keeps_its_time_and_meta_and_the_next_version_its_own(cat):
 def test_buckets_are_made_once_listed_in_order_and_deleted_only_when_empty(cat):
     assert cat.create_bucket("photos", 1.0) and cat.create_bucket("docs", 2.0)
     assert not cat.create_bucket("photos", 3.0)  # made already: its time stays
-    assert cat.buckets() == [("docs", 2.0), ("photos", 1.0)]
+    assert cat.buckets("", "", 100) == [("docs", 2.0), ("photos", 1.0)]
     assert cat.bucket("photos") == 1.0 and cat.bucket("nope") is None
     cat.commit("photos/a.jpg", cat.begin_upload("photos/a.jpg", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
     cat.commit("photos.old", cat.begin_upload("photos.old", "b2", ["s1"]), "b2", 1, "x", 1, ["s1"], 0.0)
@@ -984,9 +984,25 @@ def test_buckets_are_made_once_listed_in_order_and_deleted_only_when_empty(cat):
     assert cat.bucket("photos") == 1.0
     cat.delete("photos/a.jpg")
     cat.delete_bucket("photos")  # names beside the bucket's ("photos.old", "photos0") are not in it
-    assert cat.bucket("photos") is None and [name for name, _ in cat.buckets()] == ["docs"]
+    assert cat.bucket("photos") is None and [name for name, _ in cat.buckets("", "", 100)] == ["docs"]
     with pytest.raises(NotFound):
         cat.delete_bucket("photos")
+
+
+def test_buckets_are_listed_a_page_at_a_time_by_prefix(cat):
+    names = ["a-1", "a-2", "a-3", "a.b", "ab", "b-1"]
+    for i, name in enumerate(names):
+        assert cat.create_bucket(name, float(i))
+    assert [n for n, _ in cat.buckets("a-", "", 2)] == ["a-1", "a-2"]
+    assert [n for n, _ in cat.buckets("a-", "a-2", 2)] == ["a-3"]
+    assert [n for n, _ in cat.buckets("a", "a-3", 10)] == ["a.b", "ab"]
+    assert [n for n, _ in cat.buckets("", "ab", 10)] == ["b-1"]
+    assert cat.buckets("c", "", 10) == [] and cat.buckets("", "", 0) == []
+    pages, after = [], ""
+    while page := cat.buckets("", after, 4):
+        pages.append([n for n, _ in page])
+        after = page[-1][0]
+    assert pages == [names[:4], names[4:]]
 
 
 def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_4_in_place(postgres):
@@ -1011,7 +1027,7 @@ def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_4_in_place(postgr
         assert cat.db.execute("SELECT version FROM catalog_schema").fetchone()[0] == 4
         assert (cat.lookup("f").blob, cat.lookup("f").meta, cat.lookup("f").parts) == ("b1", "", "")
         assert cat.db.execute("SELECT count(*) FROM uploads").fetchone()[0] == 0
-        assert cat.create_bucket("b", 1.0) and cat.buckets() == [("b", 1.0)]
+        assert cat.create_bucket("b", 1.0) and cat.buckets("", "", 100) == [("b", 1.0)]
     finally:
         cat.close()
         postgres.drop(url)

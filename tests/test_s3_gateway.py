@@ -79,6 +79,34 @@ def test_a_bucket_is_made_listed_and_its_objects_round_trip(s3):
         assert reply.startswith("OK") and body == data
 
 
+def test_buckets_are_listed_a_page_at_a_time(s3):
+    c = s3.client()
+    made = [f"paged-{i}" for i in range(5)]
+    for name in made:
+        c.create_bucket(Bucket=name)
+    pages, token = [], None
+    while True:
+        reply = c.list_buckets(Prefix="paged-", MaxBuckets=2, **({"ContinuationToken": token} if token else {}))
+        pages.append([b["Name"] for b in reply["Buckets"]])
+        assert reply["Prefix"] == "paged-"
+        token = reply.get("ContinuationToken")
+        if token is None:
+            break
+    assert pages == [made[0:2], made[2:4], made[4:]]
+    assert [b["Name"] for b in c.list_buckets(Prefix="paged-")["Buckets"]] == made  # no limit asked: all of them
+    with pytest.raises(ClientError) as caught:
+        c.list_buckets(ContinuationToken="not base64 at all!")
+    assert code(caught.value) == "InvalidArgument"
+
+    def none_asked(params, **_):  # boto3 itself refuses MaxBuckets=0
+        params["url"] += ("&" if "?" in params["url"] else "?") + "max-buckets=0"
+
+    c.meta.events.register("before-call.s3.ListBuckets", none_asked)
+    with pytest.raises(ClientError) as caught:
+        c.list_buckets()
+    assert code(caught.value) == "InvalidArgument"
+
+
 def test_listings_page_through_every_key_once_with_common_prefixes(s3):
     c = s3.client()
     c.create_bucket(Bucket="tree")

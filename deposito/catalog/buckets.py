@@ -44,7 +44,9 @@ class Buckets(Changes):
         return float(row[0]) if row else None
 
     @effects(durable=False, keeps_records=True)
-    def buckets(self) -> builtins.list[tuple[str, float]]:
-        """Every bucket, ``(name, created)`` in name order."""
-        return [(name, float(created)) for name, created
-                in self.db.execute("SELECT name, created FROM buckets ORDER BY name").fetchall()]
+    def buckets(self, prefix: str, after: str, limit: int) -> builtins.list[tuple[str, float]]:
+        """The buckets whose names start with ``prefix`` and sort after
+        ``after``, ``(name, created)`` in name order, at most ``limit``."""
+        return [(name, float(created)) for name, created in self.db.execute(
+            "SELECT name, created FROM buckets WHERE name > ? AND substr(name, 1, ?) = ? ORDER BY name LIMIT ?",
+            (after, len(prefix), prefix, limit)).fetchall()]

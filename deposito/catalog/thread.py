@@ -300,8 +300,8 @@ class CatalogThread:
             self._buckets[name] = created
         return created
 
-    def buckets(self) -> Deferred[list[tuple[str, float]]]:
-        return self._call(Catalog.buckets)
+    def buckets(self, prefix: str, after: str, limit: int) -> Deferred[list[tuple[str, float]]]:
+        return self._call(Catalog.buckets, prefix, after, limit)
 
     def listing(self, prefix: str, after: str, limit: int | None) -> Deferred[Listing]:
         return self.catalog.backend.listing(self.reactor, NameRange(prefix, after, limit))

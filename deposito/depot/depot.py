@@ -286,5 +286,5 @@ class Depot:
     async def bucket(self, name: str) -> float | None:
         return await self.db.bucket(name)
 
-    async def buckets(self) -> list[tuple[str, float]]:
-        return await self.db.buckets()
+    async def buckets(self, prefix: str, after: str, limit: int) -> list[tuple[str, float]]:
+        return await self.db.buckets(prefix, after, limit)

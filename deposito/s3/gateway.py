@@ -154,7 +154,7 @@ class Gateway:
             raise S3Error("NotImplemented", "Server-side encryption is not served: objects are stored as sent")
         if not bucket:
             if method == "GET":
-                return self.list_buckets
+                return self.listings.list_buckets
             raise S3Error("MethodNotAllowed")
         check_bucket(bucket)
         if not key:
@@ -223,10 +223,6 @@ class Gateway:
         request.finish()
 
     # -- buckets
-
-    async def list_buckets(self, call: Call) -> None:
-        buckets = [xmlwire.BucketEntry(name, created) for name, created in await self.depot.buckets()]
-        await self.send(call, 200, xmlwire.list_buckets_result(OWNER, buckets))
 
     async def head_bucket(self, call: Call) -> None:
         await self.existing_bucket(call.bucket)

@@ -1,6 +1,7 @@
-"""S3's listings of a bucket's keys: ListObjectsV2 and ListObjects (v1),
+"""S3's listings: of a bucket's keys, ListObjectsV2 and ListObjects (v1),
 pages of objects and the CommonPrefixes a delimiter rolls them up to, read
-from the catalog's listing (one snapshot per request)."""
+from the catalog's listing (one snapshot per request); of the buckets,
+ListBuckets, a page at a time."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from deposito.s3.gateway import Call, Gateway
 
 MAX_KEYS = 1000
+MAX_BUCKETS = 10000  # buckets in one page of ListBuckets, as S3 allows
 MAX_CHAR = "\U0010ffff"  # the highest character a name may hold
 
 
@@ -28,9 +30,18 @@ class Listings:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
+    async def list_buckets(self, call: Call) -> None:
+        p = call.params
+        prefix, limit, token = p.get("prefix", ""), _most(p, "max-buckets", MAX_BUCKETS, least=1), p.get("continuation-token")
+        rows = await self.gateway.depot.buckets(prefix, _read_token(token) if token else "", limit + 1)
+        buckets = [xmlwire.BucketEntry(name, created) for name, created in rows[:limit]]
+        body = xmlwire.list_buckets_result(OWNER, buckets, prefix=prefix or None,
+                                           continuation_token=_token(buckets[-1].name) if len(rows) > limit else None)
+        await self.gateway.send(call, 200, body)
+
     async def list_objects_v2(self, call: Call) -> None:
         p = call.params
-        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _max_keys(p)
+        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _most(p, "max-keys", MAX_KEYS)
         token, start_after = p.get("continuation-token"), p.get("start-after", "")
         after = _read_token(token) if token is not None else start_after
         await self.gateway.existing_bucket(call.bucket)
@@ -46,7 +57,7 @@ class Listings:
 
     async def list_objects(self, call: Call) -> None:
         p = call.params
-        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _max_keys(p)
+        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _most(p, "max-keys", MAX_KEYS)
         marker = p.get("marker", "")
         await self.gateway.existing_bucket(call.bucket)
         page = await self.page(call.bucket, prefix, delimiter, marker, max_keys)
@@ -100,12 +111,15 @@ class Page:
         return len(self.contents) + len(self.prefixes)
 
 
-def _max_keys(params: dict[str, str]) -> int:
-    text = params.get("max-keys", str(MAX_KEYS))
-    if not text.isascii() or not text.isdigit():
-        raise S3Error("InvalidArgument", "max-keys must be a whole number", ArgumentName="max-keys",
+def _most(params: dict[str, str], name: str, most: int, least: int = 0) -> int:
+    """How many entries a page may hold, by parameter ``name`` (``max-keys``):
+    at most ``most``; InvalidArgument below ``least``."""
+    text = params.get(name, str(most))
+    if not text.isascii() or not text.isdigit() or (len(text) < 9 and int(text) < least):
+        raise S3Error("InvalidArgument", f"{name} must be a whole number" + (f" from {least}" if least else ""),
+                      ArgumentName=name,
                       ArgumentValue=text[:100])
-    return MAX_KEYS if len(text) > 9 else min(int(text), MAX_KEYS)  # int() refuses thousands of digits
+    return most if len(text) > 9 else min(int(text), most)  # int() refuses thousands of digits
 
 
 def _past(prefix: str) -> str:

@@ -214,11 +214,15 @@ def _common_prefixes(prefixes: Sequence[str], encode: Callable[[str], str]) -> l
     return [f"<CommonPrefixes>{element('Prefix', encode(prefix))}</CommonPrefixes>" for prefix in prefixes]
 
 
-def list_buckets_result(owner: Owner, buckets: Sequence[BucketEntry]) -> bytes:
-    """ListBuckets' answer."""
+def list_buckets_result(owner: Owner, buckets: Sequence[BucketEntry], prefix: str | None = None,
+                        continuation_token: str | None = None) -> bytes:
+    """ListBuckets' answer: a page of buckets, and the token of the next one when there is more."""
     entries = "".join(f"<Bucket>{element('Name', bucket.name)}"
                       f"{element('CreationDate', timestamp(bucket.created))}</Bucket>" for bucket in buckets)
-    return xml_document("ListAllMyBucketsResult", [_owner("Owner", owner), f"<Buckets>{entries}</Buckets>"])
+    return xml_document("ListAllMyBucketsResult", [
+        _owner("Owner", owner), f"<Buckets>{entries}</Buckets>",
+        element("ContinuationToken", continuation_token) if continuation_token is not None else "",
+        element("Prefix", prefix) if prefix is not None else ""])
 
 
 def list_objects_v2_result(
