@@ -62,6 +62,17 @@ class NotEmpty(DepositoError):
     code = "notempty"
 
 
+class Precondition(DepositoError):
+    """A conditional write whose condition on the current version does not
+    hold (the S3 gateway's PreconditionFailed; no text command meets it)."""
+
+    code = "precondition"
+
+
+class NoVersion(Precondition):
+    """A conditional write that needs a current version where there is none (S3's NoSuchKey)."""
+
+
 ERRORS: dict[str, type[DepositoError]] = {
     cls.code: cls
     for cls in (BadCommand, BadArgs, NotFound, Unavailable, NoSpace, TooLarge, Denied, Internal)

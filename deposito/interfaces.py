@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from deposito.blobstore import IncomingBlob
     from deposito.catalog import Counts, FileRecord, Outcome
     from deposito.catalog.listing import Listing
+    from deposito.catalog.records import Expect
     from deposito.diskio import Reader
     from deposito.roster import Member
     from deposito.transfer import Upload
@@ -157,10 +158,12 @@ class ICatalog(IWorkCatalog):
         """An upload failed: what it wrote anywhere is garbage."""
 
     def commit(name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-               servers: list[str], now: float, meta: str = "") -> Deferred[bool]:
+               servers: list[str], now: float, meta: str = "", expect: Optional[Expect] = None) -> Deferred[bool]:
         """Make a version visible with its copies (and a gateway's ``meta``),
         in one transaction; fires False when a newer version was committed or
-        deleted meanwhile (this one is garbage then, never seen by readers)."""
+        deleted meanwhile (this one is garbage then, never seen by readers).
+        With ``expect``, only if the name's current version meets it (see
+        :data:`deposito.catalog.records.Expect`), else that error."""
 
     # -- multipart uploads (the S3 gateway's): parts are hidden files (see deposito.hidden)
 
@@ -181,9 +184,11 @@ class ICatalog(IWorkCatalog):
         """A part stored, as commit does a file; NotFound when the upload is over."""
 
     def complete(upload: str, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-                 servers: list[str], now: float, meta: str, chosen: list[str], digest: str) -> Deferred[bool]:
+                 servers: list[str], now: float, meta: str, chosen: list[str], digest: str,
+                 expect: Optional[Expect] = None) -> Deferred[bool]:
         """The chosen parts become ``name``'s version, with the manifest ``blob``, atomically
-        (False: superseded); NotFound without the upload, BadArgs for a part not stored."""
+        (False: superseded); NotFound without the upload, BadArgs for a part not stored;
+        ``expect`` as for commit."""
 
     def abort_upload(upload: str) -> Deferred[bool]:
         """An upload given up, its parts garbage; False when it was not under way."""
@@ -295,8 +300,10 @@ class IMultipart(Interface):
     def abort(upload: str) -> Awaitable[None]:
         """Awaitable: the upload given up, its parts deleted; NotFound when not under way."""
 
-    def complete(upload: str, chosen: list[FileRecord], meta: str) -> Awaitable[FileRecord]:
-        """Awaitable: the object made of ``chosen`` (part records, in order), committed."""
+    def complete(upload: str, chosen: list[FileRecord], meta: str,
+                 expect: Optional[Expect] = None) -> Awaitable[FileRecord]:
+        """Awaitable: the object made of ``chosen`` (part records, in order),
+        committed (if the name's current version meets ``expect``)."""
 
 
 class IDepot(Interface):

@@ -28,6 +28,7 @@ from zope.interface import implementer
 from deposito import twisted_internals
 from deposito.blobmeta import BlockSums
 from deposito.errors import DepositoError, NotFound, Unavailable
+from deposito.catalog.records import Expect
 from deposito.protocols.blobclient import BlobClient
 from deposito.protocols.blobwire import ConnectionLost
 from deposito.roster import Member
@@ -130,6 +131,7 @@ class Upload:
         self.meta = ""  # a gateway's, committed with the version (see FileRecord.meta)
         self.part_of = ""  # a multipart upload's id, when this is one of its parts (see deposito.hidden)
         self.completes: Completion | None = None  # when this is the manifest that completes a multipart upload
+        self.expect: Expect | None = None  # a conditional write's condition, checked at the commit
         self.stall_timeout = stall_timeout
         self.lanes: list[Lane] = []
         self.received = 0

@@ -10,7 +10,7 @@ from zope.interface.verify import verifyObject
 
 from deposito.catalog import Catalog, CatalogThread, Outcome
 from deposito.catalog.database import Database
-from deposito.errors import NotEmpty, NotFound
+from deposito.errors import NotEmpty, NotFound, Precondition
 from deposito.hidden import part_name
 from deposito.interfaces import ICatalog, IWorkCatalog
 
@@ -614,6 +614,17 @@ def test_proxies_sharing_a_catalog_never_get_the_same_version(shared):
     assert a.lookup("f").version == 5
 
 
+def test_proxies_sharing_a_catalog_decide_a_conditional_write_on_the_same_current_version(shared):
+    """Two proxies each store a lock file asking for no object: the one that
+    commits second is refused, whichever version it was given."""
+    a, b = shared
+    va, vb = a.begin_upload("lock", "ba", ["s1"]), b.begin_upload("lock", "bb", ["s2"])
+    assert b.commit("lock", vb, "bb", 1, "x", 1, ["s2"], 0.0, "", _absent)
+    with pytest.raises(Precondition):
+        a.commit("lock", va, "ba", 1, "y", 1, ["s1"], 0.0, "", _absent)
+    assert a.lookup("lock").blob == "bb"
+
+
 def test_a_commit_waits_for_another_proxys_commit_of_the_same_name(shared):
     """The name's row is locked: B's commit of version 2 decides only after
     A's transaction (which committed version 3) ends, and so loses."""
@@ -1003,6 +1014,62 @@ def test_buckets_are_listed_a_page_at_a_time_by_prefix(cat):
         pages.append([n for n, _ in page])
         after = page[-1][0]
     assert pages == [names[:4], names[4:]]
+
+
+def _absent(current):
+    """If-None-Match: * as a condition (see Expect)."""
+    if current is not None:
+        raise Precondition(f"version {current.version} is there")
+
+
+def test_a_conditional_commit_is_decided_on_the_current_version_and_a_refused_one_counts_nothing(cat):
+    seen = []
+
+    def blob_is(blob):
+        def expect(current):
+            seen.append(current and current.version)
+            if current is None or current.blob != blob:
+                raise Precondition("another version")
+        return expect
+
+    v1 = cat.begin_upload("f", "b1", ["s1"])
+    assert cat.commit("f", v1, "b1", 1, "x", 1, ["s1"], 0.0, "", _absent)  # nothing there: it holds
+    v2 = cat.begin_upload("f", "b2", ["s1", "s2"])
+    with pytest.raises(Precondition):
+        cat.commit("f", v2, "b2", 1, "y", 2, ["s1", "s2"], 1.0, "", _absent)
+    assert (cat.lookup("f").blob, cat.counts().files, cat.counts().bytes) == ("b1", 1, 1)  # unchanged
+    cat.abandon("b2")  # what the writer does with a refused upload: its copies are garbage
+    assert sorted(cat.garbage(["s1", "s2"])) == [("b2", "s1"), ("b2", "s2")]
+    v3 = cat.begin_upload("f", "b3", ["s2"])
+    assert cat.commit("f", v3, "b3", 1, "z", 1, ["s2"], 2.0, "", blob_is("b1"))  # If-Match of the current one
+    assert cat.lookup("f").blob == "b3" and seen == [1]
+
+
+def test_a_conditional_commit_overtaken_by_a_newer_version_is_refused_not_dropped_quietly(cat):
+    """Two writers both asking for no object (a lock file): the one whose
+    version is older commits second and must be told no, not counted as an
+    older version silently replaced."""
+    first = cat.begin_upload("lock", "b1", ["s1"])
+    second = cat.begin_upload("lock", "b2", ["s1"])
+    assert cat.commit("lock", second, "b2", 1, "x", 1, ["s1"], 0.0, "", _absent)
+    with pytest.raises(Precondition):
+        cat.commit("lock", first, "b1", 1, "y", 1, ["s1"], 0.0, "", _absent)
+    assert cat.lookup("lock").blob == "b2"
+
+
+def test_a_refused_conditional_complete_leaves_the_upload_under_way(cat):
+    cat.create_upload("a" * 32, "obj", 1, "", 0.0)
+    part = part_name("a" * 32, 1, "1" * 32)
+    cat.commit_part("a" * 32, part, cat.begin_upload(part, "p1", ["s1"]), "p1", 5, "s" * 64, 1, ["s1"], 1.0)
+    cat.commit("obj", cat.begin_upload("obj", "b0", ["s1"]), "b0", 1, "x", 1, ["s1"], 1.0)
+    v = cat.begin_upload("obj", "m1", ["s1"])
+    with pytest.raises(Precondition):
+        cat.complete("a" * 32, "obj", v, "m1", 10, "d" * 64, 1, ["s1"], 2.0, "", [part], "f" * 64, _absent)
+    assert cat.lookup("obj").blob == "b0"
+    cat.delete("obj")
+    v = cat.begin_upload("obj", "m2", ["s1"])  # still under way: completed once the condition holds
+    assert cat.complete("a" * 32, "obj", v, "m2", 10, "d" * 64, 1, ["s1"], 3.0, "", [part], "f" * 64, _absent)
+    assert cat.lookup("obj").parts == "a" * 32
 
 
 def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_4_in_place(postgres):

@@ -254,6 +254,89 @@ def test_metadata_past_its_bounds_is_refused_and_stores_nothing(s3):
     assert c.head_object(Bucket="bounds", Key="k")["Metadata"] == {"note": "v" * 1500}
 
 
+def _status(error: ClientError) -> tuple[int, str]:
+    return error.response["ResponseMetadata"]["HTTPStatusCode"], code(error)
+
+
+def test_conditional_writes_are_decided_on_the_current_version(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="cond")
+    etag = c.put_object(Bucket="cond", Key="k", Body=b"one", IfNoneMatch="*")["ETag"]
+    for refused in ({"IfNoneMatch": "*"}, {"IfNoneMatch": etag}, {"IfMatch": '"0123"'}):
+        with pytest.raises(ClientError) as e:
+            c.put_object(Bucket="cond", Key="k", Body=b"refused", **refused)
+        assert _status(e.value) == (412, "PreconditionFailed"), refused
+    assert c.get_object(Bucket="cond", Key="k")["Body"].read() == b"one"
+    etag2 = c.put_object(Bucket="cond", Key="k", Body=b"two", IfMatch=etag)["ETag"]
+    c.put_object(Bucket="cond", Key="k", Body=b"three", IfNoneMatch=etag)  # not the current ETag: it holds
+    assert c.get_object(Bucket="cond", Key="k")["Body"].read() == b"three" and etag2 != etag
+    c.delete_object(Bucket="cond", Key="k")
+    for needs_one in ({"IfMatch": "*"}, {"IfMatch": etag}):
+        with pytest.raises(ClientError) as e:
+            c.put_object(Bucket="cond", Key="k", Body=b"refused", **needs_one)
+        assert _status(e.value) == (404, "NoSuchKey"), needs_one
+    # a file stored through the text protocol has an ETag too, and conditions see it
+    with Wire(s3.cluster.port) as w:
+        assert w.put("cond/text", b"by text", 2).startswith("OK stored")
+    with pytest.raises(ClientError) as e:
+        c.put_object(Bucket="cond", Key="text", Body=b"refused over a file", IfNoneMatch="*")
+    assert _status(e.value) == (412, "PreconditionFailed")
+    assert not s3.cluster.holders(b"refused") and not s3.cluster.holders(b"refused over a file")
+
+
+def test_writers_racing_to_make_one_key_with_if_none_match_have_one_winner(s3):
+    """A lock file: every writer asks for no object; the commit decides, so
+    exactly one is told yes, its bytes are the object's, and the others'
+    copies are deleted."""
+    import threading
+
+    c = s3.client()
+    c.create_bucket(Bucket="locks")
+    bodies = [f"holder {i} ".encode() * 100 for i in range(8)]
+    ready = threading.Barrier(len(bodies))
+    outcomes: list = [None] * len(bodies)
+
+    def take(i: int) -> None:
+        client = s3.client()
+        ready.wait()
+        try:
+            client.put_object(Bucket="locks", Key="lock", Body=bodies[i], IfNoneMatch="*")
+            outcomes[i] = 200
+        except ClientError as e:
+            outcomes[i] = _status(e)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, outcome in enumerate(outcomes) if outcome == 200]
+    assert len(winners) == 1, outcomes
+    assert all(o == (412, "PreconditionFailed") for i, o in enumerate(outcomes) if i not in winners), outcomes
+    assert c.get_object(Bucket="locks", Key="lock")["Body"].read() == bodies[winners[0]]
+    losers = [body for i, body in enumerate(bodies) if i != winners[0]]
+    assert poll(lambda: not any(s3.cluster.holders(body) for body in losers), 30)
+    assert len(s3.cluster.holders(bodies[winners[0]])) == 2
+
+
+def test_a_complete_refused_by_its_condition_leaves_the_upload_to_finish_or_abort(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="condparts")
+    c.put_object(Bucket="condparts", Key="obj", Body=b"there")
+    upload = c.create_multipart_upload(Bucket="condparts", Key="obj")["UploadId"]
+    part = c.upload_part(Bucket="condparts", Key="obj", UploadId=upload, PartNumber=1, Body=b"p" * 1000)
+    parts = {"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]}
+    with pytest.raises(ClientError) as e:
+        c.complete_multipart_upload(Bucket="condparts", Key="obj", UploadId=upload, MultipartUpload=parts,
+                                    IfNoneMatch="*")
+    assert _status(e.value) == (412, "PreconditionFailed")
+    assert c.get_object(Bucket="condparts", Key="obj")["Body"].read() == b"there"
+    assert [p["PartNumber"] for p in c.list_parts(Bucket="condparts", Key="obj", UploadId=upload)["Parts"]] == [1]
+    etag = c.head_object(Bucket="condparts", Key="obj")["ETag"]
+    c.complete_multipart_upload(Bucket="condparts", Key="obj", UploadId=upload, MultipartUpload=parts, IfMatch=etag)
+    assert c.get_object(Bucket="condparts", Key="obj")["Body"].read() == b"p" * 1000
+
+
 def test_server_side_encryption_is_refused_and_stores_nothing(s3):
     """Objects are stored as sent: a request asking for encryption (SSE-S3,
     SSE-KMS, or a customer's key) is refused rather than served in the clear."""

@@ -120,7 +120,7 @@ class FakeDepot:
 
     delete_bucket = bucket = create_bucket
 
-    async def buckets(self):
+    async def buckets(self, prefix, after, limit):
         raise NotImplementedError
 
 

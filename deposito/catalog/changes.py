@@ -8,7 +8,7 @@ import builtins
 from typing import Any, Iterable
 
 from deposito.catalog.database import Connection, Database
-from deposito.catalog.records import FileRecord
+from deposito.catalog.records import Expect, FileRecord
 from deposito.catalog.schema import RECORD, TOTALS, to_record
 from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE, hidden_name, manifest_name, parts_range
@@ -48,6 +48,14 @@ class Changes(Database):
             db.executemany(INSERT_GARBAGE, [(blob, s) for s in servers])
             return False, replaced
         return True, replaced
+
+    @staticmethod
+    def _check(db: Connection, name: str, expect: Expect | None) -> None:
+        """A conditional write's condition, on ``name``'s current version
+        (locked by :meth:`_settle_at`): raises when it does not hold."""
+        if expect is not None:
+            row = db.execute(RECORD + " WHERE name = ?", (name,)).fetchone()
+            expect(to_record(row) if row is not None else None)
 
     def _replace(self, db: Connection, name: str, row: tuple[Any, ...], replaced: Any = UNREAD) -> None:
         """Make ``row`` (the values of UPSERT_FILE) ``name``'s version: the one

@@ -12,7 +12,7 @@ from typing import Iterable
 from deposito.catalog.changes import Changes
 from deposito.catalog.database import Connection
 from deposito.catalog.listing import prefix_end
-from deposito.catalog.records import FileRecord, effects
+from deposito.catalog.records import Expect, FileRecord, effects
 from deposito.catalog.schema import RECORD, to_record
 from deposito.errors import BadArgs, NotFound
 from deposito.hidden import VISIBLE, hidden_name, manifest_name, part_name, parts_range, pointer_blob
@@ -74,7 +74,8 @@ class Multipart(Changes):
 
     @effects(durable=True, keeps_records=False)
     def complete(self, upload: str, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-                 servers: Iterable[str], now: float, meta: str, chosen: Iterable[str], digest: str) -> bool:
+                 servers: Iterable[str], now: float, meta: str, chosen: Iterable[str], digest: str,
+                 expect: Expect | None = None) -> bool:
         """Complete ``upload``: in one transaction, the parts ``chosen`` (by
         name, in order) become ``name``'s version ``version`` (whole-object
         SHA-256 ``digest``), the manifest just written (``blob``, ``size``,
@@ -82,13 +83,16 @@ class Multipart(Changes):
         parts are garbage. As :meth:`commit`: False, and all of it garbage,
         when a newer version was committed or deleted meanwhile. NotFound
         when the upload is no longer under way; BadArgs when a chosen part
-        is not (or no longer) stored."""
+        is not (or no longer) stored. ``expect``: as for :meth:`commit` (the
+        upload stays under way when it refuses)."""
         servers, chosen = list(servers), list(chosen)
 
         def tx(db: Connection) -> bool:
             if db.execute("DELETE FROM uploads WHERE id = ? RETURNING id", (upload,)).fetchone() is None:
                 raise NotFound(f"no upload {upload} under way")
-            if not self._settle_at(db, name, version, blob, servers)[0]:
+            newest = self._settle_at(db, name, version, blob, servers)[0]
+            self._check(db, name, expect)
+            if not newest:
                 self._drop_hidden(db, manifest_name(upload), manifest_name(upload) + "0")
                 return False
             low, high = parts_range(upload)

@@ -42,7 +42,7 @@ from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, we
 from deposito.catalog.database import Backend, Connection, log
 from deposito.catalog.multipart import Multipart
 from deposito.catalog.queue import WorkQueue
-from deposito.catalog.records import FileRecord, effects
+from deposito.catalog.records import Expect, FileRecord, effects
 from deposito.catalog.schema import RECORD, servers_text, to_record
 from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE, manifest_name
@@ -208,9 +208,11 @@ class Catalog(Multipart, WorkQueue, Buckets):
 
     @effects(durable=True, keeps_records=False, one_record=True)
     def commit(self, name: str, version: int, blob: str, size: int, sha256: str,
-               replicas: int, servers: Iterable[str], now: float, meta: str = "") -> bool:
+               replicas: int, servers: Iterable[str], now: float, meta: str = "", expect: Expect | None = None
+               ) -> bool:
         """Make a version visible with its copies (and ``meta``, see
-        FileRecord), in one transaction.
+        FileRecord), in one transaction; with ``expect``, only if the name's
+        current version meets it (see Expect), newest or not.
 
         Returns False when a newer version was committed or deleted
         meanwhile: this one is then garbage at once and readers never see it.
@@ -223,6 +225,7 @@ class Catalog(Multipart, WorkQueue, Buckets):
 
         def tx(db: Connection) -> bool:
             newest, replaced = self._settle_at(db, name, version, blob, servers)
+            self._check(db, name, expect)
             if not newest:
                 return False
             self._replace(db, name, (name, version, blob, size, sha256, replicas, now, servers_text(servers),

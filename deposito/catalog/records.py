@@ -4,7 +4,7 @@ and the declaration of what each catalog call does (:func:`effects`)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import attrs
 
@@ -28,6 +28,12 @@ class FileRecord:
     meta: str = ""  # what a gateway keeps with the version (S3: its ETag, type, user metadata)
     parts: str = ""  # a version made of parts (S3 multipart): its upload's id (see deposito.hidden)
 
+
+
+# A conditional write's condition (S3's If-Match, If-None-Match): called in the
+# commit's transaction with the name's current record (None when there is
+# none), once the name is locked; it raises (a DepositoError) to refuse the write.
+Expect = Callable[[Optional[FileRecord]], None]
 
 
 @attrs.frozen

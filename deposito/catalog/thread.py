@@ -14,7 +14,7 @@ from zope.interface import implementer
 from deposito.batching import Batches
 from deposito.catalog.listing import IListingReactor, Listing, NameRange
 from deposito.catalog.operations import Catalog
-from deposito.catalog.records import Counts, FileRecord, Outcome, keeps_records, one_record
+from deposito.catalog.records import Counts, Expect, FileRecord, Outcome, keeps_records, one_record
 from deposito.catalog.schema import committed
 from deposito.hidden import VISIBLE
 from deposito.interfaces import ICatalog
@@ -222,8 +222,8 @@ class CatalogThread:
         return self._call(Catalog.abandon, blob)
 
     def commit(self, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-               servers: list[str], now: float, meta: str = "") -> Deferred[bool]:
-        d = self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now, meta)
+               servers: list[str], now: float, meta: str = "", expect: Expect | None = None) -> Deferred[bool]:
+        d = self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now, meta, expect)
         changes = self._changes
         return d.addCallback(self._committed, committed(name, version, blob, size, sha256, replicas, servers, now,
                                                         meta), changes)
@@ -251,9 +251,10 @@ class CatalogThread:
         return self._call(Catalog.commit_part, upload, name, version, blob, size, sha256, replicas, servers, now, meta)
 
     def complete(self, upload: str, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-                 servers: list[str], now: float, meta: str, chosen: list[str], digest: str) -> Deferred[bool]:
+                 servers: list[str], now: float, meta: str, chosen: list[str], digest: str,
+                 expect: Expect | None = None) -> Deferred[bool]:
         return self._call(Catalog.complete, upload, name, version, blob, size, sha256, replicas, servers, now, meta,
-                          chosen, digest)
+                          chosen, digest, expect)
 
     def abort_upload(self, upload: str) -> Deferred[bool]:
         return self._call(Catalog.abort_upload, upload)

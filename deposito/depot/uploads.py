@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from deposito import manifest
 from deposito.catalog import FileRecord
+from deposito.catalog.records import Expect
 from deposito.depot.reads import Reader
 from deposito.depot.writes import Writer
 from deposito.errors import NotFound
@@ -107,9 +108,11 @@ class Uploads:
             raise NotFound(f"no upload {upload} under way")
         self.collect()
 
-    async def complete(self, upload: str, chosen: list[FileRecord], meta: str) -> FileRecord:
+    async def complete(self, upload: str, chosen: list[FileRecord], meta: str,
+                       expect: Expect | None = None) -> FileRecord:
         """The parts ``chosen`` (records from :meth:`parts`, in order) become
-        the upload's object, with ``meta``: its record once committed.
+        the upload's object, with ``meta``: its record once committed (if
+        the name's current version meets ``expect``).
         NotFound when the upload is no longer under way; BadArgs when a
         chosen part was replaced meanwhile."""
         name, replicas, _, _ = await self.upload(upload)
@@ -122,6 +125,7 @@ class Uploads:
         try:
             writing.write(text)
             writing.meta = meta
+            writing.expect = expect
             writing.completes = Completion(upload, tuple(part.name for part in chosen), size, digest.hexdigest())
             record = await self.writer.finish_put(writing)
         except BaseException:

@@ -125,7 +125,7 @@ class Writer:
         done = u.completes
         if done is not None:
             newest = await self.db.complete(done.upload, u.name, u.version, u.blob, u.size, u.sha256, u.replicas,
-                                            ids, now, u.meta, list(done.chosen), done.sha256)
+                                            ids, now, u.meta, list(done.chosen), done.sha256, u.expect)
             return newest, FileRecord(u.name, u.version, pointer_blob(done.upload), done.size, done.sha256,
                                       u.replicas, (), now, u.meta, done.upload)
         if u.part_of:
@@ -133,7 +133,8 @@ class Writer:
                                       u.meta)
             newest = True
         else:
-            newest = await self.db.commit(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, ids, now, u.meta)
+            newest = await self.db.commit(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, ids, now, u.meta,
+                                          u.expect)
         return newest, FileRecord(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, tuple(ids), now, u.meta)
 
     def abort_put(self, upload: Upload) -> None:

@@ -1,13 +1,18 @@
 """The conditional headers of S3's reads and copies (If-Match,
 If-None-Match, If-Modified-Since, If-Unmodified-Since, and their
-x-amz-copy-source- forms), and HTTP dates."""
+x-amz-copy-source- forms), of its conditional writes (If-Match and
+If-None-Match on PutObject and CompleteMultipartUpload), and HTTP dates."""
 
 from __future__ import annotations
 
 import email.utils
 from typing import TYPE_CHECKING, Optional
 
+from deposito.catalog import FileRecord
+from deposito.catalog.records import Expect
+from deposito.errors import NoVersion, Precondition
 from deposito.s3.errors import S3Error
+from deposito.s3.objects import ObjectMeta
 
 if TYPE_CHECKING:
     from deposito.s3.gateway import Call
@@ -27,8 +32,9 @@ def parse_date(text: Optional[str]) -> Optional[float]:
 
 
 def etag_in(header: str, etag: str) -> bool:
-    tags = [t.strip() for t in header.split(",")]
-    return "*" in tags or etag in tags or etag.strip('"') in tags
+    """Whether an If-Match-like header names ``etag`` (quoted or not, either side), or is ``*``."""
+    tags = [t.strip().strip('"') for t in header.split(",")]
+    return "*" in tags or etag.strip('"') in tags
 
 
 def check_conditions(call: Call, etag: str, modified: int) -> Optional[int]:
@@ -57,3 +63,27 @@ def check_copy_conditions(call: Call, etag: str, modified: int) -> None:
             or (unmodified_since is not None and modified > unmodified_since) \
             or (modified_since is not None and modified <= modified_since):
         raise S3Error("PreconditionFailed")
+
+
+def write_condition(call: Call) -> Optional[Expect]:
+    """A write's If-Match and If-None-Match, as a condition on the key's
+    current version (see :data:`deposito.catalog.records.Expect`), or None
+    without them. If-Match (an ETag, or ``*`` for any) needs a version:
+    NoVersion (NoSuchKey) without one, Precondition (PreconditionFailed) when
+    its ETag differs. If-None-Match (``*``, or an ETag) is Precondition when
+    a version matches it."""
+    if_match, if_none = call.header("if-match"), call.header("if-none-match")
+    if if_match is None and if_none is None:
+        return None
+
+    def check(current: Optional[FileRecord]) -> None:
+        if current is None:
+            if if_match is not None:
+                raise NoVersion("If-Match: there is no object to match")
+            return
+        etag = ObjectMeta.of(current).etag
+        if if_match is not None and not etag_in(if_match, etag):
+            raise Precondition("If-Match")
+        if if_none is not None and etag_in(if_none, etag):
+            raise Precondition("If-None-Match")
+    return check

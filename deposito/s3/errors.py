@@ -12,7 +12,7 @@ from typing import Optional
 
 import attrs
 
-from deposito.errors import DepositoError, NoSpace, NotFound, TooLarge, Unavailable
+from deposito.errors import DepositoError, NoSpace, NotFound, NoVersion, Precondition, TooLarge, Unavailable
 
 
 @attrs.frozen
@@ -102,4 +102,8 @@ def s3_error(e: DepositoError) -> S3Error:
         return S3Error("ServiceUnavailable", str(e))
     if isinstance(e, NotFound):
         return S3Error("NoSuchKey")
+    if isinstance(e, NoVersion):
+        return S3Error("NoSuchKey")
+    if isinstance(e, Precondition):
+        return S3Error("PreconditionFailed", Condition=e.message)
     return S3Error("InternalError", str(e))

@@ -36,11 +36,12 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from deposito.catalog import FileRecord
+from deposito.catalog.records import Expect
 from deposito.errors import DepositoError, NotEmpty, NotFound
 from deposito.interfaces import IDepot
 from deposito.s3 import sigv4, xmlwire
 from deposito.s3.bodies import BodyChecks
-from deposito.s3.conditions import check_conditions, check_copy_conditions, http_date
+from deposito.s3.conditions import check_conditions, check_copy_conditions, http_date, write_condition
 from deposito.s3.errors import S3Error, s3_error
 from deposito.s3.keys import S3Keys
 from deposito.s3.listings import Listings
@@ -327,14 +328,28 @@ class Gateway:
         replicas = replicas_of(meta.user)
         size = self.body_size(call)
         await self.existing_bucket(call.bucket)
+        expect = await self.write_condition(call, name)
         checks = self.body_checks(call)
         upload = await self.depot.begin_put(name, size, replicas)
+        upload.expect = expect
         try:
             record = await self.receive(call, upload, checks, meta)
         except BaseException:
             self.depot.abort_put(upload)
             raise
         await self.send(call, 200, headers={b"etag": xmlwire.quoted(ObjectMeta.of(record).etag).encode()})
+
+    async def write_condition(self, call: Call, name: str) -> Optional[Expect]:
+        """The write's If-Match and If-None-Match (see conditions.write_condition),
+        checked now, before any byte is taken, and to be checked again by the commit."""
+        expect = write_condition(call)
+        if expect is not None:
+            try:
+                current: Optional[FileRecord] = await self.depot.lookup(name)
+            except NotFound:
+                current = None
+            expect(current)
+        return expect
 
     def body_checks(self, call: Call) -> BodyChecks:
         return BodyChecks(call)

@@ -126,6 +126,7 @@ class Multipart:
         except NotFound:
             await self.answer_again(call, name, upload)
             return
+        expect = await self.gateway.write_condition(call, name)
         chosen = await self.chosen(upload, asked)
         etag = hashlib.md5(b"".join(bytes.fromhex(ObjectMeta.of(part).etag) for part in chosen),
                            usedforsecurity=False).hexdigest() + f"-{len(chosen)}"
@@ -133,7 +134,7 @@ class Multipart:
         keep = KeepAlive(self.gateway.clock, call.request)
         try:
             try:
-                record = await self.uploads.complete(upload, chosen, meta.to_text())
+                record = await self.uploads.complete(upload, chosen, meta.to_text(), expect)
             except NotFound:
                 record = await self.made_by(call, name, upload)
             except BadArgs:  # a part was replaced meanwhile
