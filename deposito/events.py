@@ -40,6 +40,7 @@ RATE_WINDOW = 60
 if TYPE_CHECKING:
     from deposito.catalog import FileRecord
     from deposito.catalog.listing import Listing
+    from deposito.catalog.records import Expect
     from deposito.roster import Member
     from deposito.transfer import Upload
 
@@ -349,8 +350,8 @@ class MeteredDepot:
     def listing(self, prefix: str, after: str, limit: int | None) -> Awaitable[Listing]:
         return self._depot.listing(prefix, after, limit)
 
-    def delete(self, name: str) -> Awaitable[FileRecord]:
-        return self._depot.delete(name)
+    def delete(self, name: str, expect: Expect | None = None) -> Awaitable[FileRecord]:
+        return self._depot.delete(name, expect)
 
     def servers(self) -> list[Member]:
         return self._depot.servers()

@@ -246,8 +246,9 @@ class ICatalog(IWorkCatalog):
 
     # -- changes
 
-    def delete(name: str) -> Deferred[Optional[FileRecord]]:
-        """Remove ``name``; fires with the record it had, or None."""
+    def delete(name: str, expect: Optional[Expect] = None) -> Deferred[Optional[FileRecord]]:
+        """Remove ``name``; fires with the record it had, or None. With
+        ``expect``, only if its current version (when there is one) meets it."""
 
     def set_replicas(name: str, count: int) -> Deferred[Optional[FileRecord]]:
         """Change the wanted count and queue the file; fires with the record, or None."""
@@ -359,8 +360,8 @@ class IDepot(Interface):
     def listing(prefix: str, after: str, limit: Optional[int]) -> Awaitable[Listing]:
         """Awaitable: a :class:`deposito.catalog.listing.Listing`, to be closed when done."""
 
-    def delete(name: str) -> Awaitable[FileRecord]:
-        """Awaitable: the record deleted, or NotFound."""
+    def delete(name: str, expect: Optional[Expect] = None) -> Awaitable[FileRecord]:
+        """Awaitable: the record deleted, or NotFound; ``expect`` as for ICatalog.delete."""
 
     def replicas(name: str, count: int, wait: bool) -> Awaitable[tuple[FileRecord, int]]:
         """Awaitable: ``(record, healthy copies)`` once the wanted count is

@@ -1057,6 +1057,26 @@ def test_a_conditional_commit_overtaken_by_a_newer_version_is_refused_not_droppe
     assert cat.lookup("lock").blob == "b2"
 
 
+def test_a_conditional_delete_removes_only_a_version_that_meets_it(cat):
+    asked = []
+
+    def blob_is(blob):
+        def expect(current):
+            asked.append(current.version)
+            if current.blob != blob:
+                raise Precondition("another version")
+        return expect
+
+    cat.commit("f", cat.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
+    cat.commit("f", cat.begin_upload("f", "b2", ["s1"]), "b2", 1, "y", 1, ["s1"], 1.0)
+    with pytest.raises(Precondition):
+        cat.delete("f", blob_is("b1"))
+    assert cat.lookup("f").blob == "b2" and cat.counts().files == 1
+    assert cat.delete("f", blob_is("b2")).blob == "b2"
+    assert cat.lookup("f") is None and cat.delete("f", blob_is("b2")) is None  # nothing there: not asked
+    assert asked == [2, 2]
+
+
 def test_a_refused_conditional_complete_leaves_the_upload_under_way(cat):
     cat.create_upload("a" * 32, "obj", 1, "", 0.0)
     part = part_name("a" * 32, 1, "1" * 32)

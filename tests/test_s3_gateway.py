@@ -284,6 +284,22 @@ def test_conditional_writes_are_decided_on_the_current_version(s3):
     assert not s3.cluster.holders(b"refused") and not s3.cluster.holders(b"refused over a file")
 
 
+def test_a_delete_with_if_match_removes_only_the_version_it_names(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="conddel")
+    old = c.put_object(Bucket="conddel", Key="k", Body=b"first")["ETag"]
+    new = c.put_object(Bucket="conddel", Key="k", Body=b"second")["ETag"]
+    with pytest.raises(ClientError) as e:
+        c.delete_object(Bucket="conddel", Key="k", IfMatch=old)  # replaced meanwhile: kept
+    assert _status(e.value) == (412, "PreconditionFailed")
+    assert c.get_object(Bucket="conddel", Key="k")["Body"].read() == b"second"
+    assert c.delete_object(Bucket="conddel", Key="k", IfMatch=new)["ResponseMetadata"]["HTTPStatusCode"] == 204
+    with pytest.raises(ClientError) as e:
+        c.head_object(Bucket="conddel", Key="k")
+    assert _status(e.value)[0] == 404
+    assert c.delete_object(Bucket="conddel", Key="k", IfMatch=new)["ResponseMetadata"]["HTTPStatusCode"] == 204
+
+
 def test_writers_racing_to_make_one_key_with_if_none_match_have_one_winner(s3):
     """A lock file: every writer asks for no object; the commit decides, so
     exactly one is told yes, its bytes are the object's, and the others'

@@ -100,7 +100,7 @@ class FakeDepot:
         names = [n for n in sorted(self.files) if n.startswith(prefix) and n > after][:limit]
         return FakeListing([self._record(n) for n in names])
 
-    async def delete(self, name):
+    async def delete(self, name, expect=None):
         record = await self.lookup(name)
         del self.files[name]
         return record

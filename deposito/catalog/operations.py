@@ -235,10 +235,15 @@ class Catalog(Multipart, WorkQueue, Buckets):
         return self._tx(tx)
 
     @effects(durable=True, keeps_records=False, one_record=True)
-    def delete(self, name: str) -> FileRecord | None:
+    def delete(self, name: str, expect: Expect | None = None) -> FileRecord | None:
+        """Remove ``name``'s version (and queue its copies as garbage): the
+        record it had, or None. With ``expect`` (see Expect), only if that
+        version meets it; the condition is not asked when there is none."""
         def tx(db: Connection) -> FileRecord | None:
             db.execute("SELECT 1 FROM names WHERE name = ?" + self.dialect.for_update, (name,))  # as commit does
             record = self._lookup(db, name)
+            if record is not None and expect is not None:
+                expect(record)
             if record is not None:
                 db.execute("DELETE FROM files WHERE name = ?", (name,))
                 db.execute(f"UPDATE names SET settled = {self.dialect.greatest}(settled, ?) WHERE name = ?",

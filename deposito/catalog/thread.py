@@ -307,8 +307,8 @@ class CatalogThread:
     def listing(self, prefix: str, after: str, limit: int | None) -> Deferred[Listing]:
         return self.catalog.backend.listing(self.reactor, NameRange(prefix, after, limit))
 
-    def delete(self, name: str) -> Deferred[Optional[FileRecord]]:
-        return self._call(Catalog.delete, name)
+    def delete(self, name: str, expect: Expect | None = None) -> Deferred[Optional[FileRecord]]:
+        return self._call(Catalog.delete, name, expect)
 
     def set_replicas(self, name: str, count: int) -> Deferred[Optional[FileRecord]]:
         return self._call(Catalog.set_replicas, name, count)

@@ -35,6 +35,7 @@ from deposito.twisted_internals import IStreamReactor
 
 if TYPE_CHECKING:
     from deposito.catalog.listing import Listing
+    from deposito.catalog.records import Expect
 
 T = TypeVar("T")
 
@@ -221,8 +222,8 @@ class Depot:
 
     # -- IDepot: the whole cluster's
 
-    async def delete(self, name: str) -> FileRecord:
-        record = await self.db.delete(name)
+    async def delete(self, name: str, expect: Expect | None = None) -> FileRecord:
+        record = await self.db.delete(name, expect)
         if record is None:
             raise NotFound(f"no file named {name}")
         self.collector.kick()

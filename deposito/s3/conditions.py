@@ -1,7 +1,8 @@
 """The conditional headers of S3's reads and copies (If-Match,
 If-None-Match, If-Modified-Since, If-Unmodified-Since, and their
 x-amz-copy-source- forms), of its conditional writes (If-Match and
-If-None-Match on PutObject and CompleteMultipartUpload), and HTTP dates."""
+If-None-Match on PutObject and CompleteMultipartUpload, If-Match on
+DeleteObject), and HTTP dates."""
 
 from __future__ import annotations
 
@@ -86,4 +87,18 @@ def write_condition(call: Call) -> Optional[Expect]:
             raise Precondition("If-Match")
         if if_none is not None and etag_in(if_none, etag):
             raise Precondition("If-None-Match")
+    return check
+
+
+def delete_condition(call: Call) -> Optional[Expect]:
+    """A DeleteObject's If-Match (an ETag, or ``*``), as a condition on the
+    key's current version: Precondition (PreconditionFailed) when its ETag
+    differs. With no version there is nothing to delete, and S3 answers 204."""
+    if_match = call.header("if-match")
+    if if_match is None:
+        return None
+
+    def check(current: Optional[FileRecord]) -> None:
+        if current is not None and not etag_in(if_match, ObjectMeta.of(current).etag):
+            raise Precondition("If-Match")
     return check

@@ -41,7 +41,8 @@ from deposito.errors import DepositoError, NotEmpty, NotFound
 from deposito.interfaces import IDepot
 from deposito.s3 import sigv4, xmlwire
 from deposito.s3.bodies import BodyChecks
-from deposito.s3.conditions import check_conditions, check_copy_conditions, http_date, write_condition
+from deposito.s3.conditions import (check_conditions, check_copy_conditions, delete_condition, http_date,
+                                    write_condition)
 from deposito.s3.errors import S3Error, s3_error
 from deposito.s3.keys import S3Keys
 from deposito.s3.listings import Listings
@@ -393,7 +394,7 @@ class Gateway:
         name = file_name(call.bucket, call.key)
         await self.existing_bucket(call.bucket)
         try:
-            await self.depot.delete(name)
+            await self.depot.delete(name, delete_condition(call))
         except NotFound:
             pass  # S3 answers the same for a key that was not there
         await self.send(call, 204)
