@@ -298,6 +298,13 @@ def test_a_delete_with_if_match_removes_only_the_version_it_names(s3):
         c.head_object(Bucket="conddel", Key="k")
     assert _status(e.value)[0] == 404
     assert c.delete_object(Bucket="conddel", Key="k", IfMatch=new)["ResponseMetadata"]["HTTPStatusCode"] == 204
+    # DeleteObjects: each entry's ETag is its condition
+    tags = {key: c.put_object(Bucket="conddel", Key=key, Body=key.encode())["ETag"] for key in ("a", "b", "c")}
+    reply = c.delete_objects(Bucket="conddel", Delete={"Objects": [
+        {"Key": "a", "ETag": tags["a"]}, {"Key": "b", "ETag": tags["a"]}, {"Key": "c"}]})
+    assert sorted(d["Key"] for d in reply["Deleted"]) == ["a", "c"]
+    assert [(e["Key"], e["Code"]) for e in reply["Errors"]] == [("b", "PreconditionFailed")]
+    assert [o["Key"] for o in c.list_objects_v2(Bucket="conddel")["Contents"]] == ["b"]
 
 
 def test_writers_racing_to_make_one_key_with_if_none_match_have_one_winner(s3):

@@ -90,11 +90,11 @@ def write_condition(call: Call) -> Optional[Expect]:
     return check
 
 
-def delete_condition(call: Call) -> Optional[Expect]:
-    """A DeleteObject's If-Match (an ETag, or ``*``), as a condition on the
-    key's current version: Precondition (PreconditionFailed) when its ETag
-    differs. With no version there is nothing to delete, and S3 answers 204."""
-    if_match = call.header("if-match")
+def delete_condition(if_match: Optional[str]) -> Optional[Expect]:
+    """A delete's If-Match (DeleteObject's header, or the ETag of a
+    DeleteObjects entry: an ETag, or ``*``), as a condition on the key's
+    current version: Precondition (PreconditionFailed) when its ETag differs.
+    With no version there is nothing to delete, and S3 answers as for a delete."""
     if if_match is None:
         return None
 

@@ -394,7 +394,7 @@ class Gateway:
         name = file_name(call.bucket, call.key)
         await self.existing_bucket(call.bucket)
         try:
-            await self.depot.delete(name, delete_condition(call))
+            await self.depot.delete(name, delete_condition(call.header("if-match")))
         except NotFound:
             pass  # S3 answers the same for a key that was not there
         await self.send(call, 204)
@@ -407,7 +407,7 @@ class Gateway:
         deleted, failures = [], []
         for entry in objects:
             try:
-                await self.depot.delete(file_name(call.bucket, entry.key))
+                await self.depot.delete(file_name(call.bucket, entry.key), delete_condition(entry.etag))
             except NotFound:
                 pass
             except S3Error as e:

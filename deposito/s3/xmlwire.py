@@ -114,6 +114,7 @@ class DeleteFailure:
 class ObjectToDelete:
     key: str
     version_id: Optional[str] = None
+    etag: Optional[str] = None  # deleted only if its ETag is this one
 
 
 # Writing.
@@ -387,8 +388,8 @@ def _text(node: Element, name: str) -> Optional[str]:
 
 
 def parse_delete(body: bytes) -> tuple[list[ObjectToDelete], bool]:
-    """DeleteObjects' request: the keys (1 to 1000, each with its VersionId if
-    given), in the order sent, and whether the client asked for quiet mode."""
+    """DeleteObjects' request: the keys (1 to 1000, each with its VersionId
+    and ETag if given), in the order sent, and whether the client asked for quiet mode."""
     document = _parse(body, "Delete", DELETE_BODY_LIMIT)
     quiet_text = _text(document, "Quiet")
     quiet = (quiet_text or "false").strip().lower()
@@ -402,7 +403,7 @@ def parse_delete(body: bytes) -> tuple[list[ObjectToDelete], bool]:
         key = _text(entry, "Key")
         if not key:
             raise S3Error("MalformedXML")
-        keys.append(ObjectToDelete(key, _text(entry, "VersionId")))
+        keys.append(ObjectToDelete(key, _text(entry, "VersionId"), _text(entry, "ETag")))
     return keys, quiet == "true"
 
 
