@@ -73,6 +73,11 @@ class NoVersion(Precondition):
     """A conditional write that needs a current version where there is none (S3's NoSuchKey)."""
 
 
+class Conflict(Precondition):
+    """A conditional write overtaken by another write of its name, committed
+    while it was under way (S3's ConditionalRequestConflict: try again)."""
+
+
 ERRORS: dict[str, type[DepositoError]] = {
     cls.code: cls
     for cls in (BadCommand, BadArgs, NotFound, Unavailable, NoSpace, TooLarge, Denied, Internal)

@@ -248,7 +248,7 @@ class ICatalog(IWorkCatalog):
 
     def delete(name: str, expect: Optional[Expect] = None) -> Deferred[Optional[FileRecord]]:
         """Remove ``name``; fires with the record it had, or None. With
-        ``expect``, only if its current version (when there is one) meets it."""
+        ``expect``, only if its current version (or None) meets it."""
 
     def set_replicas(name: str, count: int) -> Deferred[Optional[FileRecord]]:
         """Change the wanted count and queue the file; fires with the record, or None."""

@@ -10,7 +10,7 @@ from zope.interface.verify import verifyObject
 
 from deposito.catalog import Catalog, CatalogThread, Outcome
 from deposito.catalog.database import Database
-from deposito.errors import NotEmpty, NotFound, Precondition
+from deposito.errors import Conflict, NotEmpty, NotFound, Precondition
 from deposito.hidden import part_name
 from deposito.interfaces import ICatalog, IWorkCatalog
 
@@ -1062,8 +1062,8 @@ def test_a_conditional_delete_removes_only_a_version_that_meets_it(cat):
 
     def blob_is(blob):
         def expect(current):
-            asked.append(current.version)
-            if current.blob != blob:
+            asked.append(current and current.version)
+            if current is None or current.blob != blob:
                 raise Precondition("another version")
         return expect
 
@@ -1073,8 +1073,25 @@ def test_a_conditional_delete_removes_only_a_version_that_meets_it(cat):
         cat.delete("f", blob_is("b1"))
     assert cat.lookup("f").blob == "b2" and cat.counts().files == 1
     assert cat.delete("f", blob_is("b2")).blob == "b2"
-    assert cat.lookup("f") is None and cat.delete("f", blob_is("b2")) is None  # nothing there: not asked
-    assert asked == [2, 2]
+    assert cat.lookup("f") is None and cat.delete("f") is None
+    with pytest.raises(Precondition):  # nothing there: the condition is asked, and says no
+        cat.delete("f", blob_is("b2"))
+    assert asked == [2, 2, None]
+
+
+def test_a_conditional_commit_that_holds_but_was_overtaken_is_a_conflict_not_a_quiet_yes(cat):
+    """A lock file taken and given back while this writer's upload was under
+    way: no object now, so its condition holds, but a newer write of the
+    name (the delete) was committed; told yes, it would hold a lock that
+    nobody sees, and the next writer would be told yes too."""
+    mine = cat.begin_upload("lock", "b1", ["s1"])
+    other = cat.begin_upload("lock", "b2", ["s1"])
+    assert cat.commit("lock", other, "b2", 1, "x", 1, ["s1"], 0.0, "", _absent)
+    assert cat.delete("lock").blob == "b2"
+    with pytest.raises(Conflict):
+        cat.commit("lock", mine, "b1", 1, "y", 1, ["s1"], 1.0, "", _absent)
+    assert cat.lookup("lock") is None
+    assert cat.commit("lock", cat.begin_upload("lock", "b3", ["s1"]), "b3", 1, "z", 1, ["s1"], 2.0, "", _absent)
 
 
 def test_a_refused_conditional_complete_leaves_the_upload_under_way(cat):

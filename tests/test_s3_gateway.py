@@ -10,6 +10,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 
 import boto3
 import pytest
@@ -105,6 +106,21 @@ def test_buckets_are_listed_a_page_at_a_time(s3):
     with pytest.raises(ClientError) as caught:
         c.list_buckets()
     assert code(caught.value) == "InvalidArgument"
+    c.meta.events.unregister("before-call.s3.ListBuckets", none_asked)
+    for zeros, refused in (("000000000", True), ("0" * 40 + "2", False), ("٣", True)):
+        def asked(params, zeros=zeros, **_):
+            params["url"] += ("&" if "?" in params["url"] else "?") + "prefix=paged-&max-buckets=" + quote(zeros)
+
+        c.meta.events.register("before-call.s3.ListBuckets", asked)
+        try:
+            if refused:
+                with pytest.raises(ClientError) as caught:
+                    c.list_buckets()
+                assert code(caught.value) == "InvalidArgument", zeros
+            else:
+                assert [b["Name"] for b in c.list_buckets()["Buckets"]] == made[:2]
+        finally:
+            c.meta.events.unregister("before-call.s3.ListBuckets", asked)
 
 
 def test_listings_page_through_every_key_once_with_common_prefixes(s3):
@@ -297,49 +313,80 @@ def test_a_delete_with_if_match_removes_only_the_version_it_names(s3):
     with pytest.raises(ClientError) as e:
         c.head_object(Bucket="conddel", Key="k")
     assert _status(e.value)[0] == 404
-    assert c.delete_object(Bucket="conddel", Key="k", IfMatch=new)["ResponseMetadata"]["HTTPStatusCode"] == 204
+    with pytest.raises(ClientError) as e:  # nothing to match: S3 says so
+        c.delete_object(Bucket="conddel", Key="k", IfMatch="*")
+    assert _status(e.value) == (404, "NoSuchKey")
+    assert c.delete_object(Bucket="conddel", Key="k")["ResponseMetadata"]["HTTPStatusCode"] == 204  # unconditional
     # DeleteObjects: each entry's ETag is its condition
     tags = {key: c.put_object(Bucket="conddel", Key=key, Body=key.encode())["ETag"] for key in ("a", "b", "c")}
     reply = c.delete_objects(Bucket="conddel", Delete={"Objects": [
-        {"Key": "a", "ETag": tags["a"]}, {"Key": "b", "ETag": tags["a"]}, {"Key": "c"}]})
+        {"Key": "a", "ETag": tags["a"]}, {"Key": "b", "ETag": tags["a"]}, {"Key": "c"}, {"Key": "d", "ETag": "*"}]})
     assert sorted(d["Key"] for d in reply["Deleted"]) == ["a", "c"]
-    assert [(e["Key"], e["Code"]) for e in reply["Errors"]] == [("b", "PreconditionFailed")]
+    assert sorted((e["Key"], e["Code"]) for e in reply["Errors"]) == [("b", "PreconditionFailed"), ("d", "NoSuchKey")]
     assert [o["Key"] for o in c.list_objects_v2(Bucket="conddel")["Contents"]] == ["b"]
 
 
 def test_writers_racing_to_make_one_key_with_if_none_match_have_one_winner(s3):
     """A lock file: every writer asks for no object; the commit decides, so
     exactly one is told yes, its bytes are the object's, and the others'
-    copies are deleted."""
+    copies are deleted. Plain PUTs and GETs going on meanwhile, on the same
+    servers' pooled connections, are untouched by the refusals."""
     import threading
 
     c = s3.client()
     c.create_bucket(Bucket="locks")
-    bodies = [f"holder {i} ".encode() * 100 for i in range(8)]
-    ready = threading.Barrier(len(bodies))
-    outcomes: list = [None] * len(bodies)
+    rounds, racers, others = 6, 8, 2
+    bodies = {(r, i): f"round {r} holder {i} ".encode() * 10000 for r in range(rounds) for i in range(racers)}
+    outcomes: dict = {}
+    plain: list = []
+    racing = threading.Event()
 
-    def take(i: int) -> None:
+    def take(r: int, i: int, ready: threading.Barrier) -> None:
         client = s3.client()
         ready.wait()
         try:
-            client.put_object(Bucket="locks", Key="lock", Body=bodies[i], IfNoneMatch="*")
-            outcomes[i] = 200
+            client.put_object(Bucket="locks", Key=f"lock-{r}", Body=bodies[r, i], IfNoneMatch="*")
+            outcomes[r, i] = 200
         except ClientError as e:
-            outcomes[i] = _status(e)
+            outcomes[r, i] = _status(e)
 
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(len(bodies))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    winners = [i for i, outcome in enumerate(outcomes) if outcome == 200]
-    assert len(winners) == 1, outcomes
-    assert all(o == (412, "PreconditionFailed") for i, o in enumerate(outcomes) if i not in winners), outcomes
-    assert c.get_object(Bucket="locks", Key="lock")["Body"].read() == bodies[winners[0]]
-    losers = [body for i, body in enumerate(bodies) if i != winners[0]]
+    def meanwhile(key: str) -> None:
+        client = s3.client()
+        data = os.urandom(1 << 20)
+        while racing.is_set():
+            try:
+                client.put_object(Bucket="locks", Key=key, Body=data)
+                plain.append(client.get_object(Bucket="locks", Key=key)["Body"].read() == data)
+            except ClientError as e:
+                plain.append(_status(e))
+
+    racing.set()
+    others = [threading.Thread(target=meanwhile, args=(f"plain-{n}",)) for n in range(others)]
+    for other in others:
+        other.start()
+    try:
+        for r in range(rounds):
+            ready = threading.Barrier(racers)
+            threads = [threading.Thread(target=take, args=(r, i, ready)) for i in range(racers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        racing.clear()
+        for other in others:
+            other.join()
+    assert plain and all(ok is True for ok in plain), plain
+    winners = {}
+    for r in range(rounds):
+        won = [i for i in range(racers) if outcomes[r, i] == 200]
+        assert len(won) == 1, outcomes
+        assert all(outcomes[r, i] == (412, "PreconditionFailed") for i in range(racers) if i not in won), outcomes
+        assert c.get_object(Bucket="locks", Key=f"lock-{r}")["Body"].read() == bodies[r, won[0]]
+        winners[r] = won[0]
+    losers = [body for (r, i), body in bodies.items() if winners[r] != i]
     assert poll(lambda: not any(s3.cluster.holders(body) for body in losers), 30)
-    assert len(s3.cluster.holders(bodies[winners[0]])) == 2
+    assert all(len(s3.cluster.holders(bodies[r, i])) == 2 for r, i in winners.items())
 
 
 def test_a_complete_refused_by_its_condition_leaves_the_upload_to_finish_or_abort(s3):

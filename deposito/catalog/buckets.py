@@ -48,5 +48,5 @@ class Buckets(Changes):
         """The buckets whose names start with ``prefix`` and sort after
         ``after``, ``(name, created)`` in name order, at most ``limit``."""
         return [(name, float(created)) for name, created in self.db.execute(
-            "SELECT name, created FROM buckets WHERE name > ? AND substr(name, 1, ?) = ? ORDER BY name LIMIT ?",
-            (after, len(prefix), prefix, limit)).fetchall()]
+            "SELECT name, created FROM buckets WHERE name > ? AND name >= ? AND substr(name, 1, ?) = ?"
+            " ORDER BY name LIMIT ?", (after, prefix, len(prefix), prefix, limit)).fetchall()]

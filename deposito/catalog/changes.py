@@ -10,7 +10,7 @@ from typing import Any, Iterable
 from deposito.catalog.database import Connection, Database
 from deposito.catalog.records import Expect, FileRecord
 from deposito.catalog.schema import RECORD, TOTALS, to_record
-from deposito.errors import Unavailable
+from deposito.errors import Conflict, Unavailable
 from deposito.hidden import VISIBLE, hidden_name, manifest_name, parts_range
 
 
@@ -50,12 +50,17 @@ class Changes(Database):
         return True, replaced
 
     @staticmethod
-    def _check(db: Connection, name: str, expect: Expect | None) -> None:
+    def _check(db: Connection, name: str, expect: Expect | None, newest: bool = True) -> None:
         """A conditional write's condition, on ``name``'s current version
-        (locked by :meth:`_settle_at`): raises when it does not hold."""
+        (locked by :meth:`_settle_at`): raises when it does not hold, and
+        Conflict when it holds but a newer write of the name (a version or a
+        delete) was committed meanwhile: its writer must not be told yes
+        for a version nobody will see."""
         if expect is not None:
             row = db.execute(RECORD + " WHERE name = ?", (name,)).fetchone()
             expect(to_record(row) if row is not None else None)
+            if not newest:
+                raise Conflict(f"{name} was written meanwhile")
 
     def _replace(self, db: Connection, name: str, row: tuple[Any, ...], replaced: Any = UNREAD) -> None:
         """Make ``row`` (the values of UPSERT_FILE) ``name``'s version: the one

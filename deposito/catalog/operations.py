@@ -212,7 +212,8 @@ class Catalog(Multipart, WorkQueue, Buckets):
                ) -> bool:
         """Make a version visible with its copies (and ``meta``, see
         FileRecord), in one transaction; with ``expect``, only if the name's
-        current version meets it (see Expect), newest or not.
+        current version meets it (see Expect), and Conflict when it is not
+        the newest.
 
         Returns False when a newer version was committed or deleted
         meanwhile: this one is then garbage at once and readers never see it.
@@ -225,7 +226,7 @@ class Catalog(Multipart, WorkQueue, Buckets):
 
         def tx(db: Connection) -> bool:
             newest, replaced = self._settle_at(db, name, version, blob, servers)
-            self._check(db, name, expect)
+            self._check(db, name, expect, newest)
             if not newest:
                 return False
             self._replace(db, name, (name, version, blob, size, sha256, replicas, now, servers_text(servers),
@@ -237,12 +238,12 @@ class Catalog(Multipart, WorkQueue, Buckets):
     @effects(durable=True, keeps_records=False, one_record=True)
     def delete(self, name: str, expect: Expect | None = None) -> FileRecord | None:
         """Remove ``name``'s version (and queue its copies as garbage): the
-        record it had, or None. With ``expect`` (see Expect), only if that
-        version meets it; the condition is not asked when there is none."""
+        record it had, or None. With ``expect`` (see Expect), only if the
+        current version (or None) meets it."""
         def tx(db: Connection) -> FileRecord | None:
             db.execute("SELECT 1 FROM names WHERE name = ?" + self.dialect.for_update, (name,))  # as commit does
             record = self._lookup(db, name)
-            if record is not None and expect is not None:
+            if expect is not None:
                 expect(record)
             if record is not None:
                 db.execute("DELETE FROM files WHERE name = ?", (name,))

@@ -75,7 +75,10 @@ class Writer:
         return upload
 
     async def finish_put(self, upload: Upload) -> FileRecord:
-        """Every byte is in: make sure there are ``replicas`` verified copies, then commit."""
+        """Every byte is in: make sure there are ``replicas`` verified copies,
+        then commit. From here on the upload is this call's to clean up, also
+        when it fails: :meth:`abort_put` does nothing more to it."""
+        upload.finishing = True
         upload.detach()
         record = FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
                             upload.replicas, ())
@@ -138,7 +141,10 @@ class Writer:
         return newest, FileRecord(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, tuple(ids), now, u.meta)
 
     def abort_put(self, upload: Upload) -> None:
-        """The client went away mid-upload: nothing of it is kept."""
+        """The client went away mid-upload: nothing of it is kept. Nothing
+        to do once :meth:`finish_put` has it (its lanes may already serve others)."""
+        if upload.finishing:
+            return
         upload.abort()
         for m in upload.targets:
             m.unreserve(upload.size)

@@ -93,12 +93,14 @@ def write_condition(call: Call) -> Optional[Expect]:
 def delete_condition(if_match: Optional[str]) -> Optional[Expect]:
     """A delete's If-Match (DeleteObject's header, or the ETag of a
     DeleteObjects entry: an ETag, or ``*``), as a condition on the key's
-    current version: Precondition (PreconditionFailed) when its ETag differs.
-    With no version there is nothing to delete, and S3 answers as for a delete."""
+    current version: Precondition (PreconditionFailed) when its ETag differs,
+    NoVersion (NoSuchKey) when there is none, as S3 answers."""
     if if_match is None:
         return None
 
     def check(current: Optional[FileRecord]) -> None:
-        if current is not None and not etag_in(if_match, ObjectMeta.of(current).etag):
+        if current is None:
+            raise NoVersion("If-Match: there is no object to match")
+        if not etag_in(if_match, ObjectMeta.of(current).etag):
             raise Precondition("If-Match")
     return check

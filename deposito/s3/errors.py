@@ -12,7 +12,8 @@ from typing import Optional
 
 import attrs
 
-from deposito.errors import DepositoError, NoSpace, NotFound, NoVersion, Precondition, TooLarge, Unavailable
+from deposito.errors import (Conflict, DepositoError, NoSpace, NotFound, NoVersion, Precondition, TooLarge,
+                             Unavailable)
 
 
 @attrs.frozen
@@ -63,6 +64,10 @@ ERRORS: dict[str, ErrorKind] = {
              "have been aborted or completed."),
     "NotImplemented": ErrorKind(501, "A header you provided implies functionality that is not implemented"),
     "PreconditionFailed": ErrorKind(412, "At least one of the pre-conditions you specified did not hold"),
+    "ConditionalRequestConflict": ErrorKind(409, "A conflicting operation occurred. If using PutObject you can"
+                                                 " retry the request. If using multipart upload you should"
+                                                 " initiate another CreateMultipartUpload request and re-upload"
+                                                 " each part."),
     "RequestTimeTooSkewed": ErrorKind(
         403, "The difference between the request time and the current time is too large."),
     "ServiceUnavailable": ErrorKind(503, "Please reduce your request rate."),
@@ -104,6 +109,8 @@ def s3_error(e: DepositoError) -> S3Error:
         return S3Error("NoSuchKey")
     if isinstance(e, NoVersion):
         return S3Error("NoSuchKey")
+    if isinstance(e, Conflict):
+        return S3Error("ConditionalRequestConflict")
     if isinstance(e, Precondition):
         return S3Error("PreconditionFailed", Condition=e.message)
     return S3Error("InternalError", str(e))

@@ -115,11 +115,14 @@ def _most(params: dict[str, str], name: str, most: int, least: int = 0) -> int:
     """How many entries a page may hold, by parameter ``name`` (``max-keys``):
     at most ``most``; InvalidArgument below ``least``."""
     text = params.get(name, str(most))
-    if not text.isascii() or not text.isdigit() or (len(text) < 9 and int(text) < least):
+    count = -1  # not a whole number
+    if text.isascii() and text.isdigit():
+        digits = text.lstrip("0") or "0"
+        count = most if len(digits) > 9 else min(int(digits), most)  # int() refuses thousands of digits
+    if count < least:
         raise S3Error("InvalidArgument", f"{name} must be a whole number" + (f" from {least}" if least else ""),
-                      ArgumentName=name,
-                      ArgumentValue=text[:100])
-    return most if len(text) > 9 else min(int(text), most)  # int() refuses thousands of digits
+                      ArgumentName=name, ArgumentValue=text[:100])
+    return count
 
 
 def _past(prefix: str) -> str:
