@@ -1022,16 +1022,18 @@ def _absent(current):
         raise Precondition(f"version {current.version} is there")
 
 
+def _blob_is(blob, asked):
+    """If-Match as a condition (see Expect): the current version is of ``blob``;
+    the versions it was asked about go to ``asked``."""
+    def expect(current):
+        asked.append(current and current.version)
+        if current is None or current.blob != blob:
+            raise Precondition("another version")
+    return expect
+
+
 def test_a_conditional_commit_is_decided_on_the_current_version_and_a_refused_one_counts_nothing(cat):
     seen = []
-
-    def blob_is(blob):
-        def expect(current):
-            seen.append(current and current.version)
-            if current is None or current.blob != blob:
-                raise Precondition("another version")
-        return expect
-
     v1 = cat.begin_upload("f", "b1", ["s1"])
     assert cat.commit("f", v1, "b1", 1, "x", 1, ["s1"], 0.0, "", _absent)  # nothing there: it holds
     v2 = cat.begin_upload("f", "b2", ["s1", "s2"])
@@ -1041,7 +1043,7 @@ def test_a_conditional_commit_is_decided_on_the_current_version_and_a_refused_on
     cat.abandon("b2")  # what the writer does with a refused upload: its copies are garbage
     assert sorted(cat.garbage(["s1", "s2"])) == [("b2", "s1"), ("b2", "s2")]
     v3 = cat.begin_upload("f", "b3", ["s2"])
-    assert cat.commit("f", v3, "b3", 1, "z", 1, ["s2"], 2.0, "", blob_is("b1"))  # If-Match of the current one
+    assert cat.commit("f", v3, "b3", 1, "z", 1, ["s2"], 2.0, "", _blob_is("b1", seen))  # If-Match of the current one
     assert cat.lookup("f").blob == "b3" and seen == [1]
 
 
@@ -1059,23 +1061,15 @@ def test_a_conditional_commit_overtaken_by_a_newer_version_is_refused_not_droppe
 
 def test_a_conditional_delete_removes_only_a_version_that_meets_it(cat):
     asked = []
-
-    def blob_is(blob):
-        def expect(current):
-            asked.append(current and current.version)
-            if current is None or current.blob != blob:
-                raise Precondition("another version")
-        return expect
-
     cat.commit("f", cat.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
     cat.commit("f", cat.begin_upload("f", "b2", ["s1"]), "b2", 1, "y", 1, ["s1"], 1.0)
     with pytest.raises(Precondition):
-        cat.delete("f", blob_is("b1"))
+        cat.delete("f", _blob_is("b1", asked))
     assert cat.lookup("f").blob == "b2" and cat.counts().files == 1
-    assert cat.delete("f", blob_is("b2")).blob == "b2"
+    assert cat.delete("f", _blob_is("b2", asked)).blob == "b2"
     assert cat.lookup("f") is None and cat.delete("f") is None
     with pytest.raises(Precondition):  # nothing there: the condition is asked, and says no
-        cat.delete("f", blob_is("b2"))
+        cat.delete("f", _blob_is("b2", asked))
     assert asked == [2, 2, None]
 
 
