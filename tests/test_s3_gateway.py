@@ -924,6 +924,29 @@ def test_two_proxies_on_one_postgresql_catalog_serve_one_s3_namespace(tmp_path, 
         with pytest.raises(ClientError) as e:
             two.delete_bucket(Bucket="shared")
         assert code(e.value) == "BucketNotEmpty"
+        # writers racing through both proxies for one lock file: the database decides, one winner
+        import threading
+
+        bodies = [f"holder {i} ".encode() * 20000 for i in range(8)]
+        ready, outcomes = threading.Barrier(len(bodies)), [None] * len(bodies)
+
+        def take(i: int) -> None:
+            client = S3(a, ports[0]).client() if i % 2 else S3(b, ports[1]).client()
+            ready.wait()
+            try:
+                client.put_object(Bucket="shared", Key="lock", Body=bodies[i], IfNoneMatch="*")
+                outcomes[i] = 200
+            except ClientError as error:
+                outcomes[i] = _status(error)
+
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        won = [i for i, outcome in enumerate(outcomes) if outcome == 200]
+        assert len(won) == 1 and outcomes.count((412, "PreconditionFailed")) == len(bodies) - 1, outcomes
+        assert two.get_object(Bucket="shared", Key="lock")["Body"].read() == bodies[won[0]]
     finally:
         stop_two(a, b)
         postgres.drop(url)
