@@ -300,6 +300,26 @@ def test_conditional_writes_are_decided_on_the_current_version(s3):
     assert not s3.cluster.holders(b"refused") and not s3.cluster.holders(b"refused over a file")
 
 
+def test_a_copy_with_if_match_or_if_none_match_is_decided_on_the_destination(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="condcopy")
+    c.put_object(Bucket="condcopy", Key="src", Body=b"copied bytes")
+    kept = c.put_object(Bucket="condcopy", Key="dst", Body=b"kept bytes")["ETag"]
+    source = {"Bucket": "condcopy", "Key": "src"}
+    for refused in ({"IfNoneMatch": "*"}, {"IfNoneMatch": kept}, {"IfMatch": '"0123"'}):
+        with pytest.raises(ClientError) as e:
+            c.copy_object(Bucket="condcopy", Key="dst", CopySource=source, **refused)
+        assert _status(e.value) == (412, "PreconditionFailed"), refused
+    assert c.get_object(Bucket="condcopy", Key="dst")["Body"].read() == b"kept bytes"
+    with pytest.raises(ClientError) as e:
+        c.copy_object(Bucket="condcopy", Key="new", CopySource=source, IfMatch="*")
+    assert _status(e.value) == (404, "NoSuchKey")
+    c.copy_object(Bucket="condcopy", Key="new", CopySource=source, IfNoneMatch="*")
+    c.copy_object(Bucket="condcopy", Key="dst", CopySource=source, IfMatch=kept)
+    for key in ("new", "dst"):
+        assert c.get_object(Bucket="condcopy", Key=key)["Body"].read() == b"copied bytes", key
+
+
 def test_a_delete_with_if_match_removes_only_the_version_it_names(s3):
     c = s3.client()
     c.create_bucket(Bucket="conddel")

@@ -442,8 +442,10 @@ class Gateway:
             meta = attrs.evolve(kept, etag="")
         else:
             raise S3Error("InvalidArgument", "Unknown metadata directive.")
+        expect = await self.write_condition(call, name)  # the destination's If-Match and If-None-Match
         await call.request.body.read(0)  # a copy has no body of its own
         upload = await self.depot.begin_put(name, source.size, replicas_of(meta.user))
+        upload.expect = expect
         try:
             md5 = await self.copy_into(source, upload, 0, source.size)
             upload.meta = attrs.evolve(meta, etag=md5).to_text()
