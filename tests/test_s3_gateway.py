@@ -4,6 +4,7 @@ input. One cluster serves the whole module."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import socket
@@ -173,7 +174,6 @@ def test_ranges_and_conditions(s3):
     with pytest.raises(ClientError) as e:
         c.get_object(Bucket="ranges", Key="f", IfNoneMatch=etag)
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
-    import datetime
     later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
     with pytest.raises(ClientError) as e:
         c.get_object(Bucket="ranges", Key="f", IfModifiedSince=later)
@@ -443,6 +443,31 @@ def test_server_side_encryption_is_refused_and_stores_nothing(s3):
         assert code(e.value) == "NotImplemented", ask
     assert c.list_objects_v2(Bucket="sealed")["KeyCount"] == 0
     assert c.list_multipart_uploads(Bucket="sealed").get("Uploads", []) == []
+
+
+def test_object_lock_is_refused_and_stores_nothing(s3):
+    """Nothing here keeps an object from being deleted or replaced: a
+    request asking for a retention or a legal hold, or for a bucket with
+    object lock, is refused rather than stored unprotected."""
+    c = s3.client()
+    c.create_bucket(Bucket="unlocked")
+    until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+    asks = [{"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until},
+            {"ObjectLockMode": "GOVERNANCE", "ObjectLockRetainUntilDate": until}, {"ObjectLockLegalHoldStatus": "ON"}]
+    for ask in asks:
+        with pytest.raises(ClientError) as e:
+            c.put_object(Bucket="unlocked", Key="kept", Body=b"to keep", **ask)
+        assert code(e.value) == "NotImplemented", ask
+        with pytest.raises(ClientError) as e:
+            c.create_multipart_upload(Bucket="unlocked", Key="kept", **ask)
+        assert code(e.value) == "NotImplemented", ask
+    assert c.list_objects_v2(Bucket="unlocked")["KeyCount"] == 0
+    assert c.list_multipart_uploads(Bucket="unlocked").get("Uploads", []) == []
+    with pytest.raises(ClientError) as e:
+        c.create_bucket(Bucket="worm", ObjectLockEnabledForBucket=True)
+    assert code(e.value) == "NotImplemented"
+    assert "worm" not in [b["Name"] for b in c.list_buckets()["Buckets"]]
+    c.create_bucket(Bucket="worm", ObjectLockEnabledForBucket=False)  # asking for none is fine
 
 
 def test_delete_objects_and_copies(s3):

@@ -64,6 +64,7 @@ NOT_SERVED = {"acl", "policy", "versioning", "versions", "tagging", "cors", "lif
               "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes"}
 MULTIPART = {"uploads", "uploadId", "partNumber"}
 ENCRYPTION = "x-amz-server-side-encryption"  # SSE-S3, SSE-KMS and SSE-C (customer keys) headers all start so
+LOCK = "x-amz-object-lock-"  # an object's retention and legal hold
 
 
 @attrs.frozen
@@ -154,6 +155,9 @@ class Gateway:
             raise S3Error("NotImplemented", "This sub-resource is not served")
         if any(name.startswith(ENCRYPTION) for name in headers):  # stored as sent: never claim otherwise
             raise S3Error("NotImplemented", "Server-side encryption is not served: objects are stored as sent")
+        if (any(name.startswith(LOCK) for name in headers)
+                or (headers.get("x-amz-bucket-object-lock-enabled") or [""])[0].strip().lower() == "true"):
+            raise S3Error("NotImplemented", "Object lock is not served: any object may be deleted or replaced")
         if not bucket:
             if method == "GET":
                 return self.listings.list_buckets
