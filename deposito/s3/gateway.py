@@ -16,24 +16,22 @@ nothing: the upload is aborted before its commit.
 
 Multipart uploads (:mod:`deposito.s3.multipart`) store each part as it
 comes, the same way, and make the object of them at Complete. Listings are
-in :mod:`deposito.s3.listings`, a body's checks in :mod:`deposito.s3.bodies`,
+in :mod:`deposito.s3.listings`, copies in :mod:`deposito.s3.copies`, a body's checks in :mod:`deposito.s3.bodies`,
 the conditional headers in :mod:`deposito.s3.conditions`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from typing import Any, Awaitable, Callable, Optional
 from urllib.parse import parse_qsl, unquote
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from zope.interface import implementer
 
 from deposito.catalog import FileRecord
 from deposito.catalog.records import Expect
@@ -41,13 +39,13 @@ from deposito.errors import DepositoError, NotEmpty, NotFound
 from deposito.interfaces import IDepot
 from deposito.s3 import sigv4, xmlwire
 from deposito.s3.bodies import BodyChecks
-from deposito.s3.conditions import (check_conditions, check_copy_conditions, delete_condition, http_date,
-                                    write_condition)
+from deposito.s3.conditions import check_conditions, delete_condition, http_date, write_condition
+from deposito.s3.copies import Copies
 from deposito.s3.errors import S3Error, s3_error
 from deposito.s3.keys import S3Keys
 from deposito.s3.listings import Listings
 from deposito.s3.multipart import Multipart
-from deposito.s3.objects import (KEPT_HEADERS, OWNER, ObjectMeta, check_bucket, file_name, header_text, mail_safe,
+from deposito.s3.objects import (KEPT_HEADERS, ObjectMeta, check_bucket, file_name, header_text, mail_safe,
                                  replicas_of)
 from deposito.s3.request import S3Request
 from deposito.transfer import Upload
@@ -105,6 +103,7 @@ class Gateway:
         self.max_size = max_size
         self.multipart = Multipart(self)
         self.listings = Listings(self)
+        self.copies = Copies(self)
 
     def __call__(self, request: S3Request, method: bytes, raw: bytes) -> None:
         defer.ensureDeferred(self.handle(request, method.decode("latin-1"), raw.decode("latin-1"))).addErrback(
@@ -182,7 +181,7 @@ class Gateway:
                      "GET": self.multipart.list_parts, "DELETE": self.multipart.abort}
         else:
             table = {"GET": self.get_object, "HEAD": self.get_object, "DELETE": self.delete_object,
-                     "PUT": self.copy_object if "x-amz-copy-source" in headers else self.put_object}
+                     "PUT": self.copies.copy_object if "x-amz-copy-source" in headers else self.put_object}
         if method not in table:
             raise S3Error("MethodNotAllowed")
         return table[method]
@@ -424,69 +423,6 @@ class Gateway:
             deleted.append(xmlwire.Deleted(entry.key))
         await self.send(call, 200, xmlwire.delete_result(deleted, failures, quiet))
 
-    async def copy_source(self, call: Call) -> FileRecord:
-        """The object x-amz-copy-source names, its x-amz-copy-source-if-* conditions checked."""
-        source_bucket, source_key = _copy_source(call.header("x-amz-copy-source") or "")
-        source = await self.lookup(source_bucket, source_key)
-        check_copy_conditions(call, xmlwire.quoted(ObjectMeta.of(source).etag), int(source.created))
-        return source
-
-    async def copy_object(self, call: Call) -> None:
-        source = await self.copy_source(call)
-        name = file_name(call.bucket, call.key)
-        await self.existing_bucket(call.bucket)
-        kept = ObjectMeta.of(source)
-        directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
-        if directive == "REPLACE":
-            meta = ObjectMeta.given(call.headers)
-        elif directive == "COPY":
-            if source.name == name:
-                raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an "
-                              "object to itself without changing the object's metadata.")
-            meta = attrs.evolve(kept, etag="")
-        else:
-            raise S3Error("InvalidArgument", "Unknown metadata directive.")
-        expect = await self.write_condition(call, name)  # the destination's If-Match and If-None-Match
-        await call.request.body.read(0)  # a copy has no body of its own
-        upload = await self.depot.begin_put(name, source.size, replicas_of(meta.user))
-        upload.expect = expect
-        try:
-            md5 = await self.copy_into(source, upload, 0, source.size)
-            upload.meta = attrs.evolve(meta, etag=md5).to_text()
-            record = await self.depot.finish_put(upload)
-        except BaseException:
-            self.depot.abort_put(upload)
-            raise
-        await self.send(call, 200, xmlwire.copy_object_result(ObjectMeta.of(record).etag, record.created))
-
-    async def copy_into(self, source: FileRecord, upload: Upload, start: int, length: int) -> str:
-        """Bytes of ``source`` into ``upload`` through the read path: their hex MD5."""
-        copier = _Copier(upload)
-        await self.depot.read(source, copier, start, length)
-        return copier.md5.hexdigest()
-
-
-@implementer(IConsumer)
-class _Copier:
-    """A consumer of one file's bytes that stores them as a new upload (CopyObject)."""
-
-    def __init__(self, upload: Upload) -> None:
-        self.upload = upload
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.disconnected = False
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.upload.attach(producer)
-
-    def unregisterProducer(self) -> None:
-        self.upload.detach()
-
-    def write(self, data: bytes) -> None:
-        piece = bytes(data)
-        self.md5.update(piece)
-        self.upload.write(piece)
-
-
 def s3_site(depot: IDepot, keys: S3Keys, clock: IReactorTime, max_size: Optional[int] = None,
             domain: Optional[str] = None) -> Site:
     """The S3 API as a twisted.web Site. ``depot``: a MeteredDepot counting via s3."""
@@ -517,15 +453,3 @@ def _split(raw_path: str) -> tuple[str, str]:
         return unquote(bucket, errors="strict"), unquote(key, errors="strict")
     except UnicodeDecodeError:
         raise S3Error("InvalidArgument", "The path is not UTF-8") from None
-
-
-def _copy_source(header: str) -> tuple[str, str]:
-    """(bucket, key) of x-amz-copy-source: ``[/]bucket/key[?versionId=...]``, percent-encoded."""
-    source, _, query = header.partition("?")
-    if query and query not in ("versionId=null",):
-        raise S3Error("NotImplemented", "Object versions are not kept: copy the current one")
-    bucket, _, key = unquote(source.lstrip("/")).partition("/")
-    if not bucket or not key:
-        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
-                      ArgumentName="x-amz-copy-source", ArgumentValue=header)
-    return check_bucket(bucket), key

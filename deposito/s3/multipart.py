@@ -99,12 +99,12 @@ class Multipart:
         await self.gateway.send(call, 200, headers=headers)
 
     async def copy_part(self, call: Call, upload: str, number: int) -> None:
-        source = await self.gateway.copy_source(call)
+        source = await self.gateway.copies.copy_source(call)
         start, length = _copy_range(call.header("x-amz-copy-source-range"), source.size)
         await call.request.body.read(0)
         part = await self.uploads.begin_part(upload, number, length)
         try:
-            md5 = await self.gateway.copy_into(source, part, start, length)
+            md5 = await self.gateway.copies.copy_into(source, part, start, length)
             part.meta = ObjectMeta(md5).to_text()
             record = await self.gateway.depot.finish_put(part)
         except NotFound:
