@@ -139,6 +139,37 @@ def test_parts_listed_chosen_replaced_and_checked_at_complete(s3):
     c.delete_object(Bucket="multi", Key="made.bin")
 
 
+def test_object_attributes_page_through_the_parts_of_a_multipart_object(s3):
+    c = s3.client()
+    bodies = [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(1000)]
+    upload = c.create_multipart_upload(Bucket="multi", Key="attrs")["UploadId"]
+    parts = [{"PartNumber": n, "ETag": c.upload_part(Bucket="multi", Key="attrs", UploadId=upload, PartNumber=n,
+                                                    Body=body)["ETag"]} for n, body in enumerate(bodies, 1)]
+    c.complete_multipart_upload(Bucket="multi", Key="attrs", UploadId=upload, MultipartUpload={"Parts": parts})
+    every = ["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"]
+    got = c.get_object_attributes(Bucket="multi", Key="attrs", ObjectAttributes=every)
+    assert '"%s"' % got["ETag"] == md5_etag(bodies)  # sent without quotes, as S3 sends it
+    assert (got["ObjectSize"], got["StorageClass"]) == (sum(map(len, bodies)), "STANDARD")
+    assert "Checksum" not in got  # none is kept of a whole object
+    assert got["ObjectParts"]["TotalPartsCount"] == 3 and not got["ObjectParts"]["IsTruncated"]
+    assert [(p["PartNumber"], p["Size"]) for p in got["ObjectParts"]["Parts"]] == [(1, 5 * MiB), (2, 5 * MiB),
+                                                                                    (3, 1000)]
+    page = c.get_object_attributes(Bucket="multi", Key="attrs", ObjectAttributes=["ObjectParts"], MaxParts=1,
+                                   PartNumberMarker=1)
+    assert "ETag" not in page and "ObjectSize" not in page
+    assert page["ObjectParts"]["IsTruncated"] and page["ObjectParts"]["NextPartNumberMarker"] == 2
+    assert [(p["PartNumber"], p["Size"]) for p in page["ObjectParts"]["Parts"]] == [(2, 5 * MiB)]
+    # an object of one body has no parts to show
+    c.put_object(Bucket="multi", Key="plain", Body=b"plain bytes")
+    got = c.get_object_attributes(Bucket="multi", Key="plain", ObjectAttributes=every)
+    assert (got["ObjectSize"], "ObjectParts" in got) == (11, False)
+    assert '"%s"' % got["ETag"] == c.head_object(Bucket="multi", Key="plain")["ETag"]
+    for key, asked, error in (("plain", ["Colour"], "InvalidArgument"), ("absent", ["ETag"], "NoSuchKey")):
+        with pytest.raises(ClientError) as e:
+            c.get_object_attributes(Bucket="multi", Key=key, ObjectAttributes=asked)
+        assert code(e.value) == error
+
+
 def test_uploads_listed_with_a_delimiter_roll_up_into_common_prefixes(s3):
     """ListMultipartUploads with a delimiter: the keys that share what comes
     up to it after the prefix are one CommonPrefix, each counting toward

@@ -59,7 +59,7 @@ IDLE_TIMEOUT = 60  # seconds a connection may send nothing (mid-body included)
 NOT_SERVED = {"acl", "policy", "versioning", "versions", "tagging", "cors", "lifecycle", "website", "logging",
               "notification", "replication", "encryption", "object-lock", "retention", "legal-hold",
               "accelerate", "requestPayment", "inventory", "analytics", "metrics", "ownershipControls",
-              "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select", "attributes"}
+              "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select"}
 MULTIPART = {"uploads", "uploadId", "partNumber"}
 ENCRYPTION = "x-amz-server-side-encryption"  # SSE-S3, SSE-KMS and SSE-C (customer keys) headers all start so
 LOCK = "x-amz-object-lock-"  # an object's retention and legal hold
@@ -172,6 +172,8 @@ class Gateway:
                 return self.multipart.list_uploads
         elif "uploads" in params:
             table = {"POST": self.multipart.create}
+        elif "attributes" in params:
+            table = {"GET": self.multipart.attributes}
         elif method in ("GET", "HEAD") and "uploadId" not in params:
             table = {method: self.get_object}  # partNumber alone: a part of the object
         elif MULTIPART & params.keys():

@@ -1,7 +1,8 @@
 """S3's multipart uploads, on the depot's (IDepot.uploads, see
 :mod:`deposito.depot.uploads`): CreateMultipartUpload, UploadPart,
 UploadPartCopy, CompleteMultipartUpload, AbortMultipartUpload, ListParts
-and ListMultipartUploads.
+and ListMultipartUploads; and GetObjectAttributes, which pages through an
+object's parts as ListParts does.
 
 A part's body takes the same path and checks as a PutObject's (its 200 means
 every copy of it is durable and verified); its ETag is its MD5. Complete
@@ -30,6 +31,7 @@ from deposito.catalog.listing import prefix_end
 from deposito.errors import BadArgs, DepositoError, NotFound
 from deposito.twisted_internals import request_gone
 from deposito.s3 import xmlwire
+from deposito.s3.conditions import http_date
 from deposito.s3.errors import S3Error, s3_error
 from deposito.s3.objects import OWNER, ObjectMeta, check_bucket, file_name, replicas_of
 
@@ -235,6 +237,27 @@ class Multipart:
             next_part_number_marker=parts[-1][0] if parts else None, max_parts=limit, is_truncated=truncated,
             owner=OWNER))
 
+    async def attributes(self, call: Call) -> None:
+        """GetObjectAttributes: of the attributes x-amz-object-attributes
+        names, those the object has. No checksum of a whole object is kept,
+        so Checksum is never among them; ObjectParts is there for an object
+        made of parts, a page of them at a time, as ListParts pages."""
+        wanted = _attribute_names(call.header("x-amz-object-attributes"))
+        record = await self.gateway.lookup(call.bucket, call.key)
+        etag = ObjectMeta.of(record).etag
+        parts = None
+        if "ObjectParts" in wanted and record.parts:
+            marker = _count_param({"marker": call.header("x-amz-part-number-marker") or ""}, "marker", 0)
+            limit = min(_count_param({"most": call.header("x-amz-max-parts") or ""}, "most", MAX_PARTS_LISTED),
+                        MAX_PARTS_LISTED)
+            page = await self.uploads.parts(record.parts, marker, limit + 1)
+            count = etag.rpartition("-")[2]
+            parts = xmlwire.ObjectParts(int(count) if count.isdigit() else len(page),
+                                        [(number, part.size) for number, part in page[:limit]], marker,
+                                        page[limit - 1][0] if len(page) > limit else None, limit, len(page) > limit)
+        await self.gateway.send(call, 200, xmlwire.object_attributes_result(wanted, etag, record.size, parts),
+                                headers={b"last-modified": http_date(record.created).encode()})
+
     async def list_uploads(self, call: Call) -> None:
         """The uploads under way in a bucket, by key then by id; with a
         delimiter, the keys sharing what comes up to it after the prefix are
@@ -319,6 +342,18 @@ class KeepAlive:
             return
         self.request.write(document.removeprefix(xmlwire.DECLARATION))
         self.request.finish()
+
+
+ATTRIBUTES = ("ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize")  # GetObjectAttributes' names
+
+
+def _attribute_names(header: Optional[str]) -> list[str]:
+    """The attributes a GetObjectAttributes asks for (at least one, each one of S3's)."""
+    names = [name.strip() for name in (header or "").split(",") if name.strip()]
+    if not names or any(name not in ATTRIBUTES for name in names):
+        raise S3Error("InvalidArgument", "Invalid attribute name specified", ArgumentName="x-amz-object-attributes",
+                      ArgumentValue=(header or "")[:100])
+    return names
 
 
 def _part_number(text: str) -> int:

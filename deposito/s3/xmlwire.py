@@ -311,6 +311,36 @@ def list_parts_result(
     return xml_document("ListPartsResult", body)
 
 
+@attrs.frozen
+class ObjectParts:
+    """A page of a multipart object's parts, for GetObjectAttributes."""
+    count: int  # the object's parts in all
+    parts: Sequence[tuple[int, int]]  # (part number, size), by part number
+    part_number_marker: int = 0
+    next_part_number_marker: Optional[int] = None
+    max_parts: int = 1000
+    is_truncated: bool = False
+
+
+def object_attributes_result(wanted: Sequence[str], etag: str, size: int, parts: Optional[ObjectParts],
+                             storage_class: str = "STANDARD") -> bytes:
+    """GetObjectAttributes' answer: of the attributes ``wanted``, those the
+    object has (ObjectParts only for an object made of parts), in S3's order.
+    The ETag is without quotes here, as S3 sends it."""
+    body = [element("ETag", etag if "ETag" in wanted else None)]
+    if parts is not None and "ObjectParts" in wanted:
+        body.append("<ObjectParts>" + element("PartsCount", parts.count)
+                    + element("PartNumberMarker", parts.part_number_marker)
+                    + element("NextPartNumberMarker", parts.next_part_number_marker)
+                    + element("MaxParts", parts.max_parts) + element("IsTruncated", parts.is_truncated)
+                    + "".join("<Part>" + element("PartNumber", number) + element("Size", part_size) + "</Part>"
+                              for number, part_size in parts.parts)
+                    + "</ObjectParts>")
+    body += [element("StorageClass", storage_class if "StorageClass" in wanted else None),
+             element("ObjectSize", size if "ObjectSize" in wanted else None)]
+    return xml_document("GetObjectAttributesResponse", body)
+
+
 def list_multipart_uploads_result(
     bucket: str, uploads: Sequence[UploadEntry], common_prefixes: Sequence[str] = (), *,
     prefix: str = "", delimiter: Optional[str] = None, key_marker: str = "", upload_id_marker: str = "",
