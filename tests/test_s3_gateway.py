@@ -4,6 +4,7 @@ input. One cluster serves the whole module."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import os
@@ -11,6 +12,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import zlib
 from urllib.parse import quote
 
 import boto3
@@ -425,6 +427,37 @@ def test_a_complete_refused_by_its_condition_leaves_the_upload_to_finish_or_abor
     etag = c.head_object(Bucket="condparts", Key="obj")["ETag"]
     c.complete_multipart_upload(Bucket="condparts", Key="obj", UploadId=upload, MultipartUpload=parts, IfMatch=etag)
     assert c.get_object(Bucket="condparts", Key="obj")["Body"].read() == b"p" * 1000
+
+
+def test_the_checksums_a_body_came_with_are_kept_and_given_back_for_the_client_to_check(s3):
+    """boto3 sends a checksum with each PutObject and asks for it back with
+    each GetObject, and then checks the bytes it reads against it."""
+    c = s3.client()
+    c.create_bucket(Bucket="sums")
+    body = os.urandom(100_000)
+    crc32 = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    sha256 = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    assert c.put_object(Bucket="sums", Key="crc", Body=body)["ChecksumCRC32"] == crc32  # boto3's default
+    assert c.put_object(Bucket="sums", Key="sha", Body=body, ChecksumAlgorithm="SHA256")["ChecksumSHA256"] == sha256
+    got = c.get_object(Bucket="sums", Key="crc")  # boto3 asks (x-amz-checksum-mode) and checks as it reads
+    assert (got["ChecksumCRC32"], got["ChecksumType"], got["Body"].read()) == (crc32, "FULL_OBJECT", body)
+    assert c.head_object(Bucket="sums", Key="sha", ChecksumMode="ENABLED")["ChecksumSHA256"] == sha256
+    assert "ChecksumSHA256" not in c.head_object(Bucket="sums", Key="sha")  # not asked for
+    part = c.get_object(Bucket="sums", Key="sha", Range="bytes=10-19")  # a range has no checksum of its own
+    assert part["Body"].read() == body[10:20] and "ChecksumSHA256" not in part
+    attributes = c.get_object_attributes(Bucket="sums", Key="sha", ObjectAttributes=["Checksum"])
+    assert attributes["Checksum"] == {"ChecksumSHA256": sha256, "ChecksumType": "FULL_OBJECT"}
+    # a copy is the same bytes: its checksums stand, whether or not its metadata is replaced
+    c.copy_object(Bucket="sums", Key="copy", CopySource={"Bucket": "sums", "Key": "crc"})
+    c.copy_object(Bucket="sums", Key="copy2", CopySource={"Bucket": "sums", "Key": "sha"},
+                  MetadataDirective="REPLACE", Metadata={"note": "replaced"})
+    assert c.head_object(Bucket="sums", Key="copy", ChecksumMode="ENABLED")["ChecksumCRC32"] == crc32
+    assert c.head_object(Bucket="sums", Key="copy2", ChecksumMode="ENABLED")["ChecksumSHA256"] == sha256
+    # one stored through the text protocol came with none
+    with Wire(s3.cluster.port) as w:
+        assert w.put("sums/text", body, 2).startswith("OK stored")
+    got = c.get_object(Bucket="sums", Key="text")
+    assert got["Body"].read() == body and not any(key.startswith("Checksum") for key in got)
 
 
 def test_server_side_encryption_is_refused_and_stores_nothing(s3):

@@ -73,6 +73,10 @@ class BodyChecks:
             given.update(self.decoder.checksums)
         return given
 
+    def checksums_verified(self) -> dict[str, str]:
+        """The same by algorithm (``crc32``: its value): what the object keeps."""
+        return {name.removeprefix("x-amz-checksum-"): value for name, value in self.checksums_given().items()}
+
     def check_whole(self, body: bytes) -> None:
         """For a small body read whole (DeleteObjects)."""
         self.feed(body)

@@ -42,8 +42,8 @@ class Copies:
         await self.gateway.existing_bucket(call.bucket)
         kept = ObjectMeta.of(source)
         directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
-        if directive == "REPLACE":
-            meta = ObjectMeta.given(call.headers)
+        if directive == "REPLACE":  # the same bytes: their checksums still hold
+            meta = attrs.evolve(ObjectMeta.given(call.headers), checksums=kept.checksums)
         elif directive == "COPY":
             if source.name == name:
                 raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an "

@@ -288,6 +288,11 @@ class Gateway:
             span = False  # no byte of an empty object can be asked for
         if span is False:
             raise S3Error("InvalidRange", ActualObjectSize=str(record.size), RangeRequested=call.header("range") or "")
+        if not span and (call.header("x-amz-checksum-mode") or "").upper() == "ENABLED" and meta.checksums:
+            # the whole object: its checksums, for the client to check what it reads against
+            for algorithm, digest in meta.checksums.items():
+                headers[b"x-amz-checksum-" + algorithm.encode()] = digest.encode()
+            headers[b"x-amz-checksum-type"] = b"FULL_OBJECT"
         start, end = span if isinstance(span, tuple) else (0, record.size - 1)
         length = end - start + 1
         if not await self.ready(call):
@@ -343,7 +348,9 @@ class Gateway:
         except BaseException:
             self.depot.abort_put(upload)
             raise
-        await self.send(call, 200, headers={b"etag": xmlwire.quoted(ObjectMeta.of(record).etag).encode()})
+        headers = {name.encode(): value.encode() for name, value in checks.checksums_given().items()}
+        headers[b"etag"] = xmlwire.quoted(ObjectMeta.of(record).etag).encode()
+        await self.send(call, 200, headers=headers)
 
     async def write_condition(self, call: Call, name: str) -> Optional[Expect]:
         """The write's If-Match and If-None-Match (see conditions.write_condition),
@@ -392,7 +399,7 @@ class Gateway:
             raise request.body.error
         if upload.received != upload.size:
             raise S3Error("IncompleteBody")
-        upload.meta = attrs.evolve(meta, etag=checks.finish()).to_text()
+        upload.meta = attrs.evolve(meta, etag=checks.finish(), checksums=checks.checksums_verified()).to_text()
         return await self.depot.finish_put(upload)
 
     async def delete_object(self, call: Call) -> None:

@@ -239,12 +239,14 @@ class Multipart:
 
     async def attributes(self, call: Call) -> None:
         """GetObjectAttributes: of the attributes x-amz-object-attributes
-        names, those the object has. No checksum of a whole object is kept,
-        so Checksum is never among them; ObjectParts is there for an object
-        made of parts, a page of them at a time, as ListParts pages."""
+        names, those the object has: Checksum for an object whose body came
+        with x-amz-checksum-* (none is made of a multipart object's parts),
+        ObjectParts for an object made of parts, a page of them at a time,
+        as ListParts pages."""
         wanted = _attribute_names(call.header("x-amz-object-attributes"))
         record = await self.gateway.lookup(call.bucket, call.key)
-        etag = ObjectMeta.of(record).etag
+        meta = ObjectMeta.of(record)
+        etag = meta.etag
         parts = None
         if "ObjectParts" in wanted and record.parts:
             marker = _count_param({"marker": call.header("x-amz-part-number-marker") or ""}, "marker", 0)
@@ -255,7 +257,8 @@ class Multipart:
             parts = xmlwire.ObjectParts(int(count) if count.isdigit() else len(page),
                                         [(number, part.size) for number, part in page[:limit]], marker,
                                         page[limit - 1][0] if len(page) > limit else None, limit, len(page) > limit)
-        await self.gateway.send(call, 200, xmlwire.object_attributes_result(wanted, etag, record.size, parts),
+        await self.gateway.send(call, 200, xmlwire.object_attributes_result(wanted, etag, record.size, parts,
+                                                                          meta.checksums),
                                 headers={b"last-modified": http_date(record.created).encode()})
 
     async def list_uploads(self, call: Call) -> None:

@@ -2,8 +2,9 @@
 (see FileRecord.meta), and the names S3 gives to depot files.
 
 The object KEY of bucket B is the depot file ``B/KEY``. Its ETag (the hex
-MD5 of its bytes), Content-Type and user metadata (``x-amz-meta-*``) are
-one compact JSON object committed with the version. A file stored through
+MD5 of its bytes), Content-Type, user metadata (``x-amz-meta-*``) and the
+``x-amz-checksum-*`` its body was verified against are one compact JSON
+object committed with the version. A file stored through
 another interface has none: its ETag is then made from its SHA-256 with a
 ``-1`` suffix, the form S3 tools know not to compare with an MD5.
 """
@@ -31,6 +32,9 @@ OWNER = xmlwire.Owner("deposito", "deposito")  # every object's and bucket's, fo
 KEPT_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
 MAX_USER_META = 2048  # bytes of user metadata, names and values, as S3 allows
 
+# What the checksums of a body may add to its metadata at most: one of each algorithm, at its length in base64.
+ROOM_FOR_CHECKSUMS = {"crc32": "0" * 8, "crc32c": "0" * 8, "crc64nvme": "0" * 12, "sha1": "0" * 28, "sha256": "0" * 44}
+
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 _IP = re.compile(r"\d+\.\d+\.\d+\.\d+\Z")
 
@@ -41,11 +45,15 @@ class ObjectMeta:
     content_type: str = DEFAULT_TYPE
     user: dict[str, str] = attrs.field(factory=dict)
     headers: dict[str, str] = attrs.field(factory=dict)  # those of KEPT_HEADERS given
+    # x-amz-checksum-* verified when the bytes came, by algorithm ("crc32": base64 of the digest)
+    checksums: dict[str, str] = attrs.field(factory=dict)
 
     def to_text(self) -> str:
         kept: dict[str, object] = {"etag": self.etag, "type": self.content_type, "user": self.user}
         if self.headers:
             kept["headers"] = self.headers
+        if self.checksums:
+            kept["sums"] = self.checksums
         return json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -54,7 +62,8 @@ class ObjectMeta:
         user = user_metadata([(name, ",".join(values)) for name, values in headers.items()])
         kept = {name: ",".join(headers[name]) for name in KEPT_HEADERS if name in headers}
         meta = cls("", ",".join(headers.get("content-type", [])) or DEFAULT_TYPE, user, kept)
-        if len(attrs.evolve(meta, etag="0" * 40).to_text().encode("utf-8")) > MAX_META_BYTES:
+        largest = attrs.evolve(meta, etag="0" * 40, checksums=ROOM_FOR_CHECKSUMS)  # as it may be once its bytes came
+        if len(largest.to_text().encode("utf-8")) > MAX_META_BYTES:
             raise S3Error("MetadataTooLarge", "The metadata and headers kept with an object must fit in"
                           f" {MAX_META_BYTES} bytes")  # it rides on each copy's blob (see BlobMeta.meta)
         return meta
@@ -67,7 +76,8 @@ class ObjectMeta:
                 kept = json.loads(record.meta)
                 return cls(str(kept["etag"]), str(kept.get("type") or DEFAULT_TYPE),
                            {str(k): str(v) for k, v in dict(kept.get("user") or {}).items()},
-                           {str(k): str(v) for k, v in dict(kept.get("headers") or {}).items()})
+                           {str(k): str(v) for k, v in dict(kept.get("headers") or {}).items()},
+                           {str(k): str(v) for k, v in dict(kept.get("sums") or {}).items()})
             except (ValueError, KeyError, TypeError, AttributeError):
                 pass  # not ours: as for a file stored elsewhere
         return cls(record.sha256[:32] + "-1")

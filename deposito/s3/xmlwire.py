@@ -322,12 +322,22 @@ class ObjectParts:
     is_truncated: bool = False
 
 
+CHECKSUM_ELEMENTS = {"crc32": "ChecksumCRC32", "crc32c": "ChecksumCRC32C", "crc64nvme": "ChecksumCRC64NVME",
+                     "sha1": "ChecksumSHA1", "sha256": "ChecksumSHA256"}
+
+
 def object_attributes_result(wanted: Sequence[str], etag: str, size: int, parts: Optional[ObjectParts],
-                             storage_class: str = "STANDARD") -> bytes:
+                             checksums: dict[str, str], storage_class: str = "STANDARD") -> bytes:
     """GetObjectAttributes' answer: of the attributes ``wanted``, those the
-    object has (ObjectParts only for an object made of parts), in S3's order.
-    The ETag is without quotes here, as S3 sends it."""
+    object has (ObjectParts only for an object made of parts; Checksum only
+    for one whose body came with ``checksums``), in S3's order. The ETag is
+    without quotes here, as S3 sends it."""
     body = [element("ETag", etag if "ETag" in wanted else None)]
+    if checksums and "Checksum" in wanted:
+        body.append("<Checksum>" + "".join(element(CHECKSUM_ELEMENTS[algorithm], value)
+                                           for algorithm, value in sorted(checksums.items())
+                                           if algorithm in CHECKSUM_ELEMENTS)
+                    + element("ChecksumType", "FULL_OBJECT") + "</Checksum>")
     if parts is not None and "ObjectParts" in wanted:
         body.append("<ObjectParts>" + element("PartsCount", parts.count)
                     + element("PartNumberMarker", parts.part_number_marker)
