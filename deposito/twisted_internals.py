@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorFDSet, IReactorTime, ITCPTransport
+from twisted.web import http
 from zope.interface import Attribute
 
 _PLAIN_TCP = (tcp.Server, tcp.Client)
@@ -238,3 +239,50 @@ def give_back_http_socket(request: Any, transport: Any) -> None:
     left registered)."""
     if transport.connected and not transport.disconnecting and transport.producer is None:
         transport.registerProducer(request.channel, True)
+
+
+class ContinueWhenAsked(http.HTTPChannel):
+    """An HTTP connection that answers ``Expect: 100-continue`` only when its
+    request wants the body: it hands the sending of ``100 Continue`` to the
+    request's ``continue_later(send)`` (when the request has one), so that a
+    request refused from its headers alone is answered at once and its body
+    never sent (see :func:`answer_before_body`).
+
+    Relies on http.HTTPChannel calling ``_send100Continue`` from
+    allHeadersReceived, after the request's gotLength, for the request at
+    the end of ``requests``. If a later Twisted no longer calls it, the
+    client waits its own timeout (a second for botocore) and sends the body
+    anyway: slower, not wrong; the test of this fact fails first."""
+
+    def _send100Continue(self) -> None:
+        later = getattr(self.requests[-1], "continue_later", None) if self.requests else None
+        if later is None:
+            super()._send100Continue()
+        else:
+            later(super()._send100Continue)
+
+
+def http_site_protocol(site: Any) -> Any:
+    """The protocol of one connection to twisted.web ``site``, its channel a
+    :class:`ContinueWhenAsked` (assign as the site's ``protocol`` method).
+
+    Relies on Site building each connection's protocol by calling its
+    ``protocol`` attribute, twisted.web's own being an HTTPChannel inside a
+    _GenericHTTPChannelProtocol (which also serves HTTP/2 where it is
+    installed); the test of this fact fails first."""
+    return http._GenericHTTPChannelProtocol(ContinueWhenAsked())
+
+
+def answer_before_body(request: Any) -> None:
+    """Make twisted.web ``request`` ready to be answered before its body has
+    come (a request refused before its client was told to send the body),
+    and its connection closed once the answer is written, the body unread.
+
+    Relies on http.HTTPChannel keeping the request line in ``_command``,
+    ``_path`` and ``_version`` until the whole body has arrived (the request
+    takes them only then, in requestReceived, and writes its status line
+    with its ``clientproto``), and closing a connection whose ``persistent``
+    is False when a request is done; the test of this fact fails first."""
+    channel = request.channel
+    request.method, request.uri, request.clientproto = channel._command, channel._path, channel._version
+    channel.persistent = False

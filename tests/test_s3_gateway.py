@@ -38,6 +38,9 @@ class S3:
                                              "signature_version": "s3v4", **config}))
 
 
+MiB = 1 << 20
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     root = tmp_path_factory.mktemp("s3")
@@ -320,6 +323,33 @@ def test_a_copy_with_if_match_or_if_none_match_is_decided_on_the_destination(s3)
     c.copy_object(Bucket="condcopy", Key="dst", CopySource=source, IfMatch=kept)
     for key in ("new", "dst"):
         assert c.get_object(Bucket="condcopy", Key=key)["Body"].read() == b"copied bytes", key
+
+
+def test_a_big_body_refused_from_its_headers_is_answered_without_being_sent(s3):
+    """botocore asks (Expect: 100-continue) before it sends a body over 1 MB:
+    a request refused from its headers alone gets its error at once, and
+    the body is never sent; one that is not refused is told to go on."""
+    c = s3.client()
+    c.create_bucket(Bucket="early")
+    body = os.urandom(3 * MiB)
+    etag = c.put_object(Bucket="early", Key="lock", Body=body, IfNoneMatch="*")["ETag"]  # told to go on
+    with pytest.raises(ClientError) as e:
+        c.put_object(Bucket="early", Key="lock", Body=body, IfNoneMatch="*")
+    assert _status(e.value) == (412, "PreconditionFailed")  # not a connection closed under the client
+    with pytest.raises(ClientError) as e:
+        c.put_object(Bucket="no-such-bucket", Key="k", Body=body)
+    assert code(e.value) == "NoSuchBucket"
+    with pytest.raises(ClientError) as e:
+        c.upload_part(Bucket="early", Key="k", UploadId="0" * 32, PartNumber=1, Body=body)
+    assert code(e.value) == "NoSuchUpload"
+    assert c.head_object(Bucket="early", Key="lock")["ETag"] == etag
+    # on the wire: no 100 Continue before the refusal, and the connection closed after it
+    with socket.create_connection(("127.0.0.1", s3.port), timeout=10) as raw:
+        raw.sendall(b"PUT /early/k HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3145728\r\n\r\n")
+        reply = b""
+        while chunk := raw.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 403 ") and b"AccessDenied" in reply, reply[:200]
 
 
 def test_a_delete_with_if_match_removes_only_the_version_it_names(s3):

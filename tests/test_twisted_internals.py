@@ -420,6 +420,45 @@ def test_the_request_line_is_at_hand_while_the_body_arrives():
     assert seen == [(b"PUT", b"/b/k%20x?partNumber=2")]
 
 
+def test_continue_is_sent_when_the_request_asks_and_a_refusal_is_answered_before_the_body():
+    """ContinueWhenAsked hands the sending of 100 Continue to the request
+    (after gotLength); answer_before_body lets a request answer with its
+    status line before its body came, and closes the connection after."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.http import Request
+
+    class Asks(Request):
+        later = None
+
+        def continue_later(self, send):
+            type(self).later = send
+
+    class Refuses(Request):
+        def continue_later(self, send):
+            ti.answer_before_body(self)
+            self.setResponseCode(412)
+            self.setHeader(b"content-length", b"0")
+            self.finish()
+
+    head = b"PUT /b/k HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    channel = ti.ContinueWhenAsked()
+    channel.requestFactory = Asks
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(head)
+    assert transport.value() == b"" and Asks.later is not None  # not yet
+    Asks.later()
+    assert transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+    channel = ti.ContinueWhenAsked()
+    channel.requestFactory = Refuses
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(head)
+    assert transport.value().startswith(b"HTTP/1.1 412 ") and b"100 Continue" not in transport.value()
+    assert transport.disconnecting
+
+
 class _Lent(Resource):
     """Writes each response body straight into the transport its channel lends."""
 

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from deposito import twisted_internals
 from deposito.catalog import FileRecord
 from deposito.catalog.records import Expect
 from deposito.errors import DepositoError, NotEmpty, NotFound
@@ -442,10 +443,12 @@ def s3_site(depot: IDepot, keys: S3Keys, clock: IReactorTime, max_size: Optional
 
 
 class _S3Site(Site):
-    """No access log (the proxy's log is for what happens to the cluster)."""
+    """No access log (the proxy's log is for what happens to the cluster);
+    ``100 Continue`` sent when a request wants its body (see S3Request)."""
 
     noisy = False
     gateway: Gateway
+    protocol = twisted_internals.http_site_protocol
 
     def log(self, request: Any) -> None:
         pass

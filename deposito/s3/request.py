@@ -6,7 +6,11 @@ proxy's disk before a byte reached a storage server. :class:`S3Request`
 instead starts its gateway as soon as the headers are in (``gotLength``)
 and passes the body on as it comes (:class:`Body`), pausing the connection
 while nobody takes it. The answer is written only once the whole request
-has been read (``process``), as HTTP/1.1 on a kept-alive connection needs.
+has been read (``process``), as HTTP/1.1 on a kept-alive connection needs;
+or, to a client that waits to be told to send its body (``Expect:
+100-continue``, as botocore sends with bodies over 1 MB), as soon as the
+request is refused, the body never asked for and the connection closed after
+the answer.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class Body:
         self._sink: Optional[Callable[[bytes], None]] = None
         self._discarding = False
         self._discarded = 0
+        self.waiting: Optional[Callable[[], None]] = None  # tells a client that waits (100-continue) to send
+        self.unsent: Optional[Callable[[], None]] = None  # called if the body is given up before that
 
     def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -62,9 +68,22 @@ class Body:
             return
         self._give(data)
 
+    @property
+    def taken(self) -> bool:
+        """A reader has taken the body."""
+        return self._sink is not None
+
+    @property
+    def given_up(self) -> bool:
+        """Nobody wants the rest (see :meth:`discard`)."""
+        return self._discarding
+
     def take(self, sink: Callable[[bytes], None]) -> None:
         """From now on every byte goes to ``sink``, those held first."""
         self._sink = sink
+        if self.waiting is not None:
+            send, self.waiting, self.unsent = self.waiting, None, None
+            send()
         while self._held and not self._discarding:
             self._give(self._held.popleft())
         self._held.clear()
@@ -74,7 +93,11 @@ class Body:
             self.transport.resumeProducing()
 
     def discard(self) -> None:
-        """Nobody wants the rest: read it and throw it away (a little of it)."""
+        """Nobody wants the rest: read it and throw it away (a little of it);
+        or, if the client still waits to be told to send it, tell it nothing."""
+        if self.unsent is not None:
+            given_up, self.waiting, self.unsent = self.unsent, None, None
+            given_up()
         self._discarding = True
         self._held.clear()
         if self._paused:
@@ -149,6 +172,29 @@ class S3Request(Request):
         line = twisted_internals.request_line(self)
         method, path = line if line is not None else (b"", b"")
         getattr(self.channel, "site").gateway(self, method, path)  # the S3 site (deposito.s3.gateway.s3_site)
+
+    def continue_later(self, send: Callable[[], None]) -> None:
+        """``Expect: 100-continue`` (see twisted_internals.ContinueWhenAsked):
+        ``send()`` tells the client to send its body, once it is wanted. A
+        request refused before that is answered at once, and its connection
+        closed after the answer, the body never sent."""
+        if self.body.taken:
+            send()
+        elif self.body.given_up:  # refused already
+            self._refused_unsent()
+        else:
+            self.body.waiting = send
+            self.body.unsent = self._refused_unsent
+
+    def _refused_unsent(self) -> None:
+        twisted_internals.answer_before_body(self)
+        # the whole request, as far as the answer is concerned; on the next turn, once twisted.web
+        # has done with what it was reading (it may be this request's headers)
+        getattr(self.channel, "site").gateway.clock.callLater(0, self._all_received)
+
+    def _all_received(self) -> None:
+        if not self.received.called:
+            self.received.callback(True)
 
     def handleContentChunk(self, data: bytes) -> None:
         self.body.feed(data)
