@@ -5,11 +5,14 @@ abort and expiry leave nothing on the servers' disks."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
+import zlib
 
 import pytest
+from awscrt import checksums as crt_checksums
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
@@ -168,6 +171,89 @@ def test_object_attributes_page_through_the_parts_of_a_multipart_object(s3):
         with pytest.raises(ClientError) as e:
             c.get_object_attributes(Bucket="multi", Key=key, ObjectAttributes=asked)
         assert code(e.value) == error
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def test_an_upload_asking_for_a_checksum_gives_its_object_one_made_of_its_parts(s3):
+    """COMPOSITE (CRC32, as boto3 asks by default): the checksum of the parts'
+    checksums, with -N; FULL_OBJECT (CRC-64/NVME): the CRC of all the bytes.
+    Both are checked against those the client names at Complete."""
+    c = s3.client()
+    bodies = [os.urandom(5 * MiB), os.urandom(3000)]
+    crc32s = [zlib.crc32(body).to_bytes(4, "big") for body in bodies]
+    composite = _b64(zlib.crc32(b"".join(crc32s)).to_bytes(4, "big")) + "-2"
+    created = c.create_multipart_upload(Bucket="multi", Key="composite", ChecksumAlgorithm="CRC32")
+    assert (created["ChecksumAlgorithm"], created["ChecksumType"]) == ("CRC32", "COMPOSITE")
+    upload = created["UploadId"]
+    with pytest.raises(ClientError) as e:  # a part without the upload's checksum
+        c.upload_part(Bucket="multi", Key="composite", UploadId=upload, PartNumber=1, Body=bodies[0],
+                      ChecksumAlgorithm="SHA256")
+    assert code(e.value) == "InvalidRequest"
+    parts = []
+    for n, body in enumerate(bodies, 1):
+        sent = c.upload_part(Bucket="multi", Key="composite", UploadId=upload, PartNumber=n, Body=body,
+                             ChecksumAlgorithm="CRC32")
+        assert sent["ChecksumCRC32"] == _b64(crc32s[n - 1])
+        parts.append({"PartNumber": n, "ETag": sent["ETag"], "ChecksumCRC32": sent["ChecksumCRC32"]})
+    listed = c.list_parts(Bucket="multi", Key="composite", UploadId=upload)
+    assert listed["ChecksumAlgorithm"] == "CRC32"
+    assert [p["ChecksumCRC32"] for p in listed["Parts"]] == [_b64(crc) for crc in crc32s]
+    for wrong in ({"ChecksumCRC32": "AAAAAA==-2"}, {"MultipartUpload": {"Parts": [
+            {**parts[0], "ChecksumCRC32": _b64(crc32s[1])}, parts[1]]}}):
+        with pytest.raises(ClientError) as e:
+            c.complete_multipart_upload(**{"Bucket": "multi", "Key": "composite", "UploadId": upload,
+                                           "MultipartUpload": {"Parts": parts}, **wrong})
+        assert code(e.value) == "BadDigest", wrong
+    done = c.complete_multipart_upload(Bucket="multi", Key="composite", UploadId=upload,
+                                       MultipartUpload={"Parts": parts}, ChecksumCRC32=composite)
+    assert (done["ChecksumCRC32"], done["ChecksumType"]) == (composite, "COMPOSITE")
+    head = c.head_object(Bucket="multi", Key="composite", ChecksumMode="ENABLED")
+    assert (head["ChecksumCRC32"], head["ChecksumType"]) == (composite, "COMPOSITE")
+    part = c.get_object(Bucket="multi", Key="composite", PartNumber=2, ChecksumMode="ENABLED")
+    assert (part["ChecksumCRC32"], part["Body"].read()) == (_b64(crc32s[1]), bodies[1])  # checked by boto3 too
+    assert c.get_object(Bucket="multi", Key="composite")["Body"].read() == b"".join(bodies)
+    attributes = c.get_object_attributes(Bucket="multi", Key="composite", ObjectAttributes=["Checksum", "ObjectParts"])
+    assert attributes["Checksum"] == {"ChecksumCRC32": composite, "ChecksumType": "COMPOSITE"}
+    assert [p["ChecksumCRC32"] for p in attributes["ObjectParts"]["Parts"]] == [_b64(crc) for crc in crc32s]
+
+    # FULL_OBJECT: CRC-64/NVME of all the bytes, which boto3 checks as it reads the object back
+    created = c.create_multipart_upload(Bucket="multi", Key="full", ChecksumAlgorithm="CRC64NVME")
+    assert created["ChecksumType"] == "FULL_OBJECT"
+    upload = created["UploadId"]
+    parts = [{"PartNumber": n, "ETag": sent["ETag"], "ChecksumCRC64NVME": sent["ChecksumCRC64NVME"]}
+             for n, sent in ((n, c.upload_part(Bucket="multi", Key="full", UploadId=upload, PartNumber=n, Body=body,
+                                               ChecksumAlgorithm="CRC64NVME")) for n, body in enumerate(bodies, 1))]
+    whole = _b64(crt_checksums.crc64nvme(b"".join(bodies)).to_bytes(8, "big"))
+    done = c.complete_multipart_upload(Bucket="multi", Key="full", UploadId=upload, MultipartUpload={"Parts": parts},
+                                       ChecksumCRC64NVME=whole)
+    assert (done["ChecksumCRC64NVME"], done["ChecksumType"]) == (whole, "FULL_OBJECT")
+    got = c.get_object(Bucket="multi", Key="full")
+    assert (got["ChecksumCRC64NVME"], got["Body"].read()) == (whole, b"".join(bodies))
+    # a copy of it is one body: the checksum of all its bytes still holds; a composite one would not
+    c.copy_object(Bucket="multi", Key="full-copy", CopySource={"Bucket": "multi", "Key": "full"})
+    c.copy_object(Bucket="multi", Key="composite-copy", CopySource={"Bucket": "multi", "Key": "composite"})
+    assert c.head_object(Bucket="multi", Key="full-copy", ChecksumMode="ENABLED")["ChecksumCRC64NVME"] == whole
+    assert "ChecksumCRC32" not in c.head_object(Bucket="multi", Key="composite-copy", ChecksumMode="ENABLED")
+    with pytest.raises(ClientError) as e:
+        c.create_multipart_upload(Bucket="multi", Key="no", ChecksumAlgorithm="SHA256", ChecksumType="FULL_OBJECT")
+    assert code(e.value) == "InvalidRequest"
+
+
+def test_upload_part_copy_gives_the_part_the_checksum_its_upload_asks_for(s3):
+    c = s3.client()
+    source = os.urandom(6 * MiB)
+    c.put_object(Bucket="multi", Key="copy-source", Body=source)
+    upload = c.create_multipart_upload(Bucket="multi", Key="copied", ChecksumAlgorithm="SHA256")["UploadId"]
+    copied = c.upload_part_copy(Bucket="multi", Key="copied", UploadId=upload, PartNumber=1,
+                                CopySource={"Bucket": "multi", "Key": "copy-source"})["CopyPartResult"]
+    assert copied["ChecksumSHA256"] == _b64(hashlib.sha256(source).digest())
+    done = c.complete_multipart_upload(Bucket="multi", Key="copied", UploadId=upload, MultipartUpload={"Parts": [
+        {"PartNumber": 1, "ETag": copied["ETag"], "ChecksumSHA256": copied["ChecksumSHA256"]}]})
+    assert done["ChecksumSHA256"] == _b64(hashlib.sha256(hashlib.sha256(source).digest()).digest()) + "-1"
+    assert c.get_object(Bucket="multi", Key="copied")["Body"].read() == source
 
 
 def test_uploads_listed_with_a_delimiter_roll_up_into_common_prefixes(s3):

@@ -292,7 +292,8 @@ def test_complete_request_from_botocore() -> None:
              {"PartNumber": 10000, "ETag": '"ccc-3"', "ChecksumCRC32": "AAAAAA=="}]
     body = serialize("CompleteMultipartUpload", {"Bucket": "b", "Key": "k", "UploadId": "u",
                                                  "MultipartUpload": {"Parts": parts}})
-    assert xmlwire.parse_complete_multipart(body) == [(1, "aaa"), (2, "bbb"), (10000, "ccc-3")]
+    assert xmlwire.parse_complete_multipart(body) == [(1, "aaa", {}), (2, "bbb", {}),
+                                                      (10000, "ccc-3", {"crc32": "AAAAAA=="})]
 
 
 def complete_body(*numbers: str) -> bytes:
@@ -311,7 +312,7 @@ def test_a_part_named_twice_in_a_row_keeps_its_later_entry() -> None:
     body = (b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>first</ETag></Part>"
             b"<Part><PartNumber>1</PartNumber><ETag>second</ETag></Part>"
             b"<Part><PartNumber>2</PartNumber><ETag>e</ETag></Part></CompleteMultipartUpload>")
-    assert xmlwire.parse_complete_multipart(body) == [(1, "second"), (2, "e")]
+    assert xmlwire.parse_complete_multipart(body) == [(1, "second", {}), (2, "e", {})]
 
 
 @pytest.mark.parametrize("number", ["0", "10001", "999999"])

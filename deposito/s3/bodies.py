@@ -24,7 +24,9 @@ class BodyChecks:
     trailing checksum), Content-MD5, an ``x-amz-checksum-*`` header; and its
     MD5, the object's ETag."""
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, checksum_headers: bool = True) -> None:
+        """``checksum_headers=False``: the request's x-amz-checksum-* headers
+        are not its body's (a CompleteMultipartUpload's are its object's)."""
         verified = call.verified
         self.decoder = ChunkedDecoder(verified) if verified.payload in sigv4.STREAMING_MODES else None
         self.payload = sigv4.PayloadCheck(verified.content_sha256) if verified.payload == sigv4.SIGNED \
@@ -32,7 +34,7 @@ class BodyChecks:
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.content_md5 = _content_md5(call.header("content-md5"))
         self.checksums: list[tuple[Checksummer, str]] = []
-        for name, values in call.headers.items():
+        for name, values in call.headers.items() if checksum_headers else ():
             checksummer = Checksummer.for_header(name)
             if checksummer is not None and name != verified.trailer:
                 self.checksums.append((checksummer, ",".join(values).strip()))

@@ -5,7 +5,7 @@ PutObject's body would; nothing is copied on disk behind the catalog's back."""
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 from urllib.parse import unquote
 
 import attrs
@@ -14,6 +14,7 @@ from zope.interface import implementer
 
 from deposito.catalog import FileRecord
 from deposito.s3 import xmlwire
+from deposito.s3.checksums import COMPOSITE, Checksummer
 from deposito.s3.conditions import check_copy_conditions
 from deposito.s3.errors import S3Error
 from deposito.s3.objects import ObjectMeta, check_bucket, file_name, replicas_of
@@ -41,14 +42,16 @@ class Copies:
         name = file_name(call.bucket, call.key)
         await self.gateway.existing_bucket(call.bucket)
         kept = ObjectMeta.of(source)
+        # the same bytes: a checksum of them all still holds (one made of a multipart source's parts does not)
+        sums = {} if kept.checksum_type == COMPOSITE else kept.checksums
         directive = (call.header("x-amz-metadata-directive") or "COPY").upper()
-        if directive == "REPLACE":  # the same bytes: their checksums still hold
-            meta = attrs.evolve(ObjectMeta.given(call.headers), checksums=kept.checksums)
+        if directive == "REPLACE":
+            meta = attrs.evolve(ObjectMeta.given(call.headers), checksums=sums)
         elif directive == "COPY":
             if source.name == name:
                 raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to copy an "
                               "object to itself without changing the object's metadata.")
-            meta = attrs.evolve(kept, etag="")
+            meta = attrs.evolve(kept, etag="", checksums=sums, checksum_type="")
         else:
             raise S3Error("InvalidArgument", "Unknown metadata directive.")
         expect = await self.gateway.write_condition(call, name)  # the destination's If-Match and If-None-Match
@@ -64,9 +67,11 @@ class Copies:
             raise
         await self.gateway.send(call, 200, xmlwire.copy_object_result(ObjectMeta.of(record).etag, record.created))
 
-    async def copy_into(self, source: FileRecord, upload: Upload, start: int, length: int) -> str:
-        """Bytes of ``source`` into ``upload`` through the read path: their hex MD5."""
-        copier = _Copier(upload)
+    async def copy_into(self, source: FileRecord, upload: Upload, start: int, length: int,
+                        sums: Sequence[Checksummer] = ()) -> str:
+        """Bytes of ``source`` into ``upload`` through the read path: their
+        hex MD5 (and ``sums`` fed them too)."""
+        copier = _Copier(upload, sums)
         await self.gateway.depot.read(source, copier, start, length)
         return copier.md5.hexdigest()
 
@@ -75,9 +80,10 @@ class Copies:
 class _Copier:
     """A consumer of one file's bytes that stores them as a new upload (CopyObject)."""
 
-    def __init__(self, upload: Upload) -> None:
+    def __init__(self, upload: Upload, sums: Sequence[Checksummer] = ()) -> None:
         self.upload = upload
         self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sums = sums
         self.disconnected = False
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
@@ -89,6 +95,8 @@ class _Copier:
     def write(self, data: bytes) -> None:
         piece = bytes(data)
         self.md5.update(piece)
+        for checksummer in self.sums:
+            checksummer.update(piece)
         self.upload.write(piece)
 
 

@@ -40,6 +40,7 @@ from deposito.errors import DepositoError, NotEmpty, NotFound
 from deposito.interfaces import IDepot
 from deposito.s3 import sigv4, xmlwire
 from deposito.s3.bodies import BodyChecks
+from deposito.s3.checksums import FULL_OBJECT
 from deposito.s3.conditions import check_conditions, delete_condition, http_date, write_condition
 from deposito.s3.copies import Copies
 from deposito.s3.errors import S3Error, s3_error
@@ -281,19 +282,23 @@ class Gateway:
             await self.send(call, 304, headers=headers)
             return
         span = parse_range(call.header("range"), record.size)
+        part = None
         if "partNumber" in call.params:  # one part of a multipart object (a whole other object is part 1)
-            span, count = await self.multipart.part_span(call, record)
+            span, count, part = await self.multipart.part_span(call, record)
             if count is not None:
                 headers[b"x-amz-mp-parts-count"] = b"%d" % count
         if span is None and record.size == 0 and call.header("range"):
             span = False  # no byte of an empty object can be asked for
         if span is False:
             raise S3Error("InvalidRange", ActualObjectSize=str(record.size), RangeRequested=call.header("range") or "")
-        if not span and (call.header("x-amz-checksum-mode") or "").upper() == "ENABLED" and meta.checksums:
-            # the whole object: its checksums, for the client to check what it reads against
-            for algorithm, digest in meta.checksums.items():
+        if (call.header("x-amz-checksum-mode") or "").upper() == "ENABLED":
+            # the checksums of what is sent, for the client to check what it reads against: of the
+            # whole object, or of the part asked for; a range has none
+            sums = ObjectMeta.of(part).checksums if part is not None else {} if span else meta.checksums
+            for algorithm, digest in sums.items():
                 headers[b"x-amz-checksum-" + algorithm.encode()] = digest.encode()
-            headers[b"x-amz-checksum-type"] = b"FULL_OBJECT"
+            if sums:
+                headers[b"x-amz-checksum-type"] = (meta.checksum_type or FULL_OBJECT).encode()
         start, end = span if isinstance(span, tuple) else (0, record.size - 1)
         length = end - start + 1
         if not await self.ready(call):

@@ -31,6 +31,8 @@ from deposito.catalog.listing import prefix_end
 from deposito.errors import BadArgs, DepositoError, NotFound
 from deposito.twisted_internals import request_gone
 from deposito.s3 import xmlwire
+from deposito.s3.bodies import BodyChecks
+from deposito.s3.checksums import FULL_OBJECT, Checksummer, of_parts, upload_checksum
 from deposito.s3.conditions import http_date
 from deposito.s3.errors import S3Error, s3_error
 from deposito.s3.objects import OWNER, ObjectMeta, check_bucket, file_name, replicas_of
@@ -61,31 +63,41 @@ class Multipart:
 
     async def create(self, call: Call) -> None:
         name = file_name(call.bucket, call.key)
-        meta = ObjectMeta.given(call.headers)
+        algorithm, kind = upload_checksum(call.header("x-amz-checksum-algorithm"), call.header("x-amz-checksum-type"))
+        meta = attrs.evolve(ObjectMeta.given(call.headers), algorithm=algorithm, checksum_type=kind)
         replicas = replicas_of(meta.user)
         await self.gateway.existing_bucket(call.bucket)
         upload = await self.uploads.create(name, replicas, meta.to_text())
-        await self.gateway.send(call, 200, xmlwire.initiate_multipart_upload_result(call.bucket, call.key, upload))
+        headers = {b"x-amz-checksum-algorithm": algorithm.upper().encode(),
+                   b"x-amz-checksum-type": kind.encode()} if algorithm else {}
+        await self.gateway.send(call, 200, xmlwire.initiate_multipart_upload_result(call.bucket, call.key, upload),
+                                headers=headers)
 
-    async def upload_of(self, call: Call) -> str:
-        """The upload a request names (uploadId), checked to be one of its key's under way."""
+    async def upload_of(self, call: Call) -> tuple[str, ObjectMeta]:
+        """The upload a request names (uploadId), checked to be one of its
+        key's under way, and what its object will keep (and the checksum
+        each part must come with: ObjectMeta.algorithm)."""
         upload = call.params.get("uploadId", "")
         try:
-            name, _, _, _ = await self.uploads.upload(upload)
+            name, _, kept, _ = await self.uploads.upload(upload)
         except NotFound:
-            name = None
+            name, kept = None, ""
         if name != file_name(call.bucket, call.key):
             await self.gateway.existing_bucket(call.bucket)
             raise S3Error("NoSuchUpload", UploadId=upload)
-        return upload
+        return upload, _kept(kept)
 
     async def upload_part(self, call: Call) -> None:
         number = _part_number(call.params.get("partNumber", ""))
-        upload = await self.upload_of(call)
+        upload, kept = await self.upload_of(call)
         if "x-amz-copy-source" in call.headers:
-            await self.copy_part(call, upload, number)
+            await self.copy_part(call, upload, number, kept.algorithm)
             return
         size = self.gateway.body_size(call)
+        wanted = "x-amz-checksum-" + kept.algorithm
+        if kept.algorithm and wanted not in call.headers and call.verified.trailer != wanted:
+            raise S3Error("InvalidRequest", f"The upload was created with the {kept.algorithm.upper()} checksum:"
+                          f" each part must come with it ({wanted}).")
         checks = self.gateway.body_checks(call)
         part = await self.uploads.begin_part(upload, number, size)
         try:
@@ -100,14 +112,16 @@ class Multipart:
         headers[b"etag"] = xmlwire.quoted(ObjectMeta.of(record).etag).encode()
         await self.gateway.send(call, 200, headers=headers)
 
-    async def copy_part(self, call: Call, upload: str, number: int) -> None:
+    async def copy_part(self, call: Call, upload: str, number: int, algorithm: str) -> None:
+        """UploadPartCopy; ``algorithm``: the checksum its upload asks of each part, made as the bytes go."""
         source = await self.gateway.copies.copy_source(call)
         start, length = _copy_range(call.header("x-amz-copy-source-range"), source.size)
         await call.request.body.read(0)
         part = await self.uploads.begin_part(upload, number, length)
+        sums = [Checksummer(algorithm)] if algorithm else []
         try:
-            md5 = await self.gateway.copies.copy_into(source, part, start, length)
-            part.meta = ObjectMeta(md5).to_text()
+            md5 = await self.gateway.copies.copy_into(source, part, start, length, sums)
+            part.meta = ObjectMeta(md5, checksums={s.algorithm: s.digest_b64() for s in sums}).to_text()
             record = await self.gateway.depot.finish_put(part)
         except NotFound:
             self.gateway.depot.abort_put(part)
@@ -115,11 +129,12 @@ class Multipart:
         except BaseException:
             self.gateway.depot.abort_put(part)
             raise
-        await self.gateway.send(call, 200, xmlwire.copy_part_result(ObjectMeta.of(record).etag, record.created))
+        meta = ObjectMeta.of(record)
+        await self.gateway.send(call, 200, xmlwire.copy_part_result(meta.etag, record.created, meta.checksums))
 
     async def complete(self, call: Call) -> None:
         body = await call.request.body.read(xmlwire.COMPLETE_BODY_LIMIT)
-        self.gateway.body_checks(call).check_whole(body)
+        BodyChecks(call, checksum_headers=False).check_whole(body)  # its x-amz-checksum-* are the object's
         asked = xmlwire.parse_complete_multipart(body)
         name = file_name(call.bucket, call.key)
         upload = call.params.get("uploadId", "")
@@ -129,10 +144,12 @@ class Multipart:
             await self.answer_again(call, name, upload)
             return
         expect = await self.gateway.write_condition(call, name)
-        chosen = await self.chosen(upload, asked)
+        chosen = await self.chosen(upload, [(number, etag) for number, etag, _ in asked])
         etag = hashlib.md5(b"".join(bytes.fromhex(ObjectMeta.of(part).etag) for part in chosen),
                            usedforsecurity=False).hexdigest() + f"-{len(chosen)}"
-        meta = attrs.evolve(ObjectMeta.of(FileRecord("", 0, "", 0, "", 0, (), meta=kept)), etag=etag)
+        wanted = _kept(kept)
+        checksums = _object_checksums(call, wanted, [sums for _, _, sums in asked], chosen)
+        meta = attrs.evolve(wanted, etag=etag, checksums=checksums, algorithm="")
         keep = KeepAlive(self.gateway.clock, call.request)
         try:
             try:
@@ -148,8 +165,9 @@ class Multipart:
             error.resource = call.resource
             keep.end(xmlwire.error_document(error, call.request_id))
             return
+        made = ObjectMeta.of(record)
         result = xmlwire.complete_multipart_upload_result(
-            f"/{call.bucket}/{call.key}", call.bucket, call.key, ObjectMeta.of(record).etag)
+            f"/{call.bucket}/{call.key}", call.bucket, call.key, made.etag, made.checksums, made.checksum_type)
         if keep.stop():
             keep.end(result)
         else:
@@ -174,24 +192,26 @@ class Multipart:
                 raise S3Error("EntityTooSmall", ProposedSize=str(part.size), MinSizeAllowed=str(MIN_PART))
         return chosen
 
-    async def part_span(self, call: Call, record: FileRecord) -> tuple[tuple[int, int], Optional[int]]:
+    async def part_span(self, call: Call, record: FileRecord
+                        ) -> tuple[tuple[int, int], Optional[int], Optional[FileRecord]]:
         """GetObject's ``partNumber``: the part's bytes (first, last) in the
-        object, and the object's part count (None for an object not made of
-        parts, whose one part is the whole). The parts are read a page at a time."""
+        object, the object's part count and the part's record (None and None
+        for an object not made of parts, whose one part is the whole). The
+        parts are read a page at a time."""
         if call.header("range"):
             raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
         number = _part_number(call.params["partNumber"])
         if not record.parts:
             if number != 1:
                 raise S3Error("InvalidPart", PartNumber=str(number))
-            return (0, record.size - 1), None
+            return (0, record.size - 1), None, None
         at, after = 0, 0
         while True:
             page = await self.uploads.parts(record.parts, after, PAGE)
             for n, part in page:
                 if n == number:
                     count = ObjectMeta.of(record).etag.rpartition("-")[2]
-                    return (at, at + part.size - 1), int(count) if count.isdigit() else None
+                    return (at, at + part.size - 1), int(count) if count.isdigit() else None, part
                 at += part.size
             if len(page) < PAGE:
                 raise S3Error("InvalidPart", PartNumber=str(number))
@@ -201,8 +221,9 @@ class Multipart:
         """A Complete of an upload no longer under way: answered as before
         when the object is the one it made (the first answer was lost), else NoSuchUpload."""
         record = await self.made_by(call, name, upload)
+        made = ObjectMeta.of(record)
         await self.gateway.send(call, 200, xmlwire.complete_multipart_upload_result(
-            f"/{call.bucket}/{call.key}", call.bucket, call.key, ObjectMeta.of(record).etag))
+            f"/{call.bucket}/{call.key}", call.bucket, call.key, made.etag, made.checksums, made.checksum_type))
 
     async def made_by(self, call: Call, name: str, upload: str) -> FileRecord:
         """The object ``upload`` made, if it is ``name``'s version now; else NoSuchUpload."""
@@ -216,7 +237,7 @@ class Multipart:
         return record
 
     async def abort(self, call: Call) -> None:
-        upload = await self.upload_of(call)
+        upload, _ = await self.upload_of(call)
         try:
             await self.uploads.abort(upload)
         except NotFound:
@@ -224,25 +245,24 @@ class Multipart:
         await self.gateway.send(call, 204)
 
     async def list_parts(self, call: Call) -> None:
-        upload = await self.upload_of(call)
+        upload, kept = await self.upload_of(call)
         marker = _count_param(call.params, "part-number-marker", 0)
         limit = min(_count_param(call.params, "max-parts", MAX_PARTS_LISTED), MAX_PARTS_LISTED)
         parts = await self.uploads.parts(upload, marker, limit + 1)
         truncated = len(parts) > limit
         parts = parts[:limit]
-        entries = [xmlwire.PartEntry(number, record.created, ObjectMeta.of(record).etag, record.size)
-                   for number, record in parts]
+        entries = [xmlwire.PartEntry(number, record.created, ObjectMeta.of(record).etag, record.size,
+                                     ObjectMeta.of(record).checksums) for number, record in parts]
         await self.gateway.send(call, 200, xmlwire.list_parts_result(
             call.bucket, call.key, upload, entries, part_number_marker=marker,
             next_part_number_marker=parts[-1][0] if parts else None, max_parts=limit, is_truncated=truncated,
-            owner=OWNER))
+            owner=OWNER, checksum_algorithm=kept.algorithm, checksum_type=kept.checksum_type))
 
     async def attributes(self, call: Call) -> None:
         """GetObjectAttributes: of the attributes x-amz-object-attributes
         names, those the object has: Checksum for an object whose body came
-        with x-amz-checksum-* (none is made of a multipart object's parts),
-        ObjectParts for an object made of parts, a page of them at a time,
-        as ListParts pages."""
+        with x-amz-checksum-* (or whose upload asked for one), ObjectParts for
+        an object made of parts, a page of them at a time, as ListParts pages."""
         wanted = _attribute_names(call.header("x-amz-object-attributes"))
         record = await self.gateway.lookup(call.bucket, call.key)
         meta = ObjectMeta.of(record)
@@ -255,10 +275,12 @@ class Multipart:
             page = await self.uploads.parts(record.parts, marker, limit + 1)
             count = etag.rpartition("-")[2]
             parts = xmlwire.ObjectParts(int(count) if count.isdigit() else len(page),
-                                        [(number, part.size) for number, part in page[:limit]], marker,
+                                        [(number, part.size, ObjectMeta.of(part).checksums)
+                                         for number, part in page[:limit]], marker,
                                         page[limit - 1][0] if len(page) > limit else None, limit, len(page) > limit)
-        await self.gateway.send(call, 200, xmlwire.object_attributes_result(wanted, etag, record.size, parts,
-                                                                          meta.checksums),
+        await self.gateway.send(call, 200, xmlwire.object_attributes_result(
+                                    wanted, etag, record.size, parts, meta.checksums,
+                                    meta.checksum_type or FULL_OBJECT),
                                 headers={b"last-modified": http_date(record.created).encode()})
 
     async def list_uploads(self, call: Call) -> None:
@@ -390,3 +412,31 @@ def _copy_range(header: Optional[str], size: int) -> tuple[int, int]:
                       " where first and last are the zero-based offsets of the first and last bytes to copy",
                       ArgumentName="x-amz-copy-source-range", ArgumentValue=header[:100])
     return int(first), int(last) - int(first) + 1
+
+
+def _kept(meta: str) -> ObjectMeta:
+    """What an upload under way keeps for its object (its catalog text)."""
+    return ObjectMeta.of(FileRecord("", 0, "", 0, "", 0, (), meta=meta))
+
+
+def _object_checksums(call: Call, kept: ObjectMeta, given: list[dict[str, str]], chosen: list[FileRecord]
+                      ) -> dict[str, str]:
+    """The checksum of the object a Complete makes of ``chosen``, when its
+    upload asked for one: each part's, where the Complete names it
+    (``given``), must be the one stored with the part, and an
+    x-amz-checksum-* of the whole object, if sent, the one made of them
+    (BadDigest else)."""
+    algorithm = kept.algorithm
+    if not algorithm:
+        return {}
+    parts = []
+    for sums, part in zip(given, chosen):
+        stored = ObjectMeta.of(part).checksums.get(algorithm)
+        if stored is None or sums.get(algorithm, stored) != stored:
+            raise S3Error("BadDigest", f"The {algorithm.upper()} given for a part is not the one it was stored with.")
+        parts.append((stored, part.size))
+    whole = of_parts(algorithm, kept.checksum_type, parts)
+    asked = call.header("x-amz-checksum-" + algorithm)
+    if asked is not None and asked.strip() != whole:
+        raise S3Error("BadDigest", f"The {algorithm.upper()} you specified did not match the calculated checksum.")
+    return {algorithm: whole}

@@ -45,8 +45,11 @@ class ObjectMeta:
     content_type: str = DEFAULT_TYPE
     user: dict[str, str] = attrs.field(factory=dict)
     headers: dict[str, str] = attrs.field(factory=dict)  # those of KEPT_HEADERS given
-    # x-amz-checksum-* verified when the bytes came, by algorithm ("crc32": base64 of the digest)
+    # x-amz-checksum-* verified when the bytes came, by algorithm ("crc32": base64 of the digest), or
+    # of an object made of parts, that of its parts' (see checksums.of_parts)
     checksums: dict[str, str] = attrs.field(factory=dict)
+    checksum_type: str = ""  # how those of an object made of parts were made: COMPOSITE or FULL_OBJECT
+    algorithm: str = ""  # of a multipart upload under way: the checksum each part must come with
 
     def to_text(self) -> str:
         kept: dict[str, object] = {"etag": self.etag, "type": self.content_type, "user": self.user}
@@ -54,6 +57,10 @@ class ObjectMeta:
             kept["headers"] = self.headers
         if self.checksums:
             kept["sums"] = self.checksums
+        if self.checksum_type:
+            kept["sumtype"] = self.checksum_type
+        if self.algorithm:
+            kept["algorithm"] = self.algorithm
         return json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -77,7 +84,8 @@ class ObjectMeta:
                 return cls(str(kept["etag"]), str(kept.get("type") or DEFAULT_TYPE),
                            {str(k): str(v) for k, v in dict(kept.get("user") or {}).items()},
                            {str(k): str(v) for k, v in dict(kept.get("headers") or {}).items()},
-                           {str(k): str(v) for k, v in dict(kept.get("sums") or {}).items()})
+                           {str(k): str(v) for k, v in dict(kept.get("sums") or {}).items()},
+                           str(kept.get("sumtype") or ""), str(kept.get("algorithm") or ""))
             except (ValueError, KeyError, TypeError, AttributeError):
                 pass  # not ours: as for a file stored elsewhere
         return cls(record.sha256[:32] + "-1")

@@ -83,6 +83,7 @@ class PartEntry:
     last_modified: Instant
     etag: str
     size: int
+    checksums: dict[str, str] = attrs.field(factory=dict)  # by algorithm, as ObjectMeta.checksums
 
 
 @attrs.frozen
@@ -148,6 +149,16 @@ def timestamp(when: Instant) -> str:
 def quoted(etag: str) -> str:
     """An ETag in double quotes, as S3 sends it in headers and documents."""
     return etag if len(etag) >= 2 and etag.startswith('"') and etag.endswith('"') else f'"{etag}"'
+
+
+CHECKSUM_ELEMENTS = {"crc32": "ChecksumCRC32", "crc32c": "ChecksumCRC32C", "crc64nvme": "ChecksumCRC64NVME",
+                     "sha1": "ChecksumSHA1", "sha256": "ChecksumSHA256"}
+
+
+def checksum_elements(checksums: dict[str, str]) -> str:
+    """``<ChecksumCRC32>...</ChecksumCRC32>`` and the like, of checksums by algorithm (see ObjectMeta.checksums)."""
+    return "".join(element(name, checksums[algorithm]) for algorithm, name in CHECKSUM_ELEMENTS.items()
+                   if algorithm in checksums)
 
 
 def element(name: str, value: Union[str, int, bool, None]) -> str:
@@ -275,10 +286,10 @@ def copy_object_result(etag: str, last_modified: Instant) -> bytes:
                                              element("ETag", quoted(etag))])
 
 
-def copy_part_result(etag: str, last_modified: Instant) -> bytes:
-    """UploadPartCopy's answer."""
+def copy_part_result(etag: str, last_modified: Instant, checksums: Optional[dict[str, str]] = None) -> bytes:
+    """UploadPartCopy's answer (with the part's checksum, when its upload asks for one)."""
     return xml_document("CopyPartResult", [element("LastModified", timestamp(last_modified)),
-                                           element("ETag", quoted(etag))])
+                                           element("ETag", quoted(etag)), checksum_elements(checksums or {})])
 
 
 def initiate_multipart_upload_result(bucket: str, key: str, upload_id: str) -> bytes:
@@ -287,27 +298,32 @@ def initiate_multipart_upload_result(bucket: str, key: str, upload_id: str) -> b
                                                           element("UploadId", upload_id)])
 
 
-def complete_multipart_upload_result(location: str, bucket: str, key: str, etag: str) -> bytes:
+def complete_multipart_upload_result(location: str, bucket: str, key: str, etag: str,
+                                     checksums: Optional[dict[str, str]] = None, checksum_type: str = "") -> bytes:
     """CompleteMultipartUpload's answer; ``location`` is the object's URL."""
     return xml_document("CompleteMultipartUploadResult", [
         element("Location", location), element("Bucket", bucket), element("Key", key),
-        element("ETag", quoted(etag))])
+        element("ETag", quoted(etag)), checksum_elements(checksums or {}),
+        element("ChecksumType", checksum_type if checksums else None)])
 
 
 def list_parts_result(
     bucket: str, key: str, upload_id: str, parts: Sequence[PartEntry], *,
     part_number_marker: int = 0, next_part_number_marker: Optional[int] = None, max_parts: int = 1000,
     is_truncated: bool = False, owner: Optional[Owner] = None, storage_class: str = "STANDARD",
+    checksum_algorithm: str = "", checksum_type: str = "",
 ) -> bytes:
     """ListParts' answer: the parts of an upload in progress, by part number."""
     body = [element("Bucket", bucket), element("Key", key), element("UploadId", upload_id),
             _owner("Initiator", owner), _owner("Owner", owner), element("StorageClass", storage_class),
             element("PartNumberMarker", part_number_marker),
             element("NextPartNumberMarker", next_part_number_marker), element("MaxParts", max_parts),
-            element("IsTruncated", is_truncated)]
+            element("IsTruncated", is_truncated), element("ChecksumAlgorithm", checksum_algorithm.upper() or None),
+            element("ChecksumType", checksum_type or None)]
     body += ["<Part>" + element("PartNumber", part.part_number)
              + element("LastModified", timestamp(part.last_modified))
-             + element("ETag", quoted(part.etag)) + element("Size", part.size) + "</Part>" for part in parts]
+             + element("ETag", quoted(part.etag)) + element("Size", part.size) + checksum_elements(part.checksums)
+             + "</Part>" for part in parts]
     return xml_document("ListPartsResult", body)
 
 
@@ -315,36 +331,31 @@ def list_parts_result(
 class ObjectParts:
     """A page of a multipart object's parts, for GetObjectAttributes."""
     count: int  # the object's parts in all
-    parts: Sequence[tuple[int, int]]  # (part number, size), by part number
+    parts: Sequence[tuple[int, int, dict[str, str]]]  # (part number, size, checksums), by part number
     part_number_marker: int = 0
     next_part_number_marker: Optional[int] = None
     max_parts: int = 1000
     is_truncated: bool = False
 
 
-CHECKSUM_ELEMENTS = {"crc32": "ChecksumCRC32", "crc32c": "ChecksumCRC32C", "crc64nvme": "ChecksumCRC64NVME",
-                     "sha1": "ChecksumSHA1", "sha256": "ChecksumSHA256"}
-
-
 def object_attributes_result(wanted: Sequence[str], etag: str, size: int, parts: Optional[ObjectParts],
-                             checksums: dict[str, str], storage_class: str = "STANDARD") -> bytes:
+                             checksums: dict[str, str], checksum_type: str = "FULL_OBJECT",
+                             storage_class: str = "STANDARD") -> bytes:
     """GetObjectAttributes' answer: of the attributes ``wanted``, those the
     object has (ObjectParts only for an object made of parts; Checksum only
     for one whose body came with ``checksums``), in S3's order. The ETag is
     without quotes here, as S3 sends it."""
     body = [element("ETag", etag if "ETag" in wanted else None)]
     if checksums and "Checksum" in wanted:
-        body.append("<Checksum>" + "".join(element(CHECKSUM_ELEMENTS[algorithm], value)
-                                           for algorithm, value in sorted(checksums.items())
-                                           if algorithm in CHECKSUM_ELEMENTS)
-                    + element("ChecksumType", "FULL_OBJECT") + "</Checksum>")
+        body.append("<Checksum>" + checksum_elements(checksums) + element("ChecksumType", checksum_type)
+                    + "</Checksum>")
     if parts is not None and "ObjectParts" in wanted:
         body.append("<ObjectParts>" + element("PartsCount", parts.count)
                     + element("PartNumberMarker", parts.part_number_marker)
                     + element("NextPartNumberMarker", parts.next_part_number_marker)
                     + element("MaxParts", parts.max_parts) + element("IsTruncated", parts.is_truncated)
-                    + "".join("<Part>" + element("PartNumber", number) + element("Size", part_size) + "</Part>"
-                              for number, part_size in parts.parts)
+                    + "".join("<Part>" + checksum_elements(sums) + element("PartNumber", number)
+                              + element("Size", part_size) + "</Part>" for number, part_size, sums in parts.parts)
                     + "</ObjectParts>")
     body += [element("StorageClass", storage_class if "StorageClass" in wanted else None),
              element("ObjectSize", size if "ObjectSize" in wanted else None)]
@@ -450,8 +461,9 @@ def parse_delete(body: bytes) -> tuple[list[ObjectToDelete], bool]:
 _PART_NUMBER = re.compile(r"[0-9]{1,6}")
 
 
-def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
-    """CompleteMultipartUpload's request: (part number, ETag without quotes), in order.
+def parse_complete_multipart(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
+    """CompleteMultipartUpload's request: (part number, ETag without quotes,
+    the checksums given with the part by algorithm), in order.
 
     Part numbers must be 1 to 10000 (else InvalidArgument, S3's answer to a
     part number out of range) and ascending (else InvalidPartOrder); of a
@@ -459,7 +471,7 @@ def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
     Checksums given with a part are not read here.
     """
     document = _parse(body, "CompleteMultipartUpload", COMPLETE_BODY_LIMIT)
-    parts: list[tuple[int, str]] = []
+    parts: list[tuple[int, str, dict[str, str]]] = []
     for entry in _children(document, "Part"):
         number_text = (_text(entry, "PartNumber") or "").strip()
         etag = _text(entry, "ETag")
@@ -474,7 +486,12 @@ def parse_complete_multipart(body: bytes) -> list[tuple[int, str]]:
         etag = etag.strip()
         if parts and number == parts[-1][0]:
             parts.pop()  # a part named twice (sent twice): the later entry stands, as S3 takes it
-        parts.append((number, etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag))
+        sums = {}
+        for algorithm, name in CHECKSUM_ELEMENTS.items():
+            given = _text(entry, name)
+            if given is not None:
+                sums[algorithm] = given.strip()
+        parts.append((number, etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag, sums))
     if not parts:
         raise S3Error("MalformedXML")
     return parts
