@@ -497,15 +497,20 @@ def test_server_side_encryption_is_refused_and_stores_nothing(s3):
     c.create_bucket(Bucket="sealed")
     asks = [{"ServerSideEncryption": "AES256"}, {"ServerSideEncryption": "aws:kms"},
             {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": "k" * 32}]
+    _refused_and_nothing_stored(c, "sealed", asks)
+
+
+def _refused_and_nothing_stored(c, bucket: str, asks: list[dict]) -> None:
+    """Each ask, given to PutObject and to CreateMultipartUpload, is NotImplemented and leaves nothing."""
     for ask in asks:
         with pytest.raises(ClientError) as e:
-            c.put_object(Bucket="sealed", Key="secret", Body=b"in the clear", **ask)
+            c.put_object(Bucket=bucket, Key="k", Body=b"not stored", **ask)
         assert code(e.value) == "NotImplemented", ask
         with pytest.raises(ClientError) as e:
-            c.create_multipart_upload(Bucket="sealed", Key="secret", **ask)
+            c.create_multipart_upload(Bucket=bucket, Key="k", **ask)
         assert code(e.value) == "NotImplemented", ask
-    assert c.list_objects_v2(Bucket="sealed")["KeyCount"] == 0
-    assert c.list_multipart_uploads(Bucket="sealed").get("Uploads", []) == []
+    assert c.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    assert c.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 def test_object_lock_is_refused_and_stores_nothing(s3):
@@ -517,15 +522,7 @@ def test_object_lock_is_refused_and_stores_nothing(s3):
     until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
     asks = [{"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until},
             {"ObjectLockMode": "GOVERNANCE", "ObjectLockRetainUntilDate": until}, {"ObjectLockLegalHoldStatus": "ON"}]
-    for ask in asks:
-        with pytest.raises(ClientError) as e:
-            c.put_object(Bucket="unlocked", Key="kept", Body=b"to keep", **ask)
-        assert code(e.value) == "NotImplemented", ask
-        with pytest.raises(ClientError) as e:
-            c.create_multipart_upload(Bucket="unlocked", Key="kept", **ask)
-        assert code(e.value) == "NotImplemented", ask
-    assert c.list_objects_v2(Bucket="unlocked")["KeyCount"] == 0
-    assert c.list_multipart_uploads(Bucket="unlocked").get("Uploads", []) == []
+    _refused_and_nothing_stored(c, "unlocked", asks)
     with pytest.raises(ClientError) as e:
         c.create_bucket(Bucket="worm", ObjectLockEnabledForBucket=True)
     assert code(e.value) == "NotImplemented"
