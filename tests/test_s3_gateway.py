@@ -220,6 +220,10 @@ def test_missing_things_and_bucket_rules(s3):
     with pytest.raises(ClientError) as e:
         c.list_parts(Bucket="rules", Key="big", UploadId="0" * 32)
     assert code(e.value) == "NoSuchUpload"
+    for key, error in (("a\x01b", "InvalidURI"), ("k" * 2000, "KeyTooLongError")):  # keys no file can have
+        with pytest.raises(ClientError) as e:
+            c.put_object(Bucket="rules", Key=key, Body=b"x")
+        assert code(e.value) == error and e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     c.put_object(Bucket="rules", Key="k", Body=b"x")
     with pytest.raises(ClientError) as e:
         c.delete_bucket(Bucket="rules")

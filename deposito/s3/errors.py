@@ -51,6 +51,7 @@ ERRORS: dict[str, ErrorKind] = {
         400, "The list of parts was not in ascending order. Parts must be ordered by part number."),
     "InvalidRange": ErrorKind(416, "The requested range is not satisfiable"),
     "InvalidRequest": ErrorKind(400, "Invalid Request"),
+    "InvalidURI": ErrorKind(400, "Couldn't parse the specified URI."),
     "KeyTooLongError": ErrorKind(400, "Your key is too long"),
     "MalformedXML": ErrorKind(
         400, "The XML you provided was not well-formed or did not validate against our published schema"),

@@ -99,8 +99,8 @@ def check_bucket(name: str) -> str:
 
 
 def file_name(bucket: str, key: str) -> str:
-    """The depot file of ``key`` in ``bucket``: KeyTooLongError or
-    InvalidArgument for a key the depot cannot name."""
+    """The depot file of ``key`` in ``bucket``: KeyTooLongError, InvalidURI
+    (a control character) or InvalidArgument for a key the depot cannot name."""
     if not key:
         raise S3Error("InvalidArgument", "An object key must not be empty")
     try:
@@ -108,6 +108,8 @@ def file_name(bucket: str, key: str) -> str:
     except BadArgs as e:
         if "longer" in e.message:
             raise S3Error("KeyTooLongError") from None
+        if "control character" in e.message:  # what S3 says of a key it cannot parse
+            raise S3Error("InvalidURI") from None
         raise S3Error("InvalidArgument", f"The key cannot be stored: {e.message}") from None
 
 
