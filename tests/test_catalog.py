@@ -429,9 +429,9 @@ def test_kept_records_always_match_the_catalog(catalogs):
 
 def test_garbage_on_unreachable_servers_never_blocks_the_rest(cat):
     for i in range(300):  # a dead server's pile of garbage
-        v = cat.begin_upload(f"d{i}", f"dead{i}", ["dead"])
+        cat.begin_upload(f"d{i}", f"dead{i}", ["dead"])
         cat.abandon(f"dead{i}")
-    v = cat.begin_upload("live", "b-live", ["s1"])
+    cat.begin_upload("live", "b-live", ["s1"])
     cat.abandon("b-live")
     assert cat.garbage(["s1"], 200) == [("b-live", "s1")]
     assert cat.garbage([], 200) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol, cast
 
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPullProducer, IReactorTime, IUNIXTransport
+from twisted.internet.interfaces import IDelayedCall, IPullProducer, IReactorTime, IUNIXTransport
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
