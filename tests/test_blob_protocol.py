@@ -214,6 +214,48 @@ def test_a_slow_reader_gets_every_byte_sent_from_the_cache_or_around_it(tmp_path
         device.stop()
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_one_block_read_bigger_than_a_reply_goes_out_by_the_kernel_after_its_reply(tmp_path, monkeypatch):
+    """A cached blob of one block too big to go out in one send with its
+    reply (sender.WHOLE_MAX) is checked, then sent by the kernel from the
+    same pages, after the reply; a flipped byte sends none of it."""
+    from deposito import sender as sendermodule
+
+    sent = []
+    real = sendermodule._SENDFILE
+    monkeypatch.setattr(sendermodule, "_SENDFILE", lambda *a: sent.append(a[3]) or real(*a))
+    device, port, c = yield blob_server(tmp_path)
+    try:
+        data = os.urandom(sendermodule.WHOLE_MAX * 4 + 1)
+        blob = new_blob_id()
+        d = c.write_blob(blob, len(data), 1, 1, "one-block", cache=True)
+        c.send(data)
+        c.end(*sums(data))
+        yield d
+        for offset in (0, 7):
+            sink = Sink()
+            assert (yield c.read_blob(blob, offset, sink)) == len(data) - offset
+            yield c.body
+            assert b"".join(sink.chunks) == data[offset:]
+        if real is not None and getattr(os, "RWF_NOWAIT", 0):
+            assert sent == [len(data), len(data) - 7]  # no byte of it through the process
+        with open(device.store.path(blob), "r+b") as f:
+            f.seek(100)
+            f.write(bytes([data[100] ^ 1]))
+        sink = Sink()
+        with pytest.raises(Exception):
+            yield c.read_blob(blob, 0, sink)
+            yield c.body
+        assert data[:100] not in b"".join(sink.chunks)
+        for _ in range(100):
+            if not os.path.exists(device.store.path(blob)):
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        assert not os.path.exists(device.store.path(blob))  # quarantined
+    finally:
+        yield shut(device, port, c)
+
+
 @defer.inlineCallbacks
 def blob_server(tmp_path):
     device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 31)

@@ -190,6 +190,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             self._sent()
             return
         self.pauseProducing()  # the socket unread now: the sender may wait on it for writing
+        send_now(self.transport)  # the reply out first, so that the kernel may send the blob's pages after it
         self._sender = BlobSender(self.reactor, self.device, f, meta, offset, end, self.transport, self._sent,
                                   self.resetTimeout)
         self._sender.start()
