@@ -380,6 +380,16 @@ def test_a_delete_with_if_match_removes_only_the_version_it_names(s3):
     assert sorted(d["Key"] for d in reply["Deleted"]) == ["a", "c"]
     assert sorted((e["Key"], e["Code"]) for e in reply["Errors"]) == [("b", "PreconditionFailed"), ("d", "NoSuchKey")]
     assert [o["Key"] for o in c.list_objects_v2(Bucket="conddel")["Contents"]] == ["b"]
+    # conditions on size or time are refused, never ignored: nothing is deleted
+    for ask in ({"IfMatchSize": 1}, {"IfMatchLastModifiedTime": datetime.datetime(2020, 1, 1)}):
+        with pytest.raises(ClientError) as e:
+            c.delete_object(Bucket="conddel", Key="b", **ask)
+        assert code(e.value) == "NotImplemented", ask
+    for entry in ({"Key": "b", "Size": 1}, {"Key": "b", "LastModifiedTime": datetime.datetime(2020, 1, 1)}):
+        with pytest.raises(ClientError) as e:
+            c.delete_objects(Bucket="conddel", Delete={"Objects": [entry]})
+        assert code(e.value) == "NotImplemented", entry
+    assert c.get_object(Bucket="conddel", Key="b")["Body"].read() == b"b"
 
 
 def test_writers_racing_to_make_one_key_with_if_none_match_have_one_winner(s3):
@@ -555,6 +565,46 @@ def test_delete_objects_and_copies(s3):
     assert code(e.value) == "NoSuchKey"
 
 
+def test_versions_are_listed_as_the_one_null_version_of_each_object_and_no_other_is_touched(s3):
+    """Only the current version is kept: ListObjectVersions lists each object
+    once (VersionId null, as S3 lists a bucket never versioned), a page at a
+    time; a request naming any other version changes nothing."""
+    c = s3.client()
+    c.create_bucket(Bucket="versions")
+    keys = ["a/1", "a/2", "b", "c"]
+    for key in keys:
+        c.put_object(Bucket="versions", Key=key, Body=key.encode())
+    assert c.get_bucket_versioning(Bucket="versions").get("Status") is None  # never turned on
+    listed, marker = [], ""
+    while True:
+        page = c.list_object_versions(Bucket="versions", MaxKeys=2, KeyMarker=marker)
+        listed += [(v["Key"], v["VersionId"], v["IsLatest"], v["Size"]) for v in page.get("Versions", [])]
+        if not page["IsTruncated"]:
+            break
+        marker = page["NextKeyMarker"]
+    assert listed == [(key, "null", True, len(key)) for key in keys]
+    rolled = c.list_object_versions(Bucket="versions", Delimiter="/")
+    assert [p["Prefix"] for p in rolled["CommonPrefixes"]] == ["a/"]
+    assert [v["Key"] for v in rolled["Versions"]] == ["b", "c"]
+    for call in (lambda: c.get_object(Bucket="versions", Key="b", VersionId="3HL4kqtJlcpXroDTDmJ"),
+                 lambda: c.delete_object(Bucket="versions", Key="b", VersionId="3HL4kqtJlcpXroDTDmJ")):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert code(e.value) == "NoSuchVersion"
+    out = c.delete_objects(Bucket="versions", Delete={"Objects": [
+        {"Key": "b", "VersionId": "3HL4kqtJlcpXroDTDmJ"}, {"Key": "c", "VersionId": "null"}]})
+    assert [(e["Key"], e["Code"]) for e in out["Errors"]] == [("b", "NoSuchVersion")]
+    assert [(d["Key"], d["VersionId"]) for d in out["Deleted"]] == [("c", "null")]
+    assert c.get_object(Bucket="versions", Key="b", VersionId="null")["Body"].read() == b"b"
+    assert [o["Key"] for o in c.list_objects_v2(Bucket="versions")["Contents"]] == ["a/1", "a/2", "b"]
+    with pytest.raises(ClientError) as e:
+        c.put_bucket_versioning(Bucket="versions", VersioningConfiguration={"Status": "Enabled"})
+    assert code(e.value) == "NotImplemented"
+    with pytest.raises(ClientError) as e:
+        c.list_object_versions(Bucket="nobucket")
+    assert code(e.value) == "NoSuchBucket"
+
+
 def test_replicas_metadata_sets_the_copies_counted_on_disk(s3):
     c = s3.client()
     c.create_bucket(Bucket="safe")
@@ -610,6 +660,13 @@ def test_signatures_are_checked_and_presigned_urls_work(s3):
         status, answer = _answer(_raw(s3.port, bad))
         assert status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in answer
     assert _answer(_raw(s3.port, signed)) == (200, b"secret words")
+    # a browser's preflight (OPTIONS, never signed) is answered as S3 answers where no bucket allows CORS
+    for extra, (status, error) in ((b"", (400, b"BadRequest")),
+                                   (b"Origin: http://example.com\r\n", (403, b"AccessForbidden"))):
+        status_got, answer = _answer(_raw(s3.port, b"OPTIONS /signed/doc HTTP/1.1\r\nHost: x\r\n" + extra
+                                          + b"Access-Control-Request-Method: GET\r\nConnection: close\r\n\r\n"))
+        assert status_got == status and b"<Code>" + error + b"</Code>" in answer
+    assert urllib.request.urlopen(url, timeout=10).read() == b"secret words"
 
 
 def test_a_body_that_fails_its_digest_stores_nothing(s3):

@@ -26,8 +26,10 @@ class ErrorKind:
 
 ERRORS: dict[str, ErrorKind] = {
     "AccessDenied": ErrorKind(403, "Access Denied"),
+    "AccessForbidden": ErrorKind(403, "CORSResponse: CORS is not enabled for this bucket."),
     "AuthorizationHeaderMalformed": ErrorKind(400, "The authorization header is malformed."),
     "AuthorizationQueryParametersError": ErrorKind(400, "Error parsing the X-Amz-Credential parameter."),
+    "BadRequest": ErrorKind(400, "Insufficient information. Origin request header needed."),
     "BadDigest": ErrorKind(400, "The Content-MD5 you specified did not match what we received."),
     "BucketAlreadyExists": ErrorKind(
         409, "The requested bucket name is not available. The bucket namespace is shared by all users "
@@ -60,6 +62,7 @@ ERRORS: dict[str, ErrorKind] = {
     "MissingContentLength": ErrorKind(411, "You must provide the Content-Length HTTP header."),
     "NoSuchBucket": ErrorKind(404, "The specified bucket does not exist"),
     "NoSuchKey": ErrorKind(404, "The specified key does not exist."),
+    "NoSuchVersion": ErrorKind(404, "The specified version does not exist."),
     "NoSuchUpload": ErrorKind(
         404, "The specified upload does not exist. The upload ID may be invalid, or the upload may "
              "have been aborted or completed."),

@@ -58,7 +58,7 @@ log = Logger()
 XML_BODY_LIMIT = 1 << 20  # DeleteObjects, CreateBucket
 IDLE_TIMEOUT = 60  # seconds a connection may send nothing (mid-body included)
 # Sub-resources of a bucket or an object that are not served (S3 has many).
-NOT_SERVED = {"acl", "policy", "versioning", "versions", "tagging", "cors", "lifecycle", "website", "logging",
+NOT_SERVED = {"acl", "policy", "tagging", "cors", "lifecycle", "website", "logging",
               "notification", "replication", "encryption", "object-lock", "retention", "legal-hold",
               "accelerate", "requestPayment", "inventory", "analytics", "metrics", "ownershipControls",
               "publicAccessBlock", "intelligent-tiering", "torrent", "restore", "select"}
@@ -126,6 +126,8 @@ class Gateway:
             if "AWSAccessKeyId=" in raw_query or (headers.get("authorization") or [""])[0].startswith("AWS "):
                 raise S3Error("AccessDenied", "Signature Version 2 is not accepted: sign with AWS Signature"
                               " Version 4 (boto3: Config(signature_version='s3v4'))")
+            if method == "OPTIONS":  # a browser's CORS preflight, never signed: no bucket allows CORS
+                raise S3Error("AccessForbidden" if "origin" in headers else "BadRequest")
             verified = sigv4.verify(method, raw_path, raw_query, headers, self.keys, self.clock.seconds())
             bucket, key = _split(self.bucket_path(raw_path, headers))
             params = dict(parse_qsl(raw_query, keep_blank_values=True))
@@ -152,13 +154,17 @@ class Gateway:
 
     def route(self, method: str, bucket: str, key: str, params: dict[str, str],
               headers: dict[str, list[str]]) -> Callable[[Call], Awaitable[None]]:
-        if NOT_SERVED & params.keys():
+        if NOT_SERVED & params.keys() or ({"versioning", "versions"} & params.keys() and (key or method != "GET")):
             raise S3Error("NotImplemented", "This sub-resource is not served")
+        if params.get("versionId", "null") != "null":  # only the current version is kept: S3 calls it null
+            raise S3Error("NoSuchVersion", Key=key, VersionId=params["versionId"][:100])
         if any(name.startswith(ENCRYPTION) for name in headers):  # stored as sent: never claim otherwise
             raise S3Error("NotImplemented", "Server-side encryption is not served: objects are stored as sent")
         if (any(name.startswith(LOCK) for name in headers)
                 or (headers.get("x-amz-bucket-object-lock-enabled") or [""])[0].strip().lower() == "true"):
             raise S3Error("NotImplemented", "Object lock is not served: any object may be deleted or replaced")
+        if "x-amz-if-match-size" in headers or "x-amz-if-match-last-modified-time" in headers:
+            raise S3Error("NotImplemented", xmlwire.UNSERVED_CONDITION)  # refused, never ignored
         if not bucket:
             if method == "GET":
                 return self.listings.list_buckets
@@ -258,6 +264,11 @@ class Gateway:
         if "location" in call.params:
             await self.existing_bucket(call.bucket)
             await self.send(call, 200, xmlwire.location_constraint(None))
+        elif "versioning" in call.params:
+            await self.existing_bucket(call.bucket)
+            await self.send(call, 200, xmlwire.versioning_configuration())
+        elif "versions" in call.params:
+            await self.listings.list_versions(call)
         elif call.params.get("list-type") == "2":
             await self.listings.list_objects_v2(call)
         else:
@@ -424,6 +435,10 @@ class Gateway:
         await self.existing_bucket(call.bucket)
         deleted, failures = [], []
         for entry in objects:
+            if entry.version_id not in (None, "null"):  # only the current version is kept: S3 calls it null
+                failures.append(xmlwire.DeleteFailure(entry.key, "NoSuchVersion", "The specified version does not"
+                                                      " exist.", entry.version_id))
+                continue
             try:
                 await self.depot.delete(file_name(call.bucket, entry.key), delete_condition(entry.etag))
             except NotFound:
@@ -435,7 +450,7 @@ class Gateway:
                 error = s3_error(e)
                 failures.append(xmlwire.DeleteFailure(entry.key, error.code, error.message))
                 continue
-            deleted.append(xmlwire.Deleted(entry.key))
+            deleted.append(xmlwire.Deleted(entry.key, entry.version_id))
         await self.send(call, 200, xmlwire.delete_result(deleted, failures, quiet))
 
 def s3_site(depot: IDepot, keys: S3Keys, clock: IReactorTime, max_size: Optional[int] = None,

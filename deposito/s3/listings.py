@@ -67,6 +67,20 @@ class Listings:
             next_marker=page.last if page.truncated and delimiter else None, encoding_type=p.get("encoding-type"))
         await self.gateway.send(call, 200, body)
 
+    async def list_versions(self, call: Call) -> None:
+        """ListObjectVersions: no version but the current one is kept, so
+        each object is listed once, its VersionId ``null``."""
+        p = call.params
+        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _most(p, "max-keys", MAX_KEYS)
+        marker = p.get("key-marker", "")
+        await self.gateway.existing_bucket(call.bucket)
+        page = await self.page(call.bucket, prefix, delimiter, marker, max_keys)
+        body = xmlwire.list_versions_result(
+            call.bucket, page.contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
+            is_truncated=page.truncated, key_marker=marker, next_key_marker=page.last if page.truncated else None,
+            encoding_type=p.get("encoding-type"))
+        await self.gateway.send(call, 200, body)
+
     async def page(self, bucket: str, prefix: str, delimiter: Optional[str], after: str, max_keys: int) -> Page:
         """A page of keys after ``after``: objects, and the common prefixes
         they roll up to. Names under a common prefix are skipped by listing

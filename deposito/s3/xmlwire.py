@@ -280,6 +280,33 @@ def list_objects_result(
     return xml_document("ListBucketResult", parts)
 
 
+def list_versions_result(
+    bucket: str, versions: Sequence[ObjectEntry], common_prefixes: Sequence[str] = (), *,
+    prefix: str = "", delimiter: Optional[str] = None, max_keys: int = 1000, is_truncated: bool = False,
+    key_marker: str = "", next_key_marker: Optional[str] = None, encoding_type: Optional[str] = None,
+) -> bytes:
+    """ListObjectVersions' answer where no object has more than one version:
+    each object's, its VersionId ``null``, as S3 lists a bucket never versioned."""
+    encode = _encoder(encoding_type)
+    parts = [element("Name", bucket), element("Prefix", encode(prefix)), element("KeyMarker", encode(key_marker)),
+             element("VersionIdMarker", ""), element("NextKeyMarker", _maybe(encode, next_key_marker)),
+             element("NextVersionIdMarker", "null" if next_key_marker is not None else None),
+             element("MaxKeys", max_keys), element("Delimiter", _maybe(encode, delimiter)),
+             element("IsTruncated", is_truncated), element("EncodingType", encoding_type)]
+    parts += ["<Version>" + element("Key", encode(entry.key)) + element("VersionId", "null")
+              + element("IsLatest", True) + element("LastModified", timestamp(entry.last_modified))
+              + element("ETag", quoted(entry.etag)) + element("Size", entry.size)
+              + _owner("Owner", entry.owner) + element("StorageClass", entry.storage_class) + "</Version>"
+              for entry in versions]
+    parts += _common_prefixes(common_prefixes, encode)
+    return xml_document("ListVersionsResult", parts)
+
+
+def versioning_configuration() -> bytes:
+    """GetBucketVersioning's answer for a bucket whose versioning was never turned on."""
+    return xml_document("VersioningConfiguration", [])
+
+
 def copy_object_result(etag: str, last_modified: Instant) -> bytes:
     """CopyObject's answer."""
     return xml_document("CopyObjectResult", [element("LastModified", timestamp(last_modified)),
@@ -438,6 +465,9 @@ def _text(node: Element, name: str) -> Optional[str]:
     return None if child is None else (child.text or "")
 
 
+UNSERVED_CONDITION = "A condition on an object's size or time is not served: make it on its ETag"
+
+
 def parse_delete(body: bytes) -> tuple[list[ObjectToDelete], bool]:
     """DeleteObjects' request: the keys (1 to 1000, each with its VersionId
     and ETag if given), in the order sent, and whether the client asked for quiet mode."""
@@ -454,6 +484,8 @@ def parse_delete(body: bytes) -> tuple[list[ObjectToDelete], bool]:
         key = _text(entry, "Key")
         if not key:
             raise S3Error("MalformedXML")
+        if _text(entry, "Size") is not None or _text(entry, "LastModifiedTime") is not None:
+            raise S3Error("NotImplemented", UNSERVED_CONDITION)
         keys.append(ObjectToDelete(key, _text(entry, "VersionId"), _text(entry, "ETag")))
     return keys, quiet == "true"
 
