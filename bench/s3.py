@@ -60,10 +60,10 @@ def client(port: int):
 class DepositoS3:
     label = "Deposito"
 
-    def __init__(self, procs: Processes, root: Path) -> None:
+    def __init__(self, procs: Processes, root: Path, keys_given: list[tuple[str, str]] | None = None) -> None:
         keys = root / "s3-keys"
         root.mkdir(parents=True, exist_ok=True)
-        keys.write_text(f"{ACCESS} {SECRET}\n")
+        keys.write_text("".join(f"{a} {s}\n" for a, s in keys_given or [(ACCESS, SECRET)]))
         self.port = free_port()
         self.cluster = DepositoCluster(procs, root / "cluster", 3, proxy_args=[
             "--s3", f"tcp:{self.port}:interface={HOST}", "--s3-keys", keys])
@@ -79,11 +79,13 @@ class DepositoS3:
 class SeaweedS3:
     label = "SeaweedFS"
 
-    def __init__(self, procs: Processes, root: Path, fsync: bool) -> None:
+    def __init__(self, procs: Processes, root: Path, fsync: bool, keys: list[tuple[str, str]] | None = None) -> None:
         self.cluster = SeaweedCluster(procs, root, 8 * GiB)
         config = root / "s3.json"
-        config.write_text(json.dumps({"identities": [{"name": "bench", "credentials": [
-            {"accessKey": ACCESS, "secretKey": SECRET}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        config.write_text(json.dumps({"identities": [
+            {"name": f"user{i}", "credentials": [{"accessKey": a, "secretKey": s}],
+             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+            for i, (a, s) in enumerate(keys or [(ACCESS, SECRET)])]}))
         self.port = free_port()
         (root / "filer").mkdir(exist_ok=True)
         filer, filer_grpc = free_port(), free_port()
