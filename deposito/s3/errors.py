@@ -84,6 +84,10 @@ ERRORS: dict[str, ErrorKind] = {
 }
 
 
+# DeleteObject's conditions on size or time (x-amz-if-match-size, -last-modified-time) are refused so.
+UNSERVED_CONDITION = "A condition on an object's size or time is not served: make it on its ETag"
+
+
 class S3Error(Exception):
     """An S3 error answer: ``code`` is one of ``ERRORS``; ``message`` defaults to S3's.
 

@@ -43,7 +43,7 @@ from deposito.s3.bodies import BodyChecks
 from deposito.s3.checksums import FULL_OBJECT
 from deposito.s3.conditions import check_conditions, delete_condition, http_date, write_condition
 from deposito.s3.copies import Copies
-from deposito.s3.errors import S3Error, s3_error
+from deposito.s3.errors import UNSERVED_CONDITION, S3Error, s3_error
 from deposito.s3.keys import S3Keys
 from deposito.s3.listings import Listings
 from deposito.s3.multipart import Multipart
@@ -164,7 +164,7 @@ class Gateway:
                 or (headers.get("x-amz-bucket-object-lock-enabled") or [""])[0].strip().lower() == "true"):
             raise S3Error("NotImplemented", "Object lock is not served: any object may be deleted or replaced")
         if "x-amz-if-match-size" in headers or "x-amz-if-match-last-modified-time" in headers:
-            raise S3Error("NotImplemented", xmlwire.UNSERVED_CONDITION)  # refused, never ignored
+            raise S3Error("NotImplemented", UNSERVED_CONDITION)  # refused, never ignored
         if not bucket:
             if method == "GET":
                 return self.listings.list_buckets
@@ -436,8 +436,8 @@ class Gateway:
         deleted, failures = [], []
         for entry in objects:
             if entry.version_id not in (None, "null"):  # only the current version is kept: S3 calls it null
-                failures.append(xmlwire.DeleteFailure(entry.key, "NoSuchVersion", "The specified version does not"
-                                                      " exist.", entry.version_id))
+                missing = S3Error("NoSuchVersion")
+                failures.append(xmlwire.DeleteFailure(entry.key, missing.code, missing.message, entry.version_id))
                 continue
             try:
                 await self.depot.delete(file_name(call.bucket, entry.key), delete_condition(entry.etag))

@@ -34,7 +34,7 @@ import attrs
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
-from deposito.s3.errors import S3Error
+from deposito.s3.errors import UNSERVED_CONDITION, S3Error
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 
@@ -463,9 +463,6 @@ def _only(node: Element, name: str) -> Optional[Element]:
 def _text(node: Element, name: str) -> Optional[str]:
     child = _only(node, name)
     return None if child is None else (child.text or "")
-
-
-UNSERVED_CONDITION = "A condition on an object's size or time is not served: make it on its ETag"
 
 
 def parse_delete(body: bytes) -> tuple[list[ObjectToDelete], bool]:
