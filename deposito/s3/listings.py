@@ -6,7 +6,7 @@ ListBuckets, a page at a time."""
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
 
@@ -41,45 +41,45 @@ class Listings:
 
     async def list_objects_v2(self, call: Call) -> None:
         p = call.params
-        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _most(p, "max-keys", MAX_KEYS)
         token, start_after = p.get("continuation-token"), p.get("start-after", "")
-        after = _read_token(token) if token is not None else start_after
-        await self.gateway.existing_bucket(call.bucket)
-        page = await self.page(call.bucket, prefix, delimiter, after, max_keys)
+        page, common = await self._page_asked(call, _read_token(token) if token is not None else start_after)
         contents = page.contents if p.get("fetch-owner") == "true" else [
             attrs.evolve(entry, owner=None) for entry in page.contents]
         body = xmlwire.list_objects_v2_result(
-            call.bucket, contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
-            is_truncated=page.truncated, continuation_token=token,
+            call.bucket, contents, page.prefixes, continuation_token=token,
             next_continuation_token=_token(page.resume) if page.truncated else None,
-            start_after=start_after or None, encoding_type=p.get("encoding-type"))
+            start_after=start_after or None, **common)
         await self.gateway.send(call, 200, body)
 
     async def list_objects(self, call: Call) -> None:
-        p = call.params
-        prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _most(p, "max-keys", MAX_KEYS)
-        marker = p.get("marker", "")
-        await self.gateway.existing_bucket(call.bucket)
-        page = await self.page(call.bucket, prefix, delimiter, marker, max_keys)
+        marker = call.params.get("marker", "")
+        page, common = await self._page_asked(call, marker)
         body = xmlwire.list_objects_result(
-            call.bucket, page.contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
-            is_truncated=page.truncated, marker=marker,
-            next_marker=page.last if page.truncated and delimiter else None, encoding_type=p.get("encoding-type"))
+            call.bucket, page.contents, page.prefixes, marker=marker,
+            next_marker=page.last if page.truncated and common["delimiter"] else None, **common)
         await self.gateway.send(call, 200, body)
 
     async def list_versions(self, call: Call) -> None:
         """ListObjectVersions: no version but the current one is kept, so
         each object is listed once, its VersionId ``null``."""
+        marker = call.params.get("key-marker", "")
+        page, common = await self._page_asked(call, marker)
+        body = xmlwire.list_versions_result(
+            call.bucket, page.contents, page.prefixes, key_marker=marker,
+            next_key_marker=page.last if page.truncated else None, **common)
+        await self.gateway.send(call, 200, body)
+
+    async def _page_asked(self, call: Call, after: str) -> tuple[Page, dict[str, Any]]:
+        """The page of the bucket's keys after ``after`` that a listing
+        request asks for, and what every listing answer repeats of the
+        request (prefix, delimiter, max-keys, encoding) with whether the page
+        is truncated."""
         p = call.params
         prefix, delimiter, max_keys = p.get("prefix", ""), p.get("delimiter") or None, _most(p, "max-keys", MAX_KEYS)
-        marker = p.get("key-marker", "")
         await self.gateway.existing_bucket(call.bucket)
-        page = await self.page(call.bucket, prefix, delimiter, marker, max_keys)
-        body = xmlwire.list_versions_result(
-            call.bucket, page.contents, page.prefixes, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
-            is_truncated=page.truncated, key_marker=marker, next_key_marker=page.last if page.truncated else None,
-            encoding_type=p.get("encoding-type"))
-        await self.gateway.send(call, 200, body)
+        page = await self.page(call.bucket, prefix, delimiter, after, max_keys)
+        return page, {"prefix": prefix, "delimiter": delimiter, "max_keys": max_keys,
+                      "is_truncated": page.truncated, "encoding_type": p.get("encoding-type")}
 
     async def page(self, bucket: str, prefix: str, delimiter: Optional[str], after: str, max_keys: int) -> Page:
         """A page of keys after ``after``: objects, and the common prefixes
