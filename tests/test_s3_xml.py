@@ -18,10 +18,11 @@ from botocore.serialize import create_serializer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deposito.s3 import xmlwire
+from deposito.s3 import xmlread, xmlwire
 from deposito.s3.errors import ERRORS, S3Error
+from deposito.s3.xmlread import ObjectToDelete
 from deposito.s3.xmlwire import (
-    BucketEntry, Deleted, DeleteFailure, ObjectEntry, ObjectToDelete, Owner, PartEntry, UploadEntry,
+    BucketEntry, Deleted, DeleteFailure, ObjectEntry, Owner, PartEntry, UploadEntry,
 )
 
 S3 = botocore.session.get_session().get_service_model("s3")
@@ -272,18 +273,18 @@ def test_delete_request_from_botocore() -> None:
     objects = [{"Key": key} for key in SENDABLE_KEYS] + [{"Key": "versioned", "VersionId": "v&1"}]
     for quiet in (True, False):
         body = serialize("DeleteObjects", {"Bucket": "b", "Delete": {"Objects": objects, "Quiet": quiet}})
-        keys, parsed_quiet = xmlwire.parse_delete(body)
+        keys, parsed_quiet = xmlread.parse_delete(body)
         assert keys == [ObjectToDelete(key) for key in SENDABLE_KEYS] + [ObjectToDelete("versioned", "v&1")]
         assert parsed_quiet is quiet
     body = serialize("DeleteObjects", {"Bucket": "b", "Delete": {"Objects": [{"Key": "k"}]}})
-    assert xmlwire.parse_delete(body) == ([ObjectToDelete("k")], False)
+    assert xmlread.parse_delete(body) == ([ObjectToDelete("k")], False)
 
 
 def test_delete_request_of_1000_keys_and_no_more() -> None:
     objects = [{"Key": f"key{index}"} for index in range(1001)]
-    keys, _ = xmlwire.parse_delete(serialize("DeleteObjects", {"Bucket": "b", "Delete": {"Objects": objects[:1000]}}))
+    keys, _ = xmlread.parse_delete(serialize("DeleteObjects", {"Bucket": "b", "Delete": {"Objects": objects[:1000]}}))
     assert len(keys) == 1000
-    assert_malformed(xmlwire.parse_delete,
+    assert_malformed(xmlread.parse_delete,
                      serialize("DeleteObjects", {"Bucket": "b", "Delete": {"Objects": objects}}))
 
 
@@ -292,7 +293,7 @@ def test_complete_request_from_botocore() -> None:
              {"PartNumber": 10000, "ETag": '"ccc-3"', "ChecksumCRC32": "AAAAAA=="}]
     body = serialize("CompleteMultipartUpload", {"Bucket": "b", "Key": "k", "UploadId": "u",
                                                  "MultipartUpload": {"Parts": parts}})
-    assert xmlwire.parse_complete_multipart(body) == [(1, "aaa", {}), (2, "bbb", {}),
+    assert xmlread.parse_complete_multipart(body) == [(1, "aaa", {}), (2, "bbb", {}),
                                                       (10000, "ccc-3", {"crc32": "AAAAAA=="})]
 
 
@@ -304,7 +305,7 @@ def complete_body(*numbers: str) -> bytes:
 @pytest.mark.parametrize("numbers", [("2", "1"), ("1", "3", "2"), ("1", "2", "2", "1")])
 def test_complete_parts_out_of_order(numbers: tuple[str, ...]) -> None:
     with pytest.raises(S3Error) as caught:
-        xmlwire.parse_complete_multipart(complete_body(*numbers))
+        xmlread.parse_complete_multipart(complete_body(*numbers))
     assert caught.value.code == "InvalidPartOrder"
 
 
@@ -312,24 +313,24 @@ def test_a_part_named_twice_in_a_row_keeps_its_later_entry() -> None:
     body = (b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>first</ETag></Part>"
             b"<Part><PartNumber>1</PartNumber><ETag>second</ETag></Part>"
             b"<Part><PartNumber>2</PartNumber><ETag>e</ETag></Part></CompleteMultipartUpload>")
-    assert xmlwire.parse_complete_multipart(body) == [(1, "second", {}), (2, "e", {})]
+    assert xmlread.parse_complete_multipart(body) == [(1, "second", {}), (2, "e", {})]
 
 
 @pytest.mark.parametrize("number", ["0", "10001", "999999"])
 def test_complete_part_numbers_out_of_range(number: str) -> None:
     with pytest.raises(S3Error) as caught:
-        xmlwire.parse_complete_multipart(complete_body("1", number))
+        xmlread.parse_complete_multipart(complete_body("1", number))
     assert caught.value.code == "InvalidArgument"
 
 
 def test_create_bucket_request() -> None:
     body = serialize("CreateBucket", {"Bucket": "b",
                                       "CreateBucketConfiguration": {"LocationConstraint": "eu-west-1"}})
-    assert xmlwire.parse_create_bucket(body) == "eu-west-1"
-    assert xmlwire.parse_create_bucket(b"") is None
-    assert xmlwire.parse_create_bucket(b"  \n") is None
-    assert xmlwire.parse_create_bucket(b"<CreateBucketConfiguration/>") is None
-    assert_malformed(xmlwire.parse_create_bucket, b"<Delete/>")
+    assert xmlread.parse_create_bucket(body) == "eu-west-1"
+    assert xmlread.parse_create_bucket(b"") is None
+    assert xmlread.parse_create_bucket(b"  \n") is None
+    assert xmlread.parse_create_bucket(b"<CreateBucketConfiguration/>") is None
+    assert_malformed(xmlread.parse_create_bucket, b"<Delete/>")
 
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
@@ -355,7 +356,7 @@ HOSTILE = {
     "no key": b"<Delete><Object><VersionId>v</VersionId></Object></Delete>",
     "two keys in one": b"<Delete><Object><Key>a</Key><Key>b</Key></Object></Delete>",
     "quiet nonsense": b"<Delete><Quiet>maybe</Quiet><Object><Key>a</Key></Object></Delete>",
-    "over the limit": b"<Delete>" + b" " * xmlwire.DELETE_BODY_LIMIT + b"<Object><Key>a</Key></Object></Delete>",
+    "over the limit": b"<Delete>" + b" " * xmlread.DELETE_BODY_LIMIT + b"<Object><Key>a</Key></Object></Delete>",
 }
 
 
@@ -368,7 +369,7 @@ def assert_malformed(parser: Any, body: bytes) -> None:
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_delete_bodies(name: str) -> None:
-    assert_malformed(xmlwire.parse_delete, HOSTILE[name])
+    assert_malformed(xmlread.parse_delete, HOSTILE[name])
 
 
 @pytest.mark.parametrize("body", [
@@ -379,14 +380,14 @@ def test_hostile_delete_bodies(name: str) -> None:
     complete_body("one"), complete_body("-1"), complete_body("\u0661"), complete_body("1.0"),
 ])
 def test_hostile_complete_bodies(body: bytes) -> None:
-    assert_malformed(xmlwire.parse_complete_multipart, body)
+    assert_malformed(xmlread.parse_complete_multipart, body)
 
 
 @pytest.mark.parametrize("body", [BILLION_LAUGHS.replace(b"Delete", b"CreateBucketConfiguration"),
                                   EXTERNAL_ENTITY.replace(b"Delete", b"CreateBucketConfiguration"),
                                   b"<CreateBucketConfiguration>", b"garbage"])
 def test_hostile_create_bucket_bodies(body: bytes) -> None:
-    assert_malformed(xmlwire.parse_create_bucket, body)
+    assert_malformed(xmlread.parse_create_bucket, body)
 
 
 # Any key S3 allows: any Unicode text (no lone surrogates, which UTF-8 cannot
@@ -429,6 +430,6 @@ def test_any_keys_botocore_sends_to_delete_come_back(objects: list[tuple[str, bo
         return
     params = {"Bucket": "b", "Delete": {"Quiet": quiet, "Objects": [
         {"Key": key, "VersionId": "v1"} if versioned else {"Key": key} for key, versioned in sendable]}}
-    keys, parsed_quiet = xmlwire.parse_delete(serialize("DeleteObjects", params))
+    keys, parsed_quiet = xmlread.parse_delete(serialize("DeleteObjects", params))
     assert keys == [ObjectToDelete(key, "v1" if versioned else None) for key, versioned in sendable]
     assert parsed_quiet is quiet

@@ -38,7 +38,7 @@ from deposito.catalog import FileRecord
 from deposito.catalog.records import Expect
 from deposito.errors import DepositoError, NotEmpty, NotFound
 from deposito.interfaces import IDepot
-from deposito.s3 import sigv4, xmlwire
+from deposito.s3 import sigv4, xmlread, xmlwire
 from deposito.s3.bodies import BodyChecks
 from deposito.s3.checksums import FULL_OBJECT
 from deposito.s3.conditions import check_conditions, delete_condition, http_date, write_condition
@@ -246,7 +246,7 @@ class Gateway:
     async def create_bucket(self, call: Call) -> None:
         body = await call.request.body.read(XML_BODY_LIMIT)
         BodyChecks(call).check_whole(body)
-        xmlwire.parse_create_bucket(body)
+        xmlread.parse_create_bucket(body)
         if not await self.depot.create_bucket(call.bucket):
             raise S3Error("BucketAlreadyOwnedByYou", BucketName=call.bucket)
         await self.send(call, 200, headers={b"location": b"/" + call.bucket.encode()})
@@ -431,7 +431,7 @@ class Gateway:
     async def delete_objects(self, call: Call) -> None:
         body = await call.request.body.read(XML_BODY_LIMIT)
         BodyChecks(call).check_whole(body)
-        objects, quiet = xmlwire.parse_delete(body)
+        objects, quiet = xmlread.parse_delete(body)
         await self.existing_bucket(call.bucket)
         deleted, failures = [], []
         for entry in objects:

@@ -30,7 +30,7 @@ from deposito.catalog import FileRecord
 from deposito.catalog.listing import prefix_end
 from deposito.errors import BadArgs, DepositoError, NotFound
 from deposito.twisted_internals import request_gone
-from deposito.s3 import xmlwire
+from deposito.s3 import xmlread, xmlwire
 from deposito.s3.bodies import BodyChecks
 from deposito.s3.checksums import FULL_OBJECT, Checksummer, of_parts, upload_checksum
 from deposito.s3.conditions import http_date
@@ -133,9 +133,9 @@ class Multipart:
         await self.gateway.send(call, 200, xmlwire.copy_part_result(meta.etag, record.created, meta.checksums))
 
     async def complete(self, call: Call) -> None:
-        body = await call.request.body.read(xmlwire.COMPLETE_BODY_LIMIT)
+        body = await call.request.body.read(xmlread.COMPLETE_BODY_LIMIT)
         BodyChecks(call, checksum_headers=False).check_whole(body)  # its x-amz-checksum-* are the object's
-        asked = xmlwire.parse_complete_multipart(body)
+        asked = xmlread.parse_complete_multipart(body)
         name = file_name(call.bucket, call.key)
         upload = call.params.get("uploadId", "")
         try:
@@ -382,7 +382,7 @@ def _attribute_names(header: Optional[str]) -> list[str]:
 
 
 def _part_number(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= xmlwire.MAX_PART_NUMBER:
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= xmlread.MAX_PART_NUMBER:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
                       ArgumentName="partNumber", ArgumentValue=text[:20])
     return int(text)
