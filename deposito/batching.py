@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from typing import Any, Callable, Generic, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 T = TypeVar("T")
 Results = list[tuple[bool, Any]]  # (True, result) or (False, exception), one per item
@@ -23,16 +23,27 @@ class Batches(Generic[T]):
     def __init__(self, reactor: IReactorFromThreads, run: Callable[[list[T]], Results], name: str) -> None:
         self.reactor = reactor
         self.run = run
-        self.pool = ThreadPool(1, 1, name)
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._wake: queue.SimpleQueue[bool] = queue.SimpleQueue()  # True: drain; False: stop
         self._lock = threading.Lock()
         self._queue: list[tuple[T, Deferred]] = []
         self._draining = False
 
     def start(self) -> None:
-        self.pool.start()
+        self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        self.pool.stop()
+        """Once what was submitted so far has run."""
+        if self._thread is not None:
+            self._wake.put(False)
+            self._thread.join()
+            self._thread = None
+
+    def _serve(self) -> None:
+        while self._wake.get():
+            self._drain()
 
     def submit(self, item: T) -> Deferred:
         d: Deferred = Deferred()
@@ -41,7 +52,7 @@ class Batches(Generic[T]):
             if self._draining:
                 return d
             self._draining = True
-        self.pool.callInThread(self._drain)
+        self._wake.put(True)
         return d
 
     def _drain(self) -> None:
