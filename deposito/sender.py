@@ -2,14 +2,15 @@
 
 The blob protocol answers a READ (and the local port a SEND) by handing a
 :class:`BlobSender` the transport and the device: the sender reads, checks,
-quarantines a corrupt copy and cuts the connection, or sends with sendfile
-what the page cache holds.
+quarantines a corrupt copy and cuts the connection, or sends what the page
+cache holds with sendfile (to a proxy) or straight from its read buffer (to
+a reader's socket the proxy passed over).
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
@@ -59,7 +60,9 @@ class BlobSender:
     (a read that never waits on the disk); any other is read on a reader
     thread, one block ahead of the one being sent, so the disk and the
     network work at the same time. A checked block of a cached copy goes out
-    with sendfile, from the same pages and with no copy through this process.
+    with sendfile, from the same pages and with no copy through this process;
+    into a reader's socket the proxy passed over, it is sent from the buffer
+    it was checked in (the reader, on this host, takes that for less).
     The peer's transport pauses the sending (the read ahead waits). A block
     that fails its check is never sent: the copy is reported corrupt and the
     connection is cut, so the reader moves to another copy.
@@ -133,6 +136,10 @@ class BlobSender:
         length = min(len(view) - skip, self.end - self._read_at)
         if self._kernel_can_send():  # and it still can when the block's turn comes: only we write
             self._ready = (self._read_at, length)
+        elif getattr(self.transport, "passed", False) and not self.paused:
+            self._read_at += length
+            self._send_view(view[skip:skip + length])
+            return True
         else:
             self._ready = bytes(view[skip:skip + length])
         self._read_at += length
@@ -172,12 +179,23 @@ class BlobSender:
         self.progress()
         self._send_file()
 
+    def _send_view(self, view: memoryview) -> None:
+        """Send a checked block into a passed socket now, before another read
+        uses the view's buffer again: the socket copies only what it does not
+        take at once."""
+        self.offset += len(view)
+        self.progress()
+        cast("PassedSocket", self.transport).write(view)
+
     def _kernel_can_send(self) -> bool:
         t = self.transport
         if _SENDFILE is None or not getattr(self.f, "through_cache", False):
             return False
-        if getattr(t, "passed", False):  # a reader's socket the proxy passed over (deposito.protocols.handoff)
-            return bool(t.idle)  # type: ignore[union-attr]
+        if getattr(t, "passed", False):
+            # A reader's socket the proxy passed over (deposito.protocols.handoff),
+            # on this host: the reader takes plain sends of the checked block
+            # for less than pages sent by the kernel (bench/PROFILE.md).
+            return False
         return (twisted_internals.is_plain_tcp_server(t)
                 and not twisted_internals.write_pending(self.reactor, t))  # nothing of Twisted's waits to go first
 

@@ -65,7 +65,7 @@ class PassedSocket:
     ``finished(why)`` once it is closed after a failure (:meth:`abortConnection`).
     """
 
-    passed = True  # BlobSender: sendfile while nothing of ours waits (see idle)
+    passed = True  # BlobSender: checked blocks are written from its read buffer (see write)
 
     def __init__(self, reactor: IStreamReactor, fd: int, finished: Callable[[str | None], None]) -> None:
         self.reactor, self.fd, self.finished = reactor, fd, finished
@@ -81,23 +81,28 @@ class PassedSocket:
     def fileno(self) -> int:
         return self.fd if self.connected else -1
 
-    @property
-    def idle(self) -> bool:
-        """Open, still non-blocking (its flags are shared with the proxy's
-        copy), and nothing of ours waits to go into it: sendfile may write."""
-        return (self.connected and not self.disconnecting and not self._pending
-                and bool(fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_NONBLOCK))
-
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         self.producer = producer
 
     def unregisterProducer(self) -> None:
         self.producer = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        """``data`` may be a view of a buffer used again once this returns:
+        what the socket does not take at once is copied."""
         if not self.connected:
             return
-        self._pending = self._pending[self._sent:] + data if self._pending else data
+        if not self._pending:
+            try:
+                data = data[self._socket.send(data, socket.MSG_DONTWAIT):]
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                self._close(f"the reader's socket refused bytes ({e.strerror})")
+                return
+            if not data:
+                return
+        self._pending = self._pending[self._sent:] + bytes(data) if self._pending else bytes(data)
         self._sent = 0
         self._flush()
 
