@@ -1,14 +1,14 @@
-"""What a big GET costs each process: one file per size, read through the
-proxy again and again (a fresh connection each time), its MiB/s and the CPU
-time (user and system) each process spent per GET: the client (this
-script), the proxy and the server holding the copy.
+"""What a big GET (and, with ``--puts``, a big PUT) costs each process: one
+file per size, read through the proxy again and again (a fresh connection
+each time), its MiB/s and the CPU time (user and system) each process spent
+per GET: the client (this script), the proxy and the servers that worked.
 
 With ``--checkout`` given more than once, each checkout's installed
 Deposito (its .venv) runs a cluster of its own, in turns round by round,
 so that two versions are compared in one run on the same machine.
 
 Run by hand: ``.venv/bin/python bench/get_cpu.py [--sizes 64MiB,1GiB]
-[--replicas 1] [--rounds 2] [--checkout DIR ...]``.
+[--replicas 1] [--rounds 2] [--puts 3] [--checkout DIR ...]``.
 """
 
 from __future__ import annotations
@@ -39,17 +39,24 @@ def cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
-def measure(cluster: DepositoCluster, name: str, size: int) -> str:
-    """GET ``name`` over and over: MiB/s (median, range) and CPU ms per GET."""
+def measure(cluster: DepositoCluster, name: str, size: int, puts: int = 0, src: Path | None = None,
+            replicas: int = 1) -> str:
+    """GET ``name`` over and over (or PUT ``src`` as it ``puts`` times):
+    MiB/s (median, range) and CPU ms per request."""
     pids = cluster.pids()
-    n = max(3, READS // size)
+    n = puts or max(3, READS // size)
     before = {k: cpu(p) for k, p in pids.items()}
     mine = os.times()
     times = []
     for _ in range(n):
-        with DepositoClient(cluster.port, 120) as c:
+        with DepositoClient(cluster.port, 300) as c:
             t = time.perf_counter()
-            got, _ = c.get_sink(name)
+            if puts:
+                assert src is not None
+                c.put_file(name, src, size, replicas)
+                got = size
+            else:
+                got, _ = c.get_sink(name)
             times.append(time.perf_counter() - t)
         assert got == size
     mine_after = os.times()
@@ -58,7 +65,8 @@ def measure(cluster: DepositoCluster, name: str, size: int) -> str:
     spent["client"] = ((mine_after.user - mine.user) / n * 1e3, (mine_after.system - mine.system) / n * 1e3)
     busy = {k: v for k, v in spent.items() if k in ("client", "proxy") or sum(v) > 1}
     mib = [size / (1 << 20) / t for t in times]
-    return (f"{statistics.median(mib):,.0f} MiB/s [{min(mib):,.0f}-{max(mib):,.0f}] of {n} GETs; CPU ms per GET "
+    what = "PUT" if puts else "GET"
+    return (f"{statistics.median(mib):,.0f} MiB/s [{min(mib):,.0f}-{max(mib):,.0f}] of {n} {what}s; CPU ms per {what} "
             "(user+system): " + ", ".join(f"{k} {u:.1f}+{s:.1f}" for k, (u, s) in busy.items()))
 
 
@@ -67,6 +75,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="64MiB,1GiB")
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--puts", type=int, default=0, help="PUTs of each size per round, timed before its GETs")
     ap.add_argument("--checkout", action="append", type=Path, help="a checkout with Deposito in its .venv")
     a = ap.parse_args()
     checkouts = a.checkout or [CHECKOUT]
@@ -78,18 +87,21 @@ def main() -> int:
                     for i, checkout in enumerate(checkouts)]
         for cluster in clusters:
             cluster.wait_up(3)
-        for size in sizes:
-            src = root / "src"
+        sources = {size: root / f"src-{size}" for size in sizes}
+        for size, src in sources.items():
             make_file(src, size)
             for cluster in clusters:
-                with DepositoClient(cluster.port, 120) as c:
+                with DepositoClient(cluster.port, 300) as c:
                     c.put_file(f"big/{size}", src, size, a.replicas)
-            src.unlink()
+        copies = f"{a.replicas} cop{'y' if a.replicas == 1 else 'ies'}"
         for r in range(a.rounds):
             for size in sizes:
                 for checkout, cluster in zip(checkouts, clusters):
-                    print(f"round {r + 1}, {human(size)}, {a.replicas} cop{'y' if a.replicas == 1 else 'ies'},"
-                          f" {checkout}: {measure(cluster, f'big/{size}', size)}", flush=True)
+                    if a.puts:
+                        print(f"round {r + 1}, {human(size)}, {copies}, {checkout}: "
+                              f"{measure(cluster, f'big/{size}', size, a.puts, sources[size], a.replicas)}", flush=True)
+                    print(f"round {r + 1}, {human(size)}, {copies}, {checkout}: "
+                          f"{measure(cluster, f'big/{size}', size)}", flush=True)
     finally:
         procs.stop()
         shutil.rmtree(root, ignore_errors=True)
