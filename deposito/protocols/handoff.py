@@ -92,18 +92,20 @@ class PassedSocket:
         what the socket does not take at once is copied."""
         if not self.connected:
             return
-        if not self._pending:
+        if self._pending:
+            self._pending, self._sent = self._pending[self._sent:] + bytes(data), 0
+        else:
             try:
-                data = data[self._socket.send(data, socket.MSG_DONTWAIT):]
+                sent = self._socket.send(data, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                pass
+                sent = 0
             except OSError as e:
                 self._close(f"the reader's socket refused bytes ({e.strerror})")
                 return
-            if not data:
+            if sent == len(data):
                 return
-        self._pending = self._pending[self._sent:] + bytes(data) if self._pending else bytes(data)
-        self._sent = 0
+            # bytes are kept as they are; of a view, the rest is copied
+            self._pending, self._sent = (data, sent) if isinstance(data, bytes) else (bytes(data[sent:]), 0)
         self._flush()
 
     def _flush(self) -> None:
