@@ -8,6 +8,7 @@ makes it (a batch of one call), over loopback TCP.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -28,7 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=600, help="PUTs to time (after 100 to warm up)")
     args = parser.parse_args()
-    pg = PrivatePostgres(Path(tempfile.mkdtemp(prefix="deposito-calls-")), free_port())
+    folder = Path(tempfile.mkdtemp(prefix="deposito-calls-"))
+    pg = PrivatePostgres(folder, free_port())
     url = pg.start()
     try:
         cat = Catalog(PostgresBackend(url))
@@ -52,6 +54,7 @@ def main() -> None:
         print("  ".join(f"{call} {total / args.calls * 1000:.3f} ms" for call, total in spent.items()))
     finally:
         pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
