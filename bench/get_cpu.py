@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import CHECKOUT, DepositoClient, DepositoCluster, Processes, human, make_file  # noqa: E402
+from harness import CHECKOUT, DepositoClient, DepositoCluster, human, make_file, scratch  # noqa: E402
 from run import parse_size  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -80,9 +78,7 @@ def main() -> int:
     a = ap.parse_args()
     checkouts = a.checkout or [CHECKOUT]
     sizes = [parse_size(s) for s in a.sizes.split(",")]
-    root = Path(tempfile.mkdtemp(prefix="deposito-get-cpu-"))
-    procs = Processes()
-    try:
+    with scratch("deposito-get-cpu-") as (root, procs):
         clusters = [DepositoCluster(procs, root / f"c{i}", prefix=f"c{i}-", checkout=checkout)
                     for i, checkout in enumerate(checkouts)]
         for cluster in clusters:
@@ -102,9 +98,6 @@ def main() -> int:
                               f"{measure(cluster, f'big/{size}', size, a.puts, sources[size], a.replicas)}", flush=True)
                     print(f"round {r + 1}, {human(size)}, {copies}, {checkout}: "
                           f"{measure(cluster, f'big/{size}', size)}", flush=True)
-    finally:
-        procs.stop()
-        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

@@ -11,11 +11,9 @@ Run by hand: ``.venv/bin/python bench/get_path.py [--size 1048576] [--rounds 3]`
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,7 +21,7 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import HOST, DepositoCluster, Processes, make_file  # noqa: E402
+from harness import HOST, DepositoCluster, make_file, scratch  # noqa: E402
 from run import DepositoSystem, SeaweedCluster, SeaweedSystem  # noqa: E402
 
 FILES = 40
@@ -62,10 +60,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1 << 20)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="deposito-get-path-"))
-    procs = Processes()
     buf = bytearray(1 << 20)
-    try:
+    with scratch("deposito-get-path-") as (root, procs):
         src = root / "src"
         sha = make_file(src, a.size)
         cluster = DepositoCluster(procs, root / "deposito")
@@ -89,9 +85,6 @@ def main() -> int:
                 print(f"  {label:34} reply line {p50(list(firsts))}, last byte {p50(list(totals))}")
             seaweed_totals = [seaweed.get(handles[i % FILES], a.size) for i in range(5 * FILES)]
             print(f"  {'SeaweedFS, from its volume server':34} last byte {p50(seaweed_totals)}")
-    finally:
-        procs.stop()
-        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

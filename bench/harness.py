@@ -13,12 +13,15 @@ import http.client
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent
@@ -350,6 +353,19 @@ def find_twistd(checkout: Path = CHECKOUT) -> tuple[Path, dict | None] | None:
         if "deposito-proxy" in out and "deposito-server" in out:
             return twistd, env
     return None
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[tuple[Path, Processes]]:
+    """A temporary folder and a :class:`Processes` to start things in it: at
+    the end (also on an error), every process is stopped and the folder removed."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    procs = Processes()
+    try:
+        yield root, procs
+    finally:
+        procs.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class DepositoCluster:

@@ -19,14 +19,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import DepositoCluster, Processes  # noqa: E402
+from harness import DepositoCluster, scratch  # noqa: E402
 from run import DepositoSmall  # noqa: E402
 
 SKIP = "!mmap,munmap,mprotect,brk,madvise,getpid,gettid,clock_gettime"
@@ -52,10 +51,8 @@ def main() -> int:
     if shutil.which("strace") is None:
         print("strace is not installed (Debian: apt-get install strace)")
         return 2
-    root = Path(tempfile.mkdtemp(prefix="deposito-timeline-"))
-    procs = Processes()
     data = os.urandom(a.size)
-    try:
+    with scratch("deposito-timeline-") as (root, procs):
         cluster = DepositoCluster(procs, root / "cluster")
         client = DepositoSmall(cluster.port)
         times = []
@@ -93,9 +90,6 @@ def main() -> int:
             ("futex calls (thread hand-offs)", r"futex", None),
             ("epoll_ctl", r"epoll_ctl", None),
             ("sendto", r"sendto", None))))
-    finally:
-        procs.stop()
-        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
