@@ -126,6 +126,35 @@ def flush_now(transport: Any) -> None:
         transport.doWrite()
 
 
+def write_now(transport: Any, *pieces: bytes) -> None:
+    """Write ``pieces`` to ``transport``, handing them to the kernel in one
+    send at once when the transport holds nothing unsent before them: no turn
+    of the reactor and no change to its poll set. What the socket does not
+    take, and anything written while bytes wait, goes through
+    ``transport.writeSequence`` as usual, after them.
+
+    Relies on what :func:`flush_now` relies on (the buffers, and
+    ``_writeDisconnecting`` during a half-close), and on ``getHandle()``
+    being the transport's socket. A send that fails (the socket full, or an
+    error) leaves all the bytes to the transport, whose own send meets the
+    error again and closes the connection as usual."""
+    if (is_plain_tcp(transport) and not getattr(transport, "_writeDisconnecting", True)
+            and not holds_unsent(transport)):
+        try:
+            sock = transport.getHandle()
+            sent = sock.send(pieces[0]) if len(pieces) == 1 else sock.sendmsg(pieces)
+        except OSError:
+            sent = 0
+        rest = list(pieces)
+        while rest and sent >= len(rest[0]):
+            sent -= len(rest.pop(0))
+        if rest and sent:
+            rest[0] = rest[0][sent:]
+        pieces = tuple(rest)
+    if pieces:
+        transport.writeSequence(pieces)
+
+
 def write_pending(reactor: IReactorFDSet, transport: Any) -> bool:
     """Whether socket transport ``transport`` still has bytes of Twisted's to
     send, so that nothing else may write into its socket yet.

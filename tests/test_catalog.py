@@ -700,7 +700,8 @@ def test_a_batch_that_loses_a_deadlock_runs_again_whole(shared):
     ta.start(), tb.start()
     ta.join(30), tb.join(30)
     assert all(ok for ok, _ in results["a"] + results["b"]), results
-    assert len(runs) == 3  # one of the two ran again
+    # one ran once; the other ran again (more than once if, waiting, it lost to the first's commit again)
+    assert sorted((runs.count("x"), runs.count("y")))[0] == 1 and len(runs) >= 3, runs
     assert a.lookup("x").replicas == a.lookup("y").replicas
 
 

@@ -91,12 +91,12 @@ def close(held: _Held, peer: socket.socket):
 
 
 def _recv_exactly(peer: socket.socket, n: int) -> bytes:
-    got = b""
+    got = bytearray()
     while len(got) < n:
-        more = peer.recv(n - len(got))
+        more = peer.recv(min(n - len(got), 1 << 20))
         assert more, "the connection closed"
         got += more
-    return got
+    return bytes(got)
 
 
 def _peek(peer: socket.socket) -> bytes | None:
@@ -255,6 +255,67 @@ def test_flush_now_leaves_a_half_close_to_the_reactor():
         yield _until(lambda: _peek(peer) == b"last")  # the reactor sends it on its next turns
         assert _recv_exactly(peer, 4) == b"last"
         yield _until(lambda: _peek(peer) == b"")  # and then shuts the writing side
+    finally:
+        yield close(client, peer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_now_sends_at_once_without_registering_for_writing():
+    client, peer = yield made()
+    try:
+        t = client.transport
+        ti.write_now(t, b"OK 5\r\n", b"hello")  # the reactor does not run until this test yields
+        assert not ti.write_pending(reactor, t) and not ti.holds_unsent(t)
+        assert _recv_exactly(peer, 11) == b"OK 5\r\nhello"
+    finally:
+        yield close(client, peer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_now_goes_after_what_twisted_holds():
+    client, peer = yield made()
+    try:
+        t = client.transport
+        t.write(b"first ")
+        ti.write_now(t, b"second ", b"third")
+        assert _nothing_more(peer)  # all of it waits for the reactor, in order
+        yield _until(lambda: not ti.holds_unsent(t))
+        assert _recv_exactly(peer, 18) == b"first second third"
+    finally:
+        yield close(client, peer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_now_leaves_what_the_socket_does_not_take_to_twisted_in_order():
+    client, peer = yield made()
+    try:
+        t = client.transport
+        t.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        body = bytes(range(256)) * 65536  # 16 MiB: far more than the two buffers hold
+        ti.write_now(t, b"OK 16777216\r\n", body[:1000], body[1000:])
+        assert ti.holds_unsent(t) and ti.write_pending(reactor, t)
+        got = yield threads.deferToThread(_recv_exactly, peer, 13 + len(body))
+        assert got == b"OK 16777216\r\n" + body
+        ti.write_now(t, b"next")  # the rest is sent: straight to the socket again
+        assert _recv_exactly(peer, 4) == b"next"
+    finally:
+        yield close(client, peer)
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_now_leaves_a_half_close_to_the_reactor():
+    client, peer = yield made()
+    try:
+        t = client.transport
+        t.loseWriteConnection()
+        ti.write_now(t, b"late")
+        assert _nothing_more(peer)  # no send here: a send could come after the shutdown
+        yield _until(lambda: _peek(peer) is not None)
+        got = b""
+        while more := peer.recv(100):
+            got += more
+        assert got == b"late"  # as Twisted sends what is written before its shutdown, then shuts
     finally:
         yield close(client, peer)
 

@@ -183,14 +183,13 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 
     def _opened(self, f: Reader, meta: BlobMeta, offset: int, end: int) -> None:
         whole = read_whole(self.device, f, meta, offset, end)
-        self.reply(body_reply(end - offset, meta.size))
         if whole is not None:  # all in memory: sent with its reply at once
-            self.transport.write(whole)
+            self.reply(body_reply(end - offset, meta.size), whole)
             self.device.close(f)
             self._sent()
             return
+        self.reply(body_reply(end - offset, meta.size))  # out first, so that the kernel may send the blob's pages after it
         self.pauseProducing()  # the socket unread now: the sender may wait on it for writing
-        send_now(self.transport)  # the reply out first, so that the kernel may send the blob's pages after it
         self._sender = BlobSender(self.reactor, self.device, f, meta, offset, end, self.transport, self._sent,
                                   self.resetTimeout)
         self._sender.start()

@@ -63,8 +63,10 @@ class LineProtocol(LineReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         self.badLine("line too long")
 
-    def reply(self, text: str) -> None:
-        self.transport.write(text.encode("utf-8") + b"\r\n")
+    def reply(self, text: str, *body: bytes) -> None:
+        """Send the line ``text``, and ``body`` after it, in one send at once
+        when nothing written before waits (else after it, as Twisted sends)."""
+        twisted_internals.write_now(self.transport, text.encode("utf-8") + b"\r\n", *body)
 
 
 def send_now(transport: Any) -> None:

@@ -276,8 +276,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         await self._read(record)
 
     def _send_small(self, parts: list[bytes], record: Any) -> None:
-        self.reply(_header(record))
-        self.transport.writeSequence(parts)
+        self.reply(_header(record), *parts)
 
     def _read_anyway(self, failure: Failure, record: Any) -> defer.Deferred:
         """The small read failed with nothing sent: every copy is tried, streamed."""
