@@ -391,6 +391,7 @@ def small_get(data, request):
     depot = SmallReadDepot()
     depot.files["f"] = data
     proto, tr, _ = connect(depot)
+    depot.proto = proto
     tr.clear()
     proto.dataReceived(request)
     return tr, depot
@@ -399,12 +400,26 @@ def small_get(data, request):
 def test_a_small_get_answers_with_the_pieces_it_read_and_lines_wait_meanwhile():
     tr, depot = small_get(b"hello world", b"GET f\nSTAT f\n")
     assert tr.value() == b""  # STAT waits for the GET's answer
-    assert tr.producerState == "paused"  # and the socket is not read meanwhile
+    assert tr.producerState == "producing"  # the socket is still read: no more than a line waits yet
     depot.pending.pop().callback([b"hello ", b"world"])
     assert tr.producerState == "producing"
     got, stat = tr.value().split(b"\r\n", 1)[1].split(b"world", 1)
     assert tr.value().startswith(b"OK 11 sha256=") and got == b"hello " and stat.startswith(b"OK name=f size=11")
     assert depot.streamed == 0
+
+
+def test_a_client_sending_ahead_is_stopped_once_more_than_a_line_waits():
+    tr, depot = small_get(b"hello", b"GET f\n")
+    proto = depot.proto
+    proto.dataReceived(b"STAT f\n" * 1000)  # 7,000 bytes: less than a line's limit
+    assert tr.producerState == "producing" and tr.value() == b""
+    proto.dataReceived(b"STAT f\n" * 300)
+    assert tr.producerState == "paused"  # the socket is no longer read
+    depot.pending.pop().callback([b"hello"])
+    assert tr.producerState == "producing"
+    answers = lines(tr)
+    assert answers[0].startswith("OK 5 sha256=") and answers[1].startswith("helloOK name=f size=5 ")
+    assert len(answers) == 1301 and all(a.startswith("OK name=f size=5 ") for a in answers[2:])  # every STAT
 
 
 def test_a_small_get_that_fails_is_read_again_streamed():
@@ -461,3 +476,30 @@ def test_a_client_that_half_closes_after_its_gets_gets_every_answer(small):
     finally:
         yield port.stopListening()
     assert got.count(b"\r\nhello") == 2, got
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_half_closes_after_its_upload_gets_its_answer():
+    depot = SlowDepot(small=True)
+    depot.finish = task.deferLater(reactor, 0.2, lambda: None)  # the end of the file is read while it commits
+    port = reactor.listenTCP(0, DepotFactory(depot), interface="127.0.0.1")
+    try:
+        got = yield threads.deferToThread(_ask_and_half_close, port.getHost().port, b"PUT g 5\nhelloGET g\n")
+    finally:
+        yield port.stopListening()
+    send, stored, header, rest = got.split(b"\r\n", 3)
+    assert send == b"OK send 5" and stored.startswith(b"OK stored name=g version=1 size=5 ")
+    assert header.startswith(b"OK 5 sha256=") and rest == b"hello"
+    assert depot.files == {"g": b"hello"} and not depot.aborted
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_half_closes_in_the_middle_of_its_upload_stores_nothing():
+    depot = SlowDepot(small=True)
+    port = reactor.listenTCP(0, DepotFactory(depot), interface="127.0.0.1")
+    try:
+        got = yield threads.deferToThread(_ask_and_half_close, port.getHost().port, b"PUT g 5\nhel")
+    finally:
+        yield port.stopListening()
+    assert got == b"OK send 5\r\n"  # and the connection closed
+    assert depot.files == {} and depot.aborted == depot.uploads

@@ -71,7 +71,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self.resetTimeout()
         super().dataReceived(data)
         if self.paused and twisted_internals.unparsed_size(self) > self.MAX_LENGTH:
-            self.transport.pauseProducing()  # a READ is under way: no more than a line waits
+            self.transport.pauseProducing()  # a request is under way: no more than a line waits
         send_now(self.transport)  # what these requests answered at once
 
     def timeoutConnection(self) -> None:
@@ -141,7 +141,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         if meta:  # kept with the blob, so that a rebuilt catalog has it again
             receiver.incoming.meta = attrs.evolve(receiver.incoming.meta, meta=parse_meta_word(meta))
         d = receiver.finish(sha256, blocks)
-        self.pauseProducing()  # first: a failed write answers at once, and that resumes
+        self.paused = True  # lines wait (first: a failed write answers at once, and that resumes)
         d.addCallbacks(self._committed, self._not_committed)
 
     def _committed(self, meta: BlobMeta) -> None:
@@ -208,7 +208,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 
     def do_DELETE(self, blob: str) -> None:
         d = self.device.delete(check_blob_id(blob))
-        self.pauseProducing()
+        self.paused = True  # lines wait
 
         def done(existed: bool) -> None:
             self.reply("OK deleted" if existed else "OK absent")

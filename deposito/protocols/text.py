@@ -10,17 +10,19 @@ import inspect
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 import deposito
 from deposito import twisted_internals
 from deposito.catalog import FileRecord
 from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
 from deposito.interfaces import IDepot
-from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
+from deposito.protocols.lines import MAX_LINE, LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.listreply import ListBroken, ListReply
 from deposito.protocols.words import check_name, parse_count, quote, split
 
@@ -55,6 +57,7 @@ HELP = [
 ]
 
 
+@implementer(IHalfCloseableProtocol)
 class DepotProtocol(LineProtocol, TimeoutMixin):
     """One client connection."""
 
@@ -76,6 +79,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self._remaining = 0
         self._broken = False
         self._waiting: defer.Deferred | None = None
+        self._sent_all = False  # the client half-closed: it sends nothing more
 
     # -- framing
 
@@ -97,7 +101,26 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             return
         self.resetTimeout()
         super().dataReceived(data)
+        if self.paused and twisted_internals.unparsed_size(self) > MAX_LINE:
+            self.transport.pauseProducing()  # a client sending ahead waits: no more than a line is kept
         send_now(self.transport)  # what these requests answered at once
+
+    def hold(self) -> None:
+        """Lines wait until the request in hand is answered (:meth:`_resume`).
+        The socket is still read, so a request costs no change to the
+        reactor's poll set, until more than a line waits (see dataReceived)."""
+        self.paused = True
+
+    def readConnectionLost(self) -> None:
+        """The client sends nothing more (it half-closed, as ``nc -N`` does):
+        what it asked is answered, then the connection closes. Cut in the
+        middle of an upload, the upload is dropped."""
+        self._sent_all = True
+        if not self.paused:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass  # this end never half-closes
 
     def timeoutConnection(self) -> None:
         if self._upload is not None:
@@ -125,7 +148,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             self.reply(e.reply())
             return
         if inspect.iscoroutine(result):
-            self.pauseProducing()
+            self.hold()
             self._answer(defer.ensureDeferred(result))
 
     def _answer(self, d: defer.Deferred) -> None:
@@ -150,6 +173,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         elif self.transport.connected:
             self.setTimeout(self.idle_timeout)
             self.resumeProducing()
+            if self._sent_all and not self.paused:  # every line it sent is answered
+                self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
@@ -233,7 +258,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
     def _received_all(self, rest: bytes) -> None:
         self._upload.detach()
-        self.pauseProducing()
+        self.hold()
         self.setLineMode(rest)
         self._done.callback(None)
 
@@ -246,7 +271,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         if small is None:
             return self._get(name)
         self.setTimeout(None)
-        self.pauseProducing()  # unread meanwhile: a client that half-closes still gets its answers
+        self.hold()
         self._answer(small.addCallbacks(self._send_small, self._read_anyway, callbackArgs=(record,),
                                         errbackArgs=(record,)))
         return None
