@@ -503,3 +503,20 @@ def test_a_client_that_half_closes_in_the_middle_of_its_upload_stores_nothing():
         yield port.stopListening()
     assert got == b"OK send 5\r\n"  # and the connection closed
     assert depot.files == {} and depot.aborted == depot.uploads
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_half_closes_gets_every_answer_also_to_lines_answered_at_once():
+    """The end of the stream is read while the PUT commits; the STAT after
+    it is answered at once, and the GET after that must still be answered."""
+    depot = SlowDepot(small=False)
+    depot.finish = task.deferLater(reactor, 0.2, lambda: None)
+    port = reactor.listenTCP(0, DepotFactory(depot), interface="127.0.0.1")
+    try:
+        got = yield threads.deferToThread(_ask_and_half_close, port.getHost().port,
+                                          b"PUT g 5\nhelloSTAT g\nGET g\n")
+    finally:
+        yield port.stopListening()
+    send, stored, stat, header, rest = got.split(b"\r\n", 4)
+    assert send == b"OK send 5" and stored.startswith(b"OK stored name=g ")
+    assert stat.startswith(b"OK name=g size=5 ") and header.startswith(b"OK 5 sha256=") and rest == b"hello"

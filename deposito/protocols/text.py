@@ -80,6 +80,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self._broken = False
         self._waiting: defer.Deferred | None = None
         self._sent_all = False  # the client half-closed: it sends nothing more
+        self._parsing = 0  # dataReceived calls under way (an answer given at once parses the next lines within)
 
     # -- framing
 
@@ -100,9 +101,17 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         if self._broken:  # refused or broken: nothing more is read
             return
         self.resetTimeout()
-        super().dataReceived(data)
+        self._parsing += 1
+        try:
+            super().dataReceived(data)
+        finally:
+            self._parsing -= 1
+        if self._parsing:
+            return  # the call that parses the lines goes on with them, then does what follows
         if self.paused and twisted_internals.unparsed_size(self) > MAX_LINE:
             self.transport.pauseProducing()  # a client sending ahead waits: no more than a line is kept
+        elif self._sent_all and not self.paused:  # every line the client sent is answered
+            self.transport.loseConnection()
         send_now(self.transport)  # what these requests answered at once
 
     def hold(self) -> None:
@@ -172,9 +181,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             self.transport.abortConnection()
         elif self.transport.connected:
             self.setTimeout(self.idle_timeout)
-            self.resumeProducing()
-            if self._sent_all and not self.paused:  # every line it sent is answered
-                self.transport.loseConnection()
+            self.resumeProducing()  # the lines that waited are parsed (see dataReceived)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
