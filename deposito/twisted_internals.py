@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorFDSet, IReactorTime, ITCPTransport
 from twisted.web import http
+from twisted.web.http_headers import Headers
 from zope.interface import Attribute
 
 _PLAIN_TCP = (tcp.Server, tcp.Client)
@@ -291,15 +292,49 @@ class ContinueWhenAsked(http.HTTPChannel):
             later(super()._send100Continue)
 
 
+class PromptChannel(ContinueWhenAsked):
+    """An HTTP connection whose answers go to the socket at once (see
+    :func:`write_now`): a short answer in one send, with no turn of the
+    reactor and no change to its poll set, where twisted.web would hold it
+    for the next turn.
+
+    Relies on http.Request writing its status line and headers through the
+    channel's ``writeHeaders`` and its body through its ``write`` and
+    ``writeSequence``, and on http.HTTPChannel turning Nagle's delay off
+    (a body sent after its headers is not held back); the headers are
+    serialised here as twisted.web does (a Headers instance, its values
+    already checked). The test of these facts fails first."""
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        lines = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                lines.extend((name, b": ", value, b"\r\n"))
+        lines.append(b"\r\n")
+        write_now(self.transport, b"".join(lines))
+
+    def write(self, data: bytes) -> None:
+        if data:
+            write_now(self.transport, data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        pieces = [piece for piece in iovec if piece]
+        if pieces:
+            write_now(self.transport, *pieces)
+
+
 def http_site_protocol(site: Any) -> Any:
     """The protocol of one connection to twisted.web ``site``, its channel a
-    :class:`ContinueWhenAsked` (assign as the site's ``protocol`` method).
+    :class:`PromptChannel` (assign as the site's ``protocol`` method).
 
     Relies on Site building each connection's protocol by calling its
     ``protocol`` attribute, twisted.web's own being an HTTPChannel inside a
     _GenericHTTPChannelProtocol (which also serves HTTP/2 where it is
     installed); the test of this fact fails first."""
-    return http._GenericHTTPChannelProtocol(ContinueWhenAsked())
+    return http._GenericHTTPChannelProtocol(PromptChannel())
 
 
 def answer_before_body(request: Any) -> None:

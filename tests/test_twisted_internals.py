@@ -581,3 +581,68 @@ def test_an_http_channel_lends_its_transport_for_a_body_and_serves_on():
                 break
             yield task.deferLater(reactor, 0.01, lambda: None)
         yield port.stopListening()
+
+
+class _Prompt(Resource):
+    """Answers at once, sized or chunked, and notes what its transport still held after."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after: list[tuple] = []
+
+    def render(self, request):
+        t = self.transport = request.channel.transport
+        if request.path == b"/sized":
+            request.setHeader(b"content-length", b"5")
+            request.write(b"hello")
+        else:  # no length: chunked, in two writes
+            request.write(b"hel")
+            request.write(b"lo")
+        request.finish()
+        nodelay = t.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        self.after.append((ti.holds_unsent(t), ti.write_pending(reactor, t), bool(nodelay)))
+        return NOT_DONE_YET
+
+
+class _PromptSite(Site):
+    protocol = ti.http_site_protocol
+
+
+def _http_until(peer: socket.socket, request: bytes, end: bytes) -> bytes:
+    peer.sendall(request)
+    reply = b""
+    while not reply.endswith(end):
+        chunk = peer.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    return reply
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_http_answer_goes_to_the_socket_at_once_in_order():
+    """The channel of http_site_protocol writes each answer to the socket
+    as it is given (nothing left for a turn of the reactor), headers before
+    body, sized, chunked or headers alone, with Nagle's delay off."""
+    resource = _Prompt()
+    port = reactor.listenTCP(0, _PromptSite(resource), interface="127.0.0.1")
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    try:
+        reply = yield threads.deferToThread(_http_until, peer, b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n", b"hello")
+        assert reply.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: 5\r\n" in reply
+        assert reply.endswith(b"\r\n\r\nhello")
+        reply = yield threads.deferToThread(_http_until, peer, b"GET /chunked HTTP/1.1\r\nHost: x\r\n\r\n",
+                                            b"0\r\n\r\n")
+        assert reply.endswith(b"\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n") and b"chunked" in reply.lower()
+        reply = yield threads.deferToThread(_http_until, peer, b"HEAD /sized HTTP/1.1\r\nHost: x\r\n\r\n",
+                                            b"\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 200 ") and b"hello" not in reply
+        assert resource.after == [(False, False, True)] * 3
+    finally:
+        peer.close()
+        for _ in range(500):  # the server's end closes too (its channel's timer with it)
+            if not resource.transport.connected:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield port.stopListening()

@@ -7,6 +7,7 @@ DeleteObject), and HTTP dates."""
 from __future__ import annotations
 
 import email.utils
+import functools
 from typing import TYPE_CHECKING, Optional
 
 from deposito.catalog import FileRecord
@@ -20,7 +21,12 @@ if TYPE_CHECKING:
 
 
 def http_date(when: float) -> str:
-    return email.utils.formatdate(when, usegmt=True)
+    return _http_date(int(when))
+
+
+@functools.lru_cache(maxsize=256)  # the same few seconds over and over (Date, Last-Modified)
+def _http_date(seconds: int) -> str:
+    return email.utils.formatdate(seconds, usegmt=True)
 
 
 def parse_date(text: Optional[str]) -> Optional[float]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import functools
 import hashlib
 import hmac
 import re
@@ -45,6 +46,7 @@ STREAMING_MODES = (STREAMING_SIGNED, STREAMING_UNSIGNED_TRAILER, STREAMING_SIGNE
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _TIMESTAMP = "%Y%m%dT%H%M%SZ"
+_TIMESTAMP_FORM = re.compile(r"\d{8}T\d{6}Z\Z", re.ASCII)
 _PRESIGN_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
                    "X-Amz-SignedHeaders", "X-Amz-Signature")
 
@@ -92,8 +94,10 @@ class Verified:
     trailer: str | None = None
 
 
+@functools.lru_cache(maxsize=64)
 def signing_key(secret: str, date: str, region: str, service: str = "s3") -> bytes:
-    """The key derived from a secret for one day, region and service."""
+    """The key derived from a secret for one day, region and service (the
+    last few kept: a client signs with the same one all day)."""
     key = _hmac(("AWS4" + secret).encode("utf-8"), date)
     for part in (region, service, "aws4_request"):
         key = _hmac(key, part)
@@ -101,11 +105,11 @@ def signing_key(secret: str, date: str, region: str, service: str = "s3") -> byt
 
 
 def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.new(key, message.encode("utf-8"), hashlib.sha256).digest()
+    return hmac.digest(key, message.encode("utf-8"), "sha256")
 
 
 def sign(key: bytes, string_to_sign: str) -> str:
-    return hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, string_to_sign.encode("utf-8"), "sha256").hex()
 
 
 def same_signature(expected: str, given: str) -> bool:
@@ -162,9 +166,13 @@ def _canonical_headers(headers: Headers, signed: list[str]) -> str:
 
 
 def _parse_timestamp(text: str) -> datetime.datetime | None:
+    """``20261205T134501Z`` as a UTC time; None unless exactly so written."""
+    if not _TIMESTAMP_FORM.match(text):
+        return None
     try:
-        return datetime.datetime.strptime(text, _TIMESTAMP).replace(tzinfo=datetime.timezone.utc)
-    except ValueError:
+        return datetime.datetime(int(text[:4]), int(text[4:6]), int(text[6:8]), int(text[9:11]),
+                                 int(text[11:13]), int(text[13:15]), tzinfo=datetime.timezone.utc)
+    except ValueError:  # no such day or time
         return None
 
 
