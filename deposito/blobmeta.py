@@ -94,7 +94,8 @@ class BlobMeta:
     meta: str = ""  # what a gateway keeps with the version (see FileRecord.meta), for a rebuild
 
     def to_json(self) -> bytes:
-        return json.dumps(attrs.asdict(self), sort_keys=True).encode()
+        # every field, as attrs.asdict gives them, without its cost (one of these per blob written)
+        return json.dumps({field.name: getattr(self, field.name) for field in _FIELDS}, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> BlobMeta:
@@ -107,3 +108,6 @@ class BlobMeta:
             cached=bool(d.get("cached", False)),
             meta=str(d.get("meta", "")),
         )
+
+
+_FIELDS = attrs.fields(BlobMeta)

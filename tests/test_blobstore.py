@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
+import attrs
 import pytest
 import pytest_twisted
 
@@ -133,7 +135,6 @@ def test_a_large_blob_written_in_many_pieces_reads_back_and_checks(tmp_path):
 
 def test_a_blob_from_before_crc32c_is_still_read_and_checked(tmp_path):
     """Blobs written with zlib's CRC-32 (metadata without "checksum") stay readable."""
-    import json
     import zlib
 
     store = BlobStore(str(tmp_path))
@@ -290,3 +291,11 @@ def test_blob_ids_come_in_order_from_the_directories_alone(tmp_path, monkeypatch
     monkeypatch.setattr(bs, "meta_at", lambda *a: pytest.fail("a listing of ids read metadata"))
     assert list(store.blob_ids()) == made
     assert list(store.blob_ids(after=made[1])) == made[2:]
+
+
+def test_blob_metadata_keeps_every_field_through_its_json():
+    meta = BlobMeta("ab" * 16, "b/k é", 3, 5 << 20, "f" * 64, 2, (1, 2, 3, 4, 5), checksum="crc32", cached=True,
+                    meta='{"etag":"x"}')
+    raw = meta.to_json()
+    assert sorted(json.loads(raw)) == sorted(field.name for field in attrs.fields(BlobMeta))
+    assert BlobMeta.from_json(raw) == meta
