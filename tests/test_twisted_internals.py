@@ -546,6 +546,19 @@ class _Lent(Resource):
         return NOT_DONE_YET
 
 
+@defer.inlineCallbacks
+def _hang_up(peer: socket.socket, resource: Resource, port):
+    """Close the client's end, wait for the server's end (the transport
+    ``resource`` served on) to close too, its channel's timer with it, and
+    stop listening."""
+    peer.close()
+    for _ in range(500):
+        if not resource.transport.connected:
+            break
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    yield port.stopListening()
+
+
 def _http_get(peer: socket.socket, path: bytes, length: int) -> bytes:
     peer.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     reply = b""
@@ -575,12 +588,7 @@ def test_an_http_channel_lends_its_transport_for_a_body_and_serves_on():
         assert resource.seen[-1] == (None,)  # no Content-Length: the body must go through the request
         assert reply.endswith(b"plain")
     finally:
-        peer.close()
-        for _ in range(500):  # the server's end closes too (its channel's timer with it)
-            if not resource.transport.connected:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        yield port.stopListening()
+        yield _hang_up(peer, resource, port)
 
 
 class _Prompt(Resource):
@@ -640,9 +648,4 @@ def test_an_http_answer_goes_to_the_socket_at_once_in_order():
         assert reply.startswith(b"HTTP/1.1 200 ") and b"hello" not in reply
         assert resource.after == [(False, False, True)] * 3
     finally:
-        peer.close()
-        for _ in range(500):  # the server's end closes too (its channel's timer with it)
-            if not resource.transport.connected:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        yield port.stopListening()
+        yield _hang_up(peer, resource, port)
