@@ -177,6 +177,8 @@ class Upload:
         :meth:`write`. The Deferred fires once all of them are with the
         lanes, or fails when the source went away."""
         lanes = self.live()
+        for lane in lanes:
+            lane.client.flush_held()  # the WRITE line goes before the bytes the kernel moves
         transports = [lane.client.transport for lane in lanes]
         if (count < SPLICE_MIN or self._fan is not None or not can_fan_out(source, transports)
                 or twisted_internals.write_pending(self.clock, source)):

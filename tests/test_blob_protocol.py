@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import socket
 
 import pytest
 import pytest_twisted
@@ -14,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from deposito.blobstore import BlobStore, new_blob_id
 from deposito.device import Device
 from deposito.errors import NotFound
-from deposito.protocols.blobclient import BlobClient
+from deposito.protocols.blobclient import HOLD_FIRST, BlobClient
 from deposito.protocols.blobserver import BlobServerFactory
 from tests.test_blobstore import sums
 from tests.test_diskio import direct_possible
@@ -567,3 +568,60 @@ def test_lines_sent_during_a_read_wait_and_no_more_than_a_line_is_buffered(devic
         yield task.deferLater(reactor, 0.01, lambda: None)
     assert tr.value().startswith(b"OK 3000 size=3000\r\n" + data)
     assert tr.value().count(b"OK 1 size=3000\r\n" + data[-1:]) == 1010 and tr.producerState == "producing"
+
+
+def _waiting_bytes(peer: socket.socket) -> bytes | None:
+    """What waits to be read on ``peer``, None when nothing does; nothing is taken."""
+    peer.setblocking(False)
+    try:
+        return peer.recv(1 << 20, socket.MSG_PEEK)
+    except BlockingIOError:
+        return None
+    finally:
+        peer.settimeout(5)
+
+
+def _recv_exactly(peer: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        more = peer.recv(n - len(got))
+        assert more, got
+        got += more
+    return got
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_small_upload_goes_to_its_server_in_one_message_and_a_big_one_as_it_comes():
+    """The WRITE line and the bytes after it are held until END or
+    HOLD_FIRST bytes: a small blob reaches the server as one message; a big
+    one starts going as soon as that much is in, in order."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    c = yield endpoints.connectProtocol(
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", listener.getsockname()[1]), BlobClient(reactor))
+    peer, _ = listener.accept()
+    listener.close()
+    peer.settimeout(5)
+    try:
+        small, big = new_blob_id(), new_blob_id()
+        d = c.write_blob(small, 5, 1, 2, "x")
+        c.send(b"hello")
+        assert _waiting_bytes(peer) is None  # held, with the WRITE line
+        c.end(*sums(b"hello"))
+        message = f"WRITE {small} 5 1 2 x\r\nhello".encode() + f"END {' '.join(sums(b'hello'))}\r\n".encode()
+        assert _recv_exactly(peer, len(message)) == message
+        peer.sendall(f"OK stored {small}\r\n".encode())
+        assert (yield d).startswith("OK stored")
+
+        data = os.urandom(HOLD_FIRST + 1000)
+        d = c.write_blob(big, len(data), 1, 2, "y")
+        d.addErrback(lambda _: None)  # never answered here
+        c.send(data[:1000])
+        assert _waiting_bytes(peer) is None
+        c.send(data[1000:])  # past HOLD_FIRST: all of it goes now
+        head = f"WRITE {big} {len(data)} 1 2 y\r\n".encode()
+        assert _recv_exactly(peer, len(head) + len(data)) == head + data
+    finally:
+        peer.close()
+        c.transport.loseConnection()
+        yield settle()
