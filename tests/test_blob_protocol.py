@@ -9,7 +9,7 @@ import socket
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet import defer, endpoints, reactor, task, threads
 from twisted.internet.testing import StringTransport
 
 from deposito.blobstore import BlobStore, new_blob_id
@@ -592,9 +592,9 @@ def _recv_exactly(peer: socket.socket, n: int) -> bytes:
 
 @pytest_twisted.inlineCallbacks
 def test_a_small_upload_goes_to_its_server_in_one_message_and_a_big_one_as_it_comes():
-    """The WRITE line and the bytes after it are held until END or
-    HOLD_FIRST bytes: a small blob reaches the server as one message; a big
-    one starts going as soon as that much is in, in order."""
+    """A blob of at most HOLD_FIRST bytes reaches the server as one message
+    (its WRITE line held until END, with its bytes); a bigger one's WRITE
+    line goes at once, and its bytes as they come."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(5)
     c = yield endpoints.connectProtocol(
@@ -613,14 +613,17 @@ def test_a_small_upload_goes_to_its_server_in_one_message_and_a_big_one_as_it_co
         peer.sendall(f"OK stored {small}\r\n".encode())
         assert (yield d).startswith("OK stored")
 
-        data = os.urandom(HOLD_FIRST + 1000)
+        data = os.urandom(HOLD_FIRST + 1)
         d = c.write_blob(big, len(data), 1, 2, "y")
         d.addErrback(lambda _: None)  # never answered here
-        c.send(data[:1000])
-        assert _waiting_bytes(peer) is None
-        c.send(data[1000:])  # past HOLD_FIRST: all of it goes now
         head = f"WRITE {big} {len(data)} 1 2 y\r\n".encode()
-        assert _recv_exactly(peer, len(head) + len(data)) == head + data
+        assert _waiting_bytes(peer) == head  # at once, before any byte
+        c.send(data)
+        c.end(*sums(data))
+        c.setTimeout(None)
+        tail = f"END {' '.join(sums(data))}\r\n".encode()
+        got = yield threads.deferToThread(_recv_exactly, peer, len(head) + len(data) + len(tail))
+        assert got == head + data + tail
     finally:
         peer.close()
         c.transport.loseConnection()

@@ -20,8 +20,8 @@ from deposito.splice.relay import Relay
 from deposito.splice.sockets import SourceLost
 from deposito.twisted_internals import IStreamReactor, IStreamTransport
 
-# An upload's first bytes held with its WRITE line: a blob this small goes to
-# the server in one send with its END, one message where it would be three.
+# A blob this small goes to its server as one message, its WRITE line, its
+# bytes and END in one send, where it would be two or three.
 HOLD_FIRST = 64 * 1024
 
 
@@ -88,8 +88,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self._cutting = False  # this end is cutting the connection (see cut)
         self._cut_later: IDelayedCall | None = None
         self.refused = False
-        # An upload's WRITE line and its first bytes, held to go in one send
-        # with END (a small blob) or once HOLD_FIRST bytes have come
+        # A small upload's WRITE line and bytes, held to go in one send with END
         self._held: list[bytes] | None = None
         self._held_size = 0
 
@@ -190,7 +189,10 @@ class BlobClient(LineProtocol, TimeoutMixin):
         page cache (the copy reads go to first)."""
         d = self._expect(deadline=False)  # the upload's own stall watch covers the bytes; END arms it
         line = f"WRITE {blob} {size} {version} {replicas} {quote(name)}" + (" cache" if cache else "")
-        self._held, self._held_size = [line.encode("utf-8") + b"\r\n"], 0
+        if size <= HOLD_FIRST:  # sent with the bytes and END, in one message
+            self._held, self._held_size = [line.encode("utf-8") + b"\r\n"], 0
+        else:  # at once: the server readies its disk buffers while the bytes come
+            self.reply(line)
         return d
 
     def send(self, data: bytes) -> None:
@@ -199,7 +201,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
             return
         self._held.append(data)
         self._held_size += len(data)
-        if self._held_size >= HOLD_FIRST:
+        if self._held_size > HOLD_FIRST:  # more than it said: the server will refuse it
             self.flush_held()
 
     def flush_held(self) -> None:
