@@ -19,6 +19,7 @@ from deposito.protocols.blobclient import HOLD_FIRST, BlobClient
 from deposito.protocols.blobserver import BlobServerFactory
 from tests.test_blobstore import sums
 from tests.test_diskio import direct_possible
+from tests.test_twisted_internals import _peek, _recv_exactly
 
 
 class Sink:
@@ -570,26 +571,6 @@ def test_lines_sent_during_a_read_wait_and_no_more_than_a_line_is_buffered(devic
     assert tr.value().count(b"OK 1 size=3000\r\n" + data[-1:]) == 1010 and tr.producerState == "producing"
 
 
-def _waiting_bytes(peer: socket.socket) -> bytes | None:
-    """What waits to be read on ``peer``, None when nothing does; nothing is taken."""
-    peer.setblocking(False)
-    try:
-        return peer.recv(1 << 20, socket.MSG_PEEK)
-    except BlockingIOError:
-        return None
-    finally:
-        peer.settimeout(5)
-
-
-def _recv_exactly(peer: socket.socket, n: int) -> bytes:
-    got = b""
-    while len(got) < n:
-        more = peer.recv(n - len(got))
-        assert more, got
-        got += more
-    return got
-
-
 @pytest_twisted.inlineCallbacks
 def test_a_small_upload_goes_to_its_server_in_one_message_and_a_big_one_as_it_comes():
     """A blob of at most HOLD_FIRST bytes reaches the server as one message
@@ -606,7 +587,7 @@ def test_a_small_upload_goes_to_its_server_in_one_message_and_a_big_one_as_it_co
         small, big = new_blob_id(), new_blob_id()
         d = c.write_blob(small, 5, 1, 2, "x")
         c.send(b"hello")
-        assert _waiting_bytes(peer) is None  # held, with the WRITE line
+        assert _peek(peer) is None  # held, with the WRITE line
         c.end(*sums(b"hello"))
         message = f"WRITE {small} 5 1 2 x\r\nhello".encode() + f"END {' '.join(sums(b'hello'))}\r\n".encode()
         assert _recv_exactly(peer, len(message)) == message
@@ -617,7 +598,7 @@ def test_a_small_upload_goes_to_its_server_in_one_message_and_a_big_one_as_it_co
         d = c.write_blob(big, len(data), 1, 2, "y")
         d.addErrback(lambda _: None)  # never answered here
         head = f"WRITE {big} {len(data)} 1 2 y\r\n".encode()
-        assert _waiting_bytes(peer) == head  # at once, before any byte
+        assert _peek(peer) == head  # at once, before any byte
         c.send(data)
         c.end(*sums(data))
         c.setTimeout(None)
