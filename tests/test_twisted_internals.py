@@ -520,14 +520,18 @@ def test_continue_is_sent_when_the_request_asks_and_a_refusal_is_answered_before
     assert transport.disconnecting
 
 
-class _Lent(Resource):
-    """Writes each response body straight into the transport its channel lends."""
+class _Noting(Resource):
+    """A test resource that serves every path and notes what it saw in ``seen``."""
 
     isLeaf = True
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple] = []
+
+
+class _Lent(_Noting):
+    """Writes each response body straight into the transport its channel lends."""
 
     def render_GET(self, request):
         if request.path == b"/unsized":
@@ -559,14 +563,20 @@ def _hang_up(peer: socket.socket, resource: Resource, port):
     yield port.stopListening()
 
 
-def _http_get(peer: socket.socket, path: bytes, length: int) -> bytes:
-    peer.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+def _http(peer: socket.socket, request: bytes, done) -> bytes:
+    """Send ``request``; the reply, read until ``done(reply)``."""
+    peer.sendall(request)
     reply = b""
-    while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < length:
+    while not done(reply):
         chunk = peer.recv(65536)
         assert chunk, reply
         reply += chunk
     return reply
+
+
+def _http_get(peer: socket.socket, path: bytes, length: int) -> bytes:
+    return _http(peer, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                 lambda r: b"\r\n\r\n" in r and len(r.split(b"\r\n\r\n", 1)[1]) >= length)
 
 
 @pytest_twisted.inlineCallbacks
@@ -591,14 +601,8 @@ def test_an_http_channel_lends_its_transport_for_a_body_and_serves_on():
         yield _hang_up(peer, resource, port)
 
 
-class _Prompt(Resource):
+class _Prompt(_Noting):
     """Answers at once, sized or chunked, and notes what its transport still held after."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.after: list[tuple] = []
 
     def render(self, request):
         t = self.transport = request.channel.transport
@@ -610,7 +614,7 @@ class _Prompt(Resource):
             request.write(b"lo")
         request.finish()
         nodelay = t.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        self.after.append((ti.holds_unsent(t), ti.write_pending(reactor, t), bool(nodelay)))
+        self.seen.append((ti.holds_unsent(t), ti.write_pending(reactor, t), bool(nodelay)))
         return NOT_DONE_YET
 
 
@@ -619,13 +623,7 @@ class _PromptSite(Site):
 
 
 def _http_until(peer: socket.socket, request: bytes, end: bytes) -> bytes:
-    peer.sendall(request)
-    reply = b""
-    while not reply.endswith(end):
-        chunk = peer.recv(65536)
-        assert chunk, reply
-        reply += chunk
-    return reply
+    return _http(peer, request, lambda r: r.endswith(end))
 
 
 @pytest_twisted.inlineCallbacks
@@ -646,6 +644,6 @@ def test_an_http_answer_goes_to_the_socket_at_once_in_order():
         reply = yield threads.deferToThread(_http_until, peer, b"HEAD /sized HTTP/1.1\r\nHost: x\r\n\r\n",
                                             b"\r\n\r\n")
         assert reply.startswith(b"HTTP/1.1 200 ") and b"hello" not in reply
-        assert resource.after == [(False, False, True)] * 3
+        assert resource.seen == [(False, False, True)] * 3
     finally:
         yield _hang_up(peer, resource, port)
