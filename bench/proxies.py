@@ -87,13 +87,14 @@ class RoundSession(DepositoSmall):
         return super().put(self.prefix + key, data, replicas)
 
 
-def database(postgres: PrivatePostgres, name: str) -> str:
-    """A new empty database on the private PostgreSQL: its URL."""
+def database(url: str, name: str) -> str:
+    """A new empty database on the PostgreSQL server of ``url`` (a database
+    there to connect to): its URL."""
     import psycopg  # installed with Deposito, which needs it for this very catalog
 
-    with psycopg.connect(postgres.url, autocommit=True) as admin:
+    with psycopg.connect(url, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
-    return postgres.url.rsplit("/", 1)[0] + "/" + name
+    return url.rsplit("/", 1)[0] + "/" + name
 
 
 def spread(values: list[float]) -> dict:
@@ -350,10 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         sqlite = DepositoCluster(procs, root / "sqlite", prefix="sqlite-")
         clusters.append(sqlite)
         pg = DepositoCluster(procs, root / "postgresql", prefix="pg-",
-                             proxy_args=["--catalog", database(postgres, "one")])
+                             proxy_args=["--catalog", database(postgres.url, "one")])
         clusters.append(pg)
         two = DepositoCluster(procs, root / "two", prefix="two-", proxies=2,
-                              proxy_args=["--catalog", database(postgres, "two")])
+                              proxy_args=["--catalog", database(postgres.url, "two")])
         clusters.append(two)
         res["commands"] = [f"# PostgreSQL: examples/private_postgres.py in {pg_root}, databases one and two at "
                            f"{postgres.url.rsplit('/', 1)[0]}"] + [c for cluster in clusters for c in cluster.commands]

@@ -9,12 +9,16 @@ With ``--s3``, the clients are boto3's, through the proxy's S3 API
 figure given is the whole request's). The CPU of this process, the
 clients', is given too.
 
+With ``--postgres URL`` (a PostgreSQL server, as
+``examples/private_postgres.py`` prints it), each proxy keeps its catalog in
+a new database there, and the CPU of PostgreSQL's processes is given too.
+
 With ``--checkout`` given more than once, each checkout's installed
 Deposito (its .venv) runs a cluster of its own, in turns round by round,
 so that two versions are compared in one run on the same machine.
 
 Run by hand: ``.venv/bin/python bench/small_cpu.py [--clients 16]
-[--seconds 6] [--rounds 3] [--replicas 2] [--s3] [--checkout DIR ...]``.
+[--seconds 6] [--rounds 3] [--replicas 2] [--s3] [--postgres URL] [--checkout DIR ...]``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from get_cpu import cpu  # noqa: E402
+from proxies import database  # noqa: E402
 from harness import CHECKOUT, HOST, DepositoClient, DepositoCluster, free_port, scratch  # noqa: E402
 from s3 import ACCESS, BUCKET, SECRET, wait_s3  # noqa: E402
 from s3 import client as s3_client  # noqa: E402
@@ -39,10 +44,12 @@ SIZE = 4096
 
 
 def phase(cluster: DepositoCluster, clients: int, seconds: float, replicas: int, tag: str,
-          counts: list[int] | None = None, s3_port: int | None = None) -> tuple[list[int], str]:
+          counts: list[int] | None = None, s3_port: int | None = None, postgres: bool = False
+          ) -> tuple[list[int], str]:
     """PUT new files for ``seconds`` (``counts`` None), or GET the files each
     client put (``counts``, per client); returns the count per client and a
-    line of figures. With ``s3_port``, through S3 (the bucket ``bench``)."""
+    line of figures. With ``s3_port``, through S3 (the bucket ``bench``);
+    ``postgres``: the CPU of PostgreSQL's processes is counted too."""
     data = os.urandom(SIZE)
     done = [0] * clients
     to_send: list[float] = []
@@ -93,9 +100,11 @@ def phase(cluster: DepositoCluster, clients: int, seconds: float, replicas: int,
         except BaseException as e:
             errors.append(e)
 
-    pids = cluster.pids()
+    pids: dict[str, int | list[int]] = dict(cluster.pids())
+    if postgres:
+        pids["postgres"] = [int(p) for p in os.listdir("/proc") if p.isdigit() and comm(int(p)) == "postgres"]
     mine = os.times()
-    before = {k: cpu(p) for k, p in pids.items()}
+    before = {k: cpu_of(p) for k, p in pids.items()}
     start = time.monotonic()
     threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
     for t in threads:
@@ -105,7 +114,7 @@ def phase(cluster: DepositoCluster, clients: int, seconds: float, replicas: int,
     elapsed = time.monotonic() - start
     if errors:
         raise errors[0]
-    after = {k: cpu(p) for k, p in pids.items()}
+    after = {k: cpu_of(p) for k, p in pids.items()}
     if s3_port is not None:
         now = os.times()
         before["clients"], after["clients"] = (mine.user, mine.system), (now.user, now.system)
@@ -121,6 +130,28 @@ def phase(cluster: DepositoCluster, clients: int, seconds: float, replicas: int,
     return done, line + f"; CPU ms per request (user+system): {spent}"
 
 
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def cpu_of(pids: int | list[int]) -> tuple[float, float]:
+    """(user, system) seconds of a process, or of processes (those still running)."""
+    if isinstance(pids, int):
+        return cpu(pids)
+    spent = [0.0, 0.0]
+    for pid in pids:
+        try:
+            user, system = cpu(pid)
+        except OSError:
+            continue
+        spent[0] += user
+        spent[1] += system
+    return spent[0], spent[1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=16)
@@ -128,6 +159,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--s3", action="store_true", help="through the S3 API, with boto3")
+    ap.add_argument("--postgres", metavar="URL", help="keep each proxy's catalog in a new database on this server")
     ap.add_argument("--checkout", action="append", type=Path, help="a checkout with Deposito in its .venv")
     a = ap.parse_args()
     checkouts = [c.resolve() for c in a.checkout] if a.checkout else [CHECKOUT]
@@ -138,6 +170,8 @@ def main() -> int:
             keys = root / "s3-keys"
             keys.write_text(f"{ACCESS} {SECRET}\n")
             extra = ["--s3", f"tcp:{s3_ports[-1]}:interface={HOST}", "--s3-keys", keys] if a.s3 else []
+            if a.postgres:
+                extra += ["--catalog", database(a.postgres, f"small_cpu_{os.getpid()}_{i}")]
             clusters.append(DepositoCluster(procs, root / f"c{i}", prefix=f"c{i}-", checkout=checkout,
                                             proxy_args=extra))
         for cluster, s3_port in zip(clusters, s3_ports):
@@ -147,8 +181,9 @@ def main() -> int:
                 s3_client(s3_port).create_bucket(Bucket=BUCKET)
         for r in range(a.rounds):
             for checkout, cluster, s3_port in zip(checkouts, clusters, s3_ports):
-                counts, put = phase(cluster, a.clients, a.seconds, a.replicas, f"r{r}", s3_port=s3_port)
-                _, get = phase(cluster, a.clients, a.seconds, a.replicas, f"r{r}", counts, s3_port)
+                pg = bool(a.postgres)
+                counts, put = phase(cluster, a.clients, a.seconds, a.replicas, f"r{r}", s3_port=s3_port, postgres=pg)
+                _, get = phase(cluster, a.clients, a.seconds, a.replicas, f"r{r}", counts, s3_port, pg)
                 print(f"round {r + 1}, {a.clients} clients, {checkout}:\n  {put}\n  {get}", flush=True)
     return 0
 

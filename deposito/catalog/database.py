@@ -77,7 +77,8 @@ class Backend(Protocol):
 
     def pipeline(self, db: Any) -> ContextManager[Any]:
         """Around a batch: statements whose results are not read yet may go
-        to the database together (one round trip for many)."""
+        to the database together (one round trip for many); leaving it waits
+        until every statement sent has run, raising the first error."""
 
     def flush(self, db: Any) -> None:
         """Inside :meth:`pipeline`: run what was sent, raising its error if any."""
@@ -231,8 +232,7 @@ class Database:
                         self._calling = False
                     db.execute("RELEASE batched")  # sent with the next call's first statements
                 self.backend.flush(db)
-                db.execute("COMMIT")
-                self.backend.flush(db)
+                db.execute("COMMIT")  # (as in _alone) its answer is waited for by the end of the pipeline
         except BaseException as e:
             self._undo(db, e)
             raise
@@ -263,10 +263,10 @@ class Database:
                 finally:
                     self._calling = False
                 # COMMIT goes only once every statement is seen done: a proxy that dies
-                # meanwhile (its statements waiting on a lock) commits nothing
+                # meanwhile (its statements waiting on a lock) commits nothing. The end
+                # of the pipeline waits for the COMMIT.
                 self.backend.flush(db)
                 db.execute("COMMIT")
-                self.backend.flush(db)
         except Exception as e:
             self._undo(db, e)
             if self.backend.unreachable(e) or self.backend.retryable(e):
