@@ -189,11 +189,12 @@ class Database:
         """Run many calls in one transaction: one commit (one fsync) for all.
 
         Returns (ok, result or exception) per call, once the commit is durable.
-        A call that fails is undone alone (a savepoint); if the commit itself
-        fails, every call fails with its error. The calls' statements share
-        round trips (see Backend.pipeline), each call's seen done before the
-        next begins, so that its errors are its own. A batch that loses a conflict
-        with another proxy's runs again whole (the database undid all of it).
+        The calls' statements share round trips (see Backend.pipeline). When
+        a call fails, the transaction is undone and each call runs again in
+        one of its own, so that a failure is its call's alone (failures are
+        rare: a savepoint per call would cost every batch). A batch that
+        loses a conflict with another proxy's runs again whole (the database
+        undid all of it).
         """
         durable = any(is_durable(method) for method, _ in calls)
         error: BaseException | None = None
@@ -211,42 +212,23 @@ class Database:
         if len(calls) == 1:
             return self._alone(*calls[0], durable)
         db = self.db
-        results: list[tuple[bool, Any]] = []
         try:
             with self.backend.pipeline(db):
                 self.backend.begin(db, durable)
-                for method, args in calls:
-                    db.execute("SAVEPOINT batched")
-                    self._calling = True
-                    try:
-                        result = method(self, *args)
-                        self.backend.flush(db)  # its statements done, its errors its own
-                        results.append((True, result))
-                    except Exception as e:
-                        if self.backend.unreachable(e) or self.backend.retryable(e):
-                            raise
-                        self._settle(db)
-                        db.execute("ROLLBACK TO batched")
-                        results.append((False, e))
-                    finally:
-                        self._calling = False
-                    db.execute("RELEASE batched")  # sent with the next call's first statements
-                self.backend.flush(db)
-                db.execute("COMMIT")  # (as in _alone) its answer is waited for by the end of the pipeline
-        except BaseException as e:
-            self._undo(db, e)
-            raise
-        return results
-
-    def _settle(self, db: Any) -> None:
-        """After a call of a batch failed: what it sent is done, so that it
-        can be undone. Its statements' own errors were its failure; a lost
-        connection or a conflict fails the batch."""
-        try:
-            self.backend.flush(db)
+                self._calling = True
+                try:
+                    results = [(True, method(self, *args)) for method, args in calls]
+                finally:
+                    self._calling = False
+                self.backend.flush(db)  # (as in _alone) COMMIT once every statement is seen done
+                db.execute("COMMIT")
         except Exception as e:
+            self._undo(db, e)
             if self.backend.unreachable(e) or self.backend.retryable(e):
                 raise
+            # a call failed, which undid them all: each runs again alone, and its failure is its own
+            return [outcome for method, args in calls for outcome in self._alone(method, args, durable)]
+        return results
 
     def _alone(self, method: Callable[..., Any], args: tuple, durable: bool) -> list[tuple[bool, Any]]:
         """A batch of one call: its failure undoes the whole transaction (no
