@@ -161,10 +161,11 @@ class Database:
                 pass
 
     def _tx(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn`` atomically: its own transaction, or a savepoint inside a
-        batch (see :meth:`batch`), so one failing call undoes only itself."""
+        """Run ``fn`` atomically: its own transaction, a batch's (see
+        :meth:`batch`: if it fails, the batch is undone and runs again call
+        by call), or a savepoint inside a transaction already open."""
         db = self.db
-        if self._calling:  # a batch's call: the batch undoes it alone if it fails
+        if self._calling:  # a batch's call: its failure undoes the batch (see batch)
             return fn(db)
         if db.in_transaction:
             db.execute("SAVEPOINT call")
