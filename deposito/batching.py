@@ -7,20 +7,33 @@ import threading
 from typing import Any, Callable, Generic, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
 Results = list[tuple[bool, Any]]  # (True, result) or (False, exception), one per item
 
 
+class IBatchReactor(IReactorTime, IReactorFromThreads):
+    """A reactor as batches use it: a clock, to wake their thread on its
+    next turn, and the thread's results handed back. Every reactor Twisted
+    ships is both."""
+
+
 class Batches(Generic[T]):
     """Runs ``run(items)`` on a thread of its own for everything :meth:`submit`
     ted meanwhile: the items that arrive while one batch runs wait, and go
     together in the next (so, say, many commits share one flush). Each
-    item's Deferred fires on the reactor with its own outcome."""
+    item's Deferred fires on the reactor with its own outcome.
 
-    def __init__(self, reactor: IReactorFromThreads, run: Callable[[list[T]], Results], name: str) -> None:
+    The thread is woken on the reactor's next turn, not at the first
+    submit: what the rest of the turn submits joins the same batch, and the
+    reactor's thread, which holds the GIL while it works, is not put off its
+    core by the thread it wakes (a 16-client 4 KiB PUT run, bench/small_cpu.py:
+    787 -> 870 PUTs/s on average over five rounds, and the proxy's system
+    time per PUT 0.22-0.25 -> 0.17-0.20 ms)."""
+
+    def __init__(self, reactor: IBatchReactor, run: Callable[[list[T]], Results], name: str) -> None:
         self.reactor = reactor
         self.run = run
         self.name = name
@@ -29,6 +42,7 @@ class Batches(Generic[T]):
         self._lock = threading.Lock()
         self._queue: list[tuple[T, Deferred]] = []
         self._draining = False
+        self._waking: IDelayedCall | None = None  # the thread is to be woken on the next turn
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
@@ -37,6 +51,10 @@ class Batches(Generic[T]):
     def stop(self) -> None:
         """Once what was submitted so far has run."""
         if self._thread is not None:
+            if self._waking is not None and self._waking.active():
+                self._waking.cancel()
+            self._waking = None
+            self._wake.put(True)  # what was submitted runs first
             self._wake.put(False)
             self._thread.join()
             self._thread = None
@@ -52,8 +70,12 @@ class Batches(Generic[T]):
             if self._draining:
                 return d
             self._draining = True
-        self._wake.put(True)
+        self._waking = self.reactor.callLater(0, self._wake_up)
         return d
+
+    def _wake_up(self) -> None:
+        self._waking = None
+        self._wake.put(True)
 
     def _drain(self) -> None:
         while True:

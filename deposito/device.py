@@ -16,14 +16,13 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from deposito import diskio
-from deposito.batching import Batches
+from deposito.batching import Batches, IBatchReactor
 from deposito.blobmeta import BLOCK, BlobMeta
 from deposito.blobstore import BlobStore, IncomingBlob
 from deposito.errors import NoSpace
@@ -39,7 +38,7 @@ class Device:
     # in memory, so a blob whose path is in memory opens on the reactor thread.
     kept = 8192
 
-    def __init__(self, reactor: IReactorFromThreads, store: BlobStore, capacity: int) -> None:
+    def __init__(self, reactor: IBatchReactor, store: BlobStore, capacity: int) -> None:
         self.reactor = reactor
         self.store = store
         self.capacity = capacity

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 
 from deposito.batching import Batches
 
@@ -25,7 +25,7 @@ def test_items_submitted_while_a_batch_runs_go_together_in_the_next():
     b.start()
     try:
         first = b.submit(1)
-        assert entered.wait(10)  # the first batch is running, held at the gate
+        assert (yield threads.deferToThread(entered.wait, 10))  # the first batch is running, held at the gate
         later = [b.submit(2), b.submit(3), b.submit(4)]
         gate.set()
         assert (yield first) == 2
@@ -36,6 +36,26 @@ def test_items_submitted_while_a_batch_runs_go_together_in_the_next():
         assert batches_seen == [[1], [2, 3, 4]]
     finally:
         gate.set()
+        b.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_what_one_turn_of_the_reactor_submits_goes_in_one_batch():
+    """The thread is woken on the reactor's next turn: items submitted one
+    after the other, with no turn between, run together."""
+    batches_seen: list[list[int]] = []
+
+    def run(items: list[int]) -> list[tuple[bool, object]]:
+        batches_seen.append(list(items))
+        return [(True, i) for i in items]
+
+    b: Batches[int] = Batches(reactor, run, "test-batches")
+    b.start()
+    try:
+        results = yield defer.gatherResults([b.submit(i) for i in range(5)])
+        assert results == [0, 1, 2, 3, 4]
+        assert batches_seen == [[0, 1, 2, 3, 4]]
+    finally:
         b.stop()
 
 

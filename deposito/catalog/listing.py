@@ -26,11 +26,12 @@ from urllib.request import pathname2url
 
 import attrs
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorCore, IReactorFromThreads, IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from deposito.batching import IBatchReactor
 from deposito.catalog.records import FileRecord
 from deposito.catalog.schema import RECORD, to_record
 from deposito.hidden import VISIBLE
@@ -62,10 +63,11 @@ Opened = tuple[Snapshot, int, list[FileRecord]]  # the snapshot, its count, its 
 Opener = Callable[["NameRange", int], Opened]  # (names, batch): run in a thread
 
 
-class IListingReactor(IReactorTime, IReactorCore, IReactorFromThreads):
+class IListingReactor(IBatchReactor, IReactorCore):
     """A reactor as listings use it: a clock for their age, a shutdown
-    that stops their threads, and the threads' results handed back. Every
-    reactor Twisted ships is all three."""
+    that stops their threads, and the threads' results handed back (the
+    catalog's batches need the first and the last too). Every reactor
+    Twisted ships is all three."""
 
 
 class ListingExpired(Unavailable):
