@@ -29,9 +29,7 @@ class Batches(Generic[T]):
     The thread is woken on the reactor's next turn, not at the first
     submit: what the rest of the turn submits joins the same batch, and the
     reactor's thread, which holds the GIL while it works, is not put off its
-    core by the thread it wakes (a 16-client 4 KiB PUT run, bench/small_cpu.py:
-    787 -> 870 PUTs/s on average over five rounds, and the proxy's system
-    time per PUT 0.22-0.25 -> 0.17-0.20 ms)."""
+    core by the thread it wakes (see bench/PROFILE.md)."""
 
     def __init__(self, reactor: IBatchReactor, run: Callable[[list[T]], Results], name: str) -> None:
         self.reactor = reactor
