@@ -159,7 +159,7 @@ class SeaweedCluster:
         self.wait_up(nvolumes)
 
     def _start(self, name: str, args: list) -> None:
-        argv = [self.weed] + args
+        argv = [self.weed, f"-logdir={self.root}"] + args  # its own logs with the rest, not in /tmp
         self.commands.append(" ".join(str(a) for a in argv))
         self.procs.start(name, argv, self.root, self.root / f"{name}.log")
         self.names.append(name)
