@@ -94,7 +94,8 @@ class SeaweedS3:
             f"-master={HOST}:{self.cluster.mport}.{self.cluster.mgrpc}", f"-defaultStoreDir={root / 'filer'}",
             "-defaultReplicaPlacement=001"])
         self.cluster._start("sw-s3", ["s3", f"-ip.bind={HOST}", f"-port={self.port}", f"-port.grpc={free_port()}",
-                                      f"-filer={HOST}:{filer}.{filer_grpc}", f"-config={config}"])
+                                      f"-filer={HOST}:{filer}.{filer_grpc}", f"-config={config}",
+                                      f"-localSocket={root / 's3.sock'}"])  # not left in /tmp
         wait_s3(self.port)
         if fsync:  # every write to a bucket durable before the answer, as Deposito's
             shell = subprocess.run(
