@@ -19,7 +19,7 @@ import re
 import shutil
 import threading
 import uuid
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 import attrs
 
@@ -269,9 +269,7 @@ class BlobStore:
         if len(ready) > 1 and self.one_filesystem and diskio.sync_filesystem(self.root):
             dirs: set[str] = set()
             each(lambda incoming: dirs.update(incoming.install()))
-            if not diskio.sync_filesystem(self.root):
-                for d in sorted(dirs):
-                    fsync_dir(d)
+            self._sync_dirs(dirs)
             return results
         each(IncomingBlob.sync)
         each(_install_and_sync)
@@ -358,18 +356,46 @@ class BlobStore:
 
     def delete(self, blob_id: str) -> bool:
         """Remove a blob and its metadata; False when it was not there."""
-        path = self.path(blob_id)
-        size = self._size(blob_id)
-        for p in (path, path + ".meta"):
+        ok, outcome = self.delete_together([blob_id])[0]
+        if not ok:
+            raise cast(Exception, outcome)
+        return bool(outcome)
+
+    def delete_together(self, blob_ids: list[str]) -> list[tuple[bool, object]]:
+        """Remove several blobs and their metadata, their directories made
+        durable together (see :meth:`_sync_dirs`). Returns (True, whether it
+        was there) or (False, error) for each."""
+        results: list[tuple[bool, object]] = []
+        dirs: set[str] = set()
+        for blob_id in blob_ids:
             try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-        if size is None:
-            return False
-        fsync_dir(self._dir(blob_id))
-        self._tally(-size, -1)
-        return True
+                path = self.path(blob_id)
+                size = self._size(blob_id)
+                for p in (path, path + ".meta"):
+                    try:
+                        os.unlink(p)
+                    except FileNotFoundError:
+                        pass
+                if size is not None:
+                    dirs.add(self._dir(blob_id))
+                    self._tally(-size, -1)
+                results.append((True, size is not None))
+            except Exception as e:
+                results.append((False, e))
+        try:
+            self._sync_dirs(dirs)
+        except Exception as e:
+            return [(False, e)] * len(blob_ids)
+        return results
+
+    def _sync_dirs(self, dirs: set[str]) -> None:
+        """Make the renames and unlinks done in ``dirs`` durable: one sync of
+        the filesystem for several directories, where it holds all the blobs,
+        else an fsync of each."""
+        if len(dirs) > 1 and self.one_filesystem and diskio.sync_filesystem(self.root):
+            return
+        for d in sorted(dirs):
+            fsync_dir(d)
 
     def sweep(self) -> int:
         """Drop metadata whose blob is gone; recount what the disk holds."""

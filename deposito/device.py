@@ -47,16 +47,17 @@ class Device:
         self._readers = ThreadPool(1, 2, "deposito-reader")
         self._commits: Batches[tuple[IncomingBlob, str, str, bytes]] = Batches(
             reactor, self._commit_batch, "deposito-committer")
+        self._deletes: Batches[str] = Batches(reactor, store.delete_together, "deposito-deleter")
         self.corrupt_listeners: list[Callable[[str, str], None]] = []
         self._now = memoryview(bytearray(BLOCK))  # blocks read on the reactor thread go here
         self._metas: OrderedDict[str, BlobMeta] = OrderedDict()
 
     def start(self) -> None:
-        for pool in (self._writer, self._readers, self._commits):
+        for pool in (self._writer, self._readers, self._commits, self._deletes):
             pool.start()
 
     def stop(self) -> None:
-        for pool in (self._writer, self._readers, self._commits):
+        for pool in (self._writer, self._readers, self._commits, self._deletes):
             pool.stop()
 
     @property
@@ -144,8 +145,10 @@ class Device:
         return self._write(incoming.abort)
 
     def delete(self, blob_id: str) -> Deferred:
+        """Fires with whether the blob was there; the deletes asked for
+        meanwhile are made durable together."""
         self._forget(blob_id)
-        return self._write(self.store.delete, blob_id)
+        return self._deletes.submit(blob_id)
 
     def open(self, blob_id: str) -> Deferred:
         """(file, metadata) of a blob, for :meth:`read_block`: at once when

@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 
 from deposito.blobstore import BlobStore, new_blob_id
 from deposito.device import Device
-from deposito.errors import NotFound
+from deposito.errors import BadArgs, NotFound
 from deposito.protocols.blobclient import HOLD_FIRST, BlobClient
 from deposito.protocols.blobserver import BlobServerFactory
 from tests.test_blobstore import sums
@@ -115,9 +115,17 @@ def test_write_read_delete_real_bytes(tmp_path):
             assert "checksum" in str(e)
         assert device.reserved == 0
 
-        assert (yield c.delete_blob(blob)) == "OK deleted"
-        assert (yield c.delete_blob(blob)) == "OK absent"
-        assert (yield c.delete_blob(kept)) == "OK deleted"
+        assert (yield c.delete_blobs([blob])) == "OK deleted=1 absent=0"
+        assert (yield c.delete_blobs([blob])) == "OK deleted=0 absent=1"
+        # several in one request; one id that is not a blob's refuses the whole line
+        try:
+            yield c.delete_blobs([kept, "not-a-blob"])
+            raise AssertionError("a bad blob id was taken")
+        except BadArgs:
+            pass
+        assert os.path.exists(device.store.path(kept))
+        assert (yield c.delete_blobs([kept, blob, new_blob_id()])) == "OK deleted=1 absent=2"
+        assert not os.path.exists(device.store.path(kept)) and device.used == 0
         try:
             yield c.read_blob(blob, 0, Sink())
             raise AssertionError("read a deleted blob")
@@ -322,7 +330,7 @@ def test_a_big_write_is_read_from_the_socket_straight_into_disk_buffers(tmp_path
         assert device.reserved == 0 and os.listdir(device.store.incoming) == []
         assert len(diskio._free) <= max(spare + 3, diskio._KEEP)  # the buffers went back
         # the connection reads lines again: another request works
-        assert (yield c.delete_blob(blob)) == "OK deleted"
+        assert (yield c.delete_blobs([blob])) == "OK deleted=1 absent=0"
     finally:
         yield shut(device, port, c)
 

@@ -88,6 +88,20 @@ def test_delete_and_missing(tmp_path):
         store.open(blob)
 
 
+def test_delete_together(tmp_path):
+    store = BlobStore(str(tmp_path))
+    blobs = [new_blob_id() for _ in range(5)]
+    for b in blobs:
+        inc = store.begin(meta(b, 2))
+        inc.write(b"ab")
+        inc.commit(*sums(b"ab"))
+    results = store.delete_together(blobs[:3] + [new_blob_id(), "bad"])
+    assert [r[1] for r in results[:4]] == [True, True, True, False] and all(ok for ok, _ in results[:4])
+    assert results[4][0] is False and isinstance(results[4][1], BadArgs)
+    assert [os.path.exists(store.path(b)) for b in blobs] == [False, False, False, True, True]
+    assert (store.used, store.count) == (4, 2)
+
+
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "ABC", "0" * 31, "g" * 32, ""])
 def test_blob_ids_are_checked(tmp_path, bad):
     store = BlobStore(str(tmp_path))

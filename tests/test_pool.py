@@ -25,13 +25,13 @@ def test_clean_connections_are_reused_and_others_closed(tmp_path):
     member = Member("s", "z", "127.0.0.1", port.getHost().port)
     try:
         first = yield pool.connect(member)
-        assert (yield first.delete_blob(new_blob_id())) == "OK absent"
+        assert (yield first.delete_blobs([new_blob_id()])) == "OK deleted=0 absent=1"
         pool.release(first)
         assert pool.idle_count() == 1
         again = yield pool.connect(member)
         assert again is first and pool.idle_count() == 0
         # a connection with a request under way is never kept
-        pending = again.delete_blob(new_blob_id())
+        pending = again.delete_blobs([new_blob_id()])
         pool.release(again)
         assert pool.idle_count() == 0 and again.transport.disconnecting
         pending.addErrback(lambda f: None)

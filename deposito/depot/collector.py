@@ -12,10 +12,11 @@ from twisted.python.failure import Failure
 from deposito.errors import Unavailable
 from deposito.interfaces import ICatalog
 from deposito.pool import BlobPool
+from deposito.protocols.blobwire import DELETES_PER_LINE
 from deposito.roster import Roster
 
 COLLECT_PAGE = 500  # garbage copies read from the catalog at once
-DELETES_AT_ONCE = 4  # per server
+DELETES_AT_ONCE = 2  # requests under way per server
 
 
 class Collector:
@@ -100,20 +101,20 @@ class Collector:
                 await task.deferLater(self.clock, pause)
 
     async def _delete_from(self, server: str, blobs: list[str]) -> list[tuple[str, str]]:
-        """Delete ``blobs`` from one server over a few connections at once;
-        returns the (blob, server) pairs deleted."""
+        """Delete ``blobs`` from one server, many to a request, a few requests
+        at once; returns the (blob, server) pairs deleted."""
         member = self.roster.get(server)
         if member is None or not member.up:
             return []
-        todo = iter(blobs)
+        todo = iter([blobs[i:i + DELETES_PER_LINE] for i in range(0, len(blobs), DELETES_PER_LINE)])
         gone: list[tuple[str, str]] = []
 
         async def worker() -> None:
             client = await self.pool.connect(member)
             try:
-                for blob in todo:
-                    await client.delete_blob(blob)
-                    gone.append((blob, server))
+                for some in todo:
+                    await client.delete_blobs(some)
+                    gone.extend((blob, server) for blob in some)
             finally:
                 self.pool.release(client)
 

@@ -60,7 +60,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
     """The proxy's end of a blob connection: one request at a time.
 
     ``write_blob``/``send``/``end`` upload a blob; ``read_blob`` streams one
-    into a sink; ``delete_blob`` removes one. Each returns a Deferred that fails
+    into a sink; ``delete_blobs`` removes some. Each returns a Deferred that fails
     with a DepositoError on an ERR reply or ConnectionLost.
     """
 
@@ -223,9 +223,10 @@ class BlobClient(LineProtocol, TimeoutMixin):
         send_now(self.transport)
         self.setTimeout(self.request_timeout)
 
-    def delete_blob(self, blob: str) -> defer.Deferred[str]:
+    def delete_blobs(self, blobs: list[str]) -> defer.Deferred[str]:
+        """Delete ``blobs`` (DELETES_PER_LINE at most); fires with the reply line."""
         d = self._expect()
-        self.reply(f"DELETE {blob}")
+        self.reply("DELETE " + " ".join(blobs))
         return d
 
     def read_blob(self, blob: str, offset: int, sink: Sink, relay_to: IStreamTransport | None = None,

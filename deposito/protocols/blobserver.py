@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import attrs
+from twisted.internet.defer import gatherResults
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -206,16 +207,17 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 
     # -- DELETE
 
-    def do_DELETE(self, blob: str) -> None:
-        d = self.device.delete(check_blob_id(blob))
+    def do_DELETE(self, blob: str, *more: str) -> None:
+        blobs = [check_blob_id(b) for b in (blob, *more)]
+        d = gatherResults([self.device.delete(b) for b in blobs], consumeErrors=True)
         self.paused = True  # lines wait
 
-        def done(existed: bool) -> None:
-            self.reply("OK deleted" if existed else "OK absent")
+        def done(existed: list[bool]) -> None:
+            self.reply(f"OK deleted={sum(existed)} absent={len(existed) - sum(existed)}")
             self.resumeProducing()
 
         def failed(failure: Failure) -> None:
-            self.log.failure("deleting blob {blob}", failure, blob=blob)
+            self.log.failure("deleting {count} blobs from {first}", failure, count=len(blobs), first=blob)
             self.fail(Internal("delete failed"))
             self.resumeProducing()
 

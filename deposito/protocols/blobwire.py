@@ -15,8 +15,9 @@ Requests (one line each, words as in the text protocol):
         block they touch is checked against its checksum first, whole, even
         where the range starts or ends within it. An offset past the end, or
         a range that ends past it, is an ERR (the connection stays usable).
-    DELETE <blob>
-        reply ``OK deleted`` or ``OK absent``.
+    DELETE <blob> [<blob> ...]
+        reply ``OK deleted=<n> absent=<m>``: how many were there and are
+        gone, and how many were not there. The deletes are durable first.
 
 Errors are ``ERR <code> <message>``, as on the client port. The server's
 local port (deposito.protocols.handoff) speaks the same, plus KEY, OPEN and
@@ -36,6 +37,7 @@ from __future__ import annotations
 from deposito.errors import BadArgs, DepositoError
 from deposito.protocols.words import parse_count
 
+DELETES_PER_LINE = 200  # blob ids in one DELETE: 33 bytes each, well within a line (lines.MAX_LINE)
 PROXY_PROOF = "proxy-blob"  # what the proxy's proof is made for (deposito.secret.proof)
 SERVER_PROOF = "server-blob"
 
