@@ -18,7 +18,8 @@ Deposito (its .venv) runs a cluster of its own, in turns round by round,
 so that two versions are compared in one run on the same machine.
 
 Run by hand: ``.venv/bin/python bench/small_cpu.py [--clients 16]
-[--seconds 6] [--rounds 3] [--replicas 2] [--s3] [--postgres URL] [--checkout DIR ...]``.
+[--seconds 6] [--rounds 3] [--replicas 2] [--s3] [--postgres URL] [--overwrite]
+[--checkout DIR ...]``.
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ def main() -> int:
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--s3", action="store_true", help="through the S3 API, with boto3")
     ap.add_argument("--postgres", metavar="URL", help="keep each proxy's catalog in a new database on this server")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="every round puts the first round's names again: from the second round on each PUT"
+                         " replaces a version, whose copies are garbage to delete (as in bench/s3.py's rounds)")
     ap.add_argument("--checkout", action="append", type=Path, help="a checkout with Deposito in its .venv")
     a = ap.parse_args()
     checkouts = [c.resolve() for c in a.checkout] if a.checkout else [CHECKOUT]
@@ -182,8 +186,9 @@ def main() -> int:
         for r in range(a.rounds):
             for checkout, cluster, s3_port in zip(checkouts, clusters, s3_ports):
                 pg = bool(a.postgres)
-                counts, put = phase(cluster, a.clients, a.seconds, a.replicas, f"r{r}", s3_port=s3_port, postgres=pg)
-                _, get = phase(cluster, a.clients, a.seconds, a.replicas, f"r{r}", counts, s3_port, pg)
+                tag = "r0" if a.overwrite else f"r{r}"
+                counts, put = phase(cluster, a.clients, a.seconds, a.replicas, tag, s3_port=s3_port, postgres=pg)
+                _, get = phase(cluster, a.clients, a.seconds, a.replicas, tag, counts, s3_port, pg)
                 print(f"round {r + 1}, {a.clients} clients, {checkout}:\n  {put}\n  {get}", flush=True)
     return 0
 
