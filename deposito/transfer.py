@@ -85,8 +85,9 @@ class Lane:
         self._stall = None
         self.upload._resume(self)
 
-    def stopProducing(self) -> None:
+    def stopProducing(self) -> None:  # its connection is gone
         self.alive = False
+        self.upload._left(self)
 
     def _stalled(self) -> None:
         self._stall = None
@@ -142,6 +143,7 @@ class Upload:
         self._paused: set[Lane] = set()
         self._source: Any = None
         self._fan: FanOut | None = None
+        self._fan_lanes: list[Lane] = []  # the fan-out's targets, in its order
 
     def add_lane(self, member: Member, client: BlobClient, result: defer.Deferred) -> None:
         self.lanes.append(Lane(self, member, client, result))
@@ -202,10 +204,10 @@ class Upload:
             self.log.warn("cannot splice an upload: {why}", why=e.strerror)
             self._source, self._paused = source_was, paused_was
             return None
-        self._fan = fan
+        self._fan, self._fan_lanes = fan, lanes
 
         def over(result: Any) -> Any:
-            self._fan = None
+            self._fan, self._fan_lanes = None, []
             return result
 
         return d.addBoth(over)
@@ -229,7 +231,13 @@ class Upload:
         if lane.alive:
             self.log.warn("upload to {id} failed: {why}", id=lane.member.id, why=failure.getErrorMessage())
         lane.alive = False
+        self._left(lane)
         self._resume(lane)
+
+    def _left(self, lane: Lane) -> None:
+        """A lane is gone: a fan-out under way stops waiting on it now."""
+        if self._fan is not None and lane in self._fan_lanes:
+            self._fan.leave(self._fan_lanes.index(lane))
 
     async def finish(self) -> list[Member]:
         """All bytes are in: the servers that hold a durable, verified copy."""

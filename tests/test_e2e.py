@@ -193,6 +193,7 @@ def test_target_killed_during_put_still_gives_n_copies(cluster):
         assert poll(lambda: sum(bool(incoming(cluster, s)) for s in cluster.servers) == 3, 10)
         victim = next(s for s in cluster.servers if incoming(cluster, s))
         cluster.kill(victim)
+        w.sock.settimeout(15)  # the rest goes on at once, not after the 30 s a stalled server gets
         w.send(data[len(data) // 2:])
         r = w.line()
         assert r.startswith("OK stored") and fields(r)["replicas"] == "3", r

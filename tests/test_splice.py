@@ -278,6 +278,39 @@ def test_fan_out_leaves_a_target_that_stops_reading_or_leaves_and_the_rest_go_on
 
 @needs_tee
 @pytest_twisted.inlineCallbacks
+def test_fan_out_told_a_target_left_while_it_waits_on_that_target_goes_on_at_once():
+    frozen, fine = Collector(), Collector()
+    source, targets, ports = yield fanned(len(DATA), [frozen, fine])
+    try:
+        frozen.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        targets[0].getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+
+        def freeze(data, orig=frozen.dataReceived):
+            orig(data)
+            if frozen.size >= 1 << 20:
+                frozen.transport.stopReading()  # its socket fills: the fan-out waits to write to it
+
+        frozen.dataReceived = freeze
+        absorbed, dropped = [], []
+        fan = fan_out(source, targets, len(DATA), absorbed, dropped, stall=60.0)
+        yield ask(source)
+        done = fan.start()
+        yield until(lambda: frozen.size >= 1 << 20 and fan.pending[0] and not fan.reading)
+        # Its connection is closed (as when its server died and Twisted saw it
+        # first): the socket the fan-out waits on leaves the reactor with it.
+        targets[0].abortConnection()
+        yield until(lambda: not targets[0].connected)
+        fan.leave(0)
+        assert (yield done.addTimeout(10, reactor)) == len(DATA)  # not the stall timeout's 60 s
+        assert dropped == []  # told, not found out: nothing to report
+        yield until(lambda: fine.size == len(DATA))
+        assert hashlib.sha256(b"".join(fine.got)).digest() == hashlib.sha256(DATA).digest()
+    finally:
+        yield hang_up(source, targets, ports, [frozen, fine])
+
+
+@needs_tee
+@pytest_twisted.inlineCallbacks
 def test_fan_out_stops_sending_to_a_target_no_longer_live():
     collectors = [Collector(), Collector()]
     source, targets, ports = yield fanned(len(DATA), collectors)

@@ -80,6 +80,22 @@ def test_a_lane_stalled_too_long_is_dropped_and_the_source_resumes():
     up.abort()  # what the proxy does with an upload given up: the dropped lane's failure is consumed
 
 
+def test_a_lane_whose_connection_goes_is_left_by_the_fan_out_under_way():
+    class Fan:
+        def __init__(self):
+            self.left = []
+
+        def leave(self, i):
+            self.left.append(i)
+
+    up, _, clients, _ = lanes(3)
+    up._fan, up._fan_lanes = Fan(), list(up.lanes)
+    up.lanes[1].stopProducing()  # what Twisted calls once that connection is lost
+    assert up._fan.left == [1] and [lane.alive for lane in up.lanes] == [True, False, True]
+    clients[2].connectionLost(None)  # the reply's Deferred fails: the lane is lost
+    assert up._fan.left == [1, 2]
+
+
 @defer.inlineCallbacks
 def test_finish_reports_the_servers_that_confirmed():
     up, src, clients, _ = lanes(3)

@@ -244,6 +244,11 @@ class FanOut:
         self._writing.clear()
         self.pump()
 
+    def leave(self, i: int) -> None:
+        """Target ``i``'s connection is gone: stop waiting on it (its socket
+        may be closed already, and the reactor would never say it is writable)."""
+        self._drop(i, None)
+
     def _drop(self, i: int, why: DepositoError | None) -> None:
         """Leave target ``i``: it failed (``why``), or is no longer wanted."""
         if self.gone[i]:
