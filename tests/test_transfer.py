@@ -9,6 +9,7 @@ from twisted.internet.testing import StringTransport
 
 from deposito.blobmeta import BlockSums
 from deposito.protocols.blobclient import BlobClient
+from deposito.protocols.blobwire import ConnectionLost
 from deposito.roster import Member
 from deposito.transfer import Upload
 
@@ -94,6 +95,9 @@ def test_a_lane_whose_connection_goes_is_left_by_the_fan_out_under_way():
     assert up._fan.left == [1] and [lane.alive for lane in up.lanes] == [True, False, True]
     clients[2].connectionLost(None)  # the reply's Deferred fails: the lane is lost
     assert up._fan.left == [1, 2]
+    failures = []
+    up.lanes[2].result.addErrback(failures.append)
+    assert failures and failures[0].check(ConnectionLost)
 
 
 @defer.inlineCallbacks
