@@ -111,6 +111,21 @@ def holds_unsent(transport: Any) -> bool:
     return bool(transport.dataBuffer or getattr(transport, "_tempDataBuffer", True))
 
 
+def unsent_size(transport: Any) -> int:
+    """How many written bytes ``transport`` holds that the kernel has not
+    taken yet; for a wrapper such as TLS, those of the socket's transport
+    beneath it (TLS hands each write, encrypted, to that one at once).
+
+    Relies on abstract.FileDescriptor keeping them in ``dataBuffer`` from
+    ``offset`` on and counting those written since in ``_tempDataLen``. If
+    those attributes are gone the answer is 0: a client that sends requests
+    and reads no replies is then no longer held back."""
+    while not hasattr(transport, "dataBuffer") and hasattr(transport, "transport"):
+        transport = transport.transport
+    buffered = getattr(transport, "dataBuffer", b"")
+    return len(buffered) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+
+
 def flush_now(transport: Any) -> None:
     """Hand what plain TCP ``transport`` holds to the kernel now rather than
     on the reactor's next turn.

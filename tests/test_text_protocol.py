@@ -520,3 +520,66 @@ def test_a_client_that_half_closes_gets_every_answer_also_to_lines_answered_at_o
     send, stored, stat, header, rest = got.split(b"\r\n", 4)
     assert send == b"OK send 5" and stored.startswith(b"OK stored name=g ")
     assert stat.startswith(b"OK name=g size=5 ") and header.startswith(b"OK 5 sha256=") and rest == b"hello"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_asks_and_never_reads_costs_a_bounded_buffer():
+    """HELP after HELP from a client that reads nothing: once more than
+    REPLY_BACKLOG of replies wait, the proxy stops reading its requests; every
+    reply still comes, in order, once the client reads, and it goes on serving."""
+    from deposito import twisted_internals
+    from deposito.protocols.text import HELP, REPLY_BACKLOG
+
+    factory = DepotFactory(FakeDepot())
+    protos: list = []
+    build = factory.buildProtocol
+    factory.buildProtocol = lambda addr: protos.append(build(addr)) or protos[-1]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port.getHost().port))
+    help_reply = (f"OK {len(HELP)}\r\n" + "".join(line + "\r\n" for line in HELP)).encode()
+    count = 20000  # about 16 MB of replies
+    try:
+        sending = threads.deferToThread(sock.sendall, b"HELP\n" * count)  # blocks once the proxy stops reading
+        most = 0
+        for _ in range(100):
+            yield task.deferLater(reactor, 0.01, lambda: None)
+            if protos:
+                most = max(most, twisted_internals.unsent_size(protos[0].transport))
+        assert protos[0].paused and not twisted_internals.is_reading(reactor, protos[0].transport)
+        assert REPLY_BACKLOG < most <= REPLY_BACKLOG + len(help_reply)
+
+        def read_all(size: int) -> bytes:
+            got = bytearray()
+            while len(got) < size:
+                chunk = sock.recv(1 << 20)
+                assert chunk, "closed early"
+                got += chunk
+            return bytes(got)
+
+        greeting = yield threads.deferToThread(read_line, sock)
+        assert greeting.startswith(b"OK deposito ")
+        got = yield threads.deferToThread(read_all, count * len(help_reply))
+        assert got == help_reply * count
+        yield sending
+        sock.sendall(b"STAT nothing\n")
+        line = yield threads.deferToThread(read_line, sock)
+        assert line.startswith(b"ERR notfound")
+    finally:
+        sock.close()
+        for _ in range(500):  # till the proxy's end has seen the close
+            if not protos or not protos[0].transport.connected:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield port.stopListening()
+
+
+def read_line(sock: socket.socket) -> bytes:
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = sock.recv(1)
+        assert chunk, "closed early"
+        got += chunk
+    return got

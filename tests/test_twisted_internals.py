@@ -243,6 +243,25 @@ def test_flush_now_sends_what_is_written_at_once():
 
 
 @pytest_twisted.inlineCallbacks
+def test_unsent_size_counts_what_waits_for_the_kernel():
+    client, peer = yield made()
+    try:
+        t = client.transport
+        assert ti.unsent_size(t) == 0
+        t.write(b"OK one\r\n")
+        t.write(b"OK two\r\n")
+        assert ti.unsent_size(t) == 16  # written, not yet sent
+        ti.set_send_limit(t, 5)
+        ti.flush_now(t)  # 5 of them sent; the rest is in dataBuffer past offset
+        assert ti.unsent_size(t) == 11
+        assert _recv_exactly(peer, 5) == b"OK on"
+        yield _until(lambda: ti.unsent_size(t) == 0)
+        assert _recv_exactly(peer, 11) == b"e\r\nOK two\r\n"
+    finally:
+        yield close(client, peer)
+
+
+@pytest_twisted.inlineCallbacks
 def test_flush_now_leaves_a_half_close_to_the_reactor():
     client, peer = yield made()
     try:

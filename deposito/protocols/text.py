@@ -27,6 +27,8 @@ from deposito.protocols.listreply import ListBroken, ListReply
 from deposito.protocols.words import check_name, parse_count, quote, split
 
 MAX_REPLICAS = 16
+REPLY_BACKLOG = 256 << 10  # replies a client has not read beyond this: its next requests wait
+BACKLOG_CHECK = 0.02  # seconds between looks at such a backlog
 
 USAGE = {
     "HELP": "HELP",
@@ -81,6 +83,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self._waiting: defer.Deferred | None = None
         self._sent_all = False  # the client half-closed: it sends nothing more
         self._parsing = 0  # dataReceived calls under way (an answer given at once parses the next lines within)
+        self._backlog: Any = None  # the next look at replies the client has not read (see _hold_for_backlog)
 
     # -- framing
 
@@ -131,6 +134,34 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     def writeConnectionLost(self) -> None:
         pass  # this end never half-closes
 
+    def lineReceived(self, line: bytes) -> None:
+        super().lineReceived(line)
+        if not self.paused:  # answered at once
+            self._hold_for_backlog()
+
+    def _hold_for_backlog(self) -> bool:
+        """If more than REPLY_BACKLOG of replies wait to be sent, lines wait
+        and the socket is not read until they are mostly gone: a client that
+        asks and never reads costs a bounded buffer, and is cut after the
+        stall timeout without progress."""
+        unsent = twisted_internals.unsent_size(self.transport)
+        if unsent <= REPLY_BACKLOG:
+            return False
+        self.pauseProducing()
+        self.setTimeout(self.stall_timeout)
+        self._backlog = self.callLater(BACKLOG_CHECK, lambda: self._look_at_backlog(unsent))
+        return True
+
+    def _look_at_backlog(self, before: int) -> None:
+        self._backlog = None
+        unsent = twisted_internals.unsent_size(self.transport)
+        if unsent > REPLY_BACKLOG // 2:
+            if unsent < before:  # the client reads: it is not stalled
+                self.resetTimeout()
+            self._backlog = self.callLater(BACKLOG_CHECK, lambda: self._look_at_backlog(unsent))
+        else:
+            self._resume(None)
+
     def timeoutConnection(self) -> None:
         if self._upload is not None:
             self.reply("ERR badargs upload stalled, closing")
@@ -179,12 +210,15 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     def _resume(self, _: object) -> None:
         if self._broken:
             self.transport.abortConnection()
-        elif self.transport.connected:
+        elif self.transport.connected and not self._hold_for_backlog():
             self.setTimeout(self.idle_timeout)
             self.resumeProducing()  # the lines that waited are parsed (see dataReceived)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
+        if self._backlog is not None:
+            self._backlog.cancel()
+            self._backlog = None
         if getattr(self, "factory", None) is not None:
             self.factory.open -= 1
         if self._waiting is not None:  # only the wait ends; the wanted count stays
