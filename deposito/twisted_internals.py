@@ -361,7 +361,10 @@ def answer_before_body(request: Any) -> None:
     ``_path`` and ``_version`` until the whole body has arrived (the request
     takes them only then, in requestReceived, and writes its status line
     with its ``clientproto``), and closing a connection whose ``persistent``
-    is False when a request is done; the test of this fact fails first."""
+    is False when a request is done; the test of this fact fails first. The
+    answer says ``Connection: close``, as HTTP/1.1 asks of a server that
+    closes after it."""
     channel = request.channel
     request.method, request.uri, request.clientproto = channel._command, channel._path, channel._version
     channel.persistent = False
+    request.setHeader(b"connection", b"close")  # the client must not send its next request on this one

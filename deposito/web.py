@@ -13,6 +13,7 @@ servers' connections, paused by the HTTP client's.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from typing import Any, Callable, Coroutine
@@ -23,7 +24,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 import deposito
@@ -360,6 +361,7 @@ def status_site(depot: IDepot, events: EventLog, metrics: Metrics, clock: IReact
     root.putChild(b"api", api)
     root.putChild(b"files", _Guarded(Downloads(depot), tokens))
     site = _QuietSite(root)
+    site.clock = clock
     return site
 
 
@@ -383,11 +385,55 @@ class _Guarded(Resource):
         return self.inner.render(request)
 
 
+BODY_LIMIT = 64 << 10  # the HTTP side is read-only: a request body bigger than this is refused unread
+
+
+class _ReadOnlyRequest(Request):
+    """A request to the read-only HTTP side. twisted.web would store a body
+    of any size (in a temporary file past 100 KB) before a page sees the
+    request; a body over BODY_LIMIT, or of unknown length, is refused with
+    413 instead, before it is read (a client waiting for ``100 Continue``
+    is never asked for it), and the connection closed after the answer."""
+
+    refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length <= BODY_LIMIT:
+            super().gotLength(length)
+            return
+        self.refused = True
+        self.content = io.BytesIO()  # stays empty
+        twisted_internals.answer_before_body(self)
+        getattr(self.channel, "transport").pauseProducing()  # nothing more of the connection is read
+        # answered on the next turn, once twisted.web is done with these headers
+        getattr(self.channel, "site").clock.callLater(0, self._refuse)
+
+    def continue_later(self, send: Callable[[], None]) -> None:
+        """``Expect: 100-continue`` (see twisted_internals.ContinueWhenAsked): the body is asked for unless refused."""
+        if not self.refused:
+            send()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if not self.refused:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self.refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        _send(self, 413, b"text/plain; charset=utf-8", b"this port is read-only: a request body is refused\n")
+
+
 class _QuietSite(Site):
     """No access log: the page refreshes itself and Prometheus scrapes often;
-    the proxy's log is for what happens to the cluster."""
+    the proxy's log is for what happens to the cluster. Requests are
+    :class:`_ReadOnlyRequest`, their answers sent at once (PromptChannel)."""
 
     noisy = False
+    clock: IReactorTime
+    requestFactory = _ReadOnlyRequest
+    protocol = twisted_internals.http_site_protocol
 
     def log(self, request: Any) -> None:
         pass

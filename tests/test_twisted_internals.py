@@ -536,6 +536,7 @@ def test_continue_is_sent_when_the_request_asks_and_a_refusal_is_answered_before
     channel.makeConnection(transport)
     channel.dataReceived(head)
     assert transport.value().startswith(b"HTTP/1.1 412 ") and b"100 Continue" not in transport.value()
+    assert b"\r\nConnection: close\r\n" in transport.value()  # said, as HTTP/1.1 asks
     assert transport.disconnecting
 
 

@@ -529,3 +529,31 @@ def test_json_logs_from_twistd(tmp_path):
             p.send_signal(signal.SIGTERM)
         for p in (server, proxy):
             p.wait(15)
+
+
+def _raw_request(port: int, head: bytes, body: bytes = b"") -> bytes:
+    """Send ``head`` and ``body``; all that comes back until the proxy closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head + body)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+        return got
+
+
+def test_a_request_body_is_refused_unread_on_the_read_only_port(web):
+    """The HTTP side takes no uploads: a body over 64 KiB, or of unknown
+    length, gets 413 before it is sent or read (never stored on the proxy's
+    disk), and the connection is closed after the answer; a small one is read
+    and answered as before; and the port goes on serving."""
+    huge = b"POST /metrics HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000000\r\n\r\n"
+    got = _raw_request(web.http, huge, b"x" * 1000)  # far less than announced, yet answered
+    assert got.startswith(b"HTTP/1.1 413 ") and b"\r\nConnection: close\r\n" in got, got[:300]
+    asks = b"PUT /files/x HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 70000\r\n\r\n"
+    got = _raw_request(web.http, asks)
+    assert got.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in got, got[:300]
+    chunked = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert _raw_request(web.http, chunked, b"5\r\nhello\r\n").startswith(b"HTTP/1.1 413 ")
+    small = b"POST /metrics HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    assert _raw_request(web.http, small).startswith(b"HTTP/1.1 405 ")
+    assert get_json(web.http, "/api/status")["servers_up"] == 3
