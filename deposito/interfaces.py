@@ -158,12 +158,14 @@ class ICatalog(IWorkCatalog):
         """An upload failed: what it wrote anywhere is garbage."""
 
     def commit(name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-               servers: list[str], now: float, meta: str = "", expect: Optional[Expect] = None) -> Deferred[bool]:
+               servers: list[str], now: float, meta: str = "", expect: Optional[Expect] = None,
+               bucket: Optional[str] = None) -> Deferred[bool]:
         """Make a version visible with its copies (and a gateway's ``meta``),
         in one transaction; fires False when a newer version was committed or
         deleted meanwhile (this one is garbage then, never seen by readers).
         With ``expect``, only if the name's current version meets it (see
-        :data:`deposito.catalog.records.Expect`), else that error."""
+        :data:`deposito.catalog.records.Expect`), else that error; with
+        ``bucket`` (an S3 write), only while that bucket exists, else NotFound."""
 
     # -- multipart uploads (the S3 gateway's): parts are hidden files (see deposito.hidden)
 

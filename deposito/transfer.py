@@ -133,6 +133,7 @@ class Upload:
         self.part_of = ""  # a multipart upload's id, when this is one of its parts (see deposito.hidden)
         self.completes: Completion | None = None  # when this is the manifest that completes a multipart upload
         self.expect: Expect | None = None  # a conditional write's condition, checked at the commit
+        self.bucket: str | None = None  # an S3 write's bucket, which must still exist at the commit
         self.finishing = False  # finish_put has it: its own failure path cleans it up
         self.stall_timeout = stall_timeout
         self.lanes: list[Lane] = []

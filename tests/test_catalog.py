@@ -1001,6 +1001,20 @@ def test_buckets_are_made_once_listed_in_order_and_deleted_only_when_empty(cat):
         cat.delete_bucket("photos")
 
 
+def test_a_write_into_a_bucket_commits_only_while_the_bucket_exists(cat):
+    assert cat.create_bucket("kept", 1.0)
+    v = cat.begin_upload("kept/a", "b1", ["s1"])
+    assert cat.commit("kept/a", v, "b1", 1, "x", 1, ["s1"], 0.0, bucket="kept")
+    with pytest.raises(NotEmpty):
+        cat.delete_bucket("kept")
+    v = cat.begin_upload("gone/a", "b2", ["s1"])
+    with pytest.raises(NotFound):  # no such bucket (deleted while the bytes came): nothing is kept
+        cat.commit("gone/a", v, "b2", 1, "x", 1, ["s1"], 0.0, bucket="gone")
+    assert cat.lookup("gone/a") is None
+    cat.abandon("b2")
+    assert ("b2", "s1") in cat.db.execute("SELECT blob, server FROM garbage").fetchall()
+
+
 def test_buckets_are_listed_a_page_at_a_time_by_prefix(cat):
     names = ["a-1", "a-2", "a-3", "a.b", "ab", "b-1"]
     for i, name in enumerate(names):

@@ -8,6 +8,7 @@ import base64
 import datetime
 import hashlib
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -1160,3 +1161,40 @@ def test_random_hostile_requests_get_http_answers_and_the_gateway_keeps_serving(
     assert c.get_object(Bucket="fuzz", Key="after")["Body"].read() == b"serving"
     assert [o["Key"] for o in c.list_objects_v2(Bucket="fuzz")["Contents"]] == ["after"]
     assert "Unhandled" not in s3.cluster.log("proxy") and "Traceback" not in s3.cluster.log("proxy")
+
+
+def test_an_upload_into_a_bucket_deleted_meanwhile_is_refused_and_keeps_nothing(s3):
+    """DeleteBucket while a PutObject's bytes are still coming: the bucket
+    is empty then, so it goes; the PUT then answers NoSuchBucket, and a new
+    bucket of the same name is empty (the object was not kept unseen)."""
+    c = s3.client()
+    c.create_bucket(Bucket="racing")
+    body = os.urandom(200_000)
+    with socket.create_connection(("127.0.0.1", s3.port), timeout=30) as sock:
+        sock.sendall(_signed_put(s3, "/racing/obj", len(body)) + body[:100_000])
+        time.sleep(0.3)  # the PUT is under way
+        c.delete_bucket(Bucket="racing")
+        sock.sendall(body[100_000:])
+        status, error = _answer(_recv_answer(sock))
+    assert status == 404 and b"<Code>NoSuchBucket</Code>" in error
+    with s3.cluster.wire() as w:
+        assert w.cmd("STAT racing/obj").startswith("ERR notfound")
+    c.create_bucket(Bucket="racing")
+    assert c.list_objects_v2(Bucket="racing")["KeyCount"] == 0
+    c.delete_bucket(Bucket="racing")
+
+
+def _recv_answer(sock: socket.socket) -> bytes:
+    """One whole answer (headers and a body of Content-Length) from ``sock``."""
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = sock.recv(65536)
+        assert chunk, got
+        got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, got
+        body += chunk
+    return head + b"\r\n\r\n" + body

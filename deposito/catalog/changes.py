@@ -10,7 +10,7 @@ from typing import Any, Iterable
 from deposito.catalog.database import Connection, Database
 from deposito.catalog.records import Expect, FileRecord
 from deposito.catalog.schema import RECORD, TOTALS, to_record
-from deposito.errors import Conflict, Unavailable
+from deposito.errors import Conflict, NotFound, Unavailable
 from deposito.hidden import VISIBLE, hidden_name, manifest_name, parts_range
 
 
@@ -61,6 +61,13 @@ class Changes(Database):
             expect(to_record(row) if row is not None else None)
             if not newest:
                 raise Conflict(f"{name} was written meanwhile")
+
+    def _bucket_stays(self, db: Connection, bucket: str) -> None:
+        """NotFound unless S3 bucket ``bucket`` exists; its row is locked
+        until the commit, so that deleting the bucket waits for a write into
+        it (and then finds it not empty), or the write finds it gone."""
+        if db.execute("SELECT 1 FROM buckets WHERE name = ?" + self.dialect.for_key_share, (bucket,)).fetchone() is None:
+            raise NotFound(f"no bucket named {bucket}")
 
     def _replace(self, db: Connection, name: str, row: tuple[Any, ...], replaced: Any = UNREAD) -> None:
         """Make ``row`` (the values of UPSERT_FILE) ``name``'s version: the one

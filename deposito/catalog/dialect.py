@@ -22,6 +22,7 @@ class Dialect:
     least: str
     begin: str  # a write transaction, its locks taken up front where the database wants that
     for_update: str  # appended to a SELECT of a row a decision rests on: another proxy's change waits
+    for_key_share: str  # appended to a SELECT of a row that must stay: its deletion waits (and is waited for)
     skip_locked: str  # appended to a SELECT of rows to claim: rows another proxy is claiming are skipped
     int: str  # column types: counts and sizes (PostgreSQL's INTEGER is 32 bits)
     real: str  # times (PostgreSQL's REAL is 32 bits: a second's resolution lost)
@@ -43,6 +44,7 @@ SQLITE = Dialect(
     least="min",
     begin="BEGIN IMMEDIATE",  # writers queue for the lock at once, never fail half-way on an upgrade
     for_update="",  # BEGIN IMMEDIATE holds the database's one write lock already
+    for_key_share="",
     skip_locked="",
     int="INTEGER",
     real="REAL",
@@ -58,6 +60,7 @@ POSTGRESQL = Dialect(
     least="least",
     begin="BEGIN",  # READ COMMITTED; rows a decision rests on are locked with FOR UPDATE
     for_update=" FOR UPDATE",
+    for_key_share=" FOR KEY SHARE",
     skip_locked=" FOR UPDATE SKIP LOCKED",
     int="BIGINT",
     real="DOUBLE PRECISION",

@@ -209,12 +209,13 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage):
 
     @effects(durable=True, keeps_records=False, one_record=True)
     def commit(self, name: str, version: int, blob: str, size: int, sha256: str,
-               replicas: int, servers: Iterable[str], now: float, meta: str = "", expect: Expect | None = None
-               ) -> bool:
+               replicas: int, servers: Iterable[str], now: float, meta: str = "", expect: Expect | None = None,
+               bucket: str | None = None) -> bool:
         """Make a version visible with its copies (and ``meta``, see
         FileRecord), in one transaction; with ``expect``, only if the name's
         current version meets it (see Expect), and Conflict when it is not
-        the newest.
+        the newest; with ``bucket`` (an S3 write), only while that bucket
+        exists, else NotFound.
 
         Returns False when a newer version was committed or deleted
         meanwhile: this one is then garbage at once and readers never see it.
@@ -226,6 +227,8 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage):
         servers = list(servers)
 
         def tx(db: Connection) -> bool:
+            if bucket is not None:
+                self._bucket_stays(db, bucket)
             newest, replaced = self._settle_at(db, name, version, blob, servers)
             self._check(db, name, expect, newest)
             if not newest:

@@ -222,8 +222,9 @@ class CatalogThread:
         return self._call(Catalog.abandon, blob)
 
     def commit(self, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
-               servers: list[str], now: float, meta: str = "", expect: Expect | None = None) -> Deferred[bool]:
-        d = self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now, meta, expect)
+               servers: list[str], now: float, meta: str = "", expect: Expect | None = None,
+               bucket: str | None = None) -> Deferred[bool]:
+        d = self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now, meta, expect, bucket)
         changes = self._changes
         return d.addCallback(self._committed, committed(name, version, blob, size, sha256, replicas, servers, now,
                                                         meta), changes)

@@ -137,7 +137,7 @@ class Writer:
             newest = True
         else:
             newest = await self.db.commit(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, ids, now, u.meta,
-                                          u.expect)
+                                          u.expect, u.bucket)
         return newest, FileRecord(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, tuple(ids), now, u.meta)
 
     def abort_put(self, upload: Upload) -> None:

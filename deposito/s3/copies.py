@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
 from deposito.catalog import FileRecord
+from deposito.errors import NotFound
 from deposito.s3 import xmlwire
 from deposito.s3.checksums import COMPOSITE, Checksummer
 from deposito.s3.conditions import check_copy_conditions
@@ -57,11 +58,16 @@ class Copies:
         expect = await self.gateway.write_condition(call, name)  # the destination's If-Match and If-None-Match
         await call.request.body.read(0)  # a copy has no body of its own
         upload = await self.gateway.depot.begin_put(name, source.size, replicas_of(meta.user))
-        upload.expect = expect
+        upload.expect, upload.bucket = expect, call.bucket
         try:
             md5 = await self.copy_into(source, upload, 0, source.size)
             upload.meta = attrs.evolve(meta, etag=md5).to_text()
             record = await self.gateway.depot.finish_put(upload)
+        except NotFound as e:
+            self.gateway.depot.abort_put(upload)
+            if await self.gateway.depot.bucket(call.bucket) is None:  # deleted meanwhile: nothing is kept
+                raise S3Error("NoSuchBucket", BucketName=call.bucket) from None
+            raise e
         except BaseException:
             self.gateway.depot.abort_put(upload)
             raise

@@ -359,9 +359,12 @@ class Gateway:
         expect = await self.write_condition(call, name)
         checks = self.body_checks(call)
         upload = await self.depot.begin_put(name, size, replicas)
-        upload.expect = expect
+        upload.expect, upload.bucket = expect, call.bucket
         try:
             record = await self.receive(call, upload, checks, meta)
+        except NotFound:  # the bucket was deleted meanwhile: nothing is kept
+            self.depot.abort_put(upload)
+            raise S3Error("NoSuchBucket", BucketName=call.bucket) from None
         except BaseException:
             self.depot.abort_put(upload)
             raise
