@@ -53,12 +53,6 @@ def _replica_count(text: str) -> int:
     return int(text)
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) > 16:
-        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 16, got {text!r}")
-    return int(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``deposito`` command."""
     parser = argparse.ArgumentParser(
@@ -122,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Set how many copies of a file the cluster keeps. Copies are added or "
                     "removed in the background unless --wait.")
     replicas.add_argument("name", metavar="NAME", help="the name of the file")
-    replicas.add_argument("count", metavar="COUNT", type=_count, help="the number of copies wanted")
+    replicas.add_argument("count", metavar="COUNT", type=_replica_count, help="the number of copies wanted")
     replicas.add_argument("--wait", action="store_true",
                           help="return only once the file has COUNT healthy copies (exit 1 if "
                                "the cluster cannot get there)")

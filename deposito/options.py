@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from twisted.python import usage
@@ -57,6 +58,21 @@ def parse_catalog(option: str, value: str) -> str:
         return check_url(value)
     except ValueError as e:
         raise usage.UsageError(f"{option} must be sqlite: or a postgresql:// URL: {e}") from None
+
+
+def data_directory(option: str, path: str) -> str:
+    """``path`` made absolute, created if missing, and checked to be a
+    directory this process may write in."""
+    if not path:
+        raise usage.UsageError(f"{option} must name a directory")
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise usage.UsageError(f"{option}: cannot make directory {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise usage.UsageError(f"{option}: cannot write in {path}")
+    return path
 
 
 def check_endpoint(option: str, value: str, parse) -> None:

@@ -23,7 +23,9 @@ def place(candidates: Iterable[Member], count: int, size: int,
     taken_ids = {m.id for m in taken}
     live = [m for m in candidates if m.up and m.id not in taken_ids]
     if len(live) < count:
-        raise Unavailable(f"{count} more servers needed, {len(live)} up")
+        if taken:
+            raise Unavailable(f"{count} more servers needed, {len(live)} others up")
+        raise Unavailable(f"{count} servers needed, {len(live)} up")
     roomy = sorted((m for m in live if m.free() >= size), key=lambda m: (-m.free(), m.id))
     if len(roomy) < count:
         raise NoSpace(f"only {len(roomy)} servers have {size} bytes free, {count} needed")

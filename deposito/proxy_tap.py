@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from deposito.options import (FirstLineOptions, check_endpoint, parse_bytes, parse_catalog, parse_int, parse_seconds,
-                              read_secret)
+from deposito.options import (FirstLineOptions, check_endpoint, data_directory, parse_bytes, parse_catalog, parse_int,
+                              parse_seconds, read_secret)
 from deposito.tokens import Tokens
 
 
@@ -84,9 +83,7 @@ class Options(FirstLineOptions):
             raise usage.UsageError(f"--s3-domain must be a domain name, not {self['s3-domain']!r}")
         if self["max-size"] is not None:
             self["max-size"] = parse_bytes("--max-size", self["max-size"])
-        if not self["data"]:
-            raise usage.UsageError("--data must name a directory")
-        self["data"] = os.path.abspath(self["data"])
+        self["data"] = data_directory("--data", self["data"])
         self["catalog"] = parse_catalog("--catalog", self["catalog"])
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from deposito.options import FirstLineOptions, check_endpoint, parse_bytes, parse_seconds, read_secret
+from deposito.options import FirstLineOptions, check_endpoint, data_directory, parse_bytes, parse_seconds, read_secret
 from deposito.protocols.cluster import SERVER_ID
 
 DEFAULT_PROXY = "tcp:127.0.0.1:7001"
@@ -59,9 +58,7 @@ class Options(FirstLineOptions):
         self["scrub-every"] = parse_seconds("--scrub-every", self["scrub-every"])
         if self["secret"] is not None:
             self["secret"] = read_secret("--secret", self["secret"])
-        if not self["data"]:
-            raise usage.UsageError("--data must name a directory")
-        self["data"] = os.path.abspath(self["data"])
+        self["data"] = data_directory("--data", self["data"])
 
 
 def makeService(options: Options):

@@ -62,7 +62,8 @@ def test_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("argv", [
     [], ["frob"], ["put"], ["put", "-"], ["get"], ["get", "dir/"], ["get", ".."],
     ["--proxy", "nohost", "ls"], ["--proxy", "h:99999", "ls"], ["put", "x", "--replicas", "0"],
-    ["put", "x", "--replicas", "17"], ["replicas", "a", "many"], ["stat", "a", "--yaml"],
+    ["put", "x", "--replicas", "17"], ["replicas", "a", "many"], ["replicas", "a", "0"], ["replicas", "a", "17"],
+    ["stat", "a", "--yaml"],
 ])
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2

@@ -7,6 +7,12 @@ import pytest
 from deposito import proxy_tap, server_tap
 
 
+@pytest.fixture(autouse=True)
+def in_a_fresh_folder(tmp_path, monkeypatch):
+    """--data's default is made where the process runs: here, a new folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 def parse(options_class, args):
     o = options_class()
     o.parseOptions(args)
@@ -52,6 +58,9 @@ def test_a_server_joins_every_proxy_named():
     (server_tap.Options, ["--proxy", "tcp:10.0.0.1:7001", "--proxy", "tcp:10.0.0.1:7001"], "--proxy"),
     (server_tap.Options, ["--capacity", "-1"], "--capacity"),
     (server_tap.Options, ["--zone", "has space"], "--zone"),
+    (proxy_tap.Options, ["--data", "/proc/no-such-folder/x"], "--data"),
+    (server_tap.Options, ["--data", "/proc/no-such-folder/x"], "--data"),
+    (server_tap.Options, ["--data", "/etc/hostname"], "--data"),
 ])
 def test_bad_options_name_themselves_first(cls, args, option):
     with pytest.raises(SystemExit) as e:

@@ -264,6 +264,10 @@ def test_8k_line_with_crlf_is_accepted_too():
     assert lines(tr)[0].startswith("ERR badargs name longer") and not tr.disconnecting
     proto.dataReceived(line + b"x\r\n")
     assert lines(tr) == ["ERR badargs line too long"] and tr.disconnecting
+    proto, tr, _ = connect()
+    tr.clear()
+    proto.dataReceived(line + b"x\n")  # one byte over, with a bare LF
+    assert lines(tr) == ["ERR badargs line too long"] and tr.disconnecting
 
 
 def test_tokens_gate_every_command_but_help_auth_quit():

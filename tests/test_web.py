@@ -152,7 +152,8 @@ def test_page_shows_states_and_escapes_what_users_named():
     assert 'style="width:25.0%"' in page and 'class="full" style="width:95.0%"' in page
 
 
-def test_http_is_off_unless_given_and_checked_like_the_other_ports(tmp_path):
+def test_http_is_off_unless_given_and_checked_like_the_other_ports(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where --data's default is made
     o = proxy_tap.Options()
     o.parseOptions([])
     assert o["http"] is None

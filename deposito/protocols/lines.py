@@ -45,6 +45,9 @@ class LineProtocol(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
+        if len(line) > MAX_LINE:  # MAX_LENGTH leaves room for a CR that is not there
+            self.lineLengthExceeded(line)
+            return
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
