@@ -286,7 +286,50 @@ def give_back_http_socket(request: Any, transport: Any) -> None:
         transport.registerProducer(request.channel, True)
 
 
-class ContinueWhenAsked(http.HTTPChannel):
+HEAD_TIMEOUT = 60.0  # seconds a request's line and headers may take to come, in all
+
+
+class HeadDeadline(http.HTTPChannel):
+    """An HTTP connection that gives each request's line and headers
+    HEAD_TIMEOUT seconds in all to come: twisted.web's own timeout only
+    counts silence, so headers sent a byte at a time would hold a
+    connection open for ever. Past the deadline the connection is cut.
+
+    Relies on http.HTTPChannel reading a request's line and headers in line
+    mode (LineReceiver's ``line_mode``) and nothing else (a body, and the
+    next request's bytes while one is handled, in raw mode), and calling
+    ``allHeadersReceived`` once they are in. If a later Twisted read bodies
+    in line mode, a slow body would be cut too; the test of this fact fails
+    first."""
+
+    _head_deadline: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.line_mode and self._head_deadline is None:
+            self._head_deadline = self.callLater(HEAD_TIMEOUT, self._head_too_slow)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._end_head_deadline()
+        super().allHeadersReceived()
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        if self.line_mode and self.transport is not None:
+            getattr(self.transport, "abortConnection")()
+
+    def _end_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            if self._head_deadline.active():
+                self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._end_head_deadline()
+        super().connectionLost(reason)
+
+
+class ContinueWhenAsked(HeadDeadline):
     """An HTTP connection that answers ``Expect: 100-continue`` only when its
     request wants the body: it hands the sending of ``100 Continue`` to the
     request's ``continue_later(send)`` (when the request has one), so that a

@@ -667,3 +667,47 @@ def test_an_http_answer_goes_to_the_socket_at_once_in_order():
         assert resource.seen == [(False, False, True)] * 3
     finally:
         yield _hang_up(peer, resource, port)
+
+
+def test_a_request_head_that_trickles_in_is_cut_at_its_deadline():
+    """twisted.web reads a request's line and headers in line mode and its
+    body in raw mode (HeadDeadline relies on it): headers sent a line every
+    10 s are cut HEAD_TIMEOUT after the first byte, while twisted.web's own
+    timeout, reset by each line, never comes; a body after prompt headers
+    may take longer."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.web.http import Request
+
+    clock = Clock()
+    channel = ti.HeadDeadline()
+    channel.callLater = clock.callLater
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET / HTTP/1.1\r\n")
+    assert channel.line_mode
+    for n in range(int(ti.HEAD_TIMEOUT // 10) - 1):
+        clock.advance(10)
+        channel.dataReceived(b"X-Slow-%d: 1\r\n" % n)
+    assert not transport.disconnecting
+    clock.advance(10)
+    assert transport.disconnecting  # cut: the head took HEAD_TIMEOUT
+    channel.connectionLost(None)
+
+    class Quiet(Request):
+        def process(self):
+            self.finish()
+
+    channel = ti.HeadDeadline()
+    channel.requestFactory = Quiet
+    channel.callLater = clock.callLater
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"PUT /k HTTP/1.1\r\nHost: h\r\nContent-Length: 30\r\n\r\n")
+    assert not channel.line_mode  # the body is read in raw mode
+    for _ in range(30):
+        clock.advance(10)
+        channel.dataReceived(b"x")
+    assert not transport.disconnecting and transport.value().startswith(b"HTTP/1.1 200 ")
+    assert not [c for c in clock.getDelayedCalls() if c.active() and c.func == channel._head_too_slow]
+    channel.connectionLost(None)
