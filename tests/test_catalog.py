@@ -1186,3 +1186,19 @@ def test_a_rebuild_makes_again_the_buckets_s3_stored_versions_name(cat):
     assert cat.create_bucket("docs", 1.0)
     cat.adopt("s1", [("b3", 1, 3, "z", 1, "docs/old.txt", meta)], 9.0)
     assert cat.bucket("docs") == 1.0  # one there already is kept as it is
+
+
+def test_a_connection_whose_prepared_statements_are_gone_is_made_again(shared):
+    """psycopg prepares a statement run often; if the database no longer has
+    it (a batch that failed in pipeline mode can leave them out of step),
+    that call is Unavailable and the connection is made again, so the
+    next call works."""
+    from deposito.errors import Unavailable
+
+    a, _ = shared
+    for i in range(8):  # past psycopg's threshold: the lookup is prepared
+        assert a.batch([(Catalog.lookup, (f"n{i}",))]) == [(True, None)]
+    a.db.conn.pgconn.exec_(b"DEALLOCATE ALL")  # behind psycopg's back
+    [(ok, error)] = a.batch([(Catalog.lookup, ("n0",))])  # as the proxy calls it
+    assert not ok and isinstance(error, Unavailable)
+    assert a.batch([(Catalog.lookup, ("n0",))]) == [(True, None)]  # on a new connection

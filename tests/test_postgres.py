@@ -95,6 +95,29 @@ def test_postgresql_down_is_unavailable_and_the_proxy_serves_again_by_itself(pg_
     assert pg_cluster.proxy.poll() is None
 
 
+def test_connections_the_database_closed_while_idle_are_made_again_before_use(pg_cluster):
+    """The database closes the proxy's connections while they idle (as a
+    restart does): the next commands are answered as usual, none with ERR
+    unavailable."""
+    import time
+
+    import psycopg
+
+    data = b"kept\n" * 100
+    with pg_cluster.wire() as w:
+        assert w.put("idle/a", data, 2).startswith("OK stored")
+    with psycopg.connect(pg_cluster.url, autocommit=True) as admin:
+        closed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                               " WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+    assert closed >= 2  # the proxy's writer and reader at least
+    time.sleep(0.5)
+    with pg_cluster.wire() as w:
+        assert w.cmd("STAT idle/a").startswith("OK name=idle/a")
+        assert w.get("idle/a")[1] == data
+        assert w.put("idle/b", b"new", 2).startswith("OK stored")
+        assert w.cmd("DELETE idle/b").startswith("OK deleted")
+
+
 def test_a_bad_catalog_url_is_refused_naming_the_option(tmp_path):
     import subprocess
 

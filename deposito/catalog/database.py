@@ -87,6 +87,10 @@ class Backend(Protocol):
         """Whether ``error`` means the connection is lost or the database
         too slow: the connection is dropped and the call is Unavailable."""
 
+    def stale(self, db: Any) -> bool:
+        """Whether idle connection ``db`` was closed from the database's end
+        (a restart, say): it is made again before it is used."""
+
     def retryable(self, error: BaseException) -> bool:
         """Whether ``error`` is a conflict (deadlock, serialization) that the
         same transaction, run again, may well not meet."""
@@ -122,7 +126,10 @@ class Database:
 
     @property
     def db(self) -> Any:
-        """The connection, made again if it was lost."""
+        """The connection, made again if it was lost (or closed by the database while idle)."""
+        if self._db is not None and not self._calling and self.backend.stale(self._db):
+            log.info("the catalog database closed an idle connection: it is made again")
+            self._lost()
         if self._db is None:
             db = self.backend.connect(self.reads_only)
             try:

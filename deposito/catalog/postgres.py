@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import select
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -257,7 +258,20 @@ class PostgresBackend:
         return isinstance(error, psycopg.Error) and (error.sqlstate or "").startswith("40")
 
     def unreachable(self, error: BaseException) -> bool:
-        return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)) and not self.retryable(error)
+        # A prepared statement the database does not know: the connection's
+        # prepared statements are out of step with psycopg's (a batch that
+        # failed in pipeline mode can leave them so), and only a new one mends it.
+        return (isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError,
+                                   psycopg.errors.InvalidSqlStatementName)) and not self.retryable(error))
+
+    def stale(self, db: PostgresConnection) -> bool:
+        """An idle connection is sent nothing (no LISTEN here): one with
+        something to read was told it is closed (the server shut down)."""
+        if db.conn.closed:
+            return True
+        if db.pipeline is not None or db.in_transaction:
+            return False
+        return bool(select.select([db.conn.fileno()], [], [], 0)[0])
 
     def listing(self, reactor: IListingReactor, names: NameRange) -> Deferred[Listing]:
         from deposito.catalog.listing import open_listing

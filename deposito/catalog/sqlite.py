@@ -68,6 +68,9 @@ class SQLiteBackend:
             self._durable = durable
         db.execute("BEGIN IMMEDIATE")
 
+    def stale(self, db: sqlite3.Connection) -> bool:
+        return False  # in this process: never closed from the other end
+
     def unreachable(self, error: BaseException) -> bool:
         return False  # a file on the proxy's own disk: its errors are errors
 
