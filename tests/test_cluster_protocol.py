@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
@@ -423,3 +425,21 @@ def test_a_server_that_closes_when_welcomed_was_never_up():
     again.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\nLISTING\n")
     assert roster.get("s1").state == "up" and [m.id for m in changes] == ["s1"]
     again.connectionLost(None)
+
+
+@pytest.mark.parametrize("first", [
+    b"HB capacity=x used=0 blobs=0\n",
+    b"HB capacity=99999999999999999999 used=0 blobs=0\n",  # more than the catalog's numbers hold
+    b"INVENTORY 1\nnot-a-blob\n",
+    b"BAD ../../etc\n",
+    b"FROB\n",
+])
+def test_a_server_refused_at_its_first_words_after_the_welcome_is_never_listed(first):
+    roster = Roster(task.Clock())
+    changes = []
+    roster.on_change = changes.append
+    proto, tr = member_conn(roster)
+    proto.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\n" + first)
+    assert b"\r\nERR badargs " in tr.value() and tr.disconnecting
+    proto.connectionLost(None)
+    assert roster.members == {} and changes == []

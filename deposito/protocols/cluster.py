@@ -303,8 +303,6 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             if not words:
                 return
             command = words[0].upper()
-            if self._welcomed is not None:
-                self._enter()
             if self._chunk is not None:
                 self._inventory_line(words)
             elif self._challenge is not None:
@@ -316,7 +314,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
                 if not verify(self.secret, words[1], "server", mine, f.get("nonce", ""), member_id):
                     raise Denied("wrong proof of the cluster secret")
                 self._join(member_id, f)
-            elif self.member_id is None:
+            elif self.member_id is None and self._welcomed is None:
                 if command != "JOIN" or len(words) < 2:
                     raise BadArgs("JOIN first")
                 if self.secret is None:
@@ -324,11 +322,12 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
                 else:
                     self._challenge_server(words[1], fields(text))
             elif command == "HB":
-                f = fields(text)
-                self.roster.heartbeat(self.member_id, *self._usage(f))
+                usage = self._usage(fields(text))
+                self.roster.heartbeat(self._member(), *usage)
             elif command == "LISTING" and len(words) == 1:
                 if self._after is not None:
                     raise BadArgs("LISTING before the last chunk of the listing under way")
+                self._member()
                 self._listing_since = self.roster.clock.seconds()
                 self._after = ""
             elif command == "INVENTORY" and (len(words) == 2 or len(words) == 3 and words[2].lower() == "more"):
@@ -339,7 +338,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
                     self._after = ""
                 self._chunk_done()
             elif command == "BAD" and len(words) >= 2:
-                self.roster.corrupt(self.member_id, check_blob(words[1]), " ".join(words[2:])[:200])
+                blob = check_blob(words[1])
+                self.roster.corrupt(self._member(), blob, " ".join(words[2:])[:200])
             else:
                 raise BadArgs(f"unexpected {command[:20]!r}")
         except DepositoError as e:
@@ -380,8 +380,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             self._after = entries[-1][0] if entries else self._after
         else:
             self._after = self._listing_since = None
-        assert self.member_id is not None  # listings come after the join
-        taking = self.roster.inventory(self.member_id, entries, since, more)
+        taking = self.roster.inventory(self._member(), entries, since, more)
         if isinstance(taking, Deferred):
             taking.addErrback(lambda f: self.log.failure("taking in an inventory chunk of {id}", f,
                                                          id=self.member_id))
@@ -433,14 +432,19 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self.reply(f"OK welcome heartbeat={self.heartbeat} listing={'full' if self._full else 'ids'}"
                    f" catalog={catalog}")
 
-    def _enter(self) -> None:
-        """The server speaks after our welcome: it serves this proxy's catalog,
-        so it is up from now on. (One serving another catalog closes the
-        connection instead: no copy is ever placed on it.)"""
-        assert self._welcomed is not None
-        welcomed, self._welcomed = self._welcomed, None
-        self.roster.join(*welcomed)
-        self.member_id = welcomed[0]
+    def _member(self) -> str:
+        """The server's id, once it is in the roster: it enters with the first
+        thing it tells after our welcome that checks out (a heartbeat, the
+        start of a listing, a whole inventory chunk, a bad copy), since that shows it serves this
+        proxy's catalog; from then on it is up. (One serving another catalog
+        closes the connection instead, and one refused at its first words
+        never enters: no copy is ever placed on either.)"""
+        if self._welcomed is not None:
+            welcomed, self._welcomed = self._welcomed, None
+            self.roster.join(*welcomed)
+            self.member_id = welcomed[0]
+        assert self.member_id is not None
+        return self.member_id
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
