@@ -6,8 +6,8 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from deposito.depot.writes import Writer
-from deposito.errors import Precondition
+from deposito.depot.writes import ABANDON_RETRY, Writer
+from deposito.errors import Precondition, Unavailable
 from deposito.roster import Member
 from deposito.transfer import Upload
 
@@ -78,3 +78,35 @@ def test_an_upload_whose_commit_is_refused_is_cleaned_up_once_even_if_aborted_af
     assert not any(client.transport.aborted for client in clients)
     assert [m.reserved for m in members] == [0, 0]  # given back once
     assert db.abandoned == ["b" * 32]  # its copies are garbage, once
+
+
+class UnreachableCatalog:
+    """A catalog out of reach for its first ``down`` calls to abandon."""
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+        self.abandoned: list[str] = []
+
+    def abandon(self, blob: str) -> defer.Deferred:
+        if self.down:
+            self.down -= 1
+            return defer.fail(Unavailable("the catalog database is out of reach"))
+        self.abandoned.append(blob)
+        return defer.succeed(None)
+
+
+def test_copies_of_a_failed_upload_are_made_garbage_once_the_catalog_is_back():
+    """An upload aborted while the catalog is out of reach: recording its
+    copies as garbage is tried again until it is done, then they are collected."""
+    clock, db = Clock(), UnreachableCatalog(down=2)
+    collected: list[bool] = []
+    writer = Writer(clock, db, roster=None, pool=None, collect=lambda: collected.append(True),  # type: ignore[arg-type]
+                    repair=lambda: None)
+    writer.abandon("b" * 32)
+    assert db.abandoned == [] and collected == []
+    clock.advance(ABANDON_RETRY)
+    assert db.abandoned == [] and collected == []  # still out of reach
+    clock.advance(ABANDON_RETRY)
+    assert db.abandoned == ["b" * 32] and collected == [True]
+    clock.advance(10 * ABANDON_RETRY)
+    assert db.abandoned == ["b" * 32] and not clock.getDelayedCalls()  # once

@@ -20,6 +20,8 @@ from deposito.roster import Member, Roster
 from deposito.transfer import CopyFailed, Upload, copy_blob
 from deposito.twisted_internals import IStreamReactor
 
+ABANDON_RETRY = 5.0  # seconds between tries to record an upload's copies as garbage while the catalog is out of reach
+
 
 @implementer(ICopier)
 class Writer:
@@ -66,7 +68,7 @@ class Writer:
                     self.log.warn("cannot reach storage server {id}: {why}", id=m.id,
                                   why=failure.getErrorMessage())
             if not upload.lanes:
-                await self.db.abandon(blob)
+                self.abandon(blob)
                 raise Unavailable("no storage server could be reached")
         except BaseException:
             for m in targets:
@@ -95,8 +97,7 @@ class Writer:
                 except CopyFailed:
                     pass  # its partial copy is garbage at commit; try the next server
         except BaseException:
-            await self.db.abandon(upload.blob)
-            self.collect()
+            self.abandon(upload.blob)
             raise
         finally:
             for m in upload.targets:
@@ -108,7 +109,7 @@ class Writer:
         except Exception:
             # Not committed (or, with the database lost at that moment, maybe committed: then
             # no intent is left, and this changes nothing): what was written is garbage.
-            self.db.abandon(upload.blob).addErrback(lambda f: None)
+            self.abandon(upload.blob)
             raise
         for m in good:
             m.stored(upload.size)
@@ -148,9 +149,23 @@ class Writer:
         upload.abort()
         for m in upload.targets:
             m.unreserve(upload.size)
-        d = self.db.abandon(upload.blob)
+        self.abandon(upload.blob)
+
+    def abandon(self, blob: str) -> None:
+        """An upload failed: what it wrote of ``blob`` anywhere is garbage, to
+        be deleted. While the catalog is out of reach this is tried again
+        every ABANDON_RETRY seconds, so that no copy stays for good."""
+        d = self.db.abandon(blob)
         d.addCallback(lambda _: self.collect())
-        d.addErrback(lambda f: self.log.failure("abandoning {blob}", f, blob=upload.blob))
+        d.addErrback(self._abandon_later, blob)
+
+    def _abandon_later(self, failure: Failure, blob: str) -> None:
+        if failure.check(Unavailable):
+            self.log.warn("the copies of {blob} cannot be made garbage yet ({why}); trying again in {s} s",
+                          blob=blob, why=failure.getErrorMessage(), s=ABANDON_RETRY)
+            self.clock.callLater(ABANDON_RETRY, self.abandon, blob)
+        else:
+            self.log.failure("abandoning {blob}", failure, blob=blob)
 
     async def copy_to_new_server(self, record: FileRecord, sources: list[Member],
                                  taken: list[Member]) -> Member:
