@@ -87,17 +87,20 @@ __all__ = [
 ]
 
 Endpoint = Union[str, IStreamClientEndpoint]
+GREETING_TIMEOUT = 10.0  # seconds a proxy that accepted may take to greet before the next one is tried
 
 
 @define
 class FrontDoors:
     """The proxies a client may use, in order, and the token each new
-    connection presents; ``at`` is the place of the one in use."""
+    connection presents; ``at`` is the place of the one in use; ``clock``
+    times each greeting (a proxy that accepts and is hung is given up)."""
 
     names: list[str]
     endpoints: list[IStreamClientEndpoint]
     token: Optional[str] = None
     at: int = 0
+    clock: Any = None
 
     async def open(self, order: Sequence[int], failures: list[tuple[str, str]]) -> DepositoClientProtocol:
         """A greeted (and authenticated) connection to the first proxy in
@@ -112,8 +115,13 @@ class FrontDoors:
                     raise
                 failures.append((self.names[at], reason(e)))
                 continue
+            hung = self.clock.callLater(GREETING_TIMEOUT, protocol.abandon) if self.clock is not None else None
             try:
-                await protocol.greeted
+                try:
+                    await protocol.greeted
+                finally:
+                    if hung is not None and hung.active():
+                        hung.cancel()
                 if self.token is not None:
                     await protocol.request(OneLine(auth_line(self.token), check_reply))
             except Exception as e:
@@ -427,6 +435,6 @@ def connect(reactor: Any, endpoint: Union[Endpoint, Sequence[Endpoint]] = "tcp:1
         named = [_endpoint(reactor, item) for item in items]
     except Exception:
         return defer.fail()
-    doors = FrontDoors([name for name, _ in named], [point for _, point in named], token)
+    doors = FrontDoors([name for name, _ in named], [point for _, point in named], token, clock=reactor)
     d = defer.ensureDeferred(doors.open(range(len(named)), []))
     return d.addCallback(DepositoClient, doors)

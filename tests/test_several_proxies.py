@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -207,6 +208,47 @@ def test_twisted_client_with_every_proxy_down() -> Any:
     with pytest.raises(ProxiesUnreachable) as info:
         yield connect(reactor, [refusing(), refusing()])
     assert len(info.value.failures) == 2
+
+
+@contextmanager
+def hung() -> Iterator[str]:
+    """An address whose 'proxy' accepts connections (the kernel does, from
+    its backlog) and never says a word, as a hung proxy does."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    try:
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+    finally:
+        s.close()
+
+
+def test_blocking_client_gives_up_a_proxy_that_accepts_and_never_greets(two: tuple[FakeProxy, FakeProxy]) -> None:
+    a, _ = two
+    with hung() as silent:
+        started = time.monotonic()
+        with BlockingClient([silent, a.address], token="sesame", connect_timeout=0.5) as c:
+            assert c.address == ("127.0.0.1", a.port)
+            c.status()
+        assert time.monotonic() - started < 5
+
+
+@pytest_twisted.inlineCallbacks
+def test_twisted_client_gives_up_a_proxy_that_accepts_and_never_greets(two: tuple[FakeProxy, FakeProxy],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> Any:
+    from twisted.internet import reactor
+
+    from deposito import client as client_module
+
+    monkeypatch.setattr(client_module, "GREETING_TIMEOUT", 0.5)
+    a, _ = two
+    with hung() as silent:
+        started = time.monotonic()
+        client = yield connect(reactor, [silent, a.address], token="sesame")
+        assert time.monotonic() - started < 5
+        yield client.status()
+        assert a.requests[:2] == ["AUTH sesame", "STATUS"]
+        yield client.quit()
 
 
 # ---------------------------------------------------------------- real proxies

@@ -29,17 +29,20 @@ class TextSocket:
         """Connect and read the greeting: the socket's OSError if the proxy
         cannot be reached, the ERR class of an ERR greeting, ProtocolError
         for anything else."""
-        self.timeout = timeout
+        # a proxy that accepts and does not greet (hung, say) is given up as soon as one that does not accept
+        self.timeout = connect_timeout if connect_timeout is not None else timeout
         self.buffer = bytearray()
         self.sent = False  # whether the last request line went out
         self._sock: Optional[socket.socket] = socket.create_connection(address, connect_timeout)
         try:
-            self._sock.settimeout(timeout)
+            self._sock.settimeout(self.timeout)
             greeting = self.line()
             if not greeting.startswith("OK"):
                 check_reply(greeting)
                 raise ProtocolError(f"unexpected greeting {greeting[:200]!r}")
             self.greeting = greeting
+            self.timeout = timeout
+            self._sock.settimeout(timeout)
         except BaseException:
             self.close()
             raise
