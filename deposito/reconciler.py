@@ -17,7 +17,7 @@ the catalog, so after a restart the reconciler simply goes on.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import attrs
 from twisted.internet import defer, task
@@ -172,7 +172,7 @@ class Reconciler:
 
     def start(self) -> None:
         self._started = True
-        self._sweep.start(self.sweep_every, now=False).addErrback(lambda f: self.log.failure("sweeping", f))
+        self._sweep.start(self.sweep_every, now=False).addErrback(self._said, "sweeping")
         self.kick()
 
     def stop(self, grace: float = 5.0) -> defer.Deferred:
@@ -210,11 +210,18 @@ class Reconciler:
         if self._stepping:
             self._step = d
 
+    def _said(self, failure: Failure, what: str, **fields: Any) -> bool:
+        """Log a failure of background work: in one line when the catalog's
+        database is out of reach (the work is tried again), else with its
+        traceback. Whether it was that."""
+        if failure.check(Unavailable):
+            self.log.warn(what + ": {why}", why=failure.getErrorMessage(), **fields)
+            return True
+        self.log.failure(what, failure, **fields)
+        return False
+
     def _step_failed(self, failure: Failure) -> float:
-        if failure.check(Unavailable):  # the catalog's database is down: said in a line, tried again after RETRY
-            self.log.warn("reconciling: {why}", why=failure.getErrorMessage())
-        else:
-            self.log.failure("reconciling", failure)
+        self._said(failure, "reconciling")  # tried again after RETRY
         return self.clock.seconds() + RETRY
 
     def _stepped(self, wake_at: float | None) -> None:
@@ -299,13 +306,13 @@ class Reconciler:
 
     def _copy_failed(self, failure: Failure) -> None:
         if not failure.check(defer.CancelledError):  # cancelled: the proxy is stopping
-            self.log.failure("repair", failure)
+            self._said(failure, "repair")
 
     def _repaired(self, made: object, name: str) -> None:
         self.running.pop(name, None)
         if not made:  # nothing came of it: look at that file again later, not at once
             d = self.catalog.enqueue([name], self.clock.seconds() + RETRY)
-            d.addErrback(lambda f: self.log.failure("queueing {name}", f, name=name))
+            d.addErrback(self._said, "queueing {name}", name=name)
         released = self.catalog.release([name])  # any proxy may look at it again
         released.addErrback(lambda f: self.log.warn("letting go of {name}: {why}", name=name,
                                                     why=f.getErrorMessage()))
@@ -317,13 +324,19 @@ class Reconciler:
         if member.up:
             d = self.catalog.wake(self.clock.seconds())
             d.addCallback(lambda _: self.kick())
-            d.addErrback(lambda f: self.log.failure("waking the queue", f))
+            d.addErrback(self._retry_later, member, "waking the queue")
         elif member.id in self._servers:
             self._requeue.add(member.id)
         else:
             d = self._servers[member.id] = defer.ensureDeferred(self._queue_copies_of(member.id))
-            d.addErrback(lambda f: self.log.failure("queueing the files of {id}", f, id=member.id))
+            d.addErrback(self._retry_later, member, "queueing the files of {id}", id=member.id)
             d.addBoth(self._server_queued, member)
+
+    def _retry_later(self, failure: Failure, member: Member, what: str, **fields: Any) -> None:
+        """What a server's coming or going asks of the queue could not be
+        done: with the database out of reach, it is done again after RETRY."""
+        if self._said(failure, what, **fields) and self._started:
+            self.clock.callLater(RETRY, self.server_changed, member)
 
     async def _queue_copies_of(self, server: str) -> None:
         after: str | None = ""
@@ -340,7 +353,7 @@ class Reconciler:
     def sweep(self) -> defer.Deferred:
         """One page of the slow sweep through every file: queue any file
         that is not as it should be and that no event queued."""
-        return defer.ensureDeferred(self._sweep_once()).addErrback(lambda f: self.log.failure("sweeping", f))
+        return defer.ensureDeferred(self._sweep_once()).addErrback(self._said, "sweeping")
 
     async def _sweep_once(self) -> None:
         if self.paused():

@@ -193,6 +193,36 @@ def test_a_server_that_goes_queues_exactly_its_files_and_they_are_copied_again(c
     cat.close()
 
 
+def test_a_server_that_goes_while_the_database_is_out_of_reach_is_queued_once_it_is_back(catalogs):
+    """The catalog cannot take the dead server's files: queueing them is
+    tried again after RETRY until it is done, and they are copied."""
+    from deposito.errors import Unavailable
+    from deposito.reconciler import RETRY
+
+    cat, clock, roster, view, copier, rec = make(catalogs, 200)
+    rec.start()
+    out = [2]  # the first two tries find the database out of reach
+    enqueue_server = view.enqueue_server
+
+    def unreachable_at_first(server, after, limit):
+        if out[0]:
+            out[0] -= 1
+            return defer.fail(Unavailable("the catalog database is out of reach"))
+        return enqueue_server(server, after, limit)
+    view.enqueue_server = unreachable_at_first
+    a = roster.members["a"]
+    turn(rec, clock, a, "dead")
+    assert cat.counts().queued == 0 and copier.copied == []
+    for _ in range(2):
+        clock.advance(RETRY)
+        run(clock)
+    on_a = {f"f{i:06d}" for i in range(200) if i % 2 == 0}
+    assert out == [0] and sorted(copier.copied) == sorted(on_a)
+    assert all(len(copies_on(cat, n)) == 2 and "a" not in copies_on(cat, n) for n in on_a)
+    rec.stop()
+    cat.close()
+
+
 def test_a_server_back_before_it_died_wakes_its_files_and_nothing_is_copied(catalogs):
     cat, clock, roster, view, copier, rec = make(catalogs, 300)
     rec.start()
