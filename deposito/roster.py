@@ -26,6 +26,7 @@ class Member:
     state: str = "down"
     last_seen: float = 0.0
     reserved: int = 0
+    passed_over_until: float = 0.0  # it left an upload unanswered: new copies go elsewhere until then, if they can
     local: str | None = None  # its local port, "@name" (deposito.protocols.handoff), while it may be on this host
     local_key: str | None = attrs.field(default=None, repr=False)
     connection: Any = attrs.field(default=None, repr=False, eq=False)

@@ -92,6 +92,7 @@ class Lane:
     def _stalled(self) -> None:
         self._stall = None
         Upload.log.warn("storage server {id} stopped reading an upload", id=self.member.id)
+        self.client.hung = True
         self.client.transport.abortConnection()
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from deposito.depot.writes import ABANDON_RETRY, Writer
+from deposito.depot.writes import ABANDON_RETRY, PASS_OVER, Writer
 from deposito.errors import Precondition, Unavailable
 from deposito.roster import Member
 from deposito.transfer import Upload
@@ -31,6 +31,8 @@ class FakeTransport:
 
 class FakeClient:
     """A connection to a server that stores every blob it is sent."""
+
+    hung = False
 
     def __init__(self) -> None:
         self.transport = FakeTransport()
@@ -110,3 +112,39 @@ def test_copies_of_a_failed_upload_are_made_garbage_once_the_catalog_is_back():
     assert db.abandoned == ["b" * 32] and collected == [True]
     clock.advance(10 * ABANDON_RETRY)
     assert db.abandoned == ["b" * 32] and not clock.getDelayedCalls()  # once
+
+
+class Members:
+    """A roster's members, as the writer reads them."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.members = {m.id: m for m in members}
+
+
+def test_a_server_that_left_an_upload_unanswered_is_passed_over_while_others_can_take_the_copies():
+    clock = Clock()
+    clock.advance(1000)
+    members = [Member(f"s{i}", f"z{i}", "127.0.0.1", 1, capacity=1 << 30, state="up") for i in range(3)]
+    writer = Writer(clock, None, roster=Members(members), pool=None,  # type: ignore[arg-type]
+                    collect=lambda: None, repair=lambda: None)
+    hung = members[0]
+    hung.passed_over_until = clock.seconds() + PASS_OVER
+    for _ in range(20):
+        assert hung not in writer._place(2, 100)
+    assert sorted(m.id for m in writer._place(3, 100)) == ["s0", "s1", "s2"]  # needed: taken all the same
+    clock.advance(PASS_OVER)
+    assert any(hung in writer._place(2, 100 + i) for i in range(50))  # its turn again
+
+
+def test_finishing_an_upload_marks_the_servers_that_did_not_answer():
+    clock = Clock()
+    members = [Member(f"s{i}", f"z{i}", "127.0.0.1", 1, capacity=1 << 30, state="up") for i in range(2)]
+    writer = Writer(clock, None, roster=Members(members), pool=None,  # type: ignore[arg-type]
+                    collect=lambda: None, repair=lambda: None)
+    upload = Upload(clock, "f", 1, "b" * 32, 5, 2, release=lambda c: None, targets=members)
+    clients = [FakeClient() for _ in members]
+    for member, client in zip(members, clients):
+        upload.add_lane(member, client, client.stored)
+    clients[1].hung = True
+    writer._pass_over_hung(upload)
+    assert members[0].passed_over_until == 0 and members[1].passed_over_until == clock.seconds() + PASS_OVER

@@ -20,6 +20,7 @@ from deposito.roster import Member, Roster
 from deposito.transfer import CopyFailed, Upload, copy_blob
 from deposito.twisted_internals import IStreamReactor
 
+PASS_OVER = 60.0  # seconds a server that left an upload unanswered gets no new copies, while others can take them
 ABANDON_RETRY = 5.0  # seconds between tries to record an upload's copies as garbage while the catalog is out of reach
 
 
@@ -48,7 +49,7 @@ class Writer:
         (the blob stored under the name ``stored_as``, when not ``name``: a
         multipart upload's manifest is a version of its object's name)."""
         replicas = replicas or self.default_replicas
-        targets = place(self.roster.members.values(), replicas, size)
+        targets = self._place(replicas, size)
         blob = new_blob_id()
         for m in targets:
             m.reserve(size)
@@ -86,6 +87,7 @@ class Writer:
                             upload.replicas, ())
         try:
             good = await upload.finish()
+            self._pass_over_hung(upload)
             if not good:  # no copy to make the others from: say why the servers refused
                 if any(isinstance(e, NoSpace) for e in upload.failures):
                     raise NoSpace("the storage servers are full")
@@ -141,6 +143,27 @@ class Writer:
                                           u.expect, u.bucket)
         return newest, FileRecord(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, tuple(ids), now, u.meta)
 
+    def _place(self, count: int, size: int, taken: list[Member] | None = None) -> list[Member]:
+        """Servers for ``count`` new copies (see placement.place), passing over
+        those that left an upload unanswered lately while the others suffice."""
+        members = list(self.roster.members.values())
+        now = self.clock.seconds()
+        answering = [m for m in members if m.passed_over_until <= now]
+        if len(answering) < len(members):
+            try:
+                return place(answering, count, size, taken if taken is not None else [])
+            except (Unavailable, NoSpace):
+                pass
+        return place(members, count, size, taken if taken is not None else [])
+
+    def _pass_over_hung(self, upload: Upload) -> None:
+        now = self.clock.seconds()
+        for lane in upload.lanes:
+            if lane.client.hung:
+                self.log.warn("storage server {id} left an upload unanswered: no new copies go to it for {s:.0f} s"
+                              " while others can take them", id=lane.member.id, s=PASS_OVER)
+                lane.member.passed_over_until = now + PASS_OVER
+
     def abort_put(self, upload: Upload) -> None:
         """The client went away mid-upload: nothing of it is kept. Nothing
         to do once :meth:`finish_put` has it (its lanes may already serve others)."""
@@ -173,7 +196,7 @@ class Writer:
         ``taken`` (the pick is added to it). The write is an intent until the
         caller counts it. Raises Unavailable/NoSpace when no server fits, and
         CopyFailed when the copy itself fails."""
-        target = place(self.roster.members.values(), 1, record.size, taken=taken)[0]
+        target = self._place(1, record.size, taken)[0]
         taken.append(target)
         target.reserve(record.size)
         try:

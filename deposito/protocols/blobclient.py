@@ -80,6 +80,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self._relay: Relay | None = None
         self._draining: _Drained | None = None  # waits for the relay's target to send what it holds
         self.lost = False
+        self.hung = False  # cut because the server stopped answering (or reading)
         self.holding = False  # a blob is open for SEND on the server (the local port)
         # The server holds a reader's socket that came with SEND and has not
         # shown that it let go of it: no reply yet, and the connection not
@@ -152,6 +153,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
                 send_now(reader())  # the bytes that came, on to the reader
 
     def timeoutConnection(self) -> None:
+        self.hung = True
         self.transport.abortConnection()
 
     def badLine(self, why: str) -> None:
