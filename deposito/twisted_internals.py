@@ -329,6 +329,10 @@ class HeadDeadline(http.HTTPChannel):
         super().connectionLost(reason)
 
 
+LINGER = 5.0  # seconds a connection answered before its request's body was read goes on being read, at most
+LINGER_BYTES = 64 << 20  # bytes read (and dropped) meanwhile, at most
+
+
 class ContinueWhenAsked(HeadDeadline):
     """An HTTP connection that answers ``Expect: 100-continue`` only when its
     request wants the body: it hands the sending of ``100 Continue`` to the
@@ -342,12 +346,49 @@ class ContinueWhenAsked(HeadDeadline):
     client waits its own timeout (a second for botocore) and sends the body
     anyway: slower, not wrong; the test of this fact fails first."""
 
+    lingers = False  # answered before its body was read (see answer_before_body): closes lingering
+    _lingering: Any = None  # the call that ends the lingering
+    _dropped = 0
+
     def _send100Continue(self) -> None:
         later = getattr(self.requests[-1], "continue_later", None) if self.requests else None
         if later is None:
             super()._send100Continue()
         else:
             later(super()._send100Continue)
+
+    def loseConnection(self) -> None:
+        """Closed with the client perhaps still sending a body: the answer
+        goes out and this end's half is shut, and what the client still
+        sends is read and dropped (for LINGER seconds or LINGER_BYTES at
+        most) before the connection closes. Closed at once, the kernel
+        would answer those bytes with a reset, and the client could lose
+        the answer it had not read yet.
+
+        Relies on http.HTTPChannel closing a connection that is not kept
+        alive through its own ``loseConnection`` once the answer is done; if
+        a later Twisted no longer did, the connection would close at once,
+        as before; the test of this fact fails first."""
+        shut_writing = getattr(self.transport, "loseWriteConnection", None)  # a socket's transport (TCP, TLS)
+        if not self.lingers or shut_writing is None or self._lingering is not None:
+            super().loseConnection()
+            return
+        self._lingering = self.callLater(LINGER, getattr(self.transport, "abortConnection"))
+        getattr(self.transport, "resumeProducing")()  # it may have been paused not to read the body
+        shut_writing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._lingering is not None:  # answered and closing: the rest of what the client sends is dropped
+            self._dropped += len(data)
+            if self._dropped > LINGER_BYTES:
+                getattr(self.transport, "abortConnection")()
+            return
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
+        super().connectionLost(reason)
 
 
 class PromptChannel(ContinueWhenAsked):
@@ -410,4 +451,5 @@ def answer_before_body(request: Any) -> None:
     channel = request.channel
     request.method, request.uri, request.clientproto = channel._command, channel._path, channel._version
     channel.persistent = False
+    channel.lingers = True  # what the client still sends of the body is read and dropped (ContinueWhenAsked)
     request.setHeader(b"connection", b"close")  # the client must not send its next request on this one

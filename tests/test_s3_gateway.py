@@ -357,6 +357,42 @@ def test_a_big_body_refused_from_its_headers_is_answered_without_being_sent(s3):
     assert reply.startswith(b"HTTP/1.1 403 ") and b"AccessDenied" in reply, reply[:200]
 
 
+def test_a_refused_request_whose_big_body_comes_anyway_gets_its_error_document(s3):
+    """A client that sends its body without asking first (no Expect), as
+    curl does: refused, it gets the XML error once a little of the body was
+    thrown away, and the connection closes after it; the rest of what it
+    sends meanwhile is dropped, not answered with a reset that would lose
+    the error. The gateway goes on serving."""
+    import threading
+
+    body = os.urandom(8 * MiB)
+    unsigned = _signed_put(s3, "/no-such-bucket/k", len(body))
+    anonymous = (f"PUT /early2/k HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n").encode()
+    for head, status, error in ((unsigned, 404, b"NoSuchBucket"), (anonymous, 403, b"AccessDenied")):
+        with socket.create_connection(("127.0.0.1", s3.port), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+
+            def send() -> None:
+                try:
+                    sock.sendall(head + body)
+                except OSError:
+                    pass  # the gateway may close before all of it is sent: that is allowed
+            sender = threading.Thread(target=send)
+            sender.start()
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+            sender.join()
+        got, document = _answer(reply)
+        assert got == status and b"<Code>" + error + b"</Code>" in document, reply[:300]
+        assert b"\r\nConnection: close\r\n" in reply.partition(b"\r\n\r\n")[0] + b"\r\n"
+    c = s3.client()
+    c.create_bucket(Bucket="after-refusals")
+    c.put_object(Bucket="after-refusals", Key="k", Body=b"still serving")
+    assert c.get_object(Bucket="after-refusals", Key="k")["Body"].read() == b"still serving"
+
+
 def test_a_delete_with_if_match_removes_only_the_version_it_names(s3):
     c = s3.client()
     c.create_bucket(Bucket="conddel")

@@ -10,7 +10,10 @@ has been read (``process``), as HTTP/1.1 on a kept-alive connection needs;
 or, to a client that waits to be told to send its body (``Expect:
 100-continue``, as botocore sends with bodies over 1 MB), as soon as the
 request is refused, the body never asked for and the connection closed after
-the answer.
+the answer. A refused request whose body comes anyway is answered once more
+than DISCARD_LIMIT of it was thrown away, and the connection closed after
+the answer, what still comes read and dropped a while first (see
+twisted_internals.ContinueWhenAsked.loseConnection).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from deposito import twisted_internals
 from deposito.s3.errors import S3Error
 
 HOLD = 256 * 1024  # body bytes held for a reader not there yet before the connection is paused
-DISCARD_LIMIT = 1 << 20  # body bytes read and thrown away after an error before the connection is cut
+DISCARD_LIMIT = 1 << 20  # body bytes read and thrown away after an error before it is answered and the connection closed
 
 
 class Body:
@@ -51,13 +54,16 @@ class Body:
         self._discarded = 0
         self.waiting: Optional[Callable[[], None]] = None  # tells a client that waits (100-continue) to send
         self.unsent: Optional[Callable[[], None]] = None  # called if the body is given up before that
+        self.too_much: Optional[Callable[[], None]] = None  # called once DISCARD_LIMIT was thrown away
 
     def feed(self, data: bytes) -> None:
         self.received += len(data)
         if self._discarding:
             self._discarded += len(data)
-            if self._discarded > DISCARD_LIMIT:
-                self.transport.abortConnection()  # not worth reading: the answer is an error anyway
+            if self._discarded > DISCARD_LIMIT and self.too_much is not None:
+                # not worth reading: the answer (an error) goes now, and the connection is closed after it
+                too_much, self.too_much = self.too_much, None
+                too_much()
             return
         if self._sink is None:
             self._held.append(data)
@@ -167,6 +173,7 @@ class S3Request(Request):
     def gotLength(self, length: Optional[int]) -> None:
         self.content = io.BytesIO()  # stays empty: the body goes to self.body
         self.body = Body(self.channel.transport)
+        self.body.too_much = self._answer_now
         self.received = defer.Deferred()
         self.notifyFinish().addErrback(self._lost)
         line = twisted_internals.request_line(self)
@@ -181,12 +188,13 @@ class S3Request(Request):
         if self.body.taken:
             send()
         elif self.body.given_up:  # refused already
-            self._refused_unsent()
+            self._answer_now()
         else:
             self.body.waiting = send
-            self.body.unsent = self._refused_unsent
+            self.body.unsent = self._answer_now
 
-    def _refused_unsent(self) -> None:
+    def _answer_now(self) -> None:
+        """Answered before the body is read (refused), the connection closed after."""
         twisted_internals.answer_before_body(self)
         # the whole request, as far as the answer is concerned; on the next turn, once twisted.web
         # has done with what it was reading (it may be this request's headers)
