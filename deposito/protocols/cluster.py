@@ -60,8 +60,8 @@ from zope.interface import implementer
 
 from deposito.errors import BadArgs, Denied, DepositoError, Unavailable, from_reply
 from deposito.protocols.lines import LineProtocol
-from deposito.protocols.words import (check_stored_name, fields, meta_word, parse_count, parse_meta_word, quote,
-                                      split)
+from deposito.protocols.words import (MAX_COUNT, check_stored_name, fields, meta_word, parse_count, parse_meta_word,
+                                      quote, split)
 from deposito.secret import nonce, proof, verify
 
 if TYPE_CHECKING:
@@ -362,7 +362,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             raise BadArgs("inventory line: blob ids out of order")
         if self._full:
             _, version, size, sha256, replicas, name = words[:6]
-            self._chunk.append((blob, parse_count(version, "version"), parse_count(size, "size"),
+            self._chunk.append((blob, parse_count(version, "version", 0, MAX_COUNT), parse_count(size, "size", 0, MAX_COUNT),
                                 sha256, parse_count(replicas, "replicas", 0, 16), check_stored_name(name),
                                 parse_meta_word(words[6]) if len(words) == 7 else ""))
         else:
@@ -396,9 +396,9 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     @staticmethod
     def _usage(f: dict[str, str]) -> tuple[int, int, int]:
-        return (parse_count(f.get("capacity", ""), "capacity"),
-                parse_count(f.get("used", ""), "used"),
-                parse_count(f.get("blobs", ""), "blobs"))
+        return (parse_count(f.get("capacity", ""), "capacity", 0, MAX_COUNT),
+                parse_count(f.get("used", ""), "used", 0, MAX_COUNT),
+                parse_count(f.get("blobs", ""), "blobs", 0, MAX_COUNT))
 
     def _challenge_server(self, member_id: str, f: dict[str, str]) -> None:
         check_label(member_id, "server id")

@@ -117,13 +117,15 @@ def parse_meta_word(word: str) -> str:
 MAX_COUNT = (1 << 63) - 1  # the largest number a catalog column holds (PostgreSQL's BIGINT)
 
 
-def parse_count(word: str, what: str, low: int = 0, high: int = MAX_COUNT) -> int:
-    """A decimal whole number within bounds, or BadArgs naming ``what``."""
+def parse_count(word: str, what: str, low: int = 0, high: int | None = None) -> int:
+    """A decimal whole number within bounds, or BadArgs naming ``what``
+    (a number bound for the catalog: ``high`` at most MAX_COUNT)."""
     if not word.isascii() or not word.isdigit() or len(word) > 20:
         raise BadArgs(f"{what} must be a whole number, not {word!r}")
     value = int(word)
-    if not low <= value <= high:
-        raise BadArgs(f"{what} must be {low} to {high}")
+    if value < low or (high is not None and value > high):
+        bounds = f"{low} to {high}" if high is not None else f"at least {low}"
+        raise BadArgs(f"{what} must be {bounds}")
     return value
 
 
