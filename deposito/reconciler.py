@@ -53,6 +53,11 @@ class Assessment:
     def excess(self) -> int:
         return max(0, len(self.healthy) - self.record.replicas)
 
+    @property
+    def elsewhere(self) -> int:
+        """Copies on servers down here that another proxy sees up: it, not this proxy, can judge the file."""
+        return sum(1 for m in self.waiting if m.up_elsewhere)
+
 
 def assess(record: FileRecord, roster: Roster) -> Assessment:
     healthy, waiting, gone = [], [], []
@@ -128,12 +133,14 @@ SWEEP_EVERY = 10.0  # seconds between the sweep's steps: a million files in unde
 LEASE = 300.0  # a file with copies planned is not looked at again before this, unless it changes
 RETRY = 10.0  # a file whose copies all failed is looked at again after this
 WAITERS_EVERY = 1.0  # seconds between looks at the files a REPLICAS ... WAIT waits on
+LOOK_EVERY = 5.0  # seconds between looks at when the queue's next file is due: work other proxies queued or passed
 WAITING_RANK = 1000  # files that wait on a server come last among the due (0: not looked at yet)
 
 
 def _settled(a: Assessment) -> bool:
-    """Nothing to do for the file, now or when a server comes back."""
-    return not (a.deficit or a.excess or a.waiting or a.gone or a.have < a.record.replicas)
+    """Nothing to do for the file, now or when a server comes back (copies
+    another proxy sees up count as healthy: that proxy's sweep judges them)."""
+    return not (a.gone or len(a.waiting) > a.elsewhere or a.have + a.elsewhere != a.record.replicas)
 
 
 class Reconciler:
@@ -167,12 +174,15 @@ class Reconciler:
         self._requeue: set[str] = set()
         self._sweep = task.LoopingCall(self.sweep)
         self._sweep.clock = clock
+        self._looks = task.LoopingCall(self.look)
+        self._looks.clock = clock
         self.sweep_every = sweep_every
         self._cursor = ""
 
     def start(self) -> None:
         self._started = True
         self._sweep.start(self.sweep_every, now=False).addErrback(self._said, "sweeping")
+        self._looks.start(LOOK_EVERY, now=False)
         self.kick()
 
     def stop(self, grace: float = 5.0) -> defer.Deferred:
@@ -180,8 +190,9 @@ class Reconciler:
         seconds, when what is left is cancelled (a copy cut short is an
         intent, and so garbage at the next start)."""
         self._started = False
-        if self._sweep.running:
-            self._sweep.stop()
+        for loop in (self._sweep, self._looks):
+            if loop.running:
+                loop.stop()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         for waiters in self.waiters.values():
@@ -209,6 +220,14 @@ class Reconciler:
         d.addCallback(self._stepped)
         if self._stepping:
             self._step = d
+
+    def look(self) -> defer.Deferred:
+        """Step if a queued file is due: one another proxy queued, or passed
+        on to the others, wakes no timer here."""
+        def due(when: float | None) -> None:
+            if when is not None and when <= self.clock.seconds() and not self._stepping:
+                self.kick()
+        return self.catalog.next_due().addCallback(due).addErrback(self._said, "looking at the queue")
 
     def _said(self, failure: Failure, what: str, **fields: Any) -> bool:
         """Log a failure of background work: in one line when the catalog's
@@ -281,6 +300,9 @@ class Reconciler:
                     copies.append(CopyTask(record, a.deficit, a.healthy, record.servers))
                 outcomes.append(Outcome(name, gen, now if ranking else now + LEASE, 1 + len(a.healthy),
                                         record.replicas, have, a.deficit))
+            elif a.elsewhere:  # another proxy sees copies this one cannot: left to it
+                outcomes.append(Outcome(name, gen, now, 1 + a.have + a.elsewhere, record.replicas,
+                                        have + a.elsewhere, 0, passed=True))
             elif a.deficit or a.waiting:  # only a server coming back, or dying, changes this
                 outcomes.append(Outcome(name, gen, WAITING, WAITING_RANK, record.replicas, have, 0))
             else:

@@ -27,6 +27,7 @@ class Member:
     last_seen: float = 0.0
     reserved: int = 0
     passed_over_until: float = 0.0  # it left an upload unanswered: new copies go elsewhere until then, if they can
+    up_elsewhere: bool = False  # up for another proxy sharing the catalog, at its last beat
     local: str | None = None  # its local port, "@name" (deposito.protocols.handoff), while it may be on this host
     local_key: str | None = attrs.field(default=None, repr=False)
     connection: Any = attrs.field(default=None, repr=False, eq=False)
@@ -50,6 +51,11 @@ class Member:
         """A copy of ``size`` bytes is durable here: count it until the next
         heartbeat brings the server's own figure."""
         self.used += size
+
+
+# A server another proxy saw up this many seconds ago at most is up for it
+# (each proxy tells what it sees every few seconds: see deposito.depot.liveness).
+ELSEWHERE = 10.0
 
 
 class Roster:
@@ -96,6 +102,10 @@ class Roster:
         proxy cannot reach is not dead while another proxy sees it. One
         declared dead here that another proxy sees again waits instead."""
         now = self.clock.seconds()
+        sightings = list(sightings)
+        fresh = {member_id for member_id, age in sightings if age < ELSEWHERE}
+        for member in self.members.values():
+            member.up_elsewhere = member.id in fresh
         for member_id, age in sightings:
             m = self.members.get(member_id)
             if m is None or m.up:

@@ -788,6 +788,28 @@ def test_proxies_claim_different_queued_files_until_they_let_them_go(shared):
     assert mine[0] in {name for name, _, _ in b.due_work(1.0, 100)}
 
 
+def test_a_file_passed_to_the_others_is_theirs_at_once_and_its_passers_only_later(shared):
+    """A proxy that cannot see some copies another proxy sees leaves the
+    file to the others: they may take it at once, it itself only after
+    PASSED_BACK (none took it), and a new change makes it anyone's again."""
+    from deposito.catalog.queue import PASSED_BACK
+
+    a, b = shared
+    queue(a, ["f", "g"])
+    claimed = {name: gen for name, gen, _ in a.due_work(100.0, 10)}
+    a.settle([Outcome(name, gen, 100.0, 3, 2, 2, passed=True) for name, gen in claimed.items()])
+    assert a.due_work(100.0, 10) == [] and a.next_due() == 100.0 + PASSED_BACK
+    assert b.next_due() == 100.0 and a.counts().under == 0
+    taken = b.due_work(100.0, 1)
+    assert [name for name, _, _ in taken] == ["f"]
+    b.settle([Outcome("f", claimed["f"], None)])
+    assert a.due_work(100.0 + PASSED_BACK - 1, 10) == []
+    assert [name for name, _, _ in a.due_work(100.0 + PASSED_BACK, 10)] == ["g"]  # none took it
+    a.settle([Outcome("g", claimed["g"], 200.0, 3, 2, 2, passed=True)])
+    a.enqueue(["g"])  # changed since: anyone's, at once
+    assert [name for name, _, _ in a.due_work(200.0, 10)] == ["g"]
+
+
 def test_proxies_claim_different_garbage(shared):
     a, b = shared
     for name in ("f", "g"):
@@ -901,7 +923,7 @@ def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
     old.close()
     cat = Catalog(str(folder))
     try:
-        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == 5
         kept, docs = cat.lookup("kept.bin"), cat.lookup("docs/b.txt")
         assert kept.meta == "" and cat.buckets("", "", 100) == []
         assert (kept.version, kept.replicas, kept.servers) == (1, 3, ("s1", "s2"))
@@ -1118,10 +1140,11 @@ def test_a_refused_conditional_complete_leaves_the_upload_under_way(cat):
     assert cat.lookup("obj").parts == "a" * 32
 
 
-def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_4_in_place(postgres):
+def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_5_in_place(postgres):
     """Version 3 added files.meta and buckets, version 4 files.parts,
-    files.start and uploads: a catalog of version 2 (made here by taking
-    them away again) gets them when a proxy opens it, its files as they were."""
+    files.start and uploads, version 5 work.passed: a catalog of version 2
+    (made here by taking them away again) gets them when a proxy opens it,
+    its files as they were."""
     from deposito.catalog.postgres import PostgresBackend
 
     url = postgres.database()
@@ -1130,6 +1153,7 @@ def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_4_in_place(postgr
         old.commit("f", old.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
         for column in ("meta", "parts", "start"):
             old.db.execute(f"ALTER TABLE files DROP COLUMN {column}")
+        old.db.execute("ALTER TABLE work DROP COLUMN passed")
         old.db.execute("DROP TABLE buckets")
         old.db.execute("DROP TABLE uploads")
         old.db.execute("UPDATE catalog_schema SET version = 2")
@@ -1137,7 +1161,9 @@ def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_4_in_place(postgr
         old.close()
     cat = Catalog(PostgresBackend(url))
     try:
-        assert cat.db.execute("SELECT version FROM catalog_schema").fetchone()[0] == 4
+        assert cat.db.execute("SELECT version FROM catalog_schema").fetchone()[0] == 5
+        cat.enqueue(["f"])
+        assert cat.due_work(1.0, 10) == [("f", 0, 0)] and cat.next_due() == 0.0
         assert (cat.lookup("f").blob, cat.lookup("f").meta, cat.lookup("f").parts) == ("b1", "", "")
         assert cat.db.execute("SELECT count(*) FROM uploads").fetchone()[0] == 0
         assert cat.create_bucket("b", 1.0) and cat.buckets("", "", 100) == [("b", 1.0)]

@@ -51,10 +51,13 @@ def test_a_server_another_proxy_sees_is_not_declared_dead_here():
     for _ in range(30):  # 30 s: three times dead_after, silent to this proxy all along
         clock.advance(1.0)
         roster.check()
-    assert roster.members["s2"].state == "down"
+    assert roster.members["s2"].state == "down" and roster.members["s2"].up_elsewhere
     assert db.calls[-1][0] == ["s1"]  # it tells the others what it sees itself
+    db.seen = [("s2", 12.0)]  # the proxy that saw it has not told for 12 s: not up for it now
+    clock.advance(2.0)
+    assert not roster.members["s2"].up_elsewhere
     db.seen = []  # no proxy sees it any more: dead once dead_after has passed
-    clock.advance(9.0)
+    clock.advance(7.0)
     roster.check()
     assert roster.members["s2"].state == "down"
     clock.advance(2.0)

@@ -509,7 +509,9 @@ def test_a_server_one_proxy_sees_down_and_the_other_up_keeps_its_copies(tmp_path
     """A server cut off from one proxy only: that proxy sees it down, the
     other up. Past --dead-after it is not dead, and its copies are neither
     made again elsewhere nor dropped (that a server gone for every proxy is
-    dead after --dead-after is held above, with one proxy left)."""
+    dead after --dead-after is held above, with one proxy left). STATUS
+    counts them healthy through either proxy, and a change that needs the
+    server, asked through the proxy that cannot see it, is made by the other."""
     url = postgres.database()
     a = Cluster(tmp_path, proxy_args=("--catalog", url, "--dead-after", "1"))
     b = a.add_proxy("proxy-b")
@@ -529,6 +531,9 @@ def test_a_server_one_proxy_sees_down_and_the_other_up_keeps_its_copies(tmp_path
         on_s0 = {name: data for name, data in files.items() if "s0" in a.holders(data)}
         assert on_s0
         disks = {sid: sorted(p.name for p in a.blob_files(sid)) for sid in a.servers}
+        # each proxy started on an empty catalog, so it makes no moves until it has taken in the servers' blobs
+        assert poll(lambda: all(any(said in p.log(p.name) for said in ("catalog rebuilt", "the catalog starts empty"))
+                                for p in (a, b)), 20)
 
         def unchanged() -> bool:
             return {sid: sorted(p.name for p in a.blob_files(sid)) for sid in a.servers} == disks
@@ -542,6 +547,20 @@ def test_a_server_one_proxy_sees_down_and_the_other_up_keeps_its_copies(tmp_path
         with b.wire() as w:
             for name, data in on_s0.items():
                 assert w.get(name)[1] == data  # from the copy b can reach
+            status = fields(w.cmd("STATUS"))
+            assert (status["files"], status["under"], status["over"]) == ("6", "0", "0"), status
+            # one copy too many, asked through b: only a sees both copies to drop one
+            name, data = next(iter(on_s0.items()))
+            assert w.cmd(f"REPLICAS {name} 1").startswith("OK")
+
+        def one_copy() -> bool:
+            return a.copies()[sha(data)] == 1
+        assert poll(one_copy, 30), a.holders(data)
+        assert stays(one_copy, 1.5)
+        with a.wire() as w:
+            assert w.get(name)[1] == data  # the one copy left may be the one b cannot reach
+        with b.wire() as w:
+            assert poll(lambda: fields(w.cmd("STATUS"))["over"] == "0", 10)
 
     finally:
         relay.close()

@@ -235,6 +235,41 @@ def test_a_server_back_before_it_died_wakes_its_files_and_nothing_is_copied(cata
     cat.close()
 
 
+def test_the_files_of_a_server_another_proxy_sees_up_are_left_to_it_not_parked(catalogs):
+    """A server down here but up for another proxy: its files are not parked
+    as short, waiting for it to come back here (STATUS would count them
+    under, and what only the other proxy can do, such as dropping a copy
+    REPLICAS made one too many, would wait). They are left to the other
+    proxies, counted with the copies those see; this proxy looks again only
+    after PASSED_BACK, and parks them if no proxy sees the server by then.
+    Its sweep does not queue them."""
+    from deposito.catalog.queue import PASSED_BACK
+
+    cat, clock, roster, view, copier, rec = make(catalogs, 300)
+    a = roster.members["a"]
+    on_a = {f"f{i:06d}" for i in range(300) if i % 2 == 0}
+    a.state, a.up_elsewhere = "down", True
+    rec.sweep()
+    assert cat.counts().queued == 0
+    rec.start()
+    rec.server_changed(a)
+    run(clock)
+    counts = cat.counts()
+    assert counts.queued == len(on_a) and counts.under == 0 and counts.over == 0
+    assert copier.copied == [] and all(len(copies_on(cat, n)) == 2 for n in on_a)
+    assert cat.due_work(clock.seconds(), 500) == []  # the others' to take
+    cat.set_replicas("f000000", 1)  # one copy too many: only a proxy that sees a can tell which to drop
+    rec.kick()
+    run(clock)
+    assert copies_on(cat, "f000000") == ["a", "c"] and cat.counts().over == 1
+    a.up_elsewhere = False  # no proxy sees it any more: parked here, short
+    clock.advance(PASSED_BACK)
+    run(clock)
+    assert cat.counts().under == len(on_a) - 1 and copier.copied == []
+    rec.stop()
+    cat.close()
+
+
 def test_the_sweep_finds_a_file_no_event_queued_in_bounded_pages(catalogs):
     files = 2 * SWEEP_PAGE + 10
     cat, clock, roster, view, copier, rec = make(catalogs, files)

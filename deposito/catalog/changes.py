@@ -138,7 +138,8 @@ class Changes(Database):
                            [(name, due) for name in names])
             return
         db.executemany("INSERT INTO work (name, due) VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
-                       f" SET due = {self.dialect.least}(work.due, excluded.due), rank = 0, gen = work.gen + 1",
+                       f" SET due = {self.dialect.least}(work.due, excluded.due), rank = 0, gen = work.gen + 1,"
+                       " passed = NULL",
                        [(name, due) for name in names])
 
 

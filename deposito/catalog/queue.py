@@ -13,6 +13,11 @@ from deposito.catalog.records import Counts, FileRecord, Outcome, effects
 from deposito.catalog.schema import RECORD, to_record
 
 
+# A file a proxy passed to the others (see Outcome.passed) that none has
+# taken: after this long, the proxy that passed it may look at it again.
+PASSED_BACK = 30.0
+
+
 class WorkQueue(Changes):
     """The ``work`` table: what the reconciler is to look at, and when."""
 
@@ -48,12 +53,14 @@ class WorkQueue(Changes):
         claimed (name, generation, rank): files not yet looked at first
         (rank 0), then those with the fewest healthy copies. Each stays this
         proxy's until :meth:`settle` or :meth:`release` lets it go; rows
-        another proxy is claiming at the same moment are skipped, not waited for."""
+        another proxy is claiming at the same moment are skipped, not waited
+        for. A file this proxy passed to the others waits PASSED_BACK more."""
         def tx(db: Connection) -> builtins.list[tuple[str, int, int]]:
             rows = db.execute(
                 "UPDATE work SET owner = ? WHERE name IN (SELECT name FROM work WHERE (owner IS NULL OR owner = ?)"
-                f" AND due <= ? ORDER BY rank, due LIMIT ?{self.dialect.skip_locked}) RETURNING name, gen, rank, due",
-                (self.proxy, self.proxy, now, limit)).fetchall()
+                " AND due <= ? AND (passed IS NULL OR passed <> ? OR due <= ?)"
+                f" ORDER BY rank, due LIMIT ?{self.dialect.skip_locked}) RETURNING name, gen, rank, due",
+                (self.proxy, self.proxy, now, self.proxy, now - PASSED_BACK, limit)).fetchall()
             return [(name, gen, rank) for name, gen, rank, _ in sorted(rows, key=lambda r: (r[2], r[3], r[0]))]
         return self._tx(tx)
 
@@ -65,9 +72,13 @@ class WorkQueue(Changes):
 
     @effects(durable=False, keeps_records=True)
     def next_due(self) -> float | None:
-        """When the next file no other proxy has claimed is due."""
-        return self.db.execute("SELECT min(due) FROM work WHERE owner IS NULL OR owner = ?",
-                               (self.proxy,)).fetchone()[0]
+        """When the next file no other proxy has claimed is due (for this proxy)."""
+        others = self.db.execute("SELECT min(due) FROM work WHERE (owner IS NULL OR owner = ?)"
+                                 " AND (passed IS NULL OR passed <> ?)", (self.proxy, self.proxy)).fetchone()[0]
+        passed = self.db.execute("SELECT min(due) FROM work WHERE passed = ? AND owner IS NULL",
+                                 (self.proxy,)).fetchone()[0]
+        return min((t for t in (others, passed + PASSED_BACK if passed is not None else None) if t is not None),
+                   default=None)
 
     @effects(durable=False, keeps_records=True)
     def records(self, names: Iterable[str]) -> builtins.list[FileRecord | None]:
@@ -96,9 +107,10 @@ class WorkQueue(Changes):
                 if o.due is None:
                     db.execute("DELETE FROM work WHERE name = ? AND gen = ?", (o.name, o.gen))
                 else:
-                    db.execute("UPDATE work SET due = ?, rank = ?, wanted = ?, have = ?, moves = ?"
+                    db.execute("UPDATE work SET due = ?, rank = ?, wanted = ?, have = ?, moves = ?, passed = ?"
                                " WHERE name = ? AND gen = ?",
-                               (o.due, o.rank, o.wanted, o.have, o.moves, o.name, o.gen))
+                               (o.due, o.rank, o.wanted, o.have, o.moves, self.proxy if o.passed else None,
+                                o.name, o.gen))
             db.executemany("UPDATE work SET owner = NULL WHERE name = ? AND owner = ?",
                            [(o.name, self.proxy) for o in outcomes if o.name not in held])
         self._tx(tx)

@@ -39,7 +39,9 @@ Expect = Callable[[Optional[FileRecord]], None]
 @attrs.frozen
 class Outcome:
     """What the reconciler found for one queued file: ``due`` None when
-    there is nothing left to do for it, else when to look again."""
+    there is nothing left to do for it, else when to look again.
+    ``passed``: the file is left to the other proxies (another sees copies
+    this one cannot), which may take it from ``due`` on."""
 
     name: str
     gen: int
@@ -48,6 +50,7 @@ class Outcome:
     wanted: int | None = None
     have: int | None = None
     moves: int = 0
+    passed: bool = False
 
 
 @attrs.frozen

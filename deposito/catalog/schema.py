@@ -84,13 +84,16 @@ CREATE INDEX IF NOT EXISTS uploads_by_name ON uploads (name, id);
 CREATE INDEX IF NOT EXISTS uploads_by_touched ON uploads (touched);
 """
 
-# The columns versions 2 to 4 added to older tables, and the indexes on
-# them (made once the columns are there: see add_columns).
+# The columns versions 2 to 5 added to older tables, and the indexes on
+# them (made once the columns are there: see add_columns). Version 5:
+# ``work.passed``, the proxy that left a queued file to the others (it
+# cannot see some of the file's copies that another proxy sees up).
 ADDED_COLUMNS = (("intents", "owner", "TEXT"), ("garbage", "owner", "TEXT"), ("work", "owner", "TEXT"),
                  ("files", "meta", "TEXT NOT NULL DEFAULT ''"), ("files", "parts", "TEXT NOT NULL DEFAULT ''"),
-                 ("files", "start", "BIGINT"))
+                 ("files", "start", "BIGINT"), ("work", "passed", "TEXT"))
 OWNER_INDEXES = """CREATE INDEX IF NOT EXISTS intents_by_owner ON intents (owner);
 CREATE INDEX IF NOT EXISTS work_by_owner ON work (owner);
+CREATE INDEX IF NOT EXISTS work_passed ON work (passed, due) WHERE passed IS NOT NULL;
 CREATE INDEX IF NOT EXISTS garbage_by_owner ON garbage (owner);
 CREATE INDEX IF NOT EXISTS files_by_parts ON files (parts) WHERE parts <> '';
 """
@@ -142,7 +145,8 @@ CREATE TABLE IF NOT EXISTS work (
     wanted {int},
     have {int},
     moves {int} NOT NULL DEFAULT 0,
-    owner {key}
+    owner {key},
+    passed {key}
 );
 CREATE INDEX IF NOT EXISTS work_in_order ON work (rank, due);
 CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
@@ -154,7 +158,7 @@ CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 # its copies' servers beside each file (the ``copies`` rows, as a
 # space-separated sorted list, kept with every change of them), so that a
 # lookup is one row and a listing reads the table in order.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 RECORD = "SELECT name, version, blob, size, sha256, replicas, servers, created, meta, parts FROM files"
 TOTALS = ("files", "bytes", "wanted")
@@ -170,7 +174,7 @@ def migrate(db: sqlite3.Connection) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version < 1:
         _migrate_to_1(db)
-    if version < 4:
+    if version < SCHEMA_VERSION:
         add_columns(db, lambda table, column: column in [row[1] for row in db.execute(f"PRAGMA table_info({table})")])
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -198,7 +202,7 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
 
 
 def add_columns(db: Any, has_column: Any) -> None:
-    """Versions 1 to 3 to 4: the columns added since (``has_column(table,
+    """Versions 1 to 4 to 5: the columns added since (``has_column(table,
     column)`` says whether one is there already)."""
     for table, column, kind in ADDED_COLUMNS:
         if not has_column(table, column):
