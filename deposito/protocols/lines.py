@@ -91,7 +91,8 @@ def handler_for(obj: Any, words: list[str]) -> Callable[..., Any]:
     command = words[0].upper()
     handler = getattr(obj, "do_" + command, None) if command.isalpha() else None
     if handler is None:
-        raise BadCommand(f"unknown command {words[0][:40]!r} (try HELP)")
+        hint = " (try HELP)" if hasattr(obj, "do_HELP") else ""
+        raise BadCommand(f"unknown command {words[0][:40]!r}{hint}")
     low, high = _arity(handler.__func__)
     if not low <= len(words) - 1 <= high:
         usage = getattr(obj, "USAGE", {}).get(command, command)
