@@ -792,6 +792,7 @@ def test_a_file_passed_to_the_others_is_theirs_at_once_and_its_passers_only_late
     """A proxy that cannot see some copies another proxy sees leaves the
     file to the others: they may take it at once, it itself only after
     PASSED_BACK (none took it), and a new change makes it anyone's again."""
+    from deposito.catalog import WAITING
     from deposito.catalog.queue import PASSED_BACK
 
     a, b = shared
@@ -802,6 +803,9 @@ def test_a_file_passed_to_the_others_is_theirs_at_once_and_its_passers_only_late
     assert b.next_due() == 100.0 and a.counts().under == 0
     taken = b.due_work(100.0, 1)
     assert [name for name, _, _ in taken] == ["f"]
+    b.settle([Outcome("f", claimed["f"], 100.0, 3, 2, 2, passed=True)])  # b cannot judge it either: it waits
+    assert a.db.execute("SELECT due, passed FROM work WHERE name = 'f'").fetchone() == (WAITING, None)
+    assert b.counts().under == 0
     b.settle([Outcome("f", claimed["f"], None)])
     assert a.due_work(100.0 + PASSED_BACK - 1, 10) == []
     assert [name for name, _, _ in a.due_work(100.0 + PASSED_BACK, 10)] == ["g"]  # none took it

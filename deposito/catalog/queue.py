@@ -9,7 +9,7 @@ from typing import Iterable
 
 from deposito.catalog.changes import Changes
 from deposito.catalog.database import Connection
-from deposito.catalog.records import Counts, FileRecord, Outcome, effects
+from deposito.catalog.records import WAITING, Counts, FileRecord, Outcome, effects
 from deposito.catalog.schema import RECORD, to_record
 
 
@@ -99,18 +99,25 @@ class WorkQueue(Changes):
         (out of the queue) or when to look again. A file queued again
         meanwhile (its generation moved on) stays as that left it. Each is
         let go (see :meth:`due_work`) but those ``held``, whose copies this
-        proxy is about to make."""
+        proxy is about to make. A file another proxy passed here that this
+        one passes on too (each sees copies the other cannot) waits instead,
+        as for a server to come back, rather than going to and fro."""
         held = set(held)
 
         def tx(db: Connection) -> None:
             for o in outcomes:
                 if o.due is None:
                     db.execute("DELETE FROM work WHERE name = ? AND gen = ?", (o.name, o.gen))
+                elif o.passed:
+                    db.execute("UPDATE work SET due = CASE WHEN passed IS NULL OR passed = ? THEN ? ELSE ? END,"
+                               " passed = CASE WHEN passed IS NULL OR passed = ? THEN ? END,"
+                               " rank = ?, wanted = ?, have = ?, moves = ? WHERE name = ? AND gen = ?",
+                               (self.proxy, o.due, WAITING, self.proxy, self.proxy, o.rank, o.wanted, o.have,
+                                o.moves, o.name, o.gen))
                 else:
-                    db.execute("UPDATE work SET due = ?, rank = ?, wanted = ?, have = ?, moves = ?, passed = ?"
+                    db.execute("UPDATE work SET due = ?, rank = ?, wanted = ?, have = ?, moves = ?, passed = NULL"
                                " WHERE name = ? AND gen = ?",
-                               (o.due, o.rank, o.wanted, o.have, o.moves, self.proxy if o.passed else None,
-                                o.name, o.gen))
+                               (o.due, o.rank, o.wanted, o.have, o.moves, o.name, o.gen))
             db.executemany("UPDATE work SET owner = NULL WHERE name = ? AND owner = ?",
                            [(o.name, self.proxy) for o in outcomes if o.name not in held])
         self._tx(tx)
