@@ -664,6 +664,17 @@ def test_a_file_stored_through_the_text_protocol_is_an_object(s3):
         assert w.put("shared/from-text.bin", data).startswith("OK stored")
     got = c.get_object(Bucket="shared", Key="from-text.bin")
     assert got["Body"].read() == data and got["ETag"].endswith('-1"')  # not an MD5: tools do not compare it
+    # a text file "<bucket>/" would be an empty key: S3 cannot list it, and deleting the bucket says why it stays
+    c.create_bucket(Bucket="unnamed")
+    with Wire(s3.cluster.port) as w:
+        assert w.put("unnamed/", b"x").startswith("OK stored")
+    assert c.list_objects_v2(Bucket="unnamed")["KeyCount"] == 0
+    with pytest.raises(ClientError) as e:
+        c.delete_bucket(Bucket="unnamed")
+    assert code(e.value) == "BucketNotEmpty" and "'unnamed/'" in e.value.response["Error"]["Message"]
+    with Wire(s3.cluster.port) as w:
+        assert w.cmd("DELETE unnamed/").startswith("OK")
+    c.delete_bucket(Bucket="unnamed")
 
 
 def test_signatures_are_checked_and_presigned_urls_work(s3):

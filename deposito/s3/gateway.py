@@ -257,8 +257,18 @@ class Gateway:
         except NotFound:
             raise S3Error("NoSuchBucket", BucketName=call.bucket) from None
         except NotEmpty:
-            raise S3Error("BucketNotEmpty", BucketName=call.bucket) from None
+            raise S3Error("BucketNotEmpty", await self._unnamed_file(call.bucket), BucketName=call.bucket) from None
         await self.send(call, 204)
+
+    async def _unnamed_file(self, bucket: str) -> Optional[str]:
+        """Why a bucket that lists empty is not: a file ``<bucket>/`` that the
+        text protocol stored, whose key would be empty (None: no such file)."""
+        try:
+            await self.depot.lookup(bucket + "/")
+        except NotFound:
+            return None
+        return (f"The bucket holds a file named '{bucket}/', whose key would be empty,"
+                " so S3 cannot name it: delete it through the text protocol or HTTP")
 
     async def get_bucket(self, call: Call) -> None:
         if "location" in call.params:
