@@ -506,16 +506,18 @@ class CopyFailed(Unavailable):
 
 async def copy_blob(connect: Connect, sources: list[Member], target: Member, blob: str,
                     size: int, sha256: str, name: str, version: int, replicas: int,
-                    release: Release = close, cache: bool = False, meta: str = "") -> None:
+                    release: Release = close, cache: bool = False, meta: str = "",
+                    missing: Callable[[Member, str], None] = lambda member, blob: None) -> None:
     """Make one more copy of a blob on ``target``, read from any of ``sources``
     (``cache``: the target should keep it in its page cache, see
-    BlobClient.write_blob; ``meta``: the version's gateway metadata)."""
+    BlobClient.write_blob; ``meta``: the version's gateway metadata;
+    ``missing``: as for :func:`stream_blob`)."""
     writer = await connect(target)
     try:
         stored = writer.write_blob(blob, size, version, replicas, name, cache=cache)
         relay = _Relay(writer)
         try:
-            await stream_blob(connect, sources, blob, 0, size, relay, release=release)
+            await stream_blob(connect, sources, blob, 0, size, relay, release=release, missing=missing)
         except BaseException:
             stored.addErrback(lambda _: None)
             raise

@@ -310,6 +310,24 @@ def test_a_server_with_thousands_of_blobs_rejoins_and_its_copies_are_judged_righ
         assert w.get(lost_name)[1] == lost
 
 
+def test_a_copy_a_repair_finds_missing_as_its_source_stops_counting_and_is_made_again(cluster):
+    """The copy a repair reads from first (the lowest server id) is gone
+    behind the proxy's back: the repair copies from the other, and the
+    missing one no longer counts and is made again, so the disks end with
+    as many copies as wanted, not one fewer."""
+    data = os.urandom(300_000)
+    with cluster.wire() as w:
+        assert w.put("conv/lost-source", data, 2).startswith("OK stored")
+        first = min(cluster.holders(data))
+        [blob] = {p.name for sid in cluster.holders(data) for p in cluster.blob_files(sid)}
+        [path] = [p for p in cluster.blob_files(first) if p.name == blob]
+        path.unlink()
+        assert w.cmd("REPLICAS conv/lost-source 3").startswith("OK")
+        assert poll(lambda: len(cluster.holders(data)) == 3 and have(cluster, "conv/lost-source") == 3, 30)
+        assert w.get("conv/lost-source")[1] == data
+    assert f"storage server {first} lacks its copy of {blob}" in cluster.log("proxy")
+
+
 def test_a_copy_a_read_finds_missing_is_made_again_without_waiting_for_a_scrub(cluster):
     """The serving copy's blob file is gone behind the proxy's back (no scrub
     or inventory comes for a day): the GET goes on from the other copy, and

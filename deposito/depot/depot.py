@@ -61,7 +61,8 @@ class Depot:
         self.pool = BlobPool(reactor, connect_timeout, secret=secret)
         self.collector = Collector(reactor, db, roster, self.pool, every=collect_every, rate=collect_rate)
         self.writer = Writer(reactor, db, roster, self.pool, collect=self.collector.kick, repair=self._repair,
-                             default_replicas=default_replicas, stall_timeout=stall_timeout)
+                             default_replicas=default_replicas, stall_timeout=stall_timeout,
+                             missing=lambda member, blob: self.reader.copy_missing(member, blob))
         self.reader = Reader(db, roster, self.pool, repair=self._repair)
         self.rebuilder = Rebuilder(reactor, db, roster, done=self._repair, asked=rebuild, grace=rebuild_grace,
                                    read=self.reader.read)

@@ -129,7 +129,7 @@ class Reader:
     def copy_missing(self, member: Member, blob: str) -> None:
         """A read found that ``member`` lacks a copy of ``blob`` the catalog
         counts: it no longer counts, and its file is queued to be copied again."""
-        self.log.warn("storage server {id} lacks its copy of {blob}: made again elsewhere", id=member.id,
+        self.log.warn("storage server {id} lacks its copy of {blob}: it counts no more", id=member.id,
                       blob=blob, event="missing")
         d = self.db.drop_copy(blob, member.id)
         d.addCallback(lambda _: self.repair())

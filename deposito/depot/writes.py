@@ -34,13 +34,15 @@ class Writer:
 
     def __init__(self, clock: IStreamReactor, db: ICatalog, roster: Roster, pool: BlobPool,
                  collect: Callable[[], None], repair: Callable[[], None],
-                 default_replicas: int = 2, stall_timeout: float = 30.0) -> None:
+                 default_replicas: int = 2, stall_timeout: float = 30.0,
+                 missing: Callable[[Member, str], None] = lambda member, blob: None) -> None:
         self.clock = clock
         self.db = db
         self.roster = roster
         self.pool = pool
         self.collect = collect  # copies became garbage: delete them soon
         self.repair = repair  # a file is short of copies: the reconciler has work
+        self.missing = missing  # a copy read from is not on its server (see Reader.copy_missing)
         self.default_replicas = default_replicas
         self.stall_timeout = stall_timeout
 
@@ -204,7 +206,8 @@ class Writer:
             self.log.info("copying {name} to {id}", name=record.name, id=target.id)
             await copy_blob(self.pool.connect, list(sources), target, record.blob, record.size, record.sha256,
                             record.name, record.version, record.replicas, release=self.pool.release,
-                            cache=read_order(record.blob, [*sources, target])[0] is target, meta=record.meta)
+                            cache=read_order(record.blob, [*sources, target])[0] is target, meta=record.meta,
+                            missing=self.missing)
             target.stored(record.size)
         except Exception as e:
             self.log.warn("copy of {name} to {id} failed: {why}", name=record.name, id=target.id, why=str(e))
