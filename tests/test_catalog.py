@@ -732,6 +732,102 @@ def test_a_proxy_reads_what_another_proxy_wrote(postgres):
         postgres.drop(url)
 
 
+class FrozenLink:
+    """A TCP relay on loopback to ``port`` that can stop passing bytes while
+    every connection through it stays open: a database that stops answering
+    (a frozen process or host) without closing anything."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        self.flowing = threading.Event()
+        self.flowing.set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return
+            far = socket.create_connection(("127.0.0.1", self.target), 5)
+            far.settimeout(None)
+            for src, dst in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                self.flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_database_that_stops_answering_is_unavailable_after_the_call_timeout(postgres):
+    """The database's connections stay open but nothing comes back: neither
+    the statement timeout (the server's) nor TCP's tell it. A call that waits
+    past the call timeout has its connection cut and fails with Unavailable;
+    once the database answers again, the next calls work."""
+    import time
+
+    from deposito.catalog.postgres import PostgresBackend
+    from deposito.errors import Unavailable
+
+    url = postgres.database()
+    host, rest = url.rsplit(":", 1)
+    port, database = rest.split("/")
+    link = FrozenLink(int(port))
+    backend = PostgresBackend(f"{host}:{link.port}/{database}")
+    backend.call_timeout = 2.0
+    cat = Catalog(backend)
+    try:
+        cat.commit("f", cat.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
+        link.freeze()
+        started = time.monotonic()
+        [(ok, error)] = cat.batch([(Catalog.lookup, ("f",))])
+        took = time.monotonic() - started
+        assert not ok and isinstance(error, Unavailable) and 2.0 <= took < 5.0, (error, took)
+        link.thaw()
+        deadline = time.monotonic() + 10
+        while True:
+            [(ok, record)] = cat.batch([(Catalog.lookup, ("f",))])
+            if ok or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert ok and record.blob == "b1"
+    finally:
+        link.thaw()
+        cat.close()
+        link.close()
+        postgres.drop(url)
+
+
 def test_the_database_down_is_unavailable_at_once_and_back_by_itself(postgres):
     """Every call fails fast with Unavailable while the database is down, and
     the next call after it is back connects again."""

@@ -91,6 +91,11 @@ class Backend(Protocol):
         """Whether idle connection ``db`` was closed from the database's end
         (a restart, say): it is made again before it is used."""
 
+    def watch(self, connection: Callable[[], Any]) -> ContextManager[Any]:
+        """Around a call on the connection ``connection()`` gives: if the
+        database leaves it waiting too long, the connection is cut, so the
+        call fails as if it were lost."""
+
     def retryable(self, error: BaseException) -> bool:
         """Whether ``error`` is a conflict (deadlock, serialization) that the
         same transaction, run again, may well not meet."""
@@ -150,7 +155,8 @@ class Database:
         """``fn()``, with a lost connection (or a database too slow) dropped
         and told as :class:`Unavailable`."""
         try:
-            return fn()
+            with self.backend.watch(lambda: self._db):
+                return fn()
         except Unavailable:
             raise
         except Exception as e:

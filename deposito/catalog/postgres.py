@@ -17,16 +17,22 @@ The database down or slow is an outage, not a crash: connections are made
 with a connect timeout, statements run under a statement timeout, and a lost
 connection makes the call :class:`deposito.errors.Unavailable` at once; the
 next call connects again (after a short pause, so that a database that is
-down costs each call nothing).
+down costs each call nothing). A database that stops answering while its
+connections stay open (a frozen process or host) is not told by either
+timeout: a call that waits on it past CALL_TIMEOUT has its connection cut
+(:class:`Watchdog`), and fails as if it were lost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import select
+import socket
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator
 
 import psycopg
 from psycopg import conninfo, pq
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT = 3  # seconds to reach the database (libpq's least is 2)
 STATEMENT_TIMEOUT = 15_000  # milliseconds a statement may run, waiting for locks included
+CALL_TIMEOUT = STATEMENT_TIMEOUT / 1000 + 2  # seconds a call may wait on the database before its connection is cut
 PAUSE = 1.0  # seconds after a failed connection before the next is tried (calls meanwhile fail at once)
 SCHEMA_LOCK = 0x6465706f  # the advisory lock (one transaction's) held while the schema is made
 
@@ -122,6 +129,59 @@ class PostgresConnection:
     def close(self) -> None:
         self.conn.close()
 
+    def cut(self) -> None:
+        """From another thread: shut the connection's socket down, so that a
+        call waiting on it fails at once (the connection is then dropped)."""
+        try:
+            dup = socket.socket(fileno=os.dup(self.conn.pgconn.socket))
+        except (OSError, psycopg.Error):
+            return  # closed meanwhile
+        with contextlib.suppress(OSError):
+            dup.shutdown(socket.SHUT_RDWR)
+        dup.close()
+
+
+class Watchdog:
+    """One thread that cuts the connection of any call waiting on the
+    database longer than its timeout (see :meth:`PostgresConnection.cut`)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, tuple[float, float, Callable[[], PostgresConnection | None]]] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watch(self, connection: Callable[[], PostgresConnection | None], timeout: float) -> Iterator[None]:
+        call = next(self._ids)
+        with self._lock:
+            self._calls[call] = (time.monotonic() + timeout, timeout, connection)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="catalog watchdog", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._calls.pop(call, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.5)
+            now = time.monotonic()
+            with self._lock:
+                late = [self._calls.pop(call) for call, (deadline, _, _) in list(self._calls.items())
+                        if deadline <= now]
+            for _, timeout, connection in late:
+                db = connection()
+                if db is not None:
+                    log.warn("the catalog database has not answered for {seconds:.0f} s: its connection is cut",
+                             seconds=timeout)
+                    db.cut()
+
+
+WATCHDOG = Watchdog()
+
 
 class PostgresCursor:
     """One statement's results. In pipeline mode they come back when read,
@@ -174,6 +234,7 @@ class PostgresBackend:
         self.conninfo = conninfo.make_conninfo("", **settings)
         self._retry_at = 0.0  # while a connection failed this recently, calls fail without trying
         self._down = False
+        self.call_timeout = CALL_TIMEOUT
 
     def _connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         if time.monotonic() < self._retry_at:
@@ -272,6 +333,9 @@ class PostgresBackend:
         if db.pipeline is not None or db.in_transaction:
             return False
         return bool(select.select([db.conn.fileno()], [], [], 0)[0])
+
+    def watch(self, connection: Callable[[], PostgresConnection | None]) -> ContextManager[None]:
+        return WATCHDOG.watch(connection, self.call_timeout)
 
     def listing(self, reactor: IListingReactor, names: NameRange) -> Deferred[Listing]:
         from deposito.catalog.listing import open_listing

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from deposito.catalog import schema
 from deposito.catalog.dialect import SQLITE
@@ -70,6 +70,9 @@ class SQLiteBackend:
 
     def stale(self, db: sqlite3.Connection) -> bool:
         return False  # in this process: never closed from the other end
+
+    def watch(self, connection: Callable[[], Any]) -> ContextManager[None]:
+        return contextlib.nullcontext()  # a file on the proxy's own disk: a slow disk is waited for
 
     def unreachable(self, error: BaseException) -> bool:
         return False  # a file on the proxy's own disk: its errors are errors
