@@ -72,19 +72,31 @@ def _set_meta_attr(fd: int, meta: BlobMeta) -> bool:
 
 
 def meta_at(path: str) -> BlobMeta:
-    """The metadata of the blob at ``path``: from its extended attribute, or the file beside it."""
+    """The metadata of the blob at ``path``: from its extended attribute, or
+    the file beside it. NotFound without the blob; Corrupt when the blob is
+    there but its metadata is lost or cannot be read (its bytes cannot be
+    checked, so the copy cannot be served)."""
     try:
-        return BlobMeta.from_json(os.getxattr(path, META_ATTR))
+        raw = os.getxattr(path, META_ATTR)
     except FileNotFoundError:
         raise NotFound("no such blob") from None
     except OSError as e:
         if e.errno not in _NO_ATTR:
             raise
+        try:
+            with open(path + ".meta", "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            if os.path.exists(path):
+                raise Corrupt("its metadata is lost") from None
+            raise NotFound("no such blob") from None
     try:
-        with open(path + ".meta", "rb") as f:
-            return BlobMeta.from_json(f.read())
-    except FileNotFoundError:
-        raise NotFound("no such blob") from None
+        meta = BlobMeta.from_json(raw)
+    except (ValueError, KeyError, TypeError) as e:
+        raise Corrupt(f"its metadata cannot be read ({type(e).__name__})") from None
+    if meta.blob != os.path.basename(path):
+        raise Corrupt(f"its metadata names blob {meta.blob[:40]!r}")
+    return meta
 
 
 class IncomingBlob:
@@ -293,7 +305,7 @@ class BlobStore:
             return None
         try:
             return self.meta(blob_id).size
-        except (NotFound, ValueError, KeyError):
+        except (NotFound, Corrupt):
             return os.stat(self.path(blob_id)).st_size
 
     def reader(self, blob_id: str, meta: BlobMeta | None = None, fd: int | None = None) -> diskio.Reader:
@@ -454,7 +466,8 @@ class BlobStore:
     def inventory(self, after: str = "") -> Iterator[BlobMeta]:
         """Every blob's metadata in id order, from the first id above ``after``
         (blobs without readable metadata, or whose metadata names another
-        blob, are skipped). Lazy: one directory's names are held at a time."""
+        blob, are skipped: the scrub finds them corrupt). Lazy: one
+        directory's names are held at a time."""
         for d in self._subdirs():
             if os.path.basename(d) < after[:2]:
                 continue
@@ -462,8 +475,6 @@ class BlobStore:
                 if entry <= after or not BLOB_ID.match(entry):
                     continue
                 try:
-                    meta = meta_at(os.path.join(d, entry))
-                except (NotFound, ValueError, KeyError):
-                    continue
-                if meta.blob == entry:
-                    yield meta
+                    yield meta_at(os.path.join(d, entry))
+                except (NotFound, Corrupt):
+                    continue  # deleted meanwhile; or for the scrub to find

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from twisted.internet import defer, task
 
-from deposito.blobmeta import BlobMeta, Corrupt
+from deposito.blobmeta import Corrupt
 from deposito.blobstore import BlobStore
 from deposito.device import Device
 from deposito.errors import NotFound
@@ -174,18 +174,18 @@ class StorageNode:
 
     async def _scrub(self) -> None:
         checked = bad = 0
-        cursor = self.device.inventory(INVENTORY_CHUNK)
+        cursor = self.device.inventory(INVENTORY_CHUNK, ids_only=True)  # a blob whose metadata is lost too
         more = True
         while more:
             entries, more = await cursor.next()
-            for meta in entries:
-                assert isinstance(meta, BlobMeta)  # metadata was asked for, not ids alone
+            for blob in entries:
+                assert isinstance(blob, str)
                 try:
-                    await self.device.check(meta.blob)
+                    await self.device.check(blob)
                     checked += 1
                 except Corrupt as e:
                     bad += 1
-                    await self.device.corrupt(meta.blob, str(e))
+                    await self.device.corrupt(blob, str(e))
                 except NotFound:
                     pass  # deleted meanwhile
         await self.device.sweep()

@@ -199,6 +199,39 @@ def test_metadata_lives_in_the_blob_file_or_beside_it_when_large(tmp_path):
     assert (store.used, store.count) == (0, 0)
 
 
+def test_a_blob_whose_metadata_is_lost_or_unreadable_is_corrupt_not_absent(tmp_path):
+    """Without its metadata a blob cannot be checked, so it is not served:
+    reading it or checking it says Corrupt (the scrub then moves it aside),
+    and inventories leave it out; a blob that is not there is NotFound."""
+    store = BlobStore(str(tmp_path))
+    blobs = {}
+    for how in ("removed", "garbage", "another blob's", "big, file removed", "big, file garbage"):
+        blob, data = new_blob_id(), os.urandom(300 * BLOCK if how.startswith("big") else 5000)
+        inc = store.begin(meta(blob, len(data)))
+        inc.write(data)
+        inc.commit(*sums(data))
+        blobs[how] = blob
+    path = {how: store.path(blob) for how, blob in blobs.items()}
+    os.removexattr(path["removed"], "user.deposito")
+    os.setxattr(path["garbage"], "user.deposito", b"{not json")
+    other = json.loads(os.getxattr(path["another blob's"], "user.deposito"))
+    other["blob"] = new_blob_id()
+    os.setxattr(path["another blob's"], "user.deposito", json.dumps(other).encode())
+    os.unlink(path["big, file removed"] + ".meta")
+    with open(path["big, file garbage"] + ".meta", "wb") as f:
+        f.write(b"\x00" * 100)
+    for how, blob in blobs.items():
+        with pytest.raises(Corrupt):
+            store.meta(blob)
+        with pytest.raises(Corrupt):
+            store.check(blob)
+    assert list(store.inventory()) == [] and sorted(store.blob_ids()) == sorted(blobs.values())
+    with pytest.raises(NotFound):
+        store.meta(new_blob_id())
+    store.quarantine(blobs["removed"])
+    assert not os.path.exists(path["removed"]) and store.count == len(blobs) - 1
+
+
 @pytest.mark.parametrize("together", [True, False])
 def test_blobs_committed_together_each_get_their_own_outcome(tmp_path, monkeypatch, together):
     """A batch shares its flushes (syncfs), or falls back to one fsync per

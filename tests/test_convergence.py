@@ -9,7 +9,7 @@ import pytest
 
 from deposito.placement import read_order
 from deposito.roster import Member
-from tests.cluster import Cluster, fields, poll
+from tests.cluster import Cluster, fields, poll, sha
 
 pytestmark = pytest.mark.slow
 
@@ -178,6 +178,33 @@ def test_a_deleted_blob_file_is_made_again_after_a_scrub(fast_cluster):
     assert poll(lambda: len(fast_cluster.holders(data)) == 2, 20)  # found by a scrub, copied again
     assert have(fast_cluster, "conv/lost") == 2
     assert "1 copies missing" in fast_cluster.log("proxy")
+
+
+def test_a_copy_whose_metadata_is_lost_is_found_by_a_scrub_and_made_again(fast_cluster):
+    """A copy's bytes are intact but its metadata is gone or garbage: it
+    cannot be checked, so it cannot be served. The scrub moves it aside and
+    reports it; the file gets its copy back elsewhere, and a read of it in
+    the meantime goes to the other copy."""
+    files = {"conv/meta-removed": os.urandom(200_000), "conv/meta-garbage": os.urandom(200_000)}
+    victims = {}
+    with fast_cluster.wire() as w:
+        for name, data in files.items():
+            assert w.put(name, data, 2).startswith("OK stored")
+            victims[name] = fast_cluster.holders(data)[0]
+            [blob] = [p for p in fast_cluster.blob_files(victims[name]) if sha(p.read_bytes()) == sha(data)]
+            if name.endswith("removed"):
+                os.removexattr(blob, "user.deposito")
+            else:
+                os.setxattr(blob, "user.deposito", b"{garbage")
+        for name, data in files.items():
+            assert w.get(name)[1] == data
+
+    def repaired(name: str) -> bool:
+        holders = fast_cluster.holders(files[name])
+        return len(holders) == 2 and victims[name] not in holders and have(fast_cluster, name) == 2
+    assert poll(lambda: all(repaired(name) for name in files), 30)
+    quarantined = {p.name for sid in fast_cluster.servers for p in (fast_cluster.server_dir(sid) / "quarantine").glob("*")}
+    assert len(quarantined) == 2
 
 
 def test_proxy_restart_mid_reconciliation_finishes_the_work(cluster):

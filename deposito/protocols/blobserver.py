@@ -18,10 +18,10 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from deposito import twisted_internals
-from deposito.blobmeta import BlobMeta
+from deposito.blobmeta import BlobMeta, Corrupt
 from deposito.blobstore import check_blob_id
 from deposito.diskio import Reader
-from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal
+from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal, NotFound
 from deposito.interfaces import IDevice
 from deposito.protocols.blobwire import PROXY_PROOF, SERVER_PROOF, body_reply, parse_range, range_end
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
@@ -169,7 +169,8 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         start, count = parse_range(offset, length)
         d = self.device.open(check_blob_id(blob))
         self.paused = True
-        d.addCallbacks(self._check_range, self._open_failed, callbackArgs=(start, count, then))
+        d.addCallbacks(self._check_range, self._open_failed, callbackArgs=(start, count, then),
+                       errbackArgs=(blob,))
 
     def _check_range(self, opened: tuple[Reader, BlobMeta], offset: int, length: int | None, then: Opened) -> None:
         f, meta = opened
@@ -195,8 +196,14 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
                                   self.resetTimeout)
         self._sender.start()
 
-    def _open_failed(self, failure: Failure) -> None:
-        err = failure.value if isinstance(failure.value, DepositoError) else Internal("cannot open blob")
+    def _open_failed(self, failure: Failure, blob: str) -> None:
+        if failure.check(Corrupt):  # its metadata is lost: moved aside and reported, like rot
+            self.device.corrupt(blob, failure.getErrorMessage())
+            err: DepositoError = NotFound(f"no such blob (it was corrupt: {failure.getErrorMessage()})")
+        elif isinstance(failure.value, DepositoError):
+            err = failure.value
+        else:
+            err = Internal("cannot open blob")
         self.fail(err)
         self.resumeProducing()
 
