@@ -332,9 +332,10 @@ class Reconciler:
 
     def _repaired(self, made: object, name: str) -> None:
         self.running.pop(name, None)
-        if not made:  # nothing came of it: look at that file again later, not at once
-            d = self.catalog.enqueue([name], self.clock.seconds() + RETRY)
-            d.addErrback(self._said, "queueing {name}", name=name)
+        # Made: looked at again now (a look while it was being copied left it
+        # for LEASE). Nothing came of it: later, not at once.
+        d = self.catalog.enqueue([name], self.clock.seconds() + (0.0 if made else RETRY))
+        d.addErrback(self._said, "queueing {name}", name=name)
         released = self.catalog.release([name])  # any proxy may look at it again
         released.addErrback(lambda f: self.log.warn("letting go of {name}: {why}", name=name,
                                                     why=f.getErrorMessage()))

@@ -428,6 +428,32 @@ def test_the_periodic_jobs_cost_the_same_at_any_number_of_files(tmp_path):
         assert large[job] <= cost + 2, (job, cost, large[job])  # not 100 times as much: the same
 
 
+def test_a_file_looked_at_while_its_copies_are_made_is_looked_at_again_once_they_are(catalogs):
+    """A copy made queues its file again, and the reconciler may look at it
+    before the copy's task is over (another change wakes it): the file is
+    then left for later, as one being copied. Once the task is over it is
+    looked at at once, not when that later comes."""
+    cat, clock, roster, view, copier, rec = make(catalogs, 10)
+    add_copy, copy = view.add_copy, copier.copy_to_new_server
+
+    def later(*args):  # as the real copier: done on a later turn of the reactor
+        return task.deferLater(clock, 0, lambda: None).addCallback(lambda _: copy(*args))
+
+    def then_a_look(*args):
+        counted = add_copy(*args)  # queues the file again
+        rec.kick()  # a look now, while the copy's task is still under way
+        return counted
+
+    copier.copy_to_new_server, view.add_copy = later, then_a_look
+    cat.set_replicas("f000001", 3)
+    rec.start()
+    run(clock)
+    assert len(copies_on(cat, "f000001")) == 3 and not rec.running
+    assert cat.counts().queued == 0 and cat.next_due() is None
+    rec.stop()
+    cat.close()
+
+
 def test_stopping_waits_for_a_copy_under_way_a_few_seconds_at_most(catalogs):
     """A copy whose servers stopped answering does not hold the proxy's
     shutdown: after the grace it is cancelled."""
