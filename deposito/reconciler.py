@@ -87,12 +87,13 @@ class DropTask:
 
 
 def choose_drops(healthy: Iterable[Member], n: int) -> list[Member]:
-    """Which ``n`` copies to drop: keep the zone spread, then drop from the fullest."""
+    """Which ``n`` copies to drop: keep the zone spread, then the copies the
+    other proxies sharing the catalog see too, then drop from the fullest."""
     remaining = list(healthy)
     out = []
     for _ in range(min(n, len(remaining))):
         zones = Counter(m.zone for m in remaining)
-        victim = max(remaining, key=lambda m: (zones[m.zone] > 1, -m.free(), m.id))
+        victim = max(remaining, key=lambda m: (zones[m.zone] > 1, not m.up_elsewhere, -m.free(), m.id))
         remaining.remove(victim)
         out.append(victim)
     return out

@@ -56,6 +56,15 @@ def test_extras_keep_the_zone_spread_and_go_from_the_fullest():
     members = [m("a", "z1", used=10), m("b", "z1", used=50), m("c", "z2", used=90), m("d", "z3", used=0)]
     assert [x.id for x in choose_drops(members, 1)] == ["b"]  # z1 has two; b is fuller
     assert [x.id for x in choose_drops(members, 2)] == ["b", "c"]
+    # another proxy sees a, c and d but not b (cut off from it): b still goes first, being where
+    # only this proxy can read it; with a and b both seen elsewhere, the fuller one goes
+    for x in members:
+        x.up_elsewhere = x.id != "b"
+    assert [x.id for x in choose_drops(members, 1)] == ["b"]
+    members[0].up_elsewhere, members[1].up_elsewhere = False, True
+    assert [x.id for x in choose_drops(members, 1)] == ["a"]  # a is emptier, but only this proxy sees it
+    for x in members:
+        x.up_elsewhere = False
     r = roster(*members)
     copies, drops = plan([rec("x", 2, "a", "b", "c", "d")], r)
     assert copies == [] and sorted(d.server for d in drops) == ["b", "c"]
