@@ -91,6 +91,11 @@ class Backend(Protocol):
         """Whether idle connection ``db`` was closed from the database's end
         (a restart, say): it is made again before it is used."""
 
+    def renewable(self, error: BaseException) -> bool:
+        """Whether ``error`` (the cause of an Unavailable) came from the
+        connection alone, so that the call, run again on a new one, may
+        well not meet it."""
+
     def watch(self, connection: Callable[[], Any]) -> ContextManager[Any]:
         """Around a call on the connection ``connection()`` gives: if the
         database leaves it waiting too long, the connection is cut, so the
@@ -212,11 +217,15 @@ class Database:
         """
         durable = any(is_durable(method) for method, _ in calls)
         error: BaseException | None = None
-        for _ in range(RETRIES):
+        for attempt in range(RETRIES):
             try:
                 return self._guarded(lambda: self._batch(calls, durable))
             except _Conflict as e:
                 error = e.__cause__
+            except Unavailable as e:  # its connection is dropped: once, if that alone was wrong, it runs again
+                error = e
+                if attempt or not self.backend.renewable(e.__cause__ or e):
+                    break
             except BaseException as e:
                 error = e
                 break

@@ -325,6 +325,10 @@ class PostgresBackend:
         return (isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError,
                                    psycopg.errors.InvalidSqlStatementName)) and not self.retryable(error))
 
+    def renewable(self, error: BaseException) -> bool:
+        # prepared statements out of step with psycopg's (see unreachable): the database is fine
+        return isinstance(error, psycopg.errors.InvalidSqlStatementName)
+
     def stale(self, db: PostgresConnection) -> bool:
         """An idle connection is sent nothing (no LISTEN here): one with
         something to read was told it is closed (the server shut down)."""

@@ -77,6 +77,9 @@ class SQLiteBackend:
     def unreachable(self, error: BaseException) -> bool:
         return False  # a file on the proxy's own disk: its errors are errors
 
+    def renewable(self, error: BaseException) -> bool:
+        return False
+
     def retryable(self, error: BaseException) -> bool:
         return False  # BEGIN IMMEDIATE: writers take turns, and never conflict
 
