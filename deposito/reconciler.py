@@ -406,7 +406,7 @@ class Reconciler:
             except (Unavailable, NoSpace) as e:
                 self.log.warn("cannot add a copy of {name}: {why}", name=t.record.name, why=str(e),
                               event="repair_failed")
-                self.failures[t.record.name] = e
+                self.failures[t.record.name] = Unavailable(str(e))  # what a waiting REPLICAS hears
                 await self.check_waiters()
                 return made
             made += 1

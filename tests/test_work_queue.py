@@ -454,6 +454,26 @@ def test_a_file_looked_at_while_its_copies_are_made_is_looked_at_again_once_they
     cat.close()
 
 
+def test_a_wait_for_copies_no_server_has_room_for_is_unavailable(catalogs):
+    """REPLICAS ... WAIT answers ``unavailable`` when the cluster can no
+    longer get there, a lack of room included; the reason is kept."""
+    from deposito.errors import NoSpace, Unavailable
+
+    cat, clock, roster, view, copier, rec = make(catalogs, 10)
+    copier.copy_to_new_server = lambda record, sources, taken: defer.fail(
+        NoSpace("only 0 servers have 10 bytes free, 1 needed"))
+    cat.set_replicas("f000001", 3)
+    waited = rec.wait("f000001", 3)
+    rec.start()
+    run(clock)
+    failure = []
+    waited.addErrback(failure.append)
+    assert failure and failure[0].check(Unavailable) and "bytes free" in failure[0].getErrorMessage()
+    assert cat.lookup("f000001").replicas == 3  # the wanted count stays
+    rec.stop()
+    cat.close()
+
+
 def test_stopping_waits_for_a_copy_under_way_a_few_seconds_at_most(catalogs):
     """A copy whose servers stopped answering does not hold the proxy's
     shutdown: after the grace it is cancelled."""
