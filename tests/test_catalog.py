@@ -732,6 +732,18 @@ def test_a_proxy_reads_what_another_proxy_wrote(postgres):
         postgres.drop(url)
 
 
+def looked_up_again(cat: Catalog, name: str, seconds: float = 10.0):
+    """The record of ``name`` once the catalog answers again; None if it does not within ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        [(ok, record)] = cat.batch([(Catalog.lookup, (name,))])
+        if ok or time.monotonic() > deadline:
+            return record if ok else None
+        time.sleep(0.2)
+
+
 class FrozenLink:
     """A TCP relay on loopback to ``port`` that can stop passing bytes while
     every connection through it stays open: a database that stops answering
@@ -814,13 +826,8 @@ def test_a_database_that_stops_answering_is_unavailable_after_the_call_timeout(p
         took = time.monotonic() - started
         assert not ok and isinstance(error, Unavailable) and 2.0 <= took < 5.0, (error, took)
         link.thaw()
-        deadline = time.monotonic() + 10
-        while True:
-            [(ok, record)] = cat.batch([(Catalog.lookup, ("f",))])
-            if ok or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert ok and record.blob == "b1"
+        record = looked_up_again(cat, "f")
+        assert record is not None and record.blob == "b1"
     finally:
         link.thaw()
         cat.close()
@@ -852,13 +859,8 @@ def test_the_database_down_is_unavailable_at_once_and_back_by_itself(postgres):
                 assert not ok and isinstance(error, Unavailable)
         finally:
             postgres.start()
-        deadline = time.monotonic() + 10
-        while True:
-            [(ok, record)] = cat.batch([(Catalog.lookup, ("f",))])
-            if ok or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert ok and record.blob == "b1"
+        record = looked_up_again(cat, "f")
+        assert record is not None and record.blob == "b1"
     finally:
         cat.close()
         postgres.drop(url)
