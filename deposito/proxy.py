@@ -7,12 +7,12 @@ from typing import Any
 from twisted.application import service
 from twisted.internet import task
 from twisted.internet.defer import ensureDeferred
-from twisted.application.internet import StreamServerEndpointService
 from twisted.logger import Logger, globalLogPublisher
 
 from deposito.catalog import Catalog, CatalogThread, backend_for
 from deposito.depot import Depot
 from deposito.events import EventLog, MeteredDepot, Metrics
+from deposito.listening import Listening
 from deposito.protocols.cluster import HEARTBEAT, MemberFactory
 from deposito.protocols.text import DepotFactory
 from deposito.roster import Roster
@@ -43,21 +43,21 @@ class ProxyService(service.MultiService):
         self.metrics = Metrics()
         self.events.listeners.append(self.metrics.event)
         front = MeteredDepot(self.depot, self.metrics, reactor)
-        StreamServerEndpointService(client_endpoint, DepotFactory(front, tokens=tokens, max_size=max_size)
-                                    ).setServiceParent(self)
+        Listening(reactor, client_endpoint, DepotFactory(front, tokens=tokens, max_size=max_size),
+                  "the client port (--port)").setServiceParent(self)
         members = MemberFactory(self.roster, heartbeat, secret, full_listing=lambda: self.depot.rebuilding,
                                 catalog_id=lambda: self.depot.catalog_id)
-        StreamServerEndpointService(cluster_endpoint, members).setServiceParent(self)
+        Listening(reactor, cluster_endpoint, members, "the cluster port (--cluster-port)").setServiceParent(self)
         if http_endpoint is not None:
             downloads = MeteredDepot(self.depot, self.metrics, reactor, via="http")
             site = status_site(downloads, self.events, self.metrics, reactor, tokens)
-            StreamServerEndpointService(http_endpoint, site).setServiceParent(self)
+            Listening(reactor, http_endpoint, site, "the HTTP port (--http)").setServiceParent(self)
         if s3_endpoint is not None:
             from deposito.s3.gateway import s3_site  # only when asked for: it weighs about 10 MiB
 
             objects = MeteredDepot(self.depot, self.metrics, reactor, via="s3")
-            StreamServerEndpointService(s3_endpoint, s3_site(objects, s3_keys, reactor, max_size, s3_domain)
-                                        ).setServiceParent(self)
+            Listening(reactor, s3_endpoint, s3_site(objects, s3_keys, reactor, max_size, s3_domain),
+                      "the S3 port (--s3)").setServiceParent(self)
 
     def startService(self) -> None:
         globalLogPublisher.addObserver(self.events)

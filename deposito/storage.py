@@ -27,6 +27,7 @@ from twisted.internet import defer, task
 from deposito.blobmeta import Corrupt
 from deposito.blobstore import BlobStore
 from deposito.device import Device
+from deposito.listening import end_process
 from deposito.errors import NotFound
 from deposito.interfaces import IDevice
 from deposito.protocols.blobserver import BlobServerFactory
@@ -288,8 +289,8 @@ class StorageService(service.MultiService):
         self.node.local = (name, key)
 
     def _listen_failed(self, failure: Failure) -> None:
-        self.log.failure("cannot listen for blob traffic", failure)
-        self.reactor.stop()
+        self.log.critical("cannot listen for blob traffic (--port): {why}; stopping", why=failure.getErrorMessage())
+        end_process(self.reactor)
 
     def stopService(self) -> defer.Deferred[None] | None:
         d = super().stopService()

@@ -92,3 +92,34 @@ def test_allocator_tuning_applies_on_glibc():
 
     applied = allocator.tune_for_streams()
     assert applied or platform.libc_ver()[0] != "glibc"
+
+
+@pytest.mark.parametrize("plugin,taken_option,other", [
+    ("deposito-proxy", "--port", ["--cluster-port", "tcp:0:interface=127.0.0.1"]),
+    ("deposito-proxy", "--cluster-port", ["--port", "tcp:0:interface=127.0.0.1"]),
+    ("deposito-proxy", "--http", ["--port", "tcp:0:interface=127.0.0.1", "--cluster-port", "tcp:0:interface=127.0.0.1"]),
+    ("deposito-server", "--port", ["--proxy", "tcp:127.0.0.1:1"]),
+])
+def test_a_port_that_cannot_be_listened_on_ends_the_process(tmp_path, plugin, taken_option, other):
+    """A real twistd whose port is taken by another socket: it says so and
+    exits with a status that is not 0, rather than running without it."""
+    import socket
+    import subprocess
+
+    from tests.cluster import TWISTD
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    log = tmp_path / "twistd.log"
+    try:
+        done = subprocess.run(
+            [TWISTD, "-n", "--pidfile", str(tmp_path / "p.pid"), "--logfile", str(log), plugin,
+             taken_option, f"tcp:{port}:interface=127.0.0.1", "--data", str(tmp_path / "data"), *other],
+            timeout=60, capture_output=True)
+    finally:
+        taken.close()
+    assert done.returncode != 0
+    assert f"({taken_option})" in log.read_text() and "Address already in use" in log.read_text()
+    assert not (tmp_path / "p.pid").exists()
