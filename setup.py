@@ -42,5 +42,5 @@ setup(
             "awscli>=1.32",  # the aws CLI (v1), a real S3 client in the tests (tests/test_s3_tools.py)
         ],
     },
-    entry_points={"console_scripts": ["deposito = deposito.cli:main"]},
+    entry_points={"console_scripts": ["deposito = deposito.cli:command"]},
 )

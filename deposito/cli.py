@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -197,7 +198,7 @@ def _put(client: BlockingClient, args: argparse.Namespace) -> None:
             with _progress(args.name) as progress:
                 stored = client.put(args.name, spool, replicas=args.replicas, progress=progress)
     else:
-        name = args.name or os.path.basename(os.path.normpath(args.path))
+        name = args.name if args.name is not None else os.path.basename(os.path.normpath(args.path))
         try:
             source = open(args.path, "rb")
         except OSError as e:
@@ -236,6 +237,16 @@ def _get(client: BlockingClient, args: argparse.Namespace, parser: argparse.Argu
         out.flush()
         return
     path, overwrite = _get_target(args, parser)
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        # a device or a pipe (/dev/null, a FIFO): written into, as -o - writes to stdout
+        try:
+            with open(path, "wb") as special:
+                with _progress(_last_segment(args.name)) as progress:
+                    client.get(args.name, special, progress=progress)
+        except OSError as e:
+            raise _Failed(f"cannot write {path}: {e.strerror}") from None
+        return
+    path = os.path.realpath(path) if os.path.islink(path) else path  # the file a link names is replaced, not the link
     if not overwrite and os.path.lexists(path):
         raise _Failed(f"{path} exists; use --force to replace it, or -o PATH")
     try:
@@ -344,14 +355,28 @@ COMMANDS: dict[str, Callable[..., None]] = {
 }
 
 
+def command() -> int:
+    """The ``deposito`` command: :func:`main`, and a SIGTERM or SIGHUP ends it
+    as Ctrl-C does (a get cut off so leaves no partial file either)."""
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, _terminated)
+    return main()
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: a get's file aside is removed
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``deposito`` command with ``argv`` (default: sys.argv[1:]); returns the exit status."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         own = args.subparsers[args.command]
-        if args.command == "put" and args.path == "-" and not args.name:
+        if args.command == "put" and args.path == "-" and args.name is None:
             own.error("put - needs --name NAME")
+        if args.command == "put" and args.name == "":
+            own.error("--name cannot be empty")
         if args.command == "get" and args.output != "-":
             _get_target(args, own)
     except SystemExit as e:
@@ -392,10 +417,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except OSError as e:
         return fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+    except ValueError as e:  # the file put changed size, or cannot be read as announced
+        return fail(str(e))
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

@@ -62,7 +62,7 @@ class AsideFile:
         self.overwrite = overwrite
         folder, base = os.path.split(os.path.abspath(self.path))
         while True:
-            self.temp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.part")
+            self.temp = os.path.join(folder, f".{base[:200]}.{secrets.token_hex(4)}.part")  # within NAME_MAX
             try:
                 fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
                 break

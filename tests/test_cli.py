@@ -63,7 +63,7 @@ def test_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     [], ["frob"], ["put"], ["put", "-"], ["get"], ["get", "dir/"], ["get", ".."],
     ["--proxy", "nohost", "ls"], ["--proxy", "h:99999", "ls"], ["put", "x", "--replicas", "0"],
     ["put", "x", "--replicas", "17"], ["replicas", "a", "many"], ["replicas", "a", "0"], ["replicas", "a", "17"],
-    ["stat", "a", "--yaml"],
+    ["stat", "a", "--yaml"], ["put", "x", "--name", ""],
 ])
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
@@ -118,6 +118,40 @@ def test_put_then_get_into_the_current_folder(fake: FakeProxy, tmp_path: Path, m
     assert main(["get", "report.bin", "-o", "named"]) == 0  # an explicit file is replaced
     assert (work / "named").read_bytes() == data
     assert only_files(work) == ["named", "out", "r.bin"]
+
+
+def test_get_writes_into_a_pipe_or_device_and_through_a_link(fake: FakeProxy, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """-o naming a FIFO (as a device such as /dev/null) writes into it (it is
+    not replaced by a file); -o naming a link replaces the file it names, and the link stays."""
+    import stat
+    import threading
+
+    monkeypatch.chdir(tmp_path)
+    data = payload(200_000)
+    fake.files["f"] = (data, 1, 2)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert main(["get", "f", "-o", str(fifo)]) == 0
+    reader.join(10)
+    assert got == [data] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+    (tmp_path / "real").write_bytes(b"old")
+    os.symlink("real", tmp_path / "link")
+    assert main(["get", "f", "-o", "link"]) == 0
+    assert os.path.islink(tmp_path / "link") and (tmp_path / "real").read_bytes() == data
+    assert only_files(tmp_path) == ["fifo", "link", "real"]
+
+
+def test_get_of_a_name_whose_last_part_is_long(fake: FakeProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = "y" * 250  # a legal file name; its file aside must be one too
+    fake.files[name] = (b"data", 1, 2)
+    assert main(["get", name]) == 0 and (tmp_path / name).read_bytes() == b"data"
+    assert only_files(tmp_path) == [name]
 
 
 def test_get_to_stdout(fake: FakeProxy, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
