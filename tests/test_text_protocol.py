@@ -244,6 +244,20 @@ def test_idle_and_stalled_connections_time_out():
     assert lines(tr) == ["ERR badargs upload stalled, closing"] and tr.disconnecting
 
 
+def test_a_line_never_finished_is_idle_however_slowly_its_bytes_come():
+    clock = task.Clock()
+    proto, tr, depot = connect(clock=clock)
+    for _ in range(3):  # one byte every 100 s, never a line end
+        clock.advance(100)
+        proto.dataReceived(b"G")
+    assert tr.disconnecting  # 300 s since the last line
+    proto, tr, depot = connect(clock=clock)
+    for _ in range(5):  # a whole line each time: not idle
+        clock.advance(100)
+        proto.dataReceived(b"HELP\n")
+    assert not tr.disconnecting
+
+
 def test_list_stat_servers_delete():
     proto, tr, depot = connect()
     depot.files = {"b": b"22", "a x": b"1"}

@@ -103,7 +103,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._broken:  # refused or broken: nothing more is read
             return
-        self.resetTimeout()
+        if not self.line_mode or b"\n" in data:  # a line never finished, a byte at a time, is idle
+            self.resetTimeout()
         self._parsing += 1
         try:
             super().dataReceived(data)
