@@ -142,6 +142,15 @@ class ICatalog(IWorkCatalog):
     def identity() -> Deferred[str]:
         """The catalog's id (made with it): what servers check when they join."""
 
+    def lost_catalogs() -> Deferred[list[str]]:
+        """The ids of the lost catalogs this one was rebuilt from: a server
+        back late that still serves one is taken in."""
+
+    def succeed(lost: str, floor: int) -> Deferred[None]:
+        """This catalog is rebuilt from servers of the lost catalog ``lost``;
+        versions are given out from ``floor`` up from now on, above any the
+        lost catalog gave out."""
+
     def save_server(id: str, zone: str, host: str, port: int, capacity: int, used: int,
                     blobs: int) -> Deferred[None]:
         """Remember a server across restarts."""

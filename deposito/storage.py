@@ -83,6 +83,9 @@ class StorageNode:
         self.refresh_capacity()
         device.corrupt_listeners.append(self._report_corrupt)
 
+    def serving(self) -> str | None:
+        return self.served.id
+
     def welcome(self, connection: JoinProtocol) -> str | None:
         """Serve the proxy that welcomed us if its catalog is the one served
         (recording it first when this server serves none yet, or when the
@@ -105,9 +108,9 @@ class StorageNode:
                 self.log.info("serving catalog {catalog}, as the proxy at {proxy} does", catalog=offered,
                               proxy=connection.proxy_address())
             else:
-                self.log.warn("serving catalog {catalog} instead of {old}: the proxy at {proxy} rebuilds it"
-                              " and no proxy of {old} is joined", catalog=offered, old=recorded,
-                              proxy=connection.proxy_address())
+                self.log.warn("serving catalog {catalog} instead of {old}: the proxy at {proxy} takes in"
+                              " this server's blobs (rebuilding from lost catalogs) and no proxy of {old}"
+                              " is joined", catalog=offered, old=recorded, proxy=connection.proxy_address())
         return None
 
     def joined(self, connection: JoinProtocol) -> None:

@@ -540,6 +540,32 @@ def test_a_rebuilt_version_wants_the_most_copies_any_of_its_copies_says(cat):
     assert cat.lookup("f").replicas == 2 and cat.lookup("f").servers == ("s1", "s2", "s3")
 
 
+def test_a_catalog_rebuilt_from_a_lost_one_gives_versions_above_its_floor(cat):
+    """A name no server brought back yet (its copies on a server still
+    down) gets a version above any the lost catalog gave out; the late
+    server's older version is garbage when it is taken in, and so is a
+    version of a name deleted since."""
+    assert cat.lost_catalogs() == []
+    assert cat.begin_upload("before", "b0", ["s1"]) == 1  # a catalog nobody rebuilt counts from 1
+    cat.succeed("0ld", 1_000_000)
+    cat.succeed("0ld", 5)  # never lowered
+    assert cat.lost_catalogs() == ["0ld"]
+    v = cat.begin_upload("f", "b1", ["s1"])
+    assert v == 1_000_000
+    assert cat.commit("f", v, "b1", 1, "x", 1, ["s1"], 0.0)
+    assert cat.begin_upload("before", "b9", ["s1"]) == 1_000_000
+    assert cat.begin_upload("f", "b2", ["s1"]) == 1_000_001
+    v = cat.begin_upload("gone", "b3", ["s1"])
+    assert cat.commit("gone", v, "b3", 1, "x", 1, ["s1"], 0.0)
+    cat.delete("gone")
+    # the late server brings f at version 7 and gone at version 3, and a file no one else has
+    assert cat.adopt("s9", [("b7", 7, 1, "x", 1, "f", ""), ("b8", 3, 1, "x", 1, "gone", ""),
+                            ("b9", 4, 1, "x", 1, "only", "")], 0.0) == 1
+    assert cat.lookup("f").blob == "b1" and cat.lookup("gone") is None
+    assert (cat.lookup("only").version, cat.lookup("only").servers) == (4, ("s9",))
+    assert sorted(g for g in cat.garbage(["s1", "s9"]) if g[1] == "s9") == [("b7", "s9"), ("b8", "s9")]
+
+
 def test_reconciling_range_by_range_equals_reconciling_the_whole_set(catalogs):
     """A listing split into chunks in blob id order, each reconciled over its
     own range, leaves the catalog as one whole-set reconciliation would, with

@@ -23,6 +23,9 @@ class Node:
     def usage(self):
         return 1000, self.used, 1
 
+    def serving(self):
+        return None
+
     def welcome(self, connection):
         return None
 
@@ -58,6 +61,32 @@ def test_join_then_heartbeats_then_loss():
     assert m.used == 500
     proto.connectionLost(None)
     assert m.state == "down" and roster.up() == []
+
+
+def test_a_server_of_another_catalog_is_listed_in_full_and_adopted_only_when_taken_in():
+    """Its JOIN names the catalog it serves; the proxy asks whether to take
+    it in, and welcomes it only once that is decided: a full listing,
+    adopted, when it is; ids alone (which the server refuses) when not."""
+    from twisted.internet import defer
+
+    asked = []
+    for taken in (True, False):
+        deciding = defer.Deferred()
+        roster = Roster(task.Clock())
+        proto = MemberFactory(roster, heartbeat=1.0, full_listing=lambda: False, catalog_id=lambda: CATALOG,
+                              takes_in=lambda lost: asked.append(lost) or deciding).buildProtocol(None)
+        tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+        proto.callLater = roster.clock.callLater
+        proto.makeConnection(tr)
+        proto.dataReceived(b"JOIN s1 zone=z1 port=4242 capacity=1000 used=10 blobs=1 serves=0ld\n")
+        assert tr.value() == b""  # no welcome until it is decided
+        deciding.callback(taken)
+        listing = b"full" if taken else b"ids"
+        assert tr.value() == b"OK welcome heartbeat=1.0 listing=" + listing + b" catalog=c0ffee\r\n"
+        if taken:
+            proto.dataReceived(b"HB capacity=1000 used=10 blobs=1\n")
+            assert roster.get("s1").adopted
+    assert asked == ["0ld", "0ld"]
 
 
 def test_a_server_that_joins_while_the_proxy_starts_stays_up():

@@ -286,6 +286,64 @@ def test_an_empty_catalog_takes_in_the_servers_blobs_by_itself(cluster):
         assert w.get("auto/x")[1] == data
 
 
+def test_a_server_back_late_from_a_lost_catalog_is_taken_in_and_writes_since_win(cluster):
+    """The catalog is lost while a server is down: the rebuild ends without
+    it, and a name it holds is written again meanwhile. When it comes back
+    its files are visible again by themselves, the version written since
+    stays (its own is deleted from its disk), and so it does after a --rebuild."""
+    import shutil
+    import signal
+
+    first, second, new = os.urandom(40_000), os.urandom(41_000), os.urandom(30_000)
+    with cluster.wire() as w:
+        assert w.put("late/f", first, 1).startswith("OK stored")
+        assert fields(w.put("late/f", second, 1))["version"] == "2"
+        late = fields(w.cmd("STAT late/f"))["servers"]
+        others = {f"late/o{i}": os.urandom(20_000 + i) for i in range(9)}
+        for name, data in others.items():
+            assert w.put(name, data, 1).startswith("OK stored")
+        only_late = {n: d for n, d in others.items() if fields(w.cmd(f"STAT {n}"))["servers"] == late}
+        assert w.put("late/all", b"on every server", 3).startswith("OK stored")
+    assert only_late, "no file of one copy was placed on the server to stop"
+    cluster.kill(late, signal.SIGTERM)
+    cluster.kill_proxy()
+    shutil.rmtree(cluster.root / "proxy")  # the catalog is gone
+    cluster.start_proxy()
+
+    def rebuilt_without_it():
+        with cluster.wire() as w:
+            r = w.cmd("STAT late/all")
+            return r.startswith("OK") and fields(r)["have"] == "2"
+    assert poll(rebuilt_without_it, 30)
+    with cluster.wire() as w:
+        assert all(w.cmd(f"STAT {n}").startswith("ERR notfound") for n in only_late)
+        stored = fields(w.put("late/f", new, 1))
+        assert int(stored["version"]) > 2  # above any version the lost catalog gave out
+    cluster.start_server(late)
+
+    def back():
+        with cluster.wire() as w:
+            return all(w.cmd(f"STAT {n}").startswith("OK") for n in only_late)
+    assert poll(back, 30), cluster.log("proxy")[-3000:]
+    with cluster.wire() as w:
+        for name, data in only_late.items():
+            assert w.get(name)[1] == data
+        assert w.get("late/f")[1] == new
+    assert poll(lambda: cluster.holders(second) == [], 20)  # the late copy of the older version is garbage
+    cluster.kill_proxy()
+    cluster.start_proxy("--rebuild")
+
+    def rebuilt():
+        with cluster.wire() as w:
+            return not w.cmd("STAT late/f").startswith("ERR unavailable")
+    assert poll(rebuilt, 30)
+    with cluster.wire() as w:
+        assert w.get("late/f")[1] == new
+        assert fields(w.cmd("STAT late/f"))["version"] == stored["version"]
+        for name, data in only_late.items():
+            assert w.get(name)[1] == data
+
+
 def test_a_server_with_thousands_of_blobs_rejoins_and_its_copies_are_judged_right(cluster):
     """Its listing comes in several chunks: a blob deleted by hand while it
     was stopped is found missing and copied again, a blob the catalog never

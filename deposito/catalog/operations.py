@@ -41,6 +41,7 @@ from deposito.catalog.buckets import Buckets
 from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, weight
 from deposito.catalog.database import Backend, Connection, log
 from deposito.catalog.garbage import Garbage
+from deposito.catalog.identity import FLOOR, Identity
 from deposito.catalog.multipart import Multipart
 from deposito.catalog.queue import WorkQueue
 from deposito.catalog.records import Expect, FileRecord, effects
@@ -54,7 +55,7 @@ def proxy_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class Catalog(Multipart, WorkQueue, Buckets, Garbage):
+class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
     """The catalog's operations (see :class:`Database` for how they run),
     as the proxy ``proxy`` makes them: the uploads it writes, the queued
     files and the garbage it works on are its own (see :meth:`beat`)."""
@@ -181,13 +182,15 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage):
         """Allocate the next version of ``name`` (in one statement: two proxies
         never get the same) and record where its blob is being written."""
         self._not_left()
+        greatest = self.dialect.greatest
 
         def tx(db: Connection) -> int:
             # the intents first: reading the version brings their answer too (one round trip)
             db.executemany("INSERT INTO intents (blob, server, owner) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                            [(blob, s, self.proxy) for s in servers])
-            version = db.execute("INSERT INTO names (name, last_version) VALUES (?, 1) ON CONFLICT (name)"
-                                 " DO UPDATE SET last_version = names.last_version + 1 RETURNING last_version",
+            version = db.execute(f"INSERT INTO names (name, last_version) VALUES (?, {greatest}(1, {FLOOR}))"
+                                 f" ON CONFLICT (name) DO UPDATE SET last_version ="
+                                 f" {greatest}(names.last_version + 1, {FLOOR}) RETURNING last_version",
                                  (name,)).fetchone()[0]
             return int(version)
         return self._tx(tx)
@@ -404,24 +407,26 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage):
             return missing, counted, garbage, names
         return self._tx(tx)
 
-    @effects(durable=False, keeps_records=True)
-    def is_empty(self) -> bool:
-        """No name was ever stored: a new catalog, or a lost one."""
-        return self.db.execute("SELECT 1 FROM names LIMIT 1").fetchone() is None
-
     @effects(durable=True, keeps_records=False)
     def adopt(self, server: str, entries: Iterable[tuple[str, int, int, str, int, str, str]], now: float) -> int:
         """Rebuilding: take a server's blobs (blob, version, size, sha256, replicas,
         name, meta) into the catalog, each version with the gateway metadata
         kept on its blob (and the bucket S3 stored it in made again); the highest version of each name wins, older ones
         are garbage, and a version wants the most copies any of its copies
-        says (one made after a REPLICAS knows the new count). Returns how
-        many copies were taken."""
+        says (one made after a REPLICAS knows the new count). A server back
+        late from a lost catalog is taken in the same way, after writes: a
+        version older than the name's newest, or than its deletion, is
+        garbage. Returns how many copies were taken."""
         def tx(db: Connection) -> int:
             taken = 0
             for blob, version, size, sha256, replicas, name, meta in entries:
+                settled = db.execute("SELECT settled FROM names WHERE name = ?" + self.dialect.for_update,
+                                     (name,)).fetchone()
                 self._seen_version(db, name, version)
                 row = db.execute("SELECT version, blob, replicas FROM files WHERE name = ?", (name,)).fetchone()
+                if row is None and settled is not None and settled[0] >= version:
+                    db.execute(INSERT_GARBAGE, (blob, server))  # deleted since: a late server's old copy
+                    continue
                 if row is not None and (row[0], row[1]) == (version, blob):
                     if replicas > row[2]:  # copies made after a REPLICAS know the higher count: the most wins
                         db.execute("UPDATE files SET replicas = ? WHERE name = ?", (replicas, name))
@@ -449,12 +454,6 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage):
             " blobs = excluded.blobs", (id, zone, host, port, capacity, used, blobs)))
 
     # -- reads
-
-    @effects(durable=False, keeps_records=True)
-    def identity(self) -> str:
-        """The catalog's id, made with it: servers check it when they join, so
-        that no server serves two catalogs at once."""
-        return str(self.db.execute("SELECT value FROM catalog_info WHERE key = 'id'").fetchone()[0])
 
     @effects(durable=False, keeps_records=True)
     def servers(self) -> list[tuple]:

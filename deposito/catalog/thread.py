@@ -208,6 +208,12 @@ class CatalogThread:
     def identity(self) -> Deferred[str]:
         return self._call(Catalog.identity)
 
+    def lost_catalogs(self) -> Deferred[list[str]]:
+        return self._call(Catalog.lost_catalogs)
+
+    def succeed(self, lost: str, floor: int) -> Deferred[None]:
+        return self._call(Catalog.succeed, lost, floor)
+
     def save_server(self, id: str, zone: str, host: str, port: int, capacity: int, used: int,
                     blobs: int) -> Deferred[None]:
         return self._call(Catalog.save_server, id, zone, host, port, capacity, used, blobs)

@@ -74,11 +74,26 @@ class Depot:
         self.liveness = Liveness(reactor, db, roster, lease, handed_over=self._handed_over)
         self._absent: IDelayedCall | None = None
         self.catalog_id: str | None = None  # read at the start: until then, servers cannot join
+        self.lost_catalogs: set[str] = set()  # the lost catalogs this one was rebuilt from (ICatalog.succeed)
         self._stopping = False
         self._retry: defer.Deferred[None] | None = None
         roster.on_change = self.member_changed
         roster.on_inventory = self.inventories.inventory
         roster.on_corrupt = self.corrupt
+
+    def takes_in(self, lost: str) -> defer.Deferred[bool]:
+        """A server serving another catalog, ``lost``, joins: whether its
+        blobs are taken in (a full listing, adopted): yes while rebuilding,
+        this catalog becoming the lost one's successor first (durably,
+        before the server switches to it), and for a server of a lost
+        catalog this one succeeds, back late."""
+        if lost in self.lost_catalogs:
+            return defer.succeed(True)
+        if not self.rebuilding:
+            return defer.succeed(False)
+        d = self.db.succeed(lost, int(self.reactor.seconds() * 1000))
+        d.addCallback(lambda _: self.lost_catalogs.add(lost))
+        return d.addCallback(lambda _: True)
 
     def _repair(self) -> None:
         self.reconciler.kick()
@@ -107,8 +122,10 @@ class Depot:
         the two things a server decides on to serve this proxy."""
         empty = await self._patiently(self.db.is_empty)
         catalog_id = await self._patiently(self.db.identity)
+        lost = await self._patiently(self.db.lost_catalogs)
         if self._stopping:
             return
+        self.lost_catalogs = set(lost or [])
         await self.rebuilder.start(bool(empty))
         self.catalog_id = catalog_id
         n = await self._patiently(lambda: self.db.recover(self.reactor.seconds()))

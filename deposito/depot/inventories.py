@@ -23,7 +23,8 @@ LISTED_BEFORE = 5.0  # seconds: a delete this close before a listing may not sho
 class Inventories:
     """Takes in servers' listings, a chunk at a time, in blob id order: copies
     missing in a chunk's range stop counting, blobs the catalog does not know
-    are garbage (while rebuilding, the rebuilder takes them in instead)."""
+    are garbage (while rebuilding, the rebuilder takes them in instead, and
+    likewise the first listing of a server back late from a lost catalog)."""
 
     log = Logger()
 
@@ -49,7 +50,9 @@ class Inventories:
         listing.after = hi
         if not more:
             del self._listings[member.id]
-        if self.rebuilder.rebuilding:
+        if self.rebuilder.rebuilding or member.adopted:
+            if not more:
+                member.adopted = False  # what it lists from now on is judged
             return self.rebuilder.take(member, entries, more)
         if more and hi == lo:
             return defer.succeed(None)  # an empty chunk in the middle covers no range

@@ -30,7 +30,12 @@ class Rebuilder:
     meanwhile (ERR unavailable rebuilding); on an empty catalog it happens by
     itself, so a lost catalog never turns every blob into garbage. It is over
     once the grace period has passed and every server that joined has
-    listed its blobs in full."""
+    listed its blobs in full.
+
+    A server of the lost catalog that joins while rebuilding makes this
+    catalog its successor (ICatalog.succeed): a server of the lost catalog
+    back after the rebuild is taken in when it joins, its files visible
+    again, and versions written since win over the ones it brings."""
 
     log = Logger()
 
@@ -72,17 +77,22 @@ class Rebuilder:
     def _took(self, n: int, member: Member, more: bool) -> None:
         self._adopted += n
         if n:
-            self.log.info("rebuilding: took {n} copies from {id}", n=n, id=member.id)
+            self.log.info("took {n} copies from {id} into the catalog", n=n, id=member.id)
         if not more:
             self._reported.add(member.id)
+            if not self.rebuilding:  # a server back late from the lost catalog: its files may want copies
+                self.done()
 
     def _check(self) -> None:
-        """Rebuilt once the grace period is over and every server that joined
-        has reported, and the multipart objects are made again."""
+        """Rebuilt once the grace period is over, a server at least has
+        reported and every server that joined has, and the multipart objects
+        are made again. (Until a server reports, no copy can be written: a
+        catalog that ended its rebuild with none would never take in the
+        servers of the lost one when they come.)"""
         if not self.rebuilding or self._finishing:
             return
         waiting = [m.id for m in self.roster.up() if m.id not in self._reported]
-        if waiting or self.clock.seconds() - self._started_at < self.grace:
+        if waiting or not self._reported or self.clock.seconds() - self._started_at < self.grace:
             self.clock.callLater(0.5, self._check)
             return
         self._finishing = True

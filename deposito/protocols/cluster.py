@@ -6,6 +6,7 @@ knows of the others nothing at all.
 
     server: JOIN <id> zone=<zone> port=<port> [host=<host>] capacity=<n> used=<n> blobs=<n> [nonce=<ns>]
                  [local=@<name> key=<key>]  (its local port, deposito.protocols.handoff)
+                 [serves=<catalog id>]      (the catalog it serves, once it serves one)
     proxy:  CHALLENGE nonce=<np> proof=<hmac>   (only with a cluster secret; the server
     server: PROOF <hmac>                         checks the proxy's proof, then gives its own)
     proxy:  OK welcome heartbeat=<seconds> listing=<ids|full> catalog=<id>   (or ERR <code> <message>, then close)
@@ -39,6 +40,11 @@ places copies on it, only once it speaks after the welcome (it lists its
 blobs at once). A proxy that has not read its catalog's id yet (its
 database down) answers ``ERR unavailable``; servers try again.
 
+A server that serves another catalog than the proxy's (its JOIN says
+which) is asked for a full listing, and switches to the proxy's catalog,
+only when the proxy takes it in: the proxy rebuilds a lost catalog, or it
+rebuilt one from the lost catalog that server serves (deposito.depot.Depot.takes_in).
+
 A server whose lines stop is closed after a few missed heartbeats; the proxy
 marks it down. The proxy does not count the time it spends taking a chunk in
 (not reading meanwhile) against the server.
@@ -69,6 +75,7 @@ if TYPE_CHECKING:
 
 SERVER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 CATALOG_ID = SERVER_ID
+TakesIn = Callable[[str], "Deferred[bool]"]  # a server serving the catalog named joins: is it taken in?
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 LOCAL_NAME = re.compile(r"^@[A-Za-z0-9._:/-]{1,100}$")
 LOCAL_KEY = re.compile(r"^[0-9a-f]{32}$")
@@ -100,6 +107,9 @@ class NodeReport(TypingProtocol):
 
     def usage(self) -> tuple[int, int, int]:
         """(capacity, used, blobs)"""
+
+    def serving(self) -> str | None:
+        """The id of the catalog this server serves (None: none yet)."""
 
     def welcome(self, connection: JoinProtocol) -> str | None:
         """The proxy welcomed us (``connection.catalog`` names its catalog):
@@ -166,8 +176,10 @@ class JoinProtocol(LineProtocol):
         host = f" host={self.node.host}" if self.node.host else ""
         challenge = f" nonce={self._nonce}" if self.secret else ""
         local = f" local={self.node.local[0]} key={self.node.local[1]}" if self.node.local else ""
+        serving = self.node.serving()
+        serves = f" serves={serving}" if serving else ""
         self.reply(f"JOIN {quote(self.node.id)} zone={quote(self.node.zone)} port={self.node.port}{host}"
-                   f" capacity={capacity} used={used} blobs={blobs}{challenge}{local}")
+                   f" capacity={capacity} used={used} blobs={blobs}{challenge}{local}{serves}")
 
     def _refuse_proxy(self, why: str) -> None:
         self.log.error("not joining the proxy at {proxy}: {why}", proxy=self.proxy_address(), why=why)
@@ -268,13 +280,17 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     def __init__(self, roster: Roster, heartbeat: float, secret: bytes | None = None,
                  full_listing: Callable[[], bool] = lambda: True, *,
-                 catalog_id: Callable[[], str | None]) -> None:
+                 catalog_id: Callable[[], str | None], takes_in: TakesIn = lambda lost: succeed(False)) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
         self.secret = secret
         self.full_listing = full_listing  # whether to ask for each blob's metadata in listings
         self.catalog_id = catalog_id  # the catalog's id; None until it is read
+        self.takes_in = takes_in  # whether a server serving another catalog is taken in (Depot.takes_in)
         self._full = True  # what was asked of this server
+        self._adopted = False  # it serves a lost catalog and is taken in: its first listing is adopted
+        self._serves: str | None = None  # the catalog it serves, when not ours
+        self._deciding = False  # whether to take it in is being decided: nothing is read meanwhile
         self._welcomed: tuple[Any, ...] | None = None  # roster.join's arguments, until the server speaks again
         self._challenge: tuple[str, dict[str, str], str] | None = None
         self.member_id: str | None = None
@@ -303,6 +319,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             if not words:
                 return
             command = words[0].upper()
+            if self._deciding:
+                raise BadArgs("nothing is read before the welcome")
             if self._chunk is not None:
                 self._inventory_line(words)
             elif self._challenge is not None:
@@ -428,8 +446,34 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         if held is not None and held.connection is not None:
             raise Denied(f"a server named {member_id} is already joined")
         self._welcomed = (member_id, zone, host, port, capacity, used, blobs, self, local)
-        self._full = self.full_listing()
-        self.reply(f"OK welcome heartbeat={self.heartbeat} listing={'full' if self._full else 'ids'}"
+        serves = f.get("serves", "")
+        if not CATALOG_ID.match(serves) or serves == catalog:
+            self._welcome(catalog, self.full_listing())
+            return
+        self._serves, self._deciding = serves, True
+        deciding = self.takes_in(serves)
+        deciding.addCallback(self._decided, catalog)
+        deciding.addErrback(self._not_decided)
+
+    def _decided(self, taken_in: bool, catalog: str) -> None:
+        self._deciding = False
+        self._adopted = taken_in
+        if not self._lost:
+            self._welcome(catalog, taken_in or self.full_listing())
+
+    def _not_decided(self, failure: Failure) -> None:
+        self._deciding = False
+        self._welcomed = None
+        self.log.warn("storage server from {peer} serves catalog {lost}, and whether to take it in is not known"
+                      " ({why}); it joins again", peer=str(self.transport.getPeer()), lost=self._serves,
+                      why=failure.getErrorMessage())
+        if not self._lost:
+            self.reply(Unavailable("the catalog is unavailable; try again shortly").reply())
+            self.transport.loseConnection()
+
+    def _welcome(self, catalog: str, full: bool) -> None:
+        self._full = full
+        self.reply(f"OK welcome heartbeat={self.heartbeat} listing={'full' if full else 'ids'}"
                    f" catalog={catalog}")
 
     def _member(self) -> str:
@@ -441,8 +485,11 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         never enters: no copy is ever placed on either.)"""
         if self._welcomed is not None:
             welcomed, self._welcomed = self._welcomed, None
-            self.roster.join(*welcomed)
+            self.roster.join(*welcomed).adopted = self._adopted
             self.member_id = welcomed[0]
+            if self._adopted:
+                self.log.info("storage server {id} serves catalog {lost}, which this one was rebuilt from:"
+                              " its blobs are taken in", id=self.member_id, lost=self._serves)
         assert self.member_id is not None
         return self.member_id
 
@@ -451,6 +498,10 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self.setTimeout(None)
         if self.member_id is not None:
             self.roster.lost(self.member_id, self)
+        elif self._welcomed is not None and self._serves is not None and not self._deciding:
+            self.log.error("storage server {id} serves catalog {lost}, not this proxy's: it is not taken in."
+                           " Restart this proxy with --rebuild to take in its files", id=self._welcomed[0],
+                           lost=self._serves, event="refused")
         elif self._welcomed is not None:
             self.log.warn("storage server {id} left when welcomed: it may serve another catalog (see its log)",
                           id=self._welcomed[0])
@@ -459,15 +510,16 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 class MemberFactory(Factory):
     def __init__(self, roster: Roster, heartbeat: float = HEARTBEAT, secret: bytes | None = None,
                  full_listing: Callable[[], bool] = lambda: True, *,
-                 catalog_id: Callable[[], str | None]) -> None:
+                 catalog_id: Callable[[], str | None], takes_in: TakesIn = lambda lost: succeed(False)) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
         self.secret = secret
         self.full_listing = full_listing
         self.catalog_id = catalog_id  # None until the proxy has read it: joins wait meanwhile
+        self.takes_in = takes_in
 
     def buildProtocol(self, addr: Any) -> MemberProtocol:
         p = MemberProtocol(self.roster, self.heartbeat, self.secret, self.full_listing,
-                           catalog_id=self.catalog_id)
+                           catalog_id=self.catalog_id, takes_in=self.takes_in)
         p.factory = self
         return p

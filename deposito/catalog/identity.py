@@ -1,0 +1,49 @@
+"""Which catalog this is: its id, which servers check when they join, and
+the lost catalogs it was rebuilt from, whose servers it takes in."""
+
+from __future__ import annotations
+
+from deposito.catalog.changes import Changes
+from deposito.catalog.database import Connection
+from deposito.catalog.records import effects
+
+# the lowest version given out from now on (see Identity.succeed)
+FLOOR = "coalesce((SELECT CAST(value AS BIGINT) FROM catalog_info WHERE key = 'floor'), 0)"
+
+
+class Identity(Changes):
+    """The catalog's id and lineage (table ``catalog_info``)."""
+
+    @effects(durable=False, keeps_records=True)
+    def is_empty(self) -> bool:
+        """No name was ever stored: a new catalog, or a lost one."""
+        return self.db.execute("SELECT 1 FROM names LIMIT 1").fetchone() is None
+
+    @effects(durable=False, keeps_records=True)
+    def identity(self) -> str:
+        """The catalog's id, made with it: servers check it when they join, so
+        that no server serves two catalogs at once."""
+        return str(self.db.execute("SELECT value FROM catalog_info WHERE key = 'id'").fetchone()[0])
+
+    @effects(durable=False, keeps_records=True)
+    def lost_catalogs(self) -> list[str]:
+        """The ids of the lost catalogs this one was rebuilt from (see :meth:`succeed`)."""
+        rows = self.db.execute("SELECT key FROM catalog_info WHERE substr(key, 1, 5) = 'lost:'").fetchall()
+        return sorted(str(r[0])[5:] for r in rows)
+
+    @effects(durable=True, keeps_records=True)
+    def succeed(self, lost: str, floor: int) -> None:
+        """This catalog is rebuilt from the servers of catalog ``lost``: a
+        server still serving it, back late, is taken in too. Some of its
+        versions may be on servers not back yet, so from now on versions are
+        given out from ``floor`` up (milliseconds of the clock, above any a
+        catalog gives out at fewer than a thousand versions of one name a
+        second): a version written now wins over any such one that comes back."""
+        def tx(db: Connection) -> None:
+            db.execute("INSERT INTO catalog_info (key, value) VALUES (?, '') ON CONFLICT DO NOTHING",
+                       ("lost:" + lost,))
+            row = db.execute("SELECT value FROM catalog_info WHERE key = 'floor'").fetchone()
+            if row is None or int(row[0]) < floor:
+                db.execute("INSERT INTO catalog_info (key, value) VALUES ('floor', ?) ON CONFLICT (key)"
+                           " DO UPDATE SET value = excluded.value", (str(floor),))
+        self._tx(tx)
