@@ -8,6 +8,7 @@ import os
 import signal
 from typing import Any, Optional
 
+import attrs
 from twisted.application import service
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -25,7 +26,7 @@ class Listening(service.Service):
         self.reactor = reactor
         self.endpoint = endpoint
         self.factory = factory
-        self.what = what  # "the client port (--port tcp:7000)", as the log line says it
+        self.what = what  # "the client port (--port)", as the log line says it
         self.port: Optional[IListeningPort] = None
 
     def startService(self) -> None:
@@ -51,3 +52,31 @@ def end_process(reactor: IReactorCore) -> None:
     """End the process once its reactor runs, as ``kill -TERM`` would: twistd
     stops every service, removes its pidfile and exits with a status that is not 0."""
     reactor.callWhenRunning(os.kill, os.getpid(), signal.SIGTERM)
+
+
+MAX_CONNECTIONS = 1024  # connections open at once on a client port (text, HTTP, S3) at most
+
+
+@attrs.define
+class ConnectionCap:
+    """At most ``most`` connections open at once on one port: past it, a
+    client is told to come back later (how, each port says)."""
+
+    most: int
+    open: int = 0
+
+    def enter(self) -> bool:
+        """A connection opens: False when it is one too many (it is not counted)."""
+        if self.open >= self.most:
+            return False
+        self.open += 1
+        return True
+
+    def leave(self) -> None:
+        self.open -= 1
+
+
+def http_busy(content_type: str, body: bytes) -> bytes:
+    """The whole HTTP answer of a port past its cap: 503, try again in a second."""
+    return (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}"
+            "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode("ascii") + body

@@ -300,8 +300,13 @@ class HeadDeadline(http.HTTPChannel):
     next request's bytes while one is handled, in raw mode), and calling
     ``allHeadersReceived`` once they are in. If a later Twisted read bodies
     in line mode, a slow body would be cut too; the test of this fact fails
-    first."""
+    first.
 
+    With ``body_in_deadline`` (a port whose requests carry small bodies at
+    most), the body must come within the same deadline: the deadline ends
+    when http.HTTPChannel calls ``allContentReceived``, the whole request in."""
+
+    body_in_deadline = False
     _head_deadline: Any = None
 
     def dataReceived(self, data: bytes) -> None:
@@ -310,12 +315,25 @@ class HeadDeadline(http.HTTPChannel):
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
-        self._end_head_deadline()
+        if not self.body_in_deadline:
+            self._end_head_deadline()
         super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._end_head_deadline()
+        super().allContentReceived()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line of a request's head longer than MAX_LENGTH: answered 400,
+        where LineReceiver would close without a word."""
+        body = f"a request line or header longer than {self.MAX_LENGTH} bytes\n".encode("ascii")
+        write_now(self.transport, b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %d"
+                  b"\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        getattr(self.transport, "loseConnection")()
 
     def _head_too_slow(self) -> None:
         self._head_deadline = None
-        if self.line_mode and self.transport is not None:
+        if (self.line_mode or self.body_in_deadline) and self.transport is not None:
             getattr(self.transport, "abortConnection")()
 
     def _end_head_deadline(self) -> None:
@@ -402,7 +420,30 @@ class PromptChannel(ContinueWhenAsked):
     ``writeSequence``, and on http.HTTPChannel turning Nagle's delay off
     (a body sent after its headers is not held back); the headers are
     serialised here as twisted.web does (a Headers instance, its values
-    already checked). The test of these facts fails first."""
+    already checked). The test of these facts fails first.
+
+    With a ``cap``, a connection past it is answered ``busy`` (a whole
+    HTTP answer) and closed before a byte of it is read."""
+
+    cap: Any = None  # the site's ConnectionCap (deposito.listening), or None
+    busy = b""
+    _counted = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.cap is None:
+            return
+        self._counted = self.cap.enter()
+        if not self._counted:
+            write_now(self.transport, self.busy)
+            self.lingers = True  # its request, unread, must not turn the close into a reset
+            self.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._counted:
+            self._counted = False
+            self.cap.leave()
+        super().connectionLost(reason)
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         if not isinstance(headers, Headers):
@@ -432,8 +473,14 @@ def http_site_protocol(site: Any) -> Any:
     Relies on Site building each connection's protocol by calling its
     ``protocol`` attribute, twisted.web's own being an HTTPChannel inside a
     _GenericHTTPChannelProtocol (which also serves HTTP/2 where it is
-    installed); the test of this fact fails first."""
-    return http._GenericHTTPChannelProtocol(PromptChannel())
+    installed); the test of this fact fails first. The site's ``cap`` and
+    ``busy``, and its ``body_in_deadline``, go to the channel (see
+    :class:`PromptChannel`, :class:`HeadDeadline`)."""
+    channel = PromptChannel()
+    channel.cap = getattr(site, "cap", None)
+    channel.busy = getattr(site, "busy", b"")
+    channel.body_in_deadline = getattr(site, "body_in_deadline", False)
+    return http._GenericHTTPChannelProtocol(channel)
 
 
 def answer_before_body(request: Any) -> None:

@@ -33,6 +33,7 @@ from deposito.catalog import FileRecord
 from deposito.errors import BadArgs, DepositoError, NotFound
 from deposito.events import EventLog, Metrics
 from deposito.interfaces import IDepot
+from deposito.listening import MAX_CONNECTIONS, ConnectionCap, http_busy
 from deposito.protocols.words import check_name, parse_count
 from deposito.statuspage import render_page
 
@@ -360,8 +361,9 @@ def status_site(depot: IDepot, events: EventLog, metrics: Metrics, clock: IReact
     api.putChild(b"files", _Guarded(FilesAPI(depot, events, metrics, clock), tokens))
     root.putChild(b"api", api)
     root.putChild(b"files", _Guarded(Downloads(depot), tokens))
-    site = _QuietSite(root)
+    site = _QuietSite(root, timeout=IDLE_TIMEOUT)
     site.clock = clock
+    site.cap = ConnectionCap(MAX_CONNECTIONS)
     return site
 
 
@@ -376,7 +378,8 @@ class _Guarded(Resource):
 
     def render(self, request: Any) -> Any:
         if self.tokens is not None:
-            given = (request.getHeader("authorization") or "").partition("Bearer ")[2].strip()
+            scheme, _, given = (request.getHeader("authorization") or "").strip().partition(" ")
+            given = given.strip() if scheme.lower() == "bearer" else ""  # a scheme's case does not matter
             if not given or not self.tokens.check(given):
                 request.setResponseCode(401)
                 request.setHeader(b"www-authenticate", b'Bearer realm="deposito"')
@@ -386,6 +389,7 @@ class _Guarded(Resource):
 
 
 BODY_LIMIT = 64 << 10  # the HTTP side is read-only: a request body bigger than this is refused unread
+IDLE_TIMEOUT = 60  # seconds a connection may send nothing between requests
 
 
 class _ReadOnlyRequest(Request):
@@ -428,9 +432,15 @@ class _ReadOnlyRequest(Request):
 class _QuietSite(Site):
     """No access log: the page refreshes itself and Prometheus scrapes often;
     the proxy's log is for what happens to the cluster. Requests are
-    :class:`_ReadOnlyRequest`, their answers sent at once (PromptChannel)."""
+    :class:`_ReadOnlyRequest`, their answers sent at once (PromptChannel).
+    A request, body included, must come within a minute (HeadDeadline),
+    and past MAX_CONNECTIONS open at once a client gets 503."""
 
     noisy = False
+    body_in_deadline = True
+    busy = http_busy("text/plain; charset=utf-8",
+                     f"too many connections ({MAX_CONNECTIONS}); try again later\n".encode("ascii"))
+    cap: ConnectionCap
     clock: IReactorTime
     requestFactory = _ReadOnlyRequest
     protocol = twisted_internals.http_site_protocol

@@ -383,8 +383,12 @@ def test_tokens_and_max_size_on_a_real_proxy(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(url, timeout=10)
         assert e.value.code == 401
-        req = urllib.request.Request(url, headers={"Authorization": "Bearer alpha"})
-        assert urllib.request.urlopen(req, timeout=10).read() == b"hello"
+        for scheme in ("Bearer", "bearer"):  # a scheme's case does not matter
+            req = urllib.request.Request(url, headers={"Authorization": f"{scheme}  alpha"})
+            assert urllib.request.urlopen(req, timeout=10).read() == b"hello"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Basic alpha"}), timeout=10)
+        assert e.value.code == 401
     finally:
         c.stop()
 

@@ -711,3 +711,99 @@ def test_a_request_head_that_trickles_in_is_cut_at_its_deadline():
     assert not transport.disconnecting and transport.value().startswith(b"HTTP/1.1 200 ")
     assert not [c for c in clock.getDelayedCalls() if c.active() and c.func == channel._head_too_slow]
     channel.connectionLost(None)
+
+
+def test_a_body_in_the_deadline_must_come_with_its_head():
+    """With ``body_in_deadline`` (the read-only HTTP port), a body sent a
+    byte every 10 s is cut HEAD_TIMEOUT after the request's first byte; a
+    whole request in time leaves no deadline behind."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.web.http import Request
+
+    class Quiet(Request):
+        def process(self):
+            self.finish()
+
+    clock = Clock()
+    for slow in (True, False):
+        channel = ti.HeadDeadline()
+        channel.body_in_deadline = True
+        channel.requestFactory = Quiet
+        channel.callLater = clock.callLater
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /k HTTP/1.1\r\nHost: h\r\nContent-Length: 30\r\n\r\n")
+        if slow:
+            for _ in range(int(ti.HEAD_TIMEOUT // 10) - 1):
+                clock.advance(10)
+                channel.dataReceived(b"x")
+            assert not transport.disconnecting
+            clock.advance(10)
+            assert transport.disconnecting and transport.value() == b""  # cut: the request took HEAD_TIMEOUT
+        else:
+            channel.dataReceived(b"x" * 30)
+            assert transport.value().startswith(b"HTTP/1.1 200 ") and not transport.disconnecting
+            assert not [c for c in clock.getDelayedCalls() if c.active() and c.func == channel._head_too_slow]
+        channel.connectionLost(None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_connection_past_the_cap_is_answered_busy_and_closed():
+    """A site with a cap of 2: a third connection gets the site's busy
+    answer whole and is closed; once one of the two closes, a new one is served."""
+    from deposito.listening import ConnectionCap, http_busy
+
+    resource = _Prompt()
+    site = _PromptSite(resource)
+    site.cap = ConnectionCap(2)
+    site.busy = http_busy("text/plain", b"too many\n")
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    address = ("127.0.0.1", port.getHost().port)
+    held = [socket.create_connection(address, timeout=5) for _ in range(2)]
+    for _ in range(500):
+        if site.cap.open == 2:
+            break
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    extra = socket.create_connection(address, timeout=5)
+    try:
+        def everything(peer):
+            reply = b""
+            while chunk := peer.recv(65536):
+                reply += chunk
+            return reply
+        reply = yield threads.deferToThread(_http, extra, b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n",
+                                            lambda r: r.endswith(b"too many\n"))
+        assert reply.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in reply
+        assert (yield threads.deferToThread(everything, extra)) == b""  # closed
+        held.pop().close()
+        for _ in range(500):
+            if site.cap.open == 1:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        peer = socket.create_connection(address, timeout=5)
+        held.append(peer)
+        reply = yield threads.deferToThread(_http_until, peer, b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n", b"hello")
+        assert reply.startswith(b"HTTP/1.1 200 ")
+    finally:
+        extra.close()
+        for peer in held:
+            peer.close()
+        for _ in range(500):
+            if site.cap.open == 0:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield port.stopListening()
+
+
+def test_a_request_line_too_long_is_answered_400():
+    """twisted.web's channel reads a request's head with LineReceiver, whose
+    lineLengthExceeded closes without a word: HeadDeadline answers 400 first."""
+    from twisted.internet.testing import StringTransport
+
+    channel = ti.HeadDeadline()
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /" + b"a" * (channel.MAX_LENGTH + 10) + b" HTTP/1.1\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n") and transport.disconnecting
+    channel.connectionLost(None)

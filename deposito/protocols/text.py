@@ -21,6 +21,7 @@ import deposito
 from deposito import twisted_internals
 from deposito.catalog import FileRecord
 from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
+from deposito.listening import MAX_CONNECTIONS
 from deposito.interfaces import IDepot
 from deposito.protocols.lines import MAX_LINE, LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.listreply import ListBroken, ListReply
@@ -430,7 +431,7 @@ class DepotFactory(Factory):
         self.max_size = max_size
         self.open = 0
 
-    max_connections = 1024  # beyond this a client is told to come back later
+    max_connections = MAX_CONNECTIONS  # beyond this a client is told to come back later
 
     def buildProtocol(self, addr: Any) -> DepotProtocol:
         p = DepotProtocol(self.depot, self.idle_timeout, self.stall_timeout, self.tokens, self.max_size)

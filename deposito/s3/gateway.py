@@ -38,6 +38,7 @@ from deposito.catalog import FileRecord
 from deposito.catalog.records import Expect
 from deposito.errors import DepositoError, NotEmpty, NotFound
 from deposito.interfaces import IDepot
+from deposito.listening import MAX_CONNECTIONS, ConnectionCap, http_busy
 from deposito.s3 import sigv4, xmlread, xmlwire
 from deposito.s3.bodies import BodyChecks
 from deposito.s3.checksums import FULL_OBJECT
@@ -472,14 +473,20 @@ def s3_site(depot: IDepot, keys: S3Keys, clock: IReactorTime, max_size: Optional
     site = _S3Site(Resource(), timeout=IDLE_TIMEOUT)
     site.requestFactory = S3Request
     site.gateway = Gateway(depot, keys, clock, max_size, domain)
+    site.cap = ConnectionCap(MAX_CONNECTIONS)
     return site
 
 
 class _S3Site(Site):
     """No access log (the proxy's log is for what happens to the cluster);
-    ``100 Continue`` sent when a request wants its body (see S3Request)."""
+    ``100 Continue`` sent when a request wants its body (see S3Request).
+    Past MAX_CONNECTIONS open at once, a client gets 503 SlowDown, which S3
+    clients retry."""
 
     noisy = False
+    busy = http_busy("application/xml", xmlwire.error_document(
+        S3Error("SlowDown", f"Too many connections ({MAX_CONNECTIONS}); please try again later."), "0"))
+    cap: ConnectionCap
     gateway: Gateway
     protocol = twisted_internals.http_site_protocol
 
