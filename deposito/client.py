@@ -350,13 +350,19 @@ class DepositoClient:
         """Set the wanted copy count of ``name``.
 
         Without ``wait`` it fires at once (copies change in the background);
-        with it, when ``have == count``, or Unavailable if the cluster cannot get there.
+        with it, when ``have == count``, or Unavailable if the cluster cannot
+        get there; it waits without a timeout.
         """
         try:
             line = replicas_line(name, count, wait)
         except DepositoError:
             return defer.fail()
-        return self._one("REPLICAS", line, parse_replicas, read=False)
+
+        def make() -> Request:
+            request = OneLine(line, parse_replicas)
+            request.patient = wait
+            return request
+        return self._request("REPLICAS", make)
 
     def delete(self, name: str) -> defer.Deferred[str]:
         """Delete ``name``; fires with the name deleted, NotFound when absent."""
@@ -392,8 +398,11 @@ class DepositoClient:
         return self._one("AUTH", line, check_reply).addCallback(accepted)
 
     def quit(self) -> defer.Deferred[None]:
-        """Say QUIT after the requests already made; fires once the connection is closed."""
+        """Say QUIT after the requests already made; fires once the connection
+        is closed (at once when it is lost already)."""
         self._closed = True
+        if not self.protocol.usable:
+            return self.protocol.whenClosed()
         d = self.protocol.request(Quit("QUIT"))
         d.addCallback(lambda _: self.protocol.whenClosed())
         return d

@@ -682,6 +682,54 @@ def test_quit_says_quit_and_closes() -> None:
     assert fired == [None]
 
 
+def test_quit_after_the_connection_is_lost_fires_at_once() -> None:
+    w = Wire()
+    w.lose()
+    assert result(w.client.quit()) is None and w.sent() == b""
+
+
+def test_a_request_with_no_answer_is_given_up_after_the_timeout() -> None:
+    """A proxy that greets and then says nothing: the request fails with
+    ConnectionLost after REQUEST_TIMEOUT, where it would wait for good. A
+    PUT whose bytes keep going out, a REPLICAS that waits, and a connection
+    with no request under way are never cut."""
+    from twisted.internet.task import Clock
+
+    from deposito.protocols.text_client import REQUEST_TIMEOUT
+
+    clock = Clock()
+    w = Wire()
+    w.protocol.callLater = clock.callLater
+    clock.advance(REQUEST_TIMEOUT * 3)  # no request: nothing to time
+    assert not w.transport.disconnecting
+    d = w.client.replicas("x", 2, wait=True)
+    clock.advance(REQUEST_TIMEOUT * 3)
+    assert not w.transport.disconnecting
+    w.feed(b"OK name=x replicas=2 have=2\r\n")
+    assert result(d).have == 2
+    data = os.urandom(CHUNK_SIZE * 4)
+    d = w.client.put("big", io.BytesIO(data), replicas=1)
+    w.feed(b"OK send %d\r\n" % len(data))
+    while w.transport.producer is not None:
+        clock.advance(REQUEST_TIMEOUT - 1)  # slowly, but each chunk in time
+        w.transport.producer.resumeProducing()
+    w.sent()
+    clock.advance(REQUEST_TIMEOUT - 1)
+    assert not w.transport.disconnecting
+    w.feed(f"OK stored name=big version=1 size={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
+           f" replicas=1\r\n".encode())
+    assert result(d).size == len(data)
+    d = w.client.stat("x")
+    clock.advance(REQUEST_TIMEOUT - 1)
+    assert not w.transport.disconnecting
+    clock.advance(1)
+    assert w.transport.disconnecting
+    w.protocol.connectionLost(Failure(ConnectionResetError("aborted")))
+    e = failure(d)
+    assert isinstance(e, ConnectionLost) and f"no answer for {REQUEST_TIMEOUT:.0f} s" in str(e)
+    assert not clock.getDelayedCalls()
+
+
 def test_aside_file_never_leaves_a_partial_file(tmp_path: Any) -> None:
     target = tmp_path / "t"
     target.write_bytes(b"old")

@@ -363,3 +363,24 @@ def test_the_local_port_refuses_what_does_not_come_in_order_and_keeps_serving(se
         yield tcp.key()
     c = yield setup.local_client()
     assert (yield c.key()) == setup.key
+
+
+def test_a_stall_is_found_within_a_sixth_of_the_idle_timeout_past_it():
+    """The reader's socket is looked at WATCHES times per idle timeout: bytes
+    that stop moving are a stall once the idle timeout has passed since they
+    last moved, not since the look before."""
+    from twisted.internet.task import Clock
+
+    from deposito.splice.handoff import WATCHES, Progress
+
+    clock = Clock()
+    progress = Progress(clock, 60.0, 0)
+    looks = []
+    count = 0
+    while not looks or not looks[-1][1]:
+        clock.advance(60.0 / WATCHES)
+        if clock.seconds() <= 30:
+            count += 1000  # the reader reads for 30 s, then stops
+        looks.append((clock.seconds(), progress.stalled(count)))
+    assert 90 <= looks[-1][0] <= 90 + 60 / WATCHES
+    assert Progress(clock, 60.0, 0).stalled(None)  # a count that cannot be taken: gone

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IConsumer, IPullProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -42,8 +43,14 @@ from deposito.wire import (
 )
 
 
+REQUEST_TIMEOUT = 300.0  # seconds a request may go without a byte either way, as the blocking client's
+
+
 class Request:
-    """One request in flight: its line, and how the reply to it is read."""
+    """One request in flight: its line, and how the reply to it is read.
+    A ``patient`` one waits for its answer without a timeout."""
+
+    patient = False
 
     def __init__(self, line: str) -> None:
         self.line = line
@@ -203,6 +210,8 @@ class Put(Request):
             self._end(stored)
 
     def _chunk(self, data: bytes) -> None:
+        assert self.protocol is not None
+        self.protocol.resetTimeout()  # bytes going out: the request is alive
         self.hash.update(data)
         self.sent += len(data)
         if self.progress is not None:
@@ -310,18 +319,23 @@ class Quit(Request):
         self.done(None)
 
 
-class DepositoClientProtocol(LineReceiver):
+class DepositoClientProtocol(LineReceiver, TimeoutMixin):
     """Frames the text protocol for one client connection.
 
     Requests are sent one at a time, each after the reply to the one before,
     and are answered in order. :attr:`greeted` fires with the proxy's greeting
     line; :meth:`whenClosed` gives a Deferred for the end of the connection.
+    While a request is under way and nothing comes from the proxy, and no
+    byte goes to it, for ``timeout`` seconds, the connection is given up:
+    the request fails with ConnectionLost, as when the proxy is lost.
     """
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_REPLY_LINE
     log = Logger()
     transport: IStreamTransport  # set by makeConnection before any request starts
+
+    timeout = REQUEST_TIMEOUT
 
     def __init__(self) -> None:
         self.greeted: defer.Deferred[str] = defer.Deferred()
@@ -331,6 +345,7 @@ class DepositoClientProtocol(LineReceiver):
         self._lost: Optional[ConnectionLost] = None
         self._closeWaiters: list[defer.Deferred[None]] = []
         self._closing = False
+        self._silent = False  # given up: a request had no answer for ``timeout`` seconds
 
     # -- requests
 
@@ -348,11 +363,13 @@ class DepositoClientProtocol(LineReceiver):
         if (self._current is None and self._queue and self.greeted.called
                 and self._lost is None and not self._closing):
             self._current = self._queue.popleft()
+            self.setTimeout(None if self._current.patient else self.timeout)
             self._current.start(self)
 
     def _finished(self, request: Request, result: Any) -> None:
         if self._current is request:
             self._current = None
+            self.setTimeout(None)
         if isinstance(result, Failure) and isinstance(result.value, ProtocolError):
             self.abandon()
         request.deferred.callback(result)
@@ -379,6 +396,14 @@ class DepositoClientProtocol(LineReceiver):
         return d
 
     # -- the wire
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def timeoutConnection(self) -> None:
+        self._silent = True
+        self.transport.abortConnection()
 
     def lineReceived(self, raw: bytes) -> None:
         line = decode(raw)
@@ -410,7 +435,10 @@ class DepositoClientProtocol(LineReceiver):
         self.abandon()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)
         detail = reason.getErrorMessage() if reason is not None else "closed"
+        if self._silent:
+            detail = f"no answer for {self.timeout:.0f} s"
         self._lost = ConnectionLost(f"connection to the proxy lost: {detail}")
         if self.greeting is None:
             self.greeted.errback(ConnectionLost(self._lost.message))

@@ -9,7 +9,7 @@ import socket
 from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IPullProducer, IReactorTime
 from zope.interface import implementer
 
 from deposito import twisted_internals
@@ -102,10 +102,10 @@ class HandOff:
         fd = os.dup(sock.fileno())  # the server's: this one may close meanwhile
         reading = twisted_internals.is_reading(self.client.reactor, target)
         target.stopReading()  # nothing of the reader's is read or written here meanwhile
-        seen = [start]
-        watch = task.LoopingCall(self._watch, sock, seen)
+        progress = Progress(self.client.reactor, self.idle_timeout, start)
+        watch = task.LoopingCall(self._watch, sock, progress)
         watch.clock = self.client.reactor
-        watch.start(self.idle_timeout, now=False)
+        watch.start(self.idle_timeout / WATCHES, now=False)
         failed: DepositoError | None = None
         try:
             await self.client.send_to(fd)
@@ -143,13 +143,29 @@ class HandOff:
         if failed is not None:
             raise failed
 
-    def _watch(self, sock: socket.socket, seen: list[int]) -> None:
-        now = written(sock)
-        if now is None or now == seen[0]:
+    def _watch(self, sock: socket.socket, progress: Progress) -> None:
+        if progress.stalled(written(sock)):
             # The server may still be writing into the socket when this end
             # cuts it off: the stream cannot go on from another copy.
             self._stalled = True
             self.client.transport.abortConnection()
-        else:
-            seen[0] = now
+
+
+WATCHES = 6  # looks at the reader's socket per idle timeout: a stall is cut within a sixth of it past
+
+
+class Progress:
+    """Whether a count of bytes moved within the last ``idle`` seconds, from
+    counts taken now and then (None: the count cannot be taken)."""
+
+    def __init__(self, clock: IReactorTime, idle: float, count: int) -> None:
+        self.clock, self.idle = clock, idle
+        self.count, self.since = count, clock.seconds()
+
+    def stalled(self, count: int | None) -> bool:
+        now = self.clock.seconds()
+        if count is not None and count != self.count:
+            self.count, self.since = count, now
+            return False
+        return count is None or now - self.since >= self.idle
 
