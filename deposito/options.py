@@ -12,11 +12,15 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_bytes(option: str, value: str) -> int:
-    """``1048576``, ``512M``, ``10GiB``... as a whole number of bytes."""
+    """``1048576``, ``512M``, ``10GiB``... as a whole number of bytes, 1 or more
+    (a limit of none would refuse every file, or hold none)."""
     m = _SIZE.match(value.strip())
     if not m:
         raise usage.UsageError(f"{option} must be a byte count such as 1048576, 512M or 10G, not {value!r}")
-    return int(m.group(1)) * _UNITS[(m.group(2) or "")[:1].lower()]
+    n = int(m.group(1)) * _UNITS[(m.group(2) or "")[:1].lower()]
+    if n < 1:
+        raise usage.UsageError(f"{option} must be 1 byte or more, not {value!r}")
+    return n
 
 
 def parse_int(option: str, value: str, low: int, high: int) -> int:

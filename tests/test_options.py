@@ -50,6 +50,8 @@ def test_a_server_joins_every_proxy_named():
     (proxy_tap.Options, ["--cluster-port", "bogus:1"], "--cluster-port"),
     (proxy_tap.Options, ["--tokens", "/no/such/file"], "--tokens"),
     (proxy_tap.Options, ["--max-size", "huge"], "--max-size"),
+    (proxy_tap.Options, ["--max-size", "0"], "--max-size"),
+    (server_tap.Options, ["--capacity", "0G"], "--capacity"),
     (proxy_tap.Options, ["--rebuild=yes"], "--rebuild"),
     (proxy_tap.Options, ["--catalog", "mysql://root@localhost/depot"], "--catalog"),
     (proxy_tap.Options, ["--catalog", "postgresql://h:notaport/db"], "--catalog"),

@@ -285,16 +285,21 @@ def test_8k_line_with_crlf_is_accepted_too():
 
 
 def test_tokens_gate_every_command_but_help_auth_quit():
+    from deposito.protocols.text import WRONG_TOKEN_DELAY
     from deposito.tokens import Tokens
 
     depot = FakeDepot()
     depot.files = {"f": b"x"}
     proto = DepotFactory(depot, tokens=Tokens(["s3cret", "other"])).buildProtocol(None)
-    proto.callLater = task.Clock().callLater
+    clock = task.Clock()
+    proto.callLater = clock.callLater
     tr = StringTransport()
     proto.makeConnection(tr)
     tr.clear()
     proto.dataReceived(b"STAT f\nHELP\nAUTH wrong\nPUT g 1\nAUTH s3cret\nSTAT f\n")
+    clock.advance(WRONG_TOKEN_DELAY - 0.01)
+    assert b"wrong token" not in tr.value()  # a wrong token is answered later, the lines after it waiting
+    clock.advance(0.01)
     out = lines(tr)
     assert out[0] == "ERR denied AUTH <token> first"
     assert out[1].startswith("OK ")

@@ -28,6 +28,7 @@ from deposito.protocols.listreply import ListBroken, ListReply
 from deposito.protocols.words import check_name, parse_count, quote, split
 
 MAX_REPLICAS = 16
+WRONG_TOKEN_DELAY = 1.0  # seconds before a wrong token is answered
 REPLY_BACKLOG = 256 << 10  # replies a client has not read beyond this: its next requests wait
 BACKLOG_CHECK = 0.02  # seconds between looks at such a backlog
 
@@ -241,13 +242,22 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self.reply("OK bye")
         self.transport.loseConnection()
 
-    def do_AUTH(self, token: str) -> None:
+    def do_AUTH(self, token: str) -> Any:
         if self.tokens is not None and not self.tokens.check(token):
             self.log.warn("a client from {peer} gave a wrong token", peer=str(self.transport.getPeer()),
                           event="denied")
-            raise Denied("wrong token")
+            return self._wrong_token()
         self.authenticated = True
         self.reply("OK")
+        return None
+
+    async def _wrong_token(self) -> None:
+        """Answered WRONG_TOKEN_DELAY later, the connection's next lines
+        waiting meanwhile: guessing tokens is slow."""
+        later: defer.Deferred[None] = defer.Deferred()
+        self.callLater(WRONG_TOKEN_DELAY, lambda: later.callback(None))
+        await later
+        raise Denied("wrong token")
 
     async def do_PUT(self, name: str, size: str, replicas: str | None = None) -> None:
         check_name(name)
