@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from deposito.blobstore import IncomingBlob
     from deposito.catalog import Counts, FileRecord, Outcome
     from deposito.catalog.listing import Listing
+    from deposito.catalog.operations import Beat
     from deposito.catalog.records import Expect
     from deposito.diskio import Reader
     from deposito.roster import Member
@@ -120,12 +121,16 @@ class ICatalog(IWorkCatalog):
         proxy before it left unfinished on a catalog no other shares is
         garbage now. Fires with how many copies that makes garbage."""
 
-    def beat(up: list[str], now: float, lease: float, hand_over: bool
-             ) -> Deferred[tuple[list[tuple[str, float]], int, int]]:
+    def beat(up: list[str], now: float, lease: float, hand_over: bool) -> Deferred[Beat]:
         """Renew this proxy's lease, say which servers it sees ``up``, and
         (``hand_over``) retire proxies silent past ``lease``. Fires with the
         servers the other proxies saw lately (id, seconds since), how many
-        proxies were retired and how many copies that made garbage."""
+        proxies were retired and how many copies that made garbage, and
+        whether no other proxy shares the catalog now."""
+
+    def trust(until: float) -> None:
+        """No other proxy shares the catalog until ``until`` (time.monotonic()):
+        lookups may be answered from the records kept till then."""
 
     def leave() -> Deferred[int]:
         """This proxy stops: its unfinished work passes to the others."""

@@ -67,7 +67,7 @@ def test_unfinished_uploads_are_garbage_after_a_restart(catalogs):
     c = catalogs.open(where)
     if c.backend.shared:  # another proxy may be writing it: it is handed over once its lease runs out
         assert c.recover(100.0) == 0 and c.garbage(["s1", "s2", "s3"]) == []
-        assert c.beat([], 100.0 + 30, 30.0, True) == ([], 1, 2)
+        assert c.beat([], 100.0 + 30, 30.0, True)[:3] == ([], 1, 2)
     else:
         assert c.recover(100.0) == 2
     assert sorted(c.garbage(["s1", "s2", "s3"])) == [("b1", "s1"), ("b1", "s2")]
@@ -127,7 +127,7 @@ def test_the_catalog_thread_is_what_the_proxy_needs(catalogs):
 def test_every_catalog_call_declares_its_durability_and_what_it_changes():
     """The catalog thread commits without an fsync, and keeps the records
     it holds in memory, only by what each method declares (``effects``)."""
-    calls = [name for name in dir(Catalog) if not name.startswith("_") and name not in ("reader", "lookups")
+    calls = [name for name in dir(Catalog) if not name.startswith("_") and name not in ("reader", "lookups", "change_delay")
              and callable(getattr(Catalog, name)) and not hasattr(Database, name)]
     assert {"commit", "lookup", "complete", "due_work"} <= set(calls)
     for name in calls:
@@ -631,6 +631,80 @@ def shared(postgres):
         postgres.drop(url)
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_proxy_alone_on_a_shared_catalog_answers_from_the_records_it_keeps_while_trusted(postgres):
+    """Until a beat finds it alone, every lookup asks the database; trusted,
+    the records kept are answered (a change another catalog makes behind
+    its back is not seen: in a cluster, no proxy changes anything until the
+    trust given before it joined has run out); once the trust runs out the
+    database is asked again, and a new trust forgets what was kept meanwhile."""
+    import time
+
+    from twisted.internet import reactor
+
+    from deposito.catalog.postgres import PostgresBackend
+
+    url = postgres.database()
+    one, behind = CatalogThread(reactor, Catalog(PostgresBackend(url))), Catalog(PostgresBackend(url))
+    one.start()
+    try:
+        v = yield one.begin_upload("f", "b1", ["s1"])
+        yield one.commit("f", v, "b1", 1, "x", 1, ["s1"], 0.0)
+        assert one.kept_record("f") is None  # not trusted: the database is asked
+        one.trust(time.monotonic() + 0.5)
+        assert one.kept_record("f") is None  # forgotten when the trust began
+        assert (yield one.read("f")).replicas == 1
+        assert one.kept_record("f").replicas == 1
+        behind.set_replicas("f", 3)
+        assert (yield one.read("f")).replicas == 1  # from memory
+        yield deferLater(reactor, 0.6, lambda: None)
+        assert one.kept_record("f") is None and (yield one.read("f")).replicas == 3
+        behind.set_replicas("f", 2)  # kept while not trusted: a guess, forgotten when trusted again
+        one.trust(time.monotonic() + 5)
+        assert (yield one.read("f")).replicas == 2
+    finally:
+        one.stop()
+        behind.close()
+        postgres.drop(url)
+
+
+def test_a_proxy_among_others_changes_nothing_before_its_row_is_in_and_a_while_after(postgres, monkeypatch):
+    """Among proxies (the proxy's own catalog), a change waits for this
+    proxy's row and then WAIT seconds more, so that a proxy that took itself
+    for alone before the row went in has stopped answering from memory; a
+    change made once another proxy retired this one is refused whole."""
+    import time
+
+    from deposito.catalog import operations
+    from deposito.catalog.postgres import PostgresBackend
+    from deposito.errors import Unavailable
+
+    monkeypatch.setattr(operations, "WAIT", 0.5)
+    url = postgres.database()
+    a, b = Catalog(PostgresBackend(url), among_proxies=True), Catalog(PostgresBackend(url))
+    try:
+        v = a.begin_upload("f", "b1", ["s1"])
+        [(ok, error)] = a.batch([(Catalog.commit, ("f", v, "b1", 1, "x", 1, ["s1"], 0.0))])
+        assert not ok and isinstance(error, Unavailable)  # its row is not in yet
+        a.recover(0.0)
+        assert 0.4 < a.change_delay() <= 0.5  # what CatalogThread holds a change back
+        [(ok, error)] = a.batch([(Catalog.commit, ("f", v, "b1", 1, "x", 1, ["s1"], 0.0))])
+        assert not ok and isinstance(error, Unavailable)  # too early
+        time.sleep(0.5)
+        assert a.change_delay() == 0
+        [(ok, _)] = a.batch([(Catalog.commit, ("f", v, "b1", 1, "x", 1, ["s1"], 0.0))])
+        assert ok and a.lookup("f") is not None
+        b.recover(100.0)
+        assert b.beat([], 100.0, 30.0, True)[1:] == (1, 0, True)  # A retired: B alone
+        [(ok, error)] = a.batch([(Catalog.set_replicas, ("f", 3))])
+        assert not ok and isinstance(error, Unavailable) and "took over" in str(error)
+        assert a.lookup("f").replicas == 1
+    finally:
+        a.close()
+        b.close()
+        postgres.drop(url)
+
+
 def test_proxies_sharing_a_catalog_never_get_the_same_version(shared):
     a, b = shared
     versions = [c.begin_upload("f", f"b{i}", ["s1"]) for i, c in enumerate([a, b, a, b, b])]
@@ -966,8 +1040,8 @@ def test_a_silent_proxy_is_retired_and_its_upload_cannot_commit(shared):
     a.settle([Outcome("q", gen, 400.0)], held=["q"])  # its copies being made: put off, and held
     assert b.due_work(131.0, 10) == []
     v = a.begin_upload("f", "b1", ["s1", "s2"])
-    assert b.beat(["s1"], 120.0, 30.0, True)[1:] == (0, 0)  # not silent long enough yet
-    assert b.beat(["s1"], 131.0, 30.0, True)[1:] == (1, 2)
+    assert b.beat(["s1"], 120.0, 30.0, True)[1:3] == (0, 0)  # not silent long enough yet
+    assert b.beat(["s1"], 131.0, 30.0, True)[1:3] == (1, 2)
     assert sorted(b.garbage(["s1", "s2"], 10)) == [("b1", "s1"), ("b1", "s2")]
     assert [name for name, _, _ in b.due_work(131.0, 10)] == ["q"]  # its claim passed over
     with pytest.raises(Unavailable, match="lease"):
@@ -986,9 +1060,9 @@ def test_a_proxy_that_stops_hands_over_at_once_and_sightings_are_shared(shared):
     a.recover(0.0)
     b.recover(0.0)
     a.begin_upload("f", "b1", ["s1"])
-    seen, _, _ = b.beat(["s2"], 1.0, 30.0, True)
+    seen = b.beat(["s2"], 1.0, 30.0, True).seen
     assert seen == []
-    seen, _, _ = a.beat(["s1", "s3"], 3.0, 30.0, True)
+    seen = a.beat(["s1", "s3"], 3.0, 30.0, True).seen
     assert sorted(seen) == [("s2", 2.0)]  # B saw s2 two seconds ago
     assert sorted(b.beat([], 4.0, 30.0, True)[0]) == [("s1", 1.0), ("s3", 1.0)]
     assert a.leave() == 1
@@ -1103,7 +1177,7 @@ def test_a_retirement_waiting_on_a_commit_of_the_same_upload_makes_no_garbage_of
     assert waiter.is_alive(), "B retired A's upload without waiting for A's commit"
     a.db.execute("COMMIT")
     waiter.join(10)
-    assert retired and retired[0][1:] == (1, 0)  # A retired, no copy made garbage
+    assert retired and retired[0][1:3] == (1, 0)  # A retired, no copy made garbage
     assert b.garbage(["s1"], 10) == [] and b.lookup("f").servers == ("s1",)
 
 
@@ -1115,7 +1189,7 @@ def test_a_retired_proxy_goes_on_under_a_new_id_and_its_uploads_cannot_commit(sh
     b.recover(0.0)
     old = a.proxy
     version = a.begin_upload("f", "b1", ["s1", "s2"])
-    assert b.beat([], 100.0, 30.0, True)[1:] == (1, 2)
+    assert b.beat([], 100.0, 30.0, True)[1:3] == (1, 2)
     a.beat([], 101.0, 30.0, True)  # it hears it was retired
     assert a.proxy != old
     a.add_intent("b1", "s3")  # a lane retried elsewhere, under the new id

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from twisted.internet import defer, task
 
+from deposito.catalog.operations import TRUST, Beat
 from deposito.depot.liveness import Liveness
 from deposito.errors import Unavailable
 from deposito.roster import Member, Roster
@@ -21,13 +22,18 @@ class Beats:
         self.calls: list[tuple[list[str], float, bool]] = []
         self.down = False
         self.rows = [("s9", "z9", "h", 9, 100, 0, 0)]
+        self.alone = False  # no other proxy's row
+        self.trusted: list[float] = []  # the trust given after each beat that found this proxy alone
 
     def beat(self, up, now, lease, hand_over):
         self.calls.append((sorted(up), now, hand_over))
         if self.down:
             return defer.fail(Unavailable("the catalog database is out of reach"))
         retired, self.retired = self.retired, 0
-        return defer.succeed((list(self.seen), retired, 2 * retired))
+        return defer.succeed(Beat(list(self.seen), retired, 2 * retired, self.alone))
+
+    def trust(self, until):
+        self.trusted.append(until)
 
     def servers(self):
         return defer.succeed(self.rows)
@@ -90,4 +96,23 @@ def test_silent_proxies_are_retired_only_after_a_recent_beat_of_its_own():
     db.retired = 1
     clock.advance(live.every)
     assert db.calls[-1][2] is True and handed == [1]
+    live.stop()
+
+
+def test_a_proxy_alone_is_trusted_for_a_while_after_each_beat():
+    """A beat that finds no other proxy trusts the records kept for TRUST
+    seconds from when it began (a monotonic time); one that finds another, not."""
+    import time
+
+    clock, roster, db, live, _ = setup()
+    before = time.monotonic()
+    live.start()
+    assert db.trusted == []
+    db.alone = True
+    clock.advance(live.every)
+    assert len(db.trusted) == 1 and before + TRUST <= db.trusted[0] <= time.monotonic() + TRUST
+    assert live.every < TRUST  # the next beat comes before the trust runs out
+    db.alone = False
+    clock.advance(live.every)
+    assert len(db.trusted) == 1
     live.stop()

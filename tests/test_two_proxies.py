@@ -675,3 +675,28 @@ def test_postgresql_stopped_under_load_and_started_again(tmp_path, postgres):
                     head, got = w.get(name)
                     assert got == data, (c.name, name, head)
         assert poll(lambda: only(a.copies(), acked) == each(acked, 2), 20), "copies on the disks"
+
+
+def test_a_proxy_alone_answering_from_memory_reads_what_a_proxy_joining_writes(tmp_path, postgres):
+    """Proxy A, alone on the catalog, answers lookups from the records it
+    keeps; B starts and at once writes a new version, DELETEs a file and
+    changes a wanted count: A's next answers show each change."""
+    with two_proxies(tmp_path, postgres) as (a, b):
+        b.kill_proxy(signal.SIGTERM)  # it leaves: A is alone
+        assert poll(lambda: "no other proxy shares the catalog" in a.log(a.name), 20)
+        first, second = os.urandom(50_000), os.urandom(60_000)
+        with a.wire() as w:
+            assert w.put("solo/f", first, 2).startswith("OK stored")
+            assert w.put("solo/g", b"to delete", 2).startswith("OK stored")
+            for _ in range(3):  # kept, and answered from memory
+                assert w.get("solo/f")[1] == first and w.cmd("STAT solo/g").startswith("OK")
+        b.start_proxy()
+        b.wait_up(3)
+        with b.wire() as wb, a.wire() as wa:
+            assert wb.put("solo/f", second, 2).startswith("OK stored")
+            assert wa.get("solo/f")[1] == second
+            assert wb.cmd("DELETE solo/g").startswith("OK")
+            assert wa.cmd("STAT solo/g").startswith("ERR notfound")
+            assert wb.cmd("REPLICAS solo/f 3").startswith("OK")
+            assert fields(wa.cmd("STAT solo/f"))["replicas"] == "3"
+        assert "another proxy shares the catalog" in a.log(a.name)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol, TypeV
 from twisted.logger import Logger
 
 from deposito.catalog.dialect import Dialect
-from deposito.catalog.records import is_durable
+from deposito.catalog.records import is_durable, keeps_records
 from deposito.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class Backend(Protocol):
     own :meth:`connect` made."""
 
     dialect: Dialect
-    shared: bool  # other proxies may change the catalog: nothing read may be kept
+    shared: bool  # other proxies may change the catalog: what is read is kept only while none is there
 
     def connect(self, reads_only: bool = False) -> Connection:
         """A new connection; :class:`Unavailable` when the database is out of reach."""
@@ -82,6 +82,10 @@ class Backend(Protocol):
 
     def flush(self, db: Any) -> None:
         """Inside :meth:`pipeline`: run what was sent, raising its error if any."""
+
+    def refusal(self, error: BaseException) -> BaseException | None:
+        """What a statement that refused to run tells the caller (see
+        Catalog.guard_changes), or None for any other error."""
 
     def unreachable(self, error: BaseException) -> bool:
         """Whether ``error`` means the connection is lost or the database
@@ -202,7 +206,16 @@ class Database:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self.committed()
         return result
+
+    # -- what a Catalog adds around changes (see Catalog.before_changes)
+
+    def guard_changes(self, db: Any) -> None:
+        """The first statement of a batch that may change records."""
+
+    def committed(self) -> None:
+        """A transaction of this connection is committed."""
 
     def batch(self, calls: list[tuple[Callable[..., Any], tuple]]) -> list[tuple[bool, Any]]:
         """Run many calls in one transaction: one commit (one fsync) for all.
@@ -216,10 +229,11 @@ class Database:
         undid all of it).
         """
         durable = any(is_durable(method) for method, _ in calls)
+        changes = any(not keeps_records(method) for method, _ in calls if hasattr(method, "keeps_records"))
         error: BaseException | None = None
         for attempt in range(RETRIES):
             try:
-                return self._guarded(lambda: self._batch(calls, durable))
+                return self._guarded(lambda: self._batch(calls, durable, changes))
             except _Conflict as e:
                 error = e.__cause__
             except Unavailable as e:  # its connection is dropped: once, if that alone was wrong, it runs again
@@ -231,13 +245,16 @@ class Database:
                 break
         return [(False, error) for _ in calls]
 
-    def _batch(self, calls: list[tuple[Callable[..., Any], tuple]], durable: bool) -> list[tuple[bool, Any]]:
+    def _batch(self, calls: list[tuple[Callable[..., Any], tuple]], durable: bool,
+               changes: bool) -> list[tuple[bool, Any]]:
         if len(calls) == 1:
-            return self._alone(*calls[0], durable)
+            return self._alone(*calls[0], durable, changes)
         db = self.db
         try:
             with self.backend.pipeline(db):
                 self.backend.begin(db, durable)
+                if changes:
+                    self.guard_changes(db)
                 self._calling = True
                 try:
                     results = [(True, method(self, *args)) for method, args in calls]
@@ -245,15 +262,17 @@ class Database:
                     self._calling = False
                 self.backend.flush(db)  # (as in _alone) COMMIT once every statement is seen done
                 db.execute("COMMIT")
+            self.committed()
         except Exception as e:
             self._undo(db, e)
             if self.backend.unreachable(e) or self.backend.retryable(e):
                 raise
             # a call failed, which undid them all: each runs again alone, and its failure is its own
-            return [outcome for method, args in calls for outcome in self._alone(method, args, durable)]
+            return [outcome for method, args in calls for outcome in self._alone(method, args, durable, changes)]
         return results
 
-    def _alone(self, method: Callable[..., Any], args: tuple, durable: bool) -> list[tuple[bool, Any]]:
+    def _alone(self, method: Callable[..., Any], args: tuple, durable: bool,
+               changes: bool) -> list[tuple[bool, Any]]:
         """A batch of one call: its failure undoes the whole transaction (no
         savepoint needed), and its statements may share round trips (see
         Backend.pipeline). What goes wrong is undone once out of the pipeline,
@@ -262,6 +281,8 @@ class Database:
         try:
             with self.backend.pipeline(db):
                 self.backend.begin(db, durable)
+                if changes:
+                    self.guard_changes(db)
                 self._calling = True
                 try:
                     result = method(self, *args)
@@ -272,11 +293,12 @@ class Database:
                 # of the pipeline waits for the COMMIT.
                 self.backend.flush(db)
                 db.execute("COMMIT")
+            self.committed()
         except Exception as e:
             self._undo(db, e)
             if self.backend.unreachable(e) or self.backend.retryable(e):
                 raise
-            return [(False, e)]
+            return [(False, self.backend.refusal(e) or e)]
         return [(True, result)]
 
     def _undo(self, db: Any, error: BaseException) -> None:

@@ -34,8 +34,9 @@ from __future__ import annotations
 import builtins
 import os
 import socket
+import time
 import uuid
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, NamedTuple, Union
 
 from deposito.catalog.buckets import Buckets
 from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, weight
@@ -50,6 +51,28 @@ from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE, manifest_name
 
 
+# On a shared catalog, a proxy that finds no other proxy there when it beats
+# answers lookups from the records it keeps for TRUST seconds from the start
+# of that beat (deposito.catalog.thread.CatalogThread.trust); a proxy that
+# joins (or comes back after it was retired) changes no record for WAIT
+# seconds after its row is in, so none of its changes can be missed that
+# way. Beats come every 2 seconds at most (deposito.depot.liveness); both
+# times are taken on the safe side (the trust from before the beat is sent,
+# the wait from after the row's commit returned), and WAIT leaves half a
+# second more for two clocks' rates.
+TRUST = 3.0
+WAIT = TRUST + 0.5
+
+
+class Beat(NamedTuple):
+    """What a proxy's beat tells it (see :meth:`Catalog.beat`)."""
+
+    seen: list[tuple[str, float]]  # servers the other proxies saw lately: (id, seconds since)
+    retired: int  # proxies retired by this beat
+    garbage: int  # copies their unfinished uploads made garbage
+    alone: bool  # no other proxy has a row: this one may answer from the records it keeps
+
+
 def proxy_id() -> str:
     """A name for this proxy process among those sharing a catalog."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -60,10 +83,48 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
     as the proxy ``proxy`` makes them: the uploads it writes, the queued
     files and the garbage it works on are its own (see :meth:`beat`)."""
 
-    def __init__(self, where: Union[str, Backend], reads_only: bool = False, proxy: str | None = None) -> None:
+    def __init__(self, where: Union[str, Backend], reads_only: bool = False, proxy: str | None = None,
+                 among_proxies: bool = False) -> None:
         self.proxy = proxy or proxy_id()
         self.left = False  # the proxy stopped (see leave): it starts no more uploads
+        # a proxy's, among the others sharing the catalog: its changes wait for its row (see WAIT)
+        self.among_proxies = among_proxies
+        self.registered: float | None = None  # time.monotonic() when this proxy's row last went in
+        self._registering = False  # a transaction puts it in: registered once it commits
         super().__init__(where, reads_only)
+
+    # -- changes on a shared catalog (see TRUST and WAIT)
+
+    def change_delay(self) -> float:
+        """Among proxies on a shared catalog, how long this proxy must wait
+        before it changes a record: until WAIT seconds after its row went in
+        (another proxy alone until then may be answering from the records it
+        keeps). Unavailable before its row is in. (Asked on the reactor's
+        thread by CatalogThread, which holds a change back that long.)"""
+        if not (self.among_proxies and self.backend.shared):
+            return 0.0
+        registered = self.registered
+        if registered is None:
+            raise Unavailable("this proxy is joining the others; try again shortly")
+        return max(0.0, registered + WAIT - time.monotonic())
+
+    def guard_changes(self, db: Connection) -> None:
+        """Among proxies on a shared catalog, a change runs only WAIT seconds
+        after this proxy's row went in (see :meth:`change_delay`; it may have
+        gone in again meanwhile), and while the row is there (locked till the
+        commit, so that no proxy retires it meanwhile and takes itself for
+        alone): a division by zero undoes it otherwise. That statement's
+        result is never read, so it costs no round trip."""
+        if self.among_proxies and self.backend.shared:
+            if self.change_delay() > 0:
+                raise Unavailable("this proxy is joining the others; try again shortly")
+            db.execute("SELECT 1 / count(*) FROM (SELECT 1 FROM proxies WHERE id = ?"
+                       + self.dialect.for_key_share + ") AS mine", (self.proxy,))
+
+    def committed(self) -> None:
+        if self._registering:
+            self._registering = False
+            self.registered = time.monotonic()
 
     def reader(self) -> Catalog:
         """Another Catalog on the same database, for clients' lookups (:meth:`lookups`)."""
@@ -88,7 +149,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
 
     # -- the proxies sharing the catalog
 
-    @effects(durable=True, keeps_records=False)
+    @effects(durable=True, keeps_records=True)  # no file's record: intents, claims and garbage
     def recover(self, now: float) -> int:
         """This proxy starts: it takes its place among the proxies. On a
         catalog no other proxy shares, whatever a proxy before it left
@@ -96,6 +157,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         over a proxy's work once its lease has run out). Returns how many
         copies that made garbage."""
         def tx(db: Connection) -> int:
+            self._registering = True
             db.execute("INSERT INTO proxies (id, seen) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET seen = excluded.seen",
                        (self.proxy, now))
             if self.backend.shared:  # only uploads from before proxies had ids
@@ -108,20 +170,20 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         return n
 
     @effects(durable=False, keeps_records=True)
-    def beat(self, up: Iterable[str], now: float, lease: float, hand_over: bool
-             ) -> tuple[list[tuple[str, float]], int, int]:
+    def beat(self, up: Iterable[str], now: float, lease: float, hand_over: bool) -> Beat:
         """This proxy is alive (its lease renewed) and sees the servers ``up``.
         With ``hand_over``, proxies silent for ``lease`` seconds are retired
         (see :meth:`_retire`). Returns the servers the other proxies saw
-        lately (id, seconds since), how many proxies were retired, and how
-        many copies that made garbage."""
-        def tx(db: Connection) -> tuple[list[tuple[str, float]], int, int]:
+        lately, how many proxies were retired and how many copies that made
+        garbage, and whether this proxy is alone."""
+        def tx(db: Connection) -> Beat:
             if not db.execute("UPDATE proxies SET seen = ? WHERE id = ?", (now, self.proxy)).rowcount:
                 # Retired by another proxy (silent past the lease): what it had under way is
                 # garbage, and its uploads under way cannot commit. It goes on under a new id.
                 log.warn("this proxy was silent past its lease and another took over its work;"
                          " it goes on as a new proxy", event="retired")
                 self.proxy = proxy_id()
+                self._registering = True
                 db.execute("INSERT INTO proxies (id, seen) VALUES (?, ?)", (self.proxy, now))
             db.execute("DELETE FROM sightings WHERE proxy = ?", (self.proxy,))
             db.executemany("INSERT INTO sightings (proxy, server, seen) VALUES (?, ?, ?)",
@@ -138,10 +200,11 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             db.execute("DELETE FROM deleted WHERE at < ?", (now - REMEMBER_DELETES,))
             seen = db.execute("SELECT server, max(seen) FROM sightings WHERE proxy <> ? GROUP BY server",
                               (self.proxy,)).fetchall()
-            return [(server, max(0.0, now - when)) for server, when in seen], retired, garbage
+            others = db.execute("SELECT count(*) FROM proxies WHERE id <> ?", (self.proxy,)).fetchone()[0]
+            return Beat([(server, max(0.0, now - when)) for server, when in seen], retired, garbage, others == 0)
         return self._tx(tx)
 
-    @effects(durable=True, keeps_records=False)
+    @effects(durable=True, keeps_records=True)  # no file's record: intents, claims and garbage
     def leave(self) -> int:
         """This proxy stops: what it was working on passes to the others now,
         and it starts no upload from now on (nobody would hand its intents over)."""

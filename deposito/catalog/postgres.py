@@ -318,6 +318,13 @@ class PostgresBackend:
         # class 40: serialization failure (40001), deadlock (40P01)...
         return isinstance(error, psycopg.Error) and (error.sqlstate or "").startswith("40")
 
+    def refusal(self, error: BaseException) -> BaseException | None:
+        # the guard of a change (Catalog.guard_changes) divides by zero when this proxy's row is gone
+        if isinstance(error, psycopg.errors.DivisionByZero):
+            return Unavailable("another proxy took over this one's work (it was silent past its lease);"
+                               " try again shortly")
+        return None
+
     def unreachable(self, error: BaseException) -> bool:
         # A prepared statement the database does not know: the connection's
         # prepared statements are out of step with psycopg's (a batch that

@@ -83,6 +83,9 @@ class SQLiteBackend:
     def retryable(self, error: BaseException) -> bool:
         return False  # BEGIN IMMEDIATE: writers take turns, and never conflict
 
+    def refusal(self, error: BaseException) -> BaseException | None:
+        return None  # nothing refuses: no other proxy shares the catalog
+
     def listing(self, reactor: IListingReactor, names: NameRange) -> Deferred[Listing]:
         from deposito.catalog.listing import open_listing
 

@@ -5,17 +5,20 @@ in memory."""
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet import task
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from deposito.batching import Batches
 from deposito.catalog.listing import IListingReactor, Listing, NameRange
-from deposito.catalog.operations import Catalog
+from deposito.catalog.operations import Beat, Catalog
 from deposito.catalog.records import Counts, Expect, FileRecord, Outcome, keeps_records, one_record
 from deposito.catalog.schema import committed
+from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE
 from deposito.interfaces import ICatalog
 
@@ -50,7 +53,9 @@ class CatalogThread:
 
     On a catalog other proxies share (``backend.shared``) any of them may
     change any record, so every lookup asks the database; the records kept
-    are only guesses (:meth:`guess`), which a lookup confirms or not.
+    are only guesses (:meth:`guess`), which a lookup confirms or not. While
+    no other proxy is there (:meth:`trust`, after each beat that finds none),
+    the records kept are answered as on a catalog of its own.
     """
 
     kept = 16384  # records of this many names at most (about 500 bytes each)
@@ -67,6 +72,7 @@ class CatalogThread:
         self._buckets: dict[str, float] = {}  # buckets seen (see bucket)
         self._changes = 0  # calls made so far that may change records
         self._unfinished = 0  # of those, the ones not answered yet
+        self._trusted_until = 0.0  # time.monotonic() until which no other proxy shares a shared catalog
 
     def start(self) -> None:
         self._batches.start()
@@ -84,6 +90,14 @@ class CatalogThread:
         :func:`deposito.catalog.records.effects`."""
         if keeps_records(method):
             return self._batches.submit((method, args))
+        try:
+            delay = self.catalog.change_delay()
+        except Unavailable:
+            return fail()
+        if delay > 0:  # this proxy joined the others moments ago: the change waits (see Catalog.change_delay)
+            later: Deferred[T] = task.deferLater(self.reactor, delay, lambda: None).addCallback(
+                lambda _: self._call(method, *args))
+            return later
         if one_record(method):
             self._records.pop(args[0], None)
         else:
@@ -112,9 +126,20 @@ class CatalogThread:
     def kept_record(self, name: str) -> FileRecord | None:
         """The record of ``name`` if it is kept in memory (what a lookup would
         answer now), else None."""
-        if not self._keeps:
+        if not self._keeps and time.monotonic() >= self._trusted_until:
             return None  # shared: any proxy may have changed it
         return self.guess(name)
+
+    def trust(self, until: float) -> None:
+        """No other proxy shares the catalog until ``until`` (time.monotonic(),
+        see deposito.catalog.operations.TRUST): the records kept are answered
+        till then. When trust had lapsed, the records kept meanwhile (another
+        proxy may have changed them since) are forgotten first, and so are
+        the answers of lookups under way."""
+        if time.monotonic() >= self._trusted_until:
+            self._records.clear()
+            self._changes += 1
+        self._trusted_until = max(self._trusted_until, until)
 
     def guess(self, name: str) -> FileRecord | None:
         """The record ``name`` had when last looked up here, if it is kept: on
@@ -192,8 +217,7 @@ class CatalogThread:
     def recover(self, now: float) -> Deferred[int]:
         return self._call(Catalog.recover, now)
 
-    def beat(self, up: list[str], now: float, lease: float, hand_over: bool
-             ) -> Deferred[tuple[list[tuple[str, float]], int, int]]:
+    def beat(self, up: list[str], now: float, lease: float, hand_over: bool) -> Deferred[Beat]:
         return self._call(Catalog.beat, up, now, lease, hand_over)
 
     def leave(self) -> Deferred[int]:

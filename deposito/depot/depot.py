@@ -120,6 +120,10 @@ class Depot:
         answers; clients get ``ERR unavailable`` from it meanwhile. Servers
         join once the catalog's id is known and whether it is to be rebuilt,
         the two things a server decides on to serve this proxy."""
+        # Its place among the proxies first: until then it changes nothing (Catalog.before_changes).
+        n = await self._patiently(lambda: self.db.recover(self.reactor.seconds()))
+        if n:
+            self.log.info("{n} copies of unfinished uploads from before are garbage now", n=n)
         empty = await self._patiently(self.db.is_empty)
         catalog_id = await self._patiently(self.db.identity)
         lost = await self._patiently(self.db.lost_catalogs)
@@ -128,9 +132,6 @@ class Depot:
         self.lost_catalogs = set(lost or [])
         await self.rebuilder.start(bool(empty))
         self.catalog_id = catalog_id
-        n = await self._patiently(lambda: self.db.recover(self.reactor.seconds()))
-        if n:
-            self.log.info("{n} copies of unfinished uploads from before are garbage now", n=n)
         rows = await self._patiently(self.db.servers)
         if self._stopping:
             return

@@ -10,17 +10,19 @@ nor dropped, so one proxy's partial view never costs a copy.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from deposito.catalog.operations import TRUST
 from deposito.errors import Unavailable
 from deposito.interfaces import ICatalog
 from deposito.roster import Member, Roster
 
-BEAT_EVERY = 2.0  # seconds between beats, at most
+BEAT_EVERY = 2.0  # seconds between beats, at most: less than TRUST, so that a proxy alone stays trusted
 
 
 class Liveness:
@@ -41,6 +43,7 @@ class Liveness:
         self._loop = task.LoopingCall(self.beat)
         self._loop.clock = clock
         self._last_ok: float | None = None
+        self._alone: bool | None = None  # whether the last beat found no other proxy
 
     def start(self) -> None:
         self._loop.start(self.every, now=True)
@@ -54,15 +57,22 @@ class Liveness:
 
     async def _beat(self) -> None:
         now = self.clock.seconds()
+        began = time.monotonic()  # no other proxy's row went in before this: see catalog.operations.TRUST
         # Retire others only if this proxy's own last beat is recent: right
         # after an outage of the database every proxy looks silent.
         hand_over = self._last_ok is not None and now - self._last_ok <= self.lease / 2
         try:
-            seen, retired, garbage = await self.db.beat([m.id for m in self.roster.up()], now, self.lease,
-                                                        hand_over)
+            seen, retired, garbage, alone = await self.db.beat([m.id for m in self.roster.up()], now, self.lease,
+                                                               hand_over)
         except Unavailable:
             return  # said by the catalog; the next beat tries again
         self._last_ok = now
+        if alone:
+            self.db.trust(began + TRUST)
+        if alone != self._alone and (alone or self._alone is not None):
+            self.log.info("no other proxy shares the catalog: lookups are answered from the records kept" if alone
+                          else "another proxy shares the catalog: every lookup asks it")
+        self._alone = alone
         unknown = {sid for sid, _ in seen if self.roster.get(sid) is None}
         if unknown:  # joined another proxy only: known from the catalog, down here
             self.roster.restore(Member(*row) for row in await self.db.servers() if row[0] in unknown)
