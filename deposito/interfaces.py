@@ -151,6 +151,12 @@ class ICatalog(IWorkCatalog):
         """The ids of the lost catalogs this one was rebuilt from: a server
         back late that still serves one is taken in."""
 
+    def adopting() -> Deferred[list[str]]:
+        """The servers whose listing is being taken in."""
+
+    def mark_adopting(server: str, adopting: bool) -> Deferred[None]:
+        """``server``'s listing is being taken in, or (``adopting`` False) it is all in."""
+
     def succeed(lost: str, floor: int) -> Deferred[None]:
         """This catalog is rebuilt from servers of the lost catalog ``lost``;
         versions are given out from ``floor`` up from now on, above any the

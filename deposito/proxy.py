@@ -46,7 +46,7 @@ class ProxyService(service.MultiService):
         Listening(reactor, client_endpoint, DepotFactory(front, tokens=tokens, max_size=max_size),
                   "the client port (--port)").setServiceParent(self)
         members = MemberFactory(self.roster, heartbeat, secret, full_listing=lambda: self.depot.rebuilding,
-                                catalog_id=lambda: self.depot.catalog_id, takes_in=self.depot.takes_in)
+                                catalog_id=lambda: self.depot.catalog_id, takes_in=self.depot.rebuilder.takes_in)
         Listening(reactor, cluster_endpoint, members, "the cluster port (--cluster-port)").setServiceParent(self)
         if http_endpoint is not None:
             downloads = MeteredDepot(self.depot, self.metrics, reactor, via="http")

@@ -30,7 +30,8 @@ class Member:
     up_elsewhere: bool = False  # up for another proxy sharing the catalog, at its last beat
     local: str | None = None  # its local port, "@name" (deposito.protocols.handoff), while it may be on this host
     local_key: str | None = attrs.field(default=None, repr=False)
-    adopted: bool = False  # it served a lost catalog this one was rebuilt from: its first listing is taken in
+    adopted: bool = False  # its listing is taken in, not judged (see deposito.depot.rebuilder)
+    serves: str | None = None  # the other catalog it served when it joined (a lost one, if taken in)
     connection: Any = attrs.field(default=None, repr=False, eq=False)
 
     @property

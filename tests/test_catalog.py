@@ -566,6 +566,20 @@ def test_a_catalog_rebuilt_from_a_lost_one_gives_versions_above_its_floor(cat):
     assert sorted(g for g in cat.garbage(["s1", "s9"]) if g[1] == "s9") == [("b7", "s9"), ("b8", "s9")]
 
 
+def test_the_floor_goes_above_every_version_taken_in_and_servers_being_taken_in_are_remembered(cat):
+    """A successor whose clock is behind the lost catalog's still gives out
+    versions above those it took in; the servers being taken in stay marked
+    until their listing is in (a proxy that stops meanwhile goes on with them)."""
+    cat.succeed("0ld", 1000)  # the clock, set back
+    assert cat.adopt("s1", [("b1", 5_000_000, 1, "x", 1, "f", ""), ("b2", 7, 1, "x", 1, "g", "")], 0.0) == 2
+    assert cat.begin_upload("h", "b3", ["s1"]) == 5_000_001
+    assert cat.adopting() == []
+    cat.mark_adopting("s1", True)
+    cat.mark_adopting("s2", True)
+    cat.mark_adopting("s1", False)
+    assert cat.adopting() == ["s2"]
+
+
 def test_reconciling_range_by_range_equals_reconciling_the_whole_set(catalogs):
     """A listing split into chunks in blob id order, each reconciled over its
     own range, leaves the catalog as one whole-set reconciliation would, with

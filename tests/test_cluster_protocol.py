@@ -74,7 +74,8 @@ def test_a_server_of_another_catalog_is_listed_in_full_and_adopted_only_when_tak
         deciding = defer.Deferred()
         roster = Roster(task.Clock())
         proto = MemberFactory(roster, heartbeat=1.0, full_listing=lambda: False, catalog_id=lambda: CATALOG,
-                              takes_in=lambda lost: asked.append(lost) or deciding).buildProtocol(None)
+                              takes_in=lambda member, lost: asked.append((member, lost)) or deciding
+                              ).buildProtocol(None)
         tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
         proto.callLater = roster.clock.callLater
         proto.makeConnection(tr)
@@ -86,7 +87,7 @@ def test_a_server_of_another_catalog_is_listed_in_full_and_adopted_only_when_tak
         if taken:
             proto.dataReceived(b"HB capacity=1000 used=10 blobs=1\n")
             assert roster.get("s1").adopted
-    assert asked == ["0ld", "0ld"]
+    assert asked == [("s1", "0ld"), ("s1", "0ld")]
 
 
 def test_a_server_that_joins_while_the_proxy_starts_stays_up():

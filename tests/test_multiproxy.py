@@ -142,16 +142,13 @@ def test_a_server_serves_one_catalog_refuses_another_and_switches_only_to_rebuil
     served A, then told to join both, refuse B, also after a restart with A
     away; A's files stay on their disks however long B runs (B would take
     them for garbage). Once A and its catalog are gone, B started on a fresh
-    catalog rebuilds it from the servers, which then serve B. (B has a
-    server of its own: a proxy on an empty catalog rebuilds it until a
-    server has been read, and takes in meanwhile a server whose proxy is away.)"""
+    catalog rebuilds it from the servers, which then serve B."""
     a = Cluster(tmp_path)
     b = a.add_proxy("proxy-b")
     servers = ("s0", "s1")
     try:
         a.start_proxy()
         b.start_proxy()
-        b.start_server("s9", "--proxy", f"tcp:127.0.0.1:{b.cport}")
         assert poll(lambda: "no server holds blobs: the catalog starts empty" in b.log(b.name), 20)
         for sid in servers:
             a.start_server(sid, "--proxy", f"tcp:127.0.0.1:{a.cport}")
@@ -169,9 +166,9 @@ def test_a_server_serves_one_catalog_refuses_another_and_switches_only_to_rebuil
             assert poll(lambda: refusals(a, sid) > 0, 20), a.log(sid)[-3000:]
         deadline = time.monotonic() + 6  # past B's collection of garbage, were it shown A's blobs
         while time.monotonic() < deadline:
-            assert servers_up_down(b) == ("1", "0")
+            assert servers_up_down(b) == ("0", "0")
             time.sleep(0.5)
-        assert "serves catalog" in b.log(b.name) and "not this proxy's: it is not taken in" in b.log(b.name)
+        assert b.log(b.name).count("serves catalog") == len(servers)  # said once for each, however often it comes
         assert a.holders(data) == list(servers)
 
         # restarted while A is away, the servers still refuse B: the catalog they serve is on their disks
@@ -182,7 +179,7 @@ def test_a_server_serves_one_catalog_refuses_another_and_switches_only_to_rebuil
             a.start_server(sid)
         for sid in servers:
             assert poll(lambda: refusals(a, sid) > before[sid], 20), a.log(sid)[-3000:]
-        assert servers_up_down(b) == ("1", "0")
+        assert servers_up_down(b) == ("0", "0")
         a.start_proxy()
         a.wait_up(2)
         with a.wire() as w:

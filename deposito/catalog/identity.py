@@ -47,3 +47,27 @@ class Identity(Changes):
                 db.execute("INSERT INTO catalog_info (key, value) VALUES ('floor', ?) ON CONFLICT (key)"
                            " DO UPDATE SET value = excluded.value", (str(floor),))
         self._tx(tx)
+
+    @effects(durable=False, keeps_records=True)
+    def adopting(self) -> list[str]:
+        """The servers whose listing is being taken in (see :meth:`mark_adopting`)."""
+        rows = self.db.execute("SELECT key FROM catalog_info WHERE substr(key, 1, 9) = 'adopting:'").fetchall()
+        return sorted(str(r[0])[9:] for r in rows)
+
+    @effects(durable=True, keeps_records=True)
+    def mark_adopting(self, server: str, adopting: bool) -> None:
+        """``server``'s listing is being taken in (rebuilding, or a server of
+        a lost catalog back late), or (``adopting`` False) it is all in."""
+        if adopting:
+            self._tx(lambda db: db.execute("INSERT INTO catalog_info (key, value) VALUES (?, '')"
+                                           " ON CONFLICT DO NOTHING", ("adopting:" + server,)))
+        else:
+            self._tx(lambda db: db.execute("DELETE FROM catalog_info WHERE key = ?", ("adopting:" + server,)))
+
+    def _floor_above(self, db: Connection, version: int) -> None:
+        """Taking in ``version``: on a catalog that succeeds a lost one, the
+        floor goes above it too, whatever the clock said (a clock set back
+        would give out versions older than those of the lost catalog)."""
+        row = db.execute("SELECT value FROM catalog_info WHERE key = 'floor'").fetchone()
+        if row is not None and int(row[0]) <= version:
+            db.execute("UPDATE catalog_info SET value = ? WHERE key = 'floor'", (str(version + 1),))

@@ -480,6 +480,8 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         late from a lost catalog is taken in the same way, after writes: a
         version older than the name's newest, or than its deletion, is
         garbage. Returns how many copies were taken."""
+        entries = list(entries)
+
         def tx(db: Connection) -> int:
             taken = 0
             for blob, version, size, sha256, replicas, name, meta in entries:
@@ -506,6 +508,8 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                 self._servers_changed(db, [blob])
                 db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
                 taken += 1
+            if entries:
+                self._floor_above(db, max(entry[1] for entry in entries))
             return taken
         return self._tx(tx)
 

@@ -238,6 +238,12 @@ class CatalogThread:
     def succeed(self, lost: str, floor: int) -> Deferred[None]:
         return self._call(Catalog.succeed, lost, floor)
 
+    def adopting(self) -> Deferred[list[str]]:
+        return self._call(Catalog.adopting)
+
+    def mark_adopting(self, server: str, adopting: bool) -> Deferred[None]:
+        return self._call(Catalog.mark_adopting, server, adopting)
+
     def save_server(self, id: str, zone: str, host: str, port: int, capacity: int, used: int,
                     blobs: int) -> Deferred[None]:
         return self._call(Catalog.save_server, id, zone, host, port, capacity, used, blobs)

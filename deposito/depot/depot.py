@@ -74,26 +74,11 @@ class Depot:
         self.liveness = Liveness(reactor, db, roster, lease, handed_over=self._handed_over)
         self._absent: IDelayedCall | None = None
         self.catalog_id: str | None = None  # read at the start: until then, servers cannot join
-        self.lost_catalogs: set[str] = set()  # the lost catalogs this one was rebuilt from (ICatalog.succeed)
         self._stopping = False
         self._retry: defer.Deferred[None] | None = None
         roster.on_change = self.member_changed
         roster.on_inventory = self.inventories.inventory
         roster.on_corrupt = self.corrupt
-
-    def takes_in(self, lost: str) -> defer.Deferred[bool]:
-        """A server serving another catalog, ``lost``, joins: whether its
-        blobs are taken in (a full listing, adopted): yes while rebuilding,
-        this catalog becoming the lost one's successor first (durably,
-        before the server switches to it), and for a server of a lost
-        catalog this one succeeds, back late."""
-        if lost in self.lost_catalogs:
-            return defer.succeed(True)
-        if not self.rebuilding:
-            return defer.succeed(False)
-        d = self.db.succeed(lost, int(self.reactor.seconds() * 1000))
-        d.addCallback(lambda _: self.lost_catalogs.add(lost))
-        return d.addCallback(lambda _: True)
 
     def _repair(self) -> None:
         self.reconciler.kick()
@@ -127,9 +112,10 @@ class Depot:
         empty = await self._patiently(self.db.is_empty)
         catalog_id = await self._patiently(self.db.identity)
         lost = await self._patiently(self.db.lost_catalogs)
+        adopting = await self._patiently(self.db.adopting)
         if self._stopping:
             return
-        self.lost_catalogs = set(lost or [])
+        self.rebuilder.lost, self.rebuilder.adopting = set(lost or []), set(adopting or [])
         await self.rebuilder.start(bool(empty))
         self.catalog_id = catalog_id
         rows = await self._patiently(self.db.servers)

@@ -51,8 +51,6 @@ class Inventories:
         if not more:
             del self._listings[member.id]
         if self.rebuilder.rebuilding or member.adopted:
-            if not more:
-                member.adopted = False  # what it lists from now on is judged
             return self.rebuilder.take(member, entries, more)
         if more and hi == lo:
             return defer.succeed(None)  # an empty chunk in the middle covers no range

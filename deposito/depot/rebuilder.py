@@ -32,10 +32,15 @@ class Rebuilder:
     once the grace period has passed and every server that joined has
     listed its blobs in full.
 
-    A server of the lost catalog that joins while rebuilding makes this
-    catalog its successor (ICatalog.succeed): a server of the lost catalog
-    back after the rebuild is taken in when it joins, its files visible
-    again, and versions written since win over the ones it brings."""
+    A server of a lost catalog taken in makes this catalog that one's
+    successor (ICatalog.succeed): a server of the lost catalog back after
+    the rebuild is taken in when it joins, its files visible again, and
+    versions written since win over the ones it brings. Which servers are
+    being taken in is kept in the catalog (ICatalog.mark_adopting) from
+    before the server is welcomed until its last chunk is in, so a taking
+    in cut short (the proxy stopped) goes on when the server joins again:
+    a server switches to this catalog when it is welcomed, and its blobs
+    not taken in yet would be judged garbage otherwise."""
 
     log = Logger()
 
@@ -53,7 +58,22 @@ class Rebuilder:
         self._adopted = 0
         self._started_at = clock.seconds()
         self._finishing = False
+        self.lost: set[str] = set()  # the lost catalogs this one succeeds (read at the start)
+        self.adopting: set[str] = set()  # the servers being taken in (read at the start)
 
+    def takes_in(self, member: str, serves: str | None) -> defer.Deferred[bool]:
+        """Server ``member``, serving catalog ``serves`` (None: this one's, or
+        none), joins: whether its listing is taken in rather than judged.
+        Yes while rebuilding, for a server of a lost catalog this one
+        succeeds, and for one whose taking in was cut short; marked in the
+        catalog before the server is welcomed."""
+        if member in self.adopting:
+            return defer.succeed(True)
+        if not (self.rebuilding or serves in self.lost):
+            return defer.succeed(False)
+        marked = self.db.mark_adopting(member, True)
+        marked.addCallback(lambda _: self.adopting.add(member))
+        return marked.addCallback(lambda _: True)
     async def start(self, empty: bool) -> None:
         """The proxy starts: rebuild if asked to, or if the catalog is ``empty``."""
         self._started_at = self.clock.seconds()
@@ -69,10 +89,18 @@ class Rebuilder:
 
     def take(self, member: Member, entries: list[Entry], more: bool) -> defer.Deferred[None]:
         """One chunk of a server's full listing, taken into the catalog
-        (``more``: chunks follow)."""
-        taken = self.db.adopt(member.id, entries, self.clock.seconds()).addCallback(self._took, member, more)
-        taken.addErrback(lambda f: self.log.failure("taking the blobs of {id}", f, id=member.id))
-        return taken
+        (``more``: chunks follow). The first of a server of a lost catalog
+        makes this one its successor: once the server serves this proxy,
+        not before (one that refused must not count)."""
+        return defer.ensureDeferred(self._take(member, entries, more)).addErrback(
+            lambda f: self.log.failure("taking the blobs of {id}", f, id=member.id))
+
+    async def _take(self, member: Member, entries: list[Entry], more: bool) -> None:
+        if member.serves is not None and member.serves not in self.lost:
+            await self.db.succeed(member.serves, int(self.clock.seconds() * 1000))
+            self.lost.add(member.serves)
+        n = await self.db.adopt(member.id, entries, self.clock.seconds())
+        self._took(n, member, more)
 
     def _took(self, n: int, member: Member, more: bool) -> None:
         self._adopted += n
@@ -80,19 +108,21 @@ class Rebuilder:
             self.log.info("took {n} copies from {id} into the catalog", n=n, id=member.id)
         if not more:
             self._reported.add(member.id)
+            member.adopted = False  # what it lists from now on is judged
+            unmarked = self.db.mark_adopting(member.id, False)
+            unmarked.addCallback(lambda _: self.adopting.discard(member.id))
+            unmarked.addErrback(lambda f: self.log.warn("{id} is taken in again when it joins next ({why})",
+                                                        id=member.id, why=f.getErrorMessage()))
             if not self.rebuilding:  # a server back late from the lost catalog: its files may want copies
                 self.done()
 
     def _check(self) -> None:
-        """Rebuilt once the grace period is over, a server at least has
-        reported and every server that joined has, and the multipart objects
-        are made again. (Until a server reports, no copy can be written: a
-        catalog that ended its rebuild with none would never take in the
-        servers of the lost one when they come.)"""
+        """Rebuilt once the grace period is over and every server that joined
+        has reported, and the multipart objects are made again."""
         if not self.rebuilding or self._finishing:
             return
         waiting = [m.id for m in self.roster.up() if m.id not in self._reported]
-        if waiting or not self._reported or self.clock.seconds() - self._started_at < self.grace:
+        if waiting or self.clock.seconds() - self._started_at < self.grace:
             self.clock.callLater(0.5, self._check)
             return
         self._finishing = True

@@ -75,7 +75,8 @@ if TYPE_CHECKING:
 
 SERVER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 CATALOG_ID = SERVER_ID
-TakesIn = Callable[[str], "Deferred[bool]"]  # a server serving the catalog named joins: is it taken in?
+# a server (its id, and the other catalog it serves, if any) joins: is its listing taken in?
+TakesIn = Callable[[str, "str | None"], "Deferred[bool]"]
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 LOCAL_NAME = re.compile(r"^@[A-Za-z0-9._:/-]{1,100}$")
 LOCAL_KEY = re.compile(r"^[0-9a-f]{32}$")
@@ -280,15 +281,17 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     def __init__(self, roster: Roster, heartbeat: float, secret: bytes | None = None,
                  full_listing: Callable[[], bool] = lambda: True, *,
-                 catalog_id: Callable[[], str | None], takes_in: TakesIn = lambda lost: succeed(False)) -> None:
+                 catalog_id: Callable[[], str | None], takes_in: TakesIn = lambda member, serves: succeed(False),
+                 told: set[tuple[str, str]] | None = None) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
         self.secret = secret
         self.full_listing = full_listing  # whether to ask for each blob's metadata in listings
         self.catalog_id = catalog_id  # the catalog's id; None until it is read
-        self.takes_in = takes_in  # whether a server serving another catalog is taken in (Depot.takes_in)
+        self.takes_in = takes_in  # whether a server's listing is taken in (Rebuilder.takes_in)
+        self.told = told if told is not None else set()  # (server, catalog) refused and said so in the log
         self._full = True  # what was asked of this server
-        self._adopted = False  # it serves a lost catalog and is taken in: its first listing is adopted
+        self._adopted = False  # its listing is taken in rather than judged
         self._serves: str | None = None  # the catalog it serves, when not ours
         self._deciding = False  # whether to take it in is being decided: nothing is read meanwhile
         self._welcomed: tuple[Any, ...] | None = None  # roster.join's arguments, until the server speaks again
@@ -447,11 +450,9 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             raise Denied(f"a server named {member_id} is already joined")
         self._welcomed = (member_id, zone, host, port, capacity, used, blobs, self, local)
         serves = f.get("serves", "")
-        if not CATALOG_ID.match(serves) or serves == catalog:
-            self._welcome(catalog, self.full_listing())
-            return
-        self._serves, self._deciding = serves, True
-        deciding = self.takes_in(serves)
+        self._serves = serves if CATALOG_ID.match(serves) and serves != catalog else None
+        self._deciding = True
+        deciding = self.takes_in(member_id, self._serves)
         deciding.addCallback(self._decided, catalog)
         deciding.addErrback(self._not_decided)
 
@@ -464,9 +465,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
     def _not_decided(self, failure: Failure) -> None:
         self._deciding = False
         self._welcomed = None
-        self.log.warn("storage server from {peer} serves catalog {lost}, and whether to take it in is not known"
-                      " ({why}); it joins again", peer=str(self.transport.getPeer()), lost=self._serves,
-                      why=failure.getErrorMessage())
+        self.log.warn("storage server from {peer}: whether to take its blobs in is not known ({why});"
+                      " it joins again", peer=str(self.transport.getPeer()), why=failure.getErrorMessage())
         if not self._lost:
             self.reply(Unavailable("the catalog is unavailable; try again shortly").reply())
             self.transport.loseConnection()
@@ -485,11 +485,12 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         never enters: no copy is ever placed on either.)"""
         if self._welcomed is not None:
             welcomed, self._welcomed = self._welcomed, None
-            self.roster.join(*welcomed).adopted = self._adopted
+            member = self.roster.join(*welcomed)
+            member.adopted, member.serves = self._adopted, self._serves
             self.member_id = welcomed[0]
-            if self._adopted:
-                self.log.info("storage server {id} serves catalog {lost}, which this one was rebuilt from:"
-                              " its blobs are taken in", id=self.member_id, lost=self._serves)
+            if self._adopted and self._serves is not None:
+                self.log.info("storage server {id} served catalog {lost}, lost: its blobs are taken in",
+                              id=self.member_id, lost=self._serves)
         assert self.member_id is not None
         return self.member_id
 
@@ -499,9 +500,12 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         if self.member_id is not None:
             self.roster.lost(self.member_id, self)
         elif self._welcomed is not None and self._serves is not None and not self._deciding:
-            self.log.error("storage server {id} serves catalog {lost}, not this proxy's: it is not taken in."
-                           " Restart this proxy with --rebuild to take in its files", id=self._welcomed[0],
-                           lost=self._serves, event="refused")
+            if (self._welcomed[0], self._serves) not in self.told:  # once: it comes back every few seconds
+                self.told.add((self._welcomed[0], self._serves))
+                self.log.error("storage server {id} serves catalog {lost}, not this proxy's: it is not taken in."
+                               " If it belongs to another cluster, point it at that cluster's proxy; if it held"
+                               " files of a catalog this one replaces, restart this proxy with --rebuild to take"
+                               " them in", id=self._welcomed[0], lost=self._serves, event="refused")
         elif self._welcomed is not None:
             self.log.warn("storage server {id} left when welcomed: it may serve another catalog (see its log)",
                           id=self._welcomed[0])
@@ -510,16 +514,17 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 class MemberFactory(Factory):
     def __init__(self, roster: Roster, heartbeat: float = HEARTBEAT, secret: bytes | None = None,
                  full_listing: Callable[[], bool] = lambda: True, *,
-                 catalog_id: Callable[[], str | None], takes_in: TakesIn = lambda lost: succeed(False)) -> None:
+                 catalog_id: Callable[[], str | None], takes_in: TakesIn = lambda member, serves: succeed(False)) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
         self.secret = secret
         self.full_listing = full_listing
         self.catalog_id = catalog_id  # None until the proxy has read it: joins wait meanwhile
         self.takes_in = takes_in
+        self.told: set[tuple[str, str]] = set()
 
     def buildProtocol(self, addr: Any) -> MemberProtocol:
         p = MemberProtocol(self.roster, self.heartbeat, self.secret, self.full_listing,
-                           catalog_id=self.catalog_id, takes_in=self.takes_in)
+                           catalog_id=self.catalog_id, takes_in=self.takes_in, told=self.told)
         p.factory = self
         return p

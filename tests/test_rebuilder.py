@@ -1,0 +1,82 @@
+"""Which servers' listings the rebuilder takes in rather than judges, and
+what it keeps in the catalog about them (deposito.depot.rebuilder, with the
+catalog's side played by the test)."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, task
+
+from deposito.depot.rebuilder import Rebuilder
+from deposito.roster import Member, Roster
+
+
+class Marks:
+    """The catalog as the rebuilder uses it: marks, successions and adoptions noted."""
+
+    def __init__(self) -> None:
+        self.marked: set[str] = set()
+        self.lost: list[str] = []
+        self.adopted: list[tuple[str, int]] = []
+
+    def mark_adopting(self, server: str, adopting: bool) -> defer.Deferred[None]:
+        (self.marked.add if adopting else self.marked.discard)(server)
+        return defer.succeed(None)
+
+    def succeed(self, lost: str, floor: int) -> defer.Deferred[None]:
+        self.lost.append(lost)
+        return defer.succeed(None)
+
+    def adopt(self, server: str, entries: list, now: float) -> defer.Deferred[int]:
+        self.adopted.append((server, len(entries)))
+        return defer.succeed(len(entries))
+
+
+def answer(d: defer.Deferred):
+    out: list = []
+    d.addBoth(out.append)
+    assert out, "not fired"
+    return out[0]
+
+
+ENTRY = ("a" * 32, 1, 10, "0" * 64, 1, "f", "")
+
+
+def test_a_taking_in_cut_short_goes_on_when_the_server_joins_again():
+    """A server of a lost catalog this one succeeds is marked before it is
+    welcomed; the proxy stops before its last chunk; the next proxy reads
+    the mark and takes the server in again, though it now serves this
+    catalog (judged, its blobs not taken in yet would be garbage). The mark
+    goes once its last chunk is in."""
+    clock = task.Clock()
+    db = Marks()
+    first = Rebuilder(clock, db, Roster(clock), done=lambda: None)
+    assert answer(first.takes_in("s1", "0ld")) is False and db.marked == set()  # a catalog it does not succeed
+    first.lost = {"0ld"}
+    assert answer(first.takes_in("s1", "0ld")) is True and db.marked == {"s1"}
+    member = Member("s1", "z", "h", 1, adopted=True, serves="0ld")
+    answer(first.take(member, [ENTRY], more=True))
+    assert db.adopted == [("s1", 1)] and db.marked == {"s1"}  # stopped here
+
+    again = Rebuilder(clock, db, Roster(clock), done=lambda: None)
+    again.lost, again.adopting = {"0ld"}, set(db.marked)
+    assert answer(again.takes_in("s1", None)) is True  # it serves this catalog now
+    member = Member("s1", "z", "h", 1, adopted=True)
+    answer(again.take(member, [ENTRY], more=False))
+    assert db.marked == set() and not member.adopted and again.adopting == set()
+    assert answer(again.takes_in("s1", None)) is False
+
+
+def test_a_lost_catalog_is_succeeded_when_its_server_is_first_taken_in_not_when_it_joins():
+    """While rebuilding, a server of another catalog is asked for its
+    listing, but it may still refuse (a proxy of its catalog is joined):
+    the succession is recorded at its first chunk, which shows it serves
+    this proxy."""
+    clock = task.Clock()
+    db = Marks()
+    rebuilder = Rebuilder(clock, db, Roster(clock), done=lambda: None, asked=True)
+    assert answer(rebuilder.takes_in("s1", "0ld")) is True
+    assert db.lost == []  # not yet
+    member = Member("s1", "z", "h", 1, adopted=True, serves="0ld")
+    answer(rebuilder.take(member, [ENTRY], more=True))
+    answer(rebuilder.take(member, [ENTRY], more=False))
+    assert db.lost == ["0ld"] and rebuilder.lost == {"0ld"}
