@@ -7,7 +7,8 @@ What sharing asks, and where it is done:
   (:meth:`PostgresBackend.retryable`, :meth:`deposito.catalog.Catalog.batch`);
 - every lookup asks the database (``shared``): another proxy may change any
   record, and reading your writes through any proxy matters more (what was
-  read is kept only as a guess, see CatalogThread.guess);
+  read is kept only as a guess, see CatalogThread.guess), unless no other
+  proxy is there (see deposito.catalog.operations.TRUST);
 - each proxy's unfinished uploads, queued files and garbage it works on are
   its own, claimed with ``FOR UPDATE SKIP LOCKED``, and handed over when its
   lease runs out (``Catalog.beat``, through the dialect);
