@@ -315,7 +315,10 @@ class Wire:
     """A DepositoClient on a StringTransport, greeted."""
 
     def __init__(self) -> None:
+        from twisted.internet.task import Clock
+
         self.protocol = DepositoClientProtocol()
+        self.protocol.callLater = Clock().callLater  # a request's timeout is the business of its own test
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
         self.protocol.dataReceived(GREETING)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol, TypeV
 from twisted.logger import Logger
 
 from deposito.catalog.dialect import Dialect
-from deposito.catalog.records import is_durable, keeps_records
+from deposito.catalog.records import is_durable, keeps_records, prompt
 from deposito.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -229,7 +229,8 @@ class Database:
         undid all of it).
         """
         durable = any(is_durable(method) for method, _ in calls)
-        changes = any(not keeps_records(method) for method, _ in calls if hasattr(method, "keeps_records"))
+        changes = any(not keeps_records(method) and not prompt(method)
+                      for method, _ in calls if hasattr(method, "keeps_records"))
         error: BaseException | None = None
         for attempt in range(RETRIES):
             try:

@@ -398,7 +398,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                 db.execute(INSERT_GARBAGE, (blob, server))  # unless an inventory counted it meanwhile
         self._tx(tx)
 
-    @effects(durable=False, keeps_records=False)
+    @effects(durable=False, keeps_records=False, prompt=True)
     def reconcile_inventory(self, server: str, present: Iterable[str], lo: str | None, hi: str | None,
                             before: float) -> tuple[int, int, int, list[str]]:
         """Compare what a server holds with what the catalog says it holds, over
@@ -470,7 +470,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             return missing, counted, garbage, names
         return self._tx(tx)
 
-    @effects(durable=True, keeps_records=False)
+    @effects(durable=True, keeps_records=False, prompt=True)
     def adopt(self, server: str, entries: Iterable[tuple[str, int, int, str, int, str, str]], now: float) -> int:
         """Rebuilding: take a server's blobs (blob, version, size, sha256, replicas,
         name, meta) into the catalog, each version with the gateway metadata

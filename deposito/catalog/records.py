@@ -72,7 +72,8 @@ class Counts:
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
-def effects(*, durable: bool, keeps_records: bool, one_record: bool = False) -> Callable[[Method], Method]:
+def effects(*, durable: bool, keeps_records: bool, one_record: bool = False,
+            prompt: bool = False) -> Callable[[Method], Method]:
     """Declares what a catalog method's call does, on the method itself;
     :class:`deposito.catalog.CatalogThread` calls nothing that does not
     declare it.
@@ -94,8 +95,16 @@ def effects(*, durable: bool, keeps_records: bool, one_record: bool = False) -> 
     ``one_record=True``: it may change the record of the name given as its
     first argument, and of hidden names (which are never kept), but no other:
     only that name's kept record is forgotten.
+
+    ``prompt=True``: it takes in what a server lists, never a change a
+    client asked for, so it runs at once after this proxy joined the
+    others, where other changes wait (deposito.catalog.operations.WAIT): a
+    proxy alone until then may answer from memory without it for the few
+    seconds its trust lasts, and the server's listing does not wait
+    (its connection is not read meanwhile).
     """
     def declare(method: Method) -> Method:
+        method.prompt = prompt  # type: ignore[attr-defined]
         method.durable = durable  # type: ignore[attr-defined]
         method.keeps_records = keeps_records  # type: ignore[attr-defined]
         method.one_record = one_record  # type: ignore[attr-defined]
@@ -112,6 +121,11 @@ def is_durable(method: Callable[..., Any]) -> bool:
 def keeps_records(method: Callable[..., Any]) -> bool:
     """Whether ``method`` leaves every name's record as it was (see :func:`effects`)."""
     return bool(getattr(method, "keeps_records"))
+
+
+def prompt(method: Callable[..., Any]) -> bool:
+    """Whether ``method`` may change records at once after this proxy joined the others (see :func:`effects`)."""
+    return bool(getattr(method, "prompt", False))
 
 
 def one_record(method: Callable[..., Any]) -> bool:

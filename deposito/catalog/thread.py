@@ -16,7 +16,7 @@ from zope.interface import implementer
 from deposito.batching import Batches
 from deposito.catalog.listing import IListingReactor, Listing, NameRange
 from deposito.catalog.operations import Beat, Catalog
-from deposito.catalog.records import Counts, Expect, FileRecord, Outcome, keeps_records, one_record
+from deposito.catalog.records import Counts, Expect, FileRecord, Outcome, keeps_records, one_record, prompt
 from deposito.catalog.schema import committed
 from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE
@@ -91,7 +91,7 @@ class CatalogThread:
         if keeps_records(method):
             return self._batches.submit((method, args))
         try:
-            delay = self.catalog.change_delay()
+            delay = 0.0 if prompt(method) else self.catalog.change_delay()
         except Unavailable:
             return fail()
         if delay > 0:  # this proxy joined the others moments ago: the change waits (see Catalog.change_delay)
