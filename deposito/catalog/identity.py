@@ -28,8 +28,7 @@ class Identity(Changes):
     @effects(durable=False, keeps_records=True)
     def lost_catalogs(self) -> list[str]:
         """The ids of the lost catalogs this one was rebuilt from (see :meth:`succeed`)."""
-        rows = self.db.execute("SELECT key FROM catalog_info WHERE substr(key, 1, 5) = 'lost:'").fetchall()
-        return sorted(str(r[0])[5:] for r in rows)
+        return self._keyed("lost:")
 
     @effects(durable=True, keeps_records=True)
     def succeed(self, lost: str, floor: int) -> None:
@@ -51,8 +50,13 @@ class Identity(Changes):
     @effects(durable=False, keeps_records=True)
     def adopting(self) -> list[str]:
         """The servers whose listing is being taken in (see :meth:`mark_adopting`)."""
-        rows = self.db.execute("SELECT key FROM catalog_info WHERE substr(key, 1, 9) = 'adopting:'").fetchall()
-        return sorted(str(r[0])[9:] for r in rows)
+        return self._keyed("adopting:")
+
+    def _keyed(self, prefix: str) -> list[str]:
+        """What follows ``prefix`` in the keys of ``catalog_info`` that start with it, sorted."""
+        rows = self.db.execute("SELECT key FROM catalog_info WHERE substr(key, 1, ?) = ?",
+                               (len(prefix), prefix)).fetchall()
+        return sorted(str(r[0])[len(prefix):] for r in rows)
 
     @effects(durable=True, keeps_records=True)
     def mark_adopting(self, server: str, adopting: bool) -> None:

@@ -24,7 +24,8 @@ class Inventories:
     """Takes in servers' listings, a chunk at a time, in blob id order: copies
     missing in a chunk's range stop counting, blobs the catalog does not know
     are garbage (while rebuilding, the rebuilder takes them in instead, and
-    likewise the first listing of a server back late from a lost catalog)."""
+    likewise the listing of a server back late from a lost catalog, or of one
+    whose taking in was cut short: see Rebuilder.takes_in)."""
 
     log = Logger()
 

@@ -74,6 +74,7 @@ class Rebuilder:
         marked = self.db.mark_adopting(member, True)
         marked.addCallback(lambda _: self.adopting.add(member))
         return marked.addCallback(lambda _: True)
+
     async def start(self, empty: bool) -> None:
         """The proxy starts: rebuild if asked to, or if the catalog is ``empty``."""
         self._started_at = self.clock.seconds()
