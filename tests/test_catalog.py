@@ -713,6 +713,11 @@ def test_a_proxy_among_others_changes_nothing_before_its_row_is_in_and_a_while_a
         [(ok, error)] = a.batch([(Catalog.set_replicas, ("f", 3))])
         assert not ok and isinstance(error, Unavailable) and "took over" in str(error)
         assert a.lookup("f").replicas == 1
+        # an upload's start commits before its answer is read: it is refused whole too
+        [(ok, error)] = a.batch([(Catalog.begin_upload, ("g", "b2", ["s1"]))])
+        assert not ok and isinstance(error, Unavailable) and "took over" in str(error)
+        assert b.db.execute("SELECT count(*) FROM intents WHERE blob = 'b2'").fetchone() == (0,)
+        assert b.db.execute("SELECT count(*) FROM names WHERE name = 'g'").fetchone() == (0,)
     finally:
         a.close()
         b.close()
@@ -1192,6 +1197,26 @@ def test_a_retirement_waiting_on_a_commit_of_the_same_upload_makes_no_garbage_of
     a.db.execute("COMMIT")
     waiter.join(10)
     assert retired and retired[0][1:3] == (1, 0)  # A retired, no copy made garbage
+    assert b.garbage(["s1"], 10) == [] and b.lookup("f").servers == ("s1",)
+
+
+def test_an_abandon_waiting_on_a_commit_of_the_same_upload_makes_no_garbage_of_it(shared):
+    """An upload whose commit's answer was lost is abandoned while the commit
+    still runs: the abandon waits for the intents the commit is taking, and
+    then finds none, so the committed copy is not garbage as well."""
+    import threading
+
+    a, b = shared
+    version = a.begin_upload("f", "b1", ["s1"])
+    a.db.execute("BEGIN")
+    assert a.commit("f", version, "b1", 1, "x", 1, ["s1"], 0.0)  # in A's open transaction
+    waiter = threading.Thread(target=b.abandon, args=("b1",))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive(), "the abandon took the intents without waiting for the commit"
+    a.db.execute("COMMIT")
+    waiter.join(10)
+    assert not waiter.is_alive()
     assert b.garbage(["s1"], 10) == [] and b.lookup("f").servers == ("s1",)
 
 

@@ -114,6 +114,28 @@ def test_copies_of_a_failed_upload_are_made_garbage_once_the_catalog_is_back():
     assert db.abandoned == ["b" * 32] and not clock.getDelayedCalls()  # once
 
 
+class LosingCatalog(UnreachableCatalog):
+    """A catalog whose answer to an upload's start is lost."""
+
+    def begin_upload(self, name: str, blob: str, servers: list[str]) -> defer.Deferred:
+        self.began = blob
+        return defer.fail(Unavailable("the catalog database is out of reach"))
+
+
+def test_an_upload_whose_start_went_unanswered_is_abandoned():
+    """The start's answer lost, its intents may be in all the same: they are
+    made garbage (there may be none), and the room reserved is given back."""
+    clock, db = Clock(), LosingCatalog(down=0)
+    members = [Member(f"s{i}", f"z{i}", "127.0.0.1", 1, capacity=1 << 30, state="up") for i in range(2)]
+    writer = Writer(clock, db, roster=Members(members), pool=None, collect=lambda: None,  # type: ignore[arg-type]
+                    repair=lambda: None)
+    outcome: list = []
+    defer.ensureDeferred(writer.begin_put("f", 5, 2)).addBoth(outcome.append)
+    assert outcome and outcome[0].check(Unavailable)
+    assert db.abandoned == [db.began]
+    assert [m.reserved for m in members] == [0, 0]
+
+
 class Members:
     """A roster's members, as the writer reads them."""
 

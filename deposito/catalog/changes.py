@@ -84,9 +84,7 @@ class Changes(Database):
 
     @staticmethod
     def _add_copies(db: Connection, blob: str, servers: list[str], now: float) -> None:
-        if servers:  # in one statement
-            db.execute("INSERT INTO copies VALUES " + ",".join(["(?, ?, ?)"] * len(servers))
-                       + " ON CONFLICT DO NOTHING", [v for s in servers for v in (blob, s, now)])
+        insert_rows(db, "copies", [(blob, s, now) for s in servers])
 
     def _drop_version(self, db: Connection, blob: str, parts: str) -> None:
         """A version's copies are garbage: its blob's, or every hidden file of its parts'."""
@@ -180,6 +178,15 @@ def weight(name: str, size: int, replicas: int, parts: str) -> tuple[int, int, i
     if name < VISIBLE:
         return 0, 0, replicas
     return 1, size, 0 if parts else replicas
+
+
+def insert_rows(db: Connection, into: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` into ``into`` (a table, with its columns if not all)
+    in one statement, leaving out those already there."""
+    if rows:
+        values = "(" + ", ".join("?" * len(rows[0])) + ")"
+        db.execute(f"INSERT INTO {into} VALUES " + ",".join([values] * len(rows)) + " ON CONFLICT DO NOTHING",
+                   [v for row in rows for v in row])
 
 
 def add_totals(db: Connection, files: int, size: int, wanted: int) -> None:

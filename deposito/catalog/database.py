@@ -12,12 +12,12 @@ failure) runs again whole.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol, TypeVar, Union, cast
 
 from twisted.logger import Logger
 
 from deposito.catalog.dialect import Dialect
-from deposito.catalog.records import is_durable, keeps_records, prompt
+from deposito.catalog.records import answers_later, is_durable, keeps_records, prompt
 from deposito.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -83,6 +83,10 @@ class Backend(Protocol):
     def flush(self, db: Any) -> None:
         """Inside :meth:`pipeline`: run what was sent, raising its error if any."""
 
+    def first_row(self, cursor: Any) -> Callable[[], Any]:
+        """What gives a statement's first row, called once its transaction is
+        committed (see Database._tx_later)."""
+
     def refusal(self, error: BaseException) -> BaseException | None:
         """What a statement that refused to run tells the caller (see
         Catalog.guard_changes), or None for any other error."""
@@ -111,6 +115,18 @@ class Backend(Protocol):
 
     def listing(self, reactor: IListingReactor, names: NameRange) -> Deferred[Listing]:
         """A listing of ``names`` from one snapshot (see :mod:`deposito.catalog.listing`)."""
+
+
+class _Later:
+    """A batch's call's result, read once the batch is committed (see :meth:`Database._tx_later`)."""
+
+    def __init__(self, read: Callable[[], Any]) -> None:
+        self.read = read
+
+
+def _read(outcome: tuple[bool, Any]) -> tuple[bool, Any]:
+    ok, result = outcome
+    return (ok, result.read()) if isinstance(result, _Later) else outcome
 
 
 class _Conflict(Exception):
@@ -209,10 +225,20 @@ class Database:
         self.committed()
         return result
 
+    def _tx_later(self, fn: Callable[[Any], Callable[[], T]]) -> T:
+        """As :meth:`_tx`, for a call that declares ``answers_later`` (see
+        :func:`deposito.catalog.records.effects`): ``fn`` sends its
+        statements and returns what reads its answer, which is called once
+        the transaction is committed."""
+        if self._calling:
+            return cast(T, _Later(self._tx(fn)))
+        return self._tx(fn)()
+
     # -- what a Catalog adds around changes (see Catalog.before_changes)
 
-    def guard_changes(self, db: Any) -> None:
-        """The first statement of a batch that may change records."""
+    def guard_changes(self, db: Any, changes: bool = True) -> None:
+        """The first statement of a batch that may change records, or
+        (``changes`` False) that commits before its answers are read."""
 
     def committed(self) -> None:
         """A transaction of this connection is committed."""
@@ -231,10 +257,12 @@ class Database:
         durable = any(is_durable(method) for method, _ in calls)
         changes = any(not keeps_records(method) and not prompt(method)
                       for method, _ in calls if hasattr(method, "keeps_records"))
+        later = all(answers_later(method) for method, _ in calls)
         error: BaseException | None = None
         for attempt in range(RETRIES):
             try:
-                return self._guarded(lambda: self._batch(calls, durable, changes))
+                return [_read(outcome) for outcome in self._guarded(lambda: self._batch(calls, durable, changes,
+                                                                                         later))]
             except _Conflict as e:
                 error = e.__cause__
             except Unavailable as e:  # its connection is dropped: once, if that alone was wrong, it runs again
@@ -247,21 +275,22 @@ class Database:
         return [(False, error) for _ in calls]
 
     def _batch(self, calls: list[tuple[Callable[..., Any], tuple]], durable: bool,
-               changes: bool) -> list[tuple[bool, Any]]:
+               changes: bool, later: bool) -> list[tuple[bool, Any]]:
         if len(calls) == 1:
-            return self._alone(*calls[0], durable, changes)
+            return self._alone(*calls[0], durable, changes, later)
         db = self.db
         try:
             with self.backend.pipeline(db):
                 self.backend.begin(db, durable)
-                if changes:
-                    self.guard_changes(db)
+                if changes or later:
+                    self.guard_changes(db, changes)
                 self._calling = True
                 try:
                     results = [(True, method(self, *args)) for method, args in calls]
                 finally:
                     self._calling = False
-                self.backend.flush(db)  # (as in _alone) COMMIT once every statement is seen done
+                if not later:
+                    self.backend.flush(db)  # (as in _alone) COMMIT once every statement is seen done
                 db.execute("COMMIT")
             self.committed()
         except Exception as e:
@@ -269,11 +298,12 @@ class Database:
             if self.backend.unreachable(e) or self.backend.retryable(e):
                 raise
             # a call failed, which undid them all: each runs again alone, and its failure is its own
-            return [outcome for method, args in calls for outcome in self._alone(method, args, durable, changes)]
+            return [outcome for method, args in calls
+                    for outcome in self._alone(method, args, durable, changes, answers_later(method))]
         return results
 
     def _alone(self, method: Callable[..., Any], args: tuple, durable: bool,
-               changes: bool) -> list[tuple[bool, Any]]:
+               changes: bool, later: bool) -> list[tuple[bool, Any]]:
         """A batch of one call: its failure undoes the whole transaction (no
         savepoint needed), and its statements may share round trips (see
         Backend.pipeline). What goes wrong is undone once out of the pipeline,
@@ -282,17 +312,20 @@ class Database:
         try:
             with self.backend.pipeline(db):
                 self.backend.begin(db, durable)
-                if changes:
-                    self.guard_changes(db)
+                if changes or later:
+                    self.guard_changes(db, changes)
                 self._calling = True
                 try:
                     result = method(self, *args)
                 finally:
                     self._calling = False
                 # COMMIT goes only once every statement is seen done: a proxy that dies
-                # meanwhile (its statements waiting on a lock) commits nothing. The end
-                # of the pipeline waits for the COMMIT.
-                self.backend.flush(db)
+                # meanwhile (its statements waiting on a lock) commits nothing. A call
+                # that sends nothing it waits on (answers_later) commits along with its
+                # statements: its guard, first, commits nothing once this proxy's row is
+                # gone, and holds the row till then. The end of the pipeline waits for the COMMIT.
+                if not later:
+                    self.backend.flush(db)
                 db.execute("COMMIT")
             self.committed()
         except Exception as e:

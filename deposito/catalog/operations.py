@@ -36,10 +36,10 @@ import os
 import socket
 import time
 import uuid
-from typing import Any, Iterable, NamedTuple, Union
+from typing import Any, Callable, Iterable, NamedTuple, Union
 
 from deposito.catalog.buckets import Buckets
-from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, weight
+from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, insert_rows, weight
 from deposito.catalog.database import Backend, Connection, log
 from deposito.catalog.garbage import Garbage
 from deposito.catalog.identity import FLOOR, Identity
@@ -108,15 +108,16 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             raise Unavailable("this proxy is joining the others; try again shortly")
         return max(0.0, registered + WAIT - time.monotonic())
 
-    def guard_changes(self, db: Connection) -> None:
+    def guard_changes(self, db: Connection, changes: bool = True) -> None:
         """Among proxies on a shared catalog, a change runs only WAIT seconds
         after this proxy's row went in (see :meth:`change_delay`; it may have
         gone in again meanwhile), and while the row is there (locked till the
         commit, so that no proxy retires it meanwhile and takes itself for
         alone): a division by zero undoes it otherwise. That statement's
-        result is never read, so it costs no round trip."""
+        result is never read, so it costs no round trip. A batch that
+        changes no record (``changes`` False) needs the row alone."""
         if self.among_proxies and self.backend.shared:
-            if self.change_delay() > 0:
+            if self.change_delay() > 0 and changes:
                 raise Unavailable("this proxy is joining the others; try again shortly")
             db.execute("SELECT 1 / count(*) FROM (SELECT 1 FROM proxies WHERE id = ?"
                        + self.dialect.for_key_share + ") AS mine", (self.proxy,))
@@ -240,23 +241,21 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             db.execute(f"UPDATE garbage SET owner = NULL WHERE owner IS NOT NULL AND ({owned})", args)
         return len(taken)
 
-    @effects(durable=False, keeps_records=True)
+    @effects(durable=False, keeps_records=True, answers_later=True)
     def begin_upload(self, name: str, blob: str, servers: Iterable[str]) -> int:
         """Allocate the next version of ``name`` (in one statement: two proxies
         never get the same) and record where its blob is being written."""
         self._not_left()
         greatest = self.dialect.greatest
 
-        def tx(db: Connection) -> int:
-            # the intents first: reading the version brings their answer too (one round trip)
-            db.executemany("INSERT INTO intents (blob, server, owner) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                           [(blob, s, self.proxy) for s in servers])
-            version = db.execute(f"INSERT INTO names (name, last_version) VALUES (?, {greatest}(1, {FLOOR}))"
-                                 f" ON CONFLICT (name) DO UPDATE SET last_version ="
-                                 f" {greatest}(names.last_version + 1, {FLOOR}) RETURNING last_version",
-                                 (name,)).fetchone()[0]
-            return int(version)
-        return self._tx(tx)
+        def tx(db: Connection) -> Callable[[], int]:
+            insert_rows(db, "intents (blob, server, owner)", [(blob, s, self.proxy) for s in servers])
+            version = self.backend.first_row(db.execute(
+                f"INSERT INTO names (name, last_version) VALUES (?, {greatest}(1, {FLOOR}))"
+                f" ON CONFLICT (name) DO UPDATE SET last_version = {greatest}(names.last_version + 1, {FLOOR})"
+                " RETURNING last_version", (name,)))
+            return lambda: int(version()[0])
+        return self._tx_later(tx)
 
     @effects(durable=False, keeps_records=True)
     def add_intent(self, blob: str, server: str) -> None:
@@ -266,11 +265,14 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
 
     @effects(durable=True, keeps_records=True)
     def abandon(self, blob: str) -> None:
-        """An upload failed: every server it touched has garbage to delete."""
+        """An upload failed: every server it touched has garbage to delete.
+        Its intents are taken with one DELETE ... RETURNING, as a commit
+        takes them: if the commit is still running (its answer was lost),
+        whichever of the two comes second finds nothing, so a committed copy
+        is never garbage too."""
         def tx(db: Connection) -> None:
-            db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM intents WHERE blob = ? ON CONFLICT DO NOTHING",
-                       (blob,))
-            db.execute("DELETE FROM intents WHERE blob = ?", (blob,))
+            taken = db.execute("DELETE FROM intents WHERE blob = ? RETURNING blob, server", (blob,)).fetchall()
+            db.executemany(INSERT_GARBAGE, taken)
         self._tx(tx)
 
     @effects(durable=True, keeps_records=False, one_record=True)

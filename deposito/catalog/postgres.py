@@ -308,6 +308,9 @@ class PostgresBackend:
     def flush(self, db: PostgresConnection) -> None:
         db.flush()
 
+    def first_row(self, cursor: PostgresCursor) -> Callable[[], Any]:
+        return cursor.fetchone  # the answer is read when the pipeline ends
+
     def begin(self, db: PostgresConnection, durable: bool) -> None:
         """A batch of nothing durable commits without waiting for the disk
         (see :func:`deposito.catalog.records.effects`)."""

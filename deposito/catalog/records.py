@@ -73,7 +73,7 @@ Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 def effects(*, durable: bool, keeps_records: bool, one_record: bool = False,
-            prompt: bool = False) -> Callable[[Method], Method]:
+            prompt: bool = False, answers_later: bool = False) -> Callable[[Method], Method]:
     """Declares what a catalog method's call does, on the method itself;
     :class:`deposito.catalog.CatalogThread` calls nothing that does not
     declare it.
@@ -102,8 +102,14 @@ def effects(*, durable: bool, keeps_records: bool, one_record: bool = False,
     proxy alone until then may answer from memory without it for the few
     seconds its trust lasts, and the server's listing does not wait
     (its connection is not read meanwhile).
+
+    ``answers_later=True``: nothing it sends waits on an answer, and what it
+    returns is read only once its transaction is committed (see
+    :meth:`deposito.catalog.database.Database._tx_later`), so a batch of
+    such calls sends its COMMIT along with them: one round trip in all.
     """
     def declare(method: Method) -> Method:
+        method.answers_later = answers_later  # type: ignore[attr-defined]
         method.prompt = prompt  # type: ignore[attr-defined]
         method.durable = durable  # type: ignore[attr-defined]
         method.keeps_records = keeps_records  # type: ignore[attr-defined]
@@ -126,6 +132,11 @@ def keeps_records(method: Callable[..., Any]) -> bool:
 def prompt(method: Callable[..., Any]) -> bool:
     """Whether ``method`` may change records at once after this proxy joined the others (see :func:`effects`)."""
     return bool(getattr(method, "prompt", False))
+
+
+def answers_later(method: Callable[..., Any]) -> bool:
+    """Whether ``method``'s answer is read after its commit (see :func:`effects`)."""
+    return bool(getattr(method, "answers_later", False))
 
 
 def one_record(method: Callable[..., Any]) -> bool:

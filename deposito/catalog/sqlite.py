@@ -57,6 +57,10 @@ class SQLiteBackend:
     def pipeline(self, db: sqlite3.Connection) -> contextlib.nullcontext[None]:
         return contextlib.nullcontext()  # in the process: nothing to save
 
+    def first_row(self, cursor: sqlite3.Cursor) -> Callable[[], Any]:
+        row = cursor.fetchone()  # now: a statement not read to its end holds the COMMIT back
+        return lambda: row
+
     def flush(self, db: sqlite3.Connection) -> None:
         pass
 

@@ -56,7 +56,11 @@ class Writer:
         for m in targets:
             m.reserve(size)
         try:
-            version = await self.db.begin_upload(name, blob, [m.id for m in targets])
+            try:
+                version = await self.db.begin_upload(name, blob, [m.id for m in targets])
+            except Unavailable:  # its answer lost: its intents may be in all the same
+                self.abandon(blob)
+                raise
             upload = Upload(self.clock, name, version, blob, size, replicas, self.stall_timeout,
                             release=self.pool.release, targets=targets)
             clients = await defer.DeferredList(
