@@ -1414,6 +1414,31 @@ def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_5_in_place(postgr
         postgres.drop(url)
 
 
+def test_a_catalog_whose_disk_is_full_refuses_changes_with_nospace_and_still_answers(tmp_path):
+    """SQLite told it may grow no more (as a full disk tells it): each change
+    is refused with NoSpace, the clients' error for it, and undone whole;
+    what is stored is still read, and changes go on once there is room."""
+    from deposito.errors import NoSpace
+
+    cat = Catalog(str(tmp_path))
+    try:
+        v = alone(cat, Catalog.begin_upload, "kept", "b0", ["s1"])
+        assert alone(cat, Catalog.commit, "kept", v, "b0", 1, "x", 1, ["s1"], 0.0)
+        cat.db.execute("PRAGMA journal_mode=DELETE")  # (a WAL grows past max_page_count till its checkpoint)
+        pages = cat.db.execute("PRAGMA page_count").fetchone()[0]
+        cat.db.execute(f"PRAGMA max_page_count = {pages}")
+        outcomes = [cat.batch([(Catalog.begin_upload, (f"f{i}", f"b{i + 1}", ["s1"]))])[0] for i in range(2000)]
+        refused = [e for ok, e in outcomes if not ok]
+        assert refused and all(isinstance(e, NoSpace) and "disk is full" in str(e) for e in refused), refused[:3]
+        begun = len(outcomes) - len(refused)  # those that fit in the pages there were
+        assert cat.db.execute("SELECT count(*) FROM intents").fetchone() == (begun,)
+        assert cat.lookup("kept").blob == "b0"
+        cat.db.execute(f"PRAGMA max_page_count = {pages * 100}")
+        assert alone(cat, Catalog.begin_upload, "f1999", "b2000", ["s1"]) == 1
+    finally:
+        cat.close()
+
+
 def alone(catalog: Catalog, method, *args):
     """``method`` called as the proxy calls it: a batch of one (on PostgreSQL,
     its statements pipelined), its result or its error raised."""

@@ -9,7 +9,7 @@ from twisted.internet import defer, task
 
 from deposito.catalog.operations import TRUST, Beat
 from deposito.depot.liveness import Liveness
-from deposito.errors import Unavailable
+from deposito.errors import NoSpace, Unavailable
 from deposito.roster import Member, Roster
 
 
@@ -21,6 +21,7 @@ class Beats:
         self.retired = 0
         self.calls: list[tuple[list[str], float, bool]] = []
         self.down = False
+        self.full = False
         self.rows = [("s9", "z9", "h", 9, 100, 0, 0)]
         self.alone = False  # no other proxy's row
         self.trusted: list[float] = []  # the trust given after each beat that found this proxy alone
@@ -29,6 +30,8 @@ class Beats:
         self.calls.append((sorted(up), now, hand_over))
         if self.down:
             return defer.fail(Unavailable("the catalog database is out of reach"))
+        if self.full:
+            return defer.fail(NoSpace("the catalog's disk is full"))
         retired, self.retired = self.retired, 0
         return defer.succeed(Beat(list(self.seen), retired, 2 * retired, self.alone))
 
@@ -116,3 +119,25 @@ def test_a_proxy_alone_is_trusted_for_a_while_after_each_beat():
     clock.advance(live.every)
     assert len(db.trusted) == 1
     live.stop()
+
+
+def test_a_catalog_with_a_full_disk_is_said_once_and_the_beats_go_on():
+    from twisted.logger import globalLogPublisher
+
+    said: list[dict] = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        clock, roster, db, live, handed = setup(lease=8.0)
+        live.start()
+        db.full = True
+        for _ in range(5):
+            clock.advance(live.every)
+        db.full = False
+        clock.advance(live.every)
+        live.stop()
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+    told = [e for e in said if e.get("log_namespace", "").endswith("Liveness")]
+    assert [e["log_level"].name for e in told] == ["warn", "info"], told
+    assert "disk is full" in told[0]["why"] and not any(e.get("log_failure") for e in told)
+    assert len(db.calls) == 7  # every beat tried

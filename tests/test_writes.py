@@ -3,11 +3,12 @@ path is the only cleanup (fakes at the catalog and blob-connection seams)."""
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from deposito.depot.writes import ABANDON_RETRY, PASS_OVER, Writer
-from deposito.errors import Precondition, Unavailable
+from deposito.errors import NoSpace, Precondition, Unavailable
 from deposito.roster import Member
 from deposito.transfer import Upload
 
@@ -83,24 +84,29 @@ def test_an_upload_whose_commit_is_refused_is_cleaned_up_once_even_if_aborted_af
 
 
 class UnreachableCatalog:
-    """A catalog out of reach for its first ``down`` calls to abandon."""
+    """A catalog out of reach (or, ``full``, its disk full) for its first
+    ``down`` calls to abandon."""
 
-    def __init__(self, down: int) -> None:
+    def __init__(self, down: int, full: bool = False) -> None:
         self.down = down
+        self.full = full
         self.abandoned: list[str] = []
 
     def abandon(self, blob: str) -> defer.Deferred:
         if self.down:
             self.down -= 1
-            return defer.fail(Unavailable("the catalog database is out of reach"))
+            return defer.fail(NoSpace("the catalog's disk is full") if self.full
+                              else Unavailable("the catalog database is out of reach"))
         self.abandoned.append(blob)
         return defer.succeed(None)
 
 
-def test_copies_of_a_failed_upload_are_made_garbage_once_the_catalog_is_back():
-    """An upload aborted while the catalog is out of reach: recording its
-    copies as garbage is tried again until it is done, then they are collected."""
-    clock, db = Clock(), UnreachableCatalog(down=2)
+@pytest.mark.parametrize("full", [False, True])
+def test_copies_of_a_failed_upload_are_made_garbage_once_the_catalog_is_back(full):
+    """An upload aborted while the catalog is out of reach (or its disk is
+    full): recording its copies as garbage is tried again until it is done,
+    then they are collected."""
+    clock, db = Clock(), UnreachableCatalog(down=2, full=full)
     collected: list[bool] = []
     writer = Writer(clock, db, roster=None, pool=None, collect=lambda: collected.append(True),  # type: ignore[arg-type]
                     repair=lambda: None)

@@ -89,7 +89,8 @@ class Backend(Protocol):
 
     def refusal(self, error: BaseException) -> BaseException | None:
         """What a statement that refused to run tells the caller (see
-        Catalog.guard_changes), or None for any other error."""
+        Catalog.guard_changes; NoSpace when the database's disk is full),
+        or None for any other error."""
 
     def unreachable(self, error: BaseException) -> bool:
         """Whether ``error`` means the connection is lost or the database

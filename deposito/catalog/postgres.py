@@ -42,7 +42,7 @@ from deposito.catalog import schema
 from deposito.catalog.database import log, out_of_reach
 from deposito.catalog.dialect import POSTGRESQL, pyformat
 from deposito.catalog.records import FileRecord
-from deposito.errors import Unavailable
+from deposito.errors import NoSpace, Unavailable
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -327,6 +327,8 @@ class PostgresBackend:
         if isinstance(error, psycopg.errors.DivisionByZero):
             return Unavailable("another proxy took over this one's work (it was silent past its lease);"
                                " try again shortly")
+        if isinstance(error, psycopg.errors.DiskFull):
+            return NoSpace("the catalog database's disk is full")
         return None
 
     def unreachable(self, error: BaseException) -> bool:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from deposito.catalog import schema
 from deposito.catalog.dialect import SQLITE
+from deposito.errors import NoSpace
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -88,7 +89,9 @@ class SQLiteBackend:
         return False  # BEGIN IMMEDIATE: writers take turns, and never conflict
 
     def refusal(self, error: BaseException) -> BaseException | None:
-        return None  # nothing refuses: no other proxy shares the catalog
+        if isinstance(error, sqlite3.OperationalError) and getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return NoSpace("the catalog's disk is full")
+        return None
 
     def listing(self, reactor: IListingReactor, names: NameRange) -> Deferred[Listing]:
         from deposito.catalog.listing import open_listing

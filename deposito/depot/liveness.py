@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from deposito.catalog.operations import TRUST
-from deposito.errors import Unavailable
+from deposito.errors import NoSpace, Unavailable
 from deposito.interfaces import ICatalog
 from deposito.roster import Member, Roster
 
@@ -44,6 +44,7 @@ class Liveness:
         self._loop.clock = clock
         self._last_ok: float | None = None
         self._alone: bool | None = None  # whether the last beat found no other proxy
+        self._full = False  # the last beat found the catalog's disk full (said once)
 
     def start(self) -> None:
         self._loop.start(self.every, now=True)
@@ -66,6 +67,15 @@ class Liveness:
                                                                hand_over)
         except Unavailable:
             return  # said by the catalog; the next beat tries again
+        except NoSpace as e:
+            if not self._full:
+                self._full = True
+                self.log.warn("{why}: this proxy's beats are not recorded (other proxies may take over its work),"
+                              " and nothing can be stored until there is room again", why=e.message)
+            return
+        if self._full:
+            self._full = False
+            self.log.info("the catalog has room again")
         self._last_ok = now
         if alone:
             self.db.trust(began + TRUST)

@@ -189,7 +189,7 @@ class Writer:
         d.addErrback(self._abandon_later, blob)
 
     def _abandon_later(self, failure: Failure, blob: str) -> None:
-        if failure.check(Unavailable):
+        if failure.check(Unavailable, NoSpace):  # the catalog out of reach, or its disk full
             self.log.warn("the copies of {blob} cannot be made garbage yet ({why}); trying again in {s} s",
                           blob=blob, why=failure.getErrorMessage(), s=ABANDON_RETRY)
             self.clock.callLater(ABANDON_RETRY, self.abandon, blob)
