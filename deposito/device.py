@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -49,6 +50,7 @@ class Device:
             reactor, self._commit_batch, "deposito-committer")
         self._deletes: Batches[str] = Batches(reactor, store.delete_together, "deposito-deleter")
         self.corrupt_listeners: list[Callable[[str, str], None]] = []
+        self.unmovable: set[str] = set()  # corrupt blobs that could not be moved aside (see corrupt)
         self._now = memoryview(bytearray(BLOCK))  # blocks read on the reactor thread go here
         self._metas: OrderedDict[str, BlobMeta] = OrderedDict()
 
@@ -188,12 +190,21 @@ class Device:
         return self._read(self.store.check, blob_id)
 
     def corrupt(self, blob_id: str, why: str) -> Deferred:
-        """A copy was found bad: move it aside and tell whoever listens (the proxy)."""
-        self.log.error("blob {blob} is corrupt ({why}): quarantined", blob=blob_id, why=why)
+        """A copy was found bad: move it aside and tell whoever listens (the
+        proxy). When it cannot be moved (a disk turned read-only), it is told
+        all the same, and left out of the inventories from now on."""
         self._forget(blob_id)
-        d = self._write(self.store.quarantine, blob_id)
+
+        def moved(_: object) -> None:
+            self.log.error("blob {blob} is corrupt ({why}): quarantined", blob=blob_id, why=why)
+
+        def stays(failure: Failure) -> None:
+            self.unmovable.add(blob_id)
+            self.log.error("blob {blob} is corrupt ({why}) and cannot be moved aside ({error}): it is no longer"
+                           " listed", blob=blob_id, why=why, error=failure.getErrorMessage())
+
+        d = self._write(self.store.quarantine, blob_id).addCallbacks(moved, stays)
         d.addCallback(lambda _: [listener(blob_id, why) for listener in self.corrupt_listeners])
-        d.addErrback(lambda f: self.log.failure("quarantining {blob}", f, blob=blob_id))
         return d
 
     def close(self, f: Any) -> Deferred:
@@ -214,7 +225,10 @@ class Device:
 
     def inventory(self, chunk: int = 1000, ids_only: bool = False) -> InventoryCursor:
         """Every blob's metadata (or with ``ids_only``, its id) in id order, ``chunk`` at a time."""
-        return InventoryCursor(self, chunk, self.store.blob_ids() if ids_only else self.store.inventory())
+        blobs: Iterator[Any] = self.store.blob_ids() if ids_only else self.store.inventory()
+        if self.unmovable:
+            blobs = (b for b in blobs if (b if isinstance(b, str) else b.blob) not in self.unmovable)
+        return InventoryCursor(self, chunk, blobs)
 
 
 @implementer(IInventoryCursor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from twisted.internet import endpoints
 from twisted.python import usage
@@ -95,6 +96,16 @@ def makeService(options: Options):
     allocator.tune_for_streams()
     diagnostics.stacks_on_signal(options["data"])
 
+    from deposito.catalog.database import Damaged
+
+    try:
+        return _proxy_service(reactor, options)
+    except Damaged as e:
+        raise SystemExit(f"deposito-proxy: {e}: move it aside, and start with --rebuild to make it again"
+                         " from the storage servers") from None
+
+
+def _proxy_service(reactor: Any, options: Options) -> Any:  # (its modules load only when it starts)
     from deposito.proxy import ProxyService
 
     return ProxyService(

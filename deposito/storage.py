@@ -76,6 +76,7 @@ class StorageNode:
         self.port = 0
         self.local: tuple[str, str] | None = None  # the local port's "@name" and key, once listening
         self.configured_capacity = capacity
+        self._no_room: str | None = None  # why --data could not be looked at, while it cannot
         self.connections: list[JoinProtocol] = []  # those a proxy welcomed, in the order they joined
         self.scrubbing: defer.Deferred | None = None
         self._listing: set[JoinProtocol] = set()  # connections with a listing under way
@@ -197,8 +198,21 @@ class StorageNode:
         self.send_inventory()
 
     def refresh_capacity(self) -> None:
-        """Capacity is the configured bound, never more than the disk can still take."""
-        disk = self.device.room()
+        """Capacity is the configured bound, never more than the disk can still take.
+        A --data directory that cannot be looked at (removed, say) has no
+        room: the proxies place nothing here meanwhile, and the server goes
+        on answering them."""
+        try:
+            disk = self.device.room()
+        except OSError as e:
+            if self._no_room is None:
+                self.log.critical("cannot look at --data ({why}): no new copies come here until it is back",
+                                  why=e)
+            self._no_room, disk = str(e), 0
+        else:
+            if self._no_room is not None:
+                self.log.info("--data can be looked at again")
+                self._no_room = None
         limit = disk if self.configured_capacity is None else min(self.configured_capacity, disk)
         self.device.capacity = limit
 

@@ -617,3 +617,26 @@ def test_a_small_upload_goes_to_its_server_in_one_message_and_a_big_one_as_it_co
         peer.close()
         c.transport.loseConnection()
         yield settle()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_corrupt_copy_that_cannot_be_moved_aside_is_told_and_no_longer_listed(device, monkeypatch):
+    """The disk turned read-only: the copy stays where it is, but the proxy
+    hears it is bad, and the inventories leave it out, so it is not counted again."""
+    import errno
+
+    bad = yield commit_blob(device, os.urandom(3000))
+    good = yield commit_blob(device, os.urandom(3000))
+
+    def read_only(blob_id):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(device.store, "quarantine", read_only)
+    told = []
+    device.corrupt_listeners.append(lambda blob, why: told.append((blob, why)))
+    yield device.corrupt(bad, "sha256 mismatch")
+    assert told == [(bad, "sha256 mismatch")]
+    assert os.path.exists(device.store.path(bad))  # not moved
+    for ids_only in (True, False):
+        listed, more = yield device.inventory(ids_only=ids_only).next()
+        assert [b if ids_only else b.blob for b in listed] == [good] and not more

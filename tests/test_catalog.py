@@ -1439,6 +1439,25 @@ def test_a_catalog_whose_disk_is_full_refuses_changes_with_nospace_and_still_ans
         cat.close()
 
 
+def test_a_catalog_whose_disk_cannot_be_written_refuses_changes_as_unavailable_and_still_answers(tmp_path):
+    """SQLite told its file is read-only (as a disk turned read-only tells
+    it): each change is Unavailable, saying why; what is stored is still read."""
+    from deposito.errors import Unavailable
+
+    cat = Catalog(str(tmp_path))
+    try:
+        v = alone(cat, Catalog.begin_upload, "kept", "b0", ["s1"])
+        assert alone(cat, Catalog.commit, "kept", v, "b0", 1, "x", 1, ["s1"], 0.0)
+        cat.db.execute("PRAGMA query_only = ON")
+        [(ok, error)] = cat.batch([(Catalog.set_replicas, ("kept", 3))])
+        assert not ok and isinstance(error, Unavailable) and "cannot be written" in str(error), error
+        assert cat.lookup("kept").replicas == 1
+        cat.db.execute("PRAGMA query_only = OFF")
+        assert alone(cat, Catalog.set_replicas, "kept", 3).replicas == 3
+    finally:
+        cat.close()
+
+
 def alone(catalog: Catalog, method, *args):
     """``method`` called as the proxy calls it: a batch of one (on PostgreSQL,
     its statements pipelined), its result or its error raised."""

@@ -125,3 +125,20 @@ def test_a_port_that_cannot_be_listened_on_ends_the_process(tmp_path, plugin, ta
     assert done.returncode != 0
     assert f"({taken_option})" in log.read_text() and "Address already in use" in log.read_text()
     assert not (tmp_path / "p.pid").exists()
+
+
+def test_a_catalog_file_that_is_not_a_database_stops_the_start_saying_what_to_do(tmp_path):
+    """A torn or overwritten catalog file: twistd stops at once with one line
+    naming the file and the way out, not a traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "catalog.sqlite").write_bytes(b"\0" * 65536)
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    run = subprocess.run([twistd, "-n", "--pidfile", str(tmp_path / "p.pid"), "--logfile", str(tmp_path / "p.log"),
+                          "deposito-proxy", "--port", "tcp:0:interface=127.0.0.1",
+                          "--cluster-port", "tcp:0:interface=127.0.0.1", "--data", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    said = run.stderr.strip().splitlines()
+    assert len(said) == 1 and str(tmp_path / "catalog.sqlite") in said[0] and "--rebuild" in said[0], run.stderr

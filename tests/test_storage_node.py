@@ -120,3 +120,29 @@ def test_heartbeats_and_corrupt_copies_go_to_every_proxy_joined_and_a_lost_one_s
     assert ta.value() == b"" and lines(tb) == [f"BAD {blob(8)} unreadable"]
     b.connectionLost(None)
     assert clock.getDelayedCalls() == []
+
+
+class GoneDevice(Device):
+    """A device whose --data directory was removed, until ``back``."""
+
+    back = False
+
+    def room(self) -> int:
+        if not self.back:
+            raise FileNotFoundError(2, "No such file or directory", "/data/s1")
+        return 1 << 30
+
+
+def test_a_data_directory_that_cannot_be_looked_at_has_no_room_and_the_server_goes_on_joining(tmp_path):
+    clock = task.Clock()
+    node = StorageNode(GoneDevice([]), "s1", "z1", None, None, ServedCatalog(str(tmp_path)))
+    assert node.device.capacity == 0
+    a, ta = joined(node, clock)  # joins all the same
+    assert lines(ta)[0].startswith("JOIN ")
+    clock.advance(1.0)
+    [beat] = lines(ta)
+    assert beat.startswith("HB ") and " capacity=0 " in beat + " ", beat
+    node.device.back = True
+    clock.advance(1.0)
+    assert f"capacity={1 << 30}" in lines(ta)[0]
+    a.connectionLost(None)

@@ -118,6 +118,11 @@ class Backend(Protocol):
         """A listing of ``names`` from one snapshot (see :mod:`deposito.catalog.listing`)."""
 
 
+class Damaged(Exception):
+    """The catalog's file is not a database any more (a torn write, a bad
+    sector): the proxy cannot start on it."""
+
+
 class _Later:
     """A batch's call's result, read once the batch is committed (see :meth:`Database._tx_later`)."""
 

@@ -336,7 +336,8 @@ class PostgresBackend:
         # prepared statements are out of step with psycopg's (a batch that
         # failed in pipeline mode can leave them so), and only a new one mends it.
         return (isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError,
-                                   psycopg.errors.InvalidSqlStatementName)) and not self.retryable(error))
+                                   psycopg.errors.InvalidSqlStatementName))
+                and not self.retryable(error) and not isinstance(error, psycopg.errors.DiskFull))
 
     def renewable(self, error: BaseException) -> bool:
         # prepared statements out of step with psycopg's (see unreachable): the database is fine

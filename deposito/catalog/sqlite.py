@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from typing import TYPE_CHECKING, Any, Callable, ContextManager
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator
 
 from deposito.catalog import schema
+from deposito.catalog.database import Damaged
 from deposito.catalog.dialect import SQLITE
-from deposito.errors import NoSpace
+from deposito.errors import NoSpace, Unavailable
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -35,17 +36,30 @@ class SQLiteBackend:
 
     def connect(self, reads_only: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        if reads_only:
-            db.execute("PRAGMA query_only=1")
-            return db
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        with self._readable():
+            if reads_only:
+                db.execute("PRAGMA query_only=1")
+                return db
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
         self._durable = True
         return db
 
+    @contextlib.contextmanager
+    def _readable(self) -> Iterator[None]:
+        """Around the first statements on the file: one that is not a
+        database (any more) is told as Damaged."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError):
+                raise
+            raise Damaged(f"the catalog {self.path} cannot be read ({e})") from e
+
     def prepare(self, db: sqlite3.Connection) -> None:
-        db.executescript(SQLITE.ddl(schema.SCHEMA))
-        db.execute("BEGIN IMMEDIATE")
+        with self._readable():
+            db.executescript(SQLITE.ddl(schema.SCHEMA))
+            db.execute("BEGIN IMMEDIATE")
         try:
             if schema.outdated(db):
                 schema.migrate(db)
@@ -89,8 +103,11 @@ class SQLiteBackend:
         return False  # BEGIN IMMEDIATE: writers take turns, and never conflict
 
     def refusal(self, error: BaseException) -> BaseException | None:
-        if isinstance(error, sqlite3.OperationalError) and getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        code = getattr(error, "sqlite_errorcode", None) if isinstance(error, sqlite3.OperationalError) else None
+        if code == sqlite3.SQLITE_FULL:
             return NoSpace("the catalog's disk is full")
+        if code is not None and code & 0xFF in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+            return Unavailable(f"the catalog's disk cannot be written ({error})")  # read-only, or failing
         return None
 
     def listing(self, reactor: IListingReactor, names: NameRange) -> Deferred[Listing]:

@@ -25,7 +25,7 @@ from deposito.depot.reads import Reader
 from deposito.depot.uploads import Uploads
 from deposito.depot.rebuilder import Rebuilder
 from deposito.depot.writes import Writer
-from deposito.errors import NotFound, Unavailable
+from deposito.errors import NoSpace, NotFound, Unavailable
 from deposito.interfaces import ICatalog, IDepot
 from deposito.pool import BlobPool
 from deposito.reconciler import Reconciler
@@ -131,12 +131,17 @@ class Depot:
 
     async def _patiently(self, call: Callable[[], defer.Deferred[T]]) -> T | None:
         """``call()``'s answer, asked again every ``retry_every`` seconds while
-        the catalog is unavailable; None if the proxy stops first."""
+        the catalog is unavailable (or its disk full: the start writes); None
+        if the proxy stops first. Each reason is said once in a row."""
+        said = None
         while not self._stopping:
             try:
                 return await call()
-            except Unavailable as e:
-                self.log.warn("the catalog is unavailable ({why}); trying again", why=e.message)
+            except (Unavailable, NoSpace) as e:
+                if e.message != said:
+                    said = e.message
+                    self.log.warn("the catalog is unavailable ({why}); trying again every {s} s", why=e.message,
+                                  s=self.retry_every)
             self._retry = task.deferLater(self.reactor, self.retry_every, lambda: None)
             try:
                 await self._retry

@@ -44,7 +44,7 @@ class Liveness:
         self._loop.clock = clock
         self._last_ok: float | None = None
         self._alone: bool | None = None  # whether the last beat found no other proxy
-        self._full = False  # the last beat found the catalog's disk full (said once)
+        self._failing: str | None = None  # why the last beat failed (said once in a row)
 
     def start(self) -> None:
         self._loop.start(self.every, now=True)
@@ -65,17 +65,15 @@ class Liveness:
         try:
             seen, retired, garbage, alone = await self.db.beat([m.id for m in self.roster.up()], now, self.lease,
                                                                hand_over)
-        except Unavailable:
-            return  # said by the catalog; the next beat tries again
-        except NoSpace as e:
-            if not self._full:
-                self._full = True
-                self.log.warn("{why}: this proxy's beats are not recorded (other proxies may take over its work),"
-                              " and nothing can be stored until there is room again", why=e.message)
+        except (Unavailable, NoSpace) as e:  # the next beat tries again; said once in a row
+            if e.message != self._failing:
+                self._failing = e.message
+                self.log.warn("this proxy's beats are not recorded ({why}): other proxies may take over its work,"
+                              " and what changes the catalog is refused meanwhile", why=e.message)
             return
-        if self._full:
-            self._full = False
-            self.log.info("the catalog has room again")
+        if self._failing is not None:
+            self._failing = None
+            self.log.info("this proxy's beats are recorded again")
         self._last_ok = now
         if alone:
             self.db.trust(began + TRUST)
