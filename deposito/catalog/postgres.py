@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import select
 import socket
@@ -182,6 +183,17 @@ class Watchdog:
 
 
 WATCHDOG = Watchdog()
+
+
+class _AfterTheError(logging.Filter):
+    """psycopg warns when a pipeline left because of a statement's error
+    cannot end cleanly (it is aborted): that error is already the caller's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error ignored terminating")
+
+
+logging.getLogger("psycopg").addFilter(_AfterTheError())
 
 
 class PostgresCursor:
