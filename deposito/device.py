@@ -10,8 +10,10 @@ Deferred, except a read that is served only from the page cache.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
@@ -26,7 +28,7 @@ from deposito import diskio
 from deposito.batching import Batches, IBatchReactor
 from deposito.blobmeta import BLOCK, BlobMeta
 from deposito.blobstore import BlobStore, IncomingBlob
-from deposito.errors import NoSpace
+from deposito.errors import DepositoError, Internal, NoSpace
 from deposito.interfaces import IDevice, IInventoryCursor
 
 
@@ -38,6 +40,8 @@ class Device:
     # The metadata of this many small blobs (under diskio.DIRECT_MIN) is kept
     # in memory, so a blob whose path is in memory opens on the reactor thread.
     kept = 8192
+
+    fault_hold = 60.0  # seconds a disk that could not be written is offered no new copies; then it is tried again
 
     def __init__(self, reactor: IBatchReactor, store: BlobStore, capacity: int) -> None:
         self.reactor = reactor
@@ -51,6 +55,7 @@ class Device:
         self._deletes: Batches[str] = Batches(reactor, store.delete_together, "deposito-deleter")
         self.corrupt_listeners: list[Callable[[str, str], None]] = []
         self.unmovable: set[str] = set()  # corrupt blobs that could not be moved aside (see corrupt)
+        self._fault_until = 0.0  # time.monotonic() until which the disk is taken for unwritable (see failed)
         self._now = memoryview(bytearray(BLOCK))  # blocks read on the reactor thread go here
         self._metas: OrderedDict[str, BlobMeta] = OrderedDict()
 
@@ -76,6 +81,28 @@ class Device:
     def room(self) -> int:
         """What it holds plus what its disk could still take, in bytes."""
         return self.store.used + shutil.disk_usage(self.store.root).free
+
+    def failed(self, failure: Failure) -> DepositoError | None:
+        """What a write or delete that failed on the disk tells the proxy:
+        NoSpace for a disk out of room (or of inodes); for a disk that
+        cannot be written (read-only, failing), an Internal saying so, said
+        in the log once, and no new copies come here for ``fault_hold``
+        seconds (see :meth:`cannot_write`). None for any other error."""
+        error = failure.value
+        if not isinstance(error, OSError):
+            return None
+        if error.errno == errno.ENOSPC:
+            return NoSpace("disk full")
+        if error.errno not in (errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM):
+            return None
+        if not self.cannot_write():
+            self.log.critical("the disk cannot be written ({why}): no new copies come here for {s:.0f} s,"
+                              " then it is tried again", why=error.strerror, s=self.fault_hold)
+        self._fault_until = time.monotonic() + self.fault_hold
+        return Internal(f"the disk cannot be written ({error.strerror})")
+
+    def cannot_write(self) -> bool:
+        return time.monotonic() < self._fault_until
 
     def _write(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self.reactor, self._writer, fn, *args)

@@ -20,6 +20,8 @@ from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
     from deposito.blobmeta import BlobMeta
     from deposito.blobstore import IncomingBlob
     from deposito.catalog import Counts, FileRecord, Outcome
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from deposito.catalog.operations import Beat
     from deposito.catalog.records import Expect
     from deposito.diskio import Reader
+    from deposito.errors import DepositoError
     from deposito.roster import Member
     from deposito.transfer import Upload
 
@@ -432,6 +435,15 @@ class IDevice(Interface):
 
     def room() -> int:
         """What it holds plus what its disk could still take, in bytes."""
+
+    def failed(failure: Failure) -> DepositoError | None:
+        """What a write or delete that failed on the disk tells the proxy
+        (NoSpace, or an Internal saying the disk cannot be written), or None
+        for an error of another kind."""
+
+    def cannot_write() -> bool:
+        """Whether a write or delete failed lately because the disk cannot
+        be written (read-only, failing): no new copies should come here."""
 
     def reserve(size: int) -> None:
         """Claim room for a blob about to be written, or NoSpace."""

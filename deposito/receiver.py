@@ -143,8 +143,11 @@ class Receiver:
     def _not_committed(self, failure: Failure) -> Failure:
         self.device.release(self.size)
         if not isinstance(failure.value, DepositoError):
-            self.log.failure("writing blob {blob}", failure, blob=self.incoming.meta.blob)
-            failure = Failure(Internal("write failed"))
+            told = self.device.failed(failure)
+            if told is None:
+                self.log.failure("writing blob {blob}", failure, blob=self.incoming.meta.blob)
+                told = Internal("write failed")
+            failure = Failure(told)
         self.device.abort(self.incoming)
         return failure
 

@@ -213,6 +213,8 @@ class StorageNode:
             if self._no_room is not None:
                 self.log.info("--data can be looked at again")
                 self._no_room = None
+        if self.device.cannot_write():
+            disk = 0  # said by the device
         limit = disk if self.configured_capacity is None else min(self.configured_capacity, disk)
         self.device.capacity = limit
 

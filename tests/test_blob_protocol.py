@@ -640,3 +640,27 @@ def test_a_corrupt_copy_that_cannot_be_moved_aside_is_told_and_no_longer_listed(
     for ids_only in (True, False):
         listed, more = yield device.inventory(ids_only=ids_only).next()
         assert [b if ids_only else b.blob for b in listed] == [good] and not more
+
+
+def test_a_disk_that_cannot_be_written_takes_no_new_copies_for_a_while(device, monkeypatch):
+    """A write or delete refused by a disk turned read-only (or failing):
+    the device tells it as such, and says it cannot write, so its server
+    offers no room until the hold is over; a disk out of inodes is nospace."""
+    import errno
+
+    from twisted.python.failure import Failure
+
+    from deposito.errors import Internal, NoSpace
+    from deposito.servedcatalog import ServedCatalog
+    from deposito.storage import StorageNode
+
+    node = StorageNode(device, "s1", "z1", None, None, ServedCatalog(str(device.store.root)))
+    assert not device.cannot_write() and node.usage()[0] > 0
+    told = device.failed(Failure(OSError(errno.EROFS, "Read-only file system")))
+    assert isinstance(told, Internal) and "cannot be written (Read-only file system)" in str(told)
+    assert device.cannot_write() and node.usage()[0] == 0
+    assert isinstance(device.failed(Failure(OSError(errno.ENOSPC, "No space left on device"))), NoSpace)
+    assert device.failed(Failure(ValueError("a bug"))) is None
+    monkeypatch.setattr(device, "fault_hold", 0.0)
+    device.failed(Failure(OSError(errno.EIO, "Input/output error")))
+    assert not device.cannot_write() and node.usage()[0] > 0  # the hold is over: tried again

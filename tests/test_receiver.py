@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.python.failure import Failure
 
 from deposito.blobmeta import BlobMeta
-from deposito.errors import DepositoError
+from deposito.errors import DepositoError, Internal
 from deposito.receiver import FLUSH_BYTES, Receiver
 
 
@@ -48,6 +49,11 @@ class Disk:
     def abort(self, incoming: SimpleNamespace) -> defer.Deferred[None]:
         self.trips.append(("abort", 0))
         return defer.succeed(None)
+
+    told: DepositoError | None = None  # what the device makes of a failed write (None: it does not know it)
+
+    def failed(self, failure: Failure) -> DepositoError | None:
+        return self.told
 
 
 def receive(data: bytes, chunk: int = 65536) -> tuple[Disk, Receiver]:
@@ -110,3 +116,13 @@ def test_a_connection_lost_before_end_throws_the_pending_bytes_away():
     disk, receiver = receive(os.urandom(FLUSH_BYTES // 2))
     receiver.stop()
     assert disk.trips == [("abort", 0)] and disk.reserved == 0
+
+
+def test_a_write_the_disk_refuses_is_answered_as_the_device_tells_it():
+    data = os.urandom(FLUSH_BYTES + 10)
+    disk, receiver = receive(data)
+    disk.told = Internal("the disk cannot be written (Read-only file system)")
+    failures: list = []
+    receiver.finish("", "").addErrback(failures.append)
+    disk.writes[0].errback(OSError(30, "Read-only file system"))
+    assert [f.value for f in failures] == [disk.told] and disk.reserved == 0

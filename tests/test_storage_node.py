@@ -37,6 +37,9 @@ class Device:
     def room(self) -> int:
         return 1 << 30
 
+    def cannot_write(self) -> bool:
+        return False
+
     def inventory(self, chunk: int, ids_only: bool = False) -> Cursor:
         assert ids_only
         return Cursor(list(self.blobs))

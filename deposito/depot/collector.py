@@ -17,6 +17,7 @@ from deposito.roster import Roster
 
 COLLECT_PAGE = 500  # garbage copies read from the catalog at once
 DELETES_AT_ONCE = 2  # requests under way per server
+REST = 30.0  # seconds a server that refused deletes is left alone (a disk turned read-only, say)
 
 
 class Collector:
@@ -36,6 +37,7 @@ class Collector:
         self.pool = pool
         self.every = every
         self.rate = rate  # garbage copies deleted a second, at most
+        self._resting: dict[str, float] = {}  # servers that refused deletes: left alone until then
         self._loop = task.LoopingCall(self._collect)
         self._loop.clock = clock
         self._collecting: defer.Deferred[None] | None = None
@@ -82,7 +84,8 @@ class Collector:
         full, and at most ``rate`` deletes a second."""
         while self._loop.running:
             began = self.clock.seconds()
-            page = await self.db.garbage([m.id for m in self.roster.up()], COLLECT_PAGE)
+            page = await self.db.garbage([m.id for m in self.roster.up() if self._resting.get(m.id, 0.0) <= began],
+                                         COLLECT_PAGE)
             by_server: dict[str, list[str]] = {}
             for blob, server in page:
                 by_server.setdefault(server, []).append(blob)
@@ -123,7 +126,8 @@ class Collector:
         for ok, result in results:
             if not ok:
                 failure = cast(Failure, result)  # DeferredList's type leaves out the failures
-                self.log.warn("cannot delete garbage from {id} yet: {why}", id=server,
-                              why=failure.getErrorMessage())
+                self.log.warn("cannot delete garbage from {id} yet ({why}): tried again in {s:.0f} s", id=server,
+                              why=failure.getErrorMessage(), s=REST)
+                self._resting[server] = self.clock.seconds() + REST
                 break
         return gone

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import attrs
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import FirstError, gatherResults
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -224,8 +224,13 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             self.resumeProducing()
 
         def failed(failure: Failure) -> None:
-            self.log.failure("deleting {count} blobs from {first}", failure, count=len(blobs), first=blob)
-            self.fail(Internal("delete failed"))
+            if isinstance(failure.value, FirstError):
+                failure = failure.value.subFailure
+            told = self.device.failed(failure)
+            if told is None:
+                self.log.failure("deleting {count} blobs from {first}", failure, count=len(blobs), first=blob)
+                told = Internal("delete failed")
+            self.fail(told)
             self.resumeProducing()
 
         d.addCallbacks(done, failed)
