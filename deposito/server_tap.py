@@ -69,13 +69,13 @@ def makeService(options: Options):
     allocator.tune_for_streams()
     diagnostics.stacks_on_signal(options["data"])
 
-    from deposito.storage import StorageService
+    from deposito.storage import Reaching, StorageService
 
     return StorageService(
         reactor,
         options["data"],
         endpoints.serverFromString(reactor, options["port"]),
-        [endpoints.clientFromString(reactor, proxy) for proxy in options["proxy"]],
+        [Reaching(endpoints.clientFromString(reactor, proxy), proxy) for proxy in options["proxy"]],
         options["name"],
         options["zone"],
         options["capacity"],

@@ -11,15 +11,19 @@ from typing import Any, Sequence, Union, cast
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
+    IProtocol,
+    IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from zope.interface import implementer, provider
 from twisted.python.failure import Failure
 
 from twisted.internet import defer, task
@@ -34,6 +38,9 @@ from deposito.protocols.blobserver import BlobServerFactory
 from deposito.protocols.cluster import JoinProtocol, check_label
 from deposito.protocols.handoff import LocalBlobServerFactory
 from deposito.servedcatalog import ServedCatalog, Verdict, judge
+
+
+JOIN_RETRY = 2.0  # seconds between tries to join a proxy, at most
 
 
 def node_id(data: str, name: str | None) -> str:
@@ -224,13 +231,56 @@ class StorageNode:
 
 
 class _JoinFactory(Factory):
+    noisy = False  # it starts and stops with each try to join
+
     def __init__(self, node: StorageNode, clock: IReactorTime, secret: bytes | None) -> None:
         self.node, self.clock, self.secret = node, clock, secret
+        self.said: set[str] = set()  # refusals said since this server last joined (see JoinProtocol)
 
     def buildProtocol(self, addr: IAddress | None) -> JoinProtocol:
         p = JoinProtocol(self.node, self.clock, self.secret)
         p.factory = self
         return p
+
+
+@implementer(IStreamClientEndpoint)
+class Reaching:
+    """A proxy's endpoint that says in the log when the proxy cannot be
+    reached, once until it can be again, and then says that."""
+
+    log = Logger()
+
+    def __init__(self, endpoint: IStreamClientEndpoint, address: str) -> None:
+        self.endpoint = endpoint
+        self.address = address
+        self.down = False
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        return self.endpoint.connect(factory).addCallbacks(self._reached, self._failed)
+
+    def _reached(self, protocol: IProtocol) -> IProtocol:
+        if self.down:
+            self.down = False
+            self.log.info("the proxy at {proxy} can be reached again", proxy=self.address)
+        return protocol
+
+    def _failed(self, failure: Failure) -> Failure:
+        if not self.down:
+            self.down = True
+            self.log.warn("cannot reach the proxy at {proxy} ({why}); trying again every {every:.0f} s",
+                          proxy=self.address, why=failure.getErrorMessage(), every=JOIN_RETRY)
+        return failure
+
+
+@provider(ILogObserver)
+def _quiet(event: dict[str, Any]) -> None:
+    """Twisted's reconnecting client's log, less its line for each try (see Reaching)."""
+    if not str(event.get("log_format", "")).startswith("Scheduling retry"):
+        globalLogPublisher(event)
+
+
+class _Joiner(ClientService):
+    _log = Logger(namespace="deposito.storage.join", observer=_quiet)
 
 
 class StorageService(service.MultiService):
@@ -285,9 +335,9 @@ class StorageService(service.MultiService):
             self.node.host = address.host
         self.log.info("serving blobs on {host}:{port}", host=address.host, port=address.port)
         for proxy in self.proxy_endpoints:
-            joiner = ClientService(proxy, _JoinFactory(self.node, self.reactor, self.secret),
-                                   retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=2.0, factor=1.5),
-                                   clock=self.reactor)
+            joiner = _Joiner(proxy, _JoinFactory(self.node, self.reactor, self.secret),
+                             retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=JOIN_RETRY, factor=1.5),
+                             clock=self.reactor)
             joiner.setServiceParent(self)
         self._scrubber = task.LoopingCall(self.node.scrub)
         self._scrubber.clock = self.reactor

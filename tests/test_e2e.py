@@ -14,7 +14,7 @@ import pytest
 
 from deposito.placement import read_order
 from deposito.roster import Member
-from tests.cluster import (TWISTD, Cluster, Wire, WireError, fields, incoming, poll, serving_servers, sha,
+from tests.cluster import (TWISTD, Cluster, Wire, WireError, fields, free_port, incoming, poll, serving_servers, sha,
                            socket_inodes)
 
 pytestmark = pytest.mark.slow
@@ -226,13 +226,57 @@ def test_servers_show_up_and_down(cluster):
 
 
 def test_server_started_before_its_proxy_joins_later(tmp_path):
+    """Meanwhile it says once that the proxy cannot be reached, not at each
+    try, and says when it can be again."""
     c = Cluster(tmp_path)
     try:
         c.start_server("s0")
-        time.sleep(1.0)
+        time.sleep(4.5)  # tries every 2 s at most
         c.start_proxy()
         c.wait_up(1, timeout=20)
+        log = c.log("s0")
+        assert log.count("cannot reach the proxy at") == 1, log
+        assert "can be reached again" in log
+        assert "Scheduling retry" not in log and "_JoinFactory" not in log
     finally:
+        c.stop()
+
+
+def test_a_refused_server_tries_again_and_each_side_says_the_refusal_once(tmp_path):
+    """A proxy that cannot read its catalog refuses servers; they come back
+    every second or two, and each side says it once while it lasts. The
+    server's tries are counted on a socket that answers as such a proxy does."""
+    refusal = b"ERR unavailable the catalog is not read yet; try again shortly\r\n"
+    fake = socket.create_server(("127.0.0.1", 0))
+    c = Cluster(tmp_path)
+    c.cport = fake.getsockname()[1]
+    tries = 0
+    try:
+        c.start_server("s0")
+        fake.settimeout(10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            conn, _ = fake.accept()
+            tries += 1
+            conn.makefile("rb").readline()  # its JOIN
+            conn.sendall(refusal)
+            conn.close()
+        assert tries >= 3
+        assert poll(lambda: "refused this server: unavailable" in c.log("s0"), 5)
+        assert c.log("s0").count("refused this server") == 1, c.log("s0")
+        c.kill("s0", signal.SIGTERM)
+
+        # the proxy's side: its catalog database out of reach, so the catalog is never read
+        fake.close()
+        c.start_proxy("--catalog", f"postgresql://deposito@127.0.0.1:{free_port()}/none")
+        c.start_server("s1")
+        assert poll(lambda: "refused a storage server" in c.log("proxy"), 10), c.log("proxy")[-2000:]
+        time.sleep(5)
+        assert c.log("proxy").count("refused a storage server") == 1, c.log("proxy")
+        assert c.log("s1").count("refused this server") == 1, c.log("s1")
+        assert c.log("s1").count("cannot reach the proxy") == 0
+    finally:
+        fake.close()
         c.stop()
 
 

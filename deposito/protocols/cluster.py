@@ -82,6 +82,7 @@ LOCAL_NAME = re.compile(r"^@[A-Za-z0-9._:/-]{1,100}$")
 LOCAL_KEY = re.compile(r"^[0-9a-f]{32}$")
 HEARTBEAT = 1.0
 MISSED_HEARTBEATS = 5
+SAID_MAX = 100  # refusals remembered as said (see JoinProtocol._first_time, MemberProtocol._refused)
 MAX_CHUNK = 10_000  # inventory lines in one chunk, at most (servers send about 1000)
 
 
@@ -183,8 +184,23 @@ class JoinProtocol(LineProtocol):
                    f" capacity={capacity} used={used} blobs={blobs}{challenge}{local}{serves}")
 
     def _refuse_proxy(self, why: str) -> None:
-        self.log.error("not joining the proxy at {proxy}: {why}", proxy=self.proxy_address(), why=why)
+        if self._first_time(why):
+            self.log.error("not joining the proxy at {proxy}: {why}", proxy=self.proxy_address(), why=why)
         self.transport.loseConnection()
+
+    def _first_time(self, why: str) -> bool:
+        """Whether ``why`` (a refusal, either way) is said for the first time
+        since this server last joined this proxy: a refused server tries
+        again every second or two while the cause lasts, and says it once."""
+        said: set[str] | None = getattr(getattr(self, "factory", None), "said", None)
+        if said is None:
+            return True
+        if why in said:
+            return False
+        if len(said) >= SAID_MAX:
+            said.clear()
+        said.add(why)
+        return True
 
     def textReceived(self, text: str) -> None:
         if self.joined:
@@ -204,8 +220,9 @@ class JoinProtocol(LineProtocol):
             return
         if not text.startswith("OK"):
             err = from_reply(text)
-            self.log.error("the proxy at {proxy} refused this server: {error}", proxy=self.proxy_address(),
-                           error=str(err))
+            if self._first_time(str(err)):
+                self.log.error("the proxy at {proxy} refused this server: {error} (said once while it lasts)",
+                               proxy=self.proxy_address(), error=str(err))
             self.transport.loseConnection()
             return
         welcome = fields(text)
@@ -219,6 +236,9 @@ class JoinProtocol(LineProtocol):
             self._refuse_proxy(refusal)
             return
         self.joined = True
+        said: set[str] | None = getattr(getattr(self, "factory", None), "said", None)
+        if said is not None:
+            said.clear()
         try:
             every = float(welcome.get("heartbeat", HEARTBEAT))
         except ValueError:
@@ -289,7 +309,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self.full_listing = full_listing  # whether to ask for each blob's metadata in listings
         self.catalog_id = catalog_id  # the catalog's id; None until it is read
         self.takes_in = takes_in  # whether a server's listing is taken in (Rebuilder.takes_in)
-        self.told = told if told is not None else set()  # (server, catalog) refused and said so in the log
+        # said in the log, not to be said again: (server, catalog) refused; (host, reason) refused (see _refused)
+        self.told = told if told is not None else set()
         self._full = True  # what was asked of this server
         self._adopted = False  # its listing is taken in rather than judged
         self._serves: str | None = None  # the catalog it serves, when not ours
@@ -364,10 +385,25 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             else:
                 raise BadArgs(f"unexpected {command[:20]!r}")
         except DepositoError as e:
-            self.log.warn("refused a storage server from {peer}: {error}",
-                          peer=str(self.transport.getPeer()), error=str(e), event="refused")
+            self._refused(e)
             self.reply(e.reply())
             self.transport.loseConnection()
+
+    def _peer_host(self) -> str:
+        peer = self.transport.getPeer()
+        return str(getattr(peer, "host", peer))
+
+    def _refused(self, e: DepositoError) -> None:
+        """Say a refusal once per host and reason until a server from that
+        host joins: a refused server comes back every second or two."""
+        said = (self._peer_host(), str(e))
+        if said in self.told:
+            return
+        if len(self.told) >= SAID_MAX:
+            self.told.clear()
+        self.told.add(said)
+        self.log.warn("refused a storage server from {peer}: {error} (said once while it lasts)",
+                      peer=str(self.transport.getPeer()), error=str(e), event="refused")
 
     def _inventory_line(self, words: list[str]) -> None:
         assert self._chunk is not None and self._after is not None
@@ -486,6 +522,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         if self._welcomed is not None:
             welcomed, self._welcomed = self._welcomed, None
             member = self.roster.join(*welcomed)
+            host = self._peer_host()
+            self.told.difference_update([said for said in self.told if said[0] == host])
             member.adopted, member.serves = self._adopted, self._serves
             self.member_id = welcomed[0]
             if self._adopted and self._serves is not None:
