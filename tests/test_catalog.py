@@ -1439,6 +1439,32 @@ def test_a_catalog_whose_disk_is_full_refuses_changes_with_nospace_and_still_ans
         cat.close()
 
 
+def test_a_catalog_file_removed_or_replaced_under_the_proxy_refuses_changes_and_is_still_read(tmp_path):
+    """Changes written to a catalog file no longer on disk would be lost
+    with it: each is Unavailable, saying what to do; the clients' lookups
+    still answer from the file open. A file put in its place is not taken
+    for it either."""
+    from deposito.errors import Unavailable
+
+    cat = Catalog(str(tmp_path))
+    reader = cat.reader()
+    try:
+        v = alone(cat, Catalog.begin_upload, "kept", "b0", ["s1"])
+        assert alone(cat, Catalog.commit, "kept", v, "b0", 1, "x", 1, ["s1"], 0.0)
+        assert reader.lookups(["kept"])[0][0]  # (the proxy's connection for lookups is open)
+        for leftover in tmp_path.glob("catalog.sqlite*"):
+            leftover.unlink()
+        for _ in range(2):
+            [(ok, error)] = cat.batch([(Catalog.set_replicas, ("kept", 3))])
+            assert not ok and isinstance(error, Unavailable) and "removed or replaced" in str(error), error
+            [(ok, record)] = reader.lookups(["kept"])
+            assert ok and record.replicas == 1
+            (tmp_path / "catalog.sqlite").write_bytes(b"")  # a new file in its place
+    finally:
+        reader.close()
+        cat.close()
+
+
 def test_a_catalog_whose_disk_cannot_be_written_refuses_changes_as_unavailable_and_still_answers(tmp_path):
     """SQLite told its file is read-only (as a disk turned read-only tells
     it): each change is Unavailable, saying why; what is stored is still read."""

@@ -10,6 +10,7 @@ import ctypes
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -475,3 +476,28 @@ def test_partitioned_server_is_replaced_and_its_extra_copies_go_when_it_heals(tm
             assert no_tracebacks(c.log("proxy")) == []
         finally:
             c.stop()
+
+
+def test_the_catalog_removed_under_a_running_proxy_stops_changes_and_a_restart_rebuilds_it(cluster):
+    """The proxy's catalog file deleted while it runs: a PUT is refused
+    (it would be acknowledged into a file no longer on disk) saying what to
+    do, a GET of a file stored before still answers, and once the proxy is
+    restarted the catalog is rebuilt from the servers, with that file."""
+    data = os.urandom(200_000)
+    with cluster.wire() as w:
+        assert w.put("before", data, 2).startswith("OK stored")
+        assert w.get("before")[1] == data
+    for leftover in (cluster.root / cluster.name).glob("catalog.sqlite*"):
+        leftover.unlink()
+    with cluster.wire() as w:
+        reply = w.put("after", b"x" * 1000, 2)
+        assert reply.startswith("ERR unavailable") and "removed or replaced" in reply, reply
+        assert w.get("before")[1] == data
+    assert poll(lambda: "this proxy's beats are not recorded (the catalog" in cluster.log(cluster.name), 10)
+
+    cluster.kill_proxy(signal.SIGTERM)
+    cluster.start_proxy()
+    cluster.wait_up(3)
+    with cluster.wire() as w:
+        assert poll(lambda: w.get("before")[1] == data, 30)
+        assert w.put("after", b"x" * 1000, 2).startswith("OK stored")

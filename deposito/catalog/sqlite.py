@@ -33,6 +33,7 @@ class SQLiteBackend:
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, "catalog.sqlite")
         self._durable = True  # the write connection's synchronous setting
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file the write connection opened
 
     def connect(self, reads_only: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -43,7 +44,21 @@ class SQLiteBackend:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
         self._durable = True
+        if self._file is None:
+            self._file = _identity(self.path)
         return db
+
+    def _still_there(self) -> None:
+        """Unavailable when the catalog's file is no longer the one opened:
+        removed, or replaced, while the proxy ran. Changes made from then on
+        would be lost with it, so none is made."""
+        try:
+            same = _identity(self.path) == self._file
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise Unavailable(f"the catalog {self.path} was removed or replaced while the proxy ran; restart"
+                              " the proxy (a catalog that is gone is rebuilt from the storage servers)")
 
     @contextlib.contextmanager
     def _readable(self) -> Iterator[None]:
@@ -82,6 +97,7 @@ class SQLiteBackend:
     def begin(self, db: sqlite3.Connection, durable: bool) -> None:
         """A batch of nothing durable commits without an fsync (a later
         durable commit covers it: see :func:`deposito.catalog.records.effects`)."""
+        self._still_there()
         if durable != self._durable:
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._durable = durable
@@ -114,3 +130,8 @@ class SQLiteBackend:
         from deposito.catalog.listing import open_listing
 
         return open_listing(reactor, self.path, names)
+
+
+def _identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
