@@ -324,6 +324,39 @@ def test_an_inventory_comes_in_chunks_taken_in_one_at_a_time():
 MISSED = 5.0
 
 
+@pytest.mark.parametrize("at_once", [True, False])
+def test_a_chunk_the_catalog_could_not_take_in_ends_the_listing_and_the_connection(at_once):
+    """The catalog failed on a chunk: none of the chunks after it is read
+    (the last would end a taking in with this chunk's blobs left out) and
+    the connection goes, so the server joins and lists again in full."""
+    from twisted.internet.defer import Deferred, fail
+
+    from deposito.errors import Unavailable
+
+    clock = task.Clock()
+    roster, proto, tr = joined_member(clock)
+    seen = []
+    pending: Deferred = Deferred()
+
+    def on_inventory(m, entries, since, more):
+        seen.append([e[0] for e in entries])
+        if len(seen) == 1:
+            return fail(Unavailable("the catalog database is out of reach")) if at_once else pending
+        return None
+
+    roster.on_inventory = on_inventory
+    proto.dataReceived(b"LISTING\n" + chunk(ids(1, 5), True) + chunk(ids(9), True) + chunk([], False))
+    if not at_once:
+        assert seen == [ids(1, 5)] and not tr.disconnecting
+        pending.errback(Unavailable("the catalog database is out of reach"))
+    assert seen == [ids(1, 5)]  # nothing after the chunk not taken in
+    assert tr.disconnected and tr.producerState == "paused"
+    proto.dataReceived(chunk(ids(12), False))
+    assert seen == [ids(1, 5)]
+    proto.connectionLost(None)
+    assert roster.get("s1").up is False
+
+
 def test_a_listing_with_one_empty_chunk_and_a_chunk_taken_in_at_once():
     clock = task.Clock()
     roster, proto, tr = joined_member(clock)

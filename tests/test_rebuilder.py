@@ -80,3 +80,26 @@ def test_a_lost_catalog_is_succeeded_when_its_server_is_first_taken_in_not_when_
     answer(rebuilder.take(member, [ENTRY], more=True))
     answer(rebuilder.take(member, [ENTRY], more=False))
     assert db.lost == ["0ld"] and rebuilder.lost == {"0ld"}
+
+
+def test_a_chunk_the_catalog_could_not_take_in_fails_and_the_server_stays_marked_to_be_taken_in_again():
+    """The catalog failed on a chunk of a server being taken in: take()
+    fails (so its connection reads nothing more: see the cluster protocol),
+    and the server stays marked, so the next listing is taken in again
+    rather than judged."""
+    from deposito.errors import Unavailable
+
+    class Failing(Marks):
+        def adopt(self, server: str, entries: list, now: float) -> defer.Deferred[int]:
+            return defer.fail(Unavailable("the catalog database is out of reach"))
+
+    clock = task.Clock()
+    db = Failing()
+    rebuilder = Rebuilder(clock, db, Roster(clock), done=lambda: None)
+    rebuilder.lost = {"0ld"}
+    assert answer(rebuilder.takes_in("s1", "0ld")) is True and db.marked == {"s1"}
+    member = Member("s1", "z", "h", 1, adopted=True, serves="0ld")
+    outcome = answer(rebuilder.take(member, [ENTRY], more=True))
+    assert outcome.check(Unavailable)
+    assert db.marked == {"s1"} and member.adopted and "s1" in rebuilder.adopting
+    assert answer(rebuilder.takes_in("s1", None)) is True  # joined again: taken in again

@@ -8,9 +8,11 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from deposito.depot.collector import Collector
 from deposito.depot.rebuilder import Rebuilder
+from deposito.errors import DepositoError
 from deposito.interfaces import ICatalog
 from deposito.roster import Member
 
@@ -71,8 +73,16 @@ class Inventories:
             self.collector.kick()
 
         done = d.addCallback(reconciled)
-        done.addErrback(lambda f: self.log.failure("reconciling the inventory of {id}", f, id=member.id))
+        done.addErrback(self._not_reconciled, member)
         return done
+
+    def _not_reconciled(self, failure: Failure, member: Member) -> None:
+        """A chunk not judged: its copies are, at the server's next listing."""
+        if failure.check(DepositoError):
+            self.log.warn("the inventory of {id} is not judged now ({why}); its next one is",
+                          id=member.id, why=str(failure.value))
+        else:
+            self.log.failure("reconciling the inventory of {id}", failure, id=member.id)
 
 
 @attrs.define

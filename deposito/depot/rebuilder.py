@@ -92,9 +92,14 @@ class Rebuilder:
         """One chunk of a server's full listing, taken into the catalog
         (``more``: chunks follow). The first of a server of a lost catalog
         makes this one its successor: once the server serves this proxy,
-        not before (one that refused must not count)."""
-        return defer.ensureDeferred(self._take(member, entries, more)).addErrback(
-            lambda f: self.log.failure("taking the blobs of {id}", f, id=member.id))
+        not before (one that refused must not count).
+
+        Fails when the catalog could not take the chunk in. The rest of that
+        listing must then not be read: the server is still marked as taken
+        in, and lists everything again when it joins next. (Were the next
+        chunks read, the last would end the taking in, and the blobs of this
+        one, not in the catalog, would be judged garbage.)"""
+        return defer.ensureDeferred(self._take(member, entries, more))
 
     async def _take(self, member: Member, entries: list[Entry], more: bool) -> None:
         if member.serves is not None and member.serves not in self.lost:

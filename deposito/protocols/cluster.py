@@ -325,6 +325,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self._expected = 0
         self._more = False
         self._lost = False
+        self._cut = False  # a chunk was not taken in: nothing more is read (see _not_taken)
 
     def connectionMade(self) -> None:
         self.setTimeout(self.heartbeat * MISSED_HEARTBEATS)
@@ -439,15 +440,28 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             self._after = self._listing_since = None
         taking = self.roster.inventory(self._member(), entries, since, more)
         if isinstance(taking, Deferred):
-            taking.addErrback(lambda f: self.log.failure("taking in an inventory chunk of {id}", f,
-                                                         id=self.member_id))
+            taking.addErrback(self._not_taken)
             if not taking.called:
                 self.pauseProducing()
                 self.setTimeout(None)  # the proxy is the one not reading: no heartbeat is missed
                 taking.addBoth(self._taken)
 
+    def _not_taken(self, failure: Failure) -> None:
+        """A chunk the catalog could not take in: nothing more of the listing
+        is read, and the connection goes, so that the server joins again and
+        lists again in full (see Rebuilder.take: its blobs are judged only
+        once all of them are in the catalog)."""
+        if failure.check(DepositoError):
+            self.log.warn("the blobs storage server {id} listed could not be taken in ({why}); it lists them"
+                          " again when it joins next", id=self.member_id, why=str(failure.value))
+        else:
+            self.log.failure("taking in an inventory chunk of {id}", failure, id=self.member_id)
+        self._cut = True
+        self.pauseProducing()
+        self.transport.abortConnection()
+
     def _taken(self, _: object) -> None:
-        if not self._lost:
+        if not self._lost and not self._cut:
             self.setTimeout(self.heartbeat * MISSED_HEARTBEATS)
             self.resumeProducing()
 
