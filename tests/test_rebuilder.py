@@ -103,3 +103,28 @@ def test_a_chunk_the_catalog_could_not_take_in_fails_and_the_server_stays_marked
     assert outcome.check(Unavailable)
     assert db.marked == {"s1"} and member.adopted and "s1" in rebuilder.adopting
     assert answer(rebuilder.takes_in("s1", None)) is True  # joined again: taken in again
+
+
+def test_the_multipart_objects_are_made_again_once_the_catalog_answers():
+    """The catalog out of reach when the multipart objects are to be made
+    again: the rebuild is not over; they are made once it answers."""
+    from deposito.errors import Unavailable
+
+    class Flaky(Marks):
+        asked = 0
+
+        def next_upload(self, after: str) -> defer.Deferred:
+            self.asked += 1
+            if self.asked == 1:
+                return defer.fail(Unavailable("the catalog database is out of reach"))
+            return defer.succeed(None)  # no upload to make again
+
+    clock = task.Clock()
+    db = Flaky()
+    done: list[bool] = []
+    rebuilder = Rebuilder(clock, db, Roster(clock), done=lambda: done.append(True))
+    answer(defer.ensureDeferred(rebuilder.start(empty=True)))
+    clock.advance(5.0)  # the grace: no server joined
+    assert db.asked == 1 and rebuilder.rebuilding and not done
+    clock.advance(5.0)
+    assert db.asked == 2 and not rebuilder.rebuilding and done == [True]

@@ -135,6 +135,13 @@ class Rebuilder:
         defer.ensureDeferred(self._multipart()).addBoth(self._finished)
 
     def _finished(self, result: object) -> None:
+        if isinstance(result, Failure) and result.check(DepositoError):
+            # the catalog out of reach, say: the multipart objects are made again once it answers
+            self.log.warn("rebuilding multipart objects waits for the catalog ({why}); trying again in {s:.0f} s",
+                          why=str(result.value), s=self.grace)
+            self._finishing = False
+            self.clock.callLater(self.grace, self._check)
+            return
         if isinstance(result, Failure):
             self.log.failure("rebuilding multipart objects", result)
         self.rebuilding = self.closed_for_rebuild = False
