@@ -65,3 +65,34 @@ def test_a_server_that_refuses_deletes_is_left_alone_for_a_while_and_the_others_
     clock.advance(2.0)
     assert db.asked[-1] == ["s1", "s2"]  # then it is tried again
     collector._loop.stop()
+
+
+def test_a_catalog_out_of_reach_is_said_once_while_it_lasts_and_collecting_goes_on_after():
+    from twisted.logger import Logger, formatEvent
+
+    from deposito.errors import Unavailable
+
+    class Unreachable(Garbage):
+        down = True
+
+        def garbage(self, servers: list[str], limit: int) -> defer.Deferred:
+            if self.down:
+                return defer.fail(Unavailable("the catalog database is out of reach"))
+            return super().garbage(servers, limit)
+
+    clock = task.Clock()
+    roster = Roster(clock)
+    roster.members["s1"] = Member("s1", "z", "h", 1, state="up")
+    db = Unreachable()
+    collector = Collector(clock, db, roster, Pool(refusing=""), every=2.0)  # type: ignore[arg-type]
+    events: list[dict] = []
+    collector.log = Logger(observer=events.append)  # type: ignore[arg-type]
+    collector.start()
+    for _ in range(10):
+        clock.advance(2.0)
+    db.down = False
+    clock.advance(2.0)
+    assert db.forgotten == [("blob-s1", "s1")]
+    said = [formatEvent(e) for e in events]
+    assert len(said) == 2 and "out of reach" in said[0] and "again" in said[1], said
+    collector._loop.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
 
 from deposito.depot.writes import ABANDON_RETRY, PASS_OVER, Writer
 from deposito.errors import NoSpace, Precondition, Unavailable
@@ -110,6 +111,8 @@ def test_copies_of_a_failed_upload_are_made_garbage_once_the_catalog_is_back(ful
     collected: list[bool] = []
     writer = Writer(clock, db, roster=None, pool=None, collect=lambda: collected.append(True),  # type: ignore[arg-type]
                     repair=lambda: None)
+    events: list[dict] = []
+    writer.log = Logger(observer=events.append)  # type: ignore[arg-type]
     writer.abandon("b" * 32)
     assert db.abandoned == [] and collected == []
     clock.advance(ABANDON_RETRY)
@@ -118,6 +121,24 @@ def test_copies_of_a_failed_upload_are_made_garbage_once_the_catalog_is_back(ful
     assert db.abandoned == ["b" * 32] and collected == [True]
     clock.advance(10 * ABANDON_RETRY)
     assert db.abandoned == ["b" * 32] and not clock.getDelayedCalls()  # once
+    said = [formatEvent(e) for e in events]
+    assert len(said) == 2 and "cannot be made garbage yet" in said[0] and "garbage now" in said[1], said
+
+
+def test_many_uploads_failed_while_the_catalog_is_out_of_reach_are_said_once():
+    clock, db = Clock(), UnreachableCatalog(down=30)
+    writer = Writer(clock, db, roster=None, pool=None, collect=lambda: None,  # type: ignore[arg-type]
+                    repair=lambda: None)
+    events: list[dict] = []
+    writer.log = Logger(observer=events.append)  # type: ignore[arg-type]
+    blobs = [f"{i:032x}" for i in range(10)]
+    for blob in blobs:
+        writer.abandon(blob)
+    for _ in range(5):
+        clock.advance(ABANDON_RETRY)
+    assert sorted(db.abandoned) == blobs
+    said = [formatEvent(e) for e in events]
+    assert len(said) == 2 and "cannot be made garbage yet" in said[0] and "garbage now" in said[1], said
 
 
 class LosingCatalog(UnreachableCatalog):

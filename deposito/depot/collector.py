@@ -41,6 +41,7 @@ class Collector:
         self._loop = task.LoopingCall(self._collect)
         self._loop.clock = clock
         self._collecting: defer.Deferred[None] | None = None
+        self._failing: str | None = None  # why the last collection failed (said once in a row)
 
     @property
     def busy(self) -> bool:
@@ -66,12 +67,20 @@ class Collector:
         if self._collecting is not None:
             return
         self._collecting = defer.ensureDeferred(self._collect_once())
-        self._collecting.addErrback(self._failed)
+        self._collecting.addCallbacks(self._succeeded, self._failed)
         self._collecting.addBoth(self._collected)
 
+    def _succeeded(self, _: object) -> None:
+        if self._failing is not None:
+            self._failing = None
+            self.log.info("collecting garbage again")
+
     def _failed(self, failure: Failure) -> None:
-        if failure.check(Unavailable):  # the catalog's database is down: said in a line, tried again shortly
-            self.log.warn("collecting garbage: {why}", why=failure.getErrorMessage())
+        if failure.check(Unavailable):  # the catalog's database is down: said once in a row, tried again shortly
+            why = failure.getErrorMessage()
+            if why != self._failing:
+                self._failing = why
+                self.log.warn("collecting garbage: {why}; trying again every {s:.0f} s", why=why, s=self.every)
         else:
             self.log.failure("collecting garbage", failure)
 

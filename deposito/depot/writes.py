@@ -45,6 +45,7 @@ class Writer:
         self.missing = missing  # a copy read from is not on its server (see Reader.copy_missing)
         self.default_replicas = default_replicas
         self.stall_timeout = stall_timeout
+        self._unabandoned: set[str] = set()  # blobs of failed uploads not yet recorded as garbage (see abandon)
 
     async def begin_put(self, name: str, size: int, replicas: int | None, stored_as: str | None = None) -> Upload:
         """Reserve room on ``replicas`` servers and open a stream to each
@@ -185,15 +186,25 @@ class Writer:
         be deleted. While the catalog is out of reach this is tried again
         every ABANDON_RETRY seconds, so that no copy stays for good."""
         d = self.db.abandon(blob)
-        d.addCallback(lambda _: self.collect())
+        d.addCallback(self._abandoned, blob)
         d.addErrback(self._abandon_later, blob)
+
+    def _abandoned(self, _: object, blob: str) -> None:
+        self.collect()
+        if blob in self._unabandoned:
+            self._unabandoned.discard(blob)
+            if not self._unabandoned:
+                self.log.info("the copies of failed uploads are garbage now, as they were to be")
 
     def _abandon_later(self, failure: Failure, blob: str) -> None:
         if failure.check(Unavailable, NoSpace):  # the catalog out of reach, or its disk full
-            self.log.warn("the copies of {blob} cannot be made garbage yet ({why}); trying again in {s} s",
-                          blob=blob, why=failure.getErrorMessage(), s=ABANDON_RETRY)
+            if not self._unabandoned:  # said once while it lasts, however many uploads fail meanwhile
+                self.log.warn("the copies of failed uploads cannot be made garbage yet ({why}); trying again"
+                              " every {s:.0f} s", why=failure.getErrorMessage(), s=ABANDON_RETRY)
+            self._unabandoned.add(blob)
             self.clock.callLater(ABANDON_RETRY, self.abandon, blob)
         else:
+            self._unabandoned.discard(blob)
             self.log.failure("abandoning {blob}", failure, blob=blob)
 
     async def copy_to_new_server(self, record: FileRecord, sources: list[Member],
