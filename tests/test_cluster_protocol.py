@@ -325,13 +325,15 @@ MISSED = 5.0
 
 
 @pytest.mark.parametrize("at_once", [True, False])
-def test_a_chunk_the_catalog_could_not_take_in_ends_the_listing_and_the_connection(at_once):
-    """The catalog failed on a chunk: none of the chunks after it is read
-    (the last would end a taking in with this chunk's blobs left out) and
-    the connection goes, so the server joins and lists again in full."""
-    from twisted.internet.defer import Deferred, fail
+def test_a_chunk_the_catalog_cannot_take_in_yet_is_handed_again_and_nothing_after_it_is_read_meanwhile(at_once):
+    """The catalog out of reach for a chunk: it is handed again every few
+    seconds, the server kept up and nothing after the chunk read (during a
+    rebuild, the last chunk would end the taking in with this chunk's blobs
+    left out); once taken in, the listing goes on."""
+    from twisted.internet.defer import Deferred, fail, succeed
 
     from deposito.errors import Unavailable
+    from deposito.protocols.cluster import RETAKE
 
     clock = task.Clock()
     roster, proto, tr = joined_member(clock)
@@ -340,21 +342,46 @@ def test_a_chunk_the_catalog_could_not_take_in_ends_the_listing_and_the_connecti
 
     def on_inventory(m, entries, since, more):
         seen.append([e[0] for e in entries])
-        if len(seen) == 1:
-            return fail(Unavailable("the catalog database is out of reach")) if at_once else pending
-        return None
+        if len(seen) <= 2:  # out of reach for the first two tries
+            if at_once or len(seen) == 2:
+                return fail(Unavailable("the catalog database is out of reach"))
+            return pending
+        return succeed(None)
 
     roster.on_inventory = on_inventory
     proto.dataReceived(b"LISTING\n" + chunk(ids(1, 5), True) + chunk(ids(9), True) + chunk([], False))
     if not at_once:
-        assert seen == [ids(1, 5)] and not tr.disconnecting
+        assert seen == [ids(1, 5)]
         pending.errback(Unavailable("the catalog database is out of reach"))
-    assert seen == [ids(1, 5)]  # nothing after the chunk not taken in
-    assert tr.disconnected and tr.producerState == "paused"
-    proto.dataReceived(chunk(ids(12), False))
-    assert seen == [ids(1, 5)]
+    assert seen == [ids(1, 5)] and tr.producerState == "paused"
+    clock.advance(RETAKE)
+    assert seen == [ids(1, 5)] * 2 and tr.producerState == "paused"  # out of reach again
+    clock.advance(MISSED * 3)  # not reading: no heartbeat is missed
+    assert seen == [ids(1, 5)] * 3 + [ids(9), []]  # taken in at last, then the rest
+    assert tr.producerState == "producing" and not tr.disconnecting and roster.get("s1").up
     proto.connectionLost(None)
-    assert roster.get("s1").up is False
+    assert not clock.getDelayedCalls()
+
+
+def test_a_chunk_that_fails_otherwise_is_said_and_the_listing_goes_on():
+    from twisted.internet.defer import fail
+    from twisted.logger import Logger
+
+    clock = task.Clock()
+    roster, proto, tr = joined_member(clock)
+    seen = []
+
+    def on_inventory(m, entries, since, more):
+        seen.append([e[0] for e in entries])
+        return fail(ValueError("a bug")) if len(seen) == 1 else None
+
+    roster.on_inventory = on_inventory
+    events: list = []
+    proto.log = Logger(observer=events.append)
+    proto.dataReceived(b"LISTING\n" + chunk(ids(1), True) + chunk(ids(9), False))
+    assert seen == [ids(1), ids(9)] and tr.producerState == "producing"
+    assert [e["log_failure"].type for e in events if "log_failure" in e] == [ValueError]
+    proto.connectionLost(None)
 
 
 def test_a_listing_with_one_empty_chunk_and_a_chunk_taken_in_at_once():
@@ -506,3 +533,35 @@ def test_a_server_refused_at_its_first_words_after_the_welcome_is_never_listed(f
     assert b"\r\nERR badargs " in tr.value() and tr.disconnecting
     proto.connectionLost(None)
     assert roster.members == {} and changes == []
+
+
+def test_a_refusal_is_said_once_per_host_server_and_reason_until_a_server_from_there_joins():
+    from twisted.logger import Logger
+
+    clock = task.Clock()
+    roster = Roster(clock)
+    catalog = [None]
+    factory = MemberFactory(roster, heartbeat=1.0, catalog_id=lambda: catalog[0])
+    events: list = []
+
+    def attempt(sid: str, then: bytes = b"") -> StringTransport:
+        proto = factory.buildProtocol(None)
+        proto.log = Logger(observer=events.append)
+        tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+        proto.callLater = clock.callLater
+        proto.makeConnection(tr)
+        proto.dataReceived(f"JOIN {sid} zone=z port=1 capacity=1 used=0 blobs=0\n".encode() + then)
+        if tr.disconnecting:
+            proto.connectionLost(None)
+        return tr
+
+    for sid in ("alpha", "beta", "alpha", "beta"):
+        assert attempt(sid).value().startswith(b"ERR unavailable")
+    refusals = [e for e in events if e.get("event") == "refused"]
+    assert [e["log_format"].count("refused") for e in refusals] == [1, 1]  # alpha's and beta's, once each
+    catalog[0] = CATALOG
+    attempt("alpha", b"HB capacity=1 used=0 blobs=0\n")  # joins (in once it speaks after its welcome)
+    assert roster.get("alpha").up  # what was said of its host may be said again
+    catalog[0] = None
+    assert attempt("beta").value().startswith(b"ERR unavailable")
+    assert len([e for e in events if e.get("event") == "refused"]) == 3

@@ -264,6 +264,16 @@ def test_a_refused_server_tries_again_and_each_side_says_the_refusal_once(tmp_pa
         assert tries >= 3
         assert poll(lambda: "refused this server: unavailable" in c.log("s0"), 5)
         assert c.log("s0").count("refused this server") == 1, c.log("s0")
+        # a listener that closes without a word (not a proxy's cluster port): said once too
+        closes = 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            conn, _ = fake.accept()
+            closes += 1
+            conn.close()
+        assert closes >= 3
+        assert poll(lambda: "closed the connection before welcoming" in c.log("s0"), 5)
+        assert c.log("s0").count("closed the connection before welcoming") == 1, c.log("s0")
         c.kill("s0", signal.SIGTERM)
 
         # the proxy's side: its catalog database out of reach, so the catalog is never read

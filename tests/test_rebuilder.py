@@ -128,3 +128,31 @@ def test_the_multipart_objects_are_made_again_once_the_catalog_answers():
     assert db.asked == 1 and rebuilder.rebuilding and not done
     clock.advance(5.0)
     assert db.asked == 2 and not rebuilder.rebuilding and done == [True]
+
+
+def test_a_chunk_that_fails_otherwise_leaves_the_server_taken_in_never_judged():
+    """A chunk the catalog refuses for good (not for want of reach or room):
+    said; the listing goes on, and at its end the server is reported but
+    stays marked, its listings taken in rather than judged (none of its
+    blobs is garbage for want of being in the catalog). Its next listing
+    that goes through ends that."""
+    class Refusing(Marks):
+        refuse = True
+
+        def adopt(self, server: str, entries: list, now: float) -> defer.Deferred[int]:
+            if self.refuse:
+                self.refuse = False
+                return defer.fail(ValueError("UNIQUE constraint failed: files.blob"))
+            return super().adopt(server, entries, now)
+
+    clock = task.Clock()
+    db = Refusing()
+    rebuilder = Rebuilder(clock, db, Roster(clock), done=lambda: None)
+    rebuilder.lost = {"0ld"}
+    assert answer(rebuilder.takes_in("s1", "0ld")) is True
+    member = Member("s1", "z", "h", 1, adopted=True, serves="0ld")
+    assert answer(rebuilder.take(member, [ENTRY], more=True)) is None  # said, and the listing goes on
+    assert answer(rebuilder.take(member, [ENTRY], more=False)) is None
+    assert "s1" in rebuilder._reported and member.adopted and db.marked == {"s1"}
+    answer(rebuilder.take(member, [ENTRY], more=False))  # its next listing, whole
+    assert not member.adopted and db.marked == set()

@@ -144,7 +144,8 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                 found.update((row[0], to_record(row)) for row in rows)
             return [(True, found.get(name)) for name in names]
         except Exception as e:
-            return [(False, e) for _ in names]
+            told = self.backend.refusal(e) or e  # (a file gone under the reads, say: Unavailable)
+            return [(False, told) for _ in names]
 
     # -- writes
 

@@ -54,7 +54,7 @@ class SQLiteBackend:
         would be lost with it, so none is made."""
         try:
             same = _identity(self.path) == self._file
-        except FileNotFoundError:
+        except OSError:  # gone, or its folder with it
             same = False
         if not same:
             raise Unavailable(f"the catalog {self.path} was removed or replaced while the proxy ran; restart"
@@ -122,13 +122,21 @@ class SQLiteBackend:
         code = getattr(error, "sqlite_errorcode", None) if isinstance(error, sqlite3.OperationalError) else None
         if code == sqlite3.SQLITE_FULL:
             return NoSpace("the catalog's disk is full")
-        if code is not None and code & 0xFF in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
-            return Unavailable(f"the catalog's disk cannot be written ({error})")  # read-only, or failing
+        if code is not None and code & 0xFF == sqlite3.SQLITE_READONLY:
+            return Unavailable(f"the catalog's disk cannot be written ({error})")
+        if code is not None and code & 0xFF in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+            return Unavailable(f"the catalog's file cannot be read or written ({error})")  # failing, or gone
         return None
 
     def listing(self, reactor: IListingReactor, names: NameRange) -> Deferred[Listing]:
+        from twisted.internet.defer import fail
+
         from deposito.catalog.listing import open_listing
 
+        try:
+            self._still_there()  # else the listing would open (or make) whatever file is there now
+        except Unavailable:
+            return fail()
         return open_listing(reactor, self.path, names)
 
 

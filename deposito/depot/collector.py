@@ -82,6 +82,7 @@ class Collector:
                 self._failing = why
                 self.log.warn("collecting garbage: {why}; trying again every {s:.0f} s", why=why, s=self.every)
         else:
+            self._failing = None
             self.log.failure("collecting garbage", failure)
 
     def _collected(self, _: object) -> None:

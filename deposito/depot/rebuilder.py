@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from deposito import manifest
 from deposito.catalog import FileRecord
-from deposito.errors import DepositoError
+from deposito.errors import DepositoError, NoSpace, Unavailable
 from deposito.hidden import manifest_name
 
 from deposito.interfaces import ICatalog
@@ -58,6 +58,8 @@ class Rebuilder:
         self._adopted = 0
         self._started_at = clock.seconds()
         self._finishing = False
+        self._incomplete: set[str] = set()  # servers a chunk of which could not be taken in (see take)
+        self._waited = False  # the multipart objects waited for the catalog (see _finished)
         self.lost: set[str] = set()  # the lost catalogs this one succeeds (read at the start)
         self.adopting: set[str] = set()  # the servers being taken in (read at the start)
 
@@ -94,12 +96,16 @@ class Rebuilder:
         makes this one its successor: once the server serves this proxy,
         not before (one that refused must not count).
 
-        Fails when the catalog could not take the chunk in. The rest of that
-        listing must then not be read: the server is still marked as taken
-        in, and lists everything again when it joins next. (Were the next
-        chunks read, the last would end the taking in, and the blobs of this
-        one, not in the catalog, would be judged garbage.)"""
-        return defer.ensureDeferred(self._take(member, entries, more))
+        Fails (Unavailable, NoSpace) when the catalog cannot take the chunk
+        in for now: it must then be handed again before the next chunk is
+        read (see MemberProtocol._take). Were the next chunks read, the last
+        would end the taking in, and the blobs of this one, not in the
+        catalog, would be judged garbage. A chunk that fails otherwise is
+        said, and the server stays marked as taken in: its listings are
+        taken in, never judged, so none of its blobs is deleted for want of
+        being in the catalog."""
+        d = defer.ensureDeferred(self._take(member, entries, more))
+        return d.addErrback(self._not_taken, member, more)
 
     async def _take(self, member: Member, entries: list[Entry], more: bool) -> None:
         if member.serves is not None and member.serves not in self.lost:
@@ -108,11 +114,25 @@ class Rebuilder:
         n = await self.db.adopt(member.id, entries, self.clock.seconds())
         self._took(n, member, more)
 
+    def _not_taken(self, failure: Failure, member: Member, more: bool) -> None:
+        if failure.check(Unavailable, NoSpace):
+            failure.raiseException()  # handed again
+        self.log.failure("taking in the blobs of {id}; its listings are taken in, not judged, from now on",
+                         failure, id=member.id)
+        self._incomplete.add(member.id)
+        if not more:
+            self._took(0, member, more)
+
     def _took(self, n: int, member: Member, more: bool) -> None:
         self._adopted += n
         if n:
             self.log.info("took {n} copies from {id} into the catalog", n=n, id=member.id)
-        if not more:
+        if not more and member.id in self._incomplete:
+            self._reported.add(member.id)  # as far as it can be: it stays marked (see take)
+            self._incomplete.discard(member.id)  # its next listing may go through
+            if not self.rebuilding:
+                self.done()
+        elif not more:
             self._reported.add(member.id)
             member.adopted = False  # what it lists from now on is judged
             unmarked = self.db.mark_adopting(member.id, False)
@@ -137,8 +157,10 @@ class Rebuilder:
     def _finished(self, result: object) -> None:
         if isinstance(result, Failure) and result.check(DepositoError):
             # the catalog out of reach, say: the multipart objects are made again once it answers
-            self.log.warn("rebuilding multipart objects waits for the catalog ({why}); trying again in {s:.0f} s",
-                          why=str(result.value), s=self.grace)
+            if not self._waited:  # said once
+                self.log.warn("rebuilding multipart objects waits for the catalog ({why}); tried again every"
+                              " {s:.0f} s", why=str(result.value), s=self.grace)
+            self._waited = True
             self._finishing = False
             self.clock.callLater(self.grace, self._check)
             return

@@ -57,14 +57,14 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from deposito.errors import BadArgs, Denied, DepositoError, Unavailable, from_reply
+from deposito.errors import BadArgs, Denied, DepositoError, NoSpace, Unavailable, from_reply
 from deposito.protocols.lines import LineProtocol
 from deposito.protocols.words import (MAX_COUNT, check_stored_name, fields, meta_word, parse_count, parse_meta_word,
                                       quote, split)
@@ -82,6 +82,7 @@ LOCAL_NAME = re.compile(r"^@[A-Za-z0-9._:/-]{1,100}$")
 LOCAL_KEY = re.compile(r"^[0-9a-f]{32}$")
 HEARTBEAT = 1.0
 MISSED_HEARTBEATS = 5
+RETAKE = 2.0  # seconds between tries to take in a chunk the catalog could not take in (see MemberProtocol._take)
 SAID_MAX = 100  # refusals remembered as said (see JoinProtocol._first_time, MemberProtocol._refused)
 MAX_CHUNK = 10_000  # inventory lines in one chunk, at most (servers send about 1000)
 
@@ -171,6 +172,7 @@ class JoinProtocol(LineProtocol):
         self.full_listing = True  # the proxy asks for each blob's metadata in listings (its welcome says)
         self.catalog: str | None = None  # the proxy's catalog, as its welcome names it (None: it names none)
         self.sending = SendBuffer()
+        self._told = False  # a refusal, either way, came on this connection
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self.sending, True)
@@ -184,6 +186,7 @@ class JoinProtocol(LineProtocol):
                    f" capacity={capacity} used={used} blobs={blobs}{challenge}{local}{serves}")
 
     def _refuse_proxy(self, why: str) -> None:
+        self._told = True
         if self._first_time(why):
             self.log.error("not joining the proxy at {proxy}: {why}", proxy=self.proxy_address(), why=why)
         self.transport.loseConnection()
@@ -220,6 +223,7 @@ class JoinProtocol(LineProtocol):
             return
         if not text.startswith("OK"):
             err = from_reply(text)
+            self._told = True
             if self._first_time(str(err)):
                 self.log.error("the proxy at {proxy} refused this server: {error} (said once while it lasts)",
                                proxy=self.proxy_address(), error=str(err))
@@ -292,6 +296,9 @@ class JoinProtocol(LineProtocol):
         if self.joined:
             self.node.left(self)
             self.log.warn("lost the proxy at {proxy}; joining again", proxy=self.proxy_address())
+        elif not self._told and self._first_time("it closed the connection before welcoming this server"):
+            self.log.error("the proxy at {proxy} closed the connection before welcoming this server (is it a"
+                           " Deposito proxy's cluster port?); joining again", proxy=self.proxy_address())
 
 
 class MemberProtocol(LineProtocol, TimeoutMixin):
@@ -302,15 +309,16 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
     def __init__(self, roster: Roster, heartbeat: float, secret: bytes | None = None,
                  full_listing: Callable[[], bool] = lambda: True, *,
                  catalog_id: Callable[[], str | None], takes_in: TakesIn = lambda member, serves: succeed(False),
-                 told: set[tuple[str, str]] | None = None) -> None:
+                 told: set[tuple[str, str]] | None = None,
+                 refusals: set[tuple[str, str, str]] | None = None) -> None:
         self.roster = roster
         self.heartbeat = heartbeat
         self.secret = secret
         self.full_listing = full_listing  # whether to ask for each blob's metadata in listings
         self.catalog_id = catalog_id  # the catalog's id; None until it is read
         self.takes_in = takes_in  # whether a server's listing is taken in (Rebuilder.takes_in)
-        # said in the log, not to be said again: (server, catalog) refused; (host, reason) refused (see _refused)
-        self.told = told if told is not None else set()
+        self.told = told if told is not None else set()  # (server, catalog) refused and said so in the log
+        self.refusals = refusals if refusals is not None else set()  # (host, server, reason) said (see _refused)
         self._full = True  # what was asked of this server
         self._adopted = False  # its listing is taken in rather than judged
         self._serves: str | None = None  # the catalog it serves, when not ours
@@ -325,7 +333,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self._expected = 0
         self._more = False
         self._lost = False
-        self._cut = False  # a chunk was not taken in: nothing more is read (see _not_taken)
+        self._retake: IDelayedCall | None = None  # a chunk to hand to the roster again (see _take)
+        self._claimed = ""  # the id its JOIN names, before it is checked (for the log)
 
     def connectionMade(self) -> None:
         self.setTimeout(self.heartbeat * MISSED_HEARTBEATS)
@@ -360,6 +369,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             elif self.member_id is None and self._welcomed is None:
                 if command != "JOIN" or len(words) < 2:
                     raise BadArgs("JOIN first")
+                self._claimed = words[1][:64]
                 if self.secret is None:
                     self._join(words[1], fields(text))
                 else:
@@ -395,14 +405,14 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         return str(getattr(peer, "host", peer))
 
     def _refused(self, e: DepositoError) -> None:
-        """Say a refusal once per host and reason until a server from that
-        host joins: a refused server comes back every second or two."""
-        said = (self._peer_host(), str(e))
-        if said in self.told:
+        """Say a refusal once per host, server and reason until a server from
+        that host joins: a refused server comes back every second or two."""
+        said = (self._peer_host(), self._claimed, str(e))
+        if said in self.refusals:
             return
-        if len(self.told) >= SAID_MAX:
-            self.told.clear()
-        self.told.add(said)
+        if len(self.refusals) >= SAID_MAX:
+            self.refusals.clear()
+        self.refusals.add(said)
         self.log.warn("refused a storage server from {peer}: {error} (said once while it lasts)",
                       peer=str(self.transport.getPeer()), error=str(e), event="refused")
 
@@ -438,32 +448,40 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             self._after = entries[-1][0] if entries else self._after
         else:
             self._after = self._listing_since = None
+        self._take(entries, since, more)
+
+    def _take(self, entries: list[Any], since: float, more: bool) -> None:
+        """Hand a whole chunk to the roster, and read no further until it is
+        taken in. One the catalog cannot take in for now (out of reach, or
+        its disk full) is handed again every RETAKE seconds meanwhile, the
+        server kept up: every blob of a chunk must be in the catalog before
+        the next chunk is read (see Rebuilder.take)."""
         taking = self.roster.inventory(self._member(), entries, since, more)
         if isinstance(taking, Deferred):
-            taking.addErrback(self._not_taken)
-            if not taking.called:
+            taking.addErrback(self._not_taken, entries, since, more)
+            if not taking.called or self._retake is not None:
                 self.pauseProducing()
                 self.setTimeout(None)  # the proxy is the one not reading: no heartbeat is missed
                 taking.addBoth(self._taken)
 
-    def _not_taken(self, failure: Failure) -> None:
-        """A chunk the catalog could not take in: nothing more of the listing
-        is read, and the connection goes, so that the server joins again and
-        lists again in full (see Rebuilder.take: its blobs are judged only
-        once all of them are in the catalog)."""
-        if failure.check(DepositoError):
-            self.log.warn("the blobs storage server {id} listed could not be taken in ({why}); it lists them"
-                          " again when it joins next", id=self.member_id, why=str(failure.value))
-        else:
+    def _not_taken(self, failure: Failure, entries: list[Any], since: float, more: bool) -> None:
+        if not failure.check(Unavailable, NoSpace):
             self.log.failure("taking in an inventory chunk of {id}", failure, id=self.member_id)
-        self._cut = True
-        self.pauseProducing()
-        self.transport.abortConnection()
+            return
+        if self._retake is None:  # said once until it is taken in
+            self.log.warn("the blobs storage server {id} listed cannot be taken in yet ({why}); tried again"
+                          " every {s:.0f} s", id=self.member_id, why=str(failure.value), s=RETAKE)
+        if not self._lost:
+            self._retake = self.callLater(RETAKE, lambda: self._take(entries, since, more))
 
     def _taken(self, _: object) -> None:
-        if not self._lost and not self._cut:
-            self.setTimeout(self.heartbeat * MISSED_HEARTBEATS)
-            self.resumeProducing()
+        if self._lost or (self._retake is not None and self._retake.active()):
+            return  # gone, or handed again later
+        if self._retake is not None:
+            self._retake = None
+            self.log.info("the blobs storage server {id} listed are taken in again", id=self.member_id)
+        self.setTimeout(self.heartbeat * MISSED_HEARTBEATS)
+        self.resumeProducing()
 
     @staticmethod
     def _usage(f: dict[str, str]) -> tuple[int, int, int]:
@@ -537,7 +555,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             welcomed, self._welcomed = self._welcomed, None
             member = self.roster.join(*welcomed)
             host = self._peer_host()
-            self.told.difference_update([said for said in self.told if said[0] == host])
+            self.refusals.difference_update([said for said in self.refusals if said[0] == host])
             member.adopted, member.serves = self._adopted, self._serves
             self.member_id = welcomed[0]
             if self._adopted and self._serves is not None:
@@ -549,6 +567,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self.setTimeout(None)
+        if self._retake is not None and self._retake.active():
+            self._retake.cancel()
         if self.member_id is not None:
             self.roster.lost(self.member_id, self)
         elif self._welcomed is not None and self._serves is not None and not self._deciding:
@@ -574,9 +594,11 @@ class MemberFactory(Factory):
         self.catalog_id = catalog_id  # None until the proxy has read it: joins wait meanwhile
         self.takes_in = takes_in
         self.told: set[tuple[str, str]] = set()
+        self.refusals: set[tuple[str, str, str]] = set()
 
     def buildProtocol(self, addr: Any) -> MemberProtocol:
         p = MemberProtocol(self.roster, self.heartbeat, self.secret, self.full_listing,
-                           catalog_id=self.catalog_id, takes_in=self.takes_in, told=self.told)
+                           catalog_id=self.catalog_id, takes_in=self.takes_in, told=self.told,
+                           refusals=self.refusals)
         p.factory = self
         return p
