@@ -860,7 +860,10 @@ def test_bad_xml_is_malformed_and_changes_nothing(s3):
     status, answer = _answer(_raw(s3.port, _signed_body(
         s3, "PUT", "/xml-new", b"<CreateBucketConfiguration><LocationConstraint>")))
     assert status == 400 and b"<Code>MalformedXML</Code>" in answer
-    too_big = b"<Delete>" + b"<Object><Key>kept</Key></Object>" * 40_000 + b"</Delete>"  # 1.3 MB
+    too_many = b"<Delete>" + b"<Object><Key>kept</Key></Object>" * 40_000 + b"</Delete>"  # 1.3 MB
+    status, answer = _answer(_raw(s3.port, _signed_body(s3, "POST", "/xml?delete", too_many)))
+    assert status == 400 and b"<Code>MalformedXML</Code>" in answer  # refused before it is parsed
+    too_big = b"<Delete><Object><Key>kept</Key></Object>" + b" " * (8 << 20) + b"</Delete>"
     status, answer = _answer(_raw(s3.port, _signed_body(s3, "POST", "/xml?delete", too_big)))
     assert status == 400 and b"<Code>EntityTooLarge</Code>" in answer
     assert c.get_object(Bucket="xml", Key="kept")["Body"].read() == b"kept"
@@ -1245,3 +1248,91 @@ def _recv_answer(sock: socket.socket) -> bytes:
         assert chunk, got
         body += chunk
     return head + b"\r\n\r\n" + body
+
+
+def test_a_complete_of_many_tiny_parts_is_refused_before_it_is_parsed_and_one_of_no_upload_before_its_body(s3):
+    """A CompleteMultipartUpload is parsed on the proxy's reactor: a body
+    with more elements than 10,000 parts can have is MalformedXML before it
+    is parsed; an upload there is not is answered before the body is read,
+    and, to a client that waits to be told to send it, without a 100."""
+    c = s3.client()
+    c.create_bucket(Bucket="complete")
+    upload = c.create_multipart_upload(Bucket="complete", Key="k")["UploadId"]
+    part = b"<Part><PartNumber>1</PartNumber><ETag>x</ETag></Part>"
+    body = b"<CompleteMultipartUpload>" + part * 60_000 + b"</CompleteMultipartUpload>"  # 3 MB
+    status, answer = _answer(_raw(s3.port, _signed_body(s3, "POST", f"/complete/k?uploadId={upload}", body)))
+    assert status == 400 and b"<Code>MalformedXML</Code>" in answer, answer
+    head = _signed(s3, "POST", "/complete/k?uploadId=" + "0" * 32, {
+        "Content-Length": str(len(body)), "Expect": "100-continue", "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+    with socket.create_connection(("127.0.0.1", s3.port), timeout=10) as sock:
+        sock.sendall(head)  # and no body: the answer must come without it
+        first = b""
+        while chunk := sock.recv(65536):
+            first += chunk
+    assert first.startswith(b"HTTP/1.1 404") and b"<Code>NoSuchUpload</Code>" in first, first[:400]
+    c.abort_multipart_upload(Bucket="complete", Key="k", UploadId=upload)
+
+
+def test_a_refused_body_that_trickles_is_answered_within_seconds_and_its_connection_closed(s3):
+    """An unsigned PUT declaring a gigabyte, sent a byte a second: refused
+    (AccessDenied) without waiting for a body nobody wants, so a client
+    cannot hold a connection for good with a byte now and then."""
+    from deposito.s3.request import DISCARD_WAIT
+
+    with socket.create_connection(("127.0.0.1", s3.port), timeout=DISCARD_WAIT + 10) as sock:
+        sock.sendall(b"PUT /complete/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+        answer = b""
+        sock.settimeout(1.0)
+        deadline = time.monotonic() + DISCARD_WAIT + 8
+        while time.monotonic() < deadline and b"</Error>" not in answer:
+            try:
+                sock.sendall(b"x")
+                answer += sock.recv(65536)
+            except socket.timeout:
+                pass
+            except OSError:
+                break
+    assert answer.startswith(b"HTTP/1.1 403") and b"<Code>AccessDenied</Code>" in answer, answer[:200]
+    assert b"connection: close" in answer.lower()
+
+
+def test_metadata_with_control_bytes_goes_back_encoded_and_aws_chunked_is_not_kept(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="metactl")
+    put = _signed(s3, "PUT", "/metactl/nul", {"Content-Length": "4", "Connection": "close",
+                                              "x-amz-meta-v": "=?UTF-8?B?AGI=?=",
+                                              "Content-Encoding": "gzip,aws-chunked",
+                                              "x-amz-content-sha256": hashlib.sha256(b"data").hexdigest()})
+    assert _raw(s3.port, put + b"data")[9:12] == b"200"
+    got = c.get_object(Bucket="metactl", Key="nul")
+    assert got["Metadata"]["v"] == "=?UTF-8?B?AGI=?="  # the NUL and the b it stands for, encoded
+    raw = _raw(s3.port, _signed(s3, "GET", "/metactl/nul", {"Connection": "close", "x-amz-content-sha256": EMPTY}))
+    assert b"\x00" not in raw.partition(b"\r\n\r\n")[0]
+    assert got["ContentEncoding"] == "gzip"
+
+
+def test_part_one_of_an_empty_object_is_the_whole_of_it_and_a_big_delete_of_1000_keys_is_taken(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="partone")
+    c.put_object(Bucket="partone", Key="empty", Body=b"")
+    got = c.get_object(Bucket="partone", Key="empty", PartNumber=1)
+    assert got["ResponseMetadata"]["HTTPStatusCode"] == 200 and "ContentRange" not in got
+    assert got["Body"].read() == b""
+    keys = [f"{i:04d}" + "&" * 300 for i in range(1000)]  # over 1 MiB once escaped
+    c.put_object(Bucket="partone", Key=keys[0], Body=b"x")
+    answer = c.delete_objects(Bucket="partone", Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+    assert not answer.get("Errors")
+    assert "Contents" not in c.list_objects_v2(Bucket="partone", Prefix="0")
+
+
+def test_a_client_that_leaves_while_its_upload_starts_leaves_no_traceback(s3):
+    c = s3.client()
+    c.create_bucket(Bucket="leaves")
+    before = len(s3.cluster.log("proxy"))
+    for i in range(5):
+        _raw(s3.port, _signed_put(s3, f"/leaves/k{i}", 1000), read=False)  # the head alone, then gone
+    c.put_object(Bucket="leaves", Key="after", Body=b"still serving")
+    time.sleep(1.0)
+    said = s3.cluster.log("proxy")[before:]
+    assert "Traceback" not in said and "#critical" not in said, said[-3000:]
+    assert [o["Key"] for o in c.list_objects_v2(Bucket="leaves")["Contents"]] == ["after"]

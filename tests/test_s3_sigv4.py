@@ -291,6 +291,16 @@ def test_presigned_tampered():
             headers)
 
 
+def test_presigned_with_an_amz_header_it_did_not_sign_is_refused():
+    """Else a URL made to upload one key could copy any object into it
+    (x-amz-copy-source), or set what the signer never chose."""
+    method, path, query, headers = presigned("PUT")
+    for extra in ({"x-amz-copy-source": "secret/payroll.csv"}, {"x-amz-meta-replicas": "1"}):
+        error = refused("AccessDenied", method, path, query, {**headers, **extra})
+        assert "not signed: " + next(iter(extra)) in str(error)
+    verify(method, path, query, {**headers, "content-type": "text/plain"}, KEYS, NOW)  # others may come
+
+
 def test_presigned_wrong_secret():
     refused("SignatureDoesNotMatch", *presigned(secret="wrong"))
 

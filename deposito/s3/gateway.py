@@ -56,7 +56,7 @@ from deposito.web import parse_range, send_body
 
 log = Logger()
 
-XML_BODY_LIMIT = 1 << 20  # DeleteObjects, CreateBucket
+XML_BODY_LIMIT = 1 << 20  # CreateBucket
 IDLE_TIMEOUT = 60  # seconds a connection may send nothing (mid-body included)
 # Sub-resources of a bucket or an object that are not served (S3 has many).
 NOT_SERVED = {"acl", "policy", "tagging", "cors", "lifecycle", "website", "logging",
@@ -204,7 +204,8 @@ class Gateway:
         it); False when the client has gone."""
         request = call_or_request.request if isinstance(call_or_request, Call) else call_or_request
         request.body.discard()
-        return bool(await request.received) and not request.finished
+        request.answer_soon()
+        return bool(await request.received) and not request.finished and not twisted_internals.request_gone(request)
 
     async def send(self, call: Call, status: int, body: bytes = b"", content_type: bytes = b"application/xml",
                    headers: Optional[dict[bytes, bytes]] = None) -> None:
@@ -414,6 +415,8 @@ class Gateway:
     async def receive(self, call: Call, upload: Upload, checks: BodyChecks, meta: ObjectMeta) -> FileRecord:
         """The body into ``upload`` through ``checks``; the version once committed."""
         request = call.request
+        if twisted_internals.request_gone(request) or request.channel is None:
+            raise S3Error("IncompleteBody")  # the client went away while the upload started
         upload.attach(request.channel.transport)  # paused while a server is slow
 
         def take(body: bytes) -> None:
@@ -443,7 +446,7 @@ class Gateway:
         await self.send(call, 204)
 
     async def delete_objects(self, call: Call) -> None:
-        body = await call.request.body.read(XML_BODY_LIMIT)
+        body = await call.request.body.read(xmlread.DELETE_BODY_LIMIT)  # 1000 keys of 1024 bytes, escaped
         BodyChecks(call).check_whole(body)
         objects, quiet = xmlread.parse_delete(body)
         await self.existing_bucket(call.bucket)

@@ -133,16 +133,16 @@ class Multipart:
         await self.gateway.send(call, 200, xmlwire.copy_part_result(meta.etag, record.created, meta.checksums))
 
     async def complete(self, call: Call) -> None:
-        body = await call.request.body.read(xmlread.COMPLETE_BODY_LIMIT)
-        BodyChecks(call, checksum_headers=False).check_whole(body)  # its x-amz-checksum-* are the object's
-        asked = xmlread.parse_complete_multipart(body)
         name = file_name(call.bucket, call.key)
         upload = call.params.get("uploadId", "")
-        try:
+        try:  # first: an upload there is not is answered before its body is read (or sent, after Expect)
             _, _, kept, _ = await self.uploads.upload(upload)
         except NotFound:
             await self.answer_again(call, name, upload)
             return
+        body = await call.request.body.read(xmlread.COMPLETE_BODY_LIMIT)
+        BodyChecks(call, checksum_headers=False).check_whole(body)  # its x-amz-checksum-* are the object's
+        asked = xmlread.parse_complete_multipart(body)
         expect = await self.gateway.write_condition(call, name)
         chosen = await self.chosen(upload, [(number, etag) for number, etag, _ in asked])
         etag = hashlib.md5(b"".join(bytes.fromhex(ObjectMeta.of(part).etag) for part in chosen),
@@ -193,7 +193,7 @@ class Multipart:
         return chosen
 
     async def part_span(self, call: Call, record: FileRecord
-                        ) -> tuple[tuple[int, int], Optional[int], Optional[FileRecord]]:
+                        ) -> tuple[Optional[tuple[int, int]], Optional[int], Optional[FileRecord]]:
         """GetObject's ``partNumber``: the part's bytes (first, last) in the
         object, the object's part count and the part's record (None and None
         for an object not made of parts, whose one part is the whole). The
@@ -204,7 +204,7 @@ class Multipart:
         if not record.parts:
             if number != 1:
                 raise S3Error("InvalidPart", PartNumber=str(number))
-            return (0, record.size - 1), None, None
+            return ((0, record.size - 1) if record.size else None), None, None  # an empty one: whole, no range
         at, after = 0, 0
         while True:
             page = await self.uploads.parts(record.parts, after, PAGE)

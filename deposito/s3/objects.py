@@ -68,6 +68,11 @@ class ObjectMeta:
         """What a PutObject (or a copy replacing metadata) asks to keep; its ETag comes later."""
         user = user_metadata([(name, ",".join(values)) for name, values in headers.items()])
         kept = {name: ",".join(headers[name]) for name in KEPT_HEADERS if name in headers}
+        if "content-encoding" in kept:  # aws-chunked tells how this request's body came, not the object
+            codings = [c.strip() for c in kept.pop("content-encoding").split(",")]
+            codings = [c for c in codings if c and c.lower() != "aws-chunked"]
+            if codings:
+                kept["content-encoding"] = ",".join(codings)
         meta = cls("", ",".join(headers.get("content-type", [])) or DEFAULT_TYPE, user, kept)
         largest = attrs.evolve(meta, etag="0" * 40, checksums=ROOM_FOR_CHECKSUMS)  # as it may be once its bytes came
         if len(largest.to_text().encode("utf-8")) > MAX_META_BYTES:
@@ -123,9 +128,11 @@ def header_text(raw: bytes) -> str:
 
 
 def mail_safe(value: str) -> bytes:
-    """A metadata value as S3 sends it back: as it is when US-ASCII, else as
-    one RFC 2047 encoded word (``=?UTF-8?B?...?=``), so nothing is lost."""
-    if value.isascii():
+    """A metadata value as S3 sends it back: as it is when printable
+    US-ASCII (tabs too), else as one RFC 2047 encoded word
+    (``=?UTF-8?B?...?=``), so nothing is lost and no control byte (NUL, CR,
+    LF: one given in an encoded word) goes into a header as it is."""
+    if value.isascii() and all(c == "\t" or " " <= c <= "~" for c in value):
         return value.encode("ascii")
     return b"=?UTF-8?B?" + base64.b64encode(value.encode("utf-8")) + b"?="
 

@@ -32,6 +32,7 @@ from deposito.s3.errors import S3Error
 
 HOLD = 256 * 1024  # body bytes held for a reader not there yet before the connection is paused
 DISCARD_LIMIT = 1 << 20  # body bytes read and thrown away after an error before it is answered and the connection closed
+DISCARD_WAIT = 5.0  # seconds a body nobody wants may take to come before it is answered and the connection closed
 
 
 class Body:
@@ -192,6 +193,15 @@ class S3Request(Request):
         else:
             self.body.waiting = send
             self.body.unsent = self._answer_now
+
+    def answer_soon(self) -> None:
+        """The body is not wanted (see Body.discard): if it has not all come
+        within DISCARD_WAIT seconds, answer then, before the rest, and close
+        the connection after the answer (a client sending a byte now and then
+        would hold its connection for good otherwise)."""
+        if not self.received.called and self.channel is not None:  # (None: the client has gone)
+            later = getattr(self.channel, "site").gateway.clock.callLater(DISCARD_WAIT, self._answer_now)
+            self.received.addBoth(lambda result: (later.cancel() if later.active() else None, result)[1])
 
     def _answer_now(self) -> None:
         """Answered before the body is read (refused), the connection closed after."""

@@ -375,6 +375,9 @@ def _verify_presigned(method: str, raw_path: str, params: list[tuple[bytes, byte
         raise _query_error("X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\"")
     credential = _parse_credential(values["X-Amz-Credential"], _query_error)
     signed = _parse_signed_headers(values["X-Amz-SignedHeaders"], _query_error)
+    unsigned = _unsigned_amz_headers(headers, signed)  # else a URL to upload could be used to copy, say
+    if unsigned:
+        raise _denied("There were headers present in the request which were not signed: " + ", ".join(unsigned))
     signature = values["X-Amz-Signature"]
     if not _HEX64.match(signature):
         raise _query_error("X-Amz-Signature is not 64 lower-case hex digits")

@@ -26,11 +26,18 @@ from deposito.s3.xmlwire import CHECKSUM_ELEMENTS
 # markup: under 7 MiB. A CompleteMultipartUpload lists at most 10000 parts of
 # ~400 bytes with their checksums: under 4 MiB.
 DELETE_BODY_LIMIT = 8 * 1024 * 1024
-COMPLETE_BODY_LIMIT = 8 * 1024 * 1024
+COMPLETE_BODY_LIMIT = 4 * 1024 * 1024
 CREATE_BUCKET_BODY_LIMIT = 64 * 1024
 
 MAX_DELETE_KEYS = 1000
 MAX_PART_NUMBER = 10000
+
+# Elements a request may hold, at most, counted before it is parsed (parsing
+# runs on the reactor: a body of many tiny elements must not hold it long).
+# An Object of DeleteObjects has at most Key, VersionId, ETag, Size and
+# LastModifiedTime; a Part, PartNumber, ETag and the five checksums.
+DELETE_ELEMENTS = 2 + 6 * MAX_DELETE_KEYS
+COMPLETE_ELEMENTS = 1 + 8 * MAX_PART_NUMBER
 
 
 @attrs.frozen
@@ -40,9 +47,11 @@ class ObjectToDelete:
     etag: Optional[str] = None  # deleted only if its ETag is this one
 
 
-def _parse(body: bytes, root: str, limit: int) -> Element:
-    """The document's root element, if it is well-formed, plain and named ``root``."""
-    if len(body) > limit:
+def _parse(body: bytes, root: str, limit: int, elements: int = 64) -> Element:
+    """The document's root element, if it is well-formed, plain, named
+    ``root`` and of ``elements`` elements at most (each takes a tag or two,
+    and the XML declaration one more)."""
+    if len(body) > limit or body.count(b"<") > 2 * elements + 1:
         raise S3Error("MalformedXML")
     try:
         document = fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
@@ -78,7 +87,7 @@ def _text(node: Element, name: str) -> Optional[str]:
 def parse_delete(body: bytes) -> tuple[list[ObjectToDelete], bool]:
     """DeleteObjects' request: the keys (1 to 1000, each with its VersionId
     and ETag if given), in the order sent, and whether the client asked for quiet mode."""
-    document = _parse(body, "Delete", DELETE_BODY_LIMIT)
+    document = _parse(body, "Delete", DELETE_BODY_LIMIT, DELETE_ELEMENTS)
     quiet_text = _text(document, "Quiet")
     quiet = (quiet_text or "false").strip().lower()
     if quiet not in ("true", "false"):
@@ -109,7 +118,7 @@ def parse_complete_multipart(body: bytes) -> list[tuple[int, str, dict[str, str]
     number given twice in a row, the later entry is kept.
     Checksums given with a part are not read here.
     """
-    document = _parse(body, "CompleteMultipartUpload", COMPLETE_BODY_LIMIT)
+    document = _parse(body, "CompleteMultipartUpload", COMPLETE_BODY_LIMIT, COMPLETE_ELEMENTS)
     parts: list[tuple[int, str, dict[str, str]]] = []
     for entry in _children(document, "Part"):
         number_text = (_text(entry, "PartNumber") or "").strip()
