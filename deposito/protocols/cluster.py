@@ -191,11 +191,16 @@ class JoinProtocol(LineProtocol):
             self.log.error("not joining the proxy at {proxy}: {why}", proxy=self.proxy_address(), why=why)
         self.transport.loseConnection()
 
+    def _said(self) -> set[str] | None:
+        """What was said of this proxy since this server last joined it (kept
+        by the factory, from one try to the next)."""
+        return getattr(getattr(self, "factory", None), "said", None)
+
     def _first_time(self, why: str) -> bool:
         """Whether ``why`` (a refusal, either way) is said for the first time
         since this server last joined this proxy: a refused server tries
         again every second or two while the cause lasts, and says it once."""
-        said: set[str] | None = getattr(getattr(self, "factory", None), "said", None)
+        said = self._said()
         if said is None:
             return True
         if why in said:
@@ -240,7 +245,7 @@ class JoinProtocol(LineProtocol):
             self._refuse_proxy(refusal)
             return
         self.joined = True
-        said: set[str] | None = getattr(getattr(self, "factory", None), "said", None)
+        said = self._said()
         if said is not None:
             said.clear()
         try:
