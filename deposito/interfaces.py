@@ -129,11 +129,15 @@ class ICatalog(IWorkCatalog):
         (``hand_over``) retire proxies silent past ``lease``. Fires with the
         servers the other proxies saw lately (id, seconds since), how many
         proxies were retired and how many copies that made garbage, and
-        whether no other proxy shares the catalog now."""
+        the ids of the other proxies sharing the catalog now."""
 
     def trust(until: float) -> None:
         """No other proxy shares the catalog until ``until`` (time.monotonic()):
         lookups may be answered from the records kept till then."""
+
+    def seen_proxies(others: list[str], began: float) -> None:
+        """A beat that began at ``began`` (time.monotonic()) found the other
+        proxies ``others`` sharing the catalog (see :mod:`deposito.catalog.coherence`)."""
 
     def leave() -> Deferred[int]:
         """This proxy stops: its unfinished work passes to the others."""

@@ -709,7 +709,7 @@ def test_a_proxy_among_others_changes_nothing_before_its_row_is_in_and_a_while_a
         [(ok, _)] = a.batch([(Catalog.commit, ("f", v, "b1", 1, "x", 1, ["s1"], 0.0))])
         assert ok and a.lookup("f") is not None
         b.recover(100.0)
-        assert b.beat([], 100.0, 30.0, True)[1:] == (1, 0, True)  # A retired: B alone
+        assert b.beat([], 100.0, 30.0, True)[1:] == (1, 0, [])  # A retired: B alone
         [(ok, error)] = a.batch([(Catalog.set_replicas, ("f", 3))])
         assert not ok and isinstance(error, Unavailable) and "took over" in str(error)
         assert a.lookup("f").replicas == 1

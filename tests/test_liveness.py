@@ -25,6 +25,7 @@ class Beats:
         self.rows = [("s9", "z9", "h", 9, 100, 0, 0)]
         self.alone = False  # no other proxy's row
         self.trusted: list[float] = []  # the trust given after each beat that found this proxy alone
+        self.views: list[list[str]] = []  # the other proxies each beat found
 
     def beat(self, up, now, lease, hand_over):
         self.calls.append((sorted(up), now, hand_over))
@@ -33,10 +34,13 @@ class Beats:
         if self.full:
             return defer.fail(NoSpace("the catalog's disk is full"))
         retired, self.retired = self.retired, 0
-        return defer.succeed(Beat(list(self.seen), retired, 2 * retired, self.alone))
+        return defer.succeed(Beat(list(self.seen), retired, 2 * retired, [] if self.alone else ["p2"]))
 
     def trust(self, until):
         self.trusted.append(until)
+
+    def seen_proxies(self, others, began):
+        self.views.append(list(others))
 
     def servers(self):
         return defer.succeed(self.rows)

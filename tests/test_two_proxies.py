@@ -706,3 +706,26 @@ def test_a_proxy_alone_answering_from_memory_reads_what_a_proxy_joining_writes(t
             assert wb.cmd("REPLICAS solo/f 3").startswith("OK")
             assert fields(wa.cmd("STAT solo/f"))["replicas"] == "3"
         assert "another proxy shares the catalog" in a.log(a.name)
+
+
+def test_both_proxies_answer_from_memory_and_each_reads_what_the_other_just_wrote(tmp_path, postgres):
+    """With both proxies up, each answers from the records it keeps (its
+    log says so), and still a PUT, DELETE or REPLICAS through one shows in
+    the very next command through the other, on names the other holds in
+    memory (it wrote or read them just before)."""
+    with two_proxies(tmp_path, postgres) as (a, b):
+        for c in (a, b):
+            assert poll(lambda: "lookups are answered from the records kept" in c.log(c.name), 20)
+        with a.wire() as wa, b.wire() as wb:
+            for i in range(20):
+                writer, reader = (wa, wb) if i % 2 else (wb, wa)
+                data = os.urandom(1000 + i)
+                assert writer.put("both/f", data, 2).startswith("OK stored")
+                assert reader.get("both/f")[1] == data
+                assert reader.get("both/f")[1] == data  # kept now
+                assert writer.cmd(f"REPLICAS both/f {1 + i % 3}").startswith("OK")
+                assert fields(reader.cmd("STAT both/f"))["replicas"] == str(1 + i % 3)
+                assert writer.put(f"both/g{i}", b"to delete", 2).startswith("OK stored")
+                assert reader.cmd(f"STAT both/g{i}").startswith("OK")
+                assert writer.cmd(f"DELETE both/g{i}").startswith("OK")
+                assert reader.cmd(f"STAT both/g{i}").startswith("ERR notfound")

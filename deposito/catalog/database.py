@@ -117,6 +117,14 @@ class Backend(Protocol):
     def listing(self, reactor: IListingReactor, names: NameRange) -> Deferred[Listing]:
         """A listing of ``names`` from one snapshot (see :mod:`deposito.catalog.listing`)."""
 
+    def notify(self, db: Any, channel: str, message: str) -> None:
+        """On a shared catalog: send ``message`` on ``channel`` to every proxy
+        listening, once the transaction commits (see :mod:`deposito.catalog.coherence`)."""
+
+    def channel(self) -> Any:
+        """On a shared catalog: a new connection of the database's driver, in
+        autocommit mode, to listen on (see :mod:`deposito.catalog.coherence`)."""
+
 
 class Damaged(Exception):
     """The catalog's file is not a database any more (a torn write, a bad
@@ -249,6 +257,10 @@ class Database:
     def committed(self) -> None:
         """A transaction of this connection is committed."""
 
+    def announce(self, db: Any, calls: list[tuple[Callable[..., Any], tuple]]) -> None:
+        """Sent in every batch's transaction, before its calls: on a shared
+        catalog, what they change is told to the other proxies."""
+
     def batch(self, calls: list[tuple[Callable[..., Any], tuple]]) -> list[tuple[bool, Any]]:
         """Run many calls in one transaction: one commit (one fsync) for all.
 
@@ -290,6 +302,7 @@ class Database:
                 self.backend.begin(db, durable)
                 if changes or later:
                     self.guard_changes(db, changes)
+                self.announce(db, calls)
                 self._calling = True
                 try:
                     results = [(True, method(self, *args)) for method, args in calls]
@@ -320,6 +333,7 @@ class Database:
                 self.backend.begin(db, durable)
                 if changes or later:
                     self.guard_changes(db, changes)
+                self.announce(db, [(method, args)])
                 self._calling = True
                 try:
                     result = method(self, *args)

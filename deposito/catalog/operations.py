@@ -39,29 +39,19 @@ import uuid
 from typing import Any, Callable, Iterable, NamedTuple, Union
 
 from deposito.catalog.buckets import Buckets
+from deposito.catalog.coherence import CHANNEL, TRUST, WAIT, change_message
 from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, insert_rows, weight
 from deposito.catalog.database import Backend, Connection, log
 from deposito.catalog.garbage import Garbage
 from deposito.catalog.identity import FLOOR, Identity
 from deposito.catalog.multipart import Multipart
 from deposito.catalog.queue import WorkQueue
-from deposito.catalog.records import Expect, FileRecord, effects
+from deposito.catalog.records import Expect, FileRecord, effects, keeps_records, one_record
 from deposito.catalog.schema import RECORD, servers_text, to_record
 from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE, manifest_name
 
 
-# On a shared catalog, a proxy that finds no other proxy there when it beats
-# answers lookups from the records it keeps for TRUST seconds from the start
-# of that beat (deposito.catalog.thread.CatalogThread.trust); a proxy that
-# joins (or comes back after it was retired) changes no record for WAIT
-# seconds after its row is in, so none of its changes can be missed that
-# way. Beats come every 2 seconds at most (deposito.depot.liveness); both
-# times are taken on the safe side (the trust from before the beat is sent,
-# the wait from after the row's commit returned), and WAIT leaves half a
-# second more for two clocks' rates.
-TRUST = 3.0
-WAIT = TRUST + 0.5
 
 
 class Beat(NamedTuple):
@@ -70,7 +60,7 @@ class Beat(NamedTuple):
     seen: list[tuple[str, float]]  # servers the other proxies saw lately: (id, seconds since)
     retired: int  # proxies retired by this beat
     garbage: int  # copies their unfinished uploads made garbage
-    alone: bool  # no other proxy has a row: this one may answer from the records it keeps
+    others: builtins.list[str]  # the other proxies with a row (none: this one may answer from the records it keeps)
 
 
 def proxy_id() -> str:
@@ -91,6 +81,8 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         self.among_proxies = among_proxies
         self.registered: float | None = None  # time.monotonic() when this proxy's row last went in
         self._registering = False  # a transaction puts it in: registered once it commits
+        self.announced = 0  # the number of this proxy's last change told to the others (see announce)
+        self._announcing = 0  # the number of the change the open transaction tells, if any
         super().__init__(where, reads_only)
 
     # -- changes on a shared catalog (see TRUST and WAIT)
@@ -126,6 +118,29 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         if self._registering:
             self._registering = False
             self.registered = time.monotonic()
+        if self._announcing:
+            self.announced, self._announcing = self._announcing, 0
+
+    def announce(self, db: Connection, calls: builtins.list[tuple[Callable[..., Any], tuple]]) -> None:
+        """Among proxies on a shared catalog, a transaction that changes
+        records tells the others which (see :mod:`deposito.catalog.coherence`):
+        its message is numbered, and :attr:`announced` is the number of the
+        last one committed."""
+        self._announcing = 0
+        if not (self.among_proxies and self.backend.shared):
+            return
+        names: builtins.list[str] | None = []
+        for method, args in calls:
+            if keeps_records(method):
+                continue
+            if names is not None and one_record(method):
+                names.append(args[0])
+            else:
+                names = None
+        if names == []:
+            return
+        self._announcing = self.announced + 1
+        self.backend.notify(db, CHANNEL, change_message(self.proxy, self._announcing, names))
 
     def reader(self) -> Catalog:
         """Another Catalog on the same database, for clients' lookups (:meth:`lookups`)."""
@@ -177,7 +192,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         With ``hand_over``, proxies silent for ``lease`` seconds are retired
         (see :meth:`_retire`). Returns the servers the other proxies saw
         lately, how many proxies were retired and how many copies that made
-        garbage, and whether this proxy is alone."""
+        garbage, and the other proxies' ids."""
         def tx(db: Connection) -> Beat:
             if not db.execute("UPDATE proxies SET seen = ? WHERE id = ?", (now, self.proxy)).rowcount:
                 # Retired by another proxy (silent past the lease): what it had under way is
@@ -202,8 +217,8 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             db.execute("DELETE FROM deleted WHERE at < ?", (now - REMEMBER_DELETES,))
             seen = db.execute("SELECT server, max(seen) FROM sightings WHERE proxy <> ? GROUP BY server",
                               (self.proxy,)).fetchall()
-            others = db.execute("SELECT count(*) FROM proxies WHERE id <> ?", (self.proxy,)).fetchone()[0]
-            return Beat([(server, max(0.0, now - when)) for server, when in seen], retired, garbage, others == 0)
+            others = [row[0] for row in db.execute("SELECT id FROM proxies WHERE id <> ?", (self.proxy,))]
+            return Beat([(server, max(0.0, now - when)) for server, when in seen], retired, garbage, others)
         return self._tx(tx)
 
     @effects(durable=True, keeps_records=True)  # no file's record: intents, claims and garbage

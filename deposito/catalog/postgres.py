@@ -5,10 +5,12 @@ What sharing asks, and where it is done:
   (:mod:`deposito.catalog.operations`, through the dialect);
 - a batch that loses a deadlock or a serialization conflict runs again whole
   (:meth:`PostgresBackend.retryable`, :meth:`deposito.catalog.Catalog.batch`);
-- every lookup asks the database (``shared``): another proxy may change any
-  record, and reading your writes through any proxy matters more (what was
-  read is kept only as a guess, see CatalogThread.guess), unless no other
-  proxy is there (see deposito.catalog.operations.TRUST);
+- another proxy may change any record (``shared``): the records a proxy
+  keeps are answered only while every proxy acknowledges the others'
+  changes (:mod:`deposito.catalog.coherence`, on LISTEN/NOTIFY), or while
+  no other proxy is there (see deposito.catalog.coherence.TRUST); else
+  every lookup asks the database (what was read is kept as a guess, see
+  CatalogThread.guess);
 - each proxy's unfinished uploads, queued files and garbage it works on are
   its own, claimed with ``FOR UPDATE SKIP LOCKED``, and handed over when its
   lease runs out (``Catalog.beat``, through the dialect);
@@ -363,6 +365,12 @@ class PostgresBackend:
         if db.pipeline is not None or db.in_transaction:
             return False
         return bool(select.select([db.conn.fileno()], [], [], 0)[0])
+
+    def notify(self, db: PostgresConnection, channel: str, message: str) -> None:
+        db.execute("SELECT pg_notify(?, ?)", (channel, message))  # its answer is never read: no round trip
+
+    def channel(self) -> psycopg.Connection[Any]:
+        return self._connect(autocommit=True)
 
     def watch(self, connection: Callable[[], PostgresConnection | None]) -> ContextManager[None]:
         return WATCHDOG.watch(connection, self.call_timeout)

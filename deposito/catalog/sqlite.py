@@ -106,6 +106,12 @@ class SQLiteBackend:
     def stale(self, db: sqlite3.Connection) -> bool:
         return False  # in this process: never closed from the other end
 
+    def notify(self, db: sqlite3.Connection, channel: str, message: str) -> None:
+        raise NotImplementedError("a SQLite catalog is never shared")
+
+    def channel(self) -> Any:
+        raise NotImplementedError("a SQLite catalog is never shared")
+
     def watch(self, connection: Callable[[], Any]) -> ContextManager[None]:
         return contextlib.nullcontext()  # a file on the proxy's own disk: a slow disk is waited for
 

@@ -1,12 +1,11 @@
 """The catalog as :class:`ICatalog`: its calls on a thread of their own,
-committed in groups, clients' lookups on a second connection, and (on a
-catalog no other proxy shares) the records of recently looked-up names kept
-in memory."""
+committed in groups, clients' lookups on a second connection, and the
+records of recently looked-up names kept in memory."""
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from twisted.internet import task
@@ -14,6 +13,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from deposito.batching import Batches
+from deposito.catalog.coherence import Coherence
 from deposito.catalog.listing import IListingReactor, Listing, NameRange
 from deposito.catalog.operations import Beat, Catalog
 from deposito.catalog.records import Counts, Expect, FileRecord, Outcome, keeps_records, one_record, prompt
@@ -52,10 +52,14 @@ class CatalogThread:
     their answers are kept only when no change was under way.
 
     On a catalog other proxies share (``backend.shared``) any of them may
-    change any record, so every lookup asks the database; the records kept
-    are only guesses (:meth:`guess`), which a lookup confirms or not. While
-    no other proxy is there (:meth:`trust`, after each beat that finds none),
-    the records kept are answered as on a catalog of its own.
+    change any record. The records kept are answered while the proxies
+    tell each other their changes and acknowledge them (:attr:`coherence`,
+    see :mod:`deposito.catalog.coherence`: what another proxy changed is
+    forgotten here before it is acknowledged, and a change is answered only
+    once acknowledged), or while no other proxy is there (:meth:`trust`,
+    after each beat that finds none); otherwise every lookup asks the
+    database, and the records kept are only guesses (:meth:`guess`), which a
+    lookup confirms or not.
     """
 
     kept = 16384  # records of this many names at most (about 500 bytes each)
@@ -73,12 +77,22 @@ class CatalogThread:
         self._changes = 0  # calls made so far that may change records
         self._unfinished = 0  # of those, the ones not answered yet
         self._trusted_until = 0.0  # time.monotonic() until which no other proxy shares a shared catalog
+        # Among proxies on a shared catalog, what the others change is told by the
+        # coherence's thread (names to forget, None: all), and done on this one's.
+        self._told: deque[list[str] | None] = deque()
+        self.coherence: Coherence | None = None
+        if catalog.among_proxies and catalog.backend.shared:
+            self.coherence = Coherence(reactor, catalog.backend.channel, lambda: catalog.proxy, self._told.append)
 
     def start(self) -> None:
         self._batches.start()
         self._reads.start()
+        if self.coherence is not None:
+            self.coherence.start()
 
     def stop(self) -> None:
+        if self.coherence is not None:
+            self.coherence.stop()
         self._reads.stop()
         self._batches.stop()
         self._reader.close()
@@ -104,11 +118,30 @@ class CatalogThread:
             self._records.clear()
         self._changes += 1
         self._unfinished += 1
-        return self._batches.submit((method, args)).addBoth(self._finished)
+        return self._batches.submit((method, args)).addBoth(self._finished).addCallback(self._told_to_all)
 
     def _finished(self, result: Any) -> Any:
         self._unfinished -= 1
         return result
+
+    def _told_to_all(self, result: T) -> T | Deferred[T]:
+        """A change is answered once every other proxy that may answer from
+        memory forgot what it changed (see :mod:`deposito.catalog.coherence`)."""
+        if self.coherence is None:
+            return result
+        return self.coherence.after(self.catalog.announced).addCallback(lambda _: result)
+
+    def _forget_told(self) -> None:
+        """Forget the records other proxies changed, as told so far."""
+        if self._told:
+            self._changes += 1  # and lookups under way are not kept
+            while self._told:
+                names = self._told.popleft()
+                if names is None:
+                    self._records.clear()
+                else:
+                    for name in names:
+                        self._records.pop(name, None)
 
     def read(self, name: str) -> Deferred[Optional[FileRecord]]:
         """The record of ``name`` (or None) for a client's request: from
@@ -126,9 +159,14 @@ class CatalogThread:
     def kept_record(self, name: str) -> FileRecord | None:
         """The record of ``name`` if it is kept in memory (what a lookup would
         answer now), else None."""
-        if not self._keeps and time.monotonic() >= self._trusted_until:
+        if not self._keeps and time.monotonic() >= self._trusted_until and not (
+                self.coherence is not None and self.coherence.trusted()):
             return None  # shared: any proxy may have changed it
         return self.guess(name)
+
+    def seen_proxies(self, others: list[str], began: float) -> None:
+        if self.coherence is not None:
+            self.coherence.view(others, began)
 
     def trust(self, until: float) -> None:
         """No other proxy shares the catalog until ``until`` (time.monotonic(),
@@ -145,6 +183,7 @@ class CatalogThread:
         """The record ``name`` had when last looked up here, if it is kept: on
         a shared catalog another proxy may have changed it since, and only a
         lookup says whether it still stands."""
+        self._forget_told()
         record = self._records.get(name)
         if record is not None:
             self._records.move_to_end(name)
@@ -161,7 +200,8 @@ class CatalogThread:
         return d
 
     def _keep(self, record: FileRecord | None, name: str, changes: int) -> FileRecord | None:
-        # kept if nothing of ours may have changed it since
+        # kept if nothing of ours (or another proxy's, as told) may have changed it since
+        self._forget_told()
         if record is not None and changes == self._changes and name >= VISIBLE:
             self._records[name] = record
             if len(self._records) > self.kept:

@@ -63,7 +63,7 @@ class Liveness:
         # after an outage of the database every proxy looks silent.
         hand_over = self._last_ok is not None and now - self._last_ok <= self.lease / 2
         try:
-            seen, retired, garbage, alone = await self.db.beat([m.id for m in self.roster.up()], now, self.lease,
+            seen, retired, garbage, others = await self.db.beat([m.id for m in self.roster.up()], now, self.lease,
                                                                hand_over)
         except (Unavailable, NoSpace) as e:  # the next beat tries again; said once in a row
             if e.message != self._failing:
@@ -75,11 +75,14 @@ class Liveness:
             self._failing = None
             self.log.info("this proxy's beats are recorded again")
         self._last_ok = now
+        alone = not others
         if alone:
             self.db.trust(began + TRUST)
+        self.db.seen_proxies(others, began)
         if alone != self._alone and (alone or self._alone is not None):
             self.log.info("no other proxy shares the catalog: lookups are answered from the records kept" if alone
-                          else "another proxy shares the catalog: every lookup asks it")
+                          else "another proxy shares the catalog: lookups are answered from the records kept"
+                          " only while every proxy acknowledges the others' changes")
         self._alone = alone
         unknown = {sid for sid, _ in seen if self.roster.get(sid) is None}
         if unknown:  # joined another proxy only: known from the catalog, down here

@@ -1,0 +1,122 @@
+"""Proxies sharing a PostgreSQL catalog answer lookups from the records
+they keep, and still see each other's changes at once
+(deposito.catalog.coherence): two catalogs as two proxies use them, on a
+real private PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+from deposito.catalog import Catalog, CatalogThread, coherence, operations
+
+
+def sleep(seconds: float):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+@pytest.fixture
+def proxies(postgres, monkeypatch):
+    """Two proxies' catalogs (A and B) on one fresh database, each with its row in."""
+    from deposito.catalog.postgres import PostgresBackend
+
+    monkeypatch.setattr(operations, "WAIT", 0.2)  # (the other proxy is trusted only once its view has both)
+    url = postgres.database()
+    a = CatalogThread(reactor, Catalog(PostgresBackend(url), among_proxies=True))
+    b = CatalogThread(reactor, Catalog(PostgresBackend(url), among_proxies=True))
+    a.catalog.recover(time.time())
+    b.catalog.recover(time.time())
+    a.start()
+    b.start()
+    try:
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+        postgres.drop(url)
+
+
+@defer.inlineCallbacks
+def beat_until_trusted(*proxies: CatalogThread, within: float = 5.0):
+    """Beat (as deposito.depot.liveness does) until every proxy answers from memory."""
+    deadline = time.monotonic() + within
+    while not all(p.coherence.trusted() for p in proxies):
+        assert time.monotonic() < deadline, "the proxies never came to trust the records they keep"
+        for p in proxies:
+            began = time.monotonic()
+            beat = yield p.beat([], time.time(), 30.0, False)
+            p.seen_proxies(beat.others, began)
+        yield sleep(0.1)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_change_through_one_proxy_is_seen_at_once_through_the_other_answering_from_memory(proxies):
+    a, b = proxies
+    assert not a.coherence.trusted() and not b.coherence.trusted()  # no beat yet: every lookup asks
+    yield beat_until_trusted(a, b)
+    v = yield a.begin_upload("f", "b1", ["s1"])
+    assert (yield a.commit("f", v, "b1", 1, "x", 1, ["s1"], time.time()))
+    assert (yield b.read("f")).version == v
+    for i in range(40):
+        yield beat_until_trusted(a, b)
+        assert b.kept_record("f") is not None  # what B answers is from memory...
+        writer, reader = (a, b) if i % 2 else (b, a)
+        replicas = 2 + i % 3
+        yield writer.set_replicas("f", replicas)
+        # ...and yet a change answered through the other shows at once
+        assert (yield reader.read("f")).replicas == replicas
+        v = yield writer.begin_upload("f", f"b{i + 2}", ["s1"])
+        assert (yield writer.commit("f", v, f"b{i + 2}", 1, "x", replicas, ["s1"], time.time()))
+        assert (yield reader.read("f")).blob == f"b{i + 2}"
+    yield a.delete("f")
+    assert (yield b.read("f")) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_change_waits_for_a_silent_proxy_then_goes_on_without_it(proxies, monkeypatch):
+    """B stops listening (as if its process had died): A's next change waits
+    ACK_WAIT for B's ack and then LEASE + MARGIN, by which time B no longer
+    answers from memory; the changes after go on at once."""
+    a, b = proxies
+    monkeypatch.setattr(coherence, "ACK_WAIT", 0.5)
+    yield beat_until_trusted(a, b)
+    v = yield a.begin_upload("f", "b1", ["s1"])
+    assert (yield a.commit("f", v, "b1", 1, "x", 1, ["s1"], time.time()))
+    assert (yield b.read("f")).replicas == 1
+    b.coherence.stop()
+    b_trusted_until = b.coherence.trusted_until
+    began = time.monotonic()
+    yield a.set_replicas("f", 2)
+    waited = time.monotonic() - began
+    assert coherence.ACK_WAIT + coherence.LEASE + coherence.MARGIN <= waited < 6.0
+    assert time.monotonic() >= b_trusted_until  # B's trust ran out before the change was answered
+    assert not b.coherence.trusted() and (yield b.read("f")).replicas == 2
+    began = time.monotonic()
+    yield a.set_replicas("f", 3)
+    assert time.monotonic() - began < 1.0  # B is counted no more
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_proxy_whose_listening_connection_is_cut_forgets_what_it_kept_and_trusts_again_later(proxies, postgres):
+    import psycopg
+
+    a, b = proxies
+    yield beat_until_trusted(a, b)
+    v = yield a.begin_upload("f", "b1", ["s1"])
+    assert (yield a.commit("f", v, "b1", 1, "x", 1, ["s1"], time.time()))
+    assert (yield b.read("f")).replicas == 1
+    assert b.kept_record("f") is not None
+    # every listening connection cut by the database (as a restart of it would)
+    with psycopg.connect(a.catalog.backend.conninfo, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE query LIKE 'SELECT pg_notify(''deposito_records'', m)%'"
+                      " OR query LIKE 'LISTEN %'")
+    yield sleep(0.3)
+    yield a.set_replicas("f", 3)  # A's ack may be lost with the cut: this waits till B lets go
+    assert (yield b.read("f")).replicas == 3
+    yield beat_until_trusted(a, b, within=10.0)
+    assert (yield b.read("f")).replicas == 3
