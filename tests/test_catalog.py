@@ -127,7 +127,7 @@ def test_the_catalog_thread_is_what_the_proxy_needs(catalogs):
 def test_every_catalog_call_declares_its_durability_and_what_it_changes():
     """The catalog thread commits without an fsync, and keeps the records
     it holds in memory, only by what each method declares (``effects``)."""
-    calls = [name for name in dir(Catalog) if not name.startswith("_") and name not in ("reader", "lookups", "change_delay")
+    calls = [name for name in dir(Catalog) if not name.startswith("_") and name not in ("reader", "lookups", "change_delay", "untold")
              and callable(getattr(Catalog, name)) and not hasattr(Database, name)]
     assert {"commit", "lookup", "complete", "due_work"} <= set(calls)
     for name in calls:

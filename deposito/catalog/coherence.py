@@ -11,7 +11,10 @@ its transaction commits, in the order of the commits). The messages:
   JSON list, or ``*`` for all. Another proxy forgets those records, then
   acks: ``k <proxy> <origin> <seq>``.
 - ``i <proxy> <n>``: a ping, every PING seconds. Another proxy counts the
-  pinger from then on, and answers ``o <proxy> <pinger> <n>``.
+  pinger from then on, and answers ``o <proxy> <pinger> <n>``. The first
+  ping after the pinger began to listen says ``fresh``: it forgot every
+  record it kept, so every change the other committed so far is as good as
+  acked (whatever it trusts later comes after them: see below).
 
 A proxy answers a change to its client only once every proxy it counts has
 acked it. One that does not ack within ACK_WAIT is counted no more (until
@@ -91,14 +94,16 @@ class Coherence:
     until (:attr:`trusted_until`), and the wait of each change (:meth:`after`).
 
     ``connect()`` opens a psycopg connection in autocommit mode; ``me()`` is
-    this proxy's id (it may change: see Catalog.beat); ``forget(names)``
+    this proxy's id (it may change: see Catalog.beat); ``announced()`` the
+    number of its last change committed (see Catalog.announce); ``forget(names)``
     (names None: all) is called on the listening thread and must be safe there."""
 
     def __init__(self, reactor: IBatchReactor, connect: Callable[[], Any], me: Callable[[], str],
-                 forget: Callable[[list[str] | None], None]) -> None:
+                 announced: Callable[[], int], forget: Callable[[list[str] | None], None]) -> None:
         self.reactor = reactor
         self.connect = connect
         self.me = me
+        self.announced = announced
         self.forget = forget
         self.trusted_until = 0.0  # time.monotonic(): records kept may be answered till then
         self._lock = threading.Lock()
@@ -227,7 +232,7 @@ class Coherence:
                     pass
 
     def _serve(self, conn: Any) -> None:
-        next_ping = 0.0
+        next_ping, fresh = 0.0, " fresh"
         while not self._stopping.is_set():
             out: list[str] = []
             now = time.monotonic()
@@ -238,7 +243,8 @@ class Coherence:
                     self._pings[self._n] = (now, set())
                     for n in [n for n, (sent, _) in self._pings.items() if sent < now - LEASE]:
                         del self._pings[n]
-                out.append(f"i {self.me()} {self._n}")
+                out.append(f"i {self.me()} {self._n}{fresh}")
+                fresh = ""
             else:
                 for note in conn.notifies(timeout=max(0.0, next_ping - now), stop_after=1):
                     try:
@@ -266,12 +272,17 @@ class Coherence:
                     self._acked[sender] = max(self._acked.get(sender, 0), int(seq))
                 self.reactor.callFromThread(self._check)
         elif kind == "i":
+            n, _, fresh = rest.partition(" ")
             if sender == me:
-                self._answered(int(rest), me)
+                self._answered(int(n), me)
                 return []
             with self._lock:
                 self._counted.add(sender)
-            return [f"o {me} {sender} {rest}"]
+                if fresh:  # it forgot all it kept (see _listen): every change of ours so far is as good as acked
+                    self._acked[sender] = max(self._acked.get(sender, 0), self.announced())
+            if fresh:
+                self.reactor.callFromThread(self._check)
+            return [f"o {me} {sender} {n}"]
         elif kind == "o":
             to, _, n = rest.partition(" ")
             if to == me:

@@ -258,8 +258,8 @@ class Database:
         """A transaction of this connection is committed."""
 
     def announce(self, db: Any, calls: list[tuple[Callable[..., Any], tuple]]) -> None:
-        """Sent in every batch's transaction, before its calls: on a shared
-        catalog, what they change is told to the other proxies."""
+        """Sent in every batch's transaction, after its calls: on a shared
+        catalog, what they changed is told to the other proxies."""
 
     def batch(self, calls: list[tuple[Callable[..., Any], tuple]]) -> list[tuple[bool, Any]]:
         """Run many calls in one transaction: one commit (one fsync) for all.
@@ -302,12 +302,12 @@ class Database:
                 self.backend.begin(db, durable)
                 if changes or later:
                     self.guard_changes(db, changes)
-                self.announce(db, calls)
                 self._calling = True
                 try:
                     results = [(True, method(self, *args)) for method, args in calls]
                 finally:
                     self._calling = False
+                self.announce(db, calls)
                 if not later:
                     self.backend.flush(db)  # (as in _alone) COMMIT once every statement is seen done
                 db.execute("COMMIT")
@@ -333,12 +333,12 @@ class Database:
                 self.backend.begin(db, durable)
                 if changes or later:
                     self.guard_changes(db, changes)
-                self.announce(db, [(method, args)])
                 self._calling = True
                 try:
                     result = method(self, *args)
                 finally:
                     self._calling = False
+                self.announce(db, [(method, args)])
                 # COMMIT goes only once every statement is seen done: a proxy that dies
                 # meanwhile (its statements waiting on a lock) commits nothing. A call
                 # that sends nothing it waits on (answers_later) commits along with its

@@ -83,6 +83,9 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         self._registering = False  # a transaction puts it in: registered once it commits
         self.announced = 0  # the number of this proxy's last change told to the others (see announce)
         self._announcing = 0  # the number of the change the open transaction tells, if any
+        self._untold: set[str] = set()  # names the open transaction committed that need no telling (see announce)
+        self._quiet: builtins.list[tuple[str, int]] = []  # ...as (name, version), and once committed:
+        self.quiet: set[tuple[str, int]] = set()
         super().__init__(where, reads_only)
 
     # -- changes on a shared catalog (see TRUST and WAIT)
@@ -120,18 +123,35 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             self.registered = time.monotonic()
         if self._announcing:
             self.announced, self._announcing = self._announcing, 0
+        self.quiet.update(self._quiet)
+        self._quiet = []
+
+    def untold(self, name: str, version: int) -> bool:
+        """Whether the commit of ``version`` of ``name`` was not told to the
+        other proxies, as it needed not be (see :meth:`announce`); asked once
+        per commit, from the reactor's thread."""
+        try:
+            self.quiet.remove((name, version))
+            return True
+        except KeyError:
+            return False
 
     def announce(self, db: Connection, calls: builtins.list[tuple[Callable[..., Any], tuple]]) -> None:
         """Among proxies on a shared catalog, a transaction that changes
         records tells the others which (see :mod:`deposito.catalog.coherence`):
         its message is numbered, and :attr:`announced` is the number of the
-        last one committed."""
+        last one committed. A commit that made a name's first version (or
+        one that lost to a newer) changed no record another proxy may keep,
+        and is not told: its answer waits for nobody."""
         self._announcing = 0
+        untold, self._untold = self._untold, set()
+        self._quiet = []
         if not (self.among_proxies and self.backend.shared):
             return
+        self._quiet = [(args[0], args[1]) for method, args in calls if method is Catalog.commit and args[0] in untold]
         names: builtins.list[str] | None = []
         for method, args in calls:
-            if keeps_records(method):
+            if keeps_records(method) or (method is Catalog.commit and args[0] in untold):
                 continue
             if names is not None and one_record(method):
                 names.append(args[0])
@@ -314,6 +334,9 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             if bucket is not None:
                 self._bucket_stays(db, bucket)
             newest, replaced = self._settle_at(db, name, version, blob, servers)
+            self._untold.discard(name)
+            if not newest or replaced is None:  # (see announce)
+                self._untold.add(name)
             self._check(db, name, expect, newest)
             if not newest:
                 return False

@@ -82,7 +82,8 @@ class CatalogThread:
         self._told: deque[list[str] | None] = deque()
         self.coherence: Coherence | None = None
         if catalog.among_proxies and catalog.backend.shared:
-            self.coherence = Coherence(reactor, catalog.backend.channel, lambda: catalog.proxy, self._told.append)
+            self.coherence = Coherence(reactor, catalog.backend.channel, lambda: catalog.proxy,
+                                       lambda: catalog.announced, self._told.append)
 
     def start(self) -> None:
         self._batches.start()
@@ -118,16 +119,20 @@ class CatalogThread:
             self._records.clear()
         self._changes += 1
         self._unfinished += 1
-        return self._batches.submit((method, args)).addBoth(self._finished).addCallback(self._told_to_all)
+        return self._batches.submit((method, args)).addBoth(self._finished).addCallback(
+            self._told_to_all, method, args)
 
     def _finished(self, result: Any) -> Any:
         self._unfinished -= 1
         return result
 
-    def _told_to_all(self, result: T) -> T | Deferred[T]:
+    def _told_to_all(self, result: T, method: Callable[..., Any], args: tuple) -> T | Deferred[T]:
         """A change is answered once every other proxy that may answer from
-        memory forgot what it changed (see :mod:`deposito.catalog.coherence`)."""
+        memory forgot what it changed (see :mod:`deposito.catalog.coherence`);
+        a commit that made a name's first version changed nothing they keep."""
         if self.coherence is None:
+            return result
+        if method is Catalog.commit and self.catalog.untold(args[0], args[1]):
             return result
         return self.coherence.after(self.catalog.announced).addCallback(lambda _: result)
 
