@@ -5,6 +5,7 @@ real private PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -88,8 +89,10 @@ def test_a_change_waits_for_a_silent_proxy_then_goes_on_without_it(proxies, monk
     v = yield a.begin_upload("f", "b1", ["s1"])
     assert (yield a.commit("f", v, "b1", 1, "x", 1, ["s1"], time.time()))
     assert (yield b.read("f")).replicas == 1
-    b.coherence.stop()
+    monkeypatch.setattr(b.coherence, "_send", lambda conn, messages: None)  # it dies: no ack, no goodbye
+    yield sleep(0.2)  # (answers to pings already sent come in)
     b_trusted_until = b.coherence.trusted_until
+    b.coherence.stop()
     began = time.monotonic()  # a name's first version changes nothing B keeps: it waits for nobody
     v = yield a.begin_upload("new", "b2", ["s1"])
     assert (yield a.commit("new", v, "b2", 1, "x", 1, ["s1"], time.time()))
@@ -125,3 +128,52 @@ def test_a_proxy_whose_listening_connection_is_cut_forgets_what_it_kept_and_trus
     assert (yield b.read("f")).replicas == 3
     yield beat_until_trusted(a, b, within=10.0)
     assert (yield b.read("f")).replicas == 3
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_proxy_that_stops_says_so_and_the_others_changes_wait_for_it_no_more(proxies):
+    a, b = proxies
+    yield beat_until_trusted(a, b)
+    v = yield a.begin_upload("f", "b1", ["s1"])
+    assert (yield a.commit("f", v, "b1", 1, "x", 1, ["s1"], time.time()))
+    b.coherence.stop()
+    assert not b.coherence.trusted()  # at once, for good
+    yield sleep(0.3)  # its goodbye goes round
+    began = time.monotonic()
+    yield a.set_replicas("f", 2)
+    assert time.monotonic() - began < coherence.ACK_WAIT
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_change_makes_the_others_forget_only_the_records_it_changed(proxies):
+    """A copy added to one file, or a batch of commits whose names do not
+    fit in one message, leaves the other proxy's other records kept."""
+    a, b = proxies
+    yield beat_until_trusted(a, b)
+    long = ["long/" + "x" * 90 + f"{i:04d}" for i in range(150)]
+    for name in ["f", "g", *long]:
+        v = yield a.begin_upload(name, f"blob-{name}", ["s1"])
+        assert (yield a.commit(name, v, f"blob-{name}", 1, "x", 2, ["s1"], time.time()))
+        assert (yield b.read(name)).version == v
+    yield beat_until_trusted(a, b)
+    v = yield a.begin_upload("g", "blob-g2", ["s1"])
+    assert (yield a.commit("g", v, "blob-g2", 1, "x", 2, ["s1"], time.time()))
+    assert (yield a.add_copy("g", "blob-g2", "s1", time.time())) is False  # (its intent was taken by the commit)
+    yield a.add_intent("blob-g2", "s2")
+    assert (yield a.add_copy("g", "blob-g2", "s2", time.time()))
+    assert b.kept_record("f") is not None and (yield b.read("g")).servers == ("s1", "s2")
+    versions = yield defer.gatherResults([a.set_replicas(name, 3) for name in long])  # one batch, or a few
+    assert all(r.replicas == 3 for r in versions)
+    assert b.kept_record("f") is not None
+    for name in long:
+        assert (yield b.read(name)).replicas == 3
+
+
+def test_names_too_long_for_one_message_go_in_several_only_the_last_acked():
+    names = [f"n{i:05d}-" + "é" * 50 for i in range(400)]
+    messages = coherence.change_messages("p1", 7, names + names[:10])
+    assert len(messages) > 1 and all(len(m.encode()) < 8000 for m in messages)
+    assert [m.split(" ")[0] for m in messages] == ["c+"] * (len(messages) - 1) + ["c"]
+    told = [n for m in messages for n in json.loads(m.split(" ", 3)[3])]
+    assert sorted(told) == sorted(names)
+    assert coherence.change_messages("p1", 8, None) == ["c p1 8 *"]

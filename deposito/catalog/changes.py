@@ -23,6 +23,14 @@ class Changes(Database):
     connection ``db``; the operations compose them."""
 
     proxy: str  # this proxy's id among those sharing the catalog
+    _reported: builtins.list[str] | None  # names whose records the open transaction changed (None: any)
+
+    def _tell(self, names: Iterable[str] | None) -> None:
+        """The records of ``names`` (None: any) were changed (see records.effects, ``tells``)."""
+        if names is None or self._reported is None:
+            self._reported = None
+        else:
+            self._reported.extend(names)
 
     def _settle_at(self, db: Connection, name: str, version: int, blob: str, servers: list[str]
                    ) -> tuple[bool, Any]:
@@ -116,9 +124,14 @@ class Changes(Database):
         db.executemany(f"UPDATE files SET servers = {self.dialect.servers_of('?')} WHERE blob = ?",
                        [(blob, blob) for blob in blobs])
         if blobs:  # parts among them: their objects' server lists follow too
-            hidden = [hidden_name(row[0]) for row in db.execute(
-                "SELECT name FROM files WHERE name < ? AND blob IN (%s)" % ",".join("?" * len(blobs)), (VISIBLE, *blobs))]
-            for upload in sorted({h[0] for h in hidden if h is not None and h[1]}):
+            names = [row[0] for row in db.execute(
+                "SELECT name FROM files WHERE blob IN (%s)" % ",".join("?" * len(blobs)), blobs)]
+            self._tell(name for name in names if name >= VISIBLE)
+            hidden = [hidden_name(name) for name in names if name < VISIBLE]
+            uploads = sorted({h[0] for h in hidden if h is not None and h[1]})
+            if uploads:
+                self._tell(None)  # the objects made of those parts
+            for upload in uploads:
                 self._parts_changed(db, upload)
 
     def _parts_changed(self, db: Connection, upload: str) -> None:

@@ -70,10 +70,23 @@ LONGEST = 7000  # bytes of names in one message, at most (the database takes 800
 log = Logger()
 
 
-def change_message(proxy: str, seq: int, names: list[str] | None) -> str:
-    """What a transaction that changes the records of ``names`` (None: any) says."""
-    text = "*" if names is None else json.dumps(sorted(set(names)))
-    return f"c {proxy} {seq} {'*' if len(text) > LONGEST else text}"
+def change_messages(proxy: str, seq: int, names: list[str] | None) -> list[str]:
+    """What a transaction that changes the records of ``names`` (None: any)
+    says: one message, or (names too long for one) several, of which only
+    the last is acked."""
+    if names is None:
+        return [f"c {proxy} {seq} *"]
+    pieces: list[list[str]] = [[]]
+    size = 0
+    for name in sorted(set(names)):
+        length = len(json.dumps(name)) + 2
+        if size + length > LONGEST and pieces[-1]:
+            pieces.append([])
+            size = 0
+        pieces[-1].append(name)
+        size += length
+    return [f"{'c' if i == len(pieces) - 1 else 'c+'} {proxy} {seq} {json.dumps(piece)}"
+            for i, piece in enumerate(pieces)]
 
 
 class _Waiter:
@@ -118,6 +131,10 @@ class Coherence:
         self._acked: dict[str, int] = {}
         self._silent_until: dict[str, float] = {}
         self._waiters: list[_Waiter] = []
+        self._gone: set[str] = set()  # proxies that said they stopped
+        self._renamed: dict[str, str] = {}  # old id: new id, of proxies that said so
+        self._stopped = False  # this proxy stopped: it answers nothing from memory again
+        self._former: set[str] = set()  # this proxy's ids before it was renamed (see Catalog.beat)
         self._timer: IDelayedCall | None = None
 
     # -- on the reactor's thread
@@ -127,6 +144,9 @@ class Coherence:
         self._thread.start()
 
     def stop(self) -> None:
+        """Answer nothing from memory again, and tell the others so (they wait for it no more)."""
+        self._stopped = True
+        self.trusted_until = 0.0
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(PING + 1)
@@ -140,7 +160,7 @@ class Coherence:
             self._view = (frozenset(others), began)
 
     def trusted(self) -> bool:
-        return time.monotonic() < self.trusted_until
+        return not self._stopped and time.monotonic() < self.trusted_until
 
     def after(self, seq: int) -> Deferred[None]:
         """Fires once change ``seq`` of this proxy (and those before it) may
@@ -166,8 +186,12 @@ class Coherence:
         soonest: float | None = None
         with self._lock:
             for waiter in self._waiters:
+                for p in [p for p in waiter.pending if p in self._renamed]:
+                    waiter.pending.discard(p)
+                    if p not in waiter.let_go:
+                        waiter.pending.add(self._renamed[p])
                 for p in list(waiter.pending):
-                    if self._acked.get(p, 0) >= waiter.seq:
+                    if p in self._gone or self._acked.get(p, 0) >= waiter.seq:
                         waiter.pending.discard(p)
                     elif p not in waiter.let_go and now >= waiter.since + ACK_WAIT:
                         if p in self._counted:
@@ -232,9 +256,13 @@ class Coherence:
                     pass
 
     def _serve(self, conn: Any) -> None:
-        next_ping, fresh = 0.0, " fresh"
+        next_ping, fresh, me = 0.0, " fresh", self.me()
         while not self._stopping.is_set():
             out: list[str] = []
+            if self.me() != me:  # renamed (see Catalog.beat)
+                out.append(f"r {me} {self.me()}")
+                self._former.add(me)
+                me = self.me()
             now = time.monotonic()
             if now >= next_ping:
                 next_ping = now + PING
@@ -254,20 +282,39 @@ class Coherence:
                                  m=note.payload[:200])
                         self.forget(None)
             if out:
-                conn.execute(f"SELECT pg_notify('{CHANNEL}', m) FROM unnest(%s::text[]) AS m", (out,))
+                self._send(conn, out)
+        self._send(conn, [f"b {self.me()}"])
+
+    @staticmethod
+    def _send(conn: Any, messages: list[str]) -> None:
+        conn.execute(f"SELECT pg_notify('{CHANNEL}', m) FROM unnest(%s::text[]) AS m", (messages,))
 
     def _heard(self, payload: str) -> list[str]:
         """A message on the channel: what to answer."""
         me = self.me()
         kind, _, rest = payload.partition(" ")
         sender, _, rest = rest.partition(" ")
-        if kind == "c" and sender != me:
+        if kind in ("c", "c+") and sender != me:
             seq, _, names = rest.partition(" ")
             self.forget(None if names == "*" else json.loads(names))
-            return [f"k {me} {sender} {seq}"]
-        if kind == "k":
+            return [f"k {me} {sender} {seq}"] if kind == "c" else []
+        if kind == "b" and sender != me:  # it stopped, and answers nothing from memory again
+            with self._lock:
+                self._gone.add(sender)
+                self._counted.discard(sender)
+            self.reactor.callFromThread(self._check)
+        elif kind == "r" and sender != me:  # it goes on under a new id (see Catalog.beat): its acks with it
+            new = rest
+            with self._lock:
+                self._renamed[sender] = new
+                if sender in self._counted:
+                    self._counted.discard(sender)
+                    self._counted.add(new)
+                self._acked[new] = max(self._acked.get(new, 0), self._acked.pop(sender, 0))
+            self.reactor.callFromThread(self._check)
+        elif kind == "k":
             to, _, seq = rest.partition(" ")
-            if to == me:
+            if to == me or to in self._former:
                 with self._lock:
                     self._acked[sender] = max(self._acked.get(sender, 0), int(seq))
                 self.reactor.callFromThread(self._check)
@@ -285,7 +332,7 @@ class Coherence:
             return [f"o {me} {sender} {n}"]
         elif kind == "o":
             to, _, n = rest.partition(" ")
-            if to == me:
+            if to == me or to in self._former:
                 self._answered(int(n), sender)
         return []
 

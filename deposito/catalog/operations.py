@@ -39,14 +39,14 @@ import uuid
 from typing import Any, Callable, Iterable, NamedTuple, Union
 
 from deposito.catalog.buckets import Buckets
-from deposito.catalog.coherence import CHANNEL, TRUST, WAIT, change_message
+from deposito.catalog.coherence import CHANNEL, TRUST, WAIT, change_messages
 from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, insert_rows, weight
 from deposito.catalog.database import Backend, Connection, log
 from deposito.catalog.garbage import Garbage
 from deposito.catalog.identity import FLOOR, Identity
 from deposito.catalog.multipart import Multipart
 from deposito.catalog.queue import WorkQueue
-from deposito.catalog.records import Expect, FileRecord, effects, keeps_records, one_record
+from deposito.catalog.records import Expect, FileRecord, effects, keeps_records, one_record, tells
 from deposito.catalog.schema import RECORD, servers_text, to_record
 from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE, manifest_name
@@ -84,6 +84,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         self.announced = 0  # the number of this proxy's last change told to the others (see announce)
         self._announcing = 0  # the number of the change the open transaction tells, if any
         self._untold: set[str] = set()  # names the open transaction committed that need no telling (see announce)
+        self._reported: builtins.list[str] | None = []
         self._quiet: builtins.list[tuple[str, int]] = []  # ...as (name, version), and once committed:
         self.quiet: set[tuple[str, int]] = set()
         super().__init__(where, reads_only)
@@ -145,22 +146,27 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         and is not told: its answer waits for nobody."""
         self._announcing = 0
         untold, self._untold = self._untold, set()
+        reported, self._reported = self._reported, []
         self._quiet = []
         if not (self.among_proxies and self.backend.shared):
             return
         self._quiet = [(args[0], args[1]) for method, args in calls if method is Catalog.commit and args[0] in untold]
         names: builtins.list[str] | None = []
+        if any(tells(method) for method, _ in calls):
+            names = reported
         for method, args in calls:
-            if keeps_records(method) or (method is Catalog.commit and args[0] in untold):
+            if names is None or keeps_records(method) or tells(method) or (
+                    method is Catalog.commit and args[0] in untold):
                 continue
-            if names is not None and one_record(method):
+            if one_record(method):
                 names.append(args[0])
             else:
                 names = None
         if names == []:
             return
         self._announcing = self.announced + 1
-        self.backend.notify(db, CHANNEL, change_message(self.proxy, self._announcing, names))
+        for message in change_messages(self.proxy, self._announcing, names):
+            self.backend.notify(db, CHANNEL, message)
 
     def reader(self) -> Catalog:
         """Another Catalog on the same database, for clients' lookups (:meth:`lookups`)."""
@@ -387,7 +393,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             return self._lookup(db, name)
         return self._tx(tx)
 
-    @effects(durable=True, keeps_records=False)
+    @effects(durable=True, keeps_records=False, tells=True)
     def add_copy(self, name: str, blob: str, server: str, now: float) -> bool:
         """A new copy of ``name``'s blob is durable on ``server``: it counts, if the
         blob is still the current one (else it is garbage)."""
@@ -408,7 +414,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             return True
         return self._tx(tx)
 
-    @effects(durable=True, keeps_records=False)
+    @effects(durable=True, keeps_records=False, tells=True)
     def drop_copy(self, blob: str, server: str) -> None:
         """A copy no longer counts (found corrupt) and is to be deleted from
         its server; its file is queued, to be copied again."""
@@ -419,7 +425,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             self._enqueue(db, [row[0] for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))])
         self._tx(tx)
 
-    @effects(durable=True, keeps_records=False)
+    @effects(durable=True, keeps_records=False, tells=True)
     def drop_copies(self, drops: Iterable[tuple[str, str]]) -> None:
         """The reconciler's drops, (blob, server) each: copies over the wanted
         count, or on dead servers once replaced. No longer counted, to be deleted."""
@@ -430,7 +436,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             self._servers_changed(db, {blob for blob, _ in drops})
         self._tx(tx)
 
-    @effects(durable=True, keeps_records=False)
+    @effects(durable=True, keeps_records=False, tells=True)
     def abandon_copy(self, blob: str, server: str) -> None:
         """A repair copy failed: what it wrote is garbage."""
         def tx(db: Connection) -> None:
@@ -439,7 +445,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                 db.execute(INSERT_GARBAGE, (blob, server))  # unless an inventory counted it meanwhile
         self._tx(tx)
 
-    @effects(durable=False, keeps_records=False, prompt=True)
+    @effects(durable=False, keeps_records=False, tells=True, prompt=True)
     def reconcile_inventory(self, server: str, present: Iterable[str], lo: str | None, hi: str | None,
                             before: float) -> tuple[int, int, int, list[str]]:
         """Compare what a server holds with what the catalog says it holds, over

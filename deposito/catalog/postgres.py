@@ -370,7 +370,8 @@ class PostgresBackend:
         db.execute("SELECT pg_notify(?, ?)", (channel, message))  # its answer is never read: no round trip
 
     def channel(self) -> psycopg.Connection[Any]:
-        return self._connect(autocommit=True)
+        # not through _connect: a failure here is said by the listener, and makes no other call wait
+        return psycopg.connect(self.conninfo, autocommit=True)
 
     def watch(self, connection: Callable[[], PostgresConnection | None]) -> ContextManager[None]:
         return WATCHDOG.watch(connection, self.call_timeout)

@@ -72,7 +72,7 @@ class Counts:
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
-def effects(*, durable: bool, keeps_records: bool, one_record: bool = False,
+def effects(*, durable: bool, keeps_records: bool, one_record: bool = False, tells: bool = False,
             prompt: bool = False, answers_later: bool = False) -> Callable[[Method], Method]:
     """Declares what a catalog method's call does, on the method itself;
     :class:`deposito.catalog.CatalogThread` calls nothing that does not
@@ -96,6 +96,11 @@ def effects(*, durable: bool, keeps_records: bool, one_record: bool = False,
     first argument, and of hidden names (which are never kept), but no other:
     only that name's kept record is forgotten.
 
+    ``tells=True``: among proxies on a shared catalog, it names the records
+    it changed as it goes (``Catalog._tell``), and only those are forgotten
+    by the other proxies (see :meth:`deposito.catalog.Catalog.announce`);
+    otherwise a change that is not ``one_record`` makes them forget all.
+
     ``prompt=True``: it takes in what a server lists, never a change a
     client asked for, so it runs at once after this proxy joined the
     others, where other changes wait (deposito.catalog.operations.WAIT): a
@@ -114,8 +119,13 @@ def effects(*, durable: bool, keeps_records: bool, one_record: bool = False,
         method.durable = durable  # type: ignore[attr-defined]
         method.keeps_records = keeps_records  # type: ignore[attr-defined]
         method.one_record = one_record  # type: ignore[attr-defined]
+        method.tells = tells  # type: ignore[attr-defined]
         return method
     return declare
+
+
+def tells(method: Callable[..., Any]) -> bool:
+    return bool(getattr(method, "tells", False))
 
 
 def is_durable(method: Callable[..., Any]) -> bool:
