@@ -64,6 +64,7 @@ PING = 0.5  # seconds between a proxy's pings
 LEASE = 2.0  # a ping's answers let records be answered from memory this long after it was sent
 ACK_WAIT = 1.0  # a counted proxy silent this long about a change is counted no more
 MARGIN = 0.5  # for two clocks' rates
+WAKE = 0.1  # seconds the listening thread waits at most for a message (so that it stops soon when asked)
 RETRY = 1.0  # seconds between tries to listen again after the connection was lost
 LONGEST = 7000  # bytes of names in one message, at most (the database takes 8000): more forgets all
 
@@ -274,7 +275,7 @@ class Coherence:
                 out.append(f"i {self.me()} {self._n}{fresh}")
                 fresh = ""
             else:
-                for note in conn.notifies(timeout=max(0.0, next_ping - now), stop_after=1):
+                for note in conn.notifies(timeout=min(WAKE, max(0.0, next_ping - now)), stop_after=1):
                     try:
                         out += self._heard(note.payload)
                     except ValueError:  # not ours, or garbled: whatever it changed is forgotten
