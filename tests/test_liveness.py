@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from twisted.internet import defer, task
 
-from deposito.catalog.operations import TRUST, Beat
+from deposito.catalog.coherence import TRUST
+from deposito.catalog.operations import Beat
 from deposito.depot.liveness import Liveness
 from deposito.errors import NoSpace, Unavailable
 from deposito.roster import Member, Roster

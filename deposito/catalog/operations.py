@@ -39,7 +39,7 @@ import uuid
 from typing import Any, Callable, Iterable, NamedTuple, Union
 
 from deposito.catalog.buckets import Buckets
-from deposito.catalog.coherence import CHANNEL, TRUST, WAIT, change_messages
+from deposito.catalog.coherence import CHANNEL, WAIT, change_messages
 from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, insert_rows, weight
 from deposito.catalog.database import Backend, Connection, log
 from deposito.catalog.garbage import Garbage
@@ -50,8 +50,6 @@ from deposito.catalog.records import Expect, FileRecord, effects, keeps_records,
 from deposito.catalog.schema import RECORD, servers_text, to_record
 from deposito.errors import Unavailable
 from deposito.hidden import VISIBLE, manifest_name
-
-
 
 
 class Beat(NamedTuple):
@@ -84,7 +82,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         self.announced = 0  # the number of this proxy's last change told to the others (see announce)
         self._announcing = 0  # the number of the change the open transaction tells, if any
         self._untold: set[str] = set()  # names the open transaction committed that need no telling (see announce)
-        self._reported: builtins.list[str] | None = []
+        self._reported: builtins.list[str] | None = []  # names the open transaction's calls changed (see _tell)
         self._quiet: builtins.list[tuple[str, int]] = []  # ...as (name, version), and once committed:
         self.quiet: set[tuple[str, int]] = set()
         super().__init__(where, reads_only)

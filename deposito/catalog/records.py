@@ -103,7 +103,7 @@ def effects(*, durable: bool, keeps_records: bool, one_record: bool = False, tel
 
     ``prompt=True``: it takes in what a server lists, never a change a
     client asked for, so it runs at once after this proxy joined the
-    others, where other changes wait (deposito.catalog.operations.WAIT): a
+    others, where other changes wait (deposito.catalog.coherence.WAIT): a
     proxy alone until then may answer from memory without it for the few
     seconds its trust lasts, and the server's listing does not wait
     (its connection is not read meanwhile).

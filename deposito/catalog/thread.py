@@ -175,7 +175,7 @@ class CatalogThread:
 
     def trust(self, until: float) -> None:
         """No other proxy shares the catalog until ``until`` (time.monotonic(),
-        see deposito.catalog.operations.TRUST): the records kept are answered
+        see deposito.catalog.coherence.TRUST): the records kept are answered
         till then. When trust had lapsed, the records kept meanwhile (another
         proxy may have changed them since) are forgotten first, and so are
         the answers of lookups under way."""

@@ -17,7 +17,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from deposito.catalog.operations import TRUST
+from deposito.catalog.coherence import TRUST
 from deposito.errors import NoSpace, Unavailable
 from deposito.interfaces import ICatalog
 from deposito.roster import Member, Roster
@@ -58,7 +58,7 @@ class Liveness:
 
     async def _beat(self) -> None:
         now = self.clock.seconds()
-        began = time.monotonic()  # no other proxy's row went in before this: see catalog.operations.TRUST
+        began = time.monotonic()  # no other proxy's row went in before this: see catalog.coherence.TRUST
         # Retire others only if this proxy's own last beat is recent: right
         # after an outage of the database every proxy looks silent.
         hand_over = self._last_ok is not None and now - self._last_ok <= self.lease / 2
