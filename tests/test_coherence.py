@@ -177,3 +177,28 @@ def test_names_too_long_for_one_message_go_in_several_only_the_last_acked():
     told = [n for m in messages for n in json.loads(m.split(" ", 3)[3])]
     assert sorted(told) == sorted(names)
     assert coherence.change_messages("p1", 8, None) == ["c p1 8 *"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_proxy_renamed_after_a_hand_over_is_followed_under_its_new_id(proxies):
+    """B was silent past its lease and another proxy took its row: its next
+    beat goes on under a new id, which it tells the others. A's changes then
+    wait for B's acks under that id, and not ACK_WAIT for the old one."""
+    import psycopg
+
+    a, b = proxies
+    yield beat_until_trusted(a, b)
+    v = yield a.begin_upload("f", "b1", ["s1"])
+    assert (yield a.commit("f", v, "b1", 1, "x", 1, ["s1"], time.time()))
+    assert (yield b.read("f")).replicas == 1
+    old = b.catalog.proxy
+    with psycopg.connect(a.catalog.backend.conninfo, autocommit=True) as admin:
+        admin.execute("DELETE FROM proxies WHERE id = %s", (old,))
+    yield b.beat([], time.time(), 30.0, False)
+    assert b.catalog.proxy != old
+    yield sleep(0.3)  # its new id goes round
+    for replicas in (2, 3):
+        began = time.monotonic()
+        yield a.set_replicas("f", replicas)
+        assert time.monotonic() - began < coherence.ACK_WAIT
+        assert (yield b.read("f")).replicas == replicas
