@@ -218,6 +218,13 @@ def test_missing_things_and_bucket_rules(s3):
     with pytest.raises(ClientError) as e:
         c.create_bucket(Bucket="Bad_Name")
     assert code(e.value) == "InvalidBucketName"
+    for kept in ("xn--rules", "rules-s3alias", "rules--ol-s3", "sthree-rules"):  # names S3 keeps for itself
+        with pytest.raises(ClientError) as e:
+            c.create_bucket(Bucket=kept)
+        assert code(e.value) == "InvalidBucketName", kept
+        with pytest.raises(ClientError) as e:
+            c.get_object(Bucket=kept, Key="x")
+        assert code(e.value) == "NoSuchBucket", kept
     with pytest.raises(ClientError) as e:
         c.list_parts(Bucket="rules", Key="big", UploadId="0" * 32)
     assert code(e.value) == "NoSuchUpload"

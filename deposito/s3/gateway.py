@@ -48,8 +48,8 @@ from deposito.s3.errors import UNSERVED_CONDITION, S3Error, s3_error
 from deposito.s3.keys import S3Keys
 from deposito.s3.listings import Listings
 from deposito.s3.multipart import Multipart
-from deposito.s3.objects import (KEPT_HEADERS, ObjectMeta, check_bucket, file_name, header_text, mail_safe,
-                                 replicas_of)
+from deposito.s3.objects import (KEPT_HEADERS, ObjectMeta, check_bucket, check_new_bucket, file_name, header_text,
+                                 mail_safe, replicas_of)
 from deposito.s3.request import S3Request
 from deposito.transfer import Upload
 from deposito.web import parse_range, send_body
@@ -249,7 +249,7 @@ class Gateway:
         body = await call.request.body.read(XML_BODY_LIMIT)
         BodyChecks(call).check_whole(body)
         xmlread.parse_create_bucket(body)
-        if not await self.depot.create_bucket(call.bucket):
+        if not await self.depot.create_bucket(check_new_bucket(call.bucket)):
             raise S3Error("BucketAlreadyOwnedByYou", BucketName=call.bucket)
         await self.send(call, 200, headers={b"location": b"/" + call.bucket.encode()})
 

@@ -96,11 +96,25 @@ class ObjectMeta:
         return cls(record.sha256[:32] + "-1")
 
 
+# Names S3 keeps for itself (punycode hosts, its access points and aliases):
+# no bucket may be created with them, so any other request to one finds no bucket.
+_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
 def check_bucket(name: str) -> str:
     """A bucket name by S3's rules, or InvalidBucketName."""
     if not _BUCKET.match(name) or ".." in name or ".-" in name or "-." in name or _IP.match(name):
         raise S3Error("InvalidBucketName", resource=name, BucketName=name)
     return name
+
+
+def check_new_bucket(name: str) -> str:
+    """A name a bucket may be created with: S3's rules, and none of the
+    names S3 keeps for itself; else InvalidBucketName."""
+    if name.startswith(_RESERVED_PREFIXES) or name.endswith(_RESERVED_SUFFIXES):
+        raise S3Error("InvalidBucketName", resource=name, BucketName=name)
+    return check_bucket(name)
 
 
 def file_name(bucket: str, key: str) -> str:
