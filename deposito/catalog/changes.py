@@ -8,6 +8,7 @@ import builtins
 from typing import Any, Iterable
 
 from deposito.catalog.database import Connection, Database
+from deposito.catalog.dialect import Dialect, Statement
 from deposito.catalog.records import Expect, FileRecord
 from deposito.catalog.schema import RECORD, TOTALS, to_record
 from deposito.errors import Conflict, NotFound, Unavailable
@@ -77,18 +78,25 @@ class Changes(Database):
         if db.execute("SELECT 1 FROM buckets WHERE name = ?" + self.dialect.for_key_share, (bucket,)).fetchone() is None:
             raise NotFound(f"no bucket named {bucket}")
 
-    def _replace(self, db: Connection, name: str, row: tuple[Any, ...], replaced: Any = UNREAD) -> None:
-        """Make ``row`` (the values of UPSERT_FILE) ``name``'s version: the one
-        it replaces (``replaced``: as :data:`CURRENT` reads it, unless read
-        here) is garbage."""
+    def _replace(self, db: Connection, name: str, row: tuple[Any, ...], replaced: Any = UNREAD,
+                 copies: Iterable[str] = ()) -> None:
+        """Make ``row`` (the values of UPSERT_FILE) ``name``'s version, with
+        copies of its blob on ``copies`` (servers): the one it replaces
+        (``replaced``: as :data:`CURRENT` reads it, unless read here) is
+        garbage. Its writes go together (see Dialect.together)."""
         old = db.execute(CURRENT, (name,)).fetchone() if replaced is UNREAD else replaced
         files, size, wanted = weight(name, row[3], row[5], row[9])
+        writes: builtins.list[Statement | None] = []
         if old is not None:
-            self._drop_version(db, old[0], old[3])
+            if old[3]:  # a multipart version's parts are found by reading
+                self._drop_hidden(db, manifest_name(old[3]), manifest_name(old[3]) + "0")
+            else:
+                writes += drop_blob(old[0])
             was = weight(name, old[1], old[2], old[3])
             files, size, wanted = files - was[0], size - was[1], wanted - was[2]
-        add_totals(db, files, size, wanted)
-        db.execute(UPSERT_FILE, row)
+        writes += [totals(files, size, wanted), (UPSERT_FILE, row),
+                   new_rows("copies", [(row[2], s, row[6]) for s in copies])]
+        together(db, self.dialect, writes)
 
     @staticmethod
     def _add_copies(db: Connection, blob: str, servers: list[str], now: float) -> None:
@@ -101,10 +109,8 @@ class Changes(Database):
         else:
             self._drop_blob(db, blob)
 
-    @staticmethod
-    def _drop_blob(db: Connection, blob: str) -> None:
-        db.execute("INSERT INTO garbage (blob, server) SELECT blob, server FROM copies WHERE blob = ? ON CONFLICT DO NOTHING", (blob,))
-        db.execute("DELETE FROM copies WHERE blob = ?", (blob,))
+    def _drop_blob(self, db: Connection, blob: str) -> None:
+        together(db, self.dialect, drop_blob(blob))
 
     def _drop_hidden(self, db: Connection, low: str, high: str, where: str = "") -> int:
         """The hidden files named from ``low`` up to (not including) ``high``
@@ -193,19 +199,52 @@ def weight(name: str, size: int, replicas: int, parts: str) -> tuple[int, int, i
     return 1, size, 0 if parts else replicas
 
 
+def together(db: Connection, dialect: Dialect, writes: Iterable[Statement | None]) -> Any:
+    """Run ``writes`` (those not None), none of which reads what another
+    writes, in as few statements as the database allows (Dialect.together):
+    the last one's cursor."""
+    cursor = None
+    for sql, params in dialect.together([w for w in writes if w is not None]):
+        cursor = db.execute(sql, params)
+    return cursor
+
+
+def new_rows(into: str, rows: list[tuple[Any, ...]]) -> Statement | None:
+    """The statement that inserts ``rows`` into ``into`` (a table, with its
+    columns if not all), leaving out those already there; None for no rows."""
+    if not rows:
+        return None
+    values = "(" + ", ".join("?" * len(rows[0])) + ")"
+    return (f"INSERT INTO {into} VALUES " + ",".join([values] * len(rows)) + " ON CONFLICT DO NOTHING",
+            tuple(v for row in rows for v in row))
+
+
 def insert_rows(db: Connection, into: str, rows: list[tuple[Any, ...]]) -> None:
-    """Insert ``rows`` into ``into`` (a table, with its columns if not all)
-    in one statement, leaving out those already there."""
-    if rows:
-        values = "(" + ", ".join("?" * len(rows[0])) + ")"
-        db.execute(f"INSERT INTO {into} VALUES " + ",".join([values] * len(rows)) + " ON CONFLICT DO NOTHING",
-                   [v for row in rows for v in row])
+    """Insert ``rows`` into ``into`` in one statement (see new_rows)."""
+    statement = new_rows(into, rows)
+    if statement is not None:
+        db.execute(*statement)
+
+
+def drop_blob(blob: str) -> list[Statement]:
+    """The statements that make ``blob``'s copies garbage."""
+    return [("INSERT INTO garbage (blob, server) SELECT blob, server FROM copies WHERE blob = ? ON CONFLICT DO NOTHING",
+             (blob,)),
+            ("DELETE FROM copies WHERE blob = ?", (blob,))]
+
+
+def totals(files: int, size: int, wanted: int) -> Statement | None:
+    """The statement that adds to the totals STATUS shows; None for nothing to add."""
+    deltas = [(key, delta) for key, delta in zip(TOTALS, (files, size, wanted)) if delta]
+    if not deltas:
+        return None
+    return ("UPDATE totals SET value = value + CASE key" + " WHEN ? THEN ?" * len(deltas)
+            + " END WHERE key IN (%s)" % ",".join("?" * len(deltas)),
+            (*[v for pair in deltas for v in pair], *[key for key, _ in deltas]))
 
 
 def add_totals(db: Connection, files: int, size: int, wanted: int) -> None:
     """Add to the totals STATUS shows, in one statement."""
-    deltas = [(key, delta) for key, delta in zip(TOTALS, (files, size, wanted)) if delta]
-    if deltas:
-        db.execute("UPDATE totals SET value = value + CASE key"
-                   + " WHEN ? THEN ?" * len(deltas) + " END WHERE key IN (%s)" % ",".join("?" * len(deltas)),
-                   (*[v for pair in deltas for v in pair], *[key for key, _ in deltas]))
+    statement = totals(files, size, wanted)
+    if statement is not None:
+        db.execute(*statement)

@@ -4,15 +4,18 @@ The catalog's operations (:mod:`deposito.catalog.operations`) are written
 once, with ``?`` placeholders and ``ON CONFLICT`` upserts, which both
 databases speak; what they do not share is named here and filled in per
 database: scalar greatest/least, how a file's server list is built, column
-types, the lock a commit takes on its name's row, how a transaction begins
-and how durable a batch is.
+types, the lock a commit takes on its name's row, how a transaction begins,
+how durable a batch is, and whether several writes can go as one statement.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import attrs
+
+Statement = tuple[str, tuple[Any, ...]]  # SQL with ``?`` placeholders, and its values
 
 
 @attrs.frozen
@@ -29,6 +32,19 @@ class Dialect:
     key: str  # a text column that is sorted: by code point, as Python sorts
     without_rowid: str
     servers_of_blob: str  # a blob's servers, space-separated, sorted; ``{blob}`` the blob's column
+    writes_in_with: bool  # a WITH may hold INSERT, UPDATE and DELETE statements
+
+    def together(self, statements: list[Statement]) -> list[Statement]:
+        """Statements none of which reads what another writes, as few as the
+        database runs them in: one where a WITH may hold writes (they then
+        run on one snapshot, the last one's rows being the answer), each by
+        itself elsewhere. On PostgreSQL each statement costs the proxy's CPU
+        more than the database's work."""
+        if not self.writes_in_with or len(statements) < 2:
+            return statements
+        *first, (last, values) = statements
+        return [("WITH " + ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(first)) + " " + last,
+                 tuple(v for _, params in statements for v in params))]
 
     def ddl(self, text: str) -> str:
         """A table definition written with ``{int}``, ``{real}``, ``{key}`` and ``{without_rowid}``."""
@@ -52,6 +68,7 @@ SQLITE = Dialect(
     without_rowid=" WITHOUT ROWID",
     servers_of_blob=("coalesce((SELECT group_concat(server, ' ') FROM"
                      " (SELECT server FROM copies c WHERE c.blob = {blob} ORDER BY server)), '')"),
+    writes_in_with=False,
 )
 
 POSTGRESQL = Dialect(
@@ -68,6 +85,7 @@ POSTGRESQL = Dialect(
     without_rowid="",
     servers_of_blob=("coalesce((SELECT string_agg(server, ' ' ORDER BY server) FROM copies c"
                      " WHERE c.blob = {blob}), '')"),
+    writes_in_with=True,
 )
 
 

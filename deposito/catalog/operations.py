@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Union
 
 from deposito.catalog.buckets import Buckets
 from deposito.catalog.coherence import CHANNEL, WAIT, change_messages
-from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, insert_rows, weight
+from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, new_rows, together, weight
 from deposito.catalog.database import Backend, Connection, log
 from deposito.catalog.garbage import Garbage
 from deposito.catalog.identity import FLOOR, Identity
@@ -289,11 +289,11 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         greatest = self.dialect.greatest
 
         def tx(db: Connection) -> Callable[[], int]:
-            insert_rows(db, "intents (blob, server, owner)", [(blob, s, self.proxy) for s in servers])
-            version = self.backend.first_row(db.execute(
-                f"INSERT INTO names (name, last_version) VALUES (?, {greatest}(1, {FLOOR}))"
-                f" ON CONFLICT (name) DO UPDATE SET last_version = {greatest}(names.last_version + 1, {FLOOR})"
-                " RETURNING last_version", (name,)))
+            version = self.backend.first_row(together(db, self.dialect, [
+                new_rows("intents (blob, server, owner)", [(blob, s, self.proxy) for s in servers]),
+                (f"INSERT INTO names (name, last_version) VALUES (?, {greatest}(1, {FLOOR}))"
+                 f" ON CONFLICT (name) DO UPDATE SET last_version = {greatest}(names.last_version + 1, {FLOOR})"
+                 " RETURNING last_version", (name,))]))
             return lambda: int(version()[0])
         return self._tx_later(tx)
 
@@ -345,8 +345,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             if not newest:
                 return False
             self._replace(db, name, (name, version, blob, size, sha256, replicas, now, servers_text(servers),
-                                     meta, ""), replaced)
-            self._add_copies(db, blob, servers, now)
+                                     meta, ""), replaced, copies=servers)
             return True
         return self._tx(tx)
 
