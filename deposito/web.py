@@ -199,7 +199,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | bool:
 
 def _position(digits: str) -> int:
     """A byte position in a Range header, never handed to int() whole when
-    it is longer than any size (int() refuses thousands of digits)."""
+    it is longer than any size (int() refuses thousands of digits); leading
+    zeros count for nothing."""
+    digits = digits.lstrip("0") or "0"
     return int(digits) if len(digits) <= MAX_POSITION_DIGITS else 1 << 64
 
 

@@ -63,6 +63,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
     ("bytes=" + "9" * 5000 + "-", 10, False),  # positions past any size, however long
     ("bytes=2-" + "9" * 5000, 10, (2, 9)),
     ("bytes=-" + "9" * 5000, 10, (0, 9)),
+    ("bytes=" + "0" * 5000 + "2-" + "0" * 30 + "5", 10, (2, 5)),  # leading zeros count for nothing
+    ("bytes=-" + "0" * 40 + "3", 10, (7, 9)),
     ("bytes=\u0663-", 10, None),  # digits are ASCII digits
 ])
 def test_parse_range(header, size, expected):
