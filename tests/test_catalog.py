@@ -1220,6 +1220,34 @@ def test_an_abandon_waiting_on_a_commit_of_the_same_upload_makes_no_garbage_of_i
     assert b.garbage(["s1"], 10) == [] and b.lookup("f").servers == ("s1",)
 
 
+def test_a_copy_added_while_a_new_version_commits_is_garbage_with_its_old_version(shared):
+    """A copy of the current version is counted (A) while B commits the next
+    version: B's commit waits for A's, and then makes every copy of the old
+    version garbage, the new one too (it would stay on its disk for good)."""
+    import threading
+
+    a, b = shared
+    a.recover(0.0)
+    b.recover(0.0)
+    v1 = b.begin_upload("f", "old", ["s1"])
+    assert b.commit("f", v1, "old", 1, "x", 2, ["s1"], 0.0)
+    v2 = b.begin_upload("f", "new", ["s2"])
+    a.add_intent("old", "s3")  # the reconciler's copy of the old version, to s3
+    a.db.execute("BEGIN")
+    assert a.add_copy("f", "old", "s3", 1.0)  # in A's open transaction
+    committed = []
+    waiter = threading.Thread(target=lambda: committed.append(b.commit("f", v2, "new", 1, "y", 2, ["s2"], 2.0)))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive(), "B's commit did not wait for the copy A is counting"
+    a.db.execute("COMMIT")
+    waiter.join(10)
+    assert committed == [True]
+    assert b.lookup("f").blob == "new"
+    assert b.db.execute("SELECT server FROM copies WHERE blob = 'old'").fetchall() == []
+    assert sorted(b.garbage(["s1", "s3"], 10)) == [("old", "s1"), ("old", "s3")]
+
+
 def test_a_retired_proxy_goes_on_under_a_new_id_and_its_uploads_cannot_commit(shared):
     from deposito.errors import Unavailable
 

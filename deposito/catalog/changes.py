@@ -44,7 +44,9 @@ class Changes(Database):
         settled = db.execute(f"UPDATE names SET settled = {self.dialect.greatest}(settled, ?) WHERE name = ?"
                              " RETURNING settled", (version, name))
         intents = db.execute("DELETE FROM intents WHERE blob = ? RETURNING server, owner", (blob,))
-        current = db.execute(CURRENT, (name,))  # after the lock: the newest committed
+        # after the lock: the newest committed, its row locked too (a copy of it being counted
+        # meanwhile is counted before this reads which copies become garbage)
+        current = db.execute(CURRENT + self.dialect.for_update, (name,))
         # the three are sent before any answer is read: one round trip on a distant database
         newest, taken, replaced = settled.fetchone(), intents.fetchall(), current.fetchone()
         if not set(servers) <= {server for server, owner in taken if owner == self.proxy}:
