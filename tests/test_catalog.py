@@ -446,6 +446,20 @@ def test_busy_servers_and_inventory_do_not_recount_garbage(cat):
     assert cat.lookup("f").servers == ("s1",)
 
 
+def test_an_inventory_of_a_server_being_taken_in_makes_no_garbage_of_what_the_catalog_lacks(cat):
+    """Another proxy is taking a server's blobs in (its mark is in the
+    catalog): an inventory of that server through this one counts and drops
+    copies as ever, but leaves the blobs the catalog does not know yet."""
+    v = cat.begin_upload("f", "b1", ["s1"])
+    cat.commit("f", v, "b1", 1, "x", 1, ["s1"], 0.0)
+    cat.mark_adopting("s1", True)
+    assert cat.reconcile_inventory("s1", ["b1", "b-new"], None, None, before=10.0) == (0, 0, 0, [])
+    assert cat.garbage(["s1"], 10) == []
+    cat.mark_adopting("s1", False)
+    assert cat.reconcile_inventory("s1", ["b1", "b-new"], None, None, before=10.0) == (0, 0, 1, [])
+    assert cat.garbage(["s1"], 10) == [("b-new", "s1")]
+
+
 def test_an_upload_older_than_a_deleted_version_is_superseded(cat):
     """A's upload (version 1) is still arriving while B stores version 2 and
     deletes it: when A's finishes, it must not bring the name back at version 1."""

@@ -22,6 +22,12 @@ class Marks:
         (self.marked.add if adopting else self.marked.discard)(server)
         return defer.succeed(None)
 
+    def adopting(self) -> defer.Deferred[list[str]]:
+        return defer.succeed(sorted(self.marked))
+
+    def lost_catalogs(self) -> defer.Deferred[list[str]]:
+        return defer.succeed(sorted(set(self.lost)))
+
     def succeed(self, lost: str, floor: int) -> defer.Deferred[None]:
         self.lost.append(lost)
         return defer.succeed(None)
@@ -64,6 +70,22 @@ def test_a_taking_in_cut_short_goes_on_when_the_server_joins_again():
     answer(again.take(member, [ENTRY], more=False))
     assert db.marked == set() and not member.adopted and again.adopting == set()
     assert answer(again.takes_in("s1", None)) is False
+
+
+def test_a_server_another_proxy_is_taking_in_or_of_a_catalog_it_succeeded_is_taken_in_here_too():
+    """Two proxies share the catalog, and this one started before the other
+    marked a server or succeeded a lost catalog: what it remembers says no,
+    the catalog says yes. Judged, the server's blobs not taken in yet would
+    be garbage, deleted under the other proxy's taking in."""
+    clock = task.Clock()
+    db = Marks()
+    here = Rebuilder(clock, db, Roster(clock), done=lambda: None)
+    assert answer(here.takes_in("s1", None)) is False and answer(here.takes_in("s2", "0ld")) is False
+    db.marked.add("s1")  # the other proxy is taking s1 in: s1 serves this catalog already
+    db.lost.append("0ld")  # ...and succeeded 0ld, which s2 still serves
+    assert answer(here.takes_in("s1", None)) is True and "s1" in here.adopting
+    assert answer(here.takes_in("s2", "0ld")) is True and db.marked == {"s1", "s2"} and here.lost == {"0ld"}
+    assert answer(here.takes_in("s3", None)) is False  # a server nobody takes in is judged
 
 
 def test_a_lost_catalog_is_succeeded_when_its_server_is_first_taken_in_not_when_it_joins():

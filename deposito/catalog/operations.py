@@ -453,7 +453,8 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         Copies the catalog lists in the range (made before ``before``) that the
         server lacks stop counting; blobs it holds that are a file's current
         blob count (again); anything else it holds is garbage, unless still
-        being written. A blob deleted from the server at ``before`` or later
+        being written, or unless the server is being taken in (a proxy
+        sharing the catalog is adopting its blobs: see :meth:`mark_adopting`). A blob deleted from the server at ``before`` or later
         (by any proxy: see :meth:`forget_garbage`) may still be listed, and
         is left alone. The catalog's copies are read through the index in
         pages, so a range of any size costs memory for a page and the listed
@@ -467,6 +468,8 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             names: list[str] = []
             changed: list[str] = []  # blobs whose copies on this server were added or removed
             missing = counted = garbage = 0
+            adopting = db.execute("SELECT 1 FROM catalog_info WHERE key = ?",
+                                  ("adopting:" + server,)).fetchone() is not None
             held: set[str] = set()  # listed by both
             after = lo
             while True:
@@ -506,7 +509,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                     changed.append(blob)
                     counted += 1
                     names.append(row[0])
-                elif not written:
+                elif not (written or adopting):
                     db.execute(INSERT_GARBAGE, (blob, server))
                     garbage += 1
             self._servers_changed(db, changed)

@@ -60,22 +60,35 @@ class Rebuilder:
         self._finishing = False
         self._incomplete: set[str] = set()  # servers a chunk of which could not be taken in (see take)
         self._waited = False  # the multipart objects waited for the catalog (see _finished)
-        self.lost: set[str] = set()  # the lost catalogs this one succeeds (read at the start)
-        self.adopting: set[str] = set()  # the servers being taken in (read at the start)
+        self.lost: set[str] = set()  # the lost catalogs this one succeeds (read at the start, see takes_in)
+        self.adopting: set[str] = set()  # the servers being taken in (read at the start, see takes_in)
 
     def takes_in(self, member: str, serves: str | None) -> defer.Deferred[bool]:
         """Server ``member``, serving catalog ``serves`` (None: this one's, or
         none), joins: whether its listing is taken in rather than judged.
         Yes while rebuilding, for a server of a lost catalog this one
-        succeeds, and for one whose taking in was cut short; marked in the
-        catalog before the server is welcomed."""
+        succeeds, and for one whose taking in was cut short or is under way
+        through another proxy sharing the catalog; marked in the catalog
+        before the server is welcomed. What this proxy knows of the lost
+        catalogs and the marks may be behind the other proxies': when it
+        says no, the catalog is asked."""
+        return defer.ensureDeferred(self._takes_in(member, serves))
+
+    async def _takes_in(self, member: str, serves: str | None) -> bool:
         if member in self.adopting:
-            return defer.succeed(True)
+            return True
         if not (self.rebuilding or serves in self.lost):
-            return defer.succeed(False)
-        marked = self.db.mark_adopting(member, True)
-        marked.addCallback(lambda _: self.adopting.add(member))
-        return marked.addCallback(lambda _: True)
+            # another proxy sharing the catalog may be taking this server in, or may have made
+            # this catalog the successor of the one it serves
+            if member in await self.db.adopting():
+                self.adopting.add(member)
+                return True
+            if serves is None or serves not in await self.db.lost_catalogs():
+                return False
+            self.lost.add(serves)
+        await self.db.mark_adopting(member, True)
+        self.adopting.add(member)
+        return True
 
     async def start(self, empty: bool) -> None:
         """The proxy starts: rebuild if asked to, or if the catalog is ``empty``."""
