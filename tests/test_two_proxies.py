@@ -729,3 +729,62 @@ def test_both_proxies_answer_from_memory_and_each_reads_what_the_other_just_wrot
                 assert reader.cmd(f"STAT both/g{i}").startswith("OK")
                 assert writer.cmd(f"DELETE both/g{i}").startswith("OK")
                 assert reader.cmd(f"STAT both/g{i}").startswith("ERR notfound")
+
+
+def test_a_proxy_restarted_with_rebuild_takes_in_a_lost_catalog_while_the_other_serves(tmp_path, postgres):
+    """An old cluster's catalog is lost. Its servers come to two proxies that
+    share another catalog: one restarted with --rebuild, the other serving
+    on. Every file of the lost catalog comes back through both, with its
+    copies on the disks exactly (the other proxy judged the servers the
+    rebuild was taking in, and deleted what it had not taken in yet)."""
+    old = Cluster(tmp_path, name="old")
+    old.start_proxy()
+    for sid in ("s0", "s1", "s2"):
+        old.start_server(sid)
+    lost: dict[str, bytes] = {f"lost/{i}": os.urandom(500 + i) for i in range(20)}
+    lost.update({f"lost/one/{i}": os.urandom(64) for i in range(300)})
+    try:
+        old.wait_up(3)
+        with old.wire() as w:
+            for name, data in lost.items():
+                assert w.put(name, data, 1 if "/one/" in name else 2).startswith("OK stored"), name
+    finally:
+        old.stop()
+    (tmp_path / "old" / "catalog.sqlite").unlink()  # the catalog is lost
+
+    url = postgres.database()
+    a = Cluster(tmp_path, proxy_args=("--catalog", url))
+    b = a.add_proxy("proxy-b")
+    try:
+        a.start_proxy()
+        b.start_proxy()
+        for sid in ("s3", "s4"):
+            a.start_server(sid)
+        a.wait_up(2)
+        b.wait_up(2)
+        new = {f"new/{i}": os.urandom(300) for i in range(5)}
+        with b.wire() as w:
+            for name, data in new.items():
+                assert w.put(name, data, 2).startswith("OK stored")
+        a.kill_proxy(signal.SIGTERM)
+        a.start_proxy("--rebuild")
+        for sid in ("s0", "s1", "s2"):  # joined to both
+            a.start_server(sid)
+        a.wait_up(5)
+        b.wait_up(5)
+        wanted = {sha(data): (1 if "/one/" in name else 2) for name, data in {**lost, **new}.items()}
+        assert poll(lambda: only(a.copies(), [*lost.values(), *new.values()]) == wanted, 40), \
+            sorted(set(wanted.items()) - set(only(a.copies(), [*lost.values(), *new.values()]).items()))[:5]
+        def open_again() -> bool:
+            with a.wire() as w:
+                return not w.cmd("STAT new/0").startswith("ERR unavailable rebuilding")
+        assert poll(open_again, 30)
+        for c in (a, b):
+            with c.wire() as w:
+                for name in [*sorted(lost)[::15], *new]:
+                    head, got = w.get(name)
+                    assert got == {**lost, **new}[name], (c.name, name, head)
+                assert fields(w.cmd("STATUS"))["files"] == str(len(lost) + len(new))
+    finally:
+        stop_two(a, b)
+        postgres.drop(url)
