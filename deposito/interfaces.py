@@ -169,6 +169,9 @@ class ICatalog(IWorkCatalog):
         versions are given out from ``floor`` up from now on, above any the
         lost catalog gave out."""
 
+    def raise_floor(floor: int) -> Deferred[None]:
+        """Versions are given out from ``floor`` up from now on."""
+
     def save_server(id: str, zone: str, host: str, port: int, capacity: int, used: int,
                     blobs: int) -> Deferred[None]:
         """Remember a server across restarts."""

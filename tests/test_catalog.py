@@ -460,6 +460,14 @@ def test_an_inventory_of_a_server_being_taken_in_makes_no_garbage_of_what_the_ca
     assert cat.garbage(["s1"], 10) == [("b-new", "s1")]
 
 
+def test_versions_are_given_out_from_the_floor_up_and_the_floor_never_goes_down(cat):
+    assert cat.begin_upload("f", "b1", ["s1"]) == 1
+    cat.raise_floor(5000)
+    cat.raise_floor(10)
+    assert cat.begin_upload("f", "b2", ["s1"]) == 5000 and cat.begin_upload("g", "b3", ["s1"]) == 5000
+    assert cat.begin_upload("f", "b4", ["s1"]) == 5001
+
+
 def test_an_upload_older_than_a_deleted_version_is_superseded(cat):
     """A's upload (version 1) is still arriving while B stores version 2 and
     deletes it: when A's finishes, it must not bring the name back at version 1."""

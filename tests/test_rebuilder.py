@@ -32,6 +32,10 @@ class Marks:
         self.lost.append(lost)
         return defer.succeed(None)
 
+    def raise_floor(self, floor: int) -> defer.Deferred[None]:
+        self.floor = max(getattr(self, "floor", 0), floor)
+        return defer.succeed(None)
+
     def adopt(self, server: str, entries: list, now: float) -> defer.Deferred[int]:
         self.adopted.append((server, len(entries)))
         return defer.succeed(len(entries))

@@ -736,7 +736,9 @@ def test_a_proxy_restarted_with_rebuild_takes_in_a_lost_catalog_while_the_other_
     share another catalog: one restarted with --rebuild, the other serving
     on. Every file of the lost catalog comes back through both, with its
     copies on the disks exactly (the other proxy judged the servers the
-    rebuild was taking in, and deleted what it had not taken in yet)."""
+    rebuild was taking in, and deleted what it had not taken in yet); a
+    file written through the other proxy meanwhile wins over the version
+    the rebuild takes in (it was given version 1, the old one 3)."""
     old = Cluster(tmp_path, name="old")
     old.start_proxy()
     for sid in ("s0", "s1", "s2"):
@@ -748,6 +750,9 @@ def test_a_proxy_restarted_with_rebuild_takes_in_a_lost_catalog_while_the_other_
         with old.wire() as w:
             for name, data in lost.items():
                 assert w.put(name, data, 1 if "/one/" in name else 2).startswith("OK stored"), name
+            for _ in range(3):
+                overwritten = os.urandom(400)
+                assert w.put("again", overwritten, 2).startswith("OK stored")
     finally:
         old.stop()
     (tmp_path / "old" / "catalog.sqlite").unlink()  # the catalog is lost
@@ -768,20 +773,26 @@ def test_a_proxy_restarted_with_rebuild_takes_in_a_lost_catalog_while_the_other_
                 assert w.put(name, data, 2).startswith("OK stored")
         a.kill_proxy(signal.SIGTERM)
         a.start_proxy("--rebuild")
+        assert poll(lambda: "rebuilding the catalog from the servers" in a.log(a.name), 20)
+        new["again"] = os.urandom(300)  # through the other proxy, before the old servers are back
+        with b.wire() as w:
+            assert int(fields(w.put("again", new["again"], 2))["version"]) > 3
         for sid in ("s0", "s1", "s2"):  # joined to both
             a.start_server(sid)
         a.wait_up(5)
         b.wait_up(5)
         wanted = {sha(data): (1 if "/one/" in name else 2) for name, data in {**lost, **new}.items()}
-        assert poll(lambda: only(a.copies(), [*lost.values(), *new.values()]) == wanted, 40), \
-            sorted(set(wanted.items()) - set(only(a.copies(), [*lost.values(), *new.values()]).items()))[:5]
+        wanted[sha(overwritten)] = 0
+        contents = [*lost.values(), *new.values(), overwritten]
+        assert poll(lambda: {**dict.fromkeys(wanted, 0), **only(a.copies(), contents)} == wanted, 40), \
+            sorted(set(wanted.items()) - set(only(a.copies(), contents).items()))[:5]
         def open_again() -> bool:
             with a.wire() as w:
                 return not w.cmd("STAT new/0").startswith("ERR unavailable rebuilding")
         assert poll(open_again, 30)
         for c in (a, b):
             with c.wire() as w:
-                for name in [*sorted(lost)[::15], *new]:
+                for name in [*sorted(lost)[::15], *sorted(new)]:
                     head, got = w.get(name)
                     assert got == {**lost, **new}[name], (c.name, name, head)
                 assert fields(w.cmd("STATUS"))["files"] == str(len(lost) + len(new))

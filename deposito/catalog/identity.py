@@ -41,11 +41,20 @@ class Identity(Changes):
         def tx(db: Connection) -> None:
             db.execute("INSERT INTO catalog_info (key, value) VALUES (?, '') ON CONFLICT DO NOTHING",
                        ("lost:" + lost,))
-            row = db.execute("SELECT value FROM catalog_info WHERE key = 'floor'").fetchone()
-            if row is None or int(row[0]) < floor:
-                db.execute("INSERT INTO catalog_info (key, value) VALUES ('floor', ?) ON CONFLICT (key)"
-                           " DO UPDATE SET value = excluded.value", (str(floor),))
+            self._raise_floor(db, floor)
         self._tx(tx)
+
+    @effects(durable=True, keeps_records=True)
+    def raise_floor(self, floor: int) -> None:
+        """Versions are given out from ``floor`` up from now on (see :meth:`succeed`)."""
+        self._tx(lambda db: self._raise_floor(db, floor))
+
+    @staticmethod
+    def _raise_floor(db: Connection, floor: int) -> None:
+        row = db.execute("SELECT value FROM catalog_info WHERE key = 'floor'").fetchone()
+        if row is None or int(row[0]) < floor:
+            db.execute("INSERT INTO catalog_info (key, value) VALUES ('floor', ?) ON CONFLICT (key)"
+                       " DO UPDATE SET value = excluded.value", (str(floor),))
 
     @effects(durable=False, keeps_records=True)
     def adopting(self) -> list[str]:

@@ -283,6 +283,9 @@ class CatalogThread:
     def succeed(self, lost: str, floor: int) -> Deferred[None]:
         return self._call(Catalog.succeed, lost, floor)
 
+    def raise_floor(self, floor: int) -> Deferred[None]:
+        return self._call(Catalog.raise_floor, floor)
+
     def adopting(self) -> Deferred[list[str]]:
         return self._call(Catalog.adopting)
 
