@@ -766,46 +766,47 @@ def test_proxies_sharing_a_catalog_decide_a_conditional_write_on_the_same_curren
     assert a.lookup("lock").blob == "bb"
 
 
+def once_committed(a: Catalog, call, why: str):
+    """``call()`` (through another proxy's catalog) while ``a`` holds its
+    transaction open: it must wait for it (``why`` says what went wrong if
+    it does not). Returns what ``call()`` returned, once ``a`` has committed."""
+    import threading
+
+    outcome: list = []
+    waiter = threading.Thread(target=lambda: outcome.append(call()))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive(), why
+    a.db.execute("COMMIT")
+    waiter.join(10)
+    assert not waiter.is_alive() and outcome, "it did not end once the transaction was committed"
+    return outcome[0]
+
+
 def test_a_commit_waits_for_another_proxys_commit_of_the_same_name(shared):
     """The name's row is locked: B's commit of version 2 decides only after
     A's transaction (which committed version 3) ends, and so loses."""
-    import threading
-
     a, b = shared
     a.begin_upload("f", "b1", ["s1"])
     v2 = b.begin_upload("f", "b2", ["s2"])
     v3 = a.begin_upload("f", "b3", ["s1"])
     a.db.execute("BEGIN")
     assert a.commit("f", v3, "b3", 1, "x", 1, ["s1"], 0.0)  # inside A's open transaction: a savepoint
-    outcome = []
-    waiter = threading.Thread(target=lambda: outcome.append(b.commit("f", v2, "b2", 1, "y", 1, ["s2"], 0.0)))
-    waiter.start()
-    waiter.join(0.5)
-    assert waiter.is_alive(), "B decided without waiting for A's lock"
-    a.db.execute("COMMIT")
-    waiter.join(10)
-    assert outcome == [False] and b.lookup("f").blob == "b3"
+    assert once_committed(a, lambda: b.commit("f", v2, "b2", 1, "y", 1, ["s2"], 0.0),
+                          "B decided without waiting for A's lock") is False
+    assert b.lookup("f").blob == "b3"
 
 
 def test_a_delete_waits_for_another_proxys_commit_of_the_same_name(shared):
     """B's DELETE, arriving while A commits version 2, deletes version 2:
     its blob is garbage and the totals come to nothing."""
-    import threading
-
     a, b = shared
     v1 = a.begin_upload("f", "b1", ["s1"])
     a.commit("f", v1, "b1", 10, "x", 1, ["s1"], 0.0)
     v2 = a.begin_upload("f", "b2", ["s2"])
     a.db.execute("BEGIN")
     assert a.commit("f", v2, "b2", 20, "y", 1, ["s2"], 0.0)
-    deleted = []
-    waiter = threading.Thread(target=lambda: deleted.append(b.delete("f")))
-    waiter.start()
-    waiter.join(0.5)
-    assert waiter.is_alive(), "B deleted without waiting for A's lock"
-    a.db.execute("COMMIT")
-    waiter.join(10)
-    assert deleted[0].blob == "b2"
+    assert once_committed(a, lambda: b.delete("f"), "B deleted without waiting for A's lock").blob == "b2"
     counts = b.counts()
     assert (counts.files, counts.bytes, counts.wanted) == (0, 0, 0)
     assert sorted(b.garbage(["s1", "s2"])) == [("b1", "s1"), ("b2", "s2")]
@@ -1203,22 +1204,15 @@ def test_a_retirement_waiting_on_a_commit_of_the_same_upload_makes_no_garbage_of
     """A commits while B retires it: B's retirement waits for the intents A's
     commit is taking, and then finds none, so the committed copy is not
     garbage as well (it would be deleted while counted)."""
-    import threading
-
     a, b = shared
     a.recover(0.0)
     b.recover(0.0)
     version = a.begin_upload("f", "b1", ["s1"])
     a.db.execute("BEGIN")
     assert a.commit("f", version, "b1", 1, "x", 1, ["s1"], 0.0)  # in A's open transaction
-    retired = []
-    waiter = threading.Thread(target=lambda: retired.append(b.beat([], 100.0, 30.0, True)))
-    waiter.start()
-    waiter.join(0.5)
-    assert waiter.is_alive(), "B retired A's upload without waiting for A's commit"
-    a.db.execute("COMMIT")
-    waiter.join(10)
-    assert retired and retired[0][1:3] == (1, 0)  # A retired, no copy made garbage
+    retired = once_committed(a, lambda: b.beat([], 100.0, 30.0, True),
+                             "B retired A's upload without waiting for A's commit")
+    assert retired[1:3] == (1, 0)  # A retired, no copy made garbage
     assert b.garbage(["s1"], 10) == [] and b.lookup("f").servers == ("s1",)
 
 
@@ -1226,19 +1220,11 @@ def test_an_abandon_waiting_on_a_commit_of_the_same_upload_makes_no_garbage_of_i
     """An upload whose commit's answer was lost is abandoned while the commit
     still runs: the abandon waits for the intents the commit is taking, and
     then finds none, so the committed copy is not garbage as well."""
-    import threading
-
     a, b = shared
     version = a.begin_upload("f", "b1", ["s1"])
     a.db.execute("BEGIN")
     assert a.commit("f", version, "b1", 1, "x", 1, ["s1"], 0.0)  # in A's open transaction
-    waiter = threading.Thread(target=b.abandon, args=("b1",))
-    waiter.start()
-    waiter.join(0.5)
-    assert waiter.is_alive(), "the abandon took the intents without waiting for the commit"
-    a.db.execute("COMMIT")
-    waiter.join(10)
-    assert not waiter.is_alive()
+    once_committed(a, lambda: b.abandon("b1"), "the abandon took the intents without waiting for the commit")
     assert b.garbage(["s1"], 10) == [] and b.lookup("f").servers == ("s1",)
 
 
@@ -1246,8 +1232,6 @@ def test_a_copy_added_while_a_new_version_commits_is_garbage_with_its_old_versio
     """A copy of the current version is counted (A) while B commits the next
     version: B's commit waits for A's, and then makes every copy of the old
     version garbage, the new one too (it would stay on its disk for good)."""
-    import threading
-
     a, b = shared
     a.recover(0.0)
     b.recover(0.0)
@@ -1257,14 +1241,8 @@ def test_a_copy_added_while_a_new_version_commits_is_garbage_with_its_old_versio
     a.add_intent("old", "s3")  # the reconciler's copy of the old version, to s3
     a.db.execute("BEGIN")
     assert a.add_copy("f", "old", "s3", 1.0)  # in A's open transaction
-    committed = []
-    waiter = threading.Thread(target=lambda: committed.append(b.commit("f", v2, "new", 1, "y", 2, ["s2"], 2.0)))
-    waiter.start()
-    waiter.join(0.5)
-    assert waiter.is_alive(), "B's commit did not wait for the copy A is counting"
-    a.db.execute("COMMIT")
-    waiter.join(10)
-    assert committed == [True]
+    assert once_committed(a, lambda: b.commit("f", v2, "new", 1, "y", 2, ["s2"], 2.0),
+                          "B's commit did not wait for the copy A is counting") is True
     assert b.lookup("f").blob == "new"
     assert b.db.execute("SELECT server FROM copies WHERE blob = 'old'").fetchall() == []
     assert sorted(b.garbage(["s1", "s3"], 10)) == [("old", "s1"), ("old", "s3")]

@@ -90,8 +90,8 @@ class Changes(Database):
         files, size, wanted = weight(name, row[3], row[5], row[9])
         writes: builtins.list[Statement | None] = []
         if old is not None:
-            if old[3]:  # a multipart version's parts are found by reading
-                self._drop_hidden(db, manifest_name(old[3]), manifest_name(old[3]) + "0")
+            if old[3]:  # a multipart version: its parts are found by reading
+                self._drop_version(db, old[0], old[3])
             else:
                 writes += drop_blob(old[0])
             was = weight(name, old[1], old[2], old[3])

@@ -454,9 +454,9 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         server lacks stop counting; blobs it holds that are a file's current
         blob count (again); anything else it holds is garbage, unless still
         being written, or unless the server is being taken in (a proxy
-        sharing the catalog is adopting its blobs: see :meth:`mark_adopting`). A blob deleted from the server at ``before`` or later
-        (by any proxy: see :meth:`forget_garbage`) may still be listed, and
-        is left alone. The catalog's copies are read through the index in
+        sharing the catalog is adopting its blobs: see :meth:`mark_adopting`).
+        A blob deleted from the server at ``before`` or later (by any proxy:
+        see :meth:`forget_garbage`) may still be listed, and is left alone. The catalog's copies are read through the index in
         pages, so a range of any size costs memory for a page and the listed
         blobs. Returns (missing, counted, garbage, names of the files whose
         copies changed).

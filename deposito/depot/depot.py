@@ -113,8 +113,9 @@ class Depot:
         catalog_id = await self._patiently(self.db.identity)
         lost = await self._patiently(self.db.lost_catalogs)
         adopting = await self._patiently(self.db.adopting)
-        if self.rebuilder.closed_for_rebuild:  # --rebuild: a proxy sharing the catalog may serve on meanwhile,
-            # and a version it writes must win over any the rebuild takes in (see ICatalog.succeed)
+        if self.rebuilder.closed_for_rebuild:
+            # --rebuild: a proxy sharing the catalog may serve on meanwhile, and a version it
+            # writes must win over any the rebuild takes in (as after a lost catalog: ICatalog.succeed)
             await self._patiently(lambda: self.db.raise_floor(int(self.reactor.seconds() * 1000)))
         if self._stopping:
             return
