@@ -446,7 +446,9 @@ def test_over_tcp_a_client_that_does_not_read_gets_a_bounded_listing(catalog):
         lines = data.decode().split("\r\n")
         assert lines[0].startswith("OK deposito") and lines[1] == "OK 20000"
         assert names_of(lines[2:20_002]) == names and lines[20_002] == "OK bye"
-        yield task.deferLater(reactor, 0.2, lambda: None)  # the connection's close runs on a thread
+        deadline = time.monotonic() + 10  # the connection's close runs on a thread (and a busy one, under load)
+        while not (listing.closed and released(catalog)) and time.monotonic() < deadline:
+            yield task.deferLater(reactor, 0.05, lambda: None)
         assert listing.closed and released(catalog)
     finally:
         client.close()
