@@ -492,7 +492,8 @@ def test_the_catalog_removed_under_a_running_proxy_stops_changes_and_a_restart_r
     with cluster.wire() as w:
         reply = w.put("after", b"x" * 1000, 2)
         assert reply.startswith("ERR unavailable") and "removed or replaced" in reply, reply
-        assert w.get("before")[1] == data
+        reply, got = w.get("before")
+        assert got == data, reply
         listed = w.cmd("LIST")
         assert listed.startswith("ERR unavailable") and "removed or replaced" in listed, listed
     assert poll(lambda: "this proxy's beats are not recorded (the catalog" in cluster.log(cluster.name), 10)

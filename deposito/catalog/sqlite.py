@@ -40,6 +40,10 @@ class SQLiteBackend:
         with self._readable():
             if reads_only:
                 db.execute("PRAGMA query_only=1")
+                # A first read opens the write-ahead log, and the connection keeps
+                # it open: one that first reads after the file is removed would
+                # find no log, and read the file without what is in it.
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 return db
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
