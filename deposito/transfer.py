@@ -353,6 +353,9 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, offset
             break
         if getattr(consumer, "disconnected", False):  # the reader left: no copy can help
             raise ConnectionLost("the reader went away")
+        if not member.up:  # taken for down since the read began: it would be waited on for nothing
+            last = Unavailable(f"storage server {member.id} is down")
+            continue
         client = None
         try:
             client, path = await _choose(connect, local, member, read)

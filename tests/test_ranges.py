@@ -135,7 +135,7 @@ def test_a_range_from_two_copies_goes_on_from_the_second_at_the_same_byte(setups
         real = getattr(transfer, name)
         monkeypatch.setattr(transfer, name, lambda client, read, real=real, name=name: taken.append(name) or real(
             client, read))
-    members = [Member("a", "z", "h", 1), Member("b", "z", "h", 2)]
+    members = [Member("a", "z", "h", 1, state="up"), Member("b", "z", "h", 2, state="up")]
     by_id = {"a": a, "b": b}
 
     def connect(member):
@@ -152,3 +152,29 @@ def test_a_range_from_two_copies_goes_on_from_the_second_at_the_same_byte(setups
     assert taken == ["_" + path] * 2 and started == [True]
     got = consumer.value() if path == "plain" else (yield a.reader.until(END - START))
     assert len(got) == END - START and got == DATA[START:END]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_copy_whose_server_is_taken_for_down_during_the_read_is_not_tried(setups):
+    """The first copy fails at rot; the second one's server was taken for
+    down since the read began (frozen, say): it is passed over, not waited
+    on, and the read fails at once as Unavailable."""
+    from deposito.errors import Unavailable
+
+    a, b = setups
+    yield a.start(DATA)
+    yield b.start(DATA, blob=a.blob)
+    with open(a.blob_path(), "r+b") as f:
+        f.seek(BLOCK + 5)
+        f.write(b"rot")
+    members = [Member("a", "z", "h", 1, state="up"), Member("b", "z", "h", 2, state="up")]
+    asked: list[str] = []
+
+    def connect(member):
+        asked.append(member.id)
+        members[1].state = "down"  # while the first copy is read
+        return {"a": a, "b": b}[member.id].blob_client()
+
+    with pytest.raises(Unavailable, match="storage server b is down"):
+        yield defer.ensureDeferred(stream_blob(connect, members, a.blob, 0, len(DATA), Collect()))
+    assert asked == ["a"]
