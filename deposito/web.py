@@ -30,7 +30,7 @@ from zope.interface import implementer
 import deposito
 from deposito import twisted_internals
 from deposito.catalog import FileRecord
-from deposito.errors import BadArgs, DepositoError, NotFound
+from deposito.errors import BadArgs, DepositoError, NotFound, Unavailable
 from deposito.events import EventLog, Metrics
 from deposito.interfaces import IDepot
 from deposito.listening import MAX_CONNECTIONS, ConnectionCap, http_busy
@@ -309,9 +309,14 @@ class Downloads(Resource):
             _send(request, 400, b"text/plain; charset=utf-8", b"not a file name\n")
             return
         try:
+            if self.depot.closed_for_rebuild:
+                raise Unavailable("rebuilding the catalog from the servers; try again shortly")
             record = await self.depot.lookup(name)
         except NotFound:
             _send(request, 404, b"text/plain; charset=utf-8", f"no file named {name}\n".encode("utf-8"))
+            return
+        except Unavailable as e:  # the catalog out of reach, or being rebuilt
+            _send(request, 503, b"text/plain; charset=utf-8", f"unavailable: {e.message}\n".encode("utf-8"))
             return
         etag = f'"{record.sha256}"'
         request.setHeader(b"etag", etag.encode("ascii"))

@@ -8,7 +8,8 @@ import signal
 
 import pytest
 
-from tests.cluster import Cluster, Wire, answer, fields, poll, sha
+from tests.cluster import Cluster, Wire, answer, fields, free_port, poll, sha
+from tests.test_web import fetch
 
 pytestmark = pytest.mark.slow
 
@@ -74,11 +75,14 @@ def test_postgresql_down_is_unavailable_and_the_proxy_serves_again_by_itself(pg_
             assert reply.startswith("ERR unavailable") and took < 5, (command, reply, took)
         assert busy.cmd("STAT before").startswith("ERR unavailable")
         assert pg_cluster.proxy.poll() is None
-        # a proxy started meanwhile starts, and answers
+        # a proxy started meanwhile starts, and answers (a download too: 503, saying why)
         pg_cluster.kill_proxy()
-        pg_cluster.start_proxy()
+        http = free_port()
+        pg_cluster.start_proxy("--http", f"tcp:{http}:interface=127.0.0.1")
         reply, took = answer(pg_cluster.port, "GET before")
         assert reply.startswith("ERR unavailable") and took < 5, reply
+        status, _, body = fetch(http, "/files/before")
+        assert status == 503 and body.startswith(b"unavailable"), (status, body)
     finally:
         postgres.start()
     pg_cluster.wait_up(3)
@@ -92,7 +96,9 @@ def test_postgresql_down_is_unavailable_and_the_proxy_serves_again_by_itself(pg_
         assert w.put("after", b"after the outage", 2).startswith("OK stored")
         assert w.get("after")[1] == b"after the outage"
     busy.close()
+    assert fetch(http, "/files/before")[2] == data
     assert pg_cluster.proxy.poll() is None
+    assert "Traceback" not in pg_cluster.log("proxy")
 
 
 def test_connections_the_database_closed_while_idle_are_made_again_before_use(pg_cluster):

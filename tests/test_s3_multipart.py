@@ -460,7 +460,8 @@ def test_a_lost_catalog_is_rebuilt_with_its_multipart_objects(tmp_path):
     on each of its copies (the reconciler's too), and the bucket is there again."""
     import shutil
 
-    with s3_cluster(tmp_path) as s3:
+    http = free_port()
+    with s3_cluster(tmp_path, proxy_args=("--http", f"tcp:{http}:interface=127.0.0.1")) as s3:
         cluster, port, c = s3.cluster, s3.port, s3.client()
         parts = [os.urandom(5 * MiB), os.urandom(3 * MiB)]
         upload, done = upload_parts(c, "whole.bin", parts, ContentType="video/mp4")
@@ -482,6 +483,11 @@ def test_a_lost_catalog_is_rebuilt_with_its_multipart_objects(tmp_path):
         cluster.kill_proxy()
         shutil.rmtree(cluster.root / "proxy")  # the catalog is gone
         cluster.start_proxy("--rebuild")
+        # S3 and HTTP turn clients away while the rebuild lasts (its grace alone is 5 s), as the text protocol does
+        assert poll(lambda: _open(port), 10)
+        assert code_of(lambda: S3(cluster, port).client().head_bucket(Bucket="multi")) == "503"
+        status, _, body = fetch(http, "/files/multi%2Fwhole.bin")
+        assert status == 503 and b"rebuilding" in body, (status, body)
         cluster.wait_up(3)
 
         def rebuilt():

@@ -36,7 +36,7 @@ from twisted.web.server import Site
 from deposito import twisted_internals
 from deposito.catalog import FileRecord
 from deposito.catalog.records import Expect
-from deposito.errors import DepositoError, NotEmpty, NotFound
+from deposito.errors import DepositoError, NotEmpty, NotFound, Unavailable
 from deposito.interfaces import IDepot
 from deposito.listening import MAX_CONNECTIONS, ConnectionCap, http_busy
 from deposito.s3 import sigv4, xmlread, xmlwire
@@ -130,6 +130,8 @@ class Gateway:
             if method == "OPTIONS":  # a browser's CORS preflight, never signed: no bucket allows CORS
                 raise S3Error("AccessForbidden" if "origin" in headers else "BadRequest")
             verified = sigv4.verify(method, raw_path, raw_query, headers, self.keys, self.clock.seconds())
+            if self.depot.closed_for_rebuild:
+                raise Unavailable("rebuilding the catalog from the servers; try again shortly")
             bucket, key = _split(self.bucket_path(raw_path, headers))
             params = dict(parse_qsl(raw_query, keep_blank_values=True))
             operation = self.route(method, bucket, key, params, headers)
