@@ -124,12 +124,14 @@ class ICatalog(IWorkCatalog):
         proxy before it left unfinished on a catalog no other shares is
         garbage now. Fires with how many copies that makes garbage."""
 
-    def beat(up: list[str], now: float, lease: float, hand_over: bool) -> Deferred[Beat]:
-        """Renew this proxy's lease, say which servers it sees ``up``, and
+    def beat(up: list[str], now: float, lease: float, hand_over: bool, rebuilding: bool = False) -> Deferred[Beat]:
+        """Renew this proxy's lease, say which servers it sees ``up`` and
+        whether it is ``rebuilding`` the catalog on request, and
         (``hand_over``) retire proxies silent past ``lease``. Fires with the
         servers the other proxies saw lately (id, seconds since), how many
-        proxies were retired and how many copies that made garbage, and
-        the ids of the other proxies sharing the catalog now."""
+        proxies were retired and how many copies that made garbage, the ids
+        of the other proxies sharing the catalog now, and whether one of
+        them is rebuilding it on request."""
 
     def trust(until: float) -> None:
         """No other proxy shares the catalog until ``until`` (time.monotonic()):
@@ -345,8 +347,8 @@ class IDepot(Interface):
     method says is "awaitable" is a coroutine or a Deferred, to be awaited."""
 
     closed_for_rebuild = Attribute(
-        "True while the catalog is being rebuilt from the servers on request:"
-        " only SERVERS and STATUS are answered meanwhile")
+        "True while the catalog is being rebuilt from the servers on request, by this"
+        " proxy or another sharing the catalog: only SERVERS and STATUS are answered meanwhile")
     uploads = Attribute("The multipart uploads (an IMultipart), for the S3 gateway")
 
     def begin_put(name: str, size: int, replicas: Optional[int]) -> Awaitable[Upload]:

@@ -731,7 +731,7 @@ def test_a_proxy_among_others_changes_nothing_before_its_row_is_in_and_a_while_a
         [(ok, _)] = a.batch([(Catalog.commit, ("f", v, "b1", 1, "x", 1, ["s1"], 0.0))])
         assert ok and a.lookup("f") is not None
         b.recover(100.0)
-        assert b.beat([], 100.0, 30.0, True)[1:] == (1, 0, [])  # A retired: B alone
+        assert b.beat([], 100.0, 30.0, True)[1:4] == (1, 0, [])  # A retired: B alone
         [(ok, error)] = a.batch([(Catalog.set_replicas, ("f", 3))])
         assert not ok and isinstance(error, Unavailable) and "took over" in str(error)
         assert a.lookup("f").replicas == 1
@@ -1112,6 +1112,23 @@ def test_a_proxy_that_stops_hands_over_at_once_and_sightings_are_shared(shared):
     with pytest.raises(Unavailable, match="stopping"):  # an upload it began now would be nobody's to hand over
         a.begin_upload("g", "b2", ["s1"])
     assert b.beat([], 5.0, 30.0, True)[0] == []  # its sightings went with it
+
+
+def test_a_rebuild_on_request_is_heard_by_the_other_proxies_until_it_ends_or_its_proxy_is_retired(shared):
+    """A proxy rebuilding on request says so in its beats: the others' beats
+    hear it (and turn clients away) until its beat says it is over, or until
+    it falls silent past its lease and is retired."""
+    a, b = shared
+    a.recover(100.0)
+    b.recover(100.0)
+    assert not b.beat([], 100.0, 30.0, True).rebuilding
+    assert not a.beat([], 101.0, 30.0, True, rebuilding=True).rebuilding  # (its own is not another's)
+    assert b.beat([], 102.0, 30.0, True).rebuilding
+    assert not a.beat([], 103.0, 30.0, True).rebuilding
+    assert not b.beat([], 104.0, 30.0, True).rebuilding  # over
+    a.beat([], 105.0, 30.0, True, rebuilding=True)
+    assert b.beat([], 106.0, 30.0, True).rebuilding
+    assert b.beat([], 136.0, 30.0, True)[1:5] == (1, 0, [], False)  # A silent past its lease: retired, mark and all
 
 
 def test_a_delete_by_one_proxy_is_not_undone_by_an_inventory_another_listed_before(shared):

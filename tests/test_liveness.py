@@ -27,15 +27,18 @@ class Beats:
         self.alone = False  # no other proxy's row
         self.trusted: list[float] = []  # the trust given after each beat that found this proxy alone
         self.views: list[list[str]] = []  # the other proxies each beat found
+        self.rebuilding: list[bool] = []  # what each beat said of this proxy
+        self.elsewhere = False  # another proxy rebuilds the catalog on request
 
-    def beat(self, up, now, lease, hand_over):
+    def beat(self, up, now, lease, hand_over, rebuilding=False):
         self.calls.append((sorted(up), now, hand_over))
+        self.rebuilding.append(rebuilding)
         if self.down:
             return defer.fail(Unavailable("the catalog database is out of reach"))
         if self.full:
             return defer.fail(NoSpace("the catalog's disk is full"))
         retired, self.retired = self.retired, 0
-        return defer.succeed(Beat(list(self.seen), retired, 2 * retired, [] if self.alone else ["p2"]))
+        return defer.succeed(Beat(list(self.seen), retired, 2 * retired, [] if self.alone else ["p2"], self.elsewhere))
 
     def trust(self, until):
         self.trusted.append(until)
@@ -123,6 +126,24 @@ def test_a_proxy_alone_is_trusted_for_a_while_after_each_beat():
     db.alone = False
     clock.advance(live.every)
     assert len(db.trusted) == 1
+    live.stop()
+
+
+def test_each_beat_says_whether_this_proxy_rebuilds_and_hears_whether_another_does():
+    clock, roster, db, _, _ = setup()
+    mine = [True]
+    live = Liveness(clock, db, roster, 8.0, handed_over=lambda: None, rebuilding=lambda: mine[0])
+    live.start()
+    assert db.rebuilding == [True] and not live.rebuilt_elsewhere
+    mine[0], db.elsewhere = False, True
+    clock.advance(live.every)
+    assert db.rebuilding == [True, False] and live.rebuilt_elsewhere
+    db.down = True  # a beat that fails changes nothing
+    clock.advance(live.every)
+    assert live.rebuilt_elsewhere
+    db.down, db.elsewhere = False, False
+    clock.advance(live.every)
+    assert not live.rebuilt_elsewhere
     live.stop()
 
 

@@ -736,9 +736,10 @@ def test_a_proxy_restarted_with_rebuild_takes_in_a_lost_catalog_while_the_other_
     share another catalog: one restarted with --rebuild, the other serving
     on. Every file of the lost catalog comes back through both, with its
     copies on the disks exactly (the other proxy judged the servers the
-    rebuild was taking in, and deleted what it had not taken in yet); a
-    file written through the other proxy meanwhile wins over the version
-    the rebuild takes in (it was given version 1, the old one 3)."""
+    rebuild was taking in, and deleted what it had not taken in yet). The
+    other proxy turns clients away too once its beat hears of the rebuild;
+    a file written through it before that wins over the version the
+    rebuild takes in (it was given version 1, the old one 3)."""
     old = Cluster(tmp_path, name="old")
     old.start_proxy()
     for sid in ("s0", "s1", "s2"):
@@ -774,28 +775,37 @@ def test_a_proxy_restarted_with_rebuild_takes_in_a_lost_catalog_while_the_other_
         a.kill_proxy(signal.SIGTERM)
         a.start_proxy("--rebuild")
         assert poll(lambda: "rebuilding the catalog from the servers" in a.log(a.name), 20)
-        new["again"] = os.urandom(300)  # through the other proxy, before the old servers are back
+        # through the other proxy, before the old servers are back: taken until its beat hears of the rebuild
+        again = os.urandom(300)
         with b.wire() as w:
-            assert int(fields(w.put("again", new["again"], 2))["version"]) > 3
+            reply = w.put("again", again, 2)
+        if reply.startswith("OK stored"):
+            assert int(fields(reply)["version"]) > 3, reply
+            new["again"] = again
+        else:
+            assert reply.startswith("ERR unavailable rebuilding"), reply
+
+        def closed(c: Cluster) -> bool:
+            with c.wire() as w:
+                return w.cmd("STAT new/0").startswith("ERR unavailable rebuilding")
+        assert poll(lambda: closed(b), 10)
         for sid in ("s0", "s1", "s2"):  # joined to both
             a.start_server(sid)
         a.wait_up(5)
         b.wait_up(5)
-        wanted = {sha(data): (1 if "/one/" in name else 2) for name, data in {**lost, **new}.items()}
-        wanted[sha(overwritten)] = 0
+        expected = {**lost, **new} if "again" in new else {**lost, **new, "again": overwritten}
+        wanted = {sha(data): (1 if "/one/" in name else 2) for name, data in expected.items()}
         contents = [*lost.values(), *new.values(), overwritten]
+        wanted.setdefault(sha(overwritten), 0)
         assert poll(lambda: {**dict.fromkeys(wanted, 0), **only(a.copies(), contents)} == wanted, 40), \
             sorted(set(wanted.items()) - set(only(a.copies(), contents).items()))[:5]
-        def open_again() -> bool:
-            with a.wire() as w:
-                return not w.cmd("STAT new/0").startswith("ERR unavailable rebuilding")
-        assert poll(open_again, 30)
+        assert poll(lambda: not closed(a) and not closed(b), 30)
         for c in (a, b):
             with c.wire() as w:
-                for name in [*sorted(lost)[::15], *sorted(new)]:
+                for name in [*sorted(lost)[::15], *sorted(new), "again"]:
                     head, got = w.get(name)
-                    assert got == {**lost, **new}[name], (c.name, name, head)
-                assert fields(w.cmd("STATUS"))["files"] == str(len(lost) + len(new))
+                    assert got == expected[name], (c.name, name, head)
+                assert fields(w.cmd("STATUS"))["files"] == str(len(expected))
     finally:
         stop_two(a, b)
         postgres.drop(url)

@@ -59,6 +59,10 @@ class Beat(NamedTuple):
     retired: int  # proxies retired by this beat
     garbage: int  # copies their unfinished uploads made garbage
     others: builtins.list[str]  # the other proxies with a row (none: this one may answer from the records it keeps)
+    rebuilding: bool = False  # another of them is rebuilding the catalog on request (see Catalog.beat)
+
+
+REBUILDING = "rebuilding:"  # a key of catalog_info, then a proxy's id: it rebuilds the catalog on request (see beat)
 
 
 def proxy_id() -> str:
@@ -204,6 +208,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             if self.backend.shared:  # only uploads from before proxies had ids
                 return self._retire(db, "owner IS NULL", (), claims=False)
             db.execute("DELETE FROM sightings WHERE proxy <> ?", (self.proxy,))
+            db.execute("DELETE FROM catalog_info WHERE substr(key, 1, ?) = ?", (len(REBUILDING), REBUILDING))
             db.execute("DELETE FROM proxies WHERE id <> ?", (self.proxy,))
             return self._retire(db, "owner IS NULL OR owner <> ?", (self.proxy,))
         n = self._tx(tx)
@@ -211,12 +216,15 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         return n
 
     @effects(durable=False, keeps_records=True)
-    def beat(self, up: Iterable[str], now: float, lease: float, hand_over: bool) -> Beat:
-        """This proxy is alive (its lease renewed) and sees the servers ``up``.
-        With ``hand_over``, proxies silent for ``lease`` seconds are retired
-        (see :meth:`_retire`). Returns the servers the other proxies saw
-        lately, how many proxies were retired and how many copies that made
-        garbage, and the other proxies' ids."""
+    def beat(self, up: Iterable[str], now: float, lease: float, hand_over: bool, rebuilding: bool = False) -> Beat:
+        """This proxy is alive (its lease renewed) and sees the servers ``up``;
+        ``rebuilding``: it rebuilds the catalog on request (``--rebuild``), and
+        turns clients away meanwhile, as every proxy sharing the catalog does
+        once its beat hears of it. With ``hand_over``, proxies silent for
+        ``lease`` seconds are retired (see :meth:`_retire`). Returns the
+        servers the other proxies saw lately, how many proxies were retired
+        and how many copies that made garbage, the other proxies' ids, and
+        whether one of them is rebuilding."""
         def tx(db: Connection) -> Beat:
             if not db.execute("UPDATE proxies SET seen = ? WHERE id = ?", (now, self.proxy)).rowcount:
                 # Retired by another proxy (silent past the lease): what it had under way is
@@ -226,6 +234,11 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                 self.proxy = proxy_id()
                 self._registering = True
                 db.execute("INSERT INTO proxies (id, seen) VALUES (?, ?)", (self.proxy, now))
+            if rebuilding:
+                db.execute("INSERT INTO catalog_info (key, value) VALUES (?, '') ON CONFLICT DO NOTHING",
+                           (REBUILDING + self.proxy,))
+            else:
+                db.execute("DELETE FROM catalog_info WHERE key = ?", (REBUILDING + self.proxy,))
             db.execute("DELETE FROM sightings WHERE proxy = ?", (self.proxy,))
             db.executemany("INSERT INTO sightings (proxy, server, seen) VALUES (?, ?, ?)",
                            [(self.proxy, server, now) for server in set(up)])
@@ -242,7 +255,10 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             seen = db.execute("SELECT server, max(seen) FROM sightings WHERE proxy <> ? GROUP BY server",
                               (self.proxy,)).fetchall()
             others = [row[0] for row in db.execute("SELECT id FROM proxies WHERE id <> ?", (self.proxy,))]
-            return Beat([(server, max(0.0, now - when)) for server, when in seen], retired, garbage, others)
+            elsewhere = db.execute("SELECT 1 FROM catalog_info JOIN proxies ON key = ? || id WHERE id <> ? LIMIT 1",
+                                   (REBUILDING, self.proxy)).fetchone() is not None
+            return Beat([(server, max(0.0, now - when)) for server, when in seen], retired, garbage, others,
+                        elsewhere)
         return self._tx(tx)
 
     @effects(durable=True, keeps_records=True)  # no file's record: intents, claims and garbage
@@ -260,6 +276,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
     def _retire_proxy(self, db: Connection, proxy: str) -> int:
         """A proxy's row, its sightings and its work: gone (see :meth:`_retire`)."""
         db.execute("DELETE FROM sightings WHERE proxy = ?", (proxy,))
+        db.execute("DELETE FROM catalog_info WHERE key = ?", (REBUILDING + proxy,))
         db.execute("DELETE FROM proxies WHERE id = ?", (proxy,))
         return self._retire(db, "owner = ?", (proxy,))
 

@@ -262,8 +262,8 @@ class CatalogThread:
     def recover(self, now: float) -> Deferred[int]:
         return self._call(Catalog.recover, now)
 
-    def beat(self, up: list[str], now: float, lease: float, hand_over: bool) -> Deferred[Beat]:
-        return self._call(Catalog.beat, up, now, lease, hand_over)
+    def beat(self, up: list[str], now: float, lease: float, hand_over: bool, rebuilding: bool = False) -> Deferred[Beat]:
+        return self._call(Catalog.beat, up, now, lease, hand_over, rebuilding)
 
     def leave(self) -> Deferred[int]:
         return self._call(Catalog.leave)

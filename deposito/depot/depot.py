@@ -71,7 +71,8 @@ class Depot:
         self.inventories = Inventories(reactor, db, self.collector, self.rebuilder, repair=self._repair)
         self.reconciler = Reconciler(reactor, db, roster, self.writer, collect=self.collector.kick,
                                      paused=lambda: self.rebuilder.rebuilding)
-        self.liveness = Liveness(reactor, db, roster, lease, handed_over=self._handed_over)
+        self.liveness = Liveness(reactor, db, roster, lease, handed_over=self._handed_over,
+                                 rebuilding=lambda: self.rebuilder.closed_for_rebuild)
         self._absent: IDelayedCall | None = None
         self.catalog_id: str | None = None  # read at the start: until then, servers cannot join
         self._stopping = False
@@ -90,7 +91,7 @@ class Depot:
 
     @property
     def closed_for_rebuild(self) -> bool:
-        return self.rebuilder.closed_for_rebuild
+        return self.rebuilder.closed_for_rebuild or self.liveness.rebuilt_elsewhere
 
     @property
     def rebuilding(self) -> bool:

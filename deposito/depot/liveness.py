@@ -32,12 +32,14 @@ class Liveness:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, db: ICatalog, roster: Roster, lease: float,
-                 handed_over: Callable[[], None]) -> None:
+                 handed_over: Callable[[], None], rebuilding: Callable[[], bool] = lambda: False) -> None:
         self.clock = clock
         self.db = db
         self.roster = roster
         self.lease = lease
         self.handed_over = handed_over  # a silent proxy's work passed to the live ones: look at it
+        self.rebuilding = rebuilding  # this proxy rebuilds the catalog on request (clients turned away)
+        self.rebuilt_elsewhere = False  # another proxy does, as the last beat heard
         # four beats to a lease, and to a server's time to die: sightings stay fresh enough
         self.every = min(BEAT_EVERY, lease / 4, roster.dead_after / 4)
         self._loop = task.LoopingCall(self.beat)
@@ -63,8 +65,8 @@ class Liveness:
         # after an outage of the database every proxy looks silent.
         hand_over = self._last_ok is not None and now - self._last_ok <= self.lease / 2
         try:
-            seen, retired, garbage, others = await self.db.beat([m.id for m in self.roster.up()], now, self.lease,
-                                                               hand_over)
+            seen, retired, garbage, others, elsewhere = await self.db.beat(
+                [m.id for m in self.roster.up()], now, self.lease, hand_over, self.rebuilding())
         except (Unavailable, NoSpace) as e:  # the next beat tries again; said once in a row
             if e.message != self._failing:
                 self._failing = e.message
@@ -75,6 +77,10 @@ class Liveness:
             self._failing = None
             self.log.info("this proxy's beats are recorded again")
         self._last_ok = now
+        if elsewhere != self.rebuilt_elsewhere:
+            self.log.info("another proxy rebuilds the catalog on request: clients are turned away meanwhile"
+                          if elsewhere else "no proxy rebuilds the catalog any more: clients are served again")
+        self.rebuilt_elsewhere = elsewhere
         alone = not others
         if alone:
             self.db.trust(began + TRUST)
