@@ -30,7 +30,7 @@ from zope.interface import implementer
 import deposito
 from deposito import twisted_internals
 from deposito.catalog import FileRecord
-from deposito.errors import BadArgs, DepositoError, NotFound, Unavailable
+from deposito.errors import BadArgs, DepositoError, NoSpace, NotFound, Unavailable
 from deposito.events import EventLog, Metrics
 from deposito.interfaces import IDepot
 from deposito.listening import MAX_CONNECTIONS, ConnectionCap, http_busy
@@ -72,8 +72,13 @@ def file_json(depot: IDepot, r: Any) -> dict[str, Any]:
 
 
 def _async(request: Any, work: Callable[[], Coroutine[Any, Any, None]]) -> Any:
-    """Run ``work`` for a request; an unexpected error becomes a 500."""
+    """Run ``work`` for a request; the catalog out of reach (or being
+    rebuilt) becomes a 503 saying so, an unexpected error a 500."""
     def failed(failure: Any) -> None:
+        if failure.check(Unavailable, NoSpace):
+            if not request.startedWriting:
+                _send(request, 503, b"text/plain; charset=utf-8", f"{failure.value}\n".encode("utf-8"))
+            return
         log.failure("HTTP {uri}", failure, uri=request.uri.decode("latin-1"))
         if not request.startedWriting:
             _send(request, 500, b"text/plain; charset=utf-8", b"the proxy hit an error; see its log\n")
@@ -151,6 +156,8 @@ class FilesAPI(_Page):
         except BadArgs as e:
             _send_json(request, {"error": "badargs", "message": e.message}, 400)
             return
+        if self.depot.closed_for_rebuild:  # as LIST is
+            raise Unavailable("rebuilding the catalog from the servers; try again shortly")
         listing = await self.depot.listing(prefix, after, count + 1)  # one more: is there a next page?
         records = await listing.collect()
         more = len(records) > count
@@ -314,9 +321,6 @@ class Downloads(Resource):
             record = await self.depot.lookup(name)
         except NotFound:
             _send(request, 404, b"text/plain; charset=utf-8", f"no file named {name}\n".encode("utf-8"))
-            return
-        except Unavailable as e:  # the catalog out of reach, or being rebuilt
-            _send(request, 503, b"text/plain; charset=utf-8", f"unavailable: {e.message}\n".encode("utf-8"))
             return
         etag = f'"{record.sha256}"'
         request.setHeader(b"etag", etag.encode("ascii"))

@@ -81,8 +81,9 @@ def test_postgresql_down_is_unavailable_and_the_proxy_serves_again_by_itself(pg_
         pg_cluster.start_proxy("--http", f"tcp:{http}:interface=127.0.0.1")
         reply, took = answer(pg_cluster.port, "GET before")
         assert reply.startswith("ERR unavailable") and took < 5, reply
-        status, _, body = fetch(http, "/files/before")
-        assert status == 503 and body.startswith(b"unavailable"), (status, body)
+        for path in ("/files/before", "/api/files", "/api/status", "/"):
+            status, _, body = fetch(http, path)
+            assert status == 503 and body.startswith(b"unavailable"), (path, status, body)
     finally:
         postgres.start()
     pg_cluster.wait_up(3)

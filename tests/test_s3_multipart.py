@@ -486,8 +486,9 @@ def test_a_lost_catalog_is_rebuilt_with_its_multipart_objects(tmp_path):
         # S3 and HTTP turn clients away while the rebuild lasts (its grace alone is 5 s), as the text protocol does
         assert poll(lambda: _open(port), 10)
         assert code_of(lambda: S3(cluster, port).client().head_bucket(Bucket="multi")) == "503"
-        status, _, body = fetch(http, "/files/multi%2Fwhole.bin")
-        assert status == 503 and b"rebuilding" in body, (status, body)
+        for path in ("/files/multi%2Fwhole.bin", "/api/files"):
+            status, _, body = fetch(http, path)
+            assert status == 503 and b"rebuilding" in body, (path, status, body)
         cluster.wait_up(3)
 
         def rebuilt():
