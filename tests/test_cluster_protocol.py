@@ -565,3 +565,69 @@ def test_a_refusal_is_said_once_per_host_server_and_reason_until_a_server_from_t
     catalog[0] = None
     assert attempt("beta").value().startswith(b"ERR unavailable")
     assert len([e for e in events if e.get("event") == "refused"]) == 3
+
+
+def test_bytes_before_the_join_do_not_put_off_its_deadline_and_a_late_join_is_said_once_per_host():
+    from twisted.logger import Logger
+
+    clock = task.Clock()
+    roster = Roster(clock)
+    factory = MemberFactory(roster, heartbeat=1.0, catalog_id=lambda: CATALOG)
+    events: list = []
+    for _ in range(3):
+        proto = factory.buildProtocol(None)
+        proto.log = Logger(observer=events.append)
+        tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+        proto.callLater = clock.callLater
+        proto.makeConnection(tr)
+        for _ in range(4):  # a byte a second, never a line
+            proto.dataReceived(b"J")
+            clock.advance(1.0)
+        assert not tr.disconnecting
+        clock.advance(1.1)  # five seconds in all since it connected
+        assert tr.disconnecting
+        proto.connectionLost(None)
+    said = [e for e in events if e.get("event") == "refused"]
+    assert len(said) == 1 and "no JOIN within 5 s" in said[0]["error"], said
+    assert not [e for e in events if "heartbeats" in e.get("log_format", "")]
+
+
+def test_refusals_of_one_host_trying_one_id_after_another_are_said_a_few_times_only():
+    from twisted.logger import Logger
+
+    from deposito.protocols.cluster import SAID_PER_HOST
+
+    clock = task.Clock()
+    factory = MemberFactory(Roster(clock), heartbeat=1.0, catalog_id=lambda: CATALOG)
+    events: list = []
+    for i in range(50):
+        proto = factory.buildProtocol(None)
+        proto.log = Logger(observer=events.append)
+        tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+        proto.makeConnection(tr)
+        proto.dataReceived(f"JOIN id{i} zone=bad! port=1\n".encode())
+        assert tr.value().startswith(b"ERR badargs")
+        proto.connectionLost(None)
+    assert len([e for e in events if e.get("event") == "refused"]) == SAID_PER_HOST
+
+
+def test_the_cluster_port_holds_so_many_connections_at_once_and_counts_those_that_close():
+    from deposito.listening import MAX_CONNECTIONS
+
+    clock = task.Clock()
+    factory = MemberFactory(Roster(clock), heartbeat=1.0, catalog_id=lambda: CATALOG)
+    held = []
+    for _ in range(MAX_CONNECTIONS):
+        proto, tr = factory.buildProtocol(None), StringTransport()
+        proto.callLater = clock.callLater
+        proto.makeConnection(tr)
+        held.append(proto)
+    one_more, tr = factory.buildProtocol(None), StringTransport()
+    one_more.makeConnection(tr)
+    assert tr.value().startswith(b"ERR unavailable too many connections") and tr.disconnecting
+    one_more.connectionLost(None)
+    held.pop().connectionLost(None)
+    again, tr = factory.buildProtocol(None), StringTransport()
+    again.callLater = clock.callLater
+    again.makeConnection(tr)
+    assert not tr.disconnecting and factory.cap.open == MAX_CONNECTIONS

@@ -65,6 +65,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from deposito.errors import BadArgs, Denied, DepositoError, NoSpace, Unavailable, from_reply
+from deposito.listening import MAX_CONNECTIONS, ConnectionCap
 from deposito.protocols.lines import LineProtocol
 from deposito.protocols.words import (MAX_COUNT, check_stored_name, fields, meta_word, parse_count, parse_meta_word,
                                       quote, split)
@@ -83,6 +84,7 @@ LOCAL_KEY = re.compile(r"^[0-9a-f]{32}$")
 HEARTBEAT = 1.0
 MISSED_HEARTBEATS = 5
 RETAKE = 2.0  # seconds between tries to take in a chunk the catalog could not take in (see MemberProtocol._take)
+SAID_PER_HOST = 5  # refusals said for one host, until a server from it joins (see MemberProtocol._refused)
 SAID_MAX = 100  # refusals remembered as said (see JoinProtocol._first_time, MemberProtocol._refused)
 MAX_CHUNK = 10_000  # inventory lines in one chunk, at most (servers send about 1000)
 
@@ -340,16 +342,27 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self._lost = False
         self._retake: IDelayedCall | None = None  # a chunk to hand to the roster again (see _take)
         self._claimed = ""  # the id its JOIN names, before it is checked (for the log)
+        self._counted = False  # among the port's connections (see MemberFactory.cap)
 
     def connectionMade(self) -> None:
+        cap = getattr(getattr(self, "factory", None), "cap", None)
+        self._counted = cap is None or cap.enter()
+        if not self._counted:
+            self.reply(f"ERR unavailable too many connections ({MAX_CONNECTIONS}); try again later")
+            self.transport.loseConnection()
+            return
         self.setTimeout(self.heartbeat * MISSED_HEARTBEATS)
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
+        if self.member_id is not None or self._welcomed is not None:
+            self.resetTimeout()  # before its welcome, a server has that long in all to join, whatever it sends
         super().dataReceived(data)
 
     def timeoutConnection(self) -> None:
-        self.log.warn("storage server {id} missed its heartbeats", id=self.member_id)
+        if self.member_id is not None:
+            self.log.warn("storage server {id} missed its heartbeats", id=self.member_id)
+        else:
+            self._refused(Unavailable(f"no JOIN within {self.heartbeat * MISSED_HEARTBEATS:.0f} s"))
         self.transport.abortConnection()
 
     def textReceived(self, text: str) -> None:
@@ -411,9 +424,12 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     def _refused(self, e: DepositoError) -> None:
         """Say a refusal once per host, server and reason until a server from
-        that host joins: a refused server comes back every second or two."""
-        said = (self._peer_host(), self._claimed, str(e))
-        if said in self.refusals:
+        that host joins: a refused server comes back every second or two.
+        Past a few of them from one host, the rest are not said (a client
+        trying one id after another would fill the log)."""
+        host = self._peer_host()
+        said = (host, self._claimed, str(e))
+        if said in self.refusals or sum(1 for h, _, _ in self.refusals if h == host) >= SAID_PER_HOST:
             return
         if len(self.refusals) >= SAID_MAX:
             self.refusals.clear()
@@ -572,6 +588,10 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self.setTimeout(None)
+        if self._counted:
+            cap = getattr(getattr(self, "factory", None), "cap", None)
+            if cap is not None:
+                cap.leave()
         if self._retake is not None and self._retake.active():
             self._retake.cancel()
         if self.member_id is not None:
@@ -600,6 +620,7 @@ class MemberFactory(Factory):
         self.takes_in = takes_in
         self.told: set[tuple[str, str]] = set()
         self.refusals: set[tuple[str, str, str]] = set()
+        self.cap = ConnectionCap(MAX_CONNECTIONS)  # servers and whatever else connects, at once
 
     def buildProtocol(self, addr: Any) -> MemberProtocol:
         p = MemberProtocol(self.roster, self.heartbeat, self.secret, self.full_listing,
