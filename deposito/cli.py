@@ -28,7 +28,7 @@ from deposito.blocking import BlockingClient
 from deposito.errors import DepositoError
 from deposito.localfile import AsideFile
 from deposito.proxies import ProxiesUnreachable, parse_addresses, reason, show
-from deposito.protocols.words import quote
+from deposito.protocols.words import digits, quote
 from deposito.sizes import human_bytes
 from deposito.wire import CHUNK_SIZE, PAGE_SIZE, ConnectionLost, Entry, Progress
 
@@ -49,7 +49,7 @@ def _proxy_addresses(text: str) -> list[tuple[str, int]]:
 
 
 def _replica_count(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 16:
+    if not digits(text, 2) or not 1 <= int(text) <= 16:
         raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 16, got {text!r}")
     return int(text)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Sequence, Union
 
+from deposito.protocols.words import digits
 from deposito.wire import ConnectionLost
 
 
@@ -27,7 +28,7 @@ def split_list(text: str) -> list[str]:
 def parse_address(address: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as a (host, port) pair; ValueError otherwise."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not digits(port, 5) or not 0 < int(port) < 65536:
         raise ValueError(f"expected HOST:PORT, got {address!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

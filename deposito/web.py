@@ -286,6 +286,13 @@ async def send_body(depot: IDepot, request: Any, record: FileRecord, start: int,
     return None
 
 
+def _header(request: Any, name: bytes) -> str | None:
+    """A request header as text, whatever bytes it holds (a header is
+    ASCII; other bytes are read as Latin-1, and match nothing expected)."""
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
+
+
 def _etag_matches(header: bytes | None, etag: str) -> bool:
     if not header:
         return False
@@ -332,8 +339,8 @@ class Downloads(Resource):
             request.setResponseCode(304)
             request.finish()
             return
-        span = parse_range(request.getHeader("range"), record.size)
-        if_range = request.getHeader("if-range")
+        span = parse_range(_header(request, b"range"), record.size)
+        if_range = _header(request, b"if-range")
         if if_range is not None and if_range.strip() != etag:
             span = None  # a different version than the client holds: all of it
         if span is False:
@@ -389,7 +396,7 @@ class _Guarded(Resource):
 
     def render(self, request: Any) -> Any:
         if self.tokens is not None:
-            scheme, _, given = (request.getHeader("authorization") or "").strip().partition(" ")
+            scheme, _, given = (_header(request, b"authorization") or "").strip().partition(" ")
             given = given.strip() if scheme.lower() == "bearer" else ""  # a scheme's case does not matter
             if not given or not self.tokens.check(given):
                 request.setResponseCode(401)

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 from attrs import frozen
 
 from deposito.errors import BadArgs, DepositoError, from_reply
-from deposito.protocols.words import check_name, fields, quote, split
+from deposito.protocols.words import check_name, digits, fields, quote, split
 
 #: Bytes read from a file or written to the wire at a time.
 CHUNK_SIZE = 64 * 1024
@@ -197,7 +197,7 @@ def parse_stored(line: str) -> Stored:
 def parse_get_header(line: str) -> tuple[int, dict[str, str]]:
     """``OK <size> sha256=.. version=..``: the size that follows and the fields."""
     words = check_reply(line).split(" ", 2)
-    if len(words) < 2 or not words[1].isdigit():
+    if len(words) < 2 or not digits(words[1]):
         raise ProtocolError(f"GET reply without a size: {line[:200]!r}")
     return int(words[1]), _fields(line)
 
@@ -214,7 +214,7 @@ def parse_stat(line: str) -> Stat:
 def parse_entry(line: str) -> Entry:
     """A LIST line: ``<size> <wanted> <have> <name>``."""
     words = _words(line)
-    if len(words) != 4 or not all(w.isdigit() for w in words[:3]):
+    if len(words) != 4 or not all(digits(w) for w in words[:3]):
         raise ProtocolError(f"bad LIST line {line[:200]!r}")
     return Entry(size=int(words[0]), wanted=int(words[1]), have=int(words[2]), name=words[3])
 
@@ -266,7 +266,7 @@ def parse_status(line: str) -> Status:
 def parse_count(line: str) -> int:
     """``OK <n>``, the head of a multi-line reply: n."""
     words = check_reply(line).split()
-    if len(words) != 2 or not words[1].isdigit():
+    if len(words) != 2 or not digits(words[1]):
         raise ProtocolError(f"expected 'OK <n>', got {line[:200]!r}")
     return int(words[1])
 

@@ -607,3 +607,14 @@ def code_of(call) -> str:
     except ClientError as e:
         return code(e)
     return "none"
+
+
+@pytest.mark.parametrize("header", ["bytes=\u00b2-3", "bytes=0-\u0663", "bytes=0-" + "9" * 5000, "bytes=3-1", "items=0-1"])
+def test_a_copy_source_range_that_is_not_two_ascii_numbers_in_order_is_refused(header):
+    from deposito.s3.errors import S3Error
+    from deposito.s3.multipart import _copy_range
+
+    assert _copy_range("bytes=2-5", 10) == (2, 4)
+    with pytest.raises(S3Error) as refused:
+        _copy_range(header, 10)
+    assert refused.value.code in ("InvalidArgument", "InvalidRange"), refused.value

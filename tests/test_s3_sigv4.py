@@ -8,7 +8,7 @@ import hmac
 import io
 import types
 from unittest import mock
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 import pytest
@@ -642,3 +642,17 @@ def test_a_header_beyond_ascii_verifies_as_sent_in_utf_8_or_latin_1(wire):
     if wire == "utf-8":  # read as Latin-1, the same bytes are another text, whose signature is another
         misread = {name: value.encode(wire).decode("latin-1") for name, value in headers.items()}
         refused("SignatureDoesNotMatch", method, path, query, misread)
+
+
+@pytest.mark.parametrize("number", ["%C2%B2", "%D9%A3", "%EF%BC%93"])  # superscript two, Arabic-Indic and full-width three
+def test_a_number_in_other_digits_than_ascii_is_refused_as_a_number(number):
+    method, path, query, headers = presigned()
+    refused("AuthorizationQueryParametersError", method, path, query.replace("X-Amz-Expires=3600",
+                                                                            "X-Amz-Expires=" + number), headers)
+    headers = {"Content-Encoding": "aws-chunked", "X-Amz-Trailer": "x-amz-checksum-crc32",
+               "X-Amz-Content-SHA256": STREAMING_SIGNED_TRAILER, "X-Amz-Decoded-Content-Length": unquote(number)}
+    method, path, query, received = signed("PUT", headers=headers)
+    received["x-amz-content-sha256"] = STREAMING_SIGNED_TRAILER
+    with pytest.raises(S3Error) as caught:
+        _resign(method, path, received)  # signed as sent, the length and all
+    assert caught.value.code == "InvalidArgument" and "decoded-content-length" in str(caught.value), caught.value

@@ -398,6 +398,9 @@ def test_downloads_whole_and_in_ranges(web):
     assert status == 200 and body == big
     status, _, body = fetch(web.http, path, headers={"If-None-Match": etag})
     assert (status, body) == (304, b"")
+    for headers in ({"Range": "bytes=\xb2-"}, {"Range": "bytes=1-2", "If-Range": "\xff"}):  # not ASCII: no range
+        status, _, body = fetch(web.http, path, headers=headers)
+        assert status == 200 and body == big, headers
     status, h, body = fetch(web.http, path, method="HEAD")
     assert (status, h["content-length"], body) == (200, str(size), b"")
 

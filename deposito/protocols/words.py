@@ -117,10 +117,16 @@ def parse_meta_word(word: str) -> str:
 MAX_COUNT = (1 << 63) - 1  # the largest number a catalog column holds (PostgreSQL's BIGINT)
 
 
+def digits(text: str, most: int = 20) -> bool:
+    """Whether ``text`` is a whole number in ASCII digits (str.isdigit alone
+    takes "²" or "٣", which int() refuses or reads), ``most`` of them at most."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
 def parse_count(word: str, what: str, low: int = 0, high: int | None = None) -> int:
     """A decimal whole number within bounds, or BadArgs naming ``what``
     (a number bound for the catalog: ``high`` at most MAX_COUNT)."""
-    if not word.isascii() or not word.isdigit() or len(word) > 20:
+    if not digits(word):
         raise BadArgs(f"{what} must be a whole number, not {word!r}")
     value = int(word)
     if value < low or (high is not None and value > high):

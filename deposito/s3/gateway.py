@@ -39,6 +39,7 @@ from deposito.catalog.records import Expect
 from deposito.errors import DepositoError, NotEmpty, NotFound, Unavailable
 from deposito.interfaces import IDepot
 from deposito.listening import MAX_CONNECTIONS, ConnectionCap, http_busy
+from deposito.protocols.words import digits
 from deposito.s3 import sigv4, xmlread, xmlwire
 from deposito.s3.bodies import BodyChecks
 from deposito.s3.checksums import FULL_OBJECT
@@ -407,7 +408,7 @@ class Gateway:
             size = call.verified.decoded_length
         else:
             text = call.header("content-length")
-            size = int(text) if text is not None and text.strip().isdigit() else None
+            size = int(text) if text is not None and digits(text.strip()) else None
         if size is None:
             raise S3Error("MissingContentLength")
         if self.max_size is not None and size > self.max_size:

@@ -30,6 +30,7 @@ from deposito.catalog import FileRecord
 from deposito.catalog.listing import prefix_end
 from deposito.errors import BadArgs, DepositoError, NotFound
 from deposito.twisted_internals import request_gone
+from deposito.protocols.words import digits
 from deposito.s3 import xmlread, xmlwire
 from deposito.s3.bodies import BodyChecks
 from deposito.s3.checksums import FULL_OBJECT, Checksummer, of_parts, upload_checksum
@@ -211,7 +212,7 @@ class Multipart:
             for n, part in page:
                 if n == number:
                     count = ObjectMeta.of(record).etag.rpartition("-")[2]
-                    return (at, at + part.size - 1), int(count) if count.isdigit() else None, part
+                    return (at, at + part.size - 1), int(count) if digits(count, 5) else None, part
                 at += part.size
             if len(page) < PAGE:
                 raise S3Error("InvalidPart", PartNumber=str(number))
@@ -274,7 +275,7 @@ class Multipart:
                         MAX_PARTS_LISTED)
             page = await self.uploads.parts(record.parts, marker, limit + 1)
             count = etag.rpartition("-")[2]
-            parts = xmlwire.ObjectParts(int(count) if count.isdigit() else len(page),
+            parts = xmlwire.ObjectParts(int(count) if digits(count, 5) else len(page),
                                         [(number, part.size, ObjectMeta.of(part).checksums)
                                          for number, part in page[:limit]], marker,
                                         page[limit - 1][0] if len(page) > limit else None, limit, len(page) > limit)
@@ -382,7 +383,7 @@ def _attribute_names(header: Optional[str]) -> list[str]:
 
 
 def _part_number(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= xmlread.MAX_PART_NUMBER:
+    if not digits(text, 5) or not 1 <= int(text) <= xmlread.MAX_PART_NUMBER:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
                       ArgumentName="partNumber", ArgumentValue=text[:20])
     return int(text)
@@ -392,7 +393,7 @@ def _count_param(params: dict[str, str], name: str, default: int) -> int:
     text = params.get(name)
     if text is None or text == "":
         return default
-    if not text.isascii() or not text.isdigit() or len(text) > 9:
+    if not digits(text, 9):
         raise S3Error("InvalidArgument", f"{name} must be a whole number", ArgumentName=name,
                       ArgumentValue=text[:20])
     return int(text)
@@ -405,9 +406,9 @@ def _copy_range(header: Optional[str], size: int) -> tuple[int, int]:
         return 0, size
     unit, _, span = header.strip().partition("=")
     first, _, last = span.partition("-")
-    if unit != "bytes" or not first.isdigit() or not last.isdigit() or int(first) > int(last) \
-            or int(last) >= size:
-        raise S3Error("InvalidRange" if unit == "bytes" and first.isdigit() and last.isdigit() else "InvalidArgument",
+    numbers = digits(first) and digits(last)
+    if unit != "bytes" or not numbers or int(first) > int(last) or int(last) >= size:
+        raise S3Error("InvalidRange" if unit == "bytes" and numbers else "InvalidArgument",
                       "The x-amz-copy-source-range value must be of the form bytes=first-last"
                       " where first and last are the zero-based offsets of the first and last bytes to copy",
                       ArgumentName="x-amz-copy-source-range", ArgumentValue=header[:100])

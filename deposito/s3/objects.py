@@ -22,7 +22,7 @@ import attrs
 
 from deposito.catalog import FileRecord
 from deposito.errors import BadArgs
-from deposito.protocols.words import MAX_META_BYTES, check_name
+from deposito.protocols.words import MAX_META_BYTES, check_name, digits
 from deposito.s3 import xmlwire
 from deposito.s3.errors import S3Error
 
@@ -181,7 +181,7 @@ def replicas_of(user: dict[str, str], most: int = 16) -> Optional[int]:
     if text is None:
         return None
     text = text.strip()
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= most:
+    if not digits(text) or not 1 <= int(text) <= most:
         raise S3Error("InvalidArgument", f"x-amz-meta-replicas must be a whole number from 1 to {most}",
                       ArgumentName="x-amz-meta-replicas", ArgumentValue=text)
     return int(text)

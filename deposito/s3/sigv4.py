@@ -28,6 +28,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 import attrs
 
+from deposito.protocols.words import digits
 from deposito.s3.errors import S3Error
 from deposito.s3.keys import S3Keys
 
@@ -343,7 +344,7 @@ def _decoded_length(headers: Headers, payload: str) -> int | None:
     if text is None or payload not in STREAMING_MODES:
         return None
     text = text.strip()
-    if not text.isdigit() or len(text) > 18:
+    if not digits(text, 18):
         raise S3Error("InvalidArgument", "x-amz-decoded-content-length is not a length")
     return int(text)
 
@@ -382,7 +383,7 @@ def _verify_presigned(method: str, raw_path: str, params: list[tuple[bytes, byte
     if not _HEX64.match(signature):
         raise _query_error("X-Amz-Signature is not 64 lower-case hex digits")
     expires_text = values["X-Amz-Expires"]
-    if not expires_text.isdigit() or len(expires_text) > 9:
+    if not digits(expires_text, 9):
         raise _query_error("X-Amz-Expires should be a number")
     expires = int(expires_text)
     if expires > MAX_EXPIRES:
