@@ -101,6 +101,7 @@ def test_list_in_name_order_with_prefix(shared_cluster):
 def test_hostile_input_gets_err_and_the_proxy_keeps_serving(shared_cluster):
     with shared_cluster.wire() as w:
         assert w.cmd("FROB") == "ERR badcommand unknown command 'FROB' (try HELP)"
+        assert w.cmd("ſtat x").startswith("ERR badcommand")  # its upper case is STAT
         assert w.cmd("GET").startswith("ERR badargs")
         assert w.cmd('GET "unterminated').startswith("ERR badargs")
         assert w.cmd("PUT a -1").startswith("ERR badargs")

@@ -88,8 +88,8 @@ def handler_for(obj: Any, words: list[str]) -> Callable[..., Any]:
 
     Raises BadCommand for an unknown command and BadArgs for a wrong count.
     """
-    command = words[0].upper()
-    handler = getattr(obj, "do_" + command, None) if command.isalpha() else None
+    command = words[0].upper()  # ASCII letters alone: "ſtat".upper() is "STAT"
+    handler = getattr(obj, "do_" + command, None) if words[0].isascii() and command.isalpha() else None
     if handler is None:
         hint = " (try HELP)" if hasattr(obj, "do_HELP") else ""
         raise BadCommand(f"unknown command {words[0][:40]!r}{hint}")
