@@ -631,3 +631,22 @@ def test_the_cluster_port_holds_so_many_connections_at_once_and_counts_those_tha
     again.callLater = clock.callLater
     again.makeConnection(tr)
     assert not tr.disconnecting and factory.cap.open == MAX_CONNECTIONS
+
+
+def test_a_join_left_without_its_proof_is_cut_at_the_same_deadline_and_said():
+    from twisted.logger import Logger
+
+    clock = task.Clock()
+    factory = MemberFactory(Roster(clock), heartbeat=1.0, secret=b"s", catalog_id=lambda: CATALOG)
+    events: list = []
+    proto = factory.buildProtocol(None)
+    proto.log = Logger(observer=events.append)
+    tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+    proto.callLater = clock.callLater
+    proto.makeConnection(tr)
+    proto.dataReceived(b"JOIN s1 zone=z1 port=1 capacity=1 used=0 blobs=0 nonce=" + b"ab" * 16 + b"\n")
+    assert tr.value().startswith(b"CHALLENGE nonce="), tr.value()
+    clock.advance(5.1)
+    assert tr.disconnecting
+    said = [e for e in events if e.get("event") == "refused"]
+    assert len(said) == 1 and "not joined within 5 s of its JOIN" in said[0]["error"], said

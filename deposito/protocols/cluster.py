@@ -362,7 +362,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         if self.member_id is not None:
             self.log.warn("storage server {id} missed its heartbeats", id=self.member_id)
         else:
-            self._refused(Unavailable(f"no JOIN within {self.heartbeat * MISSED_HEARTBEATS:.0f} s"))
+            within = f"within {self.heartbeat * MISSED_HEARTBEATS:.0f} s"
+            self._refused(Unavailable(f"not joined {within} of its JOIN" if self._claimed else f"no JOIN {within}"))
         self.transport.abortConnection()
 
     def textReceived(self, text: str) -> None:
