@@ -650,3 +650,44 @@ def test_a_join_left_without_its_proof_is_cut_at_the_same_deadline_and_said():
     assert tr.disconnecting
     said = [e for e in events if e.get("event") == "refused"]
     assert len(said) == 1 and "not joined within 5 s of its JOIN" in said[0]["error"], said
+
+
+def test_the_time_the_catalog_takes_to_decide_on_a_join_is_not_the_servers_and_the_welcome_starts_a_new_deadline():
+    from twisted.internet import defer
+    from twisted.logger import Logger
+
+    clock = task.Clock()
+    roster = Roster(clock)
+    deciding: list = []
+
+    def takes_in(member, serves):
+        deciding.append(defer.Deferred())
+        return deciding[-1]
+
+    factory = MemberFactory(roster, heartbeat=1.0, catalog_id=lambda: CATALOG, takes_in=takes_in)
+    events: list = []
+    transports = []
+    for sid in ("s1", "s2"):
+        proto = factory.buildProtocol(None)
+        proto.log = Logger(observer=events.append)
+        tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+        proto.callLater = clock.callLater
+        proto.makeConnection(tr)
+        clock.advance(0.5)
+        proto.dataReceived(f"JOIN {sid} zone=z port=1 capacity=1 used=0 blobs=0\n".encode())
+        transports.append((proto, tr))
+    clock.advance(6.0)  # a slow catalog
+    assert not any(tr.disconnecting for _, tr in transports)
+    for d in deciding:
+        d.callback(False)
+    assert all(b"OK welcome" in tr.value() for _, tr in transports)
+    clock.advance(4.0)
+    (p1, t1), (p2, t2) = transports
+    p1.dataReceived(b"HB capacity=1 used=0 blobs=0\n")  # s1 speaks in time; s2 never does
+    assert roster.get("s1").up
+    clock.advance(1.1)
+    assert not t1.disconnecting and t2.disconnecting
+    p2.connectionLost(None)
+    said = [e.get("error", "") for e in events if e.get("event") == "refused"]
+    assert said == ["unavailable: silent within 5 s of its welcome"], said
+    assert not [e for e in events if "left when welcomed" in e.get("log_format", "")]

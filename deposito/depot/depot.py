@@ -70,7 +70,7 @@ class Depot:
                                expiry=upload_expiry)
         self.inventories = Inventories(reactor, db, self.collector, self.rebuilder, repair=self._repair)
         self.reconciler = Reconciler(reactor, db, roster, self.writer, collect=self.collector.kick,
-                                     paused=lambda: self.rebuilder.rebuilding)
+                                     paused=lambda: self.rebuilder.rebuilding or self.liveness.rebuilt_elsewhere)
         self.liveness = Liveness(reactor, db, roster, lease, handed_over=self._handed_over,
                                  rebuilding=lambda: self.rebuilder.closed_for_rebuild)
         self._absent: IDelayedCall | None = None

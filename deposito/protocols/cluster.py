@@ -343,6 +343,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self._retake: IDelayedCall | None = None  # a chunk to hand to the roster again (see _take)
         self._claimed = ""  # the id its JOIN names, before it is checked (for the log)
         self._counted = False  # among the port's connections (see MemberFactory.cap)
+        self._timed_out = False  # cut for want of joining in time (see timeoutConnection)
 
     def connectionMade(self) -> None:
         cap = getattr(getattr(self, "factory", None), "cap", None)
@@ -354,16 +355,18 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self.setTimeout(self.heartbeat * MISSED_HEARTBEATS)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.member_id is not None or self._welcomed is not None:
-            self.resetTimeout()  # before its welcome, a server has that long in all to join, whatever it sends
         super().dataReceived(data)
+        if self.member_id is not None:
+            self.resetTimeout()  # before, it has that long in all to join, whatever it sends (see _welcome)
 
     def timeoutConnection(self) -> None:
         if self.member_id is not None:
             self.log.warn("storage server {id} missed its heartbeats", id=self.member_id)
         else:
+            self._timed_out = True
             within = f"within {self.heartbeat * MISSED_HEARTBEATS:.0f} s"
-            self._refused(Unavailable(f"not joined {within} of its JOIN" if self._claimed else f"no JOIN {within}"))
+            self._refused(Unavailable(f"silent {within} of its welcome" if self._welcomed is not None
+                                      else f"not joined {within} of its JOIN" if self._claimed else f"no JOIN {within}"))
         self.transport.abortConnection()
 
     def textReceived(self, text: str) -> None:
@@ -371,7 +374,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             words = split(text)
             if not words:
                 return
-            command = words[0].upper()
+            command = words[0].upper() if words[0].isascii() else ""  # ("ınventory".upper() is INVENTORY)
             if self._deciding:
                 raise BadArgs("nothing is read before the welcome")
             if self._chunk is not None:
@@ -542,6 +545,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         serves = f.get("serves", "")
         self._serves = serves if CATALOG_ID.match(serves) and serves != catalog else None
         self._deciding = True
+        self.setTimeout(None)  # the catalog's time, not the server's (see _welcome)
         deciding = self.takes_in(member_id, self._serves)
         deciding.addCallback(self._decided, catalog)
         deciding.addErrback(self._not_decided)
@@ -563,6 +567,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     def _welcome(self, catalog: str, full: bool) -> None:
         self._full = full
+        self.setTimeout(self.heartbeat * MISSED_HEARTBEATS)  # to say its first words, which make it a member
         self.reply(f"OK welcome heartbeat={self.heartbeat} listing={'full' if full else 'ids'}"
                    f" catalog={catalog}")
 
@@ -604,7 +609,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
                                " If it belongs to another cluster, point it at that cluster's proxy; if it held"
                                " files of a catalog this one replaces, restart this proxy with --rebuild to take"
                                " them in", id=self._welcomed[0], lost=self._serves, event="refused")
-        elif self._welcomed is not None:
+        elif self._welcomed is not None and not self._timed_out:
             self.log.warn("storage server {id} left when welcomed: it may serve another catalog (see its log)",
                           id=self._welcomed[0])
 
