@@ -237,6 +237,17 @@ def request_gone(request: Any) -> bool:
     return bool(getattr(request, "_disconnected", False))
 
 
+def connection_closing(request: Any) -> bool:
+    """Whether the connection of twisted.web ``request`` is lost or being
+    closed: so is one whose body twisted.web could not parse (a bad chunk),
+    which it answers with 400 by itself before closing. A request refused
+    before its body (see :func:`answer_before_body`) is then answered no
+    more. The channel is a :class:`ContinueWhenAsked` (it knows when it
+    closes, lingering or not)."""
+    channel = getattr(request, "channel", None)
+    return request_gone(request) or (isinstance(channel, ContinueWhenAsked) and channel.closing)
+
+
 def request_line(request: Any) -> tuple[bytes, bytes] | None:
     """The method and the raw path (with its query) of twisted.web
     ``request`` while its body is still arriving, before
@@ -394,6 +405,16 @@ class ContinueWhenAsked(HeadDeadline):
         self._lingering = self.callLater(LINGER, getattr(self.transport, "abortConnection"))
         getattr(self.transport, "resumeProducing")()  # it may have been paused not to read the body
         shut_writing()
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`loseConnection` was called (the connection lingers or closes).
+
+        Relies on TCP transports setting ``disconnecting`` in
+        loseConnection; without it, a connection closed at once (not
+        lingering) is not taken for closing; the test of this fact fails
+        first."""
+        return self._lingering is not None or bool(getattr(self.transport, "disconnecting", False))
 
     def dataReceived(self, data: bytes) -> None:
         if self._lingering is not None:  # answered and closing: the rest of what the client sends is dropped

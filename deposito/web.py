@@ -444,6 +444,8 @@ class _ReadOnlyRequest(Request):
             super().requestReceived(command, path, version)
 
     def _refuse(self) -> None:
+        if twisted_internals.connection_closing(self):
+            return  # twisted.web answered a body it could not read (400) and closes
         _send(self, 413, b"text/plain; charset=utf-8", b"this port is read-only: a request body is refused\n")
 
 

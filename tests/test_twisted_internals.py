@@ -16,7 +16,7 @@ from twisted.internet import defer, endpoints, protocol, reactor, task, tcp, thr
 from twisted.internet.interfaces import IPullProducer, IPushProducer, IReactorFDSet, IReactorTime
 from twisted.protocols.basic import LineReceiver
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from deposito import twisted_internals as ti
@@ -475,6 +475,40 @@ def test_request_gone_once_its_connection_is_lost():
         yield finished
         assert request._disconnected is True and ti.request_gone(request)
         request.write(b"dropped")  # Twisted drops bytes for a lost connection
+    finally:
+        peer.close()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_connection_closing_once_twisted_web_answers_a_bad_chunk_itself():
+    """A chunked body twisted.web cannot parse is answered 400 by the
+    channel, which closes: the request (refused, say, at its headers) is
+    then taken for closing before the connection is lost. (Closing while
+    lingering is the other way: test_web's refused bodies.)"""
+    seen = []
+
+    class Seen(Request):
+        def gotLength(self, length):
+            seen.append(self)
+            super().gotLength(length)
+
+    site = _PromptSite(Resource())
+    site.requestFactory = Seen
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    try:
+        peer.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while not seen:
+            yield task.deferLater(reactor, 0.01)
+        assert not ti.connection_closing(seen[0])
+        peer.sendall(b"zz\r\n")
+        for _ in range(500):
+            if ti.connection_closing(seen[0]):
+                break
+            yield task.deferLater(reactor, 0.01)
+        assert ti.connection_closing(seen[0])
+        assert peer.recv(100).startswith(b"HTTP/1.1 400 ")
     finally:
         peer.close()
         yield port.stopListening()

@@ -560,6 +560,8 @@ def test_a_request_body_is_refused_unread_on_the_read_only_port(web):
     assert got.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in got, got[:300]
     chunked = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
     assert _raw_request(web.http, chunked, b"5\r\nhello\r\n").startswith(b"HTTP/1.1 413 ")
+    got = _raw_request(web.http, chunked, b"zz\r\nhello\r\n")  # a bad chunk: twisted.web says 400 first
+    assert got.startswith(b"HTTP/1.1 400 ") and got.count(b"HTTP/1.1 ") == 1, got[:300]
     small = b"POST /metrics HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
     assert _raw_request(web.http, small).startswith(b"HTTP/1.1 405 ")
     assert get_json(web.http, "/api/status")["servers_up"] == 3
