@@ -20,8 +20,11 @@ AWS = str(Path(sys.executable).with_name("aws"))  # the aws CLI of the test extr
 
 class LocalProcesses:
     """The processes an example started, by name, with their pidfiles and
-    logs in ``var``. From now on SIGTERM is taken as Ctrl-C: either raises
-    KeyboardInterrupt, so that the example stops what it started."""
+    logs in ``var``. From now on SIGTERM and SIGHUP (the terminal closed)
+    are taken as Ctrl-C: each raises KeyboardInterrupt, so that the example
+    stops what it started. The processes run in their own session: Ctrl-C
+    reaches the example alone, which then stops each process once (a
+    twistd told to stop twice logs a critical error)."""
 
     def __init__(self, var: Path) -> None:
         self.var = var
@@ -30,6 +33,7 @@ class LocalProcesses:
         for stale in var.glob("*.pid"):
             stale.unlink()
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGHUP, signal.default_int_handler)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
@@ -37,7 +41,7 @@ class LocalProcesses:
         and log named after ``name``."""
         p = subprocess.Popen(
             [TWISTD, "-n", "--pidfile", str(self.var / f"{name}.pid"), "--logfile", str(self.var / f"{name}.log")]
-            + args, cwd=self.var)
+            + args, cwd=self.var, start_new_session=True)
         self.procs[name] = p
         return p
 
@@ -105,6 +109,6 @@ def server_args(var: Path, i: int, cluster_ports: list[int]) -> list[str]:
 def uninterrupted(work: Callable[[], None]) -> None:
     """Do ``work`` (stopping what was started) with Ctrl-C and SIGTERM
     ignored, so that pressing Ctrl-C again does not leave half of it running."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     work()

@@ -171,12 +171,21 @@ def test_catalog_survives_kill_9_of_the_proxy(cluster):
         assert w.stat("durable")["have"] == "3"
 
 
-def test_broken_upload_leaves_no_version_and_no_blob(cluster):
+@pytest.mark.parametrize("end", ["close", "half-close"])
+def test_broken_upload_leaves_no_version_and_no_blob(cluster, end):
+    """A client gone mid-upload, or one that shut its sending side (told
+    why, then closed: the bytes went through the kernel's splice), stores
+    nothing, and every server's partial blob is removed."""
     size = 8 << 20
     w = cluster.wire()
     assert w.cmd(f"PUT broken {size} 3").startswith("OK send")
     w.send(os.urandom(size // 2))
     assert poll(lambda: all(incoming(cluster, s) for s in cluster.servers), 10)
+    if end == "half-close":
+        w.sock.shutdown(socket.SHUT_WR)
+        assert w.line() == f"ERR badargs upload cut short: the client sent less than {size} bytes, closing"
+        with pytest.raises(WireError):
+            w.line()
     w.close()
     with cluster.wire() as w2:
         assert w2.cmd("GET broken").startswith("ERR notfound")

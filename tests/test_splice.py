@@ -341,7 +341,12 @@ def test_fan_out_fails_when_the_source_leaves_midway():
         with pytest.raises(ReaderLost):
             yield fan.start()
         assert b"".join(absorbed) == DATA[:half]
-        yield until(lambda: not source.connected)  # cut: its upload is half read
+        # It closed, and it is not cut: its protocol hears of the end once it reads again
+        # (a client that only shut its sending side is then told why its upload failed).
+        yield task.deferLater(reactor, 0.1, lambda: None)  # (a cut connection would be lost by now)
+        assert source.connected and not source.disconnecting
+        source.startReading()
+        yield until(lambda: not source.connected)
         assert all(t.connected for t in targets)  # whoever owns them decides
         assert all(t in reactor.getReaders() for t in targets)
     finally:

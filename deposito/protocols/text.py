@@ -129,9 +129,12 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     def readConnectionLost(self) -> None:
         """The client sends nothing more (it half-closed, as ``nc -N`` does):
         what it asked is answered, then the connection closes. Cut in the
-        middle of an upload, the upload is dropped."""
+        middle of an upload, the upload is dropped, and the client told."""
         self._sent_all = True
-        if not self.paused:
+        if self._upload is not None:
+            self.reply(f"ERR badargs upload cut short: the client sent less than {self._upload.size} bytes, closing")
+            self.transport.loseConnection()  # (connectionLost drops the upload)
+        elif not self.paused:
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:

@@ -60,7 +60,8 @@ class FanOut:
 
     :attr:`done` fires with ``count`` once every byte is in the targets'
     sockets, or fails with ReaderLost when the source goes away (its
-    connection is then cut).
+    connection is then cut, unless it only shut its sending side: its
+    protocol then hears of it from Twisted, as of any half-close).
     """
 
     burst = 4  # pieces moved in one go before other connections get a turn
@@ -209,8 +210,8 @@ class FanOut:
         except OSError as e:
             self.fail(ReaderLost(f"the client went away ({e.strerror})"))
             return False
-        if n == 0:
-            self.fail(ReaderLost("the client closed the connection mid-upload"))
+        if n == 0:  # the client shut its sending side: Twisted, reading again, tells its protocol
+            self.fail(ReaderLost("the client closed the connection mid-upload"), cut=False)
             return False
         for i, pipe in enumerate(self._pipes):
             if self.done.called:
@@ -303,13 +304,14 @@ class FanOut:
         self._read_again()
         self.done.callback(self.taken)
 
-    def fail(self, err: DepositoError) -> None:
-        """Give up: the source's connection is cut (its upload is half read)."""
+    def fail(self, err: DepositoError, cut: bool = True) -> None:
+        """Give up: the source's connection is cut (its upload is half read),
+        unless ``cut`` is False (it has sent all it will)."""
         if self.done.called:
             return
         self._stop()
         self._read_again()
-        if self.source.connected:
+        if cut and self.source.connected:
             self.source.abortConnection()
         self.done.errback(err)
 
