@@ -853,6 +853,23 @@ def _answer(reply: bytes) -> tuple[int, bytes]:
     return int(head[9:12]), body
 
 
+def test_names_and_parameters_that_are_not_utf8_are_refused(s3):
+    """A listing's prefix, or a copy's source, percent-encoding bytes that
+    are not UTF-8 gets 400 InvalidArgument (never a lookup of a name with
+    U+FFFD in it), and the gateway keeps serving."""
+    c = s3.client()
+    c.create_bucket(Bucket="utf")
+    c.put_object(Bucket="utf", Key="\ufffd", Body=b"a name with U+FFFD")
+    empty = hashlib.sha256(b"").hexdigest()
+    for path, headers in [("/utf?list-type=2&prefix=%FF", {}), ("/utf?prefix=%C3", {}),
+                          ("/utf/copy", {"x-amz-copy-source": "/utf/%FF"})]:
+        head = _signed(s3, "PUT" if headers else "GET", path,
+                       {**headers, "Content-Length": "0", "Connection": "close", "x-amz-content-sha256": empty})
+        status, error = _answer(_raw(s3.port, head))
+        assert status == 400 and b"<Code>InvalidArgument</Code>" in error, (path, error)
+    assert [o["Key"] for o in c.list_objects_v2(Bucket="utf")["Contents"]] == ["\ufffd"]
+
+
 def test_bad_xml_is_malformed_and_changes_nothing(s3):
     c = s3.client()
     c.create_bucket(Bucket="xml")

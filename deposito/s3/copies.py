@@ -111,7 +111,11 @@ def _copy_source(header: str) -> tuple[str, str]:
     source, _, query = header.partition("?")
     if query and query not in ("versionId=null",):
         raise S3Error("NotImplemented", "Object versions are not kept: copy the current one")
-    bucket, _, key = unquote(source.lstrip("/")).partition("/")
+    try:
+        bucket, _, key = unquote(source.lstrip("/"), errors="strict").partition("/")
+    except UnicodeDecodeError:
+        raise S3Error("InvalidArgument", "x-amz-copy-source is not UTF-8 once percent-decoded",
+                      ArgumentName="x-amz-copy-source", ArgumentValue=header[:100]) from None
     if not bucket or not key:
         raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
                       ArgumentName="x-amz-copy-source", ArgumentValue=header)

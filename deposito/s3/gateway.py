@@ -134,7 +134,7 @@ class Gateway:
             if self.depot.closed_for_rebuild:
                 raise Unavailable("rebuilding the catalog from the servers; try again shortly")
             bucket, key = _split(self.bucket_path(raw_path, headers))
-            params = dict(parse_qsl(raw_query, keep_blank_values=True))
+            params = _params(raw_query)
             operation = self.route(method, bucket, key, params, headers)
             await operation(Call(request, verified, bucket, key, params, headers))
         except S3Error as e:
@@ -501,6 +501,14 @@ class _S3Site(Site):
 
 
 # -- helpers
+
+
+def _params(raw_query: str) -> dict[str, str]:
+    """The parameters of a query string, percent-decoded as UTF-8."""
+    try:
+        return dict(parse_qsl(raw_query, keep_blank_values=True, errors="strict"))
+    except UnicodeDecodeError:
+        raise S3Error("InvalidArgument", "The query string is not UTF-8 once percent-decoded") from None
 
 
 def _split(raw_path: str) -> tuple[str, str]:
