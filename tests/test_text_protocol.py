@@ -528,6 +528,36 @@ def test_a_client_that_half_closes_in_the_middle_of_its_upload_stores_nothing():
     assert depot.files == {} and depot.aborted == depot.uploads
 
 
+class SlowToBegin(FakeDepot):
+    """Sets an upload up in a fifth of a second, as a catalog may take."""
+
+    async def begin_put(self, name, size, replicas):
+        await task.deferLater(reactor, 0.2, lambda: None)
+        return await super().begin_put(name, size, replicas)
+
+
+@pytest.mark.parametrize("sent", [b"", b"hel", b"hello"])
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_half_closes_while_its_upload_is_set_up_is_answered_at_once(sent):
+    """The end of the stream comes before `OK send`: the bytes sent with the
+    request are taken, then the client is told at once (no stall timeout)
+    whether the upload was short."""
+    depot = SlowToBegin()
+    port = reactor.listenTCP(0, DepotFactory(depot, stall_timeout=30), interface="127.0.0.1")
+    try:
+        started = reactor.seconds()
+        got = yield threads.deferToThread(_ask_and_half_close, port.getHost().port, b"PUT g 5\n" + sent)
+        took = reactor.seconds() - started
+    finally:
+        yield port.stopListening()
+    if sent == b"hello":
+        assert got.startswith(b"OK send 5\r\nOK stored name=g ") and depot.files == {"g": b"hello"}
+    else:
+        assert got == b"OK send 5\r\nERR badargs upload cut short: the client sent less than 5 bytes, closing\r\n"
+        assert depot.files == {} and depot.aborted == depot.uploads
+    assert took < 5
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_client_that_half_closes_gets_every_answer_also_to_lines_answered_at_once():
     """The end of the stream is read while the PUT commits; the STAT after

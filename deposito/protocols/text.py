@@ -117,7 +117,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         if self.paused and twisted_internals.unparsed_size(self) > MAX_LINE:
             self.transport.pauseProducing()  # a client sending ahead waits: no more than a line is kept
         elif self._sent_all and not self.paused:  # every line the client sent is answered
-            self.transport.loseConnection()
+            self._all_taken()
         send_now(self.transport)  # what these requests answered at once
 
     def hold(self) -> None:
@@ -131,11 +131,15 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         what it asked is answered, then the connection closes. Cut in the
         middle of an upload, the upload is dropped, and the client told."""
         self._sent_all = True
+        if not self.paused:
+            self._all_taken()
+
+    def _all_taken(self) -> None:
+        """The client half-closed and everything it sent has been taken:
+        the connection closes, with a word if an upload is still short."""
         if self._upload is not None:
             self.reply(f"ERR badargs upload cut short: the client sent less than {self._upload.size} bytes, closing")
-            self.transport.loseConnection()  # (connectionLost drops the upload)
-        elif not self.paused:
-            self.transport.loseConnection()
+        self.transport.loseConnection()  # (connectionLost drops an upload left)
 
     def writeConnectionLost(self) -> None:
         pass  # this end never half-closes
@@ -283,6 +287,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             self.transport.resumeProducing()
             if twisted_internals.holds_unparsed(self):
                 self.dataReceived(b"")
+            elif self._sent_all:  # it half-closed while the upload was being set up
+                self._all_taken()
         else:
             self._done.callback(None)
         await self._done
