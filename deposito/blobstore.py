@@ -310,11 +310,18 @@ class BlobStore:
 
     def reader(self, blob_id: str, meta: BlobMeta | None = None, fd: int | None = None) -> diskio.Reader:
         """An open blob, for :meth:`read_block` (``meta`` tells whether it is
-        one to read through the page cache; ``fd``, the blob opened already)."""
+        one to read through the page cache; ``fd``, the blob opened already,
+        is then closed with it). Corrupt when the file's size is not the
+        blob's: a copy cut short, or grown, is refused before any byte is
+        sent."""
         try:
-            return diskio.Reader(self.path(blob_id), cached=meta is not None and meta.cached, fd=fd)
+            reader = diskio.Reader(self.path(blob_id), cached=meta is not None and meta.cached, fd=fd)
         except FileNotFoundError:
             raise NotFound("no such blob") from None
+        if meta is not None and reader.size != meta.size:
+            reader.close()
+            raise Corrupt(f"its file holds {reader.size} bytes, not {meta.size}")
+        return reader
 
     def read_block(self, f: diskio.Reader, meta: BlobMeta, index: int) -> bytes:
         """Block ``index`` of an open blob, checked against its checksum, or Corrupt."""
@@ -465,16 +472,21 @@ class BlobStore:
 
     def inventory(self, after: str = "") -> Iterator[BlobMeta]:
         """Every blob's metadata in id order, from the first id above ``after``
-        (blobs without readable metadata, or whose metadata names another
-        blob, are skipped: the scrub finds them corrupt). Lazy: one
-        directory's names are held at a time."""
+        (blobs without readable metadata, whose metadata names another blob,
+        or whose file is not the size it says, are skipped: reads and the
+        scrub find them corrupt). Lazy: one directory's names are held at a
+        time."""
         for d in self._subdirs():
             if os.path.basename(d) < after[:2]:
                 continue
             for entry in sorted(os.listdir(d)):
                 if entry <= after or not BLOB_ID.match(entry):
                     continue
+                path = os.path.join(d, entry)
                 try:
-                    yield meta_at(os.path.join(d, entry))
-                except (NotFound, Corrupt):
+                    meta = meta_at(path)
+                    if os.stat(path).st_size != meta.size:
+                        continue  # cut short or grown: for reads and the scrub to find
+                except (NotFound, Corrupt, FileNotFoundError):
                     continue  # deleted meanwhile; or for the scrub to find
+                yield meta

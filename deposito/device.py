@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from deposito import diskio
 from deposito.batching import Batches, IBatchReactor
-from deposito.blobmeta import BLOCK, BlobMeta
+from deposito.blobmeta import BLOCK, BlobMeta, Corrupt
 from deposito.blobstore import BlobStore, IncomingBlob
 from deposito.errors import DepositoError, Internal, NoSpace
 from deposito.interfaces import IDevice, IInventoryCursor
@@ -191,6 +191,8 @@ class Device:
                     reader = self.store.reader(blob_id, meta, fd)
                 except OSError:
                     os.close(fd)  # and the thread tries, and answers for it
+                except Corrupt:  # (its fd closed)
+                    return fail()
                 else:
                     self._metas.move_to_end(blob_id)
                     return succeed((reader, meta))

@@ -273,6 +273,31 @@ def put_blob(store, data, blob=None):
     return blob
 
 
+def test_a_blob_file_cut_short_or_grown_is_left_out_of_inventories_and_refused_when_opened(tmp_path):
+    """A rebuild takes in what the full inventory lists: a copy whose file
+    is not the size its metadata says is not in it (reads and the scrub
+    find it corrupt); opened for a read, it is refused before any byte."""
+    store = BlobStore(str(tmp_path))
+    blobs = {}
+    for how in ("whole", "cut short", "grown"):
+        blob, data = new_blob_id(), os.urandom(2 * BLOCK)
+        inc = store.begin(meta(blob, len(data)))
+        inc.write(data)
+        inc.commit(*sums(data))
+        blobs[how] = blob
+    os.truncate(store.path(blobs["cut short"]), BLOCK)
+    with open(store.path(blobs["grown"]), "ab") as f:
+        f.write(b"more")
+    assert [m.blob for m in store.inventory()] == [blobs["whole"]]
+    assert sorted(store.blob_ids()) == sorted(blobs.values())
+    store.reader(blobs["whole"], store.meta(blobs["whole"])).close()
+    for how in ("cut short", "grown"):
+        with pytest.raises(Corrupt, match="bytes, not"):
+            store.reader(blobs[how], store.meta(blobs[how]))
+        with pytest.raises(Corrupt):
+            store.check(blobs[how])
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_chunked_inventory_yields_every_blob_once_in_id_order(tmp_path):
     """Chunk by chunk, from the device's reader thread: each blob exactly

@@ -562,6 +562,27 @@ def test_a_rebuilt_version_wants_the_most_copies_any_of_its_copies_says(cat):
     assert cat.lookup("f").replicas == 2 and cat.lookup("f").servers == ("s1", "s2", "s3")
 
 
+def test_a_rebuild_on_a_kept_catalog_takes_in_no_failed_or_unfinished_upload(cat):
+    """A PUT of version 2 failed (its copies made garbage) and another is
+    still being written (its intents there): a rebuild that finds their
+    blobs on the servers leaves the committed version 1 the name's, and
+    those blobs what the catalog says they are; a copy of version 1 is
+    taken in as before."""
+    v = cat.begin_upload("f", "b1", ["s1", "s2"])
+    assert cat.commit("f", v, "b1", 3, "x", 2, ["s1", "s2"], 0.0)
+    assert cat.begin_upload("f", "b2", ["s1", "s2"]) == 2
+    cat.abandon("b2")
+    assert cat.begin_upload("g", "b3", ["s1"]) == 1
+    entries = [("b2", 2, 5, "y", 2, "f", ""), ("b1", 1, 3, "x", 2, "f", ""), ("b3", 1, 4, "z", 1, "g", "")]
+    assert cat.adopt("s1", entries, 0.0) == 1
+    assert cat.adopt("s3", [("b1", 1, 3, "x", 2, "f", "")], 0.0) == 1
+    record = cat.lookup("f")
+    assert (record.version, record.blob, record.servers) == (1, "b1", ("s1", "s2", "s3"))
+    assert cat.lookup("g") is None
+    assert sorted(cat.garbage(["s1", "s2"])) == [("b2", "s1"), ("b2", "s2")]
+    assert cat.db.execute("SELECT count(*) FROM intents WHERE blob = 'b3'").fetchone()[0] == 1
+
+
 def test_a_catalog_rebuilt_from_a_lost_one_gives_versions_above_its_floor(cat):
     """A name no server brought back yet (its copies on a server still
     down) gets a version above any the lost catalog gave out; the late

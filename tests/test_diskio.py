@@ -167,9 +167,12 @@ def test_blocks_in_memory_are_read_and_checked_without_a_thread_others_are_left(
         assert store.read_resident_block(f, meta, 0, buffer) is not None
         with pytest.raises(Corrupt, match="block 1"):
             store.read_resident_block(f, meta, 1, buffer)
-    # a file cut short is not read here: the thread's read reports it
+    # a file cut short is refused when opened for its blob; opened as a file, it is not read
+    # here: the thread's read reports it
     os.truncate(store.path(blob), 2 * BLOCK + 10)
-    with store.reader(blob, meta) as f:
+    with pytest.raises(Corrupt, match=f"holds {2 * BLOCK + 10} bytes, not {len(data)}"):
+        store.reader(blob, meta)
+    with store.reader(blob) as f:
         assert store.read_resident_block(f, meta, 2, buffer) is None
         assert store.read_resident_block(f, meta, 3, buffer) is None
         with pytest.raises(Corrupt, match="block 2 is"):

@@ -504,3 +504,43 @@ def test_the_catalog_removed_under_a_running_proxy_stops_changes_and_a_restart_r
     with cluster.wire() as w:
         assert poll(lambda: w.get("before")[1] == data, 30)
         assert w.put("after", b"x" * 1000, 2).startswith("OK stored")
+
+
+def test_a_rebuild_on_the_kept_catalog_keeps_the_version_a_failed_put_would_have_replaced(cluster):
+    """Version 2 of a file fails (a server killed mid-PUT: 3 copies cannot be
+    had) and the proxy is killed before its copies are deleted; restarted
+    with --rebuild, it finds them on the servers, but its catalog knows
+    they are garbage: the name keeps version 1, with its 3 copies, and
+    version 2's copies go. (Before, version 2 was taken in as the newest,
+    version 1 made garbage, and version 2's copies deleted as garbage too:
+    nothing left.) Tried until the proxy is killed before its collector
+    deleted the failed copies, as it nearly always is."""
+    for attempt in range(3):
+        name = f"y{attempt}"
+        v1, v2 = os.urandom(2 << 20), os.urandom(6 << 20)
+        with cluster.wire() as w:
+            assert w.put(name, v1, 3).startswith("OK stored")
+        w = cluster.wire()
+        assert w.cmd(f"PUT {name} {len(v2)} 3").startswith("OK send")
+        w.send(v2[: 3 << 20])
+        time.sleep(0.3)
+        cluster.kill("s1")
+        w.send(v2[3 << 20:])
+        reply = w.line()
+        cluster.kill_proxy()
+        w.close()
+        assert reply.startswith("ERR unavailable"), reply
+        left = cluster.holders(v2)
+        cluster.start_server("s1")
+        cluster.start_proxy("--rebuild")
+        cluster.wait_up(3)
+        with cluster.wire() as w:
+            assert poll(lambda: not w.cmd(f"STAT {name}").startswith("ERR unavailable rebuilding"), 30)
+            reply, got = w.get(name)
+            assert got == v1, reply
+        assert poll(lambda: len(cluster.holders(v1)) == 3 and cluster.holders(v2) == [], 30), \
+            (cluster.holders(v1), cluster.holders(v2))
+        if left:
+            assert len(left) == 2
+            return
+    raise AssertionError("the failed PUT's copies were deleted before the proxy was killed, three times")

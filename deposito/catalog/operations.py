@@ -543,12 +543,20 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         says (one made after a REPLICAS knows the new count). A server back
         late from a lost catalog is taken in the same way, after writes: a
         version older than the name's newest, or than its deletion, is
-        garbage. Returns how many copies were taken."""
+        garbage. A copy this catalog knows is no version's (of an upload not
+        committed, its intent still there, or one made garbage already, a
+        failed PUT's say, or deleted since the server listed it) is left as
+        it is: the catalog kept says more than the blob's metadata. Returns how many copies were taken."""
         entries = list(entries)
 
         def tx(db: Connection) -> int:
             taken = 0
             for blob, version, size, sha256, replicas, name, meta in entries:
+                if db.execute("SELECT 1 WHERE EXISTS (SELECT 1 FROM garbage WHERE blob = ? AND server = ?)"
+                              " OR EXISTS (SELECT 1 FROM intents WHERE blob = ? AND server = ?)"
+                              " OR EXISTS (SELECT 1 FROM deleted WHERE blob = ? AND server = ?)",
+                              (blob, server) * 3).fetchone():
+                    continue
                 settled = db.execute("SELECT settled FROM names WHERE name = ?" + self.dialect.for_update,
                                      (name,)).fetchone()
                 self._seen_version(db, name, version)
@@ -570,7 +578,6 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                     self._enqueue(db, [name])
                 db.execute(INSERT_COPY, (blob, server, now))
                 self._servers_changed(db, [blob])
-                db.execute("DELETE FROM garbage WHERE blob = ? AND server = ?", (blob, server))
                 taken += 1
             if entries:
                 self._floor_above(db, max(entry[1] for entry in entries))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Callable, cast
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -30,8 +30,9 @@ class Collector:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, db: ICatalog, roster: Roster, pool: BlobPool,
-                 every: float = 2.0, rate: float = 1000.0) -> None:
+                 every: float = 2.0, rate: float = 1000.0, paused: Callable[[], bool] = lambda: False) -> None:
         self.clock = clock
+        self.paused = paused  # while true, nothing is deleted (the catalog is being rebuilt)
         self.db = db
         self.roster = roster
         self.pool = pool
@@ -91,8 +92,11 @@ class Collector:
     async def _collect_once(self) -> None:
         """Delete the garbage on the servers that are up, a page at a time,
         several deletes at once per server, with no pause while pages are
-        full, and at most ``rate`` deletes a second."""
-        while self._loop.running:
+        full, and at most ``rate`` deletes a second. Nothing while the
+        catalog is being rebuilt: a copy the catalog holds for garbage (a
+        failed PUT's) must stay so until the servers' listings are in, or a
+        listing made before its delete would bring it back as a version."""
+        while self._loop.running and not self.paused():
             began = self.clock.seconds()
             page = await self.db.garbage([m.id for m in self.roster.up() if self._resting.get(m.id, 0.0) <= began],
                                          COLLECT_PAGE)

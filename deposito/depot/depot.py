@@ -59,18 +59,19 @@ class Depot:
         self.db = db
         self.roster = roster
         self.pool = BlobPool(reactor, connect_timeout, secret=secret)
-        self.collector = Collector(reactor, db, roster, self.pool, every=collect_every, rate=collect_rate)
+        self.collector = Collector(reactor, db, roster, self.pool, every=collect_every, rate=collect_rate,
+                                   paused=lambda: self.rebuilding_anywhere)
         self.writer = Writer(reactor, db, roster, self.pool, collect=self.collector.kick, repair=self._repair,
                              default_replicas=default_replicas, stall_timeout=stall_timeout,
                              missing=lambda member, blob: self.reader.copy_missing(member, blob))
         self.reader = Reader(db, roster, self.pool, repair=self._repair)
-        self.rebuilder = Rebuilder(reactor, db, roster, done=self._repair, asked=rebuild, grace=rebuild_grace,
+        self.rebuilder = Rebuilder(reactor, db, roster, done=self._rebuilt, asked=rebuild, grace=rebuild_grace,
                                    read=self.reader.read)
         self.uploads = Uploads(reactor, db, self.writer, self.reader, collect=self.collector.kick,
                                expiry=upload_expiry)
         self.inventories = Inventories(reactor, db, self.collector, self.rebuilder, repair=self._repair)
         self.reconciler = Reconciler(reactor, db, roster, self.writer, collect=self.collector.kick,
-                                     paused=lambda: self.rebuilder.rebuilding or self.liveness.rebuilt_elsewhere)
+                                     paused=lambda: self.rebuilding_anywhere)
         self.liveness = Liveness(reactor, db, roster, lease, handed_over=self._handed_over,
                                  rebuilding=lambda: self.rebuilder.closed_for_rebuild)
         self._absent: IDelayedCall | None = None
@@ -83,6 +84,16 @@ class Depot:
 
     def _repair(self) -> None:
         self.reconciler.kick()
+
+    def _rebuilt(self) -> None:
+        self.reconciler.kick()
+        self.collector.kick()
+
+    @property
+    def rebuilding_anywhere(self) -> bool:
+        """This proxy or another sharing the catalog is rebuilding it: no
+        copy is made or deleted meanwhile."""
+        return self.rebuilder.rebuilding or self.liveness.rebuilt_elsewhere
 
     def _handed_over(self) -> None:
         """Another proxy's unfinished uploads and claimed work are free now."""
