@@ -311,7 +311,7 @@ class Reconciler:
         if drops:
             for record, sid in drops:
                 self.log.info("dropping the copy of {name} on {id}", name=record.name, id=sid, event="drop")
-            await self.catalog.drop_copies([(record.blob, sid) for record, sid in drops])
+            await self.catalog.drop_copies([(record.blob, sid, record.replicas) for record, sid in drops])
             self.collect()
         await self.catalog.settle(outcomes, held + [t.record.name for t in copies])
         self.planned = sorted(self.planned + copies, key=endangered_first)
@@ -335,12 +335,23 @@ class Reconciler:
         self.running.pop(name, None)
         # Made: looked at again now (a look while it was being copied left it
         # for LEASE). Nothing came of it: later, not at once.
-        d = self.catalog.enqueue([name], self.clock.seconds() + (0.0 if made else RETRY))
-        d.addErrback(self._said, "queueing {name}", name=name)
-        released = self.catalog.release([name])  # any proxy may look at it again
-        released.addErrback(lambda f: self.log.warn("letting go of {name}: {why}", name=name,
-                                                    why=f.getErrorMessage()))
+        self._let_go(name, self.clock.seconds() + (0.0 if made else RETRY))
         self.kick()
+
+    def _let_go(self, name: str, due: float) -> None:
+        """Queue ``name`` again from ``due`` and let any proxy look at it.
+        With the database out of reach, tried again every RETRY seconds:
+        left as it is, the file would wait out its LEASE (minutes) short of
+        its copies."""
+        async def let_go() -> None:
+            await self.catalog.enqueue([name], due)
+            await self.catalog.release([name])
+
+        def failed(failure: Failure) -> None:
+            if self._said(failure, "letting go of {name}", name=name) and self._started:
+                self.clock.callLater(RETRY, self._let_go, name, due)
+
+        defer.ensureDeferred(let_go()).addCallbacks(lambda _: self.kick(), failed)
 
     def server_changed(self, member: Member) -> None:
         """A server came, went or died. Gone: each file with a copy on it is

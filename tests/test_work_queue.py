@@ -223,6 +223,44 @@ def test_a_server_that_goes_while_the_database_is_out_of_reach_is_queued_once_it
     cat.close()
 
 
+def test_a_repair_cut_by_the_database_going_out_of_reach_is_let_go_once_it_is_back(catalogs):
+    """The database goes as a copy is being counted: the file is queued
+    again and let go as soon as the database is back (tried every RETRY),
+    not left held by this proxy for LEASE (minutes) under its wanted
+    count; it then gets its copy."""
+    from deposito.errors import Unavailable
+    from deposito.reconciler import LEASE, RETRY
+
+    cat, clock, roster, view, copier, rec = make(catalogs, 10)
+    rec.start()
+    out = [2]  # after the copy's count fails, the next two tries find the database out of reach
+    enqueue, add_copy = view.enqueue, view.add_copy
+
+    def unreachable_at_first(names, due=0.0, only_new=False):
+        if out[0]:
+            out[0] -= 1
+            return defer.fail(Unavailable("the catalog database is out of reach"))
+        return enqueue(names, due, only_new)
+
+    def out_of_reach(name, blob, server, now):
+        view.add_copy, view.enqueue = add_copy, unreachable_at_first
+        return defer.fail(Unavailable("the catalog database is out of reach"))
+    view.add_copy = out_of_reach
+    cat.set_replicas("f000003", 3)
+    rec.kick()
+    run(clock)
+    assert len(copies_on(cat, "f000003")) == 2
+    owner, due = cat.db.execute("SELECT owner, due FROM work WHERE name = 'f000003'").fetchone()
+    assert owner is not None and due >= clock.seconds() + LEASE - 1  # held, as while it was copied
+    for _ in range(3):
+        clock.advance(RETRY)
+        run(clock)
+    assert out == [0] and len(copies_on(cat, "f000003")) == 3
+    assert cat.counts().queued == 0
+    rec.stop()
+    cat.close()
+
+
 def test_a_server_back_before_it_died_wakes_its_files_and_nothing_is_copied(catalogs):
     cat, clock, roster, view, copier, rec = make(catalogs, 300)
     rec.start()
