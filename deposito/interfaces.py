@@ -87,8 +87,9 @@ class IWorkCatalog(Interface):
     def abandon_copy(blob: str, server: str) -> Deferred[None]:
         """A copy that failed is garbage."""
 
-    def drop_copies(drops: list[tuple[str, str]]) -> Deferred[None]:
-        """Stop counting these ``(blob, server)`` copies and delete them."""
+    def drop_copies(drops: list[tuple[str, str, int]]) -> Deferred[None]:
+        """Stop counting these ``(blob, server, wanted)`` copies and delete
+        them, unless their file wants more than ``wanted`` copies by now."""
 
 
 class ICopier(Interface):

@@ -562,6 +562,25 @@ def test_a_rebuilt_version_wants_the_most_copies_any_of_its_copies_says(cat):
     assert cat.lookup("f").replicas == 2 and cat.lookup("f").servers == ("s1", "s2", "s3")
 
 
+def test_a_drop_planned_before_a_replicas_up_keeps_the_copy(cat):
+    """The reconciler planned to drop a copy of a file wanting 2 of its 3;
+    a REPLICAS 3 (through another proxy, say) comes before the drop: the
+    copy stays counted and is not garbage. With the count still 2, it goes;
+    so does a copy of a version no longer current."""
+    v = cat.begin_upload("f", "b1", ["s1", "s2", "s3"])
+    assert cat.commit("f", v, "b1", 3, "x", 2, ["s1", "s2", "s3"], 0.0)
+    cat.set_replicas("f", 3)
+    cat.drop_copies([("b1", "s3", 2)])
+    assert cat.lookup("f").servers == ("s1", "s2", "s3") and cat.garbage(["s3"]) == []
+    cat.set_replicas("f", 2)
+    cat.drop_copies([("b1", "s3", 2)])
+    assert cat.lookup("f").servers == ("s1", "s2") and cat.garbage(["s3"]) == [("b1", "s3")]
+    v = cat.begin_upload("f", "b2", ["s1"])
+    assert cat.commit("f", v, "b2", 3, "x", 1, ["s1"], 0.0)
+    cat.drop_copies([("b1", "s2", 1)])
+    assert ("b1", "s2") in cat.garbage(["s2"])
+
+
 def test_a_rebuild_on_a_kept_catalog_takes_in_no_failed_or_unfinished_upload(cat):
     """A PUT of version 2 failed (its copies made garbage) and another is
     still being written (its intents there): a rebuild that finds their
@@ -1155,7 +1174,7 @@ def test_a_rebuild_on_request_is_heard_by_the_other_proxies_until_it_ends_or_its
 def test_a_delete_by_one_proxy_is_not_undone_by_an_inventory_another_listed_before(shared):
     a, b = shared
     a.commit("f", a.begin_upload("f", "b1", ["s1", "s2"]), "b1", 1, "x", 1, ["s1", "s2"], 0.0)
-    a.drop_copies([("b1", "s2")])  # over its count: dropped, to be deleted
+    a.drop_copies([("b1", "s2", 1)])  # over its count: dropped, to be deleted
     assert a.garbage(["s2"], 10) == [("b1", "s2")]
     a.forget_garbage([("b1", "s2")], 100.0)  # deleted at 100
     # s2 listed its blobs at 99, before the delete: b1 is in the listing, but is not counted again

@@ -440,14 +440,23 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         self._tx(tx)
 
     @effects(durable=True, keeps_records=False, tells=True)
-    def drop_copies(self, drops: Iterable[tuple[str, str]]) -> None:
-        """The reconciler's drops, (blob, server) each: copies over the wanted
-        count, or on dead servers once replaced. No longer counted, to be deleted."""
+    def drop_copies(self, drops: Iterable[tuple[str, str, int]]) -> None:
+        """The reconciler's drops, (blob, server, wanted) each: copies over
+        the ``wanted`` count the reconciler saw, or on dead servers once
+        replaced. No longer counted, to be deleted; but a copy of a file
+        that wants more copies now (a REPLICAS since, maybe through another
+        proxy) is kept: the file is queued again by that change."""
+        drops = list(drops)
+
         def tx(db: Connection) -> None:
-            for blob, server in drops:
+            dropped = set()
+            for blob, server, wanted in drops:
+                if db.execute("SELECT 1 FROM files WHERE blob = ? AND replicas > ?", (blob, wanted)).fetchone():
+                    continue
                 db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
                 db.execute(INSERT_GARBAGE, (blob, server))
-            self._servers_changed(db, {blob for blob, _ in drops})
+                dropped.add(blob)
+            self._servers_changed(db, dropped)
         self._tx(tx)
 
     @effects(durable=True, keeps_records=False, tells=True)

@@ -251,7 +251,7 @@ class CatalogThread:
     def abandon_copy(self, blob: str, server: str) -> Deferred[None]:
         return self._call(Catalog.abandon_copy, blob, server)
 
-    def drop_copies(self, drops: list[tuple[str, str]]) -> Deferred[None]:
+    def drop_copies(self, drops: list[tuple[str, str, int]]) -> Deferred[None]:
         return self._call(Catalog.drop_copies, drops)
 
     # -- the rest of what the proxy needs (ICatalog)
