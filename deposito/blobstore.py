@@ -53,6 +53,10 @@ def fsync_dir(path: str) -> None:
 # Metadata small enough lives in an extended attribute of the blob file: one
 # file and one fsync per blob instead of two. Larger metadata (the block list
 # of a big blob), or a filesystem without user attributes, gets a .meta file.
+# A blob's file that fails with one of these cannot be read as it is: a
+# corrupt copy (moved aside, made again elsewhere), not a fault of the server.
+UNREADABLE = {errno.EIO, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ELOOP}
+
 META_ATTR = "user.deposito"
 META_ATTR_MAX = 2048
 _NO_ATTR = {errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP}
@@ -318,14 +322,24 @@ class BlobStore:
             reader = diskio.Reader(self.path(blob_id), cached=meta is not None and meta.cached, fd=fd)
         except FileNotFoundError:
             raise NotFound("no such blob") from None
+        except OSError as e:
+            if e.errno in UNREADABLE:
+                raise Corrupt(f"its file cannot be read ({e.strerror})") from None
+            raise
         if meta is not None and reader.size != meta.size:
             reader.close()
             raise Corrupt(f"its file holds {reader.size} bytes, not {meta.size}")
         return reader
 
     def read_block(self, f: diskio.Reader, meta: BlobMeta, index: int) -> bytes:
-        """Block ``index`` of an open blob, checked against its checksum, or Corrupt."""
-        data = f.pread(BLOCK, index * BLOCK)
+        """Block ``index`` of an open blob, checked against its checksum, or
+        Corrupt (also when the disk cannot read it)."""
+        try:
+            data = f.pread(BLOCK, index * BLOCK)
+        except OSError as e:
+            if e.errno not in UNREADABLE:
+                raise
+            raise Corrupt(f"block {index} cannot be read ({e.strerror})") from None
         check_block(meta, index, data)
         return data
 
@@ -344,14 +358,12 @@ class BlobStore:
         return view
 
     def check(self, blob_id: str) -> BlobMeta:
-        """Re-read a whole blob against its block checksums and sha256; Corrupt or NotFound."""
+        """Re-read a whole blob against its block checksums and sha256; Corrupt
+        (also when the disk cannot read it) or NotFound."""
         meta = self.meta(blob_id)
         with self.reader(blob_id, meta) as f:
-            size = f.size
-            if size != meta.size:
-                raise Corrupt(f"{size} bytes on disk, expected {meta.size}")
             digest = hashlib.sha256()
-            for index in range((size + BLOCK - 1) // BLOCK):
+            for index in range((meta.size + BLOCK - 1) // BLOCK):
                 digest.update(self.read_block(f, meta, index))
         if digest.hexdigest() != meta.sha256:
             raise Corrupt("sha256 mismatch")

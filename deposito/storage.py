@@ -200,6 +200,8 @@ class StorageNode:
                     await self.device.corrupt(blob, str(e))
                 except NotFound:
                     pass  # deleted meanwhile
+                except OSError as e:  # not the blob's fault (too many open files, say): the others are checked
+                    self.log.warn("scrub: cannot check blob {blob} now: {why}", blob=blob, why=e)
         await self.device.sweep()
         self.log.info("scrub done: {checked} blobs good, {bad} corrupt", checked=checked, bad=bad)
         self.send_inventory()

@@ -296,6 +296,16 @@ def test_a_blob_file_cut_short_or_grown_is_left_out_of_inventories_and_refused_w
             store.reader(blobs[how], store.meta(blobs[how]))
         with pytest.raises(Corrupt):
             store.check(blobs[how])
+    # a file that cannot be read at all (here a directory in its place) is corrupt too, and moved aside
+    meta_of_whole = store.meta(blobs["whole"])
+    os.unlink(store.path(blobs["whole"]))
+    os.mkdir(store.path(blobs["whole"]))
+    with pytest.raises(Corrupt, match="cannot be read"), store.reader(blobs["whole"]) as f:
+        store.read_block(f, meta_of_whole, 0)
+    with pytest.raises(Corrupt):
+        store.check(blobs["whole"])
+    store.quarantine(blobs["whole"])
+    assert not os.path.exists(store.path(blobs["whole"]))
 
 
 @pytest_twisted.inlineCallbacks
