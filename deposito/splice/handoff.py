@@ -115,7 +115,7 @@ class HandOff:
             if watch.running:
                 watch.stop()
             os.close(fd)
-            now = written(sock) if target.connected else None
+            now = await self._count(sock)
             if now is not None:
                 self.moved = now - start
             if reading and target.connected and not target.disconnecting:
@@ -143,6 +143,20 @@ class HandOff:
         if failed is not None:
             raise failed
 
+    async def _count(self, sock: socket.socket) -> int | None:
+        """:func:`written` of the reader's socket, asked again for up to a
+        second while it cannot be told (acknowledgements of the bytes still
+        on their way kept changing it while this thread waited for its turn
+        in a busy process); None once the reader has gone."""
+        for _ in range(COUNT_TRIES):
+            if not self.target.connected:
+                return None
+            now = written(sock)
+            if now is not None:
+                return now
+            await task.deferLater(self.client.reactor, 0.01, lambda: None)
+        return None
+
     def _watch(self, sock: socket.socket, progress: Progress) -> None:
         if progress.stalled(written(sock)):
             # The server may still be writing into the socket when this end
@@ -152,11 +166,13 @@ class HandOff:
 
 
 WATCHES = 6  # looks at the reader's socket per idle timeout: a stall is cut within a sixth of it past
+COUNT_TRIES = 100  # tries, 10 ms apart, to count what went to the reader's socket once the server is done
 
 
 class Progress:
     """Whether a count of bytes moved within the last ``idle`` seconds, from
-    counts taken now and then (None: the count cannot be taken)."""
+    counts taken now and then (None: the count cannot be taken this time,
+    which is no progress, and no stall before ``idle`` has passed)."""
 
     def __init__(self, clock: IReactorTime, idle: float, count: int) -> None:
         self.clock, self.idle = clock, idle
@@ -167,5 +183,5 @@ class Progress:
         if count is not None and count != self.count:
             self.count, self.since = count, now
             return False
-        return count is None or now - self.since >= self.idle
+        return now - self.since >= self.idle
 
