@@ -38,16 +38,29 @@ def read_whole(device: IDevice, f: Reader, meta: BlobMeta, offset: int, end: int
     """Bytes [offset, end) of a blob of one block that is all in memory, no
     more than WHOLE_MAX of them, read and checked at once, to go out with
     their reply; None for anything else (a :class:`BlobSender` then reads
-    them, and deals with rot or a failing read)."""
+    them, and deals with a failing read). Raises blobmeta.Corrupt when the
+    block fails its check: the request is refused before any reply."""
     if meta.size > BLOCK or offset >= end or end - offset > WHOLE_MAX:
         return None
     try:
         view = device.read_block_now(f, meta, 0)
-    except (Corrupt, OSError):
+    except OSError:
         return None
     if view is None:
         return None
     return bytes(view[offset:end])
+
+
+def first_block_now(device: IDevice, f: Reader, meta: BlobMeta, offset: int) -> memoryview | None:
+    """The checked block holding ``offset``, when it is all in memory (see
+    IDevice.read_block_now), for a :class:`BlobSender` to start with; else None.
+    Raises blobmeta.Corrupt when the block fails its check."""
+    if not getattr(f, "through_cache", False):
+        return None
+    try:
+        return device.read_block_now(f, meta, offset // BLOCK)
+    except OSError:
+        return None  # (the sender reads it again, and deals with the failing read)
 
 
 @implementer(IPushProducer)
@@ -73,8 +86,9 @@ class BlobSender:
 
     def __init__(self, reactor: IStreamReactor, device: IDevice, f: Reader, meta: BlobMeta, offset: int, end: int,
                  transport: IStreamTransport | PassedSocket, done: Callable[[], None],
-                 progress: Callable[[], None]) -> None:
+                 progress: Callable[[], None], first: memoryview | None = None) -> None:
         self.reactor = reactor
+        self._first = first  # the first block, read and checked already (see first_block_now): used at start
         self.device, self.f, self.meta, self.offset, self.end = device, f, meta, offset, end
         self.transport, self.done, self.progress = transport, done, progress
         self._read_at = offset  # where the next block read starts
@@ -130,7 +144,9 @@ class BlobSender:
         if not getattr(self.f, "through_cache", False):
             return False
         index, skip = divmod(self._read_at, BLOCK)
-        view = self.device.read_block_now(self.f, self.meta, index)
+        view, self._first = self._first, None
+        if view is None:
+            view = self.device.read_block_now(self.f, self.meta, index)
         if view is None:
             return False
         length = min(len(view) - skip, self.end - self._read_at)

@@ -168,6 +168,27 @@ def test_a_small_file_read_whole_skips_rotten_copies_without_the_client_noticing
     assert f"from {order[1].id} failed at 0: " in log, failures
 
 
+@pytest.mark.parametrize("size", [200_000, 1 << 20])
+def test_a_file_whose_only_copy_is_rotten_at_its_start_is_refused_before_any_reply(cluster, size):
+    """The copy's first block is checked before the server answers: the
+    client gets ERR, not a reply line and then a cut, and the proxy keeps serving."""
+    data = os.urandom(size)
+    name = f"conv/only-rotten-{size}"
+    with cluster.wire() as w:
+        assert w.put(name, data, 1).startswith("OK stored")
+        [server] = cluster.holders(data)
+        [blob] = [p for p in cluster.blob_files(server) if sha(p.read_bytes()) == sha(data)]
+        with open(blob, "r+b") as f:
+            f.seek(100)
+            f.write(bytes([data[100] ^ 1]))
+        head, got = w.get(name)
+        assert head.startswith("ERR unavailable no copy is reachable"), head
+        assert got is None
+        assert w.cmd("STAT " + name).startswith("OK")  # the same connection serves on
+    assert poll(lambda: not blob.exists(), 10)  # moved aside
+    assert f"blob {blob.name} is corrupt" in cluster.log(server)
+
+
 def test_a_deleted_blob_file_is_made_again_after_a_scrub(fast_cluster):
     data = os.urandom(500_000)
     with fast_cluster.wire() as w:

@@ -28,7 +28,7 @@ from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_f
 from deposito.protocols.words import check_stored_name, parse_count, parse_meta_word, split
 from deposito.receiver import Receiver
 from deposito.secret import nonce, proof, verify
-from deposito.sender import BlobSender, read_whole
+from deposito.sender import BlobSender, first_block_now, read_whole
 from deposito.twisted_internals import IStreamReactor, IStreamTransport
 
 Opened = Callable[[Reader, BlobMeta, int, int], None]  # (file, metadata, offset, end)
@@ -184,8 +184,17 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         then(f, meta, offset, end)
 
     def _opened(self, f: Reader, meta: BlobMeta, offset: int, end: int) -> None:
-        whole = read_whole(self.device, f, meta, offset, end)
-        if whole is not None:  # all in memory: sent with its reply at once
+        try:
+            # A small range all in memory goes with its reply; a bigger one's first block, when
+            # in memory, is checked before the reply (the sender sends it from that check), so
+            # that rot there is refused as a missing copy rather than cut after the reply.
+            whole = read_whole(self.device, f, meta, offset, end)
+            first = None if whole is not None else first_block_now(self.device, f, meta, offset)
+        except Corrupt as e:
+            self.device.close(f)
+            self.refuse_corrupt(meta.blob, str(e))
+            return
+        if whole is not None:
             self.reply(body_reply(end - offset, meta.size), whole)
             self.device.close(f)
             self._sent()
@@ -193,18 +202,22 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self.reply(body_reply(end - offset, meta.size))  # out first, so that the kernel may send the blob's pages after it
         self.pauseProducing()  # the socket unread now: the sender may wait on it for writing
         self._sender = BlobSender(self.reactor, self.device, f, meta, offset, end, self.transport, self._sent,
-                                  self.resetTimeout)
+                                  self.resetTimeout, first)
         self._sender.start()
 
     def _open_failed(self, failure: Failure, blob: str) -> None:
         if failure.check(Corrupt):  # its metadata is lost: moved aside and reported, like rot
-            self.device.corrupt(blob, failure.getErrorMessage())
-            err: DepositoError = NotFound(f"no such blob (it was corrupt: {failure.getErrorMessage()})")
-        elif isinstance(failure.value, DepositoError):
-            err = failure.value
-        else:
-            err = Internal("cannot open blob")
-        self.fail(err)
+            self.refuse_corrupt(blob, failure.getErrorMessage())
+            return
+        self.fail(failure.value if isinstance(failure.value, DepositoError) else Internal("cannot open blob"))
+        self.resumeProducing()
+
+    def refuse_corrupt(self, blob: str, why: str) -> None:
+        """The copy was found bad before anything of it was answered: moved
+        aside and reported, and the request answered as for a missing copy
+        (the reader goes to another one)."""
+        self.device.corrupt(blob, why)
+        self.fail(NotFound(f"no such blob (it was corrupt: {why})"))
         self.resumeProducing()
 
     def _sent(self) -> None:
