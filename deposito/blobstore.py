@@ -369,6 +369,18 @@ class BlobStore:
             raise Corrupt("sha256 mismatch")
         return meta
 
+    def probe(self) -> None:
+        """Make, write, sync and remove a small file in incoming/: raises
+        OSError when the disk takes no new file (read-only, failing, full)."""
+        path = os.path.join(self.incoming, f"probe.{uuid.uuid4().hex[:8]}.tmp")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, b"deposito")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+
     def quarantine(self, blob_id: str) -> None:
         """Move a corrupt blob aside: no longer served, kept for a person to look at."""
         qdir = os.path.join(self.root, "quarantine")

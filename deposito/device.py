@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
@@ -42,6 +41,7 @@ class Device:
     kept = 8192
 
     fault_hold = 60.0  # seconds a disk that could not be written is offered no new copies; then it is tried again
+    full_hold = 10.0  # the same, for a disk that refused a write for want of room
 
     def __init__(self, reactor: IBatchReactor, store: BlobStore, capacity: int) -> None:
         self.reactor = reactor
@@ -56,6 +56,10 @@ class Device:
         self.corrupt_listeners: list[Callable[[str, str], None]] = []
         self.unmovable: set[str] = set()  # corrupt blobs that could not be moved aside (see corrupt)
         self._fault_until = 0.0  # time.monotonic() until which the disk is taken for unwritable (see failed)
+        self._faulty = False  # a write failed, and no write went through since (see cannot_write)
+        self._probing = False
+        self._said = False  # the disk's fault was said (once till it takes writes again)
+        self._held_for = 0.0  # the last hold's length, also that of the next one if a probe fails
         self._now = memoryview(bytearray(BLOCK))  # blocks read on the reactor thread go here
         self._metas: OrderedDict[str, BlobMeta] = OrderedDict()
 
@@ -79,8 +83,13 @@ class Device:
         return max(0, self.capacity - self.store.used - self.reserved)
 
     def room(self) -> int:
-        """What it holds plus what its disk could still take, in bytes."""
-        return self.store.used + shutil.disk_usage(self.store.root).free
+        """What it holds plus what its disk could still take, in bytes: none
+        more once its inodes are used up (a new blob is a new file)."""
+        disk = os.statvfs(self.store.root)
+        free = disk.f_bavail * disk.f_frsize
+        if disk.f_files and disk.f_favail < 2:  # (f_files 0: a filesystem without an inode count)
+            free = 0
+        return self.store.used + free
 
     def failed(self, failure: Failure) -> DepositoError | None:
         """What a write or delete that failed on the disk tells the proxy:
@@ -91,18 +100,43 @@ class Device:
         error = failure.value
         if not isinstance(error, OSError):
             return None
-        if error.errno == errno.ENOSPC:
+        if error.errno == errno.ENOSPC:  # (its free space said there was room: out of inodes, say)
+            self._hold(self.full_hold)
             return NoSpace("disk full")
         if error.errno not in (errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM):
             return None
-        if not self.cannot_write():
+        if not self._said:
+            self._said = True
             self.log.critical("the disk cannot be written ({why}): no new copies come here for {s:.0f} s,"
-                              " then it is tried again", why=error.strerror, s=self.fault_hold)
-        self._fault_until = time.monotonic() + self.fault_hold
+                              " then until a file can be written there again", why=error.strerror,
+                              s=self.fault_hold)
+        self._hold(self.fault_hold)
         return Internal(f"the disk cannot be written ({error.strerror})")
 
+    def _hold(self, seconds: float) -> None:
+        self._faulty = True
+        self._held_for = seconds
+        self._fault_until = max(self._fault_until, time.monotonic() + seconds)
+
     def cannot_write(self) -> bool:
-        return time.monotonic() < self._fault_until
+        """True while the disk is taken for unwritable (see :meth:`failed`):
+        for the hold, then until a file made, written and synced on the
+        writer thread shows it takes writes again (tried once per hold)."""
+        if not self._faulty:
+            return False
+        if not self._probing and time.monotonic() >= self._fault_until:
+            self._probing = True
+            self._write(self.store.probe).addCallbacks(self._writable, self._still_unwritable)
+        return True
+
+    def _writable(self, _: object) -> None:
+        self._probing = self._faulty = self._said = False
+        self.log.info("the disk takes new files again: new copies may come here")
+
+    def _still_unwritable(self, failure: Failure) -> None:
+        self._probing = False
+        self._fault_until = time.monotonic() + self._held_for
+        self.log.debug("the disk still takes no new file ({why})", why=failure.getErrorMessage())
 
     def _write(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self.reactor, self._writer, fn, *args)
@@ -171,7 +205,13 @@ class Device:
         return results
 
     def abort(self, incoming: IncomingBlob) -> Deferred:
-        return self._write(incoming.abort)
+        """Throw an unfinished blob away; a file that cannot be removed (the
+        disk turned read-only, say) is said, and left to the next start, which
+        clears incoming/."""
+        def stays(failure: Failure) -> None:
+            self.log.warn("cannot remove the unfinished upload {path}: {why}", path=incoming.path,
+                          why=failure.getErrorMessage())
+        return self._write(incoming.abort).addErrback(stays)
 
     def delete(self, blob_id: str) -> Deferred:
         """Fires with whether the blob was there; the deletes asked for

@@ -6,6 +6,7 @@ import hashlib
 import mmap
 import os
 import socket
+import time
 
 import pytest
 import pytest_twisted
@@ -644,10 +645,13 @@ def test_a_corrupt_copy_that_cannot_be_moved_aside_is_told_and_no_longer_listed(
         assert [b if ids_only else b.blob for b in listed] == [good] and not more
 
 
-def test_a_disk_that_cannot_be_written_takes_no_new_copies_for_a_while(device, monkeypatch):
-    """A write or delete refused by a disk turned read-only (or failing):
-    the device tells it as such, and says it cannot write, so its server
-    offers no room until the hold is over; a disk out of inodes is nospace."""
+@pytest_twisted.inlineCallbacks
+def test_a_disk_that_cannot_be_written_takes_no_new_copies_till_a_file_can_be_written_again(device, monkeypatch):
+    """A write or delete refused by a disk turned read-only (or failing), or
+    for want of room its free space did not show (inodes): the device tells
+    it as such, and says it cannot write, so its server offers no room; once
+    the hold is over, a file written and synced on the disk says whether it
+    takes writes again, and if not the hold starts over."""
     import errno
 
     from twisted.python.failure import Failure
@@ -663,6 +667,42 @@ def test_a_disk_that_cannot_be_written_takes_no_new_copies_for_a_while(device, m
     assert device.cannot_write() and node.usage()[0] == 0
     assert isinstance(device.failed(Failure(OSError(errno.ENOSPC, "No space left on device"))), NoSpace)
     assert device.failed(Failure(ValueError("a bug"))) is None
-    monkeypatch.setattr(device, "fault_hold", 0.0)
-    device.failed(Failure(OSError(errno.EIO, "Input/output error")))
-    assert not device.cannot_write() and node.usage()[0] > 0  # the hold is over: tried again
+
+    def still_read_only():
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    probes = []
+    real_probe = device.store.probe
+    monkeypatch.setattr(device.store, "probe", lambda: probes.append(1) or still_read_only())
+    monkeypatch.setattr(device, "_fault_until", 0.0)  # the hold is over
+    assert device.cannot_write() and node.usage()[0] == 0  # a probe is under way
+    for _ in range(100):
+        if probes and not device._probing:
+            break
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    assert probes == [1] and device.cannot_write()  # it failed: held again, no second probe yet
+    assert device._fault_until > time.monotonic() + 5
+    monkeypatch.setattr(device.store, "probe", real_probe)
+    monkeypatch.setattr(device, "_fault_until", 0.0)
+    device.cannot_write()
+    for _ in range(100):
+        if not device.cannot_write():
+            break
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    assert not device.cannot_write() and node.usage()[0] > 0  # a file went through: room again
+    assert os.listdir(device.store.incoming) == []  # the probe's file is gone
+
+
+def test_a_disk_out_of_inodes_has_no_room(device, monkeypatch):
+    """Its bytes free do not count once no new file can be made there."""
+    real = os.statvfs
+
+    def statvfs(path, favail):
+        st = real(path)
+        return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail, 1000,
+                                   favail, favail, st.f_flag, st.f_namemax))
+
+    monkeypatch.setattr(os, "statvfs", lambda path: statvfs(path, 0))
+    assert device.room() == device.used
+    monkeypatch.setattr(os, "statvfs", lambda path: statvfs(path, 500))
+    assert device.room() > device.used + (1 << 20)
