@@ -185,8 +185,11 @@ def test_a_file_whose_only_copy_is_rotten_at_its_start_is_refused_before_any_rep
         assert head.startswith("ERR unavailable no copy is reachable"), head
         assert got is None
         assert w.cmd("STAT " + name).startswith("OK")  # the same connection serves on
-    # moved aside, and said
+    # moved aside, and said; the proxy, told, says the file has no copy left
     assert poll(lambda: not blob.exists() and f"blob {blob.name} is corrupt" in cluster.log(server), 10)
+    with cluster.wire() as w:
+        assert poll(lambda: w.get(name)[0] == f"ERR unavailable no copy of {name} is left: each was lost or"
+                                               " found corrupt", 10)
 
 
 def test_a_deleted_blob_file_is_made_again_after_a_scrub(fast_cluster):

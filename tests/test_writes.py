@@ -197,3 +197,37 @@ def test_finishing_an_upload_marks_the_servers_that_did_not_answer():
     clients[1].hung = True
     writer._pass_over_hung(upload)
     assert members[0].passed_over_until == 0 and members[1].passed_over_until == clock.seconds() + PASS_OVER
+
+
+class RefusingClient(FakeClient):
+    """A connection to a server that refuses the blob once it has it all."""
+
+    def __init__(self, why: Exception) -> None:
+        super().__init__()
+        self.why = why
+
+    def end(self, sha256: str, blocks: str, meta: str) -> None:
+        self.stored.errback(self.why)
+
+
+@pytest.mark.parametrize("why", [NoSpace("disk full"), Unavailable("the storage server went away")])
+def test_an_upload_short_of_copies_with_no_server_left_to_try_says_why_its_servers_failed(why):
+    """Every server was tried: a full disk among them makes the answer
+    nospace, anything else unavailable, saying how many copies were made."""
+    clock, db = Clock(), UnreachableCatalog(down=0)
+    members = [Member(f"s{i}", f"z{i}", "127.0.0.1", 1, capacity=1 << 30, state="up") for i in range(2)]
+    writer = Writer(clock, db, roster=Members(members), pool=None,  # type: ignore[arg-type]
+                    collect=lambda: None, repair=lambda: None)
+    upload = Upload(clock, "f", 1, "b" * 32, 5, 2, release=lambda c: None, targets=members)
+    clients = [FakeClient(), RefusingClient(why)]
+    for member, client in zip(members, clients):
+        member.reserve(upload.size)
+        upload.add_lane(member, client, client.stored)
+    upload.write(b"hello")
+    outcome: list = []
+    defer.ensureDeferred(writer.finish_put(upload)).addBoth(outcome.append)
+    assert outcome, "finish_put is still waiting"
+    assert outcome[0].check(type(why)), outcome[0]
+    said = outcome[0].getErrorMessage()
+    assert "1 of 2 copies could be made" in said and ("full" in said if isinstance(why, NoSpace) else True), said
+    assert db.abandoned == ["b" * 32] and [m.reserved for m in members] == [0, 0]

@@ -99,6 +99,8 @@ class Reader:
             return
         sources = self.healthy(record)
         if not sources:
+            if not record.servers:  # (the servers that held them may still come back with one)
+                raise Unavailable(f"no copy of {record.name} is left: each was lost or found corrupt")
             raise Unavailable(f"no copy of {record.name} is on a live server")
         await stream_blob(self.pool.connect, sources, record.blob, offset, length, consumer, started,
                           release=self.pool.release, local=self.pool.connect_local, missing=self.copy_missing)

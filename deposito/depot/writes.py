@@ -99,12 +99,17 @@ class Writer:
                 if any(isinstance(e, NoSpace) for e in upload.failures):
                     raise NoSpace("the storage servers are full")
                 raise Unavailable("no storage server kept a copy")
-            tried = list(upload.targets)
+            tried, failures = list(upload.targets), list(upload.failures)
             while len(good) < upload.replicas:
                 try:
                     good.append(await self.copy_to_new_server(record, good, tried))
-                except CopyFailed:
-                    pass  # its partial copy is garbage at commit; try the next server
+                except CopyFailed as e:
+                    failures.append(e.__cause__ or e)  # its partial copy is garbage at commit; try the next server
+                except (Unavailable, NoSpace) as e:  # no server left to try: say why the tried ones failed
+                    short = f"{len(good)} of {upload.replicas} copies could be made"
+                    if any(isinstance(f, NoSpace) for f in [e, *failures]):
+                        raise NoSpace(f"the storage servers are full: {short}") from e
+                    raise Unavailable(f"{short} ({e})") from e
         except BaseException:
             self.abandon(upload.blob)
             raise
