@@ -74,6 +74,7 @@ from deposito.wire import (
 )
 
 DEFAULT_ADDRESS = "127.0.0.1:7000"
+QUIT_WAIT = 2.0  # seconds a QUIT waits for its answer: the work is done, a hung proxy is not waited on
 
 T = TypeVar("T")
 
@@ -344,7 +345,7 @@ class BlockingClient:
     def _replicas(conn: TextSocket, line: str, wait: bool) -> ReplicaCount:
         if not wait:
             return conn.one(line, parse_replicas)
-        with conn.no_timeout():
+        with conn.waiting(None):
             return conn.one(line, parse_replicas)
 
     def delete(self, name: str) -> str:
@@ -377,9 +378,11 @@ class BlockingClient:
         if self._conn is None or self._conn.closed:
             return
         try:
-            self._conn.request("QUIT")
+            conn = self._conn
+            with conn.waiting(QUIT_WAIT if self.timeout is None else min(self.timeout, QUIT_WAIT)):
+                conn.request("QUIT")
         except ConnectionLost:
-            pass
+            pass  # (a proxy that does not answer in time, hung say, is left all the same)
         finally:
             self.close()
 

@@ -392,6 +392,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             client = BlockingClient(proxies, token=args.token)
         except ProxiesUnreachable as e:
             return fail(str(e))
+        except ConnectionLost as e:  # it accepted, and then said nothing (hung, say) or closed
+            return fail(f"proxy at {','.join(map(show, proxies))} did not greet: {e.message}")
         except DepositoError as e:
             return fail(f"proxy at {','.join(map(show, proxies))} refused the connection: {e}")
         except OSError as e:

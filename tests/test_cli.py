@@ -82,6 +82,31 @@ def test_refused_connection_exits_1_with_one_line(monkeypatch: pytest.MonkeyPatc
     assert f"127.0.0.1:{port}" in capsys.readouterr().err
 
 
+def test_a_proxy_that_accepts_and_closes_without_a_greeting_is_said_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a refusal: it took the connection and said nothing (hung, or not a proxy)."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def close_each() -> None:
+        for _ in range(3):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=close_each, daemon=True).start()
+    try:
+        assert main(["--proxy", f"127.0.0.1:{port}", "ls"]) == 1
+    finally:
+        listener.close()
+    err = capsys.readouterr().err
+    assert err.startswith(f"deposito: proxy at 127.0.0.1:{port} did not greet: ") and "refused" not in err, err
+
+
 # ---------------------------------------------------------------- put and get
 
 

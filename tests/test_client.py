@@ -937,3 +937,29 @@ def test_twisted_client_on_the_cluster(live: Any, tmp_path: Any) -> Any:
             yield client.get(name, io.BytesIO())
     finally:
         yield client.quit()
+
+
+def test_a_blocking_client_leaving_a_proxy_that_hangs_waits_a_moment_not_its_timeout(fake: Any) -> None:
+    """The work is done when it says QUIT: a proxy that hangs (stopped, say)
+    is left after QUIT_WAIT seconds, not after the client's request timeout."""
+    import time
+
+    from deposito.blocking import QUIT_WAIT
+
+    fake_quit = fake._serve
+
+    def never_answers_quit(rfile: Any, wfile: Any) -> None:
+        class Hang:
+            def write(self, data: bytes) -> None:
+                if data.startswith(b"OK bye"):
+                    time.sleep(60)  # as a stopped proxy: no answer
+                wfile.write(data)
+        fake_quit(rfile, Hang())
+
+    fake._serve = never_answers_quit
+    with BlockingClient(fake.address, timeout=300) as c:
+        c.put("f", io.BytesIO(b"hello"))
+        began = time.monotonic()
+    took = time.monotonic() - began
+    assert QUIT_WAIT - 0.5 <= took < QUIT_WAIT + 2, took
+    assert fake.files["f"][0] == b"hello"

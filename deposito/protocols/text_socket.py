@@ -67,9 +67,10 @@ class TextSocket:
             return True
 
     @contextmanager
-    def no_timeout(self) -> Iterator[None]:
-        """Wait for the reply as long as it takes (REPLICAS ... WAIT)."""
-        self._socket().settimeout(None)
+    def waiting(self, seconds: Optional[float]) -> Iterator[None]:
+        """Wait for the reply ``seconds`` at most, or (None) as long as it
+        takes (REPLICAS ... WAIT)."""
+        self._socket().settimeout(seconds)
         try:
             yield
         finally:
