@@ -1017,6 +1017,52 @@ def test_a_database_that_stops_answering_is_unavailable_after_the_call_timeout(p
         postgres.drop(url)
 
 
+def test_a_database_that_stops_answering_is_found_out_by_a_new_connection_and_a_slow_call_goes_on(postgres):
+    """Past the probe time, the database is asked on a new connection whether
+    it answers: frozen, the waiting call's connection is cut long before the
+    call timeout; answering (the call only waits on a lock), the call goes on."""
+    import threading
+    import time
+
+    import psycopg
+
+    from deposito.catalog.postgres import PROBE_WAIT, PostgresBackend
+    from deposito.errors import Unavailable
+
+    url = postgres.database()
+    host, rest = url.rsplit(":", 1)
+    port, database = rest.split("/")
+    link = FrozenLink(int(port))
+    backend = PostgresBackend(f"{host}:{link.port}/{database}")
+    backend.probe_after = 1.0  # (the call timeout stays the default, 17 s)
+    cat = Catalog(backend)
+    try:
+        cat.commit("f", cat.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
+        # a call that waits on another connection's lock, past the probe time: it goes on
+        holder = psycopg.connect(url, autocommit=True)
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM files WHERE name = 'f' FOR UPDATE")
+        threading.Timer(3.0, holder.execute, ("COMMIT",)).start()
+        started = time.monotonic()
+        [(ok, outcome)] = cat.batch([(Catalog.set_replicas, ("f", 2))])
+        took = time.monotonic() - started
+        assert ok and outcome.replicas == 2 and 2.9 <= took < 8, (outcome, took)
+        holder.close()
+        link.freeze()
+        started = time.monotonic()
+        [(ok, error)] = cat.batch([(Catalog.lookup, ("f",))])
+        took = time.monotonic() - started
+        assert not ok and isinstance(error, Unavailable) and took < 1.0 + PROBE_WAIT + 1.5, (error, took)
+        link.thaw()
+        record = looked_up_again(cat, "f")
+        assert record is not None and record.replicas == 2
+    finally:
+        link.thaw()
+        cat.close()
+        link.close()
+        postgres.drop(url)
+
+
 def test_the_database_down_is_unavailable_at_once_and_back_by_itself(postgres):
     """Every call fails fast with Unavailable while the database is down, and
     the next call after it is back connects again."""

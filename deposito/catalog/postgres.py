@@ -22,8 +22,10 @@ connection makes the call :class:`deposito.errors.Unavailable` at once; the
 next call connects again (after a short pause, so that a database that is
 down costs each call nothing). A database that stops answering while its
 connections stay open (a frozen process or host) is not told by either
-timeout: a call that waits on it past CALL_TIMEOUT has its connection cut
-(:class:`Watchdog`), and fails as if it were lost.
+timeout: a call that waits on it PROBE_AFTER seconds has the database asked,
+on a new connection, whether it answers at all; if not, the call's connection
+is cut (:class:`Watchdog`), and it fails as if it were lost. A call that only
+waits long (on another proxy's lock, say) goes on, to CALL_TIMEOUT at most.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator
 
+import attrs
 import psycopg
 from psycopg import conninfo, pq
 
@@ -56,6 +59,8 @@ CONNECT_TIMEOUT = 3  # seconds to reach the database (libpq's least is 2)
 STATEMENT_TIMEOUT = 15_000  # milliseconds a statement may run, waiting for locks included
 CALL_TIMEOUT = STATEMENT_TIMEOUT / 1000 + 2  # seconds a call may wait on the database before its connection is cut
 PAUSE = 1.0  # seconds after a failed connection before the next is tried (calls meanwhile fail at once)
+PROBE_AFTER = 3.0  # seconds a call waits before the database is asked, on a new connection, whether it answers
+PROBE_WAIT = 3.0  # seconds that connection gets to connect and answer SELECT 1
 SCHEMA_LOCK = 0x6465706f  # the advisory lock (one transaction's) held while the schema is made
 
 # Settings for every connection; those the URL names itself are kept.
@@ -145,21 +150,33 @@ class PostgresConnection:
         dup.close()
 
 
+@attrs.define
+class _Call:
+    deadline: float  # time.monotonic() when its connection is cut whatever the database answers
+    timeout: float
+    connection: Callable[[], PostgresConnection | None]
+    probe_at: float  # when the database is asked whether it answers (once; inf when done)
+    answers: Callable[[], bool]
+
+
 class Watchdog:
     """One thread that cuts the connection of any call waiting on the
-    database longer than its timeout (see :meth:`PostgresConnection.cut`)."""
+    database longer than its timeout, or PROBE_AFTER seconds when the
+    database does not answer a new connection (see :meth:`PostgresConnection.cut`)."""
 
     def __init__(self) -> None:
-        self._calls: dict[int, tuple[float, float, Callable[[], PostgresConnection | None]]] = {}
+        self._calls: dict[int, _Call] = {}
         self._ids = itertools.count()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def watch(self, connection: Callable[[], PostgresConnection | None], timeout: float) -> Iterator[None]:
+    def watch(self, connection: Callable[[], PostgresConnection | None], timeout: float,
+              answers: Callable[[], bool], probe_after: float = PROBE_AFTER) -> Iterator[None]:
         call = next(self._ids)
+        now = time.monotonic()
         with self._lock:
-            self._calls[call] = (time.monotonic() + timeout, timeout, connection)
+            self._calls[call] = _Call(now + timeout, timeout, connection, now + probe_after, answers)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="catalog watchdog", daemon=True)
                 self._thread.start()
@@ -174,14 +191,25 @@ class Watchdog:
             time.sleep(0.5)
             now = time.monotonic()
             with self._lock:
-                late = [self._calls.pop(call) for call, (deadline, _, _) in list(self._calls.items())
-                        if deadline <= now]
-            for _, timeout, connection in late:
-                db = connection()
-                if db is not None:
-                    log.warn("the catalog database has not answered for {seconds:.0f} s: its connection is cut",
-                             seconds=timeout)
-                    db.cut()
+                late = [self._calls.pop(n) for n, call in list(self._calls.items()) if call.deadline <= now]
+                doubtful = [call for call in self._calls.values() if call.probe_at <= now]
+                for call in doubtful:
+                    call.probe_at = float("inf")
+            for call in late:
+                self._cut(call, f"has not answered for {call.timeout:.0f} s")
+            for answers in {call.answers for call in doubtful}:  # one question per database
+                if not answers():
+                    with self._lock:
+                        gone = [self._calls.pop(n) for n, call in list(self._calls.items()) if call.answers == answers]
+                    for call in gone:
+                        self._cut(call, f"does not answer a new connection within {PROBE_WAIT:.0f} s")
+
+    @staticmethod
+    def _cut(call: _Call, why: str) -> None:
+        db = call.connection()
+        if db is not None:
+            log.warn("the catalog database {why}: a call's connection is cut", why=why)
+            db.cut()
 
 
 WATCHDOG = Watchdog()
@@ -250,6 +278,7 @@ class PostgresBackend:
         self._retry_at = 0.0  # while a connection failed this recently, calls fail without trying
         self._down = False
         self.call_timeout = CALL_TIMEOUT
+        self.probe_after = PROBE_AFTER
 
     def _connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         if time.monotonic() < self._retry_at:
@@ -374,7 +403,31 @@ class PostgresBackend:
         return psycopg.connect(self.conninfo, autocommit=True)
 
     def watch(self, connection: Callable[[], PostgresConnection | None]) -> ContextManager[None]:
-        return WATCHDOG.watch(connection, self.call_timeout)
+        return WATCHDOG.watch(connection, self.call_timeout, self.answers, self.probe_after)
+
+    def answers(self) -> bool:
+        """Whether the database answers SELECT 1 on a new connection within
+        PROBE_WAIT seconds (asked from the watchdog's thread; the question
+        runs on a thread of its own, so that a database that hangs it holds
+        only that thread)."""
+        done = threading.Event()
+        answered: list[bool] = []
+
+        def ask() -> None:
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                answered.append(True)
+            except psycopg.Error as e:
+                if e.sqlstate:  # the database said no (too many connections, say): it answers
+                    answered.append(True)
+            except Exception:
+                pass
+            finally:
+                done.set()
+
+        threading.Thread(target=ask, name="catalog probe", daemon=True).start()
+        return done.wait(PROBE_WAIT) and bool(answered)
 
     def listing(self, reactor: IListingReactor, names: NameRange) -> Deferred[Listing]:
         from deposito.catalog.listing import open_listing
