@@ -231,9 +231,10 @@ class JoinProtocol(LineProtocol):
         if not text.startswith("OK"):
             err = from_reply(text)
             self._told = True
-            if self._first_time(str(err)):
-                self.log.error("the proxy at {proxy} refused this server: {error} (said once while it lasts)",
-                               proxy=self.proxy_address(), error=str(err))
+            if self._first_time(str(err)):  # a proxy not ready yet (unavailable) is a passing thing
+                (self.log.warn if isinstance(err, Unavailable) else self.log.error)(
+                    "the proxy at {proxy} refused this server: {error} (said once while it lasts)",
+                    proxy=self.proxy_address(), error=str(err))
             self.transport.loseConnection()
             return
         welcome = fields(text)
