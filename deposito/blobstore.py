@@ -381,8 +381,27 @@ class BlobStore:
             os.close(fd)
             os.unlink(path)
 
+    def open_set_aside(self, blob_id: str) -> tuple[diskio.Reader, BlobMeta]:
+        """A copy moved aside as corrupt (see :meth:`quarantine`), opened to
+        read the blocks of it that are still good (when no copy of its file
+        is whole any more: see deposito.transfer.rescue_blob). NotFound when
+        there is none; Corrupt when its metadata cannot be read or its size is
+        not the blob's."""
+        path = os.path.join(self.root, "quarantine", check_blob_id(blob_id))
+        meta = meta_at(path)
+        try:
+            reader = diskio.Reader(path)
+        except FileNotFoundError:
+            raise NotFound("no such blob set aside") from None
+        if reader.size != meta.size:
+            reader.close()
+            raise Corrupt(f"its file holds {reader.size} bytes, not {meta.size}")
+        return reader, meta
+
     def quarantine(self, blob_id: str) -> None:
-        """Move a corrupt blob aside: no longer served, kept for a person to look at."""
+        """Move a corrupt blob aside: no longer served, kept for a person to
+        look at, and for its good blocks to be read if no copy of its file
+        is whole any more (see :meth:`open_set_aside`)."""
         qdir = os.path.join(self.root, "quarantine")
         os.makedirs(qdir, exist_ok=True)
         path = self.path(blob_id)

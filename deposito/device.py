@@ -276,6 +276,11 @@ class Device:
         d.addCallback(lambda _: [listener(blob_id, why) for listener in self.corrupt_listeners])
         return d
 
+    def open_set_aside(self, blob_id: str) -> Deferred:
+        """(file, metadata) of a copy moved aside as corrupt (see
+        BlobStore.open_set_aside), from a reader thread."""
+        return self._read(self.store.open_set_aside, blob_id)
+
     def close(self, f: Any) -> Deferred:
         """Close a reader: at once when that cannot wait on the disk (a small
         file that still has a name), else on a reader thread."""

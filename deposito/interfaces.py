@@ -95,9 +95,12 @@ class IWorkCatalog(Interface):
 class ICopier(Interface):
     """Makes one more copy of a file's blob (the proxy's data path)."""
 
-    def copy_to_new_server(record: FileRecord, sources: list[Member], taken: list[Member]) -> Awaitable[Member]:
+    def copy_to_new_server(record: FileRecord, sources: list[Member], taken: list[Member],
+                           rescue: bool = False) -> Awaitable[Member]:
         """Awaitable: the Member that now holds a new copy (added to
-        ``taken``); raises CopyFailed, Unavailable or NoSpace."""
+        ``taken``); raises CopyFailed, Unavailable or NoSpace. With
+        ``rescue``, no copy is whole: it is made from the good blocks of the
+        copies ``sources`` set aside as corrupt (deposito.transfer.rescue_blob)."""
 
 
 class ICatalog(IWorkCatalog):
@@ -483,6 +486,9 @@ class IDevice(Interface):
 
     def open(blob_id: str) -> Deferred[tuple[Reader, BlobMeta]]:
         """``(file, metadata)`` of a blob, for :meth:`read_block`; fails with NotFound."""
+
+    def open_set_aside(blob_id: str) -> Deferred[tuple[Reader, BlobMeta]]:
+        """The same, of a copy moved aside as corrupt, to read its good blocks; fails with NotFound."""
 
     def read_block(f: Reader, meta: BlobMeta, index: int) -> Deferred[bytes]:
         """A checked block; fails with Corrupt on rot."""

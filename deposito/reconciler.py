@@ -29,7 +29,7 @@ from deposito.catalog import WAITING, FileRecord, Outcome
 from deposito.errors import DepositoError, NoSpace, NotFound, Unavailable
 from deposito.interfaces import ICopier, IWorkCatalog
 from deposito.roster import Member, Roster
-from deposito.transfer import CopyFailed
+from deposito.transfer import CopyFailed, Unrescuable
 
 
 @attrs.frozen
@@ -78,6 +78,7 @@ class CopyTask:
     count: int  # copies to add
     sources: tuple[Member, ...]
     holders: tuple[str, ...]  # every server with a copy row: never a target
+    rescue: bool = False  # no copy is left: made from the good blocks of those set aside (see ICopier)
 
 
 @attrs.frozen
@@ -165,6 +166,7 @@ class Reconciler:
         self._planned: set[str] = set()
         self.done = 0
         self.failures: dict[str, DepositoError] = {}
+        self.unrescuable: set[str] = set()  # blobs whose copies set aside do not make them whole (see _look_at)
         self.waiters: dict[str, list[tuple[int, defer.Deferred]]] = {}
         self._started = False
         self._step: defer.Deferred | None = None
@@ -296,9 +298,13 @@ class Reconciler:
                 continue
             drops.extend((record, sid) for sid in drops_for(a))
             have = a.have - a.excess
-            if a.deficit and a.healthy:
+            # No copy left anywhere (each found corrupt, say): its blocks may still be good
+            # across the copies the servers set aside, each bad somewhere else.
+            lost = not record.servers and not record.parts and record.blob not in self.unrescuable
+            if a.deficit and (a.healthy or lost):
                 if not ranking:
-                    copies.append(CopyTask(record, a.deficit, a.healthy, record.servers))
+                    copies.append(CopyTask(record, a.deficit, a.healthy, record.servers) if a.healthy else
+                                  CopyTask(record, 1, tuple(self.roster.up()), (), rescue=True))
                 outcomes.append(Outcome(name, gen, now if ranking else now + LEASE, 1 + len(a.healthy),
                                         record.replicas, have, a.deficit))
             elif a.elsewhere:  # another proxy sees copies this one cannot: left to it
@@ -408,11 +414,15 @@ class Reconciler:
         failed: DepositoError | None = None
         for _ in range(t.count):
             try:
-                target = await self.copier.copy_to_new_server(t.record, list(t.sources), taken)
+                target = await self.copier.copy_to_new_server(t.record, list(t.sources), taken, rescue=t.rescue)
             except CopyFailed as e:
                 await self.catalog.abandon_copy(t.record.blob, e.target.id)
                 self.collect()
                 failed = e
+                if isinstance(e.__cause__, Unrescuable):  # tried again only if a server with a copy comes back
+                    self.unrescuable.add(t.record.blob)
+                    self.log.error("{name} has no copy left, and the good blocks of its copies set aside as"
+                                   " corrupt do not make it whole ({why})", name=t.record.name, why=str(e.__cause__))
                 continue
             except (Unavailable, NoSpace) as e:
                 self.log.warn("cannot add a copy of {name}: {why}", name=t.record.name, why=str(e),
@@ -423,7 +433,8 @@ class Reconciler:
             made += 1
             counted = await self.catalog.add_copy(t.record.name, t.record.blob, target.id, self.clock.seconds())
             self.done += 1
-            self.log.info("made a copy of {name} on {id}", name=t.record.name, id=target.id, event="repaired")
+            self.log.info("made a copy of {name} on {id}{how}", name=t.record.name, id=target.id, event="repaired",
+                          how=" from the good blocks of its copies set aside as corrupt" if t.rescue else "")
             self.failures.pop(t.record.name, None)
             await self.check_waiters()
             if not counted:  # the file changed meanwhile: the copy is garbage

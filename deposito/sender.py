@@ -51,18 +51,6 @@ def read_whole(device: IDevice, f: Reader, meta: BlobMeta, offset: int, end: int
     return bytes(view[offset:end])
 
 
-def first_block_now(device: IDevice, f: Reader, meta: BlobMeta, offset: int) -> memoryview | None:
-    """The checked block holding ``offset``, when it is all in memory (see
-    IDevice.read_block_now), for a :class:`BlobSender` to start with; else None.
-    Raises blobmeta.Corrupt when the block fails its check."""
-    if not getattr(f, "through_cache", False):
-        return None
-    try:
-        return device.read_block_now(f, meta, offset // BLOCK)
-    except OSError:
-        return None  # (the sender reads it again, and deals with the failing read)
-
-
 @implementer(IPushProducer)
 class BlobSender:
     """Sends bytes [offset, end) of a blob block by block, each whole block
@@ -86,9 +74,9 @@ class BlobSender:
 
     def __init__(self, reactor: IStreamReactor, device: IDevice, f: Reader, meta: BlobMeta, offset: int, end: int,
                  transport: IStreamTransport | PassedSocket, done: Callable[[], None],
-                 progress: Callable[[], None], first: memoryview | None = None) -> None:
+                 progress: Callable[[], None], report: bool = True) -> None:
         self.reactor = reactor
-        self._first = first  # the first block, read and checked already (see first_block_now): used at start
+        self.report = report  # a bad block is reported (the copy moved aside); not for a copy set aside already
         self.device, self.f, self.meta, self.offset, self.end = device, f, meta, offset, end
         self.transport, self.done, self.progress = transport, done, progress
         self._read_at = offset  # where the next block read starts
@@ -144,9 +132,7 @@ class BlobSender:
         if not getattr(self.f, "through_cache", False):
             return False
         index, skip = divmod(self._read_at, BLOCK)
-        view, self._first = self._first, None
-        if view is None:
-            view = self.device.read_block_now(self.f, self.meta, index)
+        view = self.device.read_block_now(self.f, self.meta, index)
         if view is None:
             return False
         length = min(len(view) - skip, self.end - self._read_at)
@@ -261,7 +247,8 @@ class BlobSender:
         self.transport.abortConnection()
 
     def _corrupt(self, why: str) -> None:
-        self.device.corrupt(self.meta.blob, why)
+        if self.report:
+            self.device.corrupt(self.meta.blob, why)
         self.stopProducing()
         self.transport.abortConnection()
 

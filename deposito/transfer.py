@@ -428,6 +428,10 @@ async def _relay(client: BlobClient, read: _Reading) -> None:
 async def _plain(client: BlobClient, read: _Reading) -> None:
     """The bytes come up through the proxy, the server's socket paused by the reader."""
     await client.read_blob(read.blob, read.at, read.sink, length=read.left)
+    await _plain_body(client, read)
+
+
+async def _plain_body(client: BlobClient, read: _Reading) -> None:
     read.begin()
     read.consumer.registerProducer(client.transport, True)
     try:
@@ -483,12 +487,15 @@ def read_small(client: BlobClient, blob: str, size: int, release: Release = clos
 class _Relay:
     """Passes bytes from a reader to a blob upload on another server."""
 
-    def __init__(self, writer: BlobClient) -> None:
+    def __init__(self, writer: BlobClient, whole: Any = None) -> None:
         self.writer = writer
         self.sums = BlockSums()
+        self.whole = whole  # a sha256 of what passes, when it is to be checked (see copy_blob)
 
     def write(self, data: bytes) -> None:
         self.sums.update(data)
+        if self.whole is not None:
+            self.whole.update(data)
         self.writer.send(data)
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
@@ -497,6 +504,10 @@ class _Relay:
     def unregisterProducer(self) -> None:
         if self.writer.transport.connected:
             self.writer.transport.unregisterProducer()
+
+
+class Unrescuable(Unavailable):
+    """The copies set aside as corrupt do not make a whole file between them (see rescue_blob)."""
 
 
 class CopyFailed(Unavailable):
@@ -510,17 +521,25 @@ class CopyFailed(Unavailable):
 async def copy_blob(connect: Connect, sources: list[Member], target: Member, blob: str,
                     size: int, sha256: str, name: str, version: int, replicas: int,
                     release: Release = close, cache: bool = False, meta: str = "",
-                    missing: Callable[[Member, str], None] = lambda member, blob: None) -> None:
+                    missing: Callable[[Member, str], None] = lambda member, blob: None,
+                    rescue: bool = False) -> None:
     """Make one more copy of a blob on ``target``, read from any of ``sources``
     (``cache``: the target should keep it in its page cache, see
     BlobClient.write_blob; ``meta``: the version's gateway metadata;
-    ``missing``: as for :func:`stream_blob`)."""
+    ``missing``: as for :func:`stream_blob`). With ``rescue``, no copy is
+    whole: the bytes come from the copies ``sources`` set aside as corrupt
+    (:func:`rescue_blob`), and go to the target only if their sha256 is the file's."""
     writer = await connect(target)
     try:
         stored = writer.write_blob(blob, size, version, replicas, name, cache=cache)
-        relay = _Relay(writer)
+        relay = _Relay(writer, whole=hashlib.sha256() if rescue else None)
         try:
-            await stream_blob(connect, sources, blob, 0, size, relay, release=release, missing=missing)
+            if rescue:
+                await rescue_blob(connect, sources, blob, size, relay, release)
+                if relay.whole is not None and relay.whole.hexdigest() != sha256:
+                    raise Unrescuable("the blocks set aside do not make the file's sha256")
+            else:
+                await stream_blob(connect, sources, blob, 0, size, relay, release=release, missing=missing)
         except BaseException:
             stored.addErrback(lambda _: None)
             raise
@@ -528,3 +547,31 @@ async def copy_blob(connect: Connect, sources: list[Member], target: Member, blo
         await stored
     finally:
         release(writer)
+
+
+async def rescue_blob(connect: Connect, members: list[Member], blob: str, size: int, consumer: IConsumer,
+                      release: Release = close) -> None:
+    """All of a blob no copy of which is whole any more, block by block from
+    the copies ``members`` set aside as corrupt (RESCUE): each gives its
+    checked blocks up to its first bad one, and the next goes on from there,
+    round after round while the read moves on. A block bad in every copy
+    ends it: Unrescuable."""
+    read = _Reading(blob, 0, size, consumer, lambda: None)
+    while read.left > 0:
+        before = read.at
+        for member in members:
+            if read.left <= 0:
+                break
+            client = None
+            try:
+                client = await connect(member)
+                await client.read_blob(blob, read.at, read.sink, length=read.left, set_aside=True)
+                await _plain_body(client, read)
+            except Exception as e:  # none set aside there, or a bad block: on to the next
+                Upload.log.debug("rescuing {blob} from {id} stopped at {offset}: {why}",
+                                 blob=blob, id=member.id, offset=read.at, why=str(e))
+            finally:
+                if client is not None:
+                    release(client)
+        if read.at == before:
+            raise Unrescuable(f"no copy set aside holds good bytes of {blob} at {read.at}")

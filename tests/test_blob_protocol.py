@@ -563,6 +563,44 @@ def test_a_one_block_blob_in_memory_goes_out_with_its_reply_at_once_unless_rotte
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_copy_set_aside_as_corrupt_gives_its_good_blocks_to_rescue_and_nothing_from_its_bad_one(device):
+    """RESCUE reads the copy moved aside: its checked blocks up to the first
+    bad one, then a cut (nothing more is reported: it is set aside already);
+    READ no longer finds it."""
+    from deposito.blobmeta import BLOCK
+
+    data = os.urandom(2 * BLOCK + 1000)
+    blob = yield commit_blob(device, data)
+    with open(device.store.path(blob), "r+b") as f:
+        f.seek(BLOCK + 7)
+        f.write(bytes([data[BLOCK + 7] ^ 1]))
+    yield device.corrupt(blob, "block 1 is bad")  # set aside, as a read or a scrub does
+    told = []
+    device.corrupt_listeners.append(lambda b, why: told.append(b))
+
+    def answered(line, done):
+        proto, tr = server_on_string_transport(device)
+        proto.dataReceived(line.encode() + b"\n")
+        for _ in range(300):
+            if done(tr):
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        return tr
+
+    head = f"OK {len(data)} size={len(data)}\r\n".encode()
+    tr = yield from answered(f"RESCUE {blob} 0", lambda tr: tr.disconnecting)
+    assert tr.value() == head + data[:BLOCK] and tr.disconnecting  # block 0, then cut at block 1
+    tail = f"OK 1000 size={len(data)}\r\n".encode() + data[2 * BLOCK:]
+    tr = yield from answered(f"RESCUE {blob} {2 * BLOCK}", lambda tr: tr.value() == tail)
+    assert tr.value() == tail and not tr.disconnecting
+    tr = yield from answered(f"READ {blob} 0", lambda tr: tr.value())
+    assert tr.value().startswith(b"ERR notfound")
+    tr = yield from answered(f"RESCUE {new_blob_id()} 0", lambda tr: tr.value())
+    assert tr.value().startswith(b"ERR notfound")
+    assert told == []
+
+
+@pytest_twisted.inlineCallbacks
 def test_lines_sent_during_a_read_wait_and_no_more_than_a_line_is_buffered(device):
     data = os.urandom(3000)
     blob = yield commit_blob(device, data)

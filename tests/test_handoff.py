@@ -209,27 +209,6 @@ def test_a_block_that_fails_its_check_stops_the_copy_with_every_byte_before_it_c
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_copy_rotten_in_its_first_block_is_refused_at_open_before_any_reply(setup):
-    """Its first block is in memory (written through the cache): checked at
-    OPEN, refused as a missing copy, so the proxy tells its client nothing
-    yet and goes to another copy; the connection serves on."""
-    from deposito.errors import NotFound
-
-    data = os.urandom(3 << 20)
-    yield setup.start(data, cache=True)
-    with open(setup.blob_path(), "r+b") as f:
-        f.seek(5)
-        f.write(bytes([data[5] ^ 1]))
-    corrupt = defer.Deferred()
-    setup.device.corrupt_listeners.append(lambda blob, why: corrupt.callback(blob))
-    c = yield setup.local_client()
-    with pytest.raises(NotFound, match="corrupt"):
-        yield c.open_blob(setup.blob, 0)
-    assert (yield corrupt) == setup.blob  # reported to the proxy, and quarantined
-    assert (yield c.key())  # the same connection answers the next request
-
-
-@pytest_twisted.inlineCallbacks
 def test_a_reader_that_takes_nothing_ends_the_hand_off_as_lost(setup):
     data = os.urandom(32 << 20)
     yield setup.start(data)

@@ -213,21 +213,22 @@ class Writer:
             self.log.failure("abandoning {blob}", failure, blob=blob)
 
     async def copy_to_new_server(self, record: FileRecord, sources: list[Member],
-                                 taken: list[Member]) -> Member:
+                                 taken: list[Member], rescue: bool = False) -> Member:
         """One more copy of ``record``'s blob, on a server placement picks outside
         ``taken`` (the pick is added to it). The write is an intent until the
         caller counts it. Raises Unavailable/NoSpace when no server fits, and
-        CopyFailed when the copy itself fails."""
+        CopyFailed when the copy itself fails. ``rescue``: see ICopier."""
         target = self._place(1, record.size, taken)[0]
         taken.append(target)
         target.reserve(record.size)
         try:
             await self.db.add_intent(record.blob, target.id)
-            self.log.info("copying {name} to {id}", name=record.name, id=target.id)
+            self.log.info("{how} {name} to {id}", how="rescuing" if rescue else "copying", name=record.name,
+                          id=target.id)
             await copy_blob(self.pool.connect, list(sources), target, record.blob, record.size, record.sha256,
                             record.name, record.version, record.replicas, release=self.pool.release,
                             cache=read_order(record.blob, [*sources, target])[0] is target, meta=record.meta,
-                            missing=self.missing)
+                            missing=self.missing, rescue=rescue)
             target.stored(record.size)
         except Exception as e:
             self.log.warn("copy of {name} to {id} failed: {why}", name=record.name, id=target.id, why=str(e))

@@ -232,7 +232,7 @@ class BlobClient(LineProtocol, TimeoutMixin):
         return d
 
     def read_blob(self, blob: str, offset: int, sink: Sink, relay_to: IStreamTransport | None = None,
-                  length: int | None = None) -> defer.Deferred[int]:
+                  length: int | None = None, set_aside: bool = False) -> defer.Deferred[int]:
         """Ask for the blob's bytes from ``offset`` to its end, or ``length``
         of them. Fires with the byte count to come once the server accepts;
         then :attr:`body` fires when the last byte has gone to ``sink.write``.
@@ -240,11 +240,12 @@ class BlobClient(LineProtocol, TimeoutMixin):
         With ``relay_to`` (a plain TCP transport, see deposito.splice.relay), the
         bytes after those that came with the reply go straight from this
         socket to that one, and ``sink.spliced(n)`` counts them (``sink`` is
-        then a :class:`RelaySink`)."""
+        then a :class:`RelaySink`). With ``set_aside``, from the copy the
+        server moved aside as corrupt, up to its first bad block (RESCUE)."""
         d = self._expect()
         self._sink = sink
         self._relay_to = relay_to
-        self.reply(range_request("READ", blob, offset, length))
+        self.reply(range_request("RESCUE" if set_aside else "READ", blob, offset, length))
         send_now(self.transport)
         return d
 

@@ -28,7 +28,7 @@ from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_f
 from deposito.protocols.words import check_stored_name, parse_count, parse_meta_word, split
 from deposito.receiver import Receiver
 from deposito.secret import nonce, proof, verify
-from deposito.sender import BlobSender, first_block_now, read_whole
+from deposito.sender import BlobSender, read_whole
 from deposito.twisted_internals import IStreamReactor, IStreamTransport
 
 Opened = Callable[[Reader, BlobMeta, int, int], None]  # (file, metadata, offset, end)
@@ -185,25 +185,48 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 
     def _opened(self, f: Reader, meta: BlobMeta, offset: int, end: int) -> None:
         try:
-            # A small range all in memory goes with its reply; a bigger one's first block, when
-            # in memory, is checked before the reply (the sender sends it from that check), so
-            # that rot there is refused as a missing copy rather than cut after the reply.
             whole = read_whole(self.device, f, meta, offset, end)
-            first = None if whole is not None else first_block_now(self.device, f, meta, offset)
-        except Corrupt as e:
+        except Corrupt as e:  # refused as a missing copy before any reply: the reader goes to another
             self.device.close(f)
             self.refuse_corrupt(meta.blob, str(e))
             return
-        if whole is not None:
+        if whole is not None:  # all in memory: sent with its reply at once
             self.reply(body_reply(end - offset, meta.size), whole)
             self.device.close(f)
             self._sent()
             return
-        self.reply(body_reply(end - offset, meta.size))  # out first, so that the kernel may send the blob's pages after it
+        # A bigger range's reply goes out first, so that the kernel may send the blob's pages
+        # after it while the reader takes the reply in: its first block is checked after
+        # (checking it before cost a 1 MiB read 3 %), and rot there cuts the read.
+        self.reply(body_reply(end - offset, meta.size))
         self.pauseProducing()  # the socket unread now: the sender may wait on it for writing
         self._sender = BlobSender(self.reactor, self.device, f, meta, offset, end, self.transport, self._sent,
-                                  self.resetTimeout, first)
+                                  self.resetTimeout)
         self._sender.start()
+
+    def do_RESCUE(self, blob: str, offset: str, length: str = "") -> None:
+        """READ from a copy moved aside as corrupt: its blocks are sent, each
+        checked, up to the first bad one, where the connection is cut (and
+        nothing more is reported). See deposito.transfer.rescue_blob."""
+        start, count = parse_range(offset, length)
+        d = self.device.open_set_aside(check_blob_id(blob))
+        self.paused = True
+        d.addCallbacks(self._check_range, self._set_aside_failed, callbackArgs=(start, count, self._rescuing))
+
+    def _rescuing(self, f: Reader, meta: BlobMeta, offset: int, end: int) -> None:
+        self.reply(body_reply(end - offset, meta.size))
+        self.pauseProducing()
+        self._sender = BlobSender(self.reactor, self.device, f, meta, offset, end, self.transport, self._sent,
+                                  self.resetTimeout, report=False)
+        self._sender.start()
+
+    def _set_aside_failed(self, failure: Failure) -> None:
+        if failure.check(Corrupt):
+            err: DepositoError = NotFound(f"no such blob set aside can be read ({failure.getErrorMessage()})")
+        else:
+            err = failure.value if isinstance(failure.value, DepositoError) else Internal("cannot open blob")
+        self.fail(err)
+        self.resumeProducing()
 
     def _open_failed(self, failure: Failure, blob: str) -> None:
         if failure.check(Corrupt):  # its metadata is lost: moved aside and reported, like rot

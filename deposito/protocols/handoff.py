@@ -47,13 +47,13 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from deposito.blobmeta import BlobMeta, Corrupt
+from deposito.blobmeta import BlobMeta
 from deposito.diskio import Reader
 from deposito.errors import BadArgs, BadCommand, Unavailable
 from deposito.interfaces import IDevice
 from deposito.protocols.blobserver import BlobServerProtocol
 from deposito.protocols.blobwire import body_reply
-from deposito.sender import BlobSender, first_block_now
+from deposito.sender import BlobSender
 from deposito.splice.sockets import SocketWaiter, same_user
 from deposito.twisted_internals import IStreamReactor
 
@@ -208,12 +208,6 @@ class LocalBlobServerProtocol(BlobServerProtocol):
     def _opened_for_send(self, f: Reader, meta: BlobMeta, offset: int, end: int) -> None:
         if not self.transport.connected:
             self.device.close(f)
-            return
-        try:  # its first block, when in memory, checked before the reply (as for READ)
-            first_block_now(self.device, f, meta, offset)
-        except Corrupt as e:
-            self.device.close(f)
-            self.refuse_corrupt(meta.blob, str(e))
             return
         self._open = (f, meta, offset, end)
         self.reply(body_reply(end - offset, meta.size))
