@@ -190,6 +190,11 @@ def test_a_small_file_whose_only_copy_is_rotten_is_refused_before_any_reply_and_
     with cluster.wire() as w:
         assert poll(lambda: w.get(name)[0] == f"ERR unavailable no copy of {name} is left: each was lost or"
                                                " found corrupt", 10)
+    # its one copy set aside is bad where the file starts: no rescue, said once as an error
+    lost = f"{name} has no copy left, and the good blocks of its copies set aside as corrupt do not make it whole"
+    assert poll(lambda: lost in cluster.log("proxy"), 15)
+    time.sleep(1)
+    assert cluster.log("proxy").count(lost) == 1
 
 
 def test_a_file_whose_every_copy_rots_in_another_block_is_made_whole_from_their_good_blocks(fast_cluster):

@@ -89,7 +89,7 @@ class Copier:
         self.catalog = catalog
         self.copied: list[str] = []
 
-    def copy_to_new_server(self, record, sources, taken):
+    def copy_to_new_server(self, record, sources, taken, rescue=False):
         ids = {m.id for m in taken}
         target = next(m for m in sorted(self.roster.members.values(), key=lambda m: m.id)
                       if m.up and m.id not in ids)
@@ -474,8 +474,8 @@ def test_a_file_looked_at_while_its_copies_are_made_is_looked_at_again_once_they
     cat, clock, roster, view, copier, rec = make(catalogs, 10)
     add_copy, copy = view.add_copy, copier.copy_to_new_server
 
-    def later(*args):  # as the real copier: done on a later turn of the reactor
-        return task.deferLater(clock, 0, lambda: None).addCallback(lambda _: copy(*args))
+    def later(*args, **kwargs):  # as the real copier: done on a later turn of the reactor
+        return task.deferLater(clock, 0, lambda: None).addCallback(lambda _: copy(*args, **kwargs))
 
     def then_a_look(*args):
         counted = add_copy(*args)  # queues the file again
@@ -498,7 +498,7 @@ def test_a_wait_for_copies_no_server_has_room_for_is_unavailable(catalogs):
     from deposito.errors import NoSpace, Unavailable
 
     cat, clock, roster, view, copier, rec = make(catalogs, 10)
-    copier.copy_to_new_server = lambda record, sources, taken: defer.fail(
+    copier.copy_to_new_server = lambda record, sources, taken, rescue=False: defer.fail(
         NoSpace("only 0 servers have 10 bytes free, 1 needed"))
     cat.set_replicas("f000001", 3)
     waited = rec.wait("f000001", 3)
@@ -518,7 +518,7 @@ def test_stopping_waits_for_a_copy_under_way_a_few_seconds_at_most(catalogs):
     cat, clock, roster, view, copier, rec = make(catalogs, 10)
     hanging: list[defer.Deferred] = []
 
-    def never(record, sources, taken):
+    def never(record, sources, taken, rescue=False):
         hanging.append(defer.Deferred())
         return hanging[-1]
 
