@@ -153,12 +153,12 @@ class FilesAPI(_Page):
             prefix, after = _text_arg(request, b"prefix"), _text_arg(request, b"after")
             limit = _text_arg(request, b"limit")
             count = min(parse_count(limit, "limit", 1), MAX_FILES_PAGE) if limit else FILES_PAGE
+            if self.depot.closed_for_rebuild:  # as LIST is
+                raise Unavailable("rebuilding the catalog from the servers; try again shortly")
+            listing = await self.depot.listing(prefix, after, count + 1)  # one more: is there a next page?
         except BadArgs as e:
             _send_json(request, {"error": "badargs", "message": e.message}, 400)
             return
-        if self.depot.closed_for_rebuild:  # as LIST is
-            raise Unavailable("rebuilding the catalog from the servers; try again shortly")
-        listing = await self.depot.listing(prefix, after, count + 1)  # one more: is there a next page?
         records = await listing.collect()
         more = len(records) > count
         records = records[:count]

@@ -10,7 +10,7 @@ from zope.interface.verify import verifyObject
 
 from deposito.catalog import Catalog, CatalogThread, Outcome
 from deposito.catalog.database import Database
-from deposito.errors import Conflict, NotEmpty, NotFound, Precondition
+from deposito.errors import BadArgs, Conflict, NotEmpty, NotFound, Precondition
 from deposito.hidden import part_name
 from deposito.interfaces import ICatalog, IWorkCatalog
 
@@ -150,6 +150,27 @@ def test_catalog_thread_answers_in_order_after_commit(catalogs):
         assert versions == list(range(1, 21))
         ok = yield db.commit("f", 20, "b19", 1, "x", 1, ["s"], 0.0)
         assert ok and (yield db.lookup("f")).blob == "b19"
+    finally:
+        db.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_listing_bound_no_name_can_hold_is_refused_alike_on_every_catalog_which_still_serves(catalogs):
+    from twisted.internet import reactor
+
+    db = CatalogThread(reactor, catalogs.new())
+    db.start()
+    try:
+        v = yield db.begin_upload("a/f", "b1", ["s"])
+        yield db.commit("a/f", v, "b1", 1, "x", 1, ["s"], 0.0)
+        refused = [db.listing("a/\x00", "", None), db.listing("", "a\x00", None), db.buckets("\x00", "", 5),
+                   db.buckets("", "\x00", 5), db.uploads("\x00", "", "", 5), db.uploads("", "\x00", "", 5),
+                   db.uploads("", "a", "\x00", 5), db.listing("a/\x1f", "", None)]
+        for d in refused:
+            with pytest.raises(BadArgs, match="control character"):
+                yield d
+        listing = yield db.listing("a/", "", None)
+        assert [r.name for r in (yield listing.collect())] == ["a/f"]
     finally:
         db.stop()
 

@@ -853,16 +853,22 @@ def _answer(reply: bytes) -> tuple[int, bytes]:
     return int(head[9:12]), body
 
 
-def test_names_and_parameters_that_are_not_utf8_are_refused(s3):
-    """A listing's prefix, or a copy's source, percent-encoding bytes that
-    are not UTF-8 gets 400 InvalidArgument (never a lookup of a name with
-    U+FFFD in it), and the gateway keeps serving."""
+def test_names_and_parameters_that_are_not_utf8_or_hold_control_characters_are_refused(s3):
+    """A listing's prefix, marker or token, or a copy's source, percent-encoding
+    bytes that are not UTF-8, or a control character no name holds, gets 400
+    InvalidArgument (never a lookup of a name with U+FFFD in it), and the
+    gateway keeps serving."""
     c = s3.client()
     c.create_bucket(Bucket="utf")
     c.put_object(Bucket="utf", Key="\ufffd", Body=b"a name with U+FFFD")
     empty = hashlib.sha256(b"").hexdigest()
+    nul_token = base64.urlsafe_b64encode(b"\x00\x00\x00").decode()
     for path, headers in [("/utf?list-type=2&prefix=%FF", {}), ("/utf?prefix=%C3", {}),
-                          ("/utf/copy", {"x-amz-copy-source": "/utf/%FF"})]:
+                          ("/utf/copy", {"x-amz-copy-source": "/utf/%FF"}),
+                          ("/utf?list-type=2&prefix=%00", {}), ("/utf?list-type=2&start-after=%00", {}),
+                          (f"/utf?list-type=2&continuation-token={nul_token}", {}), ("/utf?marker=%01", {}),
+                          ("/utf?uploads&prefix=%00", {}), ("/utf?uploads&key-marker=%00", {}),
+                          ("/utf?versions&key-marker=%00", {}), ("/?prefix=%00", {})]:
         head = _signed(s3, "PUT" if headers else "GET", path,
                        {**headers, "Content-Length": "0", "Connection": "close", "x-amz-content-sha256": empty})
         status, error = _answer(_raw(s3.port, head))

@@ -10,7 +10,7 @@ from tests.cluster import Cluster, fields, poll
 
 pytestmark = pytest.mark.slow
 
-FILES = 2000
+FILES = 1000
 
 
 def put_many(w, names: list[str], data: bytes, replicas: int) -> None:

@@ -18,9 +18,10 @@ from deposito.catalog.listing import IListingReactor, Listing, NameRange
 from deposito.catalog.operations import Beat, Catalog
 from deposito.catalog.records import Counts, Expect, FileRecord, Outcome, keeps_records, one_record, prompt
 from deposito.catalog.schema import committed
-from deposito.errors import Unavailable
+from deposito.errors import BadArgs, Unavailable
 from deposito.hidden import VISIBLE
 from deposito.interfaces import ICatalog
+from deposito.protocols.words import check_bound
 
 if TYPE_CHECKING:
     from deposito.interfaces import Entry, ServerRow
@@ -326,6 +327,10 @@ class CatalogThread:
 
     def uploads(self, prefix: str, after_name: str, after_id: str, limit: int
                 ) -> Deferred[list[tuple[str, str, float]]]:
+        try:
+            _bounds(prefix=prefix, marker=after_name, id_marker=after_id)
+        except BadArgs:
+            return fail()
         return self._call(Catalog.uploads, prefix, after_name, after_id, limit)
 
     def parts(self, upload: str, after: int, limit: int) -> Deferred[list[tuple[int, FileRecord]]]:
@@ -387,9 +392,17 @@ class CatalogThread:
         return created
 
     def buckets(self, prefix: str, after: str, limit: int) -> Deferred[list[tuple[str, float]]]:
+        try:
+            _bounds(prefix=prefix, marker=after)
+        except BadArgs:
+            return fail()
         return self._call(Catalog.buckets, prefix, after, limit)
 
     def listing(self, prefix: str, after: str, limit: int | None) -> Deferred[Listing]:
+        try:
+            _bounds(prefix=prefix, marker=after)
+        except BadArgs:
+            return fail()
         return self.catalog.backend.listing(self.reactor, NameRange(prefix, after, limit))
 
     def delete(self, name: str, expect: Expect | None = None) -> Deferred[Optional[FileRecord]]:
@@ -419,3 +432,10 @@ class CatalogThread:
 
     def garbage_count(self) -> Deferred[list[tuple[str, int]]]:
         return self._call(Catalog.garbage_count)
+
+
+def _bounds(**texts: str) -> None:
+    """A listing's bounds, as a request gave them: BadArgs for one no name
+    can hold (PostgreSQL would refuse a NUL, where SQLite would find nothing)."""
+    for what, text in texts.items():
+        check_bound(text, what.replace("_", " "))

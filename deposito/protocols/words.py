@@ -86,6 +86,14 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_bound(text: str, what: str) -> str:
+    """A listing's prefix or marker: no name holds a control character, so
+    none may be asked for either (BadArgs, the same on every catalog)."""
+    if _CONTROL.search(text):
+        raise BadArgs(f"control character in {what}")
+    return text
+
+
 def check_stored_name(name: str) -> str:
     """A name a blob may be stored under: a file's name, or one of the
     hidden names of a version's parts (see deposito.hidden); else BadArgs."""

@@ -12,7 +12,7 @@ from typing import Optional
 
 import attrs
 
-from deposito.errors import (Conflict, DepositoError, NoSpace, NotFound, NoVersion, Precondition, TooLarge,
+from deposito.errors import (BadArgs, Conflict, DepositoError, NoSpace, NotFound, NoVersion, Precondition, TooLarge,
                              Unavailable)
 
 
@@ -109,6 +109,8 @@ class S3Error(Exception):
 
 def s3_error(e: DepositoError) -> S3Error:
     """What S3 answers for a depot's error."""
+    if isinstance(e, BadArgs):
+        return S3Error("InvalidArgument", e.message or None)
     if isinstance(e, TooLarge):
         return S3Error("EntityTooLarge", e.message or None)
     if isinstance(e, (Unavailable, NoSpace)):
