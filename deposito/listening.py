@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any, Optional
+from collections import OrderedDict
+from typing import Any, Optional, Protocol
 
 import attrs
 from twisted.application import service
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore, IStreamServerEndpoint
+from twisted.internet.interfaces import (IListeningPort, IProtocolFactory, IReactorCore, IReactorTime,
+                                         IStreamServerEndpoint)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -57,23 +59,66 @@ def end_process(reactor: IReactorCore) -> None:
 MAX_CONNECTIONS = 1024  # connections open at once on a client port (text, HTTP, S3) at most
 
 
+MAKE_ROOM_AFTER = 2.0  # seconds a client connection must have been silent, and between requests, to give way
+
+
+class Capped(Protocol):
+    """A connection a :class:`ConnectionCap` counts, and may close to make room."""
+
+    def between_requests(self) -> bool:
+        """Whether no request of it is under way (none being received or answered)."""
+
+    def give_way(self) -> None:
+        """Close, to make room for a new connection: the port is full and this one idles."""
+
+
 @attrs.define
 class ConnectionCap:
-    """At most ``most`` connections open at once on one port: past it, a
-    client is told to come back later (how, each port says)."""
+    """At most ``most`` connections open at once on one port.
+
+    A new connection past the cap closes the one that has been silent
+    longest, if it has sent nothing for MAKE_ROOM_AFTER seconds and no
+    request of it is under way: idle connections, however many, cannot keep
+    clients out. Only when none idles is the new one told to come back later
+    (how, each port says).
+    """
 
     most: int
-    open: int = 0
+    clock: IReactorTime
+    _heard: OrderedDict[Capped, float] = attrs.field(factory=OrderedDict)  # when each last sent a byte; oldest first
 
-    def enter(self) -> bool:
+    @property
+    def open(self) -> int:
+        return len(self._heard)
+
+    def enter(self, connection: Capped) -> bool:
         """A connection opens: False when it is one too many (it is not counted)."""
-        if self.open >= self.most:
+        if len(self._heard) >= self.most and not self._make_room():
             return False
-        self.open += 1
+        self._heard[connection] = self.clock.seconds()
         return True
 
-    def leave(self) -> None:
-        self.open -= 1
+    def heard(self, connection: Capped) -> None:
+        """``connection`` sent bytes, or had a request answered: it is not idle."""
+        if connection in self._heard:
+            self._heard[connection] = self.clock.seconds()
+            self._heard.move_to_end(connection)
+
+    def leave(self, connection: Capped) -> None:
+        self._heard.pop(connection, None)
+
+    def _make_room(self) -> bool:
+        now = self.clock.seconds()
+        for _ in range(min(len(self._heard), 64)):  # those under way go to the back; a few looked at, at most
+            connection, heard = next(iter(self._heard.items()))
+            if now - heard < MAKE_ROOM_AFTER:
+                return False  # the most silent one is not silent enough: none is
+            if connection.between_requests():
+                del self._heard[connection]
+                connection.give_way()
+                return True
+            self.heard(connection)  # a long request, answered slowly: not idle
+        return False
 
 
 def http_busy(content_type: str, body: bytes) -> bytes:

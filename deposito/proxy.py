@@ -43,7 +43,7 @@ class ProxyService(service.MultiService):
         self.metrics = Metrics()
         self.events.listeners.append(self.metrics.event)
         front = MeteredDepot(self.depot, self.metrics, reactor)
-        Listening(reactor, client_endpoint, DepotFactory(front, tokens=tokens, max_size=max_size),
+        Listening(reactor, client_endpoint, DepotFactory(front, tokens=tokens, max_size=max_size, clock=reactor),
                   "the client port (--port)").setServiceParent(self)
         members = MemberFactory(self.roster, heartbeat, secret, full_listing=lambda: self.depot.rebuilding,
                                 catalog_id=lambda: self.depot.catalog_id, takes_in=self.depot.rebuilder.takes_in)

@@ -454,16 +454,34 @@ class PromptChannel(ContinueWhenAsked):
         super().connectionMade()
         if self.cap is None:
             return
-        self._counted = self.cap.enter()
+        self._counted = self.cap.enter(self)
         if not self._counted:
             write_now(self.transport, self.busy)
             self.lingers = True  # its request, unread, must not turn the close into a reset
             self.loseConnection()
 
+    def dataReceived(self, data: bytes) -> None:
+        if self._counted:
+            self.cap.heard(self)
+        super().dataReceived(data)
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        if self._counted:
+            self.cap.heard(self)
+
+    def between_requests(self) -> bool:
+        """No request is being answered, nor its body read: at most a head
+        is coming (see ConnectionCap)."""
+        return not self._handlingRequest and self._transferDecoder is None
+
+    def give_way(self) -> None:
+        self.loseConnection()
+
     def connectionLost(self, reason: Any = None) -> None:
         if self._counted:
             self._counted = False
-            self.cap.leave()
+            self.cap.leave(self)
         super().connectionLost(reason)
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:

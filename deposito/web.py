@@ -381,7 +381,7 @@ def status_site(depot: IDepot, events: EventLog, metrics: Metrics, clock: IReact
     root.putChild(b"files", _Guarded(Downloads(depot), tokens))
     site = _QuietSite(root, timeout=IDLE_TIMEOUT)
     site.clock = clock
-    site.cap = ConnectionCap(MAX_CONNECTIONS)
+    site.cap = ConnectionCap(MAX_CONNECTIONS, clock)
     return site
 
 

@@ -631,6 +631,12 @@ def test_the_cluster_port_holds_so_many_connections_at_once_and_counts_those_tha
     again.callLater = clock.callLater
     again.makeConnection(tr)
     assert not tr.disconnecting and factory.cap.open == MAX_CONNECTIONS
+    # none of them joined: once one has idled a while, a newcomer takes its place
+    clock.advance(3)
+    newcomer, tr = factory.buildProtocol(None), StringTransport()
+    newcomer.callLater = clock.callLater
+    newcomer.makeConnection(tr)
+    assert not tr.disconnecting and held[0].transport.disconnecting and factory.cap.open == MAX_CONNECTIONS
 
 
 def test_a_join_left_without_its_proof_is_cut_at_the_same_deadline_and_said():

@@ -530,3 +530,30 @@ def test_sigusr2_writes_every_threads_stack_and_the_processes_go_on_serving(shar
     with c.wire() as w:
         assert w.put("after/usr2", b"still here", 2).startswith("OK stored")
         assert w.get("after/usr2")[1] == b"still here"
+
+
+def test_more_idle_connections_than_the_port_holds_give_way_to_a_client(shared_cluster):
+    """1100 connections that send nothing: past the cap (1024) the newest
+    are turned away, but once those held have idled a few seconds, a client
+    gets in and is served, and an idle one is told why it was closed."""
+    from deposito.listening import MAKE_ROOM_AFTER, MAX_CONNECTIONS
+
+    idle = []
+    try:
+        for i in range(MAX_CONNECTIONS + 76):
+            idle.append(socket.create_connection(("127.0.0.1", shared_cluster.port), timeout=10))
+            greeting = idle[-1].recv(200)  # accepted: the next is not left in a full backlog
+            assert greeting.startswith(b"OK deposito" if i < MAX_CONNECTIONS else (b"OK deposito", b"ERR unavailable too many"))
+        time.sleep(MAKE_ROOM_AFTER + 0.5)
+        with shared_cluster.wire() as w:
+            assert w.cmd("PUT crowded/f 5 1").startswith("OK send")
+            w.send(b"hello")
+            assert w.line().startswith("OK stored")
+            assert w.cmd("GET crowded/f").startswith("OK 5 ") and w.exact(5) == b"hello"
+        said = b""
+        while chunk := idle[0].recv(4096):  # the oldest: closed to make room, with a word
+            said += chunk
+        assert said == b"ERR unavailable closed to make room: the proxy is full and this connection was idle\r\n"
+    finally:
+        for s in idle:
+            s.close()

@@ -319,21 +319,60 @@ def test_max_size_refuses_before_any_byte():
     assert out[0].startswith("ERR toolarge") and out[1] == "OK send 10"
 
 
-def test_connections_beyond_the_limit_are_told_to_come_back():
-    factory = DepotFactory(FakeDepot())
-    factory.max_connections = 2
-    conns = []
-    for _ in range(3):
+def test_connections_beyond_the_limit_make_room_by_closing_one_that_idles_or_are_told_to_come_back():
+    clock = task.Clock()
+    depot = FakeDepot()
+    depot.files["f"] = b"hello"
+    factory = DepotFactory(depot, clock=clock, max_connections=2)
+
+    def connect():
         proto = factory.buildProtocol(None)
-        proto.callLater = task.Clock().callLater
+        proto.callLater = clock.callLater
         tr = StringTransport()
         proto.makeConnection(tr)
-        conns.append((proto, tr))
-    assert conns[0][1].value().startswith(b"OK deposito")
-    assert conns[2][1].value().startswith(b"ERR unavailable too many connections") and conns[2][1].disconnecting
-    for proto, _ in conns:
+        return proto, tr
+
+    first, second = connect(), connect()
+    assert first[1].value().startswith(b"OK deposito")
+    clock.advance(1)
+    first[0].dataReceived(b"STATUS\n")  # first was heard from a moment ago; second has idled longer
+    refused = connect()  # neither has idled MAKE_ROOM_AFTER seconds yet
+    assert refused[1].value().startswith(b"ERR unavailable too many connections") and refused[1].disconnecting
+    refused[0].connectionLost(None)
+    clock.advance(1.5)  # second idled 2.5 s, first 1.5 s
+    third = connect()
+    assert second[1].value().endswith(b"ERR unavailable closed to make room: the proxy is full and this"
+                                      b" connection was idle\r\n") and second[1].disconnecting
+    second[0].connectionLost(None)
+    assert third[1].value().startswith(b"OK deposito") and not third[1].disconnecting
+    third[1].clear()
+    third[0].dataReceived(b"GET f\n")
+    assert third[1].value().startswith(b"OK 5 ")  # the newcomer is served
+    for proto, tr in (first, third):
+        assert not tr.disconnecting
         proto.connectionLost(None)
-    assert factory.open == 0
+    assert factory.cap.open == 0
+
+
+def test_a_connection_with_a_request_under_way_never_gives_way():
+    clock = task.Clock()
+    depot = FakeDepot()
+    factory = DepotFactory(depot, clock=clock, max_connections=1)
+    proto = factory.buildProtocol(None)
+    proto.callLater = clock.callLater
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    proto.dataReceived(b"PUT up 10\nabc")  # an upload, its sender silent for a while
+    clock.advance(10)
+    late = factory.buildProtocol(None)
+    late.callLater = clock.callLater
+    late_tr = StringTransport()
+    late.makeConnection(late_tr)
+    assert late_tr.value().startswith(b"ERR unavailable too many connections") and not tr.disconnecting
+    late.connectionLost(None)
+    proto.dataReceived(b"defghij")
+    assert lines(tr)[-1].startswith("OK stored name=up") and depot.files["up"] == b"abcdefghij"
+    proto.connectionLost(None)
 
 
 @pytest_twisted.inlineCallbacks

@@ -534,6 +534,35 @@ def test_the_request_line_is_at_hand_while_the_body_arrives():
     assert seen == [(b"PUT", b"/b/k%20x?partNumber=2")]
 
 
+def test_a_channel_is_between_requests_only_while_no_body_is_read_and_no_answer_is_owed():
+    """PromptChannel.between_requests reads HTTPChannel's _transferDecoder
+    (a body being read) and _handlingRequest (an answer owed): a head
+    coming a byte at a time still counts as between requests."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.http import Request
+
+    answered = []
+
+    class Held(Request):
+        def process(self):
+            answered.append(self)
+
+    channel = ti.PromptChannel()
+    channel.requestFactory = Held
+    channel.makeConnection(StringTransport())
+    assert channel.between_requests()
+    channel.dataReceived(b"PUT /b/k HTTP/1.1\r\nHost: h\r\n")
+    assert channel.between_requests()  # a head, still coming
+    channel.dataReceived(b"Content-Length: 5\r\n\r\nab")
+    assert not channel.between_requests()  # its body being read
+    channel.dataReceived(b"cde")
+    assert answered and not channel.between_requests()  # its answer owed
+    answered[0].setHeader(b"content-length", b"0")
+    answered[0].finish()
+    assert channel.between_requests()
+    channel.connectionLost(None)
+
+
 def test_continue_is_sent_when_the_request_asks_and_a_refusal_is_answered_before_the_body():
     """ContinueWhenAsked hands the sending of 100 Continue to the request
     (after gotLength); answer_before_body lets a request answer with its
@@ -785,12 +814,15 @@ def test_a_body_in_the_deadline_must_come_with_its_head():
 @pytest_twisted.inlineCallbacks
 def test_a_connection_past_the_cap_is_answered_busy_and_closed():
     """A site with a cap of 2: a third connection gets the site's busy
-    answer whole and is closed; once one of the two closes, a new one is served."""
-    from deposito.listening import ConnectionCap, http_busy
+    answer whole and is closed; once one of the two closes, a new one is
+    served; once both have idled a while, a newcomer closes the one heard
+    from last longest ago, and is served."""
+    from deposito.listening import MAKE_ROOM_AFTER, ConnectionCap, http_busy
 
     resource = _Prompt()
     site = _PromptSite(resource)
-    site.cap = ConnectionCap(2)
+    clock = task.Clock()  # time stands still till told: no held connection idles long enough to give way
+    site.cap = ConnectionCap(2, clock)
     site.busy = http_busy("text/plain", b"too many\n")
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     address = ("127.0.0.1", port.getHost().port)
@@ -819,6 +851,12 @@ def test_a_connection_past_the_cap_is_answered_busy_and_closed():
         held.append(peer)
         reply = yield threads.deferToThread(_http_until, peer, b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n", b"hello")
         assert reply.startswith(b"HTTP/1.1 200 ")
+        clock.advance(MAKE_ROOM_AFTER + 1)
+        newcomer = socket.create_connection(address, timeout=5)
+        held.append(newcomer)
+        reply = yield threads.deferToThread(_http_until, newcomer, b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n", b"hello")
+        assert reply.startswith(b"HTTP/1.1 200 ")
+        assert (yield threads.deferToThread(everything, held[0])) == b""  # the one idle longest: closed
     finally:
         extra.close()
         for peer in held:

@@ -348,7 +348,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         cap = getattr(getattr(self, "factory", None), "cap", None)
-        self._counted = cap is None or cap.enter()
+        self._counted = cap is None or cap.enter(self)
         if not self._counted:
             self.reply(f"ERR unavailable too many connections ({MAX_CONNECTIONS}); try again later")
             self.transport.loseConnection()
@@ -359,6 +359,16 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         super().dataReceived(data)
         if self.member_id is not None:
             self.resetTimeout()  # before, it has that long in all to join, whatever it sends (see _welcome)
+        cap = getattr(getattr(self, "factory", None), "cap", None)
+        if cap is not None:
+            cap.heard(self)
+
+    def between_requests(self) -> bool:
+        """A connection not joined yet may be closed to make room (ConnectionCap); a server's never is."""
+        return self.member_id is None
+
+    def give_way(self) -> None:
+        self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
         if self.member_id is not None:
@@ -598,7 +608,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         if self._counted:
             cap = getattr(getattr(self, "factory", None), "cap", None)
             if cap is not None:
-                cap.leave()
+                cap.leave(self)
         if self._retake is not None and self._retake.active():
             self._retake.cancel()
         if self.member_id is not None:
@@ -627,7 +637,7 @@ class MemberFactory(Factory):
         self.takes_in = takes_in
         self.told: set[tuple[str, str]] = set()
         self.refusals: set[tuple[str, str, str]] = set()
-        self.cap = ConnectionCap(MAX_CONNECTIONS)  # servers and whatever else connects, at once
+        self.cap = ConnectionCap(MAX_CONNECTIONS, roster.clock)  # servers and whatever else connects, at once
 
     def buildProtocol(self, addr: Any) -> MemberProtocol:
         p = MemberProtocol(self.roster, self.heartbeat, self.secret, self.full_listing,

@@ -7,10 +7,10 @@ and n lines), raw mode for file bytes. The work is the depot's (an IDepot).
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -21,7 +21,7 @@ import deposito
 from deposito import twisted_internals
 from deposito.catalog import FileRecord
 from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
-from deposito.listening import MAX_CONNECTIONS
+from deposito.listening import MAX_CONNECTIONS, ConnectionCap
 from deposito.interfaces import IDepot
 from deposito.protocols.lines import MAX_LINE, LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.listreply import ListBroken, ListReply
@@ -86,6 +86,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self._sent_all = False  # the client half-closed: it sends nothing more
         self._parsing = 0  # dataReceived calls under way (an answer given at once parses the next lines within)
         self._backlog: Any = None  # the next look at replies the client has not read (see _hold_for_backlog)
+        self._counted = False  # among the port's connections (see DepotFactory.cap)
 
     # -- framing
 
@@ -93,9 +94,9 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         tune_for_streams(self.transport)
         factory = getattr(self, "factory", None)
         if factory is not None:
-            factory.open += 1
-            if factory.open > factory.max_connections:
-                self.reply(f"ERR unavailable too many connections ({factory.max_connections}); try again later")
+            self._counted = factory.cap.enter(self)
+            if not self._counted:
+                self.reply(f"ERR unavailable too many connections ({factory.cap.most}); try again later")
                 self._broken = True
                 self.transport.loseConnection()
                 return
@@ -107,6 +108,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             return
         if not self.line_mode or b"\n" in data:  # a line never finished, a byte at a time, is idle
             self.resetTimeout()
+            self._heard()
         self._parsing += 1
         try:
             super().dataReceived(data)
@@ -119,6 +121,20 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         elif self._sent_all and not self.paused:  # every line the client sent is answered
             self._all_taken()
         send_now(self.transport)  # what these requests answered at once
+
+    def _heard(self) -> None:
+        if self._counted:
+            self.factory.cap.heard(self)
+
+    def between_requests(self) -> bool:
+        """Nothing asked is being answered, and no upload is under way (see ConnectionCap)."""
+        return not self.paused and self._upload is None
+
+    def give_way(self) -> None:
+        """The port is full and this connection idles: it closes to make room, saying so."""
+        self.reply("ERR unavailable closed to make room: the proxy is full and this connection was idle")
+        self._broken = True
+        self.transport.loseConnection()
 
     def hold(self) -> None:
         """Lines wait until the request in hand is answered (:meth:`_resume`).
@@ -222,6 +238,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             self.transport.abortConnection()
         elif self.transport.connected and not self._hold_for_backlog():
             self.setTimeout(self.idle_timeout)
+            self._heard()
             self.resumeProducing()  # the lines that waited are parsed (see dataReceived)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -229,8 +246,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         if self._backlog is not None:
             self._backlog.cancel()
             self._backlog = None
-        if getattr(self, "factory", None) is not None:
-            self.factory.open -= 1
+        if self._counted:
+            self.factory.cap.leave(self)
         if self._waiting is not None:  # only the wait ends; the wanted count stays
             self._waiting.cancel()
         if self._upload is not None:
@@ -442,15 +459,18 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
 class DepotFactory(Factory):
     def __init__(self, depot: IDepot, idle_timeout: float = 300.0, stall_timeout: float = 60.0,
-                 tokens: Any = None, max_size: int | None = None) -> None:
+                 tokens: Any = None, max_size: int | None = None, clock: IReactorTime | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
         self.depot = depot
         self.idle_timeout = idle_timeout
         self.stall_timeout = stall_timeout
         self.tokens = tokens
         self.max_size = max_size
-        self.open = 0
-
-    max_connections = MAX_CONNECTIONS  # beyond this a client is told to come back later
+        self.cap = ConnectionCap(max_connections, clock)  # past it one idling gives way, or the client is turned away
 
     def buildProtocol(self, addr: Any) -> DepotProtocol:
         p = DepotProtocol(self.depot, self.idle_timeout, self.stall_timeout, self.tokens, self.max_size)

@@ -479,7 +479,7 @@ def s3_site(depot: IDepot, keys: S3Keys, clock: IReactorTime, max_size: Optional
     site = _S3Site(Resource(), timeout=IDLE_TIMEOUT)
     site.requestFactory = S3Request
     site.gateway = Gateway(depot, keys, clock, max_size, domain)
-    site.cap = ConnectionCap(MAX_CONNECTIONS)
+    site.cap = ConnectionCap(MAX_CONNECTIONS, clock)
     return site
 
 
