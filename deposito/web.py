@@ -293,11 +293,13 @@ def _header(request: Any, name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-def _etag_matches(header: bytes | None, etag: str) -> bool:
+def _etag_matches(header: bytes | None, etag: str, weak: bool = True) -> bool:
+    """Whether ``etag`` is among the header's tags (``*`` matches any); with
+    ``weak`` (If-None-Match), its weak form too, where If-Match compares strongly."""
     if not header:
         return False
     tags = [t.strip() for t in header.decode("latin-1").split(",")]
-    return "*" in tags or etag in tags or f"W/{etag}" in tags
+    return "*" in tags or etag in tags or (weak and f"W/{etag}" in tags)
 
 
 class Downloads(Resource):
@@ -335,6 +337,10 @@ class Downloads(Resource):
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-deposito-version", b"%d" % record.version)
         request.setHeader(b"x-content-type-options", b"nosniff")
+        if_match = request.getHeader(b"if-match")
+        if if_match is not None and not _etag_matches(if_match, etag, weak=False):
+            _send(request, 412, b"text/plain; charset=utf-8", b"the file is not the version If-Match names\n")
+            return
         if _etag_matches(request.getHeader(b"if-none-match"), etag):
             request.setResponseCode(304)
             request.finish()

@@ -398,6 +398,11 @@ def test_downloads_whole_and_in_ranges(web):
     assert status == 200 and body == big
     status, _, body = fetch(web.http, path, headers={"If-None-Match": etag})
     assert (status, body) == (304, b"")
+    for if_match in ('"stale"', f"W/{etag}"):  # another version, or a weak tag: If-Match compares strongly
+        assert fetch(web.http, path, headers={"If-Match": if_match})[0] == 412, if_match
+    for if_match in (etag, f'"stale", {etag}', "*"):
+        status, _, body = fetch(web.http, path, headers={"If-Match": if_match})
+        assert status == 200 and body == big, if_match
     for headers in ({"Range": "bytes=\xb2-"}, {"Range": "bytes=1-2", "If-Range": "\xff"}):  # not ASCII: no range
         status, _, body = fetch(web.http, path, headers=headers)
         assert status == 200 and body == big, headers
