@@ -123,5 +123,11 @@ class ConnectionCap:
 
 def http_busy(content_type: str, body: bytes) -> bytes:
     """The whole HTTP answer of a port past its cap: 503, try again in a second."""
-    return (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}"
-            "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode("ascii") + body
+    return http_whole("503 Service Unavailable", content_type, body, "Retry-After: 1")
+
+
+def http_whole(status: str, content_type: str, body: bytes, *headers: str) -> bytes:
+    """A whole HTTP answer, sent as the connection closes: ``status`` is its code and reason."""
+    head = "".join(f"{h}\r\n" for h in headers)
+    return (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{head}"
+            "Connection: close\r\n\r\n").encode("ascii") + body

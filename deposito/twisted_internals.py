@@ -448,6 +448,7 @@ class PromptChannel(ContinueWhenAsked):
 
     cap: Any = None  # the site's ConnectionCap (deposito.listening), or None
     busy = b""
+    timed_out = b""  # the whole answer to a request whose body stopped coming (see timeoutConnection), if any
     _counted = False
 
     def connectionMade(self) -> None:
@@ -469,6 +470,14 @@ class PromptChannel(ContinueWhenAsked):
         super().requestDone(request)
         if self._counted:
             self.cap.heard(self)
+
+    def timeoutConnection(self) -> None:
+        """Silent too long (the site's timeout): closed, as twisted.web does,
+        with the site's ``timed_out`` answer first when a request's body
+        had stopped coming (the client is told, rather than left to guess)."""
+        if self.timed_out and self._transferDecoder is not None:
+            write_now(self.transport, self.timed_out)
+        super().timeoutConnection()
 
     def between_requests(self) -> bool:
         """No request is being answered, nor its body read: at most a head
@@ -512,12 +521,13 @@ def http_site_protocol(site: Any) -> Any:
     Relies on Site building each connection's protocol by calling its
     ``protocol`` attribute, twisted.web's own being an HTTPChannel inside a
     _GenericHTTPChannelProtocol (which also serves HTTP/2 where it is
-    installed); the test of this fact fails first. The site's ``cap`` and
-    ``busy``, and its ``body_in_deadline``, go to the channel (see
+    installed); the test of this fact fails first. The site's ``cap``,
+    ``busy`` and ``timed_out``, and its ``body_in_deadline``, go to the channel (see
     :class:`PromptChannel`, :class:`HeadDeadline`)."""
     channel = PromptChannel()
     channel.cap = getattr(site, "cap", None)
     channel.busy = getattr(site, "busy", b"")
+    channel.timed_out = getattr(site, "timed_out", b"")
     channel.body_in_deadline = getattr(site, "body_in_deadline", False)
     return http._GenericHTTPChannelProtocol(channel)
 

@@ -563,6 +563,37 @@ def test_a_channel_is_between_requests_only_while_no_body_is_read_and_no_answer_
     channel.connectionLost(None)
 
 
+def test_a_body_that_stops_coming_is_answered_the_sites_timed_out_before_the_close():
+    """Silent for the site's timeout in the middle of a body: the channel
+    sends the site's ``timed_out`` answer, then closes; silent between
+    requests, it closes without a word. The S3 port's answer is S3's
+    RequestTimeout."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.server import Site
+    from twisted.web.resource import Resource
+
+    from deposito.s3.gateway import _S3Site
+
+    clock = task.Clock()
+
+    def channel(data: bytes):
+        proto = _S3Site(Resource(), timeout=60).buildProtocol(None)
+        inner = proto._channel
+        assert inner.timed_out.startswith(b"HTTP/1.1 400 ") and b"<Code>RequestTimeout</Code>" in inner.timed_out
+        inner.callLater = clock.callLater
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(data)
+        clock.advance(61)
+        return inner, transport
+
+    inner, transport = channel(b"PUT /b/k HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\nonly this")
+    assert transport.value() == inner.timed_out and transport.disconnecting
+    inner, transport = channel(b"")
+    assert transport.value() == b"" and transport.disconnecting
+    assert ti.http_site_protocol(Site(Resource()))._channel.timed_out == b""  # a site without one: closed as before
+
+
 def test_continue_is_sent_when_the_request_asks_and_a_refusal_is_answered_before_the_body():
     """ContinueWhenAsked hands the sending of 100 Continue to the request
     (after gotLength); answer_before_body lets a request answer with its

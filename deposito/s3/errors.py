@@ -72,6 +72,8 @@ ERRORS: dict[str, ErrorKind] = {
                                                  " retry the request. If using multipart upload you should"
                                                  " initiate another CreateMultipartUpload request and re-upload"
                                                  " each part."),
+    "RequestTimeout": ErrorKind(
+        400, "Your socket connection to the server was not read from or written to within the timeout period."),
     "RequestTimeTooSkewed": ErrorKind(
         403, "The difference between the request time and the current time is too large."),
     "ServiceUnavailable": ErrorKind(503, "Please reduce your request rate."),

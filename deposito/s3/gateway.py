@@ -38,7 +38,7 @@ from deposito.catalog import FileRecord
 from deposito.catalog.records import Expect
 from deposito.errors import DepositoError, NotEmpty, NotFound, Unavailable
 from deposito.interfaces import IDepot
-from deposito.listening import MAX_CONNECTIONS, ConnectionCap, http_busy
+from deposito.listening import MAX_CONNECTIONS, ConnectionCap, http_busy, http_whole
 from deposito.protocols.words import digits
 from deposito.s3 import sigv4, xmlread, xmlwire
 from deposito.s3.bodies import BodyChecks
@@ -492,6 +492,8 @@ class _S3Site(Site):
     noisy = False
     busy = http_busy("application/xml", xmlwire.error_document(
         S3Error("SlowDown", f"Too many connections ({MAX_CONNECTIONS}); please try again later."), "0"))
+    timed_out = http_whole("400 Bad Request", "application/xml", xmlwire.error_document(
+        S3Error("RequestTimeout", f"No byte of the body came for {IDLE_TIMEOUT:.0f} s."), "0"))
     cap: ConnectionCap
     gateway: Gateway
     protocol = twisted_internals.http_site_protocol
