@@ -740,6 +740,10 @@ def test_a_body_that_fails_its_digest_stores_nothing(s3):
                                                   "x-amz-content-sha256": hashlib.sha256(b"second").hexdigest()})
     status, answer = _answer(_raw(s3.port, not_signed + b"SECOND"))
     assert status == 400 and b"<Code>XAmzContentSHA256Mismatch</Code>" in answer
+    huge = _signed(s3, "PUT", "/digest/k", {"Content-Length": "9" * 23, "Expect": "100-continue",
+                                            "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+    status, answer = _answer(_raw(s3.port, huge))  # refused before the body is asked for
+    assert status == 400 and b"<Code>InvalidArgument</Code>" in answer  # not a length it could take
     assert c.get_object(Bucket="digest", Key="k")["Body"].read() == b"first"
     with Wire(s3.cluster.port) as w:
         assert w.stat("digest/k")["version"] == "1"

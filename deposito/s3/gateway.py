@@ -408,7 +408,10 @@ class Gateway:
             size = call.verified.decoded_length
         else:
             text = call.header("content-length")
-            size = int(text) if text is not None and digits(text.strip()) else None
+            if text is not None and not digits(text.strip()):
+                raise S3Error("InvalidArgument", "Content-Length must be a whole number of bytes",
+                              ArgumentName="Content-Length")
+            size = int(text) if text is not None else None
         if size is None:
             raise S3Error("MissingContentLength")
         if self.max_size is not None and size > self.max_size:
