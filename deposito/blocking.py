@@ -167,8 +167,11 @@ class BlockingClient:
         if self._closed or (len(self.addresses) == 1 and (conn is None or conn.closed)):
             raise ConnectionLost("the client is closed")
         if conn is not None and not conn.closed:
-            if len(self.addresses) == 1 or not conn.gone():
+            if not conn.gone():
                 return conn
+            if len(self.addresses) == 1:  # nothing sent yet: no reply of its can be taken for this request's
+                conn.close()
+                raise ConnectionLost("closed by the proxy while idle")
             tried.add(self._at)
             failures.append((show(self.address), "closed by the proxy"))
             conn.close()

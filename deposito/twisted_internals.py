@@ -462,9 +462,14 @@ class PromptChannel(ContinueWhenAsked):
             self.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._counted:
+        if self._counted and self._transferDecoder is not None:  # a body's bytes; a head counts once it is whole
             self.cap.heard(self)
         super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        if self._counted:
+            self.cap.heard(self)
 
     def requestDone(self, request: Any) -> None:
         super().requestDone(request)

@@ -11,6 +11,7 @@ import os
 import socket
 import socketserver
 import threading
+import time
 from typing import Any, Optional
 
 import pytest
@@ -109,6 +110,15 @@ class FakeProxy:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+    def give_way(self) -> None:
+        """Close every connection with the line a full proxy sends one it closes to make room."""
+        for conn in self.connections:
+            try:
+                conn.sendall(b"ERR unavailable closed to make room: the proxy is full and this connection was idle\r\n")
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def kill(self) -> None:
         self.stop()
@@ -794,6 +804,31 @@ def test_blocking_put_from_an_unseekable_file_needs_a_size(fake: FakeProxy) -> N
         with pytest.raises(ValueError):
             c.put("p", pipe)
         assert c.put("p", pipe, size=5).sha256 == sha(b"piped")
+
+
+def test_blocking_never_takes_a_line_said_while_idle_for_the_reply_to_its_next_request() -> None:
+    """A proxy closing an idle connection may say why first: the next request
+    goes to the next proxy, or (one proxy) fails as a lost connection, and
+    is never answered with that line."""
+    first, second = FakeProxy(), FakeProxy()
+    try:
+        for proxy in (first, second):
+            proxy.files["f"] = (b"abc", 1, 2)
+        c = BlockingClient(f"{first.address},{second.address}")
+        assert c.stat("f").size == 3 and first.requests == ["STAT f"]
+        first.give_way()
+        time.sleep(0.3)  # the line and the close arrive
+        assert c.stat("f").size == 3 and second.requests == ["STAT f"]
+        alone = BlockingClient(second.address)
+        assert alone.stat("f").size == 3
+        second.give_way()
+        time.sleep(0.3)
+        with pytest.raises(ConnectionLost, match="closed by the proxy while idle"):
+            alone.stat("f")
+        assert second.requests == ["STAT f", "STAT f"]  # nothing sent on the connection it closed
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_blocking_lost_connection_mid_get(fake: FakeProxy, tmp_path: Any) -> None:

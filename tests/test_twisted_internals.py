@@ -563,6 +563,34 @@ def test_a_channel_is_between_requests_only_while_no_body_is_read_and_no_answer_
     channel.connectionLost(None)
 
 
+def test_a_head_sent_a_byte_at_a_time_idles_and_gives_way_on_a_full_port():
+    """A port's cap hears a channel when a whole head has come, as its body
+    comes, and when an answer is done: bytes of a head that never ends do
+    not keep a connection from giving way to a newcomer."""
+    from twisted.internet.testing import StringTransport
+
+    from deposito.listening import MAKE_ROOM_AFTER, ConnectionCap
+
+    clock = task.Clock()
+    cap = ConnectionCap(1, clock)
+
+    def connect():
+        channel = ti.PromptChannel()
+        channel.cap, channel.busy, channel.callLater = cap, b"busy", clock.callLater
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        return channel, transport
+
+    dribbler, its_transport = connect()
+    for byte in b"GET /status HTTP/1.1\r\n"[:int(MAKE_ROOM_AFTER / 0.5) + 2]:  # a byte every 0.5 s, past the time
+        clock.advance(0.5)
+        dribbler.dataReceived(bytes([byte]))
+    newcomer, transport = connect()
+    assert its_transport.disconnecting and transport.value() == b"" and not transport.disconnecting
+    dribbler.connectionLost(None)
+    newcomer.connectionLost(None)
+
+
 def test_a_body_that_stops_coming_is_answered_the_sites_timed_out_before_the_close():
     """Silent for the site's timeout in the middle of a body: the channel
     sends the site's ``timed_out`` answer, then closes; silent between

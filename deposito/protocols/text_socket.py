@@ -57,12 +57,16 @@ class TextSocket:
             sock.close()
 
     def gone(self) -> bool:
-        """Whether the proxy closed the idle connection (stopped or killed
-        since the last request), found without waiting."""
+        """Whether the proxy closed the idle connection or is closing it
+        (stopped or killed since the last request, or closing it to make
+        room, which it says in a line no request asked for), found without
+        waiting: an idle connection has nothing to read."""
+        if self.buffer:
+            return True
         sock = self._socket()
         try:
             readable, _, _ = select.select([sock], [], [], 0)
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+            return bool(readable)
         except OSError:
             return True
 
