@@ -480,7 +480,8 @@ class PromptChannel(ContinueWhenAsked):
         """Silent too long (the site's timeout): closed, as twisted.web does,
         with the site's ``timed_out`` answer first when a request's body
         had stopped coming (the client is told, rather than left to guess)."""
-        if self.timed_out and self._transferDecoder is not None:
+        answering = bool(self.requests) and self.requests[-1].startedWriting  # (refused before its body)
+        if self.timed_out and self._transferDecoder is not None and not answering:
             write_now(self.transport, self.timed_out)
         super().timeoutConnection()
 

@@ -604,7 +604,7 @@ def test_a_body_that_stops_coming_is_answered_the_sites_timed_out_before_the_clo
 
     clock = task.Clock()
 
-    def channel(data: bytes):
+    def channel(data: bytes, answering: bool = False):
         proto = _S3Site(Resource(), timeout=60).buildProtocol(None)
         inner = proto._channel
         assert inner.timed_out.startswith(b"HTTP/1.1 400 ") and b"<Code>RequestTimeout</Code>" in inner.timed_out
@@ -612,11 +612,16 @@ def test_a_body_that_stops_coming_is_answered_the_sites_timed_out_before_the_clo
         transport = StringTransport()
         proto.makeConnection(transport)
         proto.dataReceived(data)
+        if answering:  # its answer begun before its body came (refused early): nothing more is written
+            inner.requests[-1].startedWriting = 1
         clock.advance(61)
         return inner, transport
 
-    inner, transport = channel(b"PUT /b/k HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\nonly this")
+    head = b"PUT /b/k HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\nonly this"
+    inner, transport = channel(head)
     assert transport.value() == inner.timed_out and transport.disconnecting
+    inner, transport = channel(head, answering=True)
+    assert transport.value() == b"" and transport.disconnecting
     inner, transport = channel(b"")
     assert transport.value() == b"" and transport.disconnecting
     assert ti.http_site_protocol(Site(Resource()))._channel.timed_out == b""  # a site without one: closed as before
