@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections import OrderedDict
 from typing import Any, Optional, Protocol
 
@@ -15,6 +16,9 @@ from twisted.internet.interfaces import (IListeningPort, IProtocolFactory, IReac
                                          IStreamServerEndpoint)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from deposito.splice.sockets import taken
+from deposito.twisted_internals import is_plain_tcp
 
 
 class Listening(service.Service):
@@ -65,11 +69,18 @@ MAKE_ROOM_AFTER = 2.0  # seconds a client connection must have been silent, and 
 class Capped(Protocol):
     """A connection a :class:`ConnectionCap` counts, and may close to make room."""
 
+    transport: Any
+
     def between_requests(self) -> bool:
         """Whether no request of it is under way (none being received or answered)."""
 
     def give_way(self) -> None:
         """Close, to make room for a new connection: the port is full and this one idles."""
+
+    def answers_a_client(self) -> bool:
+        """Whether a client reads its answers, so that one which stops
+        taking them may be cut off to make room (a storage server's
+        connection is never)."""
 
 
 @attrs.define
@@ -77,15 +88,20 @@ class ConnectionCap:
     """At most ``most`` connections open at once on one port.
 
     A new connection past the cap closes the one that has been silent
-    longest, if it has sent nothing for MAKE_ROOM_AFTER seconds and no
-    request of it is under way: idle connections, however many, cannot keep
-    clients out. Only when none idles is the new one told to come back later
+    longest, if it has sent nothing for MAKE_ROOM_AFTER seconds and either
+    no request of it is under way, or its client has taken nothing of the
+    answer for that long (it stopped reading; the answer's bytes wait in
+    its socket): idle connections, however many, cannot keep clients out.
+    Only when none of them qualifies is the new one told to come back later
     (how, each port says).
     """
+
+    log = Logger()
 
     most: int
     clock: IReactorTime
     _heard: OrderedDict[Capped, float] = attrs.field(factory=OrderedDict)  # when each last sent a byte; oldest first
+    _taken: dict[Capped, int] = attrs.field(factory=dict)  # bytes its client had acknowledged when last looked at
 
     @property
     def open(self) -> int:
@@ -106,6 +122,7 @@ class ConnectionCap:
 
     def leave(self, connection: Capped) -> None:
         self._heard.pop(connection, None)
+        self._taken.pop(connection, None)
 
     def _make_room(self) -> bool:
         now = self.clock.seconds()
@@ -114,11 +131,41 @@ class ConnectionCap:
             if now - heard < MAKE_ROOM_AFTER:
                 return False  # the most silent one is not silent enough: none is
             if connection.between_requests():
-                del self._heard[connection]
+                self.leave(connection)
                 connection.give_way()
+                return True
+            if self._stopped_reading(connection):
+                self.leave(connection)
+                self.log.info("the port is full: cut off {peer}, which took nothing of its answer for"
+                              " {seconds:.0f} s", peer=str(connection.transport.getPeer()), seconds=MAKE_ROOM_AFTER)
+                cut_off(connection.transport)
                 return True
             self.heard(connection)  # a long request, answered slowly: not idle
         return False
+
+    def _stopped_reading(self, connection: Capped) -> bool:
+        """Whether ``connection``'s client took no byte since it was last
+        looked at (MAKE_ROOM_AFTER ago at least: it was heard then), and
+        bytes of its answer wait for it."""
+        if not connection.answers_a_client() or not is_plain_tcp(connection.transport):
+            return False  # (the bytes of TLS cannot be told apart here: its stall timeout ends it)
+        now = taken(connection.transport.getHandle())
+        if now is None:
+            return False
+        acknowledged, queued = now
+        before = self._taken.get(connection)
+        self._taken[connection] = acknowledged
+        return queued > 0 and before == acknowledged
+
+
+def cut_off(transport: Any) -> None:
+    """Closes a plain TCP connection at once, whoever else writes into its
+    socket meanwhile (a storage server it was handed to, deposito.splice.handoff)."""
+    try:
+        transport.getHandle().shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    transport.abortConnection()
 
 
 def http_busy(content_type: str, body: bytes) -> bytes:

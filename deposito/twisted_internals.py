@@ -493,6 +493,9 @@ class PromptChannel(ContinueWhenAsked):
     def give_way(self) -> None:
         self.loseConnection()
 
+    def answers_a_client(self) -> bool:
+        return True
+
     def connectionLost(self, reason: Any = None) -> None:
         if self._counted:
             self._counted = False

@@ -376,6 +376,82 @@ def test_a_connection_with_a_request_under_way_never_gives_way():
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_client_that_stops_reading_its_answer_is_cut_off_to_make_room():
+    """A port of one connection, held by a GET whose client read a little
+    and stopped: a newcomer after MAKE_ROOM_AFTER finds the answer's bytes
+    waiting (and is told to come back); one more, after the client again
+    took nothing for that long, cuts it off and is served."""
+    from deposito.listening import MAKE_ROOM_AFTER
+
+    depot = FakeDepot()
+    depot.files["big"] = bytes(range(256)) * (32 << 10)  # 8 MiB: far more than the sockets hold
+    depot.files["small"] = b"hello"
+    clock = task.Clock()  # the cap's: how long each connection was silent
+    factory = DepotFactory(depot, clock=clock, max_connections=1)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    address = ("127.0.0.1", port.getHost().port)
+
+    def connect():
+        peer = socket.socket()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that stops reading holds little
+        peer.settimeout(5)
+        peer.connect(address)
+        return peer
+
+    def read_until(peer, end):
+        got = b""
+        while not got.endswith(end):
+            chunk = peer.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+    def read_to_end(peer):
+        got = 0
+        try:
+            while chunk := peer.recv(65536):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        return got
+
+    reader = connect()
+    peers = [reader]
+    try:
+        assert (yield threads.deferToThread(read_until, reader, b"\n")).startswith(b"OK deposito")
+        reader.sendall(b"GET big\n")
+        head = yield threads.deferToThread(read_until, reader, b"\n")
+        assert head.startswith(b"OK 8388608 ")
+        yield task.deferLater(reactor, 0.2, lambda: None)  # the answer fills the sockets
+
+        clock.advance(MAKE_ROOM_AFTER)
+        refused = connect()
+        peers.append(refused)
+        assert (yield threads.deferToThread(read_until, refused, b"\n")).startswith(
+            b"ERR unavailable too many connections")  # what the reader took was only looked at now
+
+        clock.advance(MAKE_ROOM_AFTER)
+        newcomer = connect()
+        peers.append(newcomer)
+        assert (yield threads.deferToThread(read_until, newcomer, b"\n")).startswith(b"OK deposito")
+        newcomer.sendall(b"GET small\n")
+        got = yield threads.deferToThread(read_until, newcomer, b"hello")
+        assert got.startswith(b"OK 5 ") and got.endswith(b"hello")
+        taken = yield threads.deferToThread(read_to_end, reader)
+        assert taken < 8 << 20  # cut off: the rest of the answer never comes
+        assert factory.cap.open == 1
+    finally:
+        for peer in peers:
+            peer.close()
+        for _ in range(500):
+            if factory.cap.open == 0:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
 def test_send_now_hands_a_reply_to_the_kernel_without_a_turn_of_the_reactor():
     import socket
 

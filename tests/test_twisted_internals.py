@@ -753,6 +753,10 @@ class _Prompt(_Noting):
 
     def render(self, request):
         t = self.transport = request.channel.transport
+        if request.path == b"/unfinished":  # half of a big body, the rest owed: an answer under way
+            request.setHeader(b"content-length", b"%d" % (16 << 20))
+            request.write(bytes(8 << 20))
+            return NOT_DONE_YET
         if request.path == b"/sized":
             request.setHeader(b"content-length", b"5")
             request.write(b"hello")
@@ -924,6 +928,65 @@ def test_a_connection_past_the_cap_is_answered_busy_and_closed():
     finally:
         extra.close()
         for peer in held:
+            peer.close()
+        for _ in range(500):
+            if site.cap.open == 0:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_stops_reading_its_answer_gives_way_to_a_newcomer():
+    """A site with a cap of 1, held by a request whose answer is under way
+    and whose client stopped reading it: a newcomer after MAKE_ROOM_AFTER
+    finds the answer's bytes waiting (and is answered busy); one more,
+    after the client again took nothing for that long, cuts it off and is
+    served."""
+    from deposito.listening import MAKE_ROOM_AFTER, ConnectionCap, http_busy
+
+    site = _PromptSite(_Prompt())
+    clock = task.Clock()
+    site.cap = ConnectionCap(1, clock)
+    site.busy = http_busy("text/plain", b"too many\n")
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    address = ("127.0.0.1", port.getHost().port)
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that stops reading holds little
+    reader.settimeout(5)
+    reader.connect(address)
+    peers = [reader]
+
+    def read_to_end(peer):
+        got = 0
+        try:
+            while chunk := peer.recv(65536):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        return got
+
+    try:
+        head = yield threads.deferToThread(_http, reader, b"GET /unfinished HTTP/1.1\r\nHost: x\r\n\r\n",
+                                           lambda r: b"\r\n\r\n" in r)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        yield task.deferLater(reactor, 0.2, lambda: None)  # the answer fills the sockets
+        clock.advance(MAKE_ROOM_AFTER)
+        refused = socket.create_connection(address, timeout=5)
+        peers.append(refused)
+        reply = yield threads.deferToThread(_http, refused, b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n",
+                                            lambda r: r.endswith(b"too many\n"))
+        assert reply.startswith(b"HTTP/1.1 503 ")
+        clock.advance(MAKE_ROOM_AFTER)
+        newcomer = socket.create_connection(address, timeout=5)
+        peers.append(newcomer)
+        reply = yield threads.deferToThread(_http_until, newcomer, b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n",
+                                            b"hello")
+        assert reply.startswith(b"HTTP/1.1 200 ")
+        assert (yield threads.deferToThread(read_to_end, reader)) < 8 << 20  # cut off
+        assert site.cap.open == 1
+    finally:
+        for peer in peers:
             peer.close()
         for _ in range(500):
             if site.cap.open == 0:

@@ -370,6 +370,9 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
     def give_way(self) -> None:
         self.transport.loseConnection()
 
+    def answers_a_client(self) -> bool:
+        return False  # a storage server's connection is never cut to make room
+
     def timeoutConnection(self) -> None:
         if self.member_id is not None:
             self.log.warn("storage server {id} missed its heartbeats", id=self.member_id)

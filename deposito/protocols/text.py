@@ -130,6 +130,9 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         """Nothing asked is being answered, and no upload is under way (see ConnectionCap)."""
         return not self.paused and self._upload is None
 
+    def answers_a_client(self) -> bool:
+        return True
+
     def give_way(self) -> None:
         """The port is full and this connection idles: it closes to make room, saying so."""
         self.reply("ERR unavailable closed to make room: the proxy is full and this connection was idle")

@@ -127,6 +127,20 @@ def written(sock: socket.socket) -> int | None:
     return None
 
 
+def taken(sock: socket.socket) -> tuple[int, int] | None:
+    """What the peer of TCP socket ``sock`` has taken and what waits for it:
+    the bytes it acknowledged, and those queued for it; None where the
+    system cannot tell."""
+    if _SIOCOUTQ is None or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        acked = _acked(sock)
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        return None
+    return None if acked is None else (acked, queued)
+
+
 def _acked(sock: socket.socket) -> int | None:
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
     if len(info) < _BYTES_ACKED + 8:
