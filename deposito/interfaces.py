@@ -13,7 +13,7 @@ against it with ``zope.interface.verify.verifyObject``.
 from __future__ import annotations
 
 import mmap
-from typing import TYPE_CHECKING, Awaitable, Callable, Optional
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
@@ -288,8 +288,10 @@ class ICatalog(IWorkCatalog):
         """Remove ``name``; fires with the record it had, or None. With
         ``expect``, only if its current version (or None) meets it."""
 
-    def set_replicas(name: str, count: int) -> Deferred[Optional[FileRecord]]:
-        """Change the wanted count and queue the file; fires with the record, or None."""
+    def set_replicas(name: str, count: int, up: Optional[Iterable[str]] = None) -> Deferred[Optional[FileRecord]]:
+        """Change the wanted count and queue the file; fires with the record,
+        or None. ``up``: the servers this proxy sees up, from which the
+        file is counted under or over at once (STATUS)."""
 
     def drop_copy(blob: str, server: str) -> Deferred[None]:
         """A copy found corrupt stops counting and is garbage; its file is queued."""

@@ -283,6 +283,27 @@ def test_status_tells_the_work_still_to_do(shared_cluster):
     assert st["servers_up"] == 3 and st["servers_down"] == 0
 
 
+def test_status_counts_a_file_under_or_over_from_its_replicas_change_on(cluster):
+    """STATUS asked right after REPLICAS (sent with it) counts the file
+    over or under at once; right after REPLICAS ... WAIT is answered, the
+    file is no longer under; and the counts end at 0 with the copies on disk."""
+    data = os.urandom(300_000)
+    with cluster.wire() as w:
+        assert w.put("st/f", data, 3).startswith("OK stored")
+        w.send(b"REPLICAS st/f 1\nSTATUS\n")
+        assert w.line() == "OK name=st/f replicas=1 have=3"
+        st = {k: int(v) for k, v in fields(w.line()).items()}
+        assert st["over"] == 1 and st["under"] == 0 and st["repairs_queued"] + st["repairs_running"] >= 1, st
+        assert poll(lambda: len(cluster.holders(data)) == 1, 10)
+        w.send(b"REPLICAS st/f 3 WAIT\nSTATUS\n")
+        assert w.line() == "OK name=st/f replicas=3 have=3"
+        st = {k: int(v) for k, v in fields(w.line()).items()}
+        assert st["under"] == 0 and st["over"] == 0, st
+    assert len(cluster.holders(data)) == 3
+    work = ("under", "over", "repairs_queued", "repairs_running")
+    assert poll(lambda: not any(status(cluster)[k] for k in work), 10), status(cluster)
+
+
 def test_a_lost_catalog_is_rebuilt_from_the_servers(cluster):
     import shutil
 

@@ -492,6 +492,48 @@ def test_a_file_looked_at_while_its_copies_are_made_is_looked_at_again_once_they
     cat.close()
 
 
+def test_a_file_counts_under_or_over_from_its_change_until_its_copies_are_made(catalogs):
+    """STATUS's ``under`` and ``over`` count a file from the moment its
+    wanted count changes (from its copies on the servers up), and stop
+    counting it as each copy is made, not only once the reconciler looks
+    at it again."""
+    cat, clock, roster, view, copier, rec = make(catalogs, 10)
+    up = [m.id for m in roster.up()]
+    cat.set_replicas("f000001", 1, up)  # it has 2
+    c = cat.counts()
+    assert (c.under, c.over, c.moves, c.fresh) == (0, 1, 1, 0)
+    cat.set_replicas("f000001", 4, up)
+    c = cat.counts()
+    assert (c.under, c.over, c.moves, c.fresh) == (1, 0, 2, 0)
+    roster.members["c"].state = "down"  # of its servers a and c, one seen up
+    cat.set_replicas("f000002", 2, [m.id for m in roster.up()])
+    c = cat.counts()
+    assert (c.under, c.over, c.moves, c.fresh) == (2, 0, 3, 0)
+    roster.members["c"].state = "up"
+    cat.set_replicas("f000002", 2, up)
+    cat.set_replicas("f000004", 3)  # no servers given: counted once looked at
+    assert cat.counts().fresh == 1
+
+    seen = []
+    add_copy = view.add_copy
+
+    def counted(*args):
+        made = add_copy(*args)
+        seen.append(cat.counts())  # before the reconciler looks at the file again
+        return made
+
+    view.add_copy = counted
+    rec.start()
+    run(clock)
+    assert len(copies_on(cat, "f000001")) == 4 and len(copies_on(cat, "f000004")) == 3
+    made_for_1 = [c for c in seen if c.under]  # while f000001 or f000004 still short
+    assert seen[-1].under == 0 and seen[-1].moves == 0 and len(made_for_1) == len(seen) - 1
+    c = cat.counts()
+    assert (c.under, c.over, c.moves, c.fresh, c.queued) == (0, 0, 0, 0, 0)
+    rec.stop()
+    cat.close()
+
+
 def test_a_wait_for_copies_no_server_has_room_for_is_unavailable(catalogs):
     """REPLICAS ... WAIT answers ``unavailable`` when the cluster can no
     longer get there, a lack of room included; the reason is kept."""

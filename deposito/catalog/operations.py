@@ -387,7 +387,12 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         return self._tx(tx)
 
     @effects(durable=True, keeps_records=False, one_record=True)
-    def set_replicas(self, name: str, count: int) -> FileRecord | None:
+    def set_replicas(self, name: str, count: int, up: Iterable[str] | None = None) -> FileRecord | None:
+        """Change the wanted count and queue the file. ``up``: the servers
+        this proxy sees up; then the queue counts the file under or over at
+        once (STATUS), from its copies on them, as the reconciler would."""
+        up = None if up is None else builtins.list(up)
+
         def tx(db: Connection) -> FileRecord | None:
             row = db.execute("SELECT replicas, parts FROM files WHERE name = ?" + self.dialect.for_update,
                              (name,)).fetchone()
@@ -404,7 +409,12 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             else:
                 add_totals(db, 0, 0, count - row[0])
                 self._enqueue(db, [name])
-            return self._lookup(db, name)
+            record = self._lookup(db, name)
+            if up is not None and record is not None and not record.parts:
+                have = len(set(record.servers).intersection(up))
+                db.execute("UPDATE work SET wanted = ?, have = ?, moves = ? WHERE name = ?",
+                           (count, have, abs(count - have), name))
+            return record
         return self._tx(tx)
 
     @effects(durable=True, keeps_records=False, tells=True)
@@ -425,6 +435,9 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             db.execute(INSERT_COPY, (blob, server, now))
             self._servers_changed(db, [blob])
             self._enqueue(db, [name])
+            # one copy fewer to make: STATUS counts it before the reconciler looks again
+            db.execute("UPDATE work SET have = have + 1, moves = CASE WHEN moves > 0 THEN moves - 1 ELSE 0 END"
+                       " WHERE name = ? AND have < wanted", (name,))
             return True
         return self._tx(tx)
 

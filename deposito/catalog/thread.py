@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, TypeVar
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
@@ -408,8 +408,8 @@ class CatalogThread:
     def delete(self, name: str, expect: Expect | None = None) -> Deferred[Optional[FileRecord]]:
         return self._call(Catalog.delete, name, expect)
 
-    def set_replicas(self, name: str, count: int) -> Deferred[Optional[FileRecord]]:
-        return self._call(Catalog.set_replicas, name, count)
+    def set_replicas(self, name: str, count: int, up: Iterable[str] | None = None) -> Deferred[Optional[FileRecord]]:
+        return self._call(Catalog.set_replicas, name, count, up)
 
     def drop_copy(self, blob: str, server: str) -> Deferred[None]:
         return self._call(Catalog.drop_copy, blob, server)

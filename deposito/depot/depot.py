@@ -261,10 +261,10 @@ class Depot:
 
     async def replicas(self, name: str, count: int, wait: bool) -> tuple[FileRecord, int]:
         """Set the wanted count; with ``wait``, answer once the healthy count equals it."""
-        up = len(self.roster.up())
-        if count > up:
-            raise Unavailable(f"{count} copies wanted, {up} servers up")
-        record = await self.db.set_replicas(name, count)
+        up = [m.id for m in self.roster.up()]
+        if count > len(up):
+            raise Unavailable(f"{count} copies wanted, {len(up)} servers up")
+        record = await self.db.set_replicas(name, count, up)
         if record is None:
             raise NotFound(f"no file named {name}")
         self.log.info("{name} now wants {count} copies", name=name, count=count)
