@@ -346,7 +346,7 @@ def _status(client: BlockingClient, args: argparse.Namespace) -> None:
         _print_json(attrs.asdict(status))
         return
     for key, value in attrs.asdict(status).items():
-        print(f"{key + ':':16}{value}")
+        print(f"{key + ':':17}{value}")
 
 
 COMMANDS: dict[str, Callable[..., None]] = {

@@ -284,7 +284,8 @@ def test_stat_ls_rm_replicas_servers_status(fake: FakeProxy, capsys: pytest.Capt
     assert main(["status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["files"] == 2
     assert main(["status"]) == 0
-    assert "servers_up:     1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "servers_up:      1" in out and "repairs_running: 0" in out
 
 
 def test_ls_pages_through_and_prints_each_page_as_it_comes(fake: FakeProxy, monkeypatch: pytest.MonkeyPatch,
