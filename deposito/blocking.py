@@ -21,8 +21,12 @@ only into a path, or into a sink that has not been written to yet); a PUT,
 DELETE or REPLICAS cut off after it was sent raises
 :class:`~deposito.wire.OutcomeUnknown` and is never sent again by the client.
 
+With a single proxy, a connection the proxy closed while no request was
+under way (its idle timeout, a restart, making room for others) is opened
+again for the next request.
+
 Failures: an ``ERR`` reply raises its :mod:`deposito.errors` class; a
-connection that closes, breaks or times out raises
+connection that closes, breaks or times out during a request raises
 :class:`~deposito.client.ConnectionLost` (an ``OSError`` too) and, with a
 single proxy, the client is closed; failing to connect to a single proxy
 raises the socket's ``OSError`` (for example ``ConnectionRefusedError``), and
@@ -169,9 +173,11 @@ class BlockingClient:
         if conn is not None and not conn.closed:
             if not conn.gone():
                 return conn
-            if len(self.addresses) == 1:  # nothing sent yet: no reply of its can be taken for this request's
+            if len(self.addresses) == 1:  # closed by the proxy while idle: this request goes on a new one
                 conn.close()
-                raise ConnectionLost("closed by the proxy while idle")
+                self._first_answering([self._at], failures)
+                assert self._conn is not None
+                return self._conn
             tried.add(self._at)
             failures.append((show(self.address), "closed by the proxy"))
             conn.close()

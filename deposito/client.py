@@ -12,7 +12,9 @@ Failures arrive as exceptions:
 - the connection closed or broke before a reply was complete:
   :class:`ConnectionLost`, which is both a ``DepositoError`` and a
   ``ConnectionError`` (an ``OSError``); every request still waiting fails
-  with it, and so does every later request on that client;
+  with it, and so does every later request on that client (but a
+  connection the proxy closed while no request was under way, as its idle
+  timeout does, is opened again for the next request);
 - a reply the client cannot read: :class:`ProtocolError` (the connection is
   then closed, since what follows cannot be trusted);
 - bytes whose sha256 differs from the one the proxy announced:
@@ -177,14 +179,18 @@ class DepositoClient:
         """The connection for the next request: the one in use while it
         lasts, else one to the next proxy that answers (requests waiting
         meanwhile go there in the order they were made)."""
-        if not self._several() or self._closed or self.protocol.usable:
+        if self._closed or self.protocol.usable or self.doors is None:
             return defer.succeed(self.protocol)
-        assert self.doors is not None
+        if not self._several() and not self.protocol.lost_idle:  # lost mid-request: the client is closed
+            return defer.succeed(self.protocol)
         waiter: defer.Deferred[DepositoClientProtocol] = defer.Deferred()
         self._waiting.append(waiter)
         if len(self._waiting) == 1:
-            tried.add(self.doors.at)
-            order = [at for at in others(self.doors.at, len(self.doors.endpoints)) if at not in tried]
+            if self._several():
+                tried.add(self.doors.at)
+                order = [at for at in others(self.doors.at, len(self.doors.endpoints)) if at not in tried]
+            else:  # the one proxy closed it while idle: opened again
+                order = [self.doors.at]
             defer.ensureDeferred(self.doors.open(order, failures)).addBoth(self._switched)
         return waiter
 

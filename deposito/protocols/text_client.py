@@ -346,6 +346,8 @@ class DepositoClientProtocol(LineReceiver, TimeoutMixin):
         self._closeWaiters: list[defer.Deferred[None]] = []
         self._closing = False
         self._silent = False  # given up: a request had no answer for ``timeout`` seconds
+        self.lost_idle = False  # the proxy closed the connection while no request was under way
+        self._told_idle = False  # it said a line while nothing was asked (see lineReceived)
 
     # -- requests
 
@@ -418,8 +420,9 @@ class DepositoClientProtocol(LineReceiver, TimeoutMixin):
                     f"unexpected greeting {line[:200]!r}")
                 self.greeted.errback(error)
             return
-        if self._current is None:
-            self.log.warn("unexpected line from the proxy: {line!r}", line=line[:200])
+        if self._current is None:  # nothing asked: the proxy is closing this idle connection (saying why)
+            self.log.info("the proxy closes the connection: {line!r}", line=line[:200])
+            self._told_idle = True
             self.abandon()
             return
         self._current.lineReceived(line)
@@ -443,6 +446,7 @@ class DepositoClientProtocol(LineReceiver, TimeoutMixin):
         if self.greeting is None:
             self.greeted.errback(ConnectionLost(self._lost.message))
         pending = ([self._current] if self._current is not None else []) + list(self._queue)
+        self.lost_idle = not pending and (self._told_idle or not self._closing)
         self._current = None
         self._queue.clear()
         for request in pending:
