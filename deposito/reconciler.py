@@ -278,15 +278,19 @@ class Reconciler:
 
     async def _look_at(self, due: list[tuple[str, int, int]], records: list[FileRecord | None],
                        now: float) -> None:
-        """Drop what is over now; copies wait in the queue until every file
-        queued before them has been looked at once, so that they start most
-        endangered first across the whole queue, not just this page."""
+        """Drop what is over now; a file's copies wait until it has been
+        looked at once and ranked by how endangered it is. Fresh files come
+        first in the due work, so a batch queued at once (a dead server's
+        files) is ranked whole before its copies start, most endangered
+        first across the whole queue; files ranked already get their copies
+        whatever else is queued meanwhile (a stream of changes cannot hold
+        them back)."""
         outcomes: list[Outcome] = []
         drops: list[tuple[FileRecord, str]] = []
         copies: list[CopyTask] = []
         held: list[str] = []  # files this proxy is copying: still its own after settling
-        ranking = any(rank == 0 for _, _, rank in due)  # fresh files in the queue: rank them all first
         for (name, gen, rank), record in zip(due, records):
+            ranking = rank == 0  # fresh: ranked now, its copies planned when it comes up in its rank
             if record is None:
                 outcomes.append(Outcome(name, gen, None))
                 continue

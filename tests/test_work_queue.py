@@ -325,16 +325,51 @@ def test_the_sweep_finds_a_file_no_event_queued_in_bounded_pages(catalogs):
     cat.close()
 
 
+def test_a_stream_of_changes_does_not_hold_back_the_copies_of_files_already_ranked(catalogs):
+    """REPLICAS after REPLICAS, one arriving while each look is under way
+    (a busy proxy): copies are made meanwhile, not only once the stream
+    stops."""
+    cat, clock, roster, view, copier, rec = make(catalogs, 1000)
+    arrivals = iter(range(10**6))
+    copied_meanwhile = []
+
+    def due_work(now, limit):
+        n = next(arrivals)
+        if n < 300:
+            cat.set_replicas(f"f{n:06d}", 3)
+            copied_meanwhile.append(len(copier.copied))
+        return defer.succeed(cat.due_work(now, limit))
+
+    view.due_work = due_work
+    rec.start()
+    run(clock)
+    run(clock)
+    assert len(copied_meanwhile) == 300 and copied_meanwhile[-1] >= 250
+    assert sorted(copier.copied) == [f"f{n:06d}" for n in range(300)]
+    rec.stop()
+    cat.close()
+
+
 def test_most_endangered_first_and_a_page_at_a_time(catalogs):
     cat, clock, roster, view, copier, rec = make(catalogs, PAGE + 50)
     rec.concurrency = 1
+    instant = copier.copy_to_new_server
+
+    def copy_taking_a_while(record, sources, taken, rescue=False):
+        made = instant(record, sources, taken, rescue)
+        return task.deferLater(clock, 0.01, lambda: made.result)
+
+    copier.copy_to_new_server = copy_taking_a_while
     for i in range(PAGE + 50):
         cat.set_replicas(f"f{i:06d}", 3)
     store(cat, "lonely", ["a"], replicas=3)  # one copy left: it goes first
     cat.enqueue(["lonely"])
     rec.start()
-    run(clock)
-    assert copier.copied[0] == "lonely"
+    for _ in range(2000):
+        clock.advance(0.01)
+    # the 551 files queued at once are ranked before their copies start; only copies under way
+    # when lonely was ranked (in the last page, with files ranked before it) go first
+    assert copier.copied.index("lonely") <= rec.concurrency
     # each file is read to rank it (once more if its page held fresh ones), to copy it, and to
     # see it done: a few reads per file queued, never the whole queue per copy
     assert len(view.read) <= 4 * (PAGE + 51)
