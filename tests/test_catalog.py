@@ -1689,3 +1689,41 @@ def test_a_connection_whose_prepared_statements_are_gone_is_made_again(shared):
     a.db.conn.pgconn.exec_(b"DEALLOCATE ALL")  # behind psycopg's back
     assert a.batch([(Catalog.lookup, ("n0",))]) == [(True, None)]  # as the proxy calls it
     assert a.db is not before  # on a new connection
+
+
+def test_the_write_ahead_log_shrinks_back_once_a_long_read_lets_go(tmp_path, monkeypatch):
+    """SQLite: while a read holds its snapshot (a listing read slowly), no
+    checkpoint passes it and the log grows with every change; once it lets
+    go, the log file is cut back to WAL_KEPT, not kept at its largest."""
+    import os
+    import sqlite3
+
+    from deposito.catalog import sqlite as backend
+
+    monkeypatch.setattr(backend, "WAL_KEPT", 1 << 20)
+    cat = Catalog(str(tmp_path))
+    cat.db.execute("PRAGMA synchronous=OFF")  # (a test's catalog need not survive a power cut)
+    wal = tmp_path / "catalog.sqlite-wal"
+    reader = sqlite3.connect(tmp_path / "catalog.sqlite")
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM files").fetchone()
+
+    def store(i):
+        blob = f"{i:032x}"
+        v = cat.begin_upload(f"f{i}", blob, ["s1", "s2"])
+        assert cat.commit(f"f{i}", v, blob, 1, "x", 2, ["s1", "s2"], 0.0)
+
+    i = 0
+    while os.path.getsize(wal) < 8 << 20:
+        store(i)
+        i += 1
+    grown = os.path.getsize(wal)
+    reader.rollback()
+    reader.close()
+    smallest = grown
+    for j in range(i, i + 1000):  # the next changes checkpoint, then start the log again from its head
+        store(j)
+        smallest = min(smallest, os.path.getsize(wal))
+    assert smallest <= (1 << 20) + (64 << 10) < grown  # (the pages of the change that started it again)
+    assert len(cat.list()) == i + 1000
+    cat.close()

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from deposito.catalog.listing import IListingReactor, Listing, NameRange
 
 
+WAL_KEPT = 64 << 20  # bytes of write-ahead log file kept on disk after a checkpoint
+
+
 class SQLiteBackend:
     """The SQLite catalog in ``directory`` (made if absent)."""
 
@@ -47,6 +50,10 @@ class SQLiteBackend:
                 return db
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            # A listing read slowly holds its snapshot (up to MAX_AGE): no
+            # checkpoint passes it, so the log grows with every change
+            # meanwhile. Once one passes, the log file shrinks back to this.
+            db.execute(f"PRAGMA journal_size_limit={WAL_KEPT}")
         self._durable = True
         if self._file is None:
             self._file = _identity(self.path)
