@@ -1727,3 +1727,21 @@ def test_the_write_ahead_log_shrinks_back_once_a_long_read_lets_go(tmp_path, mon
     assert smallest <= (1 << 20) + (64 << 10) < grown  # (the pages of the change that started it again)
     assert len(cat.list()) == i + 1000
     cat.close()
+
+
+def test_claiming_garbage_reads_only_the_servers_asked_for(tmp_path):
+    """A dead server's copies, dropped once replaced, wait as garbage until
+    it comes back: the collector's claim (every 2 s) and STATUS must not
+    read them all each time."""
+    cat = Catalog(str(tmp_path))
+    cat.db.execute("BEGIN")
+    cat.db.executemany("INSERT INTO garbage (blob, server) VALUES (?, ?)",
+                       [(f"{i:032x}", "dead") for i in range(20000)])
+    cat.db.executemany("INSERT INTO garbage (blob, server) VALUES (?, ?)", [(f"{i:032x}", "a") for i in range(5)])
+    cat.db.execute("COMMIT")
+    steps = []
+    cat.db.set_progress_handler(lambda: steps.append(1), 1000)  # called every 1000 steps of the database's VM
+    assert sorted(cat.garbage(["a", "b"])) == [(f"{i:032x}", "a") for i in range(5)]
+    cat.db.set_progress_handler(None, 0)
+    assert len(steps) < 5, len(steps)  # a scan of the dead server's 20,000 would take about 200
+    cat.close()

@@ -95,6 +95,7 @@ OWNER_INDEXES = """CREATE INDEX IF NOT EXISTS intents_by_owner ON intents (owner
 CREATE INDEX IF NOT EXISTS work_by_owner ON work (owner);
 CREATE INDEX IF NOT EXISTS work_passed ON work (passed, due) WHERE passed IS NOT NULL;
 CREATE INDEX IF NOT EXISTS garbage_by_owner ON garbage (owner);
+CREATE INDEX IF NOT EXISTS garbage_by_server ON garbage (server, owner);
 CREATE INDEX IF NOT EXISTS files_by_parts ON files (parts) WHERE parts <> '';
 """
 
