@@ -382,6 +382,7 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off_to_make_room():
     waiting (and is told to come back); one more, after the client again
     took nothing for that long, cuts it off and is served."""
     from deposito.listening import MAKE_ROOM_AFTER
+    from tests.peers import let_go, read_to_end
 
     depot = FakeDepot()
     depot.files["big"] = bytes(range(256)) * (32 << 10)  # 8 MiB: far more than the sockets hold
@@ -405,15 +406,6 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off_to_make_room():
             if not chunk:
                 break
             got += chunk
-        return got
-
-    def read_to_end(peer):
-        got = 0
-        try:
-            while chunk := peer.recv(65536):
-                got += len(chunk)
-        except ConnectionResetError:
-            pass
         return got
 
     reader = connect()
@@ -442,13 +434,7 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off_to_make_room():
         assert taken < 8 << 20  # cut off: the rest of the answer never comes
         assert factory.cap.open == 1
     finally:
-        for peer in peers:
-            peer.close()
-        for _ in range(500):
-            if factory.cap.open == 0:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        yield port.stopListening()
+        yield let_go(peers, factory.cap, port)
 
 
 @pytest_twisted.inlineCallbacks

@@ -886,6 +886,7 @@ def test_a_connection_past_the_cap_is_answered_busy_and_closed():
     served; once both have idled a while, a newcomer closes the one heard
     from last longest ago, and is served."""
     from deposito.listening import MAKE_ROOM_AFTER, ConnectionCap, http_busy
+    from tests.peers import let_go
 
     resource = _Prompt()
     site = _PromptSite(resource)
@@ -926,14 +927,7 @@ def test_a_connection_past_the_cap_is_answered_busy_and_closed():
         assert reply.startswith(b"HTTP/1.1 200 ")
         assert (yield threads.deferToThread(everything, held[0])) == b""  # the one idle longest: closed
     finally:
-        extra.close()
-        for peer in held:
-            peer.close()
-        for _ in range(500):
-            if site.cap.open == 0:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        yield port.stopListening()
+        yield let_go([extra, *held], site.cap, port)
 
 
 @pytest_twisted.inlineCallbacks
@@ -944,6 +938,7 @@ def test_a_client_that_stops_reading_its_answer_gives_way_to_a_newcomer():
     after the client again took nothing for that long, cuts it off and is
     served."""
     from deposito.listening import MAKE_ROOM_AFTER, ConnectionCap, http_busy
+    from tests.peers import let_go, read_to_end
 
     site = _PromptSite(_Prompt())
     clock = task.Clock()
@@ -956,16 +951,6 @@ def test_a_client_that_stops_reading_its_answer_gives_way_to_a_newcomer():
     reader.settimeout(5)
     reader.connect(address)
     peers = [reader]
-
-    def read_to_end(peer):
-        got = 0
-        try:
-            while chunk := peer.recv(65536):
-                got += len(chunk)
-        except ConnectionResetError:
-            pass
-        return got
-
     try:
         head = yield threads.deferToThread(_http, reader, b"GET /unfinished HTTP/1.1\r\nHost: x\r\n\r\n",
                                            lambda r: b"\r\n\r\n" in r)
@@ -986,13 +971,7 @@ def test_a_client_that_stops_reading_its_answer_gives_way_to_a_newcomer():
         assert (yield threads.deferToThread(read_to_end, reader)) < 8 << 20  # cut off
         assert site.cap.open == 1
     finally:
-        for peer in peers:
-            peer.close()
-        for _ in range(500):
-            if site.cap.open == 0:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        yield port.stopListening()
+        yield let_go(peers, site.cap, port)
 
 
 def test_a_request_line_too_long_is_answered_400():
