@@ -64,6 +64,9 @@ MAX_CONNECTIONS = 1024  # connections open at once on a client port (text, HTTP,
 
 
 MAKE_ROOM_AFTER = 2.0  # seconds a client connection must have been silent, and between requests, to give way
+STOPPED_AFTER = 20.0  # seconds a client must have taken no byte of an answer waiting for it, to be cut off
+# (a client reading slowly is acknowledged a window at a time, a few segments: on loopback, 64 KiB or
+# more, so a reader of 10 KiB/s may go 10 s with nothing acknowledged)
 
 
 class Capped(Protocol):
@@ -89,9 +92,10 @@ class ConnectionCap:
 
     A new connection past the cap closes the one that has been silent
     longest, if it has sent nothing for MAKE_ROOM_AFTER seconds and either
-    no request of it is under way, or its client has taken nothing of the
-    answer for that long (it stopped reading; the answer's bytes wait in
-    its socket): idle connections, however many, cannot keep clients out.
+    no request of it is under way, or its client has taken no byte of the
+    answer for STOPPED_AFTER seconds while the answer's bytes waited in its
+    socket (it stopped reading): idle connections, however many, cannot
+    keep clients out.
     Only when none of them qualifies is the new one told to come back later
     (how, each port says).
     """
@@ -101,7 +105,8 @@ class ConnectionCap:
     most: int
     clock: IReactorTime
     _heard: OrderedDict[Capped, float] = attrs.field(factory=OrderedDict)  # when each last sent a byte; oldest first
-    _taken: dict[Capped, int] = attrs.field(factory=dict)  # bytes its client had acknowledged when last looked at
+    # bytes its client had acknowledged, bytes of its answer waiting, since when (looked at while some waited)
+    _taken: dict[Capped, tuple[int, float]] = attrs.field(factory=dict)
 
     @property
     def open(self) -> int:
@@ -137,25 +142,27 @@ class ConnectionCap:
             if self._stopped_reading(connection):
                 self.leave(connection)
                 self.log.info("the port is full: cut off {peer}, which took nothing of its answer for"
-                              " {seconds:.0f} s", peer=str(connection.transport.getPeer()), seconds=MAKE_ROOM_AFTER)
+                              " {seconds:.0f} s", peer=str(connection.transport.getPeer()), seconds=STOPPED_AFTER)
                 cut_off(connection.transport)
                 return True
             self.heard(connection)  # a long request, answered slowly: not idle
         return False
 
     def _stopped_reading(self, connection: Capped) -> bool:
-        """Whether ``connection``'s client took no byte since it was last
-        looked at (MAKE_ROOM_AFTER ago at least: it was heard then), and
-        bytes of its answer wait for it."""
+        """Whether ``connection``'s client took no byte of its answer, whose
+        bytes waited in its socket, over looks STOPPED_AFTER apart at least."""
         if not connection.answers_a_client() or not is_plain_tcp(connection.transport):
             return False  # (the bytes of TLS cannot be told apart here: its stall timeout ends it)
-        now = taken(connection.transport.getHandle())
-        if now is None:
+        counts = taken(connection.transport.getHandle())
+        if counts is None or counts[1] == 0:  # nothing waits for the client: it is not holding anything up
+            self._taken.pop(connection, None)
             return False
-        acknowledged, queued = now
-        before = self._taken.get(connection)
-        self._taken[connection] = acknowledged
-        return queued > 0 and before == acknowledged
+        acknowledged, now = counts[0], self.clock.seconds()
+        before, since = self._taken.get(connection, (None, now))
+        if before != acknowledged:
+            self._taken[connection] = (acknowledged, now)
+            return False
+        return now - since >= STOPPED_AFTER
 
 
 def cut_off(transport: Any) -> None:

@@ -379,9 +379,9 @@ def test_a_connection_with_a_request_under_way_never_gives_way():
 def test_a_client_that_stops_reading_its_answer_is_cut_off_to_make_room():
     """A port of one connection, held by a GET whose client read a little
     and stopped: a newcomer after MAKE_ROOM_AFTER finds the answer's bytes
-    waiting (and is told to come back); one more, after the client again
-    took nothing for that long, cuts it off and is served."""
-    from deposito.listening import MAKE_ROOM_AFTER
+    waiting (and is told to come back); one more, once the client took
+    nothing for STOPPED_AFTER, cuts it off and is served."""
+    from deposito.listening import MAKE_ROOM_AFTER, STOPPED_AFTER
     from tests.peers import let_go, read_to_end
 
     depot = FakeDepot()
@@ -423,7 +423,7 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off_to_make_room():
         assert (yield threads.deferToThread(read_until, refused, b"\n")).startswith(
             b"ERR unavailable too many connections")  # what the reader took was only looked at now
 
-        clock.advance(MAKE_ROOM_AFTER)
+        clock.advance(STOPPED_AFTER)
         newcomer = connect()
         peers.append(newcomer)
         assert (yield threads.deferToThread(read_until, newcomer, b"\n")).startswith(b"OK deposito")
@@ -433,6 +433,52 @@ def test_a_client_that_stops_reading_its_answer_is_cut_off_to_make_room():
         taken = yield threads.deferToThread(read_to_end, reader)
         assert taken < 8 << 20  # cut off: the rest of the answer never comes
         assert factory.cap.open == 1
+    finally:
+        yield let_go(peers, factory.cap, port)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_reads_slowly_is_never_cut_off_to_make_room():
+    """A port of one connection, held by a GET whose client reads 24 KiB
+    between newcomers 2.5 s apart: its kernel acknowledges a window at a
+    time (on loopback, every 64 KiB or so), so several looks in a row see
+    nothing taken; it is never cut off, and gets every byte."""
+    from deposito.listening import MAKE_ROOM_AFTER
+    from tests.peers import let_go
+
+    depot = FakeDepot()
+    depot.files["big"] = bytes(range(256)) * (32 << 10)  # 8 MiB
+    clock = task.Clock()
+    factory = DepotFactory(depot, clock=clock, max_connections=1)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    address = ("127.0.0.1", port.getHost().port)
+    reader = socket.create_connection(address, timeout=5)
+    peers = [reader]
+
+    def read(peer, count):
+        got = b""
+        while len(got) < count:
+            chunk = peer.recv(count - len(got))
+            assert chunk, got[-200:]
+            got += chunk
+        return got
+
+    try:
+        greeting = yield threads.deferToThread(read, reader, len(b"OK deposito x ready\r\n") - 1)
+        assert greeting.startswith(b"OK deposito")
+        reader.sendall(b"GET big\n")
+        taken = 0
+        for _ in range(8):  # 20 s of the cap's clock
+            taken += len((yield threads.deferToThread(read, reader, 24 << 10)))
+            yield task.deferLater(reactor, 0.2, lambda: None)  # what it took is acknowledged, or not, by now
+            clock.advance(MAKE_ROOM_AFTER + 0.5)
+            newcomer = socket.create_connection(address, timeout=5)
+            peers.append(newcomer)
+            refused = yield threads.deferToThread(read, newcomer, 10)
+            assert refused.startswith(b"ERR unava"), refused
+        rest = yield threads.deferToThread(read, reader, (8 << 20) - taken)  # all of it still comes
+        whole = greeting + rest
+        assert len(rest) == (8 << 20) - taken and not whole.endswith(b"\r\n\r\n")
     finally:
         yield let_go(peers, factory.cap, port)
 

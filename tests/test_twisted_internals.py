@@ -935,9 +935,9 @@ def test_a_client_that_stops_reading_its_answer_gives_way_to_a_newcomer():
     """A site with a cap of 1, held by a request whose answer is under way
     and whose client stopped reading it: a newcomer after MAKE_ROOM_AFTER
     finds the answer's bytes waiting (and is answered busy); one more,
-    after the client again took nothing for that long, cuts it off and is
+    once the client took nothing for STOPPED_AFTER, cuts it off and is
     served."""
-    from deposito.listening import MAKE_ROOM_AFTER, ConnectionCap, http_busy
+    from deposito.listening import MAKE_ROOM_AFTER, STOPPED_AFTER, ConnectionCap, http_busy
     from tests.peers import let_go, read_to_end
 
     site = _PromptSite(_Prompt())
@@ -962,7 +962,7 @@ def test_a_client_that_stops_reading_its_answer_gives_way_to_a_newcomer():
         reply = yield threads.deferToThread(_http, refused, b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n",
                                             lambda r: r.endswith(b"too many\n"))
         assert reply.startswith(b"HTTP/1.1 503 ")
-        clock.advance(MAKE_ROOM_AFTER)
+        clock.advance(STOPPED_AFTER)
         newcomer = socket.create_connection(address, timeout=5)
         peers.append(newcomer)
         reply = yield threads.deferToThread(_http_until, newcomer, b"GET /sized HTTP/1.1\r\nHost: x\r\n\r\n",
