@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Iterable, cast
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -393,7 +394,7 @@ async def _choose(connect: Connect, local: LocalConnect | None, member: Member,
         except Exception as e:
             if not member.up:  # taken for down meanwhile: on to the next copy
                 raise
-            Upload.log.info("the local port of {id} failed ({why}): relaying", id=member.id, why=str(e))
+            Upload.log.info("the local port of {id} failed ({why}): relaying", id=member.id, why=why_not_connected(e))
         else:
             if client is not None:
                 return client, _hand_off
@@ -401,6 +402,15 @@ async def _choose(connect: Connect, local: LocalConnect | None, member: Member,
     if big and can_splice(client.transport, target):
         return client, _relay
     return client, _plain
+
+
+def why_not_connected(error: Exception) -> str:
+    """``error``'s message for a log line; Twisted's ConnectError that
+    holds the Failure which ended the connection gives that Failure's
+    message, not its whole text."""
+    if isinstance(error, ConnectError) and error.args and isinstance(error.args[0], Failure):
+        return f"{error.MESSAGE}: {error.args[0].getErrorMessage()}"
+    return str(error)
 
 
 async def _hand_off(client: BlobClient, read: _Reading) -> None:

@@ -166,3 +166,19 @@ def test_a_small_read_refused_or_miscounted_closes_the_connection_and_logs_no_st
     finally:
         globalLogPublisher.removeObserver(seen.append)
     assert not [e for e in seen if e.get("isError") or "Unhandled" in str(e.get("log_format", ""))]
+
+
+def test_a_connect_error_holding_a_failure_is_told_by_its_message_not_its_text():
+    """The local port of a server that closes at once (full, say) makes the
+    proxy log why and relay: the line names the reason, with no Failure's
+    text ("Traceback ...") in it."""
+    from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
+    from twisted.python.failure import Failure
+
+    from deposito.transfer import why_not_connected
+
+    assert why_not_connected(ConnectError(string=Failure(ConnectionDone()))) == (
+        "An error occurred while connecting: Connection was closed cleanly.")
+    assert why_not_connected(ConnectionRefusedError()) == str(ConnectionRefusedError())
+    assert "Traceback" not in str(ConnectError(string="x")) and why_not_connected(ConnectError(string="x")) == (
+        "An error occurred while connecting: x.")
