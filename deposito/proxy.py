@@ -8,11 +8,13 @@ from twisted.application import service
 from twisted.internet import task
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger, globalLogPublisher
+from twisted.python.failure import Failure
 
 from deposito.catalog import Catalog, CatalogThread, backend_for
+from deposito.catalog.schema import NewerSchema
 from deposito.depot import Depot
 from deposito.events import EventLog, MeteredDepot, Metrics
-from deposito.listening import Listening
+from deposito.listening import Listening, end_process
 from deposito.protocols.cluster import HEARTBEAT, MemberFactory
 from deposito.protocols.text import DepotFactory
 from deposito.roster import Roster
@@ -62,7 +64,7 @@ class ProxyService(service.MultiService):
     def startService(self) -> None:
         globalLogPublisher.addObserver(self.events)
         self.db.start()
-        ensureDeferred(self.depot.start()).addErrback(lambda f: self.log.failure("starting the depot", f))
+        ensureDeferred(self.depot.start()).addErrback(self._not_started)
         if self.db.catalog.backend.shared:
             self.log.info("proxy catalog in PostgreSQL at {url}", url=_without_password(self.catalog_url))
         else:
@@ -71,6 +73,13 @@ class ProxyService(service.MultiService):
             self.log.warn("no --secret: any process that reaches the cluster port can join as a storage server")
         self._deaths.start(min(1.0, self.roster.dead_after / 4), now=False)
         super().startService()
+
+    def _not_started(self, failure: Failure) -> None:
+        if failure.check(NewerSchema):  # (a SQLite catalog is opened before: see proxy_tap)
+            self.log.critical("{why}; stopping", why=failure.getErrorMessage())
+            end_process(self.reactor)
+        else:
+            self.log.failure("starting the depot", failure)
 
     async def _stop(self) -> None:
         await super().stopService()

@@ -97,12 +97,15 @@ def makeService(options: Options):
     diagnostics.stacks_on_signal(options["data"])
 
     from deposito.catalog.database import Damaged
+    from deposito.catalog.schema import NewerSchema
 
     try:
         return _proxy_service(reactor, options)
     except Damaged as e:
         raise SystemExit(f"deposito-proxy: {e}: move it aside, and start with --rebuild to make it again"
                          " from the storage servers") from None
+    except NewerSchema as e:
+        raise SystemExit(f"deposito-proxy: {e}") from None
 
 
 def _proxy_service(reactor: Any, options: Options) -> Any:  # (its modules load only when it starts)

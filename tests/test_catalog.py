@@ -10,6 +10,7 @@ from zope.interface.verify import verifyObject
 
 from deposito.catalog import Catalog, CatalogThread, Outcome
 from deposito.catalog.database import Database
+from deposito.catalog.schema import SCHEMA_VERSION
 from deposito.errors import BadArgs, Conflict, NotEmpty, NotFound, Precondition
 from deposito.hidden import part_name
 from deposito.interfaces import ICatalog, IWorkCatalog
@@ -1292,7 +1293,7 @@ def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
     old.close()
     cat = Catalog(str(folder))
     try:
-        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         kept, docs = cat.lookup("kept.bin"), cat.lookup("docs/b.txt")
         assert kept.meta == "" and cat.buckets("", "", 100) == []
         assert (kept.version, kept.replicas, kept.servers) == (1, 3, ("s1", "s2"))
@@ -1534,11 +1535,11 @@ def test_a_refused_conditional_complete_leaves_the_upload_under_way(cat):
     assert cat.lookup("obj").parts == "a" * 32
 
 
-def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_5_in_place(postgres):
+def test_a_postgresql_catalog_of_schema_2_is_brought_to_this_schema_in_place(postgres):
     """Version 3 added files.meta and buckets, version 4 files.parts,
-    files.start and uploads, version 5 work.passed: a catalog of version 2
-    (made here by taking them away again) gets them when a proxy opens it,
-    its files as they were."""
+    files.start and uploads, version 5 work.passed, version 6 an index of
+    garbage by server: a catalog of version 2 (made here by taking them
+    away again) gets them when a proxy opens it, its files as they were."""
     from deposito.catalog.postgres import PostgresBackend
 
     url = postgres.database()
@@ -1550,12 +1551,15 @@ def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_5_in_place(postgr
         old.db.execute("ALTER TABLE work DROP COLUMN passed")
         old.db.execute("DROP TABLE buckets")
         old.db.execute("DROP TABLE uploads")
+        old.db.execute("DROP INDEX garbage_by_server")
         old.db.execute("UPDATE catalog_schema SET version = 2")
     finally:
         old.close()
     cat = Catalog(PostgresBackend(url))
     try:
-        assert cat.db.execute("SELECT version FROM catalog_schema").fetchone()[0] == 5
+        assert cat.db.execute("SELECT version FROM catalog_schema").fetchone()[0] == SCHEMA_VERSION
+        assert cat.db.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'garbage_by_server'"
+                              ).fetchone()[0] == 1
         cat.enqueue(["f"])
         assert cat.due_work(1.0, 10) == [("f", 0, 0)] and cat.next_due() == 0.0
         assert (cat.lookup("f").blob, cat.lookup("f").meta, cat.lookup("f").parts) == ("b1", "", "")
@@ -1564,6 +1568,31 @@ def test_a_postgresql_catalog_of_schema_2_is_brought_to_schema_5_in_place(postgr
     finally:
         cat.close()
         postgres.drop(url)
+
+
+def test_a_postgresql_catalog_of_a_newer_schema_is_refused_and_left_as_it_was(postgres):
+    """A catalog a newer Deposito made or upgraded: opening it raises
+    NewerSchema (the proxy stops, saying so) and changes nothing in it."""
+    from deposito.catalog.postgres import PostgresBackend
+    from deposito.catalog.schema import NewerSchema
+
+    url = postgres.database()
+    old = Catalog(PostgresBackend(url))
+    try:
+        old.commit("f", old.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
+        old.db.execute("UPDATE catalog_schema SET version = ?", (SCHEMA_VERSION + 1,))
+        tables = old.db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0]
+    finally:
+        old.close()
+    with pytest.raises(NewerSchema, match=f"schema version {SCHEMA_VERSION + 1}"):
+        Catalog(PostgresBackend(url))
+    import psycopg
+
+    with psycopg.connect(url) as look:
+        assert look.execute("SELECT version FROM catalog_schema").fetchall() == [(SCHEMA_VERSION + 1,)]
+        assert look.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == tables
+        assert look.execute("SELECT name, blob FROM files").fetchall() == [("f", "b1")]
+    postgres.drop(url)
 
 
 def test_a_catalog_whose_disk_is_full_refuses_changes_with_nospace_and_still_answers(tmp_path):

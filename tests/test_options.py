@@ -142,3 +142,33 @@ def test_a_catalog_file_that_is_not_a_database_stops_the_start_saying_what_to_do
     assert run.returncode != 0
     said = run.stderr.strip().splitlines()
     assert len(said) == 1 and str(tmp_path / "catalog.sqlite") in said[0] and "--rebuild" in said[0], run.stderr
+
+
+def test_a_catalog_of_a_newer_deposito_stops_the_start_and_is_left_as_it_was(tmp_path):
+    """A catalog made or upgraded by a newer version (its schema version
+    above this code's): twistd stops with one line that says so, and the
+    file is not touched (an older proxy must not change what it does not know)."""
+    import hashlib
+    import sqlite3
+    import subprocess
+    import sys
+
+    from deposito.catalog import Catalog
+    from deposito.catalog.schema import SCHEMA_VERSION
+
+    Catalog(str(tmp_path)).close()
+    db = sqlite3.connect(tmp_path / "catalog.sqlite")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    before = hashlib.sha256((tmp_path / "catalog.sqlite").read_bytes()).hexdigest()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    run = subprocess.run([twistd, "-n", "--pidfile", str(tmp_path / "p.pid"), "--logfile", str(tmp_path / "p.log"),
+                          "deposito-proxy", "--port", "tcp:0:interface=127.0.0.1",
+                          "--cluster-port", "tcp:0:interface=127.0.0.1", "--data", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    said = run.stderr.strip().splitlines()
+    assert len(said) == 1 and f"schema version {SCHEMA_VERSION + 1}" in said[0] and "newer" in said[0], run.stderr
+    assert not (tmp_path / "p.pid").exists()
+    assert hashlib.sha256((tmp_path / "catalog.sqlite").read_bytes()).hexdigest() == before

@@ -308,9 +308,7 @@ class PostgresBackend:
             db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
             db.execute("CREATE TABLE IF NOT EXISTS catalog_schema (version INTEGER NOT NULL)")
             version = self._version(db)
-            if version is not None and version > schema.SCHEMA_VERSION:
-                raise RuntimeError(f"the catalog's schema is version {version}; this proxy knows"
-                                   f" {schema.SCHEMA_VERSION} (is it newer?)")
+            schema.refuse_newer(version, "in PostgreSQL")
             if version != schema.SCHEMA_VERSION:
                 for statement in POSTGRESQL.ddl(schema.SCHEMA).split(";"):  # what is missing
                     if statement.strip():

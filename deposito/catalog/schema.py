@@ -158,11 +158,24 @@ CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 # them (see migrate). ``files`` is kept in name order (WITHOUT ROWID) with
 # its copies' servers beside each file (the ``copies`` rows, as a
 # space-separated sorted list, kept with every change of them), so that a
-# lookup is one row and a listing reads the table in order.
-SCHEMA_VERSION = 5
+# lookup is one row and a listing reads the table in order. 6: garbage is
+# indexed by server (OWNER_INDEXES, made by :func:`finish`).
+SCHEMA_VERSION = 6
 
 RECORD = "SELECT name, version, blob, size, sha256, replicas, servers, created, meta, parts FROM files"
 TOTALS = ("files", "bytes", "wanted")
+
+
+class NewerSchema(Exception):
+    """The catalog was made, or brought up to date, by a newer Deposito:
+    this one must not change what it does not know."""
+
+
+def refuse_newer(version: int | None, where: str) -> None:
+    """NewerSchema when ``version`` (the catalog's at ``where``) is newer than this code's."""
+    if version is not None and version > SCHEMA_VERSION:
+        raise NewerSchema(f"the catalog {where} has schema version {version}, and this proxy knows versions up to"
+                          f" {SCHEMA_VERSION}: a newer Deposito made or upgraded it; run that version")
 
 
 def outdated(db: sqlite3.Connection) -> bool:

@@ -84,6 +84,7 @@ class SQLiteBackend:
 
     def prepare(self, db: sqlite3.Connection) -> None:
         with self._readable():
+            schema.refuse_newer(db.execute("PRAGMA user_version").fetchone()[0], self.path)
             db.executescript(SQLITE.ddl(schema.SCHEMA))
             db.execute("BEGIN IMMEDIATE")
         try:
