@@ -416,6 +416,43 @@ class BlobStore:
         fsync_dir(self._dir(blob_id))
         self._tally(-size, -1)
 
+    def set_wanted(self, blob_id: str, replicas: int) -> bool:
+        """Keep ``replicas`` as the blob's wanted count in its metadata (what
+        a rebuild reads), durably; False when the blob is not here. The
+        attribute is replaced in one call; a .meta file is written aside
+        and renamed over the old one, so either record is whole at any time."""
+        path = self.path(blob_id)
+        try:
+            meta = meta_at(path)
+        except NotFound:
+            return False
+        if meta.replicas == replicas:
+            return True
+        meta = attrs.evolve(meta, replicas=replicas)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            beside = os.path.exists(path + ".meta")
+            if not beside and _set_meta_attr(fd, meta):
+                os.fsync(fd)
+                return True
+            temp = os.path.join(self.incoming, f"{blob_id}.{uuid.uuid4().hex[:8]}.meta")
+            with open(temp, "wb") as out:
+                out.write(meta.to_json())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, path + ".meta")
+            if not beside:  # (the attribute, if any, would be read first)
+                try:
+                    os.removexattr(fd, META_ATTR)
+                except OSError as e:
+                    if e.errno not in _NO_ATTR:
+                        raise
+                os.fsync(fd)
+            fsync_dir(self._dir(blob_id))
+        finally:
+            os.close(fd)
+        return True
+
     def delete(self, blob_id: str) -> bool:
         """Remove a blob and its metadata; False when it was not there."""
         ok, outcome = self.delete_together([blob_id])[0]

@@ -219,6 +219,11 @@ class Device:
         self._forget(blob_id)
         return self._deletes.submit(blob_id)
 
+    def set_wanted(self, blob_id: str, replicas: int) -> Deferred:
+        """Fires with whether the blob is here, its wanted count kept (see BlobStore.set_wanted)."""
+        self._forget(blob_id)
+        return self._write(self.store.set_wanted, blob_id, replicas)
+
     def open(self, blob_id: str) -> Deferred:
         """(file, metadata) of a blob, for :meth:`read_block`: at once when
         its metadata is kept and opening it cannot wait on the disk, else from

@@ -102,6 +102,11 @@ class ICopier(Interface):
         ``rescue``, no copy is whole: it is made from the good blocks of the
         copies ``sources`` set aside as corrupt (deposito.transfer.rescue_blob)."""
 
+    def keep_wanted(blob: str, count: int, holders: list[Member]) -> Awaitable[None]:
+        """Awaitable: ``count`` kept as the wanted count with the copies of
+        ``blob`` on ``holders`` (what a rebuild reads); raises when one of
+        them could not keep it."""
+
 
 class ICatalog(IWorkCatalog):
     """Everything the proxy needs of a catalog backend: the reconciler's
@@ -485,6 +490,10 @@ class IDevice(Interface):
 
     def delete(blob_id: str) -> Deferred[bool]:
         """Delete a blob; fires with whether it existed."""
+
+    def set_wanted(blob_id: str, replicas: int) -> Deferred[bool]:
+        """Keep ``replicas`` as the blob's wanted count (what a rebuild
+        reads), durably; fires with whether the blob is here."""
 
     def open(blob_id: str) -> Deferred[tuple[Reader, BlobMeta]]:
         """``(file, metadata)`` of a blob, for :meth:`read_block`; fails with NotFound."""

@@ -287,6 +287,7 @@ class Reconciler:
         them back)."""
         outcomes: list[Outcome] = []
         drops: list[tuple[FileRecord, str]] = []
+        keeps: list[tuple[int, Assessment, list[Member]]] = []  # (its outcome, the file, copies kept) of files over
         copies: list[CopyTask] = []
         held: list[str] = []  # files this proxy is copying: still its own after settling
         for (name, gen, rank), record in zip(due, records):
@@ -300,7 +301,10 @@ class Reconciler:
                 outcomes.append(Outcome(name, gen, now + LEASE, 1 + len(a.healthy), record.replicas, a.have,
                                         a.deficit))
                 continue
-            drops.extend((record, sid) for sid in drops_for(a))
+            dropping = drops_for(a)
+            drops.extend((record, sid) for sid in dropping)
+            if a.excess:
+                keeps.append((len(outcomes), a, [m for m in a.healthy if m.id not in dropping]))
             have = a.have - a.excess
             # No copy left anywhere (each found corrupt, say): its blocks may still be good
             # across the copies the servers set aside, each bad somewhere else.
@@ -318,6 +322,8 @@ class Reconciler:
                 outcomes.append(Outcome(name, gen, WAITING, WAITING_RANK, record.replicas, have, 0))
             else:
                 outcomes.append(Outcome(name, gen, None))
+        if keeps:
+            drops = await self._keep_wanted(keeps, drops, outcomes, now)
         if drops:
             for record, sid in drops:
                 self.log.info("dropping the copy of {name} on {id}", name=record.name, id=sid, event="drop")
@@ -327,6 +333,30 @@ class Reconciler:
         self.planned = sorted(self.planned + copies, key=endangered_first)
         self._planned.update(t.record.name for t in copies)
         self._start_copies()
+
+    async def _keep_wanted(self, keeps: list[tuple[int, Assessment, list[Member]]],
+                           drops: list[tuple[FileRecord, str]], outcomes: list[Outcome],
+                           now: float) -> list[tuple[FileRecord, str]]:
+        """Before a file's extra copies are dropped, the copies it keeps take
+        its wanted count into their metadata: a lowered count is what a
+        rebuild of the catalog finds then (it wants the most any copy says).
+        A file whose copies could not all take it keeps its extra copies,
+        and is looked at again after RETRY. Returns the drops that may go."""
+        async def keep(a: Assessment, kept: list[Member]) -> None:
+            await self.copier.keep_wanted(a.record.blob, a.record.replicas, kept)
+
+        results: list[tuple[bool, Any]] = await defer.DeferredList(
+            [defer.ensureDeferred(keep(a, kept)) for _, a, kept in keeps], consumeErrors=True)
+        stay = set()
+        for (i, a, _), (ok, failure) in zip(keeps, results):
+            if not ok:
+                record = a.record
+                self.log.warn("the copies of {name} could not all keep its wanted count ({why}): its extra copies"
+                              " stay until it is looked at again", name=record.name, why=failure.getErrorMessage())
+                stay.add(record.name)
+                outcomes[i] = Outcome(record.name, outcomes[i].gen, now + RETRY, 1 + a.have, record.replicas, a.have,
+                                      a.excess)
+        return [(record, sid) for record, sid in drops if record.name not in stay]
 
     def _start_copies(self) -> None:
         while self.planned and len(self.running) < self.concurrency and self._started:

@@ -97,6 +97,21 @@ def test_write_read_delete_real_bytes(tmp_path):
         c.end(*sums(b"hello"), meta='{"etag": "e", "user": {"who": "\u00e9 me"}}')
         assert (yield d).startswith(f"OK stored {kept}")
         assert device.store.meta(kept).meta == '{"etag": "e", "user": {"who": "\u00e9 me"}}'
+        # a wanted count changed later is kept with the blob, durably; a bad one is refused, the connection kept
+        assert (yield c.want(kept, 1)) == "OK" and device.store.meta(kept).replicas == 1
+        for bad in (0, 17):
+            try:
+                yield c.want(kept, bad)
+                raise AssertionError(f"a wanted count of {bad} was taken")
+            except BadArgs:
+                pass
+        try:
+            yield c.want(new_blob_id(), 2)
+            raise AssertionError("a count was kept for a blob that is not there")
+        except NotFound:
+            pass
+        assert device.store.meta(kept).replicas == 1 and (yield c.want(kept, 3)) == "OK"
+        assert device.store.meta(kept).replicas == 3
 
         sink = Sink()
         remaining = yield c.read_blob(blob, 1000, sink)

@@ -199,6 +199,32 @@ def test_metadata_lives_in_the_blob_file_or_beside_it_when_large(tmp_path):
     assert (store.used, store.count) == (0, 0)
 
 
+def test_a_wanted_count_kept_later_replaces_the_one_written_in_the_attribute_or_beside(tmp_path):
+    """set_wanted rewrites the count in the metadata, wherever it is, and
+    changes nothing else of it: read back here and by a new store's
+    inventory (what a rebuild reads); nothing is left in incoming/."""
+    store = BlobStore(str(tmp_path))
+    blobs = {}
+    for size in (5000, 300 * BLOCK):  # metadata in the attribute, and beside the blob
+        blob, data = new_blob_id(), os.urandom(size)
+        inc = store.begin(meta(blob, len(data)))
+        for i in range(0, len(data), 8 * BLOCK):
+            inc.write(data[i:i + 8 * BLOCK])
+        before = inc.commit(*sums(data))
+        blobs[blob] = (before, data)
+    for blob, (before, data) in blobs.items():
+        assert store.set_wanted(blob, 1)
+        assert store.meta(blob) == attrs.evolve(before, replicas=1)
+        f, _ = store.open(blob)
+        with f:
+            assert f.read() == data
+    assert {m.blob: m.replicas for m in BlobStore(str(tmp_path)).inventory()} == dict.fromkeys(blobs, 1)
+    assert not store.set_wanted(new_blob_id(), 1)
+    assert os.listdir(store.incoming) == []
+    small, big = blobs
+    assert sorted(os.path.basename(p) for p in files_under(store.blobs)) == sorted([small, big, big + ".meta"])
+
+
 def test_a_blob_whose_metadata_is_lost_or_unreadable_is_corrupt_not_absent(tmp_path):
     """Without its metadata a blob cannot be checked, so it is not served:
     reading it or checking it says Corrupt (the scrub then moves it aside),

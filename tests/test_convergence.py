@@ -314,7 +314,12 @@ def test_a_lost_catalog_is_rebuilt_from_the_servers(cluster):
         v2 = fields(w.put("rb/0", files["rb/0"][::-1], 3))["version"]  # a newer version wins
         files["rb/0"] = files["rb/0"][::-1]
         assert w.cmd("DELETE rb/4").startswith("OK")
-    assert poll(lambda: cluster.holders(files["rb/4"]) == [], 10)
+        # wanted counts changed since the PUT: the copies kept say the new one
+        assert w.put("rb/low", files["rb/1"] + b"low", 3).startswith("OK stored")
+        assert w.cmd("REPLICAS rb/low 1 WAIT") == "OK name=rb/low replicas=1 have=1"
+        assert w.cmd("REPLICAS rb/2 3 WAIT") == "OK name=rb/2 replicas=3 have=3"
+    files["rb/low"] = files["rb/1"] + b"low"
+    assert poll(lambda: cluster.holders(files["rb/4"]) == [] and len(cluster.holders(files["rb/low"])) == 1, 10)
     del files["rb/4"]
     cluster.kill_proxy()
     shutil.rmtree(cluster.root / "proxy")  # the catalog is gone
@@ -333,7 +338,10 @@ def test_a_lost_catalog_is_rebuilt_from_the_servers(cluster):
             head, got = w.get(name)
             assert got == data, name
         assert fields(w.cmd("STAT rb/0"))["version"] == v2
+        assert (fields(w.cmd("STAT rb/low"))["replicas"], fields(w.cmd("STAT rb/2"))["replicas"]) == ("1", "3")
         assert int(fields(w.put("rb/0", b"after", 1))["version"]) > int(v2)  # versions keep growing
+    time.sleep(2)  # and no copy is made again for the count it had
+    assert len(cluster.holders(files["rb/low"])) == 1 and len(cluster.holders(files["rb/2"])) == 3
 
 
 def test_an_empty_catalog_takes_in_the_servers_blobs_by_itself(cluster):

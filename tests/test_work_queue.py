@@ -15,6 +15,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from deposito.catalog import Catalog
+from deposito.errors import Unavailable
 from deposito.interfaces import ICopier, IWorkCatalog
 from deposito.reconciler import PAGE, SWEEP_PAGE, Reconciler
 from deposito.roster import Member, Roster
@@ -88,6 +89,15 @@ class Copier:
         self.roster = roster
         self.catalog = catalog
         self.copied: list[str] = []
+        self.kept: list[tuple[str, int, list[str]]] = []  # (blob, count, servers) as keep_wanted was told
+        self.refusing: set[str] = set()  # servers whose copies cannot keep a count
+
+    def keep_wanted(self, blob, count, holders):
+        refused = [m.id for m in holders if m.id in self.refusing]
+        if refused:
+            return defer.fail(Unavailable(f"{refused[0]} is out of reach"))
+        self.kept.append((blob, count, sorted(m.id for m in holders)))
+        return defer.succeed(None)
 
     def copy_to_new_server(self, record, sources, taken, rescue=False):
         ids = {m.id for m in taken}
@@ -171,6 +181,36 @@ def test_the_reconciler_reads_only_the_files_queued(catalogs, files):
     assert sorted(copier.copied) == short
     assert all(len(copies_on(cat, n)) == 3 for n in short)
     assert cat.counts().queued == 0
+    rec.stop()
+    cat.close()
+
+
+def test_a_lowered_count_goes_to_the_copies_kept_before_the_others_are_dropped(catalogs):
+    """REPLICAS down: the copies a file keeps take its new count first (what
+    a rebuild reads), then its extra copies are dropped; when one of the
+    copies kept cannot take it, nothing is dropped and the file is looked at
+    again after RETRY, still counted over."""
+    from deposito.reconciler import RETRY
+
+    cat, clock, roster, view, copier, rec = make(catalogs, 4)
+    rec.start()
+    blob = cat.lookup("f000000").blob  # on a and c
+    cat.set_replicas("f000000", 1)
+    copier.refusing = {"a", "c"}  # whichever is kept cannot take the count yet
+    rec.kick()
+    run(clock)
+    assert copier.kept == [] and copies_on(cat, "f000000") == ["a", "c"]
+    assert cat.counts().over == 1 and cat.garbage_count() == []
+    copier.refusing = set()
+    clock.advance(RETRY)
+    run(clock)
+    [(kept_blob, count, holders)] = copier.kept
+    assert (kept_blob, count) == (blob, 1) and copies_on(cat, "f000000") == holders and len(holders) == 1
+    assert cat.counts().over == 0 and cat.counts().queued == 0
+    cat.set_replicas("f000001", 3)  # up: the new copy is written with the new count, and no copy is told
+    rec.kick()
+    run(clock)
+    assert len(copier.kept) == 1 and len(copies_on(cat, "f000001")) == 3
     rec.stop()
     cat.close()
 

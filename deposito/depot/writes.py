@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from deposito.blobstore import new_blob_id
 from deposito.catalog import FileRecord
-from deposito.errors import NoSpace, Unavailable
+from deposito.errors import BadCommand, NoSpace, Unavailable
 from deposito.hidden import pointer_blob
 from deposito.interfaces import ICatalog, ICopier
 from deposito.placement import place, read_order
@@ -154,6 +154,18 @@ class Writer:
             newest = await self.db.commit(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, ids, now, u.meta,
                                           u.expect, u.bucket)
         return newest, FileRecord(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, tuple(ids), now, u.meta)
+
+    async def keep_wanted(self, blob: str, count: int, holders: list[Member]) -> None:
+        async def keep(member: Member) -> None:
+            client = await self.pool.connect(member)
+            try:
+                await client.want(blob, count)
+            except BadCommand:  # a server of a version before WANT: its copies keep the count they were written with
+                pass
+            finally:
+                self.pool.release(client)
+
+        await defer.gatherResults([defer.ensureDeferred(keep(m)) for m in holders], consumeErrors=True)
 
     def _place(self, count: int, size: int, taken: list[Member] | None = None) -> list[Member]:
         """Servers for ``count`` new copies (see placement.place), passing over

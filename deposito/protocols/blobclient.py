@@ -231,6 +231,12 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self.reply("DELETE " + " ".join(blobs))
         return d
 
+    def want(self, blob: str, replicas: int) -> defer.Deferred[str]:
+        """Make ``replicas`` the wanted count kept with the blob (WANT); fires with the reply line."""
+        d = self._expect()
+        self.reply(f"WANT {blob} {replicas}")
+        return d
+
     def read_blob(self, blob: str, offset: int, sink: Sink, relay_to: IStreamTransport | None = None,
                   length: int | None = None, set_aside: bool = False) -> defer.Deferred[int]:
         """Ask for the blob's bytes from ``offset`` to its end, or ``length``

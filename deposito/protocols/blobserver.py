@@ -35,7 +35,7 @@ Opened = Callable[[Reader, BlobMeta, int, int], None]  # (file, metadata, offset
 
 
 class BlobServerProtocol(LineProtocol, TimeoutMixin):
-    """Serves WRITE, READ and DELETE for one device."""
+    """Serves WRITE, READ, DELETE and WANT for one device."""
 
     log = Logger()
     idle_timeout = 120
@@ -266,6 +266,27 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             if told is None:
                 self.log.failure("deleting {count} blobs from {first}", failure, count=len(blobs), first=blob)
                 told = Internal("delete failed")
+            self.fail(told)
+            self.resumeProducing()
+
+        d.addCallbacks(done, failed)
+
+    # -- WANT
+
+    def do_WANT(self, blob: str, replicas: str) -> None:
+        count = parse_count(replicas, "replicas", 1, 16)
+        d = self.device.set_wanted(check_blob_id(blob), count)
+        self.paused = True  # lines wait
+
+        def done(here: bool) -> None:
+            self.reply("OK" if here else NotFound("no such blob").reply())
+            self.resumeProducing()
+
+        def failed(failure: Failure) -> None:
+            told = self.device.failed(failure)
+            if told is None:
+                self.log.failure("keeping the wanted count of {blob}", failure, blob=blob)
+                told = Internal("the wanted count could not be kept")
             self.fail(told)
             self.resumeProducing()
 

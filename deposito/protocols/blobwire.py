@@ -18,6 +18,10 @@ Requests (one line each, words as in the text protocol):
     DELETE <blob> [<blob> ...]
         reply ``OK deleted=<n> absent=<m>``: how many were there and are
         gone, and how many were not there. The deletes are durable first.
+    WANT <blob> <replicas>
+        reply ``OK`` once <replicas> is durably the wanted count in the
+        blob's metadata (what a rebuild of the catalog reads), ``ERR
+        notfound`` when the blob is not there.
 
 Errors are ``ERR <code> <message>``, as on the client port. The server's
 local port (deposito.protocols.handoff) speaks the same, plus KEY, OPEN and
