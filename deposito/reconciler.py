@@ -136,6 +136,7 @@ LEASE = 300.0  # a file with copies planned is not looked at again before this, 
 RETRY = 10.0  # a file whose copies all failed is looked at again after this
 WAITERS_EVERY = 1.0  # seconds between looks at the files a REPLICAS ... WAIT waits on
 LOOK_EVERY = 5.0  # seconds between looks at when the queue's next file is due: work other proxies queued or passed
+KEEPS_AT_ONCE = 16  # files whose copies are told their lowered count at once (see _keep_wanted)
 WAITING_RANK = 1000  # files that wait on a server come last among the due (0: not looked at yet)
 
 
@@ -345,8 +346,10 @@ class Reconciler:
         async def keep(a: Assessment, kept: list[Member]) -> None:
             await self.copier.keep_wanted(a.record.blob, a.record.replicas, kept)
 
+        few = defer.DeferredSemaphore(KEEPS_AT_ONCE)
         results: list[tuple[bool, Any]] = await defer.DeferredList(
-            [defer.ensureDeferred(keep(a, kept)) for _, a, kept in keeps], consumeErrors=True)
+            [few.run(keep, a, kept) for _, a, kept in keeps],
+            consumeErrors=True)
         stay = set()
         for (i, a, _), (ok, failure) in zip(keeps, results):
             if not ok:
