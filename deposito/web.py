@@ -366,10 +366,11 @@ class Downloads(Resource):
             request.finish()
             return
         error = await send_body(self.depot, request, record, start, length, f"HTTP download of {name}")
-        if error is not None:
-            for header in (b"content-range", b"content-disposition"):
+        if error is not None:  # (no byte was sent) none of the file's headers go with the error
+            for header in (b"etag", b"accept-ranges", b"x-deposito-version", b"content-range", b"content-disposition"):
                 request.responseHeaders.removeHeader(header)
-            _send(request, 503, b"text/plain; charset=utf-8", f"{error}\n".encode("utf-8"))
+            _send(request, 404 if isinstance(error, NotFound) else 503, b"text/plain; charset=utf-8",
+                  f"{error}\n".encode("utf-8"))
 
 
 def status_site(depot: IDepot, events: EventLog, metrics: Metrics, clock: IReactorTime,

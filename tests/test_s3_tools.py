@@ -326,6 +326,34 @@ def test_aws_s3api_head_object_and_ranged_get_object(s3, tmp_path):
     assert missing.returncode != 0 and b"404" in missing.stderr, missing.stderr
 
 
+def test_boto3_get_of_an_object_no_copy_can_serve_is_a_plain_503(s3):
+    """The only copy rotten (a byte flipped on its server's disk): GetObject
+    is answered 503 ServiceUnavailable, an error document with none of the
+    object's headers (its checksums made boto3's default client fail to
+    read the error: AttributeError, not a ClientError it retries)."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    s3.bucket("tools-rot")
+    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name=REGION, aws_access_key_id=s3.key_id,
+                          aws_secret_access_key=s3.secret, config=Config(retries={"max_attempts": 1}))
+    data = os.urandom(10_000)
+    client.put_object(Bucket="tools-rot", Key="only", Body=data, Metadata={"replicas": "1", "colour": "red"})
+    [holder] = s3.cluster.holders(data)
+    [blob] = [p for p in s3.cluster.blob_files(holder) if p.read_bytes() == data]
+    with open(blob, "r+b") as f:
+        f.seek(100)
+        f.write(bytes([data[100] ^ 0xFF]))
+    with pytest.raises(ClientError) as refused:
+        client.get_object(Bucket="tools-rot", Key="only")
+    answer = refused.value.response
+    assert answer["ResponseMetadata"]["HTTPStatusCode"] == 503 and answer["Error"]["Code"] == "ServiceUnavailable"
+    headers = answer["ResponseMetadata"]["HTTPHeaders"]
+    assert not [h for h in headers if h.startswith(("x-amz-checksum", "x-amz-meta", "etag", "last-modified"))], headers
+    assert headers["x-amz-request-id"] == answer["ResponseMetadata"]["RequestId"]
+
+
 def test_aws_with_a_wrong_secret_or_an_unknown_key_is_refused_and_stores_nothing(s3, tmp_path):
     s3.bucket("tools-auth")
     (tmp_path / "f.txt").write_bytes(b"not for them")

@@ -508,6 +508,23 @@ def test_downloads_fail_over_from_rotten_copies_and_the_page_tells(web):
     assert metrics(web.http)["deposito_bad_copies_total", L(reason="corrupt")] >= 1
 
 
+def test_a_download_no_copy_can_serve_is_a_503_without_the_files_headers(web):
+    """The only copy rotten: 503 and a line that says why, with none of the
+    headers of the file it could not send (its ETag above all)."""
+    data = os.urandom(10_000)
+    with web.wire() as w:
+        assert w.put("web/only", data, 1).startswith("OK stored")
+    [holder] = web.holders(data)
+    [blob] = [p for p in web.blob_files(holder) if p.read_bytes() == data]
+    with open(blob, "r+b") as f:
+        f.seek(100)
+        f.write(bytes([data[100] ^ 0xFF]))
+    status, headers, body = fetch(web.http, "/files/web%2Fonly")
+    assert status == 503 and b"no copy" in body, (status, body)
+    named = {k.lower() for k in headers}
+    assert not named & {"etag", "accept-ranges", "x-deposito-version", "content-disposition"}, headers
+
+
 @pytest.mark.slow
 def test_json_logs_from_twistd(tmp_path):
     """The README's recipe: ``twistd --logger deposito.events.json_log``."""

@@ -58,6 +58,7 @@ from deposito.web import parse_range, send_body
 log = Logger()
 
 XML_BODY_LIMIT = 1 << 20  # CreateBucket
+ANSWER_HEADERS = {b"x-amz-request-id", b"server", b"date"}  # those of any answer, an error's too
 IDLE_TIMEOUT = 60  # seconds a connection may send nothing (mid-body included)
 # Sub-resources of a bucket or an object that are not served (S3 has many).
 NOT_SERVED = {"acl", "policy", "tagging", "cors", "lifecycle", "website", "logging",
@@ -347,11 +348,14 @@ class Gateway:
             request.finish()
             return
         error = await send_body(self.depot, request, record, start, length, f"S3 GET of {record.name}")
-        if error is not None:
+        if error is not None:  # (no byte was sent) an error document, with none of the object's headers
             log.warn("S3 GET of {name} failed: {why}", name=record.name, why=error)
-            request.setResponseCode(503)
-            request.responseHeaders.removeHeader(b"content-range")
-            body = xmlwire.error_document(s3_error(error), "")
+            told = s3_error(error)
+            request.setResponseCode(told.status)
+            for name, _ in list(request.responseHeaders.getAllRawHeaders()):
+                if name.lower() not in ANSWER_HEADERS:
+                    request.responseHeaders.removeHeader(name)
+            body = xmlwire.error_document(told, call.request_id)
             request.setHeader(b"content-type", b"application/xml")
             request.setHeader(b"content-length", b"%d" % len(body))
             request.write(body)
