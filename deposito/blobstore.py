@@ -12,12 +12,14 @@ on the reactor.
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from typing import Callable, Iterator, cast
 
@@ -27,6 +29,7 @@ from deposito import diskio
 from deposito.blobmeta import BLOCK, BlobMeta, BlockSums, Corrupt, check_block
 from deposito.errors import BadArgs, NotFound
 
+GRACE = 10.0  # seconds a deleted blob can still be read (see BlobStore.open_trashed)
 BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
 SUBDIR = re.compile(r"^[0-9a-f]{2}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -216,14 +219,19 @@ def _install_and_sync(incoming: IncomingBlob) -> None:
 class BlobStore:
     """The blobs of one storage server, under one directory."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, grace: float = GRACE) -> None:
         self.root = os.path.abspath(root)
         self.blobs = os.path.join(self.root, "blobs")
         self.incoming = os.path.join(self.root, "incoming")
+        self.trash = os.path.join(self.root, "trash")
+        self.grace = grace
         os.makedirs(self.blobs, exist_ok=True)
-        # What an interrupted write left is never a blob: start clean.
-        shutil.rmtree(self.incoming, ignore_errors=True)
-        os.makedirs(self.incoming)
+        # What an interrupted write left is never a blob, and what was deleted stays so: start clean.
+        for folder in (self.incoming, self.trash):
+            shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(folder)
+        self._trashed: collections.deque[tuple[float, str]] = collections.deque()  # (when, path), oldest first
+        self._trash_lock = threading.Lock()  # deletes and the periodic emptying run on different threads
         # Group commits sync the whole filesystem, which covers the blobs only if it holds all of them.
         self.one_filesystem = len({os.stat(p).st_dev for p in (self.root, self.blobs, self.incoming)}) == 1
         self._tally_lock = threading.Lock()  # commits run on several threads
@@ -387,12 +395,18 @@ class BlobStore:
         is whole any more: see deposito.transfer.rescue_blob). NotFound when
         there is none; Corrupt when its metadata cannot be read or its size is
         not the blob's."""
-        path = os.path.join(self.root, "quarantine", check_blob_id(blob_id))
+        return self._open_in(os.path.join(self.root, "quarantine"), blob_id)
+
+    def _open_in(self, folder: str, blob_id: str) -> tuple[diskio.Reader, BlobMeta]:
+        """A blob moved aside into ``folder``, and its metadata: NotFound when
+        it is not there; Corrupt when its metadata cannot be read or its size
+        is not the blob's."""
+        path = os.path.join(folder, check_blob_id(blob_id))
         meta = meta_at(path)
         try:
-            reader = diskio.Reader(path)
+            reader = diskio.Reader(path, cached=meta.cached)
         except FileNotFoundError:
-            raise NotFound("no such blob set aside") from None
+            raise NotFound("no such blob") from None
         if reader.size != meta.size:
             reader.close()
             raise Corrupt(f"its file holds {reader.size} bytes, not {meta.size}")
@@ -463,7 +477,8 @@ class BlobStore:
     def delete_together(self, blob_ids: list[str]) -> list[tuple[bool, object]]:
         """Remove several blobs and their metadata, their directories made
         durable together (see :meth:`_sync_dirs`). Returns (True, whether it
-        was there) or (False, error) for each."""
+        was there) or (False, error) for each. Each goes to trash/ for
+        ``grace`` seconds (see :meth:`open_trashed`) before it is unlinked."""
         results: list[tuple[bool, object]] = []
         dirs: set[str] = set()
         for blob_id in blob_ids:
@@ -471,10 +486,7 @@ class BlobStore:
                 path = self.path(blob_id)
                 size = self._size(blob_id)
                 for p in (path, path + ".meta"):
-                    try:
-                        os.unlink(p)
-                    except FileNotFoundError:
-                        pass
+                    self._to_trash(p)
                 if size is not None:
                     dirs.add(self._dir(blob_id))
                     self._tally(-size, -1)
@@ -485,7 +497,45 @@ class BlobStore:
             self._sync_dirs(dirs)
         except Exception as e:
             return [(False, e)] * len(blob_ids)
+        self.empty_trash()
         return results
+
+    def _to_trash(self, path: str) -> None:
+        """Move a deleted file into trash/ (unlinked there after ``grace``;
+        at once when trash/ is on another filesystem)."""
+        aside = os.path.join(self.trash, os.path.basename(path))
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            os.unlink(path)
+            return
+        with self._trash_lock:
+            self._trashed.append((time.monotonic(), aside))
+
+    def empty_trash(self) -> int:
+        """Unlink what was deleted more than ``grace`` seconds ago; how many files."""
+        gone = 0
+        limit = time.monotonic() - self.grace
+        while True:
+            with self._trash_lock:
+                if not self._trashed or self._trashed[0][0] > limit:
+                    return gone
+                _, path = self._trashed.popleft()
+            try:
+                os.unlink(path)
+                gone += 1
+            except FileNotFoundError:
+                pass
+
+    def open_trashed(self, blob_id: str) -> tuple[diskio.Reader, BlobMeta]:
+        """A blob deleted less than ``grace`` seconds ago, opened to read: a
+        reader that found its version just before it was replaced still gets
+        it, from every copy (NotFound once it is gone for good)."""
+        return self._open_in(self.trash, blob_id)
 
     def _sync_dirs(self, dirs: set[str]) -> None:
         """Make the renames and unlinks done in ``dirs`` durable: one sync of

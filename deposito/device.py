@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
+from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -27,7 +28,7 @@ from deposito import diskio
 from deposito.batching import Batches, IBatchReactor
 from deposito.blobmeta import BLOCK, BlobMeta, Corrupt
 from deposito.blobstore import BlobStore, IncomingBlob
-from deposito.errors import DepositoError, Internal, NoSpace
+from deposito.errors import DepositoError, Internal, NoSpace, NotFound
 from deposito.interfaces import IDevice, IInventoryCursor
 
 
@@ -62,14 +63,23 @@ class Device:
         self._held_for = 0.0  # the last hold's length, also that of the next one if a probe fails
         self._now = memoryview(bytearray(BLOCK))  # blocks read on the reactor thread go here
         self._metas: OrderedDict[str, BlobMeta] = OrderedDict()
+        self._emptying = task.LoopingCall(self._empty_trash)  # what deletes leave when none follow
+        self._emptying.clock = reactor
 
     def start(self) -> None:
         for pool in (self._writer, self._readers, self._commits, self._deletes):
             pool.start()
+        self._emptying.start(self.store.grace, now=False)
 
     def stop(self) -> None:
+        if self._emptying.running:
+            self._emptying.stop()
         for pool in (self._writer, self._readers, self._commits, self._deletes):
             pool.stop()
+
+    def _empty_trash(self) -> None:
+        self._write(self.store.empty_trash).addErrback(
+            lambda f: self.log.warn("cannot empty trash/: {why}", why=f.getErrorMessage()))
 
     @property
     def used(self) -> int:
@@ -348,5 +358,8 @@ def _write_piece(incoming: IncomingBlob, buffer: Any, length: int) -> None:
 
 
 def _open_with_meta(store: BlobStore, blob_id: str) -> tuple[Any, BlobMeta]:
-    meta = store.meta(blob_id)
-    return store.reader(blob_id, meta), meta
+    try:
+        meta = store.meta(blob_id)
+        return store.reader(blob_id, meta), meta
+    except NotFound:  # deleted a moment ago (its version replaced as it was looked up): still read
+        return store.open_trashed(blob_id)

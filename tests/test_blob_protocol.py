@@ -66,7 +66,7 @@ def test_refused_write_closes_the_connection(tmp_path):
 
 @pytest_twisted.inlineCallbacks
 def test_write_read_delete_real_bytes(tmp_path):
-    device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 30)
+    device = Device(reactor, BlobStore(str(tmp_path), grace=0), capacity=1 << 30)  # deleted is gone at once
     device.start()
     port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(reactor, device))
     clients = []
@@ -462,6 +462,48 @@ def device(tmp_path):
     dev.stop()
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_blob_deleted_a_moment_ago_is_still_read_until_its_grace_is_over(tmp_path):
+    """A READ that comes just after the DELETE (its version replaced as the
+    proxy looked it up) still gets every byte, checked; once the grace is
+    over, and after a restart, the blob is gone for good. It no longer
+    counts, nor is it listed, from the DELETE on."""
+    store = BlobStore(str(tmp_path), grace=0.5)
+    device = Device(reactor, store, capacity=1 << 30)
+    device.start()
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        BlobServerFactory(reactor, device))
+    c = yield endpoints.connectProtocol(
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient(reactor))
+    try:
+        small, big = os.urandom(5000), os.urandom(3 << 20 | 5)
+        blobs = [(yield commit_blob(device, small)), (yield commit_blob(device, big))]
+        assert (yield c.delete_blobs(blobs)) == "OK deleted=2 absent=0"
+        assert (device.used, device.count) == (0, 0) and list(store.blob_ids()) == []
+        for blob, data in zip(blobs, (small, big)):
+            sink = Sink()
+            assert (yield c.read_blob(blob, 0, sink)) == len(data)
+            yield c.body
+            assert b"".join(sink.chunks) == data
+        yield deferLater(1.2)  # (emptied every grace)
+        assert os.listdir(store.trash) == []
+        for blob in blobs:
+            try:
+                yield c.read_blob(blob, 0, Sink())
+                raise AssertionError("read a blob deleted past its grace")
+            except NotFound:
+                pass
+        again = yield commit_blob(device, small)
+        yield device.delete(again)
+        assert os.listdir(store.trash) == [again]
+    finally:
+        c.transport.loseConnection()
+        yield port.stopListening()
+        yield settle()
+        device.stop()
+    assert os.listdir(BlobStore(str(tmp_path)).trash) == []  # what a restart finds in trash/ goes
+
+
 @defer.inlineCallbacks
 def commit_blob(device, data):
     """A blob of ``data`` written and committed through ``device`` (cached); its id."""
@@ -478,7 +520,7 @@ def commit_blob(device, data):
 def test_a_small_blob_opens_at_once_and_never_once_it_is_gone(tmp_path):
     from deposito import diskio
 
-    store = BlobStore(str(tmp_path))
+    store = BlobStore(str(tmp_path), grace=0)  # deleted is gone at once
     device = Device(reactor, store, capacity=1 << 30)
     device.start()
 
