@@ -231,7 +231,11 @@ class BlobStore:
             shutil.rmtree(folder, ignore_errors=True)
             os.makedirs(folder)
         self._trashed: collections.deque[tuple[float, str]] = collections.deque()  # (when, path), oldest first
+        self._trashed_at: dict[str, float] = {}  # path -> when its file was last trashed
         self._trash_lock = threading.Lock()  # deletes and the periodic emptying run on different threads
+        # A blob's file and its .meta move one after the other: a read that found the blob gone
+        # from blobs/ (see open_trashed) or a change of its metadata (set_wanted) waits till both have.
+        self._moving = threading.Lock()
         # Group commits sync the whole filesystem, which covers the blobs only if it holds all of them.
         self.one_filesystem = len({os.stat(p).st_dev for p in (self.root, self.blobs, self.incoming)}) == 1
         self._tally_lock = threading.Lock()  # commits run on several threads
@@ -435,15 +439,20 @@ class BlobStore:
         a rebuild reads), durably; False when the blob is not here. The
         attribute is replaced in one call; a .meta file is written aside
         and renamed over the old one, so either record is whole at any time."""
-        path = self.path(blob_id)
+        with self._moving:  # (not while a delete moves it to trash/: no .meta left behind)
+            return self._set_wanted(self.path(blob_id), replicas)
+
+    def _set_wanted(self, path: str, replicas: int) -> bool:
         try:
             meta = meta_at(path)
-        except NotFound:
+            fd = os.open(path, os.O_RDONLY)
+        except (NotFound, FileNotFoundError):
             return False
         if meta.replicas == replicas:
+            os.close(fd)
             return True
         meta = attrs.evolve(meta, replicas=replicas)
-        fd = os.open(path, os.O_RDONLY)
+        blob_id = meta.blob
         try:
             beside = os.path.exists(path + ".meta")
             if not beside and _set_meta_attr(fd, meta):
@@ -485,8 +494,9 @@ class BlobStore:
             try:
                 path = self.path(blob_id)
                 size = self._size(blob_id)
-                for p in (path, path + ".meta"):
-                    self._to_trash(p)
+                with self._moving:
+                    for p in (path, path + ".meta"):
+                        self._to_trash(p)
                 if size is not None:
                     dirs.add(self._dir(blob_id))
                     self._tally(-size, -1)
@@ -514,7 +524,9 @@ class BlobStore:
             os.unlink(path)
             return
         with self._trash_lock:
-            self._trashed.append((time.monotonic(), aside))
+            now = time.monotonic()
+            self._trashed.append((now, aside))
+            self._trashed_at[aside] = now
 
     def empty_trash(self) -> int:
         """Unlink what was deleted more than ``grace`` seconds ago; how many files."""
@@ -524,7 +536,10 @@ class BlobStore:
             with self._trash_lock:
                 if not self._trashed or self._trashed[0][0] > limit:
                     return gone
-                _, path = self._trashed.popleft()
+                when, path = self._trashed.popleft()
+                if self._trashed_at.get(path) != when:  # trashed again since: its own grace counts
+                    continue
+                del self._trashed_at[path]
             try:
                 os.unlink(path)
                 gone += 1
@@ -535,7 +550,8 @@ class BlobStore:
         """A blob deleted less than ``grace`` seconds ago, opened to read: a
         reader that found its version just before it was replaced still gets
         it, from every copy (NotFound once it is gone for good)."""
-        return self._open_in(self.trash, blob_id)
+        with self._moving:
+            return self._open_in(self.trash, blob_id)
 
     def _sync_dirs(self, dirs: set[str]) -> None:
         """Make the renames and unlinks done in ``dirs`` durable: one sync of

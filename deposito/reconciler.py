@@ -304,7 +304,7 @@ class Reconciler:
                 continue
             dropping = drops_for(a)
             drops.extend((record, sid) for sid in dropping)
-            if a.excess:
+            if a.have + len(a.waiting) > record.replicas:  # over (or would be, with the servers down back)
                 keeps.append((len(outcomes), a, [m for m in a.healthy if m.id not in dropping]))
             have = a.have - a.excess
             # No copy left anywhere (each found corrupt, say): its blocks may still be good
@@ -341,8 +341,10 @@ class Reconciler:
         """Before a file's extra copies are dropped, the copies it keeps take
         its wanted count into their metadata: a lowered count is what a
         rebuild of the catalog finds then (it wants the most any copy says).
-        A file whose copies could not all take it keeps its extra copies,
-        and is looked at again after RETRY. Returns the drops that may go."""
+        So do the copies of a file that is over only once its servers down
+        are back (lowered meanwhile: nothing to drop yet). A file whose
+        copies could not all take it keeps its extra copies, and is looked
+        at again after RETRY. Returns the drops that may go."""
         async def keep(a: Assessment, kept: list[Member]) -> None:
             await self.copier.keep_wanted(a.record.blob, a.record.replicas, kept)
 

@@ -225,6 +225,71 @@ def test_a_wanted_count_kept_later_replaces_the_one_written_in_the_attribute_or_
     assert sorted(os.path.basename(p) for p in files_under(store.blobs)) == sorted([small, big, big + ".meta"])
 
 
+def test_a_blob_deleted_twice_keeps_the_grace_of_its_last_delete(tmp_path):
+    """The same blob written to a server again (a copy made anew) and
+    deleted again: the first delete's grace does not cut the second's short."""
+    import time
+
+    store = BlobStore(str(tmp_path), grace=0.6)
+    blob, data = new_blob_id(), os.urandom(5000)
+    for _ in range(2):
+        inc = store.begin(meta(blob, len(data)))
+        inc.write(data)
+        inc.commit(*sums(data))
+        assert store.delete(blob)
+        time.sleep(0.4)
+    assert store.empty_trash() == 0  # the first delete's time is past, not the second's
+    reader, got = store.open_trashed(blob)
+    reader.close()
+    assert got.size == len(data)
+    time.sleep(0.3)
+    assert store.empty_trash() == 1 and os.listdir(store.trash) == []
+    assert not store.set_wanted(blob, 1) and files_under(store.blobs) == []  # no metadata made for a blob gone
+
+
+def test_reads_of_a_blob_being_deleted_never_see_half_a_move(tmp_path, monkeypatch):
+    """A blob whose metadata is beside it (.meta): a delete moves the two
+    files one after the other, and a read meanwhile finds the blob whole,
+    here or in trash/, never 'its metadata is lost' (taken for corrupt)."""
+    import threading
+    import time
+
+    import deposito.blobstore
+    from deposito.device import _open_with_meta
+
+    monkeypatch.setattr(deposito.blobstore, "_set_meta_attr", lambda fd, m: False)
+    store = BlobStore(str(tmp_path), grace=1000)
+    blob, data = new_blob_id(), os.urandom(20_000)
+    inc = store.begin(meta(blob, len(data)))
+    inc.write(data)
+    inc.commit(*sums(data))
+    seen: dict[str, int] = {}
+    stop = time.monotonic() + 2.0
+    back = threading.Lock()
+
+    def read() -> None:
+        while time.monotonic() < stop:
+            with back:
+                try:
+                    reader, _ = _open_with_meta(store, blob)
+                    reader.close()
+                    outcome = "ok"
+                except Exception as e:
+                    outcome = type(e).__name__
+            seen[outcome] = seen.get(outcome, 0) + 1
+
+    reading = threading.Thread(target=read)
+    reading.start()
+    while time.monotonic() < stop:
+        store.delete(blob)
+        with back:  # put it back, unseen by the reader
+            for name in (blob + ".meta", blob):
+                os.replace(os.path.join(store.trash, name), os.path.join(store._dir(blob), name))
+            store.count, store.used = 1, len(data)
+    reading.join()
+    assert set(seen) == {"ok"}, seen
+
+
 def test_a_blob_whose_metadata_is_lost_or_unreadable_is_corrupt_not_absent(tmp_path):
     """Without its metadata a blob cannot be checked, so it is not served:
     reading it or checking it says Corrupt (the scrub then moves it aside),

@@ -215,6 +215,29 @@ def test_a_lowered_count_goes_to_the_copies_kept_before_the_others_are_dropped(c
     cat.close()
 
 
+def test_a_count_lowered_while_a_copy_is_down_goes_to_the_copies_up_at_once(catalogs):
+    """Lowered while one of its servers is down: nothing to drop yet (the
+    copies up are the count), but they take the new count now (a rebuild
+    would find it); the copy down is dropped once its server is back."""
+    cat, clock, roster, view, copier, rec = make(catalogs, 4)
+    rec.start()
+    cat.set_replicas("f000000", 3)  # on a and c, then a third copy
+    rec.kick()
+    run(clock)
+    third = [s for s in copies_on(cat, "f000000") if s not in ("a", "c")]
+    assert len(third) == 1 and copier.kept == []
+    turn(rec, clock, roster.members["c"], "down")
+    cat.set_replicas("f000000", 2)
+    rec.kick()
+    run(clock)
+    assert copier.kept == [(cat.lookup("f000000").blob, 2, sorted(["a", *third]))]
+    assert copies_on(cat, "f000000") == sorted(["a", "c", *third])  # nothing dropped while c is away
+    turn(rec, clock, roster.members["c"], "up")
+    assert len(copies_on(cat, "f000000")) == 2 and cat.counts().over == 0
+    rec.stop()
+    cat.close()
+
+
 def test_a_server_that_goes_queues_exactly_its_files_and_they_are_copied_again(catalogs):
     cat, clock, roster, view, copier, rec = make(catalogs, 1200)
     rec.start()
