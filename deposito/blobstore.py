@@ -219,12 +219,13 @@ def _install_and_sync(incoming: IncomingBlob) -> None:
 class BlobStore:
     """The blobs of one storage server, under one directory."""
 
-    def __init__(self, root: str, grace: float = GRACE) -> None:
+    def __init__(self, root: str, grace: float = GRACE, clock: Callable[[], float] = time.monotonic) -> None:
         self.root = os.path.abspath(root)
         self.blobs = os.path.join(self.root, "blobs")
         self.incoming = os.path.join(self.root, "incoming")
         self.trash = os.path.join(self.root, "trash")
         self.grace = grace
+        self.clock = clock  # when a file went to trash/ (seconds, any origin)
         os.makedirs(self.blobs, exist_ok=True)
         # What an interrupted write left is never a blob, and what was deleted stays so: start clean.
         for folder in (self.incoming, self.trash):
@@ -524,14 +525,14 @@ class BlobStore:
             os.unlink(path)
             return
         with self._trash_lock:
-            now = time.monotonic()
+            now = self.clock()
             self._trashed.append((now, aside))
             self._trashed_at[aside] = now
 
     def empty_trash(self) -> int:
         """Unlink what was deleted more than ``grace`` seconds ago; how many files."""
         gone = 0
-        limit = time.monotonic() - self.grace
+        limit = self.clock() - self.grace
         while True:
             with self._trash_lock:
                 if not self._trashed or self._trashed[0][0] > limit:

@@ -228,21 +228,20 @@ def test_a_wanted_count_kept_later_replaces_the_one_written_in_the_attribute_or_
 def test_a_blob_deleted_twice_keeps_the_grace_of_its_last_delete(tmp_path):
     """The same blob written to a server again (a copy made anew) and
     deleted again: the first delete's grace does not cut the second's short."""
-    import time
-
-    store = BlobStore(str(tmp_path), grace=0.6)
+    now = [100.0]
+    store = BlobStore(str(tmp_path), grace=10, clock=lambda: now[0])
     blob, data = new_blob_id(), os.urandom(5000)
     for _ in range(2):
         inc = store.begin(meta(blob, len(data)))
         inc.write(data)
         inc.commit(*sums(data))
         assert store.delete(blob)
-        time.sleep(0.4)
-    assert store.empty_trash() == 0  # the first delete's time is past, not the second's
+        now[0] += 6
+    assert store.empty_trash() == 0  # the first delete's grace is over, not the second's
     reader, got = store.open_trashed(blob)
     reader.close()
     assert got.size == len(data)
-    time.sleep(0.3)
+    now[0] += 5
     assert store.empty_trash() == 1 and os.listdir(store.trash) == []
     assert not store.set_wanted(blob, 1) and files_under(store.blobs) == []  # no metadata made for a blob gone
 
