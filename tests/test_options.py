@@ -127,18 +127,24 @@ def test_a_port_that_cannot_be_listened_on_ends_the_process(tmp_path, plugin, ta
     assert not (tmp_path / "p.pid").exists()
 
 
-def test_a_catalog_file_that_is_not_a_database_stops_the_start_saying_what_to_do(tmp_path):
-    """A torn or overwritten catalog file: twistd stops at once with one line
-    naming the file and the way out, not a traceback."""
+def proxy_on(data):
+    """A real twistd proxy started on the catalog in ``data``, which is
+    expected to stop at once: how it ended."""
     import subprocess
     import sys
 
-    (tmp_path / "catalog.sqlite").write_bytes(b"\0" * 65536)
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    run = subprocess.run([twistd, "-n", "--pidfile", str(tmp_path / "p.pid"), "--logfile", str(tmp_path / "p.log"),
-                          "deposito-proxy", "--port", "tcp:0:interface=127.0.0.1",
-                          "--cluster-port", "tcp:0:interface=127.0.0.1", "--data", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)
+    return subprocess.run([twistd, "-n", "--pidfile", str(data / "p.pid"), "--logfile", str(data / "p.log"),
+                           "deposito-proxy", "--port", "tcp:0:interface=127.0.0.1",
+                           "--cluster-port", "tcp:0:interface=127.0.0.1", "--data", str(data)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_catalog_file_that_is_not_a_database_stops_the_start_saying_what_to_do(tmp_path):
+    """A torn or overwritten catalog file: twistd stops at once with one line
+    naming the file and the way out, not a traceback."""
+    (tmp_path / "catalog.sqlite").write_bytes(b"\0" * 65536)
+    run = proxy_on(tmp_path)
     assert run.returncode != 0
     said = run.stderr.strip().splitlines()
     assert len(said) == 1 and str(tmp_path / "catalog.sqlite") in said[0] and "--rebuild" in said[0], run.stderr
@@ -150,8 +156,6 @@ def test_a_catalog_of_a_newer_deposito_stops_the_start_and_is_left_as_it_was(tmp
     file is not touched (an older proxy must not change what it does not know)."""
     import hashlib
     import sqlite3
-    import subprocess
-    import sys
 
     from deposito.catalog import Catalog
     from deposito.catalog.schema import SCHEMA_VERSION
@@ -162,11 +166,7 @@ def test_a_catalog_of_a_newer_deposito_stops_the_start_and_is_left_as_it_was(tmp
     db.commit()
     db.close()
     before = hashlib.sha256((tmp_path / "catalog.sqlite").read_bytes()).hexdigest()
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    run = subprocess.run([twistd, "-n", "--pidfile", str(tmp_path / "p.pid"), "--logfile", str(tmp_path / "p.log"),
-                          "deposito-proxy", "--port", "tcp:0:interface=127.0.0.1",
-                          "--cluster-port", "tcp:0:interface=127.0.0.1", "--data", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)
+    run = proxy_on(tmp_path)
     assert run.returncode != 0
     said = run.stderr.strip().splitlines()
     assert len(said) == 1 and f"schema version {SCHEMA_VERSION + 1}" in said[0] and "newer" in said[0], run.stderr
