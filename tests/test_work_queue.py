@@ -14,7 +14,7 @@ from twisted.internet import defer, task
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from deposito.catalog import Catalog
+from deposito.catalog import WAITING, Catalog, Outcome
 from deposito.errors import Unavailable
 from deposito.interfaces import ICopier, IWorkCatalog
 from deposito.reconciler import PAGE, SWEEP_PAGE, Reconciler
@@ -562,6 +562,29 @@ def test_the_periodic_jobs_cost_the_same_at_any_number_of_files(tmp_path):
     large = periodic_costs(tmp_path / "large", 20_000)
     for job, cost in small.items():
         assert large[job] <= cost + 2, (job, cost, large[job])  # not 100 times as much: the same
+
+
+def claiming_costs(tmp_path, queued: int) -> dict[str, int]:
+    """``queued`` files queued as a dead server's are: half waiting for a
+    server to come back, half due; what claiming the next page costs."""
+    cat, clock, roster, view, copier, rec = make(Catalogs("sqlite", tmp_path, None), queued)
+    names = [f"f{i:06d}" for i in range(queued)]
+    cat.enqueue(names)
+    cat.settle([Outcome(name, gen, WAITING, 1000, 2, 0) for name, gen, _ in cat.due_work(1.0, queued // 2)])
+    costs = {"due work": vm_steps(cat, lambda: cat.due_work(1.0, 100)),
+             "next due": vm_steps(cat, cat.next_due)}
+    cat.close()
+    return costs
+
+
+def test_claiming_the_next_due_files_costs_the_same_however_many_are_queued(tmp_path):
+    """A dead server's files wait in the queue, hundreds of thousands at a
+    million files: a page claimed reads that page, not the queue (each
+    claim read every file queued, and a dead server's files took minutes)."""
+    small = claiming_costs(tmp_path / "small", 400)
+    large = claiming_costs(tmp_path / "large", 20_000)
+    for job, cost in small.items():
+        assert large[job] <= cost + 2, (job, cost, large[job])
 
 
 def test_a_file_looked_at_while_its_copies_are_made_is_looked_at_again_once_they_are(catalogs):

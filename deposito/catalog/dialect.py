@@ -33,6 +33,7 @@ class Dialect:
     without_rowid: str
     servers_of_blob: str  # a blob's servers, space-separated, sorted; ``{blob}`` the blob's column
     writes_in_with: bool  # a WITH may hold INSERT, UPDATE and DELETE statements
+    by_index: str  # after a table's name: the index a query reads it by (see indexed_by)
 
     def together(self, statements: list[Statement]) -> list[Statement]:
         """Statements none of which reads what another writes, as few as the
@@ -49,6 +50,12 @@ class Dialect:
     def ddl(self, text: str) -> str:
         """A table definition written with ``{int}``, ``{real}``, ``{key}`` and ``{without_rowid}``."""
         return text.format(int=self.int, real=self.real, key=self.key, without_rowid=self.without_rowid)
+
+    def indexed_by(self, index: str) -> str:
+        """After a table's name: read it by ``index``. SQLite's planner, which
+        keeps no statistics, may take another index and sort every row it
+        finds; PostgreSQL's chooses by its statistics."""
+        return self.by_index.format(index=index)
 
     def servers_of(self, blob: str) -> str:
         return self.servers_of_blob.format(blob=blob)
@@ -69,6 +76,7 @@ SQLITE = Dialect(
     servers_of_blob=("coalesce((SELECT group_concat(server, ' ') FROM"
                      " (SELECT server FROM copies c WHERE c.blob = {blob} ORDER BY server)), '')"),
     writes_in_with=False,
+    by_index=" INDEXED BY {index}",
 )
 
 POSTGRESQL = Dialect(
@@ -86,6 +94,7 @@ POSTGRESQL = Dialect(
     servers_of_blob=("coalesce((SELECT string_agg(server, ' ' ORDER BY server) FROM copies c"
                      " WHERE c.blob = {blob}), '')"),
     writes_in_with=True,
+    by_index="",
 )
 
 

@@ -10,7 +10,7 @@ from typing import Iterable
 from deposito.catalog.changes import Changes
 from deposito.catalog.database import Connection
 from deposito.catalog.records import WAITING, Counts, FileRecord, Outcome, effects
-from deposito.catalog.schema import RECORD, to_record
+from deposito.catalog.schema import NOT_WAITING, RECORD, to_record
 
 
 # A file a proxy passed to the others (see Outcome.passed) that none has
@@ -54,13 +54,18 @@ class WorkQueue(Changes):
         (rank 0), then those with the fewest healthy copies. Each stays this
         proxy's until :meth:`settle` or :meth:`release` lets it go; rows
         another proxy is claiming at the same moment are skipped, not waited
-        for. A file this proxy passed to the others waits PASSED_BACK more."""
+        for. A file this proxy passed to the others waits PASSED_BACK more.
+        The query walks the queue's order (work_due_in_order, which leaves
+        out the files waiting for a server) and stops at ``limit``: its cost
+        follows the files claimed, not the files queued."""
+        in_order = self.dialect.indexed_by("work_due_in_order")
+
         def tx(db: Connection) -> builtins.list[tuple[str, int, int]]:
             rows = db.execute(
-                "UPDATE work SET owner = ? WHERE name IN (SELECT name FROM work WHERE (owner IS NULL OR owner = ?)"
-                " AND due <= ? AND (passed IS NULL OR passed <> ? OR due <= ?)"
+                f"UPDATE work SET owner = ? WHERE name IN (SELECT name FROM work{in_order} WHERE {NOT_WAITING}"
+                " AND due <= ? AND (owner IS NULL OR owner = ?) AND (passed IS NULL OR passed <> ? OR due <= ?)"
                 f" ORDER BY rank, due LIMIT ?{self.dialect.skip_locked}) RETURNING name, gen, rank, due",
-                (self.proxy, self.proxy, now, self.proxy, now - PASSED_BACK, limit)).fetchall()
+                (self.proxy, now, self.proxy, self.proxy, now - PASSED_BACK, limit)).fetchall()
             return [(name, gen, rank) for name, gen, rank, _ in sorted(rows, key=lambda r: (r[2], r[3], r[0]))]
         return self._tx(tx)
 
@@ -73,8 +78,10 @@ class WorkQueue(Changes):
     @effects(durable=False, keeps_records=True)
     def next_due(self) -> float | None:
         """When the next file no other proxy has claimed is due (for this proxy)."""
-        others = self.db.execute("SELECT min(due) FROM work WHERE (owner IS NULL OR owner = ?)"
-                                 " AND (passed IS NULL OR passed <> ?)", (self.proxy, self.proxy)).fetchone()[0]
+        first = self.db.execute(f"SELECT due FROM work{self.dialect.indexed_by('work_by_due')} WHERE"
+                                " (owner IS NULL OR owner = ?) AND (passed IS NULL OR passed <> ?) ORDER BY due LIMIT 1",
+                                (self.proxy, self.proxy)).fetchone()
+        others = first[0] if first else None
         passed = self.db.execute("SELECT min(due) FROM work WHERE passed = ? AND owner IS NULL",
                                  (self.proxy,)).fetchone()[0]
         return min((t for t in (others, passed + PASSED_BACK if passed is not None else None) if t is not None),

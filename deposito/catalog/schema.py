@@ -99,6 +99,11 @@ CREATE INDEX IF NOT EXISTS garbage_by_server ON garbage (server, owner);
 CREATE INDEX IF NOT EXISTS files_by_parts ON files (parts) WHERE parts <> '';
 """
 
+# The queued files not waiting for a server (whose ``due`` is WAITING): the
+# queue's order (work_due_in_order) holds these alone, and a query that reads
+# it says so in these words (an index with a condition serves a query that has it).
+NOT_WAITING = "due < 1e18"  # (WAITING)
+
 SCHEMA = FILES + """;
 CREATE TABLE IF NOT EXISTS names (
     name {key} PRIMARY KEY,
@@ -149,7 +154,8 @@ CREATE TABLE IF NOT EXISTS work (
     owner {key},
     passed {key}
 );
-CREATE INDEX IF NOT EXISTS work_in_order ON work (rank, due);
+DROP INDEX IF EXISTS work_in_order;
+CREATE INDEX IF NOT EXISTS work_due_in_order ON work (rank, due) WHERE """ + NOT_WAITING + """;
 CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 """ + PROXIES + UPLOADS
 
@@ -159,8 +165,10 @@ CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 # its copies' servers beside each file (the ``copies`` rows, as a
 # space-separated sorted list, kept with every change of them), so that a
 # lookup is one row and a listing reads the table in order. 6: garbage is
-# indexed by server (OWNER_INDEXES, made by :func:`finish`).
-SCHEMA_VERSION = 6
+# indexed by server (OWNER_INDEXES, made by :func:`finish`). 7: the queue's
+# order leaves out the files waiting for a server to come back (``due`` is
+# WAITING, 1e18), so that claiming the next due files reads those alone.
+SCHEMA_VERSION = 7
 
 RECORD = "SELECT name, version, blob, size, sha256, replicas, servers, created, meta, parts FROM files"
 TOTALS = ("files", "bytes", "wanted")
