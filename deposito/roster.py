@@ -76,6 +76,12 @@ class Roster:
         self.on_inventory: Callable[[Member, list, float, bool], Deferred | None] = \
             lambda m, entries, since, more: None
         self.on_corrupt: Callable[[Member, str, str], None] = lambda m, blob, why: None
+        self.closing = False  # the proxy is stopping (see close)
+
+    def close(self) -> None:
+        """The proxy is stopping: the servers' connections close with it, and
+        none of them is taken for down (nor said to be, nor its files queued)."""
+        self.closing = True
 
     def restore(self, members: Iterable[Member]) -> None:
         """Servers known before a restart: down until they join again (their
@@ -152,7 +158,7 @@ class Roster:
 
     def lost(self, member_id: str, connection: Any) -> None:
         m = self.members.get(member_id)
-        if m is None or m.connection is not connection:
+        if m is None or m.connection is not connection or self.closing:
             return
         m.connection = None
         m.state = "down"

@@ -1294,6 +1294,8 @@ def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
     cat = Catalog(str(folder))
     try:
         assert cat.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        indexes = {row[0] for row in cat.db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'work'")}
+        assert "work_due_in_order" in indexes and "work_in_order" not in indexes  # (schema 7)
         kept, docs = cat.lookup("kept.bin"), cat.lookup("docs/b.txt")
         assert kept.meta == "" and cat.buckets("", "", 100) == []
         assert (kept.version, kept.replicas, kept.servers) == (1, 3, ("s1", "s2"))
@@ -1538,8 +1540,10 @@ def test_a_refused_conditional_complete_leaves_the_upload_under_way(cat):
 def test_a_postgresql_catalog_of_schema_2_is_brought_to_this_schema_in_place(postgres):
     """Version 3 added files.meta and buckets, version 4 files.parts,
     files.start and uploads, version 5 work.passed, version 6 an index of
-    garbage by server: a catalog of version 2 (made here by taking them
-    away again) gets them when a proxy opens it, its files as they were."""
+    garbage by server, version 7 the queue's order without the files
+    waiting: a catalog of version 2 (made here by taking them away again,
+    and with the queue's order of before) gets them when a proxy opens it,
+    its files as they were."""
     from deposito.catalog.postgres import PostgresBackend
 
     url = postgres.database()
@@ -1552,14 +1556,17 @@ def test_a_postgresql_catalog_of_schema_2_is_brought_to_this_schema_in_place(pos
         old.db.execute("DROP TABLE buckets")
         old.db.execute("DROP TABLE uploads")
         old.db.execute("DROP INDEX garbage_by_server")
+        old.db.execute("DROP INDEX work_due_in_order")
+        old.db.execute("CREATE INDEX work_in_order ON work (rank, due)")
         old.db.execute("UPDATE catalog_schema SET version = 2")
     finally:
         old.close()
     cat = Catalog(PostgresBackend(url))
     try:
         assert cat.db.execute("SELECT version FROM catalog_schema").fetchone()[0] == SCHEMA_VERSION
-        assert cat.db.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'garbage_by_server'"
-                              ).fetchone()[0] == 1
+        indexes = {row[0] for row in cat.db.execute("SELECT indexname FROM pg_indexes WHERE tablename IN"
+                                                    " ('garbage', 'work')").fetchall()}
+        assert {"garbage_by_server", "work_due_in_order"} <= indexes and "work_in_order" not in indexes
         cat.enqueue(["f"])
         assert cat.due_work(1.0, 10) == [("f", 0, 0)] and cat.next_due() == 0.0
         assert (cat.lookup("f").blob, cat.lookup("f").meta, cat.lookup("f").parts) == ("b1", "", "")

@@ -317,6 +317,21 @@ def test_sigterm_stops_cleanly_and_removes_the_pidfile(tmp_path):
         c.stop()
 
 
+def test_a_proxy_that_stops_takes_none_of_its_servers_for_down(tmp_path):
+    """Its servers' connections close as it stops: that says nothing of the servers."""
+    c = Cluster(tmp_path)
+    try:
+        c.start(2)
+        with c.wire() as w:
+            assert w.put("f", b"x" * 1000, 2).startswith("OK stored")
+        c.kill_proxy(signal.SIGTERM)
+        log = c.log("proxy")
+        stopping = log[log.index("Received SIGTERM"):]
+        assert "Server Shut Down" in stopping and "is down" not in stopping, stopping
+    finally:
+        c.stop()
+
+
 @pytest.mark.parametrize("plugin,args,option", [
     ("deposito-proxy", ["--replicas", "0"], "--replicas"),
     ("deposito-proxy", ["--port", "nonsense:1"], "--port"),

@@ -174,6 +174,7 @@ class Depot:
 
     async def stop(self) -> None:
         self._stopping = True
+        self.roster.close()
         if self._retry is not None:
             self._retry.cancel()
         collector = defer.ensureDeferred(self.collector.stop())  # no new page from now on
