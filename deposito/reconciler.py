@@ -129,7 +129,7 @@ def plan(records: Iterable[FileRecord], roster: Roster) -> tuple[list[CopyTask],
 
 
 PAGE = 500  # queued files looked at in one step
-SERVER_PAGE = 5000  # copies of a server that came or went, queued in one step
+SERVER_PAGE = 1000  # copies of a server that went, queued in one step (a server's inventory waits no longer)
 SWEEP_PAGE = 1000  # files the sweep reads in one step
 SWEEP_EVERY = 10.0  # seconds between the sweep's steps: a million files in under three hours
 LEASE = 300.0  # a file with copies planned is not looked at again before this, unless it changes
@@ -419,8 +419,12 @@ class Reconciler:
             self.clock.callLater(RETRY, self.server_changed, member)
 
     async def _queue_copies_of(self, server: str) -> None:
+        """A page at a time, until every file with a copy on ``server`` is
+        queued, or until it is back up (a restart): its copies count again,
+        and the files not queued yet need nothing (those that lack their copy
+        are found by its inventory)."""
         after: str | None = ""
-        while after is not None:
+        while after is not None and not self.roster.is_up(server):
             after = await self.catalog.enqueue_server(server, after, SERVER_PAGE)
             self.kick()
 

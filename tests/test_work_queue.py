@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 from deposito.catalog import WAITING, Catalog, Outcome
 from deposito.errors import Unavailable
 from deposito.interfaces import ICopier, IWorkCatalog
-from deposito.reconciler import PAGE, SWEEP_PAGE, Reconciler
+from deposito.reconciler import PAGE, SERVER_PAGE, SWEEP_PAGE, Reconciler
 from deposito.roster import Member, Roster
 from tests.catalogs import Catalogs
 
@@ -332,6 +332,31 @@ def test_a_server_back_before_it_died_wakes_its_files_and_nothing_is_copied(cata
     assert cat.counts().under == 150
     turn(rec, clock, b, "up")
     assert cat.counts().queued == 0 and copier.copied == []
+    rec.stop()
+    cat.close()
+
+
+def test_a_server_back_while_its_files_are_being_queued_stops_the_queueing(catalogs):
+    """A restart: the server is back after the first page of its files is
+    queued. The rest are never queued (its copies count again), and nothing
+    is copied. At a million files a restarted server's 650,000 files were
+    queued, looked at and woken one by one, and its inventory waited behind them."""
+    cat, clock, roster, view, copier, rec = make(catalogs, 3 * SERVER_PAGE)  # 1,500 on b
+    rec.start()
+    b = roster.members["b"]
+    pages = []
+
+    def back_after_one_page(server, after, limit):
+        pages.append(after)
+        b.state = "up"  # joined again as this page was being queued
+        return defer.succeed(cat.enqueue_server(server, after, limit))
+
+    view.enqueue_server = back_after_one_page
+    b.state = "down"
+    rec.server_changed(b)
+    run(clock)
+    assert pages == [""]  # one page of its 1,500 files, then no more
+    assert cat.counts().queued == 0 and copier.copied == []  # (those queued are looked at: healthy)
     rec.stop()
     cat.close()
 
