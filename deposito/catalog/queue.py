@@ -55,9 +55,11 @@ class WorkQueue(Changes):
         proxy's until :meth:`settle` or :meth:`release` lets it go; rows
         another proxy is claiming at the same moment are skipped, not waited
         for. A file this proxy passed to the others waits PASSED_BACK more.
-        The query walks the queue's order (work_due_in_order, which leaves
-        out the files waiting for a server) and stops at ``limit``: its cost
-        follows the files claimed, not the files queued."""
+        The query walks the queue's order (work_due_in_order) and stops at
+        ``limit``. Files waiting for a server, however many, are not in that
+        order and are never read; files due later are (a copy under way
+        waits out its lease, a failed one its retry): as many as the work
+        under way."""
         in_order = self.dialect.indexed_by("work_due_in_order")
 
         def tx(db: Connection) -> builtins.list[tuple[str, int, int]]:
