@@ -15,6 +15,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from deposito.catalog import WAITING, Catalog, Outcome
+from deposito.catalog.schema import NOT_WAITING
 from deposito.errors import Unavailable
 from deposito.interfaces import ICopier, IWorkCatalog
 from deposito.reconciler import PAGE, SERVER_PAGE, SWEEP_PAGE, Reconciler
@@ -600,6 +601,11 @@ def claiming_costs(tmp_path, queued: int) -> dict[str, int]:
              "next due": vm_steps(cat, cat.next_due)}
     cat.close()
     return costs
+
+
+def test_the_queues_order_leaves_out_exactly_the_files_waiting_for_a_server():
+    """The condition of the queue's index is written out in SQL: it must be WAITING's."""
+    assert NOT_WAITING.split(" < ") == ["due", "1e18"] and float("1e18") == WAITING
 
 
 def test_claiming_the_next_due_files_costs_the_same_however_many_are_queued(tmp_path):
