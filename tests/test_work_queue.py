@@ -603,6 +603,60 @@ def claiming_costs(tmp_path, queued: int) -> dict[str, int]:
     return costs
 
 
+class Counting:
+    """A catalog's connection, counting the statements it sends the
+    database (each row of an executemany is one)."""
+
+    def __init__(self, db) -> None:
+        self.db, self.statements = db, 0
+
+    def execute(self, sql, params=(), /):
+        self.statements += 1
+        return self.db.execute(sql, params)
+
+    def executemany(self, sql, params, /):
+        params = list(params)
+        self.statements += len(params)
+        return self.db.executemany(sql, params)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
+def test_a_dead_servers_files_are_queued_read_and_settled_a_page_at_a_time(catalogs):
+    """At a million files a dead server's copies are hundreds of thousands:
+    each page of them is queued, read and settled in a few statements, not
+    one or more a file (on PostgreSQL a statement costs the proxy and the
+    database more than its rows: looking at a million files took minutes)."""
+    cat, clock, roster, view, copier, rec = make(catalogs, 1200)  # a holds 600
+    counting = Counting(cat.db)
+    cat._db = counting
+
+    def statements(call):
+        before = counting.statements
+        result = call()
+        return counting.statements - before, result
+
+    sent, after = statements(lambda: cat.enqueue_server("a", "", SERVER_PAGE))
+    assert after is None and cat.counts().queued == 600 and sent <= 8, sent
+    due = cat.due_work(1.0, PAGE)
+    assert len(due) == PAGE
+    sent, records = statements(lambda: cat.records([name for name, _, _ in due]))
+    assert [r.name for r in records] == [name for name, _, _ in due] and sent <= 4, sent
+    done, later, passed = due[:100], due[100:300], due[300:]
+    outcomes = ([Outcome(name, gen, None) for name, gen, _ in done]
+                + [Outcome(name, gen, WAITING, 1000, 2, 1, 1) for name, gen, _ in later]
+                + [Outcome(name, gen, 5.0, 3, 2, 1, 1, passed=True) for name, gen, _ in passed])
+    sent, _ = statements(lambda: cat.settle(outcomes))
+    assert sent <= 12, sent
+    rows = dict((name, (due, rank, wanted, have, owner, passed)) for name, due, rank, wanted, have, owner, passed
+                in cat.db.execute("SELECT name, due, rank, wanted, have, owner, passed FROM work"))
+    assert len(rows) == 500 and not {name for name, _, _ in done} & set(rows)
+    assert {rows[name] for name, _, _ in later} == {(WAITING, 1000, 2, 1, None, None)}
+    assert {rows[name] for name, _, _ in passed} == {(5.0, 3, 2, 1, None, cat.proxy)}
+    cat.close()
+
+
 def test_the_queues_order_leaves_out_exactly_the_files_waiting_for_a_server():
     """The condition of the queue's index is written out in SQL: it must be WAITING's."""
     assert NOT_WAITING.split(" < ") == ["due", "1e18"] and float("1e18") == WAITING

@@ -5,7 +5,7 @@ file's server list, and queueing files for the reconciler."""
 from __future__ import annotations
 
 import builtins
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, TypeVar
 
 from deposito.catalog.database import Connection, Database
 from deposito.catalog.dialect import Dialect, Statement
@@ -17,6 +17,7 @@ from deposito.hidden import VISIBLE, hidden_name, manifest_name, parts_range
 
 CURRENT = "SELECT blob, size, replicas, parts FROM files WHERE name = ?"  # a name's version, as _replace needs it
 UNREAD = object()  # (see _replace)
+T = TypeVar("T")
 
 
 class Changes(Database):
@@ -152,15 +153,14 @@ class Changes(Database):
                    " WHERE parts = ?", (low, high, upload))
 
     def _enqueue(self, db: Connection, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:
-        if only_new:
-            db.executemany("INSERT INTO work (name, due) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                           [(name, due) for name in names])
-            return
-        db.executemany("INSERT INTO work (name, due) VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
-                       f" SET due = {self.dialect.least}(work.due, excluded.due), rank = 0, gen = work.gen + 1,"
-                       " passed = NULL",
-                       [(name, due) for name in names])
-
+        """Queue ``names`` to be looked at from ``due`` on (or sooner, if queued
+        so already); ``only_new``: leave files already queued as they are."""
+        rows = [(name, due) for name in dict.fromkeys(names)]  # once each: an upsert may touch a row once
+        on_conflict = "DO NOTHING" if only_new else (
+            f"(name) DO UPDATE SET due = {self.dialect.least}(work.due, excluded.due), rank = 0, gen = work.gen + 1,"
+            " passed = NULL")
+        for page in pages(rows):
+            db.execute(f"INSERT INTO work (name, due) {values(page)} ON CONFLICT {on_conflict}", flat(page))
 
     @staticmethod
     def _seen_bucket(db: Connection, name: str, meta: str, now: float) -> None:
@@ -181,6 +181,16 @@ class Changes(Database):
     def _lookup(db: Connection, name: str) -> FileRecord | None:
         row = db.execute(RECORD + " WHERE name = ?", (name,)).fetchone()
         return to_record(row) if row else None
+
+    @staticmethod
+    def _records(db: Connection, names: builtins.list[str]) -> dict[str, FileRecord]:
+        """The records of those of ``names`` that have one, by name: a page
+        of names read in one statement."""
+        found: dict[str, FileRecord] = {}
+        for page in pages(sorted(set(names))):
+            found.update((row[0], to_record(row)) for row in db.execute(RECORD + f" WHERE name IN ({marks(page)})",
+                                                                        page))
+        return found
 
 
 INSERT_GARBAGE = "INSERT INTO garbage (blob, server) VALUES (?, ?) ON CONFLICT DO NOTHING"
@@ -216,9 +226,35 @@ def new_rows(into: str, rows: list[tuple[Any, ...]]) -> Statement | None:
     columns if not all), leaving out those already there; None for no rows."""
     if not rows:
         return None
-    values = "(" + ", ".join("?" * len(rows[0])) + ")"
-    return (f"INSERT INTO {into} VALUES " + ",".join([values] * len(rows)) + " ON CONFLICT DO NOTHING",
-            tuple(v for row in rows for v in row))
+    return f"INSERT INTO {into} {values(rows)} ON CONFLICT DO NOTHING", flat(rows)
+
+
+ROWS_PER_STATEMENT = 500  # rows a statement carries, well within both databases' limits on parameters
+
+
+def pages(rows: list[T]) -> Iterator[list[T]]:
+    """``rows`` in pages of ROWS_PER_STATEMENT, one statement for each: on
+    PostgreSQL a statement costs the proxy's CPU and the database's far more
+    than a row does."""
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        yield rows[start:start + ROWS_PER_STATEMENT]
+
+
+def values(rows: list[tuple[Any, ...]]) -> str:
+    """A VALUES list of parameters for ``rows`` (see :func:`flat`), all of
+    one width: its columns are column1, column2, ... on both databases."""
+    row = "(" + ", ".join("?" * len(rows[0])) + ")"
+    return "VALUES " + ",".join([row] * len(rows))
+
+
+def flat(rows: Iterable[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The parameters of ``rows``, one after the other (see :func:`values`)."""
+    return tuple(v for row in rows for v in row)
+
+
+def marks(items: list[Any]) -> str:
+    """As many parameters as ``items``, for an IN list."""
+    return ",".join("?" * len(items))
 
 
 def insert_rows(db: Connection, into: str, rows: list[tuple[Any, ...]]) -> None:

@@ -10,7 +10,6 @@ how durable a batch is, and whether several writes can go as one statement.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import attrs
@@ -98,8 +97,10 @@ POSTGRESQL = Dialect(
 )
 
 
-@functools.lru_cache(maxsize=1024)
-def pyformat(sql: str) -> str:
-    """``sql`` written with ``?`` placeholders, as psycopg takes it (``%s``,
-    and a literal ``%`` doubled)."""
-    return sql.replace("%", "%%").replace("?", "%s")
+def numbered(sql: str) -> str:
+    """``sql`` written with ``?`` placeholders, with PostgreSQL's own ($1,
+    $2, ...), which psycopg's raw cursors pass on as they are: parsing its
+    own placeholders in a statement that carries a page of rows (thousands
+    of them) cost psycopg 16 ms, more than the database's work."""
+    pieces = sql.split("?")
+    return "".join([f"{piece}${i}" for i, piece in enumerate(pieces[:-1], 1)] + pieces[-1:])

@@ -179,12 +179,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         answers: read a page of names at a time, one statement for each."""
         names = builtins.list(names)
         try:
-            found: dict[str, FileRecord] = {}
-            for start in range(0, len(names), LOOKUP_PAGE):
-                page = sorted(set(names[start:start + LOOKUP_PAGE]))
-                rows = self._guarded(lambda: self.db.execute(
-                    RECORD + " WHERE name IN (%s)" % ",".join("?" * len(page)), page).fetchall())
-                found.update((row[0], to_record(row)) for row in rows)
+            found = self._guarded(lambda: self._records(self.db, names))
             return [(True, found.get(name)) for name in names]
         except Exception as e:
             told = self.backend.refusal(e) or e  # (a file gone under the reads, say: Unavailable)
@@ -631,5 +626,4 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         return [to_record(r) for r in rows]
 
 
-LOOKUP_PAGE = 500  # names read in one statement by clients' lookups
 REMEMBER_DELETES = 600.0  # seconds a delete is remembered for the inventories that may still list it

@@ -46,7 +46,7 @@ from psycopg import conninfo, pq
 
 from deposito.catalog import schema
 from deposito.catalog.database import log, out_of_reach
-from deposito.catalog.dialect import POSTGRESQL, pyformat
+from deposito.catalog.dialect import POSTGRESQL, numbered
 from deposito.catalog.records import FileRecord
 from deposito.errors import NoSpace, Unavailable
 
@@ -116,11 +116,11 @@ class PostgresConnection:
         return self.conn.info.transaction_status != pq.TransactionStatus.IDLE
 
     def execute(self, sql: str, params: Any = (), /) -> PostgresCursor:
-        return self._sent(self.conn.execute(pyformat(sql), params) if params else self.conn.execute(sql))
+        return self._sent(self.conn.execute(numbered(sql), params) if params else self.conn.execute(sql))
 
     def executemany(self, sql: str, params: Iterable[Any], /) -> PostgresCursor:
         cursor = self.conn.cursor()
-        cursor.executemany(pyformat(sql), list(params))
+        cursor.executemany(numbered(sql), list(params))
         return self._sent(cursor)
 
     def _sent(self, cursor: psycopg.Cursor[Any]) -> PostgresCursor:
@@ -284,7 +284,8 @@ class PostgresBackend:
         if time.monotonic() < self._retry_at:
             raise Unavailable("the catalog database is out of reach; try again shortly")
         try:
-            conn = psycopg.connect(self.conninfo, **kwargs)
+            conn = psycopg.connect(self.conninfo, cursor_factory=psycopg.RawCursor, **kwargs)
+            conn.server_cursor_factory = psycopg.RawServerCursor  # (see numbered)
         except psycopg.Error as e:
             self._retry_at = time.monotonic() + PAUSE
             if self._down:  # told once an outage
@@ -461,7 +462,7 @@ class PostgresSnapshot:
         self.conn.read_only = True
         where, values = names.where()
         limit = None if names.limit is None else names.sql_limit
-        row = self.conn.execute(pyformat(f"SELECT count(*) FROM (SELECT 1 FROM files WHERE {where} LIMIT ?) t"),
+        row = self.conn.execute(numbered(f"SELECT count(*) FROM (SELECT 1 FROM files WHERE {where} LIMIT ?) t"),
                                 (*values, limit)).fetchone()
         count = row[0] if row else 0
         if not count:
@@ -469,7 +470,7 @@ class PostgresSnapshot:
             return self, 0, []
         self.cursor = self.conn.cursor(name=f"listing{next(_cursors)}")
         where, values = names.where("f.name")
-        self.cursor.execute(pyformat(f"{schema.RECORD} f WHERE {where} ORDER BY f.name LIMIT ?"),
+        self.cursor.execute(numbered(f"{schema.RECORD} f WHERE {where} ORDER BY f.name LIMIT ?"),
                             (*values, count))
         return self, count, self.fetch(min(batch, count))
 

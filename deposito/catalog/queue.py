@@ -7,7 +7,7 @@ from __future__ import annotations
 import builtins
 from typing import Iterable
 
-from deposito.catalog.changes import Changes
+from deposito.catalog.changes import Changes, flat, marks, pages, values
 from deposito.catalog.database import Connection
 from deposito.catalog.records import WAITING, Counts, FileRecord, Outcome, effects
 from deposito.catalog.schema import NOT_WAITING, RECORD, to_record
@@ -36,8 +36,8 @@ class WorkQueue(Changes):
             blobs = [row[0] for row in db.execute(
                 "SELECT blob FROM copies WHERE server = ? AND blob > ? ORDER BY blob LIMIT ?",
                 (server, after, limit))]
-            names = [row[0] for blob in blobs for row in db.execute("SELECT name FROM files WHERE blob = ?", (blob,))]
-            self._enqueue(db, names)
+            self._enqueue(db, [row[0] for page in pages(blobs)
+                               for row in db.execute(f"SELECT name FROM files WHERE blob IN ({marks(page)})", page)])
             return blobs[-1] if len(blobs) == limit else None
         return self._tx(tx)
 
@@ -74,8 +74,11 @@ class WorkQueue(Changes):
     @effects(durable=False, keeps_records=True)
     def release(self, names: Iterable[str]) -> None:
         """This proxy is done with these files (their copies are made): any proxy may look at them again."""
-        self._tx(lambda db: db.executemany("UPDATE work SET owner = NULL WHERE name = ? AND owner = ?",
-                                           [(name, self.proxy) for name in names]))
+        self._tx(lambda db: self._release(db, builtins.list(names)))
+
+    def _release(self, db: Connection, names: builtins.list[str]) -> None:
+        for page in pages(names):
+            db.execute(f"UPDATE work SET owner = NULL WHERE owner = ? AND name IN ({marks(page)})", (self.proxy, *page))
 
     @effects(durable=False, keeps_records=True)
     def next_due(self) -> float | None:
@@ -93,8 +96,9 @@ class WorkQueue(Changes):
     def records(self, names: Iterable[str]) -> builtins.list[FileRecord | None]:
         """The records of ``names``; None for a version made of parts too, whose
         hidden files are each queued and planned as files (it has no copies of its own)."""
-        return [None if record is None or record.parts else record
-                for record in (self._lookup(self.db, name) for name in names)]
+        names = builtins.list(names)
+        found = self._records(self.db, names)
+        return [None if record is None or record.parts else record for record in map(found.get, names)]
 
     @effects(durable=False, keeps_records=True)
     def records_after(self, after: str, limit: int) -> builtins.list[FileRecord]:
@@ -112,23 +116,26 @@ class WorkQueue(Changes):
         one passes on too (each sees copies the other cannot) waits instead,
         as for a server to come back, rather than going to and fro."""
         held = set(held)
+        outcomes = builtins.list(outcomes)
+        done = [(o.name, o.gen) for o in outcomes if o.due is None]
+        # the others' rows: column1 to column8 of a VALUES list, one statement a page
+        later = [(o.name, o.gen, o.due, o.rank, o.wanted, o.have, o.moves, int(o.passed))
+                 for o in outcomes if o.due is not None]
+        real, int_ = self.dialect.real, self.dialect.int
+        set_later = (f"due = CASE WHEN v.column8 = 0 OR passed IS NULL OR passed = ? THEN CAST(v.column3 AS {real})"
+                     " ELSE ? END, passed = CASE WHEN v.column8 = 1 AND (passed IS NULL OR passed = ?) THEN ? END,"
+                     f" rank = v.column4, wanted = CAST(v.column5 AS {int_}), have = CAST(v.column6 AS {int_}),"
+                     " moves = v.column7")
 
         def tx(db: Connection) -> None:
-            for o in outcomes:
-                if o.due is None:
-                    db.execute("DELETE FROM work WHERE name = ? AND gen = ?", (o.name, o.gen))
-                elif o.passed:
-                    db.execute("UPDATE work SET due = CASE WHEN passed IS NULL OR passed = ? THEN ? ELSE ? END,"
-                               " passed = CASE WHEN passed IS NULL OR passed = ? THEN ? END,"
-                               " rank = ?, wanted = ?, have = ?, moves = ? WHERE name = ? AND gen = ?",
-                               (self.proxy, o.due, WAITING, self.proxy, self.proxy, o.rank, o.wanted, o.have,
-                                o.moves, o.name, o.gen))
-                else:
-                    db.execute("UPDATE work SET due = ?, rank = ?, wanted = ?, have = ?, moves = ?, passed = NULL"
-                               " WHERE name = ? AND gen = ?",
-                               (o.due, o.rank, o.wanted, o.have, o.moves, o.name, o.gen))
-            db.executemany("UPDATE work SET owner = NULL WHERE name = ? AND owner = ?",
-                           [(o.name, self.proxy) for o in outcomes if o.name not in held])
+            for page in pages(done):  # (by name first: SQLite reads the whole queue for pairs alone)
+                db.execute(f"DELETE FROM work WHERE name IN ({marks(page)}) AND (name, gen) IN ({values(page)})",
+                           (*[name for name, _ in page], *flat(page)))
+            for rows in pages(later):
+                db.execute(f"UPDATE work SET {set_later} FROM ({values(rows)}) AS v"
+                           " WHERE work.name = v.column1 AND work.gen = v.column2",
+                           (self.proxy, WAITING, self.proxy, self.proxy, *flat(rows)))
+            self._release(db, [o.name for o in outcomes if o.name not in held])
         self._tx(tx)
 
     @effects(durable=False, keeps_records=True)
