@@ -5,6 +5,7 @@ Run by hand, never as a timed test:
 
     .venv/bin/python bench/scale.py                      # 10,000, 100,000, 1,000,000 files
     .venv/bin/python bench/scale.py --steps 2000,10000   # a few minutes
+    .venv/bin/python bench/scale.py --postgres           # the catalog in PostgreSQL: SCALE-postgres.md
 
 It starts a proxy (with --http) and 3 storage servers on 127.0.0.1, fills
 them through the text protocol with small files (1 copy, many clients) up to
@@ -41,8 +42,11 @@ import uuid
 from pathlib import Path
 
 from harness import (CHECKOUT, HERE, KiB, MiB, DepositoClient, DepositoCluster, LogFollower, Processes,
-                     ProtoError, cpu_seconds, disk_of, fmt, http_get, loadavg, machine, peak_rss, reply_fields,
-                     pyplot, reset_peak, rss)
+                     ProtoError, cpu_seconds, disk_of, fmt, free_port, http_get, loadavg, machine, peak_rss,
+                     reply_fields, pyplot, reset_peak, rss)
+
+sys.path.insert(0, str(CHECKOUT / "examples"))
+from private_postgres import PrivatePostgres  # noqa: E402
 
 NAME = "scale/{:010d}"  # the fill's names, in name order as they are put
 KILL_NAME = "kill{}/{:08d}"
@@ -551,6 +555,8 @@ def render(res: dict, out_md: Path, out_png: Path) -> None:
     steps = res.get("steps") or []
     m = res.get("machine") or {}
     L: list[str] = ["# Deposito at scale\n"]
+    if res.get("catalog", "SQLite") != "SQLite":
+        L.append(f"The catalog in {res['catalog']}.\n")
     L.append(f"Run {res.get('started')}, code {m.get('git', '?')}; {res.get('clients')} clients put"
              f" {res.get('size')}-byte files with 1 copy through the text protocol; idle CPU over"
              f" {res.get('idle')} s; latencies are medians (STAT of {res.get('samples')} random names, the others"
@@ -731,12 +737,17 @@ def main(argv=None) -> int:
     ap.add_argument("--kill-timeout", type=float, default=3600.0)
     ap.add_argument("--workdir", default=tempfile.gettempdir(), help="where the temporary data directory goes")
     ap.add_argument("--keep", action="store_true", help="keep the data directory and logs")
-    ap.add_argument("--out", default=str(HERE / "SCALE.md"))
-    ap.add_argument("--chart", default=str(HERE / "scale.png"))
+    ap.add_argument("--postgres", action="store_true",
+                    help="the catalog in a private PostgreSQL (examples/private_postgres.py), not SQLite")
+    ap.add_argument("--out", help="the report (default bench/SCALE.md, or SCALE-postgres.md)")
+    ap.add_argument("--chart", help="the chart (default bench/scale.png, or scale-postgres.png)")
     ap.add_argument("--render", metavar="JSON", help="only redraw SCALE.md and the chart from a saved JSON")
     a = ap.parse_args(argv)
     for out in (a.out, a.chart):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
+    suffix = "-postgres" if a.postgres else ""
+    a.out = a.out or str(HERE / f"SCALE{suffix}.md")
+    a.chart = a.chart or str(HERE / f"scale{suffix}.png")
     if a.render:
         render(json.loads(Path(a.render).read_text()), Path(a.out), Path(a.chart))
         log(f"wrote {a.out} and {a.chart}")
@@ -749,6 +760,7 @@ def main(argv=None) -> int:
         "started": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "steps_wanted": steps, "clients": a.clients,
         "size": a.size, "idle": a.idle, "samples": a.samples, "repeat": a.repeat, "dead_after": a.dead_after,
         "poll": a.poll, "loadavg_start": loadavg(), "machine": machine(), "steps": [],
+        "catalog": "PostgreSQL (a private server, default settings: fsync on)" if a.postgres else "SQLite",
         "command": " ".join([".venv/bin/python", "bench/scale.py"] + (argv if argv is not None else sys.argv[1:])),
     }
     jdir = HERE / "work"
@@ -758,6 +770,7 @@ def main(argv=None) -> int:
     root = Path(tempfile.mkdtemp(prefix="deposito-scale-", dir=a.workdir))
     res["disk"] = disk_of(root)
     procs = Processes()
+    postgres = None
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -766,7 +779,13 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, on_signal)  # also when started with SIGINT ignored (in the background)
     try:
         log(f"data under {root}")
-        cluster = DepositoCluster(procs, root, nservers, proxy_args=["--dead-after", f"{a.dead_after:g}"], http=True)
+        catalog = []
+        if a.postgres:  # in a folder of its own, which it gives to the postgres user when run as root
+            postgres = PrivatePostgres(Path(tempfile.mkdtemp(prefix="deposito-scale-pg-", dir=a.workdir)), free_port())
+            catalog = ["--catalog", postgres.start()]
+            log(f"PostgreSQL in {postgres.folder}")
+        cluster = DepositoCluster(procs, root, nservers, proxy_args=["--dead-after", f"{a.dead_after:g}", *catalog],
+                                  http=True)
         res["commands"] = cluster.commands
         filler = Filler(cluster.port, a.clients, a.size)
         filled = 0  # files put by the fill, named NAME.format(0 .. filled - 1)
@@ -809,6 +828,9 @@ def main(argv=None) -> int:
             + (f"; {', '.join(killed)} only by SIGKILL" if killed else ""))
         if killed:
             res["stopped_by_sigkill"] = killed
+        if postgres is not None:
+            postgres.stop()
+            shutil.rmtree(postgres.folder, ignore_errors=True)
         res["elapsed_s"] = time.time() - started
         if res["steps"]:
             jpath.write_text(json.dumps(res, indent=1))
