@@ -202,3 +202,45 @@ def test_a_proxy_renamed_after_a_hand_over_is_followed_under_its_new_id(proxies)
         yield a.set_replicas("f", replicas)
         assert time.monotonic() - began < coherence.ACK_WAIT
         assert (yield b.read("f")).replicas == replicas
+
+
+class Listening:
+    """The listening thread's connection, counting its waits for messages."""
+
+    def __init__(self, conn) -> None:
+        self.conn, self.waits = conn, 0
+
+    def notifies(self, *args, **kwargs):
+        self.waits += 1
+        return self.conn.notifies(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_an_idle_proxy_listens_without_waking_between_pings_and_stops_at_once(postgres):
+    """A proxy alone on a shared catalog sends a ping each PING seconds and
+    hears it back: its listening thread wakes for those and nothing else
+    (it woke ten times a second to look whether it was asked to stop, a
+    whole per cent of a core on an idle proxy), and yet stops at once."""
+    from deposito.catalog.postgres import PostgresBackend
+
+    url = postgres.database()
+    made: list[Listening] = []
+
+    def connect():
+        made.append(Listening(PostgresBackend(url).channel()))
+        return made[-1]
+
+    listener = coherence.Coherence(reactor, connect, lambda: "p1", lambda: 0, lambda names: None)
+    listener.start()
+    try:
+        time.sleep(5 * coherence.PING)
+        waits = made[0].waits
+    finally:
+        began = time.monotonic()
+        listener.stop()
+        stopped = time.monotonic() - began
+    postgres.drop(url)
+    assert len(made) == 1 and waits <= 2 * 5 + 2, waits  # a ping and its echo each; it was 30
+    assert stopped < coherence.PING / 2, stopped

@@ -37,6 +37,8 @@ pings go round again.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -64,7 +66,6 @@ PING = 0.5  # seconds between a proxy's pings
 LEASE = 2.0  # a ping's answers let records be answered from memory this long after it was sent
 ACK_WAIT = 1.0  # a counted proxy silent this long about a change is counted no more
 MARGIN = 0.5  # for two clocks' rates
-WAKE = 0.1  # seconds the listening thread waits at most for a message (so that it stops soon when asked)
 RETRY = 1.0  # seconds between tries to listen again after the connection was lost
 LONGEST = 7000  # bytes of names in one message, at most (the database takes 8000): more forgets all
 
@@ -123,6 +124,7 @@ class Coherence:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._wake, self._waker = socket.socketpair()  # stop() wakes the listening thread's wait at once
         # reading: the other proxies as the last beat saw them (ids, when it began), and this one's pings
         self._view: tuple[frozenset[str], float] | None = None
         self._pings: dict[int, tuple[float, set[str]]] = {}  # n: (sent at, who answered, this proxy too)
@@ -150,8 +152,11 @@ class Coherence:
         self.trusted_until = 0.0
         self._stopping.set()
         if self._thread is not None:
+            self._waker.send(b"x")
             self._thread.join(PING + 1)
             self._thread = None
+        self._wake.close()
+        self._waker.close()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
 
@@ -275,13 +280,15 @@ class Coherence:
                 out.append(f"i {self.me()} {self._n}{fresh}")
                 fresh = ""
             else:
-                for note in conn.notifies(timeout=min(WAKE, max(0.0, next_ping - now)), stop_after=1):
+                for note in conn.notifies(timeout=0):  # come since, or with the last statement's answer
                     try:
                         out += self._heard(note.payload)
                     except ValueError:  # not ours, or garbled: whatever it changed is forgotten
                         log.warn("a message on {channel} is not understood: {m!r}", channel=CHANNEL,
                                  m=note.payload[:200])
                         self.forget(None)
+                if not out:  # a message, the next ping or stop(), whichever comes first: no wake-ups between
+                    select.select([conn.fileno(), self._wake], [], [], max(0.0, next_ping - now))
             if out:
                 self._send(conn, out)
         self._send(conn, [f"b {self.me()}"])
