@@ -115,6 +115,24 @@ def test_batch_commits_together_and_isolates_a_failing_call(cat):
     assert cat.db.execute("SELECT count(*) FROM names WHERE name = 'half'").fetchone() == (0,)
 
 
+def test_a_copy_made_counts_only_if_this_proxy_made_it_of_the_current_blob_where_none_is_being_deleted(catalogs):
+    cat = catalogs.new()
+    cat.commit("f", cat.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 2, ["s1"], 0.0)
+    assert cat.add_copy("f", "b1", "s2", 1.0) is False  # no intent of this proxy's: its lease was lost
+    cat.add_intent("b1", "s3")
+    cat.db.execute("INSERT INTO garbage (blob, server) VALUES (?, ?)", ("b1", "s3"))
+    assert cat.add_copy("f", "b1", "s3", 1.0) is False  # a copy there is being deleted
+    cat.add_intent("b1", "s4")
+    cat.commit("f", cat.begin_upload("f", "b2", ["s1"]), "b2", 1, "y", 2, ["s1"], 2.0)
+    assert cat.add_copy("f", "b1", "s4", 3.0) is False  # no longer the file's blob: the copy is garbage
+    assert ("b1", "s4") in cat.db.execute("SELECT blob, server FROM garbage").fetchall()
+    cat.add_intent("b2", "s2")
+    assert cat.add_copy("f", "b2", "s2", 4.0) is True
+    assert cat.lookup("f").servers == ("s1", "s2") and cat.counts().healthy == 2
+    assert cat.db.execute("SELECT count(*) FROM intents").fetchone()[0] == 0
+    cat.close()
+
+
 def test_the_catalog_thread_is_what_the_proxy_needs(catalogs):
     from twisted.internet import reactor
 

@@ -625,8 +625,8 @@ class Counting:
 
 def test_a_dead_servers_files_are_queued_read_and_settled_a_page_at_a_time(catalogs):
     """At a million files a dead server's copies are hundreds of thousands:
-    each page of them is queued, read and settled in a few statements, not
-    one or more a file (on PostgreSQL a statement costs the proxy and the
+    each page of them is queued, read, settled and dropped in a few
+    statements, not one or more a file (on PostgreSQL a statement costs the proxy and the
     database more than its rows: looking at a million files took minutes)."""
     cat, clock, roster, view, copier, rec = make(catalogs, 1200)  # a holds 600
     counting = Counting(cat.db)
@@ -654,6 +654,15 @@ def test_a_dead_servers_files_are_queued_read_and_settled_a_page_at_a_time(catal
     assert len(rows) == 500 and not {name for name, _, _ in done} & set(rows)
     assert {rows[name] for name, _, _ in later} == {(WAITING, 1000, 2, 1, None, None)}
     assert {rows[name] for name, _, _ in passed} == {(5.0, 3, 2, 1, None, cat.proxy)}
+    # their copies on a dropped (those of files wanting more copies than seen kept)
+    drops = [(r.blob, "a", 1 if i < 100 else 2) for i, r in enumerate(records)]
+    sent, _ = statements(lambda: cat.drop_copies(drops))
+    assert sent <= 8, sent
+    on_a = {blob for (blob,) in cat.db.execute("SELECT blob FROM copies WHERE server = 'a'")}
+    garbage = {blob for blob, server in cat.db.execute("SELECT blob, server FROM garbage") if server == "a"}
+    assert on_a & {blob for blob, _, _ in drops} == {blob for blob, _, wanted in drops if wanted == 1}
+    assert garbage == {blob for blob, _, wanted in drops if wanted == 2}
+    assert all(cat.lookup(r.name).servers == (("a", "c") if i < 100 else ("c",)) for i, r in enumerate(records))
     cat.close()
 
 

@@ -128,20 +128,19 @@ class Changes(Database):
         return len(rows)
 
     def _servers_changed(self, db: Connection, blobs: Iterable[str]) -> None:
-        """Copies of these blobs were added or removed: their files' server lists follow."""
-        blobs = builtins.list(blobs)
-        db.executemany(f"UPDATE files SET servers = {self.dialect.servers_of('?')} WHERE blob = ?",
-                       [(blob, blob) for blob in blobs])
-        if blobs:  # parts among them: their objects' server lists follow too
-            names = [row[0] for row in db.execute(
-                "SELECT name FROM files WHERE blob IN (%s)" % ",".join("?" * len(blobs)), blobs)]
-            self._tell(name for name in names if name >= VISIBLE)
-            hidden = [hidden_name(name) for name in names if name < VISIBLE]
-            uploads = sorted({h[0] for h in hidden if h is not None and h[1]})
-            if uploads:
-                self._tell(None)  # the objects made of those parts
-            for upload in uploads:
-                self._parts_changed(db, upload)
+        """Copies of these blobs were added or removed: their files' server
+        lists follow, a page of blobs in one statement."""
+        names = [row[0] for page in pages(sorted(set(blobs))) for row in db.execute(
+            f"UPDATE files SET servers = {self.dialect.servers_of('files.blob')} WHERE blob IN ({marks(page)})"
+            " RETURNING name", page)]
+        self._tell(name for name in names if name >= VISIBLE)
+        # parts among them: their objects' server lists follow too
+        hidden = [hidden_name(name) for name in names if name < VISIBLE]
+        uploads = sorted({h[0] for h in hidden if h is not None and h[1]})
+        if uploads:
+            self._tell(None)  # the objects made of those parts
+        for upload in uploads:
+            self._parts_changed(db, upload)
 
     def _parts_changed(self, db: Connection, upload: str) -> None:
         """A version made of parts lists the servers of its part with the

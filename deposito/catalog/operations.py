@@ -40,7 +40,8 @@ from typing import Any, Callable, Iterable, NamedTuple, Union
 
 from deposito.catalog.buckets import Buckets
 from deposito.catalog.coherence import CHANNEL, WAIT, change_messages
-from deposito.catalog.changes import INSERT_COPY, INSERT_GARBAGE, add_totals, new_rows, together, weight
+from deposito.catalog.changes import (INSERT_COPY, INSERT_GARBAGE, add_totals, flat, insert_rows, marks, new_rows,
+                                      pages, together, values, weight)
 from deposito.catalog.database import Backend, Connection, log
 from deposito.catalog.garbage import Garbage
 from deposito.catalog.identity import FLOOR, Identity
@@ -417,15 +418,19 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         """A new copy of ``name``'s blob is durable on ``server``: it counts, if the
         blob is still the current one (else it is garbage)."""
         def tx(db: Connection) -> bool:
-            if not db.execute("DELETE FROM intents WHERE blob = ? AND server = ? AND owner = ?",
-                              (blob, server, self.proxy)).rowcount:
+            intent = db.execute("DELETE FROM intents WHERE blob = ? AND server = ? AND owner = ? RETURNING 1",
+                                (blob, server, self.proxy))
+            file = db.execute("SELECT 1 FROM files WHERE name = ? AND blob = ?" + self.dialect.for_update,
+                              (name, blob))
+            garbage = db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server))
+            # the three are sent before any answer is read: one round trip on a distant database
+            mine, current, going = intent.fetchone(), file.fetchone(), garbage.fetchone()
+            if mine is None:
                 return False  # this proxy lost its lease meanwhile: the copy is garbage already
-            row = db.execute("SELECT 1 FROM files WHERE name = ? AND blob = ?" + self.dialect.for_update,
-                             (name, blob)).fetchone()
-            if row is None:
+            if current is None:
                 db.execute(INSERT_GARBAGE, (blob, server))
                 return False
-            if db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone():
+            if going is not None:
                 return False  # a copy there is being deleted: this one may go with it, so it does not count
             db.execute(INSERT_COPY, (blob, server, now))
             self._servers_changed(db, [blob])
@@ -457,13 +462,17 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         drops = list(drops)
 
         def tx(db: Connection) -> None:
-            dropped = set()
-            for blob, server, wanted in drops:
-                if db.execute("SELECT 1 FROM files WHERE blob = ? AND replicas > ?", (blob, wanted)).fetchone():
-                    continue
-                db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (blob, server))
-                db.execute(INSERT_GARBAGE, (blob, server))
-                dropped.add(blob)
+            dropped: set[str] = set()
+            for page in pages(drops):  # a page of drops in a few statements
+                wants_more = {row[0] for row in db.execute(
+                    f"SELECT f.blob FROM files f JOIN ({values([(b, w) for b, _, w in page])}) AS v"
+                    " ON f.blob = v.column1 WHERE f.replicas > v.column2", flat((b, w) for b, _, w in page))}
+                gone = [(blob, server) for blob, server, _ in page if blob not in wants_more]
+                if gone:  # (by blob first: SQLite reads every copy for pairs alone)
+                    db.execute(f"DELETE FROM copies WHERE blob IN ({marks(gone)}) AND (blob, server) IN"
+                               f" ({values(gone)})", (*[blob for blob, _ in gone], *flat(gone)))
+                    insert_rows(db, "garbage (blob, server)", gone)
+                    dropped.update(blob for blob, _ in gone)
             self._servers_changed(db, dropped)
         self._tx(tx)
 
