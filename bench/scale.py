@@ -743,11 +743,11 @@ def main(argv=None) -> int:
     ap.add_argument("--chart", help="the chart (default bench/scale.png, or scale-postgres.png)")
     ap.add_argument("--render", metavar="JSON", help="only redraw SCALE.md and the chart from a saved JSON")
     a = ap.parse_args(argv)
-    for out in (a.out, a.chart):
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
     suffix = "-postgres" if a.postgres else ""
     a.out = a.out or str(HERE / f"SCALE{suffix}.md")
     a.chart = a.chart or str(HERE / f"scale{suffix}.png")
+    for out in (a.out, a.chart):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
     if a.render:
         render(json.loads(Path(a.render).read_text()), Path(a.out), Path(a.chart))
         log(f"wrote {a.out} and {a.chart}")
