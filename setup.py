@@ -26,7 +26,8 @@ setup(
         "tqdm>=4.66",
         "prometheus_client>=0.20",
         "crc32c>=2.3",  # block checksums: CRC-32C in hardware, about 8x zlib's CRC-32
-        "psycopg[binary]>=3.2",  # the catalog in PostgreSQL (--catalog postgresql://...); raw cursors since 3.2
+        # the catalog in PostgreSQL (--catalog postgresql://...): raw cursors, notifications kept while a statement runs
+        "psycopg[binary]>=3.2.4",
         "defusedxml>=0.7",  # S3 request bodies: XML without entity or DTD tricks
         "awscrt>=0.23.4",  # S3's CRC-64/NVME checksums (botocore's own lower bound for it)
     ],

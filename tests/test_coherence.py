@@ -6,6 +6,7 @@ real private PostgreSQL."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -244,3 +245,34 @@ def test_an_idle_proxy_listens_without_waking_between_pings_and_stops_at_once(po
     postgres.drop(url)
     assert len(made) == 1 and waits <= 2 * 5 + 2, waits  # a ping and its echo each; it was 30
     assert stopped < coherence.PING / 2, stopped
+
+
+def test_a_proxy_with_more_than_1024_descriptors_open_listens_and_reads_the_catalog_all_the_same(postgres):
+    """A proxy serving many clients has descriptors past 1024, where
+    select() refuses to wait: the listening thread then reconnected every
+    second (forgetting all it kept) and an idle connection's check failed."""
+    from deposito.catalog.postgres import PostgresBackend
+
+    url = postgres.database()
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    made: list[Listening] = []
+
+    def connect():
+        made.append(Listening(PostgresBackend(url).channel()))
+        return made[-1]
+
+    listener = coherence.Coherence(reactor, connect, lambda: "p1", lambda: 0, lambda names: None)
+    cat = Catalog(PostgresBackend(url))
+    try:
+        listener.start()
+        cat.commit("f", cat.begin_upload("f", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 0.0)
+        time.sleep(5 * coherence.PING)
+        assert cat.db.conn.fileno() > 1024 and made[0].fileno() > 1024
+        assert cat.lookup("f").blob == "b1"  # its idle connection looked at first (Backend.stale)
+        assert len(made) == 1 and 0 < made[0].waits <= 2 * 5 + 2, (len(made), made[0].waits)
+    finally:
+        listener.stop()
+        cat.close()
+        for fd in held:
+            os.close(fd)
+        postgres.drop(url)

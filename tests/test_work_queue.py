@@ -666,6 +666,21 @@ def test_a_dead_servers_files_are_queued_read_and_settled_a_page_at_a_time(catal
     cat.close()
 
 
+def test_a_files_last_outcome_and_each_drops_own_count_decide(catalogs):
+    """settle takes a file's last outcome when given two; drop_copies
+    weighs each drop against its own wanted count, even for one blob."""
+    cat, clock, roster, view, copier, rec = make(catalogs, 2)  # f000000 on a and c, wanting 2
+    cat.enqueue(["f000000", "f000001"])
+    (name, gen, _), (other, other_gen, _) = cat.due_work(1.0, 10)
+    cat.settle([Outcome(name, gen, 5.0, 1, 2, 2), Outcome(name, gen, None),
+                Outcome(other, other_gen, None), Outcome(other, other_gen, 7.0, 2, 2, 1, 1)])
+    assert cat.db.execute("SELECT name, due FROM work").fetchall() == [(other, 7.0)]
+    blob = cat.lookup("f000000").blob
+    cat.drop_copies([(blob, "a", 1), (blob, "c", 2)])  # the file wants more than 1: a's copy stays
+    assert cat.lookup("f000000").servers == ("a",)
+    cat.close()
+
+
 def test_the_queues_order_leaves_out_exactly_the_files_waiting_for_a_server():
     """The condition of the queue's index is written out in SQL: it must be WAITING's."""
     assert NOT_WAITING.split(" < ") == ["due", "1e18"] and float("1e18") == WAITING

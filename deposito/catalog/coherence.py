@@ -37,6 +37,7 @@ pings go round again.
 from __future__ import annotations
 
 import json
+import math
 import select
 import socket
 import threading
@@ -102,6 +103,16 @@ class _Waiter:
         self.done: Deferred[None] = Deferred()
 
 
+def readable(fds: Iterable[Any], timeout: float) -> bool:
+    """Whether any of ``fds`` (descriptors, or what has ``fileno()``) has
+    something to read, or is closed, within ``timeout`` seconds. By poll(),
+    not select(): a proxy with many clients has descriptors past 1024."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return bool(poller.poll(math.ceil(timeout * 1000)))
+
+
 class Coherence:
     """One proxy's part in keeping records among proxies (see the module's
     docstring): a thread listening on the channel (and sending pings and
@@ -124,7 +135,6 @@ class Coherence:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._wake, self._waker = socket.socketpair()  # stop() wakes the listening thread's wait at once
         # reading: the other proxies as the last beat saw them (ids, when it began), and this one's pings
         self._view: tuple[frozenset[str], float] | None = None
         self._pings: dict[int, tuple[float, set[str]]] = {}  # n: (sent at, who answered, this proxy too)
@@ -143,6 +153,7 @@ class Coherence:
     # -- on the reactor's thread
 
     def start(self) -> None:
+        self._wake, self._waker = socket.socketpair()  # stop() wakes the listening thread's wait at once
         self._thread = threading.Thread(target=self._listen, name="deposito-coherence", daemon=True)
         self._thread.start()
 
@@ -154,9 +165,10 @@ class Coherence:
         if self._thread is not None:
             self._waker.send(b"x")
             self._thread.join(PING + 1)
+            if not self._thread.is_alive():  # (else it may still wait on them)
+                self._wake.close()
+                self._waker.close()
             self._thread = None
-        self._wake.close()
-        self._waker.close()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
 
@@ -288,7 +300,7 @@ class Coherence:
                                  m=note.payload[:200])
                         self.forget(None)
                 if not out:  # a message, the next ping or stop(), whichever comes first: no wake-ups between
-                    select.select([conn.fileno(), self._wake], [], [], max(0.0, next_ping - now))
+                    readable([conn.fileno(), self._wake], max(0.0, next_ping - now))
             if out:
                 self._send(conn, out)
         self._send(conn, [f"b {self.me()}"])

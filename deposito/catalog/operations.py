@@ -464,10 +464,10 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         def tx(db: Connection) -> None:
             dropped: set[str] = set()
             for page in pages(drops):  # a page of drops in a few statements
-                wants_more = {row[0] for row in db.execute(
-                    f"SELECT f.blob FROM files f JOIN ({values([(b, w) for b, _, w in page])}) AS v"
+                wants_more = {(blob, wanted) for blob, wanted in db.execute(
+                    f"SELECT v.column1, v.column2 FROM files f JOIN ({values([(b, w) for b, _, w in page])}) AS v"
                     " ON f.blob = v.column1 WHERE f.replicas > v.column2", flat((b, w) for b, _, w in page))}
-                gone = [(blob, server) for blob, server, _ in page if blob not in wants_more]
+                gone = [(blob, server) for blob, server, wanted in page if (blob, wanted) not in wants_more]
                 if gone:  # (by blob first: SQLite reads every copy for pairs alone)
                     db.execute(f"DELETE FROM copies WHERE blob IN ({marks(gone)}) AND (blob, server) IN"
                                f" ({values(gone)})", (*[blob for blob, _ in gone], *flat(gone)))

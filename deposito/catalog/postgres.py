@@ -34,7 +34,6 @@ import contextlib
 import itertools
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -45,6 +44,7 @@ import psycopg
 from psycopg import conninfo, pq
 
 from deposito.catalog import schema
+from deposito.catalog.coherence import readable
 from deposito.catalog.database import log, out_of_reach
 from deposito.catalog.dialect import POSTGRESQL, numbered
 from deposito.catalog.records import FileRecord
@@ -87,6 +87,9 @@ def check_url(url: str) -> str:
     return url
 
 
+PREPARED = 64  # parameters a statement psycopg may prepare carries at most (see PostgresConnection.execute)
+
+
 class PostgresConnection:
     """A psycopg connection in autocommit mode (transactions are begun by
     hand, as with SQLite) that takes the operations' ``?`` placeholders.
@@ -116,7 +119,11 @@ class PostgresConnection:
         return self.conn.info.transaction_status != pq.TransactionStatus.IDLE
 
     def execute(self, sql: str, params: Any = (), /) -> PostgresCursor:
-        return self._sent(self.conn.execute(numbered(sql), params) if params else self.conn.execute(sql))
+        if not params:
+            return self._sent(self.conn.execute(sql))
+        # a statement carrying a page of rows is not prepared: each length of page would be one more
+        # statement for the database to keep, for a plan that costs little next to the rows' work
+        return self._sent(self.conn.execute(numbered(sql), params, prepare=False if len(params) > PREPARED else None))
 
     def executemany(self, sql: str, params: Iterable[Any], /) -> PostgresCursor:
         cursor = self.conn.cursor()
@@ -392,7 +399,7 @@ class PostgresBackend:
             return True
         if db.pipeline is not None or db.in_transaction:
             return False
-        return bool(select.select([db.conn.fileno()], [], [], 0)[0])
+        return readable([db.conn.fileno()], 0)
 
     def notify(self, db: PostgresConnection, channel: str, message: str) -> None:
         db.execute("SELECT pg_notify(?, ?)", (channel, message))  # its answer is never read: no round trip

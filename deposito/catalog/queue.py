@@ -116,7 +116,7 @@ class WorkQueue(Changes):
         one passes on too (each sees copies the other cannot) waits instead,
         as for a server to come back, rather than going to and fro."""
         held = set(held)
-        outcomes = builtins.list(outcomes)
+        outcomes = builtins.list({o.name: o for o in outcomes}.values())  # a file's last outcome, as ever
         done = [(o.name, o.gen) for o in outcomes if o.due is None]
         # the others' rows: column1 to column8 of a VALUES list, one statement a page
         later = [(o.name, o.gen, o.due, o.rank, o.wanted, o.have, o.moves, int(o.passed))
