@@ -136,6 +136,8 @@ LEASE = 300.0  # a file with copies planned is not looked at again before this, 
 RETRY = 10.0  # a file whose copies all failed is looked at again after this
 WAITERS_EVERY = 1.0  # seconds between looks at the files a REPLICAS ... WAIT waits on
 LOOK_EVERY = 5.0  # seconds between looks at when the queue's next file is due: work other proxies queued or passed
+SMALL_COPY = 1 << 20  # bytes: a file this size or smaller is a small one to copy...
+SMALL_AT_ONCE = 16  # ...and copies of small files go this many at once (their time goes to round trips, not bytes)
 KEEPS_AT_ONCE = 16  # files whose copies are told their lowered count at once (see _keep_wanted)
 WAITING_RANK = 1000  # files that wait on a server come last among the due (0: not looked at yet)
 
@@ -154,14 +156,15 @@ class Reconciler:
 
     def __init__(self, clock: IReactorTime, catalog: IWorkCatalog, roster: Roster, copier: ICopier,
                  collect: Callable[[], None] = lambda: None, paused: Callable[[], bool] = lambda: False,
-                 concurrency: int = 4, sweep_every: float = SWEEP_EVERY) -> None:
+                 concurrency: int = 4, small_at_once: int = SMALL_AT_ONCE, sweep_every: float = SWEEP_EVERY) -> None:
         self.clock = clock
         self.catalog = catalog
         self.roster = roster
         self.copier = copier
         self.collect = collect  # copies dropped: delete them from the servers soon
         self.paused = paused  # while true, no moves (the catalog is being rebuilt)
-        self.concurrency = concurrency
+        self.concurrency = concurrency  # files being copied at once
+        self.small_at_once = small_at_once  # ... or this many while the next is a small file (see _start_copies)
         self.running: dict[str, defer.Deferred] = {}
         self.planned: list[CopyTask] = []  # waiting for a free slot, most endangered first
         self._planned: set[str] = set()
@@ -364,7 +367,12 @@ class Reconciler:
         return [(record, sid) for record, sid in drops if record.name not in stay]
 
     def _start_copies(self) -> None:
-        while self.planned and len(self.running) < self.concurrency and self._started:
+        """Most endangered first: the next file's copies start while fewer
+        than ``concurrency`` files are being copied, or fewer than
+        ``small_at_once`` when it is small (a copy of a few KiB waits on
+        round trips to the catalog and the servers, not on the disks)."""
+        while self.planned and self._started and len(self.running) < (
+                self.small_at_once if self.planned[0].record.size <= SMALL_COPY else self.concurrency):
             t = self.planned.pop(0)
             self._planned.discard(t.record.name)
             d = defer.ensureDeferred(self._copy(t))

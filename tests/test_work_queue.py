@@ -18,7 +18,7 @@ from deposito.catalog import WAITING, Catalog, Outcome
 from deposito.catalog.schema import NOT_WAITING
 from deposito.errors import Unavailable
 from deposito.interfaces import ICopier, IWorkCatalog
-from deposito.reconciler import PAGE, SERVER_PAGE, SWEEP_PAGE, Reconciler
+from deposito.reconciler import PAGE, SERVER_PAGE, SMALL_COPY, SWEEP_PAGE, Reconciler
 from deposito.roster import Member, Roster
 from tests.catalogs import Catalogs
 
@@ -441,7 +441,7 @@ def test_a_stream_of_changes_does_not_hold_back_the_copies_of_files_already_rank
 
 def test_most_endangered_first_and_a_page_at_a_time(catalogs):
     cat, clock, roster, view, copier, rec = make(catalogs, PAGE + 50)
-    rec.concurrency = 1
+    rec.concurrency = rec.small_at_once = 1
     instant = copier.copy_to_new_server
 
     def copy_taking_a_while(record, sources, taken, rescue=False):
@@ -463,6 +463,35 @@ def test_most_endangered_first_and_a_page_at_a_time(catalogs):
     # see it done: a few reads per file queued, never the whole queue per copy
     assert len(view.read) <= 4 * (PAGE + 51)
     assert len(copier.copied) == PAGE + 50 + 2  # lonely wants two more
+    rec.stop()
+    cat.close()
+
+
+def test_small_files_are_copied_many_at_once_big_ones_a_few(catalogs):
+    cat, clock, roster, view, copier, rec = make(catalogs, 60)
+    cat.db.execute("BEGIN")
+    cat.db.execute("UPDATE files SET size = ? WHERE name >= ?", (SMALL_COPY + 1, "f000040"))  # the last 20: big
+    cat.db.execute("COMMIT")
+    instant = copier.copy_to_new_server
+    at_once = {"small": 0, "big": 0}  # the most files being copied when a copy began
+
+    def copy_taking_a_while(record, sources, taken, rescue=False):
+        kind = "small" if record.size <= SMALL_COPY else "big"
+        at_once[kind] = max(at_once[kind], len(rec.running.keys() | {record.name}))
+        made = instant(record, sources, taken, rescue)
+        return task.deferLater(clock, 1.0, lambda: made.result)
+
+    copier.copy_to_new_server = copy_taking_a_while
+    rec.start()
+    for names in ([f"f{i:06d}" for i in range(40)], [f"f{i:06d}" for i in range(40, 60)]):
+        for name in names:
+            cat.set_replicas(name, 3)
+        rec.kick()
+        for _ in range(200):
+            clock.advance(0.1)
+        assert all(len(copies_on(cat, name)) == 3 for name in names)
+    assert at_once == {"small": rec.small_at_once, "big": rec.concurrency} and rec.small_at_once > rec.concurrency
+    assert sorted(copier.copied) == [f"f{i:06d}" for i in range(60)]
     rec.stop()
     cat.close()
 
