@@ -124,6 +124,8 @@ class EventLog:
 
 
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+PHASE_BUCKETS = (.0001, .00025, .0005, *LATENCY_BUCKETS)  # a phase of a small PUT may take a tenth of a millisecond
+PUT_PHASES = ("place", "body", "copies", "commit")
 SERVER_STATES = ("up", "down", "dead")
 
 
@@ -143,6 +145,12 @@ class Metrics:
                                  "Time from request to answer (for PUT and GET, to the last byte)",
                                  ["command", "via"], buckets=LATENCY_BUCKETS, registry=r)
         self._requests: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # the labelled pair, by labels
+        self.put_phases = Histogram("deposito_put_phase_seconds",
+                                    "Where the time of a PUT that stored its file went, one after the other:"
+                                    " place (servers picked, the version allocated in the catalog, streams"
+                                    " opened), body (the client's bytes), copies (from the last byte until every"
+                                    " copy is durable and verified), commit (the catalog's commit)",
+                                    ["phase", "via"], buckets=PHASE_BUCKETS, registry=r)
         self.received = Counter("deposito_received_bytes", "File bytes received from clients (PUT)",
                                 ["via"], registry=r)
         self.sent = Counter("deposito_sent_bytes", "File bytes sent to clients (GET, HTTP downloads)",
@@ -203,6 +211,12 @@ class Metrics:
         counted[0].inc()
         counted[1].observe(seconds)
 
+    def put_done(self, via: str, times: tuple[float, float, float, float, float]) -> None:
+        """A stored PUT: the clock's reading at its request, its streams
+        open, its last byte in, its copies made and its answer."""
+        for phase, start, end in zip(PUT_PHASES, times, times[1:]):
+            self.put_phases.labels(phase, via).observe(end - start)
+
     def refresh(self, status: dict[str, Any], servers: list[Any]) -> None:
         """Set the gauges from :func:`deposito.web.gather`'s facts."""
         self.files.set(status["files"])
@@ -245,7 +259,7 @@ class MeteredDepot:
         self._metrics = metrics
         self._clock = clock
         self._via = via
-        self._puts: dict[int, float] = {}
+        self._puts: dict[int, tuple[float, float]] = {}  # an upload's PUT: when asked, when its streams opened
         self._received, self._sent = metrics.received.labels(via), metrics.sent.labels(via)
 
     @property
@@ -268,22 +282,27 @@ class MeteredDepot:
         except BaseException as e:
             self._done("PUT", began, e)
             raise
-        self._puts[id(upload)] = began
+        self._puts[id(upload)] = (began, self._clock.seconds())
         return upload
 
     async def finish_put(self, upload: Upload) -> FileRecord:
-        began = self._puts.pop(id(upload), self._clock.seconds())
+        received = self._clock.seconds()
+        began, opened = self._puts.pop(id(upload), (received, received))
         self._received.inc(upload.received)
         try:
             record = await self._depot.finish_put(upload)
         except BaseException as e:
             self._done("PUT", began, e)
             raise
-        self._done("PUT", began)
+        answered = self._clock.seconds()
+        self._metrics.request("PUT", self._via, answered - began)
+        if upload.copied_at is not None:
+            self._metrics.put_done(self._via, (began, opened, received, upload.copied_at, answered))
         return record
 
     def abort_put(self, upload: Upload) -> None:
-        began = self._puts.pop(id(upload), self._clock.seconds())
+        now = self._clock.seconds()
+        began, _ = self._puts.pop(id(upload), (now, now))
         self._received.inc(upload.received)
         self._done("PUT", began, "aborted")
         self._depot.abort_put(upload)

@@ -137,6 +137,7 @@ class Upload:
         self.expect: Expect | None = None  # a conditional write's condition, checked at the commit
         self.bucket: str | None = None  # an S3 write's bucket, which must still exist at the commit
         self.finishing = False  # finish_put has it: its own failure path cleans it up
+        self.copied_at: float | None = None  # when every copy was durable and verified, before the commit
         self.stall_timeout = stall_timeout
         self.lanes: list[Lane] = []
         self.received = 0

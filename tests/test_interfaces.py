@@ -3,6 +3,7 @@ every IDepot call through, and nothing else."""
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -13,6 +14,7 @@ from deposito.catalog import Catalog, CatalogThread
 from deposito.depot import Depot
 from deposito.depot.writes import Writer
 from deposito.device import Device
+from deposito.errors import Unavailable
 from deposito.events import MeteredDepot, Metrics
 from deposito.interfaces import ICatalog, ICopier, IDepot, IDevice, IWorkCatalog
 from deposito.roster import Roster
@@ -85,6 +87,36 @@ def test_the_metered_depot_counts_puts_and_gets_and_passes_the_rest_through():
     assert value("deposito_received_bytes_total", {"via": "text"}) == 5
     assert value("deposito_sent_bytes_total", {"via": "text"}) == 8
     assert value("deposito_request_duration_seconds_sum", {"command": "PUT", "via": "text"}) == 2
+
+
+def test_the_metered_depot_times_a_stored_puts_phases_one_after_the_other():
+    depot, metrics, clock = FakeDepot(), Metrics(), task.Clock()
+    metered = MeteredDepot(depot, metrics, clock, via="s3")
+    clock.advance(100)
+    upload = _result(metered.begin_put("f", 5, None))
+    clock.advance(1)  # the client's bytes
+    upload.write(b"hello")
+    upload.received = 5  # as the real upload counts them
+    depot.finish = defer.Deferred()
+    finished = defer.ensureDeferred(metered.finish_put(upload))
+    clock.advance(1.5)
+    upload.copied_at = clock.seconds()  # as the writer marks it, once its servers answered
+    clock.advance(0.25)  # the catalog's commit
+    depot.finish.callback(None)
+    assert finished.result.name == "f"
+    value = metrics.registry.get_sample_value
+    for phase, seconds in (("place", 0), ("body", 1), ("copies", 1.5), ("commit", 0.25)):
+        assert value("deposito_put_phase_seconds_count", {"phase": phase, "via": "s3"}) == 1, phase
+        assert value("deposito_put_phase_seconds_sum", {"phase": phase, "via": "s3"}) == seconds, phase
+    assert value("deposito_request_duration_seconds_sum", {"command": "PUT", "via": "s3"}) == 2.75
+    # a PUT that failed is timed whole, not in phases
+    upload = _result(metered.begin_put("g", 5, None))
+    upload.received = 0
+    depot.finish = defer.fail(Unavailable("no"))
+    with pytest.raises(Unavailable):
+        _result(metered.finish_put(upload))
+    assert value("deposito_put_phase_seconds_count", {"phase": "commit", "via": "s3"}) == 1
+    assert value("deposito_requests_total", {"command": "PUT", "via": "s3", "outcome": "unavailable"}) == 1
 
 
 def _result(awaitable):

@@ -23,6 +23,7 @@ class FakeUpload:
         self.name, self.size, self.data = name, size, b""
         self.source = None
         self.aborted = False
+        self.copied_at = None  # set, as the writer sets it, where a test wants the PUT's phases timed
 
     def attach(self, source):
         self.source = source

@@ -28,7 +28,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger
 
 from deposito import proxy_tap
-from deposito.events import EventLog, Metrics, json_log
+from deposito.events import PUT_PHASES, EventLog, Metrics, json_log
 from deposito.placement import read_order
 from deposito.proxy import ProxyService
 from deposito.roster import Member
@@ -357,6 +357,11 @@ def test_metrics_parse_and_count_what_happens(web):
     assert delta("deposito_requests_total", command="GET", via="text", outcome="ok") == 1
     assert delta("deposito_requests_total", command="REPLICAS", via="text", outcome="ok") == 1
     assert delta("deposito_request_duration_seconds_count", command="PUT", via="text") == 1
+    for phase in PUT_PHASES:  # where the PUT's time went, one phase after the other: all of it
+        assert delta("deposito_put_phase_seconds_count", phase=phase, via="text") == 1, phase
+        assert delta("deposito_put_phase_seconds_sum", phase=phase, via="text") > 0, phase
+    assert sum(delta("deposito_put_phase_seconds_sum", phase=phase, via="text") for phase in PUT_PHASES) == \
+        pytest.approx(delta("deposito_request_duration_seconds_sum", command="PUT", via="text"), abs=1e-6)
     assert delta("deposito_received_bytes_total", via="text") == len(data)
     assert delta("deposito_sent_bytes_total", via="text") == len(data)
     assert delta("deposito_files") == 1

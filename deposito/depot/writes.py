@@ -118,7 +118,7 @@ class Writer:
                 m.unreserve(upload.size)
         ids = [m.id for m in good]
         try:
-            now = self.clock.seconds()
+            now = upload.copied_at = self.clock.seconds()
             newest, record = await self._commit(upload, ids, now)
         except Exception:
             # Not committed (or, with the database lost at that moment, maybe committed: then
