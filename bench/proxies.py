@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from harness import (CHECKOUT, HERE, DepositoCluster, Processes, disk_of, fmt, free_port, human, loadavg, machine,
@@ -55,6 +56,7 @@ from private_postgres import PrivatePostgres  # noqa: E402
 SMALL_TARGET = 0.8  # PostgreSQL's small-file rates against SQLite's
 BIG_TARGET = 0.95  # PostgreSQL's 1 GiB throughput against SQLite's
 TWO_TARGET = 1.0  # two proxies against one, on PostgreSQL
+PHASES = ("place", "body", "copies", "commit")  # of a PUT, as its proxy's /metrics times them
 
 
 class Cluster(DepositoSystem):
@@ -68,6 +70,23 @@ class Cluster(DepositoSystem):
         super().__init__(cluster)
         self.key = self.label = key
         self.begin("warm-up")
+
+    def put_phases(self) -> dict[str, tuple[float, float]]:
+        """The first proxy's PUT phases so far: (seconds, PUTs) of each, from its /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families  # installed with Deposito
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.c.http_port}/metrics", timeout=30) as r:
+            text = r.read().decode()
+        got = {phase: [0.0, 0.0] for phase in PHASES}
+        for family in text_string_to_metric_families(text):
+            if family.name == "deposito_put_phase_seconds":
+                for sample in family.samples:
+                    if sample.labels.get("via") == "text" and sample.labels.get("phase") in got:
+                        if sample.name.endswith("_sum"):
+                            got[sample.labels["phase"]][0] = sample.value
+                        elif sample.name.endswith("_count"):
+                            got[sample.labels["phase"]][1] = sample.value
+        return {phase: (t, n) for phase, (t, n) in got.items()}
 
     def begin(self, round_name: str) -> None:
         """The next clients are a new round's."""
@@ -113,17 +132,27 @@ def small_rounds(systems: list[Cluster], levels: list[int], size: int, replicas:
     seen: dict[str, dict[str, dict[str, list[float]]]] = {
         s.key: {str(level): {"put": [], "get": []} for level in levels} for s in systems}
     errors: dict[str, dict[str, list[str]]] = {s.key: {str(level): [] for level in levels} for s in systems}
+    phases: dict[str, dict[str, dict[str, list[float]]]] = {
+        s.key: {str(level): {phase: [] for phase in PHASES} for level in levels} for s in systems}
     for level in levels:
         for i in range(rounds):
             for s in systems[i % len(systems):] + systems[:i % len(systems)]:
                 s.begin(f"round{i}")
+                before = s.put_phases()
                 got = small_level(s, level, data, replicas, duration, 1_000_000)
+                after = s.put_phases()
+                for phase in PHASES:  # the mean of this round's PUTs through the first proxy, in ms
+                    puts = after[phase][1] - before[phase][1]
+                    if puts:
+                        phases[s.key][str(level)][phase].append((after[phase][0] - before[phase][0]) / puts * 1e3)
                 if got.get("error"):
                     errors[s.key][str(level)].append(got["error"])
                 for op in ("put", "get"):
                     if op in got:
                         seen[s.key][str(level)][op].append(got[op]["ops_per_s"])
     return {key: {"levels": {level: {op: spread(v) for op, v in ops.items()} for level, ops in by_level.items()},
+                  "phases": {level: {phase: spread(v) for phase, v in by_phase.items()}
+                             for level, by_phase in phases[key].items()},
                   "errors": errors[key]}
             for key, by_level in seen.items()}  # errors: by level, the failures of each round that had any
 
@@ -245,6 +274,29 @@ def render(res: dict, out_md: Path) -> None:
                      f"{fmt(ratio(median(two), median(pg)), 2)}x |")
     L.append("")
 
+    if any((small.get(key) or {}).get("phases") for key in small):
+        L.append("## Where a small PUT's time goes (ms, the mean of each round's PUTs)\n")
+        L.append("From the first proxy's `/metrics` (`deposito_put_phase_seconds`), before and after each round: "
+                 "`place` (servers picked, the version allocated in the catalog, streams opened), `body` (the "
+                 "client's bytes), `copies` (from the last byte until every copy is durable and verified), "
+                 "`commit` (the catalog's commit). The median of the rounds, the lowest and highest in brackets; "
+                 "with two proxies, the PUTs through the first one.\n")
+        L.append("| clients | phase | one proxy, SQLite | one proxy, PostgreSQL | PostgreSQL - SQLite "
+                 "| two proxies, PostgreSQL |")
+        L.append("|---|---|---|---|---|---|")
+
+        def phase(key: str, level: str, name: str) -> dict:
+            return (((small.get(key) or {}).get("phases") or {}).get(level) or {}).get(name) or {}
+
+        for level in levels:
+            for name in PHASES:
+                sq, pg = median(phase("sqlite", level, name)), median(phase("postgresql", level, name))
+                more = fmt(pg - sq, 2) if sq is not None and pg is not None else "n/a"
+                L.append(f"| {level} | {name} | {figure(phase('sqlite', level, name), 2)} | "
+                         f"{figure(phase('postgresql', level, name), 2)} | {more} | "
+                         f"{figure(phase('two', level, name), 2)} |")
+        L.append("")
+
     L.append(f"## One big file ({human(res['big_size'])}, {res['replicas']} copies; MiB/s)\n")
     L.append("| op | one proxy, SQLite | one proxy, PostgreSQL | PostgreSQL/SQLite |")
     L.append("|---|---|---|---|")
@@ -348,12 +400,12 @@ def main(argv: list[str] | None = None) -> int:
         res["postgres_version"] = subprocess.run([postgres.bindir / "postgres", "--version"], capture_output=True,
                                                  text=True).stdout.strip()
         log("starting 3 clusters of 3 servers: one proxy on SQLite, one on PostgreSQL, two on PostgreSQL")
-        sqlite = DepositoCluster(procs, root / "sqlite", prefix="sqlite-")
+        sqlite = DepositoCluster(procs, root / "sqlite", prefix="sqlite-", http=True)
         clusters.append(sqlite)
-        pg = DepositoCluster(procs, root / "postgresql", prefix="pg-",
+        pg = DepositoCluster(procs, root / "postgresql", prefix="pg-", http=True,
                              proxy_args=["--catalog", database(postgres.url, "one")])
         clusters.append(pg)
-        two = DepositoCluster(procs, root / "two", prefix="two-", proxies=2,
+        two = DepositoCluster(procs, root / "two", prefix="two-", proxies=2, http=True,
                               proxy_args=["--catalog", database(postgres.url, "two")])
         clusters.append(two)
         res["commands"] = [f"# PostgreSQL: examples/private_postgres.py in {pg_root}, databases one and two at "
