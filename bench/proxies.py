@@ -46,8 +46,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from harness import (CHECKOUT, HERE, DepositoCluster, Processes, disk_of, fmt, free_port, human, loadavg, machine,
-                     make_file)
+from harness import (CHECKOUT, HERE, HOST, DepositoCluster, Processes, disk_of, fmt, free_port, human, loadavg,
+                     machine, make_file)
 from run import DepositoSmall, DepositoSystem, log, parse_size, small_level, throughput
 
 sys.path.insert(0, str(CHECKOUT / "examples"))
@@ -75,7 +75,7 @@ class Cluster(DepositoSystem):
         """The first proxy's PUT phases so far: (seconds, PUTs) of each, from its /metrics."""
         from prometheus_client.parser import text_string_to_metric_families  # installed with Deposito
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.c.http_port}/metrics", timeout=30) as r:
+        with urllib.request.urlopen(f"http://{HOST}:{self.c.http_port}/metrics", timeout=30) as r:
             text = r.read().decode()
         got = {phase: [0.0, 0.0] for phase in PHASES}
         for family in text_string_to_metric_families(text):

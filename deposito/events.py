@@ -146,7 +146,8 @@ class Metrics:
                                  ["command", "via"], buckets=LATENCY_BUCKETS, registry=r)
         self._requests: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # the labelled pair, by labels
         self.put_phases = Histogram("deposito_put_phase_seconds",
-                                    "Where the time of a PUT that stored its file went, one after the other:"
+                                    "Where the time of a PUT that stored its file (not a part of a multipart"
+                                    " upload) went, one after the other:"
                                     " place (servers picked, the version allocated in the catalog, streams"
                                     " opened), body (the client's bytes), copies (from the last byte until every"
                                     " copy is durable and verified), commit (the catalog's commit)",
@@ -251,7 +252,7 @@ def outcome(error: BaseException | str | None) -> str:
 @implementer(IDepot)
 class MeteredDepot:
     """A depot as a gateway sees it, with PUT, GET and REPLICAS counted and
-    timed under the gateway's name (``via``: text, http). Everything else
+    timed under the gateway's name (``via``: text, http, s3). Everything else
     goes straight through."""
 
     def __init__(self, depot: IDepot, metrics: Metrics, clock: IReactorTime, via: str = "text") -> None:
@@ -287,7 +288,8 @@ class MeteredDepot:
 
     async def finish_put(self, upload: Upload) -> FileRecord:
         received = self._clock.seconds()
-        began, opened = self._puts.pop(id(upload), (received, received))
+        begun = self._puts.pop(id(upload), None)  # None: begun elsewhere (a part of a multipart upload)
+        began = received if begun is None else begun[0]
         self._received.inc(upload.received)
         try:
             record = await self._depot.finish_put(upload)
@@ -296,8 +298,8 @@ class MeteredDepot:
             raise
         answered = self._clock.seconds()
         self._metrics.request("PUT", self._via, answered - began)
-        if upload.copied_at is not None:
-            self._metrics.put_done(self._via, (began, opened, received, upload.copied_at, answered))
+        if begun is not None and upload.copied_at is not None:  # timed from its start: its phases too
+            self._metrics.put_done(self._via, (began, begun[1], received, upload.copied_at, answered))
         return record
 
     def abort_put(self, upload: Upload) -> None:

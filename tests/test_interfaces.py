@@ -109,6 +109,14 @@ def test_the_metered_depot_times_a_stored_puts_phases_one_after_the_other():
         assert value("deposito_put_phase_seconds_count", {"phase": phase, "via": "s3"}) == 1, phase
         assert value("deposito_put_phase_seconds_sum", {"phase": phase, "via": "s3"}) == seconds, phase
     assert value("deposito_request_duration_seconds_sum", {"command": "PUT", "via": "s3"}) == 2.75
+    # one begun elsewhere (a part of a multipart upload) is timed from its finish, not in phases
+    upload = _result(depot.begin_put("p", 5, None))
+    upload.received, upload.copied_at = 5, clock.seconds()
+    clock.advance(0.5)
+    depot.finish = defer.succeed(None)
+    assert _result(metered.finish_put(upload)).name == "p"
+    assert value("deposito_put_phase_seconds_count", {"phase": "place", "via": "s3"}) == 1
+    assert value("deposito_requests_total", {"command": "PUT", "via": "s3", "outcome": "ok"}) == 2
     # a PUT that failed is timed whole, not in phases
     upload = _result(metered.begin_put("g", 5, None))
     upload.received = 0
