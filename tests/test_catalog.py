@@ -826,6 +826,56 @@ def test_a_proxy_among_others_changes_nothing_before_its_row_is_in_and_a_while_a
         postgres.drop(url)
 
 
+def test_a_commit_among_proxies_sends_commit_with_its_writes_and_counts_once_its_proxy_is_gone(postgres, monkeypatch):
+    """Among proxies, a commit's COMMIT goes with its writes, without
+    waiting for them (its guard holds the proxy's row till then): when the
+    proxy's connection is lost while its writes wait on a lock, the version
+    is committed all the same, as if just before, and the proxy that then
+    takes over the lost one's work finds none of its copies to make garbage."""
+    import threading
+    import time
+
+    import psycopg
+
+    from deposito.catalog import operations
+    from deposito.catalog.postgres import PostgresBackend
+
+    monkeypatch.setattr(operations, "WAIT", 0.0)
+    url = postgres.database()
+    a, b = Catalog(PostgresBackend(url), among_proxies=True), Catalog(PostgresBackend(url), among_proxies=True)
+    holder = psycopg.connect(url)
+    try:
+        a.recover(0.0)
+        version = a.begin_upload("f", "b1", ["s1"])
+        holder.execute("UPDATE totals SET value = value")  # a commit's writes add to the totals: they wait
+        outcome: list = []
+        committing = threading.Thread(target=lambda: outcome.append(
+            a.batch([(Catalog.commit, ("f", version, "b1", 1, "x", 1, ["s1"], 0.0))])))
+        committing.start()
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        deadline = time.monotonic() + 10
+        while b.db.execute(waiting).fetchone() != (1,):
+            assert time.monotonic() < deadline, "the commit never waited on the lock"
+            time.sleep(0.01)
+        a.db.cut()  # the proxy is gone (its socket shut) while its writes wait
+        committing.join(10)
+        assert not committing.is_alive() and not outcome[0][0][0]  # it never heard the answer
+        holder.rollback()  # the lock is let go: the writes run, then the COMMIT sent with them
+        while b.lookups(["f"]) == [(True, None)]:
+            assert time.monotonic() < deadline, "the commit sent with the writes was lost"
+            time.sleep(0.01)
+        assert b.lookup("f").servers == ("s1",)
+        b.recover(100.0)
+        assert b.beat([], 100.0, 30.0, True)[1:3] == (1, 0)  # A retired: no copy of its was left unfinished
+        assert b.db.execute("SELECT count(*) FROM garbage").fetchone() == (0,)
+        assert b.lookup("f").servers == ("s1",)
+    finally:
+        holder.close()
+        a.close()
+        b.close()
+        postgres.drop(url)
+
+
 def test_proxies_sharing_a_catalog_never_get_the_same_version(shared):
     a, b = shared
     versions = [c.begin_upload("f", f"b{i}", ["s1"]) for i, c in enumerate([a, b, a, b, b])]

@@ -250,9 +250,11 @@ class Database:
 
     # -- what a Catalog adds around changes (see Catalog.before_changes)
 
-    def guard_changes(self, db: Any, changes: bool = True) -> None:
+    def guard_changes(self, db: Any, changes: bool = True) -> bool:
         """The first statement of a batch that may change records, or
-        (``changes`` False) that commits before its answers are read."""
+        (``changes`` False) that commits before its answers are read: whether
+        it holds this proxy's row till the commit (see Catalog.guard_changes)."""
+        return False
 
     def committed(self) -> None:
         """A transaction of this connection is committed."""
@@ -300,15 +302,14 @@ class Database:
         try:
             with self.backend.pipeline(db):
                 self.backend.begin(db, durable)
-                if changes or later:
-                    self.guard_changes(db, changes)
+                guarded = (changes or later) and self.guard_changes(db, changes)
                 self._calling = True
                 try:
                     results = [(True, method(self, *args)) for method, args in calls]
                 finally:
                     self._calling = False
                 self.announce(db, calls)
-                if not later:
+                if not (later or guarded):
                     self.backend.flush(db)  # (as in _alone) COMMIT once every statement is seen done
                 db.execute("COMMIT")
             self.committed()
@@ -331,8 +332,7 @@ class Database:
         try:
             with self.backend.pipeline(db):
                 self.backend.begin(db, durable)
-                if changes or later:
-                    self.guard_changes(db, changes)
+                guarded = (changes or later) and self.guard_changes(db, changes)
                 self._calling = True
                 try:
                     result = method(self, *args)
@@ -340,11 +340,13 @@ class Database:
                     self._calling = False
                 self.announce(db, [(method, args)])
                 # COMMIT goes only once every statement is seen done: a proxy that dies
-                # meanwhile (its statements waiting on a lock) commits nothing. A call
-                # that sends nothing it waits on (answers_later) commits along with its
-                # statements: its guard, first, commits nothing once this proxy's row is
-                # gone, and holds the row till then. The end of the pipeline waits for the COMMIT.
-                if not later:
+                # meanwhile (its statements waiting on a lock) commits nothing. Where the
+                # guard went first, COMMIT goes along with the statements (a round trip
+                # less): it commits nothing once this proxy's row is gone, and holds the
+                # row till then, so that no other proxy takes over this one's work before
+                # the transaction ends; committed after this proxy died, it is as if
+                # committed just before. The end of the pipeline waits for the COMMIT.
+                if not (later or guarded):
                     self.backend.flush(db)
                 db.execute("COMMIT")
             self.committed()

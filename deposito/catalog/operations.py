@@ -107,19 +107,22 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             raise Unavailable("this proxy is joining the others; try again shortly")
         return max(0.0, registered + WAIT - time.monotonic())
 
-    def guard_changes(self, db: Connection, changes: bool = True) -> None:
+    def guard_changes(self, db: Connection, changes: bool = True) -> bool:
         """Among proxies on a shared catalog, a change runs only WAIT seconds
         after this proxy's row went in (see :meth:`change_delay`; it may have
         gone in again meanwhile), and while the row is there (locked till the
         commit, so that no proxy retires it meanwhile and takes itself for
         alone): a division by zero undoes it otherwise. That statement's
         result is never read, so it costs no round trip. A batch that
-        changes no record (``changes`` False) needs the row alone."""
-        if self.among_proxies and self.backend.shared:
-            if self.change_delay() > 0 and changes:
-                raise Unavailable("this proxy is joining the others; try again shortly")
-            db.execute("SELECT 1 / count(*) FROM (SELECT 1 FROM proxies WHERE id = ?"
-                       + self.dialect.for_key_share + ") AS mine", (self.proxy,))
+        changes no record (``changes`` False) needs the row alone. Returns
+        whether the row is held."""
+        if not (self.among_proxies and self.backend.shared):
+            return False
+        if self.change_delay() > 0 and changes:
+            raise Unavailable("this proxy is joining the others; try again shortly")
+        db.execute("SELECT 1 / count(*) FROM (SELECT 1 FROM proxies WHERE id = ?"
+                   + self.dialect.for_key_share + ") AS mine", (self.proxy,))
+        return True
 
     def committed(self) -> None:
         if self._registering:

@@ -350,8 +350,8 @@ class PostgresBackend:
     def pipeline(self, db: PostgresConnection) -> contextlib.AbstractContextManager[Any]:
         """Statements go out without waiting for each other's answers until
         one's result is read (psycopg's pipeline mode), and the end of the
-        pipeline waits for the rest: a PUT's commit takes three round trips
-        (its reads, its writes, COMMIT) instead of ten."""
+        pipeline waits for the rest: a PUT's commit takes two round trips
+        (its reads; its writes with COMMIT, see Database._alone) instead of ten."""
         return db.pipelined()
 
     def flush(self, db: PostgresConnection) -> None:
