@@ -240,7 +240,18 @@ class BlobStore:
         # Group commits sync the whole filesystem, which covers the blobs only if it holds all of them.
         self.one_filesystem = len({os.stat(p).st_dev for p in (self.root, self.blobs, self.incoming)}) == 1
         self._tally_lock = threading.Lock()  # commits run on several threads
+        self._make_subdirs()
         self.used, self.count = self._recount()
+
+    def _make_subdirs(self) -> None:
+        """Every blob directory, made durable now rather than with its first
+        blob: a new one costs that write a mkdir and an fsync of blobs/ more,
+        and on a fresh server most writes are a directory's first."""
+        made = {d for d in (os.path.join(self.blobs, f"{i:02x}") for i in range(256)) if not os.path.isdir(d)}
+        for d in made:
+            os.makedirs(d, exist_ok=True)
+        if made:
+            self._sync_dirs(made | {self.blobs})
 
     def _dir(self, blob_id: str) -> str:
         return os.path.join(self.blobs, blob_id[:2])

@@ -48,6 +48,32 @@ def test_commit_makes_blob_and_metadata_visible_and_counted(tmp_path):
     assert [m.blob for m in BlobStore(str(tmp_path)).inventory()] == [blob]
 
 
+def test_every_blob_directory_is_made_at_start_so_a_write_makes_none(tmp_path, monkeypatch):
+    """A new store makes its 256 blob directories at once: a blob written
+    then makes no directory (no mkdir, no fsync of blobs/, on its way). One
+    removed by hand is made again by the next start, or by a write."""
+    store = BlobStore(str(tmp_path))
+    assert sorted(os.listdir(store.blobs)) == [f"{i:02x}" for i in range(256)]
+    made = []
+    real_makedirs = os.makedirs
+    monkeypatch.setattr(os, "makedirs", lambda path, *a, **k: (made.append(path), real_makedirs(path, *a, **k)))
+    for _ in range(20):
+        blob, data = new_blob_id(), os.urandom(100)
+        incoming = store.begin(meta(blob, len(data)))
+        incoming.write(data)
+        incoming.commit(*sums(data))
+    assert made == []
+    monkeypatch.undo()
+    os.rmdir(os.path.join(store.blobs, "ab"))
+    assert os.path.isdir(os.path.join(BlobStore(str(tmp_path)).blobs, "ab"))
+    os.rmdir(os.path.join(store.blobs, "cd"))
+    blob, data = "cd" + new_blob_id()[2:], b"x"
+    incoming = store.begin(meta(blob, 1))
+    incoming.write(data)
+    incoming.commit(*sums(data))
+    assert store.meta(blob).size == 1
+
+
 def test_wrong_checksum_or_size_leaves_nothing(tmp_path):
     store = BlobStore(str(tmp_path))
     blob = new_blob_id()
@@ -333,6 +359,7 @@ def test_blobs_committed_together_each_get_their_own_outcome(tmp_path, monkeypat
     real = diskio.sync_filesystem
     monkeypatch.setattr(diskio, "sync_filesystem", lambda path: calls.append(path) or (together and real(path)))
     store = BlobStore(str(tmp_path))
+    calls.clear()  # (the store's directories, made at its start)
     datas = [os.urandom(n) for n in (10, 5000, 3 * BLOCK + 1, 0)]
     batch = []
     for data in datas:
