@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import weakref
 from collections import Counter as Tally, deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, cast
 
@@ -261,6 +262,7 @@ class MeteredDepot:
         self._clock = clock
         self._via = via
         self._puts: dict[int, tuple[float, float]] = {}  # an upload's PUT: when asked, when its streams opened
+        self._finished: weakref.WeakSet[Upload] = weakref.WeakSet()  # counted by finish_put (see abort_put)
         self._received, self._sent = metrics.received.labels(via), metrics.sent.labels(via)
 
     @property
@@ -291,6 +293,7 @@ class MeteredDepot:
         begun = self._puts.pop(id(upload), None)  # None: begun elsewhere (a part of a multipart upload)
         began = received if begun is None else begun[0]
         self._received.inc(upload.received)
+        self._finished.add(upload)
         try:
             record = await self._depot.finish_put(upload)
         except BaseException as e:
@@ -303,10 +306,13 @@ class MeteredDepot:
         return record
 
     def abort_put(self, upload: Upload) -> None:
-        now = self._clock.seconds()
-        began, _ = self._puts.pop(id(upload), (now, now))
-        self._received.inc(upload.received)
-        self._done("PUT", began, "aborted")
+        """Counted as aborted, unless :meth:`finish_put` counted it already
+        (an S3 copy aborts what it could not finish)."""
+        if upload not in self._finished:
+            now = self._clock.seconds()
+            began, _ = self._puts.pop(id(upload), (now, now))
+            self._received.inc(upload.received)
+            self._done("PUT", began, "aborted")
         self._depot.abort_put(upload)
 
     async def read(self, record: FileRecord, consumer: IConsumer, offset: int = 0, length: int | None = None,

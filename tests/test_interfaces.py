@@ -125,6 +125,15 @@ def test_the_metered_depot_times_a_stored_puts_phases_one_after_the_other():
         _result(metered.finish_put(upload))
     assert value("deposito_put_phase_seconds_count", {"phase": "commit", "via": "s3"}) == 1
     assert value("deposito_requests_total", {"command": "PUT", "via": "s3", "outcome": "unavailable"}) == 1
+    # ...and aborted then (as an S3 copy does), it is not counted again
+    metered.abort_put(upload)
+    assert value("deposito_requests_total", {"command": "PUT", "via": "s3", "outcome": "aborted"}) is None
+    upload = _result(metered.begin_put("h", 5, None))  # one the client left: aborted, counted once
+    upload.received = 2
+    metered.abort_put(upload)
+    assert value("deposito_requests_total", {"command": "PUT", "via": "s3", "outcome": "aborted"}) == 1
+    assert value("deposito_requests_total", {"command": "PUT", "via": "s3", "outcome": "unavailable"}) == 1
+    assert value("deposito_received_bytes_total", {"via": "s3"}) == 5 + 5 + 0 + 2
 
 
 def _result(awaitable):
