@@ -31,6 +31,8 @@ from deposito.blobstore import BlobStore, IncomingBlob
 from deposito.errors import DepositoError, Internal, NoSpace, NotFound
 from deposito.interfaces import IDevice, IInventoryCursor
 
+EMPTY_EVERY = 1.0  # seconds between two looks at trash/, at least (see BlobStore.empty_trash)
+
 
 @implementer(IDevice)
 class Device:
@@ -69,7 +71,7 @@ class Device:
     def start(self) -> None:
         for pool in (self._writer, self._readers, self._commits, self._deletes):
             pool.start()
-        self._emptying.start(self.store.grace, now=False)
+        self._emptying.start(max(self.store.grace, EMPTY_EVERY), now=False)  # (a grace of 0: not every turn)
 
     def stop(self) -> None:
         if self._emptying.running:

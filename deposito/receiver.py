@@ -9,7 +9,7 @@ paused, not buffered: invariant 3), and commit once the last write is done.
 from __future__ import annotations
 
 import mmap
-from typing import Callable
+from typing import Callable, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -140,7 +140,7 @@ class Receiver:
         self.device.release(self.size)
         return meta
 
-    def _not_committed(self, failure: Failure) -> Failure:
+    def _not_committed(self, failure: Failure) -> defer.Deferred[BlobMeta]:
         self.device.release(self.size)
         if not isinstance(failure.value, DepositoError):
             told = self.device.failed(failure)
@@ -148,8 +148,9 @@ class Receiver:
                 self.log.failure("writing blob {blob}", failure, blob=self.incoming.meta.blob)
                 told = Internal("write failed")
             failure = Failure(told)
-        self.device.abort(self.incoming)
-        return failure
+        # told once its bytes are thrown away: a writer told ERR finds nothing left of it
+        thrown = self.device.abort(self.incoming).addCallback(lambda _: failure)  # (a Failure returned: an error)
+        return cast("defer.Deferred[BlobMeta]", thrown)
 
     def stop(self) -> None:
         """The connection is gone before END: the blob is thrown away."""

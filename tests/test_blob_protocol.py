@@ -181,6 +181,24 @@ def test_a_second_write_before_end_is_refused_and_frees_the_first(tmp_path):
     assert device.reserved == 0
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_store_without_grace_is_not_emptied_at_every_turn_of_the_reactor(tmp_path, monkeypatch):
+    """trash/ is looked at every second at most, whatever the grace: with
+    none, a look at every turn kept the writer thread busy, and the writes
+    queued behind those looks waited for up to a second."""
+    store = BlobStore(str(tmp_path), grace=0)
+    looks = []
+    real = store.empty_trash
+    monkeypatch.setattr(store, "empty_trash", lambda: looks.append(1) or real())
+    device = Device(reactor, store, capacity=1 << 20)
+    device.start()
+    try:
+        yield deferLater(0.5)
+        assert looks == []
+    finally:
+        device.stop()
+
+
 @pytest.mark.parametrize("cache", [True, False])
 @pytest_twisted.inlineCallbacks
 def test_a_slow_reader_gets_every_byte_sent_from_the_cache_or_around_it(tmp_path, monkeypatch, cache):

@@ -57,8 +57,8 @@ def test_every_blob_directory_is_made_at_start_so_a_write_makes_none(tmp_path, m
     made = []
     real_makedirs = os.makedirs
     monkeypatch.setattr(os, "makedirs", lambda path, *a, **k: (made.append(path), real_makedirs(path, *a, **k)))
-    for _ in range(20):
-        blob, data = new_blob_id(), os.urandom(100)
+    for i in range(20):  # in directories 00 to 13: ab and cd, removed below, stay empty
+        blob, data = f"{i:02x}" + new_blob_id()[2:], os.urandom(100)
         incoming = store.begin(meta(blob, len(data)))
         incoming.write(data)
         incoming.commit(*sums(data))

@@ -126,3 +126,18 @@ def test_a_write_the_disk_refuses_is_answered_as_the_device_tells_it():
     receiver.finish("", "").addErrback(failures.append)
     disk.writes[0].errback(OSError(30, "Read-only file system"))
     assert [f.value for f in failures] == [disk.told] and disk.reserved == 0
+
+
+def test_a_failed_commit_is_told_once_its_bytes_are_thrown_away():
+    """The writer hears ERR only when nothing of the blob is left on the disk."""
+    data = os.urandom(100)
+    disk, receiver = receive(data)
+    thrown: defer.Deferred[None] = defer.Deferred()
+    disk.told = Internal("the disk cannot be written (Input/output error)")
+    disk.commit = lambda *a, **k: defer.fail(OSError(5, "Input/output error"))  # type: ignore[method-assign]
+    disk.abort = lambda incoming: disk.trips.append(("abort", 0)) or thrown  # type: ignore[method-assign]
+    failures: list = []
+    receiver.finish("", "").addErrback(failures.append)
+    assert disk.trips == [("abort", 0)] and failures == [], "told before the abort was done"
+    thrown.callback(None)
+    assert [f.value for f in failures] == [disk.told] and disk.reserved == 0
