@@ -139,6 +139,12 @@ class IncomingBlob:
         self._count(piece)
         self._appender().write_piece(piece)
 
+    def start_out(self) -> None:
+        """What was written so far is a piece of a blob whose rest is still
+        coming: start it on its way to the disk (see diskio.Appender.start_out)."""
+        if self._file is not None:
+            self._file.start_out()
+
     def _count(self, data: bytes | memoryview) -> None:
         self.received += len(data)
         if self.received > self.meta.size:

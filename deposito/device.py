@@ -352,6 +352,7 @@ class InventoryCursor:
 def _write_pieces(incoming: IncomingBlob, pieces: list[bytes]) -> None:
     for piece in pieces:
         incoming.write(piece)
+    incoming.start_out()
 
 
 def _write_piece(incoming: IncomingBlob, buffer: Any, length: int) -> None:

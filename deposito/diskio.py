@@ -10,7 +10,8 @@ it.
 Everything else goes through the page cache with write-behind: each finished
 8 MiB is started on its way to the disk as the next arrives (Linux's
 sync_file_range), so dirty pages stay few and the fsync at commit has little
-left to do.
+left to do; a smaller blob that comes in pieces, each piece
+(:meth:`Appender.start_out`).
 
 None of this replaces fsync: a blob is durable only once it is fsynced.
 Every call here blocks: callers run on a device thread, never the reactor.
@@ -173,6 +174,7 @@ class Appender:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.written = 0  # bytes in the file
         self._behind = 0  # bytes handed to writeback
+        self._small = size < WRITE_BEHIND  # (see start_out)
         self._direct: int | None = None
         self._buf: mmap.mmap | None = None
         self._staged = 0
@@ -207,6 +209,15 @@ class Appender:
             if self._direct is None and view:  # direct writes were refused: the rest as plain writes
                 self.write(bytes(view))
                 return
+
+    def start_out(self) -> None:
+        """Start what was written through the page cache and not yet handed to
+        writeback on its way to the disk, without waiting: for a file smaller
+        than a write-behind window that comes in pieces, each is on the disk,
+        or on its way, while the next arrives."""
+        if self._small and self.written > self._behind:
+            start_writeback(self.fd, self._behind, self.written - self._behind)
+            self._behind = self.written
 
     def write_piece(self, piece: memoryview) -> None:
         """Like :meth:`write`, for bytes in a page-aligned buffer (one of

@@ -22,7 +22,8 @@ from deposito.interfaces import IDevice
 from deposito.splice.sockets import SocketWaiter
 from deposito.twisted_internals import IStreamReactor, IStreamTransport
 
-FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big
+FLUSH_BYTES = 1 << 20  # hand bytes to the writer thread in pieces this big...
+EARLY_BYTES = 256 << 10  # ...or this big, for a blob smaller than a write-behind window (see take)
 WINDOW_BYTES = 2 << 20  # pause the sender when this much waits for the disk
 RECEIVE_MIN = 4 << 20  # a WRITE with this much still to come is read straight into disk buffers
 
@@ -32,7 +33,8 @@ class Receiver:
 
     Room for the blob is claimed on the device here (NoSpace otherwise), and
     given back once it is committed or thrown away. Bytes Twisted read come
-    through :meth:`take` and go to the writer thread FLUSH_BYTES at a time,
+    through :meth:`take` and go to the writer thread FLUSH_BYTES at a time
+    (EARLY_BYTES for a blob under diskio.WRITE_BEHIND),
     the last ones with the commit (one trip to the disk for both); the rest
     of a big blob on plain TCP may be read from the socket straight into
     the disk's buffers (:meth:`read_socket`). While more than
@@ -49,6 +51,7 @@ class Receiver:
         self.incoming = device.begin(meta, cache=cache)
         self.size = meta.size
         self.remaining = meta.size  # bytes still to come
+        self._flush_at = EARLY_BYTES if meta.size < diskio.WRITE_BEHIND else FLUSH_BYTES
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._in_flight = 0
@@ -67,7 +70,10 @@ class Receiver:
             self._pending_size += len(take)
             # The last bytes wait for END, to be written and committed in one
             # trip to the disk (see finish): a blob that arrives whole, all of it.
-            if self._pending_size >= FLUSH_BYTES and self.remaining:
+            # A blob of a few MiB goes in small pieces, each started on its way to
+            # the disk while the next arrives (see diskio.Appender.start_out):
+            # its fsync at the commit then has little left to do.
+            if self._pending_size >= self._flush_at and self.remaining:
                 self._flush()
         return data[len(take):]
 

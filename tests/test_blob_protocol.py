@@ -199,6 +199,54 @@ def test_a_store_without_grace_is_not_emptied_at_every_turn_of_the_reactor(tmp_p
         device.stop()
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_blob_of_a_few_mib_starts_to_the_disk_piece_by_piece_before_its_end(tmp_path, monkeypatch):
+    """The bytes of a 1 MiB WRITE go to the disk as they arrive: each piece
+    but the last is written and started on its way out (sync_file_range)
+    before END comes, so the commit's fsync has only the last one left. A
+    big blob's writeback stays in whole windows."""
+    from deposito import diskio
+    from deposito.receiver import EARLY_BYTES
+
+    started: list[tuple[int, int]] = []
+    real = diskio.start_writeback
+    monkeypatch.setattr(diskio, "start_writeback", lambda fd, offset, length: started.append((offset, length))
+                        or real(fd, offset, length))
+    device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 30)
+    device.start()
+    port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(BlobServerFactory(reactor, device))
+    c = yield endpoints.connectProtocol(
+        endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), BlobClient(reactor))
+    try:
+        for size, cache, expected in [
+                (1 << 20, False, [(i * EARLY_BYTES, EARLY_BYTES) for i in range(3)]),
+                (diskio.WRITE_BEHIND + (1 << 20), True, [(0, diskio.WRITE_BEHIND)])]:
+            started.clear()
+            data = os.urandom(size)
+            blob = new_blob_id()
+            d = c.write_blob(blob, len(data), 1, 1, f"few-{size}", cache=cache)
+            for i in range(0, len(data), 64 << 10):
+                c.send(data[i:i + (64 << 10)])
+                yield deferLater(0)
+            for _ in range(100):  # the writer thread has the pieces before END
+                if len(started) >= len(expected):
+                    break
+                yield deferLater(0.01)
+            assert started == expected
+            c.end(*sums(data))
+            yield d
+            assert started == expected  # the commit fsyncs the rest
+            sink = Sink()
+            assert (yield c.read_blob(blob, 0, sink)) == len(data)
+            yield c.body
+            assert b"".join(sink.chunks) == data
+    finally:
+        c.transport.loseConnection()
+        yield port.stopListening()
+        yield settle()
+        device.stop()
+
+
 @pytest.mark.parametrize("cache", [True, False])
 @pytest_twisted.inlineCallbacks
 def test_a_slow_reader_gets_every_byte_sent_from_the_cache_or_around_it(tmp_path, monkeypatch, cache):

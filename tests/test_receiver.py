@@ -12,7 +12,8 @@ from twisted.python.failure import Failure
 
 from deposito.blobmeta import BlobMeta
 from deposito.errors import DepositoError, Internal
-from deposito.receiver import FLUSH_BYTES, Receiver
+from deposito.diskio import WRITE_BEHIND
+from deposito.receiver import EARLY_BYTES, FLUSH_BYTES, Receiver
 
 
 class Disk:
@@ -65,29 +66,41 @@ def receive(data: bytes, chunk: int = 65536) -> tuple[Disk, Receiver]:
     return disk, receiver
 
 
-def test_a_blob_that_arrives_whole_is_written_and_committed_in_one_trip():
-    data = os.urandom(FLUSH_BYTES)  # 1 MiB: the benchmark's files
+def test_a_small_blob_that_arrives_whole_is_written_and_committed_in_one_trip():
+    data = os.urandom(EARLY_BYTES)
     disk, receiver = receive(data)
     assert disk.trips == []
     done = receiver.finish("", "")
-    assert disk.trips == [("commit", FLUSH_BYTES)] and bytes(disk.data) == data
+    assert disk.trips == [("commit", EARLY_BYTES)] and bytes(disk.data) == data
     assert done.called and disk.reserved == 0
 
 
-def test_the_last_bytes_of_a_bigger_blob_go_with_the_commit_once_every_write_is_done():
-    data = os.urandom(2 * FLUSH_BYTES + 12345)
+def test_a_blob_of_a_few_mib_goes_to_the_disk_in_small_pieces_as_it_arrives():
+    data = os.urandom(1 << 20)  # the benchmark's 1 MiB files: three pieces before END, the last with the commit
     disk, receiver = receive(data)
-    assert disk.trips == [("write", FLUSH_BYTES), ("write", FLUSH_BYTES)]  # the rest waits for END
+    assert disk.trips == [("write", EARLY_BYTES)] * 3
     done = receiver.finish("", "")
-    assert not done.called and len(disk.trips) == 2, "no commit before the writes are done"
+    assert not done.called and len(disk.trips) == 3, "no commit before the writes are done"
     for d in disk.writes:
         d.callback(None)
-    assert disk.trips[2:] == [("commit", 12345)] and bytes(disk.data) == data
+    assert disk.trips[3:] == [("commit", EARLY_BYTES)] and bytes(disk.data) == data
+    assert done.called and disk.reserved == 0
+
+
+def test_the_last_bytes_of_a_big_blob_go_with_the_commit_once_every_write_is_done():
+    data = os.urandom(WRITE_BEHIND + 12345)  # big: in FLUSH_BYTES pieces
+    disk, receiver = receive(data)
+    assert disk.trips == [("write", FLUSH_BYTES)] * (WRITE_BEHIND // FLUSH_BYTES)  # the rest waits for END
+    done = receiver.finish("", "")
+    assert not done.called
+    for d in disk.writes:
+        d.callback(None)
+    assert disk.trips[-1:] == [("commit", 12345)] and bytes(disk.data) == data
     assert done.called and disk.reserved == 0
 
 
 def test_a_failed_write_commits_nothing_and_throws_the_blob_away():
-    data = os.urandom(FLUSH_BYTES + 10)
+    data = os.urandom(EARLY_BYTES + 10)
     disk, receiver = receive(data)
     failures: list = []
     done = receiver.finish("", "")
@@ -99,13 +112,13 @@ def test_a_failed_write_commits_nothing_and_throws_the_blob_away():
 
 
 def test_bytes_after_a_failed_write_are_dropped_and_nothing_is_committed():
-    data = os.urandom(FLUSH_BYTES + 10)
+    data = os.urandom(EARLY_BYTES + 10)
     disk = Disk()
     receiver = Receiver(MemoryReactor(), disk, BlobMeta("b" * 32, "f", 1, len(data), "", 1), False,  # type: ignore[arg-type]
                         StringTransport(), lambda: None)
-    receiver.take(data[:FLUSH_BYTES])
+    receiver.take(data[:EARLY_BYTES])
     disk.writes[0].errback(OSError(5, "Input/output error"))
-    receiver.take(data[FLUSH_BYTES:])  # read on, so the connection stays usable, and dropped
+    receiver.take(data[EARLY_BYTES:])  # read on, so the connection stays usable, and dropped
     failures: list = []
     receiver.finish("", "").addErrback(failures.append)
     assert [kind for kind, _ in disk.trips] == ["write", "abort"] and len(failures) == 1
@@ -113,13 +126,13 @@ def test_bytes_after_a_failed_write_are_dropped_and_nothing_is_committed():
 
 
 def test_a_connection_lost_before_end_throws_the_pending_bytes_away():
-    disk, receiver = receive(os.urandom(FLUSH_BYTES // 2))
+    disk, receiver = receive(os.urandom(EARLY_BYTES // 2))
     receiver.stop()
     assert disk.trips == [("abort", 0)] and disk.reserved == 0
 
 
 def test_a_write_the_disk_refuses_is_answered_as_the_device_tells_it():
-    data = os.urandom(FLUSH_BYTES + 10)
+    data = os.urandom(EARLY_BYTES + 10)
     disk, receiver = receive(data)
     disk.told = Internal("the disk cannot be written (Read-only file system)")
     failures: list = []
