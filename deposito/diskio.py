@@ -10,8 +10,8 @@ it.
 Everything else goes through the page cache with write-behind: each finished
 8 MiB is started on its way to the disk as the next arrives (Linux's
 sync_file_range), so dirty pages stay few and the fsync at commit has little
-left to do; a smaller blob that comes in pieces, each piece
-(:meth:`Appender.start_out`).
+left to do. A smaller blob that comes in pieces has each piece started on
+its way as the next arrives (:meth:`Appender.start_out`).
 
 None of this replaces fsync: a blob is durable only once it is fsynced.
 Every call here blocks: callers run on a device thread, never the reactor.
