@@ -193,7 +193,7 @@ def test_a_store_without_grace_is_not_emptied_at_every_turn_of_the_reactor(tmp_p
     device = Device(reactor, store, capacity=1 << 20)
     device.start()
     try:
-        yield deferLater(0.5)
+        yield deferLater(0.3)  # (the first look is due after EMPTY_EVERY, 1 s)
         assert looks == []
     finally:
         device.stop()
