@@ -79,6 +79,27 @@ def test_a_change_through_one_proxy_is_seen_at_once_through_the_other_answering_
 
 
 @pytest_twisted.inlineCallbacks
+def test_two_versions_of_one_name_committed_in_one_batch_tell_the_other_proxy_of_the_newest(proxies):
+    """Two PUTs of one name through A commit in one transaction: the newer
+    replaces the version B keeps, the older loses to it. B must be told of
+    the name (the loser needs no telling, the winner does), and see the
+    newer version at once."""
+    a, b = proxies
+    yield beat_until_trusted(a, b)
+    v = yield b.begin_upload("f", "b1", ["s1"])
+    assert (yield b.commit("f", v, "b1", 1, "x", 1, ["s1"], time.time()))
+    assert (yield b.read("f")).blob == "b1" and b.kept_record("f") is not None
+    older = yield a.begin_upload("f", "b2", ["s1"])
+    newer = yield a.begin_upload("f", "b3", ["s1"])
+    # submitted in one turn of the reactor: one batch, the newer first
+    both = [a.commit("f", newer, "b3", 1, "x", 1, ["s1"], time.time()),
+            a.commit("f", older, "b2", 1, "x", 1, ["s1"], time.time())]
+    assert (yield defer.gatherResults(both)) == [True, False]
+    got = yield b.read("f")
+    assert (got.version, got.blob) == (newer, "b3"), "B still answers the version it kept"
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_change_waits_for_a_silent_proxy_then_goes_on_without_it(proxies, monkeypatch):
     """B stops listening (as if its process had died): A's next change of a
     record B may keep waits ACK_WAIT for B's ack and then LEASE + MARGIN, by

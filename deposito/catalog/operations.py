@@ -86,7 +86,9 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         self._registering = False  # a transaction puts it in: registered once it commits
         self.announced = 0  # the number of this proxy's last change told to the others (see announce)
         self._announcing = 0  # the number of the change the open transaction tells, if any
-        self._untold: set[str] = set()  # names the open transaction committed that need no telling (see announce)
+        # the commits of the open transaction that need no telling, as (name, version): another commit
+        # of the same name in it may need telling (see announce)
+        self._untold: set[tuple[str, int]] = set()
         self._reported: builtins.list[str] | None = []  # names the open transaction's calls changed (see _tell)
         self._quiet: builtins.list[tuple[str, int]] = []  # ...as (name, version), and once committed:
         self.quiet: set[tuple[str, int]] = set()
@@ -156,13 +158,13 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         self._quiet = []
         if not (self.among_proxies and self.backend.shared):
             return
-        self._quiet = [(args[0], args[1]) for method, args in calls if method is Catalog.commit and args[0] in untold]
+        self._quiet = [(args[0], args[1]) for method, args in calls if method is Catalog.commit and args[:2] in untold]
         names: builtins.list[str] | None = []
         if any(tells(method) for method, _ in calls):
             names = reported
         for method, args in calls:
             if names is None or keeps_records(method) or tells(method) or (
-                    method is Catalog.commit and args[0] in untold):
+                    method is Catalog.commit and args[:2] in untold):
                 continue
             if one_record(method):
                 names.append(args[0])
@@ -354,9 +356,9 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             if bucket is not None:
                 self._bucket_stays(db, bucket)
             newest, replaced = self._settle_at(db, name, version, blob, servers)
-            self._untold.discard(name)
+            self._untold.discard((name, version))
             if not newest or replaced is None:  # (see announce)
-                self._untold.add(name)
+                self._untold.add((name, version))
             self._check(db, name, expect, newest)
             if not newest:
                 return False
