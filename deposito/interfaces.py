@@ -117,6 +117,10 @@ class ICatalog(IWorkCatalog):
     change fires once the change is durable (unless the method says
     otherwise: see :func:`deposito.catalog.effects`)."""
 
+    reachable = Attribute("""Whether the database answered the last call (False after
+        one failed with Unavailable, till one succeeds): while it does not,
+        a PUT is refused before its client sends any byte.""")
+
     def start() -> None:
         """Start the threads (or connections) the calls run on."""
 

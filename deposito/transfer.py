@@ -44,6 +44,7 @@ SPLICE_MIN = 1 << 20  # reads from this size on are spliced where they can be
 # setup costs more than the relay saves (one 1 MiB GET: 1.48 ms handed off,
 # 1.20 ms relayed; 2 MiB: 1.65 against 1.96 ms)
 HANDOFF_MIN = 2 << 20
+EARLY_MAX = 256 << 10  # bytes of an upload kept while its lanes are not open yet (see Upload.open_when)
 SMALL_READ = 64 << 10  # files up to this size may be read whole before any byte is sent (read_small)
 
 Connect = Callable[[Member], Awaitable[BlobClient]]
@@ -127,7 +128,7 @@ class Upload:
         self.release = release
         self.targets = list(targets)  # the servers placed for it, holding room reserved for it
         self.name = name
-        self.version = version
+        self.version = version  # 0 until the catalog has allocated it (see open_when)
         self.blob = blob
         self.size = size
         self.replicas = replicas
@@ -144,13 +145,46 @@ class Upload:
         self.failures: list[BaseException] = []  # why lanes failed, once finished
         self._hash = hashlib.sha256()
         self._sums = BlockSums()
-        self._paused: set[Lane] = set()
+        self._paused: set[object] = set()  # the lanes that paused the client (or self: see open_when)
         self._source: Any = None
         self._fan: FanOut | None = None
         self._fan_lanes: list[Lane] = []  # the fan-out's targets, in its order
+        self._opened: defer.Deferred[None] = defer.succeed(None)  # see open_when
+        self._early: list[bytes] | None = None  # bytes come before the lanes are open, or None
+        self._unopened: Failure | None = None  # why the lanes could not open
+        self._aborted = False
 
     def add_lane(self, member: Member, client: BlobClient, result: defer.Deferred) -> None:
         self.lanes.append(Lane(self, member, client, result))
+
+    def open_when(self, version: defer.Deferred[int], start: Callable[[int], None],
+                  unopened: Callable[[], None]) -> None:
+        """The lanes open once the catalog has allocated the version: ``start``
+        opens them, or ``unopened`` lets go of what was to carry them when the
+        allocation failed or the upload was given up before. Meanwhile the
+        bytes that come are kept (EARLY_MAX at most, then the client is
+        paused), so that the client's first bytes travel while the catalog
+        works; a failed allocation fails :meth:`finish`."""
+        self._early = []
+
+        def opened(number: int) -> None:
+            early, self._early = self._early or [], None
+            if self._aborted:
+                unopened()
+                return
+            self.version = number
+            start(number)
+            for data in early:
+                for lane in self.live():
+                    lane.client.send(data)
+            self._resume(self)
+
+        def failed(failure: Failure) -> None:
+            self._early, self._unopened = None, failure  # told by finish
+            unopened()
+            self._resume(self)  # the rest of the body is read, and thrown away
+
+        self._opened = version.addCallbacks(opened, failed)
 
     def live(self) -> list[Lane]:
         return [lane for lane in self.lanes if lane.alive]
@@ -167,6 +201,11 @@ class Upload:
 
     def write(self, data: bytes) -> None:
         self._absorb(data)
+        if self._early is not None:
+            self._early.append(data)
+            if self.received >= EARLY_MAX:
+                self._pause(self)
+            return
         for lane in self.lanes:
             if lane.alive:
                 lane.client.send(data)
@@ -182,6 +221,8 @@ class Upload:
         cannot be done (TLS, a small rest), and the caller goes on with
         :meth:`write`. The Deferred fires once all of them are with the
         lanes, or fails when the source went away."""
+        if not self._opened.called:
+            return None
         lanes = self.live()
         for lane in lanes:
             lane.client.flush_held()  # the WRITE line goes before the bytes the kernel moves
@@ -220,12 +261,12 @@ class Upload:
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
-    def _pause(self, lane: Lane) -> None:
+    def _pause(self, lane: object) -> None:
         if not self._paused and self._source is not None:
             self._source.pauseProducing()
         self._paused.add(lane)
 
-    def _resume(self, lane: Lane) -> None:
+    def _resume(self, lane: object) -> None:
         if lane in self._paused:
             self._paused.discard(lane)
             if not self._paused and self._source is not None:
@@ -245,6 +286,9 @@ class Upload:
 
     async def finish(self) -> list[Member]:
         """All bytes are in: the servers that hold a durable, verified copy."""
+        await self._opened
+        if self._unopened is not None:
+            self._unopened.raiseException()
         sha, blocks = self.sha256, self._sums.digest()
         for lane in self.live():
             lane.client.end(sha, blocks, self.meta)
@@ -255,6 +299,7 @@ class Upload:
         return [lane.member for lane, (ok, _) in zip(self.lanes, results) if ok]
 
     def abort(self) -> None:
+        self._aborted = True  # lanes not open yet never will be (see open_when)
         if self._fan is not None:
             self._fan.fail(ReaderLost("the upload was given up"))
         self.detach()

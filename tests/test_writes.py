@@ -11,7 +11,7 @@ from twisted.logger import Logger, formatEvent
 from deposito.depot.writes import ABANDON_RETRY, PASS_OVER, Writer
 from deposito.errors import NoSpace, Precondition, Unavailable
 from deposito.roster import Member
-from deposito.transfer import Upload
+from deposito.transfer import EARLY_MAX, Upload
 
 
 class FakeTransport:
@@ -50,6 +50,8 @@ class FakeClient:
 class RefusingCatalog:
     """A catalog whose commit refuses (a conditional write's condition did not hold)."""
 
+    reachable = True
+
     def __init__(self) -> None:
         self.abandoned: list[str] = []
 
@@ -87,6 +89,8 @@ def test_an_upload_whose_commit_is_refused_is_cleaned_up_once_even_if_aborted_af
 class UnreachableCatalog:
     """A catalog out of reach (or, ``full``, its disk full) for its first
     ``down`` calls to abandon."""
+
+    reachable = True
 
     def __init__(self, down: int, full: bool = False) -> None:
         self.down = down
@@ -149,18 +153,131 @@ class LosingCatalog(UnreachableCatalog):
         return defer.fail(Unavailable("the catalog database is out of reach"))
 
 
-def test_an_upload_whose_start_went_unanswered_is_abandoned():
-    """The start's answer lost, its intents may be in all the same: they are
-    made garbage (there may be none), and the room reserved is given back."""
-    clock, db = Clock(), LosingCatalog(down=0)
+class Pool:
+    """Connections to servers that store what they are sent, counted out and back."""
+
+    def __init__(self) -> None:
+        self.out: list[WritingClient] = []
+        self.back: list[WritingClient] = []
+
+    async def connect(self, member: Member) -> WritingClient:
+        self.out.append(WritingClient())
+        return self.out[-1]
+
+    def release(self, client: WritingClient) -> None:
+        self.back.append(client)
+
+
+class WritingClient(FakeClient):
+    """A connection that keeps the WRITE it was given and the bytes after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple] = []
+        self.sent: list[bytes] = []
+
+    def write_blob(self, blob: str, size: int, version: int, replicas: int, name: str,
+                   cache: bool = False) -> defer.Deferred:
+        self.writes.append((blob, size, version, replicas, name))
+        return self.stored
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+class Source:
+    """The client's transport, as an upload pauses and resumes it."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+
+class SlowCatalog(RefusingCatalog):
+    """A catalog that allocates a version when the test says, and commits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version: defer.Deferred[int] = defer.Deferred()
+
+    def begin_upload(self, name: str, blob: str, servers: list[str]) -> defer.Deferred:
+        self.began = blob
+        return self.version
+
+    def commit(self, *args: object) -> defer.Deferred:
+        self.committed = args
+        return defer.succeed(True)
+
+
+def _writer(db: object, pool: Pool | None = None) -> tuple[Writer, list[Member]]:
     members = [Member(f"s{i}", f"z{i}", "127.0.0.1", 1, capacity=1 << 30, state="up") for i in range(2)]
-    writer = Writer(clock, db, roster=Members(members), pool=None, collect=lambda: None,  # type: ignore[arg-type]
-                    repair=lambda: None)
+    return Writer(Clock(), db, roster=Members(members), pool=pool, collect=lambda: None,  # type: ignore[arg-type]
+                  repair=lambda: None), members
+
+
+def test_an_upload_whose_start_went_unanswered_is_abandoned():
+    """The start's answer lost, its intents may be in all the same: the
+    upload fails, they are made garbage (there may be none), the
+    connections go back unused and the room reserved is given back."""
+    db, pool = LosingCatalog(down=0), Pool()
+    writer, members = _writer(db, pool)
+    upload: list = []
+    defer.ensureDeferred(writer.begin_put("f", 5, 2)).addBoth(upload.append)
+    assert isinstance(upload[0], Upload) and len(pool.back) == 2 and not any(c.writes for c in pool.out)
+    upload[0].write(b"hello")  # the client's bytes are read, and thrown away
     outcome: list = []
-    defer.ensureDeferred(writer.begin_put("f", 5, 2)).addBoth(outcome.append)
-    assert outcome and outcome[0].check(Unavailable)
+    defer.ensureDeferred(writer.finish_put(upload[0])).addBoth(outcome.append)
+    assert outcome and outcome[0].check(Unavailable), outcome
     assert db.abandoned == [db.began]
     assert [m.reserved for m in members] == [0, 0]
+
+
+def test_an_upload_while_the_catalog_is_out_of_reach_fails_before_its_client_sends_a_byte():
+    db, pool = LosingCatalog(down=0), Pool()
+    db.reachable = False  # the last call failed
+    writer, members = _writer(db, pool)
+    outcome: list = []
+    defer.ensureDeferred(writer.begin_put("f", 5, 2)).addBoth(outcome.append)
+    assert outcome and outcome[0].check(Unavailable), outcome
+    assert db.abandoned == [db.began] and [m.reserved for m in members] == [0, 0] and not pool.out
+
+
+def test_the_first_bytes_of_an_upload_wait_for_its_version_and_then_go_to_every_server():
+    db, pool = SlowCatalog(), Pool()
+    writer, members = _writer(db, pool)
+    upload: list = []
+    defer.ensureDeferred(writer.begin_put("f", EARLY_MAX + 10, 2)).addBoth(upload.append)
+    up, source = upload[0], Source()
+    up.attach(source)
+    up.write(b"a" * 10)
+    up.write(b"b" * (EARLY_MAX - 10))
+    assert source.paused and not any(c.writes or c.sent for c in pool.out)  # kept, then the client paused
+    db.version.callback(7)
+    assert [c.writes for c in pool.out] == [[(db.began, EARLY_MAX + 10, 7, 2, "f")]] * 2
+    assert [c.sent for c in pool.out] == [[b"a" * 10, b"b" * (EARLY_MAX - 10)]] * 2
+    assert not source.paused and up.version == 7
+    up.write(b"c" * 10)
+    assert [c.sent[-1] for c in pool.out] == [b"c" * 10] * 2
+    outcome: list = []
+    defer.ensureDeferred(writer.finish_put(up)).addBoth(outcome.append)
+    assert outcome and outcome[0].version == 7 and db.committed[:2] == ("f", 7), outcome
+
+
+def test_an_upload_given_up_before_its_version_opens_no_stream():
+    db, pool = SlowCatalog(), Pool()
+    writer, members = _writer(db, pool)
+    upload: list = []
+    defer.ensureDeferred(writer.begin_put("f", 5, 2)).addBoth(upload.append)
+    upload[0].write(b"hel")
+    writer.abort_put(upload[0])  # the client went away
+    assert db.abandoned == [db.began] and [m.reserved for m in members] == [0, 0]
+    db.version.callback(3)
+    assert not any(c.writes or c.sent for c in pool.out) and pool.back == pool.out
 
 
 class Members:

@@ -12,7 +12,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from deposito.batching import Batches
+from deposito.batching import Batches, Results
 from deposito.catalog.coherence import Coherence
 from deposito.catalog.listing import IListingReactor, Listing, NameRange
 from deposito.catalog.operations import Beat, Catalog
@@ -68,11 +68,13 @@ class CatalogThread:
     def __init__(self, reactor: IListingReactor, catalog: Catalog) -> None:
         self.reactor = reactor
         self.catalog = catalog
-        self._batches: Batches[tuple[Callable[..., Any], tuple]] = Batches(reactor, catalog.batch, "deposito-catalog")
+        self.reachable = True  # see ICatalog.reachable
+        self._batches: Batches[tuple[Callable[..., Any], tuple]] = Batches(reactor, self._heard(catalog.batch),
+                                                                           "deposito-catalog")
         self._keeps = not catalog.backend.shared
         # Clients' lookups (see read) on a second connection and thread of their own.
         self._reader = catalog.reader()
-        self._reads: Batches[str] = Batches(reactor, self._reader.lookups, "deposito-catalog-reads")
+        self._reads: Batches[str] = Batches(reactor, self._heard(self._reader.lookups), "deposito-catalog-reads")
         self._records: OrderedDict[str, FileRecord] = OrderedDict()
         self._buckets: dict[str, float] = {}  # buckets seen (see bucket)
         self._changes = 0  # calls made so far that may change records
@@ -99,6 +101,14 @@ class CatalogThread:
         self._batches.stop()
         self._reader.close()
         self.catalog.close()
+
+    def _heard(self, run: Callable[[list[Any]], Results]) -> Callable[[list[Any]], Results]:
+        """``run``, noting whether the database answered it (see ICatalog.reachable)."""
+        def heard(items: list[Any]) -> Results:
+            results = run(items)
+            self.reachable = not any(not ok and isinstance(outcome, Unavailable) for ok, outcome in results)
+            return results
+        return heard
 
     def _call(self, method: Callable[..., T], *args: Any) -> Deferred[T]:
         """``self._call(Catalog.due_work, now, limit)``: the method's result, as a

@@ -48,40 +48,56 @@ class Writer:
         self._unabandoned: set[str] = set()  # blobs of failed uploads not yet recorded as garbage (see abandon)
 
     async def begin_put(self, name: str, size: int, replicas: int | None, stored_as: str | None = None) -> Upload:
-        """Reserve room on ``replicas`` servers and open a stream to each
-        (the blob stored under the name ``stored_as``, when not ``name``: a
-        multipart upload's manifest is a version of its object's name)."""
+        """Reserve room on ``replicas`` servers and reach each; the catalog
+        allocates the version meanwhile, and the streams open once it has
+        (see Upload.open_when): the client's first bytes need not wait for
+        the catalog, unless it was out of reach lately (ICatalog.reachable). The blob is stored under the name ``stored_as``, when not
+        ``name`` (a multipart upload's manifest is a version of its object's name)."""
         replicas = replicas or self.default_replicas
         targets = self._place(replicas, size)
         blob = new_blob_id()
         for m in targets:
             m.reserve(size)
         try:
-            try:
-                version = await self.db.begin_upload(name, blob, [m.id for m in targets])
-            except Unavailable:  # its answer lost: its intents may be in all the same
-                self.abandon(blob)
-                raise
-            upload = Upload(self.clock, name, version, blob, size, replicas, self.stall_timeout,
+            version = defer.ensureDeferred(self.db.begin_upload(name, blob, [m.id for m in targets]))
+            if not self.db.reachable:  # out of reach lately: the client hears it before it sends a byte
+                try:
+                    version = defer.succeed(await version)
+                except Unavailable:  # its answer lost: its intents may be in all the same
+                    self.abandon(blob)
+                    raise
+            upload = Upload(self.clock, name, 0, blob, size, replicas, self.stall_timeout,
                             release=self.pool.release, targets=targets)
             clients = await defer.DeferredList(
                 [defer.ensureDeferred(self.pool.connect(m)) for m in targets], consumeErrors=True)
-            first = read_order(blob, targets)[0]  # the copy reads go to first: keep it in cache
+            reached = []
             for m, (ok, client) in zip(targets, clients):
                 if ok:
-                    upload.add_lane(m, client, client.write_blob(blob, size, version, replicas, stored_as or name,
-                                                                 cache=m is first))
+                    reached.append((m, client))
                 else:
                     failure = cast(Failure, client)  # DeferredList's type leaves out the failures
                     self.log.warn("cannot reach storage server {id}: {why}", id=m.id,
                                   why=failure.getErrorMessage())
-            if not upload.lanes:
+            if not reached:
+                version.addErrback(lambda _: None)  # (an allocation that failed: its intents are abandoned)
                 self.abandon(blob)
                 raise Unavailable("no storage server could be reached")
         except BaseException:
             for m in targets:
                 m.unreserve(size)
             raise
+        first = read_order(blob, targets)[0]  # the copy reads go to first: keep it in cache
+
+        def start(number: int) -> None:
+            for m, client in reached:
+                upload.add_lane(m, client, client.write_blob(blob, size, number, replicas, stored_as or name,
+                                                             cache=m is first))
+
+        def unopened() -> None:
+            for _, client in reached:
+                self.pool.release(client)
+
+        upload.open_when(version, start, unopened)
         return upload
 
     async def finish_put(self, upload: Upload) -> FileRecord:
