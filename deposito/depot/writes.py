@@ -51,8 +51,9 @@ class Writer:
         """Reserve room on ``replicas`` servers and reach each; the catalog
         allocates the version meanwhile, and the streams open once it has
         (see Upload.open_when): the client's first bytes need not wait for
-        the catalog, unless it was out of reach lately (ICatalog.reachable). The blob is stored under the name ``stored_as``, when not
-        ``name`` (a multipart upload's manifest is a version of its object's name)."""
+        the catalog, unless it was out of reach lately (ICatalog.reachable).
+        The blob is stored under the name ``stored_as``, when not ``name``
+        (a multipart upload's manifest is a version of its object's name)."""
         replicas = replicas or self.default_replicas
         targets = self._place(replicas, size)
         blob = new_blob_id()
