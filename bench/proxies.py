@@ -277,8 +277,9 @@ def render(res: dict, out_md: Path) -> None:
     if any((small.get(key) or {}).get("phases") for key in small):
         L.append("## Where a small PUT's time goes (ms, the mean of each round's PUTs)\n")
         L.append("From the first proxy's `/metrics` (`deposito_put_phase_seconds`), before and after each round: "
-                 "`place` (servers picked, the version allocated in the catalog, streams opened), `body` (the "
-                 "client's bytes), `copies` (from the last byte until every copy is durable and verified), "
+                 "`place` (servers picked and reached), `body` (the client's bytes, while the catalog allocates "
+                 "the version), `copies` (from the last byte until every copy is durable and verified, after the "
+                 "version if it came later), "
                  "`commit` (the catalog's commit). The median of the rounds, the lowest and highest in brackets; "
                  "with two proxies, the PUTs through the first one.\n")
         L.append("| clients | phase | one proxy, SQLite | one proxy, PostgreSQL | PostgreSQL - SQLite "

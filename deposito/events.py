@@ -149,9 +149,10 @@ class Metrics:
         self.put_phases = Histogram("deposito_put_phase_seconds",
                                     "Where the time of a PUT that stored its file (not a part of a multipart"
                                     " upload) went, one after the other:"
-                                    " place (servers picked, the version allocated in the catalog, streams"
-                                    " opened), body (the client's bytes), copies (from the last byte until every"
-                                    " copy is durable and verified), commit (the catalog's commit)",
+                                    " place (servers picked and reached), body (the client's bytes, while the"
+                                    " catalog allocates the version), copies (from the last byte until every"
+                                    " copy is durable and verified, after the version if it came later),"
+                                    " commit (the catalog's commit)",
                                     ["phase", "via"], buckets=PHASE_BUCKETS, registry=r)
         self.received = Counter("deposito_received_bytes", "File bytes received from clients (PUT)",
                                 ["via"], registry=r)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
-from tests.cluster import Cluster, Wire, answer, fields, free_port, poll, sha
+from tests.cluster import Cluster, Wire, answer, fields, free_port, incoming, poll, sha
 from tests.test_web import fetch
 
 pytestmark = pytest.mark.slow
@@ -102,12 +103,33 @@ def test_postgresql_down_is_unavailable_and_the_proxy_serves_again_by_itself(pg_
     assert "Traceback" not in pg_cluster.log("proxy")
 
 
+def test_a_put_as_postgresql_dies_is_refused_and_keeps_nothing(pg_cluster, postgres):
+    """PostgreSQL killed just before a PUT: the proxy, which tells the
+    client to send while the catalog allocates the version, either refuses
+    at once or reads the bytes and answers ERR unavailable, within seconds;
+    nothing of it is stored, and the connection goes on serving."""
+    data = os.urandom(300_000)
+    with pg_cluster.wire() as w:
+        assert w.put("warm", b"warm", 2).startswith("OK stored")
+        postgres.server.kill()
+        try:
+            started = time.monotonic()
+            reply = w.put("during", data, 2)
+            assert reply.startswith("ERR unavailable") and time.monotonic() - started < 5, reply
+            assert len(w.multi("HELP")) > 5  # the connection still serves
+        finally:
+            postgres.start()
+        pg_cluster.wait_up(3)
+        assert poll(lambda: w.put("after", b"after", 2).startswith("OK stored"), 20)
+        assert w.get("during")[0].startswith("ERR notfound")
+    assert not pg_cluster.holders(data) and not any(incoming(pg_cluster, f"s{i}") for i in range(3))
+    assert pg_cluster.proxy.poll() is None and "Traceback" not in pg_cluster.log("proxy")
+
+
 def test_connections_the_database_closed_while_idle_are_made_again_before_use(pg_cluster):
     """The database closes the proxy's connections while they idle (as a
     restart does): the next commands are answered as usual, none with ERR
     unavailable."""
-    import time
-
     import psycopg
 
     data = b"kept\n" * 100
