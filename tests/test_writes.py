@@ -268,6 +268,28 @@ def test_the_first_bytes_of_an_upload_wait_for_its_version_and_then_go_to_every_
     assert outcome and outcome[0].version == 7 and db.committed[:2] == ("f", 7), outcome
 
 
+def test_a_copy_made_for_a_lost_lane_carries_the_version_that_came_after_the_bytes():
+    """The body is all in before the catalog allocates the version, and one
+    server's lane fails: the copy made from the other is of that version."""
+    db, pool = SlowCatalog(), Pool()
+    writer, members = _writer(db, pool)
+    copied: list = []
+
+    async def copy_to_new_server(record, sources, taken, rescue=False):
+        copied.append(record)
+        return members[0]
+    writer.copy_to_new_server = copy_to_new_server  # type: ignore[method-assign]
+    upload: list = []
+    defer.ensureDeferred(writer.begin_put("f", 5, 2)).addBoth(upload.append)
+    upload[0].write(b"hello")
+    outcome: list = []
+    defer.ensureDeferred(writer.finish_put(upload[0])).addBoth(outcome.append)
+    pool.out[1].end = lambda *_: pool.out[1].stored.errback(Unavailable("the storage server went away"))
+    db.version.callback(7)
+    assert outcome and outcome[0].version == 7, outcome
+    assert [(r.name, r.version, r.blob) for r in copied] == [("f", 7, db.began)]
+
+
 def test_an_upload_given_up_before_its_version_opens_no_stream():
     db, pool = SlowCatalog(), Pool()
     writer, members = _writer(db, pool)

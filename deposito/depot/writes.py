@@ -107,10 +107,11 @@ class Writer:
         when it fails: :meth:`abort_put` does nothing more to it."""
         upload.finishing = True
         upload.detach()
-        record = FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
-                            upload.replicas, ())
         try:
             good = await upload.finish()
+            # after finish: the version is known once the lanes opened (see Upload.open_when)
+            record = FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
+                                upload.replicas, ())
             self._pass_over_hung(upload)
             if not good:  # no copy to make the others from: say why the servers refused
                 if any(isinstance(e, NoSpace) for e in upload.failures):
