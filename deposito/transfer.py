@@ -128,6 +128,7 @@ class Upload:
         self.release = release
         self.targets = list(targets)  # the servers placed for it, holding room reserved for it
         self.name = name
+        self.stored_as = name  # the name its copies keep in their metadata (a manifest's: see begin_put)
         self.version = version  # 0 until the catalog has allocated it (see open_when)
         self.blob = blob
         self.size = size

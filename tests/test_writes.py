@@ -268,9 +268,12 @@ def test_the_first_bytes_of_an_upload_wait_for_its_version_and_then_go_to_every_
     assert outcome and outcome[0].version == 7 and db.committed[:2] == ("f", 7), outcome
 
 
-def test_a_copy_made_for_a_lost_lane_carries_the_version_that_came_after_the_bytes():
+@pytest.mark.parametrize("stored_as", [None, "manifest-of-f"])
+def test_a_copy_made_for_a_lost_lane_carries_the_version_that_came_after_the_bytes(stored_as):
     """The body is all in before the catalog allocates the version, and one
-    server's lane fails: the copy made from the other is of that version."""
+    server's lane fails: the copy made from the other is of that version,
+    under the name the blob is stored as (a multipart upload's manifest is
+    stored under a hidden name of its own)."""
     db, pool = SlowCatalog(), Pool()
     writer, members = _writer(db, pool)
     copied: list = []
@@ -280,14 +283,16 @@ def test_a_copy_made_for_a_lost_lane_carries_the_version_that_came_after_the_byt
         return members[0]
     writer.copy_to_new_server = copy_to_new_server  # type: ignore[method-assign]
     upload: list = []
-    defer.ensureDeferred(writer.begin_put("f", 5, 2)).addBoth(upload.append)
+    defer.ensureDeferred(writer.begin_put("f", 5, 2, stored_as=stored_as)).addBoth(upload.append)
     upload[0].write(b"hello")
+    upload[0].meta = "gateway's"
     outcome: list = []
     defer.ensureDeferred(writer.finish_put(upload[0])).addBoth(outcome.append)
     pool.out[1].end = lambda *_: pool.out[1].stored.errback(Unavailable("the storage server went away"))
     db.version.callback(7)
     assert outcome and outcome[0].version == 7, outcome
-    assert [(r.name, r.version, r.blob) for r in copied] == [("f", 7, db.began)]
+    assert [(r.name, r.version, r.blob, r.meta) for r in copied] == [(stored_as or "f", 7, db.began, "gateway's")]
+    assert [c.writes[0][4] for c in pool.out] == [stored_as or "f"] * 2
 
 
 def test_an_upload_given_up_before_its_version_opens_no_stream():

@@ -69,6 +69,7 @@ class Writer:
                     raise
             upload = Upload(self.clock, name, 0, blob, size, replicas, self.stall_timeout,
                             release=self.pool.release, targets=targets)
+            upload.stored_as = stored_as or name
             clients = await defer.DeferredList(
                 [defer.ensureDeferred(self.pool.connect(m)) for m in targets], consumeErrors=True)
             reached = []
@@ -91,7 +92,7 @@ class Writer:
 
         def start(number: int) -> None:
             for m, client in reached:
-                upload.add_lane(m, client, client.write_blob(blob, size, number, replicas, stored_as or name,
+                upload.add_lane(m, client, client.write_blob(blob, size, number, replicas, upload.stored_as,
                                                              cache=m is first))
 
         def unopened() -> None:
@@ -110,8 +111,8 @@ class Writer:
         try:
             good = await upload.finish()
             # after finish: the version is known once the lanes opened (see Upload.open_when)
-            record = FileRecord(upload.name, upload.version, upload.blob, upload.size, upload.sha256,
-                                upload.replicas, ())
+            record = FileRecord(upload.stored_as, upload.version, upload.blob, upload.size, upload.sha256,
+                                upload.replicas, (), meta=upload.meta)  # what the copies below are written as
             self._pass_over_hung(upload)
             if not good:  # no copy to make the others from: say why the servers refused
                 if any(isinstance(e, NoSpace) for e in upload.failures):
