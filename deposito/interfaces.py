@@ -117,9 +117,10 @@ class ICatalog(IWorkCatalog):
     change fires once the change is durable (unless the method says
     otherwise: see :func:`deposito.catalog.effects`)."""
 
-    reachable = Attribute("""Whether the database answered the last call (False after
-        one failed with Unavailable, till one succeeds): while it does not,
-        a PUT is refused before its client sends any byte.""")
+    reachable = Attribute("""Whether the database is answering: False once a call
+        failed with Unavailable, till a change goes through again (a lookup
+        that does is not enough). While it is False, a PUT waits for its
+        version and is refused before its client sends any byte.""")
 
     def start() -> None:
         """Start the threads (or connections) the calls run on."""

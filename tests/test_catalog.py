@@ -11,7 +11,7 @@ from zope.interface.verify import verifyObject
 from deposito.catalog import Catalog, CatalogThread, Outcome
 from deposito.catalog.database import Database
 from deposito.catalog.schema import SCHEMA_VERSION
-from deposito.errors import BadArgs, Conflict, NotEmpty, NotFound, Precondition
+from deposito.errors import BadArgs, Conflict, NotEmpty, NotFound, Precondition, Unavailable
 from deposito.hidden import part_name
 from deposito.interfaces import ICatalog, IWorkCatalog
 
@@ -190,6 +190,35 @@ def test_a_listing_bound_no_name_can_hold_is_refused_alike_on_every_catalog_whic
                 yield d
         listing = yield db.listing("a/", "", None)
         assert [r.name for r in (yield listing.collect())] == ["a/f"]
+    finally:
+        db.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_catalog_is_out_of_reach_from_a_failed_call_till_a_change_goes_through(tmp_path):
+    """ICatalog.reachable: a call that met Unavailable makes it False (a
+    PUT then waits for its version before it lets the client send); a
+    lookup that goes through does not make it True, a change does."""
+    from twisted.internet import reactor
+
+    catalog = Catalog(str(tmp_path))
+    down = [True]
+    batch = catalog.batch
+
+    def failing(calls):
+        return [(False, Unavailable("out of reach")) for _ in calls] if down[0] else batch(calls)
+    catalog.batch = failing  # type: ignore[method-assign]
+    db = CatalogThread(reactor, catalog)
+    db.start()
+    try:
+        assert db.reachable
+        with pytest.raises(Unavailable):
+            yield db.begin_upload("f", "b1", ["s1"])
+        assert not db.reachable
+        down[0] = False
+        assert (yield db.read("f")) is None and not db.reachable  # the lookups' connection answered
+        yield db.begin_upload("f", "b1", ["s1"])
+        assert db.reachable
     finally:
         db.stop()
 

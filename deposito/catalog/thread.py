@@ -74,7 +74,8 @@ class CatalogThread:
         self._keeps = not catalog.backend.shared
         # Clients' lookups (see read) on a second connection and thread of their own.
         self._reader = catalog.reader()
-        self._reads: Batches[str] = Batches(reactor, self._heard(self._reader.lookups), "deposito-catalog-reads")
+        self._reads: Batches[str] = Batches(reactor, self._heard(self._reader.lookups, writes=False),
+                                            "deposito-catalog-reads")
         self._records: OrderedDict[str, FileRecord] = OrderedDict()
         self._buckets: dict[str, float] = {}  # buckets seen (see bucket)
         self._changes = 0  # calls made so far that may change records
@@ -102,11 +103,15 @@ class CatalogThread:
         self._reader.close()
         self.catalog.close()
 
-    def _heard(self, run: Callable[[list[Any]], Results]) -> Callable[[list[Any]], Results]:
-        """``run``, noting whether the database answered it (see ICatalog.reachable)."""
+    def _heard(self, run: Callable[[list[Any]], Results], writes: bool = True) -> Callable[[list[Any]], Results]:
+        """``run``, noting whether the database answered it (see ICatalog.reachable):
+        only the changes' connection says it is back, as PUTs need that one."""
         def heard(items: list[Any]) -> Results:
             results = run(items)
-            self.reachable = not any(not ok and isinstance(outcome, Unavailable) for ok, outcome in results)
+            if any(not ok and isinstance(outcome, Unavailable) for ok, outcome in results):
+                self.reachable = False
+            elif writes:
+                self.reachable = True
             return results
         return heard
 
