@@ -1370,3 +1370,152 @@ def test_a_client_that_leaves_while_its_upload_starts_leaves_no_traceback(s3):
     said = s3.cluster.log("proxy")[before:]
     assert "Traceback" not in said and "#critical" not in said, said[-3000:]
     assert [o["Key"] for o in c.list_objects_v2(Bucket="leaves")["Contents"]] == ["after"]
+
+
+def test_a_complete_names_the_upload_of_its_own_key_only(s3):
+    """An UploadId is its key's: a Complete sent with it to another key or
+    bucket is NoSuchUpload, and nothing is made (before: the other key's
+    upload was completed, and the answer named a key that did not exist)."""
+    c = s3.client()
+    c.create_bucket(Bucket="mp-one")
+    c.create_bucket(Bucket="mp-two")
+    upload = c.create_multipart_upload(Bucket="mp-one", Key="secret")["UploadId"]
+    etag = c.upload_part(Bucket="mp-one", Key="secret", UploadId=upload, PartNumber=1, Body=b"hello")["ETag"]
+    for bucket, key in (("mp-two", "other"), ("mp-one", "other")):
+        with pytest.raises(ClientError) as e:
+            c.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+        assert code(e.value) == "NoSuchUpload"
+    for bucket, key in (("mp-one", "secret"), ("mp-two", "other"), ("mp-one", "other")):
+        with pytest.raises(ClientError) as e:
+            c.head_object(Bucket=bucket, Key=key)
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    c.complete_multipart_upload(Bucket="mp-one", Key="secret", UploadId=upload,  # its own key: made
+                                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert c.get_object(Bucket="mp-one", Key="secret")["Body"].read() == b"hello"
+
+
+def _signed_stream(s3, path: str, chunks: list[bytes], corrupt_at: int | None = None) -> tuple[bytes, bytes]:
+    """The head and the aws-chunked body (STREAMING-AWS4-HMAC-SHA256-PAYLOAD, each chunk signed) of a PUT."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from deposito.s3.sigv4 import EMPTY_SHA256, sign, signing_key
+
+    framed_length = sum(len(b"%x;chunk-signature=" % len(c)) + 64 + 4 + len(c) for c in chunks + [b""])
+    headers = {"Content-Length": str(framed_length), "Content-Encoding": "aws-chunked",
+               "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+               "x-amz-decoded-content-length": str(sum(map(len, chunks)))}
+
+    class AsStated(S3SigV4Auth):
+        def payload(self, request):
+            return headers["x-amz-content-sha256"]
+
+    request = AWSRequest("PUT", s3.url + path, headers=headers)
+    AsStated(Credentials(ACCESS, SECRET), "s3", "us-east-1").add_auth(request)
+    previous = request.headers["Authorization"].rsplit("Signature=", 1)[1]
+    when = request.headers["X-Amz-Date"]
+    key = signing_key(SECRET, when[:8], "us-east-1")
+    body = b""
+    for data in chunks + [b""]:
+        previous = sign(key, "\n".join(("AWS4-HMAC-SHA256-PAYLOAD", when, f"{when[:8]}/us-east-1/s3/aws4_request",
+                                        previous, EMPTY_SHA256, hashlib.sha256(data).hexdigest())))
+        body += b"%x;chunk-signature=%s\r\n" % (len(data), previous.encode()) + data + b"\r\n"
+    if corrupt_at is not None:
+        body = body[:corrupt_at] + bytes([body[corrupt_at] ^ 1]) + body[corrupt_at + 1:]
+    head = f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host")
+    return (head + "\r\n").encode(), body
+
+
+def _answer_while_waiting(s3, request: bytes, wait: float) -> bytes:
+    """What the gateway answers to ``request`` (a head and part of a body) within ``wait`` seconds."""
+    with socket.create_connection(("127.0.0.1", s3.port), timeout=wait) as sock:
+        sock.sendall(request)
+        reply = b""
+        try:
+            while b"</Error>" not in reply and (chunk := sock.recv(65536)):
+                reply += chunk
+        except socket.timeout:
+            pass
+    return reply
+
+
+def test_an_error_found_mid_body_is_answered_without_waiting_for_the_rest(s3):
+    """A body refused part way (a chunk whose signature does not hold; an XML
+    body past its limit) is answered as a body refused from its headers is,
+    once DISCARD_LIMIT was thrown away, with its own error (before: only
+    once the whole declared body had come; a client waiting for the answer
+    got RequestTimeout after 60 s)."""
+    from deposito.s3.request import DISCARD_WAIT
+
+    c = s3.client()
+    c.create_bucket(Bucket="midway")
+    head, body = _signed_stream(s3, "/midway/k", [b"a" * (64 << 10)] * 160, corrupt_at=200)  # 10 MiB
+    reply = _answer_while_waiting(s3, head + body[:3 * MiB], DISCARD_WAIT + 10)
+    assert reply.startswith(b"HTTP/1.1 403") and b"<Code>SignatureDoesNotMatch</Code>" in reply, reply[:300]
+    head = _signed(s3, "POST", "/midway?delete", {"Content-Length": str(1 << 30),
+                                                  "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+    reply = _answer_while_waiting(s3, head + b"<Delete>" + b" " * (10 * MiB), DISCARD_WAIT + 10)
+    assert reply.startswith(b"HTTP/1.1 400") and b"<Code>EntityTooLarge</Code>" in reply, reply[:300]
+    with pytest.raises(ClientError) as e:
+        c.head_object(Bucket="midway", Key="k")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def test_a_date_past_year_9999_in_utc_is_access_denied_not_an_internal_error(s3):
+    """Date (no x-amz-date) valid in its own zone but past 9999-12-31 in UTC:
+    403 AccessDenied (before: 500, an OverflowError)."""
+    authorization = (f"AWS4-HMAC-SHA256 Credential={ACCESS}/99991231/us-east-1/s3/aws4_request, "
+                     "SignedHeaders=date;host;x-amz-content-sha256, Signature=" + "0" * 64)
+    status, document = _answer(_raw(s3.port, (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{s3.port}\r\nDate: Fri, 31 Dec 9999 23:00:00 -0500\r\n"
+        f"x-amz-content-sha256: UNSIGNED-PAYLOAD\r\nAuthorization: {authorization}\r\n"
+        "Connection: close\r\n\r\n").encode()))
+    assert status == 403 and b"<Code>AccessDenied</Code>" in document, document
+
+
+def test_a_copy_whose_source_matches_its_etag_is_made_whatever_its_unmodified_since(s3):
+    """CopyObject, as S3: copy-source-if-match true and -if-unmodified-since
+    false copies; if-none-match true and -if-modified-since false too
+    (before: 412 PreconditionFailed); a failing ETag condition still fails."""
+    c = s3.client()
+    c.create_bucket(Bucket="copy-cond")
+    etag = c.put_object(Bucket="copy-cond", Key="src", Body=b"source")["ETag"]
+    long_ago = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+    later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+    source = {"Bucket": "copy-cond", "Key": "src"}
+    c.copy_object(Bucket="copy-cond", Key="dst", CopySource=source, CopySourceIfMatch=etag,
+                  CopySourceIfUnmodifiedSince=long_ago)
+    assert c.get_object(Bucket="copy-cond", Key="dst")["Body"].read() == b"source"
+    c.copy_object(Bucket="copy-cond", Key="dst2", CopySource=source, CopySourceIfNoneMatch='"other"',
+                  CopySourceIfModifiedSince=later)
+    assert c.get_object(Bucket="copy-cond", Key="dst2")["Body"].read() == b"source"
+    with pytest.raises(ClientError) as e:
+        c.copy_object(Bucket="copy-cond", Key="dst3", CopySource=source, CopySourceIfMatch='"other"',
+                      CopySourceIfUnmodifiedSince=later)
+    assert code(e.value) == "PreconditionFailed"
+
+
+def test_an_aws_chunked_delete_objects_body_is_read_decoded(s3):
+    """A DeleteObjects body sent aws-chunked with a CRC32 trailer is parsed
+    as it is checked, decoded (before: parsed still framed, MalformedXML)."""
+    import io
+
+    from botocore.httpchecksum import AwsChunkedWrapper, CrtCrc32Checksum
+
+    c = s3.client()
+    c.create_bucket(Bucket="chunked-xml")
+    c.put_object(Bucket="chunked-xml", Key="gone", Body=b"x")
+    xml = b'<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Object><Key>gone</Key></Object></Delete>'
+    framed = AwsChunkedWrapper(io.BytesIO(xml), checksum_cls=CrtCrc32Checksum,
+                               checksum_name="x-amz-checksum-crc32").read()
+    status, document = _answer(_raw(s3.port, _signed(s3, "POST", "/chunked-xml?delete", {
+        "Content-Length": str(len(framed)), "Content-Encoding": "aws-chunked", "Connection": "close",
+        "x-amz-content-sha256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "x-amz-trailer": "x-amz-checksum-crc32",
+        "x-amz-decoded-content-length": str(len(xml))}) + framed))
+    assert status == 200 and b"<Deleted><Key>gone</Key>" in document, document
+    with pytest.raises(ClientError) as e:
+        c.head_object(Bucket="chunked-xml", Key="gone")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404

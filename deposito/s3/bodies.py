@@ -79,10 +79,11 @@ class BodyChecks:
         """The same by algorithm (``crc32``: its value): what the object keeps."""
         return {name.removeprefix("x-amz-checksum-"): value for name, value in self.checksums_given().items()}
 
-    def check_whole(self, body: bytes) -> None:
-        """For a small body read whole (DeleteObjects)."""
-        self.feed(body)
+    def check_whole(self, body: bytes) -> bytes:
+        """For a small body read whole (DeleteObjects): what it carries (aws-chunked, decoded)."""
+        data = self.feed(body)
         self.finish()
+        return data
 
 
 def _content_md5(text: Optional[str]) -> Optional[bytes]:

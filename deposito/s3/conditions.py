@@ -34,7 +34,7 @@ def parse_date(text: Optional[str]) -> Optional[float]:
         return None
     try:
         return email.utils.parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
 
@@ -65,10 +65,12 @@ def check_copy_conditions(call: Call, etag: str, modified: int) -> None:
     if_none = call.header("x-amz-copy-source-if-none-match")
     unmodified_since = parse_date(call.header("x-amz-copy-source-if-unmodified-since"))
     modified_since = parse_date(call.header("x-amz-copy-source-if-modified-since"))
+    # as for GET: a date is not asked when its ETag condition is given (S3 copies
+    # when the source matches if-match, whatever its if-unmodified-since says)
     if (if_match is not None and not etag_in(if_match, etag)) \
             or (if_none is not None and etag_in(if_none, etag)) \
-            or (unmodified_since is not None and modified > unmodified_since) \
-            or (modified_since is not None and modified <= modified_since):
+            or (if_match is None and unmodified_since is not None and modified > unmodified_since) \
+            or (if_none is None and modified_since is not None and modified <= modified_since):
         raise S3Error("PreconditionFailed")
 
 

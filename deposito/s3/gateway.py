@@ -251,8 +251,7 @@ class Gateway:
 
     async def create_bucket(self, call: Call) -> None:
         body = await call.request.body.read(XML_BODY_LIMIT)
-        BodyChecks(call).check_whole(body)
-        xmlread.parse_create_bucket(body)
+        xmlread.parse_create_bucket(BodyChecks(call).check_whole(body))
         if not await self.depot.create_bucket(check_new_bucket(call.bucket)):
             raise S3Error("BucketAlreadyOwnedByYou", BucketName=call.bucket)
         await self.send(call, 200, headers={b"location": b"/" + call.bucket.encode()})
@@ -457,8 +456,7 @@ class Gateway:
 
     async def delete_objects(self, call: Call) -> None:
         body = await call.request.body.read(xmlread.DELETE_BODY_LIMIT)  # 1000 keys of 1024 bytes, escaped
-        BodyChecks(call).check_whole(body)
-        objects, quiet = xmlread.parse_delete(body)
+        objects, quiet = xmlread.parse_delete(BodyChecks(call).check_whole(body))
         await self.existing_bucket(call.bucket)
         deleted, failures = [], []
         for entry in objects:

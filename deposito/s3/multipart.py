@@ -137,12 +137,15 @@ class Multipart:
         name = file_name(call.bucket, call.key)
         upload = call.params.get("uploadId", "")
         try:  # first: an upload there is not is answered before its body is read (or sent, after Expect)
-            _, _, kept, _ = await self.uploads.upload(upload)
+            of, _, kept, _ = await self.uploads.upload(upload)
         except NotFound:
             await self.answer_again(call, name, upload)
             return
+        if of != name:  # another key's upload
+            await self.gateway.existing_bucket(call.bucket)
+            raise S3Error("NoSuchUpload", UploadId=upload)
         body = await call.request.body.read(xmlread.COMPLETE_BODY_LIMIT)
-        BodyChecks(call, checksum_headers=False).check_whole(body)  # its x-amz-checksum-* are the object's
+        body = BodyChecks(call, checksum_headers=False).check_whole(body)  # its x-amz-checksum-* are the object's
         asked = xmlread.parse_complete_multipart(body)
         expect = await self.gateway.write_condition(call, name)
         chosen = await self.chosen(upload, [(number, etag) for number, etag, _ in asked])

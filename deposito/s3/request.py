@@ -43,8 +43,8 @@ class Body:
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self.received = 0
-        # True once the whole body is in, False if the connection is lost first
-        # (never a failure: nobody may be waiting for it)
+        # True once the whole body is in or its reader refused it (see error), False
+        # if the connection is lost first (never a failure: nobody may be waiting for it)
         self.done: defer.Deferred[bool] = defer.Deferred()
         self.error: Optional[BaseException] = None  # what the sink raised, if it did
         self._held: deque[bytes] = deque()
@@ -138,6 +138,8 @@ class Body:
         except Exception as e:
             self.error = e
             self.discard()
+            if not self.done.called:  # its reader is told now, not once the rest has come
+                self.done.callback(True)
 
     def end(self) -> None:
         if not self.done.called:

@@ -193,7 +193,10 @@ def _request_time(headers: Headers) -> datetime.datetime:
         if parsed is not None:
             if parsed.tzinfo is None:  # "-0000" or "GMT": UTC
                 parsed = parsed.replace(tzinfo=datetime.timezone.utc)
-            return parsed.astimezone(datetime.timezone.utc)
+            try:
+                return parsed.astimezone(datetime.timezone.utc)
+            except OverflowError:  # past year 9999 in UTC
+                pass
     raise _denied("AWS authentication requires a valid Date or x-amz-date header")
 
 
