@@ -1489,6 +1489,104 @@ def test_a_retired_proxy_goes_on_under_a_new_id_and_its_uploads_cannot_commit(sh
     assert a.lookup("f") is None
 
 
+
+@pytest.fixture
+def among(postgres, monkeypatch):
+    """Two proxies' catalogs on one PostgreSQL database, as the proxies open them."""
+    from deposito.catalog import operations
+    from deposito.catalog.postgres import PostgresBackend
+
+    monkeypatch.setattr(operations, "WAIT", 0.0)
+    url = postgres.database()
+    a, b = Catalog(PostgresBackend(url), among_proxies=True), Catalog(PostgresBackend(url), among_proxies=True)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+        postgres.drop(url)
+
+
+def batched(cat: Catalog, method, *args):
+    """One call as the catalog's thread makes it: a batch of its own (guarded as such)."""
+    [(ok, result)] = cat.batch([(method, args)])
+    if not ok:
+        raise result
+    return result
+
+
+def test_a_retired_proxy_claims_nothing_before_it_hears_so_and_the_others_take_its_work(among):
+    """A proxy retired while it was silent may claim work before its next
+    beat tells it: those claims, under an id no proxy has any more, would
+    stay for good (nobody hands them over). They are refused; once it goes
+    on under a new id, the work is taken and done (before: the queued file
+    and the garbage stayed claimed by the old id, and a repair's intent
+    under it left a copy nobody deleted)."""
+    a, b = among
+    a.recover(100.0)
+    b.recover(100.0)
+    for name in ("q", "g"):
+        version = batched(b, Catalog.begin_upload, name, "b" + name, ["s1", "s2"])
+        assert batched(b, Catalog.commit, name, version, "b" + name, 1, "x", 2, ["s1", "s2"], 100.0)
+    batched(b, Catalog.enqueue, ["q"])
+    assert batched(b, Catalog.delete, "g") is not None  # its two copies are garbage
+    assert b.beat([], 131.0, 30.0, True)[1] == 1  # a retired, silent past its lease
+    for method, args in ((Catalog.due_work, (131.0, 10)), (Catalog.garbage, (["s1", "s2"], 10)),
+                         (Catalog.add_intent, ("bq", "s3"))):  # a's reconciler and collector, before its beat
+        with pytest.raises(Unavailable):
+            batched(a, method, *args)
+    a.beat([], 132.0, 30.0, True)  # it hears, and goes on under a new id
+    assert [name for name, _, _ in batched(a, Catalog.due_work, 140.0, 10)] == ["q"]
+    assert sorted(batched(b, Catalog.garbage, ["s1", "s2"], 10)) == [("bg", "s1"), ("bg", "s2")]
+    assert b.db.execute("SELECT count(*) FROM intents").fetchone() == (0,)
+
+
+def test_a_proxy_frozen_mid_transaction_holds_the_others_up_only_till_the_database_ends_it(postgres, monkeypatch):
+    """A proxy frozen (or cut off) between two round trips of a transaction
+    keeps its locks until the database ends the transaction: its proxy's
+    row, the totals, the names it commits. Every connection says after how
+    long (before: never, and every other proxy's beats and commits failed
+    for as long as it stayed frozen); a listing's snapshot, which waits on
+    its client, is exempt. Here with the timeouts shortened in the URL."""
+    from urllib.parse import quote
+
+    from deposito.catalog import operations
+    from deposito.catalog.listing import NameRange
+    from deposito.catalog.postgres import IDLE_TIMEOUT, PostgresBackend
+
+    monkeypatch.setattr(operations, "WAIT", 0.0)
+    url = postgres.database()
+    plain = Catalog(PostgresBackend(url))
+    try:
+        shown = plain.db.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0]
+        assert shown == f"{IDLE_TIMEOUT // 1000}s"
+        plain.commit("n", plain.begin_upload("n", "bn", ["s1"]), "bn", 1, "x", 1, ["s1"], 1.0)
+        snapshot, count, _ = plain.backend.open_snapshot(NameRange(""), 10)
+        assert count == 1
+        assert snapshot.conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("0",)
+        snapshot.close()
+    finally:
+        plain.close()
+    quick = url + "?options=" + quote("-c statement_timeout=3000 -c idle_in_transaction_session_timeout=1000")
+    a, b = Catalog(PostgresBackend(quick), among_proxies=True), Catalog(PostgresBackend(quick), among_proxies=True)
+    try:
+        a.recover(100.0)
+        b.recover(100.0)
+        v, w = batched(a, Catalog.begin_upload, "f", "b1", ["s1"]), batched(a, Catalog.begin_upload, "g", "b2", ["s1"])
+        a.db.execute("BEGIN")  # a's group commit, half-way...
+        assert a.guard_changes(a.db)
+        assert a.commit("f", v, "b1", 1, "x", 1, ["s1"], 100.0) and a.commit("g", w, "b2", 1, "x", 1, ["s1"], 100.0)
+        # ...when its host froze: the connection is neither used nor closed again
+        beats = [b.batch([(Catalog.beat, ([], t, 30.0, True))])[0][0] for t in (131.0, 133.0)]
+        x = batched(b, Catalog.begin_upload, "f", "b3", ["s2"])
+        assert beats == [True, True] and batched(b, Catalog.commit, "f", x, "b3", 1, "x", 1, ["s2"], 136.0)
+        assert b.lookup("f").blob == "b3" and b.lookup("g") is None  # a's half-made commit undone
+    finally:
+        a.close()
+        b.close()
+        postgres.drop(url)
+
+
 def test_a_version_keeps_its_time_and_meta_and_the_next_version_its_own(cat):
     cat.commit("b/k", cat.begin_upload("b/k", "b1", ["s1"]), "b1", 1, "x", 1, ["s1"], 5.0, '{"type": "text/plain"}')
     first = cat.lookup("b/k")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol, TypeV
 from twisted.logger import Logger
 
 from deposito.catalog.dialect import Dialect
-from deposito.catalog.records import answers_later, is_durable, keeps_records, prompt
+from deposito.catalog.records import answers_later, claims, is_durable, keeps_records, prompt
 from deposito.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -252,7 +252,7 @@ class Database:
 
     def guard_changes(self, db: Any, changes: bool = True) -> bool:
         """The first statement of a batch that may change records, or
-        (``changes`` False) that commits before its answers are read: whether
+        (``changes`` False) that claims rows (see records.effects): whether
         it holds this proxy's row till the commit (see Catalog.guard_changes)."""
         return False
 
@@ -302,7 +302,7 @@ class Database:
         try:
             with self.backend.pipeline(db):
                 self.backend.begin(db, durable)
-                guarded = (changes or later) and self.guard_changes(db, changes)
+                guarded = (changes or any(claims(method) for method, _ in calls)) and self.guard_changes(db, changes)
                 self._calling = True
                 try:
                     results = [(True, method(self, *args)) for method, args in calls]
@@ -332,7 +332,7 @@ class Database:
         try:
             with self.backend.pipeline(db):
                 self.backend.begin(db, durable)
-                guarded = (changes or later) and self.guard_changes(db, changes)
+                guarded = (changes or claims(method)) and self.guard_changes(db, changes)
                 self._calling = True
                 try:
                     result = method(self, *args)

@@ -19,7 +19,7 @@ class Garbage(Changes):
     def garbage_count(self) -> list[tuple[str, int]]:
         return self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall()
 
-    @effects(durable=False, keeps_records=True)
+    @effects(durable=False, keeps_records=True, claims=True)
     def garbage(self, servers: Iterable[str], limit: int = 100) -> list[tuple[str, str]]:
         """Claim copies to delete from the given (reachable) servers that no
         other proxy has claimed; each is this proxy's until

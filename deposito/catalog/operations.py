@@ -315,7 +315,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             return lambda: int(version()[0])
         return self._tx_later(tx)
 
-    @effects(durable=False, keeps_records=True)
+    @effects(durable=False, keeps_records=True, claims=True)
     def add_intent(self, blob: str, server: str) -> None:
         self._not_left()
         self._tx(lambda db: db.execute("INSERT INTO intents (blob, server, owner) VALUES (?, ?, ?)"

@@ -17,7 +17,9 @@ What sharing asks, and where it is done:
 - a LIST reads one REPEATABLE READ snapshot through a server-side cursor.
 
 The database down or slow is an outage, not a crash: connections are made
-with a connect timeout, statements run under a statement timeout, and a lost
+with a connect timeout, statements run under a statement timeout, a
+transaction its proxy leaves waiting (frozen, or cut off) is ended by the
+database after IDLE_TIMEOUT, so that its locks hold nobody up, and a lost
 connection makes the call :class:`deposito.errors.Unavailable` at once; the
 next call connects again (after a short pause, so that a database that is
 down costs each call nothing). A database that stops answering while its
@@ -57,6 +59,10 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT = 3  # seconds to reach the database (libpq's least is 2)
 STATEMENT_TIMEOUT = 15_000  # milliseconds a statement may run, waiting for locks included
+# milliseconds a transaction may wait on its proxy between statements: a proxy frozen or cut
+# off mid-transaction has it ended by the database, and its locks freed for the others in time
+# for their statements (a listing's snapshot, which waits on its client, is exempt)
+IDLE_TIMEOUT = 10_000
 CALL_TIMEOUT = STATEMENT_TIMEOUT / 1000 + 2  # seconds a call may wait on the database before its connection is cut
 PAUSE = 1.0  # seconds after a failed connection before the next is tried (calls meanwhile fail at once)
 PROBE_AFTER = 3.0  # seconds a call waits before the database is asked, on a new connection, whether it answers
@@ -66,7 +72,7 @@ SCHEMA_LOCK = 0x6465706f  # the advisory lock (one transaction's) held while the
 # Settings for every connection; those the URL names itself are kept.
 SETTINGS = {
     "connect_timeout": str(CONNECT_TIMEOUT),
-    "options": f"-c statement_timeout={STATEMENT_TIMEOUT}",
+    "options": f"-c statement_timeout={STATEMENT_TIMEOUT} -c idle_in_transaction_session_timeout={IDLE_TIMEOUT}",
     "application_name": "deposito-proxy",
     # a database host that vanished is noticed in seconds, not at TCP's retransmission timeout
     "keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2", "keepalives_count": "3",
@@ -467,6 +473,7 @@ class PostgresSnapshot:
     def open(self, names: NameRange, batch: int) -> Opened:
         self.conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self.conn.read_only = True
+        self.conn.execute("SET idle_in_transaction_session_timeout = 0")  # its client sets the pace
         where, values = names.where()
         limit = None if names.limit is None else names.sql_limit
         row = self.conn.execute(numbered(f"SELECT count(*) FROM (SELECT 1 FROM files WHERE {where} LIMIT ?) t"),

@@ -47,7 +47,7 @@ class WorkQueue(Changes):
         return self._tx(lambda db: db.execute("UPDATE work SET due = ?, gen = gen + 1 WHERE due > ?",
                                               (now, now)).rowcount)
 
-    @effects(durable=False, keeps_records=True)
+    @effects(durable=False, keeps_records=True, claims=True)
     def due_work(self, now: float, limit: int) -> builtins.list[tuple[str, int, int]]:
         """Claim the next queued files due by ``now`` that no other proxy has
         claimed (name, generation, rank): files not yet looked at first

@@ -75,7 +75,7 @@ Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 def effects(*, durable: bool, keeps_records: bool, one_record: bool = False, tells: bool = False,
-            prompt: bool = False, answers_later: bool = False) -> Callable[[Method], Method]:
+            prompt: bool = False, answers_later: bool = False, claims: bool = False) -> Callable[[Method], Method]:
     """Declares what a catalog method's call does, on the method itself;
     :class:`deposito.catalog.CatalogThread` calls nothing that does not
     declare it.
@@ -114,9 +114,17 @@ def effects(*, durable: bool, keeps_records: bool, one_record: bool = False, tel
     returns is read only once its transaction is committed (see
     :meth:`deposito.catalog.database.Database._tx_later`), so a batch of
     such calls sends its COMMIT along with them: one round trip in all.
+
+    ``claims=True``: it records rows this proxy owns (intents, queued files
+    or garbage it claims). Among proxies on a shared catalog it runs only
+    while this proxy's row is there, as a change does (Catalog.guard_changes):
+    a proxy retired meanwhile (silent past its lease) must claim nothing,
+    since no proxy would ever hand its claims over. Calls that answer later
+    claim (their intents).
     """
     def declare(method: Method) -> Method:
         method.answers_later = answers_later  # type: ignore[attr-defined]
+        method.claims = claims or answers_later  # type: ignore[attr-defined]
         method.prompt = prompt  # type: ignore[attr-defined]
         method.durable = durable  # type: ignore[attr-defined]
         method.keeps_records = keeps_records  # type: ignore[attr-defined]
@@ -144,6 +152,11 @@ def keeps_records(method: Callable[..., Any]) -> bool:
 def prompt(method: Callable[..., Any]) -> bool:
     """Whether ``method`` may change records at once after this proxy joined the others (see :func:`effects`)."""
     return bool(getattr(method, "prompt", False))
+
+
+def claims(method: Callable[..., Any]) -> bool:
+    """Whether ``method`` records rows this proxy owns (see :func:`effects`)."""
+    return bool(getattr(method, "claims", False))
 
 
 def answers_later(method: Callable[..., Any]) -> bool:
