@@ -102,10 +102,11 @@ class ICopier(Interface):
         ``rescue``, no copy is whole: it is made from the good blocks of the
         copies ``sources`` set aside as corrupt (deposito.transfer.rescue_blob)."""
 
-    def keep_wanted(blob: str, count: int, holders: list[Member]) -> Awaitable[None]:
+    def keep_wanted(blob: str, count: int, size: int, holders: list[Member]) -> Awaitable[None]:
         """Awaitable: ``count`` kept as the wanted count with the copies of
-        ``blob`` on ``holders`` (what a rebuild reads); raises when one of
-        them could not keep it."""
+        ``blob`` (``size`` bytes) on ``holders`` (what a rebuild reads), each
+        read whole and found good first; raises when one of them could not
+        keep it, or was bad (then moved aside and reported by its server)."""
 
 
 class ICatalog(IWorkCatalog):

@@ -349,7 +349,7 @@ class Reconciler:
         copies could not all take it keeps its extra copies, and is looked
         at again after RETRY. Returns the drops that may go."""
         async def keep(a: Assessment, kept: list[Member]) -> None:
-            await self.copier.keep_wanted(a.record.blob, a.record.replicas, kept)
+            await self.copier.keep_wanted(a.record.blob, a.record.replicas, a.record.size, kept)
 
         few = defer.DeferredSemaphore(KEEPS_AT_ONCE)
         results: list[tuple[bool, Any]] = await defer.DeferredList(
@@ -463,7 +463,9 @@ class Reconciler:
         taken = [self.roster.get(s) or Member(s, "", "", 0) for s in {*t.holders, *busy}]
         made = 0
         failed: DepositoError | None = None
-        for _ in range(t.count):
+        tries = t.count + len(self.roster.members)  # a failed copy goes to the next server, while one is left
+        while made < t.count and tries > 0:
+            tries -= 1
             try:
                 target = await self.copier.copy_to_new_server(t.record, list(t.sources), taken, rescue=t.rescue)
             except CopyFailed as e:
@@ -474,6 +476,7 @@ class Reconciler:
                     self.unrescuable.add(t.record.blob)
                     self.log.error("{name} has no copy left, and the good blocks of its copies set aside as"
                                    " corrupt do not make it whole ({why})", name=t.record.name, why=str(e.__cause__))
+                    break
                 continue
             except (Unavailable, NoSpace) as e:
                 self.log.warn("cannot add a copy of {name}: {why}", name=t.record.name, why=str(e),
@@ -491,7 +494,7 @@ class Reconciler:
             if not counted:  # the file changed meanwhile: the copy is garbage
                 self.collect()
                 return made
-        if not made and failed is not None:  # every attempt failed: a waiting REPLICAS hears it
+        if made < t.count and failed is not None:  # no server left took it: a waiting REPLICAS hears it
             self.failures[t.record.name] = failed
             await self.check_waiters()
         return made

@@ -687,6 +687,37 @@ def test_a_one_block_blob_in_memory_goes_out_with_its_reply_at_once_unless_rotte
     assert not os.path.exists(store.path(blob))  # quarantined
 
 
+
+@pytest_twisted.inlineCallbacks
+def test_a_rotten_copy_keeps_no_wanted_count_and_is_set_aside_and_told(device):
+    """WANT reads the copy whole first: a proxy about to drop a file's other
+    copies must not keep a rotten one and drop the good (before: WANT only
+    rewrote the metadata, and the good copy was dropped)."""
+    store = device.store
+    data = os.urandom((1 << 20) + 5000)
+    good, bad = (yield commit_blob(device, data)), (yield commit_blob(device, data))
+    with open(store.path(bad), "r+b") as f:
+        f.seek((1 << 20) + 7)  # in its second block
+        f.write(bytes([data[(1 << 20) + 7] ^ 1]))
+    told: list[str] = []
+    device.corrupt_listeners.append(lambda blob, why: told.append(blob))
+    proto, tr = server_on_string_transport(device)
+    proto.dataReceived(f"WANT {good} 1\n".encode())
+    for _ in range(200):
+        if tr.value():
+            break
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    assert tr.value() == b"OK\r\n" and store.meta(good).replicas == 1
+    tr.clear()
+    proto.dataReceived(f"WANT {bad} 1\n".encode())
+    for _ in range(200):
+        if tr.value() and told:
+            break
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    assert tr.value().startswith(b"ERR notfound no such blob (it was corrupt: ") and not tr.disconnecting
+    assert told == [bad] and not os.path.exists(store.path(bad))  # set aside, and told to the proxies
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_copy_set_aside_as_corrupt_gives_its_good_blocks_to_rescue_and_nothing_from_its_bad_one(device):
     """RESCUE reads the copy moved aside: its checked blocks up to the first

@@ -512,3 +512,88 @@ def test_a_copy_a_read_finds_missing_is_made_again_without_waiting_for_a_scrub(c
         assert got == data, head
         assert poll(lambda: len(cluster.holders(data)) == 2 and have(cluster, "conv/lost-on-read") == 2, 20)
     assert "lacks its copy of" in cluster.log("proxy")
+
+
+def test_lowering_replicas_never_keeps_a_rotten_copy_and_drops_the_good_one(tmp_path):
+    """The copies a lowered count keeps are read whole first (WANT): a rot
+    no scrub has seen yet is found then, and the good copy stays (before:
+    the copy on the server with less room, the good one, was dropped, and
+    the file was lost with the rotten one kept)."""
+    c = Cluster(tmp_path)
+    try:
+        c.start_proxy()
+        c.start_server("s0", "--capacity", str(1 << 30))  # less room: the copy a lowered count drops
+        c.start_server("s1", "--capacity", str(2 << 30))  # more room: the copy it keeps
+        c.wait_up(2)
+        data = os.urandom(3 << 20)
+        with c.wire() as w:
+            assert w.put("k/f", data, 2).startswith("OK stored")
+        [blob] = [p for p in c.blob_files("s1") if sha(p.read_bytes()) == sha(data)]
+        with open(blob, "r+b") as f:  # s1's copy rots (no scrub has seen it yet)
+            f.seek((1 << 20) + 7)
+            f.write(bytes([data[(1 << 20) + 7] ^ 1]))
+        with c.wire() as w:
+            w.sock.settimeout(60)
+            assert w.cmd("REPLICAS k/f 1 WAIT") == "OK name=k/f replicas=1 have=1"
+        time.sleep(3)  # the collector's turn, had a copy been dropped
+        assert c.holders(data) == ["s0"]
+        with c.wire() as w:
+            assert w.get("k/f")[1] == data
+    finally:
+        c.stop()
+
+
+def test_replicas_lowered_on_a_new_catalog_stays_lowered_when_a_server_lists_again(tmp_path):
+    """A new catalog takes in what the servers list for a few seconds; a
+    copy it knows already (it committed it) says an older wanted count than
+    a REPLICAS since, and does not raise it back (before: restarting a server
+    then made the count 3 again, and its copies stayed for good)."""
+    import signal
+
+    c = Cluster(tmp_path).start(3)
+    try:
+        data = os.urandom(100_000)
+        with c.wire() as w:
+            assert w.put("k/low", data, 3).startswith("OK stored")
+            assert w.cmd("REPLICAS k/low 1").startswith("OK name=k/low replicas=1")
+        c.kill("s0", signal.SIGTERM)
+        c.start_server("s0")
+        c.wait_up(3)
+        time.sleep(6)  # past the new catalog's taking in
+        with c.wire() as w:
+            assert w.stat("k/low")["replicas"] == "1"
+        assert poll(lambda: len(c.holders(data)) == 1, 15)
+    finally:
+        c.stop()
+
+
+def test_replicas_wait_goes_on_to_another_server_when_its_copy_target_dies(tmp_path):
+    """A repair copy that fails goes to the next server while one is free;
+    REPLICAS ... WAIT answers once it is made (before: ERR unavailable
+    after the first failed copy, though a server was free)."""
+    import threading
+
+    from tests.cluster import incoming
+
+    c = Cluster(tmp_path).start(4)
+    try:
+        data = os.urandom(200 << 20)
+        with c.wire() as w:
+            assert w.put("k/big", data, 2).startswith("OK stored")
+        others = [s for s in ("s0", "s1", "s2", "s3") if s not in c.holders(data)]
+        answer = []
+
+        def waiter():
+            with c.wire() as w:
+                w.sock.settimeout(120)
+                answer.append(w.cmd("REPLICAS k/big 3 WAIT"))
+        t = threading.Thread(target=waiter)
+        t.start()
+        target = poll(lambda: next((s for s in others if incoming(c, s)), None), 30, every=0.01)
+        assert target
+        c.kill(target)  # one server is still free to take the copy
+        t.join(120)
+        assert answer == ["OK name=k/big replicas=3 have=3"]
+        assert len(c.holders(data)) == 3
+    finally:
+        c.stop()

@@ -596,7 +596,10 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                     db.execute(INSERT_GARBAGE, (blob, server))  # deleted since: a late server's old copy
                     continue
                 if row is not None and (row[0], row[1]) == (version, blob):
-                    if replicas > row[2]:  # copies made after a REPLICAS know the higher count: the most wins
+                    # copies made after a REPLICAS know the higher count: the most wins; but a copy
+                    # this catalog knows already says less than it (a REPLICAS since, not yet kept there)
+                    if replicas > row[2] and db.execute("SELECT 1 FROM copies WHERE blob = ? AND server = ?",
+                                                        (blob, server)).fetchone() is None:
                         db.execute("UPDATE files SET replicas = ? WHERE name = ?", (replicas, name))
                         add_totals(db, 0, 0, replicas - row[2])
                         self._enqueue(db, [name])

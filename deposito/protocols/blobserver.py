@@ -274,8 +274,13 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     # -- WANT
 
     def do_WANT(self, blob: str, replicas: str) -> None:
+        """The copy keeps ``replicas`` as its wanted count once it is read
+        whole and found good: a proxy drops a file's extra copies only once
+        those it keeps are. A bad one is moved aside, reported, and answered
+        as missing."""
         count = parse_count(replicas, "replicas", 1, 16)
-        d = self.device.set_wanted(check_blob_id(blob), count)
+        blob = check_blob_id(blob)
+        d = self.device.check(blob).addCallback(lambda _: self.device.set_wanted(blob, count))
         self.paused = True  # lines wait
 
         def done(here: bool) -> None:
@@ -283,6 +288,12 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             self.resumeProducing()
 
         def failed(failure: Failure) -> None:
+            if failure.check(Corrupt):
+                self.refuse_corrupt(blob, failure.getErrorMessage())
+                return
+            if failure.check(NotFound):
+                done(False)
+                return
             told = self.device.failed(failure)
             if told is None:
                 self.log.failure("keeping the wanted count of {blob}", failure, blob=blob)
