@@ -21,9 +21,11 @@ only into a path, or into a sink that has not been written to yet); a PUT,
 DELETE or REPLICAS cut off after it was sent raises
 :class:`~deposito.wire.OutcomeUnknown` and is never sent again by the client.
 
-With a single proxy, a connection the proxy closed while no request was
-under way (its idle timeout, a restart, making room for others) is opened
-again for the next request.
+A connection the proxy closed while no request was under way (its idle
+timeout, a restart, making room for others) is opened again for the next
+request: with several proxies the others are tried first, then that one
+(no proxy is ruled out for good). A GET whose sink fails (its reader gone,
+its disk full) stops reading there; the next request opens a new connection.
 
 Failures: an ``ERR`` reply raises its :mod:`deposito.errors` class; a
 connection that closes, breaks or times out during a request raises
@@ -45,7 +47,7 @@ from deposito.errors import BadArgs, Denied, DepositoError
 from deposito.localfile import AsideFile, Sink, Source, Writable, open_source
 from deposito.protocols.text_socket import TextSocket
 from deposito.protocols.words import check_name
-from deposito.proxies import Addresses, ProxiesUnreachable, others, parse_address, parse_addresses, reason, show
+from deposito.proxies import Addresses, ProxiesUnreachable, after, parse_address, parse_addresses, reason, show
 from deposito.wire import (
     CHUNK_SIZE,
     PAGE_SIZE,
@@ -173,15 +175,8 @@ class BlockingClient:
         if conn is not None and not conn.closed:
             if not conn.gone():
                 return conn
-            if len(self.addresses) == 1:  # closed by the proxy while idle: this request goes on a new one
-                conn.close()
-                self._first_answering([self._at], failures)
-                assert self._conn is not None
-                return self._conn
-            tried.add(self._at)
-            failures.append((show(self.address), "closed by the proxy"))
-            conn.close()
-        self._first_answering([at for at in others(self._at, len(self.addresses)) if at not in tried], failures)
+            conn.close()  # closed by the proxy while idle: this request goes on a new one
+        self._first_answering([at for at in after(self._at, len(self.addresses)) if at not in tried], failures)
         assert self._conn is not None
         return self._conn
 
@@ -288,20 +283,17 @@ class BlockingClient:
         size, found = header
         digest = hashlib.sha256()
         remaining = size
-        failure: Optional[BaseException] = None
         while remaining:
             data = conn.recv(min(CHUNK_SIZE, remaining))
             remaining -= len(data)
             digest.update(data)
-            if failure is None:
-                try:
-                    sink.write(data)
-                except Exception as e:  # keep reading so the connection stays usable
-                    failure = e
+            try:
+                sink.write(data)
+            except Exception:  # (its reader gone, its disk full): the rest is not worth reading
+                conn.cut()
+                raise
             if progress is not None:
                 progress(size - remaining, size)
-        if failure is not None:
-            raise failure
         sha = found.get("sha256")
         if sha != digest.hexdigest():
             raise ChecksumMismatch(f"{name}: received sha256 {digest.hexdigest()}, announced {sha}")

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -192,6 +193,8 @@ def _progress(label: str) -> Iterator[Optional[Progress]]:
 
 def _put(client: BlockingClient, args: argparse.Namespace) -> None:
     if args.path == "-":
+        if sys.stdin is None:
+            raise _Failed("cannot read the standard input: it is closed")
         with tempfile.TemporaryFile() as spool:
             shutil.copyfileobj(sys.stdin.buffer, spool, CHUNK_SIZE)
             spool.seek(0)
@@ -199,12 +202,12 @@ def _put(client: BlockingClient, args: argparse.Namespace) -> None:
                 stored = client.put(args.name, spool, replicas=args.replicas, progress=progress)
     else:
         name = args.name if args.name is not None else os.path.basename(os.path.normpath(args.path))
-        try:
-            source = open(args.path, "rb")
+        try:  # (without O_NONBLOCK, opening a FIFO waits for a writer)
+            source = open(os.open(args.path, os.O_RDONLY | os.O_NONBLOCK), "rb")
         except OSError as e:
             raise _Failed(f"cannot read {args.path}: {e.strerror}") from None
         with source:
-            if not os.path.isfile(args.path):
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
                 raise _Failed(f"cannot read {args.path}: not a regular file")
             with _progress(name) as progress:
                 stored = client.put(name, source, replicas=args.replicas, progress=progress)
@@ -230,6 +233,8 @@ def _get_target(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
 
 def _get(client: BlockingClient, args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.output == "-":
+        if sys.stdout is None:
+            raise _Failed("cannot write to the standard output: it is closed")
         out = sys.stdout.buffer
         sys.stdout.flush()
         with _progress(_last_segment(args.name)) as progress:
@@ -317,7 +322,7 @@ def _pages(client: BlockingClient, prefix: str) -> Iterator[list[Entry]]:
 
 def _indented(value: Any) -> str:
     """``value`` as json.dumps(..., indent=2) writes it as an element of a list."""
-    return "\n".join("  " + line for line in json.dumps(value, indent=2, ensure_ascii=False).splitlines())
+    return "\n".join("  " + line for line in json.dumps(value, indent=2, ensure_ascii=False).split("\n"))
 
 
 def _rm(client: BlockingClient, args: argparse.Namespace) -> None:

@@ -52,7 +52,7 @@ from deposito.errors import Denied, DepositoError
 from deposito.localfile import AsideFile, Sink, Source, open_source
 from deposito.protocols.text_client import DepositoClientProtocol, Get, MultiLine, OneLine, Put, Quit, Request
 from deposito.protocols.words import check_name
-from deposito.proxies import ProxiesUnreachable, others, parse_address, reason, split_list
+from deposito.proxies import ProxiesUnreachable, after, parse_address, reason, split_list
 from deposito.wire import (
     CHUNK_SIZE,
     PAGE_SIZE,
@@ -186,9 +186,8 @@ class DepositoClient:
         waiter: defer.Deferred[DepositoClientProtocol] = defer.Deferred()
         self._waiting.append(waiter)
         if len(self._waiting) == 1:
-            if self._several():
-                tried.add(self.doors.at)
-                order = [at for at in others(self.doors.at, len(self.doors.endpoints)) if at not in tried]
+            if self._several():  # (a request lost on this proxy put it in tried)
+                order = [at for at in after(self.doors.at, len(self.doors.endpoints)) if at not in tried]
             else:  # the one proxy closed it while idle: opened again
                 order = [self.doors.at]
             defer.ensureDeferred(self.doors.open(order, failures)).addBoth(self._switched)

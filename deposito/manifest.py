@@ -53,7 +53,8 @@ def read(text: bytes) -> Manifest:
     if len(text) > MAX_BYTES or not text.startswith(HEADER):
         raise BadManifest("not a manifest")
     try:
-        head, *rest = text[len(HEADER):].decode("utf-8").splitlines()
+        # (lines end in \n alone: a name or metadata may hold U+2028, which splitlines would cut at)
+        head, *rest = text[len(HEADER):].decode("utf-8").removesuffix("\n").split("\n")
         obj = json.loads(head)
         name, meta, sha256 = obj["name"], obj["meta"], obj["sha256"]
         parts = [(str(p), int(s), str(h)) for p, s, h in map(json.loads, rest)]

@@ -61,10 +61,13 @@ def show(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def others(current: int, count: int) -> list[int]:
-    """The other proxies' places, starting with the one after ``current``
-    and wrapping round: where a client goes when its proxy is gone."""
-    return [(current + step) % count for step in range(1, count)]
+def after(current: int, count: int) -> list[int]:
+    """Where a client's next request goes when its connection is gone: the
+    other proxies' places, starting with the one after ``current`` and
+    wrapping round, then ``current`` again, last. A connection the proxy
+    closed while idle, or one lost on a request before, never rules a proxy
+    out for the requests after."""
+    return [(current + step) % count for step in range(1, count + 1)]
 
 
 def reason(error: BaseException) -> str:

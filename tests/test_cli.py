@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -509,3 +510,76 @@ def test_cli_progress_bar_on_a_terminal_only(live: Any, tmp_path: Path) -> None:
     assert b"tty.bin" in shown and b"8.00M" in shown  # the bar, on the terminal only
     assert b"8.00M" not in out
 
+
+
+def test_ls_json_stays_json_for_a_name_with_a_line_separator(fake: FakeProxy, capsys: pytest.CaptureFixture[str]) -> None:
+    """U+2028 is no control character, and json.dumps leaves it as it is
+    (before: the output was cut into lines there, and was not JSON)."""
+    name = "ls\u2028sep\u2029x"
+    fake.files[name] = (b"hello", 1, 1)
+    assert main(["--proxy", fake.address, "ls", "--json"]) == 0
+    assert [entry["name"] for entry in json.loads(capsys.readouterr().out)] == [name]
+
+
+def test_get_to_a_reader_that_went_away_stops_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`get NAME -o - | head -c 10`: once the pipe breaks, the rest is not
+    downloaded (before: all of it was, and thrown away)."""
+    import hashlib
+    size, sent = 480 * 65536, [0]  # 30 MiB, 64 KiB every 2 ms
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            f = conn.makefile("rb")
+            conn.sendall(b"OK deposito 0.1.0 ready\r\n")
+            f.readline()
+            conn.sendall(f"OK {size} sha256={hashlib.sha256(bytes(size)).hexdigest()} version=1\r\n".encode())
+            try:
+                while sent[0] < size:
+                    conn.sendall(bytes(65536))
+                    sent[0] += 65536
+                    time.sleep(0.002)
+            except OSError:
+                pass
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.FileIO(write, "w", closefd=True)))
+    try:
+        assert main(["--proxy", f"127.0.0.1:{listener.getsockname()[1]}", "get", "f", "-o", "-"]) == 1
+    finally:
+        server.join(10)
+        listener.close()
+    assert sent[0] < size // 2, f"{sent[0]} bytes sent after the pipe broke"
+
+
+def test_put_of_a_fifo_is_refused_at_once(fake: FakeProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a regular file: refused, not opened for good (before: the open
+    waited for a writer that never came)."""
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    done: list[int] = []
+    t = threading.Thread(target=lambda: done.append(main(["--proxy", fake.address, "put", str(fifo)])),
+                         daemon=True)
+    t.start()
+    t.join(10)
+    refused_at_once = done == [1]
+    if not done:  # let a waiting open go, so that the thread ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(10)
+    assert refused_at_once and "not a regular file" in capsys.readouterr().err
+
+
+def test_a_closed_standard_input_or_output_is_said_in_one_line(fake: FakeProxy, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    fake.files["f"] = (b"hello", 1, 1)
+    monkeypatch.setattr(sys, "stdin", None)
+    assert main(["--proxy", fake.address, "put", "-", "--name", "x"]) == 1
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["--proxy", fake.address, "get", "f", "-o", "-"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "standard input" in err and "standard output" in err
+    assert "Traceback" not in err

@@ -160,3 +160,17 @@ def test_deleting_a_bucket_aborts_its_uploads(cat):
     store_part(cat, U, 1, 10)
     cat.delete_bucket("b")
     assert cat.upload(U) is None and blobs_of(cat) == set()
+
+
+def test_a_manifest_of_a_name_and_metadata_with_line_separators_reads_back():
+    """A manifest's lines end in \n alone; U+2028 and U+2029 in a name or in
+    its metadata are no line ends (before: BadManifest, and a rebuild could
+    not take such an object in)."""
+    from deposito import manifest
+    from deposito.hidden import part_name
+
+    parts = [(part_name("ab" * 16, 1, "cd" * 16), 5, "a" * 64), (part_name("ab" * 16, 2, "ef" * 16), 7, "b" * 64)]
+    text = manifest.write("bucket/a\u2028b", '{"user": {"k": "x\u2029y"}}', "c" * 64, parts)
+    read = manifest.read(text)
+    assert (read.name, read.meta, read.sha256) == ("bucket/a\u2028b", '{"user": {"k": "x\u2029y"}}', "c" * 64)
+    assert read.parts == parts

@@ -123,7 +123,8 @@ def test_blocking_client_with_every_proxy_gone(two: tuple[FakeProxy, FakeProxy])
     b.kill()
     with pytest.raises(ProxiesUnreachable) as info:
         c.stat("n")
-    assert [address for address, _ in info.value.failures] == [a.address, b.address]
+    # in the order tried: the other proxy first, then the one whose connection was gone
+    assert [address for address, _ in info.value.failures] == [b.address, a.address]
     assert isinstance(info.value, OSError)
     c.close()
 
@@ -418,3 +419,51 @@ def test_twisted_client_on_real_proxies(pair: tuple[Cluster, Cluster], tmp_path:
             yield client.stat("big.bin")
     finally:
         yield client.close()
+
+
+def _drop_idle(proxy: FakeProxy) -> None:
+    """What a proxy's idle timeout does: its connections go, the proxy stays."""
+    for conn in proxy.connections:
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    time.sleep(0.2)
+
+
+def test_blocking_client_goes_back_to_its_proxy_after_an_idle_close_while_the_other_is_down() -> None:
+    """A connection the proxy closed while idle rules it out for no request
+    (before: the next request tried only the other proxy, down, and failed)."""
+    a = FakeProxy()
+    try:
+        a.files["x"] = (b"hello", 1, 1)
+        with BlockingClient(f"{a.address},{refusing()}") as client:
+            assert client.stat("x").size == 5
+            for _ in range(3):
+                _drop_idle(a)
+                assert client.stat("x").size == 5
+    finally:
+        a.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twisted_client_goes_back_to_its_proxy_after_an_idle_close_while_the_other_is_down() -> None:
+    """As the blocking client (before: every request after the close failed,
+    for as long as the other proxy was down)."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    a = FakeProxy()
+    try:
+        a.files["x"] = (b"hello", 1, 1)
+        client = await connect(reactor, f"{a.address},{refusing()}")
+        try:
+            assert (await client.stat("x")).size == 5
+            _drop_idle(a)
+            await deferLater(reactor, 0.2, lambda: None)
+            for _ in range(3):
+                assert (await client.stat("x")).size == 5
+        finally:
+            await client.close()
+    finally:
+        a.stop()

@@ -56,6 +56,15 @@ class TextSocket:
         if sock is not None:
             sock.close()
 
+    def cut(self) -> None:
+        """Give up the reply under way unread: the proxy sees the connection
+        end, and the next request opens a new one (see :meth:`gone`)."""
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def gone(self) -> bool:
         """Whether the proxy closed the idle connection or is closing it
         (stopped or killed since the last request, or closing it to make
