@@ -202,8 +202,10 @@ def _put(client: BlockingClient, args: argparse.Namespace) -> None:
                 stored = client.put(args.name, spool, replicas=args.replicas, progress=progress)
     else:
         name = args.name if args.name is not None else os.path.basename(os.path.normpath(args.path))
-        try:  # (without O_NONBLOCK, opening a FIFO waits for a writer)
-            source = open(os.open(args.path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+        try:  # (opening a FIFO would wait for a writer)
+            if not stat.S_ISREG(os.stat(args.path).st_mode):
+                raise _Failed(f"cannot read {args.path}: not a regular file")
+            source = open(args.path, "rb")
         except OSError as e:
             raise _Failed(f"cannot read {args.path}: {e.strerror}") from None
         with source:

@@ -272,8 +272,8 @@ class Device:
         is good until the next call."""
         return self.store.read_resident_block(f, meta, index, self._now)
 
-    def check(self, blob_id: str) -> Deferred:
-        return self._read(self.store.check, blob_id)
+    def check(self, blob_id: str, up_to: int | None = None) -> Deferred:
+        return self._read(self.store.check, blob_id, up_to)
 
     def corrupt(self, blob_id: str, why: str) -> Deferred:
         """A copy was found bad: move it aside and tell whoever listens (the

@@ -102,11 +102,10 @@ class ICopier(Interface):
         ``rescue``, no copy is whole: it is made from the good blocks of the
         copies ``sources`` set aside as corrupt (deposito.transfer.rescue_blob)."""
 
-    def keep_wanted(blob: str, count: int, size: int, holders: list[Member]) -> Awaitable[None]:
+    def keep_wanted(blob: str, count: int, holders: list[Member]) -> Awaitable[None]:
         """Awaitable: ``count`` kept as the wanted count with the copies of
-        ``blob`` (``size`` bytes) on ``holders`` (what a rebuild reads), each
-        read whole and found good first; raises when one of them could not
-        keep it, or was bad (then moved aside and reported by its server)."""
+        ``blob`` on ``holders`` (what a rebuild reads); raises when one of
+        them could not keep it."""
 
 
 class ICatalog(IWorkCatalog):
@@ -517,8 +516,9 @@ class IDevice(Interface):
     def close(f: Reader) -> Deferred[None]:
         """Close what :meth:`open` opened."""
 
-    def check(blob_id: str) -> Deferred[BlobMeta]:
-        """Read a whole blob against its checksums; fails with Corrupt."""
+    def check(blob_id: str, up_to: int | None = None) -> Deferred[BlobMeta]:
+        """Read a whole blob against its checksums (only when ``up_to``
+        bytes or smaller, if given); fails with Corrupt."""
 
     def corrupt(blob_id: str, why: str) -> Deferred[object]:
         """A copy was found bad: quarantine it and tell the listeners."""

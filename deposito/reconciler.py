@@ -134,6 +134,7 @@ SWEEP_PAGE = 1000  # files the sweep reads in one step
 SWEEP_EVERY = 10.0  # seconds between the sweep's steps: a million files in under three hours
 LEASE = 300.0  # a file with copies planned is not looked at again before this, unless it changes
 RETRY = 10.0  # a file whose copies all failed is looked at again after this
+RETARGETS = 2  # a copy that failed (its target died, say) is tried on this many other servers at most, at once
 WAITERS_EVERY = 1.0  # seconds between looks at the files a REPLICAS ... WAIT waits on
 LOOK_EVERY = 5.0  # seconds between looks at when the queue's next file is due: work other proxies queued or passed
 SMALL_COPY = 1 << 20  # bytes: a file this size or smaller is a small one to copy...
@@ -349,7 +350,7 @@ class Reconciler:
         copies could not all take it keeps its extra copies, and is looked
         at again after RETRY. Returns the drops that may go."""
         async def keep(a: Assessment, kept: list[Member]) -> None:
-            await self.copier.keep_wanted(a.record.blob, a.record.replicas, a.record.size, kept)
+            await self.copier.keep_wanted(a.record.blob, a.record.replicas, kept)
 
         few = defer.DeferredSemaphore(KEEPS_AT_ONCE)
         results: list[tuple[bool, Any]] = await defer.DeferredList(
@@ -463,7 +464,7 @@ class Reconciler:
         taken = [self.roster.get(s) or Member(s, "", "", 0) for s in {*t.holders, *busy}]
         made = 0
         failed: DepositoError | None = None
-        tries = t.count + len(self.roster.members)  # a failed copy goes to the next server, while one is left
+        tries = t.count + RETARGETS  # a failed copy goes on to another server, twice at most
         while made < t.count and tries > 0:
             tries -= 1
             try:
@@ -494,7 +495,7 @@ class Reconciler:
             if not counted:  # the file changed meanwhile: the copy is garbage
                 self.collect()
                 return made
-        if made < t.count and failed is not None:  # no server left took it: a waiting REPLICAS hears it
+        if made < t.count and failed is not None:  # the servers tried failed: a waiting REPLICAS hears it
             self.failures[t.record.name] = failed
             await self.check_waiters()
         return made

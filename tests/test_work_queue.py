@@ -93,7 +93,7 @@ class Copier:
         self.kept: list[tuple[str, int, list[str]]] = []  # (blob, count, servers) as keep_wanted was told
         self.refusing: set[str] = set()  # servers whose copies cannot keep a count
 
-    def keep_wanted(self, blob, count, size, holders):
+    def keep_wanted(self, blob, count, holders):
         refused = [m.id for m in holders if m.id in self.refusing]
         if refused:
             return defer.fail(Unavailable(f"{refused[0]} is out of reach"))

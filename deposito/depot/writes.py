@@ -174,11 +174,11 @@ class Writer:
                                           u.expect, u.bucket)
         return newest, FileRecord(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, tuple(ids), now, u.meta)
 
-    async def keep_wanted(self, blob: str, count: int, size: int, holders: list[Member]) -> None:
+    async def keep_wanted(self, blob: str, count: int, holders: list[Member]) -> None:
         async def keep(member: Member) -> None:
             client = await self.pool.connect(member)
             try:
-                await client.want(blob, count, size)
+                await client.want(blob, count)
             except BadCommand:  # a server of a version before WANT: its copies keep the count they were written with
                 pass
             finally:

@@ -23,7 +23,6 @@ from deposito.twisted_internals import IStreamReactor, IStreamTransport
 # A blob this small goes to its server as one message, its WRITE line, its
 # bytes and END in one send, where it would be two or three.
 HOLD_FIRST = 64 * 1024
-CHECK_RATE = 20 << 20  # bytes a second a server reads a blob back at, at least (WANT's deadline)
 
 
 class Sink(Protocol):
@@ -232,11 +231,9 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self.reply("DELETE " + " ".join(blobs))
         return d
 
-    def want(self, blob: str, replicas: int, size: int = 0) -> defer.Deferred[str]:
-        """Make ``replicas`` the wanted count kept with the blob (WANT), of
-        ``size`` bytes, which the server reads whole first; fires with the reply line."""
+    def want(self, blob: str, replicas: int) -> defer.Deferred[str]:
+        """Make ``replicas`` the wanted count kept with the blob (WANT); fires with the reply line."""
         d = self._expect()
-        self.setTimeout(max(self.request_timeout, size / CHECK_RATE))
         self.reply(f"WANT {blob} {replicas}")
         return d
 

@@ -34,6 +34,11 @@ from deposito.twisted_internals import IStreamReactor, IStreamTransport
 Opened = Callable[[Reader, BlobMeta, int, int], None]  # (file, metadata, offset, end)
 
 
+# WANT reads a copy this big or smaller whole before it answers (bounded: a proxy's
+# reconciler waits on it, and the reads share the device's reader threads with GETs)
+WANT_CHECK_MAX = 64 << 20
+
+
 class BlobServerProtocol(LineProtocol, TimeoutMixin):
     """Serves WRITE, READ, DELETE and WANT for one device."""
 
@@ -274,13 +279,14 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     # -- WANT
 
     def do_WANT(self, blob: str, replicas: str) -> None:
-        """The copy keeps ``replicas`` as its wanted count once it is read
-        whole and found good: a proxy drops a file's extra copies only once
-        those it keeps are. A bad one is moved aside, reported, and answered
-        as missing."""
+        """The copy keeps ``replicas`` as its wanted count, once read whole
+        and found good when it is WANT_CHECK_MAX or smaller: a proxy drops a
+        file's extra copies only once those it keeps took the count. A bad
+        one is moved aside, reported, and answered as missing. (A bigger
+        copy is not read here, where a proxy waits: the scrub reads it.)"""
         count = parse_count(replicas, "replicas", 1, 16)
         blob = check_blob_id(blob)
-        d = self.device.check(blob).addCallback(lambda _: self.device.set_wanted(blob, count))
+        d = self.device.check(blob, up_to=WANT_CHECK_MAX).addCallback(lambda _: self.device.set_wanted(blob, count))
         self.paused = True  # lines wait
 
         def done(here: bool) -> None:
