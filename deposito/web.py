@@ -106,9 +106,19 @@ def _send_json(request: Any, value: Any, code: int = 200) -> None:
 class _Page(Resource):
     isLeaf = True
 
-    def __init__(self, depot: IDepot, events: EventLog, metrics: Metrics, clock: IReactorTime) -> None:
+    def __init__(self, depot: IDepot, events: EventLog, metrics: Metrics, clock: IReactorTime,
+                 tokens: Any = None) -> None:
         super().__init__()
         self.depot, self.events, self.metrics, self.clock = depot, events, metrics, clock
+        self.tokens = tokens
+
+    def recent(self, request: Any, n: int | None = None) -> list[Any]:
+        """The newest events first; with --tokens, those that name a file
+        only for a request that holds a token (file names are theirs alone)."""
+        events = self.events.recent(n)
+        if self.tokens is None or _authorized(request, self.tokens):
+            return events
+        return [e for e in events if "name" not in e.fields]
 
     def render_GET(self, request: Any) -> Any:
         return _async(request, lambda: self.respond(request))
@@ -120,7 +130,7 @@ class _Page(Resource):
 class StatusPage(_Page):
     async def respond(self, request: Any) -> None:
         status = await gather(self.depot, self.events, self.clock)
-        page = render_page(status, self.depot.servers(), self.events.recent(EVENTS_SHOWN), self.clock.seconds())
+        page = render_page(status, self.depot.servers(), self.recent(request, EVENTS_SHOWN), self.clock.seconds())
         _send(request, 200, b"text/html; charset=utf-8", page)
 
 
@@ -135,7 +145,7 @@ class StatusAPI(_Page):
     async def respond(self, request: Any) -> None:
         status = await gather(self.depot, self.events, self.clock)
         status["version"] = deposito.__version__
-        status["events"] = [ev.as_json() for ev in self.events.recent()]
+        status["events"] = [ev.as_json() for ev in self.recent(request)]
         _send_json(request, status)
 
 
@@ -378,10 +388,10 @@ def status_site(depot: IDepot, events: EventLog, metrics: Metrics, clock: IReact
     """The whole HTTP side, as a twisted.web Site. ``depot``: a MeteredDepot
     counting via http, so that downloads are counted like GETs."""
     root = Resource()
-    root.putChild(b"", StatusPage(depot, events, metrics, clock))
+    root.putChild(b"", StatusPage(depot, events, metrics, clock, tokens))
     root.putChild(b"metrics", MetricsPage(depot, events, metrics, clock))
     api = Resource()
-    api.putChild(b"status", StatusAPI(depot, events, metrics, clock))
+    api.putChild(b"status", StatusAPI(depot, events, metrics, clock, tokens))
     api.putChild(b"servers", ServersAPI(depot, events, metrics, clock))
     api.putChild(b"files", _Guarded(FilesAPI(depot, events, metrics, clock), tokens))
     root.putChild(b"api", api)
@@ -403,14 +413,19 @@ class _Guarded(Resource):
 
     def render(self, request: Any) -> Any:
         if self.tokens is not None:
-            scheme, _, given = (_header(request, b"authorization") or "").strip().partition(" ")
-            given = given.strip() if scheme.lower() == "bearer" else ""  # a scheme's case does not matter
-            if not given or not self.tokens.check(given):
+            if not _authorized(request, self.tokens):
                 request.setResponseCode(401)
                 request.setHeader(b"www-authenticate", b'Bearer realm="deposito"')
                 request.setHeader(b"content-type", b"text/plain; charset=utf-8")
                 return b"a token is needed: Authorization: Bearer <token>\n"
         return self.inner.render(request)
+
+
+def _authorized(request: Any, tokens: Any) -> bool:
+    """Whether ``request`` holds one of ``tokens`` (``Authorization: Bearer <token>``)."""
+    scheme, _, given = (_header(request, b"authorization") or "").strip().partition(" ")
+    given = given.strip() if scheme.lower() == "bearer" else ""  # a scheme's case does not matter
+    return bool(given) and bool(tokens.check(given))
 
 
 BODY_LIMIT = 64 << 10  # the HTTP side is read-only: a request body bigger than this is refused unread

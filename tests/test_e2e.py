@@ -470,6 +470,18 @@ def test_tokens_and_max_size_on_a_real_proxy(tmp_path):
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": wrong}), timeout=10)
             assert e.value.code == 401, wrong
+        # the open pages' recent events that name a file: only for a request with a token
+        c.start_server("s1")
+        with c.wire() as w:
+            assert w.cmd("AUTH beta") == "OK"
+            assert poll(lambda: sum(line.split()[2] == "up" for line in w.multi("SERVERS")) == 2, 20)
+            assert w.put("payroll/ceo", b"x" * 10, 1).startswith("OK stored")
+            assert w.cmd("REPLICAS payroll/ceo 2 WAIT").startswith("OK")  # "made a copy of payroll/ceo on ..."
+        for path in ("/", "/api/status"):
+            bare = urllib.request.urlopen(f"http://127.0.0.1:{http}{path}", timeout=10).read()
+            held = urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{http}{path}", headers={"Authorization": "Bearer alpha"}), timeout=10).read()
+            assert b"payroll/ceo" not in bare and b"payroll/ceo" in held, path
         assert "Traceback" not in c.log("proxy")
     finally:
         c.stop()
