@@ -137,7 +137,10 @@ def test_second_server_with_the_same_name_is_refused_and_not_listed():
 def test_bad_joins_are_refused():
     roster = Roster(task.Clock())
     for line in (b"HB used=1\n", b"JOIN bad/id zone=z port=1 capacity=1 used=0 blobs=0\n",
-                 b"JOIN s1 zone=z port=70000 capacity=1 used=0 blobs=0\n", b"JOIN s1 zone=z port=1\n"):
+                 b"JOIN s1 zone=z port=70000 capacity=1 used=0 blobs=0\n", b"JOIN s1 zone=z port=1\n",
+                 # a host that is no host name or address (a terminal's escape, markup): shown by SERVERS
+                 b"JOIN s1 zone=z port=5 host=a\x1b[2J<b> capacity=1 used=0 blobs=0\n",
+                 b"JOIN s1 zone=z port=5 host=" + b"h" * 254 + b" capacity=1 used=0 blobs=0\n"):
         proto, tr = member_conn(roster)
         proto.dataReceived(line)
         assert tr.value().startswith(b"ERR badargs") and tr.disconnecting, line
@@ -697,3 +700,29 @@ def test_the_time_the_catalog_takes_to_decide_on_a_join_is_not_the_servers_and_t
     said = [e.get("error", "") for e in events if e.get("event") == "refused"]
     assert said == ["unavailable: silent within 5 s of its welcome"], said
     assert not [e for e in events if "left when welcomed" in e.get("log_format", "")]
+
+
+def test_a_server_that_leaves_at_the_challenge_or_the_welcome_is_said_once_with_why():
+    """A server whose --secret differs leaves at the proxy's challenge, one
+    with a secret this proxy has none of at its welcome: the proxy says
+    which, once while it lasts (before: nothing for the first, and a line
+    naming another catalog every second or two for the second)."""
+    from twisted.logger import Logger
+
+    for secret, expected in ((b"alpha", "its --secret is not this proxy's"),
+                             (None, "may hold a --secret this proxy has none of")):
+        clock = task.Clock()
+        roster = Roster(clock)
+        events: list[dict] = []
+        factory = MemberFactory(roster, heartbeat=1.0, secret=secret, catalog_id=lambda: CATALOG)
+        for _ in range(3):  # it comes back, and leaves again
+            proto = factory.buildProtocol(None)
+            proto.log = Logger(observer=events.append)
+            tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+            proto.callLater = clock.callLater
+            proto.makeConnection(tr)
+            proto.dataReceived(f"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0 nonce={'ab' * 16}\n".encode())
+            assert tr.value().startswith(b"CHALLENGE " if secret else b"OK welcome"), tr.value()
+            proto.connectionLost(None)
+        said = [e.get("error", "") for e in events if e.get("event") == "refused"]
+        assert len(said) == 1 and expected in said[0], said

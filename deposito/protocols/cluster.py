@@ -101,6 +101,16 @@ def check_label(value: str, what: str) -> str:
     return value
 
 
+HOST = re.compile(r"[A-Za-z0-9._:%-]{1,253}\Z")  # a host name, or an IPv4 or IPv6 address (with its zone)
+
+
+def check_host(value: str) -> str:
+    """A joining server's host as it says it (shown by SERVERS and the status page, and connected to)."""
+    if not HOST.match(value):
+        raise BadArgs("host must be a host name or an IP address")
+    return value
+
+
 class NodeReport(TypingProtocol):
     """What a storage server tells the proxy about itself."""
 
@@ -542,8 +552,8 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         check_label(member_id, "server id")
         zone = check_label(f.get("zone", ""), "zone")
         port = parse_count(f.get("port", ""), "port", 1, 65535)
-        host = f.get("host") or self.transport.getPeer().host
-        if host in ("0.0.0.0", "::", ""):
+        host = check_host(f["host"]) if f.get("host") else self.transport.getPeer().host
+        if host in ("0.0.0.0", "::"):
             host = self.transport.getPeer().host
         capacity, used, blobs = self._usage(f)
         local = None
@@ -623,9 +633,11 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
                                " If it belongs to another cluster, point it at that cluster's proxy; if it held"
                                " files of a catalog this one replaces, restart this proxy with --rebuild to take"
                                " them in", id=self._welcomed[0], lost=self._serves, event="refused")
+        elif self._challenge is not None:  # it could not check this proxy's proof: another secret
+            self._refused(Denied("it left at the secret's challenge: its --secret is not this proxy's"))
         elif self._welcomed is not None and not self._timed_out:
-            self.log.warn("storage server {id} left when welcomed: it may serve another catalog (see its log)",
-                          id=self._welcomed[0])
+            self._refused(Denied("it left when welcomed: it may hold a --secret this proxy has none of, or serve"
+                                 " another catalog (see its log)"))
 
 
 class MemberFactory(Factory):
