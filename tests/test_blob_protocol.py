@@ -718,6 +718,30 @@ def test_a_rotten_copy_keeps_no_wanted_count_and_is_set_aside_and_told(device):
     assert told == [bad] and not os.path.exists(store.path(bad))  # set aside, and told to the proxies
 
 
+
+@pytest_twisted.inlineCallbacks
+def test_want_reads_only_a_copy_of_a_bounded_size(device, monkeypatch):
+    """WANT's read is bounded (WANT_CHECK_MAX): a proxy's reconciler waits on
+    it, on reader threads GETs share. A bigger copy takes the count unread;
+    the scrub reads it."""
+    from deposito.protocols import blobserver
+
+    monkeypatch.setattr(blobserver, "WANT_CHECK_MAX", 1 << 20)
+    store = device.store
+    data = os.urandom((1 << 20) + 1)
+    big = yield commit_blob(device, data)
+    with open(store.path(big), "r+b") as f:
+        f.seek(7)
+        f.write(bytes([data[7] ^ 1]))
+    proto, tr = server_on_string_transport(device)
+    proto.dataReceived(f"WANT {big} 1\n".encode())
+    for _ in range(200):
+        if tr.value():
+            break
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    assert tr.value() == b"OK\r\n" and store.meta(big).replicas == 1 and os.path.exists(store.path(big))
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_copy_set_aside_as_corrupt_gives_its_good_blocks_to_rescue_and_nothing_from_its_bad_one(device):
     """RESCUE reads the copy moved aside: its checked blocks up to the first

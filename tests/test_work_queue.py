@@ -834,3 +834,31 @@ def test_stopping_waits_for_a_copy_under_way_a_few_seconds_at_most(catalogs):
     clock.advance(0.2)
     assert stopped.called and hanging[0].called  # cancelled
     cat.close()
+
+
+def test_a_failed_copy_goes_on_to_two_other_servers_at_most(catalogs):
+    """A copy that failed (its target died, say) is tried on another server,
+    twice at most in one look: when every try fails (its sources at fault,
+    say), ten servers do not cost ten intents, garbage rows and deletes."""
+    from deposito.reconciler import RETARGETS
+    from deposito.transfer import CopyFailed
+
+    servers = tuple("abcdefghij")
+    cat, clock, roster, view, copier, rec = make(catalogs, 4, servers)
+    rec.start()
+    tried: list[str] = []
+
+    def failing(record, sources, taken, rescue=False):
+        ids = {m.id for m in taken}
+        target = next(m for m in sorted(roster.members.values(), key=lambda m: m.id) if m.id not in ids)
+        taken.append(target)
+        tried.append(target.id)
+        return defer.fail(CopyFailed(target, "no copy is reachable"))
+    copier.copy_to_new_server = failing
+    cat.set_replicas("f000001", 3)
+    rec.kick()
+    run(clock)
+    assert len(tried) == 1 + RETARGETS and len(set(tried)) == len(tried)
+    assert len(copies_on(cat, "f000001")) == 2
+    rec.stop()
+    cat.close()
