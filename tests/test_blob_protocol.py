@@ -701,22 +701,23 @@ def test_a_rotten_copy_keeps_no_wanted_count_and_is_set_aside_and_told(device):
         f.write(bytes([data[(1 << 20) + 7] ^ 1]))
     told: list[str] = []
     device.corrupt_listeners.append(lambda blob, why: told.append(blob))
-    proto, tr = server_on_string_transport(device)
-    proto.dataReceived(f"WANT {good} 1\n".encode())
-    for _ in range(200):
-        if tr.value():
-            break
-        yield task.deferLater(reactor, 0.02, lambda: None)
+    tr = yield asked(device, f"WANT {good} 1\n")
     assert tr.value() == b"OK\r\n" and store.meta(good).replicas == 1
-    tr.clear()
-    proto.dataReceived(f"WANT {bad} 1\n".encode())
-    for _ in range(200):
-        if tr.value() and told:
-            break
-        yield task.deferLater(reactor, 0.02, lambda: None)
+    tr = yield asked(device, f"WANT {bad} 1\n", lambda tr: bool(tr.value() and told))
     assert tr.value().startswith(b"ERR notfound no such blob (it was corrupt: ") and not tr.disconnecting
     assert told == [bad] and not os.path.exists(store.path(bad))  # set aside, and told to the proxies
 
+
+@defer.inlineCallbacks
+def asked(device, line: str, answered=lambda tr: bool(tr.value())):
+    """``line`` sent to a server on ``device``: its transport, once ``answered`` (4 s at most)."""
+    proto, tr = server_on_string_transport(device)
+    proto.dataReceived(line.encode())
+    for _ in range(200):
+        if answered(tr):
+            break
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    return tr
 
 
 @pytest_twisted.inlineCallbacks
@@ -733,12 +734,7 @@ def test_want_reads_only_a_copy_of_a_bounded_size(device, monkeypatch):
     with open(store.path(big), "r+b") as f:
         f.seek(7)
         f.write(bytes([data[7] ^ 1]))
-    proto, tr = server_on_string_transport(device)
-    proto.dataReceived(f"WANT {big} 1\n".encode())
-    for _ in range(200):
-        if tr.value():
-            break
-        yield task.deferLater(reactor, 0.02, lambda: None)
+    tr = yield asked(device, f"WANT {big} 1\n")
     assert tr.value() == b"OK\r\n" and store.meta(big).replicas == 1 and os.path.exists(store.path(big))
 
 
