@@ -79,12 +79,30 @@ def data_directory(option: str, path: str) -> str:
     return path
 
 
-def check_endpoint(option: str, value: str, parse) -> None:
-    """Refuse an endpoint string the endpoint parser cannot read."""
+def check_endpoint(option: str, value: str, parse, client: bool = False) -> None:
+    """Refuse an endpoint string the endpoint parser cannot read, and a
+    client's TCP port no socket can have (a server's is refused as it listens)."""
     try:
         parse(value)
     except Exception as e:  # the parsers raise a range of types
         raise usage.UsageError(f"{option}: bad endpoint {value!r}: {e}") from None
+    port = _tcp_port(value) if client else None
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise usage.UsageError(f"{option}: bad endpoint {value!r}: its port must be 1 to 65535")
+
+
+def _tcp_port(value: str) -> str | None:
+    """The port a client's tcp:, tls: or ssl: endpoint string names
+    (``tcp:HOST:PORT``, or ``port=PORT``); None for other kinds."""
+    kind, _, rest = value.partition(":")
+    if kind not in ("tcp", "tls", "ssl"):
+        return None
+    fields = re.split(r"(?<!\\):", rest)  # a colon escaped with a backslash is part of its field
+    for field in fields:
+        if field.startswith("port="):
+            return field[len("port="):]
+    positional = [field for field in fields if "=" not in field]
+    return positional[1] if len(positional) > 1 else None
 
 
 class FirstLineOptions(usage.Options):

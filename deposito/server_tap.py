@@ -39,7 +39,7 @@ class Options(FirstLineOptions):
         """client endpoint of a proxy's cluster port, once per proxy [default: tcp:127.0.0.1:7001]"""
         from twisted.internet import reactor
 
-        check_endpoint("--proxy", endpoint, lambda v: endpoints.clientFromString(reactor, v))
+        check_endpoint("--proxy", endpoint, lambda v: endpoints.clientFromString(reactor, v), client=True)
         if endpoint in self["proxy"]:
             raise usage.UsageError(f"--proxy {endpoint} is named twice")
         self["proxy"].append(endpoint)

@@ -42,6 +42,8 @@ def test_a_server_joins_every_proxy_named():
     o = parse(server_tap.Options, ["--proxy", "tcp:10.0.0.1:7001", "--proxy", "unix:/run/deposito-b.sock"])
     assert o["proxy"] == ["tcp:10.0.0.1:7001", "unix:/run/deposito-b.sock"]
     assert parse(server_tap.Options, ["--proxy=tcp:10.0.0.2:7001"])["proxy"] == ["tcp:10.0.0.2:7001"]
+    assert parse(server_tap.Options, ["--proxy", "tcp:host=h:port=65535:timeout=3"])["proxy"] == [
+        "tcp:host=h:port=65535:timeout=3"]
 
 
 @pytest.mark.parametrize("cls,args,option", [
@@ -58,6 +60,8 @@ def test_a_server_joins_every_proxy_named():
     (server_tap.Options, ["--proxy", "nope:nope"], "--proxy"),
     (server_tap.Options, ["--proxy", "tcp:127.0.0.1:7001", "--proxy", "nope:nope"], "--proxy"),
     (server_tap.Options, ["--proxy", "tcp:10.0.0.1:7001", "--proxy", "tcp:10.0.0.1:7001"], "--proxy"),
+    (server_tap.Options, ["--proxy", "tcp:127.0.0.1:99999"], "--proxy"),  # (before: retried for good)
+    (server_tap.Options, ["--proxy", "tcp:host=h:port=0"], "--proxy"),
     (server_tap.Options, ["--capacity", "-1"], "--capacity"),
     (server_tap.Options, ["--zone", "has space"], "--zone"),
     (proxy_tap.Options, ["--data", "/proc/no-such-folder/x"], "--data"),
