@@ -619,3 +619,40 @@ def test_a_copy_source_range_that_is_not_two_ascii_numbers_in_order_is_refused(h
     with pytest.raises(S3Error) as refused:
         _copy_range(header, 10)
     assert refused.value.code in ("InvalidArgument", "InvalidRange"), refused.value
+
+
+def test_list_multipart_uploads_pages_past_an_upload_whose_key_is_the_prefix(s3):
+    """A page that ends on an upload of a key ending in the delimiter goes
+    on among that key's uploads (before: its marker was taken for a
+    CommonPrefix given back, and the rest were skipped)."""
+    c = s3.client()
+    c.create_bucket(Bucket="mub")
+    ids = sorted(c.create_multipart_upload(Bucket="mub", Key="a/")["UploadId"] for _ in range(2))
+    other = c.create_multipart_upload(Bucket="mub", Key="a/x")["UploadId"]
+    want = [("a/", ids[0]), ("a/", ids[1]), ("a/x", other)]
+    whole = c.list_multipart_uploads(Bucket="mub", Prefix="a/", Delimiter="/")
+    assert [(u["Key"], u["UploadId"]) for u in whole["Uploads"]] == want
+    got, key_marker, id_marker = [], None, None
+    for _ in range(10):
+        args = dict(Bucket="mub", Prefix="a/", Delimiter="/", MaxUploads=1)
+        if key_marker is not None:
+            args["KeyMarker"] = key_marker
+            if id_marker:
+                args["UploadIdMarker"] = id_marker
+        r = c.list_multipart_uploads(**args)
+        got += [(u["Key"], u["UploadId"]) for u in r.get("Uploads", [])]
+        if not r["IsTruncated"]:
+            break
+        key_marker, id_marker = r.get("NextKeyMarker"), r.get("NextUploadIdMarker")
+    assert got == want
+
+
+def test_list_multipart_uploads_after_a_key_marker_alone_leaves_that_keys_uploads_out(s3):
+    """As S3: without upload-id-marker, only keys after key-marker (before:
+    that key's own uploads came again)."""
+    c = s3.client()
+    c.create_bucket(Bucket="mkb")
+    c.create_multipart_upload(Bucket="mkb", Key="k")
+    later = c.create_multipart_upload(Bucket="mkb", Key="l")["UploadId"]
+    r = c.list_multipart_uploads(Bucket="mkb", KeyMarker="k")
+    assert [(u["Key"], u["UploadId"]) for u in r.get("Uploads", [])] == [("l", later)]

@@ -50,6 +50,7 @@ MAX_PARTS_LISTED = 1000
 PAGE = 1000  # stored parts read at a time while a Complete is checked
 KEEP_ALIVE_AFTER = 1.0  # seconds a Complete runs before its 200 begins (see KeepAlive)
 KEEP_ALIVE_EVERY = 1.0  # then a space this often until its answer
+PAST_EVERY_ID = "g"  # sorts after every upload id (32 lower-case hex digits)
 
 
 class Multipart:
@@ -298,9 +299,10 @@ class Multipart:
         delimiter = p.get("delimiter") or None
         limit = min(_count_param(p, "max-uploads", MAX_PARTS_LISTED), MAX_PARTS_LISTED)
         base = check_bucket(call.bucket) + "/"
-        after: tuple[str | None, str] = (base + key_marker if key_marker else "", id_marker if key_marker else "")
-        if delimiter and key_marker.endswith(delimiter):  # a CommonPrefix given back: past every key under it
-            after = (prefix_end(base + key_marker), "")
+        # as S3: past key-marker's own uploads, unless upload-id-marker names where among them to go on
+        after: tuple[str | None, str] = (base + key_marker, id_marker or PAST_EVERY_ID) if key_marker else ("", "")
+        if delimiter and key_marker.endswith(delimiter) and not id_marker:  # a CommonPrefix given back:
+            after = (prefix_end(base + key_marker), "")  # past every key under it
         entries: list[xmlwire.UploadEntry] = []
         prefixes: list[str] = []
         last: tuple[str, Optional[str]] = ("", None)  # the key (or CommonPrefix) listed last, and its upload
