@@ -761,19 +761,25 @@ def test_a_range_is_read_through_the_index(tmp_path):
     cat.close()
 
 
-@pytest.fixture
-def shared(postgres):
-    """One PostgreSQL catalog, as two proxies open it."""
+def two_catalogs(postgres, among_proxies: bool = False):
+    """Two Catalogs on one new PostgreSQL database, as two proxies open it; dropped after."""
     from deposito.catalog.postgres import PostgresBackend
 
     url = postgres.database()
-    first, second = Catalog(PostgresBackend(url)), Catalog(PostgresBackend(url))
+    first = Catalog(PostgresBackend(url), among_proxies=among_proxies)
+    second = Catalog(PostgresBackend(url), among_proxies=among_proxies)
     try:
         yield first, second
     finally:
         first.close()
         second.close()
         postgres.drop(url)
+
+
+@pytest.fixture
+def shared(postgres):
+    """One PostgreSQL catalog, as two proxies open it."""
+    yield from two_catalogs(postgres)
 
 
 @pytest_twisted.inlineCallbacks
@@ -1494,17 +1500,9 @@ def test_a_retired_proxy_goes_on_under_a_new_id_and_its_uploads_cannot_commit(sh
 def among(postgres, monkeypatch):
     """Two proxies' catalogs on one PostgreSQL database, as the proxies open them."""
     from deposito.catalog import operations
-    from deposito.catalog.postgres import PostgresBackend
 
     monkeypatch.setattr(operations, "WAIT", 0.0)
-    url = postgres.database()
-    a, b = Catalog(PostgresBackend(url), among_proxies=True), Catalog(PostgresBackend(url), among_proxies=True)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
-        postgres.drop(url)
+    yield from two_catalogs(postgres, among_proxies=True)
 
 
 def batched(cat: Catalog, method, *args):
