@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,10 +28,15 @@ from deposito import diskio
 from deposito.batching import Batches, IBatchReactor
 from deposito.blobmeta import BLOCK, BlobMeta, Corrupt
 from deposito.blobstore import BlobStore, IncomingBlob
-from deposito.errors import DepositoError, Internal, NoSpace, NotFound
+from deposito.errors import DepositoError, Internal, NoSpace, NotFound, Unavailable
 from deposito.interfaces import IDevice, IInventoryCursor
 
 EMPTY_EVERY = 1.0  # seconds between two looks at trash/, at least (see BlobStore.empty_trash)
+# A copy this big or smaller is read whole while its asker waits (see checked); a bigger
+# one is read in the background, one at a time, as the reads share the reader threads with GETs
+CHECK_NOW_MAX = 64 << 20
+CHECKED_FOR = 600.0  # seconds a bigger copy read whole and found good is taken for good unread
+CHECKS_WAITING = 256  # bigger copies waiting to be read whole, at most
 
 
 @implementer(IDevice)
@@ -65,6 +70,9 @@ class Device:
         self._held_for = 0.0  # the last hold's length, also that of the next one if a probe fails
         self._now = memoryview(bytearray(BLOCK))  # blocks read on the reactor thread go here
         self._metas: OrderedDict[str, BlobMeta] = OrderedDict()
+        self._found_good: OrderedDict[str, float] = OrderedDict()  # copies over CHECK_NOW_MAX: when read good
+        self._checks = DeferredSemaphore(1)  # the reads checked() starts, one at a time
+        self._checking: set[str] = set()  # the copies they are for, read or waiting
         self._emptying = task.LoopingCall(self._empty_trash)  # what deletes leave when none follow
         self._emptying.clock = reactor
 
@@ -200,6 +208,7 @@ class Device:
 
     def _forget(self, blob_id: str) -> None:
         self._metas.pop(blob_id, None)
+        self._found_good.pop(blob_id, None)
 
     def _commit_batch(self, batch: list[tuple[IncomingBlob, str, str, bytes]]) -> list[tuple[bool, object]]:
         """On the committer thread: the last pieces written, then one group commit."""
@@ -273,7 +282,43 @@ class Device:
         return self.store.read_resident_block(f, meta, index, self._now)
 
     def check(self, blob_id: str, up_to: int | None = None) -> Deferred:
-        return self._read(self.store.check, blob_id, up_to)
+        def good(meta: BlobMeta) -> BlobMeta:
+            if meta.size > CHECK_NOW_MAX and (up_to is None or meta.size <= up_to):  # read whole
+                now = self.reactor.seconds()
+                self._found_good[blob_id] = now
+                self._found_good.move_to_end(blob_id)
+                while next(iter(self._found_good.values())) < now - CHECKED_FOR:
+                    self._found_good.popitem(last=False)
+            return meta
+        return self._read(self.store.check, blob_id, up_to).addCallback(good)
+
+    def checked(self, blob_id: str) -> Deferred:
+        """Fires with the copy's metadata once it was read whole and found
+        good: now for a copy of CHECK_NOW_MAX or smaller; for a bigger one,
+        by a read in the last CHECKED_FOR seconds (a scrub's, or one this
+        started). Else that read starts in the background (one at a time),
+        and this fails at once with Unavailable: ask again once it is done.
+        A bad copy fails with Corrupt (and is not set aside: the caller
+        does that); one the background read finds bad is set aside and told."""
+        def whole(meta: BlobMeta) -> BlobMeta:
+            if meta.size <= CHECK_NOW_MAX:
+                return meta
+            found = self._found_good.get(blob_id)
+            if found is not None and found >= self.reactor.seconds() - CHECKED_FOR:
+                return meta
+            if blob_id not in self._checking and len(self._checking) < CHECKS_WAITING:
+                self._checking.add(blob_id)
+                d = self._checks.run(self.check, blob_id).addErrback(self._checked_bad, blob_id)
+                d.addBoth(lambda _: self._checking.discard(blob_id))
+            raise Unavailable(f"the copy ({meta.size} bytes) is being read whole first; ask again shortly")
+        return self.check(blob_id, up_to=CHECK_NOW_MAX).addCallback(whole)
+
+    def _checked_bad(self, failure: Failure, blob_id: str) -> None:
+        if failure.check(Corrupt):
+            self.corrupt(blob_id, failure.getErrorMessage())
+        elif not failure.check(NotFound):
+            self.log.warn("cannot read blob {blob} whole to check it: {why}", blob=blob_id,
+                          why=failure.getErrorMessage())
 
     def corrupt(self, blob_id: str, why: str) -> Deferred:
         """A copy was found bad: move it aside and tell whoever listens (the

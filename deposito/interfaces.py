@@ -520,6 +520,10 @@ class IDevice(Interface):
         """Read a whole blob against its checksums (only when ``up_to``
         bytes or smaller, if given); fails with Corrupt."""
 
+    def checked(blob_id: str) -> Deferred[BlobMeta]:
+        """The blob's metadata once it was read whole and found good, now or
+        lately; Unavailable while a big one is being read for it."""
+
     def corrupt(blob_id: str, why: str) -> Deferred[object]:
         """A copy was found bad: quarantine it and tell the listeners."""
 

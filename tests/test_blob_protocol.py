@@ -721,21 +721,42 @@ def asked(device, line: str, answered=lambda tr: bool(tr.value())):
 
 
 @pytest_twisted.inlineCallbacks
-def test_want_reads_only_a_copy_of_a_bounded_size(device, monkeypatch):
-    """WANT's read is bounded (WANT_CHECK_MAX): a proxy's reconciler waits on
-    it, on reader threads GETs share. A bigger copy takes the count unread;
-    the scrub reads it."""
-    from deposito.protocols import blobserver
+def test_want_reads_a_big_copy_in_the_background_and_keeps_no_count_on_it_till_then(device, monkeypatch):
+    """A copy over CHECK_NOW_MAX is not read while the proxy waits (its
+    reconciler, and GETs on the same reader threads): WANT answers
+    ``ERR unavailable`` at once and reads it in the background; asked again
+    once read, a good one takes the count, a rotten one is set aside, told,
+    and answered as missing (before: a big copy took the count unread, and
+    a rot no scrub had seen yet cost the file its good copies)."""
+    from deposito import device as device_module
 
-    monkeypatch.setattr(blobserver, "WANT_CHECK_MAX", 1 << 20)
+    monkeypatch.setattr(device_module, "CHECK_NOW_MAX", 1 << 20)
     store = device.store
     data = os.urandom((1 << 20) + 1)
-    big = yield commit_blob(device, data)
-    with open(store.path(big), "r+b") as f:
+    good, bad = (yield commit_blob(device, data)), (yield commit_blob(device, data))
+    with open(store.path(bad), "r+b") as f:
         f.seek(7)
         f.write(bytes([data[7] ^ 1]))
-    tr = yield asked(device, f"WANT {big} 1\n")
-    assert tr.value() == b"OK\r\n" and store.meta(big).replicas == 1 and os.path.exists(store.path(big))
+    told: list[str] = []
+    device.corrupt_listeners.append(lambda blob, why: told.append(blob))
+    for blob in (good, bad):
+        tr = yield asked(device, f"WANT {blob} 1\n")
+        assert tr.value().startswith(b"ERR unavailable the copy (1048577 bytes) is being read whole first")
+        assert not tr.disconnecting
+    assert store.meta(good).replicas != 1  # (the bad one may be set aside already)
+    for _ in range(200):
+        if told and not device._checking:
+            break
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    assert told == [bad] and not os.path.exists(store.path(bad))  # set aside, and told to the proxies
+    tr = yield asked(device, f"WANT {good} 1\n")
+    assert tr.value() == b"OK\r\n" and store.meta(good).replicas == 1
+    tr = yield asked(device, f"WANT {bad} 1\n")
+    assert tr.value().startswith(b"ERR notfound")
+    scrubbed = yield commit_blob(device, data)
+    yield device.check(scrubbed)  # as the scrub reads it
+    tr = yield asked(device, f"WANT {scrubbed} 1\n")
+    assert tr.value() == b"OK\r\n" and store.meta(scrubbed).replicas == 1
 
 
 @pytest_twisted.inlineCallbacks

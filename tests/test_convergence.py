@@ -543,6 +543,37 @@ def test_lowering_replicas_never_keeps_a_rotten_copy_and_drops_the_good_one(tmp_
         c.stop()
 
 
+def test_lowering_replicas_never_keeps_a_big_rotten_copy_and_drops_the_good_one(tmp_path):
+    """As above, for a copy too big to be read while the proxy waits: the
+    server reads it in the background and the extra copies stay till then
+    (before: a copy over 64 MiB took the lowered count unread, and the good
+    copy was dropped)."""
+    c = Cluster(tmp_path)
+    try:
+        c.start_proxy()
+        c.start_server("s0", "--capacity", str(1 << 30))  # less room: the copy a lowered count drops
+        c.start_server("s1", "--capacity", str(2 << 30))  # more room: the copy it keeps
+        c.wait_up(2)
+        data = os.urandom((64 << 20) + 4096)
+        with c.wire() as w:
+            w.sock.settimeout(60)
+            assert w.put("k/big", data, 2).startswith("OK stored")
+        [blob] = [p for p in c.blob_files("s1") if p.stat().st_size == len(data)]
+        with open(blob, "r+b") as f:  # s1's copy rots (no scrub has seen it yet)
+            f.seek(len(data) - 7)
+            f.write(bytes([data[-7] ^ 1]))
+        with c.wire() as w:
+            w.sock.settimeout(60)
+            assert w.cmd("REPLICAS k/big 1 WAIT") == "OK name=k/big replicas=1 have=1"
+        time.sleep(3)  # the collector's turn, had a copy been dropped
+        assert c.holders(data) == ["s0"]
+        with c.wire() as w:
+            w.sock.settimeout(60)
+            assert w.get("k/big")[1] == data
+    finally:
+        c.stop()
+
+
 def test_replicas_lowered_on_a_new_catalog_stays_lowered_when_a_server_lists_again(tmp_path):
     """A new catalog takes in what the servers list for a few seconds; a
     copy it knows already (it committed it) says an older wanted count than

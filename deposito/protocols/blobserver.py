@@ -21,7 +21,7 @@ from deposito import twisted_internals
 from deposito.blobmeta import BlobMeta, Corrupt
 from deposito.blobstore import check_blob_id
 from deposito.diskio import Reader
-from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal, NotFound
+from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal, NotFound, Unavailable
 from deposito.interfaces import IDevice
 from deposito.protocols.blobwire import PROXY_PROOF, SERVER_PROOF, body_reply, parse_range, range_end
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
@@ -32,11 +32,6 @@ from deposito.sender import BlobSender, read_whole
 from deposito.twisted_internals import IStreamReactor, IStreamTransport
 
 Opened = Callable[[Reader, BlobMeta, int, int], None]  # (file, metadata, offset, end)
-
-
-# WANT reads a copy this big or smaller whole before it answers (bounded: a proxy's
-# reconciler waits on it, and the reads share the device's reader threads with GETs)
-WANT_CHECK_MAX = 64 << 20
 
 
 class BlobServerProtocol(LineProtocol, TimeoutMixin):
@@ -279,14 +274,15 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
     # -- WANT
 
     def do_WANT(self, blob: str, replicas: str) -> None:
-        """The copy keeps ``replicas`` as its wanted count, once read whole
-        and found good when it is WANT_CHECK_MAX or smaller: a proxy drops a
-        file's extra copies only once those it keeps took the count. A bad
-        one is moved aside, reported, and answered as missing. (A bigger
-        copy is not read here, where a proxy waits: the scrub reads it.)"""
+        """The copy keeps ``replicas`` as its wanted count once it was read
+        whole and found good (Device.checked): a proxy drops a file's extra
+        copies only once those it keeps took the count. A bad one is moved
+        aside, reported, and answered as missing; a big one not read lately
+        is answered ``ERR unavailable`` while it is read (the proxy asks
+        again later, and keeps the extra copies meanwhile)."""
         count = parse_count(replicas, "replicas", 1, 16)
         blob = check_blob_id(blob)
-        d = self.device.check(blob, up_to=WANT_CHECK_MAX).addCallback(lambda _: self.device.set_wanted(blob, count))
+        d = self.device.checked(blob).addCallback(lambda _: self.device.set_wanted(blob, count))
         self.paused = True  # lines wait
 
         def done(here: bool) -> None:
@@ -300,7 +296,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             if failure.check(NotFound):
                 done(False)
                 return
-            told = self.device.failed(failure)
+            told = failure.value if isinstance(failure.value, Unavailable) else self.device.failed(failure)
             if told is None:
                 self.log.failure("keeping the wanted count of {blob}", failure, blob=blob)
                 told = Internal("the wanted count could not be kept")
