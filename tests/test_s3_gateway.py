@@ -1352,6 +1352,10 @@ def test_part_one_of_an_empty_object_is_the_whole_of_it_and_a_big_delete_of_1000
     got = c.get_object(Bucket="partone", Key="empty", PartNumber=1)
     assert got["ResponseMetadata"]["HTTPStatusCode"] == 200 and "ContentRange" not in got
     assert got["Body"].read() == b""
+    with pytest.raises(ClientError) as e:  # past its one part
+        c.get_object(Bucket="partone", Key="empty", PartNumber=2)
+    assert e.value.response["Error"]["Code"] == "InvalidPartNumber"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 416
     keys = [f"{i:04d}" + "&" * 300 for i in range(1000)]  # over 1 MiB once escaped
     c.put_object(Bucket="partone", Key=keys[0], Body=b"x")
     answer = c.delete_objects(Bucket="partone", Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})

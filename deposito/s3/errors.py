@@ -49,6 +49,7 @@ ERRORS: dict[str, ErrorKind] = {
     "InvalidPart": ErrorKind(
         400, "One or more of the specified parts could not be found.  The part may not have been "
              "uploaded, or the specified entity tag may not match the part's entity tag."),
+    "InvalidPartNumber": ErrorKind(416, "The requested partnumber is not satisfiable"),
     "InvalidPartOrder": ErrorKind(
         400, "The list of parts was not in ascending order. Parts must be ordered by part number."),
     "InvalidRange": ErrorKind(416, "The requested range is not satisfiable"),

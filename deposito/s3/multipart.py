@@ -201,14 +201,15 @@ class Multipart:
                         ) -> tuple[Optional[tuple[int, int]], Optional[int], Optional[FileRecord]]:
         """GetObject's ``partNumber``: the part's bytes (first, last) in the
         object, the object's part count and the part's record (None and None
-        for an object not made of parts, whose one part is the whole). The
-        parts are read a page at a time."""
+        for an object not made of parts, whose one part is the whole);
+        InvalidPartNumber (416) past its last part, as S3 answers. The parts
+        are read a page at a time."""
         if call.header("range"):
             raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
         number = _part_number(call.params["partNumber"])
         if not record.parts:
             if number != 1:
-                raise S3Error("InvalidPart", PartNumber=str(number))
+                raise S3Error("InvalidPartNumber", PartNumber=str(number))
             return ((0, record.size - 1) if record.size else None), None, None  # an empty one: whole, no range
         at, after = 0, 0
         while True:
@@ -219,7 +220,7 @@ class Multipart:
                     return (at, at + part.size - 1), int(count) if digits(count, 5) else None, part
                 at += part.size
             if len(page) < PAGE:
-                raise S3Error("InvalidPart", PartNumber=str(number))
+                raise S3Error("InvalidPartNumber", PartNumber=str(number))
             after = page[-1][0]
 
     async def answer_again(self, call: Call, name: str, upload: str) -> None:
