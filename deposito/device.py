@@ -313,12 +313,13 @@ class Device:
             raise Unavailable(f"the copy ({meta.size} bytes) is being read whole first; ask again shortly")
         return self.check(blob_id, up_to=CHECK_NOW_MAX).addCallback(whole)
 
-    def _checked_bad(self, failure: Failure, blob_id: str) -> None:
+    def _checked_bad(self, failure: Failure, blob_id: str) -> Deferred | None:
         if failure.check(Corrupt):
-            self.corrupt(blob_id, failure.getErrorMessage())
-        elif not failure.check(NotFound):
+            return self.corrupt(blob_id, failure.getErrorMessage())
+        if not failure.check(NotFound):
             self.log.warn("cannot read blob {blob} whole to check it: {why}", blob=blob_id,
                           why=failure.getErrorMessage())
+        return None
 
     def corrupt(self, blob_id: str, why: str) -> Deferred:
         """A copy was found bad: move it aside and tell whoever listens (the
