@@ -514,62 +514,32 @@ def test_a_copy_a_read_finds_missing_is_made_again_without_waiting_for_a_scrub(c
     assert "lacks its copy of" in cluster.log("proxy")
 
 
-def test_lowering_replicas_never_keeps_a_rotten_copy_and_drops_the_good_one(tmp_path):
+@pytest.mark.parametrize("size", [3 << 20, (64 << 20) + 4096], ids=["read-at-once", "read-in-the-background"])
+def test_lowering_replicas_never_keeps_a_rotten_copy_and_drops_the_good_one(tmp_path, size):
     """The copies a lowered count keeps are read whole first (WANT): a rot
     no scrub has seen yet is found then, and the good copy stays (before:
     the copy on the server with less room, the good one, was dropped, and
-    the file was lost with the rotten one kept)."""
+    the file was lost with the rotten one kept). A copy over 64 MiB is read
+    in the background, its file keeping its extra copies till then (before:
+    it took the lowered count unread)."""
     c = Cluster(tmp_path)
     try:
         c.start_proxy()
         c.start_server("s0", "--capacity", str(1 << 30))  # less room: the copy a lowered count drops
         c.start_server("s1", "--capacity", str(2 << 30))  # more room: the copy it keeps
         c.wait_up(2)
-        data = os.urandom(3 << 20)
+        data = os.urandom(size)
         with c.wire() as w:
+            w.sock.settimeout(60)
             assert w.put("k/f", data, 2).startswith("OK stored")
-        [blob] = [p for p in c.blob_files("s1") if sha(p.read_bytes()) == sha(data)]
-        with open(blob, "r+b") as f:  # s1's copy rots (no scrub has seen it yet)
-            f.seek((1 << 20) + 7)
-            f.write(bytes([data[(1 << 20) + 7] ^ 1]))
-        with c.wire() as w:
-            w.sock.settimeout(60)
+            [blob] = [p for p in c.blob_files("s1") if p.stat().st_size == size]
+            with open(blob, "r+b") as f:  # s1's copy rots (no scrub has seen it yet)
+                f.seek(size // 2 + 7)
+                f.write(bytes([data[size // 2 + 7] ^ 1]))
             assert w.cmd("REPLICAS k/f 1 WAIT") == "OK name=k/f replicas=1 have=1"
-        time.sleep(3)  # the collector's turn, had a copy been dropped
-        assert c.holders(data) == ["s0"]
-        with c.wire() as w:
+            time.sleep(3)  # the collector's turn, had a copy been dropped
+            assert c.holders(data) == ["s0"]
             assert w.get("k/f")[1] == data
-    finally:
-        c.stop()
-
-
-def test_lowering_replicas_never_keeps_a_big_rotten_copy_and_drops_the_good_one(tmp_path):
-    """As above, for a copy too big to be read while the proxy waits: the
-    server reads it in the background and the extra copies stay till then
-    (before: a copy over 64 MiB took the lowered count unread, and the good
-    copy was dropped)."""
-    c = Cluster(tmp_path)
-    try:
-        c.start_proxy()
-        c.start_server("s0", "--capacity", str(1 << 30))  # less room: the copy a lowered count drops
-        c.start_server("s1", "--capacity", str(2 << 30))  # more room: the copy it keeps
-        c.wait_up(2)
-        data = os.urandom((64 << 20) + 4096)
-        with c.wire() as w:
-            w.sock.settimeout(60)
-            assert w.put("k/big", data, 2).startswith("OK stored")
-        [blob] = [p for p in c.blob_files("s1") if p.stat().st_size == len(data)]
-        with open(blob, "r+b") as f:  # s1's copy rots (no scrub has seen it yet)
-            f.seek(len(data) - 7)
-            f.write(bytes([data[-7] ^ 1]))
-        with c.wire() as w:
-            w.sock.settimeout(60)
-            assert w.cmd("REPLICAS k/big 1 WAIT") == "OK name=k/big replicas=1 have=1"
-        time.sleep(3)  # the collector's turn, had a copy been dropped
-        assert c.holders(data) == ["s0"]
-        with c.wire() as w:
-            w.sock.settimeout(60)
-            assert w.get("k/big")[1] == data
     finally:
         c.stop()
 
