@@ -542,8 +542,9 @@ class Reconciler:
         a = assess(record, self.roster)
         if a.have == count:
             return a.have
-        if len(self.roster.up()) < count:
-            return Unavailable(f"{count} copies wanted, {len(self.roster.up())} servers up")
+        if len(self.roster.up()) < count:  # (not the refusal before any change: this count stays set)
+            return Unavailable(f"{count} copies wanted and kept as wanted, only {len(self.roster.up())} servers up"
+                               " now: the copies come when servers are back")
         if not a.healthy and not a.waiting:
             return Unavailable(f"no healthy copy of {name} is left to copy from")
         if name in self.failures:

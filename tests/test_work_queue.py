@@ -813,6 +813,30 @@ def test_a_wait_for_copies_no_server_has_room_for_is_unavailable(catalogs):
     cat.close()
 
 
+def test_a_wait_ended_by_servers_going_down_says_the_count_is_kept(catalogs):
+    """A WAIT that can no longer be met because servers went down says the
+    wanted count stays set, unlike the refusal of a count above the servers
+    up, which changes nothing (before: the two read alike)."""
+    from deposito.errors import Unavailable
+
+    cat, clock, roster, view, copier, rec = make(catalogs, 10)
+    copier.copy_to_new_server = lambda record, sources, taken, rescue=False: defer.Deferred()  # under way
+    cat.set_replicas("f000001", 4)
+    waited = rec.wait("f000001", 4)
+    rec.start()
+    run(clock)
+    roster.members["d"].state = "down"
+    clock.advance(2)  # past the next look at the waits
+    run(clock)
+    failure = []
+    waited.addErrback(failure.append)
+    assert failure and failure[0].check(Unavailable)
+    assert "4 copies wanted and kept as wanted, only 3 servers up now" in failure[0].getErrorMessage()
+    assert cat.lookup("f000001").replicas == 4
+    rec.stop()
+    cat.close()
+
+
 def test_stopping_waits_for_a_copy_under_way_a_few_seconds_at_most(catalogs):
     """A copy whose servers stopped answering does not hold the proxy's
     shutdown: after the grace it is cancelled."""
