@@ -17,8 +17,8 @@ class Options(FirstLineOptions):
     command = "deposito-proxy"
     synopsis = ("[--port EP] [--cluster-port EP] [--data DIR] [--replicas N] [--dead-after SECONDS]"
                 " [--secret FILE] [--tokens FILE] [--max-size BYTES] [--rebuild] [--http EP]"
-                " [--s3 EP --s3-keys FILE]"
-                " [--collect-rate N] [--catalog URL]")
+                " [--s3 EP --s3-keys FILE [--s3-domain NAME] [--upload-expiry SECONDS]]"
+                " [--collect-rate N] [--catalog URL [--lease SECONDS]]")
     longdesc = ("The Deposito proxy: clients store and fetch files on --port (a text protocol "
                 "you can speak with telnet); storage servers join on --cluster-port.")
     optFlags = [

@@ -74,7 +74,8 @@ def main() -> int:
         print(f"  connect:        telnet 127.0.0.1 {args.port}   (or: nc 127.0.0.1 {args.port})")
         if args.http:
             print(f"  status page:    http://127.0.0.1:{args.http}/   (metrics: http://127.0.0.1:{args.http}/metrics)")
-        print(f"  command line:   {DEPOSITO} put FILE --replicas 3")
+        proxy = "" if args.port == 7000 else f" --proxy 127.0.0.1:{args.port}"  # (the CLI's default: 7000)
+        print(f"  command line:   {DEPOSITO}{proxy} put FILE --replicas 3")
         if args.s3:
             endpoint = f"http://127.0.0.1:{args.s3}"
             print(f"  S3 API:         {endpoint}   (key in {keys}); with the aws CLI:")
