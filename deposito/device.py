@@ -208,6 +208,10 @@ class Device:
 
     def _forget(self, blob_id: str) -> None:
         self._metas.pop(blob_id, None)
+
+    def _gone(self, blob_id: str) -> None:
+        """The copy is deleted or set aside: nothing kept of it."""
+        self._forget(blob_id)
         self._found_good.pop(blob_id, None)
 
     def _commit_batch(self, batch: list[tuple[IncomingBlob, str, str, bytes]]) -> list[tuple[bool, object]]:
@@ -237,7 +241,7 @@ class Device:
     def delete(self, blob_id: str) -> Deferred:
         """Fires with whether the blob was there; the deletes asked for
         meanwhile are made durable together."""
-        self._forget(blob_id)
+        self._gone(blob_id)
         return self._deletes.submit(blob_id)
 
     def set_wanted(self, blob_id: str, replicas: int) -> Deferred:
@@ -325,7 +329,7 @@ class Device:
         """A copy was found bad: move it aside and tell whoever listens (the
         proxy). When it cannot be moved (a disk turned read-only), it is told
         all the same, and left out of the inventories from now on."""
-        self._forget(blob_id)
+        self._gone(blob_id)
 
         def moved(_: object) -> None:
             self.log.error("blob {blob} is corrupt ({why}): quarantined", blob=blob_id, why=why)

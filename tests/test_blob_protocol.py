@@ -751,6 +751,8 @@ def test_want_reads_a_big_copy_in_the_background_and_keeps_no_count_on_it_till_t
     assert told == [bad] and not os.path.exists(store.path(bad))  # set aside, and told to the proxies
     tr = yield asked(device, f"WANT {good} 1\n")
     assert tr.value() == b"OK\r\n" and store.meta(good).replicas == 1
+    tr = yield asked(device, f"WANT {good} 2\n")  # read good lately still, though its count changed
+    assert tr.value() == b"OK\r\n" and store.meta(good).replicas == 2
     tr = yield asked(device, f"WANT {bad} 1\n")
     assert tr.value().startswith(b"ERR notfound")
     scrubbed = yield commit_blob(device, data)
