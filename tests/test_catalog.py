@@ -697,6 +697,20 @@ def test_a_catalog_rebuilt_from_a_lost_one_gives_versions_above_its_floor(cat):
     assert sorted(g for g in cat.garbage(["s1", "s9"]) if g[1] == "s9") == [("b7", "s9"), ("b8", "s9")]
 
 
+def test_a_file_deleted_after_a_rebuild_stays_deleted_when_a_late_server_brings_a_newer_version(cat):
+    """Rebuilt, a name is taken in at the version a server brought (1); it
+    is deleted; a server back late brings the version written after it in
+    the lost catalog (2). That version is older than the deletion: garbage
+    (before: the deletion settled only version 1, and 2 came back)."""
+    cat.succeed("0ld", 1_000_000)
+    assert cat.adopt("s0", [("b1", 1, 1, "x", 1, "a", "")], 0.0) == 1
+    assert cat.delete("a").version == 1
+    assert cat.adopt("s1", [("b2", 2, 1, "x", 1, "a", "")], 0.0) == 0
+    assert cat.lookup("a") is None and ("b2", "s1") in cat.garbage(["s1"])
+    v = cat.begin_upload("a", "b3", ["s0"])  # written again after: the newest
+    assert v > 2 and cat.commit("a", v, "b3", 1, "x", 1, ["s0"], 0.0) and cat.lookup("a").blob == "b3"
+
+
 def test_the_floor_goes_above_every_version_taken_in_and_servers_being_taken_in_are_remembered(cat):
     """A successor whose clock is behind the lost catalog's still gives out
     versions above those it took in; the servers being taken in stay marked

@@ -379,8 +379,10 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                 expect(record)
             if record is not None:
                 db.execute("DELETE FROM files WHERE name = ?", (name,))
-                db.execute(f"UPDATE names SET settled = {self.dialect.greatest}(settled, ?) WHERE name = ?",
-                           (record.version, name))
+                # on a catalog rebuilt from a lost one, a version of it on a server back late (below
+                # the floor: see Identity.succeed) is older than this deletion, whatever its number
+                db.execute(f"UPDATE names SET settled = {self.dialect.greatest}(settled, ?, {FLOOR} - 1)"
+                           " WHERE name = ?", (record.version, name))
                 db.execute("DELETE FROM work WHERE name = ?", (name,))
                 self._drop_version(db, record.blob, record.parts)
                 add_totals(db, *(-n for n in weight(name, record.size, record.replicas, record.parts)))
