@@ -177,6 +177,12 @@ class ICatalog(IWorkCatalog):
     def adopting() -> Deferred[list[str]]:
         """The servers whose listing is being taken in."""
 
+    def rebuild_owed() -> Deferred[bool]:
+        """A rebuild was cut short (its proxy stopped): it goes on."""
+
+    def mark_rebuilding(rebuilding: bool) -> Deferred[None]:
+        """A rebuild is under way, or over (its multipart objects made again)."""
+
     def mark_adopting(server: str, adopting: bool) -> Deferred[None]:
         """``server``'s listing is being taken in, or (``adopting`` False) it is all in."""
 

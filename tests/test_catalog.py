@@ -711,6 +711,15 @@ def test_a_file_deleted_after_a_rebuild_stays_deleted_when_a_late_server_brings_
     assert v > 2 and cat.commit("a", v, "b3", 1, "x", 1, ["s0"], 0.0) and cat.lookup("a").blob == "b3"
 
 
+def test_a_rebuild_under_way_is_kept_in_the_catalog(cat):
+    assert not cat.rebuild_owed()
+    cat.mark_rebuilding(True)
+    cat.mark_rebuilding(True)
+    assert cat.rebuild_owed()
+    cat.mark_rebuilding(False)
+    assert not cat.rebuild_owed()
+
+
 def test_the_floor_goes_above_every_version_taken_in_and_servers_being_taken_in_are_remembered(cat):
     """A successor whose clock is behind the lost catalog's still gives out
     versions above those it took in; the servers being taken in stay marked

@@ -40,6 +40,13 @@ class Marks:
         self.adopted.append((server, len(entries)))
         return defer.succeed(len(entries))
 
+    def mark_rebuilding(self, rebuilding: bool) -> defer.Deferred[None]:
+        self.rebuilding = rebuilding
+        return defer.succeed(None)
+
+    def next_upload(self, after: str) -> defer.Deferred:
+        return defer.succeed(None)  # no multipart upload to make again
+
 
 def answer(d: defer.Deferred):
     out: list = []
@@ -182,3 +189,23 @@ def test_a_chunk_that_fails_otherwise_leaves_the_server_taken_in_never_judged():
     assert "s1" in rebuilder._reported and member.adopted and db.marked == {"s1"}
     answer(rebuilder.take(member, [ENTRY], more=False))  # its next listing, whole
     assert not member.adopted and db.marked == set()
+
+
+def test_a_rebuild_cut_short_before_its_multipart_objects_goes_on_at_the_next_start():
+    """The catalog says a rebuild is under way from its start until its
+    multipart objects are made again, the last step: a proxy stopped before
+    rebuilds again when it starts, on a catalog no longer empty (before: it
+    did not, and the completed multipart objects stayed hidden for good)."""
+    clock = task.Clock()
+    db = Marks()
+    first = Rebuilder(clock, db, Roster(clock), done=lambda: None)
+    answer(defer.ensureDeferred(first.start(empty=True)))
+    assert db.rebuilding  # and the proxy stops here
+    again = Rebuilder(clock, db, Roster(clock), done=lambda: None)
+    answer(defer.ensureDeferred(again.start(empty=False, owed=db.rebuilding)))
+    assert again.rebuilding and not again.closed_for_rebuild  # clients served meanwhile, as on an empty one
+    clock.advance(5.0)  # the grace: no server joined
+    assert not again.rebuilding and db.rebuilding is False
+    quiet = Rebuilder(clock, db, Roster(clock), done=lambda: None)
+    answer(defer.ensureDeferred(quiet.start(empty=False, owed=db.rebuilding)))
+    assert not quiet.rebuilding

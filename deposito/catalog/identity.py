@@ -57,6 +57,22 @@ class Identity(Changes):
                        " DO UPDATE SET value = excluded.value", (str(floor),))
 
     @effects(durable=False, keeps_records=True)
+    def rebuild_owed(self) -> bool:
+        """A rebuild was under way when its proxy stopped (see :meth:`mark_rebuilding`)."""
+        return self.db.execute("SELECT 1 FROM catalog_info WHERE key = 'rebuilding'").fetchone() is not None
+
+    @effects(durable=True, keeps_records=True)
+    def mark_rebuilding(self, rebuilding: bool) -> None:
+        """A rebuild is under way, or (``rebuilding`` False) over, its
+        multipart objects made again: a proxy stopped meanwhile goes on with
+        it when it starts again."""
+        if rebuilding:
+            self._tx(lambda db: db.execute("INSERT INTO catalog_info (key, value) VALUES ('rebuilding', '')"
+                                           " ON CONFLICT DO NOTHING"))
+        else:
+            self._tx(lambda db: db.execute("DELETE FROM catalog_info WHERE key = 'rebuilding'"))
+
+    @effects(durable=False, keeps_records=True)
     def adopting(self) -> list[str]:
         """The servers whose listing is being taken in (see :meth:`mark_adopting`)."""
         return self._keyed("adopting:")

@@ -305,6 +305,12 @@ class CatalogThread:
     def adopting(self) -> Deferred[list[str]]:
         return self._call(Catalog.adopting)
 
+    def rebuild_owed(self) -> Deferred[bool]:
+        return self._call(Catalog.rebuild_owed)
+
+    def mark_rebuilding(self, rebuilding: bool) -> Deferred[None]:
+        return self._call(Catalog.mark_rebuilding, rebuilding)
+
     def mark_adopting(self, server: str, adopting: bool) -> Deferred[None]:
         return self._call(Catalog.mark_adopting, server, adopting)
 

@@ -125,6 +125,7 @@ class Depot:
         catalog_id = await self._patiently(self.db.identity)
         lost = await self._patiently(self.db.lost_catalogs)
         adopting = await self._patiently(self.db.adopting)
+        owed = await self._patiently(self.db.rebuild_owed)
         if self.rebuilder.closed_for_rebuild:
             # --rebuild: a proxy sharing the catalog may serve on meanwhile, and a version it
             # writes must win over any the rebuild takes in (as after a lost catalog: ICatalog.succeed)
@@ -132,7 +133,7 @@ class Depot:
         if self._stopping:
             return
         self.rebuilder.lost, self.rebuilder.adopting = set(lost or []), set(adopting or [])
-        await self.rebuilder.start(bool(empty))
+        await self._patiently(lambda: defer.ensureDeferred(self.rebuilder.start(bool(empty), bool(owed))))
         self.catalog_id = catalog_id
         rows = await self._patiently(self.db.servers)
         if self._stopping:

@@ -90,15 +90,21 @@ class Rebuilder:
         self.adopting.add(member)
         return True
 
-    async def start(self, empty: bool) -> None:
-        """The proxy starts: rebuild if asked to, or if the catalog is ``empty``."""
+    async def start(self, empty: bool, owed: bool = False) -> None:
+        """The proxy starts: rebuild if asked to, if the catalog is ``empty``,
+        or if a rebuild was cut short (``owed``: its proxy stopped before the
+        multipart objects were made again, see ICatalog.mark_rebuilding)."""
         self._started_at = self.clock.seconds()
         if empty and not self.rebuilding:
             self.log.info("the catalog is empty: taking in whatever blobs the servers hold (rebuilding)")
             self.rebuilding = True
+        elif owed and not self.rebuilding:
+            self.log.info("a rebuild was cut short: it goes on, taking in whatever blobs the servers hold")
+            self.rebuilding = True
         elif self.rebuilding:
             self.log.info("rebuilding the catalog from the servers' blob metadata")
         if self.rebuilding:
+            await self.db.mark_rebuilding(True)
             self.clock.callLater(self.grace, self._check)
             for m in self.roster.up():  # joined already, and listing ids alone: to join again, listing in full
                 m.connection.transport.loseConnection()
@@ -180,6 +186,9 @@ class Rebuilder:
         if isinstance(result, Failure):
             self.log.failure("rebuilding multipart objects", result)
         self.rebuilding = self.closed_for_rebuild = False
+        self.db.mark_rebuilding(False).addErrback(
+            lambda f: self.log.warn("the rebuild is over, but the catalog could not be told ({why}): the proxy"
+                                    " rebuilds again when it starts next", why=f.getErrorMessage()))
         if self._adopted:
             self.log.info("catalog rebuilt: {copies} copies from {n} servers", copies=self._adopted,
                           n=len(self._reported), event="rebuilt")
