@@ -943,3 +943,46 @@ def test_a_disk_out_of_inodes_has_no_room(device, monkeypatch):
     assert device.room() == device.used
     monkeypatch.setattr(os, "statvfs", lambda path: statvfs(path, 500))
     assert device.room() > device.used + (1 << 20)
+
+
+def test_a_host_without_the_secret_holds_a_connection_5_s_at_most_and_64_at_once(tmp_path):
+    """With a cluster secret, a connection has PROVE_WITHIN in all to prove
+    it, whatever it sends meanwhile, and past UNPROVEN_MOST unproven ones
+    the oldest is closed (before: each byte kept one open for 120 s more,
+    and no number was too many: a host without the secret could take all of
+    a server's file descriptors, and the proxies found it full)."""
+    from deposito.protocols.blobserver import PROVE_WITHIN, UNPROVEN_MOST
+    from deposito.protocols.blobwire import PROXY_PROOF
+    from deposito.secret import nonce, proof
+
+    device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 20)
+    factory = BlobServerFactory(reactor, device, b"s3cret")
+    clock = task.Clock()
+
+    def connect():
+        proto = factory.buildProtocol(None)
+        proto.callLater = clock.callLater
+        tr = StringTransport()
+        proto.makeConnection(tr)
+        return proto, tr
+
+    trickler, tr = connect()
+    for _ in range(10):  # a byte a second: no newline, no proof
+        clock.advance(PROVE_WITHIN / 10 - 0.01)
+        trickler.dataReceived(b"x")
+    assert not tr.disconnecting
+    clock.advance(0.2)
+    assert tr.disconnecting  # aborted at PROVE_WITHIN, its trickle notwithstanding
+    trickler.connectionLost(None)
+
+    proxy, ptr = connect()  # proves the secret: then the idle timeout, reset by what it sends
+    hello = ptr.value().decode().split()[1]
+    mine = nonce()
+    proxy.dataReceived(f"AUTH {mine} {proof(b's3cret', PROXY_PROOF, hello, mine)}\n".encode())
+    assert ptr.value().decode().splitlines()[-1].startswith("OK ")
+    waiting = [connect() for _ in range(UNPROVEN_MOST)]
+    assert not any(t.disconnecting for _, t in waiting)
+    newest = connect()
+    assert [t.disconnecting for _, t in waiting + [newest]] == [True] + [False] * UNPROVEN_MOST
+    clock.advance(PROVE_WITHIN + 1)
+    assert all(t.disconnecting for _, t in waiting) and not ptr.disconnecting

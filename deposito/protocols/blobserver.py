@@ -7,6 +7,7 @@ The protocol frames and parses; a WRITE's bytes go to a
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import attrs
@@ -33,6 +34,9 @@ from deposito.twisted_internals import IStreamReactor, IStreamTransport
 
 Opened = Callable[[Reader, BlobMeta, int, int], None]  # (file, metadata, offset, end)
 
+PROVE_WITHIN = 5.0  # seconds a connection has in all to prove the cluster secret, whatever it sends
+UNPROVEN_MOST = 64  # connections that have not proved it yet, at once: one more closes the oldest
+
 
 class BlobServerProtocol(LineProtocol, TimeoutMixin):
     """Serves WRITE, READ, DELETE and WANT for one device."""
@@ -52,8 +56,9 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 
     def connectionMade(self) -> None:
         tune_for_streams(self.transport)
-        self.setTimeout(self.idle_timeout)
+        self.setTimeout(self.idle_timeout if self.authenticated else PROVE_WITHIN)
         if self.secret is not None:
+            self.factory.unproven(self)
             self._nonce = nonce()
             self.reply(f"HELLO {self._nonce}")
 
@@ -66,10 +71,13 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             self.log.warn("refused a blob connection from {peer}: wrong proof", peer=str(self.transport.getPeer()))
             raise Denied("wrong proof of the cluster secret")
         self.authenticated = True
+        self.factory.proven(self)
+        self.setTimeout(self.idle_timeout)
         self.reply("OK " + proof(self.secret, SERVER_PROOF, theirs, self._nonce))
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
+        if self.authenticated:  # before, it has PROVE_WITHIN in all
+            self.resetTimeout()
         super().dataReceived(data)
         if self.paused and twisted_internals.unparsed_size(self) > self.MAX_LENGTH:
             self.transport.pauseProducing()  # a request is under way: no more than a line waits
@@ -307,6 +315,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.setTimeout(None)
+        self.factory.proven(self)
         if self._receiver is not None:
             receiver, self._receiver = self._receiver, None
             receiver.stop()
@@ -319,6 +328,19 @@ class BlobServerFactory(Factory):
         self.reactor = reactor
         self.device = device
         self.secret = secret
+        self._unproven: OrderedDict[BlobServerProtocol, None] = OrderedDict()  # oldest first
+
+    def unproven(self, connection: BlobServerProtocol) -> None:
+        """A connection that must prove the cluster secret first: past
+        UNPROVEN_MOST of them, the oldest is closed (a proxy proves it in
+        one round trip; a host without the secret holds no descriptors)."""
+        self._unproven[connection] = None
+        if len(self._unproven) > UNPROVEN_MOST:
+            oldest, _ = self._unproven.popitem(last=False)
+            oldest.transport.abortConnection()
+
+    def proven(self, connection: BlobServerProtocol) -> None:
+        self._unproven.pop(connection, None)
 
     def buildProtocol(self, addr: IAddress | None) -> BlobServerProtocol:
         p = BlobServerProtocol(self.reactor, self.device, self.secret)

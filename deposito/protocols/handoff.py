@@ -43,7 +43,6 @@ import stat
 from typing import Callable
 
 from twisted.internet.interfaces import IAddress, IFileDescriptorReceiver, IPushProducer
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -51,7 +50,7 @@ from deposito.blobmeta import BlobMeta
 from deposito.diskio import Reader
 from deposito.errors import BadArgs, BadCommand, Unavailable
 from deposito.interfaces import IDevice
-from deposito.protocols.blobserver import BlobServerProtocol
+from deposito.protocols.blobserver import BlobServerFactory, BlobServerProtocol
 from deposito.protocols.blobwire import body_reply
 from deposito.sender import BlobSender
 from deposito.splice.sockets import SocketWaiter, same_user
@@ -257,9 +256,10 @@ class LocalBlobServerProtocol(BlobServerProtocol):
             self._open = None
 
 
-class LocalBlobServerFactory(Factory):
+class LocalBlobServerFactory(BlobServerFactory):
     def __init__(self, reactor: IStreamReactor, device: IDevice, secret: bytes | None, key: str) -> None:
-        self.reactor, self.device, self.secret, self.key = reactor, device, secret, key
+        super().__init__(reactor, device, secret)
+        self.key = key
 
     def buildProtocol(self, addr: IAddress | None) -> LocalBlobServerProtocol:
         p = LocalBlobServerProtocol(self.reactor, self.device, self.secret, self.key)
