@@ -5,6 +5,7 @@ on running without it, looking up but out of reach."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 from collections import OrderedDict
@@ -61,6 +62,27 @@ def end_process(reactor: IReactorCore) -> None:
 
 
 MAX_CONNECTIONS = 1024  # connections open at once on a client port (text, HTTP, S3) at most
+WANTED_DESCRIPTORS = 8192  # open files a process should be allowed: its ports' caps, and the servers' connections
+
+
+def more_descriptors() -> int:
+    """Raise the process's limit on open files (its soft limit) as far as
+    its hard limit allows, and return it. Under the soft limit many systems
+    start a process with (1024), idle connections on one port would take
+    the descriptors every port needs before that port's cap makes room
+    (MAX_CONNECTIONS): below WANTED_DESCRIPTORS, that is said in the log."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, 1 << 16) if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < WANTED_DESCRIPTORS:
+        Logger().warn("this process may open only {n} files (ulimit -n): give it {wanted} or more, or idle"
+                      " connections may keep clients out", n=soft, wanted=WANTED_DESCRIPTORS)
+    return soft
 
 
 MAKE_ROOM_AFTER = 2.0  # seconds a client connection must have been silent, and between requests, to give way

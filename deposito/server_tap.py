@@ -64,10 +64,11 @@ class Options(FirstLineOptions):
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    from deposito import allocator, diagnostics
+    from deposito import allocator, diagnostics, listening
 
     allocator.tune_for_streams()
     diagnostics.stacks_on_signal(options["data"])
+    listening.more_descriptors()
 
     from deposito.storage import Reaching, StorageService
 

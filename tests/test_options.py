@@ -176,3 +176,39 @@ def test_a_catalog_of_a_newer_deposito_stops_the_start_and_is_left_as_it_was(tmp
     assert len(said) == 1 and f"schema version {SCHEMA_VERSION + 1}" in said[0] and "newer" in said[0], run.stderr
     assert not (tmp_path / "p.pid").exists()
     assert hashlib.sha256((tmp_path / "catalog.sqlite").read_bytes()).hexdigest() == before
+
+
+def test_the_processes_raise_their_open_files_limit_as_far_as_they_may(tmp_path):
+    """Under a soft limit of 1024 open files, idle connections on one port
+    would take every port's descriptors first: a proxy or server raises its
+    soft limit to its hard one (before: the proxy stopped greeting anyone at
+    1024 connections in all, whatever each port's cap), and says in the log
+    when that is still low. A real twistd server started under 1024/16384,
+    then one under 512/1024."""
+    import resource
+    import signal
+    import subprocess
+    import time
+
+    from tests.cluster import TWISTD, free_port
+
+    def limits_of_a_server(soft, hard, name):
+        log = tmp_path / f"{name}.log"
+        p = subprocess.Popen([TWISTD, "-n", "--pidfile", str(tmp_path / f"{name}.pid"), "--logfile", str(log),
+                              "deposito-server", "--proxy", f"tcp:127.0.0.1:{free_port()}", "--data",
+                              str(tmp_path / name), "--port", "tcp:0:interface=127.0.0.1", "--name", name],
+                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+        try:
+            deadline = time.monotonic() + 30
+            while not (log.exists() and "serving blobs on" in log.read_text()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            row = [line for line in open(f"/proc/{p.pid}/limits") if line.startswith("Max open files")][0]
+            return row.split()[3:5], log.read_text()
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(30)
+
+    (soft, hard), _ = limits_of_a_server(1024, 16384, "roomy")
+    assert (soft, hard) == ("16384", "16384")
+    (soft, hard), log = limits_of_a_server(512, 1024, "tight")
+    assert (soft, hard) == ("1024", "1024") and "may open only 1024 files (ulimit -n)" in log
