@@ -85,6 +85,27 @@ def more_descriptors() -> int:
     return soft
 
 
+PROGRESS_BYTES = 64 << 10  # bytes of a body that must come, at least, for its stall timer to start again
+
+
+class Progress:
+    """Whether an upload's body moves: its stall timer starts again only
+    once PROGRESS_BYTES more have come, so a byte now and then holds a
+    connection, and the room its upload reserved, no longer than a silent
+    one (an upload must bring 64 KiB per stall timeout: about 1 KiB/s at 60 s)."""
+
+    def __init__(self) -> None:
+        self._since = 0
+
+    def came(self, nbytes: int) -> bool:
+        """``nbytes`` more came: whether the stall timer starts again."""
+        self._since += nbytes
+        if self._since < PROGRESS_BYTES:
+            return False
+        self._since = 0
+        return True
+
+
 MAKE_ROOM_AFTER = 2.0  # seconds a client connection must have been silent, and between requests, to give way
 STOPPED_AFTER = 20.0  # seconds a client must have taken no byte of an answer waiting for it, to be cut off
 # (a client reading slowly is acknowledged a window at a time, a few segments: on loopback, 64 KiB or

@@ -450,6 +450,8 @@ class PromptChannel(ContinueWhenAsked):
     busy = b""
     timed_out = b""  # the whole answer to a request whose body stopped coming (see timeoutConnection), if any
     _counted = False
+    _progress: Any = None  # of the body being read (deposito.listening.Progress)
+    _moved = True  # whether what is being read starts the silence timer again
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -462,9 +464,31 @@ class PromptChannel(ContinueWhenAsked):
             self.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._counted and self._transferDecoder is not None:  # a body's bytes; a head counts once it is whole
-            self.cap.heard(self)
-        super().dataReceived(data)
+        """A body's bytes start the site's silence timer again only while the
+        body moves (see deposito.listening.Progress): a byte now and then
+        holds the connection no longer than silence would.
+
+        Relies on http.HTTPChannel calling ``resetTimeout`` from its
+        ``dataReceived``, and on ``_transferDecoder`` being set while a
+        body is read; the test of these facts fails first."""
+        from deposito.listening import Progress
+
+        if self._transferDecoder is not None:  # a body's bytes; a head counts once it is whole
+            if self._progress is None:
+                self._progress = Progress()
+            self._moved = self._progress.came(len(data))
+            if self._counted and self._moved:
+                self.cap.heard(self)
+        else:
+            self._progress = None
+        try:
+            super().dataReceived(data)
+        finally:
+            self._moved = True
+
+    def resetTimeout(self) -> None:
+        if self._moved:
+            super().resetTimeout()
 
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()

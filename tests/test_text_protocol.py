@@ -245,6 +245,34 @@ def test_idle_and_stalled_connections_time_out():
     assert lines(tr) == ["ERR badargs upload stalled, closing"] and tr.disconnecting
 
 
+def test_an_upload_that_trickles_stalls_as_a_silent_one_and_one_that_moves_does_not():
+    """A PUT's bytes start its stall timer again only once 64 KiB more came
+    (deposito.listening.Progress): a byte every 5 s is cut at the stall
+    timeout, its upload aborted (before: each byte gave it 60 s more, so
+    1024 of them kept every client out, and one held the room it reserved
+    for good); 64 KiB every 50 s goes on."""
+    from deposito.listening import PROGRESS_BYTES
+
+    clock = task.Clock()
+    proto, tr, depot = connect(clock=clock)
+    proto.dataReceived(b"PUT f 1000000\nabc")
+    tr.clear()
+    for _ in range(12):
+        clock.advance(5)
+        if tr.disconnecting:
+            break
+        proto.dataReceived(b"x")
+    assert lines(tr) == ["ERR badargs upload stalled, closing"] and tr.disconnecting and clock.seconds() <= 61
+    proto.connectionLost(None)
+    assert depot.aborted == depot.uploads
+    proto, tr, depot = connect(clock=clock)
+    proto.dataReceived(b"PUT g 1000000\n")
+    for _ in range(4):
+        clock.advance(50)
+        proto.dataReceived(b"x" * PROGRESS_BYTES)
+    assert not tr.disconnecting
+
+
 def test_a_line_never_finished_is_idle_however_slowly_its_bytes_come():
     clock = task.Clock()
     proto, tr, depot = connect(clock=clock)

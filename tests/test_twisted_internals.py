@@ -627,6 +627,46 @@ def test_a_body_that_stops_coming_is_answered_the_sites_timed_out_before_the_clo
     assert ti.http_site_protocol(Site(Resource()))._channel.timed_out == b""  # a site without one: closed as before
 
 
+def test_a_body_that_trickles_is_cut_as_a_silent_one_and_one_that_moves_is_not():
+    """A body's bytes start the silence timer again only once 64 KiB more
+    came (deposito.listening.Progress): a byte every few seconds gets the
+    site's timed_out answer at its timeout, as silence does (before: each
+    byte gave it 60 s more, and 1024 of them held the S3 port for good);
+    64 KiB every 50 s goes on past it. Holds the facts PromptChannel relies
+    on: http.HTTPChannel resets its timeout from dataReceived, and reads a
+    body with ``_transferDecoder`` set."""
+    from twisted.internet.testing import StringTransport
+    from twisted.web.resource import Resource
+
+    from deposito.listening import PROGRESS_BYTES
+    from deposito.s3.gateway import _S3Site
+
+    clock = task.Clock()
+
+    def channel():
+        proto = _S3Site(Resource(), timeout=60).buildProtocol(None)
+        inner = proto._channel
+        inner.callLater = clock.callLater
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"PUT /b/k HTTP/1.1\r\nHost: h\r\nContent-Length: 100000000\r\n\r\n")
+        assert inner._transferDecoder is not None
+        return proto, inner, transport
+
+    proto, inner, transport = channel()
+    for _ in range(12):  # a byte every 5 s
+        clock.advance(5)
+        if transport.disconnecting:
+            break
+        proto.dataReceived(b"x")
+    assert transport.value() == inner.timed_out and transport.disconnecting and clock.seconds() <= 61
+    proto, inner, transport = channel()
+    for _ in range(4):  # 64 KiB every 50 s: 200 s in all
+        clock.advance(50)
+        proto.dataReceived(b"x" * PROGRESS_BYTES)
+    assert not transport.disconnecting
+
+
 def test_continue_is_sent_when_the_request_asks_and_a_refusal_is_answered_before_the_body():
     """ContinueWhenAsked hands the sending of 100 Continue to the request
     (after gotLength); answer_before_body lets a request answer with its

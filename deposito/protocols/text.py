@@ -21,7 +21,7 @@ import deposito
 from deposito import twisted_internals
 from deposito.catalog import FileRecord
 from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
-from deposito.listening import MAX_CONNECTIONS, ConnectionCap
+from deposito.listening import MAX_CONNECTIONS, ConnectionCap, Progress
 from deposito.interfaces import IDepot
 from deposito.protocols.lines import MAX_LINE, LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.listreply import ListBroken, ListReply
@@ -79,6 +79,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self.max_size = max_size
         self.idle_timeout = idle_timeout
         self.stall_timeout = stall_timeout
+        self._progress = Progress()  # of the upload under way (see dataReceived)
         self._upload: Any = None
         self._remaining = 0
         self._broken = False
@@ -106,7 +107,9 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._broken:  # refused or broken: nothing more is read
             return
-        if not self.line_mode or b"\n" in data:  # a line never finished, a byte at a time, is idle
+        # a line never finished, a byte at a time, is idle; a body, unless it moves (see Progress)
+        moved = b"\n" in data if self.line_mode else self._progress.came(len(data))
+        if moved:
             self.resetTimeout()
             self._heard()
         self._parsing += 1
@@ -302,6 +305,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         if nbytes:
             upload.attach(self.transport)
             self.setTimeout(self.stall_timeout)
+            self._progress = Progress()
             self.setRawMode()
             self.paused = False  # let raw bytes flow; lines wait until the reply
             self.transport.resumeProducing()
