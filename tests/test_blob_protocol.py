@@ -945,19 +945,21 @@ def test_a_disk_out_of_inodes_has_no_room(device, monkeypatch):
     assert device.room() > device.used + (1 << 20)
 
 
-def test_a_host_without_the_secret_holds_a_connection_5_s_at_most_and_64_at_once(tmp_path):
+def test_a_host_without_the_secret_holds_a_connection_5_s_at_most_and_few_at_once(tmp_path):
     """With a cluster secret, a connection has PROVE_WITHIN in all to prove
-    it, whatever it sends meanwhile, and past UNPROVEN_MOST unproven ones
-    the oldest is closed (before: each byte kept one open for 120 s more,
-    and no number was too many: a host without the secret could take all of
-    a server's file descriptors, and the proxies found it full)."""
-    from deposito.protocols.blobserver import PROVE_WITHIN, UNPROVEN_MOST
+    it, whatever it sends meanwhile (before: each byte kept one open for 120
+    s more, and no number was too many: a host without the secret could take
+    all of a server's file descriptors, and the proxies found it full). Past
+    UNPROVEN_MOST unproven ones, the oldest is closed once it has had
+    PROVE_QUICKLY, else the newcomer: a burst of connections never closes
+    one still proving itself."""
+    from deposito.protocols.blobserver import PROVE_QUICKLY, PROVE_WITHIN, UNPROVEN_MOST
     from deposito.protocols.blobwire import PROXY_PROOF
     from deposito.secret import nonce, proof
 
     device = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 20)
-    factory = BlobServerFactory(reactor, device, b"s3cret")
     clock = task.Clock()
+    factory = BlobServerFactory(clock, device, b"s3cret")
 
     def connect():
         proto = factory.buildProtocol(None)
@@ -980,9 +982,12 @@ def test_a_host_without_the_secret_holds_a_connection_5_s_at_most_and_64_at_once
     mine = nonce()
     proxy.dataReceived(f"AUTH {mine} {proof(b's3cret', PROXY_PROOF, hello, mine)}\n".encode())
     assert ptr.value().decode().splitlines()[-1].startswith("OK ")
-    waiting = [connect() for _ in range(UNPROVEN_MOST)]
-    assert not any(t.disconnecting for _, t in waiting)
-    newest = connect()
-    assert [t.disconnecting for _, t in waiting + [newest]] == [True] + [False] * UNPROVEN_MOST
-    clock.advance(PROVE_WITHIN + 1)
+    waiting = [connect() for _ in range(UNPROVEN_MOST)]  # a burst: all still proving themselves
+    late, late_tr = connect()
+    assert late_tr.disconnecting and not any(t.disconnecting for _, t in waiting)
+    clock.advance(PROVE_QUICKLY)
+    newest, newest_tr = connect()  # the oldest has had its time: it gives way
+    assert waiting[0][1].disconnecting and not newest_tr.disconnecting
+    assert not any(t.disconnecting for _, t in waiting[1:])
+    clock.advance(PROVE_WITHIN)
     assert all(t.disconnecting for _, t in waiting) and not ptr.disconnecting

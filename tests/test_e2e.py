@@ -487,6 +487,30 @@ def test_tokens_and_max_size_on_a_real_proxy(tmp_path):
         c.stop()
 
 
+def test_a_burst_of_puts_with_a_cluster_secret_stores_every_one(tmp_path):
+    """150 PUTs sent at once: the proxy opens that many connections to each
+    server at once, each proving the secret; the server's bound on those
+    not proven yet never closes one still proving itself (with a first
+    version of that bound, 36 of 100 such PUTs failed)."""
+    secret = tmp_path / "secret"
+    secret.write_text("a cluster secret of some length\n")
+    c = Cluster(tmp_path, proxy_args=("--secret", str(secret)), server_args=("--secret", str(secret))).start(2)
+    try:
+        wires = [Wire(c.port, timeout=60) for _ in range(150)]
+        data = os.urandom(2000)
+        for i, w in enumerate(wires):
+            w.send(f"PUT burst/{i} {len(data)}\n".encode() + data)
+        replies = []
+        for w in wires:
+            first = w.line()
+            replies.append(first if not first.startswith("OK send") else w.line())
+            w.close()
+        assert [fields(r).get("replicas") for r in replies] == ["2"] * 150, sorted(set(replies))[:3]
+        assert "cannot reach storage server" not in c.log("proxy")
+    finally:
+        c.stop()
+
+
 def test_cluster_secret_on_join_and_blob_ports(tmp_path):
     (tmp_path / "secret").write_text("  correct horse battery staple \n")
     (tmp_path / "other").write_text("something else")

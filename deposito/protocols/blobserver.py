@@ -35,7 +35,8 @@ from deposito.twisted_internals import IStreamReactor, IStreamTransport
 Opened = Callable[[Reader, BlobMeta, int, int], None]  # (file, metadata, offset, end)
 
 PROVE_WITHIN = 5.0  # seconds a connection has in all to prove the cluster secret, whatever it sends
-UNPROVEN_MOST = 64  # connections that have not proved it yet, at once: one more closes the oldest
+UNPROVEN_MOST = 512  # connections that have not proved it yet, at once, at most (see BlobServerFactory.unproven)
+PROVE_QUICKLY = 1.0  # seconds after which one of those may be closed to make room (a proxy takes a round trip)
 
 
 class BlobServerProtocol(LineProtocol, TimeoutMixin):
@@ -328,16 +329,23 @@ class BlobServerFactory(Factory):
         self.reactor = reactor
         self.device = device
         self.secret = secret
-        self._unproven: OrderedDict[BlobServerProtocol, None] = OrderedDict()  # oldest first
+        self._unproven: OrderedDict[BlobServerProtocol, float] = OrderedDict()  # when each came, oldest first
 
     def unproven(self, connection: BlobServerProtocol) -> None:
-        """A connection that must prove the cluster secret first: past
-        UNPROVEN_MOST of them, the oldest is closed (a proxy proves it in
-        one round trip; a host without the secret holds no descriptors)."""
-        self._unproven[connection] = None
-        if len(self._unproven) > UNPROVEN_MOST:
-            oldest, _ = self._unproven.popitem(last=False)
+        """A connection that must prove the cluster secret first. Past
+        UNPROVEN_MOST of them, the oldest is closed if it has had
+        PROVE_QUICKLY to do it (a proxy proves it in one round trip, also in
+        a burst of hundreds), else the new one is: a host without the
+        secret holds few descriptors, and never a proxy's."""
+        now = self.reactor.seconds()
+        if len(self._unproven) >= UNPROVEN_MOST:
+            oldest, came = next(iter(self._unproven.items()))
+            if now - came < PROVE_QUICKLY:
+                connection.transport.abortConnection()
+                return
+            del self._unproven[oldest]
             oldest.transport.abortConnection()
+        self._unproven[connection] = now
 
     def proven(self, connection: BlobServerProtocol) -> None:
         self._unproven.pop(connection, None)
