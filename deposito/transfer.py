@@ -216,9 +216,10 @@ class Upload:
         self._hash.update(data)
         self._sums.update(data)
 
-    def splice_from(self, source: Any, count: int, progress: Callable[[], None]) -> defer.Deferred | None:
+    def splice_from(self, source: Any, count: int, progress: Callable[[int], None]) -> defer.Deferred | None:
         """Take the next ``count`` bytes from transport ``source`` to every
-        live lane in the kernel (deposito.splice.fanout.FanOut); None when that
+        live lane in the kernel (deposito.splice.fanout.FanOut; ``progress``
+        is told how many came at each read); None when that
         cannot be done (TLS, a small rest), and the caller goes on with
         :meth:`write`. The Deferred fires once all of them are with the
         lanes, or fails when the source went away."""

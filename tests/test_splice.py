@@ -213,7 +213,7 @@ def hang_up(source, targets, ports, collectors):
     yield until(lambda: all(not c.transport.connected for c in collectors))
 
 
-def fan_out(source, targets, count, absorbed, dropped, live=lambda i: True, stall=10.0, progress=lambda: None):
+def fan_out(source, targets, count, absorbed, dropped, live=lambda i: True, stall=10.0, progress=lambda n: None):
     return FanOut(reactor, source, targets, count, lambda view: absorbed.append(bytes(view)), progress,
                   live, lambda i, why: dropped.append((i, why)), stall)
 
@@ -231,10 +231,10 @@ def test_fan_out_gives_every_target_and_the_hash_every_byte_in_order():
         for t in targets:  # bytes written the ordinary way just before go first
             t.write(b"head:")
         absorbed, dropped, progress = [], [], []
-        fan = fan_out(source, targets, len(DATA), absorbed, dropped, progress=lambda: progress.append(1))
+        fan = fan_out(source, targets, len(DATA), absorbed, dropped, progress=progress.append)
         yield ask(source)
         assert (yield fan.start()) == len(DATA)
-        assert b"".join(absorbed) == DATA and progress and not dropped
+        assert b"".join(absorbed) == DATA and sum(progress) == len(DATA) and not dropped
         yield until(lambda: all(c.size == len(DATA) + 5 for c in collectors))
         for c in collectors:
             assert hashlib.sha256(b"".join(c.got)).digest() == hashlib.sha256(b"head:" + DATA).digest()

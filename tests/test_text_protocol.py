@@ -273,6 +273,37 @@ def test_an_upload_that_trickles_stalls_as_a_silent_one_and_one_that_moves_does_
     assert not tr.disconnecting
 
 
+def test_an_upload_moved_in_the_kernel_that_trickles_stalls_too():
+    """From 1 MiB on, a PUT's bytes go from socket to sockets in the kernel
+    (Upload.splice_from), which tells how many came at each read: the same
+    rule holds there (before: each read, of one byte, gave it 60 s more)."""
+    from deposito.listening import PROGRESS_BYTES
+
+    told = []
+
+    class Spliced(FakeUpload):
+        def splice_from(self, source, count, progress):
+            told.append(progress)
+            return defer.Deferred()  # the kernel moves the rest
+
+    class SplicingDepot(FakeDepot):
+        async def begin_put(self, name, size, replicas):
+            upload = Spliced(name, size)
+            self.uploads.append(upload)
+            return upload
+
+    for trickle, cut in ((1, True), (PROGRESS_BYTES, False)):
+        clock = task.Clock()
+        proto, tr, depot = connect(SplicingDepot(), clock)
+        proto.dataReceived(b"PUT f 100000000\nabc")
+        for _ in range(12):  # a read every 10 s
+            clock.advance(10)
+            if tr.disconnecting:
+                break
+            told[-1](trickle)
+        assert tr.disconnecting == cut and (b"upload stalled" in tr.value()) == cut
+
+
 def test_a_line_never_finished_is_idle_however_slowly_its_bytes_come():
     clock = task.Clock()
     proto, tr, depot = connect(clock=clock)

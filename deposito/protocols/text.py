@@ -108,10 +108,10 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         if self._broken:  # refused or broken: nothing more is read
             return
         # a line never finished, a byte at a time, is idle; a body, unless it moves (see Progress)
-        moved = b"\n" in data if self.line_mode else self._progress.came(len(data))
-        if moved:
-            self.resetTimeout()
-            self._heard()
+        if self.line_mode and b"\n" in data:
+            self._moved()
+        elif not self.line_mode:
+            self._body_came(len(data))
         self._parsing += 1
         try:
             super().dataReceived(data)
@@ -128,6 +128,16 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     def _heard(self) -> None:
         if self._counted:
             self.factory.cap.heard(self)
+
+    def _moved(self) -> None:
+        self.resetTimeout()
+        self._heard()
+
+    def _body_came(self, nbytes: int) -> None:
+        """Bytes of an upload came, read here or moved in the kernel (see
+        rawDataReceived): its stall timer starts again only while it moves."""
+        if self._progress.came(nbytes):
+            self._moved()
 
     def between_requests(self) -> bool:
         """Nothing asked is being answered, and no upload is under way (see ConnectionCap)."""
@@ -333,7 +343,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         elif not twisted_internals.holds_unparsed(self):
             # The rest can go from socket to sockets inside the kernel, once
             # the servers' connections have sent what was written to them.
-            d = self._upload.splice_from(self.transport, self._remaining, self.resetTimeout)
+            d = self._upload.splice_from(self.transport, self._remaining, self._body_came)
             if d is not None:
                 d.addCallbacks(self._spliced, lambda _: None)  # failed: the connection is cut
 

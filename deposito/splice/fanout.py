@@ -68,7 +68,7 @@ class FanOut:
     poll = 0.002  # how often to look whether the targets have sent Twisted's bytes
 
     def __init__(self, reactor: IStreamReactor, source: IStreamTransport, targets: list[IStreamTransport], count: int,
-                 absorb: Callable[[memoryview], None], progress: Callable[[], None],
+                 absorb: Callable[[memoryview], None], progress: Callable[[int], None],
                  live: Callable[[int], bool], dropped: Callable[[int, DepositoError], None],
                  stall_timeout: float) -> None:
         self.reactor, self.source, self.targets, self.count = reactor, source, targets, count
@@ -236,7 +236,7 @@ class FanOut:
             self.taken += n
             self.absorb(view)
         self._stall_reset()
-        self.progress()
+        self.progress(n)
         return not self.done.called
 
     def _can_write(self) -> None:
