@@ -209,3 +209,22 @@ def test_a_rebuild_cut_short_before_its_multipart_objects_goes_on_at_the_next_st
     quiet = Rebuilder(clock, db, Roster(clock), done=lambda: None)
     answer(defer.ensureDeferred(quiet.start(empty=False, owed=db.rebuilding)))
     assert not quiet.rebuilding
+
+
+def test_a_rebuild_whose_manifests_could_not_all_be_read_stays_owed():
+    """A manifest unread (its servers not back, say) keeps its parts for the
+    next rebuild: the mark stays, so the next start rebuilds again by itself
+    (before: the mark went, and the object stayed hidden until --rebuild)."""
+    from deposito.catalog import FileRecord
+
+    class OneManifest(Marks):
+        def next_upload(self, after: str) -> defer.Deferred:
+            record = FileRecord("\x00m", 1, "b" * 32, 100, "0" * 64, 2, ())
+            return defer.succeed(("u" * 32, record) if after == "" else None)
+
+    clock = task.Clock()
+    db = OneManifest()
+    rebuilder = Rebuilder(clock, db, Roster(clock), done=lambda: None)  # no read path: the manifest is unread
+    answer(defer.ensureDeferred(rebuilder.start(empty=False, owed=True)))
+    clock.advance(5.0)
+    assert not rebuilder.rebuilding and db.rebuilding is True

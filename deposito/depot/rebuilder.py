@@ -60,6 +60,7 @@ class Rebuilder:
         self._finishing = False
         self._incomplete: set[str] = set()  # servers a chunk of which could not be taken in (see take)
         self._waited = False  # the multipart objects waited for the catalog (see _finished)
+        self._unread = 0  # manifests that could not be read: the rebuild is owed still (see _finished)
         self.lost: set[str] = set()  # the lost catalogs this one succeeds (read at the start, see takes_in)
         self.adopting: set[str] = set()  # the servers being taken in (read at the start, see takes_in)
 
@@ -186,9 +187,13 @@ class Rebuilder:
         if isinstance(result, Failure):
             self.log.failure("rebuilding multipart objects", result)
         self.rebuilding = self.closed_for_rebuild = False
-        self.db.mark_rebuilding(False).addErrback(
-            lambda f: self.log.warn("the rebuild is over, but the catalog could not be told ({why}): the proxy"
-                                    " rebuilds again when it starts next", why=f.getErrorMessage()))
+        if self._unread:  # their parts are kept: the next start rebuilds again (see start)
+            self.log.warn("{n} multipart objects wait for their manifests to be read: the proxy rebuilds"
+                          " again when it starts next", n=self._unread)
+        else:
+            self.db.mark_rebuilding(False).addErrback(
+                lambda f: self.log.warn("the rebuild is over, but the catalog could not be told ({why}): the"
+                                        " proxy rebuilds again when it starts next", why=f.getErrorMessage()))
         if self._adopted:
             self.log.info("catalog rebuilt: {copies} copies from {n} servers", copies=self._adopted,
                           n=len(self._reported), event="rebuilt")
@@ -202,6 +207,7 @@ class Rebuilder:
         (failover included) and makes its object again from its parts; the
         parts of uploads that were under way, with no manifest, are garbage.
         One upload at a time, so memory holds one manifest."""
+        self._unread = 0
         after = ""
         while True:
             found = await self.db.next_upload(after)
@@ -219,6 +225,7 @@ class Rebuilder:
             except (DepositoError, manifest.BadManifest) as e:
                 self.log.error("rebuilding: the manifest of upload {upload} cannot be read ({why});"
                                " its parts are kept for the next rebuild", upload=upload, why=str(e), event="lost")
+                self._unread += 1
                 continue
             outcome = await self.db.adopt_manifest(upload, record.version, made.name, made.meta, made.sha256,
                                                    made.parts, self.clock.seconds())
