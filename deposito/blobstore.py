@@ -88,6 +88,8 @@ def meta_at(path: str) -> BlobMeta:
     except FileNotFoundError:
         raise NotFound("no such blob") from None
     except OSError as e:
+        if e.errno in UNREADABLE:
+            raise Corrupt(f"its metadata cannot be read ({e.strerror})") from None
         if e.errno not in _NO_ATTR:
             raise
         try:
@@ -97,6 +99,10 @@ def meta_at(path: str) -> BlobMeta:
             if os.path.exists(path):
                 raise Corrupt("its metadata is lost") from None
             raise NotFound("no such blob") from None
+        except OSError as e2:
+            if e2.errno in UNREADABLE:
+                raise Corrupt(f"its metadata cannot be read ({e2.strerror})") from None
+            raise
     try:
         meta = BlobMeta.from_json(raw)
     except (ValueError, KeyError, TypeError) as e:
@@ -236,7 +242,7 @@ class BlobStore:
         # What an interrupted write left is never a blob, and what was deleted stays so: start clean.
         for folder in (self.incoming, self.trash):
             shutil.rmtree(folder, ignore_errors=True)
-            os.makedirs(folder)
+            os.makedirs(folder, exist_ok=True)  # (a file the disk would not let go of stays: no blob for all that)
         self._trashed: collections.deque[tuple[float, str]] = collections.deque()  # (when, path), oldest first
         self._trashed_at: dict[str, float] = {}  # path -> when its file was last trashed
         self._trash_lock = threading.Lock()  # deletes and the periodic emptying run on different threads
@@ -587,7 +593,7 @@ class BlobStore:
         """Drop metadata whose blob is gone; recount what the disk holds."""
         removed = 0
         for d in self._subdirs():
-            names = set(os.listdir(d))
+            names = set(self._names_in(d))
             for entry in names:
                 if entry.endswith(".meta") and entry[:-5] not in names:
                     try:
@@ -606,20 +612,33 @@ class BlobStore:
         exactly its recorded size)."""
         used = count = 0
         for d in self._subdirs():
-            with os.scandir(d) as entries:
-                for entry in entries:
-                    if BLOB_ID.match(entry.name):
-                        try:
-                            used += entry.stat(follow_symlinks=False).st_size
-                        except FileNotFoundError:  # deleted meanwhile
-                            continue
-                        count += 1
+            for name in self._names_in(d):
+                if BLOB_ID.match(name):
+                    try:
+                        used += os.stat(os.path.join(d, name), follow_symlinks=False).st_size
+                    except FileNotFoundError:  # deleted meanwhile
+                        continue
+                    count += 1
         return used, count
 
     def _subdirs(self) -> list[str]:
-        """The blob directories, in id order (a blob's directory is its id's first two digits)."""
-        return [os.path.join(self.blobs, sub) for sub in sorted(os.listdir(self.blobs))
+        """The blob directories, in id order (a blob's directory is its id's
+        first two digits); none when blobs/ itself is gone (its disk
+        unmounted, say: the proxies then find the copies missing)."""
+        try:
+            names = os.listdir(self.blobs)
+        except FileNotFoundError:
+            return []
+        return [os.path.join(self.blobs, sub) for sub in sorted(names)
                 if SUBDIR.match(sub) and os.path.isdir(os.path.join(self.blobs, sub))]
+
+    @staticmethod
+    def _names_in(d: str) -> list[str]:
+        """The names in blob directory ``d``, sorted; none once it is gone."""
+        try:
+            return sorted(os.listdir(d))
+        except FileNotFoundError:
+            return []
 
     def _tally(self, size: int, count: int) -> None:
         with self._tally_lock:
@@ -633,7 +652,7 @@ class BlobStore:
         for d in self._subdirs():
             if os.path.basename(d) < after[:2]:
                 continue
-            for entry in sorted(os.listdir(d)):
+            for entry in self._names_in(d):
                 if entry > after and BLOB_ID.match(entry):
                     yield entry
 
@@ -646,7 +665,7 @@ class BlobStore:
         for d in self._subdirs():
             if os.path.basename(d) < after[:2]:
                 continue
-            for entry in sorted(os.listdir(d)):
+            for entry in self._names_in(d):
                 if entry <= after or not BLOB_ID.match(entry):
                     continue
                 path = os.path.join(d, entry)

@@ -104,7 +104,11 @@ class Device:
 
     def room(self) -> int:
         """What it holds plus what its disk could still take, in bytes: none
-        more once its inodes are used up (a new blob is a new file)."""
+        more once its inodes are used up (a new blob is a new file).
+        OSError when its folders are not there (a disk unmounted from under
+        --data leaves an empty folder on another)."""
+        for folder in (self.store.blobs, self.store.incoming):
+            os.stat(folder)
         disk = os.statvfs(self.store.root)
         free = disk.f_bavail * disk.f_frsize
         if disk.f_files and disk.f_favail < 2:  # (f_files 0: a filesystem without an inode count)
@@ -118,6 +122,9 @@ class Device:
         in the log once, and no new copies come here for ``fault_hold``
         seconds (see :meth:`cannot_write`). None for any other error."""
         error = failure.value
+        if isinstance(error, NoSpace):  # a write found the disk full (diskio.write_all)
+            self._hold(self.full_hold)
+            return error
         if not isinstance(error, OSError):
             return None
         if error.errno == errno.ENOSPC:  # (its free space said there was room: out of inodes, say)

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from deposito import diskio, twisted_internals
 from deposito.blobmeta import BlobMeta
-from deposito.errors import DepositoError, Internal
+from deposito.errors import DepositoError, Internal, NoSpace
 from deposito.interfaces import IDevice
 from deposito.splice.sockets import SocketWaiter
 from deposito.twisted_internals import IStreamReactor, IStreamTransport
@@ -148,8 +148,8 @@ class Receiver:
 
     def _not_committed(self, failure: Failure) -> defer.Deferred[BlobMeta]:
         self.device.release(self.size)
-        if not isinstance(failure.value, DepositoError):
-            told = self.device.failed(failure)
+        if isinstance(failure.value, NoSpace) or not isinstance(failure.value, DepositoError):
+            told = self.device.failed(failure)  # (a disk found full is held off: see Device.failed)
             if told is None:
                 self.log.failure("writing blob {blob}", failure, blob=self.incoming.meta.blob)
                 told = Internal("write failed")

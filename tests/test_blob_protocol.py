@@ -882,6 +882,20 @@ def test_a_corrupt_copy_that_cannot_be_moved_aside_is_told_and_no_longer_listed(
         assert [b if ids_only else b.blob for b in listed] == [good] and not more
 
 
+def test_a_write_that_finds_the_disk_full_holds_it_off_too(device):
+    """A blob's bytes refused for want of room (diskio.write_all says
+    NoSpace) hold the disk off as a refused open does: its server offers no
+    room for a while (before: only an open's ENOSPC did, and the proxies went
+    on placing copies there by its free space)."""
+    from twisted.python.failure import Failure
+
+    from deposito.errors import NoSpace
+
+    assert not device.cannot_write()
+    told = device.failed(Failure(NoSpace("disk full")))
+    assert isinstance(told, NoSpace) and device.cannot_write()
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_disk_that_cannot_be_written_takes_no_new_copies_till_a_file_can_be_written_again(device, monkeypatch):
     """A write or delete refused by a disk turned read-only (or failing), or

@@ -492,6 +492,91 @@ def test_blob_ids_come_in_order_from_the_directories_alone(tmp_path, monkeypatch
     assert list(store.blob_ids(after=made[1])) == made[2:]
 
 
+def test_a_blob_whose_metadata_the_disk_cannot_read_is_corrupt(tmp_path, monkeypatch):
+    """A metadata read the disk fails (EIO, EACCES) is a copy that cannot be
+    served: Corrupt, so the scrub and reads move it aside and it is made
+    again elsewhere, and listings leave it out (before: an OSError, answered
+    as the server's own fault, the copy counted for good, and a full
+    listing cut at it)."""
+    import builtins
+    import errno
+
+    from deposito import blobstore
+
+    store = BlobStore(str(tmp_path))
+    ok, bad, big = new_blob_id(), new_blob_id(), new_blob_id()
+    for blob, size in ((ok, 5000), (bad, 5000), (big, 300 * BLOCK)):  # big: its metadata in a .meta file
+        data = os.urandom(size)
+        inc = store.begin(meta(blob, len(data)))
+        inc.write(data)
+        inc.commit(*sums(data))
+    real_getxattr, real_open = os.getxattr, builtins.open
+
+    def getxattr(path, *args, **kwargs):
+        if os.path.basename(str(path)) == bad:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_getxattr(path, *args, **kwargs)
+
+    def open_(path, *args, **kwargs):
+        if str(path).endswith(".meta"):
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(blobstore.os, "getxattr", getxattr)
+    monkeypatch.setattr(builtins, "open", open_)
+    with pytest.raises(Corrupt, match="Input/output error"):
+        store.meta(bad)
+    with pytest.raises(Corrupt, match="Permission denied"):
+        store.meta(big)
+    with pytest.raises(Corrupt):
+        store.check(bad)
+    assert [m.blob for m in store.inventory()] == [ok]
+
+
+def test_a_store_whose_folders_are_gone_lists_nothing_and_has_no_room(tmp_path):
+    """--data's folders gone from under a running server (removed, or its
+    disk unmounted, leaving an empty folder on another): listings and the
+    scrub's sweep find no blob, so the proxies find its copies missing and
+    make them again elsewhere, and it offers no room (before: every listing
+    and scrub failed with FileNotFoundError, the copies were counted
+    healthy, and PUTs were placed there and failed)."""
+    import shutil
+
+    from twisted.internet import task
+
+    from deposito.device import Device
+
+    store = BlobStore(str(tmp_path))
+    blob, data = new_blob_id(), os.urandom(5000)
+    inc = store.begin(meta(blob, len(data)))
+    inc.write(data)
+    inc.commit(*sums(data))
+    device = Device(task.Clock(), store, capacity=1 << 30)
+    assert device.room() > 0
+    shutil.rmtree(store.blobs)
+    shutil.rmtree(store.incoming)
+    assert list(store.inventory()) == [] and list(store.blob_ids()) == []
+    store.sweep()
+    assert (store.used, store.count) == (0, 0)
+    with pytest.raises(OSError):
+        device.room()
+
+
+def test_a_store_starts_though_a_leftover_of_incoming_cannot_be_removed(tmp_path, monkeypatch):
+    """What an interrupted write left in incoming/ is cleared at the start;
+    one file the disk will not let go of (immutable, or an unlink failing
+    with EIO) stays, and the server starts all the same (before: it could
+    never start again, and its good copies went unserved)."""
+    from deposito import blobstore
+
+    BlobStore(str(tmp_path))
+    stuck = tmp_path / "incoming" / "leftover.tmp"
+    stuck.write_bytes(b"x")
+    monkeypatch.setattr(blobstore.shutil, "rmtree", lambda path, ignore_errors=False: None)  # nothing goes
+    store = BlobStore(str(tmp_path))
+    assert stuck.exists() and os.path.isdir(store.incoming) and os.path.isdir(store.trash)
+
+
 def test_blob_metadata_keeps_every_field_through_its_json():
     meta = BlobMeta("ab" * 16, "b/k é", 3, 5 << 20, "f" * 64, 2, (1, 2, 3, 4, 5), checksum="crc32", cached=True,
                     meta='{"etag":"x"}')
