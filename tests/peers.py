@@ -1,4 +1,6 @@
-"""Client sockets against a port with a connection cap (deposito.listening.ConnectionCap), for in-process tests."""
+"""Peers for in-process tests: client sockets against a port with a
+connection cap (deposito.listening.ConnectionCap), and connections of a
+factory's protocol on a StringTransport."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import socket
 from typing import Any, Iterable
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.testing import StringTransport
 
 
 def read_to_end(peer: socket.socket) -> int:
@@ -29,3 +32,12 @@ def let_go(peers: Iterable[socket.socket], cap: Any, port: Any) -> Any:
             break
         yield task.deferLater(reactor, 0.01, lambda: None)
     yield port.stopListening()
+
+
+def on_string_transport(factory: Any, clock: task.Clock) -> tuple[Any, StringTransport]:
+    """A connection of ``factory``'s protocol, its timeouts on ``clock``: (protocol, transport)."""
+    proto = factory.buildProtocol(None)
+    proto.callLater = clock.callLater
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    return proto, tr

@@ -21,6 +21,7 @@ from deposito.protocols.blobserver import BlobServerFactory
 from tests.test_blobstore import sums
 from tests.test_diskio import direct_possible
 from tests.test_twisted_internals import _peek, _recv_exactly
+from tests.peers import on_string_transport
 
 
 class Sink:
@@ -976,11 +977,7 @@ def test_a_host_without_the_secret_holds_a_connection_5_s_at_most_and_few_at_onc
     factory = BlobServerFactory(clock, device, b"s3cret")
 
     def connect():
-        proto = factory.buildProtocol(None)
-        proto.callLater = clock.callLater
-        tr = StringTransport()
-        proto.makeConnection(tr)
-        return proto, tr
+        return on_string_transport(factory, clock)
 
     trickler, tr = connect()
     for _ in range(10):  # a byte a second: no newline, no proof

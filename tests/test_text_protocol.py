@@ -16,6 +16,7 @@ from deposito.errors import NotFound, Unavailable
 from deposito.interfaces import IDepot
 from deposito.protocols.text import DepotFactory
 from deposito.roster import Member
+from tests.peers import on_string_transport
 
 
 class FakeUpload:
@@ -386,11 +387,7 @@ def test_connections_beyond_the_limit_make_room_by_closing_one_that_idles_or_are
     factory = DepotFactory(depot, clock=clock, max_connections=2)
 
     def connect():
-        proto = factory.buildProtocol(None)
-        proto.callLater = clock.callLater
-        tr = StringTransport()
-        proto.makeConnection(tr)
-        return proto, tr
+        return on_string_transport(factory, clock)
 
     first, second = connect(), connect()
     assert first[1].value().startswith(b"OK deposito")
