@@ -623,22 +623,29 @@ class BlobStore:
 
     def _subdirs(self) -> list[str]:
         """The blob directories, in id order (a blob's directory is its id's
-        first two digits); none when blobs/ itself is gone (its disk
-        unmounted, say: the proxies then find the copies missing)."""
+        first two digits); none when blobs/ itself is gone or cannot be
+        listed (its disk unmounted, say: the proxies then find the copies
+        missing)."""
         try:
             names = os.listdir(self.blobs)
-        except FileNotFoundError:
-            return []
+        except OSError as e:
+            if e.errno == errno.ENOENT or e.errno in UNREADABLE:
+                return []
+            raise
         return [os.path.join(self.blobs, sub) for sub in sorted(names)
                 if SUBDIR.match(sub) and os.path.isdir(os.path.join(self.blobs, sub))]
 
     @staticmethod
     def _names_in(d: str) -> list[str]:
-        """The names in blob directory ``d``, sorted; none once it is gone."""
+        """The names in blob directory ``d``, sorted; none once it is gone,
+        or when the disk cannot list it (its blobs cannot be served: the
+        proxies find them missing and make them again elsewhere)."""
         try:
             return sorted(os.listdir(d))
-        except FileNotFoundError:
-            return []
+        except OSError as e:
+            if e.errno == errno.ENOENT or e.errno in UNREADABLE:
+                return []
+            raise
 
     def _tally(self, size: int, count: int) -> None:
         with self._tally_lock:

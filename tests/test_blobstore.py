@@ -562,6 +562,36 @@ def test_a_store_whose_folders_are_gone_lists_nothing_and_has_no_room(tmp_path):
         device.room()
 
 
+def test_a_blob_folder_the_disk_cannot_list_lists_nothing(tmp_path, monkeypatch):
+    """A blob folder whose listing the disk refuses (EACCES, EIO): its
+    blobs are left out of listings and the sweep, the others listed (before:
+    every listing and scrub failed, and a rebuild waited on the server for
+    good)."""
+    import errno
+
+    from deposito import blobstore
+
+    store = BlobStore(str(tmp_path))
+    ids = sorted(new_blob_id() for _ in range(8))
+    for blob in ids:
+        inc = store.begin(meta(blob, 10))
+        inc.write(b"0123456789")
+        inc.commit(*sums(b"0123456789"))
+    bad = os.path.dirname(store.path(ids[0]))
+    real_listdir = os.listdir
+
+    def listdir(path):
+        if str(path) == bad:
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_listdir(path)
+
+    monkeypatch.setattr(blobstore.os, "listdir", listdir)
+    kept = [b for b in ids if os.path.dirname(store.path(b)) != bad]
+    assert [m.blob for m in store.inventory()] == kept and list(store.blob_ids()) == kept
+    store.sweep()
+    assert store.count == len(kept)
+
+
 def test_a_store_starts_though_a_leftover_of_incoming_cannot_be_removed(tmp_path, monkeypatch):
     """What an interrupted write left in incoming/ is cleared at the start;
     one file the disk will not let go of (immutable, or an unlink failing
