@@ -305,6 +305,51 @@ def test_an_upload_moved_in_the_kernel_that_trickles_stalls_too():
         assert tr.disconnecting == cut and (b"upload stalled" in tr.value()) == cut
 
 
+class HeldOpen(StringTransport):
+    """A transport whose close waits, as TLS's does while its handshake
+    never finishes (what is written is held, and the close with it)."""
+
+    aborted = False
+
+    def abortConnection(self):
+        self.aborted = True
+        self.connected = False
+
+
+def test_a_connection_turned_away_or_closed_with_a_last_word_is_cut_if_its_close_waits():
+    """A connection refused past the cap, one closed to make room, and an
+    upload that stalled are told why, then closed; if the close waits
+    (over TLS, a handshake never finished holds it for good), the
+    connection is cut LAST_WORD_WITHIN later (before: those refused stayed
+    open for good, those closed to make room till the idle timeout, uncounted,
+    and a stalled upload over TLS was cut without its ERR)."""
+    from deposito.protocols.text import LAST_WORD_WITHIN
+
+    clock = task.Clock()
+    factory = DepotFactory(FakeDepot(), clock=clock, max_connections=1, stall_timeout=60)
+
+    def connect():
+        proto = factory.buildProtocol(None)
+        proto.callLater = clock.callLater
+        tr = HeldOpen()
+        proto.makeConnection(tr)
+        return proto, tr
+
+    idle, idle_tr = connect()
+    clock.advance(3)  # silent long enough to give way
+    late, late_tr = connect()
+    assert b"closed to make room" in idle_tr.value() and not idle_tr.aborted
+    busy = [connect() for _ in range(2)]  # late holds the one place, and is not idle yet: these are refused
+    assert all(b"too many connections" in tr.value() and not tr.aborted for _, tr in busy)
+    clock.advance(LAST_WORD_WITHIN)
+    assert idle_tr.aborted and all(tr.aborted for _, tr in busy) and not late_tr.aborted
+    late.dataReceived(b"PUT f 1000000\nabc")
+    clock.advance(60)
+    assert late_tr.value().endswith(b"ERR badargs upload stalled, closing\r\n") and not late_tr.aborted
+    clock.advance(LAST_WORD_WITHIN)
+    assert late_tr.aborted
+
+
 def test_a_line_never_finished_is_idle_however_slowly_its_bytes_come():
     clock = task.Clock()
     proto, tr, depot = connect(clock=clock)

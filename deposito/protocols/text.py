@@ -31,6 +31,7 @@ MAX_REPLICAS = 16
 WRONG_TOKEN_DELAY = 1.0  # seconds before a wrong token is answered
 REPLY_BACKLOG = 256 << 10  # replies a client has not read beyond this: its next requests wait
 BACKLOG_CHECK = 0.02  # seconds between looks at such a backlog
+LAST_WORD_WITHIN = 5.0  # seconds a connection closed with a last word has to take it, before it is cut
 
 USAGE = {
     "HELP": "HELP",
@@ -80,6 +81,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         self.idle_timeout = idle_timeout
         self.stall_timeout = stall_timeout
         self._progress = Progress()  # of the upload under way (see dataReceived)
+        self._cut: Any = None  # the cut that follows a last word (see _close_after_last_word)
         self._upload: Any = None
         self._remaining = 0
         self._broken = False
@@ -99,7 +101,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
             if not self._counted:
                 self.reply(f"ERR unavailable too many connections ({factory.cap.most}); try again later")
                 self._broken = True
-                self.transport.loseConnection()
+                self._close_after_last_word()
                 return
         self.setTimeout(self.idle_timeout)
         self.reply(f"OK deposito {deposito.__version__} ready")
@@ -150,7 +152,21 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         """The port is full and this connection idles: it closes to make room, saying so."""
         self.reply("ERR unavailable closed to make room: the proxy is full and this connection was idle")
         self._broken = True
+        self._close_after_last_word()
+
+    def _close_after_last_word(self) -> None:
+        """Close once what was written is sent, and cut the connection if it
+        is still open LAST_WORD_WITHIN later: over TLS, Twisted sends the last
+        word on its next turn, and holds it, and the close, for good while
+        the handshake never finishes; a peer that stopped reading holds it too."""
         self.transport.loseConnection()
+        if self._cut is None:
+            self._cut = self.callLater(LAST_WORD_WITHIN, self._cut_now)
+
+    def _cut_now(self) -> None:
+        self._cut = None
+        if self.transport.connected:
+            self.transport.abortConnection()
 
     def hold(self) -> None:
         """Lines wait until the request in hand is answered (:meth:`_resume`).
@@ -207,7 +223,9 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
     def timeoutConnection(self) -> None:
         if self._upload is not None:
             self.reply("ERR badargs upload stalled, closing")
-        self.transport.abortConnection()  # a peer that stopped reading would keep loseConnection waiting
+            self._close_after_last_word()
+        else:
+            self.transport.abortConnection()  # silent: a peer that stopped reading would keep a close waiting
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.reply("ERR badargs line too long")
@@ -251,7 +269,8 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
     def _resume(self, _: object) -> None:
         if self._broken:
-            self.transport.abortConnection()
+            if self.transport.connected:  # (over TLS, an abort after the connection is lost raises)
+                self.transport.abortConnection()
         elif self.transport.connected and not self._hold_for_backlog():
             self.setTimeout(self.idle_timeout)
             self._heard()
@@ -262,6 +281,9 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
         if self._backlog is not None:
             self._backlog.cancel()
             self._backlog = None
+        if self._cut is not None:
+            self._cut.cancel()
+            self._cut = None
         if self._counted:
             self.factory.cap.leave(self)
         if self._waiting is not None:  # only the wait ends; the wanted count stays
