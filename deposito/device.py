@@ -123,12 +123,12 @@ class Device:
         seconds (see :meth:`cannot_write`). None for any other error."""
         error = failure.value
         if isinstance(error, NoSpace):  # a write found the disk full (diskio.write_all)
-            self._hold(self.full_hold)
+            self._full()
             return error
         if not isinstance(error, OSError):
             return None
         if error.errno == errno.ENOSPC:  # (its free space said there was room: out of inodes, say)
-            self._hold(self.full_hold)
+            self._full()
             return NoSpace("disk full")
         if error.errno not in (errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM):
             return None
@@ -139,6 +139,13 @@ class Device:
                               s=self.fault_hold)
         self._hold(self.fault_hold)
         return Internal(f"the disk cannot be written ({error.strerror})")
+
+    def _full(self) -> None:
+        if not self._said:
+            self._said = True
+            self.log.warn("the disk is full: no new copies come here for {s:.0f} s,"
+                          " then until a file can be written there again", s=self.full_hold)
+        self._hold(self.full_hold)
 
     def _hold(self, seconds: float) -> None:
         self._faulty = True

@@ -887,14 +887,20 @@ def test_a_write_that_finds_the_disk_full_holds_it_off_too(device):
     """A blob's bytes refused for want of room (diskio.write_all says
     NoSpace) hold the disk off as a refused open does: its server offers no
     room for a while (before: only an open's ENOSPC did, and the proxies went
-    on placing copies there by its free space)."""
+    on placing copies there by its free space), and the log says so once
+    (it said only when the disk took writes again)."""
+    from twisted.logger import capturedLogs, formatEvent
     from twisted.python.failure import Failure
 
     from deposito.errors import NoSpace
 
     assert not device.cannot_write()
-    told = device.failed(Failure(NoSpace("disk full")))
+    with capturedLogs() as events:
+        told = device.failed(Failure(NoSpace("disk full")))
+        device.failed(Failure(NoSpace("disk full")))
     assert isinstance(told, NoSpace) and device.cannot_write()
+    said = [formatEvent(e) for e in events]
+    assert len(said) == 1 and "the disk is full: no new copies come here for 10 s" in said[0], said
 
 
 @pytest_twisted.inlineCallbacks
