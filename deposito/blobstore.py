@@ -112,6 +112,10 @@ def meta_at(path: str) -> BlobMeta:
     return meta
 
 
+class Stopped(Exception):
+    """A blob's whole read given up: its server is stopping."""
+
+
 class IncomingBlob:
     """One blob being written: a temp file in incoming/ until :meth:`commit`.
 
@@ -393,16 +397,21 @@ class BlobStore:
         check_block(meta, index, view)
         return view
 
-    def check(self, blob_id: str, up_to: int | None = None) -> BlobMeta:
+    def check(self, blob_id: str, up_to: int | None = None,
+              stopping: Callable[[], bool] = lambda: False) -> BlobMeta:
         """Re-read a whole blob against its block checksums and sha256; Corrupt
         (also when the disk cannot read it) or NotFound. A blob bigger than
-        ``up_to`` (when given) is not read: its metadata is returned."""
+        ``up_to`` (when given) is not read: its metadata is returned. Stopped
+        (between two blocks) once ``stopping()`` is true: a big blob's read
+        does not hold up its server's shutdown."""
         meta = self.meta(blob_id)
         if up_to is not None and meta.size > up_to:
             return meta
         with self.reader(blob_id, meta) as f:
             digest = hashlib.sha256()
             for index in range((meta.size + BLOCK - 1) // BLOCK):
+                if stopping():
+                    raise Stopped("the server is stopping")
                 digest.update(self.read_block(f, meta, index))
         if digest.hexdigest() != meta.sha256:
             raise Corrupt("sha256 mismatch")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
@@ -27,7 +28,7 @@ from zope.interface import implementer
 from deposito import diskio
 from deposito.batching import Batches, IBatchReactor
 from deposito.blobmeta import BLOCK, BlobMeta, Corrupt
-from deposito.blobstore import BlobStore, IncomingBlob
+from deposito.blobstore import BlobStore, IncomingBlob, Stopped
 from deposito.errors import DepositoError, Internal, NoSpace, NotFound, Unavailable
 from deposito.interfaces import IDevice, IInventoryCursor
 
@@ -73,6 +74,7 @@ class Device:
         self._found_good: OrderedDict[str, float] = OrderedDict()  # copies over CHECK_NOW_MAX: when read good
         self._checks = DeferredSemaphore(1)  # the reads checked() starts, one at a time
         self._checking: set[str] = set()  # the copies they are for, read or waiting
+        self._stopping = threading.Event()
         self._emptying = task.LoopingCall(self._empty_trash)  # what deletes leave when none follow
         self._emptying.clock = reactor
 
@@ -82,6 +84,7 @@ class Device:
         self._emptying.start(max(self.store.grace, EMPTY_EVERY), now=False)  # (a grace of 0: not every turn)
 
     def stop(self) -> None:
+        self._stopping.set()  # whole reads under way give up (the pools wait for their threads)
         if self._emptying.running:
             self._emptying.stop()
         for pool in (self._writer, self._readers, self._commits, self._deletes):
@@ -300,6 +303,8 @@ class Device:
         return self.store.read_resident_block(f, meta, index, self._now)
 
     def check(self, blob_id: str, up_to: int | None = None) -> Deferred:
+        """The copy's metadata once it is read whole and found good (see
+        BlobStore.check): Corrupt, NotFound, or Stopped once :meth:`stop` is called."""
         def good(meta: BlobMeta) -> BlobMeta:
             if meta.size > CHECK_NOW_MAX and (up_to is None or meta.size <= up_to):  # read whole
                 now = self.reactor.seconds()
@@ -308,7 +313,7 @@ class Device:
                 while next(iter(self._found_good.values())) < now - CHECKED_FOR:
                     self._found_good.popitem(last=False)
             return meta
-        return self._read(self.store.check, blob_id, up_to).addCallback(good)
+        return self._read(self.store.check, blob_id, up_to, self._stopping.is_set).addCallback(good)
 
     def checked(self, blob_id: str) -> Deferred:
         """Fires with the copy's metadata once it was read whole and found
@@ -334,7 +339,7 @@ class Device:
     def _checked_bad(self, failure: Failure, blob_id: str) -> Deferred | None:
         if failure.check(Corrupt):
             return self.corrupt(blob_id, failure.getErrorMessage())
-        if not failure.check(NotFound):
+        if not failure.check(NotFound, Stopped):
             self.log.warn("cannot read blob {blob} whole to check it: {why}", blob=blob_id,
                           why=failure.getErrorMessage())
         return None

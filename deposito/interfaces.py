@@ -524,7 +524,8 @@ class IDevice(Interface):
 
     def check(blob_id: str, up_to: int | None = None) -> Deferred[BlobMeta]:
         """Read a whole blob against its checksums (only when ``up_to``
-        bytes or smaller, if given); fails with Corrupt."""
+        bytes or smaller, if given); fails with Corrupt, or with
+        deposito.blobstore.Stopped when the device stops meanwhile."""
 
     def checked(blob_id: str) -> Deferred[BlobMeta]:
         """The blob's metadata once it was read whole and found good, now or

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from twisted.internet import defer, task
 
 from deposito.blobmeta import Corrupt
-from deposito.blobstore import BlobStore
+from deposito.blobstore import BlobStore, Stopped
 from deposito.device import Device
 from deposito.listening import end_process
 from deposito.errors import NotFound
@@ -200,6 +200,8 @@ class StorageNode:
                     await self.device.corrupt(blob, str(e))
                 except NotFound:
                     pass  # deleted meanwhile
+                except Stopped:
+                    return  # the server is stopping
                 except OSError as e:  # not the blob's fault (too many open files, say): the others are checked
                     self.log.warn("scrub: cannot check blob {blob} now: {why}", blob=blob, why=e)
         await self.device.sweep()

@@ -1008,3 +1008,39 @@ def test_a_host_without_the_secret_holds_a_connection_5_s_at_most_and_few_at_onc
     assert not any(t.disconnecting for _, t in waiting[1:])
     clock.advance(PROVE_WITHIN)
     assert all(t.disconnecting for _, t in waiting) and not ptr.disconnecting
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_whole_read_under_way_does_not_hold_up_the_servers_stop(tmp_path, monkeypatch):
+    """A big copy read whole (a scrub's, or one WANT asked for) gives up
+    between two blocks when its device stops: a server told to stop during
+    the read of a copy of many GiB stopped only once it was read."""
+    import threading
+
+    from deposito.blobmeta import BLOCK
+    from deposito.blobstore import Stopped
+
+    dev = Device(reactor, BlobStore(str(tmp_path)), capacity=1 << 30)
+    dev.start()
+    blob = yield commit_blob(dev, os.urandom(BLOCK * 40))
+    reading = threading.Event()
+    real = dev.store.read_block
+
+    def slow_block(f, meta, index):
+        reading.set()
+        time.sleep(0.05)  # 40 blocks: 2 s in all
+        return real(f, meta, index)
+
+    monkeypatch.setattr(dev.store, "read_block", slow_block)
+    outcome = []
+    dev.check(blob).addBoth(outcome.append)
+    while not reading.is_set():
+        yield deferLater(0.01)
+    started = time.monotonic()
+    dev.stop()
+    assert time.monotonic() - started < 0.5
+    for _ in range(100):
+        if outcome:
+            break
+        yield deferLater(0.01)
+    assert len(outcome) == 1 and outcome[0].check(Stopped), outcome
