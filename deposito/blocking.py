@@ -314,7 +314,7 @@ class BlockingClient:
         starts after the last name of this one; a page shorter than
         ``limit`` is the last."""
         line = list_line(prefix, after, limit)
-        return self._call("LIST", lambda conn: conn.multi(line, parse_entry), _anytime)
+        return self._call("LIST", lambda conn: conn.multi(line, parse_entry, limit), _anytime)
 
     def list(self, prefix: str = "", page: int = PAGE_SIZE) -> Iterator[Entry]:
         """Every name starting with ``prefix``, in name order: an iterator

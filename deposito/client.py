@@ -181,6 +181,8 @@ class DepositoClient:
         meanwhile go there in the order they were made)."""
         if self._closed or self.protocol.usable or self.doors is None:
             return defer.succeed(self.protocol)
+        if not self.protocol.lost:  # closing (a GET cut off unread): see how it ended first
+            return self.protocol.whenClosed().addCallback(lambda _: self._ready(tried, failures))
         if not self._several() and not self.protocol.lost_idle:  # lost mid-request: the client is closed
             return defer.succeed(self.protocol)
         waiter: defer.Deferred[DepositoClientProtocol] = defer.Deferred()
@@ -328,7 +330,7 @@ class DepositoClient:
             line = list_line(prefix, after, limit)
         except DepositoError:
             return defer.fail()
-        return self._request("LIST", lambda: MultiLine(line, parse_entry), _anytime)
+        return self._request("LIST", lambda: MultiLine(line, parse_entry, limit), _anytime)
 
     def list(self, prefix: str = "") -> defer.Deferred[list[Entry]]:
         """Every name starting with ``prefix``, in name order, as :class:`Entry` values.

@@ -62,7 +62,8 @@ class AsideFile:
         self.overwrite = overwrite
         folder, base = os.path.split(os.path.abspath(self.path))
         while True:
-            self.temp = os.path.join(folder, f".{base[:200]}.{secrets.token_hex(4)}.part")  # within NAME_MAX
+            short = os.fsdecode(os.fsencode(base)[:200])  # within NAME_MAX, which counts bytes
+            self.temp = os.path.join(folder, f".{short}.{secrets.token_hex(4)}.part")
             try:
                 fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
                 break

@@ -263,12 +263,20 @@ def parse_status(line: str) -> Status:
     return Status(**_ints(found, keys, line))
 
 
-def parse_count(line: str) -> int:
-    """``OK <n>``, the head of a multi-line reply: n."""
+MOST_LINES = 100_000  # lines a reply asked for with no limit (SERVERS, HELP) may announce
+
+
+def parse_count(line: str, most: Optional[int] = MOST_LINES) -> int:
+    """``OK <n>``, the head of a multi-line reply: n, no more than ``most``
+    (a LIST page's limit; None for no bound): a proxy announcing more is
+    not believed, so that its lines cannot fill the client's memory."""
     words = check_reply(line).split()
     if len(words) != 2 or not digits(words[1]):
         raise ProtocolError(f"expected 'OK <n>', got {line[:200]!r}")
-    return int(words[1])
+    count = int(words[1])
+    if most is not None and count > most:
+        raise ProtocolError(f"the proxy announced {count} lines, more than the {most} asked for")
+    return count
 
 
 def parse_deleted(line: str) -> str:

@@ -42,6 +42,7 @@ from deposito.client import (
 )
 from deposito.localfile import AsideFile
 from deposito.wire import (
+    MOST_LINES,
     list_line,
     parse_entry,
     parse_get_header,
@@ -87,6 +88,7 @@ class FakeProxy:
         self.versions: dict[str, int] = {}
         self.tokens = tokens
         self.cut_get_after: Optional[int] = None
+        self.announce: Optional[int] = None  # a LIST says this many lines, sends the real ones, and closes
         self.requests: list[str] = []
         self.connections: list[socket.socket] = []
         fake = self
@@ -196,10 +198,12 @@ class FakeProxy:
                 after = args[1] if len(args) > 1 else ""
                 limit = int(args[2]) if len(args) > 2 else None
                 names = sorted(n for n in self.files if n.startswith(prefix) and n > after)[:limit]
-                reply(f"OK {len(names)}")
+                reply(f"OK {len(names) if self.announce is None else self.announce}")
                 for n in names:
                     data, _, wanted = self.files[n]
                     reply(f"{len(data)} {wanted} {wanted} {quote(n)}")
+                if self.announce is not None:
+                    return
             elif cmd == "DELETE":
                 if self.files.pop(args[0], None) is None:
                     reply(f"ERR notfound {args[0]}")
@@ -681,6 +685,77 @@ def test_overlong_reply_line_closes_the_connection() -> None:
     assert w.transport.disconnecting
     w.lose()
     assert isinstance(failure(d), ConnectionLost)
+
+
+def test_a_reply_announcing_more_lines_than_asked_for_is_not_believed() -> None:
+    """A LIST page of 3 answered ``OK 1000000000`` (a broken or hostile
+    proxy): the client kept every line it was sent till that many came,
+    gigabytes; SERVERS and HELP, which ask no limit, have a bound of their own."""
+    w = Wire()
+    d = w.client.list_page("p/", "", 3)
+    w.feed(b"OK 1000000000\r\n" + b"1 1 1 p/a\r\n" * 4)
+    told = failure(d)
+    assert isinstance(told, ProtocolError) and "1000000000 lines" in str(told)
+    assert w.transport.disconnecting
+    w = Wire()
+    d = w.client.servers()
+    w.feed(f"OK {MOST_LINES + 1}\r\n".encode())
+    assert isinstance(failure(d), ProtocolError) and w.transport.disconnecting
+    w = Wire()
+    d = w.client.servers()
+    w.feed(b"OK 1\r\ns0 127.0.0.1:4001 up used=10 capacity=1000 blobs=1 zone=a\r\n")
+    assert [s.id for s in result(d)] == ["s0"]
+
+
+def test_blocking_a_reply_announcing_more_lines_than_asked_for_is_not_believed(fake: FakeProxy) -> None:
+    fake.files.update({f"p/{i}": (b"x", 1, 1) for i in range(5)})
+    fake.announce = 1000000000
+    with BlockingClient(fake.address) as c:
+        with pytest.raises(ProtocolError, match="1000000000 lines, more than the 3 asked for"):
+            c.list_page("p/", "", 3)
+
+
+def test_get_into_a_file_that_fails_stops_reading_there() -> None:
+    """The sink refuses a write (its disk full, its reader gone): the GET
+    fails at once and the connection goes, as in the blocking client (it
+    read the rest of the file first, hundreds of MiB for nothing)."""
+    class Full(io.RawIOBase):
+        def write(self, data: Any) -> int:
+            raise OSError(28, "No space left on device")
+
+    w = Wire()
+    d = w.client.get("x", Full())
+    w.feed(f"OK 300000 sha256={sha(b'x' * 300000)} version=1\r\n".encode() + b"x" * 1000)
+    told = failure(d)
+    assert isinstance(told, OSError) and "No space left" in str(told)
+    assert w.transport.disconnecting
+
+
+@pytest_twisted.inlineCallbacks
+def test_twisted_a_get_given_up_for_its_file_leaves_the_client_usable(fake: FakeProxy) -> Any:
+    from twisted.internet import reactor
+
+    class Full(io.RawIOBase):
+        def write(self, data: Any) -> int:
+            raise OSError(28, "No space left on device")
+
+    fake.files["big"] = (payload(3 << 20), 1, 2)
+    fake.files["f"] = (b"abc", 1, 2)
+    client = yield connect(reactor, f"tcp:127.0.0.1:{fake.port}")
+    with pytest.raises(OSError):
+        yield client.get("big", Full())
+    assert (yield client.stat("f")).size == 3  # on a new connection
+    assert len(fake.connections) == 2
+    yield client.quit()
+
+
+def test_aside_file_of_a_long_name_in_a_multibyte_script(tmp_path: Any) -> None:
+    """The hidden file's name is cut to fit the folder's limit in bytes, not
+    in characters: a 254-byte name of two-byte letters could not be written."""
+    target = tmp_path / ("é" * 127)
+    with AsideFile(target) as f:
+        f.write(b"data")
+    assert target.read_bytes() == b"data" and os.listdir(tmp_path) == [target.name]
 
 
 def test_quit_says_quit_and_closes() -> None:

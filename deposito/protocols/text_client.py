@@ -27,6 +27,7 @@ from deposito.twisted_internals import IStreamTransport
 from deposito.wire import (
     CHUNK_SIZE,
     MAX_REPLY_LINE,
+    MOST_LINES,
     ChecksumMismatch,
     ConnectionLost,
     Download,
@@ -91,9 +92,10 @@ class OneLine(Request):
 class MultiLine(Request):
     """``OK <n>`` then n lines, each parsed by ``parse``."""
 
-    def __init__(self, line: str, parse: Callable[[str], Any]) -> None:
+    def __init__(self, line: str, parse: Callable[[str], Any], most: Optional[int] = MOST_LINES) -> None:
         super().__init__(line)
         self.parse = parse
+        self.most = most
         self.remaining: Optional[int] = None
         self.items: list[Any] = []
         self.error: Optional[Failure] = None
@@ -101,7 +103,7 @@ class MultiLine(Request):
     def lineReceived(self, line: str) -> None:
         if self.remaining is None:
             try:
-                self.remaining = parse_count(line)
+                self.remaining = parse_count(line, self.most)
             except DepositoError:
                 self.done(Failure())
                 return
@@ -251,7 +253,6 @@ class Get(Request):
         self.size = 0
         self.remaining = 0
         self.header: dict[str, str] = {}
-        self.error: Optional[Failure] = None
 
     def lineReceived(self, line: str) -> None:
         assert self.protocol is not None
@@ -273,12 +274,17 @@ class Get(Request):
         mine, rest = data[: self.remaining], data[self.remaining:]
         self.remaining -= len(mine)
         self.hash.update(mine)
-        if self.error is None:
-            try:
-                self.sink.write(mine)
-            except Exception:
-                # Keep reading the announced bytes so the connection stays usable.
-                self.error = Failure()
+        try:
+            self.sink.write(mine)
+        except Exception:
+            # (its reader gone, its disk full): the rest is not worth reading, as in the
+            # blocking client; the connection goes and the next request opens a new one
+            failure = Failure()
+            if self.consumer is not None:
+                self.consumer.unregisterProducer()
+            self.protocol.cut()
+            self.done(failure)
+            return
         if self.progress is not None:
             self.progress(self.size - self.remaining, self.size)
         if self.remaining == 0:
@@ -293,9 +299,6 @@ class Get(Request):
             self.consumer.unregisterProducer()
 
     def _complete(self) -> None:
-        if self.error is not None:
-            self.done(self.error)
-            return
         try:
             sha = text_field(self.header, "sha256", "GET reply")
             if sha != self.hash.hexdigest():
@@ -382,6 +385,17 @@ class DepositoClientProtocol(LineReceiver, TimeoutMixin):
         self._closing = True
         if self.transport is not None:
             self.transport.loseConnection()
+
+    def cut(self) -> None:
+        """Give up the reply under way unread: the connection closes, and
+        (as after an idle close) the next request opens a new one."""
+        self._told_idle = True
+        self.abandon()
+
+    @property
+    def lost(self) -> bool:
+        """Whether the connection is closed (not merely closing)."""
+        return self._lost is not None
 
     @property
     def usable(self) -> bool:

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, TypeVar
 
 from deposito.errors import from_reply
-from deposito.wire import CHUNK_SIZE, MAX_REPLY_LINE, ConnectionLost, ProtocolError, check_reply, decode, encode, parse_count
+from deposito.wire import (CHUNK_SIZE, MAX_REPLY_LINE, MOST_LINES, ConnectionLost, ProtocolError, check_reply, decode, encode,
+                           parse_count)
 
 T = TypeVar("T")
 
@@ -161,11 +162,12 @@ class TextSocket:
     def one(self, line: str, parse: Callable[[str], T]) -> T:
         return self.parsed(self.request(line), parse)
 
-    def multi(self, line: str, parse: Callable[[str], T]) -> list[T]:
-        count = self.one(line, parse_count)
-        lines = [self.reply() for _ in range(count)]
+    def multi(self, line: str, parse: Callable[[str], T], most: Optional[int] = MOST_LINES) -> list[T]:
+        """``OK <n>`` and n lines, each parsed as it comes: a count over
+        ``most`` (see wire.parse_count) is refused before any line is read."""
+        count = self.one(line, lambda reply: parse_count(reply, most))
         try:
-            return [parse(ln) for ln in lines]
+            return [parse(self.reply()) for _ in range(count)]
         except ProtocolError:
             self.close()
             raise
