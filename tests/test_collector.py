@@ -3,6 +3,7 @@ and blob-connection seams)."""
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet import defer, task
 
 from deposito.depot.collector import REST, Collector
@@ -67,17 +68,22 @@ def test_a_server_that_refuses_deletes_is_left_alone_for_a_while_and_the_others_
     collector._loop.stop()
 
 
-def test_a_catalog_out_of_reach_is_said_once_while_it_lasts_and_collecting_goes_on_after():
+@pytest.mark.parametrize("why", ["out of reach", "disk is full"])
+def test_a_catalog_out_of_reach_is_said_once_while_it_lasts_and_collecting_goes_on_after(why):
+    """Also its database's disk full (NoSpace): that was logged as a
+    critical error with its traceback on every try, 600 in 20 s."""
     from twisted.logger import Logger, formatEvent
 
-    from deposito.errors import Unavailable
+    from deposito.errors import NoSpace, Unavailable
 
     class Unreachable(Garbage):
         down = True
 
         def garbage(self, servers: list[str], limit: int) -> defer.Deferred:
             if self.down:
-                return defer.fail(Unavailable("the catalog database is out of reach"))
+                if why == "out of reach":
+                    return defer.fail(Unavailable("the catalog database is out of reach"))
+                return defer.fail(NoSpace("the catalog database's disk is full"))
             return super().garbage(servers, limit)
 
     clock = task.Clock()
@@ -94,5 +100,5 @@ def test_a_catalog_out_of_reach_is_said_once_while_it_lasts_and_collecting_goes_
     clock.advance(2.0)
     assert db.forgotten == [("blob-s1", "s1")]
     said = [formatEvent(e) for e in events]
-    assert len(said) == 2 and "out of reach" in said[0] and "again" in said[1], said
+    assert len(said) == 2 and why in said[0] and "again" in said[1], said
     collector._loop.stop()

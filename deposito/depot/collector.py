@@ -9,7 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from deposito.errors import Unavailable
+from deposito.errors import NoSpace, Unavailable
 from deposito.interfaces import ICatalog
 from deposito.pool import BlobPool
 from deposito.protocols.blobwire import DELETES_PER_LINE
@@ -77,7 +77,7 @@ class Collector:
             self.log.info("collecting garbage again")
 
     def _failed(self, failure: Failure) -> None:
-        if failure.check(Unavailable):  # the catalog's database is down: said once in a row, tried again shortly
+        if failure.check(Unavailable, NoSpace):  # its database down, or its disk full: said once in a row, tried again shortly
             why = failure.getErrorMessage()
             if why != self._failing:
                 self._failing = why
