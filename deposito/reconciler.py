@@ -392,6 +392,17 @@ class Reconciler:
         self._let_go(name, self.clock.seconds() + (0.0 if made else RETRY))
         self.kick()
 
+    def _abandon_copy(self, blob: str, server: str) -> None:
+        """A copy made, or begun, that does not count: garbage (unless an
+        inventory counted it meanwhile, see ICatalog.abandon_copy), and its
+        intent gone, which kept the server from this file's next copies.
+        With the database out of reach, tried again every RETRY seconds."""
+        def failed(failure: Failure) -> None:
+            if self._said(failure, "giving up the copy of {blob} on {id}", blob=blob, id=server) and self._started:
+                self.clock.callLater(RETRY, self._abandon_copy, blob, server)
+
+        self.catalog.abandon_copy(blob, server).addCallbacks(lambda _: self.collect(), failed)
+
     def _let_go(self, name: str, due: float) -> None:
         """Queue ``name`` again from ``due`` and let any proxy look at it.
         With the database out of reach, tried again every RETRY seconds:
@@ -470,8 +481,7 @@ class Reconciler:
             try:
                 target = await self.copier.copy_to_new_server(t.record, list(t.sources), taken, rescue=t.rescue)
             except CopyFailed as e:
-                await self.catalog.abandon_copy(t.record.blob, e.target.id)
-                self.collect()
+                self._abandon_copy(t.record.blob, e.target.id)
                 failed = e
                 if isinstance(e.__cause__, Unrescuable):  # tried again only if a server with a copy comes back
                     self.unrescuable.add(t.record.blob)
@@ -486,7 +496,11 @@ class Reconciler:
                 await self.check_waiters()
                 return made
             made += 1
-            counted = await self.catalog.add_copy(t.record.name, t.record.blob, target.id, self.clock.seconds())
+            try:
+                counted = await self.catalog.add_copy(t.record.name, t.record.blob, target.id, self.clock.seconds())
+            except Exception:  # not counted (the database out of reach): its intent would hold the server for good
+                self._abandon_copy(t.record.blob, target.id)
+                raise
             self.done += 1
             self.log.info("made a copy of {name} on {id}{how}", name=t.record.name, id=target.id, event="repaired",
                           how=" from the good blocks of its copies set aside as corrupt" if t.rescue else "")

@@ -325,6 +325,40 @@ def test_a_repair_cut_by_the_database_going_out_of_reach_is_let_go_once_it_is_ba
     cat.close()
 
 
+def test_a_copy_whose_count_fails_does_not_keep_its_server_from_the_file(catalogs):
+    """The database goes as a copy is being counted: the copy is garbage and
+    its intent goes once the database is back (tried every RETRY). The
+    intent stayed, and kept that server from the file's next copies while
+    this proxy ran: with three servers, the file stayed short for good."""
+    from deposito.errors import Unavailable
+    from deposito.reconciler import RETRY
+
+    cat, clock, roster, view, copier, rec = make(catalogs, 10)
+    rec.start()
+    add_copy, abandon_copy = view.add_copy, view.abandon_copy
+
+    def out_of_reach(name, blob, server, now):
+        view.add_copy = add_copy
+        return defer.fail(Unavailable("the catalog database is out of reach"))
+
+    def still_out_of_reach(blob, server):
+        view.abandon_copy = abandon_copy
+        return defer.fail(Unavailable("the catalog database is out of reach"))
+    view.add_copy, view.abandon_copy = out_of_reach, still_out_of_reach
+    cat.set_replicas("f000003", 3)
+    rec.kick()
+    run(clock)
+    blob = cat.lookup("f000003").blob
+    target = copier.copied and cat.db.execute("SELECT server FROM intents WHERE blob = ?", (blob,)).fetchall()
+    assert target == [("a",)]  # the copy made on a, not counted
+    clock.advance(RETRY)
+    run(clock)
+    assert cat.db.execute("SELECT server FROM intents WHERE blob = ?", (blob,)).fetchall() == []
+    assert ("a",) in cat.db.execute("SELECT server FROM garbage WHERE blob = ?", (blob,)).fetchall()
+    rec.stop()
+    cat.close()
+
+
 def test_a_server_back_before_it_died_wakes_its_files_and_nothing_is_copied(catalogs):
     cat, clock, roster, view, copier, rec = make(catalogs, 300)
     rec.start()
