@@ -206,8 +206,11 @@ class ICatalog(IWorkCatalog):
     def add_intent(blob: str, server: str) -> Deferred[None]:
         """One more server is being written with ``blob``."""
 
-    def abandon(blob: str) -> Deferred[None]:
-        """An upload failed: what it wrote anywhere is garbage."""
+    def abandon(blob: str, name: Optional[str] = None, version: Optional[int] = None,
+                servers: Optional[list[str]] = None) -> Deferred[None]:
+        """An upload failed: what it wrote anywhere is garbage. With ``name``
+        (whose ``version`` it was) and the ``servers`` written to: also
+        where its intents were lost, unless it was committed after all."""
 
     def commit(name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
                servers: list[str], now: float, meta: str = "", expect: Optional[Expect] = None,

@@ -86,6 +86,41 @@ def test_abandon_and_partial_commit(cat):
     assert ("b2", "s1") in cat.garbage(["s1", "s2", "s3"])
 
 
+@pytest.mark.parametrize("first", [True, False])
+def test_an_upload_whose_intents_a_crash_lost_leaves_garbage_and_its_version_is_not_given_again(cat, first):
+    """A database that crashes loses what was committed without waiting for
+    the disk: an upload's allocation and intents. Its copies, written after,
+    are garbage once it is abandoned (they were known to nobody), and its
+    version is not given out again to another upload."""
+    from deposito.errors import Unavailable
+
+    if not first:
+        v = cat.begin_upload("f", "b0", ["s1"])
+        assert cat.commit("f", v, "b0", 1, "x", 1, ["s1"], 0.0)
+    v = cat.begin_upload("f", "b1", ["s1", "s2"])
+    cat.db.execute("BEGIN")  # the crash: allocation and intents gone
+    cat.db.execute("DELETE FROM intents WHERE blob = 'b1'")
+    if first:
+        cat.db.execute("DELETE FROM names WHERE name = 'f'")
+    else:
+        cat.db.execute("UPDATE names SET last_version = last_version - 1 WHERE name = 'f'")
+    cat.db.execute("COMMIT")
+    with pytest.raises(Unavailable):
+        cat.commit("f", v, "b1", 1, "x", 2, ["s1", "s2"], 0.0)
+    cat.abandon("b1", "f", v, ["s1", "s2"])
+    assert sorted(g for g in cat.garbage(["s1", "s2"]) if g[0] == "b1") == [("b1", "s1"), ("b1", "s2")]
+    assert cat.begin_upload("f", "b2", ["s1"]) > v
+
+
+def test_an_upload_committed_after_all_is_not_garbage_when_abandoned(cat):
+    """The commit's answer was lost (it went in): abandoning the upload,
+    servers named, makes none of its copies garbage."""
+    v = cat.begin_upload("f", "b1", ["s1", "s2"])
+    assert cat.commit("f", v, "b1", 1, "x", 2, ["s1", "s2"], 0.0)
+    cat.abandon("b1", "f", v, ["s1", "s2"])
+    assert cat.garbage(["s1", "s2"]) == [] and cat.lookup("f").servers == ("s1", "s2")
+
+
 def test_list_prefix_is_literal(cat):
     for name in ("a%", "a_b", "ab", "b"):
         v = cat.begin_upload(name, "blob" + name, ["s1"])
@@ -1478,6 +1513,19 @@ def test_an_abandon_waiting_on_a_commit_of_the_same_upload_makes_no_garbage_of_i
     a.db.execute("BEGIN")
     assert a.commit("f", version, "b1", 1, "x", 1, ["s1"], 0.0)  # in A's open transaction
     once_committed(a, lambda: b.abandon("b1"), "the abandon took the intents without waiting for the commit")
+    assert b.garbage(["s1"], 10) == [] and b.lookup("f").servers == ("s1",)
+
+
+def test_an_abandon_naming_its_servers_waits_on_a_commit_of_the_same_upload(shared):
+    """As above, the servers written to named (see Catalog.abandon): the
+    name's row is locked first, so a commit still running ends before the
+    blob is looked for, and none of its copies is garbage."""
+    a, b = shared
+    version = a.begin_upload("f", "b1", ["s1"])
+    a.db.execute("BEGIN")
+    assert a.commit("f", version, "b1", 1, "x", 1, ["s1"], 0.0)  # in A's open transaction
+    once_committed(a, lambda: b.abandon("b1", "f", version, ["s1"]),
+                   "the abandon went on without waiting for the commit")
     assert b.garbage(["s1"], 10) == [] and b.lookup("f").servers == ("s1",)
 
 

@@ -58,7 +58,7 @@ class RefusingCatalog:
     def commit(self, *args: object) -> defer.Deferred:
         return defer.fail(Precondition("If-None-Match"))
 
-    def abandon(self, blob: str) -> defer.Deferred:
+    def abandon(self, blob: str, name=None, version=None, servers=None) -> defer.Deferred:
         self.abandoned.append(blob)
         return defer.succeed(None)
 
@@ -97,7 +97,7 @@ class UnreachableCatalog:
         self.full = full
         self.abandoned: list[str] = []
 
-    def abandon(self, blob: str) -> defer.Deferred:
+    def abandon(self, blob: str, name=None, version=None, servers=None) -> defer.Deferred:
         if self.down:
             self.down -= 1
             return defer.fail(NoSpace("the catalog's disk is full") if self.full

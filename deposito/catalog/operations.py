@@ -322,15 +322,36 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                                        " ON CONFLICT DO NOTHING", (blob, server, self.proxy)))
 
     @effects(durable=True, keeps_records=True)
-    def abandon(self, blob: str) -> None:
+    def abandon(self, blob: str, name: str | None = None, version: int | None = None,
+                servers: Iterable[str] = ()) -> None:
         """An upload failed: every server it touched has garbage to delete.
         Its intents are taken with one DELETE ... RETURNING, as a commit
         takes them: if the commit is still running (its answer was lost),
         whichever of the two comes second finds nothing, so a committed copy
-        is never garbage too."""
+        is never garbage too.
+
+        An allocation commits without waiting for the disk (see
+        begin_upload), so a database that crashes may lose the intents, and
+        the version, of an upload whose copies are then written: given
+        ``name`` (the name allocated, its ``version``) and the ``servers``
+        written to, those without an intent hold garbage all the same,
+        unless the blob was committed. The name's row is locked first, as a
+        commit locks it, so a commit still running (on a connection lost
+        meanwhile) ends before; and the name's next version is past this
+        one, which is not given out twice (a --rebuild would find two blobs
+        of one version)."""
+        servers = sorted(set(servers))
+
         def tx(db: Connection) -> None:
+            if name is not None:
+                db.execute(f"INSERT INTO names (name, last_version) VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+                           f" SET last_version = {self.dialect.greatest}(names.last_version, excluded.last_version)",
+                           (name, version or 0))
             taken = db.execute("DELETE FROM intents WHERE blob = ? RETURNING blob, server", (blob,)).fetchall()
             db.executemany(INSERT_GARBAGE, taken)
+            lost = [s for s in servers if s not in {server for _, server in taken}]
+            if lost and name is not None and db.execute("SELECT 1 FROM files WHERE blob = ?", (blob,)).fetchone() is None:
+                db.executemany(INSERT_GARBAGE, [(blob, s) for s in lost])
         self._tx(tx)
 
     @effects(durable=True, keeps_records=False, one_record=True)

@@ -324,8 +324,9 @@ class CatalogThread:
     def add_intent(self, blob: str, server: str) -> Deferred[None]:
         return self._call(Catalog.add_intent, blob, server)
 
-    def abandon(self, blob: str) -> Deferred[None]:
-        return self._call(Catalog.abandon, blob)
+    def abandon(self, blob: str, name: str | None = None, version: int | None = None,
+                servers: list[str] | None = None) -> Deferred[None]:
+        return self._call(Catalog.abandon, blob, name, version, servers or [])
 
     def commit(self, name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
                servers: list[str], now: float, meta: str = "", expect: Expect | None = None,

@@ -108,6 +108,7 @@ class Writer:
         when it fails: :meth:`abort_put` does nothing more to it."""
         upload.finishing = True
         upload.detach()
+        tried = list(upload.targets)  # and the servers of the copies made below
         try:
             good = await upload.finish()
             # after finish: the version is known once the lanes opened (see Upload.open_when)
@@ -118,7 +119,7 @@ class Writer:
                 if any(isinstance(e, NoSpace) for e in upload.failures):
                     raise NoSpace("the storage servers are full")
                 raise Unavailable("no storage server kept a copy")
-            tried, failures = list(upload.targets), list(upload.failures)
+            failures = list(upload.failures)
             while len(good) < upload.replicas:
                 try:
                     good.append(await self.copy_to_new_server(record, good, tried))
@@ -130,7 +131,7 @@ class Writer:
                         raise NoSpace(f"the storage servers are full: {short}") from e
                     raise Unavailable(f"{short} ({e})") from e
         except BaseException:
-            self.abandon(upload.blob)
+            self._abandon_written(upload, tried)
             raise
         finally:
             for m in upload.targets:
@@ -141,8 +142,8 @@ class Writer:
             newest, record = await self._commit(upload, ids, now)
         except Exception:
             # Not committed (or, with the database lost at that moment, maybe committed: then
-            # no intent is left, and this changes nothing): what was written is garbage.
-            self.abandon(upload.blob)
+            # this changes nothing, see ICatalog.abandon): what was written is garbage.
+            self._abandon_written(upload, tried)
             raise
         for m in good:
             m.stored(upload.size)
@@ -215,15 +216,24 @@ class Writer:
         upload.abort()
         for m in upload.targets:
             m.unreserve(upload.size)
-        self.abandon(upload.blob)
+        self._abandon_written(upload, upload.targets)
 
-    def abandon(self, blob: str) -> None:
+    def _abandon_written(self, upload: Upload, servers: list[Member]) -> None:
+        """An upload failed once its copies may have been written (to ``servers``)."""
+        if upload.version:  # (the copies are written only once the version is known)
+            self.abandon(upload.blob, upload.name, upload.version, [m.id for m in servers])
+        else:
+            self.abandon(upload.blob)
+
+    def abandon(self, blob: str, name: str | None = None, version: int | None = None,
+                servers: list[str] | None = None) -> None:
         """An upload failed: what it wrote of ``blob`` anywhere is garbage, to
-        be deleted. While the catalog is out of reach this is tried again
-        every ABANDON_RETRY seconds, so that no copy stays for good."""
-        d = self.db.abandon(blob)
+        be deleted (see ICatalog.abandon for ``name``'s ``version`` written
+        to ``servers``). While the catalog is out of reach this is tried
+        again every ABANDON_RETRY seconds, so that no copy stays for good."""
+        d = self.db.abandon(blob, name, version, servers or [])
         d.addCallback(self._abandoned, blob)
-        d.addErrback(self._abandon_later, blob)
+        d.addErrback(self._abandon_later, blob, name, version, servers)
 
     def _abandoned(self, _: object, blob: str) -> None:
         self.collect()
@@ -232,13 +242,14 @@ class Writer:
             if not self._unabandoned:
                 self.log.info("the copies of failed uploads are garbage now, as they were to be")
 
-    def _abandon_later(self, failure: Failure, blob: str) -> None:
+    def _abandon_later(self, failure: Failure, blob: str, name: str | None, version: int | None,
+                       servers: list[str] | None) -> None:
         if failure.check(Unavailable, NoSpace):  # the catalog out of reach, or its disk full
             if not self._unabandoned:  # said once while it lasts, however many uploads fail meanwhile
                 self.log.warn("the copies of failed uploads cannot be made garbage yet ({why}); trying again"
                               " every {s:.0f} s", why=failure.getErrorMessage(), s=ABANDON_RETRY)
             self._unabandoned.add(blob)
-            self.clock.callLater(ABANDON_RETRY, self.abandon, blob)
+            self.clock.callLater(ABANDON_RETRY, self.abandon, blob, name, version, servers)
         else:
             self._unabandoned.discard(blob)
             self.log.failure("abandoning {blob}", failure, blob=blob)
