@@ -17,7 +17,7 @@ def place(candidates: Iterable[Member], count: int, size: int,
     """Choose ``count`` up servers for a blob of ``size`` bytes.
 
     ``taken`` are servers that already hold (or are writing) a copy: they are
-    never chosen again, and their zones count as used. Raises Unavailable when
+    never chosen again, and their zones count as used unless they are dead. Raises Unavailable when
     too few servers are up, NoSpace when too few of them have room.
     """
     taken_ids = {m.id for m in taken}
@@ -29,7 +29,9 @@ def place(candidates: Iterable[Member], count: int, size: int,
     roomy = sorted((m for m in live if m.free() >= size), key=lambda m: (-m.free(), m.id))
     if len(roomy) < count:
         raise NoSpace(f"only {len(roomy)} servers have {size} bytes free, {count} needed")
-    zones = {m.zone for m in taken}
+    # Only the zones of copies that stay count as covered: a dead server's copy is
+    # being replaced, and its zone is the one the new copy should go back to.
+    zones = {m.zone for m in taken if m.state in ("up", "down")}
     chosen: list[Member] = []
     for m in roomy:  # first pass: one per new zone
         if len(chosen) < count and m.zone not in zones:

@@ -143,10 +143,24 @@ KEEPS_AT_ONCE = 16  # files whose copies are told their lowered count at once (s
 WAITING_RANK = 1000  # files that wait on a server come last among the due (0: not looked at yet)
 
 
-def _settled(a: Assessment) -> bool:
+def _settled(a: Assessment, roster: Roster) -> bool:
     """Nothing to do for the file, now or when a server comes back (copies
     another proxy sees up count as healthy: that proxy's sweep judges them)."""
-    return not (a.gone or len(a.waiting) > a.elsewhere or a.have + a.elsewhere != a.record.replicas)
+    return not (a.gone or len(a.waiting) > a.elsewhere or a.have + a.elsewhere != a.record.replicas
+                or spread_short(a, roster))
+
+
+def spread_short(a: Assessment, roster: Roster) -> bool:
+    """The file has its copies, all up, but over fewer zones than it could:
+    they were placed while a zone was out, and a server of a zone it lacks
+    is up now with room for it. One copy more (placement takes the new
+    zone), then the drop of the extra one (from a zone holding two) spreads it."""
+    if a.gone or a.waiting or a.have != a.record.replicas or a.have < 2:
+        return False
+    zones = {m.zone for m in a.healthy}
+    if len(zones) >= a.have:
+        return False
+    return any(m.zone not in zones and m.free() >= a.record.size for m in roster.up())
 
 
 class Reconciler:
@@ -320,6 +334,11 @@ class Reconciler:
                                   CopyTask(record, 1, tuple(self.roster.up()), (), rescue=True))
                 outcomes.append(Outcome(name, gen, now if ranking else now + LEASE, 1 + len(a.healthy),
                                         record.replicas, have, a.deficit))
+            elif spread_short(a, self.roster):  # one copy more in a zone it lacks; the extra goes after
+                if not ranking:
+                    copies.append(CopyTask(record, 1, a.healthy, record.servers))
+                outcomes.append(Outcome(name, gen, now if ranking else now + LEASE, 1 + len(a.healthy),
+                                        record.replicas, have, 1))
             elif a.elsewhere:  # another proxy sees copies this one cannot: left to it
                 outcomes.append(Outcome(name, gen, now, 1 + a.have + a.elsewhere, record.replicas,
                                         have + a.elsewhere, 0, passed=True))
@@ -464,7 +483,7 @@ class Reconciler:
             return
         records = await self.catalog.records_after(self._cursor, SWEEP_PAGE)
         self._cursor = records[-1].name if len(records) == SWEEP_PAGE else ""
-        missed = [r.name for r in records if not _settled(assess(r, self.roster))]
+        missed = [r.name for r in records if not _settled(assess(r, self.roster), self.roster)]
         if missed:
             await self.catalog.enqueue(missed, 0.0, True)
             self.kick()

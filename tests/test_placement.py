@@ -27,6 +27,16 @@ def test_down_and_taken_servers_are_never_chosen():
     assert [m.id for m in chosen] == ["c"]
 
 
+def test_a_copy_replacing_a_dead_servers_goes_back_to_its_zone():
+    """The zone of a dead server's copy (being replaced) is not taken for
+    covered: the new copy went to the zone of the copy that stays, the
+    roomier, and the file was on one zone for good."""
+    ms = [member("s0", "za", 100, "dead"), member("s1", "za", 10), member("s2", "zb", 50), member("s3", "zb", 200)]
+    assert [m.id for m in place(ms, 1, 1, taken=[ms[0], ms[3]])] == ["s1"]
+    ms[0].state = "down"  # down, not dead: its copy is waited for, and counts
+    assert [m.id for m in place(ms, 1, 1, taken=[ms[0], ms[3]])] == ["s2"]
+
+
 def test_too_few_up_is_unavailable_too_little_room_is_nospace():
     ms = [member("a", "z1", 100), member("b", "z2", 10)]
     with pytest.raises(Unavailable):

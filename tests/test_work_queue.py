@@ -359,6 +359,31 @@ def test_a_copy_whose_count_fails_does_not_keep_its_server_from_the_file(catalog
     cat.close()
 
 
+def test_copies_placed_while_a_zone_was_out_are_spread_again_once_it_is_back(catalogs):
+    """Both copies of a file went to one zone (the other was out): the
+    sweep finds the file short of the zones it could be on, and a copy made
+    in the zone it lacks takes the place of one of the two. Nothing did
+    before (the counts were right), and one zone's loss took every copy."""
+    cat, clock, roster, view, copier, rec = make(catalogs, 0)
+    for sid, zone in (("a", "z0"), ("b", "z0"), ("c", "z1"), ("d", "z1")):
+        roster.members[sid].zone = zone
+    store(cat, "f", ["a", "b"], 2)
+    store(cat, "g", ["a", "c"], 2)  # spread already
+    rec.start()
+    run(clock)
+    rec.sweep()
+    run(clock)
+    assert copier.copied == ["f"]
+    servers = copies_on(cat, "f")
+    assert len(servers) == 2 and {roster.members[s].zone for s in servers} == {"z0", "z1"}, servers
+    assert copies_on(cat, "g") == ["a", "c"] and cat.counts().queued == 0
+    rec.sweep()
+    run(clock)
+    assert copier.copied == ["f"]  # settled: nothing more
+    rec.stop()
+    cat.close()
+
+
 def test_a_server_back_before_it_died_wakes_its_files_and_nothing_is_copied(catalogs):
     cat, clock, roster, view, copier, rec = make(catalogs, 300)
     rec.start()
