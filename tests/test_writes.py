@@ -4,6 +4,7 @@ path is the only cleanup (fakes at the catalog and blob-connection seams)."""
 from __future__ import annotations
 
 import pytest
+import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
@@ -375,3 +376,27 @@ def test_an_upload_short_of_copies_with_no_server_left_to_try_says_why_its_serve
     said = outcome[0].getErrorMessage()
     assert "1 of 2 copies could be made" in said and ("full" in said if isinstance(why, NoSpace) else True), said
     assert db.abandoned == ["b" * 32] and [m.reserved for m in members] == [0, 0]
+
+
+@pytest_twisted.inlineCallbacks
+def test_keeping_the_wanted_count_fails_with_the_servers_own_error():
+    """A holder refusing WANT (its copy gone, say) fails keep_wanted with
+    its own error, as the reconciler logs it in one line: it was a
+    FirstError, whose text carries the traceback of the failure inside."""
+    from deposito.errors import NotFound
+
+    class Refusing(WritingClient):
+        def want(self, blob: str, count: int) -> defer.Deferred:
+            return defer.fail(NotFound(f"no blob {blob}"))
+
+    class RefusingPool(Pool):
+        async def connect(self, member: Member) -> WritingClient:
+            self.out.append(Refusing())
+            return self.out[-1]
+
+    pool = RefusingPool()
+    writer = Writer(Clock(), None, roster=None, pool=pool, collect=lambda: None, repair=lambda: None)  # type: ignore[arg-type]
+    members = [Member(f"s{i}", f"z{i}", "127.0.0.1", 1, capacity=1 << 30) for i in range(2)]
+    with pytest.raises(NotFound, match="no blob b1"):
+        yield defer.ensureDeferred(writer.keep_wanted("b1", 1, members))
+    assert len(pool.back) == 2

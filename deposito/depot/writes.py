@@ -185,7 +185,10 @@ class Writer:
             finally:
                 self.pool.release(client)
 
-        await defer.gatherResults([defer.ensureDeferred(keep(m)) for m in holders], consumeErrors=True)
+        try:
+            await defer.gatherResults([defer.ensureDeferred(keep(m)) for m in holders], consumeErrors=True)
+        except defer.FirstError as e:  # the holder's own error, not FirstError's repr with its traceback
+            e.subFailure.raiseException()
 
     def _place(self, count: int, size: int, taken: list[Member] | None = None) -> list[Member]:
         """Servers for ``count`` new copies (see placement.place), passing over
