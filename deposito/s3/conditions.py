@@ -44,6 +44,19 @@ def etag_in(header: str, etag: str) -> bool:
     return "*" in tags or etag.strip('"') in tags
 
 
+def if_range_holds(header: Optional[str], etag: str, modified: int) -> bool:
+    """Whether a Range may be honoured under ``If-Range`` (RFC 9110 13.1.5):
+    no header, the current ETag compared strongly, or a date that is exactly
+    the object's Last-Modified; anything else sends the whole object."""
+    if header is None:
+        return True
+    header = header.strip()
+    if header.startswith('"') or header.startswith("W/"):
+        return header == etag
+    when = parse_date(header)
+    return when is not None and int(when) == modified
+
+
 def check_conditions(call: Call, etag: str, modified: int) -> Optional[int]:
     """GET and HEAD's conditions, in S3's order: 412 raised, 304 returned, else None."""
     if_match, if_none = call.header("if-match"), call.header("if-none-match")

@@ -43,7 +43,7 @@ from deposito.protocols.words import digits
 from deposito.s3 import sigv4, xmlread, xmlwire
 from deposito.s3.bodies import BodyChecks
 from deposito.s3.checksums import FULL_OBJECT
-from deposito.s3.conditions import check_conditions, delete_condition, http_date, write_condition
+from deposito.s3.conditions import check_conditions, delete_condition, http_date, if_range_holds, write_condition
 from deposito.s3.copies import Copies
 from deposito.s3.errors import UNSERVED_CONDITION, S3Error, s3_error
 from deposito.s3.keys import S3Keys
@@ -308,6 +308,8 @@ class Gateway:
             await self.send(call, 304, headers=headers)
             return
         span = parse_range(call.header("range"), record.size)
+        if span is not None and not if_range_holds(call.header("if-range"), etag, modified):
+            span = None  # the client holds another version than this one: all of it (as S3 and RFC 9110 do)
         part = None
         if "partNumber" in call.params:  # one part of a multipart object (a whole other object is part 1)
             span, count, part = await self.multipart.part_span(call, record)
