@@ -400,7 +400,7 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, offset
     for member in sources:
         if read.begun and read.left <= 0:
             break
-        if getattr(consumer, "disconnected", False):  # the reader left: no copy can help
+        if _reader_left(consumer):  # the reader left (or is being cut off): no copy can help
             raise ConnectionLost("the reader went away")
         if not member.up:  # taken for down since the read began: it would be waited on for nothing
             last = Unavailable(f"storage server {member.id} is down")
@@ -425,6 +425,18 @@ async def stream_blob(connect: Connect, sources: list[Member], blob: str, offset
     if read.begun and read.left == 0:
         return
     raise Unavailable(f"no copy is reachable ({last})" if last else "no copy is reachable")
+
+
+def _reader_left(consumer: IConsumer) -> bool:
+    """Whether the reader's connection is gone or going: a relay that met a
+    dead reader aborts its transport, whose connectionLost only comes on
+    the next turn of the reactor (till then ``disconnected`` is still false)."""
+    if getattr(consumer, "disconnected", False):
+        return True
+    transport = consumer
+    while isinstance(transport, CountingConsumer):
+        transport = transport.consumer
+    return twisted_internals.transport_closing(transport)
 
 
 async def _choose(connect: Connect, local: LocalConnect | None, member: Member,

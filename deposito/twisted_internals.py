@@ -237,6 +237,15 @@ def request_gone(request: Any) -> bool:
     return bool(getattr(request, "_disconnected", False))
 
 
+def transport_closing(transport: Any) -> bool:
+    """Whether a TCP ``transport`` is being closed or aborted: its
+    connectionLost comes only on the reactor's next turn, till then
+    ``connected`` stays true. Relies on abortConnection setting
+    ``_aborting`` (loseConnection sets the public ``disconnecting``);
+    without it only a close is seen."""
+    return bool(getattr(transport, "_aborting", False) or getattr(transport, "disconnecting", False))
+
+
 def connection_closing(request: Any) -> bool:
     """Whether the connection of twisted.web ``request`` is lost or being
     closed: so is one whose body twisted.web could not parse (a bad chunk),

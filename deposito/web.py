@@ -231,7 +231,8 @@ class ResponseConsumer:
 
     def __init__(self, request: Any) -> None:
         self.request = request
-        self.gone = False
+        # notifyFinish() on a request whose connection is already lost never fires
+        self.gone = twisted_internals.request_gone(request)
         self._producing = False
         request.notifyFinish().addErrback(self._left)
 
@@ -274,6 +275,8 @@ async def send_body(depot: IDepot, request: Any, record: FileRecord, start: int,
     aborts the connection, since a short body would be taken for the whole
     file (``what`` names the request in the log); a client that left is
     left alone."""
+    if twisted_internals.request_gone(request):  # the client left while the read was being set up
+        return None
     socket = twisted_internals.take_http_socket(request)
     consumer = socket if socket is not None else ResponseConsumer(request)
     error: DepositoError | None = None

@@ -178,3 +178,26 @@ def test_a_copy_whose_server_is_taken_for_down_during_the_read_is_not_tried(setu
     with pytest.raises(Unavailable, match="storage server b is down"):
         yield defer.ensureDeferred(stream_blob(connect, members, a.blob, 0, len(DATA), Collect()))
     assert asked == ["a"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_reader_whose_connection_is_being_aborted_gets_no_copy_tried():
+    """A relay that met a dead reader aborts its connection, whose loss is
+    told on the reactor's next turn: meanwhile no other copy is tried for
+    it (each was, and failed at once)."""
+    from twisted.internet.testing import StringTransport
+
+    from deposito.transfer import CountingConsumer
+
+    tried = []
+
+    async def connect(member):
+        tried.append(member.id)
+        raise AssertionError("no copy is to be tried")
+
+    reader = StringTransport()
+    reader._aborting = True  # as tcp's abortConnection leaves it till the next turn
+    members = [Member(f"s{i}", "z", "127.0.0.1", 1, state="up") for i in range(2)]
+    with pytest.raises(ConnectionLost):
+        yield defer.ensureDeferred(stream_blob(connect, members, "b" * 32, 0, 10, CountingConsumer(reader)))
+    assert tried == []

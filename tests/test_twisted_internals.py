@@ -153,6 +153,18 @@ def test_plain_tcp_server_and_client_are_told_apart():
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_transport_aborted_is_closing_before_its_connection_is_lost():
+    server, peer = yield accepted()
+    try:
+        assert not ti.transport_closing(server.transport)
+        server.transport.abortConnection()
+        assert ti.transport_closing(server.transport) and server.transport.connected  # lost on the next turn
+        yield server.lost
+    finally:
+        peer.close()
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_transport_that_started_tls_is_not_plain():
     ssl = pytest.importorskip("twisted.internet.ssl")
     pytest.importorskip("OpenSSL")
