@@ -211,8 +211,23 @@ def _put(client: BlockingClient, args: argparse.Namespace) -> None:
         with source:
             if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
                 raise _Failed(f"cannot read {args.path}: not a regular file")
-            with _progress(name) as progress:
-                stored = client.put(name, source, replicas=args.replicas, progress=progress)
+            try:
+                source.seek(0, os.SEEK_END)
+                source.seek(0)
+            except OSError:  # its size is known only once read (/proc): read it whole first, as the standard input
+                spool = tempfile.TemporaryFile()
+                with spool:
+                    shutil.copyfileobj(source, spool, CHUNK_SIZE)
+                    spool.seek(0)
+                    with _progress(name) as progress:
+                        stored = client.put(name, spool, replicas=args.replicas, progress=progress)
+            else:
+                with _progress(name) as progress:
+                    try:
+                        stored = client.put(name, source, replicas=args.replicas, progress=progress)
+                    except ValueError as e:  # it changed size while it was read (or told a wrong one, as in /sys)
+                        raise _Failed(f"cannot put {args.path}: {e}, nothing was stored (its size changed while"
+                                      " it was read?)") from None
     print(f"stored {quote(stored.name)} version={stored.version} size={stored.size} "
           f"sha256={stored.sha256} replicas={stored.replicas}")
 

@@ -146,6 +146,21 @@ def test_put_then_get_into_the_current_folder(fake: FakeProxy, tmp_path: Path, m
     assert only_files(work) == ["named", "out", "r.bin"]
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
+def test_put_of_a_file_whose_size_is_known_only_once_read(fake: FakeProxy, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file of /proc (it cannot seek to its end) is read whole first, as
+    the standard input is; it failed with a message written for the Python
+    client ('needs size='). A file that tells a wrong size (as /sys does)
+    is refused naming it, and nothing is stored."""
+    assert main(["put", "/proc/self/status", "--name", "status"]) == 0
+    assert fake.files["status"][0].startswith(b"Name:") and "stored status" in capsys.readouterr().out
+    sysfs = "/sys/kernel/mm/transparent_hugepage/enabled"
+    if os.path.exists(sysfs) and os.stat(sysfs).st_size > len(open(sysfs, "rb").read()):
+        assert main(["put", sysfs, "--name", "thp"]) == 1
+        err = capsys.readouterr().err
+        assert f"cannot put {sysfs}" in err and "nothing was stored" in err and "thp" not in fake.files
+
+
 def test_get_writes_into_a_pipe_or_device_and_through_a_link(fake: FakeProxy, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """-o naming a FIFO (as a device such as /dev/null) writes into it (it is
