@@ -335,8 +335,10 @@ class Reconciler:
                 outcomes.append(Outcome(name, gen, now if ranking else now + LEASE, 1 + len(a.healthy),
                                         record.replicas, have, a.deficit))
             elif spread_short(a, self.roster):  # one copy more in a zone it lacks; the extra goes after
-                if not ranking:
-                    copies.append(CopyTask(record, 1, a.healthy, record.servers))
+                if not ranking:  # (not in a zone it has: a copy there would be dropped at once)
+                    covered = {m.zone for m in a.healthy}
+                    copies.append(CopyTask(record, 1, a.healthy, (*record.servers, *(
+                        m.id for m in self.roster.up() if m.zone in covered))))
                 outcomes.append(Outcome(name, gen, now if ranking else now + LEASE, 1 + len(a.healthy),
                                         record.replicas, have, 1))
             elif a.elsewhere:  # another proxy sees copies this one cannot: left to it
