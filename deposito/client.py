@@ -181,7 +181,7 @@ class DepositoClient:
         meanwhile go there in the order they were made)."""
         if self._closed or self.protocol.usable or self.doors is None:
             return defer.succeed(self.protocol)
-        if not self.protocol.lost:  # closing (a GET cut off unread): see how it ended first
+        if not self.protocol.lost and self.protocol.cutting:  # a GET cut off unread: closed on the next turn
             return self.protocol.whenClosed().addCallback(lambda _: self._ready(tried, failures))
         if not self._several() and not self.protocol.lost_idle:  # lost mid-request: the client is closed
             return defer.succeed(self.protocol)

@@ -62,7 +62,9 @@ class AsideFile:
         self.overwrite = overwrite
         folder, base = os.path.split(os.path.abspath(self.path))
         while True:
-            short = os.fsdecode(os.fsencode(base)[:200])  # within NAME_MAX, which counts bytes
+            short = base
+            while len(os.fsencode(short)) > 200:  # within NAME_MAX, which counts bytes; cut at a character
+                short = short[:-1]
             self.temp = os.path.join(folder, f".{short}.{secrets.token_hex(4)}.part")
             try:
                 fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

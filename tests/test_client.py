@@ -749,11 +749,56 @@ def test_twisted_a_get_given_up_for_its_file_leaves_the_client_usable(fake: Fake
     yield client.quit()
 
 
+@pytest_twisted.inlineCallbacks
+def test_twisted_a_request_after_a_put_refused_midway_by_a_proxy_that_reads_no_more_does_not_wait() -> Any:
+    """A PUT refused mid-body leaves its connection closing with bytes still
+    to send; a proxy that reads no more never lets it close: the next
+    request fails at once, as before the GET's cut, not for ever."""
+    from twisted.internet import reactor, task
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def proxy() -> None:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        held.append(conn)
+        conn.sendall(b"OK deposito 1 ready\r\n")
+        f = conn.makefile("rb")
+        size = int(f.readline().split()[2])
+        conn.sendall(f"OK send {size}\r\n".encode())
+        f.read(1 << 16)
+        conn.sendall(b"ERR nospace the storage servers are full\r\n")  # then reads no more
+
+    thread = threading.Thread(target=proxy, daemon=True)
+    thread.start()
+    try:
+        client = yield connect(reactor, f"tcp:127.0.0.1:{listener.getsockname()[1]}")
+        with pytest.raises(errors.NoSpace):
+            yield client.put("big", io.BytesIO(b"x" * (64 << 20)))
+        d = client.stat("f")
+        timer = reactor.callLater(10, d.cancel)
+        with pytest.raises(ConnectionLost):
+            yield d
+        assert timer.active()
+        timer.cancel()
+        client.protocol.transport.abortConnection()
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    finally:
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
 def test_aside_file_of_a_long_name_in_a_multibyte_script(tmp_path: Any) -> None:
     """The hidden file's name is cut to fit the folder's limit in bytes, not
     in characters: a 254-byte name of two-byte letters could not be written."""
-    target = tmp_path / ("é" * 127)
-    with AsideFile(target) as f:
+    target = tmp_path / ("a" + "é" * 127)  # 255 bytes: cut at 200, a letter would be split
+    aside = AsideFile(target)
+    assert len(os.fsencode(os.path.basename(aside.temp))) <= 255
+    os.path.basename(aside.temp).encode()  # whole characters: a name a UTF-8-only filesystem takes
+    with aside as f:
         f.write(b"data")
     assert target.read_bytes() == b"data" and os.listdir(tmp_path) == [target.name]
 

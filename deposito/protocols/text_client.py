@@ -351,6 +351,7 @@ class DepositoClientProtocol(LineReceiver, TimeoutMixin):
         self._silent = False  # given up: a request had no answer for ``timeout`` seconds
         self.lost_idle = False  # the proxy closed the connection while no request was under way
         self._told_idle = False  # it said a line while nothing was asked (see lineReceived)
+        self.cutting = False  # closed by cut(): the connection goes at once, and the next request opens a new one
 
     # -- requests
 
@@ -389,8 +390,10 @@ class DepositoClientProtocol(LineReceiver, TimeoutMixin):
     def cut(self) -> None:
         """Give up the reply under way unread: the connection closes, and
         (as after an idle close) the next request opens a new one."""
-        self._told_idle = True
-        self.abandon()
+        self._told_idle = self.cutting = True
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # nothing is worth sending or reading: closed on the next turn
 
     @property
     def lost(self) -> bool:
