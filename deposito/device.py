@@ -67,7 +67,7 @@ class Device:
         self._fault_until = 0.0  # time.monotonic() until which the disk is taken for unwritable (see failed)
         self._faulty = False  # a write failed, and no write went through since (see cannot_write)
         self._probing = False
-        self._said = False  # the disk's fault was said (once till it takes writes again)
+        self._said: str | bool = False  # "full" or "fault" once said (once till it takes writes again)
         self._held_for = 0.0  # the last hold's length, also that of the next one if a probe fails
         self._now = memoryview(bytearray(BLOCK))  # blocks read on the reactor thread go here
         self._metas: OrderedDict[str, BlobMeta] = OrderedDict()
@@ -135,8 +135,8 @@ class Device:
             return NoSpace("disk full")
         if error.errno not in (errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM):
             return None
-        if not self._said:
-            self._said = True
+        if self._said != "fault":  # (also after "full": a failing disk says more)
+            self._said = "fault"
             self.log.critical("the disk cannot be written ({why}): no new copies come here for {s:.0f} s,"
                               " then until a file can be written there again", why=error.strerror,
                               s=self.fault_hold)
@@ -145,7 +145,7 @@ class Device:
 
     def _full(self) -> None:
         if not self._said:
-            self._said = True
+            self._said = "full"
             self.log.warn("the disk is full: no new copies come here for {s:.0f} s,"
                           " then until a file can be written there again", s=self.full_hold)
         self._hold(self.full_hold)

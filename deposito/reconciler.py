@@ -253,9 +253,9 @@ class Reconciler:
 
     def _said(self, failure: Failure, what: str, **fields: Any) -> bool:
         """Log a failure of background work: in one line when the catalog's
-        database is out of reach (the work is tried again), else with its
-        traceback. Whether it was that."""
-        if failure.check(Unavailable):
+        database is out of reach, or its disk full (the work is tried
+        again), else with its traceback. Whether it was that."""
+        if failure.check(Unavailable, NoSpace):
             self.log.warn(what + ": {why}", why=failure.getErrorMessage(), **fields)
             return True
         self.log.failure(what, failure, **fields)

@@ -901,6 +901,13 @@ def test_a_write_that_finds_the_disk_full_holds_it_off_too(device):
     assert isinstance(told, NoSpace) and device.cannot_write()
     said = [formatEvent(e) for e in events]
     assert len(said) == 1 and "the disk is full: no new copies come here for 10 s" in said[0], said
+    import errno
+
+    with capturedLogs() as events:  # a full disk that then fails says so too
+        device.failed(Failure(OSError(errno.EIO, "Input/output error")))
+        device.failed(Failure(NoSpace("disk full")))
+    said = [formatEvent(e) for e in events]
+    assert len(said) == 1 and "cannot be written (Input/output error)" in said[0], said
 
 
 @pytest_twisted.inlineCallbacks

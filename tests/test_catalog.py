@@ -1517,9 +1517,9 @@ def test_an_abandon_waiting_on_a_commit_of_the_same_upload_makes_no_garbage_of_i
 
 
 def test_an_abandon_naming_its_servers_waits_on_a_commit_of_the_same_upload(shared):
-    """As above, the servers written to named (see Catalog.abandon): the
-    name's row is locked first, so a commit still running ends before the
-    blob is looked for, and none of its copies is garbage."""
+    """As above, the servers written to named (see Catalog.abandon): it
+    waits for the commit still running, then finds the blob committed, and
+    none of its copies is garbage."""
     a, b = shared
     version = a.begin_upload("f", "b1", ["s1"])
     a.db.execute("BEGIN")

@@ -325,12 +325,13 @@ def test_a_repair_cut_by_the_database_going_out_of_reach_is_let_go_once_it_is_ba
     cat.close()
 
 
-def test_a_copy_whose_count_fails_does_not_keep_its_server_from_the_file(catalogs):
+@pytest.mark.parametrize("why", ["out of reach", "disk full"])
+def test_a_copy_whose_count_fails_does_not_keep_its_server_from_the_file(catalogs, why):
     """The database goes as a copy is being counted: the copy is garbage and
     its intent goes once the database is back (tried every RETRY). The
     intent stayed, and kept that server from the file's next copies while
     this proxy ran: with three servers, the file stayed short for good."""
-    from deposito.errors import Unavailable
+    from deposito.errors import NoSpace, Unavailable
     from deposito.reconciler import RETRY
 
     cat, clock, roster, view, copier, rec = make(catalogs, 10)
@@ -343,6 +344,8 @@ def test_a_copy_whose_count_fails_does_not_keep_its_server_from_the_file(catalog
 
     def still_out_of_reach(blob, server):
         view.abandon_copy = abandon_copy
+        if why == "disk full":
+            return defer.fail(NoSpace("the catalog database's disk is full"))
         return defer.fail(Unavailable("the catalog database is out of reach"))
     view.add_copy, view.abandon_copy = out_of_reach, still_out_of_reach
     cat.set_replicas("f000003", 3)

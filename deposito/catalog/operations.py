@@ -335,11 +335,12 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         the version, of an upload whose copies are then written: given
         ``name`` (the name allocated, its ``version``) and the ``servers``
         written to, those without an intent hold garbage all the same,
-        unless the blob was committed. The name's row is locked first, as a
-        commit locks it, so a commit still running (on a connection lost
-        meanwhile) ends before; and the name's next version is past this
-        one, which is not given out twice (a --rebuild would find two blobs
-        of one version)."""
+        unless the blob was committed (a commit takes every intent of its
+        upload: one still running, on a connection lost meanwhile, is
+        waited for by the DELETE below, and one whose intents were lost
+        cannot commit). The name's next version is moved past this one,
+        which is not given out twice (a --rebuild would find two blobs of
+        one version)."""
         servers = sorted(set(servers))
 
         def tx(db: Connection) -> None:
