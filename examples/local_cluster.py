@@ -65,7 +65,8 @@ def main() -> int:
             + (["--http", f"tcp:{args.http}:interface=127.0.0.1"] if args.http else []) + s3_args)
         for i in range(1, args.servers + 1):
             procs.start(f"server{i}", server_args(var, i, [args.cluster_port]))
-        dead = procs.wait_for_ports([args.port] + ([args.s3] if args.s3 else []))
+        dead = (procs.wait_for_ports([args.port] + ([args.s3] if args.s3 else []))
+                or procs.wait_for_servers([args.port], args.servers))
         if dead:
             print(f"could not start: {', '.join(dead)}; see the logs in {var}", file=sys.stderr)
             return 1

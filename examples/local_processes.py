@@ -63,6 +63,27 @@ class LocalProcesses:
                 time.sleep(0.2)
         return self.stopped()
 
+    def wait_for_servers(self, ports: list[int], count: int, timeout: float = 30) -> list[str]:
+        """Wait until the proxy on each of ``ports`` sees ``count`` storage
+        servers up (STATUS), for at most ``timeout`` seconds: a PUT made as
+        soon as the example says it runs finds its servers. As
+        :meth:`wait_for_ports`, the names of the processes that stopped."""
+        from deposito.blocking import BlockingClient
+        from deposito.errors import DepositoError
+
+        deadline = time.monotonic() + timeout
+        waiting = list(ports)
+        while waiting and time.monotonic() < deadline and not self.stopped():
+            try:
+                with BlockingClient(f"127.0.0.1:{waiting[0]}", timeout=5) as client:
+                    if client.status().servers_up >= count:
+                        waiting.pop(0)
+                        continue
+            except (OSError, DepositoError):
+                pass
+            time.sleep(0.2)
+        return self.stopped()
+
     def serve(self, keep_going: bool = False) -> int:
         """Run until one of the processes stops by itself: 1 (see the logs).
         With ``keep_going``, a process that stops is reported and the others

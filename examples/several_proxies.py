@@ -68,7 +68,7 @@ def main() -> int:
         joins = [args.cluster_port + (n - 1) * STEP for n in numbers]
         for i in range(1, args.servers + 1):
             procs.start(f"server{i}", server_args(var, i, joins))
-        dead = procs.wait_for_ports(clients)
+        dead = procs.wait_for_ports(clients) or procs.wait_for_servers(clients, args.servers)
         if dead:
             print(f"could not start: {', '.join(dead)}; see the logs in {var}", file=sys.stderr)
             return 1
