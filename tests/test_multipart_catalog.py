@@ -5,6 +5,7 @@ them in one transaction, and whatever is not kept becomes garbage."""
 from __future__ import annotations
 
 import pytest
+import pytest_twisted
 
 from deposito.errors import BadArgs, NotFound
 from deposito.hidden import manifest_name, part_name, pointer_blob
@@ -174,3 +175,33 @@ def test_a_manifest_of_a_name_and_metadata_with_line_separators_reads_back():
     read = manifest.read(text)
     assert (read.name, read.meta, read.sha256) == ("bucket/a\u2028b", '{"user": {"k": "x\u2029y"}}', "c" * 64)
     assert read.parts == parts
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_read_of_many_parts_goes_on_when_its_version_is_replaced_meanwhile():
+    """An object of more parts than one page of them (256): its part list
+    is read before the first byte, so a read begun before the object was
+    replaced (its part rows gone at once) reads it to the end; it was cut
+    at the second page, every time."""
+    from twisted.internet import defer
+
+    from deposito.catalog import FileRecord
+    from deposito.depot.reads import PARTS_PAGE, Reader
+
+    parts = [(i * 10, FileRecord(f"p{i}", 1, f"{i:032x}", 10, "x", 2, ("s1",))) for i in range(PARTS_PAGE + 5)]
+
+    class Catalog:
+        def parts_at(self, upload, at, limit):
+            return defer.succeed([(s, r) for s, r in parts if s + r.size > at][:limit])
+
+    reader = Reader(Catalog(), None, None, lambda: None)  # type: ignore[arg-type]
+    read: list[str] = []
+
+    async def read_part(part, consumer, offset, length, started):
+        read.append(part.name)
+        parts.clear()  # replaced once the first byte went: its part rows are gone
+
+    reader.read = read_part  # type: ignore[method-assign]
+    record = FileRecord("obj", 1, "pointer", 10 * (PARTS_PAGE + 5), "x", 2, (), parts="u1")
+    yield defer.ensureDeferred(reader._read_parts(record, None, 0, record.size, lambda: None))
+    assert read == [f"p{i}" for i in range(PARTS_PAGE + 5)]

@@ -20,7 +20,7 @@ from deposito.transfer import SMALL_READ, read_small, stream_blob
 if TYPE_CHECKING:
     from deposito.catalog.listing import Listing
 
-PARTS_PAGE = 256  # parts of a multipart version looked up at a time while it is read
+PARTS_PAGE = 256  # parts of a multipart version looked up at a time before it is read
 
 
 class Reader:
@@ -108,7 +108,7 @@ class Reader:
     async def _read_parts(self, record: FileRecord, consumer: IConsumer, offset: int, length: int,
                           started: Callable[[], None]) -> None:
         """A version made of parts: each part's span read as a file is, in
-        order, a page of parts at a time (failover within each part)."""
+        order (failover within each part), its part list read first."""
         begun: list[bool] = []
 
         def once() -> None:
@@ -117,16 +117,24 @@ class Reader:
                 started()
 
         at, end = offset, offset + length
-        while at < end:
-            page = await self.db.parts_at(record.parts, at, PARTS_PAGE)
-            if not page or page[0][0] > at:
+        # the part list is read whole before the first byte (S3 allows 10000 parts at most, so this
+        # is bounded): once the version is replaced its part rows are gone, and a reader past the
+        # first page would be cut off mid-stream
+        spans: list[tuple[int, FileRecord]] = []
+        seek = at
+        while seek < end:
+            page = await self.db.parts_at(record.parts, seek, PARTS_PAGE)
+            if not page or page[0][0] > seek:
                 raise Unavailable(f"{record.name} was replaced while it was read")
             for start, part in page:
-                if at >= end:
+                if seek >= end:
                     break
-                count = min(end, start + part.size) - at
-                await self.read(part, consumer, at - start, count, once)
-                at += count
+                spans.append((start, part))
+                seek = start + part.size
+        for start, part in spans:
+            count = min(end, start + part.size) - at
+            await self.read(part, consumer, at - start, count, once)
+            at += count
 
     def copy_missing(self, member: Member, blob: str) -> None:
         """A read found that ``member`` lacks a copy of ``blob`` the catalog
