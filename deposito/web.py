@@ -34,6 +34,7 @@ from deposito.errors import BadArgs, DepositoError, NoSpace, NotFound, Unavailab
 from deposito.events import EventLog, Metrics
 from deposito.interfaces import IDepot
 from deposito.listening import MAX_CONNECTIONS, ConnectionCap, http_busy
+from deposito.protocols.text import WRONG_TOKEN_DELAY
 from deposito.protocols.words import check_name, parse_count
 from deposito.statuspage import render_page
 
@@ -390,10 +391,10 @@ def status_site(depot: IDepot, events: EventLog, metrics: Metrics, clock: IReact
                 tokens: Any = None) -> Site:
     """The whole HTTP side, as a twisted.web Site. ``depot``: a MeteredDepot
     counting via http, so that downloads are counted like GETs."""
-    root = Resource()
+    root = _Folder()
     root.putChild(b"", StatusPage(depot, events, metrics, clock, tokens))
     root.putChild(b"metrics", MetricsPage(depot, events, metrics, clock))
-    api = Resource()
+    api = _Folder()
     api.putChild(b"status", StatusAPI(depot, events, metrics, clock, tokens))
     api.putChild(b"servers", ServersAPI(depot, events, metrics, clock))
     api.putChild(b"files", _Guarded(FilesAPI(depot, events, metrics, clock), tokens))
@@ -403,6 +404,32 @@ def status_site(depot: IDepot, events: EventLog, metrics: Metrics, clock: IReact
     site.clock = clock
     site.cap = ConnectionCap(MAX_CONNECTIONS, clock)
     return site
+
+
+class _NotFound(Resource):
+    """404 for any method, HEAD included, without a body twisted.web would
+    log about (its NoResource answers HEAD with a body: a log line each)."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        body = b"no such page\n"
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b"" if request.method == b"HEAD" else body
+
+
+class _Folder(Resource):
+    """A folder of pages (``/``, ``/api``): an unknown child, or the folder
+    itself (``/api``, also with HEAD, where twisted.web's Resource raises
+    AttributeError: no render_GET), is a quiet 404."""
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return _NotFound()
+
+    def render(self, request: Any) -> bytes:
+        return _NotFound().render(request)
 
 
 class _Guarded(Resource):
@@ -415,13 +442,22 @@ class _Guarded(Resource):
         self.inner, self.tokens = inner, tokens
 
     def render(self, request: Any) -> Any:
-        if self.tokens is not None:
-            if not _authorized(request, self.tokens):
-                request.setResponseCode(401)
-                request.setHeader(b"www-authenticate", b'Bearer realm="deposito"')
-                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-                return b"a token is needed: Authorization: Bearer <token>\n"
+        if self.tokens is not None and not _authorized(request, self.tokens):
+            if request.getHeader(b"authorization") is None:
+                self._refuse(request)
+                return NOT_DONE_YET
+            # a wrong token: said in the log and on the status page, and answered
+            # WRONG_TOKEN_DELAY later, as the text port's AUTH is: guessing is slow
+            log.warn("an HTTP client from {peer} gave a wrong token", peer=str(request.getClientAddress()),
+                     event="denied")
+            request.site.clock.callLater(WRONG_TOKEN_DELAY, self._refuse, request)
+            return NOT_DONE_YET
         return self.inner.render(request)
+
+    @staticmethod
+    def _refuse(request: Any) -> None:
+        request.setHeader(b"www-authenticate", b'Bearer realm="deposito"')
+        _send(request, 401, b"text/plain; charset=utf-8", b"a token is needed: Authorization: Bearer <token>\n")
 
 
 def _authorized(request: Any, tokens: Any) -> bool:

@@ -466,10 +466,19 @@ def test_tokens_and_max_size_on_a_real_proxy(tmp_path):
         for scheme in ("Bearer", "bearer"):  # a scheme's case does not matter
             req = urllib.request.Request(url, headers={"Authorization": f"{scheme}  alpha"})
             assert urllib.request.urlopen(req, timeout=10).read() == b"hello"
-        for wrong in ("Basic alpha", "Bearer \xc3"):  # (the second is not ASCII)
+        for wrong in ("Basic alpha", "Bearer \xc3", "Bearer gamma"):  # (the second is not ASCII)
+            started = time.monotonic()
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": wrong}), timeout=10)
             assert e.value.code == 401, wrong
+            assert time.monotonic() - started >= 0.9, wrong  # slowed as the text port's AUTH: guessing is slow
+        assert c.log("proxy").count("an HTTP client from") == 3
+        for path in ("/api", "/nothing", "/api/nothing"):  # a quiet 404, also to HEAD (a traceback each, before)
+            for method in ("GET", "HEAD"):
+                with pytest.raises(urllib.error.HTTPError) as e:
+                    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{http}{path}", method=method),
+                                           timeout=10)
+                assert e.value.code == 404, (path, method)
         # the open pages' recent events that name a file: only for a request with a token
         c.start_server("s1")
         with c.wire() as w:
