@@ -43,7 +43,9 @@ log = Logger()
 EVENTS_SHOWN = 30
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 FILES_PAGE = 1000  # files per /api/files page unless ?limit= says
-MAX_FILES_PAGE = 10000  # the most a page holds, whatever ?limit= says
+# the most a page holds, whatever ?limit= says: a page is built whole, on the reactor's thread, and held
+# until its client reads it (10000 names of 1 KiB made pages of 50 MB, each building for 0.3 s)
+MAX_FILES_PAGE = 1000
 
 
 # -- the facts, gathered once per request
@@ -99,8 +101,12 @@ def _send(request: Any, code: int, content_type: bytes, body: bytes) -> None:
     request.finish()
 
 
-def _send_json(request: Any, value: Any, code: int = 200) -> None:
-    body = json.dumps(value, ensure_ascii=False, indent=1).encode("utf-8") + b"\n"
+def _send_json(request: Any, value: Any, code: int = 200, compact: bool = False) -> None:
+    """``value`` as the JSON answer: indented for a person reading it,
+    ``compact`` for a long page (json's C encoder does not indent)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":")) if compact else \
+        json.dumps(value, ensure_ascii=False, indent=1)
+    body = text.encode("utf-8") + b"\n"
     _send(request, code, b"application/json; charset=utf-8", body)
 
 
@@ -175,7 +181,7 @@ class FilesAPI(_Page):
         records = records[:count]
         _send_json(request, {"prefix": prefix, "after": after, "limit": count,
                              "files": [file_json(self.depot, r) for r in records],
-                             "next": records[-1].name if more else None})
+                             "next": records[-1].name if more else None}, compact=True)
 
 
 def _text_arg(request: Any, key: bytes) -> str:
