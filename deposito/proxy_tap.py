@@ -91,7 +91,7 @@ class Options(FirstLineOptions):
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    from deposito import allocator, diagnostics, listening
+    from deposito import allocator, diagnostics, hangup, listening
 
     allocator.tune_for_streams()
     diagnostics.stacks_on_signal(options["data"])
@@ -100,6 +100,7 @@ def makeService(options: Options):
     from deposito.catalog.database import Damaged
     from deposito.catalog.schema import NewerSchema
 
+    hangup.reread_on_hangup(reactor, [("--tokens", options["tokens"]), ("--s3-keys", options["s3-keys"])])
     try:
         return _proxy_service(reactor, options)
     except Damaged as e:

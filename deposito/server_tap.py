@@ -64,10 +64,11 @@ class Options(FirstLineOptions):
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    from deposito import allocator, diagnostics, listening
+    from deposito import allocator, diagnostics, hangup, listening
 
     allocator.tune_for_streams()
     diagnostics.stacks_on_signal(options["data"])
+    hangup.reread_on_hangup(reactor, [])
     listening.more_descriptors()
 
     from deposito.storage import Reaching, StorageService

@@ -496,6 +496,69 @@ def test_tokens_and_max_size_on_a_real_proxy(tmp_path):
         c.stop()
 
 
+def test_sighup_reads_tokens_and_s3_keys_again_and_stops_neither_process(tmp_path):
+    """An operator adds a key or takes a leaked one out without a restart
+    (SIGHUP stopped the proxy, before, logging nothing); a file that fails
+    keeps the ones read before."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    from deposito.s3.keys import new_key_pair
+
+    tokens, keys = tmp_path / "tokens", tmp_path / "s3-keys"
+    (old_id, old_secret), (new_id, new_secret) = new_key_pair(), new_key_pair()
+    tokens.write_text("alpha\n")
+    keys.write_text(f"{old_id} {old_secret}\n")
+    s3_port = free_port()
+    c = Cluster(tmp_path, proxy_args=("--tokens", str(tokens), "--s3", f"tcp:{s3_port}:interface=127.0.0.1",
+                                      "--s3-keys", str(keys)))
+
+    def auth(token: str) -> str:
+        with c.wire() as w:
+            return w.cmd(f"AUTH {token}")
+
+    def buckets(key_id: str, secret: str) -> str:
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name="us-east-1",
+                              aws_access_key_id=key_id, aws_secret_access_key=secret,
+                              config=Config(retries={"max_attempts": 1}))
+        try:
+            client.list_buckets()
+            return "ok"
+        except ClientError as e:
+            return e.response["Error"]["Code"]
+
+    try:
+        c.start_proxy()
+        c.start_server("s0")
+        assert poll(lambda: buckets(old_id, old_secret) == "ok", 20)
+        assert auth("alpha") == "OK" and auth("beta") == "ERR denied wrong token"
+        assert buckets(new_id, new_secret) == "InvalidAccessKeyId"
+        tokens.write_text("beta\n")
+        keys.write_text(f"{new_id} {new_secret}\n")
+        for proc in (c.proxy, c.servers["s0"]):
+            proc.send_signal(signal.SIGHUP)
+        assert poll(lambda: "SIGHUP: --s3-keys read again: 1 now" in c.log("proxy"), 20), c.log("proxy")[-2000:]
+        assert auth("beta") == "OK" and auth("alpha") == "ERR denied wrong token"
+        assert buckets(new_id, new_secret) == "ok" and buckets(old_id, old_secret) == "InvalidAccessKeyId"
+        keys.write_text("a line that is no key\n")
+        tokens.unlink()
+        c.proxy.send_signal(signal.SIGHUP)
+        assert poll(lambda: "SIGHUP: --tokens not read again" in c.log("proxy"), 20)
+        assert poll(lambda: "SIGHUP: --s3-keys not read again" in c.log("proxy"), 20)
+        assert auth("beta") == "OK" and buckets(new_id, new_secret) == "ok"
+        assert "SIGHUP: no file to read again" in c.log("s0")
+        assert c.proxy.poll() is None and c.servers["s0"].poll() is None
+        with c.wire() as w:
+            assert w.cmd("AUTH beta") == "OK"
+            assert poll(lambda: w.multi("SERVERS")[0].split()[2] == "up", 20)  # the server serves on
+            assert w.put("after-hangup", b"still here", 1).startswith("OK stored")
+            assert w.get("after-hangup")[1] == b"still here"
+        assert "Traceback" not in c.log("proxy") + c.log("s0")
+    finally:
+        c.stop()
+
+
 def test_a_burst_of_puts_with_a_cluster_secret_stores_every_one(tmp_path):
     """150 PUTs sent at once: the proxy opens that many connections to each
     server at once, each proving the secret; the server's bound on those

@@ -92,7 +92,16 @@ def test_keys_file(tmp_path):
     assert keys.secret("nobody") is None
 
 
-@pytest.mark.parametrize("text", ["AKID1 secret1\nlonely\n", "AKID1 secret1\nAKID2 a b\n", "AKID1 a\nAKID1 b\n"])
+def test_keys_file_saved_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "keys"
+    path.write_bytes(b"\xef\xbb\xbf# my keys\nAKID1 secret1\n")
+    assert S3Keys.from_file(str(path)).secret("AKID1") == "secret1"
+    path.write_bytes(b"\xef\xbb\xbfAKID1 secret1\n")
+    assert S3Keys.from_file(str(path)).secret("AKID1") == "secret1"
+
+
+@pytest.mark.parametrize("text", ["AKID1 secret1\nlonely\n", "AKID1 secret1\nAKID2 a b\n", "AKID1 a\nAKID1 b\n",
+                                  "AKID1 secret1\nAKID\u00e92 secret2\n", "AKID1 secret1\nAKID2 se\u200bcret2\n"])
 def test_keys_file_malformed_line_named(tmp_path, text):
     path = tmp_path / "keys"
     path.write_text(text)
@@ -250,6 +259,21 @@ def test_malformed_authorization(authorization, code):
     headers = {"host": "h", "authorization": authorization, "x-amz-date": "20240601T120000Z",
                "x-amz-content-sha256": hashlib.sha256(b"").hexdigest()}
     refused(code, "GET", "/bucket/key", "", headers)
+
+
+def test_a_field_given_twice_is_malformed_even_when_its_last_value_is_right():
+    method, path, query, headers = signed()
+    verify(method, path, query, headers, KEYS, NOW)
+    authorization = headers["authorization"]
+    algorithm, _, fields = authorization.partition(" ")
+    for repeated in ("Signature=" + "0" * 64, "SignedHeaders=nonsense;list"):
+        refused("AuthorizationHeaderMalformed", method, path, query,
+                {**headers, "authorization": f"{algorithm} {repeated}, {fields}"})
+
+
+def test_two_authorization_headers_are_refused():
+    method, path, query, headers = signed()
+    refused("InvalidArgument", method, path, query, {**headers, "authorization": [headers["authorization"]] * 2})
 
 
 def test_missing_content_sha256():

@@ -21,14 +21,15 @@ SECRET_LENGTH = 40
 class S3Keys:
     """Access key IDs and their secrets."""
 
-    def __init__(self, pairs: dict[str, str]) -> None:
+    def __init__(self, pairs: dict[str, str], path: str | None = None) -> None:
         self._secrets = dict(pairs)
+        self.path = path  # the file they were read from, read again on SIGHUP (see deposito.hangup)
 
     @classmethod
     def from_file(cls, path: str) -> S3Keys:
         """ValueError naming the file and line for a malformed line, a repeated key, or no key at all."""
         pairs: dict[str, str] = {}
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # (a byte order mark first, as some editors write, is skipped)
             for number, line in enumerate(f, 1):
                 text = line.strip()
                 if not text or text.startswith("#"):
@@ -36,13 +37,21 @@ class S3Keys:
                 fields = text.split()
                 if len(fields) != 2:
                     raise ValueError(f"{path}:{number}: expected '<access-key-id> <secret-access-key>'")
+                if not (text.isascii() and all(field.isprintable() for field in fields)):
+                    raise ValueError(f"{path}:{number}: a key is printable ASCII only (S3 tools send nothing else)")
                 key_id, secret = fields
                 if key_id in pairs:
                     raise ValueError(f"{path}:{number}: access key {key_id} given twice")
                 pairs[key_id] = secret
         if not pairs:
             raise ValueError(f"{path} holds no S3 key")
-        return cls(pairs)
+        return cls(pairs, path)
+
+    def read_again(self) -> int:
+        """The file read again (see :mod:`deposito.hangup`); how many keys now."""
+        assert self.path is not None
+        self._secrets = S3Keys.from_file(self.path)._secrets
+        return len(self._secrets)
 
     def secret(self, access_key: str) -> str | None:
         return self._secrets.get(access_key)

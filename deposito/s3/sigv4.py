@@ -276,7 +276,11 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Headers, keys: S
     values in arrival order (joined with ``,`` as SigV4 does), each decoded
     from the wire as ISO-8859-1. ``now`` is POSIX time. Raises S3Error.
     """
-    authorization = _header(headers, "authorization")
+    authorization = headers.get("authorization")
+    if authorization is not None and not isinstance(authorization, str):
+        if len(authorization) != 1:
+            raise S3Error("InvalidArgument", "Only one Authorization header may be given")
+        authorization = authorization[0]
     params = parse_query(raw_query)
     presigned = any(name == b"X-Amz-Algorithm" for name, _ in params)
     if authorization is not None and presigned:
@@ -299,6 +303,8 @@ def _authorization_fields(authorization: str) -> dict[str, str]:
         name, equals, value = part.strip().partition("=")
         if not equals:
             raise _malformed(f"the Authorization header's {part.strip()!r} is not name=value")
+        if name in fields:
+            raise _malformed(f"the Authorization header gives {name} twice")
         fields[name] = value
     for name in ("Credential", "SignedHeaders", "Signature"):
         if name not in fields:
