@@ -1364,6 +1364,36 @@ def test_a_silent_proxy_is_retired_and_its_upload_cannot_commit(shared):
     assert a.commit("f", v, "b2", 1, "x", 1, ["s1"], 132.0) and b.lookup("f").blob == "b2"
 
 
+def test_proxies_whose_clocks_differ_agree_on_what_came_first(shared):
+    """Each proxy gives its own clock's times; the catalog keeps them on
+    the database's. With B's clock an hour behind, A retired B at every
+    beat (its `seen` an hour old), and an inventory A took a copy B made
+    after the listing began for one the server lacked (made before it):
+    dropped, then deleted as a failed repair's garbage, the only copy."""
+    import time
+
+    a, b = shared
+    b._machine_clock = lambda: time.time() - 3600  # B's clock, an hour behind
+    a.recover(time.time())
+    b.recover(time.time() - 3600)
+    assert abs(b.skew - 3600) < 1 and a.skew == 0.0
+    for _ in range(2):
+        b.beat(["s1"], time.time() - 3600, 30.0, True)
+        assert a.beat(["s1"], time.time(), 30.0, True).retired == 0
+    assert a.beat(["s1"], time.time(), 30.0, True).others == [b.proxy]
+    listing_began = time.time()  # (on A's clock) s1 lists its blobs, then B makes a copy there
+    v = b.begin_upload("f", "b1", ["s1"])
+    assert b.commit("f", v, "b1", 1, "x", 1, ["s1"], time.time() - 3600)
+    missing, *_ = a.reconcile_inventory("s1", [], None, None, listing_began)
+    assert missing == 0 and list(a.lookup("f").servers) == ["s1"]
+    # a repair copy of a file's current blob that fails makes no garbage there
+    a.abandon_copy("b1", "s2")
+    assert a.garbage(["s1", "s2"], 10) == []
+    # and a listing that began after the copy was made does drop it
+    missing, *_ = a.reconcile_inventory("s1", [], None, None, time.time() + 1)
+    assert missing == 1 and list(a.lookup("f").servers) == []
+
+
 def test_a_proxy_that_stops_hands_over_at_once_and_sightings_are_shared(shared):
     from deposito.errors import Unavailable
 

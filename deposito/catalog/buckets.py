@@ -17,6 +17,7 @@ class Buckets(Changes):
     @effects(durable=True, keeps_records=True)
     def create_bucket(self, name: str, now: float) -> bool:
         """Make bucket ``name``; False when it exists already."""
+        now = self._on_db_clock(now)
         return self._tx(lambda db: db.execute("INSERT INTO buckets (name, created) VALUES (?, ?)"
                                               " ON CONFLICT DO NOTHING RETURNING name", (name, now)
                                               ).fetchone() is not None)

@@ -5,16 +5,18 @@ file's server list, and queueing files for the reconciler."""
 from __future__ import annotations
 
 import builtins
+import time
 from typing import Any, Iterable, Iterator, TypeVar
 
 from deposito.catalog.database import Connection, Database
 from deposito.catalog.dialect import Dialect, Statement
-from deposito.catalog.records import Expect, FileRecord
+from deposito.catalog.records import WAITING, Expect, FileRecord
 from deposito.catalog.schema import RECORD, TOTALS, to_record
 from deposito.errors import Conflict, NotFound, Unavailable
 from deposito.hidden import VISIBLE, hidden_name, manifest_name, parts_range
 
 
+SKEW_TOLERANCE = 0.1  # seconds: a proxy's clock this close to the database's is taken as it (see _read_skew)
 CURRENT = "SELECT blob, size, replicas, parts FROM files WHERE name = ?"  # a name's version, as _replace needs it
 UNREAD = object()  # (see _replace)
 T = TypeVar("T")
@@ -26,6 +28,33 @@ class Changes(Database):
 
     proxy: str  # this proxy's id among those sharing the catalog
     _reported: builtins.list[str] | None  # names whose records the open transaction changed (None: any)
+    skew = 0.0  # on a shared catalog, the database's clock less this machine's (see _on_db_clock)
+    _machine_clock = staticmethod(time.time)  # this machine's clock, the reactor's
+
+    def _on_db_clock(self, t: float) -> float:
+        """A time of this machine's clock (given by the reactor), on the
+        database's. Times that proxies store and compare (when a copy was
+        made, a proxy last beat, a version was written, an upload last
+        grew) are all on the database's clock, so that proxies whose clocks
+        differ still agree on which came first. On a catalog no other proxy
+        shares, the two are one. Calls taking a time convert it with this
+        (and :meth:`_off_db_clock` a time they hand back)."""
+        return t + self.skew if 0 < t < WAITING else t  # (0: at once, whatever the clock; WAITING: never)
+
+    def _off_db_clock(self, t: float) -> float:
+        return t - self.skew if 0 < t < WAITING else t
+
+    def _read_skew(self, db: Connection) -> None:
+        """On a shared catalog, learn the database's clock (see
+        :meth:`_on_db_clock`), read at each beat: to half the round trip it
+        takes, and taken only when it moved by more than SKEW_TOLERANCE
+        (clocks kept by NTP agree to milliseconds: theirs stays 0, and no
+        proxy's times go back and forth by a round trip's noise)."""
+        if self.backend.shared:
+            began = self._machine_clock()
+            skew = float(db.execute("SELECT " + self.dialect.clock).fetchone()[0]) - (began + self._machine_clock()) / 2
+            if abs(skew - self.skew) > SKEW_TOLERANCE:
+                self.skew = 0.0 if abs(skew) <= SKEW_TOLERANCE else skew
 
     def _tell(self, names: Iterable[str] | None) -> None:
         """The records of ``names`` (None: any) were changed (see records.effects, ``tells``)."""

@@ -33,6 +33,7 @@ class Dialect:
     servers_of_blob: str  # a blob's servers, space-separated, sorted; ``{blob}`` the blob's column
     writes_in_with: bool  # a WITH may hold INSERT, UPDATE and DELETE statements
     by_index: str  # after a table's name: the index a query reads it by (see indexed_by)
+    clock: str  # the database's clock, in seconds since the epoch (see Changes._on_db_clock)
 
     def together(self, statements: list[Statement]) -> list[Statement]:
         """Statements none of which reads what another writes, as few as the
@@ -76,6 +77,7 @@ SQLITE = Dialect(
                      " (SELECT server FROM copies c WHERE c.blob = {blob} ORDER BY server)), '')"),
     writes_in_with=False,
     by_index=" INDEXED BY {index}",
+    clock="(julianday('now') - 2440587.5) * 86400.0",
 )
 
 POSTGRESQL = Dialect(
@@ -94,6 +96,7 @@ POSTGRESQL = Dialect(
                      " WHERE c.blob = {blob}), '')"),
     writes_in_with=True,
     by_index="",
+    clock="extract(epoch FROM clock_timestamp())::float8",
 )
 
 

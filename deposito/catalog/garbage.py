@@ -54,7 +54,7 @@ class Garbage(Changes):
     def forget_garbage(self, deleted: Iterable[tuple[str, str]], now: float = 0.0) -> None:
         """These (blob, server) copies were deleted from their servers at
         ``now``: remembered a while (see :meth:`reconcile_inventory`)."""
-        deleted = list(deleted)
+        deleted, now = list(deleted), self._on_db_clock(now)
 
         def tx(db: Connection) -> None:
             db.executemany("DELETE FROM garbage WHERE blob = ? AND server = ?", deleted)

@@ -41,13 +41,16 @@ class Identity(Changes):
         def tx(db: Connection) -> None:
             db.execute("INSERT INTO catalog_info (key, value) VALUES (?, '') ON CONFLICT DO NOTHING",
                        ("lost:" + lost,))
-            self._raise_floor(db, floor)
+            self._raise_floor(db, self._floor_on_db_clock(floor))
         self._tx(tx)
 
     @effects(durable=True, keeps_records=True)
     def raise_floor(self, floor: int) -> None:
         """Versions are given out from ``floor`` up from now on (see :meth:`succeed`)."""
-        self._tx(lambda db: self._raise_floor(db, floor))
+        self._tx(lambda db: self._raise_floor(db, self._floor_on_db_clock(floor)))
+
+    def _floor_on_db_clock(self, floor: int) -> int:
+        return round(self._on_db_clock(floor / 1000) * 1000)
 
     @staticmethod
     def _raise_floor(db: Connection, floor: int) -> None:

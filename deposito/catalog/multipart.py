@@ -24,6 +24,7 @@ class Multipart(Changes):
     @effects(durable=True, keeps_records=True)
     def create_upload(self, upload: str, name: str, replicas: int, meta: str, now: float) -> None:
         """An upload of ``name`` begins: parts may come, from any proxy, until it is completed or aborted."""
+        now = self._on_db_clock(now)
         self._tx(lambda db: db.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?)",
                                        (upload, name, replicas, meta, now, now)))
 
@@ -58,7 +59,7 @@ class Multipart(Changes):
         """A part of ``upload`` is stored (as :meth:`commit` does a file, under
         its hidden ``name``); an earlier part of the same number is garbage.
         NotFound when the upload was completed or aborted meanwhile."""
-        servers = list(servers)
+        servers, now = list(servers), self._on_db_clock(now)
 
         def tx(db: Connection) -> None:
             # the upload's row locked: its parts commit one by one, and a Complete waits for them
@@ -85,7 +86,7 @@ class Multipart(Changes):
         when the upload is no longer under way; BadArgs when a chosen part
         is not (or no longer) stored. ``expect``: as for :meth:`commit` (the
         upload stays under way when it refuses)."""
-        servers, chosen = list(servers), list(chosen)
+        servers, chosen, now = list(servers), list(chosen), self._on_db_clock(now)
 
         def tx(db: Connection) -> bool:
             if db.execute("DELETE FROM uploads WHERE id = ? RETURNING id", (upload,)).fetchone() is None:
@@ -128,6 +129,8 @@ class Multipart(Changes):
     def expire_uploads(self, before: float, limit: int) -> builtins.list[str]:
         """Abort up to ``limit`` uploads no part came for since ``before`` (through
         the index on ``touched``: one probe when there are none). Returns their ids."""
+        before = self._on_db_clock(before)
+
         def tx(db: Connection) -> builtins.list[str]:
             expired = []
             for upload, in db.execute("SELECT id FROM uploads WHERE touched < ? ORDER BY touched LIMIT ?",

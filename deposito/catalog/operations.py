@@ -204,8 +204,9 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         copies that made garbage."""
         def tx(db: Connection) -> int:
             self._registering = True
+            self._read_skew(db)  # before its row goes in: seen by the others on their clock
             db.execute("INSERT INTO proxies (id, seen) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET seen = excluded.seen",
-                       (self.proxy, now))
+                       (self.proxy, self._on_db_clock(now)))
             if self.backend.shared:  # only uploads from before proxies had ids
                 return self._retire(db, "owner IS NULL", (), claims=False)
             db.execute("DELETE FROM sightings WHERE proxy <> ?", (self.proxy,))
@@ -226,7 +227,11 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         servers the other proxies saw lately, how many proxies were retired
         and how many copies that made garbage, the other proxies' ids, and
         whether one of them is rebuilding."""
+        given = now  # (this machine's clock)
+
         def tx(db: Connection) -> Beat:
+            self._read_skew(db)
+            now = self._on_db_clock(given)
             if not db.execute("UPDATE proxies SET seen = ? WHERE id = ?", (now, self.proxy)).rowcount:
                 # Retired by another proxy (silent past the lease): what it had under way is
                 # garbage, and its uploads under way cannot commit. It goes on under a new id.
@@ -372,7 +377,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         this proxy's lease ran out meanwhile: its uploads were made garbage
         (and may be deleted already), so they must not count.
         """
-        servers = list(servers)
+        servers, now = list(servers), self._on_db_clock(now)
 
         def tx(db: Connection) -> bool:
             if bucket is not None:
@@ -446,6 +451,8 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
     def add_copy(self, name: str, blob: str, server: str, now: float) -> bool:
         """A new copy of ``name``'s blob is durable on ``server``: it counts, if the
         blob is still the current one (else it is garbage)."""
+        now = self._on_db_clock(now)
+
         def tx(db: Connection) -> bool:
             intent = db.execute("DELETE FROM intents WHERE blob = ? AND server = ? AND owner = ? RETURNING 1",
                                 (blob, server, self.proxy))
@@ -507,11 +514,19 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
 
     @effects(durable=True, keeps_records=False, tells=True)
     def abandon_copy(self, blob: str, server: str) -> None:
-        """A repair copy failed: what it wrote is garbage."""
+        """A repair copy failed: what it wrote is garbage, unless an
+        inventory counted it meanwhile, or the blob is a file's current one.
+        Such a blob on ``server`` (this copy's after all, its answer lost,
+        or one made before that the catalog had stopped counting, wrongly
+        taken for missing) is never deleted on the word of a failed copy:
+        the server's next listing counts it, and the reconciler drops it if
+        it is one too many."""
         def tx(db: Connection) -> None:
             db.execute("DELETE FROM intents WHERE blob = ? AND server = ?", (blob, server))
-            if not db.execute("SELECT 1 FROM copies WHERE blob = ? AND server = ?", (blob, server)).fetchone():
-                db.execute(INSERT_GARBAGE, (blob, server))  # unless an inventory counted it meanwhile
+            counted = db.execute("SELECT 1 FROM copies WHERE blob = ? AND server = ?", (blob, server))
+            current = db.execute("SELECT 1 FROM files WHERE blob = ?", (blob,))
+            if counted.fetchone() is None and current.fetchone() is None:
+                db.execute(INSERT_GARBAGE, (blob, server))
         self._tx(tx)
 
     @effects(durable=False, keeps_records=False, tells=True, prompt=True)
@@ -534,7 +549,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         copies changed).
         """
         present = {b for b in present if (lo is None or b > lo) and (hi is None or b <= hi)}
-        page = 1000
+        page, before = 1000, self._on_db_clock(before)
 
         def tx(db: Connection) -> tuple[int, int, int, list[str]]:
             names: list[str] = []
@@ -602,7 +617,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         committed, its intent still there, or one made garbage already, a
         failed PUT's say, or deleted since the server listed it) is left as
         it is: the catalog kept says more than the blob's metadata. Returns how many copies were taken."""
-        entries = list(entries)
+        entries, now = list(entries), self._on_db_clock(now)
 
         def tx(db: Connection) -> int:
             taken = 0

@@ -25,6 +25,7 @@ class WorkQueue(Changes):
     def enqueue(self, names: Iterable[str], due: float = 0.0, only_new: bool = False) -> None:
         """Queue files to be looked at again, from ``due`` on (or sooner, if
         queued so already); ``only_new``: leave files already queued as they are."""
+        due = self._on_db_clock(due)
         self._tx(lambda db: self._enqueue(db, names, due, only_new))
 
     @effects(durable=False, keeps_records=True)
@@ -44,6 +45,7 @@ class WorkQueue(Changes):
     @effects(durable=False, keeps_records=True)
     def wake(self, now: float) -> int:
         """A server came back: every queued file waiting for later is due now."""
+        now = self._on_db_clock(now)
         return self._tx(lambda db: db.execute("UPDATE work SET due = ?, gen = gen + 1 WHERE due > ?",
                                               (now, now)).rowcount)
 
@@ -60,7 +62,7 @@ class WorkQueue(Changes):
         order and are never read; files due later are (a copy under way
         waits out its lease, a failed one its retry): as many as the work
         under way."""
-        in_order = self.dialect.indexed_by("work_due_in_order")
+        in_order, now = self.dialect.indexed_by("work_due_in_order"), self._on_db_clock(now)
 
         def tx(db: Connection) -> builtins.list[tuple[str, int, int]]:
             rows = db.execute(
@@ -89,8 +91,9 @@ class WorkQueue(Changes):
         others = first[0] if first else None
         passed = self.db.execute("SELECT min(due) FROM work WHERE passed = ? AND owner IS NULL",
                                  (self.proxy,)).fetchone()[0]
-        return min((t for t in (others, passed + PASSED_BACK if passed is not None else None) if t is not None),
-                   default=None)
+        due = min((t for t in (others, passed + PASSED_BACK if passed is not None else None) if t is not None),
+                  default=None)
+        return None if due is None else self._off_db_clock(due)
 
     @effects(durable=False, keeps_records=True)
     def records(self, names: Iterable[str]) -> builtins.list[FileRecord | None]:
@@ -119,7 +122,7 @@ class WorkQueue(Changes):
         outcomes = builtins.list({o.name: o for o in outcomes}.values())  # a file's last outcome, as ever
         done = [(o.name, o.gen) for o in outcomes if o.due is None]
         # the others' rows: column1 to column8 of a VALUES list, one statement a page
-        later = [(o.name, o.gen, o.due, o.rank, o.wanted, o.have, o.moves, int(o.passed))
+        later = [(o.name, o.gen, self._on_db_clock(o.due), o.rank, o.wanted, o.have, o.moves, int(o.passed))
                  for o in outcomes if o.due is not None]
         real, int_ = self.dialect.real, self.dialect.int
         set_later = (f"due = CASE WHEN v.column8 = 0 OR passed IS NULL OR passed = ? THEN CAST(v.column3 AS {real})"
