@@ -1334,6 +1334,29 @@ def test_a_complete_of_many_tiny_parts_is_refused_before_it_is_parsed_and_one_of
     c.abort_multipart_upload(Bucket="complete", Key="k", UploadId=upload)
 
 
+def test_a_refused_put_whose_client_sent_its_body_without_waiting_for_100_is_answered(s3):
+    """Expect: 100-continue, then the body at once (curl and botocore send
+    it after a second without a 100, any client while the proxy is slow),
+    then refused (If-Match on a key there is not): answered at once. The
+    proxy logged a critical AttributeError and never answered; the client
+    waited out its own timeout."""
+    c = s3.client()
+    c.create_bucket(Bucket="early100")
+    for size in (100, 300_000):  # the body in before the refusal; and still coming
+        body = b"x" * size
+        head = _signed(s3, "PUT", "/early100/absent", {
+            "Content-Length": str(size), "Expect": "100-continue", "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
+            "If-Match": '"0123456789abcdef0123456789abcdef"'})
+        with socket.create_connection(("127.0.0.1", s3.port), timeout=10) as sock:
+            sock.sendall(head + body)
+            answer = b""
+            while b"</Error>" not in answer and (chunk := sock.recv(65536)):
+                answer += chunk
+        assert answer.split(b" ")[1] == b"404" and b"<Code>NoSuchKey</Code>" in answer, answer[:300]
+    assert c.list_objects_v2(Bucket="early100").get("KeyCount") == 0
+    assert "AttributeError" not in s3.cluster.log("proxy")
+
+
 def test_a_refused_body_that_trickles_is_answered_within_seconds_and_its_connection_closed(s3):
     """An unsigned PUT declaring a gigabyte, sent a byte a second: refused
     (AccessDenied) without waiting for a body nobody wants, so a client

@@ -59,6 +59,9 @@ class Body:
 
     def feed(self, data: bytes) -> None:
         self.received += len(data)
+        # a client asked to be told to send (100-continue) and sent all the same: it is
+        # answered as one that never asked, once its body is in (or answer_soon's wait is out)
+        self.waiting = self.unsent = None
         if self._discarding:
             self._discarded += len(data)
             if self._discarded > DISCARD_LIMIT and self.too_much is not None:
