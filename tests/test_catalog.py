@@ -572,6 +572,34 @@ def test_versions_are_given_out_from_the_floor_up_and_the_floor_never_goes_down(
     assert cat.begin_upload("f", "b4", ["s1"]) == 5001
 
 
+def test_a_conditional_write_does_not_commit_while_another_write_of_its_name_is_under_way(cat):
+    """A PUT under way (its version given out first) and an S3 write with
+    If-None-Match: * (or If-Match) committed first: both were told yes, and
+    the PUT's bytes were never seen (its version lost to the newer one),
+    though no order of the two explains both answers. The conditional write
+    is now refused (S3's 409 ConditionalRequestConflict, to try again);
+    only an older write under way holds it up."""
+
+    def absent(record):
+        if record is not None:
+            raise AssertionError("the condition held: nothing there")
+
+    plain = cat.begin_upload("k", "b1", ["s1"])
+    conditional = cat.begin_upload("k", "b2", ["s1"])
+    assert conditional > plain
+    with pytest.raises(Conflict, match="being written"):
+        cat.commit("k", conditional, "b2", 1, "y", 1, ["s1"], 1.0, expect=absent)
+    assert cat.commit("k", plain, "b1", 1, "x", 1, ["s1"], 2.0)
+    assert cat.lookup("k").blob == "b1"
+    # none under way: the condition alone decides
+    again = cat.begin_upload("k2", "b3", ["s1"])
+    assert cat.commit("k2", again, "b3", 1, "z", 1, ["s1"], 3.0, expect=absent)
+    # a repair's intent names no file: it holds no write up
+    cat.add_intent("b1", "s2")
+    late = cat.begin_upload("k3", "b4", ["s1"])
+    assert cat.commit("k3", late, "b4", 1, "w", 1, ["s1"], 4.0, expect=absent)
+
+
 def test_an_upload_older_than_a_deleted_version_is_superseded(cat):
     """A's upload (version 1) is still arriving while B stores version 2 and
     deletes it: when A's finishes, it must not bring the name back at version 1."""
@@ -979,14 +1007,20 @@ def test_proxies_sharing_a_catalog_never_get_the_same_version(shared):
 
 
 def test_proxies_sharing_a_catalog_decide_a_conditional_write_on_the_same_current_version(shared):
-    """Two proxies each store a lock file asking for no object: the one that
-    commits second is refused, whichever version it was given."""
+    """Two proxies each store a lock file asking for no object: one wins.
+    The newer version, committing while the older is under way, is told to
+    try again (its condition could not see the older); the older commits,
+    and the newer's next try is refused."""
     a, b = shared
     va, vb = a.begin_upload("lock", "ba", ["s1"]), b.begin_upload("lock", "bb", ["s2"])
-    assert b.commit("lock", vb, "bb", 1, "x", 1, ["s2"], 0.0, "", _absent)
+    with pytest.raises(Conflict):
+        b.commit("lock", vb, "bb", 1, "x", 1, ["s2"], 0.0, "", _absent)
+    b.abandon("bb")
+    assert a.commit("lock", va, "ba", 1, "y", 1, ["s1"], 0.0, "", _absent)
+    again = b.begin_upload("lock", "bc", ["s2"])
     with pytest.raises(Precondition):
-        a.commit("lock", va, "ba", 1, "y", 1, ["s1"], 0.0, "", _absent)
-    assert a.lookup("lock").blob == "bb"
+        b.commit("lock", again, "bc", 1, "x", 1, ["s2"], 0.0, "", _absent)
+    assert a.lookup("lock").blob == "ba" and b.lookup("lock").blob == "ba"
 
 
 def once_committed(a: Catalog, call, why: str):
@@ -1469,6 +1503,36 @@ def test_a_second_catalog_on_one_postgresql_database_writes_at_once(postgres):
         postgres.drop(url)
 
 
+def test_the_first_catalog_opens_and_its_copies_are_judged_and_made(tmp_path):
+    """A SQLite catalog of the first proxy (schema version 0, whose copies
+    had no time made, tests/data/catalog-v0.sql): brought to this schema,
+    it takes new files, and a server's listing and a repair copy count.
+    Every PUT failed, and every listing, with 'no such column: since'."""
+    import sqlite3
+    from pathlib import Path
+
+    folder = tmp_path / "proxy"
+    folder.mkdir()
+    old = sqlite3.connect(folder / "catalog.sqlite")
+    old.executescript((Path(__file__).parent / "data" / "catalog-v0.sql").read_text())
+    old.close()
+    cat = Catalog(str(folder))
+    try:
+        assert cat.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        a = cat.lookup("a.txt")
+        assert (a.version, a.replicas, a.servers) == (2, 2, ("s1", "s2"))
+        cat.recover(10.0)
+        assert cat.reconcile_inventory("s1", ["a" * 32], None, None, 11.0) == (0, 0, 0, [])
+        assert cat.reconcile_inventory("s2", [], None, None, 11.0)[0] == 1  # made before the listing: missing
+        cat.add_intent("a" * 32, "s3")
+        assert cat.add_copy("a.txt", "a" * 32, "s3", 12.0)
+        assert cat.begin_upload("a.txt", "b" * 32, ["s3"]) == 3
+        assert cat.commit("a.txt", 3, "b" * 32, 1, "x", 1, ["s3"], 13.0)
+        assert cat.lookup("a.txt").blob == "b" * 32
+    finally:
+        cat.close()
+
+
 def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
     """A SQLite catalog of schema version 1 (tests/data/catalog-v1.sql, as the
     proxy before several proxies left it) is brought to this schema in place:
@@ -1777,10 +1841,13 @@ def test_a_conditional_commit_is_decided_on_the_current_version_and_a_refused_on
 
 def test_a_conditional_commit_overtaken_by_a_newer_version_is_refused_not_dropped_quietly(cat):
     """Two writers both asking for no object (a lock file): the one whose
-    version is older commits second and must be told no, not counted as an
-    older version silently replaced."""
+    version is older, committing second, must be told no, not counted as an
+    older version silently replaced. (The newer committed first once the
+    older was no longer under way: here, an older proxy's upload, whose
+    intents tell no version.)"""
     first = cat.begin_upload("lock", "b1", ["s1"])
     second = cat.begin_upload("lock", "b2", ["s1"])
+    cat.db.execute("UPDATE intents SET version = NULL WHERE blob = 'b1'")
     assert cat.commit("lock", second, "b2", 1, "x", 1, ["s1"], 0.0, "", _absent)
     with pytest.raises(Precondition):
         cat.commit("lock", first, "b1", 1, "y", 1, ["s1"], 0.0, "", _absent)
@@ -1808,10 +1875,11 @@ def test_a_conditional_commit_that_holds_but_was_overtaken_is_a_conflict_not_a_q
     nobody sees, and the next writer would be told yes too."""
     mine = cat.begin_upload("lock", "b1", ["s1"])
     other = cat.begin_upload("lock", "b2", ["s1"])
-    assert cat.commit("lock", other, "b2", 1, "x", 1, ["s1"], 0.0, "", _absent)
+    assert cat.commit("lock", other, "b2", 1, "x", 1, ["s1"], 0.0, "")  # (a plain write: no condition)
     assert cat.delete("lock").blob == "b2"
     with pytest.raises(Conflict):
         cat.commit("lock", mine, "b1", 1, "y", 1, ["s1"], 1.0, "", _absent)
+    cat.abandon("b1")  # (as the proxy does with a refused write)
     assert cat.lookup("lock") is None
     assert cat.commit("lock", cat.begin_upload("lock", "b3", ["s1"]), "b3", 1, "z", 1, ["s1"], 2.0, "", _absent)
 
@@ -1824,6 +1892,7 @@ def test_a_refused_conditional_complete_leaves_the_upload_under_way(cat):
     v = cat.begin_upload("obj", "m1", ["s1"])
     with pytest.raises(Precondition):
         cat.complete("a" * 32, "obj", v, "m1", 10, "d" * 64, 1, ["s1"], 2.0, "", [part], "f" * 64, _absent)
+    cat.abandon("m1")  # (as the proxy does with a refused write's manifest)
     assert cat.lookup("obj").blob == "b0"
     cat.delete("obj")
     v = cat.begin_upload("obj", "m2", ["s1"])  # still under way: completed once the condition holds

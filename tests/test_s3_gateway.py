@@ -518,7 +518,9 @@ def test_writers_racing_to_make_one_key_with_if_none_match_have_one_winner(s3):
     for r in range(rounds):
         won = [i for i in range(racers) if outcomes[r, i] == 200]
         assert len(won) == 1, outcomes
-        assert all(outcomes[r, i] == (412, "PreconditionFailed") for i in range(racers) if i not in won), outcomes
+        # (409: committing while an older racer was still under way, as S3 may answer too)
+        assert all(outcomes[r, i] in ((412, "PreconditionFailed"), (409, "ConditionalRequestConflict"))
+                   for i in range(racers) if i not in won), outcomes
         assert c.get_object(Bucket="locks", Key=f"lock-{r}")["Body"].read() == bodies[r, won[0]]
         winners[r] = won[0]
     losers = [body for (r, i), body in bodies.items() if winners[r] != i]
@@ -1223,7 +1225,8 @@ def test_two_proxies_on_one_postgresql_catalog_serve_one_s3_namespace(tmp_path, 
         for t in threads:
             t.join()
         won = [i for i, outcome in enumerate(outcomes) if outcome == 200]
-        assert len(won) == 1 and outcomes.count((412, "PreconditionFailed")) == len(bodies) - 1, outcomes
+        refused = outcomes.count((412, "PreconditionFailed")) + outcomes.count((409, "ConditionalRequestConflict"))
+        assert len(won) == 1 and refused == len(bodies) - 1, outcomes  # (409: an older racer still under way)
         assert two.get_object(Bucket="shared", Key="lock")["Body"].read() == bodies[won[0]]
     finally:
         stop_two(a, b)

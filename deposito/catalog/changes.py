@@ -91,7 +91,8 @@ class Changes(Database):
         return True, replaced
 
     @staticmethod
-    def _check(db: Connection, name: str, expect: Expect | None, newest: bool = True) -> None:
+    def _check(db: Connection, name: str, expect: Expect | None, newest: bool = True,
+               version: int | None = None) -> None:
         """A conditional write's condition, on ``name``'s current version
         (locked by :meth:`_settle_at`): raises when it does not hold, and
         Conflict when it holds but a newer write of the name (a version or a
@@ -102,6 +103,12 @@ class Changes(Database):
             expect(to_record(row) if row is not None else None)
             if not newest:
                 raise Conflict(f"{name} was written meanwhile")
+            # an older write of the name under way (of ``version``, a commit's): told yes,
+            # this one would hide it for good once it is told yes too, yet this condition
+            # never saw it; no order of the two would explain both answers
+            if version is not None and db.execute("SELECT 1 FROM intents WHERE name = ? AND version < ? LIMIT 1",
+                                                  (name, version)).fetchone():
+                raise Conflict(f"{name} is being written meanwhile; try again")
 
     def _bucket_stays(self, db: Connection, bucket: str) -> None:
         """NotFound unless S3 bucket ``bucket`` exists; its row is locked

@@ -92,7 +92,7 @@ class Multipart(Changes):
             if db.execute("DELETE FROM uploads WHERE id = ? RETURNING id", (upload,)).fetchone() is None:
                 raise NotFound(f"no upload {upload} under way")
             newest = self._settle_at(db, name, version, blob, servers)[0]
-            self._check(db, name, expect, newest)
+            self._check(db, name, expect, newest, version)
             if not newest:
                 self._drop_hidden(db, manifest_name(upload), manifest_name(upload) + "0")
                 return False

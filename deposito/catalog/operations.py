@@ -309,14 +309,17 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         """Allocate the next version of ``name`` (in one statement: two proxies
         never get the same) and record where its blob is being written."""
         self._not_left()
-        greatest = self.dialect.greatest
+        greatest, rows = self.dialect.greatest, [(blob, s) for s in servers]
 
         def tx(db: Connection) -> Callable[[], int]:
-            version = self.backend.first_row(together(db, self.dialect, [
-                new_rows("intents (blob, server, owner)", [(blob, s, self.proxy) for s in servers]),
-                (f"INSERT INTO names (name, last_version) VALUES (?, {greatest}(1, {FLOOR}))"
-                 f" ON CONFLICT (name) DO UPDATE SET last_version = {greatest}(names.last_version + 1, {FLOOR})"
-                 " RETURNING last_version", (name,))]))
+            version = self.backend.first_row(db.execute(
+                f"INSERT INTO names (name, last_version) VALUES (?, {greatest}(1, {FLOOR}))"
+                f" ON CONFLICT (name) DO UPDATE SET last_version = {greatest}(names.last_version + 1, {FLOOR})"
+                " RETURNING last_version", (name,)))
+            if rows:  # each intent with the version just given out (see Changes._check)
+                db.execute(f"INSERT INTO intents (blob, server, owner, name, version) SELECT v.column1, v.column2,"
+                           f" ?, ?, names.last_version FROM ({values(rows)}) AS v, names WHERE names.name = ?"
+                           " ON CONFLICT DO NOTHING", (self.proxy, name, *flat(rows), name))
             return lambda: int(version()[0])
         return self._tx_later(tx)
 
@@ -386,7 +389,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
             self._untold.discard((name, version))
             if not newest or replaced is None:  # (see announce)
                 self._untold.add((name, version))
-            self._check(db, name, expect, newest)
+            self._check(db, name, expect, newest, version)
             if not newest:
                 return False
             self._replace(db, name, (name, version, blob, size, sha256, replicas, now, servers_text(servers),

@@ -90,13 +90,16 @@ CREATE INDEX IF NOT EXISTS uploads_by_touched ON uploads (touched);
 # cannot see some of the file's copies that another proxy sees up).
 ADDED_COLUMNS = (("intents", "owner", "TEXT"), ("garbage", "owner", "TEXT"), ("work", "owner", "TEXT"),
                  ("files", "meta", "TEXT NOT NULL DEFAULT ''"), ("files", "parts", "TEXT NOT NULL DEFAULT ''"),
-                 ("files", "start", "BIGINT"), ("work", "passed", "TEXT"))
+                 ("files", "start", "BIGINT"), ("work", "passed", "TEXT"),
+                 ("copies", "since", "REAL NOT NULL DEFAULT 0"), ("intents", "name", "TEXT"),
+                 ("intents", "version", "BIGINT"))
 OWNER_INDEXES = """CREATE INDEX IF NOT EXISTS intents_by_owner ON intents (owner);
 CREATE INDEX IF NOT EXISTS work_by_owner ON work (owner);
 CREATE INDEX IF NOT EXISTS work_passed ON work (passed, due) WHERE passed IS NOT NULL;
 CREATE INDEX IF NOT EXISTS garbage_by_owner ON garbage (owner);
 CREATE INDEX IF NOT EXISTS garbage_by_server ON garbage (server, owner);
 CREATE INDEX IF NOT EXISTS files_by_parts ON files (parts) WHERE parts <> '';
+CREATE INDEX IF NOT EXISTS intents_by_name ON intents (name) WHERE name IS NOT NULL;
 """
 
 # The queued files not waiting for a server (whose ``due`` is WAITING): the
@@ -122,6 +125,8 @@ CREATE TABLE IF NOT EXISTS intents (
     blob {key} NOT NULL,
     server {key} NOT NULL,
     owner {key},
+    name {key},
+    version {int},
     PRIMARY KEY (blob, server)
 );
 CREATE TABLE IF NOT EXISTS garbage (
@@ -168,7 +173,10 @@ CREATE INDEX IF NOT EXISTS work_by_due ON work (due);
 # indexed by server (OWNER_INDEXES, made by :func:`finish`). 7: the queue's
 # order leaves out the files waiting for a server to come back (``due`` is
 # WAITING, 1e18), so that claiming the next due files reads those alone.
-SCHEMA_VERSION = 7
+# 8: an upload's intents name the file and version it writes
+# (``intents.name``, ``intents.version``), so that a conditional write
+# refuses to commit while an older write of its name is under way; and ``copies.since``, which version 0 lacked, is added to it.
+SCHEMA_VERSION = 8
 
 RECORD = "SELECT name, version, blob, size, sha256, replicas, servers, created, meta, parts FROM files"
 TOTALS = ("files", "bytes", "wanted")
@@ -224,7 +232,7 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
 
 
 def add_columns(db: Any, has_column: Any) -> None:
-    """Versions 1 to 4 to 5: the columns added since (``has_column(table,
+    """Versions 1 to 7 to 8: the columns added since (``has_column(table,
     column)`` says whether one is there already)."""
     for table, column, kind in ADDED_COLUMNS:
         if not has_column(table, column):
