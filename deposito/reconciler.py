@@ -254,7 +254,10 @@ class Reconciler:
     def _said(self, failure: Failure, what: str, **fields: Any) -> bool:
         """Log a failure of background work: in one line when the catalog's
         database is out of reach, or its disk full (the work is tried
-        again), else with its traceback. Whether it was that."""
+        again), else with its traceback (not a call cancelled as the proxy
+        stops). Whether it was that."""
+        if failure.check(defer.CancelledError) and not self._started:
+            return False
         if failure.check(Unavailable, NoSpace):
             self.log.warn(what + ": {why}", why=failure.getErrorMessage(), **fields)
             return True

@@ -949,3 +949,27 @@ def test_a_failed_copy_goes_on_to_two_other_servers_at_most(catalogs):
     assert len(copies_on(cat, "f000001")) == 2
     rec.stop()
     cat.close()
+
+
+def test_a_stop_while_a_gone_servers_files_are_being_queued_logs_no_error(catalogs):
+    """The proxy stops while it queues the files of a server that went (a
+    long job on a big catalog): the catalog's call is cancelled, and that is
+    no failure to log with its traceback (one a server, before)."""
+    from twisted.logger import globalLogPublisher
+
+    cat, clock, roster, view, copier, rec = make(catalogs, 10)
+    pending: list[defer.Deferred] = []
+    view.enqueue_server = lambda server, after, limit: pending.append(defer.Deferred()) or pending[-1]
+    said: list[dict] = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        rec.start()
+        turn(rec, clock, roster.members["a"], "dead")
+        assert len(pending) == 1
+        rec.stop()
+        pending[0].cancel()  # as the catalog thread does with the calls still waiting when it stops
+        run(clock)
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+    assert [e for e in said if e.get("log_level") is not None and e["log_level"].name in ("error", "critical")] == []
+    cat.close()
