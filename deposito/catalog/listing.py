@@ -19,6 +19,7 @@ listing can give in that time pages through with ``after``.
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import threading
 from typing import Any, Callable, Protocol, Union
@@ -39,6 +40,8 @@ from deposito.errors import Unavailable
 
 BATCH = 1000  # names read from the catalog per trip to a thread
 MAX_AGE = 300.0  # seconds a listing may hold its snapshot
+WAL_LIMIT = 256 << 20  # bytes a SQLite catalog's log may grow to while listings hold it (see _Holders)
+WAL_EVERY = 2.0  # seconds between looks at its size meanwhile
 THREADS = 4  # listings' reads at the same time, whatever the number of listings
 
 _COLUMNS = RECORD + " f"
@@ -122,6 +125,7 @@ def _connect(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(f"file:{pathname2url(path)}?mode=rw", uri=True, timeout=10.0,
                          check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA query_only=1")
+    db.execute("PRAGMA cache_size=-256")  # KiB: a listing reads in order, once; many may be open (2 MiB each, else)
     return db
 
 
@@ -190,6 +194,7 @@ class Listing:
         self.fetched = len(first)  # records read from the catalog so far
         self.batch = batch
         self.on_expiry: Callable[[], None] = lambda: None
+        self.on_close: Callable[[Listing], None] = lambda listing: None
         self._run = run
         self._snapshot = snapshot
         self._ready: list[FileRecord] | None = first or None
@@ -218,6 +223,7 @@ class Listing:
         if self.closed:
             return
         self.closed = True
+        self.on_close(self)
         self._ready = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -282,10 +288,11 @@ class Listing:
         if waiter is not None:
             waiter.errback(error)
 
-    def _expire(self) -> None:
+    def _expire(self, why: str = "was still open after its time") -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         self._timer = None
-        self.log.warn("a listing was still open after its time, at {n} of {count} names: ended",
-                      n=self.fetched, count=self.count)
+        self.log.warn("a listing " + why + ", at {n} of {count} names: ended", n=self.fetched, count=self.count)
         self._error = ListingExpired("the listing took too long; page through with <after>")
         waiter, self._waiter = self._waiter, None
         self.close()
@@ -311,9 +318,61 @@ def open_listing(reactor: IListingReactor, where: Union[str, Opener], names: Nam
 
     def opened(result: Opened) -> Listing:
         snapshot, count, first = result
-        return Listing(reactor, reads, snapshot, count, first, batch=batch, max_age=max_age)
+        listing = Listing(reactor, reads, snapshot, count, first, batch=batch, max_age=max_age)
+        if isinstance(where, str) and not listing.closed:
+            _Holders.of(reactor, where).hold(listing)
+        return listing
 
     return reads(opener, names, batch).addCallback(opened)
+
+
+class _Holders:
+    """The listings open on one SQLite catalog. Each holds a read
+    transaction, and SQLite's log (``catalog.sqlite-wal``) cannot start
+    again from its beginning while one does: under writes it grows, and
+    listings that overlap (or one read slowly) would hold it for good, a
+    gigabyte a few minutes on a busy proxy. Past WAL_LIMIT the oldest
+    listing is ended (its reader told to page through), one a look, every
+    WAL_EVERY seconds while any is open."""
+
+    _all: dict[tuple[int, str], _Holders] = {}
+
+    def __init__(self, reactor: IReactorTime, path: str) -> None:
+        self.reactor, self.path, self.wal = reactor, path, path + "-wal"
+        self.listings: list[Listing] = []  # oldest first
+        self._look: Any = None
+
+    @classmethod
+    def of(cls, reactor: IReactorTime, path: str) -> _Holders:
+        key = (id(reactor), path)
+        if key not in cls._all:
+            cls._all[key] = cls(reactor, path)
+        return cls._all[key]
+
+    def hold(self, listing: Listing) -> None:
+        self.listings.append(listing)
+        listing.on_close = self._let_go
+        if self._look is None:
+            self._look = self.reactor.callLater(WAL_EVERY, self._check)
+
+    def _let_go(self, listing: Listing) -> None:
+        self.listings.remove(listing)
+        if not self.listings:
+            if self._look is not None and self._look.active():
+                self._look.cancel()
+            self._look = None
+            del _Holders._all[(id(self.reactor), self.path)]
+
+    def _check(self) -> None:
+        self._look = None
+        try:
+            size = os.path.getsize(self.wal)
+        except OSError:
+            size = 0
+        if size > WAL_LIMIT:  # (ended, it is let go: see _let_go)
+            self.listings[0]._expire(f"held the catalog's log as it grew past {WAL_LIMIT >> 20} MiB")
+        if self.listings:
+            self._look = self.reactor.callLater(WAL_EVERY, self._check)
 
 
 _pools: dict[int, ThreadPool] = {}
