@@ -40,6 +40,11 @@ class Unavailable(DepositoError):
     code = "unavailable"
 
 
+class OutOfReach(Unavailable):
+    """The catalog's database could not be reached (or answer): a change
+    sent meanwhile may have been made, or not."""
+
+
 class NoSpace(DepositoError):
     code = "nospace"
 

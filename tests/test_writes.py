@@ -87,6 +87,32 @@ def test_an_upload_whose_commit_is_refused_is_cleaned_up_once_even_if_aborted_af
     assert db.abandoned == ["b" * 32]  # its copies are garbage, once
 
 
+def test_an_upload_whose_commit_lost_the_database_says_it_may_be_stored():
+    """The database went as the commit was sent: the version may be in.
+    Told plainly 'out of reach; try again', a client took a stored file for
+    not stored (a review saw one read back after it)."""
+    from deposito.errors import OutOfReach
+
+    class Lost(RefusingCatalog):
+        def commit(self, *args: object) -> defer.Deferred:
+            return defer.fail(OutOfReach("the catalog database is out of reach; try again shortly"))
+
+    clock, db = Clock(), Lost()
+    writer = Writer(clock, db, roster=None, pool=None, collect=lambda: None, repair=lambda: None)  # type: ignore[arg-type]
+    members = [Member(f"s{i}", f"z{i}", "127.0.0.1", 1, capacity=1 << 30) for i in range(2)]
+    upload = Upload(clock, "notes", 1, "b" * 32, 5, 2, release=lambda client: None, targets=members)
+    clients = [FakeClient() for _ in members]
+    for member, client in zip(members, clients):
+        member.reserve(upload.size)
+        upload.add_lane(member, client, client.stored)
+    upload.write(b"hello")
+    outcome: list = []
+    defer.ensureDeferred(writer.finish_put(upload)).addBoth(outcome.append)
+    assert outcome and outcome[0].check(Unavailable)
+    assert "may be stored, or not (STAT tells)" in outcome[0].getErrorMessage()
+    assert db.abandoned == ["b" * 32]  # (a commit that went in is left as it is: see ICatalog.abandon)
+
+
 class UnreachableCatalog:
     """A catalog out of reach (or, ``full``, its disk full) for its first
     ``down`` calls to abandon."""

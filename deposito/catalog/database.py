@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from deposito.catalog.dialect import Dialect
 from deposito.catalog.records import answers_later, claims, is_durable, keeps_records, prompt
-from deposito.errors import Unavailable
+from deposito.errors import OutOfReach, Unavailable
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -37,7 +37,7 @@ def out_of_reach(error: BaseException) -> Unavailable:
     database's own words (which name its host, over several lines) go to
     the proxy's log instead."""
     log.warn("the catalog database is out of reach: {why}", why=describe(error))
-    return Unavailable("the catalog database is out of reach; try again shortly")
+    return OutOfReach("the catalog database is out of reach; try again shortly")
 
 
 def describe(error: BaseException) -> str:

@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from deposito.blobstore import new_blob_id
 from deposito.catalog import FileRecord
-from deposito.errors import BadCommand, NoSpace, Unavailable
+from deposito.errors import BadCommand, NoSpace, OutOfReach, Unavailable
 from deposito.hidden import pointer_blob
 from deposito.interfaces import ICatalog, ICopier
 from deposito.placement import place, read_order
@@ -140,10 +140,13 @@ class Writer:
         try:
             now = upload.copied_at = self.clock.seconds()
             newest, record = await self._commit(upload, ids, now)
-        except Exception:
+        except Exception as e:
             # Not committed (or, with the database lost at that moment, maybe committed: then
             # this changes nothing, see ICatalog.abandon): what was written is garbage.
             self._abandon_written(upload, tried)
+            if isinstance(e, OutOfReach):  # its client must not take it for not stored
+                raise Unavailable(f"the catalog database went out of reach as {upload.name} was committed:"
+                                  " it may be stored, or not (STAT tells)") from e
             raise
         for m in good:
             m.stored(upload.size)
