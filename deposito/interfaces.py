@@ -322,8 +322,9 @@ class ICatalog(IWorkCatalog):
 
     # -- STATUS and garbage
 
-    def counts() -> Deferred[Counts]:
-        """The :class:`deposito.catalog.Counts` kept with every change."""
+    def counts(servers: list[str]) -> Deferred[Counts]:
+        """The :class:`deposito.catalog.Counts` kept with every change, the
+        garbage counted on ``servers`` (those up) alone."""
 
     def garbage(servers: list[str], limit: int) -> Deferred[list[tuple[str, str]]]:
         """Claim up to ``limit`` ``(blob, server)`` copies to delete from ``servers``."""

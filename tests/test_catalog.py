@@ -2144,3 +2144,22 @@ def test_claiming_garbage_reads_only_the_servers_asked_for(tmp_path):
     cat.db.set_progress_handler(None, 0)
     assert len(steps) < 5, len(steps)  # a scan of the dead server's 20,000 would take about 200
     cat.close()
+
+
+def test_status_counts_the_garbage_of_the_servers_up_alone(cat):
+    """STATUS counts the garbage that can be deleted: on the servers up,
+    each read through the index by server. It read every row of every
+    server's garbage: a server gone for good with 172,858 copies left made
+    each STATUS take 10 ms, and /metrics 21 ms, for as long as it stayed
+    gone (a review at scale)."""
+    from deposito.catalog.changes import INSERT_GARBAGE
+
+    cat.db.execute("BEGIN")
+    cat.db.executemany(INSERT_GARBAGE, [(f"{i:032x}", "gone") for i in range(500)] + [("a" * 32, "s1")])
+    cat.db.execute("COMMIT")
+    assert cat.counts(["s1", "s2"]).garbage == [("s1", 1), ("s2", 0)]
+    assert cat.counts([]).garbage == []
+    if not cat.backend.shared:  # (PostgreSQL's planner may scan so small a table whole)
+        plan = " ".join(str(row) for row in cat.db.execute(
+            "EXPLAIN QUERY PLAN SELECT count(*) FROM garbage WHERE server = ?", ("s1",)).fetchall())
+        assert "garbage_by_server" in plan, plan

@@ -142,9 +142,13 @@ class WorkQueue(Changes):
         self._tx(tx)
 
     @effects(durable=False, keeps_records=True)
-    def counts(self) -> Counts:
+    def counts(self, servers: Iterable[str] = ()) -> Counts:
         """The totals kept with every change, and the queue's own counts:
-        the cost follows the work queued, not the number of files."""
+        the cost follows the work queued, not the number of files. The
+        garbage is counted on ``servers`` (those up) alone, through its
+        index by server: what waits on a server gone for good (all its
+        copies, maybe) is no work that can be done, and is not read."""
+        servers = sorted(set(servers))
         totals = dict(self.db.execute("SELECT key, value FROM totals"))
         under, over, moves, fresh, surplus, queued = self.db.execute(
             "SELECT count(CASE WHEN have < wanted THEN 1 END), count(CASE WHEN have > wanted THEN 1 END),"
@@ -153,4 +157,5 @@ class WorkQueue(Changes):
         return Counts(files=totals.get("files", 0), bytes=totals.get("bytes", 0),
                       wanted=totals.get("wanted", 0), under=under, over=over, moves=moves, fresh=fresh,
                       healthy=totals.get("wanted", 0) + surplus, queued=queued,
-                      garbage=self.db.execute("SELECT server, count(*) FROM garbage GROUP BY server").fetchall())
+                      garbage=[(server, self.db.execute("SELECT count(*) FROM garbage WHERE server = ?",
+                                                        (server,)).fetchone()[0]) for server in servers])

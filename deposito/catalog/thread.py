@@ -440,8 +440,8 @@ class CatalogThread:
                             before: float) -> Deferred[tuple[int, int, int, list[str]]]:
         return self._call(Catalog.reconcile_inventory, server, present, lo, hi, before)
 
-    def counts(self) -> Deferred[Counts]:
-        return self._call(Catalog.counts)
+    def counts(self, servers: list[str]) -> Deferred[Counts]:
+        return self._call(Catalog.counts, servers)
 
     def garbage(self, servers: list[str], limit: int = 100) -> Deferred[list[tuple[str, str]]]:
         return self._call(Catalog.garbage, servers, limit)

@@ -281,7 +281,7 @@ class Depot:
         change, and counted over the queued work alone (so they cost the
         same at any number of files). ``copies``: with the copies wanted and
         healthy, summed over all files."""
-        c = await self.db.counts()
+        c = await self.db.counts([m.id for m in self.roster.up()])
         running = len(self.reconciler.running)
         collecting = int(self.collector.busy)
         deletable = sum(n for sid, n in c.garbage if self.roster.is_up(sid))
