@@ -2163,3 +2163,24 @@ def test_status_counts_the_garbage_of_the_servers_up_alone(cat):
         plan = " ".join(str(row) for row in cat.db.execute(
             "EXPLAIN QUERY PLAN SELECT count(*) FROM garbage WHERE server = ?", ("s1",)).fetchall())
         assert "garbage_by_server" in plan, plan
+
+
+def test_a_change_waits_for_this_proxy_to_join_the_others_ten_seconds_at_most(catalogs):
+    """A change waits until the others may have heard of this proxy (see
+    Catalog.change_delay); a proxy retired and joining again at every beat
+    (its clock an hour off, before the catalog kept the database's) made
+    every change wait for good: a DELETE hung 120 s and more."""
+    from twisted.internet import task
+
+    from deposito.catalog.thread import MAX_JOIN_WAIT
+
+    clock = task.Clock()
+    cat = catalogs.new()
+    db = CatalogThread(clock, cat)  # (not started: no call reaches the database here)
+    cat.change_delay = lambda: 3.5  # joined again since, every time
+    outcome: list = []
+    db.delete("f").addBoth(outcome.append)
+    for _ in range(int(MAX_JOIN_WAIT / 3.5) + 1):
+        clock.advance(3.5)
+    assert outcome and outcome[0].check(Unavailable) and "joining the others" in outcome[0].getErrorMessage()
+    cat.close()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from deposito.interfaces import Entry, ServerRow
 
 T = TypeVar("T")
+MAX_JOIN_WAIT = 10.0  # seconds a change waits at most for this proxy to have joined the others
 
 
 @implementer(ICatalog)
@@ -115,7 +116,7 @@ class CatalogThread:
             return results
         return heard
 
-    def _call(self, method: Callable[..., T], *args: Any) -> Deferred[T]:
+    def _call(self, method: Callable[..., T], *args: Any, waited: float = 0.0) -> Deferred[T]:
         """``self._call(Catalog.due_work, now, limit)``: the method's result, as a
         Deferred. The method declares what it does with
         :func:`deposito.catalog.records.effects`."""
@@ -126,8 +127,10 @@ class CatalogThread:
         except Unavailable:
             return fail()
         if delay > 0:  # this proxy joined the others moments ago: the change waits (see Catalog.change_delay)
+            if waited + delay > MAX_JOIN_WAIT:  # joined again and again meanwhile (retired each time)
+                return fail(Unavailable("this proxy is joining the others; try again shortly"))
             later: Deferred[T] = task.deferLater(self.reactor, delay, lambda: None).addCallback(
-                lambda _: self._call(method, *args))
+                lambda _: self._call(method, *args, waited=waited + delay))
             return later
         if one_record(method):
             self._records.pop(args[0], None)
