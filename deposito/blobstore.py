@@ -26,7 +26,7 @@ from typing import Callable, Iterator, cast
 import attrs
 
 from deposito import diskio
-from deposito.blobmeta import BLOCK, BlobMeta, BlockSums, Corrupt, check_block
+from deposito.blobmeta import BLOCK, NEW_CHECKSUM, BlobMeta, BlockSums, Corrupt, check_block
 from deposito.errors import BadArgs, NotFound
 
 GRACE = 10.0  # seconds a deleted blob can still be read (see BlobStore.open_trashed)
@@ -332,8 +332,30 @@ class BlobStore:
         return results
 
     def meta(self, blob_id: str) -> BlobMeta:
-        """A blob's metadata: from its extended attribute, or the file beside it."""
-        return meta_at(self.path(blob_id))
+        """A blob's metadata: from its extended attribute, or the file beside
+        it; with its block checksums (see :meth:`_sum_blocks`)."""
+        meta = meta_at(self.path(blob_id))
+        if meta.size and not meta.blocks:
+            meta = self._sum_blocks(blob_id, meta)
+        return meta
+
+    def _sum_blocks(self, blob_id: str, meta: BlobMeta) -> BlobMeta:
+        """A blob written before blocks had checksums (the first servers,
+        24 November 2026) gets them, once: its bytes read whole against its
+        sha256, their checksums kept in its metadata. Corrupt if the bytes
+        do not match: such a copy was served as corrupt, whole, before."""
+        digest, sums = hashlib.sha256(), BlockSums()
+        with self.reader(blob_id, meta) as f:
+            for index in range((meta.size + BLOCK - 1) // BLOCK):
+                data = f.pread(BLOCK, index * BLOCK)
+                digest.update(data)
+                sums.update(data)
+        if digest.hexdigest() != meta.sha256:
+            raise Corrupt("sha256 mismatch")
+        summed = attrs.evolve(meta, blocks=sums.blocks, checksum=NEW_CHECKSUM)
+        with self._moving:
+            self._rewrite_meta(self.path(blob_id), lambda old: summed if old == meta else None)
+        return summed
 
     def open(self, blob_id: str):
         """A binary file object for reading the blob, and its size on disk."""
@@ -348,7 +370,7 @@ class BlobStore:
         if not os.path.exists(self.path(blob_id)):
             return None
         try:
-            return self.meta(blob_id).size
+            return meta_at(self.path(blob_id)).size
         except (NotFound, Corrupt):
             return os.stat(self.path(blob_id)).st_size
 
@@ -479,15 +501,22 @@ class BlobStore:
             return self._set_wanted(self.path(blob_id), replicas)
 
     def _set_wanted(self, path: str, replicas: int) -> bool:
+        return self._rewrite_meta(path, lambda meta: attrs.evolve(meta, replicas=replicas)
+                                  if meta.replicas != replicas else None)
+
+    def _rewrite_meta(self, path: str, change: Callable[[BlobMeta], BlobMeta | None]) -> bool:
+        """The metadata of the blob at ``path`` replaced by ``change(meta)``
+        (None: left as it is), durably; False when the blob is not here."""
         try:
             meta = meta_at(path)
             fd = os.open(path, os.O_RDONLY)
         except (NotFound, FileNotFoundError):
             return False
-        if meta.replicas == replicas:
+        changed = change(meta)
+        if changed is None:
             os.close(fd)
             return True
-        meta = attrs.evolve(meta, replicas=replicas)
+        meta = changed
         blob_id = meta.blob
         try:
             beside = os.path.exists(path + ".meta")

@@ -198,6 +198,47 @@ def test_a_blob_from_before_crc32c_is_still_read_and_checked(tmp_path):
         store.check(blob)
 
 
+def test_a_blob_from_before_block_checksums_gets_them_once_its_bytes_match_its_sha256(tmp_path):
+    """The first servers kept no block checksums: every such copy was
+    served as corrupt and quarantined after an upgrade (19 of 21 files a
+    review stored with that version were lost to its clients). Its bytes
+    are now read whole against its sha256 once, and its checksums kept."""
+    store = BlobStore(str(tmp_path))
+    blobs = {}
+    for size in (5, BLOCK + 10):
+        blob, data = new_blob_id(), os.urandom(size)
+        incoming = store.begin(meta(blob, len(data)))
+        incoming.write(data)
+        incoming.commit(*sums(data))
+        old = json.loads(store.meta(blob).to_json())
+        os.removexattr(store.path(blob), "user.deposito")  # as the first servers kept it: beside, no blocks
+        for key in ("checksum", "blocks", "cached", "meta"):
+            del old[key]
+        with open(store.path(blob) + ".meta", "w") as f:
+            json.dump(old, f)
+        blobs[blob] = data
+    for blob, data in blobs.items():
+        checked = store.check(blob)
+        assert checked.checksum == "crc32c" and len(checked.blocks) == (len(data) + BLOCK - 1) // BLOCK
+        assert json.loads(open(store.path(blob) + ".meta").read())["blocks"] == list(checked.blocks)  # kept
+        with store.reader(blob, checked) as f:
+            assert store.read_block(f, checked, 0) == data[:BLOCK]
+    # one whose bytes rotted meanwhile is corrupt, as before
+    blob, data = new_blob_id(), b"x" * 100
+    incoming = store.begin(meta(blob, len(data)))
+    incoming.write(data)
+    incoming.commit(*sums(data))
+    old = json.loads(store.meta(blob).to_json())
+    os.removexattr(store.path(blob), "user.deposito")
+    del old["blocks"]
+    with open(store.path(blob) + ".meta", "w") as f:
+        json.dump(old, f)
+    with open(store.path(blob), "r+b") as f:
+        f.write(b"y")
+    with pytest.raises(Corrupt, match="sha256"):
+        store.check(blob)
+
+
 def test_metadata_lives_in_the_blob_file_or_beside_it_when_large(tmp_path):
     """Small metadata is an extended attribute of the blob (one file, one
     fsync); a big blob's block list goes to a .meta file. Both read back, and
