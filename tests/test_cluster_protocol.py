@@ -570,6 +570,36 @@ def test_a_refusal_is_said_once_per_host_server_and_reason_until_a_server_from_t
     assert len([e for e in events if e.get("event") == "refused"]) == 3
 
 
+def test_a_server_refused_in_its_listing_at_every_join_is_said_once():
+    """An older server whose listing lines this proxy cannot read joins,
+    is refused, and comes back every second or two: its join made the
+    refusal be said again each time (137-153 lines in 40 s in a review of
+    upgrades). Said once now, until its listing goes through."""
+    from twisted.logger import Logger
+
+    clock = task.Clock()
+    roster = Roster(clock)
+    factory = MemberFactory(roster, heartbeat=1.0, catalog_id=lambda: CATALOG)
+    events: list = []
+
+    def attempt(inventory: bytes) -> StringTransport:
+        proto = factory.buildProtocol(None)
+        proto.log = Logger(observer=events.append)
+        tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+        proto.callLater = clock.callLater
+        proto.makeConnection(tr)
+        proto.dataReceived(b"JOIN s1 zone=z port=1 capacity=1 used=0 blobs=0\nHB capacity=1 used=0 blobs=0\n"
+                           b"LISTING\nINVENTORY 1\n" + inventory)
+        if tr.disconnecting:
+            proto.connectionLost(None)
+        return tr
+
+    old_line = b"0123456789abcdef0123456789abcdef 1 5 name\n"  # not a line of this proxy's listing
+    for _ in range(5):
+        assert b"ERR badargs inventory line" in attempt(old_line).value()
+    assert len([e for e in events if e.get("event") == "refused"]) == 1
+
+
 def test_bytes_before_the_join_do_not_put_off_its_deadline_and_a_late_join_is_said_once_per_host():
     from twisted.logger import Logger
 

@@ -446,13 +446,19 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             self.reply(e.reply())
             self.transport.loseConnection()
 
+    def _forget_refusals(self, which: Callable[[tuple[str, str, str]], bool]) -> None:
+        """Forget having said the refusals of servers from this host that ``which`` picks."""
+        host = self._peer_host()
+        self.refusals.difference_update([said for said in self.refusals if said[0] == host and which(said)])
+
     def _peer_host(self) -> str:
         peer = self.transport.getPeer()
         return str(getattr(peer, "host", peer))
 
     def _refused(self, e: DepositoError) -> None:
-        """Say a refusal once per host, server and reason until a server from
-        that host joins: a refused server comes back every second or two.
+        """Say a refusal once per host, server and reason until another
+        server from that host joins, or this one's listing goes through: a
+        refused server comes back every second or two.
         Past a few of them from one host, the rest are not said (a client
         trying one id after another would fill the log)."""
         host = self._peer_host()
@@ -497,6 +503,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             self._after = entries[-1][0] if entries else self._after
         else:
             self._after = self._listing_since = None
+            self._forget_refusals(lambda said: True)
         self._take(entries, since, more)
 
     def _take(self, entries: list[Any], since: float, more: bool) -> None:
@@ -605,8 +612,10 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         if self._welcomed is not None:
             welcomed, self._welcomed = self._welcomed, None
             member = self.roster.join(*welcomed)
-            host = self._peer_host()
-            self.refusals.difference_update([said for said in self.refusals if said[0] == host])
+            # a server from that host serves: the others' refusals may be said again (this
+            # one's once its listing is all in: one refused in the middle of it, an older
+            # server whose lines this proxy cannot read, joins again every second or two)
+            self._forget_refusals(lambda said: said[1] != welcomed[0])
             member.adopted, member.serves = self._adopted, self._serves
             self.member_id = welcomed[0]
             if self._adopted and self._serves is not None:
