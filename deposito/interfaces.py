@@ -212,6 +212,11 @@ class ICatalog(IWorkCatalog):
         (whose ``version`` it was) and the ``servers`` written to: also
         where its intents were lost, unless it was committed after all."""
 
+    def on_db_clock(t: float) -> float:
+        """A time of the reactor's clock, as the catalog keeps it: on its
+        database's clock, which every proxy sharing it agrees on (see
+        deposito.catalog.changes.Changes._on_db_clock)."""
+
     def commit(name: str, version: int, blob: str, size: int, sha256: str, replicas: int,
                servers: list[str], now: float, meta: str = "", expect: Optional[Expect] = None,
                bucket: Optional[str] = None) -> Deferred[bool]:

@@ -2184,3 +2184,51 @@ def test_a_change_waits_for_this_proxy_to_join_the_others_ten_seconds_at_most(ca
         clock.advance(3.5)
     assert outcome and outcome[0].check(Unavailable) and "joining the others" in outcome[0].getErrorMessage()
     cat.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_record_a_commit_leaves_in_memory_has_its_time_on_the_databases_clock(postgres):
+    """A proxy an hour ahead kept the record it committed with its own
+    time: its HEAD said Last-Modified an hour later than the other proxy's,
+    for one version of one object."""
+    import time
+
+    from twisted.internet import reactor
+
+    from deposito.catalog.postgres import PostgresBackend
+
+    url = postgres.database()
+    cat = Catalog(PostgresBackend(url))
+    cat._machine_clock = lambda: time.time() + 3600  # this proxy's clock, an hour ahead
+    db = CatalogThread(reactor, cat)
+    db.start()
+    try:
+        yield db.recover(time.time() + 3600)
+        db.trust(time.monotonic() + 60)  # alone: the records it keeps are answered
+        v = yield db.begin_upload("f", "b1", ["s1"])
+        assert (yield db.commit("f", v, "b1", 1, "x", 1, ["s1"], time.time() + 3600))
+        kept = yield db.lookup("f")
+        stored = cat.reader().lookup("f")
+        assert abs(stored.created - time.time()) < 60 and abs(kept.created - stored.created) < 1, (kept, stored)
+        assert abs(db.on_db_clock(time.time() + 3600) - time.time()) < 1
+    finally:
+        db.stop()
+        postgres.drop(url)
+
+
+def test_the_database_clock_is_read_in_a_round_trip_of_its_own(shared):
+    """Read behind the statements of its batch (a commit waiting on a lock,
+    a page of an inventory), the clock came late: a proxy in step with the
+    database was given half their time as its skew, and lost it at the next
+    beat alone, its times going to and fro."""
+    import time
+
+    a, _ = shared
+    a.recover(time.time())
+
+    def slow(self):
+        self.db.execute("SELECT pg_sleep(0.6)")
+
+    for _ in range(2):
+        assert [ok for ok, _ in a.batch([(slow, ()), (Catalog.beat, (["s1"], time.time(), 30.0, True))])] == [True, True]
+        assert a.skew == 0.0

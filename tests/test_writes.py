@@ -59,6 +59,9 @@ class RefusingCatalog:
     def commit(self, *args: object) -> defer.Deferred:
         return defer.fail(Precondition("If-None-Match"))
 
+    def on_db_clock(self, t: float) -> float:
+        return t
+
     def abandon(self, blob: str, name=None, version=None, servers=None) -> defer.Deferred:
         self.abandoned.append(blob)
         return defer.succeed(None)

@@ -51,9 +51,12 @@ class Changes(Database):
         (clocks kept by NTP agree to milliseconds: theirs stays 0, and no
         proxy's times go back and forth by a round trip's noise)."""
         if self.backend.shared:
+            self.backend.flush(db)  # the statements of the batch before it: not part of its round trip
             began = self._machine_clock()
-            skew = float(db.execute("SELECT " + self.dialect.clock).fetchone()[0]) - (began + self._machine_clock()) / 2
-            if abs(skew - self.skew) > SKEW_TOLERANCE:
+            clock = float(db.execute("SELECT " + self.dialect.clock).fetchone()[0])
+            ended = self._machine_clock()
+            skew = clock - (began + ended) / 2
+            if ended - began <= SKEW_TOLERANCE and abs(skew - self.skew) > SKEW_TOLERANCE:  # (a slow one says little)
                 self.skew = 0.0 if abs(skew) <= SKEW_TOLERANCE else skew
 
     def _tell(self, names: Iterable[str] | None) -> None:

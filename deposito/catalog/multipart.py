@@ -164,6 +164,8 @@ class Multipart(Changes):
         version of ``name`` is known. Returns "made", "kept" (it is there
         already), "older" or "lost" (a part is on no server): in the last two
         the upload's blobs are garbage."""
+        now = self._on_db_clock(now)
+
         def tx(db: Connection) -> str:
             self._seen_version(db, name, version)
             current = db.execute("SELECT version, parts FROM files WHERE name = ?", (name,)).fetchone()

@@ -336,8 +336,11 @@ class CatalogThread:
                bucket: str | None = None) -> Deferred[bool]:
         d = self._call(Catalog.commit, name, version, blob, size, sha256, replicas, servers, now, meta, expect, bucket)
         changes = self._changes
-        return d.addCallback(self._committed, committed(name, version, blob, size, sha256, replicas, servers, now,
-                                                        meta), changes)
+        return d.addCallback(self._committed, committed(name, version, blob, size, sha256, replicas, servers,
+                                                        self.on_db_clock(now), meta), changes)
+
+    def on_db_clock(self, t: float) -> float:
+        return self.catalog._on_db_clock(t)
 
     def _committed(self, newest: bool, record: FileRecord, changes: int) -> bool:
         if newest:

@@ -161,14 +161,15 @@ class Writer:
 
     async def _commit(self, upload: Upload, ids: list[str], now: float) -> tuple[bool, FileRecord]:
         """The commit point of a file, of a part of a multipart upload, or of
-        the manifest that completes one: whether it is the newest version, and its record."""
+        the manifest that completes one: whether it is the newest version, and
+        its record (``now`` in it on the catalog's clock, as the catalog keeps it)."""
         u = upload
         done = u.completes
         if done is not None:
             newest = await self.db.complete(done.upload, u.name, u.version, u.blob, u.size, u.sha256, u.replicas,
                                             ids, now, u.meta, list(done.chosen), done.sha256, u.expect)
             return newest, FileRecord(u.name, u.version, pointer_blob(done.upload), done.size, done.sha256,
-                                      u.replicas, (), now, u.meta, done.upload)
+                                      u.replicas, (), self.db.on_db_clock(now), u.meta, done.upload)
         if u.part_of:
             await self.db.commit_part(u.part_of, u.name, u.version, u.blob, u.size, u.sha256, u.replicas, ids, now,
                                       u.meta)
@@ -176,7 +177,8 @@ class Writer:
         else:
             newest = await self.db.commit(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, ids, now, u.meta,
                                           u.expect, u.bucket)
-        return newest, FileRecord(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, tuple(ids), now, u.meta)
+        return newest, FileRecord(u.name, u.version, u.blob, u.size, u.sha256, u.replicas, tuple(ids),
+                                  self.db.on_db_clock(now), u.meta)
 
     async def keep_wanted(self, blob: str, count: int, holders: list[Member]) -> None:
         async def keep(member: Member) -> None:
