@@ -1503,20 +1503,25 @@ def test_a_second_catalog_on_one_postgresql_database_writes_at_once(postgres):
         postgres.drop(url)
 
 
-def test_the_first_catalog_opens_and_its_copies_are_judged_and_made(tmp_path):
-    """A SQLite catalog of the first proxy (schema version 0, whose copies
-    had no time made, tests/data/catalog-v0.sql): brought to this schema,
-    it takes new files, and a server's listing and a repair copy count.
-    Every PUT failed, and every listing, with 'no such column: since'."""
+def opened_from(tmp_path, script: str) -> Catalog:
+    """A catalog an older proxy left (tests/data/``script``, its SQL), opened by this one."""
     import sqlite3
     from pathlib import Path
 
     folder = tmp_path / "proxy"
     folder.mkdir()
     old = sqlite3.connect(folder / "catalog.sqlite")
-    old.executescript((Path(__file__).parent / "data" / "catalog-v0.sql").read_text())
+    old.executescript((Path(__file__).parent / "data" / script).read_text())
     old.close()
-    cat = Catalog(str(folder))
+    return Catalog(str(folder))
+
+
+def test_the_first_catalog_opens_and_its_copies_are_judged_and_made(tmp_path):
+    """A SQLite catalog of the first proxy (schema version 0, whose copies
+    had no time made, tests/data/catalog-v0.sql): brought to this schema,
+    it takes new files, and a server's listing and a repair copy count.
+    Every PUT failed, and every listing, with 'no such column: since'."""
+    cat = opened_from(tmp_path, "catalog-v0.sql")
     try:
         assert cat.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         a = cat.lookup("a.txt")
@@ -1538,15 +1543,7 @@ def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
     proxy before several proxies left it) is brought to this schema in place:
     its files, versions and counts as they were, its unfinished upload
     garbage once the proxy starts, and new uploads commit."""
-    import sqlite3
-    from pathlib import Path
-
-    folder = tmp_path / "proxy"
-    folder.mkdir()
-    old = sqlite3.connect(folder / "catalog.sqlite")
-    old.executescript((Path(__file__).parent / "data" / "catalog-v1.sql").read_text())
-    old.close()
-    cat = Catalog(str(folder))
+    cat = opened_from(tmp_path, "catalog-v1.sql")
     try:
         assert cat.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         indexes = {row[0] for row in cat.db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'work'")}
@@ -1564,7 +1561,7 @@ def test_a_catalog_from_before_several_proxies_opens_unchanged(tmp_path):
         assert [name for name, _, _ in cat.due_work(11.0, 10)] == ["kept.bin"]  # its raised count still queued
     finally:
         cat.close()
-    again = Catalog(str(folder))  # and opens again as it is
+    again = Catalog(str(tmp_path / "proxy"))  # and opens again as it is
     try:
         assert again.lookup("unfinished").version == 2 and again.lookup("kept.bin").replicas == 3
         assert again.lookup("unfinished").meta == '{"etag": "e"}'

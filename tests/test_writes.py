@@ -67,17 +67,23 @@ class RefusingCatalog:
         return defer.succeed(None)
 
 
+def sent(clock: Clock, name: str, members: list[Member], clients: list, release=lambda client: None) -> Upload:
+    """An upload of b"hello" to ``members`` through ``clients``, its bytes sent."""
+    upload = Upload(clock, name, 1, "b" * 32, 5, 2, release=release, targets=members)
+    for member, client in zip(members, clients):
+        member.reserve(upload.size)
+        upload.add_lane(member, client, client.stored)
+    upload.write(b"hello")
+    return upload
+
+
 def test_an_upload_whose_commit_is_refused_is_cleaned_up_once_even_if_aborted_after():
     clock, db = Clock(), RefusingCatalog()
     pooled: list[FakeClient] = []
     writer = Writer(clock, db, roster=None, pool=None, collect=lambda: None, repair=lambda: None)  # type: ignore[arg-type]
     members = [Member(f"s{i}", f"z{i}", "127.0.0.1", 1, capacity=1 << 30) for i in range(2)]
-    upload = Upload(clock, "lock", 1, "b" * 32, 5, 2, release=pooled.append, targets=members)
     clients = [FakeClient() for _ in members]
-    for member, client in zip(members, clients):
-        member.reserve(upload.size)
-        upload.add_lane(member, client, client.stored)
-    upload.write(b"hello")
+    upload = sent(clock, "lock", members, clients, release=pooled.append)
 
     failure = writer.finish_put(upload)
     outcome: list = []
@@ -103,12 +109,7 @@ def test_an_upload_whose_commit_lost_the_database_says_it_may_be_stored():
     clock, db = Clock(), Lost()
     writer = Writer(clock, db, roster=None, pool=None, collect=lambda: None, repair=lambda: None)  # type: ignore[arg-type]
     members = [Member(f"s{i}", f"z{i}", "127.0.0.1", 1, capacity=1 << 30) for i in range(2)]
-    upload = Upload(clock, "notes", 1, "b" * 32, 5, 2, release=lambda client: None, targets=members)
-    clients = [FakeClient() for _ in members]
-    for member, client in zip(members, clients):
-        member.reserve(upload.size)
-        upload.add_lane(member, client, client.stored)
-    upload.write(b"hello")
+    upload = sent(clock, "notes", members, [FakeClient() for _ in members])
     outcome: list = []
     defer.ensureDeferred(writer.finish_put(upload)).addBoth(outcome.append)
     assert outcome and outcome[0].check(Unavailable)
@@ -392,12 +393,7 @@ def test_an_upload_short_of_copies_with_no_server_left_to_try_says_why_its_serve
     members = [Member(f"s{i}", f"z{i}", "127.0.0.1", 1, capacity=1 << 30, state="up") for i in range(2)]
     writer = Writer(clock, db, roster=Members(members), pool=None,  # type: ignore[arg-type]
                     collect=lambda: None, repair=lambda: None)
-    upload = Upload(clock, "f", 1, "b" * 32, 5, 2, release=lambda c: None, targets=members)
-    clients = [FakeClient(), RefusingClient(why)]
-    for member, client in zip(members, clients):
-        member.reserve(upload.size)
-        upload.add_lane(member, client, client.stored)
-    upload.write(b"hello")
+    upload = sent(clock, "f", members, [FakeClient(), RefusingClient(why)])
     outcome: list = []
     defer.ensureDeferred(writer.finish_put(upload)).addBoth(outcome.append)
     assert outcome, "finish_put is still waiting"
