@@ -34,7 +34,7 @@ class ProxyService(service.MultiService):
         self.reactor = reactor
         self.data = data
         self.catalog_url = catalog
-        self.db = CatalogThread(reactor, Catalog(backend_for(catalog, data), among_proxies=True))
+        self.db = CatalogThread(reactor, Catalog(backend_for(catalog, data), among_proxies=True, clock=reactor.seconds))
         self.roster = Roster(reactor, dead_after=dead_after)
         self.secret = secret
         self.depot = Depot(reactor, self.db, self.roster, default_replicas=replicas, secret=secret,

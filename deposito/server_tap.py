@@ -64,8 +64,9 @@ class Options(FirstLineOptions):
 def makeService(options: Options):
     from twisted.internet import reactor
 
-    from deposito import allocator, diagnostics, hangup, listening
+    from deposito import allocator, diagnostics, hangup, listening, twisted_internals
 
+    twisted_internals.steady_clock(reactor)
     allocator.tune_for_streams()
     diagnostics.stacks_on_signal(options["data"])
     hangup.reread_on_hangup(reactor, [])

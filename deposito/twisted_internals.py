@@ -14,6 +14,7 @@ breaks one fails a test instead of silently slowing or breaking a path.
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 from twisted.internet import tcp
@@ -591,3 +592,30 @@ def answer_before_body(request: Any) -> None:
     channel.persistent = False
     channel.lingers = True  # what the client still sends of the body is read and dropped (ContinueWhenAsked)
     request.setHeader(b"connection", b"close")  # the client must not send its next request on this one
+
+
+# -- the reactor's clock
+
+
+def steady_clock(reactor: Any, wall: Any = time.time, monotonic: Any = time.monotonic) -> None:
+    """Run ``reactor``'s timers (callLater, LoopingCall, the protocols'
+    timeouts) on a clock that a step of the machine's wall clock does not
+    move: the monotonic clock, plus the wall clock's time when this is
+    called, so that it starts as the wall clock does. Call it before any
+    timer is set (first thing in a plugin's makeService).
+
+    Relies on ReactorBase reading the time through ``self.seconds`` alone
+    (callLater, the poll's timeout, runUntilCurrent; DelayedCall through
+    the ``seconds`` it is given, the reactor's), by default
+    ``time.time``: a wall clock stepped back an hour held every timer up
+    for that hour (heartbeats, leases, retries), and stepped forward it cut
+    every idle connection and took servers for down. If a later Twisted
+    reads the time another way, its timers follow the wall clock again, as
+    before; the test of this fact fails first. Times kept (a file's
+    version, a copy made) are the catalog's, which converts the reactor's
+    clock to its database's at every beat (see
+    deposito.catalog.changes.Changes._on_db_clock); what must be the wall
+    clock itself (S3's dates and signatures) reads time.time()."""
+    offset = wall() - monotonic()
+    reactor.seconds = lambda: monotonic() + offset
+

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 from typing import Any, Callable, Coroutine
 from urllib.parse import quote as urlquote
 
@@ -51,11 +52,11 @@ MAX_FILES_PAGE = 1000
 # -- the facts, gathered once per request
 
 
-async def gather(depot: IDepot, events: EventLog, clock: IReactorTime) -> dict[str, Any]:
+async def gather(depot: IDepot, events: EventLog) -> dict[str, Any]:
     """STATUS's counts, and what only a page or a scrape needs beside them."""
     status: dict[str, Any] = dict(await depot.status(copies=True))
     status["repairs_done"] = events.counts["repaired"] + events.counts["drop"]
-    status["repairs_per_minute"] = round(events.rate.per_minute(clock.seconds()), 1)
+    status["repairs_per_minute"] = round(events.rate.per_minute(time.time()), 1)  # (events' times are the wall clock's)
     return status
 
 
@@ -136,21 +137,21 @@ class _Page(Resource):
 
 class StatusPage(_Page):
     async def respond(self, request: Any) -> None:
-        status = await gather(self.depot, self.events, self.clock)
-        page = render_page(status, self.depot.servers(), self.recent(request, EVENTS_SHOWN), self.clock.seconds())
+        status = await gather(self.depot, self.events)
+        page = render_page(status, self.depot.servers(), self.recent(request, EVENTS_SHOWN), time.time())
         _send(request, 200, b"text/html; charset=utf-8", page)
 
 
 class MetricsPage(_Page):
     async def respond(self, request: Any) -> None:
-        status = await gather(self.depot, self.events, self.clock)
+        status = await gather(self.depot, self.events)
         self.metrics.refresh(status, self.depot.servers())
         _send(request, 200, METRICS_TYPE, generate_latest(self.metrics.registry))
 
 
 class StatusAPI(_Page):
     async def respond(self, request: Any) -> None:
-        status = await gather(self.depot, self.events, self.clock)
+        status = await gather(self.depot, self.events)
         status["version"] = deposito.__version__
         status["events"] = [ev.as_json() for ev in self.recent(request)]
         _send_json(request, status)

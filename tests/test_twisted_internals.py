@@ -1037,3 +1037,44 @@ def test_a_request_line_too_long_is_answered_400():
     channel.dataReceived(b"GET /" + b"a" * (channel.MAX_LENGTH + 10) + b" HTTP/1.1\r\n")
     assert transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n") and transport.disconnecting
     channel.connectionLost(None)
+
+
+@pytest.mark.parametrize("steady", [True, False])
+def test_a_steady_clock_keeps_the_reactors_timers_through_a_step_of_the_wall_clock(steady):
+    """steady_clock's fact: ReactorBase reads the time through its
+    ``seconds`` alone (callLater, the poll's timeout, runUntilCurrent). On
+    the wall clock (Twisted's own, the case ``steady`` False shows), a step
+    an hour back held every timer up for that hour, and one forward fired
+    them all at once (connections cut, servers taken for down)."""
+    from twisted.internet.selectreactor import SelectReactor
+
+    from deposito.twisted_internals import steady_clock
+
+    wall, monotonic = [1.8e9], [500.0]
+    reactor = SelectReactor()
+    try:
+        if steady:
+            steady_clock(reactor, wall=lambda: wall[0], monotonic=lambda: monotonic[0])
+        else:
+            reactor.seconds = lambda: wall[0]
+        assert reactor.seconds() == wall[0]  # it starts as the wall clock does
+        fired: list[bool] = []
+        reactor.callLater(10, fired.append, True)
+        held = []
+        for step in (3600, -7200):
+            wall[0] += step
+            timeout = reactor.timeout()
+            held.append(timeout is not None and 9 < timeout <= 10)
+            reactor.runUntilCurrent()
+            held.append(fired == [])
+        monotonic[0] += 10
+        reactor.runUntilCurrent()
+        if steady:
+            assert held == [True] * 4 and fired == [True]  # held through both steps, fired on time
+        else:
+            assert held != [True] * 4  # (what the wall clock did)
+    finally:
+        for call in reactor.getDelayedCalls():
+            call.cancel()
+        reactor.removeReader(reactor.waker)
+        reactor.waker.connectionLost(None)  # (its pipe closed: this reactor never runs)

@@ -28,36 +28,37 @@ class Changes(Database):
 
     proxy: str  # this proxy's id among those sharing the catalog
     _reported: builtins.list[str] | None  # names whose records the open transaction changed (None: any)
-    skew = 0.0  # on a shared catalog, the database's clock less this machine's (see _on_db_clock)
-    _machine_clock = staticmethod(time.time)  # this machine's clock, the reactor's
+    skew = 0.0  # the database's clock less the reactor's (see _on_db_clock)
+    _machine_clock = staticmethod(time.time)  # the reactor's clock (see twisted_internals.steady_clock)
 
     def _on_db_clock(self, t: float) -> float:
-        """A time of this machine's clock (given by the reactor), on the
-        database's. Times that proxies store and compare (when a copy was
-        made, a proxy last beat, a version was written, an upload last
-        grew) are all on the database's clock, so that proxies whose clocks
-        differ still agree on which came first. On a catalog no other proxy
-        shares, the two are one. Calls taking a time convert it with this
-        (and :meth:`_off_db_clock` a time they hand back)."""
+        """A time of the reactor's clock, on the database's. Times that
+        proxies store and compare (when a copy was made, a proxy last beat,
+        a version was written, an upload last grew) are all on the
+        database's clock, so that proxies whose clocks differ still agree on
+        which came first. A SQLite database's clock is the machine's wall
+        clock, which the reactor's leaves when the wall clock is stepped
+        (see twisted_internals.steady_clock): the times kept follow the wall
+        clock all the same. Calls taking a time convert it with this (and
+        :meth:`_off_db_clock` a time they hand back)."""
         return t + self.skew if 0 < t < WAITING else t  # (0: at once, whatever the clock; WAITING: never)
 
     def _off_db_clock(self, t: float) -> float:
         return t - self.skew if 0 < t < WAITING else t
 
     def _read_skew(self, db: Connection) -> None:
-        """On a shared catalog, learn the database's clock (see
-        :meth:`_on_db_clock`), read at each beat: to half the round trip it
-        takes, and taken only when it moved by more than SKEW_TOLERANCE
-        (clocks kept by NTP agree to milliseconds: theirs stays 0, and no
-        proxy's times go back and forth by a round trip's noise)."""
-        if self.backend.shared:
-            self.backend.flush(db)  # the statements of the batch before it: not part of its round trip
-            began = self._machine_clock()
-            clock = float(db.execute("SELECT " + self.dialect.clock).fetchone()[0])
-            ended = self._machine_clock()
-            skew = clock - (began + ended) / 2
-            if ended - began <= SKEW_TOLERANCE and abs(skew - self.skew) > SKEW_TOLERANCE:  # (a slow one says little)
-                self.skew = 0.0 if abs(skew) <= SKEW_TOLERANCE else skew
+        """Learn the database's clock (see :meth:`_on_db_clock`), read at
+        each beat in a round trip of its own: to half that round trip, and
+        taken only when it moved by more than SKEW_TOLERANCE (clocks kept by
+        NTP agree to milliseconds: theirs stays 0, and no proxy's times go
+        back and forth by a round trip's noise)."""
+        self.backend.flush(db)  # the statements of the batch before it: not part of its round trip
+        began = self._machine_clock()
+        clock = float(db.execute("SELECT " + self.dialect.clock).fetchone()[0])
+        ended = self._machine_clock()
+        skew = clock - (began + ended) / 2
+        if ended - began <= SKEW_TOLERANCE and abs(skew - self.skew) > SKEW_TOLERANCE:  # (a slow one says little)
+            self.skew = 0.0 if abs(skew) <= SKEW_TOLERANCE else skew
 
     def _tell(self, names: Iterable[str] | None) -> None:
         """The records of ``names`` (None: any) were changed (see records.effects, ``tells``)."""

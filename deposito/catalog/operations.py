@@ -77,8 +77,9 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
     files and the garbage it works on are its own (see :meth:`beat`)."""
 
     def __init__(self, where: Union[str, Backend], reads_only: bool = False, proxy: str | None = None,
-                 among_proxies: bool = False) -> None:
+                 among_proxies: bool = False, clock: Callable[[], float] = time.time) -> None:
         self.proxy = proxy or proxy_id()
+        self._machine_clock = clock  # the reactor's (see Changes._on_db_clock)
         self.left = False  # the proxy stopped (see leave): it starts no more uploads
         # a proxy's, among the others sharing the catalog: its changes wait for its row (see WAIT)
         self.among_proxies = among_proxies

@@ -23,6 +23,7 @@ the conditional headers in :mod:`deposito.s3.conditions`.
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any, Awaitable, Callable, Optional
 from urllib.parse import parse_qsl, unquote
 
@@ -118,7 +119,7 @@ class Gateway:
         request_id = secrets.token_hex(8).upper()
         request.setHeader(b"x-amz-request-id", request_id.encode())
         request.setHeader(b"server", b"Deposito")
-        request.setHeader(b"date", http_date(self.clock.seconds()).encode())
+        request.setHeader(b"date", http_date(time.time()).encode())  # (the wall clock: see twisted_internals.steady_clock)
         raw_path, _, raw_query = raw.partition("?")
         try:
             if not raw_path.startswith("/"):
@@ -131,7 +132,7 @@ class Gateway:
                               " Version 4 (boto3: Config(signature_version='s3v4'))")
             if method == "OPTIONS":  # a browser's CORS preflight, never signed: no bucket allows CORS
                 raise S3Error("AccessForbidden" if "origin" in headers else "BadRequest")
-            verified = sigv4.verify(method, raw_path, raw_query, headers, self.keys, self.clock.seconds())
+            verified = sigv4.verify(method, raw_path, raw_query, headers, self.keys, time.time())
             if self.depot.closed_for_rebuild:
                 raise Unavailable("rebuilding the catalog from the servers; try again shortly")
             bucket, key = _split(self.bucket_path(raw_path, headers))
