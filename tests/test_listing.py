@@ -263,6 +263,41 @@ def test_listings_that_hold_a_growing_log_end_oldest_first(tmp_path, monkeypatch
     catalog.close()
 
 
+def test_listings_open_at_once_are_capped_and_a_stalled_one_gives_way(catalog, monkeypatch):
+    """Each open listing holds a connection to the catalog (on PostgreSQL,
+    one of its few): past MAX_OPEN a new listing ends the one whose reader
+    has asked nothing for IDLE_AFTER seconds, and is refused while every
+    reader is still asking; a closed or failed listing gives its room back."""
+    from deposito.catalog import listing as listing_module
+    from deposito.errors import Unavailable
+
+    monkeypatch.setattr(listing_module, "MAX_OPEN", 3)
+    fill(catalog, [f"n{i}" for i in range(20)])
+    clock = task.Clock()
+    held = [listed(where(catalog), NameRange(), batch=5, clock=clock) for _ in range(3)]
+    told = []
+    for i, listing in enumerate(held):
+        listing.on_expiry = lambda i=i: told.append(i)
+    with pytest.raises(Unavailable, match="too many listings open at once"):
+        listed(where(catalog), NameRange(), clock=clock)
+    clock.advance(listing_module.IDLE_AFTER - 1)
+    _result(held[0].next())  # its reader asks: it is not the one to go
+    _result(held[2].next())
+    with pytest.raises(Unavailable, match="too many listings"):
+        listed(where(catalog), NameRange(), clock=clock)
+    clock.advance(1)
+    fourth = listed(where(catalog), NameRange(), batch=5, clock=clock)  # held[1], left unasked, gives way
+    assert told == [1] and held[1].closed and not held[0].closed and not held[2].closed
+    with pytest.raises(Exception, match="too long"):
+        _result(held[1].next())
+    held[0].close()
+    fifth = listed(where(catalog), NameRange(), batch=5, clock=clock)  # its room was given back
+    assert [len(_result(fifth.next())) for _ in range(4)] == [5, 5, 5, 5]  # and it reads all
+    for listing in (held[2], fourth, fifth):
+        listing.close()
+    assert released(catalog) and id(clock) not in listing_module._Room._all
+
+
 def test_an_empty_listing_holds_nothing(catalog):
     fill(catalog, ["a"])
     clock = task.Clock()

@@ -43,6 +43,8 @@ MAX_AGE = 300.0  # seconds a listing may hold its snapshot
 WAL_LIMIT = 256 << 20  # bytes a SQLite catalog's log may grow to while listings hold it (see _Holders)
 WAL_EVERY = 2.0  # seconds between looks at its size meanwhile
 THREADS = 4  # listings' reads at the same time, whatever the number of listings
+MAX_OPEN = 64  # listings open at once in a process: each holds a connection to the catalog (see _Room)
+IDLE_AFTER = 10.0  # seconds a listing's reader may leave it unasked before a new listing may end it
 
 _COLUMNS = RECORD + " f"
 
@@ -194,7 +196,9 @@ class Listing:
         self.fetched = len(first)  # records read from the catalog so far
         self.batch = batch
         self.on_expiry: Callable[[], None] = lambda: None
-        self.on_close: Callable[[Listing], None] = lambda listing: None
+        self.on_close: list[Callable[[Listing], None]] = []  # told once, when the listing closes
+        self._clock = reactor
+        self.asked = reactor.seconds()  # when its reader last asked for a batch
         self._run = run
         self._snapshot = snapshot
         self._ready: list[FileRecord] | None = first or None
@@ -207,6 +211,7 @@ class Listing:
 
     def next(self) -> defer.Deferred[list[FileRecord]]:
         """The next batch of records, ``[]`` after the last one."""
+        self.asked = self._clock.seconds()
         if self._error is not None:
             return defer.fail(self._error)
         if self._ready is not None:
@@ -223,7 +228,8 @@ class Listing:
         if self.closed:
             return
         self.closed = True
-        self.on_close(self)
+        for told in self.on_close:
+            told(self)
         self._ready = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -315,15 +321,76 @@ def open_listing(reactor: IListingReactor, where: Union[str, Opener], names: Nam
     module's pool)."""
     reads: Run = run or functools.partial(threads.deferToThreadPool, reactor, _pool(reactor))
     opener: Opener = functools.partial(SQLiteSnapshot.open, where) if isinstance(where, str) else where
+    room = _Room.of(reactor)
+    try:
+        room.take()
+    except Unavailable:
+        return defer.fail()
 
     def opened(result: Opened) -> Listing:
         snapshot, count, first = result
         listing = Listing(reactor, reads, snapshot, count, first, batch=batch, max_age=max_age)
+        room.hold(listing)
         if isinstance(where, str) and not listing.closed:
             _Holders.of(reactor, where).hold(listing)
         return listing
 
-    return reads(opener, names, batch).addCallback(opened)
+    def failed(failure: Failure) -> Failure:
+        room.give_back()
+        return failure
+
+    return reads(opener, names, batch).addCallbacks(opened, failed)
+
+
+class _Room:
+    """The listings open in one process, at most MAX_OPEN (each holds a
+    connection to the catalog: on PostgreSQL a process of the database's,
+    and its connections are few). When they are all taken, a new listing
+    ends the one its reader has left unasked longest, if for IDLE_AFTER
+    seconds or more (a reader that stopped reading); else it is refused
+    (Unavailable: the client tries again shortly)."""
+
+    _all: dict[int, _Room] = {}
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self.reactor = reactor
+        self.listings: list[Listing] = []
+        self.opening = 0  # listings being opened (in a thread)
+
+    @classmethod
+    def of(cls, reactor: IReactorTime) -> _Room:
+        if id(reactor) not in cls._all:
+            cls._all[id(reactor)] = cls(reactor)
+        return cls._all[id(reactor)]
+
+    def take(self) -> None:
+        """Room for one more listing, or Unavailable."""
+        if len(self.listings) + self.opening >= MAX_OPEN:
+            idle = [listing for listing in self.listings if listing.asked <= self.reactor.seconds() - IDLE_AFTER]
+            if not idle:
+                raise Unavailable(f"too many listings open at once ({MAX_OPEN}); try again shortly")
+            min(idle, key=lambda listing: listing.asked)._expire(
+                f"gave way to a new one: its reader had asked nothing for {IDLE_AFTER:.0f} s")
+        self.opening += 1
+
+    def give_back(self) -> None:
+        """A listing being opened failed."""
+        self.opening -= 1
+        self._let_go(None)
+
+    def hold(self, listing: Listing) -> None:
+        self.opening -= 1
+        if listing.closed:
+            self._let_go(None)
+        else:
+            self.listings.append(listing)
+            listing.on_close.append(self._let_go)
+
+    def _let_go(self, listing: Listing | None) -> None:
+        if listing is not None:
+            self.listings.remove(listing)
+        if not self.listings and not self.opening:
+            del _Room._all[id(self.reactor)]
 
 
 class _Holders:
@@ -351,7 +418,7 @@ class _Holders:
 
     def hold(self, listing: Listing) -> None:
         self.listings.append(listing)
-        listing.on_close = self._let_go
+        listing.on_close.append(self._let_go)
         if self._look is None:
             self._look = self.reactor.callLater(WAL_EVERY, self._check)
 
