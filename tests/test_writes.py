@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 
-from deposito.depot.writes import ABANDON_RETRY, PASS_OVER, Writer
+from deposito.depot.writes import ABANDON_RETRY, ABANDON_TRIES, PASS_OVER, Writer
 from deposito.errors import NoSpace, Precondition, Unavailable
 from deposito.roster import Member
 from deposito.transfer import EARLY_MAX, Upload
@@ -174,6 +174,39 @@ def test_many_uploads_failed_while_the_catalog_is_out_of_reach_are_said_once():
     assert sorted(db.abandoned) == blobs
     said = [formatEvent(e) for e in events]
     assert len(said) == 2 and "cannot be made garbage yet" in said[0] and "garbage now" in said[1], said
+
+
+class FailingCatalog(UnreachableCatalog):
+    """A catalog whose first ``down`` abandons fail with an error of no known kind."""
+
+    def abandon(self, blob: str, name=None, version=None, servers=None) -> defer.Deferred:
+        if self.down:
+            self.down -= 1
+            return defer.fail(RuntimeError("an error nobody foresaw"))
+        self.abandoned.append(blob)
+        return defer.succeed(None)
+
+
+@pytest.mark.parametrize("down", [2, ABANDON_TRIES])
+def test_a_failed_uploads_copies_are_tried_again_after_any_error_a_few_times(down):
+    """An error of no known kind while recording a failed upload's copies
+    as garbage: tried again ABANDON_TRIES times in all, each failure logged,
+    so that a passing fault leaves no intent behind (it would hold
+    conditional writes of the name back with 409s until a restart)."""
+    clock, db = Clock(), FailingCatalog(down=down)
+    collected: list[bool] = []
+    writer = Writer(clock, db, roster=None, pool=None, collect=lambda: collected.append(True),  # type: ignore[arg-type]
+                    repair=lambda: None)
+    events: list[dict] = []
+    writer.log = Logger(observer=events.append)  # type: ignore[arg-type]
+    writer.abandon("b" * 32)
+    for _ in range(3 * ABANDON_TRIES):
+        clock.advance(ABANDON_RETRY)
+    assert not clock.getDelayedCalls()
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == min(down, ABANDON_TRIES)
+    assert db.abandoned == (["b" * 32] if down < ABANDON_TRIES else []) and len(collected) == len(db.abandoned)
+    assert not writer._unabandoned
 
 
 class LosingCatalog(UnreachableCatalog):

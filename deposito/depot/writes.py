@@ -22,6 +22,7 @@ from deposito.twisted_internals import IStreamReactor
 
 PASS_OVER = 60.0  # seconds a server that left an upload unanswered gets no new copies, while others can take them
 ABANDON_RETRY = 5.0  # seconds between tries to record an upload's copies as garbage while the catalog is out of reach
+ABANDON_TRIES = 5  # tries in all after a failure of another kind
 
 
 @implementer(ICopier)
@@ -234,14 +235,17 @@ class Writer:
             self.abandon(upload.blob)
 
     def abandon(self, blob: str, name: str | None = None, version: int | None = None,
-                servers: list[str] | None = None) -> None:
+                servers: list[str] | None = None, tries: int = 0) -> None:
         """An upload failed: what it wrote of ``blob`` anywhere is garbage, to
         be deleted (see ICatalog.abandon for ``name``'s ``version`` written
         to ``servers``). While the catalog is out of reach this is tried
-        again every ABANDON_RETRY seconds, so that no copy stays for good."""
+        again every ABANDON_RETRY seconds, so that no copy stays for good;
+        after any other failure, ABANDON_TRIES times in all (then the copies
+        wait for this proxy's next start, which collects every upload it
+        left unfinished)."""
         d = self.db.abandon(blob, name, version, servers or [])
         d.addCallback(self._abandoned, blob)
-        d.addErrback(self._abandon_later, blob, name, version, servers)
+        d.addErrback(self._abandon_later, blob, name, version, servers, tries + 1)
 
     def _abandoned(self, _: object, blob: str) -> None:
         self.collect()
@@ -251,16 +255,19 @@ class Writer:
                 self.log.info("the copies of failed uploads are garbage now, as they were to be")
 
     def _abandon_later(self, failure: Failure, blob: str, name: str | None, version: int | None,
-                       servers: list[str] | None) -> None:
+                       servers: list[str] | None, tries: int) -> None:
         if failure.check(Unavailable, NoSpace):  # the catalog out of reach, or its disk full
             if not self._unabandoned:  # said once while it lasts, however many uploads fail meanwhile
                 self.log.warn("the copies of failed uploads cannot be made garbage yet ({why}); trying again"
                               " every {s:.0f} s", why=failure.getErrorMessage(), s=ABANDON_RETRY)
             self._unabandoned.add(blob)
-            self.clock.callLater(ABANDON_RETRY, self.abandon, blob, name, version, servers)
         else:
-            self._unabandoned.discard(blob)
-            self.log.failure("abandoning {blob}", failure, blob=blob)
+            self.log.failure("making the copies of failed upload {blob} garbage (try {n} of {all})", failure,
+                             blob=blob, n=tries, all=ABANDON_TRIES)
+            if tries >= ABANDON_TRIES:
+                self._unabandoned.discard(blob)
+                return
+        self.clock.callLater(ABANDON_RETRY, self.abandon, blob, name, version, servers, tries)
 
     async def copy_to_new_server(self, record: FileRecord, sources: list[Member],
                                  taken: list[Member], rescue: bool = False) -> Member:
