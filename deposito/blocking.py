@@ -233,19 +233,22 @@ class BlockingClient:
             raise
         digest = hashlib.sha256()
         sent = 0
-        while sent < length:
-            try:
+        try:
+            while sent < length:
                 data = file.read(min(CHUNK_SIZE, length - sent))
                 if not data:
                     raise ValueError(f"the file ended {length - sent} bytes early")
-            except BaseException:
-                conn.close()  # the proxy waits for bytes that will not come
-                raise
-            digest.update(data)
-            conn.send_upload(data)
-            sent += len(data)
-            if progress is not None:
-                progress(sent, length)
+                digest.update(data)
+                conn.send_upload(data)
+                sent += len(data)
+                if progress is not None:
+                    progress(sent, length)
+        except BaseException:
+            # a read, a send or a progress callback that failed (Ctrl-C included): the
+            # proxy waits for bytes that will not come, and would take the next request's
+            # line as the upload's last bytes
+            conn.close()
+            raise
         stored = conn.parsed(conn.reply(), parse_stored)
         if stored.sha256 != digest.hexdigest():
             raise ChecksumMismatch(f"{stored.name} stored with sha256 {stored.sha256}, sent {digest.hexdigest()}")

@@ -907,6 +907,24 @@ def test_blocking_round_trip_larger_than_a_chunk(fake: FakeProxy, tmp_path: Any)
     assert fake.requests[0] == f'PUT "dir/a b" {len(data)} 2' and fake.requests[-1] == "QUIT"
 
 
+def test_blocking_put_interrupted_mid_upload_closes_the_client_and_stores_nothing(fake: FakeProxy) -> None:
+    """Ctrl-C during a put (here, in its progress callback, after the first
+    chunk went): the proxy still waits for the upload's last bytes, and
+    would take the next request's line for them, storing a wrong file.
+    The client is closed instead, and the next request says so."""
+    data = payload(CHUNK_SIZE + 10)
+
+    def interrupt(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with BlockingClient(fake.address) as c:
+        with pytest.raises(KeyboardInterrupt):
+            c.put("victim", io.BytesIO(data), progress=interrupt)
+        with pytest.raises(ConnectionLost):
+            c.stat("a name long enough to end the upload")
+    assert "victim" not in fake.files
+
+
 def test_blocking_err_raises_and_the_connection_stays_usable(fake: FakeProxy) -> None:
     with BlockingClient(fake.address) as c:
         with pytest.raises(errors.NotFound):
