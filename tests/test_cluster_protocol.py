@@ -7,6 +7,7 @@ import pytest
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, formatEvent
 
 from deposito.protocols.cluster import JoinProtocol, MemberFactory
 from deposito.roster import Roster
@@ -145,6 +146,24 @@ def test_bad_joins_are_refused():
         proto.dataReceived(line)
         assert tr.value().startswith(b"ERR badargs") and tr.disconnecting, line
     assert roster.members == {}
+
+
+def test_a_server_pointed_at_a_client_port_does_not_take_its_greeting_for_a_welcome():
+    """--proxy given the proxy's client port: its greeting ``OK deposito
+    <version> ready`` is no welcome. The server said it joined, and the
+    proxy never knew of it; now it says why it does not join, and closes."""
+    clock = task.Clock()
+    node = Node()
+    proto = JoinProtocol(node, clock)
+    events: list[dict] = []
+    proto.log = Logger(observer=events.append)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    proto.dataReceived(b"OK deposito 0.1.0 ready\r\n")
+    assert node.connections == [] and tr.disconnecting
+    said = [formatEvent(e) for e in events]
+    assert any("not a proxy's cluster port" in line for line in said), said
+    proto.connectionLost(None)
 
 
 def test_server_side_joins_and_beats_on_its_clock():

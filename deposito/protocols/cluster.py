@@ -235,6 +235,10 @@ class JoinProtocol(LineProtocol):
                 self._proxy_proved = True
                 self.reply("PROOF " + proof(self.secret, "server", f.get("nonce", ""), self._nonce, self.node.id))
             return
+        if text.startswith("OK") and not text.startswith("OK welcome"):
+            self._refuse_proxy(f"it is not a proxy's cluster port: it answered {text[:60]!r}"
+                               " (a client port? point --proxy at the proxy's --cluster-port)")
+            return
         if text.startswith("OK") and self.secret is not None and not self._proxy_proved:
             self._refuse_proxy("it does not hold the cluster secret (it asked for no proof)")
             return
