@@ -5,6 +5,7 @@ their ports answer, and stopped together on Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -31,7 +32,14 @@ class LocalProcesses:
         self.procs: dict[str, subprocess.Popen] = {}
         var.mkdir(parents=True, exist_ok=True)
         for stale in var.glob("*.pid"):
-            stale.unlink()
+            try:
+                pid = int(stale.read_text().strip())
+                os.kill(pid, 0)
+            except (ValueError, OSError):
+                stale.unlink()  # its process is gone
+                continue
+            sys.exit(f"{stale.stem} (pid {pid}) already runs from {var}: a cluster is running there;"
+                     " stop it (Ctrl-C where it was started), or give this one another --var")
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         signal.signal(signal.SIGHUP, signal.default_int_handler)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored

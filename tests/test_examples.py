@@ -74,6 +74,26 @@ def test_the_local_cluster_stores_a_file_as_soon_as_it_says_it_runs(tmp_path):
         stopped(p, var)
 
 
+def test_a_second_cluster_in_the_same_folder_is_refused(tmp_path):
+    """A cluster started in a --var where one runs (a pidfile naming a live
+    process) would share its catalog and blob folders, and remove its
+    pidfiles: it is refused, and says why. A pidfile of a process gone is
+    stale, and taken no notice of."""
+    var = tmp_path / "var"
+    var.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (var / "proxy.pid").write_text(f"{sleeper.pid}\n")
+        out = subprocess.run([sys.executable, str(EXAMPLES / "local_cluster.py"), "--var", str(var), "--port",
+                              str(free_port()), "--cluster-port", str(free_port())],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "already runs from" in out.stderr and "another --var" in out.stderr, out
+        assert (var / "proxy.pid").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 @pytest.mark.slow
 def test_several_proxies_store_a_file_as_soon_as_they_say_they_run(tmp_path):
     """(The servers join each proxy only once it has joined the others, a few
