@@ -216,14 +216,16 @@ class StorageNode:
         try:
             disk = self.device.room()
         except OSError as e:
-            if self._no_room is None:
+            gone, self._no_room, disk = self._no_room is None, str(e), 0
+            if gone:
                 self.log.critical("cannot look at --data ({why}): no new copies come here until it is back",
                                   why=e)
-            self._no_room, disk = str(e), 0
+                self.send_inventory()  # what it held is out of reach: said now, not at the next scrub
         else:
             if self._no_room is not None:
                 self.log.info("--data can be looked at again")
                 self._no_room = None
+                self.send_inventory()  # its copies count again
         if self.device.cannot_write():
             disk = 0  # said by the device
         limit = disk if self.configured_capacity is None else min(self.configured_capacity, disk)

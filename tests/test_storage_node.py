@@ -126,7 +126,8 @@ def test_heartbeats_and_corrupt_copies_go_to_every_proxy_joined_and_a_lost_one_s
 
 
 class GoneDevice(Device):
-    """A device whose --data directory was removed, until ``back``."""
+    """A device whose --data directory was removed, until ``back``: it lists
+    no blob meanwhile (as Device.inventory does with blobs/ gone)."""
 
     back = False
 
@@ -134,6 +135,9 @@ class GoneDevice(Device):
         if not self.back:
             raise FileNotFoundError(2, "No such file or directory", "/data/s1")
         return 1 << 30
+
+    def inventory(self, chunk: int, ids_only: bool = False) -> Cursor:
+        return Cursor(list(self.blobs) if self.back else [])
 
 
 def test_a_data_directory_that_cannot_be_looked_at_has_no_room_and_the_server_goes_on_joining(tmp_path):
@@ -147,5 +151,30 @@ def test_a_data_directory_that_cannot_be_looked_at_has_no_room_and_the_server_go
     assert beat.startswith("HB ") and " capacity=0 " in beat + " ", beat
     node.device.back = True
     clock.advance(1.0)
-    assert f"capacity={1 << 30}" in lines(ta)[0]
+    said = lines(ta)
+    assert f"capacity={1 << 30}" in said[-1] and said[:-1] == ["LISTING", "INVENTORY 0"], said  # (nothing held)
+    a.connectionLost(None)
+
+
+def test_a_data_directory_lost_while_serving_is_listed_at_once_and_again_once_back(tmp_path):
+    """--data unmounted (or removed) under a running server: its copies are
+    out of reach, and the proxies must stop counting them now (they went on
+    counting them until the next scrub, a day later, and the files stayed
+    short of copies without a word). Once it is back, its copies count again."""
+    clock = task.Clock()
+    device = GoneDevice([blob(1), blob(2)])
+    device.back = True
+    node = StorageNode(device, "s1", "z1", None, None, ServedCatalog(str(tmp_path)))
+    a, ta = joined(node, clock)
+    assert lines(ta)[1:] == listing(1, 2)
+    device.back = False
+    clock.advance(1.0)
+    said = lines(ta)
+    assert said[-1].startswith("HB ") and said[:-1] == ["LISTING", "INVENTORY 0"], said
+    clock.advance(1.0)
+    assert len(lines(ta)) == 1  # a beat, and no listing again while it lasts
+    device.back = True
+    clock.advance(1.0)
+    said = lines(ta)
+    assert said[:-1] == listing(1, 2), said
     a.connectionLost(None)
