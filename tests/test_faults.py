@@ -544,3 +544,40 @@ def test_a_rebuild_on_the_kept_catalog_keeps_the_version_a_failed_put_would_have
             assert len(left) == 2
             return
     raise AssertionError("the failed PUT's copies were deleted before the proxy was killed, three times")
+
+
+def test_a_catalog_backup_put_back_with_rebuild_loses_nothing_and_lists_no_copy_that_is_gone(cluster):
+    """README's way back to a backup of the catalog: put it in place and
+    start with --rebuild. The files written since come back (a new name, a
+    newer version), and a file deleted since, whose copies are gone, is
+    listed with none (it was listed with the copies the backup knew, as
+    healthy, until a read found otherwise)."""
+    old, new, gone, later = (os.urandom(300_000 + i) for i in range(4))
+    with cluster.wire() as w:
+        assert w.put("kept", old, 2).startswith("OK stored")
+        assert w.put("gone", gone, 2).startswith("OK stored")
+    cluster.kill_proxy(signal.SIGTERM)
+    backup = cluster.root / "backup"
+    backup.mkdir()
+    for f in (cluster.root / cluster.name).glob("catalog.sqlite*"):
+        shutil.copy(f, backup / f.name)
+    cluster.start_proxy()
+    cluster.wait_up(3)
+    with cluster.wire() as w:
+        assert w.put("kept", new, 2).startswith("OK stored")
+        assert w.put("later", later, 2).startswith("OK stored")
+        assert w.cmd("DELETE gone").startswith("OK deleted")
+    assert poll(lambda: cluster.holders(gone) == [] and cluster.holders(old) == [], 30)
+    cluster.kill_proxy(signal.SIGTERM)
+    for f in (cluster.root / cluster.name).glob("catalog.sqlite*"):
+        f.unlink()
+    for f in backup.iterdir():
+        shutil.copy(f, cluster.root / cluster.name / f.name)
+    cluster.start_proxy("--rebuild")
+    cluster.wait_up(3)
+    with cluster.wire() as w:
+        assert poll(lambda: not w.cmd("STAT kept").startswith("ERR unavailable rebuilding"), 30)
+        assert w.get("kept")[1] == new and w.get("later")[1] == later
+        assert poll(lambda: w.stat("gone")["have"] == "0", 15), w.stat("gone")
+        assert [line.split()[2] for line in w.multi("LIST gone")] == ["0"]
+    assert len(cluster.holders(new)) == 2 and len(cluster.holders(later)) == 2

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 
 from deposito.depot.collector import Collector
 from deposito.depot.rebuilder import Rebuilder
-from deposito.errors import DepositoError
+from deposito.errors import DepositoError, NoSpace, Unavailable
 from deposito.interfaces import ICatalog
 from deposito.roster import Member
 
@@ -53,11 +53,16 @@ class Inventories:
         listing.after = hi
         if not more:
             del self._listings[member.id]
-        if self.rebuilder.rebuilding or member.adopted:
-            return self.rebuilder.take(member, entries, more)
-        if more and hi == lo:
-            return defer.succeed(None)  # an empty chunk in the middle covers no range
+        taken_in = self.rebuilder.rebuilding or member.adopted
+        if more and hi == lo:  # an empty chunk in the middle covers no range
+            return self.rebuilder.take(member, entries, more) if taken_in else defer.succeed(None)
         d = self.db.reconcile_inventory(member.id, [e[0] for e in entries], lo, hi, since - LISTED_BEFORE)
+        if taken_in:
+            # Judged first, its blobs left alone (the server is marked as taken in): copies a
+            # catalog kept through --rebuild (a backup put back, say) lists on this server and
+            # it lacks stop counting. Then the chunk is taken in.
+            return d.addCallbacks(lambda _: self.rebuilder.take(member, entries, more),
+                                  self._take_unjudged, errbackArgs=(member, entries, more))
 
         def reconciled(result: tuple[int, int, int, list[str]]) -> None:
             listing.missing += result[0]
@@ -75,6 +80,13 @@ class Inventories:
         done = d.addCallback(reconciled)
         done.addErrback(self._not_reconciled, member)
         return done
+
+    def _take_unjudged(self, failure: Failure, member: Member, entries: list[Entry],
+                       more: bool) -> defer.Deferred[None]:
+        if failure.check(Unavailable, NoSpace):
+            failure.raiseException()  # handed again (see Rebuilder.take)
+        self.log.failure("judging the listing of {id} as it is taken in", failure, id=member.id)
+        return self.rebuilder.take(member, entries, more)
 
     def _not_reconciled(self, failure: Failure, member: Member) -> None:
         """A chunk not judged: its copies are, at the server's next listing."""
