@@ -10,8 +10,8 @@ from deposito.proxy import ProxyService
 application = service.Application("deposito-proxy")
 ProxyService(
     reactor,
-    os.path.abspath(os.environ.get("DEPOSITO_DATA", "./deposito-proxy")),
-    endpoints.serverFromString(reactor, os.environ.get("DEPOSITO_PORT", "tcp:7000:interface=127.0.0.1")),
-    endpoints.serverFromString(reactor, os.environ.get("DEPOSITO_CLUSTER_PORT", "tcp:7001:interface=127.0.0.1")),
-    int(os.environ.get("DEPOSITO_REPLICAS", "2")),
+    os.path.abspath(os.environ.get("DEPOSITO_PROXY_DATA", "./deposito-proxy")),
+    endpoints.serverFromString(reactor, os.environ.get("DEPOSITO_PROXY_PORT", "tcp:7000:interface=127.0.0.1")),
+    endpoints.serverFromString(reactor, os.environ.get("DEPOSITO_PROXY_CLUSTER_PORT", "tcp:7001:interface=127.0.0.1")),
+    int(os.environ.get("DEPOSITO_PROXY_REPLICAS", "2")),
 ).setServiceParent(application)
