@@ -64,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                "connection, or a local file problem; 2 on a usage error.",
     )
     parser.add_argument(
-        "--proxy", metavar="HOST:PORT[,...]", type=_proxy_addresses,
-        default=os.environ.get("DEPOSITO_PROXY") or DEFAULT_PROXY,
+        "--proxy", metavar="HOST:PORT[,...]", type=_proxy_addresses, default=None,
         help="the proxy's client port, or several proxies' separated by commas: the first "
              "that answers is used, the next ones if it fails (default: $DEPOSITO_PROXY, "
              "else %s)" % DEFAULT_PROXY)
@@ -401,6 +400,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             own.error("--name cannot be empty")
         if args.command == "get" and args.output != "-":
             _get_target(args, own)
+        if args.proxy is None:  # checked here, so that a wrong one is not said to be --proxy's
+            try:
+                args.proxy = _proxy_addresses(os.environ.get("DEPOSITO_PROXY") or DEFAULT_PROXY)
+            except argparse.ArgumentTypeError as e:
+                parser.error(f"$DEPOSITO_PROXY: {e}")
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
 

@@ -83,6 +83,17 @@ def test_refused_connection_exits_1_with_one_line(monkeypatch: pytest.MonkeyPatc
     assert f"127.0.0.1:{port}" in capsys.readouterr().err
 
 
+def test_a_wrong_deposito_proxy_is_said_to_be_the_variables(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Set wrong in the environment, it was reported as the --proxy the user never typed."""
+    monkeypatch.setenv("DEPOSITO_PROXY", "tcp:127.0.0.1:7001")
+    assert main(["ls"]) == 2
+    err = capsys.readouterr().err
+    assert "error: $DEPOSITO_PROXY: " in err and "argument --proxy" not in err, err
+    assert main(["--proxy", "127.0.0.1:1", "ls"]) == 1  # --proxy given: the variable is not looked at
+    assert "cannot reach proxy at 127.0.0.1:1" in capsys.readouterr().err
+
+
 def test_a_proxy_that_accepts_and_closes_without_a_greeting_is_said_so(capsys: pytest.CaptureFixture[str]) -> None:
     """Not a refusal: it took the connection and said nothing (hung, or not a proxy)."""
     import socket
