@@ -26,7 +26,7 @@ import attrs
 
 from deposito import __version__
 from deposito.blocking import BlockingClient
-from deposito.errors import DepositoError
+from deposito.errors import Denied, DepositoError
 from deposito.localfile import AsideFile
 from deposito.proxies import ProxiesUnreachable, parse_addresses, reason, show
 from deposito.protocols.words import digits, quote
@@ -436,6 +436,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(f"{e.message} (proxy at {show(client.address)})")
     except ProxiesUnreachable as e:
         return fail(str(e))
+    except Denied as e:
+        return fail(str(e) + ("" if args.token else " (give a token: --token T, or $DEPOSITO_TOKEN)"))
     except DepositoError as e:
         return fail(str(e))
     except BrokenPipeError:

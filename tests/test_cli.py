@@ -354,10 +354,12 @@ def test_token_from_the_environment(monkeypatch: pytest.MonkeyPatch, capsys: pyt
         monkeypatch.setenv("DEPOSITO_PROXY", proxy.address)
         monkeypatch.delenv("DEPOSITO_TOKEN", raising=False)
         assert main(["ls"]) == 1
-        assert "denied" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "denied" in err and "give a token: --token T, or $DEPOSITO_TOKEN" in err, err
         monkeypatch.setenv("DEPOSITO_TOKEN", "sesame")
         assert main(["ls"]) == 0
         assert main(["--token", "wrong", "ls"]) == 1
+        assert "give a token" not in capsys.readouterr().err  # one was given
         assert proxy.requests.count("AUTH sesame") == 1 and "AUTH wrong" in proxy.requests
     finally:
         proxy.stop()

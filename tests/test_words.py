@@ -49,6 +49,8 @@ def test_counts_are_checked():
     for bad in ("17", "0", "-1", "1.5", "x", "١", "9" * 30):
         with pytest.raises(BadArgs):
             parse_count(bad, "replicas", 1, 16)
+    with pytest.raises(BadArgs, match="size is too large: 9{30}\\.\\.\\.$"):
+        parse_count("9" * 40, "size")  # a whole number, too large: not told it is none
 
 
 def test_err_lines_map_to_exception_classes():

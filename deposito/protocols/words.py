@@ -135,6 +135,8 @@ def parse_count(word: str, what: str, low: int = 0, high: int | None = None) -> 
     """A decimal whole number within bounds, or BadArgs naming ``what``
     (a number bound for the catalog: ``high`` at most MAX_COUNT)."""
     if not digits(word):
+        if digits(word, most=len(word)):
+            raise BadArgs(f"{what} is too large: {word[:30]}{'...' if len(word) > 30 else ''}")
         raise BadArgs(f"{what} must be a whole number, not {word!r}")
     value = int(word)
     if value < low or (high is not None and value > high):
