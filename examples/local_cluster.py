@@ -54,6 +54,8 @@ def main() -> int:
 
     var = Path(args.var).resolve()
     procs = LocalProcesses(var)
+    procs.check_free({"--port": args.port, "--cluster-port": args.cluster_port,
+                      **({"--http": args.http} if args.http else {}), **({"--s3": args.s3} if args.s3 else {})})
     try:
         s3_args: list[str] = []
         if args.s3:

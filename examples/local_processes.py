@@ -44,6 +44,18 @@ class LocalProcesses:
         signal.signal(signal.SIGHUP, signal.default_int_handler)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
 
+    @staticmethod
+    def check_free(ports: dict[str, int]) -> None:
+        """Exit, saying which, when one of ``ports`` (by the option that
+        names it) is taken on 127.0.0.1: whatever answers there would be
+        taken for the cluster started."""
+        for option, port in ports.items():
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError as e:
+                    sys.exit(f"port {port} ({option}) is taken ({e.strerror}): give another with {option}")
+
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         """``twistd -n`` with ``args`` (a plugin and its options), its pidfile
         and log named after ``name``."""

@@ -55,6 +55,10 @@ def main() -> int:
 
     var = Path(args.var).resolve()
     procs = LocalProcesses(var)
+    shifts = [(n - 1) * STEP for n in range(1, args.proxies + 1)]
+    procs.check_free({**{f"--port (proxy{1 + s // STEP})": args.port + s for s in shifts},
+                      **{f"--cluster-port (proxy{1 + s // STEP})": args.cluster_port + s for s in shifts},
+                      **({f"--http (proxy{1 + s // STEP})": args.http + s for s in shifts} if args.http else {})})
     postgres: PrivatePostgres | None = None
     try:
         postgres = PrivatePostgres(var / "postgres", args.postgres_port)

@@ -94,6 +94,21 @@ def test_a_second_cluster_in_the_same_folder_is_refused(tmp_path):
         sleeper.wait()
 
 
+def test_a_cluster_on_a_taken_port_says_which_and_starts_nothing(tmp_path):
+    """Whatever answered on a taken client port was taken for the cluster:
+    it said it runs, then stopped with no word of why."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        for example in ("local_cluster.py", "several_proxies.py"):
+            var = tmp_path / example
+            out = subprocess.run([sys.executable, str(EXAMPLES / example), "--var", str(var), "--port", str(port),
+                                  "--cluster-port", str(free_port())], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 1 and f"port {port} (--port" in out.stderr and "is taken" in out.stderr, out
+            assert "running" not in out.stdout and not list(var.glob("*.pid")), out
+
+
 @pytest.mark.slow
 def test_several_proxies_store_a_file_as_soon_as_they_say_they_run(tmp_path):
     """(The servers join each proxy only once it has joined the others, a few
