@@ -511,6 +511,15 @@ class _ReadOnlyRequest(Request):
         if not self.refused:
             super().requestReceived(command, path, version)
 
+    def render(self, resrc: Any) -> None:
+        # twisted.web answers a POST 405 itself, with what the page allows, and any
+        # other method it does not know 501 "Huh?"
+        if self.method not in (b"GET", b"HEAD", b"POST"):
+            self.setHeader(b"allow", b"GET, HEAD")
+            _send(self, 405, b"text/plain; charset=utf-8", b"this port is read-only: GET and HEAD only\n")
+            return
+        super().render(resrc)
+
     def _refuse(self) -> None:
         if twisted_internals.connection_closing(self):
             return  # twisted.web answered a body it could not read (400) and closes

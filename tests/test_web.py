@@ -591,6 +591,10 @@ def test_a_request_body_is_refused_unread_on_the_read_only_port(web):
     assert got.startswith(b"HTTP/1.1 400 ") and got.count(b"HTTP/1.1 ") == 1, got[:300]
     small = b"POST /metrics HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
     assert _raw_request(web.http, small).startswith(b"HTTP/1.1 405 ")
+    for method in (b"PUT", b"DELETE"):  # a small body or none: 405 and what is allowed (was 501 "Huh?")
+        got = _raw_request(web.http, method + b" /files/x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n"
+                           b"Connection: close\r\n\r\nx")
+        assert got.startswith(b"HTTP/1.1 405 ") and b"\r\nAllow: GET, HEAD\r\n" in got, got[:300]
     assert get_json(web.http, "/api/status")["servers_up"] == 3
 
 
