@@ -185,7 +185,7 @@ class ConnectionCap:
             if self._stopped_reading(connection):
                 self.leave(connection)
                 self.log.info("the port is full: cut off {peer}, which took nothing of its answer for"
-                              " {seconds:.0f} s", peer=str(connection.transport.getPeer()), seconds=STOPPED_AFTER)
+                              " {seconds:.0f} s", peer=peer(connection.transport.getPeer()), seconds=STOPPED_AFTER)
                 cut_off(connection.transport)
                 return True
             self.heard(connection)  # a long request, answered slowly: not idle
@@ -206,6 +206,15 @@ class ConnectionCap:
             self._taken[connection] = (acknowledged, now)
             return False
         return now - since >= STOPPED_AFTER
+
+
+def peer(address: Any) -> str:
+    """An address as logs and events show it: ``host:port`` (a Unix socket's path, or what str gives)."""
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None or port is None:
+        name = getattr(address, "name", None)
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def cut_off(transport: Any) -> None:

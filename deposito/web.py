@@ -34,7 +34,7 @@ from deposito.catalog import FileRecord
 from deposito.errors import BadArgs, DepositoError, NoSpace, NotFound, Unavailable
 from deposito.events import EventLog, Metrics
 from deposito.interfaces import IDepot
-from deposito.listening import MAX_CONNECTIONS, ConnectionCap, http_busy
+from deposito.listening import MAX_CONNECTIONS, ConnectionCap, http_busy, peer
 from deposito.protocols.text import WRONG_TOKEN_DELAY
 from deposito.protocols.words import check_name, parse_count
 from deposito.statuspage import render_page
@@ -455,7 +455,7 @@ class _Guarded(Resource):
                 return NOT_DONE_YET
             # a wrong token: said in the log and on the status page, and answered
             # WRONG_TOKEN_DELAY later, as the text port's AUTH is: guessing is slow
-            log.warn("an HTTP client from {peer} gave a wrong token", peer=str(request.getClientAddress()),
+            log.warn("an HTTP client from {peer} gave a wrong token", peer=peer(request.getClientAddress()),
                      event="denied")
             request.site.clock.callLater(WRONG_TOKEN_DELAY, self._refuse, request)
             return NOT_DONE_YET

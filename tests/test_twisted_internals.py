@@ -1078,3 +1078,14 @@ def test_a_steady_clock_keeps_the_reactors_timers_through_a_step_of_the_wall_clo
             call.cancel()
         reactor.removeReader(reactor.waker)
         reactor.waker.connectionLost(None)  # (its pipe closed: this reactor never runs)
+
+
+def test_a_peer_is_shown_as_host_and_port():
+    """In logs and on the status page's events (they showed Python's repr of the address)."""
+    from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+    from deposito.listening import peer
+
+    assert peer(IPv4Address("TCP", "10.0.0.7", 4321)) == "10.0.0.7:4321"
+    assert peer(IPv6Address("TCP", "::1", 80)) == "[::1]:80"
+    assert peer(UNIXAddress(b"/run/deposito.sock")) == "/run/deposito.sock"

@@ -24,6 +24,7 @@ from deposito.blobstore import check_blob_id
 from deposito.diskio import Reader
 from deposito.errors import BadArgs, BadCommand, Denied, DepositoError, Internal, NotFound, Unavailable
 from deposito.interfaces import IDevice
+from deposito.listening import peer
 from deposito.protocols.blobwire import PROXY_PROOF, SERVER_PROOF, body_reply, parse_range, range_end
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.words import check_stored_name, parse_count, parse_meta_word, split
@@ -69,7 +70,7 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
             raise Denied("AUTH <nonce> <proof> first: this server holds a cluster secret")
         theirs, given = words[1], words[2]
         if not verify(self.secret, given, PROXY_PROOF, self._nonce, theirs):
-            self.log.warn("refused a blob connection from {peer}: wrong proof", peer=str(self.transport.getPeer()))
+            self.log.warn("refused a blob connection from {peer}: wrong proof", peer=peer(self.transport.getPeer()))
             raise Denied("wrong proof of the cluster secret")
         self.authenticated = True
         self.factory.proven(self)

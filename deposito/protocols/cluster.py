@@ -65,7 +65,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from deposito.errors import BadArgs, Denied, DepositoError, NoSpace, Unavailable, from_reply
-from deposito.listening import MAX_CONNECTIONS, ConnectionCap
+from deposito.listening import MAX_CONNECTIONS, ConnectionCap, peer
 from deposito.protocols.lines import LineProtocol
 from deposito.protocols.words import (MAX_COUNT, check_stored_name, fields, meta_word, parse_count, parse_meta_word,
                                       quote, split)
@@ -473,7 +473,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
             self.refusals.clear()
         self.refusals.add(said)
         self.log.warn("refused a storage server from {peer}: {error} (said once while it lasts)",
-                      peer=str(self.transport.getPeer()), error=str(e), event="refused")
+                      peer=peer(self.transport.getPeer()), error=str(e), event="refused")
 
     def _inventory_line(self, words: list[str]) -> None:
         assert self._chunk is not None and self._after is not None
@@ -595,7 +595,7 @@ class MemberProtocol(LineProtocol, TimeoutMixin):
         self._deciding = False
         self._welcomed = None
         self.log.warn("storage server from {peer}: whether to take its blobs in is not known ({why});"
-                      " it joins again", peer=str(self.transport.getPeer()), why=failure.getErrorMessage())
+                      " it joins again", peer=peer(self.transport.getPeer()), why=failure.getErrorMessage())
         if not self._lost:
             self.reply(Unavailable("the catalog is unavailable; try again shortly").reply())
             self.transport.loseConnection()

@@ -21,7 +21,7 @@ import deposito
 from deposito import twisted_internals
 from deposito.catalog import FileRecord
 from deposito.errors import BadArgs, Denied, DepositoError, Internal, TooLarge, Unavailable
-from deposito.listening import MAX_CONNECTIONS, ConnectionCap, Progress
+from deposito.listening import MAX_CONNECTIONS, ConnectionCap, Progress, peer
 from deposito.interfaces import IDepot
 from deposito.protocols.lines import MAX_LINE, LineProtocol, handler_for, send_now, tune_for_streams
 from deposito.protocols.listreply import ListBroken, ListReply
@@ -306,7 +306,7 @@ class DepotProtocol(LineProtocol, TimeoutMixin):
 
     def do_AUTH(self, token: str) -> Any:
         if self.tokens is not None and not self.tokens.check(token):
-            self.log.warn("a client from {peer} gave a wrong token", peer=str(self.transport.getPeer()),
+            self.log.warn("a client from {peer} gave a wrong token", peer=peer(self.transport.getPeer()),
                           event="denied")
             return self._wrong_token()
         self.authenticated = True
