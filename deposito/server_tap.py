@@ -68,6 +68,7 @@ def makeService(options: Options):
 
     twisted_internals.steady_clock(reactor)
     allocator.tune_for_streams()
+    allocator.trim_when_large(reactor)
     diagnostics.stacks_on_signal(options["data"])
     hangup.reread_on_hangup(reactor, [])
     listening.more_descriptors()
