@@ -92,6 +92,7 @@ def test_a_second_cluster_in_the_same_folder_is_refused(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+        subprocess.run(["pkill", "-f", str(var)])  # whatever it started, had it not been refused
 
 
 def test_a_cluster_on_a_taken_port_says_which_and_starts_nothing(tmp_path):
@@ -105,8 +106,11 @@ def test_a_cluster_on_a_taken_port_says_which_and_starts_nothing(tmp_path):
             var = tmp_path / example
             out = subprocess.run([sys.executable, str(EXAMPLES / example), "--var", str(var), "--port", str(port),
                                   "--cluster-port", str(free_port())], capture_output=True, text=True, timeout=60)
-            assert out.returncode == 1 and f"port {port} (--port" in out.stderr and "is taken" in out.stderr, out
-            assert "running" not in out.stdout and not list(var.glob("*.pid")), out
+            try:
+                assert out.returncode == 1 and f"port {port} (--port" in out.stderr and "is taken" in out.stderr, out
+                assert "running" not in out.stdout and not list(var.glob("*.pid")), out
+            finally:
+                subprocess.run(["pkill", "-f", str(var)])  # whatever it started, had it not been refused
 
 
 @pytest.mark.slow
