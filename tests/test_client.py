@@ -508,6 +508,26 @@ def test_put_of_a_file_that_ends_early_drops_the_connection() -> None:
     assert isinstance(failure(queued), ConnectionLost)
 
 
+def test_put_whose_progress_callback_fails_fails_with_its_error_and_drops_the_connection() -> None:
+    """The error went up through the transport (an unhandled error logged,
+    the connection lost, the put said to have an unknown outcome); it is
+    the put's own failure now, and the connection goes, as for a file that
+    cannot be read."""
+    data = payload(2 * CHUNK_SIZE)
+
+    def interrupt(done: int, total: int) -> None:
+        raise RuntimeError("stopped by its user")
+
+    w = Wire()
+    d = w.client.put("x", io.BytesIO(data), progress=interrupt)
+    w.sent()
+    w.feed(b"OK send %d\r\n" % len(data))
+    w.pump_producer()
+    error = failure(d)
+    assert isinstance(error, RuntimeError) and str(error) == "stopped by its user"
+    assert w.transport.disconnecting and len(w.sent()) == CHUNK_SIZE
+
+
 def test_get_writes_the_bytes_and_the_next_reply_in_the_same_packet_is_read() -> None:
     data = payload(2 * CHUNK_SIZE + 5)
     sink = io.BytesIO()

@@ -138,12 +138,12 @@ class FileProducer:
             data = self.file.read(min(CHUNK_SIZE, self.remaining))
             if not data:
                 raise ValueError(f"the file ended {self.remaining} bytes early")
+            self.remaining -= len(data)
+            self.consumer.write(data)
+            self.chunk(data)  # (the progress callback: its failure fails the upload, not the reactor)
         except Exception:
             self._finish(Failure())
             return
-        self.remaining -= len(data)
-        self.consumer.write(data)
-        self.chunk(data)
         if self.remaining == 0:
             self._finish(None)
 
