@@ -321,9 +321,16 @@ class ICatalog(IWorkCatalog):
         """A copy found corrupt stops counting and is garbage; its file is queued."""
 
     def reconcile_inventory(server: str, present: list[str], lo: Optional[str], hi: Optional[str],
-                            before: float) -> Deferred[tuple[int, int, int, list[str]]]:
+                            before: float) -> Deferred[tuple[int, int, list[str], list[str]]]:
         """Compare a range of a server's listing with the catalog; fires with
-        ``(missing, counted, garbage, names changed)``."""
+        ``(missing, counted, the blobs it does not know, names changed)``."""
+
+    def judge_unknown(server: str, blobs: list[tuple[str, Optional[str], Optional[int]]],
+                      before: float) -> Deferred[tuple[int, int]]:
+        """Blobs the catalog does not know, with the name and version their
+        metadata says (None: unreadable): garbage when the catalog gave that
+        version out, left alone when it is newer than the catalog (see
+        Catalog.judge_unknown); fires with ``(garbage, left alone)``."""
 
     # -- STATUS and garbage
 

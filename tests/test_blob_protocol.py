@@ -709,6 +709,23 @@ def test_a_rotten_copy_keeps_no_wanted_count_and_is_set_aside_and_told(device):
     assert told == [bad] and not os.path.exists(store.path(bad))  # set aside, and told to the proxies
 
 
+@pytest_twisted.inlineCallbacks
+def test_meta_tells_what_a_blob_is_a_copy_of(device):
+    """Asked of a blob the proxy's catalog does not know (see ICatalog.judge_unknown)."""
+    blob = yield commit_blob(device, b"some bytes")
+    tr = yield asked(device, f"META {blob}\n")
+    assert tr.value() == b"OK version=1 name=n\r\n"
+    client = BlobClient(reactor)
+    client.makeConnection(StringTransport())
+    got = client.meta(blob)
+    assert client.transport.value() == f"META {blob}\r\n".encode()
+    client.dataReceived(b'OK version=7 name="a b"\r\n')
+    assert got.result == ("a b", 7)
+    client.setTimeout(None)
+    tr = yield asked(device, f"META {new_blob_id()}\n")
+    assert tr.value().startswith(b"ERR notfound") and not tr.disconnecting
+
+
 @defer.inlineCallbacks
 def asked(device, line: str, answered=lambda tr: bool(tr.value())):
     """``line`` sent to a server on ``device``: its transport, once ``answered`` (4 s at most)."""

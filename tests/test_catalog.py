@@ -546,8 +546,34 @@ def test_busy_servers_and_inventory_do_not_recount_garbage(cat):
     cat.commit("f", v, "b1", 1, "x", 2, ["s1"], 0.0)  # s2's partial copy is garbage now
     assert sorted(cat.busy("b1")) == ["s2"]
     # s2 lists the blob before its deletion lands: it must not count again
-    assert cat.reconcile_inventory("s2", ["b1"], None, None, before=10.0) == (0, 0, 0, [])
+    assert cat.reconcile_inventory("s2", ["b1"], None, None, before=10.0) == (0, 0, [], [])
     assert cat.lookup("f").servers == ("s1",)
+
+
+def test_a_blob_the_catalog_does_not_know_is_garbage_unless_newer_than_the_catalog(cat):
+    """A server's blob the catalog does not know, judged by what its
+    metadata says: a copy of a version this catalog gave out is one it
+    forgot (garbage); one of a version it never gave out, or of a name it
+    never had, was written through a catalog that went on after this one
+    (a backup put back): deleting it lost every file written since. Parts'
+    names go with their uploads: theirs are garbage; so is an unreadable one."""
+    from deposito.hidden import part_name
+
+    v = cat.begin_upload("f", "b1", ["s1"])
+    cat.commit("f", v, "b1", 1, "x", 1, ["s1"], 0.0)
+    v = cat.begin_upload("gone", "b2", ["s1"])
+    cat.commit("gone", v, "b2", 1, "x", 1, ["s1"], 0.0)
+    cat.delete("gone")
+    listed = ["b1", "b-old", "b-newer", "b-new-name", "b-deleted", "b-part", "b-unreadable"]
+    missing, counted, unknown, _ = cat.reconcile_inventory("s1", listed, None, None, before=10.0)
+    assert (missing, counted, sorted(unknown)) == (0, 0, sorted(listed[1:]))
+    assert cat.garbage(["s1"], 10) == [("b2", "s1")]  # (the deleted file's copy) and nothing judged yet
+    judged = cat.judge_unknown("s1", [("b1", "f", 1), ("b-old", "f", 1), ("b-newer", "f", 2),
+                                      ("b-new-name", "g", 1), ("b-deleted", "gone", 1),
+                                      ("b-part", part_name("a" * 32, 1, "b" * 32), 1),
+                                      ("b-unreadable", None, None)], 10.0)
+    assert judged == (4, 2)  # b1 is a file's: not judged
+    assert sorted(b for b, _ in cat.garbage(["s1"], 10)) == ["b-deleted", "b-old", "b-part", "b-unreadable", "b2"]
 
 
 def test_an_inventory_of_a_server_being_taken_in_makes_no_garbage_of_what_the_catalog_lacks(cat):
@@ -557,10 +583,12 @@ def test_an_inventory_of_a_server_being_taken_in_makes_no_garbage_of_what_the_ca
     v = cat.begin_upload("f", "b1", ["s1"])
     cat.commit("f", v, "b1", 1, "x", 1, ["s1"], 0.0)
     cat.mark_adopting("s1", True)
-    assert cat.reconcile_inventory("s1", ["b1", "b-new"], None, None, before=10.0) == (0, 0, 0, [])
+    assert cat.reconcile_inventory("s1", ["b1", "b-new"], None, None, before=10.0) == (0, 0, [], [])
+    assert cat.judge_unknown("s1", [("b-new", None, None)], 10.0) == (0, 0)  # (taken in meanwhile)
     assert cat.garbage(["s1"], 10) == []
     cat.mark_adopting("s1", False)
-    assert cat.reconcile_inventory("s1", ["b1", "b-new"], None, None, before=10.0) == (0, 0, 1, [])
+    assert cat.reconcile_inventory("s1", ["b1", "b-new"], None, None, before=10.0) == (0, 0, ["b-new"], [])
+    assert cat.judge_unknown("s1", [("b-new", None, None)], 10.0) == (1, 0)
     assert cat.garbage(["s1"], 10) == [("b-new", "s1")]
 
 
@@ -632,8 +660,8 @@ def reconcile_whole(db, server, present, before):
     names = [db.execute("SELECT name FROM files WHERE blob = ?", (b,)).fetchone() for b in missing]
     for b in missing:
         db.execute("DELETE FROM copies WHERE blob = ? AND server = ?", (b, server))
-    counted = garbage = 0
-    for blob in present - listed.keys():
+    counted, unknown = 0, []
+    for blob in sorted(present - listed.keys()):
         if db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone():
             continue
         file = db.execute("SELECT name FROM files WHERE blob = ?", (blob,)).fetchone()
@@ -642,9 +670,8 @@ def reconcile_whole(db, server, present, before):
             counted += 1
             names.append(file)
         elif not db.execute("SELECT 1 FROM intents WHERE blob = ? AND server = ?", (blob, server)).fetchone():
-            db.execute("INSERT INTO garbage (blob, server) VALUES (?, ?)", (blob, server))
-            garbage += 1
-    return len(missing), counted, garbage, sorted(n[0] for n in names if n)
+            unknown.append(blob)  # judged by its metadata (judge_unknown)
+    return len(missing), counted, unknown, sorted(n[0] for n in names if n)
 
 
 def catalog_state(db):
@@ -809,7 +836,7 @@ def test_reconciling_range_by_range_equals_reconciling_the_whole_set(catalogs):
         files, copies, garbage, intents, present, cuts = case
         fill(whole, files, copies, garbage, intents), fill(ranged, files, copies, garbage, intents)
         expected = reconcile_whole(whole.db, "s1", present, 10.0)
-        totals, names, lo = [0, 0, 0], [], None
+        totals, unknown, names, lo = [0, 0], [], [], None
         bounds = [0] + cuts + [len(present)]
         for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
             last = i == len(bounds) - 2
@@ -817,11 +844,12 @@ def test_reconciling_range_by_range_equals_reconciling_the_whole_set(catalogs):
             hi = None if last else (entries[-1] if entries else lo)
             if not last and hi == lo:
                 continue  # an empty chunk in the middle covers no range (as the depot does)
-            *counts, changed = ranged.reconcile_inventory("s1", entries, lo, hi, 10.0)
-            totals = [t + c for t, c in zip(totals, counts)]
+            missing, counted, new, changed = ranged.reconcile_inventory("s1", entries, lo, hi, 10.0)
+            totals = [totals[0] + missing, totals[1] + counted]
+            unknown += new
             names += changed
             lo = hi
-        assert (*totals, sorted(names)) == expected
+        assert (*totals, sorted(unknown), sorted(names)) == expected
         assert catalog_state(ranged.db) == catalog_state(whole.db)
         assert servers_follow_copies(ranged.db)
 
@@ -833,9 +861,9 @@ def test_a_range_touches_only_the_copies_inside_it(cat):
         v = cat.begin_upload(f"f{n}", blob, ["s1"])
         cat.commit(f"f{n}", v, blob, 1, "x", 1, ["s1"], 0.0)
     # the server lacks b2 and b4; a range up to b3 finds only b2 missing
-    assert cat.reconcile_inventory("s1", ["b1", "b3", "zz"], None, "b3", 10.0) == (1, 0, 0, ["f1"])
+    assert cat.reconcile_inventory("s1", ["b1", "b3", "zz"], None, "b3", 10.0) == (1, 0, [], ["f1"])
     assert [r.servers for r in cat.list()] == [("s1",), (), ("s1",), ("s1",)]
-    assert cat.reconcile_inventory("s1", [], "b3", None, 10.0) == (1, 0, 0, ["f3"])
+    assert cat.reconcile_inventory("s1", [], "b3", None, 10.0) == (1, 0, [], ["f3"])
 
 
 def test_a_range_is_read_through_the_index(tmp_path):
@@ -1527,7 +1555,7 @@ def test_the_first_catalog_opens_and_its_copies_are_judged_and_made(tmp_path):
         a = cat.lookup("a.txt")
         assert (a.version, a.replicas, a.servers) == (2, 2, ("s1", "s2"))
         cat.recover(10.0)
-        assert cat.reconcile_inventory("s1", ["a" * 32], None, None, 11.0) == (0, 0, 0, [])
+        assert cat.reconcile_inventory("s1", ["a" * 32], None, None, 11.0) == (0, 0, [], [])
         assert cat.reconcile_inventory("s2", [], None, None, 11.0)[0] == 1  # made before the listing: missing
         cat.add_intent("a" * 32, "s3")
         assert cat.add_copy("a.txt", "a" * 32, "s3", 12.0)

@@ -425,8 +425,9 @@ def test_a_server_back_late_from_a_lost_catalog_is_taken_in_and_writes_since_win
 
 def test_a_server_with_thousands_of_blobs_rejoins_and_its_copies_are_judged_right(cluster):
     """Its listing comes in several chunks: a blob deleted by hand while it
-    was stopped is found missing and copied again, a blob the catalog never
-    heard of is deleted, and every other copy still counts."""
+    was stopped is found missing and copied again, a blob the catalog does
+    not know (of a version it gave out) is deleted, and every other copy
+    still counts."""
     import signal
     from concurrent.futures import ThreadPoolExecutor
 
@@ -460,7 +461,8 @@ def test_a_server_with_thousands_of_blobs_rejoins_and_its_copies_are_judged_righ
     stranger = neighbour[:-1] + ("1" if neighbour[-1] == "0" else "0")
     data, sums = b"nobody put me here", BlockSums()
     sums.update(data)
-    incoming = store.begin(BlobMeta(stranger, "inv/stranger", 1, len(data), "", 1))
+    # a copy of a version the catalog gave out, which it does not know: one it forgot (garbage)
+    incoming = store.begin(BlobMeta(stranger, names[0], 1, len(data), "", 1))
     incoming.write(data)
     incoming.commit(sha(data), sums.digest())
     assert os.path.exists(store.path(stranger))

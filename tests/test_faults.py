@@ -556,6 +556,8 @@ def test_a_catalog_backup_put_back_with_rebuild_loses_nothing_and_lists_no_copy_
     with cluster.wire() as w:
         assert w.put("kept", old, 2).startswith("OK stored")
         assert w.put("gone", gone, 2).startswith("OK stored")
+    # the first start's own rebuild over (a backup taken during it would rebuild again when put back)
+    assert poll(lambda: re.search("the catalog starts empty|catalog rebuilt", cluster.log(cluster.name)), 30)
     cluster.kill_proxy(signal.SIGTERM)
     backup = cluster.root / "backup"
     backup.mkdir()
@@ -581,3 +583,43 @@ def test_a_catalog_backup_put_back_with_rebuild_loses_nothing_and_lists_no_copy_
         assert poll(lambda: w.stat("gone")["have"] == "0", 15), w.stat("gone")
         assert [line.split()[2] for line in w.multi("LIST gone")] == ["0"]
     assert len(cluster.holders(new)) == 2 and len(cluster.holders(later)) == 2
+
+
+def test_an_older_catalog_put_back_without_rebuild_deletes_no_blob_written_since(cluster):
+    """A backup of the catalog started on as it is (no --rebuild): the
+    servers' blobs of the files written since the backup are unknown to it.
+    It took them for garbage and deleted them: every file written since was
+    lost. It asks the servers what they are, leaves them alone, and says
+    to restart with --rebuild, which takes them in."""
+    before, later, newer = (os.urandom(200_000 + i) for i in range(3))
+    with cluster.wire() as w:
+        assert w.put("kept", before, 2).startswith("OK stored")
+    # the first start's own rebuild over (a backup taken during it would rebuild again when put back)
+    assert poll(lambda: re.search("the catalog starts empty|catalog rebuilt", cluster.log(cluster.name)), 30)
+    cluster.kill_proxy(signal.SIGTERM)
+    backup = cluster.root / "backup"
+    backup.mkdir()
+    for f in (cluster.root / cluster.name).glob("catalog.sqlite*"):
+        shutil.copy(f, backup / f.name)
+    cluster.start_proxy()
+    cluster.wait_up(3)
+    with cluster.wire() as w:
+        assert w.put("later", later, 2).startswith("OK stored")
+        assert w.put("kept", newer, 2).startswith("OK stored")
+    assert poll(lambda: cluster.holders(before) == [], 30)  # the replaced version's copies went
+    cluster.kill_proxy(signal.SIGTERM)
+    for f in (cluster.root / cluster.name).glob("catalog.sqlite*"):
+        f.unlink()
+    for f in backup.iterdir():
+        shutil.copy(f, cluster.root / cluster.name / f.name)
+    cluster.start_proxy()
+    cluster.wait_up(3)
+    assert poll(lambda: "blobs of versions this catalog never gave out" in cluster.log(cluster.name), 30)
+    time.sleep(3)  # the collector's turn, had they been garbage
+    assert len(cluster.holders(later)) == 2 and len(cluster.holders(newer)) == 2
+    cluster.kill_proxy(signal.SIGTERM)
+    cluster.start_proxy("--rebuild")
+    cluster.wait_up(3)
+    with cluster.wire() as w:
+        assert poll(lambda: not w.cmd("STAT kept").startswith("ERR unavailable rebuilding"), 30)
+        assert w.get("later")[1] == later and w.get("kept")[1] == newer

@@ -535,7 +535,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
 
     @effects(durable=False, keeps_records=False, tells=True, prompt=True)
     def reconcile_inventory(self, server: str, present: Iterable[str], lo: str | None, hi: str | None,
-                            before: float) -> tuple[int, int, int, list[str]]:
+                            before: float) -> tuple[int, int, list[str], list[str]]:
         """Compare what a server holds with what the catalog says it holds, over
         one range of blob ids: above ``lo`` (None: from the first) up to and
         including ``hi`` (None: to the last). ``present`` is what the server
@@ -543,22 +543,24 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
 
         Copies the catalog lists in the range (made before ``before``) that the
         server lacks stop counting; blobs it holds that are a file's current
-        blob count (again); anything else it holds is garbage, unless still
-        being written, or unless the server is being taken in (a proxy
-        sharing the catalog is adopting its blobs: see :meth:`mark_adopting`).
+        blob count (again); anything else it holds is unknown (to be judged
+        by its metadata: see :meth:`judge_unknown`), unless still being
+        written, or unless the server is being taken in (a proxy sharing
+        the catalog is adopting its blobs: see :meth:`mark_adopting`).
         A blob deleted from the server at ``before`` or later (by any proxy:
         see :meth:`forget_garbage`) may still be listed, and is left alone. The catalog's copies are read through the index in
         pages, so a range of any size costs memory for a page and the listed
-        blobs. Returns (missing, counted, garbage, names of the files whose
-        copies changed).
+        blobs. Returns (missing, counted, the unknown blobs, names of the
+        files whose copies changed).
         """
         present = {b for b in present if (lo is None or b > lo) and (hi is None or b <= hi)}
         page, before = 1000, self._on_db_clock(before)
 
-        def tx(db: Connection) -> tuple[int, int, int, list[str]]:
+        def tx(db: Connection) -> tuple[int, int, list[str], list[str]]:
             names: list[str] = []
             changed: list[str] = []  # blobs whose copies on this server were added or removed
-            missing = counted = garbage = 0
+            unknown: list[str] = []
+            missing = counted = 0
             adopting = db.execute("SELECT 1 FROM catalog_info WHERE key = ?",
                                   ("adopting:" + server,)).fetchone() is not None
             held: set[str] = set()  # listed by both
@@ -601,11 +603,50 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                     counted += 1
                     names.append(row[0])
                 elif not (written or adopting):
-                    db.execute(INSERT_GARBAGE, (blob, server))
-                    garbage += 1
+                    unknown.append(blob)
             self._servers_changed(db, changed)
             self._enqueue(db, names)
-            return missing, counted, garbage, names
+            return missing, counted, unknown, names
+        return self._tx(tx)
+
+    @effects(durable=True, keeps_records=True)
+    def judge_unknown(self, server: str, blobs: Iterable[tuple[str, str | None, int | None]],
+                      before: float) -> tuple[int, int]:
+        """Blobs a server holds that the catalog does not know (see
+        :meth:`reconcile_inventory`), with the name and version their
+        metadata says (None: unreadable): garbage when this catalog gave
+        that version of that name out (or a later one), so that the blob is
+        a copy it forgot (of a failed upload, of a replaced version); left
+        alone otherwise, for a blob of a version this catalog never gave out
+        was written through a catalog that went on after this one: this one
+        is older (a backup put back), and deleting it would lose a file
+        written since (``--rebuild`` takes such blobs in). The names of
+        parts and manifests (hidden) are dropped with their uploads: theirs
+        are garbage. Each blob is judged again as :meth:`reconcile_inventory`
+        did (it may have been committed, or made garbage, meanwhile).
+        Returns (garbage, left alone)."""
+        blobs, before = list(blobs), self._on_db_clock(before)
+
+        def tx(db: Connection) -> tuple[int, int]:
+            garbage = kept = 0
+            if db.execute("SELECT 1 FROM catalog_info WHERE key = ?", ("adopting:" + server,)).fetchone():
+                return 0, 0  # being taken in meanwhile: its blobs are not judged
+            for blob, name, version in blobs:
+                if (db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone()
+                        or db.execute("SELECT 1 FROM deleted WHERE blob = ? AND server = ? AND at >= ?",
+                                      (blob, server, before)).fetchone()
+                        or db.execute("SELECT 1 FROM intents WHERE blob = ? AND server = ?", (blob, server)).fetchone()
+                        or db.execute("SELECT 1 FROM files WHERE blob = ?" + self.dialect.for_update,
+                                      (blob,)).fetchone()):
+                    continue  # known meanwhile: the next listing judges it as any other
+                if name is not None and version is not None and name >= VISIBLE:
+                    last = db.execute("SELECT last_version FROM names WHERE name = ?", (name,)).fetchone()
+                    if last is None or last[0] < version:
+                        kept += 1
+                        continue
+                db.execute(INSERT_GARBAGE, (blob, server))
+                garbage += 1
+            return garbage, kept
         return self._tx(tx)
 
     @effects(durable=True, keeps_records=False, prompt=True)

@@ -443,8 +443,12 @@ class CatalogThread:
         return self._call(Catalog.drop_copy, blob, server)
 
     def reconcile_inventory(self, server: str, present: list[str], lo: str | None, hi: str | None,
-                            before: float) -> Deferred[tuple[int, int, int, list[str]]]:
+                            before: float) -> Deferred[tuple[int, int, list[str], list[str]]]:
         return self._call(Catalog.reconcile_inventory, server, present, lo, hi, before)
+
+    def judge_unknown(self, server: str, blobs: list[tuple[str, str | None, int | None]],
+                      before: float) -> Deferred[tuple[int, int]]:
+        return self._call(Catalog.judge_unknown, server, blobs, before)
 
     def counts(self, servers: list[str]) -> Deferred[Counts]:
         return self._call(Catalog.counts, servers)

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 
 from deposito.depot.collector import Collector
 from deposito.depot.rebuilder import Rebuilder
-from deposito.errors import DepositoError, NoSpace, Unavailable
+from deposito.errors import BadCommand, DepositoError, NoSpace, NotFound, Unavailable
 from deposito.interfaces import ICatalog
 from deposito.roster import Member
 
@@ -25,7 +25,8 @@ LISTED_BEFORE = 5.0  # seconds: a delete this close before a listing may not sho
 class Inventories:
     """Takes in servers' listings, a chunk at a time, in blob id order: copies
     missing in a chunk's range stop counting, blobs the catalog does not know
-    are garbage (while rebuilding, the rebuilder takes them in instead, and
+    are garbage, unless their metadata (asked of the server) shows a version
+    newer than the catalog ever gave out (see ICatalog.judge_unknown; while rebuilding, the rebuilder takes them in instead, and
     likewise the listing of a server back late from a lost catalog, or of one
     whose taking in was cut short: see Rebuilder.takes_in)."""
 
@@ -64,22 +65,53 @@ class Inventories:
             return d.addCallbacks(lambda _: self.rebuilder.take(member, entries, more),
                                   self._take_unjudged, errbackArgs=(member, entries, more))
 
-        def reconciled(result: tuple[int, int, int, list[str]]) -> None:
-            listing.missing += result[0]
-            listing.counted += result[1]
-            listing.garbage += result[2]
-            if more:
-                return
-            if listing.missing or listing.counted or listing.garbage:
-                self.log.info("inventory of {id}: {missing} copies missing, {counted} counted again,"
-                              " {garbage} to delete", id=member.id, missing=listing.missing,
-                              counted=listing.counted, garbage=listing.garbage, event="inventory")
-            self.repair()
-            self.collector.kick()
-
-        done = d.addCallback(reconciled)
+        done = d.addCallback(lambda result: defer.ensureDeferred(
+            self._reconciled(result, member, listing, more, since - LISTED_BEFORE)))
         done.addErrback(self._not_reconciled, member)
         return done
+
+    async def _reconciled(self, result: tuple[int, int, list[str], list[str]], member: Member,
+                          listing: _Listing, more: bool, before: float) -> None:
+        missing, counted, unknown, _ = result
+        listing.missing += missing
+        listing.counted += counted
+        if unknown:
+            garbage, kept = await self.db.judge_unknown(member.id, await self._what_they_are(member, unknown),
+                                                        before)
+            listing.garbage += garbage
+            listing.kept += kept
+        if more:
+            return
+        if listing.missing or listing.counted or listing.garbage:
+            self.log.info("inventory of {id}: {missing} copies missing, {counted} counted again,"
+                          " {garbage} to delete", id=member.id, missing=listing.missing,
+                          counted=listing.counted, garbage=listing.garbage, event="inventory")
+        if listing.kept:
+            self.log.error("{id} holds {kept} blobs of versions this catalog never gave out: the catalog is"
+                           " older than they are (a backup put back?). They are left alone; restart the proxy"
+                           " with --rebuild to take them in", id=member.id, kept=listing.kept)
+        self.repair()
+        self.collector.kick()
+
+    async def _what_they_are(self, member: Member, blobs: list[str]) -> list[tuple[str, str | None, int | None]]:
+        """The name and version each blob's metadata says, asked of its
+        server (None, None: not there, or its metadata unreadable; likewise
+        for all from a server too old to tell)."""
+        client = await self.collector.pool.connect(member)
+        told: list[tuple[str, str | None, int | None]] = []
+        try:
+            for blob in blobs:
+                try:
+                    name, version = await client.meta(blob)
+                    told.append((blob, name, version))
+                except NotFound:
+                    told.append((blob, None, None))
+                except BadCommand:  # a server of an older release
+                    told += [(b, None, None) for b in blobs[len(told):]]
+                    break
+        finally:
+            self.collector.pool.release(client)
+        return told
 
     def _take_unjudged(self, failure: Failure, member: Member, entries: list[Entry],
                        more: bool) -> defer.Deferred[None]:
@@ -107,3 +139,4 @@ class _Listing:
     missing: int = 0
     counted: int = 0
     garbage: int = 0
+    kept: int = 0  # blobs newer than the catalog (see ICatalog.judge_unknown)

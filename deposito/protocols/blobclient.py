@@ -14,7 +14,7 @@ from deposito import twisted_internals
 from deposito.errors import Denied, from_reply
 from deposito.protocols.blobwire import PROXY_PROOF, SERVER_PROOF, ConnectionLost, body_count, range_request
 from deposito.protocols.lines import LineProtocol, send_now, tune_for_streams
-from deposito.protocols.words import meta_word, parse_count, quote
+from deposito.protocols.words import fields, meta_word, parse_count, quote
 from deposito.secret import nonce, proof, verify
 from deposito.splice.relay import Relay
 from deposito.splice.sockets import SourceLost
@@ -230,6 +230,16 @@ class BlobClient(LineProtocol, TimeoutMixin):
         d = self._expect()
         self.reply("DELETE " + " ".join(blobs))
         return d
+
+    def meta(self, blob: str) -> defer.Deferred[tuple[str, int]]:
+        """The name and version ``blob``'s metadata says it is a copy of (META)."""
+        d = self._expect()
+        self.reply(f"META {blob}")
+
+        def read(reply: str) -> tuple[str, int]:
+            f = fields(reply)
+            return f["name"], int(f["version"])
+        return d.addCallback(read)
 
     def want(self, blob: str, replicas: int) -> defer.Deferred[str]:
         """Make ``replicas`` the wanted count kept with the blob (WANT); fires with the reply line."""

@@ -27,7 +27,7 @@ from deposito.interfaces import IDevice
 from deposito.listening import peer
 from deposito.protocols.blobwire import PROXY_PROOF, SERVER_PROOF, body_reply, parse_range, range_end
 from deposito.protocols.lines import LineProtocol, handler_for, send_now, tune_for_streams
-from deposito.protocols.words import check_stored_name, parse_count, parse_meta_word, split
+from deposito.protocols.words import check_stored_name, parse_count, parse_meta_word, quote, split
 from deposito.receiver import Receiver
 from deposito.secret import nonce, proof, verify
 from deposito.sender import BlobSender, read_whole
@@ -257,6 +257,21 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
         self._sender = None
         if self.transport.connected:
             self.resumeProducing()
+
+    # -- META
+
+    def do_META(self, blob: str) -> None:
+        """What a blob's metadata says it is a copy of (a proxy asks of a
+        blob its catalog does not know: see ICatalog.judge_unknown)."""
+        d = self.device.open(check_blob_id(blob))
+        self.paused = True  # lines wait
+        d.addCallbacks(self._told_meta, self._open_failed, errbackArgs=(blob,))
+
+    def _told_meta(self, opened: tuple[Reader, BlobMeta]) -> None:
+        f, meta = opened
+        self.device.close(f)
+        self.reply(f"OK version={meta.version} name={quote(meta.name)}")
+        self.resumeProducing()
 
     # -- DELETE
 
