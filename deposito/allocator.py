@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from typing import Callable
 
@@ -29,7 +30,9 @@ TRIM_EVERY = 30.0  # seconds between looks at the process's size
 TRIM_ABOVE = 256 << 20  # resident bytes past which the heap's free pages are given back
 
 
+@functools.lru_cache(maxsize=None)
 def _libc() -> ctypes.CDLL | None:
+    """The C library, found once (find_library runs ldconfig)."""
     name = ctypes.util.find_library("c")
     if not name:
         return None

@@ -35,6 +35,8 @@ class LocalProcesses:
             try:
                 pid = int(stale.read_text().strip())
                 os.kill(pid, 0)
+            except PermissionError:
+                pass  # it runs, as another user
             except (ValueError, OSError):
                 stale.unlink()  # its process is gone
                 continue
@@ -51,6 +53,7 @@ class LocalProcesses:
         taken for the cluster started."""
         for option, port in ports.items():
             with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as twistd binds: TIME_WAIT is no bar
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError as e:

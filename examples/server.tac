@@ -9,6 +9,17 @@ from twisted.internet import endpoints, reactor
 
 from deposito.storage import StorageService
 
+# the names these settings had before (DEPOSITO_PROXY is the CLI's: the proxies' client ports)
+RENAMED = {
+    "DEPOSITO_DATA": "DEPOSITO_SERVER_DATA",
+    "DEPOSITO_PORT": "DEPOSITO_SERVER_PORT",
+    "DEPOSITO_NAME": "DEPOSITO_SERVER_NAME",
+    "DEPOSITO_ZONE": "DEPOSITO_SERVER_ZONE",
+}
+for old, new in RENAMED.items():
+    if old in os.environ:
+        raise SystemExit(f"{old} is now {new}: rename it (nothing was started)")
+
 application = service.Application("deposito-server")
 StorageService(
     reactor,

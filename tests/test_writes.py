@@ -177,9 +177,17 @@ def test_many_uploads_failed_while_the_catalog_is_out_of_reach_are_said_once():
 
 
 class FailingCatalog(UnreachableCatalog):
-    """A catalog whose first ``down`` abandons fail with an error of no known kind."""
+    """A catalog out of reach for its first ``out`` abandons, whose next
+    ``down`` fail with an error of no known kind."""
+
+    def __init__(self, down: int, out: int = 0) -> None:
+        super().__init__(down)
+        self.out = out
 
     def abandon(self, blob: str, name=None, version=None, servers=None) -> defer.Deferred:
+        if self.out:
+            self.out -= 1
+            return defer.fail(Unavailable("the catalog database is out of reach"))
         if self.down:
             self.down -= 1
             return defer.fail(RuntimeError("an error nobody foresaw"))
@@ -187,20 +195,22 @@ class FailingCatalog(UnreachableCatalog):
         return defer.succeed(None)
 
 
-@pytest.mark.parametrize("down", [2, ABANDON_TRIES])
-def test_a_failed_uploads_copies_are_tried_again_after_any_error_a_few_times(down):
+@pytest.mark.parametrize("down,out", [(2, 0), (ABANDON_TRIES, 0), (1, 12)])
+def test_a_failed_uploads_copies_are_tried_again_after_any_error_a_few_times(down, out):
     """An error of no known kind while recording a failed upload's copies
     as garbage: tried again ABANDON_TRIES times in all, each failure logged,
     so that a passing fault leaves no intent behind (it would hold
-    conditional writes of the name back with 409s until a restart)."""
-    clock, db = Clock(), FailingCatalog(down=down)
+    conditional writes of the name back with 409s until a restart). The
+    tries while the catalog was out of reach (a minute of it, then one
+    fault) do not count."""
+    clock, db = Clock(), FailingCatalog(down=down, out=out)
     collected: list[bool] = []
     writer = Writer(clock, db, roster=None, pool=None, collect=lambda: collected.append(True),  # type: ignore[arg-type]
                     repair=lambda: None)
     events: list[dict] = []
     writer.log = Logger(observer=events.append)  # type: ignore[arg-type]
     writer.abandon("b" * 32)
-    for _ in range(3 * ABANDON_TRIES):
+    for _ in range(3 * ABANDON_TRIES + out):
         clock.advance(ABANDON_RETRY)
     assert not clock.getDelayedCalls()
     failures = [e for e in events if "log_failure" in e]

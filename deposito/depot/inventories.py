@@ -62,8 +62,15 @@ class Inventories:
             # Judged first, its blobs left alone (the server is marked as taken in): copies a
             # catalog kept through --rebuild (a backup put back, say) lists on this server and
             # it lacks stop counting. Then the chunk is taken in.
-            return d.addCallbacks(lambda _: self.rebuilder.take(member, entries, more),
-                                  self._take_unjudged, errbackArgs=(member, entries, more))
+            taking = d.addCallbacks(lambda _: self.rebuilder.take(member, entries, more),
+                                    self._take_unjudged, errbackArgs=(member, entries, more))
+
+            def again(failure: Failure) -> Failure:
+                if failure.check(Unavailable, NoSpace):  # handed again: the same range, judged again
+                    listing.after = lo
+                    self._listings[member.id] = listing
+                return failure
+            return taking.addErrback(again)
 
         done = d.addCallback(lambda result: defer.ensureDeferred(
             self._reconciled(result, member, listing, more, since - LISTED_BEFORE)))

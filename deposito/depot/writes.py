@@ -245,7 +245,7 @@ class Writer:
         left unfinished)."""
         d = self.db.abandon(blob, name, version, servers or [])
         d.addCallback(self._abandoned, blob)
-        d.addErrback(self._abandon_later, blob, name, version, servers, tries + 1)
+        d.addErrback(self._abandon_later, blob, name, version, servers, tries)
 
     def _abandoned(self, _: object, blob: str) -> None:
         self.collect()
@@ -261,7 +261,8 @@ class Writer:
                 self.log.warn("the copies of failed uploads cannot be made garbage yet ({why}); trying again"
                               " every {s:.0f} s", why=failure.getErrorMessage(), s=ABANDON_RETRY)
             self._unabandoned.add(blob)
-        else:
+        else:  # (the tries while the catalog was out of reach do not count)
+            tries += 1
             self.log.failure("making the copies of failed upload {blob} garbage (try {n} of {all})", failure,
                              blob=blob, n=tries, all=ABANDON_TRIES)
             if tries >= ABANDON_TRIES:
