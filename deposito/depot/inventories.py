@@ -62,8 +62,9 @@ class Inventories:
             # Judged first, its blobs left alone (the server is marked as taken in): copies a
             # catalog kept through --rebuild (a backup put back, say) lists on this server and
             # it lacks stop counting. Then the chunk is taken in.
-            taking = d.addCallbacks(lambda _: self.rebuilder.take(member, entries, more),
-                                    self._take_unjudged, errbackArgs=(member, entries, more))
+            taking: defer.Deferred[None] = d.addCallbacks(
+                lambda _: self.rebuilder.take(member, entries, more),
+                self._take_unjudged, errbackArgs=(member, entries, more))
 
             def again(failure: Failure) -> Failure:
                 if failure.check(Unavailable, NoSpace):  # handed again: the same range, judged again
