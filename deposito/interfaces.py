@@ -321,16 +321,18 @@ class ICatalog(IWorkCatalog):
         """A copy found corrupt stops counting and is garbage; its file is queued."""
 
     def reconcile_inventory(server: str, present: list[str], lo: Optional[str], hi: Optional[str],
-                            before: float) -> Deferred[tuple[int, int, list[str], list[str]]]:
+                            before: float, held_only: bool = False
+                            ) -> Deferred[tuple[int, int, list[str], list[str]]]:
         """Compare a range of a server's listing with the catalog; fires with
-        ``(missing, counted, the blobs it does not know, names changed)``."""
+        ``(missing, counted, the blobs it does not know, names changed)``;
+        ``held_only``: only the copies it lacks (see Catalog.reconcile_inventory)."""
 
-    def judge_unknown(server: str, blobs: list[tuple[str, Optional[str], Optional[int]]],
+    def judge_unknown(server: str, blobs: list[tuple[str, Optional[str], Optional[int], int]],
                       before: float) -> Deferred[tuple[int, int]]:
         """Blobs the catalog does not know, with the name and version their
-        metadata says (None: unreadable): garbage when the catalog gave that
-        version out, left alone when it is newer than the catalog (see
-        Catalog.judge_unknown); fires with ``(garbage, left alone)``."""
+        metadata says (None: unreadable) and their age in seconds: garbage
+        when the catalog gave that version out, left alone a while when it
+        never did (see Catalog.judge_unknown); fires with ``(garbage, left alone)``."""
 
     # -- STATUS and garbage
 

@@ -714,13 +714,13 @@ def test_meta_tells_what_a_blob_is_a_copy_of(device):
     """Asked of a blob the proxy's catalog does not know (see ICatalog.judge_unknown)."""
     blob = yield commit_blob(device, b"some bytes")
     tr = yield asked(device, f"META {blob}\n")
-    assert tr.value() == b"OK version=1 name=n\r\n"
+    assert tr.value() in (b"OK version=1 name=n age=0\r\n", b"OK version=1 name=n age=1\r\n")
     client = BlobClient(reactor)
     client.makeConnection(StringTransport())
     got = client.meta(blob)
     assert client.transport.value() == f"META {blob}\r\n".encode()
-    client.dataReceived(b'OK version=7 name="a b"\r\n')
-    assert got.result == ("a b", 7)
+    client.dataReceived(b'OK version=7 name="a b" age=86400\r\n')
+    assert got.result == ("a b", 7, 86400)
     client.setTimeout(None)
     tr = yield asked(device, f"META {new_blob_id()}\n")
     assert tr.value().startswith(b"ERR notfound") and not tr.disconnecting

@@ -554,9 +554,12 @@ def test_a_blob_the_catalog_does_not_know_is_garbage_unless_newer_than_the_catal
     """A server's blob the catalog does not know, judged by what its
     metadata says: a copy of a version this catalog gave out is one it
     forgot (garbage); one of a version it never gave out, or of a name it
-    never had, was written through a catalog that went on after this one
-    (a backup put back): deleting it lost every file written since. Parts'
-    names go with their uploads: theirs are garbage; so is an unreadable one."""
+    has no row of (a part of an upload it never heard of too), was written
+    through a catalog that went on after this one (a backup put back:
+    deleting it lost every file written since), or is of an upload whose
+    start was lost in a crash: left alone for KEEP_UNKNOWN seconds after it
+    was written, then garbage. An unreadable one is garbage."""
+    from deposito.catalog.operations import KEEP_UNKNOWN
     from deposito.hidden import part_name
 
     v = cat.begin_upload("f", "b1", ["s1"])
@@ -564,16 +567,31 @@ def test_a_blob_the_catalog_does_not_know_is_garbage_unless_newer_than_the_catal
     v = cat.begin_upload("gone", "b2", ["s1"])
     cat.commit("gone", v, "b2", 1, "x", 1, ["s1"], 0.0)
     cat.delete("gone")
-    listed = ["b1", "b-old", "b-newer", "b-new-name", "b-deleted", "b-part", "b-unreadable"]
+    listed = ["b1", "b-old", "b-newer", "b-new-name", "b-deleted", "b-part", "b-old-stranger", "b-unreadable"]
     missing, counted, unknown, _ = cat.reconcile_inventory("s1", listed, None, None, before=10.0)
     assert (missing, counted, sorted(unknown)) == (0, 0, sorted(listed[1:]))
     assert cat.garbage(["s1"], 10) == [("b2", "s1")]  # (the deleted file's copy) and nothing judged yet
-    judged = cat.judge_unknown("s1", [("b1", "f", 1), ("b-old", "f", 1), ("b-newer", "f", 2),
-                                      ("b-new-name", "g", 1), ("b-deleted", "gone", 1),
-                                      ("b-part", part_name("a" * 32, 1, "b" * 32), 1),
-                                      ("b-unreadable", None, None)], 10.0)
-    assert judged == (4, 2)  # b1 is a file's: not judged
-    assert sorted(b for b, _ in cat.garbage(["s1"], 10)) == ["b-deleted", "b-old", "b-part", "b-unreadable", "b2"]
+    week = KEEP_UNKNOWN
+    judged = cat.judge_unknown("s1", [("b1", "f", 1, 0), ("b-old", "f", 1, 0), ("b-newer", "f", 2, 0),
+                                      ("b-new-name", "g", 1, week - 60), ("b-deleted", "gone", 1, 0),
+                                      ("b-part", part_name("a" * 32, 1, "b" * 32), 1, 0),
+                                      ("b-old-stranger", "h", 1, week), ("b-unreadable", None, None, 0)], 10.0)
+    assert judged == (4, 3)  # b1 is a file's: not judged; b-part, of an upload it never heard of, is left alone
+    assert sorted(b for b, _ in cat.garbage(["s1"], 10)) == ["b-deleted", "b-old", "b-old-stranger",
+                                                             "b-unreadable", "b2"]
+
+
+def test_a_listing_being_taken_in_drops_the_copies_it_lacks_and_counts_none(cat):
+    """While a server's blobs are taken in (a rebuild), its listing is
+    judged for the copies it lacks alone: a copy counted here would skip the
+    taking in, which reads its metadata (its wanted count, its size)."""
+    for n, blob in enumerate(["b1", "b2"]):
+        v = cat.begin_upload(f"f{n}", blob, ["s1"])
+        cat.commit(f"f{n}", v, blob, 1, "x", 1, ["s1"], 0.0)
+    assert cat.reconcile_inventory("s2", ["b1"], None, None, 10.0, held_only=True) == (0, 0, [], [])
+    assert cat.lookup("f0").servers == ("s1",)  # s2's copy not counted
+    assert cat.reconcile_inventory("s1", ["b1"], None, None, 10.0, held_only=True) == (1, 0, [], ["f1"])
+    assert cat.reconcile_inventory("s2", ["b1"], None, None, 10.0) == (0, 1, [], ["f0"])  # (not taken in: counted)
 
 
 def test_an_inventory_of_a_server_being_taken_in_makes_no_garbage_of_what_the_catalog_lacks(cat):
@@ -584,11 +602,11 @@ def test_an_inventory_of_a_server_being_taken_in_makes_no_garbage_of_what_the_ca
     cat.commit("f", v, "b1", 1, "x", 1, ["s1"], 0.0)
     cat.mark_adopting("s1", True)
     assert cat.reconcile_inventory("s1", ["b1", "b-new"], None, None, before=10.0) == (0, 0, [], [])
-    assert cat.judge_unknown("s1", [("b-new", None, None)], 10.0) == (0, 0)  # (taken in meanwhile)
+    assert cat.judge_unknown("s1", [("b-new", None, None, 0)], 10.0) == (0, 0)  # (taken in meanwhile)
     assert cat.garbage(["s1"], 10) == []
     cat.mark_adopting("s1", False)
     assert cat.reconcile_inventory("s1", ["b1", "b-new"], None, None, before=10.0) == (0, 0, ["b-new"], [])
-    assert cat.judge_unknown("s1", [("b-new", None, None)], 10.0) == (1, 0)
+    assert cat.judge_unknown("s1", [("b-new", None, None, 0)], 10.0) == (1, 0)
     assert cat.garbage(["s1"], 10) == [("b-new", "s1")]
 
 

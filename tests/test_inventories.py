@@ -16,8 +16,8 @@ class CatalogNow:
     def __init__(self, cat) -> None:
         self.cat = cat
 
-    def reconcile_inventory(self, server, present, lo, hi, before):
-        return defer.succeed(self.cat.reconcile_inventory(server, present, lo, hi, before))
+    def reconcile_inventory(self, server, present, lo, hi, before, held_only=False):
+        return defer.succeed(self.cat.reconcile_inventory(server, present, lo, hi, before, held_only))
 
 
 class FullOnce:

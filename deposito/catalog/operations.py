@@ -66,6 +66,8 @@ class Beat(NamedTuple):
 REBUILDING = "rebuilding:"  # a key of catalog_info, then a proxy's id: it rebuilds the catalog on request (see beat)
 
 
+KEEP_UNKNOWN = 7 * 86400  # seconds a blob of a version the catalog never gave out is left alone (see judge_unknown)
+
 def proxy_id() -> str:
     """A name for this proxy process among those sharing a catalog."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -535,7 +537,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
 
     @effects(durable=False, keeps_records=False, tells=True, prompt=True)
     def reconcile_inventory(self, server: str, present: Iterable[str], lo: str | None, hi: str | None,
-                            before: float) -> tuple[int, int, list[str], list[str]]:
+                            before: float, held_only: bool = False) -> tuple[int, int, list[str], list[str]]:
         """Compare what a server holds with what the catalog says it holds, over
         one range of blob ids: above ``lo`` (None: from the first) up to and
         including ``hi`` (None: to the last). ``present`` is what the server
@@ -551,7 +553,9 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         see :meth:`forget_garbage`) may still be listed, and is left alone. The catalog's copies are read through the index in
         pages, so a range of any size costs memory for a page and the listed
         blobs. Returns (missing, counted, the unknown blobs, names of the
-        files whose copies changed).
+        files whose copies changed). With ``held_only``, only the copies the
+        server lacks are looked at (its blobs are being taken in: see
+        :meth:`adopt`, which judges them).
         """
         present = {b for b in present if (lo is None or b > lo) and (hi is None or b <= hi)}
         page, before = 1000, self._on_db_clock(before)
@@ -584,7 +588,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                 if len(rows) < page:
                     break
                 after = rows[-1][0]
-            for blob in sorted(present - held):
+            for blob in sorted(set() if held_only else present - held):
                 if db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone():
                     continue  # on its way out: counting it again would race its deletion
                 if db.execute("SELECT 1 FROM deleted WHERE blob = ? AND server = ? AND at >= ?",
@@ -610,28 +614,30 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         return self._tx(tx)
 
     @effects(durable=True, keeps_records=True)
-    def judge_unknown(self, server: str, blobs: Iterable[tuple[str, str | None, int | None]],
+    def judge_unknown(self, server: str, blobs: Iterable[tuple[str, str | None, int | None, int]],
                       before: float) -> tuple[int, int]:
         """Blobs a server holds that the catalog does not know (see
         :meth:`reconcile_inventory`), with the name and version their
-        metadata says (None: unreadable): garbage when this catalog gave
-        that version of that name out (or a later one), so that the blob is
-        a copy it forgot (of a failed upload, of a replaced version); left
-        alone otherwise, for a blob of a version this catalog never gave out
-        was written through a catalog that went on after this one: this one
-        is older (a backup put back), and deleting it would lose a file
-        written since (``--rebuild`` takes such blobs in). The names of
-        parts and manifests (hidden) are dropped with their uploads: theirs
-        are garbage. Each blob is judged again as :meth:`reconcile_inventory`
-        did (it may have been committed, or made garbage, meanwhile).
-        Returns (garbage, left alone)."""
+        metadata says (None: unreadable) and their age (seconds since
+        written). Garbage when this catalog gave that version of that name
+        out (or a later one): a copy it forgot (of a failed upload, of a
+        replaced version). One of a version it never gave out (or of a name
+        it has no row of) was written through a catalog that went on after
+        this one (this one is older: a backup put back, and deleting it
+        would lose a file written since; ``--rebuild`` takes it in), or is
+        of an upload whose start this catalog lost in a crash (its
+        allocation is not made durable): it is left alone till it is
+        KEEP_UNKNOWN seconds old, then garbage, so that neither loses a
+        file nor stays for good. Each blob is judged again as
+        :meth:`reconcile_inventory` did (it may have been committed, or made
+        garbage, meanwhile). Returns (garbage, left alone)."""
         blobs, before = list(blobs), self._on_db_clock(before)
 
         def tx(db: Connection) -> tuple[int, int]:
             garbage = kept = 0
             if db.execute("SELECT 1 FROM catalog_info WHERE key = ?", ("adopting:" + server,)).fetchone():
                 return 0, 0  # being taken in meanwhile: its blobs are not judged
-            for blob, name, version in blobs:
+            for blob, name, version, age in blobs:
                 if (db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone()
                         or db.execute("SELECT 1 FROM deleted WHERE blob = ? AND server = ? AND at >= ?",
                                       (blob, server, before)).fetchone()
@@ -639,7 +645,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                         or db.execute("SELECT 1 FROM files WHERE blob = ?" + self.dialect.for_update,
                                       (blob,)).fetchone()):
                     continue  # known meanwhile: the next listing judges it as any other
-                if name is not None and version is not None and name >= VISIBLE:
+                if name is not None and version is not None and age < KEEP_UNKNOWN:
                     last = db.execute("SELECT last_version FROM names WHERE name = ?", (name,)).fetchone()
                     if last is None or last[0] < version:
                         kept += 1

@@ -443,10 +443,10 @@ class CatalogThread:
         return self._call(Catalog.drop_copy, blob, server)
 
     def reconcile_inventory(self, server: str, present: list[str], lo: str | None, hi: str | None,
-                            before: float) -> Deferred[tuple[int, int, list[str], list[str]]]:
-        return self._call(Catalog.reconcile_inventory, server, present, lo, hi, before)
+                            before: float, held_only: bool = False) -> Deferred[tuple[int, int, list[str], list[str]]]:
+        return self._call(Catalog.reconcile_inventory, server, present, lo, hi, before, held_only)
 
-    def judge_unknown(self, server: str, blobs: list[tuple[str, str | None, int | None]],
+    def judge_unknown(self, server: str, blobs: list[tuple[str, str | None, int | None, int]],
                       before: float) -> Deferred[tuple[int, int]]:
         return self._call(Catalog.judge_unknown, server, blobs, before)
 

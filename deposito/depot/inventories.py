@@ -10,6 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from deposito.catalog.operations import KEEP_UNKNOWN
 from deposito.depot.collector import Collector
 from deposito.depot.rebuilder import Rebuilder
 from deposito.errors import BadCommand, DepositoError, NoSpace, NotFound, Unavailable
@@ -57,11 +58,12 @@ class Inventories:
         taken_in = self.rebuilder.rebuilding or member.adopted
         if more and hi == lo:  # an empty chunk in the middle covers no range
             return self.rebuilder.take(member, entries, more) if taken_in else defer.succeed(None)
-        d = self.db.reconcile_inventory(member.id, [e[0] for e in entries], lo, hi, since - LISTED_BEFORE)
+        d = self.db.reconcile_inventory(member.id, [e[0] for e in entries], lo, hi, since - LISTED_BEFORE,
+                                        held_only=taken_in)
         if taken_in:
-            # Judged first, its blobs left alone (the server is marked as taken in): copies a
-            # catalog kept through --rebuild (a backup put back, say) lists on this server and
-            # it lacks stop counting. Then the chunk is taken in.
+            # First the copies a catalog kept through --rebuild (a backup put back, say) lists on
+            # this server and it lacks stop counting; then the chunk is taken in (which judges its
+            # blobs by their metadata: a copy counted here would be taken in without it).
             taking: defer.Deferred[None] = d.addCallbacks(
                 lambda _: self.rebuilder.take(member, entries, more),
                 self._take_unjudged, errbackArgs=(member, entries, more))
@@ -95,27 +97,29 @@ class Inventories:
                           " {garbage} to delete", id=member.id, missing=listing.missing,
                           counted=listing.counted, garbage=listing.garbage, event="inventory")
         if listing.kept:
-            self.log.error("{id} holds {kept} blobs of versions this catalog never gave out: the catalog is"
-                           " older than they are (a backup put back?). They are left alone; restart the proxy"
-                           " with --rebuild to take them in", id=member.id, kept=listing.kept)
+            self.log.error("{id} holds {kept} blobs of versions this catalog never gave out: either the catalog"
+                           " is older than they are (a backup put back: restart the proxy with --rebuild to take"
+                           " them in), or they are of uploads whose start it lost in a crash. They are left alone"
+                           " till {days} days after they were written, then deleted", id=member.id,
+                           kept=listing.kept, days=KEEP_UNKNOWN // 86400)
         self.repair()
         self.collector.kick()
 
-    async def _what_they_are(self, member: Member, blobs: list[str]) -> list[tuple[str, str | None, int | None]]:
-        """The name and version each blob's metadata says, asked of its
-        server (None, None: not there, or its metadata unreadable; likewise
-        for all from a server too old to tell)."""
+    async def _what_they_are(self, member: Member, blobs: list[str]
+                             ) -> list[tuple[str, str | None, int | None, int]]:
+        """The name and version each blob's metadata says, and its age,
+        asked of its server (None, None: not there, or its metadata
+        unreadable; likewise for all from a server too old to tell)."""
         client = await self.collector.pool.connect(member)
-        told: list[tuple[str, str | None, int | None]] = []
+        told: list[tuple[str, str | None, int | None, int]] = []
         try:
             for blob in blobs:
                 try:
-                    name, version = await client.meta(blob)
-                    told.append((blob, name, version))
+                    told.append((blob, *await client.meta(blob)))
                 except NotFound:
-                    told.append((blob, None, None))
+                    told.append((blob, None, None, 0))
                 except BadCommand:  # a server of an older release
-                    told += [(b, None, None) for b in blobs[len(told):]]
+                    told += [(b, None, None, 0) for b in blobs[len(told):]]
                     break
         finally:
             self.collector.pool.release(client)

@@ -231,14 +231,15 @@ class BlobClient(LineProtocol, TimeoutMixin):
         self.reply("DELETE " + " ".join(blobs))
         return d
 
-    def meta(self, blob: str) -> defer.Deferred[tuple[str, int]]:
-        """The name and version ``blob``'s metadata says it is a copy of (META)."""
+    def meta(self, blob: str) -> defer.Deferred[tuple[str, int, int]]:
+        """The name and version ``blob``'s metadata says it is a copy of, and
+        the seconds since its file was written (META)."""
         d = self._expect()
         self.reply(f"META {blob}")
 
-        def read(reply: str) -> tuple[str, int]:
+        def read(reply: str) -> tuple[str, int, int]:
             f = fields(reply)
-            return f["name"], int(f["version"])
+            return f["name"], int(f["version"]), int(f["age"])
         return d.addCallback(read)
 
     def want(self, blob: str, replicas: int) -> defer.Deferred[str]:

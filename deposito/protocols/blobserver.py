@@ -7,6 +7,9 @@ The protocol frames and parses; a WRITE's bytes go to a
 
 from __future__ import annotations
 
+import os
+import time
+
 from collections import OrderedDict
 from typing import Callable
 
@@ -269,8 +272,11 @@ class BlobServerProtocol(LineProtocol, TimeoutMixin):
 
     def _told_meta(self, opened: tuple[Reader, BlobMeta]) -> None:
         f, meta = opened
-        self.device.close(f)
-        self.reply(f"OK version={meta.version} name={quote(meta.name)}")
+        try:
+            age = max(0, int(time.time() - os.fstat(f.fd).st_mtime))  # (an open file's inode: no wait on the disk)
+        finally:
+            self.device.close(f)
+        self.reply(f"OK version={meta.version} name={quote(meta.name)} age={age}")
         self.resumeProducing()
 
     # -- DELETE

@@ -19,9 +19,10 @@ Requests (one line each, words as in the text protocol):
         reply ``OK deleted=<n> absent=<m>``: how many were there and are
         gone, and how many were not there. The deletes are durable first.
     META <blob>
-        reply ``OK version=<version> name=<name>``: what the blob's metadata
-        says it is a copy of; ``ERR notfound`` when it is not there (or its
-        metadata cannot be read: it is moved aside, as a corrupt copy).
+        reply ``OK version=<version> name=<name> age=<seconds>``: what the
+        blob's metadata says it is a copy of, and how long ago its file was
+        written; ``ERR notfound`` when it is not there (or its metadata
+        cannot be read: it is moved aside, as a corrupt copy).
     WANT <blob> <replicas>
         reply ``OK`` once <replicas> is durably the wanted count in the
         blob's metadata (what a rebuild of the catalog reads), ``ERR
