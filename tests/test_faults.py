@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -546,6 +547,30 @@ def test_a_rebuild_on_the_kept_catalog_keeps_the_version_a_failed_put_would_have
     raise AssertionError("the failed PUT's copies were deleted before the proxy was killed, three times")
 
 
+def backed_up(cluster: Cluster) -> Path:
+    """The proxy's catalog copied aside while it is stopped (once its first
+    start's own rebuild is over: a backup taken during it would rebuild
+    again when put back), then the proxy started again; the copy's folder."""
+    assert poll(lambda: re.search("the catalog starts empty|catalog rebuilt", cluster.log(cluster.name)), 30)
+    cluster.kill_proxy(signal.SIGTERM)
+    backup = cluster.root / "backup"
+    backup.mkdir()
+    for f in (cluster.root / cluster.name).glob("catalog.sqlite*"):
+        shutil.copy(f, backup / f.name)
+    cluster.start_proxy()
+    cluster.wait_up(3)
+    return backup
+
+
+def put_back(cluster: Cluster, backup: Path) -> None:
+    """The proxy stopped and its catalog replaced by the copy in ``backup``."""
+    cluster.kill_proxy(signal.SIGTERM)
+    for f in (cluster.root / cluster.name).glob("catalog.sqlite*"):
+        f.unlink()
+    for f in backup.iterdir():
+        shutil.copy(f, cluster.root / cluster.name / f.name)
+
+
 def test_a_catalog_backup_put_back_with_rebuild_loses_nothing_and_lists_no_copy_that_is_gone(cluster):
     """README's way back to a backup of the catalog: put it in place and
     start with --rebuild. The files written since come back (a new name, a
@@ -556,25 +581,13 @@ def test_a_catalog_backup_put_back_with_rebuild_loses_nothing_and_lists_no_copy_
     with cluster.wire() as w:
         assert w.put("kept", old, 2).startswith("OK stored")
         assert w.put("gone", gone, 2).startswith("OK stored")
-    # the first start's own rebuild over (a backup taken during it would rebuild again when put back)
-    assert poll(lambda: re.search("the catalog starts empty|catalog rebuilt", cluster.log(cluster.name)), 30)
-    cluster.kill_proxy(signal.SIGTERM)
-    backup = cluster.root / "backup"
-    backup.mkdir()
-    for f in (cluster.root / cluster.name).glob("catalog.sqlite*"):
-        shutil.copy(f, backup / f.name)
-    cluster.start_proxy()
-    cluster.wait_up(3)
+    backup = backed_up(cluster)
     with cluster.wire() as w:
         assert w.put("kept", new, 2).startswith("OK stored")
         assert w.put("later", later, 2).startswith("OK stored")
         assert w.cmd("DELETE gone").startswith("OK deleted")
     assert poll(lambda: cluster.holders(gone) == [] and cluster.holders(old) == [], 30)
-    cluster.kill_proxy(signal.SIGTERM)
-    for f in (cluster.root / cluster.name).glob("catalog.sqlite*"):
-        f.unlink()
-    for f in backup.iterdir():
-        shutil.copy(f, cluster.root / cluster.name / f.name)
+    put_back(cluster, backup)
     cluster.start_proxy("--rebuild")
     cluster.wait_up(3)
     with cluster.wire() as w:
@@ -594,24 +607,12 @@ def test_an_older_catalog_put_back_without_rebuild_deletes_no_blob_written_since
     before, later, newer = (os.urandom(200_000 + i) for i in range(3))
     with cluster.wire() as w:
         assert w.put("kept", before, 2).startswith("OK stored")
-    # the first start's own rebuild over (a backup taken during it would rebuild again when put back)
-    assert poll(lambda: re.search("the catalog starts empty|catalog rebuilt", cluster.log(cluster.name)), 30)
-    cluster.kill_proxy(signal.SIGTERM)
-    backup = cluster.root / "backup"
-    backup.mkdir()
-    for f in (cluster.root / cluster.name).glob("catalog.sqlite*"):
-        shutil.copy(f, backup / f.name)
-    cluster.start_proxy()
-    cluster.wait_up(3)
+    backup = backed_up(cluster)
     with cluster.wire() as w:
         assert w.put("later", later, 2).startswith("OK stored")
         assert w.put("kept", newer, 2).startswith("OK stored")
     assert poll(lambda: cluster.holders(before) == [], 30)  # the replaced version's copies went
-    cluster.kill_proxy(signal.SIGTERM)
-    for f in (cluster.root / cluster.name).glob("catalog.sqlite*"):
-        f.unlink()
-    for f in backup.iterdir():
-        shutil.copy(f, cluster.root / cluster.name / f.name)
+    put_back(cluster, backup)
     cluster.start_proxy()
     cluster.wait_up(3)
     assert poll(lambda: "blobs of versions this catalog never gave out" in cluster.log(cluster.name), 30)

@@ -137,17 +137,23 @@ class UnreachableCatalog:
         return defer.succeed(None)
 
 
+def abandoning(clock: Clock, db) -> tuple[Writer, list[bool], list[dict]]:
+    """A Writer on ``db`` alone (abandon's catalog), with the collections it asks for and what it logs."""
+    collected: list[bool] = []
+    writer = Writer(clock, db, roster=None, pool=None, collect=lambda: collected.append(True),  # type: ignore[arg-type]
+                    repair=lambda: None)
+    events: list[dict] = []
+    writer.log = Logger(observer=events.append)  # type: ignore[arg-type]
+    return writer, collected, events
+
+
 @pytest.mark.parametrize("full", [False, True])
 def test_copies_of_a_failed_upload_are_made_garbage_once_the_catalog_is_back(full):
     """An upload aborted while the catalog is out of reach (or its disk is
     full): recording its copies as garbage is tried again until it is done,
     then they are collected."""
     clock, db = Clock(), UnreachableCatalog(down=2, full=full)
-    collected: list[bool] = []
-    writer = Writer(clock, db, roster=None, pool=None, collect=lambda: collected.append(True),  # type: ignore[arg-type]
-                    repair=lambda: None)
-    events: list[dict] = []
-    writer.log = Logger(observer=events.append)  # type: ignore[arg-type]
+    writer, collected, events = abandoning(clock, db)
     writer.abandon("b" * 32)
     assert db.abandoned == [] and collected == []
     clock.advance(ABANDON_RETRY)
@@ -162,10 +168,7 @@ def test_copies_of_a_failed_upload_are_made_garbage_once_the_catalog_is_back(ful
 
 def test_many_uploads_failed_while_the_catalog_is_out_of_reach_are_said_once():
     clock, db = Clock(), UnreachableCatalog(down=30)
-    writer = Writer(clock, db, roster=None, pool=None, collect=lambda: None,  # type: ignore[arg-type]
-                    repair=lambda: None)
-    events: list[dict] = []
-    writer.log = Logger(observer=events.append)  # type: ignore[arg-type]
+    writer, _, events = abandoning(clock, db)
     blobs = [f"{i:032x}" for i in range(10)]
     for blob in blobs:
         writer.abandon(blob)
@@ -204,11 +207,7 @@ def test_a_failed_uploads_copies_are_tried_again_after_any_error_a_few_times(dow
     tries while the catalog was out of reach (a minute of it, then one
     fault) do not count."""
     clock, db = Clock(), FailingCatalog(down=down, out=out)
-    collected: list[bool] = []
-    writer = Writer(clock, db, roster=None, pool=None, collect=lambda: collected.append(True),  # type: ignore[arg-type]
-                    repair=lambda: None)
-    events: list[dict] = []
-    writer.log = Logger(observer=events.append)  # type: ignore[arg-type]
+    writer, collected, events = abandoning(clock, db)
     writer.abandon("b" * 32)
     for _ in range(3 * ABANDON_TRIES + out):
         clock.advance(ABANDON_RETRY)
