@@ -328,11 +328,12 @@ class ICatalog(IWorkCatalog):
         ``held_only``: only the copies it lacks (see Catalog.reconcile_inventory)."""
 
     def judge_unknown(server: str, blobs: list[tuple[str, Optional[str], Optional[int], int]],
-                      before: float) -> Deferred[tuple[int, int]]:
+                      before: float) -> Deferred[tuple[int, int, int]]:
         """Blobs the catalog does not know, with the name and version their
         metadata says (None: unreadable) and their age in seconds: garbage
         when the catalog gave that version out, left alone a while when it
-        never did (see Catalog.judge_unknown); fires with ``(garbage, left alone)``."""
+        never did (see Catalog.judge_unknown); fires with ``(garbage, left
+        alone, of the garbage those never given out but too old to be left)``."""
 
     # -- STATUS and garbage
 

@@ -576,7 +576,7 @@ def test_a_blob_the_catalog_does_not_know_is_garbage_unless_newer_than_the_catal
                                       ("b-new-name", "g", 1, week - 60), ("b-deleted", "gone", 1, 0),
                                       ("b-part", part_name("a" * 32, 1, "b" * 32), 1, 0),
                                       ("b-old-stranger", "h", 1, week), ("b-unreadable", None, None, 0)], 10.0)
-    assert judged == (4, 3)  # b1 is a file's: not judged; b-part, of an upload it never heard of, is left alone
+    assert judged == (4, 3, 1)  # b1 is a file's: not judged; b-part, of an upload it never heard of, is left alone
     assert sorted(b for b, _ in cat.garbage(["s1"], 10)) == ["b-deleted", "b-old", "b-old-stranger",
                                                              "b-unreadable", "b2"]
 
@@ -602,11 +602,11 @@ def test_an_inventory_of_a_server_being_taken_in_makes_no_garbage_of_what_the_ca
     cat.commit("f", v, "b1", 1, "x", 1, ["s1"], 0.0)
     cat.mark_adopting("s1", True)
     assert cat.reconcile_inventory("s1", ["b1", "b-new"], None, None, before=10.0) == (0, 0, [], [])
-    assert cat.judge_unknown("s1", [("b-new", None, None, 0)], 10.0) == (0, 0)  # (taken in meanwhile)
+    assert cat.judge_unknown("s1", [("b-new", None, None, 0)], 10.0) == (0, 0, 0)  # (taken in meanwhile)
     assert cat.garbage(["s1"], 10) == []
     cat.mark_adopting("s1", False)
     assert cat.reconcile_inventory("s1", ["b1", "b-new"], None, None, before=10.0) == (0, 0, ["b-new"], [])
-    assert cat.judge_unknown("s1", [("b-new", None, None, 0)], 10.0) == (1, 0)
+    assert cat.judge_unknown("s1", [("b-new", None, None, 0)], 10.0) == (1, 0, 0)
     assert cat.garbage(["s1"], 10) == [("b-new", "s1")]
 
 

@@ -615,7 +615,7 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
 
     @effects(durable=True, keeps_records=True)
     def judge_unknown(self, server: str, blobs: Iterable[tuple[str, str | None, int | None, int]],
-                      before: float) -> tuple[int, int]:
+                      before: float) -> tuple[int, int, int]:
         """Blobs a server holds that the catalog does not know (see
         :meth:`reconcile_inventory`), with the name and version their
         metadata says (None: unreadable) and their age (seconds since
@@ -630,13 +630,14 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
         KEEP_UNKNOWN seconds old, then garbage, so that neither loses a
         file nor stays for good. Each blob is judged again as
         :meth:`reconcile_inventory` did (it may have been committed, or made
-        garbage, meanwhile). Returns (garbage, left alone)."""
+        garbage, meanwhile). Returns (garbage, left alone, of those garbage
+        the ones of versions never given out, too old to be left alone)."""
         blobs, before = list(blobs), self._on_db_clock(before)
 
-        def tx(db: Connection) -> tuple[int, int]:
-            garbage = kept = 0
+        def tx(db: Connection) -> tuple[int, int, int]:
+            garbage = kept = expired = 0
             if db.execute("SELECT 1 FROM catalog_info WHERE key = ?", ("adopting:" + server,)).fetchone():
-                return 0, 0  # being taken in meanwhile: its blobs are not judged
+                return 0, 0, 0  # being taken in meanwhile: its blobs are not judged
             for blob, name, version, age in blobs:
                 if (db.execute("SELECT 1 FROM garbage WHERE blob = ? AND server = ?", (blob, server)).fetchone()
                         or db.execute("SELECT 1 FROM deleted WHERE blob = ? AND server = ? AND at >= ?",
@@ -645,14 +646,16 @@ class Catalog(Multipart, WorkQueue, Buckets, Garbage, Identity):
                         or db.execute("SELECT 1 FROM files WHERE blob = ?" + self.dialect.for_update,
                                       (blob,)).fetchone()):
                     continue  # known meanwhile: the next listing judges it as any other
-                if name is not None and version is not None and age < KEEP_UNKNOWN:
+                if name is not None and version is not None:
                     last = db.execute("SELECT last_version FROM names WHERE name = ?", (name,)).fetchone()
                     if last is None or last[0] < version:
-                        kept += 1
-                        continue
+                        if age < KEEP_UNKNOWN:
+                            kept += 1
+                            continue
+                        expired += 1
                 db.execute(INSERT_GARBAGE, (blob, server))
                 garbage += 1
-            return garbage, kept
+            return garbage, kept, expired
         return self._tx(tx)
 
     @effects(durable=True, keeps_records=False, prompt=True)

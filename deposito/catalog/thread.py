@@ -447,7 +447,7 @@ class CatalogThread:
         return self._call(Catalog.reconcile_inventory, server, present, lo, hi, before, held_only)
 
     def judge_unknown(self, server: str, blobs: list[tuple[str, str | None, int | None, int]],
-                      before: float) -> Deferred[tuple[int, int]]:
+                      before: float) -> Deferred[tuple[int, int, int]]:
         return self._call(Catalog.judge_unknown, server, blobs, before)
 
     def counts(self, servers: list[str]) -> Deferred[Counts]:

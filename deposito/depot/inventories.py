@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Optional
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -86,16 +86,22 @@ class Inventories:
         listing.missing += missing
         listing.counted += counted
         if unknown:
-            garbage, kept = await self.db.judge_unknown(member.id, await self._what_they_are(member, unknown),
-                                                        before)
+            garbage, kept, expired = await self.db.judge_unknown(
+                member.id, await self._what_they_are(member, unknown), before)
             listing.garbage += garbage
             listing.kept += kept
+            listing.expired += expired
         if more:
             return
         if listing.missing or listing.counted or listing.garbage:
             self.log.info("inventory of {id}: {missing} copies missing, {counted} counted again,"
                           " {garbage} to delete", id=member.id, missing=listing.missing,
                           counted=listing.counted, garbage=listing.garbage, event="inventory")
+        if listing.expired:
+            self.log.error("{id} held {n} blobs of versions this catalog never gave out, written more than {days}"
+                           " days ago: they were deleted (a backup of the catalog that old, put back, loses the"
+                           " files written after it unless the proxy starts with --rebuild)", id=member.id,
+                           n=listing.expired, days=KEEP_UNKNOWN // 86400)
         if listing.kept:
             self.log.error("{id} holds {kept} blobs of versions this catalog never gave out: either the catalog"
                            " is older than they are (a backup put back: restart the proxy with --rebuild to take"
@@ -109,8 +115,11 @@ class Inventories:
                              ) -> list[tuple[str, str | None, int | None, int]]:
         """The name and version each blob's metadata says, and its age,
         asked of its server (None, None: not there, or its metadata
-        unreadable; likewise for all from a server too old to tell)."""
-        client = await self.collector.pool.connect(member)
+        unreadable); none from a server too old to tell."""
+        try:
+            client = await self.collector.pool.connect(member)
+        except (error.ConnectError, error.TimeoutError) as e:  # gone meanwhile
+            raise Unavailable(f"cannot reach the server to ask what its blobs are ({e})") from None
         told: list[tuple[str, str | None, int | None, int]] = []
         try:
             for blob in blobs:
@@ -118,9 +127,11 @@ class Inventories:
                     told.append((blob, *await client.meta(blob)))
                 except NotFound:
                     told.append((blob, None, None, 0))
-                except BadCommand:  # a server of an older release
-                    told += [(b, None, None, 0) for b in blobs[len(told):]]
-                    break
+                except BadCommand:  # a server of an older release: cannot tell, so nothing is judged
+                    self.log.warn("{id} cannot say what the {n} blobs the catalog does not know are (META: a"
+                                  " server of an older release): they are left alone till it is upgraded",
+                                  id=member.id, n=len(blobs))
+                    return []
         finally:
             self.collector.pool.release(client)
         return told
@@ -152,3 +163,4 @@ class _Listing:
     counted: int = 0
     garbage: int = 0
     kept: int = 0  # blobs newer than the catalog (see ICatalog.judge_unknown)
+    expired: int = 0  # ... deleted for their age
